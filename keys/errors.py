@@ -1,0 +1,81 @@
+"""The exception tree of NRM Exchange.
+
+`NrmError` is the root. Below it, `UntrustedInputError` covers everything that can go wrong
+with data that came from outside (the bus, a peer, a file); each failure kind is its own class
+with a stable `reason` code, which is what agents record and the audit ledger counts.
+Misuse by a caller raises `TypeError`/`ValueError`/`RuntimeError` instead.
+"""
+
+from __future__ import annotations
+
+
+class NrmError(Exception):
+    """Root of every error raised on purpose by NRM Exchange."""
+
+
+class UntrustedInputError(NrmError):
+    """Input from outside was refused. `reason` is a stable, metadata-only code."""
+
+    reason = "untrusted-input"
+
+
+class MalformedError(UntrustedInputError):
+    """Bytes that are not a well-formed, canonical, within-limits encoding."""
+
+    reason = "malformed"
+
+
+class UnknownKeyError(UntrustedInputError):
+    """A key id that no trusted identity holds (or that belongs to another agency)."""
+
+    reason = "unknown-key"
+
+
+class RetiredKeyError(UntrustedInputError):
+    """A key that is past the end of its validity window."""
+
+    reason = "retired-key"
+
+
+class RevokedKeyError(UntrustedInputError):
+    """A key used after its revocation time."""
+
+    reason = "revoked-key"
+
+
+class BadSignatureError(UntrustedInputError):
+    """A signature that does not verify."""
+
+    reason = "bad-signature"
+
+
+class DecryptionError(UntrustedInputError):
+    """Ciphertext that does not authenticate under the key it claims."""
+
+    reason = "undecryptable"
+
+
+class NotAddressedToMeError(UntrustedInputError):
+    """An envelope that does not name this agency and one of its keys as a recipient."""
+
+    reason = "not-addressed-to-me"
+
+
+class ExpiredError(UntrustedInputError):
+    """An envelope past its expiry, or created further in the future than skew allows."""
+
+    reason = "expired"
+
+
+class ReplayedError(UntrustedInputError):
+    """A message id that was already received in another delivery."""
+
+    reason = "replayed"
+
+
+class KeyFileError(NrmError):
+    """A key file that cannot be read: wrong passphrase, corrupted, or wrong format."""
+
+
+class KeyFileExistsError(KeyFileError):
+    """Refusing to overwrite existing key material."""

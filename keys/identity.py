@@ -1,0 +1,149 @@
+"""Agency identities: key pairs, key ids, and the public identity handed to administrators.
+
+docs/PROTOCOL.md section 2. A key id is derived from the public key with a domain-separation
+label per algorithm, so an Ed25519 key and an X25519 key never share an id.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from nacl.public import PrivateKey, PublicKey
+from nacl.signing import SigningKey, VerifyKey
+
+from .errors import MalformedError
+from .subjects import AGENCY_ID_PATTERN
+
+SIGNING_KID_LABEL = b"nrm/v1/kid/ed25519"
+ENCRYPTION_KID_LABEL = b"nrm/v1/kid/x25519"
+IDENTITY_FORMAT = "nrm-identity/1"
+
+
+def key_id(label: bytes, public: bytes) -> str:
+    """`hex(SHA-256(label || 0x00 || public))[:32]`: 128 bits, stable, printable."""
+    if len(public) != 32:
+        raise ValueError("public keys are 32 bytes")
+    return hashlib.sha256(label + b"\x00" + public).hexdigest()[:32]
+
+
+def signing_kid(key: VerifyKey) -> str:
+    return key_id(SIGNING_KID_LABEL, bytes(key))
+
+
+def encryption_kid(key: PublicKey) -> str:
+    return key_id(ENCRYPTION_KID_LABEL, bytes(key))
+
+
+def check_agency_id(agency: str) -> str:
+    """Return `agency` if it is a valid agency id, else raise ValueError."""
+    if not isinstance(agency, str) or not AGENCY_ID_PATTERN.fullmatch(agency):
+        raise ValueError(
+            f"agency id {agency!r} must be 1-64 characters of a-z, 0-9 and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return agency
+
+
+@dataclass(frozen=True, slots=True)
+class PublicIdentity:
+    """What the rest of the mechanism knows of an agency: its id, name and public keys."""
+
+    agency: str
+    name: str
+    signing_key: VerifyKey
+    encryption_key: PublicKey
+
+    @property
+    def signing_kid(self) -> str:
+        return signing_kid(self.signing_key)
+
+    @property
+    def encryption_kid(self) -> str:
+        return encryption_kid(self.encryption_key)
+
+    def to_json(self) -> str:
+        doc = {
+            "format": IDENTITY_FORMAT,
+            "agency": self.agency,
+            "name": self.name,
+            "signing_key": {"kid": self.signing_kid, "ed25519": _b64(bytes(self.signing_key))},
+            "encryption_key": {
+                "kid": self.encryption_kid,
+                "x25519": _b64(bytes(self.encryption_key)),
+            },
+        }
+        return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> PublicIdentity:
+        """Parse and check an identity file; the key ids in it must match the keys."""
+        try:
+            doc = json.loads(text)
+            if not isinstance(doc, dict) or doc.get("format") != IDENTITY_FORMAT:
+                raise MalformedError(f"not an {IDENTITY_FORMAT} document")
+            sk = doc["signing_key"]
+            ek = doc["encryption_key"]
+            ident = cls(
+                agency=check_agency_id(doc["agency"]),
+                name=_str(doc["name"]),
+                signing_key=VerifyKey(_unb64(sk["ed25519"])),
+                encryption_key=PublicKey(_unb64(ek["x25519"])),
+            )
+        except MalformedError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise MalformedError(f"identity file is not valid: {e}") from e
+        if sk.get("kid") != ident.signing_kid or ek.get("kid") != ident.encryption_kid:
+            raise MalformedError("identity file key ids do not match its keys")
+        return ident
+
+
+@dataclass(frozen=True, slots=True)
+class AgencyKeys:
+    """An agency's private keys. Lives in memory only; at rest it is a sealed key file."""
+
+    agency: str
+    name: str
+    signing_key: SigningKey
+    encryption_key: PrivateKey
+
+    @classmethod
+    def generate(cls, *, agency: str, name: str) -> AgencyKeys:
+        return cls(
+            agency=check_agency_id(agency),
+            name=name,
+            signing_key=SigningKey.generate(),
+            encryption_key=PrivateKey.generate(),
+        )
+
+    @property
+    def public(self) -> PublicIdentity:
+        return PublicIdentity(
+            agency=self.agency,
+            name=self.name,
+            signing_key=self.signing_key.verify_key,
+            encryption_key=self.encryption_key.public_key,
+        )
+
+    def __repr__(self) -> str:  # never print private key material
+        return f"AgencyKeys(agency={self.agency!r}, signing_kid={self.public.signing_kid!r})"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _unb64(text: Any) -> bytes:
+    if not isinstance(text, str):
+        raise TypeError("expected base64 text")
+    return base64.b64decode(text, validate=True)
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 200:
+        raise ValueError("expected a non-empty string of at most 200 characters")
+    return value

@@ -1,0 +1,178 @@
+"""Private keys at rest: Argon2id-derived key + XSalsa20-Poly1305 (SecretBox), files 0600.
+
+docs/PROTOCOL.md section 3. The passphrase comes from an environment variable or a file,
+never from the command line. Files are written atomically and never overwritten.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nacl.exceptions
+import nacl.pwhash
+import nacl.utils
+from nacl.public import PrivateKey
+from nacl.secret import SecretBox
+from nacl.signing import SigningKey
+
+from .errors import KeyFileError, KeyFileExistsError
+from .identity import AgencyKeys, check_agency_id
+
+KEYFILE_FORMAT = "nrm-keyfile/1"
+PASSPHRASE_ENV = "NRM_PASSPHRASE"
+MIN_PASSPHRASE_CHARS = 12
+KEY_FILE_NAME = "agency.key"
+IDENTITY_FILE_NAME = "identity.json"
+
+
+@dataclass(frozen=True, slots=True)
+class KdfCost:
+    """Argon2id cost. Stored in each key file, so files made at any cost stay readable."""
+
+    opslimit: int
+    memlimit: int
+
+
+#: libsodium's "moderate" profile (256 MiB): the default for real key files.
+MODERATE = KdfCost(nacl.pwhash.argon2id.OPSLIMIT_MODERATE, nacl.pwhash.argon2id.MEMLIMIT_MODERATE)
+#: libsodium's "interactive" profile (64 MiB): for tests and throw-away demo keys.
+INTERACTIVE = KdfCost(
+    nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE, nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE
+)
+
+
+def read_passphrase(*, file: Path | None = None, env: str = PASSPHRASE_ENV) -> bytes:
+    """The key-file passphrase from `file` if given, else from the environment variable `env`."""
+    if file is not None:
+        try:
+            text = file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as e:
+            raise KeyFileError(f"cannot read passphrase file {file}: {e.strerror}") from e
+    else:
+        value = os.environ.get(env)
+        if value is None:
+            raise KeyFileError(f"no passphrase: set {env} or give a passphrase file")
+        text = value
+    if len(text) < MIN_PASSPHRASE_CHARS:
+        raise KeyFileError(f"the passphrase must be at least {MIN_PASSPHRASE_CHARS} characters")
+    return text.encode("utf-8")
+
+
+def seal_keys(keys: AgencyKeys, *, passphrase: bytes, cost: KdfCost) -> bytes:
+    """Encrypt an agency's private keys into key-file bytes."""
+    salt = nacl.utils.random(nacl.pwhash.argon2id.SALTBYTES)
+    box = SecretBox(_derive(passphrase, salt, cost))
+    secret = json.dumps(
+        {
+            "agency": keys.agency,
+            "name": keys.name,
+            "signing_seed": _b64(bytes(keys.signing_key)),
+            "x25519_secret": _b64(bytes(keys.encryption_key)),
+        }
+    ).encode()
+    sealed = box.encrypt(secret)
+    doc = {
+        "format": KEYFILE_FORMAT,
+        "agency": keys.agency,
+        "kdf": {
+            "alg": "argon2id13",
+            "opslimit": cost.opslimit,
+            "memlimit": cost.memlimit,
+            "salt": _b64(salt),
+        },
+        "nonce": _b64(sealed.nonce),
+        "ciphertext": _b64(sealed.ciphertext),
+    }
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def open_keys(data: bytes, *, passphrase: bytes) -> AgencyKeys:
+    """Decrypt key-file bytes; raises KeyFileError on a wrong passphrase or a damaged file."""
+    try:
+        doc = json.loads(data)
+        if doc.get("format") != KEYFILE_FORMAT or doc["kdf"]["alg"] != "argon2id13":
+            raise KeyFileError(f"not an {KEYFILE_FORMAT} file")
+        kdf = doc["kdf"]
+        cost = KdfCost(int(kdf["opslimit"]), int(kdf["memlimit"]))
+        if cost.memlimit > 4 * nacl.pwhash.argon2id.MEMLIMIT_SENSITIVE:
+            raise KeyFileError("key file asks for an unreasonable amount of memory")
+        key = _derive(passphrase, _unb64(kdf["salt"]), cost)
+        secret = SecretBox(key).decrypt(_unb64(doc["ciphertext"]), _unb64(doc["nonce"]))
+    except nacl.exceptions.CryptoError as e:
+        raise KeyFileError("wrong passphrase, or the key file is damaged") from e
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise KeyFileError(f"key file is not valid: {type(e).__name__}") from e
+    inner = json.loads(secret)
+    if inner["agency"] != doc["agency"]:
+        raise KeyFileError("key file agency does not match its sealed contents")
+    return AgencyKeys(
+        agency=check_agency_id(inner["agency"]),
+        name=inner["name"],
+        signing_key=SigningKey(_unb64(inner["signing_seed"])),
+        encryption_key=PrivateKey(_unb64(inner["x25519_secret"])),
+    )
+
+
+def init_key_dir(
+    directory: Path, *, agency: str, name: str, passphrase: bytes, cost: KdfCost = MODERATE
+) -> AgencyKeys:
+    """Create fresh keys in `directory` (0700): `agency.key` (0600) and `identity.json`.
+
+    Refuses to overwrite either file.
+    """
+    keys = AgencyKeys.generate(agency=agency, name=name)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for existing in (directory / KEY_FILE_NAME, directory / IDENTITY_FILE_NAME):
+        if existing.exists():
+            raise KeyFileExistsError(f"{existing} already exists; refusing to overwrite keys")
+    write_new_file(directory / KEY_FILE_NAME, seal_keys(keys, passphrase=passphrase, cost=cost))
+    write_new_file(directory / IDENTITY_FILE_NAME, keys.public.to_json().encode(), mode=0o644)
+    return keys
+
+
+def load_key_dir(directory: Path, *, passphrase: bytes) -> AgencyKeys:
+    path = directory / KEY_FILE_NAME
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise KeyFileError(f"cannot read {path}: {e.strerror}") from e
+    return open_keys(data, passphrase=passphrase)
+
+
+def write_new_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Write `data` to a new file at `path` atomically; fail if `path` exists."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        try:
+            os.link(tmp, path)  # atomic, and refuses an existing target
+        except FileExistsError as e:
+            raise KeyFileExistsError(f"{path} already exists; refusing to overwrite") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _derive(passphrase: bytes, salt: bytes, cost: KdfCost) -> bytes:
+    return nacl.pwhash.argon2id.kdf(
+        SecretBox.KEY_SIZE, passphrase, salt, opslimit=cost.opslimit, memlimit=cost.memlimit
+    )
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _unb64(text: Any) -> bytes:
+    if not isinstance(text, str):
+        raise TypeError("expected base64 text")
+    return base64.b64decode(text, validate=True)

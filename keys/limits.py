@@ -1,0 +1,40 @@
+"""Every limit of the system in one frozen object (sizes, counts, windows, timeouts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    #: Largest envelope accepted from the bus, checked before any decoding.
+    max_envelope_bytes: int = 1 << 20
+    #: Largest plaintext body sealed into one envelope.
+    max_body_bytes: int = 768 * 1024
+    #: Most recipients one envelope may name.
+    max_recipients: int = 32
+    #: Longest string field (ids, kinds) inside an envelope header.
+    max_header_str: int = 128
+    #: Largest HTTP request body the agent API reads.
+    max_request_bytes: int = 1 << 20
+    #: Default lifetime of a sealed message.
+    message_ttl_seconds: int = 14 * 24 * 3600
+    #: Clock skew tolerated between agencies.
+    clock_skew_seconds: int = 300
+    #: JetStream de-duplication window on the message stream.
+    duplicate_window_seconds: int = 600
+    #: How long an unconsumed message stays on the bus.
+    stream_max_age_seconds: int = 30 * 24 * 3600
+    #: Outbox retry back-off bounds.
+    retry_initial_seconds: float = 0.2
+    retry_max_seconds: float = 5.0
+    #: How many outbox rows are published per batch, and inbox messages fetched per pull.
+    batch_size: int = 64
+    #: How long JetStream waits for an inbox ack before redelivering.
+    ack_wait_seconds: float = 30.0
+    #: Page size bounds of list endpoints.
+    max_page_size: int = 500
+    default_page_size: int = 50
+
+
+DEFAULT_LIMITS = Limits()

@@ -1,0 +1,49 @@
+"""Subject and stream names on the bus: the contract between agents and broker.
+
+docs/PROTOCOL.md section 5 is normative. Subjects are versioned so that a v2 can run beside v1.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "nrm.v1"
+
+#: The JetStream stream holding every agency inbox (work-queue retention).
+MESSAGE_STREAM = "NRM_MSG"
+MESSAGE_SUBJECTS = f"{PREFIX}.msg.>"
+
+#: Agency ids are used verbatim as subject tokens, so they are restricted to a safe alphabet.
+AGENCY_ID_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+
+
+def inbox_subject(agency: str) -> str:
+    """The subject an agency's inbox is published to."""
+    _check_token(agency)
+    return f"{PREFIX}.msg.{agency}"
+
+
+def audit_subject(agency: str) -> str:
+    """The subject an agency's audit events are published to."""
+    _check_token(agency)
+    return f"{PREFIX}.audit.{agency}"
+
+
+def inbox_consumer(agency: str) -> str:
+    """The durable consumer name an agency reads its inbox with."""
+    _check_token(agency)
+    return f"inbox-{agency}"
+
+
+def publish_id(message_id: str, recipient: str) -> str:
+    """The `Nats-Msg-Id` of one envelope's copy for one recipient.
+
+    One envelope is published once per recipient inbox; each copy needs its own
+    de-duplication id or the stream would drop all but the first.
+    """
+    return f"{message_id}.{recipient}"
+
+
+def _check_token(agency: str) -> None:
+    if not AGENCY_ID_PATTERN.fullmatch(agency):
+        raise ValueError(f"not a valid agency id: {agency!r}")
