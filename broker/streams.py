@@ -1,0 +1,60 @@
+"""Provisioning of the JetStream streams the agencies share (docs/PROTOCOL.md section 5)."""
+
+from __future__ import annotations
+
+import nats
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from keys.limits import DEFAULT_LIMITS, Limits
+from keys.subjects import MESSAGE_STREAM, MESSAGE_SUBJECTS
+
+#: How long connecting and draining may take while provisioning.
+CONNECT_TIMEOUT_SECONDS = 5
+#: Room for message headers on top of the largest envelope.
+HEADER_ROOM_BYTES = 4096
+
+
+def message_stream_config(*, limits: Limits, replicas: int) -> StreamConfig:
+    """The configuration of the stream holding every agency inbox."""
+    return StreamConfig(
+        name=MESSAGE_STREAM,
+        subjects=[MESSAGE_SUBJECTS],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        duplicate_window=limits.duplicate_window_seconds,
+        max_age=limits.stream_max_age_seconds,
+        # max_msg_size counts headers too (Nats-Msg-Id): leave them room.
+        max_msg_size=limits.max_envelope_bytes + HEADER_ROOM_BYTES,
+    )
+
+
+async def provision_streams(
+    js: JetStreamContext, *, limits: Limits = DEFAULT_LIMITS, replicas: int = 1
+) -> None:
+    """Create the streams, or bring existing ones to the wanted configuration (idempotent)."""
+    if replicas < 1:
+        raise ValueError(f"replicas must be at least 1, not {replicas}")
+    config = message_stream_config(limits=limits, replicas=replicas)
+    try:
+        await js.stream_info(MESSAGE_STREAM)
+    except NotFoundError:
+        await js.add_stream(config)
+    else:
+        await js.update_stream(config)
+
+
+async def provision(url: str, *, limits: Limits = DEFAULT_LIMITS, replicas: int = 1) -> None:
+    """Connect to the bus at `url`, provision the streams, and drain the connection."""
+    nc = await nats.connect(
+        url,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        allow_reconnect=False,
+        drain_timeout=CONNECT_TIMEOUT_SECONDS,
+    )
+    try:
+        await provision_streams(nc.jetstream(), limits=limits, replicas=replicas)
+    finally:
+        await nc.drain()
