@@ -1,5 +1,6 @@
 """The cryptographic and trust core of NRM Exchange. Pure and small; no network."""
 
+from . import codec
 from .envelope import (
     Header,
     Opened,
@@ -24,6 +25,7 @@ from .errors import (
     ReplayedError,
     RetiredKeyError,
     RevokedKeyError,
+    UnexpectedMessageError,
     UnknownKeyError,
     UntrustedInputError,
 )
@@ -53,9 +55,11 @@ __all__ = [
     "RevokedKeyError",
     "Sealed",
     "SignerKeys",
+    "UnexpectedMessageError",
     "UnknownKeyError",
     "UntrustedInputError",
     "check_agency_id",
+    "codec",
     "envelope_hash",
     "new_message_id",
     "open_envelope",

@@ -79,3 +79,10 @@ class KeyFileError(NrmError):
 
 class KeyFileExistsError(KeyFileError):
     """Refusing to overwrite existing key material."""
+
+
+class UnexpectedMessageError(UntrustedInputError):
+    """A well-formed, authentic message that makes no sense here: an unknown kind, or a
+    receipt for a message this agency never sent to that agency."""
+
+    reason = "unexpected"

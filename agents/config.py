@@ -1,0 +1,119 @@
+"""The agent's configuration file (TOML), parsed into one frozen object.
+
+    agency = "police"
+    name = "Metropolitan Police anti-trafficking unit"
+    key_dir = "keys/police"                 # agency.key + identity.json
+    passphrase_file = "police.pass"         # optional; else $NRM_PASSPHRASE
+    nats_urls = ["nats://127.0.0.1:4222"]
+    database = "police.db"
+
+    [api]
+    bind = "127.0.0.1:8081"
+    [[api.clients]]                         # one per agency system; only the token's hash
+    name = "case-management"
+    token_sha256 = "<hex>"
+
+    [[peers]]                               # until the trust directory replaces it
+    identity = "peers/shelter.json"
+
+Relative paths are relative to the configuration file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from keys import DEFAULT_LIMITS, Limits, check_agency_id
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing something or holds a wrong value."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiClient:
+    name: str
+    token_sha256: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    agency: str
+    key_dir: Path
+    nats_urls: tuple[str, ...]
+    database: Path
+    api_host: str
+    api_port: int
+    clients: tuple[ApiClient, ...]
+    peer_identities: tuple[Path, ...]
+    passphrase_file: Path | None = None
+    limits: Limits = field(default=DEFAULT_LIMITS)
+
+    @classmethod
+    def load(cls, path: Path) -> AgentConfig:
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path} is not valid TOML: {e}") from e
+        return cls.from_dict(doc, base=path.parent)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], *, base: Path) -> AgentConfig:
+        def path_of(value: Any, key: str) -> Path:
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{key} must be a path")
+            p = Path(value)
+            return p if p.is_absolute() else base / p
+
+        try:
+            agency = check_agency_id(doc["agency"])
+            api = doc["api"]
+            host, _, port = str(api["bind"]).rpartition(":")
+            urls = doc.get("nats_urls") or [doc["nats_url"]]
+            clients = tuple(_client(c) for c in api.get("clients", []))
+            return cls(
+                agency=agency,
+                key_dir=path_of(doc["key_dir"], "key_dir"),
+                nats_urls=tuple(str(u) for u in urls),
+                database=path_of(doc["database"], "database"),
+                api_host=host or "127.0.0.1",
+                api_port=int(port),
+                clients=clients,
+                peer_identities=tuple(
+                    path_of(p["identity"], "peers.identity") for p in doc.get("peers", [])
+                ),
+                passphrase_file=(
+                    path_of(doc["passphrase_file"], "passphrase_file")
+                    if "passphrase_file" in doc
+                    else None
+                ),
+            )
+        except KeyError as e:
+            raise ConfigError(f"missing setting {e.args[0]!r}") from e
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(str(e)) from e
+
+
+def _client(doc: Any) -> ApiClient:
+    if not isinstance(doc, dict):
+        raise ConfigError("each [[api.clients]] entry must be a table")
+    digest = str(doc.get("token_sha256", ""))
+    if not _HEX64.fullmatch(digest):
+        raise ConfigError("api.clients.token_sha256 must be 64 lowercase hex characters")
+    return ApiClient(name=str(doc["name"]), token_sha256=bytes.fromhex(digest))
+
+
+def token_digest(token: str) -> str:
+    """What goes into `token_sha256` for a bearer token."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()

@@ -1,0 +1,44 @@
+"""Bodies of the message kinds the agent exchanges (docs/PROTOCOL.md section 6)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from keys import MalformedError, codec
+
+REFERRAL = "referral"
+DELIVERY_RECEIPT = "delivery-receipt"
+
+
+def canonical_json(value: Any) -> bytes:
+    """The one encoding of a JSON value that is sealed and signed (section 6.1)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReceipt:
+    """Sent by a recipient to the sender once a message is committed to its inbox (6.2)."""
+
+    message_id: str
+    envelope_hash: str
+    received_at: int
+
+    def encode(self) -> bytes:
+        return codec.pack([1, self.message_id, self.envelope_hash, self.received_at])
+
+    @classmethod
+    def decode(cls, body: bytes) -> DeliveryReceipt:
+        raw = codec.unpack(body, max_bytes=512, max_items=4, what="delivery receipt")
+        if not (
+            isinstance(raw, list)
+            and len(raw) == 4
+            and raw[0] == 1
+            and isinstance(raw[1], str)
+            and isinstance(raw[2], str)
+            and isinstance(raw[3], int)
+            and not isinstance(raw[3], bool)
+        ):
+            raise MalformedError("delivery receipt must be [1, message id, hash, time]")
+        return cls(message_id=raw[1], envelope_hash=raw[2], received_at=raw[3])

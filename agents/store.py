@@ -1,0 +1,259 @@
+"""The agent's durable state: one SQLite database in WAL mode.
+
+- `outbox`: every envelope this agency sealed (referrals and receipts), committed before the
+  API answers; `deliveries` tracks each copy per recipient until the bus acknowledges it and
+  until the recipient's delivery receipt comes back.
+- `inbox`: every envelope received, keyed by message id, committed before the JetStream ack;
+  the unique key is what makes the agent store a message at most once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    message_id    TEXT PRIMARY KEY,
+    kind          TEXT NOT NULL,
+    created       INTEGER NOT NULL,
+    envelope_hash TEXT NOT NULL,
+    envelope      BLOB NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS deliveries (
+    message_id    TEXT NOT NULL REFERENCES outbox(message_id),
+    recipient     TEXT NOT NULL,
+    state         TEXT NOT NULL CHECK (state IN ('queued', 'sent', 'delivered')),
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    stream_seq    INTEGER,
+    sent_at       INTEGER,
+    delivered_at  INTEGER,
+    PRIMARY KEY (message_id, recipient)
+) STRICT;
+CREATE INDEX IF NOT EXISTS deliveries_queued ON deliveries(state) WHERE state = 'queued';
+CREATE TABLE IF NOT EXISTS inbox (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id    TEXT NOT NULL UNIQUE,
+    kind          TEXT NOT NULL,
+    sender        TEXT NOT NULL,
+    envelope_hash TEXT NOT NULL,
+    stream_seq    INTEGER NOT NULL,
+    created       INTEGER NOT NULL,
+    received_at   INTEGER NOT NULL,
+    body          BLOB
+) STRICT;
+"""
+
+#: A message's overall status is the least advanced state among its recipients.
+_STATUS_ORDER = ("queued", "sent", "delivered")
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDelivery:
+    message_id: str
+    recipient: str
+    envelope: bytes
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    recipient: str
+    state: str
+    sent_at: int | None
+    delivered_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingStatus:
+    message_id: str
+    kind: str
+    created: int
+    envelope_hash: str
+    status: str
+    deliveries: tuple[DeliveryState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    seq: int
+    message_id: str
+    kind: str
+    sender: str
+    envelope_hash: str
+    created: int
+    received_at: int
+    body: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A sealed envelope to commit to the outbox, with the recipients it goes to."""
+
+    message_id: str
+    kind: str
+    created: int
+    envelope_hash: str
+    envelope: bytes
+    recipients: Sequence[str]
+
+
+class Store:
+    """Owns the SQLite connection. All methods are short transactions."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+        path.chmod(0o600)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # --- outbox ---------------------------------------------------------------------------
+
+    def enqueue(self, message: OutgoingMessage, db: sqlite3.Connection | None = None) -> None:
+        """Commit a sealed envelope and one queued delivery per recipient.
+
+        Pass `db` to join a transaction the caller holds (a received message and its receipt
+        are committed together).
+        """
+        if db is None:
+            with self.transaction() as tx:
+                self._enqueue(tx, message)
+        else:
+            self._enqueue(db, message)
+
+    @staticmethod
+    def _enqueue(db: sqlite3.Connection, m: OutgoingMessage) -> None:
+        db.execute(
+            "INSERT INTO outbox (message_id, kind, created, envelope_hash, envelope)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (m.message_id, m.kind, m.created, m.envelope_hash, m.envelope),
+        )
+        db.executemany(
+            "INSERT INTO deliveries (message_id, recipient, state) VALUES (?, ?, 'queued')",
+            [(m.message_id, r) for r in m.recipients],
+        )
+
+    def pending(self, limit: int) -> list[PendingDelivery]:
+        rows = self._db.execute(
+            "SELECT d.message_id, d.recipient, o.envelope, d.attempts FROM deliveries d"
+            " JOIN outbox o USING (message_id) WHERE d.state = 'queued'"
+            " ORDER BY o.created, d.rowid LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [PendingDelivery(*row) for row in rows]
+
+    def pending_count(self) -> int:
+        (n,) = self._db.execute("SELECT count(*) FROM deliveries WHERE state = 'queued'").fetchone()
+        return int(n)
+
+    def mark_sent(self, message_id: str, recipient: str, stream_seq: int) -> None:
+        with self.transaction() as tx:
+            tx.execute(
+                "UPDATE deliveries SET state = 'sent', stream_seq = ?, sent_at = ?"
+                " WHERE message_id = ? AND recipient = ? AND state = 'queued'",
+                (stream_seq, int(time.time()), message_id, recipient),
+            )
+
+    def mark_attempt(self, message_id: str, recipient: str) -> None:
+        with self.transaction() as tx:
+            tx.execute(
+                "UPDATE deliveries SET attempts = attempts + 1"
+                " WHERE message_id = ? AND recipient = ?",
+                (message_id, recipient),
+            )
+
+    def mark_delivered(
+        self, db: sqlite3.Connection, *, message_id: str, recipient: str, envelope_hash: str
+    ) -> bool:
+        """Record a delivery receipt. False if it names no envelope we sent to `recipient`."""
+        row = db.execute(
+            "SELECT o.envelope_hash FROM deliveries d JOIN outbox o USING (message_id)"
+            " WHERE d.message_id = ? AND d.recipient = ?",
+            (message_id, recipient),
+        ).fetchone()
+        if row is None or row[0] != envelope_hash:
+            return False
+        db.execute(
+            "UPDATE deliveries SET state = 'delivered', delivered_at = coalesce(delivered_at, ?)"
+            " WHERE message_id = ? AND recipient = ?",
+            (int(time.time()), message_id, recipient),
+        )
+        return True
+
+    def outgoing(self, message_id: str) -> OutgoingStatus | None:
+        row = self._db.execute(
+            "SELECT kind, created, envelope_hash FROM outbox WHERE message_id = ?", (message_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        deliveries = tuple(
+            DeliveryState(*r)
+            for r in self._db.execute(
+                "SELECT recipient, state, sent_at, delivered_at FROM deliveries"
+                " WHERE message_id = ? ORDER BY recipient",
+                (message_id,),
+            )
+        )
+        status = min((d.state for d in deliveries), key=_STATUS_ORDER.index)
+        return OutgoingStatus(message_id, row[0], row[1], row[2], status, deliveries)
+
+    # --- inbox ----------------------------------------------------------------------------
+
+    def received_stream_seq(self, message_id: str) -> int | None:
+        """The stream sequence a message id was first received at, if it was."""
+        row = self._db.execute(
+            "SELECT stream_seq FROM inbox WHERE message_id = ?", (message_id,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def insert_received(self, db: sqlite3.Connection, r: Received, *, stream_seq: int) -> None:
+        db.execute(
+            "INSERT INTO inbox (message_id, kind, sender, envelope_hash, stream_seq, created,"
+            " received_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                r.message_id,
+                r.kind,
+                r.sender,
+                r.envelope_hash,
+                stream_seq,
+                r.created,
+                r.received_at,
+                r.body,
+            ),
+        )
+
+    def inbox_page(self, *, kind: str, after: int, limit: int) -> list[Received]:
+        rows = self._db.execute(
+            "SELECT seq, message_id, kind, sender, envelope_hash, created, received_at, body"
+            " FROM inbox WHERE kind = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (kind, after, limit),
+        ).fetchall()
+        return [Received(*row) for row in rows]
+
+    def count(self, table: str) -> int:
+        if table not in ("outbox", "deliveries", "inbox"):
+            raise ValueError(table)
+        (n,) = self._db.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
+        return int(n)
