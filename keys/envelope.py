@@ -213,9 +213,7 @@ class _Parsed:
     ciphertext: bytes
 
 
-def verify_outer(
-    data: bytes, *, signers: SignerKeys, limits: Limits = DEFAULT_LIMITS
-) -> Header:
+def verify_outer(data: bytes, *, signers: SignerKeys, limits: Limits = DEFAULT_LIMITS) -> Header:
     """Authenticate the sender from the outer signature alone, without decrypting (4.6).
 
     For the bus side and the ledger. Does not check expiry or addressing.
@@ -255,7 +253,12 @@ def open_envelope(
     except nacl.exceptions.CryptoError as e:
         raise DecryptionError("body does not authenticate under the content key") from e
     inner = codec.unpack(payload, max_bytes=len(payload), max_items=2, what="payload")
-    if not (len(inner) == 2 and _is_bin(inner[0], SIGNATURE_BYTES) and isinstance(inner[1], bytes)):
+    if not (
+        isinstance(inner, list)
+        and len(inner) == 2
+        and _is_bin(inner[0], SIGNATURE_BYTES)
+        and isinstance(inner[1], bytes)
+    ):
         raise MalformedError("payload must be [signature, body]")
     inner_sig, body = inner
     key = signers.signing_key(header.sender, header.sender_kid, at=header.created)
@@ -313,7 +316,12 @@ def _decode_header(header_bytes: bytes, limits: Limits) -> Header:
     raw = codec.unpack(
         header_bytes, max_bytes=8192, max_items=max(limits.max_recipients, 9), what="header"
     )
-    if not isinstance(raw, list) or len(raw) != 9 or raw[0] != VERSION:
+    if (
+        not isinstance(raw, list)
+        or len(raw) != 9
+        or raw[0] != VERSION
+        or isinstance(raw[0], bool)  # `true == 1` in Python
+    ):
         raise MalformedError("header must be an array of 9 elements starting with version 1")
     _, message_id, kind, sender, recipients, sender_kid, recipient_kids, created, expires = raw
     if not (isinstance(recipients, list) and isinstance(recipient_kids, list)):
@@ -381,7 +389,9 @@ def _stanza_key(shared: bytes, ephemeral: bytes, recipient: bytes) -> bytes:
     return digest
 
 
-def _wrap(content_key: bytes, ephemeral: PrivateKey, recipient: PublicKey, aad: bytes) -> list[bytes]:
+def _wrap(
+    content_key: bytes, ephemeral: PrivateKey, recipient: PublicKey, aad: bytes
+) -> list[bytes]:
     eph_pub = bytes(ephemeral.public_key)
     shared = sodium.crypto_scalarmult(bytes(ephemeral), bytes(recipient))
     key = _stanza_key(shared, eph_pub, bytes(recipient))

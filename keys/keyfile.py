@@ -24,7 +24,7 @@ from .errors import KeyFileError, KeyFileExistsError
 from .identity import AgencyKeys, check_agency_id
 
 KEYFILE_FORMAT = "nrm-keyfile/1"
-PASSPHRASE_ENV = "NRM_PASSPHRASE"
+PASSPHRASE_ENV = "NRM_PASSPHRASE"  # noqa: S105 - the variable's name, not a passphrase
 MIN_PASSPHRASE_CHARS = 12
 KEY_FILE_NAME = "agency.key"
 IDENTITY_FILE_NAME = "identity.json"
@@ -108,7 +108,7 @@ def open_keys(data: bytes, *, passphrase: bytes) -> AgencyKeys:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise KeyFileError(f"key file is not valid: {type(e).__name__}") from e
     inner = json.loads(secret)
-    if inner["agency"] != doc["agency"]:
+    if inner["agency"] != doc.get("agency"):
         raise KeyFileError("key file agency does not match its sealed contents")
     return AgencyKeys(
         agency=check_agency_id(inner["agency"]),

@@ -1,0 +1,82 @@
+"""Every envelope test vector through the real decoder; the generator reproduces them exactly."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from nacl.public import PrivateKey
+from nacl.signing import VerifyKey
+
+from keys import UnknownKeyError, UntrustedInputError, open_envelope
+from keys.identity import encryption_kid, signing_kid
+
+VECTORS = Path(__file__).parent / "vectors"
+FILES = sorted(VECTORS.glob("envelope-*.txt"))
+
+
+@dataclass(frozen=True)
+class OneSigner:
+    """Trusts exactly one signing key of one agency (a `SignerKeys`)."""
+
+    agency: str
+    key: VerifyKey
+
+    def signing_key(self, agency: str, kid: str, *, at: int) -> VerifyKey:
+        if agency != self.agency or kid != signing_kid(self.key):
+            raise UnknownKeyError(f"key {kid} of {agency} is not trusted")
+        return self.key
+
+
+def parse(path: Path) -> tuple[dict[str, str], bytes]:
+    head, _, tail = path.read_text(encoding="utf-8").partition("\n\n")
+    fields = dict(line.split(": ", 1) for line in head.splitlines())
+    return fields, base64.b64decode("".join(tail.split()), validate=True)
+
+
+def test_vectors_exist() -> None:
+    """The committed vector set covers ok and failure outcomes."""
+    outcomes = {parse(path)[0]["expect"] for path in FILES}
+    assert len(FILES) >= 15
+    assert {"ok", "bad-signature", "undecryptable", "malformed", "expired"} <= outcomes
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_vector(path: Path) -> None:
+    """Opening the vector's envelope gives exactly the outcome its `expect` line states."""
+    fields, data = parse(path)
+    secret = PrivateKey(bytes.fromhex(fields["recipient_x25519_secret"]))
+    signers = OneSigner(
+        fields["sender_agency"], VerifyKey(bytes.fromhex(fields["sender_ed25519_public"]))
+    )
+
+    def open_it() -> bytes:
+        return open_envelope(
+            data,
+            me=fields["recipient"],
+            decryption_keys={encryption_kid(secret.public_key): secret},
+            signers=signers,
+            now=int(fields["now"]),
+        ).body
+
+    if fields["expect"] == "ok":
+        assert open_it() == bytes.fromhex(fields["body"])
+    else:
+        with pytest.raises(UntrustedInputError) as caught:
+            open_it()
+        assert caught.value.reason == fields["expect"]
+
+
+def test_generator_reproduces_vectors(tmp_path: Path) -> None:
+    """Running the generator again writes byte-identical files, and no others."""
+    subprocess.run(
+        [sys.executable, str(VECTORS / "generate.py"), str(tmp_path)], check=True, timeout=60
+    )
+    fresh = sorted(tmp_path.glob("envelope-*.txt"))
+    assert [p.name for p in fresh] == [p.name for p in FILES]
+    for new, old in zip(fresh, FILES, strict=True):
+        assert new.read_bytes() == old.read_bytes(), new.name

@@ -1,0 +1,335 @@
+"""Generate the sealed-envelope test vectors (docs/PROTOCOL.md section 4).
+
+    python tests/vectors/generate.py [OUTPUT_DIR]
+
+Everything is deterministic: keys, content key, nonce and ephemeral keys are derived from fixed
+labels with SHA-256, times are fixed, and Ed25519 signatures are deterministic, so running this
+again gives byte-identical files. Each file tests one thing:
+
+    expect: ok | <reason code>
+    comment: <what the vector tests>
+    sender_seed: <hex Ed25519 seed that signed the envelope>
+    sender_agency: <agency id the receiver trusts>
+    sender_ed25519_public: <hex; the only signing key the receiver trusts>
+    recipient: <agency id of the receiver>
+    recipient_x25519_secret: <hex X25519 secret of the receiver>
+    now: <unix seconds at the receiver>
+    body: <hex plaintext body>                                  (only for `expect: ok`)
+
+    <envelope, base64, wrapped at 76 columns>
+
+The receiver uses a clock skew of 300 seconds and keeps no replay store.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import sys
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nacl.bindings as sodium
+from nacl.public import PrivateKey
+from nacl.signing import SigningKey
+
+from keys import codec
+from keys.envelope import (
+    Recipient,
+    UnsafeFixedRandomness,
+    _inner_message,
+    _outer_message,
+    seal,
+)
+from keys.identity import AgencyKeys
+
+CREATED = 1_767_225_600  # 2026-01-01T00:00:00Z
+EXPIRES = CREATED + 14 * 24 * 3600
+NOW = CREATED + 3600
+EXPIRED_NOW = EXPIRES + 24 * 3600
+MESSAGE_ID = "6e726d2d746573742d766563746f7231"
+BODY = json.dumps(
+    {"note": "synthetic test vector, no personal data", "type": "referral"},
+    sort_keys=True,
+    separators=(",", ":"),
+    ensure_ascii=False,
+).encode("utf-8")
+
+
+def fixed(label: str) -> bytes:
+    """32 fixed bytes named by `label`."""
+    return hashlib.sha256(b"nrm test vector: " + label.encode()).digest()
+
+
+def agency(agency_id: str, *, generation: int = 1) -> AgencyKeys:
+    return AgencyKeys(
+        agency=agency_id,
+        name=agency_id.replace("-", " ").title(),
+        signing_key=SigningKey(fixed(f"{agency_id} ed25519 {generation}")),
+        encryption_key=PrivateKey(fixed(f"{agency_id} x25519 {generation}")),
+    )
+
+
+POLICE = agency("police")
+SHELTER = agency("shelter")
+LABOUR = agency("labour-inspectorate")
+POLICE_OTHER = agency("police", generation=2)  # a key of the police that nobody trusts
+
+
+def seal_fixed(sender: AgencyKeys, recipients: list[AgencyKeys], body: bytes = BODY) -> bytes:
+    randomness = UnsafeFixedRandomness(
+        message_id=MESSAGE_ID,
+        content_key=fixed("content key"),
+        nonce=fixed("nonce")[:24],
+        ephemeral_keys=[PrivateKey(fixed(f"ephemeral {r.agency}")) for r in recipients],
+    )
+    return seal(
+        sender=sender,
+        recipients=[
+            Recipient(agency=r.agency, key=r.encryption_key.public_key) for r in recipients
+        ],
+        kind="referral",
+        body=body,
+        created=CREATED,
+        expires=EXPIRES,
+        unsafe_randomness=randomness,
+    ).data
+
+
+def split(data: bytes) -> list[object]:
+    """The six top-level fields of an envelope (4.1), without any checks."""
+    top: list[object] = codec.unpack(data, max_bytes=len(data), what="vector")
+    return top
+
+
+def sign_outer(sender: AgencyKeys, signed_part: bytes) -> bytes:
+    """`signed_part` followed by a fresh outer signature as a 64-byte bin (4.5)."""
+    sig = sender.signing_key.sign(_outer_message(signed_part)).signature
+    return signed_part + b"\xc4\x40" + sig
+
+
+def resign(sender: AgencyKeys, fields: list[object]) -> bytes:
+    """Encode `fields` (the last one replaced) and sign the result as `sender`."""
+    unsigned = codec.pack([*fields[:5], bytes(64)])
+    return sign_outer(sender, unsigned[:-66])
+
+
+def keep_sig(fields: list[object]) -> bytes:
+    """Encode `fields` as they are, keeping the (now stale) outer signature."""
+    return codec.pack(fields)
+
+
+def flip(data: bytes, part: bytes, index: int) -> bytes:
+    """`data` with bit 0 of byte `index` of the unique occurrence of `part` flipped."""
+    assert data.count(part) == 1
+    at = data.index(part) + index
+    return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
+
+
+def _bytes(value: object) -> bytes:
+    assert isinstance(value, bytes)
+    return value
+
+
+def bad_outer_signature() -> bytes:
+    data = seal_fixed(POLICE, [SHELTER])
+    return data[:-1] + bytes([data[-1] ^ 0x01])
+
+
+def bad_inner_signature() -> bytes:
+    """The inner signature covers a different body; the outer one is valid."""
+    fields = split(seal_fixed(POLICE, [SHELTER]))
+    header = _bytes(fields[1])
+    inner_sig = POLICE.signing_key.sign(_inner_message(header, BODY + b" ")).signature
+    fields[4] = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        codec.pack([inner_sig, BODY]), header, _bytes(fields[3]), fixed("content key")
+    )
+    return resign(POLICE, fields)
+
+
+def readdressed() -> bytes:
+    """The header names the labour inspectorate instead of the shelter; old outer signature."""
+    fields = split(seal_fixed(POLICE, [SHELTER]))
+    header = codec.unpack(_bytes(fields[1]), max_bytes=8192, what="header")
+    header[4] = [LABOUR.agency]
+    header[6] = [LABOUR.public.encryption_kid]
+    fields[1] = codec.pack(header)
+    return keep_sig(fields)
+
+
+def stanza_tampered() -> bytes:
+    data = seal_fixed(POLICE, [SHELTER])
+    stanzas = split(data)[2]
+    assert isinstance(stanzas, list)
+    return flip(data, stanzas[0][1], 5)
+
+
+def body_tampered() -> bytes:
+    data = seal_fixed(POLICE, [SHELTER])
+    return flip(data, _bytes(split(data)[4]), 7)
+
+
+def body_tampered_resigned() -> bytes:
+    fields = split(seal_fixed(POLICE, [SHELTER]))
+    ciphertext = bytearray(_bytes(fields[4]))
+    ciphertext[7] ^= 0x01
+    fields[4] = bytes(ciphertext)
+    return resign(POLICE, fields)
+
+
+def payload_not_array() -> bytes:
+    """The encrypted payload is the integer 5 instead of [inner_sig, body]; outer valid."""
+    fields = split(seal_fixed(POLICE, [SHELTER]))
+    fields[4] = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        codec.pack(5), _bytes(fields[1]), _bytes(fields[3]), fixed("content key")
+    )
+    return resign(POLICE, fields)
+
+
+def non_canonical() -> bytes:
+    """The top-level array is encoded as array16 instead of fixarray; outer re-signed."""
+    data = seal_fixed(POLICE, [SHELTER])
+    assert data[0] == 0x96
+    return sign_outer(POLICE, b"\xdc\x00\x06" + data[1:-66])
+
+
+def truncated() -> bytes:
+    return seal_fixed(POLICE, [SHELTER])[:-1]
+
+
+def version_2() -> bytes:
+    fields = split(seal_fixed(POLICE, [SHELTER]))
+    fields[0] = 2
+    return resign(POLICE, fields)
+
+
+@dataclass(frozen=True)
+class Vector:
+    name: str
+    comment: str
+    expect: str
+    make: Callable[[], bytes]
+    recipient: AgencyKeys = SHELTER
+    signer: AgencyKeys = POLICE
+    now: int = NOW
+
+
+VECTORS = [
+    Vector("ok-single", "one recipient", "ok", lambda: seal_fixed(POLICE, [SHELTER])),
+    Vector(
+        "ok-two-recipients-first",
+        "two recipients, opened by the first",
+        "ok",
+        lambda: seal_fixed(POLICE, [SHELTER, LABOUR]),
+    ),
+    Vector(
+        "ok-two-recipients-second",
+        "two recipients, opened by the second",
+        "ok",
+        lambda: seal_fixed(POLICE, [SHELTER, LABOUR]),
+        recipient=LABOUR,
+    ),
+    Vector(
+        "bad-outer-signature",
+        "last byte of the outer signature flipped",
+        "bad-signature",
+        bad_outer_signature,
+    ),
+    Vector(
+        "bad-inner-signature",
+        "inner signature over another body; outer signature valid",
+        "bad-signature",
+        bad_inner_signature,
+    ),
+    Vector(
+        "header-readdressed",
+        "header recipient changed, outer signature not redone",
+        "bad-signature",
+        readdressed,
+        recipient=LABOUR,
+    ),
+    Vector(
+        "stanza-tampered",
+        "one bit of the wrapped content key flipped",
+        "bad-signature",
+        stanza_tampered,
+    ),
+    Vector(
+        "body-tampered", "one bit of the body ciphertext flipped", "bad-signature", body_tampered
+    ),
+    Vector(
+        "body-tampered-resigned",
+        "one bit of the body ciphertext flipped, outer signature redone by the sender",
+        "undecryptable",
+        body_tampered_resigned,
+    ),
+    Vector(
+        "payload-not-array",
+        "decrypted payload is not [inner_sig, body]; outer valid",
+        "malformed",
+        payload_not_array,
+    ),
+    Vector(
+        "not-addressed-to-me",
+        "sealed to the shelter, opened by the labour inspectorate",
+        "not-addressed-to-me",
+        lambda: seal_fixed(POLICE, [SHELTER]),
+        recipient=LABOUR,
+    ),
+    Vector(
+        "expired",
+        "opened a day after expiry",
+        "expired",
+        lambda: seal_fixed(POLICE, [SHELTER]),
+        now=EXPIRED_NOW,
+    ),
+    Vector(
+        "unknown-sender-key",
+        "signed with a police key the receiver does not trust",
+        "unknown-key",
+        lambda: seal_fixed(POLICE_OTHER, [SHELTER]),
+        signer=POLICE_OTHER,
+    ),
+    Vector(
+        "non-canonical",
+        "top-level array as array16; outer signature redone",
+        "malformed",
+        non_canonical,
+    ),
+    Vector("truncated", "last byte removed", "malformed", truncated),
+    Vector(
+        "unsupported-version", "envelope version 2; outer signature redone", "malformed", version_2
+    ),
+]
+
+
+def render(vector: Vector) -> str:
+    lines = [
+        f"expect: {vector.expect}",
+        f"comment: {vector.comment}",
+        f"sender_seed: {bytes(vector.signer.signing_key).hex()}",
+        f"sender_agency: {POLICE.agency}",
+        f"sender_ed25519_public: {bytes(POLICE.signing_key.verify_key).hex()}",
+        f"recipient: {vector.recipient.agency}",
+        f"recipient_x25519_secret: {bytes(vector.recipient.encryption_key).hex()}",
+        f"now: {vector.now}",
+    ]
+    if vector.expect == "ok":
+        lines.append(f"body: {BODY.hex()}")
+    envelope = base64.b64encode(vector.make()).decode("ascii")
+    return "\n".join([*lines, "", *textwrap.wrap(envelope, 76)]) + "\n"
+
+
+def main(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("envelope-*.txt"):
+        stale.unlink()
+    for vector in VECTORS:
+        (out / f"envelope-{vector.name}.txt").write_text(render(vector), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent)
