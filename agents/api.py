@@ -47,7 +47,7 @@ class ApiSettings:
 
 BACKEND = web.AppKey("backend", Backend)
 SETTINGS = web.AppKey("settings", ApiSettings)
-CLIENT = "nrm.client"
+CLIENT = web.RequestKey("client", str)
 
 
 def make_app(backend: Backend, settings: ApiSettings) -> web.Application:

@@ -16,6 +16,9 @@
     [[peers]]                               # until the trust directory replaces it
     identity = "peers/shelter.json"
 
+    [limits]                                # optional overrides of keys.Limits
+    ack_wait_seconds = 10
+
 Relative paths are relative to the configuration file.
 """
 
@@ -24,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +99,7 @@ class AgentConfig:
                     if "passphrase_file" in doc
                     else None
                 ),
+                limits=_limits(doc.get("limits", {})),
             )
         except KeyError as e:
             raise ConfigError(f"missing setting {e.args[0]!r}") from e
@@ -103,6 +107,21 @@ class AgentConfig:
             if isinstance(e, ConfigError):
                 raise
             raise ConfigError(str(e)) from e
+
+
+def _limits(doc: Any) -> Limits:
+    """`[limits]` overrides single fields of `keys.Limits`; unknown names are an error."""
+    if not isinstance(doc, dict):
+        raise ConfigError("[limits] must be a table")
+    known = {f.name: f.type for f in fields(Limits)}
+    for name, value in doc.items():
+        if name not in known:
+            raise ConfigError(f"unknown limit {name!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"limit {name} must be a positive number")
+        if known[name] in (int, "int") and not isinstance(value, int):
+            raise ConfigError(f"limit {name} must be an integer")
+    return replace(DEFAULT_LIMITS, **doc)
 
 
 def _client(doc: Any) -> ApiClient:

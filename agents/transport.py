@@ -32,6 +32,9 @@ from .store import Store
 log = structlog.get_logger("nrm.transport")
 
 #: Errors that mean "the bus is not answering right now": retry later.
+#: How long stop() lets the loops finish their current step before cancelling them.
+STOP_GRACE_SECONDS = 3.0
+
 TRANSIENT = (nats.errors.Error, TimeoutError, OSError, ConnectionError)
 
 
@@ -64,6 +67,7 @@ class Transport:
         self._nc: Client | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._running = False
 
     @property
     def connected(self) -> bool:
@@ -74,16 +78,26 @@ class Transport:
         self._wake.set()
 
     async def start(self) -> None:
+        self._running = True
         self._tasks = [
             asyncio.create_task(self._run(), name=f"transport-{self.agency}"),
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Let the loops finish their current step, then close the connection.
+
+        The loops watch `_running` as well as cancellation: nats-py can turn a cancelled
+        fetch into a plain timeout, so cancellation alone is not a reliable stop signal.
+        """
+        self._running = False
+        self._wake.set()
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=STOP_GRACE_SECONDS)
+            for task in late:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._tasks = []
         if self._nc is not None:
             try:
@@ -94,13 +108,15 @@ class Transport:
 
     async def _run(self) -> None:
         nc = await self._connect()
+        if nc is None:
+            return
         js = nc.jetstream(timeout=5)
         async with asyncio.TaskGroup() as group:
             group.create_task(self._publish_loop(js), name=f"publisher-{self.agency}")
             group.create_task(self._consume_loop(js), name=f"consumer-{self.agency}")
 
-    async def _connect(self) -> Client:
-        while True:
+    async def _connect(self) -> Client | None:
+        while self._running:
             try:
                 self._nc = await nats.connect(
                     servers=list(self.urls),
@@ -116,8 +132,10 @@ class Transport:
                 self.log.info("bus_connected")
                 return self._nc
             except TRANSIENT as e:
+                _raise_if_cancelled()
                 self.log.warning("bus_unreachable", error=type(e).__name__)
                 await asyncio.sleep(1.0)
+        return None
 
     async def _on_error(self, e: Exception) -> None:
         self.log.warning("bus_error", error=type(e).__name__)
@@ -133,7 +151,7 @@ class Transport:
 
     async def _publish_loop(self, js: JetStreamContext) -> None:
         delay = self.limits.retry_initial_seconds
-        while True:
+        while self._running:
             batch = self.store.pending(self.limits.batch_size)
             if not batch:
                 self._wake.clear()
@@ -150,6 +168,7 @@ class Transport:
                         headers={"Nats-Msg-Id": publish_id(item.message_id, item.recipient)},
                     )
                 except TRANSIENT as e:
+                    _raise_if_cancelled()
                     self.store.mark_attempt(item.message_id, item.recipient)
                     self.log.warning(
                         "publish_retry",
@@ -184,7 +203,7 @@ class Transport:
             max_ack_pending=self.limits.batch_size * 4,
             filter_subject=subject,
         )
-        while True:
+        while self._running:
             try:
                 sub = await js.pull_subscribe(
                     subject,
@@ -193,12 +212,14 @@ class Transport:
                     config=config,
                 )
             except TRANSIENT as e:
+                _raise_if_cancelled()
                 self.log.warning("consumer_unavailable", error=type(e).__name__)
                 await asyncio.sleep(1.0)
                 continue
             try:
                 await self._fetch_forever(sub)
             except TRANSIENT as e:
+                _raise_if_cancelled()
                 self.log.warning("consumer_interrupted", error=type(e).__name__)
                 await asyncio.sleep(0.5)
             finally:
@@ -206,10 +227,11 @@ class Transport:
                     await sub.unsubscribe()
 
     async def _fetch_forever(self, sub: Any) -> None:
-        while True:
+        while self._running:
             try:
                 msgs: list[Msg] = await sub.fetch(self.limits.batch_size, timeout=1.0)
             except (nats.errors.TimeoutError, TimeoutError):
+                _raise_if_cancelled()  # nats-py turns a cancelled fetch into a timeout
                 continue
             for msg in msgs:
                 verdict = self.handler(msg.data, msg.metadata.sequence.stream)
@@ -217,3 +239,10 @@ class Transport:
                     await msg.ack()
                 else:
                     await msg.term()
+
+
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation that a library reported as a timeout or connection error."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -7,13 +7,14 @@ downloaded at run time. Production runs a NATS cluster instead (see deploy/).
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sysconfig
 import time
+import urllib.parse
 from pathlib import Path
 from types import TracebackType
 
@@ -48,13 +49,6 @@ def conf_string(value: str) -> str:
     for char, escape in (("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t")):
         escaped = escaped.replace(char, escape)
     return f'"{escaped}"'
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class NatsServer:
@@ -111,9 +105,11 @@ class NatsServer:
             raise RuntimeError(f"nats-server is already running (pid {self.pid})")
         binary = nats_server_binary()
         self._store_dir.mkdir(parents=True, exist_ok=True)
-        if self._port is None:
-            self._port = _free_port(self._host)
-        self._monitor_port = _free_port("127.0.0.1")
+        # Ports the server picks itself (-1) cannot be taken by someone else between our
+        # choosing and its binding; it reports them in its ports file.
+        self._monitor_port = None
+        for stale in self._store_dir.glob("*.ports"):
+            stale.unlink()
         self._write_config()
         with self.log_path.open("ab") as log:
             # Only the config path is passed on the command line: secrets live in the 0600 file.
@@ -174,8 +170,9 @@ class NatsServer:
         max_payload = DEFAULT_LIMITS.max_envelope_bytes + HEADER_ALLOWANCE_BYTES
         text = (
             "# Written by NRM Exchange (broker/server.py); rewritten at every start.\n"
-            f"listen: {conf_string(f'{self._host}:{self.port}')}\n"
-            f'http: "127.0.0.1:{self._monitor_port}"\n'
+            f"listen: {conf_string(f'{self._host}:{self._port or -1}')}\n"
+            'http: "127.0.0.1:-1"\n'
+            f"ports_file_dir: {conf_string(str(self._store_dir.resolve()))}\n"
             f"max_payload: {max_payload}\n"
             "jetstream {\n"
             f"  store_dir: {conf_string(str(self._store_dir.resolve()))}\n"
@@ -200,6 +197,9 @@ class NatsServer:
                 raise RuntimeError(
                     f"nats-server exited during start (code {code}); {self._log_tail()}"
                 )
+            if self._monitor_port is None and not self._read_ports_file(process.pid):
+                time.sleep(0.02)
+                continue
             try:
                 if self._healthz():
                     return
@@ -211,6 +211,20 @@ class NatsServer:
             f"nats-server not healthy after {START_TIMEOUT_SECONDS}s ({last_problem}); "
             f"{self._log_tail()}"
         )
+
+    def _read_ports_file(self, pid: int) -> bool:
+        path = self._store_dir / f"{nats_server_binary().name}_{pid}.ports"
+        try:
+            ports = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False  # not written yet, or half-written
+        client = urllib.parse.urlsplit(ports["nats"][0]).port
+        if self._port is None:
+            self._port = client
+        elif client != self._port:
+            raise RuntimeError(f"nats-server listens on {client}, expected {self._port}")
+        self._monitor_port = urllib.parse.urlsplit(ports["monitoring"][0]).port
+        return True
 
     def _healthz(self) -> bool:
         conn = http.client.HTTPConnection("127.0.0.1", self._monitor_port, timeout=1.0)

@@ -35,6 +35,7 @@ def prepare_mechanism(
     *,
     nats_urls: Sequence[str],
     cost: KdfCost = INTERACTIVE,
+    limits: dict[str, int | float] | None = None,
 ) -> dict[str, AgencySetup]:
     """Create keys and a configuration for each `(agency id, display name)` under `root`.
 
@@ -71,6 +72,9 @@ def prepare_mechanism(
                 f'token_sha256 = "{token_digest(token)}"',
                 "",
                 *[f'[[peers]]\nidentity = "../{peer}/keys/identity.json"' for peer in peers],
+                "",
+                "[limits]",
+                *[f"{k} = {v!r}" for k, v in (limits or {}).items()],
                 "",
             ]
         )

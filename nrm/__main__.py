@@ -1,0 +1,5 @@
+"""`python -m nrm` is the `nrm` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,112 @@
+"""Helpers shared by the agent tests: a local mechanism and a thin API client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from agents import Agent
+from broker import NatsServer
+from nrm.sandbox import AgencySetup, prepare_mechanism
+
+AGENCIES = [("police", "Police"), ("shelter", "Shelter"), ("coordinator", "Co-ordinator")]
+#: Short redelivery so crash tests do not wait the production 30 s.
+TEST_LIMITS = {"ack_wait_seconds": 2, "retry_max_seconds": 0.5}
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 20.0, what: str = "condition"
+) -> None:
+    """Poll `check` until it holds, or fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Api:
+    """Bearer-authenticated calls to one agent's HTTP API."""
+
+    http: aiohttp.ClientSession
+    base: str
+    token: str
+
+    async def call(
+        self, method: str, path: str, *, token: str | None = None, **kwargs: Any
+    ) -> tuple[int, Any, str]:
+        headers = {"Authorization": f"Bearer {self.token if token is None else token}"}
+        headers.update(kwargs.pop("headers", {}))
+        async with self.http.request(method, self.base + path, headers=headers, **kwargs) as r:
+            body = await r.read()
+            ctype = r.content_type
+            return r.status, (await r.json(content_type=None) if body else None), ctype
+
+    async def refer(self, recipients: list[str], referral: dict[str, Any]) -> str:
+        status, body, _ = await self.call(
+            "POST", "/v1/referrals", json={"recipients": recipients, "referral": referral}
+        )
+        assert status == 202, body
+        return str(body["id"])
+
+    async def status(self, referral_id: str) -> str:
+        status, body, _ = await self.call("GET", f"/v1/referrals/{referral_id}")
+        assert status == 200, body
+        return str(body["status"])
+
+    async def inbox(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        cursor = ""
+        while True:
+            status, body, _ = await self.call("GET", f"/v1/inbox?limit=100{cursor}")
+            assert status == 200, body
+            items += body["items"]
+            if body["next_cursor"] is None:
+                return items
+            cursor = f"&cursor={body['next_cursor']}"
+
+
+@dataclass
+class Mechanism:
+    """A bus and three agencies with keys and configs in `root`; agents run in-process."""
+
+    root: Path
+    bus: NatsServer
+    http: aiohttp.ClientSession
+    setups: dict[str, AgencySetup] = field(default_factory=dict)
+    agents: dict[str, Agent] = field(default_factory=dict)
+
+    @classmethod
+    def prepare(cls, root: Path, bus: NatsServer, http: aiohttp.ClientSession) -> Mechanism:
+        m = cls(root, bus, http)
+        m.setups = prepare_mechanism(
+            root / "agencies", AGENCIES, nats_urls=[bus.url], limits=TEST_LIMITS
+        )
+        return m
+
+    async def start(self, agency: str) -> Agent:
+        agent = Agent.from_config_file(self.setups[agency].config_path)
+        await agent.start()
+        self.agents[agency] = agent
+        return agent
+
+    async def stop(self, agency: str) -> None:
+        await self.agents.pop(agency).stop()
+
+    async def stop_all(self) -> None:
+        for agency in list(self.agents):
+            await self.stop(agency)
+
+    def api(self, agency: str) -> Api:
+        return Api(self.http, self.agents[agency].api_url, self.setups[agency].token)
+
+    def database(self, agency: str) -> Path:
+        return self.setups[agency].home / "agent.db"

@@ -1,0 +1,198 @@
+"""The agent end to end: real nats-server, real SQLite, real HTTP, agents talking over the bus."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import nats
+import pytest
+from structlog.testing import capture_logs
+
+from keys.subjects import MESSAGE_STREAM, inbox_consumer, inbox_subject
+
+from .support import Mechanism, eventually
+
+REFERRAL = {"person": {"names": ["Test Person"]}, "requested_services": ["shelter"]}
+
+
+def rows(db: Path, table: str) -> int:
+    with sqlite3.connect(db) as conn:
+        (n,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
+    return int(n)
+
+
+async def delivered(m: Mechanism, sender: str, referral_id: str) -> None:
+    async def check() -> bool:
+        return await m.api(sender).status(referral_id) == "delivered"
+
+    await eventually(check, what=f"delivery of {referral_id}")
+
+
+async def capture_next(m: Mechanism, agency: str) -> tuple[asyncio.Future[bytes], object]:
+    """Subscribe (plain NATS, as a bus eavesdropper would) to `agency`'s inbox subject."""
+    nc = await nats.connect(m.bus.url)
+    got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def on_msg(msg: nats.aio.msg.Msg) -> None:
+        if not got.done():
+            got.set_result(msg.data)
+
+    await nc.subscribe(inbox_subject(agency), cb=on_msg)
+    await nc.flush()
+    return got, nc
+
+
+async def test_referral_round_trip(mechanism: Mechanism) -> None:
+    """A referral goes police -> shelter, is stored once with the same body, and is delivered."""
+    m = mechanism
+    rid = await m.api("police").refer(["shelter"], REFERRAL)
+    await delivered(m, "police", rid)
+    inbox = await m.api("shelter").inbox()
+    assert [(i["id"], i["sender"], i["referral"]) for i in inbox] == [(rid, "police", REFERRAL)]
+    assert await m.api("coordinator").inbox() == []
+    _status, body, _ = await m.api("police").call("GET", f"/v1/referrals/{rid}")
+    assert [(r["agency"], r["status"]) for r in body["recipients"]] == [("shelter", "delivered")]
+
+
+async def test_multi_recipient_referral_reaches_each(mechanism: Mechanism) -> None:
+    """One referral to two agencies is delivered to both, and each confirms it."""
+    m = mechanism
+    rid = await m.api("police").refer(["shelter", "coordinator"], REFERRAL)
+    await delivered(m, "police", rid)
+    for agency in ("shelter", "coordinator"):
+        assert [i["id"] for i in await m.api(agency).inbox()] == [rid]
+
+
+async def test_bus_carries_no_plaintext(mechanism: Mechanism) -> None:
+    """What crosses the bus holds none of the referral's personal data."""
+    m = mechanism
+    got, nc = await capture_next(m, "shelter")
+    canary = "Canary-7f3a9c Person"
+    rid = await m.api("police").refer(["shelter"], {"person": {"names": [canary]}})
+    data = await asyncio.wait_for(got, 10)
+    await nc.close()  # type: ignore[attr-defined]
+    await delivered(m, "police", rid)
+    assert canary.encode() not in data
+    assert b"Canary" not in data
+
+
+async def test_replayed_envelope_is_rejected(mechanism: Mechanism) -> None:
+    """The same envelope republished under a new Nats-Msg-Id is rejected as replayed."""
+    m = mechanism
+    got, nc = await capture_next(m, "shelter")
+    rid = await m.api("police").refer(["shelter"], REFERRAL)
+    data = await asyncio.wait_for(got, 10)
+    await delivered(m, "police", rid)
+    with capture_logs() as logs:
+        js = nc.jetstream()  # type: ignore[attr-defined]
+        await js.publish(inbox_subject("shelter"), data, headers={"Nats-Msg-Id": "replay-1"})
+        await eventually(
+            lambda: _logged(logs, "message_rejected"), what="the replay to be rejected"
+        )
+    await nc.close()  # type: ignore[attr-defined]
+    assert [e["reason"] for e in logs if e["event"] == "message_rejected"] == ["replayed"]
+    assert rows(m.database("shelter"), "inbox") == 1
+
+
+async def test_tampered_and_misaddressed_envelopes_are_rejected(mechanism: Mechanism) -> None:
+    """A tampered envelope and one sealed for another agency are refused and never stored."""
+    m = mechanism
+    got, nc = await capture_next(m, "coordinator")
+    rid = await m.api("police").refer(["coordinator"], REFERRAL)
+    data = await asyncio.wait_for(got, 10)
+    await delivered(m, "police", rid)
+    tampered = bytearray(data)
+    tampered[len(tampered) // 2] ^= 0x01
+    js = nc.jetstream()  # type: ignore[attr-defined]
+    with capture_logs() as logs:
+        await js.publish(inbox_subject("shelter"), data, headers={"Nats-Msg-Id": "misaddr"})
+        await js.publish(inbox_subject("shelter"), bytes(tampered), headers={"Nats-Msg-Id": "t"})
+        await eventually(lambda: _logged(logs, "message_rejected", 2), what="both to be rejected")
+    await nc.close()  # type: ignore[attr-defined]
+    reasons = [e["reason"] for e in logs if e["event"] == "message_rejected"]
+    assert reasons[0] == "not-addressed-to-me"
+    assert reasons[1] in {"bad-signature", "malformed"}
+    assert rows(m.database("shelter"), "inbox") == 0
+
+
+async def test_referral_accepted_while_bus_down_is_delivered_once(mechanism: Mechanism) -> None:
+    """A referral accepted while nats-server is down is delivered after it returns, once."""
+    m = mechanism
+    m.bus.kill()
+    rid = await m.api("police").refer(["shelter"], REFERRAL)
+    assert await m.api("police").status(rid) == "queued"
+    status, health, _ = await m.api("police").call("GET", "/healthz")
+    assert (status, health["bus"]) == (503, "disconnected")
+    await asyncio.sleep(1.0)  # let the publisher fail and back off at least once
+    m.bus.restart()
+    await delivered(m, "police", rid)
+    assert [i["id"] for i in await m.api("shelter").inbox()] == [rid]
+    assert rows(m.database("shelter"), "inbox") == 1
+
+
+async def test_agent_killed_between_commit_and_ack_keeps_one_copy(mechanism: Mechanism) -> None:
+    """A receiving agent that dies after committing but before acking stores the redelivery once."""
+    m = mechanism
+    await m.stop("shelter")
+    config = m.setups["shelter"].config_path
+    env = {**os.environ, "NRM_FAILPOINT": "inbox-after-commit"}
+    crashing = subprocess.Popen(
+        [sys.executable, "-m", "nrm", "agent", "run", "--config", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(m.root / "crashing.log").open("wb"),
+    )
+    try:
+        rid = await m.api("police").refer(["shelter"], REFERRAL)
+        assert await asyncio.to_thread(crashing.wait, 30) == 70
+    finally:
+        if crashing.poll() is None:
+            crashing.kill()
+    assert rows(m.database("shelter"), "inbox") == 1
+
+    env.pop("NRM_FAILPOINT")
+    restarted = subprocess.Popen(
+        [sys.executable, "-m", "nrm", "agent", "run", "--config", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(m.root / "restarted.log").open("wb"),
+    )
+    try:
+        await delivered(m, "police", rid)
+        nc = await nats.connect(m.bus.url)
+        js = nc.jetstream()
+
+        async def drained() -> bool:
+            info = await js.consumer_info(MESSAGE_STREAM, inbox_consumer("shelter"))
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await eventually(drained, what="the redelivery to be acked")
+        await nc.close()
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(restarted.wait, 15) == 0
+    assert rows(m.database("shelter"), "inbox") == 1
+
+
+def _logged(logs: list[dict[str, object]], event: str, n: int = 1) -> asyncio.Future[bool]:
+    future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    future.set_result(sum(1 for e in logs if e["event"] == event) >= n)
+    return future
+
+
+@pytest.mark.parametrize("agency", ["police", "shelter"])
+async def test_health_reports_connected_bus(mechanism: Mechanism, agency: str) -> None:
+    """/healthz answers without a token and says the bus is connected once it is."""
+
+    async def healthy() -> bool:
+        status, body, _ = await mechanism.api(agency).call("GET", "/healthz", token="")
+        assert body["bus"] == ("connected" if status == 200 else "disconnected")
+        return status == 200
+
+    await eventually(healthy, what="the agent to connect")
