@@ -47,3 +47,24 @@ def publish_id(message_id: str, recipient: str) -> str:
 def _check_token(agency: str) -> None:
     if not AGENCY_ID_PATTERN.fullmatch(agency):
         raise ValueError(f"not a valid agency id: {agency!r}")
+
+
+#: Audit events (issue 5) live on a stream of their own.
+AUDIT_STREAM = "NRM_AUDIT"
+AUDIT_SUBJECTS = f"{PREFIX}.audit.>"
+
+#: The JetStream key-value bucket the signed trust directory is published in, and its keys:
+#: `root.<version>` for each root document, `directory` for the current directory.
+DIRECTORY_BUCKET = "nrm-directory"
+DIRECTORY_KEY = "directory"
+
+
+def root_key(version: int) -> str:
+    return f"root.{version}"
+
+
+def reply_prefix(agency: str) -> str:
+    """The inbox prefix an agency's connection uses for replies, so that the server can let
+    each agency subscribe to its own replies only (`<prefix>.>`)."""
+    _check_token(agency)
+    return f"_nrm_inbox.{agency}"
