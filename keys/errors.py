@@ -86,3 +86,22 @@ class UnexpectedMessageError(UntrustedInputError):
     receipt for a message this agency never sent to that agency."""
 
     reason = "unexpected"
+
+
+class NotEnoughSignaturesError(UntrustedInputError):
+    """Signed metadata with fewer distinct valid signatures from trusted keys than the
+    threshold requires (and none of the trusted keys' signatures was bad)."""
+
+    reason = "under-signed"
+
+
+class RollbackError(UntrustedInputError):
+    """Signed metadata whose version is not the one that may follow the trusted version."""
+
+    reason = "rolled-back"
+
+
+class ExpiredMetadataError(ExpiredError):
+    """Signed metadata (a root or a directory) past its expiry time."""
+
+    reason = "expired-metadata"

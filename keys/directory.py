@@ -1,0 +1,750 @@
+"""The signed trust directory: administrator roots, agencies and their keys, TUF-style checks.
+
+docs/PROTOCOL.md section 7 is normative. A root lists the administrators' Ed25519 keys and the
+threshold of them that must sign; a directory lists every agency with its roles and its
+signing, encryption and NATS keys, each with a validity window and status. Both are canonical
+JSON documents carried in a signed file `{"signed": ..., "signatures": [...]}`; verification
+returns the verified object or raises. Pure and offline: no clock, no network, no files.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Final, Literal
+
+from nacl.exceptions import BadSignatureError as NaclBadSignatureError
+from nacl.public import PublicKey
+from nacl.signing import SigningKey, VerifyKey
+
+from .envelope import Recipient
+from .errors import (
+    BadSignatureError,
+    ExpiredMetadataError,
+    MalformedError,
+    NotEnoughSignaturesError,
+    RetiredKeyError,
+    RevokedKeyError,
+    RollbackError,
+    UnknownKeyError,
+)
+from .identity import (
+    ENCRYPTION_KID_LABEL,
+    SIGNING_KID_LABEL,
+    check_agency_id,
+    key_id,
+    signing_kid,
+)
+
+#: Domain-separation labels of the two signatures (§7.4).
+ROOT_LABEL: Final = b"nrm/v1/root"
+DIRECTORY_LABEL: Final = b"nrm/v1/directory"
+ROOT_TYPE: Final = "nrm-root"
+DIRECTORY_TYPE: Final = "nrm-directory"
+SPEC_VERSION: Final = 1
+
+#: Bounds of the format (§7.2). Checked before parsing (size) or while parsing (counts).
+MAX_METADATA_BYTES: Final = 1 << 20
+MAX_SIGNATURES: Final = 64
+MAX_ROOT_KEYS: Final = 64
+MAX_AGENCIES: Final = 1024
+MAX_KEYS_PER_KIND: Final = 32
+MAX_NAME_CHARS: Final = 200
+MAX_REASON_CHARS: Final = 500
+#: Integers are kept inside the range every JSON implementation represents exactly.
+MAX_INT: Final = (1 << 53) - 1
+
+ROLES: Final = frozenset(
+    {
+        "police",
+        "border-guard",
+        "ngo",
+        "social-services",
+        "labour-inspection",
+        "prosecutor",
+        "health",
+        "coordinator",
+        "auditor",
+    }
+)
+
+KeyStatus = Literal["active", "retiring", "revoked"]
+KEY_STATUSES: Final = ("active", "retiring", "revoked")
+
+_KID = re.compile(r"^[0-9a-f]{32}$")
+#: A NATS user NKey public key: prefix "U", then base32 (RFC 4648 alphabet), 56 characters.
+_NATS_USER_KEY = re.compile(r"^U[A-Z2-7]{55}$")
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _check_int(value: object, what: str, *, minimum: int = 0) -> int:
+    if type(value) is not int or not minimum <= value <= MAX_INT:
+        raise ValueError(f"{what} must be an integer from {minimum} to 2^53-1")
+    return value
+
+
+def _check_text(value: object, what: str, limit: int) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= limit:
+        raise ValueError(f"{what} must be a non-empty string of at most {limit} characters")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEntry:
+    """One public key of an agency with its validity window and status (§7.3)."""
+
+    kid: str
+    public: bytes
+    valid_from: int
+    valid_until: int | None
+    status: KeyStatus
+    revoked_at: int | None = None
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kid, str) or not _KID.fullmatch(self.kid):
+            raise ValueError("kid must be 32 lowercase hex digits")
+        if not isinstance(self.public, bytes) or len(self.public) != 32:
+            raise ValueError("public keys are 32 bytes")
+        _check_int(self.valid_from, "valid_from")
+        if self.valid_until is not None:
+            _check_int(self.valid_until, "valid_until")
+            if self.valid_until < self.valid_from:
+                raise ValueError("valid_until is before valid_from")
+        if self.status not in KEY_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(KEY_STATUSES)}")
+        if self.status == "revoked":
+            _check_int(self.revoked_at, "revoked_at")
+            _check_text(self.reason, "reason", MAX_REASON_CHARS)
+        elif self.revoked_at is not None or self.reason is not None:
+            raise ValueError("only a revoked key has revoked_at and reason")
+
+    def is_valid_at(self, at: int) -> bool:
+        """Inside its window and not revoked by `at`."""
+        if self.status == "revoked" and self.revoked_at is not None and at >= self.revoked_at:
+            return False
+        return self.valid_from <= at and (self.valid_until is None or at <= self.valid_until)
+
+
+@dataclass(frozen=True, slots=True)
+class AgencyEntry:
+    """One agency: id, display name, roles and keys (§7.3). Roles are kept sorted."""
+
+    agency: str
+    name: str
+    roles: tuple[str, ...]
+    signing_keys: tuple[KeyEntry, ...]
+    encryption_keys: tuple[KeyEntry, ...]
+    nats_key: str
+
+    def __post_init__(self) -> None:
+        check_agency_id(self.agency)
+        _check_text(self.name, "name", MAX_NAME_CHARS)
+        roles = tuple(self.roles)
+        if not roles or len(set(roles)) != len(roles) or not set(roles) <= ROLES:
+            raise ValueError(f"roles must be distinct and among {', '.join(sorted(ROLES))}")
+        object.__setattr__(self, "roles", tuple(sorted(roles)))
+        for keys, label, what in (
+            (self.signing_keys, SIGNING_KID_LABEL, "signing"),
+            (self.encryption_keys, ENCRYPTION_KID_LABEL, "encryption"),
+        ):
+            if not isinstance(keys, tuple) or not 0 < len(keys) <= MAX_KEYS_PER_KIND:
+                raise ValueError(f"an agency has 1 to {MAX_KEYS_PER_KIND} {what} keys")
+            if len({k.kid for k in keys}) != len(keys):
+                raise ValueError(f"{what} key ids are not distinct")
+            for k in keys:
+                if not isinstance(k, KeyEntry) or k.kid != key_id(label, k.public):
+                    raise ValueError(f"a {what} key id does not match its key")
+        if not isinstance(self.nats_key, str) or not _NATS_USER_KEY.fullmatch(self.nats_key):
+            raise ValueError("nats_key must be a NATS user public key (U..., 56 characters)")
+
+    def key(self, kid: str) -> KeyEntry | None:
+        for k in (*self.signing_keys, *self.encryption_keys):
+            if k.kid == kid:
+                return k
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Directory:
+    """The agencies and their keys, at one version. Implements `envelope.SignerKeys`.
+
+    Immutable: every update returns a new Directory with the same version and expiry;
+    `bump(expires=...)` makes the next version.
+    """
+
+    version: int
+    expires: int
+    agencies: tuple[AgencyEntry, ...]
+
+    def __post_init__(self) -> None:
+        _check_int(self.version, "version", minimum=1)
+        _check_int(self.expires, "expires")
+        agencies = tuple(sorted(self.agencies, key=lambda a: a.agency))
+        if len(agencies) > MAX_AGENCIES:
+            raise ValueError(f"a directory lists at most {MAX_AGENCIES} agencies")
+        if len({a.agency for a in agencies}) != len(agencies):
+            raise ValueError("agency ids are not distinct")
+        if not all(isinstance(a, AgencyEntry) for a in agencies):
+            raise TypeError("agencies must be AgencyEntry values")
+        object.__setattr__(self, "agencies", agencies)
+
+    # -- lookups
+
+    def agency(self, agency: str) -> AgencyEntry:
+        for entry in self.agencies:
+            if entry.agency == agency:
+                return entry
+        raise UnknownKeyError(f"agency {agency} is not in directory version {self.version}")
+
+    def __contains__(self, agency: object) -> bool:
+        return any(entry.agency == agency for entry in self.agencies)
+
+    def signing_key(self, agency: str, kid: str, *, at: int) -> VerifyKey:
+        """The signing key `kid` of `agency` if it was valid at `at` (§7.6)."""
+        entry = self.agency(agency)
+        key = next((k for k in entry.signing_keys if k.kid == kid), None)
+        if key is None:
+            raise UnknownKeyError(f"key {kid} is not a signing key of {agency}")
+        if key.status == "revoked" and key.revoked_at is not None and at >= key.revoked_at:
+            raise RevokedKeyError(f"key {kid} of {agency} was revoked at {key.revoked_at}")
+        if at < key.valid_from or (key.valid_until is not None and at > key.valid_until):
+            raise RetiredKeyError(f"key {kid} of {agency} is not valid at {at}")
+        return VerifyKey(key.public)
+
+    def recipient(self, agency: str, *, at: int) -> Recipient:
+        """The encryption key to seal to at `at`: of the keys not revoked and valid at `at`,
+        the one with the latest valid_from (§7.6)."""
+        entry = self.agency(agency)
+        usable = [k for k in entry.encryption_keys if k.status != "revoked" and k.is_valid_at(at)]
+        if not usable:
+            raise UnknownKeyError(f"agency {agency} has no usable encryption key at {at}")
+        best = max(usable, key=lambda k: (k.valid_from, k.status == "active", k.kid))
+        return Recipient(agency=agency, key=PublicKey(best.public))
+
+    # -- pure updates
+
+    def bump(self, *, expires: int) -> Directory:
+        """The same content as the next version, expiring at `expires`."""
+        return Directory(version=self.version + 1, expires=expires, agencies=self.agencies)
+
+    def with_agency(self, entry: AgencyEntry) -> Directory:
+        """Add `entry`, or replace the agency with the same id."""
+        rest = tuple(a for a in self.agencies if a.agency != entry.agency)
+        return replace(self, agencies=(*rest, entry))
+
+    def without_agency(self, agency: str) -> Directory:
+        if agency not in self:
+            raise ValueError(f"agency {agency} is not in the directory")
+        return replace(self, agencies=tuple(a for a in self.agencies if a.agency != agency))
+
+    def rotate(
+        self,
+        agency: str,
+        *,
+        signing: tuple[str, bytes],
+        encryption: tuple[str, bytes],
+        now: int,
+        overlap_seconds: int,
+    ) -> Directory:
+        """Announce new keys, active from `now`; the active ones become retiring and stay
+        valid until `now + overlap_seconds` (§7.7)."""
+        _check_int(now, "now")
+        _check_int(overlap_seconds, "overlap_seconds")
+        entry = self.agency(agency)
+        end = now + overlap_seconds
+
+        def rotated(keys: tuple[KeyEntry, ...], new: tuple[str, bytes]) -> tuple[KeyEntry, ...]:
+            out = []
+            for k in keys:
+                if k.status == "active":
+                    until = end if k.valid_until is None else min(k.valid_until, end)
+                    k = replace(k, status="retiring", valid_until=max(until, k.valid_from))
+                out.append(k)
+            kid, public = new
+            out.append(KeyEntry(kid, public, valid_from=now, valid_until=None, status="active"))
+            return tuple(out)
+
+        return self.with_agency(
+            replace(
+                entry,
+                signing_keys=rotated(entry.signing_keys, signing),
+                encryption_keys=rotated(entry.encryption_keys, encryption),
+            )
+        )
+
+    def revoke(self, agency: str, kid: str, *, at: int, reason: str) -> Directory:
+        """Mark key `kid` of `agency` revoked from time `at` (§7.7)."""
+        entry = self.agency(agency)
+        if entry.key(kid) is None:
+            raise ValueError(f"key {kid} is not a key of {agency}")
+
+        def revoked(keys: tuple[KeyEntry, ...]) -> tuple[KeyEntry, ...]:
+            return tuple(
+                replace(k, status="revoked", revoked_at=at, reason=reason) if k.kid == kid else k
+                for k in keys
+            )
+
+        return self.with_agency(
+            replace(
+                entry,
+                signing_keys=revoked(entry.signing_keys),
+                encryption_keys=revoked(entry.encryption_keys),
+            )
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Root:
+    """The administrators' keys (by signing key id) and how many must sign (§7.2)."""
+
+    version: int
+    expires: int
+    threshold: int
+    keys: dict[str, VerifyKey]
+
+    def __post_init__(self) -> None:
+        _check_int(self.version, "version", minimum=1)
+        _check_int(self.expires, "expires")
+        keys = dict(self.keys)  # never share the caller's dict
+        if not keys or len(keys) > MAX_ROOT_KEYS:
+            raise ValueError(f"a root holds 1 to {MAX_ROOT_KEYS} keys")
+        for kid, key in keys.items():
+            if not isinstance(key, VerifyKey) or signing_kid(key) != kid:
+                raise ValueError("a root key id does not match its key")
+        if type(self.threshold) is not int or not 1 <= self.threshold <= len(keys):
+            raise ValueError("threshold must be from 1 to the number of root keys")
+        object.__setattr__(self, "keys", keys)
+
+    @classmethod
+    def of(cls, *, version: int, expires: int, threshold: int, keys: Iterable[VerifyKey]) -> Root:
+        return cls(version, expires, threshold, {signing_kid(k): k for k in keys})
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def canonical_json(obj: Any) -> bytes:
+    """§7.1: sorted keys, no whitespace, UTF-8 unescaped."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _key_doc(k: KeyEntry) -> dict[str, Any]:
+    return {
+        "kid": k.kid,
+        "public": _b64(k.public),
+        "valid_from": k.valid_from,
+        "valid_until": k.valid_until,
+        "status": k.status,
+        "revoked_at": k.revoked_at,
+        "reason": k.reason,
+    }
+
+
+def _root_doc(root: Root) -> dict[str, Any]:
+    return {
+        "type": ROOT_TYPE,
+        "spec_version": SPEC_VERSION,
+        "version": root.version,
+        "expires": root.expires,
+        "threshold": root.threshold,
+        "keys": {kid: _b64(bytes(key)) for kid, key in root.keys.items()},
+    }
+
+
+def _directory_doc(d: Directory) -> dict[str, Any]:
+    return {
+        "type": DIRECTORY_TYPE,
+        "spec_version": SPEC_VERSION,
+        "version": d.version,
+        "expires": d.expires,
+        "agencies": [
+            {
+                "agency": a.agency,
+                "name": a.name,
+                "roles": list(a.roles),
+                "signing_keys": [_key_doc(k) for k in a.signing_keys],
+                "encryption_keys": [_key_doc(k) for k in a.encryption_keys],
+                "nats_key": a.nats_key,
+            }
+            for a in d.agencies
+        ],
+    }
+
+
+def encode_root(root: Root) -> bytes:
+    """The canonical `signed` part of a root."""
+    return canonical_json(_root_doc(root))
+
+
+def encode_directory(d: Directory) -> bytes:
+    """The canonical `signed` part of a directory."""
+    return canonical_json(_directory_doc(d))
+
+
+# --------------------------------------------------------------------------- strict decoding
+
+
+def _no_floats(text: str) -> Any:
+    raise ValueError("floats are not allowed")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate member")
+    return out
+
+
+def _load_canonical(data: bytes, what: str) -> Any:
+    """Parse `data` as JSON and refuse it unless it is exactly its canonical form."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"{what} must be bytes")
+    data = bytes(data)
+    if len(data) > MAX_METADATA_BYTES:
+        raise MalformedError(f"{what} is {len(data)} bytes, more than {MAX_METADATA_BYTES}")
+    try:
+        obj = json.loads(
+            data.decode("utf-8"),
+            parse_float=_no_floats,
+            parse_constant=_no_floats,
+            object_pairs_hook=_no_duplicates,
+        )
+        canonical = canonical_json(obj)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeError are ValueErrors
+        raise MalformedError(f"{what} is not valid JSON") from e
+    if canonical != data:
+        raise MalformedError(f"{what} is not canonical JSON")
+    return obj
+
+
+def _fields(obj: Any, names: set[str], what: str) -> dict[str, Any]:
+    if not isinstance(obj, dict) or set(obj) != names:
+        raise ValueError(f"{what} must have exactly the members {', '.join(sorted(names))}")
+    return obj
+
+
+def _list(obj: Any, what: str, limit: int) -> list[Any]:
+    if not isinstance(obj, list) or len(obj) > limit:
+        raise ValueError(f"{what} must be a list of at most {limit} items")
+    return obj
+
+
+def _unb64(text: Any, size: int, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be base64 text")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except binascii.Error as e:
+        raise ValueError(f"{what} is not base64") from e
+    if len(raw) != size or _b64(raw) != text:
+        raise ValueError(f"{what} must be the canonical base64 of {size} bytes")
+    return raw
+
+
+def _opt_int(value: Any, what: str) -> int | None:
+    return None if value is None else _check_int(value, what)
+
+
+def _opt_text(value: Any, what: str) -> str | None:
+    return None if value is None else _check_text(value, what, MAX_REASON_CHARS)
+
+
+_KEY_FIELDS = {"kid", "public", "valid_from", "valid_until", "status", "revoked_at", "reason"}
+_AGENCY_FIELDS = {"agency", "name", "roles", "signing_keys", "encryption_keys", "nats_key"}
+_ROOT_FIELDS = {"type", "spec_version", "version", "expires", "threshold", "keys"}
+_DIRECTORY_FIELDS = {"type", "spec_version", "version", "expires", "agencies"}
+
+
+def _key_from_doc(doc: Any) -> KeyEntry:
+    f = _fields(doc, _KEY_FIELDS, "key")
+    status = f["status"]
+    if status not in KEY_STATUSES:
+        raise ValueError("unknown key status")
+    return KeyEntry(
+        kid=_check_text(f["kid"], "kid", 32),
+        public=_unb64(f["public"], 32, "public"),
+        valid_from=_check_int(f["valid_from"], "valid_from"),
+        valid_until=_opt_int(f["valid_until"], "valid_until"),
+        status=status,
+        revoked_at=_opt_int(f["revoked_at"], "revoked_at"),
+        reason=_opt_text(f["reason"], "reason"),
+    )
+
+
+def _check_header(f: dict[str, Any], kind: str) -> None:
+    if f["type"] != kind:
+        raise ValueError(f"expected a {kind} document")
+    if type(f["spec_version"]) is not int or f["spec_version"] != SPEC_VERSION:
+        raise ValueError(f"spec_version must be {SPEC_VERSION}")
+
+
+def _root_from_doc(doc: Any) -> Root:
+    f = _fields(doc, _ROOT_FIELDS, "root")
+    _check_header(f, ROOT_TYPE)
+    keys = f["keys"]
+    if not isinstance(keys, dict) or len(keys) > MAX_ROOT_KEYS:
+        raise ValueError(f"keys must be an object of at most {MAX_ROOT_KEYS} members")
+    return Root(
+        version=_check_int(f["version"], "version", minimum=1),
+        expires=_check_int(f["expires"], "expires"),
+        threshold=_check_int(f["threshold"], "threshold", minimum=1),
+        keys={kid: VerifyKey(_unb64(pub, 32, "root key")) for kid, pub in keys.items()},
+    )
+
+
+def _directory_from_doc(doc: Any) -> Directory:
+    f = _fields(doc, _DIRECTORY_FIELDS, "directory")
+    _check_header(f, DIRECTORY_TYPE)
+    agencies = []
+    for item in _list(f["agencies"], "agencies", MAX_AGENCIES):
+        a = _fields(item, _AGENCY_FIELDS, "agency")
+        roles = _list(a["roles"], "roles", len(ROLES))
+        if not all(isinstance(r, str) for r in roles):
+            raise ValueError("roles must be strings")
+        agencies.append(
+            AgencyEntry(
+                agency=_check_text(a["agency"], "agency", 64),
+                name=_check_text(a["name"], "name", MAX_NAME_CHARS),
+                roles=tuple(roles),
+                signing_keys=tuple(
+                    _key_from_doc(k)
+                    for k in _list(a["signing_keys"], "signing_keys", MAX_KEYS_PER_KIND)
+                ),
+                encryption_keys=tuple(
+                    _key_from_doc(k)
+                    for k in _list(a["encryption_keys"], "encryption_keys", MAX_KEYS_PER_KIND)
+                ),
+                nats_key=_check_text(a["nats_key"], "nats_key", 56),
+            )
+        )
+    return Directory(
+        version=_check_int(f["version"], "version", minimum=1),
+        expires=_check_int(f["expires"], "expires"),
+        agencies=tuple(agencies),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _SignedFile:
+    """A parsed signed file: the canonical signed part and its (keyid, signature) pairs."""
+
+    kind: str
+    signed: Any
+    signed_bytes: bytes
+    signatures: tuple[tuple[str, bytes], ...]
+
+    @property
+    def label(self) -> bytes:
+        return ROOT_LABEL if self.kind == ROOT_TYPE else DIRECTORY_LABEL
+
+    def to_bytes(self) -> bytes:
+        sigs = [{"keyid": kid, "sig": _b64(sig)} for kid, sig in self.signatures]
+        return canonical_json({"signed": self.signed, "signatures": sigs})
+
+
+_DECODERS: Final[dict[str, tuple[Callable[[Any], Any], Callable[[Any], bytes]]]] = {
+    ROOT_TYPE: (_root_from_doc, encode_root),
+    DIRECTORY_TYPE: (_directory_from_doc, encode_directory),
+}
+
+
+def _parse(data: bytes, *, allow_bare: bool) -> tuple[_SignedFile, Root | Directory]:
+    """Strictly parse a signed file (or, if `allow_bare`, an unsigned `signed` part)."""
+    obj = _load_canonical(data, "metadata")
+    try:
+        if allow_bare and isinstance(obj, dict) and "type" in obj:
+            obj = {"signed": obj, "signatures": []}
+        f = _fields(obj, {"signed", "signatures"}, "signed file")
+        signatures = []
+        for item in _list(f["signatures"], "signatures", MAX_SIGNATURES):
+            s = _fields(item, {"keyid", "sig"}, "signature")
+            if not isinstance(s["keyid"], str) or not _KID.fullmatch(s["keyid"]):
+                raise ValueError("keyid must be 32 lowercase hex digits")
+            signatures.append((s["keyid"], _unb64(s["sig"], 64, "sig")))
+        signed = f["signed"]
+        kind = signed.get("type") if isinstance(signed, dict) else None
+        if kind not in _DECODERS:
+            raise ValueError("signed part has an unknown type")
+        decode, encode = _DECODERS[kind]
+        value = decode(signed)
+    except (ValueError, TypeError) as e:
+        raise MalformedError(f"metadata is not valid: {e}") from e
+    signed_bytes = canonical_json(signed)
+    if encode(value) != signed_bytes:
+        raise MalformedError("metadata signed part is not in canonical order")
+    return _SignedFile(kind, signed, signed_bytes, tuple(signatures)), value
+
+
+def read_unverified_root(data: bytes) -> Root:
+    """Parse a root (signed file or bare document) WITHOUT checking any signature."""
+    value = _parse(data, allow_bare=True)[1]
+    if not isinstance(value, Root):
+        raise MalformedError("metadata is not a root")
+    return value
+
+
+def read_unverified_directory(data: bytes) -> Directory:
+    """Parse a directory (signed file or bare document) WITHOUT checking any signature."""
+    value = _parse(data, allow_bare=True)[1]
+    if not isinstance(value, Directory):
+        raise MalformedError("metadata is not a directory")
+    return value
+
+
+# --------------------------------------------------------------------------- signing
+
+
+def sign(data: bytes, key: SigningKey) -> bytes:
+    """Add `key`'s signature to a signed file, or make one from an unsigned document (§7.4).
+
+    A key that already signed is not added twice (its entry is replaced by a fresh one).
+    The returned file lists signatures sorted by key id.
+    """
+    if not isinstance(key, SigningKey):
+        raise TypeError("sign takes a nacl SigningKey")
+    parsed, _ = _parse(data, allow_bare=True)
+    kid = signing_kid(key.verify_key)
+    sig = key.sign(parsed.label + b"\x00" + parsed.signed_bytes).signature
+    others = [(k, s) for k, s in parsed.signatures if k != kid]
+    return replace(parsed, signatures=tuple(sorted([*others, (kid, sig)]))).to_bytes()
+
+
+def signature_count(data: bytes, *, keys: Root | Mapping[str, VerifyKey] | None) -> int:
+    """Distinct key ids whose signature verifies under `keys` (a root or a kid->key map), or,
+    with `keys=None`, distinct key ids present (nothing verified)."""
+    parsed, _ = _parse(data, allow_bare=True)
+    if keys is None:
+        return len({kid for kid, _ in parsed.signatures})
+    trusted = keys.keys if isinstance(keys, Root) else keys
+    return len(_valid_signers(parsed, trusted)[0])
+
+
+def _valid_signers(parsed: _SignedFile, keys: Mapping[str, VerifyKey]) -> tuple[set[str], bool]:
+    """(key ids in `keys` with a valid signature, whether any of their signatures was bad)."""
+    message = parsed.label + b"\x00" + parsed.signed_bytes
+    valid: set[str] = set()
+    bad = False
+    for kid, sig in parsed.signatures:
+        key = keys.get(kid)
+        if key is None:
+            continue
+        try:
+            key.verify(message, sig)
+        except NaclBadSignatureError:
+            bad = True
+        else:
+            valid.add(kid)
+    return valid, bad
+
+
+def _require_threshold(
+    parsed: _SignedFile, keys: Mapping[str, VerifyKey], threshold: int, what: str
+) -> None:
+    valid, bad = _valid_signers(parsed, keys)
+    if len(valid) >= threshold:
+        return
+    message = f"{what}: {len(valid)} valid signatures of the {threshold} required"
+    if bad:
+        raise BadSignatureError(message + ", and at least one signature is invalid")
+    raise NotEnoughSignaturesError(message)
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def verify_initial_root(data: bytes, *, now: int) -> Root:
+    """Check a root obtained out of band (the trust anchor): signed by a threshold of its
+    own keys and not expired (§7.5)."""
+    parsed, value = _parse(data, allow_bare=False)
+    if not isinstance(value, Root):
+        raise MalformedError("metadata is not a root")
+    _require_threshold(parsed, value.keys, value.threshold, f"root version {value.version}")
+    if now >= value.expires:
+        raise ExpiredMetadataError(f"root version {value.version} has expired")
+    return value
+
+
+def verify_root_update(trusted: Root, new_bytes: bytes, *, now: int) -> Root:
+    """Verify the root that follows `trusted` (§7.5, steps R1-R5)."""
+    parsed, new = _parse(new_bytes, allow_bare=False)
+    if not isinstance(new, Root):
+        raise MalformedError("metadata is not a root")
+    what = f"root version {new.version}"
+    _require_threshold(parsed, trusted.keys, trusted.threshold, what + " (trusted root keys)")
+    _require_threshold(parsed, new.keys, new.threshold, what + " (its own keys)")
+    if new.version != trusted.version + 1:
+        raise RollbackError(
+            f"root version {new.version} does not follow trusted version {trusted.version}"
+        )
+    if now >= new.expires:
+        raise ExpiredMetadataError(f"{what} has expired")
+    return new
+
+
+def verify_directory(root: Root, data: bytes, *, now: int, current: Directory | None) -> Directory:
+    """Verify a directory against `root` and the currently trusted one (§7.5, steps D1-D4).
+
+    The same version with byte-identical content is accepted as no change.
+    """
+    parsed, new = _parse(data, allow_bare=False)
+    if not isinstance(new, Directory):
+        raise MalformedError("metadata is not a directory")
+    what = f"directory version {new.version}"
+    _require_threshold(parsed, root.keys, root.threshold, what)
+    if current is not None and (
+        new.version < current.version
+        or (new.version == current.version and parsed.signed_bytes != encode_directory(current))
+    ):
+        raise RollbackError(f"{what} does not follow trusted version {current.version}")
+    if now >= new.expires:
+        raise ExpiredMetadataError(f"{what} has expired")
+    return new
+
+
+class TrustStore:
+    """The trusted root and directory. State changes only after an update fully verifies."""
+
+    def __init__(self, root: Root, directory: Directory | None = None) -> None:
+        self._root = root
+        self._directory = directory
+        self._directory_bytes: bytes | None = None
+        self._root_bytes: bytes | None = None
+
+    @property
+    def root(self) -> Root:
+        return self._root
+
+    @property
+    def directory(self) -> Directory | None:
+        return self._directory
+
+    @property
+    def root_bytes(self) -> bytes | None:
+        """The signed file of the current root, if it came through `update_root`."""
+        return self._root_bytes
+
+    @property
+    def directory_bytes(self) -> bytes | None:
+        """The signed file of the current directory, for persisting (temp file + os.replace)."""
+        return self._directory_bytes
+
+    def update_root(self, data: bytes, now: int) -> Root:
+        root = verify_root_update(self._root, data, now=now)
+        self._root, self._root_bytes = root, bytes(data)
+        return root
+
+    def update_directory(self, data: bytes, now: int) -> Directory:
+        directory = verify_directory(self._root, data, now=now, current=self._directory)
+        self._directory, self._directory_bytes = directory, bytes(data)
+        return directory
