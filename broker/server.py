@@ -26,6 +26,8 @@ HEADER_ALLOWANCE_BYTES = 64 * 1024
 START_TIMEOUT_SECONDS = 15.0
 #: How long `stop()` waits after SIGTERM before sending SIGKILL.
 STOP_TIMEOUT_SECONDS = 10.0
+#: How long `reload()` waits for the server to report the new configuration loaded.
+RELOAD_TIMEOUT_SECONDS = 10.0
 #: How much of nats.log an error quotes.
 LOG_TAIL_BYTES = 4096
 
@@ -154,6 +156,63 @@ class NatsServer:
         self.stop()
         self.start()
 
+    def reload(self, extra_config: str) -> None:
+        """Replace the extra configuration (authorization) in the running server, no restart.
+
+        Rewrites the config file and sends SIGHUP; nats-server re-reads it and applies the
+        new users and permissions to existing and new connections. Returns once the server
+        reports a configuration load newer than before and is healthy; the pid is unchanged.
+        Raises RuntimeError (quoting the log) if the server rejects the new configuration,
+        in which case it keeps running with the previous one.
+        """
+        process = self._process
+        if process is None or process.poll() is not None:
+            raise RuntimeError("nats-server is not running")
+        pid = process.pid
+        before = self._config_load_time()
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        previous = self._extra_config
+        self._extra_config = extra_config
+        self._write_config()
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + RELOAD_TIMEOUT_SECONDS
+        problem = f"no new configuration loaded within {RELOAD_TIMEOUT_SECONDS}s"
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"nats-server exited during reload (code {process.returncode}); "
+                    f"{self._log_tail()}"
+                )
+            failure = self._reload_failure(log_offset)
+            if failure is not None:
+                problem = failure
+                break
+            try:
+                if self._config_load_time() != before and self._healthz():
+                    if self.pid != pid:  # pragma: no cover - defensive
+                        raise RuntimeError("nats-server pid changed during reload")
+                    return
+            except OSError:
+                pass  # monitoring briefly unavailable: ask again
+            time.sleep(0.05)
+        # Keep the file in step with what the server still runs, so a restart starts it.
+        self._extra_config = previous
+        self._write_config()
+        raise RuntimeError(f"nats-server reload failed: {problem}; {self._log_tail()}")
+
+    def _reload_failure(self, log_offset: int) -> str | None:
+        """The server's "Failed to reload" log line written after `log_offset`, if any."""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(log_offset)
+                new = f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return None
+        for line in new.splitlines():
+            if "Failed to reload" in line:
+                return line.strip()
+        return None
+
     def __enter__(self) -> NatsServer:
         self.start()
         return self
@@ -235,6 +294,22 @@ class NatsServer:
             return response.status == http.client.OK
         finally:
             conn.close()
+
+    def _config_load_time(self) -> str:
+        """When the server last loaded its configuration, from the monitoring `/varz`."""
+        conn = http.client.HTTPConnection("127.0.0.1", self._monitor_port, timeout=1.0)
+        try:
+            conn.request("GET", "/varz")
+            response = conn.getresponse()
+            body = response.read()
+        finally:
+            conn.close()
+        if response.status != http.client.OK:
+            raise OSError(f"/varz answered {response.status}")
+        value = json.loads(body).get("config_load_time")
+        if not isinstance(value, str):
+            raise RuntimeError("nats-server /varz reports no config_load_time")
+        return value
 
     def _log_tail(self) -> str:
         try:

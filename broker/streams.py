@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import nats
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from keys.limits import DEFAULT_LIMITS, Limits
-from keys.subjects import MESSAGE_STREAM, MESSAGE_SUBJECTS
+from keys.subjects import DIRECTORY_BUCKET, MESSAGE_STREAM, MESSAGE_SUBJECTS
 
 #: How long connecting and draining may take while provisioning.
 CONNECT_TIMEOUT_SECONDS = 5
 #: Room for message headers on top of the largest envelope.
 HEADER_ROOM_BYTES = 4096
+#: How many revisions of each key the directory bucket keeps.
+DIRECTORY_HISTORY = 16
+#: The stream behind the directory bucket (nats-py's KV naming).
+DIRECTORY_STREAM = f"KV_{DIRECTORY_BUCKET}"
 
 
 def message_stream_config(*, limits: Limits, replicas: int) -> StreamConfig:
@@ -44,15 +48,51 @@ async def provision_streams(
         await js.add_stream(config)
     else:
         await js.update_stream(config)
+    await provision_directory_bucket(js, replicas=replicas)
 
 
-async def provision(url: str, *, limits: Limits = DEFAULT_LIMITS, replicas: int = 1) -> None:
-    """Connect to the bus at `url`, provision the streams, and drain the connection."""
+async def provision_directory_bucket(js: JetStreamContext, *, replicas: int = 1) -> None:
+    """Create the trust directory bucket, or bring it to the wanted configuration (idempotent).
+
+    File storage, `DIRECTORY_HISTORY` revisions per key, direct gets on (agents read it).
+    """
+    try:
+        info = await js.stream_info(DIRECTORY_STREAM)
+    except NotFoundError:
+        await js.create_key_value(
+            KeyValueConfig(
+                bucket=DIRECTORY_BUCKET,
+                history=DIRECTORY_HISTORY,
+                storage=StorageType.FILE,
+                replicas=replicas,
+                direct=True,
+            )
+        )
+    else:
+        config = info.config
+        if (config.max_msgs_per_subject, config.num_replicas) != (DIRECTORY_HISTORY, replicas):
+            await js.update_stream(
+                config.evolve(max_msgs_per_subject=DIRECTORY_HISTORY, num_replicas=replicas)
+            )
+
+
+async def provision(
+    url: str,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    replicas: int = 1,
+    nkeys_seed: bytes | None = None,
+) -> None:
+    """Connect to the bus at `url`, provision the streams and the directory bucket, drain.
+
+    With authorization on, `nkeys_seed` is an operator's NKey seed (broker/authz.py).
+    """
     nc = await nats.connect(
         url,
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         allow_reconnect=False,
         drain_timeout=CONNECT_TIMEOUT_SECONDS,
+        nkeys_seed_str=None if nkeys_seed is None else nkeys_seed.decode("ascii"),
     )
     try:
         await provision_streams(nc.jetstream(), limits=limits, replicas=replicas)

@@ -1,0 +1,179 @@
+"""Bus authorization: the nats-server `authorization` block generated from the directory.
+
+Every connection authenticates with an NKey (challenge-response: the server sends a nonce,
+the client signs it with its seed; no password is ever sent or stored). There is no
+`no_auth_user`, so anonymous connections are refused. Three kinds of user:
+
+- **Agencies** publish to any inbox (`nrm.v1.msg.*`) and to their own audit subject; they may
+  create, inspect, fetch from and ack only their own durable inbox consumer `inbox-<id>`
+  filtered on their own inbox subject, read (get and watch) the directory bucket, and
+  subscribe only to their own reply subjects `_nrm_inbox.<id>.>` (agents connect with
+  `inbox_prefix=keys.subjects.reply_prefix(id)`).
+- **Auditors** subscribe to `nrm.v1.audit.>` and read the directory bucket. Their replies
+  use the prefix `_nrm_inbox.auditor-<first 8 characters of the NKey, lowercased>` (see
+  `auditor_reply_prefix`); agency ids starting with `auditor-` are therefore reserved.
+- **Operators** (bus administrators) have the whole JetStream API and write the directory
+  bucket; they use the default `_INBOX.>` replies. They publish to no inbox and, payloads
+  being end-to-end encrypted, read nothing of substance even with full access.
+
+Anything not allowed is denied (an allow list denies the rest); a few explicit denies guard
+the consumer-creation forms that would let an agency name or filter someone else's inbox.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from broker.server import conf_string
+from keys.subjects import (
+    AUDIT_SUBJECTS,
+    DIRECTORY_BUCKET,
+    MESSAGE_STREAM,
+    PREFIX,
+    audit_subject,
+    inbox_consumer,
+    inbox_subject,
+    reply_prefix,
+)
+
+#: A user NKey public key: `U` then 55 base32 characters.
+USER_NKEY_PATTERN = re.compile(r"^U[A-Z2-7]{55}$")
+#: Agency ids with this prefix would collide with auditor reply subjects.
+AUDITOR_PREFIX = "auditor-"
+
+#: The JetStream stream behind the directory bucket, and the subjects of its keys.
+DIRECTORY_STREAM = f"KV_{DIRECTORY_BUCKET}"
+DIRECTORY_KEYS = f"$KV.{DIRECTORY_BUCKET}.>"
+
+
+def auditor_reply_prefix(nkey: str) -> str:
+    """The reply-subject prefix an auditor connects with: `_nrm_inbox.auditor-<8 chars>`."""
+    _check_nkey(nkey)
+    return f"_nrm_inbox.{AUDITOR_PREFIX}{nkey[:8].lower()}"
+
+
+def directory_reader_publish() -> list[str]:
+    """What reading the directory bucket takes, as nats-py does it.
+
+    `js.key_value()` asks for the stream info; `kv.get` is a direct get by subject (the
+    bucket is provisioned with direct gets on); `kv.watch` creates an unnamed ordered push
+    consumer (the unfiltered CREATE form, so any consumer on this public, read-only stream),
+    asks for its info, and answers flow control when the server asks for it.
+    """
+    return [
+        f"$JS.API.STREAM.INFO.{DIRECTORY_STREAM}",
+        f"$JS.API.DIRECT.GET.{DIRECTORY_STREAM}.>",
+        f"$JS.API.CONSUMER.CREATE.{DIRECTORY_STREAM}",
+        f"$JS.API.CONSUMER.INFO.{DIRECTORY_STREAM}.*",
+        f"$JS.FC.{DIRECTORY_STREAM}.>",
+    ]
+
+
+def agency_permissions(agency: str) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(publish allow, publish deny, subscribe allow, subscribe deny) for one agency."""
+    consumer = inbox_consumer(agency)
+    inbox = inbox_subject(agency)
+    publish_allow = [
+        f"{PREFIX}.msg.*",
+        audit_subject(agency),
+        # Creating its consumer, only in the form that names the filter subject: the server
+        # checks that the config's name and filter match the ones in the subject.
+        f"$JS.API.CONSUMER.CREATE.{MESSAGE_STREAM}.{consumer}.{inbox}",
+        f"$JS.API.CONSUMER.INFO.{MESSAGE_STREAM}.{consumer}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{MESSAGE_STREAM}.{consumer}",
+        f"$JS.ACK.{MESSAGE_STREAM}.{consumer}.>",
+        *directory_reader_publish(),
+    ]
+    publish_deny = [
+        f"$JS.API.CONSUMER.CREATE.{MESSAGE_STREAM}",
+        f"$JS.API.CONSUMER.CREATE.{MESSAGE_STREAM}.*",
+        "$JS.API.CONSUMER.DURABLE.CREATE.>",
+        DIRECTORY_KEYS,
+    ]
+    subscribe_allow = [f"{reply_prefix(agency)}.>"]
+    subscribe_deny = ["_INBOX.>", f"{PREFIX}.>"]
+    return publish_allow, publish_deny, subscribe_allow, subscribe_deny
+
+
+def auditor_permissions(nkey: str) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(publish allow, publish deny, subscribe allow, subscribe deny) for one auditor."""
+    return (
+        directory_reader_publish(),
+        [DIRECTORY_KEYS, "$JS.API.CONSUMER.DURABLE.CREATE.>"],
+        [AUDIT_SUBJECTS, f"{auditor_reply_prefix(nkey)}.>"],
+        ["_INBOX.>", f"{PREFIX}.msg.>"],
+    )
+
+
+def operator_permissions() -> tuple[list[str], list[str], list[str], list[str]]:
+    """(publish allow, publish deny, subscribe allow, subscribe deny) for a bus operator."""
+    return (["$JS.>", DIRECTORY_KEYS], [], ["_INBOX.>"], [])
+
+
+def authorization_block(
+    *,
+    agencies: Sequence[tuple[str, str]],
+    auditors: Sequence[str],
+    operators: Sequence[str],
+) -> str:
+    """The nats-server `authorization { users = [...] }` block for these users.
+
+    `agencies` are (agency id, NKey public key); `auditors` and `operators` are NKey public
+    keys. Raises ValueError on an invalid id or key, a reserved id, or a key used twice.
+    """
+    entries: list[tuple[str, str, tuple[list[str], list[str], list[str], list[str]]]] = []
+    seen_ids: set[str] = set()
+    for agency, nkey in agencies:
+        inbox_subject(agency)  # validates the id
+        if agency.startswith(AUDITOR_PREFIX):
+            raise ValueError(f"agency ids starting with {AUDITOR_PREFIX!r} are reserved: {agency}")
+        if agency in seen_ids:
+            raise ValueError(f"agency listed twice: {agency}")
+        seen_ids.add(agency)
+        entries.append((f"agency {agency}", nkey, agency_permissions(agency)))
+    for nkey in auditors:
+        entries.append((f"auditor {auditor_reply_prefix(nkey)}", nkey, auditor_permissions(nkey)))
+    for nkey in operators:
+        entries.append(("operator", nkey, operator_permissions()))
+
+    if not entries:
+        # An authorization block without users would let anyone in.
+        raise ValueError("an authorization block needs at least one user")
+    seen_keys: set[str] = set()
+    lines = [
+        "# Written by NRM Exchange (broker/authz.py). NKey users only: no anonymous access.",
+        "authorization {",
+        "  users = [",
+    ]
+    for label, nkey, (pub_allow, pub_deny, sub_allow, sub_deny) in entries:
+        _check_nkey(nkey)
+        if nkey in seen_keys:
+            raise ValueError(f"NKey used by two users: {nkey}")
+        seen_keys.add(nkey)
+        lines.append(f"    # {label}")
+        lines.append("    {")
+        lines.append(f"      nkey: {conf_string(nkey)}")
+        lines.append("      permissions: {")
+        lines.append(f"        publish: {{ {_lists(pub_allow, pub_deny)} }}")
+        lines.append(f"        subscribe: {{ {_lists(sub_allow, sub_deny)} }}")
+        lines.append("      }")
+        lines.append("    }")
+    lines.extend(["  ]", "}"])
+    return "\n".join(lines) + "\n"
+
+
+def _lists(allow: list[str], deny: list[str]) -> str:
+    text = f"allow: {_list(allow)}"
+    if deny:
+        text += f", deny: {_list(deny)}"
+    return text
+
+
+def _list(subjects: list[str]) -> str:
+    return "[" + ", ".join(conf_string(s) for s in subjects) + "]"
+
+
+def _check_nkey(nkey: str) -> None:
+    if not USER_NKEY_PATTERN.fullmatch(nkey):
+        raise ValueError(f"not a user NKey public key: {nkey!r}")

@@ -1,0 +1,476 @@
+"""Bus authorization (broker/authz.py) against a real nats-server running the generated block."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import nats.errors
+import nats.js.errors
+import nkeys
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from broker import NatsServer
+from broker.authz import auditor_reply_prefix, authorization_block
+from broker.streams import provision
+from keys.subjects import (
+    DIRECTORY_BUCKET,
+    DIRECTORY_KEY,
+    MESSAGE_STREAM,
+    audit_subject,
+    inbox_consumer,
+    inbox_subject,
+    publish_id,
+    reply_prefix,
+)
+
+A = "agency-a"
+B = "agency-b"
+C = "agency-c"
+#: How long a test waits for something that should happen (or for proof it did not).
+SHORT = 1.0
+#: Everything nats-py may raise when the server drops a forbidden request or refuses a login.
+REFUSED = (nats.errors.Error, TimeoutError, OSError)
+
+
+@dataclass(frozen=True)
+class User:
+    seed: bytes
+
+    @property
+    def public(self) -> str:
+        key: str = nkeys.from_seed(bytearray(self.seed)).public_key.decode()
+        return key
+
+    @staticmethod
+    def new() -> User:
+        return User(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
+
+
+@dataclass
+class Conn:
+    """A connection and the asynchronous errors (permission violations) the server sent it."""
+
+    nc: Client
+    errors: list[Exception] = field(default_factory=list)
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.nc.jetstream(timeout=SHORT)
+
+    async def violation(self, subject: str) -> None:
+        """Wait until the server has reported a permissions violation on `subject`."""
+        deadline = asyncio.get_running_loop().time() + 3 * SHORT
+        while asyncio.get_running_loop().time() < deadline:
+            for e in self.errors:
+                text = str(e).lower()
+                if "permissions violation" in text and subject.lower() in text:
+                    return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no permissions violation for {subject}; got {self.errors}")
+
+
+@dataclass
+class Bus:
+    server: NatsServer
+    agencies: dict[str, User]
+    auditor: User
+    operator: User
+    spare: User  # an agency key the server does not know (yet)
+    conns: list[Conn] = field(default_factory=list)
+
+    def block(self, agencies: dict[str, User]) -> str:
+        return authorization_block(
+            agencies=[(agency, user.public) for agency, user in agencies.items()],
+            auditors=[self.auditor.public],
+            operators=[self.operator.public],
+        )
+
+    async def connect(self, user: User | None, inbox_prefix: str = "_INBOX") -> Conn:
+        errors: list[Exception] = []
+
+        async def on_error(e: Exception) -> None:
+            errors.append(e)
+
+        nc = await nats.connect(
+            self.server.url,
+            nkeys_seed_str=None if user is None else user.seed.decode(),
+            inbox_prefix=inbox_prefix,
+            allow_reconnect=False,
+            connect_timeout=2,
+            error_cb=on_error,
+        )
+        conn = Conn(nc, errors)
+        self.conns.append(conn)
+        return conn
+
+    async def agency(self, agency: str) -> Conn:
+        return await self.connect(self.agencies[agency], inbox_prefix=reply_prefix(agency))
+
+    async def as_operator(self) -> Conn:
+        return await self.connect(self.operator)
+
+    async def as_auditor(self) -> Conn:
+        return await self.connect(
+            self.auditor, inbox_prefix=auditor_reply_prefix(self.auditor.public)
+        )
+
+
+@pytest.fixture
+async def bus(tmp_path: Path) -> AsyncIterator[Bus]:
+    """A nats-server with agencies A and B, an auditor and an operator; the operator provisions."""
+    agencies = {A: User.new(), B: User.new()}
+    operator = User.new()
+    auditor = User.new()
+    block = authorization_block(
+        agencies=[(agency, user.public) for agency, user in agencies.items()],
+        auditors=[auditor.public],
+        operators=[operator.public],
+    )
+    b = Bus(
+        server=NatsServer(store_dir=tmp_path / "nats", extra_config=block),
+        agencies=agencies,
+        auditor=auditor,
+        operator=operator,
+        spare=User.new(),
+    )
+    b.server.start()
+    try:
+        await provision(b.server.url, nkeys_seed=operator.seed)
+        op = await b.as_operator()
+        kv = await op.js.key_value(DIRECTORY_BUCKET)
+        await kv.put(DIRECTORY_KEY, b"directory v1")
+        yield b
+    finally:
+        for conn in b.conns:
+            if not conn.nc.is_closed:
+                await conn.nc.close()
+        b.server.stop()
+
+
+def agent_consumer_config(agency: str) -> ConsumerConfig:
+    """The consumer configuration agents/transport.py asks for, with `name` set."""
+    return ConsumerConfig(
+        name=inbox_consumer(agency),
+        durable_name=inbox_consumer(agency),
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=30,
+        max_ack_pending=64,
+        filter_subject=inbox_subject(agency),
+    )
+
+
+async def consumer_names(op: Conn) -> list[str]:
+    return [info.name for info in await op.js.consumers_info(MESSAGE_STREAM)]
+
+
+async def send(conn: Conn, recipient: str, message_id: str, body: bytes = b"sealed") -> int:
+    ack = await conn.js.publish(
+        inbox_subject(recipient),
+        body,
+        headers={"Nats-Msg-Id": publish_id(message_id, recipient)},
+    )
+    seq: int = ack.seq
+    return seq
+
+
+# --- refused connections -------------------------------------------------------------------
+
+
+async def test_unauthenticated_client_cannot_connect(bus: Bus) -> None:
+    """A client without credentials is refused: there is no anonymous user."""
+    with pytest.raises(REFUSED):
+        await bus.connect(None)
+
+
+async def test_unknown_nkey_cannot_connect(bus: Bus) -> None:
+    """A client signing with an NKey the server does not list is refused."""
+    with pytest.raises(REFUSED):
+        await bus.connect(bus.spare)
+
+
+# --- what agency A may do --------------------------------------------------------------------
+
+
+async def test_agency_can_publish_to_another_inbox_with_ack(bus: Bus) -> None:
+    """A publishes to B's inbox with a Nats-Msg-Id; JetStream acknowledges and de-duplicates."""
+    a = await bus.agency(A)
+    first = await send(a, B, "m1")
+    again = await a.js.publish(
+        inbox_subject(B), b"sealed", headers={"Nats-Msg-Id": publish_id("m1", B)}
+    )
+    assert again.duplicate and again.seq == first
+    assert a.errors == []
+
+
+async def test_agency_consumes_its_own_inbox_like_the_agent(bus: Bus) -> None:
+    """A creates its durable consumer as the agent does, fetches, acks, terms and reads its info."""
+    a, b = await bus.agency(A), await bus.agency(B)
+    await send(b, A, "m1")
+    await send(b, A, "m2")
+    config = agent_consumer_config(A)
+    sub = await a.js.pull_subscribe(
+        inbox_subject(A), durable=inbox_consumer(A), stream=MESSAGE_STREAM, config=config
+    )
+    msgs: list[Msg] = []
+    while len(msgs) < 2:  # a fetch returns what is there: perhaps one of the two yet
+        msgs += await sub.fetch(2 - len(msgs), timeout=2 * SHORT)
+    assert [m.data for m in msgs] == [b"sealed", b"sealed"]
+    await msgs[0].ack()
+    await msgs[1].term()
+    await a.nc.flush()
+    for _ in range(50):  # the server applies acks asynchronously
+        info = await sub.consumer_info()
+        if info.num_ack_pending == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+    await sub.unsubscribe()
+    # Again, now that the consumer exists (the agent's reconnect path): info, then bind.
+    sub = await a.js.pull_subscribe(
+        inbox_subject(A), durable=inbox_consumer(A), stream=MESSAGE_STREAM, config=config
+    )
+    await send(b, A, "m3")
+    (msg,) = await sub.fetch(1, timeout=2 * SHORT)
+    await msg.ack()
+    info = await a.js.consumer_info(MESSAGE_STREAM, inbox_consumer(A))
+    assert info.name == inbox_consumer(A)
+    assert a.errors == []
+
+
+async def test_agency_reads_and_watches_the_directory(bus: Bus) -> None:
+    """A reads the directory bucket and sees an update an operator publishes while it watches."""
+    a, op = await bus.agency(A), await bus.as_operator()
+    kv = await a.js.key_value(DIRECTORY_BUCKET)
+    assert (await kv.get(DIRECTORY_KEY)).value == b"directory v1"
+    watcher = await kv.watch(DIRECTORY_KEY)
+    first = await watcher.updates(timeout=2 * SHORT)  # type: ignore[no-untyped-call]
+    assert first is not None and first.value == b"directory v1"
+    await (await op.js.key_value(DIRECTORY_BUCKET)).put(DIRECTORY_KEY, b"directory v2")
+    seen = []
+    for _ in range(3):
+        entry = await watcher.updates(timeout=2 * SHORT)  # type: ignore[no-untyped-call]
+        if entry is not None:
+            seen.append(entry.value)
+            break
+    assert seen == [b"directory v2"]
+    await watcher.stop()  # type: ignore[no-untyped-call]
+    assert a.errors == []
+
+
+async def test_agency_publishes_its_own_audit_subject(bus: Bus) -> None:
+    """A publishes to its own audit subject and the auditor receives it."""
+    a, auditor = await bus.agency(A), await bus.as_auditor()
+    sub = await auditor.nc.subscribe("nrm.v1.audit.>")
+    await auditor.nc.flush()
+    await a.nc.publish(audit_subject(A), b"event")
+    await a.nc.flush()
+    msg = await sub.next_msg(timeout=2 * SHORT)
+    assert msg.subject == audit_subject(A) and msg.data == b"event"
+    assert a.errors == [] and auditor.errors == []
+
+
+# --- what agency B may not do to A -----------------------------------------------------------
+
+
+async def test_agency_cannot_subscribe_to_another_inbox(bus: Bus) -> None:
+    """B's core subscription to A's inbox subject is refused."""
+    b = await bus.agency(B)
+    await b.nc.subscribe(inbox_subject(A))
+    await b.violation(inbox_subject(A))
+
+
+@pytest.mark.parametrize("name", [inbox_consumer(A), inbox_consumer(B)])
+async def test_agency_cannot_create_a_consumer_on_another_inbox(bus: Bus, name: str) -> None:
+    """B can create no consumer filtering A's inbox, whether named inbox-A or inbox-B."""
+    b, op = await bus.agency(B), await bus.as_operator()
+    config = ConsumerConfig(name=name, durable_name=name, filter_subject=inbox_subject(A))
+    with pytest.raises(REFUSED):
+        await b.js.add_consumer(MESSAGE_STREAM, config=config)
+    await b.violation(f"$JS.API.CONSUMER.CREATE.{MESSAGE_STREAM}.{name}")
+    assert name not in await consumer_names(op)
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{MESSAGE_STREAM}.{inbox_consumer(B)}",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{MESSAGE_STREAM}.{inbox_consumer(A)}",
+        f"$JS.API.CONSUMER.CREATE.{MESSAGE_STREAM}.{inbox_consumer(B)}",
+        f"$JS.API.CONSUMER.CREATE.{MESSAGE_STREAM}",
+    ],
+)
+async def test_agency_cannot_use_unfiltered_or_legacy_create(bus: Bus, subject: str) -> None:
+    """The create forms without a filter subject in the API subject are refused to B."""
+    b, op = await bus.agency(B), await bus.as_operator()
+    request = {
+        "stream_name": MESSAGE_STREAM,
+        "config": {
+            "name": inbox_consumer(B),
+            "durable_name": inbox_consumer(B),
+            "filter_subject": inbox_subject(A),
+            "ack_policy": "explicit",
+        },
+    }
+    with pytest.raises(REFUSED):
+        await b.nc.request(subject, json.dumps(request).encode(), timeout=SHORT)
+    await b.violation(subject)
+    assert inbox_consumer(B) not in await consumer_names(op)
+
+
+async def test_agency_cannot_smuggle_another_inbox_in_filter_subjects(bus: Bus) -> None:
+    """B's own create subject with A's inbox in `filter_subjects` is rejected by the server."""
+    b, op = await bus.agency(B), await bus.as_operator()
+    subject = f"$JS.API.CONSUMER.CREATE.{MESSAGE_STREAM}.{inbox_consumer(B)}.{inbox_subject(B)}"
+    for config in (
+        {"filter_subjects": [inbox_subject(A)]},
+        {"filter_subjects": [inbox_subject(B), inbox_subject(A)]},
+        {"filter_subject": inbox_subject(A)},
+    ):
+        request = {
+            "stream_name": MESSAGE_STREAM,
+            "config": {
+                "name": inbox_consumer(B),
+                "durable_name": inbox_consumer(B),
+                "ack_policy": "explicit",
+                **config,
+            },
+        }
+        reply = await b.nc.request(subject, json.dumps(request).encode(), timeout=SHORT)
+        assert "error" in json.loads(reply.data), config
+    assert inbox_consumer(B) not in await consumer_names(op)
+
+
+async def test_agency_cannot_fetch_from_another_consumer(bus: Bus) -> None:
+    """B cannot pull from A's consumer, and A still gets its message afterwards."""
+    a, b = await bus.agency(A), await bus.agency(B)
+    sub_a = await a.js.pull_subscribe(
+        inbox_subject(A),
+        durable=inbox_consumer(A),
+        stream=MESSAGE_STREAM,
+        config=agent_consumer_config(A),
+    )
+    await send(b, A, "m1")
+    sub_b = await b.js.pull_subscribe_bind(durable=inbox_consumer(A), stream=MESSAGE_STREAM)
+    with pytest.raises(REFUSED):
+        await sub_b.fetch(1, timeout=SHORT)
+    await b.violation(f"$JS.API.CONSUMER.MSG.NEXT.{MESSAGE_STREAM}.{inbox_consumer(A)}")
+    with pytest.raises(REFUSED):
+        await b.js.consumer_info(MESSAGE_STREAM, inbox_consumer(A))
+    (msg,) = await sub_a.fetch(1, timeout=2 * SHORT)
+    assert msg.metadata.num_delivered == 1
+    # Nor can B ack (or term) A's messages.
+    assert msg.reply is not None
+    await b.nc.publish(msg.reply, b"+TERM")
+    await b.violation(msg.reply)
+    await msg.ack()
+
+
+async def test_agency_cannot_publish_to_another_audit_subject(bus: Bus) -> None:
+    """B's publish to A's audit subject is refused and never reaches the auditor."""
+    b, auditor = await bus.agency(B), await bus.as_auditor()
+    sub = await auditor.nc.subscribe("nrm.v1.audit.>")
+    await auditor.nc.flush()
+    await b.nc.publish(audit_subject(A), b"forged")
+    await b.violation(audit_subject(A))
+    with pytest.raises(nats.errors.TimeoutError):
+        await sub.next_msg(timeout=SHORT / 2)
+
+
+async def test_agency_cannot_write_the_directory(bus: Bus) -> None:
+    """B can read the directory bucket but its put is refused and the value is unchanged."""
+    b, op = await bus.agency(B), await bus.as_operator()
+    kv = await b.js.key_value(DIRECTORY_BUCKET)
+    with pytest.raises(REFUSED):
+        await kv.put(DIRECTORY_KEY, b"forged")
+    await b.violation(f"$KV.{DIRECTORY_BUCKET}.{DIRECTORY_KEY}")
+    entry = await (await op.js.key_value(DIRECTORY_BUCKET)).get(DIRECTORY_KEY)
+    assert entry.value == b"directory v1"
+
+
+@pytest.mark.parametrize("subject", ["_INBOX.>", f"{reply_prefix(A)}.>", ">"])
+async def test_agency_cannot_subscribe_to_other_replies(bus: Bus, subject: str) -> None:
+    """B can subscribe neither to `_INBOX.>`, nor to A's reply prefix, nor to everything."""
+    b = await bus.agency(B)
+    await b.nc.subscribe(subject)
+    await b.violation(subject)
+
+
+# --- auditors ----------------------------------------------------------------------------------
+
+
+async def test_auditor_subscribes_to_audit_subjects_only(bus: Bus) -> None:
+    """The auditor reads audit subjects and the directory; anything else it tries is refused."""
+    auditor = await bus.as_auditor()
+    await auditor.nc.subscribe("nrm.v1.audit.>")
+    await auditor.nc.flush()
+    kv = await auditor.js.key_value(DIRECTORY_BUCKET)
+    assert (await kv.get(DIRECTORY_KEY)).value == b"directory v1"
+    assert auditor.errors == []
+    for subject in (inbox_subject(A), "nrm.v1.msg.>", "_INBOX.>"):
+        await auditor.nc.subscribe(subject)
+        await auditor.violation(subject)
+    for subject in (audit_subject(A), inbox_subject(A)):
+        await auditor.nc.publish(subject, b"x")
+        await auditor.violation(subject)
+    with pytest.raises(REFUSED):
+        await kv.put(DIRECTORY_KEY, b"forged")
+    with pytest.raises(REFUSED):
+        await auditor.js.add_consumer(MESSAGE_STREAM, config=agent_consumer_config(A))
+
+
+# --- reload ----------------------------------------------------------------------------------
+
+
+async def test_reload_adds_and_removes_agencies_without_restart(bus: Bus) -> None:
+    """After reload a new agency can connect and a removed one cannot; the pid never changes."""
+    pid = bus.server.pid
+    with pytest.raises(REFUSED):
+        await bus.connect(bus.spare, inbox_prefix=reply_prefix(C))
+    a = await bus.agency(A)
+
+    bus.agencies[C] = bus.spare
+    bus.server.reload(bus.block(bus.agencies))
+    assert bus.server.pid == pid and bus.server.running
+    c = await bus.agency(C)
+    await send(c, A, "from-c")
+    assert c.errors == []
+
+    removed = bus.agencies.pop(B)
+    b = await bus.connect(removed, inbox_prefix=reply_prefix(B))  # still listed: connects
+    bus.server.reload(bus.block(bus.agencies))
+    assert bus.server.pid == pid and bus.server.running
+    for _ in range(50):  # the server drops the removed agency's open connection
+        if not b.nc.is_connected:
+            break
+        await asyncio.sleep(0.05)
+    assert not b.nc.is_connected
+    with pytest.raises(REFUSED):
+        await bus.connect(removed, inbox_prefix=reply_prefix(B))
+    # Connections of the agencies that stay are untouched.
+    assert a.nc.is_connected
+    await send(a, C, "to-c")
+
+
+async def test_reload_with_a_bad_configuration_keeps_the_old_one(bus: Bus) -> None:
+    """A configuration the server rejects raises, and the server keeps running the previous one."""
+    pid = bus.server.pid
+    with pytest.raises(RuntimeError, match="reload failed"):
+        bus.server.reload("authorization { users = [ {")
+    assert bus.server.pid == pid and bus.server.running
+    a = await bus.agency(A)
+    await send(a, B, "still-works")
+    with pytest.raises(REFUSED):
+        await bus.connect(None)
+    bus.server.restart()  # the file was put back: a restart starts with the old users
+    a = await bus.agency(A)
+    await send(a, B, "after-restart")
