@@ -11,18 +11,20 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from nacl.public import PrivateKey
 
 from keys import (
     AgencyKeys,
+    KeyFileError,
     Opened,
-    PeerBook,
-    PublicIdentity,
     ReplayedError,
     UnexpectedMessageError,
+    UnknownKeyError,
     UntrustedInputError,
     open_envelope,
     seal,
 )
+from keys.directory import Directory
 from keys.keyfile import load_key_dir, read_passphrase
 
 from .api import ApiSettings, make_app
@@ -31,6 +33,7 @@ from .messages import DELIVERY_RECEIPT, REFERRAL, DeliveryReceipt, canonical_jso
 from .problems import ProblemError
 from .store import OutgoingMessage, Received, Store
 from .transport import Transport, Verdict
+from .trust import TrustState
 
 log = structlog.get_logger("nrm.agent")
 
@@ -42,20 +45,21 @@ FAILPOINT_ENV = "NRM_FAILPOINT"
 class Agent:
     """One agency's agent. Use as `async with Agent(...)`, or `start()` / `stop()`."""
 
-    def __init__(self, config: AgentConfig, *, keys: AgencyKeys, peers: PeerBook) -> None:
+    def __init__(self, config: AgentConfig, *, keys: AgencyKeys, trust: TrustState) -> None:
         if keys.agency != config.agency:
             raise ValueError(f"key file is for {keys.agency}, configuration for {config.agency}")
         self.config = config
         self.keys = keys
-        self.peers = peers
+        self.trust = trust
         self.limits = config.limits
         self.store = Store(config.database)
-        self._decryption_keys = {keys.public.encryption_kid: keys.encryption_key}
         self.transport = Transport(
             agency=config.agency,
             urls=config.nats_urls,
             store=self.store,
             handler=self.handle_message,
+            on_directory=self.on_directory,
+            nats_seed=keys.nats_seed,
             limits=self.limits,
         )
         self.log = log.bind(agency=config.agency)
@@ -67,11 +71,10 @@ class Agent:
     def from_config_file(cls, path: Path) -> Agent:
         config = AgentConfig.load(path)
         keys = load_key_dir(config.key_dir, passphrase=read_passphrase(file=config.passphrase_file))
-        peers = PeerBook.of(
-            [keys.public]
-            + [PublicIdentity.from_json(p.read_text()) for p in config.peer_identities]
+        trust = TrustState(
+            pinned_root=config.trust_root, cache_dir=config.trust_cache, agency=config.agency
         )
-        return cls(config, keys=keys, peers=peers)
+        return cls(config, keys=keys, trust=trust)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -90,6 +93,7 @@ class Agent:
         site = web.TCPSite(self._runner, self.config.api_host, self.config.api_port)
         await site.start()
         self.api_port = self._runner.addresses[0][1]
+        self._check_own_keys()
         await self.transport.start()
         self.log.info("agent_started", api_port=self.api_port)
 
@@ -124,7 +128,8 @@ class Agent:
             raise ProblemError(
                 422, "Unprocessable Content", f"at most {self.limits.max_recipients} recipients"
             )
-        unknown = [r for r in recipients if r not in self.peers or r == self.config.agency]
+        directory = self._directory()
+        unknown = [r for r in recipients if r not in directory or r == self.config.agency]
         if unknown:
             raise ProblemError(
                 422, "Unprocessable Content", f"unknown recipient agencies: {sorted(unknown)}"
@@ -140,9 +145,10 @@ class Agent:
 
     def _send(self, kind: str, body: bytes, recipients: list[str], db: Any = None) -> str:
         now = int(time.time())
+        directory = self._directory()
         sealed = seal(
             sender=self.keys,
-            recipients=[self.peers.recipient(r) for r in recipients],
+            recipients=[directory.recipient(r, at=now) for r in recipients],
             kind=kind,
             body=body,
             created=now,
@@ -165,17 +171,27 @@ class Agent:
 
     # --- receiving ------------------------------------------------------------------------
 
-    def handle_message(self, data: bytes, stream_seq: int) -> Verdict:
-        """Verify, decrypt and commit one message from the bus; say whether to ack or term."""
+    def handle_message(self, data: bytes, stream_seq: int, stored_at: int) -> Verdict:
+        """Verify, decrypt and commit one message from the bus; say what to do with it.
+
+        `stored_at` is when the bus first stored the message: a sender cannot backdate it,
+        so a key revoked before then is refused even if the envelope claims an earlier time.
+        """
+        now = int(time.time())
+        directory = self.trust.directory
+        if directory is None:
+            return Verdict.RETRY  # nothing can be verified without a trusted directory
         try:
             opened = open_envelope(
                 data,
                 me=self.config.agency,
-                decryption_keys=self._decryption_keys,
-                signers=self.peers,
-                now=int(time.time()),
+                decryption_keys=self._decryption_keys(directory, now),
+                signers=directory,
+                now=now,
                 limits=self.limits,
             )
+            h = opened.header
+            directory.signing_key(h.sender, h.sender_kid, at=max(h.created, stored_at))
             first_seq = self.store.received_stream_seq(opened.header.message_id)
             if first_seq == stream_seq:
                 self.log.info("redelivery_ignored", message_id=opened.header.message_id)
@@ -183,6 +199,14 @@ class Agent:
             if first_seq is not None:
                 raise ReplayedError(f"message {opened.header.message_id} was already received")
             self._commit(opened, stream_seq)
+        except UnknownKeyError as e:
+            # Perhaps signed with a key from a directory this agent has not seen yet:
+            # hold it back for a while rather than lose it.
+            if now - stored_at < self.limits.unknown_key_grace_seconds:
+                self.log.info("message_deferred", stream_seq=stream_seq, reason=e.reason)
+                return Verdict.RETRY
+            self.log.warning("message_rejected", stream_seq=stream_seq, reason=e.reason)
+            return Verdict.TERM
         except UntrustedInputError as e:
             self.log.warning(
                 "message_rejected",
@@ -238,13 +262,75 @@ class Agent:
         else:
             raise UnexpectedMessageError(f"unknown message kind {h.kind}")
 
+    # --- trust ----------------------------------------------------------------------------
+
+    def on_directory(self, key: str, value: bytes) -> None:
+        """A root or directory arrived from the bus: verify it, then act on the change."""
+        if self.trust.offer(key, value):
+            self._check_own_keys()
+            self.transport.wake()  # queued mail may now be sealable or deliverable
+
+    def _directory(self) -> Directory:
+        directory = self.trust.directory
+        if directory is None:
+            raise ProblemError(
+                503, "Service Unavailable", "the agent has no valid trust directory yet"
+            )
+        return directory
+
+    def _check_own_keys(self) -> None:
+        """Follow a rotation: once the directory lists a signing key this agent does not use,
+        reload the key file (rotated by `nrm keys rotate`) and use its new keys."""
+        directory = self.trust.directory
+        if directory is None:
+            self.transport.ready.clear()
+            return
+        self.transport.ready.set()
+        if self.config.agency not in directory:
+            return
+        entry = directory.agency(self.config.agency)
+        now = int(time.time())
+        active = [k.kid for k in entry.signing_keys if k.status == "active" and k.valid_from <= now]
+        if not active or self.keys.public.signing_kid in active:
+            return
+        try:
+            keys = load_key_dir(
+                self.config.key_dir, passphrase=read_passphrase(file=self.config.passphrase_file)
+            )
+        except KeyFileError as e:
+            self.log.error("key_reload_failed", error=str(e))
+            return
+        if keys.public.signing_kid in active:
+            self.keys = keys
+            self.log.info(
+                "keys_rotated",
+                signing_kid=keys.public.signing_kid,
+                encryption_kid=keys.public.encryption_kid,
+            )
+
+    def _decryption_keys(self, directory: Directory, now: int) -> dict[str, PrivateKey]:
+        """The private keys mail may be sealed to: those the directory lists for this agency
+        as neither revoked nor past the end of their overlap window."""
+        if self.config.agency not in directory:
+            return {}
+        usable = {
+            k.kid
+            for k in directory.agency(self.config.agency).encryption_keys
+            if k.status != "revoked"
+            and (k.valid_until is None or now <= k.valid_until + self.limits.clock_skew_seconds)
+        }
+        return {kid: key for kid, key in self.keys.decryption_keys.items() if kid in usable}
+
     # --- health ---------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
         connected = self.transport.connected
+        trust = self.trust.health()
+        ok = connected and trust["directory_trusted"] and "refused" not in trust
         return {
-            "status": "ok" if connected else "degraded",
+            "status": "ok" if ok else "degraded",
             "agency": self.config.agency,
             "bus": "connected" if connected else "disconnected",
             "outbox_pending": self.store.pending_count(),
+            "trust": trust,
         }

@@ -13,8 +13,8 @@
     name = "case-management"
     token_sha256 = "<hex>"
 
-    [[peers]]                               # until the trust directory replaces it
-    identity = "peers/shelter.json"
+    trust_root = "root.json"                # the pinned root handed over by administrators
+    trust_cache = "trust"                   # verified roots and directory, kept across restarts
 
     [limits]                                # optional overrides of keys.Limits
     ack_wait_seconds = 10
@@ -55,7 +55,8 @@ class AgentConfig:
     api_host: str
     api_port: int
     clients: tuple[ApiClient, ...]
-    peer_identities: tuple[Path, ...]
+    trust_root: Path
+    trust_cache: Path
     passphrase_file: Path | None = None
     limits: Limits = field(default=DEFAULT_LIMITS)
 
@@ -91,9 +92,8 @@ class AgentConfig:
                 api_host=host or "127.0.0.1",
                 api_port=int(port),
                 clients=clients,
-                peer_identities=tuple(
-                    path_of(p["identity"], "peers.identity") for p in doc.get("peers", [])
-                ),
+                trust_root=path_of(doc["trust_root"], "trust_root"),
+                trust_cache=path_of(doc.get("trust_cache", "trust"), "trust_cache"),
                 passphrase_file=(
                     path_of(doc["passphrase_file"], "passphrase_file")
                     if "passphrase_file" in doc

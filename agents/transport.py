@@ -25,7 +25,14 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from keys import Limits
-from keys.subjects import MESSAGE_STREAM, inbox_consumer, inbox_subject, publish_id
+from keys.subjects import (
+    DIRECTORY_BUCKET,
+    MESSAGE_STREAM,
+    inbox_consumer,
+    inbox_subject,
+    publish_id,
+    reply_prefix,
+)
 
 from .store import Store
 
@@ -41,9 +48,14 @@ TRANSIENT = (nats.errors.Error, TimeoutError, OSError, ConnectionError)
 class Verdict(enum.Enum):
     ACK = "ack"  # committed (or already committed): remove from the bus
     TERM = "term"  # refused for good: never redeliver
+    RETRY = "retry"  # cannot be judged yet (e.g. a key from a directory not seen yet)
 
 
-MessageHandler = Callable[[bytes, int], Verdict]
+#: (envelope bytes, stream sequence, time the bus stored it) -> what to do with it
+MessageHandler = Callable[[bytes, int, int], Verdict]
+DirectoryHandler = Callable[[str, bytes], None]
+#: How long a message is held back when it cannot be judged yet.
+RETRY_DELAY_SECONDS = 1.0
 
 
 class Transport:
@@ -56,13 +68,19 @@ class Transport:
         urls: tuple[str, ...],
         store: Store,
         handler: MessageHandler,
+        on_directory: DirectoryHandler,
+        nats_seed: bytes | None,
         limits: Limits,
     ) -> None:
         self.agency = agency
         self.urls = urls
         self.store = store
         self.handler = handler
+        self.on_directory = on_directory
+        self.nats_seed = nats_seed
         self.limits = limits
+        #: Set by the owner once a trusted directory is loaded; the inbox waits for it.
+        self.ready = asyncio.Event()
         self.log = log.bind(agency=agency)
         self._nc: Client | None = None
         self._wake = asyncio.Event()
@@ -114,6 +132,7 @@ class Transport:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._publish_loop(js), name=f"publisher-{self.agency}")
             group.create_task(self._consume_loop(js), name=f"consumer-{self.agency}")
+            group.create_task(self._watch_directory(js), name=f"directory-{self.agency}")
 
     async def _connect(self) -> Client | None:
         while self._running:
@@ -125,6 +144,8 @@ class Transport:
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
                     connect_timeout=2,
+                    inbox_prefix=reply_prefix(self.agency),
+                    nkeys_seed_str=None if self.nats_seed is None else self.nats_seed.decode(),
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
@@ -138,7 +159,8 @@ class Transport:
         return None
 
     async def _on_error(self, e: Exception) -> None:
-        self.log.warning("bus_error", error=type(e).__name__)
+        # nats errors name subjects and permissions, never payloads
+        self.log.warning("bus_error", error=type(e).__name__, detail=str(e)[:200])
 
     async def _on_disconnected(self) -> None:
         self.log.warning("bus_disconnected")
@@ -197,7 +219,10 @@ class Transport:
 
     async def _consume_loop(self, js: JetStreamContext) -> None:
         subject = inbox_subject(self.agency)
+        await self.ready.wait()
         config = ConsumerConfig(
+            name=inbox_consumer(self.agency),
+            durable_name=inbox_consumer(self.agency),
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.limits.ack_wait_seconds,
             max_ack_pending=self.limits.batch_size * 4,
@@ -234,11 +259,41 @@ class Transport:
                 _raise_if_cancelled()  # nats-py turns a cancelled fetch into a timeout
                 continue
             for msg in msgs:
-                verdict = self.handler(msg.data, msg.metadata.sequence.stream)
+                meta = msg.metadata
+                stored_at = int(meta.timestamp.timestamp()) if meta.timestamp else 0
+                verdict = self.handler(msg.data, meta.sequence.stream, stored_at)
                 if verdict is Verdict.ACK:
                     await msg.ack()
+                elif verdict is Verdict.RETRY:
+                    await msg.nak(delay=RETRY_DELAY_SECONDS)
                 else:
                     await msg.term()
+
+    # --- trust directory ------------------------------------------------------------------
+
+    async def _watch_directory(self, js: JetStreamContext) -> None:
+        """Offer every root and directory published in the bucket to `on_directory`."""
+        while self._running:
+            try:
+                kv = await js.key_value(DIRECTORY_BUCKET)
+                watcher = await kv.watchall()
+                try:
+                    while self._running:
+                        try:
+                            entry = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
+                        except (nats.errors.TimeoutError, TimeoutError):
+                            _raise_if_cancelled()
+                            continue
+                        if entry is None or entry.value is None:
+                            continue  # end of the initial values, or a deletion
+                        self.on_directory(entry.key, entry.value)
+                finally:
+                    with contextlib.suppress(*TRANSIENT):
+                        await watcher.stop()  # type: ignore[no-untyped-call]
+            except TRANSIENT as e:
+                _raise_if_cancelled()
+                self.log.warning("directory_watch_interrupted", error=type(e).__name__)
+                await asyncio.sleep(1.0)
 
 
 def _raise_if_cancelled() -> None:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import dataclass
+import re
+import secrets
+from dataclasses import dataclass, replace
 from typing import Any
 
+import nkeys
 from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
@@ -21,6 +24,7 @@ from .subjects import AGENCY_ID_PATTERN
 SIGNING_KID_LABEL = b"nrm/v1/kid/ed25519"
 ENCRYPTION_KID_LABEL = b"nrm/v1/kid/x25519"
 IDENTITY_FORMAT = "nrm-identity/1"
+_NKEY_USER = re.compile(r"^U[A-Z2-7]{55}$")
 
 
 def key_id(label: bytes, public: bytes) -> str:
@@ -56,6 +60,8 @@ class PublicIdentity:
     name: str
     signing_key: VerifyKey
     encryption_key: PublicKey
+    #: The NATS user NKey (public, "U...") the agency's agent authenticates to the bus with.
+    nats_key: str | None = None
 
     @property
     def signing_kid(self) -> str:
@@ -76,6 +82,8 @@ class PublicIdentity:
                 "x25519": _b64(bytes(self.encryption_key)),
             },
         }
+        if self.nats_key is not None:
+            doc["nats_key"] = self.nats_key
         return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -92,6 +100,7 @@ class PublicIdentity:
                 name=_str(doc["name"]),
                 signing_key=VerifyKey(_unb64(sk["ed25519"])),
                 encryption_key=PublicKey(_unb64(ek["x25519"])),
+                nats_key=_nats_key(doc["nats_key"]) if "nats_key" in doc else None,
             )
         except MalformedError:
             raise
@@ -110,6 +119,11 @@ class AgencyKeys:
     name: str
     signing_key: SigningKey
     encryption_key: PrivateKey
+    #: NATS user NKey seed ("SU..."), for challenge-response authentication to the bus.
+    nats_seed: bytes | None = None
+    #: Earlier encryption keys, oldest first, kept to open mail sealed before a rotation
+    #: until the trust directory says their overlap window is over.
+    previous_encryption_keys: tuple[PrivateKey, ...] = ()
 
     @classmethod
     def generate(cls, *, agency: str, name: str) -> AgencyKeys:
@@ -118,7 +132,23 @@ class AgencyKeys:
             name=name,
             signing_key=SigningKey.generate(),
             encryption_key=PrivateKey.generate(),
+            nats_seed=new_nats_seed(),
         )
+
+    def rotated(self) -> AgencyKeys:
+        """New signing and encryption keys; the current encryption key joins the previous."""
+        return replace(
+            self,
+            signing_key=SigningKey.generate(),
+            encryption_key=PrivateKey.generate(),
+            previous_encryption_keys=(*self.previous_encryption_keys, self.encryption_key),
+        )
+
+    @property
+    def decryption_keys(self) -> dict[str, PrivateKey]:
+        """Every encryption key this agency holds, by key id."""
+        keys = (*self.previous_encryption_keys, self.encryption_key)
+        return {encryption_kid(k.public_key): k for k in keys}
 
     @property
     def public(self) -> PublicIdentity:
@@ -127,10 +157,28 @@ class AgencyKeys:
             name=self.name,
             signing_key=self.signing_key.verify_key,
             encryption_key=self.encryption_key.public_key,
+            nats_key=None if self.nats_seed is None else nats_public_key(self.nats_seed),
         )
 
     def __repr__(self) -> str:  # never print private key material
         return f"AgencyKeys(agency={self.agency!r}, signing_kid={self.public.signing_kid!r})"
+
+
+def new_nats_seed() -> bytes:
+    """A fresh NATS user NKey seed."""
+    return bytes(nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER))
+
+
+def nats_public_key(seed: bytes) -> str:
+    """The public NKey ("U...") of a user seed."""
+    public: bytes = nkeys.from_seed(bytearray(seed)).public_key
+    return public.decode("ascii")
+
+
+def _nats_key(value: Any) -> str:
+    if not isinstance(value, str) or not _NKEY_USER.fullmatch(value):
+        raise ValueError("nats_key must be a NATS user public key (U followed by 55 characters)")
+    return value
 
 
 def _b64(raw: bytes) -> str:

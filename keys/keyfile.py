@@ -73,6 +73,8 @@ def seal_keys(keys: AgencyKeys, *, passphrase: bytes, cost: KdfCost) -> bytes:
             "name": keys.name,
             "signing_seed": _b64(bytes(keys.signing_key)),
             "x25519_secret": _b64(bytes(keys.encryption_key)),
+            "previous_x25519_secrets": [_b64(bytes(k)) for k in keys.previous_encryption_keys],
+            "nats_seed": None if keys.nats_seed is None else keys.nats_seed.decode("ascii"),
         }
     ).encode()
     sealed = box.encrypt(secret)
@@ -115,7 +117,52 @@ def open_keys(data: bytes, *, passphrase: bytes) -> AgencyKeys:
         name=inner["name"],
         signing_key=SigningKey(_unb64(inner["signing_seed"])),
         encryption_key=PrivateKey(_unb64(inner["x25519_secret"])),
+        nats_seed=None if inner.get("nats_seed") is None else inner["nats_seed"].encode("ascii"),
+        previous_encryption_keys=tuple(
+            PrivateKey(_unb64(k)) for k in inner.get("previous_x25519_secrets", [])
+        ),
     )
+
+
+ADMIN_KEY_FORMAT = "nrm-admin-key/1"
+
+
+def seal_admin_key(key: SigningKey, *, passphrase: bytes, cost: KdfCost) -> bytes:
+    """Encrypt an administrator's root signing key into key-file bytes (same scheme)."""
+    salt = nacl.utils.random(nacl.pwhash.argon2id.SALTBYTES)
+    sealed = SecretBox(_derive(passphrase, salt, cost)).encrypt(
+        json.dumps({"ed25519_seed": _b64(bytes(key))}).encode()
+    )
+    doc = {
+        "format": ADMIN_KEY_FORMAT,
+        "kdf": {
+            "alg": "argon2id13",
+            "opslimit": cost.opslimit,
+            "memlimit": cost.memlimit,
+            "salt": _b64(salt),
+        },
+        "nonce": _b64(sealed.nonce),
+        "ciphertext": _b64(sealed.ciphertext),
+    }
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def open_admin_key(data: bytes, *, passphrase: bytes) -> SigningKey:
+    try:
+        doc = json.loads(data)
+        if doc.get("format") != ADMIN_KEY_FORMAT:
+            raise KeyFileError(f"not an {ADMIN_KEY_FORMAT} file")
+        kdf = doc["kdf"]
+        cost = KdfCost(int(kdf["opslimit"]), int(kdf["memlimit"]))
+        if cost.memlimit > 4 * nacl.pwhash.argon2id.MEMLIMIT_SENSITIVE:
+            raise KeyFileError("key file asks for an unreasonable amount of memory")
+        key = _derive(passphrase, _unb64(kdf["salt"]), cost)
+        secret = SecretBox(key).decrypt(_unb64(doc["ciphertext"]), _unb64(doc["nonce"]))
+        return SigningKey(_unb64(json.loads(secret)["ed25519_seed"]))
+    except nacl.exceptions.CryptoError as e:
+        raise KeyFileError("wrong passphrase, or the key file is damaged") from e
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise KeyFileError(f"key file is not valid: {type(e).__name__}") from e
 
 
 def init_key_dir(
@@ -142,6 +189,30 @@ def load_key_dir(directory: Path, *, passphrase: bytes) -> AgencyKeys:
     except OSError as e:
         raise KeyFileError(f"cannot read {path}: {e.strerror}") from e
     return open_keys(data, passphrase=passphrase)
+
+
+def rotate_key_dir(directory: Path, *, passphrase: bytes, cost: KdfCost = MODERATE) -> AgencyKeys:
+    """Replace the agency's signing and encryption keys with new ones, keeping the old
+    encryption key for mail still in flight; rewrite `identity.json` with the new keys."""
+    keys = load_key_dir(directory, passphrase=passphrase).rotated()
+    replace_file(directory / KEY_FILE_NAME, seal_keys(keys, passphrase=passphrase, cost=cost))
+    replace_file(directory / IDENTITY_FILE_NAME, keys.public.to_json().encode(), mode=0o644)
+    return keys
+
+
+def replace_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Write `data` to `path` atomically (a reader sees the old or the new file, never half)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_new_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:

@@ -32,6 +32,14 @@ class Limits:
     batch_size: int = 64
     #: How long JetStream waits for an inbox ack before redelivering.
     ack_wait_seconds: float = 30.0
+    #: How long a message signed by an unknown key is held back (the receiver may not have
+    #: the directory that lists it yet) before it is refused for good.
+    unknown_key_grace_seconds: int = 120
+    #: Default overlap during which a rotated-out key stays valid.
+    rotation_overlap_seconds: int = 7 * 24 * 3600
+    #: Default lifetime of a signed directory and of a root.
+    directory_ttl_seconds: int = 30 * 24 * 3600
+    root_ttl_seconds: int = 365 * 24 * 3600
     #: Page size bounds of list endpoints.
     max_page_size: int = 500
     default_page_size: int = 50

@@ -6,17 +6,53 @@ import asyncio
 import secrets
 import signal
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
 from agents import Agent, ConfigError, token_digest
-from keys import KeyFileError, NrmError
-from keys.keyfile import MODERATE, init_key_dir, read_passphrase
+from keys import KeyFileError, NrmError, PublicIdentity, UntrustedInputError
+from keys.keyfile import MODERATE, init_key_dir, read_passphrase, rotate_key_dir
 
-from . import logs
+from . import admin, logs
 
 PATH = click.Path(path_type=Path)
+ADMIN_DIR = click.option(
+    "--dir",
+    "admin_dir",
+    type=PATH,
+    envvar="NRM_ADMIN_DIR",
+    default=Path("."),
+    show_default=True,
+    help="Administrator working folder (or $NRM_ADMIN_DIR).",
+)
+
+
+@contextmanager
+def _admin_errors() -> Iterator[None]:
+    """Turn refusals into a one-line CLI error with a non-zero exit."""
+    try:
+        yield
+    except UntrustedInputError as e:
+        raise click.ClickException(f"refused ({e.reason}): {e}") from e
+    except (admin.AdminError, KeyFileError, ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from e
+
+
+def _parse_time(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as e:
+        raise click.BadParameter(f"{text!r} is not ISO 8601 or Unix seconds") from e
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())
 
 
 @click.group()
@@ -56,6 +92,48 @@ def keys_init(agency: str, directory: Path, name: str | None, passphrase_file: P
     click.echo(f"  signing key    {ident.signing_kid} (Ed25519)")
     click.echo(f"  encryption key {ident.encryption_kid} (X25519)")
     click.echo(f"  hand {directory / 'identity.json'} to the administrators")
+
+
+@keys.command("rotate")
+@click.option("--agency", required=True, help="Agency id whose keys to rotate.")
+@click.option("--dir", "directory", type=PATH, required=True, help="The agency's key directory.")
+@click.option("--passphrase-file", type=PATH, default=None, help="Else $NRM_PASSPHRASE.")
+def keys_rotate(agency: str, directory: Path, passphrase_file: Path | None) -> None:
+    """New signing and encryption keys; the old encryption key is kept for mail in flight.
+
+    Hand the new identity.json to the administrators: `nrm directory add-agency` then
+    retires the old keys after the overlap window.
+    """
+    try:
+        rotated = rotate_key_dir(directory, passphrase=read_passphrase(file=passphrase_file))
+    except (KeyFileError, OSError) as e:
+        raise click.ClickException(str(e)) from e
+    if rotated.agency != agency:
+        raise click.ClickException(f"{directory} holds the keys of {rotated.agency}, not {agency}")
+    click.echo(
+        f"rotated keys of {agency}: signing {rotated.public.signing_kid}, "
+        f"encryption {rotated.public.encryption_kid}"
+    )
+    click.echo(f"  hand {directory / 'identity.json'} to the administrators")
+
+
+@keys.command("revoke")
+@click.option("--agency", required=True)
+@click.option("--kid", required=True, help="Key id to revoke.")
+@click.option("--reason", required=True, help="Why (kept in the directory; no personal data).")
+@click.option("--at", "at", default=None, help="Revocation time (ISO 8601 or Unix seconds).")
+@ADMIN_DIR
+def keys_revoke(agency: str, kid: str, reason: str, at: str | None, admin_dir: Path) -> None:
+    """Revoke an agency key in the directory draft, from a stated time (default now)."""
+    with _admin_errors():
+        d = admin.revoke_key(
+            admin.AdminFolder(admin_dir),
+            agency,
+            kid,
+            reason=reason,
+            at=None if at is None else _parse_time(at),
+        )
+    click.echo(f"revoked {kid} of {agency} in draft version {d.version}; sign and publish it")
 
 
 # --- bus -----------------------------------------------------------------------------------
@@ -112,6 +190,193 @@ def agent_new_token() -> None:
     token = secrets.token_urlsafe(32)
     click.echo(f"token (give to the client system, store nowhere else): {token}")
     click.echo(f'token_sha256 = "{token_digest(token)}"')
+
+
+# --- administrators -------------------------------------------------------------------------
+
+
+@main.group("admin")
+def admin_group() -> None:
+    """Root keys of the administrators."""
+
+
+@admin_group.command("init")
+@click.option("--admins", type=click.IntRange(1, 16), required=True, help="Number of root keys.")
+@click.option("--threshold", type=click.IntRange(1, 16), required=True, help="Signatures needed.")
+@click.option("--dir", "admin_dir", type=PATH, required=True, help="Folder to create.")
+@click.option("--passphrase-file", type=PATH, default=None, help="Else $NRM_PASSPHRASE.")
+def admin_init(admins: int, threshold: int, admin_dir: Path, passphrase_file: Path | None) -> None:
+    """Create N administrator root keys, root.1.json signed by all, and an empty directory."""
+    with _admin_errors():
+        root = admin.init_admin(
+            admin_dir,
+            admins=admins,
+            threshold=threshold,
+            passphrase=read_passphrase(file=passphrase_file),
+            cost=MODERATE,
+        )
+    click.echo(f"root version 1: {threshold}-of-{admins}; keys {', '.join(root.keys)}")
+    click.echo(
+        f"  give {admin_dir / 'root.1.json'} to every agency as its trust_root; hand each "
+        "admin-N.key to its administrator"
+    )
+
+
+@admin_group.command("rotate-root")
+@click.option(
+    "--key",
+    "old_keys",
+    type=PATH,
+    multiple=True,
+    required=True,
+    help="A current root key (repeat to reach the current threshold).",
+)
+@click.option("--admins", type=click.IntRange(1, 16), required=True)
+@click.option("--threshold", type=click.IntRange(1, 16), required=True)
+@click.option("--passphrase-file", type=PATH, default=None, help="Else $NRM_PASSPHRASE.")
+@ADMIN_DIR
+def admin_rotate_root(
+    old_keys: tuple[Path, ...],
+    admins: int,
+    threshold: int,
+    passphrase_file: Path | None,
+    admin_dir: Path,
+) -> None:
+    """New root keys: root N+1 signed by a threshold of the old keys and all the new ones."""
+    with _admin_errors():
+        root = admin.rotate_root(
+            admin.AdminFolder(admin_dir),
+            old_keys=old_keys,
+            admins=admins,
+            threshold=threshold,
+            passphrase=read_passphrase(file=passphrase_file),
+            cost=MODERATE,
+        )
+    click.echo(
+        f"root version {root.version}: {threshold}-of-{admins}; re-sign the directory "
+        "with the new keys (admin-N.r{root.version}.key) and publish"
+    )
+
+
+@main.group("directory")
+def directory_group() -> None:
+    """The signed trust directory."""
+
+
+@directory_group.command("add-agency")
+@click.argument("identity_file", type=PATH)
+@click.option("--roles", default="", help="Comma-separated roles, e.g. police or ngo.")
+@click.option(
+    "--overlap-days",
+    type=click.FloatRange(0),
+    default=7.0,
+    show_default=True,
+    help="When this is a rotation: how long the old keys stay valid.",
+)
+@ADMIN_DIR
+def directory_add_agency(
+    identity_file: Path, roles: str, overlap_days: float, admin_dir: Path
+) -> None:
+    """Admit an agency from its identity.json, or take in its rotated keys."""
+    with _admin_errors():
+        identity = PublicIdentity.from_json(identity_file.read_bytes())
+        d = admin.add_agency(
+            admin.AdminFolder(admin_dir),
+            identity,
+            roles=[r for r in roles.split(",") if r],
+            overlap_seconds=int(overlap_days * 86400),
+        )
+    click.echo(f"{identity.agency} in draft version {d.version}; sign and publish it")
+
+
+@directory_group.command("remove-agency")
+@click.argument("agency")
+@ADMIN_DIR
+def directory_remove_agency(agency: str, admin_dir: Path) -> None:
+    """Remove an agency from the directory draft."""
+    with _admin_errors():
+        d = admin.remove_agency(admin.AdminFolder(admin_dir), agency)
+    click.echo(f"{agency} removed in draft version {d.version}; sign and publish it")
+
+
+@directory_group.command("sign")
+@click.option("--key", "key_path", type=PATH, required=True, help="An administrator key file.")
+@click.option("--passphrase-file", type=PATH, default=None, help="Else $NRM_PASSPHRASE.")
+@ADMIN_DIR
+def directory_sign(key_path: Path, passphrase_file: Path | None, admin_dir: Path) -> None:
+    """Add one administrator's signature to the directory draft."""
+    folder = admin.AdminFolder(admin_dir)
+    with _admin_errors():
+        count = admin.sign_draft(folder, key_path, passphrase=read_passphrase(file=passphrase_file))
+        threshold = folder.trusted_root(now=int(time.time())).threshold
+    state = "publishable" if count >= threshold else "not publishable yet"
+    click.echo(f"directory has {count} of {threshold} required signatures: {state}")
+
+
+@directory_group.command("publish")
+@click.option("--nats", "url", required=True, help="Bus URL (operator credentials are used).")
+@click.option("--passphrase-file", type=PATH, default=None, help="Else $NRM_PASSPHRASE.")
+@ADMIN_DIR
+def directory_publish(url: str, passphrase_file: Path | None, admin_dir: Path) -> None:
+    """Verify the draft as an agent would, then publish roots and directory to the bus."""
+    with _admin_errors():
+        d = asyncio.run(
+            admin.publish(
+                admin.AdminFolder(admin_dir), url, passphrase=read_passphrase(file=passphrase_file)
+            )
+        )
+    click.echo(f"published directory version {d.version} ({len(d.agencies)} agencies)")
+
+
+@directory_group.command("show")
+@ADMIN_DIR
+def directory_show(admin_dir: Path) -> None:
+    """A readable table of the directory draft: agencies, roles, keys and their windows."""
+    from .show import show_directory
+
+    folder = admin.AdminFolder(admin_dir)
+    with _admin_errors():
+        click.echo(show_directory(folder))
+
+
+@main.group("broker")
+def broker_group() -> None:
+    """Bus-side configuration."""
+
+
+@broker_group.command("config")
+@click.option(
+    "--directory", "directory_file", type=PATH, required=True, help="A signed directory.json."
+)
+@click.option("--root", "root_file", type=PATH, required=True, help="The trusted root.json.")
+@click.option(
+    "--operator",
+    "operator_identity",
+    type=PATH,
+    required=True,
+    help="The operator's identity.json (its NATS key).",
+)
+@click.option("--out", type=PATH, required=True, help="Authorization file to write (0600).")
+def broker_config(
+    directory_file: Path, root_file: Path, operator_identity: Path, out: Path
+) -> None:
+    """Write the nats-server authorization generated from a verified directory."""
+    from broker.authority import authorization_for
+    from keys.directory import TrustStore, verify_initial_root
+    from keys.keyfile import replace_file
+
+    with _admin_errors():
+        now = int(time.time())
+        store = TrustStore(verify_initial_root(root_file.read_bytes(), now=now))
+        directory = store.update_directory(directory_file.read_bytes(), now=now)
+        operator = PublicIdentity.from_json(operator_identity.read_bytes())
+        if operator.nats_key is None:
+            raise admin.AdminError("the operator identity has no NATS key")
+        replace_file(out, authorization_for(directory, operators=[operator.nats_key]).encode())
+    click.echo(
+        f"wrote {out} for directory version {directory.version}; "
+        "reload nats-server (SIGHUP) to apply it"
+    )
 
 
 # --- demo ----------------------------------------------------------------------------------

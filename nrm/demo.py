@@ -23,15 +23,14 @@ import click
 from structlog.typing import EventDict, WrappedLogger
 
 from agents import Agent
-from broker import NatsServer, provision
 
-from . import logs
+from . import admin, logs
 from .sandbox import AgencySetup, prepare_mechanism
 
 AGENCIES = [
-    ("police", "Metropolitan Police anti-trafficking unit"),
-    ("shelter", "Safe House NGO shelter"),
-    ("coordinator", "National Referral Mechanism co-ordinator"),
+    ("police", "Metropolitan Police anti-trafficking unit", "police"),
+    ("shelter", "Safe House NGO shelter", "ngo"),
+    ("coordinator", "National Referral Mechanism co-ordinator", "coordinator"),
 ]
 
 #: A fictional person: the demo never handles real data.
@@ -84,6 +83,8 @@ class Timeline:
                     f"{who}: delivery receipt from {e['recipient']} verified: "
                     f"{e['message_id'][:12]} delivered"
                 )
+            case "directory_accepted":
+                return f"{who}: trust directory version {e['directory_version']} verified"
             case "message_rejected":
                 return f"{who}: REJECTED a message: {e['reason']}"
         return None
@@ -109,21 +110,26 @@ def run(*, keep: bool, workdir: Path | None) -> int:
         log_path = root / "logs.jsonl"
         with log_path.open("a", encoding="utf-8") as log_stream:
             logs.configure(stream=log_stream, tap=timeline)
-            bus = NatsServer(store_dir=root / "bus")
-            bus.start()
-            try:
-                return asyncio.run(_run(root, bus, timeline, keep=keep, log_path=log_path))
-            finally:
-                bus.stop()
+            return asyncio.run(_run(root, timeline, keep=keep, log_path=log_path))
 
 
-async def _run(
-    root: Path, bus: NatsServer, timeline: Timeline, *, keep: bool, log_path: Path
-) -> int:
+async def _run(root: Path, timeline: Timeline, *, keep: bool, log_path: Path) -> int:
     click.echo(f"NRM Exchange demo in {root}")
-    await provision(bus.url)
-    click.echo(f"  bus: nats-server {bus.url} (JetStream, store {root / 'bus'})")
-    setups = prepare_mechanism(root / "agencies", AGENCIES, nats_urls=[bus.url])
+    sandbox = prepare_mechanism(root, AGENCIES)
+    directory = admin.verified_draft(sandbox.admin)
+    trusted_root = sandbox.admin.trusted_root(now=int(time.time()))
+    click.echo(
+        f"  trust: root v{trusted_root.version} ({trusted_root.threshold}-of-"
+        f"{len(trusted_root.keys)} administrators), directory v{directory.version} with "
+        f"{len(directory.agencies)} agencies, signed"
+    )
+    bus = await sandbox.start_bus()
+    click.echo(
+        f"  bus: nats-server {bus.url} (JetStream; NKey authentication, per-agency "
+        "permissions generated from the directory)"
+    )
+    sandbox.write_agent_configs()
+    setups = sandbox.agencies
     agents = {a: Agent.from_config_file(s.config_path) for a, s in setups.items()}
     started: list[Agent] = []
     try:
@@ -132,7 +138,9 @@ async def _run(
             started.append(agent)
         for a, agent in agents.items():
             click.echo(f"  agent {a:<12} {agent.api_url}  key {agent.keys.public.signing_kid}")
-        timeline.start = time.monotonic()
+        if not await _all_ready(list(agents.values())):
+            click.echo(f"FAILED: agents did not get a trusted directory; see {log_path}", err=True)
+            return 1
         delivered = await _send_and_wait(
             agents["police"], setups["police"], agents["shelter"], setups["shelter"]
         )
@@ -152,6 +160,17 @@ async def _run(
     finally:
         for agent in reversed(started):
             await agent.stop()
+        await sandbox.stop_bus()
+
+
+async def _all_ready(agents: list[Agent]) -> bool:
+    """Wait until every agent is connected and holds the verified directory."""
+    deadline = time.monotonic() + DELIVERY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if all(agent.health()["status"] == "ok" for agent in agents):
+            return True
+        await asyncio.sleep(0.05)
+    return False
 
 
 async def _send_and_wait(

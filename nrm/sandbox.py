@@ -1,50 +1,156 @@
-"""A whole local mechanism in one folder: keys, passphrase files, tokens and agent configs.
+"""A whole local mechanism in one folder: administrators, agencies, a secured bus.
 
-Used by `nrm demo` and by the tests, so both set agencies up the way an operator would:
-`nrm keys init`, then a TOML configuration per agent.
+Used by `nrm demo` and by the tests, so both set things up the way operators would: the
+administrators' root and signed directory, each agency's keys and agent configuration, and
+a nats-server whose authorization is generated from the directory.
+
+    root/admin/        root keys, root.1.json, directory.json, operator/  (nrm admin init)
+    root/<agency>/     keys/, passphrase, root.json (the pinned trust anchor), agent.toml
+    root/bus/          the nats-server store and configuration
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import nats
+
 from agents.config import token_digest
-from keys.keyfile import INTERACTIVE, KdfCost, init_key_dir, write_new_file
+from broker import NatsServer, provision
+from broker.authority import DirectoryAuthority, authorization_for
+from keys import PublicIdentity
+from keys.keyfile import (
+    INTERACTIVE,
+    KdfCost,
+    init_key_dir,
+    load_key_dir,
+    replace_file,
+    write_new_file,
+)
+from keys.subjects import DIRECTORY_BUCKET
+
+from . import admin
 
 
 @dataclass(frozen=True, slots=True)
 class AgencySetup:
     agency: str
     name: str
+    roles: tuple[str, ...]
     home: Path
     config_path: Path
     token: str
 
     @property
+    def key_dir(self) -> Path:
+        return self.home / "keys"
+
+    @property
     def identity_path(self) -> Path:
-        return self.home / "keys" / "identity.json"
+        return self.key_dir / "identity.json"
+
+    def passphrase(self) -> bytes:
+        return (self.home / "passphrase").read_bytes()
+
+
+@dataclass
+class Sandbox:
+    root: Path
+    admin: admin.AdminFolder
+    admin_passphrase: bytes
+    agencies: dict[str, AgencySetup]
+    bus: NatsServer | None = None
+    authority: DirectoryAuthority | None = None
+
+    @property
+    def admin_keys(self) -> list[Path]:
+        return sorted(self.admin.path.glob("admin-*.key"))
+
+    def sign_draft(self) -> None:
+        """Sign the directory draft with as many administrator keys as the root needs."""
+        threshold = self.admin.trusted_root(now=_now()).threshold
+        for key in self.admin_keys[:threshold]:
+            admin.sign_draft(self.admin, key, passphrase=self.admin_passphrase)
+
+    async def start_bus(self, *, port: int | None = None) -> NatsServer:
+        """Start nats-server with authorization from the signed draft, provision the streams
+        and bucket as the operator, publish the directory, and follow later publications."""
+        directory = admin.verified_draft(self.admin)
+        operator = load_key_dir(
+            self.admin.path / admin.OPERATOR_DIR, passphrase=self.admin_passphrase
+        )
+        assert operator.nats_seed is not None and operator.public.nats_key is not None
+        authorization = authorization_for(directory, operators=[operator.public.nats_key])
+        self.bus = NatsServer(store_dir=self.root / "bus", port=port, extra_config=authorization)
+        self.bus.start()
+        await provision(self.bus.url, nkeys_seed=operator.nats_seed)
+        await self.publish()
+        self.authority = DirectoryAuthority(
+            self.bus,
+            pinned_root=self.admin.root_path(1),
+            operator_key=operator.public.nats_key,
+            operator_seed=operator.nats_seed,
+        )
+        self.authority.applied = authorization
+        await self.authority.start()
+        return self.bus
+
+    async def publish(self) -> None:
+        assert self.bus is not None
+        await admin.publish(self.admin, self.bus.url, passphrase=self.admin_passphrase)
+
+    async def put(self, key: str, value: bytes) -> None:
+        """Put raw bytes in the directory bucket as the operator (tests use it to offer
+        agents forged or stale documents)."""
+        assert self.bus is not None
+        operator = load_key_dir(
+            self.admin.path / admin.OPERATOR_DIR, passphrase=self.admin_passphrase
+        )
+        assert operator.nats_seed is not None
+        nc = await nats.connect(self.bus.url, nkeys_seed_str=operator.nats_seed.decode())
+        try:
+            await (await nc.jetstream().key_value(DIRECTORY_BUCKET)).put(key, value)
+        finally:
+            await nc.drain()
+
+    async def stop_bus(self) -> None:
+        if self.authority is not None:
+            await self.authority.stop()
+            self.authority = None
+        if self.bus is not None:
+            self.bus.stop()
+
+    def write_agent_configs(self, *, limits: dict[str, int | float] | None = None) -> None:
+        assert self.bus is not None
+        for setup in self.agencies.values():
+            _write_config(setup, nats_urls=[self.bus.url], limits=limits or {})
 
 
 def prepare_mechanism(
     root: Path,
-    agencies: Sequence[tuple[str, str]],
+    agencies: Sequence[tuple[str, str, str]],
     *,
-    nats_urls: Sequence[str],
+    admins: int = 3,
+    threshold: int = 2,
     cost: KdfCost = INTERACTIVE,
-    limits: dict[str, int | float] | None = None,
-) -> dict[str, AgencySetup]:
-    """Create keys and a configuration for each `(agency id, display name)` under `root`.
-
-    Each agency lists every other one as a peer. Demo and test keys use the cheaper
-    INTERACTIVE key-file cost; real deployments use `nrm keys init` and its default.
-    """
+) -> Sandbox:
+    """Administrators, then each `(agency id, display name, role)` with keys, admitted to a
+    signed directory draft. Demo and test keys use the cheaper INTERACTIVE key-file cost;
+    real deployments use the `nrm` commands and their default."""
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    homes = {}
-    for agency, name in agencies:
+    admin_passphrase = secrets.token_urlsafe(24).encode()
+    folder = admin.AdminFolder(root / "admin")
+    admin.init_admin(
+        folder.path, admins=admins, threshold=threshold, passphrase=admin_passphrase, cost=cost
+    )
+    setups = {}
+    for agency, name, role in agencies:
         home = root / agency
         home.mkdir(mode=0o700)
         passphrase = secrets.token_urlsafe(24)
@@ -52,33 +158,43 @@ def prepare_mechanism(
         init_key_dir(
             home / "keys", agency=agency, name=name, passphrase=passphrase.encode(), cost=cost
         )
-        homes[agency] = (name, home)
-    setups = {}
-    for agency, (name, home) in homes.items():
-        token = secrets.token_urlsafe(32)
-        peers = [other for other in homes if other != agency]
-        config = "\n".join(
-            [
-                f"agency = {json.dumps(agency)}",
-                'key_dir = "keys"',
-                'passphrase_file = "passphrase"',
-                f"nats_urls = {json.dumps(list(nats_urls))}",
-                'database = "agent.db"',
-                "",
-                "[api]",
-                'bind = "127.0.0.1:0"',
-                "[[api.clients]]",
-                'name = "case-management"',
-                f'token_sha256 = "{token_digest(token)}"',
-                "",
-                *[f'[[peers]]\nidentity = "../{peer}/keys/identity.json"' for peer in peers],
-                "",
-                "[limits]",
-                *[f"{k} = {v!r}" for k, v in (limits or {}).items()],
-                "",
-            ]
+        shutil.copyfile(folder.root_path(1), home / "root.json")
+        setups[agency] = AgencySetup(
+            agency, name, (role,), home, home / "agent.toml", secrets.token_urlsafe(32)
         )
-        config_path = home / "agent.toml"
-        write_new_file(config_path, config.encode())
-        setups[agency] = AgencySetup(agency, name, home, config_path, token)
-    return setups
+        identity = PublicIdentity.from_json((home / "keys" / "identity.json").read_bytes())
+        admin.add_agency(folder, identity, roles=[role])
+    sandbox = Sandbox(root, folder, admin_passphrase, setups)
+    sandbox.sign_draft()
+    return sandbox
+
+
+def _write_config(
+    setup: AgencySetup, *, nats_urls: list[str], limits: dict[str, int | float]
+) -> None:
+    config = "\n".join(
+        [
+            f"agency = {json.dumps(setup.agency)}",
+            'key_dir = "keys"',
+            'passphrase_file = "passphrase"',
+            f"nats_urls = {json.dumps(nats_urls)}",
+            'database = "agent.db"',
+            'trust_root = "root.json"',
+            'trust_cache = "trust"',
+            "",
+            "[api]",
+            'bind = "127.0.0.1:0"',
+            "[[api.clients]]",
+            'name = "case-management"',
+            f'token_sha256 = "{token_digest(setup.token)}"',
+            "",
+            "[limits]",
+            *[f"{k} = {v!r}" for k, v in limits.items()],
+            "",
+        ]
+    )
+    replace_file(setup.config_path, config.encode())
+
+
+def _now() -> int:
+    return int(time.time())

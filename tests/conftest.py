@@ -26,13 +26,14 @@ async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
 
 
 @pytest.fixture
-async def mechanism(tmp_path: Path, nats_server: NatsServer) -> AsyncIterator[Mechanism]:
-    """Three agencies (police, shelter, coordinator) with agents running on `nats_server`."""
+async def mechanism(tmp_path: Path) -> AsyncIterator[Mechanism]:
+    """Three agencies (police, shelter, coordinator) admitted to a signed directory, a bus
+    secured from it, and their agents running and trusting the directory."""
     async with aiohttp.ClientSession() as http:
-        m = Mechanism.prepare(tmp_path, nats_server, http)
+        m = await Mechanism.create(tmp_path, http)
         try:
-            for agency, _ in AGENCIES:
+            for agency, _, _ in AGENCIES:
                 await m.start(agency)
             yield m
         finally:
-            await m.stop_all()
+            await m.close()

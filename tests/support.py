@@ -13,9 +13,13 @@ import aiohttp
 
 from agents import Agent
 from broker import NatsServer
-from nrm.sandbox import AgencySetup, prepare_mechanism
+from nrm.sandbox import AgencySetup, Sandbox, prepare_mechanism
 
-AGENCIES = [("police", "Police"), ("shelter", "Shelter"), ("coordinator", "Co-ordinator")]
+AGENCIES = [
+    ("police", "Police", "police"),
+    ("shelter", "Shelter", "ngo"),
+    ("coordinator", "Co-ordinator", "coordinator"),
+]
 #: Short redelivery so crash tests do not wait the production 30 s.
 TEST_LIMITS = {"ack_wait_seconds": 2, "retry_max_seconds": 0.5}
 
@@ -76,37 +80,58 @@ class Api:
 
 @dataclass
 class Mechanism:
-    """A bus and three agencies with keys and configs in `root`; agents run in-process."""
+    """Administrators, three agencies and a secured bus in `root`; agents run in-process."""
 
-    root: Path
-    bus: NatsServer
+    sandbox: Sandbox
     http: aiohttp.ClientSession
-    setups: dict[str, AgencySetup] = field(default_factory=dict)
     agents: dict[str, Agent] = field(default_factory=dict)
 
     @classmethod
-    def prepare(cls, root: Path, bus: NatsServer, http: aiohttp.ClientSession) -> Mechanism:
-        m = cls(root, bus, http)
-        m.setups = prepare_mechanism(
-            root / "agencies", AGENCIES, nats_urls=[bus.url], limits=TEST_LIMITS
-        )
-        return m
+    async def create(
+        cls, root: Path, http: aiohttp.ClientSession, *, admins: int = 1, threshold: int = 1
+    ) -> Mechanism:
+        sandbox = prepare_mechanism(root, AGENCIES, admins=admins, threshold=threshold)
+        await sandbox.start_bus()
+        sandbox.write_agent_configs(limits=TEST_LIMITS)
+        return cls(sandbox, http)
 
-    async def start(self, agency: str) -> Agent:
+    @property
+    def bus(self) -> NatsServer:
+        assert self.sandbox.bus is not None
+        return self.sandbox.bus
+
+    @property
+    def root(self) -> Path:
+        return self.sandbox.root
+
+    @property
+    def setups(self) -> dict[str, AgencySetup]:
+        return self.sandbox.agencies
+
+    async def start(self, agency: str, *, wait: bool = True) -> Agent:
         agent = Agent.from_config_file(self.setups[agency].config_path)
         await agent.start()
         self.agents[agency] = agent
+        if wait:
+            await eventually(
+                lambda: _ready(agent), what=f"{agency} to connect and trust the directory"
+            )
         return agent
 
     async def stop(self, agency: str) -> None:
         await self.agents.pop(agency).stop()
 
-    async def stop_all(self) -> None:
+    async def close(self) -> None:
         for agency in list(self.agents):
             await self.stop(agency)
+        await self.sandbox.stop_bus()
 
     def api(self, agency: str) -> Api:
         return Api(self.http, self.agents[agency].api_url, self.setups[agency].token)
 
     def database(self, agency: str) -> Path:
         return self.setups[agency].home / "agent.db"
+
+
+async def _ready(agent: Agent) -> bool:
+    return bool(agent.health()["status"] == "ok")

@@ -8,13 +8,17 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
 from structlog.testing import capture_logs
 
-from keys.subjects import MESSAGE_STREAM, inbox_consumer, inbox_subject
+from keys.keyfile import load_key_dir
+from keys.subjects import MESSAGE_STREAM, inbox_consumer, inbox_subject, reply_prefix
 
 from .support import Mechanism, eventually
 
@@ -34,18 +38,34 @@ async def delivered(m: Mechanism, sender: str, referral_id: str) -> None:
     await eventually(check, what=f"delivery of {referral_id}")
 
 
-async def capture_next(m: Mechanism, agency: str) -> tuple[asyncio.Future[bytes], object]:
-    """Subscribe (plain NATS, as a bus eavesdropper would) to `agency`'s inbox subject."""
-    nc = await nats.connect(m.bus.url)
-    got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+def sent_envelope(m: Mechanism, agency: str, message_id: str) -> bytes:
+    """The exact envelope bytes `agency` published, from its outbox."""
+    with sqlite3.connect(m.database(agency)) as db:
+        (envelope,) = db.execute(
+            "SELECT envelope FROM outbox WHERE message_id = ?", (message_id,)
+        ).fetchone()
+    return bytes(envelope)
 
-    async def on_msg(msg: nats.aio.msg.Msg) -> None:
-        if not got.done():
-            got.set_result(msg.data)
 
-    await nc.subscribe(inbox_subject(agency), cb=on_msg)
-    await nc.flush()
-    return got, nc
+@asynccontextmanager
+async def connect_as(m: Mechanism, agency: str) -> AsyncIterator[nats.aio.client.Client]:
+    """A bus connection with `agency`'s own credentials (a valid but hostile participant)."""
+    keys = load_key_dir(m.setups[agency].key_dir, passphrase=m.setups[agency].passphrase())
+    assert keys.nats_seed is not None
+    nc = await nats.connect(
+        m.bus.url, nkeys_seed_str=keys.nats_seed.decode(), inbox_prefix=reply_prefix(agency)
+    )
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+async def operator_js(m: Mechanism) -> tuple[nats.aio.client.Client, Any]:
+    keys = load_key_dir(m.sandbox.admin.path / "operator", passphrase=m.sandbox.admin_passphrase)
+    assert keys.nats_seed is not None
+    nc = await nats.connect(m.bus.url, nkeys_seed_str=keys.nats_seed.decode())
+    return nc, nc.jetstream()
 
 
 async def test_referral_round_trip(mechanism: Mechanism) -> None:
@@ -70,32 +90,33 @@ async def test_multi_recipient_referral_reaches_each(mechanism: Mechanism) -> No
 
 
 async def test_bus_carries_no_plaintext(mechanism: Mechanism) -> None:
-    """What crosses the bus holds none of the referral's personal data."""
+    """Neither the envelope on the bus nor the JetStream store files hold personal data."""
     m = mechanism
-    got, nc = await capture_next(m, "shelter")
     canary = "Canary-7f3a9c Person"
     rid = await m.api("police").refer(["shelter"], {"person": {"names": [canary]}})
-    data = await asyncio.wait_for(got, 10)
-    await nc.close()  # type: ignore[attr-defined]
     await delivered(m, "police", rid)
-    assert canary.encode() not in data
-    assert b"Canary" not in data
+    assert b"Canary" not in sent_envelope(m, "police", rid)
+    for path in (m.root / "bus").rglob("*"):
+        if path.is_file():
+            assert b"Canary" not in path.read_bytes(), path
+    assert [i["referral"] for i in await m.api("shelter").inbox()] == [
+        {"person": {"names": [canary]}}
+    ]
 
 
 async def test_replayed_envelope_is_rejected(mechanism: Mechanism) -> None:
-    """The same envelope republished under a new Nats-Msg-Id is rejected as replayed."""
+    """An agency republishing a delivered envelope under a new Nats-Msg-Id: replayed."""
     m = mechanism
-    got, nc = await capture_next(m, "shelter")
     rid = await m.api("police").refer(["shelter"], REFERRAL)
-    data = await asyncio.wait_for(got, 10)
     await delivered(m, "police", rid)
+    data = sent_envelope(m, "police", rid)
     with capture_logs() as logs:
-        js = nc.jetstream()  # type: ignore[attr-defined]
-        await js.publish(inbox_subject("shelter"), data, headers={"Nats-Msg-Id": "replay-1"})
+        async with connect_as(m, "coordinator") as nc:
+            js = nc.jetstream()
+            await js.publish(inbox_subject("shelter"), data, headers={"Nats-Msg-Id": "replay-1"})
         await eventually(
             lambda: _logged(logs, "message_rejected"), what="the replay to be rejected"
         )
-    await nc.close()  # type: ignore[attr-defined]
     assert [e["reason"] for e in logs if e["event"] == "message_rejected"] == ["replayed"]
     assert rows(m.database("shelter"), "inbox") == 1
 
@@ -103,18 +124,19 @@ async def test_replayed_envelope_is_rejected(mechanism: Mechanism) -> None:
 async def test_tampered_and_misaddressed_envelopes_are_rejected(mechanism: Mechanism) -> None:
     """A tampered envelope and one sealed for another agency are refused and never stored."""
     m = mechanism
-    got, nc = await capture_next(m, "coordinator")
     rid = await m.api("police").refer(["coordinator"], REFERRAL)
-    data = await asyncio.wait_for(got, 10)
     await delivered(m, "police", rid)
+    data = sent_envelope(m, "police", rid)
     tampered = bytearray(data)
     tampered[len(tampered) // 2] ^= 0x01
-    js = nc.jetstream()  # type: ignore[attr-defined]
     with capture_logs() as logs:
-        await js.publish(inbox_subject("shelter"), data, headers={"Nats-Msg-Id": "misaddr"})
-        await js.publish(inbox_subject("shelter"), bytes(tampered), headers={"Nats-Msg-Id": "t"})
+        async with connect_as(m, "police") as nc:
+            js = nc.jetstream()
+            await js.publish(inbox_subject("shelter"), data, headers={"Nats-Msg-Id": "misaddr"})
+            await js.publish(
+                inbox_subject("shelter"), bytes(tampered), headers={"Nats-Msg-Id": "t"}
+            )
         await eventually(lambda: _logged(logs, "message_rejected", 2), what="both to be rejected")
-    await nc.close()  # type: ignore[attr-defined]
     reasons = [e["reason"] for e in logs if e["event"] == "message_rejected"]
     assert reasons[0] == "not-addressed-to-me"
     assert reasons[1] in {"bad-signature", "malformed"}
@@ -165,8 +187,7 @@ async def test_agent_killed_between_commit_and_ack_keeps_one_copy(mechanism: Mec
     )
     try:
         await delivered(m, "police", rid)
-        nc = await nats.connect(m.bus.url)
-        js = nc.jetstream()
+        nc, js = await operator_js(m)
 
         async def drained() -> bool:
             info = await js.consumer_info(MESSAGE_STREAM, inbox_consumer("shelter"))

@@ -1,0 +1,133 @@
+"""The agent's view of the signed trust directory.
+
+Starts from the pinned root (the trust anchor an administrator hands over with the agent's
+configuration), applies newer roots and directories offered from the bus only after full
+verification (keys.directory), persists what it accepted so a restart never goes backwards,
+and remembers the last refusal for the health endpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from keys import UntrustedInputError
+from keys.directory import Directory, Root, TrustStore, verify_initial_root
+from keys.keyfile import replace_file
+from keys.subjects import DIRECTORY_KEY
+
+log = structlog.get_logger("nrm.trust")
+
+_ROOT_PREFIX = "root."
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    key: str
+    reason: str
+    detail: str
+    at: int
+
+
+class TrustState:
+    """Owns the TrustStore and its on-disk cache in `cache_dir`."""
+
+    def __init__(self, *, pinned_root: Path, cache_dir: Path, agency: str) -> None:
+        self.agency = agency
+        self.cache_dir = cache_dir
+        self.log = log.bind(agency=agency)
+        cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        now = int(time.time())
+        self.store = TrustStore(verify_initial_root(pinned_root.read_bytes(), now=now))
+        self.refused: Refusal | None = None
+        self._pending_directory: bytes | None = None
+        for path in sorted(cache_dir.glob("root.*.json"), key=_root_version):
+            if _root_version(path) > self.store.root.version:
+                self._apply(f"{_ROOT_PREFIX}{_root_version(path)}", path.read_bytes(), now)
+        cached = cache_dir / "directory.json"
+        if cached.exists():
+            self._apply(DIRECTORY_KEY, cached.read_bytes(), now)
+
+    @property
+    def root(self) -> Root:
+        return self.store.root
+
+    @property
+    def directory(self) -> Directory | None:
+        """The verified directory, or None if there is none yet or it has expired: a frozen
+        copy stops being trusted."""
+        d = self.store.directory
+        if d is None or d.expires <= int(time.time()):
+            return None
+        return d
+
+    def offer(self, key: str, value: bytes) -> bool:
+        """Verify and apply a root or directory published on the bus; True if it changed
+        what is trusted."""
+        return self._apply(key, value, int(time.time()), persist=True)
+
+    def _apply(self, key: str, value: bytes, now: int, *, persist: bool = False) -> bool:
+        before = (self.store.root.version, self._directory_version())
+        try:
+            if key.startswith(_ROOT_PREFIX):
+                version = int(key[len(_ROOT_PREFIX) :])
+                if version <= self.store.root.version:
+                    return False  # an old root we already went past
+                root = self.store.update_root(value, now=now)
+                if persist:
+                    replace_file(self.cache_dir / f"root.{root.version}.json", value)
+                self.log.info("root_accepted", root_version=root.version)
+                if self._pending_directory is not None:  # it may verify under the new root
+                    pending, self._pending_directory = self._pending_directory, None
+                    self._apply(DIRECTORY_KEY, pending, now, persist=persist)
+            elif key == DIRECTORY_KEY:
+                directory = self.store.update_directory(value, now=now)
+                if persist:
+                    replace_file(self.cache_dir / "directory.json", value)
+                if (self.store.root.version, directory.version) != before:
+                    self.log.info("directory_accepted", directory_version=directory.version)
+                self.refused = None
+            else:
+                return False
+        except UntrustedInputError as e:
+            if key == DIRECTORY_KEY:
+                self._pending_directory = value
+            self.refused = Refusal(key, e.reason, str(e), now)
+            self.log.warning("directory_refused", key=key, reason=e.reason, detail=str(e))
+            return False
+        except ValueError as e:
+            self.refused = Refusal(key, "malformed", str(e), now)
+            self.log.warning("directory_refused", key=key, reason="malformed")
+            return False
+        return (self.store.root.version, self._directory_version()) != before
+
+    def _directory_version(self) -> int | None:
+        return None if self.store.directory is None else self.store.directory.version
+
+    def health(self) -> dict[str, Any]:
+        d = self.store.directory
+        out: dict[str, Any] = {
+            "root_version": self.store.root.version,
+            "directory_version": None if d is None else d.version,
+            "directory_expires": None if d is None else d.expires,
+            "directory_trusted": self.directory is not None,
+        }
+        if self.refused is not None:
+            out["refused"] = {
+                "key": self.refused.key,
+                "reason": self.refused.reason,
+                "detail": self.refused.detail,
+                "at": self.refused.at,
+            }
+        return out
+
+
+def _root_version(path: Path) -> int:
+    try:
+        return int(path.name.split(".")[1])
+    except (IndexError, ValueError):
+        return -1

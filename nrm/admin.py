@@ -1,0 +1,338 @@
+"""Administrator operations on a working folder: root keys, the directory draft, publishing.
+
+The folder (`--dir`, default `$NRM_ADMIN_DIR` or `.`) holds:
+
+    admin-<n>.key         an administrator's root signing key, encrypted (0600)
+    root.<version>.json   every signed root, version 1 upwards (the trust anchor is root.1)
+    directory.json        the directory being prepared or last published, with signatures
+    published-version     the highest directory version published from this folder
+    operator/             the bus operator's NKey (encrypted) used to publish and provision
+
+Each function verifies what it reads and writes files atomically; refusing leaves them as
+they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+from nacl.signing import SigningKey
+
+from keys import PublicIdentity, UntrustedInputError
+from keys.directory import (
+    AgencyEntry,
+    Directory,
+    KeyEntry,
+    Root,
+    TrustStore,
+    encode_directory,
+    encode_root,
+    read_unverified_directory,
+    sign,
+    signature_count,
+    verify_initial_root,
+)
+from keys.identity import signing_kid
+from keys.keyfile import (
+    KdfCost,
+    init_key_dir,
+    load_key_dir,
+    open_admin_key,
+    replace_file,
+    seal_admin_key,
+    write_new_file,
+)
+from keys.limits import DEFAULT_LIMITS
+from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY, root_key
+
+DIRECTORY_FILE = "directory.json"
+PUBLISHED_FILE = "published-version"
+OPERATOR_DIR = "operator"
+
+
+class AdminError(Exception):
+    """An administrator operation that cannot be done as asked."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdminFolder:
+    path: Path
+
+    def root_path(self, version: int) -> Path:
+        return self.path / f"root.{version}.json"
+
+    def root_versions(self) -> list[int]:
+        versions = []
+        for p in self.path.glob("root.*.json"):
+            try:
+                versions.append(int(p.name.split(".")[1]))
+            except ValueError:
+                continue
+        return sorted(versions)
+
+    def trusted_root(self, *, now: int) -> Root:
+        """Walk the root chain from root.1, verifying each step."""
+        versions = self.root_versions()
+        if not versions or versions[0] != 1:
+            raise AdminError(f"{self.path} holds no root.1.json; run `nrm admin init` first")
+        store = TrustStore(verify_initial_root(self.root_path(1).read_bytes(), now=now))
+        for v in versions[1:]:
+            store.update_root(self.root_path(v).read_bytes(), now=now)
+        return store.root
+
+    def directory_bytes(self) -> bytes:
+        path = self.path / DIRECTORY_FILE
+        if not path.exists():
+            raise AdminError(f"{path} does not exist; run `nrm admin init` first")
+        return path.read_bytes()
+
+    def published_version(self) -> int:
+        """The highest directory version this folder has published (0 if none)."""
+        path = self.path / PUBLISHED_FILE
+        return int(path.read_text()) if path.exists() else 0
+
+    def record_published(self, version: int) -> None:
+        replace_file(self.path / PUBLISHED_FILE, f"{version}\n".encode(), mode=0o644)
+
+    def draft(self) -> Directory:
+        return read_unverified_directory(self.directory_bytes())
+
+    def save_draft(self, directory: Directory) -> None:
+        """Write a changed directory with no signatures: it must be signed again."""
+        replace_file(self.path / DIRECTORY_FILE, encode_directory(directory), mode=0o644)
+
+
+def init_admin(
+    folder: Path,
+    *,
+    admins: int,
+    threshold: int,
+    passphrase: bytes,
+    cost: KdfCost,
+    now: int | None = None,
+) -> Root:
+    """Create `admins` root keys, root.1 signed by all of them, an empty directory draft and
+    the bus operator's credentials."""
+    if not 1 <= threshold <= admins:
+        raise AdminError("the threshold must be between 1 and the number of administrators")
+    now = int(time.time()) if now is None else now
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if any(folder.glob("root.*.json")):
+        raise AdminError(f"{folder} already holds a root; refusing to overwrite it")
+    keys = [SigningKey.generate() for _ in range(admins)]
+    for n, key in enumerate(keys, start=1):
+        write_new_file(
+            folder / f"admin-{n}.key", seal_admin_key(key, passphrase=passphrase, cost=cost)
+        )
+    root = Root(
+        version=1,
+        expires=now + DEFAULT_LIMITS.root_ttl_seconds,
+        threshold=threshold,
+        keys={signing_kid(k.verify_key): k.verify_key for k in keys},
+    )
+    signed = encode_root(root)
+    for key in keys:
+        signed = sign(signed, key)
+    write_new_file(folder / "root.1.json", signed, mode=0o644)
+    empty = Directory(version=1, expires=now + DEFAULT_LIMITS.directory_ttl_seconds, agencies=())
+    write_new_file(folder / DIRECTORY_FILE, encode_directory(empty), mode=0o644)
+    init_key_dir(
+        folder / OPERATOR_DIR,
+        agency="operator",
+        name="Bus operator",
+        passphrase=passphrase,
+        cost=cost,
+    )
+    return root
+
+
+def _next(directory: Directory, *, published: int, now: int) -> Directory:
+    """The draft's version is one above the last signed one, its expiry renewed."""
+    return Directory(
+        version=max(directory.version, published + 1),
+        expires=now + DEFAULT_LIMITS.directory_ttl_seconds,
+        agencies=directory.agencies,
+    )
+
+
+def add_agency(
+    folder: AdminFolder,
+    identity: PublicIdentity,
+    *,
+    roles: Sequence[str],
+    overlap_seconds: int = DEFAULT_LIMITS.rotation_overlap_seconds,
+    now: int | None = None,
+) -> Directory:
+    """Admit an agency, or take in its rotated keys (old ones retire after the overlap)."""
+    now = int(time.time()) if now is None else now
+    if identity.nats_key is None:
+        raise AdminError("the identity file has no NATS key; re-create it with `nrm keys init`")
+    directory, published = _draft_and_published(folder)
+    if identity.agency in directory:
+        current = directory.agency(identity.agency)
+        known = {k.kid for k in current.signing_keys}
+        if identity.signing_kid in known:
+            if tuple(roles) == current.roles or not roles:
+                raise AdminError(f"{identity.agency} is already in the directory with these keys")
+            directory = directory.with_agency(_replace_roles(current, roles))
+        else:
+            directory = directory.rotate(
+                identity.agency,
+                signing=(identity.signing_kid, bytes(identity.signing_key)),
+                encryption=(identity.encryption_kid, bytes(identity.encryption_key)),
+                now=now,
+                overlap_seconds=overlap_seconds,
+            )
+    else:
+        if not roles:
+            raise AdminError("give the agency at least one role (--roles)")
+        directory = directory.with_agency(
+            AgencyEntry(
+                agency=identity.agency,
+                name=identity.name,
+                roles=tuple(roles),
+                signing_keys=(_entry(identity.signing_kid, bytes(identity.signing_key), now),),
+                encryption_keys=(
+                    _entry(identity.encryption_kid, bytes(identity.encryption_key), now),
+                ),
+                nats_key=identity.nats_key,
+            )
+        )
+    directory = _next(directory, published=published, now=now)
+    folder.save_draft(directory)
+    return directory
+
+
+def remove_agency(folder: AdminFolder, agency: str, *, now: int | None = None) -> Directory:
+    now = int(time.time()) if now is None else now
+    directory, published = _draft_and_published(folder)
+    if agency not in directory:
+        raise AdminError(f"{agency} is not in the directory")
+    directory = _next(directory.without_agency(agency), published=published, now=now)
+    folder.save_draft(directory)
+    return directory
+
+
+def revoke_key(
+    folder: AdminFolder,
+    agency: str,
+    kid: str,
+    *,
+    reason: str,
+    at: int | None = None,
+    now: int | None = None,
+) -> Directory:
+    now = int(time.time()) if now is None else now
+    directory, published = _draft_and_published(folder)
+    if agency not in directory:
+        raise AdminError(f"{agency} is not in the directory")
+    directory = directory.revoke(agency, kid, at=now if at is None else at, reason=reason)
+    directory = _next(directory, published=published, now=now)
+    folder.save_draft(directory)
+    return directory
+
+
+def sign_draft(folder: AdminFolder, key_path: Path, *, passphrase: bytes) -> int:
+    """Add one administrator's signature; returns how many root signatures it now has."""
+    key = open_admin_key(key_path.read_bytes(), passphrase=passphrase)
+    root = folder.trusted_root(now=int(time.time()))
+    if signing_kid(key.verify_key) not in root.keys:
+        raise AdminError(f"{key_path} is not a key of the current root (version {root.version})")
+    signed = sign(folder.directory_bytes(), key)
+    replace_file(folder.path / DIRECTORY_FILE, signed, mode=0o644)
+    return signature_count(signed, keys=root)
+
+
+def verified_draft(folder: AdminFolder, *, now: int | None = None) -> Directory:
+    """The draft, verified exactly as an agent will verify it (raises if not publishable)."""
+    now = int(time.time()) if now is None else now
+    store = TrustStore(folder.trusted_root(now=now))
+    return store.update_directory(folder.directory_bytes(), now=now)
+
+
+async def publish(folder: AdminFolder, url: str, *, passphrase: bytes) -> Directory:
+    """Verify the draft locally, then put every root and the directory in the KV bucket."""
+    directory = verified_draft(folder)
+    operator = load_key_dir(folder.path / OPERATOR_DIR, passphrase=passphrase)
+    assert operator.nats_seed is not None
+    nc = await nats.connect(
+        url, nkeys_seed_str=operator.nats_seed.decode(), connect_timeout=5, allow_reconnect=False
+    )
+    try:
+        kv = await nc.jetstream().key_value(DIRECTORY_BUCKET)
+        for v in folder.root_versions():
+            await kv.put(root_key(v), folder.root_path(v).read_bytes())
+        await kv.put(DIRECTORY_KEY, folder.directory_bytes())
+    finally:
+        await nc.drain()
+    folder.record_published(directory.version)
+    return directory
+
+
+def rotate_root(
+    folder: AdminFolder,
+    *,
+    old_keys: Sequence[Path],
+    admins: int,
+    threshold: int,
+    passphrase: bytes,
+    cost: KdfCost,
+    now: int | None = None,
+) -> Root:
+    """A new root set: version N+1 signed by a threshold of the old keys and all new ones."""
+    now = int(time.time()) if now is None else now
+    current = folder.trusted_root(now=now)
+    signers = [open_admin_key(p.read_bytes(), passphrase=passphrase) for p in old_keys]
+    new_keys = [SigningKey.generate() for _ in range(admins)]
+    root = Root(
+        version=current.version + 1,
+        expires=now + DEFAULT_LIMITS.root_ttl_seconds,
+        threshold=threshold,
+        keys={signing_kid(k.verify_key): k.verify_key for k in new_keys},
+    )
+    signed = encode_root(root)
+    for key in [*signers, *new_keys]:
+        signed = sign(signed, key)
+    TrustStore(current).update_root(signed, now=now)  # refuse before writing
+    for n, key in enumerate(new_keys, start=1):
+        write_new_file(
+            folder.path / f"admin-{n}.r{root.version}.key",
+            seal_admin_key(key, passphrase=passphrase, cost=cost),
+        )
+    write_new_file(folder.root_path(root.version), signed, mode=0o644)
+    # The directory must now be signed by the new root's keys.
+    directory, published = _draft_and_published(folder)
+    folder.save_draft(_next(directory, published=published, now=now))
+    return root
+
+
+def _draft_and_published(folder: AdminFolder) -> tuple[Directory, int]:
+    """The current draft and the version the next change must exceed: the last published
+    one, or the draft's own if it is fully signed (it may be published any time)."""
+    draft = folder.draft()
+    published = folder.published_version()
+    with contextlib.suppress(UntrustedInputError):  # an unsigned draft's version is free
+        published = max(published, verified_draft(folder).version)
+    return draft, published
+
+
+def _entry(kid: str, public: bytes, now: int) -> KeyEntry:
+    return KeyEntry(
+        kid=kid,
+        public=public,
+        valid_from=now,
+        valid_until=None,
+        status="active",
+        revoked_at=None,
+        reason=None,
+    )
+
+
+def _replace_roles(entry: AgencyEntry, roles: Sequence[str]) -> AgencyEntry:
+    return dataclasses.replace(entry, roles=tuple(roles))

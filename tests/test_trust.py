@@ -1,0 +1,271 @@
+"""The trust directory in a running mechanism: distribution, refusals, rotation, revocation,
+root rotation and bus authorization following the directory."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import nats
+import pytest
+from structlog.testing import capture_logs
+
+from keys import codec
+from keys.directory import Directory, encode_directory, sign
+from keys.keyfile import INTERACTIVE, open_admin_key, rotate_key_dir
+from keys.subjects import DIRECTORY_KEY, reply_prefix
+from nrm import admin
+
+from .support import AGENCIES, Mechanism, eventually
+from .test_agent import delivered, rows
+
+REFERRAL = {"requested_services": ["shelter"]}
+
+
+@pytest.fixture
+async def m2of3(tmp_path: Path) -> AsyncIterator[Mechanism]:
+    """The three-agency mechanism with a 2-of-3 administrator root."""
+    async with aiohttp.ClientSession() as http:
+        m = await Mechanism.create(tmp_path, http, admins=3, threshold=2)
+        try:
+            for agency, _, _ in AGENCIES:
+                await m.start(agency)
+            yield m
+        finally:
+            await m.close()
+
+
+def trust(m: Mechanism, agency: str) -> dict[str, object]:
+    health = m.agents[agency].health()["trust"]
+    assert isinstance(health, dict)
+    return health
+
+
+async def refused_with(m: Mechanism, agency: str, reason: str) -> None:
+    async def check() -> bool:
+        refused = trust(m, agency).get("refused")
+        return isinstance(refused, dict) and refused["reason"] == reason
+
+    await eventually(check, what=f"{agency} to refuse with {reason}")
+
+
+def admin_key(m: Mechanism, n: int) -> bytes:
+    return (m.sandbox.admin.path / f"admin-{n}.key").read_bytes()
+
+
+def signed_by(m: Mechanism, directory: Directory, key_files: list[Path]) -> bytes:
+    data = encode_directory(directory)
+    for path in key_files:
+        data = sign(data, open_admin_key(path.read_bytes(), passphrase=m.sandbox.admin_passphrase))
+    return data
+
+
+async def test_agents_load_the_published_directory(m2of3: Mechanism) -> None:
+    """Every agent holds the verified directory the administrators published."""
+    for agency, _, _ in AGENCIES:
+        assert trust(m2of3, agency)["directory_version"] == 1
+        assert m2of3.agents[agency].health()["status"] == "ok"
+
+
+REFUSALS = [
+    "under-signed: 1 of the 2 required signatures",
+    "rolled back: version 1 offered after version 2",
+    "expired: a correctly signed directory past its expiry",
+    "tampered: a field of the signed part changed after signing",
+    "not a directory: bytes that do not parse",
+]
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+async def test_bad_directory_is_refused_and_nothing_changes(m2of3: Mechanism, case: str) -> None:
+    """Each bad directory is refused with its own reason; agents keep the one they trust."""
+    m = m2of3
+    keys = sorted(m.sandbox.admin.path.glob("admin-*.key"))
+    current = admin.verified_draft(m.sandbox.admin)
+    later = Directory(
+        version=current.version + 1, expires=current.expires, agencies=current.agencies
+    )
+    if case.startswith("under-signed"):
+        data, reason = signed_by(m, later, keys[:1]), "under-signed"
+    elif case.startswith("rolled back"):
+        await m.sandbox.put(DIRECTORY_KEY, signed_by(m, later, keys[:2]))
+        await eventually(lambda: _version_is(m, 2), what="version 2")
+        data, reason = m.sandbox.admin.directory_bytes(), "rolled-back"
+    elif case.startswith("expired"):
+        stale = Directory(
+            version=later.version, expires=int(time.time()) - 10, agencies=later.agencies
+        )
+        data, reason = signed_by(m, stale, keys[:2]), "expired-metadata"
+    elif case.startswith("tampered"):
+        good = signed_by(m, later, keys[:2]).decode()
+        data, reason = good.replace('"Shelter"', '"Shelte2"').encode(), "bad-signature"
+        assert data.decode() != good
+    else:
+        data, reason = b"\xff not json", "malformed"
+    before = {a: trust(m, a)["directory_version"] for a in m.agents}
+    await m.sandbox.put(DIRECTORY_KEY, data)
+    for agency in m.agents:
+        await refused_with(m, agency, reason)
+        assert trust(m, agency)["directory_version"] == before[agency]
+        assert m.agents[agency].health()["status"] == "degraded"
+        # and the cached copy on disk did not change either
+        cached = (m.setups[agency].home / "trust" / "directory.json").read_bytes()
+        assert cached != data
+
+
+async def _version_is(m: Mechanism, version: int) -> bool:
+    return all(trust(m, a)["directory_version"] == version for a in m.agents)
+
+
+async def test_rotation_during_traffic_loses_nothing(mechanism: Mechanism) -> None:
+    """Rotating both sender and receiver keys mid-stream loses no referral and leaves none
+    unreadable; afterwards both sides use the new keys."""
+    m = mechanism
+    police, shelter = m.setups["police"], m.setups["shelter"]
+    old_shelter_enc = m.agents["shelter"].keys.public.encryption_kid
+    sent: list[str] = []
+
+    async def traffic(n: int) -> None:
+        for i in range(n):
+            sent.append(await m.api("police").refer(["shelter"], {"n": i}))
+            await asyncio.sleep(0.02)
+
+    flow = asyncio.create_task(traffic(60))
+    await asyncio.sleep(0.4)
+    for setup in (shelter, police):
+        rotate_key_dir(setup.key_dir, passphrase=setup.passphrase(), cost=INTERACTIVE)
+        identity = admin.PublicIdentity.from_json(setup.identity_path.read_bytes())
+        admin.add_agency(m.sandbox.admin, identity, roles=list(setup.roles))
+    m.sandbox.sign_draft()
+    await m.sandbox.publish()
+    await flow
+    for rid in sent:
+        await delivered(m, "police", rid)
+    assert rows(m.database("shelter"), "inbox") == len(sent)
+    new_shelter = admin.PublicIdentity.from_json(shelter.identity_path.read_bytes())
+    assert m.agents["shelter"].keys.public.encryption_kid == new_shelter.encryption_kid
+    assert (
+        m.agents["police"].keys.public.signing_kid
+        == admin.PublicIdentity.from_json(police.identity_path.read_bytes()).signing_kid
+    )
+    # a referral sent now is sealed to the shelter's new key, not the retiring one
+    rid = await m.api("police").refer(["shelter"], REFERRAL)
+    kid = _recipient_kid(m, "police", rid)
+    assert kid == new_shelter.encryption_kid != old_shelter_enc
+    await delivered(m, "police", rid)
+
+
+def _recipient_kid(m: Mechanism, agency: str, message_id: str) -> str:
+    import sqlite3
+
+    with sqlite3.connect(m.database(agency)) as db:
+        (envelope,) = db.execute(
+            "SELECT envelope FROM outbox WHERE message_id = ?", (message_id,)
+        ).fetchone()
+    header = codec.unpack(codec.unpack(envelope, max_bytes=1 << 20)[1], max_bytes=8192)
+    return str(header[6][0])
+
+
+async def test_revoked_key_later_signatures_are_rejected(mechanism: Mechanism) -> None:
+    """After police's signing key is revoked, what it signs is rejected as revoked-key."""
+    m = mechanism
+    rid = await m.api("police").refer(["shelter"], REFERRAL)
+    await delivered(m, "police", rid)
+    kid = m.agents["police"].keys.public.signing_kid
+    admin.revoke_key(m.sandbox.admin, "police", kid, reason="key compromised")
+    m.sandbox.sign_draft()
+    await m.sandbox.publish()
+    await eventually(lambda: _version_is(m, 2), what="the revocation to arrive")
+    with capture_logs() as logs:
+        await m.api("police").refer(["shelter"], REFERRAL)
+
+        async def rejected() -> bool:
+            return any(
+                e.get("reason") == "revoked-key" for e in logs if e["event"] == "message_rejected"
+            )
+
+        await eventually(rejected, what="the shelter to reject the revoked key")
+    assert rows(m.database("shelter"), "inbox") == 1
+
+
+async def test_root_rotation(m2of3: Mechanism) -> None:
+    """A new root signed by the old and new thresholds is accepted with the directory it
+    signs; a later directory signed only by the old root's keys is refused."""
+    m = m2of3
+    folder = m.sandbox.admin
+    old_keys = sorted(folder.path.glob("admin-?.key"))
+    admin.rotate_root(
+        folder,
+        old_keys=old_keys[:2],
+        admins=3,
+        threshold=2,
+        passphrase=m.sandbox.admin_passphrase,
+        cost=INTERACTIVE,
+    )
+    new_keys = sorted(folder.path.glob("admin-*.r2.key"))
+    for key in new_keys[:2]:
+        admin.sign_draft(folder, key, passphrase=m.sandbox.admin_passphrase)
+    await m.sandbox.publish()
+
+    async def on_root_2() -> bool:
+        return all(
+            trust(m, a)["root_version"] == 2 and trust(m, a)["directory_version"] == 2
+            for a in m.agents
+        )
+
+    await eventually(on_root_2, what="agents to accept root 2")
+    current = admin.verified_draft(folder)
+    later = Directory(
+        version=current.version + 1, expires=current.expires, agencies=current.agencies
+    )
+    await m.sandbox.put(DIRECTORY_KEY, signed_by(m, later, old_keys[:2]))
+    for agency in m.agents:
+        await refused_with(m, agency, "under-signed")
+        assert trust(m, agency)["directory_version"] == 2
+
+
+async def test_bus_authorization_follows_the_directory(mechanism: Mechanism) -> None:
+    """Removing an agency from the directory reloads the bus: its NKey no longer connects;
+    the server was not restarted."""
+    m = mechanism
+    pid = m.bus.pid
+    await m.stop("coordinator")
+    seed = m.agents["police"].keys.nats_seed  # police stays; check the coordinator's key
+    from keys.keyfile import load_key_dir
+
+    coordinator = load_key_dir(
+        m.setups["coordinator"].key_dir, passphrase=m.setups["coordinator"].passphrase()
+    )
+    assert coordinator.nats_seed is not None and seed is not None
+    nc = await nats.connect(
+        m.bus.url,
+        nkeys_seed_str=coordinator.nats_seed.decode(),
+        inbox_prefix=reply_prefix("coordinator"),
+        allow_reconnect=False,
+    )
+    await nc.close()
+    admin.remove_agency(m.sandbox.admin, "coordinator")
+    m.sandbox.sign_draft()
+    await m.sandbox.publish()
+
+    async def locked_out() -> bool:
+        try:
+            conn = await nats.connect(
+                m.bus.url,
+                nkeys_seed_str=coordinator.nats_seed.decode(),
+                inbox_prefix=reply_prefix("coordinator"),
+                allow_reconnect=False,
+                connect_timeout=1,
+            )
+        except Exception:
+            return True
+        await conn.close()
+        return False
+
+    await eventually(locked_out, what="the coordinator's NKey to be refused")
+    assert m.bus.pid == pid
+    rid = await m.api("police").refer(["shelter"], REFERRAL)
+    await delivered(m, "police", rid)
