@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,13 +23,17 @@ from keys import (
     UnexpectedMessageError,
     UnknownKeyError,
     UntrustedInputError,
+    envelope_hash,
     open_envelope,
     seal,
 )
+from keys.audit import labels_of
 from keys.directory import Directory
 from keys.keyfile import load_key_dir, read_passphrase
+from keys.subjects import DIRECTORY_KEY
 
 from .api import ApiSettings, make_app
+from .audit import AuditTrail
 from .config import AgentConfig
 from .messages import DELIVERY_RECEIPT, REFERRAL, DeliveryReceipt, canonical_json
 from .problems import ProblemError
@@ -53,6 +59,7 @@ class Agent:
         self.trust = trust
         self.limits = config.limits
         self.store = Store(config.database)
+        self.audit = AuditTrail(agency=config.agency, keys=lambda: self.keys, store=self.store)
         self.transport = Transport(
             agency=config.agency,
             urls=config.nats_urls,
@@ -139,16 +146,33 @@ class Agent:
             raise ProblemError(
                 413, "Content Too Large", f"the referral is over {self.limits.max_body_bytes} bytes"
             )
-        message_id = self._send(REFERRAL, body, list(recipients))
+        message_id = self._send(REFERRAL, body, list(recipients), labels=labels_of(referral))
         self.log.info("referral_accepted", message_id=message_id, recipients=list(recipients))
         return message_id
 
-    def _send(self, kind: str, body: bytes, recipients: list[str], db: Any = None) -> str:
+    def _send(
+        self,
+        kind: str,
+        body: bytes,
+        recipients: list[str],
+        db: sqlite3.Connection | None = None,
+        *,
+        referral_id: str | None = None,
+        labels: tuple[tuple[str, str], ...] = (),
+    ) -> str:
+        """Seal `body` and commit it to the outbox with its audit events, in `db`'s
+        transaction if given, else in a new one."""
+        if db is None:
+            with self.store.transaction() as tx:
+                return self._send(
+                    kind, body, recipients, tx, referral_id=referral_id, labels=labels
+                )
         now = int(time.time())
         directory = self._directory()
+        sealed_to = [directory.recipient(r, at=now) for r in recipients]
         sealed = seal(
             sender=self.keys,
-            recipients=[directory.recipient(r, at=now) for r in recipients],
+            recipients=sealed_to,
             kind=kind,
             body=body,
             created=now,
@@ -166,6 +190,17 @@ class Agent:
             ),
             db,
         )
+        event_kind = "referral.sent" if kind == REFERRAL else "receipt.sent"
+        for r in sealed_to:
+            self.audit.record(
+                db,
+                event_kind,
+                referral_id=referral_id or sealed.header.message_id,
+                counterpart=r.agency,
+                envelope_hash=sealed.hash,
+                key_ids=(sealed.header.sender_kid, r.kid),
+                labels=labels,
+            )
         self.transport.wake()
         return sealed.header.message_id
 
@@ -205,20 +240,22 @@ class Agent:
             if now - stored_at < self.limits.unknown_key_grace_seconds:
                 self.log.info("message_deferred", stream_seq=stream_seq, reason=e.reason)
                 return Verdict.RETRY
-            self.log.warning("message_rejected", stream_seq=stream_seq, reason=e.reason)
-            return Verdict.TERM
+            return self._reject(data, stream_seq, e)
         except UntrustedInputError as e:
-            self.log.warning(
-                "message_rejected",
-                agency=self.config.agency,
-                stream_seq=stream_seq,
-                reason=e.reason,
-            )
-            return Verdict.TERM
+            return self._reject(data, stream_seq, e)
         if self._failpoint == "inbox-after-commit":
             self.log.warning("failpoint_exit", failpoint=self._failpoint)
             os._exit(70)
         return Verdict.ACK
+
+    def _reject(self, data: bytes, stream_seq: int, e: UntrustedInputError) -> Verdict:
+        """Refuse a message for good: log and audit its reason, store nothing of it."""
+        digest = envelope_hash(data)
+        self.log.warning(
+            "message_rejected", stream_seq=stream_seq, reason=e.reason, envelope_hash=digest
+        )
+        self.audit.record_alone("message.rejected", envelope_hash=digest, reason=e.reason)
+        return Verdict.TERM
 
     def _commit(self, opened: Opened, stream_seq: int) -> None:
         h = opened.header
@@ -237,7 +274,21 @@ class Agent:
             receipt = DeliveryReceipt(h.message_id, opened.envelope_hash, now)
             with self.store.transaction() as tx:
                 self.store.insert_received(tx, received, stream_seq=stream_seq)
-                receipt_id = self._send(DELIVERY_RECEIPT, receipt.encode(), [h.sender], tx)
+                self.audit.record(
+                    tx,
+                    "referral.received",
+                    referral_id=h.message_id,
+                    counterpart=h.sender,
+                    envelope_hash=opened.envelope_hash,
+                    key_ids=(
+                        h.sender_kid,
+                        h.recipient_kids[h.recipients.index(self.config.agency)],
+                    ),
+                    labels=_labels(opened.body),
+                )
+                receipt_id = self._send(
+                    DELIVERY_RECEIPT, receipt.encode(), [h.sender], tx, referral_id=h.message_id
+                )
             self.log.info(
                 "referral_received",
                 message_id=h.message_id,
@@ -258,6 +309,14 @@ class Agent:
                 ):
                     raise UnexpectedMessageError("receipt names no envelope sent to its sender")
                 self.store.insert_received(tx, received, stream_seq=stream_seq)
+                self.audit.record(
+                    tx,
+                    "receipt.received",
+                    referral_id=receipt.message_id,
+                    counterpart=h.sender,
+                    envelope_hash=opened.envelope_hash,
+                    key_ids=(h.sender_kid,),
+                )
             self.log.info("delivery_confirmed", message_id=receipt.message_id, recipient=h.sender)
         else:
             raise UnexpectedMessageError(f"unknown message kind {h.kind}")
@@ -266,7 +325,13 @@ class Agent:
 
     def on_directory(self, key: str, value: bytes) -> None:
         """A root or directory arrived from the bus: verify it, then act on the change."""
-        if self.trust.offer(key, value):
+        refused_before = self.trust.refused
+        changed = self.trust.offer(key, value)
+        if changed and key == DIRECTORY_KEY:
+            self.audit.record_alone("directory.accepted")
+        elif self.trust.refused is not None and self.trust.refused is not refused_before:
+            self.audit.record_alone("directory.refused", reason=self.trust.refused.reason)
+        if changed:
             self._check_own_keys()
             self.transport.wake()  # queued mail may now be sealable or deliverable
 
@@ -302,6 +367,9 @@ class Agent:
             return
         if keys.public.signing_kid in active:
             self.keys = keys
+            self.audit.record_alone(
+                "key.rotated", key_ids=(keys.public.signing_kid, keys.public.encryption_kid)
+            )
             self.log.info(
                 "keys_rotated",
                 signing_kid=keys.public.signing_kid,
@@ -334,3 +402,12 @@ class Agent:
             "outbox_pending": self.store.pending_count(),
             "trust": trust,
         }
+
+
+def _labels(body: bytes) -> tuple[tuple[str, str], ...]:
+    """Statistics labels (type, urgency) from a received referral's routing fields."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return ()
+    return labels_of(doc) if isinstance(doc, dict) else ()

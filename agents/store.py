@@ -46,6 +46,16 @@ CREATE TABLE IF NOT EXISTS inbox (
     received_at   INTEGER NOT NULL,
     body          BLOB
 ) STRICT;
+CREATE TABLE IF NOT EXISTS audit_outbox (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id      TEXT NOT NULL UNIQUE,
+    event         BLOB NOT NULL,
+    created       INTEGER NOT NULL,
+    state         TEXT NOT NULL CHECK (state IN ('queued', 'sent', 'included')),
+    stream_seq    INTEGER,
+    ledger_index  INTEGER
+) STRICT;
+CREATE INDEX IF NOT EXISTS audit_unfinished ON audit_outbox(state) WHERE state != 'included';
 """
 
 #: A message's overall status is the least advanced state among its recipients.
@@ -165,7 +175,10 @@ class Store:
         return [PendingDelivery(*row) for row in rows]
 
     def pending_count(self) -> int:
-        (n,) = self._db.execute("SELECT count(*) FROM deliveries WHERE state = 'queued'").fetchone()
+        (n,) = self._db.execute(
+            "SELECT (SELECT count(*) FROM deliveries WHERE state = 'queued')"
+            " + (SELECT count(*) FROM audit_outbox WHERE state = 'queued')"
+        ).fetchone()
         return int(n)
 
     def mark_sent(self, message_id: str, recipient: str, stream_seq: int) -> None:
@@ -219,6 +232,48 @@ class Store:
         status = min((d.state for d in deliveries), key=_STATUS_ORDER.index)
         return OutgoingStatus(message_id, row[0], row[1], row[2], status, deliveries)
 
+    # --- audit events ---------------------------------------------------------------------
+
+    @staticmethod
+    def record_audit(db: sqlite3.Connection, event_id: str, event: bytes, created: int) -> None:
+        """Queue a signed audit event in the caller's transaction (it commits with the
+        action it describes, or not at all)."""
+        db.execute(
+            "INSERT INTO audit_outbox (event_id, event, created, state) VALUES (?, ?, ?, 'queued')",
+            (event_id, event, created),
+        )
+
+    def pending_audit(self, limit: int) -> list[tuple[str, bytes]]:
+        rows = self._db.execute(
+            "SELECT event_id, event FROM audit_outbox WHERE state = 'queued' ORDER BY seq LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [(str(r[0]), bytes(r[1])) for r in rows]
+
+    def mark_audit_sent(self, event_id: str, stream_seq: int) -> None:
+        with self.transaction() as tx:
+            tx.execute(
+                "UPDATE audit_outbox SET state = 'sent', stream_seq = ? "
+                "WHERE event_id = ? AND state = 'queued'",
+                (stream_seq, event_id),
+            )
+
+    def unconfirmed_audit(self, limit: int) -> list[tuple[str, bytes, int]]:
+        """Events published but not yet proven included in the ledger: (id, event, created)."""
+        rows = self._db.execute(
+            "SELECT event_id, event, created FROM audit_outbox WHERE state = 'sent' "
+            "ORDER BY seq LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [(str(r[0]), bytes(r[1]), int(r[2])) for r in rows]
+
+    def mark_audit_included(self, event_id: str, ledger_index: int) -> None:
+        with self.transaction() as tx:
+            tx.execute(
+                "UPDATE audit_outbox SET state = 'included', ledger_index = ? WHERE event_id = ?",
+                (ledger_index, event_id),
+            )
+
     # --- inbox ----------------------------------------------------------------------------
 
     def received_stream_seq(self, message_id: str) -> int | None:
@@ -253,7 +308,7 @@ class Store:
         return [Received(*row) for row in rows]
 
     def count(self, table: str) -> int:
-        if table not in ("outbox", "deliveries", "inbox"):
+        if table not in ("outbox", "deliveries", "inbox", "audit_outbox"):
             raise ValueError(table)
         (n,) = self._db.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
         return int(n)

@@ -28,6 +28,7 @@ from keys import Limits
 from keys.subjects import (
     DIRECTORY_BUCKET,
     MESSAGE_STREAM,
+    audit_subject,
     inbox_consumer,
     inbox_subject,
     publish_id,
@@ -175,7 +176,8 @@ class Transport:
         delay = self.limits.retry_initial_seconds
         while self._running:
             batch = self.store.pending(self.limits.batch_size)
-            if not batch:
+            events = self.store.pending_audit(self.limits.batch_size)
+            if not batch and not events:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=1.0)
@@ -209,6 +211,22 @@ class Transport:
                     stream_seq=ack.seq,
                     duplicate=bool(ack.duplicate),
                 )
+            for event_id, event in [] if failed else events:
+                try:
+                    ack = await js.publish(
+                        audit_subject(self.agency),
+                        event,
+                        timeout=5,
+                        headers={"Nats-Msg-Id": event_id},
+                    )
+                except TRANSIENT as e:
+                    _raise_if_cancelled()
+                    self.log.warning(
+                        "audit_publish_retry", event_id=event_id, error=type(e).__name__
+                    )
+                    failed = True
+                    break
+                self.store.mark_audit_sent(event_id, ack.seq)
             if failed:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.limits.retry_max_seconds)

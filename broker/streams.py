@@ -8,7 +8,13 @@ from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConf
 from nats.js.errors import NotFoundError
 
 from keys.limits import DEFAULT_LIMITS, Limits
-from keys.subjects import DIRECTORY_BUCKET, MESSAGE_STREAM, MESSAGE_SUBJECTS
+from keys.subjects import (
+    AUDIT_STREAM,
+    AUDIT_SUBJECTS,
+    DIRECTORY_BUCKET,
+    MESSAGE_STREAM,
+    MESSAGE_SUBJECTS,
+)
 
 #: How long connecting and draining may take while provisioning.
 CONNECT_TIMEOUT_SECONDS = 5
@@ -35,19 +41,38 @@ def message_stream_config(*, limits: Limits, replicas: int) -> StreamConfig:
     )
 
 
+def audit_stream_config(*, limits: Limits, replicas: int) -> StreamConfig:
+    """The stream of signed audit events: kept for the ledger (and any auditor) to read,
+    de-duplicated on the event id; the ledger's database is the permanent record."""
+    return StreamConfig(
+        name=AUDIT_STREAM,
+        subjects=[AUDIT_SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        duplicate_window=limits.duplicate_window_seconds,
+        max_age=limits.stream_max_age_seconds,
+        max_msg_size=4096,
+    )
+
+
 async def provision_streams(
     js: JetStreamContext, *, limits: Limits = DEFAULT_LIMITS, replicas: int = 1
 ) -> None:
     """Create the streams, or bring existing ones to the wanted configuration (idempotent)."""
     if replicas < 1:
         raise ValueError(f"replicas must be at least 1, not {replicas}")
-    config = message_stream_config(limits=limits, replicas=replicas)
-    try:
-        await js.stream_info(MESSAGE_STREAM)
-    except NotFoundError:
-        await js.add_stream(config)
-    else:
-        await js.update_stream(config)
+    for config in (
+        message_stream_config(limits=limits, replicas=replicas),
+        audit_stream_config(limits=limits, replicas=replicas),
+    ):
+        assert config.name is not None
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            await js.add_stream(config)
+        else:
+            await js.update_stream(config)
     await provision_directory_bucket(js, replicas=replicas)
 
 

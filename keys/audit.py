@@ -1,0 +1,257 @@
+"""Audit events: what every agent signs for each action, metadata only (PROTOCOL.md §9).
+
+    event        = canonical msgpack [1, event_id, agency, kind, referral_id, counterpart,
+                                      envelope_hash, key_ids, reason, labels, time]
+    signed event = canonical msgpack [1, event, signer_kid, signature]
+    signature    = Ed25519(agency signing key, "nrm/v1/audit-event" || 0x00 || event)
+
+Every field is an id, a code, a hash or a time, each with a strict pattern, so no name and
+no free text from a person can be carried: the format itself keeps personal data out of
+the ledger. The signed event bytes are the ledger's Merkle leaves.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nacl.exceptions
+from nacl.signing import SigningKey
+
+from . import codec
+from .envelope import SignerKeys
+from .errors import BadSignatureError, MalformedError
+from .identity import signing_kid
+from .subjects import AGENCY_ID_PATTERN
+
+VERSION = 1
+LABEL = b"nrm/v1/audit-event"
+MAX_SIGNED_EVENT_BYTES = 2048
+
+#: Every kind of event, and nothing else (§9.2).
+KINDS = frozenset(
+    {
+        "referral.sent",
+        "referral.received",
+        "message.rejected",
+        "receipt.sent",
+        "receipt.received",
+        "directory.accepted",
+        "directory.refused",
+        "key.rotated",
+        "transition.sent",
+        "transition.received",
+        "consent.recorded",
+        "consent.withdrawn",
+        "erasure.confirmed",
+        "escalation.sent",
+    }
+)
+#: Labels an event may carry for the anonymous statistics, with their allowed values.
+LABELS: dict[str, frozenset[str]] = {
+    "referral_type": frozenset(
+        {"nrm_full", "anonymous_notification", "transnational", "service_request"}
+    ),
+    "urgency": frozenset({"routine", "urgent", "emergency"}),
+    "state": frozenset(
+        {
+            "submitted",
+            "delivered",
+            "acknowledged",
+            "accepted",
+            "declined",
+            "more_info_requested",
+            "in_progress",
+            "closed",
+            "withdrawn",
+            "cancelled",
+            "expired",
+        }
+    ),
+}
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_REASON = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    event_id: str
+    agency: str
+    kind: str
+    time: int
+    referral_id: str | None = None
+    counterpart: str | None = None
+    envelope_hash: str | None = None
+    key_ids: tuple[str, ...] = ()
+    reason: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        problems = _problems(self)
+        if problems:
+            raise ValueError("invalid audit event: " + "; ".join(problems))
+
+    def encode(self) -> bytes:
+        return codec.pack(
+            [
+                VERSION,
+                self.event_id,
+                self.agency,
+                self.kind,
+                self.referral_id,
+                self.counterpart,
+                self.envelope_hash,
+                list(self.key_ids),
+                self.reason,
+                [list(pair) for pair in self.labels],
+                self.time,
+            ]
+        )
+
+
+def new_event_id() -> str:
+    return secrets.token_hex(16)
+
+
+def sign_event(event: AuditEvent, key: SigningKey) -> bytes:
+    """The signed event bytes (a ledger leaf)."""
+    body = event.encode()
+    signature = key.sign(LABEL + b"\x00" + body).signature
+    return codec.pack([VERSION, body, signing_kid(key.verify_key), signature])
+
+
+@dataclass(frozen=True, slots=True)
+class SignedEvent:
+    event: AuditEvent
+    signer_kid: str
+    data: bytes
+
+
+def decode_signed_event(data: bytes) -> tuple[AuditEvent, str, bytes, bytes]:
+    """(event, signer kid, event bytes, signature), strictly decoded; nothing verified."""
+    raw = codec.unpack(data, max_bytes=MAX_SIGNED_EVENT_BYTES, max_items=16, what="event")
+    if not (
+        isinstance(raw, list)
+        and len(raw) == 4
+        and raw[0] == VERSION
+        and not isinstance(raw[0], bool)
+        and isinstance(raw[1], bytes)
+        and isinstance(raw[2], str)
+        and isinstance(raw[3], bytes)
+        and len(raw[3]) == 64
+    ):
+        raise MalformedError("signed event must be [1, event, signer kid, signature]")
+    _, body, kid, signature = raw
+    return _decode_event(body), kid, body, signature
+
+
+def verify_event(data: bytes, *, signers: SignerKeys) -> SignedEvent:
+    """Verify a signed event against the directory as it stood at the event's time."""
+    event, kid, body, signature = decode_signed_event(data)
+    key = signers.signing_key(event.agency, kid, at=event.time)
+    try:
+        key.verify(LABEL + b"\x00" + body, signature)
+    except nacl.exceptions.BadSignatureError as e:
+        raise BadSignatureError(f"event {event.event_id} signature does not verify") from e
+    return SignedEvent(event=event, signer_kid=kid, data=bytes(data))
+
+
+def _decode_event(body: bytes) -> AuditEvent:
+    raw = codec.unpack(body, max_bytes=MAX_SIGNED_EVENT_BYTES, max_items=16, what="event")
+    if not isinstance(raw, list) or len(raw) != 11 or raw[0] != VERSION:
+        raise MalformedError("event must be an array of 11 elements starting with version 1")
+    (
+        _,
+        event_id,
+        agency,
+        kind,
+        referral_id,
+        counterpart,
+        envelope_hash,
+        key_ids,
+        reason,
+        labels,
+        t,
+    ) = raw
+    if not (isinstance(key_ids, list) and isinstance(labels, list)):
+        raise MalformedError("event key ids and labels must be arrays")
+    if not all(isinstance(p, list) and len(p) == 2 for p in labels):
+        raise MalformedError("event labels must be [name, value] pairs")
+    if not isinstance(t, int) or isinstance(t, bool):
+        raise MalformedError("event time must be an integer")
+    try:
+        return AuditEvent(
+            event_id=event_id,
+            agency=agency,
+            kind=kind,
+            time=t,
+            referral_id=referral_id,
+            counterpart=counterpart,
+            envelope_hash=envelope_hash,
+            key_ids=tuple(key_ids),
+            reason=reason,
+            labels=tuple((p[0], p[1]) for p in labels),
+        )
+    except (ValueError, TypeError) as e:
+        raise MalformedError(str(e)) from e
+
+
+def _problems(e: AuditEvent) -> list[str]:
+    p: list[str] = []
+
+    def optional(value: Any, pattern: re.Pattern[str], name: str) -> None:
+        if value is not None and not (isinstance(value, str) and pattern.fullmatch(value)):
+            p.append(f"{name} has the wrong form")
+
+    if not (isinstance(e.event_id, str) and _HEX32.fullmatch(e.event_id)):
+        p.append("event_id must be 32 lowercase hex characters")
+    if not (isinstance(e.agency, str) and AGENCY_ID_PATTERN.fullmatch(e.agency)):
+        p.append("agency must be an agency id")
+    if e.kind not in KINDS:
+        p.append("kind is not a known event kind")
+    if not isinstance(e.time, int) or isinstance(e.time, bool) or not 0 <= e.time < 1 << 40:
+        p.append("time must be Unix seconds")
+    optional(e.referral_id, _HEX32, "referral_id")
+    optional(e.counterpart, AGENCY_ID_PATTERN, "counterpart")
+    optional(e.envelope_hash, _HEX64, "envelope_hash")
+    optional(e.reason, _REASON, "reason")
+    if not isinstance(e.key_ids, tuple) or len(e.key_ids) > 8:
+        p.append("at most 8 key ids")
+    elif not all(isinstance(k, str) and _HEX32.fullmatch(k) for k in e.key_ids):
+        p.append("key ids must be 32 lowercase hex characters")
+    names = [pair[0] for pair in e.labels] if isinstance(e.labels, tuple) else []
+    if not isinstance(e.labels, tuple) or len(set(names)) != len(names):
+        p.append("labels must be distinct")
+    else:
+        for name, value in e.labels:
+            if name not in LABELS or value not in LABELS[name]:
+                p.append("a label is not an allowed name and value")
+    return p
+
+
+def labels_of(values: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The allowed statistics labels found in `values` (others are ignored)."""
+    return tuple(
+        sorted(
+            (name, values[name])
+            for name in LABELS
+            if isinstance(values.get(name), str) and values[name] in LABELS[name]
+        )
+    )
+
+
+__all__: Sequence[str] = [
+    "KINDS",
+    "LABELS",
+    "AuditEvent",
+    "SignedEvent",
+    "decode_signed_event",
+    "labels_of",
+    "new_event_id",
+    "sign_event",
+    "verify_event",
+]
