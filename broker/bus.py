@@ -1,36 +1,143 @@
-"""`nrm bus up`: run the embedded bus in the foreground until interrupted."""
+"""`nrm bus up`: run the embedded bus in the foreground until interrupted.
+
+`run_foreground` runs it secured: the authorization is generated from a directory verified
+against the pinned root (docs/PROTOCOL.md section 5), the streams and the directory bucket
+are provisioned as the operator, and a `DirectoryAuthority` reloads the authorization when
+administrators publish a new directory. `unsafe_run_foreground_open` runs it with no
+authorization at all, for local experiments only.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-import threading
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
-from broker.server import NatsServer
-from broker.streams import provision
+import structlog
+
+from keys import KeyFileError
+from keys.directory import TrustStore, verify_initial_root
+from keys.keyfile import load_key_dir
+
+from .authority import DirectoryAuthority, authorization_for
+from .server import NatsServer
+from .streams import provision
+
+log = structlog.get_logger("nrm.broker")
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: How often the foreground loop checks that nats-server is still running.
+_WATCH_SECONDS = 1.0
 
 
-def run_foreground(*, store_dir: Path, port: int | None) -> int:
-    """Start the server, provision the streams, print the URL, and stop on SIGINT/SIGTERM."""
-    stop = threading.Event()
+@dataclass(frozen=True, slots=True)
+class BusTrust:
+    """What a secured bus starts from.
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+    `trust_roots` is the pinned root (root.1.json) followed by any later roots in order,
+    each verified against the one before; `directory` a signed directory.json;
+    `operator_keys` the operator's key directory (its NKey seed, encrypted).
+    """
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in _STOP_SIGNALS}
+    trust_roots: Sequence[Path]
+    directory: Path
+    operator_keys: Path
+    passphrase: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.trust_roots:
+            raise ValueError("a secured bus needs at least one trusted root")
+
+
+def run_foreground(*, store_dir: Path, port: int | None, trust: BusTrust) -> int:
+    """Start a secured server, provision, follow the directory; stop on SIGINT/SIGTERM.
+
+    Raises (before starting anything) if the directory does not verify against the roots
+    (`UntrustedInputError` with its reason) or the operator's keys cannot be opened.
+    """
+    now = int(time.time())
+    store = TrustStore(verify_initial_root(trust.trust_roots[0].read_bytes(), now=now))
+    for later in trust.trust_roots[1:]:
+        store.update_root(later.read_bytes(), now=now)
+    directory = store.update_directory(trust.directory.read_bytes(), now=now)
+    operator = load_key_dir(trust.operator_keys, passphrase=trust.passphrase)
+    if operator.nats_seed is None or operator.public.nats_key is None:
+        raise KeyFileError(f"the operator keys in {trust.operator_keys} have no NATS key")
+    authorization = authorization_for(directory, operators=[operator.public.nats_key])
+    server = NatsServer(store_dir=store_dir, port=port, extra_config=authorization)
+    authority = DirectoryAuthority(
+        server,
+        pinned_root=trust.trust_roots[0],
+        operator_key=operator.public.nats_key,
+        operator_seed=operator.nats_seed,
+        directory=directory,
+    )
+    authority.applied = authorization
+    mode = (
+        f"authorization from directory version {directory.version}, "
+        f"{len(directory.agencies)} agencies"
+    )
+    return asyncio.run(
+        _serve(server, nkeys_seed=operator.nats_seed, authority=authority, mode=mode)
+    )
+
+
+def unsafe_run_foreground_open(*, store_dir: Path, port: int | None) -> int:
+    """Like `run_foreground` but with NO authorization: any local client may connect,
+    read every inbox and write the directory. For experiments on one machine only."""
+    warning = (
+        "WARNING: unsafe open bus: no authorization, anonymous clients may read and write "
+        "every subject, inbox and the directory bucket; never use it with real data"
+    )
+    print(warning, file=sys.stderr, flush=True)
+    log.warning("unsafe_open_bus", store=str(store_dir))
+    server = NatsServer(store_dir=store_dir, port=port)
+    return asyncio.run(_serve(server, nkeys_seed=None, authority=None, mode="UNSAFE: open"))
+
+
+async def _serve(
+    server: NatsServer,
+    *,
+    nkeys_seed: bytes | None,
+    authority: DirectoryAuthority | None,
+    mode: str,
+) -> int:
+    """Run `server` (and `authority`) until SIGINT/SIGTERM; 1 if the server dies first."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
     try:
-        with NatsServer(store_dir=store_dir, port=port) as server:
-            asyncio.run(provision(server.url))
-            print(f"NATS bus ready at {server.url} (store {store_dir})", flush=True)
-            while not stop.wait(timeout=1.0):
-                if not server.running:
-                    print(f"nats-server exited unexpectedly; see {server.log_path}", flush=True)
-                    return 1
+        server.start()
+        try:
+            await provision(server.url, nkeys_seed=nkeys_seed)
+            if authority is not None:
+                await authority.start()
+            try:
+                print(f"NATS bus ready at {server.url}; {mode}", flush=True)
+                log.info("bus_ready", url=server.url, secured=authority is not None)
+                while not stop.is_set():
+                    if not server.running:
+                        print(
+                            f"nats-server exited unexpectedly; see {server.log_path}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        return 1
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=_WATCH_SECONDS)
+            finally:
+                if authority is not None:
+                    await authority.stop()
+        finally:
+            server.stop()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+    print("NATS bus stopped", flush=True)
     return 0

@@ -147,11 +147,73 @@ def bus() -> None:
 @bus.command("up")
 @click.option("--store", type=PATH, required=True, help="JetStream store directory.")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Client port.")
-def bus_up(store: Path, port: int | None) -> None:
-    """Run nats-server on loopback in the foreground until Ctrl-C."""
-    from broker import run_foreground
+@click.option(
+    "--trust-root",
+    "trust_roots",
+    type=PATH,
+    multiple=True,
+    help="The pinned root.1.json; repeat with root.2.json ... after root rotations.",
+)
+@click.option(
+    "--directory", "directory_file", type=PATH, default=None, help="A signed directory.json."
+)
+@click.option(
+    "--operator-keys",
+    type=PATH,
+    default=None,
+    help="The operator's key directory (the admin folder's operator/).",
+)
+@click.option("--passphrase-file", type=PATH, default=None, help="Else $NRM_PASSPHRASE.")
+@click.option(
+    "--unsafe-open",
+    is_flag=True,
+    help="No authorization at all: anyone may connect. Local experiments only.",
+)
+def bus_up(
+    store: Path,
+    port: int | None,
+    trust_roots: tuple[Path, ...],
+    directory_file: Path | None,
+    operator_keys: Path | None,
+    passphrase_file: Path | None,
+    unsafe_open: bool,
+) -> None:
+    """Run nats-server on loopback in the foreground until Ctrl-C (SIGINT) or SIGTERM.
 
-    sys.exit(run_foreground(store_dir=store, port=port))
+    Secured (the default): agencies authenticate with the NKeys of a directory verified
+    against the trust root, and later `nrm directory publish` reloads the authorization.
+    """
+    from broker.bus import BusTrust, run_foreground, unsafe_run_foreground_open
+
+    secured = bool(trust_roots) or directory_file is not None or operator_keys is not None
+    if unsafe_open:
+        if secured:
+            raise click.UsageError(
+                "--unsafe-open cannot be combined with --trust-root/--directory/--operator-keys"
+            )
+        logs.configure()
+        sys.exit(unsafe_run_foreground_open(store_dir=store, port=port))
+    if not (trust_roots and directory_file is not None and operator_keys is not None):
+        raise click.UsageError(
+            "give --trust-root, --directory and --operator-keys for a secured bus "
+            "(or --unsafe-open for an open one, local experiments only)"
+        )
+    logs.configure()
+    with _admin_errors():
+        try:
+            code = run_foreground(
+                store_dir=store,
+                port=port,
+                trust=BusTrust(
+                    trust_roots=trust_roots,
+                    directory=directory_file,
+                    operator_keys=operator_keys,
+                    passphrase=read_passphrase(file=passphrase_file),
+                ),
+            )
+        except RuntimeError as e:  # nats-server would not start
+            raise click.ClickException(str(e)) from e
+    sys.exit(code)
 
 
 # --- agent ---------------------------------------------------------------------------------
@@ -348,7 +410,14 @@ def broker_group() -> None:
 @click.option(
     "--directory", "directory_file", type=PATH, required=True, help="A signed directory.json."
 )
-@click.option("--root", "root_file", type=PATH, required=True, help="The trusted root.json.")
+@click.option(
+    "--root",
+    "root_files",
+    type=PATH,
+    required=True,
+    multiple=True,
+    help="The pinned root.1.json, then each later root in order (repeat).",
+)
 @click.option(
     "--operator",
     "operator_identity",
@@ -358,7 +427,7 @@ def broker_group() -> None:
 )
 @click.option("--out", type=PATH, required=True, help="Authorization file to write (0600).")
 def broker_config(
-    directory_file: Path, root_file: Path, operator_identity: Path, out: Path
+    directory_file: Path, root_files: tuple[Path, ...], operator_identity: Path, out: Path
 ) -> None:
     """Write the nats-server authorization generated from a verified directory."""
     from broker.authority import authorization_for
@@ -367,7 +436,9 @@ def broker_config(
 
     with _admin_errors():
         now = int(time.time())
-        store = TrustStore(verify_initial_root(root_file.read_bytes(), now=now))
+        store = TrustStore(verify_initial_root(root_files[0].read_bytes(), now=now))
+        for later in root_files[1:]:
+            store.update_root(later.read_bytes(), now=now)
         directory = store.update_directory(directory_file.read_bytes(), now=now)
         operator = PublicIdentity.from_json(operator_identity.read_bytes())
         if operator.nats_key is None:

@@ -1,0 +1,467 @@
+"""The `nrm` commands, driven through click with real key files, folders and a real bus.
+
+Key files use the CLI's MODERATE Argon2id cost, so one module-scoped template (3 admin
+keys, the operator, police and shelter) is made once and each test works on a copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import nats
+import nats.errors
+import pytest
+from click.testing import CliRunner, Result
+
+from keys import PublicIdentity
+from keys.keyfile import load_key_dir
+from nrm.cli import main
+
+PASSPHRASE = "correct horse battery staple"
+ENV = {"NRM_PASSPHRASE": PASSPHRASE}
+BUS_START_SECONDS = 30.0
+
+
+def nrm(*args: str | Path, env: dict[str, str] | None = None) -> Result:
+    """Run `nrm ARGS` in-process with the test passphrase in the environment."""
+    return CliRunner().invoke(main, [str(a) for a in args], env=ENV if env is None else env)
+
+
+def ok(*args: str | Path) -> str:
+    """Run `nrm ARGS`, require exit 0, and return its output."""
+    result = nrm(*args)
+    assert result.exit_code == 0, (args, result.output, result.exception)
+    return result.output
+
+
+@dataclass(frozen=True)
+class Work:
+    """A copy of the template: the admin folder and two agencies' key directories."""
+
+    root: Path
+    init_output: str
+
+    @property
+    def admin(self) -> Path:
+        return self.root / "admin"
+
+    def keys(self, agency: str) -> Path:
+        return self.root / agency
+
+    def identity(self, agency: str) -> Path:
+        return self.keys(agency) / "identity.json"
+
+    def public(self, agency: str) -> PublicIdentity:
+        return PublicIdentity.from_json(self.identity(agency).read_bytes())
+
+    def admin_key(self, n: int) -> Path:
+        return self.admin / f"admin-{n}.key"
+
+    def add(self, agency: str, roles: str) -> str:
+        return ok("directory", "add-agency", self.identity(agency), "--roles", roles,
+                  "--dir", self.admin)  # fmt: skip
+
+    def sign(self, n: int) -> str:
+        return self.sign_with(self.admin_key(n))
+
+    def sign_with(self, key: Path) -> str:
+        return ok("directory", "sign", "--key", key, "--dir", self.admin)
+
+    def show(self) -> str:
+        return ok("directory", "show", "--dir", self.admin)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Work:
+    root = tmp_path_factory.mktemp("cli-template")
+    out = ok("admin", "init", "--admins", "3", "--threshold", "2", "--dir", root / "admin")
+    for agency in ("police", "shelter"):
+        ok("keys", "init", "--agency", agency, "--dir", root / agency, "--name", agency.title())
+    return Work(root, out)
+
+
+@pytest.fixture
+def work(template: Work, tmp_path: Path) -> Work:
+    shutil.copytree(template.root, tmp_path / "w", symlinks=True)
+    return Work(tmp_path / "w", template.init_output)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+
+def test_keys_init_creates_a_private_key_file_and_an_identity_and_never_overwrites(
+    tmp_path: Path,
+) -> None:
+    """`keys init` writes a 0600 key file and an identity with a NATS key, then refuses to
+    overwrite them."""
+    out = ok("keys", "init", "--agency", "labour", "--dir", tmp_path / "k")
+    assert "created keys for labour" in out
+    assert mode(tmp_path / "k" / "agency.key") == 0o600
+    identity = PublicIdentity.from_json((tmp_path / "k" / "identity.json").read_bytes())
+    assert identity.agency == "labour"
+    assert identity.nats_key is not None and identity.nats_key.startswith("U")
+    before = (tmp_path / "k" / "agency.key").read_bytes()
+
+    again = nrm("keys", "init", "--agency", "labour", "--dir", tmp_path / "k")
+
+    assert again.exit_code != 0
+    assert "refusing to overwrite" in again.output
+    assert (tmp_path / "k" / "agency.key").read_bytes() == before
+
+
+def test_no_command_takes_a_passphrase_on_the_command_line(tmp_path: Path) -> None:
+    """No option of any command carries a passphrase itself; only --passphrase-file."""
+
+    def options(command: click.Command) -> Iterator[str]:
+        for p in command.params:
+            yield from p.opts
+        if isinstance(command, click.Group):
+            for sub in command.commands.values():
+                yield from options(sub)
+
+    names = set(options(main))
+    assert "--passphrase-file" in names
+    assert {n for n in names if "passphrase" in n} == {"--passphrase-file"}
+    result = nrm("keys", "init", "--agency", "x", "--dir", tmp_path / "k", "--passphrase", "p")
+    assert result.exit_code == 2
+    assert "No such option" in result.output
+    assert not (tmp_path / "k").exists()
+
+
+def test_a_short_passphrase_is_refused(tmp_path: Path) -> None:
+    """A passphrase under 12 characters is refused before any key is made."""
+    result = nrm(
+        "keys", "init", "--agency", "x", "--dir", tmp_path / "k", env={"NRM_PASSPHRASE": "short"}
+    )
+    assert result.exit_code != 0
+    assert "at least 12 characters" in result.output
+    assert not (tmp_path / "k" / "agency.key").exists()
+
+
+# --- administrators and the directory --------------------------------------------------------
+
+
+def test_admin_init_makes_encrypted_root_keys_a_signed_root_and_an_empty_directory(
+    work: Work,
+) -> None:
+    """`admin init --admins 3 --threshold 2` makes three 0600 keys, root.1 and a draft."""
+    assert "root version 1: 2-of-3" in work.init_output
+    for n in (1, 2, 3):
+        assert mode(work.admin_key(n)) == 0o600
+    root = json.loads((work.admin / "root.1.json").read_bytes())
+    assert len(root["signatures"]) == 3
+    assert (work.admin / "directory.json").exists()
+    assert mode(work.admin / "operator" / "agency.key") == 0o600
+    assert "0 of 2 signatures" in work.show()
+
+
+def test_one_signature_is_not_publishable_and_publish_refuses_it(work: Work) -> None:
+    """With 1 of 2 signatures `sign` says not publishable and `publish` refuses, publishing
+    nothing (it refuses before connecting to the bus)."""
+    assert "police in draft version" in work.add("police", "police")
+    assert "not publishable" in work.sign(1)
+
+    result = nrm("directory", "publish", "--nats", "nats://127.0.0.1:1", "--dir", work.admin)
+
+    assert result.exit_code != 0
+    assert "under-signed" in result.output
+    assert not (work.admin / "published-version").exists()
+
+
+def test_a_second_signature_makes_it_publishable_and_show_lists_everything(work: Work) -> None:
+    """Two distinct admins' signatures make the draft publishable; `show` lists agencies,
+    roles, key ids and their windows."""
+    work.add("police", "police")
+    work.add("shelter", "ngo,health")
+    work.sign(1)
+    assert ": publishable" in work.sign(2)
+
+    shown = work.show()
+
+    assert "2 of 2 signatures" in shown and "verifies: publishable" in shown
+    for agency, roles in (("police", "police"), ("shelter", "health,ngo")):
+        ident = work.public(agency)
+        line = next(x for x in shown.splitlines() if x.startswith(agency))
+        assert roles in line
+        assert ident.signing_kid in shown and ident.encryption_kid in shown
+    assert "valid from" in shown and "valid until" in shown
+    assert time.strftime("%Y-%m-%d", time.gmtime()) in shown
+
+
+def test_remove_agency_drops_it_from_the_draft(work: Work) -> None:
+    """`remove-agency` takes the agency out and the draft needs signing again."""
+    work.add("police", "police")
+    work.add("shelter", "ngo")
+
+    assert "shelter removed" in ok("directory", "remove-agency", "shelter", "--dir", work.admin)
+
+    shown = work.show()
+    assert not any(line.startswith("shelter") for line in shown.splitlines())
+    assert any(line.startswith("police") for line in shown.splitlines())
+    assert "0 of 2 signatures" in shown
+    assert nrm("directory", "remove-agency", "shelter", "--dir", work.admin).exit_code != 0
+
+
+def test_rotation_retires_the_old_keys_with_a_valid_until(work: Work) -> None:
+    """After `keys rotate` and `add-agency` of the new identity, `show` lists the old keys
+    as retiring with an end to their window and the new ones active."""
+    work.add("police", "police")
+    old = work.public("police")
+
+    assert "rotated keys of police" in ok(
+        "keys", "rotate", "--agency", "police", "--dir", work.keys("police")
+    )
+    new = work.public("police")
+    assert new.signing_kid != old.signing_kid
+    work.add("police", "")
+
+    lines = work.show().splitlines()
+    for kid in (old.signing_kid, old.encryption_kid):
+        line = next(x for x in lines if kid in x)
+        assert "retiring" in line
+        assert line.split("retiring", 1)[1].split()[2] != "-"  # valid until is set
+    for kid in (new.signing_kid, new.encryption_kid):
+        assert "active" in next(x for x in lines if kid in x)
+
+
+def test_rotate_refuses_another_agencys_key_directory(work: Work) -> None:
+    """`keys rotate --agency` must name the agency whose keys are in --dir."""
+    result = nrm("keys", "rotate", "--agency", "shelter", "--dir", work.keys("police"))
+    assert result.exit_code != 0
+    assert "not shelter" in result.output
+
+
+def test_revoke_marks_the_key_revoked_from_the_given_time(work: Work) -> None:
+    """`keys revoke --kid --reason --at` shows the key revoked at that time, with the reason."""
+    work.add("police", "police")
+    kid = work.public("police").signing_kid
+
+    out = ok("keys", "revoke", "--agency", "police", "--kid", kid, "--reason", "laptop lost",
+             "--at", "2026-01-01T00:00:00Z", "--dir", work.admin)  # fmt: skip
+
+    assert f"revoked {kid}" in out
+    line = next(x for x in work.show().splitlines() if kid in x)
+    assert "revoked" in line
+    assert "2026-01-01 00:00 (laptop lost)" in line
+
+
+def test_rotate_root_writes_the_next_root_signed_by_old_and_new_keys(work: Work) -> None:
+    """`admin rotate-root` with a threshold of the old keys produces root.2.json, which then
+    verifies as the trusted root, and the draft must be signed by the new keys."""
+    out = ok("admin", "rotate-root", "--key", work.admin_key(1), "--key", work.admin_key(2),
+             "--admins", "2", "--threshold", "1", "--dir", work.admin)  # fmt: skip
+
+    assert "root version 2" in out
+    assert (work.admin / "root.2.json").exists()
+    assert mode(work.admin / "admin-1.r2.key") == 0o600
+    assert "root v2" in work.show()
+    assert (
+        "not a key of the current root"
+        in nrm("directory", "sign", "--key", work.admin_key(3), "--dir", work.admin).output
+    )
+    assert ": publishable" in work.sign_with(work.admin / "admin-1.r2.key")
+
+
+def test_rotate_root_refuses_too_few_old_signatures(work: Work) -> None:
+    """One old key of a 2-of-3 root cannot make root 2; nothing is written."""
+    result = nrm("admin", "rotate-root", "--key", work.admin_key(1), "--admins", "1",
+                 "--threshold", "1", "--dir", work.admin)  # fmt: skip
+    assert result.exit_code != 0
+    assert "under-signed" in result.output
+    assert not (work.admin / "root.2.json").exists()
+
+
+def test_broker_config_writes_each_agencys_nkey_and_refuses_an_under_signed_directory(
+    work: Work, tmp_path: Path
+) -> None:
+    """`broker config` refuses a directory with too few signatures, then writes a 0600
+    authorization holding every agency's NKey and the operator's."""
+    work.add("police", "police")
+    work.add("shelter", "ngo")
+    work.sign(1)
+    out = tmp_path / "auth.conf"
+    args = ("broker", "config", "--directory", work.admin / "directory.json",
+            "--root", work.admin / "root.1.json",
+            "--operator", work.admin / "operator" / "identity.json", "--out", out)  # fmt: skip
+
+    refused = nrm(*args)
+    assert refused.exit_code != 0 and "under-signed" in refused.output
+    assert not out.exists()
+
+    work.sign(2)
+    assert "version" in ok(*args)
+    assert mode(out) == 0o600
+    text = out.read_text()
+    for agency in ("police", "shelter", "operator"):
+        nkey = PublicIdentity.from_json(
+            (work.admin / "operator" / "identity.json").read_bytes()
+            if agency == "operator"
+            else work.identity(agency).read_bytes()
+        ).nats_key
+        assert nkey is not None and nkey in text
+
+
+# --- the bus ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def bus_up(tmp_path: Path) -> Iterator[BusUp]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield BusUp(tmp_path, started)
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class BusUp:
+    """Runs the real `nrm bus up` as a child process and waits for its ready line."""
+
+    tmp_path: Path
+    started: list[subprocess.Popen[bytes]]
+
+    def start(self, *args: str | Path) -> tuple[subprocess.Popen[bytes], Path]:
+        out = self.tmp_path / f"bus-{len(self.started)}.out"
+        with out.open("wb") as sink:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "nrm", "bus", "up", *map(str, args)],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **ENV},
+            )
+        self.started.append(process)
+        deadline = time.monotonic() + BUS_START_SECONDS
+        while "NATS bus ready" not in out.read_text():
+            assert process.poll() is None, out.read_text()
+            assert time.monotonic() < deadline, out.read_text()
+            time.sleep(0.1)
+        return process, out
+
+    @staticmethod
+    def stop(process: subprocess.Popen[bytes], sig: signal.Signals) -> int:
+        process.send_signal(sig)
+        return process.wait(timeout=30)
+
+
+def test_bus_up_needs_authorization_or_an_explicit_unsafe_open(tmp_path: Path) -> None:
+    """With neither the trust options nor --unsafe-open, or with both, `bus up` is a usage
+    error and starts nothing."""
+    neither = nrm("bus", "up", "--store", tmp_path / "s")
+    assert neither.exit_code == 2
+    assert "--unsafe-open" in neither.output and "--trust-root" in neither.output
+    both = nrm("bus", "up", "--store", tmp_path / "s", "--unsafe-open",
+               "--directory", tmp_path / "d.json")  # fmt: skip
+    assert both.exit_code == 2
+    assert not (tmp_path / "s").exists()
+
+
+def test_bus_up_refuses_an_under_signed_directory(work: Work, tmp_path: Path) -> None:
+    """A secured bus does not start from a directory below the threshold."""
+    work.add("police", "police")
+    work.sign(1)
+    result = nrm("bus", "up", "--store", tmp_path / "s",
+                 "--trust-root", work.admin / "root.1.json",
+                 "--directory", work.admin / "directory.json",
+                 "--operator-keys", work.admin / "operator")  # fmt: skip
+    assert result.exit_code != 0
+    assert "under-signed" in result.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_unsafe_open_bus_warns_and_stops_on_sigint(bus_up: BusUp, tmp_path: Path) -> None:
+    """`bus up --unsafe-open` says it is unsafe, lets anonymous clients in, and stops
+    cleanly on SIGINT."""
+    port = free_port()
+    process, out = bus_up.start("--store", tmp_path / "s", "--port", str(port), "--unsafe-open")
+    text = out.read_text()
+    assert "WARNING: unsafe open bus" in text
+    assert "unsafe_open_bus" in text  # the structured log event too
+
+    async def anonymous() -> None:
+        nc = await nats.connect(f"nats://127.0.0.1:{port}", allow_reconnect=False)
+        await nc.close()
+
+    asyncio.run(anonymous())
+    assert bus_up.stop(process, signal.SIGINT) == 0
+    assert "NATS bus stopped" in out.read_text()
+
+
+async def connects(url: str, *, seed: bytes | None) -> bool:
+    """Whether a client (anonymous, or with this NKey seed) is let onto the bus."""
+    try:
+        nc = await nats.connect(
+            url,
+            nkeys_seed_str=None if seed is None else seed.decode(),
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            connect_timeout=2,
+        )
+    except (nats.errors.Error, OSError):
+        return False
+    await nc.close()
+    return True
+
+
+def test_publish_to_a_bus_started_with_bus_up_reloads_its_authorization(
+    work: Work, bus_up: BusUp, tmp_path: Path
+) -> None:
+    """`bus up` starts secured from the signed directory (anonymous clients refused);
+    `directory publish` of a fully signed draft succeeds, and admitting shelter lets its
+    NKey connect without a restart; SIGTERM stops the bus cleanly."""
+    work.add("police", "police")
+    work.sign(1)
+    work.sign(2)
+    police = load_key_dir(work.keys("police"), passphrase=PASSPHRASE.encode())
+    shelter = load_key_dir(work.keys("shelter"), passphrase=PASSPHRASE.encode())
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    process, out = bus_up.start(
+        "--store", tmp_path / "s", "--port", str(port),
+        "--trust-root", work.admin / "root.1.json",
+        "--directory", work.admin / "directory.json",
+        "--operator-keys", work.admin / "operator",
+    )  # fmt: skip
+    assert "authorization from directory version" in out.read_text()
+    assert not asyncio.run(connects(url, seed=None))
+    assert asyncio.run(connects(url, seed=police.nats_seed))
+    assert not asyncio.run(connects(url, seed=shelter.nats_seed))
+
+    published = ok("directory", "publish", "--nats", url, "--dir", work.admin)
+    assert "published directory version" in published
+
+    work.add("shelter", "ngo")
+    work.sign(1)
+    work.sign(3)
+    ok("directory", "publish", "--nats", url, "--dir", work.admin)
+    deadline = time.monotonic() + 20
+    while not asyncio.run(connects(url, seed=shelter.nats_seed)):
+        assert time.monotonic() < deadline, "shelter never admitted to the bus"
+        time.sleep(0.2)
+
+    assert bus_up.stop(process, signal.SIGTERM) == 0
+    assert "NATS bus stopped" in out.read_text()
