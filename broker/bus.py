@@ -75,7 +75,6 @@ def run_foreground(*, store_dir: Path, port: int | None, trust: BusTrust) -> int
         pinned_root=trust.trust_roots[0],
         operator_key=operator.public.nats_key,
         operator_seed=operator.nats_seed,
-        directory=directory,
     )
     authority.applied = authorization
     mode = (
