@@ -1,6 +1,7 @@
 """The cryptographic and trust core of NRM Exchange. Pure and small; no network."""
 
 from . import codec
+from .checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
 from .directory import (
     DIRECTORY_LABEL,
     ROLES,
@@ -34,9 +35,11 @@ from .envelope import (
 )
 from .errors import (
     BadSignatureError,
+    ConsistencyProofError,
     DecryptionError,
     ExpiredError,
     ExpiredMetadataError,
+    InclusionProofError,
     KeyFileError,
     KeyFileExistsError,
     MalformedError,
@@ -53,6 +56,16 @@ from .errors import (
 )
 from .identity import AgencyKeys, PublicIdentity, check_agency_id
 from .limits import DEFAULT_LIMITS, Limits
+from .merkle import (
+    MemoryNodeStore,
+    MerkleTree,
+    NodeStore,
+    leaf_hash,
+    node_hash,
+    root_of,
+    verify_consistency,
+    verify_inclusion,
+)
 from .peers import PeerBook
 
 __all__ = [
@@ -63,16 +76,22 @@ __all__ = [
     "AgencyEntry",
     "AgencyKeys",
     "BadSignatureError",
+    "Checkpoint",
+    "ConsistencyProofError",
     "DecryptionError",
     "Directory",
     "ExpiredError",
     "ExpiredMetadataError",
     "Header",
+    "InclusionProofError",
     "KeyEntry",
     "KeyFileError",
     "KeyFileExistsError",
     "Limits",
     "MalformedError",
+    "MemoryNodeStore",
+    "MerkleTree",
+    "NodeStore",
     "NotAddressedToMeError",
     "NotEnoughSignaturesError",
     "NrmError",
@@ -96,14 +115,21 @@ __all__ = [
     "encode_directory",
     "encode_root",
     "envelope_hash",
+    "leaf_hash",
     "new_message_id",
+    "node_hash",
     "open_envelope",
     "read_unverified_directory",
     "read_unverified_root",
+    "root_of",
     "seal",
     "sign",
+    "sign_checkpoint",
     "signature_count",
+    "verify_checkpoint",
+    "verify_consistency",
     "verify_directory",
+    "verify_inclusion",
     "verify_initial_root",
     "verify_outer",
     "verify_root_update",

@@ -105,3 +105,15 @@ class ExpiredMetadataError(ExpiredError):
     """Signed metadata (a root or a directory) past its expiry time."""
 
     reason = "expired-metadata"
+
+
+class InclusionProofError(UntrustedInputError):
+    """A Merkle inclusion proof that does not prove the leaf is in the tree it names."""
+
+    reason = "bad-inclusion-proof"
+
+
+class ConsistencyProofError(UntrustedInputError):
+    """A Merkle consistency proof that does not prove one tree extends the other."""
+
+    reason = "bad-consistency-proof"
