@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -35,6 +37,7 @@ from keys.subjects import DIRECTORY_KEY
 from .api import ApiSettings, make_app
 from .audit import AuditTrail
 from .config import AgentConfig
+from .ledger_check import LedgerWatch
 from .messages import DELIVERY_RECEIPT, REFERRAL, DeliveryReceipt, canonical_json
 from .problems import ProblemError
 from .store import OutgoingMessage, Received, Store
@@ -70,6 +73,13 @@ class Agent:
             limits=self.limits,
         )
         self.log = log.bind(agency=config.agency)
+        self.ledger_watch = (
+            None
+            if config.ledger is None
+            else LedgerWatch(settings=config.ledger, store=self.store, agency=config.agency)
+        )
+        self._watching = asyncio.Event()
+        self._watch_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.api_port: int | None = None
         self._failpoint = os.environ.get(FAILPOINT_ENV, "")
@@ -102,9 +112,20 @@ class Agent:
         self.api_port = self._runner.addresses[0][1]
         self._check_own_keys()
         await self.transport.start()
+        if self.ledger_watch is not None:
+            self._watching.set()
+            self._watch_task = asyncio.create_task(
+                self.ledger_watch.run(self._watching), name=f"ledger-watch-{self.config.agency}"
+            )
         self.log.info("agent_started", api_port=self.api_port)
 
     async def stop(self) -> None:
+        if self._watch_task is not None:
+            self._watching.clear()
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
         await self.transport.stop()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -395,13 +416,16 @@ class Agent:
         connected = self.transport.connected
         trust = self.trust.health()
         ok = connected and trust["directory_trusted"] and "refused" not in trust
-        return {
-            "status": "ok" if ok else "degraded",
+        health: dict[str, Any] = {
             "agency": self.config.agency,
             "bus": "connected" if connected else "disconnected",
             "outbox_pending": self.store.pending_count(),
             "trust": trust,
         }
+        if self.ledger_watch is not None:
+            health["ledger"] = self.ledger_watch.health()
+            ok = ok and health["ledger"]["status"] == "ok"
+        return {"status": "ok" if ok else "degraded", **health}
 
 
 def _labels(body: bytes) -> tuple[tuple[str, str], ...]:

@@ -16,6 +16,12 @@
     trust_root = "root.json"                # the pinned root handed over by administrators
     trust_cache = "trust"                   # verified roots and directory, kept across restarts
 
+    [ledger]                                # optional: check this agency's audit events
+    url = "http://127.0.0.1:8090"
+    name = "national"                       # the ledger's name (its checkpoint key name)
+    identity = "ledger-identity.json"       # the ledger's public identity
+    token_file = "ledger.token"             # an auditor token for reading the ledger
+
     [limits]                                # optional overrides of keys.Limits
     ack_wait_seconds = 10
 
@@ -32,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from keys import DEFAULT_LIMITS, Limits, check_agency_id
+
+from .ledger_check import LedgerSettings
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -59,6 +67,7 @@ class AgentConfig:
     trust_cache: Path
     passphrase_file: Path | None = None
     limits: Limits = field(default=DEFAULT_LIMITS)
+    ledger: LedgerSettings | None = None
 
     @classmethod
     def load(cls, path: Path) -> AgentConfig:
@@ -100,9 +109,14 @@ class AgentConfig:
                     else None
                 ),
                 limits=_limits(doc.get("limits", {})),
+                ledger=(
+                    LedgerSettings.from_dict(doc["ledger"], base=base) if "ledger" in doc else None
+                ),
             )
         except KeyError as e:
             raise ConfigError(f"missing setting {e.args[0]!r}") from e
+        except OSError as e:
+            raise ConfigError(f"cannot read a file the configuration names: {e}") from e
         except (TypeError, ValueError) as e:
             if isinstance(e, ConfigError):
                 raise

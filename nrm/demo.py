@@ -23,9 +23,11 @@ import click
 from structlog.typing import EventDict, WrappedLogger
 
 from agents import Agent
+from keys import PublicIdentity
+from keys.checkpoint import Checkpoint, verify_checkpoint
 
 from . import admin, logs
-from .sandbox import AgencySetup, prepare_mechanism
+from .sandbox import LEDGER_NAME, AgencySetup, Sandbox, prepare_mechanism
 
 AGENCIES = [
     ("police", "Metropolitan Police anti-trafficking unit", "police"),
@@ -128,6 +130,8 @@ async def _run(root: Path, timeline: Timeline, *, keep: bool, log_path: Path) ->
         f"  bus: nats-server {bus.url} (JetStream; NKey authentication, per-agency "
         "permissions generated from the directory)"
     )
+    ledger = await sandbox.start_ledger()
+    click.echo(f"  ledger: {ledger.url} (auditor UI at {ledger.url}/)")
     sandbox.write_agent_configs()
     setups = sandbox.agencies
     agents = {a: Agent.from_config_file(s.config_path) for a, s in setups.items()}
@@ -154,13 +158,59 @@ async def _run(root: Path, timeline: Timeline, *, keep: bool, log_path: Path) ->
             )
             return 1
         click.echo("\nReferral delivered: police -> shelter, end-to-end encrypted and signed.")
+        if not await _ledger_confirms(list(agents.values())):
+            click.echo(
+                f"\nFAILED: the agents could not confirm their audit events; see {log_path}",
+                err=True,
+            )
+            return 1
+        assert sandbox.ledger is not None
+        checkpoint = await _verified_checkpoint(sandbox)
+        click.echo(
+            f"\nAudit ledger: checkpoint of {checkpoint.size} events, root "
+            f"{checkpoint.root.hex()[:16]}…, signature verified; every agent proved its events "
+            f"are included.\n  auditor UI: {sandbox.ledger.url}/  "
+            "(token printed with --keep)"
+        )
         if keep:
-            await _keep_running(agents, setups, log_path)
+            await _keep_running(agents, sandbox, log_path)
         return 0
     finally:
         for agent in reversed(started):
             await agent.stop()
-        await sandbox.stop_bus()
+        await sandbox.stop_all()
+
+
+async def _ledger_confirms(agents: list[Agent]) -> bool:
+    """Wait until every agent has proved each of its audit events is in the ledger."""
+    deadline = time.monotonic() + DELIVERY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if all(
+            a.store.unconfirmed_audit(1) == [] and a.store.pending_audit(1) == [] for a in agents
+        ):
+            return all(a.health()["status"] == "ok" for a in agents)
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def _verified_checkpoint(sandbox: Sandbox) -> Checkpoint:
+    """Fetch the ledger's latest checkpoint over HTTP and verify it, as an auditor would."""
+    assert sandbox.ledger is not None
+    sandbox.ledger.checkpoint()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{sandbox.ledger.url}/v1/checkpoint",
+            headers={"Authorization": f"Bearer {sandbox.auditor_token}"},
+        ) as response,
+    ):
+        note = (await response.json())["note"]
+    identity = PublicIdentity.from_json(
+        (sandbox.ledger_home / "keys" / "identity.json").read_bytes()
+    )
+    return verify_checkpoint(
+        note, key_name=LEDGER_NAME, key=identity.signing_key, origin=sandbox.ledger.config.origin
+    )
 
 
 async def _all_ready(agents: list[Agent]) -> bool:
@@ -205,12 +255,12 @@ async def _send_and_wait(
         return any(item["id"] == referral_id for item in items)
 
 
-async def _keep_running(
-    agents: dict[str, Agent], setups: dict[str, AgencySetup], log_path: Path
-) -> None:
+async def _keep_running(agents: dict[str, Agent], sandbox: Sandbox, log_path: Path) -> None:
     click.echo("\nStill running (--keep). Ctrl-C stops everything.")
     for a, agent in agents.items():
-        click.echo(f"  {a:<12} {agent.api_url}  token {setups[a].token}")
+        click.echo(f"  {a:<12} {agent.api_url}  token {sandbox.agencies[a].token}")
+    if sandbox.ledger is not None:
+        click.echo(f"  {'ledger':<12} {sandbox.ledger.url}/  auditor token {sandbox.auditor_token}")
     click.echo(f"  logs: {log_path}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

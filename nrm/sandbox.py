@@ -24,6 +24,7 @@ import nats
 from agents.config import token_digest
 from broker import NatsServer, provision
 from broker.authority import DirectoryAuthority, authorization_for
+from broker.ledger import Ledger
 from keys import PublicIdentity
 from keys.keyfile import (
     INTERACTIVE,
@@ -36,6 +37,8 @@ from keys.keyfile import (
 from keys.subjects import DIRECTORY_BUCKET
 
 from . import admin
+
+LEDGER_NAME = "national"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,48 @@ class Sandbox:
     agencies: dict[str, AgencySetup]
     bus: NatsServer | None = None
     authority: DirectoryAuthority | None = None
+    ledger: Ledger | None = None
+    auditor_token: str = ""
+
+    @property
+    def ledger_home(self) -> Path:
+        return self.root / "ledger"
+
+    async def start_ledger(self, *, checkpoint_interval: float = 1.0) -> Ledger:
+        """Write ledger.toml (the ledger's own key, the operator's bus credentials, one
+        auditor token per agency and one for the auditors) and start the ledger."""
+        assert self.bus is not None
+        home = self.ledger_home
+        tokens = [self.auditor_token] + [
+            (a.home / "ledger.token").read_text().strip() for a in self.agencies.values()
+        ]
+        config = "\n".join(
+            [
+                f"name = {json.dumps(LEDGER_NAME)}",
+                'key_dir = "keys"',
+                f"operator_key_dir = {json.dumps(str(self.admin.path / admin.OPERATOR_DIR))}",
+                'passphrase_file = "passphrase"',
+                f"nats_urls = {json.dumps([self.bus.url])}",
+                f"trust_root = {json.dumps(str(self.admin.root_path(1)))}",
+                'database = "ledger.db"',
+                'bind = "127.0.0.1:0"',
+                f"checkpoint_interval_seconds = {checkpoint_interval}",
+                *[
+                    f'[[auditors]]\nname = "auditor"\ntoken_sha256 = "{token_digest(t)}"'
+                    for t in tokens
+                ],
+                "",
+            ]
+        )
+        replace_file(home / "ledger.toml", config.encode())
+        self.ledger = Ledger.from_config_file(home / "ledger.toml")
+        await self.ledger.start()
+        return self.ledger
+
+    async def stop_ledger(self) -> None:
+        if self.ledger is not None:
+            await self.ledger.stop()
+            self.ledger = None
 
     @property
     def admin_keys(self) -> list[Path]:
@@ -119,6 +164,10 @@ class Sandbox:
         finally:
             await nc.drain()
 
+    async def stop_all(self) -> None:
+        await self.stop_ledger()
+        await self.stop_bus()
+
     async def stop_bus(self) -> None:
         if self.authority is not None:
             await self.authority.stop()
@@ -128,8 +177,11 @@ class Sandbox:
 
     def write_agent_configs(self, *, limits: dict[str, int | float] | None = None) -> None:
         assert self.bus is not None
+        ledger_url = None if self.ledger is None else self.ledger.url
         for setup in self.agencies.values():
-            _write_config(setup, nats_urls=[self.bus.url], limits=limits or {})
+            _write_config(
+                setup, nats_urls=[self.bus.url], limits=limits or {}, ledger_url=ledger_url
+            )
 
 
 def prepare_mechanism(
@@ -159,19 +211,49 @@ def prepare_mechanism(
             home / "keys", agency=agency, name=name, passphrase=passphrase.encode(), cost=cost
         )
         shutil.copyfile(folder.root_path(1), home / "root.json")
+        write_new_file(home / "ledger.token", secrets.token_urlsafe(32).encode())
         setups[agency] = AgencySetup(
             agency, name, (role,), home, home / "agent.toml", secrets.token_urlsafe(32)
         )
         identity = PublicIdentity.from_json((home / "keys" / "identity.json").read_bytes())
         admin.add_agency(folder, identity, roles=[role])
-    sandbox = Sandbox(root, folder, admin_passphrase, setups)
+    ledger_home = root / "ledger"
+    ledger_home.mkdir(mode=0o700)
+    write_new_file(ledger_home / "passphrase", admin_passphrase)
+    init_key_dir(
+        ledger_home / "keys",
+        agency="ledger",
+        name="Audit ledger",
+        passphrase=admin_passphrase,
+        cost=cost,
+    )
+    sandbox = Sandbox(
+        root, folder, admin_passphrase, setups, auditor_token=secrets.token_urlsafe(32)
+    )
     sandbox.sign_draft()
     return sandbox
 
 
 def _write_config(
-    setup: AgencySetup, *, nats_urls: list[str], limits: dict[str, int | float]
+    setup: AgencySetup,
+    *,
+    nats_urls: list[str],
+    limits: dict[str, int | float],
+    ledger_url: str | None,
 ) -> None:
+    ledger = (
+        []
+        if ledger_url is None
+        else [
+            "[ledger]",
+            f"url = {json.dumps(ledger_url)}",
+            f"name = {json.dumps(LEDGER_NAME)}",
+            'identity = "../ledger/keys/identity.json"',
+            'token_file = "ledger.token"',
+            "interval_seconds = 1",
+            "",
+        ]
+    )
     config = "\n".join(
         [
             f"agency = {json.dumps(setup.agency)}",
@@ -188,6 +270,7 @@ def _write_config(
             'name = "case-management"',
             f'token_sha256 = "{token_digest(setup.token)}"',
             "",
+            *ledger,
             "[limits]",
             *[f"{k} = {v!r}" for k, v in limits.items()],
             "",

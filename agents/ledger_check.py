@@ -1,0 +1,171 @@
+"""The agent checks the ledger instead of trusting it (issue 5, PROTOCOL.md §9).
+
+Every few seconds: fetch the latest checkpoint and verify its signature; check that it
+extends the previous one (consistency proof); for each of this agency's events not yet
+confirmed, fetch its entry and inclusion proof and verify them against the checkpoint.
+A missing event, a failed proof or checkpoints that do not extend each other raise an
+alert: a log event, a counter, and a degraded /healthz.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import structlog
+
+from keys import PublicIdentity, UntrustedInputError
+from keys.checkpoint import Checkpoint, verify_checkpoint
+from keys.ledger_entry import LedgerEntry
+from keys.merkle import leaf_hash, verify_consistency, verify_inclusion
+
+from .store import Store
+
+log = structlog.get_logger("nrm.ledger_check")
+
+ORIGIN_PREFIX = "nrm-exchange/ledger/v1/"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerSettings:
+    url: str
+    token: str
+    name: str
+    identity: PublicIdentity
+    interval_seconds: float = 2.0
+    missing_after_seconds: int = 60
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], *, base: Path) -> LedgerSettings:
+        def path(key: str) -> Path:
+            p = Path(str(doc[key]))
+            return p if p.is_absolute() else base / p
+
+        return cls(
+            url=str(doc["url"]).rstrip("/"),
+            token=path("token_file").read_text(encoding="utf-8").strip(),
+            name=str(doc["name"]),
+            identity=PublicIdentity.from_json(path("identity").read_bytes()),
+            interval_seconds=float(doc.get("interval_seconds", 2.0)),
+            missing_after_seconds=int(doc.get("missing_after_seconds", 60)),
+        )
+
+
+@dataclass
+class LedgerWatch:
+    settings: LedgerSettings
+    store: Store
+    agency: str
+    checkpoint: Checkpoint | None = None
+    alerts: int = 0
+    last_alert: str | None = None
+    confirmed: int = 0
+    _alerted_missing: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.log = log.bind(agency=self.agency)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "alert" if self.alerts else "ok",
+            "alerts": self.alerts,
+            "last_alert": self.last_alert,
+            "checkpoint_size": None if self.checkpoint is None else self.checkpoint.size,
+            "events_confirmed": self.confirmed,
+        }
+
+    def _alert(self, reason: str, **ids: Any) -> None:
+        self.alerts += 1
+        self.last_alert = reason
+        self.log.error("ledger_alert", reason=reason, **ids)
+
+    async def run(self, running: asyncio.Event) -> None:
+        headers = {"Authorization": f"Bearer {self.settings.token}"}
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
+            while running.is_set():
+                try:
+                    await self.check(http)
+                except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as e:
+                    self.log.warning("ledger_unreachable", error=type(e).__name__)
+                await asyncio.sleep(self.settings.interval_seconds)
+
+    async def check(self, http: aiohttp.ClientSession) -> None:
+        s = self.settings
+        async with http.get(f"{s.url}/v1/checkpoint") as r:
+            if r.status == 404:
+                return
+            r.raise_for_status()
+            note = (await r.json())["note"]
+        try:
+            cp = verify_checkpoint(
+                note, key_name=s.name, key=s.identity.signing_key, origin=ORIGIN_PREFIX + s.name
+            )
+        except UntrustedInputError as e:
+            self._alert("bad-checkpoint-signature", detail=e.reason)
+            return
+        previous = self.checkpoint
+        if previous is not None and cp.size < previous.size:
+            self._alert("checkpoint-rolled-back", size=cp.size, previous=previous.size)
+            return
+        if previous is not None and cp.size > previous.size:
+            url = f"{s.url}/v1/proof/consistency?first={previous.size}&second={cp.size}"
+            async with http.get(url) as r:
+                r.raise_for_status()
+                proof = [bytes.fromhex(h) for h in (await r.json())["proof"]]
+            try:
+                verify_consistency(
+                    first=previous.size,
+                    second=cp.size,
+                    first_root=previous.root,
+                    second_root=cp.root,
+                    proof=proof,
+                )
+            except UntrustedInputError:
+                self._alert("inconsistent-checkpoints", first=previous.size, second=cp.size)
+                return
+        elif previous is not None and cp.root != previous.root:
+            self._alert("inconsistent-checkpoints", first=previous.size, second=cp.size)
+            return
+        self.checkpoint = cp
+        now = int(time.time())
+        for event_id, event, created in self.store.unconfirmed_audit(256):
+            async with http.get(f"{s.url}/v1/events/{event_id}") as r:
+                if r.status == 404:
+                    if (
+                        now - created > s.missing_after_seconds
+                        and event_id not in self._alerted_missing
+                    ):
+                        self._alerted_missing.add(event_id)
+                        self._alert("missing-event", event_id=event_id)
+                    continue
+                r.raise_for_status()
+                index = int((await r.json())["index"])
+            if index >= cp.size:
+                continue  # appended after this checkpoint: next round
+            async with http.get(f"{s.url}/v1/events/{event_id}?size={cp.size}") as r:
+                r.raise_for_status()
+                body = await r.json()
+            leaf = base64.b64decode(body["leaf"])
+            try:
+                entry = LedgerEntry.decode(leaf)
+                if entry.signed_event != event or entry.index != index:
+                    self._alert("altered-event", event_id=event_id, index=index)
+                    continue
+                verify_inclusion(
+                    leaf_hash=leaf_hash(leaf),
+                    index=index,
+                    size=cp.size,
+                    proof=[bytes.fromhex(h) for h in body["proof"]],
+                    root=cp.root,
+                )
+            except UntrustedInputError:
+                self._alert("bad-inclusion-proof", event_id=event_id, index=index)
+                continue
+            self.store.mark_audit_included(event_id, index)
+            self.confirmed += 1

@@ -1,0 +1,320 @@
+"""The audit ledger: consumes signed audit events, verifies them, appends them to an
+RFC 6962 Merkle tree in SQLite, and signs checkpoints (PROTOCOL.md §9).
+
+Events that fail verification are kept out and counted by reason. Each message is acked
+only after its entry is committed; a redelivered event (same event id) is acked without a
+second entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+import structlog
+from aiohttp import web
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from keys import AgencyKeys, UnknownKeyError, UntrustedInputError
+from keys.audit import verify_event
+from keys.checkpoint import Checkpoint, sign_checkpoint
+from keys.directory import Directory
+from keys.keyfile import load_key_dir, read_passphrase
+from keys.ledger_entry import LedgerEntry
+from keys.merkle import MerkleTree, leaf_hash
+from keys.subjects import AUDIT_STREAM, AUDIT_SUBJECTS
+
+from .follower import TRANSIENT, DirectoryFollower
+from .ledger_store import LedgerStore
+
+log = structlog.get_logger("nrm.ledger")
+
+LEDGER_CONSUMER = "ledger"
+ORIGIN_PREFIX = "nrm-exchange/ledger/v1/"
+
+
+class LedgerConfigError(ValueError):
+    """The ledger configuration file is missing something or holds a wrong value."""
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerConfig:
+    """`nrm ledger run --config ledger.toml`:
+
+    name = "national"                   # the checkpoint origin is nrm-exchange/ledger/v1/<name>
+    key_dir = "ledger-keys"             # the ledger's own signing key (nrm keys init)
+    operator_key_dir = "operator"       # bus credentials for reading the audit stream
+    passphrase_file = "passphrase"      # for both key files; else $NRM_PASSPHRASE
+    nats_urls = ["nats://127.0.0.1:4222"]
+    trust_root = "root.json"
+    database = "ledger.db"
+    bind = "127.0.0.1:8090"
+    checkpoint_interval_seconds = 2
+    suppress_below = 5
+    [[auditors]]
+    name = "court-of-audit"
+    token_sha256 = "<hex>"
+    """
+
+    name: str
+    key_dir: Path
+    operator_key_dir: Path
+    nats_urls: tuple[str, ...]
+    trust_root: Path
+    database: Path
+    host: str
+    port: int
+    auditor_tokens: tuple[bytes, ...]
+    passphrase_file: Path | None = None
+    checkpoint_interval_seconds: float = 2.0
+    suppress_below: int = 5
+    unknown_key_grace_seconds: int = 120
+
+    @property
+    def origin(self) -> str:
+        return ORIGIN_PREFIX + self.name
+
+    @classmethod
+    def load(cls, path: Path) -> LedgerConfig:
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise LedgerConfigError(f"cannot read {path}: {e}") from e
+        base = path.parent
+
+        def p(key: str) -> Path:
+            value = Path(str(doc[key]))
+            return value if value.is_absolute() else base / value
+
+        try:
+            host, _, port = str(doc["bind"]).rpartition(":")
+            tokens = []
+            for a in doc.get("auditors", []):
+                digest = str(a["token_sha256"])
+                if len(digest) != 64:
+                    raise LedgerConfigError("auditors.token_sha256 must be 64 hex characters")
+                tokens.append(bytes.fromhex(digest))
+            return cls(
+                name=str(doc["name"]),
+                key_dir=p("key_dir"),
+                operator_key_dir=p("operator_key_dir"),
+                nats_urls=tuple(str(u) for u in doc["nats_urls"]),
+                trust_root=p("trust_root"),
+                database=p("database"),
+                host=host or "127.0.0.1",
+                port=int(port),
+                auditor_tokens=tuple(tokens),
+                passphrase_file=p("passphrase_file") if "passphrase_file" in doc else None,
+                checkpoint_interval_seconds=float(doc.get("checkpoint_interval_seconds", 2.0)),
+                suppress_below=int(doc.get("suppress_below", 5)),
+            )
+        except KeyError as e:
+            raise LedgerConfigError(f"missing setting {e.args[0]!r}") from e
+        except (TypeError, ValueError) as e:
+            raise LedgerConfigError(str(e)) from e
+
+
+class Ledger:
+    """Owns the store, the tree, the audit consumer, the checkpointer and the HTTP API."""
+
+    def __init__(self, config: LedgerConfig, *, signer: AgencyKeys, operator: AgencyKeys) -> None:
+        if operator.nats_seed is None:
+            raise ValueError("the operator keys have no NATS seed")
+        self.config = config
+        self.signer = signer
+        self.operator = operator
+        self.store = LedgerStore(config.database)
+        self.tree = MerkleTree(self.store, size=self.store.size())
+        self.directory: Directory | None = None
+        self.follower = DirectoryFollower(
+            urls=list(config.nats_urls),
+            nkeys_seed=operator.nats_seed,
+            pinned_root=config.trust_root,
+            on_directory=self._on_directory,
+            name="ledger",
+        )
+        for version, data in self.store.directories()[-1:]:
+            with contextlib.suppress(UntrustedInputError):
+                self.directory = self.follower.store.update_directory(data, now=int(time.time()))
+                log.info("ledger_directory_restored", directory_version=version)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running = False
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self._nc: Any = None
+
+    @classmethod
+    def from_config_file(cls, path: Path) -> Ledger:
+        config = LedgerConfig.load(path)
+        passphrase = read_passphrase(file=config.passphrase_file)
+        return cls(
+            config,
+            signer=load_key_dir(config.key_dir, passphrase=passphrase),
+            operator=load_key_dir(config.operator_key_dir, passphrase=passphrase),
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from .ledger_http import make_app
+
+        self._running = True
+        self.checkpoint()
+        await self.follower.start()
+        self._runner = web.AppRunner(make_app(self), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.config.host, self.config.port).start()
+        self.port = self._runner.addresses[0][1]
+        self._tasks = [
+            asyncio.create_task(self._consume(), name="ledger-consumer"),
+            asyncio.create_task(self._checkpoints(), name="ledger-checkpoints"),
+        ]
+        log.info("ledger_started", url=self.url, size=self.tree.size)
+
+    async def stop(self) -> None:
+        self._running = False
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=3.0)
+            for task in late:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._tasks = []
+        await self.follower.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        self.checkpoint()
+        self.store.close()
+        log.info("ledger_stopped")
+
+    async def __aenter__(self) -> Ledger:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- appending ------------------------------------------------------------------------
+
+    def _on_directory(self, directory: Directory, data: bytes) -> None:
+        self.store.add_directory(directory.version, data, int(time.time()))
+        self.directory = directory
+        log.info("ledger_directory_accepted", directory_version=directory.version)
+
+    def append(self, data: bytes, *, stored_at: int) -> bool | None:
+        """Verify and append one signed event. True: appended or already there (ack);
+        False: refused and counted (ack, it stays out); None: cannot judge yet (retry)."""
+        directory = self.directory
+        if directory is None:
+            return None
+        try:
+            signed = verify_event(data, signers=directory)
+        except UnknownKeyError as e:
+            if time.time() - stored_at < self.config.unknown_key_grace_seconds:
+                return None
+            return self._refuse(e)
+        except UntrustedInputError as e:
+            return self._refuse(e)
+        event = signed.event
+        if self.store.has_event(event.event_id):
+            return True
+        index = self.tree.size
+        leaf = LedgerEntry(index=index, appended_at=int(time.time()), signed_event=data).encode()
+        try:
+            with self.store.transaction():
+                self.tree.append(leaf_hash(leaf))
+                self.store.insert_entry(index, leaf, event, directory.version)
+        except BaseException:
+            self.tree = MerkleTree(self.store, size=self.store.size())
+            raise
+        return True
+
+    def _refuse(self, e: UntrustedInputError) -> bool:
+        with self.store.transaction():
+            self.store.count_refused(e.reason)
+        log.warning("ledger_event_refused", reason=e.reason)
+        return False
+
+    def checkpoint(self) -> None:
+        """Sign a checkpoint for the current size if there is none for it yet."""
+        latest = self.store.latest_checkpoint()
+        size = self.tree.size
+        if latest is not None and latest[0] == size:
+            return
+        root = self.tree.root()
+        cp = Checkpoint(origin=self.config.origin, size=size, root=root, timestamp=int(time.time()))
+        note = sign_checkpoint(cp, key=self.signer.signing_key, key_name=self.config.name)
+        with self.store.transaction():
+            self.store.add_checkpoint(size, root, cp.timestamp, note)
+        log.info("checkpoint_signed", size=size, root=root.hex())
+
+    async def _checkpoints(self) -> None:
+        while self._running:
+            await asyncio.sleep(self.config.checkpoint_interval_seconds)
+            self.checkpoint()
+
+    async def _consume(self) -> None:
+        assert self.operator.nats_seed is not None
+        config = ConsumerConfig(
+            name=LEDGER_CONSUMER,
+            durable_name=LEDGER_CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=30,
+            filter_subject=AUDIT_SUBJECTS,
+        )
+        while self._running:
+            try:
+                nc = await nats.connect(
+                    servers=list(self.config.nats_urls),
+                    nkeys_seed_str=self.operator.nats_seed.decode(),
+                    max_reconnect_attempts=-1,
+                    connect_timeout=2,
+                    name="nrm-ledger",
+                )
+            except TRANSIENT as e:
+                log.warning("ledger_bus_unreachable", error=type(e).__name__)
+                await asyncio.sleep(1.0)
+                continue
+            try:
+                js = nc.jetstream()
+                sub = await js.pull_subscribe(
+                    AUDIT_SUBJECTS, durable=LEDGER_CONSUMER, stream=AUDIT_STREAM, config=config
+                )
+                while self._running:
+                    try:
+                        msgs: list[Msg] = await sub.fetch(256, timeout=1.0)
+                    except (nats.errors.TimeoutError, TimeoutError):
+                        continue
+                    for msg in msgs:
+                        meta = msg.metadata
+                        stored = int(meta.timestamp.timestamp()) if meta.timestamp else 0
+                        verdict = self.append(msg.data, stored_at=stored)
+                        if verdict is None:
+                            await msg.nak(delay=1.0)
+                        else:
+                            await msg.ack()
+            except TRANSIENT as e:
+                log.warning("ledger_consumer_interrupted", error=type(e).__name__)
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(*TRANSIENT):
+                    await nc.close()
+
+
+def token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()

@@ -1,0 +1,310 @@
+"""The ledger's HTTP API for auditors and agents, its OpenAPI document, and the web UI.
+
+Every /v1 route needs an auditor bearer token (compared by SHA-256 digest in constant
+time); errors are problem+json. Everything served is metadata: ids, kinds, hashes, times.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from keys.merkle import leaf_hash
+
+from . import ledger_stats
+from .ledger import Ledger
+
+LEDGER = web.AppKey("ledger", Ledger)
+UI_DIR = Path(__file__).parent / "ledger_ui"
+MAX_RANGE = 1000
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def problem(status: int, title: str, detail: str) -> web.Response:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    return web.Response(
+        status=status, body=json.dumps(body).encode(), content_type="application/problem+json"
+    )
+
+
+class Problem(Exception):
+    def __init__(self, status: int, title: str, detail: str) -> None:
+        super().__init__(detail)
+        self.response = problem(status, title, detail)
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/v1/"):
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        digest = hashlib.sha256(token.strip().encode("utf-8", "replace")).digest()
+        allowed = False
+        for expected in request.app[LEDGER].config.auditor_tokens:
+            allowed |= hmac.compare_digest(digest, expected)
+        if scheme.lower() != "bearer" or not allowed:
+            refused = problem(401, "Unauthorized", "an auditor bearer token is required")
+            refused.headers["WWW-Authenticate"] = 'Bearer realm="nrm-ledger"'
+            return refused
+    response: web.StreamResponse
+    try:
+        response = await handler(request)
+    except Problem as e:
+        return e.response
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return problem(e.status, e.reason or "Error", e.reason or "Error")
+    response.headers["Content-Security-Policy"] = "default-src 'self'"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def make_app(ledger: Ledger) -> web.Application:
+    app = web.Application(middlewares=[_guard], client_max_size=4096)
+    app[LEDGER] = ledger
+    r = app.router
+    r.add_get("/", index)
+    r.add_get("/openapi.json", openapi)
+    r.add_get("/v1/checkpoint", checkpoint)
+    r.add_get("/v1/checkpoints", checkpoints)
+    r.add_get("/v1/entries", entries)
+    r.add_get("/v1/entries/{index}/proof", inclusion_proof)
+    r.add_get("/v1/events", events)
+    r.add_get("/v1/events/{event_id}", event)
+    r.add_get("/v1/proof/consistency", consistency_proof)
+    r.add_get("/v1/referrals/{referral_id}/timeline", timeline)
+    r.add_get("/v1/directories", directories)
+    r.add_get("/v1/stats", stats)
+    if UI_DIR.is_dir():
+        r.add_static("/ui/", UI_DIR)
+    return app
+
+
+def _ledger(request: web.Request) -> Ledger:
+    ledger: Ledger = request.app[LEDGER]
+    return ledger
+
+
+def _int(
+    request: web.Request, name: str, *, default: int | None = None, low: int = 0, high: int = 2**62
+) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        if default is None:
+            raise Problem(400, "Bad Request", f"query parameter {name} is required")
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise Problem(400, "Bad Request", f"{name} must be an integer from {low} to {high}")
+    return int(raw)
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    if not (UI_DIR / "index.html").exists():
+        raise Problem(404, "Not Found", "the web UI is not installed")
+    return web.FileResponse(UI_DIR / "index.html")
+
+
+async def checkpoint(request: web.Request) -> web.Response:
+    latest = _ledger(request).store.latest_checkpoint()
+    if latest is None:
+        raise Problem(404, "Not Found", "no checkpoint has been signed yet")
+    size, root, timestamp, note = latest
+    return web.json_response(
+        {
+            "size": size,
+            "root": root.hex(),
+            "timestamp": timestamp,
+            "note": note,
+            "origin": _ledger(request).config.origin,
+        }
+    )
+
+
+async def checkpoints(request: web.Request) -> web.Response:
+    items = [{"size": s, "note": n} for s, n in _ledger(request).store.checkpoints()]
+    return web.json_response({"items": items})
+
+
+async def entries(request: web.Request) -> web.Response:
+    size = _ledger(request).tree.size
+    start = _int(request, "start", low=0, high=size)
+    end = _int(
+        request,
+        "end",
+        default=min(size, start + MAX_RANGE),
+        low=start,
+        high=min(size, start + MAX_RANGE),
+    )
+    rows = _ledger(request).store.entries(start, end)
+    return web.json_response(
+        {"items": [{**r.to_json(), "leaf": base64.b64encode(r.leaf).decode()} for r in rows]}
+    )
+
+
+async def inclusion_proof(request: web.Request) -> web.Response:
+    ledger = _ledger(request)
+    size = _int(request, "size", default=ledger.tree.size, low=1, high=ledger.tree.size)
+    index = _int(
+        request,
+        "index",
+        default=int(request.match_info["index"]) if request.match_info["index"].isdigit() else -1,
+        low=0,
+        high=size - 1,
+    )
+    return web.json_response(
+        {
+            "index": index,
+            "size": size,
+            "proof": [h.hex() for h in ledger.tree.inclusion_proof(index, size)],
+        }
+    )
+
+
+async def event(request: web.Request) -> web.Response:
+    """One event's entry and, with ?size=, its inclusion proof in the tree of that size."""
+    ledger = _ledger(request)
+    row = ledger.store.entry_by_event(request.match_info["event_id"])
+    if row is None:
+        raise Problem(404, "Not Found", "no such event in the ledger")
+    body: dict[str, Any] = {
+        **row.to_json(),
+        "leaf": base64.b64encode(row.leaf).decode(),
+        "leaf_hash": leaf_hash(row.leaf).hex(),
+    }
+    if "size" in request.query:
+        size = _int(request, "size", low=row.index + 1, high=ledger.tree.size)
+        body["size"] = size
+        body["proof"] = [h.hex() for h in ledger.tree.inclusion_proof(row.index, size)]
+    return web.json_response(body)
+
+
+async def consistency_proof(request: web.Request) -> web.Response:
+    ledger = _ledger(request)
+    second = _int(request, "second", low=0, high=ledger.tree.size)
+    first = _int(request, "first", low=0, high=second)
+    proof = ledger.tree.consistency_proof(first, second)
+    return web.json_response({"first": first, "second": second, "proof": [h.hex() for h in proof]})
+
+
+async def events(request: web.Request) -> web.Response:
+    q = request.query.get("q", "").strip()
+    if len(q) > 64:
+        raise Problem(400, "Bad Request", "q must be at most 64 characters")
+    limit = _int(request, "limit", default=50, low=1, high=500)
+    after = _int(request, "cursor", low=0) if "cursor" in request.query else -1
+    rows = _ledger(request).store.search(q=q, after=after, limit=limit)
+    next_cursor = str(rows[-1].index) if len(rows) == limit else None
+    return web.json_response({"items": [r.to_json() for r in rows], "next_cursor": next_cursor})
+
+
+async def timeline(request: web.Request) -> web.Response:
+    referral_id = request.match_info["referral_id"]
+    rows = _ledger(request).store.referral_events(referral_id)
+    return web.json_response({"referral_id": referral_id, "items": [r.to_json() for r in rows]})
+
+
+async def directories(request: web.Request) -> web.Response:
+    items = [
+        {"version": v, "data": base64.b64encode(d).decode()}
+        for v, d in _ledger(request).store.directories()
+    ]
+    return web.json_response({"items": items})
+
+
+async def stats(request: web.Request) -> web.Response:
+    ledger = _ledger(request)
+    return web.json_response(
+        ledger_stats.compute(
+            ledger.store.all_rows_for_stats(), threshold=ledger.config.suppress_below
+        )
+    )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
+def _op(
+    summary: str,
+    params: list[tuple[str, str, bool]] | None = None,
+    path_params: list[str] | None = None,
+) -> dict[str, Any]:
+    parameters = [
+        {"name": n, "in": "query", "required": req, "schema": {"type": t}}
+        for n, t, req in (params or [])
+    ] + [
+        {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+        for n in (path_params or [])
+    ]
+    return {
+        "get": {
+            "summary": summary,
+            "security": [{"bearer": []}],
+            "parameters": parameters,
+            "responses": {
+                "200": {
+                    "description": "OK",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "400": {"$ref": "#/components/responses/Problem"},
+                "401": {"$ref": "#/components/responses/Problem"},
+                "404": {"$ref": "#/components/responses/Problem"},
+            },
+        }
+    }
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "NRM Exchange audit ledger", "version": "1"},
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "responses": {
+            "Problem": {
+                "description": "RFC 9457 problem details",
+                "content": {
+                    "application/problem+json": {
+                        "schema": {"type": "object", "required": ["title", "status", "detail"]}
+                    }
+                },
+            }
+        },
+    },
+    "paths": {
+        "/v1/checkpoint": _op("The latest signed checkpoint"),
+        "/v1/checkpoints": _op("Every signed checkpoint, by size"),
+        "/v1/entries": _op(
+            "Entries [start, end), at most 1000",
+            [("start", "integer", True), ("end", "integer", False)],
+        ),
+        "/v1/entries/{index}/proof": _op(
+            "Inclusion proof of an entry", [("size", "integer", False)], ["index"]
+        ),
+        "/v1/events": _op(
+            "Search events",
+            [("q", "string", False), ("cursor", "integer", False), ("limit", "integer", False)],
+        ),
+        "/v1/events/{event_id}": _op(
+            "One event, with its inclusion proof given ?size=",
+            [("size", "integer", False)],
+            ["event_id"],
+        ),
+        "/v1/proof/consistency": _op(
+            "Consistency proof between two tree sizes",
+            [("first", "integer", True), ("second", "integer", True)],
+        ),
+        "/v1/referrals/{referral_id}/timeline": _op(
+            "A referral's events in time order", path_params=["referral_id"]
+        ),
+        "/v1/directories": _op("Every directory version events were verified against"),
+        "/v1/stats": _op("Anonymous monitoring statistics, small cells suppressed"),
+    },
+}

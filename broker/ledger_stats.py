@@ -1,0 +1,80 @@
+"""Anonymous NRM monitoring statistics from the ledger's metadata.
+
+Only aggregated counts leave this module, and any cell counting fewer than `threshold`
+referrals or events is suppressed (`count: null, suppressed: true`), so that no single
+person's case can be singled out.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from .ledger_store import EntryRow
+
+
+def month(t: int) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m")
+
+
+def _cell(count: int, threshold: int) -> dict[str, Any]:
+    if count < threshold:
+        return {"count": None, "suppressed": True}
+    return {"count": count, "suppressed": False}
+
+
+def compute(rows: Iterable[EntryRow], *, threshold: int) -> dict[str, Any]:
+    sent_at: dict[str, int] = {}
+    referral_cells: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    reached: dict[str, dict[str, int]] = defaultdict(dict)
+    rejections: Counter[str] = Counter()
+    withdrawals: Counter[str] = Counter()
+    for r in rows:
+        if r.kind == "referral.sent" and r.referral_id is not None:
+            first = sent_at.setdefault(r.referral_id, r.time)
+            key = (
+                month(first),
+                r.labels.get("referral_type", "unspecified"),
+                r.labels.get("urgency", "unspecified"),
+            )
+            referral_cells[key].add(r.referral_id)
+        elif r.kind == "transition.sent" and r.referral_id is not None:
+            state = r.labels.get("state")
+            if state in ("acknowledged", "accepted"):
+                reached[r.referral_id].setdefault(state, r.time)
+        elif r.kind == "message.rejected":
+            rejections[r.reason or "unspecified"] += 1
+        elif r.kind == "consent.withdrawn":
+            withdrawals[month(r.time)] += 1
+
+    durations: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for referral_id, states in reached.items():
+        if referral_id in sent_at:
+            for state, t in states.items():
+                durations[(month(sent_at[referral_id]), state)].append(t - sent_at[referral_id])
+
+    return {
+        "threshold": threshold,
+        "referrals_per_month": [
+            {"month": m, "referral_type": k, "urgency": u, **_cell(len(ids), threshold)}
+            for (m, k, u), ids in sorted(referral_cells.items())
+        ],
+        "median_seconds": [
+            {
+                "month": m,
+                "to": state,
+                "seconds": statistics.median(values) if len(values) >= threshold else None,
+                "suppressed": len(values) < threshold,
+            }
+            for (m, state), values in sorted(durations.items())
+        ],
+        "rejections_by_reason": [
+            {"reason": reason, **_cell(n, threshold)} for reason, n in sorted(rejections.items())
+        ],
+        "withdrawals_per_month": [
+            {"month": m, **_cell(n, threshold)} for m, n in sorted(withdrawals.items())
+        ],
+    }
