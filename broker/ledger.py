@@ -142,7 +142,7 @@ class Ledger:
             on_directory=self._on_directory,
             name="ledger",
         )
-        for version, data in self.store.directories()[-1:]:
+        for version, data, _ in self.store.directories()[-1:]:
             with contextlib.suppress(UntrustedInputError):
                 self.directory = self.follower.store.update_directory(data, now=int(time.time()))
                 log.info("ledger_directory_restored", directory_version=version)

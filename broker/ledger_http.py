@@ -71,7 +71,8 @@ def make_app(ledger: Ledger) -> web.Application:
     app = web.Application(middlewares=[_guard], client_max_size=4096)
     app[LEDGER] = ledger
     r = app.router
-    r.add_get("/", index)
+    r.add_get("/", to_ui)
+    r.add_get("/ui/", index)
     r.add_get("/openapi.json", openapi)
     r.add_get("/v1/checkpoint", checkpoint)
     r.add_get("/v1/checkpoints", checkpoints)
@@ -104,6 +105,10 @@ def _int(
     if not raw.isdigit() or not low <= int(raw) <= high:
         raise Problem(400, "Bad Request", f"{name} must be an integer from {low} to {high}")
     return int(raw)
+
+
+async def to_ui(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound("/ui/")
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -213,8 +218,8 @@ async def timeline(request: web.Request) -> web.Response:
 
 async def directories(request: web.Request) -> web.Response:
     items = [
-        {"version": v, "data": base64.b64encode(d).decode()}
-        for v, d in _ledger(request).store.directories()
+        {"version": v, "accepted_at": t, "data": base64.b64encode(d).decode()}
+        for v, d, t in _ledger(request).store.directories()
     ]
     return web.json_response({"items": items})
 

@@ -243,9 +243,12 @@ class LedgerStore:
             (version, data, accepted_at),
         )
 
-    def directories(self) -> list[tuple[int, bytes]]:
-        rows = self._db.execute("SELECT version, data FROM directories ORDER BY version")
-        return [(int(r[0]), bytes(r[1])) for r in rows]
+    def directories(self) -> list[tuple[int, bytes, int]]:
+        """(version, signed bytes, accepted at) for every directory version, oldest first."""
+        rows = self._db.execute(
+            "SELECT version, data, accepted_at FROM directories ORDER BY version"
+        )
+        return [(int(r[0]), bytes(r[1]), int(r[2])) for r in rows]
 
     def count_refused(self, reason: str) -> None:
         self._db.execute(

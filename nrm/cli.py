@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
 import click
 
 from agents import Agent, ConfigError, token_digest
@@ -19,6 +21,7 @@ from keys import KeyFileError, NrmError, PublicIdentity, UntrustedInputError
 from keys.keyfile import MODERATE, init_key_dir, read_passphrase, rotate_key_dir
 
 from . import admin, logs
+from .audit import LedgerCopy
 
 PATH = click.Path(path_type=Path)
 ADMIN_DIR = click.option(
@@ -448,6 +451,218 @@ def broker_config(
         f"wrote {out} for directory version {directory.version}; "
         "reload nats-server (SIGHUP) to apply it"
     )
+
+
+# --- ledger and auditors ----------------------------------------------------------------------
+
+
+@main.group("ledger")
+def ledger_group() -> None:
+    """The tamper-evident audit ledger."""
+
+
+@ledger_group.command("run")
+@click.option("--config", "config_path", type=PATH, required=True, help="ledger.toml")
+def ledger_run(config_path: Path) -> None:
+    """Run the ledger until SIGINT or SIGTERM."""
+    from broker.ledger import Ledger, LedgerConfigError
+
+    logs.configure()
+    try:
+        ledger = Ledger.from_config_file(config_path)
+    except (LedgerConfigError, NrmError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with ledger:
+            click.echo(f"ledger serving {ledger.url}", err=True)
+            await stop.wait()
+
+    asyncio.run(serve())
+
+
+@main.group("audit")
+def audit_group() -> None:
+    """Verify, query and export the audit ledger."""
+
+
+def _source(f: Callable[..., None]) -> Callable[..., None]:
+    f = click.option("--ledger", "ledger_url", default=None, help="Ledger URL.")(f)
+    f = click.option("--db", "db", type=PATH, default=None, help="A copy of the ledger database.")(
+        f
+    )
+    f = click.option(
+        "--token-file",
+        type=PATH,
+        default=None,
+        help="Auditor token for --ledger (else $NRM_AUDITOR_TOKEN).",
+    )(f)
+    return f
+
+
+def _load(ledger_url: str | None, db: Path | None, token_file: Path | None) -> LedgerCopy:
+    from .audit import from_database, from_http
+
+    if (ledger_url is None) == (db is None):
+        raise click.UsageError("give exactly one of --ledger URL and --db FILE")
+    if db is not None:
+        return from_database(db)
+    assert ledger_url is not None
+    if token_file is not None:
+        token = token_file.read_text(encoding="utf-8").strip()
+    else:
+        token = os.environ.get("NRM_AUDITOR_TOKEN", "")
+        if not token:
+            raise click.UsageError("give --token-file or set NRM_AUDITOR_TOKEN")
+    return asyncio.run(from_http(ledger_url, token))
+
+
+@audit_group.command("verify")
+@_source
+@click.option(
+    "--root",
+    "roots",
+    type=PATH,
+    multiple=True,
+    required=True,
+    help="The pinned root.1.json, then each later root in order (repeat).",
+)
+@click.option(
+    "--ledger-identity",
+    type=PATH,
+    required=True,
+    help="The ledger's identity.json (its checkpoint key).",
+)
+@click.option("--name", default="national", show_default=True, help="The ledger's name.")
+def audit_verify(
+    ledger_url: str | None,
+    db: Path | None,
+    token_file: Path | None,
+    roots: tuple[Path, ...],
+    ledger_identity: Path,
+    name: str,
+) -> None:
+    """Recompute the tree, check every event's signature and the checkpoint; exit non-zero
+    naming the first bad index."""
+    from rich.progress import Progress
+
+    from keys.ledger_verify import LedgerVerificationError, verify_rows
+
+    from .audit import checkpoint_of, trusted_directories
+
+    try:
+        copy = _load(ledger_url, db, token_file)
+        checkpoint = checkpoint_of(copy, identity=ledger_identity, name=name)
+        directories = trusted_directories(copy, roots)
+        with Progress(transient=True) as progress:
+            task = progress.add_task("verifying events", total=len(copy.rows))
+            count = verify_rows(
+                copy.rows,
+                directories=directories,
+                checkpoint=checkpoint,
+                progress=lambda n: progress.update(task, completed=n),
+            )
+    except LedgerVerificationError as e:
+        click.echo(f"FAILED: {e}", err=True)
+        sys.exit(1)
+    except (OSError, ValueError, aiohttp.ClientError, UntrustedInputError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(
+        f"OK: {count} events verified; checkpoint size {checkpoint.size}, root "
+        f"{checkpoint.root.hex()} signed by {name}"
+    )
+
+
+_FILTERS = [
+    click.option("--referral", default=None, help="Referral id."),
+    click.option("--agency", default=None, help="Agency id (as actor or counterpart)."),
+    click.option("--kind", default=None, help="Event kind, e.g. referral.sent."),
+    click.option("--since", default=None, help="From this time (ISO 8601 or Unix seconds)."),
+    click.option("--until", default=None, help="Before this time."),
+]
+
+
+def _filters(f: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(_FILTERS):
+        f = option(f)
+    return f
+
+
+@audit_group.command("query")
+@_source
+@_filters
+def audit_query(
+    ledger_url: str | None,
+    db: Path | None,
+    token_file: Path | None,
+    referral: str | None,
+    agency: str | None,
+    kind: str | None,
+    since: str | None,
+    until: str | None,
+) -> None:
+    """Print matching events as a table (metadata only)."""
+    from .audit import select
+    from .show import when
+
+    copy = _load(ledger_url, db, token_file)
+    items = list(
+        select(
+            copy.rows,
+            referral=referral,
+            agency=agency,
+            kind=kind,
+            since=None if since is None else _parse_time(since),
+            until=None if until is None else _parse_time(until),
+        )
+    )
+    click.echo(
+        f"{'index':>6}  {'time':<16}  {'agency':<14} {'kind':<20} {'counterpart':<14} "
+        f"{'referral':<12} reason"
+    )
+    for i in items:
+        click.echo(
+            f"{i['index']:>6}  {when(i['time']):<16}  {i['agency']:<14} {i['kind']:<20} "
+            f"{i['counterpart'] or '-':<14} {(i['referral_id'] or '-')[:12]:<12} "
+            f"{i['reason'] or ''}"
+        )
+    click.echo(f"{len(items)} events")
+
+
+@audit_group.command("export")
+@_source
+@_filters
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+)
+def audit_export(
+    ledger_url: str | None,
+    db: Path | None,
+    token_file: Path | None,
+    referral: str | None,
+    agency: str | None,
+    kind: str | None,
+    since: str | None,
+    until: str | None,
+    fmt: str,
+) -> None:
+    """Write matching events to standard output as JSON lines or CSV."""
+    from .audit import render, select
+
+    copy = _load(ledger_url, db, token_file)
+    items = select(
+        copy.rows,
+        referral=referral,
+        agency=agency,
+        kind=kind,
+        since=None if since is None else _parse_time(since),
+        until=None if until is None else _parse_time(until),
+    )
+    click.echo(render(items, fmt), nl=False)
 
 
 # --- demo ----------------------------------------------------------------------------------

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from broker import NatsServer, provision
+from keys.subjects import inbox_subject
 
-from .support import AGENCIES, Mechanism
+from .support import AGENCIES, Mechanism, eventually
+from .test_agent import connect_as, delivered
 
 
 @pytest.fixture
@@ -37,3 +40,43 @@ async def mechanism(tmp_path: Path) -> AsyncIterator[Mechanism]:
             yield m
         finally:
             await m.close()
+
+
+@dataclass(frozen=True)
+class LedgerAccess:
+    url: str
+    token: str
+
+
+@pytest.fixture
+async def ledger_with_data(mechanism: Mechanism) -> AsyncIterator[LedgerAccess]:
+    """A ledger holding the events of a real exchange: six referrals (two urgent) from
+    police to the shelter, one to the co-ordinator, and one envelope the shelter rejected;
+    every agent has proved its events are included."""
+    m = mechanism
+    ids = []
+    for n in range(6):
+        referral = {"referral_type": "nrm_full", "urgency": "urgent" if n < 2 else "routine"}
+        ids.append(await m.api("police").refer(["shelter"], referral))
+    ids.append(await m.api("police").refer(["coordinator"], {"referral_type": "service_request"}))
+    for rid in ids:
+        await delivered(m, "police", rid)
+    async with connect_as(m, "police") as nc:
+        await nc.jetstream().publish(
+            inbox_subject("shelter"), b"\x96not an envelope", headers={"Nats-Msg-Id": "bad-1"}
+        )
+
+    async def confirmed() -> bool:
+        agents = m.agents.values()
+        rejected = any(
+            r.kind == "message.rejected"
+            for r in m.sandbox.ledger.store.iter_rows()  # type: ignore[union-attr]
+        )
+        return rejected and all(
+            a.store.unconfirmed_audit(1) == [] and a.store.pending_audit(1) == [] for a in agents
+        )
+
+    await eventually(confirmed, what="every event in the ledger and confirmed")
+    assert m.sandbox.ledger is not None
+    m.sandbox.ledger.checkpoint()
+    yield LedgerAccess(m.sandbox.ledger.url, m.sandbox.auditor_token)

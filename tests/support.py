@@ -92,6 +92,7 @@ class Mechanism:
     ) -> Mechanism:
         sandbox = prepare_mechanism(root, AGENCIES, admins=admins, threshold=threshold)
         await sandbox.start_bus()
+        await sandbox.start_ledger(checkpoint_interval=0.5)
         sandbox.write_agent_configs(limits=TEST_LIMITS)
         return cls(sandbox, http)
 
@@ -124,7 +125,7 @@ class Mechanism:
     async def close(self) -> None:
         for agency in list(self.agents):
             await self.stop(agency)
-        await self.sandbox.stop_bus()
+        await self.sandbox.stop_all()
 
     def api(self, agency: str) -> Api:
         return Api(self.http, self.agents[agency].api_url, self.setups[agency].token)

@@ -1,0 +1,555 @@
+// Auditor web UI for the NRM Exchange audit ledger.
+//
+// Plain JavaScript, no framework, no external resource; works under
+// `Content-Security-Policy: default-src 'self'` (no inline script, no inline style, no eval).
+// The auditor token lives in sessionStorage only (this tab, until it closes).
+// Everything the server sends is put into the page with textContent, never as HTML.
+"use strict";
+
+(() => {
+  const TOKEN_KEY = "nrm-ledger-token";
+  const CHECKPOINT_KEY = "nrm-ledger-checkpoint"; // last checkpoint this tab checked or accepted
+  const PAGE_SIZE = 50;
+  const RECHECK_MS = 15000;
+  const SVG_NS = "http://www.w3.org/2000/svg";
+
+  const $ = (id) => document.getElementById(id);
+
+  // ---- small helpers ------------------------------------------------------------------
+
+  class AuthError extends Error {}
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    setAttrs(node, attrs);
+    for (const c of children) node.append(c);
+    return node;
+  }
+
+  function svg(tag, attrs, ...children) {
+    const node = document.createElementNS(SVG_NS, tag);
+    setAttrs(node, attrs);
+    for (const c of children) node.append(c);
+    return node;
+  }
+
+  function setAttrs(node, attrs) {
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v !== undefined && v !== null) node.setAttribute(k, String(v));
+    }
+  }
+
+  // Event and checkpoint times are Unix seconds; tolerate milliseconds or nanoseconds.
+  function toDate(t) {
+    if (typeof t !== "number" || !Number.isFinite(t)) return null;
+    let ms = t * 1000;
+    if (t > 1e17) ms = t / 1e6; // nanoseconds
+    else if (t > 1e11) ms = t; // milliseconds
+    const d = new Date(ms);
+    return Number.isNaN(d.getTime()) ? null : d;
+  }
+
+  function iso(t) {
+    const d = toDate(t);
+    return d ? d.toISOString().replace(/\.\d{3}Z$/, "Z") : "—";
+  }
+
+  function shortId(hex) {
+    return hex && hex.length > 12 ? hex.slice(0, 12) + "…" : hex || "";
+  }
+
+  function duration(seconds) {
+    if (seconds < 60) return `${+seconds.toFixed(seconds < 10 ? 1 : 0)} s`;
+    if (seconds < 3600) return `${+(seconds / 60).toFixed(1)} min`;
+    if (seconds < 86400) return `${+(seconds / 3600).toFixed(1)} h`;
+    return `${+(seconds / 86400).toFixed(1)} d`;
+  }
+
+  function showError(message) {
+    const box = $("error");
+    box.textContent = message;
+    box.hidden = !message;
+  }
+
+  // ---- API ----------------------------------------------------------------------------
+
+  async function api(path) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (!token) throw new AuthError("No auditor token.");
+    const resp = await fetch(path, {
+      headers: { Authorization: `Bearer ${token}`, Accept: "application/json" },
+      cache: "no-store",
+      credentials: "omit",
+    });
+    if (resp.ok) return resp.json();
+    let detail = `${resp.status} ${resp.statusText}`;
+    try {
+      const problem = await resp.json(); // application/problem+json
+      detail = [problem.title, problem.detail].filter(Boolean).join(": ") || detail;
+    } catch (_) { /* not JSON */ }
+    if (resp.status === 401 || resp.status === 403) throw new AuthError(detail);
+    throw new Error(`${path.split("?")[0]}: ${detail}`);
+  }
+
+  function failed(err) {
+    if (err instanceof AuthError) {
+      signOut();
+      showError(`The ledger refused the token (${err.message}). Enter a valid auditor token.`);
+    } else {
+      showError(String(err && err.message ? err.message : err));
+    }
+  }
+
+  // ---- RFC 6962 / RFC 9162 consistency proof, checked here with WebCrypto SHA-256 ----
+
+  function fromHex(hex) {
+    if (typeof hex !== "string" || hex.length % 2 || /[^0-9a-fA-F]/.test(hex)) {
+      throw new Error("not a hex string");
+    }
+    const out = new Uint8Array(hex.length / 2);
+    for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.substr(i * 2, 2), 16);
+    return out;
+  }
+
+  function toHex(bytes) {
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  function equalBytes(a, b) {
+    if (a.length !== b.length) return false;
+    let diff = 0;
+    for (let i = 0; i < a.length; i++) diff |= a[i] ^ b[i];
+    return diff === 0;
+  }
+
+  async function nodeHash(left, right) {
+    const buf = new Uint8Array(1 + left.length + right.length);
+    buf[0] = 0x01;
+    buf.set(left, 1);
+    buf.set(right, 1 + left.length);
+    return new Uint8Array(await crypto.subtle.digest("SHA-256", buf));
+  }
+
+  // RFC 9162 §2.1.4.2. Returns nothing; throws with the reason when the proof does not hold.
+  async function verifyConsistency(first, second, firstRoot, secondRoot, proof) {
+    if (first > second) throw new Error("the ledger shrank");
+    const path = proof.map(fromHex);
+    if (path.some((p) => p.length !== 32) || firstRoot.length !== 32 || secondRoot.length !== 32) {
+      throw new Error("a hash is not 32 bytes");
+    }
+    if (first === second) {
+      if (path.length) throw new Error("proof between equal sizes must be empty");
+      if (!equalBytes(firstRoot, secondRoot)) throw new Error("same size, different root");
+      return;
+    }
+    if (first === 0) {
+      if (path.length) throw new Error("proof from the empty tree must be empty");
+      return; // every tree extends the empty tree
+    }
+    if (!path.length) throw new Error("empty consistency proof");
+    if ((first & (first - 1)) === 0) path.unshift(firstRoot);
+    // Sizes stay below 2^53, so plain arithmetic (not 32-bit bit operators) is used.
+    let fn = first - 1;
+    let sn = second - 1;
+    while (fn % 2 === 1) { fn = Math.floor(fn / 2); sn = Math.floor(sn / 2); }
+    let fr = path[0];
+    let sr = path[0];
+    for (const c of path.slice(1)) {
+      if (sn === 0) throw new Error("consistency proof too long");
+      if (fn % 2 === 1 || fn === sn) {
+        fr = await nodeHash(c, fr);
+        sr = await nodeHash(c, sr);
+        if (fn % 2 === 0) {
+          while (fn % 2 === 0 && fn !== 0) { fn = Math.floor(fn / 2); sn = Math.floor(sn / 2); }
+        }
+      } else {
+        sr = await nodeHash(sr, c);
+      }
+      fn = Math.floor(fn / 2);
+      sn = Math.floor(sn / 2);
+    }
+    if (sn !== 0) throw new Error("consistency proof too short");
+    if (!equalBytes(fr, firstRoot)) throw new Error("proof does not lead to the earlier root");
+    if (!equalBytes(sr, secondRoot)) throw new Error("proof does not lead to the latest root");
+  }
+
+  // The C2SP signed note body is "origin\nsize\nbase64(root)\n..."; compare it with the JSON.
+  // (The Ed25519 signature on the note is not checked here: `nrm audit verify` does that.)
+  function noteMatches(cp) {
+    if (typeof cp.note !== "string") return false;
+    const lines = cp.note.split("\n");
+    try {
+      const raw = atob(lines[2] || "");
+      const root = toHex(Uint8Array.from(raw, (ch) => ch.charCodeAt(0)));
+      return lines[0] === cp.origin && lines[1] === String(cp.size) && root === cp.root.toLowerCase();
+    } catch (_) {
+      return false;
+    }
+  }
+
+  // ---- checkpoint ---------------------------------------------------------------------
+
+  function setStatus(label, text, cls, basis) {
+    $("checkpoint-status-label").textContent = label;
+    const status = $("checkpoint-status");
+    status.textContent = text;
+    status.className = `status ${cls}`;
+    $("checkpoint-basis").textContent = basis;
+  }
+
+  function serverClaim(cp) {
+    if (typeof cp.verified === "boolean") return cp.verified ? "verified" : "NOT verified";
+    return null;
+  }
+
+  async function loadCheckpoint() {
+    const cp = await api("/v1/checkpoint");
+    $("checkpoint-size").textContent = String(cp.size);
+    $("checkpoint-root").textContent = cp.root;
+    $("checkpoint-time").textContent = iso(cp.timestamp);
+    $("checkpoint-origin").textContent = cp.origin || "—";
+    $("checkpoint-note").textContent = cp.note || "";
+    const claim = serverClaim(cp);
+    $("checkpoint-server").textContent = claim || "no verification claim in the response";
+    const matches = noteMatches(cp);
+    $("checkpoint-note-match").textContent = matches
+      ? "signed note text matches size and root (signature not checked in the browser)"
+      : "signed note text does NOT match the size and root shown";
+
+    let prev = null;
+    try { prev = JSON.parse(sessionStorage.getItem(CHECKPOINT_KEY) || "null"); } catch (_) { /* ignore */ }
+
+    if (!prev || prev.origin !== cp.origin) {
+      sessionStorage.setItem(CHECKPOINT_KEY, JSON.stringify(cp));
+      if (claim) {
+        setStatus("Stated by the server (not checked by this browser):", claim, claim === "verified" ? "server" : "bad",
+          "First checkpoint this tab has seen, so there is nothing to compare it with yet. " +
+          "Later fetches (every 15 s or with the button) are checked here against it.");
+      } else {
+        setStatus("Checked in this browser:", "baseline", "neutral",
+          "First checkpoint this tab has seen: kept as the baseline. Later fetches (every 15 s or " +
+          "with the button) are checked here for consistency with it.");
+      }
+      return;
+    }
+    if (!window.crypto || !crypto.subtle) {
+      setStatus("Checked in this browser:", "not checked", "neutral",
+        "This browser offers no WebCrypto here (it needs https or localhost).");
+      return;
+    }
+    try {
+      let proof = [];
+      if (prev.size > 0 && prev.size < cp.size) {
+        const r = await api(`/v1/proof/consistency?first=${prev.size}&second=${cp.size}`);
+        if (r.first !== prev.size || r.second !== cp.size) throw new Error("proof is for other sizes");
+        proof = r.proof;
+      }
+      await verifyConsistency(prev.size, cp.size, fromHex(prev.root), fromHex(cp.root), proof);
+      if (!matches) throw new Error("the note text does not match the checkpoint");
+      const how = prev.size === cp.size
+        ? `Same tree size (${cp.size}) and root as the checkpoint seen at ${iso(prev.timestamp)}.`
+        : `Consistency proof from size ${prev.size} (seen at ${iso(prev.timestamp)}) to size ` +
+          `${cp.size} recomputed with SHA-256 in this browser: the latest tree extends the earlier one.`;
+      setStatus("Checked in this browser:", "verified", "ok", how);
+      sessionStorage.setItem(CHECKPOINT_KEY, JSON.stringify(cp));
+    } catch (err) {
+      if (err instanceof AuthError) throw err;
+      // The baseline is kept, so the failure stays visible on every later check.
+      setStatus("Checked in this browser:", "FAILED", "bad",
+        `The latest checkpoint (size ${cp.size}) does not extend the one seen at ` +
+        `${iso(prev.timestamp)} (size ${prev.size}): ${err.message}.`);
+    }
+  }
+
+  // ---- events table -------------------------------------------------------------------
+
+  const events = { q: "", cursor: null, previous: [], next: null, seq: 0 };
+
+  async function loadEvents() {
+    const seq = ++events.seq;
+    const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
+    if (events.q) params.set("q", events.q);
+    if (events.cursor) params.set("cursor", events.cursor);
+    $("events-table").setAttribute("aria-busy", "true");
+    const page = await api(`/v1/events?${params}`);
+    if (seq !== events.seq) return; // a newer search has started
+    events.next = page.next_cursor || null;
+    const body = $("events-table").tBodies[0];
+    body.replaceChildren(...page.items.map(eventRow));
+    if (!page.items.length) {
+      body.append(el("tr", { class: "empty" }, el("td", { colspan: 7 }, "No events match.")));
+    }
+    $("next-page").disabled = !events.next;
+    $("first-page").disabled = !events.cursor;
+    const pageNo = events.previous.length + 1;
+    $("events-info").textContent =
+      `${page.items.length} shown, page ${pageNo}` + (events.q ? `, matching “${events.q}”` : "");
+    $("events-table").setAttribute("aria-busy", "false");
+  }
+
+  function eventRow(e) {
+    const ref = e.referral_id
+      ? el("button", { type: "button", class: "referral-link", "data-referral-id": e.referral_id,
+          title: `Show the timeline of referral ${e.referral_id}` }, shortId(e.referral_id))
+      : "—";
+    return el("tr", { "data-index": e.index, "data-kind": e.kind, "data-agency": e.agency },
+      el("td", { class: "num" }, String(e.index)),
+      el("td", { class: "time" }, iso(e.time)),
+      el("td", {}, e.agency || ""),
+      el("td", {}, el("span", { class: `kind ${kindClass(e.kind)}` }, e.kind || "")),
+      el("td", {}, e.counterpart || "—"),
+      el("td", { class: "ref" }, ref),
+      el("td", {}, e.reason || ""));
+  }
+
+  function kindClass(kind) {
+    const k = (kind || "").toLowerCase();
+    if (/reject|refus|fail|revok|withdraw/.test(k)) return "kind-bad";
+    if (/accept|ack|deliver|confirm/.test(k)) return "kind-ok";
+    return "kind-plain";
+  }
+
+  let searchTimer = null;
+  function onSearch() {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(() => {
+      events.q = $("search").value.trim();
+      events.cursor = null;
+      events.previous = [];
+      loadEvents().catch(failed);
+    }, 250);
+  }
+
+  // ---- referral timeline --------------------------------------------------------------
+
+  async function openTimeline(referralId) {
+    const data = await api(`/v1/referrals/${encodeURIComponent(referralId)}/timeline`);
+    const items = data.items.slice().sort((a, b) => (a.time - b.time) || (a.index - b.index));
+    const start = items.length ? toDate(items[0].time) : null;
+    $("timeline-referral").textContent = data.referral_id || referralId;
+    $("timeline-list").replaceChildren(...items.map((e) => {
+      const d = toDate(e.time);
+      const offset = start && d ? `+${duration((d - start) / 1000)}` : "";
+      const route = e.counterpart ? `${e.agency} → ${e.counterpart}` : e.agency;
+      return el("li", { class: "timeline-item", "data-kind": e.kind, "data-index": e.index },
+        el("span", { class: `kind ${kindClass(e.kind)}` }, e.kind || ""),
+        el("span", { class: "route" }, route || ""),
+        el("time", { datetime: iso(e.time) }, iso(e.time)),
+        el("span", { class: "offset muted" }, offset),
+        e.reason ? el("span", { class: "reason" }, `reason: ${e.reason}`) : "",
+        el("span", { class: "muted idx" }, `#${e.index}`));
+    }));
+    if (!items.length) $("timeline-list").append(el("li", { class: "muted" }, "No events."));
+    $("timeline").hidden = false;
+    $("timeline").scrollIntoView({ block: "nearest" });
+  }
+
+  // ---- charts (inline SVG) ------------------------------------------------------------
+
+  let chartSeq = 0;
+
+  function niceMax(v) {
+    if (v <= 0) return 1;
+    const p = 10 ** Math.floor(Math.log10(v));
+    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+    return 10 * p;
+  }
+
+  // categories: x-axis groups; series: [{key, name}]; cell(cat, key) -> row or undefined,
+  // where row has `value` (number|null) and `suppressed` (bool).
+  function barChart(container, { categories, series, cell, format, threshold, unit }) {
+    const id = `c${++chartSeq}`;
+    const rotate = categories.some((c) => c.length > 8);
+    const groupW = Math.max(rotate ? 44 : 60, series.length * 20 + 14);
+    const labelW = Math.max(0, ...categories.map((c) => c.length * 6.2));
+    const m = {
+      top: 22, right: 12,
+      bottom: rotate ? 24 + 0.58 * labelW : 34,
+      left: rotate ? Math.max(56, 0.82 * labelW - groupW / 2 + 12) : 56,
+    };
+    const W = Math.max(460, m.left + m.right + categories.length * groupW);
+    const H = 216 + m.bottom;
+    const innerH = H - m.top - m.bottom;
+    const values = [];
+    for (const c of categories) for (const s of series) {
+      const r = cell(c, s.key);
+      if (r && !r.suppressed && typeof r.value === "number") values.push(r.value);
+    }
+    // Leave head room above a suppressed cell so "<5" is not read as a full bar of 5.
+    const top = Math.max(0, ...values, unit === "count" ? 2 * threshold : 0);
+    let max = niceMax(top);
+    if (unit === "seconds") { // ticks on whole minutes, hours or days
+      const u = top >= 2 * 86400 ? 86400 : top >= 2 * 3600 ? 3600 : top >= 120 ? 60 : 1;
+      max = niceMax(top / u) * u;
+    }
+    const y = (v) => m.top + innerH - (v / max) * innerH;
+
+    const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img",
+      class: W <= 760 ? "bar-chart fit" : "bar-chart", "aria-label": container.closest("figure")?.querySelector("figcaption")?.textContent || "" });
+    root.append(svg("defs", {},
+      svg("pattern", { id: `hatch-${id}`, width: 6, height: 6, patternUnits: "userSpaceOnUse",
+        patternTransform: "rotate(45)" },
+        svg("rect", { width: 6, height: 6, fill: "#eceff3" }),
+        svg("line", { x1: 0, y1: 0, x2: 0, y2: 6, stroke: "#8a94a3", "stroke-width": 2 }))));
+
+    const ticks = 4;
+    for (let i = 0; i <= ticks; i++) {
+      const v = (max / ticks) * i;
+      root.append(svg("line", { class: "grid", x1: m.left, x2: W - m.right, y1: y(v), y2: y(v) }));
+      root.append(svg("text", { class: "tick", x: m.left - 6, y: y(v) + 4, "text-anchor": "end" },
+        format(v, true)));
+    }
+
+    categories.forEach((c, ci) => {
+      const gx = m.left + ci * groupW + 7;
+      const bw = (groupW - 14) / series.length;
+      series.forEach((s, si) => {
+        const r = cell(c, s.key);
+        if (!r) return;
+        const x = gx + si * bw + 1;
+        const w = Math.max(2, bw - 2);
+        const label = `${c} — ${s.name}: `;
+        if (r.suppressed || r.value === null || r.value === undefined) {
+          // Height stands for "somewhere below the threshold", never for a value.
+          const h = unit === "count" ? Math.max(14, 0.6 * (innerH - (y(threshold) - m.top))) : 14;
+          root.append(svg("rect", { class: "bar suppressed", "data-series": si, x, y: m.top + innerH - h,
+            width: w, height: h, fill: `url(#hatch-${id})` },
+            svg("title", {}, `${label}suppressed (fewer than ${threshold} cases)`)));
+          root.append(svg("text", { class: "bar-label suppressed-label", x: x + w / 2,
+            y: m.top + innerH - h - 4, "text-anchor": "middle" }, `<${threshold}`));
+        } else {
+          const top = y(r.value);
+          root.append(svg("rect", { class: `bar s${si % 8}`, "data-series": si, x, y: top, width: w,
+            height: m.top + innerH - top }, svg("title", {}, label + format(r.value, false))));
+          root.append(svg("text", { class: "bar-label", x: x + w / 2, y: top - 4,
+            "text-anchor": "middle" }, format(r.value, false)));
+        }
+      });
+      const lx = gx + (groupW - 14) / 2;
+      const ly = m.top + innerH + 16;
+      root.append(svg("text", { class: "axis-label", x: lx, y: ly,
+        "text-anchor": rotate ? "end" : "middle",
+        transform: rotate ? `rotate(-35 ${lx} ${ly})` : undefined }, c));
+    });
+    root.append(svg("line", { class: "axis", x1: m.left, x2: W - m.right, y1: y(0), y2: y(0) }));
+
+    const legend = el("ul", { class: "legend" }, ...series.map((s, si) => el("li", {},
+      el("span", { class: `swatch s${si % 8}` }), s.name)));
+    legend.append(el("li", {}, el("span", { class: "swatch hatched" }), `suppressed (<${threshold})`));
+    container.replaceChildren(el("div", { class: "chart-scroll" }, root), series.length > 1 ? legend : "");
+    if (!categories.length) {
+      root.append(svg("text", { class: "empty", x: W / 2, y: H / 2, "text-anchor": "middle" }, "No data yet"));
+    }
+  }
+
+  const uniq = (xs) => Array.from(new Set(xs));
+  const countFmt = (v, tick) => (tick && !Number.isInteger(v) ? v.toFixed(1) : String(Math.round(v)));
+  const byKey = (rows, keyOf) => {
+    const map = new Map();
+    for (const r of rows) map.set(keyOf(r), { value: r.count ?? r.seconds ?? null, suppressed: !!r.suppressed });
+    return map;
+  };
+
+  async function loadStats() {
+    const s = await api("/v1/stats");
+    const threshold = s.threshold ?? 5;
+    $("stats-threshold").textContent = String(threshold);
+    $("stats-threshold-2").textContent = String(threshold);
+
+    const refs = s.referrals_per_month || [];
+    const refKey = (r) => `${r.referral_type} · ${r.urgency}`;
+    const refCells = byKey(refs, (r) => `${r.month}|${refKey(r)}`);
+    barChart($("chart-referrals"), {
+      categories: uniq(refs.map((r) => r.month)).sort(),
+      series: uniq(refs.map(refKey)).sort().map((k) => ({ key: k, name: k })),
+      cell: (c, k) => refCells.get(`${c}|${k}`), format: countFmt, threshold, unit: "count",
+    });
+
+    const med = s.median_seconds || [];
+    const medCells = byKey(med, (r) => `${r.month}|${r.to}`);
+    barChart($("median-times"), {
+      categories: uniq(med.map((r) => r.month)).sort(),
+      series: [{ key: "acknowledged", name: "to acknowledgement" }, { key: "accepted", name: "to acceptance" }]
+        .filter((x) => med.some((r) => r.to === x.key)),
+      cell: (c, k) => medCells.get(`${c}|${k}`),
+      format: (v) => (v === 0 ? "0" : duration(v)), threshold, unit: "seconds",
+    });
+
+    const rej = s.rejections_by_reason || [];
+    const rejCells = byKey(rej, (r) => r.reason);
+    barChart($("chart-rejections"), {
+      categories: rej.map((r) => r.reason),
+      series: [{ key: "n", name: "rejections" }],
+      cell: (c) => rejCells.get(c), format: countFmt, threshold, unit: "count",
+    });
+
+    const wd = s.withdrawals_per_month || [];
+    const wdCells = byKey(wd, (r) => r.month);
+    barChart($("chart-withdrawals"), {
+      categories: uniq(wd.map((r) => r.month)).sort(),
+      series: [{ key: "n", name: "consent withdrawals" }],
+      cell: (c) => wdCells.get(c), format: countFmt, threshold, unit: "count",
+    });
+  }
+
+  // ---- session ------------------------------------------------------------------------
+
+  let recheckTimer = null;
+
+  function signOut() {
+    sessionStorage.removeItem(TOKEN_KEY);
+    clearInterval(recheckTimer);
+    $("token-form").hidden = false;
+    $("session").hidden = true;
+    $("content").hidden = true;
+  }
+
+  async function start() {
+    showError("");
+    $("token-form").hidden = true;
+    $("session").hidden = false;
+    $("content").hidden = false;
+    try {
+      await loadCheckpoint();
+      await Promise.all([loadEvents(), loadStats()]);
+      clearInterval(recheckTimer);
+      recheckTimer = setInterval(() => loadCheckpoint().catch(failed), RECHECK_MS);
+    } catch (err) {
+      failed(err);
+    }
+  }
+
+  function init() {
+    $("token-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const token = $("token").value.trim();
+      if (!token) return;
+      sessionStorage.setItem(TOKEN_KEY, token);
+      $("token").value = "";
+      start();
+    });
+    $("logout").addEventListener("click", () => { signOut(); showError(""); });
+    $("refresh-checkpoint").addEventListener("click", () => loadCheckpoint().catch(failed));
+    $("search").addEventListener("input", onSearch);
+    $("next-page").addEventListener("click", () => {
+      if (!events.next) return;
+      events.previous.push(events.cursor);
+      events.cursor = events.next;
+      loadEvents().catch(failed);
+    });
+    $("first-page").addEventListener("click", () => {
+      events.cursor = null;
+      events.previous = [];
+      loadEvents().catch(failed);
+    });
+    $("events-table").addEventListener("click", (ev) => {
+      const btn = ev.target.closest(".referral-link");
+      if (btn) openTimeline(btn.dataset.referralId).catch(failed);
+    });
+    $("timeline-close").addEventListener("click", () => { $("timeline").hidden = true; });
+    if (sessionStorage.getItem(TOKEN_KEY)) start();
+    else signOut();
+  }
+
+  init();
+})();

@@ -1,0 +1,107 @@
+"""Verify a whole ledger offline, trusting nobody (issue 5; PROTOCOL.md §9).
+
+Given the rows in index order, every directory version the ledger used, the trusted root
+chain and a signed checkpoint: each row's leaf must carry its own index, decode, and hold an
+event whose signature verifies under the directory version recorded for it; the columns
+shown to auditors must match the leaf; and the recomputed tree root must equal the
+checkpoint's. The first failure raises LedgerVerificationError naming its index.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .audit import verify_event
+from .checkpoint import Checkpoint
+from .directory import Directory
+from .errors import NrmError, UntrustedInputError
+from .ledger_entry import LedgerEntry
+from .merkle import MemoryNodeStore, MerkleTree, leaf_hash
+
+
+class LedgerVerificationError(NrmError):
+    """The ledger does not verify; `index` is the first entry found bad (or None)."""
+
+    def __init__(self, index: int | None, reason: str) -> None:
+        where = "the ledger" if index is None else f"entry {index}"
+        super().__init__(f"{where}: {reason}")
+        self.index = index
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One ledger row as stored or served: the leaf and the columns shown beside it."""
+
+    index: int
+    leaf: bytes
+    directory_version: int
+    columns: Mapping[str, Any]
+
+
+def verify_rows(
+    rows: Iterable[Row],
+    *,
+    directories: Mapping[int, Directory],
+    checkpoint: Checkpoint,
+    progress: Callable[[int], None] = lambda n: None,
+) -> int:
+    """Verify every row and the checkpoint; returns the number of entries verified."""
+    tree = MerkleTree(MemoryNodeStore())
+    for expected, row in enumerate(rows):
+        if row.index != expected:
+            raise LedgerVerificationError(expected, f"missing; the next row is {row.index}")
+        try:
+            entry = LedgerEntry.decode(row.leaf)
+        except UntrustedInputError as e:
+            raise LedgerVerificationError(row.index, f"leaf does not decode ({e})") from e
+        if entry.index != row.index:
+            raise LedgerVerificationError(
+                row.index, f"leaf belongs at index {entry.index}: rows moved or inserted"
+            )
+        directory = directories.get(row.directory_version)
+        if directory is None:
+            raise LedgerVerificationError(
+                row.index, f"no verified directory version {row.directory_version}"
+            )
+        try:
+            signed = verify_event(entry.signed_event, signers=directory)
+        except UntrustedInputError as e:
+            raise LedgerVerificationError(row.index, f"event does not verify ({e.reason})") from e
+        if _columns(signed.event) != {k: row.columns.get(k) for k in _COLUMN_NAMES}:
+            raise LedgerVerificationError(row.index, "columns do not match the signed event")
+        tree.append(leaf_hash(row.leaf))
+        progress(expected + 1)
+    if tree.size < checkpoint.size:
+        raise LedgerVerificationError(tree.size, f"missing; the checkpoint has {checkpoint.size}")
+    if tree.root(checkpoint.size) != checkpoint.root:
+        raise LedgerVerificationError(None, "recomputed root differs from the checkpoint")
+    return tree.size
+
+
+_COLUMN_NAMES = (
+    "event_id",
+    "agency",
+    "kind",
+    "referral_id",
+    "counterpart",
+    "reason",
+    "labels",
+    "time",
+)
+
+
+def _columns(event: Any) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "agency": event.agency,
+        "kind": event.kind,
+        "referral_id": event.referral_id,
+        "counterpart": event.counterpart,
+        "reason": event.reason,
+        "labels": json.loads(json.dumps(dict(event.labels), sort_keys=True)),
+        "time": event.time,
+    }

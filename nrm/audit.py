@@ -1,0 +1,155 @@
+"""Auditor commands: verify, query and export the ledger, from its HTTP API or a copy of
+its database, trusting neither the ledger's operator nor the bus (issue 5)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from broker.ledger_store import LedgerStore
+from keys import PublicIdentity, UntrustedInputError
+from keys.checkpoint import Checkpoint, verify_checkpoint
+from keys.directory import Directory, TrustStore, verify_initial_root
+from keys.ledger_verify import LedgerVerificationError, Row
+
+ORIGIN_PREFIX = "nrm-exchange/ledger/v1/"
+PAGE = 1000
+
+
+@dataclass
+class LedgerCopy:
+    """Everything an auditor downloads: rows, directory history, the latest checkpoint."""
+
+    rows: list[Row]
+    directories: list[tuple[int, bytes, int]]
+    checkpoint_note: str
+
+
+def from_database(path: Path) -> LedgerCopy:
+    store = LedgerStore(path, readonly=True)
+    try:
+        latest = store.latest_checkpoint()
+        if latest is None:
+            raise LedgerVerificationError(None, "the database holds no checkpoint")
+        rows = [Row(r.index, r.leaf, r.directory_version, r.to_json()) for r in store.iter_rows()]
+        return LedgerCopy(rows, store.directories(), latest[3])
+    finally:
+        store.close()
+
+
+async def from_http(url: str, token: str) -> LedgerCopy:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+
+        async def get(path: str) -> Any:
+            async with http.get(url.rstrip("/") + path) as r:
+                if r.status != 200:
+                    raise LedgerVerificationError(None, f"GET {path}: HTTP {r.status}")
+                return await r.json()
+
+        checkpoint = await get("/v1/checkpoint")
+        directories = [
+            (d["version"], base64.b64decode(d["data"]), d["accepted_at"])
+            for d in (await get("/v1/directories"))["items"]
+        ]
+        rows: list[Row] = []
+        while True:
+            page = (await get(f"/v1/entries?start={len(rows)}"))["items"]
+            rows += [
+                Row(item["index"], base64.b64decode(item["leaf"]), item["directory_version"], item)
+                for item in page
+            ]
+            if len(page) < PAGE:
+                break
+        return LedgerCopy(rows, directories, checkpoint["note"])
+
+
+def trusted_directories(copy: LedgerCopy, roots: Sequence[Path]) -> dict[int, Directory]:
+    """Verify each directory version the ledger used against the root chain, as it stood
+    when the ledger accepted it."""
+    if not roots:
+        raise ValueError("give at least the pinned root (root.1.json)")
+    pending_roots = [r.read_bytes() for r in roots[1:]]
+    first = copy.directories[0][2] if copy.directories else 0
+    store = TrustStore(verify_initial_root(roots[0].read_bytes(), now=first))
+    verified: dict[int, Directory] = {}
+    for version, data, accepted_at in copy.directories:
+        while True:
+            try:
+                verified[version] = store.update_directory(data, now=accepted_at)
+                break
+            except UntrustedInputError as e:
+                if not pending_roots:
+                    raise LedgerVerificationError(
+                        None, f"directory version {version} does not verify ({e.reason})"
+                    ) from e
+                store.update_root(pending_roots.pop(0), now=accepted_at)
+    return verified
+
+
+def checkpoint_of(copy: LedgerCopy, *, identity: Path, name: str) -> Checkpoint:
+    ledger = PublicIdentity.from_json(identity.read_bytes())
+    try:
+        return verify_checkpoint(
+            copy.checkpoint_note, key_name=name, key=ledger.signing_key, origin=ORIGIN_PREFIX + name
+        )
+    except UntrustedInputError as e:
+        raise LedgerVerificationError(None, f"checkpoint does not verify ({e.reason})") from e
+
+
+def select(
+    rows: Sequence[Row],
+    *,
+    referral: str | None,
+    agency: str | None,
+    kind: str | None,
+    since: int | None,
+    until: int | None,
+) -> Iterator[dict[str, Any]]:
+    for row in rows:
+        c = dict(row.columns)
+        c.pop("leaf", None)
+        if referral is not None and c.get("referral_id") != referral:
+            continue
+        if agency is not None and agency not in (c.get("agency"), c.get("counterpart")):
+            continue
+        if kind is not None and c.get("kind") != kind:
+            continue
+        if since is not None and c["time"] < since:
+            continue
+        if until is not None and c["time"] >= until:
+            continue
+        yield c
+
+
+FIELDS = [
+    "index",
+    "event_id",
+    "time",
+    "agency",
+    "kind",
+    "counterpart",
+    "referral_id",
+    "reason",
+    "labels",
+    "directory_version",
+]
+
+
+def render(items: Iterator[dict[str, Any]], fmt: str) -> str:
+    if fmt == "jsonl":
+        return "".join(json.dumps(i, sort_keys=True) + "\n" for i in items)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for item in items:
+        writer.writerow({**item, "labels": json.dumps(item.get("labels", {}), sort_keys=True)})
+    return out.getvalue()
