@@ -175,12 +175,21 @@ class Sandbox:
         if self.bus is not None:
             self.bus.stop()
 
-    def write_agent_configs(self, *, limits: dict[str, int | float] | None = None) -> None:
+    def write_agent_configs(
+        self,
+        *,
+        limits: dict[str, int | float] | None = None,
+        ledger_missing_after: int = 60,
+    ) -> None:
         assert self.bus is not None
         ledger_url = None if self.ledger is None else self.ledger.url
         for setup in self.agencies.values():
             _write_config(
-                setup, nats_urls=[self.bus.url], limits=limits or {}, ledger_url=ledger_url
+                setup,
+                nats_urls=[self.bus.url],
+                limits=limits or {},
+                ledger_url=ledger_url,
+                ledger_missing_after=ledger_missing_after,
             )
 
 
@@ -240,6 +249,7 @@ def _write_config(
     nats_urls: list[str],
     limits: dict[str, int | float],
     ledger_url: str | None,
+    ledger_missing_after: int,
 ) -> None:
     ledger = (
         []
@@ -251,6 +261,7 @@ def _write_config(
             'identity = "../ledger/keys/identity.json"',
             'token_file = "ledger.token"',
             "interval_seconds = 1",
+            f"missing_after_seconds = {ledger_missing_after}",
             "",
         ]
     )

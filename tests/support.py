@@ -93,7 +93,7 @@ class Mechanism:
         sandbox = prepare_mechanism(root, AGENCIES, admins=admins, threshold=threshold)
         await sandbox.start_bus()
         await sandbox.start_ledger(checkpoint_interval=0.5)
-        sandbox.write_agent_configs(limits=TEST_LIMITS)
+        sandbox.write_agent_configs(limits=TEST_LIMITS, ledger_missing_after=5)
         return cls(sandbox, http)
 
     @property
