@@ -1,4 +1,4 @@
-"""Audit events: what every agent signs for each action, metadata only (PROTOCOL.md §9).
+"""Audit events: what every agent signs for each action, metadata only (PROTOCOL.md §9.0).
 
     event        = canonical msgpack [1, event_id, agency, kind, referral_id, counterpart,
                                       envelope_hash, key_ids, reason, labels, time]
@@ -31,7 +31,7 @@ VERSION = 1
 LABEL = b"nrm/v1/audit-event"
 MAX_SIGNED_EVENT_BYTES = 2048
 
-#: Every kind of event, and nothing else (§9.2).
+#: Every kind of event, and nothing else (§9.0).
 KINDS = frozenset(
     {
         "referral.sent",
