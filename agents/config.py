@@ -12,6 +12,7 @@
     [[api.clients]]                         # one per agency system; only the token's hash
     name = "case-management"
     token_sha256 = "<hex>"
+    scopes = ["submit", "read", "act"]
 
     trust_root = "root.json"                # the pinned root handed over by administrators
     trust_cache = "trust"                   # verified roots and directory, kept across restarts
@@ -42,6 +43,7 @@ from keys import DEFAULT_LIMITS, Limits, check_agency_id
 from .ledger_check import LedgerSettings
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+SCOPES = frozenset({"submit", "read", "act"})
 
 
 class ConfigError(ValueError):
@@ -52,6 +54,9 @@ class ConfigError(ValueError):
 class ApiClient:
     name: str
     token_sha256: bytes
+    #: What the client may do: submit (referrals, consents), read, act (transitions,
+    #: withdrawals). Listed explicitly in the configuration; there is no default.
+    scopes: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +149,12 @@ def _client(doc: Any) -> ApiClient:
     digest = str(doc.get("token_sha256", ""))
     if not _HEX64.fullmatch(digest):
         raise ConfigError("api.clients.token_sha256 must be 64 lowercase hex characters")
-    return ApiClient(name=str(doc["name"]), token_sha256=bytes.fromhex(digest))
+    scopes = doc.get("scopes")
+    if not isinstance(scopes, list) or not scopes or not set(scopes) <= SCOPES:
+        raise ConfigError(f"api.clients.scopes must list some of {sorted(SCOPES)}")
+    return ApiClient(
+        name=str(doc["name"]), token_sha256=bytes.fromhex(digest), scopes=frozenset(scopes)
+    )
 
 
 def token_digest(token: str) -> str:

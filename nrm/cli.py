@@ -255,6 +255,7 @@ def agent_new_token() -> None:
     token = secrets.token_urlsafe(32)
     click.echo(f"token (give to the client system, store nowhere else): {token}")
     click.echo(f'token_sha256 = "{token_digest(token)}"')
+    click.echo('scopes = ["submit", "read", "act"]  # keep only what the client needs')
 
 
 # --- administrators -------------------------------------------------------------------------

@@ -280,6 +280,7 @@ def _write_config(
             "[[api.clients]]",
             'name = "case-management"',
             f'token_sha256 = "{token_digest(setup.token)}"',
+            'scopes = ["submit", "read", "act"]',
             "",
             *ledger,
             "[limits]",

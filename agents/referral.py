@@ -1,0 +1,488 @@
+"""The standard referral v1: schema validation, data categories, minimisation, anonymisation.
+
+Pure code, no I/O beyond reading the published schema once. The schema
+(`docs/schemas/referral-v1.schema.json`) is the normative definition of the format; this module
+reads the data category of every body field from its `x-nrm-category` annotations, so the two
+cannot drift apart.
+
+Nothing here ever puts a submitted value into an error: referral bodies are personal data, and
+problems travel into logs, audit events and problem+json answers. A problem names a JSON pointer
+and what the schema requires there.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import ValidationError
+
+__all__ = [
+    "ANONYMOUS_FIELDS",
+    "ANONYMOUS_LOCATION_FIELDS",
+    "CATEGORIES",
+    "FIELD_CATEGORY",
+    "IDENTIFYING",
+    "MAX_PROBLEMS",
+    "ROLE_CATEGORIES",
+    "SCHEMA_ID",
+    "SCHEMA_PATH",
+    "Referral",
+    "ReferralInvalid",
+    "anonymise",
+    "categories_for_roles",
+    "categories_present",
+    "is_child",
+    "load_schema",
+    "minimise",
+    "strip_identifying",
+    "validate_referral",
+]
+
+#: The published schema. The lead ships it as package data; until then it is read from the repo.
+SCHEMA_PATH: Final = Path(__file__).resolve().parent / "schemas" / "referral-v1.schema.json"
+SCHEMA_ID: Final = "https://nrm-exchange.org/schemas/referral-v1.json"
+#: At most this many problems are reported for one document (the rest are summarised).
+MAX_PROBLEMS: Final = 50
+
+_SAFE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# RFC 3339 section 5.6 date-time; the offset is mandatory. jsonschema checks "date-time" only
+# when rfc3339-validator is installed, so the agent registers its own checker.
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+class ReferralInvalid(ValueError):
+    """A referral (or a body handed to `anonymise`) does not meet the standard.
+
+    `problems` holds one line per problem: a JSON pointer and what is wrong, never the value.
+    """
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems: list[str] = list(problems)
+        if not self.problems:
+            raise TypeError("ReferralInvalid needs at least one problem")
+        super().__init__("; ".join(self.problems))
+
+
+@dataclass(frozen=True)
+class Referral:
+    """A validated referral: the routing part (no personal data) and the body (personal data).
+
+    `body` is the agent's own deep copy, never the caller's dict.
+    """
+
+    schema_version: str
+    referral_type: str
+    urgency: str
+    legal_basis: str
+    purpose: str
+    created: str
+    body: dict[str, Any]
+    referral_id: str | None = None
+    consent_receipt_id: str | None = None
+    in_reply_to: str | None = None
+    expires: str | None = None
+
+    @property
+    def created_at(self) -> datetime:
+        return _parse_datetime(self.created)
+
+    @property
+    def expires_at(self) -> datetime | None:
+        return None if self.expires is None else _parse_datetime(self.expires)
+
+    @property
+    def is_child(self) -> bool:
+        return is_child(self.body)
+
+    def routing(self) -> dict[str, str]:
+        """The routing fields present, as a new dict (no personal data)."""
+        out = {
+            "schema_version": self.schema_version,
+            "referral_type": self.referral_type,
+            "urgency": self.urgency,
+            "legal_basis": self.legal_basis,
+            "purpose": self.purpose,
+            "created": self.created,
+        }
+        for name in ("referral_id", "consent_receipt_id", "in_reply_to", "expires"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+# -- schema ---------------------------------------------------------------------------------
+
+
+@functools.cache
+def load_schema() -> dict[str, Any]:
+    """The published referral schema, read once. Do not mutate the result."""
+    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    if schema.get("$id") != SCHEMA_ID:
+        raise RuntimeError(f"{SCHEMA_PATH} is not the referral v1 schema")
+    Draft202012Validator.check_schema(schema)
+    return schema
+
+
+def _is_rfc3339(value: object) -> bool:
+    if not isinstance(value, str):
+        return True  # "format" applies to strings only; "type" reports the rest
+    if _RFC3339.fullmatch(value) is None:
+        return False
+    try:
+        datetime.fromisoformat(value.upper())
+    except ValueError:
+        return False
+    return True
+
+
+@functools.cache
+def _validator() -> Draft202012Validator:
+    checker = FormatChecker(["date", "uuid"])
+    checker.checks("date-time")(_is_rfc3339)
+    return Draft202012Validator(load_schema(), format_checker=checker)
+
+
+def _body_properties() -> dict[str, Any]:
+    props: dict[str, Any] = load_schema()["$defs"]["body"]["properties"]
+    return props
+
+
+def _categories() -> tuple[str, ...]:
+    names = tuple(load_schema()["x-nrm-categories"])
+    return names
+
+
+def _field_category() -> dict[str, str]:
+    known = set(_categories())
+    out: dict[str, str] = {}
+    for field, spec in _body_properties().items():
+        category = spec.get("x-nrm-category")
+        if category not in known:
+            raise RuntimeError(f"body field {field} has no known x-nrm-category")
+        out[field] = category
+    return out
+
+
+#: Every data category, in the schema's order (`x-nrm-categories` documents each).
+CATEGORIES: Final[tuple[str, ...]] = _categories()
+#: body field -> data category, from the schema's `x-nrm-category` annotations.
+FIELD_CATEGORY: Final[Mapping[str, str]] = _field_category()
+
+_LAW_ENFORCEMENT: Final = frozenset(
+    {
+        "demographic",
+        "identity",
+        "contact",
+        "language",
+        "exploitation",
+        "criminal",
+        "case",
+        "safety",
+        "immigration",
+    }
+)
+
+#: What each directory role may ever receive; consent narrows this further, never widens it.
+ROLE_CATEGORIES: Final[Mapping[str, frozenset[str]]] = {
+    "police": _LAW_ENFORCEMENT,
+    "border-guard": _LAW_ENFORCEMENT,
+    "prosecutor": _LAW_ENFORCEMENT,
+    # Labour inspectors enforce labour law; a firewall keeps immigration status away from them
+    # so that reporting exploitation does not expose the person to immigration enforcement.
+    "labour-inspection": _LAW_ENFORCEMENT - {"immigration"},
+    # A shelter supports the person: not the narrative (case) nor perpetrator data (criminal).
+    "ngo": frozenset(
+        {
+            "demographic",
+            "identity",
+            "contact",
+            "language",
+            "health",
+            "safety",
+            "needs",
+            "guardianship",
+        }
+    ),
+    "social-services": frozenset(
+        {
+            "demographic",
+            "identity",
+            "contact",
+            "language",
+            "immigration",
+            "health",
+            "safety",
+            "needs",
+            "guardianship",
+            "exploitation",
+            "case",
+        }
+    ),
+    "health": frozenset({"demographic", "identity", "language", "health", "needs"}),
+    "coordinator": frozenset(CATEGORIES),
+    "auditor": frozenset(),
+}
+
+#: Body fields an anonymous notification may carry (`locations` reduced further, see below).
+ANONYMOUS_FIELDS: Final = frozenset(
+    {
+        "age_category",
+        "gender",
+        "citizenship",
+        "languages",
+        "exploitation_types",
+        "indicators",
+        "methods_of_control",
+        "locations",
+        "requested_services",
+        "nrm_stage",
+    }
+)
+#: Keys a location may keep in an anonymous notification: where (coarsely), when, which stage.
+ANONYMOUS_LOCATION_FIELDS: Final = frozenset(
+    {"stage", "country", "region", "period_start", "period_end"}
+)
+#: Body fields that identify, or help identify, a person: everything outside the allow-list.
+IDENTIFYING: Final = frozenset(FIELD_CATEGORY) - ANONYMOUS_FIELDS
+
+
+def _check_tables() -> None:
+    known = frozenset(CATEGORIES)
+    for role, allowed in ROLE_CATEGORIES.items():
+        if not allowed <= known:
+            raise RuntimeError(f"role {role} names unknown categories")
+    if ANONYMOUS_FIELDS - frozenset(FIELD_CATEGORY):
+        raise RuntimeError("anonymous allow-list names unknown fields")
+    anonymous_spec = load_schema()["allOf"][1]["then"]["properties"]["body"]["propertyNames"]
+    if frozenset(anonymous_spec["enum"]) != ANONYMOUS_FIELDS:
+        raise RuntimeError("schema and module disagree on the anonymous allow-list")
+
+
+_check_tables()
+
+
+# -- validation -----------------------------------------------------------------------------
+
+
+def _pointer(parts: Iterable[object]) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _field_name(name: object) -> str:
+    """A property name fit to echo: only names shaped like schema fields are repeated."""
+    if isinstance(name, str) and _SAFE_NAME.fullmatch(name):
+        return name
+    return "(unprintable name)"
+
+
+def _describe(error: ValidationError) -> list[str]:
+    """Problems for one schema error, built from the schema only, never from the instance."""
+    where = _pointer(error.absolute_path)
+    kind = error.validator
+    rule: Any = error.validator_value
+    instance: Any = error.instance
+    if "propertyNames" in error.schema_path:
+        return [f"{where}/{_field_name(instance)}: not allowed in this kind of referral"]
+    if kind == "required" and isinstance(instance, dict):
+        return [f"{where}/{name}: required" for name in rule if name not in instance]
+    if kind == "additionalProperties" and isinstance(instance, dict):
+        allowed = error.schema.get("properties", {})
+        extra = [name for name in instance if name not in allowed]
+        return [f"{where}/{_field_name(name)}: unknown field" for name in extra]
+    if kind == "anyOf" and all(set(alt) == {"required"} for alt in rule):
+        names = ", ".join(n for alt in rule for n in alt["required"])
+        return [f"{where}: requires one of {names}"]
+    messages: dict[str, str] = {
+        "type": f"must be of type {rule}",
+        "enum": "must be one of: " + ", ".join(map(str, rule))
+        if isinstance(rule, list) and len(rule) <= 20
+        else "must be one of the allowed codes",
+        "const": f"must be {json.dumps(rule)}",
+        "pattern": f"does not match {rule}",
+        "format": f"is not a valid {rule}",
+        "minLength": f"must be at least {rule} characters",
+        "maxLength": f"must be at most {rule} characters",
+        "minItems": f"must have at least {rule} items",
+        "maxItems": f"must have at most {rule} items",
+        "uniqueItems": "must not repeat items",
+        "minimum": f"must be at least {rule}",
+        "maximum": f"must be at most {rule}",
+        "minProperties": f"must have at least {rule} fields",
+        "maxProperties": f"must have at most {rule} fields",
+    }
+    return [f"{where or '/'}: {messages.get(str(kind), f'fails the {kind} rule')}"]
+
+
+def _problems(doc: object) -> list[str]:
+    errors = sorted(_validator().iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    problems: list[str] = []
+    for error in errors:
+        for line in _describe(error):
+            if line not in problems:
+                problems.append(line)
+    if len(problems) > MAX_PROBLEMS:
+        rest = len(problems) - MAX_PROBLEMS
+        problems = [*problems[:MAX_PROBLEMS], f"... and {rest} more problems"]
+    return problems
+
+
+def _parse_datetime(text: str) -> datetime:
+    return datetime.fromisoformat(text.upper())
+
+
+def _semantic_problems(doc: dict[str, Any]) -> list[str]:
+    """Rules JSON Schema cannot state: order of times and of periods."""
+    problems: list[str] = []
+    if "expires" in doc and _parse_datetime(doc["expires"]) <= _parse_datetime(doc["created"]):
+        problems.append("/expires: must be after created")
+    for i, loc in enumerate(doc["body"].get("locations", ())):
+        if "period_start" in loc and "period_end" in loc:
+            start = date.fromisoformat(loc["period_start"])
+            if date.fromisoformat(loc["period_end"]) < start:
+                problems.append(f"/body/locations/{i}/period_end: must not be before period_start")
+    return problems
+
+
+def validate_referral(doc: dict[str, Any]) -> Referral:
+    """Validate a submitted referral against schema v1 and return it, or raise `ReferralInvalid`.
+
+    The caller's dict is never mutated nor aliased by the result.
+    """
+    if not isinstance(doc, dict):
+        raise ReferralInvalid(["/: must be of type object"])
+    problems = _problems(doc)
+    if not problems:
+        problems = _semantic_problems(doc)
+    if problems:
+        raise ReferralInvalid(problems)
+    return Referral(
+        schema_version=doc["schema_version"],
+        referral_type=doc["referral_type"],
+        urgency=doc["urgency"],
+        legal_basis=doc["legal_basis"],
+        purpose=doc["purpose"],
+        created=doc["created"],
+        body=copy.deepcopy(doc["body"]),
+        referral_id=doc.get("referral_id"),
+        consent_receipt_id=doc.get("consent_receipt_id"),
+        in_reply_to=doc.get("in_reply_to"),
+        expires=doc.get("expires"),
+    )
+
+
+# -- categories, minimisation, anonymisation ------------------------------------------------
+
+
+def categories_present(body: Mapping[str, Any]) -> dict[str, set[str]]:
+    """category -> the body fields of that category present in `body`.
+
+    A field the schema does not know raises `ReferralInvalid`: an uncategorised field could
+    never be covered by a consent, so it must not pass silently.
+    """
+    unknown = [f"/body/{_field_name(f)}: unknown field" for f in body if f not in FIELD_CATEGORY]
+    if unknown:
+        raise ReferralInvalid(unknown)
+    out: dict[str, set[str]] = {}
+    for field in body:
+        out.setdefault(FIELD_CATEGORY[field], set()).add(field)
+    return out
+
+
+def categories_for_roles(roles: Iterable[str]) -> frozenset[str]:
+    """The categories an agency holding all of `roles` may receive (their union)."""
+    allowed: frozenset[str] = frozenset()
+    for role in roles:
+        if role not in ROLE_CATEGORIES:
+            raise ValueError(f"unknown role {role!r}")
+        allowed |= ROLE_CATEGORIES[role]
+    return allowed
+
+
+def minimise(body: Mapping[str, Any], allowed_categories: Iterable[str]) -> dict[str, Any]:
+    """A new body holding only the fields whose category is allowed (deep copies).
+
+    Fields the schema does not know are dropped: fail closed. An unknown category name is a
+    caller's mistake and raises `ValueError`.
+    """
+    if isinstance(allowed_categories, str):
+        raise TypeError("allowed_categories must be a collection of category names")
+    allowed = frozenset(allowed_categories)
+    unknown = allowed - frozenset(CATEGORIES)
+    if unknown:
+        raise ValueError(f"unknown data categories: {', '.join(sorted(unknown))}")
+    return {
+        field: copy.deepcopy(value)
+        for field, value in body.items()
+        if FIELD_CATEGORY.get(field) in allowed
+    }
+
+
+def is_child(body: Mapping[str, Any]) -> bool:
+    """Whether the child rules apply: a child, a disputed age, or anything not plainly adult."""
+    return body.get("age_category") != "adult"
+
+
+def strip_identifying(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A new body with every identifying field removed, ready for `anonymise`.
+
+    Keeps the anonymous allow-list only, and of each location only its stage, country, coarse
+    region and period.
+    """
+    out: dict[str, Any] = {}
+    for field, value in body.items():
+        if field not in ANONYMOUS_FIELDS:
+            continue
+        if field == "locations" and isinstance(value, list):
+            out[field] = [
+                {k: copy.deepcopy(v) for k, v in loc.items() if k in ANONYMOUS_LOCATION_FIELDS}
+                for loc in value
+                if isinstance(loc, Mapping)
+            ]
+        else:
+            out[field] = copy.deepcopy(value)
+    return out
+
+
+def anonymise(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The body of an anonymous notification to the co-ordinator, as a new dict.
+
+    Refuses (`ReferralInvalid`, naming each field) any field outside the anonymous allow-list
+    rather than dropping it: the agent strips identifying fields itself (`strip_identifying`)
+    before calling, so anything left over is a bug to stop, not to paper over. The person must
+    be an adult: children are referred under child protection, never anonymously.
+    """
+    problems = [
+        f"/body/{_field_name(f)}: not allowed in an anonymous notification"
+        for f in body
+        if f not in ANONYMOUS_FIELDS
+    ]
+    locations = body.get("locations", [])
+    if not isinstance(locations, list):
+        problems.append("/body/locations: must be of type array")
+    else:
+        for i, loc in enumerate(locations):
+            if not isinstance(loc, Mapping):
+                problems.append(f"/body/locations/{i}: must be of type object")
+                continue
+            problems.extend(
+                f"/body/locations/{i}/{_field_name(k)}: not allowed in an anonymous notification"
+                for k in loc
+                if k not in ANONYMOUS_LOCATION_FIELDS
+            )
+    if "age_category" not in body:
+        problems.append("/body/age_category: required")
+    elif body["age_category"] != "adult":
+        problems.append("/body/age_category: an anonymous notification concerns an adult")
+    if problems:
+        raise ReferralInvalid(problems)
+    return {field: copy.deepcopy(value) for field, value in body.items()}
