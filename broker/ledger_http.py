@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from keys.merkle import leaf_hash
@@ -22,6 +23,7 @@ from . import ledger_stats
 from .ledger import Ledger
 
 LEDGER = web.AppKey("ledger", Ledger)
+log = structlog.get_logger("nrm.ledger")
 UI_DIR = Path(__file__).parent / "ledger_ui"
 MAX_RANGE = 1000
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -61,6 +63,9 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if e.status < 400:
             raise
         return problem(e.status, e.reason or "Error", e.reason or "Error")
+    except Exception as e:
+        log.error("ledger_api_internal_error", path=request.path, error=type(e).__name__)
+        return problem(500, "Internal Server Error", "the ledger could not answer the request")
     response.headers["Content-Security-Policy"] = "default-src 'self'"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Cache-Control"] = "no-store"
@@ -102,7 +107,7 @@ def _int(
         if default is None:
             raise Problem(400, "Bad Request", f"query parameter {name} is required")
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise Problem(400, "Bad Request", f"{name} must be an integer from {low} to {high}")
     return int(raw)
 
@@ -160,7 +165,9 @@ async def inclusion_proof(request: web.Request) -> web.Response:
     index = _int(
         request,
         "index",
-        default=int(request.match_info["index"]) if request.match_info["index"].isdigit() else -1,
+        default=int(request.match_info["index"])
+        if request.match_info["index"].isascii() and request.match_info["index"].isdigit()
+        else -1,
         low=0,
         high=size - 1,
     )

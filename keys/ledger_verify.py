@@ -9,7 +9,6 @@ checkpoint's. The first failure raises LedgerVerificationError naming its index.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +101,6 @@ def _columns(event: Any) -> dict[str, Any]:
         "referral_id": event.referral_id,
         "counterpart": event.counterpart,
         "reason": event.reason,
-        "labels": json.loads(json.dumps(dict(event.labels), sort_keys=True)),
+        "labels": dict(event.labels),
         "time": event.time,
     }

@@ -47,7 +47,7 @@ def _admin_errors() -> Iterator[None]:
 
 
 def _parse_time(text: str) -> int:
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text)
     try:
         moment = datetime.fromisoformat(text)

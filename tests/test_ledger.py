@@ -1,0 +1,630 @@
+"""The audit ledger end to end: real nats-server, real ledger, real agents, real HTTP, and the
+auditor CLI on the live ledger and on tampered copies of its database (issue 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from click.testing import CliRunner
+from nacl.signing import SigningKey
+from structlog.testing import capture_logs
+
+from keys import PublicIdentity
+from keys.audit import AuditEvent, new_event_id, sign_event
+from keys.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
+from keys.keyfile import load_key_dir
+from keys.ledger_entry import LedgerEntry
+from keys.merkle import leaf_hash, verify_inclusion
+from keys.subjects import audit_subject
+from nrm.cli import main
+from nrm.sandbox import LEDGER_NAME
+
+from .conftest import LedgerAccess
+from .support import AGENCIES, Mechanism, eventually
+from .test_agent import connect_as, delivered
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def ledger_identity_path(m: Mechanism) -> Path:
+    return m.sandbox.ledger_home / "keys" / "identity.json"
+
+
+def ledger_db(m: Mechanism) -> Path:
+    return m.sandbox.ledger_home / "ledger.db"
+
+
+def outbox(m: Mechanism, agency: str) -> list[tuple[str, bytes, str]]:
+    """(event id, signed event, state) of every audit event `agency` emitted."""
+    with sqlite3.connect(m.database(agency)) as db:
+        rows = db.execute("SELECT event_id, event, state FROM audit_outbox ORDER BY seq")
+        return [(str(r[0]), bytes(r[1]), str(r[2])) for r in rows]
+
+
+def backup(source: Path, target: Path) -> Path:
+    """A consistent copy of a (possibly live, WAL-mode) SQLite database."""
+    src = sqlite3.connect(source)
+    dst = sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+    return target
+
+
+async def get(http: aiohttp.ClientSession, url: str, token: str | None) -> tuple[int, str, bytes]:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    async with http.get(url, headers=headers) as r:
+        return r.status, r.content_type, await r.read()
+
+
+async def get_json(http: aiohttp.ClientSession, url: str, token: str) -> Any:
+    async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as r:
+        assert r.status == 200, (url, r.status, await r.text())
+        return await r.json()
+
+
+async def all_confirmed(m: Mechanism) -> None:
+    """Wait until every agent has published and proved the inclusion of all its events."""
+
+    async def check() -> bool:
+        return all(
+            a.store.unconfirmed_audit(1) == [] and a.store.pending_audit(1) == []
+            for a in m.agents.values()
+        )
+
+    await eventually(check, what="every audit event in the ledger and confirmed")
+
+
+async def exchange(m: Mechanism, referral: dict[str, Any] | None = None) -> list[str]:
+    """Three referrals police -> shelter and one police -> coordinator, all delivered."""
+    body = referral or {"referral_type": "nrm_full", "urgency": "routine"}
+    ids = [await m.api("police").refer(["shelter"], body) for _ in range(3)]
+    ids.append(await m.api("police").refer(["coordinator"], body))
+    for rid in ids:
+        await delivered(m, "police", rid)
+    await all_confirmed(m)
+    return ids
+
+
+def audit_verify(m: Mechanism, *source: str) -> tuple[int, str]:
+    """Run `nrm audit verify` with `source` (--db FILE or --ledger URL --token-file F)."""
+    result = CliRunner().invoke(
+        main,
+        [
+            "audit",
+            "verify",
+            *source,
+            "--root",
+            str(m.sandbox.admin.root_path(1)),
+            "--ledger-identity",
+            str(ledger_identity_path(m)),
+            "--name",
+            LEDGER_NAME,
+        ],
+    )
+    return result.exit_code, result.output
+
+
+def set_ledger_option(m: Mechanism, agency: str, name: str, value: object) -> None:
+    """Set `name = value` in the [ledger] table of `agency`'s agent.toml."""
+    path = m.setups[agency].config_path
+    text = path.read_text()
+    line = f"{name} = {value!r}"
+    if re.search(rf"^{name} = ", text, flags=re.MULTILINE):
+        text = re.sub(rf"^{name} = .*$", line, text, count=1, flags=re.MULTILINE)
+    else:
+        text = text.replace("[ledger]\n", f"[ledger]\n{line}\n", 1)
+    path.write_text(text)
+
+
+async def agent_health(m: Mechanism, agency: str) -> dict[str, Any]:
+    async with m.http.get(m.agents[agency].api_url + "/healthz") as r:
+        body: dict[str, Any] = await r.json()
+        return body
+
+
+# --- a ledger database shared by the tampering tests --------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A closed, checkpointed ledger database and what an auditor needs to verify it."""
+
+    m: Mechanism
+    db: Path
+    size: int
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory: pytest.TempPathFactory) -> Snapshot:
+    """One real exchange, once per module; the ledger is then stopped (its last checkpoint
+    covers every entry) and its database copied."""
+    root = tmp_path_factory.mktemp("snapshot")
+
+    async def build() -> Snapshot:
+        async with aiohttp.ClientSession() as http:
+            m = await Mechanism.create(root / "mechanism", http)
+            try:
+                for agency, _, _ in AGENCIES:
+                    await m.start(agency)
+                await exchange(m)
+            finally:
+                await m.close()
+            db = backup(ledger_db(m), root / "ledger.db")
+            with sqlite3.connect(db) as conn:
+                (size,) = conn.execute("SELECT count(*) FROM entries").fetchone()
+                (cp_size,) = conn.execute("SELECT max(size) FROM checkpoints").fetchone()
+            assert size == cp_size >= 8
+            return Snapshot(m, db, int(size))
+
+    return asyncio.run(build())
+
+
+def fresh_copy(snapshot: Snapshot, tmp_path: Path) -> Path:
+    return backup(snapshot.db, tmp_path / "copy.db")
+
+
+# --- 1. every emitted event is in the ledger and proved -------------------------------------
+
+
+async def test_every_emitted_event_is_included_and_proved(
+    mechanism: Mechanism, ledger_with_data: LedgerAccess
+) -> None:
+    """Every event in each agent's audit outbox is a ledger leaf whose inclusion proof, fetched
+    over HTTP, verifies against the ledger's signed checkpoint; agents report ledger ok."""
+    m, access = mechanism, ledger_with_data
+    assert m.sandbox.ledger is not None
+    identity = PublicIdentity.from_json(ledger_identity_path(m).read_bytes())
+    body = await get_json(m.http, access.url + "/v1/checkpoint", access.token)
+    cp = verify_checkpoint(
+        body["note"],
+        key_name=LEDGER_NAME,
+        key=identity.signing_key,
+        origin=m.sandbox.ledger.config.origin,
+    )
+    assert (cp.size, cp.root.hex()) == (body["size"], body["root"])
+    emitted = 0
+    for agency, _, _ in AGENCIES:
+        events = outbox(m, agency)
+        assert events, f"{agency} emitted no audit event"
+        for event_id, signed, state in events:
+            assert state == "included", (agency, event_id)
+            item = await get_json(
+                m.http, f"{access.url}/v1/events/{event_id}?size={cp.size}", access.token
+            )
+            leaf = base64.b64decode(item["leaf"])
+            entry = LedgerEntry.decode(leaf)
+            assert entry.signed_event == signed
+            assert entry.index == item["index"] < cp.size
+            assert item["agency"] == agency
+            verify_inclusion(
+                leaf_hash=leaf_hash(leaf),
+                index=item["index"],
+                size=cp.size,
+                proof=[bytes.fromhex(h) for h in item["proof"]],
+                root=cp.root,
+            )
+            emitted += 1
+    assert emitted == cp.size == m.sandbox.ledger.tree.size
+    for agency, _, _ in AGENCIES:
+        health = await agent_health(m, agency)
+        assert health["status"] == "ok", health
+        assert health["ledger"]["status"] == "ok", health
+        assert health["ledger"]["events_confirmed"] > 0, health
+
+
+# --- 2. nrm audit verify: live, on a copy, and on tampered copies -----------------------------
+
+
+async def test_audit_verify_passes_live_and_on_a_copy(
+    mechanism: Mechanism, ledger_with_data: LedgerAccess, tmp_path: Path
+) -> None:
+    """`nrm audit verify` accepts the live ledger over HTTP and a backup of its database."""
+    m, access = mechanism, ledger_with_data
+    assert m.sandbox.ledger is not None
+    size = m.sandbox.ledger.tree.size
+    token_file = tmp_path / "token"
+    token_file.write_text(access.token)
+    code, output = await asyncio.to_thread(
+        audit_verify, m, "--ledger", access.url, "--token-file", str(token_file)
+    )
+    assert code == 0, output
+    assert f"OK: {size} events verified" in output
+    m.sandbox.ledger.checkpoint()
+    copy = backup(ledger_db(m), tmp_path / "copy.db")
+    code, output = audit_verify(m, "--db", str(copy))
+    assert code == 0, output
+    assert "OK:" in output
+    wrong = tmp_path / "wrong-token"
+    wrong.write_text("not-a-token")
+    code, output = await asyncio.to_thread(
+        audit_verify, m, "--ledger", access.url, "--token-file", str(wrong)
+    )
+    assert code != 0 and "401" in output, output
+
+
+def _columns(db: sqlite3.Connection, idx: int) -> tuple[Any, ...]:
+    return tuple(db.execute("SELECT * FROM entries WHERE idx = ?", (idx,)).fetchone())
+
+
+def _flip_leaf_signature(db: sqlite3.Connection, k: int) -> None:
+    (leaf,) = db.execute("SELECT leaf FROM entries WHERE idx = ?", (k,)).fetchone()
+    leaf = bytearray(leaf)
+    leaf[-1] ^= 0x01  # the last byte of the event's Ed25519 signature
+    db.execute("UPDATE entries SET leaf = ? WHERE idx = ?", (bytes(leaf), k))
+
+
+def _change_kind(db: sqlite3.Connection, k: int) -> None:
+    (kind,) = db.execute("SELECT kind FROM entries WHERE idx = ?", (k,)).fetchone()
+    other = "consent.withdrawn" if kind != "consent.withdrawn" else "referral.sent"
+    db.execute("UPDATE entries SET kind = ? WHERE idx = ?", (other, k))
+
+
+def _change_time(db: sqlite3.Connection, k: int) -> None:
+    db.execute("UPDATE entries SET time = time - 86400 WHERE idx = ?", (k,))
+
+
+def _delete(db: sqlite3.Connection, k: int) -> None:
+    db.execute("DELETE FROM entries WHERE idx = ?", (k,))
+
+
+def _insert_duplicate(db: sqlite3.Connection, k: int) -> None:
+    """Shift rows k.. up by one and put a copy of row 0 (under a new event id) at k."""
+    db.execute("UPDATE entries SET idx = -idx - 1 WHERE idx >= ?", (k,))
+    db.execute("UPDATE entries SET idx = -idx WHERE idx < 0")
+    row = list(_columns(db, 0))
+    row[0], row[1] = k, "f" * 32
+    db.execute(f"INSERT INTO entries VALUES ({', '.join('?' * len(row))})", row)  # noqa: S608
+
+
+def _swap(db: sqlite3.Connection, i: int, j: int) -> None:
+    db.execute("UPDATE entries SET idx = -1 WHERE idx = ?", (i,))
+    db.execute("UPDATE entries SET idx = ? WHERE idx = ?", (i, j))
+    db.execute("UPDATE entries SET idx = ? WHERE idx = -1", (j,))
+
+
+# (name, tamper(db, size), the index the verifier must name, or None for the checkpoint)
+TAMPERING: list[tuple[str, Callable[[sqlite3.Connection, int], None], Callable[[int], int]]] = [
+    ("change-leaf", lambda db, n: _flip_leaf_signature(db, 3), lambda n: 3),
+    ("change-kind", lambda db, n: _change_kind(db, 2), lambda n: 2),
+    ("change-time", lambda db, n: _change_time(db, 5), lambda n: 5),
+    ("delete-first", lambda db, n: _delete(db, 0), lambda n: 0),
+    ("delete-middle", lambda db, n: _delete(db, 4), lambda n: 4),
+    ("delete-last", lambda db, n: _delete(db, n - 1), lambda n: n - 1),
+    ("insert-middle", lambda db, n: _insert_duplicate(db, 2), lambda n: 2),
+    ("swap", lambda db, n: _swap(db, 1, 6), lambda n: 1),
+]
+
+
+@pytest.mark.parametrize(
+    ("tamper", "bad_index"), [pytest.param(t, i, id=name) for name, t, i in TAMPERING]
+)
+def test_audit_verify_names_the_tampered_index(
+    snapshot: Snapshot,
+    tmp_path: Path,
+    tamper: Callable[[sqlite3.Connection, int], None],
+    bad_index: Callable[[int], int],
+) -> None:
+    """Changing, deleting, inserting or reordering one row makes `nrm audit verify --db` exit
+    non-zero naming the first bad index."""
+    copy = fresh_copy(snapshot, tmp_path)
+    code, output = audit_verify(snapshot.m, "--db", str(copy))
+    assert code == 0, output
+    with sqlite3.connect(copy) as db:
+        tamper(db, snapshot.size)
+    code, output = audit_verify(snapshot.m, "--db", str(copy))
+    assert code == 1, output
+    assert f"FAILED: entry {bad_index(snapshot.size)}:" in output, output
+
+
+# --- 3. forged checkpoints ----------------------------------------------------------------------
+
+
+def _latest_checkpoint(db: sqlite3.Connection) -> tuple[int, bytes, int, str]:
+    row = db.execute(
+        "SELECT size, root, timestamp, note FROM checkpoints ORDER BY size DESC LIMIT 1"
+    ).fetchone()
+    return int(row[0]), bytes(row[1]), int(row[2]), str(row[3])
+
+
+def _forged_note(snapshot: Snapshot, note: str, size: int, root: bytes, ts: int) -> str:
+    cp = Checkpoint(
+        origin=f"nrm-exchange/ledger/v1/{LEDGER_NAME}", size=size, root=root, timestamp=ts
+    )
+    return sign_checkpoint(cp, key=SigningKey.generate(), key_name=LEDGER_NAME)
+
+
+def _altered_root_text(snapshot: Snapshot, note: str, size: int, root: bytes, ts: int) -> str:
+    lines = note.split("\n")
+    other = bytes([root[0] ^ 0x80]) + root[1:]
+    assert lines[2] == base64.b64encode(root).decode()
+    lines[2] = base64.b64encode(other).decode()
+    return "\n".join(lines)
+
+
+def _wrong_root_ledger_key(snapshot: Snapshot, note: str, size: int, root: bytes, ts: int) -> str:
+    keys = load_key_dir(
+        snapshot.m.sandbox.ledger_home / "keys", passphrase=snapshot.m.sandbox.admin_passphrase
+    )
+    cp = Checkpoint(
+        origin=f"nrm-exchange/ledger/v1/{LEDGER_NAME}", size=size, root=bytes(32), timestamp=ts
+    )
+    return sign_checkpoint(cp, key=keys.signing_key, key_name=LEDGER_NAME)
+
+
+@pytest.mark.parametrize(
+    ("forge", "expected"),
+    [
+        pytest.param(_forged_note, "checkpoint does not verify", id="other-key"),
+        pytest.param(_altered_root_text, "checkpoint does not verify", id="root-edited"),
+        pytest.param(_wrong_root_ledger_key, "root differs from the checkpoint", id="wrong-root"),
+    ],
+)
+def test_forged_checkpoint_fails(
+    snapshot: Snapshot,
+    tmp_path: Path,
+    forge: Callable[[Snapshot, str, int, bytes, int], str],
+    expected: str,
+) -> None:
+    """A latest checkpoint signed by another key, with its root edited, or (even when signed by
+    the ledger's key) with a root the entries do not produce, fails verification."""
+    copy = fresh_copy(snapshot, tmp_path)
+    with sqlite3.connect(copy) as db:
+        size, root, ts, note = _latest_checkpoint(db)
+        db.execute(
+            "UPDATE checkpoints SET note = ? WHERE size = ?",
+            (forge(snapshot, note, size, root, ts), size),
+        )
+    code, output = audit_verify(snapshot.m, "--db", str(copy))
+    assert code == 1, output
+    assert expected in output, output
+
+
+# --- 4. the canary ------------------------------------------------------------------------------
+
+
+async def test_canary_appears_nowhere_in_ledger_bus_or_logs(mechanism: Mechanism) -> None:
+    """A name placed in a referral's personal fields is in no ledger file, ledger HTTP answer,
+    JetStream store file, nats-server log or captured log line."""
+    m = mechanism
+    assert m.sandbox.ledger is not None
+    canary = f"Canary-{secrets.token_hex(8)}"
+    needles = [canary.encode(), canary.encode("utf-16-le"), canary[7:].encode()]
+    referral = {"person": {"names": [canary]}, "referral_type": "nrm_full", "urgency": "urgent"}
+    with capture_logs() as logs:
+        rid = await m.api("police").refer(["shelter"], referral)
+        await delivered(m, "police", rid)
+        await all_confirmed(m)
+        inbox = await m.api("shelter").inbox()
+    assert [i["referral"] for i in inbox] == [referral]  # the canary really travelled
+    assert logs, "no log captured"
+    assert canary[7:] not in repr(logs)
+    m.sandbox.ledger.checkpoint()
+    url, token = m.sandbox.ledger.url, m.sandbox.auditor_token
+    size = m.sandbox.ledger.tree.size
+    event_ids = [e for e, _, _ in outbox(m, "police")]
+    paths = [
+        "/v1/checkpoint",
+        "/v1/checkpoints",
+        "/v1/entries?start=0",
+        "/v1/events",
+        f"/v1/events?q={rid}",
+        *[f"/v1/events/{e}?size={size}" for e in event_ids],
+        f"/v1/entries/0/proof?size={size}",
+        f"/v1/proof/consistency?first=1&second={size}",
+        "/v1/stats",
+        f"/v1/referrals/{rid}/timeline",
+        "/v1/directories",
+        "/openapi.json",
+        "/ui/",
+    ]
+    for path in paths:
+        status, _, body = await get(m.http, url + path, token)
+        assert status == 200, (path, status, body)
+        for needle in needles:
+            assert needle not in body, path
+    timeline = await get_json(m.http, f"{url}/v1/referrals/{rid}/timeline", token)
+    assert {i["kind"] for i in timeline["items"]} >= {"referral.sent", "referral.received"}
+    files = [p for p in m.sandbox.ledger_home.rglob("*") if p.is_file()]
+    assert any(p.name == "ledger.db-wal" for p in files), files
+    files += [p for p in (m.root / "bus").rglob("*") if p.is_file()]
+    assert m.bus.log_path in files
+    for file in files:
+        data = file.read_bytes()
+        for needle in needles:
+            assert needle not in data, file
+
+
+# --- 5. events that do not verify are refused and counted -------------------------------------
+
+
+async def test_ledger_refuses_and_counts_unverifiable_events(mechanism: Mechanism) -> None:
+    """Events on police's own audit subject with a corrupted signature, signed with the
+    shelter's key, or not an event at all stay out of the ledger and are counted by reason."""
+    m = mechanism
+    ledger = m.sandbox.ledger
+    assert ledger is not None
+    # Without a grace period an unknown key is refused at once rather than retried for 2 min.
+    ledger.config = dataclasses.replace(ledger.config, unknown_key_grace_seconds=0)
+    police = load_key_dir(m.setups["police"].key_dir, passphrase=m.setups["police"].passphrase())
+    shelter = load_key_dir(m.setups["shelter"].key_dir, passphrase=m.setups["shelter"].passphrase())
+
+    def event() -> AuditEvent:
+        return AuditEvent(
+            event_id=new_event_id(), agency="police", kind="referral.sent", time=int(time.time())
+        )
+
+    corrupted_event = event()
+    corrupted = bytearray(sign_event(corrupted_event, police.signing_key))
+    corrupted[-1] ^= 0x01
+    # Shelter's signature presented under police's key id: the key police holds rejects it.
+    borrowed_event = event()
+    borrowed = sign_event(borrowed_event, shelter.signing_key).replace(
+        shelter.public.signing_kid.encode(), police.public.signing_kid.encode()
+    )
+    # Shelter's key under its own key id, claiming police: not a key of police.
+    foreign_event = event()
+    foreign = sign_event(foreign_event, shelter.signing_key)
+    before = ledger.store.refused()
+    async with connect_as(m, "police") as nc:
+        js = nc.jetstream()
+        for n, data in enumerate([bytes(corrupted), borrowed, foreign, b"\x93junk"]):
+            await js.publish(audit_subject("police"), data, headers={"Nats-Msg-Id": f"forged-{n}"})
+
+    async def counted() -> bool:
+        refused = ledger.store.refused()
+        return (
+            refused.get("bad-signature", 0) - before.get("bad-signature", 0) == 2
+            and refused.get("unknown-key", 0) - before.get("unknown-key", 0) == 1
+            and refused.get("malformed", 0) - before.get("malformed", 0) == 1
+        )
+
+    await eventually(counted, what="the forged events to be refused and counted")
+    # A legitimate exchange still goes through afterwards, and the ledger holds only it.
+    await exchange(m)
+    for forged in (corrupted_event, borrowed_event, foreign_event):
+        assert not ledger.store.has_event(forged.event_id)
+    legitimate = {e for agency, _, _ in AGENCIES for e, _, _ in outbox(m, agency)}
+    in_ledger = [r.event_id for r in ledger.store.iter_rows()]
+    assert sorted(in_ledger) == sorted(legitimate)
+    assert ledger.tree.size == len(legitimate)
+
+
+# --- 6. agents raise alerts ---------------------------------------------------------------------
+
+
+async def test_forked_checkpoint_raises_an_alert(mechanism: Mechanism) -> None:
+    """A checkpoint signed with the ledger's own key for the current size but another root
+    (a fork) puts every agent that sees it in alert, and its health in degraded."""
+    m = mechanism
+    ledger = m.sandbox.ledger
+    assert ledger is not None
+    await exchange(m)
+    ledger.checkpoint()
+    size = ledger.tree.size
+
+    async def seen() -> bool:
+        watch = m.agents["police"].ledger_watch
+        return watch is not None and watch.checkpoint is not None and watch.checkpoint.size == size
+
+    await eventually(seen, what="police to hold the current checkpoint")
+    keys = load_key_dir(m.sandbox.ledger_home / "keys", passphrase=m.sandbox.admin_passphrase)
+    forked_root = bytes(32)
+    cp = Checkpoint(
+        origin=ledger.config.origin, size=size, root=forked_root, timestamp=int(time.time())
+    )
+    note = sign_checkpoint(cp, key=keys.signing_key, key_name=LEDGER_NAME)
+    with sqlite3.connect(ledger_db(m)) as db:
+        db.execute(
+            "INSERT OR REPLACE INTO checkpoints (size, root, timestamp, note) VALUES (?, ?, ?, ?)",
+            (size, forked_root, cp.timestamp, note),
+        )
+    served = await get_json(m.http, ledger.url + "/v1/checkpoint", m.sandbox.auditor_token)
+    assert served["root"] == forked_root.hex()
+
+    async def alerted() -> bool:
+        health = await agent_health(m, "police")
+        return bool(health["ledger"]["status"] == "alert")
+
+    await eventually(alerted, timeout=10, what="police to raise a ledger alert")
+    health = await agent_health(m, "police")
+    assert health["status"] == "degraded", health
+    assert health["ledger"]["last_alert"] == "inconsistent-checkpoints", health
+    assert health["ledger"]["alerts"] >= 1
+
+
+async def test_missing_event_raises_an_alert(mechanism: Mechanism) -> None:
+    """An event the agent emitted but the ledger no longer has (its row deleted before the
+    agent proved it) raises a missing-event alert once missing_after_seconds have passed."""
+    m = mechanism
+    ledger = m.sandbox.ledger
+    assert ledger is not None
+    await exchange(m)
+    await m.stop("police")
+    set_ledger_option(m, "police", "missing_after_seconds", 1)
+    event_id = outbox(m, "police")[0][0]
+    with sqlite3.connect(ledger_db(m)) as db:
+        assert db.execute("DELETE FROM entries WHERE event_id = ?", (event_id,)).rowcount == 1
+    # The agent had not proved it yet (the race the deletion would otherwise have to win).
+    with sqlite3.connect(m.database("police")) as db:
+        db.execute("UPDATE audit_outbox SET state = 'sent' WHERE event_id = ?", (event_id,))
+    status, _, _ = await get(m.http, f"{ledger.url}/v1/events/{event_id}", m.sandbox.auditor_token)
+    assert status == 404
+    with capture_logs() as logs:
+        await m.start("police", wait=False)
+
+        async def alerted() -> bool:
+            return bool(m.agents["police"].health()["ledger"]["status"] == "alert")
+
+        await eventually(alerted, timeout=10, what="police to report the missing event")
+    health = await agent_health(m, "police")
+    assert health["status"] == "degraded", health
+    assert health["ledger"]["last_alert"] == "missing-event", health
+    alerts = [e for e in logs if e["event"] == "ledger_alert"]
+    assert [(e["reason"], e["event_id"]) for e in alerts] == [("missing-event", event_id)]
+
+
+# --- 7. HTTP --------------------------------------------------------------------------------------
+
+V1_PATHS = [
+    "/v1/checkpoint",
+    "/v1/checkpoints",
+    "/v1/entries?start=0",
+    "/v1/entries/0/proof",
+    "/v1/events",
+    "/v1/events/" + "0" * 32,
+    "/v1/proof/consistency?first=0&second=0",
+    "/v1/referrals/" + "0" * 32 + "/timeline",
+    "/v1/directories",
+    "/v1/stats",
+]
+
+
+async def test_http_needs_a_token_documents_itself_and_refuses_bad_parameters(
+    mechanism: Mechanism, ledger_with_data: LedgerAccess
+) -> None:
+    """Every /v1 route answers 401 problem+json without (or with a wrong) token; /openapi.json
+    is OpenAPI 3.1 listing the /v1 paths; bad query parameters answer 400 problem+json."""
+    http, access = mechanism.http, ledger_with_data
+    for path in V1_PATHS:
+        for token in (None, "wrong-token"):
+            status, ctype, body = await get(http, access.url + path, token)
+            assert (status, ctype) == (401, "application/problem+json"), (path, token, body)
+        status, _, body = await get(http, access.url + path, access.token)
+        assert status in (200, 404), (path, body)
+    status, ctype, _ = await get(http, access.url + "/openapi.json", None)
+    assert (status, ctype) == (200, "application/json")
+    doc = await get_json(http, access.url + "/openapi.json", access.token)
+    assert doc["openapi"].startswith("3.1")
+    assert {p.split("?")[0] for p in V1_PATHS} <= {
+        p.replace("{index}", "0").replace("{event_id}", "0" * 32).replace("{referral_id}", "0" * 32)
+        for p in doc["paths"]
+    }
+    bad = [
+        "/v1/entries?start=-1",
+        "/v1/entries",
+        "/v1/entries?start=abc",
+        "/v1/entries?start=0&end=100000",
+        "/v1/proof/consistency?first=5&second=2",
+        "/v1/proof/consistency?first=0&second=99999",
+        "/v1/events?limit=0",
+        "/v1/events?q=" + "x" * 65,
+        "/v1/entries/0/proof?size=0",
+    ]
+    for path in bad:
+        status, ctype, body = await get(http, access.url + path, access.token)
+        assert (status, ctype) == (400, "application/problem+json"), (path, status, body)
