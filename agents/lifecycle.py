@@ -1,0 +1,290 @@
+"""The referral lifecycle: a pure state machine, kept per (referral, recipient agency) pair.
+
+No I/O here: the agent loads the pair's current state, asks `check()`, and on success signs
+a `transition` message whose body is `Transition.encode()`.
+
+Normative table (copied to docs/PROTOCOL.md, "Referral lifecycle"). A transition not listed
+MUST be refused (the agent answers 409 naming `allowed(state, party)`). "Before accepted" is
+submitted, delivered, acknowledged, more_info_requested; "non-final" adds accepted and
+in_progress. Final states (declined, closed, withdrawn, cancelled, expired) have no way out.
+
+    | from                     | to                  | party              | requires        |
+    |--------------------------|---------------------|--------------------|-----------------|
+    | submitted                | delivered           | system (receipt)   |                 |
+    | delivered                | acknowledged        | recipient          |                 |
+    | acknowledged             | accepted            | recipient          |                 |
+    | acknowledged             | declined            | recipient          | reason          |
+    | acknowledged             | more_info_requested | recipient          |                 |
+    | more_info_requested      | submitted           | sender (resubmits) |                 |
+    | accepted                 | in_progress         | recipient          |                 |
+    | in_progress              | closed              | recipient          | outcome         |
+    | any state before accepted| withdrawn           | sender             |                 |
+    | any non-final state      | cancelled           | sender, recipient  | reason          |
+    | any state before accepted| expired             | system (timer)     |                 |
+
+- `reason` is a short code matching `[a-z][a-z_-]{0,39}`, never free text; it MAY accompany
+  any transition and MUST accompany declined and cancelled.
+- `outcome` is one of completed, referred_on, lost_contact; it MUST accompany closed and MUST
+  NOT accompany any other transition.
+- Transition body (the plaintext of the signed `transition` message kind), canonical msgpack:
+
+      [1, referral_id, recipient, from_state, to_state, party, reason, outcome, at]
+
+  referral_id is 32 lowercase hex; recipient an agency id; reason and outcome nil when
+  absent; at a non-negative integer (Unix seconds). Decoders MUST reject any other shape,
+  unknown values and non-canonical encodings.
+- Escalation: an urgent (default 4 h) or emergency (default 30 min) referral not acknowledged
+  within its limit after submission escalates to the co-ordinator with a metadata-only notice.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from keys import codec
+from keys.errors import MalformedError
+from keys.subjects import AGENCY_ID_PATTERN
+
+SUBMITTED: Final = "submitted"
+DELIVERED: Final = "delivered"
+ACKNOWLEDGED: Final = "acknowledged"
+ACCEPTED: Final = "accepted"
+DECLINED: Final = "declined"
+MORE_INFO_REQUESTED: Final = "more_info_requested"
+IN_PROGRESS: Final = "in_progress"
+CLOSED: Final = "closed"
+WITHDRAWN: Final = "withdrawn"
+CANCELLED: Final = "cancelled"
+EXPIRED: Final = "expired"
+
+#: Every state, in lifecycle order.
+STATES: Final[tuple[str, ...]] = (
+    SUBMITTED,
+    DELIVERED,
+    ACKNOWLEDGED,
+    ACCEPTED,
+    DECLINED,
+    MORE_INFO_REQUESTED,
+    IN_PROGRESS,
+    CLOSED,
+    WITHDRAWN,
+    CANCELLED,
+    EXPIRED,
+)
+FINAL_STATES: Final = frozenset({DECLINED, CLOSED, WITHDRAWN, CANCELLED, EXPIRED})
+BEFORE_ACCEPTED: Final = frozenset({SUBMITTED, DELIVERED, ACKNOWLEDGED, MORE_INFO_REQUESTED})
+NON_FINAL: Final = frozenset(STATES) - FINAL_STATES
+_STATE_SET: Final = frozenset(STATES)
+
+SENDER: Final = "sender"
+RECIPIENT: Final = "recipient"
+#: The agent itself: delivery receipts and timers.
+SYSTEM: Final = "system"
+PARTIES: Final[tuple[str, ...]] = (SENDER, RECIPIENT, SYSTEM)
+
+OUTCOMES: Final[tuple[str, ...]] = ("completed", "referred_on", "lost_contact")
+#: Targets that MUST carry a reason code.
+REASON_REQUIRED: Final = frozenset({DECLINED, CANCELLED})
+
+REASON_PATTERN: Final = re.compile(r"^[a-z][a-z_-]{0,39}$")
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+VERSION: Final = 1
+MAX_TRANSITION_BYTES: Final = 512
+
+#: Default escalation limits in seconds, by urgency; routine referrals never escalate.
+DEFAULT_ESCALATION_SECONDS: Final[Mapping[str, int]] = {"urgent": 4 * 3600, "emergency": 30 * 60}
+URGENCIES: Final[tuple[str, ...]] = ("routine", "urgent", "emergency")
+
+
+def _build_table() -> dict[tuple[str, str], tuple[str, ...]]:
+    table: dict[tuple[str, str], list[str]] = {(s, p): [] for s in STATES for p in PARTIES}
+
+    def add(state: str, party: str, target: str) -> None:
+        table[(state, party)].append(target)
+
+    add(SUBMITTED, SYSTEM, DELIVERED)
+    add(DELIVERED, RECIPIENT, ACKNOWLEDGED)
+    for target in (ACCEPTED, DECLINED, MORE_INFO_REQUESTED):
+        add(ACKNOWLEDGED, RECIPIENT, target)
+    add(MORE_INFO_REQUESTED, SENDER, SUBMITTED)
+    add(ACCEPTED, RECIPIENT, IN_PROGRESS)
+    add(IN_PROGRESS, RECIPIENT, CLOSED)
+    for state in STATES:  # in lifecycle order, so allowed() lists are stable
+        if state in BEFORE_ACCEPTED:
+            add(state, SENDER, WITHDRAWN)
+        if state in NON_FINAL:
+            add(state, SENDER, CANCELLED)
+            add(state, RECIPIENT, CANCELLED)
+        if state in BEFORE_ACCEPTED:
+            add(state, SYSTEM, EXPIRED)
+    return {key: tuple(targets) for key, targets in table.items()}
+
+
+_TABLE: Final = _build_table()
+
+
+class TransitionRefused(Exception):
+    """A transition that this party may not make from this state (HTTP 409).
+
+    `allowed` lists the target states the party may choose instead (possibly none).
+    """
+
+    def __init__(self, state: str, target: str, party: str, allowed: list[str]) -> None:
+        self.state = state
+        self.target = target
+        self.party = party
+        self.allowed = allowed
+        names = ", ".join(allowed) if allowed else "none"
+        super().__init__(
+            f"{party} may not move a referral from {state} to {target}; allowed: {names}"
+        )
+
+
+def _check_state(state: str, what: str) -> None:
+    if state not in _STATE_SET:
+        raise ValueError(f"unknown {what} state {state!r}")
+
+
+def _check_party(party: str) -> None:
+    if party not in PARTIES:
+        raise ValueError(f"unknown party {party!r}; expected one of {', '.join(PARTIES)}")
+
+
+def allowed(state: str, party: str) -> list[str]:
+    """The target states `party` may move a pair in `state` to (a new list each call)."""
+    _check_state(state, "current")
+    _check_party(party)
+    return list(_TABLE[(state, party)])
+
+
+def check(state: str, target: str, party: str, *, reason: str | None, outcome: str | None) -> None:
+    """Return if `party` may move a pair from `state` to `target` with this reason/outcome.
+
+    Raises TransitionRefused (with `.allowed`) for a transition not in the table, and
+    ValueError for unknown names, a missing or malformed reason, or a missing, unknown or
+    misplaced outcome.
+    """
+    _check_state(state, "current")
+    _check_state(target, "target")
+    _check_party(party)
+    permitted = _TABLE[(state, party)]
+    if target not in permitted:
+        raise TransitionRefused(state, target, party, list(permitted))
+    if reason is not None and not (isinstance(reason, str) and REASON_PATTERN.fullmatch(reason)):
+        raise ValueError("reason must be a short code matching [a-z][a-z_-]{0,39}")
+    if target in REASON_REQUIRED and reason is None:
+        raise ValueError(f"a transition to {target} requires a reason code")
+    if target == CLOSED:
+        if outcome is None:
+            raise ValueError(f"a transition to closed requires an outcome: {', '.join(OUTCOMES)}")
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {outcome!r}; expected one of {', '.join(OUTCOMES)}")
+    elif outcome is not None:
+        raise ValueError("only a transition to closed carries an outcome")
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One step of one (referral, recipient) pair: the body of a signed `transition` message.
+
+    The constructor refuses anything `check()` refuses, so every Transition value is a step of
+    the table; the agent still compares `from_state` with the state it has stored for the pair.
+    """
+
+    referral_id: str
+    recipient: str
+    from_state: str
+    to_state: str
+    party: str
+    reason: str | None
+    outcome: str | None
+    at: int
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.referral_id, str) and _HEX32.fullmatch(self.referral_id)):
+            raise ValueError("referral_id must be 32 lowercase hex characters")
+        if not (isinstance(self.recipient, str) and AGENCY_ID_PATTERN.fullmatch(self.recipient)):
+            raise ValueError("recipient must be an agency id")
+        if not isinstance(self.from_state, str) or not isinstance(self.to_state, str):
+            raise ValueError("states must be strings")
+        if not isinstance(self.party, str):
+            raise ValueError("party must be a string")
+        if type(self.at) is not int or self.at < 0:
+            raise ValueError("at must be a non-negative integer")
+        if self.outcome is not None and not isinstance(self.outcome, str):
+            raise ValueError("outcome must be a string")
+        # The table itself, the reason pattern and the outcome rules.
+        check(self.from_state, self.to_state, self.party, reason=self.reason, outcome=self.outcome)
+
+    def encode(self) -> bytes:
+        """The canonical msgpack body (see the module docstring)."""
+        return codec.pack(
+            [
+                VERSION,
+                self.referral_id,
+                self.recipient,
+                self.from_state,
+                self.to_state,
+                self.party,
+                self.reason,
+                self.outcome,
+                self.at,
+            ]
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Transition:
+        """Strictly decode a transition body, or raise MalformedError."""
+        raw: Any = codec.unpack(
+            data, max_bytes=MAX_TRANSITION_BYTES, max_items=16, what="transition"
+        )
+        if not isinstance(raw, list) or len(raw) != 9:
+            raise MalformedError("transition is not an array of 9 fields")
+        if type(raw[0]) is not int or raw[0] != VERSION:
+            raise MalformedError("transition has an unsupported version")
+        try:
+            return cls(
+                referral_id=raw[1],
+                recipient=raw[2],
+                from_state=raw[3],
+                to_state=raw[4],
+                party=raw[5],
+                reason=raw[6],
+                outcome=raw[7],
+                at=raw[8],
+            )
+        except TransitionRefused as e:
+            raise MalformedError(f"transition is not in the lifecycle table: {e}") from e
+        except ValueError as e:
+            raise MalformedError(f"transition is invalid: {e}") from e
+
+
+def escalation_due(
+    urgency: str,
+    submitted_at: int,
+    *,
+    acknowledged: bool,
+    limits: Mapping[str, int] = DEFAULT_ESCALATION_SECONDS,
+    now: int | None = None,
+) -> bool:
+    """Whether an unacknowledged referral of this urgency is overdue for escalation.
+
+    `limits` maps urgency to seconds (an urgency not in it never escalates); `now` defaults
+    to the current time.
+    """
+    if urgency not in URGENCIES:
+        raise ValueError(f"unknown urgency {urgency!r}")
+    if acknowledged:
+        return False
+    limit = limits.get(urgency)
+    if limit is None:
+        return False
+    if type(limit) is not int or limit <= 0:
+        raise ValueError(f"escalation limit for {urgency} must be a positive integer")
+    current = int(time.time()) if now is None else now
+    return current - submitted_at >= limit

@@ -1,0 +1,464 @@
+"""Webhooks: delivering events to the agency system, at least once, in order, signed.
+
+An event is committed to `webhook_outbox` in the same transaction as whatever caused it
+(`enqueue`). `WebhookSender` owns one background loop per configured URL; each loop POSTs that
+URL's undelivered events oldest first, retrying the head of its queue with bounded exponential
+back-off until the receiver answers 2xx, and only then moves on. An event is marked delivered
+once every URL has taken it. The event id is stable across retries, so receivers de-duplicate.
+
+Request (docs/PROTOCOL.md, "Webhooks"):
+
+    POST <url>
+    Content-Type: application/json
+    X-NRM-Event-Id: <id, 32 lowercase hex>
+    X-NRM-Timestamp: <Unix seconds, decimal>
+    X-NRM-Signature: v1=<hex HMAC-SHA256(secret, timestamp || "." || body)>
+
+    {"id": ..., "type": ..., "created": ..., "data": {...}}
+
+The body bytes are fixed at enqueue time and identical on every attempt; the timestamp and
+signature are fresh per attempt. Receivers MUST verify the signature in constant time and
+SHOULD refuse timestamps more than 5 minutes from their clock (`verify_signature`). Bodies are
+never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+import structlog
+
+from keys.errors import BadSignatureError, ExpiredError
+
+log = structlog.get_logger("nrm.webhooks")
+
+EVENT_TYPES: Final = frozenset(
+    {
+        "referral.received",
+        "transition.received",
+        "consent.withdrawn",
+        "erasure.requested",
+        "escalation.received",
+    }
+)
+#: Largest serialized event body accepted by `enqueue`.
+MAX_EVENT_BYTES: Final = 64 * 1024
+SIGNATURE_VERSION: Final = "v1"
+STOP_GRACE_SECONDS: Final = 3.0
+
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+_TIMESTAMP = re.compile(r"^[0-9]{1,15}$")
+_SIGNATURE = re.compile(r"^v1=([0-9a-f]{64})$")
+#: Shortest accepted shared secret (bytes).
+MIN_SECRET_BYTES: Final = 16
+
+SCHEMA: Final[tuple[str, ...]] = (
+    """CREATE TABLE IF NOT EXISTS webhook_outbox (
+        seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id      TEXT NOT NULL UNIQUE,
+        type          TEXT NOT NULL,
+        created       INTEGER NOT NULL,
+        body          BLOB NOT NULL,
+        state         TEXT NOT NULL CHECK (state IN ('queued', 'delivered')),
+        delivered_at  INTEGER
+    ) STRICT""",
+    """CREATE INDEX IF NOT EXISTS webhook_queued ON webhook_outbox(state)
+        WHERE state = 'queued'""",
+    """CREATE TABLE IF NOT EXISTS webhook_deliveries (
+        event_id      TEXT NOT NULL REFERENCES webhook_outbox(event_id),
+        url           TEXT NOT NULL,
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        last_status   INTEGER,
+        delivered_at  INTEGER,
+        PRIMARY KEY (event_id, url)
+    ) STRICT""",
+)
+
+#: Errors that mean "the receiver is not answering right now": retry later.
+TRANSIENT = (aiohttp.ClientError, TimeoutError, OSError)
+
+
+class WebhookSignatureError(BadSignatureError):
+    """A webhook request whose signature header is missing, malformed or does not verify."""
+
+    reason = "bad-webhook-signature"
+
+
+class StaleWebhookError(ExpiredError):
+    """A webhook request whose timestamp is too far from the receiver's clock."""
+
+    reason = "stale-webhook"
+
+
+def new_event_id() -> str:
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEvent:
+    """One event for the agency system. `data` is metadata the system acts on (ids, states,
+    codes); the system fetches anything more over the API."""
+
+    id: str
+    type: str
+    created: int
+    data: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.id, str) and _HEX32.fullmatch(self.id)):
+            raise ValueError("event id must be 32 lowercase hex characters")
+        if self.type not in EVENT_TYPES:
+            raise ValueError(f"unknown webhook event type {self.type!r}")
+        if type(self.created) is not int or self.created < 0:
+            raise ValueError("created must be a non-negative integer")
+        if not isinstance(self.data, Mapping) or not all(isinstance(k, str) for k in self.data):
+            raise ValueError("data must be a mapping with string keys")
+
+    def body(self) -> bytes:
+        """The JSON request body: compact, UTF-8, fields in a fixed order."""
+        payload = {"id": self.id, "type": self.type, "created": self.created, "data": self.data}
+        try:
+            text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"event data is not JSON-serializable: {e}") from e
+        return text.encode("utf-8")
+
+
+class TransactionalStore(Protocol):
+    """What the sender needs of agents.store.Store: its connection and short transactions."""
+
+    _db: sqlite3.Connection
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...
+
+
+def create_tables(db: sqlite3.Connection) -> None:
+    """Create the webhook tables if missing (statement by statement: safe in a transaction)."""
+    for statement in SCHEMA:
+        db.execute(statement)
+
+
+def enqueue(db: sqlite3.Connection, event: WebhookEvent) -> bool:
+    """Queue `event` inside the caller's transaction; False if its id was already queued."""
+    body = event.body()
+    if len(body) > MAX_EVENT_BYTES:
+        raise ValueError(f"webhook event is {len(body)} bytes, more than {MAX_EVENT_BYTES}")
+    create_tables(db)
+    cursor = db.execute(
+        "INSERT INTO webhook_outbox (event_id, type, created, body, state)"
+        " VALUES (?, ?, ?, ?, 'queued') ON CONFLICT (event_id) DO NOTHING",
+        (event.id, event.type, event.created, body),
+    )
+    return cursor.rowcount == 1
+
+
+def sign(secret: bytes, timestamp: int, body: bytes) -> str:
+    """The X-NRM-Signature header value for `body` sent at `timestamp`."""
+    _check_secret(secret)
+    return f"{SIGNATURE_VERSION}={_mac(secret, str(timestamp), body)}"
+
+
+def verify_signature(
+    secret: bytes,
+    timestamp: str,
+    body: bytes,
+    header: str,
+    *,
+    tolerance_seconds: int = 300,
+    now: int | None = None,
+) -> None:
+    """Return if `header` is a valid signature of `body` at `timestamp`, recent enough.
+
+    `timestamp` and `header` are the X-NRM-Timestamp and X-NRM-Signature values as received.
+    `header` may list several comma-separated signatures (during secret rotation); one valid
+    `v1` signature suffices. Raises WebhookSignatureError or StaleWebhookError.
+    """
+    _check_secret(secret)
+    if tolerance_seconds <= 0:
+        raise ValueError("tolerance_seconds must be positive")
+    if not isinstance(timestamp, str) or not _TIMESTAMP.fullmatch(timestamp):
+        raise WebhookSignatureError("X-NRM-Timestamp is missing or not a decimal integer")
+    if not isinstance(header, str) or not header:
+        raise WebhookSignatureError("X-NRM-Signature is missing")
+    expected = _mac(secret, timestamp, bytes(body)).encode("ascii")
+    matched = False
+    for part in header.split(","):
+        found = _SIGNATURE.fullmatch(part.strip())
+        if found is not None and hmac.compare_digest(found.group(1).encode("ascii"), expected):
+            matched = True
+    if not matched:
+        raise WebhookSignatureError("X-NRM-Signature does not verify")
+    current = int(time.time()) if now is None else now
+    if abs(current - int(timestamp)) > tolerance_seconds:
+        raise StaleWebhookError("X-NRM-Timestamp is outside the accepted window")
+
+
+def _mac(secret: bytes, timestamp: str, body: bytes) -> str:
+    return hmac.new(secret, timestamp.encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
+
+
+def _check_secret(secret: bytes) -> None:
+    if not isinstance(secret, bytes):
+        raise TypeError("a webhook secret is bytes")
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ValueError(f"a webhook secret must be at least {MIN_SECRET_BYTES} bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookTarget:
+    """One URL of the agency system and the secret shared with it."""
+
+    url: str
+    secret: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("a webhook URL must be http(s) with a host")
+        _check_secret(self.secret)
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without credentials, path or query: what logs may show."""
+        parts = urlsplit(self.url)
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{parts.hostname}{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """Every limit of webhook delivery."""
+
+    #: Back-off before the first retry, doubled per failure up to the maximum.
+    retry_initial_seconds: float = 0.2
+    retry_max_seconds: float = 30.0
+    #: Whole-request timeout.
+    timeout_seconds: float = 10.0
+    #: Events read from the outbox per query.
+    batch_size: int = 32
+    #: How long an idle loop waits before looking at the outbox again without a wake().
+    poll_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.retry_initial_seconds <= self.retry_max_seconds:
+            raise ValueError("need 0 < retry_initial_seconds <= retry_max_seconds")
+        if self.timeout_seconds <= 0 or self.poll_seconds <= 0 or self.batch_size < 1:
+            raise ValueError("timeouts, poll interval and batch size must be positive")
+
+
+DEFAULT_WEBHOOK_SETTINGS: Final = WebhookSettings()
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedEvent:
+    event_id: str
+    type: str
+    body: bytes
+
+
+class WebhookSender:
+    """Owns the HTTP session and one delivery loop per target."""
+
+    def __init__(
+        self,
+        store: TransactionalStore,
+        *,
+        targets: Sequence[WebhookTarget],
+        settings: WebhookSettings = DEFAULT_WEBHOOK_SETTINGS,
+    ) -> None:
+        urls = [t.url for t in targets]
+        if not urls:
+            raise ValueError("a webhook sender needs at least one target")
+        if len(set(urls)) != len(urls):
+            raise ValueError("each webhook URL may be configured once")
+        self.store = store
+        self.targets = tuple(targets)
+        self.settings = settings
+        with store.transaction() as db:
+            create_tables(db)
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wakes: dict[str, asyncio.Event] = {}
+        self._stopping = asyncio.Event()
+        self._running = False
+
+    def wake(self) -> None:
+        """Tell the loops there is something new in the outbox (call after the commit)."""
+        for event in self._wakes.values():
+            event.set()
+
+    async def start(self) -> None:
+        if self._running:
+            raise RuntimeError("the webhook sender is already running")
+        self._running = True
+        self._stopping.clear()
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds)
+        )
+        self._wakes = {t.url: asyncio.Event() for t in self.targets}
+        self._tasks = [
+            asyncio.create_task(self._deliver_loop(t), name=f"webhook-{t.safe_url}")
+            for t in self.targets
+        ]
+
+    async def stop(self) -> None:
+        """Let the loops finish their current request, then close the session."""
+        self._running = False
+        self._stopping.set()
+        self.wake()
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=STOP_GRACE_SECONDS)
+            for task in late:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._tasks = []
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- the outbox -----------------------------------------------------------------------
+
+    def pending(self, url: str, limit: int) -> list[QueuedEvent]:
+        """Events `url` has not taken yet, oldest first."""
+        rows = self.store._db.execute(
+            "SELECT o.event_id, o.type, o.body FROM webhook_outbox o"
+            " WHERE o.state = 'queued' AND NOT EXISTS ("
+            "   SELECT 1 FROM webhook_deliveries d"
+            "   WHERE d.event_id = o.event_id AND d.url = ? AND d.delivered_at IS NOT NULL)"
+            " ORDER BY o.seq LIMIT ?",
+            (url, limit),
+        ).fetchall()
+        return [QueuedEvent(event_id, kind, bytes(body)) for event_id, kind, body in rows]
+
+    def _record_attempt(self, event_id: str, url: str, status: int | None) -> None:
+        with self.store.transaction() as db:
+            db.execute(
+                "INSERT INTO webhook_deliveries (event_id, url, attempts, last_status)"
+                " VALUES (?, ?, 1, ?) ON CONFLICT (event_id, url)"
+                " DO UPDATE SET attempts = attempts + 1, last_status = excluded.last_status",
+                (event_id, url, status),
+            )
+
+    def _mark_delivered(self, event_id: str, url: str, status: int) -> None:
+        now = int(time.time())
+        with self.store.transaction() as db:
+            db.execute(
+                "INSERT INTO webhook_deliveries"
+                " (event_id, url, attempts, last_status, delivered_at) VALUES (?, ?, 1, ?, ?)"
+                " ON CONFLICT (event_id, url) DO UPDATE"
+                " SET attempts = attempts + 1, last_status = excluded.last_status,"
+                " delivered_at = excluded.delivered_at WHERE delivered_at IS NULL",
+                (event_id, url, status, now),
+            )
+            urls = [t.url for t in self.targets]
+            marks = ",".join("?" * len(urls))
+            # Only placeholders are interpolated; every value is a bound parameter.
+            query = (
+                "SELECT count(*) FROM webhook_deliveries WHERE event_id = ?"  # noqa: S608
+                f" AND delivered_at IS NOT NULL AND url IN ({marks})"
+            )
+            (taken,) = db.execute(query, (event_id, *urls)).fetchone()
+            if taken == len(urls):
+                db.execute(
+                    "UPDATE webhook_outbox SET state = 'delivered', delivered_at = ?"
+                    " WHERE event_id = ? AND state = 'queued'",
+                    (now, event_id),
+                )
+
+    # --- delivery -------------------------------------------------------------------------
+
+    async def _deliver_loop(self, target: WebhookTarget) -> None:
+        wake = self._wakes[target.url]
+        where = target.safe_url
+        delay = self.settings.retry_initial_seconds
+        while self._running:
+            batch = self.pending(target.url, self.settings.batch_size)
+            if not batch:
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=self.settings.poll_seconds)
+                continue
+            failed = False
+            for item in batch:
+                if not self._running:
+                    return
+                status = await self._post(target, item)
+                if status is not None and 200 <= status < 300:
+                    self._mark_delivered(item.event_id, target.url, status)
+                    log.info(
+                        "webhook_delivered",
+                        url=where,
+                        event_id=item.event_id,
+                        type=item.type,
+                        status=status,
+                    )
+                    continue
+                self._record_attempt(item.event_id, target.url, status)
+                log.warning(
+                    "webhook_retry",
+                    url=where,
+                    event_id=item.event_id,
+                    type=item.type,
+                    status=status,
+                    delay=delay,
+                )
+                failed = True
+                break
+            if failed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                delay = min(delay * 2, self.settings.retry_max_seconds)
+            else:
+                delay = self.settings.retry_initial_seconds
+
+    async def _post(self, target: WebhookTarget, item: QueuedEvent) -> int | None:
+        """POST one event; the HTTP status, or None if no answer came."""
+        session = self._session
+        if session is None:
+            raise RuntimeError("the webhook sender is not started")
+        timestamp = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "X-NRM-Event-Id": item.event_id,
+            "X-NRM-Timestamp": str(timestamp),
+            "X-NRM-Signature": sign(target.secret, timestamp, item.body),
+        }
+        try:
+            async with session.post(
+                target.url, data=item.body, headers=headers, allow_redirects=False
+            ) as response:
+                # Read (bounded) so the connection can be reused; the answer is not kept.
+                await response.content.read(4096)
+                return response.status
+        except TRANSIENT as e:
+            _raise_if_cancelled()
+            log.warning(
+                "webhook_unreachable",
+                url=target.safe_url,
+                event_id=item.event_id,
+                error=type(e).__name__,
+            )
+            return None
+
+
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation that a library reported as a timeout or connection error."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

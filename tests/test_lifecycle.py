@@ -1,0 +1,221 @@
+"""The referral lifecycle: the transition table, exhaustively, and the transition body."""
+
+from __future__ import annotations
+
+import itertools
+
+import msgpack
+import pytest
+
+from agents import lifecycle
+from agents.lifecycle import (
+    DEFAULT_ESCALATION_SECONDS,
+    PARTIES,
+    STATES,
+    Transition,
+    TransitionRefused,
+    allowed,
+    check,
+    escalation_due,
+)
+from keys import codec
+from keys.errors import MalformedError
+
+REFERRAL = "0123456789abcdef0123456789abcdef"
+
+#: The specification, written out independently of the module's table: (from, party) -> to.
+EXPECTED: dict[tuple[str, str], set[str]] = {
+    ("submitted", "system"): {"delivered", "expired"},
+    ("submitted", "sender"): {"withdrawn", "cancelled"},
+    ("submitted", "recipient"): {"cancelled"},
+    ("delivered", "system"): {"expired"},
+    ("delivered", "sender"): {"withdrawn", "cancelled"},
+    ("delivered", "recipient"): {"acknowledged", "cancelled"},
+    ("acknowledged", "system"): {"expired"},
+    ("acknowledged", "sender"): {"withdrawn", "cancelled"},
+    ("acknowledged", "recipient"): {"accepted", "declined", "more_info_requested", "cancelled"},
+    ("more_info_requested", "system"): {"expired"},
+    ("more_info_requested", "sender"): {"submitted", "withdrawn", "cancelled"},
+    ("more_info_requested", "recipient"): {"cancelled"},
+    ("accepted", "sender"): {"cancelled"},
+    ("accepted", "recipient"): {"in_progress", "cancelled"},
+    ("in_progress", "sender"): {"cancelled"},
+    ("in_progress", "recipient"): {"closed", "cancelled"},
+}
+
+
+def _extras(target: str) -> tuple[str | None, str | None]:
+    """A valid (reason, outcome) for a transition to `target`."""
+    if target in ("declined", "cancelled"):
+        return "no-capacity", None
+    if target == "closed":
+        return None, "completed"
+    return None, None
+
+
+def test_allowed_matches_the_specification() -> None:
+    """allowed() lists exactly the specified targets for every state and party."""
+    for state, party in itertools.product(STATES, PARTIES):
+        assert set(allowed(state, party)) == EXPECTED.get((state, party), set()), (state, party)
+
+
+def test_final_states_have_no_way_out() -> None:
+    """Declined, closed, withdrawn, cancelled and expired allow nothing to anyone."""
+    for state in lifecycle.FINAL_STATES:
+        for party in PARTIES:
+            assert allowed(state, party) == []
+
+
+@pytest.mark.parametrize(
+    ("state", "target", "party"), list(itertools.product(STATES, STATES, PARTIES))
+)
+def test_every_combination(state: str, target: str, party: str) -> None:
+    """An allowed transition passes; any other is refused naming exactly the allowed ones."""
+    reason, outcome = _extras(target)
+    if target in EXPECTED.get((state, party), set()):
+        check(state, target, party, reason=reason, outcome=outcome)
+        t = Transition(REFERRAL, "shelter", state, target, party, reason, outcome, 1_700_000_000)
+        assert Transition.decode(t.encode()) == t
+    else:
+        with pytest.raises(TransitionRefused) as refused:
+            check(state, target, party, reason=reason, outcome=outcome)
+        assert refused.value.allowed == allowed(state, party)
+        with pytest.raises(MalformedError):
+            Transition.decode(
+                codec.pack([1, REFERRAL, "shelter", state, target, party, reason, outcome, 1])
+            )
+
+
+@pytest.mark.parametrize(
+    ("state", "target", "party", "reason", "outcome"),
+    [
+        ("acknowledged", "declined", "recipient", None, None),
+        ("accepted", "cancelled", "sender", None, None),
+        ("in_progress", "cancelled", "recipient", None, None),
+        ("in_progress", "closed", "recipient", None, None),
+        ("in_progress", "closed", "recipient", None, "vanished"),
+        ("acknowledged", "accepted", "recipient", None, "completed"),
+        ("acknowledged", "declined", "recipient", "Free text, with a name", None),
+        ("acknowledged", "declined", "recipient", "x" * 41, None),
+        ("acknowledged", "declined", "recipient", "no-capacity1", None),
+    ],
+)
+def test_missing_or_bad_reason_and_outcome_refused(
+    state: str, target: str, party: str, reason: str | None, outcome: str | None
+) -> None:
+    """A required reason or outcome that is missing, malformed or misplaced is a ValueError."""
+    with pytest.raises(ValueError):
+        check(state, target, party, reason=reason, outcome=outcome)
+    with pytest.raises(ValueError):
+        Transition(REFERRAL, "shelter", state, target, party, reason, outcome, 1)
+
+
+def test_unknown_names_are_misuse() -> None:
+    """Unknown states and parties raise ValueError, not TransitionRefused."""
+    with pytest.raises(ValueError, match="unknown"):
+        allowed("lost", "sender")
+    with pytest.raises(ValueError, match="unknown party"):
+        allowed("submitted", "coordinator")
+    with pytest.raises(ValueError, match="unknown target"):
+        check("submitted", "lost", "system", reason=None, outcome=None)
+
+
+def test_refusal_message_names_allowed() -> None:
+    """The refusal's message names the allowed targets, as the 409 answer will."""
+    with pytest.raises(TransitionRefused, match="acknowledged, cancelled"):
+        check("delivered", "accepted", "recipient", reason=None, outcome=None)
+
+
+def test_encoding_is_the_documented_array() -> None:
+    """The body is canonical msgpack [1, referral, recipient, from, to, party, reason,
+    outcome, at]."""
+    t = Transition(REFERRAL, "shelter", "in_progress", "closed", "recipient", None, "completed", 5)
+    assert msgpack.unpackb(t.encode()) == [
+        1,
+        REFERRAL,
+        "shelter",
+        "in_progress",
+        "closed",
+        "recipient",
+        None,
+        "completed",
+        5,
+    ]
+
+
+GOOD = [1, REFERRAL, "shelter", "acknowledged", "declined", "recipient", "no-capacity", None, 9]
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("wrong version", [2, *GOOD[1:]]),
+        ("too few fields", GOOD[:-1]),
+        ("unknown extra field", [*GOOD, 0]),
+        ("not an array", "transition"),
+        ("short referral id", [1, "abc", *GOOD[2:]]),
+        ("upper-case referral id", [1, REFERRAL.upper(), *GOOD[2:]]),
+        ("bad agency id", [1, REFERRAL, "Shelter!", *GOOD[3:]]),
+        ("unknown state", [1, REFERRAL, "shelter", "lost", *GOOD[4:]]),
+        ("unknown party", [*GOOD[:5], "auditor", *GOOD[6:]]),
+        ("free-text reason", [*GOOD[:6], "She said no", *GOOD[7:]]),
+        ("reason as bytes", [*GOOD[:6], b"no-capacity", *GOOD[7:]]),
+        ("missing reason", [*GOOD[:6], None, *GOOD[7:]]),
+        ("negative time", [*GOOD[:8], -1]),
+        ("boolean time", [*GOOD[:8], True]),
+        ("version as bool", [True, *GOOD[1:]]),
+    ],
+)
+def test_strict_decoding_refuses(name: str, raw: object) -> None:
+    """Every malformed body is refused with MalformedError."""
+    with pytest.raises(MalformedError):
+        Transition.decode(codec.pack(raw))
+
+
+def test_strict_decoding_refuses_non_canonical_and_oversized() -> None:
+    """A non-canonical encoding, a map and an oversized body are refused."""
+    good = codec.pack(GOOD)
+    assert Transition.decode(good).reason == "no-capacity"
+    non_canonical = b"\xdc\x00\x09" + good[1:]  # array16 header for a 9-item array
+    with pytest.raises(MalformedError):
+        Transition.decode(non_canonical)
+    with pytest.raises(MalformedError):
+        Transition.decode(msgpack.packb({"version": 1}))
+    with pytest.raises(MalformedError):
+        Transition.decode(good + b"\x00" * 600)
+
+
+@pytest.mark.parametrize(
+    ("urgency", "elapsed", "acknowledged", "due"),
+    [
+        ("routine", 10 * 86400, False, False),
+        ("urgent", 4 * 3600 - 1, False, False),
+        ("urgent", 4 * 3600, False, True),
+        ("urgent", 4 * 3600, True, False),
+        ("emergency", 30 * 60 - 1, False, False),
+        ("emergency", 30 * 60, False, True),
+        ("emergency", 86400, True, False),
+    ],
+)
+def test_escalation_due_with_defaults(
+    urgency: str, elapsed: int, acknowledged: bool, due: bool
+) -> None:
+    """Unacknowledged urgent (4 h) and emergency (30 min) referrals escalate; routine never."""
+    submitted = 1_700_000_000
+    assert (
+        escalation_due(urgency, submitted, acknowledged=acknowledged, now=submitted + elapsed)
+        is due
+    )
+
+
+def test_escalation_limits_are_configurable() -> None:
+    """Configured limits replace the defaults, including for routine referrals."""
+    limits = {"urgent": 60, "emergency": 10, "routine": 3600}
+    assert escalation_due("urgent", 0, acknowledged=False, limits=limits, now=60)
+    assert not escalation_due("emergency", 0, acknowledged=False, limits=limits, now=9)
+    assert escalation_due("routine", 0, acknowledged=False, limits=limits, now=3600)
+    assert DEFAULT_ESCALATION_SECONDS == {"urgent": 14400, "emergency": 1800}
+    with pytest.raises(ValueError):
+        escalation_due("whenever", 0, acknowledged=False, now=1)
+    with pytest.raises(ValueError):
+        escalation_due("urgent", 0, acknowledged=False, limits={"urgent": 0}, now=1)
