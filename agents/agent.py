@@ -37,18 +37,38 @@ from keys.subjects import DIRECTORY_KEY
 from .api import ApiSettings, make_app
 from .audit import AuditTrail
 from .config import AgentConfig
+from .desk import Desk
 from .ledger_check import LedgerWatch
-from .messages import DELIVERY_RECEIPT, REFERRAL, DeliveryReceipt, canonical_json
+from .messages import (
+    CONSENT_WITHDRAWAL,
+    DELIVERY_RECEIPT,
+    ERASURE_CONFIRMATION,
+    ESCALATION,
+    REFERRAL,
+    TRANSITION,
+    DeliveryReceipt,
+    canonical_json,
+)
+from .metrics import AgentMetrics
 from .problems import ProblemError
 from .store import OutgoingMessage, Received, Store
 from .transport import Transport, Verdict
 from .trust import TrustState
+from .webhooks import WebhookSender
 
 log = structlog.get_logger("nrm.agent")
 
 #: Test-only crash points (docs/RUNBOOK.md): `NRM_FAILPOINT=inbox-after-commit` makes the
 #: process exit right after committing a received message and before acking it.
 FAILPOINT_ENV = "NRM_FAILPOINT"
+
+#: The audit event each outgoing message kind records (others are recorded by the desk).
+SENT_EVENTS = {
+    REFERRAL: "referral.sent",
+    DELIVERY_RECEIPT: "receipt.sent",
+    TRANSITION: "transition.sent",
+    ESCALATION: "escalation.sent",
+}
 
 
 class Agent:
@@ -73,11 +93,33 @@ class Agent:
             limits=self.limits,
         )
         self.log = log.bind(agency=config.agency)
+        self.metrics = AgentMetrics(agency=config.agency)
+        self.desk = Desk(
+            agency=config.agency,
+            store=self.store,
+            audit=self.audit,
+            send=self._send,
+            keys=lambda: self.keys,
+            directory=self._directory,
+            escalation_limits={
+                "urgent": config.limits.escalation_urgent_seconds,
+                "emergency": config.limits.escalation_emergency_seconds,
+            },
+        )
         self.ledger_watch = (
             None
             if config.ledger is None
-            else LedgerWatch(settings=config.ledger, store=self.store, agency=config.agency)
+            else LedgerWatch(
+                settings=config.ledger,
+                store=self.store,
+                agency=config.agency,
+                on_alert=lambda reason: self.metrics.ledger_alerts.labels(reason).inc(),
+            )
         )
+        self.webhooks = (
+            WebhookSender(self.store, targets=config.webhooks) if config.webhooks else None
+        )
+        self._timer: asyncio.Task[None] | None = None
         self._watching = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
@@ -112,20 +154,26 @@ class Agent:
         self.api_port = self._runner.addresses[0][1]
         self._check_own_keys()
         await self.transport.start()
+        self._watching.set()
+        self._timer = asyncio.create_task(self._timers(), name=f"timers-{self.config.agency}")
+        if self.webhooks is not None:
+            await self.webhooks.start()
         if self.ledger_watch is not None:
-            self._watching.set()
             self._watch_task = asyncio.create_task(
                 self.ledger_watch.run(self._watching), name=f"ledger-watch-{self.config.agency}"
             )
         self.log.info("agent_started", api_port=self.api_port)
 
     async def stop(self) -> None:
-        if self._watch_task is not None:
-            self._watching.clear()
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
-            self._watch_task = None
+        self._watching.clear()
+        for task in (self._watch_task, self._timer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._watch_task = self._timer = None
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         await self.transport.stop()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -148,8 +196,10 @@ class Agent:
 
     # --- sending --------------------------------------------------------------------------
 
-    def submit_referral(self, *, recipients: Sequence[str], referral: dict[str, Any]) -> str:
-        """Seal a referral to `recipients` and commit it to the outbox (before the 202)."""
+    def submit_referral(
+        self, *, recipients: Sequence[str], referral: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Validate, minimise, seal and commit a referral to the outbox (before the 202)."""
         if len(set(recipients)) != len(recipients):
             raise ProblemError(422, "Unprocessable Content", "recipients must be distinct")
         if len(recipients) > self.limits.max_recipients:
@@ -167,9 +217,10 @@ class Agent:
             raise ProblemError(
                 413, "Content Too Large", f"the referral is over {self.limits.max_body_bytes} bytes"
             )
-        message_id = self._send(REFERRAL, body, list(recipients), labels=labels_of(referral))
-        self.log.info("referral_accepted", message_id=message_id, recipients=list(recipients))
-        return message_id
+        result = self.desk.submit(recipients=recipients, document=referral)
+        self.metrics.sent.labels(REFERRAL).inc(len(result["recipients"]))
+        self.log.info("referral_accepted", referral_id=result["id"], recipients=list(recipients))
+        return result
 
     def _send(
         self,
@@ -208,15 +259,16 @@ class Agent:
                 envelope_hash=sealed.hash,
                 envelope=sealed.data,
                 recipients=recipients,
+                referral_id=referral_id,
             ),
             db,
         )
-        event_kind = "referral.sent" if kind == REFERRAL else "receipt.sent"
-        for r in sealed_to:
+        event_kind = SENT_EVENTS.get(kind, "")
+        for r in sealed_to if event_kind else []:
             self.audit.record(
                 db,
                 event_kind,
-                referral_id=referral_id or sealed.header.message_id,
+                referral_id=referral_id,
                 counterpart=r.agency,
                 envelope_hash=sealed.hash,
                 key_ids=(sealed.header.sender_kid, r.kid),
@@ -272,6 +324,7 @@ class Agent:
     def _reject(self, data: bytes, stream_seq: int, e: UntrustedInputError) -> Verdict:
         """Refuse a message for good: log and audit its reason, store nothing of it."""
         digest = envelope_hash(data)
+        self.metrics.rejected.labels(e.reason).inc()
         self.log.warning(
             "message_rejected", stream_seq=stream_seq, reason=e.reason, envelope_hash=digest
         )
@@ -279,8 +332,10 @@ class Agent:
         return Verdict.TERM
 
     def _commit(self, opened: Opened, stream_seq: int) -> None:
+        """Store one verified message and everything it causes, in one transaction."""
         h = opened.header
         now = int(time.time())
+        keep_body = h.kind not in (REFERRAL,)  # referral bodies are stored encrypted by the desk
         received = Received(
             seq=0,
             message_id=h.message_id,
@@ -289,39 +344,35 @@ class Agent:
             envelope_hash=opened.envelope_hash,
             created=h.created,
             received_at=now,
-            body=opened.body,
+            body=opened.body if keep_body else None,
         )
-        if h.kind == REFERRAL:
-            receipt = DeliveryReceipt(h.message_id, opened.envelope_hash, now)
-            with self.store.transaction() as tx:
-                self.store.insert_received(tx, received, stream_seq=stream_seq)
+        handlers = {
+            TRANSITION: self.desk.on_transition,
+            CONSENT_WITHDRAWAL: self.desk.on_withdrawal,
+            ERASURE_CONFIRMATION: self.desk.on_erasure_confirmation,
+            ESCALATION: self.desk.on_escalation,
+        }
+        with self.store.transaction() as tx:
+            self.store.insert_received(tx, received, stream_seq=stream_seq)
+            if h.kind == REFERRAL:
+                routing = self.desk.on_referral(tx, opened)
+                referral_id = self._referral_of(tx, h.message_id)
+                my_kid = h.recipient_kids[h.recipients.index(self.config.agency)]
                 self.audit.record(
                     tx,
                     "referral.received",
-                    referral_id=h.message_id,
+                    referral_id=referral_id,
                     counterpart=h.sender,
                     envelope_hash=opened.envelope_hash,
-                    key_ids=(
-                        h.sender_kid,
-                        h.recipient_kids[h.recipients.index(self.config.agency)],
-                    ),
-                    labels=_labels(opened.body),
+                    key_ids=(h.sender_kid, my_kid),
+                    labels=labels_of(routing),
                 )
-                receipt_id = self._send(
-                    DELIVERY_RECEIPT, receipt.encode(), [h.sender], tx, referral_id=h.message_id
+                receipt = DeliveryReceipt(h.message_id, opened.envelope_hash, now)
+                self._send(
+                    DELIVERY_RECEIPT, receipt.encode(), [h.sender], tx, referral_id=referral_id
                 )
-            self.log.info(
-                "referral_received",
-                message_id=h.message_id,
-                sender=h.sender,
-                envelope_hash=opened.envelope_hash,
-                sender_kid=h.sender_kid,
-                receipt_id=receipt_id,
-            )
-            self.transport.wake()
-        elif h.kind == DELIVERY_RECEIPT:
-            receipt = DeliveryReceipt.decode(opened.body)
-            with self.store.transaction() as tx:
+            elif h.kind == DELIVERY_RECEIPT:
+                receipt = DeliveryReceipt.decode(opened.body)
                 if not self.store.mark_delivered(
                     tx,
                     message_id=receipt.message_id,
@@ -329,18 +380,59 @@ class Agent:
                     envelope_hash=receipt.envelope_hash,
                 ):
                     raise UnexpectedMessageError("receipt names no envelope sent to its sender")
-                self.store.insert_received(tx, received, stream_seq=stream_seq)
+                self.desk.on_delivered(tx, receipt.message_id, h.sender)
                 self.audit.record(
                     tx,
                     "receipt.received",
-                    referral_id=receipt.message_id,
+                    referral_id=self._sent_referral(tx, receipt.message_id),
                     counterpart=h.sender,
                     envelope_hash=opened.envelope_hash,
                     key_ids=(h.sender_kid,),
                 )
-            self.log.info("delivery_confirmed", message_id=receipt.message_id, recipient=h.sender)
-        else:
-            raise UnexpectedMessageError(f"unknown message kind {h.kind}")
+            elif h.kind in handlers:
+                handlers[h.kind](tx, opened)
+            else:
+                raise UnexpectedMessageError(f"unknown message kind {h.kind}")
+        self.metrics.received.labels(h.kind).inc()
+        self.log.info(
+            "message_received",
+            kind=h.kind,
+            message_id=h.message_id,
+            sender=h.sender,
+            envelope_hash=opened.envelope_hash,
+            sender_kid=h.sender_kid,
+        )
+        if h.kind == REFERRAL:
+            self.log.info(
+                "referral_received",
+                message_id=h.message_id,
+                sender=h.sender,
+                envelope_hash=opened.envelope_hash,
+                sender_kid=h.sender_kid,
+            )
+        elif h.kind == DELIVERY_RECEIPT:
+            self.log.info(
+                "delivery_confirmed",
+                message_id=DeliveryReceipt.decode(opened.body).message_id,
+                recipient=h.sender,
+            )
+        self.transport.wake()
+        if self.webhooks is not None:
+            self.webhooks.wake()
+
+    @staticmethod
+    def _referral_of(db: sqlite3.Connection, message_id: str) -> str | None:
+        row = db.execute(
+            "SELECT referral_id FROM inbox WHERE message_id = ?", (message_id,)
+        ).fetchone()
+        return None if row is None else row[0]
+
+    @staticmethod
+    def _sent_referral(db: sqlite3.Connection, message_id: str) -> str | None:
+        row = db.execute(
+            "SELECT referral_id FROM outbox WHERE message_id = ?", (message_id,)
+        ).fetchone()
+        return None if row is None else row[0]
 
     # --- trust ----------------------------------------------------------------------------
 
@@ -409,6 +501,17 @@ class Agent:
             and (k.valid_until is None or now <= k.valid_until + self.limits.clock_skew_seconds)
         }
         return {kid: key for kid, key in self.keys.decryption_keys.items() if kid in usable}
+
+    async def _timers(self) -> None:
+        """Escalate overdue urgent referrals and expire stale ones, every few seconds."""
+        while self._watching.is_set():
+            await asyncio.sleep(self.limits.timer_interval_seconds)
+            if self.trust.directory is not None:
+                self.desk.tick()
+                self.transport.wake()
+
+    def metrics_text(self) -> bytes:
+        return self.metrics.render(outbox_pending=self.store.pending_count)
 
     # --- health ---------------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
-"""The agent's local HTTP API for the agency's own systems (aiohttp).
+"""The agent's local HTTP API for the agency's own systems (aiohttp); OpenAPI 3.1 at
+/openapi.json (agents/openapi.py).
 
-Bearer tokens per client system, compared by SHA-256 digest in constant time; every error is
-problem+json; request bodies are bounded before they are read.
+Bearer tokens per client system with scopes (submit, read, act), compared by SHA-256 digest
+in constant time; every error is problem+json (RFC 9457); request bodies are bounded before
+they are read; every POST honours `Idempotency-Key`.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -17,24 +20,30 @@ import structlog
 from aiohttp import web
 
 from .config import ApiClient
+from .desk import Desk
+from .openapi import OPENAPI
 from .problems import ProblemError, problem
-from .store import OutgoingStatus, Received, Store
+from .store import Store
 
 log = structlog.get_logger("nrm.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+UNPROCESSABLE = "Unprocessable Content"
 
 
 class Backend(Protocol):
     """What the API needs from the agent."""
 
     store: Store
+    desk: Desk
 
-    def submit_referral(self, *, recipients: Sequence[str], referral: dict[str, Any]) -> str:
-        """Seal and commit a referral to the outbox; return its id. Raises ProblemError."""
-        ...
+    def submit_referral(
+        self, *, recipients: Sequence[str], referral: dict[str, Any]
+    ) -> dict[str, Any]: ...
 
     def health(self) -> dict[str, Any]: ...
+
+    def metrics_text(self) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,21 +56,33 @@ class ApiSettings:
 
 BACKEND = web.AppKey("backend", Backend)
 SETTINGS = web.AppKey("settings", ApiSettings)
-CLIENT = web.RequestKey("client", str)
+CLIENT = web.RequestKey("client", ApiClient)
+PUBLIC = frozenset({"/healthz", "/openapi.json"})
 
 
 def make_app(backend: Backend, settings: ApiSettings) -> web.Application:
     app = web.Application(
-        middlewares=[_problems, _authenticate],
-        client_max_size=settings.max_request_bytes,
+        middlewares=[_problems, _authenticate], client_max_size=settings.max_request_bytes
     )
     app[BACKEND] = backend
     app[SETTINGS] = settings
-    app.router.add_get("/healthz", healthz)
-    app.router.add_post("/v1/referrals", submit_referral)
-    app.router.add_get("/v1/referrals/{id}", get_referral)
-    app.router.add_get("/v1/inbox", list_inbox)
+    r = app.router
+    r.add_get("/healthz", healthz)
+    r.add_get("/openapi.json", openapi)
+    r.add_get("/metrics", metrics)
+    r.add_post("/v1/referrals", submit_referral)
+    r.add_get("/v1/referrals", list_referrals)
+    r.add_get("/v1/referrals/{id}", get_referral)
+    r.add_get("/v1/referrals/{id}/history", referral_history)
+    r.add_post("/v1/referrals/{id}/transitions", transition)
+    r.add_get("/v1/inbox", list_inbox)
+    r.add_post("/v1/consents", record_consent)
+    r.add_get("/v1/consents/{id}", get_consent)
+    r.add_post("/v1/consents/{id}/withdraw", withdraw_consent)
     return app
+
+
+# --- middleware ---------------------------------------------------------------------------------
 
 
 @web.middleware
@@ -75,9 +96,8 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
             raise
         title = e.reason or "Error"
         if isinstance(e, web.HTTPRequestEntityTooLarge):
-            detail = (
-                f"the request body is larger than {request.app[SETTINGS].max_request_bytes} bytes"
-            )
+            limit = request.app[SETTINGS].max_request_bytes
+            detail = f"the request body is larger than {limit} bytes"
         else:
             detail = title
         return problem(e.status, title, detail)
@@ -89,14 +109,14 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
 
 @web.middleware
 async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path == "/healthz":
+    if request.path in PUBLIC:
         return await handler(request)
     client = _client_for(request.headers.get("Authorization", ""), request.app[SETTINGS].clients)
     if client is None:
         response = problem(401, "Unauthorized", "a valid bearer token is required")
         response.headers["WWW-Authenticate"] = 'Bearer realm="nrm-agent"'
         return response
-    request[CLIENT] = client.name
+    request[CLIENT] = client
     return await handler(request)
 
 
@@ -112,59 +132,57 @@ def _client_for(authorization: str, clients: Sequence[ApiClient]) -> ApiClient |
     return found
 
 
-async def healthz(request: web.Request) -> web.Response:
-    health = request.app[BACKEND].health()
-    return web.json_response(health, status=200 if health["status"] == "ok" else 503)
+def _need(request: web.Request, scope: str) -> None:
+    if scope not in request[CLIENT].scopes:
+        raise ProblemError(403, "Forbidden", f"this token lacks the {scope} scope")
 
 
-async def submit_referral(request: web.Request) -> web.Response:
-    doc = await _json_object(request)
-    unknown = set(doc) - {"recipients", "referral"}
-    if unknown:
-        raise ProblemError(422, "Unprocessable Content", f"unknown fields: {sorted(unknown)}")
-    recipients = doc.get("recipients")
-    if (
-        not isinstance(recipients, list)
-        or not recipients
-        or not all(isinstance(r, str) for r in recipients)
-    ):
-        raise ProblemError(
-            422, "Unprocessable Content", "recipients must be a non-empty list of agency ids"
-        )
-    referral = doc.get("referral")
-    if not isinstance(referral, dict):
-        raise ProblemError(422, "Unprocessable Content", "referral must be a JSON object")
-    message_id = request.app[BACKEND].submit_referral(recipients=recipients, referral=referral)
-    return web.json_response(
-        {"id": message_id, "status": "queued"},
-        status=202,
-        headers={"Location": f"/v1/referrals/{message_id}"},
-    )
+# --- idempotency ------------------------------------------------------------------------------
 
 
-async def get_referral(request: web.Request) -> web.Response:
-    status = request.app[BACKEND].store.outgoing(request.match_info["id"])
-    if status is None or status.kind != "referral":
-        raise ProblemError(404, "Not Found", "no referral with this id was sent by this agency")
-    return web.json_response(_status_json(status))
+async def _idempotent(
+    request: web.Request, scope: str, act: Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
+) -> web.Response:
+    """Run a POST once per `Idempotency-Key`: a repeat with the same body gets the first
+    answer again; the same key with another body is refused."""
+    _need(request, scope)
+    raw = await request.read() if request.can_read_body else b""
+    doc = _json_object(request, raw) if raw else {}
+    key = request.headers.get("Idempotency-Key")
+    store = request.app[BACKEND].store
+    client = request[CLIENT].name
+    digest = hashlib.sha256(request.path.encode() + b"\x00" + raw).hexdigest()
+    if key is not None:
+        if not 1 <= len(key) <= 200 or not key.isascii() or not key.isprintable():
+            raise ProblemError(400, "Bad Request", "Idempotency-Key must be 1-200 printable ASCII")
+        row = store._db.execute(
+            "SELECT request_hash, status, response FROM idempotency WHERE client = ? AND key = ?",
+            (client, key),
+        ).fetchone()
+        if row is not None:
+            if row[0] != digest:
+                raise ProblemError(
+                    422, UNPROCESSABLE, "this Idempotency-Key was used for a different request"
+                )
+            return web.json_response(
+                json.loads(row[2]), status=row[1], headers={"Idempotent-Replayed": "true"}
+            )
+    status, body = act(doc)
+    if key is not None:
+        with store.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO idempotency (client, key, request_hash, status, response,"
+                " created) VALUES (?, ?, ?, ?, ?, ?)",
+                (client, key, digest, status, json.dumps(body).encode(), int(time.time())),
+            )
+    return web.json_response(body, status=status)
 
 
-async def list_inbox(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
-    limit = _int_param(request, "limit", settings.default_page_size, 1, settings.max_page_size)
-    after = _int_param(request, "cursor", 0, 0, 2**62)
-    rows = request.app[BACKEND].store.inbox_page(kind="referral", after=after, limit=limit)
-    items = [_received_json(r) for r in rows]
-    next_cursor = str(rows[-1].seq) if len(rows) == limit else None
-    return web.json_response({"items": items, "next_cursor": next_cursor})
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
+def _json_object(request: web.Request, raw: bytes) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise ProblemError(
             415, "Unsupported Media Type", "the request body must be application/json"
         )
-    raw = await request.read()  # bounded by client_max_size
     try:
         doc = json.loads(raw)
     except json.JSONDecodeError as e:
@@ -178,6 +196,233 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     return doc
 
 
+def _only(doc: dict[str, Any], allowed: set[str]) -> None:
+    unknown = set(doc) - allowed
+    if unknown:
+        names = sorted(n if n.isidentifier() and len(n) < 40 else "?" for n in unknown)
+        raise ProblemError(422, UNPROCESSABLE, f"unknown fields: {names}")
+
+
+# --- handlers ---------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    health = request.app[BACKEND].health()
+    return web.json_response(health, status=200 if health["status"] == "ok" else 503)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    _need(request, "read")
+    return web.Response(
+        body=request.app[BACKEND].metrics_text(), content_type="text/plain", charset="utf-8"
+    )
+
+
+async def submit_referral(request: web.Request) -> web.Response:
+    def act(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        _only(doc, {"recipients", "referral"})
+        recipients = doc.get("recipients")
+        if (
+            not isinstance(recipients, list)
+            or not recipients
+            or not all(isinstance(r, str) for r in recipients)
+        ):
+            raise ProblemError(
+                422, UNPROCESSABLE, "recipients must be a non-empty list of agency ids"
+            )
+        referral = doc.get("referral")
+        if not isinstance(referral, dict):
+            raise ProblemError(422, UNPROCESSABLE, "referral must be a JSON object")
+        result = request.app[BACKEND].submit_referral(recipients=recipients, referral=referral)
+        return 202, result
+
+    response = await _idempotent(request, "submit", act)
+    if response.status == 202:
+        response.headers["Location"] = f"/v1/referrals/{json.loads(response.body)['id']}"  # type: ignore[arg-type]
+    return response
+
+
+async def list_referrals(request: web.Request) -> web.Response:
+    _need(request, "read")
+    settings = request.app[SETTINGS]
+    limit = _int_param(request, "limit", settings.default_page_size, 1, settings.max_page_size)
+    after = _int_param(request, "cursor", 0, 0, 2**62)
+    since = _int_param(request, "since", 0, 0, 2**40)
+    rows = request.app[BACKEND].store.referrals_page(
+        after=after, since=since, state=request.query.get("state"), limit=limit
+    )
+    items = [
+        {
+            "id": r[1],
+            "counterpart": r[2],
+            "side": r[3],
+            "state": r[4],
+            "referral_type": r[5],
+            "urgency": r[6],
+            "created": r[7],
+            "updated": r[8],
+        }
+        for r in rows
+    ]
+    next_cursor = str(rows[-1][0]) if len(rows) == limit else None
+    return web.json_response({"items": items, "next_cursor": next_cursor})
+
+
+async def get_referral(request: web.Request) -> web.Response:
+    _need(request, "read")
+    backend = request.app[BACKEND]
+    referral_id = request.match_info["id"]
+    rows = backend.store._db.execute(
+        "SELECT counterpart, side, state, referral_type, urgency, legal_basis, message_id, created,"
+        " updated, escalated_at FROM referrals WHERE referral_id = ? ORDER BY counterpart",
+        (referral_id,),
+    ).fetchall()
+    if not rows:
+        raise ProblemError(404, "Not Found", "no referral with this id at this agency")
+    side = rows[0][1]
+    parties = []
+    for counterpart, _, state, _t, _u, _b, message_id, _c, updated, escalated in rows:
+        delivery = None
+        if side == "sender":
+            out = backend.store.outgoing(message_id)
+            delivery = "queued" if out is None else out.status
+        parties.append(
+            {
+                "agency": counterpart,
+                "state": state,
+                "status": delivery,
+                "updated": updated,
+                "escalated_at": escalated,
+            }
+        )
+    body: dict[str, Any] = {
+        "id": referral_id,
+        "side": side,
+        "referral_type": rows[0][3],
+        "urgency": rows[0][4],
+        "legal_basis": rows[0][5],
+        "created": rows[0][7],
+    }
+    if side == "sender":
+        order = ("queued", "sent", "delivered")
+        body["status"] = min((p["status"] for p in parties), key=order.index)
+        body["recipients"] = parties
+    else:
+        body["sender"] = parties[0]["agency"]
+        body["state"] = parties[0]["state"]
+        row = backend.store._db.execute(
+            "SELECT body FROM inbox WHERE referral_id = ?", (referral_id,)
+        ).fetchone()
+        opened = backend.desk.open_body(referral_id, None if row is None else row[0])
+        body["referral"] = None if opened is None else opened.get("referral")
+        body["erased"] = opened is None
+    return web.json_response(body)
+
+
+async def referral_history(request: web.Request) -> web.Response:
+    _need(request, "read")
+    rows = (
+        request.app[BACKEND]
+        .store._db.execute(
+            "SELECT counterpart, from_state, to_state, party, reason, outcome, at FROM history"
+            " WHERE referral_id = ? ORDER BY seq",
+            (request.match_info["id"],),
+        )
+        .fetchall()
+    )
+    if not rows:
+        raise ProblemError(404, "Not Found", "no referral with this id at this agency")
+    items = [
+        {
+            "counterpart": r[0],
+            "from": r[1],
+            "to": r[2],
+            "party": r[3],
+            "reason": r[4],
+            "outcome": r[5],
+            "at": r[6],
+        }
+        for r in rows
+    ]
+    return web.json_response({"id": request.match_info["id"], "items": items})
+
+
+async def transition(request: web.Request) -> web.Response:
+    def act(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        _only(doc, {"to", "counterpart", "reason", "outcome"})
+        to = doc.get("to")
+        if not isinstance(to, str):
+            raise ProblemError(422, UNPROCESSABLE, "to must name the target state")
+        for name in ("counterpart", "reason", "outcome"):
+            if doc.get(name) is not None and not isinstance(doc[name], str):
+                raise ProblemError(422, UNPROCESSABLE, f"{name} must be a string")
+        result = request.app[BACKEND].desk.transition(
+            request.match_info["id"],
+            to=to,
+            counterpart=doc.get("counterpart"),
+            reason=doc.get("reason"),
+            outcome=doc.get("outcome"),
+        )
+        return 202, result
+
+    return await _idempotent(request, "act", act)
+
+
+async def list_inbox(request: web.Request) -> web.Response:
+    _need(request, "read")
+    settings = request.app[SETTINGS]
+    limit = _int_param(request, "limit", settings.default_page_size, 1, settings.max_page_size)
+    after = _int_param(request, "cursor", 0, 0, 2**62)
+    backend = request.app[BACKEND]
+    rows = backend.store.inbox_page(kind="referral", after=after, limit=limit)
+    items = []
+    for r in rows:
+        opened = None if r.referral_id is None else backend.desk.open_body(r.referral_id, r.body)
+        items.append(
+            {
+                "id": r.referral_id,
+                "message_id": r.message_id,
+                "sender": r.sender,
+                "created": r.created,
+                "received_at": r.received_at,
+                "envelope_hash": r.envelope_hash,
+                "referral": None if opened is None else opened.get("referral"),
+                "erased": opened is None,
+            }
+        )
+    next_cursor = str(rows[-1].seq) if len(rows) == limit else None
+    return web.json_response({"items": items, "next_cursor": next_cursor})
+
+
+async def record_consent(request: web.Request) -> web.Response:
+    return await _idempotent(
+        request, "submit", lambda doc: (201, request.app[BACKEND].desk.record_consent(doc))
+    )
+
+
+async def get_consent(request: web.Request) -> web.Response:
+    _need(request, "read")
+    desk = request.app[BACKEND].desk
+    fmt = request.query.get("format", "nrm")
+    if fmt == "kantara":
+        return web.json_response(desk.kantara(request.match_info["id"]))
+    if fmt != "nrm":
+        raise ProblemError(400, "Bad Request", "format must be nrm or kantara")
+    return web.json_response(desk.consent_status(request.match_info["id"]))
+
+
+async def withdraw_consent(request: web.Request) -> web.Response:
+    return await _idempotent(
+        request,
+        "act",
+        lambda doc: (202, request.app[BACKEND].desk.withdraw(request.match_info["id"])),
+    )
+
+
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None:
@@ -187,32 +432,3 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
             400, "Bad Request", f"query parameter {name} must be an integer from {low} to {high}"
         )
     return int(raw)
-
-
-def _status_json(s: OutgoingStatus) -> dict[str, Any]:
-    return {
-        "id": s.message_id,
-        "status": s.status,
-        "created": s.created,
-        "envelope_hash": s.envelope_hash,
-        "recipients": [
-            {
-                "agency": d.recipient,
-                "status": d.state,
-                "sent_at": d.sent_at,
-                "delivered_at": d.delivered_at,
-            }
-            for d in s.deliveries
-        ],
-    }
-
-
-def _received_json(r: Received) -> dict[str, Any]:
-    return {
-        "id": r.message_id,
-        "sender": r.sender,
-        "created": r.created,
-        "received_at": r.received_at,
-        "envelope_hash": r.envelope_hash,
-        "referral": json.loads(r.body) if r.body is not None else None,
-    }

@@ -23,6 +23,10 @@
     identity = "ledger-identity.json"       # the ledger's public identity
     token_file = "ledger.token"             # an auditor token for reading the ledger
 
+    [[webhooks]]                            # optional: where to notify the agency system
+    url = "http://127.0.0.1:9000/nrm-events"
+    secret_file = "webhook.secret"          # HMAC-SHA256 key, 16+ bytes
+
     [limits]                                # optional overrides of keys.Limits
     ack_wait_seconds = 10
 
@@ -41,6 +45,7 @@ from typing import Any
 from keys import DEFAULT_LIMITS, Limits, check_agency_id
 
 from .ledger_check import LedgerSettings
+from .webhooks import WebhookTarget
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 SCOPES = frozenset({"submit", "read", "act"})
@@ -73,6 +78,7 @@ class AgentConfig:
     passphrase_file: Path | None = None
     limits: Limits = field(default=DEFAULT_LIMITS)
     ledger: LedgerSettings | None = None
+    webhooks: tuple[WebhookTarget, ...] = ()
 
     @classmethod
     def load(cls, path: Path) -> AgentConfig:

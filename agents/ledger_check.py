@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ class LedgerWatch:
     alerts: int = 0
     last_alert: str | None = None
     confirmed: int = 0
+    on_alert: Callable[[str], None] = lambda reason: None
     _alerted_missing: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -82,6 +84,7 @@ class LedgerWatch:
     def _alert(self, reason: str, **ids: Any) -> None:
         self.alerts += 1
         self.last_alert = reason
+        self.on_alert(reason)
         self.log.error("ledger_alert", reason=reason, **ids)
 
     async def run(self, running: asyncio.Event) -> None:

@@ -42,3 +42,25 @@ class DeliveryReceipt:
         ):
             raise MalformedError("delivery receipt must be [1, message id, hash, time]")
         return cls(message_id=raw[1], envelope_hash=raw[2], received_at=raw[3])
+
+
+TRANSITION = "transition"
+CONSENT_WITHDRAWAL = "consent-withdrawal"
+ERASURE_CONFIRMATION = "erasure-confirmation"
+ESCALATION = "escalation"
+
+
+def parse_json_body(body: bytes, *, what: str, required: dict[str, type]) -> dict[str, Any]:
+    """Strictly parse a JSON message body that must hold exactly `required` fields."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise MalformedError(f"{what} is not JSON") from e
+    if not isinstance(doc, dict) or set(doc) != set(required):
+        raise MalformedError(f"{what} must have exactly the fields {sorted(required)}")
+    for name, kind in required.items():
+        if not isinstance(doc[name], kind) or isinstance(doc[name], bool) != (kind is bool):
+            raise MalformedError(f"{what}: {name} has the wrong type")
+    if canonical_json(doc) != body:
+        raise MalformedError(f"{what} is not canonical JSON")
+    return doc

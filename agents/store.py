@@ -15,10 +15,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     message_id    TEXT PRIMARY KEY,
+    referral_id   TEXT,
     kind          TEXT NOT NULL,
     created       INTEGER NOT NULL,
     envelope_hash TEXT NOT NULL,
@@ -38,6 +40,7 @@ CREATE INDEX IF NOT EXISTS deliveries_queued ON deliveries(state) WHERE state = 
 CREATE TABLE IF NOT EXISTS inbox (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id    TEXT NOT NULL UNIQUE,
+    referral_id   TEXT,
     kind          TEXT NOT NULL,
     sender        TEXT NOT NULL,
     envelope_hash TEXT NOT NULL,
@@ -56,6 +59,61 @@ CREATE TABLE IF NOT EXISTS audit_outbox (
     ledger_index  INTEGER
 ) STRICT;
 CREATE INDEX IF NOT EXISTS audit_unfinished ON audit_outbox(state) WHERE state != 'included';
+CREATE TABLE IF NOT EXISTS referrals (
+    referral_id        TEXT NOT NULL,
+    counterpart        TEXT NOT NULL,
+    side               TEXT NOT NULL CHECK (side IN ('sender', 'recipient')),
+    state              TEXT NOT NULL,
+    referral_type      TEXT NOT NULL,
+    urgency            TEXT NOT NULL,
+    legal_basis        TEXT NOT NULL,
+    consent_receipt_id TEXT,
+    message_id         TEXT NOT NULL,
+    created            INTEGER NOT NULL,
+    updated            INTEGER NOT NULL,
+    escalated_at       INTEGER,
+    expires            INTEGER,
+    PRIMARY KEY (referral_id, counterpart)
+) STRICT;
+CREATE INDEX IF NOT EXISTS referrals_updated ON referrals(updated);
+CREATE TABLE IF NOT EXISTS history (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    referral_id  TEXT NOT NULL,
+    counterpart  TEXT NOT NULL,
+    from_state   TEXT,
+    to_state     TEXT NOT NULL,
+    party        TEXT NOT NULL,
+    reason       TEXT,
+    outcome      TEXT,
+    at           INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS history_referral ON history(referral_id);
+CREATE TABLE IF NOT EXISTS data_keys (
+    referral_id TEXT PRIMARY KEY,
+    sealed_key  BLOB
+) STRICT;
+CREATE TABLE IF NOT EXISTS consents (
+    receipt_id   TEXT PRIMARY KEY,
+    signed       BLOB NOT NULL,
+    recorded     INTEGER NOT NULL,
+    withdrawn_at INTEGER
+) STRICT;
+CREATE TABLE IF NOT EXISTS consent_uses (
+    receipt_id   TEXT NOT NULL,
+    agency       TEXT NOT NULL,
+    referral_id  TEXT NOT NULL,
+    confirmed_at INTEGER,
+    PRIMARY KEY (receipt_id, agency, referral_id)
+) STRICT;
+CREATE TABLE IF NOT EXISTS idempotency (
+    client       TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    status       INTEGER NOT NULL,
+    response     BLOB NOT NULL,
+    created      INTEGER NOT NULL,
+    PRIMARY KEY (client, key)
+) STRICT;
 """
 
 #: A message's overall status is the least advanced state among its recipients.
@@ -98,6 +156,7 @@ class Received:
     created: int
     received_at: int
     body: bytes | None
+    referral_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +169,7 @@ class OutgoingMessage:
     envelope_hash: str
     envelope: bytes
     recipients: Sequence[str]
+    referral_id: str | None = None
 
 
 class Store:
@@ -122,6 +182,8 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
+        # Erased rows are overwritten, not just unlinked (crypto-shredding, issue 4).
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(SCHEMA)
         path.chmod(0o600)
 
@@ -156,9 +218,9 @@ class Store:
     @staticmethod
     def _enqueue(db: sqlite3.Connection, m: OutgoingMessage) -> None:
         db.execute(
-            "INSERT INTO outbox (message_id, kind, created, envelope_hash, envelope)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (m.message_id, m.kind, m.created, m.envelope_hash, m.envelope),
+            "INSERT INTO outbox (message_id, referral_id, kind, created, envelope_hash, envelope)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (m.message_id, m.referral_id, m.kind, m.created, m.envelope_hash, m.envelope),
         )
         db.executemany(
             "INSERT INTO deliveries (message_id, recipient, state) VALUES (?, ?, 'queued')",
@@ -301,14 +363,41 @@ class Store:
 
     def inbox_page(self, *, kind: str, after: int, limit: int) -> list[Received]:
         rows = self._db.execute(
-            "SELECT seq, message_id, kind, sender, envelope_hash, created, received_at, body"
-            " FROM inbox WHERE kind = ? AND seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, message_id, kind, sender, envelope_hash, created, received_at, body,"
+            " referral_id FROM inbox WHERE kind = ? AND seq > ? ORDER BY seq LIMIT ?",
             (kind, after, limit),
         ).fetchall()
         return [Received(*row) for row in rows]
 
+    def referrals_page(
+        self, *, after: int, since: int, state: str | None, limit: int
+    ) -> list[tuple[Any, ...]]:
+        """Referral pairs changed at or after `since`, in a given state or any, by rowid."""
+        columns = (
+            "SELECT rowid, referral_id, counterpart, side, state, referral_type, urgency,"
+            " created, updated FROM referrals WHERE rowid > ? AND updated >= ?"
+        )
+        if state is None:
+            return self._db.execute(
+                columns + " ORDER BY rowid LIMIT ?", (after, since, limit)
+            ).fetchall()
+        return self._db.execute(
+            columns + " AND state = ? ORDER BY rowid LIMIT ?", (after, since, state, limit)
+        ).fetchall()
+
     def count(self, table: str) -> int:
-        if table not in ("outbox", "deliveries", "inbox", "audit_outbox"):
+        if table not in (
+            "outbox",
+            "deliveries",
+            "inbox",
+            "audit_outbox",
+            "referrals",
+            "history",
+            "data_keys",
+            "consents",
+            "consent_uses",
+            "idempotency",
+        ):
             raise ValueError(table)
         (n,) = self._db.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
         return int(n)

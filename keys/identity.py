@@ -124,6 +124,9 @@ class AgencyKeys:
     #: Earlier encryption keys, oldest first, kept to open mail sealed before a rotation
     #: until the trust directory says their overlap window is over.
     previous_encryption_keys: tuple[PrivateKey, ...] = ()
+    #: A random key that never rotates, for data the agent keeps at rest (per-referral data
+    #: keys are sealed under it); lost with the key file, so a stolen database reads nothing.
+    storage_key: bytes | None = None
 
     @classmethod
     def generate(cls, *, agency: str, name: str) -> AgencyKeys:
@@ -133,6 +136,7 @@ class AgencyKeys:
             signing_key=SigningKey.generate(),
             encryption_key=PrivateKey.generate(),
             nats_seed=new_nats_seed(),
+            storage_key=secrets.token_bytes(32),
         )
 
     def rotated(self) -> AgencyKeys:

@@ -75,6 +75,7 @@ def seal_keys(keys: AgencyKeys, *, passphrase: bytes, cost: KdfCost) -> bytes:
             "x25519_secret": _b64(bytes(keys.encryption_key)),
             "previous_x25519_secrets": [_b64(bytes(k)) for k in keys.previous_encryption_keys],
             "nats_seed": None if keys.nats_seed is None else keys.nats_seed.decode("ascii"),
+            "storage_key": None if keys.storage_key is None else _b64(keys.storage_key),
         }
     ).encode()
     sealed = box.encrypt(secret)
@@ -121,6 +122,7 @@ def open_keys(data: bytes, *, passphrase: bytes) -> AgencyKeys:
         previous_encryption_keys=tuple(
             PrivateKey(_unb64(k)) for k in inner.get("previous_x25519_secrets", [])
         ),
+        storage_key=None if inner.get("storage_key") is None else _unb64(inner["storage_key"]),
     )
 
 

@@ -40,6 +40,12 @@ class Limits:
     #: Default lifetime of a signed directory and of a root.
     directory_ttl_seconds: int = 30 * 24 * 3600
     root_ttl_seconds: int = 365 * 24 * 3600
+    #: An urgent / emergency referral not acknowledged within this long escalates to the
+    #: co-ordinator.
+    escalation_urgent_seconds: int = 4 * 3600
+    escalation_emergency_seconds: int = 30 * 60
+    #: How often the agent looks for referrals to escalate or expire.
+    timer_interval_seconds: float = 5.0
     #: Page size bounds of list endpoints.
     max_page_size: int = 500
     default_page_size: int = 50

@@ -26,7 +26,7 @@ from agents import Agent
 from keys import PublicIdentity
 from keys.checkpoint import Checkpoint, verify_checkpoint
 
-from . import admin, logs
+from . import admin, examples, logs
 from .sandbox import LEDGER_NAME, AgencySetup, Sandbox, prepare_mechanism
 
 AGENCIES = [
@@ -35,14 +35,7 @@ AGENCIES = [
     ("coordinator", "National Referral Mechanism co-ordinator", "coordinator"),
 ]
 
-#: A fictional person: the demo never handles real data.
-SAMPLE_REFERRAL: dict[str, Any] = {
-    "referral_type": "nrm_full",
-    "urgency": "urgent",
-    "person": {"names": ["Ana Example"], "age_category": "adult", "languages": ["ro"]},
-    "requested_services": ["shelter", "medical", "interpretation"],
-}
-
+CONSENT_ID = "5f0c8a2e-6b1d-4c3e-9a7f-1e2d3c4b5a69"
 DELIVERY_TIMEOUT_SECONDS = 30.0
 
 
@@ -63,28 +56,40 @@ class Timeline:
     def describe(e: EventDict) -> str | None:
         who = e.get("agency", "?")
         match e.get("event"):
+            case "consent_recorded":
+                return f"{who}: consent receipt {e['receipt_id'][:8]} recorded and signed"
             case "referral_accepted":
                 to = ", ".join(e["recipients"])
                 return (
-                    f"{who}: referral {e['message_id'][:12]} for {to} sealed, signed and "
-                    "committed to the outbox (HTTP 202)"
+                    f"{who}: referral {e['referral_id'][:12]} for {to}: consent checked, "
+                    "minimised per recipient, sealed, signed, committed (HTTP 202)"
                 )
-            case "published":
+            case "transition_sent":
                 return (
-                    f"{who}: bus acknowledged {e['message_id'][:12]} for {e['recipient']}"
-                    f" (stream seq {e['stream_seq']})"
+                    f"{who}: {e['from_state']} -> {e['to_state']} for {e['referral_id'][:12]}, "
+                    f"signed and sent to {e['counterpart']}"
                 )
+            case "transition_received":
+                return f"{who}: {e['counterpart']} moved {e['referral_id'][:12]} to {e['to_state']}"
+            case "consent_withdrawn":
+                return f"{who}: consent {e['receipt_id'][:8]} withdrawn; erasure asked of " + (
+                    ", ".join(e["recipients"])
+                )
+            case "erasure_done":
+                return (
+                    f"{who}: erased {e['referrals']} referral(s) of {e['counterpart']}; "
+                    "confirmation signed"
+                )
+            case "erasure_confirmed":
+                return f"{who}: erasure confirmed by {e['counterpart']}"
             case "referral_received":
                 return (
-                    f"{who}: referral {e['message_id'][:12]} from {e['sender']}: signatures "
-                    f"checked (key {e['sender_kid'][:12]}), decrypted, stored; "
-                    f"receipt {e['receipt_id'][:12]} signed"
+                    f"{who}: referral from {e['sender']}: signatures checked (key "
+                    f"{e['sender_kid'][:12]}), decrypted, stored under its own data key; "
+                    "delivery receipt signed"
                 )
             case "delivery_confirmed":
-                return (
-                    f"{who}: delivery receipt from {e['recipient']} verified: "
-                    f"{e['message_id'][:12]} delivered"
-                )
+                return f"{who}: delivery receipt from {e['recipient']} verified: delivered"
             case "directory_accepted":
                 return f"{who}: trust directory version {e['directory_version']} verified"
             case "message_rejected":
@@ -145,19 +150,20 @@ async def _run(root: Path, timeline: Timeline, *, keep: bool, log_path: Path) ->
         if not await _all_ready(list(agents.values())):
             click.echo(f"FAILED: agents did not get a trusted directory; see {log_path}", err=True)
             return 1
-        delivered = await _send_and_wait(
-            agents["police"], setups["police"], agents["shelter"], setups["shelter"]
-        )
+        try:
+            seen = await _story(agents, setups)
+        except Step as e:
+            click.echo("\nTimeline")
+            for line in timeline.lines:
+                click.echo(line)
+            click.echo(f"\nFAILED: {e}; see {log_path}", err=True)
+            return 1
         click.echo("\nTimeline")
         for line in timeline.lines:
             click.echo(line)
-        if not delivered:
-            click.echo(
-                f"\nFAILED: no delivery receipt within {DELIVERY_TIMEOUT_SECONDS}s; see {log_path}",
-                err=True,
-            )
-            return 1
-        click.echo("\nReferral delivered: police -> shelter, end-to-end encrypted and signed.")
+        click.echo("\nA consented referral, police -> shelter, end-to-end encrypted and signed:")
+        for line in seen:
+            click.echo(f"  {line}")
         if not await _ledger_confirms(list(agents.values())):
             click.echo(
                 f"\nFAILED: the agents could not confirm their audit events; see {log_path}",
@@ -223,36 +229,73 @@ async def _all_ready(agents: list[Agent]) -> bool:
     return False
 
 
-async def _send_and_wait(
-    police: Agent, police_setup: AgencySetup, shelter: Agent, shelter_setup: AgencySetup
-) -> bool:
-    auth = {"Authorization": f"Bearer {police_setup.token}"}
+class Step(Exception):
+    """A demo step that did not happen as it should."""
+
+
+async def _story(agents: dict[str, Agent], setups: dict[str, AgencySetup]) -> list[str]:
+    """Consent, a referral through its lifecycle, minimisation, withdrawal and erasure.
+
+    Returns what the shelter's system saw, for printing."""
     async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{police.api_url}/v1/referrals",
-            json={"recipients": ["shelter"], "referral": SAMPLE_REFERRAL},
-            headers=auth,
-        ) as response:
-            if response.status != 202:
-                click.echo(f"submit failed: HTTP {response.status}", err=True)
-                return False
-            referral_id = (await response.json())["id"]
-        deadline = time.monotonic() + DELIVERY_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            async with http.get(
-                f"{police.api_url}/v1/referrals/{referral_id}", headers=auth
-            ) as response:
-                if (await response.json())["status"] == "delivered":
-                    break
-            await asyncio.sleep(0.05)
-        else:
-            return False
-        async with http.get(
-            f"{shelter.api_url}/v1/inbox",
-            headers={"Authorization": f"Bearer {shelter_setup.token}"},
-        ) as response:
-            items = (await response.json())["items"]
-        return any(item["id"] == referral_id for item in items)
+
+        async def call(agency: str, method: str, path: str, body: Any = None) -> Any:
+            headers = {"Authorization": f"Bearer {setups[agency].token}"}
+            async with http.request(
+                method, agents[agency].api_url + path, json=body, headers=headers
+            ) as r:
+                doc = await r.json()
+                if r.status >= 400:
+                    raise Step(f"{method} {path} at {agency}: HTTP {r.status} {doc.get('detail')}")
+                return doc
+
+        async def until(check: Any, what: str) -> None:
+            deadline = time.monotonic() + DELIVERY_TIMEOUT_SECONDS
+            while time.monotonic() < deadline:
+                if await check():
+                    return
+                await asyncio.sleep(0.05)
+            raise Step(f"timed out waiting for {what}")
+
+        await call("police", "POST", "/v1/consents", examples.consent(CONSENT_ID))
+        referral = examples.referral(
+            urgency="urgent", legal_basis="consent", consent_receipt_id=CONSENT_ID
+        )
+        rid = (
+            await call(
+                "police", "POST", "/v1/referrals", {"recipients": ["shelter"], "referral": referral}
+            )
+        )["id"]
+
+        async def police_sees(state: str) -> bool:
+            doc = await call("police", "GET", f"/v1/referrals/{rid}")
+            return bool(doc["recipients"][0]["state"] == state)
+
+        await until(lambda: police_sees("delivered"), "the delivery receipt")
+        for to in ("acknowledged", "accepted"):
+            await call("shelter", "POST", f"/v1/referrals/{rid}/transitions", {"to": to})
+            await until(lambda to=to: police_sees(to), f"police to see {to}")
+        seen = await call("shelter", "GET", f"/v1/referrals/{rid}")
+        fields = sorted(seen["referral"]["body"])
+        withheld = sorted(set(referral["body"]) - set(fields))
+        await call("police", "POST", f"/v1/consents/{CONSENT_ID}/withdraw")
+
+        async def confirmed() -> bool:
+            doc = await call("police", "GET", f"/v1/consents/{CONSENT_ID}")
+            return bool(
+                doc["pending"] == [] and all(r["erasure_confirmed_at"] for r in doc["recipients"])
+            )
+
+        await until(confirmed, "the shelter's erasure confirmation")
+        erased = await call("shelter", "GET", f"/v1/referrals/{rid}")
+        if not erased["erased"]:
+            raise Step("the shelter still holds the referral after withdrawal")
+        return [
+            f"the shelter received: {', '.join(fields)}",
+            f"withheld from the shelter (its role or the consent does not allow): "
+            f"{', '.join(withheld)}",
+            "after withdrawal the shelter's copy is erased (its data key destroyed)",
+        ]
 
 
 async def _keep_running(agents: dict[str, Agent], sandbox: Sandbox, log_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 from broker import NatsServer, provision
 from keys.subjects import inbox_subject
 
+from . import samples
 from .support import AGENCIES, Mechanism, eventually
 from .test_agent import connect_as, delivered
 
@@ -56,9 +57,10 @@ async def ledger_with_data(mechanism: Mechanism) -> AsyncIterator[LedgerAccess]:
     m = mechanism
     ids = []
     for n in range(6):
-        referral = {"referral_type": "nrm_full", "urgency": "urgent" if n < 2 else "routine"}
+        referral = samples.referral(urgency="urgent" if n < 2 else "routine")
         ids.append(await m.api("police").refer(["shelter"], referral))
-    ids.append(await m.api("police").refer(["coordinator"], {"referral_type": "service_request"}))
+    service = samples.referral(referral_type="service_request")
+    ids.append(await m.api("police").refer(["coordinator"], service))
     for rid in ids:
         await delivered(m, "police", rid)
     async with connect_as(m, "police") as nc:

@@ -20,9 +20,10 @@ from structlog.testing import capture_logs
 from keys.keyfile import load_key_dir
 from keys.subjects import MESSAGE_STREAM, inbox_consumer, inbox_subject, reply_prefix
 
+from . import samples
 from .support import Mechanism, eventually
 
-REFERRAL = {"person": {"names": ["Test Person"]}, "requested_services": ["shelter"]}
+REFERRAL = samples.referral()
 
 
 def rows(db: Path, table: str) -> int:
@@ -42,7 +43,8 @@ def sent_envelope(m: Mechanism, agency: str, message_id: str) -> bytes:
     """The exact envelope bytes `agency` published, from its outbox."""
     with sqlite3.connect(m.database(agency)) as db:
         (envelope,) = db.execute(
-            "SELECT envelope FROM outbox WHERE message_id = ?", (message_id,)
+            "SELECT envelope FROM outbox WHERE kind = 'referral' AND referral_id = ?",
+            (message_id,),
         ).fetchone()
     return bytes(envelope)
 
@@ -69,15 +71,22 @@ async def operator_js(m: Mechanism) -> tuple[nats.aio.client.Client, Any]:
 
 
 async def test_referral_round_trip(mechanism: Mechanism) -> None:
-    """A referral goes police -> shelter, is stored once with the same body, and is delivered."""
+    """A referral goes police -> shelter, is stored once, minimised for a shelter, and is
+    delivered."""
     m = mechanism
     rid = await m.api("police").refer(["shelter"], REFERRAL)
     await delivered(m, "police", rid)
-    inbox = await m.api("shelter").inbox()
-    assert [(i["id"], i["sender"], i["referral"]) for i in inbox] == [(rid, "police", REFERRAL)]
+    [item] = await m.api("shelter").inbox()
+    assert (item["id"], item["sender"]) == (rid, "police")
+    body = item["referral"]["body"]
+    assert body["names"] == samples.BODY["names"]
+    assert body["requested_services"] == samples.BODY["requested_services"]
+    assert "narrative" not in body and "perpetrator_information" not in body
     assert await m.api("coordinator").inbox() == []
-    _status, body, _ = await m.api("police").call("GET", f"/v1/referrals/{rid}")
-    assert [(r["agency"], r["status"]) for r in body["recipients"]] == [("shelter", "delivered")]
+    _, detail, _ = await m.api("police").call("GET", f"/v1/referrals/{rid}")
+    assert [(r["agency"], r["status"], r["state"]) for r in detail["recipients"]] == [
+        ("shelter", "delivered", "delivered")
+    ]
 
 
 async def test_multi_recipient_referral_reaches_each(mechanism: Mechanism) -> None:
@@ -93,15 +102,15 @@ async def test_bus_carries_no_plaintext(mechanism: Mechanism) -> None:
     """Neither the envelope on the bus nor the JetStream store files hold personal data."""
     m = mechanism
     canary = "Canary-7f3a9c Person"
-    rid = await m.api("police").refer(["shelter"], {"person": {"names": [canary]}})
+    body = {**samples.BODY, "names": {"given_names": canary, "family_name": "Person"}}
+    rid = await m.api("police").refer(["shelter"], samples.referral(body))
     await delivered(m, "police", rid)
     assert b"Canary" not in sent_envelope(m, "police", rid)
     for path in (m.root / "bus").rglob("*"):
         if path.is_file():
             assert b"Canary" not in path.read_bytes(), path
-    assert [i["referral"] for i in await m.api("shelter").inbox()] == [
-        {"person": {"names": [canary]}}
-    ]
+    [item] = await m.api("shelter").inbox()
+    assert item["referral"]["body"]["names"]["given_names"] == canary
 
 
 async def test_replayed_envelope_is_rejected(mechanism: Mechanism) -> None:

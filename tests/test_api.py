@@ -8,11 +8,12 @@ import pytest
 
 from keys import DEFAULT_LIMITS
 
+from . import samples
 from .support import Mechanism
 from .test_agent import rows
 
 PROBLEM = "application/problem+json"
-OK_BODY = {"recipients": ["shelter"], "referral": {"a": 1}}
+OK_BODY = {"recipients": ["shelter"], "referral": samples.referral()}
 
 
 BAD_SUBMISSIONS: list[tuple[str, dict[str, Any], int]] = [
@@ -102,7 +103,7 @@ async def test_inbox_pages_with_a_cursor(mechanism: Mechanism) -> None:
     """The inbox is paged oldest first; following next_cursor visits every item once."""
     from .test_agent import delivered
 
-    ids = [await mechanism.api("police").refer(["shelter"], {"n": n}) for n in range(5)]
+    ids = [await mechanism.api("police").refer(["shelter"], samples.referral()) for _ in range(5)]
     for rid in ids:
         await delivered(mechanism, "police", rid)
     seen: list[str] = []

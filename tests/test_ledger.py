@@ -31,6 +31,7 @@ from keys.subjects import audit_subject
 from nrm.cli import main
 from nrm.sandbox import LEDGER_NAME
 
+from . import samples
 from .conftest import LedgerAccess
 from .support import AGENCIES, Mechanism, eventually
 from .test_agent import connect_as, delivered
@@ -91,7 +92,7 @@ async def all_confirmed(m: Mechanism) -> None:
 
 async def exchange(m: Mechanism, referral: dict[str, Any] | None = None) -> list[str]:
     """Three referrals police -> shelter and one police -> coordinator, all delivered."""
-    body = referral or {"referral_type": "nrm_full", "urgency": "routine"}
+    body = referral or samples.referral()
     ids = [await m.api("police").refer(["shelter"], body) for _ in range(3)]
     ids.append(await m.api("police").refer(["coordinator"], body))
     for rid in ids:
@@ -404,13 +405,17 @@ async def test_canary_appears_nowhere_in_ledger_bus_or_logs(mechanism: Mechanism
     assert m.sandbox.ledger is not None
     canary = f"Canary-{secrets.token_hex(8)}"
     needles = [canary.encode(), canary.encode("utf-16-le"), canary[7:].encode()]
-    referral = {"person": {"names": [canary]}, "referral_type": "nrm_full", "urgency": "urgent"}
+    referral = samples.referral(
+        {**samples.BODY, "names": {"given_names": canary, "family_name": "Person"}},
+        urgency="urgent",
+    )
     with capture_logs() as logs:
         rid = await m.api("police").refer(["shelter"], referral)
         await delivered(m, "police", rid)
         await all_confirmed(m)
         inbox = await m.api("shelter").inbox()
-    assert [i["referral"] for i in inbox] == [referral]  # the canary really travelled
+    # the canary really travelled
+    assert [i["referral"]["body"]["names"]["given_names"] for i in inbox] == [canary]
     assert logs, "no log captured"
     assert canary[7:] not in repr(logs)
     m.sandbox.ledger.checkpoint()

@@ -19,10 +19,11 @@ from keys.keyfile import INTERACTIVE, open_admin_key, rotate_key_dir
 from keys.subjects import DIRECTORY_KEY, reply_prefix
 from nrm import admin
 
+from . import samples
 from .support import AGENCIES, Mechanism, eventually
 from .test_agent import delivered, rows
 
-REFERRAL = {"requested_services": ["shelter"]}
+REFERRAL = samples.referral()
 
 
 @pytest.fixture
@@ -129,8 +130,8 @@ async def test_rotation_during_traffic_loses_nothing(mechanism: Mechanism) -> No
     sent: list[str] = []
 
     async def traffic(n: int) -> None:
-        for i in range(n):
-            sent.append(await m.api("police").refer(["shelter"], {"n": i}))
+        for _i in range(n):
+            sent.append(await m.api("police").refer(["shelter"], REFERRAL))
             await asyncio.sleep(0.02)
 
     flow = asyncio.create_task(traffic(60))
@@ -163,7 +164,8 @@ def _recipient_kid(m: Mechanism, agency: str, message_id: str) -> str:
 
     with sqlite3.connect(m.database(agency)) as db:
         (envelope,) = db.execute(
-            "SELECT envelope FROM outbox WHERE message_id = ?", (message_id,)
+            "SELECT envelope FROM outbox WHERE kind = 'referral' AND referral_id = ?",
+            (message_id,),
         ).fetchone()
     header = codec.unpack(codec.unpack(envelope, max_bytes=1 << 20)[1], max_bytes=8192)
     return str(header[6][0])

@@ -1,0 +1,226 @@
+"""The OpenAPI 3.1 document of the agent's HTTP API, served at /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_PROBLEM = {"$ref": "#/components/responses/Problem"}
+_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(c): _PROBLEM for c in codes}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_IDEMPOTENCY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Repeat a POST safely: the same key and body give the first answer again.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+}
+_PAGING = [
+    {"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+]
+_PATH_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "NRM Exchange agent API",
+        "version": "1",
+        "description": "The local API an agency's own systems use to refer presumed victims "
+        "of trafficking, record consent and follow the lifecycle. Errors are RFC 9457 "
+        "problem details. Scopes: submit, read, act.",
+    },
+    "security": [{"bearer": []}],
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "responses": {
+            "Problem": {
+                "description": "RFC 9457 problem details",
+                "content": {
+                    "application/problem+json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["type", "title", "status", "detail"],
+                            "properties": {
+                                "type": {"type": "string"},
+                                "title": {"type": "string"},
+                                "status": {"type": "integer"},
+                                "detail": {"type": "string"},
+                                "problems": {"type": "array", "items": {"type": "string"}},
+                                "allowed": {"type": "array", "items": {"type": "string"}},
+                            },
+                        }
+                    }
+                },
+            }
+        },
+    },
+    "paths": {
+        "/healthz": {
+            "get": {
+                "summary": "Health: bus, trust directory, ledger checks",
+                "security": [],
+                "responses": {
+                    "200": _json({"type": "object"}),
+                    "503": _json({"type": "object"}, "Degraded"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (read scope)",
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(401, 403),
+                },
+            }
+        },
+        "/v1/referrals": {
+            "post": {
+                "summary": "Submit a referral (submit scope); 202 once committed to the outbox",
+                "parameters": [_IDEMPOTENCY],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["recipients", "referral"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "recipients": {
+                                        "type": "array",
+                                        "minItems": 1,
+                                        "maxItems": 32,
+                                        "items": {"type": "string"},
+                                    },
+                                    "referral": {
+                                        "$ref": "https://nrm-exchange.org/schemas/referral-v1.json"
+                                    },
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "202": _json({"type": "object", "required": ["id", "state"]}, "Accepted"),
+                    **_errors(400, 401, 403, 413, 415, 422),
+                },
+            },
+            "get": {
+                "summary": "List referrals (read scope)",
+                "parameters": [
+                    {"name": "state", "in": "query", "schema": {"type": "string"}},
+                    {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    *_PAGING,
+                ],
+                "responses": {"200": _json({"type": "object"}), **_errors(400, 401, 403)},
+            },
+        },
+        "/v1/referrals/{id}": {
+            "get": {
+                "summary": "One referral: per-recipient state and delivery (read scope)",
+                "parameters": [_PATH_ID],
+                "responses": {"200": _json({"type": "object"}), **_errors(401, 403, 404)},
+            }
+        },
+        "/v1/referrals/{id}/history": {
+            "get": {
+                "summary": "Every state change of a referral (read scope)",
+                "parameters": [_PATH_ID],
+                "responses": {"200": _json({"type": "object"}), **_errors(401, 403, 404)},
+            }
+        },
+        "/v1/referrals/{id}/transitions": {
+            "post": {
+                "summary": "Move a referral to another state (act scope); 409 lists the allowed",
+                "parameters": [_PATH_ID, _IDEMPOTENCY],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["to"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "to": {"type": "string"},
+                                    "counterpart": {"type": "string"},
+                                    "reason": {"type": "string"},
+                                    "outcome": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "202": _json({"type": "object"}, "Accepted"),
+                    **_errors(400, 401, 403, 404, 409, 415, 422),
+                },
+            }
+        },
+        "/v1/inbox": {
+            "get": {
+                "summary": "Received referrals, oldest first (read scope)",
+                "parameters": _PAGING,
+                "responses": {"200": _json({"type": "object"}), **_errors(400, 401, 403)},
+            }
+        },
+        "/v1/consents": {
+            "post": {
+                "summary": "Record a consent receipt, signed by this agency (submit scope)",
+                "parameters": [_IDEMPOTENCY],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "$ref": "https://nrm-exchange.org/schemas/consent-receipt-v1.json"
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "201": _json({"type": "object", "required": ["id"]}, "Created"),
+                    **_errors(400, 401, 403, 409, 413, 415, 422),
+                },
+            }
+        },
+        "/v1/consents/{id}": {
+            "get": {
+                "summary": "A consent receipt and its withdrawal state; ?format=kantara exports "
+                "Kantara Consent Receipt 1.1 JSON (read scope)",
+                "parameters": [
+                    _PATH_ID,
+                    {
+                        "name": "format",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["nrm", "kantara"]},
+                    },
+                ],
+                "responses": {"200": _json({"type": "object"}), **_errors(400, 401, 403, 404)},
+            }
+        },
+        "/v1/consents/{id}/withdraw": {
+            "post": {
+                "summary": "Withdraw consent: every recipient erases and confirms (act scope)",
+                "parameters": [_PATH_ID, _IDEMPOTENCY],
+                "responses": {
+                    "202": _json({"type": "object"}, "Accepted"),
+                    **_errors(400, 401, 403, 404, 409),
+                },
+            }
+        },
+    },
+}

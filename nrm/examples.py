@@ -1,0 +1,98 @@
+"""Fictional referral and consent documents with current times: for the demo and the tests."""
+
+from __future__ import annotations
+
+import copy
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+BODY: dict[str, Any] = {
+    "age_category": "adult",
+    "names": {"given_names": "Mira", "family_name": "Example"},
+    "languages": ["ro"],
+    "interpreter_needed": True,
+    "safe_contact": {"method": "via_referring_agency", "details": "Through the caseworker."},
+    "health_needs": {"needs": ["physical_injury"], "notes": "Wrist injury."},
+    "requested_services": ["shelter", "medical", "interpretation"],
+    "exploitation_types": ["forced_labour"],
+    "narrative": "Recruited with a false job offer; documents withheld.",
+    "perpetrator_information": [{"roles": ["recruiter_or_intermediary"]}],
+}
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def referral(body: dict[str, Any] | None = None, **routing: Any) -> dict[str, Any]:
+    """A valid referral: public-task assistance by default, `routing` overriding fields."""
+    doc: dict[str, Any] = {
+        "schema_version": "1",
+        "referral_type": "nrm_full",
+        "urgency": "routine",
+        "legal_basis": "public_task",
+        "purpose": "assistance",
+        "created": iso(time.time()),
+        "body": copy.deepcopy(BODY if body is None else body),
+    }
+    doc.update(routing)
+    return doc
+
+
+def consent(receipt_id: str, **overrides: Any) -> dict[str, Any]:
+    """A live consent receipt recorded by the police: assistance by the shelter (needs,
+    contact, language, health, identity, demographic) and identification by the
+    co-ordinator."""
+    now = time.time()
+    doc: dict[str, Any] = {
+        "receipt_id": receipt_id,
+        "version": "1",
+        "jurisdiction": "GB",
+        "consent_time": iso(now - 60),
+        "collection_method": "in_person_with_interpreter",
+        "language": "en",
+        "subject_id": "psn-6b1f0c2d9e8a7b6c5d4e3f2a1b0c9d8e",
+        "controllers": [
+            {
+                "agency": "police",
+                "name": "Police anti-trafficking unit",
+                "contact": {
+                    "name": "Data Protection Office",
+                    "email": "dpo@police.example",
+                    "phone": "tel:+44-20-7946-0000",
+                    "address": {"streetAddress": "1 Example Street", "addressCountry": "GB"},
+                },
+            }
+        ],
+        "notice": {"url": "https://police.example/nrm-notice-v3", "sha256": "ab" * 32},
+        "purposes": [
+            {
+                "purpose": "assistance",
+                "lawful_basis": "consent",
+                "data_categories": [
+                    "demographic",
+                    "identity",
+                    "contact",
+                    "language",
+                    "health",
+                    "needs",
+                ],
+                "recipients": ["shelter"],
+                "retention": "P2Y",
+            },
+            {
+                "purpose": "identification",
+                "lawful_basis": "consent",
+                "data_categories": ["demographic", "identity", "exploitation", "case"],
+                "recipient_roles": ["coordinator"],
+                "retention": "P5Y",
+            },
+        ],
+        "sensitive_categories": ["health"],
+        "withdrawal_method": "Tell any caseworker",
+        "given_by": {"kind": "person", "interpreter": True, "interpreter_language": "ro"},
+        "expires": iso(now + 180 * 86400),
+    }
+    doc.update(overrides)
+    return doc
