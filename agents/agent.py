@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 from nacl.public import PrivateKey
+from nacl.secret import SecretBox
 
 from keys import (
     AgencyKeys,
@@ -35,6 +36,7 @@ from keys.keyfile import load_key_dir, read_passphrase
 from keys.subjects import DIRECTORY_KEY
 
 from .api import ApiSettings, make_app
+from .attachments import Attachments
 from .audit import AuditTrail
 from .config import AgentConfig
 from .desk import Desk
@@ -94,6 +96,9 @@ class Agent:
         )
         self.log = log.bind(agency=config.agency)
         self.metrics = AgentMetrics(agency=config.agency)
+        self.attachments = Attachments(
+            store=self.store, storage=self._storage_box, agency=config.agency
+        )
         self.desk = Desk(
             agency=config.agency,
             store=self.store,
@@ -105,7 +110,9 @@ class Agent:
                 "urgent": config.limits.escalation_urgent_seconds,
                 "emergency": config.limits.escalation_emergency_seconds,
             },
+            attachments=self.attachments,
         )
+        self.transport.attachments = self.attachments
         self.ledger_watch = (
             None
             if config.ledger is None
@@ -509,6 +516,11 @@ class Agent:
             if self.trust.directory is not None:
                 self.desk.tick()
                 self.transport.wake()
+
+    def _storage_box(self) -> SecretBox:
+        if self.keys.storage_key is None:
+            raise RuntimeError("the key file has no storage key; re-create it with nrm keys init")
+        return SecretBox(self.keys.storage_key)
 
     def metrics_text(self) -> bytes:
         return self.metrics.render(outbox_pending=self.store.pending_count)

@@ -19,6 +19,9 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
+from keys import Limits
+
+from .attachments import Attachments
 from .config import ApiClient
 from .desk import Desk
 from .openapi import OPENAPI
@@ -36,6 +39,8 @@ class Backend(Protocol):
 
     store: Store
     desk: Desk
+    attachments: Attachments
+    limits: Limits
 
     def submit_referral(
         self, *, recipients: Sequence[str], referral: dict[str, Any]
@@ -76,6 +81,8 @@ def make_app(backend: Backend, settings: ApiSettings) -> web.Application:
     r.add_get("/v1/referrals/{id}/history", referral_history)
     r.add_post("/v1/referrals/{id}/transitions", transition)
     r.add_get("/v1/inbox", list_inbox)
+    r.add_post("/v1/attachments", upload_attachment)
+    r.add_get("/v1/referrals/{id}/attachments/{attachment_id}", get_attachment)
     r.add_post("/v1/consents", record_consent)
     r.add_get("/v1/consents/{id}", get_consent)
     r.add_post("/v1/consents/{id}/withdraw", withdraw_consent)
@@ -141,13 +148,21 @@ def _need(request: web.Request, scope: str) -> None:
 
 
 async def _idempotent(
-    request: web.Request, scope: str, act: Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
+    request: web.Request,
+    scope: str,
+    act: Callable[[dict[str, Any]], tuple[int, dict[str, Any]]],
+    *,
+    raw: bytes | None = None,
 ) -> web.Response:
     """Run a POST once per `Idempotency-Key`: a repeat with the same body gets the first
-    answer again; the same key with another body is refused."""
+    answer again; the same key with another body is refused. `raw` is a body already read
+    (not JSON); otherwise the body is read and parsed as a JSON object."""
     _need(request, scope)
-    raw = await request.read() if request.can_read_body else b""
-    doc = _json_object(request, raw) if raw else {}
+    if raw is None:
+        raw = await request.read() if request.can_read_body else b""
+        doc = _json_object(request, raw) if raw else {}
+    else:
+        doc = {}
     key = request.headers.get("Idempotency-Key")
     store = request.app[BACKEND].store
     client = request[CLIENT].name
@@ -421,6 +436,62 @@ async def withdraw_consent(request: web.Request) -> web.Response:
         "act",
         lambda doc: (202, request.app[BACKEND].desk.withdraw(request.match_info["id"])),
     )
+
+
+#: What an attachment may be (the referral schema's list): scans and photos of papers.
+ATTACHMENT_TYPES = frozenset(
+    {"application/pdf", "image/jpeg", "image/png", "image/tiff", "image/heic"}
+)
+
+
+async def upload_attachment(request: web.Request) -> web.Response:
+    """Upload one attachment (up to the attachment limit), to cite in a referral."""
+    _need(request, "submit")
+    backend = request.app[BACKEND]
+    limit = backend.limits.max_attachment_bytes
+    media_type = request.content_type
+    if media_type not in ATTACHMENT_TYPES:
+        raise ProblemError(
+            415,
+            "Unsupported Media Type",
+            f"an attachment must be one of {sorted(ATTACHMENT_TYPES)}",
+        )
+    if request.content_length is not None and request.content_length > limit:
+        raise ProblemError(413, "Content Too Large", f"an attachment is at most {limit} bytes")
+    chunks = []
+    size = 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise ProblemError(413, "Content Too Large", f"an attachment is at most {limit} bytes")
+        chunks.append(chunk)
+    content = b"".join(chunks)
+    if not content:
+        raise ProblemError(400, "Bad Request", "the attachment is empty")
+    return await _idempotent(
+        request,
+        "submit",
+        lambda _: (201, backend.attachments.upload(content, media_type=media_type)),
+        raw=content,
+    )
+
+
+async def get_attachment(request: web.Request) -> web.StreamResponse:
+    _need(request, "read")
+    state, media_type, content = request.app[BACKEND].attachments.read(
+        request.match_info["id"], request.match_info["attachment_id"]
+    )
+    if state == "unknown":
+        raise ProblemError(404, "Not Found", "no such attachment of this referral here")
+    if state == "pending":
+        raise ProblemError(409, "Conflict", "the attachment has not been fetched yet")
+    if state == "corrupted":
+        raise ProblemError(
+            422, UNPROCESSABLE, "the attachment did not match the referral's hash and was refused"
+        )
+    if state == "erased":
+        raise ProblemError(410, "Gone", "the attachment was erased after consent withdrawal")
+    return web.Response(body=content, content_type=media_type)
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:

@@ -123,6 +123,15 @@ class AgentConfig:
                 ledger=(
                     LedgerSettings.from_dict(doc["ledger"], base=base) if "ledger" in doc else None
                 ),
+                webhooks=tuple(
+                    WebhookTarget(
+                        url=str(w["url"]),
+                        secret=path_of(w["secret_file"], "webhooks.secret_file")
+                        .read_bytes()
+                        .strip(),
+                    )
+                    for w in doc.get("webhooks", [])
+                ),
             )
         except KeyError as e:
             raise ConfigError(f"missing setting {e.args[0]!r}") from e

@@ -29,6 +29,7 @@ from . import consent as C
 from . import lifecycle as L
 from . import referral as R
 from . import webhooks as W
+from .attachments import Attachments, decode_key, encode_key
 from .audit import AuditTrail
 from .messages import (
     CONSENT_WITHDRAWAL,
@@ -72,6 +73,7 @@ class Desk:
     keys: Callable[[], AgencyKeys]
     directory: Callable[[], Directory]
     escalation_limits: dict[str, int]
+    attachments: Attachments
 
     def __post_init__(self) -> None:
         self.log = log.bind(agency=self.agency)
@@ -126,7 +128,8 @@ class Desk:
         now = int(time.time())
         receipt = self._receipt_for(referral, now) if referral.legal_basis == "consent" else None
         bodies: dict[str, dict[str, Any]] = {}
-        problems: list[str] = []
+        cited = list(referral.body.get("attachments", []))
+        problems: list[str] = self.attachments.check_cited(cited)
         for recipient in recipients:
             body = dict(referral.body)
             if referral.referral_type == "anonymous_notification":
@@ -164,8 +167,14 @@ class Desk:
         labels = (("referral_type", referral.referral_type), ("urgency", referral.urgency))
         expires = int(referral.expires_at.timestamp()) if referral.expires_at else None
         with self.store.transaction() as db:
+            key = None
+            if any("attachments" in body for body in bodies.values()):
+                key = self.attachments.queue_upload(db, referral_id, cited)
             for recipient, body in bodies.items():
-                message = canonical_json({"referral": {**routing, "body": body}})
+                envelope: dict[str, Any] = {"referral": {**routing, "body": body}}
+                if key is not None and "attachments" in body:
+                    envelope["attachment_key"] = encode_key(key)
+                message = canonical_json(envelope)
                 message_id = self.send(
                     REFERRAL, message, [recipient], db, referral_id=referral_id, labels=labels
                 )
@@ -201,7 +210,14 @@ class Desk:
     def _receipt_for(self, referral: R.Referral, now: int) -> C.ConsentReceipt:
         if referral.consent_receipt_id is None:
             raise ProblemError(422, UNPROCESSABLE, "legal basis consent needs consent_receipt_id")
-        receipt, withdrawn = self.consent(referral.consent_receipt_id)
+        try:
+            receipt, withdrawn = self.consent(referral.consent_receipt_id)
+        except ProblemError as e:
+            raise ProblemError(
+                422,
+                UNPROCESSABLE,
+                "no consent receipt with this id was recorded at this agency; nothing was sent",
+            ) from e
         if not C.is_live(receipt, now=now, withdrawn=withdrawn is not None):
             raise ProblemError(
                 422, UNPROCESSABLE, "the consent receipt is withdrawn or expired; nothing was sent"
@@ -220,6 +236,11 @@ class Desk:
         referral_id: str = routing["referral_id"]
         now = int(time.time())
         sealed = self._seal_body(db, referral_id, opened.body)
+        body = routing.get("body")
+        cited = body.get("attachments") if isinstance(body, dict) else None
+        key = decode_key(doc.get("attachment_key"))
+        if isinstance(cited, list) and cited and key is not None:
+            self.attachments.expect(db, referral_id, key, cited)
         db.execute(
             "UPDATE inbox SET body = ?, referral_id = ? WHERE message_id = ?",
             (sealed, referral_id, h.message_id),
@@ -624,6 +645,7 @@ class Desk:
                 "UPDATE data_keys SET sealed_key = NULL WHERE referral_id = ?", (referral_id,)
             )
             db.execute("UPDATE inbox SET body = NULL WHERE referral_id = ?", (referral_id,))
+            self.attachments.erase(db, referral_id)
             erased.append(referral_id)
             self.audit.record(db, "erasure.confirmed", referral_id=referral_id, counterpart=sender)
         now = int(time.time())

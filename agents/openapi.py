@@ -177,6 +177,56 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _json({"type": "object"}), **_errors(400, 401, 403)},
             }
         },
+        "/v1/attachments": {
+            "post": {
+                "summary": "Upload an attachment to cite in a referral (submit scope)",
+                "parameters": [_IDEMPOTENCY],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        t: {"schema": {"type": "string", "format": "binary"}}
+                        for t in (
+                            "application/pdf",
+                            "image/jpeg",
+                            "image/png",
+                            "image/tiff",
+                            "image/heic",
+                        )
+                    },
+                },
+                "responses": {
+                    "201": _json(
+                        {"type": "object", "required": ["attachment_id", "sha256"]}, "Created"
+                    ),
+                    **_errors(400, 401, 403, 413, 415),
+                },
+            }
+        },
+        "/v1/referrals/{id}/attachments/{attachment_id}": {
+            "get": {
+                "summary": "A received attachment, once verified (read scope)",
+                "parameters": [
+                    _PATH_ID,
+                    {
+                        "name": "attachment_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The attachment",
+                        "content": {
+                            "application/octet-stream": {
+                                "schema": {"type": "string", "format": "binary"}
+                            }
+                        },
+                    },
+                    **_errors(401, 403, 404, 409, 410, 422),
+                },
+            }
+        },
         "/v1/consents": {
             "post": {
                 "summary": "Record a consent receipt, signed by this agency (submit scope)",

@@ -189,6 +189,8 @@ _LAW_ENFORCEMENT: Final = frozenset(
         "case",
         "safety",
         "immigration",
+        # scanned identity and travel documents, photos of papers
+        "attachments",
     }
 )
 
@@ -211,6 +213,8 @@ ROLE_CATEGORIES: Final[Mapping[str, frozenset[str]]] = {
             "safety",
             "needs",
             "guardianship",
+            # identity papers the shelter needs to arrange services; consent decides
+            "attachments",
         }
     ),
     "social-services": frozenset(

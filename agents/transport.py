@@ -82,6 +82,8 @@ class Transport:
         self.limits = limits
         #: Set by the owner once a trusted directory is loaded; the inbox waits for it.
         self.ready = asyncio.Event()
+        #: Uploads and fetches attachments with this transport's JetStream context.
+        self.attachments: Any = None
         self.log = log.bind(agency=agency)
         self._nc: Client | None = None
         self._wake = asyncio.Event()
@@ -134,6 +136,11 @@ class Transport:
             group.create_task(self._publish_loop(js), name=f"publisher-{self.agency}")
             group.create_task(self._consume_loop(js), name=f"consumer-{self.agency}")
             group.create_task(self._watch_directory(js), name=f"directory-{self.agency}")
+            if self.attachments is not None:
+                group.create_task(
+                    self.attachments.run(js, lambda: self._running),
+                    name=f"attachments-{self.agency}",
+                )
 
     async def _connect(self) -> Client | None:
         while self._running:

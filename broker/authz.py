@@ -27,6 +27,8 @@ from collections.abc import Sequence
 
 from broker.server import conf_string
 from keys.subjects import (
+    ATTACHMENT_BUCKET,
+    ATTACHMENT_STREAM,
     AUDIT_SUBJECTS,
     DIRECTORY_BUCKET,
     MESSAGE_STREAM,
@@ -70,6 +72,27 @@ def directory_reader_publish() -> list[str]:
     ]
 
 
+def attachment_publish() -> list[str]:
+    """Writing and reading encrypted attachments, as nats-py's object store does: chunks and
+    meta under `$O.<bucket>.`, the last meta by direct or message get, and an ordered push
+    consumer over one object's chunks. Content is end-to-end encrypted and its hash is in
+    the signed referral, so a participant that tampers with an object is detected."""
+    stream = ATTACHMENT_STREAM
+    return [
+        f"$O.{ATTACHMENT_BUCKET}.>",
+        "$JS.API.STREAM.NAMES",  # nats-py finds an object's stream by subject
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.*",
+        f"$JS.API.CONSUMER.DELETE.{stream}.*",
+        f"$JS.FC.{stream}.>",
+    ]
+
+
 def agency_permissions(agency: str) -> tuple[list[str], list[str], list[str], list[str]]:
     """(publish allow, publish deny, subscribe allow, subscribe deny) for one agency."""
     consumer = inbox_consumer(agency)
@@ -84,6 +107,7 @@ def agency_permissions(agency: str) -> tuple[list[str], list[str], list[str], li
         f"$JS.API.CONSUMER.MSG.NEXT.{MESSAGE_STREAM}.{consumer}",
         f"$JS.ACK.{MESSAGE_STREAM}.{consumer}.>",
         *directory_reader_publish(),
+        *attachment_publish(),
     ]
     publish_deny = [
         f"$JS.API.CONSUMER.CREATE.{MESSAGE_STREAM}",

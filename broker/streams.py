@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import nats
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import NotFoundError
 
 from keys.limits import DEFAULT_LIMITS, Limits
 from keys.subjects import (
+    ATTACHMENT_BUCKET,
+    ATTACHMENT_STREAM,
     AUDIT_STREAM,
     AUDIT_SUBJECTS,
     DIRECTORY_BUCKET,
@@ -74,6 +82,7 @@ async def provision_streams(
         else:
             await js.update_stream(config)
     await provision_directory_bucket(js, replicas=replicas)
+    await provision_attachment_store(js, limits=limits, replicas=replicas)
 
 
 async def provision_directory_bucket(js: JetStreamContext, *, replicas: int = 1) -> None:
@@ -99,6 +108,25 @@ async def provision_directory_bucket(js: JetStreamContext, *, replicas: int = 1)
             await js.update_stream(
                 config.evolve(max_msgs_per_subject=DIRECTORY_HISTORY, num_replicas=replicas)
             )
+
+
+async def provision_attachment_store(
+    js: JetStreamContext, *, limits: Limits = DEFAULT_LIMITS, replicas: int = 1
+) -> None:
+    """Create the object store of encrypted attachments if it does not exist (idempotent)."""
+    try:
+        await js.stream_info(ATTACHMENT_STREAM)
+    except NotFoundError:
+        await js.create_object_store(
+            ATTACHMENT_BUCKET,  # nats-py 2.16 takes the name from here, not from the config
+            config=ObjectStoreConfig(
+                bucket=ATTACHMENT_BUCKET,
+                storage=StorageType.FILE,
+                replicas=replicas,
+                ttl=limits.stream_max_age_seconds,
+                description="NRM Exchange: end-to-end encrypted referral attachments",
+            )
+        )
 
 
 async def provision(

@@ -15,6 +15,8 @@ class Limits:
     max_recipients: int = 32
     #: Longest string field (ids, kinds) inside an envelope header.
     max_header_str: int = 128
+    #: Largest attachment an agency system may upload (scanned documents, photos).
+    max_attachment_bytes: int = 25 * 1024 * 1024
     #: Largest HTTP request body the agent API reads.
     max_request_bytes: int = 1 << 20
     #: Default lifetime of a sealed message.

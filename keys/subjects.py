@@ -59,6 +59,16 @@ DIRECTORY_BUCKET = "nrm-directory"
 DIRECTORY_KEY = "directory"
 
 
+#: The JetStream object store holding encrypted referral attachments, and its stream.
+ATTACHMENT_BUCKET = "nrm-attachments"
+ATTACHMENT_STREAM = f"OBJ_{ATTACHMENT_BUCKET}"
+
+
+def attachment_object(referral_id: str, attachment_id: str) -> str:
+    """The object name of one attachment of one referral."""
+    return f"{referral_id}.{attachment_id}"
+
+
 def root_key(version: int) -> str:
     return f"root.{version}"
 

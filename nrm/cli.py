@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import click
 
-from agents import Agent, ConfigError, token_digest
+from agents import Agent, AgentConfig, ConfigError, token_digest
 from keys import KeyFileError, NrmError, PublicIdentity, UntrustedInputError
 from keys.keyfile import MODERATE, init_key_dir, read_passphrase, rotate_key_dir
 
@@ -256,6 +256,50 @@ def agent_new_token() -> None:
     click.echo(f"token (give to the client system, store nowhere else): {token}")
     click.echo(f'token_sha256 = "{token_digest(token)}"')
     click.echo('scopes = ["submit", "read", "act"]  # keep only what the client needs')
+
+
+@main.group("consent")
+def consent_group() -> None:
+    """Consent receipts recorded by this agency."""
+
+
+@consent_group.command("show")
+@click.argument("receipt_id")
+@click.option("--config", "config_path", type=PATH, required=True, help="The agent's agent.toml.")
+def consent_show(receipt_id: str, config_path: Path) -> None:
+    """Print a consent receipt readably, after checking the agency's signature on it."""
+    import base64
+    import json
+    import sqlite3
+
+    from agents.consent import SignedReceipt, render, verify_receipt
+
+    try:
+        config = AgentConfig.load(config_path)
+        identity = PublicIdentity.from_json((config.key_dir / "identity.json").read_bytes())
+        with sqlite3.connect(f"file:{config.database}?mode=ro", uri=True) as db:
+            row = db.execute(
+                "SELECT signed, withdrawn_at FROM consents WHERE receipt_id = ?", (receipt_id,)
+            ).fetchone()
+        if row is None:
+            raise click.ClickException(f"no consent receipt {receipt_id} at {config.agency}")
+        doc = json.loads(row[0])
+        receipt = verify_receipt(
+            SignedReceipt(
+                agency=doc["agency"],
+                body=base64.b64decode(doc["body"]),
+                signature=base64.b64decode(doc["signature"]),
+            ),
+            identity.signing_key,
+        )
+    except (ConfigError, OSError, sqlite3.Error, UntrustedInputError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(render(receipt))
+    click.echo(f"signature: verified, {doc['agency']} key {identity.signing_kid}")
+    if row[1] is not None:
+        from .show import when
+
+        click.echo(f"WITHDRAWN at {when(row[1])}")
 
 
 # --- administrators -------------------------------------------------------------------------

@@ -180,7 +180,10 @@ class Sandbox:
         *,
         limits: dict[str, int | float] | None = None,
         ledger_missing_after: int = 60,
+        webhooks: dict[str, str] | None = None,
     ) -> None:
+        """Write each agent's agent.toml; `webhooks` maps an agency to the URL its system
+        listens on (the HMAC secret goes to <agency>/webhook.secret, 0600)."""
         assert self.bus is not None
         ledger_url = None if self.ledger is None else self.ledger.url
         for setup in self.agencies.values():
@@ -190,6 +193,7 @@ class Sandbox:
                 limits=limits or {},
                 ledger_url=ledger_url,
                 ledger_missing_after=ledger_missing_after,
+                webhook_url=(webhooks or {}).get(setup.agency),
             )
 
 
@@ -250,7 +254,19 @@ def _write_config(
     limits: dict[str, int | float],
     ledger_url: str | None,
     ledger_missing_after: int,
+    webhook_url: str | None = None,
 ) -> None:
+    webhook = []
+    if webhook_url is not None:
+        secret = setup.home / "webhook.secret"
+        if not secret.exists():
+            write_new_file(secret, secrets.token_hex(32).encode())
+        webhook = [
+            "[[webhooks]]",
+            f"url = {json.dumps(webhook_url)}",
+            'secret_file = "webhook.secret"',
+            "",
+        ]
     ledger = (
         []
         if ledger_url is None
@@ -283,6 +299,7 @@ def _write_config(
             'scopes = ["submit", "read", "act"]',
             "",
             *ledger,
+            *webhook,
             "[limits]",
             *[f"{k} = {v!r}" for k, v in limits.items()],
             "",

@@ -21,7 +21,13 @@ AGENCIES = [
     ("coordinator", "Co-ordinator", "coordinator"),
 ]
 #: Short redelivery so crash tests do not wait the production 30 s.
-TEST_LIMITS = {"ack_wait_seconds": 2, "retry_max_seconds": 0.5}
+TEST_LIMITS = {
+    "ack_wait_seconds": 2,
+    "retry_max_seconds": 0.5,
+    "timer_interval_seconds": 0.25,
+    "escalation_urgent_seconds": 2,
+    "escalation_emergency_seconds": 1,
+}
 
 
 async def eventually(

@@ -1,0 +1,273 @@
+"""Referral attachments (scanned documents, photos of papers), up to 25 MB each.
+
+The agency system uploads an attachment to its own agent first (`POST /v1/attachments`),
+then cites it in a referral body by id and SHA-256. On submission the agent encrypts each
+cited attachment once under a fresh per-referral attachment key, puts the ciphertext in the
+JetStream object store `nrm-attachments` (from a durable upload queue), and seals the key
+only into the bodies of recipients allowed the `attachments` category. A recipient fetches
+the object, authenticates it with the key and checks its SHA-256 against the signed referral
+before keeping it; anything else is marked corrupted and never served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import nacl.exceptions
+import nats.errors
+import nats.js.errors
+import structlog
+from nacl.secret import SecretBox
+
+from keys.subjects import ATTACHMENT_BUCKET, attachment_object
+
+from .store import Store
+
+log = structlog.get_logger("nrm.attachments")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS attachments (
+    attachment_id TEXT PRIMARY KEY,
+    sha256        TEXT NOT NULL,
+    size          INTEGER NOT NULL,
+    media_type    TEXT NOT NULL,
+    sealed        BLOB NOT NULL,
+    created       INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS attachment_uploads (
+    object_name TEXT PRIMARY KEY,
+    data        BLOB,
+    state       TEXT NOT NULL CHECK (state IN ('queued', 'sent'))
+) STRICT;
+CREATE TABLE IF NOT EXISTS received_attachments (
+    referral_id   TEXT NOT NULL,
+    attachment_id TEXT NOT NULL,
+    sha256        TEXT NOT NULL,
+    size          INTEGER NOT NULL,
+    media_type    TEXT NOT NULL,
+    sealed_key    BLOB,
+    data          BLOB,
+    state         TEXT NOT NULL CHECK (state IN ('pending', 'ok', 'corrupted', 'erased')),
+    PRIMARY KEY (referral_id, attachment_id)
+) STRICT;
+"""
+
+TRANSIENT = (nats.errors.Error, TimeoutError, OSError, ConnectionError)
+
+
+class AttachmentError(ValueError):
+    """A cited attachment is unknown here or does not match its hash or size."""
+
+
+class Attachments:
+    """Owns the three tables and the upload and fetch loops."""
+
+    def __init__(self, *, store: Store, storage: Callable[[], SecretBox], agency: str) -> None:
+        self.store = store
+        self.storage = storage
+        self.log = log.bind(agency=agency)
+        self._wake = asyncio.Event()
+        with store.transaction() as db:
+            for statement in _statements():
+                db.execute(statement)
+
+    # --- the agency system's uploads -------------------------------------------------------
+
+    def upload(self, content: bytes, *, media_type: str) -> dict[str, Any]:
+        attachment_id = secrets.token_hex(16)
+        digest = hashlib.sha256(content).hexdigest()
+        sealed = bytes(self.storage().encrypt(content))
+        with self.store.transaction() as db:
+            db.execute(
+                "INSERT INTO attachments (attachment_id, sha256, size, media_type, sealed, created)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (attachment_id, digest, len(content), media_type, sealed, int(time.time())),
+            )
+        return {
+            "attachment_id": attachment_id,
+            "sha256": digest,
+            "size": len(content),
+            "media_type": media_type,
+        }
+
+    # --- sending ---------------------------------------------------------------------------
+
+    def check_cited(self, cited: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Problems with the attachments a referral body cites (unknown id, wrong hash)."""
+        problems = []
+        for i, item in enumerate(cited):
+            row = self.store._db.execute(
+                "SELECT sha256, size FROM attachments WHERE attachment_id = ?",
+                (item.get("attachment_id"),),
+            ).fetchone()
+            if row is None:
+                problems.append(f"/body/attachments/{i}: no uploaded attachment with this id")
+            elif row[0] != item.get("sha256") or row[1] != item.get("size"):
+                problems.append(f"/body/attachments/{i}: sha256 or size does not match the upload")
+        return problems
+
+    def queue_upload(
+        self, db: sqlite3.Connection, referral_id: str, cited: Sequence[Mapping[str, Any]]
+    ) -> bytes:
+        """Encrypt each cited attachment under a fresh key and queue it; returns the key."""
+        key = secrets.token_bytes(SecretBox.KEY_SIZE)
+        box = SecretBox(key)
+        for item in cited:
+            (sealed,) = db.execute(
+                "SELECT sealed FROM attachments WHERE attachment_id = ?", (item["attachment_id"],)
+            ).fetchone()
+            content = self.storage().decrypt(bytes(sealed))
+            db.execute(
+                "INSERT OR IGNORE INTO attachment_uploads (object_name, data, state)"
+                " VALUES (?, ?, 'queued')",
+                (
+                    attachment_object(referral_id, item["attachment_id"]),
+                    bytes(box.encrypt(content)),
+                ),
+            )
+        self._wake.set()
+        return key
+
+    # --- receiving -------------------------------------------------------------------------
+
+    def expect(
+        self,
+        db: sqlite3.Connection,
+        referral_id: str,
+        key: bytes,
+        cited: Sequence[Mapping[str, Any]],
+    ) -> None:
+        sealed_key = bytes(self.storage().encrypt(key))
+        for item in cited:
+            db.execute(
+                "INSERT OR IGNORE INTO received_attachments (referral_id, attachment_id, sha256,"
+                " size, media_type, sealed_key, state) VALUES (?, ?, ?, ?, ?, ?, 'pending')",
+                (
+                    referral_id,
+                    str(item["attachment_id"]),
+                    str(item["sha256"]),
+                    int(item["size"]),
+                    str(item.get("media_type", "application/octet-stream")),
+                    sealed_key,
+                ),
+            )
+        self._wake.set()
+
+    def erase(self, db: sqlite3.Connection, referral_id: str) -> None:
+        db.execute(
+            "UPDATE received_attachments SET sealed_key = NULL, data = NULL, state = 'erased'"
+            " WHERE referral_id = ?",
+            (referral_id,),
+        )
+
+    def read(self, referral_id: str, attachment_id: str) -> tuple[str, str, bytes]:
+        """(state, media type, content); the content only when the state is ok."""
+        row = self.store._db.execute(
+            "SELECT state, sealed_key, data, media_type FROM received_attachments"
+            " WHERE referral_id = ? AND attachment_id = ?",
+            (referral_id, attachment_id),
+        ).fetchone()
+        if row is None:
+            return "unknown", "", b""
+        state, sealed_key, data, media_type = row
+        if state != "ok":
+            return state, media_type, b""
+        key = self.storage().decrypt(bytes(sealed_key))
+        return state, media_type, SecretBox(key).decrypt(bytes(data))
+
+    # --- the loops (run by the transport with its JetStream context) ------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, js: Any, running: Callable[[], bool]) -> None:
+        while running():
+            try:
+                obs = await js.object_store(ATTACHMENT_BUCKET)
+                while running():
+                    worked = await self._upload_some(obs) + await self._fetch_some(obs)
+                    if not worked:
+                        self._wake.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            except TRANSIENT as e:
+                self.log.warning("attachment_store_unavailable", error=type(e).__name__)
+                await asyncio.sleep(1.0)
+
+    async def _upload_some(self, obs: Any) -> int:
+        rows = self.store._db.execute(
+            "SELECT object_name, data FROM attachment_uploads WHERE state = 'queued' LIMIT 4"
+        ).fetchall()
+        for name, data in rows:
+            await obs.put(name, bytes(data))
+            with self.store.transaction() as db:
+                db.execute(
+                    "UPDATE attachment_uploads SET state = 'sent', data = NULL"
+                    " WHERE object_name = ?",
+                    (name,),
+                )
+            self.log.info("attachment_uploaded", object_name=name)
+        return len(rows)
+
+    async def _fetch_some(self, obs: Any) -> int:
+        rows = self.store._db.execute(
+            "SELECT referral_id, attachment_id, sha256, size, sealed_key FROM"
+            " received_attachments WHERE state = 'pending' LIMIT 4"
+        ).fetchall()
+        fetched = 0
+        for referral_id, attachment_id, sha256, size, sealed_key in rows:
+            try:
+                result = await obs.get(attachment_object(referral_id, attachment_id))
+            except (nats.js.errors.NotFoundError, nats.js.errors.ObjectNotFoundError):
+                continue  # not uploaded yet: try again later
+            data = bytes(result.data or b"")
+            state = "corrupted"
+            with contextlib.suppress(nacl.exceptions.CryptoError):
+                content = SecretBox(self.storage().decrypt(bytes(sealed_key))).decrypt(data)
+                if hashlib.sha256(content).hexdigest() == sha256 and len(content) == size:
+                    state = "ok"
+            with self.store.transaction() as db:
+                db.execute(
+                    "UPDATE received_attachments SET state = ?, data = ? WHERE referral_id = ?"
+                    " AND attachment_id = ? AND state = 'pending'",
+                    (state, data if state == "ok" else None, referral_id, attachment_id),
+                )
+            fetched += 1
+            if state == "ok":
+                self.log.info(
+                    "attachment_verified", referral_id=referral_id, attachment_id=attachment_id
+                )
+            else:
+                self.log.warning(
+                    "attachment_refused",
+                    referral_id=referral_id,
+                    attachment_id=attachment_id,
+                    reason="bad-attachment",
+                )
+        return fetched
+
+
+def _statements() -> list[str]:
+    return [s.strip() for s in SCHEMA.split(";") if s.strip()]
+
+
+def encode_key(key: bytes) -> str:
+    return base64.b64encode(key).decode()
+
+
+def decode_key(text: Any) -> bytes | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        key = base64.b64decode(text, validate=True)
+    except ValueError:
+        return None
+    return key if len(key) == SecretBox.KEY_SIZE else None
