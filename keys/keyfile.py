@@ -63,25 +63,16 @@ def read_passphrase(*, file: Path | None = None, env: str = PASSPHRASE_ENV) -> b
     return text.encode("utf-8")
 
 
-def seal_keys(keys: AgencyKeys, *, passphrase: bytes, cost: KdfCost) -> bytes:
-    """Encrypt an agency's private keys into key-file bytes."""
+def _seal(
+    secret: dict[str, Any], *, fmt: str, label: dict[str, str], passphrase: bytes, cost: KdfCost
+) -> bytes:
+    """The one sealed-file layout: Argon2id parameters, nonce and SecretBox ciphertext of
+    the JSON `secret`, plus public `label` fields (PROTOCOL.md §3.1)."""
     salt = nacl.utils.random(nacl.pwhash.argon2id.SALTBYTES)
-    box = SecretBox(_derive(passphrase, salt, cost))
-    secret = json.dumps(
-        {
-            "agency": keys.agency,
-            "name": keys.name,
-            "signing_seed": _b64(bytes(keys.signing_key)),
-            "x25519_secret": _b64(bytes(keys.encryption_key)),
-            "previous_x25519_secrets": [_b64(bytes(k)) for k in keys.previous_encryption_keys],
-            "nats_seed": None if keys.nats_seed is None else keys.nats_seed.decode("ascii"),
-            "storage_key": None if keys.storage_key is None else _b64(keys.storage_key),
-        }
-    ).encode()
-    sealed = box.encrypt(secret)
+    sealed = SecretBox(_derive(passphrase, salt, cost)).encrypt(json.dumps(secret).encode())
     doc = {
-        "format": KEYFILE_FORMAT,
-        "agency": keys.agency,
+        "format": fmt,
+        **label,
         "kdf": {
             "alg": "argon2id13",
             "opslimit": cost.opslimit,
@@ -94,36 +85,62 @@ def seal_keys(keys: AgencyKeys, *, passphrase: bytes, cost: KdfCost) -> bytes:
     return (json.dumps(doc, indent=2) + "\n").encode()
 
 
-def open_keys(data: bytes, *, passphrase: bytes) -> AgencyKeys:
-    """Decrypt key-file bytes; raises KeyFileError on a wrong passphrase or a damaged file."""
+def _open(data: bytes, *, fmt: str, passphrase: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(outer document, decrypted secret) of a sealed file; KeyFileError on any failure."""
     try:
         doc = json.loads(data)
-        if doc.get("format") != KEYFILE_FORMAT or doc["kdf"]["alg"] != "argon2id13":
-            raise KeyFileError(f"not an {KEYFILE_FORMAT} file")
+        if doc.get("format") != fmt or doc["kdf"]["alg"] != "argon2id13":
+            raise KeyFileError(f"not an {fmt} file")
         kdf = doc["kdf"]
         cost = KdfCost(int(kdf["opslimit"]), int(kdf["memlimit"]))
         if cost.memlimit > 4 * nacl.pwhash.argon2id.MEMLIMIT_SENSITIVE:
             raise KeyFileError("key file asks for an unreasonable amount of memory")
         key = _derive(passphrase, _unb64(kdf["salt"]), cost)
-        secret = SecretBox(key).decrypt(_unb64(doc["ciphertext"]), _unb64(doc["nonce"]))
+        secret = json.loads(SecretBox(key).decrypt(_unb64(doc["ciphertext"]), _unb64(doc["nonce"])))
     except nacl.exceptions.CryptoError as e:
         raise KeyFileError("wrong passphrase, or the key file is damaged") from e
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise KeyFileError(f"key file is not valid: {type(e).__name__}") from e
-    inner = json.loads(secret)
-    if inner["agency"] != doc.get("agency"):
-        raise KeyFileError("key file agency does not match its sealed contents")
-    return AgencyKeys(
-        agency=check_agency_id(inner["agency"]),
-        name=inner["name"],
-        signing_key=SigningKey(_unb64(inner["signing_seed"])),
-        encryption_key=PrivateKey(_unb64(inner["x25519_secret"])),
-        nats_seed=None if inner.get("nats_seed") is None else inner["nats_seed"].encode("ascii"),
-        previous_encryption_keys=tuple(
-            PrivateKey(_unb64(k)) for k in inner.get("previous_x25519_secrets", [])
-        ),
-        storage_key=None if inner.get("storage_key") is None else _unb64(inner["storage_key"]),
+    if not isinstance(secret, dict):
+        raise KeyFileError("key file is not valid: sealed contents are not an object")
+    return doc, secret
+
+
+def seal_keys(keys: AgencyKeys, *, passphrase: bytes, cost: KdfCost) -> bytes:
+    """Encrypt an agency's private keys into key-file bytes."""
+    secret = {
+        "agency": keys.agency,
+        "name": keys.name,
+        "signing_seed": _b64(bytes(keys.signing_key)),
+        "x25519_secret": _b64(bytes(keys.encryption_key)),
+        "previous_x25519_secrets": [_b64(bytes(k)) for k in keys.previous_encryption_keys],
+        "nats_seed": None if keys.nats_seed is None else keys.nats_seed.decode("ascii"),
+        "storage_key": None if keys.storage_key is None else _b64(keys.storage_key),
+    }
+    return _seal(
+        secret, fmt=KEYFILE_FORMAT, label={"agency": keys.agency}, passphrase=passphrase, cost=cost
     )
+
+
+def open_keys(data: bytes, *, passphrase: bytes) -> AgencyKeys:
+    """Decrypt key-file bytes; raises KeyFileError on a wrong passphrase or a damaged file."""
+    doc, inner = _open(data, fmt=KEYFILE_FORMAT, passphrase=passphrase)
+    if inner.get("agency") != doc.get("agency"):
+        raise KeyFileError("key file agency does not match its sealed contents")
+    try:
+        return AgencyKeys(
+            agency=check_agency_id(inner["agency"]),
+            name=inner["name"],
+            signing_key=SigningKey(_unb64(inner["signing_seed"])),
+            encryption_key=PrivateKey(_unb64(inner["x25519_secret"])),
+            nats_seed=None if inner.get("nats_seed") is None else inner["nats_seed"].encode(),
+            previous_encryption_keys=tuple(
+                PrivateKey(_unb64(k)) for k in inner.get("previous_x25519_secrets", [])
+            ),
+            storage_key=None if inner.get("storage_key") is None else _unb64(inner["storage_key"]),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise KeyFileError(f"key file is not valid: {type(e).__name__}") from e
 
 
 ADMIN_KEY_FORMAT = "nrm-admin-key/1"
@@ -131,39 +148,20 @@ ADMIN_KEY_FORMAT = "nrm-admin-key/1"
 
 def seal_admin_key(key: SigningKey, *, passphrase: bytes, cost: KdfCost) -> bytes:
     """Encrypt an administrator's root signing key into key-file bytes (same scheme)."""
-    salt = nacl.utils.random(nacl.pwhash.argon2id.SALTBYTES)
-    sealed = SecretBox(_derive(passphrase, salt, cost)).encrypt(
-        json.dumps({"ed25519_seed": _b64(bytes(key))}).encode()
+    return _seal(
+        {"ed25519_seed": _b64(bytes(key))},
+        fmt=ADMIN_KEY_FORMAT,
+        label={},
+        passphrase=passphrase,
+        cost=cost,
     )
-    doc = {
-        "format": ADMIN_KEY_FORMAT,
-        "kdf": {
-            "alg": "argon2id13",
-            "opslimit": cost.opslimit,
-            "memlimit": cost.memlimit,
-            "salt": _b64(salt),
-        },
-        "nonce": _b64(sealed.nonce),
-        "ciphertext": _b64(sealed.ciphertext),
-    }
-    return (json.dumps(doc, indent=2) + "\n").encode()
 
 
 def open_admin_key(data: bytes, *, passphrase: bytes) -> SigningKey:
+    _, secret = _open(data, fmt=ADMIN_KEY_FORMAT, passphrase=passphrase)
     try:
-        doc = json.loads(data)
-        if doc.get("format") != ADMIN_KEY_FORMAT:
-            raise KeyFileError(f"not an {ADMIN_KEY_FORMAT} file")
-        kdf = doc["kdf"]
-        cost = KdfCost(int(kdf["opslimit"]), int(kdf["memlimit"]))
-        if cost.memlimit > 4 * nacl.pwhash.argon2id.MEMLIMIT_SENSITIVE:
-            raise KeyFileError("key file asks for an unreasonable amount of memory")
-        key = _derive(passphrase, _unb64(kdf["salt"]), cost)
-        secret = SecretBox(key).decrypt(_unb64(doc["ciphertext"]), _unb64(doc["nonce"]))
-        return SigningKey(_unb64(json.loads(secret)["ed25519_seed"]))
-    except nacl.exceptions.CryptoError as e:
-        raise KeyFileError("wrong passphrase, or the key file is damaged") from e
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        return SigningKey(_unb64(secret["ed25519_seed"]))
+    except (KeyError, TypeError, ValueError) as e:
         raise KeyFileError(f"key file is not valid: {type(e).__name__}") from e
 
 
