@@ -402,22 +402,14 @@ class Agent:
                 raise UnexpectedMessageError(f"unknown message kind {h.kind}")
         self.metrics.received.labels(h.kind).inc()
         self.log.info(
-            "message_received",
+            "referral_received" if h.kind == REFERRAL else "message_received",
             kind=h.kind,
             message_id=h.message_id,
             sender=h.sender,
             envelope_hash=opened.envelope_hash,
             sender_kid=h.sender_kid,
         )
-        if h.kind == REFERRAL:
-            self.log.info(
-                "referral_received",
-                message_id=h.message_id,
-                sender=h.sender,
-                envelope_hash=opened.envelope_hash,
-                sender_kid=h.sender_kid,
-            )
-        elif h.kind == DELIVERY_RECEIPT:
+        if h.kind == DELIVERY_RECEIPT:
             self.log.info(
                 "delivery_confirmed",
                 message_id=DeliveryReceipt.decode(opened.body).message_id,

@@ -202,14 +202,8 @@ def rotate_key_dir(directory: Path, *, passphrase: bytes, cost: KdfCost = MODERA
 
 def replace_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Write `data` to `path` atomically (a reader sees the old or the new file, never half)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    tmp = _write_temp(path, data, mode)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -217,6 +211,17 @@ def replace_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
 
 def write_new_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     """Write `data` to a new file at `path` atomically; fail if `path` exists."""
+    tmp = _write_temp(path, data, mode)
+    try:
+        os.link(tmp, path)  # atomic, and refuses an existing target
+    except FileExistsError as e:
+        raise KeyFileExistsError(f"{path} already exists; refusing to overwrite") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_temp(path: Path, data: bytes, mode: int) -> Path:
+    """`data`, flushed to disk in a new temporary file beside `path`, with `mode`."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
@@ -225,12 +230,10 @@ def write_new_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
-        try:
-            os.link(tmp, path)  # atomic, and refuses an existing target
-        except FileExistsError as e:
-            raise KeyFileExistsError(f"{path} already exists; refusing to overwrite") from e
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+    return tmp
 
 
 def _derive(passphrase: bytes, salt: bytes, cost: KdfCost) -> bytes:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import click
@@ -236,16 +237,19 @@ def agent_run(config_path: Path) -> None:
         the_agent = Agent.from_config_file(config_path)
     except (ConfigError, NrmError, ValueError) as e:
         raise click.ClickException(str(e)) from e
-    asyncio.run(_run_agent(the_agent))
+    asyncio.run(
+        _serve(the_agent, lambda: f"agent {the_agent.config.agency} at {the_agent.api_url}")
+    )
 
 
-async def _run_agent(the_agent: Agent) -> None:
+async def _serve(service: Any, describe: Callable[[], str]) -> None:
+    """Run an async-context-managed service until SIGINT or SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with the_agent:
-        click.echo(f"agent {the_agent.config.agency} serving {the_agent.api_url}", err=True)
+    async with service:
+        click.echo(f"serving: {describe()}", err=True)
         await stop.wait()
 
 
@@ -517,17 +521,7 @@ def ledger_run(config_path: Path) -> None:
         ledger = Ledger.from_config_file(config_path)
     except (LedgerConfigError, NrmError, ValueError) as e:
         raise click.ClickException(str(e)) from e
-
-    async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        async with ledger:
-            click.echo(f"ledger serving {ledger.url}", err=True)
-            await stop.wait()
-
-    asyncio.run(serve())
+    asyncio.run(_serve(ledger, lambda: f"ledger at {ledger.url}"))
 
 
 @main.group("audit")
