@@ -498,7 +498,8 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+    # At most 20 digits: int() refuses over 4300 (ValueError), and no bound here is longer.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 20) or not low <= int(raw) <= high:
         raise ProblemError(
             400, "Bad Request", f"query parameter {name} must be an integer from {low} to {high}"
         )

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import json
 from typing import Any
+
+from . import consent, referral
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 _ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
@@ -27,6 +31,48 @@ _PAGING = [
     {"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 0}},
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
 ]
+
+
+def _inline(schema: dict[str, Any], name: str) -> dict[str, Any]:
+    """`schema` (a standalone JSON Schema 2020-12 document) as OpenAPI components: the root
+    as `name` and each of its `$defs` as `name.def`, with every internal `#/$defs/...` (and
+    `#`) reference rewritten to point inside this document. `$id` and `$schema` are dropped:
+    an `$id` would make the references resolve against the (unreachable) published URL."""
+
+    def target(ref: str) -> str:
+        if ref == "#":
+            return f"#/components/schemas/{name}"
+        if ref.startswith("#/$defs/"):
+            head, slash, tail = ref[len("#/$defs/") :].partition("/")
+            return f"#/components/schemas/{name}.{head}{slash}{tail}"
+        raise ValueError(f"{name}: reference {ref!r} does not stay inside the schema")
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                k: target(v) if k == "$ref" and isinstance(v, str) else rewrite(v)
+                for k, v in node.items()
+            }
+        if isinstance(node, list):
+            return [rewrite(v) for v in node]
+        return node
+
+    doc = copy.deepcopy(schema)
+    defs: dict[str, Any] = doc.pop("$defs", {})
+    for key in ("$id", "$schema"):
+        doc.pop(key, None)
+    components = {name: rewrite(doc)}
+    components.update({f"{name}.{d}": rewrite(sub) for d, sub in defs.items()})
+    return components
+
+
+#: The published referral and consent receipt schemas, inlined so the document is
+#: self-contained (no network needed to resolve it).
+SCHEMAS: dict[str, Any] = {
+    **_inline(referral.load_schema(), "ReferralV1"),
+    **_inline(json.loads(consent.SCHEMA_PATH.read_text(encoding="utf-8")), "ConsentReceiptV1"),
+}
+
 _PATH_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 OPENAPI: dict[str, Any] = {
@@ -41,6 +87,7 @@ OPENAPI: dict[str, Any] = {
     "security": [{"bearer": []}],
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": SCHEMAS,
         "responses": {
             "Problem": {
                 "description": "RFC 9457 problem details",
@@ -105,9 +152,7 @@ OPENAPI: dict[str, Any] = {
                                         "maxItems": 32,
                                         "items": {"type": "string"},
                                     },
-                                    "referral": {
-                                        "$ref": "https://nrm-exchange.org/schemas/referral-v1.json"
-                                    },
+                                    "referral": {"$ref": "#/components/schemas/ReferralV1"},
                                 },
                             }
                         }
@@ -166,7 +211,7 @@ OPENAPI: dict[str, Any] = {
                 },
                 "responses": {
                     "202": _json({"type": "object"}, "Accepted"),
-                    **_errors(400, 401, 403, 404, 409, 415, 422),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422),
                 },
             }
         },
@@ -198,7 +243,7 @@ OPENAPI: dict[str, Any] = {
                     "201": _json(
                         {"type": "object", "required": ["attachment_id", "sha256"]}, "Created"
                     ),
-                    **_errors(400, 401, 403, 413, 415),
+                    **_errors(400, 401, 403, 413, 415, 422),
                 },
             }
         },
@@ -235,9 +280,7 @@ OPENAPI: dict[str, Any] = {
                     "required": True,
                     "content": {
                         "application/json": {
-                            "schema": {
-                                "$ref": "https://nrm-exchange.org/schemas/consent-receipt-v1.json"
-                            }
+                            "schema": {"$ref": "#/components/schemas/ConsentReceiptV1"}
                         }
                     },
                 },
@@ -268,7 +311,7 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [_PATH_ID, _IDEMPOTENCY],
                 "responses": {
                     "202": _json({"type": "object"}, "Accepted"),
-                    **_errors(400, 401, 403, 404, 409),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422),
                 },
             }
         },

@@ -107,9 +107,14 @@ def _int(
         if default is None:
             raise Problem(400, "Bad Request", f"query parameter {name} is required")
         return default
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+    if not _digits(raw) or not low <= int(raw) <= high:
         raise Problem(400, "Bad Request", f"{name} must be an integer from {low} to {high}")
     return int(raw)
+
+
+def _digits(raw: str) -> bool:
+    """A plain decimal number short enough to convert (int() refuses over 4300 digits)."""
+    return raw.isascii() and raw.isdigit() and len(raw) <= 20
 
 
 async def to_ui(request: web.Request) -> web.StreamResponse:
@@ -161,16 +166,11 @@ async def entries(request: web.Request) -> web.Response:
 
 async def inclusion_proof(request: web.Request) -> web.Response:
     ledger = _ledger(request)
-    size = _int(request, "size", default=ledger.tree.size, low=1, high=ledger.tree.size)
-    index = _int(
-        request,
-        "index",
-        default=int(request.match_info["index"])
-        if request.match_info["index"].isascii() and request.match_info["index"].isdigit()
-        else -1,
-        low=0,
-        high=size - 1,
-    )
+    raw = request.match_info["index"]
+    if not _digits(raw) or int(raw) >= ledger.tree.size:
+        raise Problem(404, "Not Found", "no entry with this index in the ledger")
+    index = int(raw)
+    size = _int(request, "size", default=ledger.tree.size, low=index + 1, high=ledger.tree.size)
     return web.json_response(
         {
             "index": index,
