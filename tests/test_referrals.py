@@ -31,7 +31,7 @@ from agents import webhooks as W
 from agents.messages import ESCALATION
 
 from . import samples
-from .support import AGENCIES, TEST_LIMITS, Mechanism, eventually
+from .support import AGENCIES, ESCALATING_LIMITS, TEST_LIMITS, Mechanism, eventually
 from .test_agent import delivered, rows
 from .test_consent import KANTARA_CR_1_1, _kantara_errors
 
@@ -368,12 +368,26 @@ async def test_lifecycle_over_the_api(mechanism: Mechanism) -> None:
 # --- escalation --------------------------------------------------------------------------------
 
 
+@pytest.fixture
+async def escalating(tmp_path: Path) -> AsyncIterator[Mechanism]:
+    """The three agencies, with urgent referrals escalating after 2 s."""
+    async with aiohttp.ClientSession() as http:
+        m = await Mechanism.create(tmp_path, http)
+        m.sandbox.write_agent_configs(limits=ESCALATING_LIMITS, ledger_missing_after=5)
+        try:
+            for agency, _, _ in AGENCIES:
+                await m.start(agency)
+            yield m
+        finally:
+            await m.close()
+
+
 async def test_unacknowledged_urgent_referral_escalates_with_metadata_only(
-    mechanism: Mechanism,
+    escalating: Mechanism,
 ) -> None:
     """An urgent referral nobody acknowledges escalates to the co-ordinator within seconds,
     with a notice that names no body field; a routine one does not escalate."""
-    m = mechanism
+    m = escalating
     urgent = await m.api("police").refer(["shelter"], samples.referral(urgency="urgent"))
     routine = await m.api("police").refer(["shelter"], samples.referral())
     started = time.monotonic()
