@@ -182,9 +182,11 @@ async def _idempotent(
             return web.json_response(
                 json.loads(row[2]), status=row[1], headers={"Idempotent-Replayed": "true"}
             )
-    status, body = act(doc)
-    if key is not None:
-        with store.transaction() as db:
+    # The effect and its idempotency record commit together: a crash between them would
+    # let a retry with the same key do the work twice.
+    with store.transaction() as db:
+        status, body = act(doc)
+        if key is not None:
             db.execute(
                 "INSERT OR IGNORE INTO idempotency (client, key, request_hash, status, response,"
                 " created) VALUES (?, ?, ?, ?, ?, ?)",

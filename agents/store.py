@@ -185,6 +185,7 @@ class Store:
         # Erased rows are overwritten, not just unlinked (crypto-shredding, issue 4).
         self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(SCHEMA)
+        self._savepoints = 0
         path.chmod(0o600)
 
     def close(self) -> None:
@@ -192,7 +193,20 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception. Inside another
+        transaction it is a savepoint, so callers compose into one atomic commit."""
+        if self._db.in_transaction:
+            self._savepoints += 1
+            name = f"nested_{self._savepoints}"
+            self._db.execute(f"SAVEPOINT {name}")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute(f"ROLLBACK TO {name}")
+                self._db.execute(f"RELEASE {name}")
+                raise
+            self._db.execute(f"RELEASE {name}")
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -239,7 +253,7 @@ class Store:
     def pending_count(self) -> int:
         (n,) = self._db.execute(
             "SELECT (SELECT count(*) FROM deliveries WHERE state = 'queued')"
-            " + (SELECT count(*) FROM audit_outbox WHERE state = 'queued')"
+            " + (SELECT count(*) FROM audit_outbox WHERE state = 'queued' AND state != 'included')"
         ).fetchone()
         return int(n)
 
@@ -249,6 +263,18 @@ class Store:
                 "UPDATE deliveries SET state = 'sent', stream_seq = ?, sent_at = ?"
                 " WHERE message_id = ? AND recipient = ? AND state = 'queued'",
                 (stream_seq, int(time.time()), message_id, recipient),
+            )
+
+    def mark_sent_many(self, sent: Sequence[tuple[str, str, int]]) -> None:
+        """`mark_sent` for several (message_id, recipient, stream_seq) in one transaction."""
+        if not sent:
+            return
+        now = int(time.time())
+        with self.transaction() as tx:
+            tx.executemany(
+                "UPDATE deliveries SET state = 'sent', stream_seq = ?, sent_at = ?"
+                " WHERE message_id = ? AND recipient = ? AND state = 'queued'",
+                [(seq, now, message_id, recipient) for message_id, recipient, seq in sent],
             )
 
     def mark_attempt(self, message_id: str, recipient: str) -> None:
@@ -307,7 +333,8 @@ class Store:
 
     def pending_audit(self, limit: int) -> list[tuple[str, bytes]]:
         rows = self._db.execute(
-            "SELECT event_id, event FROM audit_outbox WHERE state = 'queued' ORDER BY seq LIMIT ?",
+            "SELECT event_id, event FROM audit_outbox WHERE state = 'queued'"
+            " AND state != 'included' ORDER BY seq LIMIT ?",  # the term lets audit_unfinished serve
             (limit,),
         ).fetchall()
         return [(str(r[0]), bytes(r[1])) for r in rows]
@@ -320,11 +347,22 @@ class Store:
                 (stream_seq, event_id),
             )
 
+    def mark_audit_sent_many(self, sent: Sequence[tuple[str, int]]) -> None:
+        """`mark_audit_sent` for several (event_id, stream_seq) in one transaction."""
+        if not sent:
+            return
+        with self.transaction() as tx:
+            tx.executemany(
+                "UPDATE audit_outbox SET state = 'sent', stream_seq = ? "
+                "WHERE event_id = ? AND state = 'queued'",
+                [(seq, event_id) for event_id, seq in sent],
+            )
+
     def unconfirmed_audit(self, limit: int) -> list[tuple[str, bytes, int]]:
         """Events published but not yet proven included in the ledger: (id, event, created)."""
         rows = self._db.execute(
             "SELECT event_id, event, created FROM audit_outbox WHERE state = 'sent' "
-            "ORDER BY seq LIMIT ?",
+            "AND state != 'included' ORDER BY seq LIMIT ?",  # uses audit_unfinished
             (limit,),
         ).fetchall()
         return [(str(r[0]), bytes(r[1]), int(r[2])) for r in rows]

@@ -55,6 +55,8 @@ class Verdict(enum.Enum):
 #: (envelope bytes, stream sequence, time the bus stored it) -> what to do with it
 MessageHandler = Callable[[bytes, int, int], Verdict]
 DirectoryHandler = Callable[[str, bytes], None]
+#: How many times a message whose handling fails unexpectedly is retried before it is set aside.
+MAX_HANDLER_ATTEMPTS = 5
 #: How long a message is held back when it cannot be judged yet.
 RETRY_DELAY_SECONDS = 1.0
 
@@ -190,50 +192,62 @@ class Transport:
                     await asyncio.wait_for(self._wake.wait(), timeout=1.0)
                 continue
             failed = False
-            for item in batch:
-                try:
-                    ack = await js.publish(
-                        inbox_subject(item.recipient),
-                        item.envelope,
-                        timeout=5,
-                        headers={"Nats-Msg-Id": publish_id(item.message_id, item.recipient)},
-                    )
-                except TRANSIENT as e:
-                    _raise_if_cancelled()
-                    self.store.mark_attempt(item.message_id, item.recipient)
-                    self.log.warning(
-                        "publish_retry",
+            # Acknowledged publishes are marked in one transaction per batch, not one each
+            # (each commit is an fsync). Marked even if the loop is cancelled meanwhile; one
+            # left unmarked by a crash is published again under the same Nats-Msg-Id, which
+            # JetStream de-duplicates, exactly as before.
+            sent: list[tuple[str, str, int]] = []
+            try:
+                for item in batch:
+                    try:
+                        ack = await js.publish(
+                            inbox_subject(item.recipient),
+                            item.envelope,
+                            timeout=5,
+                            headers={"Nats-Msg-Id": publish_id(item.message_id, item.recipient)},
+                        )
+                    except TRANSIENT as e:
+                        _raise_if_cancelled()
+                        self.store.mark_attempt(item.message_id, item.recipient)
+                        self.log.warning(
+                            "publish_retry",
+                            message_id=item.message_id,
+                            recipient=item.recipient,
+                            attempts=item.attempts + 1,
+                            error=type(e).__name__,
+                        )
+                        failed = True
+                        break
+                    sent.append((item.message_id, item.recipient, ack.seq))
+                    self.log.info(
+                        "published",
                         message_id=item.message_id,
                         recipient=item.recipient,
-                        attempts=item.attempts + 1,
-                        error=type(e).__name__,
+                        stream_seq=ack.seq,
+                        duplicate=bool(ack.duplicate),
                     )
-                    failed = True
-                    break
-                self.store.mark_sent(item.message_id, item.recipient, ack.seq)
-                self.log.info(
-                    "published",
-                    message_id=item.message_id,
-                    recipient=item.recipient,
-                    stream_seq=ack.seq,
-                    duplicate=bool(ack.duplicate),
-                )
-            for event_id, event in [] if failed else events:
-                try:
-                    ack = await js.publish(
-                        audit_subject(self.agency),
-                        event,
-                        timeout=5,
-                        headers={"Nats-Msg-Id": event_id},
-                    )
-                except TRANSIENT as e:
-                    _raise_if_cancelled()
-                    self.log.warning(
-                        "audit_publish_retry", event_id=event_id, error=type(e).__name__
-                    )
-                    failed = True
-                    break
-                self.store.mark_audit_sent(event_id, ack.seq)
+            finally:
+                self.store.mark_sent_many(sent)
+            audit_sent: list[tuple[str, int]] = []
+            try:
+                for event_id, event in [] if failed else events:
+                    try:
+                        ack = await js.publish(
+                            audit_subject(self.agency),
+                            event,
+                            timeout=5,
+                            headers={"Nats-Msg-Id": event_id},
+                        )
+                    except TRANSIENT as e:
+                        _raise_if_cancelled()
+                        self.log.warning(
+                            "audit_publish_retry", event_id=event_id, error=type(e).__name__
+                        )
+                        failed = True
+                        break
+                    audit_sent.append((event_id, ack.seq))
+            finally:
+                self.store.mark_audit_sent_many(audit_sent)
             if failed:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.limits.retry_max_seconds)
@@ -286,7 +300,19 @@ class Transport:
             for msg in msgs:
                 meta = msg.metadata
                 stored_at = int(meta.timestamp.timestamp()) if meta.timestamp else 0
-                verdict = self.handler(msg.data, meta.sequence.stream, stored_at)
+                try:
+                    verdict = self.handler(msg.data, meta.sequence.stream, stored_at)
+                except Exception as e:
+                    # A bug, not bad input (that is UntrustedInputError, handled inside): keep
+                    # consuming; retry the message a few times, then set it aside for good.
+                    self.log.error(
+                        "handler_failed",
+                        stream_seq=meta.sequence.stream,
+                        error=type(e).__name__,
+                        deliveries=meta.num_delivered,
+                    )
+                    give_up = (meta.num_delivered or 0) >= MAX_HANDLER_ATTEMPTS
+                    verdict = Verdict.TERM if give_up else Verdict.RETRY
                 if verdict is Verdict.ACK:
                     await msg.ack()
                 elif verdict is Verdict.RETRY:

@@ -52,6 +52,8 @@ STANZA_LABEL = b"nrm/v1/stanza"
 SIGNATURE_BYTES = 64
 #: The outer signature is the last element: bin8 marker, length 64, then the signature.
 _OUTER_SIG_SUFFIX = 2 + SIGNATURE_BYTES
+#: Every AEAD ciphertext is at least its 16-byte tag.
+_AEAD_TAG_BYTES = 16
 _MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
 _KIND = re.compile(r"^[a-z][a-z0-9.-]{0,63}$")
 _KID = re.compile(r"^[0-9a-f]{32}$")
@@ -250,7 +252,7 @@ def open_envelope(
         payload = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
             parsed.ciphertext, parsed.header_bytes, parsed.nonce, content_key
         )
-    except nacl.exceptions.CryptoError as e:
+    except (nacl.exceptions.CryptoError, ValueError) as e:
         raise DecryptionError("body does not authenticate under the content key") from e
     inner = codec.unpack(payload, max_bytes=len(payload), max_items=2, what="payload")
     if not (
@@ -294,6 +296,7 @@ def _parse(data: bytes, limits: Limits) -> tuple[_Parsed, bytes]:
         isinstance(header_bytes, bytes)
         and _is_bin(nonce, 24)
         and isinstance(ciphertext, bytes)
+        and len(ciphertext) >= _AEAD_TAG_BYTES
         and _is_bin(outer_sig, SIGNATURE_BYTES)
         and isinstance(stanzas, list)
     ):
