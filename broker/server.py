@@ -67,8 +67,12 @@ class NatsServer:
         port: int | None = None,
         host: str = "127.0.0.1",
         extra_config: str = "",
+        cluster: str = "",
     ) -> None:
+        """`cluster` is this node's `server_name` and `cluster {}` block
+        (`broker.cluster.cluster_block`); kept across reloads, unlike `extra_config`."""
         self._store_dir = store_dir
+        self._cluster = cluster
         self._port = port
         self._host = host
         self._extra_config = extra_config
@@ -237,6 +241,8 @@ class NatsServer:
             f"  store_dir: {conf_string(str(self._store_dir.resolve()))}\n"
             "}\n"
         )
+        if self._cluster:
+            text += self._cluster.rstrip("\n") + "\n"
         if self._extra_config:
             text += self._extra_config.rstrip("\n") + "\n"
         # The extra configuration may hold authorization: the file is private to its owner.

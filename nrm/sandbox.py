@@ -11,12 +11,13 @@ a nats-server whose authorization is generated from the directory.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
@@ -24,6 +25,7 @@ import nats
 from agents.config import token_digest
 from broker import NatsServer, provision
 from broker.authority import DirectoryAuthority, authorization_for
+from broker.cluster import ClusterNode, cluster_block
 from broker.ledger import Ledger
 from keys import PublicIdentity
 from keys.keyfile import (
@@ -72,15 +74,19 @@ class Sandbox:
     authority: DirectoryAuthority | None = None
     ledger: Ledger | None = None
     auditor_token: str = ""
+    cluster_nodes: list[NatsServer] = field(default_factory=list)
 
     @property
     def ledger_home(self) -> Path:
         return self.root / "ledger"
 
-    async def start_ledger(self, *, checkpoint_interval: float = 1.0) -> Ledger:
+    def write_ledger_config(
+        self, *, checkpoint_interval: float = 1.0, bind: str = "127.0.0.1:0"
+    ) -> Path:
         """Write ledger.toml (the ledger's own key, the operator's bus credentials, one
-        auditor token per agency and one for the auditors) and start the ledger."""
-        assert self.bus is not None
+        auditor token per agency and one for the auditors) without starting the ledger;
+        `nrm ledger run --config` runs it. Returns its path."""
+        assert self.bus_urls, "start the bus first"
         home = self.ledger_home
         tokens = [self.auditor_token] + [
             (a.home / "ledger.token").read_text().strip() for a in self.agencies.values()
@@ -91,10 +97,10 @@ class Sandbox:
                 'key_dir = "keys"',
                 f"operator_key_dir = {json.dumps(str(self.admin.path / admin.OPERATOR_DIR))}",
                 'passphrase_file = "passphrase"',
-                f"nats_urls = {json.dumps([self.bus.url])}",
+                f"nats_urls = {json.dumps(self.bus_urls)}",
                 f"trust_root = {json.dumps(str(self.admin.root_path(1)))}",
                 'database = "ledger.db"',
-                'bind = "127.0.0.1:0"',
+                f"bind = {json.dumps(bind)}",
                 f"checkpoint_interval_seconds = {checkpoint_interval}",
                 *[
                     f'[[auditors]]\nname = "auditor"\ntoken_sha256 = "{token_digest(t)}"'
@@ -104,9 +110,21 @@ class Sandbox:
             ]
         )
         replace_file(home / "ledger.toml", config.encode())
-        self.ledger = Ledger.from_config_file(home / "ledger.toml")
+        return home / "ledger.toml"
+
+    async def start_ledger(self, *, checkpoint_interval: float = 1.0) -> Ledger:
+        """Write ledger.toml (`write_ledger_config`) and start the ledger in this process."""
+        path = self.write_ledger_config(checkpoint_interval=checkpoint_interval)
+        self.ledger = Ledger.from_config_file(path)
         await self.ledger.start()
         return self.ledger
+
+    @property
+    def bus_urls(self) -> list[str]:
+        """The client URLs of the bus: the single server's, or every cluster node's."""
+        if self.cluster_nodes:
+            return [n.url for n in self.cluster_nodes]
+        return [] if self.bus is None else [self.bus.url]
 
     async def stop_ledger(self) -> None:
         if self.ledger is not None:
@@ -146,6 +164,53 @@ class Sandbox:
         await self.authority.start()
         return self.bus
 
+    async def start_cluster(
+        self, *, client_ports: Sequence[int], cluster_ports: Sequence[int]
+    ) -> list[NatsServer]:
+        """Start a nats-server cluster on loopback (one node per port pair, each with its own
+        store under root/bus-N), every node with the authorization from the signed draft;
+        provision the streams and the bucket with one replica per node and publish the
+        directory. Changes to the directory are not followed (no DirectoryAuthority)."""
+        directory = admin.verified_draft(self.admin)
+        operator = load_key_dir(
+            self.admin.path / admin.OPERATOR_DIR, passphrase=self.admin_passphrase
+        )
+        assert operator.nats_seed is not None and operator.public.nats_key is not None
+        authorization = authorization_for(directory, operators=[operator.public.nats_key])
+        nodes = [
+            ClusterNode(
+                name=f"nrm-{n + 1}",
+                host="127.0.0.1",
+                client_port=client,
+                cluster_port=route,
+                store_dir=str(self.root / f"bus-{n + 1}"),
+            )
+            for n, (client, route) in enumerate(zip(client_ports, cluster_ports, strict=True))
+        ]
+        self.cluster_nodes = [
+            NatsServer(
+                store_dir=Path(node.store_dir),
+                port=node.client_port,
+                extra_config=authorization,
+                cluster=cluster_block(node, nodes),
+            )
+            for node in nodes
+        ]
+        for server in self.cluster_nodes:
+            server.start()
+        self.bus = self.cluster_nodes[0]
+        deadline = time.monotonic() + 30
+        while True:  # the JetStream meta leader is elected once routes are up
+            try:
+                await provision(self.bus.url, nkeys_seed=operator.nats_seed, replicas=len(nodes))
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+        await self.publish()
+        return self.cluster_nodes
+
     async def publish(self) -> None:
         assert self.bus is not None
         await admin.publish(self.admin, self.bus.url, passphrase=self.admin_passphrase)
@@ -172,6 +237,8 @@ class Sandbox:
         if self.authority is not None:
             await self.authority.stop()
             self.authority = None
+        for node in self.cluster_nodes:
+            node.stop()
         if self.bus is not None:
             self.bus.stop()
 
@@ -181,15 +248,21 @@ class Sandbox:
         limits: dict[str, int | float] | None = None,
         ledger_missing_after: int = 60,
         webhooks: dict[str, str] | None = None,
+        ledger_url: str | None = None,
+        api_ports: dict[str, int] | None = None,
     ) -> None:
         """Write each agent's agent.toml; `webhooks` maps an agency to the URL its system
-        listens on (the HMAC secret goes to <agency>/webhook.secret, 0600)."""
-        assert self.bus is not None
-        ledger_url = None if self.ledger is None else self.ledger.url
+        listens on (the HMAC secret goes to <agency>/webhook.secret, 0600). `ledger_url`
+        names a ledger run elsewhere (default: the one started here, if any); `api_ports`
+        fixes an agency's API port (default: any free port)."""
+        assert self.bus_urls, "start the bus first"
+        if ledger_url is None and self.ledger is not None:
+            ledger_url = self.ledger.url
         for setup in self.agencies.values():
             _write_config(
                 setup,
-                nats_urls=[self.bus.url],
+                nats_urls=self.bus_urls,
+                api_port=(api_ports or {}).get(setup.agency, 0),
                 limits=limits or {},
                 ledger_url=ledger_url,
                 ledger_missing_after=ledger_missing_after,
@@ -255,6 +328,7 @@ def _write_config(
     ledger_url: str | None,
     ledger_missing_after: int,
     webhook_url: str | None = None,
+    api_port: int = 0,
 ) -> None:
     webhook = []
     if webhook_url is not None:
@@ -292,7 +366,7 @@ def _write_config(
             'trust_cache = "trust"',
             "",
             "[api]",
-            'bind = "127.0.0.1:0"',
+            f'bind = "127.0.0.1:{api_port}"',
             "[[api.clients]]",
             'name = "case-management"',
             f'token_sha256 = "{token_digest(setup.token)}"',
