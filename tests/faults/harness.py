@@ -108,6 +108,40 @@ class Proc:
             await asyncio.sleep(0.05)
 
 
+async def launch(
+    http: aiohttp.ClientSession,
+    sandbox: Sandbox,
+    tmp_path: Path,
+    *,
+    ports: dict[str, int],
+    ledger_config: Path,
+) -> dict[str, Proc]:
+    """Start the ledger and the police and shelter agents as processes; wait until ready."""
+    ledger_url = f"http://127.0.0.1:{ports['ledger']}"
+    procs = {
+        "ledger": Proc(
+            "ledger",
+            ["ledger", "run", "--config", str(ledger_config)],
+            tmp_path / "ledger.log",
+            f"{ledger_url}/v1/checkpoint",
+            sandbox.auditor_token,
+        )
+    }
+    for agency in ("police", "shelter"):
+        setup = sandbox.agencies[agency]
+        procs[agency] = Proc(
+            agency,
+            ["agent", "run", "--config", str(setup.config_path)],
+            tmp_path / f"{agency}.log",
+            f"http://127.0.0.1:{ports[agency]}/healthz",
+            setup.token,
+        )
+    for proc in procs.values():
+        proc.start()
+    await asyncio.gather(*(p.wait_ready(http) for p in procs.values()))
+    return procs
+
+
 @dataclass
 class Webhooks:
     """The shelter's case-management system: records every webhook event it is sent."""

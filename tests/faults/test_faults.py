@@ -29,6 +29,7 @@ from .harness import (
     Webhooks,
     check,
     free_port,
+    launch,
     report,
     settle,
 )
@@ -96,25 +97,9 @@ async def test_nothing_lost_or_duplicated_under_kills(
                 ledger_url=ledger_url,
                 api_ports={a: ports[a] for a in ("police", "shelter")},
             )
-            procs["ledger"] = Proc(
-                "ledger",
-                ["ledger", "run", "--config", str(ledger_config)],
-                tmp_path / "ledger.log",
-                f"{ledger_url}/v1/checkpoint",
-                sandbox.auditor_token,
+            procs.update(
+                await launch(http, sandbox, tmp_path, ports=ports, ledger_config=ledger_config)
             )
-            for agency in ("police", "shelter"):
-                setup = sandbox.agencies[agency]
-                procs[agency] = Proc(
-                    agency,
-                    ["agent", "run", "--config", str(setup.config_path)],
-                    tmp_path / f"{agency}.log",
-                    f"http://127.0.0.1:{ports[agency]}/healthz",
-                    setup.token,
-                )
-            for proc in procs.values():
-                proc.start()
-            await asyncio.gather(*(p.wait_ready(http) for p in procs.values()))
 
             bus = sandbox.bus
             assert bus is not None
