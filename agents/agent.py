@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import sqlite3
 import time
@@ -31,6 +30,7 @@ from keys import (
     seal,
 )
 from keys.audit import labels_of
+from keys.codec import canonical_json
 from keys.directory import Directory
 from keys.keyfile import load_key_dir, read_passphrase
 from keys.subjects import DIRECTORY_KEY
@@ -49,7 +49,6 @@ from .messages import (
     REFERRAL,
     TRANSITION,
     DeliveryReceipt,
-    canonical_json,
 )
 from .metrics import AgentMetrics
 from .problems import ProblemError
@@ -533,12 +532,3 @@ class Agent:
             health["ledger"] = self.ledger_watch.health()
             ok = ok and health["ledger"]["status"] == "ok"
         return {"status": "ok" if ok else "degraded", **health}
-
-
-def _labels(body: bytes) -> tuple[tuple[str, str], ...]:
-    """Statistics labels (type, urgency) from a received referral's routing fields."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return ()
-    return labels_of(doc) if isinstance(doc, dict) else ()

@@ -32,7 +32,7 @@ from jsonschema import Draft202012Validator
 from nacl.exceptions import BadSignatureError as NaclBadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from keys.directory import canonical_json
+from keys.codec import canonical_json
 from keys.errors import BadSignatureError, MalformedError
 
 __all__ = [

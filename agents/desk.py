@@ -22,7 +22,8 @@ import nacl.exceptions
 import structlog
 from nacl.secret import SecretBox
 
-from keys import AgencyKeys, Opened, UnexpectedMessageError
+from keys import AgencyKeys, MalformedError, Opened, UnexpectedMessageError
+from keys.codec import canonical_json
 from keys.directory import Directory
 
 from . import consent as C
@@ -37,7 +38,6 @@ from .messages import (
     ESCALATION,
     REFERRAL,
     TRANSITION,
-    canonical_json,
     parse_json_body,
 )
 from .problems import ProblemError
@@ -229,8 +229,13 @@ class Desk:
     def on_referral(self, db: sqlite3.Connection, opened: Opened) -> dict[str, str]:
         """Store a received referral encrypted under its own data key; queue a webhook."""
         h = opened.header
-        doc = json.loads(opened.body)
-        routing = doc.get("referral") if isinstance(doc, dict) else None
+        try:
+            doc = json.loads(opened.body)
+        except (ValueError, UnicodeDecodeError) as e:  # a signed but broken body: refuse it
+            raise MalformedError("a referral body must be canonical JSON") from e
+        if not isinstance(doc, dict) or canonical_json(doc) != opened.body:
+            raise MalformedError("a referral body must be a canonical JSON object")
+        routing = doc.get("referral")
         if not isinstance(routing, dict) or not isinstance(routing.get("referral_id"), str):
             raise UnexpectedMessageError("a referral message must hold a referral with an id")
         referral_id: str = routing["referral_id"]

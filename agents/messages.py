@@ -7,14 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from keys import MalformedError, codec
+from keys.codec import canonical_json
 
 REFERRAL = "referral"
 DELIVERY_RECEIPT = "delivery-receipt"
-
-
-def canonical_json(value: Any) -> bytes:
-    """The one encoding of a JSON value that is sealed and signed (section 6.1)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @dataclass(frozen=True, slots=True)

@@ -422,20 +422,3 @@ class Store:
         return self._db.execute(
             columns + " AND state = ? ORDER BY rowid LIMIT ?", (after, since, state, limit)
         ).fetchall()
-
-    def count(self, table: str) -> int:
-        if table not in (
-            "outbox",
-            "deliveries",
-            "inbox",
-            "audit_outbox",
-            "referrals",
-            "history",
-            "data_keys",
-            "consents",
-            "consent_uses",
-            "idempotency",
-        ):
-            raise ValueError(table)
-        (n,) = self._db.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
-        return int(n)

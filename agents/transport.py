@@ -36,6 +36,7 @@ from keys.subjects import (
 )
 
 from .store import Store
+from .tasks import stop_tasks
 
 log = structlog.get_logger("nrm.transport")
 
@@ -114,13 +115,7 @@ class Transport:
         """
         self._running = False
         self._wake.set()
-        if self._tasks:
-            _, late = await asyncio.wait(self._tasks, timeout=STOP_GRACE_SECONDS)
-            for task in late:
-                task.cancel()
-            for task in self._tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await stop_tasks(self._tasks, grace_seconds=STOP_GRACE_SECONDS)
         self._tasks = []
         if self._nc is not None:
             try:

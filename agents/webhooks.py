@@ -44,6 +44,8 @@ import structlog
 
 from keys.errors import BadSignatureError, ExpiredError
 
+from .tasks import stop_tasks
+
 log = structlog.get_logger("nrm.webhooks")
 
 EVENT_TYPES: Final = frozenset(
@@ -320,13 +322,7 @@ class WebhookSender:
         self._running = False
         self._stopping.set()
         self.wake()
-        if self._tasks:
-            _, late = await asyncio.wait(self._tasks, timeout=STOP_GRACE_SECONDS)
-            for task in late:
-                task.cancel()
-            for task in self._tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await stop_tasks(self._tasks, grace_seconds=STOP_GRACE_SECONDS)
         self._tasks = []
         if self._session is not None:
             await self._session.close()

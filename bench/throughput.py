@@ -84,10 +84,11 @@ import nats
 from nacl.secret import SecretBox
 from nacl.signing import VerifyKey
 
-from agents.messages import DeliveryReceipt, canonical_json
+from agents.messages import DeliveryReceipt
 from broker import NatsServer
 from broker.streams import provision_streams
 from keys.audit import AuditEvent, new_event_id, sign_event
+from keys.codec import canonical_json
 from keys.envelope import Recipient, open_envelope, seal
 from keys.identity import AgencyKeys, signing_kid
 from keys.subjects import MESSAGE_STREAM, inbox_subject

@@ -8,6 +8,7 @@ and refuses maps, extension types and floats, which no NRM wire format uses.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import msgpack
@@ -55,3 +56,9 @@ def _check_types(value: Any, what: str, depth: int = 0) -> None:
             _check_types(item, what, depth + 1)
     elif not isinstance(value, int | str | bytes | bool | type(None)):
         raise MalformedError(f"{what} holds a {type(value).__name__}, which is not allowed")
+
+
+def canonical_json(value: Any) -> bytes:
+    """The one JSON encoding that is signed or sealed (PROTOCOL.md §6.1, §7.1): keys sorted
+    by code point, no insignificant whitespace, UTF-8 not escaped."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()

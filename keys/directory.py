@@ -21,6 +21,7 @@ from nacl.exceptions import BadSignatureError as NaclBadSignatureError
 from nacl.public import PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
+from .codec import canonical_json
 from .envelope import Recipient
 from .errors import (
     BadSignatureError,
@@ -328,11 +329,6 @@ class Root:
 
 
 # --------------------------------------------------------------------------- encoding
-
-
-def canonical_json(obj: Any) -> bytes:
-    """§7.1: sorted keys, no whitespace, UTF-8 unescaped."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _b64(raw: bytes) -> str:

@@ -26,7 +26,7 @@ from agents.consent import (
     uncovered,
     verify_receipt,
 )
-from keys.directory import canonical_json
+from keys.codec import canonical_json
 from keys.errors import BadSignatureError, MalformedError
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z

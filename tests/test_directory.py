@@ -37,7 +37,8 @@ from keys import (
     verify_initial_root,
     verify_root_update,
 )
-from keys.directory import DIRECTORY_LABEL, canonical_json
+from keys.codec import canonical_json
+from keys.directory import DIRECTORY_LABEL
 from keys.identity import encryption_kid, signing_kid
 
 T0 = 1_767_225_600

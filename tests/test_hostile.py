@@ -795,10 +795,12 @@ def _keys(m: Mechanism, agency: str) -> AgencyKeys:
     return load_key_dir(m.setups[agency].key_dir, passphrase=m.setups[agency].passphrase())
 
 
-def _sealed_to_shelter(m: Mechanism, sender: AgencyKeys, *, created: int, expires: int) -> bytes:
+def _sealed_to_shelter(
+    m: Mechanism, sender: AgencyKeys, *, created: int, expires: int, body: bytes | None = None
+) -> bytes:
     directory = m.agents["shelter"].trust.directory
     assert directory is not None
-    body = json.dumps({"hostile": True}).encode()
+    body = json.dumps({"hostile": True}).encode() if body is None else body
     return seal(
         sender=sender,
         recipients=[directory.recipient("shelter", at=int(time.time()))],
@@ -980,3 +982,29 @@ async def test_short_ciphertext_from_a_participant_is_rejected_and_the_agent_goe
             if task.done() and not task.cancelled():
                 task.exception()  # retrieved, so asyncio does not report it again
         transport._tasks = [t for t in transport._tasks if not t.done()]
+
+
+@pytest.mark.parametrize("body", [b"\xff not json", b"[]", b'{"referral": 1}', b'{ "a": 1 }'])
+async def test_signed_referral_with_a_broken_body_is_rejected_as_malformed(
+    mechanism: Mechanism, body: bytes
+) -> None:
+    """A referral police really signed but whose body is not a canonical JSON referral is
+    rejected as malformed, stores nothing, and the shelter goes on receiving."""
+    m = mechanism
+    now = int(time.time())
+    data = _sealed_to_shelter(m, _keys(m, "police"), created=now, expires=now + 3600, body=body)
+    with capture_logs() as logs:
+        async with connect_as(m, "police") as nc:
+            await nc.jetstream().publish(
+                inbox_subject("shelter"), data, headers={"Nats-Msg-Id": uuid.uuid4().hex}
+            )
+
+        async def rejected() -> bool:
+            return any(e["event"] == "message_rejected" for e in logs)
+
+        await eventually(rejected, timeout=10, what="the broken referral to be rejected")
+    reasons = {e["reason"] for e in logs if e["event"] == "message_rejected"}
+    assert reasons == {"malformed"}
+    assert rows(m.database("shelter"), "inbox") == 0
+    rid = await m.api("police").refer(["shelter"], samples.referral())
+    await delivered(m, "police", rid)
