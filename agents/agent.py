@@ -120,6 +120,7 @@ class Agent:
                 store=self.store,
                 agency=config.agency,
                 on_alert=lambda reason: self.metrics.ledger_alerts.labels(reason).inc(),
+                batch=self.limits.ledger_proof_batch,
             )
         )
         self.webhooks = (

@@ -67,7 +67,7 @@ PUBLIC = frozenset({"/healthz", "/openapi.json"})
 
 def make_app(backend: Backend, settings: ApiSettings) -> web.Application:
     app = web.Application(
-        middlewares=[_problems, _authenticate], client_max_size=settings.max_request_bytes
+        middlewares=[_problems, _durable, _authenticate], client_max_size=settings.max_request_bytes
     )
     app[BACKEND] = backend
     app[SETTINGS] = settings
@@ -112,6 +112,15 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
         # Never echo the exception: it could quote input. Log its type only.
         log.error("api_internal_error", path=request.path, error=type(e).__name__)
         return problem(500, "Internal Server Error", "the agent could not process the request")
+
+
+@web.middleware
+async def _durable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """No answer leaves before what it reports is on disk: the commits it depends on share
+    one fsync with every other commit waiting at the same moment (Store.durable)."""
+    response = await handler(request)
+    await request.app[BACKEND].store.durable()
+    return response
 
 
 @web.middleware

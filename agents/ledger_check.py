@@ -2,7 +2,8 @@
 
 Every few seconds: fetch the latest checkpoint and verify its signature; check that it
 extends the previous one (consistency proof); for each of this agency's events not yet
-confirmed, fetch its entry and inclusion proof and verify them against the checkpoint.
+confirmed (up to 256), fetch their entries and inclusion proofs in one request and verify
+them against the checkpoint.
 A missing event, a failed proof or checkpoints that do not extend each other raise an
 alert: a log event, a counter, and a degraded /healthz.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,6 +69,8 @@ class LedgerWatch:
     last_alert: str | None = None
     confirmed: int = 0
     on_alert: Callable[[str], None] = lambda reason: None
+    #: Events confirmed per round (one proof request); Limits.ledger_proof_batch.
+    batch: int = 256
     _alerted_missing: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -136,26 +140,35 @@ class LedgerWatch:
             self._alert("inconsistent-checkpoints", first=previous.size, second=cp.size)
             return
         self.checkpoint = cp
+        await self._confirm_own_events(http, cp)
+
+    async def _confirm_own_events(self, http: aiohttp.ClientSession, cp: Checkpoint) -> None:
+        """Fetch, in one request, the entries and inclusion proofs of this agency's events not
+        yet confirmed, and verify each against the checkpoint."""
+        s = self.settings
+        pending = self.store.unconfirmed_audit(self.batch)
+        if not pending:
+            return
+        query = {"size": cp.size, "event_ids": [event_id for event_id, _, _ in pending]}
+        async with http.post(f"{s.url}/v1/proofs", json=query) as r:
+            r.raise_for_status()
+            answer = await r.json()
+        found = {str(item["event_id"]): item for item in answer["items"]}
         now = int(time.time())
-        for event_id, event, created in self.store.unconfirmed_audit(256):
-            async with http.get(f"{s.url}/v1/events/{event_id}") as r:
-                if r.status == 404:
-                    if (
-                        now - created > s.missing_after_seconds
-                        and event_id not in self._alerted_missing
-                    ):
-                        self._alerted_missing.add(event_id)
-                        self._alert("missing-event", event_id=event_id)
-                    continue
-                r.raise_for_status()
-                index = int((await r.json())["index"])
+        confirmed: list[tuple[str, int]] = []
+        for event_id, event, created in pending:
+            item = found.get(event_id)
+            if item is None:
+                late = now - created > s.missing_after_seconds
+                if late and event_id not in self._alerted_missing:
+                    self._alerted_missing.add(event_id)
+                    self._alert("missing-event", event_id=event_id)
+                continue
+            index = int(item["index"])
             if index >= cp.size:
                 continue  # appended after this checkpoint: next round
-            async with http.get(f"{s.url}/v1/events/{event_id}?size={cp.size}") as r:
-                r.raise_for_status()
-                body = await r.json()
-            leaf = base64.b64decode(body["leaf"])
             try:
+                leaf = base64.b64decode(item["leaf"], validate=True)
                 entry = LedgerEntry.decode(leaf)
                 if entry.signed_event != event or entry.index != index:
                     self._alert("altered-event", event_id=event_id, index=index)
@@ -164,11 +177,12 @@ class LedgerWatch:
                     leaf_hash=leaf_hash(leaf),
                     index=index,
                     size=cp.size,
-                    proof=[bytes.fromhex(h) for h in body["proof"]],
+                    proof=[bytes.fromhex(h) for h in item.get("proof", ())],
                     root=cp.root,
                 )
-            except UntrustedInputError:
+            except (UntrustedInputError, binascii.Error):
                 self._alert("bad-inclusion-proof", event_id=event_id, index=index)
                 continue
-            self.store.mark_audit_included(event_id, index)
-            self.confirmed += 1
+            confirmed.append((event_id, index))
+        self.store.mark_audit_included(confirmed)
+        self.confirmed += len(confirmed)

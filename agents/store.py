@@ -1,5 +1,8 @@
 """The agent's durable state: one SQLite database in WAL mode.
 
+Commits are made durable by group commit (keys.durability): callers await `durable()` before
+anything they committed is announced outside the process.
+
 - `outbox`: every envelope this agency sealed (referrals and receipts), committed before the
   API answers; `deliveries` tracks each copy per recipient until the bus acknowledges it and
   until the recipient's delivery receipt comes back.
@@ -16,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from keys.durability import BACKSTOP_PAGES, GroupCommit
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -49,6 +54,8 @@ CREATE TABLE IF NOT EXISTS inbox (
     received_at   INTEGER NOT NULL,
     body          BLOB
 ) STRICT;
+CREATE INDEX IF NOT EXISTS inbox_kind ON inbox(kind, seq);
+CREATE INDEX IF NOT EXISTS inbox_referral ON inbox(referral_id);
 CREATE TABLE IF NOT EXISTS audit_outbox (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id      TEXT NOT NULL UNIQUE,
@@ -76,6 +83,11 @@ CREATE TABLE IF NOT EXISTS referrals (
     PRIMARY KEY (referral_id, counterpart)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS referrals_updated ON referrals(updated);
+CREATE INDEX IF NOT EXISTS referrals_message ON referrals(message_id);
+CREATE INDEX IF NOT EXISTS referrals_expiring ON referrals(expires) WHERE expires IS NOT NULL;
+CREATE INDEX IF NOT EXISTS referrals_escalating ON referrals(created)
+    WHERE side = 'sender' AND escalated_at IS NULL AND state IN ('submitted', 'delivered')
+    AND urgency IN ('urgent', 'emergency');
 CREATE TABLE IF NOT EXISTS history (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
     referral_id  TEXT NOT NULL,
@@ -179,7 +191,8 @@ class Store:
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # plus durable(): group commit
+        self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
         # Erased rows are overwritten, not just unlinked (crypto-shredding, issue 4).
@@ -187,6 +200,7 @@ class Store:
         self._db.executescript(SCHEMA)
         self._savepoints = 0
         path.chmod(0o600)
+        self._group = GroupCommit(path)
 
     def close(self) -> None:
         self._db.close()
@@ -214,6 +228,11 @@ class Store:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+        self._group.committed()
+
+    async def durable(self) -> None:
+        """Return once every transaction committed before this call is on disk."""
+        await self._group.durable()
 
     # --- outbox ---------------------------------------------------------------------------
 
@@ -367,11 +386,14 @@ class Store:
         ).fetchall()
         return [(str(r[0]), bytes(r[1]), int(r[2])) for r in rows]
 
-    def mark_audit_included(self, event_id: str, ledger_index: int) -> None:
+    def mark_audit_included(self, included: Sequence[tuple[str, int]]) -> None:
+        """Record (event id, ledger index) pairs whose inclusion was verified."""
+        if not included:
+            return
         with self.transaction() as tx:
-            tx.execute(
+            tx.executemany(
                 "UPDATE audit_outbox SET state = 'included', ledger_index = ? WHERE event_id = ?",
-                (ledger_index, event_id),
+                [(index, event_id) for event_id, index in included],
             )
 
     # --- inbox ----------------------------------------------------------------------------

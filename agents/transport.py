@@ -186,6 +186,7 @@ class Transport:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=1.0)
                 continue
+            await self.store.durable()  # nothing is published that a power cut could undo
             failed = False
             # Acknowledged publishes are marked in one transaction per batch, not one each
             # (each commit is an fsync). Marked even if the loop is cancelled meanwhile; one
@@ -292,28 +293,33 @@ class Transport:
             except (nats.errors.TimeoutError, TimeoutError):
                 _raise_if_cancelled()  # nats-py turns a cancelled fetch into a timeout
                 continue
-            for msg in msgs:
-                meta = msg.metadata
-                stored_at = int(meta.timestamp.timestamp()) if meta.timestamp else 0
-                try:
-                    verdict = self.handler(msg.data, meta.sequence.stream, stored_at)
-                except Exception as e:
-                    # A bug, not bad input (that is UntrustedInputError, handled inside): keep
-                    # consuming; retry the message a few times, then set it aside for good.
-                    self.log.error(
-                        "handler_failed",
-                        stream_seq=meta.sequence.stream,
-                        error=type(e).__name__,
-                        deliveries=meta.num_delivered,
-                    )
-                    give_up = (meta.num_delivered or 0) >= MAX_HANDLER_ATTEMPTS
-                    verdict = Verdict.TERM if give_up else Verdict.RETRY
+            verdicts = [(msg, self._judge(msg)) for msg in msgs]
+            # One fsync for the whole batch (group commit) before any of it leaves the bus.
+            await self.store.durable()
+            for msg, verdict in verdicts:
                 if verdict is Verdict.ACK:
                     await msg.ack()
                 elif verdict is Verdict.RETRY:
                     await msg.nak(delay=RETRY_DELAY_SECONDS)
                 else:
                     await msg.term()
+
+    def _judge(self, msg: Msg) -> Verdict:
+        meta = msg.metadata
+        stored_at = int(meta.timestamp.timestamp()) if meta.timestamp else 0
+        try:
+            return self.handler(msg.data, meta.sequence.stream, stored_at)
+        except Exception as e:
+            # A bug, not bad input (that is UntrustedInputError, handled inside): keep
+            # consuming; retry the message a few times, then set it aside for good.
+            self.log.error(
+                "handler_failed",
+                stream_seq=meta.sequence.stream,
+                error=type(e).__name__,
+                deliveries=meta.num_delivered,
+            )
+            give_up = (meta.num_delivered or 0) >= MAX_HANDLER_ATTEMPTS
+            return Verdict.TERM if give_up else Verdict.RETRY
 
     # --- trust directory ------------------------------------------------------------------
 

@@ -147,6 +147,8 @@ class TransactionalStore(Protocol):
 
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...
 
+    async def durable(self) -> None: ...
+
 
 def create_tables(db: sqlite3.Connection) -> None:
     """Create the webhook tables if missing (statement by statement: safe in a transaction)."""
@@ -390,6 +392,7 @@ class WebhookSender:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=self.settings.poll_seconds)
                 continue
+            await self.store.durable()  # never announce what a power cut could undo
             failed = False
             for item in batch:
                 if not self._running:

@@ -42,8 +42,8 @@ What it measures, in one run
         delivery receipt, and `sign_event` for referral.sent, referral.received,
         receipt.sent, receipt.received), with the real referral body, in a loop on one core.
     Then, unless `--no-profile`, a short extra saturation phase with py-spy attached to both
-    agents (`py-spy record --nonblocking`; its figures are not reported) and the functions
-    that dominate, by own time and by inclusive time.
+    agents and the ledger (`py-spy record --nonblocking`; its figures are not reported) and
+    the functions that dominate, by own time and by inclusive time.
 
 Run
     .venv/bin/python bench/throughput.py [--json out.json] [--clients 16] [--rate 200]
@@ -746,7 +746,7 @@ async def phase_profile(
     if exe is None:
         return {"skipped": "py-spy not found (pip install py-spy into .venv)"}
     spies = {}
-    for agency in ("police", "shelter"):
+    for agency in ("police", "shelter", "ledger"):
         out = root / f"profile-{agency}.txt"
         argv = ["record", "--pid", str(m.procs[agency].pid), "--duration", str(int(seconds))]
         argv += ["--rate", "250", "--nonblocking", "--format", "raw", "--output", str(out)]
@@ -957,7 +957,7 @@ def main() -> int:
         + ", ".join(f"{k} {v:.3f}" for k, v in c["parts_ms"].items())
     )
     prof = results["end_to_end"]["profile"]
-    for agency in ("police", "shelter"):
+    for agency in ("police", "shelter", "ledger"):
         p = prof.get(agency)
         if not isinstance(p, dict) or "own" not in p:
             continue

@@ -1,9 +1,9 @@
 """The audit ledger: consumes signed audit events, verifies them, appends them to an
 RFC 6962 Merkle tree in SQLite, and signs checkpoints (PROTOCOL.md §9).
 
-Events that fail verification are kept out and counted by reason. Each message is acked
-only after its entry is committed; a redelivered event (same event id) is acked without a
-second entry.
+Events that fail verification are kept out and counted by reason. Each fetched batch is
+appended in one transaction and its messages are acked only once that commit is on disk; a
+redelivered event (same event id) is acked without a second entry.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import time
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,9 +217,18 @@ class Ledger:
         self.directory = directory
         log.info("ledger_directory_accepted", directory_version=directory.version)
 
-    def append(self, data: bytes, *, stored_at: int) -> bool | None:
-        """Verify and append one signed event. True: appended or already there (ack);
-        False: refused and counted (ack, it stays out); None: cannot judge yet (retry)."""
+    def append(self, batch: Sequence[tuple[bytes, int]]) -> list[bool | None]:
+        """Verify and append signed events (data, time the bus stored it), all in one
+        transaction. Per event, True: appended or already there (ack); False: refused and
+        counted (ack, it stays out); None: cannot judge yet (retry)."""
+        try:
+            with self.store.transaction():
+                return [self._append_one(data, stored_at=t) for data, t in batch]
+        except BaseException:
+            self.tree = MerkleTree(self.store, size=self.store.size())
+            raise
+
+    def _append_one(self, data: bytes, *, stored_at: int) -> bool | None:
         directory = self.directory
         if directory is None:
             return None
@@ -235,18 +245,12 @@ class Ledger:
             return True
         index = self.tree.size
         leaf = LedgerEntry(index=index, appended_at=int(time.time()), signed_event=data).encode()
-        try:
-            with self.store.transaction():
-                self.tree.append(leaf_hash(leaf))
-                self.store.insert_entry(index, leaf, event, directory.version)
-        except BaseException:
-            self.tree = MerkleTree(self.store, size=self.store.size())
-            raise
+        self.tree.append(leaf_hash(leaf))
+        self.store.insert_entry(index, leaf, event, directory.version)
         return True
 
     def _refuse(self, e: UntrustedInputError) -> bool:
-        with self.store.transaction():
-            self.store.count_refused(e.reason)
+        self.store.count_refused(e.reason)
         log.warning("ledger_event_refused", reason=e.reason)
         return False
 
@@ -300,10 +304,9 @@ class Ledger:
                         msgs: list[Msg] = await sub.fetch(256, timeout=1.0)
                     except (nats.errors.TimeoutError, TimeoutError):
                         continue
-                    for msg in msgs:
-                        meta = msg.metadata
-                        stored = int(meta.timestamp.timestamp()) if meta.timestamp else 0
-                        verdict = self.append(msg.data, stored_at=stored)
+                    verdicts = self.append([(msg.data, _stored_at(msg)) for msg in msgs])
+                    await self.store.durable()  # one fsync for the batch, before any ack
+                    for msg, verdict in zip(msgs, verdicts, strict=True):
                         if verdict is None:
                             await msg.nak(delay=1.0)
                         else:
@@ -314,6 +317,12 @@ class Ledger:
             finally:
                 with contextlib.suppress(*TRANSIENT):
                     await nc.close()
+
+
+def _stored_at(msg: Msg) -> int:
+    """When the bus stored the message: a sender cannot backdate it."""
+    meta = msg.metadata
+    return int(meta.timestamp.timestamp()) if meta.timestamp else 0
 
 
 def token_digest(token: str) -> bytes:

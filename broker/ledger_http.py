@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from keys import DEFAULT_LIMITS
 from keys.merkle import leaf_hash
 
 from . import ledger_stats
@@ -26,6 +28,8 @@ LEDGER = web.AppKey("ledger", Ledger)
 log = structlog.get_logger("nrm.ledger")
 UI_DIR = Path(__file__).parent / "ledger_ui"
 MAX_RANGE = 1000
+MAX_PROOF_BATCH = DEFAULT_LIMITS.ledger_proof_batch
+_EVENT_ID = re.compile(r"[0-9a-f]{32}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -73,7 +77,7 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def make_app(ledger: Ledger) -> web.Application:
-    app = web.Application(middlewares=[_guard], client_max_size=4096)
+    app = web.Application(middlewares=[_guard], client_max_size=16384)
     app[LEDGER] = ledger
     r = app.router
     r.add_get("/", to_ui)
@@ -86,6 +90,7 @@ def make_app(ledger: Ledger) -> web.Application:
     r.add_get("/v1/events", events)
     r.add_get("/v1/events/{event_id}", event)
     r.add_get("/v1/proof/consistency", consistency_proof)
+    r.add_post("/v1/proofs", proofs)
     r.add_get("/v1/referrals/{referral_id}/timeline", timeline)
     r.add_get("/v1/directories", directories)
     r.add_get("/v1/stats", stats)
@@ -196,6 +201,43 @@ async def event(request: web.Request) -> web.Response:
         body["size"] = size
         body["proof"] = [h.hex() for h in ledger.tree.inclusion_proof(row.index, size)]
     return web.json_response(body)
+
+
+async def proofs(request: web.Request) -> web.Response:
+    """Many events' entries and inclusion proofs in the tree of one size, in one answer: what
+    an agent needs to confirm its own events (a query, sent as POST only for its length).
+    An event appended at or after `size` comes without a proof; unknown ids are `missing`."""
+    ledger = _ledger(request)
+    if request.content_type != "application/json":
+        raise Problem(415, "Unsupported Media Type", "the request body must be application/json")
+    try:
+        doc = json.loads(await request.read())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise Problem(400, "Bad Request", "the body is not a JSON document") from e
+    if not isinstance(doc, dict) or set(doc) != {"size", "event_ids"}:
+        raise Problem(400, "Bad Request", "the body must be an object with size and event_ids")
+    size, ids = doc["size"], doc["event_ids"]
+    if type(size) is not int or not 1 <= size <= ledger.tree.size:
+        raise Problem(400, "Bad Request", f"size must be an integer from 1 to {ledger.tree.size}")
+    if (
+        not isinstance(ids, list)
+        or len(ids) > MAX_PROOF_BATCH
+        or not all(isinstance(i, str) and _EVENT_ID.fullmatch(i) for i in ids)
+    ):
+        raise Problem(
+            400,
+            "Bad Request",
+            f"event_ids must be a list of at most {MAX_PROOF_BATCH} event ids (32 hex digits)",
+        )
+    rows = {row.event_id: row for row in ledger.store.entries_by_events(ids)}
+    items: list[dict[str, Any]] = []
+    for row in rows.values():
+        item: dict[str, Any] = {**row.to_json(), "leaf": base64.b64encode(row.leaf).decode()}
+        if row.index < size:
+            item["proof"] = [h.hex() for h in ledger.tree.inclusion_proof(row.index, size)]
+        items.append(item)
+    missing = sorted(set(ids) - set(rows))
+    return web.json_response({"size": size, "items": items, "missing": missing})
 
 
 async def consistency_proof(request: web.Request) -> web.Response:
@@ -313,6 +355,42 @@ OPENAPI: dict[str, Any] = {
             "Consistency proof between two tree sizes",
             [("first", "integer", True), ("second", "integer", True)],
         ),
+        "/v1/proofs": {
+            "post": {
+                "summary": "Entries and inclusion proofs of up to 256 events, in one tree size",
+                "security": [{"bearer": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["size", "event_ids"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "size": {"type": "integer", "minimum": 1},
+                                    "event_ids": {
+                                        "type": "array",
+                                        "maxItems": MAX_PROOF_BATCH,
+                                        "items": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                                    },
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "400": {"$ref": "#/components/responses/Problem"},
+                    "401": {"$ref": "#/components/responses/Problem"},
+                    "413": {"$ref": "#/components/responses/Problem"},
+                    "415": {"$ref": "#/components/responses/Problem"},
+                },
+            }
+        },
         "/v1/referrals/{referral_id}/timeline": _op(
             "A referral's events in time order", path_params=["referral_id"]
         ),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from keys.audit import AuditEvent
+from keys.durability import BACKSTOP_PAGES, GroupCommit
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -99,6 +100,10 @@ def _row(r: tuple[Any, ...]) -> EntryRow:
     )
 
 
+#: Tree nodes kept in memory (about 100 bytes each).
+NODE_CACHE = 1 << 16
+
+
 class LedgerStore:
     """Owns the connection. The Merkle tree writes its nodes through `get`/`put`."""
 
@@ -111,9 +116,12 @@ class LedgerStore:
         else:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # plus durable(): group commit
+            self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
             self._db.executescript(SCHEMA)
             path.chmod(0o600)
+        self._group = GroupCommit(path)
+        self._nodes: dict[tuple[int, int], bytes] = {}
 
     def close(self) -> None:
         self._db.close()
@@ -125,24 +133,42 @@ class LedgerStore:
             yield
         except BaseException:
             self._db.execute("ROLLBACK")
+            self._nodes.clear()  # it may hold nodes the rollback undid
             raise
         self._db.execute("COMMIT")
+        self._group.committed()
+
+    async def durable(self) -> None:
+        """Return once every transaction committed before this call is on disk."""
+        await self._group.durable()
 
     # --- keys.merkle.NodeStore -------------------------------------------------------------
 
     def get(self, level: int, index: int) -> bytes:
+        cached = self._nodes.get((level, index))
+        if cached is not None:
+            return cached
         row = self._db.execute(
             "SELECT hash FROM nodes WHERE level = ? AND idx = ?", (level, index)
         ).fetchone()
         if row is None:
             raise KeyError((level, index))
-        return bytes(row[0])
+        return self._remember(level, index, bytes(row[0]))
 
     def put(self, level: int, index: int, digest: bytes) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO nodes (level, idx, hash) VALUES (?, ?, ?)",
             (level, index, digest),
         )
+        self._remember(level, index, digest)
+
+    def _remember(self, level: int, index: int, digest: bytes) -> bytes:
+        """Keep recent nodes in memory (a node never changes once written): the proofs an
+        agent asks for share most of their nodes. Bounded by NODE_CACHE entries."""
+        if len(self._nodes) >= NODE_CACHE:
+            self._nodes.clear()
+        self._nodes[(level, index)] = digest
+        return digest
 
     # --- entries ----------------------------------------------------------------------------
 
@@ -193,6 +219,16 @@ class LedgerStore:
             (event_id,),
         ).fetchone()
         return None if row is None else _row(row)
+
+    def entries_by_events(self, event_ids: list[str]) -> list[EntryRow]:
+        if not event_ids:
+            return []
+        marks = ",".join("?" * len(event_ids))
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM entries WHERE event_id IN ({marks}) ORDER BY idx",
+            event_ids,
+        ).fetchall()
+        return [_row(row) for row in rows]
 
     def search(self, *, q: str, after: int, limit: int) -> list[EntryRow]:
         """Entries whose agency, kind, referral id, counterpart or reason contain `q`."""

@@ -48,6 +48,9 @@ class Limits:
     escalation_emergency_seconds: int = 30 * 60
     #: How often the agent looks for referrals to escalate or expire.
     timer_interval_seconds: float = 5.0
+    #: Most events in one ledger proof request (POST /v1/proofs): an agent confirms this
+    #: many of its own audit events per round.
+    ledger_proof_batch: int = 256
     #: Page size bounds of list endpoints.
     max_page_size: int = 500
     default_page_size: int = 50

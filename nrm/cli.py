@@ -232,7 +232,7 @@ def agent() -> None:
 @click.option("--config", "config_path", type=PATH, required=True, help="Agent TOML file.")
 def agent_run(config_path: Path) -> None:
     """Run the agent until SIGINT or SIGTERM."""
-    logs.configure()
+    logs.configure(cache=True)
     try:
         the_agent = Agent.from_config_file(config_path)
     except (ConfigError, NrmError, ValueError) as e:
@@ -516,7 +516,7 @@ def ledger_run(config_path: Path) -> None:
     """Run the ledger until SIGINT or SIGTERM."""
     from broker.ledger import Ledger, LedgerConfigError
 
-    logs.configure()
+    logs.configure(cache=True)
     try:
         ledger = Ledger.from_config_file(config_path)
     except (LedgerConfigError, NrmError, ValueError) as e:

@@ -11,12 +11,17 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 
 def configure(
-    *, stream: TextIO = sys.stderr, level: int = logging.INFO, tap: Processor | None = None
+    *,
+    stream: TextIO = sys.stderr,
+    level: int = logging.INFO,
+    tap: Processor | None = None,
+    cache: bool = False,
 ) -> None:
     """Render every event as one JSON line on `stream`.
 
     `tap`, if given, sees each event dict before rendering (the demo builds its timeline
-    from it).
+    from it). `cache` lets each module logger build itself once (long-running services, which
+    never reconfigure logging; tests that capture logs need it off).
     """
     processors: list[Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -30,7 +35,7 @@ def configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )
     # nats-py and aiohttp log through the standard library; keep them quiet and off stdout.
     logging.basicConfig(level=logging.WARNING, stream=stream, format="%(name)s %(message)s")

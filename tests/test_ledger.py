@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import json
 import re
 import secrets
 import sqlite3
@@ -633,3 +634,81 @@ async def test_http_needs_a_token_documents_itself_and_refuses_bad_parameters(
     for path in bad:
         status, ctype, body = await get(http, access.url + path, access.token)
         assert (status, ctype) == (400, "application/problem+json"), (path, status, body)
+
+
+async def post_proofs(
+    http: aiohttp.ClientSession, access: LedgerAccess, body: bytes, ctype: str = "application/json"
+) -> tuple[int, str, Any]:
+    headers = {"Authorization": f"Bearer {access.token}", "Content-Type": ctype}
+    async with http.post(access.url + "/v1/proofs", data=body, headers=headers) as r:
+        return r.status, r.content_type, await r.read()
+
+
+async def test_batched_proofs_verify_and_name_what_is_missing(
+    mechanism: Mechanism, ledger_with_data: LedgerAccess
+) -> None:
+    """POST /v1/proofs answers, for a tree size, every known event's entry with an inclusion
+    proof that verifies against the signed checkpoint of that size, and lists unknown ids as
+    missing; an event past that size comes without a proof."""
+    m, access = mechanism, ledger_with_data
+    cp_body = await get_json(m.http, access.url + "/v1/checkpoint", access.token)
+    identity = PublicIdentity.from_json(ledger_identity_path(m).read_bytes())
+    assert m.sandbox.ledger is not None
+    cp = verify_checkpoint(
+        cp_body["note"],
+        key_name=LEDGER_NAME,
+        key=identity.signing_key,
+        origin=m.sandbox.ledger.config.origin,
+    )
+    events = {event_id: signed for event_id, signed, _ in outbox(m, "police")}
+    unknown = secrets.token_hex(16)
+    small = cp.size - 1
+    query = {"size": small, "event_ids": [*events, unknown]}
+    status, _, raw = await post_proofs(m.http, access, json.dumps(query).encode())
+    assert status == 200, raw
+    answer = json.loads(raw)
+    assert answer["missing"] == [unknown]
+    assert {item["event_id"] for item in answer["items"]} == set(events)
+    small_root = m.sandbox.ledger.tree.root(small)
+    proved = 0
+    for item in answer["items"]:
+        leaf = base64.b64decode(item["leaf"])
+        assert LedgerEntry.decode(leaf).signed_event == events[item["event_id"]]
+        if item["index"] >= small:
+            assert "proof" not in item
+            continue
+        verify_inclusion(
+            leaf_hash=leaf_hash(leaf),
+            index=item["index"],
+            size=small,
+            proof=[bytes.fromhex(h) for h in item["proof"]],
+            root=small_root,
+        )
+        proved += 1
+    assert proved >= len(events) - 1
+    async with m.http.post(access.url + "/v1/proofs", json=query) as r:
+        assert (r.status, r.content_type) == (401, "application/problem+json")
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "status"),
+    [
+        (b"{", "application/json", 400),
+        (b"[]", "application/json", 400),
+        (b'{"size": 1}', "application/json", 400),
+        (b'{"size": 0, "event_ids": []}', "application/json", 400),
+        (b'{"size": true, "event_ids": []}', "application/json", 400),
+        (b'{"size": 999999, "event_ids": []}', "application/json", 400),
+        (b'{"size": 1, "event_ids": ["not-hex"]}', "application/json", 400),
+        (b'{"size": 1, "event_ids": [], "more": 1}', "application/json", 400),
+        (json.dumps({"size": 1, "event_ids": ["0" * 32] * 257}).encode(), "application/json", 400),
+        (b"x" * 20000, "application/json", 413),
+        (b'{"size": 1, "event_ids": []}', "text/plain", 415),
+    ],
+)
+async def test_batched_proofs_refuse_bad_queries(
+    mechanism: Mechanism, ledger_with_data: LedgerAccess, body: bytes, ctype: str, status: int
+) -> None:
+    got, got_type, raw = await post_proofs(mechanism.http, ledger_with_data, body, ctype)
+    assert (got, got_type) == (status, "application/problem+json"), raw
+    assert json.loads(raw)["status"] == status

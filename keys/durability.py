@@ -1,0 +1,81 @@
+"""Group commit for a SQLite database in WAL mode (the agents' store and the ledger's).
+
+With `PRAGMA synchronous=NORMAL`, SQLite's COMMIT writes the WAL without waiting for the disk
+and still keeps the database consistent (it syncs the WAL before every checkpoint); a power
+cut may undo the last commits. So whoever is about to let a commit's effect leave the process
+(an HTTP answer, a JetStream ack or publish, a webhook) first awaits `durable()`, which fsyncs
+the WAL once, in a worker thread, for every commit made so far. Commits waiting at the same
+moment share one fsync, and the event loop never blocks on the disk.
+
+Checkpoints (copying the WAL back into the database file, two more fsyncs) run in the same
+worker thread on a connection of its own once the WAL passes `CHECKPOINT_BYTES`; the owner
+sets `PRAGMA wal_autocheckpoint` to `BACKSTOP_PAGES` so that SQLite checkpoints on the loop
+only if these stop happening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from pathlib import Path
+
+#: WAL size past which the worker thread checkpoints it.
+CHECKPOINT_BYTES = 4 << 20
+#: `PRAGMA wal_autocheckpoint` for the owner's connection (pages of 4 KiB: 64 MiB).
+BACKSTOP_PAGES = 16384
+
+
+class GroupCommit:
+    """Counts commits and makes them durable in batches."""
+
+    def __init__(self, database: Path) -> None:
+        self._database = database
+        self._wal = database.with_name(database.name + "-wal")
+        self._committed = 0
+        self._synced = 0
+        self._flushing: asyncio.Task[None] | None = None
+        _fsync(database.parent, directory=True)  # the WAL file's directory entry, once
+
+    def committed(self) -> None:
+        """Call after every COMMIT."""
+        self._committed += 1
+
+    async def durable(self) -> None:
+        """Return once every transaction committed before this call is on disk. A caller's
+        cancellation does not cancel the fsync that others wait for."""
+        target = self._committed
+        while self._synced < target:
+            if self._flushing is None:
+                self._flushing = asyncio.create_task(self._flush(), name="sqlite-fsync")
+            await asyncio.shield(self._flushing)
+
+    async def _flush(self) -> None:
+        upto = self._committed
+        try:
+            await asyncio.to_thread(self._sync)
+            self._synced = max(self._synced, upto)
+        finally:
+            self._flushing = None
+
+    def _sync(self) -> None:
+        """In the worker thread: fsync the WAL; checkpoint it if it has grown large."""
+        if _fsync(self._wal) > CHECKPOINT_BYTES:
+            db = sqlite3.connect(self._database, isolation_level=None)
+            try:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                db.close()
+
+
+def _fsync(path: Path, *, directory: bool = False) -> int:
+    """fsync a file (or directory) and return its size; 0 if it does not exist."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    except FileNotFoundError:
+        return 0  # no WAL: SQLite checkpointed it into the database file and synced that
+    try:
+        os.fsync(fd)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
