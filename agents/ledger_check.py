@@ -156,7 +156,9 @@ class LedgerWatch:
         found = {str(item["event_id"]): item for item in answer["items"]}
         now = int(time.time())
         confirmed: list[tuple[str, int]] = []
-        for event_id, event, created in pending:
+        for n, (event_id, event, created) in enumerate(pending):
+            if n % 32 == 31:
+                await asyncio.sleep(0)  # let requests and messages in between proofs
             item = found.get(event_id)
             if item is None:
                 late = now - created > s.missing_after_seconds

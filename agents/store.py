@@ -138,6 +138,7 @@ class PendingDelivery:
     recipient: str
     envelope: bytes
     attempts: int
+    referral_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +263,8 @@ class Store:
 
     def pending(self, limit: int) -> list[PendingDelivery]:
         rows = self._db.execute(
-            "SELECT d.message_id, d.recipient, o.envelope, d.attempts FROM deliveries d"
+            "SELECT d.message_id, d.recipient, o.envelope, d.attempts, o.referral_id"
+            " FROM deliveries d"
             " JOIN outbox o USING (message_id) WHERE d.state = 'queued'"
             " ORDER BY o.created, d.rowid LIMIT ?",
             (limit,),
@@ -296,12 +298,15 @@ class Store:
                 [(seq, now, message_id, recipient) for message_id, recipient, seq in sent],
             )
 
-    def mark_attempt(self, message_id: str, recipient: str) -> None:
+    def mark_attempts(self, failed: Sequence[tuple[str, str]]) -> None:
+        """Count one more failed publish of each (message id, recipient)."""
+        if not failed:
+            return
         with self.transaction() as tx:
-            tx.execute(
+            tx.executemany(
                 "UPDATE deliveries SET attempts = attempts + 1"
                 " WHERE message_id = ? AND recipient = ?",
-                (message_id, recipient),
+                failed,
             )
 
     def mark_delivered(

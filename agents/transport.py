@@ -2,9 +2,12 @@
 
 Publishing: every queued delivery is published to the recipient's inbox subject with
 `Nats-Msg-Id`, retried with back-off until JetStream acknowledges it; only then is it marked
-sent. Consuming: a durable pull consumer on the agency's own inbox; each message is handed to
-a handler that commits it and says whether to ack or terminate, and is acked exactly once,
-after the commit.
+sent. A batch is published as a window whose acks are awaited together, not one round trip
+each; messages of one referral to one recipient keep their order.
+
+Consuming: a durable pull consumer on the agency's own inbox; each message is handed to a
+handler that commits it and says whether to ack or terminate; a fetched batch is acked after
+one fsync covers all its commits (group commit, keys/durability.py), each message once.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from keys.subjects import (
     reply_prefix,
 )
 
-from .store import Store
+from .store import PendingDelivery, Store
 from .tasks import stop_tasks
 
 log = structlog.get_logger("nrm.transport")
@@ -187,68 +190,106 @@ class Transport:
                     await asyncio.wait_for(self._wake.wait(), timeout=1.0)
                 continue
             await self.store.durable()  # nothing is published that a power cut could undo
-            failed = False
-            # Acknowledged publishes are marked in one transaction per batch, not one each
-            # (each commit is an fsync). Marked even if the loop is cancelled meanwhile; one
-            # left unmarked by a crash is published again under the same Nats-Msg-Id, which
-            # JetStream de-duplicates, exactly as before.
-            sent: list[tuple[str, str, int]] = []
-            try:
-                for item in batch:
-                    try:
-                        ack = await js.publish(
-                            inbox_subject(item.recipient),
-                            item.envelope,
-                            timeout=5,
-                            headers={"Nats-Msg-Id": publish_id(item.message_id, item.recipient)},
-                        )
-                    except TRANSIENT as e:
-                        _raise_if_cancelled()
-                        self.store.mark_attempt(item.message_id, item.recipient)
-                        self.log.warning(
-                            "publish_retry",
-                            message_id=item.message_id,
-                            recipient=item.recipient,
-                            attempts=item.attempts + 1,
-                            error=type(e).__name__,
-                        )
-                        failed = True
-                        break
-                    sent.append((item.message_id, item.recipient, ack.seq))
-                    self.log.info(
-                        "published",
-                        message_id=item.message_id,
-                        recipient=item.recipient,
-                        stream_seq=ack.seq,
-                        duplicate=bool(ack.duplicate),
-                    )
-            finally:
-                self.store.mark_sent_many(sent)
-            audit_sent: list[tuple[str, int]] = []
-            try:
-                for event_id, event in [] if failed else events:
-                    try:
-                        ack = await js.publish(
-                            audit_subject(self.agency),
-                            event,
-                            timeout=5,
-                            headers={"Nats-Msg-Id": event_id},
-                        )
-                    except TRANSIENT as e:
-                        _raise_if_cancelled()
-                        self.log.warning(
-                            "audit_publish_retry", event_id=event_id, error=type(e).__name__
-                        )
-                        failed = True
-                        break
-                    audit_sent.append((event_id, ack.seq))
-            finally:
-                self.store.mark_audit_sent_many(audit_sent)
+            failed = not await self._publish_deliveries(js, batch)
+            if not failed:
+                failed = not await self._publish_audit(js, events)
             if failed:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.limits.retry_max_seconds)
             else:
                 delay = self.limits.retry_initial_seconds
+
+    async def _publish_deliveries(self, js: JetStreamContext, batch: list[PendingDelivery]) -> bool:
+        """Publish a window of queued deliveries and await their acks together; False if any
+        failed. Two messages of one referral to one recipient never share a window, so a
+        message that fails is never overtaken by a later one that depends on it."""
+        window: list[PendingDelivery] = []
+        keys: set[tuple[str, str | None]] = set()
+        for item in batch:
+            if (item.recipient, item.referral_id) in keys:
+                break
+            keys.add((item.recipient, item.referral_id))
+            window.append(item)
+        acks = await asyncio.gather(
+            *(
+                js.publish(
+                    inbox_subject(item.recipient),
+                    item.envelope,
+                    timeout=5,
+                    headers={"Nats-Msg-Id": publish_id(item.message_id, item.recipient)},
+                )
+                for item in window
+            ),
+            return_exceptions=True,
+        )
+        # Acknowledged publishes are marked in one transaction per window. One left unmarked
+        # by a crash is published again under the same Nats-Msg-Id, which JetStream drops.
+        sent: list[tuple[str, str, int]] = []
+        failed: list[tuple[PendingDelivery, BaseException]] = []
+        try:
+            for item, ack in zip(window, acks, strict=True):
+                if isinstance(ack, BaseException):
+                    if not isinstance(ack, TRANSIENT):
+                        raise ack
+                    failed.append((item, ack))
+                    continue
+                sent.append((item.message_id, item.recipient, ack.seq))
+                self.log.info(
+                    "published",
+                    message_id=item.message_id,
+                    recipient=item.recipient,
+                    stream_seq=ack.seq,
+                    duplicate=bool(ack.duplicate),
+                )
+        finally:
+            self.store.mark_sent_many(sent)
+            self.store.mark_attempts([(i.message_id, i.recipient) for i, _ in failed])
+        if failed:
+            _raise_if_cancelled()
+            first, error = failed[0]
+            self.log.warning(
+                "publish_retry",
+                failed=len(failed),
+                message_id=first.message_id,
+                recipient=first.recipient,
+                attempts=first.attempts + 1,
+                error=type(error).__name__,
+            )
+        return len(sent) == len(window)
+
+    async def _publish_audit(self, js: JetStreamContext, events: list[tuple[str, bytes]]) -> bool:
+        """Publish queued audit events, acks awaited together (the ledger's order is its own);
+        False if any failed."""
+        acks = await asyncio.gather(
+            *(
+                js.publish(
+                    audit_subject(self.agency), event, timeout=5, headers={"Nats-Msg-Id": event_id}
+                )
+                for event_id, event in events
+            ),
+            return_exceptions=True,
+        )
+        sent: list[tuple[str, int]] = []
+        failed: list[tuple[str, BaseException]] = []
+        try:
+            for (event_id, _), ack in zip(events, acks, strict=True):
+                if isinstance(ack, BaseException):
+                    if not isinstance(ack, TRANSIENT):
+                        raise ack
+                    failed.append((event_id, ack))
+                    continue
+                sent.append((event_id, ack.seq))
+        finally:
+            self.store.mark_audit_sent_many(sent)
+        if failed:
+            _raise_if_cancelled()
+            self.log.warning(
+                "audit_publish_retry",
+                failed=len(failed),
+                event_id=failed[0][0],
+                error=type(failed[0][1]).__name__,
+            )
+        return len(sent) == len(events)
 
     # --- bus -> inbox ---------------------------------------------------------------------
 

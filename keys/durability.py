@@ -21,7 +21,7 @@ import sqlite3
 from pathlib import Path
 
 #: WAL size past which the worker thread checkpoints it.
-CHECKPOINT_BYTES = 4 << 20
+CHECKPOINT_BYTES = 16 << 20
 #: `PRAGMA wal_autocheckpoint` for the owner's connection (pages of 4 KiB: 64 MiB).
 BACKSTOP_PAGES = 16384
 
@@ -35,6 +35,8 @@ class GroupCommit:
         self._committed = 0
         self._synced = 0
         self._flushing: asyncio.Task[None] | None = None
+        #: fsyncs made so far (each covers every commit made before it began).
+        self.flushes = 0
         _fsync(database.parent, directory=True)  # the WAL file's directory entry, once
 
     def committed(self) -> None:
@@ -55,6 +57,7 @@ class GroupCommit:
         try:
             await asyncio.to_thread(self._sync)
             self._synced = max(self._synced, upto)
+            self.flushes += 1
         finally:
             self._flushing = None
 
