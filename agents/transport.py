@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -78,6 +79,7 @@ class Transport:
         on_directory: DirectoryHandler,
         nats_seed: bytes | None,
         limits: Limits,
+        after_commit: Callable[[], None] = lambda: None,
     ) -> None:
         self.agency = agency
         self.urls = urls
@@ -86,6 +88,8 @@ class Transport:
         self.on_directory = on_directory
         self.nats_seed = nats_seed
         self.limits = limits
+        #: Called once a fetched batch is committed and on disk, before it is acked.
+        self.after_commit = after_commit
         #: Set by the owner once a trusted directory is loaded; the inbox waits for it.
         self.ready = asyncio.Event()
         #: Uploads and fetches attachments with this transport's JetStream context.
@@ -334,9 +338,18 @@ class Transport:
             except (nats.errors.TimeoutError, TimeoutError):
                 _raise_if_cancelled()  # nats-py turns a cancelled fetch into a timeout
                 continue
-            verdicts = [(msg, self._judge(msg)) for msg in msgs]
-            # One fsync for the whole batch (group commit) before any of it leaves the bus.
-            await self.store.durable()
+            # One transaction for the batch, each message a savepoint of its own; one fsync
+            # for it (group commit) before any of it is acked.
+            try:
+                with self.store.transaction():
+                    verdicts = [(msg, self._judge(msg)) for msg in msgs]
+                await self.store.durable()
+            except (sqlite3.Error, OSError) as e:
+                # Nothing of the batch is acked: the bus redelivers it after ack_wait.
+                self.log.error("inbox_commit_failed", error=type(e).__name__, messages=len(msgs))
+                await asyncio.sleep(1.0)
+                continue
+            self.after_commit()
             for msg, verdict in verdicts:
                 if verdict is Verdict.ACK:
                     await msg.ack()
@@ -349,7 +362,8 @@ class Transport:
         meta = msg.metadata
         stored_at = int(meta.timestamp.timestamp()) if meta.timestamp else 0
         try:
-            return self.handler(msg.data, meta.sequence.stream, stored_at)
+            with self.store.transaction():
+                return self.handler(msg.data, meta.sequence.stream, stored_at)
         except Exception as e:
             # A bug, not bad input (that is UntrustedInputError, handled inside): keep
             # consuming; retry the message a few times, then set it aside for good.

@@ -131,11 +131,12 @@ class LedgerStore:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # also when COMMIT itself failed (disk full, I/O)
+                self._db.execute("ROLLBACK")
             self._nodes.clear()  # it may hold nodes the rollback undid
             raise
-        self._db.execute("COMMIT")
         self._group.committed()
 
     async def durable(self) -> None:

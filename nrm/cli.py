@@ -242,8 +242,14 @@ def agent_run(config_path: Path) -> None:
     )
 
 
+SWITCH_INTERVAL_SECONDS = 0.001
+
+
 async def _serve(service: Any, describe: Callable[[], str]) -> None:
     """Run an async-context-managed service until SIGINT or SIGTERM."""
+    # fsyncs finish in a worker thread (keys/durability.py); let it hand its result back to a
+    # busy event loop within a millisecond rather than the default five.
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
