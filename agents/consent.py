@@ -28,12 +28,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-from jsonschema import Draft202012Validator
 from nacl.exceptions import BadSignatureError as NaclBadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from keys.codec import canonical_json
 from keys.errors import BadSignatureError, MalformedError
+
+from .schema_check import SchemaCheck
 
 __all__ = [
     "CONSENT_LABEL",
@@ -81,8 +82,8 @@ class ConsentLimits:
 LIMITS: Final = ConsentLimits()
 
 _SCHEMA: Final[dict[str, Any]] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-Draft202012Validator.check_schema(_SCHEMA)
-_VALIDATOR: Final = Draft202012Validator(_SCHEMA)
+#: The schema asserts no `format`; its times are checked by _semantic_problems.
+_CHECK: Final = SchemaCheck(_SCHEMA, formats={})
 
 
 class ConsentInvalid(MalformedError, ValueError):
@@ -239,9 +240,7 @@ def _parse(doc: Mapping[str, Any]) -> ConsentReceipt:
 
 
 def _schema_problems(doc: dict[str, Any]) -> list[str]:
-    errors = sorted(
-        _VALIDATOR.iter_errors(doc), key=lambda e: (list(map(str, e.path)), e.validator)
-    )
+    errors = sorted(_CHECK.errors(doc), key=lambda e: (list(map(str, e.path)), e.validator))
     return [_describe(e) for e in errors]
 
 

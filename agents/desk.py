@@ -77,6 +77,7 @@ class Desk:
 
     def __post_init__(self) -> None:
         self.log = log.bind(agency=self.agency)
+        R.compile_validators()
         with self.store.transaction() as db:
             W.create_tables(db)
 

@@ -14,6 +14,7 @@ from nacl.signing import SigningKey
 
 from agents.consent import (
     CONSENT_LABEL,
+    SCHEMA_PATH,
     ConsentInvalid,
     ConsentReceipt,
     SignedReceipt,
@@ -520,3 +521,9 @@ def test_render_is_readable(receipt: ConsentReceipt) -> None:
     for needle in (RID, receipt.subject_id, "Assistance", "shelter", "coordinator", "P2Y"):
         assert needle in text
     assert "interpreter (ro)" in text
+
+
+def test_consent_schema_is_a_valid_2020_12_schema() -> None:
+    """The published consent-receipt schema is itself valid JSON Schema 2020-12 (the agent
+    does not check this at start-up: it imports jsonschema only to explain a refusal)."""
+    Draft202012Validator.check_schema(json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
