@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from keys.durability import BACKSTOP_PAGES, GroupCommit
+from keys.durability import BACKSTOP_PAGES, CHECKPOINT_BYTES, GroupCommit
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -188,7 +188,7 @@ class OutgoingMessage:
 class Store:
     """Owns the SQLite connection. All methods are short transactions."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, checkpoint_bytes: int = CHECKPOINT_BYTES) -> None:
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -201,7 +201,7 @@ class Store:
         self._db.executescript(SCHEMA)
         self._savepoints = 0
         path.chmod(0o600)
-        self._group = GroupCommit(path)
+        self._group = GroupCommit(path, checkpoint_bytes=checkpoint_bytes)
 
     def close(self) -> None:
         self._db.close()

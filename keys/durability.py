@@ -21,16 +21,17 @@ import sqlite3
 from pathlib import Path
 
 #: WAL size past which the worker thread checkpoints it.
-CHECKPOINT_BYTES = 16 << 20
-#: `PRAGMA wal_autocheckpoint` for the owner's connection (pages of 4 KiB: 64 MiB).
-BACKSTOP_PAGES = 16384
+CHECKPOINT_BYTES = 64 << 20
+#: `PRAGMA wal_autocheckpoint` for the owner's connection (pages of 4 KiB: 256 MiB).
+BACKSTOP_PAGES = 65536
 
 
 class GroupCommit:
     """Counts commits and makes them durable in batches."""
 
-    def __init__(self, database: Path) -> None:
+    def __init__(self, database: Path, *, checkpoint_bytes: int = CHECKPOINT_BYTES) -> None:
         self._database = database
+        self._checkpoint_bytes = checkpoint_bytes
         self._wal = database.with_name(database.name + "-wal")
         self._committed = 0
         self._synced = 0
@@ -63,7 +64,7 @@ class GroupCommit:
 
     def _sync(self) -> None:
         """In the worker thread: fsync the WAL; checkpoint it if it has grown large."""
-        if _fsync(self._wal) > CHECKPOINT_BYTES:
+        if _fsync(self._wal) > self._checkpoint_bytes:
             db = sqlite3.connect(self._database, isolation_level=None)
             try:
                 db.execute("PRAGMA wal_checkpoint(PASSIVE)")

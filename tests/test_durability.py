@@ -8,7 +8,6 @@ import sqlite3
 from pathlib import Path
 
 from agents.store import Store
-from keys.durability import CHECKPOINT_BYTES
 
 
 def _insert(store: Store, n: int, size: int = 16) -> None:
@@ -53,14 +52,15 @@ async def test_a_cancelled_waiter_does_not_cancel_the_fsync(tmp_path: Path) -> N
 
 
 async def test_the_wal_is_checkpointed_off_the_loop(tmp_path: Path) -> None:
-    """Once the WAL passes CHECKPOINT_BYTES, durable()'s worker thread copies it into the
+    """Once the WAL passes the checkpoint size, durable()'s worker thread copies it into the
     database file (SQLite's own automatic checkpoint is set far higher)."""
     path = tmp_path / "agent.db"
-    store = Store(path)
+    threshold = 1 << 20
+    store = Store(path, checkpoint_bytes=threshold)
     before = path.stat().st_size
-    for n in range(CHECKPOINT_BYTES // 60_000 + 20):
+    for n in range(threshold // 60_000 + 5):
         _insert(store, n, size=64_000)
     assert path.stat().st_size == before  # everything still in the WAL
     await store.durable()
-    assert path.stat().st_size > CHECKPOINT_BYTES
+    assert path.stat().st_size > threshold
     store.close()
