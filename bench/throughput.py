@@ -49,7 +49,7 @@ Run
     .venv/bin/python bench/throughput.py [--json out.json] [--clients 16] [--rate 200]
         [--saturation-seconds 15] [--latency-seconds 20] [--no-profile]
     Everything lives in a temporary directory removed at the end, and every process started
-    is stopped. A run takes about two and a half minutes.
+    is stopped. A run takes about four minutes.
 """
 
 from __future__ import annotations
