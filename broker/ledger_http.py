@@ -303,17 +303,15 @@ def _op(
             "summary": summary,
             "security": [{"bearer": []}],
             "parameters": parameters,
-            "responses": {
-                "200": {
-                    "description": "OK",
-                    "content": {"application/json": {"schema": {"type": "object"}}},
-                },
-                "400": {"$ref": "#/components/responses/Problem"},
-                "401": {"$ref": "#/components/responses/Problem"},
-                "404": {"$ref": "#/components/responses/Problem"},
-            },
+            "responses": _responses("400", "401", "404"),
         }
     }
+
+
+def _responses(*problems: str) -> dict[str, Any]:
+    """A JSON object on 200; problem+json on each of `problems`."""
+    ok = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+    return {"200": ok, **{code: {"$ref": "#/components/responses/Problem"} for code in problems}}
 
 
 OPENAPI: dict[str, Any] = {
@@ -379,16 +377,7 @@ OPENAPI: dict[str, Any] = {
                         }
                     },
                 },
-                "responses": {
-                    "200": {
-                        "description": "OK",
-                        "content": {"application/json": {"schema": {"type": "object"}}},
-                    },
-                    "400": {"$ref": "#/components/responses/Problem"},
-                    "401": {"$ref": "#/components/responses/Problem"},
-                    "413": {"$ref": "#/components/responses/Problem"},
-                    "415": {"$ref": "#/components/responses/Problem"},
-                },
+                "responses": _responses("400", "401", "413", "415"),
             }
         },
         "/v1/referrals/{referral_id}/timeline": _op(

@@ -11,6 +11,9 @@ Checkpoints (copying the WAL back into the database file, two more fsyncs) run i
 worker thread on a connection of its own once the WAL passes `CHECKPOINT_BYTES`; the owner
 sets `PRAGMA wal_autocheckpoint` to `BACKSTOP_PAGES` so that SQLite checkpoints on the loop
 only if these stop happening.
+
+`backup()` copies such a database consistently while it is in use (`nrm agent backup`,
+`nrm ledger backup`).
 """
 
 from __future__ import annotations
@@ -70,6 +73,29 @@ class GroupCommit:
                 db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             finally:
                 db.close()
+
+
+def backup(source: Path, target: Path) -> int:
+    """Copy a SQLite database in WAL mode, consistently and while it is in use (SQLite's
+    online backup: the committed state at one moment, WAL included), into `target`, a new
+    file created 0600 and never overwritten (FileExistsError). Returns its size in bytes."""
+    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    try:
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        try:
+            dst = sqlite3.connect(target)
+            try:
+                src.backup(dst)
+            finally:
+                dst.close()
+        finally:
+            src.close()
+        _fsync(target)
+        _fsync(target.parent, directory=True)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return target.stat().st_size
 
 
 def _fsync(path: Path, *, directory: bool = False) -> int:

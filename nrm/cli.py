@@ -259,6 +259,32 @@ async def _serve(service: Any, describe: Callable[[], str]) -> None:
         await stop.wait()
 
 
+@agent.command("backup")
+@click.option("--config", "config_path", type=PATH, required=True, help="The agent's agent.toml.")
+@click.option("--to", "target", type=PATH, required=True, help="A new file (never overwritten).")
+def agent_backup(config_path: Path, target: Path) -> None:
+    """Copy the agent's database consistently, while it runs (docs/RUNBOOK.md)."""
+    try:
+        config = AgentConfig.load(config_path)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from e
+    _backup(config.database, target, what=f"{config.agency}'s agent database")
+
+
+def _backup(source: Path, target: Path, *, what: str) -> None:
+    import sqlite3
+
+    from keys.durability import backup
+
+    try:
+        size = backup(source, target)
+    except FileExistsError as e:
+        raise click.ClickException(f"{target} exists; name a new file") from e
+    except (OSError, sqlite3.Error) as e:
+        raise click.ClickException(f"could not back up {source}: {e}") from e
+    click.echo(f"backed up {what} to {target} ({size} bytes, mode 0600)")
+
+
 @agent.command("new-token")
 def agent_new_token() -> None:
     """Make an API token for a client system: the token, and the line for agent.toml."""
@@ -528,6 +554,21 @@ def ledger_run(config_path: Path) -> None:
     except (LedgerConfigError, NrmError, ValueError) as e:
         raise click.ClickException(str(e)) from e
     asyncio.run(_serve(ledger, lambda: f"ledger at {ledger.url}"))
+
+
+@ledger_group.command("backup")
+@click.option("--config", "config_path", type=PATH, required=True, help="ledger.toml")
+@click.option("--to", "target", type=PATH, required=True, help="A new file (never overwritten).")
+def ledger_backup(config_path: Path, target: Path) -> None:
+    """Copy the ledger's database consistently, while it runs (`nrm audit verify --db` reads
+    the copy)."""
+    from broker.ledger import LedgerConfig, LedgerConfigError
+
+    try:
+        config = LedgerConfig.load(config_path)
+    except LedgerConfigError as e:
+        raise click.ClickException(str(e)) from e
+    _backup(config.database, target, what="the ledger database")
 
 
 @main.group("audit")

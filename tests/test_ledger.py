@@ -247,7 +247,13 @@ async def test_audit_verify_passes_live_and_on_a_copy(
     assert code == 0, output
     assert f"OK: {size} events verified" in output
     m.sandbox.ledger.checkpoint()
-    copy = backup(ledger_db(m), tmp_path / "copy.db")
+    copy = tmp_path / "copy.db"
+    config = m.sandbox.ledger_home / "ledger.toml"
+    made = await asyncio.to_thread(
+        CliRunner().invoke, main, ["ledger", "backup", "--config", str(config), "--to", str(copy)]
+    )
+    assert made.exit_code == 0, made.output
+    assert copy.stat().st_mode & 0o777 == 0o600
     code, output = audit_verify(m, "--db", str(copy))
     assert code == 0, output
     assert "OK:" in output
@@ -712,3 +718,36 @@ async def test_batched_proofs_refuse_bad_queries(
     got, got_type, raw = await post_proofs(mechanism.http, ledger_with_data, body, ctype)
     assert (got, got_type) == (status, "application/problem+json"), raw
     assert json.loads(raw)["status"] == status
+
+
+async def test_agent_backup_is_a_consistent_private_copy_and_never_overwrites(
+    mechanism: Mechanism, ledger_with_data: LedgerAccess, tmp_path: Path
+) -> None:
+    """`nrm agent backup` copies the running agent's database (WAL included) into a new 0600
+    file; a second backup to the same name is refused and leaves the first one as it was."""
+    m = mechanism
+    config = m.setups["shelter"].config_path
+    target = tmp_path / "shelter-backup.db"
+
+    def run(to: Path) -> Any:
+        return CliRunner().invoke(
+            main, ["agent", "backup", "--config", str(config), "--to", str(to)]
+        )
+
+    made = await asyncio.to_thread(run, target)
+    assert made.exit_code == 0, made.output
+    assert target.stat().st_mode & 0o777 == 0o600
+    with sqlite3.connect(m.database("shelter")) as live, sqlite3.connect(target) as copy:
+        for query in (
+            "SELECT count(*) FROM inbox",
+            "SELECT count(*) FROM referrals",
+            "SELECT count(*) FROM audit_outbox",
+        ):
+            assert copy.execute(query).fetchone() == live.execute(query).fetchone(), query
+        assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    before = target.read_bytes()
+    again = await asyncio.to_thread(run, target)
+    assert again.exit_code != 0 and "exists" in again.output, again.output
+    assert target.read_bytes() == before
+    nowhere = await asyncio.to_thread(run, tmp_path / "missing" / "x.db")
+    assert nowhere.exit_code != 0 and "could not back up" in nowhere.output, nowhere.output
