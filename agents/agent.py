@@ -60,7 +60,7 @@ from .webhooks import WebhookSender
 log = structlog.get_logger("nrm.agent")
 
 #: Test-only crash points (docs/RUNBOOK.md): `NRM_FAILPOINT=inbox-after-commit` makes the
-#: process exit right after committing a received message and before acking it.
+#: process exit right after committing a fetched batch of messages and before acking it.
 FAILPOINT_ENV = "NRM_FAILPOINT"
 
 #: The audit event each outgoing message kind records (others are recorded by the desk).
