@@ -21,7 +21,7 @@ from aiohttp import web
 
 from keys import Limits
 
-from .attachments import Attachments
+from .attachments import ATTACHMENT_TYPES, Attachments
 from .config import ApiClient
 from .desk import Desk
 from .openapi import OPENAPI
@@ -447,12 +447,6 @@ async def withdraw_consent(request: web.Request) -> web.Response:
         "act",
         lambda doc: (202, request.app[BACKEND].desk.withdraw(request.match_info["id"])),
     )
-
-
-#: What an attachment may be (the referral schema's list): scans and photos of papers.
-ATTACHMENT_TYPES = frozenset(
-    {"application/pdf", "image/jpeg", "image/png", "image/tiff", "image/heic"}
-)
 
 
 async def upload_attachment(request: web.Request) -> web.Response:

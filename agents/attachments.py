@@ -15,6 +15,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import re
 import secrets
 import sqlite3
 import time
@@ -27,6 +28,7 @@ import nats.js.errors
 import structlog
 from nacl.secret import SecretBox
 
+from keys.errors import MalformedError
 from keys.subjects import ATTACHMENT_BUCKET, attachment_object
 
 from .store import Store
@@ -145,6 +147,9 @@ class Attachments:
         key: bytes,
         cited: Sequence[Mapping[str, Any]],
     ) -> None:
+        for item in cited:
+            if not _well_formed(item):
+                raise MalformedError("a cited attachment is not an id, media type, size and hash")
         sealed_key = bytes(self.storage().encrypt(key))
         for item in cited:
             db.execute(
@@ -155,7 +160,7 @@ class Attachments:
                     str(item["attachment_id"]),
                     str(item["sha256"]),
                     int(item["size"]),
-                    str(item.get("media_type", "application/octet-stream")),
+                    str(item["media_type"]),
                     sealed_key,
                 ),
             )
@@ -261,6 +266,31 @@ def _statements() -> list[str]:
 
 def encode_key(key: bytes) -> str:
     return base64.b64encode(key).decode()
+
+
+#: What an attachment may be (the referral schema's list): scans and photos of papers.
+ATTACHMENT_TYPES = frozenset(
+    {"application/pdf", "image/jpeg", "image/png", "image/tiff", "image/heic"}
+)
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _well_formed(item: object) -> bool:
+    """A cited attachment as the referral schema describes it (a received referral is not
+    schema-checked as a whole: its sender did that; this is what the agent acts on)."""
+    if not isinstance(item, dict):
+        return False
+    attachment_id, sha256, size = item.get("attachment_id"), item.get("sha256"), item.get("size")
+    return (
+        isinstance(attachment_id, str)
+        and _HEX32.fullmatch(attachment_id) is not None
+        and isinstance(sha256, str)
+        and _HEX64.fullmatch(sha256) is not None
+        and type(size) is int
+        and size > 0
+        and item.get("media_type") in ATTACHMENT_TYPES
+    )
 
 
 def decode_key(text: Any) -> bytes | None:

@@ -20,6 +20,7 @@ match the schema, with `.problems` naming fields and rules, never the values sen
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -81,9 +82,18 @@ class ConsentLimits:
 
 LIMITS: Final = ConsentLimits()
 
-_SCHEMA: Final[dict[str, Any]] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-#: The schema asserts no `format`; its times are checked by _semantic_problems.
-_CHECK: Final = SchemaCheck(_SCHEMA, formats={})
+
+def compile_validators() -> None:
+    """Compile the receipt schema now (at start-up, like referral.compile_validators)."""
+    _check()
+
+
+@functools.cache
+def _check() -> SchemaCheck:
+    """The receipt schema, compiled on first use (the CLI never needs it). It asserts no
+    `format`; its times are checked by _semantic_problems."""
+    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    return SchemaCheck(schema, formats={})
 
 
 class ConsentInvalid(MalformedError, ValueError):
@@ -240,7 +250,7 @@ def _parse(doc: Mapping[str, Any]) -> ConsentReceipt:
 
 
 def _schema_problems(doc: dict[str, Any]) -> list[str]:
-    errors = sorted(_CHECK.errors(doc), key=lambda e: (list(map(str, e.path)), e.validator))
+    errors = sorted(_check().errors(doc), key=lambda e: (list(map(str, e.path)), e.validator))
     return [_describe(e) for e in errors]
 
 

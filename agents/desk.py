@@ -77,7 +77,8 @@ class Desk:
 
     def __post_init__(self) -> None:
         self.log = log.bind(agency=self.agency)
-        R.compile_validators()
+        R.compile_validators()  # at start-up: see its docstring
+        C.compile_validators()
         with self.store.transaction() as db:
             W.create_tables(db)
 
@@ -244,8 +245,10 @@ class Desk:
         sealed = self._seal_body(db, referral_id, opened.body)
         body = routing.get("body")
         cited = body.get("attachments") if isinstance(body, dict) else None
-        key = decode_key(doc.get("attachment_key"))
-        if isinstance(cited, list) and cited and key is not None:
+        if cited is not None:
+            key = decode_key(doc.get("attachment_key"))
+            if not isinstance(cited, list) or not cited or key is None:
+                raise MalformedError("cited attachments need a list and the attachment key")
             self.attachments.expect(db, referral_id, key, cited)
         db.execute(
             "UPDATE inbox SET body = ?, referral_id = ? WHERE message_id = ?",

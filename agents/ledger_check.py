@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from keys import PublicIdentity, UntrustedInputError
+from keys import DEFAULT_LIMITS, PublicIdentity, UntrustedInputError
 from keys.checkpoint import Checkpoint, verify_checkpoint
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import leaf_hash, verify_consistency, verify_inclusion
@@ -69,9 +68,9 @@ class LedgerWatch:
     last_alert: str | None = None
     confirmed: int = 0
     on_alert: Callable[[str], None] = lambda reason: None
-    #: Events confirmed per round (one proof request); Limits.ledger_proof_batch.
-    batch: int = 256
-    _alerted_missing: set[str] = field(default_factory=set)
+    #: Events confirmed per round (one proof request): Limits.ledger_proof_batch.
+    batch: int = DEFAULT_LIMITS.ledger_proof_batch
+    _alerted: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.log = log.bind(agency=self.agency)
@@ -98,8 +97,11 @@ class LedgerWatch:
             while running.is_set():
                 try:
                     await self.check(http)
-                except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as e:
+                except (aiohttp.ClientError, TimeoutError) as e:
                     self.log.warning("ledger_unreachable", error=type(e).__name__)
+                except (ValueError, KeyError, TypeError, AttributeError) as e:
+                    # An answer of the wrong shape: the ledger is not doing its job.
+                    self._alert("bad-ledger-answer", error=type(e).__name__)
                 await asyncio.sleep(self.settings.interval_seconds)
 
     async def check(self, http: aiohttp.ClientSession) -> None:
@@ -153,7 +155,11 @@ class LedgerWatch:
         async with http.post(f"{s.url}/v1/proofs", json=query) as r:
             r.raise_for_status()
             answer = await r.json()
-        found = {str(item["event_id"]): item for item in answer["items"]}
+        found = {
+            item["event_id"]: item
+            for item in answer["items"]
+            if isinstance(item, dict) and isinstance(item.get("event_id"), str)
+        }
         now = int(time.time())
         confirmed: list[tuple[str, int]] = []
         for n, (event_id, event, created) in enumerate(pending):
@@ -161,19 +167,20 @@ class LedgerWatch:
                 await asyncio.sleep(0)  # let requests and messages in between proofs
             item = found.get(event_id)
             if item is None:
-                late = now - created > s.missing_after_seconds
-                if late and event_id not in self._alerted_missing:
-                    self._alerted_missing.add(event_id)
-                    self._alert("missing-event", event_id=event_id)
+                if now - created > s.missing_after_seconds:
+                    self._alert_once("missing-event", event_id)
                 continue
-            index = int(item["index"])
+            index = item.get("index")
+            if type(index) is not int or index < 0:
+                self._alert_once("bad-inclusion-proof", event_id)
+                continue
             if index >= cp.size:
                 continue  # appended after this checkpoint: next round
             try:
                 leaf = base64.b64decode(item["leaf"], validate=True)
                 entry = LedgerEntry.decode(leaf)
                 if entry.signed_event != event or entry.index != index:
-                    self._alert("altered-event", event_id=event_id, index=index)
+                    self._alert_once("altered-event", event_id, index=index)
                     continue
                 verify_inclusion(
                     leaf_hash=leaf_hash(leaf),
@@ -182,9 +189,16 @@ class LedgerWatch:
                     proof=[bytes.fromhex(h) for h in item.get("proof", ())],
                     root=cp.root,
                 )
-            except (UntrustedInputError, binascii.Error):
-                self._alert("bad-inclusion-proof", event_id=event_id, index=index)
+            except (UntrustedInputError, KeyError, TypeError, ValueError):  # binascii.Error too
+                self._alert_once("bad-inclusion-proof", event_id, index=index)
                 continue
             confirmed.append((event_id, index))
+            self._alerted.discard(event_id)
         self.store.mark_audit_included(confirmed)
         self.confirmed += len(confirmed)
+
+    def _alert_once(self, reason: str, event_id: str, **ids: Any) -> None:
+        """Alert about one event once, not on every round it stays unconfirmed."""
+        if event_id not in self._alerted:
+            self._alerted.add(event_id)
+            self._alert(reason, event_id=event_id, **ids)

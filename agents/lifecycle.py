@@ -147,12 +147,12 @@ class TransitionRefused(Exception):
 
 def _check_state(state: str, what: str) -> None:
     if state not in _STATE_SET:
-        raise ValueError(f"unknown {what} state {state!r}")
+        raise ValueError(f"unknown {what} state")  # never the value: it may come from a peer
 
 
 def _check_party(party: str) -> None:
     if party not in PARTIES:
-        raise ValueError(f"unknown party {party!r}; expected one of {', '.join(PARTIES)}")
+        raise ValueError(f"unknown party; expected one of {', '.join(PARTIES)}")
 
 
 def allowed(state: str, party: str) -> list[str]:
@@ -183,7 +183,7 @@ def check(state: str, target: str, party: str, *, reason: str | None, outcome: s
         if outcome is None:
             raise ValueError(f"a transition to closed requires an outcome: {', '.join(OUTCOMES)}")
         if outcome not in OUTCOMES:
-            raise ValueError(f"unknown outcome {outcome!r}; expected one of {', '.join(OUTCOMES)}")
+            raise ValueError(f"unknown outcome; expected one of {', '.join(OUTCOMES)}")
     elif outcome is not None:
         raise ValueError("only a transition to closed carries an outcome")
 
@@ -278,7 +278,7 @@ def escalation_due(
     to the current time.
     """
     if urgency not in URGENCIES:
-        raise ValueError(f"unknown urgency {urgency!r}")
+        raise ValueError("unknown urgency")
     if acknowledged:
         return False
     limit = limits.get(urgency)

@@ -160,7 +160,7 @@ OPENAPI: dict[str, Any] = {
                 },
                 "responses": {
                     "202": _json({"type": "object", "required": ["id", "state"]}, "Accepted"),
-                    **_errors(400, 401, 403, 413, 415, 422),
+                    **_errors(400, 401, 403, 413, 415, 422, 503),
                 },
             },
             "get": {
@@ -211,7 +211,7 @@ OPENAPI: dict[str, Any] = {
                 },
                 "responses": {
                     "202": _json({"type": "object"}, "Accepted"),
-                    **_errors(400, 401, 403, 404, 409, 413, 415, 422),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
                 },
             }
         },
@@ -311,7 +311,7 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [_PATH_ID, _IDEMPOTENCY],
                 "responses": {
                     "202": _json({"type": "object"}, "Accepted"),
-                    **_errors(400, 401, 403, 404, 409, 413, 415, 422),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
                 },
             }
         },

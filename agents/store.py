@@ -279,14 +279,6 @@ class Store:
         ).fetchone()
         return int(n)
 
-    def mark_sent(self, message_id: str, recipient: str, stream_seq: int) -> None:
-        with self.transaction() as tx:
-            tx.execute(
-                "UPDATE deliveries SET state = 'sent', stream_seq = ?, sent_at = ?"
-                " WHERE message_id = ? AND recipient = ? AND state = 'queued'",
-                (stream_seq, int(time.time()), message_id, recipient),
-            )
-
     def mark_sent_many(self, sent: Sequence[tuple[str, str, int]]) -> None:
         """`mark_sent` for several (message_id, recipient, stream_seq) in one transaction."""
         if not sent:
@@ -363,14 +355,6 @@ class Store:
             (limit,),
         ).fetchall()
         return [(str(r[0]), bytes(r[1])) for r in rows]
-
-    def mark_audit_sent(self, event_id: str, stream_seq: int) -> None:
-        with self.transaction() as tx:
-            tx.execute(
-                "UPDATE audit_outbox SET state = 'sent', stream_seq = ? "
-                "WHERE event_id = ? AND state = 'queued'",
-                (stream_seq, event_id),
-            )
 
     def mark_audit_sent_many(self, sent: Sequence[tuple[str, int]]) -> None:
         """`mark_audit_sent` for several (event_id, stream_seq) in one transaction."""

@@ -455,9 +455,6 @@ class Mechanism:
     dbs: dict[str, Path] = field(default_factory=dict)
     sampling: bool = False
 
-    def agent_pids(self) -> list[int]:
-        return [self.procs[a].pid for a in ("police", "shelter")]
-
     def cpu(self) -> dict[str, float]:
         out = {n: cpu_seconds(p.pid) for n, p in self.procs.items()}
         assert self.sandbox.bus is not None and self.sandbox.bus.pid is not None

@@ -162,7 +162,7 @@ def verify_event(data: bytes, *, signers: SignerKeys) -> SignedEvent:
 
 def _decode_event(body: bytes) -> AuditEvent:
     raw = codec.unpack(body, max_bytes=MAX_SIGNED_EVENT_BYTES, max_items=16, what="event")
-    if not isinstance(raw, list) or len(raw) != 11 or raw[0] != VERSION:
+    if not isinstance(raw, list) or len(raw) != 11 or raw[0] != VERSION or raw[0] is True:
         raise MalformedError("event must be an array of 11 elements starting with version 1")
     (
         _,

@@ -291,7 +291,7 @@ def _parse(data: bytes, limits: Limits) -> tuple[_Parsed, bytes]:
         raise MalformedError("envelope must be an array of 6 elements")
     version, header_bytes, stanzas, nonce, ciphertext, outer_sig = top
     if version != VERSION or isinstance(version, bool):
-        raise MalformedError(f"unsupported envelope version {version!r}")
+        raise MalformedError("unsupported envelope version")
     if not (
         isinstance(header_bytes, bytes)
         and _is_bin(nonce, 24)

@@ -104,8 +104,8 @@ class PublicIdentity:
             )
         except MalformedError:
             raise
-        except (KeyError, TypeError, ValueError) as e:
-            raise MalformedError(f"identity file is not valid: {e}") from e
+        except (KeyError, TypeError, ValueError, RecursionError) as e:
+            raise MalformedError(f"identity file is not valid: {type(e).__name__}") from e
         if sk.get("kid") != ident.signing_kid or ek.get("kid") != ident.encryption_kid:
             raise MalformedError("identity file key ids do not match its keys")
         return ident

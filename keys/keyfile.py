@@ -95,11 +95,13 @@ def _open(data: bytes, *, fmt: str, passphrase: bytes) -> tuple[dict[str, Any], 
         cost = KdfCost(int(kdf["opslimit"]), int(kdf["memlimit"]))
         if cost.memlimit > 4 * nacl.pwhash.argon2id.MEMLIMIT_SENSITIVE:
             raise KeyFileError("key file asks for an unreasonable amount of memory")
+        if cost.opslimit > 4 * nacl.pwhash.argon2id.OPSLIMIT_SENSITIVE:
+            raise KeyFileError("key file asks for an unreasonable amount of work")
         key = _derive(passphrase, _unb64(kdf["salt"]), cost)
         secret = json.loads(SecretBox(key).decrypt(_unb64(doc["ciphertext"]), _unb64(doc["nonce"])))
     except nacl.exceptions.CryptoError as e:
         raise KeyFileError("wrong passphrase, or the key file is damaged") from e
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
         raise KeyFileError(f"key file is not valid: {type(e).__name__}") from e
     if not isinstance(secret, dict):
         raise KeyFileError("key file is not valid: sealed contents are not an object")

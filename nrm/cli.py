@@ -89,7 +89,7 @@ def keys_init(agency: str, directory: Path, name: str | None, passphrase_file: P
         agency_keys = init_key_dir(
             directory, agency=agency, name=name or agency, passphrase=passphrase, cost=MODERATE
         )
-    except (KeyFileError, ValueError) as e:
+    except (KeyFileError, ValueError, OSError) as e:
         raise click.ClickException(str(e)) from e
     ident = agency_keys.public
     click.echo(f"created keys for {ident.agency} in {directory}")
@@ -109,11 +109,12 @@ def keys_rotate(agency: str, directory: Path, passphrase_file: Path | None) -> N
     retires the old keys after the overlap window.
     """
     try:
+        holder = PublicIdentity.from_json((directory / "identity.json").read_bytes()).agency
+        if holder != agency:  # checked before anything is rotated
+            raise click.ClickException(f"{directory} holds the keys of {holder}, not {agency}")
         rotated = rotate_key_dir(directory, passphrase=read_passphrase(file=passphrase_file))
-    except (KeyFileError, OSError) as e:
+    except (KeyFileError, OSError, UntrustedInputError) as e:
         raise click.ClickException(str(e)) from e
-    if rotated.agency != agency:
-        raise click.ClickException(f"{directory} holds the keys of {rotated.agency}, not {agency}")
     click.echo(
         f"rotated keys of {agency}: signing {rotated.public.signing_kid}, "
         f"encryption {rotated.public.encryption_kid}"
@@ -232,17 +233,29 @@ def agent() -> None:
 @click.option("--config", "config_path", type=PATH, required=True, help="Agent TOML file.")
 def agent_run(config_path: Path) -> None:
     """Run the agent until SIGINT or SIGTERM."""
-    logs.configure(cache=True)
-    try:
-        the_agent = Agent.from_config_file(config_path)
-    except (ConfigError, NrmError, ValueError) as e:
-        raise click.ClickException(str(e)) from e
-    asyncio.run(
-        _serve(the_agent, lambda: f"agent {the_agent.config.agency} at {the_agent.api_url}")
+    _run(
+        lambda: Agent.from_config_file(config_path),
+        lambda a: f"agent {a.config.agency} at {a.api_url}",
     )
 
 
 SWITCH_INTERVAL_SECONDS = 0.001
+
+
+def _run(load: Callable[[], Any], describe: Callable[[Any], str]) -> None:
+    """Load a service from its configuration (a bad one is a CLI error, not a traceback) and
+    serve it until SIGINT or SIGTERM."""
+    import sqlite3
+
+    logs.configure(cache=True)
+    try:
+        service = load()
+    except (NrmError, ValueError, sqlite3.Error) as e:  # ConfigErrors are ValueErrors
+        raise click.ClickException(str(e)) from e
+    try:
+        asyncio.run(_serve(service, lambda: describe(service)))
+    except OSError as e:  # e.g. its port is taken
+        raise click.ClickException(f"could not start: {e}") from e
 
 
 async def _serve(service: Any, describe: Callable[[], str]) -> None:
@@ -546,14 +559,9 @@ def ledger_group() -> None:
 @click.option("--config", "config_path", type=PATH, required=True, help="ledger.toml")
 def ledger_run(config_path: Path) -> None:
     """Run the ledger until SIGINT or SIGTERM."""
-    from broker.ledger import Ledger, LedgerConfigError
+    from broker.ledger import Ledger
 
-    logs.configure(cache=True)
-    try:
-        ledger = Ledger.from_config_file(config_path)
-    except (LedgerConfigError, NrmError, ValueError) as e:
-        raise click.ClickException(str(e)) from e
-    asyncio.run(_serve(ledger, lambda: f"ledger at {ledger.url}"))
+    _run(lambda: Ledger.from_config_file(config_path), lambda ledger: f"ledger at {ledger.url}")
 
 
 @ledger_group.command("backup")
@@ -591,20 +599,27 @@ def _source(f: Callable[..., None]) -> Callable[..., None]:
 
 
 def _load(ledger_url: str | None, db: Path | None, token_file: Path | None) -> LedgerCopy:
+    import sqlite3
+
+    from keys.ledger_verify import LedgerVerificationError
+
     from .audit import from_database, from_http
 
     if (ledger_url is None) == (db is None):
         raise click.UsageError("give exactly one of --ledger URL and --db FILE")
-    if db is not None:
-        return from_database(db)
-    assert ledger_url is not None
-    if token_file is not None:
-        token = token_file.read_text(encoding="utf-8").strip()
-    else:
-        token = os.environ.get("NRM_AUDITOR_TOKEN", "")
-        if not token:
-            raise click.UsageError("give --token-file or set NRM_AUDITOR_TOKEN")
-    return asyncio.run(from_http(ledger_url, token))
+    try:
+        if db is not None:
+            return from_database(db)
+        assert ledger_url is not None
+        if token_file is not None:
+            token = token_file.read_text(encoding="utf-8").strip()
+        else:
+            token = os.environ.get("NRM_AUDITOR_TOKEN", "")
+            if not token:
+                raise click.UsageError("give --token-file or set NRM_AUDITOR_TOKEN")
+        return asyncio.run(from_http(ledger_url, token))
+    except (OSError, sqlite3.Error, aiohttp.ClientError, LedgerVerificationError) as e:
+        raise click.ClickException(f"could not read the ledger: {e}") from e
 
 
 @audit_group.command("verify")

@@ -242,10 +242,13 @@ def test_rotation_retires_the_old_keys_with_a_valid_until(work: Work) -> None:
 
 
 def test_rotate_refuses_another_agencys_key_directory(work: Work) -> None:
-    """`keys rotate --agency` must name the agency whose keys are in --dir."""
+    """`keys rotate --agency` must name the agency whose keys are in --dir; a wrong one
+    changes nothing there."""
+    before = {p.name: p.read_bytes() for p in Path(work.keys("police")).iterdir()}
     result = nrm("keys", "rotate", "--agency", "shelter", "--dir", work.keys("police"))
     assert result.exit_code != 0
     assert "not shelter" in result.output
+    assert {p.name: p.read_bytes() for p in Path(work.keys("police")).iterdir()} == before
 
 
 def test_revoke_marks_the_key_revoked_from_the_given_time(work: Work) -> None:
@@ -465,3 +468,23 @@ def test_publish_to_a_bus_started_with_bus_up_reloads_its_authorization(
 
     assert bus_up.stop(process, signal.SIGTERM) == 0
     assert "NATS bus stopped" in out.read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("audit", "query", "--db", "/nonexistent/ledger.db"), "could not read the ledger"),
+        (("audit", "export", "--db", "/nonexistent/ledger.db"), "could not read the ledger"),
+        (
+            ("audit", "query", "--ledger", "http://127.0.0.1:1", "--token-file", "/nonexistent"),
+            "could not read the ledger",
+        ),
+        (("keys", "init", "--agency", "police", "--dir", "/proc/nrm/keys"), "Error:"),
+        (("agent", "backup", "--config", "/nonexistent.toml", "--to", "/nonexistent/x"), "Error:"),
+    ],
+)
+def test_bad_paths_are_clear_errors_not_tracebacks(args: tuple[str, ...], says: str) -> None:
+    result = nrm(*args)
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert says in result.output

@@ -44,6 +44,7 @@ from keys import (
     verify_outer,
 )
 from keys.audit import AuditEvent, decode_signed_event, new_event_id, sign_event
+from keys.codec import canonical_json
 from keys.directory import read_unverified_directory, verify_directory
 from keys.envelope import _outer_message
 from keys.keyfile import load_key_dir
@@ -427,8 +428,9 @@ def test_consent_parser_answers_receipt_or_consent_invalid(doc: Any) -> None:
 )
 @given(structural_mutation(VALID_CONSENT, NEAR_VALUES))
 def test_compiled_consent_schema_never_accepts_what_the_reference_refuses(doc: Any) -> None:
-    if consent_module._CHECK.accepts(copy.deepcopy(doc)):
-        assert list(consent_module._CHECK.reference.iter_errors(doc)) == []
+    check = consent_module._check()
+    if check.accepts(copy.deepcopy(doc)):
+        assert list(check.reference.iter_errors(doc)) == []
 
 
 # --------------------------------------------------------------------------- 2. size limits
@@ -1034,7 +1036,35 @@ async def test_short_ciphertext_from_a_participant_is_rejected_and_the_agent_goe
         transport._tasks = [t for t in transport._tasks if not t.done()]
 
 
-@pytest.mark.parametrize("body", [b"\xff not json", b"[]", b'{"referral": 1}', b'{ "a": 1 }'])
+def _citing(attachment: Any, *, with_key: bool = True) -> bytes:
+    """A referral body citing one attachment, canonical, with or without its key."""
+    doc: dict[str, Any] = {
+        "referral": {"referral_id": "a" * 32, "body": {"attachments": [attachment]}}
+    }
+    if with_key:
+        doc["attachment_key"] = base64.b64encode(bytes(32)).decode()
+    return canonical_json(doc)
+
+
+GOOD_CITATION = {
+    "attachment_id": "b" * 32,
+    "media_type": "application/pdf",
+    "size": 10,
+    "sha256": "c" * 64,
+}
+BROKEN_BODIES = [
+    b"\xff not json",
+    b"[]",
+    b'{"referral": 1}',
+    b'{ "a": 1 }',
+    _citing({"attachment_id": 5}),
+    _citing({**GOOD_CITATION, "size": "10"}),
+    _citing({**GOOD_CITATION, "media_type": "text/html"}),
+    _citing(GOOD_CITATION, with_key=False),
+]
+
+
+@pytest.mark.parametrize("body", BROKEN_BODIES)
 async def test_signed_referral_with_a_broken_body_is_rejected_as_malformed(
     mechanism: Mechanism, body: bytes
 ) -> None:

@@ -86,6 +86,11 @@ def test_invalid_identity_refused(change: dict[str, object]) -> None:
         PublicIdentity.from_json(json.dumps(doc))
 
 
+def test_deeply_nested_identity_is_malformed() -> None:
+    with pytest.raises(MalformedError):
+        PublicIdentity.from_json("[" * 100_000)
+
+
 @pytest.mark.parametrize("agency", ["a", "police", "ngo-shelter-2", "x" * 64])
 def test_valid_agency_ids(agency: str) -> None:
     """Lowercase letters, digits and inner hyphens up to 64 characters are agency ids."""

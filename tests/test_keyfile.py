@@ -67,7 +67,18 @@ def test_damaged_file(sealed: bytes, field: str) -> None:
         open_keys(json.dumps(doc).encode(), passphrase=PASS)
 
 
-@pytest.mark.parametrize("data", [b"", b"[]", b"{}", b'{"format": "nrm-keyfile/1"}', b"\xff"])
+@pytest.mark.parametrize("kdf", [{"opslimit": 2**32 - 1}, {"memlimit": 2**40}])
+def test_unreasonable_kdf_cost_is_refused(sealed: bytes, kdf: dict[str, int]) -> None:
+    """A key file asking Argon2id for hours of work or terabytes of memory is refused."""
+    doc = json.loads(sealed)
+    doc["kdf"].update(kdf)
+    with pytest.raises(KeyFileError, match="unreasonable"):
+        open_keys(json.dumps(doc).encode(), passphrase=PASS)
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"[]", b"{}", b'{"format": "nrm-keyfile/1"}', b"\xff", b"[" * 100_000]
+)
 def test_not_a_key_file(data: bytes) -> None:
     """Bytes that are not a key file are a KeyFileError."""
     with pytest.raises(KeyFileError):

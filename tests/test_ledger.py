@@ -709,6 +709,7 @@ async def test_batched_proofs_verify_and_name_what_is_missing(
         (b'{"size": 1, "event_ids": [], "more": 1}', "application/json", 400),
         (json.dumps({"size": 1, "event_ids": ["0" * 32] * 257}).encode(), "application/json", 400),
         (b"x" * 20000, "application/json", 413),
+        (b'{"size": ' + b"9" * 5000 + b', "event_ids": []}', "application/json", 400),
         (b'{"size": 1, "event_ids": []}', "text/plain", 415),
     ],
 )
