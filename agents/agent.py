@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +33,7 @@ from keys.codec import canonical_json
 from keys.directory import Directory
 from keys.keyfile import load_key_dir, read_passphrase
 from keys.subjects import DIRECTORY_KEY
+from runtime import clock
 
 from .api import ApiSettings, make_app
 from .attachments import Attachments
@@ -247,7 +247,7 @@ class Agent:
                 return self._send(
                     kind, body, recipients, tx, referral_id=referral_id, labels=labels
                 )
-        now = int(time.time())
+        now = clock.now()
         directory = self._directory()
         sealed_to = [directory.recipient(r, at=now) for r in recipients]
         sealed = seal(
@@ -293,7 +293,7 @@ class Agent:
         `stored_at` is when the bus first stored the message: a sender cannot backdate it,
         so a key revoked before then is refused even if the envelope claims an earlier time.
         """
-        now = int(time.time())
+        now = clock.now()
         directory = self.trust.directory
         if directory is None:
             return Verdict.RETRY  # nothing can be verified without a trusted directory
@@ -344,7 +344,7 @@ class Agent:
     def _commit(self, opened: Opened, stream_seq: int) -> None:
         """Store one verified message and everything it causes, in one transaction."""
         h = opened.header
-        now = int(time.time())
+        now = clock.now()
         keep_body = h.kind not in (REFERRAL,)  # referral bodies are stored encrypted by the desk
         received = Received(
             seq=0,
@@ -469,7 +469,7 @@ class Agent:
         if self.config.agency not in directory:
             return
         entry = directory.agency(self.config.agency)
-        now = int(time.time())
+        now = clock.now()
         active = [k.kid for k in entry.signing_keys if k.status == "active" and k.valid_from <= now]
         if not active or self.keys.public.signing_kid in active:
             return

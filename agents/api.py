@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,6 +19,7 @@ import structlog
 from aiohttp import web
 
 from keys import Limits
+from runtime import clock
 
 from .attachments import ATTACHMENT_TYPES, Attachments
 from .config import ApiClient
@@ -199,7 +199,7 @@ async def _idempotent(
             db.execute(
                 "INSERT OR IGNORE INTO idempotency (client, key, request_hash, status, response,"
                 " created) VALUES (?, ?, ?, ?, ?, ?)",
-                (client, key, digest, status, json.dumps(body).encode(), int(time.time())),
+                (client, key, digest, status, json.dumps(body).encode(), clock.now()),
             )
     return web.json_response(body, status=status)
 

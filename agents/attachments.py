@@ -18,7 +18,6 @@ import hashlib
 import re
 import secrets
 import sqlite3
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ from nacl.secret import SecretBox
 
 from keys.errors import MalformedError
 from keys.subjects import ATTACHMENT_BUCKET, attachment_object
+from runtime import clock
 
 from .store import Store
 
@@ -91,7 +91,7 @@ class Attachments:
             db.execute(
                 "INSERT INTO attachments (attachment_id, sha256, size, media_type, sealed, created)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (attachment_id, digest, len(content), media_type, sealed, int(time.time())),
+                (attachment_id, digest, len(content), media_type, sealed, clock.now()),
             )
         return {
             "attachment_id": attachment_id,

@@ -8,11 +8,11 @@ publishes them to `nrm.v1.audit.<agency>` like any outbox row.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Callable
 
 from keys import AgencyKeys
 from keys.audit import AuditEvent, new_event_id, sign_event
+from runtime import clock
 
 from .store import Store
 
@@ -36,7 +36,7 @@ class AuditTrail:
         labels: tuple[tuple[str, str], ...] = (),
     ) -> str:
         """Sign an event and queue it in the caller's transaction; returns its id."""
-        now = int(time.time())
+        now = clock.now()
         event = AuditEvent(
             event_id=new_event_id(),
             agency=self.agency,

@@ -13,7 +13,6 @@ import base64
 import json
 import secrets
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -25,6 +24,7 @@ from nacl.secret import SecretBox
 from keys import AgencyKeys, MalformedError, Opened, UnexpectedMessageError
 from keys.codec import canonical_json
 from keys.directory import Directory
+from runtime import clock
 
 from . import consent as C
 from . import lifecycle as L
@@ -127,7 +127,7 @@ class Desk:
             ) from e
         directory = self.directory()
         roles = {r: directory.agency(r).roles for r in recipients}
-        now = int(time.time())
+        now = clock.now()
         receipt = self._receipt_for(referral, now) if referral.legal_basis == "consent" else None
         bodies: dict[str, dict[str, Any]] = {}
         cited = list(referral.body.get("attachments", []))
@@ -241,7 +241,7 @@ class Desk:
         if not isinstance(routing, dict) or not isinstance(routing.get("referral_id"), str):
             raise UnexpectedMessageError("a referral message must hold a referral with an id")
         referral_id: str = routing["referral_id"]
-        now = int(time.time())
+        now = clock.now()
         sealed = self._seal_body(db, referral_id, opened.body)
         body = routing.get("body")
         cited = body.get("attachments") if isinstance(body, dict) else None
@@ -331,7 +331,7 @@ class Desk:
         except ValueError as e:
             raise ProblemError(422, UNPROCESSABLE, str(e)) from e
         recipient = self.agency if side == "recipient" else other
-        now = int(time.time())
+        now = clock.now()
         step = L.Transition(
             referral_id=referral_id,
             recipient=recipient,
@@ -408,7 +408,7 @@ class Desk:
             W.WebhookEvent(
                 id=W.new_event_id(),
                 type="transition.received",
-                created=int(time.time()),
+                created=clock.now(),
                 data={
                     "referral_id": step.referral_id,
                     "counterpart": sender,
@@ -431,7 +431,7 @@ class Desk:
         reason: str | None,
         outcome: str | None,
     ) -> None:
-        now = int(time.time())
+        now = clock.now()
         db.execute(
             "UPDATE referrals SET state = ?, updated = ? WHERE referral_id = ? AND counterpart = ?",
             (to_state, now, referral_id, counterpart),
@@ -462,7 +462,7 @@ class Desk:
 
     def tick(self, now: int | None = None) -> None:
         """Escalate overdue urgent referrals to the co-ordinator; expire stale ones."""
-        now = int(time.time()) if now is None else now
+        now = clock.now() if now is None else now
         rows = self.store._db.execute(
             "SELECT referral_id, counterpart, state, urgency, created FROM referrals"
             " WHERE side = 'sender' AND escalated_at IS NULL AND state IN ('submitted',"
@@ -525,7 +525,7 @@ class Desk:
             W.WebhookEvent(
                 id=W.new_event_id(),
                 type="escalation.received",
-                created=int(time.time()),
+                created=clock.now(),
                 data={**notice, "sender": opened.header.sender},
             ),
         )
@@ -551,7 +551,7 @@ class Desk:
                 "signature": base64.b64encode(signed.signature).decode(),
             }
         )
-        now = int(time.time())
+        now = clock.now()
         with self.store.transaction() as db:
             if db.execute(
                 "SELECT 1 FROM consents WHERE receipt_id = ?", (receipt.receipt_id,)
@@ -607,7 +607,7 @@ class Desk:
     def withdraw(self, receipt_id: str) -> dict[str, Any]:
         """Withdraw a consent: refuse its later use and ask each recipient to erase."""
         self.consent(receipt_id)  # 404 if unknown
-        now = int(time.time())
+        now = clock.now()
         with self.store.transaction() as db:
             if (
                 db.execute(
@@ -657,7 +657,7 @@ class Desk:
             self.attachments.erase(db, referral_id)
             erased.append(referral_id)
             self.audit.record(db, "erasure.confirmed", referral_id=referral_id, counterpart=sender)
-        now = int(time.time())
+        now = clock.now()
         confirmation = canonical_json(
             {"receipt_id": notice["receipt_id"], "referral_ids": sorted(erased), "erased_at": now}
         )

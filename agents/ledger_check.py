@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from keys import DEFAULT_LIMITS, PublicIdentity, UntrustedInputError
 from keys.checkpoint import Checkpoint, verify_checkpoint
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import leaf_hash, verify_consistency, verify_inclusion
+from runtime import clock
 
 from .store import Store
 
@@ -160,7 +160,7 @@ class LedgerWatch:
             for item in answer["items"]
             if isinstance(item, dict) and isinstance(item.get("event_id"), str)
         }
-        now = int(time.time())
+        now = clock.now()
         confirmed: list[tuple[str, int]] = []
         for n, (event_id, event, created) in enumerate(pending):
             if n % 32 == 31:

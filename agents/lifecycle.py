@@ -40,7 +40,6 @@ in_progress. Final states (declined, closed, withdrawn, cancelled, expired) have
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -48,6 +47,7 @@ from typing import Any, Final
 from keys import codec
 from keys.errors import MalformedError
 from keys.subjects import AGENCY_ID_PATTERN
+from runtime import clock
 
 SUBMITTED: Final = "submitted"
 DELIVERED: Final = "delivered"
@@ -286,5 +286,5 @@ def escalation_due(
         return False
     if type(limit) is not int or limit <= 0:
         raise ValueError(f"escalation limit for {urgency} must be a positive integer")
-    current = int(time.time()) if now is None else now
+    current = clock.now() if now is None else now
     return current - submitted_at >= limit

@@ -13,7 +13,6 @@ anything they committed is announced outside the process.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from keys.durability import BACKSTOP_PAGES, CHECKPOINT_BYTES, GroupCommit
+from runtime import clock
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -283,7 +283,7 @@ class Store:
         """`mark_sent` for several (message_id, recipient, stream_seq) in one transaction."""
         if not sent:
             return
-        now = int(time.time())
+        now = clock.now()
         with self.transaction() as tx:
             tx.executemany(
                 "UPDATE deliveries SET state = 'sent', stream_seq = ?, sent_at = ?"
@@ -316,7 +316,7 @@ class Store:
         db.execute(
             "UPDATE deliveries SET state = 'delivered', delivered_at = coalesce(delivered_at, ?)"
             " WHERE message_id = ? AND recipient = ?",
-            (int(time.time()), message_id, recipient),
+            (clock.now(), message_id, recipient),
         )
         return True
 

@@ -38,6 +38,7 @@ from keys.subjects import (
     publish_id,
     reply_prefix,
 )
+from runtime import clock
 
 from .store import PendingDelivery, Store
 from .tasks import stop_tasks
@@ -360,7 +361,7 @@ class Transport:
 
     def _judge(self, msg: Msg) -> Verdict:
         meta = msg.metadata
-        stored_at = int(meta.timestamp.timestamp()) if meta.timestamp else 0
+        stored_at = int(clock.from_bus(meta.timestamp.timestamp())) if meta.timestamp else 0
         try:
             with self.store.transaction():
                 return self.handler(msg.data, meta.sequence.stream, stored_at)

@@ -8,7 +8,6 @@ and remembers the last refusal for the health endpoint.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from keys import UntrustedInputError
 from keys.directory import Directory, Root, TrustStore, verify_initial_root
 from keys.keyfile import replace_file
 from keys.subjects import DIRECTORY_KEY
+from runtime import clock
 
 log = structlog.get_logger("nrm.trust")
 
@@ -41,7 +41,7 @@ class TrustState:
         self.cache_dir = cache_dir
         self.log = log.bind(agency=agency)
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        now = int(time.time())
+        now = clock.now()
         self.store = TrustStore(verify_initial_root(pinned_root.read_bytes(), now=now))
         self.refused: Refusal | None = None
         self._pending_directory: bytes | None = None
@@ -61,14 +61,14 @@ class TrustState:
         """The verified directory, or None if there is none yet or it has expired: a frozen
         copy stops being trusted."""
         d = self.store.directory
-        if d is None or d.expires <= int(time.time()):
+        if d is None or d.expires <= clock.now():
             return None
         return d
 
     def offer(self, key: str, value: bytes) -> bool:
         """Verify and apply a root or directory published on the bus; True if it changed
         what is trusted."""
-        return self._apply(key, value, int(time.time()), persist=True)
+        return self._apply(key, value, clock.now(), persist=True)
 
     def _apply(self, key: str, value: bytes, now: int, *, persist: bool = False) -> bool:
         before = (self.store.root.version, self._directory_version())

@@ -32,7 +32,6 @@ import json
 import re
 import secrets
 import sqlite3
-import time
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ import aiohttp
 import structlog
 
 from keys.errors import BadSignatureError, ExpiredError
+from runtime import clock
 
 from .tasks import stop_tasks
 
@@ -206,7 +206,7 @@ def verify_signature(
             matched = True
     if not matched:
         raise WebhookSignatureError("X-NRM-Signature does not verify")
-    current = int(time.time()) if now is None else now
+    current = clock.now() if now is None else now
     if abs(current - int(timestamp)) > tolerance_seconds:
         raise StaleWebhookError("X-NRM-Timestamp is outside the accepted window")
 
@@ -354,7 +354,7 @@ class WebhookSender:
             )
 
     def _mark_delivered(self, event_id: str, url: str, status: int) -> None:
-        now = int(time.time())
+        now = clock.now()
         with self.store.transaction() as db:
             db.execute(
                 "INSERT INTO webhook_deliveries"
@@ -431,7 +431,7 @@ class WebhookSender:
         session = self._session
         if session is None:
             raise RuntimeError("the webhook sender is not started")
-        timestamp = int(time.time())
+        timestamp = clock.now()
         headers = {
             "Content-Type": "application/json",
             "X-NRM-Event-Id": item.event_id,

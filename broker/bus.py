@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import structlog
 from keys import KeyFileError
 from keys.directory import TrustStore, verify_initial_root
 from keys.keyfile import load_key_dir
+from runtime import clock
 
 from .authority import DirectoryAuthority, authorization_for
 from .server import NatsServer
@@ -60,7 +60,7 @@ def run_foreground(*, store_dir: Path, port: int | None, trust: BusTrust) -> int
     Raises (before starting anything) if the directory does not verify against the roots
     (`UntrustedInputError` with its reason) or the operator's keys cannot be opened.
     """
-    now = int(time.time())
+    now = clock.now()
     store = TrustStore(verify_initial_root(trust.trust_roots[0].read_bytes(), now=now))
     for later in trust.trust_roots[1:]:
         store.update_root(later.read_bytes(), now=now)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import structlog
 from keys import UntrustedInputError
 from keys.directory import Directory, TrustStore, verify_initial_root
 from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY
+from runtime import clock
 
 log = structlog.get_logger("nrm.broker")
 
@@ -44,12 +44,12 @@ class DirectoryFollower:
         self.nkeys_seed = nkeys_seed
         self.on_directory = on_directory
         self.name = name
-        self.store = TrustStore(verify_initial_root(pinned_root.read_bytes(), now=int(time.time())))
+        self.store = TrustStore(verify_initial_root(pinned_root.read_bytes(), now=clock.now()))
         self._task: asyncio.Task[None] | None = None
         self._running = False
 
     def offer(self, key: str, value: bytes) -> None:
-        now = int(time.time())
+        now = clock.now()
         try:
             if key.startswith("root."):
                 if int(key.split(".", 1)[1]) > self.store.root.version:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import time
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from keys.keyfile import load_key_dir, read_passphrase
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import MerkleTree, leaf_hash
 from keys.subjects import AUDIT_STREAM, AUDIT_SUBJECTS
+from runtime import clock
 
 from .follower import TRANSIENT, DirectoryFollower
 from .ledger_store import LedgerStore
@@ -145,7 +145,7 @@ class Ledger:
         )
         for version, data, _ in self.store.directories()[-1:]:
             with contextlib.suppress(UntrustedInputError):
-                self.directory = self.follower.store.update_directory(data, now=int(time.time()))
+                self.directory = self.follower.store.update_directory(data, now=clock.now())
                 log.info("ledger_directory_restored", directory_version=version)
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
@@ -213,7 +213,7 @@ class Ledger:
     # --- appending ------------------------------------------------------------------------
 
     def _on_directory(self, directory: Directory, data: bytes) -> None:
-        self.store.add_directory(directory.version, data, int(time.time()))
+        self.store.add_directory(directory.version, data, clock.now())
         self.directory = directory
         log.info("ledger_directory_accepted", directory_version=directory.version)
 
@@ -235,7 +235,7 @@ class Ledger:
         try:
             signed = verify_event(data, signers=directory)
         except UnknownKeyError as e:
-            if time.time() - stored_at < self.config.unknown_key_grace_seconds:
+            if clock.time() - stored_at < self.config.unknown_key_grace_seconds:
                 return None
             return self._refuse(e)
         except UntrustedInputError as e:
@@ -244,7 +244,7 @@ class Ledger:
         if self.store.has_event(event.event_id):
             return True
         index = self.tree.size
-        leaf = LedgerEntry(index=index, appended_at=int(time.time()), signed_event=data).encode()
+        leaf = LedgerEntry(index=index, appended_at=clock.now(), signed_event=data).encode()
         self.tree.append(leaf_hash(leaf))
         self.store.insert_entry(index, leaf, event, directory.version)
         return True
@@ -261,7 +261,7 @@ class Ledger:
         if latest is not None and latest[0] == size:
             return
         root = self.tree.root()
-        cp = Checkpoint(origin=self.config.origin, size=size, root=root, timestamp=int(time.time()))
+        cp = Checkpoint(origin=self.config.origin, size=size, root=root, timestamp=clock.now())
         note = sign_checkpoint(cp, key=self.signer.signing_key, key_name=self.config.name)
         with self.store.transaction():
             self.store.add_checkpoint(size, root, cp.timestamp, note)
@@ -322,7 +322,7 @@ class Ledger:
 def _stored_at(msg: Msg) -> int:
     """When the bus stored the message: a sender cannot backdate it."""
     meta = msg.metadata
-    return int(meta.timestamp.timestamp()) if meta.timestamp else 0
+    return int(clock.from_bus(meta.timestamp.timestamp())) if meta.timestamp else 0
 
 
 def token_digest(token: str) -> bytes:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ from keys.keyfile import (
 )
 from keys.limits import DEFAULT_LIMITS
 from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY, root_key
+from runtime import clock
 
 DIRECTORY_FILE = "directory.json"
 PUBLISHED_FILE = "published-version"
@@ -121,7 +121,7 @@ def init_admin(
     the bus operator's credentials."""
     if not 1 <= threshold <= admins:
         raise AdminError("the threshold must be between 1 and the number of administrators")
-    now = int(time.time()) if now is None else now
+    now = clock.now() if now is None else now
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if any(folder.glob("root.*.json")):
         raise AdminError(f"{folder} already holds a root; refusing to overwrite it")
@@ -170,7 +170,7 @@ def add_agency(
     now: int | None = None,
 ) -> Directory:
     """Admit an agency, or take in its rotated keys (old ones retire after the overlap)."""
-    now = int(time.time()) if now is None else now
+    now = clock.now() if now is None else now
     if identity.nats_key is None:
         raise AdminError("the identity file has no NATS key; re-create it with `nrm keys init`")
     directory, published = _draft_and_published(folder)
@@ -210,7 +210,7 @@ def add_agency(
 
 
 def remove_agency(folder: AdminFolder, agency: str, *, now: int | None = None) -> Directory:
-    now = int(time.time()) if now is None else now
+    now = clock.now() if now is None else now
     directory, published = _draft_and_published(folder)
     if agency not in directory:
         raise AdminError(f"{agency} is not in the directory")
@@ -228,7 +228,7 @@ def revoke_key(
     at: int | None = None,
     now: int | None = None,
 ) -> Directory:
-    now = int(time.time()) if now is None else now
+    now = clock.now() if now is None else now
     directory, published = _draft_and_published(folder)
     if agency not in directory:
         raise AdminError(f"{agency} is not in the directory")
@@ -241,7 +241,7 @@ def revoke_key(
 def sign_draft(folder: AdminFolder, key_path: Path, *, passphrase: bytes) -> int:
     """Add one administrator's signature; returns how many root signatures it now has."""
     key = open_admin_key(key_path.read_bytes(), passphrase=passphrase)
-    root = folder.trusted_root(now=int(time.time()))
+    root = folder.trusted_root(now=clock.now())
     if signing_kid(key.verify_key) not in root.keys:
         raise AdminError(f"{key_path} is not a key of the current root (version {root.version})")
     signed = sign(folder.directory_bytes(), key)
@@ -251,7 +251,7 @@ def sign_draft(folder: AdminFolder, key_path: Path, *, passphrase: bytes) -> int
 
 def verified_draft(folder: AdminFolder, *, now: int | None = None) -> Directory:
     """The draft, verified exactly as an agent will verify it (raises if not publishable)."""
-    now = int(time.time()) if now is None else now
+    now = clock.now() if now is None else now
     store = TrustStore(folder.trusted_root(now=now))
     return store.update_directory(folder.directory_bytes(), now=now)
 
@@ -286,7 +286,7 @@ def rotate_root(
     now: int | None = None,
 ) -> Root:
     """A new root set: version N+1 signed by a threshold of the old keys and all new ones."""
-    now = int(time.time()) if now is None else now
+    now = clock.now() if now is None else now
     current = folder.trusted_root(now=now)
     signers = [open_admin_key(p.read_bytes(), passphrase=passphrase) for p in old_keys]
     new_keys = [SigningKey.generate() for _ in range(admins)]

@@ -7,7 +7,6 @@ import os
 import secrets
 import signal
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ import click
 from agents import Agent, AgentConfig, ConfigError, token_digest
 from keys import KeyFileError, NrmError, PublicIdentity, UntrustedInputError
 from keys.keyfile import MODERATE, init_key_dir, read_passphrase, rotate_key_dir
+from runtime import clock
 
 from . import admin, logs
 from .audit import LedgerCopy
@@ -467,7 +467,7 @@ def directory_sign(key_path: Path, passphrase_file: Path | None, admin_dir: Path
     folder = admin.AdminFolder(admin_dir)
     with _admin_errors():
         count = admin.sign_draft(folder, key_path, passphrase=read_passphrase(file=passphrase_file))
-        threshold = folder.trusted_root(now=int(time.time())).threshold
+        threshold = folder.trusted_root(now=clock.now()).threshold
     state = "publishable" if count >= threshold else "not publishable yet"
     click.echo(f"directory has {count} of {threshold} required signatures: {state}")
 
@@ -532,7 +532,7 @@ def broker_config(
     from keys.keyfile import replace_file
 
     with _admin_errors():
-        now = int(time.time())
+        now = clock.now()
         store = TrustStore(verify_initial_root(root_files[0].read_bytes(), now=now))
         for later in root_files[1:]:
             store.update_root(later.read_bytes(), now=now)

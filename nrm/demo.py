@@ -25,6 +25,7 @@ from structlog.typing import EventDict, WrappedLogger
 from agents import Agent
 from keys import PublicIdentity
 from keys.checkpoint import Checkpoint, verify_checkpoint
+from runtime import clock
 
 from . import admin, examples, logs
 from .sandbox import LEDGER_NAME, AgencySetup, Sandbox, prepare_mechanism
@@ -124,7 +125,7 @@ async def _run(root: Path, timeline: Timeline, *, keep: bool, log_path: Path) ->
     click.echo(f"NRM Exchange demo in {root}")
     sandbox = prepare_mechanism(root, AGENCIES)
     directory = admin.verified_draft(sandbox.admin)
-    trusted_root = sandbox.admin.trusted_root(now=int(time.time()))
+    trusted_root = sandbox.admin.trusted_root(now=clock.now())
     click.echo(
         f"  trust: root v{trusted_root.version} ({trusted_root.threshold}-of-"
         f"{len(trusted_root.keys)} administrators), directory v{directory.version} with "

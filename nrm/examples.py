@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import copy
-import time
 from datetime import UTC, datetime
 from typing import Any
+
+from runtime import clock
 
 BODY: dict[str, Any] = {
     "age_category": "adult",
@@ -33,7 +34,7 @@ def referral(body: dict[str, Any] | None = None, **routing: Any) -> dict[str, An
         "urgency": "routine",
         "legal_basis": "public_task",
         "purpose": "assistance",
-        "created": iso(time.time()),
+        "created": iso(clock.time()),
         "body": copy.deepcopy(BODY if body is None else body),
     }
     doc.update(routing)
@@ -44,7 +45,7 @@ def consent(receipt_id: str, **overrides: Any) -> dict[str, Any]:
     """A live consent receipt recorded by the police: assistance by the shelter (needs,
     contact, language, health, identity, demographic) and identification by the
     co-ordinator."""
-    now = time.time()
+    now = clock.time()
     doc: dict[str, Any] = {
         "receipt_id": receipt_id,
         "version": "1",

@@ -37,6 +37,7 @@ from keys.keyfile import (
     write_new_file,
 )
 from keys.subjects import DIRECTORY_BUCKET
+from runtime import clock
 
 from . import admin
 
@@ -383,4 +384,4 @@ def _write_config(
 
 
 def _now() -> int:
-    return int(time.time())
+    return clock.now()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 from keys import UntrustedInputError
 from keys.directory import signature_count
+from runtime import clock
 
 from .admin import AdminFolder, verified_draft
 
@@ -21,7 +21,7 @@ def show_directory(folder: AdminFolder) -> str:
     """The directory draft as a table, with its signature state against the current root."""
     directory = folder.draft()
     data = folder.directory_bytes()
-    root = folder.trusted_root(now=int(time.time()))
+    root = folder.trusted_root(now=clock.now())
     count = signature_count(data, keys=root)
     try:
         verified_draft(folder)
