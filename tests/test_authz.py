@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from keys.subjects import (
     publish_id,
     reply_prefix,
 )
+from tests.support import eventually
 
 A = "agency-a"
 B = "agency-b"
@@ -228,11 +230,11 @@ async def test_agency_consumes_its_own_inbox_like_the_agent(bus: Bus) -> None:
     await msgs[0].ack()
     await msgs[1].term()
     await a.nc.flush()
-    for _ in range(50):  # the server applies acks asynchronously
-        info = await sub.consumer_info()
-        if info.num_ack_pending == 0:
-            break
+    deadline = time.monotonic() + 20  # the server applies acks asynchronously
+    info = await sub.consumer_info()
+    while (info.num_ack_pending or info.num_pending) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
+        info = await sub.consumer_info()
     assert info.num_ack_pending == 0 and info.num_pending == 0
     await sub.unsubscribe()
     # Again, now that the consumer exists (the agent's reconnect path): info, then bind.
@@ -449,11 +451,11 @@ async def test_reload_adds_and_removes_agencies_without_restart(bus: Bus) -> Non
     b = await bus.connect(removed, inbox_prefix=reply_prefix(B))  # still listed: connects
     bus.server.reload(bus.block(bus.agencies))
     assert bus.server.pid == pid and bus.server.running
-    for _ in range(50):  # the server drops the removed agency's open connection
-        if not b.nc.is_connected:
-            break
-        await asyncio.sleep(0.05)
-    assert not b.nc.is_connected
+
+    async def dropped() -> bool:  # the server drops the removed agency's open connection
+        return not b.nc.is_connected
+
+    await eventually(dropped, what="the removed agency's connection to be dropped")
     with pytest.raises(REFUSED):
         await bus.connect(removed, inbox_prefix=reply_prefix(B))
     # Connections of the agencies that stay are untouched.

@@ -302,8 +302,10 @@ async def settle(
     parts: dict[str, float],
 ) -> float:
     """Wait until every accepted referral is stored and delivered, every audit event of both
-    agents is under a signed checkpoint, and every webhook received; return how long that
-    took (or the timeout), and when each held in `parts`."""
+    agents is under a signed checkpoint, and every webhook received — all in one pass, since
+    each can stop holding while the others catch up (a delivery adds audit events, so
+    "in_ledger" held early is no longer true once it lands). Return how long that took (or
+    the timeout); `parts` records when each condition last started to hold."""
     police = sandbox.agencies["police"].home / "agent.db"
     shelter = sandbox.agencies["shelter"].home / "agent.db"
     start = time.monotonic()
@@ -317,14 +319,15 @@ async def settle(
         ),
         "webhooks": lambda: accepted <= set(webhooks.received()),
     }
-    while time.monotonic() - start < timeout:
+    while True:
         for name, holds in checks.items():
-            if name not in parts and holds():
+            if not holds():
+                parts.pop(name, None)
+            elif name not in parts:
                 parts[name] = round(time.monotonic() - start, 1)
-        if len(parts) == len(checks):
-            break
+        if len(parts) == len(checks) or time.monotonic() - start >= timeout:
+            return time.monotonic() - start
         await asyncio.sleep(0.5)
-    return time.monotonic() - start
 
 
 async def _get(http: aiohttp.ClientSession, url: str, token: str) -> Any:
