@@ -552,13 +552,20 @@ def decode_stored(data: bytes) -> SignedReceipt:
         ):
             raise ValueError("unexpected members")
         agency, kid = doc["agency"], doc.get("kid")
-        if not isinstance(agency, str) or not (kid is None or isinstance(kid, str)):
-            raise ValueError("agency and kid are strings")
+        if not isinstance(agency, str) or not (kid is None or _is_kid(kid)):
+            raise ValueError("agency is a string, kid 32 lowercase hex digits")
         body = base64.b64decode(doc["body"], validate=True)
         signature = base64.b64decode(doc["signature"], validate=True)
     except (ValueError, TypeError, binascii.Error) as e:
         raise MalformedError("the stored consent receipt is not in its stored form") from e
     return SignedReceipt(agency=agency, body=body, signature=signature, kid=kid)
+
+
+def _is_kid(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 32 and all(c in _HEX for c in value)
+
+
+_HEX: Final = frozenset("0123456789abcdef")
 
 
 def _find_signer(signed: SignedReceipt, history: Sequence[KeyWindow]) -> str:

@@ -231,7 +231,7 @@ class Desk:
         if referral.consent_receipt_id is None:
             raise ProblemError(422, UNPROCESSABLE, "legal basis consent needs consent_receipt_id")
         try:
-            verified = self.verified_consent(referral.consent_receipt_id, audit=True)
+            verified = self.verified_consent(referral.consent_receipt_id)
         except ProblemError as e:
             if e.status != 404:
                 raise
@@ -593,7 +593,8 @@ class Desk:
     def verified_consent(self, receipt_id: str, *, audit: bool = False) -> VerifiedConsent:
         """Load a stored receipt and verify it under the key that signed it, as the key
         history describes that key when it was recorded (PROTOCOL §8.3). 404 if unknown; 409
-        naming the reason if it does not verify (also audited, with `audit`)."""
+        naming the reason if it does not verify, also audited with `audit` (only outside a
+        transaction: a refused request's transaction rolls back, and the event with it)."""
         stored = self.store.consent(receipt_id)
         if stored is None:
             raise ProblemError(404, "Not Found", "no consent receipt with this id at this agency")
@@ -651,7 +652,7 @@ class Desk:
         """Withdraw a consent: refuse its later use and ask each recipient to erase."""
         # 404 if unknown, 409 if it does not verify: a forged or altered row must not send
         # erasure requests to other agencies.
-        self.verified_consent(receipt_id, audit=True)
+        self.verified_consent(receipt_id)
         now = clock.now()
         with self.store.transaction() as db:
             if (

@@ -284,7 +284,8 @@ def test_stored_form_round_trips_with_its_key_id(receipt: ConsentReceipt) -> Non
 @pytest.mark.parametrize(
     "data",
     [b"not json", b"[]", b'{"agency":"police"}', b'{"agency":"police","body":"!!","signature":""}',
-     b'{"agency":"police","body":"","signature":"","extra":1}'],
+     b'{"agency":"police","body":"","signature":"","extra":1}',
+     b'{"agency":"police","body":"","kid":"not-a-kid","signature":""}'],
 )  # fmt: skip
 def test_a_broken_stored_form_is_malformed(data: bytes) -> None:
     """Anything but the stored form is refused as malformed, not a crash."""

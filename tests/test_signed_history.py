@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from agents.openapi import UNVERIFIABLE_REASONS
 from agents.store import Store
+from keys.audit import decode_signed_event
 from keys.codec import canonical_json
 from keys.directory import Directory
 from keys.identity import PublicIdentity
@@ -193,7 +194,8 @@ async def test_an_altered_receipt_is_a_named_conflict_and_changes_nothing(
     mechanism: Mechanism,
 ) -> None:
     """A receipt altered in the database answers 409 bad-signature on read, citation and
-    withdrawal; the withdrawal sends nothing and marks nothing; `nrm consent show` exits 3."""
+    withdrawal; the withdrawal sends nothing, marks nothing and is audited as
+    consent.unverifiable; `nrm consent show` exits 3."""
     m = mechanism
     rid = await record_consent(m)
     _, sent = await refer(m, ["shelter"], consented(rid))
@@ -213,6 +215,14 @@ async def test_an_altered_receipt_is_a_named_conflict_and_changes_nothing(
         assert "criminal" not in json.dumps(body)
     assert query(m.database("police"), "SELECT withdrawn_at FROM consents") == [(None,)]
     assert rows(m.database("police"), "outbox") == outbox
+    events = [
+        decode_signed_event(bytes(e))[0]
+        for (e,) in query(m.database("police"), "SELECT event FROM audit_outbox")
+    ]
+    [refusal] = [e for e in events if e.kind == "consent.unverifiable"]
+    assert refusal.reason == "bad-signature" and refusal.key_ids == (
+        m.agents["police"].keys.public.signing_kid,
+    )
     code, out = consent_show(m, rid)
     assert code == EXIT_UNVERIFIED and "DOES NOT VERIFY (bad-signature)" in out, out
     assert "Consent receipt" not in out  # nothing of the altered receipt is shown as true
