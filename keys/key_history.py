@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from nacl.signing import VerifyKey
 
 from .directory import Directory
-from .errors import RetiredKeyError, RevokedKeyError, UnknownKeyError
+from .errors import MalformedError, RetiredKeyError, RevokedKeyError, UnknownKeyError
 
 __all__ = ["KeyWindow", "merge", "signing_key_at", "windows_of"]
 
@@ -124,7 +124,7 @@ def signing_key_at(windows: Sequence[KeyWindow], *, agency: str, kid: str, at: i
     `windows` may hold other keys' windows too; only those of (`agency`, `kid`) count.
     Raises UnknownKeyError if no accepted directory ever listed the key for that agency,
     RevokedKeyError if it was revoked at or before `at`, RetiredKeyError if no window of it
-    covers `at`.
+    covers `at`, MalformedError if the stored public key is not 32 bytes.
     """
     mine = windows_of(windows, agency, kid)
     if not mine:
@@ -134,7 +134,10 @@ def signing_key_at(windows: Sequence[KeyWindow], *, agency: str, kid: str, at: i
         raise RevokedKeyError(f"key {kid} of {agency} was revoked at {min(revoked)}")
     if not any(w.covers(at) for w in mine):
         raise RetiredKeyError(f"key {kid} of {agency} was not valid at {at}")
-    return VerifyKey(mine[0].public)
+    public = mine[0].public
+    if not isinstance(public, bytes) or len(public) != 32:  # a history altered where it is kept
+        raise MalformedError(f"the key history holds no valid public key for {kid}")
+    return VerifyKey(public)
 
 
 def _earliest(a: int | None, b: int | None) -> int | None:

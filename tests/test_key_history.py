@@ -3,6 +3,7 @@ says whether a key was valid for something signed at a given time (PROTOCOL.md Â
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -10,7 +11,13 @@ from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
 from keys.directory import AgencyEntry, Directory, KeyEntry
-from keys.errors import RetiredKeyError, RevokedKeyError, UnknownKeyError, UntrustedInputError
+from keys.errors import (
+    MalformedError,
+    RetiredKeyError,
+    RevokedKeyError,
+    UnknownKeyError,
+    UntrustedInputError,
+)
 from keys.identity import encryption_kid, signing_kid
 from keys.key_history import KeyWindow, merge, signing_key_at
 
@@ -171,3 +178,12 @@ def test_delisting_closes_a_window_at_the_acceptance_time() -> None:
     """A key dropped while open-ended ends when the directory dropping it was accepted."""
     (window,) = [w for w in fold([V1, REMOVED]) if w.kid == KID["A"]]
     assert window.delisted_at == 500 and window.end == 500
+
+
+def test_a_malformed_stored_key_is_a_named_refusal() -> None:
+    """A history row whose public key was altered to the wrong length is malformed, not a
+    crash."""
+    (window,) = fold([V1])
+    broken = dataclasses.replace(window, public=b"short")
+    with pytest.raises(MalformedError):
+        signing_key_at([broken], agency="police", kid=KID["A"], at=150)

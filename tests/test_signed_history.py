@@ -226,6 +226,8 @@ async def test_an_altered_receipt_is_a_named_conflict_and_changes_nothing(
     code, out = consent_show(m, rid)
     assert code == EXIT_UNVERIFIED and "DOES NOT VERIFY (bad-signature)" in out, out
     assert "Consent receipt" not in out  # nothing of the altered receipt is shown as true
+    code, out = consent_show(m, str(uuid.uuid4()))
+    assert code == 1 and "no consent receipt" in out, out
 
 
 async def test_a_key_revoked_from_before_the_signing_time_is_refused(
