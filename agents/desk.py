@@ -585,11 +585,6 @@ class Desk:
         self.log.info("consent_recorded", receipt_id=receipt.receipt_id, kid=kid)
         return {"id": receipt.receipt_id}
 
-    def consent(self, receipt_id: str) -> tuple[C.ConsentReceipt, int | None]:
-        """The stored receipt, verified, and when it was withdrawn (or None)."""
-        verified = self.verified_consent(receipt_id)
-        return verified.receipt, verified.withdrawn_at
-
     def verified_consent(self, receipt_id: str, *, audit: bool = False) -> VerifiedConsent:
         """Load a stored receipt and verify it under the key that signed it, as the key
         history describes that key when it was recorded (PROTOCOL §8.3). 404 if unknown; 409
