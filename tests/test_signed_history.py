@@ -240,9 +240,12 @@ async def test_a_key_revoked_from_before_the_signing_time_is_refused(
     status, body, _ = await consent_state(m, rid)
     assert status == 200, body
     kid = body["signing_kid"]
-    admin.revoke_key(
-        m.sandbox.admin, "police", kid, reason="laptop lost", at=body["recorded_at"] - 1
-    )
+    revoked = CliRunner().invoke(
+        main,
+        ["keys", "revoke", "--agency", "police", "--kid", kid, "--reason", "laptop lost",
+         "--at", str(body["recorded_at"] - 1), "--dir", str(m.sandbox.admin.path)],
+    )  # fmt: skip
+    assert revoked.exit_code == 0, revoked.output
     await on_version(m, await publish(m))
 
     for method, path in (("GET", f"/v1/consents/{rid}"), ("POST", f"/v1/consents/{rid}/withdraw")):
