@@ -133,6 +133,7 @@ class Agent:
         self._runner: web.AppRunner | None = None
         self.api_port: int | None = None
         self._failpoint = os.environ.get(FAILPOINT_ENV, "")
+        self._remember_keys()  # the directory cached on disk, accepted before this start
 
     @classmethod
     def from_config_file(cls, path: Path) -> Agent:
@@ -447,8 +448,16 @@ class Agent:
         elif self.trust.refused is not None and self.trust.refused is not refused_before:
             self.audit.record_alone("directory.refused", reason=self.trust.refused.reason)
         if changed:
+            self._remember_keys()
             self._check_own_keys()
             self.transport.wake()  # queued mail may now be sealable or deliverable
+
+    def _remember_keys(self) -> None:
+        """Fold the trusted directory into the signing key history (keys.key_history), so
+        what agencies signed stays verifiable once their keys leave the directory."""
+        directory = self.trust.directory
+        if directory is not None:
+            self.store.remember_keys(directory, seen_at=clock.now())
 
     def _directory(self) -> Directory:
         directory = self.trust.directory

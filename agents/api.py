@@ -442,6 +442,10 @@ async def get_consent(request: web.Request) -> web.Response:
 
 
 async def withdraw_consent(request: web.Request) -> web.Response:
+    _need(request, "act")
+    # A stored receipt that does not verify is refused here, before the request's
+    # transaction, so that its consent.unverifiable audit event is kept (PROTOCOL §8.3).
+    request.app[BACKEND].desk.verified_consent(request.match_info["id"], audit=True)
     return await _idempotent(
         request,
         "act",

@@ -12,6 +12,11 @@ canonical JSON is `json.dumps(sort_keys=True, separators=(",", ":"), ensure_asci
 encoded as UTF-8. The signed document and its signature are separate objects
 (`SignedReceipt`); `verify_receipt` returns the verified receipt or raises.
 
+Receipts are re-verified whenever they are used: `verify_stored_receipt` checks one under the
+key that signed it as the key history (keys.key_history) describes it at the time it was
+recorded, so rotations, revocations after the fact and agencies re-admitted with new keys
+leave earlier receipts verifiable (docs/PROTOCOL.md §8.3, §7.9).
+
 Errors: `ConsentInvalid` (a `MalformedError` and a `ValueError`) for a receipt that does not
 match the schema, with `.problems` naming fields and rules, never the values sent;
 `keys.errors.BadSignatureError` for a signature that does not verify.
@@ -20,6 +25,7 @@ match the schema, with `.problems` naming fields and rules, never the values sen
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import json
 import uuid
@@ -33,7 +39,9 @@ from nacl.exceptions import BadSignatureError as NaclBadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from keys.codec import canonical_json
-from keys.errors import BadSignatureError, MalformedError
+from keys.errors import BadSignatureError, MalformedError, UnknownKeyError
+from keys.identity import signing_kid
+from keys.key_history import KeyWindow, signing_key_at, windows_of
 
 from .schema_check import SchemaCheck
 
@@ -51,6 +59,8 @@ __all__ = [
     "PostalAddress",
     "Purpose",
     "SignedReceipt",
+    "decode_stored",
+    "encode_stored",
     "is_live",
     "parse_receipt",
     "render",
@@ -59,6 +69,7 @@ __all__ = [
     "to_kantara",
     "uncovered",
     "verify_receipt",
+    "verify_stored_receipt",
 ]
 
 #: Domain-separation label of a consent receipt signature.
@@ -210,11 +221,15 @@ class ConsentReceipt:
 
 @dataclass(frozen=True, slots=True)
 class SignedReceipt:
-    """A receipt's canonical bytes, the signing agency and its Ed25519 signature over them."""
+    """A receipt's canonical bytes, the signing agency and its Ed25519 signature over them.
+
+    `kid` names the signing key; receipts stored before key ids were recorded have None.
+    """
 
     agency: str
     body: bytes
     signature: bytes
+    kid: str | None = None
 
 
 # --------------------------------------------------------------------------- parsing
@@ -454,7 +469,9 @@ def sign_receipt(receipt: ConsentReceipt, key: SigningKey, *, agency: str) -> Si
     if len(body) > LIMITS.max_receipt_bytes:
         raise ValueError(f"receipt is {len(body)} bytes, more than {LIMITS.max_receipt_bytes}")
     signature = key.sign(_signed_message(body)).signature
-    return SignedReceipt(agency=agency, body=body, signature=signature)
+    return SignedReceipt(
+        agency=agency, body=body, signature=signature, kid=signing_kid(key.verify_key)
+    )
 
 
 def verify_receipt(signed: SignedReceipt, key: VerifyKey) -> ConsentReceipt:
@@ -484,6 +501,87 @@ def verify_receipt(signed: SignedReceipt, key: VerifyKey) -> ConsentReceipt:
     if signed.agency not in receipt.controller_agencies:
         raise ConsentInvalid(["signing agency is not a controller of the receipt"])
     return receipt
+
+
+def verify_stored_receipt(
+    signed: SignedReceipt, *, signed_at: int, history: Sequence[KeyWindow]
+) -> tuple[ConsentReceipt, str]:
+    """Verify a stored receipt under the key that signed it, as the key history describes
+    it at `signed_at` (when it was recorded), and return the receipt with that key id (§8.3).
+
+    The key must have been a signing key of `signed.agency` valid at `signed_at` and not
+    revoked by then (`keys.key_history.signing_key_at`): UnknownKeyError, RetiredKeyError or
+    RevokedKeyError otherwise, then everything `verify_receipt` raises. A receipt stored
+    without a key id is matched to the one key of its agency in `history` whose signature
+    verifies; if none does, BadSignatureError (UnknownKeyError if the history holds no key
+    of that agency).
+    """
+    if not isinstance(signed, SignedReceipt):
+        raise TypeError("signed must be a SignedReceipt")
+    kid = signed.kid
+    if kid is None:
+        kid = _find_signer(signed, history)
+    key = signing_key_at(history, agency=signed.agency, kid=kid, at=signed_at)
+    return verify_receipt(signed, key), kid
+
+
+def encode_stored(signed: SignedReceipt) -> bytes:
+    """The stored form of a signed receipt: canonical JSON `{"agency", "body", "kid",
+    "signature"}`, bytes in base64 (§8.3)."""
+    if signed.kid is None:
+        raise ValueError("a receipt is stored with the key id that signed it")
+    return canonical_json(
+        {
+            "agency": signed.agency,
+            "body": base64.b64encode(signed.body).decode(),
+            "kid": signed.kid,
+            "signature": base64.b64encode(signed.signature).decode(),
+        }
+    )
+
+
+def decode_stored(data: bytes) -> SignedReceipt:
+    """Parse the stored form; `kid` is absent from receipts stored before key ids were kept.
+    Raises MalformedError for anything else (the database was altered)."""
+    try:
+        doc = json.loads(bytes(data).decode("utf-8"))
+        if (
+            not isinstance(doc, dict)
+            or not {"agency", "body", "signature"} <= set(doc)
+            or not (set(doc) <= {"agency", "body", "kid", "signature"})
+        ):
+            raise ValueError("unexpected members")
+        agency, kid = doc["agency"], doc.get("kid")
+        if not isinstance(agency, str) or not (kid is None or _is_kid(kid)):
+            raise ValueError("agency is a string, kid 32 lowercase hex digits")
+        body = base64.b64decode(doc["body"], validate=True)
+        signature = base64.b64decode(doc["signature"], validate=True)
+    except (ValueError, TypeError, binascii.Error) as e:
+        raise MalformedError("the stored consent receipt is not in its stored form") from e
+    return SignedReceipt(agency=agency, body=body, signature=signature, kid=kid)
+
+
+def _is_kid(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 32 and all(c in _HEX for c in value)
+
+
+_HEX: Final = frozenset("0123456789abcdef")
+
+
+def _find_signer(signed: SignedReceipt, history: Sequence[KeyWindow]) -> str:
+    """The key id of `signed.agency` in `history` whose signature on `signed` verifies."""
+    kids = sorted({w.kid for w in history if w.agency == signed.agency})
+    if not kids:
+        raise UnknownKeyError(f"no signing key of {signed.agency} is known")
+    message = _signed_message(bytes(signed.body))
+    for kid in kids:
+        public = windows_of(history, signed.agency, kid)[0].public
+        try:
+            VerifyKey(public).verify(message, bytes(signed.signature))
+        except (NaclBadSignatureError, ValueError):
+            continue
+        return kid
+    raise BadSignatureError("consent receipt signature verifies under no key of its agency")
 
 
 def _reject_float(value: str) -> Any:

@@ -9,7 +9,6 @@ rows, its audit events and its webhook events. docs/PROTOCOL.md §8 gives the me
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 import sqlite3
@@ -21,9 +20,17 @@ import nacl.exceptions
 import structlog
 from nacl.secret import SecretBox
 
-from keys import AgencyKeys, MalformedError, Opened, UnexpectedMessageError
+from keys import (
+    AgencyKeys,
+    MalformedError,
+    Opened,
+    UnexpectedMessageError,
+    UntrustedInputError,
+)
 from keys.codec import canonical_json
 from keys.directory import Directory
+from keys.identity import signing_kid
+from keys.key_history import signing_key_at
 from runtime import clock
 
 from . import consent as C
@@ -62,6 +69,17 @@ class Sender(Protocol):
         referral_id: str | None = None,
         labels: tuple[tuple[str, str], ...] = (),
     ) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedConsent:
+    """A stored receipt that verified, with the key that signed it."""
+
+    receipt: C.ConsentReceipt
+    withdrawn_at: int | None
+    recorded: int
+    kid: str
+    public: bytes
 
 
 @dataclass
@@ -213,14 +231,17 @@ class Desk:
         if referral.consent_receipt_id is None:
             raise ProblemError(422, UNPROCESSABLE, "legal basis consent needs consent_receipt_id")
         try:
-            receipt, withdrawn = self.consent(referral.consent_receipt_id)
+            verified = self.verified_consent(referral.consent_receipt_id)
         except ProblemError as e:
+            if e.status != 404:
+                raise
             raise ProblemError(
                 422,
                 UNPROCESSABLE,
                 "no consent receipt with this id was recorded at this agency; nothing was sent",
             ) from e
-        if not C.is_live(receipt, now=now, withdrawn=withdrawn is not None):
+        receipt = verified.receipt
+        if not C.is_live(receipt, now=now, withdrawn=verified.withdrawn_at is not None):
             raise ProblemError(
                 422, UNPROCESSABLE, "the consent receipt is withdrawn or expired; nothing was sent"
             )
@@ -543,46 +564,64 @@ class Desk:
             raise ProblemError(
                 422, UNPROCESSABLE, "this agency must be one of the receipt's controllers"
             )
-        signed = C.sign_receipt(receipt, self.keys().signing_key, agency=self.agency)
-        stored = canonical_json(
-            {
-                "agency": signed.agency,
-                "body": base64.b64encode(signed.body).decode(),
-                "signature": base64.b64encode(signed.signature).decode(),
-            }
-        )
         now = clock.now()
+        signing_key = self.keys().signing_key
+        kid = signing_kid(signing_key.verify_key)
+        try:  # sign only what will verify later: with a key the directory lists as valid now
+            signing_key_at(self.store.key_history(self.agency), agency=self.agency, kid=kid, at=now)
+        except UntrustedInputError as e:
+            raise ProblemError(
+                503,
+                "Service Unavailable",
+                "this agency's signing key is not valid in the trust directory; nothing was "
+                "recorded",
+                reason=e.reason,
+            ) from e
+        signed = C.sign_receipt(receipt, signing_key, agency=self.agency)
         with self.store.transaction() as db:
-            if db.execute(
-                "SELECT 1 FROM consents WHERE receipt_id = ?", (receipt.receipt_id,)
-            ).fetchone():
+            if not self.store.insert_consent(db, receipt.receipt_id, C.encode_stored(signed), now):
                 raise ProblemError(409, "Conflict", "a consent receipt with this id exists")
-            db.execute(
-                "INSERT INTO consents (receipt_id, signed, recorded) VALUES (?, ?, ?)",
-                (receipt.receipt_id, stored, now),
-            )
-            self.audit.record(db, "consent.recorded")
-        self.log.info("consent_recorded", receipt_id=receipt.receipt_id)
+            self.audit.record(db, "consent.recorded", key_ids=(kid,))
+        self.log.info("consent_recorded", receipt_id=receipt.receipt_id, kid=kid)
         return {"id": receipt.receipt_id}
 
-    def consent(self, receipt_id: str) -> tuple[C.ConsentReceipt, int | None]:
-        row = self.store._db.execute(
-            "SELECT signed, withdrawn_at FROM consents WHERE receipt_id = ?", (receipt_id,)
-        ).fetchone()
-        if row is None:
-            raise ProblemError(
-                422 if False else 404, "Not Found", "no consent receipt with this id at this agency"
+    def verified_consent(self, receipt_id: str, *, audit: bool = False) -> VerifiedConsent:
+        """Load a stored receipt and verify it under the key that signed it, as the key
+        history describes that key when it was recorded (PROTOCOL §8.3). 404 if unknown; 409
+        naming the reason if it does not verify, also audited with `audit` (only outside a
+        transaction: a refused request's transaction rolls back, and the event with it)."""
+        stored = self.store.consent(receipt_id)
+        if stored is None:
+            raise ProblemError(404, "Not Found", "no consent receipt with this id at this agency")
+        kid: str | None = None
+        try:
+            signed = C.decode_stored(stored.signed)
+            kid = signed.kid
+            history = self.store.key_history(signed.agency)
+            receipt, kid = C.verify_stored_receipt(
+                signed, signed_at=stored.recorded, history=history
             )
-        doc = json.loads(row[0])
-        signed = C.SignedReceipt(
-            agency=doc["agency"],
-            body=base64.b64decode(doc["body"]),
-            signature=base64.b64decode(doc["signature"]),
-        )
-        return C.verify_receipt(signed, self.keys().signing_key.verify_key), row[1]
+        except UntrustedInputError as e:
+            self.log.warning(
+                "stored_consent_unverifiable", receipt_id=receipt_id, reason=e.reason, kid=kid
+            )
+            if audit:
+                self.audit.record_alone(
+                    "consent.unverifiable", reason=e.reason, key_ids=() if kid is None else (kid,)
+                )
+            raise ProblemError(
+                409,
+                "Conflict",
+                f"the stored consent receipt does not verify ({e.reason}): it may have been "
+                "altered or signed by a key not valid when it was recorded; nothing was done",
+                reason=e.reason,
+            ) from e
+        public = next(w.public for w in history if w.kid == kid)
+        return VerifiedConsent(receipt, stored.withdrawn_at, stored.recorded, kid, public)
 
     def consent_status(self, receipt_id: str) -> dict[str, Any]:
-        receipt, withdrawn_at = self.consent(receipt_id)
+        verified = self.verified_consent(receipt_id)
+        withdrawn_at = verified.withdrawn_at
         uses = self.store._db.execute(
             "SELECT agency, referral_id, confirmed_at FROM consent_uses WHERE receipt_id = ?"
             " ORDER BY agency, referral_id",
@@ -590,7 +629,9 @@ class Desk:
         ).fetchall()
         return {
             "id": receipt_id,
-            "receipt": C.to_doc(receipt),
+            "receipt": C.to_doc(verified.receipt),
+            "signing_kid": verified.kid,
+            "recorded_at": verified.recorded,
             "withdrawn_at": withdrawn_at,
             "recipients": [
                 {"agency": a, "referral_id": r, "erasure_confirmed_at": c} for a, r, c in uses
@@ -599,14 +640,14 @@ class Desk:
         }
 
     def kantara(self, receipt_id: str) -> dict[str, Any]:
-        receipt, _ = self.consent(receipt_id)
-        return C.to_kantara(
-            receipt, controller_public_key=bytes(self.keys().signing_key.verify_key)
-        )
+        verified = self.verified_consent(receipt_id)
+        return C.to_kantara(verified.receipt, controller_public_key=verified.public)
 
     def withdraw(self, receipt_id: str) -> dict[str, Any]:
         """Withdraw a consent: refuse its later use and ask each recipient to erase."""
-        self.consent(receipt_id)  # 404 if unknown
+        # 404 if unknown, 409 if it does not verify: a forged or altered row must not send
+        # erasure requests to other agencies.
+        self.verified_consent(receipt_id)
         now = clock.now()
         with self.store.transaction() as db:
             if (

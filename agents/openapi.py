@@ -9,6 +9,16 @@ from typing import Any
 from . import consent, referral
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
+_UNVERIFIABLE = {"409": {"$ref": "#/components/responses/Unverifiable"}}
+#: The `reason` of a 409 for a stored receipt that does not verify (keys.errors codes).
+UNVERIFIABLE_REASONS = (
+    "bad-signature",
+    "revoked-key",
+    "retired-key",
+    "unknown-key",
+    "malformed",
+    "consent-invalid",
+)
 _ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
 
 
@@ -103,11 +113,34 @@ OPENAPI: dict[str, Any] = {
                                 "detail": {"type": "string"},
                                 "problems": {"type": "array", "items": {"type": "string"}},
                                 "allowed": {"type": "array", "items": {"type": "string"}},
+                                "reason": {"type": "string"},
                             },
                         }
                     }
                 },
-            }
+            },
+            "Unverifiable": {
+                "description": "409: a stored consent receipt does not verify under the key "
+                "that signed it, as the key history describes that key when the receipt was "
+                "recorded (PROTOCOL.md §8.3); `reason` says why. Nothing was done. Also 409 "
+                "when the request conflicts otherwise (an id taken, already withdrawn).",
+                "content": {
+                    "application/problem+json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["type", "title", "status", "detail"],
+                            "properties": {
+                                "type": {"type": "string"},
+                                "title": {"type": "string"},
+                                "status": {"type": "integer", "const": 409},
+                                "detail": {"type": "string"},
+                                "reason": {"type": "string", "enum": list(UNVERIFIABLE_REASONS)},
+                                "allowed": {"type": "array", "items": {"type": "string"}},
+                            },
+                        }
+                    }
+                },
+            },
         },
     },
     "paths": {
@@ -161,6 +194,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "202": _json({"type": "object", "required": ["id", "state"]}, "Accepted"),
                     **_errors(400, 401, 403, 413, 415, 422, 503),
+                    **_UNVERIFIABLE,
                 },
             },
             "get": {
@@ -286,7 +320,9 @@ OPENAPI: dict[str, Any] = {
                 },
                 "responses": {
                     "201": _json({"type": "object", "required": ["id"]}, "Created"),
-                    **_errors(400, 401, 403, 409, 413, 415, 422),
+                    # 503 with `reason` when this agency's own signing key is not valid in
+                    # the trust directory (nothing is signed that would not verify later)
+                    **_errors(400, 401, 403, 409, 413, 415, 422, 503),
                 },
             }
         },
@@ -302,7 +338,28 @@ OPENAPI: dict[str, Any] = {
                         "schema": {"type": "string", "enum": ["nrm", "kantara"]},
                     },
                 ],
-                "responses": {"200": _json({"type": "object"}), **_errors(400, 401, 403, 404)},
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "id": {"type": "string"},
+                                "receipt": {"type": "object"},
+                                "signing_kid": {
+                                    "type": "string",
+                                    "description": "the key that signed the receipt (perhaps "
+                                    "an earlier key of this agency)",
+                                },
+                                "recorded_at": {"type": "integer"},
+                                "withdrawn_at": {"type": ["integer", "null"]},
+                                "recipients": {"type": "array"},
+                                "pending": {"type": "array", "items": {"type": "string"}},
+                            },
+                        }
+                    ),
+                    **_errors(400, 401, 403, 404),
+                    **_UNVERIFIABLE,
+                },
             }
         },
         "/v1/consents/{id}/withdraw": {
@@ -311,7 +368,8 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [_PATH_ID, _IDEMPOTENCY],
                 "responses": {
                     "202": _json({"type": "object"}, "Accepted"),
-                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                    **_errors(400, 401, 403, 404, 413, 415, 422, 503),
+                    **_UNVERIFIABLE,
                 },
             }
         },

@@ -8,6 +8,11 @@ anything they committed is announced outside the process.
   until the recipient's delivery receipt comes back.
 - `inbox`: every envelope received, keyed by message id, committed before the JetStream ack;
   the unique key is what makes the agent store a message at most once.
+- `signing_key_history`: every signing key window any accepted directory listed
+  (keys.key_history), so what an agency signed stays verifiable after its keys rotate, are
+  pruned from the directory, or the agency is removed and re-admitted. Added by issue 10;
+  `CREATE TABLE IF NOT EXISTS` adds it to databases made before, and consents stored before
+  it hold no key id (consent.verify_stored_receipt finds theirs).
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from keys.directory import Directory
 from keys.durability import BACKSTOP_PAGES, CHECKPOINT_BYTES, GroupCommit
+from keys.key_history import KeyWindow, merge
 from runtime import clock
 
 SCHEMA = """
@@ -116,6 +123,17 @@ CREATE TABLE IF NOT EXISTS consent_uses (
     referral_id  TEXT NOT NULL,
     confirmed_at INTEGER,
     PRIMARY KEY (receipt_id, agency, referral_id)
+) STRICT;
+CREATE TABLE IF NOT EXISTS signing_key_history (
+    agency         TEXT NOT NULL,
+    kid            TEXT NOT NULL,
+    valid_from     INTEGER NOT NULL,
+    public         BLOB NOT NULL,
+    valid_until    INTEGER,
+    revoked_at     INTEGER,
+    listed_version INTEGER NOT NULL,
+    delisted_at    INTEGER,
+    PRIMARY KEY (agency, kid, valid_from)
 ) STRICT;
 CREATE TABLE IF NOT EXISTS idempotency (
     client       TEXT NOT NULL,
@@ -434,3 +452,112 @@ class Store:
         return self._db.execute(
             columns + " AND state = ? ORDER BY rowid LIMIT ?", (after, since, state, limit)
         ).fetchall()
+
+    # --- signing key history and consents -----------------------------------------------------
+
+    def remember_keys(self, directory: Directory, *, seen_at: int) -> int:
+        """Fold an accepted directory into the signing key history; the windows changed."""
+        with self.transaction() as tx:
+            changed = merge(_key_windows(tx, None), directory, seen_at=seen_at)
+            tx.executemany(
+                "INSERT INTO signing_key_history (agency, kid, valid_from, public, valid_until,"
+                " revoked_at, listed_version, delisted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (agency, kid, valid_from) DO UPDATE SET"
+                " valid_until = excluded.valid_until, revoked_at = excluded.revoked_at,"
+                " listed_version = excluded.listed_version, delisted_at = excluded.delisted_at",
+                [
+                    (
+                        w.agency,
+                        w.kid,
+                        w.valid_from,
+                        w.public,
+                        w.valid_until,
+                        w.revoked_at,
+                        w.listed_version,
+                        w.delisted_at,
+                    )
+                    for w in changed
+                ],
+            )
+        return len(changed)
+
+    def key_history(self, agency: str) -> list[KeyWindow]:
+        """Every signing key window of `agency` the history holds."""
+        return _key_windows(self._db, agency)
+
+    @staticmethod
+    def insert_consent(
+        db: sqlite3.Connection, receipt_id: str, signed: bytes, recorded: int
+    ) -> bool:
+        """Store a signed receipt; False (nothing written) if the id is taken."""
+        cursor = db.execute(
+            "INSERT INTO consents (receipt_id, signed, recorded) VALUES (?, ?, ?)"
+            " ON CONFLICT (receipt_id) DO NOTHING",
+            (receipt_id, signed, recorded),
+        )
+        return cursor.rowcount == 1
+
+    def consent(self, receipt_id: str) -> StoredConsent | None:
+        return _consent(self._db, receipt_id)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredConsent:
+    """A consent row: the stored signed receipt (JSON), when it was signed, its withdrawal."""
+
+    signed: bytes
+    recorded: int
+    withdrawn_at: int | None
+
+
+def _consent(db: sqlite3.Connection, receipt_id: str) -> StoredConsent | None:
+    row = db.execute(
+        "SELECT signed, recorded, withdrawn_at FROM consents WHERE receipt_id = ?",
+        (receipt_id,),
+    ).fetchone()
+    return None if row is None else StoredConsent(bytes(row[0]), int(row[1]), row[2])
+
+
+def _key_windows(db: sqlite3.Connection, agency: str | None) -> list[KeyWindow]:
+    columns = (
+        "SELECT agency, kid, public, valid_from, valid_until, revoked_at, listed_version,"
+        " delisted_at FROM signing_key_history"
+    )
+    rows = (
+        db.execute(columns + " ORDER BY agency, kid, valid_from").fetchall()
+        if agency is None
+        else db.execute(
+            columns + " WHERE agency = ? ORDER BY kid, valid_from", (agency,)
+        ).fetchall()
+    )
+    return [
+        KeyWindow(
+            agency=r[0],
+            kid=r[1],
+            public=bytes(r[2]),
+            valid_from=r[3],
+            valid_until=r[4],
+            revoked_at=r[5],
+            listed_version=r[6],
+            delisted_at=r[7],
+        )
+        for r in rows
+    ]
+
+
+def read_consent(
+    path: Path, receipt_id: str, *, agency: str
+) -> tuple[StoredConsent, list[KeyWindow]] | None:
+    """For `nrm consent show`: the consent row and `agency`'s signing key history, read from
+    the agent database at `path` opened read-only (the agent may be running)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        stored = _consent(db, receipt_id)
+        if stored is None:
+            return None
+        has_history = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'signing_key_history'"
+        ).fetchone()
+        return stored, [] if has_history is None else _key_windows(db, agency)
+    finally:
+        db.close()

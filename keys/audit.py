@@ -46,6 +46,7 @@ KINDS = frozenset(
         "transition.received",
         "consent.recorded",
         "consent.withdrawn",
+        "consent.unverifiable",
         "erasure.confirmed",
         "escalation.sent",
     }

@@ -312,43 +312,56 @@ def consent_group() -> None:
     """Consent receipts recorded by this agency."""
 
 
+#: `nrm consent show` exit status for a stored receipt that does not verify (docs/RUNBOOK.md).
+EXIT_UNVERIFIED = 3
+
+
 @consent_group.command("show")
 @click.argument("receipt_id")
 @click.option("--config", "config_path", type=PATH, required=True, help="The agent's agent.toml.")
 def consent_show(receipt_id: str, config_path: Path) -> None:
-    """Print a consent receipt readably, after checking the agency's signature on it."""
-    import base64
-    import json
+    """Print a consent receipt readably, after checking the agency's signature on it.
+
+    The signature is checked under the key that made it, as the agency's key history says it
+    was when the receipt was recorded. Exits 3 if it does not verify, 1 on other errors.
+    """
     import sqlite3
 
-    from agents.consent import SignedReceipt, render, verify_receipt
+    from agents.consent import decode_stored, render, verify_stored_receipt
+    from agents.store import read_consent
 
     try:
         config = AgentConfig.load(config_path)
         identity = PublicIdentity.from_json((config.key_dir / "identity.json").read_bytes())
-        with sqlite3.connect(f"file:{config.database}?mode=ro", uri=True) as db:
-            row = db.execute(
-                "SELECT signed, withdrawn_at FROM consents WHERE receipt_id = ?", (receipt_id,)
-            ).fetchone()
-        if row is None:
-            raise click.ClickException(f"no consent receipt {receipt_id} at {config.agency}")
-        doc = json.loads(row[0])
-        receipt = verify_receipt(
-            SignedReceipt(
-                agency=doc["agency"],
-                body=base64.b64decode(doc["body"]),
-                signature=base64.b64decode(doc["signature"]),
-            ),
-            identity.signing_key,
-        )
+        found = read_consent(config.database, receipt_id, agency=config.agency)
     except (ConfigError, OSError, sqlite3.Error, UntrustedInputError) as e:
         raise click.ClickException(str(e)) from e
-    click.echo(render(receipt))
-    click.echo(f"signature: verified, {doc['agency']} key {identity.signing_kid}")
-    if row[1] is not None:
-        from .show import when
+    if found is None:
+        raise click.ClickException(f"no consent receipt {receipt_id} at {config.agency}")
+    stored, history = found
+    try:
+        signed = decode_stored(stored.signed)
+        receipt, kid = verify_stored_receipt(signed, signed_at=stored.recorded, history=history)
+    except UntrustedInputError as e:
+        click.echo(
+            f"signature: DOES NOT VERIFY ({e.reason}): {e}. The stored receipt may have been "
+            "altered, or was signed by a key not valid when it was recorded; see RUNBOOK.md "
+            "(Consent withdrawn).",
+            err=True,
+        )
+        sys.exit(EXIT_UNVERIFIED)
+    from .show import when
 
-        click.echo(f"WITHDRAWN at {when(row[1])}")
+    click.echo(render(receipt))
+    if kid == identity.signing_kid:
+        click.echo(f"signature: verified, {signed.agency} key {kid} (the current key)")
+    else:
+        click.echo(
+            f"signature: verified, {signed.agency} key {kid}: an earlier key of this agency, "
+            f"valid when the receipt was recorded ({when(stored.recorded)})"
+        )
+    if stored.withdrawn_at is not None:
+        click.echo(f"WITHDRAWN at {when(stored.withdrawn_at)}")
 
 
 # --- administrators -------------------------------------------------------------------------

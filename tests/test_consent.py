@@ -18,6 +18,8 @@ from agents.consent import (
     ConsentInvalid,
     ConsentReceipt,
     SignedReceipt,
+    decode_stored,
+    encode_stored,
     is_live,
     parse_receipt,
     render,
@@ -26,9 +28,18 @@ from agents.consent import (
     to_kantara,
     uncovered,
     verify_receipt,
+    verify_stored_receipt,
 )
 from keys.codec import canonical_json
-from keys.errors import BadSignatureError, MalformedError
+from keys.errors import (
+    BadSignatureError,
+    MalformedError,
+    RetiredKeyError,
+    RevokedKeyError,
+    UnknownKeyError,
+)
+from keys.identity import signing_kid
+from keys.key_history import KeyWindow
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 DAY = 86_400
@@ -245,6 +256,90 @@ def test_tampering_is_refused(receipt: ConsentReceipt) -> None:
         with pytest.raises(error):
             verify_receipt(bad, key.verify_key)
         assert verify_receipt(signed, key.verify_key) == receipt, name
+
+
+# --------------------------------------------------------------------------- stored receipts
+
+
+def _window(key: SigningKey, valid_from: int, valid_until: int | None, **kw: Any) -> KeyWindow:
+    return KeyWindow(
+        agency=kw.pop("agency", "police"),
+        kid=signing_kid(key.verify_key),
+        public=bytes(key.verify_key),
+        valid_from=valid_from,
+        valid_until=valid_until,
+        revoked_at=kw.pop("revoked_at", None),
+        listed_version=1,
+    )
+
+
+def test_stored_form_round_trips_with_its_key_id(receipt: ConsentReceipt) -> None:
+    """A signed receipt is stored with the id of the key that signed it and reads back equal."""
+    key = SigningKey.generate()
+    signed = sign_receipt(receipt, key, agency="police")
+    assert signed.kid == signing_kid(key.verify_key)
+    assert decode_stored(encode_stored(signed)) == signed
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"not json", b"[]", b'{"agency":"police"}', b'{"agency":"police","body":"!!","signature":""}',
+     b'{"agency":"police","body":"","signature":"","extra":1}',
+     b'{"agency":"police","body":"","kid":"not-a-kid","signature":""}'],
+)  # fmt: skip
+def test_a_broken_stored_form_is_malformed(data: bytes) -> None:
+    """Anything but the stored form is refused as malformed, not a crash."""
+    with pytest.raises(MalformedError):
+        decode_stored(data)
+
+
+def test_a_receipt_signed_by_a_rotated_out_key_verifies_under_that_key(
+    receipt: ConsentReceipt,
+) -> None:
+    """After a rotation the receipt verifies under its own (retired) key at its signing time,
+    and names that key; the same record claimed later than the old key's window is refused."""
+    old, new = SigningKey.generate(), SigningKey.generate()
+    history = [_window(old, T0, T0 + DAY), _window(new, T0 + DAY // 2, None)]
+    signed = sign_receipt(receipt, old, agency="police")
+    got, kid = verify_stored_receipt(signed, signed_at=T0 + 10, history=history)
+    assert got == receipt and kid == signing_kid(old.verify_key)
+    with pytest.raises(RetiredKeyError):
+        verify_stored_receipt(signed, signed_at=T0 + 2 * DAY, history=history)
+
+
+def test_a_receipt_stored_without_a_key_id_finds_its_key(receipt: ConsentReceipt) -> None:
+    """A receipt stored before key ids were kept is matched to the agency key that signed it;
+    with no such key in the history it is refused as bad-signature."""
+    old, new, stranger = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
+    history = [_window(new, T0, None), _window(old, T0 - DAY, None)]
+    legacy = dataclasses.replace(sign_receipt(receipt, old, agency="police"), kid=None)
+    _, kid = verify_stored_receipt(legacy, signed_at=T0, history=history)
+    assert kid == signing_kid(old.verify_key)
+    foreign = dataclasses.replace(sign_receipt(receipt, stranger, agency="police"), kid=None)
+    with pytest.raises(BadSignatureError):
+        verify_stored_receipt(foreign, signed_at=T0, history=history)
+    with pytest.raises(UnknownKeyError):
+        verify_stored_receipt(legacy, signed_at=T0, history=[])
+
+
+def test_stored_receipt_refusals_are_named(receipt: ConsentReceipt) -> None:
+    """A tampered body, a key revoked before the signing time and a key the history never
+    listed are each refused with their own error class."""
+    key = SigningKey.generate()
+    signed = sign_receipt(receipt, key, agency="police")
+    history = [_window(key, T0, None)]
+    wider = json.loads(signed.body)
+    wider["purposes"][0]["data_categories"].append("criminal")
+    tampered = dataclasses.replace(signed, body=canonical_json(wider))
+    with pytest.raises(BadSignatureError):
+        verify_stored_receipt(tampered, signed_at=T0 + 5, history=history)
+    revoked = [_window(key, T0, None, revoked_at=T0 + 1)]
+    with pytest.raises(RevokedKeyError):
+        verify_stored_receipt(signed, signed_at=T0 + 5, history=revoked)
+    other = [_window(SigningKey.generate(), T0, None)]
+    with pytest.raises(UnknownKeyError):
+        verify_stored_receipt(signed, signed_at=T0 + 5, history=other)
+    assert verify_stored_receipt(signed, signed_at=T0 + 5, history=history)[0] == receipt
 
 
 # --------------------------------------------------------------------------- coverage
