@@ -126,6 +126,11 @@ CREATE TABLE IF NOT EXISTS idempotency (
     created      INTEGER NOT NULL,
     PRIMARY KEY (client, key)
 ) STRICT;
+CREATE TABLE IF NOT EXISTS ledger_restores (
+    seq           INTEGER PRIMARY KEY,
+    restored_size INTEGER NOT NULL,
+    applied_at    INTEGER NOT NULL
+) STRICT;
 """
 
 #: A message's overall status is the least advanced state among its recipients.
@@ -385,6 +390,31 @@ class Store:
                 "UPDATE audit_outbox SET state = 'included', ledger_index = ? WHERE event_id = ?",
                 [(index, event_id) for event_id, index in included],
             )
+
+    def reoffer_audit_after_restore(self, *, seq: int, restored_size: int) -> int | None:
+        """Accept ledger restore `seq` (PROTOCOL.md §9.4) once: queue again for publishing
+        every event not proven to be in the restored tree (included at an index at or past
+        `restored_size`, or published and not yet proven). Returns how many, or None if this
+        restore was already accepted."""
+        with self.transaction() as tx:
+            seen = tx.execute("SELECT 1 FROM ledger_restores WHERE seq = ?", (seq,)).fetchone()
+            if seen is not None:
+                return None
+            count = tx.execute(
+                "UPDATE audit_outbox SET state = 'queued', stream_seq = NULL, ledger_index = NULL"
+                " WHERE state = 'sent' OR (state = 'included' AND ledger_index >= ?)",
+                (restored_size,),
+            ).rowcount
+            tx.execute(
+                "INSERT INTO ledger_restores (seq, restored_size, applied_at) VALUES (?, ?, ?)",
+                (seq, restored_size, clock.now()),
+            )
+        return int(count)
+
+    def ledger_restores_applied(self) -> dict[int, int]:
+        """seq -> time this agent accepted it, of every ledger restore it accepted."""
+        rows = self._db.execute("SELECT seq, applied_at FROM ledger_restores")
+        return {int(r[0]): int(r[1]) for r in rows}
 
     # --- inbox ----------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import NotFoundError
 
 from keys import AgencyKeys, UnknownKeyError, UntrustedInputError
 from keys.audit import verify_event
@@ -296,9 +297,16 @@ class Ledger:
                 continue
             try:
                 js = nc.jetstream()
+                replay = self.store.replay_pending()
+                if replay:  # after a restore: read the audit stream again from its start
+                    with contextlib.suppress(NotFoundError):
+                        await js.delete_consumer(AUDIT_STREAM, LEDGER_CONSUMER)
                 sub = await js.pull_subscribe(
                     AUDIT_SUBJECTS, durable=LEDGER_CONSUMER, stream=AUDIT_STREAM, config=config
                 )
+                if replay:
+                    self.store.replay_started()
+                    log.info("ledger_replaying_audit_stream")
                 while self._running:
                     try:
                         msgs: list[Msg] = await sub.fetch(256, timeout=1.0)
