@@ -131,6 +131,10 @@ CREATE TABLE IF NOT EXISTS ledger_restores (
     restored_size INTEGER NOT NULL,
     applied_at    INTEGER NOT NULL
 ) STRICT;
+CREATE TABLE IF NOT EXISTS audit_reoffers (
+    event_id TEXT PRIMARY KEY,
+    seq      INTEGER NOT NULL
+) STRICT;
 """
 
 #: A message's overall status is the least advanced state among its recipients.
@@ -400,6 +404,12 @@ class Store:
             seen = tx.execute("SELECT 1 FROM ledger_restores WHERE seq = ?", (seq,)).fetchone()
             if seen is not None:
                 return None
+            tx.execute(
+                "INSERT OR REPLACE INTO audit_reoffers (event_id, seq) SELECT event_id, ?"
+                " FROM audit_outbox WHERE state = 'sent' OR"
+                " (state = 'included' AND ledger_index >= ?)",
+                (seq, restored_size),
+            )
             count = tx.execute(
                 "UPDATE audit_outbox SET state = 'queued', stream_seq = NULL, ledger_index = NULL"
                 " WHERE state = 'sent' OR (state = 'included' AND ledger_index >= ?)",
@@ -410,6 +420,15 @@ class Store:
                 (seq, restored_size, clock.now()),
             )
         return int(count)
+
+    def reoffered(self, event_ids: Sequence[str]) -> dict[str, int]:
+        """event id -> restore seq, for those of `event_ids` re-offered after a restore (they
+        are published under another `Nats-Msg-Id`, PROTOCOL.md §9.4)."""
+        if not event_ids:
+            return {}
+        wanted = set(event_ids)
+        rows = self._db.execute("SELECT event_id, seq FROM audit_reoffers")  # a few rows, rarely
+        return {str(r[0]): int(r[1]) for r in rows if r[0] in wanted}
 
     def ledger_restores_applied(self) -> dict[int, int]:
         """seq -> time this agent accepted it, of every ledger restore it accepted."""

@@ -32,6 +32,7 @@ from keys import Limits
 from keys.subjects import (
     DIRECTORY_BUCKET,
     MESSAGE_STREAM,
+    audit_publish_id,
     audit_subject,
     inbox_consumer,
     inbox_subject,
@@ -265,10 +266,14 @@ class Transport:
     async def _publish_audit(self, js: JetStreamContext, events: list[tuple[str, bytes]]) -> bool:
         """Publish queued audit events, acks awaited together (the ledger's order is its own);
         False if any failed."""
+        reoffers = self.store.reoffered([event_id for event_id, _ in events])
         acks = await asyncio.gather(
             *(
                 js.publish(
-                    audit_subject(self.agency), event, timeout=5, headers={"Nats-Msg-Id": event_id}
+                    audit_subject(self.agency),
+                    event,
+                    timeout=5,
+                    headers={"Nats-Msg-Id": audit_publish_id(event_id, reoffers.get(event_id))},
                 )
                 for event_id, event in events
             ),

@@ -49,6 +49,13 @@ def _check_token(agency: str) -> None:
         raise ValueError(f"not a valid agency id: {agency!r}")
 
 
+def audit_publish_id(event_id: str, reoffer: int | None = None) -> str:
+    """The `Nats-Msg-Id` of an audit event: its event id, or after ledger restore `reoffer`
+    (PROTOCOL.md §9.4) `<event id>.restore-<reoffer>`, which the stream's de-duplication
+    window has not seen yet."""
+    return event_id if reoffer is None else f"{event_id}.restore-{reoffer}"
+
+
 #: Audit events (issue 5) live on a stream of their own.
 AUDIT_STREAM = "NRM_AUDIT"
 AUDIT_SUBJECTS = f"{PREFIX}.audit.>"

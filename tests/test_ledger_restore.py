@@ -9,13 +9,16 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 from structlog.testing import capture_logs
 
 from broker.ledger import Ledger
+from keys.subjects import AUDIT_STREAM
 from nrm.cli import main
 
 from .support import Mechanism, eventually
+from .test_agent import operator_js
 from .test_ledger import audit_verify, exchange, ledger_db, outbox
 
 
@@ -72,6 +75,13 @@ async def grow_after_backup(m: Mechanism, backup: Path) -> tuple[int, int]:
     return at_backup, port
 
 
+def copy_by_hand(backup: Path, db: Path) -> None:
+    """What an administrator might do by analogy with a file restore: no declaration."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(backup, db)
+
+
 def every_event_included(m: Mechanism, ledger: Ledger) -> bool:
     """Every event every agent emitted is in the ledger and proved included by its agent."""
     for agency in m.agents:
@@ -89,17 +99,25 @@ def alerts(m: Mechanism) -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize("stream", ["kept", "purged"])
 async def test_declared_restore_catches_up_without_a_tamper_alarm(
-    mechanism: Mechanism, tmp_path: Path
+    mechanism: Mechanism, tmp_path: Path, stream: str
 ) -> None:
     """After backup, more traffic, stop and `nrm ledger restore`, the restarted ledger gets
-    back every event it lost, every agent proves each of its events included again, no
+    back every event it lost (from the audit stream, and from the agents' re-offers when the
+    stream no longer holds them), every agent proves each of its events included again, no
     agent raises an alert, and `nrm audit verify` passes and shows the declaration."""
     m = mechanism
     backup = tmp_path / "ledger-backup.db"
     at_backup, port = await grow_after_backup(m, backup)
     code, out = cli("ledger", "restore", "--config", str(ledger_config(m)), "--from", str(backup))
     assert code == 0, out
+    if stream == "purged":  # as if every event had aged out of the stream
+        nc, js = await operator_js(m)
+        try:
+            await js.purge_stream(AUDIT_STREAM)
+        finally:
+            await nc.close()
     assert f"restored the ledger to {at_backup} entries" in out
     with capture_logs() as logs:
         ledger = await restart_ledger(m, port)
@@ -140,10 +158,7 @@ async def test_undeclared_rollback_still_raises_the_tamper_alarm(
     m = mechanism
     backup = tmp_path / "ledger-backup.db"
     _, port = await grow_after_backup(m, backup)
-    db = ledger_db(m)
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-    shutil.copyfile(backup, db)
+    copy_by_hand(backup, ledger_db(m))
     await restart_ledger(m, port)
 
     async def alarmed() -> bool:

@@ -14,6 +14,7 @@ from nacl.signing import VerifyKey
 
 from keys import UnknownKeyError, UntrustedInputError, open_envelope
 from keys.identity import encryption_kid, signing_kid
+from keys.restore import verify_restore
 
 VECTORS = Path(__file__).parent / "vectors"
 FILES = sorted(VECTORS.glob("envelope-*.txt"))
@@ -71,12 +72,35 @@ def test_vector(path: Path) -> None:
         assert caught.value.reason == fields["expect"]
 
 
+RESTORE_FILES = sorted(VECTORS.glob("restore-*.txt"))
+
+
+@pytest.mark.parametrize("path", RESTORE_FILES, ids=[p.stem for p in RESTORE_FILES])
+def test_restore_vector(path: Path) -> None:
+    """Verifying the vector's restore declaration gives exactly its `expect` outcome and,
+    when ok, exactly its fields."""
+    fields, data = parse(path)
+    key = VerifyKey(bytes.fromhex(fields["ledger_ed25519_public"]))
+    if fields["expect"] != "ok":
+        with pytest.raises(UntrustedInputError) as caught:
+            verify_restore(data, key=key, origin=fields["origin"])
+        assert caught.value.reason == fields["expect"]
+        return
+    d = verify_restore(data, key=key, origin=fields["origin"])
+    for name in ("seq", "restored_size", "restored_root", "previous_size", "previous_root"):
+        value = getattr(d, name)
+        shown = "nil" if value is None else value.hex() if isinstance(value, bytes) else str(value)
+        assert shown == fields[name], name
+
+
 def test_generator_reproduces_vectors(tmp_path: Path) -> None:
     """Running the generator again writes byte-identical files, and no others."""
     subprocess.run(
         [sys.executable, str(VECTORS / "generate.py"), str(tmp_path)], check=True, timeout=60
     )
-    fresh = sorted(tmp_path.glob("envelope-*.txt"))
-    assert [p.name for p in fresh] == [p.name for p in FILES]
-    for new, old in zip(fresh, FILES, strict=True):
+    fresh = sorted(tmp_path.glob("*.txt"))
+    committed = sorted(VECTORS.glob("*.txt"))
+    assert [p.name for p in fresh] == [p.name for p in committed]
+    assert len(RESTORE_FILES) >= 4
+    for new, old in zip(fresh, committed, strict=True):
         assert new.read_bytes() == old.read_bytes(), new.name
