@@ -38,6 +38,7 @@ from keys.subjects import (
     inbox_subject,
     publish_id,
     reply_prefix,
+    resend_publish_id,
 )
 from runtime import clock
 
@@ -216,13 +217,21 @@ class Transport:
                 break
             keys.add((item.recipient, item.referral_id))
             window.append(item)
+        resends = self.store.resend_ids([(i.message_id, i.recipient) for i in window])
+
+        def msg_id(item: PendingDelivery) -> str:
+            request = resends.get((item.message_id, item.recipient))
+            if request is None:
+                return publish_id(item.message_id, item.recipient)
+            return resend_publish_id(item.message_id, item.recipient, request)
+
         acks = await asyncio.gather(
             *(
                 js.publish(
                     inbox_subject(item.recipient),
                     item.envelope,
                     timeout=5,
-                    headers={"Nats-Msg-Id": publish_id(item.message_id, item.recipient)},
+                    headers={"Nats-Msg-Id": msg_id(item)},
                 )
                 for item in window
             ),

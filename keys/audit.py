@@ -48,6 +48,8 @@ KINDS = frozenset(
         "consent.withdrawn",
         "erasure.confirmed",
         "escalation.sent",
+        "resend.requested",
+        "resend.honoured",
     }
 )
 #: Labels an event may carry for the anonymous statistics, with their allowed values.

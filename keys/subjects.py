@@ -44,6 +44,12 @@ def publish_id(message_id: str, recipient: str) -> str:
     return f"{message_id}.{recipient}"
 
 
+def resend_publish_id(message_id: str, recipient: str, request_id: str) -> str:
+    """The `Nats-Msg-Id` of a copy sent again for resend request `request_id` (PROTOCOL.md
+    §6.3): the stream's de-duplication window must not drop it as the first copy."""
+    return f"{publish_id(message_id, recipient)}.resend-{request_id}"
+
+
 def _check_token(agency: str) -> None:
     if not AGENCY_ID_PATTERN.fullmatch(agency):
         raise ValueError(f"not a valid agency id: {agency!r}")

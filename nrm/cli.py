@@ -284,6 +284,29 @@ def agent_backup(config_path: Path, target: Path) -> None:
     _backup(config.database, target, what=f"{config.agency}'s agent database")
 
 
+@agent.command("restore")
+@click.option("--config", "config_path", type=PATH, required=True, help="The agent's agent.toml.")
+@click.option("--from", "source", type=PATH, required=True, help="The backup to put back.")
+def agent_restore(config_path: Path, source: Path) -> None:
+    """Put a backup back as the agent database (the agent must be stopped); on its next
+    start the agent asks every agency to send again what it lost (docs/RUNBOOK.md)."""
+    import sqlite3
+
+    from agents.restore import AgentRestoreError, restore_agent
+
+    try:
+        config = AgentConfig.load(config_path)
+        result = restore_agent(config, source, stamp=clock.now())
+    except (ConfigError, AgentRestoreError) as e:
+        raise click.ClickException(str(e)) from e
+    except (OSError, sqlite3.Error) as e:
+        raise click.ClickException(f"could not restore: {e}") from e
+    click.echo(f"restored {config.agency}'s agent database from {source}")
+    if result.kept is not None:
+        click.echo(f"the replaced database is kept as {result.kept}")
+    click.echo("start the agent: it asks every agency to send again what it sent since")
+
+
 def _backup(source: Path, target: Path, *, what: str) -> None:
     import sqlite3
 
