@@ -12,6 +12,7 @@ import pytest
 from nacl.public import PrivateKey
 from nacl.signing import VerifyKey
 
+from agents.resend import ResendRequest
 from keys import UnknownKeyError, UntrustedInputError, open_envelope
 from keys.identity import encryption_kid, signing_kid
 from keys.restore import verify_restore
@@ -93,6 +94,24 @@ def test_restore_vector(path: Path) -> None:
         assert shown == fields[name], name
 
 
+RESEND_FILES = sorted(VECTORS.glob("resend-request-*.txt"))
+
+
+@pytest.mark.parametrize("path", RESEND_FILES, ids=[p.stem for p in RESEND_FILES])
+def test_resend_request_vector(path: Path) -> None:
+    """Decoding the vector's resend request body gives exactly its `expect` outcome and,
+    when ok, exactly its fields."""
+    fields, body = parse(path)
+    if fields["expect"] != "ok":
+        with pytest.raises(UntrustedInputError) as caught:
+            ResendRequest.decode(body)
+        assert caught.value.reason == fields["expect"]
+        return
+    request = ResendRequest.decode(body)
+    assert request.since == int(fields["since"])
+    assert ",".join(request.have) == fields["have"]
+
+
 def test_generator_reproduces_vectors(tmp_path: Path) -> None:
     """Running the generator again writes byte-identical files, and no others."""
     subprocess.run(
@@ -101,6 +120,6 @@ def test_generator_reproduces_vectors(tmp_path: Path) -> None:
     fresh = sorted(tmp_path.glob("*.txt"))
     committed = sorted(VECTORS.glob("*.txt"))
     assert [p.name for p in fresh] == [p.name for p in committed]
-    assert len(RESTORE_FILES) >= 4
+    assert len(RESTORE_FILES) >= 4 and len(RESEND_FILES) >= 4
     for new, old in zip(fresh, committed, strict=True):
         assert new.read_bytes() == old.read_bytes(), new.name

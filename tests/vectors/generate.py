@@ -439,10 +439,47 @@ def render_restore(name: str, comment: str, expect: str, make: Callable[[], byte
     return "\n".join([*lines, "", *textwrap.wrap(text, 76)]) + "\n"
 
 
+# --- resend request bodies (docs/PROTOCOL.md §6.3) --------------------------------------------
+#
+#     expect: ok | malformed
+#     comment: <what the vector tests>
+#     since: <decimal>, have: <comma-separated ids, or empty>   (only for `expect: ok`)
+#
+#     <the body (the plaintext of a resend-request envelope), base64>
+
+HELD = sorted(fixed(f"held {n}")[:16].hex() for n in range(3))
+RESEND_VECTORS: list[tuple[str, str, str, bytes]] = [
+    ("ok", "three held ids", "ok", codec.pack([1, CREATED, HELD])),
+    (
+        "ok-nothing-held",
+        "everything since 0: nothing held from this sender",
+        "ok",
+        codec.pack([1, 0, []]),
+    ),
+    ("unsorted", "held ids not in order", "malformed", codec.pack([1, CREATED, HELD[::-1]])),
+    ("duplicate", "a held id twice", "malformed", codec.pack([1, CREATED, [HELD[0], HELD[0]]])),
+    ("version-2", "version 2", "malformed", codec.pack([2, CREATED, HELD])),
+    ("since-bool", "since is a bool", "malformed", codec.pack([1, True, []])),
+]
+
+
+def render_resend(comment: str, expect: str, body: bytes) -> str:
+    lines = [f"expect: {expect}", f"comment: {comment}"]
+    if expect == "ok":
+        decoded = codec.unpack(body, max_bytes=1 << 16)
+        lines += [f"since: {decoded[1]}", f"have: {','.join(decoded[2])}"]
+    text = base64.b64encode(body).decode("ascii")
+    return "\n".join([*lines, "", *textwrap.wrap(text, 76)]) + "\n"
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.glob("envelope-*.txt"), *out.glob("restore-*.txt")]:
-        stale.unlink()
+    for pattern in ("envelope-*.txt", "restore-*.txt", "resend-request-*.txt"):
+        for stale in out.glob(pattern):
+            stale.unlink()
+    for name, comment, expect, body in RESEND_VECTORS:
+        text = render_resend(comment, expect, body)
+        (out / f"resend-request-{name}.txt").write_text(text, encoding="utf-8")
     for vector in VECTORS:
         (out / f"envelope-{vector.name}.txt").write_text(render(vector), encoding="utf-8")
     for name, comment, expect, make in RESTORE_VECTORS:
