@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 from agents.resend import MAX_HAVE, ResendRequest
 from keys import MalformedError
 from nrm.cli import main
+from runtime import clock
 
 from . import samples
 from .support import Mechanism, eventually
@@ -142,3 +143,36 @@ def test_resend_request_decoding_is_strict() -> None:
     ):
         with pytest.raises(MalformedError):
             ResendRequest.decode(bad)
+
+
+async def test_expired_mail_is_not_sent_again(
+    mechanism: Mechanism, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Restored 15 days after the backup, the shelter asks again, and the police skips the
+    referrals whose envelopes have expired (counted as `expired`) instead of sending what
+    the shelter would refuse; the shelter holds only what it had."""
+    m = mechanism
+    offset = tmp_path / "clock-offset"
+    monkeypatch.setenv(clock.ENV, str(offset))
+    before = await refer(m, 1)
+    backup = tmp_path / "shelter-backup.db"
+    config = str(m.setups["shelter"].config_path)
+    code, out = cli("agent", "backup", "--config", config, "--to", str(backup))
+    assert code == 0, out
+    await refer(m, 2)
+    await m.stop("shelter")
+    code, out = await asyncio.to_thread(
+        cli, "agent", "restore", "--config", config, "--from", str(backup)
+    )
+    assert code == 0, out
+    clock.set_offset(offset, 15 * 24 * 3600)
+    with capture_logs() as logs:
+        await m.start("shelter")
+
+        async def answered() -> bool:
+            return any(e["event"] == "resend_honoured" and e["agency"] == "police" for e in logs)
+
+        await eventually(answered, timeout=30, what="the police to answer the resend request")
+    honoured = next(e for e in logs if e["event"] == "resend_honoured" and e["agency"] == "police")
+    assert honoured["resent"] == 0 and honoured["skipped"] == {"expired": 2}, honoured
+    assert inbox_referrals(m, "shelter") == before
