@@ -138,6 +138,7 @@ async def test_declared_restore_catches_up_without_a_tamper_alarm(
     assert not [e for e in logs if e["event"] == "ledger_alert"]
     accepted = {e["agency"] for e in logs if e["event"] == "ledger_restore_accepted"}
     assert accepted == set(m.agents)
+    await proofs_refuse_bad_parameters(m, ledger, at_backup)
     token = str(m.setups["police"].home / "ledger.token")
     code, out = await asyncio.to_thread(
         audit_verify, m, "--ledger", ledger.url, "--token-file", token
@@ -148,6 +149,53 @@ async def test_declared_restore_catches_up_without_a_tamper_alarm(
     code, out = audit_verify(m, "--db", str(ledger_db(m)))
     assert code == 0, out
     assert "restore 1 declared" in out
+
+
+async def proofs_refuse_bad_parameters(m: Mechanism, ledger: Ledger, restored: int) -> None:
+    """The restore proof endpoint answers problem+json 4xx to bad input, never a 500."""
+    headers = {"Authorization": f"Bearer {m.sandbox.auditor_token}"}
+    for path, status in [
+        ("/v1/restores/1/proof", 400),  # size missing
+        (f"/v1/restores/1/proof?size={restored - 1}", 400),  # below the restored size
+        ("/v1/restores/1/proof?size=99999999", 400),
+        ("/v1/restores/2/proof?size=1", 404),
+        ("/v1/restores/99999999999999999999/proof?size=1", 404),
+        ("/v1/restores/x/proof?size=1", 404),
+    ]:
+        async with m.http.get(ledger.url + path, headers=headers) as r:
+            assert r.status == status, (path, r.status)
+            assert r.content_type == "application/problem+json"
+
+
+async def test_restore_of_a_lost_ledger_is_accepted_but_reported_unproven(
+    mechanism: Mechanism, tmp_path: Path
+) -> None:
+    """With the replaced database lost (`--replaced-lost`), agents cannot check their last
+    checkpoint against the restore: they raise restore-unproven, never the tamper alarm, and
+    every event is included again."""
+    m = mechanism
+    backup = tmp_path / "ledger-backup.db"
+    _, port = await grow_after_backup(m, backup)
+    config = str(ledger_config(m))
+    code, out = cli(
+        "ledger", "restore", "--config", config, "--from", str(backup), "--replaced-lost"
+    )
+    assert code == 1 and "without --replaced-lost" in out, out
+    for path in ledger_db(m).parent.glob("ledger.db*"):
+        path.unlink()
+    code, out = cli(
+        "ledger", "restore", "--config", config, "--from", str(backup), "--replaced-lost"
+    )
+    assert code == 0 and "before: unknown" in out, out
+    ledger = await restart_ledger(m, port)
+
+    async def caught_up() -> bool:
+        raised = alerts(m)
+        return every_event_included(m, ledger) and raised == dict.fromkeys(
+            m.agents, "restore-unproven"
+        )
+
+    await eventually(caught_up, timeout=60, what="every agent to catch up, reporting unproven")
 
 
 async def test_undeclared_rollback_still_raises_the_tamper_alarm(
