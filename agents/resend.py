@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from keys import Limits, MalformedError, UntrustedInputError, codec
+from keys import Limits, MalformedError, UnknownKeyError, UntrustedInputError, codec
 from keys.directory import Directory
 from keys.envelope import Opened, verify_outer
 from runtime import clock
@@ -115,16 +115,27 @@ class Resender:
         directory = self._directory()
         if restore is None or directory is None:
             return
-        others = [a.agency for a in directory.agencies if a.agency != self.agency]
+        # Auditors send no mail; every other agency may have sent some.
+        others = [
+            a.agency
+            for a in directory.agencies
+            if a.agency != self.agency and set(a.roles) != {"auditor"}
+        ]
+        asked = 0
         with self.store.transaction() as tx:
             for sender in others:
                 since, have = self.store.resend_basis(
                     sender, overlap=self.limits.resend_overlap_seconds, max_have=MAX_HAVE
                 )
                 request = ResendRequest(since=since, have=tuple(have))
-                self._send(RESEND_REQUEST, request.encode(), [sender], tx)
+                try:
+                    self._send(RESEND_REQUEST, request.encode(), [sender], tx)
+                except UnknownKeyError:  # no key to seal to (all revoked): it cannot answer
+                    self.log.warning("resend_request_unsendable", sender=sender)
+                    continue
+                asked += 1
             self.store.mark_resend_requests_sent(tx, restore)
-        self.log.warning("resend_requested", restore=restore, agencies=len(others))
+        self.log.warning("resend_requested", restore=restore, agencies=asked)
 
     # --- a sender honours ------------------------------------------------------------------
 
