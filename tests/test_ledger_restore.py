@@ -56,7 +56,7 @@ async def restart_ledger(m: Mechanism, port: int) -> Ledger:
 
 async def grow_after_backup(m: Mechanism, backup: Path) -> tuple[int, int]:
     """Back the ledger up, exchange more, let every agent see the larger tree, stop the
-    ledger. Returns (size at backup, size at stop) and the ledger's port."""
+    ledger. Returns the size at backup and the ledger's port."""
     ledger = m.sandbox.ledger
     assert ledger is not None
     await exchange(m)
