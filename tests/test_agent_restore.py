@@ -15,6 +15,8 @@ from structlog.testing import capture_logs
 
 from agents.resend import MAX_HAVE, ResendRequest
 from keys import MalformedError
+from keys.keyfile import INTERACTIVE, rotate_key_dir
+from nrm import admin
 from nrm.cli import main
 from runtime import clock
 
@@ -176,3 +178,40 @@ async def test_expired_mail_is_not_sent_again(
     honoured = next(e for e in logs if e["event"] == "resend_honoured" and e["agency"] == "police")
     assert honoured["resent"] == 0 and honoured["skipped"] == {"expired": 2}, honoured
     assert inbox_referrals(m, "shelter") == before
+
+
+async def test_mail_sealed_to_a_key_past_its_overlap_is_not_sent_again(
+    mechanism: Mechanism, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the shelter's encryption key was rotated out (overlap over) after the backup,
+    the police skips the envelopes sealed to the old key (`key-retired`): the shelter could
+    not open them; nothing is re-sealed."""
+    m = mechanism
+    offset = tmp_path / "clock-offset"
+    monkeypatch.setenv(clock.ENV, str(offset))
+    await refer(m, 1)
+    backup = tmp_path / "shelter-backup.db"
+    shelter = m.setups["shelter"]
+    code, out = cli("agent", "backup", "--config", str(shelter.config_path), "--to", str(backup))
+    assert code == 0, out
+    await refer(m, 1)
+    await m.stop("shelter")
+    rotate_key_dir(shelter.key_dir, passphrase=shelter.passphrase(), cost=INTERACTIVE)
+    identity = admin.PublicIdentity.from_json(shelter.identity_path.read_bytes())
+    admin.add_agency(m.sandbox.admin, identity, roles=list(shelter.roles), overlap_seconds=0)
+    m.sandbox.sign_draft()
+    await m.sandbox.publish()
+    code, out = await asyncio.to_thread(
+        cli, "agent", "restore", "--config", str(shelter.config_path), "--from", str(backup)
+    )
+    assert code == 0, out
+    clock.set_offset(offset, 3600)  # past the old key's last second and the clock skew
+    with capture_logs() as logs:
+        await m.start("shelter")
+
+        async def answered() -> bool:
+            return any(e["event"] == "resend_honoured" and e["agency"] == "police" for e in logs)
+
+        await eventually(answered, timeout=30, what="the police to answer the resend request")
+    honoured = next(e for e in logs if e["event"] == "resend_honoured" and e["agency"] == "police")
+    assert honoured["resent"] == 0 and honoured["skipped"] == {"key-retired": 1}, honoured
