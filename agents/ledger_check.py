@@ -26,7 +26,7 @@ from keys.ledger_entry import LedgerEntry
 from keys.merkle import leaf_hash, verify_consistency, verify_inclusion
 from runtime import clock
 
-from .ledger_restore import LedgerRestores, Verdict
+from .ledger_restore import LedgerRestores, RestoreVerdict
 from .store import Store
 
 log = structlog.get_logger("nrm.ledger_check")
@@ -167,9 +167,9 @@ class LedgerWatch:
     ) -> bool:
         """Whether a restore declaration covers this rollback (agents/ledger_restore.py)."""
         verdict = await self.restores.judge(http, previous=previous, current=cp)
-        if verdict is Verdict.UNPROVEN:
+        if verdict is RestoreVerdict.UNPROVEN:
             self._alert("restore-unproven", size=cp.size, previous=previous.size)
-        return verdict is not Verdict.NOT_COVERED
+        return verdict is not RestoreVerdict.NOT_COVERED
 
     async def _confirm_own_events(self, http: aiohttp.ClientSession, cp: Checkpoint) -> None:
         """Fetch, in one request, the entries and inclusion proofs of this agency's events not

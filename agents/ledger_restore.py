@@ -38,7 +38,7 @@ from .store import Store
 log = structlog.get_logger("nrm.ledger_check")
 
 
-class Verdict(enum.Enum):
+class RestoreVerdict(enum.Enum):
     """What a restore declaration says about a rollback."""
 
     NOT_COVERED = "not-covered"  # the caller's tamper alarm stands
@@ -83,15 +83,15 @@ class LedgerRestores:
 
     async def judge(
         self, http: aiohttp.ClientSession, *, previous: Checkpoint, current: Checkpoint
-    ) -> Verdict:
+    ) -> RestoreVerdict:
         """Whether a declaration covers the rollback from `previous` to `current`; if one
         does, this agency's lost events are queued again before this returns."""
         for d in await self.declarations(http):
             verdict = await self._covers(http, d, previous=previous, current=current)
-            if verdict is not Verdict.NOT_COVERED:
+            if verdict is not RestoreVerdict.NOT_COVERED:
                 self._accept(d)
                 return verdict
-        return Verdict.NOT_COVERED
+        return RestoreVerdict.NOT_COVERED
 
     async def catch_up(self, http: aiohttp.ClientSession) -> None:
         """On the first checkpoint after the agent starts (it holds no earlier one to check
@@ -118,28 +118,29 @@ class LedgerRestores:
         *,
         previous: Checkpoint,
         current: Checkpoint,
-    ) -> Verdict:
+    ) -> RestoreVerdict:
         s = d.restored_size
         if s > previous.size or s > current.size:
-            return Verdict.NOT_COVERED
+            return RestoreVerdict.NOT_COVERED
         if d.previous_size is not None and previous.size > d.previous_size:
-            return Verdict.NOT_COVERED  # the agent saw more than the restore says was there
+            return RestoreVerdict.NOT_COVERED  # the agent saw more than the restore says was there
         # 2. the new checkpoint extends the restored tree.
         path = f"/v1/proof/consistency?first={s}&second={current.size}"
         new_proof = await self._proof(http, path)
         if new_proof is None or not _consistent(s, d.restored_root, current, new_proof[0]):
-            return Verdict.NOT_COVERED
+            return RestoreVerdict.NOT_COVERED
         # 3. the agent's last checkpoint extends the restored tree.
         if previous.size == s:
-            return Verdict.PROVEN if previous.root == d.restored_root else Verdict.NOT_COVERED
+            same = previous.root == d.restored_root
+            return RestoreVerdict.PROVEN if same else RestoreVerdict.NOT_COVERED
         if d.previous_size is None:
-            return Verdict.UNPROVEN
+            return RestoreVerdict.UNPROVEN
         old_proof = await self._proof(http, f"/v1/restores/{d.seq}/proof?size={previous.size}")
         if old_proof is None:
-            return Verdict.NOT_COVERED  # the ledger says it kept the tree but does not serve it
+            return RestoreVerdict.NOT_COVERED  # it says it kept the tree but serves no proof
         if _consistent(s, d.restored_root, previous, old_proof[0]):
-            return Verdict.PROVEN
-        return Verdict.NOT_COVERED
+            return RestoreVerdict.PROVEN
+        return RestoreVerdict.NOT_COVERED
 
     async def _proof(self, http: aiohttp.ClientSession, path: str) -> tuple[list[bytes]] | None:
         async with http.get(self.url + path) as r:
