@@ -25,6 +25,7 @@ from typing import Any
 
 from keys.audit import AuditEvent
 from keys.durability import BACKSTOP_PAGES, GroupCommit
+from keys.errors import NrmError
 from keys.merkle import MemoryNodeStore, MerkleTree, leaf_hash
 
 SCHEMA = """
@@ -126,7 +127,7 @@ def _row(r: tuple[Any, ...]) -> EntryRow:
 NODE_CACHE = 1 << 16
 
 
-class LedgerBusyError(RuntimeError):
+class LedgerBusyError(NrmError):
     """Another process has the ledger database open for writing (a running ledger)."""
 
 

@@ -617,7 +617,6 @@ def ledger_restore(config_path: Path, source: Path, replaced_lost: bool) -> None
 
     from broker.ledger import LedgerConfig
     from broker.ledger_restore import restore_ledger
-    from broker.ledger_store import LedgerBusyError
     from keys.keyfile import load_key_dir
 
     try:
@@ -626,7 +625,7 @@ def ledger_restore(config_path: Path, source: Path, replaced_lost: bool) -> None
             config.key_dir, passphrase=read_passphrase(file=config.passphrase_file)
         )
         result = restore_ledger(config, source, signer=signer, replaced_lost=replaced_lost)
-    except (NrmError, ValueError, LedgerBusyError) as e:  # config and restore errors too
+    except (NrmError, ValueError) as e:  # a running ledger, config and restore errors too
         raise click.ClickException(str(e)) from e
     except (OSError, sqlite3.Error) as e:
         raise click.ClickException(f"could not restore: {e}") from e

@@ -149,6 +149,13 @@ async def test_declared_restore_catches_up_without_a_tamper_alarm(
     code, out = audit_verify(m, "--db", str(ledger_db(m)))
     assert code == 0, out
     assert "restore 1 declared" in out
+    # The replaced database is kept; it is no earlier state of the restored one (it forks
+    # after the restored entries), so it cannot be restored over it.
+    replaced = ledger_db(m).with_name("ledger.db.before-restore-1")
+    before = ledger_db(m).read_bytes()
+    code, out = cli("ledger", "restore", "--config", str(ledger_config(m)), "--from", str(replaced))
+    assert code == 1 and "not an earlier state" in out, out
+    assert ledger_db(m).read_bytes() == before
 
 
 async def proofs_refuse_bad_parameters(m: Mechanism, ledger: Ledger, restored: int) -> None:
@@ -222,8 +229,8 @@ async def test_undeclared_rollback_still_raises_the_tamper_alarm(
 async def test_restore_is_refused_while_the_ledger_runs_or_from_a_foreign_backup(
     mechanism: Mechanism, tmp_path: Path
 ) -> None:
-    """`nrm ledger restore` refuses, changing nothing, while the ledger runs, and a backup
-    that is not an earlier state of the ledger database."""
+    """`nrm ledger restore` refuses, changing nothing, while the ledger runs (as does a
+    second `nrm ledger run`), and a backup that is not an earlier state of the database."""
     m = mechanism
     ledger = m.sandbox.ledger
     assert ledger is not None
@@ -233,6 +240,9 @@ async def test_restore_is_refused_while_the_ledger_runs_or_from_a_foreign_backup
     assert code == 0, out
     code, out = cli("ledger", "restore", "--config", str(ledger_config(m)), "--from", str(backup))
     assert code == 1 and "stop it first" in out, out
+    # A second ledger on the same database is refused the same way.
+    code, out = await asyncio.to_thread(cli, "ledger", "run", "--config", str(ledger_config(m)))
+    assert code == 1 and "in use by a running ledger" in out, out
     # A "backup" whose first entry differs: not an earlier state of this ledger.
     with sqlite3.connect(backup) as b:
         b.execute("DELETE FROM entries WHERE idx = (SELECT max(idx) FROM entries)")
