@@ -24,7 +24,14 @@ from dataclasses import dataclass
 
 import structlog
 
-from keys import Limits, MalformedError, UnknownKeyError, UntrustedInputError, codec
+from keys import (
+    Limits,
+    MalformedError,
+    UnexpectedMessageError,
+    UnknownKeyError,
+    UntrustedInputError,
+    codec,
+)
 from keys.directory import Directory
 from keys.envelope import Opened, verify_outer
 from runtime import clock
@@ -150,7 +157,7 @@ class Resender:
             return
         directory = self._directory()
         if directory is None or requester not in directory:
-            raise UntrustedInputError("resend request from an agency not in the directory")
+            raise UnexpectedMessageError("resend request from an agency not in the directory")
         usable = _usable_kids(directory, requester, now, self.limits)
         have = set(request.have)
         again: list[str] = []
