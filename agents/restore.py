@@ -14,6 +14,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from keys import UntrustedInputError
+from keys.audit import decode_signed_event
 from keys.durability import backup
 
 from .config import AgentConfig
@@ -52,6 +54,7 @@ def restore_agent(config: AgentConfig, source: Path, *, stamp: int) -> AgentRest
     try:
         store = Store(staged)
         try:
+            _check_owner(store, config.agency)
             store.record_agent_restore()
             store.checkpoint_wal()
         finally:
@@ -76,6 +79,19 @@ def restore_agent(config: AgentConfig, source: Path, *, stamp: int) -> AgentRest
     finally:
         os.close(fd)
     return AgentRestoreResult(kept=kept if present else None)
+
+
+def _check_owner(store: Store, agency: str) -> None:
+    """Refuse another agency's backup: its audit events name the agency that signed them."""
+    event = store.last_audit_event()
+    if event is None:
+        return
+    try:
+        owner = decode_signed_event(event)[0].agency
+    except UntrustedInputError as e:
+        raise AgentRestoreError("the backup's audit events do not decode") from e
+    if owner != agency:
+        raise AgentRestoreError(f"the backup is {owner}'s agent database, not {agency}'s")
 
 
 def _listening(host: str, port: int) -> bool:

@@ -488,6 +488,12 @@ class Store:
             db.close()
         return {"outbox", "deliveries", "inbox", "audit_outbox", "referrals"} <= names
 
+    def last_audit_event(self) -> bytes | None:
+        """The newest signed audit event (it names the agency the database belongs to)."""
+        row = self._db.execute("SELECT event FROM audit_outbox ORDER BY seq DESC LIMIT 1")
+        found = row.fetchone()
+        return None if found is None else bytes(found[0])
+
     def checkpoint_wal(self) -> None:
         """Move every commit from the WAL into the database file (before it is copied)."""
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -101,8 +101,8 @@ async def test_restored_agent_gets_back_what_it_lost_once_and_nothing_withdrawn(
 async def test_agent_restore_refuses_while_running_and_a_file_that_is_no_agent_database(
     mechanism: Mechanism, tmp_path: Path
 ) -> None:
-    """`nrm agent restore` changes nothing while the agent answers on its port, nor from a
-    file that is not an agent database."""
+    """`nrm agent restore` changes nothing while the agent answers on its port, nor from
+    another agency's backup, nor from a file that is not an agent database."""
     m = mechanism
     config_path = m.setups["shelter"].config_path
     backup = tmp_path / "shelter-backup.db"
@@ -117,6 +117,12 @@ async def test_agent_restore_refuses_while_running_and_a_file_that_is_no_agent_d
     assert code == 1 and "stop the agent first" in out, out
     await m.stop("shelter")
     before = m.database("shelter").read_bytes()
+    police_backup = tmp_path / "police-backup.db"
+    police_config = str(m.setups["police"].config_path)
+    code, out = cli("agent", "backup", "--config", police_config, "--to", str(police_backup))
+    assert code == 0, out
+    code, out = cli("agent", "restore", "--config", str(config_path), "--from", str(police_backup))
+    assert code == 1 and "police's agent database, not shelter's" in out, out
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not a database at all")
     code, out = cli("agent", "restore", "--config", str(config_path), "--from", str(junk))
