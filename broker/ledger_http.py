@@ -277,11 +277,21 @@ async def directories(request: web.Request) -> web.Response:
 
 
 async def restores(request: web.Request) -> web.Response:
-    """Every signed restore declaration (PROTOCOL.md §9.4), oldest first."""
-    items = [
-        {"seq": seq, "declaration": base64.b64encode(data).decode()}
-        for seq, data in _ledger(request).store.restores()
-    ]
+    """Every signed restore declaration (PROTOCOL.md §9.4), oldest first, with its sizes and
+    time beside it in clear (for display; the signed bytes are what counts)."""
+    items = []
+    store = _ledger(request).store
+    for seq, data in store.restores():
+        sizes = store.restore_sizes(seq)
+        assert sizes is not None
+        items.append(
+            {
+                "seq": seq,
+                "restored_size": sizes[0],
+                "previous_size": sizes[1],
+                "declaration": base64.b64encode(data).decode(),
+            }
+        )
     return web.json_response({"items": items})
 
 

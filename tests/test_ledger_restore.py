@@ -139,6 +139,10 @@ async def test_declared_restore_catches_up_without_a_tamper_alarm(
     accepted = {e["agency"] for e in logs if e["event"] == "ledger_restore_accepted"}
     assert accepted == set(m.agents)
     await proofs_refuse_bad_parameters(m, ledger, at_backup)
+    headers = {"Authorization": f"Bearer {m.sandbox.auditor_token}"}
+    async with m.http.get(ledger.url + "/v1/restores", headers=headers) as r:
+        served = (await r.json())["items"]
+    assert [(d["seq"], d["restored_size"]) for d in served] == [(1, at_backup)]
     token = str(m.setups["police"].home / "ledger.token")
     code, out = await asyncio.to_thread(
         audit_verify, m, "--ledger", ledger.url, "--token-file", token
