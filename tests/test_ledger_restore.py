@@ -4,6 +4,7 @@ the `nrm ledger backup` / `nrm ledger restore` / `nrm audit verify` commands (is
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 import sqlite3
 from pathlib import Path
@@ -14,6 +15,8 @@ from click.testing import CliRunner
 from structlog.testing import capture_logs
 
 from broker.ledger import Ledger
+from broker.ledger_store import _Frontier
+from keys.merkle import root_of
 from keys.subjects import AUDIT_STREAM
 from nrm.cli import main
 
@@ -257,3 +260,14 @@ async def test_restore_is_refused_while_the_ledger_runs_or_from_a_foreign_backup
     assert code == 1 and "not a readable ledger database" in out, out
     assert ledger_db(m).read_bytes() == before
     assert not list(ledger_db(m).parent.glob("ledger.db.before-restore-*"))
+
+
+def test_the_restore_check_computes_rfc_6962_roots_in_bounded_memory() -> None:
+    """The streaming root the restore recomputes a backup with equals the RFC 6962 root of
+    the same leaves, for every size from 0 to 70."""
+    for n in range(71):
+        hashes = [hashlib.sha256(bytes([i])).digest() for i in range(n)]
+        frontier = _Frontier()
+        for h in hashes:
+            frontier.append(h)
+        assert frontier.size == n and frontier.root() == root_of(hashes), n
