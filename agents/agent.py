@@ -52,6 +52,7 @@ from .messages import (
 )
 from .metrics import AgentMetrics
 from .problems import ProblemError
+from .resend import RESEND_REQUEST, Resender
 from .store import OutgoingMessage, Received, Store
 from .transport import Transport, Verdict
 from .trust import TrustState
@@ -66,6 +67,7 @@ FAILPOINT_ENV = "NRM_FAILPOINT"
 #: The audit event each outgoing message kind records (others are recorded by the desk).
 SENT_EVENTS = {
     REFERRAL: "referral.sent",
+    RESEND_REQUEST: "resend.requested",
     DELIVERY_RECEIPT: "receipt.sent",
     TRANSITION: "transition.sent",
     ESCALATION: "escalation.sent",
@@ -113,6 +115,14 @@ class Agent:
             attachments=self.attachments,
         )
         self.transport.attachments = self.attachments
+        self.resend = Resender(
+            agency=config.agency,
+            store=self.store,
+            audit=self.audit,
+            send=self._send,
+            directory=lambda: self.trust.directory,
+            limits=self.limits,
+        )
         self.ledger_watch = (
             None
             if config.ledger is None
@@ -362,6 +372,7 @@ class Agent:
             CONSENT_WITHDRAWAL: self.desk.on_withdrawal,
             ERASURE_CONFIRMATION: self.desk.on_erasure_confirmation,
             ESCALATION: self.desk.on_escalation,
+            RESEND_REQUEST: self.resend.on_request,
         }
         with self.store.transaction() as tx:
             self.store.insert_received(tx, received, stream_seq=stream_seq)
@@ -519,6 +530,7 @@ class Agent:
             await asyncio.sleep(self.limits.timer_interval_seconds)
             if self.trust.directory is not None:
                 self.desk.tick()
+                self.resend.tick()
                 self.transport.wake()
 
     def _storage_box(self) -> SecretBox:

@@ -26,6 +26,7 @@ from keys.ledger_entry import LedgerEntry
 from keys.merkle import leaf_hash, verify_consistency, verify_inclusion
 from runtime import clock
 
+from .ledger_restore import LedgerRestores, RestoreVerdict
 from .store import Store
 
 log = structlog.get_logger("nrm.ledger_check")
@@ -74,6 +75,14 @@ class LedgerWatch:
 
     def __post_init__(self) -> None:
         self.log = log.bind(agency=self.agency)
+        s = self.settings
+        self.restores = LedgerRestores(
+            url=s.url,
+            origin=ORIGIN_PREFIX + s.name,
+            key=s.identity.signing_key,
+            store=self.store,
+            agency=self.agency,
+        )
 
     def health(self) -> dict[str, Any]:
         return {
@@ -119,9 +128,13 @@ class LedgerWatch:
             self._alert("bad-checkpoint-signature", detail=e.reason)
             return
         previous = self.checkpoint
-        if previous is not None and cp.size < previous.size:
-            self._alert("checkpoint-rolled-back", size=cp.size, previous=previous.size)
-            return
+        if previous is None:
+            await self.restores.catch_up(http)
+        elif cp.size < previous.size:
+            if not await self._declared(http, previous, cp):
+                self._alert("checkpoint-rolled-back", size=cp.size, previous=previous.size)
+                return
+            previous = None
         if previous is not None and cp.size > previous.size:
             url = f"{s.url}/v1/proof/consistency?first={previous.size}&second={cp.size}"
             async with http.get(url) as r:
@@ -136,13 +149,27 @@ class LedgerWatch:
                     proof=proof,
                 )
             except UntrustedInputError:
-                self._alert("inconsistent-checkpoints", first=previous.size, second=cp.size)
-                return
-        elif previous is not None and cp.root != previous.root:
+                if not await self._declared(http, previous, cp):
+                    self._alert("inconsistent-checkpoints", first=previous.size, second=cp.size)
+                    return
+        elif (
+            previous is not None
+            and cp.root != previous.root
+            and not await self._declared(http, previous, cp)
+        ):
             self._alert("inconsistent-checkpoints", first=previous.size, second=cp.size)
             return
         self.checkpoint = cp
         await self._confirm_own_events(http, cp)
+
+    async def _declared(
+        self, http: aiohttp.ClientSession, previous: Checkpoint, cp: Checkpoint
+    ) -> bool:
+        """Whether a restore declaration covers this rollback (agents/ledger_restore.py)."""
+        verdict = await self.restores.judge(http, previous=previous, current=cp)
+        if verdict is RestoreVerdict.UNPROVEN:
+            self._alert("restore-unproven", size=cp.size, previous=previous.size)
+        return verdict is not RestoreVerdict.NOT_COVERED
 
     async def _confirm_own_events(self, http: aiohttp.ClientSession, cp: Checkpoint) -> None:
         """Fetch, in one request, the entries and inclusion proofs of this agency's events not
@@ -161,13 +188,14 @@ class LedgerWatch:
             if isinstance(item, dict) and isinstance(item.get("event_id"), str)
         }
         now = clock.now()
+        reoffered = self.restores.reoffered_since()
         confirmed: list[tuple[str, int]] = []
         for n, (event_id, event, created) in enumerate(pending):
             if n % 32 == 31:
                 await asyncio.sleep(0)  # let requests and messages in between proofs
             item = found.get(event_id)
             if item is None:
-                if now - created > s.missing_after_seconds:
+                if now - max(created, reoffered) > s.missing_after_seconds:
                     self._alert_once("missing-event", event_id)
                 continue
             index = item.get("index")

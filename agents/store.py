@@ -144,10 +144,48 @@ CREATE TABLE IF NOT EXISTS idempotency (
     created      INTEGER NOT NULL,
     PRIMARY KEY (client, key)
 ) STRICT;
+CREATE TABLE IF NOT EXISTS ledger_restores (
+    seq           INTEGER PRIMARY KEY,
+    restored_size INTEGER NOT NULL,
+    applied_at    INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS audit_reoffers (
+    event_id TEXT PRIMARY KEY,
+    seq      INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS agent_restores (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    restored_at   INTEGER NOT NULL,
+    requests_sent INTEGER
+) STRICT;
+CREATE TABLE IF NOT EXISTS resends (
+    message_id TEXT NOT NULL,
+    recipient  TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    PRIMARY KEY (message_id, recipient)
+) STRICT;
+CREATE TABLE IF NOT EXISTS resend_requests (
+    request_id  TEXT PRIMARY KEY,
+    requester   TEXT NOT NULL,
+    honoured_at INTEGER NOT NULL,
+    resent      INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS resend_requests_by ON resend_requests(requester, honoured_at);
 """
 
 #: A message's overall status is the least advanced state among its recipients.
 _STATUS_ORDER = ("queued", "sent", "delivered")
+
+
+@dataclass(frozen=True, slots=True)
+class ResendCandidate:
+    """An envelope this agency sent to a recipient that asked for a resend."""
+
+    message_id: str
+    kind: str
+    referral_id: str | None
+    created: int
+    envelope: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,6 +441,178 @@ class Store:
                 "UPDATE audit_outbox SET state = 'included', ledger_index = ? WHERE event_id = ?",
                 [(index, event_id) for event_id, index in included],
             )
+
+    def reoffer_audit_after_restore(self, *, seq: int, restored_size: int) -> int | None:
+        """Accept ledger restore `seq` (PROTOCOL.md §9.4) once: queue again for publishing
+        every event not proven to be in the restored tree (included at an index at or past
+        `restored_size`, or published and not yet proven). Returns how many, or None if this
+        restore was already accepted."""
+        with self.transaction() as tx:
+            seen = tx.execute("SELECT 1 FROM ledger_restores WHERE seq = ?", (seq,)).fetchone()
+            if seen is not None:
+                return None
+            tx.execute(
+                "INSERT OR REPLACE INTO audit_reoffers (event_id, seq) SELECT event_id, ?"
+                " FROM audit_outbox WHERE state = 'sent' OR"
+                " (state = 'included' AND ledger_index >= ?)",
+                (seq, restored_size),
+            )
+            count = tx.execute(
+                "UPDATE audit_outbox SET state = 'queued', stream_seq = NULL, ledger_index = NULL"
+                " WHERE state = 'sent' OR (state = 'included' AND ledger_index >= ?)",
+                (restored_size,),
+            ).rowcount
+            tx.execute(
+                "INSERT INTO ledger_restores (seq, restored_size, applied_at) VALUES (?, ?, ?)",
+                (seq, restored_size, clock.now()),
+            )
+        return int(count)
+
+    def reoffered(self, event_ids: Sequence[str]) -> dict[str, int]:
+        """event id -> restore seq, for those of `event_ids` re-offered after a restore (they
+        are published under another `Nats-Msg-Id`, PROTOCOL.md §9.4)."""
+        if not event_ids:
+            return {}
+        wanted = set(event_ids)
+        rows = self._db.execute("SELECT event_id, seq FROM audit_reoffers")  # a few rows, rarely
+        return {str(r[0]): int(r[1]) for r in rows if r[0] in wanted}
+
+    def ledger_restores_applied(self) -> dict[int, int]:
+        """seq -> time this agent accepted it, of every ledger restore it accepted."""
+        rows = self._db.execute("SELECT seq, applied_at FROM ledger_restores")
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    # --- restores and resend requests (agents/resend.py, PROTOCOL.md §6.3) ------------------
+
+    def record_agent_restore(self) -> None:
+        """Note, in a database just put back from a backup, that resend requests are due."""
+        with self.transaction() as tx:
+            tx.execute("INSERT INTO agent_restores (restored_at) VALUES (?)", (clock.now(),))
+
+    @staticmethod
+    def is_agent_database(path: Path) -> bool:
+        """Whether `path` is a SQLite file holding an agent's tables (read only)."""
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return False
+        try:
+            names = {
+                str(r[0]) for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+        except sqlite3.Error:  # not a database at all
+            return False
+        finally:
+            db.close()
+        return {"outbox", "deliveries", "inbox", "audit_outbox", "referrals"} <= names
+
+    def last_audit_event(self) -> bytes | None:
+        """The newest signed audit event (it names the agency the database belongs to)."""
+        row = self._db.execute("SELECT event FROM audit_outbox ORDER BY seq DESC LIMIT 1")
+        found = row.fetchone()
+        return None if found is None else bytes(found[0])
+
+    def checkpoint_wal(self) -> None:
+        """Move every commit from the WAL into the database file (before it is copied)."""
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def pending_resend_requests(self) -> int | None:
+        """The restore whose resend requests are not sent yet, if any."""
+        row = self._db.execute(
+            "SELECT max(seq) FROM agent_restores WHERE requests_sent IS NULL"
+        ).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    @staticmethod
+    def mark_resend_requests_sent(db: sqlite3.Connection, seq: int) -> None:
+        db.execute(
+            "UPDATE agent_restores SET requests_sent = ? WHERE seq <= ? AND requests_sent IS NULL",
+            (clock.now(), seq),
+        )
+
+    def resend_basis(self, sender: str, *, overlap: int, max_have: int) -> tuple[int, list[str]]:
+        """(since, held ids) for a resend request to `sender`: from `overlap` seconds before
+        the newest message held from it (0 if none), every id held from then on; if that is
+        more than `max_have`, `since` moves up to keep the newest `max_have`."""
+        (newest,) = self._db.execute(
+            "SELECT max(created) FROM inbox WHERE sender = ?", (sender,)
+        ).fetchone()
+        if newest is None:
+            return 0, []
+        since = max(0, int(newest) - overlap)
+        rows = self._db.execute(
+            "SELECT message_id, created FROM inbox WHERE sender = ? AND created >= ?"
+            " ORDER BY created DESC LIMIT ?",
+            (sender, since, max_have + 1),
+        ).fetchall()
+        if len(rows) > max_have:
+            rows = rows[:max_have]
+            since = int(rows[-1][1])
+        return since, sorted(str(r[0]) for r in rows)
+
+    def resend_candidates(self, recipient: str, *, since: int, limit: int) -> list[ResendCandidate]:
+        """Envelopes sent to `recipient` created at or after `since`, oldest first (not those
+        still waiting to be published, nor resend requests)."""
+        rows = self._db.execute(
+            "SELECT o.message_id, o.kind, o.referral_id, o.created, o.envelope"
+            " FROM deliveries d JOIN outbox o USING (message_id)"
+            " WHERE d.recipient = ? AND o.created >= ? AND d.state != 'queued'"
+            " AND o.kind != 'resend-request' ORDER BY o.created, d.rowid LIMIT ?",
+            (recipient, since, limit),
+        ).fetchall()
+        return [ResendCandidate(r[0], r[1], r[2], int(r[3]), bytes(r[4])) for r in rows]
+
+    def referral_withdrawn(self, referral_id: str, recipient: str) -> bool:
+        """Whether this agency withdrew the referral from `recipient`, or the consent it
+        cites was withdrawn: then none of it may travel again."""
+        row = self._db.execute(
+            "SELECT r.state, c.withdrawn_at FROM referrals r"
+            " LEFT JOIN consents c ON c.receipt_id = r.consent_receipt_id"
+            " WHERE r.referral_id = ? AND r.counterpart = ? AND r.side = 'sender'",
+            (referral_id, recipient),
+        ).fetchone()
+        return row is not None and (row[0] == "withdrawn" or row[1] is not None)
+
+    def last_resend_honoured(self, requester: str) -> int | None:
+        (at,) = self._db.execute(
+            "SELECT max(honoured_at) FROM resend_requests WHERE requester = ?", (requester,)
+        ).fetchone()
+        return None if at is None else int(at)
+
+    @staticmethod
+    def requeue_for_resend(
+        db: sqlite3.Connection, recipient: str, message_ids: Sequence[str], *, request_id: str
+    ) -> None:
+        """Queue the copies of `message_ids` for `recipient` again, to be published under a
+        `Nats-Msg-Id` of their own (`resend_ids`), and record the request as honoured."""
+        db.executemany(
+            "UPDATE deliveries SET state = 'queued' WHERE message_id = ? AND recipient = ?",
+            [(m, recipient) for m in message_ids],
+        )
+        db.executemany(
+            "INSERT OR REPLACE INTO resends (message_id, recipient, request_id) VALUES (?, ?, ?)",
+            [(m, recipient, request_id) for m in message_ids],
+        )
+        db.execute(
+            "INSERT INTO resend_requests (request_id, requester, honoured_at, resent)"
+            " VALUES (?, ?, ?, ?)",
+            (request_id, recipient, clock.now(), len(message_ids)),
+        )
+
+    def resend_ids(self, copies: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """(message id, recipient) -> the resend request it is being sent again for."""
+        if not copies or self._db.execute("SELECT 1 FROM resends LIMIT 1").fetchone() is None:
+            return {}
+        wanted = set(copies)
+        found: dict[tuple[str, str], str] = {}
+        for message_id in {m for m, _ in copies}:
+            rows = self._db.execute(
+                "SELECT recipient, request_id FROM resends WHERE message_id = ?", (message_id,)
+            )
+            for recipient, request_id in rows:
+                if (message_id, recipient) in wanted:
+                    found[(message_id, str(recipient))] = str(request_id)
+        return found
 
     # --- inbox ----------------------------------------------------------------------------
 

@@ -32,11 +32,13 @@ from keys import Limits
 from keys.subjects import (
     DIRECTORY_BUCKET,
     MESSAGE_STREAM,
+    audit_publish_id,
     audit_subject,
     inbox_consumer,
     inbox_subject,
     publish_id,
     reply_prefix,
+    resend_publish_id,
 )
 from runtime import clock
 
@@ -215,13 +217,21 @@ class Transport:
                 break
             keys.add((item.recipient, item.referral_id))
             window.append(item)
+        resends = self.store.resend_ids([(i.message_id, i.recipient) for i in window])
+
+        def msg_id(item: PendingDelivery) -> str:
+            request = resends.get((item.message_id, item.recipient))
+            if request is None:
+                return publish_id(item.message_id, item.recipient)
+            return resend_publish_id(item.message_id, item.recipient, request)
+
         acks = await asyncio.gather(
             *(
                 js.publish(
                     inbox_subject(item.recipient),
                     item.envelope,
                     timeout=5,
-                    headers={"Nats-Msg-Id": publish_id(item.message_id, item.recipient)},
+                    headers={"Nats-Msg-Id": msg_id(item)},
                 )
                 for item in window
             ),
@@ -265,10 +275,14 @@ class Transport:
     async def _publish_audit(self, js: JetStreamContext, events: list[tuple[str, bytes]]) -> bool:
         """Publish queued audit events, acks awaited together (the ledger's order is its own);
         False if any failed."""
+        reoffers = self.store.reoffered([event_id for event_id, _ in events])
         acks = await asyncio.gather(
             *(
                 js.publish(
-                    audit_subject(self.agency), event, timeout=5, headers={"Nats-Msg-Id": event_id}
+                    audit_subject(self.agency),
+                    event,
+                    timeout=5,
+                    headers={"Nats-Msg-Id": audit_publish_id(event_id, reoffers.get(event_id))},
                 )
                 for event_id, event in events
             ),

@@ -23,9 +23,10 @@ import structlog
 from aiohttp import web
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import NotFoundError
 
 from keys import AgencyKeys, UnknownKeyError, UntrustedInputError
-from keys.audit import verify_event
+from keys.audit import decode_signed_event, verify_event
 from keys.checkpoint import Checkpoint, sign_checkpoint
 from keys.directory import Directory
 from keys.keyfile import load_key_dir, read_passphrase
@@ -233,6 +234,10 @@ class Ledger:
         if directory is None:
             return None
         try:
+            # An event already appended is skipped before any signature work: after a
+            # restore the whole audit stream is read again (PROTOCOL.md §9.4).
+            if self.store.has_event(decode_signed_event(data)[0].event_id):
+                return True
             signed = verify_event(data, signers=directory)
         except UnknownKeyError as e:
             if clock.time() - stored_at < self.config.unknown_key_grace_seconds:
@@ -241,8 +246,6 @@ class Ledger:
         except UntrustedInputError as e:
             return self._refuse(e)
         event = signed.event
-        if self.store.has_event(event.event_id):
-            return True
         index = self.tree.size
         leaf = LedgerEntry(index=index, appended_at=clock.now(), signed_event=data).encode()
         self.tree.append(leaf_hash(leaf))
@@ -296,9 +299,16 @@ class Ledger:
                 continue
             try:
                 js = nc.jetstream()
+                replay = self.store.replay_pending()
+                if replay:  # after a restore: read the audit stream again from its start
+                    with contextlib.suppress(NotFoundError):
+                        await js.delete_consumer(AUDIT_STREAM, LEDGER_CONSUMER)
                 sub = await js.pull_subscribe(
                     AUDIT_SUBJECTS, durable=LEDGER_CONSUMER, stream=AUDIT_STREAM, config=config
                 )
+                if replay:
+                    self.store.replay_started()
+                    log.info("ledger_replaying_audit_stream")
                 while self._running:
                     try:
                         msgs: list[Msg] = await sub.fetch(256, timeout=1.0)

@@ -19,10 +19,11 @@ import structlog
 from aiohttp import web
 
 from keys import DEFAULT_LIMITS
-from keys.merkle import leaf_hash
+from keys.merkle import MerkleTree, leaf_hash
 
 from . import ledger_stats
 from .ledger import Ledger
+from .ledger_store import ArchivedNodes
 
 LEDGER = web.AppKey("ledger", Ledger)
 log = structlog.get_logger("nrm.ledger")
@@ -93,6 +94,8 @@ def make_app(ledger: Ledger) -> web.Application:
     r.add_post("/v1/proofs", proofs)
     r.add_get("/v1/referrals/{referral_id}/timeline", timeline)
     r.add_get("/v1/directories", directories)
+    r.add_get("/v1/restores", restores)
+    r.add_get("/v1/restores/{seq}/proof", restore_proof)
     r.add_get("/v1/stats", stats)
     if UI_DIR.is_dir():
         r.add_static("/ui/", UI_DIR)
@@ -273,6 +276,50 @@ async def directories(request: web.Request) -> web.Response:
     return web.json_response({"items": items})
 
 
+async def restores(request: web.Request) -> web.Response:
+    """Every signed restore declaration (PROTOCOL.md §9.4), oldest first, with its sizes and
+    time beside it in clear (for display; the signed bytes are what counts)."""
+    items = []
+    store = _ledger(request).store
+    for seq, data in store.restores():
+        sizes = store.restore_sizes(seq)
+        assert sizes is not None
+        items.append(
+            {
+                "seq": seq,
+                "restored_size": sizes[0],
+                "previous_size": sizes[1],
+                "declaration": base64.b64encode(data).decode(),
+            }
+        )
+    return web.json_response({"items": items})
+
+
+async def restore_proof(request: web.Request) -> web.Response:
+    """A consistency proof, in the tree restore `seq` replaced, from the restored size to
+    `size`, with that tree's root at `size`: what lets an agent check the last checkpoint it
+    verified before the restore against the restored tree."""
+    store = _ledger(request).store
+    raw = request.match_info["seq"]
+    sizes = store.restore_sizes(int(raw)) if _digits(raw) and int(raw) < 2**62 else None
+    if sizes is None:
+        raise Problem(404, "Not Found", "no restore with this number")
+    restored, previous = sizes
+    if previous is None or not store.has_restore_archive(int(raw)):
+        raise Problem(404, "Not Found", "the tree this restore replaced was not kept")
+    size = _int(request, "size", low=restored, high=previous)
+    tree = MerkleTree(ArchivedNodes(store, int(raw)), size=previous)
+    return web.json_response(
+        {
+            "seq": int(raw),
+            "first": restored,
+            "second": size,
+            "root": tree.root(size).hex(),
+            "proof": [h.hex() for h in tree.consistency_proof(restored, size)],
+        }
+    )
+
+
 async def stats(request: web.Request) -> web.Response:
     ledger = _ledger(request)
     return web.json_response(
@@ -384,6 +431,12 @@ OPENAPI: dict[str, Any] = {
             "A referral's events in time order", path_params=["referral_id"]
         ),
         "/v1/directories": _op("Every directory version events were verified against"),
+        "/v1/restores": _op("Every signed restore declaration, oldest first"),
+        "/v1/restores/{seq}/proof": _op(
+            "Consistency proof in the tree a restore replaced, from its restored size to size",
+            [("size", "integer", True)],
+            ["seq"],
+        ),
         "/v1/stats": _op("Anonymous monitoring statistics, small cells suppressed"),
     },
 }

@@ -5,11 +5,17 @@ nodes        the hash of every perfect subtree (keys.merkle.NodeStore)
 checkpoints  every signed checkpoint published
 directories  every directory version the ledger verified events against
 refused      events kept out, counted by reason
+restores     every signed restore declaration (PROTOCOL.md §9.4), and whether the audit
+             stream still has to be read again from its start after it
+restore_nodes  the Merkle nodes of the tree each restore replaced, kept so that agents can
+             check their last checkpoint of it against the restored tree
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +25,8 @@ from typing import Any
 
 from keys.audit import AuditEvent
 from keys.durability import BACKSTOP_PAGES, GroupCommit
+from keys.errors import NrmError
+from keys.merkle import EMPTY_ROOT, MerkleTree, leaf_hash, node_hash
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -56,6 +64,21 @@ CREATE TABLE IF NOT EXISTS refused (
     reason TEXT PRIMARY KEY,
     count  INTEGER NOT NULL
 ) STRICT;
+CREATE TABLE IF NOT EXISTS restores (
+    seq            INTEGER PRIMARY KEY,
+    declaration    BLOB NOT NULL,
+    restored_size  INTEGER NOT NULL,
+    previous_size  INTEGER,
+    declared_at    INTEGER NOT NULL,
+    replay_pending INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE TABLE IF NOT EXISTS restore_nodes (
+    seq   INTEGER NOT NULL,
+    level INTEGER NOT NULL,
+    idx   INTEGER NOT NULL,
+    hash  BLOB NOT NULL,
+    PRIMARY KEY (seq, level, idx)
+) STRICT, WITHOUT ROWID;
 """
 
 
@@ -104,16 +127,35 @@ def _row(r: tuple[Any, ...]) -> EntryRow:
 NODE_CACHE = 1 << 16
 
 
+class LedgerBusyError(NrmError):
+    """Another process has the ledger database open for writing (a running ledger)."""
+
+
+def lock_database(path: Path) -> int:
+    """Take the exclusive lock of the ledger database `path` (`<path>.lock`, flock) and
+    return its descriptor; closing it releases the lock. Raises `LedgerBusyError` while
+    another process holds it: one writer at a time, and no restore under a running ledger."""
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+        os.close(fd)
+        raise LedgerBusyError(f"{path} is in use by a running ledger; stop it first") from e
+    return fd
+
+
 class LedgerStore:
     """Owns the connection. The Merkle tree writes its nodes through `get`/`put`."""
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
+        self._lock: int | None = None
         if readonly:
             self._db = sqlite3.connect(
                 f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
             )
         else:
+            self._lock = lock_database(path)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # plus durable(): group commit
@@ -125,6 +167,9 @@ class LedgerStore:
 
     def close(self) -> None:
         self._db.close()
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -296,3 +341,171 @@ class LedgerStore:
 
     def refused(self) -> dict[str, int]:
         return {str(r[0]): int(r[1]) for r in self._db.execute("SELECT reason, count FROM refused")}
+
+    # --- restores (PROTOCOL.md §9.4) ----------------------------------------------------------
+
+    def restores(self) -> list[tuple[int, bytes]]:
+        """(seq, signed declaration) of every restore, oldest first."""
+        rows = self._db.execute("SELECT seq, declaration FROM restores ORDER BY seq")
+        return [(int(r[0]), bytes(r[1])) for r in rows]
+
+    def restore_sizes(self, seq: int) -> tuple[int, int | None] | None:
+        """(restored size, previous size) of restore `seq`, None if there is none."""
+        row = self._db.execute(
+            "SELECT restored_size, previous_size FROM restores WHERE seq = ?", (seq,)
+        ).fetchone()
+        return None if row is None else (int(row[0]), None if row[1] is None else int(row[1]))
+
+    def has_restore_archive(self, seq: int) -> bool:
+        row = self._db.execute("SELECT 1 FROM restore_nodes WHERE seq = ? LIMIT 1", (seq,))
+        return row.fetchone() is not None
+
+    def restore_node(self, seq: int, level: int, index: int) -> bytes:
+        row = self._db.execute(
+            "SELECT hash FROM restore_nodes WHERE seq = ? AND level = ? AND idx = ?",
+            (seq, level, index),
+        ).fetchone()
+        if row is None:
+            raise KeyError((seq, level, index))
+        return bytes(row[0])
+
+    def replay_pending(self) -> bool:
+        """Whether a restore still wants the audit stream read again from its start."""
+        row = self._db.execute("SELECT 1 FROM restores WHERE replay_pending = 1 LIMIT 1")
+        return row.fetchone() is not None
+
+    def replay_started(self) -> None:
+        with self.transaction():
+            self._db.execute("UPDATE restores SET replay_pending = 0 WHERE replay_pending = 1")
+
+
+class ArchivedNodes:
+    """The `NodeStore` of the tree restore `seq` replaced (read only)."""
+
+    def __init__(self, store: LedgerStore, seq: int) -> None:
+        self._store = store
+        self._seq = seq
+
+    def get(self, level: int, index: int) -> bytes:
+        return self._store.restore_node(self._seq, level, index)
+
+    def put(self, level: int, index: int, digest: bytes) -> None:
+        raise RuntimeError("the tree before a restore is read only")
+
+
+@dataclass(frozen=True, slots=True)
+class TreeState:
+    """What a ledger database holds: its size, its root recomputed from the leaves, the
+    highest restore seq it records."""
+
+    size: int
+    root: bytes
+    last_restore: int
+
+
+def recompute(path: Path, *, prefix: int | None = None) -> tuple[TreeState, bytes | None]:
+    """Read the ledger database `path` (read only) and recompute its tree from the leaves:
+    every row in place, the stored nodes agreeing with the leaves. Returns its state and,
+    given `prefix`, the root of its first `prefix` leaves (None if it has fewer).
+    Raises `ValueError` naming what is wrong with the database."""
+    store = LedgerStore(path, readonly=True)
+    try:
+        frontier = _Frontier()
+        at: bytes | None = EMPTY_ROOT if prefix == 0 else None
+        for expected, row in enumerate(store.iter_rows()):
+            if row.index != expected:
+                raise ValueError(f"{path}: entry {expected} is missing")
+            frontier.append(leaf_hash(row.leaf))
+            if frontier.size == prefix:
+                at = frontier.root()
+        size, root = frontier.size, frontier.root()
+        if size and MerkleTree(store, size=size).root() != root:
+            raise ValueError(f"{path}: its stored tree nodes do not match its entries")
+        last = 0
+        if _has_table(store._db, "restores"):
+            (last,) = store._db.execute("SELECT coalesce(max(seq), 0) FROM restores").fetchone()
+        return TreeState(size=size, root=root, last_restore=int(last)), at
+    except KeyError as e:
+        raise ValueError(f"{path}: a tree node is missing") from e
+    finally:
+        store.close()
+
+
+class _Frontier:
+    """The RFC 6962 root of leaves appended in order, in O(log n) memory: the roots of the
+    perfect subtrees the size decomposes into, largest first."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._stack: list[tuple[int, bytes]] = []
+
+    def append(self, digest: bytes) -> None:
+        level = 0
+        while self._stack and self._stack[-1][0] == level:
+            _, left = self._stack.pop()
+            digest, level = node_hash(left, digest), level + 1
+        self._stack.append((level, digest))
+        self.size += 1
+
+    def root(self) -> bytes:
+        if not self._stack:
+            return EMPTY_ROOT
+        digest = self._stack[-1][1]
+        for _, left in reversed(self._stack[:-1]):
+            digest = node_hash(left, digest)
+        return digest
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    row = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+    return row.fetchone() is not None
+
+
+def install_restore(
+    target: Path,
+    *,
+    replaced: Path | None,
+    seq: int,
+    declaration: bytes,
+    restored_size: int,
+    previous_size: int | None,
+    declared_at: int,
+) -> None:
+    """In `target`, a fresh copy of the backup: record restore `seq` (its signed
+    declaration, the audit stream to be read again), and from `replaced`, the database it
+    replaces, every earlier declaration and the Merkle nodes of the replaced tree."""
+    store = LedgerStore(target)
+    try:
+        db = store._db
+        if replaced is not None:
+            db.execute("ATTACH DATABASE ? AS replaced", (str(replaced),))  # only read
+        try:
+            with store.transaction():
+                if replaced is not None:
+                    has_restores = db.execute(
+                        "SELECT 1 FROM replaced.sqlite_master WHERE type = 'table' "
+                        "AND name = 'restores'"
+                    ).fetchone()
+                    if has_restores is not None:
+                        db.execute(
+                            "INSERT OR IGNORE INTO restores (seq, declaration, restored_size,"
+                            " previous_size, declared_at, replay_pending) SELECT seq,"
+                            " declaration, restored_size, previous_size, declared_at, 0"
+                            " FROM replaced.restores"
+                        )
+                    db.execute(
+                        "INSERT INTO restore_nodes (seq, level, idx, hash) "
+                        "SELECT ?, level, idx, hash FROM replaced.nodes",
+                        (seq,),
+                    )
+                db.execute(
+                    "INSERT INTO restores (seq, declaration, restored_size, previous_size,"
+                    " declared_at, replay_pending) VALUES (?, ?, ?, ?, ?, 1)",
+                    (seq, declaration, restored_size, previous_size, declared_at),
+                )
+        finally:
+            if replaced is not None:
+                db.execute("DETACH DATABASE replaced")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        store.close()

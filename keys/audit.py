@@ -49,6 +49,8 @@ KINDS = frozenset(
         "consent.unverifiable",
         "erasure.confirmed",
         "escalation.sent",
+        "resend.requested",
+        "resend.honoured",
     }
 )
 #: Labels an event may carry for the anonymous statistics, with their allowed values.

@@ -9,7 +9,7 @@ checkpoint's. The first failure raises LedgerVerificationError naming its index.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from .directory import Directory
 from .errors import NrmError, UntrustedInputError
 from .ledger_entry import LedgerEntry
 from .merkle import MemoryNodeStore, MerkleTree, leaf_hash
+from .restore import RestoreDeclaration
 
 
 class LedgerVerificationError(NrmError):
@@ -46,9 +47,13 @@ def verify_rows(
     *,
     directories: Mapping[int, Directory],
     checkpoint: Checkpoint,
+    restores: Sequence[RestoreDeclaration] = (),
     progress: Callable[[int], None] = lambda n: None,
 ) -> int:
-    """Verify every row and the checkpoint; returns the number of entries verified."""
+    """Verify every row and the checkpoint; returns the number of entries verified.
+
+    Each restore declaration (verified by the caller, oldest first) must name a prefix of
+    this tree unless a later restore went back further (the tree it named was replaced)."""
     tree = MerkleTree(MemoryNodeStore())
     for expected, row in enumerate(rows):
         if row.index != expected:
@@ -78,6 +83,15 @@ def verify_rows(
         raise LedgerVerificationError(tree.size, f"missing; the checkpoint has {checkpoint.size}")
     if tree.root(checkpoint.size) != checkpoint.root:
         raise LedgerVerificationError(None, "recomputed root differs from the checkpoint")
+    floor = tree.size
+    for d in reversed(restores):
+        if d.restored_size <= floor and (
+            d.restored_size > tree.size or tree.root(d.restored_size) != d.restored_root
+        ):
+            raise LedgerVerificationError(
+                None, f"restore {d.seq} declares a tree that is not this ledger's first entries"
+            )
+        floor = min(floor, d.restored_size)
     return tree.size
 
 

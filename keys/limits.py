@@ -54,6 +54,13 @@ class Limits:
     #: Page size bounds of list endpoints.
     max_page_size: int = 500
     default_page_size: int = 50
+    #: Resend requests after an agent restore (PROTOCOL.md §6.3): how far before the newest
+    #: message held from a sender the request starts (mail can arrive out of order), the
+    #: least time between two requests a sender honours from one agency, and the most
+    #: envelopes it queues again for one request.
+    resend_overlap_seconds: int = 3600
+    resend_min_interval_seconds: int = 300
+    resend_max_messages: int = 10_000
 
 
 DEFAULT_LIMITS = Limits()

@@ -44,9 +44,22 @@ def publish_id(message_id: str, recipient: str) -> str:
     return f"{message_id}.{recipient}"
 
 
+def resend_publish_id(message_id: str, recipient: str, request_id: str) -> str:
+    """The `Nats-Msg-Id` of a copy sent again for resend request `request_id` (PROTOCOL.md
+    §6.3): the stream's de-duplication window must not drop it as the first copy."""
+    return f"{publish_id(message_id, recipient)}.resend-{request_id}"
+
+
 def _check_token(agency: str) -> None:
     if not AGENCY_ID_PATTERN.fullmatch(agency):
         raise ValueError(f"not a valid agency id: {agency!r}")
+
+
+def audit_publish_id(event_id: str, reoffer: int | None = None) -> str:
+    """The `Nats-Msg-Id` of an audit event: its event id, or after ledger restore `reoffer`
+    (PROTOCOL.md §9.4) `<event id>.restore-<reoffer>`, which the stream's de-duplication
+    window has not seen yet."""
+    return event_id if reoffer is None else f"{event_id}.restore-{reoffer}"
 
 
 #: Audit events (issue 5) live on a stream of their own.

@@ -7,8 +7,10 @@ import base64
 import csv
 import io
 import json
+import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from keys import PublicIdentity, UntrustedInputError
 from keys.checkpoint import Checkpoint, verify_checkpoint
 from keys.directory import Directory, TrustStore, verify_initial_root
 from keys.ledger_verify import LedgerVerificationError, Row
+from keys.restore import RestoreDeclaration, verify_restore
 
 ORIGIN_PREFIX = "nrm-exchange/ledger/v1/"
 PAGE = 1000
@@ -31,6 +34,7 @@ class LedgerCopy:
     rows: list[Row]
     directories: list[tuple[int, bytes, int]]
     checkpoint_note: str
+    restores: list[bytes] = field(default_factory=list)  # signed declarations, oldest first
 
 
 def from_database(path: Path) -> LedgerCopy:
@@ -40,7 +44,11 @@ def from_database(path: Path) -> LedgerCopy:
         if latest is None:
             raise LedgerVerificationError(None, "the database holds no checkpoint")
         rows = [Row(r.index, r.leaf, r.directory_version, r.to_json()) for r in store.iter_rows()]
-        return LedgerCopy(rows, store.directories(), latest[3])
+        try:
+            restores = [data for _, data in store.restores()]
+        except sqlite3.OperationalError:  # a database from before restores existed
+            restores = []
+        return LedgerCopy(rows, store.directories(), latest[3], restores)
     finally:
         store.close()
 
@@ -69,7 +77,9 @@ async def from_http(url: str, token: str) -> LedgerCopy:
             ]
             if len(page) < PAGE:
                 break
-        return LedgerCopy(rows, directories, checkpoint["note"])
+        served = (await get("/v1/restores"))["items"]
+        restores = [base64.b64decode(d["declaration"]) for d in served]
+        return LedgerCopy(rows, directories, checkpoint["note"], restores)
 
 
 def trusted_directories(copy: LedgerCopy, roots: Sequence[Path]) -> dict[int, Directory]:
@@ -103,6 +113,26 @@ def checkpoint_of(copy: LedgerCopy, *, identity: Path, name: str) -> Checkpoint:
         )
     except UntrustedInputError as e:
         raise LedgerVerificationError(None, f"checkpoint does not verify ({e.reason})") from e
+
+
+def restores_of(copy: LedgerCopy, *, identity: Path, name: str) -> list[RestoreDeclaration]:
+    """Every restore declaration in the copy, each verified under the ledger's key."""
+    ledger = PublicIdentity.from_json(identity.read_bytes())
+    found = []
+    for n, data in enumerate(copy.restores):
+        try:
+            found.append(verify_restore(data, key=ledger.signing_key, origin=ORIGIN_PREFIX + name))
+        except UntrustedInputError as e:
+            raise LedgerVerificationError(
+                None, f"restore declaration {n + 1} does not verify ({e.reason})"
+            ) from e
+    return found
+
+
+def describe_restore(d: RestoreDeclaration) -> str:
+    when = datetime.fromtimestamp(d.declared_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    before = "a lost database" if d.previous_size is None else f"{d.previous_size} entries"
+    return f"restore {d.seq} declared {when}: back to {d.restored_size} entries from {before}"
 
 
 def select(

@@ -284,6 +284,29 @@ def agent_backup(config_path: Path, target: Path) -> None:
     _backup(config.database, target, what=f"{config.agency}'s agent database")
 
 
+@agent.command("restore")
+@click.option("--config", "config_path", type=PATH, required=True, help="The agent's agent.toml.")
+@click.option("--from", "source", type=PATH, required=True, help="The backup to put back.")
+def agent_restore(config_path: Path, source: Path) -> None:
+    """Put a backup back as the agent database (the agent must be stopped); on its next
+    start the agent asks every agency to send again what it lost (docs/RUNBOOK.md)."""
+    import sqlite3
+
+    from agents.restore import AgentRestoreError, restore_agent
+
+    try:
+        config = AgentConfig.load(config_path)
+        result = restore_agent(config, source, stamp=clock.now())
+    except (ConfigError, AgentRestoreError) as e:
+        raise click.ClickException(str(e)) from e
+    except (OSError, sqlite3.Error) as e:
+        raise click.ClickException(f"could not restore: {e}") from e
+    click.echo(f"restored {config.agency}'s agent database from {source}")
+    if result.kept is not None:
+        click.echo(f"the replaced database is kept as {result.kept}")
+    click.echo("start the agent: it asks every agency to send again what it sent since")
+
+
 def _backup(source: Path, target: Path, *, what: str) -> None:
     import sqlite3
 
@@ -592,6 +615,44 @@ def ledger_backup(config_path: Path, target: Path) -> None:
     _backup(config.database, target, what="the ledger database")
 
 
+@ledger_group.command("restore")
+@click.option("--config", "config_path", type=PATH, required=True, help="ledger.toml")
+@click.option("--from", "source", type=PATH, required=True, help="The backup to put back.")
+@click.option(
+    "--replaced-lost",
+    is_flag=True,
+    help="The ledger database is gone (a lost disk): restore without it.",
+)
+def ledger_restore(config_path: Path, source: Path, replaced_lost: bool) -> None:
+    """Put a backup back as the ledger database, with a signed restore declaration (the
+    ledger must be stopped; docs/RUNBOOK.md "Restore the ledger")."""
+    import sqlite3
+
+    from broker.ledger import LedgerConfig
+    from broker.ledger_restore import restore_ledger
+    from keys.keyfile import load_key_dir
+
+    try:
+        config = LedgerConfig.load(config_path)
+        signer = load_key_dir(
+            config.key_dir, passphrase=read_passphrase(file=config.passphrase_file)
+        )
+        result = restore_ledger(config, source, signer=signer, replaced_lost=replaced_lost)
+    except (NrmError, ValueError) as e:  # a running ledger, config and restore errors too
+        raise click.ClickException(str(e)) from e
+    except (OSError, sqlite3.Error) as e:
+        raise click.ClickException(f"could not restore: {e}") from e
+    d = result.declaration
+    before = "unknown (replaced database lost)" if d.previous_size is None else d.previous_size
+    click.echo(
+        f"restored the ledger to {d.restored_size} entries (before: {before}); "
+        f"restore declaration {d.seq} signed"
+    )
+    if result.kept is not None:
+        click.echo(f"the replaced database is kept as {result.kept}")
+    click.echo("start the ledger: it reads the audit stream again; agents re-offer the rest")
+
+
 @main.group("audit")
 def audit_group() -> None:
     """Verify, query and export the audit ledger."""
@@ -666,11 +727,12 @@ def audit_verify(
 
     from keys.ledger_verify import LedgerVerificationError, verify_rows
 
-    from .audit import checkpoint_of, trusted_directories
+    from .audit import checkpoint_of, describe_restore, restores_of, trusted_directories
 
     try:
         copy = _load(ledger_url, db, token_file)
         checkpoint = checkpoint_of(copy, identity=ledger_identity, name=name)
+        restores = restores_of(copy, identity=ledger_identity, name=name)
         directories = trusted_directories(copy, roots)
         with Progress(transient=True) as progress:
             task = progress.add_task("verifying events", total=len(copy.rows))
@@ -678,6 +740,7 @@ def audit_verify(
                 copy.rows,
                 directories=directories,
                 checkpoint=checkpoint,
+                restores=restores,
                 progress=lambda n: progress.update(task, completed=n),
             )
     except LedgerVerificationError as e:
@@ -689,6 +752,8 @@ def audit_verify(
         f"OK: {count} events verified; checkpoint size {checkpoint.size}, root "
         f"{checkpoint.root.hex()} signed by {name}"
     )
+    for declaration in restores:
+        click.echo(describe_restore(declaration))
 
 
 _FILTERS = [

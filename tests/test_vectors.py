@@ -12,8 +12,10 @@ import pytest
 from nacl.public import PrivateKey
 from nacl.signing import VerifyKey
 
+from agents.resend import ResendRequest
 from keys import UnknownKeyError, UntrustedInputError, open_envelope
 from keys.identity import encryption_kid, signing_kid
+from keys.restore import verify_restore
 
 VECTORS = Path(__file__).parent / "vectors"
 FILES = sorted(VECTORS.glob("envelope-*.txt"))
@@ -71,12 +73,53 @@ def test_vector(path: Path) -> None:
         assert caught.value.reason == fields["expect"]
 
 
+RESTORE_FILES = sorted(VECTORS.glob("restore-*.txt"))
+
+
+@pytest.mark.parametrize("path", RESTORE_FILES, ids=[p.stem for p in RESTORE_FILES])
+def test_restore_vector(path: Path) -> None:
+    """Verifying the vector's restore declaration gives exactly its `expect` outcome and,
+    when ok, exactly its fields."""
+    fields, data = parse(path)
+    key = VerifyKey(bytes.fromhex(fields["ledger_ed25519_public"]))
+    if fields["expect"] != "ok":
+        with pytest.raises(UntrustedInputError) as caught:
+            verify_restore(data, key=key, origin=fields["origin"])
+        assert caught.value.reason == fields["expect"]
+        return
+    d = verify_restore(data, key=key, origin=fields["origin"])
+    for name in ("seq", "restored_size", "restored_root", "previous_size", "previous_root"):
+        value = getattr(d, name)
+        shown = "nil" if value is None else value.hex() if isinstance(value, bytes) else str(value)
+        assert shown == fields[name], name
+
+
+RESEND_FILES = sorted(VECTORS.glob("resend-request-*.txt"))
+
+
+@pytest.mark.parametrize("path", RESEND_FILES, ids=[p.stem for p in RESEND_FILES])
+def test_resend_request_vector(path: Path) -> None:
+    """Decoding the vector's resend request body gives exactly its `expect` outcome and,
+    when ok, exactly its fields."""
+    fields, body = parse(path)
+    if fields["expect"] != "ok":
+        with pytest.raises(UntrustedInputError) as caught:
+            ResendRequest.decode(body)
+        assert caught.value.reason == fields["expect"]
+        return
+    request = ResendRequest.decode(body)
+    assert request.since == int(fields["since"])
+    assert ",".join(request.have) == fields["have"]
+
+
 def test_generator_reproduces_vectors(tmp_path: Path) -> None:
     """Running the generator again writes byte-identical files, and no others."""
     subprocess.run(
         [sys.executable, str(VECTORS / "generate.py"), str(tmp_path)], check=True, timeout=60
     )
-    fresh = sorted(tmp_path.glob("envelope-*.txt"))
-    assert [p.name for p in fresh] == [p.name for p in FILES]
-    for new, old in zip(fresh, FILES, strict=True):
+    fresh = sorted(tmp_path.glob("*.txt"))
+    committed = sorted(VECTORS.glob("*.txt"))
+    assert [p.name for p in fresh] == [p.name for p in committed]
+    assert len(RESTORE_FILES) >= 4 and len(RESEND_FILES) >= 4
+    for new, old in zip(fresh, committed, strict=True):
         assert new.read_bytes() == old.read_bytes(), new.name

@@ -255,9 +255,22 @@
     } catch (err) {
       if (err instanceof AuthError) throw err;
       // The baseline is kept, so the failure stays visible on every later check.
+      let declared = "";
+      try {
+        const restores = (await api("/v1/restores")).items;
+        if (restores.length) {
+          const last = restores[restores.length - 1];
+          const before = last.previous_size === null ? "a lost database" : `${last.previous_size} entries`;
+          declared = ` The ledger declares restore ${last.seq}: back to ${last.restored_size} ` +
+            `entries from ${before} (its signature is checked by agents and nrm audit verify, ` +
+            "not in this browser).";
+        }
+      } catch (e) {
+        if (e instanceof AuthError) throw e;
+      }
       setStatus("Checked in this browser:", "FAILED", "bad",
         `The latest checkpoint (size ${cp.size}) does not extend the one seen at ` +
-        `${iso(prev.timestamp)} (size ${prev.size}): ${err.message}.`);
+        `${iso(prev.timestamp)} (size ${prev.size}): ${err.message}.${declared}`);
     }
   }
 

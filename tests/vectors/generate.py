@@ -24,6 +24,7 @@ The receiver uses a clock skew of 300 seconds and keeps no replay store.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import sys
@@ -44,7 +45,9 @@ from keys.envelope import (
     _outer_message,
     seal,
 )
-from keys.identity import AgencyKeys
+from keys.identity import AgencyKeys, signing_kid
+from keys.restore import LABEL as RESTORE_LABEL
+from keys.restore import RestoreDeclaration, sign_restore, verify_restore
 
 CREATED = 1_767_225_600  # 2026-01-01T00:00:00Z
 EXPIRES = CREATED + 14 * 24 * 3600
@@ -323,12 +326,165 @@ def render(vector: Vector) -> str:
     return "\n".join([*lines, "", *textwrap.wrap(envelope, 76)]) + "\n"
 
 
+# --- ledger restore declarations (docs/PROTOCOL.md §9.4) -------------------------------------
+#
+#     expect: ok | <reason code>
+#     comment: <what the vector tests>
+#     origin: <the origin the verifier expects>
+#     ledger_ed25519_public: <hex; the ledger key the verifier trusts>
+#     seq, restored_size, restored_root, previous_size, previous_root, declared_at
+#                                                   (only for `expect: ok`; "nil" for nil)
+#
+#     <signed declaration, base64, wrapped at 76 columns>
+
+LEDGER_KEY = SigningKey(fixed("ledger ed25519 1"))
+OTHER_LEDGER_KEY = SigningKey(fixed("ledger ed25519 2"))
+ORIGIN = "nrm-exchange/ledger/v1/national"
+DECLARATION = RestoreDeclaration(
+    origin=ORIGIN,
+    seq=1,
+    restored_size=1000,
+    restored_root=fixed("restored root"),
+    previous_size=1500,
+    previous_root=fixed("previous root"),
+    declared_at=NOW,
+)
+
+
+def _resign_restore(fields: list[object], key: SigningKey = LEDGER_KEY) -> bytes:
+    body = codec.pack(fields)
+    sig = key.sign(RESTORE_LABEL + b"\x00" + body).signature
+    return codec.pack([1, body, signing_kid(key.verify_key), sig])
+
+
+def _restore_fields(d: RestoreDeclaration) -> list[object]:
+    return list(codec.unpack(d.encode(), max_bytes=1024, what="declaration"))
+
+
+def _restore_tampered() -> bytes:
+    data = bytearray(sign_restore(DECLARATION, LEDGER_KEY))
+    data[-1] ^= 0x01
+    return bytes(data)
+
+
+def _restore_below() -> bytes:
+    fields = _restore_fields(DECLARATION)
+    fields[5] = 999  # previous_size below restored_size
+    return _resign_restore(fields)
+
+
+RESTORE_VECTORS: list[tuple[str, str, str, Callable[[], bytes]]] = [
+    (
+        "ok",
+        "restore 1: back to 1000 entries from 1500",
+        "ok",
+        lambda: sign_restore(DECLARATION, LEDGER_KEY),
+    ),
+    (
+        "ok-replaced-lost",
+        "the replaced database was lost: previous size and root nil",
+        "ok",
+        lambda: sign_restore(
+            dataclasses.replace(DECLARATION, previous_size=None, previous_root=None), LEDGER_KEY
+        ),
+    ),
+    ("bad-signature", "last signature byte flipped", "bad-signature", _restore_tampered),
+    (
+        "other-key",
+        "signed by a key that is not the ledger's",
+        "bad-signature",
+        lambda: sign_restore(DECLARATION, OTHER_LEDGER_KEY),
+    ),
+    (
+        "other-origin",
+        "a valid declaration for another ledger",
+        "bad-signature",
+        lambda: sign_restore(dataclasses.replace(DECLARATION, origin=ORIGIN + "-2"), LEDGER_KEY),
+    ),
+    (
+        "previous-below-restored",
+        "previous_size 999 below restored_size 1000, correctly signed",
+        "malformed",
+        _restore_below,
+    ),
+]
+
+
+def _field(value: object) -> str:
+    if value is None:
+        return "nil"
+    return value.hex() if isinstance(value, bytes) else str(value)
+
+
+def render_restore(name: str, comment: str, expect: str, make: Callable[[], bytes]) -> str:
+    data = make()
+    lines = [
+        f"expect: {expect}",
+        f"comment: {comment}",
+        f"origin: {ORIGIN}",
+        f"ledger_ed25519_public: {bytes(LEDGER_KEY.verify_key).hex()}",
+    ]
+    if expect == "ok":
+        d = verify_restore(data, key=LEDGER_KEY.verify_key, origin=ORIGIN)
+        for attr in (
+            "seq",
+            "restored_size",
+            "restored_root",
+            "previous_size",
+            "previous_root",
+            "declared_at",
+        ):
+            lines.append(f"{attr}: {_field(getattr(d, attr))}")
+    text = base64.b64encode(data).decode("ascii")
+    return "\n".join([*lines, "", *textwrap.wrap(text, 76)]) + "\n"
+
+
+# --- resend request bodies (docs/PROTOCOL.md §6.3) --------------------------------------------
+#
+#     expect: ok | malformed
+#     comment: <what the vector tests>
+#     since: <decimal>, have: <comma-separated ids, or empty>   (only for `expect: ok`)
+#
+#     <the body (the plaintext of a resend-request envelope), base64>
+
+HELD = sorted(fixed(f"held {n}")[:16].hex() for n in range(3))
+RESEND_VECTORS: list[tuple[str, str, str, bytes]] = [
+    ("ok", "three held ids", "ok", codec.pack([1, CREATED, HELD])),
+    (
+        "ok-nothing-held",
+        "everything since 0: nothing held from this sender",
+        "ok",
+        codec.pack([1, 0, []]),
+    ),
+    ("unsorted", "held ids not in order", "malformed", codec.pack([1, CREATED, HELD[::-1]])),
+    ("duplicate", "a held id twice", "malformed", codec.pack([1, CREATED, [HELD[0], HELD[0]]])),
+    ("version-2", "version 2", "malformed", codec.pack([2, CREATED, HELD])),
+    ("since-bool", "since is a bool", "malformed", codec.pack([1, True, []])),
+]
+
+
+def render_resend(comment: str, expect: str, body: bytes) -> str:
+    lines = [f"expect: {expect}", f"comment: {comment}"]
+    if expect == "ok":
+        decoded = codec.unpack(body, max_bytes=1 << 16)
+        lines += [f"since: {decoded[1]}", f"have: {','.join(decoded[2])}"]
+    text = base64.b64encode(body).decode("ascii")
+    return "\n".join([*lines, "", *textwrap.wrap(text, 76)]) + "\n"
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("envelope-*.txt"):
-        stale.unlink()
+    for pattern in ("envelope-*.txt", "restore-*.txt", "resend-request-*.txt"):
+        for stale in out.glob(pattern):
+            stale.unlink()
+    for name, comment, expect, body in RESEND_VECTORS:
+        text = render_resend(comment, expect, body)
+        (out / f"resend-request-{name}.txt").write_text(text, encoding="utf-8")
     for vector in VECTORS:
         (out / f"envelope-{vector.name}.txt").write_text(render(vector), encoding="utf-8")
+    for name, comment, expect, make in RESTORE_VECTORS:
+        text = render_restore(name, comment, expect, make)
+        (out / f"restore-{name}.txt").write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,166 @@
+"""Ledger restore declarations (docs/PROTOCOL.md §9.4): what the ledger's operator signs when
+a ledger database is put back from a backup, so that agents tell a declared restore from a
+rewrite.
+
+    declaration = canonical msgpack [1, origin, seq, restored_size, restored_root,
+                                     previous_size, previous_root, declared_at]
+    signed      = canonical msgpack [1, declaration (bin), signer kid, signature]
+    signature   = Ed25519(ledger signing key, "nrm/v1/ledger-restore" || 0x00 || declaration)
+
+A declaration says: "restore number `seq` of the ledger `origin` put back a tree of
+`restored_size` leaves with root `restored_root`; before it, the tree had `previous_size`
+leaves with root `previous_root` (both nil when that tree was lost)". It covers exactly one
+rollback: a checkpoint whose first `restored_size` leaves are the restored tree. One strict
+decoder; verification returns the declaration or raises. Pure.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import nacl.exceptions
+from nacl.signing import SigningKey, VerifyKey
+
+from . import codec
+from .errors import BadSignatureError, MalformedError
+from .identity import signing_kid
+from .merkle import EMPTY_ROOT, HASH_SIZE
+
+VERSION = 1
+LABEL = b"nrm/v1/ledger-restore"
+#: Largest signed declaration accepted, checked before decoding.
+MAX_SIGNED_RESTORE_BYTES = 1024
+
+_KID = re.compile(r"^[0-9a-f]{32}$")
+_MAX_UINT = (1 << 63) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreDeclaration:
+    """Restore `seq` of ledger `origin`: the tree went back to `restored_size` leaves with
+    root `restored_root`, from `previous_size`/`previous_root` (None when unknown)."""
+
+    origin: str
+    seq: int
+    restored_size: int
+    restored_root: bytes
+    previous_size: int | None
+    previous_root: bytes | None
+    declared_at: int
+
+    def __post_init__(self) -> None:
+        problems = _problems(self)
+        if problems:
+            raise ValueError("invalid restore declaration: " + "; ".join(problems))
+
+    def encode(self) -> bytes:
+        return codec.pack(
+            [
+                VERSION,
+                self.origin,
+                self.seq,
+                self.restored_size,
+                self.restored_root,
+                self.previous_size,
+                self.previous_root,
+                self.declared_at,
+            ]
+        )
+
+
+def sign_restore(declaration: RestoreDeclaration, key: SigningKey) -> bytes:
+    """The signed declaration bytes."""
+    body = declaration.encode()
+    signature = key.sign(LABEL + b"\x00" + body).signature
+    return codec.pack([VERSION, body, signing_kid(key.verify_key), signature])
+
+
+def verify_restore(data: bytes, *, key: VerifyKey, origin: str) -> RestoreDeclaration:
+    """Decode a signed declaration strictly and return it if `key` signed it for `origin`.
+    Raises `MalformedError` or `BadSignatureError`."""
+    if not origin:
+        raise ValueError("the expected origin must not be empty")
+    raw = codec.unpack(data, max_bytes=MAX_SIGNED_RESTORE_BYTES, max_items=8, what="restore")
+    if not (
+        isinstance(raw, list)
+        and len(raw) == 4
+        and raw[0] == VERSION
+        and not isinstance(raw[0], bool)
+        and isinstance(raw[1], bytes)
+        and isinstance(raw[2], str)
+        and _KID.fullmatch(raw[2])
+        and isinstance(raw[3], bytes)
+        and len(raw[3]) == 64
+    ):
+        raise MalformedError("signed restore must be [1, declaration, signer kid, signature]")
+    _, body, kid, signature = raw
+    declaration = _decode(body)
+    if kid != signing_kid(key):
+        raise BadSignatureError("restore declaration not signed by the ledger's key")
+    try:
+        key.verify(LABEL + b"\x00" + body, signature)
+    except nacl.exceptions.BadSignatureError as e:
+        raise BadSignatureError("restore declaration signature does not verify") from e
+    if declaration.origin != origin:
+        raise BadSignatureError("restore declaration is for another ledger")
+    return declaration
+
+
+def _decode(body: bytes) -> RestoreDeclaration:
+    raw = codec.unpack(body, max_bytes=MAX_SIGNED_RESTORE_BYTES, max_items=8, what="restore")
+    if not isinstance(raw, list) or len(raw) != 8 or raw[0] != VERSION or raw[0] is True:
+        raise MalformedError("declaration must be an array of 8 elements starting with 1")
+    _, origin, seq, restored_size, restored_root, previous_size, previous_root, at = raw
+    try:
+        return RestoreDeclaration(
+            origin=origin,
+            seq=seq,
+            restored_size=restored_size,
+            restored_root=restored_root,
+            previous_size=previous_size,
+            previous_root=previous_root,
+            declared_at=at,
+        )
+    except (ValueError, TypeError) as e:
+        raise MalformedError(str(e)) from e
+
+
+def _uint(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_UINT
+
+
+def _problems(d: RestoreDeclaration) -> list[str]:
+    p: list[str] = []
+    if not (isinstance(d.origin, str) and 0 < len(d.origin) <= 200 and d.origin.isprintable()):
+        p.append("origin must be printable text of 1-200 characters")
+    if not (_uint(d.seq) and d.seq >= 1):
+        p.append("seq must be a positive integer")
+    if not _uint(d.restored_size):
+        p.append("restored_size must be a non-negative integer")
+    if not (isinstance(d.restored_root, bytes) and len(d.restored_root) == HASH_SIZE):
+        p.append(f"restored_root must be {HASH_SIZE} bytes")
+    elif d.restored_size == 0 and d.restored_root != EMPTY_ROOT:
+        p.append("an empty restored tree has the empty root")
+    if (d.previous_size is None) != (d.previous_root is None):
+        p.append("previous_size and previous_root are both given or both nil")
+    if d.previous_size is not None:
+        if not _uint(d.previous_size):
+            p.append("previous_size must be a non-negative integer")
+        elif _uint(d.restored_size) and d.previous_size < d.restored_size:
+            p.append("previous_size must not be below restored_size")
+        if not (isinstance(d.previous_root, bytes) and len(d.previous_root) == HASH_SIZE):
+            p.append(f"previous_root must be {HASH_SIZE} bytes")
+    if not _uint(d.declared_at):
+        p.append("declared_at must be Unix seconds")
+    return p
+
+
+__all__: Sequence[str] = [
+    "LABEL",
+    "MAX_SIGNED_RESTORE_BYTES",
+    "RestoreDeclaration",
+    "sign_restore",
+    "verify_restore",
+]
