@@ -52,6 +52,7 @@ from .messages import (
 )
 from .metrics import AgentMetrics
 from .problems import ProblemError
+from .standing import StandingGuard
 from .store import OutgoingMessage, Received, Store
 from .transport import Transport, Verdict
 from .trust import TrustState
@@ -96,6 +97,9 @@ class Agent:
         )
         self.log = log.bind(agency=config.agency)
         self.metrics = AgentMetrics(agency=config.agency)
+        self.transport.link.on_failure = lambda state: self.metrics.bus_connect_failures.labels(
+            state
+        ).inc()
         self.attachments = Attachments(
             store=self.store, storage=self._storage_box, agency=config.agency
         )
@@ -122,10 +126,20 @@ class Agent:
                 agency=config.agency,
                 on_alert=lambda reason: self.metrics.ledger_alerts.labels(reason).inc(),
                 batch=self.limits.ledger_proof_batch,
+                directory=lambda: self.trust.directory,
+                directory_wanted=lambda: self.transport.link.state == "refused",
+                offer_directory=self.on_directory,
             )
         )
         self.webhooks = (
             WebhookSender(self.store, targets=config.webhooks) if config.webhooks else None
+        )
+        self.standing = StandingGuard(
+            agency=config.agency,
+            store=self.store,
+            audit=self.audit,
+            limits=self.limits,
+            on_failed=lambda reason, n: self.metrics.outbox_failed.labels(reason).inc(n),
         )
         self._timer: asyncio.Task[None] | None = None
         self._watching = asyncio.Event()
@@ -161,6 +175,7 @@ class Agent:
         await site.start()
         self.api_port = self._runner.addresses[0][1]
         self._check_own_keys()
+        self._check_standing()
         await self.transport.start()
         self._watching.set()
         self._timer = asyncio.create_task(self._timers(), name=f"timers-{self.config.agency}")
@@ -448,6 +463,7 @@ class Agent:
             self.audit.record_alone("directory.refused", reason=self.trust.refused.reason)
         if changed:
             self._check_own_keys()
+            self._check_standing()
             self.transport.wake()  # queued mail may now be sealable or deliverable
 
     def _directory(self) -> Directory:
@@ -491,6 +507,31 @@ class Agent:
                 encryption_kid=keys.public.encryption_kid,
             )
 
+    def _check_standing(self) -> None:
+        """Learn at once from the directory that this agency was removed or its keys revoked
+        (agents/standing.py); the inbox is consumed only while it can take part."""
+        if self.standing.evaluate(self.trust.directory, self.keys) and self.webhooks is not None:
+            self.webhooks.wake()
+        if self.trust.directory is not None and self.standing.standing.ok:
+            self.transport.ready.set()
+        else:
+            self.transport.ready.clear()
+
+    def check_can_submit(self) -> None:
+        """Raise a 503 problem while this agency cannot send anything that would be accepted:
+        removed from the directory, no usable key, or refused by the bus."""
+        refusal = self.standing.refusal()
+        if refusal is None and self.transport.link.state == "refused":
+            refusal = ("bus-refused", "the bus refuses this agency's credentials (NKey)")
+        if refusal is not None:
+            reason, detail = refusal
+            raise ProblemError(
+                503,
+                "Service Unavailable",
+                f"this agency cannot send now ({reason}): {detail}",
+                reason=reason,
+            )
+
     def _decryption_keys(self, directory: Directory, now: int) -> dict[str, PrivateKey]:
         """The private keys mail may be sealed to: those the directory lists for this agency
         as neither revoked nor past the end of their overlap window."""
@@ -508,6 +549,7 @@ class Agent:
         """Escalate overdue urgent referrals and expire stale ones, every few seconds."""
         while self._watching.is_set():
             await asyncio.sleep(self.limits.timer_interval_seconds)
+            self._check_standing()
             if self.trust.directory is not None:
                 self.desk.tick()
                 self.transport.wake()
@@ -525,11 +567,23 @@ class Agent:
     def health(self) -> dict[str, Any]:
         connected = self.transport.connected
         trust = self.trust.health()
-        ok = connected and trust["directory_trusted"] and "refused" not in trust
+        standing = self.standing.health()
+        ok = (
+            connected
+            and trust["directory_trusted"]
+            and "refused" not in trust
+            and standing["state"] == "ok"
+        )
+        link = self.transport.link.health()
         health: dict[str, Any] = {
             "agency": self.config.agency,
-            "bus": "connected" if connected else "disconnected",
+            "bus": "connected"
+            if connected
+            else ("refused" if link["state"] == "refused" else "disconnected"),
+            "bus_link": link,
+            "standing": standing,
             "outbox_pending": self.store.pending_count(),
+            "outbox_failed": self.store.failed_count(),
             "trust": trust,
         }
         if self.ledger_watch is not None:

@@ -48,6 +48,9 @@ KINDS = frozenset(
         "consent.withdrawn",
         "erasure.confirmed",
         "escalation.sent",
+        "delivery.failed",
+        "standing.changed",
+        "alert.acknowledged",
     }
 )
 #: Labels an event may carry for the anonymous statistics, with their allowed values.
