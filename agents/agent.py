@@ -534,14 +534,16 @@ class Agent:
 
     def _decryption_keys(self, directory: Directory, now: int) -> dict[str, PrivateKey]:
         """The private keys mail may be sealed to: those the directory lists for this agency
-        as neither revoked nor past the end of their overlap window."""
+        and not past the end of their overlap window. A revoked key still opens mail sealed to
+        it before senders learned of the revocation (nobody seals to it after): whoever stole
+        it can read that mail anyway, and refusing it would only lose it (the senders'
+        signatures are checked as always)."""
         if self.config.agency not in directory:
             return {}
         usable = {
             k.kid
             for k in directory.agency(self.config.agency).encryption_keys
-            if k.status != "revoked"
-            and (k.valid_until is None or now <= k.valid_until + self.limits.clock_skew_seconds)
+            if k.valid_until is None or now <= k.valid_until + self.limits.clock_skew_seconds
         }
         return {kid: key for kid, key in self.keys.decryption_keys.items() if kid in usable}
 

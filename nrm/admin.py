@@ -344,13 +344,16 @@ def replace_keys(
     *,
     reason: str,
     at: int | None = None,
+    overlap_seconds: int = DEFAULT_LIMITS.rotation_overlap_seconds,
     now: int | None = None,
 ) -> Directory:
     """Rotation and revocation in one directory change (docs/RUNBOOK.md, "Revoke a key"):
     every signing and encryption key of the agency not yet revoked is revoked from `at`
     (default now) and the keys of `identity` — made by `nrm keys rotate` at the agency — are
     admitted, active from now, with its NATS key. Agents that hold the new keys switch to them
-    when they see this directory, so no moment exists at which the agency has no usable key."""
+    when they see this directory, so no moment exists at which the agency has no usable key.
+    The old encryption keys still open mail already sealed to them for `overlap_seconds`
+    (nobody seals to a revoked key); the old signing keys are refused from `at`."""
     now = clock.now() if now is None else now
     at = now if at is None else at
     if identity.nats_key is None:
@@ -370,7 +373,7 @@ def replace_keys(
         signing=(identity.signing_kid, bytes(identity.signing_key)),
         encryption=(identity.encryption_kid, bytes(identity.encryption_key)),
         now=now,
-        overlap_seconds=0,
+        overlap_seconds=overlap_seconds,
     )
     for old in current.signing_keys + current.encryption_keys:
         if old.status != "revoked":
