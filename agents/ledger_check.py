@@ -159,8 +159,11 @@ class LedgerWatch:
         async with http.get(f"{self.settings.url}/v1/directories") as r:
             r.raise_for_status()
             items = (await r.json())["items"]
+        trusted = self.directory()
         if items:
             newest = max(items, key=lambda item: int(item["version"]))
+            if trusted is not None and int(newest["version"]) <= trusted.version:
+                return  # nothing newer: an older copy would only be refused as rolled back
             data = base64.b64decode(newest["data"], validate=True)
             self.log.info("ledger_directory_offered", directory_version=int(newest["version"]))
             self.offer_directory(DIRECTORY_KEY, data)

@@ -1,4 +1,4 @@
-"""What the agent does when the directory says it can no longer take part (PROTOCOL.md §7.8).
+"""What the agent does when the directory says it can no longer take part (PROTOCOL.md §7.9).
 
 On every directory it accepts, and on every timer tick, the agent computes its standing
 (keys.standing): `ok`, `removed`, `key-revoked` or `key-retired`. While not ok it refuses new
@@ -67,6 +67,7 @@ class StandingGuard:
             signing_kids={keys.public.signing_kid},
             encryption_kids=set(keys.decryption_keys),
             at=now,
+            skew=self.limits.clock_skew_seconds,
         )
         entry = directory.agency(self.agency) if self.agency in directory else None
         changed = standing.state != self.standing.state

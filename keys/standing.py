@@ -1,6 +1,6 @@
 """An agency's standing in a verified directory: may it still sign and be sealed to?
 
-Pure (PROTOCOL.md §7.8): given the directory, the agency id, the key ids its key file holds
+Pure (PROTOCOL.md §7.9): given the directory, the agency id, the key ids its key file holds
 and a time, say whether the agency can take part, and if not why. An agent uses it on every
 directory it accepts to learn at once that it was removed or that its keys were revoked, and
 `nrm keys revoke` uses it to warn before leaving an agency with no usable key.
@@ -35,15 +35,19 @@ class Standing:
 
 
 def _usable(
-    keys: tuple[KeyEntry, ...], held: Collection[str], at: int, *, sealing: bool
+    keys: tuple[KeyEntry, ...], held: Collection[str], at: int, *, sealing: bool, skew: int
 ) -> list[KeyEntry]:
     """Held keys usable at `at`. A signing key verifies until its revocation time; nobody
-    seals to an encryption key marked revoked at all (§7.6)."""
-    return [
-        k
-        for k in keys
-        if k.kid in held and k.is_valid_at(at) and not (sealing and k.status == "revoked")
-    ]
+    seals to an encryption key marked revoked at all (§7.6). A key whose window starts
+    later counts (it is usable in a moment: the administrators' clock may be ahead), and a
+    window's end is given `skew` seconds of grace."""
+    out = []
+    for k in keys:
+        revoked = k.status == "revoked" and (sealing or (k.revoked_at or 0) <= at)
+        ended = k.valid_until is not None and at > k.valid_until + skew
+        if k.kid in held and not revoked and not ended:
+            out.append(k)
+    return out
 
 
 def standing_of(
@@ -53,9 +57,11 @@ def standing_of(
     signing_kids: Collection[str],
     encryption_kids: Collection[str],
     at: int,
+    skew: int,
 ) -> Standing:
     """The standing of `agency` at `at` if its key file holds `signing_kids` and
-    `encryption_kids` (a revocation dated after `at` does not count yet)."""
+    `encryption_kids` (a signing key's revocation dated after `at` does not count yet);
+    `skew` is the clock skew tolerated (Limits.clock_skew_seconds)."""
     if agency not in directory:
         return Standing("removed", f"{agency} is not in directory version {directory.version}")
     entry = directory.agency(agency)
@@ -63,7 +69,7 @@ def standing_of(
         ("signing", entry.signing_keys, signing_kids, False),
         ("encryption", entry.encryption_keys, encryption_kids, True),
     ):
-        if _usable(keys, held, at, sealing=sealing):
+        if _usable(keys, held, at, sealing=sealing, skew=skew):
             continue
         listed = [k for k in keys if k.kid in held]
         revoked = [k for k in listed if k.status == "revoked"]
@@ -78,7 +84,7 @@ def standing_of(
             f"every {what} key held by {agency} is past its validity window in directory "
             f"version {directory.version}",
         )
-    signing = _usable(entry.signing_keys, signing_kids, at, sealing=False)
+    signing = _usable(entry.signing_keys, signing_kids, at, sealing=False, skew=skew)
     best = max(signing, key=lambda k: (k.status == "active", k.valid_from, k.kid))
     return Standing("ok", "", signing_kid=best.kid)
 

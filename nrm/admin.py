@@ -402,6 +402,7 @@ def revocation_leaves_no_key(folder: AdminFolder, agency: str, kid: str) -> str 
         signing_kids={k.kid for k in others},
         encryption_kids={k.kid for k in others},
         at=now,
+        skew=DEFAULT_LIMITS.clock_skew_seconds,
     )
     if standing.ok:
         return None

@@ -554,7 +554,11 @@ def directory_add_agency(
             if roles:
                 raise click.UsageError("--roles cannot change with --revoke-previous")
             d = admin.replace_keys(
-                folder, identity, reason=reason, at=None if at is None else _parse_time(at)
+                folder,
+                identity,
+                reason=reason,
+                at=None if at is None else _parse_time(at),
+                overlap_seconds=int(overlap_days * 86400),
             )
             click.echo(
                 f"{identity.agency}: earlier keys revoked and new keys admitted in draft "

@@ -20,6 +20,7 @@ from keys import PublicIdentity
 from keys.keyfile import INTERACTIVE, rotate_key_dir
 from nrm import admin
 from nrm.cli import main
+from nrm.sandbox import Sandbox, prepare_mechanism
 from runtime import clock
 from runtime.backoff import Backoff
 
@@ -290,3 +291,94 @@ async def test_rotate_then_revoke_in_one_change_loses_nothing(
     assert directory is not None
     entry = directory.agency("police")
     assert [k.status for k in entry.signing_keys] == ["revoked", "active"]
+
+
+# --- the administrators' commands -------------------------------------------------------------
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Sandbox:
+    """Administrators (1 of 1) and the three agencies admitted to a signed draft; no bus."""
+    return prepare_mechanism(tmp_path, AGENCIES, admins=1, threshold=1)
+
+
+async def test_keys_revoke_warns_when_no_usable_key_is_left(folder: Sandbox) -> None:
+    """Revoking an agency's only signing key is done, with a warning that leads to
+    `--revoke-previous`; revoking a key that leaves another usable one is silent."""
+    draft = folder.admin.draft().agency("police")
+    kid = draft.signing_keys[0].kid
+    result = await cli(
+        "keys",
+        "revoke",
+        "--agency",
+        "police",
+        "--kid",
+        kid,
+        "--reason",
+        "lost",
+        "--dir",
+        folder.admin.path,
+    )
+    assert result.exit_code == 0, result.output
+    assert "no usable key" in result.output and "--revoke-previous" in result.output
+    assert folder.admin.draft().agency("police").signing_keys[0].status == "revoked"
+    identity = rotate_setup(folder, "shelter")
+    admin.add_agency(folder.admin, identity, roles=[])  # shelter now has a second key
+    old = folder.admin.draft().agency("shelter").signing_keys[0].kid
+    result = await cli(
+        "keys",
+        "revoke",
+        "--agency",
+        "shelter",
+        "--kid",
+        old,
+        "--reason",
+        "old",
+        "--dir",
+        folder.admin.path,
+    )
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+
+
+async def test_add_agency_revoke_previous(folder: Sandbox) -> None:
+    """`--revoke-previous` revokes every earlier key and admits the new ones (with the new
+    NATS key) in one draft; it needs a reason, refuses an identity the directory already
+    lists, and --reason/--at alone are usage errors; a refusal changes nothing."""
+    path = folder.agencies["police"].identity_path
+    before = folder.admin.directory_bytes()
+    for args, code, words in [
+        (["--revoke-previous"], 2, "needs --reason"),
+        (["--reason", "x"], 2, "go with --revoke-previous"),
+        (["--revoke-previous", "--reason", "x"], 1, "already lists"),
+    ]:
+        result = await cli("directory", "add-agency", path, *args, "--dir", folder.admin.path)
+        assert (result.exit_code, words in result.output) == (code, True), result.output
+        assert folder.admin.directory_bytes() == before
+    identity = rotate_setup(folder, "police")
+    result = await cli(
+        "directory",
+        "add-agency",
+        path,
+        "--revoke-previous",
+        "--reason",
+        "laptop stolen",
+        "--at",
+        "2026-01-01T00:00:00Z",
+        "--dir",
+        folder.admin.path,
+    )
+    assert result.exit_code == 0, result.output
+    entry = folder.admin.draft().agency("police")
+    assert [(k.status, k.revoked_at) for k in entry.signing_keys] == [
+        ("revoked", 1767225600),
+        ("active", None),
+    ]
+    assert [k.status for k in entry.encryption_keys] == ["revoked", "active"]
+    assert entry.signing_keys[1].kid == identity.signing_kid
+    assert entry.nats_key == identity.nats_key
+
+
+def rotate_setup(folder: Sandbox, agency: str) -> PublicIdentity:
+    setup = folder.agencies[agency]
+    rotate_key_dir(setup.key_dir, passphrase=setup.passphrase(), cost=INTERACTIVE)
+    return PublicIdentity.from_json(setup.identity_path.read_bytes())

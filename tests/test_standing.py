@@ -110,6 +110,12 @@ STANDINGS = {
         NOW + 100,
         "key-revoked",
     ),
+    "keys whose window starts a moment later (the administrators' clock is ahead): ok": (
+        directory_of(entry_of(POLICE, valid_from=NOW + 5), now=NOW),
+        POLICE,
+        NOW,
+        "ok",
+    ),
     "every key past its window: key-retired": (
         _base().rotate(
             "police",
@@ -129,7 +135,7 @@ STANDINGS = {
 def test_standing(case: str) -> None:
     """Each directory gives the agency the standing the scenario names."""
     directory, keys, at, expected = STANDINGS[case]
-    standing = standing_of(directory, "police", **held(keys), at=at)
+    standing = standing_of(directory, "police", **held(keys), at=at, skew=0)
     assert standing.state == expected, standing.detail
     assert (standing.signing_kid is not None) == (expected == "ok")
 
