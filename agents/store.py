@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (message_id, recipient)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS deliveries_queued ON deliveries(state) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS deliveries_failed ON deliveries(state) WHERE state = 'failed';
 CREATE TABLE IF NOT EXISTS inbox (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id    TEXT NOT NULL UNIQUE,

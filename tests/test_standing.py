@@ -296,3 +296,42 @@ def test_failed_copy_that_is_delivered_after_all_becomes_delivered(store: Store)
             tx, message_id=mid, recipient="shelter", envelope_hash=envelope_hash
         )
     assert _states(store) == {mid: ("delivered", "key-revoked")}
+
+
+def test_database_from_before_failed_copies_is_migrated(tmp_path: Path) -> None:
+    """An agent database made before copies could fail keeps every delivery, and its copies
+    can now be marked failed with a reason."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            """
+            CREATE TABLE outbox (message_id TEXT PRIMARY KEY, referral_id TEXT,
+                kind TEXT NOT NULL, created INTEGER NOT NULL, envelope_hash TEXT NOT NULL,
+                envelope BLOB NOT NULL) STRICT;
+            CREATE TABLE deliveries (
+                message_id TEXT NOT NULL REFERENCES outbox(message_id),
+                recipient TEXT NOT NULL,
+                state TEXT NOT NULL CHECK (state IN ('queued', 'sent', 'delivered')),
+                attempts INTEGER NOT NULL DEFAULT 0, stream_seq INTEGER, sent_at INTEGER,
+                delivered_at INTEGER, PRIMARY KEY (message_id, recipient)) STRICT;
+            INSERT INTO outbox VALUES ('m1', NULL, 'referral', 1, 'h', x'00');
+            INSERT INTO deliveries VALUES ('m1', 'shelter', 'sent', 2, 7, 3, NULL);
+            INSERT INTO deliveries VALUES ('m1', 'coordinator', 'queued', 0, NULL, NULL, NULL);
+            """
+        )
+    store = Store(path)
+    try:
+        status = store.outgoing("m1")
+        assert status is not None
+        assert [(d.recipient, d.state, d.sent_at) for d in status.deliveries] == [
+            ("coordinator", "queued", None),
+            ("shelter", "sent", 3),
+        ]
+        with store.transaction() as tx:
+            assert store.fail_deliveries(tx, [("m1", "coordinator", "removed")]) == 1
+        assert store.outgoing("m1").status == "failed"  # type: ignore[union-attr]
+        assert store.failed_count() == 1
+    finally:
+        store.close()
