@@ -208,7 +208,7 @@ async def test_removed_agency_is_told_and_backs_off(hooked: tuple[Mechanism, Hoo
             return (
                 health["standing"]["state"] == "removed"
                 and health["bus"] == "refused"
-                and link.attempts >= 4
+                and link.attempts >= 6
             )
 
         await eventually(told, timeout=60, what="police to learn it was removed and retry")
@@ -217,9 +217,10 @@ async def test_removed_agency_is_told_and_backs_off(hooked: tuple[Mechanism, Hoo
             for e in logs
             if e.get("agency") == "police" and e["event"] in ("bus_state", "bus_error")
         ]
-    # connected -> reconnecting -> refused (perhaps via unreachable): a few lines, however
-    # many attempts were made; each wait within the capped, doubling bound.
-    assert len(lines) <= 4, lines
+    # connected -> reconnecting -> refused: a line per change of state, not per attempt (a
+    # loaded machine may time out an attempt or two: unreachable, then refused again); each
+    # wait within the capped, doubling bound.
+    assert len(lines) <= 2 + link.attempts // 2, lines
     policy = Backoff(LIMITS["reconnect_initial_seconds"], LIMITS["reconnect_max_seconds"])
     assert all(d <= policy.ceiling(n) for n, d in enumerate(link.delays))
     problem = await refused(
