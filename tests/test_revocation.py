@@ -243,6 +243,48 @@ async def test_removed_agency_is_told_and_backs_off(hooked: tuple[Mechanism, Hoo
     await delivered(m, "police", rid)
 
 
+async def test_agent_started_after_its_removal_learns_it_from_the_ledger(
+    hooked: tuple[Mechanism, Hooks],
+) -> None:
+    """An agent that was stopped while its agency was removed starts with its cached, older
+    directory and a bus that refuses it from the first attempt: it still learns that it was
+    removed, from the directory the ledger holds (verified from its pinned root)."""
+    m, _ = hooked
+    await m.stop("police")
+    admin.remove_agency(m.sandbox.admin, "police")
+    await publish(m)
+    ledger = m.sandbox.ledger
+    assert ledger is not None
+
+    async def ledger_has_it() -> bool:
+        return max(v for v, _, _ in ledger.store.directories()) == 2
+
+    await eventually(ledger_has_it, what="the ledger to accept the new directory")
+    with capture_logs() as logs:
+        police = await m.start("police", wait=False)
+        assert police.trust.directory is not None and "police" in police.trust.directory
+
+        async def told() -> bool:
+            health = police.health()
+            return (
+                health["bus"] == "refused"
+                and health["standing"]["state"] == "removed"
+                and health["trust"]["directory_version"] == 2
+            )
+
+        await eventually(told, timeout=60, what="police to learn of its removal via the ledger")
+    assert any(e["event"] == "ledger_directory_offered" for e in logs)
+    assert not [
+        e
+        for e in logs
+        if e["event"] == "bus_state" and e.get("agency") == "police" and e["state"] == "connected"
+    ]  # it never got onto the bus
+    problem = await refused(
+        m, "police", "/v1/referrals", {"recipients": ["shelter"], "referral": REFERRAL}
+    )
+    assert problem["reason"] == "removed"
+
+
 async def test_rotate_then_revoke_in_one_change_loses_nothing(
     hooked: tuple[Mechanism, Hooks],
 ) -> None:
