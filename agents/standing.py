@@ -80,6 +80,7 @@ class StandingGuard:
         self._recheck_at = next_revocation(directory, self.agency, after=now)
         if changed:
             self._record_change(standing, now)
+        self.standing = standing  # the same state may come with a newer detail
         doomed: dict[tuple[str, str], tuple[Undelivered, str]] = {}
         if rescan:
             doomed = {(c.message_id, c.recipient): (c, r) for c, r in self._doomed(directory, now)}
@@ -90,8 +91,10 @@ class StandingGuard:
 
     def _record_change(self, standing: Standing, now: int) -> None:
         previous, self.standing, self.since = self.standing, standing, now
-        level = "info" if standing.ok else "error"
-        getattr(self.log, level)("standing_changed", state=standing.state, previous=previous.state)
+        if standing.ok:
+            self.log.info("standing_changed", state=standing.state, previous=previous.state)
+        else:
+            self.log.error("standing_changed", state=standing.state, previous=previous.state)
         self.audit.record_alone("standing.changed", reason=standing.state)
 
     def _doomed(self, directory: Directory, now: int) -> list[tuple[Undelivered, str]]:
