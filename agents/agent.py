@@ -53,6 +53,7 @@ from .messages import (
 from .metrics import AgentMetrics
 from .problems import ProblemError
 from .resend import RESEND_REQUEST, Resender
+from .standing import StandingGuard
 from .store import OutgoingMessage, Received, Store
 from .transport import Transport, Verdict
 from .trust import TrustState
@@ -98,6 +99,9 @@ class Agent:
         )
         self.log = log.bind(agency=config.agency)
         self.metrics = AgentMetrics(agency=config.agency)
+        self.transport.link.on_failure = lambda state: self.metrics.bus_connect_failures.labels(
+            state
+        ).inc()
         self.attachments = Attachments(
             store=self.store, storage=self._storage_box, agency=config.agency
         )
@@ -132,10 +136,20 @@ class Agent:
                 agency=config.agency,
                 on_alert=lambda reason: self.metrics.ledger_alerts.labels(reason).inc(),
                 batch=self.limits.ledger_proof_batch,
+                directory=lambda: self.trust.directory,
+                directory_wanted=lambda: self.transport.link.state == "refused",
+                offer_directory=self.on_directory,
             )
         )
         self.webhooks = (
             WebhookSender(self.store, targets=config.webhooks) if config.webhooks else None
+        )
+        self.standing = StandingGuard(
+            agency=config.agency,
+            store=self.store,
+            audit=self.audit,
+            limits=self.limits,
+            on_failed=lambda reason, n: self.metrics.outbox_failed.labels(reason).inc(n),
         )
         self._timer: asyncio.Task[None] | None = None
         self._watching = asyncio.Event()
@@ -172,6 +186,7 @@ class Agent:
         await site.start()
         self.api_port = self._runner.addresses[0][1]
         self._check_own_keys()
+        self._check_standing()
         await self.transport.start()
         self._watching.set()
         self._timer = asyncio.create_task(self._timers(), name=f"timers-{self.config.agency}")
@@ -461,6 +476,7 @@ class Agent:
         if changed:
             self._remember_keys()
             self._check_own_keys()
+            self._check_standing()
             self.transport.wake()  # queued mail may now be sealable or deliverable
 
     def _remember_keys(self) -> None:
@@ -511,16 +527,43 @@ class Agent:
                 encryption_kid=keys.public.encryption_kid,
             )
 
+    def _check_standing(self) -> None:
+        """Learn at once from the directory that this agency was removed or its keys revoked
+        (agents/standing.py); the inbox is consumed only while it can take part."""
+        if self.standing.evaluate(self.trust.directory, self.keys) and self.webhooks is not None:
+            self.webhooks.wake()
+        if self.trust.directory is not None and self.standing.standing.ok:
+            self.transport.ready.set()
+        else:
+            self.transport.ready.clear()
+
+    def check_can_submit(self) -> None:
+        """Raise a 503 problem while this agency cannot send anything that would be accepted:
+        removed from the directory, no usable key, or refused by the bus."""
+        refusal = self.standing.refusal()
+        if refusal is None and self.transport.link.state == "refused":
+            refusal = ("bus-refused", "the bus refuses this agency's credentials (NKey)")
+        if refusal is not None:
+            reason, detail = refusal
+            raise ProblemError(
+                503,
+                "Service Unavailable",
+                f"this agency cannot send now ({reason}): {detail}",
+                reason=reason,
+            )
+
     def _decryption_keys(self, directory: Directory, now: int) -> dict[str, PrivateKey]:
         """The private keys mail may be sealed to: those the directory lists for this agency
-        as neither revoked nor past the end of their overlap window."""
+        and not past the end of their overlap window. A revoked key still opens mail sealed to
+        it before senders learned of the revocation (nobody seals to it after): whoever stole
+        it can read that mail anyway, and refusing it would only lose it (the senders'
+        signatures are checked as always)."""
         if self.config.agency not in directory:
             return {}
         usable = {
             k.kid
             for k in directory.agency(self.config.agency).encryption_keys
-            if k.status != "revoked"
-            and (k.valid_until is None or now <= k.valid_until + self.limits.clock_skew_seconds)
+            if k.valid_until is None or now <= k.valid_until + self.limits.clock_skew_seconds
         }
         return {kid: key for kid, key in self.keys.decryption_keys.items() if kid in usable}
 
@@ -528,6 +571,7 @@ class Agent:
         """Escalate overdue urgent referrals and expire stale ones, every few seconds."""
         while self._watching.is_set():
             await asyncio.sleep(self.limits.timer_interval_seconds)
+            self._check_standing()
             if self.trust.directory is not None:
                 self.desk.tick()
                 self.resend.tick()
@@ -546,11 +590,23 @@ class Agent:
     def health(self) -> dict[str, Any]:
         connected = self.transport.connected
         trust = self.trust.health()
-        ok = connected and trust["directory_trusted"] and "refused" not in trust
+        standing = self.standing.health()
+        ok = (
+            connected
+            and trust["directory_trusted"]
+            and "refused" not in trust
+            and standing["state"] == "ok"
+        )
+        link = self.transport.link.health()
         health: dict[str, Any] = {
             "agency": self.config.agency,
-            "bus": "connected" if connected else "disconnected",
+            "bus": "connected"
+            if connected
+            else ("refused" if link["state"] == "refused" else "disconnected"),
+            "bus_link": link,
+            "standing": standing,
             "outbox_pending": self.store.pending_count(),
+            "outbox_failed": self.store.failed_count(),
             "trust": trust,
         }
         if self.ledger_watch is not None:

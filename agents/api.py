@@ -26,7 +26,7 @@ from .config import ApiClient
 from .desk import Desk
 from .openapi import OPENAPI
 from .problems import ProblemError, problem
-from .store import Store
+from .store import STATUS_ORDER, Store
 
 log = structlog.get_logger("nrm.api")
 
@@ -47,6 +47,8 @@ class Backend(Protocol):
     ) -> dict[str, Any]: ...
 
     def health(self) -> dict[str, Any]: ...
+
+    def check_can_submit(self) -> None: ...
 
     def metrics_text(self) -> bytes: ...
 
@@ -191,6 +193,8 @@ async def _idempotent(
             return web.json_response(
                 json.loads(row[2]), status=row[1], headers={"Idempotent-Replayed": "true"}
             )
+    # A replay above still answers; new work is refused while the agency cannot send.
+    request.app[BACKEND].check_can_submit()
     # The effect and its idempotency record commit together: a crash between them would
     # let a retry with the same key do the work twice.
     with store.transaction() as db:
@@ -312,19 +316,28 @@ async def get_referral(request: web.Request) -> web.Response:
     side = rows[0][1]
     parties = []
     for counterpart, _, state, _t, _u, _b, message_id, _c, updated, escalated in rows:
-        delivery = None
+        delivery = failure = None
         if side == "sender":
             out = backend.store.outgoing(message_id)
             delivery = "queued" if out is None else out.status
-        parties.append(
-            {
-                "agency": counterpart,
-                "state": state,
-                "status": delivery,
-                "updated": updated,
-                "escalated_at": escalated,
-            }
-        )
+            copy = (
+                next((d for d in out.deliveries if d.recipient == counterpart), None)
+                if out
+                else None
+            )
+            if copy is not None:
+                delivery = copy.state
+                failure = copy.failure
+        party: dict[str, Any] = {
+            "agency": counterpart,
+            "state": state,
+            "status": delivery,
+            "updated": updated,
+            "escalated_at": escalated,
+        }
+        if failure is not None:
+            party["failure"] = failure
+        parties.append(party)
     body: dict[str, Any] = {
         "id": referral_id,
         "side": side,
@@ -334,8 +347,7 @@ async def get_referral(request: web.Request) -> web.Response:
         "created": rows[0][7],
     }
     if side == "sender":
-        order = ("queued", "sent", "delivered")
-        body["status"] = min((p["status"] for p in parties), key=order.index)
+        body["status"] = min((p["status"] for p in parties), key=STATUS_ORDER.index)
         body["recipients"] = parties
     else:
         body["sender"] = parties[0]["agency"]

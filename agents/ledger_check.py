@@ -5,13 +5,23 @@ extends the previous one (consistency proof); for each of this agency's events n
 confirmed (up to 256), fetch their entries and inclusion proofs in one request and verify
 them against the checkpoint.
 A missing event, a failed proof or checkpoints that do not extend each other raise an
-alert: a log event, a counter, and a degraded /healthz.
+alert: a log event, a counter, a row in the agent's database (`ledger_alerts`) and a degraded
+/healthz until an administrator acknowledges it (`nrm agent ack-alert`); acknowledged alerts
+survive restarts, and new ones still raise. A missing event whose signature the trusted
+directory itself refuses (its key revoked at the event's time, or no longer listed) is
+raised as `revoked-signer` rather than `missing-event`: the ledger was right to refuse it.
+
+While the bus refuses this agency's credentials (it was perhaps removed from the directory),
+the watch also fetches the directory the ledger holds (GET /v1/directories) and offers the
+newest to the agent, which verifies it from its pinned root like any other: the ledger is a
+second way to learn why, never a source of trust.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +31,13 @@ import aiohttp
 import structlog
 
 from keys import DEFAULT_LIMITS, PublicIdentity, UntrustedInputError
+from keys.audit import decode_signed_event
 from keys.checkpoint import Checkpoint, verify_checkpoint
+from keys.directory import Directory
+from keys.errors import RetiredKeyError, RevokedKeyError, UnknownKeyError
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import leaf_hash, verify_consistency, verify_inclusion
+from keys.subjects import DIRECTORY_KEY
 from runtime import clock
 
 from .ledger_restore import LedgerRestores, RestoreVerdict
@@ -32,6 +46,21 @@ from .store import Store
 log = structlog.get_logger("nrm.ledger_check")
 
 ORIGIN_PREFIX = "nrm-exchange/ledger/v1/"
+#: Every reason an alert can have (docs/RUNBOOK.md explains each).
+ALERT_REASONS = frozenset(
+    {
+        "missing-event",
+        "revoked-signer",
+        "bad-inclusion-proof",
+        "altered-event",
+        "inconsistent-checkpoints",
+        "checkpoint-rolled-back",
+        "bad-checkpoint-signature",
+        "bad-ledger-answer",
+    }
+)
+#: How often, at most, the directory is fetched from the ledger while the bus refuses us.
+DIRECTORY_FETCH_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +94,17 @@ class LedgerWatch:
     store: Store
     agency: str
     checkpoint: Checkpoint | None = None
-    alerts: int = 0
-    last_alert: str | None = None
     confirmed: int = 0
     on_alert: Callable[[str], None] = lambda reason: None
     #: Events confirmed per round (one proof request): Limits.ledger_proof_batch.
     batch: int = DEFAULT_LIMITS.ledger_proof_batch
-    _alerted: set[str] = field(default_factory=set)
+    #: The directory the agent trusts (to recognise events it no longer accepts itself).
+    directory: Callable[[], Directory | None] = lambda: None
+    #: Whether the agent needs the directory from the ledger (the bus refuses it), and
+    #: where to offer it (the agent's on_directory, which verifies it).
+    directory_wanted: Callable[[], bool] = lambda: False
+    offer_directory: Callable[[str, bytes], None] = lambda key, value: None
+    _next_directory_fetch: float = field(default=0.0)
 
     def __post_init__(self) -> None:
         self.log = log.bind(agency=self.agency)
@@ -84,19 +117,30 @@ class LedgerWatch:
             agency=self.agency,
         )
 
+    @property
+    def alerts(self) -> int:
+        """Alerts raised and not acknowledged (kept in the agent's database)."""
+        return self.store.open_alerts()[0]
+
+    @property
+    def last_alert(self) -> str | None:
+        return self.store.open_alerts()[1]
+
     def health(self) -> dict[str, Any]:
+        alerts, last = self.store.open_alerts()
         return {
-            "status": "alert" if self.alerts else "ok",
-            "alerts": self.alerts,
-            "last_alert": self.last_alert,
+            "status": "alert" if alerts else "ok",
+            "alerts": alerts,
+            "last_alert": last,
             "checkpoint_size": None if self.checkpoint is None else self.checkpoint.size,
             "events_confirmed": self.confirmed,
         }
 
-    def _alert(self, reason: str, **ids: Any) -> None:
-        self.alerts += 1
-        self.last_alert = reason
+    def _alert(self, reason: str, event_id: str | None = None, **ids: Any) -> None:
+        self.store.raise_alert(reason, event_id)
         self.on_alert(reason)
+        if event_id is not None:
+            ids["event_id"] = event_id
         self.log.error("ledger_alert", reason=reason, **ids)
 
     async def run(self, running: asyncio.Event) -> None:
@@ -111,7 +155,27 @@ class LedgerWatch:
                 except (ValueError, KeyError, TypeError, AttributeError) as e:
                     # An answer of the wrong shape: the ledger is not doing its job.
                     self._alert("bad-ledger-answer", error=type(e).__name__)
+                if self.directory_wanted() and time.monotonic() >= self._next_directory_fetch:
+                    self._next_directory_fetch = time.monotonic() + DIRECTORY_FETCH_SECONDS
+                    try:
+                        await self.fetch_directory(http)
+                    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+                        self.log.warning("ledger_directory_unavailable")
                 await asyncio.sleep(self.settings.interval_seconds)
+
+    async def fetch_directory(self, http: aiohttp.ClientSession) -> None:
+        """Offer the newest directory the ledger holds to the agent (which verifies it)."""
+        async with http.get(f"{self.settings.url}/v1/directories") as r:
+            r.raise_for_status()
+            items = (await r.json())["items"]
+        trusted = self.directory()
+        if items:
+            newest = max(items, key=lambda item: int(item["version"]))
+            if trusted is not None and int(newest["version"]) <= trusted.version:
+                return  # nothing newer: an older copy would only be refused as rolled back
+            data = base64.b64decode(newest["data"], validate=True)
+            self.log.info("ledger_directory_offered", directory_version=int(newest["version"]))
+            self.offer_directory(DIRECTORY_KEY, data)
 
     async def check(self, http: aiohttp.ClientSession) -> None:
         s = self.settings
@@ -196,7 +260,7 @@ class LedgerWatch:
             item = found.get(event_id)
             if item is None:
                 if now - max(created, reoffered) > s.missing_after_seconds:
-                    self._alert_once("missing-event", event_id)
+                    self._alert_once(self._missing_reason(event), event_id)
                 continue
             index = item.get("index")
             if type(index) is not int or index < 0:
@@ -221,12 +285,26 @@ class LedgerWatch:
                 self._alert_once("bad-inclusion-proof", event_id, index=index)
                 continue
             confirmed.append((event_id, index))
-            self._alerted.discard(event_id)
         self.store.mark_audit_included(confirmed)
         self.confirmed += len(confirmed)
 
+    def _missing_reason(self, event: bytes) -> str:
+        """`revoked-signer` if the trusted directory refuses the event's own signature at its
+        time (revoked or unlisted key, removed agency), else `missing-event`."""
+        directory = self.directory()
+        if directory is None:
+            return "missing-event"
+        try:
+            ev, kid, _, _ = decode_signed_event(event)
+            directory.signing_key(ev.agency, kid, at=ev.time)
+        except (RevokedKeyError, UnknownKeyError, RetiredKeyError):
+            return "revoked-signer"
+        except UntrustedInputError:
+            return "missing-event"
+        return "missing-event"
+
     def _alert_once(self, reason: str, event_id: str, **ids: Any) -> None:
-        """Alert about one event once, not on every round it stays unconfirmed."""
-        if event_id not in self._alerted:
-            self._alerted.add(event_id)
+        """Alert about one event once (even across restarts, and once acknowledged), not on
+        every round it stays unconfirmed."""
+        if not self.store.alerted(event_id):
             self._alert(reason, event_id=event_id, **ids)

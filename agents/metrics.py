@@ -38,6 +38,18 @@ class AgentMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.outbox_failed = Counter(
+            "nrm_outbox_failed",
+            "Outbox copies marked failed for good (they can never be accepted), by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.bus_connect_failures = Counter(
+            "nrm_bus_connect_failures",
+            "Failed attempts to connect to the bus, by what they showed (unreachable, refused)",
+            ["state"],
+            registry=self.registry,
+        )
         self.outbox_pending = Gauge(
             "nrm_outbox_pending",
             "Outbox rows not yet acknowledged by the bus",

@@ -113,7 +113,14 @@ OPENAPI: dict[str, Any] = {
                                 "detail": {"type": "string"},
                                 "problems": {"type": "array", "items": {"type": "string"}},
                                 "allowed": {"type": "array", "items": {"type": "string"}},
-                                "reason": {"type": "string"},
+                                "reason": {
+                                    "type": "string",
+                                    "description": "A stable reason code. On a 503 for a POST: "
+                                    "why this agency cannot send now — removed, key-revoked, "
+                                    "key-retired (its standing in the trust directory) or "
+                                    "bus-refused (the bus refuses its credentials); on a 409 "
+                                    "for a stored consent: why it does not verify",
+                                },
                             },
                         }
                     }
@@ -146,7 +153,8 @@ OPENAPI: dict[str, Any] = {
     "paths": {
         "/healthz": {
             "get": {
-                "summary": "Health: bus, trust directory, ledger checks",
+                "summary": "Health: bus, trust directory, the agency's standing in it (ok, "
+                "removed, key-revoked, key-retired), ledger checks",
                 "security": [],
                 "responses": {
                     "200": _json({"type": "object"}),
@@ -209,7 +217,10 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/referrals/{id}": {
             "get": {
-                "summary": "One referral: per-recipient state and delivery (read scope)",
+                "summary": "One referral: per-recipient state and delivery (read scope). "
+                "A sender's `status` per recipient is queued, sent, delivered or failed; a "
+                "failed copy has `failure` (key-revoked, removed, key-retired) and will never "
+                "be delivered: submit the referral again once the agency can send",
                 "parameters": [_PATH_ID],
                 "responses": {"200": _json({"type": "object"}), **_errors(401, 403, 404)},
             }
@@ -277,7 +288,7 @@ OPENAPI: dict[str, Any] = {
                     "201": _json(
                         {"type": "object", "required": ["attachment_id", "sha256"]}, "Created"
                     ),
-                    **_errors(400, 401, 403, 413, 415, 422),
+                    **_errors(400, 401, 403, 413, 415, 422, 503),
                 },
             }
         },

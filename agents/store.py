@@ -41,14 +41,16 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS deliveries (
     message_id    TEXT NOT NULL REFERENCES outbox(message_id),
     recipient     TEXT NOT NULL,
-    state         TEXT NOT NULL CHECK (state IN ('queued', 'sent', 'delivered')),
+    state         TEXT NOT NULL CHECK (state IN ('queued', 'sent', 'delivered', 'failed')),
     attempts      INTEGER NOT NULL DEFAULT 0,
     stream_seq    INTEGER,
     sent_at       INTEGER,
     delivered_at  INTEGER,
+    failure       TEXT,
     PRIMARY KEY (message_id, recipient)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS deliveries_queued ON deliveries(state) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS deliveries_failed ON deliveries(state) WHERE state = 'failed';
 CREATE TABLE IF NOT EXISTS inbox (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id    TEXT NOT NULL UNIQUE,
@@ -135,6 +137,18 @@ CREATE TABLE IF NOT EXISTS signing_key_history (
     delisted_at    INTEGER,
     PRIMARY KEY (agency, kid, valid_from)
 ) STRICT;
+CREATE TABLE IF NOT EXISTS ledger_alerts (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    reason          TEXT NOT NULL,
+    event_id        TEXT,
+    first_at        INTEGER NOT NULL,
+    last_at         INTEGER NOT NULL,
+    occurrences     INTEGER NOT NULL DEFAULT 1,
+    acknowledged_at INTEGER
+) STRICT;
+CREATE UNIQUE INDEX IF NOT EXISTS ledger_alerts_open
+    ON ledger_alerts(reason, coalesce(event_id, '')) WHERE acknowledged_at IS NULL;
+CREATE INDEX IF NOT EXISTS ledger_alerts_event ON ledger_alerts(event_id);
 CREATE TABLE IF NOT EXISTS idempotency (
     client       TEXT NOT NULL,
     key          TEXT NOT NULL,
@@ -173,8 +187,9 @@ CREATE TABLE IF NOT EXISTS resend_requests (
 CREATE INDEX IF NOT EXISTS resend_requests_by ON resend_requests(requester, honoured_at);
 """
 
-#: A message's overall status is the least advanced state among its recipients.
-_STATUS_ORDER = ("queued", "sent", "delivered")
+#: A message's overall status is the least advanced state among its recipients; a copy that
+#: failed for good (agents/standing.py) outranks them all.
+STATUS_ORDER = ("failed", "queued", "sent", "delivered")
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +218,21 @@ class DeliveryState:
     state: str
     sent_at: int | None
     delivered_at: int | None
+    #: Why a `failed` copy can never be delivered (a reason code), else None.
+    failure: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Undelivered:
+    """A copy not yet confirmed delivered, with its envelope (to read who signed it)."""
+
+    message_id: str
+    recipient: str
+    state: str
+    sent_at: int | None
+    envelope: bytes
+    kind: str
+    referral_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +284,7 @@ class Store:
         self._db.execute("PRAGMA busy_timeout=5000")
         # Erased rows are overwritten, not just unlinked (crypto-shredding, issue 4).
         self._db.execute("PRAGMA secure_delete=ON")
+        self._migrate_deliveries()
         self._db.executescript(SCHEMA)
         self._savepoints = 0
         path.chmod(0o600)
@@ -385,12 +416,12 @@ class Store:
         deliveries = tuple(
             DeliveryState(*r)
             for r in self._db.execute(
-                "SELECT recipient, state, sent_at, delivered_at FROM deliveries"
+                "SELECT recipient, state, sent_at, delivered_at, failure FROM deliveries"
                 " WHERE message_id = ? ORDER BY recipient",
                 (message_id,),
             )
         )
-        status = min((d.state for d in deliveries), key=_STATUS_ORDER.index)
+        status = min((d.state for d in deliveries), key=STATUS_ORDER.index)
         return OutgoingStatus(message_id, row[0], row[1], row[2], status, deliveries)
 
     # --- audit events ---------------------------------------------------------------------
@@ -427,7 +458,9 @@ class Store:
         """Events published but not yet proven included in the ledger: (id, event, created)."""
         rows = self._db.execute(
             "SELECT event_id, event, created FROM audit_outbox WHERE state = 'sent' "
-            "AND state != 'included' ORDER BY seq LIMIT ?",  # uses audit_unfinished
+            "AND state != 'included' AND event_id NOT IN (SELECT event_id FROM ledger_alerts"
+            " WHERE acknowledged_at IS NOT NULL AND event_id IS NOT NULL)"  # given up on
+            " ORDER BY seq LIMIT ?",  # uses audit_unfinished
             (limit,),
         ).fetchall()
         return [(str(r[0]), bytes(r[1]), int(r[2])) for r in rows]
@@ -709,6 +742,139 @@ class Store:
 
     def consent(self, receipt_id: str) -> StoredConsent | None:
         return _consent(self._db, receipt_id)
+
+
+    # --- deliveries that can never succeed (agents/standing.py) ---------------------------
+
+    def _migrate_deliveries(self) -> None:
+        """Databases made before copies could fail: rebuild `deliveries` with the `failed`
+        state and the `failure` column (SQLite cannot alter a CHECK constraint)."""
+        row = self._db.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'deliveries'"
+        ).fetchone()
+        if row is None or "'failed'" in row[0]:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("ALTER TABLE deliveries RENAME TO deliveries_old")
+            self._db.execute("DROP INDEX IF EXISTS deliveries_queued")
+            for statement in SCHEMA.split(";"):
+                if "TABLE IF NOT EXISTS deliveries" in statement:
+                    self._db.execute(statement)
+            self._db.execute(
+                "INSERT INTO deliveries (message_id, recipient, state, attempts, stream_seq,"
+                " sent_at, delivered_at) SELECT message_id, recipient, state, attempts,"
+                " stream_seq, sent_at, delivered_at FROM deliveries_old"
+            )
+            self._db.execute("DROP TABLE deliveries_old")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def undelivered(self, *, states: Sequence[str] = ("queued", "sent")) -> list[Undelivered]:
+        """Every copy in one of `states` (queued or sent, not yet confirmed delivered)."""
+        marks = ",".join("?" * len(states))
+        # Only placeholders are interpolated; every value is a bound parameter.
+        query = (
+            "SELECT d.message_id, d.recipient, d.state, d.sent_at, o.envelope, o.kind,"  # noqa: S608
+            " o.referral_id FROM deliveries d JOIN outbox o USING (message_id)"
+            f" WHERE d.state IN ({marks}) ORDER BY o.created, d.rowid"
+        )
+        rows = self._db.execute(
+            query,
+            tuple(states),
+        ).fetchall()
+        return [Undelivered(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], r[6]) for r in rows]
+
+    def has_queued(self) -> bool:
+        row = self._db.execute("SELECT 1 FROM deliveries WHERE state = 'queued' LIMIT 1")
+        return row.fetchone() is not None
+
+    @staticmethod
+    def fail_deliveries(db: sqlite3.Connection, failed: Sequence[tuple[str, str, str]]) -> int:
+        """Mark (message id, recipient, reason) copies failed for good, in the caller's
+        transaction, unless delivered meanwhile; how many were marked."""
+        marked = 0
+        for message_id, recipient, reason in failed:
+            marked += db.execute(
+                "UPDATE deliveries SET state = 'failed', failure = ?"
+                " WHERE message_id = ? AND recipient = ? AND state IN ('queued', 'sent')",
+                (reason, message_id, recipient),
+            ).rowcount
+        return marked
+
+    def failed_count(self) -> int:
+        (n,) = self._db.execute("SELECT count(*) FROM deliveries WHERE state = 'failed'").fetchone()
+        return int(n)
+
+    # --- ledger alerts (agents/ledger_check.py) -------------------------------------------
+
+    def raise_alert(self, reason: str, event_id: str | None) -> bool:
+        """Record an alert; an open one of the same reason (and event) counts one more
+        occurrence instead. True if it is new."""
+        now = clock.now()
+        with self.transaction() as tx:
+            updated = tx.execute(
+                "UPDATE ledger_alerts SET occurrences = occurrences + 1, last_at = ?"
+                " WHERE reason = ? AND coalesce(event_id, '') = coalesce(?, '')"
+                " AND acknowledged_at IS NULL",
+                (now, reason, event_id),
+            ).rowcount
+            if updated:
+                return False
+            tx.execute(
+                "INSERT INTO ledger_alerts (reason, event_id, first_at, last_at)"
+                " VALUES (?, ?, ?, ?)",
+                (reason, event_id, now, now),
+            )
+        return True
+
+    def alerted(self, event_id: str) -> bool:
+        """Whether an alert about `event_id` was raised, open or acknowledged."""
+        row = self._db.execute(
+            "SELECT 1 FROM ledger_alerts WHERE event_id = ? LIMIT 1", (event_id,)
+        ).fetchone()
+        return row is not None
+
+    def alerts(self, *, open_only: bool = False) -> list[tuple[Any, ...]]:
+        """(seq, reason, event_id, first_at, last_at, occurrences, acknowledged_at) rows."""
+        return self._db.execute(
+            "SELECT seq, reason, event_id, first_at, last_at, occurrences, acknowledged_at"
+            " FROM ledger_alerts WHERE acknowledged_at IS NULL OR NOT ? ORDER BY seq",
+            (open_only,),
+        ).fetchall()
+
+    def open_alerts(self) -> tuple[int, str | None]:
+        """How many alerts are not acknowledged, and the reason of the latest of them."""
+        row = self._db.execute(
+            "SELECT count(*), (SELECT reason FROM ledger_alerts WHERE acknowledged_at IS NULL"
+            " ORDER BY last_at DESC, seq DESC LIMIT 1)"
+            " FROM ledger_alerts WHERE acknowledged_at IS NULL"
+        ).fetchone()
+        return int(row[0]), row[1]
+
+    @staticmethod
+    def acknowledge_alerts(
+        db: sqlite3.Connection, *, reason: str, event_ids: Sequence[str] = ()
+    ) -> int:
+        """Acknowledge the open alerts of `reason` (only those about `event_ids` if given),
+        in the caller's transaction; how many."""
+        now = clock.now()
+        if not event_ids:
+            return db.execute(
+                "UPDATE ledger_alerts SET acknowledged_at = ?"
+                " WHERE reason = ? AND acknowledged_at IS NULL",
+                (now, reason),
+            ).rowcount
+        return sum(
+            db.execute(
+                "UPDATE ledger_alerts SET acknowledged_at = ?"
+                " WHERE reason = ? AND event_id = ? AND acknowledged_at IS NULL",
+                (now, reason, event_id),
+            ).rowcount
+            for event_id in event_ids
+        )
 
 
 @dataclass(frozen=True, slots=True)

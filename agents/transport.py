@@ -41,7 +41,9 @@ from keys.subjects import (
     resend_publish_id,
 )
 from runtime import clock
+from runtime.backoff import Backoff
 
+from .bus_link import BusLink
 from .store import PendingDelivery, Store
 from .tasks import stop_tasks
 
@@ -98,6 +100,11 @@ class Transport:
         #: Uploads and fetches attachments with this transport's JetStream context.
         self.attachments: Any = None
         self.log = log.bind(agency=agency)
+        #: The link's state and the pace of reconnection attempts (agents/bus_link.py).
+        self.link = BusLink(
+            agency=agency,
+            backoff=Backoff(limits.reconnect_initial_seconds, limits.reconnect_max_seconds),
+        )
         self._nc: Client | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -157,7 +164,7 @@ class Transport:
                     name=f"nrm-agent-{self.agency}",
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
+                    reconnect_time_wait=0,  # the link's back-off paces attempts (bus_link.py)
                     connect_timeout=2,
                     inbox_prefix=reply_prefix(self.agency),
                     nkeys_seed_str=None if self.nats_seed is None else self.nats_seed.decode(),
@@ -165,7 +172,7 @@ class Transport:
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
                 )
-                self.log.info("bus_connected")
+                self.link.on_connected()
                 return self._nc
             except TRANSIENT as e:
                 _raise_if_cancelled()
@@ -174,15 +181,28 @@ class Transport:
         return None
 
     async def _on_error(self, e: Exception) -> None:
-        # nats errors name subjects and permissions, never payloads
-        self.log.warning("bus_error", error=type(e).__name__, detail=str(e)[:200])
+        attempting = self._nc is None or not self._nc.is_connected
+        await self.link.on_error(e, attempting=attempting)
 
     async def _on_disconnected(self) -> None:
-        self.log.warning("bus_disconnected")
+        if self._running:  # not when stop() closes the connection
+            self.link.on_disconnected()
 
     async def _on_reconnected(self) -> None:
-        self.log.info("bus_reconnected")
+        self.link.on_connected()
         self._wake.set()
+
+    async def _pause(self, event: str, error: BaseException, seconds: float) -> None:
+        """After a failed bus operation: while the link is down, wait quietly for it to come
+        back (the link logs its state changes); otherwise log `event` and wait `seconds`."""
+        _raise_if_cancelled()
+        if self.link.connected:
+            self.log.warning(event, error=type(error).__name__)
+            await asyncio.sleep(seconds)
+            return
+        while self._running and not self.link.connected:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.link.up.wait(), timeout=1.0)
 
     # --- outbox -> bus --------------------------------------------------------------------
 
@@ -191,6 +211,10 @@ class Transport:
         while self._running:
             batch = self.store.pending(self.limits.batch_size)
             events = self.store.pending_audit(self.limits.batch_size)
+            if not self.link.connected:  # nothing is attempted while the link is down
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.link.up.wait(), timeout=1.0)
+                continue
             if not batch and not events:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -332,22 +356,22 @@ class Transport:
                     config=config,
                 )
             except TRANSIENT as e:
-                _raise_if_cancelled()
-                self.log.warning("consumer_unavailable", error=type(e).__name__)
-                await asyncio.sleep(1.0)
+                await self._pause("consumer_unavailable", e, 1.0)
                 continue
             try:
                 await self._fetch_forever(sub)
             except TRANSIENT as e:
-                _raise_if_cancelled()
-                self.log.warning("consumer_interrupted", error=type(e).__name__)
-                await asyncio.sleep(0.5)
+                await self._pause("consumer_interrupted", e, 0.5)
             finally:
                 with contextlib.suppress(*TRANSIENT):
                     await sub.unsubscribe()
 
     async def _fetch_forever(self, sub: Any) -> None:
         while self._running:
+            if not self.ready.is_set():  # e.g. the agency has no usable key (standing.py)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.ready.wait(), timeout=1.0)
+                continue
             try:
                 msgs: list[Msg] = await sub.fetch(self.limits.batch_size, timeout=1.0)
             except (nats.errors.TimeoutError, TimeoutError):
@@ -413,9 +437,7 @@ class Transport:
                     with contextlib.suppress(*TRANSIENT):
                         await watcher.stop()  # type: ignore[no-untyped-call]
             except TRANSIENT as e:
-                _raise_if_cancelled()
-                self.log.warning("directory_watch_interrupted", error=type(e).__name__)
-                await asyncio.sleep(1.0)
+                await self._pause("directory_watch_interrupted", e, 1.0)
 
 
 def _raise_if_cancelled() -> None:

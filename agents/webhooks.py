@@ -55,6 +55,7 @@ EVENT_TYPES: Final = frozenset(
         "consent.withdrawn",
         "erasure.requested",
         "escalation.received",
+        "delivery.failed",
     }
 )
 #: Largest serialized event body accepted by `enqueue`.

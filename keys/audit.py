@@ -51,6 +51,9 @@ KINDS = frozenset(
         "escalation.sent",
         "resend.requested",
         "resend.honoured",
+        "delivery.failed",
+        "standing.changed",
+        "alert.acknowledged",
     }
 )
 #: Labels an event may carry for the anonymous statistics, with their allowed values.

@@ -223,6 +223,12 @@ def verify_outer(data: bytes, *, signers: SignerKeys, limits: Limits = DEFAULT_L
     return _verify_outer(data, signers, limits).header
 
 
+def read_header(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Header:
+    """The routing header of an envelope, strictly decoded, NOTHING verified: for a sender
+    looking at its own outbox (which key signed this copy?), never for input from outside."""
+    return _parse(data, limits)[0].header
+
+
 def open_envelope(
     data: bytes,
     *,

@@ -30,6 +30,10 @@ class Limits:
     #: Outbox retry back-off bounds.
     retry_initial_seconds: float = 0.2
     retry_max_seconds: float = 5.0
+    #: Bus reconnection back-off: attempt n waits a random time up to
+    #: min(reconnect_max_seconds, reconnect_initial_seconds * 2**n) (runtime/backoff.py).
+    reconnect_initial_seconds: float = 0.5
+    reconnect_max_seconds: float = 60.0
     #: How many outbox rows are published per batch, and inbox messages fetched per pull.
     batch_size: int = 64
     #: How long JetStream waits for an inbox ack before redelivering.

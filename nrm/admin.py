@@ -336,3 +336,80 @@ def _entry(kid: str, public: bytes, now: int) -> KeyEntry:
 
 def _replace_roles(entry: AgencyEntry, roles: Sequence[str]) -> AgencyEntry:
     return dataclasses.replace(entry, roles=tuple(roles))
+
+
+def replace_keys(
+    folder: AdminFolder,
+    identity: PublicIdentity,
+    *,
+    reason: str,
+    at: int | None = None,
+    overlap_seconds: int = DEFAULT_LIMITS.rotation_overlap_seconds,
+    now: int | None = None,
+) -> Directory:
+    """Rotation and revocation in one directory change (docs/RUNBOOK.md, "Revoke a key"):
+    every signing and encryption key of the agency not yet revoked is revoked from `at`
+    (default now) and the keys of `identity` — made by `nrm keys rotate` at the agency — are
+    admitted, active from now, with its NATS key. Agents that hold the new keys switch to them
+    when they see this directory, so no moment exists at which the agency has no usable key.
+    The old encryption keys still open mail already sealed to them for `overlap_seconds`
+    (nobody seals to a revoked key); the old signing keys are refused from `at`."""
+    now = clock.now() if now is None else now
+    at = now if at is None else at
+    if identity.nats_key is None:
+        raise AdminError("the identity file has no NATS key; re-create it with `nrm keys init`")
+    directory, published = _draft_and_published(folder)
+    if identity.agency not in directory:
+        raise AdminError(f"{identity.agency} is not in the directory; admit it without revoking")
+    current = directory.agency(identity.agency)
+    held = {k.kid for k in (*current.signing_keys, *current.encryption_keys)}
+    if identity.signing_kid in held or identity.encryption_kid in held:
+        raise AdminError(
+            f"{identity.agency}'s identity file holds keys the directory already lists; run "
+            "`nrm keys rotate` at the agency first and use the new identity.json"
+        )
+    directory = directory.rotate(
+        identity.agency,
+        signing=(identity.signing_kid, bytes(identity.signing_key)),
+        encryption=(identity.encryption_kid, bytes(identity.encryption_key)),
+        now=now,
+        overlap_seconds=overlap_seconds,
+    )
+    for old in current.signing_keys + current.encryption_keys:
+        if old.status != "revoked":
+            directory = directory.revoke(identity.agency, old.kid, at=at, reason=reason)
+    entry = directory.agency(identity.agency)
+    directory = directory.with_agency(dataclasses.replace(entry, nats_key=identity.nats_key))
+    directory = _next(directory, published=published, now=now)
+    folder.save_draft(directory)
+    return directory
+
+
+def revocation_leaves_no_key(folder: AdminFolder, agency: str, kid: str) -> str | None:
+    """If revoking `kid` would leave `agency` with no usable signing or encryption key in the
+    draft, say so (the warning `nrm keys revoke` prints); else None."""
+    from keys.standing import standing_of
+
+    directory = folder.draft()
+    if agency not in directory:
+        return None
+    entry = directory.agency(agency)
+    now = clock.now()
+    others = [k for k in (*entry.signing_keys, *entry.encryption_keys) if k.kid != kid]
+    standing = standing_of(
+        directory,
+        agency,
+        signing_kids={k.kid for k in others},
+        encryption_kids={k.kid for k in others},
+        at=now,
+        skew=DEFAULT_LIMITS.clock_skew_seconds,
+    )
+    if standing.ok:
+        return None
+    return (
+        f"revoking {kid} leaves {agency} with no usable key: its agent will refuse new "
+        "referrals and fail what is waiting in its outbox until it has new keys. Unless the "
+        "agency's machine is lost, have it run `nrm keys rotate` first and use "
+        "`nrm directory add-agency NEW-identity.json --revoke-previous --reason ...` instead: "
+        "one change that revokes the old keys and admits the new ones"
+    )

@@ -129,16 +129,21 @@ def keys_rotate(agency: str, directory: Path, passphrase_file: Path | None) -> N
 @click.option("--at", "at", default=None, help="Revocation time (ISO 8601 or Unix seconds).")
 @ADMIN_DIR
 def keys_revoke(agency: str, kid: str, reason: str, at: str | None, admin_dir: Path) -> None:
-    """Revoke an agency key in the directory draft, from a stated time (default now)."""
+    """Revoke an agency key in the directory draft, from a stated time (default now).
+
+    To replace keys rather than only revoke them, prefer `nrm directory add-agency
+    NEW-identity.json --revoke-previous`: one change, and the agency is never left without a
+    usable key.
+    """
+    folder = admin.AdminFolder(admin_dir)
     with _admin_errors():
+        warning = admin.revocation_leaves_no_key(folder, agency, kid)
         d = admin.revoke_key(
-            admin.AdminFolder(admin_dir),
-            agency,
-            kid,
-            reason=reason,
-            at=None if at is None else _parse_time(at),
+            folder, agency, kid, reason=reason, at=None if at is None else _parse_time(at)
         )
     click.echo(f"revoked {kid} of {agency} in draft version {d.version}; sign and publish it")
+    if warning is not None:
+        click.echo(f"warning: {warning}", err=True)
 
 
 # --- bus -----------------------------------------------------------------------------------
@@ -321,6 +326,87 @@ def _backup(source: Path, target: Path, *, what: str) -> None:
     click.echo(f"backed up {what} to {target} ({size} bytes, mode 0600)")
 
 
+@agent.command("alerts")
+@click.option("--config", "config_path", type=PATH, required=True, help="The agent's agent.toml.")
+@click.option("--all", "show_all", is_flag=True, help="Also those already acknowledged.")
+def agent_alerts(config_path: Path, show_all: bool) -> None:
+    """List the ledger alerts the agent raised (open ones unless --all)."""
+    from .show import when
+
+    store = _agent_store(config_path)
+    try:
+        rows = store.alerts(open_only=not show_all)
+    finally:
+        store.close()
+    if not rows:
+        click.echo("no open ledger alerts" if not show_all else "no ledger alerts")
+        return
+    for _, reason, event_id, first_at, last_at, occurrences, acknowledged_at in rows:
+        state = "open" if acknowledged_at is None else f"acknowledged {when(acknowledged_at)}"
+        click.echo(
+            f"{reason:26} event {event_id or '-':32}  first {when(first_at)}  "
+            f"last {when(last_at)}  x{occurrences}  {state}"
+        )
+
+
+@agent.command("ack-alert")
+@click.option("--config", "config_path", type=PATH, required=True, help="The agent's agent.toml.")
+@click.option("--reason", required=True, help="The alert reason, e.g. missing-event.")
+@click.option(
+    "--event", "event_ids", multiple=True, help="Only the alerts about this event id (repeat)."
+)
+def agent_ack_alert(config_path: Path, reason: str, event_ids: tuple[str, ...]) -> None:
+    """Acknowledge ledger alerts whose cause is understood: /healthz stops counting them
+    (the acknowledgement is audited, and survives restarts); new alerts still raise."""
+    import re
+
+    from agents.audit import AuditTrail
+    from agents.ledger_check import ALERT_REASONS
+    from keys.keyfile import load_key_dir
+
+    if reason not in ALERT_REASONS:
+        raise click.BadParameter(
+            f"must be one of {', '.join(sorted(ALERT_REASONS))}", param_hint="--reason"
+        )
+    bad = [e for e in event_ids if not re.fullmatch(r"[0-9a-f]{32}", e)]
+    if bad:
+        raise click.BadParameter("an event id is 32 lowercase hex digits", param_hint="--event")
+    try:
+        config = AgentConfig.load(config_path)
+        agency_keys = load_key_dir(
+            config.key_dir, passphrase=read_passphrase(file=config.passphrase_file)
+        )
+    except (ConfigError, KeyFileError, OSError) as e:
+        raise click.ClickException(str(e)) from e
+    store = _agent_store(config_path)
+    try:
+        audit = AuditTrail(agency=config.agency, keys=lambda: agency_keys, store=store)
+        with store.transaction() as tx:
+            count = store.acknowledge_alerts(tx, reason=reason, event_ids=event_ids)
+            if count:
+                audit.record(tx, "alert.acknowledged", reason=reason)
+        asyncio.run(store.durable())
+    finally:
+        store.close()
+    if not count:
+        raise click.ClickException(f"no open {reason} alert to acknowledge")
+    click.echo(f"acknowledged {count} {reason} alert(s) of {config.agency}")
+
+
+def _agent_store(config_path: Path) -> Any:
+    import sqlite3
+
+    from agents.store import Store
+
+    try:
+        config = AgentConfig.load(config_path)
+        if not config.database.exists():
+            raise click.ClickException(f"{config.database} does not exist")
+        return Store(config.database)
+    except (ConfigError, OSError, sqlite3.Error) as e:
+        raise click.ClickException(str(e)) from e
+
+
 @agent.command("new-token")
 def agent_new_token() -> None:
     """Make an API token for a client system: the token, and the line for agent.toml."""
@@ -468,15 +554,55 @@ def directory_group() -> None:
     show_default=True,
     help="When this is a rotation: how long the old keys stay valid.",
 )
+@click.option(
+    "--revoke-previous",
+    is_flag=True,
+    help="Revoke every earlier key of the agency in the same change (a lost or stolen machine).",
+)
+@click.option("--reason", default=None, help="With --revoke-previous: why (no personal data).")
+@click.option(
+    "--at", "at", default=None, help="With --revoke-previous: revocation time (default now)."
+)
 @ADMIN_DIR
 def directory_add_agency(
-    identity_file: Path, roles: str, overlap_days: float, admin_dir: Path
+    identity_file: Path,
+    roles: str,
+    overlap_days: float,
+    revoke_previous: bool,
+    reason: str | None,
+    at: str | None,
+    admin_dir: Path,
 ) -> None:
-    """Admit an agency from its identity.json, or take in its rotated keys."""
+    """Admit an agency from its identity.json, or take in its rotated keys.
+
+    With --revoke-previous the agency's earlier keys are revoked in the same change: have the
+    agency run `nrm keys rotate` first, then this, then sign and publish (docs/RUNBOOK.md).
+    """
+    if not revoke_previous and (reason is not None or at is not None):
+        raise click.UsageError("--reason and --at go with --revoke-previous")
+    if revoke_previous and not reason:
+        raise click.UsageError("--revoke-previous needs --reason")
+    folder = admin.AdminFolder(admin_dir)
     with _admin_errors():
         identity = PublicIdentity.from_json(identity_file.read_bytes())
+        if revoke_previous:
+            assert reason is not None
+            if roles:
+                raise click.UsageError("--roles cannot change with --revoke-previous")
+            d = admin.replace_keys(
+                folder,
+                identity,
+                reason=reason,
+                at=None if at is None else _parse_time(at),
+                overlap_seconds=int(overlap_days * 86400),
+            )
+            click.echo(
+                f"{identity.agency}: earlier keys revoked and new keys admitted in draft "
+                f"version {d.version}; sign and publish it"
+            )
+            return
         d = admin.add_agency(
-            admin.AdminFolder(admin_dir),
+            folder,
             identity,
             roles=[r for r in roles.split(",") if r],
             overlap_seconds=int(overlap_days * 86400),

@@ -13,15 +13,16 @@ import nats
 import pytest
 from structlog.testing import capture_logs
 
-from keys import codec
+from keys import codec, seal
 from keys.directory import Directory, encode_directory, sign
 from keys.keyfile import INTERACTIVE, open_admin_key, rotate_key_dir
-from keys.subjects import DIRECTORY_KEY, reply_prefix
+from keys.subjects import DIRECTORY_KEY, inbox_subject, publish_id, reply_prefix
 from nrm import admin
+from runtime import clock
 
 from . import samples
 from .support import AGENCIES, Mechanism, eventually
-from .test_agent import delivered, rows
+from .test_agent import connect_as, delivered, rows
 
 REFERRAL = samples.referral()
 
@@ -172,17 +173,39 @@ def _recipient_kid(m: Mechanism, agency: str, message_id: str) -> str:
 
 
 async def test_revoked_key_later_signatures_are_rejected(mechanism: Mechanism) -> None:
-    """After police's signing key is revoked, what it signs is rejected as revoked-key."""
+    """After police's signing key is revoked, its agent refuses to send (503) and what the
+    key still signs is rejected by the recipient as revoked-key."""
     m = mechanism
     rid = await m.api("police").refer(["shelter"], REFERRAL)
     await delivered(m, "police", rid)
-    kid = m.agents["police"].keys.public.signing_kid
+    police = m.agents["police"]
+    kid = police.keys.public.signing_kid
     admin.revoke_key(m.sandbox.admin, "police", kid, reason="key compromised")
     m.sandbox.sign_draft()
     await m.sandbox.publish()
     await eventually(lambda: _version_is(m, 2), what="the revocation to arrive")
+    status, body, _ = await m.api("police").call(
+        "POST", "/v1/referrals", json={"recipients": ["shelter"], "referral": REFERRAL}
+    )
+    assert (status, body["reason"]) == (503, "key-revoked")
+    directory = police.trust.directory
+    assert directory is not None
+    now = clock.now()
+    forged = seal(
+        sender=police.keys,
+        recipients=[directory.recipient("shelter", at=now)],
+        kind="referral",
+        body=b"{}",
+        created=now,
+        expires=now + 3600,
+    )
     with capture_logs() as logs:
-        await m.api("police").refer(["shelter"], REFERRAL)
+        async with connect_as(m, "police") as nc:
+            await nc.jetstream().publish(
+                inbox_subject("shelter"),
+                forged.data,
+                headers={"Nats-Msg-Id": publish_id(forged.header.message_id, "shelter")},
+            )
 
         async def rejected() -> bool:
             return any(
