@@ -261,10 +261,11 @@ async def test_a_key_revoked_from_before_the_signing_time_is_refused(
     status, refused, ctype = await m.api("police").call(
         "POST", "/v1/consents", json=samples.consent(str(uuid.uuid4()))
     )
+    # The agent's standing (PROTOCOL.md §7.10) refuses it before anything is signed.
     assert (status, ctype, refused.get("reason")) == (
         503,
         "application/problem+json",
-        "revoked-key",
+        "key-revoked",
     ), refused
     assert rows(m.database("police"), "consents") == 1
 
