@@ -221,7 +221,8 @@ def test_remove_agency_drops_it_from_the_draft(work: Work) -> None:
 
 def test_rotation_retires_the_old_keys_with_a_valid_until(work: Work) -> None:
     """After `keys rotate` and `add-agency` of the new identity, `show` lists the old keys
-    as retiring with an end to their window and the new ones active."""
+    as retiring with an end to their window and the new ones active, and the draft names
+    only the new NATS key (the key file keeps the old seed as the previous one)."""
     work.add("police", "police")
     old = work.public("police")
 
@@ -230,7 +231,14 @@ def test_rotation_retires_the_old_keys_with_a_valid_until(work: Work) -> None:
     )
     new = work.public("police")
     assert new.signing_kid != old.signing_kid
+    assert new.nats_key is not None and new.nats_key != old.nats_key
+    private = load_key_dir(work.keys("police"), passphrase=PASSPHRASE.encode())
+    assert private.public.nats_key == new.nats_key
+    assert private.previous_nats_seed is not None and old.nats_key is not None
+    assert private.nats_seed_for(old.nats_key) == private.previous_nats_seed
     work.add("police", "")
+    draft = json.loads((work.admin / "directory.json").read_text())
+    assert new.nats_key in json.dumps(draft) and old.nats_key not in json.dumps(draft)
 
     lines = work.show().splitlines()
     for kid in (old.signing_kid, old.encryption_kid):
