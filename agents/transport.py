@@ -40,6 +40,7 @@ from keys.subjects import (
 )
 from runtime import clock
 
+from .presence import Presence
 from .store import PendingDelivery, Store
 from .tasks import stop_tasks
 
@@ -95,6 +96,11 @@ class Transport:
         self.ready = asyncio.Event()
         #: Uploads and fetches attachments with this transport's JetStream context.
         self.attachments: Any = None
+        #: Set by the owner: the instance lease that gates consuming the inbox (§5.4).
+        self.presence: Presence | None = None
+        #: Called whenever the bus refuses this connection's NKey (the owner may have a
+        #: newer one: docs/PROTOCOL.md §3.2).
+        self.on_auth_refused: Callable[[bytes | None], None] = lambda seed: None
         self.log = log.bind(agency=agency)
         self._nc: Client | None = None
         self._wake = asyncio.Event()
@@ -129,8 +135,19 @@ class Transport:
             try:
                 await asyncio.wait_for(self._nc.drain(), timeout=5)
             except (TimeoutError, *TRANSIENT):
-                await self._nc.close()
+                # e.g. reconnecting with a refused key: close() may hang flushing what it
+                # buffered into a dead socket, so it is bounded too.
+                with contextlib.suppress(TimeoutError, *TRANSIENT):
+                    await asyncio.wait_for(self._nc.close(), timeout=5)
             self._nc = None
+
+    async def use_seed(self, seed: bytes) -> None:
+        """Reconnect with another NATS seed: let the loops finish their step, close the
+        connection, start again. Nothing is lost: unacked messages are redelivered (and
+        recognised), unacknowledged publishes repeated under the same Nats-Msg-Id."""
+        await self.stop()
+        self.nats_seed = seed
+        await self.start()
 
     async def _run(self) -> None:
         nc = await self._connect()
@@ -141,6 +158,10 @@ class Transport:
             group.create_task(self._publish_loop(js), name=f"publisher-{self.agency}")
             group.create_task(self._consume_loop(js), name=f"consumer-{self.agency}")
             group.create_task(self._watch_directory(js), name=f"directory-{self.agency}")
+            if self.presence is not None:
+                group.create_task(
+                    self.presence.run(js, lambda: self._running), name=f"presence-{self.agency}"
+                )
             if self.attachments is not None:
                 group.create_task(
                     self.attachments.run(js, lambda: self._running),
@@ -168,12 +189,16 @@ class Transport:
             except TRANSIENT as e:
                 _raise_if_cancelled()
                 self.log.warning("bus_unreachable", error=type(e).__name__)
+                if _is_auth_refusal(e):
+                    self.on_auth_refused(self.nats_seed)
                 await asyncio.sleep(1.0)
         return None
 
     async def _on_error(self, e: Exception) -> None:
         # nats errors name subjects and permissions, never payloads
         self.log.warning("bus_error", error=type(e).__name__, detail=str(e)[:200])
+        if _is_auth_refusal(e):
+            self.on_auth_refused(self.nats_seed)
 
     async def _on_disconnected(self) -> None:
         self.log.warning("bus_disconnected")
@@ -310,6 +335,10 @@ class Transport:
             filter_subject=subject,
         )
         while self._running:
+            if self.presence is not None and not await self.presence.wait_held(
+                lambda: self._running
+            ):
+                return  # stopping
             try:
                 sub = await js.pull_subscribe(
                     subject,
@@ -333,7 +362,7 @@ class Transport:
                     await sub.unsubscribe()
 
     async def _fetch_forever(self, sub: Any) -> None:
-        while self._running:
+        while self._running and (self.presence is None or self.presence.held):
             try:
                 msgs: list[Msg] = await sub.fetch(self.limits.batch_size, timeout=1.0)
             except (nats.errors.TimeoutError, TimeoutError):
@@ -402,6 +431,13 @@ class Transport:
                 _raise_if_cancelled()
                 self.log.warning("directory_watch_interrupted", error=type(e).__name__)
                 await asyncio.sleep(1.0)
+
+
+def _is_auth_refusal(e: BaseException) -> bool:
+    """Whether the bus refused the connection's credentials (an unknown or removed NKey)."""
+    return (
+        isinstance(e, nats.errors.AuthorizationError) or "authorization violation" in str(e).lower()
+    )
 
 
 def _raise_if_cancelled() -> None:

@@ -1,0 +1,192 @@
+"""The instance lease: at most one agent process consumes an agency's inbox.
+
+docs/PROTOCOL.md §5.4. Each agent process draws a random instance id at start. It holds the
+lease when the presence bucket's key `<agency>` names its id: it creates the key if there is
+none (`Nats-Expected-Last-Subject-Sequence: 0`) and renews it every quarter of the bucket's
+TTL with a compare-and-set on the revision it last wrote. Only the bus's clock times a lease
+out: the bucket's `max_age` removes a value that was not renewed, so a holder killed with
+kill -9 loses its lease one TTL after its last renewal and a successor can create it.
+
+An instance that finds another instance's lease, or whose compare-and-set fails because
+someone else wrote, does not consume; it reports `duplicate-instance` (health, metric, one
+log line per change) and keeps trying, so it takes over once the other lease lapses. A holder
+that has not renewed for TTL minus one renewal interval stops consuming by itself, before the
+bus can hand the lease to anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from keys.subjects import PRESENCE_BUCKET, presence_key
+
+log = structlog.get_logger("nrm.presence")
+
+#: What a lease value is: the holder's instance id, 32 lowercase hex characters.
+INSTANCE_ID = re.compile(rb"^[0-9a-f]{32}$")
+#: Lease states, as /healthz shows them.
+ACQUIRING = "acquiring"
+HELD = "held"
+DUPLICATE = "duplicate-instance"
+RENEWING = "renewing"
+#: Renewals per TTL.
+RENEWALS_PER_TTL = 4
+#: How long to wait before asking again when the bus is not answering.
+RETRY_SECONDS = 1.0
+
+TRANSIENT = (nats.errors.Error, TimeoutError, OSError, ConnectionError)
+
+
+def new_instance_id() -> str:
+    """A fresh random instance id (128 bits)."""
+    return secrets.token_hex(16)
+
+
+class Presence:
+    """One agent process's lease on its agency's inbox."""
+
+    def __init__(
+        self,
+        *,
+        agency: str,
+        instance: str | None = None,
+        on_change: Callable[[str], None] = lambda state: None,
+    ) -> None:
+        self.agency = agency
+        self.instance = new_instance_id() if instance is None else instance
+        if not INSTANCE_ID.fullmatch(self.instance.encode()):
+            raise ValueError("an instance id is 32 lowercase hex characters")
+        self.on_change = on_change
+        self.state = ACQUIRING
+        #: The instance id that holds the lease when this one does not (None if unreadable).
+        self.holder: str | None = None
+        self.log = log.bind(agency=agency, instance=self.instance)
+        self._key = presence_key(agency)
+        self._revision: int | None = None
+        self._sent_at = 0.0  # monotonic time just before the write that made _revision
+        self._ttl: float | None = None
+        self._changed = asyncio.Event()
+
+    @property
+    def held(self) -> bool:
+        """True while this instance may consume: it holds the lease and renewed it recently
+        enough that the bus cannot have timed it out yet."""
+        if self._revision is None or self._ttl is None:
+            return False
+        return time.monotonic() < self._sent_at + self._ttl - self._ttl / RENEWALS_PER_TTL
+
+    async def wait_held(self, running: Callable[[], bool]) -> bool:
+        """Wait until this instance holds the lease (True) or `running()` turns false."""
+        while running():
+            if self.held:
+                return True
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=RETRY_SECONDS)
+        return False
+
+    def health(self) -> dict[str, Any]:
+        state = self.state
+        if state == HELD and not self.held:
+            state = RENEWING  # not consuming until a renewal gets through
+        out: dict[str, Any] = {"id": self.instance, "lease": state}
+        if self.state == DUPLICATE:
+            out["holder"] = self.holder
+        return out
+
+    async def run(self, js: JetStreamContext, running: Callable[[], bool]) -> None:
+        """Acquire and renew the lease until `running()` turns false."""
+        kv: KeyValue | None = None
+        while running():
+            try:
+                if kv is None:
+                    kv = await js.key_value(PRESENCE_BUCKET)
+                    status = await kv.status()
+                    ttl = status.ttl
+                    if not ttl or ttl <= 0:
+                        raise nats.errors.Error("the presence bucket has no TTL")
+                    self._ttl = float(ttl)
+                await self.step(kv)
+            except nats.js.errors.BucketNotFoundError:
+                kv = None
+                self.log.warning("presence_bucket_missing", bucket=PRESENCE_BUCKET)
+            except TRANSIENT as e:
+                _raise_if_cancelled()
+                self.log.warning("lease_unavailable", error=type(e).__name__)
+            self._changed.set()
+            await asyncio.sleep(self._interval())
+
+    def _interval(self) -> float:
+        return RETRY_SECONDS if self._ttl is None else self._ttl / RENEWALS_PER_TTL
+
+    async def step(self, kv: KeyValue) -> None:
+        """One round: renew the lease if held, else try to take it."""
+        value = self.instance.encode()
+        sent_at = time.monotonic()
+        if self._revision is not None:
+            try:
+                self._revision = await kv.update(self._key, value, last=self._revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                self._revision = None  # lapsed, or someone else wrote: find out which
+            else:
+                self._sent_at = sent_at
+                self._set(HELD, None)
+                return
+        try:
+            self._revision = await kv.create(self._key, value)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            pass
+        else:
+            self._sent_at = sent_at
+            self._set(HELD, None)
+            return
+        try:
+            entry = await kv.get(self._key)
+        except nats.js.errors.KeyNotFoundError:
+            return  # it lapsed between the two requests: try again next round
+        raw = entry.value or b""
+        holder = raw.decode("ascii") if INSTANCE_ID.fullmatch(raw) else None
+        if holder == self.instance and entry.revision is not None:
+            # Our own earlier write whose answer was lost: adopt it.
+            self._revision = entry.revision
+            self._sent_at = sent_at
+            self._set(HELD, None)
+            return
+        self._set(DUPLICATE, holder)
+
+    def _set(self, state: str, holder: str | None) -> None:
+        if (state, holder) == (self.state, self.holder):
+            return
+        before, self.state, self.holder = self.state, state, holder
+        if state == DUPLICATE:
+            self.log.error(
+                "duplicate_instance",
+                holder=holder,
+                detail="another agent process holds "
+                "this agency's inbox lease: this one does not consume",
+            )
+        elif before == DUPLICATE:
+            self.log.warning("instance_lease_taken_over", previous_holder=None)
+        else:
+            self.log.info("instance_lease_acquired")
+        self.on_change(state)
+        self._changed.set()
+
+
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation that a library reported as a timeout or connection error."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
