@@ -52,7 +52,7 @@ from .messages import (
 )
 from .metrics import AgentMetrics
 from .nats_key import NatsKeyFollower, wanted_seed
-from .presence import HELD, Presence
+from .presence import HELD, Presence, instance_id
 from .problems import ProblemError
 from .store import OutgoingMessage, Received, Store
 from .transport import Transport, Verdict
@@ -108,6 +108,7 @@ class Agent:
         self.metrics = AgentMetrics(agency=config.agency)
         self.presence = Presence(
             agency=config.agency,
+            instance=instance_id(config.database.with_name(config.database.name + ".instance")),
             on_change=lambda state: self.metrics.instance_lease(state),
         )
         self.transport.presence = self.presence
@@ -205,6 +206,7 @@ class Agent:
 
     async def stop(self) -> None:
         self._watching.clear()
+        self.presence.releasing = True  # a successor may take the inbox over at once
         for task in (self._watch_task, self._timer, self._nats_key_task):
             if task is not None:
                 task.cancel()

@@ -1,13 +1,17 @@
 """The instance lease: at most one agent process consumes an agency's inbox.
 
-docs/PROTOCOL.md §5.4. Each agent process draws a random instance id at start. It holds the
-lease when the presence bucket's key `<agency>` names its id: it creates the key if there is
-none (`Nats-Expected-Last-Subject-Sequence: 0`) and renews it every quarter of the bucket's
-TTL with a compare-and-set on the revision it last wrote. Only the bus's clock times a lease
-out: the bucket's `max_age` removes a value that was not renewed, so a holder killed with
-kill -9 loses its lease one TTL after its last renewal and a successor can create it.
+docs/PROTOCOL.md §5.4. A lease value is `<instance>.<run>`: the instance id is drawn once
+per agent installation and kept beside its database (a copy of the key folder is another
+instance), the run id is drawn at each process start. A process holds the lease when the
+presence bucket's key `<agency>` names its run: it creates the key if there is none
+(`Nats-Expected-Last-Subject-Sequence: 0`) and renews it every quarter of the bucket's TTL
+with a compare-and-set on the revision it last wrote; a clean stop deletes it. Only the bus's
+clock times a lease out: the bucket's `max_age` removes a value that was not renewed, so a
+holder killed with kill -9 loses its lease one TTL after its last renewal and any successor
+can create it. A restart of the same installation takes its own earlier run's lease over at
+once (compare-and-set on that revision) instead of waiting.
 
-An instance that finds another instance's lease, or whose compare-and-set fails because
+A process that finds another instance's lease, or whose compare-and-set fails because
 someone else wrote, does not consume; it reports `duplicate-instance` (health, metric, one
 log line per change) and keeps trying, so it takes over once the other lease lapses. A holder
 that has not renewed for TTL minus one renewal interval stops consuming by itself, before the
@@ -22,6 +26,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import nats.errors
@@ -30,12 +35,16 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from keys import KeyFileExistsError
+from keys.keyfile import write_new_file
 from keys.subjects import PRESENCE_BUCKET, presence_key
 
 log = structlog.get_logger("nrm.presence")
 
-#: What a lease value is: the holder's instance id, 32 lowercase hex characters.
-INSTANCE_ID = re.compile(rb"^[0-9a-f]{32}$")
+#: An instance or run id: 32 lowercase hex characters.
+ID = re.compile(r"^[0-9a-f]{32}$")
+#: A lease value: `<instance>.<run>`, ASCII.
+LEASE_VALUE = re.compile(rb"^([0-9a-f]{32})\.([0-9a-f]{32})$")
 #: Lease states, as /healthz shows them.
 ACQUIRING = "acquiring"
 HELD = "held"
@@ -43,15 +52,30 @@ DUPLICATE = "duplicate-instance"
 RENEWING = "renewing"
 #: Renewals per TTL.
 RENEWALS_PER_TTL = 4
+#: How often a waiting lease loop looks whether its owner is stopping.
+STOP_POLL_SECONDS = 0.25
 #: How long to wait before asking again when the bus is not answering.
 RETRY_SECONDS = 1.0
 
 TRANSIENT = (nats.errors.Error, TimeoutError, OSError, ConnectionError)
 
 
-def new_instance_id() -> str:
-    """A fresh random instance id (128 bits)."""
+def new_id() -> str:
+    """A fresh random instance or run id (128 bits)."""
     return secrets.token_hex(16)
+
+
+def instance_id(path: Path) -> str:
+    """The installation's instance id kept in `path` (created on first use, 0600)."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        with contextlib.suppress(KeyFileExistsError):  # another process made it first
+            write_new_file(path, (new_id() + "\n").encode("ascii"))
+        text = path.read_text(encoding="ascii").strip()
+    if not ID.fullmatch(text):
+        raise ValueError(f"{path} does not hold an instance id (32 lowercase hex characters)")
+    return text
 
 
 class Presence:
@@ -61,23 +85,27 @@ class Presence:
         self,
         *,
         agency: str,
-        instance: str | None = None,
+        instance: str,
         on_change: Callable[[str], None] = lambda state: None,
     ) -> None:
-        self.agency = agency
-        self.instance = new_instance_id() if instance is None else instance
-        if not INSTANCE_ID.fullmatch(self.instance.encode()):
+        if not ID.fullmatch(instance):
             raise ValueError("an instance id is 32 lowercase hex characters")
+        self.agency = agency
+        self.instance = instance
+        self.run_id = new_id()
         self.on_change = on_change
+        #: Set by the owner before a clean stop: the lease is then given up, not left to lapse.
+        self.releasing = False
         self.state = ACQUIRING
         #: The instance id that holds the lease when this one does not (None if unreadable).
         self.holder: str | None = None
-        self.log = log.bind(agency=agency, instance=self.instance)
+        self.log = log.bind(agency=agency, instance=self.instance, run=self.run_id)
         self._key = presence_key(agency)
         self._revision: int | None = None
         self._sent_at = 0.0  # monotonic time just before the write that made _revision
         self._ttl: float | None = None
         self._changed = asyncio.Event()
+        self._was_held = False  # held at some point by this run
 
     @property
     def held(self) -> bool:
@@ -101,7 +129,7 @@ class Presence:
         state = self.state
         if state == HELD and not self.held:
             state = RENEWING  # not consuming until a renewal gets through
-        out: dict[str, Any] = {"id": self.instance, "lease": state}
+        out: dict[str, Any] = {"id": self.instance, "run": self.run_id, "lease": state}
         if self.state == DUPLICATE:
             out["holder"] = self.holder
         return out
@@ -126,14 +154,25 @@ class Presence:
                 _raise_if_cancelled()
                 self.log.warning("lease_unavailable", error=type(e).__name__)
             self._changed.set()
-            await asyncio.sleep(self._interval())
+            deadline = time.monotonic() + self._interval()
+            # The stop signal is the owner's `running()` (the transport's flag), not an event.
+            while running() and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(min(STOP_POLL_SECONDS, deadline - time.monotonic()))
+        if self.releasing and kv is not None and self._revision is not None:
+            try:
+                await kv.delete(self._key, last=self._revision)
+            except (nats.js.errors.KeyWrongLastSequenceError, *TRANSIENT):
+                pass  # no longer ours, or the bus is away: it lapses by itself
+            else:
+                self.log.info("instance_lease_released")
+            self._revision = None
 
     def _interval(self) -> float:
         return RETRY_SECONDS if self._ttl is None else self._ttl / RENEWALS_PER_TTL
 
     async def step(self, kv: KeyValue) -> None:
         """One round: renew the lease if held, else try to take it."""
-        value = self.instance.encode()
+        value = f"{self.instance}.{self.run_id}".encode("ascii")
         sent_at = time.monotonic()
         if self._revision is not None:
             try:
@@ -156,17 +195,30 @@ class Presence:
             entry = await kv.get(self._key)
         except nats.js.errors.KeyNotFoundError:
             return  # it lapsed between the two requests: try again next round
-        raw = entry.value or b""
-        holder = raw.decode("ascii") if INSTANCE_ID.fullmatch(raw) else None
-        if holder == self.instance and entry.revision is not None:
+        match = LEASE_VALUE.fullmatch(entry.value or b"")
+        holder, run = (None, None) if match is None else (match[1].decode(), match[2].decode())
+        if run == self.run_id and entry.revision is not None:
             # Our own earlier write whose answer was lost: adopt it.
             self._revision = entry.revision
             self._sent_at = sent_at
             self._set(HELD, None)
             return
+        if holder == self.instance and not self._was_held and entry.revision is not None:
+            # An earlier run of this installation (killed, or restarted): take it over now.
+            try:
+                self._revision = await kv.update(self._key, value, last=entry.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                return  # it changed meanwhile: look again next round
+            self._sent_at = sent_at
+            self.log.info("instance_lease_taken_from_earlier_run", earlier_run=run)
+            self._set(HELD, None)
+            return
+        # Another instance, or another process of this installation took it from us (a copy
+        # of the whole agent folder, database included, running at the same time).
         self._set(DUPLICATE, holder)
 
     def _set(self, state: str, holder: str | None) -> None:
+        self._was_held = self._was_held or state == HELD
         if (state, holder) == (self.state, self.holder):
             return
         before, self.state, self.holder = self.state, state, holder
@@ -178,7 +230,7 @@ class Presence:
                 "this agency's inbox lease: this one does not consume",
             )
         elif before == DUPLICATE:
-            self.log.warning("instance_lease_taken_over", previous_holder=None)
+            self.log.warning("instance_lease_taken_over")
         else:
             self.log.info("instance_lease_acquired")
         self.on_change(state)

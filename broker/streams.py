@@ -138,7 +138,11 @@ async def provision_presence_bucket(
     else:
         config = info.config
         if (config.max_age, config.num_replicas) != (ttl, replicas):
-            await js.update_stream(config.evolve(max_age=ttl, num_replicas=replicas))
+            # The de-duplication window may not be longer than the TTL (nats-py's rule).
+            window = min(float(config.duplicate_window or ttl), ttl)
+            await js.update_stream(
+                config.evolve(max_age=ttl, duplicate_window=window, num_replicas=replicas)
+            )
 
 
 async def provision_attachment_store(
