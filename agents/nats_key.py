@@ -38,12 +38,12 @@ def wanted_seed(
     `listed` is the NKey the trusted directory names for this agency (None if it has none),
     `in_use` the seed of the current connection, `refused` whether the bus refused it.
     """
-    chosen = None if listed is None else keys.nats_seed_for(listed)
-    if chosen is not None and not (refused and chosen == in_use):
-        return chosen  # the directory names a key this agency holds
     if refused:
-        return keys.nats_seed  # the directory we hold is older than the bus's: the newest
-    return in_use
+        # The bus knows a newer directory than the one held (or none lists this key any
+        # more): the newest seed, and never back to an older one, so nothing flip-flops.
+        return keys.nats_seed
+    chosen = None if listed is None else keys.nats_seed_for(listed)
+    return in_use if chosen is None else chosen
 
 
 class NatsKeyFollower:
@@ -69,27 +69,33 @@ class NatsKeyFollower:
         self._in_use = in_use
         self._switch = switch
         self._poked = asyncio.Event()
-        self._refused = False
+        self._refused: bytes | None = None  # the seed the bus last refused
+        self._directory_changed = False
         self._warned: str | None = None  # the key last reported as refused, to say it once
         self.log = log.bind(agency=agency)
 
     def poke(self) -> None:
         """A new directory arrived: check whether it names another NATS key."""
+        self._directory_changed = True
         self._poked.set()
 
     def refused(self, seed: bytes | None) -> None:
-        """The bus refused the NATS key of `seed` (a late report about a seed the transport
-        no longer uses is ignored)."""
-        if seed == self._in_use():
-            self._refused = True
-            self._poked.set()
+        """The bus refused the NATS key of `seed`."""
+        self._refused = seed
+        self._poked.set()
 
     async def run(self) -> None:
         while True:
             await self._poked.wait()
             self._poked.clear()
-            refused, self._refused = self._refused, False
-            await self.check(refused=refused)
+            refused, self._refused = self._refused, None
+            changed, self._directory_changed = self._directory_changed, False
+            # A late report about a seed the transport no longer uses says nothing; and the
+            # directory held is only consulted when it changed: after a cut-off it is older
+            # than the bus's authorization and would point back to the refused key.
+            refused_now = refused is not None and refused == self._in_use()
+            if refused_now or changed:
+                await self.check(refused=refused_now)
 
     async def check(self, *, refused: bool) -> None:
         """Apply `wanted_seed`; switch the transport if it names another seed."""

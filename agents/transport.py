@@ -169,6 +169,11 @@ class Transport:
                 )
 
     async def _connect(self) -> Client | None:
+        seed = self.nats_seed  # errors are reported against the seed of their own connection
+
+        async def on_error(e: Exception) -> None:
+            await self._on_error(e, seed)
+
         while self._running:
             try:
                 self._nc = await nats.connect(
@@ -180,7 +185,7 @@ class Transport:
                     connect_timeout=2,
                     inbox_prefix=reply_prefix(self.agency),
                     nkeys_seed_str=None if self.nats_seed is None else self.nats_seed.decode(),
-                    error_cb=self._on_error,
+                    error_cb=on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
                 )
@@ -190,15 +195,15 @@ class Transport:
                 _raise_if_cancelled()
                 self.log.warning("bus_unreachable", error=type(e).__name__)
                 if _is_auth_refusal(e):
-                    self.on_auth_refused(self.nats_seed)
+                    self.on_auth_refused(seed)
                 await asyncio.sleep(1.0)
         return None
 
-    async def _on_error(self, e: Exception) -> None:
+    async def _on_error(self, e: Exception, seed: bytes | None) -> None:
         # nats errors name subjects and permissions, never payloads
         self.log.warning("bus_error", error=type(e).__name__, detail=str(e)[:200])
         if _is_auth_refusal(e):
-            self.on_auth_refused(self.nats_seed)
+            self.on_auth_refused(seed)
 
     async def _on_disconnected(self) -> None:
         self.log.warning("bus_disconnected")
