@@ -335,6 +335,13 @@ async def test_second_agent_from_a_copied_key_folder_does_not_consume(tmp_path: 
                 )
 
             await eventually(copy_refused, what="the copy to report duplicate-instance")
+            assert m.sandbox.authority is not None
+            watch = m.sandbox.authority.connections
+
+            async def seen_on_the_bus() -> bool:
+                return watch.duplicates == {"shelter": 2} and await copy_refused()
+
+            await eventually(seen_on_the_bus, what="the bus authority to see shelter twice")
             assert b"nrm_agent_duplicate_instance 1.0" in copy.metrics_text()
 
             before = [await m.api("police").refer(["shelter"], REFERRAL) for _ in range(5)]
@@ -358,6 +365,7 @@ async def test_second_agent_from_a_copied_key_folder_does_not_consume(tmp_path: 
                     and body["status"] == "ok"
                     and body["instance"]["lease"] == "held"
                     and statuses == ["delivered"] * len(after)
+                    and watch.duplicates == {}
                 )
 
             await eventually(taken_over, timeout=60, what="the copy to take the inbox over")
