@@ -99,7 +99,7 @@ class Agent:
             handler=self.handle_message,
             on_directory=self.on_directory,
             # A key file rotated before the directory naming its new NATS key was published
-            # still holds the seed the bus accepts (§3.2).
+            # still holds the seed the bus accepts (§3.4).
             nats_seed=wanted_seed(keys, listed=listed, in_use=keys.nats_seed, refused=False),
             limits=self.limits,
             after_commit=self._inbox_committed,

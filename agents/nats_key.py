@@ -1,6 +1,6 @@
 """Following a NATS key rotation: connect with the seed the bus accepts.
 
-docs/PROTOCOL.md §3.2 and §7.7. `nrm keys rotate` writes a new NATS seed into the key file and
+docs/PROTOCOL.md §3.4 and §7.7. `nrm keys rotate` writes a new NATS seed into the key file and
 keeps the one before it as `previous_nats_seed`; once administrators publish the directory
 naming the new NKey, the bus authority authorizes only that key and the old one is cut off.
 Either event may reach the agent first:

@@ -1,6 +1,6 @@
 """The instance lease: at most one agent process consumes an agency's inbox.
 
-docs/PROTOCOL.md §5.4. A lease value is `<instance>.<run>`: the instance id is drawn once
+docs/PROTOCOL.md §5.2. A lease value is `<instance>.<run>`: the instance id is drawn once
 per agent installation and kept beside its database (a copy of the key folder is another
 instance), the run id is drawn at each process start. A process holds the lease when the
 presence bucket's key `<agency>` names its run: it creates the key if there is none

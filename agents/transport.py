@@ -96,10 +96,10 @@ class Transport:
         self.ready = asyncio.Event()
         #: Uploads and fetches attachments with this transport's JetStream context.
         self.attachments: Any = None
-        #: Set by the owner: the instance lease that gates consuming the inbox (§5.4).
+        #: Set by the owner: the instance lease that gates consuming the inbox (§5.2).
         self.presence: Presence | None = None
         #: Called whenever the bus refuses this connection's NKey (the owner may have a
-        #: newer one: docs/PROTOCOL.md §3.2).
+        #: newer one: docs/PROTOCOL.md §3.4).
         self.on_auth_refused: Callable[[bytes | None], None] = lambda seed: None
         self.log = log.bind(agency=agency)
         self._nc: Client | None = None

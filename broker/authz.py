@@ -9,7 +9,7 @@ the client signs it with its seed; no password is ever sent or stored). There is
   filtered on their own inbox subject, read (get and watch) the directory bucket, and
   subscribe only to their own reply subjects `_nrm_inbox.<id>.>` (agents connect with
   `inbox_prefix=keys.subjects.reply_prefix(id)`), and read and write only their own key of
-  the instance-lease bucket (`$KV.nrm-presence.<id>`, PROTOCOL.md §5.4).
+  the instance-lease bucket (`$KV.nrm-presence.<id>`, PROTOCOL.md §5.2).
 - **Auditors** subscribe to `nrm.v1.audit.>` and read the directory bucket. Their replies
   use the prefix `_nrm_inbox.auditor-<first 8 characters of the NKey, lowercased>` (see
   `auditor_reply_prefix`); agency ids starting with `auditor-` are therefore reserved.

@@ -1,7 +1,7 @@
 """The bus side of "one agent per agency": agencies logged in more than once, seen by nats-server.
 
 Agents keep a second process of their agency off the inbox with the instance lease
-(docs/PROTOCOL.md §5.4), but a copy of an agency's key folder that does not cooperate would
+(docs/PROTOCOL.md §5.2), but a copy of an agency's key folder that does not cooperate would
 not. nats-server knows every connection and the NKey it authenticated with, so the bus
 authority asks it (`/connz?auth=true`) every `CHECK_SECONDS` and reports each agency with more
 than one open connection: a log line when that set changes and `duplicates` for callers.

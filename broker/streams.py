@@ -119,7 +119,7 @@ async def provision_presence_bucket(
     """Create the instance-lease bucket, or bring it to the wanted configuration (idempotent).
 
     One revision per key, values expire `limits.instance_lease_seconds` after they were
-    written (the lease TTL, §5.4), direct gets on (agents read their own key).
+    written (the lease TTL, §5.2), direct gets on (agents read their own key).
     """
     ttl = float(limits.instance_lease_seconds)
     try:

@@ -129,7 +129,7 @@ class AgencyKeys:
     storage_key: bytes | None = None
     #: The NATS seed in use before the last rotation, kept so an agent restarted between
     #: `nrm keys rotate` and the publication of the directory naming the new NKey can
-    #: still reach the bus (docs/PROTOCOL.md §3.2). The bus stops accepting it once that
+    #: still reach the bus (docs/PROTOCOL.md §3.4). The bus stops accepting it once that
     #: directory is published; the next rotation drops it.
     previous_nats_seed: bytes | None = None
 

@@ -201,7 +201,7 @@ def load_key_dir(directory: Path, *, passphrase: bytes) -> AgencyKeys:
 def rotate_key_dir(directory: Path, *, passphrase: bytes, cost: KdfCost = MODERATE) -> AgencyKeys:
     """Replace the agency's signing, encryption and NATS keys with new ones, keeping the old
     encryption key for mail still in flight and the old NATS seed until the directory naming
-    the new NKey is published (§3.2); rewrite `identity.json` with the new public keys."""
+    the new NKey is published (§3.4); rewrite `identity.json` with the new public keys."""
     keys = load_key_dir(directory, passphrase=passphrase).rotated()
     replace_file(directory / KEY_FILE_NAME, seal_keys(keys, passphrase=passphrase, cost=cost))
     replace_file(directory / IDENTITY_FILE_NAME, keys.public.to_json().encode(), mode=0o644)

@@ -59,7 +59,7 @@ DIRECTORY_BUCKET = "nrm-directory"
 DIRECTORY_KEY = "directory"
 
 
-#: The JetStream key-value bucket of instance leases (§5.4): key `<agency>` holds the id of
+#: The JetStream key-value bucket of instance leases (§5.2): key `<agency>` holds the id of
 #: the one agent process allowed to consume that agency's inbox. Entries expire after the
 #: bucket's TTL unless renewed, so a crashed holder's lease lapses by itself.
 PRESENCE_BUCKET = "nrm-presence"
