@@ -137,6 +137,7 @@ class Presence:
     async def run(self, js: JetStreamContext, running: Callable[[], bool]) -> None:
         """Acquire and renew the lease until `running()` turns false."""
         kv: KeyValue | None = None
+        missing = False
         while running():
             try:
                 if kv is None:
@@ -149,7 +150,9 @@ class Presence:
                 await self.step(kv)
             except nats.js.errors.BucketNotFoundError:
                 kv = None
-                self.log.warning("presence_bucket_missing", bucket=PRESENCE_BUCKET)
+                if not missing:  # once: the bus was provisioned by an older version
+                    self.log.error("presence_bucket_missing", bucket=PRESENCE_BUCKET)
+                missing = True
             except TRANSIENT as e:
                 _raise_if_cancelled()
                 self.log.warning("lease_unavailable", error=type(e).__name__)

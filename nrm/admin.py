@@ -182,6 +182,14 @@ def add_agency(
         known = {k.kid for k in current.signing_keys}
         if identity.signing_kid in known:
             same_nats = identity.nats_key == current.nats_key
+            active = {k.kid for k in current.signing_keys if k.status == "active"}
+            if not same_nats and identity.signing_kid not in active:
+                # An identity.json from before a rotation: taking its NATS key would put
+                # the old key back on the bus and cut the agency's current one off.
+                raise AdminError(
+                    f"this identity.json of {identity.agency} holds keys the directory has "
+                    "already replaced; use the agency's current identity.json"
+                )
             if same_nats and (tuple(roles) == current.roles or not roles):
                 raise AdminError(f"{identity.agency} is already in the directory with these keys")
             directory = directory.with_agency(_replace_roles(current, roles or current.roles))

@@ -249,6 +249,21 @@ def test_rotation_retires_the_old_keys_with_a_valid_until(work: Work) -> None:
         assert "active" in next(x for x in lines if kid in x)
 
 
+def test_add_agency_refuses_an_identity_from_before_the_rotation(work: Work) -> None:
+    """Re-adding the identity.json an agency had before its rotation is refused and leaves
+    the draft as it was: its NATS key would put the old key back on the bus."""
+    work.add("police", "police")
+    before_rotation = work.identity("police").read_bytes()
+    ok("keys", "rotate", "--agency", "police", "--dir", work.keys("police"))
+    work.add("police", "")
+    draft = (work.admin / "directory.json").read_bytes()
+    stale = work.root / "stale-identity.json"
+    stale.write_bytes(before_rotation)
+    result = nrm("directory", "add-agency", stale, "--dir", work.admin)
+    assert result.exit_code != 0 and "already replaced" in result.output
+    assert (work.admin / "directory.json").read_bytes() == draft
+
+
 def test_rotate_refuses_another_agencys_key_directory(work: Work) -> None:
     """`keys rotate --agency` must name the agency whose keys are in --dir; a wrong one
     changes nothing there."""
