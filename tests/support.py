@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -146,3 +148,17 @@ class Mechanism:
 
 async def _ready(agent: Agent) -> bool:
     return bool(agent.health()["status"] == "ok")
+
+
+def copy_agency_folder(m: Mechanism, agency: str, name: str) -> Path:
+    """A copy of an agency's folder (keys, passphrase, pinned root, configuration) with a
+    fresh database beside the original; returns its agent.toml."""
+    target = m.root / name
+    shutil.copytree(
+        m.setups[agency].home, target, ignore=shutil.ignore_patterns("agent.db*", "trust")
+    )
+    config = target / "agent.toml"
+    config.write_text(
+        re.sub(r'bind = "127\.0\.0\.1:\d+"', 'bind = "127.0.0.1:0"', config.read_text())
+    )
+    return config

@@ -19,7 +19,7 @@ from keys.subjects import reply_prefix
 from nrm import admin
 
 from . import samples
-from .support import Mechanism, eventually
+from .support import Mechanism, copy_agency_folder, eventually
 from .test_agent import delivered, rows
 
 REFERRAL = samples.referral()
@@ -197,3 +197,45 @@ async def test_restart_between_rotation_and_publication(mechanism: Mechanism) ->
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_machine_that_changed_hands_is_cut_off(mechanism: Mechanism) -> None:
+    """A second machine running the shelter's agent from a copy of its key folder made before
+    the rotation is cut off once the rotated identity is published: it can no longer log in,
+    the bus sees the shelter once, and referrals go only to the agent that rotated."""
+    m = mechanism
+    shelter = m.agents["shelter"]
+    old_machine = Agent.from_config_file(copy_agency_folder(m, "shelter", "old-machine"))
+    await old_machine.start()
+    try:
+        assert m.sandbox.authority is not None
+        watch = m.sandbox.authority.connections
+
+        async def both_logged_in() -> bool:
+            return (
+                old_machine.transport.connected
+                and old_machine.health()["instance"]["lease"] == "duplicate-instance"
+                and watch.duplicates == {"shelter": 2}
+            )
+
+        await eventually(both_logged_in, what="the old machine to be seen on the bus")
+        new = rotate(m, "shelter")
+        await m.sandbox.publish()
+
+        async def cut_off() -> bool:
+            return (
+                not old_machine.transport.connected
+                and old_machine.health()["status"] == "degraded"
+                and on_seed(shelter, new.nats_seed)
+                and watch.duplicates == {}
+            )
+
+        await eventually(cut_off, what="the old machine to be cut off")
+        old_seed = old_machine.transport.nats_seed
+        assert old_seed is not None and await refused(m, "shelter", old_seed)
+        rid = await m.api("police").refer(["shelter"], REFERRAL)
+        await delivered(m, "police", rid)
+        assert rows(m.database("shelter"), "inbox") == 1
+        assert rows(old_machine.config.database, "inbox") == 0
+    finally:
+        await old_machine.stop()

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-import shutil
 import socket
 import sqlite3
 import subprocess
@@ -34,7 +32,7 @@ from keys.subjects import PRESENCE_BUCKET
 from nrm import admin
 
 from . import samples
-from .support import TEST_LIMITS, Mechanism, eventually
+from .support import TEST_LIMITS, Mechanism, copy_agency_folder, eventually
 from .test_agent import delivered
 
 REFERRAL = samples.referral()
@@ -248,16 +246,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _copy_agency_folder(source: Path, target: Path) -> Path:
-    """A copy of an agency's folder (keys, passphrase, pinned root, configuration) with a
-    fresh database, as someone would set up a second machine; returns its agent.toml."""
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("agent.db*", "trust", "*.log"))
-    config = target / "agent.toml"
-    text = re.sub(r'bind = "127\.0\.0\.1:\d+"', 'bind = "127.0.0.1:0"', config.read_text())
-    config.write_text(text)
-    return config
-
-
 async def _healthz(http: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
     try:
         async with http.get(f"{url}/healthz") as r:
@@ -316,9 +304,7 @@ async def test_second_agent_from_a_copied_key_folder_does_not_consume(tmp_path: 
 
             await eventually(first_ok, timeout=60, what="the first shelter agent")
             await m.start("police")
-            copy = Agent.from_config_file(
-                _copy_agency_folder(shelter.home, m.root / "shelter-copy")
-            )
+            copy = Agent.from_config_file(copy_agency_folder(m, "shelter", "shelter-copy"))
             await copy.start()
             first_instance = instance_id(m.database("shelter").with_name("agent.db.instance"))
             assert copy.presence.instance != first_instance
