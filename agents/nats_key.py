@@ -26,6 +26,7 @@ import structlog
 from keys import AgencyKeys, KeyFileError
 from keys.directory import Directory
 from keys.identity import nats_public_key
+from keys.keyfile import KEY_FILE_NAME
 
 log = structlog.get_logger("nrm.nats_key")
 
@@ -61,7 +62,7 @@ class NatsKeyFollower:
         switch: Callable[[bytes], Awaitable[None]],
     ) -> None:
         self.agency = agency
-        self._key_path = key_dir / "agency.key"
+        self._key_path = key_dir / KEY_FILE_NAME
         self._load = load
         self._keys = keys
         self._stamp = self._file_stamp()
@@ -94,8 +95,13 @@ class NatsKeyFollower:
             # directory held is only consulted when it changed: after a cut-off it is older
             # than the bus's authorization and would point back to the refused key.
             refused_now = refused is not None and refused == self._in_use()
-            if refused_now or changed:
+            if not (refused_now or changed):
+                continue
+            try:
                 await self.check(refused=refused_now)
+            except (OSError, RuntimeError, ValueError) as e:
+                # e.g. the transport could not restart: try again at the next event
+                self.log.error("nats_key_switch_failed", error=type(e).__name__)
 
     async def check(self, *, refused: bool) -> None:
         """Apply `wanted_seed`; switch the transport if it names another seed."""
