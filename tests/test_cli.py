@@ -239,6 +239,8 @@ def test_rotation_retires_the_old_keys_with_a_valid_until(work: Work) -> None:
     work.add("police", "")
     draft = json.loads((work.admin / "directory.json").read_text())
     assert new.nats_key in json.dumps(draft) and old.nats_key not in json.dumps(draft)
+    shown = work.show()
+    assert new.nats_key[:32] in shown and old.nats_key[:32] not in shown
 
     lines = work.show().splitlines()
     for kid in (old.signing_kid, old.encryption_kid):
