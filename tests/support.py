@@ -135,9 +135,11 @@ class Mechanism:
         await self.agents.pop(agency).stop()
 
     async def close(self) -> None:
-        for agency in list(self.agents):
-            await self.stop(agency)
-        await self.sandbox.stop_all()
+        try:
+            for agency in list(self.agents):
+                await self.stop(agency)
+        finally:  # a failing agent stop must not leave nats-server and the ledger running
+            await self.sandbox.stop_all()
 
     def api(self, agency: str) -> Api:
         return Api(self.http, self.agents[agency].api_url, self.setups[agency].token)
