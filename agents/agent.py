@@ -51,6 +51,8 @@ from .messages import (
     DeliveryReceipt,
 )
 from .metrics import AgentMetrics
+from .nats_key import NatsKeyFollower, wanted_seed
+from .presence import HELD, Presence, instance_id
 from .problems import ProblemError
 from .resend import RESEND_REQUEST, Resender
 from .standing import StandingGuard
@@ -87,13 +89,21 @@ class Agent:
         self.limits = config.limits
         self.store = Store(config.database)
         self.audit = AuditTrail(agency=config.agency, keys=lambda: self.keys, store=self.store)
+        directory = trust.directory
+        listed = (
+            directory.agency(config.agency).nats_key
+            if directory is not None and config.agency in directory
+            else None
+        )
         self.transport = Transport(
             agency=config.agency,
             urls=config.nats_urls,
             store=self.store,
             handler=self.handle_message,
             on_directory=self.on_directory,
-            nats_seed=keys.nats_seed,
+            # A key file rotated before the directory naming its new NATS key was published
+            # still holds the seed the bus accepts (§3.4).
+            nats_seed=wanted_seed(keys, listed=listed, in_use=keys.nats_seed, refused=False),
             limits=self.limits,
             after_commit=self._inbox_committed,
         )
@@ -102,6 +112,25 @@ class Agent:
         self.transport.link.on_failure = lambda state: self.metrics.bus_connect_failures.labels(
             state
         ).inc()
+        self.presence = Presence(
+            agency=config.agency,
+            instance=instance_id(config.database.with_name(config.database.name + ".instance")),
+            on_change=lambda state: self.metrics.instance_lease(state),
+        )
+        self.transport.presence = self.presence
+        self.nats_key = NatsKeyFollower(
+            agency=config.agency,
+            key_dir=config.key_dir,
+            load=lambda: load_key_dir(
+                config.key_dir, passphrase=read_passphrase(file=config.passphrase_file)
+            ),
+            keys=keys,
+            directory=lambda: self.trust.directory,
+            in_use=lambda: self.transport.nats_seed,
+            switch=self.transport.use_seed,
+        )
+        self.transport.on_auth_refused = self.nats_key.refused
+        self._nats_key_task: asyncio.Task[None] | None = None
         self.attachments = Attachments(
             store=self.store, storage=self._storage_box, agency=config.agency
         )
@@ -188,6 +217,9 @@ class Agent:
         self._check_own_keys()
         self._check_standing()
         await self.transport.start()
+        self._nats_key_task = asyncio.create_task(
+            self.nats_key.run(), name=f"nats-key-{self.config.agency}"
+        )
         self._watching.set()
         self._timer = asyncio.create_task(self._timers(), name=f"timers-{self.config.agency}")
         if self.webhooks is not None:
@@ -200,12 +232,13 @@ class Agent:
 
     async def stop(self) -> None:
         self._watching.clear()
-        for task in (self._watch_task, self._timer):
+        self.presence.releasing = True  # a successor may take the inbox over at once
+        for task in (self._watch_task, self._timer, self._nats_key_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._watch_task = self._timer = None
+        self._watch_task = self._timer = self._nats_key_task = None
         if self.webhooks is not None:
             await self.webhooks.stop()
         await self.transport.stop()
@@ -477,6 +510,7 @@ class Agent:
             self._remember_keys()
             self._check_own_keys()
             self._check_standing()
+            self.nats_key.poke()  # the directory may name a new NATS key (§7.7)
             self.transport.wake()  # queued mail may now be sealable or deliverable
 
     def _remember_keys(self) -> None:
@@ -608,7 +642,10 @@ class Agent:
             "outbox_pending": self.store.pending_count(),
             "outbox_failed": self.store.failed_count(),
             "trust": trust,
+            "instance": self.presence.health(),
         }
+        # Another process holds this agency's inbox lease, or this one cannot renew it.
+        ok = ok and health["instance"]["lease"] == HELD
         if self.ledger_watch is not None:
             health["ledger"] = self.ledger_watch.health()
             ok = ok and health["ledger"]["status"] == "ok"

@@ -55,6 +55,17 @@ class AgentMetrics:
             "Outbox rows not yet acknowledged by the bus",
             registry=self.registry,
         )
+        self.duplicate_instance = Gauge(
+            "nrm_agent_duplicate_instance",
+            "1 while another agent process holds this agency's inbox lease (this one does "
+            "not consume), else 0",
+            registry=self.registry,
+        )
+        self.lease_conflicts = Counter(
+            "nrm_agent_instance_lease_conflicts_total",
+            "Times this agent found another process holding its agency's inbox lease",
+            registry=self.registry,
+        )
         self.info = Gauge(
             "nrm_agent_info",
             "Constant 1, labelled with the agency",
@@ -62,6 +73,13 @@ class AgentMetrics:
             registry=self.registry,
         )
         self.info.labels(**labels).set(1)
+
+    def instance_lease(self, state: str) -> None:
+        """The instance lease changed state (agents/presence.py)."""
+        duplicate = state == "duplicate-instance"
+        self.duplicate_instance.set(1 if duplicate else 0)
+        if duplicate:
+            self.lease_conflicts.inc()
 
     def render(self, *, outbox_pending: Callable[[], int]) -> bytes:
         self.outbox_pending.set(outbox_pending())

@@ -84,6 +84,30 @@ SCHEMAS: dict[str, Any] = {
 }
 
 _PATH_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+#: /healthz: `status` is `ok` (200) or `degraded` (503); `instance` is this process's lease on
+#: the agency's inbox (docs/PROTOCOL.md §5.2). Other members describe the bus, trust and ledger.
+_HEALTH: dict[str, Any] = {
+    "type": "object",
+    "required": ["status", "agency", "bus", "instance"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "degraded"]},
+        "agency": {"type": "string"},
+        "bus": {"type": "string", "enum": ["connected", "disconnected"]},
+        "instance": {
+            "type": "object",
+            "required": ["id", "run", "lease"],
+            "properties": {
+                "id": _ID,
+                "run": _ID,
+                "lease": {
+                    "type": "string",
+                    "enum": ["acquiring", "held", "renewing", "duplicate-instance"],
+                },
+                "holder": {**_ID, "type": ["string", "null"]},
+            },
+        },
+    },
+}
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -154,11 +178,11 @@ OPENAPI: dict[str, Any] = {
         "/healthz": {
             "get": {
                 "summary": "Health: bus, trust directory, the agency's standing in it (ok, "
-                "removed, key-revoked, key-retired), ledger checks",
+                "removed, key-revoked, key-retired), instance lease, ledger checks",
                 "security": [],
                 "responses": {
-                    "200": _json({"type": "object"}),
-                    "503": _json({"type": "object"}, "Degraded"),
+                    "200": _json(_HEALTH),
+                    "503": _json(_HEALTH, "Degraded"),
                 },
             }
         },

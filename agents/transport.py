@@ -43,7 +43,8 @@ from keys.subjects import (
 from runtime import clock
 from runtime.backoff import Backoff
 
-from .bus_link import BusLink
+from .bus_link import BusLink, is_refusal
+from .presence import Presence
 from .store import PendingDelivery, Store
 from .tasks import stop_tasks
 
@@ -99,6 +100,11 @@ class Transport:
         self.ready = asyncio.Event()
         #: Uploads and fetches attachments with this transport's JetStream context.
         self.attachments: Any = None
+        #: Set by the owner: the instance lease that gates consuming the inbox (§5.2).
+        self.presence: Presence | None = None
+        #: Called whenever the bus refuses this connection's NKey (the owner may have a
+        #: newer one: docs/PROTOCOL.md §3.4).
+        self.on_auth_refused: Callable[[bytes | None], None] = lambda seed: None
         self.log = log.bind(agency=agency)
         #: The link's state and the pace of reconnection attempts (agents/bus_link.py).
         self.link = BusLink(
@@ -138,8 +144,19 @@ class Transport:
             try:
                 await asyncio.wait_for(self._nc.drain(), timeout=5)
             except (TimeoutError, *TRANSIENT):
-                await self._nc.close()
+                # e.g. reconnecting with a refused key: close() may hang flushing what it
+                # buffered into a dead socket, so it is bounded too.
+                with contextlib.suppress(TimeoutError, *TRANSIENT):
+                    await asyncio.wait_for(self._nc.close(), timeout=5)
             self._nc = None
+
+    async def use_seed(self, seed: bytes) -> None:
+        """Reconnect with another NATS seed: let the loops finish their step, close the
+        connection, start again. Nothing is lost: unacked messages are redelivered (and
+        recognised), unacknowledged publishes repeated under the same Nats-Msg-Id."""
+        await self.stop()
+        self.nats_seed = seed
+        await self.start()
 
     async def _run(self) -> None:
         nc = await self._connect()
@@ -150,6 +167,10 @@ class Transport:
             group.create_task(self._publish_loop(js), name=f"publisher-{self.agency}")
             group.create_task(self._consume_loop(js), name=f"consumer-{self.agency}")
             group.create_task(self._watch_directory(js), name=f"directory-{self.agency}")
+            if self.presence is not None:
+                group.create_task(
+                    self.presence.run(js, lambda: self._running), name=f"presence-{self.agency}"
+                )
             if self.attachments is not None:
                 group.create_task(
                     self.attachments.run(js, lambda: self._running),
@@ -157,6 +178,11 @@ class Transport:
                 )
 
     async def _connect(self) -> Client | None:
+        seed = self.nats_seed  # errors are reported against the seed of their own connection
+
+        async def on_error(e: Exception) -> None:
+            await self._on_error(e, seed)
+
         while self._running:
             try:
                 self._nc = await nats.connect(
@@ -168,7 +194,7 @@ class Transport:
                     connect_timeout=2,
                     inbox_prefix=reply_prefix(self.agency),
                     nkeys_seed_str=None if self.nats_seed is None else self.nats_seed.decode(),
-                    error_cb=self._on_error,
+                    error_cb=on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
                 )
@@ -177,10 +203,14 @@ class Transport:
             except TRANSIENT as e:
                 _raise_if_cancelled()
                 self.log.warning("bus_unreachable", error=type(e).__name__)
+                if is_refusal(e):
+                    self.on_auth_refused(seed)
                 await asyncio.sleep(1.0)
         return None
 
-    async def _on_error(self, e: Exception) -> None:
+    async def _on_error(self, e: Exception, seed: bytes | None) -> None:
+        if is_refusal(e):
+            self.on_auth_refused(seed)  # perhaps our NATS key was rotated (nats_key.py)
         attempting = self._nc is None or not self._nc.is_connected
         await self.link.on_error(e, attempting=attempting)
 
@@ -348,6 +378,10 @@ class Transport:
             filter_subject=subject,
         )
         while self._running:
+            if self.presence is not None and not await self.presence.wait_held(
+                lambda: self._running
+            ):
+                return  # stopping
             try:
                 sub = await js.pull_subscribe(
                     subject,
@@ -367,7 +401,7 @@ class Transport:
                     await sub.unsubscribe()
 
     async def _fetch_forever(self, sub: Any) -> None:
-        while self._running:
+        while self._running and (self.presence is None or self.presence.held):
             if not self.ready.is_set():  # e.g. the agency has no usable key (standing.py)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.ready.wait(), timeout=1.0)

@@ -3,7 +3,9 @@
 `authorization_for` turns a directory into the nats-server authorization block; agencies with
 the auditor role get auditor permissions. `DirectoryAuthority` watches the directory bucket,
 verifies each update from the pinned root exactly as agents do, and reloads the running
-server (SIGHUP, no restart) whenever the set of NKeys or roles changes.
+server (SIGHUP, no restart) whenever the set of NKeys or roles changes; a rotated NATS key
+thus replaces the old one at once, and connections made with the old one are closed. It also
+runs the `ConnectionWatch` reporting agencies logged in more than once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import structlog
 from keys.directory import Directory
 
 from .authz import authorization_block
+from .connections import ConnectionWatch
 from .follower import DirectoryFollower
 from .server import NatsServer
 
@@ -43,6 +46,8 @@ class DirectoryAuthority:
         self.server = server
         self.operators = [operator_key]
         self.applied: str | None = None
+        self._nkeys: dict[str, str] = {}  # NKey -> agency id, of the directory applied
+        self.connections = ConnectionWatch(server, agencies=lambda: self._nkeys)
         self.follower = DirectoryFollower(
             urls=[server.url],
             nkeys_seed=operator_seed,
@@ -58,9 +63,12 @@ class DirectoryAuthority:
             self.server.reload(block)
             self.applied = block
             log.info("bus_authorization_reloaded", directory_version=directory.version)
+        self._nkeys = {a.nats_key: a.agency for a in directory.agencies}
 
     async def start(self) -> None:
         await self.follower.start()
+        await self.connections.start()
 
     async def stop(self) -> None:
+        await self.connections.stop()
         await self.follower.stop()

@@ -8,7 +8,8 @@ the client signs it with its seed; no password is ever sent or stored). There is
   create, inspect, fetch from and ack only their own durable inbox consumer `inbox-<id>`
   filtered on their own inbox subject, read (get and watch) the directory bucket, and
   subscribe only to their own reply subjects `_nrm_inbox.<id>.>` (agents connect with
-  `inbox_prefix=keys.subjects.reply_prefix(id)`).
+  `inbox_prefix=keys.subjects.reply_prefix(id)`), and read and write only their own key of
+  the instance-lease bucket (`$KV.nrm-presence.<id>`, PROTOCOL.md §5.2).
 - **Auditors** subscribe to `nrm.v1.audit.>` and read the directory bucket. Their replies
   use the prefix `_nrm_inbox.auditor-<first 8 characters of the NKey, lowercased>` (see
   `auditor_reply_prefix`); agency ids starting with `auditor-` are therefore reserved.
@@ -33,9 +34,12 @@ from keys.subjects import (
     DIRECTORY_BUCKET,
     MESSAGE_STREAM,
     PREFIX,
+    PRESENCE_BUCKET,
+    PRESENCE_STREAM,
     audit_subject,
     inbox_consumer,
     inbox_subject,
+    presence_key,
     reply_prefix,
 )
 
@@ -69,6 +73,18 @@ def directory_reader_publish() -> list[str]:
         f"$JS.API.CONSUMER.CREATE.{DIRECTORY_STREAM}",
         f"$JS.API.CONSUMER.INFO.{DIRECTORY_STREAM}.*",
         f"$JS.FC.{DIRECTORY_STREAM}.>",
+    ]
+
+
+def presence_publish(agency: str) -> list[str]:
+    """Holding an instance lease, as nats-py's key-value store does it: the bucket's stream
+    info (`key_value()`, `status()`), a direct get of the agency's own key, and publishes
+    (create and compare-and-set updates) to that key only."""
+    key = f"$KV.{PRESENCE_BUCKET}.{presence_key(agency)}"
+    return [
+        f"$JS.API.STREAM.INFO.{PRESENCE_STREAM}",
+        f"$JS.API.DIRECT.GET.{PRESENCE_STREAM}.{key}",
+        key,
     ]
 
 
@@ -107,6 +123,7 @@ def agency_permissions(agency: str) -> tuple[list[str], list[str], list[str], li
         f"$JS.API.CONSUMER.MSG.NEXT.{MESSAGE_STREAM}.{consumer}",
         f"$JS.ACK.{MESSAGE_STREAM}.{consumer}.>",
         *directory_reader_publish(),
+        *presence_publish(agency),
         *attachment_publish(),
     ]
     publish_deny = [

@@ -28,6 +28,8 @@ START_TIMEOUT_SECONDS = 15.0
 STOP_TIMEOUT_SECONDS = 10.0
 #: How long `reload()` waits for the server to report the new configuration loaded.
 RELOAD_TIMEOUT_SECONDS = 10.0
+#: Most connections one `/connz` request lists.
+CONNZ_LIMIT = 10_000
 #: How much of nats.log an error quotes.
 LOG_TAIL_BYTES = 4096
 
@@ -300,6 +302,23 @@ class NatsServer:
             return response.status == http.client.OK
         finally:
             conn.close()
+
+    def connections(self) -> list[dict[str, object]]:
+        """The open client connections, from the monitoring `/connz?auth=true`: each with
+        `authorized_user` (the NKey it logged in with), `name`, `ip`, `port`, `cid`."""
+        if self._monitor_port is None:
+            raise RuntimeError("nats-server is not running")
+        conn = http.client.HTTPConnection("127.0.0.1", self._monitor_port, timeout=2.0)
+        try:
+            conn.request("GET", f"/connz?auth=true&limit={CONNZ_LIMIT}")
+            response = conn.getresponse()
+            body = response.read()
+        finally:
+            conn.close()
+        if response.status != http.client.OK:
+            raise OSError(f"/connz answered {response.status}")
+        connections = json.loads(body).get("connections") or []
+        return [c for c in connections if isinstance(c, dict)]
 
     def _config_load_time(self) -> str:
         """When the server last loaded its configuration, from the monitoring `/varz`."""

@@ -22,6 +22,8 @@ from keys.subjects import (
     DIRECTORY_BUCKET,
     MESSAGE_STREAM,
     MESSAGE_SUBJECTS,
+    PRESENCE_BUCKET,
+    PRESENCE_STREAM,
 )
 
 #: How long connecting and draining may take while provisioning.
@@ -82,6 +84,7 @@ async def provision_streams(
         else:
             await js.update_stream(config)
     await provision_directory_bucket(js, replicas=replicas)
+    await provision_presence_bucket(js, limits=limits, replicas=replicas)
     await provision_attachment_store(js, limits=limits, replicas=replicas)
 
 
@@ -107,6 +110,38 @@ async def provision_directory_bucket(js: JetStreamContext, *, replicas: int = 1)
         if (config.max_msgs_per_subject, config.num_replicas) != (DIRECTORY_HISTORY, replicas):
             await js.update_stream(
                 config.evolve(max_msgs_per_subject=DIRECTORY_HISTORY, num_replicas=replicas)
+            )
+
+
+async def provision_presence_bucket(
+    js: JetStreamContext, *, limits: Limits = DEFAULT_LIMITS, replicas: int = 1
+) -> None:
+    """Create the instance-lease bucket, or bring it to the wanted configuration (idempotent).
+
+    One revision per key, values expire `limits.instance_lease_seconds` after they were
+    written (the lease TTL, §5.2), direct gets on (agents read their own key).
+    """
+    ttl = float(limits.instance_lease_seconds)
+    try:
+        info = await js.stream_info(PRESENCE_STREAM)
+    except NotFoundError:
+        await js.create_key_value(
+            KeyValueConfig(
+                bucket=PRESENCE_BUCKET,
+                history=1,
+                ttl=ttl,
+                storage=StorageType.FILE,
+                replicas=replicas,
+                direct=True,
+            )
+        )
+    else:
+        config = info.config
+        if (config.max_age, config.num_replicas) != (ttl, replicas):
+            # The de-duplication window may not be longer than the TTL (nats-py's rule).
+            window = min(float(config.duplicate_window or ttl), ttl)
+            await js.update_stream(
+                config.evolve(max_age=ttl, duplicate_window=window, num_replicas=replicas)
             )
 
 

@@ -127,6 +127,11 @@ class AgencyKeys:
     #: A random key that never rotates, for data the agent keeps at rest (per-referral data
     #: keys are sealed under it); lost with the key file, so a stolen database reads nothing.
     storage_key: bytes | None = None
+    #: The NATS seed in use before the last rotation, kept so an agent restarted between
+    #: `nrm keys rotate` and the publication of the directory naming the new NKey can
+    #: still reach the bus (docs/PROTOCOL.md §3.4). The bus stops accepting it once that
+    #: directory is published; the next rotation drops it.
+    previous_nats_seed: bytes | None = None
 
     @classmethod
     def generate(cls, *, agency: str, name: str) -> AgencyKeys:
@@ -140,13 +145,24 @@ class AgencyKeys:
         )
 
     def rotated(self) -> AgencyKeys:
-        """New signing and encryption keys; the current encryption key joins the previous."""
+        """New signing, encryption and NATS keys; the current encryption key joins the
+        previous ones, the current NATS seed becomes `previous_nats_seed`."""
         return replace(
             self,
             signing_key=SigningKey.generate(),
             encryption_key=PrivateKey.generate(),
             previous_encryption_keys=(*self.previous_encryption_keys, self.encryption_key),
+            nats_seed=new_nats_seed(),
+            previous_nats_seed=self.nats_seed,
         )
+
+    def nats_seed_for(self, nats_key: str) -> bytes | None:
+        """The seed (current or previous) whose public NKey is `nats_key`, if this agency
+        holds it."""
+        for seed in (self.nats_seed, self.previous_nats_seed):
+            if seed is not None and nats_public_key(seed) == nats_key:
+                return seed
+        return None
 
     @property
     def decryption_keys(self) -> dict[str, PrivateKey]:

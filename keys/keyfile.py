@@ -16,12 +16,13 @@ from typing import Any
 import nacl.exceptions
 import nacl.pwhash
 import nacl.utils
+import nkeys
 from nacl.public import PrivateKey
 from nacl.secret import SecretBox
 from nacl.signing import SigningKey
 
 from .errors import KeyFileError, KeyFileExistsError
-from .identity import AgencyKeys, check_agency_id
+from .identity import AgencyKeys, check_agency_id, nats_public_key
 
 KEYFILE_FORMAT = "nrm-keyfile/1"
 PASSPHRASE_ENV = "NRM_PASSPHRASE"  # noqa: S105 - the variable's name, not a passphrase
@@ -117,6 +118,9 @@ def seal_keys(keys: AgencyKeys, *, passphrase: bytes, cost: KdfCost) -> bytes:
         "x25519_secret": _b64(bytes(keys.encryption_key)),
         "previous_x25519_secrets": [_b64(bytes(k)) for k in keys.previous_encryption_keys],
         "nats_seed": None if keys.nats_seed is None else keys.nats_seed.decode("ascii"),
+        "previous_nats_seed": (
+            None if keys.previous_nats_seed is None else keys.previous_nats_seed.decode("ascii")
+        ),
         "storage_key": None if keys.storage_key is None else _b64(keys.storage_key),
     }
     return _seal(
@@ -135,7 +139,8 @@ def open_keys(data: bytes, *, passphrase: bytes) -> AgencyKeys:
             name=inner["name"],
             signing_key=SigningKey(_unb64(inner["signing_seed"])),
             encryption_key=PrivateKey(_unb64(inner["x25519_secret"])),
-            nats_seed=None if inner.get("nats_seed") is None else inner["nats_seed"].encode(),
+            nats_seed=_nats_seed(inner.get("nats_seed")),
+            previous_nats_seed=_nats_seed(inner.get("previous_nats_seed")),
             previous_encryption_keys=tuple(
                 PrivateKey(_unb64(k)) for k in inner.get("previous_x25519_secrets", [])
             ),
@@ -194,8 +199,9 @@ def load_key_dir(directory: Path, *, passphrase: bytes) -> AgencyKeys:
 
 
 def rotate_key_dir(directory: Path, *, passphrase: bytes, cost: KdfCost = MODERATE) -> AgencyKeys:
-    """Replace the agency's signing and encryption keys with new ones, keeping the old
-    encryption key for mail still in flight; rewrite `identity.json` with the new keys."""
+    """Replace the agency's signing, encryption and NATS keys with new ones, keeping the old
+    encryption key for mail still in flight and the old NATS seed until the directory naming
+    the new NKey is published (§3.4); rewrite `identity.json` with the new public keys."""
     keys = load_key_dir(directory, passphrase=passphrase).rotated()
     replace_file(directory / KEY_FILE_NAME, seal_keys(keys, passphrase=passphrase, cost=cost))
     replace_file(directory / IDENTITY_FILE_NAME, keys.public.to_json().encode(), mode=0o644)
@@ -236,6 +242,22 @@ def _write_temp(path: Path, data: bytes, mode: int) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return tmp
+
+
+def _nats_seed(value: Any) -> bytes | None:
+    """A NATS user seed from a key file ("SU..."), or None; TypeError/ValueError if not one."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError("a NATS seed is text")
+    seed = value.encode("ascii")
+    try:
+        public = nats_public_key(seed)
+    except nkeys.NkeysError as e:
+        raise ValueError("not a NATS seed") from e
+    if not public.startswith("U"):
+        raise ValueError("not a NATS user seed")
+    return seed
 
 
 def _derive(passphrase: bytes, salt: bytes, cost: KdfCost) -> bytes:

@@ -55,6 +55,10 @@ class Limits:
     #: Most events in one ledger proof request (POST /v1/proofs): an agent confirms this
     #: many of its own audit events per round.
     ledger_proof_batch: int = 256
+    #: How long an agent's instance lease lives without renewal (the presence bucket's TTL,
+    #: set when the bus is provisioned; docs/PROTOCOL.md §5.2). A crashed agent's successor
+    #: takes over its inbox at most about 1.25 times this long after the crash.
+    instance_lease_seconds: int = 15
     #: Page size bounds of list endpoints.
     max_page_size: int = 500
     default_page_size: int = 50

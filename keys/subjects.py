@@ -72,6 +72,19 @@ DIRECTORY_BUCKET = "nrm-directory"
 DIRECTORY_KEY = "directory"
 
 
+#: The JetStream key-value bucket of instance leases (§5.2): key `<agency>` holds the id of
+#: the one agent process allowed to consume that agency's inbox. Entries expire after the
+#: bucket's TTL unless renewed, so a crashed holder's lease lapses by itself.
+PRESENCE_BUCKET = "nrm-presence"
+PRESENCE_STREAM = f"KV_{PRESENCE_BUCKET}"
+
+
+def presence_key(agency: str) -> str:
+    """The key of an agency's instance lease in the presence bucket."""
+    _check_token(agency)
+    return agency
+
+
 #: The JetStream object store holding encrypted referral attachments, and its stream.
 ATTACHMENT_BUCKET = "nrm-attachments"
 ATTACHMENT_STREAM = f"OBJ_{ATTACHMENT_BUCKET}"

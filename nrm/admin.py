@@ -174,13 +174,25 @@ def add_agency(
     if identity.nats_key is None:
         raise AdminError("the identity file has no NATS key; re-create it with `nrm keys init`")
     directory, published = _draft_and_published(folder)
+    shared = [a.agency for a in directory.agencies if a.nats_key == identity.nats_key]
+    if shared and shared != [identity.agency]:
+        raise AdminError(f"the NATS key of {identity.agency} is already the key of {shared[0]}")
     if identity.agency in directory:
         current = directory.agency(identity.agency)
         known = {k.kid for k in current.signing_keys}
         if identity.signing_kid in known:
-            if tuple(roles) == current.roles or not roles:
+            same_nats = identity.nats_key == current.nats_key
+            active = {k.kid for k in current.signing_keys if k.status == "active"}
+            if not same_nats and identity.signing_kid not in active:
+                # An identity.json from before a rotation: taking its NATS key would put
+                # the old key back on the bus and cut the agency's current one off.
+                raise AdminError(
+                    f"this identity.json of {identity.agency} holds keys the directory has "
+                    "already replaced; use the agency's current identity.json"
+                )
+            if same_nats and (tuple(roles) == current.roles or not roles):
                 raise AdminError(f"{identity.agency} is already in the directory with these keys")
-            directory = directory.with_agency(_replace_roles(current, roles))
+            directory = directory.with_agency(_replace_roles(current, roles or current.roles))
         else:
             directory = directory.rotate(
                 identity.agency,
@@ -189,6 +201,10 @@ def add_agency(
                 now=now,
                 overlap_seconds=overlap_seconds,
             )
+        # The NATS key has no overlap: once published, the bus authorizes only the new
+        # NKey and the old one is cut off at once (docs/PROTOCOL.md §7.7).
+        entry = directory.agency(identity.agency)
+        directory = directory.with_agency(dataclasses.replace(entry, nats_key=identity.nats_key))
     else:
         if not roles:
             raise AdminError("give the agency at least one role (--roles)")

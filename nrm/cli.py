@@ -103,10 +103,13 @@ def keys_init(agency: str, directory: Path, name: str | None, passphrase_file: P
 @click.option("--dir", "directory", type=PATH, required=True, help="The agency's key directory.")
 @click.option("--passphrase-file", type=PATH, default=None, help="Else $NRM_PASSPHRASE.")
 def keys_rotate(agency: str, directory: Path, passphrase_file: Path | None) -> None:
-    """New signing and encryption keys; the old encryption key is kept for mail in flight.
+    """New signing, encryption and NATS keys; the old encryption key is kept for mail in
+    flight, the old NATS key until the new directory is published.
 
     Hand the new identity.json to the administrators: `nrm directory add-agency` then
-    retires the old keys after the overlap window.
+    retires the old keys after the overlap window; once that directory is published the bus
+    accepts only the new NATS key (a machine holding a copy of the old key file is cut off)
+    and the running agent switches to the new one by itself.
     """
     try:
         holder = PublicIdentity.from_json((directory / "identity.json").read_bytes()).agency
@@ -117,7 +120,7 @@ def keys_rotate(agency: str, directory: Path, passphrase_file: Path | None) -> N
         raise click.ClickException(str(e)) from e
     click.echo(
         f"rotated keys of {agency}: signing {rotated.public.signing_kid}, "
-        f"encryption {rotated.public.encryption_kid}"
+        f"encryption {rotated.public.encryption_kid}, NATS {rotated.public.nats_key}"
     )
     click.echo(f"  hand {directory / 'identity.json'} to the administrators")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -133,9 +135,11 @@ class Mechanism:
         await self.agents.pop(agency).stop()
 
     async def close(self) -> None:
-        for agency in list(self.agents):
-            await self.stop(agency)
-        await self.sandbox.stop_all()
+        try:
+            for agency in list(self.agents):
+                await self.stop(agency)
+        finally:  # a failing agent stop must not leave nats-server and the ledger running
+            await self.sandbox.stop_all()
 
     def api(self, agency: str) -> Api:
         return Api(self.http, self.agents[agency].api_url, self.setups[agency].token)
@@ -146,3 +150,17 @@ class Mechanism:
 
 async def _ready(agent: Agent) -> bool:
     return bool(agent.health()["status"] == "ok")
+
+
+def copy_agency_folder(m: Mechanism, agency: str, name: str) -> Path:
+    """A copy of an agency's folder (keys, passphrase, pinned root, configuration) with a
+    fresh database beside the original; returns its agent.toml."""
+    target = m.root / name
+    shutil.copytree(
+        m.setups[agency].home, target, ignore=shutil.ignore_patterns("agent.db*", "trust")
+    )
+    config = target / "agent.toml"
+    config.write_text(
+        re.sub(r'bind = "127\.0\.0\.1:\d+"', 'bind = "127.0.0.1:0"', config.read_text())
+    )
+    return config

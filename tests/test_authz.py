@@ -27,9 +27,12 @@ from keys.subjects import (
     DIRECTORY_BUCKET,
     DIRECTORY_KEY,
     MESSAGE_STREAM,
+    PRESENCE_BUCKET,
+    PRESENCE_STREAM,
     audit_subject,
     inbox_consumer,
     inbox_subject,
+    presence_key,
     publish_id,
     reply_prefix,
 )
@@ -397,6 +400,27 @@ async def test_agency_cannot_write_the_directory(bus: Bus) -> None:
     await b.violation(f"$KV.{DIRECTORY_BUCKET}.{DIRECTORY_KEY}")
     entry = await (await op.js.key_value(DIRECTORY_BUCKET)).get(DIRECTORY_KEY)
     assert entry.value == b"directory v1"
+
+
+async def test_agency_holds_only_its_own_instance_lease(bus: Bus) -> None:
+    """A creates, renews (compare-and-set) and reads its own lease key; writing or reading
+    B's lease key is refused and B's lease is unchanged."""
+    a, b, op = await bus.agency(A), await bus.agency(B), await bus.as_operator()
+    kv_a = await a.js.key_value(PRESENCE_BUCKET)
+    revision = await kv_a.create(presence_key(A), b"a-lease")
+    revision = await kv_a.update(presence_key(A), b"a-renewed", last=revision)
+    assert (await kv_a.get(presence_key(A))).value == b"a-renewed"
+    assert a.errors == []
+    kv_b = await b.js.key_value(PRESENCE_BUCKET)
+    await kv_b.create(presence_key(B), b"b-lease")
+    with pytest.raises(REFUSED):
+        await kv_a.put(presence_key(B), b"forged")
+    await a.violation(f"$KV.{PRESENCE_BUCKET}.{presence_key(B)}")
+    with pytest.raises(REFUSED):
+        await kv_a.get(presence_key(B))
+    await a.violation(f"$JS.API.DIRECT.GET.{PRESENCE_STREAM}.$KV.{PRESENCE_BUCKET}.{B}")
+    entry = await (await op.js.key_value(PRESENCE_BUCKET)).get(presence_key(B))
+    assert entry.value == b"b-lease"
 
 
 @pytest.mark.parametrize("subject", ["_INBOX.>", f"{reply_prefix(A)}.>", ">"])

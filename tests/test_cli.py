@@ -221,7 +221,8 @@ def test_remove_agency_drops_it_from_the_draft(work: Work) -> None:
 
 def test_rotation_retires_the_old_keys_with_a_valid_until(work: Work) -> None:
     """After `keys rotate` and `add-agency` of the new identity, `show` lists the old keys
-    as retiring with an end to their window and the new ones active."""
+    as retiring with an end to their window and the new ones active, and the draft names
+    only the new NATS key (the key file keeps the old seed as the previous one)."""
     work.add("police", "police")
     old = work.public("police")
 
@@ -230,7 +231,16 @@ def test_rotation_retires_the_old_keys_with_a_valid_until(work: Work) -> None:
     )
     new = work.public("police")
     assert new.signing_kid != old.signing_kid
+    assert new.nats_key is not None and new.nats_key != old.nats_key
+    private = load_key_dir(work.keys("police"), passphrase=PASSPHRASE.encode())
+    assert private.public.nats_key == new.nats_key
+    assert private.previous_nats_seed is not None and old.nats_key is not None
+    assert private.nats_seed_for(old.nats_key) == private.previous_nats_seed
     work.add("police", "")
+    draft = json.loads((work.admin / "directory.json").read_text())
+    assert new.nats_key in json.dumps(draft) and old.nats_key not in json.dumps(draft)
+    shown = work.show()
+    assert new.nats_key[:32] in shown and old.nats_key[:32] not in shown
 
     lines = work.show().splitlines()
     for kid in (old.signing_kid, old.encryption_kid):
@@ -239,6 +249,21 @@ def test_rotation_retires_the_old_keys_with_a_valid_until(work: Work) -> None:
         assert line.split("retiring", 1)[1].split()[2] != "-"  # valid until is set
     for kid in (new.signing_kid, new.encryption_kid):
         assert "active" in next(x for x in lines if kid in x)
+
+
+def test_add_agency_refuses_an_identity_from_before_the_rotation(work: Work) -> None:
+    """Re-adding the identity.json an agency had before its rotation is refused and leaves
+    the draft as it was: its NATS key would put the old key back on the bus."""
+    work.add("police", "police")
+    before_rotation = work.identity("police").read_bytes()
+    ok("keys", "rotate", "--agency", "police", "--dir", work.keys("police"))
+    work.add("police", "")
+    draft = (work.admin / "directory.json").read_bytes()
+    stale = work.root / "stale-identity.json"
+    stale.write_bytes(before_rotation)
+    result = nrm("directory", "add-agency", stale, "--dir", work.admin)
+    assert result.exit_code != 0 and "already replaced" in result.output
+    assert (work.admin / "directory.json").read_bytes() == draft
 
 
 def test_rotate_refuses_another_agencys_key_directory(work: Work) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import stat
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import nacl.pwhash
 import pytest
 
-from keys import AgencyKeys, KeyFileError, KeyFileExistsError
+from keys import AgencyKeys, KeyFileError, KeyFileExistsError, PublicIdentity
 from keys.keyfile import (
     IDENTITY_FILE_NAME,
     INTERACTIVE,
@@ -18,6 +21,7 @@ from keys.keyfile import (
     load_key_dir,
     open_keys,
     read_passphrase,
+    rotate_key_dir,
     seal_keys,
     write_new_file,
 )
@@ -166,3 +170,67 @@ def test_agency_field_must_match(sealed: bytes) -> None:
         doc = {k: v for k, v in json.loads(sealed).items() if k != "agency"} | change
         with pytest.raises(KeyFileError, match="agency"):
             open_keys(json.dumps(doc).encode(), passphrase=PASS)
+
+
+def test_rotate_key_dir_rotates_the_nats_key(tmp_path: Path) -> None:
+    """`rotate_key_dir` writes a new NATS seed into the sealed key file and its public NKey
+    into identity.json; the old seed is kept as the previous one, and a second rotation
+    drops it (only the last NATS seed before a rotation is kept)."""
+    first = init_key_dir(tmp_path, agency="police", name="Police", passphrase=PASS,
+                         cost=INTERACTIVE)  # fmt: skip
+    second = rotate_key_dir(tmp_path, passphrase=PASS, cost=INTERACTIVE)
+    assert second.nats_seed not in (None, first.nats_seed)
+    assert second.previous_nats_seed == first.nats_seed
+    identity = PublicIdentity.from_json((tmp_path / IDENTITY_FILE_NAME).read_bytes())
+    assert identity.nats_key == second.public.nats_key != first.public.nats_key
+    reopened = load_key_dir(tmp_path, passphrase=PASS)
+    assert (reopened.nats_seed, reopened.previous_nats_seed) == (
+        second.nats_seed,
+        first.nats_seed,
+    )
+    assert first.public.nats_key is not None
+    assert reopened.nats_seed_for(first.public.nats_key) == first.nats_seed
+    third = rotate_key_dir(tmp_path, passphrase=PASS, cost=INTERACTIVE)
+    assert third.previous_nats_seed == second.nats_seed
+    assert third.nats_seed_for(first.public.nats_key) is None
+    assert third.nats_seed is not None
+    assert third.nats_seed not in (tmp_path / KEY_FILE_NAME).read_bytes()  # sealed
+
+
+@pytest.mark.parametrize(
+    "seed",
+    ["not a seed", 42, "SAANJC3HH2ROLMRPIL5RQOTMHXHB2BOKDCY67DVBEJBTZQUBEKYZLVJCSE"],
+    ids=["garbage", "a number", "an account seed, not a user seed"],
+)
+def test_bad_nats_seed_in_a_key_file_is_refused(keys: AgencyKeys, seed: object) -> None:
+    """A sealed key file whose previous NATS seed is not a NATS user seed is a KeyFileError."""
+    sealed = seal_keys(replace(keys, previous_nats_seed=b"placeholder"), passphrase=PASS,
+                       cost=INTERACTIVE)  # fmt: skip
+    doc = json.loads(sealed)
+    box_key = _derive_for_test(doc)
+    from nacl.secret import SecretBox
+
+    inner = json.loads(
+        SecretBox(box_key).decrypt(
+            base64.b64decode(doc["ciphertext"]), base64.b64decode(doc["nonce"])
+        )
+    )
+    inner["previous_nats_seed"] = seed
+    resealed = SecretBox(box_key).encrypt(json.dumps(inner).encode())
+    doc["nonce"] = base64.b64encode(resealed.nonce).decode()
+    doc["ciphertext"] = base64.b64encode(resealed.ciphertext).decode()
+    with pytest.raises(KeyFileError, match="not valid"):
+        open_keys(json.dumps(doc).encode(), passphrase=PASS)
+
+
+def _derive_for_test(doc: dict[str, Any]) -> bytes:
+    kdf = doc["kdf"]
+    return bytes(
+        nacl.pwhash.argon2id.kdf(
+            32,
+            PASS,
+            base64.b64decode(kdf["salt"]),
+            opslimit=kdf["opslimit"],
+            memlimit=kdf["memlimit"],
+        )
+    )
