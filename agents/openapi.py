@@ -141,7 +141,7 @@ OPENAPI: dict[str, Any] = {
                                     "type": "string",
                                     "description": "A stable reason code. On a 503 for a POST: "
                                     "why this agency cannot send now — removed, key-revoked, "
-                                    "key-retired (its standing in the trust directory) or "
+                                    "key-unlisted, key-retired (its standing in the trust directory) or "
                                     "bus-refused (the bus refuses its credentials); on a 409 "
                                     "for a stored consent: why it does not verify",
                                 },
@@ -178,7 +178,7 @@ OPENAPI: dict[str, Any] = {
         "/healthz": {
             "get": {
                 "summary": "Health: bus, trust directory, the agency's standing in it (ok, "
-                "removed, key-revoked, key-retired), instance lease, ledger checks",
+                "removed, key-revoked, key-unlisted, key-retired), instance lease, ledger checks",
                 "security": [],
                 "responses": {
                     "200": _json(_HEALTH),

@@ -1,13 +1,15 @@
 """What the agent does when the directory says it can no longer take part (PROTOCOL.md §7.10).
 
 On every directory it accepts, and on every timer tick, the agent computes its standing
-(keys.standing): `ok`, `removed`, `key-revoked` or `key-retired`. While not ok it refuses new
-submissions (503 problem+json naming the reason), stops consuming its inbox (what is sent to it
-waits on the bus until it has a working key again) and marks every queued copy in its outbox
-`failed`. Independently of its standing, a copy signed by a key the directory revoked before
-the copy could reach the bus can never be accepted by anyone — not even after the agency gets
-new keys, since its signature cannot change — so it is marked `failed` too, with reason
-`key-revoked`: the agency system learns it must submit again, instead of waiting for ever.
+(keys.standing): `ok`, `removed`, `key-revoked`, `key-unlisted` or `key-retired`. While not ok
+it refuses new submissions (503 problem+json naming the reason), stops consuming its inbox
+(what is sent to it waits on the bus until it has a working key again) and, unless the only
+trouble is that its own new keys are not published yet (`key-unlisted`: what it queued was
+signed with keys the directory still lists), marks every queued copy in its outbox `failed`.
+Independently of its standing, a copy signed by a key the directory revoked before the copy
+could reach the bus can never be accepted by anyone — not even after the agency gets new keys,
+since its signature cannot change — so it is marked `failed` too, with reason `key-revoked`:
+the agency system learns it must submit again, instead of waiting for ever.
 
 Each failed copy: a `delivery.failed` audit event, one `delivery.failed` webhook event per
 message, `nrm_outbox_failed_total{reason}`; GET /v1/referrals/{id} shows it per recipient.
@@ -26,7 +28,7 @@ import structlog
 from keys import AgencyKeys, Limits, MalformedError
 from keys.directory import Directory
 from keys.envelope import read_header
-from keys.standing import Standing, next_revocation, revoked_since, standing_of
+from keys.standing import KEEPS_QUEUE, Standing, next_revocation, revoked_since, standing_of
 from runtime import clock
 
 from . import webhooks as W
@@ -84,7 +86,8 @@ class StandingGuard:
         doomed: dict[tuple[str, str], tuple[Undelivered, str]] = {}
         if rescan:
             doomed = {(c.message_id, c.recipient): (c, r) for c, r in self._doomed(directory, now)}
-        if not standing.ok:  # nothing queued can go out: the standing is the reason
+        if not standing.ok and standing.state not in KEEPS_QUEUE:
+            # nothing queued can go out: the standing is the reason
             for c in self.store.undelivered(states=("queued",)):
                 doomed[(c.message_id, c.recipient)] = (c, standing.state)
         return self._fail(list(doomed.values())) > 0

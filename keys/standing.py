@@ -14,16 +14,21 @@ from typing import Final, Literal
 
 from .directory import Directory, KeyEntry
 
-StandingState = Literal["ok", "removed", "key-revoked", "key-retired"]
+StandingState = Literal["ok", "removed", "key-revoked", "key-unlisted", "key-retired"]
 #: Every reason an agency cannot take part, in the order they are checked.
-REASONS: Final = ("removed", "key-revoked", "key-retired")
+REASONS: Final = ("removed", "key-revoked", "key-unlisted", "key-retired")
+#: Standings in which what is already queued may still be delivered: the copies were signed
+#: with keys the directory still accepts (judged copy by copy), only new ones cannot be made.
+KEEPS_QUEUE: Final = frozenset({"key-unlisted"})
 
 
 @dataclass(frozen=True, slots=True)
 class Standing:
     """`ok`, or why not: `removed` (not in the directory), `key-revoked` (no held signing or
-    encryption key is usable and one of them was revoked), `key-retired` (none is usable
-    because their windows ended). `signing_kid` is the held signing key to use when ok."""
+    encryption key is usable and one of them was revoked), `key-unlisted` (the directory lists
+    none of the held keys of a kind: typically a rotation not yet published), `key-retired`
+    (none is usable because their windows ended). `signing_kid` is the held signing key to
+    use when ok."""
 
     state: StandingState
     detail: str
@@ -72,12 +77,17 @@ def standing_of(
         if _usable(keys, held, at, sealing=sealing, skew=skew):
             continue
         listed = [k for k in keys if k.kid in held]
-        revoked = [k for k in listed if k.status == "revoked"]
-        if revoked or not listed:
+        if any(k.status == "revoked" for k in listed):
             return Standing(
                 "key-revoked",
                 f"no {what} key held by {agency} is usable in directory version "
-                f"{directory.version}: {'revoked' if revoked else 'not listed'}",
+                f"{directory.version}: revoked",
+            )
+        if not listed:
+            return Standing(
+                "key-unlisted",
+                f"directory version {directory.version} lists no {what} key that {agency} "
+                "holds: publish the directory with its new identity.json",
             )
         return Standing(
             "key-retired",

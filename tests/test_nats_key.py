@@ -170,23 +170,28 @@ async def test_cut_off_before_seeing_the_directory(mechanism: Mechanism) -> None
 
 async def test_restart_between_rotation_and_publication(mechanism: Mechanism) -> None:
     """An agent restarted after `nrm keys rotate` but before the directory is published
-    connects and receives with the previous seed the key file kept, then switches once the
-    directory is published; every referral is delivered."""
+    connects with the previous seed the key file kept and says why it waits (its new signing
+    key is not listed yet: standing `key-unlisted`, nothing failed); once the directory is
+    published it switches seeds and every referral, including the one that waited on the
+    bus, is delivered."""
     m = mechanism
     old = seeds(m, "shelter")
     await m.stop("shelter")
     new = rotate(m, "shelter")
     shelter = await m.start("shelter", wait=False)
 
-    async def received(n: int) -> bool:
+    async def waiting() -> bool:
+        health = shelter.health()
         return (
             shelter.transport.nats_seed == old.nats_seed
             and shelter.transport.connected
-            and rows(m.database("shelter"), "inbox") == n
+            and health["standing"]["state"] == "key-unlisted"
+            and health["status"] == "degraded"
+            and health["outbox_failed"] == 0
         )
 
     first = await m.api("police").refer(["shelter"], REFERRAL)
-    await eventually(lambda: received(1), what="a referral received with the previous seed")
+    await eventually(waiting, what="the agent connected with the previous seed, key-unlisted")
     await m.sandbox.publish()
     await eventually(lambda: _async(on_seed(shelter, new.nats_seed)), what="the new NKey")
     second = await m.api("police").refer(["shelter"], REFERRAL)

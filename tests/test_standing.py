@@ -92,6 +92,12 @@ STANDINGS = {
         NOW,
         "ok",
     ),
+    "rotated but not yet published (the directory lists the old keys only): key-unlisted": (
+        _base(),
+        ROTATED,
+        NOW,
+        "key-unlisted",
+    ),
     "old keys revoked, the key file was not rotated: key-revoked": (
         _rotated_and_revoked(NOW),
         POLICE,
