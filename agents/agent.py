@@ -502,14 +502,17 @@ class Agent:
         """A root or directory arrived from the bus: verify it, then act on the change."""
         refused_before = self.trust.refused
         changed = self.trust.offer(key, value)
+        if changed:
+            # Take up keys this directory admits first: the event recording it must be signed
+            # with a key it accepts (one that revokes the old key would refuse that signature).
+            self._remember_keys()
+            self._check_own_keys()
+            self._check_standing()
         if changed and key == DIRECTORY_KEY:
             self.audit.record_alone("directory.accepted")
         elif self.trust.refused is not None and self.trust.refused is not refused_before:
             self.audit.record_alone("directory.refused", reason=self.trust.refused.reason)
         if changed:
-            self._remember_keys()
-            self._check_own_keys()
-            self._check_standing()
             self.nats_key.poke()  # the directory may name a new NATS key (§7.7)
             self.transport.wake()  # queued mail may now be sealable or deliverable
 
