@@ -20,6 +20,26 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+_HEALTH: dict[str, Any] = {
+    "type": "object",
+    "required": ["status", "reasons"],
+    "properties": {
+        "status": {"enum": ["ok", "warning", "degraded"]},
+        "reasons": {
+            "type": "array",
+            "items": {
+                "enum": [
+                    "no-directory",
+                    "directory-expired",
+                    "root-expired",
+                    "directory-expires-soon",
+                    "root-expires-soon",
+                ]
+            },
+        },
+    },
+}
+
 _IDEMPOTENCY = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -113,11 +133,16 @@ OPENAPI: dict[str, Any] = {
     "paths": {
         "/healthz": {
             "get": {
-                "summary": "Health: bus, trust directory, ledger checks",
+                "summary": "Health: bus, trust directory and root expiry, ledger checks",
+                "description": (
+                    "status is ok, warning (HTTP 200: the directory or the newest root "
+                    "expires within the warning window; reasons say which) or degraded "
+                    "(HTTP 503)."
+                ),
                 "security": [],
                 "responses": {
-                    "200": _json({"type": "object"}),
-                    "503": _json({"type": "object"}, "Degraded"),
+                    "200": _json(_HEALTH, "OK or warning"),
+                    "503": _json(_HEALTH, "Degraded"),
                 },
             }
         },

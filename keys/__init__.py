@@ -11,6 +11,7 @@ from .directory import (
     KeyEntry,
     Root,
     TrustStore,
+    check_root_current,
     encode_directory,
     encode_root,
     read_unverified_directory,
@@ -19,6 +20,7 @@ from .directory import (
     signature_count,
     verify_directory,
     verify_initial_root,
+    verify_root_chain,
     verify_root_update,
 )
 from .envelope import (
@@ -39,6 +41,7 @@ from .errors import (
     DecryptionError,
     ExpiredError,
     ExpiredMetadataError,
+    ExpiredRootError,
     InclusionProofError,
     KeyFileError,
     KeyFileExistsError,
@@ -82,6 +85,7 @@ __all__ = [
     "Directory",
     "ExpiredError",
     "ExpiredMetadataError",
+    "ExpiredRootError",
     "Header",
     "InclusionProofError",
     "KeyEntry",
@@ -111,6 +115,7 @@ __all__ = [
     "UnknownKeyError",
     "UntrustedInputError",
     "check_agency_id",
+    "check_root_current",
     "codec",
     "encode_directory",
     "encode_root",
@@ -132,5 +137,6 @@ __all__ = [
     "verify_inclusion",
     "verify_initial_root",
     "verify_outer",
+    "verify_root_chain",
     "verify_root_update",
 ]
