@@ -125,7 +125,7 @@ async def provision_attachment_store(
                 replicas=replicas,
                 ttl=limits.stream_max_age_seconds,
                 description="NRM Exchange: end-to-end encrypted referral attachments",
-            ),
+            )
         )
 
 
