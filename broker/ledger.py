@@ -254,7 +254,9 @@ class Ledger:
             raise
 
     def _append_one(self, data: bytes, *, stored_at: int) -> bool | None:
-        directory = self.follower.directory  # None if it or the root has expired
+        # Judged under the directory as it stood when the bus stored the event: one stored
+        # after the directory or the root expired waits (retry) for the renewed one.
+        directory = self.follower.store.directory_at(stored_at)
         if directory is None:
             return None
         try:
