@@ -575,11 +575,8 @@ def directory_publish(
     margin = None if margin_days is None else int(margin_days * 86400)
     with _admin_errors():
         admin.publishable_draft(folder, margin_seconds=margin)  # before asking the passphrase
-        d = asyncio.run(
-            admin.publish(
-                folder, url, passphrase=read_passphrase(file=passphrase_file), margin_seconds=margin
-            )
-        )
+        passphrase = read_passphrase(file=passphrase_file)
+        d = asyncio.run(admin.publish(folder, url, passphrase=passphrase, margin_seconds=margin))
     click.echo(f"published directory version {d.version} ({len(d.agencies)} agencies)")
 
 
