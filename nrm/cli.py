@@ -723,7 +723,7 @@ def _load(ledger_url: str | None, db: Path | None, token_file: Path | None) -> L
     type=PATH,
     multiple=True,
     required=True,
-    help="The pinned root.1.json, then each later root in order (repeat).",
+    help="The pinned root.1.json; later roots come from the ledger (or repeat to add them).",
 )
 @click.option(
     "--ledger-identity",
