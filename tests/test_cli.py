@@ -394,6 +394,29 @@ def test_publish_refuses_a_directory_that_expires_within_the_margin(
     assert admin.publishable_draft(folder).version == signed.version + 1
 
 
+def test_after_the_root_expires_show_says_so_sign_refuses_and_rotate_root_still_works(
+    work: Work, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A year and a day on, `directory show` flags the expired root, `directory sign` is
+    refused with expired-root (draft unchanged), and `admin rotate-root` with the expired
+    root's keys makes root.2, under which the renewed draft is publishable."""
+    work.add("police", "police")
+    shift_clock(monkeypatch, tmp_path, 366)
+
+    assert "EXPIRED: rotate the root" in work.show()
+    before = (work.admin / "directory.json").read_bytes()
+    refused = nrm("directory", "sign", "--key", work.admin_key(1), "--dir", work.admin)
+    assert refused.exit_code == 1
+    assert "refused (expired-root)" in refused.output
+    assert (work.admin / "directory.json").read_bytes() == before
+
+    ok("admin", "rotate-root", "--key", work.admin_key(1), "--key", work.admin_key(2),
+       "--admins", "1", "--threshold", "1", "--dir", work.admin)  # fmt: skip
+    assert ": publishable" in work.sign_with(work.admin / "admin-1.r2.key")
+    assert admin.publishable_draft(admin.AdminFolder(work.admin)).expires > clock.now()
+    assert "EXPIRED" not in work.show()
+
+
 def test_broker_config_writes_each_agencys_nkey_and_refuses_an_under_signed_directory(
     work: Work, tmp_path: Path
 ) -> None:
