@@ -38,14 +38,6 @@ class Expiry:
     root_expires: int
     directory_expires: int | None
 
-    def to_json(self) -> dict[str, object]:
-        return {
-            "status": self.status,
-            "reasons": list(self.reasons),
-            "root_expires": self.root_expires,
-            "directory_expires": self.directory_expires,
-        }
-
 
 def assess(
     *, root_expires: int, directory_expires: int | None, now: int, warning_seconds: int

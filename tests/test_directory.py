@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,7 @@ from keys import (
 from keys.codec import canonical_json
 from keys.directory import DIRECTORY_LABEL
 from keys.identity import encryption_kid, signing_kid
+from keys.ledger_verify import LedgerVerificationError, verify_directory_history
 
 T0 = 1_767_225_600
 DAY = 24 * 3600
@@ -735,3 +737,54 @@ def test_mutated_directory_never_verifies(data: bytes) -> None:
         return
     with pytest.raises(UntrustedInputError):
         verify_directory(TRUSTED_ROOT, data, now=T0, current=None)
+
+
+# --------------------------------------------------------------------------- auditor's chain
+
+
+def _history_directory(version: int, root_version: int, expires: int) -> bytes:
+    keys = CHAIN_ADMINS[root_version][:2]
+    return signed_by(
+        encode_directory(directory(version=version, expires=expires)),
+        *[ADMINS[i] for i in keys],
+    )
+
+
+#: root.1 expires after a year; directory 2 (root.1) accepted at T0; directory 3 (root.2)
+#: accepted ten days after root.1 expired.
+HISTORY = [
+    (2, _history_directory(2, 1, T0 + 30 * DAY), T0),
+    (3, _history_directory(3, 2, T0 + YEAR + 40 * DAY), T0 + YEAR + 10 * DAY),
+]
+ROOT_1 = chain_root(1, T0 + YEAR)
+ROOT_2 = chain_root(2, T0 + 3 * YEAR)
+FORGED_ROOT_2 = chain_root(2, T0 + 3 * YEAR, signers=[6, 3, 4, 5])
+FORGED_ROOT_1 = signed_by(encode_root(root_of(1, [6], 1)), ADMINS[6])
+
+HISTORY_SCENARIOS: list[tuple[str, list[bytes], str | None]] = [
+    ("root.2 served: both versions verify", [ROOT_2], None),
+    ("root.2 served twice, with the ledger's own root.1: both verify", [ROOT_1, ROOT_2, ROOT_2],
+     None),
+    ("a forged root.1 served (at or below the pin): ignored", [FORGED_ROOT_1, ROOT_2], None),
+    ("no later root served: refused", [], "directory version 3 does not verify under root"),
+    ("a root.2 signed by a stranger instead of root.1's keys: refused", [FORGED_ROOT_2],
+     "root version 2 does not follow root version 1 (under-signed)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "served", "refusal"), HISTORY_SCENARIOS, ids=[s[0] for s in HISTORY_SCENARIOS]
+)
+def test_auditor_walks_the_served_root_chain_from_its_own_pin(
+    name: str, served: list[bytes], refusal: str | None
+) -> None:
+    """verify_directory_history starts at the auditor's pinned root, takes served roots only
+    through R1-R4 (an expired intermediate root is fine), and judges each directory at the
+    time the ledger accepted it."""
+    if refusal is None:
+        verified = verify_directory_history(ROOT_1, served, HISTORY)
+        assert sorted(verified) == [2, 3]
+        assert verified[3].version == 3
+        return
+    with pytest.raises(LedgerVerificationError, match=re.escape(refusal)):
+        verify_directory_history(ROOT_1, served, HISTORY)

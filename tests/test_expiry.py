@@ -20,13 +20,51 @@ from keys.keyfile import INTERACTIVE
 from nrm import admin
 from nrm.cli import main
 from nrm.sandbox import LEDGER_NAME
-from runtime import clock
+from runtime import clock, expiry
 
 from . import samples
 from .support import TEST_LIMITS, Mechanism, eventually
 
 DAY = 86400
 REFERRAL = samples.referral()
+
+
+WEEK = 7 * DAY
+T = 1_800_000_000
+
+#: (name, root expires, directory expires, status, reasons) at time T, 7-day window.
+ASSESSMENTS: list[tuple[str, int, int | None, str, list[str]]] = [
+    ("both a month away: ok", T + 30 * DAY, T + 30 * DAY, "ok", []),
+    ("directory 8 days away: ok", T + 30 * DAY, T + 8 * DAY, "ok", []),
+    ("directory exactly 7 days away: warning", T + 30 * DAY, T + WEEK, "warning",
+     ["directory-expires-soon"]),
+    ("root 2 days away: warning", T + 2 * DAY, T + 30 * DAY, "warning", ["root-expires-soon"]),
+    ("both soon: warning, both reasons", T + DAY, T + DAY, "warning",
+     ["directory-expires-soon", "root-expires-soon"]),
+    ("directory expires now: degraded", T + 30 * DAY, T, "degraded", ["directory-expired"]),
+    ("no directory yet: degraded", T + 30 * DAY, None, "degraded", ["no-directory"]),
+    ("root expired, directory soon: degraded, both said", T - 1, T + DAY, "degraded",
+     ["root-expired", "directory-expires-soon"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "root_expires", "directory_expires", "status", "reasons"),
+    ASSESSMENTS,
+    ids=[a[0] for a in ASSESSMENTS],
+)
+def test_expiry_assessment(
+    name: str, root_expires: int, directory_expires: int | None, status: str, reasons: list[str]
+) -> None:
+    """Degraded once the directory or newest root has expired, warning within the window,
+    ok otherwise, and every reason that applies is named (degraded ones first)."""
+    state = expiry.assess(
+        root_expires=root_expires,
+        directory_expires=directory_expires,
+        now=T,
+        warning_seconds=WEEK,
+    )
+    assert (state.status, list(state.reasons)) == (status, reasons)
 
 
 @pytest.fixture
