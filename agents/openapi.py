@@ -148,7 +148,8 @@ OPENAPI: dict[str, Any] = {
         },
         "/metrics": {
             "get": {
-                "summary": "Prometheus metrics (read scope)",
+                "summary": "Prometheus metrics (read scope), among them "
+                "nrm_directory_expiry_timestamp_seconds and nrm_root_expiry_timestamp_seconds",
                 "responses": {
                     "200": {
                         "description": "OK",
