@@ -22,6 +22,7 @@ from .directory import (
     verify_initial_root,
     verify_root_chain,
     verify_root_update,
+    walk_root_chain,
 )
 from .envelope import (
     Header,
@@ -139,4 +140,5 @@ __all__ = [
     "verify_outer",
     "verify_root_chain",
     "verify_root_update",
+    "walk_root_chain",
 ]

@@ -698,14 +698,21 @@ def check_root_current(root: Root, *, now: int) -> Root:
     return root
 
 
+def walk_root_chain(pinned: bytes, later: Iterable[bytes]) -> Root:
+    """Walk the root chain from the pinned root through each later root in version order,
+    every step verified (R1-R4), expired or not; returns the newest root. What may be done
+    with an expired newest root: sign its successor (a root rotation), nothing else."""
+    root = verify_initial_root(pinned)
+    for data in later:
+        root = verify_root_update(root, data)
+    return root
+
+
 def verify_root_chain(pinned: bytes, later: Iterable[bytes], *, now: int) -> Root:
     """Walk the root chain from the pinned root through each later root in version order
     (§7.5): every step must verify (R1-R4); the pinned and intermediate roots may have
     expired; the newest must be current at `now` (C1). Returns the newest root."""
-    root = verify_initial_root(pinned)
-    for data in later:
-        root = verify_root_update(root, data)
-    return check_root_current(root, now=now)
+    return check_root_current(walk_root_chain(pinned, later), now=now)
 
 
 def verify_directory(root: Root, data: bytes, *, now: int, current: Directory | None) -> Directory:

@@ -37,9 +37,9 @@ from keys.directory import (
     read_unverified_directory,
     sign,
     signature_count,
-    verify_initial_root,
     verify_root_chain,
     verify_root_update,
+    walk_root_chain,
 )
 from keys.identity import signing_kid
 from keys.keyfile import (
@@ -150,10 +150,9 @@ class AdminFolder:
         """Walk the root chain from root.1, verifying each step (signatures, version N+1);
         the roots may have expired (a rotation needs only their keys)."""
         versions = self._chain_versions()
-        root = verify_initial_root(self.root_path(1).read_bytes())
-        for v in versions[1:]:
-            root = verify_root_update(root, self.root_path(v).read_bytes())
-        return root
+        return walk_root_chain(
+            self.root_path(1).read_bytes(), [self.root_path(v).read_bytes() for v in versions[1:]]
+        )
 
     def trusted_root(self, *, now: int) -> Root:
         """The newest root of the verified chain, which must be current at `now` (§7.5)."""
