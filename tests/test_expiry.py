@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from click.testing import CliRunner
 
+from keys.durability import backup
 from keys.keyfile import INTERACTIVE
 from nrm import admin
 from nrm.cli import main
@@ -186,7 +187,7 @@ async def test_agent_pinned_to_an_expired_root_starts_and_follows_the_chain(
     """Past root.1's lifetime a new agent pinned to root.1 still starts and says why it
     trusts nothing (root-expired); once root.2 and a directory signed under it are
     published it trusts them (ok), and the ledger serves the chain it verified, with which
-    `nrm audit verify --root root.1.json` passes over the whole ledger."""
+    `nrm audit verify --root root.1.json` passes over the whole ledger, live and on a copy."""
     folder = m.sandbox.admin
     root1 = folder.trusted_root(now=clock.now())
     await m.stop("police")
@@ -246,15 +247,18 @@ async def test_agent_pinned_to_an_expired_root_starts_and_follows_the_chain(
     ledger.checkpoint()
     token_file = tmp_path / "auditor.token"
     token_file.write_text(m.sandbox.auditor_token)
-    result = await asyncio.to_thread(  # the CLI runs its own event loop
-        CliRunner().invoke,
-        main,
-        [
-            "audit", "verify", "--ledger", ledger.url, "--token-file", str(token_file),
-            "--root", str(folder.root_path(1)),
-            "--ledger-identity", str(m.root / "ledger" / "keys" / "identity.json"),
-            "--name", LEDGER_NAME,
-        ],
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert "OK:" in result.output
+    copy = tmp_path / "ledger-copy.db"
+    backup(ledger.store.path, copy)
+    for source in (["--ledger", ledger.url, "--token-file", str(token_file)], ["--db", str(copy)]):
+        result = await asyncio.to_thread(  # the CLI runs its own event loop
+            CliRunner().invoke,
+            main,
+            [
+                "audit", "verify", *source,
+                "--root", str(folder.root_path(1)),
+                "--ledger-identity", str(m.root / "ledger" / "keys" / "identity.json"),
+                "--name", LEDGER_NAME,
+            ],
+        )  # fmt: skip
+        assert result.exit_code == 0, (source, result.output)
+        assert "OK:" in result.output
