@@ -145,4 +145,6 @@ class Mechanism:
 
 
 async def _ready(agent: Agent) -> bool:
-    return bool(agent.health()["status"] == "ok")
+    """Connected and trusting a current directory: "ok", or "warning" when the directory or
+    root expires soon (a test whose clock is moved near an expiry still starts agents)."""
+    return bool(agent.health()["status"] in ("ok", "warning"))
