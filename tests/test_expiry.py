@@ -262,3 +262,41 @@ async def test_agent_pinned_to_an_expired_root_starts_and_follows_the_chain(
         )  # fmt: skip
         assert result.exit_code == 0, (source, result.output)
         assert "OK:" in result.output
+
+
+def test_follower_holds_a_directory_back_until_its_root_arrives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bus authority's and the ledger's follower, pinned to an expired root.1, reports
+    root-expired; a directory signed under root.2 offered first is refused and held; once
+    root.2 arrives the held directory is accepted, reported once, and health turns ok."""
+    from broker.follower import DirectoryFollower
+
+    from .test_directory import NOW, chain_directory, chain_root
+
+    pinned = tmp_path / "root.1.json"
+    pinned.write_bytes(chain_root(1, NOW - DAY))
+    seen: list[int] = []
+    roots: list[int] = []
+    follower = DirectoryFollower(
+        urls=["nats://127.0.0.1:1"],  # never connected: offer() is fed by hand
+        nkeys_seed=b"unused",
+        pinned_root=pinned,
+        on_directory=lambda d, _: seen.append(d.version),
+        on_root=lambda r, _: roots.append(r.version),
+        name="test",
+    )
+    path = tmp_path / "offset"
+    clock.set_offset(path, NOW - clock.now())
+    monkeypatch.setenv(clock.ENV, str(path))
+
+    assert follower.health()["status"] == "degraded"
+    assert follower.health()["reasons"] == ["no-directory", "root-expired"]
+    follower.offer("directory", chain_directory(2))
+    assert (follower.refused, seen, follower.directory) == ("under-signed", [], None)
+    follower.offer("root.2", chain_root(2, NOW + 400 * DAY))
+    assert (roots, seen, follower.refused) == ([2], [2], None)
+    assert follower.directory is not None
+    assert follower.health()["status"] == "ok"
+    follower.offer("root.1", chain_root(1, NOW - DAY))  # an old root: ignored
+    assert follower.store.root.version == 2
