@@ -462,9 +462,13 @@ def bus_up(tmp_path: Path) -> Iterator[BusUp]:
     started: list[subprocess.Popen[bytes]] = []
     yield BusUp(tmp_path, started)
     for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        if process.poll() is None:  # a failed test: SIGTERM first, so it stops its nats-server
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 @dataclass
