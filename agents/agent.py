@@ -33,7 +33,7 @@ from keys.codec import canonical_json
 from keys.directory import Directory
 from keys.keyfile import load_key_dir, read_passphrase
 from keys.subjects import DIRECTORY_KEY
-from runtime import clock
+from runtime import clock, expiry
 
 from .api import ApiSettings, make_app
 from .attachments import Attachments
@@ -193,7 +193,10 @@ class Agent:
         config = AgentConfig.load(path)
         keys = load_key_dir(config.key_dir, passphrase=read_passphrase(file=config.passphrase_file))
         trust = TrustState(
-            pinned_root=config.trust_root, cache_dir=config.trust_cache, agency=config.agency
+            pinned_root=config.trust_root,
+            cache_dir=config.trust_cache,
+            agency=config.agency,
+            warning_seconds=config.limits.expiry_warning_seconds,
         )
         return cls(config, keys=keys, trust=trust)
 
@@ -620,11 +623,17 @@ class Agent:
         return SecretBox(self.keys.storage_key)
 
     def metrics_text(self) -> bytes:
-        return self.metrics.render(outbox_pending=self.store.pending_count)
+        return self.metrics.render(
+            outbox_pending=self.store.pending_count,
+            root_expires=self.trust.root.expires,
+            directory=self.trust.store.directory,
+        )
 
     # --- health ---------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
+        """`ok`; `warning` (HTTP 200: the directory or root expires soon, `reasons` say
+        which); or `degraded` (HTTP 503)."""
         connected = self.transport.connected
         trust = self.trust.health()
         standing = self.standing.health()
@@ -652,4 +661,5 @@ class Agent:
         if self.ledger_watch is not None:
             health["ledger"] = self.ledger_watch.health()
             ok = ok and health["ledger"]["status"] == "ok"
-        return {"status": "ok" if ok else "degraded", **health}
+        status = expiry.worst("ok" if ok else "degraded", trust["expiry"]["status"])
+        return {"status": status, "reasons": trust["expiry"]["reasons"], **health}

@@ -238,7 +238,7 @@ def _only(doc: dict[str, Any], allowed: set[str]) -> None:
 
 async def healthz(request: web.Request) -> web.Response:
     health = request.app[BACKEND].health()
-    return web.json_response(health, status=200 if health["status"] == "ok" else 503)
+    return web.json_response(health, status=503 if health["status"] == "degraded" else 200)
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -29,6 +29,7 @@
 
     [limits]                                # optional overrides of keys.Limits
     ack_wait_seconds = 10
+    expiry_warning_seconds = 604800         # /healthz warns this long before expiry
 
 Relative paths are relative to the configuration file.
 """

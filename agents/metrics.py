@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from keys.directory import Directory
+
 
 class AgentMetrics:
     def __init__(self, *, agency: str) -> None:
@@ -66,6 +68,16 @@ class AgentMetrics:
             "Times this agent found another process holding its agency's inbox lease",
             registry=self.registry,
         )
+        self.directory_expiry = Gauge(
+            "nrm_directory_expiry_timestamp_seconds",
+            "When the last verified directory expires (Unix seconds); 0 before there is one",
+            registry=self.registry,
+        )
+        self.root_expiry = Gauge(
+            "nrm_root_expiry_timestamp_seconds",
+            "When the newest trusted root expires (Unix seconds)",
+            registry=self.registry,
+        )
         self.info = Gauge(
             "nrm_agent_info",
             "Constant 1, labelled with the agency",
@@ -81,7 +93,16 @@ class AgentMetrics:
         if duplicate:
             self.lease_conflicts.inc()
 
-    def render(self, *, outbox_pending: Callable[[], int]) -> bytes:
+    def render(
+        self,
+        *,
+        outbox_pending: Callable[[], int],
+        root_expires: int,
+        directory: Directory | None,
+    ) -> bytes:
         self.outbox_pending.set(outbox_pending())
+        self.root_expiry.set(root_expires)
+        if directory is not None:
+            self.directory_expiry.set(directory.expires)
         out: bytes = generate_latest(self.registry)
         return out

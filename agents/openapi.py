@@ -84,15 +84,29 @@ SCHEMAS: dict[str, Any] = {
 }
 
 _PATH_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-#: /healthz: `status` is `ok` (200) or `degraded` (503); `instance` is this process's lease on
-#: the agency's inbox (docs/PROTOCOL.md §5.2). Other members describe the bus, trust and ledger.
+#: /healthz: `status` is `ok` or `warning` (200: the directory or the newest root expires within
+#: the warning window, `reasons` say which) or `degraded` (503); `instance` is this process's
+#: lease on the agency's inbox (docs/PROTOCOL.md §5.2). Other members describe the bus, trust,
+#: the agency's standing and the ledger checks.
 _HEALTH: dict[str, Any] = {
     "type": "object",
-    "required": ["status", "agency", "bus", "instance"],
+    "required": ["status", "reasons", "agency", "bus", "instance"],
     "properties": {
-        "status": {"type": "string", "enum": ["ok", "degraded"]},
+        "status": {"type": "string", "enum": ["ok", "warning", "degraded"]},
+        "reasons": {
+            "type": "array",
+            "items": {
+                "enum": [
+                    "no-directory",
+                    "directory-expired",
+                    "root-expired",
+                    "directory-expires-soon",
+                    "root-expires-soon",
+                ]
+            },
+        },
         "agency": {"type": "string"},
-        "bus": {"type": "string", "enum": ["connected", "disconnected"]},
+        "bus": {"type": "string", "enum": ["connected", "disconnected", "refused"]},
         "instance": {
             "type": "object",
             "required": ["id", "run", "lease"],
@@ -141,8 +155,9 @@ OPENAPI: dict[str, Any] = {
                                     "type": "string",
                                     "description": "A stable reason code. On a 503 for a POST: "
                                     "why this agency cannot send now — removed, key-revoked, "
-                                    "key-unlisted, key-retired (its standing in the trust directory) or "
-                                    "bus-refused (the bus refuses its credentials); on a 409 "
+                                    "key-unlisted, key-retired (its standing in the trust "
+                                    "directory) or bus-refused (the bus refuses its "
+                                    "credentials); on a 409 "
                                     "for a stored consent: why it does not verify",
                                 },
                             },
@@ -177,18 +192,25 @@ OPENAPI: dict[str, Any] = {
     "paths": {
         "/healthz": {
             "get": {
-                "summary": "Health: bus, trust directory, the agency's standing in it (ok, "
-                "removed, key-revoked, key-unlisted, key-retired), instance lease, ledger checks",
+                "summary": "Health: bus, trust directory and root expiry, the agency's standing in "
+                "it (ok, removed, key-revoked, key-unlisted, key-retired), instance lease, "
+                "ledger checks",
+                "description": (
+                    "status is ok, warning (HTTP 200: the directory or the newest root "
+                    "expires within the warning window; reasons say which) or degraded "
+                    "(HTTP 503)."
+                ),
                 "security": [],
                 "responses": {
-                    "200": _json(_HEALTH),
+                    "200": _json(_HEALTH, "OK or warning"),
                     "503": _json(_HEALTH, "Degraded"),
                 },
             }
         },
         "/metrics": {
             "get": {
-                "summary": "Prometheus metrics (read scope)",
+                "summary": "Prometheus metrics (read scope), among them "
+                "nrm_directory_expiry_timestamp_seconds and nrm_root_expiry_timestamp_seconds",
                 "responses": {
                     "200": {
                         "description": "OK",

@@ -14,11 +14,11 @@ from typing import Any
 
 import structlog
 
-from keys import UntrustedInputError
-from keys.directory import Directory, Root, TrustStore, verify_initial_root
+from keys import DEFAULT_LIMITS, UntrustedInputError
+from keys.directory import Directory, Root, TrustStore
 from keys.keyfile import replace_file
 from keys.subjects import DIRECTORY_KEY
-from runtime import clock
+from runtime import clock, expiry
 
 log = structlog.get_logger("nrm.trust")
 
@@ -36,13 +36,23 @@ class Refusal:
 class TrustState:
     """Owns the TrustStore and its on-disk cache in `cache_dir`."""
 
-    def __init__(self, *, pinned_root: Path, cache_dir: Path, agency: str) -> None:
+    def __init__(
+        self,
+        *,
+        pinned_root: Path,
+        cache_dir: Path,
+        agency: str,
+        warning_seconds: int = DEFAULT_LIMITS.expiry_warning_seconds,
+    ) -> None:
         self.agency = agency
+        self.warning_seconds = warning_seconds
         self.cache_dir = cache_dir
         self.log = log.bind(agency=agency)
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         now = clock.now()
-        self.store = TrustStore(verify_initial_root(pinned_root.read_bytes(), now=now))
+        # The pinned root may have expired: later roots (cached, or from the bus) lead on to
+        # the current one; nothing is trusted until the newest root is current (§7.5).
+        self.store = TrustStore.pinned(pinned_root.read_bytes())
         self.refused: Refusal | None = None
         self._pending_directory: bytes | None = None
         for path in sorted(cache_dir.glob("root.*.json"), key=_root_version):
@@ -58,12 +68,9 @@ class TrustState:
 
     @property
     def directory(self) -> Directory | None:
-        """The verified directory, or None if there is none yet or it has expired: a frozen
-        copy stops being trusted."""
-        d = self.store.directory
-        if d is None or d.expires <= clock.now():
-            return None
-        return d
+        """The verified directory, or None if there is none yet, or it or the newest root has
+        expired: a frozen copy stops being trusted."""
+        return self.store.directory_at(clock.now())
 
     def offer(self, key: str, value: bytes) -> bool:
         """Verify and apply a root or directory published on the bus; True if it changed
@@ -77,7 +84,7 @@ class TrustState:
                 version = int(key[len(_ROOT_PREFIX) :])
                 if version <= self.store.root.version:
                     return False  # an old root we already went past
-                root = self.store.update_root(value, now=now)
+                root = self.store.update_root(value)
                 if persist:
                     replace_file(self.cache_dir / f"root.{root.version}.json", value)
                 self.log.info("root_accepted", root_version=root.version)
@@ -108,13 +115,26 @@ class TrustState:
     def _directory_version(self) -> int | None:
         return None if self.store.directory is None else self.store.directory.version
 
+    def expiry(self) -> expiry.Expiry:
+        """How close the directory and the newest root are to expiry (runtime.expiry)."""
+        d = self.store.directory
+        return expiry.assess(
+            root_expires=self.store.root.expires,
+            directory_expires=None if d is None else d.expires,
+            now=clock.now(),
+            warning_seconds=self.warning_seconds,
+        )
+
     def health(self) -> dict[str, Any]:
         d = self.store.directory
+        state = self.expiry()
         out: dict[str, Any] = {
             "root_version": self.store.root.version,
+            "root_expires": self.store.root.expires,
             "directory_version": None if d is None else d.version,
             "directory_expires": None if d is None else d.expires,
             "directory_trusted": self.directory is not None,
+            "expiry": {"status": state.status, "reasons": list(state.reasons)},
         }
         if self.refused is not None:
             out["refused"] = {

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import structlog
 
+from keys import DEFAULT_LIMITS
 from keys.directory import Directory
 
 from .authz import authorization_block
@@ -42,6 +43,7 @@ class DirectoryAuthority:
         pinned_root: Path,
         operator_key: str,
         operator_seed: bytes,
+        warning_seconds: int = DEFAULT_LIMITS.expiry_warning_seconds,
     ) -> None:
         self.server = server
         self.operators = [operator_key]
@@ -54,6 +56,7 @@ class DirectoryAuthority:
             pinned_root=pinned_root,
             on_directory=lambda directory, _: self.apply(directory),
             name="authority",
+            warning_seconds=warning_seconds,
         )
 
     def apply(self, directory: Directory) -> None:

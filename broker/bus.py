@@ -19,14 +19,15 @@ from pathlib import Path
 
 import structlog
 
-from keys import KeyFileError
-from keys.directory import TrustStore, verify_initial_root
+from keys import DEFAULT_LIMITS, KeyFileError
+from keys.directory import TrustStore, verify_root_chain
 from keys.keyfile import load_key_dir
 from runtime import clock
 
 from .authority import DirectoryAuthority, authorization_for
 from .server import NatsServer
 from .streams import provision
+from .trust_status import serve_status
 
 log = structlog.get_logger("nrm.broker")
 
@@ -48,6 +49,10 @@ class BusTrust:
     directory: Path
     operator_keys: Path
     passphrase: bytes = field(repr=False)
+    #: Where to serve /healthz and /metrics (host, port), or None for nowhere.
+    status_bind: tuple[str, int] | None = None
+    #: How long before expiry /healthz turns to "warning".
+    warning_seconds: int = DEFAULT_LIMITS.expiry_warning_seconds
 
     def __post_init__(self) -> None:
         if not self.trust_roots:
@@ -61,10 +66,10 @@ def run_foreground(*, store_dir: Path, port: int | None, trust: BusTrust) -> int
     (`UntrustedInputError` with its reason) or the operator's keys cannot be opened.
     """
     now = clock.now()
-    store = TrustStore(verify_initial_root(trust.trust_roots[0].read_bytes(), now=now))
-    for later in trust.trust_roots[1:]:
-        store.update_root(later.read_bytes(), now=now)
-    directory = store.update_directory(trust.directory.read_bytes(), now=now)
+    later_roots = [r.read_bytes() for r in trust.trust_roots[1:]]
+    root = verify_root_chain(trust.trust_roots[0].read_bytes(), later_roots, now=now)
+    directory_bytes = trust.directory.read_bytes()
+    directory = TrustStore(root).update_directory(directory_bytes, now=now)
     operator = load_key_dir(trust.operator_keys, passphrase=trust.passphrase)
     if operator.nats_seed is None or operator.public.nats_key is None:
         raise KeyFileError(f"the operator keys in {trust.operator_keys} have no NATS key")
@@ -75,14 +80,22 @@ def run_foreground(*, store_dir: Path, port: int | None, trust: BusTrust) -> int
         pinned_root=trust.trust_roots[0],
         operator_key=operator.public.nats_key,
         operator_seed=operator.nats_seed,
+        warning_seconds=trust.warning_seconds,
     )
+    authority.follower.restore(later_roots, directory_bytes)
     authority.applied = authorization
     mode = (
         f"authorization from directory version {directory.version}, "
         f"{len(directory.agencies)} agencies"
     )
     return asyncio.run(
-        _serve(server, nkeys_seed=operator.nats_seed, authority=authority, mode=mode)
+        _serve(
+            server,
+            nkeys_seed=operator.nats_seed,
+            authority=authority,
+            mode=mode,
+            status_bind=trust.status_bind,
+        )
     )
 
 
@@ -105,8 +118,10 @@ async def _serve(
     nkeys_seed: bytes | None,
     authority: DirectoryAuthority | None,
     mode: str,
+    status_bind: tuple[str, int] | None = None,
 ) -> int:
-    """Run `server` (and `authority`) until SIGINT/SIGTERM; 1 if the server dies first."""
+    """Run `server` (and `authority`, and its status endpoint at `status_bind`) until
+    SIGINT/SIGTERM; 1 if the server dies first."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in _STOP_SIGNALS:
@@ -115,9 +130,16 @@ async def _serve(
         server.start()
         try:
             await provision(server.url, nkeys_seed=nkeys_seed)
+            status = None
             if authority is not None:
                 await authority.start()
             try:
+                if authority is not None and status_bind is not None:
+                    status = await serve_status(
+                        authority.follower, host=status_bind[0], port=status_bind[1]
+                    )
+                    host, port = status.addresses[0][:2]
+                    mode += f"; status at http://{host}:{port}/healthz"
                 print(f"NATS bus ready at {server.url}; {mode}", flush=True)
                 log.info("bus_ready", url=server.url, secured=authority is not None)
                 while not stop.is_set():
@@ -131,6 +153,8 @@ async def _serve(
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=_WATCH_SECONDS)
             finally:
+                if status is not None:
+                    await status.cleanup()
                 if authority is not None:
                     await authority.stop()
         finally:

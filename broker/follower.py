@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import nats
 import nats.errors
 import structlog
 
-from keys import UntrustedInputError
-from keys.directory import Directory, TrustStore, verify_initial_root
+from keys import DEFAULT_LIMITS, UntrustedInputError
+from keys.directory import Directory, Root, TrustStore, read_unverified_root
 from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY
-from runtime import clock
+from runtime import clock, expiry
 
 log = structlog.get_logger("nrm.broker")
 
@@ -26,10 +27,16 @@ TRANSIENT = (nats.errors.Error, TimeoutError, OSError, ConnectionError)
 
 #: Called with each newly accepted directory and its signed bytes.
 OnDirectory = Callable[[Directory, bytes], None]
+#: Called with each newly accepted root and its signed bytes.
+OnRoot = Callable[[Root, bytes], None]
 
 
 class DirectoryFollower:
-    """Owns a TrustStore fed from the bucket, and the task that watches it."""
+    """Owns a TrustStore fed from the bucket, and the task that watches it.
+
+    The pinned root may have expired: later roots from the bucket (or `restore`) lead to the
+    current one, and a directory is trusted only under a current root (PROTOCOL.md §7.5).
+    """
 
     def __init__(
         self,
@@ -39,30 +46,93 @@ class DirectoryFollower:
         pinned_root: Path,
         on_directory: OnDirectory,
         name: str,
+        on_root: OnRoot | None = None,
+        warning_seconds: int = DEFAULT_LIMITS.expiry_warning_seconds,
     ) -> None:
         self.urls = urls
         self.nkeys_seed = nkeys_seed
         self.on_directory = on_directory
+        self.on_root = on_root
         self.name = name
-        self.store = TrustStore(verify_initial_root(pinned_root.read_bytes(), now=clock.now()))
+        self.warning_seconds = warning_seconds
+        self.pinned_root_bytes = pinned_root.read_bytes()
+        self.store = TrustStore.pinned(self.pinned_root_bytes)
+        #: The last refusal's reason code, until a directory is accepted.
+        self.refused: str | None = None
+        self._pending_directory: bytes | None = None
         self._task: asyncio.Task[None] | None = None
         self._running = False
+
+    @property
+    def directory(self) -> Directory | None:
+        """The trusted directory, if it and the newest root are current."""
+        return self.store.directory_at(clock.now())
+
+    def restore(self, roots: Iterable[bytes], directory: bytes | None) -> None:
+        """Re-apply roots and a directory kept from an earlier run (each verified again;
+        nothing is reported to the callbacks)."""
+        now = clock.now()
+        for data in roots:
+            with contextlib.suppress(UntrustedInputError, ValueError):
+                if read_unverified_root(data).version == self.store.root.version + 1:
+                    self.store.update_root(data)
+        if directory is not None:
+            with contextlib.suppress(UntrustedInputError, ValueError):
+                self.store.update_directory(directory, now=now)
 
     def offer(self, key: str, value: bytes) -> None:
         now = clock.now()
         try:
             if key.startswith("root."):
                 if int(key.split(".", 1)[1]) > self.store.root.version:
-                    self.store.update_root(value, now=now)
+                    root = self.store.update_root(value)
+                    log.info("root_accepted", follower=self.name, root_version=root.version)
+                    if self.on_root is not None:
+                        self.on_root(root, bytes(value))
+                    if self._pending_directory is not None:  # it may verify under this root
+                        pending, self._pending_directory = self._pending_directory, None
+                        self.offer(DIRECTORY_KEY, pending)
             elif key == DIRECTORY_KEY:
                 before = self.store.directory
                 directory = self.store.update_directory(value, now=now)
+                self.refused = None
                 if directory != before:
                     self.on_directory(directory, bytes(value))
         except UntrustedInputError as e:
+            if key == DIRECTORY_KEY:
+                self._pending_directory = bytes(value)
+                self.refused = e.reason
             log.warning("directory_refused", follower=self.name, key=key, reason=e.reason)
         except ValueError:
+            if key == DIRECTORY_KEY:
+                self.refused = "malformed"
             log.warning("directory_refused", follower=self.name, key=key, reason="malformed")
+
+    def expiry(self) -> expiry.Expiry:
+        d = self.store.directory
+        return expiry.assess(
+            root_expires=self.store.root.expires,
+            directory_expires=None if d is None else d.expires,
+            now=clock.now(),
+            warning_seconds=self.warning_seconds,
+        )
+
+    def health(self) -> dict[str, Any]:
+        """`status` ok / warning / degraded with its `reasons` (runtime.expiry), and what is
+        trusted: versions and expiry times only."""
+        state = self.expiry()
+        d = self.store.directory
+        out: dict[str, Any] = {
+            "status": state.status,
+            "reasons": list(state.reasons),
+            "root_version": self.store.root.version,
+            "root_expires": self.store.root.expires,
+            "directory_version": None if d is None else d.version,
+            "directory_expires": None if d is None else d.expires,
+        }
+        if self.refused is not None:
+            out["refused"] = self.refused
+        return out
 
     async def start(self) -> None:
         self._running = True

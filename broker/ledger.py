@@ -25,10 +25,10 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
-from keys import AgencyKeys, UnknownKeyError, UntrustedInputError
+from keys import DEFAULT_LIMITS, AgencyKeys, UnknownKeyError, UntrustedInputError
 from keys.audit import decode_signed_event, verify_event
 from keys.checkpoint import Checkpoint, sign_checkpoint
-from keys.directory import Directory
+from keys.directory import Directory, Root
 from keys.keyfile import load_key_dir, read_passphrase
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import MerkleTree, leaf_hash
@@ -62,6 +62,7 @@ class LedgerConfig:
     bind = "127.0.0.1:8090"
     checkpoint_interval_seconds = 2
     suppress_below = 5
+    expiry_warning_days = 7             # /healthz warns this long before directory/root expiry
     [[auditors]]
     name = "court-of-audit"
     token_sha256 = "<hex>"
@@ -80,6 +81,8 @@ class LedgerConfig:
     checkpoint_interval_seconds: float = 2.0
     suppress_below: int = 5
     unknown_key_grace_seconds: int = 120
+    #: /healthz turns to "warning" this long before the directory or the root expires.
+    expiry_warning_seconds: int = DEFAULT_LIMITS.expiry_warning_seconds
 
     @property
     def origin(self) -> str:
@@ -118,11 +121,21 @@ class LedgerConfig:
                 passphrase_file=p("passphrase_file") if "passphrase_file" in doc else None,
                 checkpoint_interval_seconds=float(doc.get("checkpoint_interval_seconds", 2.0)),
                 suppress_below=int(doc.get("suppress_below", 5)),
+                expiry_warning_seconds=_days(
+                    doc.get("expiry_warning_days", DEFAULT_LIMITS.expiry_warning_seconds / 86400),
+                    "expiry_warning_days",
+                ),
             )
         except KeyError as e:
             raise LedgerConfigError(f"missing setting {e.args[0]!r}") from e
         except (TypeError, ValueError) as e:
             raise LedgerConfigError(str(e)) from e
+
+
+def _days(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise LedgerConfigError(f"{name} must be a non-negative number of days")
+    return int(value * 86400)
 
 
 class Ledger:
@@ -142,12 +155,19 @@ class Ledger:
             nkeys_seed=operator.nats_seed,
             pinned_root=config.trust_root,
             on_directory=self._on_directory,
+            on_root=self._on_root,
             name="ledger",
+            warning_seconds=config.expiry_warning_seconds,
         )
-        for version, data, _ in self.store.directories()[-1:]:
-            with contextlib.suppress(UntrustedInputError):
-                self.directory = self.follower.store.update_directory(data, now=clock.now())
-                log.info("ledger_directory_restored", directory_version=version)
+        pinned = self.follower.store.root
+        with self.store.transaction():  # the chain served at /v1/roots starts at the pin
+            self.store.add_root(pinned.version, self.follower.pinned_root_bytes, clock.now())
+        later = [data for version, data, _ in self.store.roots() if version > pinned.version]
+        last = self.store.directories()[-1:]
+        self.follower.restore(later, last[0][1] if last else None)
+        self.directory = self.follower.store.directory
+        if self.directory is not None:
+            log.info("ledger_directory_restored", directory_version=self.directory.version)
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
         self._runner: web.AppRunner | None = None
@@ -213,6 +233,11 @@ class Ledger:
 
     # --- appending ------------------------------------------------------------------------
 
+    def _on_root(self, root: Root, data: bytes) -> None:
+        with self.store.transaction():
+            self.store.add_root(root.version, data, clock.now())
+        log.info("ledger_root_accepted", root_version=root.version)
+
     def _on_directory(self, directory: Directory, data: bytes) -> None:
         self.store.add_directory(directory.version, data, clock.now())
         self.directory = directory
@@ -230,7 +255,9 @@ class Ledger:
             raise
 
     def _append_one(self, data: bytes, *, stored_at: int) -> bool | None:
-        directory = self.directory
+        # Judged under the directory as it stood when the bus stored the event: one stored
+        # after the directory or the root expired waits (retry) for the renewed one.
+        directory = self.follower.store.directory_at(stored_at)
         if directory is None:
             return None
         try:

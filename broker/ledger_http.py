@@ -2,6 +2,7 @@
 
 Every /v1 route needs an auditor bearer token (compared by SHA-256 digest in constant
 time); errors are problem+json. Everything served is metadata: ids, kinds, hashes, times.
+/healthz and /metrics (broker.trust_status: versions and expiry times only) need no token.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from keys.merkle import MerkleTree, leaf_hash
 from . import ledger_stats
 from .ledger import Ledger
 from .ledger_store import ArchivedNodes
+from .trust_status import add_status_routes
 
 LEDGER = web.AppKey("ledger", Ledger)
 log = structlog.get_logger("nrm.ledger")
@@ -96,7 +98,9 @@ def make_app(ledger: Ledger) -> web.Application:
     r.add_get("/v1/directories", directories)
     r.add_get("/v1/restores", restores)
     r.add_get("/v1/restores/{seq}/proof", restore_proof)
+    r.add_get("/v1/roots", roots)
     r.add_get("/v1/stats", stats)
+    add_status_routes(app, lambda request: request.app[LEDGER].follower, part="ledger")
     if UI_DIR.is_dir():
         r.add_static("/ui/", UI_DIR)
     return app
@@ -320,6 +324,15 @@ async def restore_proof(request: web.Request) -> web.Response:
     )
 
 
+async def roots(request: web.Request) -> web.Response:
+    """The root chain the ledger verified, from its pinned root on (PROTOCOL.md §9.5)."""
+    items = [
+        {"version": v, "accepted_at": t, "data": base64.b64encode(d).decode()}
+        for v, d, t in _ledger(request).store.roots()
+    ]
+    return web.json_response({"items": items})
+
+
 async def stats(request: web.Request) -> web.Response:
     ledger = _ledger(request)
     return web.json_response(
@@ -437,6 +450,26 @@ OPENAPI: dict[str, Any] = {
             [("size", "integer", True)],
             ["seq"],
         ),
+        "/v1/roots": _op(
+            "The root chain the ledger verified, pinned root first, each a signed root file"
+        ),
+        "/healthz": {
+            "get": {
+                "summary": "ok, warning (directory or root expires soon) or degraded (503)",
+                "security": [],
+                "responses": {
+                    "200": {"description": "ok or warning", "content": {"application/json": {}}},
+                    "503": {"description": "degraded", "content": {"application/json": {}}},
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus: directory and root expiry gauges",
+                "security": [],
+                "responses": {"200": {"description": "OK", "content": {"text/plain": {}}}},
+            }
+        },
         "/v1/stats": _op("Anonymous monitoring statistics, small cells suppressed"),
     },
 }

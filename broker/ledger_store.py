@@ -4,6 +4,7 @@ entries      one row per leaf, in index order, with the event's fields for queri
 nodes        the hash of every perfect subtree (keys.merkle.NodeStore)
 checkpoints  every signed checkpoint published
 directories  every directory version the ledger verified events against
+roots        every root of the chain the ledger verified, from its pinned root on
 refused      events kept out, counted by reason
 restores     every signed restore declaration (PROTOCOL.md §9.4), and whether the audit
              stream still has to be read again from its start after it
@@ -56,6 +57,11 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     note      TEXT NOT NULL
 ) STRICT;
 CREATE TABLE IF NOT EXISTS directories (
+    version     INTEGER PRIMARY KEY,
+    data        BLOB NOT NULL,
+    accepted_at INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS roots (
     version     INTEGER PRIMARY KEY,
     data        BLOB NOT NULL,
     accepted_at INTEGER NOT NULL
@@ -330,6 +336,21 @@ class LedgerStore:
         rows = self._db.execute(
             "SELECT version, data, accepted_at FROM directories ORDER BY version"
         )
+        return [(int(r[0]), bytes(r[1]), int(r[2])) for r in rows]
+
+    def add_root(self, version: int, data: bytes, accepted_at: int) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO roots (version, data, accepted_at) VALUES (?, ?, ?)",
+            (version, data, accepted_at),
+        )
+
+    def roots(self) -> list[tuple[int, bytes, int]]:
+        """(version, signed bytes, accepted at) for every root of the chain, oldest first.
+        An older database (before the roots table) answers an empty list."""
+        try:
+            rows = self._db.execute("SELECT version, data, accepted_at FROM roots ORDER BY version")
+        except sqlite3.OperationalError:  # a read-only copy made before the table existed
+            return []
         return [(int(r[0]), bytes(r[1]), int(r[2])) for r in rows]
 
     def count_refused(self, reason: str) -> None:

@@ -26,6 +26,7 @@ from .envelope import Recipient
 from .errors import (
     BadSignatureError,
     ExpiredMetadataError,
+    ExpiredRootError,
     MalformedError,
     NotEnoughSignaturesError,
     RetiredKeyError,
@@ -659,20 +660,22 @@ def _require_threshold(
 # --------------------------------------------------------------------------- verification
 
 
-def verify_initial_root(data: bytes, *, now: int) -> Root:
+def verify_initial_root(data: bytes) -> Root:
     """Check a root obtained out of band (the trust anchor): signed by a threshold of its
-    own keys and not expired (§7.5)."""
+    own keys (§7.5). Its expiry is not checked here: the pinned root may have expired once
+    later roots exist; only the newest root of the chain must be current
+    (`check_root_current`, `verify_root_chain`)."""
     parsed, value = _parse(data, allow_bare=False)
     if not isinstance(value, Root):
         raise MalformedError("metadata is not a root")
     _require_threshold(parsed, value.keys, value.threshold, f"root version {value.version}")
-    if now >= value.expires:
-        raise ExpiredMetadataError(f"root version {value.version} has expired")
     return value
 
 
-def verify_root_update(trusted: Root, new_bytes: bytes, *, now: int) -> Root:
-    """Verify the root that follows `trusted` (§7.5, steps R1-R5)."""
+def verify_root_update(trusted: Root, new_bytes: bytes) -> Root:
+    """Verify the root that follows `trusted` (§7.5, steps R1-R4). Neither root's expiry is
+    checked: an intermediate root may have expired (TUF's rule); the newest is checked
+    where it is used (`check_root_current`)."""
     parsed, new = _parse(new_bytes, allow_bare=False)
     if not isinstance(new, Root):
         raise MalformedError("metadata is not a root")
@@ -683,15 +686,40 @@ def verify_root_update(trusted: Root, new_bytes: bytes, *, now: int) -> Root:
         raise RollbackError(
             f"root version {new.version} does not follow trusted version {trusted.version}"
         )
-    if now >= new.expires:
-        raise ExpiredMetadataError(f"{what} has expired")
     return new
 
 
-def verify_directory(root: Root, data: bytes, *, now: int, current: Directory | None) -> Directory:
-    """Verify a directory against `root` and the currently trusted one (§7.5, steps D1-D4).
+def check_root_current(root: Root, *, now: int) -> Root:
+    """The newest trusted root, if it has not expired at `now` (§7.5, step C1)."""
+    if now >= root.expires:
+        raise ExpiredRootError(
+            f"root version {root.version} has expired; a newer root must be published"
+        )
+    return root
 
-    The same version with byte-identical content is accepted as no change.
+
+def walk_root_chain(pinned: bytes, later: Iterable[bytes]) -> Root:
+    """Walk the root chain from the pinned root through each later root in version order,
+    every step verified (R1-R4), expired or not; returns the newest root. What may be done
+    with an expired newest root: sign its successor (a root rotation), nothing else."""
+    root = verify_initial_root(pinned)
+    for data in later:
+        root = verify_root_update(root, data)
+    return root
+
+
+def verify_root_chain(pinned: bytes, later: Iterable[bytes], *, now: int) -> Root:
+    """Walk the root chain from the pinned root through each later root in version order
+    (§7.5): every step must verify (R1-R4); the pinned and intermediate roots may have
+    expired; the newest must be current at `now` (C1). Returns the newest root."""
+    return check_root_current(walk_root_chain(pinned, later), now=now)
+
+
+def verify_directory(root: Root, data: bytes, *, now: int, current: Directory | None) -> Directory:
+    """Verify a directory against `root` and the currently trusted one (§7.5, steps D1-D5).
+
+    The same version with byte-identical content is accepted as no change. `root` must be
+    the newest trusted root and current at `now` (D5).
     """
     parsed, new = _parse(data, allow_bare=False)
     if not isinstance(new, Directory):
@@ -705,11 +733,15 @@ def verify_directory(root: Root, data: bytes, *, now: int, current: Directory | 
         raise RollbackError(f"{what} does not follow trusted version {current.version}")
     if now >= new.expires:
         raise ExpiredMetadataError(f"{what} has expired")
+    check_root_current(root, now=now)
     return new
 
 
 class TrustStore:
-    """The trusted root and directory. State changes only after an update fully verifies."""
+    """The newest trusted root and the trusted directory (§7.5). State changes only after an
+    update fully verifies. Roots are taken whether or not they have expired (an expired root
+    may be followed by a current one); a directory only under a current root, and it is
+    trusted only while both are current (`directory_at`)."""
 
     def __init__(self, root: Root, directory: Directory | None = None) -> None:
         self._root = root
@@ -717,12 +749,18 @@ class TrustStore:
         self._directory_bytes: bytes | None = None
         self._root_bytes: bytes | None = None
 
+    @classmethod
+    def pinned(cls, data: bytes) -> TrustStore:
+        """A store trusting the pinned root (the anchor), expired or not."""
+        return cls(verify_initial_root(data))
+
     @property
     def root(self) -> Root:
         return self._root
 
     @property
     def directory(self) -> Directory | None:
+        """The last verified directory, current or not (see `directory_at`)."""
         return self._directory
 
     @property
@@ -735,8 +773,17 @@ class TrustStore:
         """The signed file of the current directory, for persisting (temp file + os.replace)."""
         return self._directory_bytes
 
-    def update_root(self, data: bytes, now: int) -> Root:
-        root = verify_root_update(self._root, data, now=now)
+    def directory_at(self, now: int) -> Directory | None:
+        """The directory, if there is one and both it and the newest root are current at
+        `now`; None otherwise (a frozen copy stops being trusted)."""
+        d = self._directory
+        if d is None or now >= d.expires or now >= self._root.expires:
+            return None
+        return d
+
+    def update_root(self, data: bytes) -> Root:
+        """Take the root that follows the trusted one (R1-R4; expired or not)."""
+        root = verify_root_update(self._root, data)
         self._root, self._root_bytes = root, bytes(data)
         return root
 

@@ -107,6 +107,13 @@ class ExpiredMetadataError(ExpiredError):
     reason = "expired-metadata"
 
 
+class ExpiredRootError(ExpiredMetadataError):
+    """The newest trusted root is past its expiry (§7.5): nothing is trusted under it until
+    a newer root arrives. Older roots of the chain may have expired; only the newest counts."""
+
+    reason = "expired-root"
+
+
 class InclusionProofError(UntrustedInputError):
     """A Merkle inclusion proof that does not prove the leaf is in the tree it names."""
 

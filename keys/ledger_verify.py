@@ -15,7 +15,7 @@ from typing import Any
 
 from .audit import verify_event
 from .checkpoint import Checkpoint
-from .directory import Directory
+from .directory import Directory, TrustStore, read_unverified_root
 from .errors import NrmError, UntrustedInputError
 from .ledger_entry import LedgerEntry
 from .merkle import MemoryNodeStore, MerkleTree, leaf_hash
@@ -40,6 +40,57 @@ class Row:
     leaf: bytes
     directory_version: int
     columns: Mapping[str, Any]
+
+
+def verify_directory_history(
+    pinned: bytes,
+    later_roots: Sequence[bytes],
+    directories: Iterable[tuple[int, bytes, int]],
+) -> dict[int, Directory]:
+    """Verify each directory version the ledger used, `(version, signed bytes, accepted at)`
+    oldest first, against the root chain as it stood when the ledger accepted it.
+
+    The chain starts at the auditor's own `pinned` root; `later_roots` (any order, e.g. as
+    the ledger serves them, duplicates and older versions ignored) are taken one version at
+    a time, each verified by the one before (PROTOCOL.md §7.5): a root is moved on from
+    only when a directory does not verify under it, and a directory must verify under a root
+    that was current when it was accepted. Nothing the ledger serves is taken on trust.
+    """
+    try:
+        store = TrustStore.pinned(pinned)
+    except UntrustedInputError as e:
+        raise LedgerVerificationError(None, f"the pinned root does not verify ({e.reason})") from e
+    by_version: dict[int, bytes] = {}
+    for data in later_roots:
+        try:
+            version = read_unverified_root(data).version
+        except UntrustedInputError as e:
+            raise LedgerVerificationError(None, f"a served root does not parse ({e})") from e
+        if version > store.root.version:
+            by_version.setdefault(version, data)
+    verified: dict[int, Directory] = {}
+    for version, data, accepted_at in directories:
+        while True:
+            try:
+                verified[version] = store.update_directory(data, now=accepted_at)
+                break
+            except UntrustedInputError as e:
+                following = by_version.get(store.root.version + 1)
+                if following is None:
+                    raise LedgerVerificationError(
+                        None,
+                        f"directory version {version} does not verify under root version "
+                        f"{store.root.version} ({e.reason})",
+                    ) from e
+                try:
+                    store.update_root(following)
+                except UntrustedInputError as e2:
+                    raise LedgerVerificationError(
+                        None,
+                        f"root version {store.root.version + 1} does not follow root version "
+                        f"{store.root.version} ({e2.reason})",
+                    ) from e2
+    return verified
 
 
 def verify_rows(

@@ -46,6 +46,13 @@ class Limits:
     #: Default lifetime of a signed directory and of a root.
     directory_ttl_seconds: int = 30 * 24 * 3600
     root_ttl_seconds: int = 365 * 24 * 3600
+    #: How long before the directory or the newest root expires every part that trusts it
+    #: turns its health to "warning" (docs/RUNBOOK.md, "Expiry and renewal").
+    expiry_warning_seconds: int = 7 * 24 * 3600
+    #: `nrm directory publish` refuses a directory that expires sooner than this (the
+    #: default of an admin folder without its own setting). Equal to the warning window, so
+    #: that a directory just published never starts out in the warning state.
+    publish_margin_seconds: int = 7 * 24 * 3600
     #: An urgent / emergency referral not acknowledged within this long escalates to the
     #: co-ordinator.
     escalation_urgent_seconds: int = 4 * 3600

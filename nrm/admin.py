@@ -6,6 +6,7 @@ The folder (`--dir`, default `$NRM_ADMIN_DIR` or `.`) holds:
     root.<version>.json   every signed root, version 1 upwards (the trust anchor is root.1)
     directory.json        the directory being prepared or last published, with signatures
     published-version     the highest directory version published from this folder
+    settings.toml         the directory lifetime and publishing margin (`nrm admin init`)
     operator/             the bus operator's NKey (encrypted) used to publish and provision
 
 Each function verifies what it reads and writes files atomically; refusing leaves them as
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,9 @@ from keys.directory import (
     read_unverified_directory,
     sign,
     signature_count,
-    verify_initial_root,
+    verify_root_chain,
+    verify_root_update,
+    walk_root_chain,
 )
 from keys.identity import signing_kid
 from keys.keyfile import (
@@ -53,11 +57,77 @@ from runtime import clock
 
 DIRECTORY_FILE = "directory.json"
 PUBLISHED_FILE = "published-version"
+SETTINGS_FILE = "settings.toml"
 OPERATOR_DIR = "operator"
+DAY = 86400
 
 
 class AdminError(Exception):
     """An administrator operation that cannot be done as asked."""
+
+
+class PublishMarginError(AdminError):
+    """The draft expires sooner than the publishing margin: renew it (`nrm directory renew`),
+    sign it again, then publish."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSettings:
+    """Kept in the folder's settings.toml; a folder without one uses keys.DEFAULT_LIMITS.
+
+    `directory_lifetime_seconds`: how long each new draft (a change or a renewal) is valid.
+    `publish_margin_seconds`: publishing refuses a directory that expires sooner than this.
+    """
+
+    directory_lifetime_seconds: int = DEFAULT_LIMITS.directory_ttl_seconds
+    publish_margin_seconds: int = DEFAULT_LIMITS.publish_margin_seconds
+
+    def __post_init__(self) -> None:
+        check_lifetime(self.directory_lifetime_seconds, margin=self.publish_margin_seconds)
+
+    def to_toml(self) -> bytes:
+        return (
+            "# Written by `nrm admin init`; edit to change the defaults (docs/RUNBOOK.md).\n"
+            f"directory_lifetime_days = {self.directory_lifetime_seconds / DAY!r}\n"
+            f"publish_margin_days = {self.publish_margin_seconds / DAY!r}\n"
+        ).encode()
+
+    @classmethod
+    def from_toml(cls, data: bytes, *, where: Path) -> AdminSettings:
+        try:
+            doc = tomllib.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise AdminError(f"{where} is not valid TOML: {e}") from e
+        unknown = set(doc) - {"directory_lifetime_days", "publish_margin_days"}
+        if unknown:
+            raise AdminError(f"{where}: unknown setting {sorted(unknown)[0]!r}")
+        defaults = cls()
+        values = {}
+        for name, field, default in (
+            (
+                "directory_lifetime_days",
+                "directory_lifetime_seconds",
+                defaults.directory_lifetime_seconds,
+            ),
+            ("publish_margin_days", "publish_margin_seconds", defaults.publish_margin_seconds),
+        ):
+            value = doc.get(name, default / DAY)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise AdminError(f"{where}: {name} must be a non-negative number of days")
+            values[field] = int(value * DAY)
+        try:
+            return cls(**values)
+        except ValueError as e:
+            raise AdminError(f"{where}: {e}") from e
+
+
+def check_lifetime(lifetime_seconds: int, *, margin: int) -> None:
+    """A lifetime must be longer than the publishing margin, or nothing could be published."""
+    if lifetime_seconds <= margin:
+        raise ValueError(
+            f"a directory lifetime of {lifetime_seconds / DAY:g} days is not longer than the "
+            f"publishing margin of {margin / DAY:g} days: nothing could be published"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,15 +146,34 @@ class AdminFolder:
                 continue
         return sorted(versions)
 
+    def newest_root(self) -> Root:
+        """Walk the root chain from root.1, verifying each step (signatures, version N+1);
+        the roots may have expired (a rotation needs only their keys)."""
+        versions = self._chain_versions()
+        return walk_root_chain(
+            self.root_path(1).read_bytes(), [self.root_path(v).read_bytes() for v in versions[1:]]
+        )
+
     def trusted_root(self, *, now: int) -> Root:
-        """Walk the root chain from root.1, verifying each step."""
+        """The newest root of the verified chain, which must be current at `now` (§7.5)."""
+        versions = self._chain_versions()
+        return verify_root_chain(
+            self.root_path(1).read_bytes(),
+            [self.root_path(v).read_bytes() for v in versions[1:]],
+            now=now,
+        )
+
+    def _chain_versions(self) -> list[int]:
         versions = self.root_versions()
         if not versions or versions[0] != 1:
             raise AdminError(f"{self.path} holds no root.1.json; run `nrm admin init` first")
-        store = TrustStore(verify_initial_root(self.root_path(1).read_bytes(), now=now))
-        for v in versions[1:]:
-            store.update_root(self.root_path(v).read_bytes(), now=now)
-        return store.root
+        return versions
+
+    def settings(self) -> AdminSettings:
+        path = self.path / SETTINGS_FILE
+        if not path.exists():
+            return AdminSettings()
+        return AdminSettings.from_toml(path.read_bytes(), where=path)
 
     def directory_bytes(self) -> bytes:
         path = self.path / DIRECTORY_FILE
@@ -115,12 +204,14 @@ def init_admin(
     threshold: int,
     passphrase: bytes,
     cost: KdfCost,
+    settings: AdminSettings | None = None,
     now: int | None = None,
 ) -> Root:
-    """Create `admins` root keys, root.1 signed by all of them, an empty directory draft and
-    the bus operator's credentials."""
+    """Create `admins` root keys, root.1 signed by all of them, an empty directory draft,
+    the folder's settings and the bus operator's credentials."""
     if not 1 <= threshold <= admins:
         raise AdminError("the threshold must be between 1 and the number of administrators")
+    settings = AdminSettings() if settings is None else settings
     now = clock.now() if now is None else now
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if any(folder.glob("root.*.json")):
@@ -140,8 +231,9 @@ def init_admin(
     for key in keys:
         signed = sign(signed, key)
     write_new_file(folder / "root.1.json", signed, mode=0o644)
-    empty = Directory(version=1, expires=now + DEFAULT_LIMITS.directory_ttl_seconds, agencies=())
+    empty = Directory(version=1, expires=now + settings.directory_lifetime_seconds, agencies=())
     write_new_file(folder / DIRECTORY_FILE, encode_directory(empty), mode=0o644)
+    write_new_file(folder / SETTINGS_FILE, settings.to_toml(), mode=0o644)
     init_key_dir(
         folder / OPERATOR_DIR,
         agency="operator",
@@ -152,13 +244,42 @@ def init_admin(
     return root
 
 
-def _next(directory: Directory, *, published: int, now: int) -> Directory:
-    """The draft's version is one above the last signed one, its expiry renewed."""
+def _next(
+    folder: AdminFolder,
+    directory: Directory,
+    *,
+    published: int,
+    now: int,
+    lifetime_seconds: int | None = None,
+) -> Directory:
+    """The draft's version is one above the last signed one, its expiry renewed: `now` plus
+    `lifetime_seconds`, by default the folder's directory lifetime."""
+    settings = folder.settings()
+    if lifetime_seconds is None:
+        lifetime_seconds = settings.directory_lifetime_seconds
+    try:
+        check_lifetime(lifetime_seconds, margin=settings.publish_margin_seconds)
+    except ValueError as e:
+        raise AdminError(str(e)) from e
     return Directory(
         version=max(directory.version, published + 1),
-        expires=now + DEFAULT_LIMITS.directory_ttl_seconds,
+        expires=now + lifetime_seconds,
         agencies=directory.agencies,
     )
+
+
+def renew_directory(
+    folder: AdminFolder, *, lifetime_seconds: int | None = None, now: int | None = None
+) -> Directory:
+    """A new draft version with the same agencies and keys and a new expiry, to be signed by
+    the threshold and published like any change (docs/RUNBOOK.md, "Expiry and renewal")."""
+    now = clock.now() if now is None else now
+    directory, published = _draft_and_published(folder)
+    directory = _next(
+        folder, directory, published=published, now=now, lifetime_seconds=lifetime_seconds
+    )
+    folder.save_draft(directory)
+    return directory
 
 
 def add_agency(
@@ -220,7 +341,7 @@ def add_agency(
                 nats_key=identity.nats_key,
             )
         )
-    directory = _next(directory, published=published, now=now)
+    directory = _next(folder, directory, published=published, now=now)
     folder.save_draft(directory)
     return directory
 
@@ -230,7 +351,7 @@ def remove_agency(folder: AdminFolder, agency: str, *, now: int | None = None) -
     directory, published = _draft_and_published(folder)
     if agency not in directory:
         raise AdminError(f"{agency} is not in the directory")
-    directory = _next(directory.without_agency(agency), published=published, now=now)
+    directory = _next(folder, directory.without_agency(agency), published=published, now=now)
     folder.save_draft(directory)
     return directory
 
@@ -249,7 +370,7 @@ def revoke_key(
     if agency not in directory:
         raise AdminError(f"{agency} is not in the directory")
     directory = directory.revoke(agency, kid, at=now if at is None else at, reason=reason)
-    directory = _next(directory, published=published, now=now)
+    directory = _next(folder, directory, published=published, now=now)
     folder.save_draft(directory)
     return directory
 
@@ -272,9 +393,29 @@ def verified_draft(folder: AdminFolder, *, now: int | None = None) -> Directory:
     return store.update_directory(folder.directory_bytes(), now=now)
 
 
-async def publish(folder: AdminFolder, url: str, *, passphrase: bytes) -> Directory:
-    """Verify the draft locally, then put every root and the directory in the KV bucket."""
-    directory = verified_draft(folder)
+def publishable_draft(
+    folder: AdminFolder, *, margin_seconds: int | None = None, now: int | None = None
+) -> Directory:
+    """The verified draft, if it expires no sooner than `margin_seconds` (by default the
+    folder's publishing margin) from `now`; else PublishMarginError."""
+    now = clock.now() if now is None else now
+    directory = verified_draft(folder, now=now)
+    margin = folder.settings().publish_margin_seconds if margin_seconds is None else margin_seconds
+    if directory.expires - now < margin:
+        raise PublishMarginError(
+            f"directory version {directory.version} expires in "
+            f"{(directory.expires - now) / DAY:.1f} days, sooner than the publishing margin of "
+            f"{margin / DAY:g} days; run `nrm directory renew`, sign it again and publish"
+        )
+    return directory
+
+
+async def publish(
+    folder: AdminFolder, url: str, *, passphrase: bytes, margin_seconds: int | None = None
+) -> Directory:
+    """Verify the draft locally (and that it is not about to expire), then put every root
+    and the directory in the KV bucket."""
+    directory = publishable_draft(folder, margin_seconds=margin_seconds)
     operator = load_key_dir(folder.path / OPERATOR_DIR, passphrase=passphrase)
     assert operator.nats_seed is not None
     nc = await nats.connect(
@@ -303,7 +444,7 @@ def rotate_root(
 ) -> Root:
     """A new root set: version N+1 signed by a threshold of the old keys and all new ones."""
     now = clock.now() if now is None else now
-    current = folder.trusted_root(now=now)
+    current = folder.newest_root()  # it may have expired: its keys still sign the next one
     signers = [open_admin_key(p.read_bytes(), passphrase=passphrase) for p in old_keys]
     new_keys = [SigningKey.generate() for _ in range(admins)]
     root = Root(
@@ -315,7 +456,7 @@ def rotate_root(
     signed = encode_root(root)
     for key in [*signers, *new_keys]:
         signed = sign(signed, key)
-    TrustStore(current).update_root(signed, now=now)  # refuse before writing
+    verify_root_update(current, signed)  # refuse before writing
     for n, key in enumerate(new_keys, start=1):
         write_new_file(
             folder.path / f"admin-{n}.r{root.version}.key",
@@ -324,7 +465,7 @@ def rotate_root(
     write_new_file(folder.root_path(root.version), signed, mode=0o644)
     # The directory must now be signed by the new root's keys.
     directory, published = _draft_and_published(folder)
-    folder.save_draft(_next(directory, published=published, now=now))
+    folder.save_draft(_next(folder, directory, published=published, now=now))
     return root
 
 
@@ -396,7 +537,7 @@ def replace_keys(
             directory = directory.revoke(identity.agency, old.kid, at=at, reason=reason)
     entry = directory.agency(identity.agency)
     directory = directory.with_agency(dataclasses.replace(entry, nats_key=identity.nats_key))
-    directory = _next(directory, published=published, now=now)
+    directory = _next(folder, directory, published=published, now=now)
     folder.save_draft(directory)
     return directory
 

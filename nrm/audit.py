@@ -19,8 +19,8 @@ import aiohttp
 from broker.ledger_store import LedgerStore
 from keys import PublicIdentity, UntrustedInputError
 from keys.checkpoint import Checkpoint, verify_checkpoint
-from keys.directory import Directory, TrustStore, verify_initial_root
-from keys.ledger_verify import LedgerVerificationError, Row
+from keys.directory import Directory
+from keys.ledger_verify import LedgerVerificationError, Row, verify_directory_history
 from keys.restore import RestoreDeclaration, verify_restore
 
 ORIGIN_PREFIX = "nrm-exchange/ledger/v1/"
@@ -29,11 +29,13 @@ PAGE = 1000
 
 @dataclass
 class LedgerCopy:
-    """Everything an auditor downloads: rows, directory history, the latest checkpoint."""
+    """Everything an auditor downloads: rows, directory history, the latest checkpoint and
+    the root chain the ledger verified (signed root files; verified again by the auditor)."""
 
     rows: list[Row]
     directories: list[tuple[int, bytes, int]]
     checkpoint_note: str
+    roots: list[bytes]
     restores: list[bytes] = field(default_factory=list)  # signed declarations, oldest first
 
 
@@ -44,11 +46,12 @@ def from_database(path: Path) -> LedgerCopy:
         if latest is None:
             raise LedgerVerificationError(None, "the database holds no checkpoint")
         rows = [Row(r.index, r.leaf, r.directory_version, r.to_json()) for r in store.iter_rows()]
+        roots = [data for _, data, _ in store.roots()]
         try:
             restores = [data for _, data in store.restores()]
         except sqlite3.OperationalError:  # a database from before restores existed
             restores = []
-        return LedgerCopy(rows, store.directories(), latest[3], restores)
+        return LedgerCopy(rows, store.directories(), latest[3], roots, restores)
     finally:
         store.close()
 
@@ -77,32 +80,20 @@ async def from_http(url: str, token: str) -> LedgerCopy:
             ]
             if len(page) < PAGE:
                 break
+        roots = [base64.b64decode(r["data"]) for r in (await get("/v1/roots"))["items"]]
         served = (await get("/v1/restores"))["items"]
         restores = [base64.b64decode(d["declaration"]) for d in served]
-        return LedgerCopy(rows, directories, checkpoint["note"], restores)
+        return LedgerCopy(rows, directories, checkpoint["note"], roots, restores)
 
 
 def trusted_directories(copy: LedgerCopy, roots: Sequence[Path]) -> dict[int, Directory]:
     """Verify each directory version the ledger used against the root chain, as it stood
-    when the ledger accepted it."""
+    when the ledger accepted it: from the auditor's pinned root (`roots[0]`), through any
+    later roots the auditor gives and those the ledger serves, each step verified."""
     if not roots:
         raise ValueError("give at least the pinned root (root.1.json)")
-    pending_roots = [r.read_bytes() for r in roots[1:]]
-    first = copy.directories[0][2] if copy.directories else 0
-    store = TrustStore(verify_initial_root(roots[0].read_bytes(), now=first))
-    verified: dict[int, Directory] = {}
-    for version, data, accepted_at in copy.directories:
-        while True:
-            try:
-                verified[version] = store.update_directory(data, now=accepted_at)
-                break
-            except UntrustedInputError as e:
-                if not pending_roots:
-                    raise LedgerVerificationError(
-                        None, f"directory version {version} does not verify ({e.reason})"
-                    ) from e
-                store.update_root(pending_roots.pop(0), now=accepted_at)
-    return verified
+    later = [r.read_bytes() for r in roots[1:]] + copy.roots
+    return verify_directory_history(roots[0].read_bytes(), later, copy.directories)
 
 
 def checkpoint_of(copy: LedgerCopy, *, identity: Path, name: str) -> Checkpoint:

@@ -17,7 +17,7 @@ import aiohttp
 import click
 
 from agents import Agent, AgentConfig, ConfigError, token_digest
-from keys import KeyFileError, NrmError, PublicIdentity, UntrustedInputError
+from keys import DEFAULT_LIMITS, KeyFileError, NrmError, PublicIdentity, UntrustedInputError
 from keys.keyfile import MODERATE, init_key_dir, read_passphrase, rotate_key_dir
 from runtime import clock
 
@@ -36,15 +36,33 @@ ADMIN_DIR = click.option(
 )
 
 
+#: `nrm directory publish` exits with this when the draft expires too soon (README).
+EXIT_EXPIRES_TOO_SOON = 3
+
+
+class _ExpiresTooSoon(click.ClickException):
+    exit_code = EXIT_EXPIRES_TOO_SOON
+
+
 @contextmanager
 def _admin_errors() -> Iterator[None]:
-    """Turn refusals into a one-line CLI error with a non-zero exit."""
+    """Turn refusals into a one-line CLI error with a non-zero exit (1; 3 when a draft
+    expires sooner than the publishing margin)."""
     try:
         yield
+    except admin.PublishMarginError as e:
+        raise _ExpiresTooSoon(str(e)) from e
     except UntrustedInputError as e:
         raise click.ClickException(f"refused ({e.reason}): {e}") from e
     except (admin.AdminError, KeyFileError, ValueError, OSError) as e:
         raise click.ClickException(str(e)) from e
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not (port.isascii() and port.isdigit() and 0 <= int(port) <= 65535):
+        raise click.BadParameter(f"{text!r} is not HOST:PORT", param_hint="--status-bind")
+    return host, int(port)
 
 
 def _parse_time(text: str) -> int:
@@ -182,6 +200,19 @@ def bus() -> None:
     is_flag=True,
     help="No authorization at all: anyone may connect. Local experiments only.",
 )
+@click.option(
+    "--status-bind",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve /healthz and /metrics (directory and root expiry) here, e.g. 127.0.0.1:8222.",
+)
+@click.option(
+    "--expiry-warning-days",
+    type=click.FloatRange(0),
+    default=DEFAULT_LIMITS.expiry_warning_seconds / 86400,
+    show_default=True,
+    help="/healthz turns to warning this long before the directory or root expires.",
+)
 def bus_up(
     store: Path,
     port: int | None,
@@ -190,6 +221,8 @@ def bus_up(
     operator_keys: Path | None,
     passphrase_file: Path | None,
     unsafe_open: bool,
+    status_bind: str | None,
+    expiry_warning_days: float,
 ) -> None:
     """Run nats-server on loopback in the foreground until Ctrl-C (SIGINT) or SIGTERM.
 
@@ -200,12 +233,14 @@ def bus_up(
 
     secured = bool(trust_roots) or directory_file is not None or operator_keys is not None
     if unsafe_open:
-        if secured:
+        if secured or status_bind is not None:
             raise click.UsageError(
                 "--unsafe-open cannot be combined with --trust-root/--directory/--operator-keys"
+                "/--status-bind"
             )
         logs.configure()
         sys.exit(unsafe_run_foreground_open(store_dir=store, port=port))
+    bind = None if status_bind is None else _host_port(status_bind)
     if not (trust_roots and directory_file is not None and operator_keys is not None):
         raise click.UsageError(
             "give --trust-root, --directory and --operator-keys for a secured bus "
@@ -222,6 +257,8 @@ def bus_up(
                     directory=directory_file,
                     operator_keys=operator_keys,
                     passphrase=read_passphrase(file=passphrase_file),
+                    status_bind=bind,
+                    warning_seconds=int(expiry_warning_days * 86400),
                 ),
             )
         except RuntimeError as e:  # nats-server would not start
@@ -489,15 +526,41 @@ def admin_group() -> None:
 @click.option("--threshold", type=click.IntRange(1, 16), required=True, help="Signatures needed.")
 @click.option("--dir", "admin_dir", type=PATH, required=True, help="Folder to create.")
 @click.option("--passphrase-file", type=PATH, default=None, help="Else $NRM_PASSPHRASE.")
-def admin_init(admins: int, threshold: int, admin_dir: Path, passphrase_file: Path | None) -> None:
+@click.option(
+    "--directory-lifetime-days",
+    type=click.FloatRange(0, min_open=True),
+    default=DEFAULT_LIMITS.directory_ttl_seconds / 86400,
+    show_default=True,
+    help="How long each new directory version is valid (kept in settings.toml).",
+)
+@click.option(
+    "--publish-margin-days",
+    type=click.FloatRange(0),
+    default=DEFAULT_LIMITS.publish_margin_seconds / 86400,
+    show_default=True,
+    help="Publishing refuses a directory expiring sooner than this (kept in settings.toml).",
+)
+def admin_init(
+    admins: int,
+    threshold: int,
+    admin_dir: Path,
+    passphrase_file: Path | None,
+    directory_lifetime_days: float,
+    publish_margin_days: float,
+) -> None:
     """Create N administrator root keys, root.1.json signed by all, and an empty directory."""
     with _admin_errors():
+        settings = admin.AdminSettings(
+            directory_lifetime_seconds=int(directory_lifetime_days * 86400),
+            publish_margin_seconds=int(publish_margin_days * 86400),
+        )
         root = admin.init_admin(
             admin_dir,
             admins=admins,
             threshold=threshold,
             passphrase=read_passphrase(file=passphrase_file),
             cost=MODERATE,
+            settings=settings,
         )
     click.echo(f"root version 1: {threshold}-of-{admins}; keys {', '.join(root.keys)}")
     click.echo(
@@ -623,6 +686,25 @@ def directory_remove_agency(agency: str, admin_dir: Path) -> None:
     click.echo(f"{agency} removed in draft version {d.version}; sign and publish it")
 
 
+@directory_group.command("renew")
+@click.option(
+    "--lifetime-days",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="How long the new version is valid; default: the folder's settings.toml.",
+)
+@ADMIN_DIR
+def directory_renew(lifetime_days: float | None, admin_dir: Path) -> None:
+    """A new draft version with the same content and a new expiry; sign and publish it."""
+    with _admin_errors():
+        d = admin.renew_directory(
+            admin.AdminFolder(admin_dir),
+            lifetime_seconds=None if lifetime_days is None else int(lifetime_days * 86400),
+        )
+    expires = datetime.fromtimestamp(d.expires, UTC).isoformat(timespec="minutes")
+    click.echo(f"renewed: draft version {d.version} expires {expires}; sign and publish it")
+
+
 @directory_group.command("sign")
 @click.option("--key", "key_path", type=PATH, required=True, help="An administrator key file.")
 @click.option("--passphrase-file", type=PATH, default=None, help="Else $NRM_PASSPHRASE.")
@@ -640,15 +722,26 @@ def directory_sign(key_path: Path, passphrase_file: Path | None, admin_dir: Path
 @directory_group.command("publish")
 @click.option("--nats", "url", required=True, help="Bus URL (operator credentials are used).")
 @click.option("--passphrase-file", type=PATH, default=None, help="Else $NRM_PASSPHRASE.")
+@click.option(
+    "--margin-days",
+    type=click.FloatRange(0),
+    default=None,
+    help="Refuse (exit 3) a directory expiring sooner; default: the folder's settings.toml.",
+)
 @ADMIN_DIR
-def directory_publish(url: str, passphrase_file: Path | None, admin_dir: Path) -> None:
-    """Verify the draft as an agent would, then publish roots and directory to the bus."""
+def directory_publish(
+    url: str, passphrase_file: Path | None, margin_days: float | None, admin_dir: Path
+) -> None:
+    """Verify the draft as an agent would, then publish roots and directory to the bus.
+
+    Exits 3, publishing nothing, if the draft expires sooner than the publishing margin.
+    """
+    folder = admin.AdminFolder(admin_dir)
+    margin = None if margin_days is None else int(margin_days * 86400)
     with _admin_errors():
-        d = asyncio.run(
-            admin.publish(
-                admin.AdminFolder(admin_dir), url, passphrase=read_passphrase(file=passphrase_file)
-            )
-        )
+        admin.publishable_draft(folder, margin_seconds=margin)  # before asking the passphrase
+        passphrase = read_passphrase(file=passphrase_file)
+        d = asyncio.run(admin.publish(folder, url, passphrase=passphrase, margin_seconds=margin))
     click.echo(f"published directory version {d.version} ({len(d.agencies)} agencies)")
 
 
@@ -693,15 +786,15 @@ def broker_config(
 ) -> None:
     """Write the nats-server authorization generated from a verified directory."""
     from broker.authority import authorization_for
-    from keys.directory import TrustStore, verify_initial_root
+    from keys.directory import TrustStore, verify_root_chain
     from keys.keyfile import replace_file
 
     with _admin_errors():
         now = clock.now()
-        store = TrustStore(verify_initial_root(root_files[0].read_bytes(), now=now))
-        for later in root_files[1:]:
-            store.update_root(later.read_bytes(), now=now)
-        directory = store.update_directory(directory_file.read_bytes(), now=now)
+        root = verify_root_chain(
+            root_files[0].read_bytes(), [r.read_bytes() for r in root_files[1:]], now=now
+        )
+        directory = TrustStore(root).update_directory(directory_file.read_bytes(), now=now)
         operator = PublicIdentity.from_json(operator_identity.read_bytes())
         if operator.nats_key is None:
             raise admin.AdminError("the operator identity has no NATS key")
@@ -833,7 +926,7 @@ def _load(ledger_url: str | None, db: Path | None, token_file: Path | None) -> L
     type=PATH,
     multiple=True,
     required=True,
-    help="The pinned root.1.json, then each later root in order (repeat).",
+    help="The pinned root.1.json; later roots come from the ledger (or repeat to add them).",
 )
 @click.option(
     "--ledger-identity",

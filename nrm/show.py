@@ -21,7 +21,7 @@ def show_directory(folder: AdminFolder) -> str:
     """The directory draft as a table, with its signature state against the current root."""
     directory = folder.draft()
     data = folder.directory_bytes()
-    root = folder.trusted_root(now=clock.now())
+    root = folder.newest_root()  # shown even once it has expired: it says so below
     count = signature_count(data, keys=root)
     try:
         verified_draft(folder)
@@ -31,6 +31,8 @@ def show_directory(folder: AdminFolder) -> str:
     lines = [
         f"directory version {directory.version}, expires {when(directory.expires)}; "
         f"{count} of {root.threshold} signatures from root v{root.version}: {state}",
+        f"root version {root.version} expires {when(root.expires)}"
+        + (" (EXPIRED: rotate the root)" if root.expires <= clock.now() else ""),
         "",
         f"{'agency':<16} {'roles':<20} {'key':<6} {'kid':<34} {'status':<9} "
         f"{'valid from':<17} {'valid until':<17} revoked",

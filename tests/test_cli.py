@@ -16,6 +16,8 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +29,11 @@ import pytest
 from click.testing import CliRunner, Result
 
 from keys import PublicIdentity
+from keys.directory import Directory, read_unverified_directory, read_unverified_root
 from keys.keyfile import load_key_dir
+from nrm import admin
 from nrm.cli import main
+from runtime import clock
 
 PASSPHRASE = "correct horse battery staple"
 ENV = {"NRM_PASSPHRASE": PASSPHRASE}
@@ -316,6 +321,127 @@ def test_rotate_root_refuses_too_few_old_signatures(work: Work) -> None:
     assert not (work.admin / "root.2.json").exists()
 
 
+# --- directory lifetime, renewal and the publishing margin ------------------------------------
+
+DAY = 86400
+
+
+def shift_clock(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, days: float) -> None:
+    """Move this process's clock (and that of any child started later) by `days`."""
+    offset = tmp_path / "clock-offset"
+    clock.set_offset(offset, int(days * DAY))
+    monkeypatch.setenv(clock.ENV, str(offset))
+
+
+def draft(work: Work) -> Directory:
+    return read_unverified_directory((work.admin / "directory.json").read_bytes())
+
+
+def test_admin_init_keeps_the_lifetime_and_margin_and_refuses_a_lifetime_within_it(
+    tmp_path: Path,
+) -> None:
+    """`admin init --directory-lifetime-days --publish-margin-days` writes settings.toml and
+    an empty draft with that lifetime; a lifetime not longer than the margin is refused
+    before anything is created."""
+    before = clock.now()
+    ok("admin", "init", "--admins", "1", "--threshold", "1", "--dir", tmp_path / "a",
+       "--directory-lifetime-days", "14", "--publish-margin-days", "2")  # fmt: skip
+    settings = (tmp_path / "a" / "settings.toml").read_text()
+    assert "directory_lifetime_days = 14.0" in settings
+    assert "publish_margin_days = 2.0" in settings
+    expires = read_unverified_directory((tmp_path / "a" / "directory.json").read_bytes()).expires
+    assert before + 14 * DAY <= expires <= clock.now() + 14 * DAY
+
+    refused = nrm("admin", "init", "--admins", "1", "--threshold", "1", "--dir", tmp_path / "b",
+                  "--directory-lifetime-days", "2", "--publish-margin-days", "7")  # fmt: skip
+    assert refused.exit_code == 1, refused.output
+    assert "not longer than the publishing margin" in refused.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_renew_makes_a_new_version_with_the_same_content_and_a_new_expiry(
+    work: Work, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Ten days on, `directory renew` drafts version N+1 with the same agencies and keys,
+    expiring 30 days from the new now, unsigned; `--lifetime-days` sets another lifetime; a
+    lifetime within the publishing margin is refused and the draft stays as it was."""
+    work.add("police", "police")
+    work.sign(1)
+    work.sign(2)
+    signed = draft(work)
+    shift_clock(monkeypatch, tmp_path, 10)
+
+    out = ok("directory", "renew", "--dir", work.admin)
+
+    renewed = draft(work)
+    assert f"renewed: draft version {signed.version + 1}" in out
+    assert renewed.version == signed.version + 1
+    assert renewed.agencies == signed.agencies
+    assert clock.now() + 30 * DAY - 60 <= renewed.expires <= clock.now() + 30 * DAY
+    assert "0 of 2 signatures" in work.show()
+
+    ok("directory", "renew", "--lifetime-days", "60", "--dir", work.admin)
+    assert draft(work).expires >= clock.now() + 60 * DAY - 60
+    assert draft(work).version == renewed.version  # unsigned: no published version to pass
+
+    before = (work.admin / "directory.json").read_bytes()
+    refused = nrm("directory", "renew", "--lifetime-days", "3", "--dir", work.admin)
+    assert refused.exit_code == 1
+    assert "not longer than the publishing margin of 7 days" in refused.output
+    assert (work.admin / "directory.json").read_bytes() == before
+
+
+def test_publish_refuses_a_directory_that_expires_within_the_margin(
+    work: Work, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Six days before a fully signed draft expires, `publish` exits 3 naming the margin and
+    publishes nothing (before even connecting); a smaller margin lets it through, and so
+    does `renew` and signing again."""
+    work.add("police", "police")
+    work.sign(1)
+    work.sign(2)
+    folder = admin.AdminFolder(work.admin)
+    signed = draft(work)
+    shift_clock(monkeypatch, tmp_path, 24)
+    bogus = "nats://127.0.0.1:1"
+
+    refused = nrm("directory", "publish", "--nats", bogus, "--dir", work.admin)
+
+    assert refused.exit_code == 3, refused.output
+    assert "sooner than the publishing margin of 7 days" in refused.output
+    assert "nrm directory renew" in refused.output
+    assert not (work.admin / "published-version").exists()
+    assert admin.publishable_draft(folder, margin_seconds=5 * DAY).version == signed.version
+
+    ok("directory", "renew", "--dir", work.admin)
+    work.sign(1)
+    work.sign(3)
+    assert admin.publishable_draft(folder).version == signed.version + 1
+
+
+def test_after_the_root_expires_show_says_so_sign_refuses_and_rotate_root_still_works(
+    work: Work, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A year and a day on, `directory show` flags the expired root, `directory sign` is
+    refused with expired-root (draft unchanged), and `admin rotate-root` with the expired
+    root's keys makes root.2, under which the renewed draft is publishable."""
+    work.add("police", "police")
+    shift_clock(monkeypatch, tmp_path, 366)
+
+    assert "EXPIRED: rotate the root" in work.show()
+    before = (work.admin / "directory.json").read_bytes()
+    refused = nrm("directory", "sign", "--key", work.admin_key(1), "--dir", work.admin)
+    assert refused.exit_code == 1
+    assert "refused (expired-root)" in refused.output
+    assert (work.admin / "directory.json").read_bytes() == before
+
+    ok("admin", "rotate-root", "--key", work.admin_key(1), "--key", work.admin_key(2),
+       "--admins", "1", "--threshold", "1", "--dir", work.admin)  # fmt: skip
+    assert ": publishable" in work.sign_with(work.admin / "admin-1.r2.key")
+    assert admin.publishable_draft(admin.AdminFolder(work.admin)).expires > clock.now()
+    assert "EXPIRED" not in work.show()
+
+
 def test_broker_config_writes_each_agencys_nkey_and_refuses_an_under_signed_directory(
     work: Work, tmp_path: Path
 ) -> None:
@@ -361,9 +487,13 @@ def bus_up(tmp_path: Path) -> Iterator[BusUp]:
     started: list[subprocess.Popen[bytes]] = []
     yield BusUp(tmp_path, started)
     for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        if process.poll() is None:  # a failed test: SIGTERM first, so it stops its nats-server
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 @dataclass
@@ -493,6 +623,64 @@ def test_publish_to_a_bus_started_with_bus_up_reloads_its_authorization(
 
     assert bus_up.stop(process, signal.SIGTERM) == 0
     assert "NATS bus stopped" in out.read_text()
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 (http:// built here)
+            return int(r.status), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read().decode()
+
+
+def test_bus_up_status_warns_before_the_directory_expires_and_a_renewal_clears_it(
+    work: Work, bus_up: BusUp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`bus up --status-bind` started six days before the directory expires answers
+    /healthz 200 "warning" (directory-expires-soon) and /metrics with both expiry gauges;
+    once a renewed directory is published it answers "ok"."""
+    work.add("police", "police")
+    work.sign(1)
+    work.sign(2)
+    shift_clock(monkeypatch, tmp_path, 24)
+    port, status_port = free_port(), free_port()
+    process, out = bus_up.start(
+        "--store", tmp_path / "s", "--port", str(port),
+        "--trust-root", work.admin / "root.1.json",
+        "--directory", work.admin / "directory.json",
+        "--operator-keys", work.admin / "operator",
+        "--status-bind", f"127.0.0.1:{status_port}",
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{status_port}"
+    assert f"status at {base}/healthz" in out.read_text()
+    code, body = http_get(base + "/healthz")
+    health = json.loads(body)
+    assert (code, health["status"], health["reasons"]) == (
+        200, "warning", ["directory-expires-soon"]
+    )  # fmt: skip
+    code, metrics = http_get(base + "/metrics")
+    assert code == 200
+    signed = draft(work)
+    gauges = dict(
+        line.split(" ") for line in metrics.splitlines() if line and not line.startswith("#")
+    )
+    assert float(gauges["nrm_directory_expiry_timestamp_seconds"]) == signed.expires
+    root = read_unverified_root((work.admin / "root.1.json").read_bytes())
+    assert float(gauges["nrm_root_expiry_timestamp_seconds"]) == root.expires
+
+    ok("directory", "renew", "--dir", work.admin)
+    work.sign(1)
+    work.sign(2)
+    ok("directory", "publish", "--nats", f"nats://127.0.0.1:{port}", "--dir", work.admin)
+    deadline = time.monotonic() + 20
+    while True:
+        code, body = http_get(base + "/healthz")
+        health = json.loads(body)
+        if (code, health["status"], health["directory_version"]) == (200, "ok", signed.version + 1):
+            break
+        assert time.monotonic() < deadline, health
+        time.sleep(0.2)
+    assert bus_up.stop(process, signal.SIGTERM) == 0
 
 
 @pytest.mark.parametrize(

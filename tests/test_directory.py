@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from keys import (
     BadSignatureError,
     Directory,
     ExpiredMetadataError,
+    ExpiredRootError,
     KeyEntry,
     MalformedError,
     NotEnoughSignaturesError,
@@ -35,11 +37,13 @@ from keys import (
     signature_count,
     verify_directory,
     verify_initial_root,
+    verify_root_chain,
     verify_root_update,
 )
 from keys.codec import canonical_json
 from keys.directory import DIRECTORY_LABEL
 from keys.identity import encryption_kid, signing_kid
+from keys.ledger_verify import LedgerVerificationError, verify_directory_history
 
 T0 = 1_767_225_600
 DAY = 24 * 3600
@@ -353,17 +357,6 @@ ROOT_SCENARIOS: list[tuple[str, Callable[[], bytes], type[Exception] | None]] = 
         RollbackError,
     ),
     (
-        "v1->v2 already expired: refused",
-        lambda: signed_by(
-            encode_root(root_of(2, [3, 4, 5], 2, expires=T0)),
-            ADMINS[0],
-            ADMINS[1],
-            ADMINS[3],
-            ADMINS[4],
-        ),
-        ExpiredMetadataError,
-    ),
-    (
         "v1->v2 with its threshold tampered to 1: refused",
         lambda: edit_file(
             signed_by(ROOT_V2, ADMINS[0], ADMINS[1], ADMINS[3], ADMINS[4]),
@@ -384,17 +377,17 @@ def test_root_rotation_scenarios(
     store = fresh_store()
     before = snapshot(store)
     if error is None:
-        assert store.update_root(build(), T0 + 1) == root_of(2, [3, 4, 5], 2)
+        assert store.update_root(build()) == root_of(2, [3, 4, 5], 2)
         return
     with pytest.raises(error):
-        store.update_root(build(), T0 + 1)
+        store.update_root(build())
     assert snapshot(store) == before
 
 
 def test_directory_after_root_rotation_needs_the_new_keys() -> None:
     """After v1->v2, a directory signed by the old root's keys is refused; by the new, accepted."""
     store = fresh_store()
-    store.update_root(signed_by(ROOT_V2, ADMINS[0], ADMINS[1], ADMINS[3], ADMINS[4]), T0 + 1)
+    store.update_root(signed_by(ROOT_V2, ADMINS[0], ADMINS[1], ADMINS[3], ADMINS[4]))
     before = snapshot(store)
     with pytest.raises(NotEnoughSignaturesError):
         store.update_directory(signed_by(V3, ADMINS[0], ADMINS[1]), T0 + 2)
@@ -402,25 +395,199 @@ def test_directory_after_root_rotation_needs_the_new_keys() -> None:
     assert store.update_directory(signed_by(V3, ADMINS[4], ADMINS[5]), T0 + 2).version == 3
 
 
-def test_initial_root_is_self_signed_and_unexpired() -> None:
-    """The trust anchor needs a threshold of its own keys and must not be expired."""
+def test_initial_root_is_self_signed_and_may_have_expired() -> None:
+    """The trust anchor needs a threshold of its own keys; its expiry is checked only if it
+    stays the newest root (the chain rule below)."""
     v1 = encode_root(root_of(1, [0, 1, 2], 2))
-    assert verify_initial_root(signed_by(v1, ADMINS[0], ADMINS[2]), now=T0) == root_of(
-        1, [0, 1, 2], 2
-    )
+    assert verify_initial_root(signed_by(v1, ADMINS[0], ADMINS[2])) == root_of(1, [0, 1, 2], 2)
     with pytest.raises(NotEnoughSignaturesError):
-        verify_initial_root(signed_by(v1, ADMINS[0]), now=T0)
-    with pytest.raises(ExpiredMetadataError):
-        verify_initial_root(signed_by(v1, ADMINS[0], ADMINS[1]), now=T0 + YEAR)
+        verify_initial_root(signed_by(v1, ADMINS[0]))
+    expired = encode_root(root_of(1, [0, 1, 2], 2, expires=T0))
+    assert verify_initial_root(signed_by(expired, ADMINS[0], ADMINS[1])).expires == T0
 
 
 def test_verify_functions_return_the_verified_object() -> None:
-    """verify_root_update and verify_directory return what they verified."""
+    """verify_root_update, verify_root_chain and verify_directory return what they verified."""
     trusted = root_of(1, [0, 1, 2], 2)
     new = signed_by(ROOT_V2, ADMINS[0], ADMINS[1], ADMINS[3], ADMINS[4])
-    assert verify_root_update(trusted, new, now=T0) == root_of(2, [3, 4, 5], 2)
+    assert verify_root_update(trusted, new) == root_of(2, [3, 4, 5], 2)
+    pinned = signed_by(encode_root(trusted), ADMINS[0], ADMINS[1])
+    assert verify_root_chain(pinned, [new], now=T0) == root_of(2, [3, 4, 5], 2)
     data = signed_by(V3, ADMINS[0], ADMINS[1])
     assert verify_directory(trusted, data, now=T0, current=None) == directory(version=3)
+
+
+# --------------------------------------------------------------------------- root chain expiry
+
+#: The roots of the chain scenarios: v1 admins 0-2, v2 admins 3-5, v3 admins 0, 4, 6; each
+#: 2-of-3 and signed by a threshold of the previous root's keys and all of its own.
+CHAIN_ADMINS = {1: [0, 1, 2], 2: [3, 4, 5], 3: [0, 4, 6]}
+#: "Now" in the chain scenarios; a root "expired" expired a day before it.
+NOW = T0 + 2 * YEAR
+EXPIRED = NOW - DAY
+CURRENT = NOW + YEAR
+
+
+def chain_root(version: int, expires: int, *, signers: list[int] | None = None) -> bytes:
+    """Root `version` of the chain, signed by `signers` (default: 2 of the previous root's
+    keys and all of its own)."""
+    own = CHAIN_ADMINS[version]
+    if signers is None:
+        signers = (CHAIN_ADMINS[version - 1][:2] if version > 1 else []) + own
+    return signed_by(
+        encode_root(root_of(version, own, 2, expires=expires)), *[ADMINS[i] for i in signers]
+    )
+
+
+def chain_directory(root_version: int, *, expires: int = NOW + 30 * DAY) -> bytes:
+    """Directory v2 signed by two keys of root `root_version`."""
+    keys = CHAIN_ADMINS[root_version][:2]
+    return signed_by(
+        encode_directory(directory(version=2, expires=expires)), *[ADMINS[i] for i in keys]
+    )
+
+
+def _tampered(data: bytes) -> bytes:
+    return edit_file(data, _set(("threshold",), 1))
+
+
+#: (name, pinned root, later roots, error or None). A success trusts the newest root.
+CHAIN_SCENARIOS: list[tuple[str, Callable[[], tuple[bytes, list[bytes]]], type[Exception] | None]]
+CHAIN_SCENARIOS = [
+    (
+        "root.1 current alone: trusted",
+        lambda: (chain_root(1, CURRENT), []),
+        None,
+    ),
+    (
+        "root.1 expired, root.2 current: trusted",
+        lambda: (chain_root(1, EXPIRED), [chain_root(2, CURRENT)]),
+        None,
+    ),
+    (
+        "root.1 and root.2 expired, root.3 current: trusted",
+        lambda: (chain_root(1, EXPIRED), [chain_root(2, EXPIRED), chain_root(3, CURRENT)]),
+        None,
+    ),
+    (
+        "root.1 current, root.2 current: trusted",
+        lambda: (chain_root(1, CURRENT), [chain_root(2, CURRENT)]),
+        None,
+    ),
+    (
+        "root.1 expired alone (the newest root expired): refused",
+        lambda: (chain_root(1, EXPIRED), []),
+        ExpiredRootError,
+    ),
+    (
+        "root.1 expired, root.2 expired (the newest root expired): refused",
+        lambda: (chain_root(1, EXPIRED), [chain_root(2, EXPIRED)]),
+        ExpiredRootError,
+    ),
+    (
+        "root.1 current, root.2 expired (the newest counts, not the pinned): refused",
+        lambda: (chain_root(1, CURRENT), [chain_root(2, EXPIRED)]),
+        ExpiredRootError,
+    ),
+    (
+        "root.1 expired, root.2 current but signed by 1 of root.1's keys: refused",
+        lambda: (chain_root(1, EXPIRED), [chain_root(2, CURRENT, signers=[0, 3, 4, 5])]),
+        NotEnoughSignaturesError,
+    ),
+    (
+        "root.1 expired, root.2 current but signed only by its own keys: refused",
+        lambda: (chain_root(1, EXPIRED), [chain_root(2, CURRENT, signers=[3, 4, 5])]),
+        NotEnoughSignaturesError,
+    ),
+    (
+        "root.1 expired, root.2 current with its threshold tampered after signing: refused",
+        lambda: (chain_root(1, EXPIRED), [_tampered(chain_root(2, CURRENT))]),
+        BadSignatureError,
+    ),
+    (
+        "root.1 expired, root.3 current with root.2 skipped: refused",
+        lambda: (
+            chain_root(1, EXPIRED),
+            [chain_root(3, CURRENT, signers=[0, 1, 0, 4, 6])],
+        ),
+        RollbackError,
+    ),
+    (
+        "pinned root.1 signed by 1 of its 2 required keys: refused",
+        lambda: (chain_root(1, CURRENT, signers=[0]), []),
+        NotEnoughSignaturesError,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "build", "error"), CHAIN_SCENARIOS, ids=[s[0] for s in CHAIN_SCENARIOS]
+)
+def test_root_chain_expiry_scenarios(
+    name: str, build: Callable[[], tuple[bytes, list[bytes]]], error: type[Exception] | None
+) -> None:
+    """Walking the chain from the pinned root, the pinned and intermediate roots may have
+    expired; only the newest must be current; every step's signatures and version hold."""
+    pinned, later = build()
+    if error is None:
+        newest = verify_root_chain(pinned, later, now=NOW)
+        assert newest.version == 1 + len(later)
+        assert newest.expires > NOW
+    else:
+        with pytest.raises(error):
+            verify_root_chain(pinned, later, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("name", "build", "error"), CHAIN_SCENARIOS, ids=[s[0] for s in CHAIN_SCENARIOS]
+)
+def test_trust_store_follows_the_chain_rule(
+    name: str, build: Callable[[], tuple[bytes, list[bytes]]], error: type[Exception] | None
+) -> None:
+    """A TrustStore fed the same roots one at a time, then a directory signed by the newest
+    root, trusts that directory exactly when the chain rule holds; the refused step changes
+    nothing."""
+    pinned, later = build()
+    if error is NotEnoughSignaturesError and not later:
+        with pytest.raises(error):
+            TrustStore.pinned(pinned)
+        return
+    store = TrustStore.pinned(pinned)
+    for data in later:
+        before = snapshot(store)
+        try:
+            store.update_root(data)
+        except UntrustedInputError as e:
+            assert isinstance(e, error or ()), name
+            assert snapshot(store) == before
+            return
+    before = snapshot(store)
+    signed = chain_directory(store.root.version)
+    if error is None:
+        assert store.update_directory(signed, NOW) == directory(version=2, expires=NOW + 30 * DAY)
+        assert store.directory_at(NOW) == store.directory
+        return
+    with pytest.raises(error):
+        store.update_directory(signed, NOW)
+    assert snapshot(store) == before
+    assert store.directory_at(NOW) is None
+
+
+def test_a_trusted_directory_stops_being_trusted_when_the_newest_root_expires() -> None:
+    """directory_at answers the directory only while both it and the newest root are
+    current; a later root brings it back once a directory signed under it arrives."""
+    store = TrustStore.pinned(chain_root(1, NOW + DAY))
+    store.update_directory(chain_directory(1, expires=NOW + 30 * DAY), NOW)
+    assert store.directory_at(NOW) is not None
+    assert store.directory_at(NOW + DAY) is None  # the root expired, the directory has not
+    with pytest.raises(ExpiredRootError):
+        store.update_directory(chain_directory(1, expires=NOW + 30 * DAY), NOW + DAY)
+    store.update_root(chain_root(2, CURRENT))
+    renewed = signed_by(
+        encode_directory(directory(version=3, expires=NOW + 31 * DAY)), ADMINS[3], ADMINS[4]
+    )
+    assert store.update_directory(renewed, NOW + DAY).version == 3
+    assert store.directory_at(NOW + DAY) is not None
 
 
 # --------------------------------------------------------------------------- canonical encoding
@@ -570,3 +737,54 @@ def test_mutated_directory_never_verifies(data: bytes) -> None:
         return
     with pytest.raises(UntrustedInputError):
         verify_directory(TRUSTED_ROOT, data, now=T0, current=None)
+
+
+# --------------------------------------------------------------------------- auditor's chain
+
+
+def _history_directory(version: int, root_version: int, expires: int) -> bytes:
+    keys = CHAIN_ADMINS[root_version][:2]
+    return signed_by(
+        encode_directory(directory(version=version, expires=expires)),
+        *[ADMINS[i] for i in keys],
+    )
+
+
+#: root.1 expires after a year; directory 2 (root.1) accepted at T0; directory 3 (root.2)
+#: accepted ten days after root.1 expired.
+HISTORY = [
+    (2, _history_directory(2, 1, T0 + 30 * DAY), T0),
+    (3, _history_directory(3, 2, T0 + YEAR + 40 * DAY), T0 + YEAR + 10 * DAY),
+]
+ROOT_1 = chain_root(1, T0 + YEAR)
+ROOT_2 = chain_root(2, T0 + 3 * YEAR)
+FORGED_ROOT_2 = chain_root(2, T0 + 3 * YEAR, signers=[6, 3, 4, 5])
+FORGED_ROOT_1 = signed_by(encode_root(root_of(1, [6], 1)), ADMINS[6])
+
+HISTORY_SCENARIOS: list[tuple[str, list[bytes], str | None]] = [
+    ("root.2 served: both versions verify", [ROOT_2], None),
+    ("root.2 served twice, with the ledger's own root.1: both verify", [ROOT_1, ROOT_2, ROOT_2],
+     None),
+    ("a forged root.1 served (at or below the pin): ignored", [FORGED_ROOT_1, ROOT_2], None),
+    ("no later root served: refused", [], "directory version 3 does not verify under root"),
+    ("a root.2 signed by a stranger instead of root.1's keys: refused", [FORGED_ROOT_2],
+     "root version 2 does not follow root version 1 (under-signed)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "served", "refusal"), HISTORY_SCENARIOS, ids=[s[0] for s in HISTORY_SCENARIOS]
+)
+def test_auditor_walks_the_served_root_chain_from_its_own_pin(
+    name: str, served: list[bytes], refusal: str | None
+) -> None:
+    """verify_directory_history starts at the auditor's pinned root, takes served roots only
+    through R1-R4 (an expired intermediate root is fine), and judges each directory at the
+    time the ledger accepted it."""
+    if refusal is None:
+        verified = verify_directory_history(ROOT_1, served, HISTORY)
+        assert sorted(verified) == [2, 3]
+        assert verified[3].version == 3
+        return
+    with pytest.raises(LedgerVerificationError, match=re.escape(refusal)):
+        verify_directory_history(ROOT_1, served, HISTORY)

@@ -1,0 +1,73 @@
+"""What the bus authority and the ledger say about the directory they trust: `/healthz` and
+`/metrics` (docs/RUNBOOK.md, "Watch it").
+
+Both carry versions and expiry times only, nothing an agency sent, so they need no token;
+bind them to loopback or to the monitoring network. `/healthz` answers 200 for `ok` and
+`warning` (the directory or the newest root expires within the warning window) and 503 for
+`degraded`. The bus authority, which has no other HTTP, serves them with `serve_status`
+(`nrm bus up --status-bind`); the ledger adds the routes to its own API.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+from .follower import DirectoryFollower
+
+FollowerOf = Callable[[web.Request], DirectoryFollower]
+
+
+def render_metrics(follower: DirectoryFollower) -> bytes:
+    """The expiry gauges of `follower`, in the Prometheus text format."""
+    registry = CollectorRegistry(auto_describe=True)
+    directory = Gauge(
+        "nrm_directory_expiry_timestamp_seconds",
+        "When the last verified directory expires (Unix seconds); 0 before there is one",
+        registry=registry,
+    )
+    root = Gauge(
+        "nrm_root_expiry_timestamp_seconds",
+        "When the newest trusted root expires (Unix seconds)",
+        registry=registry,
+    )
+    d = follower.store.directory
+    directory.set(0 if d is None else d.expires)
+    root.set(follower.store.root.expires)
+    out: bytes = generate_latest(registry)
+    return out
+
+
+def health_response(follower: DirectoryFollower, **extra: object) -> web.Response:
+    health = {**follower.health(), **extra}
+    status = 503 if health["status"] == "degraded" else 200
+    return web.Response(
+        status=status, body=json.dumps(health).encode(), content_type="application/json"
+    )
+
+
+def add_status_routes(app: web.Application, follower_of: FollowerOf, *, part: str) -> None:
+    """GET /healthz and GET /metrics for the follower `follower_of(request)` returns."""
+
+    async def healthz(request: web.Request) -> web.Response:
+        return health_response(follower_of(request), part=part)
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = render_metrics(follower_of(request))
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+
+
+async def serve_status(follower: DirectoryFollower, *, host: str, port: int) -> web.AppRunner:
+    """Start the bus authority's status endpoint; the caller cleans the runner up."""
+    app = web.Application()
+    add_status_routes(app, lambda _: follower, part="bus")
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
