@@ -579,10 +579,11 @@ class Agent:
 
     def check_can_submit(self) -> None:
         """Raise a 503 problem while this agency cannot send anything that would be accepted:
-        removed from the directory, no usable key, or refused by the bus."""
+        removed from the directory or no usable key. A bus that refuses the agency's NKey is
+        no reason by itself (it happens for a moment during a NATS key rotation): the outbox
+        keeps what is submitted, as when the bus is down, and the standing fails it visibly
+        if the directory says the agency was removed."""
         refusal = self.standing.refusal()
-        if refusal is None and self.transport.link.state == "refused":
-            refusal = ("bus-refused", "the bus refuses this agency's credentials (NKey)")
         if refusal is not None:
             reason, detail = refusal
             raise ProblemError(

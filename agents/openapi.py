@@ -155,9 +155,8 @@ OPENAPI: dict[str, Any] = {
                                     "type": "string",
                                     "description": "A stable reason code. On a 503 for a POST: "
                                     "why this agency cannot send now — removed, key-revoked, "
-                                    "key-unlisted, key-retired (its standing in the trust "
-                                    "directory) or bus-refused (the bus refuses its "
-                                    "credentials); on a 409 "
+                                    "key-unlisted or key-retired (its standing in the "
+                                    "trust directory); on a 409 "
                                     "for a stored consent: why it does not verify",
                                 },
                             },

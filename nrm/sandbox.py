@@ -278,15 +278,22 @@ def prepare_mechanism(
     admins: int = 3,
     threshold: int = 2,
     cost: KdfCost = INTERACTIVE,
+    settings: admin.AdminSettings | None = None,
 ) -> Sandbox:
     """Administrators, then each `(agency id, display name, role)` with keys, admitted to a
-    signed directory draft. Demo and test keys use the cheaper INTERACTIVE key-file cost;
-    real deployments use the `nrm` commands and their default."""
+    signed directory draft (`settings`: the directory lifetime and publishing margin, as
+    `nrm admin init` keeps them). Demo and test keys use the cheaper INTERACTIVE key-file
+    cost; real deployments use the `nrm` commands and their default."""
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     admin_passphrase = secrets.token_urlsafe(24).encode()
     folder = admin.AdminFolder(root / "admin")
     admin.init_admin(
-        folder.path, admins=admins, threshold=threshold, passphrase=admin_passphrase, cost=cost
+        folder.path,
+        admins=admins,
+        threshold=threshold,
+        passphrase=admin_passphrase,
+        cost=cost,
+        settings=settings,
     )
     setups = {}
     for agency, name, role in agencies:
