@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sqlite3
 from collections.abc import Sequence
@@ -52,11 +51,12 @@ from .messages import (
 )
 from .metrics import AgentMetrics
 from .nats_key import NatsKeyFollower, wanted_seed
-from .presence import HELD, Presence, instance_id
+from .presence import DUPLICATE, HELD, Presence, instance_id
 from .problems import ProblemError
 from .resend import RESEND_REQUEST, Resender
 from .standing import StandingGuard
 from .store import OutgoingMessage, Received, Store
+from .tasks import cancel_and_wait
 from .transport import Transport, Verdict
 from .trust import TrustState
 from .webhooks import WebhookSender
@@ -236,11 +236,9 @@ class Agent:
     async def stop(self) -> None:
         self._watching.clear()
         self.presence.releasing = True  # a successor may take the inbox over at once
-        for task in (self._watch_task, self._timer, self._nats_key_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait(
+            [t for t in (self._watch_task, self._timer, self._nats_key_task) if t is not None]
+        )
         self._watch_task = self._timer = self._nats_key_task = None
         if self.webhooks is not None:
             await self.webhooks.stop()
@@ -582,8 +580,11 @@ class Agent:
         removed from the directory or no usable key. A bus that refuses the agency's NKey is
         no reason by itself (it happens for a moment during a NATS key rotation): the outbox
         keeps what is submitted, as when the bus is down, and the standing fails it visibly
-        if the directory says the agency was removed."""
+        if the directory says the agency was removed. Another process holding this agency's
+        inbox lease is: the receipts for what this one sent would reach the other."""
         refusal = self.standing.refusal()
+        if refusal is None and self.presence.health()["lease"] == DUPLICATE:
+            refusal = (DUPLICATE, "another agent process holds this agency's inbox lease")
         if refusal is not None:
             reason, detail = refusal
             raise ProblemError(
@@ -609,14 +610,20 @@ class Agent:
         return {kid: key for kid, key in self.keys.decryption_keys.items() if kid in usable}
 
     async def _timers(self) -> None:
-        """Escalate overdue urgent referrals and expire stale ones, every few seconds."""
+        """Every few seconds: look at the agency's standing (a revocation may be dated in the
+        future), then, while it may sign, escalate overdue urgent referrals, expire stale
+        ones and send pending resend requests. A step that fails is logged and tried again
+        next time: the loop never ends before the agent stops."""
         while self._watching.is_set():
             await asyncio.sleep(self.limits.timer_interval_seconds)
-            self._check_standing()
-            if self.trust.directory is not None:
-                self.desk.tick()
-                self.resend.tick()
-                self.transport.wake()
+            try:
+                self._check_standing()
+                if self.trust.directory is not None and self.standing.standing.ok:
+                    self.desk.tick()
+                    self.resend.tick()
+                    self.transport.wake()
+            except (UntrustedInputError, sqlite3.Error, OSError, ValueError) as e:
+                self.log.error("timer_step_failed", error=type(e).__name__)
 
     def _storage_box(self) -> SecretBox:
         if self.keys.storage_key is None:

@@ -25,6 +25,7 @@ from keys import (
     MalformedError,
     Opened,
     UnexpectedMessageError,
+    UnknownKeyError,
     UntrustedInputError,
 )
 from keys.codec import canonical_json
@@ -494,11 +495,7 @@ class Desk:
                 urgency, created, acknowledged=False, limits=self.escalation_limits, now=now
             ):
                 continue
-            coordinators = [
-                a.agency
-                for a in self.directory().agencies
-                if ESCALATION_ROLE in a.roles and a.agency != self.agency
-            ]
+            coordinators = self._escalation_recipients(now)
             notice = canonical_json(
                 {
                     "referral_id": referral_id,
@@ -534,6 +531,22 @@ class Desk:
                 self._set_state(
                     db, referral_id, counterpart, state, "expired", "system", None, None
                 )
+
+    def _escalation_recipients(self, now: int) -> list[str]:
+        """The co-ordinators an escalation can be sealed to now (one whose keys were all
+        revoked is left out rather than stopping every escalation)."""
+        directory = self.directory()
+        out = []
+        for a in directory.agencies:
+            if ESCALATION_ROLE not in a.roles or a.agency == self.agency:
+                continue
+            try:
+                directory.recipient(a.agency, at=now)
+            except UnknownKeyError:
+                self.log.warning("escalation_recipient_unusable", recipient=a.agency)
+                continue
+            out.append(a.agency)
+        return out
 
     def on_escalation(self, db: sqlite3.Connection, opened: Opened) -> None:
         notice = parse_json_body(

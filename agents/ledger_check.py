@@ -57,6 +57,7 @@ ALERT_REASONS = frozenset(
         "checkpoint-rolled-back",
         "bad-checkpoint-signature",
         "bad-ledger-answer",
+        "restore-unproven",
     }
 )
 #: How often, at most, the directory is fetched from the ledger while the bus refuses us.

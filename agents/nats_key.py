@@ -99,7 +99,7 @@ class NatsKeyFollower:
                 continue
             try:
                 await self.check(refused=refused_now)
-            except (OSError, RuntimeError, ValueError) as e:
+            except Exception as e:  # the follower must outlive any one failed switch
                 # e.g. the transport could not restart: try again at the next event
                 self.log.error("nats_key_switch_failed", error=type(e).__name__)
 

@@ -156,7 +156,8 @@ OPENAPI: dict[str, Any] = {
                                     "description": "A stable reason code. On a 503 for a POST: "
                                     "why this agency cannot send now — removed, key-revoked, "
                                     "key-unlisted or key-retired (its standing in the "
-                                    "trust directory); on a 409 "
+                                    "trust directory), or duplicate-instance (another "
+                                    "process holds its inbox lease); on a 409 "
                                     "for a stored consent: why it does not verify",
                                 },
                             },

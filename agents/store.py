@@ -584,12 +584,13 @@ class Store:
         return since, sorted(str(r[0]) for r in rows)
 
     def resend_candidates(self, recipient: str, *, since: int, limit: int) -> list[ResendCandidate]:
-        """Envelopes sent to `recipient` created at or after `since`, oldest first (not those
-        still waiting to be published, nor resend requests)."""
+        """Envelopes sent to `recipient` created at or after `since`, oldest first: those
+        published (sent or delivered), not those still waiting, nor those failed for good
+        (the agency system was told to submit them again), nor resend requests."""
         rows = self._db.execute(
             "SELECT o.message_id, o.kind, o.referral_id, o.created, o.envelope"
             " FROM deliveries d JOIN outbox o USING (message_id)"
-            " WHERE d.recipient = ? AND o.created >= ? AND d.state != 'queued'"
+            " WHERE d.recipient = ? AND o.created >= ? AND d.state IN ('sent', 'delivered')"
             " AND o.kind != 'resend-request' ORDER BY o.created, d.rowid LIMIT ?",
             (recipient, since, limit),
         ).fetchall()
@@ -742,7 +743,6 @@ class Store:
 
     def consent(self, receipt_id: str) -> StoredConsent | None:
         return _consent(self._db, receipt_id)
-
 
     # --- deliveries that can never succeed (agents/standing.py) ---------------------------
 

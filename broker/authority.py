@@ -59,6 +59,12 @@ class DirectoryAuthority:
             warning_seconds=warning_seconds,
         )
 
+    def adopt(self, directory: Directory, block: str) -> None:
+        """The server was started with `block`, the authorization of `directory`: remember
+        both, as `apply` would (the connection watch needs to know whose NKey is whose)."""
+        self.applied = block
+        self._nkeys = {a.nats_key: a.agency for a in directory.agencies}
+
     def apply(self, directory: Directory) -> None:
         """Reload the server with the authorization of `directory` if it changed anything."""
         block = authorization_for(directory, operators=self.operators)

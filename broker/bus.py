@@ -83,7 +83,7 @@ def run_foreground(*, store_dir: Path, port: int | None, trust: BusTrust) -> int
         warning_seconds=trust.warning_seconds,
     )
     authority.follower.restore(later_roots, directory_bytes)
-    authority.applied = authorization
+    authority.adopt(directory, authorization)
     mode = (
         f"authorization from directory version {directory.version}, "
         f"{len(directory.agencies)} agencies"

@@ -396,12 +396,13 @@ def verified_draft(folder: AdminFolder, *, now: int | None = None) -> Directory:
 def publishable_draft(
     folder: AdminFolder, *, margin_seconds: int | None = None, now: int | None = None
 ) -> Directory:
-    """The verified draft, if it expires no sooner than `margin_seconds` (by default the
-    folder's publishing margin) from `now`; else PublishMarginError."""
+    """The verified draft, if it expires later than `margin_seconds` (by default the folder's
+    publishing margin) from `now`, so that it does not start in the warning window; else
+    PublishMarginError."""
     now = clock.now() if now is None else now
     directory = verified_draft(folder, now=now)
     margin = folder.settings().publish_margin_seconds if margin_seconds is None else margin_seconds
-    if directory.expires - now < margin:
+    if directory.expires - now <= margin:
         raise PublishMarginError(
             f"directory version {directory.version} expires in "
             f"{(directory.expires - now) / DAY:.1f} days, sooner than the publishing margin of "

@@ -161,7 +161,7 @@ class Sandbox:
             operator_key=operator.public.nats_key,
             operator_seed=operator.nats_seed,
         )
-        self.authority.applied = authorization
+        self.authority.adopt(directory, authorization)
         await self.authority.start()
         return self.bus
 

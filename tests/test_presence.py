@@ -1,4 +1,4 @@
-"""The instance lease (agents/presence.py, PROTOCOL.md §5.4) against a real nats-server:
+"""The instance lease (agents/presence.py, PROTOCOL.md §5.2) against a real nats-server:
 one holder per agency, duplicates refused and reported, crashed holders time out."""
 
 from __future__ import annotations
@@ -329,6 +329,15 @@ async def test_second_agent_from_a_copied_key_folder_does_not_consume(tmp_path: 
 
             await eventually(seen_on_the_bus, what="the bus authority to see shelter twice")
             assert b"nrm_agent_duplicate_instance 1.0" in copy.metrics_text()
+            # Nor does the copy accept work whose receipts would reach the other instance.
+            token = m.setups["shelter"].token
+            async with http.post(
+                copy.api_url + "/v1/referrals",
+                json={"recipients": ["police"], "referral": REFERRAL},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as r:
+                problem = await r.json(content_type=None)
+                assert (r.status, problem.get("reason")) == (503, "duplicate-instance"), problem
 
             before = [await m.api("police").refer(["shelter"], REFERRAL) for _ in range(5)]
             for rid in before:
