@@ -195,8 +195,6 @@ class Directory:
             raise ValueError("agency ids are not distinct")
         if not all(isinstance(a, AgencyEntry) for a in agencies):
             raise TypeError("agencies must be AgencyEntry values")
-        if len({a.nats_key for a in agencies}) != len(agencies):
-            raise ValueError("NATS keys are not distinct: each agency has its own (§7.3)")
         object.__setattr__(self, "agencies", agencies)
 
     # -- lookups

@@ -295,9 +295,7 @@ def add_agency(
     if identity.nats_key is None:
         raise AdminError("the identity file has no NATS key; re-create it with `nrm keys init`")
     directory, published = _draft_and_published(folder)
-    shared = [a.agency for a in directory.agencies if a.nats_key == identity.nats_key]
-    if shared and shared != [identity.agency]:
-        raise AdminError(f"the NATS key of {identity.agency} is already the key of {shared[0]}")
+    _refuse_shared_nats_key(directory, identity)
     if identity.agency in directory:
         current = directory.agency(identity.agency)
         known = {k.kid for k in current.signing_keys}
@@ -519,6 +517,7 @@ def replace_keys(
     directory, published = _draft_and_published(folder)
     if identity.agency not in directory:
         raise AdminError(f"{identity.agency} is not in the directory; admit it without revoking")
+    _refuse_shared_nats_key(directory, identity)
     current = directory.agency(identity.agency)
     held = {k.kid for k in (*current.signing_keys, *current.encryption_keys)}
     if identity.signing_kid in held or identity.encryption_kid in held:
@@ -571,3 +570,10 @@ def revocation_leaves_no_key(folder: AdminFolder, agency: str, kid: str) -> str 
         "`nrm directory add-agency NEW-identity.json --revoke-previous --reason ...` instead: "
         "one change that revokes the old keys and admits the new ones"
     )
+
+
+def _refuse_shared_nats_key(directory: Directory, identity: PublicIdentity) -> None:
+    """Each agency logs in to the bus with its own NKey (PROTOCOL.md §7.3)."""
+    shared = [a.agency for a in directory.agencies if a.nats_key == identity.nats_key]
+    if shared and shared != [identity.agency]:
+        raise AdminError(f"the NATS key of {identity.agency} is already the key of {shared[0]}")
