@@ -43,7 +43,7 @@ async def test_server_starts_and_jetstream_answers(nats_server: NatsServer) -> N
     assert nats_server.url == f"nats://127.0.0.1:{nats_server.port}"
     async with jetstream(nats_server) as js:
         info = await js.account_info()
-    assert info.streams == 4  # messages, audit events, directory bucket, attachments
+    assert info.streams == 5  # messages, audit events, directory bucket, attachments, leases
 
 
 async def test_stream_has_the_configured_limits(nats_server: NatsServer) -> None:
@@ -65,7 +65,7 @@ async def test_provisioning_is_idempotent(nats_server: NatsServer) -> None:
         await provision(nats_server.url)
         after = (await js.stream_info(MESSAGE_STREAM)).config
         assert after == before
-        assert (await js.account_info()).streams == 4
+        assert (await js.account_info()).streams == 5
         assert await stored_count(js) == 1
 
 
