@@ -117,13 +117,7 @@ class TrustState:
 
     def expiry(self) -> expiry.Expiry:
         """How close the directory and the newest root are to expiry (runtime.expiry)."""
-        d = self.store.directory
-        return expiry.assess(
-            root_expires=self.store.root.expires,
-            directory_expires=None if d is None else d.expires,
-            now=clock.now(),
-            warning_seconds=self.warning_seconds,
-        )
+        return expiry.of_store(self.store, warning_seconds=self.warning_seconds)
 
     def health(self) -> dict[str, Any]:
         d = self.store.directory

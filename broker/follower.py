@@ -109,13 +109,8 @@ class DirectoryFollower:
             log.warning("directory_refused", follower=self.name, key=key, reason="malformed")
 
     def expiry(self) -> expiry.Expiry:
-        d = self.store.directory
-        return expiry.assess(
-            root_expires=self.store.root.expires,
-            directory_expires=None if d is None else d.expires,
-            now=clock.now(),
-            warning_seconds=self.warning_seconds,
-        )
+        """How close the directory and the newest root are to expiry (runtime.expiry)."""
+        return expiry.of_store(self.store, warning_seconds=self.warning_seconds)
 
     def health(self) -> dict[str, Any]:
         """`status` ok / warning / degraded with its `reasons` (runtime.expiry), and what is

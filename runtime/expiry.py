@@ -12,6 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from keys.directory import TrustStore
+
+from . import clock
+
 Status = Literal["ok", "warning", "degraded"]
 
 #: The reasons, in the order they are listed.
@@ -60,3 +64,14 @@ def assess(
         warning.append(ROOT_EXPIRES_SOON)
     status: Status = "degraded" if degraded else "warning" if warning else "ok"
     return Expiry(status, (*degraded, *warning), root_expires, directory_expires)
+
+
+def of_store(store: TrustStore, *, warning_seconds: int) -> Expiry:
+    """`assess` the newest root and the directory a trust store holds, now."""
+    d = store.directory
+    return assess(
+        root_expires=store.root.expires,
+        directory_expires=None if d is None else d.expires,
+        now=clock.now(),
+        warning_seconds=warning_seconds,
+    )
