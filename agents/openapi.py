@@ -123,6 +123,27 @@ _HEALTH: dict[str, Any] = {
     },
 }
 
+#: RFC 9457 problem details as every error answer carries them.
+_PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "problems": {"type": "array", "items": {"type": "string"}},
+        "allowed": {"type": "array", "items": {"type": "string"}},
+        "reason": {
+            "type": "string",
+            "description": "A stable reason code. On a 503 for a POST: why this agency cannot "
+            "send now — removed, key-revoked, key-unlisted or key-retired (its standing in the "
+            "trust directory), or duplicate-instance (another process holds its inbox lease); "
+            "on a 409 for a stored consent: why it does not verify",
+        },
+    },
+}
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -139,31 +160,7 @@ OPENAPI: dict[str, Any] = {
         "responses": {
             "Problem": {
                 "description": "RFC 9457 problem details",
-                "content": {
-                    "application/problem+json": {
-                        "schema": {
-                            "type": "object",
-                            "required": ["type", "title", "status", "detail"],
-                            "properties": {
-                                "type": {"type": "string"},
-                                "title": {"type": "string"},
-                                "status": {"type": "integer"},
-                                "detail": {"type": "string"},
-                                "problems": {"type": "array", "items": {"type": "string"}},
-                                "allowed": {"type": "array", "items": {"type": "string"}},
-                                "reason": {
-                                    "type": "string",
-                                    "description": "A stable reason code. On a 503 for a POST: "
-                                    "why this agency cannot send now — removed, key-revoked, "
-                                    "key-unlisted or key-retired (its standing in the "
-                                    "trust directory), or duplicate-instance (another "
-                                    "process holds its inbox lease); on a 409 "
-                                    "for a stored consent: why it does not verify",
-                                },
-                            },
-                        }
-                    }
-                },
+                "content": {"application/problem+json": {"schema": _PROBLEM_SCHEMA}},
             },
             "Unverifiable": {
                 "description": "409: a stored consent receipt does not verify under the key "
@@ -173,15 +170,11 @@ OPENAPI: dict[str, Any] = {
                 "content": {
                     "application/problem+json": {
                         "schema": {
-                            "type": "object",
-                            "required": ["type", "title", "status", "detail"],
+                            **_PROBLEM_SCHEMA,
                             "properties": {
-                                "type": {"type": "string"},
-                                "title": {"type": "string"},
+                                **_PROBLEM_SCHEMA["properties"],
                                 "status": {"type": "integer", "const": 409},
-                                "detail": {"type": "string"},
                                 "reason": {"type": "string", "enum": list(UNVERIFIABLE_REASONS)},
-                                "allowed": {"type": "array", "items": {"type": "string"}},
                             },
                         }
                     }

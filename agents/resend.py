@@ -207,7 +207,10 @@ class Resender:
 
 
 def _usable_kids(directory: Directory, agency: str, now: int, limits: Limits) -> set[str]:
-    """The requester's encryption keys it may still open mail with (as its agent judges)."""
+    """The requester's encryption keys worth resending mail sealed to: neither past their
+    window nor revoked. Stricter than what its agent opens (a revoked key within its window,
+    PROTOCOL.md §4.7 step 6): mail sealed to a key that may be in other hands is not handed
+    out again (§6.3)."""
     return {
         k.kid
         for k in directory.agency(agency).encryption_keys

@@ -506,9 +506,12 @@ class Store:
         are published under another `Nats-Msg-Id`, PROTOCOL.md §9.4)."""
         if not event_ids:
             return {}
-        wanted = set(event_ids)
-        rows = self._db.execute("SELECT event_id, seq FROM audit_reoffers")  # a few rows, rarely
-        return {str(r[0]): int(r[1]) for r in rows if r[0] in wanted}
+        marks = ",".join("?" * len(event_ids))  # a publish batch: Limits.batch_size ids
+        rows = self._db.execute(
+            f"SELECT event_id, seq FROM audit_reoffers WHERE event_id IN ({marks})",  # noqa: S608
+            tuple(event_ids),
+        )
+        return {str(r[0]): int(r[1]) for r in rows}
 
     def ledger_restores_applied(self) -> dict[int, int]:
         """seq -> time this agent accepted it, of every ledger restore it accepted."""
@@ -786,10 +789,6 @@ class Store:
             tuple(states),
         ).fetchall()
         return [Undelivered(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], r[6]) for r in rows]
-
-    def has_queued(self) -> bool:
-        row = self._db.execute("SELECT 1 FROM deliveries WHERE state = 'queued' LIMIT 1")
-        return row.fetchone() is not None
 
     @staticmethod
     def fail_deliveries(db: sqlite3.Connection, failed: Sequence[tuple[str, str, str]]) -> int:

@@ -402,6 +402,7 @@ def agent_ack_alert(config_path: Path, reason: str, event_ids: tuple[str, ...]) 
 
     from agents.audit import AuditTrail
     from agents.ledger_check import ALERT_REASONS
+    from keys.key_history import signing_key_at
     from keys.keyfile import load_key_dir
 
     if reason not in ALERT_REASONS:
@@ -420,6 +421,20 @@ def agent_ack_alert(config_path: Path, reason: str, event_ids: tuple[str, ...]) 
         raise click.ClickException(str(e)) from e
     store = _agent_store(config_path)
     try:
+        # The acknowledgement is an audit event: sign it only with a key the ledger accepts
+        # (not a rotated key whose directory is not published yet).
+        try:
+            signing_key_at(
+                store.key_history(config.agency),
+                agency=config.agency,
+                kid=agency_keys.public.signing_kid,
+                at=clock.now(),
+            )
+        except UntrustedInputError as e:
+            raise click.ClickException(
+                f"the key file's signing key cannot sign now ({e.reason}): publish the "
+                "directory with the agency's current identity.json first; nothing changed"
+            ) from e
         audit = AuditTrail(agency=config.agency, keys=lambda: agency_keys, store=store)
         with store.transaction() as tx:
             count = store.acknowledge_alerts(tx, reason=reason, event_ids=event_ids)

@@ -178,6 +178,19 @@ async def test_revoked_keys_without_replacement(hooked: tuple[Mechanism, Hooks])
     assert listed.exit_code == 0 and "revoked-signer" in listed.output, listed.output
     bad = await cli("agent", "ack-alert", "--config", config, "--reason", "nonsense")
     assert bad.exit_code == 2 and "missing-event" in bad.output
+    # A key file rotated but not yet published cannot sign the acknowledgement: refused,
+    # nothing changed; once the directory admits the new key it can.
+    unpublished = rotate(m, "police")
+    early = await cli("agent", "ack-alert", "--config", config, "--reason", "revoked-signer")
+    assert early.exit_code == 1 and "publish the directory" in early.output, early.output
+    assert police.health()["ledger"]["last_alert"] == "revoked-signer"
+    admin.add_agency(m.sandbox.admin, unpublished, roles=[])
+    await publish(m)
+
+    async def took_it() -> bool:
+        return police.keys.public.signing_kid == unpublished.signing_kid
+
+    await eventually(took_it, what="police to take up its published key")
     acked = await cli("agent", "ack-alert", "--config", config, "--reason", "revoked-signer")
     assert acked.exit_code == 0, acked.output
     again = await cli("agent", "ack-alert", "--config", config, "--reason", "revoked-signer")
