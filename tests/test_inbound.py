@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import re
 import sqlite3
 import time
 import uuid
@@ -598,3 +599,19 @@ async def test_a_failing_handler_ends_in_an_audited_refusal(mechanism: Mechanism
     assert _rejected_metric(shelter.metrics_text().decode(), "unprocessable") == 3
     rid = await m.api("police").refer(["shelter"], samples.referral())
     await delivered(m, "police", rid)
+
+
+def test_the_documented_refusal_reasons_are_the_implemented_ones() -> None:
+    """PROTOCOL.md §6.4 lists every reason an agent records in message.rejected, each the
+    reason of one exception class, and the body checks' reasons are all among them."""
+    text = (Path(__file__).parent.parent / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
+    section = text.split("#### Refusal reasons", 1)[1].split("## 7.", 1)[0]
+    documented = set(re.findall(r"`([a-z][a-z0-9-]+)`", section.split("The reference", 1)[0]))
+    documented -= {"message.rejected"}
+
+    def subclasses(c: type[UntrustedInputError]) -> list[type[UntrustedInputError]]:
+        return [c, *(s for sub in c.__subclasses__() for s in subclasses(sub))]
+
+    implemented = [c.reason for c in subclasses(UntrustedInputError)]
+    assert documented <= set(implemented)
+    assert {row[4].reason for row in REFUSED} | {"unprocessable"} <= documented
