@@ -541,6 +541,18 @@ async def test_hostile_bodies_from_a_valid_agency_are_refused_audited_counted(
     rid = await m.api("police").refer(["shelter"], samples.referral())
     await delivered(m, "police", rid)
 
+    # The API refuses a reason outside the vocabulary before anything is signed or sent.
+    for reason in ("anna-petrova", "She said no"):
+        status, problem, ctype = await m.api("shelter").call(
+            "POST", f"/v1/referrals/{rid}/transitions", json={"to": "cancelled", "reason": reason}
+        )
+        assert (status, ctype) == (400, "application/problem+json"), problem
+        assert "no-capacity" in problem["detail"] and reason not in json.dumps(problem)
+    status, problem, _ = await m.api("shelter").call(
+        "POST", f"/v1/referrals/{rid}/transitions", json={"to": "cancelled", "reason": "duplicate"}
+    )
+    assert status == 202, problem
+
 
 async def test_a_failing_handler_ends_in_an_audited_refusal(mechanism: Mechanism) -> None:
     """A handler that fails as no check foresaw (RecursionError, a value the store cannot
