@@ -438,17 +438,14 @@ class Agent:
         message in the ledger by the envelope hash (docs/PROTOCOL.md §6.4)."""
         digest = envelope_hash(data)
         sender = None if opened is None else opened.header
+        ids: dict[str, str] = {}  # ids only, never a value of the body
+        if sender is not None:
+            ids.update(sender=sender.sender, kind=sender.kind, message_id=sender.message_id)
+        if isinstance(e, UnprocessableError):
+            ids["error"] = str(e)  # the failure's class name, not its message
         self.metrics.rejected.labels(e.reason).inc()
         self.log.warning(
-            "message_rejected",
-            stream_seq=stream_seq,
-            reason=e.reason,
-            envelope_hash=digest,
-            **(
-                {}
-                if sender is None
-                else {"sender": sender.sender, "kind": sender.kind, "message_id": sender.message_id}
-            ),
+            "message_rejected", stream_seq=stream_seq, reason=e.reason, envelope_hash=digest, **ids
         )
         self.audit.record_alone(
             "message.rejected",

@@ -600,8 +600,8 @@ async def test_a_failing_handler_ends_in_an_audited_refusal(mechanism: Mechanism
 
                 await eventually(refused, timeout=30, what=f"{type(error).__name__} refused")
             rejected = [e for e in logs if e["event"] == "message_rejected"]
-            assert [(e["reason"], e["envelope_hash"]) for e in rejected] == [
-                ("unprocessable", envelope_hash(data))
+            assert [(e["reason"], e["envelope_hash"], e["error"]) for e in rejected] == [
+                ("unprocessable", envelope_hash(data), type(error).__name__)
             ]
             failures = [e for e in logs if e["event"] == "handler_failed"]
             assert len(failures) == (attempts if attempts > 1 else 0), type(error).__name__
