@@ -36,6 +36,7 @@ from keys.subjects import DIRECTORY_KEY
 from runtime import clock, expiry
 
 from . import inbound
+from . import webhooks as W
 from .api import ApiSettings, make_app
 from .attachments import Attachments
 from .audit import AuditTrail
@@ -47,9 +48,12 @@ from .messages import (
     DELIVERY_RECEIPT,
     ERASURE_CONFIRMATION,
     ESCALATION,
+    NOTIFIED_REASONS,
     REFERRAL,
+    REFUSAL,
     TRANSITION,
     DeliveryReceipt,
+    Refusal,
 )
 from .metrics import AgentMetrics
 from .nats_key import NatsKeyFollower, wanted_seed
@@ -378,6 +382,7 @@ class Agent:
         if directory is None:
             return Verdict.RETRY  # nothing can be verified without a trusted directory
         opened: Opened | None = None
+        body_stage = False
         try:
             opened = open_envelope(
                 data,
@@ -395,6 +400,7 @@ class Agent:
                 return Verdict.ACK  # committed before a crash; the ack was lost
             if first_seq is not None:
                 raise ReplayedError(f"message {opened.header.message_id} was already received")
+            body_stage = True  # from here on a refusal is of the body: the sender is told
             checked = inbound.check(
                 h.kind, opened.body, roles=self._own_roles(directory), limits=self.limits
             )
@@ -407,11 +413,12 @@ class Agent:
                 return Verdict.RETRY
             return self._reject(data, stream_seq, e, opened)
         except UntrustedInputError as e:
-            return self._reject(data, stream_seq, e, opened)
+            return self._reject(data, stream_seq, e, opened, notify=body_stage)
         except LOCAL_FAILURES:
             raise  # this agent's disk or database, not the message: the transport retries
-        except Exception as e:
-            return self._reject(data, stream_seq, UnprocessableError(type(e).__name__), opened)
+        except Exception as e:  # whatever else fails, the message is refused, on the record
+            refusal = UnprocessableError(type(e).__name__)
+            return self._reject(data, stream_seq, refusal, opened, notify=body_stage)
         return Verdict.ACK
 
     def on_give_up(self, data: bytes, stream_seq: int, error: BaseException) -> Verdict:
@@ -430,12 +437,20 @@ class Agent:
             os._exit(70)
 
     def _reject(
-        self, data: bytes, stream_seq: int, e: UntrustedInputError, opened: Opened | None
+        self,
+        data: bytes,
+        stream_seq: int,
+        e: UntrustedInputError,
+        opened: Opened | None,
+        *,
+        notify: bool = False,
     ) -> Verdict:
         """Refuse a message for good: log and audit its reason, store nothing of it. Once the
         envelope opened (§4.7 passed), its sender is authenticated: the event names it as
         counterpart, with the key it signed with, so the sender can find the refusal of its
-        message in the ledger by the envelope hash (docs/PROTOCOL.md §6.4)."""
+        message in the ledger by the envelope hash (docs/PROTOCOL.md §6.4). With `notify`, a
+        refusal of the body is also sent to the sender (§6.5), in the same transaction;
+        never for a refusal notice itself."""
         digest = envelope_hash(data)
         sender = None if opened is None else opened.header
         ids: dict[str, str] = {}  # ids only, never a value of the body
@@ -447,14 +462,83 @@ class Agent:
         self.log.warning(
             "message_rejected", stream_seq=stream_seq, reason=e.reason, envelope_hash=digest, **ids
         )
-        self.audit.record_alone(
-            "message.rejected",
-            envelope_hash=digest,
-            reason=e.reason,
-            counterpart=None if sender is None else sender.sender,
-            key_ids=() if sender is None else (sender.sender_kid,),
-        )
+        with self.store.transaction() as tx:
+            self.audit.record(
+                tx,
+                "message.rejected",
+                envelope_hash=digest,
+                reason=e.reason,
+                counterpart=None if sender is None else sender.sender,
+                key_ids=() if sender is None else (sender.sender_kid,),
+            )
+            if notify and sender is not None and sender.kind != REFUSAL:
+                self._notify_refusal(tx, sender.sender, sender.message_id, digest, e.reason)
         return Verdict.TERM
+
+    def _notify_refusal(
+        self, tx: sqlite3.Connection, sender: str, message_id: str, digest: str, reason: str
+    ) -> None:
+        if reason not in NOTIFIED_REASONS:
+            return
+        notice = Refusal(message_id, digest, reason, clock.now())
+        try:
+            self._send(REFUSAL, notice.encode(), [sender], tx)
+        except (UntrustedInputError, ProblemError) as e:  # e.g. no key left to seal to
+            self.log.warning(
+                "refusal_unsendable", sender=sender, message_id=message_id, why=type(e).__name__
+            )
+
+    def _on_refusal(self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked) -> None:
+        """A recipient refused what this agency sent it (§6.5): that copy is failed for good,
+        with the recipient's reason, audited as delivery.failed and told to the agency system
+        like any failed delivery."""
+        if not isinstance(checked, Refusal):
+            raise TypeError("a refusal handler takes a checked refusal")
+        recipient = opened.header.sender
+        copy = next(
+            (
+                c
+                for c in self.store.undelivered()
+                if c.message_id == checked.message_id
+                and c.recipient == recipient
+                and envelope_hash(c.envelope) == checked.envelope_hash
+            ),
+            None,
+        )
+        if copy is None or not self.store.fail_deliveries(
+            tx, [(copy.message_id, recipient, checked.reason)]
+        ):
+            raise UnexpectedMessageError("a refusal of no undelivered envelope sent to its sender")
+        self.audit.record(
+            tx,
+            "delivery.failed",
+            referral_id=copy.referral_id,
+            counterpart=recipient,
+            envelope_hash=checked.envelope_hash,
+            reason=checked.reason,
+        )
+        W.enqueue(
+            tx,
+            W.WebhookEvent(
+                id=W.new_event_id(),
+                type="delivery.failed",
+                created=clock.now(),
+                data={
+                    "message_id": copy.message_id,
+                    "kind": copy.kind,
+                    "referral_id": copy.referral_id,
+                    "recipients": [recipient],
+                    "reason": checked.reason,
+                },
+            ),
+        )
+        self.metrics.outbox_failed.labels(checked.reason).inc()
+        self.log.error(
+            "delivery_refused",
+            message_id=copy.message_id,
+            recipient=recipient,
+            reason=checked.reason,
+        )
 
     def _commit(self, opened: Opened, checked: inbound.Checked, stream_seq: int) -> None:
         """Store one verified, checked message and everything it causes, in one transaction:
@@ -505,6 +589,7 @@ class Agent:
             ),
             ESCALATION: lambda tx, opened, checked: self.desk.on_escalation(tx, opened),
             RESEND_REQUEST: lambda tx, opened, checked: self.resend.on_request(tx, opened),
+            REFUSAL: self._on_refusal,
         }
         if set(table) != inbound.KINDS:
             raise RuntimeError("every kind inbound checks needs a handler, and no other")

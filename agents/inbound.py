@@ -40,9 +40,12 @@ from .messages import (
     DELIVERY_RECEIPT,
     ERASURE_CONFIRMATION,
     ESCALATION,
+    NOTIFIED_REASONS,
     REFERRAL,
+    REFUSAL,
     TRANSITION,
     DeliveryReceipt,
+    Refusal,
 )
 from .resend import RESEND_REQUEST, ResendRequest
 
@@ -116,6 +119,7 @@ Checked = (
     | ErasureConfirmation
     | Escalation
     | ResendRequest
+    | Refusal
 )
 
 
@@ -303,6 +307,18 @@ def _receipt(body: bytes, roles: frozenset[str], limits: Limits) -> DeliveryRece
     return receipt
 
 
+def _refusal(body: bytes, roles: frozenset[str], limits: Limits) -> Refusal:
+    refusal = Refusal.decode(body)
+    if not (
+        _HEX32.fullmatch(refusal.message_id)
+        and _HEX64.fullmatch(refusal.envelope_hash)
+        and refusal.reason in NOTIFIED_REASONS
+        and refusal.refused_at >= 0
+    ):
+        raise SchemaInvalidError("a refusal names a message id, a hash, a reason and a time")
+    return refusal
+
+
 def _transition(body: bytes, roles: frozenset[str], limits: Limits) -> L.Transition:
     return L.Transition.decode(body)  # malformed, or unknown-reason-code
 
@@ -319,6 +335,7 @@ _CHECKERS: Final[Mapping[str, Callable[[bytes, frozenset[str], Limits], Checked]
     ERASURE_CONFIRMATION: _erasure,
     ESCALATION: _escalation,
     RESEND_REQUEST: _resend,
+    REFUSAL: _refusal,
 }
 #: Every message kind an agent receives.
 KINDS: Final = frozenset(_CHECKERS)

@@ -1083,11 +1083,16 @@ async def test_signed_referral_with_a_broken_body_is_rejected_with_its_reason(
                 inbox_subject("shelter"), data, headers={"Nats-Msg-Id": uuid.uuid4().hex}
             )
 
+        def at_shelter() -> list[dict[str, Any]]:
+            return [
+                e for e in logs if (e["event"], e.get("agency")) == ("message_rejected", "shelter")
+            ]
+
         async def rejected() -> bool:
-            return any(e["event"] == "message_rejected" for e in logs)
+            return bool(at_shelter())
 
         await eventually(rejected, timeout=10, what="the broken referral to be rejected")
-    reasons = {e["reason"] for e in logs if e["event"] == "message_rejected"}
+    reasons = {e["reason"] for e in at_shelter()}
     assert reasons == {reason}
     assert rows(m.database("shelter"), "inbox") == 0
     rid = await m.api("police").refer(["shelter"], samples.referral())

@@ -28,8 +28,10 @@ from agents.messages import (
     ERASURE_CONFIRMATION,
     ESCALATION,
     REFERRAL,
+    REFUSAL,
     TRANSITION,
     DeliveryReceipt,
+    Refusal,
 )
 from agents.resend import RESEND_REQUEST, ResendRequest
 from keys import DEFAULT_LIMITS, UntrustedInputError, codec, envelope_hash, seal
@@ -149,6 +151,8 @@ def test_the_other_kinds_as_senders_build_them_are_accepted() -> None:
     assert check(TRANSITION, step.encode()) == step
     request = ResendRequest(since=3, have=(RID,))
     assert check(RESEND_REQUEST, request.encode()) == request
+    refusal = Refusal("cd" * 16, "ef" * 32, "category-not-allowed", 11)
+    assert check(REFUSAL, refusal.encode()) == refusal
 
 
 # --------------------------------------------------------------------------- what is refused
@@ -339,6 +343,13 @@ REFUSED: list[tuple[str, str, bytes, frozenset[str], type[UntrustedInputError]]]
         NGO,
         SchemaInvalidError,
     ),
+    (
+        "a refusal with a reason no receiver sends",
+        REFUSAL,
+        Refusal("cd" * 16, "ef" * 32, "bad-signature", 11).encode(),
+        NGO,
+        SchemaInvalidError,
+    ),
     ("an unknown kind", "gossip", b"{}", NGO, UnexpectedMessageError),
 ]
 
@@ -391,7 +402,8 @@ def test_a_role_this_agent_does_not_know_grants_nothing() -> None:
 
 
 def _table_rows(db: Path) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of the tables a received message could change."""
+    """Every row of the tables a received message could change, but the refusal notices the
+    agent sends (§6.5; `_notices` counts them)."""
     tables = (
         "inbox",
         "referrals",
@@ -408,7 +420,19 @@ def _table_rows(db: Path) -> dict[str, list[tuple[Any, ...]]]:
         for table in tables:
             if table in names:
                 out[table] = conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()  # noqa: S608
+        notices = {
+            r[0] for r in conn.execute("SELECT message_id FROM outbox WHERE kind = 'refusal'")
+        }
+    out["outbox"] = [r for r in out["outbox"] if r[0] not in notices]
+    out["deliveries"] = [r for r in out["deliveries"] if r[0] not in notices]
     return out
+
+
+def _notices(db: Path) -> int:
+    """How many refusal notices (§6.5) the agent has queued."""
+    with sqlite3.connect(db) as conn:
+        (n,) = conn.execute("SELECT count(*) FROM outbox WHERE kind = 'refusal'").fetchone()
+    return int(n)
 
 
 async def _refusals_in_ledger(m: Mechanism, agency: str) -> dict[str, tuple[str, str | None]]:
@@ -432,6 +456,10 @@ async def _refusals_in_ledger(m: Mechanism, agency: str) -> dict[str, tuple[str,
         assert event.envelope_hash is not None and event.reason is not None
         found[event.envelope_hash] = (event.reason, event.counterpart)
     return found
+
+
+def items_of(envelopes: dict[str, list[tuple[str, bytes]]]) -> list[tuple[str, bytes]]:
+    return [item for items in envelopes.values() for item in items]
 
 
 def _rejected_metric(text: str, reason: str) -> float:
@@ -501,15 +529,24 @@ async def test_hostile_bodies_from_a_valid_agency_are_refused_audited_counted(
                         inbox_subject(recipient), data, headers={"Nats-Msg-Id": uuid.uuid4().hex}
                     )
 
+        def refusals(agencies: tuple[str, ...]) -> list[dict[str, Any]]:
+            return [
+                e for e in logs if e["event"] == "message_rejected" and e.get("agency") in agencies
+            ]
+
         async def all_rejected() -> bool:
-            return sum(1 for e in logs if e["event"] == "message_rejected") >= len(envelopes)
+            # ... and police refuses each refusal notice (§6.5) of what its agent never sent,
+            # without answering it.
+            return len(refusals(("shelter", "coordinator"))) >= len(envelopes) and len(
+                refusals(("police",))
+            ) >= len(envelopes)
 
         await eventually(all_rejected, timeout=30, what="every hostile body to be refused")
     logged = {
         (e["reason"], e["envelope_hash"], e.get("sender"))
-        for e in logs
-        if e["event"] == "message_rejected"
+        for e in refusals(("shelter", "coordinator"))
     }
+    assert {(e["reason"], e["kind"]) for e in refusals(("police",))} == {("unexpected", "refusal")}
     assert logged == {
         (reason, envelope_hash(data), "police")
         for reason, items in envelopes.items()
@@ -519,6 +556,7 @@ async def test_hostile_bodies_from_a_valid_agency_are_refused_audited_counted(
         assert CANARY not in json.dumps(e, default=str)
     for agency in ("shelter", "coordinator"):
         assert _table_rows(m.database(agency)) == before[agency], agency
+        assert _notices(m.database(agency)) == sum(1 for a, _ in items_of(envelopes) if a == agency)
         text = m.agents[agency].metrics_text().decode()
         for reason, items in envelopes.items():
             n = sum(1 for recipient, _ in items if recipient == agency)
@@ -566,6 +604,9 @@ async def test_a_failing_handler_ends_in_an_audited_refusal(mechanism: Mechanism
     assert directory is not None
     original = shelter.handlers[TRANSITION]
 
+    def at_shelter(e: dict[str, Any]) -> bool:
+        return (e["event"], e.get("agency")) == ("message_rejected", "shelter")
+
     def fails(error: BaseException) -> Any:
         def handler(*args: Any) -> None:
             raise error
@@ -596,19 +637,34 @@ async def test_a_failing_handler_ends_in_an_audited_refusal(mechanism: Mechanism
                     )
 
                 async def refused() -> bool:
-                    return any(e["event"] == "message_rejected" for e in logs)
+                    return any(at_shelter(e) for e in logs)
 
                 await eventually(refused, timeout=30, what=f"{type(error).__name__} refused")
-            rejected = [e for e in logs if e["event"] == "message_rejected"]
+            rejected = [e for e in logs if at_shelter(e)]
             assert [(e["reason"], e["envelope_hash"], e["error"]) for e in rejected] == [
                 ("unprocessable", envelope_hash(data), type(error).__name__)
             ]
             failures = [e for e in logs if e["event"] == "handler_failed"]
             assert len(failures) == (attempts if attempts > 1 else 0), type(error).__name__
+        # A referral police's own agent really sent: the refusal notice (§6.5) fails that
+        # copy at police, with the shelter's reason, on police's record.
+        shelter.handlers[REFERRAL] = fails(RecursionError("deep"))
+        refused_rid = await m.api("police").refer(["shelter"], samples.referral())
+
+        async def failed_at_police() -> bool:
+            _, got, _ = await m.api("police").call("GET", f"/v1/referrals/{refused_rid}")
+            (recipient,) = got["recipients"]
+            return (recipient["status"], recipient.get("failure")) == ("failed", "unprocessable")
+
+        await eventually(failed_at_police, timeout=30, what="the refusal to reach police")
     finally:
         shelter.handlers[TRANSITION] = original
+        shelter.handlers[REFERRAL] = shelter._on_referral
     assert _table_rows(m.database("shelter")) == before
-    assert _rejected_metric(shelter.metrics_text().decode(), "unprocessable") == 3
+    assert _rejected_metric(shelter.metrics_text().decode(), "unprocessable") == 4
+    assert 'nrm_outbox_failed_total{reason="unprocessable"} 1.0' in (
+        m.agents["police"].metrics_text().decode()
+    )
     rid = await m.api("police").refer(["shelter"], samples.referral())
     await delivered(m, "police", rid)
 
