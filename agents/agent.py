@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -30,10 +30,13 @@ from keys import (
 from keys.audit import labels_of
 from keys.codec import canonical_json
 from keys.directory import Directory
+from keys.errors import UnprocessableError
 from keys.keyfile import load_key_dir, read_passphrase
 from keys.subjects import DIRECTORY_KEY
 from runtime import clock, expiry
 
+from . import inbound
+from . import webhooks as W
 from .api import ApiSettings, make_app
 from .attachments import Attachments
 from .audit import AuditTrail
@@ -45,9 +48,12 @@ from .messages import (
     DELIVERY_RECEIPT,
     ERASURE_CONFIRMATION,
     ESCALATION,
+    NOTIFIED_REASONS,
     REFERRAL,
+    REFUSAL,
     TRANSITION,
     DeliveryReceipt,
+    Refusal,
 )
 from .metrics import AgentMetrics
 from .nats_key import NatsKeyFollower, wanted_seed
@@ -75,6 +81,15 @@ SENT_EVENTS = {
     TRANSITION: "transition.sent",
     ESCALATION: "escalation.sent",
 }
+
+
+#: Failures of this agent's own disk or database while handling a message: not the
+#: message's fault, so it is retried (`Transport`, `MAX_HANDLER_ATTEMPTS`) before the refusal
+#: `unprocessable` (`Agent.on_give_up`).
+LOCAL_FAILURES = (sqlite3.OperationalError, OSError)
+
+#: How the agent commits one kind of message: (transaction, opened envelope, checked body).
+Handler = Callable[[sqlite3.Connection, Opened, "inbound.Checked"], None]
 
 
 class Agent:
@@ -118,6 +133,7 @@ class Agent:
             on_change=lambda state: self.metrics.instance_lease(state),
         )
         self.transport.presence = self.presence
+        self.transport.on_give_up = self.on_give_up
         self.nats_key = NatsKeyFollower(
             agency=config.agency,
             key_dir=config.key_dir,
@@ -180,6 +196,8 @@ class Agent:
             limits=self.limits,
             on_failed=lambda reason, n: self.metrics.outbox_failed.labels(reason).inc(n),
         )
+        #: message kind -> how it is committed (every kind `inbound.check` accepts).
+        self.handlers = self._handler_table()
         self._timer: asyncio.Task[None] | None = None
         self._watching = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
@@ -348,15 +366,23 @@ class Agent:
     # --- receiving ------------------------------------------------------------------------
 
     def handle_message(self, data: bytes, stream_seq: int, stored_at: int) -> Verdict:
-        """Verify, decrypt and commit one message from the bus; say what to do with it.
+        """Verify, decrypt, check and commit one message from the bus; say what to do with it.
 
         `stored_at` is when the bus first stored the message: a sender cannot backdate it,
         so a key revoked before then is refused even if the envelope claims an earlier time.
+
+        Every outcome is one of: committed (ACK), held back (RETRY: no directory yet, a key
+        not known yet, or a local storage failure the transport retries a bounded number of
+        times, `on_give_up`), or refused for good with an audited reason (TERM). A failure
+        of anything else — a bug, RecursionError, a value the store cannot hold — is the
+        refusal `unprocessable`, never a silent drop (docs/PROTOCOL.md §6.4).
         """
         now = clock.now()
         directory = self.trust.directory
         if directory is None:
             return Verdict.RETRY  # nothing can be verified without a trusted directory
+        opened: Opened | None = None
+        body_stage = False
         try:
             opened = open_envelope(
                 data,
@@ -374,35 +400,149 @@ class Agent:
                 return Verdict.ACK  # committed before a crash; the ack was lost
             if first_seq is not None:
                 raise ReplayedError(f"message {opened.header.message_id} was already received")
-            self._commit(opened, stream_seq)
+            body_stage = True  # from here on a refusal is of the body: the sender is told
+            checked = inbound.check(
+                h.kind, opened.body, roles=self._own_roles(directory), limits=self.limits
+            )
+            self._commit(opened, checked, stream_seq)
         except UnknownKeyError as e:
             # Perhaps signed with a key from a directory this agent has not seen yet:
             # hold it back for a while rather than lose it.
             if now - stored_at < self.limits.unknown_key_grace_seconds:
                 self.log.info("message_deferred", stream_seq=stream_seq, reason=e.reason)
                 return Verdict.RETRY
-            return self._reject(data, stream_seq, e)
+            return self._reject(data, stream_seq, e, opened)
         except UntrustedInputError as e:
-            return self._reject(data, stream_seq, e)
+            return self._reject(data, stream_seq, e, opened, notify=body_stage)
+        except LOCAL_FAILURES:
+            raise  # this agent's disk or database, not the message: the transport retries
+        except Exception as e:  # whatever else fails, the message is refused, on the record
+            refusal = UnprocessableError(type(e).__name__)
+            return self._reject(data, stream_seq, refusal, opened, notify=body_stage)
         return Verdict.ACK
+
+    def on_give_up(self, data: bytes, stream_seq: int, error: BaseException) -> Verdict:
+        """The transport's last word on a message whose handling failed every attempt (a
+        local failure that did not pass): refused for good as `unprocessable`, audited."""
+        return self._reject(data, stream_seq, UnprocessableError(type(error).__name__), None)
+
+    def _own_roles(self, directory: Directory) -> frozenset[str]:
+        if self.config.agency not in directory:
+            return frozenset()
+        return frozenset(directory.agency(self.config.agency).roles)
 
     def _inbox_committed(self) -> None:
         if self._failpoint == "inbox-after-commit":
             self.log.warning("failpoint_exit", failpoint=self._failpoint)
             os._exit(70)
 
-    def _reject(self, data: bytes, stream_seq: int, e: UntrustedInputError) -> Verdict:
-        """Refuse a message for good: log and audit its reason, store nothing of it."""
+    def _reject(
+        self,
+        data: bytes,
+        stream_seq: int,
+        e: UntrustedInputError,
+        opened: Opened | None,
+        *,
+        notify: bool = False,
+    ) -> Verdict:
+        """Refuse a message for good: log and audit its reason, store nothing of it. Once the
+        envelope opened (§4.7 passed), its sender is authenticated: the event names it as
+        counterpart, with the key it signed with, so the sender can find the refusal of its
+        message in the ledger by the envelope hash (docs/PROTOCOL.md §6.4). With `notify`, a
+        refusal of the body is also sent to the sender (§6.5), in the same transaction;
+        never for a refusal notice itself."""
         digest = envelope_hash(data)
+        sender = None if opened is None else opened.header
+        ids: dict[str, str] = {}  # ids only, never a value of the body
+        if sender is not None:
+            ids.update(sender=sender.sender, kind=sender.kind, message_id=sender.message_id)
+        if isinstance(e, UnprocessableError):
+            ids["error"] = str(e)  # the failure's class name, not its message
         self.metrics.rejected.labels(e.reason).inc()
         self.log.warning(
-            "message_rejected", stream_seq=stream_seq, reason=e.reason, envelope_hash=digest
+            "message_rejected", stream_seq=stream_seq, reason=e.reason, envelope_hash=digest, **ids
         )
-        self.audit.record_alone("message.rejected", envelope_hash=digest, reason=e.reason)
+        with self.store.transaction() as tx:
+            self.audit.record(
+                tx,
+                "message.rejected",
+                envelope_hash=digest,
+                reason=e.reason,
+                counterpart=None if sender is None else sender.sender,
+                key_ids=() if sender is None else (sender.sender_kid,),
+            )
+            if notify and sender is not None and sender.kind != REFUSAL:
+                self._notify_refusal(tx, sender.sender, sender.message_id, digest, e.reason)
         return Verdict.TERM
 
-    def _commit(self, opened: Opened, stream_seq: int) -> None:
-        """Store one verified message and everything it causes, in one transaction."""
+    def _notify_refusal(
+        self, tx: sqlite3.Connection, sender: str, message_id: str, digest: str, reason: str
+    ) -> None:
+        if reason not in NOTIFIED_REASONS:
+            return
+        notice = Refusal(message_id, digest, reason, clock.now())
+        try:
+            self._send(REFUSAL, notice.encode(), [sender], tx)
+        except (UntrustedInputError, ProblemError) as e:  # e.g. no key left to seal to
+            self.log.warning(
+                "refusal_unsendable", sender=sender, message_id=message_id, why=type(e).__name__
+            )
+
+    def _on_refusal(self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked) -> None:
+        """A recipient refused what this agency sent it (§6.5): that copy is failed for good,
+        with the recipient's reason, audited as delivery.failed and told to the agency system
+        like any failed delivery."""
+        if not isinstance(checked, Refusal):
+            raise TypeError("a refusal handler takes a checked refusal")
+        recipient = opened.header.sender
+        copy = next(
+            (
+                c
+                for c in self.store.undelivered()
+                if c.message_id == checked.message_id
+                and c.recipient == recipient
+                and envelope_hash(c.envelope) == checked.envelope_hash
+            ),
+            None,
+        )
+        if copy is None or not self.store.fail_deliveries(
+            tx, [(copy.message_id, recipient, checked.reason)]
+        ):
+            raise UnexpectedMessageError("a refusal of no undelivered envelope sent to its sender")
+        self.audit.record(
+            tx,
+            "delivery.failed",
+            referral_id=copy.referral_id,
+            counterpart=recipient,
+            envelope_hash=checked.envelope_hash,
+            reason=checked.reason,
+        )
+        W.enqueue(
+            tx,
+            W.WebhookEvent(
+                id=W.new_event_id(),
+                type="delivery.failed",
+                created=clock.now(),
+                data={
+                    "message_id": copy.message_id,
+                    "kind": copy.kind,
+                    "referral_id": copy.referral_id,
+                    "recipients": [recipient],
+                    "reason": checked.reason,
+                },
+            ),
+        )
+        self.metrics.outbox_failed.labels(checked.reason).inc()
+        self.log.error(
+            "delivery_refused",
+            message_id=copy.message_id,
+            recipient=recipient,
+            reason=checked.reason,
+        )
+
+    def _commit(self, opened: Opened, checked: inbound.Checked, stream_seq: int) -> None:
+        """Store one verified, checked message and everything it causes, in one transaction:
+        the inbox row, then the handler of its kind (`self.handlers`)."""
         h = opened.header
         now = clock.now()
         keep_body = h.kind not in (REFERRAL,)  # referral bodies are stored encrypted by the desk
@@ -416,54 +556,9 @@ class Agent:
             received_at=now,
             body=opened.body if keep_body else None,
         )
-        handlers = {
-            TRANSITION: self.desk.on_transition,
-            CONSENT_WITHDRAWAL: self.desk.on_withdrawal,
-            ERASURE_CONFIRMATION: self.desk.on_erasure_confirmation,
-            ESCALATION: self.desk.on_escalation,
-            RESEND_REQUEST: self.resend.on_request,
-        }
         with self.store.transaction() as tx:
             self.store.insert_received(tx, received, stream_seq=stream_seq)
-            if h.kind == REFERRAL:
-                routing = self.desk.on_referral(tx, opened)
-                referral_id = self._referral_of(tx, h.message_id)
-                my_kid = h.recipient_kids[h.recipients.index(self.config.agency)]
-                self.audit.record(
-                    tx,
-                    "referral.received",
-                    referral_id=referral_id,
-                    counterpart=h.sender,
-                    envelope_hash=opened.envelope_hash,
-                    key_ids=(h.sender_kid, my_kid),
-                    labels=labels_of(routing),
-                )
-                receipt = DeliveryReceipt(h.message_id, opened.envelope_hash, now)
-                self._send(
-                    DELIVERY_RECEIPT, receipt.encode(), [h.sender], tx, referral_id=referral_id
-                )
-            elif h.kind == DELIVERY_RECEIPT:
-                receipt = DeliveryReceipt.decode(opened.body)
-                if not self.store.mark_delivered(
-                    tx,
-                    message_id=receipt.message_id,
-                    recipient=h.sender,
-                    envelope_hash=receipt.envelope_hash,
-                ):
-                    raise UnexpectedMessageError("receipt names no envelope sent to its sender")
-                self.desk.on_delivered(tx, receipt.message_id, h.sender)
-                self.audit.record(
-                    tx,
-                    "receipt.received",
-                    referral_id=self._sent_referral(tx, receipt.message_id),
-                    counterpart=h.sender,
-                    envelope_hash=opened.envelope_hash,
-                    key_ids=(h.sender_kid,),
-                )
-            elif h.kind in handlers:
-                handlers[h.kind](tx, opened)
-            else:
-                raise UnexpectedMessageError(f"unknown message kind {h.kind}")
+            self.handlers[h.kind](tx, opened, checked)
         self.metrics.received.labels(h.kind).inc()
         self.log.info(
             "referral_received" if h.kind == REFERRAL else "message_received",
@@ -473,15 +568,74 @@ class Agent:
             envelope_hash=opened.envelope_hash,
             sender_kid=h.sender_kid,
         )
-        if h.kind == DELIVERY_RECEIPT:
-            self.log.info(
-                "delivery_confirmed",
-                message_id=DeliveryReceipt.decode(opened.body).message_id,
-                recipient=h.sender,
-            )
+        if isinstance(checked, DeliveryReceipt):
+            self.log.info("delivery_confirmed", message_id=checked.message_id, recipient=h.sender)
         self.transport.wake()
         if self.webhooks is not None:
             self.webhooks.wake()
+
+    def _handler_table(self) -> dict[str, Handler]:
+        """One handler per message kind this agent receives (`inbound.KINDS`), each called in
+        the message's transaction with the opened envelope and its checked body."""
+        table: dict[str, Handler] = {
+            REFERRAL: self._on_referral,
+            DELIVERY_RECEIPT: self._on_receipt,
+            # The desk and resender parse the body again from `opened` (it passed the same
+            # strict checks); they take the checked value once the storage layer lands.
+            TRANSITION: lambda tx, opened, checked: self.desk.on_transition(tx, opened),
+            CONSENT_WITHDRAWAL: lambda tx, opened, checked: self.desk.on_withdrawal(tx, opened),
+            ERASURE_CONFIRMATION: lambda tx, opened, checked: self.desk.on_erasure_confirmation(
+                tx, opened
+            ),
+            ESCALATION: lambda tx, opened, checked: self.desk.on_escalation(tx, opened),
+            RESEND_REQUEST: lambda tx, opened, checked: self.resend.on_request(tx, opened),
+            REFUSAL: self._on_refusal,
+        }
+        if set(table) != inbound.KINDS:
+            raise RuntimeError("every kind inbound checks needs a handler, and no other")
+        return table
+
+    def _on_referral(
+        self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked
+    ) -> None:
+        if not isinstance(checked, inbound.CheckedReferral):
+            raise TypeError("a referral handler takes a checked referral")
+        h = opened.header
+        routing = self.desk.on_referral(tx, opened)
+        referral_id = self._referral_of(tx, h.message_id)
+        my_kid = h.recipient_kids[h.recipients.index(self.config.agency)]
+        self.audit.record(
+            tx,
+            "referral.received",
+            referral_id=referral_id,
+            counterpart=h.sender,
+            envelope_hash=opened.envelope_hash,
+            key_ids=(h.sender_kid, my_kid),
+            labels=labels_of(routing),
+        )
+        receipt = DeliveryReceipt(h.message_id, opened.envelope_hash, clock.now())
+        self._send(DELIVERY_RECEIPT, receipt.encode(), [h.sender], tx, referral_id=referral_id)
+
+    def _on_receipt(self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked) -> None:
+        if not isinstance(checked, DeliveryReceipt):
+            raise TypeError("a receipt handler takes a checked delivery receipt")
+        h = opened.header
+        if not self.store.mark_delivered(
+            tx,
+            message_id=checked.message_id,
+            recipient=h.sender,
+            envelope_hash=checked.envelope_hash,
+        ):
+            raise UnexpectedMessageError("receipt names no envelope sent to its sender")
+        self.desk.on_delivered(tx, checked.message_id, h.sender)
+        self.audit.record(
+            tx,
+            "receipt.received",
+            referral_id=self._sent_referral(tx, checked.message_id),
+            counterpart=h.sender,
+            envelope_hash=opened.envelope_hash,
+            key_ids=(h.sender_kid,),
+        )
 
     @staticmethod
     def _referral_of(db: sqlite3.Connection, message_id: str) -> str | None:

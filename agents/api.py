@@ -24,6 +24,7 @@ from runtime import clock
 from .attachments import ATTACHMENT_TYPES, Attachments
 from .config import ApiClient
 from .desk import Desk
+from .lifecycle import REASON_CODES
 from .openapi import OPENAPI
 from .problems import ProblemError, problem
 from .store import STATUS_ORDER, Store
@@ -398,6 +399,10 @@ async def transition(request: web.Request) -> web.Response:
         for name in ("counterpart", "reason", "outcome"):
             if doc.get(name) is not None and not isinstance(doc[name], str):
                 raise ProblemError(422, UNPROCESSABLE, f"{name} must be a string")
+        if doc.get("reason") is not None and doc["reason"] not in REASON_CODES:
+            raise ProblemError(  # never echoed: a "code" outside the vocabulary may be a name
+                400, "Bad Request", "reason must be one of: " + ", ".join(REASON_CODES)
+            )
         result = request.app[BACKEND].desk.transition(
             request.match_info["id"],
             to=to,

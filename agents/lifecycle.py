@@ -22,8 +22,8 @@ in_progress. Final states (declined, closed, withdrawn, cancelled, expired) have
     | any non-final state      | cancelled           | sender, recipient  | reason          |
     | any state before accepted| expired             | system (timer)     |                 |
 
-- `reason` is a short code matching `[a-z][a-z_-]{0,39}`, never free text; it MAY accompany
-  any transition and MUST accompany declined and cancelled.
+- `reason` is one code of the closed vocabulary `REASON_CODES` (never free text, which could
+  name a person); it MAY accompany any transition and MUST accompany declined and cancelled.
 - `outcome` is one of completed, referred_on, lost_contact; it MUST accompany closed and MUST
   NOT accompany any other transition.
 - Transition body (the plaintext of the signed `transition` message kind), canonical msgpack:
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from keys import codec
-from keys.errors import MalformedError
+from keys.errors import MalformedError, UnknownReasonCodeError
 from keys.subjects import AGENCY_ID_PATTERN
 from runtime import clock
 
@@ -90,7 +90,23 @@ OUTCOMES: Final[tuple[str, ...]] = ("completed", "referred_on", "lost_contact")
 #: Targets that MUST carry a reason code.
 REASON_REQUIRED: Final = frozenset({DECLINED, CANCELLED})
 
-REASON_PATTERN: Final = re.compile(r"^[a-z][a-z_-]{0,39}$")
+#: The closed vocabulary of transition reason codes (docs/PROTOCOL.md §8.4). A code says why
+#: in a word an auditor can count; anything a case worker wants to tell goes through their own
+#: case systems, never this field.
+REASON_CODES: Final[tuple[str, ...]] = (
+    "no-capacity",  # no place, no staff
+    "out-of-area",  # outside the recipient's area of responsibility
+    "not-eligible",  # outside the recipient's mandate or criteria
+    "duplicate",  # already referred, or sent twice
+    "person-declined",  # the person does not want the service
+    "consent-withdrawn",  # the person withdrew consent
+    "lost-contact",  # nobody can reach the person any more
+    "referred-elsewhere",  # another agency took the case
+    "safety-concern",  # going on would put the person or staff at risk
+    "sent-in-error",  # the referral should never have been sent
+    "other",  # none of these
+)
+_REASON_SET: Final = frozenset(REASON_CODES)
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 VERSION: Final = 1
@@ -126,6 +142,14 @@ def _build_table() -> dict[tuple[str, str], tuple[str, ...]]:
 
 
 _TABLE: Final = _build_table()
+
+
+class ReasonCodeUnknown(ValueError):
+    """A reason that is not a code of `REASON_CODES` (HTTP 400; on receipt
+    `unknown-reason-code`)."""
+
+    def __init__(self) -> None:
+        super().__init__("reason must be one of: " + ", ".join(REASON_CODES))
 
 
 class TransitionRefused(Exception):
@@ -175,8 +199,10 @@ def check(state: str, target: str, party: str, *, reason: str | None, outcome: s
     permitted = _TABLE[(state, party)]
     if target not in permitted:
         raise TransitionRefused(state, target, party, list(permitted))
-    if reason is not None and not (isinstance(reason, str) and REASON_PATTERN.fullmatch(reason)):
-        raise ValueError("reason must be a short code matching [a-z][a-z_-]{0,39}")
+    if reason is not None and not isinstance(reason, str):
+        raise ValueError("reason must be a string")
+    if reason is not None and reason not in _REASON_SET:
+        raise ReasonCodeUnknown
     if target in REASON_REQUIRED and reason is None:
         raise ValueError(f"a transition to {target} requires a reason code")
     if target == CLOSED:
@@ -260,6 +286,8 @@ class Transition:
             )
         except TransitionRefused as e:
             raise MalformedError(f"transition is not in the lifecycle table: {e}") from e
+        except ReasonCodeUnknown as e:
+            raise UnknownReasonCodeError("transition reason is not a code of the vocabulary") from e
         except ValueError as e:
             raise MalformedError(f"transition is invalid: {e}") from e
 

@@ -60,3 +60,51 @@ def parse_json_body(body: bytes, *, what: str, required: dict[str, type]) -> dic
     if canonical_json(doc) != body:
         raise MalformedError(f"{what} is not canonical JSON")
     return doc
+
+
+REFUSAL = "refusal"
+#: Reasons a refusal notice may carry (docs/PROTOCOL.md §6.5): the refusals of a body by an
+#: agent that opened its envelope, never those of the envelope itself.
+NOTIFIED_REASONS = frozenset(
+    {
+        "malformed",
+        "too-deep",
+        "out-of-range",
+        "unknown-member",
+        "schema-invalid",
+        "category-not-allowed",
+        "not-anonymous",
+        "not-for-this-role",
+        "unknown-reason-code",
+        "unexpected",
+        "unprocessable",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Sent by a recipient to the authenticated sender of a message whose body it refused
+    (6.5): which envelope, why, when."""
+
+    message_id: str
+    envelope_hash: str
+    reason: str
+    refused_at: int
+
+    def encode(self) -> bytes:
+        return codec.pack([1, self.message_id, self.envelope_hash, self.reason, self.refused_at])
+
+    @classmethod
+    def decode(cls, body: bytes) -> Refusal:
+        raw = codec.unpack(body, max_bytes=512, max_items=5, what="refusal")
+        if not (
+            isinstance(raw, list)
+            and len(raw) == 5
+            and raw[0] == 1
+            and raw[0] is not True
+            and all(isinstance(v, str) for v in raw[1:4])
+            and type(raw[4]) is int
+        ):
+            raise MalformedError("refusal must be [1, message id, hash, reason, time]")
+        return cls(message_id=raw[1], envelope_hash=raw[2], reason=raw[3], refused_at=raw[4])

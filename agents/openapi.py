@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from . import consent, referral
+from .lifecycle import REASON_CODES
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 _UNVERIFIABLE = {"409": {"$ref": "#/components/responses/Unverifiable"}}
@@ -286,7 +287,12 @@ OPENAPI: dict[str, Any] = {
                                 "properties": {
                                     "to": {"type": "string"},
                                     "counterpart": {"type": "string"},
-                                    "reason": {"type": "string"},
+                                    "reason": {
+                                        "description": "A code of the closed vocabulary "
+                                        "(docs/PROTOCOL.md §8.4), never free text; required "
+                                        "for declined and cancelled. Any other value is 400.",
+                                        "enum": list(REASON_CODES),
+                                    },
                                     "outcome": {"type": "string"},
                                 },
                             }

@@ -46,6 +46,7 @@ __all__ = [
     "load_schema",
     "minimise",
     "strip_identifying",
+    "validate_received",
     "validate_referral",
 ]
 
@@ -255,7 +256,9 @@ ROLE_CATEGORIES: Final[Mapping[str, frozenset[str]]] = {
     "auditor": frozenset(),
 }
 
-#: Body fields an anonymous notification may carry (`locations` reduced further, see below).
+#: Body fields an anonymous notification may carry (`locations` reduced further, see below):
+#: coded fields only, each value from a closed list (enumerations, country and language codes).
+#: Not `indicators`: its codes are open (national lists vary), so they could spell a name.
 ANONYMOUS_FIELDS: Final = frozenset(
     {
         "age_category",
@@ -263,17 +266,15 @@ ANONYMOUS_FIELDS: Final = frozenset(
         "citizenship",
         "languages",
         "exploitation_types",
-        "indicators",
         "methods_of_control",
         "locations",
         "requested_services",
         "nrm_stage",
     }
 )
-#: Keys a location may keep in an anonymous notification: where (coarsely), when, which stage.
-ANONYMOUS_LOCATION_FIELDS: Final = frozenset(
-    {"stage", "country", "region", "period_start", "period_end"}
-)
+#: Keys a location may keep in an anonymous notification: where (the country), when, which
+#: stage. Not `region`: it is free text, which can name a village, a farm or a person.
+ANONYMOUS_LOCATION_FIELDS: Final = frozenset({"stage", "country", "period_start", "period_end"})
 #: Body fields that identify, or help identify, a person: everything outside the allow-list.
 IDENTIFYING: Final = frozenset(FIELD_CATEGORY) - ANONYMOUS_FIELDS
 
@@ -285,9 +286,12 @@ def _check_tables() -> None:
             raise RuntimeError(f"role {role} names unknown categories")
     if ANONYMOUS_FIELDS - frozenset(FIELD_CATEGORY):
         raise RuntimeError("anonymous allow-list names unknown fields")
-    anonymous_spec = load_schema()["allOf"][1]["then"]["properties"]["body"]["propertyNames"]
-    if frozenset(anonymous_spec["enum"]) != ANONYMOUS_FIELDS:
+    anonymous_body = load_schema()["allOf"][1]["then"]["properties"]["body"]
+    if frozenset(anonymous_body["propertyNames"]["enum"]) != ANONYMOUS_FIELDS:
         raise RuntimeError("schema and module disagree on the anonymous allow-list")
+    location = anonymous_body["properties"]["locations"]["items"]["propertyNames"]["enum"]
+    if frozenset(location) != ANONYMOUS_LOCATION_FIELDS:
+        raise RuntimeError("schema and module disagree on the anonymous location allow-list")
 
 
 _check_tables()
@@ -345,10 +349,14 @@ def _describe(error: ValidationError) -> list[str]:
     return [f"{where or '/'}: {messages.get(str(kind), f'fails the {kind} rule')}"]
 
 
-def _problems(doc: object) -> list[str]:
+def _problems(doc: object, *, excused: frozenset[str] = frozenset()) -> list[str]:
+    """Problems of `doc`, leaving out a body's missing required fields whose categories are
+    all in `excused` (see `validate_received`)."""
     errors = sorted(_check().errors(doc), key=lambda e: list(map(str, e.absolute_path)))
     problems: list[str] = []
     for error in errors:
+        if excused and _minimised_away(error, excused):
+            continue
         for line in _describe(error):
             if line not in problems:
                 problems.append(line)
@@ -356,6 +364,20 @@ def _problems(doc: object) -> list[str]:
         rest = len(problems) - MAX_PROBLEMS
         problems = [*problems[:MAX_PROBLEMS], f"... and {rest} more problems"]
     return problems
+
+
+def _minimised_away(error: ValidationError, excused: frozenset[str]) -> bool:
+    """Whether `error` only says that body fields of `excused` categories are missing."""
+    if list(error.absolute_path) != ["body"] or not isinstance(error.instance, dict):
+        return False
+    rule: Any = error.validator_value
+    if error.validator == "required":
+        names = [n for n in rule if n not in error.instance]
+    elif error.validator == "anyOf" and all(set(alt) == {"required"} for alt in rule):
+        names = [n for alt in rule for n in alt["required"]]
+    else:
+        return False
+    return bool(names) and all(FIELD_CATEGORY.get(n) in excused for n in names)
 
 
 def _parse_datetime(text: str) -> datetime:
@@ -380,9 +402,27 @@ def validate_referral(doc: dict[str, Any]) -> Referral:
 
     The caller's dict is never mutated nor aliased by the result.
     """
+    return _validated(doc, excused=frozenset())
+
+
+def validate_received(doc: dict[str, Any], *, allowed_categories: Iterable[str]) -> Referral:
+    """Validate a referral as its recipient receives it, or raise `ReferralInvalid`.
+
+    The sender minimised the body for the recipient's roles (§8.2), so a field the schema
+    requires of the whole referral (a service request's `requested_services`, a child's
+    guardian or best-interests reference) may be missing when its category is one the
+    recipient may never receive; everything present must meet the schema all the same.
+    Whether the body holds only `allowed_categories` is the caller's check.
+    """
+    if isinstance(allowed_categories, str):
+        raise TypeError("allowed_categories must be a collection of category names")
+    return _validated(doc, excused=frozenset(CATEGORIES) - frozenset(allowed_categories))
+
+
+def _validated(doc: dict[str, Any], *, excused: frozenset[str]) -> Referral:
     if not isinstance(doc, dict):
         raise ReferralInvalid(["/: must be of type object"])
-    problems = _problems(doc)
+    problems = _problems(doc, excused=excused)
     if not problems:
         problems = _semantic_problems(doc)
     if problems:
@@ -457,8 +497,8 @@ def is_child(body: Mapping[str, Any]) -> bool:
 def strip_identifying(body: Mapping[str, Any]) -> dict[str, Any]:
     """A new body with every identifying field removed, ready for `anonymise`.
 
-    Keeps the anonymous allow-list only, and of each location only its stage, country, coarse
-    region and period.
+    Keeps the anonymous allow-list only, and of each location only its stage, country and
+    period.
     """
     out: dict[str, Any] = {}
     for field, value in body.items():

@@ -105,6 +105,11 @@ class Transport:
         #: Called whenever the bus refuses this connection's NKey (the owner may have a
         #: newer one: docs/PROTOCOL.md §3.4).
         self.on_auth_refused: Callable[[bytes | None], None] = lambda seed: None
+        #: Called (in a transaction) for a message whose handler failed on every one of
+        #: MAX_HANDLER_ATTEMPTS deliveries: the owner records the refusal and says TERM.
+        self.on_give_up: Callable[[bytes, int, BaseException], Verdict] = lambda data, seq, error: (
+            Verdict.TERM
+        )
         self.log = log.bind(agency=agency)
         #: The link's state and the pace of reconnection attempts (agents/bus_link.py).
         self.link = BusLink(
@@ -438,16 +443,28 @@ class Transport:
             with self.store.transaction():
                 return self.handler(msg.data, meta.sequence.stream, stored_at)
         except Exception as e:
-            # A bug, not bad input (that is UntrustedInputError, handled inside): keep
-            # consuming; retry the message a few times, then set it aside for good.
+            # Not the message (its refusals are handled inside) but, say, the disk: keep
+            # consuming; retry the message a few times, then refuse it, on the record.
             self.log.error(
                 "handler_failed",
                 stream_seq=meta.sequence.stream,
                 error=type(e).__name__,
                 deliveries=meta.num_delivered,
             )
-            give_up = (meta.num_delivered or 0) >= MAX_HANDLER_ATTEMPTS
-            return Verdict.TERM if give_up else Verdict.RETRY
+            if (meta.num_delivered or 0) < MAX_HANDLER_ATTEMPTS:
+                return Verdict.RETRY
+            return self._give_up(msg, e)
+
+    def _give_up(self, msg: Msg, error: BaseException) -> Verdict:
+        """Refuse a message for good once its refusal is committed (`on_give_up`); while
+        even that cannot be written, keep it on the bus rather than drop it unrecorded."""
+        seq = msg.metadata.sequence.stream
+        try:
+            with self.store.transaction():
+                return self.on_give_up(msg.data, seq, error)
+        except Exception as e:
+            self.log.error("give_up_failed", stream_seq=seq, error=type(e).__name__)
+            return Verdict.RETRY
 
     # --- trust directory ------------------------------------------------------------------
 

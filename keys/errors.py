@@ -124,3 +124,67 @@ class ConsistencyProofError(UntrustedInputError):
     """A Merkle consistency proof that does not prove one tree extends the other."""
 
     reason = "bad-consistency-proof"
+
+
+# --- receiver-side checks of a message body (docs/PROTOCOL.md §6.4) ---------------------------
+
+
+class TooDeepError(MalformedError):
+    """A body that nests deeper than `Limits.max_body_depth`, found before parsing it."""
+
+    reason = "too-deep"
+
+
+class OutOfRangeError(MalformedError):
+    """A number in a body outside what the format allows: a JSON integer beyond
+    ±(2^53 - 1) (RFC 7493 I-JSON), a float, NaN or an infinity."""
+
+    reason = "out-of-range"
+
+
+class UnknownMemberError(UntrustedInputError):
+    """A body (a message object, a referral or its `body`) with a member its format does not
+    define."""
+
+    reason = "unknown-member"
+
+
+class SchemaInvalidError(UntrustedInputError):
+    """A body that fails its schema (a referral against referral v1, another kind against
+    its field table)."""
+
+    reason = "schema-invalid"
+
+
+class CategoryNotAllowedError(UntrustedInputError):
+    """A referral carrying a data category that none of the receiver's directory roles may
+    ever receive (PROTOCOL.md §8.2): the sender did not minimise."""
+
+    reason = "category-not-allowed"
+
+
+class NotAnonymousError(UntrustedInputError):
+    """An anonymous notification carrying a field or location member outside the coded
+    allow-list (free text, open codes, anything identifying)."""
+
+    reason = "not-anonymous"
+
+
+class NotForThisRoleError(UntrustedInputError):
+    """A message kind or referral type that the receiver's directory roles never receive
+    (an escalation or an anonymous notification to an agency that is not a coordinator)."""
+
+    reason = "not-for-this-role"
+
+
+class UnknownReasonCodeError(UntrustedInputError):
+    """A transition whose reason code is not in the closed vocabulary (PROTOCOL.md §8.4)."""
+
+    reason = "unknown-reason-code"
+
+
+class UnprocessableError(UntrustedInputError):
+    """An authentic message whose handling failed for a reason no other class names (a bug,
+    a value the store cannot hold): refused for good rather than retried or dropped."""
+
+    reason = "unprocessable"

@@ -11,6 +11,12 @@ class Limits:
     max_envelope_bytes: int = 1 << 20
     #: Largest plaintext body sealed into one envelope.
     max_body_bytes: int = 768 * 1024
+    #: Deepest nesting of a JSON message body (a referral is 5 deep: message, referral,
+    #: body, locations, a location), checked before parsing (PROTOCOL.md §6.4).
+    max_body_depth: int = 16
+    #: Largest magnitude of an integer in a JSON message body: I-JSON's (RFC 7493) 2^53 - 1,
+    #: which every JSON implementation and SQLite hold exactly.
+    max_json_integer: int = (1 << 53) - 1
     #: Most recipients one envelope may name.
     max_recipients: int = 32
     #: Longest string field (ids, kinds) inside an envelope header.

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from keys import MalformedError, codec
+from keys.errors import OutOfRangeError, TooDeepError
 
 VALUES = st.recursive(
     st.none()
@@ -95,3 +96,42 @@ def test_unpack_takes_bytes_only() -> None:
     """Passing text instead of bytes is a caller's TypeError, not untrusted input."""
     with pytest.raises(TypeError):
         codec.unpack("90", max_bytes=10)  # type: ignore[arg-type]
+
+
+# --- the strict JSON body decoder (PROTOCOL.md §6.4) --------------------------------------------
+
+JSON_LIMITS = {"max_bytes": 1 << 20, "max_depth": 16, "max_integer": (1 << 53) - 1}
+
+
+@pytest.mark.parametrize(
+    ("data", "depth"),
+    [
+        (b"1", 0),
+        (b"[]", 1),
+        (b'{"a":[{"b":[]}]}', 4),
+        (b'["[[[[{{{{"]', 1),  # brackets inside a string are not structure
+        (b'["\\"[[[["]', 1),  # nor after an escaped quote
+        (b"[" * 100_000 + b"]" * 100_000, 100_000),
+    ],
+)
+def test_json_depth_counts_structure_only(data: bytes, depth: int) -> None:
+    """Nesting is measured outside strings, without parsing or recursion."""
+    assert codec.json_depth(data) == depth
+
+
+def test_parse_json_refuses_each_failure_with_its_own_class() -> None:
+    """Too deep (before parsing), numbers out of range (on their digits), not JSON and not
+    canonical are told apart; a canonical object within the limits comes back."""
+    assert codec.parse_json(b'{"a":[1,-2]}', **JSON_LIMITS) == {"a": [1, -2]}
+    assert codec.parse_json(b"[9007199254740991]", **JSON_LIMITS) == [2**53 - 1]
+    with pytest.raises(TooDeepError):
+        codec.parse_json(b"[" * 17 + b"]" * 17, **JSON_LIMITS)
+    with pytest.raises(TooDeepError):
+        codec.parse_json(b"[" * 100_000, **JSON_LIMITS)  # not even balanced: never parsed
+    for number in (b"9007199254740992", b"-" + b"9" * 5000, b"1.5", b"1e3", b"NaN", b"-Infinity"):
+        with pytest.raises(OutOfRangeError):
+            codec.parse_json(b"[" + number + b"]", **JSON_LIMITS)
+    for bad in (b"\xff", b"{", b'{ "a":1}', b'{"b":1,"a":2}', b'["\\ud800"]', b"x" * (1 << 21)):
+        with pytest.raises(MalformedError) as refused:
+            codec.parse_json(bad, **JSON_LIMITS)
+        assert type(refused.value) is MalformedError

@@ -299,7 +299,8 @@ def test_anonymise_refuses_a_narrative() -> None:
 
 
 def test_anonymise_refuses_fine_location_and_children() -> None:
-    """A location finer than country and region, or a child, cannot be notified anonymously."""
+    """A location finer than its country (a street, a region), or a child, cannot be
+    notified anonymously."""
     body = example("anonymous-notification")["body"]
     body["locations"][0]["street"] = CANARY
     with pytest.raises(R.ReferralInvalid) as info:

@@ -12,8 +12,10 @@ import pytest
 from nacl.public import PrivateKey
 from nacl.signing import VerifyKey
 
+from agents import inbound
+from agents.messages import REFUSAL, Refusal
 from agents.resend import ResendRequest
-from keys import UnknownKeyError, UntrustedInputError, open_envelope
+from keys import DEFAULT_LIMITS, UnknownKeyError, UntrustedInputError, open_envelope
 from keys.identity import encryption_kid, signing_kid
 from keys.restore import verify_restore
 
@@ -112,6 +114,25 @@ def test_resend_request_vector(path: Path) -> None:
     assert ",".join(request.have) == fields["have"]
 
 
+REFUSAL_FILES = sorted(VECTORS.glob("refusal-*.txt"))
+
+
+@pytest.mark.parametrize("path", REFUSAL_FILES, ids=[p.stem for p in REFUSAL_FILES])
+def test_refusal_vector(path: Path) -> None:
+    """The receiver's checks of a refusal body (agents/inbound.py) give exactly the vector's
+    `expect` outcome and, when ok, exactly its fields."""
+    fields, body = parse(path)
+    if fields["expect"] != "ok":
+        with pytest.raises(UntrustedInputError) as caught:
+            inbound.check(REFUSAL, body, roles={"police"}, limits=DEFAULT_LIMITS)
+        assert caught.value.reason == fields["expect"]
+        return
+    refusal = inbound.check(REFUSAL, body, roles={"police"}, limits=DEFAULT_LIMITS)
+    assert refusal == Refusal(
+        fields["message_id"], fields["envelope_hash"], fields["reason"], int(fields["refused_at"])
+    )
+
+
 def test_generator_reproduces_vectors(tmp_path: Path) -> None:
     """Running the generator again writes byte-identical files, and no others."""
     subprocess.run(
@@ -120,6 +141,6 @@ def test_generator_reproduces_vectors(tmp_path: Path) -> None:
     fresh = sorted(tmp_path.glob("*.txt"))
     committed = sorted(VECTORS.glob("*.txt"))
     assert [p.name for p in fresh] == [p.name for p in committed]
-    assert len(RESTORE_FILES) >= 4 and len(RESEND_FILES) >= 4
+    assert len(RESTORE_FILES) >= 4 and len(RESEND_FILES) >= 4 and len(REFUSAL_FILES) >= 6
     for new, old in zip(fresh, committed, strict=True):
         assert new.read_bytes() == old.read_bytes(), new.name

@@ -472,14 +472,91 @@ def render_resend(comment: str, expect: str, body: bytes) -> str:
     return "\n".join([*lines, "", *textwrap.wrap(text, 76)]) + "\n"
 
 
+# --- refusal bodies (docs/PROTOCOL.md §6.5) ---------------------------------------------------
+#
+#     expect: ok | malformed | too-deep | schema-invalid
+#     comment: <what the vector tests>
+#     message_id, envelope_hash, reason, refused_at   (only for `expect: ok`)
+#
+#     <the body (the plaintext of a refusal envelope), base64>
+
+REFUSED_ID = fixed("refused message")[:16].hex()
+REFUSED_HASH = fixed("refused envelope").hex()
+
+
+_NESTED: list[object] = []
+for _ in range(9):
+    _NESTED = [_NESTED]
+
+REFUSAL_VECTORS: list[tuple[str, str, str, bytes]] = [
+    (
+        "ok",
+        "a narrative refused by an NGO",
+        "ok",
+        codec.pack([1, REFUSED_ID, REFUSED_HASH, "category-not-allowed", CREATED]),
+    ),
+    (
+        "ok-unprocessable",
+        "a handler failure",
+        "ok",
+        codec.pack([1, REFUSED_ID, REFUSED_HASH, "unprocessable", 0]),
+    ),
+    (
+        "envelope-reason",
+        "a reason of the envelope layer, never notified",
+        "schema-invalid",
+        codec.pack([1, REFUSED_ID, REFUSED_HASH, "bad-signature", CREATED]),
+    ),
+    (
+        "short-hash",
+        "an envelope hash of 63 hex digits",
+        "schema-invalid",
+        codec.pack([1, REFUSED_ID, REFUSED_HASH[:63], "category-not-allowed", CREATED]),
+    ),
+    (
+        "version-2",
+        "version 2",
+        "malformed",
+        codec.pack([2, REFUSED_ID, REFUSED_HASH, "category-not-allowed", CREATED]),
+    ),
+    (
+        "time-bool",
+        "refused_at is a bool",
+        "malformed",
+        codec.pack([1, REFUSED_ID, REFUSED_HASH, "category-not-allowed", True]),
+    ),
+    (
+        "too-deep",
+        "nesting at depth 9",
+        "too-deep",
+        codec.pack([1, REFUSED_ID, REFUSED_HASH, "category-not-allowed", _NESTED]),
+    ),
+]
+
+
+def render_refusal(comment: str, expect: str, body: bytes) -> str:
+    lines = [f"expect: {expect}", f"comment: {comment}"]
+    if expect == "ok":
+        decoded = codec.unpack(body, max_bytes=512)
+        for name, value in zip(
+            ("message_id", "envelope_hash", "reason", "refused_at"), decoded[1:], strict=True
+        ):
+            lines.append(f"{name}: {value}")
+    text = base64.b64encode(body).decode("ascii")
+    return "\n".join([*lines, "", *textwrap.wrap(text, 76)]) + "\n"
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    for pattern in ("envelope-*.txt", "restore-*.txt", "resend-request-*.txt"):
+    for pattern in ("envelope-*.txt", "restore-*.txt", "resend-request-*.txt", "refusal-*.txt"):
         for stale in out.glob(pattern):
             stale.unlink()
     for name, comment, expect, body in RESEND_VECTORS:
         text = render_resend(comment, expect, body)
         (out / f"resend-request-{name}.txt").write_text(text, encoding="utf-8")
+    for name, comment, expect, body in REFUSAL_VECTORS:
+        text = render_refusal(comment, expect, body)
+        (out / f"refusal-{name}.txt").write_text(text, encoding="utf-8")
     for vector in VECTORS:
         (out / f"envelope-{vector.name}.txt").write_text(render(vector), encoding="utf-8")
     for name, comment, expect, make in RESTORE_VECTORS:

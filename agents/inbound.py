@@ -1,0 +1,341 @@
+"""Receiver-side checks of every message body (docs/PROTOCOL.md §6.4): pure, no I/O.
+
+The envelope layer (keys/envelope.py, §4.7) proves who sent a message and that it is for this
+agency; it says nothing of what the body holds. The sender's own checks (validation,
+minimisation, anonymisation) are not to be trusted either: a compromised or careless agency
+holds valid keys. So before anything of a message is stored or acted on, the agent hands its
+kind and body to `check`, with its own directory roles, and gets back the parsed value or one
+`UntrustedInputError` whose `reason` names the failure (keys/errors.py): decoded strictly
+(`malformed`, `too-deep`, `out-of-range`), then the shape of the kind (`unknown-member`,
+`schema-invalid`, for transitions `unknown-reason-code`), then what this agency's roles may
+receive (`not-for-this-role`, `category-not-allowed`, `not-anonymous`).
+
+Nothing here puts a received value into an error message: bodies are personal data.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from keys import Limits
+from keys.codec import parse_json
+from keys.errors import (
+    CategoryNotAllowedError,
+    NotAnonymousError,
+    NotForThisRoleError,
+    SchemaInvalidError,
+    UnexpectedMessageError,
+    UnknownMemberError,
+)
+from keys.subjects import AGENCY_ID_PATTERN
+
+from . import lifecycle as L
+from . import referral as R
+from .attachments import decode_key
+from .messages import (
+    CONSENT_WITHDRAWAL,
+    DELIVERY_RECEIPT,
+    ERASURE_CONFIRMATION,
+    ESCALATION,
+    NOTIFIED_REASONS,
+    REFERRAL,
+    REFUSAL,
+    TRANSITION,
+    DeliveryReceipt,
+    Refusal,
+)
+from .resend import RESEND_REQUEST, ResendRequest
+
+__all__ = [
+    "ANONYMOUS",
+    "COORDINATOR",
+    "KINDS",
+    "Checked",
+    "CheckedReferral",
+    "ConsentWithdrawal",
+    "ErasureConfirmation",
+    "Escalation",
+    "check",
+]
+
+#: The role that receives escalations and anonymous notifications (PROTOCOL.md §8.2, §8.5).
+COORDINATOR: Final = "coordinator"
+ANONYMOUS: Final = "anonymous_notification"
+#: The members of a referral message (§6.1).
+REFERRAL_MESSAGE_MEMBERS: Final = frozenset({"referral", "attachment_key"})
+
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_RECEIPT_ID = re.compile(
+    r"^([0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedReferral:
+    """A received referral that passed every check: its routing and body (`referral`), the
+    id its sender assigned, and the key of the attachments it cites (None if none)."""
+
+    referral: R.Referral
+    referral_id: str
+    attachment_key: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentWithdrawal:
+    """`consent-withdrawal` (§8.5): erase what you hold from me under this receipt."""
+
+    receipt_id: str
+    referral_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureConfirmation:
+    """`erasure-confirmation` (§8.5): these referrals were erased at `erased_at`."""
+
+    receipt_id: str
+    referral_ids: tuple[str, ...]
+    erased_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Escalation:
+    """`escalation` (§8.5): metadata of an urgent referral nobody acknowledged in time."""
+
+    referral_id: str
+    recipient: str
+    urgency: str
+    submitted_at: int
+
+
+Checked = (
+    CheckedReferral
+    | DeliveryReceipt
+    | L.Transition
+    | ConsentWithdrawal
+    | ErasureConfirmation
+    | Escalation
+    | ResendRequest
+    | Refusal
+)
+
+
+def check(kind: str, body: bytes, *, roles: Collection[str], limits: Limits) -> Checked:
+    """The checked body of a message of `kind` received by an agency holding `roles` (from
+    the trusted directory), or raise the `UntrustedInputError` of its first failure."""
+    if isinstance(roles, str):
+        raise TypeError("roles must be a collection of role names")
+    checker = _CHECKERS.get(kind)
+    if checker is None:
+        raise UnexpectedMessageError("a message of a kind this agent does not know")
+    return checker(body, frozenset(roles), limits)
+
+
+# --- JSON kinds ---------------------------------------------------------------------------------
+
+
+def _json(body: bytes, limits: Limits, what: str) -> Any:
+    return parse_json(
+        body,
+        max_bytes=limits.max_body_bytes,
+        max_depth=limits.max_body_depth,
+        max_integer=limits.max_json_integer,
+        what=what,
+    )
+
+
+def _members(doc: Mapping[str, Any], allowed: Collection[str], what: str) -> None:
+    """Refuse a member `allowed` does not name (its name is not repeated: it may be data)."""
+    extra = sum(1 for name in doc if name not in allowed)
+    if extra:
+        raise UnknownMemberError(f"{what} has {extra} member(s) its format does not define")
+
+
+def _object(
+    body: bytes, limits: Limits, what: str, fields: Mapping[str, Callable[[Any], bool]]
+) -> dict[str, Any]:
+    """A JSON object with exactly `fields`, each value passing its predicate."""
+    doc = _json(body, limits, what)
+    if not isinstance(doc, dict):
+        raise SchemaInvalidError(f"{what} must be a JSON object")
+    _members(doc, fields, what)
+    for name, ok in fields.items():
+        if name not in doc:
+            raise SchemaInvalidError(f"{what}: {name} is required")
+        if not ok(doc[name]):
+            raise SchemaInvalidError(f"{what}: {name} is not as §6.4 requires")
+    return doc
+
+
+def _uint(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _hex32(value: Any) -> bool:
+    return isinstance(value, str) and _HEX32.fullmatch(value) is not None
+
+
+def _ids(value: Any) -> bool:
+    """Referral ids: distinct, each 32 lowercase hex."""
+    return isinstance(value, list) and all(map(_hex32, value)) and len(set(value)) == len(value)
+
+
+def _receipt_id(value: Any) -> bool:
+    return isinstance(value, str) and _RECEIPT_ID.fullmatch(value) is not None
+
+
+def _agency(value: Any) -> bool:
+    return isinstance(value, str) and AGENCY_ID_PATTERN.fullmatch(value) is not None
+
+
+def _withdrawal(body: bytes, roles: frozenset[str], limits: Limits) -> ConsentWithdrawal:
+    doc = _object(
+        body, limits, "consent withdrawal", {"receipt_id": _receipt_id, "referral_ids": _ids}
+    )
+    return ConsentWithdrawal(doc["receipt_id"], tuple(doc["referral_ids"]))
+
+
+def _erasure(body: bytes, roles: frozenset[str], limits: Limits) -> ErasureConfirmation:
+    doc = _object(
+        body,
+        limits,
+        "erasure confirmation",
+        {"receipt_id": _receipt_id, "referral_ids": _ids, "erased_at": _uint},
+    )
+    return ErasureConfirmation(doc["receipt_id"], tuple(doc["referral_ids"]), doc["erased_at"])
+
+
+#: Urgencies that escalate (lifecycle.DEFAULT_ESCALATION_SECONDS): routine never does.
+_ESCALATING: Final = frozenset(L.DEFAULT_ESCALATION_SECONDS)
+
+
+def _escalation(body: bytes, roles: frozenset[str], limits: Limits) -> Escalation:
+    if COORDINATOR not in roles:
+        raise NotForThisRoleError("escalations go to coordinators only")
+    doc = _object(
+        body,
+        limits,
+        "escalation",
+        {
+            "referral_id": _hex32,
+            "recipient": _agency,
+            "urgency": lambda v: isinstance(v, str) and v in _ESCALATING,
+            "submitted_at": _uint,
+        },
+    )
+    return Escalation(doc["referral_id"], doc["recipient"], doc["urgency"], doc["submitted_at"])
+
+
+def _allowed_categories(roles: frozenset[str]) -> frozenset[str]:
+    """What an agency of `roles` may receive; a role this agent does not know grants nothing
+    (fail closed: a newer directory may name roles an older agent has no table for)."""
+    return R.categories_for_roles(sorted(r for r in roles if r in R.ROLE_CATEGORIES))
+
+
+def _anonymous(body: Mapping[str, Any]) -> None:
+    """Refuse anything outside the coded allow-list of an anonymous notification."""
+    extra = sum(1 for name in body if name not in R.ANONYMOUS_FIELDS)
+    locations = body.get("locations")
+    if isinstance(locations, list):
+        extra += sum(
+            1
+            for loc in locations
+            if isinstance(loc, dict)
+            for name in loc
+            if name not in R.ANONYMOUS_LOCATION_FIELDS
+        )
+    if extra:
+        raise NotAnonymousError(
+            f"an anonymous notification with {extra} field(s) outside the coded allow-list"
+        )
+
+
+def _referral(body: bytes, roles: frozenset[str], limits: Limits) -> CheckedReferral:
+    doc = _json(body, limits, "referral message")
+    if not isinstance(doc, dict):
+        raise SchemaInvalidError("a referral message must be a JSON object")
+    _members(doc, REFERRAL_MESSAGE_MEMBERS, "the referral message")
+    referral = doc.get("referral")
+    if not isinstance(referral, dict):
+        raise SchemaInvalidError("a referral message must hold a referral object")
+    _members(referral, R.load_schema()["properties"], "the referral")
+    content = referral.get("body")
+    allowed = _allowed_categories(roles)
+    if isinstance(content, dict):
+        _members(content, R.FIELD_CATEGORY, "the referral body")
+        if referral.get("referral_type") == ANONYMOUS:
+            if COORDINATOR not in roles:
+                raise NotForThisRoleError("anonymous notifications go to coordinators only")
+            _anonymous(content)
+        refused = set(R.categories_present(content)) - allowed
+        if refused:
+            raise CategoryNotAllowedError(
+                "the referral carries categories this agency's roles never receive: "
+                + ", ".join(sorted(refused))
+            )
+    try:
+        checked = R.validate_received(referral, allowed_categories=allowed)
+    except R.ReferralInvalid as e:  # its problems never quote a value (agents/referral.py)
+        shown = "; ".join(e.problems[:3])
+        raise SchemaInvalidError(f"the referral fails schema v1: {shown}") from e
+    if checked.referral_id is None:
+        raise SchemaInvalidError("a received referral must carry the id its sender assigned")
+    key = None
+    if "attachments" in checked.body:
+        key = decode_key(doc.get("attachment_key"))
+        if key is None:
+            raise SchemaInvalidError("cited attachments need the attachment key (32 bytes)")
+    elif "attachment_key" in doc:
+        raise SchemaInvalidError("an attachment key without cited attachments")
+    return CheckedReferral(checked, checked.referral_id, key)
+
+
+# --- msgpack kinds ------------------------------------------------------------------------------
+
+
+def _receipt(body: bytes, roles: frozenset[str], limits: Limits) -> DeliveryReceipt:
+    receipt = DeliveryReceipt.decode(body)
+    if not (
+        _HEX32.fullmatch(receipt.message_id)
+        and _HEX64.fullmatch(receipt.envelope_hash)
+        and receipt.received_at >= 0
+    ):
+        raise SchemaInvalidError("a delivery receipt names a message id, a hash and a time")
+    return receipt
+
+
+def _refusal(body: bytes, roles: frozenset[str], limits: Limits) -> Refusal:
+    refusal = Refusal.decode(body)
+    if not (
+        _HEX32.fullmatch(refusal.message_id)
+        and _HEX64.fullmatch(refusal.envelope_hash)
+        and refusal.reason in NOTIFIED_REASONS
+        and refusal.refused_at >= 0
+    ):
+        raise SchemaInvalidError("a refusal names a message id, a hash, a reason and a time")
+    return refusal
+
+
+def _transition(body: bytes, roles: frozenset[str], limits: Limits) -> L.Transition:
+    return L.Transition.decode(body)  # malformed, or unknown-reason-code
+
+
+def _resend(body: bytes, roles: frozenset[str], limits: Limits) -> ResendRequest:
+    return ResendRequest.decode(body)
+
+
+_CHECKERS: Final[Mapping[str, Callable[[bytes, frozenset[str], Limits], Checked]]] = {
+    REFERRAL: _referral,
+    DELIVERY_RECEIPT: _receipt,
+    TRANSITION: _transition,
+    CONSENT_WITHDRAWAL: _withdrawal,
+    ERASURE_CONFIRMATION: _erasure,
+    ESCALATION: _escalation,
+    RESEND_REQUEST: _resend,
+    REFUSAL: _refusal,
+}
+#: Every message kind an agent receives.
+KINDS: Final = frozenset(_CHECKERS)
