@@ -39,6 +39,7 @@ from .attachments import Attachments
 from .audit import AuditTrail
 from .config import AgentConfig
 from .desk import Desk
+from .erasure import Eraser
 from .ledger_check import LedgerWatch
 from .messages import (
     CONSENT_WITHDRAWAL,
@@ -134,6 +135,8 @@ class Agent:
         self.attachments = Attachments(
             store=self.store, storage=self._storage_box, agency=config.agency
         )
+        # Erasure (issue 11): the loop that truncates the WAL before confirmations go.
+        self.eraser = Eraser(store=self.store, send=self._send, agency=config.agency)
         self.desk = Desk(
             agency=config.agency,
             store=self.store,
@@ -146,6 +149,7 @@ class Agent:
                 "emergency": config.limits.escalation_emergency_seconds,
             },
             attachments=self.attachments,
+            erased=self.eraser.erased,
         )
         self.transport.attachments = self.attachments
         self.resend = Resender(
@@ -181,6 +185,7 @@ class Agent:
             on_failed=lambda reason, n: self.metrics.outbox_failed.labels(reason).inc(n),
         )
         self._timer: asyncio.Task[None] | None = None
+        self._erasure_task: asyncio.Task[None] | None = None
         self._watching = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
@@ -225,6 +230,10 @@ class Agent:
         )
         self._watching.set()
         self._timer = asyncio.create_task(self._timers(), name=f"timers-{self.config.agency}")
+        self._erasure_task = asyncio.create_task(
+            self.eraser.run(self._watching.is_set, self.transport.wake),
+            name=f"erasure-{self.config.agency}",
+        )
         if self.webhooks is not None:
             await self.webhooks.start()
         if self.ledger_watch is not None:
@@ -237,9 +246,13 @@ class Agent:
         self._watching.clear()
         self.presence.releasing = True  # a successor may take the inbox over at once
         await cancel_and_wait(
-            [t for t in (self._watch_task, self._timer, self._nats_key_task) if t is not None]
+            [
+                t
+                for t in (self._watch_task, self._timer, self._nats_key_task, self._erasure_task)
+                if t is not None
+            ]
         )
-        self._watch_task = self._timer = self._nats_key_task = None
+        self._watch_task = self._timer = self._nats_key_task = self._erasure_task = None
         if self.webhooks is not None:
             await self.webhooks.stop()
         await self.transport.stop()

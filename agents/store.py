@@ -323,6 +323,12 @@ class Store:
         """Return once every transaction committed before this call is on disk."""
         await self._group.durable()
 
+    async def truncate_wal(self) -> None:
+        """After an erasure: make every commit durable, then checkpoint the WAL into the
+        database and truncate it (keys.durability.GroupCommit.truncate), so that no WAL
+        frame keeps the erased bytes (secure_delete zeroes them in the database file)."""
+        await self._group.truncate()
+
     # --- outbox ---------------------------------------------------------------------------
 
     def enqueue(self, message: OutgoingMessage, db: sqlite3.Connection | None = None) -> None:

@@ -12,6 +12,10 @@ worker thread on a connection of its own once the WAL passes `CHECKPOINT_BYTES`;
 sets `PRAGMA wal_autocheckpoint` to `BACKSTOP_PAGES` so that SQLite checkpoints on the loop
 only if these stop happening.
 
+`truncate()` (erasure, docs/DESIGN.md "Erasure") checkpoints the whole WAL and truncates it
+to zero bytes, retrying until no reader or writer holds it up, so that no WAL frame keeps a
+page as it was before the commits made durable first.
+
 `backup()` copies such a database consistently while it is in use (`nrm agent backup`,
 `nrm ledger backup`).
 """
@@ -64,6 +68,27 @@ class GroupCommit:
             self.flushes += 1
         finally:
             self._flushing = None
+
+    async def truncate(
+        self, *, retry_seconds: float = 0.05, max_retry_seconds: float = 1.0
+    ) -> None:
+        """Make every commit so far durable, then checkpoint the WAL in full and truncate it,
+        in the worker thread; a checkpoint held up by a reader (a backup, say) or a writer
+        is tried again, with bounded back-off, until it succeeds."""
+        await self.durable()
+        delay = retry_seconds
+        while not await asyncio.to_thread(self._truncate):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_retry_seconds)
+
+    def _truncate(self) -> bool:
+        """In the worker thread: one TRUNCATE checkpoint; whether it finished (not busy)."""
+        db = sqlite3.connect(self._database, isolation_level=None, timeout=1.0)
+        try:
+            busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            db.close()
+        return int(busy) == 0
 
     def _sync(self) -> None:
         """In the worker thread: fsync the WAL; checkpoint it if it has grown large."""
