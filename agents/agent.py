@@ -55,6 +55,7 @@ from .nats_key import NatsKeyFollower, wanted_seed
 from .presence import DUPLICATE, HELD, Presence, instance_id
 from .problems import ProblemError
 from .resend import RESEND_REQUEST, Resender
+from .retention import Retention
 from .standing import StandingGuard
 from .store import OutgoingMessage, Received, Store
 from .tasks import cancel_and_wait
@@ -152,6 +153,14 @@ class Agent:
             erased=self.eraser.erased,
         )
         self.transport.attachments = self.attachments
+        self.retention = Retention(
+            store=self.store,
+            audit=self.audit,
+            schedule=config.retention,
+            agency=config.agency,
+            purged=self.eraser.erased,
+        )
+        self._retention_task: asyncio.Task[None] | None = None
         self.resend = Resender(
             agency=config.agency,
             store=self.store,
@@ -234,6 +243,9 @@ class Agent:
             self.eraser.run(self._watching.is_set, self.transport.wake),
             name=f"erasure-{self.config.agency}",
         )
+        self._retention_task = asyncio.create_task(
+            self.retention.run(self._watching.is_set), name=f"retention-{self.config.agency}"
+        )
         if self.webhooks is not None:
             await self.webhooks.start()
         if self.ledger_watch is not None:
@@ -248,11 +260,18 @@ class Agent:
         await cancel_and_wait(
             [
                 t
-                for t in (self._watch_task, self._timer, self._nats_key_task, self._erasure_task)
+                for t in (
+                    self._watch_task,
+                    self._timer,
+                    self._nats_key_task,
+                    self._erasure_task,
+                    self._retention_task,
+                )
                 if t is not None
             ]
         )
-        self._watch_task = self._timer = self._nats_key_task = self._erasure_task = None
+        self._watch_task = self._timer = self._nats_key_task = None
+        self._erasure_task = self._retention_task = None
         if self.webhooks is not None:
             await self.webhooks.stop()
         await self.transport.stop()
