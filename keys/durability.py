@@ -31,6 +31,8 @@ from pathlib import Path
 CHECKPOINT_BYTES = 64 << 20
 #: `PRAGMA wal_autocheckpoint` for the owner's connection (pages of 4 KiB: 256 MiB).
 BACKSTOP_PAGES = 65536
+#: How long one TRUNCATE checkpoint waits for readers and writers before it is retried.
+TRUNCATE_WAIT_SECONDS = 0.1
 
 
 class GroupCommit:
@@ -45,6 +47,8 @@ class GroupCommit:
         self._flushing: asyncio.Task[None] | None = None
         #: fsyncs made so far (each covers every commit made before it began).
         self.flushes = 0
+        #: TRUNCATE checkpoints that a reader or writer held up (`truncate` retried them).
+        self.busy_checkpoints = 0
         _fsync(database.parent, directory=True)  # the WAL file's directory entry, once
 
     def committed(self) -> None:
@@ -78,12 +82,15 @@ class GroupCommit:
         await self.durable()
         delay = retry_seconds
         while not await asyncio.to_thread(self._truncate):
+            self.busy_checkpoints += 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_retry_seconds)
 
     def _truncate(self) -> bool:
-        """In the worker thread: one TRUNCATE checkpoint; whether it finished (not busy)."""
-        db = sqlite3.connect(self._database, isolation_level=None, timeout=1.0)
+        """In the worker thread: one TRUNCATE checkpoint; whether it finished (not busy).
+        It holds the write lock while it waits for readers, so it waits only briefly: the
+        owner's writers (on the event loop) wait at most that long."""
+        db = sqlite3.connect(self._database, isolation_level=None, timeout=TRUNCATE_WAIT_SECONDS)
         try:
             busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         finally:

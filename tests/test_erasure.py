@@ -5,7 +5,8 @@ shelter under a consent; the shelter fetches both; the consent is withdrawn. Onc
 sees the erasure confirmed, with every agent and the bus STILL RUNNING, no file under any
 agency's folder (database, -wal, -shm, key files, a backup made afterwards) nor under the
 JetStream store holds the canaries, the sealed body, the data or attachment key (sealed or
-plain), the encrypted attachment or the envelope that carried the referral.
+plain), the encrypted attachment or the envelope that carried the referral. The shelter
+confirms only once its WAL is truncated, which a reader holding an old snapshot delays.
 """
 
 from __future__ import annotations
@@ -125,7 +126,28 @@ async def test_no_file_of_any_agent_or_the_bus_keeps_an_erased_referral(
         "the referral envelope": _probes(bytes(envelope)),
     }
 
+    # A reader holding an old snapshot (a backup being copied, say) holds up the WAL
+    # truncation, and with it the confirmation: it is retried, and sent only once it worked.
+    reader = sqlite3.connect(shelter_db, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM inbox").fetchall()
+    group = m.agents["shelter"].store._group
     await _call(m, "police", "POST", f"/v1/consents/{receipt_id}/withdraw", json={})
+
+    async def held_up() -> bool:
+        return group.busy_checkpoints >= 2 and bool(
+            _query(shelter_db, "SELECT 1 FROM erasure_confirmations")
+        )
+
+    try:
+        await eventually(held_up, what="the shelter to erase and retry its WAL truncation")
+        sent = _query(shelter_db, "SELECT 1 FROM outbox WHERE kind = 'erasure-confirmation'")
+        assert sent == [], "confirmed before the WAL was truncated"
+        status = await _call(m, "police", "GET", f"/v1/consents/{receipt_id}")
+        assert status["pending"] == ["shelter"]
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
 
     async def confirmed() -> bool:
         status = await _call(m, "police", "GET", f"/v1/consents/{receipt_id}")
