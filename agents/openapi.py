@@ -270,7 +270,9 @@ OPENAPI: dict[str, Any] = {
                 "summary": "One referral: per-recipient state and delivery (read scope). "
                 "A sender's `status` per recipient is queued, sent, delivered or failed; a "
                 "failed copy has `failure` (key-revoked, removed, key-retired) and will never "
-                "be delivered: submit the referral again once the agency can send",
+                "be delivered: submit the referral again once the agency can send; "
+                "`consent-withdrawn`: the consent was withdrawn before it was published. "
+                "`legal_hold` says whether retention purges are stopped for it",
                 "parameters": [_PATH_ID],
                 "responses": {"200": _json({"type": "object"}), **_errors(401, 403, 404)},
             }

@@ -240,9 +240,11 @@ def _problems(e: AuditEvent) -> list[str]:
         p.append("labels must be distinct")
     else:
         for name, value in e.labels:
-            if name in COUNT_LABELS and e.kind == "retention.purged":
-                if not (isinstance(value, str) and _COUNT.fullmatch(value)):
-                    p.append("a count label is not a decimal count")
+            if e.kind == "retention.purged":  # counts only, on this kind only
+                if name not in COUNT_LABELS or not (
+                    isinstance(value, str) and _COUNT.fullmatch(value)
+                ):
+                    p.append("a label is not a count of a purged kind")
             elif name not in LABELS or value not in LABELS[name]:
                 p.append("a label is not an allowed name and value")
     return p

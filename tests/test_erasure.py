@@ -160,6 +160,20 @@ async def test_no_file_of_any_agent_or_the_bus_keeps_an_erased_referral(
     assert (got["erased"], got["referral"]) == (True, None)
     assert await attachment_status() == 410
 
+    # The rows that held them: gone, or emptied; what the audit trail needs stays.
+    assert not _query(shelter_db, "SELECT 1 FROM data_keys WHERE referral_id = ?", rid)
+    naming = f'%"referral_id":"{rid}"%'
+    assert not _query(
+        shelter_db, "SELECT 1 FROM webhook_outbox WHERE CAST(body AS TEXT) LIKE ?", naming
+    )
+    [(size, digest)] = _query(
+        police_db,
+        "SELECT length(envelope), envelope_hash FROM outbox"
+        " WHERE kind = 'referral' AND referral_id = ?",
+        rid,
+    )
+    assert size == 0 and len(digest) == 64
+
     async def object_gone() -> bool:
         return not _query(police_db, "SELECT 1 FROM attachment_deletions")
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from agents.retention import DAY, RetentionSchedule
-from keys.audit import decode_signed_event
+from keys.audit import AuditEvent, decode_signed_event, new_event_id
 from runtime import clock
 
 from . import samples
@@ -66,6 +66,36 @@ def test_the_defaults_are_documented_values() -> None:
     )
     assert (s.history_days, s.closed_referrals_days) == (2190, 2190)
     assert RetentionSchedule.from_dict({"history_days": 10}).history_days == 10
+
+
+@pytest.mark.parametrize(
+    ("kind", "labels", "valid"),
+    [
+        ("retention.purged", (("closed_referrals", "12"), ("history", "0")), True),
+        ("retention.purged", (("history", "012"),), False),  # not canonical decimal
+        ("retention.purged", (("history", "1e3"),), False),
+        ("retention.purged", (("history", "1234567890"),), False),  # over nine digits
+        ("retention.purged", (("names", "1"),), False),  # not a purged kind
+        ("retention.purged", (("urgency", "urgent"),), False),  # statistics labels: not here
+        ("referral.sent", (("history", "1"),), False),  # counts only on retention.purged
+    ],
+)
+def test_retention_events_carry_counts_and_nothing_else(
+    kind: str, labels: tuple[tuple[str, str], ...], valid: bool
+) -> None:
+    """A `retention.purged` event carries only decimal counts of the purged kinds, and
+    count labels are refused on every other kind (PROTOCOL.md §9.0)."""
+
+    def make() -> AuditEvent:
+        return AuditEvent(
+            event_id=new_event_id(), agency="police", kind=kind, time=1, labels=labels
+        )
+
+    if valid:
+        assert make().labels == labels
+    else:
+        with pytest.raises(ValueError, match="label"):
+            make()
 
 
 async def test_purge_after_the_period_not_before_and_not_under_legal_hold(

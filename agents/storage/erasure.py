@@ -78,9 +78,11 @@ def delete_webhooks_naming(db: sqlite3.Connection, referral_id: str, agency: str
     events = [
         str(r[0])
         for r in db.execute(
-            "SELECT event_id FROM webhook_outbox WHERE json_extract(body, '$.data.referral_id') = ?"
-            " AND coalesce(json_extract(body, '$.data.sender'),"  # owner: sender / counterpart
-            " json_extract(body, '$.data.counterpart')) = ?",
+            # The body is JSON text in a BLOB: cast, or SQLite 3.45+ would read it as JSONB.
+            "SELECT event_id FROM webhook_outbox"
+            " WHERE json_extract(CAST(body AS TEXT), '$.data.referral_id') = ?"
+            " AND coalesce(json_extract(CAST(body AS TEXT), '$.data.sender'),"  # owner:
+            " json_extract(CAST(body AS TEXT), '$.data.counterpart')) = ?",
             (referral_id, agency),
         )
     ]

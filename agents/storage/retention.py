@@ -96,7 +96,7 @@ def purge_webhooks(db: sqlite3.Connection, *, cutoff: int, batch: int) -> int:
         str(r[0])
         for r in db.execute(
             "SELECT event_id FROM webhook_outbox WHERE state = 'delivered' AND delivered_at < ?"
-            " AND coalesce(json_extract(body, '$.data.referral_id'), '')"
+            " AND coalesce(json_extract(CAST(body AS TEXT), '$.data.referral_id'), '')"
             " NOT IN (SELECT referral_id FROM legal_holds) LIMIT ?",
             (cutoff, batch),
         )
