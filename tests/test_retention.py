@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from agents.config import AgentConfig, ConfigError
 from agents.retention import DAY, RetentionSchedule
 from keys.audit import AuditEvent, decode_signed_event, new_event_id
 from runtime import clock
@@ -66,6 +67,24 @@ def test_the_defaults_are_documented_values() -> None:
     )
     assert (s.history_days, s.closed_referrals_days) == (2190, 2190)
     assert RetentionSchedule.from_dict({"history_days": 10}).history_days == 10
+
+
+def test_the_agent_configuration_reads_its_retention_table(tmp_path: Path) -> None:
+    """`[retention]` in agent.toml sets the schedule; a bad value stops the configuration
+    from loading with an error naming the setting; without the table the defaults apply."""
+    doc: dict[str, Any] = {
+        "agency": "police",
+        "key_dir": "keys",
+        "nats_urls": ["nats://127.0.0.1:4222"],
+        "database": "agent.db",
+        "api": {"bind": "127.0.0.1:0"},
+        "trust_root": "root.json",
+    }
+    assert AgentConfig.from_dict(doc, base=tmp_path).retention == RetentionSchedule()
+    config = AgentConfig.from_dict({**doc, "retention": {"history_days": 10}}, base=tmp_path)
+    assert config.retention.history_days == 10
+    with pytest.raises(ConfigError, match="closed_referrals_days"):
+        AgentConfig.from_dict({**doc, "retention": {"closed_referrals_days": 0}}, base=tmp_path)
 
 
 @pytest.mark.parametrize(
