@@ -42,6 +42,7 @@ from .attachments import Attachments
 from .audit import AuditTrail
 from .config import AgentConfig
 from .desk import Desk
+from .erasure import Eraser
 from .ledger_check import LedgerWatch
 from .messages import (
     CONSENT_WITHDRAWAL,
@@ -60,6 +61,7 @@ from .nats_key import NatsKeyFollower, wanted_seed
 from .presence import DUPLICATE, HELD, Presence, instance_id
 from .problems import ProblemError
 from .resend import RESEND_REQUEST, Resender
+from .retention import Retention
 from .standing import StandingGuard
 from .store import OutgoingMessage, Received, Store
 from .tasks import cancel_and_wait
@@ -150,6 +152,8 @@ class Agent:
         self.attachments = Attachments(
             store=self.store, storage=self._storage_box, agency=config.agency
         )
+        # Erasure (issue 11): the loop that truncates the WAL before confirmations go.
+        self.eraser = Eraser(store=self.store, send=self._send, agency=config.agency)
         self.desk = Desk(
             agency=config.agency,
             store=self.store,
@@ -162,8 +166,17 @@ class Agent:
                 "emergency": config.limits.escalation_emergency_seconds,
             },
             attachments=self.attachments,
+            erased=self.eraser.erased,
         )
         self.transport.attachments = self.attachments
+        self.retention = Retention(
+            store=self.store,
+            audit=self.audit,
+            schedule=config.retention,
+            agency=config.agency,
+            purged=self.eraser.erased,
+        )
+        self._retention_task: asyncio.Task[None] | None = None
         self.resend = Resender(
             agency=config.agency,
             store=self.store,
@@ -199,6 +212,7 @@ class Agent:
         #: message kind -> how it is committed (every kind `inbound.check` accepts).
         self.handlers = self._handler_table()
         self._timer: asyncio.Task[None] | None = None
+        self._erasure_task: asyncio.Task[None] | None = None
         self._watching = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
@@ -243,6 +257,13 @@ class Agent:
         )
         self._watching.set()
         self._timer = asyncio.create_task(self._timers(), name=f"timers-{self.config.agency}")
+        self._erasure_task = asyncio.create_task(
+            self.eraser.run(self._watching.is_set, self.transport.wake),
+            name=f"erasure-{self.config.agency}",
+        )
+        self._retention_task = asyncio.create_task(
+            self.retention.run(self._watching.is_set), name=f"retention-{self.config.agency}"
+        )
         if self.webhooks is not None:
             await self.webhooks.start()
         if self.ledger_watch is not None:
@@ -255,9 +276,20 @@ class Agent:
         self._watching.clear()
         self.presence.releasing = True  # a successor may take the inbox over at once
         await cancel_and_wait(
-            [t for t in (self._watch_task, self._timer, self._nats_key_task) if t is not None]
+            [
+                t
+                for t in (
+                    self._watch_task,
+                    self._timer,
+                    self._nats_key_task,
+                    self._erasure_task,
+                    self._retention_task,
+                )
+                if t is not None
+            ]
         )
         self._watch_task = self._timer = self._nats_key_task = None
+        self._erasure_task = self._retention_task = None
         if self.webhooks is not None:
             await self.webhooks.stop()
         await self.transport.stop()

@@ -27,6 +27,7 @@ from .desk import Desk
 from .lifecycle import REASON_CODES
 from .openapi import OPENAPI
 from .problems import ProblemError, problem
+from .retention import Retention
 from .store import STATUS_ORDER, Store
 
 log = structlog.get_logger("nrm.api")
@@ -42,6 +43,7 @@ class Backend(Protocol):
     desk: Desk
     attachments: Attachments
     limits: Limits
+    retention: Retention
 
     def submit_referral(
         self, *, recipients: Sequence[str], referral: dict[str, Any]
@@ -83,6 +85,8 @@ def make_app(backend: Backend, settings: ApiSettings) -> web.Application:
     r.add_get("/v1/referrals/{id}", get_referral)
     r.add_get("/v1/referrals/{id}/history", referral_history)
     r.add_post("/v1/referrals/{id}/transitions", transition)
+    r.add_put("/v1/referrals/{id}/legal-hold", place_legal_hold)
+    r.add_delete("/v1/referrals/{id}/legal-hold", lift_legal_hold)
     r.add_get("/v1/inbox", list_inbox)
     r.add_post("/v1/attachments", upload_attachment)
     r.add_get("/v1/referrals/{id}/attachments/{attachment_id}", get_attachment)
@@ -341,6 +345,7 @@ async def get_referral(request: web.Request) -> web.Response:
         parties.append(party)
     body: dict[str, Any] = {
         "id": referral_id,
+        "legal_hold": backend.retention.status(referral_id)["legal_hold"],
         "side": side,
         "referral_type": rows[0][3],
         "urgency": rows[0][4],
@@ -413,6 +418,28 @@ async def transition(request: web.Request) -> web.Response:
         return 202, result
 
     return await _idempotent(request, "act", act)
+
+
+async def place_legal_hold(request: web.Request) -> web.Response:
+    """Stop every retention purge of this referral until the hold is lifted (idempotent)."""
+    _need(request, "act")
+    try:
+        result = request.app[BACKEND].retention.hold(
+            request.match_info["id"], by=request[CLIENT].name
+        )
+    except KeyError as e:
+        raise ProblemError(404, "Not Found", "no referral with this id at this agency") from e
+    return web.json_response(result)
+
+
+async def lift_legal_hold(request: web.Request) -> web.Response:
+    """Let the retention schedule apply to this referral again (idempotent)."""
+    _need(request, "act")
+    try:
+        result = request.app[BACKEND].retention.lift(request.match_info["id"])
+    except KeyError as e:
+        raise ProblemError(404, "Not Found", "no referral with this id at this agency") from e
+    return web.json_response(result)
 
 
 async def list_inbox(request: web.Request) -> web.Response:

@@ -28,9 +28,10 @@ import structlog
 from nacl.secret import SecretBox
 
 from keys.errors import MalformedError
-from keys.subjects import ATTACHMENT_BUCKET, attachment_object
+from keys.subjects import ATTACHMENT_BUCKET, ATTACHMENT_STREAM, attachment_object
 from runtime import clock
 
+from .storage import erasure
 from .store import Store
 
 log = structlog.get_logger("nrm.attachments")
@@ -166,13 +167,6 @@ class Attachments:
             )
         self._wake.set()
 
-    def erase(self, db: sqlite3.Connection, referral_id: str) -> None:
-        db.execute(
-            "UPDATE received_attachments SET sealed_key = NULL, data = NULL, state = 'erased'"
-            " WHERE referral_id = ?",
-            (referral_id,),
-        )
-
     def read(self, referral_id: str, attachment_id: str) -> tuple[str, str, bytes]:
         """(state, media type, content); the content only when the state is ok."""
         row = self.store._db.execute(
@@ -199,6 +193,7 @@ class Attachments:
                 obs = await js.object_store(ATTACHMENT_BUCKET)
                 while running():
                     worked = await self._upload_some(obs) + await self._fetch_some(obs)
+                    worked += await self._delete_some(js, obs)
                     if not worked:
                         self._wake.clear()
                         with contextlib.suppress(TimeoutError):
@@ -258,6 +253,39 @@ class Attachments:
                     reason="bad-attachment",
                 )
         return fetched
+
+    # --- erasure at the sender (issue 11; docs/DESIGN.md "Erasure") ---------------------
+
+    async def _delete_some(self, js: Any, obs: Any) -> int:
+        """Erase the objects of withdrawn referrals from the bus: every chunk and the meta
+        by message deletion with erasure (nats-server overwrites the stored bytes), not a
+        purge (which leaves them in the stream's block files until the block is gone)."""
+        names = erasure.queued_deletions(self.store._db, 4)
+        for name in names:
+            await _erase_object(js, obs, name)
+            with self.store.transaction() as db:
+                erasure.deletion_done(db, name)
+            self.log.info("attachment_object_erased", object_name=name)
+        return len(names)
+
+
+async def _erase_object(js: Any, obs: Any, name: str) -> None:
+    """Erase one object's chunks and meta messages from the attachment stream."""
+    try:
+        info = await obs.get_info(name, show_deleted=True)
+    except (nats.js.errors.NotFoundError, nats.js.errors.ObjectNotFoundError):
+        return  # never uploaded, or already erased
+    chunks = f"$O.{ATTACHMENT_BUCKET}.C.{info.nuid}"
+    meta = f"$O.{ATTACHMENT_BUCKET}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+    for subject in (chunks, meta):
+        seq = 1
+        while True:
+            try:
+                msg = await js.get_msg(ATTACHMENT_STREAM, seq=seq, subject=subject, next=True)
+            except nats.js.errors.NotFoundError:
+                break
+            await js.delete_msg(ATTACHMENT_STREAM, msg.seq)  # {"seq": n}: erased, not just removed
+            seq = msg.seq + 1
 
 
 def _statements() -> list[str]:

@@ -27,6 +27,15 @@
     url = "http://127.0.0.1:9000/nrm-events"
     secret_file = "webhook.secret"          # HMAC-SHA256 key, 16+ bytes
 
+    [retention]                             # optional: agents.retention.RetentionSchedule
+    delivered_envelopes_days = 30           # defaults shown; docs/RUNBOOK.md "Retention"
+    idempotency_keys_days = 7
+    webhook_bodies_days = 30
+    history_days = 2190
+    closed_referrals_days = 2190
+    purge_interval_seconds = 3600
+    purge_batch = 500
+
     [limits]                                # optional overrides of keys.Limits
     ack_wait_seconds = 10
     expiry_warning_seconds = 604800         # /healthz warns this long before expiry
@@ -46,6 +55,7 @@ from typing import Any
 from keys import DEFAULT_LIMITS, Limits, check_agency_id
 
 from .ledger_check import LedgerSettings
+from .retention import RetentionSchedule
 from .webhooks import WebhookTarget
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -80,6 +90,7 @@ class AgentConfig:
     limits: Limits = field(default=DEFAULT_LIMITS)
     ledger: LedgerSettings | None = None
     webhooks: tuple[WebhookTarget, ...] = ()
+    retention: RetentionSchedule = field(default=RetentionSchedule())
 
     @classmethod
     def load(cls, path: Path) -> AgentConfig:
@@ -121,6 +132,7 @@ class AgentConfig:
                     else None
                 ),
                 limits=_limits(doc.get("limits", {})),
+                retention=RetentionSchedule.from_dict(doc.get("retention", {})),
                 ledger=(
                     LedgerSettings.from_dict(doc["ledger"], base=base) if "ledger" in doc else None
                 ),

@@ -42,13 +42,13 @@ from .attachments import Attachments, decode_key, encode_key
 from .audit import AuditTrail
 from .messages import (
     CONSENT_WITHDRAWAL,
-    ERASURE_CONFIRMATION,
     ESCALATION,
     REFERRAL,
     TRANSITION,
     parse_json_body,
 )
 from .problems import ProblemError
+from .storage import erasure
 from .store import Store
 
 log = structlog.get_logger("nrm.desk")
@@ -93,6 +93,8 @@ class Desk:
     directory: Callable[[], Directory]
     escalation_limits: dict[str, int]
     attachments: Attachments
+    #: Called after an erasure or a withdrawal is committed (agents/erasure.py).
+    erased: Callable[[], None] = lambda: None
 
     def __post_init__(self) -> None:
         self.log = log.bind(agency=self.agency)
@@ -683,7 +685,11 @@ class Desk:
                     {"receipt_id": receipt_id, "referral_ids": sorted(referral_ids)}
                 )
                 self.send(CONSENT_WITHDRAWAL, body, [agency], db)
+            # Erasure at the sender (issue 11): the envelopes sealed to the recipients and
+            # the attachment objects go now; the WAL is truncated after the commit.
+            erasure.drop_sent(db, sorted({r for ids in uses.values() for r in ids}), now=now)
             self.audit.record(db, "consent.withdrawn")
+        self.erased()
         self.log.info("consent_withdrawn", receipt_id=receipt_id, recipients=sorted(uses))
         return self.consent_status(receipt_id)
 
@@ -704,18 +710,16 @@ class Desk:
             ).fetchone()
             if owned is None:
                 continue  # only what that agency itself sent here
-            db.execute(
-                "UPDATE data_keys SET sealed_key = NULL WHERE referral_id = ?", (referral_id,)
-            )
-            db.execute("UPDATE inbox SET body = NULL WHERE referral_id = ?", (referral_id,))
-            self.attachments.erase(db, referral_id)
+            # Erasure (issue 11): rows deleted, WAL truncated before the confirmation goes.
+            erasure.erase_received(db, referral_id, sender)
             erased.append(referral_id)
             self.audit.record(db, "erasure.confirmed", referral_id=referral_id, counterpart=sender)
         now = clock.now()
-        confirmation = canonical_json(
-            {"receipt_id": notice["receipt_id"], "referral_ids": sorted(erased), "erased_at": now}
+        erasure.queue_confirmation(
+            db,
+            erasure.PendingConfirmation(notice["receipt_id"], sender, tuple(erased), now),
         )
-        self.send(ERASURE_CONFIRMATION, confirmation, [sender], db)
+        self.erased()  # agents/erasure.py sends it once the WAL no longer holds the bytes
         self.log.info(
             "erasure_done",
             receipt_id=notice["receipt_id"],

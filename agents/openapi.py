@@ -84,6 +84,17 @@ SCHEMAS: dict[str, Any] = {
     **_inline(json.loads(consent.SCHEMA_PATH.read_text(encoding="utf-8")), "ConsentReceiptV1"),
 }
 
+#: A referral's legal hold (agents/retention.py).
+_LEGAL_HOLD: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "legal_hold", "placed_at"],
+    "additionalProperties": False,
+    "properties": {
+        "id": {"type": "string"},
+        "legal_hold": {"type": "boolean"},
+        "placed_at": {"type": ["integer", "null"]},
+    },
+}
 _PATH_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 #: /healthz: `status` is `ok` or `warning` (200: the directory or the newest root expires within
 #: the warning window, `reasons` say which) or `degraded` (503); `instance` is this process's
@@ -260,7 +271,9 @@ OPENAPI: dict[str, Any] = {
                 "summary": "One referral: per-recipient state and delivery (read scope). "
                 "A sender's `status` per recipient is queued, sent, delivered or failed; a "
                 "failed copy has `failure` (key-revoked, removed, key-retired) and will never "
-                "be delivered: submit the referral again once the agency can send",
+                "be delivered: submit the referral again once the agency can send; "
+                "`consent-withdrawn`: the consent was withdrawn before it was published. "
+                "`legal_hold` says whether retention purges are stopped for it",
                 "parameters": [_PATH_ID],
                 "responses": {"200": _json({"type": "object"}), **_errors(401, 403, 404)},
             }
@@ -271,6 +284,19 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [_PATH_ID],
                 "responses": {"200": _json({"type": "object"}), **_errors(401, 403, 404)},
             }
+        },
+        "/v1/referrals/{id}/legal-hold": {
+            "put": {
+                "summary": "Put a referral under legal hold: no retention purge touches it "
+                "(act scope; idempotent)",
+                "parameters": [_PATH_ID],
+                "responses": {"200": _json(_LEGAL_HOLD), **_errors(401, 403, 404)},
+            },
+            "delete": {
+                "summary": "Lift a referral's legal hold (act scope; idempotent)",
+                "parameters": [_PATH_ID],
+                "responses": {"200": _json(_LEGAL_HOLD), **_errors(401, 403, 404)},
+            },
         },
         "/v1/referrals/{id}/transitions": {
             "post": {

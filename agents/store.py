@@ -323,6 +323,12 @@ class Store:
         """Return once every transaction committed before this call is on disk."""
         await self._group.durable()
 
+    async def truncate_wal(self) -> None:
+        """After an erasure: make every commit durable, then checkpoint the WAL into the
+        database and truncate it (keys.durability.GroupCommit.truncate), so that no WAL
+        frame keeps the erased bytes (secure_delete zeroes them in the database file)."""
+        await self._group.truncate()
+
     # --- outbox ---------------------------------------------------------------------------
 
     def enqueue(self, message: OutgoingMessage, db: sqlite3.Connection | None = None) -> None:
@@ -594,7 +600,8 @@ class Store:
             "SELECT o.message_id, o.kind, o.referral_id, o.created, o.envelope"
             " FROM deliveries d JOIN outbox o USING (message_id)"
             " WHERE d.recipient = ? AND o.created >= ? AND d.state IN ('sent', 'delivered')"
-            " AND o.kind != 'resend-request' ORDER BY o.created, d.rowid LIMIT ?",
+            " AND o.kind != 'resend-request' AND length(o.envelope) > 0"  # not erased or purged
+            " ORDER BY o.created, d.rowid LIMIT ?",
             (recipient, since, limit),
         ).fetchall()
         return [ResendCandidate(r[0], r[1], r[2], int(r[3]), bytes(r[4])) for r in rows]

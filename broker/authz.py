@@ -99,6 +99,9 @@ def attachment_publish() -> list[str]:
         "$JS.API.STREAM.NAMES",  # nats-py finds an object's stream by subject
         f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.STREAM.MSG.GET.{stream}",
+        # Erasing an object after a consent withdrawal (agents/attachments.py): message
+        # deletion with erasure, one sequence at a time; purges stay refused.
+        f"$JS.API.STREAM.MSG.DELETE.{stream}",
         f"$JS.API.DIRECT.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}.>",
         f"$JS.API.CONSUMER.CREATE.{stream}",

@@ -54,8 +54,14 @@ KINDS = frozenset(
         "delivery.failed",
         "standing.changed",
         "alert.acknowledged",
+        "retention.purged",
     }
 )
+#: What a `retention.purged` event counts (§9.0): label name -> a decimal count, nothing else.
+COUNT_LABELS = frozenset(
+    {"envelopes", "idempotency_keys", "webhook_bodies", "history", "closed_referrals"}
+)
+_COUNT = re.compile(r"^(0|[1-9][0-9]{0,8})$")
 #: Labels an event may carry for the anonymous statistics, with their allowed values.
 LABELS: dict[str, frozenset[str]] = {
     "referral_type": frozenset(
@@ -234,7 +240,12 @@ def _problems(e: AuditEvent) -> list[str]:
         p.append("labels must be distinct")
     else:
         for name, value in e.labels:
-            if name not in LABELS or value not in LABELS[name]:
+            if e.kind == "retention.purged":  # counts only, on this kind only
+                if name not in COUNT_LABELS or not (
+                    isinstance(value, str) and _COUNT.fullmatch(value)
+                ):
+                    p.append("a label is not a count of a purged kind")
+            elif name not in LABELS or value not in LABELS[name]:
                 p.append("a label is not an allowed name and value")
     return p
 
@@ -251,6 +262,7 @@ def labels_of(values: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 __all__: Sequence[str] = [
+    "COUNT_LABELS",
     "KINDS",
     "LABELS",
     "AuditEvent",

@@ -12,6 +12,10 @@ worker thread on a connection of its own once the WAL passes `CHECKPOINT_BYTES`;
 sets `PRAGMA wal_autocheckpoint` to `BACKSTOP_PAGES` so that SQLite checkpoints on the loop
 only if these stop happening.
 
+`truncate()` (erasure, docs/DESIGN.md "Erasure") checkpoints the whole WAL and truncates it
+to zero bytes, retrying until no reader or writer holds it up, so that no WAL frame keeps a
+page as it was before the commits made durable first.
+
 `backup()` copies such a database consistently while it is in use (`nrm agent backup`,
 `nrm ledger backup`).
 """
@@ -27,6 +31,8 @@ from pathlib import Path
 CHECKPOINT_BYTES = 64 << 20
 #: `PRAGMA wal_autocheckpoint` for the owner's connection (pages of 4 KiB: 256 MiB).
 BACKSTOP_PAGES = 65536
+#: How long one TRUNCATE checkpoint waits for readers and writers before it is retried.
+TRUNCATE_WAIT_SECONDS = 0.1
 
 
 class GroupCommit:
@@ -41,6 +47,8 @@ class GroupCommit:
         self._flushing: asyncio.Task[None] | None = None
         #: fsyncs made so far (each covers every commit made before it began).
         self.flushes = 0
+        #: TRUNCATE checkpoints that a reader or writer held up (`truncate` retried them).
+        self.busy_checkpoints = 0
         _fsync(database.parent, directory=True)  # the WAL file's directory entry, once
 
     def committed(self) -> None:
@@ -64,6 +72,30 @@ class GroupCommit:
             self.flushes += 1
         finally:
             self._flushing = None
+
+    async def truncate(
+        self, *, retry_seconds: float = 0.05, max_retry_seconds: float = 1.0
+    ) -> None:
+        """Make every commit so far durable, then checkpoint the WAL in full and truncate it,
+        in the worker thread; a checkpoint held up by a reader (a backup, say) or a writer
+        is tried again, with bounded back-off, until it succeeds."""
+        await self.durable()
+        delay = retry_seconds
+        while not await asyncio.to_thread(self._truncate):
+            self.busy_checkpoints += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_retry_seconds)
+
+    def _truncate(self) -> bool:
+        """In the worker thread: one TRUNCATE checkpoint; whether it finished (not busy).
+        It holds the write lock while it waits for readers, so it waits only briefly: the
+        owner's writers (on the event loop) wait at most that long."""
+        db = sqlite3.connect(self._database, isolation_level=None, timeout=TRUNCATE_WAIT_SECONDS)
+        try:
+            busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            db.close()
+        return int(busy) == 0
 
     def _sync(self) -> None:
         """In the worker thread: fsync the WAL; checkpoint it if it has grown large."""

@@ -300,12 +300,9 @@ async def test_withdrawal_erases_at_every_recipient(mechanism: Mechanism) -> Non
         got = await get(m, agency, f"/v1/referrals/{referral_id}")
         assert (got["erased"], got["referral"]) == (True, None)
         db = m.database(agency)
-        assert query(db, "SELECT sealed_key FROM data_keys WHERE referral_id = ?", referral_id) == [
-            (None,)
-        ]
+        assert query(db, "SELECT 1 FROM data_keys WHERE referral_id = ?", referral_id) == []
         assert query(db, "SELECT body FROM inbox WHERE referral_id = ?", referral_id) == [(None,)]
-        [(busy, _, _)] = query(db, "PRAGMA wal_checkpoint(TRUNCATE)")
-        assert busy == 0
+        # The agent truncated its WAL before confirming (tests/test_erasure.py proves more).
         files = [p for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")) if p.exists()]
         for path in files:
             data = path.read_bytes()
