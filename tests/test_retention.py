@@ -144,7 +144,7 @@ async def test_purge_after_the_period_not_before_and_not_under_legal_hold(
     free, held = ids
     for rid in ids:
         await delivered(m, "police", rid)
-        for step in ({"to": "acknowledged"}, {"to": "declined", "reason": "full"}):
+        for step in ({"to": "acknowledged"}, {"to": "declined", "reason": "no-capacity"}):
             status, body, _ = await m.api("shelter").call(
                 "POST", f"/v1/referrals/{rid}/transitions", json=step
             )
