@@ -427,7 +427,7 @@ class Agent:
             self.store.insert_received(tx, received, stream_seq=stream_seq)
             if h.kind == REFERRAL:
                 routing = self.desk.on_referral(tx, opened)
-                referral_id = self._referral_of(tx, h.message_id)
+                referral_id = self.store.received_referral(tx, h.message_id)
                 my_kid = h.recipient_kids[h.recipients.index(self.config.agency)]
                 self.audit.record(
                     tx,
@@ -455,7 +455,7 @@ class Agent:
                 self.audit.record(
                     tx,
                     "receipt.received",
-                    referral_id=self._sent_referral(tx, receipt.message_id),
+                    referral_id=self.store.sent_referral(tx, receipt.message_id),
                     counterpart=h.sender,
                     envelope_hash=opened.envelope_hash,
                     key_ids=(h.sender_kid,),
@@ -482,20 +482,6 @@ class Agent:
         self.transport.wake()
         if self.webhooks is not None:
             self.webhooks.wake()
-
-    @staticmethod
-    def _referral_of(db: sqlite3.Connection, message_id: str) -> str | None:
-        row = db.execute(
-            "SELECT referral_id FROM inbox WHERE message_id = ?", (message_id,)
-        ).fetchone()
-        return None if row is None else row[0]
-
-    @staticmethod
-    def _sent_referral(db: sqlite3.Connection, message_id: str) -> str | None:
-        row = db.execute(
-            "SELECT referral_id FROM outbox WHERE message_id = ?", (message_id,)
-        ).fetchone()
-        return None if row is None else row[0]
 
     # --- trust ----------------------------------------------------------------------------
 

@@ -19,7 +19,6 @@ import structlog
 from aiohttp import web
 
 from keys import Limits
-from runtime import clock
 
 from .attachments import ATTACHMENT_TYPES, Attachments
 from .config import ApiClient
@@ -181,10 +180,7 @@ async def _idempotent(
     if key is not None:
         if not 1 <= len(key) <= 200 or not key.isascii() or not key.isprintable():
             raise ProblemError(400, "Bad Request", "Idempotency-Key must be 1-200 printable ASCII")
-        row = store._db.execute(
-            "SELECT request_hash, status, response FROM idempotency WHERE client = ? AND key = ?",
-            (client, key),
-        ).fetchone()
+        row = store.idempotent_response(client, key)
         if row is not None:
             if row[0] != digest:
                 raise ProblemError(
@@ -200,11 +196,7 @@ async def _idempotent(
     with store.transaction() as db:
         status, body = act(doc)
         if key is not None:
-            db.execute(
-                "INSERT OR IGNORE INTO idempotency (client, key, request_hash, status, response,"
-                " created) VALUES (?, ?, ?, ?, ?, ?)",
-                (client, key, digest, status, json.dumps(body).encode(), clock.now()),
-            )
+            store.remember_response(db, client, key, digest, status, json.dumps(body).encode())
     return web.json_response(body, status=status)
 
 
@@ -306,11 +298,7 @@ async def get_referral(request: web.Request) -> web.Response:
     _need(request, "read")
     backend = request.app[BACKEND]
     referral_id = request.match_info["id"]
-    rows = backend.store._db.execute(
-        "SELECT counterpart, side, state, referral_type, urgency, legal_basis, message_id, created,"
-        " updated, escalated_at FROM referrals WHERE referral_id = ? ORDER BY counterpart",
-        (referral_id,),
-    ).fetchall()
+    rows = backend.store.referral_rows(referral_id)
     if not rows:
         raise ProblemError(404, "Not Found", "no referral with this id at this agency")
     side = rows[0][1]
@@ -352,10 +340,7 @@ async def get_referral(request: web.Request) -> web.Response:
     else:
         body["sender"] = parties[0]["agency"]
         body["state"] = parties[0]["state"]
-        row = backend.store._db.execute(
-            "SELECT body FROM inbox WHERE referral_id = ?", (referral_id,)
-        ).fetchone()
-        opened = backend.desk.open_body(referral_id, None if row is None else row[0])
+        opened = backend.desk.open_body(referral_id, backend.store.received_body(referral_id))
         body["referral"] = None if opened is None else opened.get("referral")
         body["erased"] = opened is None
     return web.json_response(body)
@@ -363,15 +348,7 @@ async def get_referral(request: web.Request) -> web.Response:
 
 async def referral_history(request: web.Request) -> web.Response:
     _need(request, "read")
-    rows = (
-        request.app[BACKEND]
-        .store._db.execute(
-            "SELECT counterpart, from_state, to_state, party, reason, outcome, at FROM history"
-            " WHERE referral_id = ? ORDER BY seq",
-            (request.match_info["id"],),
-        )
-        .fetchall()
-    )
+    rows = request.app[BACKEND].store.history_rows(request.match_info["id"])
     if not rows:
         raise ProblemError(404, "Not Found", "no referral with this id at this agency")
     items = [

@@ -35,33 +35,6 @@ from .store import Store
 
 log = structlog.get_logger("nrm.attachments")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS attachments (
-    attachment_id TEXT PRIMARY KEY,
-    sha256        TEXT NOT NULL,
-    size          INTEGER NOT NULL,
-    media_type    TEXT NOT NULL,
-    sealed        BLOB NOT NULL,
-    created       INTEGER NOT NULL
-) STRICT;
-CREATE TABLE IF NOT EXISTS attachment_uploads (
-    object_name TEXT PRIMARY KEY,
-    data        BLOB,
-    state       TEXT NOT NULL CHECK (state IN ('queued', 'sent'))
-) STRICT;
-CREATE TABLE IF NOT EXISTS received_attachments (
-    referral_id   TEXT NOT NULL,
-    attachment_id TEXT NOT NULL,
-    sha256        TEXT NOT NULL,
-    size          INTEGER NOT NULL,
-    media_type    TEXT NOT NULL,
-    sealed_key    BLOB,
-    data          BLOB,
-    state         TEXT NOT NULL CHECK (state IN ('pending', 'ok', 'corrupted', 'erased')),
-    PRIMARY KEY (referral_id, attachment_id)
-) STRICT;
-"""
-
 TRANSIENT = (nats.errors.Error, TimeoutError, OSError, ConnectionError)
 
 
@@ -77,9 +50,6 @@ class Attachments:
         self.storage = storage
         self.log = log.bind(agency=agency)
         self._wake = asyncio.Event()
-        with store.transaction() as db:
-            for statement in _statements():
-                db.execute(statement)
 
     # --- the agency system's uploads -------------------------------------------------------
 
@@ -88,10 +58,8 @@ class Attachments:
         digest = hashlib.sha256(content).hexdigest()
         sealed = bytes(self.storage().encrypt(content))
         with self.store.transaction() as db:
-            db.execute(
-                "INSERT INTO attachments (attachment_id, sha256, size, media_type, sealed, created)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (attachment_id, digest, len(content), media_type, sealed, clock.now()),
+            self.store.insert_attachment(
+                db, attachment_id, digest, len(content), media_type, sealed, clock.now()
             )
         return {
             "attachment_id": attachment_id,
@@ -106,10 +74,7 @@ class Attachments:
         """Problems with the attachments a referral body cites (unknown id, wrong hash)."""
         problems = []
         for i, item in enumerate(cited):
-            row = self.store._db.execute(
-                "SELECT sha256, size FROM attachments WHERE attachment_id = ?",
-                (item.get("attachment_id"),),
-            ).fetchone()
+            row = self.store.attachment_digest(item.get("attachment_id"))
             if row is None:
                 problems.append(f"/body/attachments/{i}: no uploaded attachment with this id")
             elif row[0] != item.get("sha256") or row[1] != item.get("size"):
@@ -123,17 +88,12 @@ class Attachments:
         key = secrets.token_bytes(SecretBox.KEY_SIZE)
         box = SecretBox(key)
         for item in cited:
-            (sealed,) = db.execute(
-                "SELECT sealed FROM attachments WHERE attachment_id = ?", (item["attachment_id"],)
-            ).fetchone()
-            content = self.storage().decrypt(bytes(sealed))
-            db.execute(
-                "INSERT OR IGNORE INTO attachment_uploads (object_name, data, state)"
-                " VALUES (?, ?, 'queued')",
-                (
-                    attachment_object(referral_id, item["attachment_id"]),
-                    bytes(box.encrypt(content)),
-                ),
+            sealed = self.store.sealed_attachment(db, item["attachment_id"])
+            content = self.storage().decrypt(sealed)
+            self.store.queue_attachment_upload(
+                db,
+                attachment_object(referral_id, item["attachment_id"]),
+                bytes(box.encrypt(content)),
             )
         self._wake.set()
         return key
@@ -152,34 +112,23 @@ class Attachments:
                 raise MalformedError("a cited attachment is not an id, media type, size and hash")
         sealed_key = bytes(self.storage().encrypt(key))
         for item in cited:
-            db.execute(
-                "INSERT OR IGNORE INTO received_attachments (referral_id, attachment_id, sha256,"
-                " size, media_type, sealed_key, state) VALUES (?, ?, ?, ?, ?, ?, 'pending')",
-                (
-                    referral_id,
-                    str(item["attachment_id"]),
-                    str(item["sha256"]),
-                    int(item["size"]),
-                    str(item["media_type"]),
-                    sealed_key,
-                ),
+            self.store.expect_attachment(
+                db,
+                referral_id,
+                str(item["attachment_id"]),
+                str(item["sha256"]),
+                int(item["size"]),
+                str(item["media_type"]),
+                sealed_key,
             )
         self._wake.set()
 
     def erase(self, db: sqlite3.Connection, referral_id: str) -> None:
-        db.execute(
-            "UPDATE received_attachments SET sealed_key = NULL, data = NULL, state = 'erased'"
-            " WHERE referral_id = ?",
-            (referral_id,),
-        )
+        self.store.erase_received_attachments(db, referral_id)
 
     def read(self, referral_id: str, attachment_id: str) -> tuple[str, str, bytes]:
         """(state, media type, content); the content only when the state is ok."""
-        row = self.store._db.execute(
-            "SELECT state, sealed_key, data, media_type FROM received_attachments"
-            " WHERE referral_id = ? AND attachment_id = ?",
-            (referral_id, attachment_id),
-        ).fetchone()
+        row = self.store.received_attachment(referral_id, attachment_id)
         if row is None:
             return "unknown", "", b""
         state, sealed_key, data, media_type = row
@@ -208,25 +157,15 @@ class Attachments:
                 await asyncio.sleep(1.0)
 
     async def _upload_some(self, obs: Any) -> int:
-        rows = self.store._db.execute(
-            "SELECT object_name, data FROM attachment_uploads WHERE state = 'queued' LIMIT 4"
-        ).fetchall()
+        rows = self.store.queued_uploads(4)
         for name, data in rows:
-            await obs.put(name, bytes(data))
-            with self.store.transaction() as db:
-                db.execute(
-                    "UPDATE attachment_uploads SET state = 'sent', data = NULL"
-                    " WHERE object_name = ?",
-                    (name,),
-                )
+            await obs.put(name, data)
+            self.store.mark_uploaded(name)
             self.log.info("attachment_uploaded", object_name=name)
         return len(rows)
 
     async def _fetch_some(self, obs: Any) -> int:
-        rows = self.store._db.execute(
-            "SELECT referral_id, attachment_id, sha256, size, sealed_key FROM"
-            " received_attachments WHERE state = 'pending' LIMIT 4"
-        ).fetchall()
+        rows = self.store.pending_fetches(4)
         fetched = 0
         for referral_id, attachment_id, sha256, size, sealed_key in rows:
             try:
@@ -236,15 +175,12 @@ class Attachments:
             data = bytes(result.data or b"")
             state = "corrupted"
             with contextlib.suppress(nacl.exceptions.CryptoError):
-                content = SecretBox(self.storage().decrypt(bytes(sealed_key))).decrypt(data)
+                content = SecretBox(self.storage().decrypt(sealed_key)).decrypt(data)
                 if hashlib.sha256(content).hexdigest() == sha256 and len(content) == size:
                     state = "ok"
-            with self.store.transaction() as db:
-                db.execute(
-                    "UPDATE received_attachments SET state = ?, data = ? WHERE referral_id = ?"
-                    " AND attachment_id = ? AND state = 'pending'",
-                    (state, data if state == "ok" else None, referral_id, attachment_id),
-                )
+            self.store.mark_fetched(
+                referral_id, attachment_id, state, data if state == "ok" else None
+            )
             fetched += 1
             if state == "ok":
                 self.log.info(
@@ -258,10 +194,6 @@ class Attachments:
                     reason="bad-attachment",
                 )
         return fetched
-
-
-def _statements() -> list[str]:
-    return [s.strip() for s in SCHEMA.split(";") if s.strip()]
 
 
 def encode_key(key: bytes) -> str:

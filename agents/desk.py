@@ -49,7 +49,7 @@ from .messages import (
     parse_json_body,
 )
 from .problems import ProblemError
-from .store import Store
+from .store import NewReferral, Step, Store
 
 log = structlog.get_logger("nrm.desk")
 
@@ -98,8 +98,6 @@ class Desk:
         self.log = log.bind(agency=self.agency)
         R.compile_validators()  # at start-up: see its docstring
         C.compile_validators()
-        with self.store.transaction() as db:
-            W.create_tables(db)
 
     # --- at-rest protection ------------------------------------------------------------------
 
@@ -112,23 +110,18 @@ class Desk:
     def _seal_body(self, db: sqlite3.Connection, referral_id: str, body: bytes) -> bytes:
         """Encrypt a received body under a fresh per-referral data key (crypto-shredding)."""
         data_key = secrets.token_bytes(SecretBox.KEY_SIZE)
-        db.execute(
-            "INSERT OR REPLACE INTO data_keys (referral_id, sealed_key) VALUES (?, ?)",
-            (referral_id, bytes(self._storage().encrypt(data_key))),
-        )
+        self.store.put_data_key(db, referral_id, bytes(self._storage().encrypt(data_key)))
         return bytes(SecretBox(data_key).encrypt(body))
 
     def open_body(self, referral_id: str, sealed: bytes | None) -> dict[str, Any] | None:
         """The decrypted referral, or None once erased."""
         if sealed is None:
             return None
-        row = self.store._db.execute(
-            "SELECT sealed_key FROM data_keys WHERE referral_id = ?", (referral_id,)
-        ).fetchone()
-        if row is None or row[0] is None:
+        sealed_key = self.store.data_key(referral_id)
+        if sealed_key is None:
             return None
         try:
-            data_key = self._storage().decrypt(bytes(row[0]))
+            data_key = self._storage().decrypt(sealed_key)
             doc = json.loads(SecretBox(data_key).decrypt(sealed))
         except nacl.exceptions.CryptoError:
             return None
@@ -199,32 +192,27 @@ class Desk:
                 message_id = self.send(
                     REFERRAL, message, [recipient], db, referral_id=referral_id, labels=labels
                 )
-                db.execute(
-                    "INSERT INTO referrals (referral_id, counterpart, side, state, referral_type,"
-                    " urgency, legal_basis, consent_receipt_id, message_id, created, updated,"
-                    " expires) VALUES (?, ?, 'sender', 'submitted', ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        referral_id,
-                        recipient,
-                        referral.referral_type,
-                        referral.urgency,
-                        referral.legal_basis,
-                        referral.consent_receipt_id,
-                        message_id,
-                        now,
-                        now,
-                        expires,
+                self.store.insert_referral(
+                    db,
+                    NewReferral(
+                        referral_id=referral_id,
+                        counterpart=recipient,
+                        side="sender",
+                        state="submitted",
+                        referral_type=referral.referral_type,
+                        urgency=referral.urgency,
+                        legal_basis=referral.legal_basis,
+                        consent_receipt_id=referral.consent_receipt_id,
+                        message_id=message_id,
+                        created=now,
+                        expires=expires,
                     ),
                 )
                 self._history(
                     db, referral_id, recipient, None, "submitted", "sender", None, None, now
                 )
                 if receipt is not None:
-                    db.execute(
-                        "INSERT OR IGNORE INTO consent_uses (receipt_id, agency, referral_id)"
-                        " VALUES (?, ?, ?)",
-                        (receipt.receipt_id, recipient, referral_id),
-                    )
+                    self.store.record_consent_use(db, receipt.receipt_id, recipient, referral_id)
         self.log.info("referral_submitted", referral_id=referral_id, recipients=list(bodies))
         return {"id": referral_id, "state": "submitted", "recipients": list(bodies)}
 
@@ -272,24 +260,23 @@ class Desk:
             if not isinstance(cited, list) or not cited or key is None:
                 raise MalformedError("cited attachments need a list and the attachment key")
             self.attachments.expect(db, referral_id, key, cited)
-        db.execute(
-            "UPDATE inbox SET body = ?, referral_id = ? WHERE message_id = ?",
-            (sealed, referral_id, h.message_id),
-        )
-        db.execute(
-            "INSERT OR REPLACE INTO referrals (referral_id, counterpart, side, state,"
-            " referral_type, urgency, legal_basis, consent_receipt_id, message_id, created,"
-            " updated) VALUES (?, ?, 'recipient', 'delivered', ?, ?, ?, ?, ?, ?, ?)",
-            (
-                referral_id,
-                h.sender,
-                str(routing.get("referral_type")),
-                str(routing.get("urgency")),
-                str(routing.get("legal_basis")),
-                routing.get("consent_receipt_id"),
-                h.message_id,
-                now,
-                now,
+        self.store.link_received_referral(db, h.message_id, referral_id, sealed)
+        consent_receipt_id = routing.get("consent_receipt_id")
+        self.store.replace_referral(
+            db,
+            NewReferral(
+                referral_id=referral_id,
+                counterpart=h.sender,
+                side="recipient",
+                state="delivered",
+                referral_type=str(routing.get("referral_type")),
+                urgency=str(routing.get("urgency")),
+                legal_basis=str(routing.get("legal_basis")),
+                consent_receipt_id=(
+                    consent_receipt_id if isinstance(consent_receipt_id, str) else None
+                ),
+                message_id=h.message_id,
+                created=now,
             ),
         )
         self._history(db, referral_id, h.sender, None, "delivered", "system", None, None, now)
@@ -306,11 +293,7 @@ class Desk:
 
     def on_delivered(self, db: sqlite3.Connection, message_id: str, recipient: str) -> None:
         """A delivery receipt moves the sender's pair from submitted to delivered."""
-        row = db.execute(
-            "SELECT referral_id, state FROM referrals WHERE message_id = ? AND counterpart = ?"
-            " AND side = 'sender'",
-            (message_id, recipient),
-        ).fetchone()
+        row = self.store.sent_pair_of_message(db, message_id, recipient)
         if row is not None and row[1] == "submitted":
             self._set_state(db, row[0], recipient, "submitted", "delivered", "system", None, None)
 
@@ -325,10 +308,7 @@ class Desk:
         reason: str | None,
         outcome: str | None,
     ) -> dict[str, Any]:
-        rows = self.store._db.execute(
-            "SELECT counterpart, side, state FROM referrals WHERE referral_id = ?",
-            (referral_id,),
-        ).fetchall()
+        rows = self.store.pairs(referral_id)
         if not rows:
             raise ProblemError(404, "Not Found", "no referral with this id at this agency")
         if counterpart is None and len(rows) > 1:
@@ -386,10 +366,7 @@ class Desk:
     def on_transition(self, db: sqlite3.Connection, opened: Opened) -> None:
         step = L.Transition.decode(opened.body)
         sender = opened.header.sender
-        row = db.execute(
-            "SELECT side, state FROM referrals WHERE referral_id = ? AND counterpart = ?",
-            (step.referral_id, sender),
-        ).fetchone()
+        row = self.store.pair(db, step.referral_id, sender)
         if row is None:
             raise UnexpectedMessageError("a transition for a referral not shared with its sender")
         side, state = row
@@ -453,17 +430,11 @@ class Desk:
         reason: str | None,
         outcome: str | None,
     ) -> None:
-        now = clock.now()
-        db.execute(
-            "UPDATE referrals SET state = ?, updated = ? WHERE referral_id = ? AND counterpart = ?",
-            (to_state, now, referral_id, counterpart),
-        )
-        self._history(
-            db, referral_id, counterpart, from_state, to_state, party, reason, outcome, now
-        )
+        step = Step(from_state, to_state, party, reason, outcome, clock.now())
+        self.store.set_state(db, referral_id, counterpart, step)
 
-    @staticmethod
     def _history(
+        self,
         db: sqlite3.Connection,
         referral_id: str,
         counterpart: str,
@@ -474,22 +445,15 @@ class Desk:
         outcome: str | None,
         at: int,
     ) -> None:
-        db.execute(
-            "INSERT INTO history (referral_id, counterpart, from_state, to_state, party, reason,"
-            " outcome, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (referral_id, counterpart, from_state, to_state, party, reason, outcome, at),
-        )
+        step = Step(from_state, to_state, party, reason, outcome, at)
+        self.store.add_history(db, referral_id, counterpart, step)
 
     # --- timers: escalation and expiry ---------------------------------------------------------
 
     def tick(self, now: int | None = None) -> None:
         """Escalate overdue urgent referrals to the co-ordinator; expire stale ones."""
         now = clock.now() if now is None else now
-        rows = self.store._db.execute(
-            "SELECT referral_id, counterpart, state, urgency, created FROM referrals"
-            " WHERE side = 'sender' AND escalated_at IS NULL AND state IN ('submitted',"
-            " 'delivered') AND urgency IN ('urgent', 'emergency')"
-        ).fetchall()
+        rows = self.store.escalation_candidates()
         for referral_id, recipient, _state, urgency, created in rows:
             if not L.escalation_due(
                 urgency, created, acknowledged=False, limits=self.escalation_limits, now=now
@@ -505,11 +469,7 @@ class Desk:
                 }
             )
             with self.store.transaction() as db:
-                db.execute(
-                    "UPDATE referrals SET escalated_at = ? WHERE referral_id = ? AND "
-                    "counterpart = ?",
-                    (now, referral_id, recipient),
-                )
+                self.store.mark_escalated(db, referral_id, recipient, now)
                 if coordinators:
                     self.send(
                         ESCALATION,
@@ -520,12 +480,7 @@ class Desk:
                         labels=(("urgency", urgency),),
                     )
             self.log.warning("referral_escalated", referral_id=referral_id, recipient=recipient)
-        expired = self.store._db.execute(
-            "SELECT referral_id, counterpart, state FROM referrals WHERE expires IS NOT NULL"
-            " AND expires <= ? AND state IN ('submitted', 'delivered', 'acknowledged',"
-            " 'more_info_requested')",
-            (now,),
-        ).fetchall()
+        expired = self.store.expired_pairs(now)
         for referral_id, counterpart, state in expired:
             with self.store.transaction() as db:
                 self._set_state(
@@ -635,11 +590,7 @@ class Desk:
     def consent_status(self, receipt_id: str) -> dict[str, Any]:
         verified = self.verified_consent(receipt_id)
         withdrawn_at = verified.withdrawn_at
-        uses = self.store._db.execute(
-            "SELECT agency, referral_id, confirmed_at FROM consent_uses WHERE receipt_id = ?"
-            " ORDER BY agency, referral_id",
-            (receipt_id,),
-        ).fetchall()
+        uses = self.store.consent_uses(receipt_id)
         return {
             "id": receipt_id,
             "receipt": C.to_doc(verified.receipt),
@@ -663,21 +614,10 @@ class Desk:
         self.verified_consent(receipt_id)
         now = clock.now()
         with self.store.transaction() as db:
-            if (
-                db.execute(
-                    "SELECT withdrawn_at FROM consents WHERE receipt_id = ?", (receipt_id,)
-                ).fetchone()[0]
-                is not None
-            ):
-                raise ProblemError(409, "Conflict", "this consent is already withdrawn")
-            db.execute(
-                "UPDATE consents SET withdrawn_at = ? WHERE receipt_id = ?", (now, receipt_id)
-            )
-            uses: dict[str, list[str]] = {}
-            for agency, referral_id in db.execute(
-                "SELECT agency, referral_id FROM consent_uses WHERE receipt_id = ?", (receipt_id,)
-            ):
-                uses.setdefault(agency, []).append(referral_id)
+            try:
+                uses = self.store.withdraw_consent(db, receipt_id, now)
+            except LookupError as e:
+                raise ProblemError(409, "Conflict", "this consent is already withdrawn") from e
             for agency, referral_ids in sorted(uses.items()):
                 body = canonical_json(
                     {"receipt_id": receipt_id, "referral_ids": sorted(referral_ids)}
@@ -697,17 +637,10 @@ class Desk:
         sender = opened.header.sender
         erased = []
         for referral_id in notice["referral_ids"]:
-            owned = db.execute(
-                "SELECT 1 FROM referrals WHERE referral_id = ? AND counterpart = ? AND"
-                " side = 'recipient'",
-                (referral_id, sender),
-            ).fetchone()
-            if owned is None:
+            if not self.store.received_from(db, referral_id, sender):
                 continue  # only what that agency itself sent here
-            db.execute(
-                "UPDATE data_keys SET sealed_key = NULL WHERE referral_id = ?", (referral_id,)
-            )
-            db.execute("UPDATE inbox SET body = NULL WHERE referral_id = ?", (referral_id,))
+            self.store.erase_data_key(db, referral_id)
+            self.store.erase_received_body(db, referral_id)
             self.attachments.erase(db, referral_id)
             erased.append(referral_id)
             self.audit.record(db, "erasure.confirmed", referral_id=referral_id, counterpart=sender)
@@ -746,8 +679,6 @@ class Desk:
             "erasure_confirmed", receipt_id=notice["receipt_id"], counterpart=opened.header.sender
         )
         # The agency erased everything it held from us under the receipt.
-        db.execute(
-            "UPDATE consent_uses SET confirmed_at = ? WHERE receipt_id = ? AND agency = ?"
-            " AND confirmed_at IS NULL",
-            (notice["erased_at"], notice["receipt_id"], opened.header.sender),
+        self.store.confirm_erasure(
+            db, notice["receipt_id"], opened.header.sender, notice["erased_at"]
         )

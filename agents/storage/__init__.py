@@ -1,0 +1,54 @@
+"""The agent's storage layer: every SQL statement of the agent lives in this package.
+
+One SQLite database in WAL mode (db.py) with its schema, invariants and migrations in one
+place (schema.py), and one module per aggregate: messages.py (outbox, deliveries, inbox,
+resends), referrals.py (referrals, history, data keys), consents.py (consents, their uses,
+the signing key history), audit.py (audit outbox, ledger restores and alerts), webhooks.py,
+attachments.py and idempotency.py. `Store` composes them; the rest of agents/ calls its
+named methods and never writes SQL (docs/DESIGN.md "Storage").
+"""
+
+from __future__ import annotations
+
+from .attachments import AttachmentTables
+from .audit import AuditLog
+from .consents import Consents, StoredConsent, read_consent
+from .db import Database
+from .idempotency import Idempotency
+from .messages import (
+    STATUS_ORDER,
+    DeliveryState,
+    Messages,
+    OutgoingMessage,
+    OutgoingStatus,
+    PendingDelivery,
+    Received,
+    ResendCandidate,
+    Undelivered,
+)
+from .referrals import NewReferral, Referrals, Step
+from .schema import SCHEMA
+from .webhooks import WebhookOutbox
+
+
+class Store(Messages, Referrals, Consents, AuditLog, WebhookOutbox, AttachmentTables, Idempotency):
+    """The agent database with every aggregate's operations."""
+
+
+__all__ = [
+    "SCHEMA",
+    "STATUS_ORDER",
+    "Database",
+    "DeliveryState",
+    "NewReferral",
+    "OutgoingMessage",
+    "OutgoingStatus",
+    "PendingDelivery",
+    "Received",
+    "ResendCandidate",
+    "Step",
+    "Store",
+    "StoredConsent",
+    "Undelivered",
+    "read_consent",
+]
