@@ -87,7 +87,7 @@ class Agent:
         self.keys = keys
         self.trust = trust
         self.limits = config.limits
-        self.store = Store(config.database)
+        self.store = Store(config.database, agency=config.agency)
         self.audit = AuditTrail(agency=config.agency, keys=lambda: self.keys, store=self.store)
         directory = trust.directory
         listed = (

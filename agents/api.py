@@ -19,6 +19,7 @@ import structlog
 from aiohttp import web
 
 from keys import Limits
+from keys.identity import check_agency_id
 
 from .attachments import ATTACHMENT_TYPES, Attachments
 from .config import ApiClient
@@ -280,6 +281,7 @@ async def list_referrals(request: web.Request) -> web.Response:
     items = [
         {
             "id": r[1],
+            "sender": r[9],
             "counterpart": r[2],
             "side": r[3],
             "state": r[4],
@@ -298,12 +300,13 @@ async def get_referral(request: web.Request) -> web.Response:
     _need(request, "read")
     backend = request.app[BACKEND]
     referral_id = request.match_info["id"]
-    rows = backend.store.referral_rows(referral_id)
+    owner = backend.desk.owner_of(referral_id, _sender_param(request))
+    rows = backend.store.referral_rows(owner, referral_id)
     if not rows:
         raise ProblemError(404, "Not Found", "no referral with this id at this agency")
     side = rows[0][1]
     parties = []
-    for counterpart, _, state, _t, _u, _b, message_id, _c, updated, escalated in rows:
+    for counterpart, _, state, _t, _u, _b, message_id, _c, updated, escalated, _r in rows:
         delivery = failure = None
         if side == "sender":
             out = backend.store.outgoing(message_id)
@@ -340,7 +343,9 @@ async def get_referral(request: web.Request) -> web.Response:
     else:
         body["sender"] = parties[0]["agency"]
         body["state"] = parties[0]["state"]
-        opened = backend.desk.open_body(referral_id, backend.store.received_body(referral_id))
+        opened = backend.desk.open_body(
+            owner, referral_id, backend.store.received_body(owner, referral_id)
+        )
         body["referral"] = None if opened is None else opened.get("referral")
         body["erased"] = opened is None
     return web.json_response(body)
@@ -348,7 +353,10 @@ async def get_referral(request: web.Request) -> web.Response:
 
 async def referral_history(request: web.Request) -> web.Response:
     _need(request, "read")
-    rows = request.app[BACKEND].store.history_rows(request.match_info["id"])
+    backend = request.app[BACKEND]
+    referral_id = request.match_info["id"]
+    owner = backend.desk.owner_of(referral_id, _sender_param(request))
+    rows = backend.store.history_rows(owner, referral_id)
     if not rows:
         raise ProblemError(404, "Not Found", "no referral with this id at this agency")
     items = [
@@ -363,20 +371,21 @@ async def referral_history(request: web.Request) -> web.Response:
         }
         for r in rows
     ]
-    return web.json_response({"id": request.match_info["id"], "items": items})
+    return web.json_response({"id": referral_id, "sender": owner, "items": items})
 
 
 async def transition(request: web.Request) -> web.Response:
     def act(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        _only(doc, {"to", "counterpart", "reason", "outcome"})
+        _only(doc, {"to", "sender", "counterpart", "reason", "outcome"})
         to = doc.get("to")
         if not isinstance(to, str):
             raise ProblemError(422, UNPROCESSABLE, "to must name the target state")
-        for name in ("counterpart", "reason", "outcome"):
+        for name in ("sender", "counterpart", "reason", "outcome"):
             if doc.get(name) is not None and not isinstance(doc[name], str):
                 raise ProblemError(422, UNPROCESSABLE, f"{name} must be a string")
         result = request.app[BACKEND].desk.transition(
             request.match_info["id"],
+            sender=doc.get("sender"),
             to=to,
             counterpart=doc.get("counterpart"),
             reason=doc.get("reason"),
@@ -396,7 +405,11 @@ async def list_inbox(request: web.Request) -> web.Response:
     rows = backend.store.inbox_page(kind="referral", after=after, limit=limit)
     items = []
     for r in rows:
-        opened = None if r.referral_id is None else backend.desk.open_body(r.referral_id, r.body)
+        opened = (
+            None
+            if r.referral_id is None
+            else backend.desk.open_body(r.sender, r.referral_id, r.body)
+        )
         items.append(
             {
                 "id": r.referral_id,
@@ -476,8 +489,11 @@ async def upload_attachment(request: web.Request) -> web.Response:
 
 async def get_attachment(request: web.Request) -> web.StreamResponse:
     _need(request, "read")
-    state, media_type, content = request.app[BACKEND].attachments.read(
-        request.match_info["id"], request.match_info["attachment_id"]
+    backend = request.app[BACKEND]
+    referral_id = request.match_info["id"]
+    owner = backend.desk.owner_of(referral_id, _sender_param(request))
+    state, media_type, content = backend.attachments.read(
+        owner, referral_id, request.match_info["attachment_id"]
     )
     if state == "unknown":
         raise ProblemError(404, "Not Found", "no such attachment of this referral here")
@@ -490,6 +506,20 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
     if state == "erased":
         raise ProblemError(410, "Gone", "the attachment was erased after consent withdrawal")
     return web.Response(body=content, content_type=media_type)
+
+
+def _sender_param(request: web.Request) -> str | None:
+    """The `sender` query parameter: the agency that sent (owns) the referral named in the
+    path. Referral ids are chosen by each sender, so only (sender, id) names one for sure."""
+    raw = request.query.get("sender")
+    if raw is None:
+        return None
+    try:
+        return check_agency_id(raw)
+    except ValueError:
+        raise ProblemError(
+            400, "Bad Request", "query parameter sender must be an agency id"
+        ) from None
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:

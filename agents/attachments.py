@@ -103,6 +103,7 @@ class Attachments:
     def expect(
         self,
         db: sqlite3.Connection,
+        owner: str,
         referral_id: str,
         key: bytes,
         cited: Sequence[Mapping[str, Any]],
@@ -114,6 +115,7 @@ class Attachments:
         for item in cited:
             self.store.expect_attachment(
                 db,
+                owner,
                 referral_id,
                 str(item["attachment_id"]),
                 str(item["sha256"]),
@@ -123,12 +125,13 @@ class Attachments:
             )
         self._wake.set()
 
-    def erase(self, db: sqlite3.Connection, referral_id: str) -> None:
-        self.store.erase_received_attachments(db, referral_id)
+    def erase(self, db: sqlite3.Connection, owner: str, referral_id: str) -> None:
+        self.store.erase_received_attachments(db, owner, referral_id)
 
-    def read(self, referral_id: str, attachment_id: str) -> tuple[str, str, bytes]:
-        """(state, media type, content); the content only when the state is ok."""
-        row = self.store.received_attachment(referral_id, attachment_id)
+    def read(self, owner: str, referral_id: str, attachment_id: str) -> tuple[str, str, bytes]:
+        """(state, media type, content) of an attachment of the referral (owner, referral
+        id); the content only when the state is ok."""
+        row = self.store.received_attachment(owner, referral_id, attachment_id)
         if row is None:
             return "unknown", "", b""
         state, sealed_key, data, media_type = row
@@ -167,7 +170,7 @@ class Attachments:
     async def _fetch_some(self, obs: Any) -> int:
         rows = self.store.pending_fetches(4)
         fetched = 0
-        for referral_id, attachment_id, sha256, size, sealed_key in rows:
+        for owner, referral_id, attachment_id, sha256, size, sealed_key in rows:
             try:
                 result = await obs.get(attachment_object(referral_id, attachment_id))
             except (nats.js.errors.NotFoundError, nats.js.errors.ObjectNotFoundError):
@@ -179,7 +182,7 @@ class Attachments:
                 if hashlib.sha256(content).hexdigest() == sha256 and len(content) == size:
                     state = "ok"
             self.store.mark_fetched(
-                referral_id, attachment_id, state, data if state == "ok" else None
+                owner, referral_id, attachment_id, state, data if state == "ok" else None
             )
             fetched += 1
             if state == "ok":

@@ -23,7 +23,9 @@ from nacl.secret import SecretBox
 from keys import (
     AgencyKeys,
     MalformedError,
+    NotSharedError,
     Opened,
+    ReusedReferralIdError,
     UnexpectedMessageError,
     UnknownKeyError,
     UntrustedInputError,
@@ -107,17 +109,21 @@ class Desk:
             raise RuntimeError("the key file has no storage key; re-create it with nrm keys init")
         return SecretBox(key)
 
-    def _seal_body(self, db: sqlite3.Connection, referral_id: str, body: bytes) -> bytes:
+    def _seal_body(
+        self, db: sqlite3.Connection, owner: str, referral_id: str, body: bytes
+    ) -> bytes:
         """Encrypt a received body under a fresh per-referral data key (crypto-shredding)."""
         data_key = secrets.token_bytes(SecretBox.KEY_SIZE)
-        self.store.put_data_key(db, referral_id, bytes(self._storage().encrypt(data_key)))
+        self.store.put_data_key(db, owner, referral_id, bytes(self._storage().encrypt(data_key)))
         return bytes(SecretBox(data_key).encrypt(body))
 
-    def open_body(self, referral_id: str, sealed: bytes | None) -> dict[str, Any] | None:
-        """The decrypted referral, or None once erased."""
+    def open_body(
+        self, owner: str, referral_id: str, sealed: bytes | None
+    ) -> dict[str, Any] | None:
+        """The decrypted referral (owner, referral id), or None once erased."""
         if sealed is None:
             return None
-        sealed_key = self.store.data_key(referral_id)
+        sealed_key = self.store.data_key(owner, referral_id)
         if sealed_key is None:
             return None
         try:
@@ -195,6 +201,7 @@ class Desk:
                 self.store.insert_referral(
                     db,
                     NewReferral(
+                        owner=self.agency,
                         referral_id=referral_id,
                         counterpart=recipient,
                         side="sender",
@@ -209,7 +216,11 @@ class Desk:
                     ),
                 )
                 self._history(
-                    db, referral_id, recipient, None, "submitted", "sender", None, None, now
+                    db,
+                    self.agency,
+                    referral_id,
+                    recipient,
+                    Step(None, "submitted", "sender", None, None, now),
                 )
                 if receipt is not None:
                     self.store.record_consent_use(db, receipt.receipt_id, recipient, referral_id)
@@ -251,20 +262,24 @@ class Desk:
         if not isinstance(routing, dict) or not isinstance(routing.get("referral_id"), str):
             raise UnexpectedMessageError("a referral message must hold a referral with an id")
         referral_id: str = routing["referral_id"]
+        owner = h.sender  # the sender chose the id: it names a referral only with the sender
+        if self.store.pairs(owner, referral_id):
+            raise ReusedReferralIdError("the sender already sent a referral with this id")
         now = clock.now()
-        sealed = self._seal_body(db, referral_id, opened.body)
+        sealed = self._seal_body(db, owner, referral_id, opened.body)
         body = routing.get("body")
         cited = body.get("attachments") if isinstance(body, dict) else None
         if cited is not None:
             key = decode_key(doc.get("attachment_key"))
             if not isinstance(cited, list) or not cited or key is None:
                 raise MalformedError("cited attachments need a list and the attachment key")
-            self.attachments.expect(db, referral_id, key, cited)
+            self.attachments.expect(db, owner, referral_id, key, cited)
         self.store.link_received_referral(db, h.message_id, referral_id, sealed)
         consent_receipt_id = routing.get("consent_receipt_id")
-        self.store.replace_referral(
+        self.store.insert_referral(
             db,
             NewReferral(
+                owner=owner,
                 referral_id=referral_id,
                 counterpart=h.sender,
                 side="recipient",
@@ -279,7 +294,9 @@ class Desk:
                 created=now,
             ),
         )
-        self._history(db, referral_id, h.sender, None, "delivered", "system", None, None, now)
+        self._history(
+            db, owner, referral_id, owner, Step(None, "delivered", "system", None, None, now)
+        )
         W.enqueue(
             db,
             W.WebhookEvent(
@@ -294,23 +311,45 @@ class Desk:
     def on_delivered(self, db: sqlite3.Connection, message_id: str, recipient: str) -> None:
         """A delivery receipt moves the sender's pair from submitted to delivered."""
         row = self.store.sent_pair_of_message(db, message_id, recipient)
-        if row is not None and row[1] == "submitted":
-            self._set_state(db, row[0], recipient, "submitted", "delivered", "system", None, None)
+        if row is not None and row[2] == "submitted":
+            self._set_state(
+                db, row[0], row[1], recipient, "submitted", "delivered", "system", None, None
+            )
 
     # --- lifecycle ---------------------------------------------------------------------------
+
+    def owner_of(self, referral_id: str, sender: str | None) -> str:
+        """The owner of the referral the API names by its id and, when given, its `sender`
+        (the agency that sent it: this agency for its own). 404 if none; 409 if the id alone
+        names referrals of several senders (ids are chosen by each sender, PROTOCOL §6.1)."""
+        owners = self.store.owners_of(referral_id)
+        if sender is not None:
+            if sender not in owners:
+                raise ProblemError(404, "Not Found", "no referral with this id from this sender")
+            return sender
+        if not owners:
+            raise ProblemError(404, "Not Found", "no referral with this id at this agency")
+        if len(owners) > 1:
+            raise ProblemError(
+                409,
+                "Conflict",
+                "referrals from several senders have this id: name the sender (?sender=)",
+                senders=owners,
+            )
+        return owners[0]
 
     def transition(
         self,
         referral_id: str,
         *,
+        sender: str | None = None,
         to: str,
         counterpart: str | None,
         reason: str | None,
         outcome: str | None,
     ) -> dict[str, Any]:
-        rows = self.store.pairs(referral_id)
-        if not rows:
-            raise ProblemError(404, "Not Found", "no referral with this id at this agency")
+        owner = self.owner_of(referral_id, sender)
+        rows = self.store.pairs(owner, referral_id)
         if counterpart is None and len(rows) > 1:
             raise ProblemError(
                 422, UNPROCESSABLE, "this referral has several recipients: name the counterpart"
@@ -345,7 +384,7 @@ class Desk:
             at=now,
         )
         with self.store.transaction() as db:
-            self._set_state(db, referral_id, other, state, to, side, reason, outcome)
+            self._set_state(db, owner, referral_id, other, state, to, side, reason, outcome)
             self.send(
                 TRANSITION,
                 step.encode(),
@@ -361,14 +400,17 @@ class Desk:
             from_state=state,
             to_state=to,
         )
-        return {"id": referral_id, "counterpart": other, "state": to}
+        return {"id": referral_id, "sender": owner, "counterpart": other, "state": to}
 
     def on_transition(self, db: sqlite3.Connection, opened: Opened) -> None:
         step = L.Transition.decode(opened.body)
         sender = opened.header.sender
-        row = self.store.pair(db, step.referral_id, sender)
+        # A recipient's step is about a referral this agency sent; a sender's step about one
+        # the sender sent here. Either way only a pair between the two of them can move.
+        owner = self.agency if step.party == "recipient" else sender
+        row = self.store.pair(db, owner, step.referral_id, sender)
         if row is None:
-            raise UnexpectedMessageError("a transition for a referral not shared with its sender")
+            raise NotSharedError("a transition for a referral not shared with its sender")
         side, state = row
         expected_party = "recipient" if side == "sender" else "sender"
         expected_recipient = sender if side == "sender" else self.agency
@@ -380,6 +422,7 @@ class Desk:
             raise UnexpectedMessageError(f"transition {state} -> {step.to_state} refused") from e
         self._set_state(
             db,
+            owner,
             step.referral_id,
             sender,
             state,
@@ -422,6 +465,7 @@ class Desk:
     def _set_state(
         self,
         db: sqlite3.Connection,
+        owner: str,
         referral_id: str,
         counterpart: str,
         from_state: str,
@@ -431,22 +475,12 @@ class Desk:
         outcome: str | None,
     ) -> None:
         step = Step(from_state, to_state, party, reason, outcome, clock.now())
-        self.store.set_state(db, referral_id, counterpart, step)
+        self.store.set_state(db, owner, referral_id, counterpart, step)
 
     def _history(
-        self,
-        db: sqlite3.Connection,
-        referral_id: str,
-        counterpart: str,
-        from_state: str | None,
-        to_state: str,
-        party: str,
-        reason: str | None,
-        outcome: str | None,
-        at: int,
+        self, db: sqlite3.Connection, owner: str, referral_id: str, counterpart: str, step: Step
     ) -> None:
-        step = Step(from_state, to_state, party, reason, outcome, at)
-        self.store.add_history(db, referral_id, counterpart, step)
+        self.store.add_history(db, owner, referral_id, counterpart, step)
 
     # --- timers: escalation and expiry ---------------------------------------------------------
 
@@ -454,7 +488,7 @@ class Desk:
         """Escalate overdue urgent referrals to the co-ordinator; expire stale ones."""
         now = clock.now() if now is None else now
         rows = self.store.escalation_candidates()
-        for referral_id, recipient, _state, urgency, created in rows:
+        for owner, referral_id, recipient, _state, urgency, created in rows:
             if not L.escalation_due(
                 urgency, created, acknowledged=False, limits=self.escalation_limits, now=now
             ):
@@ -469,7 +503,7 @@ class Desk:
                 }
             )
             with self.store.transaction() as db:
-                self.store.mark_escalated(db, referral_id, recipient, now)
+                self.store.mark_escalated(db, owner, referral_id, recipient, now)
                 if coordinators:
                     self.send(
                         ESCALATION,
@@ -481,10 +515,10 @@ class Desk:
                     )
             self.log.warning("referral_escalated", referral_id=referral_id, recipient=recipient)
         expired = self.store.expired_pairs(now)
-        for referral_id, counterpart, state in expired:
+        for owner, referral_id, counterpart, state in expired:
             with self.store.transaction() as db:
                 self._set_state(
-                    db, referral_id, counterpart, state, "expired", "system", None, None
+                    db, owner, referral_id, counterpart, state, "expired", "system", None, None
                 )
 
     def _escalation_recipients(self, now: int) -> list[str]:
@@ -637,11 +671,15 @@ class Desk:
         sender = opened.header.sender
         erased = []
         for referral_id in notice["referral_ids"]:
-            if not self.store.received_from(db, referral_id, sender):
-                continue  # only what that agency itself sent here
-            self.store.erase_data_key(db, referral_id)
-            self.store.erase_received_body(db, referral_id)
-            self.attachments.erase(db, referral_id)
+            if not self.store.holds_received(db, sender, referral_id):
+                if self.store.owners_of(referral_id):
+                    # Held here only as another agency's referral (or one this agency sent):
+                    # the sender cannot withdraw what it did not send (PROTOCOL §8.5).
+                    raise NotSharedError("a withdrawal names a referral its sender did not send")
+                continue  # never arrived here: nothing to erase
+            self.store.erase_data_key(db, sender, referral_id)
+            self.store.erase_received_body(db, sender, referral_id)
+            self.attachments.erase(db, sender, referral_id)
             erased.append(referral_id)
             self.audit.record(db, "erasure.confirmed", referral_id=referral_id, counterpart=sender)
         now = clock.now()

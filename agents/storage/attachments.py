@@ -66,6 +66,7 @@ class AttachmentTables(Database):
     @staticmethod
     def expect_attachment(
         db: sqlite3.Connection,
+        owner: str,
         referral_id: str,
         attachment_id: str,
         sha256: str,
@@ -74,43 +75,46 @@ class AttachmentTables(Database):
         sealed_key: bytes,
     ) -> None:
         db.execute(
-            "INSERT OR IGNORE INTO received_attachments (referral_id, attachment_id, sha256,"
-            " size, media_type, sealed_key, state) VALUES (?, ?, ?, ?, ?, ?, 'pending')",
-            (referral_id, attachment_id, sha256, size, media_type, sealed_key),
+            "INSERT OR IGNORE INTO received_attachments (owner, referral_id, attachment_id,"
+            " sha256, size, media_type, sealed_key, state)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
+            (owner, referral_id, attachment_id, sha256, size, media_type, sealed_key),
         )
 
     @staticmethod
-    def erase_received_attachments(db: sqlite3.Connection, referral_id: str) -> None:
+    def erase_received_attachments(db: sqlite3.Connection, owner: str, referral_id: str) -> None:
         db.execute(
             "UPDATE received_attachments SET sealed_key = NULL, data = NULL, state = 'erased'"
-            " WHERE referral_id = ?",
-            (referral_id,),
+            " WHERE owner = ? AND referral_id = ?",
+            (owner, referral_id),
         )
 
-    def received_attachment(self, referral_id: str, attachment_id: str) -> tuple[Any, ...] | None:
+    def received_attachment(
+        self, owner: str, referral_id: str, attachment_id: str
+    ) -> tuple[Any, ...] | None:
         """(state, sealed key, data, media type) of a received attachment."""
         row: tuple[Any, ...] | None = self._db.execute(
             "SELECT state, sealed_key, data, media_type FROM received_attachments"
-            " WHERE referral_id = ? AND attachment_id = ?",
-            (referral_id, attachment_id),
+            " WHERE owner = ? AND referral_id = ? AND attachment_id = ?",
+            (owner, referral_id, attachment_id),
         ).fetchone()
         return row
 
-    def pending_fetches(self, limit: int) -> list[tuple[str, str, str, int, bytes]]:
-        """(referral id, attachment id, sha256, size, sealed key) still to fetch."""
+    def pending_fetches(self, limit: int) -> list[tuple[str, str, str, str, int, bytes]]:
+        """(owner, referral id, attachment id, sha256, size, sealed key) still to fetch."""
         rows = self._db.execute(
-            "SELECT referral_id, attachment_id, sha256, size, sealed_key FROM"
+            "SELECT owner, referral_id, attachment_id, sha256, size, sealed_key FROM"
             " received_attachments WHERE state = 'pending' LIMIT ?",
             (limit,),
         ).fetchall()
-        return [(str(a), str(b), str(c), int(d), bytes(e)) for a, b, c, d, e in rows]
+        return [(str(o), str(a), str(b), str(c), int(d), bytes(e)) for o, a, b, c, d, e in rows]
 
     def mark_fetched(
-        self, referral_id: str, attachment_id: str, state: str, data: bytes | None
+        self, owner: str, referral_id: str, attachment_id: str, state: str, data: bytes | None
     ) -> None:
         with self.transaction() as db:
             db.execute(
-                "UPDATE received_attachments SET state = ?, data = ? WHERE referral_id = ?"
-                " AND attachment_id = ? AND state = 'pending'",
-                (state, data, referral_id, attachment_id),
+                "UPDATE received_attachments SET state = ?, data = ? WHERE owner = ?"
+                " AND referral_id = ? AND attachment_id = ? AND state = 'pending'",
+                (state, data, owner, referral_id, attachment_id),
             )

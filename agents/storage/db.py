@@ -20,7 +20,11 @@ from .schema import SCHEMA, migrate
 class Database:
     """Owns the SQLite connection. All methods are short transactions."""
 
-    def __init__(self, path: Path, *, checkpoint_bytes: int = CHECKPOINT_BYTES) -> None:
+    def __init__(
+        self, path: Path, *, agency: str | None = None, checkpoint_bytes: int = CHECKPOINT_BYTES
+    ) -> None:
+        """Open (creating or migrating) the database at `path`. `agency`, the agency it
+        belongs to, is needed only to migrate a database made before owner keys."""
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -30,7 +34,7 @@ class Database:
         self._db.execute("PRAGMA busy_timeout=5000")
         # Erased rows are overwritten, not just unlinked (crypto-shredding, issue 4).
         self._db.execute("PRAGMA secure_delete=ON")
-        migrate(self._db)
+        migrate(self._db, agency=agency)
         self._db.executescript(SCHEMA)
         self._savepoints = 0
         path.chmod(0o600)

@@ -291,16 +291,20 @@ class Messages(Database):
             (sealed, referral_id, message_id),
         )
 
-    def received_body(self, referral_id: str) -> bytes | None:
-        """The sealed body of a received referral, None if unknown or erased."""
+    def received_body(self, owner: str, referral_id: str) -> bytes | None:
+        """The sealed body of the referral `owner` sent here, None if unknown or erased."""
         row = self._db.execute(
-            "SELECT body FROM inbox WHERE referral_id = ?", (referral_id,)
+            "SELECT body FROM inbox WHERE sender = ? AND referral_id = ? AND kind = 'referral'",
+            (owner, referral_id),
         ).fetchone()
         return None if row is None or row[0] is None else bytes(row[0])
 
     @staticmethod
-    def erase_received_body(db: sqlite3.Connection, referral_id: str) -> None:
-        db.execute("UPDATE inbox SET body = NULL WHERE referral_id = ?", (referral_id,))
+    def erase_received_body(db: sqlite3.Connection, owner: str, referral_id: str) -> None:
+        db.execute(
+            "UPDATE inbox SET body = NULL WHERE sender = ? AND referral_id = ?",
+            (owner, referral_id),
+        )
 
     # --- restores and resend requests (agents/resend.py, PROTOCOL.md §6.3) ------------------
 

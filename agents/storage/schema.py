@@ -15,6 +15,14 @@ schema is applied; PRAGMA user_version says which migrations a database has had.
   `CREATE TABLE IF NOT EXISTS` adds it to databases made before, and consents stored before
   it hold no key id (consent.verify_stored_receipt finds theirs).
 - `attachments`, `attachment_uploads`, `received_attachments`: agents/attachments.py.
+
+Owner keys (issue 11): every aggregate about a referral is keyed by `(owner, referral_id)`,
+`owner` being the agency that created and sent the referral: this agency for the referrals it
+sent, the envelope's sender for those it received. Referral ids are chosen by their owner, so
+only the pair names a referral; nothing another agency sends can reach a row of a referral it
+does not own. `referrals`, `history`, `data_keys` and `received_attachments` carry the
+column; in `inbox` the `sender` column is the owner of the referral a row carries;
+`outbox`, `deliveries` and `consent_uses` only ever hold this agency's own referrals.
 - `webhook_outbox`, `webhook_deliveries`: agents/webhooks.py.
 """
 
@@ -57,7 +65,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     body          BLOB
 ) STRICT;
 CREATE INDEX IF NOT EXISTS inbox_kind ON inbox(kind, seq);
-CREATE INDEX IF NOT EXISTS inbox_referral ON inbox(referral_id);
+CREATE INDEX IF NOT EXISTS inbox_owned_referral ON inbox(sender, referral_id);
 CREATE TABLE IF NOT EXISTS audit_outbox (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id      TEXT NOT NULL UNIQUE,
@@ -69,6 +77,7 @@ CREATE TABLE IF NOT EXISTS audit_outbox (
 ) STRICT;
 CREATE INDEX IF NOT EXISTS audit_unfinished ON audit_outbox(state) WHERE state != 'included';
 CREATE TABLE IF NOT EXISTS referrals (
+    owner              TEXT NOT NULL,
     referral_id        TEXT NOT NULL,
     counterpart        TEXT NOT NULL,
     side               TEXT NOT NULL CHECK (side IN ('sender', 'recipient')),
@@ -82,16 +91,24 @@ CREATE TABLE IF NOT EXISTS referrals (
     updated            INTEGER NOT NULL,
     escalated_at       INTEGER,
     expires            INTEGER,
-    PRIMARY KEY (referral_id, counterpart)
+    client_reference   TEXT,
+    PRIMARY KEY (owner, referral_id, counterpart),
+    -- a received referral is owned by the agency that sent it, one this agency sent by itself
+    CHECK ((side = 'recipient') = (owner = counterpart)),
+    CHECK (client_reference IS NULL OR side = 'sender')
 ) STRICT;
+CREATE INDEX IF NOT EXISTS referrals_by_id ON referrals(referral_id);
 CREATE INDEX IF NOT EXISTS referrals_updated ON referrals(updated);
 CREATE INDEX IF NOT EXISTS referrals_message ON referrals(message_id);
 CREATE INDEX IF NOT EXISTS referrals_expiring ON referrals(expires) WHERE expires IS NOT NULL;
 CREATE INDEX IF NOT EXISTS referrals_escalating ON referrals(created)
     WHERE side = 'sender' AND escalated_at IS NULL AND state IN ('submitted', 'delivered')
     AND urgency IN ('urgent', 'emergency');
+CREATE UNIQUE INDEX IF NOT EXISTS referrals_client_reference
+    ON referrals(client_reference, counterpart) WHERE client_reference IS NOT NULL;
 CREATE TABLE IF NOT EXISTS history (
     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    owner        TEXT NOT NULL,
     referral_id  TEXT NOT NULL,
     counterpart  TEXT NOT NULL,
     from_state   TEXT,
@@ -101,10 +118,12 @@ CREATE TABLE IF NOT EXISTS history (
     outcome      TEXT,
     at           INTEGER NOT NULL
 ) STRICT;
-CREATE INDEX IF NOT EXISTS history_referral ON history(referral_id);
+CREATE INDEX IF NOT EXISTS history_owned_referral ON history(owner, referral_id);
 CREATE TABLE IF NOT EXISTS data_keys (
-    referral_id TEXT PRIMARY KEY,
-    sealed_key  BLOB
+    owner       TEXT NOT NULL,
+    referral_id TEXT NOT NULL,
+    sealed_key  BLOB,
+    PRIMARY KEY (owner, referral_id)
 ) STRICT;
 CREATE TABLE IF NOT EXISTS consents (
     receipt_id   TEXT PRIMARY KEY,
@@ -193,6 +212,7 @@ CREATE TABLE IF NOT EXISTS attachment_uploads (
     state       TEXT NOT NULL CHECK (state IN ('queued', 'sent'))
 ) STRICT;
 CREATE TABLE IF NOT EXISTS received_attachments (
+    owner         TEXT NOT NULL,
     referral_id   TEXT NOT NULL,
     attachment_id TEXT NOT NULL,
     sha256        TEXT NOT NULL,
@@ -201,7 +221,7 @@ CREATE TABLE IF NOT EXISTS received_attachments (
     sealed_key    BLOB,
     data          BLOB,
     state         TEXT NOT NULL CHECK (state IN ('pending', 'ok', 'corrupted', 'erased')),
-    PRIMARY KEY (referral_id, attachment_id)
+    PRIMARY KEY (owner, referral_id, attachment_id)
 ) STRICT;
 -- Webhooks (agents/webhooks.py)
 CREATE TABLE IF NOT EXISTS webhook_outbox (
@@ -226,9 +246,104 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 """
 
 
-def migrate(db: sqlite3.Connection) -> None:
-    """Bring a database made by an earlier release up to the schema (before SCHEMA runs)."""
+#: PRAGMA user_version of a database with every migration below.
+VERSION = 1
+
+
+class MigrationError(RuntimeError):
+    """A database cannot be brought up to date (say, its agency is not known)."""
+
+
+def migrate(db: sqlite3.Connection, *, agency: str | None) -> None:
+    """Bring a database made by an earlier release up to the schema (before SCHEMA runs),
+    then mark it current. `agency` is this agency's id: the owner of the referrals it sent."""
     _migrate_deliveries(db)
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version < 1:
+        _migrate_owners(db, agency)
+    if version < VERSION:
+        db.execute(f"PRAGMA user_version = {VERSION}")
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str] | None:
+    rows = db.execute(f"PRAGMA table_info({table})").fetchall()
+    return {str(r[1]) for r in rows} if rows else None
+
+
+#: Tables rebuilt by `_migrate_owners`, and the old indexes that go with them.
+_OWNED = ("referrals", "history", "data_keys", "received_attachments")
+_OLD_INDEXES = (
+    "referrals_updated",
+    "referrals_message",
+    "referrals_expiring",
+    "referrals_escalating",
+    "history_referral",
+    "inbox_referral",
+)
+
+
+def _migrate_owners(db: sqlite3.Connection, agency: str | None) -> None:
+    """Databases made before owner keys: rebuild the referral tables keyed by (owner,
+    referral id). A received referral's owner is its counterpart (the sender); one this
+    agency sent is owned by `agency`. A data key or received attachment is given to the
+    sender of the newest received referral with its id (before owner keys there could only
+    be one live copy); one that matches none is dropped, as it could open nothing."""
+    old = {t: _columns(db, t) for t in _OWNED}
+    if old["referrals"] is None or "owner" in old["referrals"]:
+        return  # a new database, or one already migrated
+    (sent,) = db.execute("SELECT count(*) FROM referrals WHERE side = 'sender'").fetchone()
+    if sent and not agency:
+        raise MigrationError("migrating this database needs the agency it belongs to")
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for index in _OLD_INDEXES:
+            db.execute(f"DROP INDEX IF EXISTS {index}")
+        for table in _OWNED:
+            if old[table] is not None:
+                db.execute(f"ALTER TABLE {table} RENAME TO {table}_v0")
+            db.execute(_statement(table))
+        db.execute(
+            "INSERT INTO referrals (owner, referral_id, counterpart, side, state, referral_type,"
+            " urgency, legal_basis, consent_receipt_id, message_id, created, updated,"
+            " escalated_at, expires) SELECT"
+            " CASE r.side WHEN 'recipient' THEN r.counterpart ELSE :agency END,"
+            " r.referral_id, r.counterpart, r.side, r.state, r.referral_type, r.urgency,"
+            " r.legal_basis, r.consent_receipt_id, r.message_id, r.created, r.updated,"
+            " r.escalated_at, r.expires FROM referrals_v0 r",
+            {"agency": agency},
+        )
+        db.execute(
+            "INSERT INTO history (seq, owner, referral_id, counterpart, from_state, to_state,"
+            " party, reason, outcome, at) SELECT h.seq,"
+            " CASE r.side WHEN 'recipient' THEN r.counterpart ELSE :agency END,"
+            " h.referral_id, h.counterpart, h.from_state, h.to_state, h.party, h.reason,"
+            " h.outcome, h.at FROM history_v0 h JOIN referrals_v0 r"
+            " ON r.referral_id = h.referral_id AND r.counterpart = h.counterpart ORDER BY h.seq",
+            {"agency": agency},
+        )
+        db.execute(
+            "INSERT INTO data_keys (owner, referral_id, sealed_key)"
+            " SELECT o.owner, x.referral_id, x.sealed_key FROM data_keys_v0 x"
+            " JOIN (SELECT referral_id, counterpart AS owner, max(updated) FROM referrals_v0"
+            " WHERE side = 'recipient' GROUP BY referral_id) o USING (referral_id)"
+        )
+        if old["received_attachments"] is not None:
+            db.execute(
+                "INSERT INTO received_attachments (owner, referral_id, attachment_id, sha256,"
+                " size, media_type, sealed_key, data, state) SELECT o.owner, x.referral_id,"
+                " x.attachment_id, x.sha256, x.size, x.media_type, x.sealed_key, x.data,"
+                " x.state FROM received_attachments_v0 x"
+                " JOIN (SELECT referral_id, counterpart AS owner, max(updated) FROM referrals_v0"
+                " WHERE side = 'recipient' GROUP BY referral_id) o USING (referral_id)"
+            )
+        for table in _OWNED:
+            if old[table] is not None:
+                db.execute(f"DROP TABLE {table}_v0")
+        db.execute(f"PRAGMA user_version = {VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _statement(table: str) -> str:
