@@ -265,7 +265,11 @@ class Agent:
     # --- sending --------------------------------------------------------------------------
 
     def submit_referral(
-        self, *, recipients: Sequence[str], referral: dict[str, Any]
+        self,
+        *,
+        recipients: Sequence[str],
+        referral: dict[str, Any],
+        client_reference: str | None = None,
     ) -> dict[str, Any]:
         """Validate, minimise, seal and commit a referral to the outbox (before the 202)."""
         if len(set(recipients)) != len(recipients):
@@ -285,7 +289,9 @@ class Agent:
             raise ProblemError(
                 413, "Content Too Large", f"the referral is over {self.limits.max_body_bytes} bytes"
             )
-        result = self.desk.submit(recipients=recipients, document=referral)
+        result = self.desk.submit(
+            recipients=recipients, document=referral, client_reference=client_reference
+        )
         self.metrics.sent.labels(REFERRAL).inc(len(result["recipients"]))
         self.log.info("referral_accepted", referral_id=result["id"], recipients=list(recipients))
         return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -28,6 +29,9 @@ from .openapi import OPENAPI
 from .problems import ProblemError, problem
 from .store import STATUS_ORDER, Store
 
+#: A case system's own reference for a referral it submits (sender-local, never sent).
+CLIENT_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}")
+
 log = structlog.get_logger("nrm.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -43,7 +47,11 @@ class Backend(Protocol):
     limits: Limits
 
     def submit_referral(
-        self, *, recipients: Sequence[str], referral: dict[str, Any]
+        self,
+        *,
+        recipients: Sequence[str],
+        referral: dict[str, Any],
+        client_reference: str | None = None,
     ) -> dict[str, Any]: ...
 
     def health(self) -> dict[str, Any]: ...
@@ -247,7 +255,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def submit_referral(request: web.Request) -> web.Response:
     def act(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        _only(doc, {"recipients", "referral"})
+        _only(doc, {"recipients", "referral", "client_reference"})
         recipients = doc.get("recipients")
         if (
             not isinstance(recipients, list)
@@ -260,7 +268,27 @@ async def submit_referral(request: web.Request) -> web.Response:
         referral = doc.get("referral")
         if not isinstance(referral, dict):
             raise ProblemError(422, UNPROCESSABLE, "referral must be a JSON object")
-        result = request.app[BACKEND].submit_referral(recipients=recipients, referral=referral)
+        if "referral_id" in referral:
+            raise ProblemError(
+                400,
+                "Bad Request",
+                "referral.referral_id is assigned by the sending agent, not by its client: "
+                "leave it out (client_reference keeps the case system's own reference)",
+                problems=["/referral/referral_id: not accepted from the client"],
+            )
+        reference = doc.get("client_reference")
+        if reference is not None and not (
+            isinstance(reference, str) and CLIENT_REFERENCE.fullmatch(reference)
+        ):
+            raise ProblemError(
+                422,
+                UNPROCESSABLE,
+                "client_reference must be 1-100 characters of A-Z, a-z, 0-9 and . _ : / -",
+                problems=["/client_reference: not a client reference"],
+            )
+        result = request.app[BACKEND].submit_referral(
+            recipients=recipients, referral=referral, client_reference=reference
+        )
         return 202, result
 
     response = await _idempotent(request, "submit", act)
@@ -337,11 +365,12 @@ async def get_referral(request: web.Request) -> web.Response:
         "legal_basis": rows[0][5],
         "created": rows[0][7],
     }
+    body["sender"] = owner
     if side == "sender":
         body["status"] = min((p["status"] for p in parties), key=STATUS_ORDER.index)
+        body["client_reference"] = rows[0][10]
         body["recipients"] = parties
     else:
-        body["sender"] = parties[0]["agency"]
         body["state"] = parties[0]["state"]
         opened = backend.desk.open_body(
             owner, referral_id, backend.store.received_body(owner, referral_id)

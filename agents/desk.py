@@ -135,8 +135,28 @@ class Desk:
 
     # --- submitting --------------------------------------------------------------------------
 
-    def submit(self, *, recipients: Sequence[str], document: dict[str, Any]) -> dict[str, Any]:
-        """Validate, check consent, minimise per recipient, seal and commit (before 202)."""
+    def submit(
+        self,
+        *,
+        recipients: Sequence[str],
+        document: dict[str, Any],
+        client_reference: str | None = None,
+    ) -> dict[str, Any]:
+        """Validate, check consent, minimise per recipient, seal and commit (before 202).
+
+        The referral id is this agent's to choose (PROTOCOL §6.1): a new random one for every
+        referral. `client_reference`, the case system's own, is kept here and never sent."""
+        if document.get("referral_id") is not None:
+            raise ProblemError(400, "Bad Request", "referral_id is assigned by the sending agent")
+        if client_reference is not None:
+            used = self.store.client_reference_used(client_reference)
+            if used is not None:
+                raise ProblemError(
+                    409,
+                    "Conflict",
+                    "a referral was already submitted under this client_reference",
+                    referral_id=used,
+                )
         try:
             referral = R.validate_referral(document)
         except R.ReferralInvalid as e:
@@ -182,7 +202,7 @@ class Desk:
             raise ProblemError(
                 422, UNPROCESSABLE, "the referral cannot be sent as it is", problems=problems
             )
-        referral_id = referral.referral_id or secrets.token_hex(16)
+        referral_id = secrets.token_hex(16)
         routing = {**referral.routing(), "referral_id": referral_id}
         labels = (("referral_type", referral.referral_type), ("urgency", referral.urgency))
         expires = int(referral.expires_at.timestamp()) if referral.expires_at else None
@@ -213,6 +233,7 @@ class Desk:
                         message_id=message_id,
                         created=now,
                         expires=expires,
+                        client_reference=client_reference,
                     ),
                 )
                 self._history(
@@ -225,7 +246,10 @@ class Desk:
                 if receipt is not None:
                     self.store.record_consent_use(db, receipt.receipt_id, recipient, referral_id)
         self.log.info("referral_submitted", referral_id=referral_id, recipients=list(bodies))
-        return {"id": referral_id, "state": "submitted", "recipients": list(bodies)}
+        result = {"id": referral_id, "state": "submitted", "recipients": list(bodies)}
+        if client_reference is not None:
+            result["client_reference"] = client_reference
+        return result
 
     def _receipt_for(self, referral: R.Referral, now: int) -> C.ConsentReceipt:
         if referral.consent_receipt_id is None:
