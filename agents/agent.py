@@ -104,7 +104,7 @@ class Agent:
         self.keys = keys
         self.trust = trust
         self.limits = config.limits
-        self.store = Store(config.database)
+        self.store = Store(config.database, agency=config.agency)
         self.audit = AuditTrail(agency=config.agency, keys=lambda: self.keys, store=self.store)
         directory = trust.directory
         listed = (
@@ -315,7 +315,11 @@ class Agent:
     # --- sending --------------------------------------------------------------------------
 
     def submit_referral(
-        self, *, recipients: Sequence[str], referral: dict[str, Any]
+        self,
+        *,
+        recipients: Sequence[str],
+        referral: dict[str, Any],
+        client_reference: str | None = None,
     ) -> dict[str, Any]:
         """Validate, minimise, seal and commit a referral to the outbox (before the 202)."""
         if len(set(recipients)) != len(recipients):
@@ -335,7 +339,9 @@ class Agent:
             raise ProblemError(
                 413, "Content Too Large", f"the referral is over {self.limits.max_body_bytes} bytes"
             )
-        result = self.desk.submit(recipients=recipients, document=referral)
+        result = self.desk.submit(
+            recipients=recipients, document=referral, client_reference=client_reference
+        )
         self.metrics.sent.labels(REFERRAL).inc(len(result["recipients"]))
         self.log.info("referral_accepted", referral_id=result["id"], recipients=list(recipients))
         return result
@@ -634,7 +640,7 @@ class Agent:
             raise TypeError("a referral handler takes a checked referral")
         h = opened.header
         routing = self.desk.on_referral(tx, opened)
-        referral_id = self._referral_of(tx, h.message_id)
+        referral_id = self.store.received_referral(tx, h.message_id)
         my_kid = h.recipient_kids[h.recipients.index(self.config.agency)]
         self.audit.record(
             tx,
@@ -663,25 +669,11 @@ class Agent:
         self.audit.record(
             tx,
             "receipt.received",
-            referral_id=self._sent_referral(tx, checked.message_id),
+            referral_id=self.store.sent_referral(tx, checked.message_id),
             counterpart=h.sender,
             envelope_hash=opened.envelope_hash,
             key_ids=(h.sender_kid,),
         )
-
-    @staticmethod
-    def _referral_of(db: sqlite3.Connection, message_id: str) -> str | None:
-        row = db.execute(
-            "SELECT referral_id FROM inbox WHERE message_id = ?", (message_id,)
-        ).fetchone()
-        return None if row is None else row[0]
-
-    @staticmethod
-    def _sent_referral(db: sqlite3.Connection, message_id: str) -> str | None:
-        row = db.execute(
-            "SELECT referral_id FROM outbox WHERE message_id = ?", (message_id,)
-        ).fetchone()
-        return None if row is None else row[0]
 
     # --- trust ----------------------------------------------------------------------------
 

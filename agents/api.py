@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from keys import Limits
-from runtime import clock
+from keys.identity import check_agency_id
 
 from .attachments import ATTACHMENT_TYPES, Attachments
 from .config import ApiClient
@@ -29,6 +30,9 @@ from .openapi import OPENAPI
 from .problems import ProblemError, problem
 from .retention import Retention
 from .store import STATUS_ORDER, Store
+
+#: A case system's own reference for a referral it submits (sender-local, never sent).
+CLIENT_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}")
 
 log = structlog.get_logger("nrm.api")
 
@@ -46,7 +50,11 @@ class Backend(Protocol):
     retention: Retention
 
     def submit_referral(
-        self, *, recipients: Sequence[str], referral: dict[str, Any]
+        self,
+        *,
+        recipients: Sequence[str],
+        referral: dict[str, Any],
+        client_reference: str | None = None,
     ) -> dict[str, Any]: ...
 
     def health(self) -> dict[str, Any]: ...
@@ -186,10 +194,7 @@ async def _idempotent(
     if key is not None:
         if not 1 <= len(key) <= 200 or not key.isascii() or not key.isprintable():
             raise ProblemError(400, "Bad Request", "Idempotency-Key must be 1-200 printable ASCII")
-        row = store._db.execute(
-            "SELECT request_hash, status, response FROM idempotency WHERE client = ? AND key = ?",
-            (client, key),
-        ).fetchone()
+        row = store.idempotent_response(client, key)
         if row is not None:
             if row[0] != digest:
                 raise ProblemError(
@@ -205,11 +210,7 @@ async def _idempotent(
     with store.transaction() as db:
         status, body = act(doc)
         if key is not None:
-            db.execute(
-                "INSERT OR IGNORE INTO idempotency (client, key, request_hash, status, response,"
-                " created) VALUES (?, ?, ?, ?, ?, ?)",
-                (client, key, digest, status, json.dumps(body).encode(), clock.now()),
-            )
+            store.remember_response(db, client, key, digest, status, json.dumps(body).encode())
     return web.json_response(body, status=status)
 
 
@@ -259,7 +260,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def submit_referral(request: web.Request) -> web.Response:
     def act(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        _only(doc, {"recipients", "referral"})
+        _only(doc, {"recipients", "referral", "client_reference"})
         recipients = doc.get("recipients")
         if (
             not isinstance(recipients, list)
@@ -272,7 +273,27 @@ async def submit_referral(request: web.Request) -> web.Response:
         referral = doc.get("referral")
         if not isinstance(referral, dict):
             raise ProblemError(422, UNPROCESSABLE, "referral must be a JSON object")
-        result = request.app[BACKEND].submit_referral(recipients=recipients, referral=referral)
+        if "referral_id" in referral:
+            raise ProblemError(
+                400,
+                "Bad Request",
+                "referral.referral_id is assigned by the sending agent, not by its client: "
+                "leave it out (client_reference keeps the case system's own reference)",
+                problems=["/referral/referral_id: not accepted from the client"],
+            )
+        reference = doc.get("client_reference")
+        if reference is not None and not (
+            isinstance(reference, str) and CLIENT_REFERENCE.fullmatch(reference)
+        ):
+            raise ProblemError(
+                422,
+                UNPROCESSABLE,
+                "client_reference must be 1-100 characters of A-Z, a-z, 0-9 and . _ : / -",
+                problems=["/client_reference: not a client reference"],
+            )
+        result = request.app[BACKEND].submit_referral(
+            recipients=recipients, referral=referral, client_reference=reference
+        )
         return 202, result
 
     response = await _idempotent(request, "submit", act)
@@ -293,6 +314,7 @@ async def list_referrals(request: web.Request) -> web.Response:
     items = [
         {
             "id": r[1],
+            "sender": r[9],
             "counterpart": r[2],
             "side": r[3],
             "state": r[4],
@@ -311,16 +333,13 @@ async def get_referral(request: web.Request) -> web.Response:
     _need(request, "read")
     backend = request.app[BACKEND]
     referral_id = request.match_info["id"]
-    rows = backend.store._db.execute(
-        "SELECT counterpart, side, state, referral_type, urgency, legal_basis, message_id, created,"
-        " updated, escalated_at FROM referrals WHERE referral_id = ? ORDER BY counterpart",
-        (referral_id,),
-    ).fetchall()
+    owner = backend.desk.owner_of(referral_id, _sender_param(request))
+    rows = backend.store.referral_rows(owner, referral_id)
     if not rows:
         raise ProblemError(404, "Not Found", "no referral with this id at this agency")
     side = rows[0][1]
     parties = []
-    for counterpart, _, state, _t, _u, _b, message_id, _c, updated, escalated in rows:
+    for counterpart, _, state, _t, _u, _b, message_id, _c, updated, escalated, _r in rows:
         delivery = failure = None
         if side == "sender":
             out = backend.store.outgoing(message_id)
@@ -345,23 +364,23 @@ async def get_referral(request: web.Request) -> web.Response:
         parties.append(party)
     body: dict[str, Any] = {
         "id": referral_id,
-        "legal_hold": backend.retention.status(referral_id)["legal_hold"],
+        "legal_hold": backend.retention.status(owner, referral_id)["legal_hold"],
         "side": side,
         "referral_type": rows[0][3],
         "urgency": rows[0][4],
         "legal_basis": rows[0][5],
         "created": rows[0][7],
     }
+    body["sender"] = owner
     if side == "sender":
         body["status"] = min((p["status"] for p in parties), key=STATUS_ORDER.index)
+        body["client_reference"] = rows[0][10]
         body["recipients"] = parties
     else:
-        body["sender"] = parties[0]["agency"]
         body["state"] = parties[0]["state"]
-        row = backend.store._db.execute(
-            "SELECT body FROM inbox WHERE referral_id = ?", (referral_id,)
-        ).fetchone()
-        opened = backend.desk.open_body(referral_id, None if row is None else row[0])
+        opened = backend.desk.open_body(
+            owner, referral_id, backend.store.received_body(owner, referral_id)
+        )
         body["referral"] = None if opened is None else opened.get("referral")
         body["erased"] = opened is None
     return web.json_response(body)
@@ -369,15 +388,10 @@ async def get_referral(request: web.Request) -> web.Response:
 
 async def referral_history(request: web.Request) -> web.Response:
     _need(request, "read")
-    rows = (
-        request.app[BACKEND]
-        .store._db.execute(
-            "SELECT counterpart, from_state, to_state, party, reason, outcome, at FROM history"
-            " WHERE referral_id = ? ORDER BY seq",
-            (request.match_info["id"],),
-        )
-        .fetchall()
-    )
+    backend = request.app[BACKEND]
+    referral_id = request.match_info["id"]
+    owner = backend.desk.owner_of(referral_id, _sender_param(request))
+    rows = backend.store.history_rows(owner, referral_id)
     if not rows:
         raise ProblemError(404, "Not Found", "no referral with this id at this agency")
     items = [
@@ -392,16 +406,16 @@ async def referral_history(request: web.Request) -> web.Response:
         }
         for r in rows
     ]
-    return web.json_response({"id": request.match_info["id"], "items": items})
+    return web.json_response({"id": referral_id, "sender": owner, "items": items})
 
 
 async def transition(request: web.Request) -> web.Response:
     def act(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        _only(doc, {"to", "counterpart", "reason", "outcome"})
+        _only(doc, {"to", "sender", "counterpart", "reason", "outcome"})
         to = doc.get("to")
         if not isinstance(to, str):
             raise ProblemError(422, UNPROCESSABLE, "to must name the target state")
-        for name in ("counterpart", "reason", "outcome"):
+        for name in ("sender", "counterpart", "reason", "outcome"):
             if doc.get(name) is not None and not isinstance(doc[name], str):
                 raise ProblemError(422, UNPROCESSABLE, f"{name} must be a string")
         if doc.get("reason") is not None and doc["reason"] not in REASON_CODES:
@@ -410,6 +424,7 @@ async def transition(request: web.Request) -> web.Response:
             )
         result = request.app[BACKEND].desk.transition(
             request.match_info["id"],
+            sender=doc.get("sender"),
             to=to,
             counterpart=doc.get("counterpart"),
             reason=doc.get("reason"),
@@ -423,10 +438,11 @@ async def transition(request: web.Request) -> web.Response:
 async def place_legal_hold(request: web.Request) -> web.Response:
     """Stop every retention purge of this referral until the hold is lifted (idempotent)."""
     _need(request, "act")
+    backend = request.app[BACKEND]
+    referral_id = request.match_info["id"]
+    owner = backend.desk.owner_of(referral_id, _sender_param(request))
     try:
-        result = request.app[BACKEND].retention.hold(
-            request.match_info["id"], by=request[CLIENT].name
-        )
+        result = backend.retention.hold(owner, referral_id, by=request[CLIENT].name)
     except KeyError as e:
         raise ProblemError(404, "Not Found", "no referral with this id at this agency") from e
     return web.json_response(result)
@@ -435,8 +451,11 @@ async def place_legal_hold(request: web.Request) -> web.Response:
 async def lift_legal_hold(request: web.Request) -> web.Response:
     """Let the retention schedule apply to this referral again (idempotent)."""
     _need(request, "act")
+    backend = request.app[BACKEND]
+    referral_id = request.match_info["id"]
+    owner = backend.desk.owner_of(referral_id, _sender_param(request))
     try:
-        result = request.app[BACKEND].retention.lift(request.match_info["id"])
+        result = backend.retention.lift(owner, referral_id)
     except KeyError as e:
         raise ProblemError(404, "Not Found", "no referral with this id at this agency") from e
     return web.json_response(result)
@@ -451,7 +470,11 @@ async def list_inbox(request: web.Request) -> web.Response:
     rows = backend.store.inbox_page(kind="referral", after=after, limit=limit)
     items = []
     for r in rows:
-        opened = None if r.referral_id is None else backend.desk.open_body(r.referral_id, r.body)
+        opened = (
+            None
+            if r.referral_id is None
+            else backend.desk.open_body(r.sender, r.referral_id, r.body)
+        )
         items.append(
             {
                 "id": r.referral_id,
@@ -531,8 +554,11 @@ async def upload_attachment(request: web.Request) -> web.Response:
 
 async def get_attachment(request: web.Request) -> web.StreamResponse:
     _need(request, "read")
-    state, media_type, content = request.app[BACKEND].attachments.read(
-        request.match_info["id"], request.match_info["attachment_id"]
+    backend = request.app[BACKEND]
+    referral_id = request.match_info["id"]
+    owner = backend.desk.owner_of(referral_id, _sender_param(request))
+    state, media_type, content = backend.attachments.read(
+        owner, referral_id, request.match_info["attachment_id"]
     )
     if state == "unknown":
         raise ProblemError(404, "Not Found", "no such attachment of this referral here")
@@ -545,6 +571,20 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
     if state == "erased":
         raise ProblemError(410, "Gone", "the attachment was erased after consent withdrawal")
     return web.Response(body=content, content_type=media_type)
+
+
+def _sender_param(request: web.Request) -> str | None:
+    """The `sender` query parameter: the agency that sent (owns) the referral named in the
+    path. Referral ids are chosen by each sender, so only (sender, id) names one for sure."""
+    raw = request.query.get("sender")
+    if raw is None:
+        return None
+    try:
+        return check_agency_id(raw)
+    except ValueError:
+        raise ProblemError(
+            400, "Bad Request", "query parameter sender must be an agency id"
+        ) from None
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:

@@ -31,37 +31,9 @@ from keys.errors import MalformedError
 from keys.subjects import ATTACHMENT_BUCKET, ATTACHMENT_STREAM, attachment_object
 from runtime import clock
 
-from .storage import erasure
 from .store import Store
 
 log = structlog.get_logger("nrm.attachments")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS attachments (
-    attachment_id TEXT PRIMARY KEY,
-    sha256        TEXT NOT NULL,
-    size          INTEGER NOT NULL,
-    media_type    TEXT NOT NULL,
-    sealed        BLOB NOT NULL,
-    created       INTEGER NOT NULL
-) STRICT;
-CREATE TABLE IF NOT EXISTS attachment_uploads (
-    object_name TEXT PRIMARY KEY,
-    data        BLOB,
-    state       TEXT NOT NULL CHECK (state IN ('queued', 'sent'))
-) STRICT;
-CREATE TABLE IF NOT EXISTS received_attachments (
-    referral_id   TEXT NOT NULL,
-    attachment_id TEXT NOT NULL,
-    sha256        TEXT NOT NULL,
-    size          INTEGER NOT NULL,
-    media_type    TEXT NOT NULL,
-    sealed_key    BLOB,
-    data          BLOB,
-    state         TEXT NOT NULL CHECK (state IN ('pending', 'ok', 'corrupted', 'erased')),
-    PRIMARY KEY (referral_id, attachment_id)
-) STRICT;
-"""
 
 TRANSIENT = (nats.errors.Error, TimeoutError, OSError, ConnectionError)
 
@@ -78,9 +50,6 @@ class Attachments:
         self.storage = storage
         self.log = log.bind(agency=agency)
         self._wake = asyncio.Event()
-        with store.transaction() as db:
-            for statement in _statements():
-                db.execute(statement)
 
     # --- the agency system's uploads -------------------------------------------------------
 
@@ -89,10 +58,8 @@ class Attachments:
         digest = hashlib.sha256(content).hexdigest()
         sealed = bytes(self.storage().encrypt(content))
         with self.store.transaction() as db:
-            db.execute(
-                "INSERT INTO attachments (attachment_id, sha256, size, media_type, sealed, created)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (attachment_id, digest, len(content), media_type, sealed, clock.now()),
+            self.store.insert_attachment(
+                db, attachment_id, digest, len(content), media_type, sealed, clock.now()
             )
         return {
             "attachment_id": attachment_id,
@@ -107,10 +74,7 @@ class Attachments:
         """Problems with the attachments a referral body cites (unknown id, wrong hash)."""
         problems = []
         for i, item in enumerate(cited):
-            row = self.store._db.execute(
-                "SELECT sha256, size FROM attachments WHERE attachment_id = ?",
-                (item.get("attachment_id"),),
-            ).fetchone()
+            row = self.store.attachment_digest(item.get("attachment_id"))
             if row is None:
                 problems.append(f"/body/attachments/{i}: no uploaded attachment with this id")
             elif row[0] != item.get("sha256") or row[1] != item.get("size"):
@@ -124,17 +88,12 @@ class Attachments:
         key = secrets.token_bytes(SecretBox.KEY_SIZE)
         box = SecretBox(key)
         for item in cited:
-            (sealed,) = db.execute(
-                "SELECT sealed FROM attachments WHERE attachment_id = ?", (item["attachment_id"],)
-            ).fetchone()
-            content = self.storage().decrypt(bytes(sealed))
-            db.execute(
-                "INSERT OR IGNORE INTO attachment_uploads (object_name, data, state)"
-                " VALUES (?, ?, 'queued')",
-                (
-                    attachment_object(referral_id, item["attachment_id"]),
-                    bytes(box.encrypt(content)),
-                ),
+            sealed = self.store.sealed_attachment(db, item["attachment_id"])
+            content = self.storage().decrypt(sealed)
+            self.store.queue_attachment_upload(
+                db,
+                attachment_object(referral_id, item["attachment_id"]),
+                bytes(box.encrypt(content)),
             )
         self._wake.set()
         return key
@@ -144,6 +103,7 @@ class Attachments:
     def expect(
         self,
         db: sqlite3.Connection,
+        owner: str,
         referral_id: str,
         key: bytes,
         cited: Sequence[Mapping[str, Any]],
@@ -153,27 +113,22 @@ class Attachments:
                 raise MalformedError("a cited attachment is not an id, media type, size and hash")
         sealed_key = bytes(self.storage().encrypt(key))
         for item in cited:
-            db.execute(
-                "INSERT OR IGNORE INTO received_attachments (referral_id, attachment_id, sha256,"
-                " size, media_type, sealed_key, state) VALUES (?, ?, ?, ?, ?, ?, 'pending')",
-                (
-                    referral_id,
-                    str(item["attachment_id"]),
-                    str(item["sha256"]),
-                    int(item["size"]),
-                    str(item["media_type"]),
-                    sealed_key,
-                ),
+            self.store.expect_attachment(
+                db,
+                owner,
+                referral_id,
+                str(item["attachment_id"]),
+                str(item["sha256"]),
+                int(item["size"]),
+                str(item["media_type"]),
+                sealed_key,
             )
         self._wake.set()
 
-    def read(self, referral_id: str, attachment_id: str) -> tuple[str, str, bytes]:
-        """(state, media type, content); the content only when the state is ok."""
-        row = self.store._db.execute(
-            "SELECT state, sealed_key, data, media_type FROM received_attachments"
-            " WHERE referral_id = ? AND attachment_id = ?",
-            (referral_id, attachment_id),
-        ).fetchone()
+    def read(self, owner: str, referral_id: str, attachment_id: str) -> tuple[str, str, bytes]:
+        """(state, media type, content) of an attachment of the referral (owner, referral
+        id); the content only when the state is ok."""
+        row = self.store.received_attachment(owner, referral_id, attachment_id)
         if row is None:
             return "unknown", "", b""
         state, sealed_key, data, media_type = row
@@ -203,27 +158,17 @@ class Attachments:
                 await asyncio.sleep(1.0)
 
     async def _upload_some(self, obs: Any) -> int:
-        rows = self.store._db.execute(
-            "SELECT object_name, data FROM attachment_uploads WHERE state = 'queued' LIMIT 4"
-        ).fetchall()
+        rows = self.store.queued_uploads(4)
         for name, data in rows:
-            await obs.put(name, bytes(data))
-            with self.store.transaction() as db:
-                db.execute(
-                    "UPDATE attachment_uploads SET state = 'sent', data = NULL"
-                    " WHERE object_name = ?",
-                    (name,),
-                )
+            await obs.put(name, data)
+            self.store.mark_uploaded(name)
             self.log.info("attachment_uploaded", object_name=name)
         return len(rows)
 
     async def _fetch_some(self, obs: Any) -> int:
-        rows = self.store._db.execute(
-            "SELECT referral_id, attachment_id, sha256, size, sealed_key FROM"
-            " received_attachments WHERE state = 'pending' LIMIT 4"
-        ).fetchall()
+        rows = self.store.pending_fetches(4)
         fetched = 0
-        for referral_id, attachment_id, sha256, size, sealed_key in rows:
+        for owner, referral_id, attachment_id, sha256, size, sealed_key in rows:
             try:
                 result = await obs.get(attachment_object(referral_id, attachment_id))
             except (nats.js.errors.NotFoundError, nats.js.errors.ObjectNotFoundError):
@@ -231,15 +176,12 @@ class Attachments:
             data = bytes(result.data or b"")
             state = "corrupted"
             with contextlib.suppress(nacl.exceptions.CryptoError):
-                content = SecretBox(self.storage().decrypt(bytes(sealed_key))).decrypt(data)
+                content = SecretBox(self.storage().decrypt(sealed_key)).decrypt(data)
                 if hashlib.sha256(content).hexdigest() == sha256 and len(content) == size:
                     state = "ok"
-            with self.store.transaction() as db:
-                db.execute(
-                    "UPDATE received_attachments SET state = ?, data = ? WHERE referral_id = ?"
-                    " AND attachment_id = ? AND state = 'pending'",
-                    (state, data if state == "ok" else None, referral_id, attachment_id),
-                )
+            self.store.mark_fetched(
+                owner, referral_id, attachment_id, state, data if state == "ok" else None
+            )
             fetched += 1
             if state == "ok":
                 self.log.info(
@@ -260,11 +202,11 @@ class Attachments:
         """Erase the objects of withdrawn referrals from the bus: every chunk and the meta
         by message deletion with erasure (nats-server overwrites the stored bytes), not a
         purge (which leaves them in the stream's block files until the block is gone)."""
-        names = erasure.queued_deletions(self.store._db, 4)
+        names = self.store.queued_deletions(4)
         for name in names:
             await _erase_object(js, obs, name)
             with self.store.transaction() as db:
-                erasure.deletion_done(db, name)
+                self.store.deletion_done(db, name)
             self.log.info("attachment_object_erased", object_name=name)
         return len(names)
 
@@ -286,10 +228,6 @@ async def _erase_object(js: Any, obs: Any, name: str) -> None:
                 break
             await js.delete_msg(ATTACHMENT_STREAM, msg.seq)  # {"seq": n}: erased, not just removed
             seq = msg.seq + 1
-
-
-def _statements() -> list[str]:
-    return [s.strip() for s in SCHEMA.split(";") if s.strip()]
 
 
 def encode_key(key: bytes) -> str:

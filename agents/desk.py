@@ -23,7 +23,9 @@ from nacl.secret import SecretBox
 from keys import (
     AgencyKeys,
     MalformedError,
+    NotSharedError,
     Opened,
+    ReusedReferralIdError,
     UnexpectedMessageError,
     UnknownKeyError,
     UntrustedInputError,
@@ -48,8 +50,7 @@ from .messages import (
     parse_json_body,
 )
 from .problems import ProblemError
-from .storage import erasure
-from .store import Store
+from .store import NewReferral, PendingConfirmation, Step, Store
 
 log = structlog.get_logger("nrm.desk")
 
@@ -100,8 +101,6 @@ class Desk:
         self.log = log.bind(agency=self.agency)
         R.compile_validators()  # at start-up: see its docstring
         C.compile_validators()
-        with self.store.transaction() as db:
-            W.create_tables(db)
 
     # --- at-rest protection ------------------------------------------------------------------
 
@@ -111,26 +110,25 @@ class Desk:
             raise RuntimeError("the key file has no storage key; re-create it with nrm keys init")
         return SecretBox(key)
 
-    def _seal_body(self, db: sqlite3.Connection, referral_id: str, body: bytes) -> bytes:
+    def _seal_body(
+        self, db: sqlite3.Connection, owner: str, referral_id: str, body: bytes
+    ) -> bytes:
         """Encrypt a received body under a fresh per-referral data key (crypto-shredding)."""
         data_key = secrets.token_bytes(SecretBox.KEY_SIZE)
-        db.execute(
-            "INSERT OR REPLACE INTO data_keys (referral_id, sealed_key) VALUES (?, ?)",
-            (referral_id, bytes(self._storage().encrypt(data_key))),
-        )
+        self.store.put_data_key(db, owner, referral_id, bytes(self._storage().encrypt(data_key)))
         return bytes(SecretBox(data_key).encrypt(body))
 
-    def open_body(self, referral_id: str, sealed: bytes | None) -> dict[str, Any] | None:
-        """The decrypted referral, or None once erased."""
+    def open_body(
+        self, owner: str, referral_id: str, sealed: bytes | None
+    ) -> dict[str, Any] | None:
+        """The decrypted referral (owner, referral id), or None once erased."""
         if sealed is None:
             return None
-        row = self.store._db.execute(
-            "SELECT sealed_key FROM data_keys WHERE referral_id = ?", (referral_id,)
-        ).fetchone()
-        if row is None or row[0] is None:
+        sealed_key = self.store.data_key(owner, referral_id)
+        if sealed_key is None:
             return None
         try:
-            data_key = self._storage().decrypt(bytes(row[0]))
+            data_key = self._storage().decrypt(sealed_key)
             doc = json.loads(SecretBox(data_key).decrypt(sealed))
         except nacl.exceptions.CryptoError:
             return None
@@ -138,8 +136,28 @@ class Desk:
 
     # --- submitting --------------------------------------------------------------------------
 
-    def submit(self, *, recipients: Sequence[str], document: dict[str, Any]) -> dict[str, Any]:
-        """Validate, check consent, minimise per recipient, seal and commit (before 202)."""
+    def submit(
+        self,
+        *,
+        recipients: Sequence[str],
+        document: dict[str, Any],
+        client_reference: str | None = None,
+    ) -> dict[str, Any]:
+        """Validate, check consent, minimise per recipient, seal and commit (before 202).
+
+        The referral id is this agent's to choose (PROTOCOL §6.1): a new random one for every
+        referral. `client_reference`, the case system's own, is kept here and never sent."""
+        if document.get("referral_id") is not None:
+            raise ProblemError(400, "Bad Request", "referral_id is assigned by the sending agent")
+        if client_reference is not None:
+            used = self.store.client_reference_used(client_reference)
+            if used is not None:
+                raise ProblemError(
+                    409,
+                    "Conflict",
+                    "a referral was already submitted under this client_reference",
+                    referral_id=used,
+                )
         try:
             referral = R.validate_referral(document)
         except R.ReferralInvalid as e:
@@ -185,7 +203,7 @@ class Desk:
             raise ProblemError(
                 422, UNPROCESSABLE, "the referral cannot be sent as it is", problems=problems
             )
-        referral_id = referral.referral_id or secrets.token_hex(16)
+        referral_id = secrets.token_hex(16)
         routing = {**referral.routing(), "referral_id": referral_id}
         labels = (("referral_type", referral.referral_type), ("urgency", referral.urgency))
         expires = int(referral.expires_at.timestamp()) if referral.expires_at else None
@@ -201,34 +219,38 @@ class Desk:
                 message_id = self.send(
                     REFERRAL, message, [recipient], db, referral_id=referral_id, labels=labels
                 )
-                db.execute(
-                    "INSERT INTO referrals (referral_id, counterpart, side, state, referral_type,"
-                    " urgency, legal_basis, consent_receipt_id, message_id, created, updated,"
-                    " expires) VALUES (?, ?, 'sender', 'submitted', ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        referral_id,
-                        recipient,
-                        referral.referral_type,
-                        referral.urgency,
-                        referral.legal_basis,
-                        referral.consent_receipt_id,
-                        message_id,
-                        now,
-                        now,
-                        expires,
+                self.store.insert_referral(
+                    db,
+                    NewReferral(
+                        owner=self.agency,
+                        referral_id=referral_id,
+                        counterpart=recipient,
+                        side="sender",
+                        state="submitted",
+                        referral_type=referral.referral_type,
+                        urgency=referral.urgency,
+                        legal_basis=referral.legal_basis,
+                        consent_receipt_id=referral.consent_receipt_id,
+                        message_id=message_id,
+                        created=now,
+                        expires=expires,
+                        client_reference=client_reference,
                     ),
                 )
                 self._history(
-                    db, referral_id, recipient, None, "submitted", "sender", None, None, now
+                    db,
+                    self.agency,
+                    referral_id,
+                    recipient,
+                    Step(None, "submitted", "sender", None, None, now),
                 )
                 if receipt is not None:
-                    db.execute(
-                        "INSERT OR IGNORE INTO consent_uses (receipt_id, agency, referral_id)"
-                        " VALUES (?, ?, ?)",
-                        (receipt.receipt_id, recipient, referral_id),
-                    )
+                    self.store.record_consent_use(db, receipt.receipt_id, recipient, referral_id)
         self.log.info("referral_submitted", referral_id=referral_id, recipients=list(bodies))
-        return {"id": referral_id, "state": "submitted", "recipients": list(bodies)}
+        result = {"id": referral_id, "state": "submitted", "recipients": list(bodies)}
+        if client_reference is not None:
+            result["client_reference"] = client_reference
+        return result
 
     def _receipt_for(self, referral: R.Referral, now: int) -> C.ConsentReceipt:
         if referral.consent_receipt_id is None:
@@ -265,36 +287,41 @@ class Desk:
         if not isinstance(routing, dict) or not isinstance(routing.get("referral_id"), str):
             raise UnexpectedMessageError("a referral message must hold a referral with an id")
         referral_id: str = routing["referral_id"]
+        owner = h.sender  # the sender chose the id: it names a referral only with the sender
+        if self.store.pairs(owner, referral_id):
+            raise ReusedReferralIdError("the sender already sent a referral with this id")
         now = clock.now()
-        sealed = self._seal_body(db, referral_id, opened.body)
+        sealed = self._seal_body(db, owner, referral_id, opened.body)
         body = routing.get("body")
         cited = body.get("attachments") if isinstance(body, dict) else None
         if cited is not None:
             key = decode_key(doc.get("attachment_key"))
             if not isinstance(cited, list) or not cited or key is None:
                 raise MalformedError("cited attachments need a list and the attachment key")
-            self.attachments.expect(db, referral_id, key, cited)
-        db.execute(
-            "UPDATE inbox SET body = ?, referral_id = ? WHERE message_id = ?",
-            (sealed, referral_id, h.message_id),
-        )
-        db.execute(
-            "INSERT OR REPLACE INTO referrals (referral_id, counterpart, side, state,"
-            " referral_type, urgency, legal_basis, consent_receipt_id, message_id, created,"
-            " updated) VALUES (?, ?, 'recipient', 'delivered', ?, ?, ?, ?, ?, ?, ?)",
-            (
-                referral_id,
-                h.sender,
-                str(routing.get("referral_type")),
-                str(routing.get("urgency")),
-                str(routing.get("legal_basis")),
-                routing.get("consent_receipt_id"),
-                h.message_id,
-                now,
-                now,
+            self.attachments.expect(db, owner, referral_id, key, cited)
+        self.store.link_received_referral(db, h.message_id, referral_id, sealed)
+        consent_receipt_id = routing.get("consent_receipt_id")
+        self.store.insert_referral(
+            db,
+            NewReferral(
+                owner=owner,
+                referral_id=referral_id,
+                counterpart=h.sender,
+                side="recipient",
+                state="delivered",
+                referral_type=str(routing.get("referral_type")),
+                urgency=str(routing.get("urgency")),
+                legal_basis=str(routing.get("legal_basis")),
+                consent_receipt_id=(
+                    consent_receipt_id if isinstance(consent_receipt_id, str) else None
+                ),
+                message_id=h.message_id,
+                created=now,
             ),
         )
-        self._history(db, referral_id, h.sender, None, "delivered", "system", None, None, now)
+        self._history(
+            db, owner, referral_id, owner, Step(None, "delivered", "system", None, None, now)
+        )
         W.enqueue(
             db,
             W.WebhookEvent(
@@ -308,31 +335,46 @@ class Desk:
 
     def on_delivered(self, db: sqlite3.Connection, message_id: str, recipient: str) -> None:
         """A delivery receipt moves the sender's pair from submitted to delivered."""
-        row = db.execute(
-            "SELECT referral_id, state FROM referrals WHERE message_id = ? AND counterpart = ?"
-            " AND side = 'sender'",
-            (message_id, recipient),
-        ).fetchone()
-        if row is not None and row[1] == "submitted":
-            self._set_state(db, row[0], recipient, "submitted", "delivered", "system", None, None)
+        row = self.store.sent_pair_of_message(db, message_id, recipient)
+        if row is not None and row[2] == "submitted":
+            self._set_state(
+                db, row[0], row[1], recipient, "submitted", "delivered", "system", None, None
+            )
 
     # --- lifecycle ---------------------------------------------------------------------------
+
+    def owner_of(self, referral_id: str, sender: str | None) -> str:
+        """The owner of the referral the API names by its id and, when given, its `sender`
+        (the agency that sent it: this agency for its own). 404 if none; 409 if the id alone
+        names referrals of several senders (ids are chosen by each sender, PROTOCOL §6.1)."""
+        owners = self.store.owners_of(referral_id)
+        if sender is not None:
+            if sender not in owners:
+                raise ProblemError(404, "Not Found", "no referral with this id from this sender")
+            return sender
+        if not owners:
+            raise ProblemError(404, "Not Found", "no referral with this id at this agency")
+        if len(owners) > 1:
+            raise ProblemError(
+                409,
+                "Conflict",
+                "referrals from several senders have this id: name the sender (?sender=)",
+                senders=owners,
+            )
+        return owners[0]
 
     def transition(
         self,
         referral_id: str,
         *,
+        sender: str | None = None,
         to: str,
         counterpart: str | None,
         reason: str | None,
         outcome: str | None,
     ) -> dict[str, Any]:
-        rows = self.store._db.execute(
-            "SELECT counterpart, side, state FROM referrals WHERE referral_id = ?",
-            (referral_id,),
-        ).fetchall()
-        if not rows:
-            raise ProblemError(404, "Not Found", "no referral with this id at this agency")
+        owner = self.owner_of(referral_id, sender)
+        rows = self.store.pairs(owner, referral_id)
         if counterpart is None and len(rows) > 1:
             raise ProblemError(
                 422, UNPROCESSABLE, "this referral has several recipients: name the counterpart"
@@ -367,7 +409,7 @@ class Desk:
             at=now,
         )
         with self.store.transaction() as db:
-            self._set_state(db, referral_id, other, state, to, side, reason, outcome)
+            self._set_state(db, owner, referral_id, other, state, to, side, reason, outcome)
             self.send(
                 TRANSITION,
                 step.encode(),
@@ -383,17 +425,17 @@ class Desk:
             from_state=state,
             to_state=to,
         )
-        return {"id": referral_id, "counterpart": other, "state": to}
+        return {"id": referral_id, "sender": owner, "counterpart": other, "state": to}
 
     def on_transition(self, db: sqlite3.Connection, opened: Opened) -> None:
         step = L.Transition.decode(opened.body)
         sender = opened.header.sender
-        row = db.execute(
-            "SELECT side, state FROM referrals WHERE referral_id = ? AND counterpart = ?",
-            (step.referral_id, sender),
-        ).fetchone()
+        # A recipient's step is about a referral this agency sent; a sender's step about one
+        # the sender sent here. Either way only a pair between the two of them can move.
+        owner = self.agency if step.party == "recipient" else sender
+        row = self.store.pair(db, owner, step.referral_id, sender)
         if row is None:
-            raise UnexpectedMessageError("a transition for a referral not shared with its sender")
+            raise NotSharedError("a transition for a referral not shared with its sender")
         side, state = row
         expected_party = "recipient" if side == "sender" else "sender"
         expected_recipient = sender if side == "sender" else self.agency
@@ -405,6 +447,7 @@ class Desk:
             raise UnexpectedMessageError(f"transition {state} -> {step.to_state} refused") from e
         self._set_state(
             db,
+            owner,
             step.referral_id,
             sender,
             state,
@@ -447,6 +490,7 @@ class Desk:
     def _set_state(
         self,
         db: sqlite3.Connection,
+        owner: str,
         referral_id: str,
         counterpart: str,
         from_state: str,
@@ -455,44 +499,21 @@ class Desk:
         reason: str | None,
         outcome: str | None,
     ) -> None:
-        now = clock.now()
-        db.execute(
-            "UPDATE referrals SET state = ?, updated = ? WHERE referral_id = ? AND counterpart = ?",
-            (to_state, now, referral_id, counterpart),
-        )
-        self._history(
-            db, referral_id, counterpart, from_state, to_state, party, reason, outcome, now
-        )
+        step = Step(from_state, to_state, party, reason, outcome, clock.now())
+        self.store.set_state(db, owner, referral_id, counterpart, step)
 
-    @staticmethod
     def _history(
-        db: sqlite3.Connection,
-        referral_id: str,
-        counterpart: str,
-        from_state: str | None,
-        to_state: str,
-        party: str,
-        reason: str | None,
-        outcome: str | None,
-        at: int,
+        self, db: sqlite3.Connection, owner: str, referral_id: str, counterpart: str, step: Step
     ) -> None:
-        db.execute(
-            "INSERT INTO history (referral_id, counterpart, from_state, to_state, party, reason,"
-            " outcome, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (referral_id, counterpart, from_state, to_state, party, reason, outcome, at),
-        )
+        self.store.add_history(db, owner, referral_id, counterpart, step)
 
     # --- timers: escalation and expiry ---------------------------------------------------------
 
     def tick(self, now: int | None = None) -> None:
         """Escalate overdue urgent referrals to the co-ordinator; expire stale ones."""
         now = clock.now() if now is None else now
-        rows = self.store._db.execute(
-            "SELECT referral_id, counterpart, state, urgency, created FROM referrals"
-            " WHERE side = 'sender' AND escalated_at IS NULL AND state IN ('submitted',"
-            " 'delivered') AND urgency IN ('urgent', 'emergency')"
-        ).fetchall()
-        for referral_id, recipient, _state, urgency, created in rows:
+        rows = self.store.escalation_candidates()
+        for owner, referral_id, recipient, _state, urgency, created in rows:
             if not L.escalation_due(
                 urgency, created, acknowledged=False, limits=self.escalation_limits, now=now
             ):
@@ -507,11 +528,7 @@ class Desk:
                 }
             )
             with self.store.transaction() as db:
-                db.execute(
-                    "UPDATE referrals SET escalated_at = ? WHERE referral_id = ? AND "
-                    "counterpart = ?",
-                    (now, referral_id, recipient),
-                )
+                self.store.mark_escalated(db, owner, referral_id, recipient, now)
                 if coordinators:
                     self.send(
                         ESCALATION,
@@ -522,16 +539,11 @@ class Desk:
                         labels=(("urgency", urgency),),
                     )
             self.log.warning("referral_escalated", referral_id=referral_id, recipient=recipient)
-        expired = self.store._db.execute(
-            "SELECT referral_id, counterpart, state FROM referrals WHERE expires IS NOT NULL"
-            " AND expires <= ? AND state IN ('submitted', 'delivered', 'acknowledged',"
-            " 'more_info_requested')",
-            (now,),
-        ).fetchall()
-        for referral_id, counterpart, state in expired:
+        expired = self.store.expired_pairs(now)
+        for owner, referral_id, counterpart, state in expired:
             with self.store.transaction() as db:
                 self._set_state(
-                    db, referral_id, counterpart, state, "expired", "system", None, None
+                    db, owner, referral_id, counterpart, state, "expired", "system", None, None
                 )
 
     def _escalation_recipients(self, now: int) -> list[str]:
@@ -637,11 +649,7 @@ class Desk:
     def consent_status(self, receipt_id: str) -> dict[str, Any]:
         verified = self.verified_consent(receipt_id)
         withdrawn_at = verified.withdrawn_at
-        uses = self.store._db.execute(
-            "SELECT agency, referral_id, confirmed_at FROM consent_uses WHERE receipt_id = ?"
-            " ORDER BY agency, referral_id",
-            (receipt_id,),
-        ).fetchall()
+        uses = self.store.consent_uses(receipt_id)
         return {
             "id": receipt_id,
             "receipt": C.to_doc(verified.receipt),
@@ -665,21 +673,10 @@ class Desk:
         self.verified_consent(receipt_id)
         now = clock.now()
         with self.store.transaction() as db:
-            if (
-                db.execute(
-                    "SELECT withdrawn_at FROM consents WHERE receipt_id = ?", (receipt_id,)
-                ).fetchone()[0]
-                is not None
-            ):
-                raise ProblemError(409, "Conflict", "this consent is already withdrawn")
-            db.execute(
-                "UPDATE consents SET withdrawn_at = ? WHERE receipt_id = ?", (now, receipt_id)
-            )
-            uses: dict[str, list[str]] = {}
-            for agency, referral_id in db.execute(
-                "SELECT agency, referral_id FROM consent_uses WHERE receipt_id = ?", (receipt_id,)
-            ):
-                uses.setdefault(agency, []).append(referral_id)
+            try:
+                uses = self.store.withdraw_consent(db, receipt_id, now)
+            except LookupError as e:
+                raise ProblemError(409, "Conflict", "this consent is already withdrawn") from e
             for agency, referral_ids in sorted(uses.items()):
                 body = canonical_json(
                     {"receipt_id": receipt_id, "referral_ids": sorted(referral_ids)}
@@ -687,7 +684,7 @@ class Desk:
                 self.send(CONSENT_WITHDRAWAL, body, [agency], db)
             # Erasure at the sender (issue 11): the envelopes sealed to the recipients and
             # the attachment objects go now; the WAL is truncated after the commit.
-            erasure.drop_sent(db, sorted({r for ids in uses.values() for r in ids}), now=now)
+            self.store.drop_sent(db, sorted({r for ids in uses.values() for r in ids}), now=now)
             self.audit.record(db, "consent.withdrawn")
         self.erased()
         self.log.info("consent_withdrawn", receipt_id=receipt_id, recipients=sorted(uses))
@@ -703,21 +700,20 @@ class Desk:
         sender = opened.header.sender
         erased = []
         for referral_id in notice["referral_ids"]:
-            owned = db.execute(
-                "SELECT 1 FROM referrals WHERE referral_id = ? AND counterpart = ? AND"
-                " side = 'recipient'",
-                (referral_id, sender),
-            ).fetchone()
-            if owned is None:
-                continue  # only what that agency itself sent here
+            if not self.store.holds_received(db, sender, referral_id):
+                if self.store.owners_of(referral_id):
+                    # Held here only as another agency's referral (or one this agency sent):
+                    # the sender cannot withdraw what it did not send (PROTOCOL §8.5).
+                    raise NotSharedError("a withdrawal names a referral its sender did not send")
+                continue  # never arrived here: nothing to erase
             # Erasure (issue 11): rows deleted, WAL truncated before the confirmation goes.
-            erasure.erase_received(db, referral_id, sender)
+            self.store.erase_received(db, sender, referral_id)
             erased.append(referral_id)
             self.audit.record(db, "erasure.confirmed", referral_id=referral_id, counterpart=sender)
         now = clock.now()
-        erasure.queue_confirmation(
+        self.store.queue_confirmation(
             db,
-            erasure.PendingConfirmation(notice["receipt_id"], sender, tuple(erased), now),
+            PendingConfirmation(notice["receipt_id"], sender, tuple(erased), now),
         )
         self.erased()  # agents/erasure.py sends it once the WAL no longer holds the bytes
         self.log.info(
@@ -750,8 +746,6 @@ class Desk:
             "erasure_confirmed", receipt_id=notice["receipt_id"], counterpart=opened.header.sender
         )
         # The agency erased everything it held from us under the receipt.
-        db.execute(
-            "UPDATE consent_uses SET confirmed_at = ? WHERE receipt_id = ? AND agency = ?"
-            " AND confirmed_at IS NULL",
-            (notice["erased_at"], notice["receipt_id"], opened.header.sender),
+        self.store.confirm_erasure(
+            db, notice["receipt_id"], opened.header.sender, notice["erased_at"]
         )

@@ -24,7 +24,6 @@ from keys.codec import canonical_json
 from .desk import Sender
 from .messages import ERASURE_CONFIRMATION
 from .problems import ProblemError
-from .storage import erasure as S
 from .store import Store
 
 log = structlog.get_logger("nrm.erasure")
@@ -46,8 +45,6 @@ class Eraser:
         #: A WAL truncation is due (set at start: a crash may have come between).
         self._dirty = True
         self.truncations = 0
-        with store.transaction() as db:
-            S.create_tables(db)
 
     def erased(self) -> None:
         """Call after committing an erasure or a withdrawal that dropped envelopes."""
@@ -63,7 +60,7 @@ class Eraser:
             except (sqlite3.Error, OSError, UntrustedInputError, ProblemError) as e:
                 self.log.error("erasure_step_failed", error=type(e).__name__)
             self._wake.clear()
-            if self._dirty or S.pending_confirmations(self.store._db, 1):
+            if self._dirty or self.store.pending_confirmations(1):
                 await asyncio.sleep(IDLE_SECONDS)  # a step failed: back off, then retry
                 continue
             with contextlib.suppress(TimeoutError):
@@ -71,7 +68,7 @@ class Eraser:
 
     async def step(self, on_sent: Callable[[], None]) -> int:
         """One round; how many confirmations were queued for sending."""
-        pending = S.pending_confirmations(self.store._db, BATCH)
+        pending = self.store.pending_confirmations(BATCH)
         if not self._dirty and not pending:
             return 0
         self._dirty = False
@@ -91,7 +88,7 @@ class Eraser:
             )
             with self.store.transaction() as db:
                 self.send(ERASURE_CONFIRMATION, body, [c.sender], db)
-                S.confirmation_sent(db, c.receipt_id, c.sender)
+                self.store.confirmation_sent(db, c.receipt_id, c.sender)
             self.log.info(
                 "erasure_confirmation_queued", receipt_id=c.receipt_id, counterpart=c.sender
             )

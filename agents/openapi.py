@@ -87,15 +87,27 @@ SCHEMAS: dict[str, Any] = {
 #: A referral's legal hold (agents/retention.py).
 _LEGAL_HOLD: dict[str, Any] = {
     "type": "object",
-    "required": ["id", "legal_hold", "placed_at"],
+    "required": ["id", "sender", "legal_hold", "placed_at"],
     "additionalProperties": False,
     "properties": {
         "id": {"type": "string"},
+        "sender": {"type": "string"},
         "legal_hold": {"type": "boolean"},
         "placed_at": {"type": ["integer", "null"]},
     },
 }
 _PATH_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_AGENCY_ID = {"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$"}
+#: Referral ids are chosen by each sender (PROTOCOL.md §6.1): only (sender, id) names a
+#: referral for sure. Without `sender`, an id that referrals of several senders share is 409.
+_SENDER = {
+    "name": "sender",
+    "in": "query",
+    "required": False,
+    "description": "The agency that sent the referral (this agency for its own). Needed "
+    "only when referrals from several senders have this id: the answer is then 409.",
+    "schema": _AGENCY_ID,
+}
 #: /healthz: `status` is `ok` or `warning` (200: the directory or the newest root expires within
 #: the warning window, `reasons` say which) or `degraded` (503); `instance` is this process's
 #: lease on the agency's inbox (docs/PROTOCOL.md §5.2). Other members describe the bus, trust,
@@ -244,14 +256,40 @@ OPENAPI: dict[str, Any] = {
                                         "maxItems": 32,
                                         "items": {"type": "string"},
                                     },
-                                    "referral": {"$ref": "#/components/schemas/ReferralV1"},
+                                    "referral": {
+                                        "description": "referral_id is assigned by this "
+                                        "agent (400 if given) and returned as `id`",
+                                        "allOf": [
+                                            {"$ref": "#/components/schemas/ReferralV1"},
+                                            {"not": {"required": ["referral_id"]}},
+                                        ],
+                                    },
+                                    "client_reference": {
+                                        "description": "The case system's own reference for "
+                                        "this referral: kept by this agent, never sent; one "
+                                        "referral per reference (409 names the earlier one)",
+                                        "type": "string",
+                                        "pattern": "^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$",
+                                    },
                                 },
                             }
                         }
                     },
                 },
                 "responses": {
-                    "202": _json({"type": "object", "required": ["id", "state"]}, "Accepted"),
+                    "202": _json(
+                        {
+                            "type": "object",
+                            "required": ["id", "state", "recipients"],
+                            "properties": {
+                                "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                                "state": {"const": "submitted"},
+                                "recipients": {"type": "array", "items": _AGENCY_ID},
+                                "client_reference": {"type": "string"},
+                            },
+                        },
+                        "Accepted: `id` is the referral id this agent assigned",
+                    ),
                     **_errors(400, 401, 403, 413, 415, 422, 503),
                     **_UNVERIFIABLE,
                 },
@@ -273,29 +311,36 @@ OPENAPI: dict[str, Any] = {
                 "failed copy has `failure` (key-revoked, removed, key-retired) and will never "
                 "be delivered: submit the referral again once the agency can send; "
                 "`consent-withdrawn`: the consent was withdrawn before it was published. "
-                "`legal_hold` says whether retention purges are stopped for it",
-                "parameters": [_PATH_ID],
-                "responses": {"200": _json({"type": "object"}), **_errors(401, 403, 404)},
+                "`legal_hold` says whether retention purges are stopped for it. `sender` "
+                "is the agency that sent the referral (this agency for its own)",
+                "parameters": [_PATH_ID, _SENDER],
+                "responses": {
+                    "200": _json({"type": "object"}),
+                    **_errors(400, 401, 403, 404, 409),
+                },
             }
         },
         "/v1/referrals/{id}/history": {
             "get": {
                 "summary": "Every state change of a referral (read scope)",
-                "parameters": [_PATH_ID],
-                "responses": {"200": _json({"type": "object"}), **_errors(401, 403, 404)},
+                "parameters": [_PATH_ID, _SENDER],
+                "responses": {
+                    "200": _json({"type": "object"}),
+                    **_errors(400, 401, 403, 404, 409),
+                },
             }
         },
         "/v1/referrals/{id}/legal-hold": {
             "put": {
                 "summary": "Put a referral under legal hold: no retention purge touches it "
                 "(act scope; idempotent)",
-                "parameters": [_PATH_ID],
-                "responses": {"200": _json(_LEGAL_HOLD), **_errors(401, 403, 404)},
+                "parameters": [_PATH_ID, _SENDER],
+                "responses": {"200": _json(_LEGAL_HOLD), **_errors(400, 401, 403, 404, 409)},
             },
             "delete": {
                 "summary": "Lift a referral's legal hold (act scope; idempotent)",
-                "parameters": [_PATH_ID],
-                "responses": {"200": _json(_LEGAL_HOLD), **_errors(401, 403, 404)},
+                "parameters": [_PATH_ID, _SENDER],
+                "responses": {"200": _json(_LEGAL_HOLD), **_errors(400, 401, 403, 404, 409)},
             },
         },
         "/v1/referrals/{id}/transitions": {
@@ -312,6 +357,11 @@ OPENAPI: dict[str, Any] = {
                                 "additionalProperties": False,
                                 "properties": {
                                     "to": {"type": "string"},
+                                    "sender": {
+                                        **_AGENCY_ID,
+                                        "description": "The agency that sent the referral "
+                                        "(as the `sender` query parameter of GET)",
+                                    },
                                     "counterpart": {"type": "string"},
                                     "reason": {
                                         "description": "A code of the closed vocabulary "
@@ -368,6 +418,7 @@ OPENAPI: dict[str, Any] = {
                 "summary": "A received attachment, once verified (read scope)",
                 "parameters": [
                     _PATH_ID,
+                    _SENDER,
                     {
                         "name": "attachment_id",
                         "in": "path",
@@ -384,7 +435,7 @@ OPENAPI: dict[str, Any] = {
                             }
                         },
                     },
-                    **_errors(401, 403, 404, 409, 410, 422),
+                    **_errors(400, 401, 403, 404, 409, 410, 422),
                 },
             }
         },

@@ -52,7 +52,7 @@ def restore_agent(config: AgentConfig, source: Path, *, stamp: int) -> AgentRest
         Path(f"{staged}{suffix}").unlink(missing_ok=True)
     backup(source, staged)
     try:
-        store = Store(staged)
+        store = Store(staged, agency=config.agency)
         try:
             _check_owner(store, config.agency)
             store.record_agent_restore()

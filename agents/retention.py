@@ -24,7 +24,6 @@ from keys import UntrustedInputError
 from runtime import clock
 
 from .audit import AuditTrail
-from .storage import retention as S
 from .store import Store
 
 log = structlog.get_logger("nrm.retention")
@@ -76,12 +75,15 @@ class RetentionSchedule:
         }
 
 
-PURGES: dict[str, Callable[..., int]] = {
-    "closed_referrals": S.purge_closed,
-    "envelopes": S.purge_envelopes,
-    "idempotency_keys": S.purge_idempotency,
-    "webhook_bodies": S.purge_webhooks,
-    "history": S.purge_history,
+#: Each kind the schedule names and the storage method that purges one batch of it:
+#: (store, transaction, cutoff, batch) -> how many.
+Purge = Callable[[Store, sqlite3.Connection, int, int], int]
+PURGES: dict[str, Purge] = {
+    "closed_referrals": lambda s, db, c, b: s.purge_closed(db, cutoff=c, batch=b),
+    "envelopes": lambda s, db, c, b: s.purge_envelopes(db, cutoff=c, batch=b),
+    "idempotency_keys": lambda s, db, c, b: s.purge_idempotency(db, cutoff=c, batch=b),
+    "webhook_bodies": lambda s, db, c, b: s.purge_webhooks(db, cutoff=c, batch=b),
+    "history": lambda s, db, c, b: s.purge_history(db, cutoff=c, batch=b),
 }
 
 
@@ -102,8 +104,6 @@ class Retention:
         self.schedule = schedule
         self.purged = purged
         self.log = log.bind(agency=agency)
-        with store.transaction() as db:
-            S.create_tables(db)
 
     async def purge(self, now: int | None = None) -> dict[str, int]:
         """One round: purge every kind past its period, batch by batch; the counts."""
@@ -113,7 +113,7 @@ class Retention:
         for kind, cutoff in self.schedule.cutoffs(now).items():
             for _ in range(MAX_BATCHES):
                 with self.store.transaction() as db:
-                    n = PURGES[kind](db, cutoff=cutoff, batch=batch)
+                    n = PURGES[kind](self.store, db, cutoff, batch)
                 counts[kind] += n
                 await asyncio.sleep(0)  # let the hot path in between batches
                 if n < batch:
@@ -138,26 +138,28 @@ class Retention:
 
     # --- legal holds --------------------------------------------------------------------
 
-    def hold(self, referral_id: str, *, by: str) -> dict[str, Any]:
-        """Put a referral under legal hold (idempotent); KeyError if there is none here."""
+    def hold(self, owner: str, referral_id: str, *, by: str) -> dict[str, Any]:
+        """Put the referral (owner, referral id) under legal hold (idempotent); KeyError if
+        there is none here."""
         with self.store.transaction() as db:
-            if not S.referral_exists(db, referral_id):
+            if not self.store.pairs(owner, referral_id):
                 raise KeyError(referral_id)
-            S.place_hold(db, referral_id, at=clock.now(), by=by)
-        return self.status(referral_id)
+            self.store.place_hold(db, owner, referral_id, at=clock.now(), by=by)
+        return self.status(owner, referral_id)
 
-    def lift(self, referral_id: str) -> dict[str, Any]:
+    def lift(self, owner: str, referral_id: str) -> dict[str, Any]:
         """Lift a legal hold (idempotent); KeyError if there is no such referral here."""
         with self.store.transaction() as db:
-            if not S.referral_exists(db, referral_id):
+            if not self.store.pairs(owner, referral_id):
                 raise KeyError(referral_id)
-            S.lift_hold(db, referral_id)
-        return self.status(referral_id)
+            self.store.lift_hold(db, owner, referral_id)
+        return self.status(owner, referral_id)
 
-    def status(self, referral_id: str) -> dict[str, Any]:
-        held = S.hold_of(self.store._db, referral_id)
+    def status(self, owner: str, referral_id: str) -> dict[str, Any]:
+        held = self.store.hold_of(owner, referral_id)
         return {
             "id": referral_id,
+            "sender": owner,
             "legal_hold": held is not None,
             "placed_at": None if held is None else held[0],
         }

@@ -33,9 +33,8 @@ import re
 import secrets
 import sqlite3
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -44,6 +43,7 @@ import structlog
 from keys.errors import BadSignatureError, ExpiredError
 from runtime import clock
 
+from .storage.webhooks import WebhookOutbox
 from .tasks import stop_tasks
 
 log = structlog.get_logger("nrm.webhooks")
@@ -68,28 +68,6 @@ _TIMESTAMP = re.compile(r"^[0-9]{1,15}$")
 _SIGNATURE = re.compile(r"^v1=([0-9a-f]{64})$")
 #: Shortest accepted shared secret (bytes).
 MIN_SECRET_BYTES: Final = 16
-
-SCHEMA: Final[tuple[str, ...]] = (
-    """CREATE TABLE IF NOT EXISTS webhook_outbox (
-        seq           INTEGER PRIMARY KEY AUTOINCREMENT,
-        event_id      TEXT NOT NULL UNIQUE,
-        type          TEXT NOT NULL,
-        created       INTEGER NOT NULL,
-        body          BLOB NOT NULL,
-        state         TEXT NOT NULL CHECK (state IN ('queued', 'delivered')),
-        delivered_at  INTEGER
-    ) STRICT""",
-    """CREATE INDEX IF NOT EXISTS webhook_queued ON webhook_outbox(state)
-        WHERE state = 'queued'""",
-    """CREATE TABLE IF NOT EXISTS webhook_deliveries (
-        event_id      TEXT NOT NULL REFERENCES webhook_outbox(event_id),
-        url           TEXT NOT NULL,
-        attempts      INTEGER NOT NULL DEFAULT 0,
-        last_status   INTEGER,
-        delivered_at  INTEGER,
-        PRIMARY KEY (event_id, url)
-    ) STRICT""",
-)
 
 #: Errors that mean "the receiver is not answering right now": retry later.
 TRANSIENT = (aiohttp.ClientError, TimeoutError, OSError)
@@ -141,34 +119,12 @@ class WebhookEvent:
         return text.encode("utf-8")
 
 
-class TransactionalStore(Protocol):
-    """What the sender needs of agents.store.Store: its connection and short transactions."""
-
-    _db: sqlite3.Connection
-
-    def transaction(self) -> AbstractContextManager[sqlite3.Connection]: ...
-
-    async def durable(self) -> None: ...
-
-
-def create_tables(db: sqlite3.Connection) -> None:
-    """Create the webhook tables if missing (statement by statement: safe in a transaction)."""
-    for statement in SCHEMA:
-        db.execute(statement)
-
-
 def enqueue(db: sqlite3.Connection, event: WebhookEvent) -> bool:
     """Queue `event` inside the caller's transaction; False if its id was already queued."""
     body = event.body()
     if len(body) > MAX_EVENT_BYTES:
         raise ValueError(f"webhook event is {len(body)} bytes, more than {MAX_EVENT_BYTES}")
-    create_tables(db)
-    cursor = db.execute(
-        "INSERT INTO webhook_outbox (event_id, type, created, body, state)"
-        " VALUES (?, ?, ?, ?, 'queued') ON CONFLICT (event_id) DO NOTHING",
-        (event.id, event.type, event.created, body),
-    )
-    return cursor.rowcount == 1
+    return WebhookOutbox.insert_webhook_event(db, event.id, event.type, event.created, body)
 
 
 def sign(secret: bytes, timestamp: int, body: bytes) -> str:
@@ -280,7 +236,7 @@ class WebhookSender:
 
     def __init__(
         self,
-        store: TransactionalStore,
+        store: WebhookOutbox,
         *,
         targets: Sequence[WebhookTarget],
         settings: WebhookSettings = DEFAULT_WEBHOOK_SETTINGS,
@@ -293,8 +249,6 @@ class WebhookSender:
         self.store = store
         self.targets = tuple(targets)
         self.settings = settings
-        with store.transaction() as db:
-            create_tables(db)
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._wakes: dict[str, asyncio.Event] = {}
@@ -335,50 +289,14 @@ class WebhookSender:
 
     def pending(self, url: str, limit: int) -> list[QueuedEvent]:
         """Events `url` has not taken yet, oldest first."""
-        rows = self.store._db.execute(
-            "SELECT o.event_id, o.type, o.body FROM webhook_outbox o"
-            " WHERE o.state = 'queued' AND NOT EXISTS ("
-            "   SELECT 1 FROM webhook_deliveries d"
-            "   WHERE d.event_id = o.event_id AND d.url = ? AND d.delivered_at IS NOT NULL)"
-            " ORDER BY o.seq LIMIT ?",
-            (url, limit),
-        ).fetchall()
-        return [QueuedEvent(event_id, kind, bytes(body)) for event_id, kind, body in rows]
+        rows = self.store.webhook_pending(url, limit)
+        return [QueuedEvent(event_id, kind, body) for event_id, kind, body in rows]
 
     def _record_attempt(self, event_id: str, url: str, status: int | None) -> None:
-        with self.store.transaction() as db:
-            db.execute(
-                "INSERT INTO webhook_deliveries (event_id, url, attempts, last_status)"
-                " VALUES (?, ?, 1, ?) ON CONFLICT (event_id, url)"
-                " DO UPDATE SET attempts = attempts + 1, last_status = excluded.last_status",
-                (event_id, url, status),
-            )
+        self.store.webhook_attempt(event_id, url, status)
 
     def _mark_delivered(self, event_id: str, url: str, status: int) -> None:
-        now = clock.now()
-        with self.store.transaction() as db:
-            db.execute(
-                "INSERT INTO webhook_deliveries"
-                " (event_id, url, attempts, last_status, delivered_at) VALUES (?, ?, 1, ?, ?)"
-                " ON CONFLICT (event_id, url) DO UPDATE"
-                " SET attempts = attempts + 1, last_status = excluded.last_status,"
-                " delivered_at = excluded.delivered_at WHERE delivered_at IS NULL",
-                (event_id, url, status, now),
-            )
-            urls = [t.url for t in self.targets]
-            marks = ",".join("?" * len(urls))
-            # Only placeholders are interpolated; every value is a bound parameter.
-            query = (
-                "SELECT count(*) FROM webhook_deliveries WHERE event_id = ?"  # noqa: S608
-                f" AND delivered_at IS NOT NULL AND url IN ({marks})"
-            )
-            (taken,) = db.execute(query, (event_id, *urls)).fetchone()
-            if taken == len(urls):
-                db.execute(
-                    "UPDATE webhook_outbox SET state = 'delivered', delivered_at = ?"
-                    " WHERE event_id = ? AND state = 'queued'",
-                    (now, event_id),
-                )
+        self.store.webhook_delivered(event_id, url, status, [t.url for t in self.targets])
 
     # --- delivery -------------------------------------------------------------------------
 

@@ -88,6 +88,21 @@ class UnexpectedMessageError(UntrustedInputError):
     reason = "unexpected"
 
 
+class ReusedReferralIdError(ReplayedError):
+    """A referral whose id its sender already used for another referral to this agency
+    (PROTOCOL.md §6.1): a sender assigns each referral a new id."""
+
+    reason = "reused-referral-id"
+
+
+class NotSharedError(UnexpectedMessageError):
+    """A transition, withdrawal or other message about a referral that its sender and this
+    agency do not share: one another agency sent, or one never sent between them
+    (PROTOCOL.md §8.4-8.5)."""
+
+    reason = "not-shared"
+
+
 class NotEnoughSignaturesError(UntrustedInputError):
     """Signed metadata with fewer distinct valid signatures from trusted keys than the
     threshold requires (and none of the trusted keys' signatures was bad)."""

@@ -457,7 +457,7 @@ def _agent_store(config_path: Path) -> Any:
         config = AgentConfig.load(config_path)
         if not config.database.exists():
             raise click.ClickException(f"{config.database} does not exist")
-        return Store(config.database)
+        return Store(config.database, agency=config.agency)
     except (ConfigError, OSError, sqlite3.Error) as e:
         raise click.ClickException(str(e)) from e
 

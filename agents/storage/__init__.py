@@ -1,11 +1,71 @@
-"""The agent's SQL, one module per aggregate (issue 11, deliverable 1); functions take the
-caller's `sqlite3.Connection`, so a caller composes them into one transaction.
+"""The agent's storage layer: every SQL statement of the agent lives in this package.
 
-- `erasure`: what an erasure deletes and the confirmations and object deletions it leaves
-  to do (docs/DESIGN.md "Erasure").
-- `retention`: the retention purge and legal holds (docs/DESIGN.md "Retention").
+One SQLite database in WAL mode (db.py) with its schema, invariants and migrations in one
+place (schema.py), and one module per aggregate: messages.py (outbox, deliveries, inbox,
+resends), referrals.py (referrals, history, data keys), consents.py (consents, their uses,
+the signing key history), audit.py (audit outbox, ledger restores and alerts), webhooks.py,
+attachments.py, idempotency.py, erasure.py and retention.py. `Store` composes them; the rest
+of agents/ calls its
+named methods and never writes SQL (docs/DESIGN.md "Storage").
 """
 
-from . import erasure, retention
+from __future__ import annotations
 
-__all__ = ["erasure", "retention"]
+from .attachments import AttachmentTables
+from .audit import AuditLog
+from .consents import Consents, StoredConsent, read_consent
+from .db import Database
+from .erasure import DROPPED, WITHDRAWN_REASON, Erasure, PendingConfirmation
+from .idempotency import Idempotency
+from .messages import (
+    STATUS_ORDER,
+    DeliveryState,
+    Messages,
+    OutgoingMessage,
+    OutgoingStatus,
+    PendingDelivery,
+    Received,
+    ResendCandidate,
+    Undelivered,
+)
+from .referrals import NewReferral, Referrals, Step
+from .retention import CLOSED_STATES, Retention
+from .schema import SCHEMA
+from .webhooks import WebhookOutbox
+
+
+class Store(
+    Messages,
+    Referrals,
+    Consents,
+    AuditLog,
+    WebhookOutbox,
+    AttachmentTables,
+    Idempotency,
+    Erasure,
+    Retention,
+):
+    """The agent database with every aggregate's operations."""
+
+
+__all__ = [
+    "CLOSED_STATES",
+    "DROPPED",
+    "SCHEMA",
+    "STATUS_ORDER",
+    "WITHDRAWN_REASON",
+    "Database",
+    "DeliveryState",
+    "NewReferral",
+    "OutgoingMessage",
+    "OutgoingStatus",
+    "PendingConfirmation",
+    "PendingDelivery",
+    "Received",
+    "ResendCandidate",
+    "Step",
+    "Store",
+    "StoredConsent",
+    "Undelivered",
+    "read_consent",
+]

@@ -1,0 +1,263 @@
+"""Referrals, their history and the data keys of received bodies (crypto-shredding).
+
+Every row is keyed by `(owner, referral_id)` (agents/storage/schema.py): `owner` is the agency
+that created and sent the referral. Nothing here looks a referral up by its id alone except
+`owners_of`, which callers use to ask which owner a bare id names.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from .db import Database
+
+
+@dataclass(frozen=True, slots=True)
+class NewReferral:
+    """A referral pair to record: this agency's view of one referral with one counterpart."""
+
+    owner: str
+    referral_id: str
+    counterpart: str
+    side: str
+    state: str
+    referral_type: str
+    urgency: str
+    legal_basis: str
+    consent_receipt_id: str | None
+    message_id: str
+    created: int
+    expires: int | None = None
+    client_reference: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One row of a referral pair's history."""
+
+    from_state: str | None
+    to_state: str
+    party: str
+    reason: str | None
+    outcome: str | None
+    at: int
+
+
+class Referrals(Database):
+    """`referrals` (one row per owner, referral and counterpart), `history`, `data_keys`."""
+
+    def referrals_page(
+        self, *, after: int, since: int, state: str | None, limit: int
+    ) -> list[tuple[Any, ...]]:
+        """Referral pairs changed at or after `since`, in a given state or any, by rowid."""
+        columns = (
+            "SELECT rowid, referral_id, counterpart, side, state, referral_type, urgency,"
+            " created, updated, owner FROM referrals WHERE rowid > ? AND updated >= ?"
+        )
+        if state is None:
+            return self._db.execute(
+                columns + " ORDER BY rowid LIMIT ?", (after, since, limit)
+            ).fetchall()
+        return self._db.execute(
+            columns + " AND state = ? ORDER BY rowid LIMIT ?", (after, since, state, limit)
+        ).fetchall()
+
+    def referral_withdrawn(self, referral_id: str, recipient: str) -> bool:
+        """Whether this agency withdrew the referral from `recipient`, or the consent it
+        cites was withdrawn: then none of it may travel again."""
+        row = self._db.execute(
+            "SELECT r.state, c.withdrawn_at FROM referrals r"
+            " LEFT JOIN consents c ON c.receipt_id = r.consent_receipt_id"
+            " WHERE r.referral_id = ? AND r.counterpart = ? AND r.side = 'sender'",
+            (referral_id, recipient),
+        ).fetchone()
+        return row is not None and (row[0] == "withdrawn" or row[1] is not None)
+
+    def owners_of(self, referral_id: str) -> list[str]:
+        """The owners of the referrals held with this id (more than one only if another
+        agency chose the same id as its owner), sorted."""
+        rows = self._db.execute(
+            "SELECT DISTINCT owner FROM referrals WHERE referral_id = ? ORDER BY owner",
+            (referral_id,),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def client_reference_used(self, client_reference: str) -> str | None:
+        """The id of the referral this agency sent under `client_reference`, if any."""
+        row = self._db.execute(
+            "SELECT referral_id FROM referrals WHERE client_reference = ? LIMIT 1",
+            (client_reference,),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    @staticmethod
+    def insert_referral(db: sqlite3.Connection, r: NewReferral) -> None:
+        """Record a new pair; sqlite3.IntegrityError if (owner, id, counterpart) is held."""
+        db.execute(
+            "INSERT INTO referrals (owner, referral_id, counterpart, side, state, referral_type,"
+            " urgency, legal_basis, consent_receipt_id, message_id, created, updated,"
+            " expires, client_reference) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                r.owner,
+                r.referral_id,
+                r.counterpart,
+                r.side,
+                r.state,
+                r.referral_type,
+                r.urgency,
+                r.legal_basis,
+                r.consent_receipt_id,
+                r.message_id,
+                r.created,
+                r.created,
+                r.expires,
+                r.client_reference,
+            ),
+        )
+
+    @staticmethod
+    def add_history(
+        db: sqlite3.Connection, owner: str, referral_id: str, counterpart: str, step: Step
+    ) -> None:
+        db.execute(
+            "INSERT INTO history (owner, referral_id, counterpart, from_state, to_state, party,"
+            " reason, outcome, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                owner,
+                referral_id,
+                counterpart,
+                step.from_state,
+                step.to_state,
+                step.party,
+                step.reason,
+                step.outcome,
+                step.at,
+            ),
+        )
+
+    @staticmethod
+    def set_state(
+        db: sqlite3.Connection, owner: str, referral_id: str, counterpart: str, step: Step
+    ) -> None:
+        """Move a pair to `step.to_state` and add the step to its history."""
+        db.execute(
+            "UPDATE referrals SET state = ?, updated = ?"
+            " WHERE owner = ? AND referral_id = ? AND counterpart = ?",
+            (step.to_state, step.at, owner, referral_id, counterpart),
+        )
+        Referrals.add_history(db, owner, referral_id, counterpart, step)
+
+    def pairs(self, owner: str, referral_id: str) -> list[tuple[str, str, str]]:
+        """(counterpart, side, state) of every pair of a referral."""
+        rows = self._db.execute(
+            "SELECT counterpart, side, state FROM referrals WHERE owner = ? AND referral_id = ?"
+            " ORDER BY counterpart",
+            (owner, referral_id),
+        ).fetchall()
+        return [(str(c), str(s), str(t)) for c, s, t in rows]
+
+    @staticmethod
+    def pair(
+        db: sqlite3.Connection, owner: str, referral_id: str, counterpart: str
+    ) -> tuple[str, str] | None:
+        """(side, state) of the pair of (owner, referral id) with `counterpart`, if any."""
+        row = db.execute(
+            "SELECT side, state FROM referrals WHERE owner = ? AND referral_id = ?"
+            " AND counterpart = ?",
+            (owner, referral_id, counterpart),
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    @staticmethod
+    def sent_pair_of_message(
+        db: sqlite3.Connection, message_id: str, recipient: str
+    ) -> tuple[str, str, str] | None:
+        """(owner, referral id, state) of the pair this agency sent to `recipient` in
+        `message_id`."""
+        row = db.execute(
+            "SELECT owner, referral_id, state FROM referrals WHERE message_id = ?"
+            " AND counterpart = ? AND side = 'sender'",
+            (message_id, recipient),
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]), str(row[2]))
+
+    @staticmethod
+    def holds_received(db: sqlite3.Connection, owner: str, referral_id: str) -> bool:
+        """Whether `owner` itself sent the referral (owner, referral id) here."""
+        row = db.execute(
+            "SELECT 1 FROM referrals WHERE owner = ? AND referral_id = ? AND counterpart = ?"
+            " AND side = 'recipient'",
+            (owner, referral_id, owner),
+        ).fetchone()
+        return row is not None
+
+    def referral_rows(self, owner: str, referral_id: str) -> list[tuple[Any, ...]]:
+        """(counterpart, side, state, referral_type, urgency, legal_basis, message_id,
+        created, updated, escalated_at, client_reference) of every pair of a referral."""
+        return self._db.execute(
+            "SELECT counterpart, side, state, referral_type, urgency, legal_basis, message_id,"
+            " created, updated, escalated_at, client_reference FROM referrals"
+            " WHERE owner = ? AND referral_id = ? ORDER BY counterpart",
+            (owner, referral_id),
+        ).fetchall()
+
+    def history_rows(self, owner: str, referral_id: str) -> list[tuple[Any, ...]]:
+        """(counterpart, from, to, party, reason, outcome, at) of a referral, in order."""
+        return self._db.execute(
+            "SELECT counterpart, from_state, to_state, party, reason, outcome, at FROM history"
+            " WHERE owner = ? AND referral_id = ? ORDER BY seq",
+            (owner, referral_id),
+        ).fetchall()
+
+    def escalation_candidates(self) -> list[tuple[str, str, str, str, str, int]]:
+        """(owner, referral id, recipient, state, urgency, created) of sent urgent referrals
+        not yet acknowledged nor escalated."""
+        rows = self._db.execute(
+            "SELECT owner, referral_id, counterpart, state, urgency, created FROM referrals"
+            " WHERE side = 'sender' AND escalated_at IS NULL AND state IN ('submitted',"
+            " 'delivered') AND urgency IN ('urgent', 'emergency')"
+        ).fetchall()
+        return [(str(a), str(b), str(c), str(d), str(e), int(f)) for a, b, c, d, e, f in rows]
+
+    @staticmethod
+    def mark_escalated(
+        db: sqlite3.Connection, owner: str, referral_id: str, recipient: str, at: int
+    ) -> None:
+        db.execute(
+            "UPDATE referrals SET escalated_at = ?"
+            " WHERE owner = ? AND referral_id = ? AND counterpart = ?",
+            (at, owner, referral_id, recipient),
+        )
+
+    def expired_pairs(self, now: int) -> list[tuple[str, str, str, str]]:
+        """(owner, referral id, counterpart, state) of open pairs expired by `now`."""
+        rows = self._db.execute(
+            "SELECT owner, referral_id, counterpart, state FROM referrals"
+            " WHERE expires IS NOT NULL AND expires <= ? AND state IN ('submitted', 'delivered',"
+            " 'acknowledged', 'more_info_requested')",
+            (now,),
+        ).fetchall()
+        return [(str(a), str(b), str(c), str(d)) for a, b, c, d in rows]
+
+    # --- data keys (crypto-shredding) -------------------------------------------------------
+
+    @staticmethod
+    def put_data_key(
+        db: sqlite3.Connection, owner: str, referral_id: str, sealed_key: bytes
+    ) -> None:
+        """Store a received referral's sealed data key; sqlite3.IntegrityError if the
+        referral (owner, referral id) already has one: a key is never replaced."""
+        db.execute(
+            "INSERT INTO data_keys (owner, referral_id, sealed_key) VALUES (?, ?, ?)",
+            (owner, referral_id, sealed_key),
+        )
+
+    def data_key(self, owner: str, referral_id: str) -> bytes | None:
+        """The sealed data key of a received referral, None if unknown or erased."""
+        row = self._db.execute(
+            "SELECT sealed_key FROM data_keys WHERE owner = ? AND referral_id = ?",
+            (owner, referral_id),
+        ).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])

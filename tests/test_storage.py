@@ -1,0 +1,197 @@
+"""The agent storage layer (agents/storage/): owner keys and the migration to them."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from agents.storage import NewReferral, Step, Store
+from agents.storage.schema import VERSION, MigrationError
+
+#: The referral tables as release 10 made them, keyed by referral id alone.
+OLD_SCHEMA = """
+CREATE TABLE inbox (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id    TEXT NOT NULL UNIQUE,
+    referral_id   TEXT,
+    kind          TEXT NOT NULL,
+    sender        TEXT NOT NULL,
+    envelope_hash TEXT NOT NULL,
+    stream_seq    INTEGER NOT NULL,
+    created       INTEGER NOT NULL,
+    received_at   INTEGER NOT NULL,
+    body          BLOB
+) STRICT;
+CREATE INDEX inbox_kind ON inbox(kind, seq);
+CREATE INDEX inbox_referral ON inbox(referral_id);
+CREATE TABLE referrals (
+    referral_id        TEXT NOT NULL,
+    counterpart        TEXT NOT NULL,
+    side               TEXT NOT NULL CHECK (side IN ('sender', 'recipient')),
+    state              TEXT NOT NULL,
+    referral_type      TEXT NOT NULL,
+    urgency            TEXT NOT NULL,
+    legal_basis        TEXT NOT NULL,
+    consent_receipt_id TEXT,
+    message_id         TEXT NOT NULL,
+    created            INTEGER NOT NULL,
+    updated            INTEGER NOT NULL,
+    escalated_at       INTEGER,
+    expires            INTEGER,
+    PRIMARY KEY (referral_id, counterpart)
+) STRICT;
+CREATE INDEX referrals_updated ON referrals(updated);
+CREATE INDEX referrals_message ON referrals(message_id);
+CREATE INDEX referrals_expiring ON referrals(expires) WHERE expires IS NOT NULL;
+CREATE INDEX referrals_escalating ON referrals(created)
+    WHERE side = 'sender' AND escalated_at IS NULL AND state IN ('submitted', 'delivered')
+    AND urgency IN ('urgent', 'emergency');
+CREATE TABLE history (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    referral_id  TEXT NOT NULL,
+    counterpart  TEXT NOT NULL,
+    from_state   TEXT,
+    to_state     TEXT NOT NULL,
+    party        TEXT NOT NULL,
+    reason       TEXT,
+    outcome      TEXT,
+    at           INTEGER NOT NULL
+) STRICT;
+CREATE INDEX history_referral ON history(referral_id);
+CREATE TABLE data_keys (
+    referral_id TEXT PRIMARY KEY,
+    sealed_key  BLOB
+) STRICT;
+CREATE TABLE received_attachments (
+    referral_id   TEXT NOT NULL,
+    attachment_id TEXT NOT NULL,
+    sha256        TEXT NOT NULL,
+    size          INTEGER NOT NULL,
+    media_type    TEXT NOT NULL,
+    sealed_key    BLOB,
+    data          BLOB,
+    state         TEXT NOT NULL CHECK (state IN ('pending', 'ok', 'corrupted', 'erased')),
+    PRIMARY KEY (referral_id, attachment_id)
+) STRICT;
+"""
+
+SENT = "a" * 32
+RECEIVED = "b" * 32
+
+
+def old_database(path: Path) -> None:
+    """A shelter database from before owner keys: one referral it sent to the coordinator,
+    one it received from police, each with its history; police's data key and attachment."""
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SCHEMA)
+    referral = "INSERT INTO referrals VALUES (?, ?, ?, ?, 'standard', 'routine', 'consent', NULL, ?, 10, ?, NULL, NULL)"  # noqa: E501
+    db.execute(referral, (SENT, "coordinator", "sender", "delivered", "m1", 11))
+    db.execute(referral, (RECEIVED, "police", "recipient", "acknowledged", "m2", 12))
+    history = "INSERT INTO history (referral_id, counterpart, from_state, to_state, party, at) VALUES (?, ?, ?, ?, ?, ?)"  # noqa: E501
+    db.execute(history, (SENT, "coordinator", None, "submitted", "sender", 10))
+    db.execute(history, (RECEIVED, "police", None, "delivered", "system", 10))
+    db.execute(history, (RECEIVED, "police", "delivered", "acknowledged", "recipient", 12))
+    db.execute("INSERT INTO data_keys VALUES (?, ?)", (RECEIVED, b"sealed-key"))
+    db.execute("INSERT INTO data_keys VALUES (?, ?)", ("c" * 32, b"orphan"))
+    db.execute(
+        "INSERT INTO received_attachments VALUES (?, 'd', 'e', 3, 'image/png', ?, NULL, 'pending')",
+        (RECEIVED, b"k"),
+    )
+    db.execute(
+        "INSERT INTO inbox (message_id, referral_id, kind, sender, envelope_hash, stream_seq,"
+        " created, received_at, body) VALUES ('m2', ?, 'referral', 'police', 'h', 1, 10, 10, ?)",
+        (RECEIVED, b"sealed-body"),
+    )
+    db.commit()
+    db.close()
+
+
+def test_a_database_from_before_owner_keys_migrates_filling_each_owner(tmp_path: Path) -> None:
+    """Sent referrals become this agency's, received ones their sender's; history, data keys
+    and attachments follow their referral; a data key of no referral is dropped; the database
+    is marked current and opens again unchanged."""
+    path = tmp_path / "agent.db"
+    old_database(path)
+    store = Store(path, agency="shelter")
+    try:
+        assert store.pairs("shelter", SENT) == [("coordinator", "sender", "delivered")]
+        assert store.pairs("police", RECEIVED) == [("police", "recipient", "acknowledged")]
+        assert store.pairs("shelter", RECEIVED) == []
+        assert [r[2] for r in store.history_rows("police", RECEIVED)] == [
+            "delivered",
+            "acknowledged",
+        ]
+        assert [r[2] for r in store.history_rows("shelter", SENT)] == ["submitted"]
+        assert store.data_key("police", RECEIVED) == b"sealed-key"
+        assert store.received_body("police", RECEIVED) == b"sealed-body"
+        assert store.received_attachment("police", RECEIVED, "d") is not None
+        (orphans,) = store._db.execute("SELECT count(*) FROM data_keys").fetchone()
+        assert orphans == 1
+        assert store._db.execute("PRAGMA user_version").fetchone() == (VERSION,)
+        tables = {r[0] for r in store._db.execute("SELECT name FROM sqlite_master")}
+        assert not {t for t in tables if t.endswith("_v0")}
+    finally:
+        store.close()
+    again = Store(path, agency="shelter")
+    try:
+        assert again.pairs("police", RECEIVED) == [("police", "recipient", "acknowledged")]
+    finally:
+        again.close()
+
+
+def test_migrating_sent_referrals_without_knowing_the_agency_is_refused(tmp_path: Path) -> None:
+    """Whose the sent referrals are cannot be guessed: the old database is left as it was."""
+    path = tmp_path / "agent.db"
+    old_database(path)
+    with pytest.raises(MigrationError):
+        Store(path)
+    db = sqlite3.connect(path)
+    columns = {r[1] for r in db.execute("PRAGMA table_info(referrals)")}
+    db.close()
+    assert "owner" not in columns
+
+
+def test_one_id_from_two_owners_is_two_referrals(tmp_path: Path) -> None:
+    """The same referral id held from police and from the coordinator: two referrals whose
+    state, history and data keys change independently; a data key is never replaced."""
+    store = Store(tmp_path / "agent.db", agency="shelter")
+    try:
+        with store.transaction() as db:
+            for sender in ("police", "coordinator"):
+                store.insert_referral(
+                    db,
+                    NewReferral(
+                        owner=sender,
+                        referral_id=RECEIVED,
+                        counterpart=sender,
+                        side="recipient",
+                        state="delivered",
+                        referral_type="standard",
+                        urgency="routine",
+                        legal_basis="consent",
+                        consent_receipt_id=None,
+                        message_id=f"m-{sender}",
+                        created=1,
+                    ),
+                )
+                store.put_data_key(db, sender, RECEIVED, sender.encode())
+            store.set_state(
+                db,
+                "coordinator",
+                RECEIVED,
+                "coordinator",
+                Step("delivered", "closed", "recipient", None, None, 2),
+            )
+            store.erase_received(db, "coordinator", RECEIVED)
+        assert store.owners_of(RECEIVED) == ["coordinator", "police"]
+        assert store.pairs("police", RECEIVED) == [("police", "recipient", "delivered")]
+        assert store.data_key("police", RECEIVED) == b"police"
+        assert store.data_key("coordinator", RECEIVED) is None
+        assert store.history_rows("police", RECEIVED) == []
+        with pytest.raises(sqlite3.IntegrityError), store.transaction() as db:
+            store.put_data_key(db, "police", RECEIVED, b"another")
+        assert store.data_key("police", RECEIVED) == b"police"
+    finally:
+        store.close()
