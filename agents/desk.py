@@ -273,7 +273,7 @@ class Desk:
             key = decode_key(doc.get("attachment_key"))
             if not isinstance(cited, list) or not cited or key is None:
                 raise MalformedError("cited attachments need a list and the attachment key")
-            self.attachments.expect(db, referral_id, key, cited)
+            self.attachments.expect(db, h.sender, referral_id, key, cited)
         db.execute(
             "UPDATE inbox SET body = ?, referral_id = ? WHERE message_id = ?",
             (sealed, referral_id, h.message_id),

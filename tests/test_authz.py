@@ -150,7 +150,7 @@ async def bus(tmp_path: Path) -> AsyncIterator[Bus]:
     )
     b.server.start()
     try:
-        await provision(b.server.url, nkeys_seed=operator.seed)
+        await provision(b.server.url, nkeys_seed=operator.seed, agencies=list(agencies))
         op = await b.as_operator()
         kv = await op.js.key_value(DIRECTORY_BUCKET)
         await kv.put(DIRECTORY_KEY, b"directory v1")

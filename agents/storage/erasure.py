@@ -63,11 +63,10 @@ def erase_received(db: sqlite3.Connection, referral_id: str, sender: str) -> Non
         "UPDATE inbox SET body = NULL WHERE referral_id = ? AND sender = ?",  # owner: sender
         (referral_id, sender),
     )
-    # owner: received_attachments is keyed by referral_id alone today.
     db.execute(
         "UPDATE received_attachments SET sealed_key = NULL, data = NULL, state = 'erased'"
-        " WHERE referral_id = ?",
-        (referral_id,),
+        " WHERE owner = ? AND referral_id = ?",
+        (sender, referral_id),
     )
     delete_webhooks_naming(db, referral_id, sender)
 

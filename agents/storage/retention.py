@@ -144,8 +144,9 @@ def purge_closed(db: sqlite3.Connection, *, cutoff: int, batch: int) -> int:
                 (referral_id, counterpart),
             )
             db.execute(
-                "DELETE FROM received_attachments WHERE referral_id = ?", (referral_id,)
-            )  # owner:
+                "DELETE FROM received_attachments WHERE owner = ? AND referral_id = ?",
+                (counterpart, referral_id),
+            )
         else:
             db.execute(
                 "UPDATE outbox SET envelope = ? WHERE referral_id = ? AND message_id IN"
