@@ -223,8 +223,9 @@ class Attachments:
         rows = self.store._db.execute(
             "SELECT object_name, data FROM attachment_uploads WHERE state = 'queued' LIMIT 4"
         ).fetchall()
-        if rows:
-            obs = await self._bucket(js, buckets, self.agency)
+        if not rows:
+            return 0
+        obs = await self._bucket(js, buckets, self.agency)
         for name, data in rows:
             try:
                 await obs.get_info(name)
@@ -287,8 +288,9 @@ class Attachments:
         by message deletion with erasure (nats-server overwrites the stored bytes), not a
         purge (which leaves them in the stream's block files until the block is gone)."""
         names = erasure.queued_deletions(self.store._db, 4)
-        if names:
-            obs = await self._bucket(js, buckets, self.agency)
+        if not names:
+            return 0
+        obs = await self._bucket(js, buckets, self.agency)
         for name in names:
             await _erase_object(js, obs, self.agency, name)
             with self.store.transaction() as db:
