@@ -40,7 +40,7 @@ from .test_authz import Conn
 from .test_referrals import fetch_attachment, post, query, upload, with_attachment
 
 #: How long one refused request waits for the answer that never comes.
-SHORT = 1.0
+SHORT = 0.5
 #: What nats-py raises when the server drops a forbidden request.
 REFUSED = (nats.errors.Error, TimeoutError)
 VICTIM, ATTACKER, RECIPIENT = "police", "coordinator", "shelter"
