@@ -2,11 +2,13 @@
 
 The agency system uploads an attachment to its own agent first (`POST /v1/attachments`),
 then cites it in a referral body by id and SHA-256. On submission the agent encrypts each
-cited attachment once under a fresh per-referral attachment key, puts the ciphertext in the
-JetStream object store `nrm-attachments` (from a durable upload queue), and seals the key
-only into the bodies of recipients allowed the `attachments` category. A recipient fetches
-the object, authenticates it with the key and checks its SHA-256 against the signed referral
-before keeping it; anything else is marked corrupted and never served.
+cited attachment once under a fresh per-referral attachment key, puts the ciphertext in its
+own JetStream object store bucket `nrm-att-<agency>` (from a durable upload queue; only it
+may write there, docs/PROTOCOL.md §5.1), and seals the key only into the bodies of
+recipients allowed the `attachments` category. A recipient fetches the object from the
+bucket of the referral's sender (the envelope's signer, never a bucket the body names),
+authenticates it with the key and checks its SHA-256 against the signed referral before
+keeping it; anything else is marked corrupted and never served.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import structlog
 from nacl.secret import SecretBox
 
 from keys.errors import MalformedError
-from keys.subjects import ATTACHMENT_BUCKET, ATTACHMENT_STREAM, attachment_object
+from keys.subjects import attachment_bucket, attachment_object, attachment_stream
 from runtime import clock
 
 from .store import Store
@@ -48,6 +50,7 @@ class Attachments:
     def __init__(self, *, store: Store, storage: Callable[[], SecretBox], agency: str) -> None:
         self.store = store
         self.storage = storage
+        self.agency = agency
         self.log = log.bind(agency=agency)
         self._wake = asyncio.Event()
 
@@ -108,6 +111,8 @@ class Attachments:
         key: bytes,
         cited: Sequence[Mapping[str, Any]],
     ) -> None:
+        """Queue the fetch of each attachment `cited` by the referral (owner, referral id):
+        `owner` is the sender, whose bucket alone the objects are fetched from."""
         for item in cited:
             if not _well_formed(item):
                 raise MalformedError("a cited attachment is not an id, media type, size and hash")
@@ -144,11 +149,12 @@ class Attachments:
 
     async def run(self, js: Any, running: Callable[[], bool]) -> None:
         while running():
+            buckets: dict[str, Any] = {}  # agency -> its object store, looked up once
             try:
-                obs = await js.object_store(ATTACHMENT_BUCKET)
                 while running():
-                    worked = await self._upload_some(obs) + await self._fetch_some(obs)
-                    worked += await self._delete_some(js, obs)
+                    worked = await self._fetch_some(js, buckets)
+                    worked += await self._upload_some(js, buckets)
+                    worked += await self._delete_some(js, buckets)
                     if not worked:
                         self._wake.clear()
                         with contextlib.suppress(TimeoutError):
@@ -157,22 +163,39 @@ class Attachments:
                 self.log.warning("attachment_store_unavailable", error=type(e).__name__)
                 await asyncio.sleep(1.0)
 
-    async def _upload_some(self, obs: Any) -> int:
+    async def _bucket(self, js: Any, buckets: dict[str, Any], agency: str) -> Any:
+        """The object store of `agency`'s attachments. Raises nats-py's BucketNotFoundError
+        while the operator has not created it yet (an agency admitted a moment ago)."""
+        if agency not in buckets:
+            buckets[agency] = await js.object_store(attachment_bucket(agency))
+        return buckets[agency]
+
+    async def _upload_some(self, js: Any, buckets: dict[str, Any]) -> int:
         rows = self.store.queued_uploads(4)
+        if not rows:
+            return 0
+        obs = await self._bucket(js, buckets, self.agency)
         for name, data in rows:
-            await obs.put(name, data)
+            try:
+                await obs.get_info(name)
+            except (nats.js.errors.NotFoundError, nats.js.errors.ObjectNotFoundError):
+                await obs.put(name, data)
+            # else a put before a crash completed (its meta is written last, and no one
+            # else may write this bucket): putting again would need a purge we may not do
             self.store.mark_uploaded(name)
             self.log.info("attachment_uploaded", object_name=name)
         return len(rows)
 
-    async def _fetch_some(self, obs: Any) -> int:
+    async def _fetch_some(self, js: Any, buckets: dict[str, Any]) -> int:
         rows = self.store.pending_fetches(4)
         fetched = 0
         for owner, referral_id, attachment_id, sha256, size, sealed_key in rows:
             try:
+                # The sender's bucket, which only the sender can write (§5.1).
+                obs = await self._bucket(js, buckets, owner)
                 result = await obs.get(attachment_object(referral_id, attachment_id))
             except (nats.js.errors.NotFoundError, nats.js.errors.ObjectNotFoundError):
-                continue  # not uploaded yet: try again later
+                continue  # no bucket or not uploaded yet: try again later
             data = bytes(result.data or b"")
             state = "corrupted"
             with contextlib.suppress(nacl.exceptions.CryptoError):
@@ -198,35 +221,39 @@ class Attachments:
 
     # --- erasure at the sender (issue 11; docs/DESIGN.md "Erasure") ---------------------
 
-    async def _delete_some(self, js: Any, obs: Any) -> int:
-        """Erase the objects of withdrawn referrals from the bus: every chunk and the meta
+    async def _delete_some(self, js: Any, buckets: dict[str, Any]) -> int:
+        """Erase the objects of withdrawn referrals from our bucket: every chunk and the meta
         by message deletion with erasure (nats-server overwrites the stored bytes), not a
         purge (which leaves them in the stream's block files until the block is gone)."""
         names = self.store.queued_deletions(4)
+        if not names:
+            return 0
+        obs = await self._bucket(js, buckets, self.agency)
         for name in names:
-            await _erase_object(js, obs, name)
+            await _erase_object(js, obs, self.agency, name)
             with self.store.transaction() as db:
                 self.store.deletion_done(db, name)
             self.log.info("attachment_object_erased", object_name=name)
         return len(names)
 
 
-async def _erase_object(js: Any, obs: Any, name: str) -> None:
-    """Erase one object's chunks and meta messages from the attachment stream."""
+async def _erase_object(js: Any, obs: Any, agency: str, name: str) -> None:
+    """Erase one object's chunks and meta messages from `agency`'s attachment stream."""
     try:
         info = await obs.get_info(name, show_deleted=True)
     except (nats.js.errors.NotFoundError, nats.js.errors.ObjectNotFoundError):
         return  # never uploaded, or already erased
-    chunks = f"$O.{ATTACHMENT_BUCKET}.C.{info.nuid}"
-    meta = f"$O.{ATTACHMENT_BUCKET}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+    bucket, stream = attachment_bucket(agency), attachment_stream(agency)
+    chunks = f"$O.{bucket}.C.{info.nuid}"
+    meta = f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
     for subject in (chunks, meta):
         seq = 1
         while True:
             try:
-                msg = await js.get_msg(ATTACHMENT_STREAM, seq=seq, subject=subject, next=True)
+                msg = await js.get_msg(stream, seq=seq, subject=subject, next=True)
             except nats.js.errors.NotFoundError:
                 break
-            await js.delete_msg(ATTACHMENT_STREAM, msg.seq)  # {"seq": n}: erased, not just removed
+            await js.delete_msg(stream, msg.seq)  # {"seq": n}: erased, not just removed
             seq = msg.seq + 1
 
 

@@ -9,7 +9,9 @@ the client signs it with its seed; no password is ever sent or stored). There is
   filtered on their own inbox subject, read (get and watch) the directory bucket, and
   subscribe only to their own reply subjects `_nrm_inbox.<id>.>` (agents connect with
   `inbox_prefix=keys.subjects.reply_prefix(id)`), and read and write only their own key of
-  the instance-lease bucket (`$KV.nrm-presence.<id>`, PROTOCOL.md §5.2).
+  the instance-lease bucket (`$KV.nrm-presence.<id>`, PROTOCOL.md §5.2). They write and
+  erase attachments only in their own object store bucket `nrm-att-<id>` and read those of
+  the other agencies (`attachment_publish`); buckets are created by operators only.
 - **Auditors** subscribe to `nrm.v1.audit.>` and read the directory bucket. Their replies
   use the prefix `_nrm_inbox.auditor-<first 8 characters of the NKey, lowercased>` (see
   `auditor_reply_prefix`); agency ids starting with `auditor-` are therefore reserved.
@@ -28,14 +30,14 @@ from collections.abc import Sequence
 
 from broker.server import conf_string
 from keys.subjects import (
-    ATTACHMENT_BUCKET,
-    ATTACHMENT_STREAM,
     AUDIT_SUBJECTS,
     DIRECTORY_BUCKET,
     MESSAGE_STREAM,
     PREFIX,
     PRESENCE_BUCKET,
     PRESENCE_STREAM,
+    attachment_bucket,
+    attachment_stream,
     audit_subject,
     inbox_consumer,
     inbox_subject,
@@ -88,32 +90,43 @@ def presence_publish(agency: str) -> list[str]:
     ]
 
 
-def attachment_publish() -> list[str]:
-    """Writing and reading encrypted attachments, as nats-py's object store does: chunks and
-    meta under `$O.<bucket>.`, the last meta by direct or message get, and an ordered push
-    consumer over one object's chunks. Content is end-to-end encrypted and its hash is in
-    the signed referral, so a participant that tampers with an object is detected."""
-    stream = ATTACHMENT_STREAM
-    return [
-        f"$O.{ATTACHMENT_BUCKET}.>",
-        "$JS.API.STREAM.NAMES",  # nats-py finds an object's stream by subject
-        f"$JS.API.STREAM.INFO.{stream}",
-        f"$JS.API.STREAM.MSG.GET.{stream}",
-        # Erasing an object after a consent withdrawal (agents/attachments.py): message
-        # deletion with erasure, one sequence at a time; purges stay refused.
-        f"$JS.API.STREAM.MSG.DELETE.{stream}",
-        f"$JS.API.DIRECT.GET.{stream}",
-        f"$JS.API.DIRECT.GET.{stream}.>",
-        f"$JS.API.CONSUMER.CREATE.{stream}",
-        f"$JS.API.CONSUMER.CREATE.{stream}.>",
-        f"$JS.API.CONSUMER.INFO.{stream}.*",
-        f"$JS.API.CONSUMER.DELETE.{stream}.*",
-        f"$JS.FC.{stream}.>",
+def attachment_publish(agency: str, *, readable: Sequence[str]) -> list[str]:
+    """Attachments as nats-py's object store writes, reads and we erase them (§5.1).
+
+    In its own bucket `nrm-att-<agency>` the agency publishes chunks and meta
+    (`$O.<bucket>.>`), reads the stream info and messages by subject (`get_info` is a
+    last-by-subject `STREAM.MSG.GET`, the erasure walks them next-by-subject) and deletes
+    messages one sequence at a time (erasure after a consent withdrawal,
+    agents/attachments.py). In the bucket of each agency in `readable` (the senders whose
+    attachments it may be cited, its own included) it may only read: stream info, message
+    get, and `get`'s ordered push consumer: `STREAM.NAMES` (nats-py finds the stream by the
+    chunk subject), the unnamed `CONSUMER.CREATE` form (ephemeral consumers only; the
+    server refuses a durable name there) and the flow-control replies. Never a publish
+    under another agency's `$O.`, never a delete, a purge, or a stream create, update or
+    delete. Content is end-to-end encrypted and its hash is in the signed referral, so
+    reading discloses nothing."""
+    own = attachment_stream(agency)
+    subjects = [
+        f"$O.{attachment_bucket(agency)}.>",
+        f"$JS.API.STREAM.MSG.DELETE.{own}",
+        "$JS.API.STREAM.NAMES",
     ]
+    for sender in sorted({agency, *readable}):
+        stream = attachment_stream(sender)
+        subjects += [
+            f"$JS.API.STREAM.INFO.{stream}",
+            f"$JS.API.STREAM.MSG.GET.{stream}",
+            f"$JS.API.CONSUMER.CREATE.{stream}",
+            f"$JS.FC.{stream}.>",
+        ]
+    return subjects
 
 
-def agency_permissions(agency: str) -> tuple[list[str], list[str], list[str], list[str]]:
-    """(publish allow, publish deny, subscribe allow, subscribe deny) for one agency."""
+def agency_permissions(
+    agency: str, *, readable: Sequence[str] = ()
+) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(publish allow, publish deny, subscribe allow, subscribe deny) for one agency;
+    `readable` are the agencies whose attachment buckets it may read (all of them)."""
     consumer = inbox_consumer(agency)
     inbox = inbox_subject(agency)
     publish_allow = [
@@ -127,7 +140,7 @@ def agency_permissions(agency: str) -> tuple[list[str], list[str], list[str], li
         f"$JS.ACK.{MESSAGE_STREAM}.{consumer}.>",
         *directory_reader_publish(),
         *presence_publish(agency),
-        *attachment_publish(),
+        *attachment_publish(agency, readable=readable),
     ]
     publish_deny = [
         f"$JS.API.CONSUMER.CREATE.{MESSAGE_STREAM}",
@@ -168,14 +181,16 @@ def authorization_block(
     """
     entries: list[tuple[str, str, tuple[list[str], list[str], list[str], list[str]]]] = []
     seen_ids: set[str] = set()
-    for agency, nkey in agencies:
+    for agency, _ in agencies:
         inbox_subject(agency)  # validates the id
         if agency.startswith(AUDITOR_PREFIX):
             raise ValueError(f"agency ids starting with {AUDITOR_PREFIX!r} are reserved: {agency}")
         if agency in seen_ids:
             raise ValueError(f"agency listed twice: {agency}")
         seen_ids.add(agency)
-        entries.append((f"agency {agency}", nkey, agency_permissions(agency)))
+    readable = sorted(seen_ids)
+    for agency, nkey in agencies:
+        entries.append((f"agency {agency}", nkey, agency_permissions(agency, readable=readable)))
     for nkey in auditors:
         entries.append((f"auditor {auditor_reply_prefix(nkey)}", nkey, auditor_permissions(nkey)))
     for nkey in operators:

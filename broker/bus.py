@@ -24,7 +24,7 @@ from keys.directory import TrustStore, verify_root_chain
 from keys.keyfile import load_key_dir
 from runtime import clock
 
-from .authority import DirectoryAuthority, authorization_for
+from .authority import DirectoryAuthority, attachment_owners, authorization_for
 from .server import NatsServer
 from .streams import provision
 from .trust_status import serve_status
@@ -95,6 +95,7 @@ def run_foreground(*, store_dir: Path, port: int | None, trust: BusTrust) -> int
             authority=authority,
             mode=mode,
             status_bind=trust.status_bind,
+            agencies=attachment_owners(directory),
         )
     )
 
@@ -119,9 +120,11 @@ async def _serve(
     authority: DirectoryAuthority | None,
     mode: str,
     status_bind: tuple[str, int] | None = None,
+    agencies: Sequence[str] = (),
 ) -> int:
     """Run `server` (and `authority`, and its status endpoint at `status_bind`) until
-    SIGINT/SIGTERM; 1 if the server dies first."""
+    SIGINT/SIGTERM; 1 if the server dies first. `agencies` get their attachment buckets
+    before anything else starts."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in _STOP_SIGNALS:
@@ -129,7 +132,7 @@ async def _serve(
     try:
         server.start()
         try:
-            await provision(server.url, nkeys_seed=nkeys_seed)
+            await provision(server.url, nkeys_seed=nkeys_seed, agencies=agencies)
             status = None
             if authority is not None:
                 await authority.start()

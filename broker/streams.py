@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import nats
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -15,8 +17,6 @@ from nats.js.errors import NotFoundError
 
 from keys.limits import DEFAULT_LIMITS, Limits
 from keys.subjects import (
-    ATTACHMENT_BUCKET,
-    ATTACHMENT_STREAM,
     AUDIT_STREAM,
     AUDIT_SUBJECTS,
     DIRECTORY_BUCKET,
@@ -24,6 +24,8 @@ from keys.subjects import (
     MESSAGE_SUBJECTS,
     PRESENCE_BUCKET,
     PRESENCE_STREAM,
+    attachment_bucket,
+    attachment_stream,
 )
 
 #: How long connecting and draining may take while provisioning.
@@ -67,9 +69,14 @@ def audit_stream_config(*, limits: Limits, replicas: int) -> StreamConfig:
 
 
 async def provision_streams(
-    js: JetStreamContext, *, limits: Limits = DEFAULT_LIMITS, replicas: int = 1
+    js: JetStreamContext,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    replicas: int = 1,
+    agencies: Sequence[str] = (),
 ) -> None:
-    """Create the streams, or bring existing ones to the wanted configuration (idempotent)."""
+    """Create the streams, or bring existing ones to the wanted configuration, and the
+    attachment bucket of each of `agencies` (idempotent)."""
     if replicas < 1:
         raise ValueError(f"replicas must be at least 1, not {replicas}")
     for config in (
@@ -85,7 +92,7 @@ async def provision_streams(
             await js.update_stream(config)
     await provision_directory_bucket(js, replicas=replicas)
     await provision_presence_bucket(js, limits=limits, replicas=replicas)
-    await provision_attachment_store(js, limits=limits, replicas=replicas)
+    await provision_attachment_stores(js, agencies, limits=limits, replicas=replicas)
 
 
 async def provision_directory_bucket(js: JetStreamContext, *, replicas: int = 1) -> None:
@@ -145,23 +152,32 @@ async def provision_presence_bucket(
             )
 
 
-async def provision_attachment_store(
-    js: JetStreamContext, *, limits: Limits = DEFAULT_LIMITS, replicas: int = 1
+async def provision_attachment_stores(
+    js: JetStreamContext,
+    agencies: Sequence[str],
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    replicas: int = 1,
 ) -> None:
-    """Create the object store of encrypted attachments if it does not exist (idempotent)."""
-    try:
-        await js.stream_info(ATTACHMENT_STREAM)
-    except NotFoundError:
-        await js.create_object_store(
-            ATTACHMENT_BUCKET,  # nats-py 2.16 takes the name from here, not from the config
-            config=ObjectStoreConfig(
-                bucket=ATTACHMENT_BUCKET,
-                storage=StorageType.FILE,
-                replicas=replicas,
-                ttl=limits.stream_max_age_seconds,
-                description="NRM Exchange: end-to-end encrypted referral attachments",
-            ),
-        )
+    """Create the object store bucket `nrm-att-<agency>` of each agency that has none yet
+    (idempotent; PROTOCOL.md §5.1). Only operators create buckets: an agency's agent
+    waits for its own. A bucket is never deleted here: recipients may still be fetching
+    from the bucket of an agency that has left; its objects expire with the stream's age."""
+    for agency in agencies:
+        try:
+            await js.stream_info(attachment_stream(agency))
+        except NotFoundError:
+            bucket = attachment_bucket(agency)
+            await js.create_object_store(
+                bucket,  # nats-py 2.16 takes the name from here, not from the config
+                config=ObjectStoreConfig(
+                    bucket=bucket,
+                    storage=StorageType.FILE,
+                    replicas=replicas,
+                    ttl=limits.stream_max_age_seconds,
+                    description="NRM Exchange: one agency's end-to-end encrypted attachments",
+                ),
+            )
 
 
 async def provision(
@@ -170,8 +186,10 @@ async def provision(
     limits: Limits = DEFAULT_LIMITS,
     replicas: int = 1,
     nkeys_seed: bytes | None = None,
+    agencies: Sequence[str] = (),
 ) -> None:
-    """Connect to the bus at `url`, provision the streams and the directory bucket, drain.
+    """Connect to the bus at `url`, provision the streams, the buckets and the attachment
+    bucket of each of `agencies`, drain.
 
     With authorization on, `nkeys_seed` is an operator's NKey seed (broker/authz.py).
     """
@@ -183,6 +201,31 @@ async def provision(
         nkeys_seed_str=None if nkeys_seed is None else nkeys_seed.decode("ascii"),
     )
     try:
-        await provision_streams(nc.jetstream(), limits=limits, replicas=replicas)
+        await provision_streams(nc.jetstream(), limits=limits, replicas=replicas, agencies=agencies)
+    finally:
+        await nc.drain()
+
+
+async def provision_stores_for(
+    url: str,
+    agencies: Sequence[str],
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    replicas: int = 1,
+    nkeys_seed: bytes | None = None,
+) -> None:
+    """Connect to the bus at `url` and create the missing attachment buckets of `agencies`
+    (an agency a new directory admits, broker/authority.py), drain."""
+    nc = await nats.connect(
+        url,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        allow_reconnect=False,
+        drain_timeout=CONNECT_TIMEOUT_SECONDS,
+        nkeys_seed_str=None if nkeys_seed is None else nkeys_seed.decode("ascii"),
+    )
+    try:
+        await provision_attachment_stores(
+            nc.jetstream(), agencies, limits=limits, replicas=replicas
+        )
     finally:
         await nc.drain()

@@ -85,9 +85,23 @@ def presence_key(agency: str) -> str:
     return agency
 
 
-#: The JetStream object store holding encrypted referral attachments, and its stream.
-ATTACHMENT_BUCKET = "nrm-attachments"
-ATTACHMENT_STREAM = f"OBJ_{ATTACHMENT_BUCKET}"
+#: Each agency's encrypted referral attachments live in an object store bucket of its own
+#: (§5.1): `nrm-att-<agency>`, behind the stream `OBJ_nrm-att-<agency>`. Only that agency
+#: writes and erases in it; every agency may read it. Agency ids are a subset of the bucket
+#: name alphabet (`[A-Za-z0-9_-]`), and the prefix keeps one agency's bucket name from ever
+#: being another's.
+ATTACHMENT_BUCKET_PREFIX = "nrm-att-"
+
+
+def attachment_bucket(agency: str) -> str:
+    """The object store bucket holding the attachments `agency` sends."""
+    _check_token(agency)
+    return f"{ATTACHMENT_BUCKET_PREFIX}{agency}"
+
+
+def attachment_stream(agency: str) -> str:
+    """The JetStream stream behind `agency`'s attachment bucket (nats-py's naming)."""
+    return f"OBJ_{attachment_bucket(agency)}"
 
 
 def attachment_object(referral_id: str, attachment_id: str) -> str:

@@ -24,7 +24,7 @@ import nats
 
 from agents.config import token_digest
 from broker import NatsServer, provision
-from broker.authority import DirectoryAuthority, authorization_for
+from broker.authority import DirectoryAuthority, attachment_owners, authorization_for
 from broker.cluster import ClusterNode, cluster_block
 from broker.ledger import Ledger
 from keys import PublicIdentity
@@ -153,7 +153,9 @@ class Sandbox:
         authorization = authorization_for(directory, operators=[operator.public.nats_key])
         self.bus = NatsServer(store_dir=self.root / "bus", port=port, extra_config=authorization)
         self.bus.start()
-        await provision(self.bus.url, nkeys_seed=operator.nats_seed)
+        await provision(
+            self.bus.url, nkeys_seed=operator.nats_seed, agencies=attachment_owners(directory)
+        )
         await self.publish()
         self.authority = DirectoryAuthority(
             self.bus,
@@ -203,7 +205,12 @@ class Sandbox:
         deadline = time.monotonic() + 30
         while True:  # the JetStream meta leader is elected once routes are up
             try:
-                await provision(self.bus.url, nkeys_seed=operator.nats_seed, replicas=len(nodes))
+                await provision(
+                    self.bus.url,
+                    nkeys_seed=operator.nats_seed,
+                    replicas=len(nodes),
+                    agencies=attachment_owners(directory),
+                )
                 break
             except Exception:
                 if time.monotonic() > deadline:

@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from broker import NatsServer
-from broker.authz import auditor_reply_prefix, authorization_block
+from broker.authz import agency_permissions, auditor_reply_prefix, authorization_block
 from broker.streams import provision
 from keys.subjects import (
     DIRECTORY_BUCKET,
@@ -29,6 +29,8 @@ from keys.subjects import (
     MESSAGE_STREAM,
     PRESENCE_BUCKET,
     PRESENCE_STREAM,
+    attachment_bucket,
+    attachment_stream,
     audit_subject,
     inbox_consumer,
     inbox_subject,
@@ -150,7 +152,7 @@ async def bus(tmp_path: Path) -> AsyncIterator[Bus]:
     )
     b.server.start()
     try:
-        await provision(b.server.url, nkeys_seed=operator.seed)
+        await provision(b.server.url, nkeys_seed=operator.seed, agencies=list(agencies))
         op = await b.as_operator()
         kv = await op.js.key_value(DIRECTORY_BUCKET)
         await kv.put(DIRECTORY_KEY, b"directory v1")
@@ -421,6 +423,55 @@ async def test_agency_holds_only_its_own_instance_lease(bus: Bus) -> None:
     await a.violation(f"$JS.API.DIRECT.GET.{PRESENCE_STREAM}.$KV.{PRESENCE_BUCKET}.{B}")
     entry = await (await op.js.key_value(PRESENCE_BUCKET)).get(presence_key(B))
     assert entry.value == b"b-lease"
+
+
+async def test_agency_writes_erases_and_reads_attachments_with_the_granted_subjects(
+    bus: Bus,
+) -> None:
+    """What agents/attachments.py does takes no subject beyond the grant: A puts an object
+    in its own bucket (two chunks), reads it back, erases its messages one by one; B reads
+    A's object through nats-py's `get` (ordered consumer, flow control). No violation."""
+    a, b, op = await bus.agency(A), await bus.agency(B), await bus.as_operator()
+    data = os.urandom(300 * 1024)
+    own = await a.js.object_store(attachment_bucket(A))
+    await own.put("r.x", data)
+    assert (await own.get("r.x")).data == data
+    theirs = await b.nc.jetstream(timeout=5 * SHORT).object_store(attachment_bucket(A))
+    assert (await theirs.get("r.x")).data == data
+    stream = attachment_stream(A)
+    seq = 1
+    while True:  # the erasure's walk: next message by subject, deleted by sequence
+        try:
+            msg = await a.js.get_msg(
+                stream, seq=seq, subject=f"$O.{attachment_bucket(A)}.>", next=True
+            )
+        except nats.js.errors.NotFoundError:
+            break
+        await a.js.delete_msg(stream, msg.seq)
+        seq = msg.seq + 1
+    assert (await op.js.stream_info(stream)).state.messages == 0
+    assert a.errors == [] and b.errors == []
+
+
+def test_agency_grants_no_write_outside_its_own_bucket() -> None:
+    """An agency's allow list writes only under its own `$O.` and deletes only in its own
+    stream; no agency may create, update, purge or delete any stream."""
+    allow, _, _, _ = agency_permissions(A, readable=[A, B, C])
+    writes = [s for s in allow if s.startswith("$O.")]
+    assert writes == [f"$O.{attachment_bucket(A)}.>"]
+    deletes = [s for s in allow if ".MSG.DELETE." in s]
+    assert deletes == [f"$JS.API.STREAM.MSG.DELETE.{attachment_stream(A)}"]
+    for verb in ("CREATE", "UPDATE", "PURGE", "DELETE"):
+        assert not [s for s in allow if s.startswith(f"$JS.API.STREAM.{verb}")], verb
+    for other in (B, C):  # read-only on the others' attachment streams
+        assert sorted(s for s in allow if attachment_stream(other) in s) == sorted(
+            [
+                f"$JS.API.STREAM.INFO.{attachment_stream(other)}",
+                f"$JS.API.STREAM.MSG.GET.{attachment_stream(other)}",
+                f"$JS.API.CONSUMER.CREATE.{attachment_stream(other)}",
+                f"$JS.FC.{attachment_stream(other)}.>",
+            ]
+        )
 
 
 @pytest.mark.parametrize("subject", ["_INBOX.>", f"{reply_prefix(A)}.>", ">"])

@@ -25,12 +25,14 @@ from pathlib import Path
 import click
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
 from click.testing import CliRunner, Result
 
 from keys import PublicIdentity
 from keys.directory import Directory, read_unverified_directory, read_unverified_root
 from keys.keyfile import load_key_dir
+from keys.subjects import attachment_bucket, reply_prefix
 from nrm import admin
 from nrm.cli import main
 from runtime import clock
@@ -585,12 +587,31 @@ async def connects(url: str, *, seed: bytes | None) -> bool:
     return True
 
 
+async def owns_bucket(url: str, agency: str, *, seed: bytes) -> bool:
+    """Whether `agency`, connected with its NKey, finds its attachment bucket and can put
+    an object in it (it cannot create it: only the operator provisions buckets)."""
+    nc = await nats.connect(
+        url, nkeys_seed_str=seed.decode(), inbox_prefix=reply_prefix(agency), connect_timeout=2
+    )
+    try:
+        js = nc.jetstream(timeout=5)
+        try:
+            obs = await js.object_store(attachment_bucket(agency))
+        except nats.js.errors.BucketNotFoundError:
+            return False
+        await obs.put("probe", b"ciphertext")
+        return True
+    finally:
+        await nc.close()
+
+
 def test_publish_to_a_bus_started_with_bus_up_reloads_its_authorization(
     work: Work, bus_up: BusUp, tmp_path: Path
 ) -> None:
     """`bus up` starts secured from the signed directory (anonymous clients refused);
     `directory publish` of a fully signed draft succeeds, and admitting shelter lets its
-    NKey connect without a restart; SIGTERM stops the bus cleanly."""
+    NKey connect without a restart, its attachment bucket made before it could connect;
+    SIGTERM stops the bus cleanly."""
     work.add("police", "police")
     work.sign(1)
     work.sign(2)
@@ -608,6 +629,8 @@ def test_publish_to_a_bus_started_with_bus_up_reloads_its_authorization(
     assert not asyncio.run(connects(url, seed=None))
     assert asyncio.run(connects(url, seed=police.nats_seed))
     assert not asyncio.run(connects(url, seed=shelter.nats_seed))
+    assert police.nats_seed is not None
+    assert asyncio.run(owns_bucket(url, "police", seed=police.nats_seed))
 
     published = ok("directory", "publish", "--nats", url, "--dir", work.admin)
     assert "published directory version" in published
@@ -620,6 +643,8 @@ def test_publish_to_a_bus_started_with_bus_up_reloads_its_authorization(
     while not asyncio.run(connects(url, seed=shelter.nats_seed)):
         assert time.monotonic() < deadline, "shelter never admitted to the bus"
         time.sleep(0.2)
+    assert shelter.nats_seed is not None
+    assert asyncio.run(owns_bucket(url, "shelter", seed=shelter.nats_seed))
 
     assert bus_up.stop(process, signal.SIGTERM) == 0
     assert "NATS bus stopped" in out.read_text()

@@ -663,12 +663,12 @@ async def test_corrupted_attachment_is_refused(mechanism: Mechanism) -> None:
         )
 
     await eventually(uploaded, what="the police agent to upload the attachment")
-    from keys.subjects import ATTACHMENT_BUCKET, attachment_object
+    from keys.subjects import attachment_bucket, attachment_object
 
     from .test_agent import connect_as
 
-    async with connect_as(m, "police") as nc:  # a participant overwriting the object
-        store = await nc.jetstream().object_store(ATTACHMENT_BUCKET)
+    async with connect_as(m, "police") as nc:  # the sender overwriting its own object
+        store = await nc.jetstream().object_store(attachment_bucket("police"))
         # The new chunks and meta are written; purging the old chunks is not permitted to
         # agencies, so nats-py's put times out at that last step.
         with contextlib.suppress(TimeoutError, nats.errors.Error):

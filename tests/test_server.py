@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import nats
+import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType
@@ -16,7 +17,7 @@ from broker import NatsServer, provision
 from broker.server import conf_string
 from broker.streams import HEADER_ROOM_BYTES
 from keys.limits import DEFAULT_LIMITS
-from keys.subjects import MESSAGE_STREAM, inbox_subject
+from keys.subjects import MESSAGE_STREAM, attachment_bucket, attachment_stream, inbox_subject
 
 SUBJECT = inbox_subject("police-a")
 
@@ -43,7 +44,7 @@ async def test_server_starts_and_jetstream_answers(nats_server: NatsServer) -> N
     assert nats_server.url == f"nats://127.0.0.1:{nats_server.port}"
     async with jetstream(nats_server) as js:
         info = await js.account_info()
-    assert info.streams == 5  # messages, audit events, directory bucket, attachments, leases
+    assert info.streams == 4  # messages, audit events, directory bucket, leases
 
 
 async def test_stream_has_the_configured_limits(nats_server: NatsServer) -> None:
@@ -61,12 +62,30 @@ async def test_provisioning_is_idempotent(nats_server: NatsServer) -> None:
     async with jetstream(nats_server) as js:
         await js.publish(SUBJECT, b"kept", headers={"Nats-Msg-Id": "m1"})
         before = (await js.stream_info(MESSAGE_STREAM)).config
-        await provision(nats_server.url)
-        await provision(nats_server.url)
+        await provision(nats_server.url, agencies=["police-a"])
+        await provision(nats_server.url, agencies=["police-a", "shelter-b"])
         after = (await js.stream_info(MESSAGE_STREAM)).config
         assert after == before
-        assert (await js.account_info()).streams == 5
+        assert (await js.account_info()).streams == 6  # and one attachment bucket each
         assert await stored_count(js) == 1
+
+
+async def test_each_agency_gets_its_own_attachment_bucket(nats_server: NatsServer) -> None:
+    """Provisioning creates `nrm-att-<agency>` per agency: file-backed, expiring with the
+    message stream's age, and an object put into one is not in the other; again is a no-op
+    that keeps the objects."""
+    await provision(nats_server.url, agencies=["police-a", "shelter-b"])
+    async with jetstream(nats_server) as js:
+        police = await js.object_store(attachment_bucket("police-a"))
+        shelter = await js.object_store(attachment_bucket("shelter-b"))
+        await police.put("r.a", b"ciphertext")
+        await provision(nats_server.url, agencies=["police-a", "shelter-b"])
+        config = (await js.stream_info(attachment_stream("police-a"))).config
+        assert config.storage == StorageType.FILE
+        assert config.max_age == DEFAULT_LIMITS.stream_max_age_seconds
+        assert (await police.get("r.a")).data == b"ciphertext"
+        with pytest.raises(nats.js.errors.ObjectNotFoundError):
+            await shelter.get("r.a")
 
 
 async def test_same_msg_id_is_stored_once(nats_server: NatsServer) -> None:
