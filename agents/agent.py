@@ -33,6 +33,7 @@ from keys.directory import Directory
 from keys.keyfile import load_key_dir, read_passphrase
 from keys.subjects import DIRECTORY_KEY
 from runtime import clock, expiry
+from runtime.supervisor import Supervisor
 
 from .api import ApiSettings, make_app
 from .attachments import Attachments
@@ -56,7 +57,6 @@ from .problems import ProblemError
 from .resend import RESEND_REQUEST, Resender
 from .standing import StandingGuard
 from .store import OutgoingMessage, Received, Store
-from .tasks import cancel_and_wait
 from .transport import Transport, Verdict
 from .trust import TrustState
 from .webhooks import WebhookSender
@@ -64,7 +64,8 @@ from .webhooks import WebhookSender
 log = structlog.get_logger("nrm.agent")
 
 #: Test-only crash points (docs/RUNBOOK.md): `NRM_FAILPOINT=inbox-after-commit` makes the
-#: process exit right after committing a fetched batch of messages and before acking it.
+#: process exit right after committing a fetched batch of messages and before acking it;
+#: `NRM_FAILPOINT=timers-raise` makes the timers loop die at its first step.
 FAILPOINT_ENV = "NRM_FAILPOINT"
 
 #: The audit event each outgoing message kind records (others are recorded by the desk).
@@ -87,6 +88,8 @@ class Agent:
         self.keys = keys
         self.trust = trust
         self.limits = config.limits
+        #: Every background loop of this agent runs under it; a death degrades /healthz.
+        self.supervisor = Supervisor(f"agent-{config.agency}")
         self.store = Store(config.database)
         self.audit = AuditTrail(agency=config.agency, keys=lambda: self.keys, store=self.store)
         directory = trust.directory
@@ -106,6 +109,7 @@ class Agent:
             nats_seed=wanted_seed(keys, listed=listed, in_use=keys.nats_seed, refused=False),
             limits=self.limits,
             after_commit=self._inbox_committed,
+            supervisor=self.supervisor,
         )
         self.log = log.bind(agency=config.agency)
         self.metrics = AgentMetrics(agency=config.agency)
@@ -130,7 +134,6 @@ class Agent:
             switch=self.transport.use_seed,
         )
         self.transport.on_auth_refused = self.nats_key.refused
-        self._nats_key_task: asyncio.Task[None] | None = None
         self.attachments = Attachments(
             store=self.store, storage=self._storage_box, agency=config.agency
         )
@@ -171,7 +174,9 @@ class Agent:
             )
         )
         self.webhooks = (
-            WebhookSender(self.store, targets=config.webhooks) if config.webhooks else None
+            WebhookSender(self.store, targets=config.webhooks, supervisor=self.supervisor)
+            if config.webhooks
+            else None
         )
         self.standing = StandingGuard(
             agency=config.agency,
@@ -180,9 +185,8 @@ class Agent:
             limits=self.limits,
             on_failed=lambda reason, n: self.metrics.outbox_failed.labels(reason).inc(n),
         )
-        self._timer: asyncio.Task[None] | None = None
         self._watching = asyncio.Event()
-        self._watch_task: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self.api_port: int | None = None
         self._failpoint = os.environ.get(FAILPOINT_ENV, "")
@@ -203,6 +207,31 @@ class Agent:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start the API, the transport and the background loops. If any step fails,
+        whatever was started is stopped again (tasks, connections, port, database) and the
+        error is raised."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        self._check_own_keys()
+        self._check_standing()
+        await self.transport.start()
+        agency = self.config.agency
+        self._loops.append(self.supervisor.spawn(f"nats-key-{agency}", self.nats_key.run))
+        self._watching.set()
+        self._loops.append(self.supervisor.spawn(f"timers-{agency}", self._timers))
+        if self.webhooks is not None:
+            await self.webhooks.start()
+        if self.ledger_watch is not None:
+            watch = self.ledger_watch
+            self._loops.append(
+                self.supervisor.spawn(f"ledger-watch-{agency}", lambda: watch.run(self._watching))
+            )
+        # The API opens last: what it answers needs everything above running.
         app = make_app(
             self,
             ApiSettings(
@@ -217,32 +246,19 @@ class Agent:
         site = web.TCPSite(self._runner, self.config.api_host, self.config.api_port)
         await site.start()
         self.api_port = self._runner.addresses[0][1]
-        self._check_own_keys()
-        self._check_standing()
-        await self.transport.start()
-        self._nats_key_task = asyncio.create_task(
-            self.nats_key.run(), name=f"nats-key-{self.config.agency}"
-        )
-        self._watching.set()
-        self._timer = asyncio.create_task(self._timers(), name=f"timers-{self.config.agency}")
-        if self.webhooks is not None:
-            await self.webhooks.start()
-        if self.ledger_watch is not None:
-            self._watch_task = asyncio.create_task(
-                self.ledger_watch.run(self._watching), name=f"ledger-watch-{self.config.agency}"
-            )
         self.log.info("agent_started", api_port=self.api_port)
 
     async def stop(self) -> None:
+        """Stop everything `start` started, in reverse order; safe after a failed start."""
         self._watching.clear()
         self.presence.releasing = True  # a successor may take the inbox over at once
-        await cancel_and_wait(
-            [t for t in (self._watch_task, self._timer, self._nats_key_task) if t is not None]
-        )
-        self._watch_task = self._timer = self._nats_key_task = None
+        # The agent's own loops first: the NATS key follower could restart the transport.
+        await self.supervisor.stop(self._loops)
+        self._loops = []
         if self.webhooks is not None:
             await self.webhooks.stop()
         await self.transport.stop()
+        await self.supervisor.stop()  # whatever else is left
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -616,6 +632,8 @@ class Agent:
         next time: the loop never ends before the agent stops."""
         while self._watching.is_set():
             await asyncio.sleep(self.limits.timer_interval_seconds)
+            if self._failpoint == "timers-raise":
+                raise RuntimeError("failpoint timers-raise")  # a loop that dies (tests only)
             try:
                 self._check_standing()
                 if self.trust.directory is not None and self.standing.standing.ok:
@@ -641,7 +659,7 @@ class Agent:
 
     def health(self) -> dict[str, Any]:
         """`ok`; `warning` (HTTP 200: the directory or root expires soon, `reasons` say
-        which); or `degraded` (HTTP 503)."""
+        which); or `degraded` (HTTP 503; `reasons` name a loop that died)."""
         connected = self.transport.connected
         trust = self.trust.health()
         standing = self.standing.health()
@@ -669,5 +687,10 @@ class Agent:
         if self.ledger_watch is not None:
             health["ledger"] = self.ledger_watch.health()
             ok = ok and health["ledger"]["status"] == "ok"
+        # A background loop that died (runtime/supervisor.py): `task-died:<name>`.
+        tasks = self.supervisor.health()
+        health["tasks"] = tasks["tasks"]
+        ok = ok and tasks["status"] == "ok"
         status = expiry.worst("ok" if ok else "degraded", trust["expiry"]["status"])
-        return {"status": status, "reasons": trust["expiry"]["reasons"], **health}
+        reasons = [*tasks["reasons"], *trust["expiry"]["reasons"]]
+        return {"status": status, "reasons": reasons, **health}

@@ -42,11 +42,11 @@ from keys.subjects import (
 )
 from runtime import clock
 from runtime.backoff import Backoff
+from runtime.supervisor import Supervisor
 
 from .bus_link import BusLink, is_refusal
 from .presence import Presence
 from .store import PendingDelivery, Store
-from .tasks import stop_tasks
 
 log = structlog.get_logger("nrm.transport")
 
@@ -86,8 +86,11 @@ class Transport:
         nats_seed: bytes | None,
         limits: Limits,
         after_commit: Callable[[], None] = lambda: None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.agency = agency
+        #: Runs the transport's loop; its owner's, so that a death shows in its health.
+        self.supervisor = supervisor or Supervisor(f"transport-{agency}")
         self.urls = urls
         self.store = store
         self.handler = handler
@@ -126,9 +129,7 @@ class Transport:
 
     async def start(self) -> None:
         self._running = True
-        self._tasks = [
-            asyncio.create_task(self._run(), name=f"transport-{self.agency}"),
-        ]
+        self._tasks = [self.supervisor.spawn(f"transport-{self.agency}", self._run)]
 
     async def stop(self) -> None:
         """Let the loops finish their current step, then close the connection.
@@ -138,7 +139,7 @@ class Transport:
         """
         self._running = False
         self._wake.set()
-        await stop_tasks(self._tasks, grace_seconds=STOP_GRACE_SECONDS)
+        await self.supervisor.stop(self._tasks, grace_seconds=STOP_GRACE_SECONDS)
         self._tasks = []
         if self._nc is not None:
             try:

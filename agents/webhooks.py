@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -43,8 +44,7 @@ import structlog
 
 from keys.errors import BadSignatureError, ExpiredError
 from runtime import clock
-
-from .tasks import stop_tasks
+from runtime.supervisor import Supervisor
 
 log = structlog.get_logger("nrm.webhooks")
 
@@ -284,6 +284,7 @@ class WebhookSender:
         *,
         targets: Sequence[WebhookTarget],
         settings: WebhookSettings = DEFAULT_WEBHOOK_SETTINGS,
+        supervisor: Supervisor | None = None,
     ) -> None:
         urls = [t.url for t in targets]
         if not urls:
@@ -293,6 +294,8 @@ class WebhookSender:
         self.store = store
         self.targets = tuple(targets)
         self.settings = settings
+        #: Runs the delivery loops; its owner's, so that a death shows in its health.
+        self.supervisor = supervisor or Supervisor("webhooks")
         with store.transaction() as db:
             create_tables(db)
         self._session: aiohttp.ClientSession | None = None
@@ -316,7 +319,7 @@ class WebhookSender:
         )
         self._wakes = {t.url: asyncio.Event() for t in self.targets}
         self._tasks = [
-            asyncio.create_task(self._deliver_loop(t), name=f"webhook-{t.safe_url}")
+            self.supervisor.spawn(f"webhook-{t.safe_url}", functools.partial(self._deliver_loop, t))
             for t in self.targets
         ]
 
@@ -325,7 +328,7 @@ class WebhookSender:
         self._running = False
         self._stopping.set()
         self.wake()
-        await stop_tasks(self._tasks, grace_seconds=STOP_GRACE_SECONDS)
+        await self.supervisor.stop(self._tasks, grace_seconds=STOP_GRACE_SECONDS)
         self._tasks = []
         if self._session is not None:
             await self._session.close()

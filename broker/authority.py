@@ -4,24 +4,30 @@
 the auditor role get auditor permissions. `DirectoryAuthority` watches the directory bucket,
 verifies each update from the pinned root exactly as agents do, and reloads the running
 server (SIGHUP, no restart) whenever the set of NKeys or roles changes; a rotated NATS key
-thus replaces the old one at once, and connections made with the old one are closed. It also
-runs the `ConnectionWatch` reporting agencies logged in more than once.
+thus replaces the old one at once, and connections made with the old one are closed. The
+reload waits for nats-server to confirm it, so it runs in a worker thread, never on the event
+loop. It also runs the `ConnectionWatch` reporting agencies logged in more than once. All its
+loops run under one supervisor (runtime/supervisor.py), whose deaths `health` reports.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from keys import DEFAULT_LIMITS
 from keys.directory import Directory
+from runtime.supervisor import Supervisor
 
 from .authz import authorization_block
 from .connections import ConnectionWatch
 from .follower import DirectoryFollower
 from .server import NatsServer
+from .trust_status import service_health
 
 log = structlog.get_logger("nrm.broker")
 
@@ -48,16 +54,24 @@ class DirectoryAuthority:
         self.server = server
         self.operators = [operator_key]
         self.applied: str | None = None
+        #: The version of the last directory whose authorization nats-server refused.
+        self.reload_failed: int | None = None
         self._nkeys: dict[str, str] = {}  # NKey -> agency id, of the directory applied
-        self.connections = ConnectionWatch(server, agencies=lambda: self._nkeys)
+        self.supervisor = Supervisor("bus-authority")
+        self.connections = ConnectionWatch(
+            server, agencies=lambda: self._nkeys, supervisor=self.supervisor
+        )
         self.follower = DirectoryFollower(
             urls=[server.url],
             nkeys_seed=operator_seed,
             pinned_root=pinned_root,
-            on_directory=lambda directory, _: self.apply(directory),
+            on_directory=lambda directory, _: self._offered(directory),
             name="authority",
             warning_seconds=warning_seconds,
+            supervisor=self.supervisor,
         )
+        self._wanted: Directory | None = None
+        self._changed = asyncio.Event()
 
     def adopt(self, directory: Directory, block: str) -> None:
         """The server was started with `block`, the authorization of `directory`: remember
@@ -74,10 +88,46 @@ class DirectoryAuthority:
             log.info("bus_authorization_reloaded", directory_version=directory.version)
         self._nkeys = {a.nats_key: a.agency for a in directory.agencies}
 
+    def _offered(self, directory: Directory) -> None:
+        self._wanted = directory
+        self._changed.set()
+
+    async def _reloads(self) -> None:
+        """Apply the newest directory the follower accepted, in a worker thread."""
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            directory = self._wanted
+            if directory is None:
+                continue
+            try:
+                await asyncio.to_thread(self.apply, directory)
+                self.reload_failed = None
+            except RuntimeError as e:  # refused: nats-server keeps the previous authorization
+                self.reload_failed = directory.version
+                log.error(
+                    "bus_authorization_reload_failed",
+                    directory_version=directory.version,
+                    error=type(e).__name__,
+                )
+
+    def health(self) -> dict[str, Any]:
+        """The follower's trust health, the supervisor's dead loops, and
+        `authorization-reload-failed` while nats-server runs an older authorization."""
+        extra = [] if self.reload_failed is None else ["authorization-reload-failed"]
+        return service_health(self.follower, self.supervisor, reasons=extra)
+
     async def start(self) -> None:
-        await self.follower.start()
-        await self.connections.start()
+        """Start following; if a step fails, stop what started and raise."""
+        try:
+            self.supervisor.spawn("authority-reload", self._reloads)
+            await self.follower.start()
+            await self.connections.start()
+        except BaseException:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         await self.connections.stop()
         await self.follower.stop()
+        await self.supervisor.stop()

@@ -135,9 +135,7 @@ async def _serve(
                 await authority.start()
             try:
                 if authority is not None and status_bind is not None:
-                    status = await serve_status(
-                        authority.follower, host=status_bind[0], port=status_bind[1]
-                    )
+                    status = await serve_status(authority, host=status_bind[0], port=status_bind[1])
                     host, port = status.addresses[0][:2]
                     mode += f"; status at http://{host}:{port}/healthz"
                 print(f"NATS bus ready at {server.url}; {mode}", flush=True)

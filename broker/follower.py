@@ -20,6 +20,7 @@ from keys import DEFAULT_LIMITS, UntrustedInputError
 from keys.directory import Directory, Root, TrustStore, read_unverified_root
 from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY
 from runtime import clock, expiry
+from runtime.supervisor import Supervisor
 
 log = structlog.get_logger("nrm.broker")
 
@@ -48,8 +49,11 @@ class DirectoryFollower:
         name: str,
         on_root: OnRoot | None = None,
         warning_seconds: int = DEFAULT_LIMITS.expiry_warning_seconds,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.urls = urls
+        #: Runs the watch; its owner's, so that a death shows in the owner's health.
+        self.supervisor = supervisor or Supervisor(name)
         self.nkeys_seed = nkeys_seed
         self.on_directory = on_directory
         self.on_root = on_root
@@ -131,14 +135,12 @@ class DirectoryFollower:
 
     async def start(self) -> None:
         self._running = True
-        self._task = asyncio.create_task(self._watch(), name=f"directory-{self.name}")
+        self._task = self.supervisor.spawn(f"directory-{self.name}", self._watch)
 
     async def stop(self) -> None:
         self._running = False
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self.supervisor.stop([self._task])
             self._task = None
 
     async def _watch(self) -> None:

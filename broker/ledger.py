@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import sqlite3
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,9 +35,11 @@ from keys.ledger_entry import LedgerEntry
 from keys.merkle import MerkleTree, leaf_hash
 from keys.subjects import AUDIT_STREAM, AUDIT_SUBJECTS
 from runtime import clock
+from runtime.supervisor import Supervisor
 
 from .follower import TRANSIENT, DirectoryFollower
 from .ledger_store import LedgerStore
+from .trust_status import service_health
 
 log = structlog.get_logger("nrm.ledger")
 
@@ -147,6 +150,8 @@ class Ledger:
         self.config = config
         self.signer = signer
         self.operator = operator
+        #: Every background loop of the ledger runs under it; a death degrades /healthz.
+        self.supervisor = Supervisor("ledger")
         self.store = LedgerStore(config.database)
         self.tree = MerkleTree(self.store, size=self.store.size())
         self.directory: Directory | None = None
@@ -158,6 +163,7 @@ class Ledger:
             on_root=self._on_root,
             name="ledger",
             warning_seconds=config.expiry_warning_seconds,
+            supervisor=self.supervisor,
         )
         pinned = self.follower.store.root
         with self.store.transaction():  # the chain served at /v1/roots starts at the pin
@@ -168,7 +174,6 @@ class Ledger:
         self.directory = self.follower.store.directory
         if self.directory is not None:
             log.info("ledger_directory_restored", directory_version=self.directory.version)
-        self._tasks: list[asyncio.Task[None]] = []
         self._running = False
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -191,6 +196,16 @@ class Ledger:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start the API, the directory follower, the consumer and the checkpointer. If a
+        step fails (the port is taken, say), what started is stopped again, the database
+        closed, and the error raised."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._stop(checkpoint=False)
+            raise
+
+    async def _start(self) -> None:
         from .ledger_http import make_app
 
         self._running = True
@@ -200,29 +215,31 @@ class Ledger:
         await self._runner.setup()
         await web.TCPSite(self._runner, self.config.host, self.config.port).start()
         self.port = self._runner.addresses[0][1]
-        self._tasks = [
-            asyncio.create_task(self._consume(), name="ledger-consumer"),
-            asyncio.create_task(self._checkpoints(), name="ledger-checkpoints"),
-        ]
+        self.supervisor.spawn("ledger-consumer", self._consume)
+        self.supervisor.spawn("ledger-checkpoints", self._checkpoints)
         log.info("ledger_started", url=self.url, size=self.tree.size)
 
     async def stop(self) -> None:
+        await self._stop(checkpoint=True)
+
+    async def _stop(self, *, checkpoint: bool) -> None:
         self._running = False
-        if self._tasks:
-            _, late = await asyncio.wait(self._tasks, timeout=3.0)
-            for task in late:
-                task.cancel()
-            for task in self._tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._tasks = []
         await self.follower.stop()
+        await self.supervisor.stop(grace_seconds=3.0)  # the consumer finishes its batch
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        self.checkpoint()
+        if checkpoint:
+            try:
+                self.checkpoint()
+            except sqlite3.Error as e:  # stopping always finishes; the error is in the log
+                log.error("final_checkpoint_failed", error=type(e).__name__)
         self.store.close()
         log.info("ledger_stopped")
+
+    def health(self) -> dict[str, Any]:
+        """/healthz: the trusted directory's expiry and the loops that died."""
+        return service_health(self.follower, self.supervisor)
 
     async def __aenter__(self) -> Ledger:
         await self.start()

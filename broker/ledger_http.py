@@ -100,7 +100,7 @@ def make_app(ledger: Ledger) -> web.Application:
     r.add_get("/v1/restores/{seq}/proof", restore_proof)
     r.add_get("/v1/roots", roots)
     r.add_get("/v1/stats", stats)
-    add_status_routes(app, lambda request: request.app[LEDGER].follower, part="ledger")
+    add_status_routes(app, lambda request: request.app[LEDGER], part="ledger")
     if UI_DIR.is_dir():
         r.add_static("/ui/", UI_DIR)
     return app
