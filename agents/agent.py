@@ -30,9 +30,9 @@ from keys import (
 from keys.audit import labels_of
 from keys.codec import canonical_json
 from keys.directory import Directory
-from keys.keyfile import load_key_dir, read_passphrase
 from keys.subjects import DIRECTORY_KEY
 from runtime import clock, expiry
+from runtime.keydir import load_key_dir, read_passphrase
 from runtime.supervisor import Supervisor
 
 from .api import ApiSettings, make_app

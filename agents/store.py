@@ -1,6 +1,6 @@
 """The agent's durable state: one SQLite database in WAL mode.
 
-Commits are made durable by group commit (keys.durability): callers await `durable()` before
+Commits are made durable by group commit (runtime.durability): callers await `durable()` before
 anything they committed is announced outside the process.
 
 - `outbox`: every envelope this agency sealed (referrals and receipts), committed before the
@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from keys.directory import Directory
-from keys.durability import BACKSTOP_PAGES, CHECKPOINT_BYTES, GroupCommit
 from keys.key_history import KeyWindow, merge
 from runtime import clock
+from runtime.durability import BACKSTOP_PAGES, CHECKPOINT_BYTES, GroupCommit
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (

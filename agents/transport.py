@@ -7,7 +7,7 @@ each; messages of one referral to one recipient keep their order.
 
 Consuming: a durable pull consumer on the agency's own inbox; each message is handed to a
 handler that commits it and says whether to ack or terminate; a fetched batch is acked after
-one fsync covers all its commits (group commit, keys/durability.py), each message once.
+one fsync covers all its commits (group commit, runtime/durability.py), each message once.
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ import structlog
 
 from keys import DEFAULT_LIMITS, UntrustedInputError
 from keys.directory import Directory, Root, TrustStore
-from keys.keyfile import replace_file
 from keys.subjects import DIRECTORY_KEY
 from runtime import clock, expiry
+from runtime.files import replace_file
 
 log = structlog.get_logger("nrm.trust")
 

@@ -56,10 +56,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents import Agent
 from keys import PublicIdentity
-from keys.keyfile import INTERACTIVE, rotate_key_dir
+from keys.keyfile import INTERACTIVE
 from nrm import admin
 from nrm.logs import configure as configure_logs
 from nrm.sandbox import Sandbox, prepare_mechanism
+from runtime.keydir import rotate_key_dir
 
 ROLES = (
     "ngo",

@@ -21,8 +21,8 @@ import structlog
 
 from keys import DEFAULT_LIMITS, KeyFileError
 from keys.directory import TrustStore, verify_root_chain
-from keys.keyfile import load_key_dir
 from runtime import clock
+from runtime.keydir import load_key_dir
 
 from .authority import DirectoryAuthority, authorization_for
 from .server import NatsServer

@@ -30,11 +30,11 @@ from keys import DEFAULT_LIMITS, AgencyKeys, UnknownKeyError, UntrustedInputErro
 from keys.audit import decode_signed_event, verify_event
 from keys.checkpoint import Checkpoint, sign_checkpoint
 from keys.directory import Directory, Root
-from keys.keyfile import load_key_dir, read_passphrase
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import MerkleTree, leaf_hash
 from keys.subjects import AUDIT_STREAM, AUDIT_SUBJECTS
 from runtime import clock
+from runtime.keydir import load_key_dir, read_passphrase
 from runtime.supervisor import Supervisor
 
 from .follower import TRANSIENT, DirectoryFollower

@@ -42,18 +42,12 @@ from keys.directory import (
     walk_root_chain,
 )
 from keys.identity import signing_kid
-from keys.keyfile import (
-    KdfCost,
-    init_key_dir,
-    load_key_dir,
-    open_admin_key,
-    replace_file,
-    seal_admin_key,
-    write_new_file,
-)
+from keys.keyfile import KdfCost, open_admin_key, seal_admin_key
 from keys.limits import DEFAULT_LIMITS
 from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY, root_key
 from runtime import clock
+from runtime.files import replace_file, write_new_file
+from runtime.keydir import init_key_dir, load_key_dir
 
 DIRECTORY_FILE = "directory.json"
 PUBLISHED_FILE = "published-version"

@@ -18,8 +18,9 @@ import click
 
 from agents import Agent, AgentConfig, ConfigError, token_digest
 from keys import DEFAULT_LIMITS, KeyFileError, NrmError, PublicIdentity, UntrustedInputError
-from keys.keyfile import MODERATE, init_key_dir, read_passphrase, rotate_key_dir
+from keys.keyfile import MODERATE
 from runtime import clock
+from runtime.keydir import init_key_dir, read_passphrase, rotate_key_dir
 
 from . import admin, logs
 from .audit import LedgerCopy
@@ -305,7 +306,7 @@ def _run(load: Callable[[], Any], describe: Callable[[Any], str]) -> None:
 
 async def _serve(service: Any, describe: Callable[[], str]) -> None:
     """Run an async-context-managed service until SIGINT or SIGTERM."""
-    # fsyncs finish in a worker thread (keys/durability.py); let it hand its result back to a
+    # fsyncs finish in a worker thread (runtime/durability.py); let it hand its result back to a
     # busy event loop within a millisecond rather than the default five.
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     stop = asyncio.Event()
@@ -355,7 +356,7 @@ def agent_restore(config_path: Path, source: Path) -> None:
 def _backup(source: Path, target: Path, *, what: str) -> None:
     import sqlite3
 
-    from keys.durability import backup
+    from runtime.durability import backup
 
     try:
         size = backup(source, target)
@@ -403,7 +404,7 @@ def agent_ack_alert(config_path: Path, reason: str, event_ids: tuple[str, ...]) 
     from agents.audit import AuditTrail
     from agents.ledger_check import ALERT_REASONS
     from keys.key_history import signing_key_at
-    from keys.keyfile import load_key_dir
+    from runtime.keydir import load_key_dir
 
     if reason not in ALERT_REASONS:
         raise click.BadParameter(
@@ -802,7 +803,7 @@ def broker_config(
     """Write the nats-server authorization generated from a verified directory."""
     from broker.authority import authorization_for
     from keys.directory import TrustStore, verify_root_chain
-    from keys.keyfile import replace_file
+    from runtime.files import replace_file
 
     with _admin_errors():
         now = clock.now()
@@ -867,7 +868,7 @@ def ledger_restore(config_path: Path, source: Path, replaced_lost: bool) -> None
 
     from broker.ledger import LedgerConfig
     from broker.ledger_restore import restore_ledger
-    from keys.keyfile import load_key_dir
+    from runtime.keydir import load_key_dir
 
     try:
         config = LedgerConfig.load(config_path)

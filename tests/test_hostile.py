@@ -47,10 +47,10 @@ from keys.audit import AuditEvent, decode_signed_event, new_event_id, sign_event
 from keys.codec import canonical_json
 from keys.directory import read_unverified_directory, verify_directory
 from keys.envelope import _outer_message
-from keys.keyfile import load_key_dir
 from keys.ledger_entry import LedgerEntry
 from keys.subjects import inbox_subject
 from nrm import admin
+from runtime.keydir import load_key_dir
 
 from . import samples
 from .support import AGENCIES, TEST_LIMITS, Mechanism, eventually

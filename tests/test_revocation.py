@@ -17,12 +17,13 @@ from click.testing import CliRunner, Result
 from structlog.testing import capture_logs
 
 from keys import PublicIdentity
-from keys.keyfile import INTERACTIVE, rotate_key_dir
+from keys.keyfile import INTERACTIVE
 from nrm import admin
 from nrm.cli import main
 from nrm.sandbox import Sandbox, prepare_mechanism
 from runtime import clock
 from runtime.backoff import Backoff
+from runtime.keydir import rotate_key_dir
 
 from . import samples
 from .support import AGENCIES, TEST_LIMITS, Mechanism, eventually

@@ -19,8 +19,8 @@ from agents.config import AgentConfig
 from agents.trust import TrustState
 from broker.ledger import Ledger, LedgerConfig
 from broker.trust_status import serve_status
-from keys.keyfile import load_key_dir, read_passphrase
 from runtime.backoff import Backoff
+from runtime.keydir import load_key_dir, read_passphrase
 from runtime.supervisor import Supervisor
 
 from .support import Mechanism, eventually

@@ -15,10 +15,11 @@ from structlog.testing import capture_logs
 
 from keys import codec, seal
 from keys.directory import Directory, encode_directory, sign
-from keys.keyfile import INTERACTIVE, open_admin_key, rotate_key_dir
+from keys.keyfile import INTERACTIVE, open_admin_key
 from keys.subjects import DIRECTORY_KEY, inbox_subject, publish_id, reply_prefix
 from nrm import admin
 from runtime import clock
+from runtime.keydir import rotate_key_dir
 
 from . import samples
 from .support import AGENCIES, Mechanism, eventually
@@ -259,7 +260,7 @@ async def test_bus_authorization_follows_the_directory(mechanism: Mechanism) -> 
     pid = m.bus.pid
     await m.stop("coordinator")
     seed = m.agents["police"].keys.nats_seed  # police stays; check the coordinator's key
-    from keys.keyfile import load_key_dir
+    from runtime.keydir import load_key_dir
 
     coordinator = load_key_dir(
         m.setups["coordinator"].key_dir, passphrase=m.setups["coordinator"].passphrase()

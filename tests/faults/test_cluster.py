@@ -15,10 +15,10 @@ import aiohttp
 import nats
 import pytest
 
-from keys.keyfile import load_key_dir
 from keys.subjects import MESSAGE_STREAM
 from nrm import admin
 from nrm.sandbox import Sandbox, prepare_mechanism
+from runtime.keydir import load_key_dir
 
 from ..support import AGENCIES
 from .harness import (
