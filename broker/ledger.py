@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import sqlite3
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from keys.ledger_entry import LedgerEntry
 from keys.merkle import MerkleTree, leaf_hash
 from keys.subjects import AUDIT_STREAM, AUDIT_SUBJECTS
 from runtime import clock
+from runtime.config import ConfigError, Table, bind_address, days, load_toml, path_in
 from runtime.keydir import load_key_dir, read_passphrase
 from runtime.supervisor import Supervisor
 
@@ -47,7 +46,7 @@ LEDGER_CONSUMER = "ledger"
 ORIGIN_PREFIX = "nrm-exchange/ledger/v1/"
 
 
-class LedgerConfigError(ValueError):
+class LedgerConfigError(ConfigError):
     """The ledger configuration file is missing something or holds a wrong value."""
 
 
@@ -93,52 +92,53 @@ class LedgerConfig:
 
     @classmethod
     def load(cls, path: Path) -> LedgerConfig:
+        """Read `path` strictly (runtime/config.py): a setting not listed above is an error."""
         try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise LedgerConfigError(f"cannot read {path}: {e}") from e
+            table = Table(load_toml(path))
+        except ConfigError as e:
+            raise LedgerConfigError(str(e)) from e
         base = path.parent
 
         def p(key: str) -> Path:
-            value = Path(str(doc[key]))
-            return value if value.is_absolute() else base / value
+            return path_in(table[key], base=base, key=key)
 
         try:
-            host, _, port = str(doc["bind"]).rpartition(":")
+            host, port = bind_address(table["bind"], key="bind")
             tokens = []
-            for a in doc.get("auditors", []):
+            for a in table.get("auditors", []):
+                a.allow("name")  # whose token it is, for the reader of the file
                 digest = str(a["token_sha256"])
                 if len(digest) != 64:
                     raise LedgerConfigError("auditors.token_sha256 must be 64 hex characters")
                 tokens.append(bytes.fromhex(digest))
-            return cls(
-                name=str(doc["name"]),
+            config = cls(
+                name=str(table["name"]),
                 key_dir=p("key_dir"),
                 operator_key_dir=p("operator_key_dir"),
-                nats_urls=tuple(str(u) for u in doc["nats_urls"]),
+                nats_urls=tuple(str(u) for u in table["nats_urls"]),
                 trust_root=p("trust_root"),
                 database=p("database"),
-                host=host or "127.0.0.1",
-                port=int(port),
+                host=host,
+                port=port,
                 auditor_tokens=tuple(tokens),
-                passphrase_file=p("passphrase_file") if "passphrase_file" in doc else None,
-                checkpoint_interval_seconds=float(doc.get("checkpoint_interval_seconds", 2.0)),
-                suppress_below=int(doc.get("suppress_below", 5)),
-                expiry_warning_seconds=_days(
-                    doc.get("expiry_warning_days", DEFAULT_LIMITS.expiry_warning_seconds / 86400),
-                    "expiry_warning_days",
+                passphrase_file=p("passphrase_file") if "passphrase_file" in table else None,
+                checkpoint_interval_seconds=float(table.get("checkpoint_interval_seconds", 2.0)),
+                suppress_below=int(table.get("suppress_below", 5)),
+                expiry_warning_seconds=days(
+                    table.get(
+                        "expiry_warning_days", DEFAULT_LIMITS.expiry_warning_seconds / 86400
+                    ),
+                    key="expiry_warning_days",
                 ),
             )
+            table.finish()
+            return config
         except KeyError as e:
             raise LedgerConfigError(f"missing setting {e.args[0]!r}") from e
-        except (TypeError, ValueError) as e:
+        except LedgerConfigError:
+            raise
+        except (TypeError, ValueError) as e:  # runtime.config.ConfigError among them
             raise LedgerConfigError(str(e)) from e
-
-
-def _days(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise LedgerConfigError(f"{name} must be a non-negative number of days")
-    return int(value * 86400)
 
 
 class Ledger:
@@ -377,7 +377,3 @@ def _stored_at(msg: Msg) -> int:
     """When the bus stored the message: a sender cannot backdate it."""
     meta = msg.metadata
     return int(clock.from_bus(meta.timestamp.timestamp())) if meta.timestamp else 0
-
-
-def token_digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()

@@ -46,6 +46,7 @@ from keys.keyfile import KdfCost, open_admin_key, seal_admin_key
 from keys.limits import DEFAULT_LIMITS
 from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY, root_key
 from runtime import clock
+from runtime.config import ConfigError, days
 from runtime.files import replace_file, write_new_file
 from runtime.keydir import init_key_dir, load_key_dir
 
@@ -105,10 +106,10 @@ class AdminSettings:
             ),
             ("publish_margin_days", "publish_margin_seconds", defaults.publish_margin_seconds),
         ):
-            value = doc.get(name, default / DAY)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise AdminError(f"{where}: {name} must be a non-negative number of days")
-            values[field] = int(value * DAY)
+            try:
+                values[field] = days(doc.get(name, default / DAY), key=name)
+            except ConfigError as e:
+                raise AdminError(f"{where}: {e}") from e
         try:
             return cls(**values)
         except ValueError as e:
