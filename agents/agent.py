@@ -125,9 +125,7 @@ class Agent:
         self.nats_key = NatsKeyFollower(
             agency=config.agency,
             key_dir=config.key_dir,
-            load=lambda: load_key_dir(
-                config.key_dir, passphrase=read_passphrase(file=config.passphrase_file)
-            ),
+            load=self._load_keys,
             keys=keys,
             directory=lambda: self.trust.directory,
             in_use=lambda: self.transport.nats_seed,
@@ -187,6 +185,7 @@ class Agent:
         )
         self._watching = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
+        self._key_reload: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.api_port: int | None = None
         self._failpoint = os.environ.get(FAILPOINT_ENV, "")
@@ -217,7 +216,7 @@ class Agent:
             raise
 
     async def _start(self) -> None:
-        self._check_own_keys()
+        await self._follow_own_keys()
         self._check_standing()
         await self.transport.start()
         agency = self.config.agency
@@ -515,7 +514,7 @@ class Agent:
 
     # --- trust ----------------------------------------------------------------------------
 
-    def on_directory(self, key: str, value: bytes) -> None:
+    async def on_directory(self, key: str, value: bytes) -> None:
         """A root or directory arrived from the bus: verify it, then act on the change."""
         refused_before = self.trust.refused
         changed = self.trust.offer(key, value)
@@ -523,7 +522,7 @@ class Agent:
             # Take up keys this directory admits first: the event recording it must be signed
             # with a key it accepts (one that revokes the old key would refuse that signature).
             self._remember_keys()
-            self._check_own_keys()
+            await self._follow_own_keys()
             self._check_standing()
         if changed and key == DIRECTORY_KEY:
             self.audit.record_alone("directory.accepted")
@@ -548,29 +547,54 @@ class Agent:
             )
         return directory
 
-    def _check_own_keys(self) -> None:
-        """Follow a rotation: once the directory lists a signing key this agent does not use,
-        reload the key file (rotated by `nrm keys rotate`) and use its new keys."""
+    def _load_keys(self) -> AgencyKeys:
+        """Read and open the key file: Argon2id, so only ever in a worker thread."""
+        return load_key_dir(
+            self.config.key_dir, passphrase=read_passphrase(file=self.config.passphrase_file)
+        )
+
+    def _rotated_signing_kids(self) -> list[str] | None:
+        """The active signing key ids the directory lists for this agency when the agent
+        does not use one of them (it must reload its key file), else None. Also lets the
+        inbox wait for a trusted directory."""
         directory = self.trust.directory
         if directory is None:
             self.transport.ready.clear()
-            return
+            return None
         self.transport.ready.set()
         if self.config.agency not in directory:
-            return
+            return None
         entry = directory.agency(self.config.agency)
         now = clock.now()
         active = [k.kid for k in entry.signing_keys if k.status == "active" and k.valid_from <= now]
         if not active or self.keys.public.signing_kid in active:
+            return None
+        return active
+
+    async def _follow_own_keys(self) -> None:
+        """Follow a rotation: once the directory lists a signing key this agent does not use,
+        reload the key file (rotated by `nrm keys rotate`) in a worker thread and use its new
+        keys. One reload at a time; a caller cancelled meanwhile does not stop it."""
+        for _ in range(2):  # a reload running already may have read an older directory
+            if self._rotated_signing_kids() is None:
+                return
+            task = self._key_reload
+            if task is None or task.done():
+                task = self._key_reload = self.supervisor.spawn(
+                    f"key-reload-{self.config.agency}", self._reload_keys
+                )
+            await asyncio.wait([task])
+
+    async def _reload_keys(self) -> None:
+        if self._rotated_signing_kids() is None:
             return
         try:
-            keys = load_key_dir(
-                self.config.key_dir, passphrase=read_passphrase(file=self.config.passphrase_file)
-            )
+            keys = await asyncio.to_thread(self._load_keys)
         except KeyFileError as e:
             self.log.error("key_reload_failed", error=str(e))
             return
-        if keys.public.signing_kid in active:
+        active = self._rotated_signing_kids()
+        if active is not None and keys.public.signing_kid in active:
             self.keys = keys
             self.audit.record_alone(
                 "key.rotated", key_ids=(keys.public.signing_kid, keys.public.encryption_kid)

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import enum
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
@@ -65,7 +65,7 @@ class Verdict(enum.Enum):
 
 #: (envelope bytes, stream sequence, time the bus stored it) -> what to do with it
 MessageHandler = Callable[[bytes, int, int], Verdict]
-DirectoryHandler = Callable[[str, bytes], None]
+DirectoryHandler = Callable[[str, bytes], Awaitable[None]]
 #: How many times a message whose handling fails unexpectedly is retried before it is set aside.
 MAX_HANDLER_ATTEMPTS = 5
 #: How long a message is held back when it cannot be judged yet.
@@ -467,7 +467,7 @@ class Transport:
                             continue
                         if entry is None or entry.value is None:
                             continue  # end of the initial values, or a deletion
-                        self.on_directory(entry.key, entry.value)
+                        await self.on_directory(entry.key, entry.value)
                 finally:
                     with contextlib.suppress(*TRANSIENT):
                         await watcher.stop()  # type: ignore[no-untyped-call]
