@@ -16,8 +16,8 @@ import nats
 import nats.errors
 import structlog
 
-from keys import DEFAULT_LIMITS, UntrustedInputError
-from keys.directory import Directory, Root, TrustStore, read_unverified_root
+from keys import DEFAULT_LIMITS
+from keys.directory import Directory, Root, TrustFeed
 from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY
 from runtime import clock, expiry
 from runtime.supervisor import Supervisor
@@ -60,12 +60,15 @@ class DirectoryFollower:
         self.name = name
         self.warning_seconds = warning_seconds
         self.pinned_root_bytes = pinned_root.read_bytes()
-        self.store = TrustStore.pinned(self.pinned_root_bytes)
-        #: The last refusal's reason code, until a directory is accepted.
-        self.refused: str | None = None
-        self._pending_directory: bytes | None = None
+        self.feed = TrustFeed(self.pinned_root_bytes)
+        self.store = self.feed.store
         self._task: asyncio.Task[None] | None = None
         self._running = False
+
+    @property
+    def refused(self) -> str | None:
+        """The last refusal's reason code, until a directory is accepted."""
+        return None if self.feed.refused is None else self.feed.refused.reason
 
     @property
     def directory(self) -> Directory | None:
@@ -75,42 +78,25 @@ class DirectoryFollower:
     def restore(self, roots: Iterable[bytes], directory: bytes | None) -> None:
         """Re-apply roots and a directory kept from an earlier run (each verified again;
         nothing is reported to the callbacks)."""
-        now = clock.now()
+        now, refused = clock.now(), self.feed.refused
         for data in roots:
-            with contextlib.suppress(UntrustedInputError, ValueError):
-                if read_unverified_root(data).version == self.store.root.version + 1:
-                    self.store.update_root(data)
+            self.feed.offer_root(data, now=now)
         if directory is not None:
-            with contextlib.suppress(UntrustedInputError, ValueError):
-                self.store.update_directory(directory, now=now)
+            self.feed.offer(DIRECTORY_KEY, directory, now=now)
+        self.feed.refused = refused  # what a restart could not take again is no news
 
     def offer(self, key: str, value: bytes) -> None:
-        now = clock.now()
-        try:
-            if key.startswith("root."):
-                if int(key.split(".", 1)[1]) > self.store.root.version:
-                    root = self.store.update_root(value)
-                    log.info("root_accepted", follower=self.name, root_version=root.version)
-                    if self.on_root is not None:
-                        self.on_root(root, bytes(value))
-                    if self._pending_directory is not None:  # it may verify under this root
-                        pending, self._pending_directory = self._pending_directory, None
-                        self.offer(DIRECTORY_KEY, pending)
-            elif key == DIRECTORY_KEY:
-                before = self.store.directory
-                directory = self.store.update_directory(value, now=now)
-                self.refused = None
-                if directory != before:
-                    self.on_directory(directory, bytes(value))
-        except UntrustedInputError as e:
-            if key == DIRECTORY_KEY:
-                self._pending_directory = bytes(value)
-                self.refused = e.reason
-            log.warning("directory_refused", follower=self.name, key=key, reason=e.reason)
-        except ValueError:
-            if key == DIRECTORY_KEY:
-                self.refused = "malformed"
-            log.warning("directory_refused", follower=self.name, key=key, reason="malformed")
+        offered = self.feed.offer(key, value, now=clock.now())
+        for root, data in offered.roots:
+            log.info("root_accepted", follower=self.name, root_version=root.version)
+            if self.on_root is not None:
+                self.on_root(root, data)
+        if offered.directory is not None:
+            self.on_directory(*offered.directory)
+        if offered.refused is not None:
+            log.warning(
+                "directory_refused", follower=self.name, key=key, reason=offered.refused.reason
+            )
 
     def expiry(self) -> expiry.Expiry:
         """How close the directory and the newest root are to expiry (runtime.expiry)."""

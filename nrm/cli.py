@@ -802,15 +802,16 @@ def broker_config(
 ) -> None:
     """Write the nats-server authorization generated from a verified directory."""
     from broker.authority import authorization_for
-    from keys.directory import TrustStore, verify_root_chain
+    from keys.directory import directory_from_files
     from runtime.files import replace_file
 
     with _admin_errors():
-        now = clock.now()
-        root = verify_root_chain(
-            root_files[0].read_bytes(), [r.read_bytes() for r in root_files[1:]], now=now
+        directory = directory_from_files(
+            root_files[0].read_bytes(),
+            [r.read_bytes() for r in root_files[1:]],
+            directory_file.read_bytes(),
+            now=clock.now(),
         )
-        directory = TrustStore(root).update_directory(directory_file.read_bytes(), now=now)
         operator = PublicIdentity.from_json(operator_identity.read_bytes())
         if operator.nats_key is None:
             raise admin.AdminError("the operator identity has no NATS key")
