@@ -125,9 +125,7 @@ class LedgerConfig:
                 checkpoint_interval_seconds=float(table.get("checkpoint_interval_seconds", 2.0)),
                 suppress_below=int(table.get("suppress_below", 5)),
                 expiry_warning_seconds=days(
-                    table.get(
-                        "expiry_warning_days", DEFAULT_LIMITS.expiry_warning_seconds / 86400
-                    ),
+                    table.get("expiry_warning_days", DEFAULT_LIMITS.expiry_warning_seconds / 86400),
                     key="expiry_warning_days",
                 ),
             )

@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import nats
 import pytest
 from structlog.testing import capture_logs
@@ -22,7 +21,7 @@ from runtime import clock
 from runtime.keydir import rotate_key_dir
 
 from . import samples
-from .support import AGENCIES, Mechanism, eventually
+from .support import AGENCIES, Mechanism, eventually, running_mechanism
 from .test_agent import connect_as, delivered, rows
 
 REFERRAL = samples.referral()
@@ -31,14 +30,8 @@ REFERRAL = samples.referral()
 @pytest.fixture
 async def m2of3(tmp_path: Path) -> AsyncIterator[Mechanism]:
     """The three-agency mechanism with a 2-of-3 administrator root."""
-    async with aiohttp.ClientSession() as http:
-        m = await Mechanism.create(tmp_path, http, admins=3, threshold=2)
-        try:
-            for agency, _, _ in AGENCIES:
-                await m.start(agency)
-            yield m
-        finally:
-            await m.close()
+    async with running_mechanism(tmp_path, admins=3, threshold=2) as m:
+        yield m
 
 
 def trust(m: Mechanism, agency: str) -> dict[str, object]:
