@@ -47,7 +47,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,10 +106,10 @@ class Probe:
             agent.transport.on_directory = self._wrap(name, agent, agent.transport.on_directory)
 
     def _wrap(
-        self, name: str, agent: Agent, inner: Callable[[str, bytes], None]
-    ) -> Callable[[str, bytes], None]:
-        def on_directory(key: str, value: bytes) -> None:
-            inner(key, value)
+        self, name: str, agent: Agent, inner: Callable[[str, bytes], Awaitable[None]]
+    ) -> Callable[[str, bytes], Awaitable[None]]:
+        async def on_directory(key: str, value: bytes) -> None:
+            await inner(key, value)
             self.check(name, agent)
 
         return on_directory
