@@ -443,8 +443,8 @@ async def test_an_unreachable_co_ordinator_does_not_stop_the_timers(
     for _ in range(2):
         urgent = await m.api("police").refer(["shelter"], samples.referral(urgency="urgent"))
         await eventually(lambda rid=urgent: escalated(rid), timeout=30, what="the escalation")
-    timer = m.agents["police"]._timer
-    assert timer is not None and not timer.done()
+    supervisor = m.agents["police"].supervisor
+    assert "timers-police" in supervisor.running() and supervisor.deaths == ()
     assert query(m.database("police"), "SELECT 1 FROM outbox WHERE kind = ?", ESCALATION) == []
 
 
