@@ -31,9 +31,10 @@ from keys.audit import labels_of
 from keys.codec import canonical_json
 from keys.directory import Directory
 from keys.errors import UnprocessableError
-from keys.keyfile import load_key_dir, read_passphrase
 from keys.subjects import DIRECTORY_KEY
 from runtime import clock, expiry
+from runtime.keydir import load_key_dir, read_passphrase
+from runtime.supervisor import Supervisor
 
 from . import inbound
 from . import webhooks as W
@@ -64,7 +65,6 @@ from .resend import RESEND_REQUEST, Resender
 from .retention import Retention
 from .standing import StandingGuard
 from .store import OutgoingMessage, Received, Store
-from .tasks import cancel_and_wait
 from .transport import Transport, Verdict
 from .trust import TrustState
 from .webhooks import WebhookSender
@@ -72,7 +72,8 @@ from .webhooks import WebhookSender
 log = structlog.get_logger("nrm.agent")
 
 #: Test-only crash points (docs/RUNBOOK.md): `NRM_FAILPOINT=inbox-after-commit` makes the
-#: process exit right after committing a fetched batch of messages and before acking it.
+#: process exit right after committing a fetched batch of messages and before acking it;
+#: `NRM_FAILPOINT=timers-raise` makes the timers loop die at its first step.
 FAILPOINT_ENV = "NRM_FAILPOINT"
 
 #: The audit event each outgoing message kind records (others are recorded by the desk).
@@ -104,6 +105,8 @@ class Agent:
         self.keys = keys
         self.trust = trust
         self.limits = config.limits
+        #: Every background loop of this agent runs under it; a death degrades /healthz.
+        self.supervisor = Supervisor(f"agent-{config.agency}")
         self.store = Store(config.database, agency=config.agency)
         self.audit = AuditTrail(agency=config.agency, keys=lambda: self.keys, store=self.store)
         directory = trust.directory
@@ -123,6 +126,7 @@ class Agent:
             nats_seed=wanted_seed(keys, listed=listed, in_use=keys.nats_seed, refused=False),
             limits=self.limits,
             after_commit=self._inbox_committed,
+            supervisor=self.supervisor,
         )
         self.log = log.bind(agency=config.agency)
         self.metrics = AgentMetrics(agency=config.agency)
@@ -139,16 +143,13 @@ class Agent:
         self.nats_key = NatsKeyFollower(
             agency=config.agency,
             key_dir=config.key_dir,
-            load=lambda: load_key_dir(
-                config.key_dir, passphrase=read_passphrase(file=config.passphrase_file)
-            ),
+            load=self._load_keys,
             keys=keys,
             directory=lambda: self.trust.directory,
             in_use=lambda: self.transport.nats_seed,
             switch=self.transport.use_seed,
         )
         self.transport.on_auth_refused = self.nats_key.refused
-        self._nats_key_task: asyncio.Task[None] | None = None
         self.attachments = Attachments(
             store=self.store, storage=self._storage_box, agency=config.agency
         )
@@ -176,7 +177,6 @@ class Agent:
             agency=config.agency,
             purged=self.eraser.erased,
         )
-        self._retention_task: asyncio.Task[None] | None = None
         self.resend = Resender(
             agency=config.agency,
             store=self.store,
@@ -200,7 +200,9 @@ class Agent:
             )
         )
         self.webhooks = (
-            WebhookSender(self.store, targets=config.webhooks) if config.webhooks else None
+            WebhookSender(self.store, targets=config.webhooks, supervisor=self.supervisor)
+            if config.webhooks
+            else None
         )
         self.standing = StandingGuard(
             agency=config.agency,
@@ -211,10 +213,9 @@ class Agent:
         )
         #: message kind -> how it is committed (every kind `inbound.check` accepts).
         self.handlers = self._handler_table()
-        self._timer: asyncio.Task[None] | None = None
-        self._erasure_task: asyncio.Task[None] | None = None
         self._watching = asyncio.Event()
-        self._watch_task: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._key_reload: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.api_port: int | None = None
         self._failpoint = os.environ.get(FAILPOINT_ENV, "")
@@ -235,6 +236,42 @@ class Agent:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start the API, the transport and the background loops. If any step fails,
+        whatever was started is stopped again (tasks, connections, port, database) and the
+        error is raised."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        await self._follow_own_keys()
+        self._check_standing()
+        await self.transport.start()
+        agency = self.config.agency
+        self._loops.append(self.supervisor.spawn(f"nats-key-{agency}", self.nats_key.run))
+        self._watching.set()
+        self._loops.append(self.supervisor.spawn(f"timers-{agency}", self._timers))
+        self._loops.append(
+            self.supervisor.spawn(
+                f"erasure-{agency}",
+                lambda: self.eraser.run(self._watching.is_set, self.transport.wake),
+            )
+        )
+        self._loops.append(
+            self.supervisor.spawn(
+                f"retention-{agency}", lambda: self.retention.run(self._watching.is_set)
+            )
+        )
+        if self.webhooks is not None:
+            await self.webhooks.start()
+        if self.ledger_watch is not None:
+            watch = self.ledger_watch
+            self._loops.append(
+                self.supervisor.spawn(f"ledger-watch-{agency}", lambda: watch.run(self._watching))
+            )
+        # The API opens last: what it answers needs everything above running.
         app = make_app(
             self,
             ApiSettings(
@@ -249,50 +286,19 @@ class Agent:
         site = web.TCPSite(self._runner, self.config.api_host, self.config.api_port)
         await site.start()
         self.api_port = self._runner.addresses[0][1]
-        self._check_own_keys()
-        self._check_standing()
-        await self.transport.start()
-        self._nats_key_task = asyncio.create_task(
-            self.nats_key.run(), name=f"nats-key-{self.config.agency}"
-        )
-        self._watching.set()
-        self._timer = asyncio.create_task(self._timers(), name=f"timers-{self.config.agency}")
-        self._erasure_task = asyncio.create_task(
-            self.eraser.run(self._watching.is_set, self.transport.wake),
-            name=f"erasure-{self.config.agency}",
-        )
-        self._retention_task = asyncio.create_task(
-            self.retention.run(self._watching.is_set), name=f"retention-{self.config.agency}"
-        )
-        if self.webhooks is not None:
-            await self.webhooks.start()
-        if self.ledger_watch is not None:
-            self._watch_task = asyncio.create_task(
-                self.ledger_watch.run(self._watching), name=f"ledger-watch-{self.config.agency}"
-            )
         self.log.info("agent_started", api_port=self.api_port)
 
     async def stop(self) -> None:
+        """Stop everything `start` started, in reverse order; safe after a failed start."""
         self._watching.clear()
         self.presence.releasing = True  # a successor may take the inbox over at once
-        await cancel_and_wait(
-            [
-                t
-                for t in (
-                    self._watch_task,
-                    self._timer,
-                    self._nats_key_task,
-                    self._erasure_task,
-                    self._retention_task,
-                )
-                if t is not None
-            ]
-        )
-        self._watch_task = self._timer = self._nats_key_task = None
-        self._erasure_task = self._retention_task = None
+        # The agent's own loops first: the NATS key follower could restart the transport.
+        await self.supervisor.stop(self._loops)
+        self._loops = []
         if self.webhooks is not None:
             await self.webhooks.stop()
         await self.transport.stop()
+        await self.supervisor.stop()  # whatever else is left
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -677,7 +683,7 @@ class Agent:
 
     # --- trust ----------------------------------------------------------------------------
 
-    def on_directory(self, key: str, value: bytes) -> None:
+    async def on_directory(self, key: str, value: bytes) -> None:
         """A root or directory arrived from the bus: verify it, then act on the change."""
         refused_before = self.trust.refused
         changed = self.trust.offer(key, value)
@@ -685,7 +691,7 @@ class Agent:
             # Take up keys this directory admits first: the event recording it must be signed
             # with a key it accepts (one that revokes the old key would refuse that signature).
             self._remember_keys()
-            self._check_own_keys()
+            await self._follow_own_keys()
             self._check_standing()
         if changed and key == DIRECTORY_KEY:
             self.audit.record_alone("directory.accepted")
@@ -710,29 +716,54 @@ class Agent:
             )
         return directory
 
-    def _check_own_keys(self) -> None:
-        """Follow a rotation: once the directory lists a signing key this agent does not use,
-        reload the key file (rotated by `nrm keys rotate`) and use its new keys."""
+    def _load_keys(self) -> AgencyKeys:
+        """Read and open the key file: Argon2id, so only ever in a worker thread."""
+        return load_key_dir(
+            self.config.key_dir, passphrase=read_passphrase(file=self.config.passphrase_file)
+        )
+
+    def _rotated_signing_kids(self) -> list[str] | None:
+        """The active signing key ids the directory lists for this agency when the agent
+        does not use one of them (it must reload its key file), else None. Also lets the
+        inbox wait for a trusted directory."""
         directory = self.trust.directory
         if directory is None:
             self.transport.ready.clear()
-            return
+            return None
         self.transport.ready.set()
         if self.config.agency not in directory:
-            return
+            return None
         entry = directory.agency(self.config.agency)
         now = clock.now()
         active = [k.kid for k in entry.signing_keys if k.status == "active" and k.valid_from <= now]
         if not active or self.keys.public.signing_kid in active:
+            return None
+        return active
+
+    async def _follow_own_keys(self) -> None:
+        """Follow a rotation: once the directory lists a signing key this agent does not use,
+        reload the key file (rotated by `nrm keys rotate`) in a worker thread and use its new
+        keys. One reload at a time; a caller cancelled meanwhile does not stop it."""
+        for _ in range(2):  # a reload running already may have read an older directory
+            if self._rotated_signing_kids() is None:
+                return
+            task = self._key_reload
+            if task is None or task.done():
+                task = self._key_reload = self.supervisor.spawn(
+                    f"key-reload-{self.config.agency}", self._reload_keys
+                )
+            await asyncio.wait([task])
+
+    async def _reload_keys(self) -> None:
+        if self._rotated_signing_kids() is None:
             return
         try:
-            keys = load_key_dir(
-                self.config.key_dir, passphrase=read_passphrase(file=self.config.passphrase_file)
-            )
+            keys = await asyncio.to_thread(self._load_keys)
         except KeyFileError as e:
             self.log.error("key_reload_failed", error=str(e))
             return
-        if keys.public.signing_kid in active:
+        active = self._rotated_signing_kids()
+        if active is not None and keys.public.signing_kid in active:
             self.keys = keys
             self.audit.record_alone(
                 "key.rotated", key_ids=(keys.public.signing_kid, keys.public.encryption_kid)
@@ -794,6 +825,8 @@ class Agent:
         next time: the loop never ends before the agent stops."""
         while self._watching.is_set():
             await asyncio.sleep(self.limits.timer_interval_seconds)
+            if self._failpoint == "timers-raise":
+                raise RuntimeError("failpoint timers-raise")  # a loop that dies (tests only)
             try:
                 self._check_standing()
                 if self.trust.directory is not None and self.standing.standing.ok:
@@ -819,7 +852,7 @@ class Agent:
 
     def health(self) -> dict[str, Any]:
         """`ok`; `warning` (HTTP 200: the directory or root expires soon, `reasons` say
-        which); or `degraded` (HTTP 503)."""
+        which); or `degraded` (HTTP 503; `reasons` name a loop that died)."""
         connected = self.transport.connected
         trust = self.trust.health()
         standing = self.standing.health()
@@ -847,5 +880,10 @@ class Agent:
         if self.ledger_watch is not None:
             health["ledger"] = self.ledger_watch.health()
             ok = ok and health["ledger"]["status"] == "ok"
+        # A background loop that died (runtime/supervisor.py): `task-died:<name>`.
+        tasks = self.supervisor.health()
+        health["tasks"] = tasks["tasks"]
+        ok = ok and tasks["status"] == "ok"
         status = expiry.worst("ok" if ok else "degraded", trust["expiry"]["status"])
-        return {"status": status, "reasons": trust["expiry"]["reasons"], **health}
+        reasons = [*tasks["reasons"], *trust["expiry"]["reasons"]]
+        return {"status": status, "reasons": reasons, **health}

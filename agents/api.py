@@ -9,7 +9,6 @@ they are read; every POST honours `Idempotency-Key`.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,13 +20,13 @@ from aiohttp import web
 
 from keys import Limits
 from keys.identity import check_agency_id
+from runtime.http import ProblemError, bearer_match, problem, unauthorized
 
 from .attachments import ATTACHMENT_TYPES, Attachments
 from .config import ApiClient
 from .desk import Desk
 from .lifecycle import REASON_CODES
 from .openapi import OPENAPI
-from .problems import ProblemError, problem
 from .retention import Retention
 from .store import STATUS_ORDER, Store
 
@@ -144,23 +143,14 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
         return await handler(request)
     client = _client_for(request.headers.get("Authorization", ""), request.app[SETTINGS].clients)
     if client is None:
-        response = problem(401, "Unauthorized", "a valid bearer token is required")
-        response.headers["WWW-Authenticate"] = 'Bearer realm="nrm-agent"'
-        return response
+        return unauthorized("a valid bearer token is required", realm="nrm-agent")
     request[CLIENT] = client
     return await handler(request)
 
 
 def _client_for(authorization: str, clients: Sequence[ApiClient]) -> ApiClient | None:
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return None
-    digest = hashlib.sha256(token.strip().encode("utf-8", "replace")).digest()
-    found = None
-    for client in clients:  # compare against every client, in constant time each
-        if hmac.compare_digest(digest, client.token_sha256):
-            found = client
-    return found
+    found = bearer_match(authorization, [client.token_sha256 for client in clients])
+    return None if found is None else clients[found]
 
 
 def _need(request: web.Request, scope: str) -> None:

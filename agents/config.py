@@ -40,19 +40,21 @@
     ack_wait_seconds = 10
     expiry_warning_seconds = 604800         # /healthz warns this long before expiry
 
-Relative paths are relative to the configuration file.
+Relative paths are relative to the configuration file; a setting not listed here is an
+error (runtime/config.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from keys import DEFAULT_LIMITS, Limits, check_agency_id
+from runtime import http
+from runtime.config import ConfigError as ConfigError
+from runtime.config import Table, bind_address, load_toml, path_in
 
 from .ledger_check import LedgerSettings
 from .retention import RetentionSchedule
@@ -60,10 +62,6 @@ from .webhooks import WebhookTarget
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 SCOPES = frozenset({"submit", "read", "act"})
-
-
-class ConfigError(ValueError):
-    """The configuration file is missing something or holds a wrong value."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,47 +92,44 @@ class AgentConfig:
 
     @classmethod
     def load(cls, path: Path) -> AgentConfig:
-        try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as e:
-            raise ConfigError(f"cannot read {path}: {e.strerror}") from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path} is not valid TOML: {e}") from e
-        return cls.from_dict(doc, base=path.parent)
+        return cls.from_dict(load_toml(path), base=path.parent)
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], *, base: Path) -> AgentConfig:
+        """Read `doc` strictly: a setting this version does not read is an error."""
+        table = Table(doc)
+        table.allow("name")  # informative: the directory holds the agency's name
+
         def path_of(value: Any, key: str) -> Path:
-            if not isinstance(value, str) or not value:
-                raise ConfigError(f"{key} must be a path")
-            p = Path(value)
-            return p if p.is_absolute() else base / p
+            return path_in(value, base=base, key=key)
 
         try:
-            agency = check_agency_id(doc["agency"])
-            api = doc["api"]
-            host, _, port = str(api["bind"]).rpartition(":")
-            urls = doc.get("nats_urls") or [doc["nats_url"]]
+            agency = check_agency_id(table["agency"])
+            api = table["api"]
+            host, port = bind_address(api["bind"], key="api.bind")
+            urls = table.get("nats_urls") or [table["nats_url"]]
             clients = tuple(_client(c) for c in api.get("clients", []))
-            return cls(
+            config = cls(
                 agency=agency,
-                key_dir=path_of(doc["key_dir"], "key_dir"),
+                key_dir=path_of(table["key_dir"], "key_dir"),
                 nats_urls=tuple(str(u) for u in urls),
-                database=path_of(doc["database"], "database"),
-                api_host=host or "127.0.0.1",
-                api_port=int(port),
+                database=path_of(table["database"], "database"),
+                api_host=host,
+                api_port=port,
                 clients=clients,
-                trust_root=path_of(doc["trust_root"], "trust_root"),
-                trust_cache=path_of(doc.get("trust_cache", "trust"), "trust_cache"),
+                trust_root=path_of(table["trust_root"], "trust_root"),
+                trust_cache=path_of(table.get("trust_cache", "trust"), "trust_cache"),
                 passphrase_file=(
-                    path_of(doc["passphrase_file"], "passphrase_file")
-                    if "passphrase_file" in doc
+                    path_of(table["passphrase_file"], "passphrase_file")
+                    if "passphrase_file" in table
                     else None
                 ),
-                limits=_limits(doc.get("limits", {})),
-                retention=RetentionSchedule.from_dict(doc.get("retention", {})),
+                limits=_limits(table.get("limits", {})),
+                retention=RetentionSchedule.from_dict(table.get("retention", {})),
                 ledger=(
-                    LedgerSettings.from_dict(doc["ledger"], base=base) if "ledger" in doc else None
+                    LedgerSettings.from_dict(table["ledger"], base=base)
+                    if "ledger" in table
+                    else None
                 ),
                 webhooks=tuple(
                     WebhookTarget(
@@ -143,9 +138,11 @@ class AgentConfig:
                         .read_bytes()
                         .strip(),
                     )
-                    for w in doc.get("webhooks", [])
+                    for w in table.get("webhooks", [])
                 ),
             )
+            table.finish()
+            return config
         except KeyError as e:
             raise ConfigError(f"missing setting {e.args[0]!r}") from e
         except OSError as e:
@@ -187,4 +184,4 @@ def _client(doc: Any) -> ApiClient:
 
 def token_digest(token: str) -> str:
     """What goes into `token_sha256` for a bearer token."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    return http.token_digest(token).hex()

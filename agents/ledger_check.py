@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,10 @@ class LedgerSettings:
         )
 
 
+async def _offer_nowhere(key: str, value: bytes) -> None:
+    """The default `offer_directory`: nobody to offer it to."""
+
+
 @dataclass
 class LedgerWatch:
     settings: LedgerSettings
@@ -104,7 +108,7 @@ class LedgerWatch:
     #: Whether the agent needs the directory from the ledger (the bus refuses it), and
     #: where to offer it (the agent's on_directory, which verifies it).
     directory_wanted: Callable[[], bool] = lambda: False
-    offer_directory: Callable[[str, bytes], None] = lambda key, value: None
+    offer_directory: Callable[[str, bytes], Awaitable[None]] = _offer_nowhere
     _next_directory_fetch: float = field(default=0.0)
 
     def __post_init__(self) -> None:
@@ -176,7 +180,7 @@ class LedgerWatch:
                 return  # nothing newer: an older copy would only be refused as rolled back
             data = base64.b64decode(newest["data"], validate=True)
             self.log.info("ledger_directory_offered", directory_version=int(newest["version"]))
-            self.offer_directory(DIRECTORY_KEY, data)
+            await self.offer_directory(DIRECTORY_KEY, data)
 
     async def check(self, http: aiohttp.ClientSession) -> None:
         s = self.settings

@@ -110,8 +110,9 @@ _SENDER = {
 }
 #: /healthz: `status` is `ok` or `warning` (200: the directory or the newest root expires within
 #: the warning window, `reasons` say which) or `degraded` (503); `instance` is this process's
-#: lease on the agency's inbox (docs/PROTOCOL.md §5.2). Other members describe the bus, trust,
-#: the agency's standing and the ledger checks.
+#: lease on the agency's inbox (docs/PROTOCOL.md §5.2); `tasks` the background loops running,
+#: a loop that died adds `task-died:<name>` to `reasons`. Other members describe the bus,
+#: trust, the agency's standing and the ledger checks.
 _HEALTH: dict[str, Any] = {
     "type": "object",
     "required": ["status", "reasons", "agency", "bus", "instance"],
@@ -120,15 +121,22 @@ _HEALTH: dict[str, Any] = {
         "reasons": {
             "type": "array",
             "items": {
-                "enum": [
-                    "no-directory",
-                    "directory-expired",
-                    "root-expired",
-                    "directory-expires-soon",
-                    "root-expires-soon",
+                "anyOf": [
+                    {
+                        "enum": [
+                            "no-directory",
+                            "directory-expired",
+                            "root-expired",
+                            "directory-expires-soon",
+                            "root-expires-soon",
+                        ]
+                    },
+                    # A background loop died (runtime/supervisor.py): degraded.
+                    {"type": "string", "pattern": "^task-died:.+$"},
                 ]
             },
         },
+        "tasks": {"type": "array", "items": {"type": "string"}},
         "agency": {"type": "string"},
         "bus": {"type": "string", "enum": ["connected", "disconnected", "refused"]},
         "instance": {

@@ -35,9 +35,8 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from keys import KeyFileExistsError
-from keys.keyfile import write_new_file
 from keys.subjects import PRESENCE_BUCKET, presence_key
+from runtime.files import write_new_file
 
 log = structlog.get_logger("nrm.presence")
 
@@ -70,7 +69,7 @@ def instance_id(path: Path) -> str:
     try:
         text = path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
-        with contextlib.suppress(KeyFileExistsError):  # another process made it first
+        with contextlib.suppress(FileExistsError):  # another process made it first
             write_new_file(path, (new_id() + "\n").encode("ascii"))
         text = path.read_text(encoding="ascii").strip()
     if not ID.fullmatch(text):

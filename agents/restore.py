@@ -9,19 +9,16 @@ renamed, never deleted.
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from keys import UntrustedInputError
 from keys.audit import decode_signed_event
-from keys.durability import backup
+from runtime.durability import SUFFIXES, backup, install
 
 from .config import AgentConfig
 from .store import Store
-
-_SUFFIXES = ("", "-wal", "-shm")
 
 
 class AgentRestoreError(ValueError):
@@ -48,7 +45,7 @@ def restore_agent(config: AgentConfig, source: Path, *, stamp: int) -> AgentRest
     if not Store.is_agent_database(source):
         raise AgentRestoreError(f"{source} is not an agent database")
     staged = database.with_name(f"{database.name}.restoring")
-    for suffix in _SUFFIXES:
+    for suffix in SUFFIXES:
         Path(f"{staged}{suffix}").unlink(missing_ok=True)
     backup(source, staged)
     try:
@@ -60,24 +57,11 @@ def restore_agent(config: AgentConfig, source: Path, *, stamp: int) -> AgentRest
         finally:
             store.close()
     except BaseException:
-        for suffix in _SUFFIXES:
+        for suffix in SUFFIXES:
             Path(f"{staged}{suffix}").unlink(missing_ok=True)
         raise
     kept = database.with_name(f"{database.name}.before-restore-{stamp}")
-    present = database.exists()
-    if present:
-        for suffix in _SUFFIXES:
-            if Path(f"{database}{suffix}").exists():
-                os.replace(f"{database}{suffix}", f"{kept}{suffix}")
-    for suffix in ("-wal", "-shm"):
-        Path(f"{staged}{suffix}").unlink(missing_ok=True)
-    os.replace(staged, database)
-    database.chmod(0o600)
-    fd = os.open(database.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    present = install(staged, database, kept=kept)
     return AgentRestoreResult(kept=kept if present else None)
 
 

@@ -7,7 +7,7 @@ each; messages of one referral to one recipient keep their order.
 
 Consuming: a durable pull consumer on the agency's own inbox; each message is handed to a
 handler that commits it and says whether to ack or terminate; a fetched batch is acked after
-one fsync covers all its commits (group commit, keys/durability.py), each message once.
+one fsync covers all its commits (group commit, runtime/durability.py), each message once.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import enum
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
@@ -42,11 +42,11 @@ from keys.subjects import (
 )
 from runtime import clock
 from runtime.backoff import Backoff
+from runtime.supervisor import Supervisor
 
 from .bus_link import BusLink, is_refusal
 from .presence import Presence
 from .store import PendingDelivery, Store
-from .tasks import stop_tasks
 
 log = structlog.get_logger("nrm.transport")
 
@@ -65,7 +65,7 @@ class Verdict(enum.Enum):
 
 #: (envelope bytes, stream sequence, time the bus stored it) -> what to do with it
 MessageHandler = Callable[[bytes, int, int], Verdict]
-DirectoryHandler = Callable[[str, bytes], None]
+DirectoryHandler = Callable[[str, bytes], Awaitable[None]]
 #: How many times a message whose handling fails unexpectedly is retried before it is set aside.
 MAX_HANDLER_ATTEMPTS = 5
 #: How long a message is held back when it cannot be judged yet.
@@ -86,8 +86,11 @@ class Transport:
         nats_seed: bytes | None,
         limits: Limits,
         after_commit: Callable[[], None] = lambda: None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.agency = agency
+        #: Runs the transport's loop; its owner's, so that a death shows in its health.
+        self.supervisor = supervisor or Supervisor(f"transport-{agency}")
         self.urls = urls
         self.store = store
         self.handler = handler
@@ -131,9 +134,7 @@ class Transport:
 
     async def start(self) -> None:
         self._running = True
-        self._tasks = [
-            asyncio.create_task(self._run(), name=f"transport-{self.agency}"),
-        ]
+        self._tasks = [self.supervisor.spawn(f"transport-{self.agency}", self._run)]
 
     async def stop(self) -> None:
         """Let the loops finish their current step, then close the connection.
@@ -143,7 +144,7 @@ class Transport:
         """
         self._running = False
         self._wake.set()
-        await stop_tasks(self._tasks, grace_seconds=STOP_GRACE_SECONDS)
+        await self.supervisor.stop(self._tasks, grace_seconds=STOP_GRACE_SECONDS)
         self._tasks = []
         if self._nc is not None:
             try:
@@ -483,7 +484,7 @@ class Transport:
                             continue
                         if entry is None or entry.value is None:
                             continue  # end of the initial values, or a deletion
-                        self.on_directory(entry.key, entry.value)
+                        await self.on_directory(entry.key, entry.value)
                 finally:
                     with contextlib.suppress(*TRANSIENT):
                         await watcher.stop()  # type: ignore[no-untyped-call]

@@ -2,8 +2,9 @@
 
 Starts from the pinned root (the trust anchor an administrator hands over with the agent's
 configuration), applies newer roots and directories offered from the bus only after full
-verification (keys.directory), persists what it accepted so a restart never goes backwards,
-and remembers the last refusal for the health endpoint.
+verification (keys.directory.TrustFeed, the chain every party builds the same way),
+persists what it accepted so a restart never goes backwards, and remembers the last refusal
+for the health endpoint.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from typing import Any
 
 import structlog
 
-from keys import DEFAULT_LIMITS, UntrustedInputError
-from keys.directory import Directory, Root, TrustStore
-from keys.keyfile import replace_file
+from keys import DEFAULT_LIMITS
+from keys.directory import Directory, Root, TrustFeed
 from keys.subjects import DIRECTORY_KEY
 from runtime import clock, expiry
+from runtime.files import replace_file
 
 log = structlog.get_logger("nrm.trust")
 
@@ -34,7 +35,7 @@ class Refusal:
 
 
 class TrustState:
-    """Owns the TrustStore and its on-disk cache in `cache_dir`."""
+    """Owns the agent's TrustFeed (keys.directory) and its on-disk cache in `cache_dir`."""
 
     def __init__(
         self,
@@ -49,18 +50,17 @@ class TrustState:
         self.cache_dir = cache_dir
         self.log = log.bind(agency=agency)
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        now = clock.now()
         # The pinned root may have expired: later roots (cached, or from the bus) lead on to
         # the current one; nothing is trusted until the newest root is current (§7.5).
-        self.store = TrustStore.pinned(pinned_root.read_bytes())
+        self.feed = TrustFeed(pinned_root.read_bytes())
+        self.store = self.feed.store
         self.refused: Refusal | None = None
-        self._pending_directory: bytes | None = None
         for path in sorted(cache_dir.glob("root.*.json"), key=_root_version):
             if _root_version(path) > self.store.root.version:
-                self._apply(f"{_ROOT_PREFIX}{_root_version(path)}", path.read_bytes(), now)
+                self._apply(f"{_ROOT_PREFIX}{_root_version(path)}", path.read_bytes())
         cached = cache_dir / "directory.json"
         if cached.exists():
-            self._apply(DIRECTORY_KEY, cached.read_bytes(), now)
+            self._apply(DIRECTORY_KEY, cached.read_bytes())
 
     @property
     def root(self) -> Root:
@@ -75,45 +75,28 @@ class TrustState:
     def offer(self, key: str, value: bytes) -> bool:
         """Verify and apply a root or directory published on the bus; True if it changed
         what is trusted."""
-        return self._apply(key, value, clock.now(), persist=True)
+        return self._apply(key, value, persist=True)
 
-    def _apply(self, key: str, value: bytes, now: int, *, persist: bool = False) -> bool:
-        before = (self.store.root.version, self._directory_version())
-        try:
-            if key.startswith(_ROOT_PREFIX):
-                version = int(key[len(_ROOT_PREFIX) :])
-                if version <= self.store.root.version:
-                    return False  # an old root we already went past
-                root = self.store.update_root(value)
-                if persist:
-                    replace_file(self.cache_dir / f"root.{root.version}.json", value)
-                self.log.info("root_accepted", root_version=root.version)
-                if self._pending_directory is not None:  # it may verify under the new root
-                    pending, self._pending_directory = self._pending_directory, None
-                    self._apply(DIRECTORY_KEY, pending, now, persist=persist)
-            elif key == DIRECTORY_KEY:
-                directory = self.store.update_directory(value, now=now)
-                if persist:
-                    replace_file(self.cache_dir / "directory.json", value)
-                if (self.store.root.version, directory.version) != before:
-                    self.log.info("directory_accepted", directory_version=directory.version)
-                self.refused = None
-            else:
-                return False
-        except UntrustedInputError as e:
-            if key == DIRECTORY_KEY:
-                self._pending_directory = value
-            self.refused = Refusal(key, e.reason, str(e), now)
-            self.log.warning("directory_refused", key=key, reason=e.reason, detail=str(e))
-            return False
-        except ValueError as e:
-            self.refused = Refusal(key, "malformed", str(e), now)
-            self.log.warning("directory_refused", key=key, reason="malformed")
-            return False
-        return (self.store.root.version, self._directory_version()) != before
-
-    def _directory_version(self) -> int | None:
-        return None if self.store.directory is None else self.store.directory.version
+    def _apply(self, key: str, value: bytes, *, persist: bool = False) -> bool:
+        now = clock.now()
+        offered = self.feed.offer(key, value, now=now)
+        for root, data in offered.roots:
+            if persist:
+                replace_file(self.cache_dir / f"root.{root.version}.json", data)
+            self.log.info("root_accepted", root_version=root.version)
+        if offered.directory is not None:
+            directory, data = offered.directory
+            if persist:
+                replace_file(self.cache_dir / "directory.json", data)
+            self.log.info("directory_accepted", directory_version=directory.version)
+        if offered.refused is not None:
+            r = offered.refused
+            self.log.warning("directory_refused", key=r.key, reason=r.reason, detail=r.detail)
+        if self.feed.refused is None:
+            self.refused = None
+        elif offered.refused is not None:
+            self.refused = Refusal(r.key, r.reason, r.detail, now)
+        return offered.changed
 
     def expiry(self) -> expiry.Expiry:
         """How close the directory and the newest root are to expiry (runtime.expiry)."""

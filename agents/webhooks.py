@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -42,9 +43,9 @@ import structlog
 
 from keys.errors import BadSignatureError, ExpiredError
 from runtime import clock
+from runtime.supervisor import Supervisor
 
 from .storage.webhooks import WebhookOutbox
-from .tasks import stop_tasks
 
 log = structlog.get_logger("nrm.webhooks")
 
@@ -240,6 +241,7 @@ class WebhookSender:
         *,
         targets: Sequence[WebhookTarget],
         settings: WebhookSettings = DEFAULT_WEBHOOK_SETTINGS,
+        supervisor: Supervisor | None = None,
     ) -> None:
         urls = [t.url for t in targets]
         if not urls:
@@ -249,6 +251,8 @@ class WebhookSender:
         self.store = store
         self.targets = tuple(targets)
         self.settings = settings
+        #: Runs the delivery loops; its owner's, so that a death shows in its health.
+        self.supervisor = supervisor or Supervisor("webhooks")
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._wakes: dict[str, asyncio.Event] = {}
@@ -270,7 +274,7 @@ class WebhookSender:
         )
         self._wakes = {t.url: asyncio.Event() for t in self.targets}
         self._tasks = [
-            asyncio.create_task(self._deliver_loop(t), name=f"webhook-{t.safe_url}")
+            self.supervisor.spawn(f"webhook-{t.safe_url}", functools.partial(self._deliver_loop, t))
             for t in self.targets
         ]
 
@@ -279,7 +283,7 @@ class WebhookSender:
         self._running = False
         self._stopping.set()
         self.wake()
-        await stop_tasks(self._tasks, grace_seconds=STOP_GRACE_SECONDS)
+        await self.supervisor.stop(self._tasks, grace_seconds=STOP_GRACE_SECONDS)
         self._tasks = []
         if self._session is not None:
             await self._session.close()

@@ -47,7 +47,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,10 +56,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents import Agent
 from keys import PublicIdentity
-from keys.keyfile import INTERACTIVE, rotate_key_dir
+from keys.keyfile import INTERACTIVE
 from nrm import admin
 from nrm.logs import configure as configure_logs
 from nrm.sandbox import Sandbox, prepare_mechanism
+from runtime.keydir import rotate_key_dir
 
 ROLES = (
     "ngo",
@@ -105,10 +106,10 @@ class Probe:
             agent.transport.on_directory = self._wrap(name, agent, agent.transport.on_directory)
 
     def _wrap(
-        self, name: str, agent: Agent, inner: Callable[[str, bytes], None]
-    ) -> Callable[[str, bytes], None]:
-        def on_directory(key: str, value: bytes) -> None:
-            inner(key, value)
+        self, name: str, agent: Agent, inner: Callable[[str, bytes], Awaitable[None]]
+    ) -> Callable[[str, bytes], Awaitable[None]]:
+        async def on_directory(key: str, value: bytes) -> None:
+            await inner(key, value)
             self.check(name, agent)
 
         return on_directory

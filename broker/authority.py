@@ -5,9 +5,11 @@ the auditor role get auditor permissions. `DirectoryAuthority` watches the direc
 verifies each update from the pinned root exactly as agents do, and reloads the running
 server (SIGHUP, no restart) whenever the set of NKeys or roles changes; a rotated NATS key
 thus replaces the old one at once, and connections made with the old one are closed. An
-agency the directory admits gets its attachment bucket (broker/streams.py) before the
-reload lets it connect. It also runs the `ConnectionWatch` reporting agencies logged in
-more than once.
+agency the directory admits gets its attachment bucket (broker/streams.py) before the reload
+lets it connect. The reload waits for nats-server to confirm it, so it runs in a worker
+thread, never on the event loop. It also runs the `ConnectionWatch` reporting agencies logged
+in more than once. All its loops run under one supervisor (runtime/supervisor.py), whose
+deaths `health` reports.
 """
 
 from __future__ import annotations
@@ -15,17 +17,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from keys import DEFAULT_LIMITS
 from keys.directory import Directory
+from runtime.supervisor import Supervisor
 
 from .authz import authorization_block
 from .connections import ConnectionWatch
 from .follower import TRANSIENT, DirectoryFollower
 from .server import NatsServer
 from .streams import provision_stores_for
+from .trust_status import service_health
 
 #: How long to wait before trying a failed bucket creation again.
 RETRY_SECONDS = 1.0
@@ -61,21 +66,26 @@ class DirectoryAuthority:
         self.operators = [operator_key]
         self.operator_seed = operator_seed
         self.applied: str | None = None
+        #: The version of the last directory whose authorization nats-server refused.
+        self.reload_failed: int | None = None
         self._nkeys: dict[str, str] = {}  # NKey -> agency id, of the directory applied
         #: Agencies whose attachment bucket exists (created by us or by the caller).
         self.provisioned: set[str] = set()
-        self._waiting: Directory | None = None  # admits agencies without a bucket yet
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self.connections = ConnectionWatch(server, agencies=lambda: self._nkeys)
+        self.supervisor = Supervisor("bus-authority")
+        self.connections = ConnectionWatch(
+            server, agencies=lambda: self._nkeys, supervisor=self.supervisor
+        )
         self.follower = DirectoryFollower(
             urls=[server.url],
             nkeys_seed=operator_seed,
             pinned_root=pinned_root,
-            on_directory=lambda directory, _: self.offer(directory),
+            on_directory=lambda directory, _: self._offered(directory),
             name="authority",
             warning_seconds=warning_seconds,
+            supervisor=self.supervisor,
         )
+        self._wanted: Directory | None = None
+        self._changed = asyncio.Event()
 
     def adopt(self, directory: Directory, block: str) -> None:
         """The server was started with `block`, the authorization of `directory`, and the
@@ -84,17 +94,6 @@ class DirectoryAuthority:
         self.applied = block
         self._nkeys = {a.nats_key: a.agency for a in directory.agencies}
         self.provisioned.update(attachment_owners(directory))
-
-    def offer(self, directory: Directory) -> None:
-        """A newly trusted directory: apply it now if every agency it lists has its
-        attachment bucket, else once the provisioning task has created the missing ones
-        (so that an admitted agency can connect only when its bucket exists)."""
-        if set(attachment_owners(directory)) <= self.provisioned:
-            self._waiting = None
-            self.apply(directory)
-        else:
-            self._waiting = directory
-            self._wake.set()
 
     def apply(self, directory: Directory) -> None:
         """Reload the server with the authorization of `directory` if it changed anything."""
@@ -105,39 +104,64 @@ class DirectoryAuthority:
             log.info("bus_authorization_reloaded", directory_version=directory.version)
         self._nkeys = {a.nats_key: a.agency for a in directory.agencies}
 
+    def _offered(self, directory: Directory) -> None:
+        self._wanted = directory
+        self._changed.set()
+
+    async def _reloads(self) -> None:
+        """Apply the newest directory the follower accepted: first create the attachment
+        buckets of the agencies it admits (so that one can connect only when its bucket
+        exists), then reload nats-server in a worker thread. A newer directory offered
+        meanwhile replaces it."""
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            directory = self._wanted
+            if directory is None:
+                continue
+            missing = [a for a in attachment_owners(directory) if a not in self.provisioned]
+            if missing:
+                try:
+                    await provision_stores_for(
+                        self.server.url, missing, nkeys_seed=self.operator_seed
+                    )
+                except TRANSIENT as e:
+                    log.warning("attachment_bucket_provisioning_failed", error=type(e).__name__)
+                    await asyncio.sleep(RETRY_SECONDS)
+                    self._changed.set()
+                    continue
+                self.provisioned.update(missing)
+                log.info("attachment_buckets_provisioned", count=len(missing))
+            if self._wanted is not directory:
+                continue  # a newer one came: it is applied next, after its own buckets
+            try:
+                await asyncio.to_thread(self.apply, directory)
+                self.reload_failed = None
+            except RuntimeError as e:  # refused: nats-server keeps the previous authorization
+                self.reload_failed = directory.version
+                log.error(
+                    "bus_authorization_reload_failed",
+                    directory_version=directory.version,
+                    error=type(e).__name__,
+                )
+
+    def health(self) -> dict[str, Any]:
+        """The follower's trust health, the supervisor's dead loops, and
+        `authorization-reload-failed` while nats-server runs an older authorization."""
+        extra = [] if self.reload_failed is None else ["authorization-reload-failed"]
+        return service_health(self.follower, self.supervisor, reasons=extra)
+
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._provision_loop(), name="authority-buckets")
-        await self.follower.start()
-        await self.connections.start()
+        """Start following; if a step fails, stop what started and raise."""
+        try:
+            self.supervisor.spawn("authority-reload", self._reloads)
+            await self.follower.start()
+            await self.connections.start()
+        except BaseException:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         await self.connections.stop()
         await self.follower.stop()
-        if self._task is not None:
-            self._task.cancel()
-            # gather re-raises the caller's own cancellation, never swallows it
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-
-    async def _provision_loop(self) -> None:
-        """Create the buckets a waiting directory needs, then apply it; a newer directory
-        offered meanwhile replaces it (and is applied after its own buckets)."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            directory = self._waiting
-            if directory is None:
-                continue
-            missing = [a for a in attachment_owners(directory) if a not in self.provisioned]
-            try:
-                await provision_stores_for(self.server.url, missing, nkeys_seed=self.operator_seed)
-            except TRANSIENT as e:
-                log.warning("attachment_bucket_provisioning_failed", error=type(e).__name__)
-                await asyncio.sleep(RETRY_SECONDS)
-                self._wake.set()
-                continue
-            self.provisioned.update(missing)
-            log.info("attachment_buckets_provisioned", count=len(missing))
-            if self._waiting is directory:
-                self._waiting = None
-                self.apply(directory)
+        await self.supervisor.stop()

@@ -20,9 +20,9 @@ from pathlib import Path
 import structlog
 
 from keys import DEFAULT_LIMITS, KeyFileError
-from keys.directory import TrustStore, verify_root_chain
-from keys.keyfile import load_key_dir
+from keys.directory import directory_from_files
 from runtime import clock
+from runtime.keydir import load_key_dir
 
 from .authority import DirectoryAuthority, attachment_owners, authorization_for
 from .server import NatsServer
@@ -65,11 +65,10 @@ def run_foreground(*, store_dir: Path, port: int | None, trust: BusTrust) -> int
     Raises (before starting anything) if the directory does not verify against the roots
     (`UntrustedInputError` with its reason) or the operator's keys cannot be opened.
     """
-    now = clock.now()
     later_roots = [r.read_bytes() for r in trust.trust_roots[1:]]
-    root = verify_root_chain(trust.trust_roots[0].read_bytes(), later_roots, now=now)
     directory_bytes = trust.directory.read_bytes()
-    directory = TrustStore(root).update_directory(directory_bytes, now=now)
+    pinned = trust.trust_roots[0].read_bytes()
+    directory = directory_from_files(pinned, later_roots, directory_bytes, now=clock.now())
     operator = load_key_dir(trust.operator_keys, passphrase=trust.passphrase)
     if operator.nats_seed is None or operator.public.nats_key is None:
         raise KeyFileError(f"the operator keys in {trust.operator_keys} have no NATS key")
@@ -138,9 +137,7 @@ async def _serve(
                 await authority.start()
             try:
                 if authority is not None and status_bind is not None:
-                    status = await serve_status(
-                        authority.follower, host=status_bind[0], port=status_bind[1]
-                    )
+                    status = await serve_status(authority, host=status_bind[0], port=status_bind[1])
                     host, port = status.addresses[0][:2]
                     mode += f"; status at http://{host}:{port}/healthz"
                 print(f"NATS bus ready at {server.url}; {mode}", flush=True)

@@ -12,10 +12,11 @@ the server has not yet timed out; it drops dead TCP peers after its ping interva
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Iterable, Mapping
 
 import structlog
+
+from runtime.supervisor import Supervisor
 
 from .server import NatsServer
 
@@ -41,8 +42,15 @@ def duplicate_agencies(
 class ConnectionWatch:
     """Counts each agency's open connections on `server` and reports agencies seen twice."""
 
-    def __init__(self, server: NatsServer, *, agencies: Callable[[], Mapping[str, str]]) -> None:
+    def __init__(
+        self,
+        server: NatsServer,
+        *,
+        agencies: Callable[[], Mapping[str, str]],
+        supervisor: Supervisor | None = None,
+    ) -> None:
         self.server = server
+        self.supervisor = supervisor or Supervisor("connection-watch")
         self.agencies = agencies
         #: The agencies with more than one open connection at the last check.
         self.duplicates: dict[str, int] = {}
@@ -60,13 +68,11 @@ class ConnectionWatch:
         return found
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="connection-watch")
+        self._task = self.supervisor.spawn("connection-watch", self._run)
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self.supervisor.stop([self._task])
             self._task = None
 
     async def _run(self) -> None:

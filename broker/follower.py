@@ -16,10 +16,11 @@ import nats
 import nats.errors
 import structlog
 
-from keys import DEFAULT_LIMITS, UntrustedInputError
-from keys.directory import Directory, Root, TrustStore, read_unverified_root
+from keys import DEFAULT_LIMITS
+from keys.directory import Directory, Root, TrustFeed
 from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY
 from runtime import clock, expiry
+from runtime.supervisor import Supervisor
 
 log = structlog.get_logger("nrm.broker")
 
@@ -48,20 +49,26 @@ class DirectoryFollower:
         name: str,
         on_root: OnRoot | None = None,
         warning_seconds: int = DEFAULT_LIMITS.expiry_warning_seconds,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.urls = urls
+        #: Runs the watch; its owner's, so that a death shows in the owner's health.
+        self.supervisor = supervisor or Supervisor(name)
         self.nkeys_seed = nkeys_seed
         self.on_directory = on_directory
         self.on_root = on_root
         self.name = name
         self.warning_seconds = warning_seconds
         self.pinned_root_bytes = pinned_root.read_bytes()
-        self.store = TrustStore.pinned(self.pinned_root_bytes)
-        #: The last refusal's reason code, until a directory is accepted.
-        self.refused: str | None = None
-        self._pending_directory: bytes | None = None
+        self.feed = TrustFeed(self.pinned_root_bytes)
+        self.store = self.feed.store
         self._task: asyncio.Task[None] | None = None
         self._running = False
+
+    @property
+    def refused(self) -> str | None:
+        """The last refusal's reason code, until a directory is accepted."""
+        return None if self.feed.refused is None else self.feed.refused.reason
 
     @property
     def directory(self) -> Directory | None:
@@ -71,42 +78,25 @@ class DirectoryFollower:
     def restore(self, roots: Iterable[bytes], directory: bytes | None) -> None:
         """Re-apply roots and a directory kept from an earlier run (each verified again;
         nothing is reported to the callbacks)."""
-        now = clock.now()
+        now, refused = clock.now(), self.feed.refused
         for data in roots:
-            with contextlib.suppress(UntrustedInputError, ValueError):
-                if read_unverified_root(data).version == self.store.root.version + 1:
-                    self.store.update_root(data)
+            self.feed.offer_root(data, now=now)
         if directory is not None:
-            with contextlib.suppress(UntrustedInputError, ValueError):
-                self.store.update_directory(directory, now=now)
+            self.feed.offer(DIRECTORY_KEY, directory, now=now)
+        self.feed.refused = refused  # what a restart could not take again is no news
 
     def offer(self, key: str, value: bytes) -> None:
-        now = clock.now()
-        try:
-            if key.startswith("root."):
-                if int(key.split(".", 1)[1]) > self.store.root.version:
-                    root = self.store.update_root(value)
-                    log.info("root_accepted", follower=self.name, root_version=root.version)
-                    if self.on_root is not None:
-                        self.on_root(root, bytes(value))
-                    if self._pending_directory is not None:  # it may verify under this root
-                        pending, self._pending_directory = self._pending_directory, None
-                        self.offer(DIRECTORY_KEY, pending)
-            elif key == DIRECTORY_KEY:
-                before = self.store.directory
-                directory = self.store.update_directory(value, now=now)
-                self.refused = None
-                if directory != before:
-                    self.on_directory(directory, bytes(value))
-        except UntrustedInputError as e:
-            if key == DIRECTORY_KEY:
-                self._pending_directory = bytes(value)
-                self.refused = e.reason
-            log.warning("directory_refused", follower=self.name, key=key, reason=e.reason)
-        except ValueError:
-            if key == DIRECTORY_KEY:
-                self.refused = "malformed"
-            log.warning("directory_refused", follower=self.name, key=key, reason="malformed")
+        offered = self.feed.offer(key, value, now=clock.now())
+        for root, data in offered.roots:
+            log.info("root_accepted", follower=self.name, root_version=root.version)
+            if self.on_root is not None:
+                self.on_root(root, data)
+        if offered.directory is not None:
+            self.on_directory(*offered.directory)
+        if offered.refused is not None:
+            log.warning(
+                "directory_refused", follower=self.name, key=key, reason=offered.refused.reason
+            )
 
     def expiry(self) -> expiry.Expiry:
         """How close the directory and the newest root are to expiry (runtime.expiry)."""
@@ -131,14 +121,12 @@ class DirectoryFollower:
 
     async def start(self) -> None:
         self._running = True
-        self._task = asyncio.create_task(self._watch(), name=f"directory-{self.name}")
+        self._task = self.supervisor.spawn(f"directory-{self.name}", self._watch)
 
     async def stop(self) -> None:
         self._running = False
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self.supervisor.stop([self._task])
             self._task = None
 
     async def _watch(self) -> None:

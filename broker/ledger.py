@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import tomllib
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +28,17 @@ from keys import DEFAULT_LIMITS, AgencyKeys, UnknownKeyError, UntrustedInputErro
 from keys.audit import decode_signed_event, verify_event
 from keys.checkpoint import Checkpoint, sign_checkpoint
 from keys.directory import Directory, Root
-from keys.keyfile import load_key_dir, read_passphrase
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import MerkleTree, leaf_hash
 from keys.subjects import AUDIT_STREAM, AUDIT_SUBJECTS
 from runtime import clock
+from runtime.config import ConfigError, Table, bind_address, days, load_toml, path_in
+from runtime.keydir import load_key_dir, read_passphrase
+from runtime.supervisor import Supervisor
 
 from .follower import TRANSIENT, DirectoryFollower
 from .ledger_store import LedgerStore
+from .trust_status import service_health
 
 log = structlog.get_logger("nrm.ledger")
 
@@ -44,7 +46,7 @@ LEDGER_CONSUMER = "ledger"
 ORIGIN_PREFIX = "nrm-exchange/ledger/v1/"
 
 
-class LedgerConfigError(ValueError):
+class LedgerConfigError(ConfigError):
     """The ledger configuration file is missing something or holds a wrong value."""
 
 
@@ -90,52 +92,51 @@ class LedgerConfig:
 
     @classmethod
     def load(cls, path: Path) -> LedgerConfig:
+        """Read `path` strictly (runtime/config.py): a setting not listed above is an error."""
         try:
-            doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise LedgerConfigError(f"cannot read {path}: {e}") from e
+            table = Table(load_toml(path))
+        except ConfigError as e:
+            raise LedgerConfigError(str(e)) from e
         base = path.parent
 
         def p(key: str) -> Path:
-            value = Path(str(doc[key]))
-            return value if value.is_absolute() else base / value
+            return path_in(table[key], base=base, key=key)
 
         try:
-            host, _, port = str(doc["bind"]).rpartition(":")
+            host, port = bind_address(table["bind"], key="bind")
             tokens = []
-            for a in doc.get("auditors", []):
+            for a in table.get("auditors", []):
+                a.allow("name")  # whose token it is, for the reader of the file
                 digest = str(a["token_sha256"])
                 if len(digest) != 64:
                     raise LedgerConfigError("auditors.token_sha256 must be 64 hex characters")
                 tokens.append(bytes.fromhex(digest))
-            return cls(
-                name=str(doc["name"]),
+            config = cls(
+                name=str(table["name"]),
                 key_dir=p("key_dir"),
                 operator_key_dir=p("operator_key_dir"),
-                nats_urls=tuple(str(u) for u in doc["nats_urls"]),
+                nats_urls=tuple(str(u) for u in table["nats_urls"]),
                 trust_root=p("trust_root"),
                 database=p("database"),
-                host=host or "127.0.0.1",
-                port=int(port),
+                host=host,
+                port=port,
                 auditor_tokens=tuple(tokens),
-                passphrase_file=p("passphrase_file") if "passphrase_file" in doc else None,
-                checkpoint_interval_seconds=float(doc.get("checkpoint_interval_seconds", 2.0)),
-                suppress_below=int(doc.get("suppress_below", 5)),
-                expiry_warning_seconds=_days(
-                    doc.get("expiry_warning_days", DEFAULT_LIMITS.expiry_warning_seconds / 86400),
-                    "expiry_warning_days",
+                passphrase_file=p("passphrase_file") if "passphrase_file" in table else None,
+                checkpoint_interval_seconds=float(table.get("checkpoint_interval_seconds", 2.0)),
+                suppress_below=int(table.get("suppress_below", 5)),
+                expiry_warning_seconds=days(
+                    table.get("expiry_warning_days", DEFAULT_LIMITS.expiry_warning_seconds / 86400),
+                    key="expiry_warning_days",
                 ),
             )
+            table.finish()
+            return config
         except KeyError as e:
             raise LedgerConfigError(f"missing setting {e.args[0]!r}") from e
-        except (TypeError, ValueError) as e:
+        except LedgerConfigError:
+            raise
+        except (TypeError, ValueError) as e:  # runtime.config.ConfigError among them
             raise LedgerConfigError(str(e)) from e
-
-
-def _days(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise LedgerConfigError(f"{name} must be a non-negative number of days")
-    return int(value * 86400)
 
 
 class Ledger:
@@ -147,6 +148,8 @@ class Ledger:
         self.config = config
         self.signer = signer
         self.operator = operator
+        #: Every background loop of the ledger runs under it; a death degrades /healthz.
+        self.supervisor = Supervisor("ledger")
         self.store = LedgerStore(config.database)
         self.tree = MerkleTree(self.store, size=self.store.size())
         self.directory: Directory | None = None
@@ -158,6 +161,7 @@ class Ledger:
             on_root=self._on_root,
             name="ledger",
             warning_seconds=config.expiry_warning_seconds,
+            supervisor=self.supervisor,
         )
         pinned = self.follower.store.root
         with self.store.transaction():  # the chain served at /v1/roots starts at the pin
@@ -168,7 +172,6 @@ class Ledger:
         self.directory = self.follower.store.directory
         if self.directory is not None:
             log.info("ledger_directory_restored", directory_version=self.directory.version)
-        self._tasks: list[asyncio.Task[None]] = []
         self._running = False
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -191,6 +194,16 @@ class Ledger:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start the API, the directory follower, the consumer and the checkpointer. If a
+        step fails (the port is taken, say), what started is stopped again, the database
+        closed, and the error raised."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._stop(checkpoint=False)
+            raise
+
+    async def _start(self) -> None:
         from .ledger_http import make_app
 
         self._running = True
@@ -200,29 +213,31 @@ class Ledger:
         await self._runner.setup()
         await web.TCPSite(self._runner, self.config.host, self.config.port).start()
         self.port = self._runner.addresses[0][1]
-        self._tasks = [
-            asyncio.create_task(self._consume(), name="ledger-consumer"),
-            asyncio.create_task(self._checkpoints(), name="ledger-checkpoints"),
-        ]
+        self.supervisor.spawn("ledger-consumer", self._consume)
+        self.supervisor.spawn("ledger-checkpoints", self._checkpoints)
         log.info("ledger_started", url=self.url, size=self.tree.size)
 
     async def stop(self) -> None:
+        await self._stop(checkpoint=True)
+
+    async def _stop(self, *, checkpoint: bool) -> None:
         self._running = False
-        if self._tasks:
-            _, late = await asyncio.wait(self._tasks, timeout=3.0)
-            for task in late:
-                task.cancel()
-            for task in self._tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._tasks = []
         await self.follower.stop()
+        await self.supervisor.stop(grace_seconds=3.0)  # the consumer finishes its batch
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        self.checkpoint()
+        if checkpoint:
+            try:
+                self.checkpoint()
+            except sqlite3.Error as e:  # stopping always finishes; the error is in the log
+                log.error("final_checkpoint_failed", error=type(e).__name__)
         self.store.close()
         log.info("ledger_stopped")
+
+    def health(self) -> dict[str, Any]:
+        """/healthz: the trusted directory's expiry and the loops that died."""
+        return service_health(self.follower, self.supervisor)
 
     async def __aenter__(self) -> Ledger:
         await self.start()
@@ -360,7 +375,3 @@ def _stored_at(msg: Msg) -> int:
     """When the bus stored the message: a sender cannot backdate it."""
     meta = msg.metadata
     return int(clock.from_bus(meta.timestamp.timestamp())) if meta.timestamp else 0
-
-
-def token_digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()

@@ -8,8 +8,6 @@ time); errors are problem+json. Everything served is metadata: ids, kinds, hashe
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -21,6 +19,7 @@ from aiohttp import web
 
 from keys import DEFAULT_LIMITS
 from keys.merkle import MerkleTree, leaf_hash
+from runtime.http import ProblemError, bearer_match, problem, unauthorized
 
 from . import ledger_stats
 from .ledger import Ledger
@@ -36,36 +35,17 @@ _EVENT_ID = re.compile(r"[0-9a-f]{32}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def problem(status: int, title: str, detail: str) -> web.Response:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    return web.Response(
-        status=status, body=json.dumps(body).encode(), content_type="application/problem+json"
-    )
-
-
-class Problem(Exception):
-    def __init__(self, status: int, title: str, detail: str) -> None:
-        super().__init__(detail)
-        self.response = problem(status, title, detail)
-
-
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith("/v1/"):
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        digest = hashlib.sha256(token.strip().encode("utf-8", "replace")).digest()
-        allowed = False
-        for expected in request.app[LEDGER].config.auditor_tokens:
-            allowed |= hmac.compare_digest(digest, expected)
-        if scheme.lower() != "bearer" or not allowed:
-            refused = problem(401, "Unauthorized", "an auditor bearer token is required")
-            refused.headers["WWW-Authenticate"] = 'Bearer realm="nrm-ledger"'
-            return refused
+        tokens = request.app[LEDGER].config.auditor_tokens
+        if bearer_match(request.headers.get("Authorization", ""), tokens) is None:
+            return unauthorized("an auditor bearer token is required", realm="nrm-ledger")
     response: web.StreamResponse
     try:
         response = await handler(request)
-    except Problem as e:
-        return e.response
+    except ProblemError as e:
+        return e.response()
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -100,7 +80,7 @@ def make_app(ledger: Ledger) -> web.Application:
     r.add_get("/v1/restores/{seq}/proof", restore_proof)
     r.add_get("/v1/roots", roots)
     r.add_get("/v1/stats", stats)
-    add_status_routes(app, lambda request: request.app[LEDGER].follower, part="ledger")
+    add_status_routes(app, lambda request: request.app[LEDGER], part="ledger")
     if UI_DIR.is_dir():
         r.add_static("/ui/", UI_DIR)
     return app
@@ -117,10 +97,10 @@ def _int(
     raw = request.query.get(name)
     if raw is None:
         if default is None:
-            raise Problem(400, "Bad Request", f"query parameter {name} is required")
+            raise ProblemError(400, "Bad Request", f"query parameter {name} is required")
         return default
     if not _digits(raw) or not low <= int(raw) <= high:
-        raise Problem(400, "Bad Request", f"{name} must be an integer from {low} to {high}")
+        raise ProblemError(400, "Bad Request", f"{name} must be an integer from {low} to {high}")
     return int(raw)
 
 
@@ -135,14 +115,14 @@ async def to_ui(request: web.Request) -> web.StreamResponse:
 
 async def index(request: web.Request) -> web.StreamResponse:
     if not (UI_DIR / "index.html").exists():
-        raise Problem(404, "Not Found", "the web UI is not installed")
+        raise ProblemError(404, "Not Found", "the web UI is not installed")
     return web.FileResponse(UI_DIR / "index.html")
 
 
 async def checkpoint(request: web.Request) -> web.Response:
     latest = _ledger(request).store.latest_checkpoint()
     if latest is None:
-        raise Problem(404, "Not Found", "no checkpoint has been signed yet")
+        raise ProblemError(404, "Not Found", "no checkpoint has been signed yet")
     size, root, timestamp, note = latest
     return web.json_response(
         {
@@ -180,7 +160,7 @@ async def inclusion_proof(request: web.Request) -> web.Response:
     ledger = _ledger(request)
     raw = request.match_info["index"]
     if not _digits(raw) or int(raw) >= ledger.tree.size:
-        raise Problem(404, "Not Found", "no entry with this index in the ledger")
+        raise ProblemError(404, "Not Found", "no entry with this index in the ledger")
     index = int(raw)
     size = _int(request, "size", default=ledger.tree.size, low=index + 1, high=ledger.tree.size)
     return web.json_response(
@@ -197,7 +177,7 @@ async def event(request: web.Request) -> web.Response:
     ledger = _ledger(request)
     row = ledger.store.entry_by_event(request.match_info["event_id"])
     if row is None:
-        raise Problem(404, "Not Found", "no such event in the ledger")
+        raise ProblemError(404, "Not Found", "no such event in the ledger")
     body: dict[str, Any] = {
         **row.to_json(),
         "leaf": base64.b64encode(row.leaf).decode(),
@@ -216,22 +196,26 @@ async def proofs(request: web.Request) -> web.Response:
     An event appended at or after `size` comes without a proof; unknown ids are `missing`."""
     ledger = _ledger(request)
     if request.content_type != "application/json":
-        raise Problem(415, "Unsupported Media Type", "the request body must be application/json")
+        raise ProblemError(
+            415, "Unsupported Media Type", "the request body must be application/json"
+        )
     try:
         doc = json.loads(await request.read())
     except (ValueError, RecursionError) as e:  # also a number too long to convert
-        raise Problem(400, "Bad Request", "the body is not a JSON document") from e
+        raise ProblemError(400, "Bad Request", "the body is not a JSON document") from e
     if not isinstance(doc, dict) or set(doc) != {"size", "event_ids"}:
-        raise Problem(400, "Bad Request", "the body must be an object with size and event_ids")
+        raise ProblemError(400, "Bad Request", "the body must be an object with size and event_ids")
     size, ids = doc["size"], doc["event_ids"]
     if type(size) is not int or not 1 <= size <= ledger.tree.size:
-        raise Problem(400, "Bad Request", f"size must be an integer from 1 to {ledger.tree.size}")
+        raise ProblemError(
+            400, "Bad Request", f"size must be an integer from 1 to {ledger.tree.size}"
+        )
     if (
         not isinstance(ids, list)
         or len(ids) > MAX_PROOF_BATCH
         or not all(isinstance(i, str) and _EVENT_ID.fullmatch(i) for i in ids)
     ):
-        raise Problem(
+        raise ProblemError(
             400,
             "Bad Request",
             f"event_ids must be a list of at most {MAX_PROOF_BATCH} event ids (32 hex digits)",
@@ -258,7 +242,7 @@ async def consistency_proof(request: web.Request) -> web.Response:
 async def events(request: web.Request) -> web.Response:
     q = request.query.get("q", "").strip()
     if len(q) > 64:
-        raise Problem(400, "Bad Request", "q must be at most 64 characters")
+        raise ProblemError(400, "Bad Request", "q must be at most 64 characters")
     limit = _int(request, "limit", default=50, low=1, high=500)
     after = _int(request, "cursor", low=0) if "cursor" in request.query else -1
     rows = _ledger(request).store.search(q=q, after=after, limit=limit)
@@ -307,10 +291,10 @@ async def restore_proof(request: web.Request) -> web.Response:
     raw = request.match_info["seq"]
     sizes = store.restore_sizes(int(raw)) if _digits(raw) and int(raw) < 2**62 else None
     if sizes is None:
-        raise Problem(404, "Not Found", "no restore with this number")
+        raise ProblemError(404, "Not Found", "no restore with this number")
     restored, previous = sizes
     if previous is None or not store.has_restore_archive(int(raw)):
-        raise Problem(404, "Not Found", "the tree this restore replaced was not kept")
+        raise ProblemError(404, "Not Found", "the tree this restore replaced was not kept")
     size = _int(request, "size", low=restored, high=previous)
     tree = MerkleTree(ArchivedNodes(store, int(raw)), size=previous)
     return web.json_response(

@@ -19,9 +19,9 @@ from pathlib import Path
 import structlog
 
 from keys import AgencyKeys
-from keys.durability import backup
 from keys.restore import RestoreDeclaration, sign_restore
 from runtime import clock
+from runtime.durability import SUFFIXES, backup, install
 
 from .ledger import LedgerConfig
 from .ledger_store import install_restore, lock_database, recompute
@@ -29,7 +29,6 @@ from .ledger_store import install_restore, lock_database, recompute
 log = structlog.get_logger("nrm.ledger")
 
 #: The files SQLite keeps for a database in WAL mode.
-_SUFFIXES = ("", "-wal", "-shm")
 
 
 class RestoreError(ValueError):
@@ -97,7 +96,7 @@ def restore_ledger(
         )
         signed = sign_restore(declaration, signer.signing_key)
         staged = database.with_name(f"{database.name}.restoring-{declaration.seq}")
-        for suffix in _SUFFIXES:
+        for suffix in SUFFIXES:
             Path(f"{staged}{suffix}").unlink(missing_ok=True)
         backup(source, staged)
         try:
@@ -111,19 +110,11 @@ def restore_ledger(
                 declared_at=declaration.declared_at,
             )
         except BaseException:
-            for suffix in (*_SUFFIXES, ".lock"):
+            for suffix in (*SUFFIXES, ".lock"):
                 Path(f"{staged}{suffix}").unlink(missing_ok=True)
             raise
         kept = database.with_name(f"{database.name}.before-restore-{declaration.seq}")
-        if present:
-            for suffix in _SUFFIXES:
-                if Path(f"{database}{suffix}").exists():
-                    os.replace(f"{database}{suffix}", f"{kept}{suffix}")
-        for suffix in ("-wal", "-shm", ".lock"):
-            Path(f"{staged}{suffix}").unlink(missing_ok=True)
-        os.replace(staged, database)
-        database.chmod(0o600)
-        _fsync_dir(database.parent)
+        install(staged, database, kept=kept, extra=(".lock",))
     finally:
         os.close(lock)
     log.info(
@@ -133,11 +124,3 @@ def restore_ledger(
         previous_size=previous_size,
     )
     return RestoreResult(declaration=declaration, kept=kept if present else None)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from keys.audit import AuditEvent
-from keys.durability import BACKSTOP_PAGES, GroupCommit
 from keys.errors import NrmError
 from keys.merkle import EMPTY_ROOT, MerkleTree, leaf_hash, node_hash
+from runtime.durability import BACKSTOP_PAGES, GroupCommit
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (

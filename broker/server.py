@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from keys.limits import DEFAULT_LIMITS
+from runtime.files import replace_file
 
 #: Room above the largest envelope for the headers (`Nats-Msg-Id`, ...) of one message.
 HEADER_ALLOWANCE_BYTES = 64 * 1024
@@ -248,11 +249,7 @@ class NatsServer:
         if self._extra_config:
             text += self._extra_config.rstrip("\n") + "\n"
         # The extra configuration may hold authorization: the file is private to its owner.
-        tmp = self.config_path.with_name(self.config_path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, self.config_path)
+        replace_file(self.config_path, text.encode("utf-8"))
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS

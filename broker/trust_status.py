@@ -4,21 +4,53 @@
 Both carry versions and expiry times only, nothing an agency sent, so they need no token;
 bind them to loopback or to the monitoring network. `/healthz` answers 200 for `ok` and
 `warning` (the directory or the newest root expires within the warning window) and 503 for
-`degraded`. The bus authority, which has no other HTTP, serves them with `serve_status`
-(`nrm bus up --status-bind`); the ledger adds the routes to its own API.
+`degraded`: an expired or missing directory or root, or a background loop of the service
+that died (`task-died:<name>`, runtime/supervisor.py). The bus authority, which has no other
+HTTP, serves them with `serve_status` (`nrm bus up --status-bind`); the ledger adds the
+routes to its own API.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
+from runtime import expiry
+from runtime.supervisor import Supervisor
+
 from .follower import DirectoryFollower
 
-FollowerOf = Callable[[web.Request], DirectoryFollower]
+
+class Service(Protocol):
+    """What serves a status: the bus authority or the ledger."""
+
+    follower: DirectoryFollower
+
+    def health(self) -> dict[str, Any]: ...
+
+
+ServiceOf = Callable[[web.Request], Service]
+
+
+def service_health(
+    follower: DirectoryFollower, supervisor: Supervisor, *, reasons: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The follower's trust health with the supervisor's dead loops and `reasons` (each
+    degrading) in front of the expiry reasons; `tasks` names the loops running."""
+    trust = follower.health()
+    tasks = supervisor.health()
+    own = [*tasks["reasons"], *reasons]
+    status = expiry.worst(trust["status"], "degraded" if own else "ok")
+    return {
+        **trust,
+        "status": status,
+        "reasons": [*own, *trust["reasons"]],
+        "tasks": tasks["tasks"],
+    }
 
 
 def render_metrics(follower: DirectoryFollower) -> bytes:
@@ -41,33 +73,38 @@ def render_metrics(follower: DirectoryFollower) -> bytes:
     return out
 
 
-def health_response(follower: DirectoryFollower, **extra: object) -> web.Response:
-    health = {**follower.health(), **extra}
+def health_response(service: Service, **extra: object) -> web.Response:
+    health = {**service.health(), **extra}
     status = 503 if health["status"] == "degraded" else 200
     return web.Response(
         status=status, body=json.dumps(health).encode(), content_type="application/json"
     )
 
 
-def add_status_routes(app: web.Application, follower_of: FollowerOf, *, part: str) -> None:
-    """GET /healthz and GET /metrics for the follower `follower_of(request)` returns."""
+def add_status_routes(app: web.Application, service_of: ServiceOf, *, part: str) -> None:
+    """GET /healthz and GET /metrics for the service `service_of(request)` returns."""
 
     async def healthz(request: web.Request) -> web.Response:
-        return health_response(follower_of(request), part=part)
+        return health_response(service_of(request), part=part)
 
     async def metrics(request: web.Request) -> web.Response:
-        body = render_metrics(follower_of(request))
+        body = render_metrics(service_of(request).follower)
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
 
 
-async def serve_status(follower: DirectoryFollower, *, host: str, port: int) -> web.AppRunner:
-    """Start the bus authority's status endpoint; the caller cleans the runner up."""
+async def serve_status(service: Service, *, host: str, port: int) -> web.AppRunner:
+    """Start the bus authority's status endpoint; the caller cleans the runner up (if the
+    port cannot be bound, nothing is left open)."""
     app = web.Application()
-    add_status_routes(app, lambda _: follower, part="bus")
+    add_status_routes(app, lambda _: service, part="bus")
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     return runner

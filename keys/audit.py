@@ -18,13 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import nacl.exceptions
 from nacl.signing import SigningKey
 
 from . import codec
 from .envelope import SignerKeys
-from .errors import BadSignatureError, MalformedError
-from .identity import signing_kid
+from .errors import MalformedError
+from .signed import check_signature, decode_frame, sign_frame
 from .subjects import AGENCY_ID_PATTERN
 
 VERSION = 1
@@ -131,9 +130,7 @@ def new_event_id() -> str:
 
 def sign_event(event: AuditEvent, key: SigningKey) -> bytes:
     """The signed event bytes (a ledger leaf)."""
-    body = event.encode()
-    signature = key.sign(LABEL + b"\x00" + body).signature
-    return codec.pack([VERSION, body, signing_kid(key.verify_key), signature])
+    return sign_frame(LABEL, event.encode(), key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,19 +142,9 @@ class SignedEvent:
 
 def decode_signed_event(data: bytes) -> tuple[AuditEvent, str, bytes, bytes]:
     """(event, signer kid, event bytes, signature), strictly decoded; nothing verified."""
-    raw = codec.unpack(data, max_bytes=MAX_SIGNED_EVENT_BYTES, max_items=16, what="event")
-    if not (
-        isinstance(raw, list)
-        and len(raw) == 4
-        and raw[0] == VERSION
-        and not isinstance(raw[0], bool)
-        and isinstance(raw[1], bytes)
-        and isinstance(raw[2], str)
-        and isinstance(raw[3], bytes)
-        and len(raw[3]) == 64
-    ):
-        raise MalformedError("signed event must be [1, event, signer kid, signature]")
-    _, body, kid, signature = raw
+    body, kid, signature = decode_frame(
+        data, max_bytes=MAX_SIGNED_EVENT_BYTES, max_items=16, what="event", body_name="event"
+    )
     return _decode_event(body), kid, body, signature
 
 
@@ -165,10 +152,8 @@ def verify_event(data: bytes, *, signers: SignerKeys) -> SignedEvent:
     """Verify a signed event against the directory as it stood at the event's time."""
     event, kid, body, signature = decode_signed_event(data)
     key = signers.signing_key(event.agency, kid, at=event.time)
-    try:
-        key.verify(LABEL + b"\x00" + body, signature)
-    except nacl.exceptions.BadSignatureError as e:
-        raise BadSignatureError(f"event {event.event_id} signature does not verify") from e
+    failure = f"event {event.event_id} signature does not verify"
+    check_signature(LABEL, body, signature, key, failure=failure)
     return SignedEvent(event=event, signer_kid=kid, data=bytes(data))
 
 

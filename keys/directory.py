@@ -33,6 +33,7 @@ from .errors import (
     RevokedKeyError,
     RollbackError,
     UnknownKeyError,
+    UntrustedInputError,
 )
 from .identity import (
     ENCRYPTION_KID_LABEL,
@@ -41,6 +42,7 @@ from .identity import (
     key_id,
     signing_kid,
 )
+from .subjects import DIRECTORY_KEY, ROOT_KEY_PREFIX
 
 #: Domain-separation labels of the two signatures (§7.4).
 ROOT_LABEL: Final = b"nrm/v1/root"
@@ -791,3 +793,94 @@ class TrustStore:
         directory = verify_directory(self._root, data, now=now, current=self._directory)
         self._directory, self._directory_bytes = directory, bytes(data)
         return directory
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Why the last root or directory offered was not taken: its bucket key, the failure's
+    reason code (`malformed` for what does not parse) and a description."""
+
+    key: str
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Offered:
+    """What one offer to a `TrustFeed` changed: the roots taken (oldest first) and the
+    directory taken, each with its signed bytes; or why the offer was refused."""
+
+    roots: tuple[tuple[Root, bytes], ...] = ()
+    directory: tuple[Directory, bytes] | None = None
+    refused: Refused | None = None
+
+    @property
+    def changed(self) -> bool:
+        """Whether what is trusted changed."""
+        return len(self.roots) > 0 or self.directory is not None
+
+
+class TrustFeed:
+    """A TrustStore fed the entries of the directory bucket (`root.<n>`, `directory`), the one
+    way every party (agents, bus authority, ledger) builds its chain of trust (§7.5).
+
+    A root is taken if it follows the trusted one (an older or equal version is ignored); a
+    directory that does not verify is kept and tried again once a later root is taken, since
+    administrators may publish the directory before the root that signs it. The last refusal
+    is kept until a directory is taken. Pure: the caller passes `now`, logs and persists.
+    """
+
+    def __init__(self, pinned: bytes) -> None:
+        self.store = TrustStore.pinned(pinned)
+        #: The last refusal, until a directory is taken.
+        self.refused: Refused | None = None
+        self._pending: bytes | None = None
+
+    def offer(self, key: str, value: bytes, *, now: int) -> Offered:
+        """Verify and take a bucket entry if it changes what is trusted."""
+        try:
+            if key.startswith(ROOT_KEY_PREFIX):
+                if int(key[len(ROOT_KEY_PREFIX) :]) <= self.store.root.version:
+                    return Offered()  # an old root, already gone past
+                root = self.store.update_root(value)
+                taken = ((root, bytes(value)),)
+                if self._pending is None:
+                    return Offered(roots=taken)
+                pending, self._pending = self._pending, None  # it may verify under this root
+                after = self.offer(DIRECTORY_KEY, pending, now=now)
+                return replace(after, roots=taken + after.roots)
+            if key == DIRECTORY_KEY:
+                before = self.store.directory
+                directory = self.store.update_directory(value, now=now)
+                self.refused = None
+                changed = directory != before
+                return Offered(directory=(directory, bytes(value)) if changed else None)
+        except UntrustedInputError as e:
+            if key == DIRECTORY_KEY:
+                self._pending = bytes(value)
+            self.refused = Refused(key, e.reason, str(e))
+            return Offered(refused=self.refused)
+        except ValueError as e:
+            self.refused = Refused(key, "malformed", str(e))
+            return Offered(refused=self.refused)
+        return Offered()  # neither a root nor the directory
+
+    def offer_root(self, data: bytes, *, now: int) -> Offered:
+        """Offer a root file whose bucket key is not known (a cache, a served list): its
+        version is read from it first."""
+        try:
+            version = read_unverified_root(data).version
+        except (UntrustedInputError, ValueError) as e:
+            self.refused = Refused(ROOT_KEY_PREFIX, "malformed", str(e))
+            return Offered(refused=self.refused)
+        return self.offer(f"{ROOT_KEY_PREFIX}{version}", data, now=now)
+
+
+def directory_from_files(
+    pinned: bytes, later_roots: Iterable[bytes], directory: bytes, *, now: int
+) -> Directory:
+    """A signed directory verified under the chain of trust from a pinned root through the
+    later roots in version order (each verified by the one before, the newest current at
+    `now`), §7.5: the start of a bus, a command-line check. Raises on any failure."""
+    store = TrustStore(verify_root_chain(pinned, later_roots, now=now))
+    return store.update_directory(directory, now=now)

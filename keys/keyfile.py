@@ -1,16 +1,14 @@
 """Private keys at rest: Argon2id-derived key + XSalsa20-Poly1305 (SecretBox), files 0600.
 
-docs/PROTOCOL.md section 3. The passphrase comes from an environment variable or a file,
-never from the command line. Files are written atomically and never overwritten.
+docs/PROTOCOL.md section 3. The format only: sealing and opening key files as bytes.
+Reading and writing an agency's key folder, and the passphrase, are runtime/keydir.py.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import nacl.exceptions
@@ -21,7 +19,7 @@ from nacl.public import PrivateKey
 from nacl.secret import SecretBox
 from nacl.signing import SigningKey
 
-from .errors import KeyFileError, KeyFileExistsError
+from .errors import KeyFileError
 from .identity import AgencyKeys, check_agency_id, nats_public_key
 
 KEYFILE_FORMAT = "nrm-keyfile/1"
@@ -45,23 +43,6 @@ MODERATE = KdfCost(nacl.pwhash.argon2id.OPSLIMIT_MODERATE, nacl.pwhash.argon2id.
 INTERACTIVE = KdfCost(
     nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE, nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE
 )
-
-
-def read_passphrase(*, file: Path | None = None, env: str = PASSPHRASE_ENV) -> bytes:
-    """The key-file passphrase from `file` if given, else from the environment variable `env`."""
-    if file is not None:
-        try:
-            text = file.read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as e:
-            raise KeyFileError(f"cannot read passphrase file {file}: {e.strerror}") from e
-    else:
-        value = os.environ.get(env)
-        if value is None:
-            raise KeyFileError(f"no passphrase: set {env} or give a passphrase file")
-        text = value
-    if len(text) < MIN_PASSPHRASE_CHARS:
-        raise KeyFileError(f"the passphrase must be at least {MIN_PASSPHRASE_CHARS} characters")
-    return text.encode("utf-8")
 
 
 def _seal(
@@ -170,78 +151,6 @@ def open_admin_key(data: bytes, *, passphrase: bytes) -> SigningKey:
         return SigningKey(_unb64(secret["ed25519_seed"]))
     except (KeyError, TypeError, ValueError) as e:
         raise KeyFileError(f"key file is not valid: {type(e).__name__}") from e
-
-
-def init_key_dir(
-    directory: Path, *, agency: str, name: str, passphrase: bytes, cost: KdfCost = MODERATE
-) -> AgencyKeys:
-    """Create fresh keys in `directory` (0700): `agency.key` (0600) and `identity.json`.
-
-    Refuses to overwrite either file.
-    """
-    keys = AgencyKeys.generate(agency=agency, name=name)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for existing in (directory / KEY_FILE_NAME, directory / IDENTITY_FILE_NAME):
-        if existing.exists():
-            raise KeyFileExistsError(f"{existing} already exists; refusing to overwrite keys")
-    write_new_file(directory / KEY_FILE_NAME, seal_keys(keys, passphrase=passphrase, cost=cost))
-    write_new_file(directory / IDENTITY_FILE_NAME, keys.public.to_json().encode(), mode=0o644)
-    return keys
-
-
-def load_key_dir(directory: Path, *, passphrase: bytes) -> AgencyKeys:
-    path = directory / KEY_FILE_NAME
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise KeyFileError(f"cannot read {path}: {e.strerror}") from e
-    return open_keys(data, passphrase=passphrase)
-
-
-def rotate_key_dir(directory: Path, *, passphrase: bytes, cost: KdfCost = MODERATE) -> AgencyKeys:
-    """Replace the agency's signing, encryption and NATS keys with new ones, keeping the old
-    encryption key for mail still in flight and the old NATS seed until the directory naming
-    the new NKey is published (§3.4); rewrite `identity.json` with the new public keys."""
-    keys = load_key_dir(directory, passphrase=passphrase).rotated()
-    replace_file(directory / KEY_FILE_NAME, seal_keys(keys, passphrase=passphrase, cost=cost))
-    replace_file(directory / IDENTITY_FILE_NAME, keys.public.to_json().encode(), mode=0o644)
-    return keys
-
-
-def replace_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Write `data` to `path` atomically (a reader sees the old or the new file, never half)."""
-    tmp = _write_temp(path, data, mode)
-    try:
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_new_file(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Write `data` to a new file at `path` atomically; fail if `path` exists."""
-    tmp = _write_temp(path, data, mode)
-    try:
-        os.link(tmp, path)  # atomic, and refuses an existing target
-    except FileExistsError as e:
-        raise KeyFileExistsError(f"{path} already exists; refusing to overwrite") from e
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_temp(path: Path, data: bytes, mode: int) -> Path:
-    """`data`, flushed to disk in a new temporary file beside `path`, with `mode`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
 
 
 def _nats_seed(value: Any) -> bytes | None:

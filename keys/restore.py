@@ -20,13 +20,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import nacl.exceptions
 from nacl.signing import SigningKey, VerifyKey
 
 from . import codec
 from .errors import BadSignatureError, MalformedError
 from .identity import signing_kid
 from .merkle import EMPTY_ROOT, HASH_SIZE
+from .signed import check_signature, decode_frame, sign_frame
 
 VERSION = 1
 LABEL = b"nrm/v1/ledger-restore"
@@ -72,9 +72,7 @@ class RestoreDeclaration:
 
 def sign_restore(declaration: RestoreDeclaration, key: SigningKey) -> bytes:
     """The signed declaration bytes."""
-    body = declaration.encode()
-    signature = key.sign(LABEL + b"\x00" + body).signature
-    return codec.pack([VERSION, body, signing_kid(key.verify_key), signature])
+    return sign_frame(LABEL, declaration.encode(), key)
 
 
 def verify_restore(data: bytes, *, key: VerifyKey, origin: str) -> RestoreDeclaration:
@@ -82,27 +80,20 @@ def verify_restore(data: bytes, *, key: VerifyKey, origin: str) -> RestoreDeclar
     Raises `MalformedError` or `BadSignatureError`."""
     if not origin:
         raise ValueError("the expected origin must not be empty")
-    raw = codec.unpack(data, max_bytes=MAX_SIGNED_RESTORE_BYTES, max_items=8, what="restore")
-    if not (
-        isinstance(raw, list)
-        and len(raw) == 4
-        and raw[0] == VERSION
-        and not isinstance(raw[0], bool)
-        and isinstance(raw[1], bytes)
-        and isinstance(raw[2], str)
-        and _KID.fullmatch(raw[2])
-        and isinstance(raw[3], bytes)
-        and len(raw[3]) == 64
-    ):
+    body, kid, signature = decode_frame(
+        data,
+        max_bytes=MAX_SIGNED_RESTORE_BYTES,
+        max_items=8,
+        what="restore",
+        body_name="declaration",
+    )
+    if not _KID.fullmatch(kid):
         raise MalformedError("signed restore must be [1, declaration, signer kid, signature]")
-    _, body, kid, signature = raw
     declaration = _decode(body)
     if kid != signing_kid(key):
         raise BadSignatureError("restore declaration not signed by the ledger's key")
-    try:
-        key.verify(LABEL + b"\x00" + body, signature)
-    except nacl.exceptions.BadSignatureError as e:
-        raise BadSignatureError("restore declaration signature does not verify") from e
+    failure = "restore declaration signature does not verify"
+    check_signature(LABEL, body, signature, key, failure=failure)
     if declaration.origin != origin:
         raise BadSignatureError("restore declaration is for another ledger")
     return declaration

@@ -109,8 +109,12 @@ def attachment_object(referral_id: str, attachment_id: str) -> str:
     return f"{referral_id}.{attachment_id}"
 
 
+#: Roots are kept in the directory bucket under `root.<version>`.
+ROOT_KEY_PREFIX = "root."
+
+
 def root_key(version: int) -> str:
-    return f"root.{version}"
+    return f"{ROOT_KEY_PREFIX}{version}"
 
 
 def reply_prefix(agency: str) -> str:

@@ -42,18 +42,13 @@ from keys.directory import (
     walk_root_chain,
 )
 from keys.identity import signing_kid
-from keys.keyfile import (
-    KdfCost,
-    init_key_dir,
-    load_key_dir,
-    open_admin_key,
-    replace_file,
-    seal_admin_key,
-    write_new_file,
-)
+from keys.keyfile import KdfCost, open_admin_key, seal_admin_key
 from keys.limits import DEFAULT_LIMITS
 from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY, root_key
 from runtime import clock
+from runtime.config import ConfigError, days
+from runtime.files import replace_file, write_new_file
+from runtime.keydir import init_key_dir, load_key_dir
 
 DIRECTORY_FILE = "directory.json"
 PUBLISHED_FILE = "published-version"
@@ -111,10 +106,10 @@ class AdminSettings:
             ),
             ("publish_margin_days", "publish_margin_seconds", defaults.publish_margin_seconds),
         ):
-            value = doc.get(name, default / DAY)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise AdminError(f"{where}: {name} must be a non-negative number of days")
-            values[field] = int(value * DAY)
+            try:
+                values[field] = days(doc.get(name, default / DAY), key=name)
+            except ConfigError as e:
+                raise AdminError(f"{where}: {e}") from e
         try:
             return cls(**values)
         except ValueError as e:

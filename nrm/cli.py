@@ -11,20 +11,43 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import click
 
 from agents import Agent, AgentConfig, ConfigError, token_digest
 from keys import DEFAULT_LIMITS, KeyFileError, NrmError, PublicIdentity, UntrustedInputError
-from keys.keyfile import MODERATE, init_key_dir, read_passphrase, rotate_key_dir
+from keys.keyfile import MODERATE
 from runtime import clock
+from runtime.keydir import init_key_dir, read_passphrase, rotate_key_dir
 
 from . import admin, logs
 from .audit import LedgerCopy
 
 PATH = click.Path(path_type=Path)
+DAY = 86400
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _days_option(
+    name: str, default_seconds: int | None, help: str, *, positive: bool = False
+) -> Callable[[F], F]:
+    """A `--...-days` option: a non-negative (or, if `positive`, positive) number of days,
+    defaulting to `default_seconds` (None: the command finds its own default)."""
+    return click.option(
+        name,
+        type=click.FloatRange(0, min_open=positive),
+        default=None if default_seconds is None else default_seconds / DAY,
+        show_default=default_seconds is not None,
+        help=help,
+    )
+
+
+def _seconds(days: float) -> int:
+    return int(days * DAY)
+
+
 ADMIN_DIR = click.option(
     "--dir",
     "admin_dir",
@@ -206,12 +229,10 @@ def bus() -> None:
     metavar="HOST:PORT",
     help="Serve /healthz and /metrics (directory and root expiry) here, e.g. 127.0.0.1:8222.",
 )
-@click.option(
+@_days_option(
     "--expiry-warning-days",
-    type=click.FloatRange(0),
-    default=DEFAULT_LIMITS.expiry_warning_seconds / 86400,
-    show_default=True,
-    help="/healthz turns to warning this long before the directory or root expires.",
+    DEFAULT_LIMITS.expiry_warning_seconds,
+    "/healthz turns to warning this long before the directory or root expires.",
 )
 def bus_up(
     store: Path,
@@ -258,7 +279,7 @@ def bus_up(
                     operator_keys=operator_keys,
                     passphrase=read_passphrase(file=passphrase_file),
                     status_bind=bind,
-                    warning_seconds=int(expiry_warning_days * 86400),
+                    warning_seconds=_seconds(expiry_warning_days),
                 ),
             )
         except RuntimeError as e:  # nats-server would not start
@@ -305,7 +326,7 @@ def _run(load: Callable[[], Any], describe: Callable[[Any], str]) -> None:
 
 async def _serve(service: Any, describe: Callable[[], str]) -> None:
     """Run an async-context-managed service until SIGINT or SIGTERM."""
-    # fsyncs finish in a worker thread (keys/durability.py); let it hand its result back to a
+    # fsyncs finish in a worker thread (runtime/durability.py); let it hand its result back to a
     # busy event loop within a millisecond rather than the default five.
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     stop = asyncio.Event()
@@ -355,7 +376,7 @@ def agent_restore(config_path: Path, source: Path) -> None:
 def _backup(source: Path, target: Path, *, what: str) -> None:
     import sqlite3
 
-    from keys.durability import backup
+    from runtime.durability import backup
 
     try:
         size = backup(source, target)
@@ -403,7 +424,7 @@ def agent_ack_alert(config_path: Path, reason: str, event_ids: tuple[str, ...]) 
     from agents.audit import AuditTrail
     from agents.ledger_check import ALERT_REASONS
     from keys.key_history import signing_key_at
-    from keys.keyfile import load_key_dir
+    from runtime.keydir import load_key_dir
 
     if reason not in ALERT_REASONS:
         raise click.BadParameter(
@@ -541,19 +562,16 @@ def admin_group() -> None:
 @click.option("--threshold", type=click.IntRange(1, 16), required=True, help="Signatures needed.")
 @click.option("--dir", "admin_dir", type=PATH, required=True, help="Folder to create.")
 @click.option("--passphrase-file", type=PATH, default=None, help="Else $NRM_PASSPHRASE.")
-@click.option(
+@_days_option(
     "--directory-lifetime-days",
-    type=click.FloatRange(0, min_open=True),
-    default=DEFAULT_LIMITS.directory_ttl_seconds / 86400,
-    show_default=True,
-    help="How long each new directory version is valid (kept in settings.toml).",
+    DEFAULT_LIMITS.directory_ttl_seconds,
+    "How long each new directory version is valid (kept in settings.toml).",
+    positive=True,
 )
-@click.option(
+@_days_option(
     "--publish-margin-days",
-    type=click.FloatRange(0),
-    default=DEFAULT_LIMITS.publish_margin_seconds / 86400,
-    show_default=True,
-    help="Publishing refuses a directory expiring sooner than this (kept in settings.toml).",
+    DEFAULT_LIMITS.publish_margin_seconds,
+    "Publishing refuses a directory expiring sooner than this (kept in settings.toml).",
 )
 def admin_init(
     admins: int,
@@ -566,8 +584,8 @@ def admin_init(
     """Create N administrator root keys, root.1.json signed by all, and an empty directory."""
     with _admin_errors():
         settings = admin.AdminSettings(
-            directory_lifetime_seconds=int(directory_lifetime_days * 86400),
-            publish_margin_seconds=int(publish_margin_days * 86400),
+            directory_lifetime_seconds=_seconds(directory_lifetime_days),
+            publish_margin_seconds=_seconds(publish_margin_days),
         )
         root = admin.init_admin(
             admin_dir,
@@ -628,12 +646,8 @@ def directory_group() -> None:
 @directory_group.command("add-agency")
 @click.argument("identity_file", type=PATH)
 @click.option("--roles", default="", help="Comma-separated roles, e.g. police or ngo.")
-@click.option(
-    "--overlap-days",
-    type=click.FloatRange(0),
-    default=7.0,
-    show_default=True,
-    help="When this is a rotation: how long the old keys stay valid.",
+@_days_option(
+    "--overlap-days", 7 * DAY, "When this is a rotation: how long the old keys stay valid."
 )
 @click.option(
     "--revoke-previous",
@@ -675,7 +689,7 @@ def directory_add_agency(
                 identity,
                 reason=reason,
                 at=None if at is None else _parse_time(at),
-                overlap_seconds=int(overlap_days * 86400),
+                overlap_seconds=_seconds(overlap_days),
             )
             click.echo(
                 f"{identity.agency}: earlier keys revoked and new keys admitted in draft "
@@ -686,7 +700,7 @@ def directory_add_agency(
             folder,
             identity,
             roles=[r for r in roles.split(",") if r],
-            overlap_seconds=int(overlap_days * 86400),
+            overlap_seconds=_seconds(overlap_days),
         )
     click.echo(f"{identity.agency} in draft version {d.version}; sign and publish it")
 
@@ -702,11 +716,11 @@ def directory_remove_agency(agency: str, admin_dir: Path) -> None:
 
 
 @directory_group.command("renew")
-@click.option(
+@_days_option(
     "--lifetime-days",
-    type=click.FloatRange(0, min_open=True),
-    default=None,
-    help="How long the new version is valid; default: the folder's settings.toml.",
+    None,
+    "How long the new version is valid; default: the folder's settings.toml.",
+    positive=True,
 )
 @ADMIN_DIR
 def directory_renew(lifetime_days: float | None, admin_dir: Path) -> None:
@@ -714,7 +728,7 @@ def directory_renew(lifetime_days: float | None, admin_dir: Path) -> None:
     with _admin_errors():
         d = admin.renew_directory(
             admin.AdminFolder(admin_dir),
-            lifetime_seconds=None if lifetime_days is None else int(lifetime_days * 86400),
+            lifetime_seconds=None if lifetime_days is None else _seconds(lifetime_days),
         )
     expires = datetime.fromtimestamp(d.expires, UTC).isoformat(timespec="minutes")
     click.echo(f"renewed: draft version {d.version} expires {expires}; sign and publish it")
@@ -737,11 +751,10 @@ def directory_sign(key_path: Path, passphrase_file: Path | None, admin_dir: Path
 @directory_group.command("publish")
 @click.option("--nats", "url", required=True, help="Bus URL (operator credentials are used).")
 @click.option("--passphrase-file", type=PATH, default=None, help="Else $NRM_PASSPHRASE.")
-@click.option(
+@_days_option(
     "--margin-days",
-    type=click.FloatRange(0),
-    default=None,
-    help="Refuse (exit 3) a directory expiring sooner; default: the folder's settings.toml.",
+    None,
+    "Refuse (exit 3) a directory expiring sooner; default: the folder's settings.toml.",
 )
 @ADMIN_DIR
 def directory_publish(
@@ -752,7 +765,7 @@ def directory_publish(
     Exits 3, publishing nothing, if the draft expires sooner than the publishing margin.
     """
     folder = admin.AdminFolder(admin_dir)
-    margin = None if margin_days is None else int(margin_days * 86400)
+    margin = None if margin_days is None else _seconds(margin_days)
     with _admin_errors():
         admin.publishable_draft(folder, margin_seconds=margin)  # before asking the passphrase
         passphrase = read_passphrase(file=passphrase_file)
@@ -801,15 +814,16 @@ def broker_config(
 ) -> None:
     """Write the nats-server authorization generated from a verified directory."""
     from broker.authority import authorization_for
-    from keys.directory import TrustStore, verify_root_chain
-    from keys.keyfile import replace_file
+    from keys.directory import directory_from_files
+    from runtime.files import replace_file
 
     with _admin_errors():
-        now = clock.now()
-        root = verify_root_chain(
-            root_files[0].read_bytes(), [r.read_bytes() for r in root_files[1:]], now=now
+        directory = directory_from_files(
+            root_files[0].read_bytes(),
+            [r.read_bytes() for r in root_files[1:]],
+            directory_file.read_bytes(),
+            now=clock.now(),
         )
-        directory = TrustStore(root).update_directory(directory_file.read_bytes(), now=now)
         operator = PublicIdentity.from_json(operator_identity.read_bytes())
         if operator.nats_key is None:
             raise admin.AdminError("the operator identity has no NATS key")
@@ -867,7 +881,7 @@ def ledger_restore(config_path: Path, source: Path, replaced_lost: bool) -> None
 
     from broker.ledger import LedgerConfig
     from broker.ledger_restore import restore_ledger
-    from keys.keyfile import load_key_dir
+    from runtime.keydir import load_key_dir
 
     try:
         config = LedgerConfig.load(config_path)

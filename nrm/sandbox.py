@@ -28,16 +28,11 @@ from broker.authority import DirectoryAuthority, attachment_owners, authorizatio
 from broker.cluster import ClusterNode, cluster_block
 from broker.ledger import Ledger
 from keys import PublicIdentity
-from keys.keyfile import (
-    INTERACTIVE,
-    KdfCost,
-    init_key_dir,
-    load_key_dir,
-    replace_file,
-    write_new_file,
-)
+from keys.keyfile import INTERACTIVE, KdfCost
 from keys.subjects import DIRECTORY_BUCKET
 from runtime import clock
+from runtime.files import replace_file, write_new_file
+from runtime.keydir import init_key_dir, load_key_dir
 
 from . import admin
 

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import os
 import time as _time
+from pathlib import Path
 from typing import Final
 
 import structlog
+
+from .files import replace_file
 
 #: Test-only: a file holding an integer offset in seconds. Never set in production.
 ENV: Final = "NRM_UNSAFE_CLOCK_FILE"
@@ -64,7 +67,4 @@ def from_bus(timestamp: float) -> float:
 
 def set_offset(path: os.PathLike[str] | str, seconds: int) -> None:
     """Test helper: atomically replace the offset file (a new inode, so readers notice)."""
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write(f"{int(seconds)}\n")
-    os.replace(tmp, path)
+    replace_file(Path(path), f"{int(seconds)}\n".encode("ascii"), mode=0o644)

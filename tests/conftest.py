@@ -6,14 +6,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from broker import NatsServer, provision
 from keys.subjects import inbox_subject
 
 from . import samples
-from .support import AGENCIES, Mechanism, eventually
+from .support import Mechanism, eventually, running_mechanism
 from .test_agent import connect_as, delivered
 
 
@@ -33,14 +32,8 @@ async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
 async def mechanism(tmp_path: Path) -> AsyncIterator[Mechanism]:
     """Three agencies (police, shelter, coordinator) admitted to a signed directory, a bus
     secured from it, and their agents running and trusting the directory."""
-    async with aiohttp.ClientSession() as http:
-        m = await Mechanism.create(tmp_path, http)
-        try:
-            for agency, _, _ in AGENCIES:
-                await m.start(agency)
-            yield m
-        finally:
-            await m.close()
+    async with running_mechanism(tmp_path) as m:
+        yield m
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from agents import Agent
 from broker import NatsServer
@@ -146,6 +148,51 @@ class Mechanism:
 
     def database(self, agency: str) -> Path:
         return self.setups[agency].home / "agent.db"
+
+
+@contextlib.asynccontextmanager
+async def running_mechanism(
+    root: Path,
+    *,
+    admins: int = 1,
+    threshold: int = 1,
+    limits: dict[str, int | float] | None = None,
+    ledger_missing_after: int = 5,
+    webhooks: dict[str, str] | None = None,
+) -> AsyncIterator[Mechanism]:
+    """The three agencies' mechanism in `root` with all agents running and trusting the
+    directory; `limits` replace the agents' TEST_LIMITS, `webhooks` maps agencies to the
+    URL of their webhook receiver. Everything stops afterwards."""
+    async with aiohttp.ClientSession() as http:
+        m = await Mechanism.create(root, http, admins=admins, threshold=threshold)
+        try:
+            if limits is not None or webhooks is not None or ledger_missing_after != 5:
+                m.sandbox.write_agent_configs(
+                    limits=TEST_LIMITS if limits is None else limits,
+                    ledger_missing_after=ledger_missing_after,
+                    webhooks=webhooks,
+                )
+            for agency, _, _ in AGENCIES:
+                await m.start(agency)
+            yield m
+        finally:
+            await m.close()
+
+
+@contextlib.asynccontextmanager
+async def webhook_receiver(
+    handle: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """A local HTTP server handing every POST /events to `handle`; yields that URL."""
+    app = web.Application()
+    app.router.add_post("/events", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/events"
+    finally:
+        await runner.cleanup()
 
 
 async def _ready(agent: Agent) -> bool:

@@ -17,8 +17,8 @@ import nats
 import pytest
 from structlog.testing import capture_logs
 
-from keys.keyfile import load_key_dir
 from keys.subjects import MESSAGE_STREAM, inbox_consumer, inbox_subject, reply_prefix
+from runtime.keydir import load_key_dir
 
 from . import samples
 from .support import Mechanism, eventually

@@ -15,10 +15,11 @@ from structlog.testing import capture_logs
 
 from agents.resend import MAX_HAVE, ResendRequest
 from keys import MalformedError
-from keys.keyfile import INTERACTIVE, rotate_key_dir
+from keys.keyfile import INTERACTIVE
 from nrm import admin
 from nrm.cli import main
 from runtime import clock
+from runtime.keydir import rotate_key_dir
 
 from . import samples
 from .support import Mechanism, eventually

@@ -31,11 +31,11 @@ from click.testing import CliRunner, Result
 
 from keys import PublicIdentity
 from keys.directory import Directory, read_unverified_directory, read_unverified_root
-from keys.keyfile import load_key_dir
 from keys.subjects import attachment_bucket, reply_prefix
 from nrm import admin
 from nrm.cli import main
 from runtime import clock
+from runtime.keydir import load_key_dir
 
 PASSPHRASE = "correct horse battery staple"
 ENV = {"NRM_PASSPHRASE": PASSPHRASE}

@@ -41,7 +41,7 @@ from keys import (
     verify_root_update,
 )
 from keys.codec import canonical_json
-from keys.directory import DIRECTORY_LABEL
+from keys.directory import DIRECTORY_LABEL, TrustFeed, directory_from_files
 from keys.identity import encryption_kid, signing_kid
 from keys.ledger_verify import LedgerVerificationError, verify_directory_history
 
@@ -588,6 +588,41 @@ def test_a_trusted_directory_stops_being_trusted_when_the_newest_root_expires() 
     )
     assert store.update_directory(renewed, NOW + DAY).version == 3
     assert store.directory_at(NOW + DAY) is not None
+
+
+def test_a_trust_feed_keeps_a_directory_until_the_root_that_signs_it_arrives() -> None:
+    """Bucket entries in any order: a directory signed by the next root's keys is refused
+    (and the refusal kept) until that root is taken, then taken with it in one offer; an
+    old root is ignored; a taken directory clears the refusal."""
+    feed = TrustFeed(chain_root(1, CURRENT))
+    early = feed.offer("directory", chain_directory(2), now=NOW)
+    assert not early.changed and early.refused is not None
+    assert feed.refused == early.refused and feed.store.directory is None
+    offered = feed.offer("root.2", chain_root(2, CURRENT), now=NOW)
+    assert [root.version for root, _ in offered.roots] == [2]
+    assert offered.directory is not None and offered.directory[0].version == 2
+    assert offered.changed and feed.refused is None
+    assert not feed.offer("root.1", chain_root(1, CURRENT), now=NOW).changed
+    assert not feed.offer("directory", chain_directory(2), now=NOW).changed  # the same again
+
+
+def test_a_trust_feed_refuses_what_does_not_parse_or_follow() -> None:
+    """A malformed entry and a root that skips a version (so the trusted root's keys did not
+    sign it) are refused by reason; nothing trusted changes."""
+    feed = TrustFeed(chain_root(1, CURRENT))
+    assert feed.offer("directory", b"{", now=NOW).refused == feed.refused
+    assert feed.refused is not None and feed.refused.reason == "malformed"
+    skipped = feed.offer_root(chain_root(3, CURRENT), now=NOW)
+    assert skipped.refused is not None and skipped.refused.reason == "under-signed"
+    assert feed.store.root.version == 1 and feed.store.directory is None
+
+
+def test_directory_from_files_verifies_the_whole_chain() -> None:
+    """Pinned root, later roots, directory: the directory, or the chain's failure."""
+    pinned, later = chain_root(1, EXPIRED), [chain_root(2, CURRENT)]
+    assert directory_from_files(pinned, later, chain_directory(2), now=NOW).version == 2
+    with pytest.raises(ExpiredRootError):
+        directory_from_files(pinned, [], chain_directory(1), now=NOW)
 
 
 # --------------------------------------------------------------------------- canonical encoding

@@ -1,4 +1,4 @@
-"""Group commit (keys/durability.py) on a real SQLite database in WAL mode."""
+"""Group commit (runtime/durability.py) on a real SQLite database in WAL mode."""
 
 from __future__ import annotations
 

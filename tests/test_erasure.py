@@ -22,8 +22,8 @@ from typing import Any
 
 from nacl.secret import SecretBox
 
-from keys.durability import backup
 from keys.subjects import MESSAGE_STREAM
+from runtime.durability import backup
 
 from . import samples
 from .support import Mechanism, eventually

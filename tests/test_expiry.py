@@ -16,12 +16,12 @@ import aiohttp
 import pytest
 from click.testing import CliRunner
 
-from keys.durability import backup
 from keys.keyfile import INTERACTIVE
 from nrm import admin
 from nrm.cli import main
 from nrm.sandbox import LEDGER_NAME
 from runtime import clock, expiry
+from runtime.durability import backup
 
 from . import samples
 from .support import TEST_LIMITS, Mechanism, eventually

@@ -47,13 +47,13 @@ from keys.audit import AuditEvent, decode_signed_event, new_event_id, sign_event
 from keys.codec import canonical_json
 from keys.directory import read_unverified_directory, verify_directory
 from keys.envelope import _outer_message
-from keys.keyfile import load_key_dir
 from keys.ledger_entry import LedgerEntry
 from keys.subjects import inbox_subject
 from nrm import admin
+from runtime.keydir import load_key_dir
 
 from . import samples
-from .support import AGENCIES, TEST_LIMITS, Mechanism, eventually
+from .support import TEST_LIMITS, Mechanism, eventually, running_mechanism
 from .test_agent import connect_as, delivered, rows, sent_envelope
 from .test_directory import SIGNED_V3, TRUSTED_ROOT, fresh_store, snapshot
 from .test_envelope import BOOK, ENVELOPE, POLICE, SHELTER, T0
@@ -829,18 +829,9 @@ async def strict(tmp_path: Path) -> AsyncIterator[Mechanism]:
     """The three-agency mechanism, with a one-second unknown-key grace (so a forged kid is
     refused for good quickly) and a one-second clock skew (so an envelope can be expired
     while its signing key is still valid: the keys here are seconds old)."""
-    async with aiohttp.ClientSession() as http:
-        m = await Mechanism.create(tmp_path, http)
-        m.sandbox.write_agent_configs(
-            limits={**TEST_LIMITS, "unknown_key_grace_seconds": 1, "clock_skew_seconds": 1},
-            ledger_missing_after=5,
-        )
-        try:
-            for agency, _, _ in AGENCIES:
-                await m.start(agency)
-            yield m
-        finally:
-            await m.close()
+    limits = {**TEST_LIMITS, "unknown_key_grace_seconds": 1, "clock_skew_seconds": 1}
+    async with running_mechanism(tmp_path, limits=limits) as m:
+        yield m
 
 
 def _keys(m: Mechanism, agency: str) -> AgencyKeys:

@@ -13,18 +13,9 @@ import nacl.pwhash
 import pytest
 
 from keys import AgencyKeys, KeyFileError, KeyFileExistsError, PublicIdentity
-from keys.keyfile import (
-    IDENTITY_FILE_NAME,
-    INTERACTIVE,
-    KEY_FILE_NAME,
-    init_key_dir,
-    load_key_dir,
-    open_keys,
-    read_passphrase,
-    rotate_key_dir,
-    seal_keys,
-    write_new_file,
-)
+from keys.keyfile import IDENTITY_FILE_NAME, INTERACTIVE, KEY_FILE_NAME, open_keys, seal_keys
+from runtime.files import write_new_file
+from runtime.keydir import init_key_dir, load_key_dir, read_passphrase, rotate_key_dir
 
 PASS = b"correct horse battery staple"
 
@@ -126,7 +117,7 @@ def test_write_new_file_refuses_overwrite(tmp_path: Path) -> None:
     """Writing over an existing file fails, keeps its content and leaves no temporary file."""
     target = tmp_path / "f"
     target.write_bytes(b"old")
-    with pytest.raises(KeyFileExistsError):
+    with pytest.raises(FileExistsError):
         write_new_file(target, b"new")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]

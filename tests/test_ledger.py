@@ -25,12 +25,12 @@ from structlog.testing import capture_logs
 from keys import PublicIdentity
 from keys.audit import AuditEvent, new_event_id, sign_event
 from keys.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
-from keys.keyfile import load_key_dir
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import leaf_hash, verify_inclusion
 from keys.subjects import audit_subject
 from nrm.cli import main
 from nrm.sandbox import LEDGER_NAME
+from runtime.keydir import load_key_dir
 
 from . import samples
 from .conftest import LedgerAccess

@@ -14,9 +14,10 @@ from agents import Agent
 from agents.nats_key import wanted_seed
 from keys import AgencyKeys
 from keys.identity import nats_public_key
-from keys.keyfile import INTERACTIVE, load_key_dir, rotate_key_dir
+from keys.keyfile import INTERACTIVE
 from keys.subjects import reply_prefix
 from nrm import admin
+from runtime.keydir import load_key_dir, rotate_key_dir
 
 from . import samples
 from .support import Mechanism, copy_agency_folder, eventually

@@ -26,10 +26,10 @@ from agents import Agent
 from agents.presence import DUPLICATE, HELD, Presence, instance_id, new_id
 from broker import NatsServer
 from broker.streams import provision_presence_bucket
-from keys.keyfile import load_key_dir
 from keys.limits import Limits
 from keys.subjects import PRESENCE_BUCKET
 from nrm import admin
+from runtime.keydir import load_key_dir
 
 from . import samples
 from .support import TEST_LIMITS, Mechanism, copy_agency_folder, eventually

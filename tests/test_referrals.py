@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import nats.errors
 import pytest
 from aiohttp import web
@@ -33,7 +32,13 @@ from keys import PublicIdentity
 from nrm import admin
 
 from . import samples
-from .support import AGENCIES, ESCALATING_LIMITS, TEST_LIMITS, Mechanism, eventually
+from .support import (
+    ESCALATING_LIMITS,
+    Mechanism,
+    eventually,
+    running_mechanism,
+    webhook_receiver,
+)
 from .test_agent import delivered, rows
 from .test_consent import KANTARA_CR_1_1, _kantara_errors
 
@@ -370,15 +375,8 @@ async def test_lifecycle_over_the_api(mechanism: Mechanism) -> None:
 @pytest.fixture
 async def escalating(tmp_path: Path) -> AsyncIterator[Mechanism]:
     """The three agencies, with urgent referrals escalating after 2 s."""
-    async with aiohttp.ClientSession() as http:
-        m = await Mechanism.create(tmp_path, http)
-        m.sandbox.write_agent_configs(limits=ESCALATING_LIMITS, ledger_missing_after=5)
-        try:
-            for agency, _, _ in AGENCIES:
-                await m.start(agency)
-            yield m
-        finally:
-            await m.close()
+    async with running_mechanism(tmp_path, limits=ESCALATING_LIMITS) as m:
+        yield m
 
 
 async def test_unacknowledged_urgent_referral_escalates_with_metadata_only(
@@ -442,8 +440,8 @@ async def test_an_unreachable_co_ordinator_does_not_stop_the_timers(
     for _ in range(2):
         urgent = await m.api("police").refer(["shelter"], samples.referral(urgency="urgent"))
         await eventually(lambda rid=urgent: escalated(rid), timeout=30, what="the escalation")
-    timer = m.agents["police"]._timer
-    assert timer is not None and not timer.done()
+    supervisor = m.agents["police"].supervisor
+    assert "timers-police" in supervisor.running() and supervisor.deaths == ()
     assert query(m.database("police"), "SELECT 1 FROM outbox WHERE kind = ?", ESCALATION) == []
 
 
@@ -477,26 +475,11 @@ class Receiver:
 async def hooked(tmp_path: Path) -> AsyncIterator[tuple[Mechanism, Receiver]]:
     """The three agencies, the shelter's webhooks going to a flaky local receiver."""
     receiver = Receiver()
-    app = web.Application()
-    app.router.add_post("/events", receiver.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
-    async with aiohttp.ClientSession() as http:
-        m = await Mechanism.create(tmp_path, http)
-        m.sandbox.write_agent_configs(
-            limits=TEST_LIMITS,
-            ledger_missing_after=5,
-            webhooks={"shelter": f"http://127.0.0.1:{port}/events"},
-        )
-        try:
-            for agency, _, _ in AGENCIES:
-                await m.start(agency)
-            yield m, receiver
-        finally:
-            await m.close()
-            await runner.cleanup()
+    async with (
+        webhook_receiver(receiver.handle) as url,
+        running_mechanism(tmp_path, webhooks={"shelter": url}) as m,
+    ):
+        yield m, receiver
 
 
 async def test_webhook_retried_until_accepted_with_a_stable_id(

@@ -10,22 +10,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from click.testing import CliRunner, Result
 from structlog.testing import capture_logs
 
 from keys import PublicIdentity
-from keys.keyfile import INTERACTIVE, rotate_key_dir
+from keys.keyfile import INTERACTIVE
 from nrm import admin
 from nrm.cli import main
 from nrm.sandbox import Sandbox, prepare_mechanism
 from runtime import clock
 from runtime.backoff import Backoff
+from runtime.keydir import rotate_key_dir
 
 from . import samples
-from .support import AGENCIES, TEST_LIMITS, Mechanism, eventually
+from .support import (
+    AGENCIES,
+    TEST_LIMITS,
+    Mechanism,
+    eventually,
+    running_mechanism,
+    webhook_receiver,
+)
 from .test_agent import delivered
 
 REFERRAL = samples.referral()
@@ -51,26 +58,13 @@ class Hooks:
 async def hooked(tmp_path: Path) -> AsyncIterator[tuple[Mechanism, Hooks]]:
     """The three agencies with the police's webhooks going to a local receiver."""
     hooks = Hooks()
-    app = web.Application()
-    app.router.add_post("/events", hooks.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
-    async with aiohttp.ClientSession() as http:
-        m = await Mechanism.create(tmp_path, http)
-        m.sandbox.write_agent_configs(
-            limits=LIMITS,
-            ledger_missing_after=3,
-            webhooks={"police": f"http://127.0.0.1:{port}/events"},
-        )
-        try:
-            for agency, _, _ in AGENCIES:
-                await m.start(agency)
-            yield m, hooks
-        finally:
-            await m.close()
-            await runner.cleanup()
+    async with (
+        webhook_receiver(hooks.handle) as url,
+        running_mechanism(
+            tmp_path, limits=LIMITS, ledger_missing_after=3, webhooks={"police": url}
+        ) as m,
+    ):
+        yield m, hooks
 
 
 async def publish(m: Mechanism) -> None:

@@ -24,9 +24,10 @@ from keys.audit import decode_signed_event
 from keys.codec import canonical_json
 from keys.directory import Directory
 from keys.identity import PublicIdentity
-from keys.keyfile import INTERACTIVE, rotate_key_dir
+from keys.keyfile import INTERACTIVE
 from nrm import admin
 from nrm.cli import EXIT_UNVERIFIED, main
+from runtime.keydir import rotate_key_dir
 
 from . import samples
 from .support import Mechanism, eventually

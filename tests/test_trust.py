@@ -8,20 +8,20 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import nats
 import pytest
 from structlog.testing import capture_logs
 
 from keys import codec, seal
 from keys.directory import Directory, encode_directory, sign
-from keys.keyfile import INTERACTIVE, open_admin_key, rotate_key_dir
+from keys.keyfile import INTERACTIVE, open_admin_key
 from keys.subjects import DIRECTORY_KEY, inbox_subject, publish_id, reply_prefix
 from nrm import admin
 from runtime import clock
+from runtime.keydir import rotate_key_dir
 
 from . import samples
-from .support import AGENCIES, Mechanism, eventually
+from .support import AGENCIES, Mechanism, eventually, running_mechanism
 from .test_agent import connect_as, delivered, rows
 
 REFERRAL = samples.referral()
@@ -30,14 +30,8 @@ REFERRAL = samples.referral()
 @pytest.fixture
 async def m2of3(tmp_path: Path) -> AsyncIterator[Mechanism]:
     """The three-agency mechanism with a 2-of-3 administrator root."""
-    async with aiohttp.ClientSession() as http:
-        m = await Mechanism.create(tmp_path, http, admins=3, threshold=2)
-        try:
-            for agency, _, _ in AGENCIES:
-                await m.start(agency)
-            yield m
-        finally:
-            await m.close()
+    async with running_mechanism(tmp_path, admins=3, threshold=2) as m:
+        yield m
 
 
 def trust(m: Mechanism, agency: str) -> dict[str, object]:
@@ -259,7 +253,7 @@ async def test_bus_authorization_follows_the_directory(mechanism: Mechanism) -> 
     pid = m.bus.pid
     await m.stop("coordinator")
     seed = m.agents["police"].keys.nats_seed  # police stays; check the coordinator's key
-    from keys.keyfile import load_key_dir
+    from runtime.keydir import load_key_dir
 
     coordinator = load_key_dir(
         m.setups["coordinator"].key_dir, passphrase=m.setups["coordinator"].passphrase()

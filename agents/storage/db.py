@@ -1,6 +1,6 @@
 """The agent database: one SQLite connection in WAL mode, short transactions, group commit.
 
-Commits are made durable by group commit (keys.durability): callers await `durable()` before
+Commits are made durable by group commit (runtime.durability): callers await `durable()` before
 anything they committed is announced outside the process. The aggregates (messages.py,
 referrals.py, ...) are mixins over this class; agents/storage/__init__.py composes them.
 """
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from keys.durability import BACKSTOP_PAGES, CHECKPOINT_BYTES, GroupCommit
+from runtime.durability import BACKSTOP_PAGES, CHECKPOINT_BYTES, GroupCommit
 
 from .schema import SCHEMA, migrate
 
@@ -76,7 +76,7 @@ class Database:
 
     async def truncate_wal(self) -> None:
         """After an erasure: make every commit durable, then checkpoint the WAL into the
-        database and truncate it (keys.durability.GroupCommit.truncate), so that no WAL
+        database and truncate it (runtime.durability.GroupCommit.truncate), so that no WAL
         frame keeps the erased bytes (secure_delete zeroes them in the database file)."""
         await self._group.truncate()
 

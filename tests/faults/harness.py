@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,6 +140,93 @@ async def launch(
         proc.start()
     await asyncio.gather(*(p.wait_ready(http) for p in procs.values()))
     return procs
+
+
+@dataclass
+class Deployment:
+    """The ledger and the police and shelter agents run as processes on ports of their own."""
+
+    ports: dict[str, int]
+
+    def url(self, part: str) -> str:
+        return f"http://127.0.0.1:{self.ports[part]}"
+
+
+async def deploy(
+    http: aiohttp.ClientSession,
+    sandbox: Sandbox,
+    tmp_path: Path,
+    *,
+    hook_url: str,
+    procs: dict[str, Proc],
+) -> Deployment:
+    """Write the ledger's and the agents' configurations (FAULT_LIMITS, the shelter's
+    webhook to `hook_url`) on free ports and `launch` them into `procs` (the caller stops
+    them)."""
+    d = Deployment({"police": free_port(), "shelter": free_port(), "ledger": free_port()})
+    ledger_config = sandbox.write_ledger_config(
+        checkpoint_interval=0.5, bind=f"127.0.0.1:{d.ports['ledger']}"
+    )
+    sandbox.write_agent_configs(
+        limits=FAULT_LIMITS,
+        ledger_missing_after=600,
+        webhooks={"shelter": hook_url},
+        ledger_url=d.url("ledger"),
+        api_ports={a: d.ports[a] for a in ("police", "shelter")},
+    )
+    procs.update(await launch(http, sandbox, tmp_path, ports=d.ports, ledger_config=ledger_config))
+    return d
+
+
+#: Injects faults while the load runs: given the counts (to record recoveries) and the
+#: monotonic start time.
+Chaos = Callable[["Counts", float], Awaitable[None]]
+
+
+async def run_under_chaos(
+    http: aiohttp.ClientSession,
+    sandbox: Sandbox,
+    d: Deployment,
+    webhooks: Webhooks,
+    chaos: Chaos,
+    *,
+    total: int,
+    rate: float,
+    settle_seconds: float,
+) -> tuple[Counts, float]:
+    """Offer `total` referrals police -> shelter at `rate` while `chaos` runs, wait for
+    everything to settle, then `check`. Returns the counts and the load phase's length."""
+    load = Load(http, d.url("police"), sandbox.agencies["police"].token, total, rate)
+    counts = Counts()
+    t0 = time.monotonic()
+    chaos_task = asyncio.create_task(chaos(counts, t0))
+    await load.run(duration=total / rate)
+    await chaos_task
+    load_seconds = time.monotonic() - t0
+    counts.settle_seconds = await settle(
+        sandbox, set(load.accepted), webhooks, settle_seconds, counts.settled
+    )
+    await check(
+        sandbox,
+        http,
+        police_url=d.url("police"),
+        shelter_url=d.url("shelter"),
+        ledger_url=d.url("ledger"),
+        load=load,
+        webhooks=webhooks,
+        counts=counts,
+    )
+    return counts, load_seconds
+
+
+def assert_nothing_lost(counts: Counts) -> None:
+    """Every accepted referral stored once, delivered with its receipt, announced by one
+    stable webhook and in the ledger."""
+    assert counts.lost == 0, counts
+    assert counts.duplicates_stored == 0, counts
+    assert counts.delivered == counts.receipts == counts.accepted, counts
+    assert counts.webhook_missing == 0 and counts.webhook_unstable == 0, counts
+    assert counts.ledger_missing == 0, counts
 
 
 @dataclass

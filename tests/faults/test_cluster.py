@@ -15,23 +15,21 @@ import aiohttp
 import nats
 import pytest
 
-from keys.keyfile import load_key_dir
 from keys.subjects import MESSAGE_STREAM
 from nrm import admin
 from nrm.sandbox import Sandbox, prepare_mechanism
+from runtime.keydir import load_key_dir
 
 from ..support import AGENCIES
 from .harness import (
-    FAULT_LIMITS,
     Counts,
-    Load,
     Proc,
     Webhooks,
-    check,
+    assert_nothing_lost,
+    deploy,
     free_port,
-    launch,
     report,
-    settle,
+    run_under_chaos,
 )
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
@@ -100,29 +98,10 @@ async def test_cluster_loses_nothing_when_nodes_die(
             nc, js = await operator_js(sandbox)
             info = await js.stream_info(MESSAGE_STREAM)
             assert info.config.num_replicas == 3
-            ports = {"police": free_port(), "shelter": free_port(), "ledger": free_port()}
-            ledger_url = f"http://127.0.0.1:{ports['ledger']}"
-            ledger_config = sandbox.write_ledger_config(
-                checkpoint_interval=0.5, bind=f"127.0.0.1:{ports['ledger']}"
-            )
-            sandbox.write_agent_configs(
-                limits=FAULT_LIMITS,
-                ledger_missing_after=600,
-                webhooks={"shelter": hook_url},
-                ledger_url=ledger_url,
-                api_ports={a: ports[a] for a in ("police", "shelter")},
-            )
+            d = await deploy(http, sandbox, tmp_path, hook_url=hook_url, procs=procs)
             assert sandbox.agencies["police"].config_path.read_text().count("nats://") == 3
-            procs.update(
-                await launch(http, sandbox, tmp_path, ports=ports, ledger_config=ledger_config)
-            )
 
-            police = sandbox.agencies["police"]
-            load = Load(http, f"http://127.0.0.1:{ports['police']}", police.token, TOTAL, RATE)
-            counts = Counts()
-            t0 = time.monotonic()
-
-            async def chaos() -> None:
+            async def chaos(counts: Counts, t0: float) -> None:
                 for which in KILLS:
                     await asyncio.sleep(rng.uniform(1.0, 3.0))
                     leader = await stream_leader(js)
@@ -149,21 +128,15 @@ async def test_cluster_loses_nothing_when_nodes_die(
                         }
                     )
 
-            chaos_task = asyncio.create_task(chaos())
-            await load.run(duration=TOTAL / RATE)
-            await chaos_task
-            counts.settle_seconds = await settle(
-                sandbox, set(load.accepted), webhooks, SETTLE_SECONDS, counts.settled
-            )
-            await check(
-                sandbox,
+            counts, _ = await run_under_chaos(
                 http,
-                police_url=f"http://127.0.0.1:{ports['police']}",
-                shelter_url=f"http://127.0.0.1:{ports['shelter']}",
-                ledger_url=ledger_url,
-                load=load,
-                webhooks=webhooks,
-                counts=counts,
+                sandbox,
+                d,
+                webhooks,
+                chaos,
+                total=TOTAL,
+                rate=RATE,
+                settle_seconds=SETTLE_SECONDS,
             )
             text = report(counts, tmp_path / "cluster-counts.json", "three-node cluster")
             failovers = ", ".join(
@@ -181,9 +154,5 @@ async def test_cluster_loses_nothing_when_nodes_die(
             await webhooks.stop()
 
     assert counts.accepted >= TOTAL * 0.9, counts
-    assert counts.lost == 0, counts
-    assert counts.duplicates_stored == 0, counts
-    assert counts.delivered == counts.receipts == counts.accepted, counts
-    assert counts.webhook_missing == 0 and counts.webhook_unstable == 0, counts
-    assert counts.ledger_missing == 0, counts
+    assert_nothing_lost(counts)
     assert sum(1 for r in counts.recoveries if "(leader)" in r["target"]) == 2

@@ -21,18 +21,7 @@ from broker import NatsServer
 from nrm.sandbox import prepare_mechanism
 
 from ..support import AGENCIES
-from .harness import (
-    FAULT_LIMITS,
-    Counts,
-    Load,
-    Proc,
-    Webhooks,
-    check,
-    free_port,
-    launch,
-    report,
-    settle,
-)
+from .harness import Proc, Webhooks, assert_nothing_lost, deploy, report, run_under_chaos
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
@@ -85,22 +74,7 @@ async def test_nothing_lost_or_duplicated_under_kills(
         hook_url = await webhooks.start()
         await sandbox.start_bus()
         try:
-            ports = {"police": free_port(), "shelter": free_port(), "ledger": free_port()}
-            ledger_url = f"http://127.0.0.1:{ports['ledger']}"
-            ledger_config = sandbox.write_ledger_config(
-                checkpoint_interval=0.5, bind=f"127.0.0.1:{ports['ledger']}"
-            )
-            sandbox.write_agent_configs(
-                limits=FAULT_LIMITS,
-                ledger_missing_after=600,
-                webhooks={"shelter": hook_url},
-                ledger_url=ledger_url,
-                api_ports={a: ports[a] for a in ("police", "shelter")},
-            )
-            procs.update(
-                await launch(http, sandbox, tmp_path, ports=ports, ledger_config=ledger_config)
-            )
-
+            d = await deploy(http, sandbox, tmp_path, hook_url=hook_url, procs=procs)
             bus = sandbox.bus
             assert bus is not None
             targets = {name: _proc_actions(proc) for name, proc in procs.items()}
@@ -111,27 +85,15 @@ async def test_nothing_lost_or_duplicated_under_kills(
             ready["nats"] = lambda: asyncio.gather(
                 procs["police"].wait_ready(http), procs["shelter"].wait_ready(http)
             )
-            police = sandbox.agencies["police"]
-            load = Load(http, f"http://127.0.0.1:{ports['police']}", police.token, TOTAL, RATE)
-            counts = Counts()
-            t0 = time.monotonic()
-            chaos_task = asyncio.create_task(chaos(rng, targets, ready, t0, counts.recoveries))
-            await load.run(duration=TOTAL / RATE)
-            await chaos_task
-            load_seconds = time.monotonic() - t0
-
-            counts.settle_seconds = await settle(
-                sandbox, set(load.accepted), webhooks, SETTLE_SECONDS, counts.settled
-            )
-            await check(
-                sandbox,
+            counts, load_seconds = await run_under_chaos(
                 http,
-                police_url=f"http://127.0.0.1:{ports['police']}",
-                shelter_url=f"http://127.0.0.1:{ports['shelter']}",
-                ledger_url=ledger_url,
-                load=load,
-                webhooks=webhooks,
-                counts=counts,
+                sandbox,
+                d,
+                webhooks,
+                lambda counts, t0: chaos(rng, targets, ready, t0, counts.recoveries),
+                total=TOTAL,
+                rate=RATE,
+                settle_seconds=SETTLE_SECONDS,
             )
             text = report(counts, tmp_path / "fault-counts.json", f"fault injection (seed {seed})")
             with capsys.disabled():
@@ -143,11 +105,7 @@ async def test_nothing_lost_or_duplicated_under_kills(
             await webhooks.stop()
 
     assert counts.accepted >= TOTAL // 2, counts
-    assert counts.lost == 0, counts
-    assert counts.duplicates_stored == 0, counts
-    assert counts.delivered == counts.receipts == counts.accepted, counts
-    assert counts.webhook_missing == 0 and counts.webhook_unstable == 0, counts
-    assert counts.ledger_missing == 0, counts
+    assert_nothing_lost(counts)
     assert sorted({r["target"] for r in counts.recoveries}) == [
         "ledger",
         "nats",

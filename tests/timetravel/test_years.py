@@ -37,11 +37,12 @@ from agents import Agent
 from broker.ledger import Ledger, LedgerConfig
 from broker.ledger_restore import restore_ledger
 from keys import PublicIdentity
-from keys.durability import backup
-from keys.keyfile import INTERACTIVE, load_key_dir, rotate_key_dir
+from keys.keyfile import INTERACTIVE
 from nrm import admin
 from nrm.sandbox import AgencySetup, Sandbox, prepare_mechanism
 from runtime import clock
+from runtime.durability import backup
+from runtime.keydir import load_key_dir, rotate_key_dir
 from tests import samples
 from tests.faults.harness import free_port
 

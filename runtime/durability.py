@@ -17,7 +17,8 @@ to zero bytes, retrying until no reader or writer holds it up, so that no WAL fr
 page as it was before the commits made durable first.
 
 `backup()` copies such a database consistently while it is in use (`nrm agent backup`,
-`nrm ledger backup`).
+`nrm ledger backup`); `install()` puts a staged copy in a database's place, keeping the
+replaced one aside (`nrm agent restore`, `nrm ledger restore`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ import asyncio
 import os
 import sqlite3
 from pathlib import Path
+
+from .files import fsync as _fsync
+from .files import fsync_dir
+
+#: A database in WAL mode is these files.
+SUFFIXES = ("", "-wal", "-shm")
 
 #: WAL size past which the worker thread checkpoints it.
 CHECKPOINT_BYTES = 64 << 20
@@ -49,7 +56,7 @@ class GroupCommit:
         self.flushes = 0
         #: TRUNCATE checkpoints that a reader or writer held up (`truncate` retried them).
         self.busy_checkpoints = 0
-        _fsync(database.parent, directory=True)  # the WAL file's directory entry, once
+        fsync_dir(database.parent)  # the WAL file's directory entry, once
 
     def committed(self) -> None:
         """Call after every COMMIT."""
@@ -123,21 +130,26 @@ def backup(source: Path, target: Path) -> int:
         finally:
             src.close()
         _fsync(target)
-        _fsync(target.parent, directory=True)
+        fsync_dir(target.parent)
     except BaseException:
         target.unlink(missing_ok=True)
         raise
     return target.stat().st_size
 
 
-def _fsync(path: Path, *, directory: bool = False) -> int:
-    """fsync a file (or directory) and return its size; 0 if it does not exist."""
-    try:
-        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    except FileNotFoundError:
-        return 0  # no WAL: SQLite checkpointed it into the database file and synced that
-    try:
-        os.fsync(fd)
-        return os.fstat(fd).st_size
-    finally:
-        os.close(fd)
+def install(staged: Path, database: Path, *, kept: Path, extra: tuple[str, ...] = ()) -> bool:
+    """Put the checkpointed database `staged` in the place of `database`, 0600. A database
+    already there (with its WAL and shared memory) is moved to `kept` first; the staged
+    copy's own side files (and those named by `extra` suffixes) are removed. Returns whether
+    there was a database to keep."""
+    present = database.exists()
+    if present:
+        for suffix in SUFFIXES:
+            if Path(f"{database}{suffix}").exists():
+                os.replace(f"{database}{suffix}", f"{kept}{suffix}")
+    for suffix in ("-wal", "-shm", *extra):
+        Path(f"{staged}{suffix}").unlink(missing_ok=True)
+    os.replace(staged, database)
+    database.chmod(0o600)
+    fsync_dir(database.parent)
+    return present

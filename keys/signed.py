@@ -1,0 +1,56 @@
+"""The signed frame of audit events and restore declarations (docs/PROTOCOL.md §9.1, §9.4):
+
+    signed    = canonical msgpack [1, body (bin), signer kid, signature]
+    signature = Ed25519(signing key, label || 0x00 || body)
+
+One encoder and one strict decoder for both; what the body holds, and which key must have
+signed it, is the caller's. Pure.
+"""
+
+from __future__ import annotations
+
+import nacl.exceptions
+from nacl.signing import SigningKey, VerifyKey
+
+from . import codec
+from .errors import BadSignatureError, MalformedError
+from .identity import signing_kid
+
+VERSION = 1
+
+
+def sign_frame(label: bytes, body: bytes, key: SigningKey) -> bytes:
+    """`body` signed by `key` under the domain-separation `label`, framed."""
+    signature = key.sign(label + b"\x00" + body).signature
+    return codec.pack([VERSION, body, signing_kid(key.verify_key), signature])
+
+
+def decode_frame(
+    data: bytes, *, max_bytes: int, max_items: int, what: str, body_name: str
+) -> tuple[bytes, str, bytes]:
+    """(body, signer kid, signature), strictly decoded (size checked first); nothing
+    verified. MalformedError names `[1, <body_name>, signer kid, signature]`."""
+    raw = codec.unpack(data, max_bytes=max_bytes, max_items=max_items, what=what)
+    if not (
+        isinstance(raw, list)
+        and len(raw) == 4
+        and raw[0] == VERSION
+        and not isinstance(raw[0], bool)
+        and isinstance(raw[1], bytes)
+        and isinstance(raw[2], str)
+        and isinstance(raw[3], bytes)
+        and len(raw[3]) == 64
+    ):
+        raise MalformedError(f"signed {what} must be [1, {body_name}, signer kid, signature]")
+    _, body, kid, signature = raw
+    return body, kid, signature
+
+
+def check_signature(
+    label: bytes, body: bytes, signature: bytes, key: VerifyKey, *, failure: str
+) -> None:
+    """Raise BadSignatureError(`failure`) unless `key` made `signature` over label||0||body."""
+    try:
+        key.verify(label + b"\x00" + body, signature)
+    except nacl.exceptions.BadSignatureError as e:
+        raise BadSignatureError(failure) from e

@@ -1,0 +1,72 @@
+"""What every HTTP service of NRM Exchange answers the same way: RFC 9457 problem details
+and bearer tokens checked by SHA-256 digest in constant time (the agent's API, the ledger's).
+
+Only a token's digest is configured (`token_sha256`); a presented token is hashed and
+compared against every configured digest, each in constant time, so neither the answer nor
+its timing says which digest came close.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+PROBLEM_TYPE_BASE = "https://nrm-exchange.org/problems/"
+
+
+def problem(status: int, title: str, detail: str, **extra: Any) -> web.Response:
+    """A problem+json response. `detail` must never carry personal data."""
+    slug = title.lower().replace(" ", "-")
+    body = {"type": PROBLEM_TYPE_BASE + slug, "title": title, "status": status, "detail": detail}
+    body.update(extra)
+    return web.Response(
+        status=status,
+        body=json.dumps(body).encode(),
+        content_type="application/problem+json",
+    )
+
+
+class ProblemError(Exception):
+    """Raised by handlers; the service's middleware turns it into a problem+json response."""
+
+    def __init__(self, status: int, title: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.extra = extra
+
+    def response(self) -> web.Response:
+        return problem(self.status, self.title, self.detail, **self.extra)
+
+
+def token_digest(token: str) -> bytes:
+    """The SHA-256 digest of a bearer token: what `token_sha256` holds, in hex."""
+    return hashlib.sha256(token.encode("utf-8", "replace")).digest()
+
+
+def bearer_match(authorization: str, digests: Sequence[bytes]) -> int | None:
+    """The index in `digests` of the token an `Authorization: Bearer <token>` header
+    carries, or None (no bearer token, or none matches). Every digest is compared."""
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    presented = token_digest(token)
+    found = None
+    for index, expected in enumerate(digests):
+        if hmac.compare_digest(presented, expected):
+            found = index
+    return found
+
+
+def unauthorized(detail: str, *, realm: str) -> web.Response:
+    """401 problem+json asking for a bearer token of `realm`."""
+    response = problem(401, "Unauthorized", detail)
+    response.headers["WWW-Authenticate"] = f'Bearer realm="{realm}"'
+    return response
