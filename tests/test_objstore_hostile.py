@@ -26,13 +26,13 @@ import nats.js.errors
 import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy, ObjectStoreConfig, StorageType
 
-from keys.keyfile import load_key_dir
 from keys.subjects import (
     attachment_bucket,
     attachment_object,
     attachment_stream,
     reply_prefix,
 )
+from runtime.keydir import load_key_dir
 
 from .support import Mechanism, eventually
 from .test_agent import delivered, operator_js

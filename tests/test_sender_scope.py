@@ -21,9 +21,9 @@ from keys import AgencyKeys
 from keys.audit import decode_signed_event
 from keys.codec import canonical_json
 from keys.envelope import envelope_hash, seal
-from keys.keyfile import load_key_dir
 from keys.subjects import inbox_subject
 from runtime import clock
+from runtime.keydir import load_key_dir
 
 from . import samples
 from .support import Mechanism, eventually
