@@ -539,24 +539,16 @@ class Agent:
         if not isinstance(checked, Refusal):
             raise TypeError("a refusal handler takes a checked refusal")
         recipient = opened.header.sender
-        copy = next(
-            (
-                c
-                for c in self.store.undelivered()
-                if c.message_id == checked.message_id
-                and c.recipient == recipient
-                and envelope_hash(c.envelope) == checked.envelope_hash
-            ),
-            None,
-        )
+        copy = self.store.undelivered_copy(checked.message_id, recipient, checked.envelope_hash)
         if copy is None or not self.store.fail_deliveries(
-            tx, [(copy.message_id, recipient, checked.reason)]
+            tx, [(checked.message_id, recipient, checked.reason)]
         ):
             raise UnexpectedMessageError("a refusal of no undelivered envelope sent to its sender")
+        kind, referral_id = copy
         self.audit.record(
             tx,
             "delivery.failed",
-            referral_id=copy.referral_id,
+            referral_id=referral_id,
             counterpart=recipient,
             envelope_hash=checked.envelope_hash,
             reason=checked.reason,
@@ -568,9 +560,9 @@ class Agent:
                 type="delivery.failed",
                 created=clock.now(),
                 data={
-                    "message_id": copy.message_id,
-                    "kind": copy.kind,
-                    "referral_id": copy.referral_id,
+                    "message_id": checked.message_id,
+                    "kind": kind,
+                    "referral_id": referral_id,
                     "recipients": [recipient],
                     "reason": checked.reason,
                 },
@@ -579,7 +571,7 @@ class Agent:
         self.metrics.outbox_failed.labels(checked.reason).inc()
         self.log.error(
             "delivery_refused",
-            message_id=copy.message_id,
+            message_id=checked.message_id,
             recipient=recipient,
             reason=checked.reason,
         )

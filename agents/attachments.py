@@ -270,8 +270,8 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def _well_formed(item: object) -> bool:
-    """A cited attachment as the referral schema describes it (a received referral is not
-    schema-checked as a whole: its sender did that; this is what the agent acts on)."""
+    """A cited attachment as the referral schema describes it (agents/inbound.py checks a
+    received referral as a whole first; this is the part the attachment loop acts on)."""
     if not isinstance(item, dict):
         return False
     attachment_id, sha256, size = item.get("attachment_id"), item.get("sha256"), item.get("size")

@@ -86,9 +86,23 @@ class Eraser:
                     "erased_at": c.erased_at,
                 }
             )
-            with self.store.transaction() as db:
-                self.send(ERASURE_CONFIRMATION, body, [c.sender], db)
-                self.store.confirmation_sent(db, c.receipt_id, c.sender)
+            try:
+                with self.store.transaction() as db:
+                    self.send(ERASURE_CONFIRMATION, body, [c.sender], db)
+                    self.store.confirmation_sent(db, c.receipt_id, c.sender)
+            except UntrustedInputError as e:
+                # The withdrawing agency can no longer be sealed to (removed, keys revoked):
+                # the erasure stands; only its confirmation cannot go. Drop it rather than
+                # hold back every other agency's confirmation behind it.
+                with self.store.transaction() as db:
+                    self.store.confirmation_sent(db, c.receipt_id, c.sender)
+                self.log.warning(
+                    "erasure_confirmation_unsendable",
+                    receipt_id=c.receipt_id,
+                    counterpart=c.sender,
+                    reason=e.reason,
+                )
+                continue
             self.log.info(
                 "erasure_confirmation_queued", receipt_id=c.receipt_id, counterpart=c.sender
             )

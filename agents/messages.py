@@ -78,6 +78,8 @@ NOTIFIED_REASONS = frozenset(
         "unknown-reason-code",
         "unexpected",
         "unprocessable",
+        "not-shared",
+        "reused-referral-id",
     }
 )
 

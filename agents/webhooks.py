@@ -54,7 +54,6 @@ EVENT_TYPES: Final = frozenset(
         "referral.received",
         "transition.received",
         "consent.withdrawn",
-        "erasure.requested",
         "escalation.received",
         "delivery.failed",
     }

@@ -6,10 +6,11 @@ verifies each update from the pinned root exactly as agents do, and reloads the 
 server (SIGHUP, no restart) whenever the set of NKeys or roles changes; a rotated NATS key
 thus replaces the old one at once, and connections made with the old one are closed. An
 agency the directory admits gets its attachment bucket (broker/streams.py) before the reload
-lets it connect. The reload waits for nats-server to confirm it, so it runs in a worker
-thread, never on the event loop. It also runs the `ConnectionWatch` reporting agencies logged
-in more than once. All its loops run under one supervisor (runtime/supervisor.py), whose
-deaths `health` reports.
+lets it connect (if the bucket cannot be made, the reload goes ahead and the bucket is tried
+again: an authorization change, a revocation say, is never held back). The reload waits for
+nats-server to confirm it, so it runs in a worker thread, never on the event loop. It also
+runs the `ConnectionWatch` reporting agencies logged in more than once. All its loops run
+under one supervisor (runtime/supervisor.py), whose deaths `health` reports.
 """
 
 from __future__ import annotations
@@ -126,12 +127,14 @@ class DirectoryAuthority:
                         self.server.url, missing, nkeys_seed=self.operator_seed
                     )
                 except TRANSIENT as e:
+                    # Never hold an authorization change (a revocation, say) back behind a
+                    # bucket: apply it now; the agency's uploads wait for its bucket, and
+                    # the creation is tried again.
                     log.warning("attachment_bucket_provisioning_failed", error=type(e).__name__)
-                    await asyncio.sleep(RETRY_SECONDS)
-                    self._changed.set()
-                    continue
-                self.provisioned.update(missing)
-                log.info("attachment_buckets_provisioned", count=len(missing))
+                    self._retry_later()
+                else:
+                    self.provisioned.update(missing)
+                    log.info("attachment_buckets_provisioned", count=len(missing))
             if self._wanted is not directory:
                 continue  # a newer one came: it is applied next, after its own buckets
             try:
@@ -144,6 +147,10 @@ class DirectoryAuthority:
                     directory_version=directory.version,
                     error=type(e).__name__,
                 )
+
+    def _retry_later(self) -> None:
+        """Offer the wanted directory again after RETRY_SECONDS (its buckets are missing)."""
+        asyncio.get_running_loop().call_later(RETRY_SECONDS, self._changed.set)
 
     def health(self) -> dict[str, Any]:
         """The follower's trust health, the supervisor's dead loops, and

@@ -4,7 +4,9 @@ the commit is durable and the WAL truncated.
 
 An envelope dropped from the outbox is stored as the empty BLOB (`DROPPED`): the column is
 NOT NULL in every database made so far, and its hash, kind, times and deliveries stay for the
-audit trail. The outbox only ever holds this agency's own referrals (owner: this agency).
+audit trail. The outbox has no owner column: its `referral_id` names this agency's own referral
+for referral messages, but a received one for the delivery receipts and transitions it sends
+about it; `drop_sent` therefore drops referral messages only.
 """
 
 from __future__ import annotations
@@ -60,11 +62,18 @@ class Erasure(Database):
 
     @staticmethod
     def queue_confirmation(db: sqlite3.Connection, c: PendingConfirmation) -> None:
+        """Queue a confirmation; one still queued for the same receipt and sender (a second
+        withdrawal came before it went) is merged into it, never overwritten."""
+        row = db.execute(
+            "SELECT referral_ids FROM erasure_confirmations WHERE receipt_id = ? AND sender = ?",
+            (c.receipt_id, c.sender),
+        ).fetchone()
+        ids = set(c.referral_ids) | (set() if row is None else set(json.loads(row[0])))
         db.execute(
             "INSERT INTO erasure_confirmations (receipt_id, sender, referral_ids, erased_at)"
             " VALUES (?, ?, ?, ?) ON CONFLICT (receipt_id, sender) DO UPDATE SET"
             " referral_ids = excluded.referral_ids, erased_at = excluded.erased_at",
-            (c.receipt_id, c.sender, json.dumps(sorted(c.referral_ids)), c.erased_at),
+            (c.receipt_id, c.sender, json.dumps(sorted(ids)), c.erased_at),
         )
 
     def pending_confirmations(self, limit: int) -> list[PendingConfirmation]:

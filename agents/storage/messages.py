@@ -223,6 +223,19 @@ class Messages(Database):
         ).fetchall()
         return [Undelivered(r[0], r[1], r[2], r[3], bytes(r[4]), r[5], r[6]) for r in rows]
 
+    def undelivered_copy(
+        self, message_id: str, recipient: str, envelope_hash: str
+    ) -> tuple[str, str | None] | None:
+        """(kind, referral id) of the copy of `message_id` to `recipient` not yet delivered,
+        if the envelope sent had `envelope_hash` (kept even once the envelope is dropped)."""
+        row = self._db.execute(
+            "SELECT o.kind, o.referral_id FROM deliveries d JOIN outbox o USING (message_id)"
+            " WHERE d.message_id = ? AND d.recipient = ? AND o.envelope_hash = ?"
+            " AND d.state IN ('queued', 'sent')",
+            (message_id, recipient, envelope_hash),
+        ).fetchone()
+        return None if row is None else (str(row[0]), row[1])
+
     @staticmethod
     def fail_deliveries(db: sqlite3.Connection, failed: Sequence[tuple[str, str, str]]) -> int:
         """Mark (message id, recipient, reason) copies failed for good, in the caller's

@@ -2,8 +2,8 @@
 
 Every purge deletes (or drops) at most `batch` rows older than `cutoff` and returns how many,
 leaving alone whatever belongs to a referral under legal hold. Holds, like every referral
-aggregate, are keyed by `(owner, referral_id)`; the outbox holds only this agency's own
-referrals, whose owner is `self.agency`.
+aggregate, are keyed by `(owner, referral_id)`. The outbox and webhook bodies carry no owner,
+so there a hold on any referral of that id holds (it keeps more, never less).
 """
 
 from __future__ import annotations
@@ -57,10 +57,13 @@ class Retention(Database):
 
     # --- the purge -------------------------------------------------------------------------
 
-    def purge_envelopes(self, db: sqlite3.Connection, *, cutoff: int, batch: int) -> int:
+    @staticmethod
+    def purge_envelopes(db: sqlite3.Connection, *, cutoff: int, batch: int) -> int:
         """Drop the envelope of outbox messages every copy of which was delivered (receipted)
         before `cutoff`; hash, kind, times and deliveries stay."""
-        held = _HELD.format(o="?", r="o.referral_id")
+        # The outbox has no owner column (its referral_id names a received referral for the
+        # receipts and transitions sent about it), so a hold on any referral of that id holds.
+        held = "SELECT 1 FROM legal_holds h WHERE h.referral_id = o.referral_id"
         return db.execute(
             "UPDATE outbox SET envelope = ? WHERE rowid IN (SELECT o.rowid FROM outbox o"  # noqa: S608
             " WHERE length(o.envelope) > 0"
@@ -69,7 +72,7 @@ class Retention(Database):
             "   AND (d.state != 'delivered' OR d.delivered_at IS NULL OR d.delivered_at >= ?))"
             f" AND (o.referral_id IS NULL OR NOT EXISTS ({held}))"
             " LIMIT ?)",
-            (DROPPED, cutoff, self.agency, batch),
+            (DROPPED, cutoff, batch),
         ).rowcount
 
     @staticmethod
@@ -83,13 +86,14 @@ class Retention(Database):
 
     @staticmethod
     def purge_webhooks(db: sqlite3.Connection, *, cutoff: int, batch: int) -> int:
-        """Delete webhook events delivered to every URL before `cutoff`, except those about
-        a referral under legal hold."""
+        """Delete webhook events made before `cutoff`, delivered to every URL or not (an agent
+        with no webhook URL, or whose URL was removed, queues them all the same), except
+        those about a referral id under legal hold."""
         events = [
             str(r[0])
             for r in db.execute(
-                "SELECT w.event_id FROM webhook_outbox w WHERE w.state = 'delivered'"
-                " AND w.delivered_at < ? AND NOT EXISTS (SELECT 1 FROM legal_holds h"
+                "SELECT w.event_id FROM webhook_outbox w WHERE w.created < ?"
+                " AND NOT EXISTS (SELECT 1 FROM legal_holds h"
                 " WHERE h.referral_id = json_extract(CAST(w.body AS TEXT), '$.data.referral_id')"
                 " ) LIMIT ?",
                 (cutoff, batch),
@@ -149,8 +153,8 @@ class Retention(Database):
                 delete_webhooks_naming(db, owner, referral_id)
             else:
                 db.execute(
-                    "UPDATE outbox SET envelope = ? WHERE referral_id = ? AND message_id IN"
-                    " (SELECT message_id FROM deliveries WHERE recipient = ?)",
+                    "UPDATE outbox SET envelope = ? WHERE referral_id = ? AND kind = 'referral'"
+                    " AND message_id IN (SELECT message_id FROM deliveries WHERE recipient = ?)",
                     (DROPPED, referral_id, counterpart),
                 )
         return len(rows)

@@ -39,11 +39,14 @@ class WebhookOutbox(Database):
 
     def webhook_attempt(self, event_id: str, url: str, status: int | None) -> None:
         with self.transaction() as db:
+            # An erasure or the retention purge may have deleted the event meanwhile: then
+            # nothing is recorded (the SELECT yields no row), never a foreign-key failure.
             db.execute(
                 "INSERT INTO webhook_deliveries (event_id, url, attempts, last_status)"
-                " VALUES (?, ?, 1, ?) ON CONFLICT (event_id, url)"
+                " SELECT ?, ?, 1, ? WHERE EXISTS"
+                " (SELECT 1 FROM webhook_outbox WHERE event_id = ?) ON CONFLICT (event_id, url)"
                 " DO UPDATE SET attempts = attempts + 1, last_status = excluded.last_status",
-                (event_id, url, status),
+                (event_id, url, status, event_id),
             )
 
     def webhook_delivered(self, event_id: str, url: str, status: int, urls: Sequence[str]) -> None:
@@ -52,11 +55,12 @@ class WebhookOutbox(Database):
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO webhook_deliveries"
-                " (event_id, url, attempts, last_status, delivered_at) VALUES (?, ?, 1, ?, ?)"
+                " (event_id, url, attempts, last_status, delivered_at) SELECT ?, ?, 1, ?, ?"
+                " WHERE EXISTS (SELECT 1 FROM webhook_outbox WHERE event_id = ?)"
                 " ON CONFLICT (event_id, url) DO UPDATE"
                 " SET attempts = attempts + 1, last_status = excluded.last_status,"
                 " delivered_at = excluded.delivered_at WHERE delivered_at IS NULL",
-                (event_id, url, status, now),
+                (event_id, url, status, now, event_id),
             )
             marks = ",".join("?" * len(urls))
             # Only placeholders are interpolated; every value is a bound parameter.
