@@ -22,6 +22,7 @@ from keys import Limits
 from keys.identity import check_agency_id
 from runtime.http import ProblemError, bearer_match, problem, unauthorized
 
+from . import errors as E
 from .attachments import ATTACHMENT_TYPES, Attachments
 from .config import ApiClient
 from .desk import Desk
@@ -37,6 +38,29 @@ log = structlog.get_logger("nrm.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 UNPROCESSABLE = "Unprocessable Content"
+NO_REFERRAL = "no referral with this id at this agency"
+
+#: Where domain errors (agents/errors.py) become HTTP: status and title per class, the most
+#: specific class listed first wins (a subclass not listed answers as its nearest base).
+#: The body is `detail` and the error's extra members; `type` follows from the title.
+PROBLEMS: dict[type[E.DomainError], tuple[int, str]] = {
+    E.NotFound: (404, "Not Found"),
+    E.Conflict: (409, "Conflict"),
+    E.BadRequest: (400, "Bad Request"),
+    E.Unprocessable: (422, UNPROCESSABLE),
+    E.TooLarge: (413, "Content Too Large"),
+    E.Gone: (410, "Gone"),
+    E.Unavailable: (503, "Service Unavailable"),
+}
+
+
+def domain_problem(error: E.DomainError) -> ProblemError:
+    """The problem+json a domain error answers with (`PROBLEMS`)."""
+    for cls in type(error).__mro__:
+        if cls in PROBLEMS:
+            status, title = PROBLEMS[cls]
+            return ProblemError(status, title, error.detail, **error.extra)
+    raise TypeError(f"no HTTP mapping for {type(error).__name__}")  # a bug: add it above
 
 
 class Backend(Protocol):
@@ -112,6 +136,8 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
         return await handler(request)
     except ProblemError as e:
         return e.response()
+    except E.DomainError as e:
+        return domain_problem(e).response()
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -326,7 +352,7 @@ async def get_referral(request: web.Request) -> web.Response:
     owner = backend.desk.owner_of(referral_id, _sender_param(request))
     rows = backend.store.referral_rows(owner, referral_id)
     if not rows:
-        raise ProblemError(404, "Not Found", "no referral with this id at this agency")
+        raise ProblemError(404, "Not Found", NO_REFERRAL)
     side = rows[0][1]
     parties = []
     for counterpart, _, state, _t, _u, _b, message_id, _c, updated, escalated, _r in rows:
@@ -383,7 +409,7 @@ async def referral_history(request: web.Request) -> web.Response:
     owner = backend.desk.owner_of(referral_id, _sender_param(request))
     rows = backend.store.history_rows(owner, referral_id)
     if not rows:
-        raise ProblemError(404, "Not Found", "no referral with this id at this agency")
+        raise ProblemError(404, "Not Found", NO_REFERRAL)
     items = [
         {
             "counterpart": r[0],
@@ -427,28 +453,22 @@ async def transition(request: web.Request) -> web.Response:
 
 async def place_legal_hold(request: web.Request) -> web.Response:
     """Stop every retention purge of this referral until the hold is lifted (idempotent)."""
-    _need(request, "act")
-    backend = request.app[BACKEND]
-    referral_id = request.match_info["id"]
-    owner = backend.desk.owner_of(referral_id, _sender_param(request))
-    try:
-        result = backend.retention.hold(owner, referral_id, by=request[CLIENT].name)
-    except KeyError as e:
-        raise ProblemError(404, "Not Found", "no referral with this id at this agency") from e
-    return web.json_response(result)
+    return _legal_hold(request, lambda r, owner, rid: r.hold(owner, rid, by=request[CLIENT].name))
 
 
 async def lift_legal_hold(request: web.Request) -> web.Response:
     """Let the retention schedule apply to this referral again (idempotent)."""
+    return _legal_hold(request, lambda r, owner, rid: r.lift(owner, rid))
+
+
+def _legal_hold(
+    request: web.Request, act: Callable[[Retention, str, str], dict[str, Any]]
+) -> web.Response:
     _need(request, "act")
     backend = request.app[BACKEND]
     referral_id = request.match_info["id"]
     owner = backend.desk.owner_of(referral_id, _sender_param(request))
-    try:
-        result = backend.retention.lift(owner, referral_id)
-    except KeyError as e:
-        raise ProblemError(404, "Not Found", "no referral with this id at this agency") from e
-    return web.json_response(result)
+    return web.json_response(act(backend.retention, owner, referral_id))
 
 
 async def list_inbox(request: web.Request) -> web.Response:
