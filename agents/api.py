@@ -346,10 +346,7 @@ async def list_referrals(request: web.Request) -> web.Response:
 
 
 async def get_referral(request: web.Request) -> web.Response:
-    _need(request, "read")
-    backend = request.app[BACKEND]
-    referral_id = request.match_info["id"]
-    owner = backend.desk.owner_of(referral_id, _sender_param(request))
+    backend, owner, referral_id = _named_referral(request, "read")
     rows = backend.store.referral_rows(owner, referral_id)
     if not rows:
         raise ProblemError(404, "Not Found", NO_REFERRAL)
@@ -403,10 +400,7 @@ async def get_referral(request: web.Request) -> web.Response:
 
 
 async def referral_history(request: web.Request) -> web.Response:
-    _need(request, "read")
-    backend = request.app[BACKEND]
-    referral_id = request.match_info["id"]
-    owner = backend.desk.owner_of(referral_id, _sender_param(request))
+    backend, owner, referral_id = _named_referral(request, "read")
     rows = backend.store.history_rows(owner, referral_id)
     if not rows:
         raise ProblemError(404, "Not Found", NO_REFERRAL)
@@ -464,10 +458,7 @@ async def lift_legal_hold(request: web.Request) -> web.Response:
 def _legal_hold(
     request: web.Request, act: Callable[[Retention, str, str], dict[str, Any]]
 ) -> web.Response:
-    _need(request, "act")
-    backend = request.app[BACKEND]
-    referral_id = request.match_info["id"]
-    owner = backend.desk.owner_of(referral_id, _sender_param(request))
+    backend, owner, referral_id = _named_referral(request, "act")
     return web.json_response(act(backend.retention, owner, referral_id))
 
 
@@ -563,10 +554,7 @@ async def upload_attachment(request: web.Request) -> web.Response:
 
 
 async def get_attachment(request: web.Request) -> web.StreamResponse:
-    _need(request, "read")
-    backend = request.app[BACKEND]
-    referral_id = request.match_info["id"]
-    owner = backend.desk.owner_of(referral_id, _sender_param(request))
+    backend, owner, referral_id = _named_referral(request, "read")
     state, media_type, content = backend.attachments.read(
         owner, referral_id, request.match_info["attachment_id"]
     )
@@ -581,6 +569,15 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
     if state == "erased":
         raise ProblemError(410, "Gone", "the attachment was erased after consent withdrawal")
     return web.Response(body=content, content_type=media_type)
+
+
+def _named_referral(request: web.Request, scope: str) -> tuple[Backend, str, str]:
+    """For a request naming a referral in its path (and maybe `?sender=`), after checking
+    the token has `scope`: the backend, the referral's owner and its id."""
+    _need(request, scope)
+    backend = request.app[BACKEND]
+    referral_id = request.match_info["id"]
+    return backend, backend.desk.owner_of(referral_id, _sender_param(request)), referral_id
 
 
 def _sender_param(request: web.Request) -> str | None:

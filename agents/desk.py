@@ -278,14 +278,8 @@ class Desk:
         self._history(
             db, owner, referral_id, owner, Step(None, "delivered", "system", None, None, now)
         )
-        W.enqueue(
-            db,
-            W.WebhookEvent(
-                id=W.new_event_id(),
-                type="referral.received",
-                created=now,
-                data={"referral_id": referral_id, "sender": h.sender},
-            ),
+        self._webhook(
+            db, "referral.received", {"referral_id": referral_id, "sender": h.sender}, at=now
         )
         return {k: str(v) for k, v in routing.items() if k in ("referral_type", "urgency")}
 
@@ -420,21 +414,17 @@ class Desk:
             counterpart=sender,
             labels=(("state", step.to_state),),
         )
-        W.enqueue(
+        self._webhook(
             db,
-            W.WebhookEvent(
-                id=W.new_event_id(),
-                type="transition.received",
-                created=clock.now(),
-                data={
-                    "referral_id": step.referral_id,
-                    "counterpart": sender,
-                    "from": state,
-                    "to": step.to_state,
-                    "reason": step.reason,
-                    "outcome": step.outcome,
-                },
-            ),
+            "transition.received",
+            {
+                "referral_id": step.referral_id,
+                "counterpart": sender,
+                "from": state,
+                "to": step.to_state,
+                "reason": step.reason,
+                "outcome": step.outcome,
+            },
         )
 
     def _set_state(
@@ -451,6 +441,20 @@ class Desk:
     ) -> None:
         step = Step(from_state, to_state, party, reason, outcome, clock.now())
         self.store.set_state(db, owner, referral_id, counterpart, step)
+
+    def _webhook(
+        self, db: sqlite3.Connection, kind: str, data: dict[str, Any], *, at: int | None = None
+    ) -> None:
+        """Queue a webhook event of type `kind` (at `at`, else now) in the caller's transaction."""
+        W.enqueue(
+            db,
+            W.WebhookEvent(
+                id=W.new_event_id(),
+                type=kind,
+                created=clock.now() if at is None else at,
+                data=data,
+            ),
+        )
 
     def _history(
         self, db: sqlite3.Connection, owner: str, referral_id: str, counterpart: str, step: Step
@@ -518,15 +522,7 @@ class Desk:
             what="escalation",
             required={"referral_id": str, "recipient": str, "urgency": str, "submitted_at": int},
         )
-        W.enqueue(
-            db,
-            W.WebhookEvent(
-                id=W.new_event_id(),
-                type="escalation.received",
-                created=clock.now(),
-                data={**notice, "sender": opened.header.sender},
-            ),
-        )
+        self._webhook(db, "escalation.received", {**notice, "sender": opened.header.sender})
 
     # --- consent -----------------------------------------------------------------------------
 
@@ -666,18 +662,15 @@ class Desk:
             referrals=len(erased),
             counterpart=sender,
         )
-        W.enqueue(
+        self._webhook(
             db,
-            W.WebhookEvent(
-                id=W.new_event_id(),
-                type="consent.withdrawn",
-                created=now,
-                data={
-                    "receipt_id": notice["receipt_id"],
-                    "referral_ids": sorted(erased),
-                    "sender": sender,
-                },
-            ),
+            "consent.withdrawn",
+            {
+                "receipt_id": notice["receipt_id"],
+                "referral_ids": sorted(erased),
+                "sender": sender,
+            },
+            at=now,
         )
 
     def on_erasure_confirmation(self, db: sqlite3.Connection, opened: Opened) -> None:
