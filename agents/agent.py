@@ -44,6 +44,7 @@ from .audit import AuditTrail
 from .config import AgentConfig
 from .desk import Desk
 from .erasure import Eraser
+from .errors import DomainError, StandingRefusal, TooLarge, Unavailable, Unprocessable
 from .ledger_check import LedgerWatch
 from .messages import (
     CONSENT_WITHDRAWAL,
@@ -60,7 +61,6 @@ from .messages import (
 from .metrics import AgentMetrics
 from .nats_key import NatsKeyFollower, wanted_seed
 from .presence import DUPLICATE, HELD, Presence, instance_id
-from .problems import ProblemError
 from .resend import RESEND_REQUEST, Resender
 from .retention import Retention
 from .standing import StandingGuard
@@ -329,22 +329,16 @@ class Agent:
     ) -> dict[str, Any]:
         """Validate, minimise, seal and commit a referral to the outbox (before the 202)."""
         if len(set(recipients)) != len(recipients):
-            raise ProblemError(422, "Unprocessable Content", "recipients must be distinct")
+            raise Unprocessable("recipients must be distinct")
         if len(recipients) > self.limits.max_recipients:
-            raise ProblemError(
-                422, "Unprocessable Content", f"at most {self.limits.max_recipients} recipients"
-            )
+            raise Unprocessable(f"at most {self.limits.max_recipients} recipients")
         directory = self._directory()
         unknown = [r for r in recipients if r not in directory or r == self.config.agency]
         if unknown:
-            raise ProblemError(
-                422, "Unprocessable Content", f"unknown recipient agencies: {sorted(unknown)}"
-            )
+            raise Unprocessable(f"unknown recipient agencies: {sorted(unknown)}")
         body = canonical_json(referral)
         if len(body) > self.limits.max_body_bytes:
-            raise ProblemError(
-                413, "Content Too Large", f"the referral is over {self.limits.max_body_bytes} bytes"
-            )
+            raise TooLarge(f"the referral is over {self.limits.max_body_bytes} bytes")
         result = self.desk.submit(
             recipients=recipients, document=referral, client_reference=client_reference
         )
@@ -527,7 +521,7 @@ class Agent:
         notice = Refusal(message_id, digest, reason, clock.now())
         try:
             self._send(REFUSAL, notice.encode(), [sender], tx)
-        except (UntrustedInputError, ProblemError) as e:  # e.g. no key left to seal to
+        except (UntrustedInputError, DomainError) as e:  # e.g. no key left to seal to
             self.log.warning(
                 "refusal_unsendable", sender=sender, message_id=message_id, why=type(e).__name__
             )
@@ -703,9 +697,7 @@ class Agent:
     def _directory(self) -> Directory:
         directory = self.trust.directory
         if directory is None:
-            raise ProblemError(
-                503, "Service Unavailable", "the agent has no valid trust directory yet"
-            )
+            raise Unavailable("the agent has no valid trust directory yet")
         return directory
 
     def _load_keys(self) -> AgencyKeys:
@@ -788,9 +780,7 @@ class Agent:
             refusal = (DUPLICATE, "another agent process holds this agency's inbox lease")
         if refusal is not None:
             reason, detail = refusal
-            raise ProblemError(
-                503,
-                "Service Unavailable",
+            raise StandingRefusal(
                 f"this agency cannot send now ({reason}): {detail}",
                 reason=reason,
             )

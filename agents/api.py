@@ -22,6 +22,7 @@ from keys import Limits
 from keys.identity import check_agency_id
 from runtime.http import ProblemError, bearer_match, problem, unauthorized
 
+from . import errors as E
 from .attachments import ATTACHMENT_TYPES, Attachments
 from .config import ApiClient
 from .desk import Desk
@@ -37,6 +38,29 @@ log = structlog.get_logger("nrm.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 UNPROCESSABLE = "Unprocessable Content"
+NO_REFERRAL = "no referral with this id at this agency"
+
+#: Where domain errors (agents/errors.py) become HTTP: status and title per class, the most
+#: specific class listed first wins (a subclass not listed answers as its nearest base).
+#: The body is `detail` and the error's extra members; `type` follows from the title.
+PROBLEMS: dict[type[E.DomainError], tuple[int, str]] = {
+    E.NotFound: (404, "Not Found"),
+    E.Conflict: (409, "Conflict"),
+    E.BadRequest: (400, "Bad Request"),
+    E.Unprocessable: (422, UNPROCESSABLE),
+    E.TooLarge: (413, "Content Too Large"),
+    E.Gone: (410, "Gone"),
+    E.Unavailable: (503, "Service Unavailable"),
+}
+
+
+def domain_problem(error: E.DomainError) -> ProblemError:
+    """The problem+json a domain error answers with (`PROBLEMS`)."""
+    for cls in type(error).__mro__:
+        if cls in PROBLEMS:
+            status, title = PROBLEMS[cls]
+            return ProblemError(status, title, error.detail, **error.extra)
+    raise TypeError(f"no HTTP mapping for {type(error).__name__}")  # a bug: add it above
 
 
 class Backend(Protocol):
@@ -112,6 +136,8 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
         return await handler(request)
     except ProblemError as e:
         return e.response()
+    except E.DomainError as e:
+        return domain_problem(e).response()
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -320,13 +346,10 @@ async def list_referrals(request: web.Request) -> web.Response:
 
 
 async def get_referral(request: web.Request) -> web.Response:
-    _need(request, "read")
-    backend = request.app[BACKEND]
-    referral_id = request.match_info["id"]
-    owner = backend.desk.owner_of(referral_id, _sender_param(request))
+    backend, owner, referral_id = _named_referral(request, "read")
     rows = backend.store.referral_rows(owner, referral_id)
     if not rows:
-        raise ProblemError(404, "Not Found", "no referral with this id at this agency")
+        raise ProblemError(404, "Not Found", NO_REFERRAL)
     side = rows[0][1]
     parties = []
     for counterpart, _, state, _t, _u, _b, message_id, _c, updated, escalated, _r in rows:
@@ -377,13 +400,10 @@ async def get_referral(request: web.Request) -> web.Response:
 
 
 async def referral_history(request: web.Request) -> web.Response:
-    _need(request, "read")
-    backend = request.app[BACKEND]
-    referral_id = request.match_info["id"]
-    owner = backend.desk.owner_of(referral_id, _sender_param(request))
+    backend, owner, referral_id = _named_referral(request, "read")
     rows = backend.store.history_rows(owner, referral_id)
     if not rows:
-        raise ProblemError(404, "Not Found", "no referral with this id at this agency")
+        raise ProblemError(404, "Not Found", NO_REFERRAL)
     items = [
         {
             "counterpart": r[0],
@@ -427,28 +447,19 @@ async def transition(request: web.Request) -> web.Response:
 
 async def place_legal_hold(request: web.Request) -> web.Response:
     """Stop every retention purge of this referral until the hold is lifted (idempotent)."""
-    _need(request, "act")
-    backend = request.app[BACKEND]
-    referral_id = request.match_info["id"]
-    owner = backend.desk.owner_of(referral_id, _sender_param(request))
-    try:
-        result = backend.retention.hold(owner, referral_id, by=request[CLIENT].name)
-    except KeyError as e:
-        raise ProblemError(404, "Not Found", "no referral with this id at this agency") from e
-    return web.json_response(result)
+    return _legal_hold(request, lambda r, owner, rid: r.hold(owner, rid, by=request[CLIENT].name))
 
 
 async def lift_legal_hold(request: web.Request) -> web.Response:
     """Let the retention schedule apply to this referral again (idempotent)."""
-    _need(request, "act")
-    backend = request.app[BACKEND]
-    referral_id = request.match_info["id"]
-    owner = backend.desk.owner_of(referral_id, _sender_param(request))
-    try:
-        result = backend.retention.lift(owner, referral_id)
-    except KeyError as e:
-        raise ProblemError(404, "Not Found", "no referral with this id at this agency") from e
-    return web.json_response(result)
+    return _legal_hold(request, lambda r, owner, rid: r.lift(owner, rid))
+
+
+def _legal_hold(
+    request: web.Request, act: Callable[[Retention, str, str], dict[str, Any]]
+) -> web.Response:
+    backend, owner, referral_id = _named_referral(request, "act")
+    return web.json_response(act(backend.retention, owner, referral_id))
 
 
 async def list_inbox(request: web.Request) -> web.Response:
@@ -543,10 +554,7 @@ async def upload_attachment(request: web.Request) -> web.Response:
 
 
 async def get_attachment(request: web.Request) -> web.StreamResponse:
-    _need(request, "read")
-    backend = request.app[BACKEND]
-    referral_id = request.match_info["id"]
-    owner = backend.desk.owner_of(referral_id, _sender_param(request))
+    backend, owner, referral_id = _named_referral(request, "read")
     state, media_type, content = backend.attachments.read(
         owner, referral_id, request.match_info["attachment_id"]
     )
@@ -561,6 +569,15 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
     if state == "erased":
         raise ProblemError(410, "Gone", "the attachment was erased after consent withdrawal")
     return web.Response(body=content, content_type=media_type)
+
+
+def _named_referral(request: web.Request, scope: str) -> tuple[Backend, str, str]:
+    """For a request naming a referral in its path (and maybe `?sender=`), after checking
+    the token has `scope`: the backend, the referral's owner and its id."""
+    _need(request, scope)
+    backend = request.app[BACKEND]
+    referral_id = request.match_info["id"]
+    return backend, backend.desk.owner_of(referral_id, _sender_param(request)), referral_id
 
 
 def _sender_param(request: web.Request) -> str | None:

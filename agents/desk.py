@@ -37,7 +37,9 @@ from keys.key_history import signing_key_at
 from runtime import clock
 
 from . import consent as C
+from . import errors as E
 from . import lifecycle as L
+from . import planning as P
 from . import referral as R
 from . import webhooks as W
 from .attachments import Attachments, decode_key, encode_key
@@ -49,13 +51,11 @@ from .messages import (
     TRANSITION,
     parse_json_body,
 )
-from .problems import ProblemError
 from .store import NewReferral, PendingConfirmation, Step, Store
 
 log = structlog.get_logger("nrm.desk")
 
-UNPROCESSABLE = "Unprocessable Content"
-ESCALATION_ROLE = "coordinator"
+ESCALATION_ROLE = P.COORDINATOR
 
 
 class Sender(Protocol):
@@ -147,62 +147,27 @@ class Desk:
 
         The referral id is this agent's to choose (PROTOCOL §6.1): a new random one for every
         referral. `client_reference`, the case system's own, is kept here and never sent."""
-        if document.get("referral_id") is not None:
-            raise ProblemError(400, "Bad Request", "referral_id is assigned by the sending agent")
         if client_reference is not None:
             used = self.store.client_reference_used(client_reference)
             if used is not None:
-                raise ProblemError(
-                    409,
-                    "Conflict",
+                raise E.AlreadyExists(
                     "a referral was already submitted under this client_reference",
                     referral_id=used,
                 )
-        try:
-            referral = R.validate_referral(document)
-        except R.ReferralInvalid as e:
-            raise ProblemError(
-                422, UNPROCESSABLE, "the referral is not valid", problems=e.problems
-            ) from e
+        referral = P.validate(document)
         directory = self.directory()
-        roles = {r: directory.agency(r).roles for r in recipients}
         now = clock.now()
-        receipt = self._receipt_for(referral, now) if referral.legal_basis == "consent" else None
-        bodies: dict[str, dict[str, Any]] = {}
         cited = list(referral.body.get("attachments", []))
-        problems: list[str] = self.attachments.check_cited(cited)
-        for recipient in recipients:
-            body = dict(referral.body)
-            if referral.referral_type == "anonymous_notification":
-                if ESCALATION_ROLE not in roles[recipient]:
-                    problems.append(f"{recipient}: anonymous notifications go to the co-ordinator")
-                    continue
-                try:
-                    body = R.anonymise(R.strip_identifying(body))
-                except R.ReferralInvalid as e:
-                    problems += e.problems
-                    continue
-            body = R.minimise(body, R.categories_for_roles(roles[recipient]))
-            if receipt is not None:
-                present = set(R.categories_present(body))
-                for role in roles[recipient]:
-                    missing = C.uncovered(
-                        receipt,
-                        recipient=recipient,
-                        role=role,
-                        purpose=referral.purpose,
-                        categories=present,
-                        now=now,
-                    )
-                    if not missing:
-                        break
-                else:
-                    problems += missing
-            bodies[recipient] = body
-        if problems:
-            raise ProblemError(
-                422, UNPROCESSABLE, "the referral cannot be sent as it is", problems=problems
-            )
+        plan = P.plan(
+            referral,
+            recipients=recipients,
+            roles={r: directory.agency(r).roles for r in recipients},
+            consent=self._consent_for(referral),
+            now=now,
+            attachment_problems=self.attachments.check_cited(cited),
+        )
+        bodies = plan.bodies
+        receipt = plan.receipt
         referral_id = secrets.token_hex(16)
         routing = {**referral.routing(), "referral_id": referral_id}
         labels = (("referral_type", referral.referral_type), ("urgency", referral.urgency))
@@ -252,25 +217,16 @@ class Desk:
             result["client_reference"] = client_reference
         return result
 
-    def _receipt_for(self, referral: R.Referral, now: int) -> C.ConsentReceipt:
-        if referral.consent_receipt_id is None:
-            raise ProblemError(422, UNPROCESSABLE, "legal basis consent needs consent_receipt_id")
+    def _consent_for(self, referral: R.Referral) -> P.Consent | None:
+        """The verified receipt the referral cites, or None (not under consent, citing
+        none, or none by its id recorded here); a stored one that does not verify raises."""
+        if referral.legal_basis != "consent" or referral.consent_receipt_id is None:
+            return None
         try:
             verified = self.verified_consent(referral.consent_receipt_id)
-        except ProblemError as e:
-            if e.status != 404:
-                raise
-            raise ProblemError(
-                422,
-                UNPROCESSABLE,
-                "no consent receipt with this id was recorded at this agency; nothing was sent",
-            ) from e
-        receipt = verified.receipt
-        if not C.is_live(receipt, now=now, withdrawn=verified.withdrawn_at is not None):
-            raise ProblemError(
-                422, UNPROCESSABLE, "the consent receipt is withdrawn or expired; nothing was sent"
-            )
-        return receipt
+        except E.NotFound:
+            return None
+        return P.Consent(verified.receipt, withdrawn=verified.withdrawn_at is not None)
 
     # --- receiving ---------------------------------------------------------------------------
 
@@ -322,14 +278,8 @@ class Desk:
         self._history(
             db, owner, referral_id, owner, Step(None, "delivered", "system", None, None, now)
         )
-        W.enqueue(
-            db,
-            W.WebhookEvent(
-                id=W.new_event_id(),
-                type="referral.received",
-                created=now,
-                data={"referral_id": referral_id, "sender": h.sender},
-            ),
+        self._webhook(
+            db, "referral.received", {"referral_id": referral_id, "sender": h.sender}, at=now
         )
         return {k: str(v) for k, v in routing.items() if k in ("referral_type", "urgency")}
 
@@ -350,14 +300,12 @@ class Desk:
         owners = self.store.owners_of(referral_id)
         if sender is not None:
             if sender not in owners:
-                raise ProblemError(404, "Not Found", "no referral with this id from this sender")
+                raise E.NotFound("no referral with this id from this sender")
             return sender
         if not owners:
-            raise ProblemError(404, "Not Found", "no referral with this id at this agency")
+            raise E.NotFound("no referral with this id at this agency")
         if len(owners) > 1:
-            raise ProblemError(
-                409,
-                "Conflict",
+            raise E.AmbiguousReferralId(
                 "referrals from several senders have this id: name the sender (?sender=)",
                 senders=owners,
             )
@@ -376,26 +324,22 @@ class Desk:
         owner = self.owner_of(referral_id, sender)
         rows = self.store.pairs(owner, referral_id)
         if counterpart is None and len(rows) > 1:
-            raise ProblemError(
-                422, UNPROCESSABLE, "this referral has several recipients: name the counterpart"
-            )
+            raise E.Unprocessable("this referral has several recipients: name the counterpart")
         row = (
             rows[0] if counterpart is None else next((r for r in rows if r[0] == counterpart), None)
         )
         if row is None:
-            raise ProblemError(404, "Not Found", "no such counterpart for this referral")
+            raise E.NotFound("no such counterpart for this referral")
         other, side, state = row
         try:
             L.check(state, to, side, reason=reason, outcome=outcome)
         except L.TransitionRefused as e:
-            raise ProblemError(
-                409,
-                "Conflict",
+            raise E.TransitionNotAllowed(
                 f"{side} cannot move a referral from {state} to {to}",
                 allowed=e.allowed,
             ) from e
         except ValueError as e:
-            raise ProblemError(422, UNPROCESSABLE, str(e)) from e
+            raise E.Unprocessable(str(e)) from e
         recipient = self.agency if side == "recipient" else other
         now = clock.now()
         step = L.Transition(
@@ -470,21 +414,17 @@ class Desk:
             counterpart=sender,
             labels=(("state", step.to_state),),
         )
-        W.enqueue(
+        self._webhook(
             db,
-            W.WebhookEvent(
-                id=W.new_event_id(),
-                type="transition.received",
-                created=clock.now(),
-                data={
-                    "referral_id": step.referral_id,
-                    "counterpart": sender,
-                    "from": state,
-                    "to": step.to_state,
-                    "reason": step.reason,
-                    "outcome": step.outcome,
-                },
-            ),
+            "transition.received",
+            {
+                "referral_id": step.referral_id,
+                "counterpart": sender,
+                "from": state,
+                "to": step.to_state,
+                "reason": step.reason,
+                "outcome": step.outcome,
+            },
         )
 
     def _set_state(
@@ -501,6 +441,20 @@ class Desk:
     ) -> None:
         step = Step(from_state, to_state, party, reason, outcome, clock.now())
         self.store.set_state(db, owner, referral_id, counterpart, step)
+
+    def _webhook(
+        self, db: sqlite3.Connection, kind: str, data: dict[str, Any], *, at: int | None = None
+    ) -> None:
+        """Queue a webhook event of type `kind` (at `at`, else now) in the caller's transaction."""
+        W.enqueue(
+            db,
+            W.WebhookEvent(
+                id=W.new_event_id(),
+                type=kind,
+                created=clock.now() if at is None else at,
+                data=data,
+            ),
+        )
 
     def _history(
         self, db: sqlite3.Connection, owner: str, referral_id: str, counterpart: str, step: Step
@@ -568,15 +522,7 @@ class Desk:
             what="escalation",
             required={"referral_id": str, "recipient": str, "urgency": str, "submitted_at": int},
         )
-        W.enqueue(
-            db,
-            W.WebhookEvent(
-                id=W.new_event_id(),
-                type="escalation.received",
-                created=clock.now(),
-                data={**notice, "sender": opened.header.sender},
-            ),
-        )
+        self._webhook(db, "escalation.received", {**notice, "sender": opened.header.sender})
 
     # --- consent -----------------------------------------------------------------------------
 
@@ -584,22 +530,18 @@ class Desk:
         try:
             receipt = C.parse_receipt(document)
         except C.ConsentInvalid as e:
-            raise ProblemError(
-                422, UNPROCESSABLE, "the consent receipt is not valid", problems=list(e.problems)
+            raise E.ConsentInvalid(
+                "the consent receipt is not valid", problems=list(e.problems)
             ) from e
         if self.agency not in receipt.controller_agencies:
-            raise ProblemError(
-                422, UNPROCESSABLE, "this agency must be one of the receipt's controllers"
-            )
+            raise E.ConsentInvalid("this agency must be one of the receipt's controllers")
         now = clock.now()
         signing_key = self.keys().signing_key
         kid = signing_kid(signing_key.verify_key)
         try:  # sign only what will verify later: with a key the directory lists as valid now
             signing_key_at(self.store.key_history(self.agency), agency=self.agency, kid=kid, at=now)
         except UntrustedInputError as e:
-            raise ProblemError(
-                503,
-                "Service Unavailable",
+            raise E.Unavailable(
                 "this agency's signing key is not valid in the trust directory; nothing was "
                 "recorded",
                 reason=e.reason,
@@ -607,7 +549,7 @@ class Desk:
         signed = C.sign_receipt(receipt, signing_key, agency=self.agency)
         with self.store.transaction() as db:
             if not self.store.insert_consent(db, receipt.receipt_id, C.encode_stored(signed), now):
-                raise ProblemError(409, "Conflict", "a consent receipt with this id exists")
+                raise E.AlreadyExists("a consent receipt with this id exists")
             self.audit.record(db, "consent.recorded", key_ids=(kid,))
         self.log.info("consent_recorded", receipt_id=receipt.receipt_id, kid=kid)
         return {"id": receipt.receipt_id}
@@ -619,7 +561,7 @@ class Desk:
         transaction: a refused request's transaction rolls back, and the event with it)."""
         stored = self.store.consent(receipt_id)
         if stored is None:
-            raise ProblemError(404, "Not Found", "no consent receipt with this id at this agency")
+            raise E.NotFound("no consent receipt with this id at this agency")
         kid: str | None = None
         try:
             signed = C.decode_stored(stored.signed)
@@ -636,9 +578,7 @@ class Desk:
                 self.audit.record_alone(
                     "consent.unverifiable", reason=e.reason, key_ids=() if kid is None else (kid,)
                 )
-            raise ProblemError(
-                409,
-                "Conflict",
+            raise E.ConsentUnverifiable(
                 f"the stored consent receipt does not verify ({e.reason}): it may have been "
                 "altered or signed by a key not valid when it was recorded; nothing was done",
                 reason=e.reason,
@@ -676,7 +616,7 @@ class Desk:
             try:
                 uses = self.store.withdraw_consent(db, receipt_id, now)
             except LookupError as e:
-                raise ProblemError(409, "Conflict", "this consent is already withdrawn") from e
+                raise E.AlreadyWithdrawn("this consent is already withdrawn") from e
             for agency, referral_ids in sorted(uses.items()):
                 body = canonical_json(
                     {"receipt_id": receipt_id, "referral_ids": sorted(referral_ids)}
@@ -722,18 +662,15 @@ class Desk:
             referrals=len(erased),
             counterpart=sender,
         )
-        W.enqueue(
+        self._webhook(
             db,
-            W.WebhookEvent(
-                id=W.new_event_id(),
-                type="consent.withdrawn",
-                created=now,
-                data={
-                    "receipt_id": notice["receipt_id"],
-                    "referral_ids": sorted(erased),
-                    "sender": sender,
-                },
-            ),
+            "consent.withdrawn",
+            {
+                "receipt_id": notice["receipt_id"],
+                "referral_ids": sorted(erased),
+                "sender": sender,
+            },
+            at=now,
         )
 
     def on_erasure_confirmation(self, db: sqlite3.Connection, opened: Opened) -> None:

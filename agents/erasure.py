@@ -22,8 +22,8 @@ from keys import UntrustedInputError
 from keys.codec import canonical_json
 
 from .desk import Sender
+from .errors import DomainError
 from .messages import ERASURE_CONFIRMATION
-from .problems import ProblemError
 from .store import Store
 
 log = structlog.get_logger("nrm.erasure")
@@ -57,7 +57,7 @@ class Eraser:
         while running():
             try:
                 await self.step(on_sent)
-            except (sqlite3.Error, OSError, UntrustedInputError, ProblemError) as e:
+            except (sqlite3.Error, OSError, UntrustedInputError, DomainError) as e:
                 self.log.error("erasure_step_failed", error=type(e).__name__)
             self._wake.clear()
             if self._dirty or self.store.pending_confirmations(1):

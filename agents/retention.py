@@ -24,6 +24,7 @@ from keys import UntrustedInputError
 from runtime import clock
 
 from .audit import AuditTrail
+from .errors import NotFound
 from .store import Store
 
 log = structlog.get_logger("nrm.retention")
@@ -139,19 +140,19 @@ class Retention:
     # --- legal holds --------------------------------------------------------------------
 
     def hold(self, owner: str, referral_id: str, *, by: str) -> dict[str, Any]:
-        """Put the referral (owner, referral id) under legal hold (idempotent); KeyError if
+        """Put the referral (owner, referral id) under legal hold (idempotent); NotFound if
         there is none here."""
         with self.store.transaction() as db:
             if not self.store.pairs(owner, referral_id):
-                raise KeyError(referral_id)
+                raise NotFound("no referral with this id at this agency")
             self.store.place_hold(db, owner, referral_id, at=clock.now(), by=by)
         return self.status(owner, referral_id)
 
     def lift(self, owner: str, referral_id: str) -> dict[str, Any]:
-        """Lift a legal hold (idempotent); KeyError if there is no such referral here."""
+        """Lift a legal hold (idempotent); NotFound if there is no such referral here."""
         with self.store.transaction() as db:
             if not self.store.pairs(owner, referral_id):
-                raise KeyError(referral_id)
+                raise NotFound("no referral with this id at this agency")
             self.store.lift_hold(db, owner, referral_id)
         return self.status(owner, referral_id)
 
