@@ -621,7 +621,17 @@ class Desk:
                 body = canonical_json(
                     {"receipt_id": receipt_id, "referral_ids": sorted(referral_ids)}
                 )
-                self.send(CONSENT_WITHDRAWAL, body, [agency], db)
+                try:
+                    self.send(CONSENT_WITHDRAWAL, body, [agency], db)
+                except UntrustedInputError as e:
+                    # Removed, or no key left to seal to: the withdrawal stands here and goes
+                    # to everyone else; that agency's consent use stays unconfirmed.
+                    self.log.warning(
+                        "withdrawal_unsendable",
+                        receipt_id=receipt_id,
+                        counterpart=agency,
+                        reason=e.reason,
+                    )
             # Erasure at the sender (issue 11): the envelopes sealed to the recipients and
             # the attachment objects go now; the WAL is truncated after the commit.
             self.store.drop_sent(db, sorted({r for ids in uses.values() for r in ids}), now=now)

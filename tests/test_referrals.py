@@ -678,3 +678,48 @@ async def test_bad_uploads_are_refused(mechanism: Mechanism) -> None:
     status, body = await refer(m, ["shelter"], with_attachment(fake))
     assert status == 422 and any("attachments" in p for p in body["problems"]), body
     assert query(m.database("police"), "SELECT count(*) FROM attachments")[0][0] == 0
+
+
+async def test_withdrawal_goes_ahead_when_a_recipient_was_removed(mechanism: Mechanism) -> None:
+    """A consent used with two agencies, one of them removed from the directory since: the
+    withdrawal is accepted (never a 500), the sender drops its envelopes, and the agency
+    still listed erases and confirms; the removed one's use stays unconfirmed."""
+    m = mechanism
+    rid = await record_consent(m)
+    _, to_shelter = await refer(m, ["shelter"], consented(rid, copy.deepcopy(samples.BODY)))
+    _, to_coordinator = await refer(
+        m, ["coordinator"], consented(rid, copy.deepcopy(ID_BODY), purpose="identification")
+    )
+    for referral_id in (to_shelter["id"], to_coordinator["id"]):
+        await delivered(m, "police", referral_id)
+    admin.remove_agency(m.sandbox.admin, "shelter")
+    m.sandbox.sign_draft()
+    await m.sandbox.publish()
+    police = m.agents["police"]
+
+    async def shelter_gone() -> bool:
+        directory = police.trust.directory
+        return directory is not None and "shelter" not in {a.agency for a in directory.agencies}
+
+    await eventually(shelter_gone, what="police to trust the directory without the shelter")
+    status, answer, _ = await post(m, "police", f"/v1/consents/{rid}/withdraw", {})
+    assert status == 202, answer
+
+    async def coordinator_confirmed() -> bool:
+        s = await get(m, "police", f"/v1/consents/{rid}")
+        return any(
+            r["agency"] == "coordinator" and r["erasure_confirmed_at"] for r in s["recipients"]
+        )
+
+    await eventually(coordinator_confirmed, what="the coordinator's erasure confirmation")
+    s = await get(m, "police", f"/v1/consents/{rid}")
+    assert [r["erasure_confirmed_at"] for r in s["recipients"] if r["agency"] == "shelter"] == [
+        None
+    ]
+    envelopes = query(
+        m.database("police"),
+        "SELECT length(envelope) FROM outbox WHERE kind = 'referral' AND referral_id IN (?, ?)",
+        to_shelter["id"],
+        to_coordinator["id"],
+    )
+    assert envelopes == [(0,), (0,)]
