@@ -19,7 +19,7 @@ from aiohttp import web
 
 from keys import DEFAULT_LIMITS
 from keys.merkle import MerkleTree, leaf_hash
-from runtime.http import ProblemError, bearer_match, problem, unauthorized
+from runtime.http import ProblemError, bearer_match, json_object_body, problem, unauthorized
 
 from . import ledger_stats
 from .ledger import Ledger
@@ -401,26 +401,17 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "Entries and inclusion proofs of up to 256 events, in one tree size",
                 "security": [{"bearer": []}],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["size", "event_ids"],
-                                "additionalProperties": False,
-                                "properties": {
-                                    "size": {"type": "integer", "minimum": 1},
-                                    "event_ids": {
-                                        "type": "array",
-                                        "maxItems": MAX_PROOF_BATCH,
-                                        "items": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-                                    },
-                                },
-                            }
-                        }
+                "requestBody": json_object_body(
+                    ["size", "event_ids"],
+                    {
+                        "size": {"type": "integer", "minimum": 1},
+                        "event_ids": {
+                            "type": "array",
+                            "maxItems": MAX_PROOF_BATCH,
+                            "items": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                        },
                     },
-                },
+                ),
                 "responses": _responses("400", "401", "413", "415"),
             }
         },
