@@ -9,6 +9,7 @@ and refuses maps, extension types and floats, which no NRM wire format uses.
 from __future__ import annotations
 
 import array
+import base64
 import itertools
 import json
 import re
@@ -61,6 +62,19 @@ def _check_types(value: Any, what: str, depth: int = 0) -> None:
             _check_types(item, what, depth + 1)
     elif not isinstance(value, int | str | bytes | bool | type(None)):
         raise MalformedError(f"{what} holds a {type(value).__name__}, which is not allowed")
+
+
+def to_b64(raw: bytes) -> str:
+    """`raw` as standard base64 text (the form of keys and signatures in JSON files)."""
+    return base64.b64encode(raw).decode("ascii")
+
+
+def from_b64(text: Any) -> bytes:
+    """The bytes of base64 text; TypeError if `text` is no string, ValueError if it is not
+    strictly base64 (binascii.Error)."""
+    if not isinstance(text, str):
+        raise TypeError("expected base64 text")
+    return base64.b64decode(text, validate=True)
 
 
 def canonical_json(value: Any) -> bytes:

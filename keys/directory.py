@@ -21,7 +21,7 @@ from nacl.exceptions import BadSignatureError as NaclBadSignatureError
 from nacl.public import PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
-from .codec import canonical_json
+from .codec import canonical_json, to_b64
 from .envelope import Recipient
 from .errors import (
     BadSignatureError,
@@ -334,14 +334,10 @@ class Root:
 # --------------------------------------------------------------------------- encoding
 
 
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
-
-
 def _key_doc(k: KeyEntry) -> dict[str, Any]:
     return {
         "kid": k.kid,
-        "public": _b64(k.public),
+        "public": to_b64(k.public),
         "valid_from": k.valid_from,
         "valid_until": k.valid_until,
         "status": k.status,
@@ -357,7 +353,7 @@ def _root_doc(root: Root) -> dict[str, Any]:
         "version": root.version,
         "expires": root.expires,
         "threshold": root.threshold,
-        "keys": {kid: _b64(bytes(key)) for kid, key in root.keys.items()},
+        "keys": {kid: to_b64(bytes(key)) for kid, key in root.keys.items()},
     }
 
 
@@ -446,7 +442,7 @@ def _unb64(text: Any, size: int, what: str) -> bytes:
         raw = base64.b64decode(text, validate=True)
     except binascii.Error as e:
         raise ValueError(f"{what} is not base64") from e
-    if len(raw) != size or _b64(raw) != text:
+    if len(raw) != size or to_b64(raw) != text:
         raise ValueError(f"{what} must be the canonical base64 of {size} bytes")
     return raw
 
@@ -548,7 +544,7 @@ class _SignedFile:
         return ROOT_LABEL if self.kind == ROOT_TYPE else DIRECTORY_LABEL
 
     def to_bytes(self) -> bytes:
-        sigs = [{"keyid": kid, "sig": _b64(sig)} for kid, sig in self.signatures]
+        sigs = [{"keyid": kid, "sig": to_b64(sig)} for kid, sig in self.signatures]
         return canonical_json({"signed": self.signed, "signatures": sigs})
 
 
