@@ -146,3 +146,32 @@ def parse_json(
     if canonical != data:
         raise MalformedError(f"{what} is not canonical JSON")
     return value
+
+
+def _refuse_float(text: str) -> Any:
+    raise ValueError("numbers other than integers are not allowed")
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate member")
+    return out
+
+
+def load_canonical(data: bytes, what: str) -> Any:
+    """Parse signed JSON `data` (no floats, no duplicate members) and refuse it unless it is
+    exactly its canonical form: MalformedError naming `what` otherwise."""
+    try:
+        obj = json.loads(
+            data.decode("utf-8"),
+            parse_float=_refuse_float,
+            parse_constant=_refuse_float,
+            object_pairs_hook=_refuse_duplicates,
+        )
+        canonical = canonical_json(obj)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeError are ValueErrors
+        raise MalformedError(f"{what} is not valid JSON") from e
+    if canonical != data:
+        raise MalformedError(f"{what} is not canonical JSON")
+    return obj

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -21,7 +20,7 @@ from nacl.exceptions import BadSignatureError as NaclBadSignatureError
 from nacl.public import PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
-from .codec import canonical_json, to_b64
+from .codec import canonical_json, load_canonical, to_b64
 from .envelope import Recipient
 from .errors import (
     BadSignatureError,
@@ -390,17 +389,6 @@ def encode_directory(d: Directory) -> bytes:
 # --------------------------------------------------------------------------- strict decoding
 
 
-def _no_floats(text: str) -> Any:
-    raise ValueError("floats are not allowed")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise ValueError("duplicate member")
-    return out
-
-
 def _load_canonical(data: bytes, what: str) -> Any:
     """Parse `data` as JSON and refuse it unless it is exactly its canonical form."""
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -408,19 +396,7 @@ def _load_canonical(data: bytes, what: str) -> Any:
     data = bytes(data)
     if len(data) > MAX_METADATA_BYTES:
         raise MalformedError(f"{what} is {len(data)} bytes, more than {MAX_METADATA_BYTES}")
-    try:
-        obj = json.loads(
-            data.decode("utf-8"),
-            parse_float=_no_floats,
-            parse_constant=_no_floats,
-            object_pairs_hook=_no_duplicates,
-        )
-        canonical = canonical_json(obj)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeError are ValueErrors
-        raise MalformedError(f"{what} is not valid JSON") from e
-    if canonical != data:
-        raise MalformedError(f"{what} is not canonical JSON")
-    return obj
+    return load_canonical(data, what)
 
 
 def _fields(obj: Any, names: set[str], what: str) -> dict[str, Any]:
