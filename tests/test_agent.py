@@ -39,6 +39,14 @@ async def delivered(m: Mechanism, sender: str, referral_id: str) -> None:
     await eventually(check, what=f"delivery of {referral_id}")
 
 
+async def police_to_shelter(m: Mechanism, n: int, sent: list[str]) -> None:
+    """Traffic: `n` referrals from the police to the shelter, 20 ms apart, each id appended
+    to `sent` once accepted."""
+    for _ in range(n):
+        sent.append(await m.api("police").refer(["shelter"], REFERRAL))
+        await asyncio.sleep(0.02)
+
+
 def sent_envelope(m: Mechanism, agency: str, message_id: str) -> bytes:
     """The exact envelope bytes `agency` published, from its outbox."""
     with sqlite3.connect(m.database(agency)) as db:
