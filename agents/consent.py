@@ -38,7 +38,7 @@ from typing import Any, Final
 from nacl.exceptions import BadSignatureError as NaclBadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from keys.codec import canonical_json
+from keys.codec import canonical_json, load_canonical
 from keys.errors import BadSignatureError, MalformedError, UnknownKeyError
 from keys.identity import signing_kid
 from keys.key_history import KeyWindow, signing_key_at, windows_of
@@ -494,7 +494,7 @@ def verify_receipt(signed: SignedReceipt, key: VerifyKey) -> ConsentReceipt:
         key.verify(_signed_message(body), bytes(signed.signature))
     except NaclBadSignatureError as e:
         raise BadSignatureError("consent receipt signature does not verify") from e
-    doc = _load_canonical(body)
+    doc = load_canonical(body, "consent receipt body")
     receipt = _parse(doc)
     if canonical_json(to_doc(receipt)) != body:
         raise MalformedError("consent receipt body does not round-trip")
@@ -582,35 +582,6 @@ def _find_signer(signed: SignedReceipt, history: Sequence[KeyWindow]) -> str:
             continue
         return kid
     raise BadSignatureError("consent receipt signature verifies under no key of its agency")
-
-
-def _reject_float(value: str) -> Any:
-    raise ValueError("numbers other than integers are not allowed")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError("duplicate member")
-        out[k] = v
-    return out
-
-
-def _load_canonical(body: bytes) -> Any:
-    try:
-        obj = json.loads(
-            body.decode("utf-8"),
-            parse_float=_reject_float,
-            parse_constant=_reject_float,
-            object_pairs_hook=_no_duplicates,
-        )
-        canonical = canonical_json(obj)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeError are ValueErrors
-        raise MalformedError("consent receipt body is not valid JSON") from e
-    if canonical != body:
-        raise MalformedError("consent receipt body is not canonical JSON")
-    return obj
 
 
 # --------------------------------------------------------------------------- liveness, coverage

@@ -6,6 +6,8 @@ import copy
 import json
 from typing import Any
 
+from runtime.http import json_object_body
+
 from . import consent, referral
 from .lifecycle import REASON_CODES
 
@@ -249,41 +251,32 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "Submit a referral (submit scope); 202 once committed to the outbox",
                 "parameters": [_IDEMPOTENCY],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["recipients", "referral"],
-                                "additionalProperties": False,
-                                "properties": {
-                                    "recipients": {
-                                        "type": "array",
-                                        "minItems": 1,
-                                        "maxItems": 32,
-                                        "items": {"type": "string"},
-                                    },
-                                    "referral": {
-                                        "description": "referral_id is assigned by this "
-                                        "agent (400 if given) and returned as `id`",
-                                        "allOf": [
-                                            {"$ref": "#/components/schemas/ReferralV1"},
-                                            {"not": {"required": ["referral_id"]}},
-                                        ],
-                                    },
-                                    "client_reference": {
-                                        "description": "The case system's own reference for "
-                                        "this referral: kept by this agent, never sent; one "
-                                        "referral per reference (409 names the earlier one)",
-                                        "type": "string",
-                                        "pattern": "^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$",
-                                    },
-                                },
-                            }
-                        }
+                "requestBody": json_object_body(
+                    ["recipients", "referral"],
+                    {
+                        "recipients": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": 32,
+                            "items": {"type": "string"},
+                        },
+                        "referral": {
+                            "description": "referral_id is assigned by this "
+                            "agent (400 if given) and returned as `id`",
+                            "allOf": [
+                                {"$ref": "#/components/schemas/ReferralV1"},
+                                {"not": {"required": ["referral_id"]}},
+                            ],
+                        },
+                        "client_reference": {
+                            "description": "The case system's own reference for "
+                            "this referral: kept by this agent, never sent; one "
+                            "referral per reference (409 names the earlier one)",
+                            "type": "string",
+                            "pattern": "^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$",
+                        },
                     },
-                },
+                ),
                 "responses": {
                     "202": _json(
                         {
@@ -355,34 +348,25 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "Move a referral to another state (act scope); 409 lists the allowed",
                 "parameters": [_PATH_ID, _IDEMPOTENCY],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["to"],
-                                "additionalProperties": False,
-                                "properties": {
-                                    "to": {"type": "string"},
-                                    "sender": {
-                                        **_AGENCY_ID,
-                                        "description": "The agency that sent the referral "
-                                        "(as the `sender` query parameter of GET)",
-                                    },
-                                    "counterpart": {"type": "string"},
-                                    "reason": {
-                                        "description": "A code of the closed vocabulary "
-                                        "(docs/PROTOCOL.md §8.4), never free text; required "
-                                        "for declined and cancelled. Any other value is 400.",
-                                        "enum": list(REASON_CODES),
-                                    },
-                                    "outcome": {"type": "string"},
-                                },
-                            }
-                        }
+                "requestBody": json_object_body(
+                    ["to"],
+                    {
+                        "to": {"type": "string"},
+                        "sender": {
+                            **_AGENCY_ID,
+                            "description": "The agency that sent the referral "
+                            "(as the `sender` query parameter of GET)",
+                        },
+                        "counterpart": {"type": "string"},
+                        "reason": {
+                            "description": "A code of the closed vocabulary "
+                            "(docs/PROTOCOL.md §8.4), never free text; required "
+                            "for declined and cancelled. Any other value is 400.",
+                            "enum": list(REASON_CODES),
+                        },
+                        "outcome": {"type": "string"},
                     },
-                },
+                ),
                 "responses": {
                     "202": _json({"type": "object"}, "Accepted"),
                     **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),

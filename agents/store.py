@@ -2,38 +2,5 @@
 
 from __future__ import annotations
 
-from .storage import (
-    SCHEMA,
-    STATUS_ORDER,
-    DeliveryState,
-    NewReferral,
-    OutgoingMessage,
-    OutgoingStatus,
-    PendingConfirmation,
-    PendingDelivery,
-    Received,
-    ResendCandidate,
-    Step,
-    Store,
-    StoredConsent,
-    Undelivered,
-    read_consent,
-)
-
-__all__ = [
-    "SCHEMA",
-    "STATUS_ORDER",
-    "DeliveryState",
-    "NewReferral",
-    "OutgoingMessage",
-    "OutgoingStatus",
-    "PendingConfirmation",
-    "PendingDelivery",
-    "Received",
-    "ResendCandidate",
-    "Step",
-    "Store",
-    "StoredConsent",
-    "Undelivered",
-    "read_consent",
-]
+from .storage import *  # noqa: F403
+from .storage import __all__ as __all__

@@ -67,7 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nacl.signing import SigningKey, VerifyKey
 
-from broker.ledger_store import LedgerStore
+from broker.ledger_store import INSERT_ENTRY, LedgerStore, entry_values
 from keys.audit import LABEL, AuditEvent, decode_signed_event, sign_event
 from keys.checkpoint import Checkpoint, sign_checkpoint
 from keys.directory import (
@@ -83,7 +83,13 @@ from keys.identity import AgencyKeys
 from keys.ledger_entry import LedgerEntry
 from keys.ledger_verify import verify_rows
 from keys.merkle import MemoryNodeStore, MerkleTree, leaf_hash, root_of
-from nrm.audit import ORIGIN_PREFIX, checkpoint_of, from_database, trusted_directories
+from nrm.audit import (
+    ORIGIN_PREFIX,
+    checkpoint_of,
+    from_database,
+    trusted_directories,
+    verify_with_progress,
+)
 
 LEDGER_NAME = "national"
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z, first event
@@ -100,10 +106,6 @@ AGENCIES = [
     ("labour-inspection", "labour-inspection"),
     ("nrm-coordinator", "coordinator"),
 ]
-_INSERT = (
-    "INSERT INTO entries (idx, event_id, leaf, agency, kind, referral_id, counterpart, reason,"
-    " labels, time, directory_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 REFERRAL_TYPES = [
     "nrm_full",
     "nrm_full",
@@ -197,21 +199,7 @@ def _sign_chunk(job: tuple[int, int, int]) -> list[tuple[Any, ...]]:
         )
         signed = sign_event(event, _W["keys"][event.agency])
         leaf = LedgerEntry(index=idx, appended_at=event.time + 1, signed_event=signed).encode()
-        rows.append(
-            (
-                idx,
-                event.event_id,
-                leaf,
-                event.agency,
-                event.kind,
-                event.referral_id,
-                event.counterpart,
-                event.reason,
-                json.dumps(dict(event.labels), sort_keys=True),
-                event.time,
-                1,
-            )
-        )
+        rows.append(entry_values(idx, leaf, event, 1))
     return rows
 
 
@@ -260,7 +248,7 @@ def generate(folder: Path, n: int, workers: int) -> dict[str, Any]:
         for rows in pool.imap(_sign_chunk, jobs):
             for r in rows:
                 tree.append(leaf_hash(r[2]))
-            conn.executemany(_INSERT, rows)
+            conn.executemany(INSERT_ENTRY, rows)
             done += len(rows)
             if done % COMMIT_EVERY == 0 or done == n:
                 conn.execute("COMMIT")
@@ -289,21 +277,12 @@ def generate(folder: Path, n: int, workers: int) -> dict[str, Any]:
 
 def measure_verify(folder: Path) -> dict[str, Any]:
     """What `nrm audit verify --db` does, in this process, with its progress bar."""
-    from rich.progress import Progress
-
     wall, cpu = time.perf_counter(), time.process_time()
     copy = from_database(folder / "ledger.db")
     load_wall, load_cpu = time.perf_counter() - wall, time.process_time() - cpu
     checkpoint = checkpoint_of(copy, identity=folder / "ledger-identity.json", name=LEDGER_NAME)
     directories = trusted_directories(copy, [folder / "root.1.json"])
-    with Progress(transient=True) as progress:
-        task = progress.add_task("verifying events", total=len(copy.rows))
-        count = verify_rows(
-            copy.rows,
-            directories=directories,
-            checkpoint=checkpoint,
-            progress=lambda n: progress.update(task, completed=n),
-        )
+    count = verify_with_progress(copy, directories=directories, checkpoint=checkpoint)
     total_wall, total_cpu = time.perf_counter() - wall, time.process_time() - cpu
     return {
         "events": count,

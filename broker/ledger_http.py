@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from aiohttp import web
 
 from keys import DEFAULT_LIMITS
 from keys.merkle import MerkleTree, leaf_hash
-from runtime.http import ProblemError, bearer_match, problem, unauthorized
+from runtime.http import ProblemError, bearer_match, json_object_body, problem, unauthorized
 
 from . import ledger_stats
 from .ledger import Ledger
@@ -256,12 +256,16 @@ async def timeline(request: web.Request) -> web.Response:
     return web.json_response({"referral_id": referral_id, "items": [r.to_json() for r in rows]})
 
 
-async def directories(request: web.Request) -> web.Response:
+def _versions(rows: Iterable[tuple[int, bytes, int]]) -> web.Response:
+    """Signed documents by version (directories, roots), each with when it was accepted."""
     items = [
-        {"version": v, "accepted_at": t, "data": base64.b64encode(d).decode()}
-        for v, d, t in _ledger(request).store.directories()
+        {"version": v, "accepted_at": t, "data": base64.b64encode(d).decode()} for v, d, t in rows
     ]
     return web.json_response({"items": items})
+
+
+async def directories(request: web.Request) -> web.Response:
+    return _versions(_ledger(request).store.directories())
 
 
 async def restores(request: web.Request) -> web.Response:
@@ -310,11 +314,7 @@ async def restore_proof(request: web.Request) -> web.Response:
 
 async def roots(request: web.Request) -> web.Response:
     """The root chain the ledger verified, from its pinned root on (PROTOCOL.md §9.5)."""
-    items = [
-        {"version": v, "accepted_at": t, "data": base64.b64encode(d).decode()}
-        for v, d, t in _ledger(request).store.roots()
-    ]
-    return web.json_response({"items": items})
+    return _versions(_ledger(request).store.roots())
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -401,26 +401,17 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "Entries and inclusion proofs of up to 256 events, in one tree size",
                 "security": [{"bearer": []}],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["size", "event_ids"],
-                                "additionalProperties": False,
-                                "properties": {
-                                    "size": {"type": "integer", "minimum": 1},
-                                    "event_ids": {
-                                        "type": "array",
-                                        "maxItems": MAX_PROOF_BATCH,
-                                        "items": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-                                    },
-                                },
-                            }
-                        }
+                "requestBody": json_object_body(
+                    ["size", "event_ids"],
+                    {
+                        "size": {"type": "integer", "minimum": 1},
+                        "event_ids": {
+                            "type": "array",
+                            "maxItems": MAX_PROOF_BATCH,
+                            "items": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                        },
                     },
-                },
+                ),
                 "responses": _responses("400", "401", "413", "415"),
             }
         },

@@ -122,6 +122,28 @@ _COLUMNS = (
     " directory_version"
 )
 
+#: The statement that stores one entry; its parameters are `entry_values`.
+INSERT_ENTRY = f"INSERT INTO entries ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def entry_values(
+    index: int, leaf: bytes, event: AuditEvent, directory_version: int
+) -> tuple[Any, ...]:
+    """The column values of entry `index` (with `leaf`, its encoded `LedgerEntry`)."""
+    return (
+        index,
+        event.event_id,
+        leaf,
+        event.agency,
+        event.kind,
+        event.referral_id,
+        event.counterpart,
+        event.reason,
+        json.dumps(dict(event.labels), sort_keys=True),
+        event.time,
+        directory_version,
+    )
+
 
 def _row(r: tuple[Any, ...]) -> EntryRow:
     return EntryRow(
@@ -235,22 +257,7 @@ class LedgerStore:
     def insert_entry(
         self, index: int, leaf: bytes, event: AuditEvent, directory_version: int
     ) -> None:
-        self._db.execute(
-            f"INSERT INTO entries ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                index,
-                event.event_id,
-                leaf,
-                event.agency,
-                event.kind,
-                event.referral_id,
-                event.counterpart,
-                event.reason,
-                json.dumps(dict(event.labels), sort_keys=True),
-                event.time,
-                directory_version,
-            ),
-        )
+        self._db.execute(INSERT_ENTRY, entry_values(index, leaf, event, directory_version))
 
     def entries(self, start: int, end: int) -> list[EntryRow]:
         rows = self._db.execute(

@@ -17,6 +17,7 @@ import time
 import urllib.parse
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from keys.limits import DEFAULT_LIMITS
 from runtime.files import replace_file
@@ -305,30 +306,26 @@ class NatsServer:
         `authorized_user` (the NKey it logged in with), `name`, `ip`, `port`, `cid`."""
         if self._monitor_port is None:
             raise RuntimeError("nats-server is not running")
-        conn = http.client.HTTPConnection("127.0.0.1", self._monitor_port, timeout=2.0)
+        connz = self._monitor("/connz", f"?auth=true&limit={CONNZ_LIMIT}", timeout=2.0)
+        connections = connz.get("connections") or []
+        return [c for c in connections if isinstance(c, dict)]
+
+    def _monitor(self, endpoint: str, query: str, *, timeout: float) -> Any:
+        """The JSON document the monitoring `endpoint` answers; OSError unless it is 200."""
+        conn = http.client.HTTPConnection("127.0.0.1", self._monitor_port, timeout=timeout)
         try:
-            conn.request("GET", f"/connz?auth=true&limit={CONNZ_LIMIT}")
+            conn.request("GET", endpoint + query)
             response = conn.getresponse()
             body = response.read()
         finally:
             conn.close()
         if response.status != http.client.OK:
-            raise OSError(f"/connz answered {response.status}")
-        connections = json.loads(body).get("connections") or []
-        return [c for c in connections if isinstance(c, dict)]
+            raise OSError(f"{endpoint} answered {response.status}")
+        return json.loads(body)
 
     def _config_load_time(self) -> str:
         """When the server last loaded its configuration, from the monitoring `/varz`."""
-        conn = http.client.HTTPConnection("127.0.0.1", self._monitor_port, timeout=1.0)
-        try:
-            conn.request("GET", "/varz")
-            response = conn.getresponse()
-            body = response.read()
-        finally:
-            conn.close()
-        if response.status != http.client.OK:
-            raise OSError(f"/varz answered {response.status}")
-        value = json.loads(body).get("config_load_time")
+        value = self._monitor("/varz", "", timeout=1.0).get("config_load_time")
         if not isinstance(value, str):
             raise RuntimeError("nats-server /varz reports no config_load_time")
         return value

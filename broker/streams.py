@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import nats
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
     KeyValueConfig,
@@ -38,33 +39,51 @@ DIRECTORY_HISTORY = 16
 DIRECTORY_STREAM = f"KV_{DIRECTORY_BUCKET}"
 
 
-def message_stream_config(*, limits: Limits, replicas: int) -> StreamConfig:
-    """The configuration of the stream holding every agency inbox."""
+def _shared_stream_config(
+    name: str,
+    subject: str,
+    retention: RetentionPolicy,
+    max_msg_size: int,
+    *,
+    limits: Limits,
+    replicas: int,
+) -> StreamConfig:
+    """A file-backed stream of the agencies: de-duplicated and aged out as `limits` says."""
     return StreamConfig(
-        name=MESSAGE_STREAM,
-        subjects=[MESSAGE_SUBJECTS],
-        retention=RetentionPolicy.WORK_QUEUE,
+        name=name,
+        subjects=[subject],
+        retention=retention,
         storage=StorageType.FILE,
         num_replicas=replicas,
         duplicate_window=limits.duplicate_window_seconds,
         max_age=limits.stream_max_age_seconds,
+        max_msg_size=max_msg_size,
+    )
+
+
+def message_stream_config(*, limits: Limits, replicas: int) -> StreamConfig:
+    """The configuration of the stream holding every agency inbox."""
+    return _shared_stream_config(
+        MESSAGE_STREAM,
+        MESSAGE_SUBJECTS,
+        RetentionPolicy.WORK_QUEUE,
         # max_msg_size counts headers too (Nats-Msg-Id): leave them room.
-        max_msg_size=limits.max_envelope_bytes + HEADER_ROOM_BYTES,
+        limits.max_envelope_bytes + HEADER_ROOM_BYTES,
+        limits=limits,
+        replicas=replicas,
     )
 
 
 def audit_stream_config(*, limits: Limits, replicas: int) -> StreamConfig:
     """The stream of signed audit events: kept for the ledger (and any auditor) to read,
     de-duplicated on the event id; the ledger's database is the permanent record."""
-    return StreamConfig(
-        name=AUDIT_STREAM,
-        subjects=[AUDIT_SUBJECTS],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        num_replicas=replicas,
-        duplicate_window=limits.duplicate_window_seconds,
-        max_age=limits.stream_max_age_seconds,
-        max_msg_size=4096,
+    return _shared_stream_config(
+        AUDIT_STREAM,
+        AUDIT_SUBJECTS,
+        RetentionPolicy.LIMITS,
+        4096,
+        limits=limits,
+        replicas=replicas,
     )
 
 
@@ -95,29 +114,57 @@ async def provision_streams(
     await provision_attachment_stores(js, agencies, limits=limits, replicas=replicas)
 
 
-async def provision_directory_bucket(js: JetStreamContext, *, replicas: int = 1) -> None:
-    """Create the trust directory bucket, or bring it to the wanted configuration (idempotent).
-
-    File storage, `DIRECTORY_HISTORY` revisions per key, direct gets on (agents read it).
-    """
+async def _provision_key_value(
+    js: JetStreamContext,
+    stream: str,
+    update: Callable[[StreamConfig], StreamConfig | None],
+    *,
+    bucket: str,
+    history: int,
+    replicas: int,
+    ttl: float | None = None,
+) -> None:
+    """Create the key-value `bucket` behind `stream` if it has none yet (file storage,
+    direct gets on); else apply `update` to the stream's configuration and write it back
+    where that changed it."""
     try:
-        info = await js.stream_info(DIRECTORY_STREAM)
+        info = await js.stream_info(stream)
     except NotFoundError:
         await js.create_key_value(
             KeyValueConfig(
-                bucket=DIRECTORY_BUCKET,
-                history=DIRECTORY_HISTORY,
+                bucket=bucket,
+                history=history,
+                ttl=ttl,
                 storage=StorageType.FILE,
                 replicas=replicas,
                 direct=True,
             )
         )
     else:
-        config = info.config
-        if (config.max_msgs_per_subject, config.num_replicas) != (DIRECTORY_HISTORY, replicas):
-            await js.update_stream(
-                config.evolve(max_msgs_per_subject=DIRECTORY_HISTORY, num_replicas=replicas)
-            )
+        wanted = update(info.config)
+        if wanted is not None:
+            await js.update_stream(wanted)
+
+
+async def provision_directory_bucket(js: JetStreamContext, *, replicas: int = 1) -> None:
+    """Create the trust directory bucket, or bring it to the wanted configuration (idempotent).
+
+    File storage, `DIRECTORY_HISTORY` revisions per key, direct gets on (agents read it).
+    """
+
+    def update(config: StreamConfig) -> StreamConfig | None:
+        if (config.max_msgs_per_subject, config.num_replicas) == (DIRECTORY_HISTORY, replicas):
+            return None
+        return config.evolve(max_msgs_per_subject=DIRECTORY_HISTORY, num_replicas=replicas)
+
+    await _provision_key_value(
+        js,
+        DIRECTORY_STREAM,
+        update,
+        bucket=DIRECTORY_BUCKET,
+        history=DIRECTORY_HISTORY,
+        replicas=replicas,
+    )
 
 
 async def provision_presence_bucket(
@@ -129,27 +176,23 @@ async def provision_presence_bucket(
     written (the lease TTL, §5.2), direct gets on (agents read their own key).
     """
     ttl = float(limits.instance_lease_seconds)
-    try:
-        info = await js.stream_info(PRESENCE_STREAM)
-    except NotFoundError:
-        await js.create_key_value(
-            KeyValueConfig(
-                bucket=PRESENCE_BUCKET,
-                history=1,
-                ttl=ttl,
-                storage=StorageType.FILE,
-                replicas=replicas,
-                direct=True,
-            )
-        )
-    else:
-        config = info.config
-        if (config.max_age, config.num_replicas) != (ttl, replicas):
-            # The de-duplication window may not be longer than the TTL (nats-py's rule).
-            window = min(float(config.duplicate_window or ttl), ttl)
-            await js.update_stream(
-                config.evolve(max_age=ttl, duplicate_window=window, num_replicas=replicas)
-            )
+
+    def update(config: StreamConfig) -> StreamConfig | None:
+        if (config.max_age, config.num_replicas) == (ttl, replicas):
+            return None
+        # The de-duplication window may not be longer than the TTL (nats-py's rule).
+        window = min(float(config.duplicate_window or ttl), ttl)
+        return config.evolve(max_age=ttl, duplicate_window=window, num_replicas=replicas)
+
+    await _provision_key_value(
+        js,
+        PRESENCE_STREAM,
+        update,
+        bucket=PRESENCE_BUCKET,
+        history=1,
+        ttl=ttl,
+        replicas=replicas,
+    )
 
 
 async def provision_attachment_stores(
@@ -180,6 +223,17 @@ async def provision_attachment_stores(
             )
 
 
+async def _connect(url: str, nkeys_seed: bytes | None) -> Client:
+    """A provisioning connection to the bus at `url`: no reconnects, short timeouts."""
+    return await nats.connect(
+        url,
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        allow_reconnect=False,
+        drain_timeout=CONNECT_TIMEOUT_SECONDS,
+        nkeys_seed_str=None if nkeys_seed is None else nkeys_seed.decode("ascii"),
+    )
+
+
 async def provision(
     url: str,
     *,
@@ -193,13 +247,7 @@ async def provision(
 
     With authorization on, `nkeys_seed` is an operator's NKey seed (broker/authz.py).
     """
-    nc = await nats.connect(
-        url,
-        connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        allow_reconnect=False,
-        drain_timeout=CONNECT_TIMEOUT_SECONDS,
-        nkeys_seed_str=None if nkeys_seed is None else nkeys_seed.decode("ascii"),
-    )
+    nc = await _connect(url, nkeys_seed)
     try:
         await provision_streams(nc.jetstream(), limits=limits, replicas=replicas, agencies=agencies)
     finally:
@@ -216,13 +264,7 @@ async def provision_stores_for(
 ) -> None:
     """Connect to the bus at `url` and create the missing attachment buckets of `agencies`
     (an agency a new directory admits, broker/authority.py), drain."""
-    nc = await nats.connect(
-        url,
-        connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        allow_reconnect=False,
-        drain_timeout=CONNECT_TIMEOUT_SECONDS,
-        nkeys_seed_str=None if nkeys_seed is None else nkeys_seed.decode("ascii"),
-    )
+    nc = await _connect(url, nkeys_seed)
     try:
         await provision_attachment_stores(
             nc.jetstream(), agencies, limits=limits, replicas=replicas

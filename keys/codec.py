@@ -9,6 +9,7 @@ and refuses maps, extension types and floats, which no NRM wire format uses.
 from __future__ import annotations
 
 import array
+import base64
 import itertools
 import json
 import re
@@ -61,6 +62,19 @@ def _check_types(value: Any, what: str, depth: int = 0) -> None:
             _check_types(item, what, depth + 1)
     elif not isinstance(value, int | str | bytes | bool | type(None)):
         raise MalformedError(f"{what} holds a {type(value).__name__}, which is not allowed")
+
+
+def to_b64(raw: bytes) -> str:
+    """`raw` as standard base64 text (the form of keys and signatures in JSON files)."""
+    return base64.b64encode(raw).decode("ascii")
+
+
+def from_b64(text: Any) -> bytes:
+    """The bytes of base64 text; TypeError if `text` is no string, ValueError if it is not
+    strictly base64 (binascii.Error)."""
+    if not isinstance(text, str):
+        raise TypeError("expected base64 text")
+    return base64.b64decode(text, validate=True)
 
 
 def canonical_json(value: Any) -> bytes:
@@ -132,3 +146,32 @@ def parse_json(
     if canonical != data:
         raise MalformedError(f"{what} is not canonical JSON")
     return value
+
+
+def _refuse_float(text: str) -> Any:
+    raise ValueError("numbers other than integers are not allowed")
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate member")
+    return out
+
+
+def load_canonical(data: bytes, what: str) -> Any:
+    """Parse signed JSON `data` (no floats, no duplicate members) and refuse it unless it is
+    exactly its canonical form: MalformedError naming `what` otherwise."""
+    try:
+        obj = json.loads(
+            data.decode("utf-8"),
+            parse_float=_refuse_float,
+            parse_constant=_refuse_float,
+            object_pairs_hook=_refuse_duplicates,
+        )
+        canonical = canonical_json(obj)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeError are ValueErrors
+        raise MalformedError(f"{what} is not valid JSON") from e
+    if canonical != data:
+        raise MalformedError(f"{what} is not canonical JSON")
+    return obj

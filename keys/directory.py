@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -21,7 +20,7 @@ from nacl.exceptions import BadSignatureError as NaclBadSignatureError
 from nacl.public import PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
-from .codec import canonical_json
+from .codec import canonical_json, load_canonical, to_b64
 from .envelope import Recipient
 from .errors import (
     BadSignatureError,
@@ -334,14 +333,10 @@ class Root:
 # --------------------------------------------------------------------------- encoding
 
 
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
-
-
 def _key_doc(k: KeyEntry) -> dict[str, Any]:
     return {
         "kid": k.kid,
-        "public": _b64(k.public),
+        "public": to_b64(k.public),
         "valid_from": k.valid_from,
         "valid_until": k.valid_until,
         "status": k.status,
@@ -357,7 +352,7 @@ def _root_doc(root: Root) -> dict[str, Any]:
         "version": root.version,
         "expires": root.expires,
         "threshold": root.threshold,
-        "keys": {kid: _b64(bytes(key)) for kid, key in root.keys.items()},
+        "keys": {kid: to_b64(bytes(key)) for kid, key in root.keys.items()},
     }
 
 
@@ -394,17 +389,6 @@ def encode_directory(d: Directory) -> bytes:
 # --------------------------------------------------------------------------- strict decoding
 
 
-def _no_floats(text: str) -> Any:
-    raise ValueError("floats are not allowed")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise ValueError("duplicate member")
-    return out
-
-
 def _load_canonical(data: bytes, what: str) -> Any:
     """Parse `data` as JSON and refuse it unless it is exactly its canonical form."""
     if not isinstance(data, bytes | bytearray | memoryview):
@@ -412,19 +396,7 @@ def _load_canonical(data: bytes, what: str) -> Any:
     data = bytes(data)
     if len(data) > MAX_METADATA_BYTES:
         raise MalformedError(f"{what} is {len(data)} bytes, more than {MAX_METADATA_BYTES}")
-    try:
-        obj = json.loads(
-            data.decode("utf-8"),
-            parse_float=_no_floats,
-            parse_constant=_no_floats,
-            object_pairs_hook=_no_duplicates,
-        )
-        canonical = canonical_json(obj)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeError are ValueErrors
-        raise MalformedError(f"{what} is not valid JSON") from e
-    if canonical != data:
-        raise MalformedError(f"{what} is not canonical JSON")
-    return obj
+    return load_canonical(data, what)
 
 
 def _fields(obj: Any, names: set[str], what: str) -> dict[str, Any]:
@@ -446,7 +418,7 @@ def _unb64(text: Any, size: int, what: str) -> bytes:
         raw = base64.b64decode(text, validate=True)
     except binascii.Error as e:
         raise ValueError(f"{what} is not base64") from e
-    if len(raw) != size or _b64(raw) != text:
+    if len(raw) != size or to_b64(raw) != text:
         raise ValueError(f"{what} must be the canonical base64 of {size} bytes")
     return raw
 
@@ -548,7 +520,7 @@ class _SignedFile:
         return ROOT_LABEL if self.kind == ROOT_TYPE else DIRECTORY_LABEL
 
     def to_bytes(self) -> bytes:
-        sigs = [{"keyid": kid, "sig": _b64(sig)} for kid, sig in self.signatures]
+        sigs = [{"keyid": kid, "sig": to_b64(sig)} for kid, sig in self.signatures]
         return canonical_json({"signed": self.signed, "signatures": sigs})
 
 

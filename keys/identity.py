@@ -6,7 +6,6 @@ label per algorithm, so an Ed25519 key and an X25519 key never share an id.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import re
@@ -18,6 +17,7 @@ import nkeys
 from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
+from .codec import from_b64, to_b64
 from .errors import MalformedError
 from .subjects import AGENCY_ID_PATTERN
 
@@ -76,10 +76,10 @@ class PublicIdentity:
             "format": IDENTITY_FORMAT,
             "agency": self.agency,
             "name": self.name,
-            "signing_key": {"kid": self.signing_kid, "ed25519": _b64(bytes(self.signing_key))},
+            "signing_key": {"kid": self.signing_kid, "ed25519": to_b64(bytes(self.signing_key))},
             "encryption_key": {
                 "kid": self.encryption_kid,
-                "x25519": _b64(bytes(self.encryption_key)),
+                "x25519": to_b64(bytes(self.encryption_key)),
             },
         }
         if self.nats_key is not None:
@@ -98,8 +98,8 @@ class PublicIdentity:
             ident = cls(
                 agency=check_agency_id(doc["agency"]),
                 name=_str(doc["name"]),
-                signing_key=VerifyKey(_unb64(sk["ed25519"])),
-                encryption_key=PublicKey(_unb64(ek["x25519"])),
+                signing_key=VerifyKey(from_b64(sk["ed25519"])),
+                encryption_key=PublicKey(from_b64(ek["x25519"])),
                 nats_key=_nats_key(doc["nats_key"]) if "nats_key" in doc else None,
             )
         except MalformedError:
@@ -199,16 +199,6 @@ def _nats_key(value: Any) -> str:
     if not isinstance(value, str) or not _NKEY_USER.fullmatch(value):
         raise ValueError("nats_key must be a NATS user public key (U followed by 55 characters)")
     return value
-
-
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
-
-
-def _unb64(text: Any) -> bytes:
-    if not isinstance(text, str):
-        raise TypeError("expected base64 text")
-    return base64.b64decode(text, validate=True)
 
 
 def _str(value: Any) -> str:

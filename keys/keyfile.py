@@ -6,7 +6,6 @@ Reading and writing an agency's key folder, and the passphrase, are runtime/keyd
 
 from __future__ import annotations
 
-import base64
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from nacl.public import PrivateKey
 from nacl.secret import SecretBox
 from nacl.signing import SigningKey
 
+from .codec import from_b64, to_b64
 from .errors import KeyFileError
 from .identity import AgencyKeys, check_agency_id, nats_public_key
 
@@ -59,10 +59,10 @@ def _seal(
             "alg": "argon2id13",
             "opslimit": cost.opslimit,
             "memlimit": cost.memlimit,
-            "salt": _b64(salt),
+            "salt": to_b64(salt),
         },
-        "nonce": _b64(sealed.nonce),
-        "ciphertext": _b64(sealed.ciphertext),
+        "nonce": to_b64(sealed.nonce),
+        "ciphertext": to_b64(sealed.ciphertext),
     }
     return (json.dumps(doc, indent=2) + "\n").encode()
 
@@ -79,8 +79,10 @@ def _open(data: bytes, *, fmt: str, passphrase: bytes) -> tuple[dict[str, Any], 
             raise KeyFileError("key file asks for an unreasonable amount of memory")
         if cost.opslimit > 4 * nacl.pwhash.argon2id.OPSLIMIT_SENSITIVE:
             raise KeyFileError("key file asks for an unreasonable amount of work")
-        key = _derive(passphrase, _unb64(kdf["salt"]), cost)
-        secret = json.loads(SecretBox(key).decrypt(_unb64(doc["ciphertext"]), _unb64(doc["nonce"])))
+        key = _derive(passphrase, from_b64(kdf["salt"]), cost)
+        secret = json.loads(
+            SecretBox(key).decrypt(from_b64(doc["ciphertext"]), from_b64(doc["nonce"]))
+        )
     except nacl.exceptions.CryptoError as e:
         raise KeyFileError("wrong passphrase, or the key file is damaged") from e
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
@@ -95,14 +97,14 @@ def seal_keys(keys: AgencyKeys, *, passphrase: bytes, cost: KdfCost) -> bytes:
     secret = {
         "agency": keys.agency,
         "name": keys.name,
-        "signing_seed": _b64(bytes(keys.signing_key)),
-        "x25519_secret": _b64(bytes(keys.encryption_key)),
-        "previous_x25519_secrets": [_b64(bytes(k)) for k in keys.previous_encryption_keys],
+        "signing_seed": to_b64(bytes(keys.signing_key)),
+        "x25519_secret": to_b64(bytes(keys.encryption_key)),
+        "previous_x25519_secrets": [to_b64(bytes(k)) for k in keys.previous_encryption_keys],
         "nats_seed": None if keys.nats_seed is None else keys.nats_seed.decode("ascii"),
         "previous_nats_seed": (
             None if keys.previous_nats_seed is None else keys.previous_nats_seed.decode("ascii")
         ),
-        "storage_key": None if keys.storage_key is None else _b64(keys.storage_key),
+        "storage_key": None if keys.storage_key is None else to_b64(keys.storage_key),
     }
     return _seal(
         secret, fmt=KEYFILE_FORMAT, label={"agency": keys.agency}, passphrase=passphrase, cost=cost
@@ -118,14 +120,16 @@ def open_keys(data: bytes, *, passphrase: bytes) -> AgencyKeys:
         return AgencyKeys(
             agency=check_agency_id(inner["agency"]),
             name=inner["name"],
-            signing_key=SigningKey(_unb64(inner["signing_seed"])),
-            encryption_key=PrivateKey(_unb64(inner["x25519_secret"])),
+            signing_key=SigningKey(from_b64(inner["signing_seed"])),
+            encryption_key=PrivateKey(from_b64(inner["x25519_secret"])),
             nats_seed=_nats_seed(inner.get("nats_seed")),
             previous_nats_seed=_nats_seed(inner.get("previous_nats_seed")),
             previous_encryption_keys=tuple(
-                PrivateKey(_unb64(k)) for k in inner.get("previous_x25519_secrets", [])
+                PrivateKey(from_b64(k)) for k in inner.get("previous_x25519_secrets", [])
             ),
-            storage_key=None if inner.get("storage_key") is None else _unb64(inner["storage_key"]),
+            storage_key=None
+            if inner.get("storage_key") is None
+            else from_b64(inner["storage_key"]),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise KeyFileError(f"key file is not valid: {type(e).__name__}") from e
@@ -137,7 +141,7 @@ ADMIN_KEY_FORMAT = "nrm-admin-key/1"
 def seal_admin_key(key: SigningKey, *, passphrase: bytes, cost: KdfCost) -> bytes:
     """Encrypt an administrator's root signing key into key-file bytes (same scheme)."""
     return _seal(
-        {"ed25519_seed": _b64(bytes(key))},
+        {"ed25519_seed": to_b64(bytes(key))},
         fmt=ADMIN_KEY_FORMAT,
         label={},
         passphrase=passphrase,
@@ -148,7 +152,7 @@ def seal_admin_key(key: SigningKey, *, passphrase: bytes, cost: KdfCost) -> byte
 def open_admin_key(data: bytes, *, passphrase: bytes) -> SigningKey:
     _, secret = _open(data, fmt=ADMIN_KEY_FORMAT, passphrase=passphrase)
     try:
-        return SigningKey(_unb64(secret["ed25519_seed"]))
+        return SigningKey(from_b64(secret["ed25519_seed"]))
     except (KeyError, TypeError, ValueError) as e:
         raise KeyFileError(f"key file is not valid: {type(e).__name__}") from e
 
@@ -173,13 +177,3 @@ def _derive(passphrase: bytes, salt: bytes, cost: KdfCost) -> bytes:
     return nacl.pwhash.argon2id.kdf(
         SecretBox.KEY_SIZE, passphrase, salt, opslimit=cost.opslimit, memlimit=cost.memlimit
     )
-
-
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
-
-
-def _unb64(text: Any) -> bytes:
-    if not isinstance(text, str):
-        raise TypeError("expected base64 text")
-    return base64.b64decode(text, validate=True)

@@ -8,7 +8,7 @@ import csv
 import io
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +20,12 @@ from broker.ledger_store import LedgerStore
 from keys import PublicIdentity, UntrustedInputError
 from keys.checkpoint import Checkpoint, verify_checkpoint
 from keys.directory import Directory
-from keys.ledger_verify import LedgerVerificationError, Row, verify_directory_history
+from keys.ledger_verify import (
+    LedgerVerificationError,
+    Row,
+    verify_directory_history,
+    verify_rows,
+)
 from keys.restore import RestoreDeclaration, verify_restore
 
 ORIGIN_PREFIX = "nrm-exchange/ledger/v1/"
@@ -120,6 +125,28 @@ def restores_of(copy: LedgerCopy, *, identity: Path, name: str) -> list[RestoreD
     return found
 
 
+def verify_with_progress(
+    copy: LedgerCopy,
+    *,
+    directories: Mapping[int, Directory],
+    checkpoint: Checkpoint,
+    restores: Sequence[RestoreDeclaration] = (),
+) -> int:
+    """`verify_rows` over every row of `copy` with a transient progress bar updated per row;
+    returns the number of entries verified or raises LedgerVerificationError."""
+    from rich.progress import Progress
+
+    with Progress(transient=True) as progress:
+        task = progress.add_task("verifying events", total=len(copy.rows))
+        return verify_rows(
+            copy.rows,
+            directories=directories,
+            checkpoint=checkpoint,
+            restores=restores,
+            progress=lambda n: progress.update(task, completed=n),
+        )
+
+
 def describe_restore(d: RestoreDeclaration) -> str:
     when = datetime.fromtimestamp(d.declared_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     before = "a lost database" if d.previous_size is None else f"{d.previous_size} entries"
@@ -165,7 +192,7 @@ FIELDS = [
 ]
 
 
-def render(items: Iterator[dict[str, Any]], fmt: str) -> str:
+def render(items: Iterable[dict[str, Any]], fmt: str) -> str:
     if fmt == "jsonl":
         return "".join(json.dumps(i, sort_keys=True) + "\n" for i in items)
     out = io.StringIO()

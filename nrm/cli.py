@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets
 import signal
@@ -974,26 +975,24 @@ def audit_verify(
 ) -> None:
     """Recompute the tree, check every event's signature and the checkpoint; exit non-zero
     naming the first bad index."""
-    from rich.progress import Progress
+    from keys.ledger_verify import LedgerVerificationError
 
-    from keys.ledger_verify import LedgerVerificationError, verify_rows
-
-    from .audit import checkpoint_of, describe_restore, restores_of, trusted_directories
+    from .audit import (
+        checkpoint_of,
+        describe_restore,
+        restores_of,
+        trusted_directories,
+        verify_with_progress,
+    )
 
     try:
         copy = _load(ledger_url, db, token_file)
         checkpoint = checkpoint_of(copy, identity=ledger_identity, name=name)
         restores = restores_of(copy, identity=ledger_identity, name=name)
         directories = trusted_directories(copy, roots)
-        with Progress(transient=True) as progress:
-            task = progress.add_task("verifying events", total=len(copy.rows))
-            count = verify_rows(
-                copy.rows,
-                directories=directories,
-                checkpoint=checkpoint,
-                restores=restores,
-                progress=lambda n: progress.update(task, completed=n),
-            )
+        count = verify_with_progress(
+            copy, directories=directories, checkpoint=checkpoint, restores=restores
+        )
     except LedgerVerificationError as e:
         click.echo(f"FAILED: {e}", err=True)
         sys.exit(1)
@@ -1022,26 +1021,26 @@ def _filters(f: Callable[..., None]) -> Callable[..., None]:
     return f
 
 
-@audit_group.command("query")
-@_source
-@_filters
-def audit_query(
-    ledger_url: str | None,
-    db: Path | None,
-    token_file: Path | None,
-    referral: str | None,
-    agency: str | None,
-    kind: str | None,
-    since: str | None,
-    until: str | None,
-) -> None:
-    """Print matching events as a table (metadata only)."""
-    from .audit import select
-    from .show import when
+def _matching_events(f: Callable[..., None]) -> Callable[..., None]:
+    """The options of a ledger source and of the filters; `f` is called with the list of
+    matching events (metadata only) and its own options."""
 
-    copy = _load(ledger_url, db, token_file)
-    items = list(
-        select(
+    @functools.wraps(f)
+    def command(
+        ledger_url: str | None,
+        db: Path | None,
+        token_file: Path | None,
+        referral: str | None,
+        agency: str | None,
+        kind: str | None,
+        since: str | None,
+        until: str | None,
+        **rest: Any,
+    ) -> None:
+        from .audit import select
+
+        copy = _load(ledger_url, db, token_file)
+        items = select(
             copy.rows,
             referral=referral,
             agency=agency,
@@ -1049,7 +1048,17 @@ def audit_query(
             since=None if since is None else _parse_time(since),
             until=None if until is None else _parse_time(until),
         )
-    )
+        f(list(items), **rest)
+
+    return _source(_filters(command))
+
+
+@audit_group.command("query")
+@_matching_events
+def audit_query(items: list[dict[str, Any]]) -> None:
+    """Print matching events as a table (metadata only)."""
+    from .show import when
+
     click.echo(
         f"{'index':>6}  {'time':<16}  {'agency':<14} {'kind':<20} {'counterpart':<14} "
         f"{'referral':<12} reason"
@@ -1064,34 +1073,14 @@ def audit_query(
 
 
 @audit_group.command("export")
-@_source
-@_filters
+@_matching_events
 @click.option(
     "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
 )
-def audit_export(
-    ledger_url: str | None,
-    db: Path | None,
-    token_file: Path | None,
-    referral: str | None,
-    agency: str | None,
-    kind: str | None,
-    since: str | None,
-    until: str | None,
-    fmt: str,
-) -> None:
+def audit_export(items: list[dict[str, Any]], fmt: str) -> None:
     """Write matching events to standard output as JSON lines or CSV."""
-    from .audit import render, select
+    from .audit import render
 
-    copy = _load(ledger_url, db, token_file)
-    items = select(
-        copy.rows,
-        referral=referral,
-        agency=agency,
-        kind=kind,
-        since=None if since is None else _parse_time(since),
-        until=None if until is None else _parse_time(until),
-    )
     click.echo(render(items, fmt), nl=False)
 
 

@@ -70,3 +70,21 @@ def unauthorized(detail: str, *, realm: str) -> web.Response:
     response = problem(401, "Unauthorized", detail)
     response.headers["WWW-Authenticate"] = f'Bearer realm="{realm}"'
     return response
+
+
+def json_object_body(required: Sequence[str], properties: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI `requestBody` of an operation that takes a JSON object with `properties`
+    (no others), of which `required` must be present."""
+    return {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": list(required),
+                    "additionalProperties": False,
+                    "properties": properties,
+                }
+            }
+        },
+    }

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from agents.storage import Store
 from broker import NatsServer, provision
 from keys.subjects import inbox_subject
 
@@ -26,6 +27,16 @@ async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """An empty agent database in the test's folder, closed afterwards."""
+    s = Store(tmp_path / "agent.db")
+    try:
+        yield s
+    finally:
+        s.close()
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import re
 import shutil
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -213,3 +214,12 @@ def copy_agency_folder(m: Mechanism, agency: str, name: str) -> Path:
         re.sub(r'bind = "127\.0\.0\.1:\d+"', 'bind = "127.0.0.1:0"', config.read_text())
     )
     return config
+
+
+def query(db: Path, sql: str, *args: Any) -> list[Any]:
+    """The rows `sql` selects from the SQLite database at `db`, on a connection of its own."""
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()

@@ -39,6 +39,14 @@ async def delivered(m: Mechanism, sender: str, referral_id: str) -> None:
     await eventually(check, what=f"delivery of {referral_id}")
 
 
+async def police_to_shelter(m: Mechanism, n: int, sent: list[str]) -> None:
+    """Traffic: `n` referrals from the police to the shelter, 20 ms apart, each id appended
+    to `sent` once accepted."""
+    for _ in range(n):
+        sent.append(await m.api("police").refer(["shelter"], REFERRAL))
+        await asyncio.sleep(0.02)
+
+
 def sent_envelope(m: Mechanism, agency: str, message_id: str) -> bytes:
     """The exact envelope bytes `agency` published, from its outbox."""
     with sqlite3.connect(m.database(agency)) as db:
@@ -167,18 +175,23 @@ async def test_referral_accepted_while_bus_down_is_delivered_once(mechanism: Mec
     assert rows(m.database("shelter"), "inbox") == 1
 
 
+def agent_process(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`nrm agent run --config config` in a process of its own, its errors written to `log`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "nrm", "agent", "run", "--config", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+
+
 async def test_agent_killed_between_commit_and_ack_keeps_one_copy(mechanism: Mechanism) -> None:
     """A receiving agent that dies after committing but before acking stores the redelivery once."""
     m = mechanism
     await m.stop("shelter")
     config = m.setups["shelter"].config_path
     env = {**os.environ, "NRM_FAILPOINT": "inbox-after-commit"}
-    crashing = subprocess.Popen(
-        [sys.executable, "-m", "nrm", "agent", "run", "--config", str(config)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=(m.root / "crashing.log").open("wb"),
-    )
+    crashing = agent_process(config, env, m.root / "crashing.log")
     try:
         rid = await m.api("police").refer(["shelter"], REFERRAL)
         assert await asyncio.to_thread(crashing.wait, 30) == 70
@@ -188,12 +201,7 @@ async def test_agent_killed_between_commit_and_ack_keeps_one_copy(mechanism: Mec
     assert rows(m.database("shelter"), "inbox") == 1
 
     env.pop("NRM_FAILPOINT")
-    restarted = subprocess.Popen(
-        [sys.executable, "-m", "nrm", "agent", "run", "--config", str(config)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=(m.root / "restarted.log").open("wb"),
-    )
+    restarted = agent_process(config, env, m.root / "restarted.log")
     try:
         await delivered(m, "police", rid)
         nc, js = await operator_js(m)

@@ -154,6 +154,18 @@ def test_resend_request_decoding_is_strict() -> None:
             ResendRequest.decode(bad)
 
 
+async def start_and_await_police_answer(m: Mechanism) -> dict[str, Any]:
+    """Start the shelter and return the police's log of honouring its resend request."""
+    with capture_logs() as logs:
+        await m.start("shelter")
+
+        async def answered() -> bool:
+            return any(e["event"] == "resend_honoured" and e["agency"] == "police" for e in logs)
+
+        await eventually(answered, timeout=30, what="the police to answer the resend request")
+    return next(e for e in logs if e["event"] == "resend_honoured" and e["agency"] == "police")
+
+
 async def test_expired_mail_is_not_sent_again(
     mechanism: Mechanism, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -175,14 +187,7 @@ async def test_expired_mail_is_not_sent_again(
     )
     assert code == 0, out
     clock.set_offset(offset, 15 * 24 * 3600)
-    with capture_logs() as logs:
-        await m.start("shelter")
-
-        async def answered() -> bool:
-            return any(e["event"] == "resend_honoured" and e["agency"] == "police" for e in logs)
-
-        await eventually(answered, timeout=30, what="the police to answer the resend request")
-    honoured = next(e for e in logs if e["event"] == "resend_honoured" and e["agency"] == "police")
+    honoured = await start_and_await_police_answer(m)
     assert honoured["resent"] == 0 and honoured["skipped"] == {"expired": 2}, honoured
     assert inbox_referrals(m, "shelter") == before
 
@@ -213,12 +218,5 @@ async def test_mail_sealed_to_a_key_past_its_overlap_is_not_sent_again(
     )
     assert code == 0, out
     clock.set_offset(offset, 3600)  # past the old key's last second and the clock skew
-    with capture_logs() as logs:
-        await m.start("shelter")
-
-        async def answered() -> bool:
-            return any(e["event"] == "resend_honoured" and e["agency"] == "police" for e in logs)
-
-        await eventually(answered, timeout=30, what="the police to answer the resend request")
-    honoured = next(e for e in logs if e["event"] == "resend_honoured" and e["agency"] == "police")
+    honoured = await start_and_await_police_answer(m)
     assert honoured["resent"] == 0 and honoured["skipped"] == {"key-retired": 1}, honoured

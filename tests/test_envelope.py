@@ -260,22 +260,14 @@ def test_third_agency_cannot_open() -> None:
 
 def test_third_agency_cannot_claim_a_recipients_name() -> None:
     """Claiming to be a recipient without its key does not decrypt."""
+
+    def open_as_shelter(kid: str, key: PrivateKey) -> None:
+        open_envelope(ENVELOPE, me="shelter", decryption_keys={kid: key}, signers=BOOK, now=T0 + 60)
+
     with pytest.raises(NotAddressedToMeError):
-        open_envelope(
-            ENVELOPE,
-            me="shelter",
-            decryption_keys={PROSECUTOR.public.encryption_kid: PROSECUTOR.encryption_key},
-            signers=BOOK,
-            now=T0 + 60,
-        )
+        open_as_shelter(PROSECUTOR.public.encryption_kid, PROSECUTOR.encryption_key)
     with pytest.raises(DecryptionError):
-        open_envelope(
-            ENVELOPE,
-            me="shelter",
-            decryption_keys={SHELTER.public.encryption_kid: PROSECUTOR.encryption_key},
-            signers=BOOK,
-            now=T0 + 60,
-        )
+        open_as_shelter(SHELTER.public.encryption_kid, PROSECUTOR.encryption_key)
 
 
 def test_expired_rejected() -> None:

@@ -17,7 +17,6 @@ import json
 import secrets
 import sqlite3
 import uuid
-from pathlib import Path
 from typing import Any
 
 from nacl.secret import SecretBox
@@ -26,16 +25,8 @@ from keys.subjects import MESSAGE_STREAM
 from runtime.durability import backup
 
 from . import samples
-from .support import Mechanism, eventually
+from .support import Mechanism, eventually, query
 from .test_agent import delivered, operator_js
-
-
-def _query(db: Path, sql: str, *args: Any) -> list[Any]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
 
 
 def _probes(data: bytes) -> list[bytes]:
@@ -99,19 +90,19 @@ async def test_no_file_of_any_agent_or_the_bus_keeps_an_erased_referral(
     # Everything that reveals or opens the referral, captured before the withdrawal.
     shelter_db, police_db = m.database("shelter"), m.database("police")
     storage = SecretBox(m.agents["shelter"].keys.storage_key)
-    [(sealed_key,)] = _query(
+    [(sealed_key,)] = query(
         shelter_db, "SELECT sealed_key FROM data_keys WHERE referral_id = ?", rid
     )
-    [(sealed_body,)] = _query(shelter_db, "SELECT body FROM inbox WHERE referral_id = ?", rid)
+    [(sealed_body,)] = query(shelter_db, "SELECT body FROM inbox WHERE referral_id = ?", rid)
     data_key = storage.decrypt(bytes(sealed_key))
     opened = json.loads(SecretBox(data_key).decrypt(bytes(sealed_body)))
     attachment_key = base64.b64decode(opened["attachment_key"])
-    [(sealed_attachment_key, encrypted_attachment)] = _query(
+    [(sealed_attachment_key, encrypted_attachment)] = query(
         shelter_db,
         "SELECT sealed_key, data FROM received_attachments WHERE referral_id = ?",
         rid,
     )
-    [(envelope,)] = _query(
+    [(envelope,)] = query(
         police_db, "SELECT envelope FROM outbox WHERE kind = 'referral' AND referral_id = ?", rid
     )
     forbidden: dict[str, list[bytes]] = {
@@ -136,12 +127,12 @@ async def test_no_file_of_any_agent_or_the_bus_keeps_an_erased_referral(
 
     async def held_up() -> bool:
         return group.busy_checkpoints >= 2 and bool(
-            _query(shelter_db, "SELECT 1 FROM erasure_confirmations")
+            query(shelter_db, "SELECT 1 FROM erasure_confirmations")
         )
 
     try:
         await eventually(held_up, what="the shelter to erase and retry its WAL truncation")
-        sent = _query(shelter_db, "SELECT 1 FROM outbox WHERE kind = 'erasure-confirmation'")
+        sent = query(shelter_db, "SELECT 1 FROM outbox WHERE kind = 'erasure-confirmation'")
         assert sent == [], "confirmed before the WAL was truncated"
         status = await _call(m, "police", "GET", f"/v1/consents/{receipt_id}")
         assert status["pending"] == ["shelter"]
@@ -161,12 +152,12 @@ async def test_no_file_of_any_agent_or_the_bus_keeps_an_erased_referral(
     assert await attachment_status() == 410
 
     # The rows that held them: gone, or emptied; what the audit trail needs stays.
-    assert not _query(shelter_db, "SELECT 1 FROM data_keys WHERE referral_id = ?", rid)
+    assert not query(shelter_db, "SELECT 1 FROM data_keys WHERE referral_id = ?", rid)
     naming = f'%"referral_id":"{rid}"%'
-    assert not _query(
+    assert not query(
         shelter_db, "SELECT 1 FROM webhook_outbox WHERE CAST(body AS TEXT) LIKE ?", naming
     )
-    [(size, digest)] = _query(
+    [(size, digest)] = query(
         police_db,
         "SELECT length(envelope), envelope_hash FROM outbox"
         " WHERE kind = 'referral' AND referral_id = ?",
@@ -175,7 +166,7 @@ async def test_no_file_of_any_agent_or_the_bus_keeps_an_erased_referral(
     assert size == 0 and len(digest) == 64
 
     async def object_gone() -> bool:
-        return not _query(police_db, "SELECT 1 FROM attachment_deletions")
+        return not query(police_db, "SELECT 1 FROM attachment_deletions")
 
     await eventually(object_gone, what="the police agent to delete the attachment object")
 

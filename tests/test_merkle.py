@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -102,20 +103,21 @@ def flip(b: bytes, bit: int) -> bytes:
     return bytes(out)
 
 
-def inclusion_refused(**kwargs: Any) -> bool:
+def refused(verify: Callable[..., object], error: type[Exception], **kwargs: Any) -> bool:
+    """Whether `verify(**kwargs)` refuses with `error` (any other exception propagates)."""
     try:
-        verify_inclusion(**kwargs)
-    except InclusionProofError:
+        verify(**kwargs)
+    except error:
         return True
     return False
+
+
+def inclusion_refused(**kwargs: Any) -> bool:
+    return refused(verify_inclusion, InclusionProofError, **kwargs)
 
 
 def consistency_refused(**kwargs: Any) -> bool:
-    try:
-        verify_consistency(**kwargs)
-    except ConsistencyProofError:
-        return True
-    return False
+    return refused(verify_consistency, ConsistencyProofError, **kwargs)
 
 
 def test_reference_root_matches_root_of() -> None:

@@ -21,7 +21,7 @@ from runtime.keydir import load_key_dir, rotate_key_dir
 
 from . import samples
 from .support import Mechanism, copy_agency_folder, eventually
-from .test_agent import delivered, rows
+from .test_agent import delivered, police_to_shelter, rows
 
 REFERRAL = samples.referral()
 #: Everything nats-py may raise when the server refuses a login.
@@ -110,13 +110,7 @@ async def test_nkey_rotation_cuts_the_old_key_off_and_loses_nothing(mechanism: M
     old = seeds(m, "shelter")
     assert old.nats_seed is not None and not await refused(m, "shelter", old.nats_seed)
     sent: list[str] = []
-
-    async def traffic(n: int) -> None:
-        for _ in range(n):
-            sent.append(await m.api("police").refer(["shelter"], REFERRAL))
-            await asyncio.sleep(0.02)
-
-    flow = asyncio.create_task(traffic(40))
+    flow = asyncio.create_task(police_to_shelter(m, 40, sent))
     await asyncio.sleep(0.3)
     new = rotate(m, "shelter")
     await m.sandbox.publish()

@@ -11,7 +11,6 @@ import contextlib
 import copy
 import json
 import secrets
-import sqlite3
 import time
 import uuid
 from collections import defaultdict
@@ -36,6 +35,7 @@ from .support import (
     ESCALATING_LIMITS,
     Mechanism,
     eventually,
+    query,
     running_mechanism,
     webhook_receiver,
 )
@@ -45,14 +45,6 @@ from .test_consent import KANTARA_CR_1_1, _kantara_errors
 #: What the example consent lets each recipient receive, by purpose.
 ASSISTANCE = {"demographic", "identity", "contact", "language", "health", "needs"}
 IDENTIFICATION = {"demographic", "identity", "exploitation", "case"}
-#: A body the identification purpose covers in full for the co-ordinator.
-ID_BODY: dict[str, Any] = {
-    "age_category": "adult",
-    "names": {"given_names": "Mira", "family_name": "Example"},
-    "exploitation_types": ["forced_labour"],
-    "nrm_stage": "first_responder_referral",
-    "narrative": "Recruited with a false job offer; documents withheld.",
-}
 EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "schemas" / "examples" / "valid"
 COUNTED = ("outbox", "deliveries", "referrals", "consent_uses")
 
@@ -128,14 +120,6 @@ def keys_in(doc: Any) -> Iterator[str]:
             yield from keys_in(v)
 
 
-def query(db: Path, sql: str, *args: Any) -> list[Any]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
-
-
 async def recipient_state(m: Mechanism, referral_id: str, state: str) -> None:
     async def check() -> bool:
         body = await get(m, "police", f"/v1/referrals/{referral_id}")
@@ -161,7 +145,7 @@ async def test_each_recipient_gets_only_what_its_role_and_the_consent_allow(
     status, to_shelter = await refer(m, ["shelter"], consented(rid))
     assert status == 202, to_shelter
     status, to_coordinator = await refer(
-        m, ["coordinator"], consented(rid, ID_BODY, purpose="identification")
+        m, ["coordinator"], consented(rid, samples.ID_BODY, purpose="identification")
     )
     assert status == 202, to_coordinator
     await delivered(m, "police", to_shelter["id"])
@@ -176,7 +160,7 @@ async def test_each_recipient_gets_only_what_its_role_and_the_consent_allow(
 
     coordinator = await received_body(m, "coordinator", to_coordinator["id"])
     assert set(R.categories_present(coordinator)) == IDENTIFICATION
-    assert coordinator == ID_BODY
+    assert coordinator == samples.ID_BODY
 
 
 async def test_a_referral_exceeding_its_consent_is_refused_and_nothing_is_written(
@@ -203,7 +187,7 @@ async def test_a_referral_exceeding_its_consent_is_refused_and_nothing_is_writte
     for category in sent_beyond(samples.BODY, IDENTIFICATION):
         assert category in problems
 
-    status, body = await refer(m, ["coordinator"], consented(shelter_only, ID_BODY))
+    status, body = await refer(m, ["coordinator"], consented(shelter_only, samples.ID_BODY))
     assert status == 422, body
     assert any("recipient coordinator" in p and "not named" in p for p in body["problems"])
 
@@ -270,7 +254,9 @@ async def test_withdrawal_erases_at_every_recipient(mechanism: Mechanism) -> Non
     body = {**copy.deepcopy(samples.BODY), "names": names}
     _, to_shelter = await refer(m, ["shelter"], consented(rid, body))
     _, to_coordinator = await refer(
-        m, ["coordinator"], consented(rid, {**ID_BODY, "names": names}, purpose="identification")
+        m,
+        ["coordinator"],
+        consented(rid, {**samples.ID_BODY, "names": names}, purpose="identification"),
     )
     sent = {"shelter": to_shelter["id"], "coordinator": to_coordinator["id"]}
     for referral_id in sent.values():
@@ -598,14 +584,7 @@ async def test_attachment_round_trips_encrypted(mechanism: Mechanism) -> None:
     content = secrets.token_bytes(3 * 1024 * 1024)
     status, item = await upload(m, "police", content, "application/pdf")
     assert status == 201, item
-    rid = (
-        await post(
-            m,
-            "police",
-            "/v1/referrals",
-            {"recipients": ["shelter"], "referral": with_attachment(item)},
-        )
-    )[1]["id"]
+    rid = (await refer(m, ["shelter"], with_attachment(item)))[1]["id"]
     await delivered(m, "police", rid)
 
     async def fetched() -> bool:
@@ -629,14 +608,7 @@ async def test_corrupted_attachment_is_refused(mechanism: Mechanism) -> None:
         m, "police", b"%PDF-1.7 " + secrets.token_bytes(4096), "application/pdf"
     )
     assert status == 201
-    rid = (
-        await post(
-            m,
-            "police",
-            "/v1/referrals",
-            {"recipients": ["shelter"], "referral": with_attachment(item)},
-        )
-    )[1]["id"]
+    rid = (await refer(m, ["shelter"], with_attachment(item)))[1]["id"]
     police_db = m.database("police")
 
     async def uploaded() -> bool:

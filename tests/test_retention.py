@@ -7,7 +7,6 @@ run in this process; each purge round is run directly (the background loop waits
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from keys.audit import AuditEvent, decode_signed_event, new_event_id
 from runtime import clock
 
 from . import samples
-from .support import Mechanism, eventually
+from .support import Mechanism, eventually, query
 from .test_agent import delivered
 
 SHORT = RetentionSchedule(
@@ -29,14 +28,6 @@ SHORT = RetentionSchedule(
     history_days=3,
     closed_referrals_days=2,
 )
-
-
-def _query(db: Path, sql: str, *args: Any) -> list[Any]:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql, args).fetchall()
-    finally:
-        conn.close()
 
 
 @pytest.mark.parametrize(
@@ -168,7 +159,7 @@ async def test_purge_after_the_period_not_before_and_not_under_legal_hold(
     police_db, shelter_db = m.database("police"), m.database("shelter")
 
     def envelope_sizes() -> dict[str, int]:
-        rows = _query(
+        rows = query(
             police_db,
             "SELECT referral_id, length(envelope) FROM outbox WHERE kind = 'referral'",
         )
@@ -176,17 +167,17 @@ async def test_purge_after_the_period_not_before_and_not_under_legal_hold(
 
     def held_everything() -> None:
         assert envelope_sizes()[held] > 0
-        assert _query(shelter_db, "SELECT 1 FROM referrals WHERE referral_id = ?", held)
-        assert _query(shelter_db, "SELECT 1 FROM data_keys WHERE referral_id = ?", held)
-        assert _query(shelter_db, "SELECT 1 FROM history WHERE referral_id = ?", held)
-        assert _query(police_db, "SELECT 1 FROM history WHERE referral_id = ?", held)
+        assert query(shelter_db, "SELECT 1 FROM referrals WHERE referral_id = ?", held)
+        assert query(shelter_db, "SELECT 1 FROM data_keys WHERE referral_id = ?", held)
+        assert query(shelter_db, "SELECT 1 FROM history WHERE referral_id = ?", held)
+        assert query(police_db, "SELECT 1 FROM history WHERE referral_id = ?", held)
 
     # Just before each period: nothing at all.
     clock.set_offset(offset, DAY - 60)
     for agent in (police, shelter):
         assert set((await agent.retention.purge()).values()) == {0}
     assert all(size > 0 for size in envelope_sizes().values())
-    assert _query(police_db, "SELECT count(*) FROM idempotency") == [(2,)]
+    assert query(police_db, "SELECT count(*) FROM idempotency") == [(2,)]
 
     # Past the envelope and idempotency periods: those go, but not the held referral's.
     clock.set_offset(offset, DAY + 60)
@@ -194,7 +185,7 @@ async def test_purge_after_the_period_not_before_and_not_under_legal_hold(
     assert counts["envelopes"] >= 1 and counts["idempotency_keys"] == 2, counts
     assert counts["closed_referrals"] == counts["history"] == 0, counts
     assert envelope_sizes()[free] == 0
-    assert _query(police_db, "SELECT count(*) FROM idempotency") == [(0,)]
+    assert query(police_db, "SELECT count(*) FROM idempotency") == [(0,)]
     held_everything()
 
     # Past the closed-referral period: the free referral goes whole, at both agencies.
@@ -202,11 +193,11 @@ async def test_purge_after_the_period_not_before_and_not_under_legal_hold(
     for agent in (police, shelter):
         counts = await agent.retention.purge()
         assert counts["closed_referrals"] == 1, counts
-    assert not _query(shelter_db, "SELECT 1 FROM referrals WHERE referral_id = ?", free)
-    assert not _query(shelter_db, "SELECT 1 FROM data_keys WHERE referral_id = ?", free)
-    assert not _query(shelter_db, "SELECT 1 FROM history WHERE referral_id = ?", free)
-    assert _query(shelter_db, "SELECT body FROM inbox WHERE referral_id = ?", free) == [(None,)]
-    assert not _query(police_db, "SELECT 1 FROM referrals WHERE referral_id = ?", free)
+    assert not query(shelter_db, "SELECT 1 FROM referrals WHERE referral_id = ?", free)
+    assert not query(shelter_db, "SELECT 1 FROM data_keys WHERE referral_id = ?", free)
+    assert not query(shelter_db, "SELECT 1 FROM history WHERE referral_id = ?", free)
+    assert query(shelter_db, "SELECT body FROM inbox WHERE referral_id = ?", free) == [(None,)]
+    assert not query(police_db, "SELECT 1 FROM referrals WHERE referral_id = ?", free)
     status, _, _ = await m.api("shelter").call("GET", f"/v1/referrals/{free}")
     assert status == 404
     held_everything()
@@ -214,7 +205,7 @@ async def test_purge_after_the_period_not_before_and_not_under_legal_hold(
     # The purge is audited by count only.
     events = [
         decode_signed_event(bytes(r[0]))[0]
-        for r in _query(shelter_db, "SELECT event FROM audit_outbox ORDER BY seq")
+        for r in query(shelter_db, "SELECT event FROM audit_outbox ORDER BY seq")
     ]
     purged = [e for e in events if e.kind == "retention.purged"]
     assert purged and all(e.referral_id is None and e.counterpart is None for e in purged)
@@ -225,5 +216,5 @@ async def test_purge_after_the_period_not_before_and_not_under_legal_hold(
     assert (status, body["legal_hold"]) == (200, False), body
     counts = await shelter.retention.purge()
     assert counts["closed_referrals"] == 1, counts
-    assert not _query(shelter_db, "SELECT 1 FROM referrals WHERE referral_id = ?", held)
+    assert not query(shelter_db, "SELECT 1 FROM referrals WHERE referral_id = ?", held)
     clock.set_offset(offset, 0)

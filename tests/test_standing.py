@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -156,15 +155,6 @@ def test_next_revocation_is_the_earliest_later_one() -> None:
 
 
 # --- the agent's guard ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "agent.db")
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def _guard(store: Store, keys: AgencyKeys, failed: list[tuple[str, int]]) -> StandingGuard:

@@ -22,7 +22,7 @@ from runtime.keydir import rotate_key_dir
 
 from . import samples
 from .support import AGENCIES, Mechanism, eventually, running_mechanism
-from .test_agent import connect_as, delivered, rows
+from .test_agent import connect_as, delivered, police_to_shelter, rows, sent_envelope
 
 REFERRAL = samples.referral()
 
@@ -123,13 +123,7 @@ async def test_rotation_during_traffic_loses_nothing(mechanism: Mechanism) -> No
     police, shelter = m.setups["police"], m.setups["shelter"]
     old_shelter_enc = m.agents["shelter"].keys.public.encryption_kid
     sent: list[str] = []
-
-    async def traffic(n: int) -> None:
-        for _i in range(n):
-            sent.append(await m.api("police").refer(["shelter"], REFERRAL))
-            await asyncio.sleep(0.02)
-
-    flow = asyncio.create_task(traffic(60))
+    flow = asyncio.create_task(police_to_shelter(m, 60, sent))
     await asyncio.sleep(0.4)
     for setup in (shelter, police):
         rotate_key_dir(setup.key_dir, passphrase=setup.passphrase(), cost=INTERACTIVE)
@@ -155,13 +149,7 @@ async def test_rotation_during_traffic_loses_nothing(mechanism: Mechanism) -> No
 
 
 def _recipient_kid(m: Mechanism, agency: str, message_id: str) -> str:
-    import sqlite3
-
-    with sqlite3.connect(m.database(agency)) as db:
-        (envelope,) = db.execute(
-            "SELECT envelope FROM outbox WHERE kind = 'referral' AND referral_id = ?",
-            (message_id,),
-        ).fetchone()
+    envelope = sent_envelope(m, agency, message_id)
     header = codec.unpack(codec.unpack(envelope, max_bytes=1 << 20)[1], max_bytes=8192)
     return str(header[6][0])
 

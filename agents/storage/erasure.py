@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from keys.subjects import attachment_object
 
 from .db import Database
+from .webhooks import delete_webhook_events
 
 #: What an outbox envelope dropped by erasure or retention is replaced with.
 DROPPED = b""
@@ -166,7 +167,4 @@ def delete_webhooks_naming(db: sqlite3.Connection, owner: str, referral_id: str)
             (referral_id, owner),
         )
     ]
-    for event_id in events:
-        db.execute("DELETE FROM webhook_deliveries WHERE event_id = ?", (event_id,))
-        db.execute("DELETE FROM webhook_outbox WHERE event_id = ?", (event_id,))
-    return len(events)
+    return delete_webhook_events(db, events)

@@ -12,6 +12,7 @@ import sqlite3
 
 from .db import Database
 from .erasure import DROPPED, delete_webhooks_naming
+from .webhooks import delete_webhook_events
 
 #: Referral states after which nothing more happens (agents.lifecycle.FINAL_STATES).
 CLOSED_STATES = ("declined", "closed", "withdrawn", "cancelled", "expired")
@@ -99,10 +100,7 @@ class Retention(Database):
                 (cutoff, batch),
             )
         ]
-        for event_id in events:
-            db.execute("DELETE FROM webhook_deliveries WHERE event_id = ?", (event_id,))
-            db.execute("DELETE FROM webhook_outbox WHERE event_id = ?", (event_id,))
-        return len(events)
+        return delete_webhook_events(db, events)
 
     @staticmethod
     def purge_history(db: sqlite3.Connection, *, cutoff: int, batch: int) -> int:

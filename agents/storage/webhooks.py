@@ -10,6 +10,14 @@ from runtime import clock
 from .db import Database
 
 
+def delete_webhook_events(db: sqlite3.Connection, event_ids: Sequence[str]) -> int:
+    """Delete these webhook events and their deliveries, in the caller's transaction."""
+    for event_id in event_ids:
+        db.execute("DELETE FROM webhook_deliveries WHERE event_id = ?", (event_id,))
+        db.execute("DELETE FROM webhook_outbox WHERE event_id = ?", (event_id,))
+    return len(event_ids)
+
+
 class WebhookOutbox(Database):
     """`webhook_outbox` and `webhook_deliveries`."""
 

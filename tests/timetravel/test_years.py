@@ -61,13 +61,6 @@ AGENCIES = [
 ]
 LIMITS = {"ack_wait_seconds": 2, "retry_max_seconds": 0.5, "timer_interval_seconds": 0.25}
 SETTLE_SECONDS = 60.0
-ID_BODY: dict[str, Any] = {
-    "age_category": "adult",
-    "names": {"given_names": "Mira", "family_name": "Example"},
-    "exploitation_types": ["forced_labour"],
-    "nrm_stage": "first_responder_referral",
-    "narrative": "Recruited with a false job offer; documents withheld.",
-}
 
 
 # --- the mechanism and its clock ----------------------------------------------------------
@@ -302,7 +295,10 @@ async def traffic(w: World) -> None:
     consented: dict[str, Any] = {"legal_basis": "consent", "consent_receipt_id": rid}
     await refer(w, "police", "shelter", samples.referral(**consented))
     await refer(
-        w, "police", "coordinator", samples.referral(ID_BODY, purpose="identification", **consented)
+        w,
+        "police",
+        "coordinator",
+        samples.referral(samples.ID_BODY, purpose="identification", **consented),
     )
     if "labour" not in w.removed:
         await refer(w, "labour", "shelter", samples.referral())
