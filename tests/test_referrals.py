@@ -660,7 +660,7 @@ async def test_withdrawal_goes_ahead_when_a_recipient_was_removed(mechanism: Mec
     rid = await record_consent(m)
     _, to_shelter = await refer(m, ["shelter"], consented(rid, copy.deepcopy(samples.BODY)))
     _, to_coordinator = await refer(
-        m, ["coordinator"], consented(rid, copy.deepcopy(ID_BODY), purpose="identification")
+        m, ["coordinator"], consented(rid, copy.deepcopy(samples.ID_BODY), purpose="identification")
     )
     for referral_id in (to_shelter["id"], to_coordinator["id"]):
         await delivered(m, "police", referral_id)
