@@ -59,8 +59,17 @@ AGENCIES = [
     ("coordinator", "Co-ordinator", "coordinator"),
     ("labour", "Labour inspectorate", "labour-inspection"),
 ]
-LIMITS = {"ack_wait_seconds": 2, "retry_max_seconds": 0.5, "timer_interval_seconds": 0.25}
-SETTLE_SECONDS = 60.0
+#: Reconnection back-off capped at 2 s (default 60 s): a connection refused in the moment
+#: between a NATS-key rotation's publication and the bus's reload must not wait out a minute
+#: of back-off, longer than the settle bound, on a loaded machine.
+LIMITS = {
+    "ack_wait_seconds": 2,
+    "retry_max_seconds": 0.5,
+    "timer_interval_seconds": 0.25,
+    "reconnect_initial_seconds": 0.2,
+    "reconnect_max_seconds": 2.0,
+}
+SETTLE_SECONDS = 120.0
 
 
 # --- the mechanism and its clock ----------------------------------------------------------
