@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from keys import codec
-from keys.errors import MalformedError, UnknownReasonCodeError
+from keys.errors import MalformedError, UnexpectedMessageError, UnknownReasonCodeError
 from keys.subjects import AGENCY_ID_PATTERN
 from runtime import clock
 
@@ -265,7 +265,9 @@ class Transition:
 
     @classmethod
     def decode(cls, data: bytes) -> Transition:
-        """Strictly decode a transition body, or raise MalformedError."""
+        """Strictly decode a transition body, or raise: MalformedError for its shape,
+        UnknownReasonCodeError for a reason outside the vocabulary, UnexpectedMessageError
+        for a well-formed step the lifecycle table does not allow (PROTOCOL.md §8.4)."""
         raw: Any = codec.unpack(
             data, max_bytes=MAX_TRANSITION_BYTES, max_items=16, what="transition"
         )
@@ -285,7 +287,7 @@ class Transition:
                 at=raw[8],
             )
         except TransitionRefused as e:
-            raise MalformedError(f"transition is not in the lifecycle table: {e}") from e
+            raise UnexpectedMessageError(f"transition is not in the lifecycle table: {e}") from e
         except ReasonCodeUnknown as e:
             raise UnknownReasonCodeError("transition reason is not a code of the vocabulary") from e
         except ValueError as e:

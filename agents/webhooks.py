@@ -6,7 +6,7 @@ URL's undelivered events oldest first, retrying the head of its queue with bound
 back-off until the receiver answers 2xx, and only then moves on. An event is marked delivered
 once every URL has taken it. The event id is stable across retries, so receivers de-duplicate.
 
-Request (docs/PROTOCOL.md, "Webhooks"):
+Request (docs/PROTOCOL.md §10, "Webhooks"):
 
     POST <url>
     Content-Type: application/json

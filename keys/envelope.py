@@ -269,6 +269,8 @@ def open_envelope(
     ):
         raise MalformedError("payload must be [signature, body]")
     inner_sig, body = inner
+    if len(body) > limits.max_body_bytes:  # step 9: no sender may seal a larger body
+        raise MalformedError(f"body is larger than {limits.max_body_bytes} bytes")
     key = signers.signing_key(header.sender, header.sender_kid, at=header.created)
     try:
         key.verify(_inner_message(parsed.header_bytes, body), inner_sig)

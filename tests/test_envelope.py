@@ -308,6 +308,17 @@ def test_payload_must_be_signature_and_body() -> None:
             open_as(SHELTER, with_payload(payload))
 
 
+def test_body_over_the_limit_is_malformed_before_the_inner_signature() -> None:
+    """A body of 786 433 bytes is refused at step 9 (`malformed`) whatever its signature; one
+    of exactly 786 432 bytes passes step 9 and fails only the inner signature (§4.7)."""
+    limit = Limits().max_body_bytes
+    assert limit == 786_432
+    with pytest.raises(MalformedError, match="body is larger"):
+        open_as(SHELTER, with_payload(codec.pack([bytes(64), bytes(limit + 1)])))
+    with pytest.raises(BadSignatureError):
+        open_as(SHELTER, with_payload(codec.pack([bytes(64), bytes(limit)])))
+
+
 def test_header_version_true_is_not_one() -> None:
     """A header whose version is msgpack `true` is malformed, though `True == 1` in Python."""
     parts = fields(ENVELOPE)

@@ -20,7 +20,7 @@ from agents.lifecycle import (
     escalation_due,
 )
 from keys import codec
-from keys.errors import MalformedError, UnknownReasonCodeError
+from keys.errors import MalformedError, UnexpectedMessageError, UnknownReasonCodeError
 
 REFERRAL = "0123456789abcdef0123456789abcdef"
 
@@ -71,7 +71,8 @@ def test_final_states_have_no_way_out() -> None:
     ("state", "target", "party"), list(itertools.product(STATES, STATES, PARTIES))
 )
 def test_every_combination(state: str, target: str, party: str) -> None:
-    """An allowed transition passes; any other is refused naming exactly the allowed ones."""
+    """An allowed transition passes; any other is refused naming exactly the allowed ones,
+    and a body carrying it is refused as `unexpected` (PROTOCOL.md §8.4)."""
     reason, outcome = _extras(target)
     if target in EXPECTED.get((state, party), set()):
         check(state, target, party, reason=reason, outcome=outcome)
@@ -81,10 +82,11 @@ def test_every_combination(state: str, target: str, party: str) -> None:
         with pytest.raises(TransitionRefused) as refused:
             check(state, target, party, reason=reason, outcome=outcome)
         assert refused.value.allowed == allowed(state, party)
-        with pytest.raises(MalformedError):
+        with pytest.raises(UnexpectedMessageError) as decoded:
             Transition.decode(
                 codec.pack([1, REFERRAL, "shelter", state, target, party, reason, outcome, 1])
             )
+        assert decoded.value.reason == "unexpected"
 
 
 @pytest.mark.parametrize(
