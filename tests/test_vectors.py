@@ -1,45 +1,91 @@
-"""Every envelope test vector through the real decoder; the generator reproduces them exactly."""
+"""Every test vector through the real code (docs/PROTOCOL.md §4.9); the generator reproduces
+them exactly."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import subprocess
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from nacl.public import PrivateKey
-from nacl.signing import VerifyKey
+from nacl.signing import SigningKey, VerifyKey
 
 from agents import inbound
-from agents.messages import REFUSAL, Refusal
+from agents.consent import decode_stored, verify_receipt
+from agents.lifecycle import Transition
+from agents.messages import DELIVERY_RECEIPT, REFUSAL, TRANSITION, DeliveryReceipt, Refusal
 from agents.resend import ResendRequest
-from keys import DEFAULT_LIMITS, UnknownKeyError, UntrustedInputError, open_envelope
-from keys.identity import encryption_kid, signing_kid
+from keys import DEFAULT_LIMITS, UntrustedInputError, open_envelope
+from keys.audit import AuditEvent, verify_event
+from keys.checkpoint import Checkpoint, verify_checkpoint
+from keys.codec import canonical_json, parse_json
+from keys.directory import (
+    AgencyEntry,
+    Directory,
+    KeyEntry,
+    Root,
+    verify_directory,
+    verify_initial_root,
+    verify_root_update,
+)
+from keys.errors import KeyFileError
+from keys.identity import (
+    ENCRYPTION_KID_LABEL,
+    SIGNING_KID_LABEL,
+    encryption_kid,
+    key_id,
+    nats_public_key,
+)
+from keys.keyfile import open_admin_key, open_keys
+from keys.ledger_entry import LedgerEntry
+from keys.merkle import leaf_hash
 from keys.restore import verify_restore
 
 VECTORS = Path(__file__).parent / "vectors"
 FILES = sorted(VECTORS.glob("envelope-*.txt"))
 
 
-@dataclass(frozen=True)
-class OneSigner:
-    """Trusts exactly one signing key of one agency (a `SignerKeys`)."""
-
-    agency: str
-    key: VerifyKey
-
-    def signing_key(self, agency: str, kid: str, *, at: int) -> VerifyKey:
-        if agency != self.agency or kid != signing_kid(self.key):
-            raise UnknownKeyError(f"key {kid} of {agency} is not trusted")
-        return self.key
-
-
 def parse(path: Path) -> tuple[dict[str, str], bytes]:
     head, _, tail = path.read_text(encoding="utf-8").partition("\n\n")
     fields = dict(line.split(": ", 1) for line in head.splitlines())
     return fields, base64.b64decode("".join(tail.split()), validate=True)
+
+
+def _opt(text: str) -> int | None:
+    return None if text == "none" else int(text)
+
+
+def one_key_directory(fields: dict[str, str], agency: str, public: str) -> Directory:
+    """A real directory (unsigned: the vector is about the key, not the directory) listing
+    exactly one signing key of `agency` with the vector's validity fields."""
+    key = bytes.fromhex(public)
+    status = fields["key_status"]
+    entry = AgencyEntry(
+        agency=agency,
+        name=agency,
+        roles=("police",),
+        signing_keys=(
+            KeyEntry(
+                kid=key_id(SIGNING_KID_LABEL, key),
+                public=key,
+                valid_from=int(fields["key_valid_from"]),
+                valid_until=_opt(fields["key_valid_until"]),
+                status=status,  # type: ignore[arg-type]
+                revoked_at=_opt(fields["key_revoked_at"]),
+                reason="vector" if status == "revoked" else None,
+            ),
+        ),
+        encryption_keys=(
+            KeyEntry(key_id(ENCRYPTION_KID_LABEL, bytes(32)), bytes(32), 0, None, "active"),
+        ),
+        nats_key="U" + "A" * 55,
+    )
+    return Directory(version=1, expires=1 << 40, agencies=(entry,))
 
 
 def test_vectors_exist() -> None:
@@ -54,9 +100,9 @@ def test_vector(path: Path) -> None:
     """Opening the vector's envelope gives exactly the outcome its `expect` line states."""
     fields, data = parse(path)
     secret = PrivateKey(bytes.fromhex(fields["recipient_x25519_secret"]))
-    signers = OneSigner(
-        fields["sender_agency"], VerifyKey(bytes.fromhex(fields["sender_ed25519_public"]))
-    )
+    seed = SigningKey(bytes.fromhex(fields["sender_seed"]))
+    assert bytes(seed.verify_key).hex() == fields["sender_ed25519_public"]
+    signers = one_key_directory(fields, fields["sender_agency"], fields["trusted_ed25519_public"])
 
     def open_it() -> bytes:
         return open_envelope(
@@ -131,6 +177,319 @@ def test_refusal_vector(path: Path) -> None:
     assert refusal == Refusal(
         fields["message_id"], fields["envelope_hash"], fields["reason"], int(fields["refused_at"])
     )
+
+
+def _files(prefix: str) -> list[Path]:
+    return sorted(VECTORS.glob(f"{prefix}*.txt"))
+
+
+def _refused(expect: str, call: Callable[[], object]) -> None:
+    """`call` raises the untrusted-input error whose reason is `expect`."""
+    with pytest.raises(UntrustedInputError) as caught:
+        call()
+    assert caught.value.reason == expect
+
+
+def _ids(files: list[Path]) -> list[str]:
+    return [p.stem for p in files]
+
+
+JSON_ENCODE = _files("canonical-json-encode-")
+JSON_DECODE = _files("canonical-json-decode-")
+
+
+@pytest.mark.parametrize("path", JSON_ENCODE, ids=_ids(JSON_ENCODE))
+def test_canonical_json_encode_vector(path: Path) -> None:
+    """Any JSON text (`input`), parsed and encoded canonically (§1.3), gives exactly the
+    vector's bytes, and those bytes pass the strict decoder."""
+    fields, canonical = parse(path)
+    value = json.loads(base64.b64decode(fields["input"]))
+    assert canonical_json(value) == canonical
+    assert (
+        parse_json(canonical, max_bytes=1 << 20, max_depth=16, max_integer=(1 << 53) - 1) == value
+    )
+
+
+@pytest.mark.parametrize("path", JSON_DECODE, ids=_ids(JSON_DECODE))
+def test_canonical_json_decode_vector(path: Path) -> None:
+    """The strict body decoder (§6.4 steps 1-5) gives exactly the vector's outcome."""
+    fields, data = parse(path)
+    limits = DEFAULT_LIMITS
+
+    def decode() -> object:
+        return parse_json(
+            data,
+            max_bytes=limits.max_body_bytes,
+            max_depth=limits.max_body_depth,
+            max_integer=limits.max_json_integer,
+        )
+
+    if fields["expect"] == "ok":
+        assert canonical_json(decode()) == data
+    else:
+        _refused(fields["expect"], decode)
+
+
+ROOTS = _files("root-")
+DIRECTORIES = _files("directory-")
+
+
+@pytest.mark.parametrize("path", ROOTS, ids=_ids(ROOTS))
+def test_root_vector(path: Path) -> None:
+    """An initial root checked with its own keys, or a root update over `trusted_root`
+    (§7.5 R1-R4), gives exactly the vector's outcome and fields."""
+    fields, data = parse(path)
+    trusted = None
+    if fields["trusted_root"] != "none":
+        trusted = verify_initial_root(base64.b64decode(fields["trusted_root"]))
+
+    def verify() -> Root:
+        if trusted is None:
+            return verify_initial_root(data)
+        return verify_root_update(trusted, data)
+
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], verify)
+        return
+    root = verify()
+    assert root.version == int(fields["version"])
+    assert root.threshold == int(fields["threshold"])
+    assert ",".join(sorted(root.keys)) == fields["key_ids"]
+
+
+@pytest.mark.parametrize("path", DIRECTORIES, ids=_ids(DIRECTORIES))
+def test_directory_vector(path: Path) -> None:
+    """A directory verified against `root` and the `current` one at `now` (§7.5 D1-D5)
+    gives exactly the vector's outcome and fields."""
+    fields, data = parse(path)
+    root = verify_initial_root(base64.b64decode(fields["root"]))
+    now = int(fields["now"])
+    current = None
+    if fields["current"] != "none":
+        current = verify_directory(root, base64.b64decode(fields["current"]), now=now, current=None)
+
+    def verify() -> Directory:
+        return verify_directory(root, data, now=now, current=current)
+
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], verify)
+        return
+    directory = verify()
+    assert directory.version == int(fields["version"])
+    assert ",".join(a.agency for a in directory.agencies) == fields["agencies"]
+
+
+AUDIT_EVENTS = _files("audit-event-")
+LEDGER_ENTRIES = _files("ledger-entry-")
+
+
+def _event_fields(event: AuditEvent) -> dict[str, str]:
+    def shown(value: str | None) -> str:
+        return "none" if value is None else value
+
+    return {
+        "event_id": event.event_id,
+        "event_agency": event.agency,
+        "kind": event.kind,
+        "referral_id": shown(event.referral_id),
+        "counterpart": shown(event.counterpart),
+        "envelope_hash": shown(event.envelope_hash),
+        "key_ids": ",".join(event.key_ids),
+        "reason": shown(event.reason),
+        "labels": ",".join(f"{a}={b}" for a, b in event.labels),
+        "time": str(event.time),
+    }
+
+
+@pytest.mark.parametrize("path", AUDIT_EVENTS, ids=_ids(AUDIT_EVENTS))
+def test_audit_event_vector(path: Path) -> None:
+    """Verifying the signed event (§9.0) under the one trusted key, as listed, gives exactly
+    the vector's outcome and, when ok, every field of the event."""
+    fields, data = parse(path)
+    signers = one_key_directory(fields, fields["agency"], fields["signer_ed25519_public"])
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], lambda: verify_event(data, signers=signers))
+        return
+    verified = verify_event(data, signers=signers)
+    assert verified.signer_kid == fields["signer_kid"]
+    assert _event_fields(verified.event) == {k: fields[k] for k in _event_fields(verified.event)}
+
+
+@pytest.mark.parametrize("path", LEDGER_ENTRIES, ids=_ids(LEDGER_ENTRIES))
+def test_ledger_entry_vector(path: Path) -> None:
+    """Decoding the ledger entry (§9.0) gives exactly the vector's outcome; when ok its leaf
+    hash (§9.1) and the event inside, verified under audit-event-ok's key."""
+    fields, data = parse(path)
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], lambda: LedgerEntry.decode(data))
+        return
+    entry = LedgerEntry.decode(data)
+    assert (entry.index, entry.appended_at) == (int(fields["index"]), int(fields["appended_at"]))
+    assert leaf_hash(data).hex() == fields["leaf_hash"]
+    key_fields = parse(VECTORS / "audit-event-ok.txt")[0]
+    signers = one_key_directory(key_fields, "police", key_fields["signer_ed25519_public"])
+    assert verify_event(entry.signed_event, signers=signers).event.event_id == fields["event_id"]
+
+
+CHECKPOINTS = _files("checkpoint-")
+
+
+@pytest.mark.parametrize("path", CHECKPOINTS, ids=_ids(CHECKPOINTS))
+def test_checkpoint_vector(path: Path) -> None:
+    """Verifying the note (§9.3) for the expected origin, key name and key gives exactly the
+    vector's outcome and, when ok, its size, root and timestamp."""
+    fields, data = parse(path)
+    key = VerifyKey(bytes.fromhex(fields["ledger_ed25519_public"]))
+
+    def verify() -> Checkpoint:
+        return verify_checkpoint(
+            data.decode("utf-8"), key_name=fields["key_name"], key=key, origin=fields["origin"]
+        )
+
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], verify)
+        return
+    cp = verify()
+    assert (cp.size, cp.root.hex(), cp.timestamp) == (
+        int(fields["size"]),
+        fields["root"],
+        int(fields["timestamp"]),
+    )
+
+
+CONSENT_RECEIPTS = _files("consent-receipt-")
+
+
+@pytest.mark.parametrize("path", CONSENT_RECEIPTS, ids=_ids(CONSENT_RECEIPTS))
+def test_consent_receipt_vector(path: Path) -> None:
+    """Decoding the stored receipt and verifying it under the agency's key (§8.3) gives
+    exactly the vector's outcome and, when ok, its id and signed body."""
+    fields, data = parse(path)
+    key = VerifyKey(bytes.fromhex(fields["signer_ed25519_public"]))
+    signed = decode_stored(data)
+    assert signed.agency == fields["agency"]
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], lambda: verify_receipt(signed, key))
+        return
+    assert verify_receipt(signed, key).receipt_id == fields["receipt_id"]
+    assert hashlib.sha256(signed.body).hexdigest() == fields["body_sha256"]
+
+
+TRANSITIONS = _files("transition-")
+RECEIPTS = _files("receipt-")
+BODIES = _files("body-")
+
+
+@pytest.mark.parametrize("path", TRANSITIONS, ids=_ids(TRANSITIONS))
+def test_transition_vector(path: Path) -> None:
+    """The receiver's check of a transition body (§6.4, §8.4) gives exactly the vector's
+    outcome and, when ok, every field."""
+    fields, body = parse(path)
+
+    def check() -> object:
+        return inbound.check(TRANSITION, body, roles={"ngo"}, limits=DEFAULT_LIMITS)
+
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], check)
+        return
+    step = check()
+    assert isinstance(step, Transition)
+    for name in ("referral_id", "recipient", "from_state", "to_state", "party"):
+        assert getattr(step, name) == fields[name], name
+    assert (step.reason, step.outcome) == (_text(fields["reason"]), _text(fields["outcome"]))
+    assert step.at == int(fields["at"])
+
+
+def _text(value: str) -> str | None:
+    return None if value == "none" else value
+
+
+@pytest.mark.parametrize("path", RECEIPTS, ids=_ids(RECEIPTS))
+def test_receipt_vector(path: Path) -> None:
+    """The receiver's check of a delivery receipt body (§6.2, §6.4) gives exactly the
+    vector's outcome and, when ok, every field."""
+    fields, body = parse(path)
+
+    def check() -> object:
+        return inbound.check(DELIVERY_RECEIPT, body, roles={"police"}, limits=DEFAULT_LIMITS)
+
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], check)
+        return
+    assert check() == DeliveryReceipt(
+        fields["message_id"], fields["envelope_hash"], int(fields["received_at"])
+    )
+
+
+@pytest.mark.parametrize("path", BODIES, ids=_ids(BODIES))
+def test_body_vector(path: Path) -> None:
+    """The receiver's check of a body of `kind` at an agency of `roles` (§6.4) gives exactly
+    the vector's outcome."""
+    fields, body = parse(path)
+    roles = set(fields["roles"].split(","))
+
+    def check() -> object:
+        return inbound.check(fields["kind"], body, roles=roles, limits=DEFAULT_LIMITS)
+
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], check)
+    else:
+        check()
+
+
+KEYFILES = _files("keyfile-")
+
+
+@pytest.mark.parametrize("path", KEYFILES, ids=_ids(KEYFILES))
+def test_keyfile_vector(path: Path) -> None:
+    """Opening the key file with `passphrase` (§3.1, §3.5) is refused, or gives exactly the
+    keys the vector lists."""
+    fields, data = parse(path)
+    passphrase = bytes.fromhex(fields["passphrase"])
+    admin = b'"nrm-admin-key/1"' in data
+    if fields["expect"] == "refused":
+        with pytest.raises(KeyFileError):
+            (open_admin_key if admin else open_keys)(data, passphrase=passphrase)
+        return
+    if admin:
+        key = open_admin_key(data, passphrase=passphrase)
+        assert bytes(key.verify_key).hex() == fields["ed25519_public"]
+        return
+    keys = open_keys(data, passphrase=passphrase)
+    assert keys.agency == fields["agency"]
+    assert bytes(keys.signing_key.verify_key).hex() == fields["signing_public"]
+    assert bytes(keys.encryption_key.public_key).hex() == fields["x25519_public"]
+    previous = ",".join(bytes(k.public_key).hex() for k in keys.previous_encryption_keys)
+    assert previous == fields["previous_x25519_publics"]
+    assert keys.nats_seed is not None and keys.previous_nats_seed is not None
+    assert nats_public_key(keys.nats_seed) == fields["nats_public"]
+    assert nats_public_key(keys.previous_nats_seed) == fields["previous_nats_public"]
+    assert keys.storage_key is not None and keys.storage_key.hex() == fields["storage_key"]
+
+
+FAMILIES = {
+    "envelope-": 30,
+    "canonical-json-": 25,
+    "root-": 10,
+    "directory-": 10,
+    "audit-event-": 10,
+    "ledger-entry-": 4,
+    "checkpoint-": 8,
+    "consent-receipt-": 4,
+    "transition-": 8,
+    "receipt-": 4,
+    "body-": 8,
+    "keyfile-": 4,
+}
+
+
+def test_every_family_has_its_vectors() -> None:
+    """Each format's vector family is there, with ok and refused outcomes."""
+    for prefix, least in FAMILIES.items():
+        files = _files(prefix)
+        outcomes = {parse(p)[0]["expect"] for p in files}
+        assert len(files) >= least, prefix
+        assert "ok" in outcomes and len(outcomes) >= 2, prefix
 
 
 def test_generator_reproduces_vectors(tmp_path: Path) -> None:

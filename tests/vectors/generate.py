@@ -8,9 +8,13 @@ again gives byte-identical files. Each file tests one thing:
 
     expect: ok | <reason code>
     comment: <what the vector tests>
-    sender_seed: <hex Ed25519 seed that signed the envelope>
-    sender_agency: <agency id the receiver trusts>
-    sender_ed25519_public: <hex; the only signing key the receiver trusts>
+    sender_seed: <hex Ed25519 seed of the key that signed the envelope>
+    sender_ed25519_public: <hex public key of sender_seed>
+    sender_agency: <agency id whose one signing key the receiver trusts>
+    trusted_ed25519_public: <hex; the only signing key the receiver trusts, listed for
+                             sender_agency with the four key_* fields below (§7.3, §7.6)>
+    key_valid_from: <decimal>   key_valid_until: <decimal or none>
+    key_status: active | retiring | revoked   key_revoked_at: <decimal or none>
     recipient: <agency id of the receiver>
     recipient_x25519_secret: <hex X25519 secret of the receiver>
     now: <unix seconds at the receiver>
@@ -18,7 +22,8 @@ again gives byte-identical files. Each file tests one thing:
 
     <envelope, base64, wrapped at 76 columns>
 
-The receiver uses a clock skew of 300 seconds and keeps no replay store.
+The receiver uses a clock skew of 300 seconds and keeps no replay store. The other formats'
+vectors are made by formats.py (imported here).
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ from keys.envelope import (
 from keys.identity import AgencyKeys, signing_kid
 from keys.restore import LABEL as RESTORE_LABEL
 from keys.restore import RestoreDeclaration, sign_restore, verify_restore
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import formats
 
 CREATED = 1_767_225_600  # 2026-01-01T00:00:00Z
 EXPIRES = CREATED + 14 * 24 * 3600
@@ -209,6 +217,63 @@ def version_2() -> bytes:
     return resign(POLICE, fields)
 
 
+def stanza_tampered_resigned() -> bytes:
+    """The wrapped content key replaced by 48 other bytes; outer signature redone."""
+    fields = split(seal_fixed(POLICE, [SHELTER]))
+    fields[2] = [[_bytes(fields[2][0][0]), fixed("other wrapped key") + fixed("x")[:16]]]  # type: ignore[index]
+    return resign(POLICE, fields)
+
+
+def ephemeral_low_order() -> bytes:
+    """The ephemeral key replaced by the low-order point u = 1; outer signature redone."""
+    fields = split(seal_fixed(POLICE, [SHELTER]))
+    fields[2] = [[b"\x01" + bytes(31), fields[2][0][1]]]  # type: ignore[index]
+    return resign(POLICE, fields)
+
+
+def with_header(change: Callable[[list[object]], None]) -> bytes:
+    """The envelope with its header changed by `change`; outer signature redone."""
+    fields = split(seal_fixed(POLICE, [SHELTER]))
+    header = codec.unpack(_bytes(fields[1]), max_bytes=8192, what="header")
+    change(header)
+    fields[1] = codec.pack(header)
+    return resign(POLICE, fields)
+
+
+def _set(index: int, value: object) -> Callable[[list[object]], None]:
+    def change(header: list[object]) -> None:
+        header[index] = value
+
+    return change
+
+
+def too_many_recipients() -> bytes:
+    """33 recipients and 33 stanzas: over the item limit of 32 (§1.2); outer redone."""
+    fields = split(seal_fixed(POLICE, [SHELTER]))
+    header = codec.unpack(_bytes(fields[1]), max_bytes=8192, what="header")
+    header[4] = [f"agency-{n}" for n in range(33)]
+    header[6] = [fixed(f"kid {n}")[:16].hex() for n in range(33)]
+    fields[1] = codec.pack(header)
+    fields[2] = [fields[2][0]] * 33  # type: ignore[index]
+    return resign(POLICE, fields)
+
+
+def too_deep() -> bytes:
+    """The stanza list nested 9 arrays deep: deeper than 8 (§1.2); outer redone."""
+    fields = split(seal_fixed(POLICE, [SHELTER]))
+    nested: list[object] = []
+    for _ in range(8):
+        nested = [nested]
+    fields[2] = nested
+    return resign(POLICE, fields)
+
+
+def kid_mismatch() -> bytes:
+    """The recipient kid names another shelter key than the one the receiver holds."""
+    other = agency("shelter", generation=2)
+    return with_header(_set(6, [other.public.encryption_kid]))
+
+
 @dataclass(frozen=True)
 class Vector:
     name: str
@@ -218,6 +283,10 @@ class Vector:
     recipient: AgencyKeys = SHELTER
     signer: AgencyKeys = POLICE
     now: int = NOW
+    valid_from: int = CREATED - 30 * 24 * 3600
+    valid_until: int | None = None
+    status: str = "active"
+    revoked_at: int | None = None
 
 
 VECTORS = [
@@ -306,7 +375,105 @@ VECTORS = [
     Vector(
         "unsupported-version", "envelope version 2; outer signature redone", "malformed", version_2
     ),
+    Vector(
+        "retired-key",
+        "created one hour after the sender key's valid_until",
+        "retired-key",
+        lambda: seal_fixed(POLICE, [SHELTER]),
+        valid_until=CREATED - 3600,
+        status="retiring",
+    ),
+    Vector(
+        "revoked-key",
+        "created after the sender key was revoked",
+        "revoked-key",
+        lambda: seal_fixed(POLICE, [SHELTER]),
+        status="revoked",
+        revoked_at=CREATED - 60,
+    ),
+    Vector(
+        "revoked-later",
+        "the sender key revoked after the envelope was created still verifies (§7.6)",
+        "ok",
+        lambda: seal_fixed(POLICE, [SHELTER]),
+        status="revoked",
+        revoked_at=CREATED + 60,
+    ),
+    Vector(
+        "not-yet-valid-key",
+        "created before the sender key's valid_from",
+        "retired-key",
+        lambda: seal_fixed(POLICE, [SHELTER]),
+        valid_from=CREATED + 1,
+    ),
+    Vector(
+        "stanza-tampered-resigned",
+        "the wrapped content key replaced, outer signature redone",
+        "undecryptable",
+        stanza_tampered_resigned,
+    ),
+    Vector(
+        "ephemeral-low-order",
+        "the stanza's ephemeral key is the low-order point u = 1; outer redone",
+        "undecryptable",
+        ephemeral_low_order,
+    ),
+    Vector(
+        "kid-mismatch",
+        "sealed naming a shelter encryption key the receiver does not hold",
+        "not-addressed-to-me",
+        kid_mismatch,
+    ),
+    Vector(
+        "header-message-id-uppercase",
+        "message id in uppercase hex; outer redone",
+        "malformed",
+        lambda: with_header(_set(1, MESSAGE_ID.upper())),
+    ),
+    Vector(
+        "header-kind-invalid",
+        "kind with an uppercase letter; outer redone",
+        "malformed",
+        lambda: with_header(_set(2, "Referral")),
+    ),
+    Vector(
+        "header-recipients-repeated",
+        "the shelter named twice, with two stanzas' worth of kids; outer redone",
+        "malformed",
+        lambda: with_header(_set(4, [SHELTER.agency, SHELTER.agency])),
+    ),
+    Vector(
+        "header-expires-before-created",
+        "expires equal to created; outer redone",
+        "malformed",
+        lambda: with_header(_set(8, CREATED)),
+    ),
+    Vector(
+        "header-version-true",
+        "header version is msgpack true, not 1; outer redone",
+        "malformed",
+        lambda: with_header(_set(0, True)),
+    ),
+    Vector(
+        "header-created-bool",
+        "created is a bool; outer redone",
+        "malformed",
+        lambda: with_header(_set(7, False)),
+    ),
+    Vector(
+        "too-many-recipients",
+        "33 recipients and stanzas, over the item limit 32; outer redone",
+        "malformed",
+        too_many_recipients,
+    ),
+    Vector(
+        "too-deep", "arrays nested 9 deep in the stanza list; outer redone", "too-deep", too_deep
+    ),
 ]
+
+
+def _none(value: int | None) -> str:
+    return "none" if value is None else str(value)
 
 
 def render(vector: Vector) -> str:
@@ -314,8 +481,13 @@ def render(vector: Vector) -> str:
         f"expect: {vector.expect}",
         f"comment: {vector.comment}",
         f"sender_seed: {bytes(vector.signer.signing_key).hex()}",
+        f"sender_ed25519_public: {bytes(vector.signer.signing_key.verify_key).hex()}",
         f"sender_agency: {POLICE.agency}",
-        f"sender_ed25519_public: {bytes(POLICE.signing_key.verify_key).hex()}",
+        f"trusted_ed25519_public: {bytes(POLICE.signing_key.verify_key).hex()}",
+        f"key_valid_from: {vector.valid_from}",
+        f"key_valid_until: {_none(vector.valid_until)}",
+        f"key_status: {vector.status}",
+        f"key_revoked_at: {_none(vector.revoked_at)}",
         f"recipient: {vector.recipient.agency}",
         f"recipient_x25519_secret: {bytes(vector.recipient.encryption_key).hex()}",
         f"now: {vector.now}",
@@ -548,9 +720,13 @@ def render_refusal(comment: str, expect: str, body: bytes) -> str:
 
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    for pattern in ("envelope-*.txt", "restore-*.txt", "resend-request-*.txt", "refusal-*.txt"):
-        for stale in out.glob(pattern):
+    prefixes = ("envelope-", "restore-", "resend-request-", "refusal-", *formats.PREFIXES)
+    for prefix in prefixes:
+        for stale in out.glob(f"{prefix}*.txt"):
             stale.unlink()
+    for _, family in formats.FAMILIES:
+        for name, text in family():
+            (out / f"{name}.txt").write_text(text, encoding="utf-8")
     for name, comment, expect, body in RESEND_VECTORS:
         text = render_resend(comment, expect, body)
         (out / f"resend-request-{name}.txt").write_text(text, encoding="utf-8")

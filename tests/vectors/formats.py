@@ -1,0 +1,1254 @@
+"""Test vectors of every signed or encoded format but the envelope (docs/PROTOCOL.md §4.9).
+
+Imported by generate.py, which writes them; deterministic like it (fixed keys, times and
+nonces; Ed25519 signatures are deterministic). Every file is UTF-8: `name: value` lines, a
+blank line, then the bytes under test in base64 wrapped at 76 columns. Hex is lowercase,
+numbers decimal, `none` stands for an absent or null value.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import textwrap
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import nkeys
+from nacl.public import PrivateKey
+from nacl.secret import SecretBox
+from nacl.signing import SigningKey
+
+from agents.consent import SignedReceipt, encode_stored, parse_receipt, sign_receipt
+from agents.messages import DeliveryReceipt
+from keys import codec
+from keys.audit import AuditEvent, decode_signed_event, sign_event
+from keys.checkpoint import Checkpoint, sign_checkpoint
+from keys.codec import canonical_json
+from keys.directory import (
+    AgencyEntry,
+    Directory,
+    KeyEntry,
+    Root,
+    encode_directory,
+    encode_root,
+)
+from keys.identity import (
+    ENCRYPTION_KID_LABEL,
+    SIGNING_KID_LABEL,
+    encryption_kid,
+    key_id,
+    nats_public_key,
+    signing_kid,
+)
+from keys.keyfile import INTERACTIVE, _derive
+from keys.ledger_entry import LedgerEntry
+from keys.merkle import leaf_hash
+
+CREATED = 1_767_225_600  # 2026-01-01T00:00:00Z
+DAY = 24 * 3600
+
+
+def fixed(label: str) -> bytes:
+    """32 fixed bytes named by `label` (the same rule as generate.py)."""
+    return hashlib.sha256(b"nrm test vector: " + label.encode()).digest()
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def render(header: list[tuple[str, object]], data: bytes) -> str:
+    def shown(value: object) -> str:
+        if value is None:
+            return "none"
+        if isinstance(value, bytes):
+            return value.hex()
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value)
+
+    lines = [f"{name}: {shown(value)}" for name, value in header]
+    return "\n".join([*lines, "", *textwrap.wrap(b64(data), 76)]) + "\n"
+
+
+# --- canonical JSON (§1.3) -------------------------------------------------------------------
+#
+# canonical-json-encode-*: `input` is base64 of any JSON text; parsed and encoded canonically
+#     it MUST give exactly the bytes of the file (which also decode as `ok`).
+# canonical-json-decode-*: the bytes, judged by the strict body decoder of §6.4 (size 786 432,
+#     depth 16, integers within ±(2^53 - 1)): `expect` ok or the reason.
+
+ENCODE: list[tuple[str, str, bytes]] = [
+    (
+        "member-order-ascii",
+        "members sorted by code point: uppercase before lowercase, a prefix first",
+        b'{"b": 1, "aa": 3, "a": 2, "A": 4, "_": 5}',
+    ),
+    (
+        "member-order-non-bmp",
+        "U+E000 sorts before U+1F600 by code point (RFC 8785, by UTF-16 units, would not); "
+        "U+00E9 after z",
+        b'{"\\ud83d\\ude00": 1, "\\ue000": 2, "z": 3, "\\u00e9": 4}',
+    ),
+    (
+        "string-escapes",
+        "only quote, backslash and U+0000-U+001F are escaped; short forms for b t n f r, "
+        "lowercase \\u00xx otherwise; /, U+007F, U+2028, non-ASCII and non-BMP raw",
+        b'["\\"\\\\", "\\b\\t\\n\\f\\r", "\\u0000\\u0001\\u001F", "\\/\\u007f", '
+        b'"\\u2028\\u2029", "\\u00e9\\u4e2d", "\\ud83d\\ude00"]',
+    ),
+    (
+        "integers-whitespace",
+        "whitespace between tokens removed; integers as plain decimals",
+        b" [ 0 , -1 , 10 , 9007199254740991 , -9007199254740991 ] \n",
+    ),
+    (
+        "nested-empty-literals",
+        "empty object and array, nested members sorted at every level, true false null",
+        b'{"z": {"y": [], "b": {}}, "a": [[], {}], "m": null, "t": true, "f": false}',
+    ),
+]
+
+_DEEP_16 = b"[" * 16 + b"]" * 16
+_DEEP_17 = b"[" * 17 + b"]" * 17
+
+DECODE: list[tuple[str, str, str, bytes]] = [
+    ("ok-object", "a canonical object", "ok", b'{"a":[1,-2,"\xc3\xa9"],"b":null,"c":true}'),
+    ("ok-depth-16", "brackets 16 deep, the limit", "ok", _DEEP_16),
+    ("ok-max-integer", "2^53 - 1", "ok", b"[9007199254740991,-9007199254740991]"),
+    ("too-deep", "brackets 17 deep", "too-deep", _DEEP_17),
+    ("whitespace", "a space after a comma", "malformed", b'{"a":1, "b":2}'),
+    ("trailing-newline", "a newline after the value", "malformed", b'{"a":1}\n'),
+    ("unsorted", "members out of order", "malformed", b'{"b":1,"a":2}'),
+    ("duplicate-member", "the same name twice", "malformed", b'{"a":1,"a":1}'),
+    ("escaped-non-ascii", "U+00E9 escaped", "malformed", b'["\\u00e9"]'),
+    ("uppercase-escape", "U+001F escaped with uppercase hex", "malformed", b'["\\u001F"]'),
+    ("escaped-slash", "a solidus escaped", "malformed", b'["\\/"]'),
+    ("raw-control", "U+0001 unescaped", "malformed", b'["\x01"]'),
+    ("lone-surrogate", "an escaped lone surrogate", "malformed", b'["\\ud800"]'),
+    ("surrogate-pair-escaped", "U+1F600 as two escapes", "malformed", b'["\\ud83d\\ude00"]'),
+    ("invalid-utf8", "a lone continuation byte", "malformed", b'["\x80"]'),
+    ("bom", "a UTF-8 byte order mark first", "malformed", b'\xef\xbb\xbf{"a":1}'),
+    ("negative-zero", "-0", "malformed", b"[-0]"),
+    ("leading-zero", "01", "malformed", b"[01]"),
+    ("float", "1.0", "out-of-range", b"[1.0]"),
+    ("exponent", "1e2", "out-of-range", b"[1e2]"),
+    ("nan", "NaN", "out-of-range", b"[NaN]"),
+    ("integer-2-53", "2^53, one beyond the limit", "out-of-range", b"[9007199254740992]"),
+    ("integer-5000-digits", "an integer of 5000 digits", "out-of-range", b"[" + b"9" * 5000 + b"]"),
+]
+
+
+def canonical_json_vectors() -> Iterator[tuple[str, str]]:
+    for name, comment, text in ENCODE:
+        value = json.loads(text)
+        header: list[tuple[str, object]] = [
+            ("expect", "ok"),
+            ("comment", comment),
+            ("input", b64(text)),
+        ]
+        yield f"canonical-json-encode-{name}", render(header, canonical_json(value))
+    for name, comment, expect, data in DECODE:
+        yield (
+            f"canonical-json-decode-{name}",
+            render([("expect", expect), ("comment", comment)], data),
+        )
+
+
+# --- roots and directories (§7.2-§7.5) -------------------------------------------------------
+#
+# root-*: `trusted_root` is base64 of the trusted signed root file, or `none` for the initial
+#     root (checked with its own keys, §7.5); the bytes are the root offered. When ok:
+#     `version`, `threshold`, `key_ids` (comma-separated, sorted).
+# directory-*: `root` is base64 of the signed root the directory is verified against (itself
+#     verified as an initial root), `current` base64 of the currently trusted signed directory
+#     or `none`, `now` the verifier's time. When ok: `version`, `agencies` (comma-separated).
+
+ADMINS = [SigningKey(fixed(f"admin {n}")) for n in (1, 2, 3)]
+NEW_ADMINS = [SigningKey(fixed(f"admin {n} root 2")) for n in (1, 2, 3)]
+ROOT_1 = Root.of(
+    version=1, expires=CREATED + 365 * DAY, threshold=2, keys=[k.verify_key for k in ADMINS]
+)
+ROOT_2 = Root.of(
+    version=2, expires=CREATED + 730 * DAY, threshold=2, keys=[k.verify_key for k in NEW_ADMINS]
+)
+
+
+def signed_file(signed: bytes, keys: list[SigningKey]) -> bytes:
+    """`signed` (canonical JSON of a root or directory, valid or not) signed by `keys` under
+    the label of its `type`, signatures sorted by key id (§7.4)."""
+    label = b"nrm/v1/root" if json.loads(signed)["type"] == "nrm-root" else b"nrm/v1/directory"
+    return _raw_signed(json.loads(signed), sorted(_sig(label, signed, k) for k in keys))
+
+
+def _raw_signed(signed: Any, signatures: list[tuple[str, bytes]]) -> bytes:
+    """A signed file with exactly these signatures, in this order (nothing checked)."""
+    return canonical_json(
+        {"signatures": [{"keyid": k, "sig": b64(s)} for k, s in signatures], "signed": signed}
+    )
+
+
+def _sig(label: bytes, signed: bytes, key: SigningKey) -> tuple[str, bytes]:
+    return signing_kid(key.verify_key), key.sign(label + b"\x00" + signed).signature
+
+
+ROOT_1_FILE = signed_file(encode_root(ROOT_1), ADMINS)
+ROOT_2_SIGNED = encode_root(ROOT_2)
+
+
+def _root_vectors() -> list[tuple[str, str, str, bytes | None, bytes]]:
+    root1 = encode_root(ROOT_1)
+    bad_sig = bytearray(_sig(b"nrm/v1/root", root1, ADMINS[0])[1])
+    bad_sig[0] ^= 1
+    unknown_member = json.loads(root1)
+    unknown_member["comment"] = "x"
+    skipped = json.loads(ROOT_2_SIGNED)
+    skipped["version"] = 3
+    skipped_bytes = canonical_json(skipped)
+    return [
+        ("initial-ok", "root 1, 2-of-3, signed by all three", "ok", None, ROOT_1_FILE),
+        (
+            "initial-under-signed",
+            "root 1 signed by one of its keys, threshold 2",
+            "under-signed",
+            None,
+            signed_file(root1, ADMINS[:1]),
+        ),
+        (
+            "initial-same-key-twice",
+            "the same key's signature listed twice counts once",
+            "under-signed",
+            None,
+            _raw_signed(
+                json.loads(root1),
+                [_sig(b"nrm/v1/root", root1, ADMINS[0]), _sig(b"nrm/v1/root", root1, ADMINS[0])],
+            ),
+        ),
+        (
+            "initial-bad-signature",
+            "one valid signature and one invalid under a trusted key id",
+            "bad-signature",
+            None,
+            _raw_signed(
+                json.loads(root1),
+                [
+                    (signing_kid(ADMINS[0].verify_key), bytes(bad_sig)),
+                    _sig(b"nrm/v1/root", root1, ADMINS[1]),
+                ],
+            ),
+        ),
+        (
+            "initial-directory-label",
+            "signed under the directory label instead of the root label",
+            "bad-signature",
+            None,
+            _raw_signed(
+                json.loads(root1),
+                [_sig(b"nrm/v1/directory", root1, k) for k in ADMINS],
+            ),
+        ),
+        (
+            "initial-unknown-member",
+            "a member the root format does not define, correctly signed",
+            "malformed",
+            None,
+            signed_file(canonical_json(unknown_member), ADMINS),
+        ),
+        (
+            "initial-non-canonical",
+            "a space after the first colon",
+            "malformed",
+            None,
+            ROOT_1_FILE.replace(b'"signatures":', b'"signatures": ', 1),
+        ),
+        (
+            "update-ok",
+            "root 2 with new keys, signed by 2 old and 2 new keys",
+            "ok",
+            ROOT_1_FILE,
+            signed_file(ROOT_2_SIGNED, [*ADMINS[:2], *NEW_ADMINS[:2]]),
+        ),
+        (
+            "update-only-old-keys",
+            "root 2 signed by the old keys only: its own threshold is not met (R3)",
+            "under-signed",
+            ROOT_1_FILE,
+            signed_file(ROOT_2_SIGNED, ADMINS),
+        ),
+        (
+            "update-only-new-keys",
+            "root 2 signed by the new keys only: the trusted threshold is not met (R2)",
+            "under-signed",
+            ROOT_1_FILE,
+            signed_file(ROOT_2_SIGNED, NEW_ADMINS),
+        ),
+        (
+            "update-skips-a-version",
+            "version 3 over trusted version 1, correctly signed (R4)",
+            "rolled-back",
+            ROOT_1_FILE,
+            signed_file(skipped_bytes, [*ADMINS[:2], *NEW_ADMINS[:2]]),
+        ),
+        (
+            "update-same-version",
+            "root 1 offered again over root 1",
+            "rolled-back",
+            ROOT_1_FILE,
+            ROOT_1_FILE,
+        ),
+    ]
+
+
+POLICE_SIGN = SigningKey(fixed("police ed25519 1"))
+POLICE_ENC = PrivateKey(fixed("police x25519 1"))
+SHELTER_SIGN = SigningKey(fixed("shelter ed25519 1"))
+SHELTER_ENC = PrivateKey(fixed("shelter x25519 1"))
+
+
+def nats_seed(label: str) -> bytes:
+    return bytes(nkeys.encode_seed(fixed(label), nkeys.PREFIX_BYTE_USER))
+
+
+def _key(public: bytes, label: bytes, **kw: Any) -> KeyEntry:
+    return KeyEntry(
+        kid=key_id(label, public),
+        public=public,
+        valid_from=kw.get("valid_from", CREATED - 30 * DAY),
+        valid_until=kw.get("valid_until"),
+        status=kw.get("status", "active"),
+        revoked_at=kw.get("revoked_at"),
+        reason=kw.get("reason"),
+    )
+
+
+def _agency(agency: str, name: str, roles: tuple[str, ...], sk: SigningKey, ek: PrivateKey) -> Any:
+    return AgencyEntry(
+        agency=agency,
+        name=name,
+        roles=roles,
+        signing_keys=(_key(bytes(sk.verify_key), SIGNING_KID_LABEL),),
+        encryption_keys=(_key(bytes(ek.public_key), ENCRYPTION_KID_LABEL),),
+        nats_key=nats_public_key(nats_seed(f"{agency} nats 1")),
+    )
+
+
+DIRECTORY = Directory(
+    version=1,
+    expires=CREATED + 30 * DAY,
+    agencies=(
+        _agency("police", "National Police", ("police",), POLICE_SIGN, POLICE_ENC),
+        _agency("shelter", "Shelter \u00e9\u00e9n", ("ngo",), SHELTER_SIGN, SHELTER_ENC),
+    ),
+)
+DIRECTORY_FILE = signed_file(encode_directory(DIRECTORY), ADMINS[:2])
+NOW = CREATED + 3600
+
+
+def _directory_vectors() -> list[tuple[str, str, str, bytes | None, int, bytes]]:
+    doc = json.loads(encode_directory(DIRECTORY))
+    v2 = signed_file(encode_directory(DIRECTORY.bump(expires=CREATED + 40 * DAY)), ADMINS[:2])
+    unsorted = json.loads(encode_directory(DIRECTORY))
+    unsorted["agencies"].reverse()
+    kid_mismatch = json.loads(encode_directory(DIRECTORY))
+    kid_mismatch["agencies"][0]["signing_keys"][0]["kid"] = "0" * 32
+    extra = json.loads(encode_directory(DIRECTORY))
+    extra["agencies"][0]["email"] = "x@example.org"
+    unsorted_roles = json.loads(encode_directory(DIRECTORY))
+    unsorted_roles["agencies"][0]["roles"] = ["police", "coordinator"]
+    long_lived = Directory(version=1, expires=CREATED + 2 * 365 * DAY, agencies=DIRECTORY.agencies)
+    after_root = ROOT_1.expires + DAY
+    return [
+        ("ok", "version 1, two agencies, 2 of 3 root keys", "ok", None, NOW, DIRECTORY_FILE),
+        (
+            "ok-same-version-unchanged",
+            "the trusted version offered again, byte-identical",
+            "ok",
+            DIRECTORY_FILE,
+            NOW,
+            DIRECTORY_FILE,
+        ),
+        ("ok-newer", "version 2 over version 1", "ok", DIRECTORY_FILE, NOW, v2),
+        (
+            "under-signed",
+            "one root key of the two required",
+            "under-signed",
+            None,
+            NOW,
+            signed_file(encode_directory(DIRECTORY), ADMINS[:1]),
+        ),
+        (
+            "signed-by-unknown-keys",
+            "signed by root-2 keys the verifier's root does not hold: ignored",
+            "under-signed",
+            None,
+            NOW,
+            signed_file(encode_directory(DIRECTORY), NEW_ADMINS),
+        ),
+        (
+            "root-label",
+            "signed under the root label instead of the directory label",
+            "bad-signature",
+            None,
+            NOW,
+            _raw_signed(
+                doc, [_sig(b"nrm/v1/root", encode_directory(DIRECTORY), k) for k in ADMINS[:2]]
+            ),
+        ),
+        ("rolled-back", "version 1 over version 2", "rolled-back", v2, NOW, DIRECTORY_FILE),
+        (
+            "expired",
+            "opened one second after it expired (D4)",
+            "expired-metadata",
+            None,
+            DIRECTORY.expires,
+            DIRECTORY_FILE,
+        ),
+        (
+            "expired-root",
+            "a directory still current, but the root expired (D5)",
+            "expired-root",
+            None,
+            after_root,
+            signed_file(encode_directory(long_lived), ADMINS[:2]),
+        ),
+        (
+            "agencies-unsorted",
+            "agencies not sorted by id, correctly signed",
+            "malformed",
+            None,
+            NOW,
+            signed_file(canonical_json(unsorted), ADMINS[:2]),
+        ),
+        (
+            "roles-unsorted",
+            "roles not sorted, correctly signed",
+            "malformed",
+            None,
+            NOW,
+            signed_file(canonical_json(unsorted_roles), ADMINS[:2]),
+        ),
+        (
+            "kid-mismatch",
+            "a signing key whose kid is not its key id, correctly signed",
+            "malformed",
+            None,
+            NOW,
+            signed_file(canonical_json(kid_mismatch), ADMINS[:2]),
+        ),
+        (
+            "unknown-member",
+            "an agency with a member the format does not define, correctly signed",
+            "malformed",
+            None,
+            NOW,
+            signed_file(canonical_json(extra), ADMINS[:2]),
+        ),
+    ]
+
+
+def trust_vectors() -> Iterator[tuple[str, str]]:
+    for name, comment, expect, trusted, data in _root_vectors():
+        header: list[tuple[str, object]] = [
+            ("expect", expect),
+            ("comment", comment),
+            ("trusted_root", None if trusted is None else b64(trusted)),
+        ]
+        if expect == "ok":
+            root = ROOT_2 if trusted is not None else ROOT_1
+            header += [
+                ("version", root.version),
+                ("threshold", root.threshold),
+                ("key_ids", ",".join(sorted(root.keys))),
+            ]
+        yield f"root-{name}", render(header, data)
+    for name, comment, expect, current, now, data in _directory_vectors():
+        header = [
+            ("expect", expect),
+            ("comment", comment),
+            ("root", b64(ROOT_1_FILE)),
+            ("current", None if current is None else b64(current)),
+            ("now", now),
+        ]
+        if expect == "ok":
+            version = json.loads(data)["signed"]["version"]
+            header += [("version", version), ("agencies", "police,shelter")]
+        yield f"directory-{name}", render(header, data)
+
+
+# --- audit events and ledger entries (§9.0) ----------------------------------------------------
+#
+# audit-event-*: the verifier trusts exactly one signing key, `signer_ed25519_public` of
+#     `agency`, valid from `key_valid_from` to `key_valid_until` (`none`: open-ended), status
+#     `key_status`, `key_revoked_at`. The bytes are a signed event. When ok, every field of
+#     the event: `event_id`, `agency`, `kind`, `referral_id`, `counterpart`, `envelope_hash`,
+#     `key_ids` (comma-separated), `reason`, `labels` (name=value, comma-separated, in order),
+#     `time`, and `signer_kid`.
+# ledger-entry-*: the bytes are a ledger entry; when ok `index`, `appended_at`, `leaf_hash`
+#     (hex SHA-256(0x00 || entry)) and `event_id` of the signed event in it (verified as above
+#     under the police key of audit-event-ok).
+
+EVENT = AuditEvent(
+    event_id=fixed("audit event 1")[:16].hex(),
+    agency="police",
+    kind="referral.sent",
+    time=NOW,
+    referral_id=fixed("referral 1")[:16].hex(),
+    counterpart="shelter",
+    envelope_hash=fixed("envelope 1").hex(),
+    key_ids=(signing_kid(POLICE_SIGN.verify_key), encryption_kid(SHELTER_ENC.public_key)),
+    labels=(("referral_type", "nrm_full"), ("urgency", "urgent")),
+)
+SIGNED_EVENT = sign_event(EVENT, POLICE_SIGN)
+
+
+def _event_fields(event: AuditEvent) -> list[object]:
+    return list(codec.unpack(event.encode(), max_bytes=2048, max_items=16))
+
+
+def _signed_raw(fields: list[object], key: SigningKey = POLICE_SIGN) -> bytes:
+    body = codec.pack(fields)
+    sig = key.sign(b"nrm/v1/audit-event\x00" + body).signature
+    return codec.pack([1, body, signing_kid(key.verify_key), sig])
+
+
+def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
+    tampered = bytearray(SIGNED_EVENT)
+    tampered[-1] ^= 1
+    free_text = _event_fields(EVENT)
+    free_text[8] = "Anna Petrova"
+    count_label = _event_fields(EVENT)
+    count_label[9] = [["envelopes", "3"]]
+    twelve = [*_event_fields(EVENT), None]
+    bool_time = _event_fields(EVENT)
+    bool_time[10] = True
+    purged = AuditEvent(
+        event_id=fixed("audit event 2")[:16].hex(),
+        agency="police",
+        kind="retention.purged",
+        time=NOW,
+        labels=(("envelopes", "12"), ("history", "0")),
+    )
+    body = EVENT.encode()
+    other_label = codec.pack(
+        [
+            1,
+            body,
+            signing_kid(POLICE_SIGN.verify_key),
+            POLICE_SIGN.sign(b"nrm/v1/ledger-restore\x00" + body).signature,
+        ]
+    )
+    retired: dict[str, object] = {"key_valid_until": NOW - 1}
+    revoked: dict[str, object] = {"key_status": "revoked", "key_revoked_at": NOW - 60}
+    return [
+        ("ok", "a referral.sent event with key ids and labels", "ok", {}, SIGNED_EVENT),
+        (
+            "ok-retention-purged",
+            "retention.purged with count labels only",
+            "ok",
+            {},
+            sign_event(purged, POLICE_SIGN),
+        ),
+        ("bad-signature", "last signature byte flipped", "bad-signature", {}, bytes(tampered)),
+        (
+            "other-label",
+            "signed under the restore-declaration label",
+            "bad-signature",
+            {},
+            other_label,
+        ),
+        (
+            "unknown-signer",
+            "signed by a police key the verifier does not trust",
+            "unknown-key",
+            {},
+            sign_event(EVENT, SigningKey(fixed("police ed25519 2"))),
+        ),
+        ("retired-key", "made after the key's valid_until", "retired-key", retired, SIGNED_EVENT),
+        ("revoked-key", "made after the key was revoked", "revoked-key", revoked, SIGNED_EVENT),
+        (
+            "free-text-reason",
+            "a reason that is not a code, correctly signed",
+            "malformed",
+            {},
+            _signed_raw(free_text),
+        ),
+        (
+            "count-label-on-other-kind",
+            "a count label on referral.sent, correctly signed",
+            "malformed",
+            {},
+            _signed_raw(count_label),
+        ),
+        (
+            "twelve-fields",
+            "an event of 12 fields, correctly signed",
+            "malformed",
+            {},
+            _signed_raw(twelve),
+        ),
+        ("time-bool", "time is a bool, correctly signed", "malformed", {}, _signed_raw(bool_time)),
+        (
+            "oversized",
+            "a signed event of 2049 bytes",
+            "malformed",
+            {},
+            SIGNED_EVENT + bytes(2049 - len(SIGNED_EVENT)),
+        ),
+    ]
+
+
+def _ledger_vectors() -> list[tuple[str, str, str, bytes]]:
+    entry = LedgerEntry(index=41, appended_at=NOW + 2, signed_event=SIGNED_EVENT).encode()
+    return [
+        ("ok", "entry 41 holding audit-event-ok", "ok", entry),
+        (
+            "index-bool",
+            "index is a bool",
+            "malformed",
+            codec.pack([1, True, NOW + 2, SIGNED_EVENT]),
+        ),
+        (
+            "five-fields",
+            "an entry of 5 fields",
+            "malformed",
+            codec.pack([1, 41, NOW + 2, SIGNED_EVENT, None]),
+        ),
+        (
+            "version-2",
+            "version 2",
+            "malformed",
+            codec.pack([2, 41, NOW + 2, SIGNED_EVENT]),
+        ),
+    ]
+
+
+def audit_vectors() -> Iterator[tuple[str, str]]:
+    for name, comment, expect, key, data in _audit_vectors():
+        header: list[tuple[str, object]] = [
+            ("expect", expect),
+            ("comment", comment),
+            ("agency", "police"),
+            ("signer_ed25519_public", bytes(POLICE_SIGN.verify_key)),
+            ("key_valid_from", key.get("key_valid_from", CREATED - 30 * DAY)),
+            ("key_valid_until", key.get("key_valid_until")),
+            ("key_status", key.get("key_status", "active")),
+            ("key_revoked_at", key.get("key_revoked_at")),
+        ]
+        if expect == "ok":
+            event = decode_signed_event(data)[0]
+            header += event_header(event)
+            header.append(("signer_kid", signing_kid(POLICE_SIGN.verify_key)))
+        yield f"audit-event-{name}", render(header, data)
+    for name, comment, expect, data in _ledger_vectors():
+        header = [("expect", expect), ("comment", comment)]
+        if expect == "ok":
+            decoded = LedgerEntry.decode(data)
+            header += [
+                ("index", decoded.index),
+                ("appended_at", decoded.appended_at),
+                ("leaf_hash", leaf_hash(data)),
+                ("event_id", EVENT.event_id),
+            ]
+        yield f"ledger-entry-{name}", render(header, data)
+
+
+def event_header(event: AuditEvent) -> list[tuple[str, object]]:
+    return [
+        ("event_id", event.event_id),
+        ("event_agency", event.agency),
+        ("kind", event.kind),
+        ("referral_id", event.referral_id),
+        ("counterpart", event.counterpart),
+        ("envelope_hash", event.envelope_hash),
+        ("key_ids", ",".join(event.key_ids)),
+        ("reason", event.reason),
+        ("labels", ",".join(f"{a}={b}" for a, b in event.labels)),
+        ("time", event.time),
+    ]
+
+
+# --- checkpoints (§9.3) -----------------------------------------------------------------------
+#
+# checkpoint-*: `origin`, `key_name` and `ledger_ed25519_public` are what the verifier expects;
+#     the bytes are the note (UTF-8). When ok: `size`, `root` (hex), `timestamp`.
+
+LEDGER_KEY = SigningKey(fixed("ledger ed25519 1"))
+LEDGER_NAME = "national"
+ORIGIN = "nrm-exchange/ledger/v1/national"
+CHECKPOINT = Checkpoint(origin=ORIGIN, size=42, root=fixed("tree root 42"), timestamp=NOW + 5)
+
+
+def _checkpoint_vectors() -> list[tuple[str, str, str, str]]:
+    note = sign_checkpoint(CHECKPOINT, key=LEDGER_KEY, key_name=LEDGER_NAME)
+    body, _, sig_line = note.rpartition("\n\n")
+    body += "\n"
+    witness = sign_checkpoint(CHECKPOINT, key=SigningKey(fixed("witness 1")), key_name="witness")
+    witness_line = witness.rpartition("\n\n")[2]
+    blob = base64.b64decode(sig_line.split(" ")[2])
+    flipped = (
+        sig_line.split(" ")[0] + " " + LEDGER_NAME + " " + b64(blob[:-1] + bytes([blob[-1] ^ 1]))
+    )
+
+    def resigned(text: str) -> str:
+        sig = LEDGER_KEY.sign(text.encode()).signature
+        from keys.checkpoint import key_hash
+
+        kh = key_hash(LEDGER_NAME, LEDGER_KEY.verify_key)
+        return text + "\n\u2014 " + LEDGER_NAME + " " + b64(kh + sig) + "\n"
+
+    lines = body.split("\n")
+    return [
+        ("ok", "size 42, signed by the ledger key", "ok", note),
+        (
+            "ok-with-witness",
+            "a second signature line by another key name, ignored",
+            "ok",
+            body + "\n" + sig_line + witness_line,
+        ),
+        (
+            "bad-signature",
+            "last signature byte flipped",
+            "bad-signature",
+            body + "\n" + flipped + "\n",
+        ),
+        (
+            "other-origin",
+            "a valid checkpoint of another ledger",
+            "bad-signature",
+            sign_checkpoint(
+                Checkpoint(ORIGIN + "-2", 42, CHECKPOINT.root, CHECKPOINT.timestamp),
+                key=LEDGER_KEY,
+                key_name=LEDGER_NAME,
+            ),
+        ),
+        (
+            "only-witness",
+            "signed only by another key name",
+            "bad-signature",
+            body + "\n" + witness_line,
+        ),
+        (
+            "size-leading-zero",
+            "tree size 042, re-signed",
+            "malformed",
+            resigned("\n".join([lines[0], "042", *lines[2:4], ""])),
+        ),
+        (
+            "no-timestamp",
+            "three body lines, re-signed",
+            "malformed",
+            resigned("\n".join([*lines[0:3], ""])),
+        ),
+        (
+            "unknown-extension",
+            "an extension line other than timestamp, re-signed",
+            "malformed",
+            resigned("\n".join([*lines[0:3], "witnessed 1", ""])),
+        ),
+        ("crlf", "lines ending in CR LF", "malformed", note.replace("\n", "\r\n")),
+        (
+            "root-non-canonical-base64",
+            "root hash base64 without padding, re-signed",
+            "malformed",
+            resigned("\n".join([lines[0], lines[1], lines[2].rstrip("="), lines[3], ""])),
+        ),
+    ]
+
+
+def checkpoint_vectors() -> Iterator[tuple[str, str]]:
+    for name, comment, expect, note in _checkpoint_vectors():
+        header: list[tuple[str, object]] = [
+            ("expect", expect),
+            ("comment", comment),
+            ("origin", ORIGIN),
+            ("key_name", LEDGER_NAME),
+            ("ledger_ed25519_public", bytes(LEDGER_KEY.verify_key)),
+        ]
+        if expect == "ok":
+            header += [
+                ("size", CHECKPOINT.size),
+                ("root", CHECKPOINT.root),
+                ("timestamp", CHECKPOINT.timestamp),
+            ]
+        yield f"checkpoint-{name}", render(header, note.encode())
+
+
+# --- consent receipts (§8.3) ------------------------------------------------------------------
+#
+# consent-receipt-*: the bytes are a receipt in its stored form (canonical JSON `{"agency",
+#     "body", "kid", "signature"}`); the verifier holds `signer_ed25519_public` as the key of
+#     `agency`. When ok: `receipt_id` and `body_sha256` (hex SHA-256 of the signed body).
+
+RECEIPT_DOC: dict[str, Any] = {
+    "receipt_id": str(uuid.UUID(bytes=fixed("consent receipt 1")[:16], version=4)),
+    "version": "1",
+    "jurisdiction": "GB",
+    "consent_time": "2026-01-01T00:00:00Z",
+    "collection_method": "in_person_with_interpreter",
+    "language": "en",
+    "subject_id": "psn-6b1f0c2d9e8a7b6c5d4e3f2a1b0c9d8e",
+    "controllers": [
+        {
+            "agency": "police",
+            "name": "National Police",
+            "contact": {
+                "name": "Data Protection Office",
+                "email": "dpo@police.example",
+                "phone": "tel:+44-20-7946-0000",
+                "address": {"addressCountry": "GB"},
+            },
+        }
+    ],
+    "notice": {"url": "https://police.example/nrm-notice-v3", "sha256": "ab" * 32},
+    "purposes": [
+        {
+            "purpose": "assistance",
+            "lawful_basis": "consent",
+            "data_categories": ["contact", "needs", "language", "health"],
+            "recipients": ["shelter"],
+            "retention": "P2Y",
+        }
+    ],
+    "sensitive_categories": ["health"],
+    "withdrawal_method": "Tell any caseworker",
+    "given_by": {"kind": "person", "interpreter": True, "interpreter_language": "ro"},
+}
+
+
+def _consent_vectors() -> list[tuple[str, str, str, bytes]]:
+    signed = sign_receipt(parse_receipt(RECEIPT_DOC), POLICE_SIGN, agency="police")
+    kid = signing_kid(POLICE_SIGN.verify_key)
+
+    def stored(body: bytes, agency: str = "police", key: SigningKey = POLICE_SIGN) -> bytes:
+        sig = key.sign(b"nrm/v1/consent\x00" + body).signature
+        return encode_stored(SignedReceipt(agency=agency, body=body, signature=sig, kid=kid))
+
+    altered = signed.body.replace(b'"P2Y"', b'"P9Y"')
+    spaced = json.dumps(json.loads(signed.body), sort_keys=True).encode()
+    not_controller = dict(
+        RECEIPT_DOC, controllers=[dict(RECEIPT_DOC["controllers"][0], agency="shelter")]
+    )
+    return [
+        ("ok", "recorded and signed by the police", "ok", encode_stored(signed)),
+        (
+            "body-altered",
+            "retention changed after signing, old signature kept",
+            "bad-signature",
+            encode_stored(SignedReceipt("police", altered, signed.signature, kid)),
+        ),
+        (
+            "other-label",
+            "signed under the envelope label",
+            "bad-signature",
+            encode_stored(
+                SignedReceipt(
+                    "police",
+                    signed.body,
+                    POLICE_SIGN.sign(b"nrm/v1/envelope\x00" + signed.body).signature,
+                    kid,
+                )
+            ),
+        ),
+        (
+            "non-canonical-body",
+            "the body with spaces, correctly signed",
+            "malformed",
+            stored(spaced),
+        ),
+        (
+            "not-a-controller",
+            "signed by the police, but only the shelter is a controller",
+            "consent-invalid",
+            stored(canonical_json(not_controller)),
+        ),
+    ]
+
+
+def consent_vectors() -> Iterator[tuple[str, str]]:
+    for name, comment, expect, data in _consent_vectors():
+        header: list[tuple[str, object]] = [
+            ("expect", expect),
+            ("comment", comment),
+            ("agency", "police"),
+            ("signer_ed25519_public", bytes(POLICE_SIGN.verify_key)),
+        ]
+        if expect == "ok":
+            body = base64.b64decode(json.loads(data)["body"])
+            header += [
+                ("receipt_id", RECEIPT_DOC["receipt_id"]),
+                ("body_sha256", hashlib.sha256(body).digest()),
+            ]
+        yield f"consent-receipt-{name}", render(header, data)
+
+
+# --- message bodies: transitions (§8.4), delivery receipts (§6.2), JSON kinds (§8.5) ----------
+#
+# transition-*, receipt-*: the bytes are the body of a `transition` / `delivery-receipt`
+#     message, judged by the receiver's body checks (§6.4); when ok, every field by name.
+# body-*: `kind` and `roles` (comma-separated: the receiver's own roles); the bytes are the
+#     body of that kind, judged by §6.4; `expect` ok or the reason.
+
+RID = fixed("referral 1")[:16].hex()
+
+
+def _transition_vectors() -> list[tuple[str, str, str, list[object]]]:
+    good: list[object] = [
+        1,
+        RID,
+        "shelter",
+        "acknowledged",
+        "declined",
+        "recipient",
+        "no-capacity",
+        None,
+        NOW,
+    ]
+    return [
+        ("ok-declined", "declined by the recipient with a reason", "ok", good),
+        (
+            "ok-closed",
+            "closed with an outcome, no reason",
+            "ok",
+            [1, RID, "shelter", "in_progress", "closed", "recipient", None, "completed", NOW],
+        ),
+        (
+            "ok-withdrawn-by-sender",
+            "withdrawn by the sender",
+            "ok",
+            [1, RID, "shelter", "delivered", "withdrawn", "sender", None, None, NOW],
+        ),
+        (
+            "outside-table",
+            "the sender cannot accept on the recipient's behalf",
+            "unexpected",
+            [1, RID, "shelter", "acknowledged", "accepted", "sender", None, None, NOW],
+        ),
+        (
+            "reason-free-text",
+            "a reason that is not a code of the vocabulary",
+            "unknown-reason-code",
+            [*good[:6], "She said no", *good[7:]],
+        ),
+        (
+            "declined-without-reason",
+            "declined without a reason",
+            "malformed",
+            [*good[:6], None, *good[7:]],
+        ),
+        (
+            "outcome-off-closed",
+            "an outcome on a step that is not to closed",
+            "malformed",
+            [*good[:7], "completed", NOW],
+        ),
+        ("at-bool", "at is a bool", "malformed", [*good[:8], True]),
+        (
+            "unknown-state",
+            "a state the table does not know",
+            "malformed",
+            [1, RID, "shelter", "lost", *good[4:]],
+        ),
+        ("version-2", "version 2", "malformed", [2, *good[1:]]),
+    ]
+
+
+def _receipt_vectors() -> list[tuple[str, str, str, bytes]]:
+    mid = fixed("message 1")[:16].hex()
+    digest = fixed("envelope 1").hex()
+    return [
+        ("ok", "a receipt", "ok", codec.pack([1, mid, digest, NOW])),
+        (
+            "short-hash",
+            "an envelope hash of 63 hex digits",
+            "schema-invalid",
+            codec.pack([1, mid, digest[:63], NOW]),
+        ),
+        (
+            "uppercase-id",
+            "a message id in uppercase",
+            "schema-invalid",
+            codec.pack([1, mid.upper(), digest, NOW]),
+        ),
+        ("version-2", "version 2", "malformed", codec.pack([2, mid, digest, NOW])),
+        (
+            "four-byte-time",
+            "received_at as uint32 0xce for 5",
+            "malformed",
+            b"\x94\x01" + codec.pack(mid) + codec.pack(digest) + b"\xce\x00\x00\x00\x05",
+        ),
+    ]
+
+
+def _body_vectors() -> list[tuple[str, str, str, str, str, bytes]]:
+    receipt_id = RECEIPT_DOC["receipt_id"]
+    return [
+        (
+            "consent-withdrawal-ok",
+            "a withdrawal of two referrals",
+            "consent-withdrawal",
+            "ngo",
+            "ok",
+            canonical_json(
+                {"receipt_id": receipt_id, "referral_ids": [RID, fixed("referral 2")[:16].hex()]}
+            ),
+        ),
+        (
+            "consent-withdrawal-extra-member",
+            "a member the kind does not define",
+            "consent-withdrawal",
+            "ngo",
+            "unknown-member",
+            canonical_json({"note": "x", "receipt_id": receipt_id, "referral_ids": [RID]}),
+        ),
+        (
+            "consent-withdrawal-duplicate-ids",
+            "the same referral id twice",
+            "consent-withdrawal",
+            "ngo",
+            "schema-invalid",
+            canonical_json({"receipt_id": receipt_id, "referral_ids": [RID, RID]}),
+        ),
+        (
+            "erasure-confirmation-ok",
+            "an erasure confirmed",
+            "erasure-confirmation",
+            "police",
+            "ok",
+            canonical_json({"erased_at": NOW, "receipt_id": receipt_id, "referral_ids": [RID]}),
+        ),
+        (
+            "erasure-confirmation-time-string",
+            "erased_at as a string",
+            "erasure-confirmation",
+            "police",
+            "schema-invalid",
+            canonical_json(
+                {"erased_at": str(NOW), "receipt_id": receipt_id, "referral_ids": [RID]}
+            ),
+        ),
+        (
+            "escalation-ok",
+            "an urgent referral nobody acknowledged, at a coordinator",
+            "escalation",
+            "coordinator",
+            "ok",
+            canonical_json(
+                {
+                    "recipient": "shelter",
+                    "referral_id": RID,
+                    "submitted_at": CREATED,
+                    "urgency": "urgent",
+                }
+            ),
+        ),
+        (
+            "escalation-not-coordinator",
+            "an escalation at an NGO",
+            "escalation",
+            "ngo",
+            "not-for-this-role",
+            canonical_json(
+                {
+                    "recipient": "shelter",
+                    "referral_id": RID,
+                    "submitted_at": CREATED,
+                    "urgency": "urgent",
+                }
+            ),
+        ),
+        (
+            "escalation-routine",
+            "urgency routine never escalates",
+            "escalation",
+            "coordinator",
+            "schema-invalid",
+            canonical_json(
+                {
+                    "recipient": "shelter",
+                    "referral_id": RID,
+                    "submitted_at": CREATED,
+                    "urgency": "routine",
+                }
+            ),
+        ),
+        (
+            "unknown-kind",
+            "a kind the receiver does not know",
+            "referral-v2",
+            "ngo",
+            "unexpected",
+            canonical_json({}),
+        ),
+    ]
+
+
+def message_vectors() -> Iterator[tuple[str, str]]:
+    names = (
+        "referral_id",
+        "recipient",
+        "from_state",
+        "to_state",
+        "party",
+        "reason",
+        "outcome",
+        "at",
+    )
+    for name, comment, expect, fields in _transition_vectors():
+        header: list[tuple[str, object]] = [("expect", expect), ("comment", comment)]
+        if expect == "ok":
+            header += list(zip(names, fields[1:], strict=True))
+        yield f"transition-{name}", render(header, codec.pack(fields))
+    for name, comment, expect, data in _receipt_vectors():
+        header = [("expect", expect), ("comment", comment)]
+        if expect == "ok":
+            decoded = DeliveryReceipt.decode(data)
+            header += [
+                ("message_id", decoded.message_id),
+                ("envelope_hash", decoded.envelope_hash),
+                ("received_at", decoded.received_at),
+            ]
+        yield f"receipt-{name}", render(header, data)
+    for name, comment, kind, roles, expect, data in _body_vectors():
+        header = [("expect", expect), ("comment", comment), ("kind", kind), ("roles", roles)]
+        yield f"body-{name}", render(header, data)
+
+
+# --- key files (§3.1, §3.5) -------------------------------------------------------------------
+#
+# keyfile-*: `passphrase` (hex of its UTF-8 bytes); the bytes are the key file. When ok:
+#     `agency`, `signing_public` (hex Ed25519), `x25519_public` (hex, current key),
+#     `previous_x25519_publics` (comma-separated hex, oldest first), `nats_public` (U...),
+#     `previous_nats_public` (or none), `storage_key` (hex); for an admin key `ed25519_public`.
+#     `expect` is ok or `refused` (the reader MUST refuse it, KeyFileError).
+
+PASSPHRASE = "correct horse battery staple"
+
+
+def _sealed_file(outer: dict[str, Any], secret: dict[str, Any], passphrase: str) -> bytes:
+    salt = fixed("keyfile salt")[:16]
+    nonce = fixed("keyfile nonce")[:24]
+    key = _derive(passphrase.encode(), salt, INTERACTIVE)
+    ciphertext = SecretBox(key).encrypt(json.dumps(secret).encode(), nonce).ciphertext
+    doc = {
+        **outer,
+        "kdf": {
+            "alg": "argon2id13",
+            "opslimit": INTERACTIVE.opslimit,
+            "memlimit": INTERACTIVE.memlimit,
+            "salt": b64(salt),
+        },
+        "nonce": b64(nonce),
+        "ciphertext": b64(ciphertext),
+    }
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+PREVIOUS_ENC = PrivateKey(fixed("police x25519 0"))
+AGENCY_SECRET: dict[str, Any] = {
+    "agency": "police",
+    "name": "National Police",
+    "signing_seed": b64(bytes(POLICE_SIGN)),
+    "x25519_secret": b64(bytes(POLICE_ENC)),
+    "previous_x25519_secrets": [b64(bytes(PREVIOUS_ENC))],
+    "nats_seed": nats_seed("police nats 1").decode(),
+    "previous_nats_seed": nats_seed("police nats 0").decode(),
+    "storage_key": b64(fixed("police storage key")),
+}
+
+
+def _keyfile_vectors() -> list[tuple[str, str, str, str, bytes]]:
+    outer = {"format": "nrm-keyfile/1", "agency": "police"}
+    admin = SigningKey(fixed("admin 1"))
+    bad_nats = dict(AGENCY_SECRET, nats_seed=nats_seed("x").decode().replace("SU", "SA", 1))
+    return [
+        (
+            "ok-agency",
+            "an agency key file after one rotation",
+            "ok",
+            PASSPHRASE,
+            _sealed_file(outer, AGENCY_SECRET, PASSPHRASE),
+        ),
+        (
+            "ok-admin",
+            "an administrator's root key",
+            "ok",
+            PASSPHRASE,
+            _sealed_file(
+                {"format": "nrm-admin-key/1"}, {"ed25519_seed": b64(bytes(admin))}, PASSPHRASE
+            ),
+        ),
+        (
+            "wrong-passphrase",
+            "opened with another passphrase",
+            "refused",
+            PASSPHRASE + "!",
+            _sealed_file(outer, AGENCY_SECRET, PASSPHRASE),
+        ),
+        (
+            "agency-mismatch",
+            "the outer agency differs from the sealed one",
+            "refused",
+            PASSPHRASE,
+            _sealed_file(
+                {"format": "nrm-keyfile/1", "agency": "shelter"}, AGENCY_SECRET, PASSPHRASE
+            ),
+        ),
+        (
+            "not-a-user-seed",
+            "nats_seed is an account seed (SA...), not a user seed",
+            "refused",
+            PASSPHRASE,
+            _sealed_file(outer, bad_nats, PASSPHRASE),
+        ),
+    ]
+
+
+def keyfile_vectors() -> Iterator[tuple[str, str]]:
+    for name, comment, expect, passphrase, data in _keyfile_vectors():
+        header: list[tuple[str, object]] = [
+            ("expect", expect),
+            ("comment", comment),
+            ("passphrase", passphrase.encode()),
+        ]
+        if expect == "ok" and name == "ok-admin":
+            header.append(("ed25519_public", bytes(SigningKey(fixed("admin 1")).verify_key)))
+        elif expect == "ok":
+            header += [
+                ("agency", "police"),
+                ("signing_public", bytes(POLICE_SIGN.verify_key)),
+                ("x25519_public", bytes(POLICE_ENC.public_key)),
+                ("previous_x25519_publics", bytes(PREVIOUS_ENC.public_key).hex()),
+                ("nats_public", nats_public_key(nats_seed("police nats 1"))),
+                ("previous_nats_public", nats_public_key(nats_seed("police nats 0"))),
+                ("storage_key", fixed("police storage key")),
+            ]
+        yield f"keyfile-{name}", render(header, data)
+
+
+#: Every family: (file name prefix, generator of (name, text)).
+FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
+    ("canonical-json-", canonical_json_vectors),
+    ("root-", trust_vectors),
+    ("audit-event-", audit_vectors),
+    ("checkpoint-", checkpoint_vectors),
+    ("consent-receipt-", consent_vectors),
+    ("transition-", message_vectors),
+    ("keyfile-", keyfile_vectors),
+]
+#: Every file name prefix written here (for removing stale files).
+PREFIXES = (
+    "canonical-json-",
+    "root-",
+    "directory-",
+    "audit-event-",
+    "ledger-entry-",
+    "checkpoint-",
+    "consent-receipt-",
+    "transition-",
+    "receipt-",
+    "body-",
+    "keyfile-",
+)
