@@ -43,7 +43,7 @@ from keys.identity import (
 )
 from keys.keyfile import open_admin_key, open_keys
 from keys.ledger_entry import LedgerEntry
-from keys.merkle import leaf_hash
+from keys.merkle import leaf_hash, root_of, verify_consistency, verify_inclusion
 from keys.restore import verify_restore
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -467,6 +467,45 @@ def test_keyfile_vector(path: Path) -> None:
     assert keys.storage_key is not None and keys.storage_key.hex() == fields["storage_key"]
 
 
+MERKLE = _files("merkle-")
+
+
+@pytest.mark.parametrize("path", MERKLE, ids=_ids(MERKLE))
+def test_merkle_vector(path: Path) -> None:
+    """The roots of the vector's leaves (§9.1) are the ones it names, and verifying its proof
+    (§9.2, RFC 9162) gives exactly its outcome."""
+    fields, data = parse(path)
+    hashes = [leaf_hash(bytes.fromhex(leaf)) for leaf in fields["leaves"].split(",")]
+    proof = [data[i : i + 32] for i in range(0, len(data), 32)]
+    if fields["proof"] == "inclusion":
+        index, size = int(fields["index"]), int(fields["size"])
+        root = bytes.fromhex(fields["root"])
+        assert root_of(hashes[:size]) == root
+
+        def verify() -> None:
+            leaf = hashes[index] if index < len(hashes) else bytes(32)
+            verify_inclusion(leaf_hash=leaf, index=index, size=size, proof=proof, root=root)
+
+    else:
+        first, second = int(fields["first"]), int(fields["second"])
+        second_root = bytes.fromhex(fields["second_root"])
+        assert root_of(hashes[:second]) == second_root
+
+        def verify() -> None:
+            verify_consistency(
+                first=first,
+                second=second,
+                first_root=bytes.fromhex(fields["first_root"]),
+                second_root=second_root,
+                proof=proof,
+            )
+
+    if fields["expect"] == "ok":
+        verify()
+    else:
+        _refused(fields["expect"], verify)
+
+
 FAMILIES = {
     "envelope-": 30,
     "canonical-json-": 25,
@@ -480,6 +519,7 @@ FAMILIES = {
     "receipt-": 4,
     "body-": 8,
     "keyfile-": 4,
+    "merkle-": 15,
 }
 
 

@@ -1228,6 +1228,166 @@ def keyfile_vectors() -> Iterator[tuple[str, str]]:
         yield f"keyfile-{name}", render(header, data)
 
 
+# --- Merkle proofs (§9.1, §9.2) ----------------------------------------------------------------
+#
+# merkle-*: `leaves` (comma-separated hex of each leaf's bytes; leaf hash SHA-256(0x00 || leaf)),
+#     then for `proof: inclusion` `index`, `size`, `root`; for `proof: consistency` `first`,
+#     `second`, `first_root`, `second_root`. The bytes are the proof: its 32-byte hashes
+#     concatenated (possibly none). `expect` ok or the reason.
+
+LEAVES = [f"leaf {n}".encode() for n in range(7)]
+
+
+def _tree() -> Any:
+    from keys.merkle import MemoryNodeStore, MerkleTree
+
+    tree = MerkleTree(MemoryNodeStore())
+    for leaf in LEAVES:
+        tree.append(leaf_hash(leaf))
+    return tree
+
+
+def _merkle_vectors() -> list[tuple[str, str, str, list[tuple[str, object]], bytes]]:
+    tree = _tree()
+
+    def inclusion(
+        index: int, size: int, proof: list[bytes] | None = None
+    ) -> tuple[list[tuple[str, object]], bytes]:
+        hashes = tree.inclusion_proof(index, size) if proof is None else proof
+        header: list[tuple[str, object]] = [
+            ("proof", "inclusion"),
+            ("index", index),
+            ("size", size),
+            ("root", tree.root(size)),
+        ]
+        return header, b"".join(hashes)
+
+    def consistency(
+        first: int, second: int, proof: list[bytes] | None = None, first_root: bytes | None = None
+    ) -> tuple[list[tuple[str, object]], bytes]:
+        hashes = tree.consistency_proof(first, second) if proof is None else proof
+        header: list[tuple[str, object]] = [
+            ("proof", "consistency"),
+            ("first", first),
+            ("second", second),
+            ("first_root", tree.root(first) if first_root is None else first_root),
+            ("second_root", tree.root(second)),
+        ]
+        return header, b"".join(hashes)
+
+    good = tree.inclusion_proof(2, 7)
+    flipped = [bytes([good[0][0] ^ 1]) + good[0][1:], *good[1:]]
+    cons = tree.consistency_proof(3, 7)
+    cases: list[tuple[str, str, str, tuple[list[tuple[str, object]], bytes]]] = [
+        ("inclusion-ok-first", "leaf 0 of 7", "ok", inclusion(0, 7)),
+        ("inclusion-ok-last", "leaf 6 of 7 (the right edge)", "ok", inclusion(6, 7)),
+        ("inclusion-ok-single", "leaf 0 of a tree of 1: empty proof", "ok", inclusion(0, 1)),
+        ("inclusion-ok-middle", "leaf 2 of 7", "ok", inclusion(2, 7)),
+        (
+            "inclusion-flipped",
+            "one bit of the first hash flipped",
+            "bad-inclusion-proof",
+            inclusion(2, 7, flipped),
+        ),
+        (
+            "inclusion-short",
+            "the last hash missing",
+            "bad-inclusion-proof",
+            inclusion(2, 7, good[:-1]),
+        ),
+        (
+            "inclusion-long",
+            "a hash too many",
+            "bad-inclusion-proof",
+            inclusion(2, 7, [*good, good[0]]),
+        ),
+        (
+            "inclusion-other-index",
+            "the proof of leaf 2 claimed for leaf 3",
+            "bad-inclusion-proof",
+            inclusion(3, 7, good),
+        ),
+        (
+            "inclusion-index-outside",
+            "index 7 of a tree of 7",
+            "bad-inclusion-proof",
+            (
+                [("proof", "inclusion"), ("index", 7), ("size", 7), ("root", tree.root(7))],
+                b"".join(good),
+            ),
+        ),
+        ("consistency-ok", "3 to 7", "ok", consistency(3, 7)),
+        (
+            "consistency-ok-power-of-two",
+            "4 to 7 (the first root is not in the proof)",
+            "ok",
+            consistency(4, 7),
+        ),
+        ("consistency-ok-1-2", "1 to 2", "ok", consistency(1, 2)),
+        ("consistency-ok-equal", "7 to 7: empty proof, equal roots", "ok", consistency(7, 7)),
+        (
+            "consistency-ok-from-empty",
+            "0 to 7: empty proof, the empty root",
+            "ok",
+            consistency(0, 7),
+        ),
+        (
+            "consistency-flipped",
+            "one bit of the last hash flipped",
+            "bad-consistency-proof",
+            consistency(3, 7, [*cons[:-1], bytes([cons[-1][0] ^ 1]) + cons[-1][1:]]),
+        ),
+        (
+            "consistency-empty-proof",
+            "3 to 7 with no proof",
+            "bad-consistency-proof",
+            consistency(3, 7, []),
+        ),
+        (
+            "consistency-wrong-first-root",
+            "the root of size 2 given as that of size 3",
+            "bad-consistency-proof",
+            consistency(3, 7, None, tree.root(2)),
+        ),
+        (
+            "consistency-equal-with-proof",
+            "7 to 7 with a non-empty proof",
+            "bad-consistency-proof",
+            consistency(7, 7, cons[:1]),
+        ),
+        (
+            "consistency-first-larger",
+            "first 7 above second 3",
+            "bad-consistency-proof",
+            (
+                [
+                    ("proof", "consistency"),
+                    ("first", 7),
+                    ("second", 3),
+                    ("first_root", tree.root(7)),
+                    ("second_root", tree.root(3)),
+                ],
+                b"",
+            ),
+        ),
+    ]
+    return [
+        (name, comment, expect, header, data) for name, comment, expect, (header, data) in cases
+    ]
+
+
+def merkle_vectors() -> Iterator[tuple[str, str]]:
+    leaves = ",".join(leaf.hex() for leaf in LEAVES)
+    for name, comment, expect, header, data in _merkle_vectors():
+        full: list[tuple[str, object]] = [
+            ("expect", expect),
+            ("comment", comment),
+            ("leaves", leaves),
+            *header,
+        ]
+        yield f"merkle-{name}", render(full, data)
+
+
 #: Every family: (file name prefix, generator of (name, text)).
 FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("canonical-json-", canonical_json_vectors),
@@ -1237,6 +1397,7 @@ FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("consent-receipt-", consent_vectors),
     ("transition-", message_vectors),
     ("keyfile-", keyfile_vectors),
+    ("merkle-", merkle_vectors),
 ]
 #: Every file name prefix written here (for removing stale files).
 PREFIXES = (
@@ -1251,4 +1412,5 @@ PREFIXES = (
     "receipt-",
     "body-",
     "keyfile-",
+    "merkle-",
 )
