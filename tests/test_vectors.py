@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from nacl.public import PrivateKey
+from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
 from agents import inbound
@@ -37,9 +37,11 @@ from keys.errors import KeyFileError
 from keys.identity import (
     ENCRYPTION_KID_LABEL,
     SIGNING_KID_LABEL,
+    PublicIdentity,
     encryption_kid,
     key_id,
     nats_public_key,
+    signing_kid,
 )
 from keys.keyfile import open_admin_key, open_keys
 from keys.ledger_entry import LedgerEntry
@@ -506,6 +508,36 @@ def test_merkle_vector(path: Path) -> None:
         _refused(fields["expect"], verify)
 
 
+KIDS = _files("kid-")
+IDENTITIES = _files("identity-")
+
+
+@pytest.mark.parametrize("path", KIDS, ids=_ids(KIDS))
+def test_kid_vector(path: Path) -> None:
+    """The key id (§2.2) of the vector's public key, taken as its key type, is its `kid`."""
+    fields, public = parse(path)
+    if fields["key_type"] == "ed25519":
+        assert signing_kid(VerifyKey(public)) == fields["kid"]
+    else:
+        assert encryption_kid(PublicKey(public)) == fields["kid"]
+
+
+@pytest.mark.parametrize("path", IDENTITIES, ids=_ids(IDENTITIES))
+def test_identity_vector(path: Path) -> None:
+    """Reading the identity file (§2.3) gives exactly the vector's outcome and keys."""
+    fields, data = parse(path)
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], lambda: PublicIdentity.from_json(data))
+        return
+    identity = PublicIdentity.from_json(data)
+    assert (identity.agency, identity.name) == (fields["agency"], fields["name"])
+    assert bytes(identity.signing_key).hex() == fields["signing_public"]
+    assert identity.signing_kid == fields["signing_kid"]
+    assert bytes(identity.encryption_key).hex() == fields["x25519_public"]
+    assert identity.encryption_kid == fields["encryption_kid"]
+    assert identity.nats_key == fields["nats_key"]
+
+
 FAMILIES = {
     "envelope-": 30,
     "canonical-json-": 25,
@@ -520,6 +552,7 @@ FAMILIES = {
     "body-": 8,
     "keyfile-": 4,
     "merkle-": 15,
+    "identity-": 4,
 }
 
 

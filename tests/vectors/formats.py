@@ -1388,6 +1388,122 @@ def merkle_vectors() -> Iterator[tuple[str, str]]:
         yield f"merkle-{name}", render(full, data)
 
 
+# --- key ids (§2.2) and identity files (§2.3) -------------------------------------------------
+#
+# kid-*: `key_type` ed25519 | x25519, `kid`; the bytes are the 32-byte public key.
+# identity-*: the bytes are an identity.json; when ok `agency`, `name`, `signing_public`,
+#     `signing_kid`, `x25519_public`, `encryption_kid`, `nats_key`; else `expect: malformed`.
+
+
+def kid_vectors() -> Iterator[tuple[str, str]]:
+    same = fixed("a 32-byte value")
+    for name, comment, key_type, label, public in [
+        (
+            "ed25519",
+            "the police signing key",
+            "ed25519",
+            SIGNING_KID_LABEL,
+            bytes(POLICE_SIGN.verify_key),
+        ),
+        (
+            "x25519",
+            "the police encryption key",
+            "x25519",
+            ENCRYPTION_KID_LABEL,
+            bytes(POLICE_ENC.public_key),
+        ),
+        (
+            "same-bytes-ed25519",
+            "32 bytes taken as an Ed25519 key",
+            "ed25519",
+            SIGNING_KID_LABEL,
+            same,
+        ),
+        (
+            "same-bytes-x25519",
+            "the same 32 bytes as an X25519 key: another id",
+            "x25519",
+            ENCRYPTION_KID_LABEL,
+            same,
+        ),
+    ]:
+        header: list[tuple[str, object]] = [
+            ("expect", "ok"),
+            ("comment", comment),
+            ("key_type", key_type),
+            ("kid", key_id(label, public)),
+        ]
+        yield f"kid-{name}", render(header, public)
+
+
+def _identity_doc(**changes: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "agency": "police",
+        "encryption_key": {
+            "kid": encryption_kid(POLICE_ENC.public_key),
+            "x25519": b64(bytes(POLICE_ENC.public_key)),
+        },
+        "format": "nrm-identity/1",
+        "name": "National Police",
+        "nats_key": nats_public_key(nats_seed("police nats 1")),
+        "signing_key": {
+            "ed25519": b64(bytes(POLICE_SIGN.verify_key)),
+            "kid": signing_kid(POLICE_SIGN.verify_key),
+        },
+    }
+    doc.update(changes)
+    return doc
+
+
+def identity_vectors() -> Iterator[tuple[str, str]]:
+    def text(doc: dict[str, Any]) -> bytes:
+        return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+    wrong_kid = _identity_doc(
+        signing_key={"ed25519": b64(bytes(POLICE_SIGN.verify_key)), "kid": "0" * 32}
+    )
+    unpadded = _identity_doc(
+        signing_key={
+            "ed25519": b64(bytes(POLICE_SIGN.verify_key)).rstrip("="),
+            "kid": signing_kid(POLICE_SIGN.verify_key),
+        }
+    )
+    for name, comment, expect, data in [
+        ("ok", "the police identity", "ok", text(_identity_doc())),
+        ("kid-mismatch", "a signing kid that is not its key's id", "malformed", text(wrong_kid)),
+        (
+            "unpadded-base64",
+            "the signing key in base64 without padding",
+            "malformed",
+            text(unpadded),
+        ),
+        (
+            "other-format",
+            "format nrm-identity/2",
+            "malformed",
+            text(_identity_doc(format="nrm-identity/2")),
+        ),
+        (
+            "bad-agency-id",
+            "an agency id with an uppercase letter",
+            "malformed",
+            text(_identity_doc(agency="Police")),
+        ),
+    ]:
+        header: list[tuple[str, object]] = [("expect", expect), ("comment", comment)]
+        if expect == "ok":
+            header += [
+                ("agency", "police"),
+                ("name", "National Police"),
+                ("signing_public", bytes(POLICE_SIGN.verify_key)),
+                ("signing_kid", signing_kid(POLICE_SIGN.verify_key)),
+                ("x25519_public", bytes(POLICE_ENC.public_key)),
+                ("encryption_kid", encryption_kid(POLICE_ENC.public_key)),
+                ("nats_key", nats_public_key(nats_seed("police nats 1"))),
+            ]
+        yield f"identity-{name}", render(header, data)
+
+
 #: Every family: (file name prefix, generator of (name, text)).
 FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("canonical-json-", canonical_json_vectors),
@@ -1398,6 +1514,8 @@ FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("transition-", message_vectors),
     ("keyfile-", keyfile_vectors),
     ("merkle-", merkle_vectors),
+    ("kid-", kid_vectors),
+    ("identity-", identity_vectors),
 ]
 #: Every file name prefix written here (for removing stale files).
 PREFIXES = (
@@ -1413,4 +1531,6 @@ PREFIXES = (
     "body-",
     "keyfile-",
     "merkle-",
+    "kid-",
+    "identity-",
 )
