@@ -5,8 +5,8 @@ Publishing: every queued delivery is published to the recipient's inbox subject 
 sent. A batch is published as a window whose acks are awaited together, not one round trip
 each; messages of one referral to one recipient keep their order.
 
-Consuming: a durable pull consumer on the agency's own inbox; each message is handed to a
-handler that commits it and says whether to ack or terminate; a fetched batch is acked after
+Consuming: a durable pull consumer on the agency's own inbox stream; each message is handed to
+a handler that commits it and says whether to ack or terminate; a fetched batch is acked after
 one fsync covers all its commits (group commit, runtime/durability.py), each message once.
 """
 
@@ -31,10 +31,10 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from keys import Limits
 from keys.subjects import (
     DIRECTORY_BUCKET,
-    MESSAGE_STREAM,
     audit_publish_id,
     audit_subject,
     inbox_consumer,
+    inbox_stream,
     inbox_subject,
     publish_id,
     reply_prefix,
@@ -392,7 +392,7 @@ class Transport:
                 sub = await js.pull_subscribe(
                     subject,
                     durable=inbox_consumer(self.agency),
-                    stream=MESSAGE_STREAM,
+                    stream=inbox_stream(self.agency),
                     config=config,
                 )
             except TRANSIENT as e:

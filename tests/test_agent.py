@@ -17,7 +17,7 @@ import nats
 import pytest
 from structlog.testing import capture_logs
 
-from keys.subjects import MESSAGE_STREAM, inbox_consumer, inbox_subject, reply_prefix
+from keys.subjects import inbox_consumer, inbox_stream, inbox_subject, reply_prefix
 from runtime.keydir import load_key_dir
 
 from . import samples
@@ -207,7 +207,7 @@ async def test_agent_killed_between_commit_and_ack_keeps_one_copy(mechanism: Mec
         nc, js = await operator_js(m)
 
         async def drained() -> bool:
-            info = await js.consumer_info(MESSAGE_STREAM, inbox_consumer("shelter"))
+            info = await js.consumer_info(inbox_stream("shelter"), inbox_consumer("shelter"))
             return info.num_pending == 0 and info.num_ack_pending == 0
 
         await eventually(drained, what="the redelivery to be acked")

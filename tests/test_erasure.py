@@ -21,7 +21,7 @@ from typing import Any
 
 from nacl.secret import SecretBox
 
-from keys.subjects import MESSAGE_STREAM
+from keys.subjects import inbox_stream
 from runtime.durability import backup
 
 from . import samples
@@ -176,7 +176,10 @@ async def test_no_file_of_any_agent_or_the_bus_keeps_an_erased_referral(
     try:
 
         async def stream_empty() -> bool:
-            return int((await js.stream_info(MESSAGE_STREAM)).state.messages) == 0
+            for agency in m.agents:
+                if int((await js.stream_info(inbox_stream(agency))).state.messages):
+                    return False
+            return True
 
         await eventually(stream_empty, what="every inbox message to be acked")
     finally:
