@@ -140,6 +140,9 @@ class Agent:
         )
         self.transport.presence = self.presence
         self.transport.on_give_up = self.on_give_up
+        self.transport.on_erase_failed = lambda reason: self.metrics.inbox_erase_failed.labels(
+            reason
+        ).inc()
         self.nats_key = NatsKeyFollower(
             agency=config.agency,
             key_dir=config.key_dir,

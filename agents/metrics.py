@@ -52,6 +52,13 @@ class AgentMetrics:
             ["state"],
             registry=self.registry,
         )
+        self.inbox_erase_failed = Counter(
+            "nrm_inbox_erase_failed_total",
+            "Consumed inbox messages acked without being erased from the bus (their bytes "
+            "stay in the stream's files until its block goes), by reason (refused, unavailable)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.outbox_pending = Gauge(
             "nrm_outbox_pending",
             "Outbox rows not yet acknowledged by the bus",

@@ -5,9 +5,11 @@ Publishing: every queued delivery is published to the recipient's inbox subject 
 sent. A batch is published as a window whose acks are awaited together, not one round trip
 each; messages of one referral to one recipient keep their order.
 
-Consuming: a durable pull consumer on the agency's own inbox; each message is handed to a
-handler that commits it and says whether to ack or terminate; a fetched batch is acked after
-one fsync covers all its commits (group commit, runtime/durability.py), each message once.
+Consuming: a durable pull consumer on the agency's own inbox stream; each message is handed
+to a handler that commits it and says whether to ack or terminate; once one fsync covers all
+the commits of a fetched batch (group commit, runtime/durability.py), each message it is done
+with is erased from the inbox stream (`STREAM.MSG.DELETE`: nats-server overwrites its bytes,
+where an ack alone would leave them in the block file) and then acked, each once.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from keys import Limits
 from keys.subjects import (
     DIRECTORY_BUCKET,
-    MESSAGE_STREAM,
     audit_publish_id,
     audit_subject,
     inbox_consumer,
+    inbox_stream,
     inbox_subject,
     publish_id,
     reply_prefix,
@@ -42,6 +44,7 @@ from keys.subjects import (
 )
 from runtime import clock
 from runtime.backoff import Backoff
+from runtime.jetstream import erase_message
 from runtime.supervisor import Supervisor
 
 from .bus_link import BusLink, is_refusal
@@ -70,6 +73,10 @@ DirectoryHandler = Callable[[str, bytes], Awaitable[None]]
 MAX_HANDLER_ATTEMPTS = 5
 #: How long a message is held back when it cannot be judged yet.
 RETRY_DELAY_SECONDS = 1.0
+#: How many times erasing a consumed message from the inbox stream is tried (the bus not
+#: answering) before it is acked anyway, the failure counted; and the pause between tries.
+ERASE_ATTEMPTS = 3
+ERASE_RETRY_SECONDS = 0.5
 
 
 class Transport:
@@ -113,6 +120,9 @@ class Transport:
         self.on_give_up: Callable[[bytes, int, BaseException], Verdict] = lambda data, seq, error: (
             Verdict.TERM
         )
+        #: Called with the reason (`refused`, `unavailable`) when a consumed message could
+        #: not be erased from the inbox stream and is acked all the same (a metric).
+        self.on_erase_failed: Callable[[str], None] = lambda reason: None
         self.log = log.bind(agency=agency)
         #: The link's state and the pace of reconnection attempts (agents/bus_link.py).
         self.link = BusLink(
@@ -392,21 +402,21 @@ class Transport:
                 sub = await js.pull_subscribe(
                     subject,
                     durable=inbox_consumer(self.agency),
-                    stream=MESSAGE_STREAM,
+                    stream=inbox_stream(self.agency),
                     config=config,
                 )
             except TRANSIENT as e:
                 await self._pause("consumer_unavailable", e, 1.0)
                 continue
             try:
-                await self._fetch_forever(sub)
+                await self._fetch_forever(js, sub)
             except TRANSIENT as e:
                 await self._pause("consumer_interrupted", e, 0.5)
             finally:
                 with contextlib.suppress(*TRANSIENT):
                     await sub.unsubscribe()
 
-    async def _fetch_forever(self, sub: Any) -> None:
+    async def _fetch_forever(self, js: JetStreamContext, sub: Any) -> None:
         while self._running and (self.presence is None or self.presence.held):
             if not self.ready.is_set():  # e.g. the agency has no usable key (standing.py)
                 with contextlib.suppress(TimeoutError):
@@ -429,6 +439,10 @@ class Transport:
                 await asyncio.sleep(1.0)
                 continue
             self.after_commit()
+            # Committed and on disk: nothing of what it is done with stays on the bus.
+            await asyncio.gather(
+                *(self._erase(js, msg) for msg, verdict in verdicts if verdict is not Verdict.RETRY)
+            )
             for msg, verdict in verdicts:
                 if verdict is Verdict.ACK:
                     await msg.ack()
@@ -436,6 +450,34 @@ class Transport:
                     await msg.nak(delay=RETRY_DELAY_SECONDS)
                 else:
                     await msg.term()
+
+    async def _erase(self, js: JetStreamContext, msg: Msg) -> None:
+        """Erase a message this agent is done with (committed, or refused on the record) from
+        its inbox stream, before it is acked (docs/DESIGN.md "Erasure"). Erasing one gone
+        already (a redelivery, erased before a crash) is fine. If the bus refuses, or does
+        not answer ERASE_ATTEMPTS times, the message is acked all the same — it is already
+        committed, and holding it back would only bring it back — and the failure is
+        logged with the sequence only and counted (`on_erase_failed`)."""
+        seq = msg.metadata.sequence.stream
+        for attempt in range(1, ERASE_ATTEMPTS + 1):
+            try:
+                await erase_message(js, inbox_stream(self.agency), seq)
+                return
+            except nats.js.errors.APIError as e:  # an answer, and not "gone already"
+                self._erase_failed("refused", seq, e)
+                return
+            except TRANSIENT as e:
+                _raise_if_cancelled()
+                if attempt == ERASE_ATTEMPTS or not self._running:
+                    self._erase_failed("unavailable", seq, e)
+                    return
+                await asyncio.sleep(ERASE_RETRY_SECONDS * attempt)
+
+    def _erase_failed(self, reason: str, seq: int, error: BaseException) -> None:
+        self.log.error(
+            "inbox_erase_failed", stream_seq=seq, reason=reason, error=type(error).__name__
+        )
+        self.on_erase_failed(reason)
 
     def _judge(self, msg: Msg) -> Verdict:
         meta = msg.metadata

@@ -32,8 +32,9 @@ What it measures, in one run
           sampled every 0.25 s during the load phases.
     (b) Raw nats-py JetStream on a separate plain nats-server (no authorization) with the
         same stream configuration (`broker.streams.provision_streams`): payloads the size of
-        a real sealed referral envelope, published to the inbox subject and consumed by a pull
-        consumer (fetch 64, ack each), in three ways: sequential publish awaiting each ack (as
+        a real sealed referral envelope, published to the shelter's inbox subject and consumed
+        by a pull consumer on its inbox stream (fetch 64, ack each; not erased as the agent
+        does), in three ways: sequential publish awaiting each ack (as
         the agent's publisher does), publishes pipelined 256 deep, and an open loop at
         `--rate` for 5 s reporting publish-to-consume latency.
     (c) The cryptography floor: per referral, exactly the seals, opens and signatures the
@@ -91,7 +92,7 @@ from keys.audit import AuditEvent, new_event_id, sign_event
 from keys.codec import canonical_json
 from keys.envelope import Recipient, open_envelope, seal
 from keys.identity import AgencyKeys, signing_kid
-from keys.subjects import MESSAGE_STREAM, inbox_subject
+from keys.subjects import inbox_stream, inbox_subject
 from nrm import examples
 from nrm.logs import configure as configure_logs
 from nrm.sandbox import Sandbox, prepare_mechanism
@@ -299,10 +300,10 @@ async def raw_jetstream(root: Path, size: int, rate: float, messages: int) -> di
         assert server.pid is not None
         nc = await nats.connect(server.url)
         js = nc.jetstream(timeout=5)
-        await provision_streams(js)
+        await provision_streams(js, agencies=["shelter"])
         subject = inbox_subject("shelter")
         payload = secrets.token_bytes(size)
-        sub = await js.pull_subscribe(subject, durable="raw-bench", stream=MESSAGE_STREAM)
+        sub = await js.pull_subscribe(subject, durable="raw-bench", stream=inbox_stream("shelter"))
         received: dict[int, float] = {}
         stop = asyncio.Event()
 

@@ -5,9 +5,9 @@ the auditor role get auditor permissions. `DirectoryAuthority` watches the direc
 verifies each update from the pinned root exactly as agents do, and reloads the running
 server (SIGHUP, no restart) whenever the set of NKeys or roles changes; a rotated NATS key
 thus replaces the old one at once, and connections made with the old one are closed. An
-agency the directory admits gets its attachment bucket (broker/streams.py) before the reload
-lets it connect (if the bucket cannot be made, the reload goes ahead and the bucket is tried
-again: an authorization change, a revocation say, is never held back). The reload waits for
+agency the directory admits gets its inbox stream and attachment bucket (broker/streams.py)
+before the reload lets it connect (if they cannot be made, the reload goes ahead and they are
+tried again: an authorization change, a revocation say, is never held back). The reload waits for
 nats-server to confirm it, so it runs in a worker thread, never on the event loop. It also
 runs the `ConnectionWatch` reporting agencies logged in more than once. All its loops run
 under one supervisor (runtime/supervisor.py), whose deaths `health` reports.
@@ -70,7 +70,8 @@ class DirectoryAuthority:
         #: The version of the last directory whose authorization nats-server refused.
         self.reload_failed: int | None = None
         self._nkeys: dict[str, str] = {}  # NKey -> agency id, of the directory applied
-        #: Agencies whose attachment bucket exists (created by us or by the caller).
+        #: Agencies whose inbox stream and attachment bucket exist (created by us or by the
+        #: caller).
         self.provisioned: set[str] = set()
         self.supervisor = Supervisor("bus-authority")
         self.connections = ConnectionWatch(
@@ -90,8 +91,8 @@ class DirectoryAuthority:
 
     def adopt(self, directory: Directory, block: str) -> None:
         """The server was started with `block`, the authorization of `directory`, and the
-        caller provisioned its agencies' attachment buckets: remember all three, as
-        `apply` would (the connection watch needs to know whose NKey is whose)."""
+        caller provisioned its agencies' inbox streams and attachment buckets: remember all
+        three, as `apply` would (the connection watch needs to know whose NKey is whose)."""
         self.applied = block
         self._nkeys = {a.nats_key: a.agency for a in directory.agencies}
         self.provisioned.update(attachment_owners(directory))
@@ -110,9 +111,9 @@ class DirectoryAuthority:
         self._changed.set()
 
     async def _reloads(self) -> None:
-        """Apply the newest directory the follower accepted: first create the attachment
-        buckets of the agencies it admits (so that one can connect only when its bucket
-        exists), then reload nats-server in a worker thread. A newer directory offered
+        """Apply the newest directory the follower accepted: first create the inbox streams and
+        attachment buckets of the agencies it admits (so that one can connect only when they
+        exist), then reload nats-server in a worker thread. A newer directory offered
         meanwhile replaces it."""
         while True:
             await self._changed.wait()
@@ -128,13 +129,13 @@ class DirectoryAuthority:
                     )
                 except TRANSIENT as e:
                     # Never hold an authorization change (a revocation, say) back behind a
-                    # bucket: apply it now; the agency's uploads wait for its bucket, and
-                    # the creation is tried again.
-                    log.warning("attachment_bucket_provisioning_failed", error=type(e).__name__)
+                    # bucket: apply it now; the agency's uploads wait for its bucket, its
+                    # mail (retried by its senders) for its inbox; the creation is tried again.
+                    log.warning("agency_stores_provisioning_failed", error=type(e).__name__)
                     self._retry_later()
                 else:
                     self.provisioned.update(missing)
-                    log.info("attachment_buckets_provisioned", count=len(missing))
+                    log.info("agency_stores_provisioned", count=len(missing))
             if self._wanted is not directory:
                 continue  # a newer one came: it is applied next, after its own buckets
             try:

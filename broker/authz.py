@@ -6,9 +6,11 @@ the client signs it with its seed; no password is ever sent or stored). There is
 
 - **Agencies** publish to any inbox (`nrm.v1.msg.*`) and to their own audit subject; they may
   create, inspect, fetch from and ack only their own durable inbox consumer `inbox-<id>`
-  filtered on their own inbox subject, read (get and watch) the directory bucket, and
-  subscribe only to their own reply subjects `_nrm_inbox.<id>.>` (agents connect with
-  `inbox_prefix=keys.subjects.reply_prefix(id)`), and read and write only their own key of
+  filtered on their own inbox subject, on their own inbox stream `NRM_INBOX_<id>`, and erase
+  messages of that stream only (`STREAM.MSG.DELETE`, after the inbox commit); read (get and
+  watch) the directory bucket, and subscribe only to their own reply subjects
+  `_nrm_inbox.<id>.>` (agents connect with `inbox_prefix=keys.subjects.reply_prefix(id)`),
+  and read and write only their own key of
   the instance-lease bucket (`$KV.nrm-presence.<id>`, PROTOCOL.md §5.2). They write and
   erase attachments only in their own object store bucket `nrm-att-<id>` and read those of
   the other agencies (`attachment_publish`); buckets are created by operators only.
@@ -16,8 +18,10 @@ the client signs it with its seed; no password is ever sent or stored). There is
   use the prefix `_nrm_inbox.auditor-<first 8 characters of the NKey, lowercased>` (see
   `auditor_reply_prefix`); agency ids starting with `auditor-` are therefore reserved.
 - **Operators** (bus administrators) have the whole JetStream API and write the directory
-  bucket; they use the default `_INBOX.>` replies. They publish to no inbox and, payloads
-  being end-to-end encrypted, read nothing of substance even with full access.
+  bucket; they use the default `_INBOX.>` replies. They publish to inboxes only to move the
+  mail of an earlier release's shared inbox stream into the per-agency ones
+  (broker/streams.py; signed envelopes, which receivers check, §4.7), and, payloads being
+  end-to-end encrypted, read nothing of substance even with full access.
 
 Anything not allowed is denied (an allow list denies the rest); a few explicit denies guard
 the consumer-creation forms that would let an agency name or filter someone else's inbox.
@@ -32,7 +36,6 @@ from broker.server import conf_string
 from keys.subjects import (
     AUDIT_SUBJECTS,
     DIRECTORY_BUCKET,
-    MESSAGE_STREAM,
     PREFIX,
     PRESENCE_BUCKET,
     PRESENCE_STREAM,
@@ -40,6 +43,7 @@ from keys.subjects import (
     attachment_stream,
     audit_subject,
     inbox_consumer,
+    inbox_stream,
     inbox_subject,
     presence_key,
     reply_prefix,
@@ -129,22 +133,26 @@ def agency_permissions(
     `readable` are the agencies whose attachment buckets it may read (all of them)."""
     consumer = inbox_consumer(agency)
     inbox = inbox_subject(agency)
+    stream = inbox_stream(agency)
     publish_allow = [
         f"{PREFIX}.msg.*",
         audit_subject(agency),
         # Creating its consumer, only in the form that names the filter subject: the server
         # checks that the config's name and filter match the ones in the subject.
-        f"$JS.API.CONSUMER.CREATE.{MESSAGE_STREAM}.{consumer}.{inbox}",
-        f"$JS.API.CONSUMER.INFO.{MESSAGE_STREAM}.{consumer}",
-        f"$JS.API.CONSUMER.MSG.NEXT.{MESSAGE_STREAM}.{consumer}",
-        f"$JS.ACK.{MESSAGE_STREAM}.{consumer}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}.{inbox}",
+        f"$JS.API.CONSUMER.INFO.{stream}.{consumer}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+        f"$JS.ACK.{stream}.{consumer}.>",
+        # Erasing what it consumed (agents/transport.py): the API is scoped by stream, and
+        # this stream holds its own inbox and nothing else.
+        f"$JS.API.STREAM.MSG.DELETE.{stream}",
         *directory_reader_publish(),
         *presence_publish(agency),
         *attachment_publish(agency, readable=readable),
     ]
     publish_deny = [
-        f"$JS.API.CONSUMER.CREATE.{MESSAGE_STREAM}",
-        f"$JS.API.CONSUMER.CREATE.{MESSAGE_STREAM}.*",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.*",
         "$JS.API.CONSUMER.DURABLE.CREATE.>",
         DIRECTORY_KEYS,
     ]
@@ -165,7 +173,7 @@ def auditor_permissions(nkey: str) -> tuple[list[str], list[str], list[str], lis
 
 def operator_permissions() -> tuple[list[str], list[str], list[str], list[str]]:
     """(publish allow, publish deny, subscribe allow, subscribe deny) for a bus operator."""
-    return (["$JS.>", DIRECTORY_KEYS], [], ["_INBOX.>"], [])
+    return (["$JS.>", DIRECTORY_KEYS, f"{PREFIX}.msg.*"], [], ["_INBOX.>"], [])
 
 
 def authorization_block(

@@ -99,9 +99,13 @@ def run_foreground(*, store_dir: Path, port: int | None, trust: BusTrust) -> int
     )
 
 
-def unsafe_run_foreground_open(*, store_dir: Path, port: int | None) -> int:
+def unsafe_run_foreground_open(
+    *, store_dir: Path, port: int | None, agencies: Sequence[str] = ()
+) -> int:
     """Like `run_foreground` but with NO authorization: any local client may connect,
-    read every inbox and write the directory. For experiments on one machine only."""
+    read every inbox and write the directory. For experiments on one machine only; it
+    knows no directory, so `agencies` name the inbox streams and attachment buckets it
+    makes."""
     warning = (
         "WARNING: unsafe open bus: no authorization, anonymous clients may read and write "
         "every subject, inbox and the directory bucket; never use it with real data"
@@ -109,7 +113,9 @@ def unsafe_run_foreground_open(*, store_dir: Path, port: int | None) -> int:
     print(warning, file=sys.stderr, flush=True)
     log.warning("unsafe_open_bus", store=str(store_dir))
     server = NatsServer(store_dir=store_dir, port=port)
-    return asyncio.run(_serve(server, nkeys_seed=None, authority=None, mode="UNSAFE: open"))
+    return asyncio.run(
+        _serve(server, nkeys_seed=None, authority=None, mode="UNSAFE: open", agencies=agencies)
+    )
 
 
 async def _serve(
@@ -122,8 +128,8 @@ async def _serve(
     agencies: Sequence[str] = (),
 ) -> int:
     """Run `server` (and `authority`, and its status endpoint at `status_bind`) until
-    SIGINT/SIGTERM; 1 if the server dies first. `agencies` get their attachment buckets
-    before anything else starts."""
+    SIGINT/SIGTERM; 1 if the server dies first. `agencies` get their inbox streams and
+    attachment buckets before anything else starts."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in _STOP_SIGNALS:

@@ -1,13 +1,23 @@
-"""Provisioning of the JetStream streams the agencies share (docs/PROTOCOL.md section 5)."""
+"""Provisioning of the JetStream streams and buckets of the bus (docs/PROTOCOL.md section 5).
+
+Shared: the audit stream, the directory and lease buckets. Per agency (auditors excepted):
+its inbox stream `NRM_INBOX_<agency>` and its attachment bucket `nrm-att-<agency>`, created
+by operators only, before the authorization that admits the agency is loaded. A bus
+provisioned by an earlier release has one shared inbox stream `NRM_MSG`
+(`LEGACY_MESSAGE_STREAM`); `migrate_shared_inbox` moves what it still holds into the
+per-agency streams.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 import nats
+import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
+    DiscardPolicy,
     KeyValueConfig,
     ObjectStoreConfig,
     RetentionPolicy,
@@ -21,13 +31,17 @@ from keys.subjects import (
     AUDIT_STREAM,
     AUDIT_SUBJECTS,
     DIRECTORY_BUCKET,
-    MESSAGE_STREAM,
-    MESSAGE_SUBJECTS,
+    PREFIX,
     PRESENCE_BUCKET,
     PRESENCE_STREAM,
     attachment_bucket,
     attachment_stream,
+    inbox_stream,
+    inbox_subject,
 )
+from runtime.jetstream import erase_message
+
+log = structlog.get_logger("nrm.streams")
 
 #: How long connecting and draining may take while provisioning.
 CONNECT_TIMEOUT_SECONDS = 5
@@ -37,6 +51,12 @@ HEADER_ROOM_BYTES = 4096
 DIRECTORY_HISTORY = 16
 #: The stream behind the directory bucket (nats-py's KV naming).
 DIRECTORY_STREAM = f"KV_{DIRECTORY_BUCKET}"
+#: The inbox stream every agency shared on a bus provisioned by an earlier release
+#: (subjects `nrm.v1.msg.>`), and the subject it is moved to while its messages are moved
+#: out: no user may publish to it, and it overlaps no inbox stream.
+LEGACY_MESSAGE_STREAM = "NRM_MSG"
+LEGACY_MESSAGE_SUBJECTS = f"{PREFIX}.msg.>"
+RETIRED_SUBJECT = f"{PREFIX}.retired.{LEGACY_MESSAGE_STREAM}"
 
 
 def _shared_stream_config(
@@ -61,16 +81,23 @@ def _shared_stream_config(
     )
 
 
-def message_stream_config(*, limits: Limits, replicas: int) -> StreamConfig:
-    """The configuration of the stream holding every agency inbox."""
-    return _shared_stream_config(
-        MESSAGE_STREAM,
-        MESSAGE_SUBJECTS,
+def inbox_stream_config(agency: str, *, limits: Limits, replicas: int) -> StreamConfig:
+    """The configuration of `agency`'s inbox stream: its inbox subject only, work-queue
+    retention, bounded by `limits.inbox_max_bytes` and `inbox_max_msgs`; a publish to a
+    full inbox is refused (discard new), never an older message dropped."""
+    config = _shared_stream_config(
+        inbox_stream(agency),
+        inbox_subject(agency),
         RetentionPolicy.WORK_QUEUE,
         # max_msg_size counts headers too (Nats-Msg-Id): leave them room.
         limits.max_envelope_bytes + HEADER_ROOM_BYTES,
         limits=limits,
         replicas=replicas,
+    )
+    return config.evolve(
+        max_bytes=limits.inbox_max_bytes,
+        max_msgs=limits.inbox_max_msgs,
+        discard=DiscardPolicy.NEW,
     )
 
 
@@ -95,23 +122,98 @@ async def provision_streams(
     agencies: Sequence[str] = (),
 ) -> None:
     """Create the streams, or bring existing ones to the wanted configuration, and the
-    attachment bucket of each of `agencies` (idempotent)."""
+    inbox stream and attachment bucket of each of `agencies` (idempotent); move what a
+    shared inbox stream of an earlier release holds into the inbox streams."""
     if replicas < 1:
         raise ValueError(f"replicas must be at least 1, not {replicas}")
-    for config in (
-        message_stream_config(limits=limits, replicas=replicas),
-        audit_stream_config(limits=limits, replicas=replicas),
-    ):
-        assert config.name is not None
-        try:
-            await js.stream_info(config.name)
-        except NotFoundError:
-            await js.add_stream(config)
-        else:
-            await js.update_stream(config)
+    await _put_stream(js, audit_stream_config(limits=limits, replicas=replicas))
     await provision_directory_bucket(js, replicas=replicas)
     await provision_presence_bucket(js, limits=limits, replicas=replicas)
+    await provision_agency_stores(js, agencies, limits=limits, replicas=replicas)
+
+
+async def _put_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create the stream `config` names, or bring it to `config`."""
+    assert config.name is not None
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        await js.add_stream(config)
+    else:
+        await js.update_stream(config)
+
+
+async def provision_agency_stores(
+    js: JetStreamContext,
+    agencies: Sequence[str],
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    replicas: int = 1,
+) -> None:
+    """What each of `agencies` has of its own on the bus: its inbox stream (created, or
+    brought to the wanted configuration) and its attachment bucket (created if missing);
+    then the messages a shared inbox stream of an earlier release still holds for them are
+    moved into their inboxes (idempotent)."""
+    retiring = await _retire_shared_inbox(js)
+    for agency in agencies:
+        await _put_stream(js, inbox_stream_config(agency, limits=limits, replicas=replicas))
     await provision_attachment_stores(js, agencies, limits=limits, replicas=replicas)
+    if retiring:
+        await migrate_shared_inbox(js, agencies)
+
+
+async def _retire_shared_inbox(js: JetStreamContext) -> bool:
+    """Move the subjects of an earlier release's shared inbox stream aside (its `nrm.v1.msg.>`
+    overlaps every inbox stream, so none could be created); False if there is none.
+
+    Its consumers go first: they filter on inbox subjects the stream no longer takes, and
+    their agents (of that release) now find their mail in their own inbox streams."""
+    try:
+        info = await js.stream_info(LEGACY_MESSAGE_STREAM)
+    except NotFoundError:
+        return False
+    if info.config.subjects != [RETIRED_SUBJECT]:
+        for consumer in await js.consumers_info(LEGACY_MESSAGE_STREAM):
+            assert consumer.name is not None
+            await js.delete_consumer(LEGACY_MESSAGE_STREAM, consumer.name)
+        await js.update_stream(info.config.evolve(subjects=[RETIRED_SUBJECT]))
+        log.info("shared_inbox_retired", stream=LEGACY_MESSAGE_STREAM)
+    return True
+
+
+async def migrate_shared_inbox(js: JetStreamContext, agencies: Sequence[str]) -> int:
+    """Re-publish every message the retired shared inbox stream holds for one of `agencies`
+    to its original subject with its original `Nats-Msg-Id`, erasing each from the old
+    stream once its inbox stream acknowledged it; delete the old stream once it is empty.
+    Returns how many it moved.
+
+    Safe to stop and run again: a message re-published but not yet erased is published
+    again under the same `Nats-Msg-Id` and dropped by the inbox stream's de-duplication
+    window (after it, the receiver recognises the message id, PROTOCOL.md §4.7). Mail for an
+    agency not in `agencies` stays where it is until a run that names it (or its max age)."""
+    moved = 0
+    for agency in agencies:
+        subject = inbox_subject(agency)
+        seq = 1
+        while True:
+            try:
+                msg = await js.get_msg(LEGACY_MESSAGE_STREAM, seq=seq, subject=subject, next=True)
+            except NotFoundError:
+                break
+            headers = {}
+            msg_id = (msg.headers or {}).get("Nats-Msg-Id")
+            if msg_id:
+                headers["Nats-Msg-Id"] = msg_id
+            await js.publish(subject, msg.data or b"", headers=headers or None)
+            assert msg.seq is not None
+            await erase_message(js, LEGACY_MESSAGE_STREAM, msg.seq)
+            moved += 1
+            seq = msg.seq + 1
+    left = int((await js.stream_info(LEGACY_MESSAGE_STREAM)).state.messages)
+    if left == 0:
+        await js.delete_stream(LEGACY_MESSAGE_STREAM)
+    log.info("shared_inbox_migrated", moved=moved, left=left)
+    return moved
 
 
 async def _provision_key_value(
@@ -242,8 +344,8 @@ async def provision(
     nkeys_seed: bytes | None = None,
     agencies: Sequence[str] = (),
 ) -> None:
-    """Connect to the bus at `url`, provision the streams, the buckets and the attachment
-    bucket of each of `agencies`, drain.
+    """Connect to the bus at `url`, provision the streams, the buckets and the inbox stream
+    and attachment bucket of each of `agencies`, drain.
 
     With authorization on, `nkeys_seed` is an operator's NKey seed (broker/authz.py).
     """
@@ -262,12 +364,10 @@ async def provision_stores_for(
     replicas: int = 1,
     nkeys_seed: bytes | None = None,
 ) -> None:
-    """Connect to the bus at `url` and create the missing attachment buckets of `agencies`
-    (an agency a new directory admits, broker/authority.py), drain."""
+    """Connect to the bus at `url` and provision the inbox streams and attachment buckets
+    of `agencies` (agencies a new directory admits, broker/authority.py), drain."""
     nc = await _connect(url, nkeys_seed)
     try:
-        await provision_attachment_stores(
-            nc.jetstream(), agencies, limits=limits, replicas=replicas
-        )
+        await provision_agency_stores(nc.jetstream(), agencies, limits=limits, replicas=replicas)
     finally:
         await nc.drain()

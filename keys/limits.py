@@ -33,6 +33,10 @@ class Limits:
     duplicate_window_seconds: int = 600
     #: How long an unconsumed message stays on the bus.
     stream_max_age_seconds: int = 30 * 24 * 3600
+    #: The most one agency's inbox stream holds (PROTOCOL.md §5): once full, publishes to it
+    #: are refused (the senders retry) and no other agency's inbox is affected.
+    inbox_max_bytes: int = 1 << 30
+    inbox_max_msgs: int = 100_000
     #: Outbox retry back-off bounds.
     retry_initial_seconds: float = 0.2
     retry_max_seconds: float = 5.0

@@ -9,9 +9,12 @@ import re
 
 PREFIX = "nrm.v1"
 
-#: The JetStream stream holding every agency inbox (work-queue retention).
-MESSAGE_STREAM = "NRM_MSG"
-MESSAGE_SUBJECTS = f"{PREFIX}.msg.>"
+#: Each agency's inbox is a JetStream stream of its own (work-queue retention),
+#: `NRM_INBOX_<agency>`, capturing exactly its inbox subject (PROTOCOL.md §5): the agency may
+#: then erase what it consumed (`STREAM.MSG.DELETE` is scoped by stream, not by subject) and
+#: one agency's mail cannot use up another's space. Agency ids are a subset of the stream
+#: name alphabet, and the prefix keeps an inbox stream's name apart from every other stream.
+INBOX_STREAM_PREFIX = "NRM_INBOX_"
 
 #: Agency ids are used verbatim as subject tokens, so they are restricted to a safe alphabet.
 AGENCY_ID_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
@@ -27,6 +30,12 @@ def audit_subject(agency: str) -> str:
     """The subject an agency's audit events are published to."""
     _check_token(agency)
     return f"{PREFIX}.audit.{agency}"
+
+
+def inbox_stream(agency: str) -> str:
+    """The JetStream stream holding `agency`'s inbox and nothing else."""
+    _check_token(agency)
+    return f"{INBOX_STREAM_PREFIX}{agency}"
 
 
 def inbox_consumer(agency: str) -> str:

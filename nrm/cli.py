@@ -225,6 +225,12 @@ def bus() -> None:
     help="No authorization at all: anyone may connect. Local experiments only.",
 )
 @click.option(
+    "--agency",
+    "open_agencies",
+    multiple=True,
+    help="With --unsafe-open: make this agency's inbox stream and attachment bucket (repeat).",
+)
+@click.option(
     "--status-bind",
     default=None,
     metavar="HOST:PORT",
@@ -243,6 +249,7 @@ def bus_up(
     operator_keys: Path | None,
     passphrase_file: Path | None,
     unsafe_open: bool,
+    open_agencies: tuple[str, ...],
     status_bind: str | None,
     expiry_warning_days: float,
 ) -> None:
@@ -261,7 +268,9 @@ def bus_up(
                 "/--status-bind"
             )
         logs.configure()
-        sys.exit(unsafe_run_foreground_open(store_dir=store, port=port))
+        sys.exit(unsafe_run_foreground_open(store_dir=store, port=port, agencies=open_agencies))
+    if open_agencies:
+        raise click.UsageError("--agency goes with --unsafe-open (a secured bus reads them)")
     bind = None if status_bind is None else _host_port(status_bind)
     if not (trust_roots and directory_file is not None and operator_keys is not None):
         raise click.UsageError(

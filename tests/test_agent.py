@@ -17,7 +17,7 @@ import nats
 import pytest
 from structlog.testing import capture_logs
 
-from keys.subjects import MESSAGE_STREAM, inbox_consumer, inbox_subject, reply_prefix
+from keys.subjects import inbox_consumer, inbox_stream, inbox_subject, reply_prefix
 from runtime.keydir import load_key_dir
 
 from . import samples
@@ -138,6 +138,37 @@ async def test_replayed_envelope_is_rejected(mechanism: Mechanism) -> None:
     assert rows(m.database("shelter"), "inbox") == 1
 
 
+async def test_message_whose_erasure_is_refused_is_still_acked_and_counted(
+    mechanism: Mechanism,
+) -> None:
+    """If the bus refuses to erase a consumed message (here the operator set `deny_delete` on
+    the shelter's inbox stream), the shelter keeps it once, acks it all the same (the stream
+    empties) and counts and logs the failure with the sequence only."""
+    m = mechanism
+    nc, js = await operator_js(m)
+    try:
+        stream = inbox_stream("shelter")
+        config = (await js.stream_info(stream)).config
+        await js.update_stream(config.evolve(deny_delete=True))
+        with capture_logs() as logs:
+            rid = await m.api("police").refer(["shelter"], REFERRAL)
+            await delivered(m, "police", rid)
+
+            async def acked() -> bool:
+                return int((await js.stream_info(stream)).state.messages) == 0
+
+            await eventually(acked, what="the shelter to ack the message it could not erase")
+    finally:
+        await nc.close()
+    assert rows(m.database("shelter"), "inbox") == 1
+    [failed] = [e for e in logs if e["event"] == "inbox_erase_failed"]
+    assert (failed["reason"], failed["error"]) == ("refused", "ServerError")
+    assert set(failed) == {"event", "log_level", "agency", "stream_seq", "reason", "error"}
+    registry = m.agents["shelter"].metrics.registry
+    sample = registry.get_sample_value("nrm_inbox_erase_failed_total", {"reason": "refused"})
+    assert sample == 1
+
+
 async def test_tampered_and_misaddressed_envelopes_are_rejected(mechanism: Mechanism) -> None:
     """A tampered envelope and one sealed for another agency are refused and never stored."""
     m = mechanism
@@ -207,7 +238,7 @@ async def test_agent_killed_between_commit_and_ack_keeps_one_copy(mechanism: Mec
         nc, js = await operator_js(m)
 
         async def drained() -> bool:
-            info = await js.consumer_info(MESSAGE_STREAM, inbox_consumer("shelter"))
+            info = await js.consumer_info(inbox_stream("shelter"), inbox_consumer("shelter"))
             return info.num_pending == 0 and info.num_ack_pending == 0
 
         await eventually(drained, what="the redelivery to be acked")

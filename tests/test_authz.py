@@ -26,13 +26,13 @@ from broker.streams import provision
 from keys.subjects import (
     DIRECTORY_BUCKET,
     DIRECTORY_KEY,
-    MESSAGE_STREAM,
     PRESENCE_BUCKET,
     PRESENCE_STREAM,
     attachment_bucket,
     attachment_stream,
     audit_subject,
     inbox_consumer,
+    inbox_stream,
     inbox_subject,
     presence_key,
     publish_id,
@@ -177,7 +177,8 @@ def agent_consumer_config(agency: str) -> ConsumerConfig:
 
 
 async def consumer_names(op: Conn) -> list[str]:
-    return [info.name for info in await op.js.consumers_info(MESSAGE_STREAM)]
+    """The consumers of every inbox stream."""
+    return [info.name for x in (A, B) for info in await op.js.consumers_info(inbox_stream(x))]
 
 
 async def send(conn: Conn, recipient: str, message_id: str, body: bytes = b"sealed") -> int:
@@ -226,12 +227,14 @@ async def test_agency_consumes_its_own_inbox_like_the_agent(bus: Bus) -> None:
     await send(b, A, "m2")
     config = agent_consumer_config(A)
     sub = await a.js.pull_subscribe(
-        inbox_subject(A), durable=inbox_consumer(A), stream=MESSAGE_STREAM, config=config
+        inbox_subject(A), durable=inbox_consumer(A), stream=inbox_stream(A), config=config
     )
     msgs: list[Msg] = []
     while len(msgs) < 2:  # a fetch returns what is there: perhaps one of the two yet
         msgs += await sub.fetch(2 - len(msgs), timeout=2 * SHORT)
     assert [m.data for m in msgs] == [b"sealed", b"sealed"]
+    # Erased from its own inbox stream before the ack, as the agent does.
+    assert await a.js.delete_msg(inbox_stream(A), msgs[0].metadata.sequence.stream)
     await msgs[0].ack()
     await msgs[1].term()
     await a.nc.flush()
@@ -244,12 +247,12 @@ async def test_agency_consumes_its_own_inbox_like_the_agent(bus: Bus) -> None:
     await sub.unsubscribe()
     # Again, now that the consumer exists (the agent's reconnect path): info, then bind.
     sub = await a.js.pull_subscribe(
-        inbox_subject(A), durable=inbox_consumer(A), stream=MESSAGE_STREAM, config=config
+        inbox_subject(A), durable=inbox_consumer(A), stream=inbox_stream(A), config=config
     )
     await send(b, A, "m3")
     (msg,) = await sub.fetch(1, timeout=2 * SHORT)
     await msg.ack()
-    info = await a.js.consumer_info(MESSAGE_STREAM, inbox_consumer(A))
+    info = await a.js.consumer_info(inbox_stream(A), inbox_consumer(A))
     assert info.name == inbox_consumer(A)
     assert a.errors == []
 
@@ -298,29 +301,33 @@ async def test_agency_cannot_subscribe_to_another_inbox(bus: Bus) -> None:
 
 @pytest.mark.parametrize("name", [inbox_consumer(A), inbox_consumer(B)])
 async def test_agency_cannot_create_a_consumer_on_another_inbox(bus: Bus, name: str) -> None:
-    """B can create no consumer filtering A's inbox, whether named inbox-A or inbox-B."""
+    """B can create no consumer on A's inbox stream, whether named inbox-A or inbox-B."""
     b, op = await bus.agency(B), await bus.as_operator()
     config = ConsumerConfig(name=name, durable_name=name, filter_subject=inbox_subject(A))
     with pytest.raises(REFUSED):
-        await b.js.add_consumer(MESSAGE_STREAM, config=config)
-    await b.violation(f"$JS.API.CONSUMER.CREATE.{MESSAGE_STREAM}.{name}")
+        await b.js.add_consumer(inbox_stream(A), config=config)
+    await b.violation(f"$JS.API.CONSUMER.CREATE.{inbox_stream(A)}.{name}")
     assert name not in await consumer_names(op)
 
 
 @pytest.mark.parametrize(
     "subject",
     [
-        f"$JS.API.CONSUMER.DURABLE.CREATE.{MESSAGE_STREAM}.{inbox_consumer(B)}",
-        f"$JS.API.CONSUMER.DURABLE.CREATE.{MESSAGE_STREAM}.{inbox_consumer(A)}",
-        f"$JS.API.CONSUMER.CREATE.{MESSAGE_STREAM}.{inbox_consumer(B)}",
-        f"$JS.API.CONSUMER.CREATE.{MESSAGE_STREAM}",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{inbox_stream(A)}.{inbox_consumer(B)}",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{inbox_stream(A)}.{inbox_consumer(A)}",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{inbox_stream(B)}.{inbox_consumer(B)}",
+        f"$JS.API.CONSUMER.CREATE.{inbox_stream(A)}.{inbox_consumer(B)}",
+        f"$JS.API.CONSUMER.CREATE.{inbox_stream(A)}",
+        f"$JS.API.CONSUMER.CREATE.{inbox_stream(B)}.{inbox_consumer(B)}",
+        f"$JS.API.CONSUMER.CREATE.{inbox_stream(B)}",
     ],
 )
 async def test_agency_cannot_use_unfiltered_or_legacy_create(bus: Bus, subject: str) -> None:
-    """The create forms without a filter subject in the API subject are refused to B."""
+    """The create forms without a filter subject in the API subject are refused to B, on
+    A's inbox stream and on its own."""
     b, op = await bus.agency(B), await bus.as_operator()
     request = {
-        "stream_name": MESSAGE_STREAM,
+        "stream_name": inbox_stream(A),
         "config": {
             "name": inbox_consumer(B),
             "durable_name": inbox_consumer(B),
@@ -337,14 +344,15 @@ async def test_agency_cannot_use_unfiltered_or_legacy_create(bus: Bus, subject: 
 async def test_agency_cannot_smuggle_another_inbox_in_filter_subjects(bus: Bus) -> None:
     """B's own create subject with A's inbox in `filter_subjects` is rejected by the server."""
     b, op = await bus.agency(B), await bus.as_operator()
-    subject = f"$JS.API.CONSUMER.CREATE.{MESSAGE_STREAM}.{inbox_consumer(B)}.{inbox_subject(B)}"
+    stream = inbox_stream(B)
+    subject = f"$JS.API.CONSUMER.CREATE.{stream}.{inbox_consumer(B)}.{inbox_subject(B)}"
     for config in (
         {"filter_subjects": [inbox_subject(A)]},
         {"filter_subjects": [inbox_subject(B), inbox_subject(A)]},
         {"filter_subject": inbox_subject(A)},
     ):
         request = {
-            "stream_name": MESSAGE_STREAM,
+            "stream_name": stream,
             "config": {
                 "name": inbox_consumer(B),
                 "durable_name": inbox_consumer(B),
@@ -363,16 +371,16 @@ async def test_agency_cannot_fetch_from_another_consumer(bus: Bus) -> None:
     sub_a = await a.js.pull_subscribe(
         inbox_subject(A),
         durable=inbox_consumer(A),
-        stream=MESSAGE_STREAM,
+        stream=inbox_stream(A),
         config=agent_consumer_config(A),
     )
     await send(b, A, "m1")
-    sub_b = await b.js.pull_subscribe_bind(durable=inbox_consumer(A), stream=MESSAGE_STREAM)
+    sub_b = await b.js.pull_subscribe_bind(durable=inbox_consumer(A), stream=inbox_stream(A))
     with pytest.raises(REFUSED):
         await sub_b.fetch(1, timeout=SHORT)
-    await b.violation(f"$JS.API.CONSUMER.MSG.NEXT.{MESSAGE_STREAM}.{inbox_consumer(A)}")
+    await b.violation(f"$JS.API.CONSUMER.MSG.NEXT.{inbox_stream(A)}.{inbox_consumer(A)}")
     with pytest.raises(REFUSED):
-        await b.js.consumer_info(MESSAGE_STREAM, inbox_consumer(A))
+        await b.js.consumer_info(inbox_stream(A), inbox_consumer(A))
     (msg,) = await sub_a.fetch(1, timeout=2 * SHORT)
     assert msg.metadata.num_delivered == 1
     # Nor can B ack (or term) A's messages.
@@ -380,6 +388,26 @@ async def test_agency_cannot_fetch_from_another_consumer(bus: Bus) -> None:
     await b.nc.publish(msg.reply, b"+TERM")
     await b.violation(msg.reply)
     await msg.ack()
+
+
+@pytest.mark.parametrize(
+    "verb",
+    ["STREAM.MSG.DELETE", "STREAM.PURGE", "STREAM.MSG.GET", "STREAM.INFO", "STREAM.UPDATE"],
+)
+async def test_agency_cannot_erase_purge_or_read_another_inbox_stream(bus: Bus, verb: str) -> None:
+    """A's erase (the grant it has on its own inbox stream), purge, message get, info or
+    update of B's inbox stream is refused by the server, and B's queued message is intact."""
+    a, op = await bus.agency(A), await bus.as_operator()
+    seq = await send(a, B, "queued", body=b"sealed for B")
+    stream = inbox_stream(B)
+    subject = f"$JS.API.{verb}.{stream}"
+    request = {"seq": seq} if "MSG" in verb else {}
+    with pytest.raises(REFUSED):
+        await a.nc.request(subject, json.dumps(request).encode(), timeout=SHORT)
+    await a.violation(subject)
+    assert (await op.js.stream_info(stream)).state.messages == 1
+    assert (await op.js.get_msg(stream, seq)).data == b"sealed for B"
+    assert "$JS.API.STREAM.MSG.DELETE." + stream not in agency_permissions(A, readable=[A, B])[0]
 
 
 async def test_agency_cannot_publish_to_another_audit_subject(bus: Bus) -> None:
@@ -460,7 +488,10 @@ def test_agency_grants_no_write_outside_its_own_bucket() -> None:
     writes = [s for s in allow if s.startswith("$O.")]
     assert writes == [f"$O.{attachment_bucket(A)}.>"]
     deletes = [s for s in allow if ".MSG.DELETE." in s]
-    assert deletes == [f"$JS.API.STREAM.MSG.DELETE.{attachment_stream(A)}"]
+    assert deletes == [
+        f"$JS.API.STREAM.MSG.DELETE.{inbox_stream(A)}",
+        f"$JS.API.STREAM.MSG.DELETE.{attachment_stream(A)}",
+    ]
     for verb in ("CREATE", "UPDATE", "PURGE", "DELETE"):
         assert not [s for s in allow if s.startswith(f"$JS.API.STREAM.{verb}")], verb
     for other in (B, C):  # read-only on the others' attachment streams
@@ -502,7 +533,7 @@ async def test_auditor_subscribes_to_audit_subjects_only(bus: Bus) -> None:
     with pytest.raises(REFUSED):
         await kv.put(DIRECTORY_KEY, b"forged")
     with pytest.raises(REFUSED):
-        await auditor.js.add_consumer(MESSAGE_STREAM, config=agent_consumer_config(A))
+        await auditor.js.add_consumer(inbox_stream(A), config=agent_consumer_config(A))
 
 
 # --- reload ----------------------------------------------------------------------------------
@@ -516,6 +547,8 @@ async def test_reload_adds_and_removes_agencies_without_restart(bus: Bus) -> Non
     a = await bus.agency(A)
 
     bus.agencies[C] = bus.spare
+    # As the bus authority does: C's inbox stream and bucket first, then the reload.
+    await provision(bus.server.url, nkeys_seed=bus.operator.seed, agencies=[C])
     bus.server.reload(bus.block(bus.agencies))
     assert bus.server.pid == pid and bus.server.running
     c = await bus.agency(C)

@@ -31,7 +31,7 @@ from click.testing import CliRunner, Result
 
 from keys import PublicIdentity
 from keys.directory import Directory, read_unverified_directory, read_unverified_root
-from keys.subjects import attachment_bucket, reply_prefix
+from keys.subjects import attachment_bucket, inbox_stream, inbox_subject, reply_prefix
 from nrm import admin
 from nrm.cli import main
 from runtime import clock
@@ -554,17 +554,23 @@ def test_bus_up_refuses_an_under_signed_directory(work: Work, tmp_path: Path) ->
 
 
 def test_unsafe_open_bus_warns_and_stops_on_sigint(bus_up: BusUp, tmp_path: Path) -> None:
-    """`bus up --unsafe-open` says it is unsafe, lets anonymous clients in, and stops
-    cleanly on SIGINT."""
+    """`bus up --unsafe-open` says it is unsafe, lets anonymous clients in, makes the inbox
+    stream of each `--agency`, and stops cleanly on SIGINT."""
     port = free_port()
-    process, out = bus_up.start("--store", tmp_path / "s", "--port", str(port), "--unsafe-open")
+    process, out = bus_up.start(
+        "--store", tmp_path / "s", "--port", str(port), "--unsafe-open", "--agency", "police"
+    )
     text = out.read_text()
     assert "WARNING: unsafe open bus" in text
     assert "unsafe_open_bus" in text  # the structured log event too
 
     async def anonymous() -> None:
         nc = await nats.connect(f"nats://127.0.0.1:{port}", allow_reconnect=False)
-        await nc.close()
+        try:
+            info = await nc.jetstream().stream_info(inbox_stream("police"))
+            assert info.config.subjects == [inbox_subject("police")]
+        finally:
+            await nc.close()
 
     asyncio.run(anonymous())
     assert bus_up.stop(process, signal.SIGINT) == 0

@@ -5,21 +5,31 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import nats
 import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy, StorageType
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError
 
 from broker import NatsServer, provision
 from broker.server import conf_string
-from broker.streams import HEADER_ROOM_BYTES
+from broker.streams import HEADER_ROOM_BYTES, LEGACY_MESSAGE_STREAM, LEGACY_MESSAGE_SUBJECTS
 from keys.limits import DEFAULT_LIMITS
-from keys.subjects import MESSAGE_STREAM, attachment_bucket, attachment_stream, inbox_subject
+from keys.subjects import attachment_bucket, attachment_stream, inbox_stream, inbox_subject
 
 SUBJECT = inbox_subject("police-a")
+STREAM = inbox_stream("police-a")
+
+
+@pytest.fixture
+async def nats_server(nats_server: NatsServer) -> NatsServer:
+    """The provisioned bus (tests/conftest.py) with police-a's inbox stream and bucket, as
+    an operator provisions an agency of the directory."""
+    await provision(nats_server.url, agencies=["police-a"])
+    return nats_server
 
 
 @asynccontextmanager
@@ -32,7 +42,7 @@ async def jetstream(server: NatsServer) -> AsyncIterator[JetStreamContext]:
 
 
 async def stored_count(js: JetStreamContext) -> int:
-    info = await js.stream_info(MESSAGE_STREAM)
+    info = await js.stream_info(STREAM)
     count: int = info.state.messages
     return count
 
@@ -44,29 +54,35 @@ async def test_server_starts_and_jetstream_answers(nats_server: NatsServer) -> N
     assert nats_server.url == f"nats://127.0.0.1:{nats_server.port}"
     async with jetstream(nats_server) as js:
         info = await js.account_info()
-    assert info.streams == 4  # messages, audit events, directory bucket, leases
+    assert info.streams == 5  # audit events, directory bucket, leases, police-a's inbox, bucket
 
 
 async def test_stream_has_the_configured_limits(nats_server: NatsServer) -> None:
-    """The message stream is file-backed, de-duplicates and bounds size and age as Limits says."""
+    """An agency's inbox stream takes its inbox subject only, is file-backed, de-duplicates
+    and bounds size, age and the agency's whole inbox as Limits says, refusing (not
+    dropping old mail) once full."""
     async with jetstream(nats_server) as js:
-        config = (await js.stream_info(MESSAGE_STREAM)).config
+        config = (await js.stream_info(STREAM)).config
+    assert config.subjects == [SUBJECT]
     assert config.storage == StorageType.FILE
     assert config.duplicate_window == DEFAULT_LIMITS.duplicate_window_seconds
     assert config.max_age == DEFAULT_LIMITS.stream_max_age_seconds
     assert config.max_msg_size == DEFAULT_LIMITS.max_envelope_bytes + HEADER_ROOM_BYTES
+    assert config.max_bytes == DEFAULT_LIMITS.inbox_max_bytes
+    assert config.max_msgs == DEFAULT_LIMITS.inbox_max_msgs
+    assert config.discard == DiscardPolicy.NEW
 
 
 async def test_provisioning_is_idempotent(nats_server: NatsServer) -> None:
     """Provisioning again keeps one stream with the same configuration and its messages."""
     async with jetstream(nats_server) as js:
         await js.publish(SUBJECT, b"kept", headers={"Nats-Msg-Id": "m1"})
-        before = (await js.stream_info(MESSAGE_STREAM)).config
+        before = (await js.stream_info(STREAM)).config
         await provision(nats_server.url, agencies=["police-a"])
         await provision(nats_server.url, agencies=["police-a", "shelter-b"])
-        after = (await js.stream_info(MESSAGE_STREAM)).config
+        after = (await js.stream_info(STREAM)).config
         assert after == before
-        assert (await js.account_info()).streams == 6  # and one attachment bucket each
+        assert (await js.account_info()).streams == 7  # an inbox and a bucket each
         assert await stored_count(js) == 1
 
 
@@ -112,7 +128,7 @@ async def test_data_survives_kill_and_restart(nats_server: NatsServer) -> None:
     assert nats_server.pid != old_pid
     async with jetstream(nats_server) as js:
         assert await stored_count(js) == 1
-        msg = await js.get_msg(MESSAGE_STREAM, ack.seq)
+        msg = await js.get_msg(STREAM, ack.seq)
     assert msg.data == b"durable"
 
 
@@ -128,7 +144,7 @@ async def test_oversized_message_is_refused(nats_server: NatsServer) -> None:
 async def test_acked_message_is_removed(nats_server: NatsServer) -> None:
     """The stream has work-queue retention: a message is removed once its consumer acks it."""
     async with jetstream(nats_server) as js:
-        config = (await js.stream_info(MESSAGE_STREAM)).config
+        config = (await js.stream_info(STREAM)).config
         assert config.retention == RetentionPolicy.WORK_QUEUE
         await js.publish(SUBJECT, b"work", headers={"Nats-Msg-Id": "w1"})
         sub = await js.pull_subscribe(SUBJECT, durable="inbox-police-a")
@@ -146,3 +162,65 @@ def test_config_paths_are_quoted(tmp_path_factory: pytest.TempPathFactory) -> No
         assert server.running
     assert (store / "jetstream").is_dir()
     assert not server.running
+
+
+async def test_provisioning_moves_a_shared_inbox_stream_into_the_agencies_own(
+    tmp_path: Path,
+) -> None:
+    """A bus of the previous release has one `NRM_MSG` stream for every inbox. Provisioning
+    moves its subjects aside, makes each agency's inbox stream, re-publishes what is still
+    queued to its original subject under its original Nats-Msg-Id, and deletes the old
+    stream once empty; mail for an agency it was not told about stays until a run names it.
+    Running again changes nothing; a sender's retry of a moved message is a duplicate."""
+    with NatsServer(store_dir=tmp_path / "nats") as server:
+        async with jetstream(server) as js:
+            await js.add_stream(
+                StreamConfig(
+                    name=LEGACY_MESSAGE_STREAM,
+                    subjects=[LEGACY_MESSAGE_SUBJECTS],
+                    retention=RetentionPolicy.WORK_QUEUE,
+                    storage=StorageType.FILE,
+                    duplicate_window=DEFAULT_LIMITS.duplicate_window_seconds,
+                )
+            )
+            queued = {
+                ("police-a", "m1"): b"to police 1",
+                ("shelter-b", "m2"): b"to shelter",
+                ("police-a", "m3"): b"to police 2",
+                ("ngo-c", "m4"): b"to the ngo",
+            }
+            await js.publish(SUBJECT, b"acked", headers={"Nats-Msg-Id": "m0"})
+            sub = await js.pull_subscribe(
+                SUBJECT, durable="inbox-police-a", stream=LEGACY_MESSAGE_STREAM
+            )
+            [msg] = await sub.fetch(1, timeout=5)
+            await msg.ack_sync()
+            await sub.unsubscribe()
+            for (agency, msg_id), data in queued.items():
+                await js.publish(inbox_subject(agency), data, headers={"Nats-Msg-Id": msg_id})
+
+            async def held(agency: str) -> list[tuple[bytes, str]]:
+                stream = inbox_stream(agency)
+                state = (await js.stream_info(stream)).state
+                out = []
+                for seq in range(state.first_seq, state.last_seq + 1):
+                    m = await js.get_msg(stream, seq)
+                    assert m.data is not None and m.headers is not None
+                    out.append((m.data, m.headers["Nats-Msg-Id"]))
+                return out
+
+            await provision(server.url, agencies=["police-a", "shelter-b"])
+            old = (await js.stream_info(LEGACY_MESSAGE_STREAM)).config
+            assert old.subjects != [LEGACY_MESSAGE_SUBJECTS]  # mail for ngo-c is still there
+            assert await held("police-a") == [(b"to police 1", "m1"), (b"to police 2", "m3")]
+            assert await held("shelter-b") == [(b"to shelter", "m2")]
+            retry = await js.publish(SUBJECT, b"to police 1", headers={"Nats-Msg-Id": "m1"})
+            assert retry.duplicate
+
+            await provision(server.url, agencies=["police-a", "shelter-b", "ngo-c"])
+            await provision(server.url, agencies=["police-a", "shelter-b", "ngo-c"])
+            with pytest.raises(nats.js.errors.NotFoundError):
+                await js.stream_info(LEGACY_MESSAGE_STREAM)
+            assert await held("police-a") == [(b"to police 1", "m1"), (b"to police 2", "m3")]
+            assert await held("shelter-b") == [(b"to shelter", "m2")]
+            assert await held("ngo-c") == [(b"to the ngo", "m4")]

@@ -1,6 +1,7 @@
 """The same check on a three-node NATS cluster: streams and the directory bucket with three
 replicas, agents and the ledger given all three URLs, one node killed with SIGKILL at a time
-(the message stream's leader among them) while referrals flow."""
+(the leader of the shelter's inbox stream, where the referrals go, among them) while
+referrals flow police -> shelter and receipts shelter -> police."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import aiohttp
 import nats
 import pytest
 
-from keys.subjects import MESSAGE_STREAM
+from keys.subjects import inbox_stream
 from nrm import admin
 from nrm.sandbox import Sandbox, prepare_mechanism
 from runtime.keydir import load_key_dir
@@ -36,8 +37,12 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
 TOTAL = 900
 RATE = 40.0
-#: Which node to kill each time: the message stream's leader, or a follower.
+#: Which node to kill each time: the leader of the shelter's inbox stream, or a follower.
 KILLS = ("leader", "follower", "leader", "follower")
+#: The inbox stream whose leader is killed: the referrals' (the receipts go to the police's).
+TARGET = inbox_stream("shelter")
+#: The inbox streams the traffic goes through, each with its own leader.
+INBOXES = (TARGET, inbox_stream("police"))
 SETTLE_SECONDS = 60.0
 
 
@@ -55,28 +60,36 @@ async def operator_js(sandbox: Sandbox) -> tuple[Any, Any]:
 
 
 async def stream_leader(js: Any, *, not_: str | None = None, timeout: float = 30.0) -> str:
-    """The server name leading the message stream (other than `not_`), once there is one."""
+    """The server name leading TARGET (other than `not_`), once there is one and every
+    other inbox stream of INBOXES has a leader too."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
-            info = await js.stream_info(MESSAGE_STREAM)
-            leader = info.cluster.leader if info.cluster else None
-            if leader and leader != not_:
+            leaders = {}
+            for stream in INBOXES:
+                info = await js.stream_info(stream)
+                leaders[stream] = info.cluster.leader if info.cluster else None
+            leader = leaders[TARGET]
+            if all(leaders.values()) and leader != not_:
                 return str(leader)
         await asyncio.sleep(0.1)
-    raise AssertionError(f"no leader for {MESSAGE_STREAM} after {timeout}s")
+    raise AssertionError(f"no leader for every one of {INBOXES} after {timeout}s")
 
 
 async def replicas_current(js: Any, timeout: float = 30.0) -> None:
+    """Wait until both replicas of every inbox stream of INBOXES are current."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
-            info = await js.stream_info(MESSAGE_STREAM)
-            replicas = info.cluster.replicas or []
-            if len(replicas) == 2 and all(r.current and not r.offline for r in replicas):
+            current = True
+            for stream in INBOXES:
+                replicas = (await js.stream_info(stream)).cluster.replicas or []
+                current = current and len(replicas) == 2
+                current = current and all(r.current and not r.offline for r in replicas)
+            if current:
                 return
         await asyncio.sleep(0.1)
-    raise AssertionError("the message stream's replicas did not catch up")
+    raise AssertionError(f"the replicas of {INBOXES} did not catch up")
 
 
 async def test_cluster_loses_nothing_when_nodes_die(
@@ -96,8 +109,8 @@ async def test_cluster_loses_nothing_when_nodes_die(
         by_name = {f"nrm-{n + 1}": node for n, node in enumerate(nodes)}
         try:
             nc, js = await operator_js(sandbox)
-            info = await js.stream_info(MESSAGE_STREAM)
-            assert info.config.num_replicas == 3
+            for stream in INBOXES:
+                assert (await js.stream_info(stream)).config.num_replicas == 3
             d = await deploy(http, sandbox, tmp_path, hook_url=hook_url, procs=procs)
             assert sandbox.agencies["police"].config_path.read_text().count("nats://") == 3
 
@@ -144,7 +157,7 @@ async def test_cluster_loses_nothing_when_nodes_die(
                 for r in counts.recoveries
             )
             with capsys.disabled():
-                print(text + f"\nstream leader failover: {failovers}", flush=True)
+                print(text + f"\n{TARGET} leader failover: {failovers}", flush=True)
         finally:
             if nc is not None:
                 await nc.close()
