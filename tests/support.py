@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import shutil
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from aiohttp import web
 from agents import Agent
 from broker import NatsServer
 from nrm.sandbox import AgencySetup, Sandbox, prepare_mechanism
+from runtime.poll import poll
 
 AGENCIES = [
     ("police", "Police", "police"),
@@ -43,12 +42,8 @@ async def eventually(
     check: Callable[[], Awaitable[bool]], *, timeout: float = 20.0, what: str = "condition"
 ) -> None:
     """Poll `check` until it holds, or fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    if not await poll(check, timeout=timeout):
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @dataclass
