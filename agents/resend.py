@@ -37,6 +37,7 @@ from keys.envelope import Opened, verify_outer
 from runtime import clock
 
 from .audit import AuditTrail
+from .messages import unpack_record
 from .store import ResendCandidate, Store
 
 log = structlog.get_logger("nrm.resend")
@@ -75,19 +76,16 @@ class ResendRequest:
 
     @classmethod
     def decode(cls, body: bytes) -> ResendRequest:
-        raw = codec.unpack(
-            body, max_bytes=MAX_REQUEST_BYTES, max_items=MAX_HAVE, what="resend request"
+        since, have = unpack_record(
+            body,
+            (object, list),  # `since` and the ids are checked by the constructor
+            what="resend request",
+            shape="[1, since, [message ids]]",
+            max_bytes=MAX_REQUEST_BYTES,
+            max_items=MAX_HAVE,
         )
-        if not (
-            isinstance(raw, list)
-            and len(raw) == 3
-            and raw[0] == 1
-            and raw[0] is not True
-            and isinstance(raw[2], list)
-        ):
-            raise MalformedError("resend request must be [1, since, [message ids]]")
         try:
-            return cls(since=raw[1], have=tuple(raw[2]))
+            return cls(since=since, have=tuple(have))
         except (ValueError, TypeError) as e:
             raise MalformedError(f"resend request: {e}") from e
 

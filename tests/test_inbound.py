@@ -343,6 +343,13 @@ REFUSED: list[tuple[str, str, bytes, frozenset[str], type[UntrustedInputError]]]
         SchemaInvalidError,
     ),
     (
+        "a receipt whose version is true, not 1",
+        DELIVERY_RECEIPT,
+        codec.pack([True, "cd" * 16, "ef" * 32, 7]),
+        NGO,
+        MalformedError,
+    ),
+    (
         "a refusal with a reason no receiver sends",
         REFUSAL,
         Refusal("cd" * 16, "ef" * 32, "bad-signature", 11).encode(),
