@@ -37,6 +37,7 @@ from keys.envelope import Opened, verify_outer
 from runtime import clock
 
 from .audit import AuditTrail
+from .desk import Sender
 from .messages import unpack_record
 from .store import ResendCandidate, Store
 
@@ -48,8 +49,6 @@ MAX_HAVE = 512
 #: Largest request body, checked before decoding.
 MAX_REQUEST_BYTES = 32 + MAX_HAVE * 34
 _MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
-
-Send = Callable[..., str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +99,7 @@ class Resender:
         agency: str,
         store: Store,
         audit: AuditTrail,
-        send: Send,
+        send: Sender,
         directory: Callable[[], Directory | None],
         limits: Limits,
     ) -> None:
