@@ -20,7 +20,7 @@ from aiohttp import web
 
 from keys import Limits
 from keys.identity import check_agency_id
-from runtime.http import ProblemError, bearer_match, problem, unauthorized
+from runtime.http import ProblemError, bearer_match, problems_middleware, unauthorized
 
 from . import errors as E
 from .attachments import ATTACHMENT_TYPES, Attachments
@@ -130,28 +130,23 @@ def make_app(backend: Backend, settings: ApiSettings) -> web.Application:
 # --- middleware ---------------------------------------------------------------------------------
 
 
-@web.middleware
-async def _problems(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ProblemError as e:
-        return e.response()
-    except E.DomainError as e:
-        return domain_problem(e).response()
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        title = e.reason or "Error"
-        if isinstance(e, web.HTTPRequestEntityTooLarge):
-            limit = request.app[SETTINGS].max_request_bytes
-            detail = f"the request body is larger than {limit} bytes"
-        else:
-            detail = title
-        return problem(e.status, title, detail)
-    except Exception as e:
-        # Never echo the exception: it could quote input. Log its type only.
-        log.error("api_internal_error", path=request.path, error=type(e).__name__)
-        return problem(500, "Internal Server Error", "the agent could not process the request")
+def _agent_problem(request: web.Request, e: Exception) -> ProblemError | None:
+    """What the agent answers beyond `problems_middleware`: domain errors, and a body over
+    the limit with the limit named."""
+    if isinstance(e, E.DomainError):
+        return domain_problem(e)
+    if isinstance(e, web.HTTPRequestEntityTooLarge):
+        limit = request.app[SETTINGS].max_request_bytes
+        return ProblemError(e.status, e.reason, f"the request body is larger than {limit} bytes")
+    return None
+
+
+_problems = problems_middleware(
+    log=log,
+    event="api_internal_error",
+    unanswerable="the agent could not process the request",
+    translate=_agent_problem,
+)
 
 
 @web.middleware

@@ -13,6 +13,39 @@ REFERRAL = "referral"
 DELIVERY_RECEIPT = "delivery-receipt"
 
 
+def unpack_record(
+    body: bytes,
+    types: tuple[type, ...],
+    *,
+    what: str,
+    shape: str,
+    max_bytes: int = 512,
+    max_items: int | None = None,
+) -> list[Any]:
+    """The members of a msgpack body `[1, ...]` after its version, one of each of `types`
+    (an `int` is never a bool, nor is the version), decoded strictly (keys.codec.unpack):
+    the one decoder of the msgpack message kinds. MalformedError says `what must be shape`."""
+    raw = codec.unpack(
+        body,
+        max_bytes=max_bytes,
+        max_items=len(types) + 1 if max_items is None else max_items,
+        what=what,
+    )
+    if not (
+        isinstance(raw, list)
+        and len(raw) == len(types) + 1
+        and type(raw[0]) is int
+        and raw[0] == 1
+        and all(_is(value, kind) for value, kind in zip(raw[1:], types, strict=True))
+    ):
+        raise MalformedError(f"{what} must be {shape}")
+    return raw[1:]
+
+
+def _is(value: Any, kind: type) -> bool:
+    return type(value) is int if kind is int else isinstance(value, kind)
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryReceipt:
     """Sent by a recipient to the sender once a message is committed to its inbox (6.2)."""
@@ -26,18 +59,10 @@ class DeliveryReceipt:
 
     @classmethod
     def decode(cls, body: bytes) -> DeliveryReceipt:
-        raw = codec.unpack(body, max_bytes=512, max_items=4, what="delivery receipt")
-        if not (
-            isinstance(raw, list)
-            and len(raw) == 4
-            and raw[0] == 1
-            and isinstance(raw[1], str)
-            and isinstance(raw[2], str)
-            and isinstance(raw[3], int)
-            and not isinstance(raw[3], bool)
-        ):
-            raise MalformedError("delivery receipt must be [1, message id, hash, time]")
-        return cls(message_id=raw[1], envelope_hash=raw[2], received_at=raw[3])
+        message_id, envelope_hash, received_at = unpack_record(
+            body, (str, str, int), what="delivery receipt", shape="[1, message id, hash, time]"
+        )
+        return cls(message_id, envelope_hash, received_at)
 
 
 TRANSITION = "transition"
@@ -99,14 +124,10 @@ class Refusal:
 
     @classmethod
     def decode(cls, body: bytes) -> Refusal:
-        raw = codec.unpack(body, max_bytes=512, max_items=5, what="refusal")
-        if not (
-            isinstance(raw, list)
-            and len(raw) == 5
-            and raw[0] == 1
-            and raw[0] is not True
-            and all(isinstance(v, str) for v in raw[1:4])
-            and type(raw[4]) is int
-        ):
-            raise MalformedError("refusal must be [1, message id, hash, reason, time]")
-        return cls(message_id=raw[1], envelope_hash=raw[2], reason=raw[3], refused_at=raw[4])
+        message_id, envelope_hash, reason, refused_at = unpack_record(
+            body,
+            (str, str, str, int),
+            what="refusal",
+            shape="[1, message id, hash, reason, time]",
+        )
+        return cls(message_id, envelope_hash, reason, refused_at)

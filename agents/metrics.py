@@ -5,7 +5,7 @@ Each agent has its own registry (several agents may share a process in tests and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
@@ -16,81 +16,62 @@ class AgentMetrics:
     def __init__(self, *, agency: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         labels = {"agency": agency}
-        self.sent = Counter(
-            "nrm_messages_sent_total",
-            "Messages sealed and queued, by kind",
-            ["kind"],
-            registry=self.registry,
+
+        def counter(name: str, documentation: str, labelnames: Sequence[str] = ()) -> Counter:
+            return Counter(name, documentation, labelnames, registry=self.registry)
+
+        def gauge(name: str, documentation: str, labelnames: Sequence[str] = ()) -> Gauge:
+            return Gauge(name, documentation, labelnames, registry=self.registry)
+
+        self.sent = counter(
+            "nrm_messages_sent_total", "Messages sealed and queued, by kind", ["kind"]
         )
-        self.received = Counter(
-            "nrm_messages_received_total",
-            "Messages verified and stored, by kind",
-            ["kind"],
-            registry=self.registry,
+        self.received = counter(
+            "nrm_messages_received_total", "Messages verified and stored, by kind", ["kind"]
         )
-        self.rejected = Counter(
-            "nrm_messages_rejected_total",
-            "Messages refused, by reason code",
-            ["reason"],
-            registry=self.registry,
+        self.rejected = counter(
+            "nrm_messages_rejected_total", "Messages refused, by reason code", ["reason"]
         )
-        self.ledger_alerts = Counter(
-            "nrm_ledger_alerts_total",
-            "Ledger checks that failed, by reason",
-            ["reason"],
-            registry=self.registry,
+        self.ledger_alerts = counter(
+            "nrm_ledger_alerts_total", "Ledger checks that failed, by reason", ["reason"]
         )
-        self.outbox_failed = Counter(
+        self.outbox_failed = counter(
             "nrm_outbox_failed",
             "Outbox copies marked failed for good (they can never be accepted), by reason",
             ["reason"],
-            registry=self.registry,
         )
-        self.bus_connect_failures = Counter(
+        self.bus_connect_failures = counter(
             "nrm_bus_connect_failures",
             "Failed attempts to connect to the bus, by what they showed (unreachable, refused)",
             ["state"],
-            registry=self.registry,
         )
-        self.inbox_erase_failed = Counter(
+        self.inbox_erase_failed = counter(
             "nrm_inbox_erase_failed_total",
             "Consumed inbox messages acked without being erased from the bus (their bytes "
             "stay in the stream's files until its block goes), by reason (refused, unavailable)",
             ["reason"],
-            registry=self.registry,
         )
-        self.outbox_pending = Gauge(
-            "nrm_outbox_pending",
-            "Outbox rows not yet acknowledged by the bus",
-            registry=self.registry,
+        self.outbox_pending = gauge(
+            "nrm_outbox_pending", "Outbox rows not yet acknowledged by the bus"
         )
-        self.duplicate_instance = Gauge(
+        self.duplicate_instance = gauge(
             "nrm_agent_duplicate_instance",
             "1 while another agent process holds this agency's inbox lease (this one does "
             "not consume), else 0",
-            registry=self.registry,
         )
-        self.lease_conflicts = Counter(
+        self.lease_conflicts = counter(
             "nrm_agent_instance_lease_conflicts_total",
             "Times this agent found another process holding its agency's inbox lease",
-            registry=self.registry,
         )
-        self.directory_expiry = Gauge(
+        self.directory_expiry = gauge(
             "nrm_directory_expiry_timestamp_seconds",
             "When the last verified directory expires (Unix seconds); 0 before there is one",
-            registry=self.registry,
         )
-        self.root_expiry = Gauge(
+        self.root_expiry = gauge(
             "nrm_root_expiry_timestamp_seconds",
             "When the newest trusted root expires (Unix seconds)",
-            registry=self.registry,
         )
-        self.info = Gauge(
-            "nrm_agent_info",
-            "Constant 1, labelled with the agency",
-            list(labels),
-            registry=self.registry,
-        )
+        self.info = gauge("nrm_agent_info", "Constant 1, labelled with the agency", list(labels))
         self.info.labels(**labels).set(1)
 
     def instance_lease(self, state: str) -> None:

@@ -37,6 +37,8 @@ from keys.envelope import Opened, verify_outer
 from runtime import clock
 
 from .audit import AuditTrail
+from .desk import Sender
+from .messages import unpack_record
 from .store import ResendCandidate, Store
 
 log = structlog.get_logger("nrm.resend")
@@ -47,8 +49,6 @@ MAX_HAVE = 512
 #: Largest request body, checked before decoding.
 MAX_REQUEST_BYTES = 32 + MAX_HAVE * 34
 _MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
-
-Send = Callable[..., str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,19 +75,16 @@ class ResendRequest:
 
     @classmethod
     def decode(cls, body: bytes) -> ResendRequest:
-        raw = codec.unpack(
-            body, max_bytes=MAX_REQUEST_BYTES, max_items=MAX_HAVE, what="resend request"
+        since, have = unpack_record(
+            body,
+            (object, list),  # `since` and the ids are checked by the constructor
+            what="resend request",
+            shape="[1, since, [message ids]]",
+            max_bytes=MAX_REQUEST_BYTES,
+            max_items=MAX_HAVE,
         )
-        if not (
-            isinstance(raw, list)
-            and len(raw) == 3
-            and raw[0] == 1
-            and raw[0] is not True
-            and isinstance(raw[2], list)
-        ):
-            raise MalformedError("resend request must be [1, since, [message ids]]")
         try:
-            return cls(since=raw[1], have=tuple(raw[2]))
+            return cls(since=since, have=tuple(have))
         except (ValueError, TypeError) as e:
             raise MalformedError(f"resend request: {e}") from e
 
@@ -102,7 +99,7 @@ class Resender:
         agency: str,
         store: Store,
         audit: AuditTrail,
-        send: Send,
+        send: Sender,
         directory: Callable[[], Directory | None],
         limits: Limits,
     ) -> None:

@@ -320,25 +320,13 @@ class WebhookSender:
                 if not self._running:
                     return
                 status = await self._post(target, item)
+                outcome = log.bind(url=where, event_id=item.event_id, type=item.type, status=status)
                 if status is not None and 200 <= status < 300:
                     self._mark_delivered(item.event_id, target.url, status)
-                    log.info(
-                        "webhook_delivered",
-                        url=where,
-                        event_id=item.event_id,
-                        type=item.type,
-                        status=status,
-                    )
+                    outcome.info("webhook_delivered")
                     continue
                 self._record_attempt(item.event_id, target.url, status)
-                log.warning(
-                    "webhook_retry",
-                    url=where,
-                    event_id=item.event_id,
-                    type=item.type,
-                    status=status,
-                    delay=delay,
-                )
+                outcome.warning("webhook_retry", delay=delay)
                 failed = True
                 break
             if failed:

@@ -74,9 +74,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -90,7 +91,7 @@ from broker import NatsServer
 from broker.streams import provision_streams
 from keys.audit import AuditEvent, new_event_id, sign_event
 from keys.codec import canonical_json
-from keys.envelope import Recipient, open_envelope, seal
+from keys.envelope import Opened, Recipient, Sealed, open_envelope, seal
 from keys.identity import AgencyKeys, signing_kid
 from keys.subjects import inbox_stream, inbox_subject
 from nrm import examples
@@ -152,6 +153,8 @@ def free_port() -> int:
 
 # --------------------------------------------------------------------------- (c) crypto floor
 
+T = TypeVar("T")
+
 
 class _Signers:
     def __init__(self, keys: dict[tuple[str, str], VerifyKey]) -> None:
@@ -180,12 +183,11 @@ def crypto_floor(iterations: int) -> dict[str, Any]:
             for k in (police, shelter)
         }
     )
-    to_shelter = [Recipient("shelter", shelter.encryption_key.public_key)]
-    to_police = [Recipient("police", police.encryption_key.public_key)]
     storage = SecretBox(shelter.storage_key or bytes(32))
     body = referral_message()
     parts: dict[str, float] = collections.defaultdict(float)
     sizes: dict[str, int] = {}
+    signing = "sign 4 audit events"
 
     def event(agency: str, kind: str, other: str, h: str, rid: str) -> AuditEvent:
         return AuditEvent(
@@ -200,72 +202,69 @@ def crypto_floor(iterations: int) -> dict[str, Any]:
             labels=(("referral_type", "nrm_full"), ("urgency", "routine")),
         )
 
-    def one() -> None:
-        now = int(time.time())
-        rid = secrets.token_hex(16)
-        t = time.process_time()
-        sealed = seal(
-            sender=police,
-            recipients=to_shelter,
-            kind="referral",
-            body=body,
-            created=now,
-            expires=now + TTL,
-        )
-        t1 = time.process_time()
-        sign_event(
-            event("police", "referral.sent", "shelter", sealed.hash, rid), police.signing_key
-        )
-        t2 = time.process_time()
-        opened = open_envelope(
-            sealed.data,
-            me="shelter",
-            decryption_keys=shelter.decryption_keys,
-            signers=signers,
-            now=now,
-        )
-        t3 = time.process_time()
+    def timed(part: str, step: Callable[[], T]) -> T:
+        start = time.process_time()
+        result = step()
+        parts[part] += time.process_time() - start
+        return result
+
+    def at_rest(opened: Opened) -> None:
+        """What the shelter's desk does with a referral: a fresh data key, sealed with the
+        storage key, encrypts the body."""
         data_key = secrets.token_bytes(SecretBox.KEY_SIZE)
         storage.encrypt(data_key)
         SecretBox(data_key).encrypt(opened.body)
-        t4 = time.process_time()
-        sign_event(
-            event("shelter", "referral.received", "police", opened.envelope_hash, rid),
-            shelter.signing_key,
+
+    def deliver(
+        sender: AgencyKeys, recipient: AgencyKeys, kind: str, body: bytes, *, rid: str, now: int
+    ) -> tuple[Sealed, Opened]:
+        """One message from `sender` to `recipient` as the agents handle it, timed by part:
+        sealed, `<event>.sent` signed, opened, (a referral kept at rest), `.received` signed."""
+        name = "referral" if kind == "referral" else "receipt"
+        to = [Recipient(recipient.agency, recipient.encryption_key.public_key)]
+        sealed = timed(
+            f"seal {name}",
+            lambda: seal(
+                sender=sender, recipients=to, kind=kind, body=body, created=now, expires=now + TTL
+            ),
         )
-        t5 = time.process_time()
-        receipt = seal(
-            sender=shelter,
-            recipients=to_police,
-            kind="delivery-receipt",
-            body=DeliveryReceipt(opened.header.message_id, opened.envelope_hash, now).encode(),
-            created=now,
-            expires=now + TTL,
+        sent = f"{name}.sent"
+        timed(
+            signing,
+            lambda: sign_event(
+                event(sender.agency, sent, recipient.agency, sealed.hash, rid), sender.signing_key
+            ),
         )
-        t6 = time.process_time()
-        sign_event(
-            event("shelter", "receipt.sent", "police", receipt.hash, rid), shelter.signing_key
+        opened = timed(
+            f"open {name}",
+            lambda: open_envelope(
+                sealed.data,
+                me=recipient.agency,
+                decryption_keys=recipient.decryption_keys,
+                signers=signers,
+                now=now,
+            ),
         )
-        t7 = time.process_time()
-        got = open_envelope(
-            receipt.data,
-            me="police",
-            decryption_keys=police.decryption_keys,
-            signers=signers,
-            now=now,
+        if kind == "referral":
+            timed("at-rest SecretBox (key + body)", lambda: at_rest(opened))
+        received = f"{name}.received"
+        timed(
+            signing,
+            lambda: sign_event(
+                event(recipient.agency, received, sender.agency, opened.envelope_hash, rid),
+                recipient.signing_key,
+            ),
         )
-        t8 = time.process_time()
-        sign_event(
-            event("police", "receipt.received", "shelter", got.envelope_hash, rid),
-            police.signing_key,
+        return sealed, opened
+
+    def one() -> None:
+        now = int(time.time())
+        rid = secrets.token_hex(16)
+        sealed, opened = deliver(police, shelter, "referral", body, rid=rid, now=now)
+        receipt_body = DeliveryReceipt(opened.header.message_id, opened.envelope_hash, now)
+        receipt, _ = deliver(
+            shelter, police, "delivery-receipt", receipt_body.encode(), rid=rid, now=now
         )
-        t9 = time.process_time()
-        parts["seal referral"] += t1 - t
-        parts["open referral"] += t3 - t2
-        parts["at-rest SecretBox (key + body)"] += t4 - t3
-        parts["seal receipt"] += t6 - t5
-        parts["open receipt"] += t8 - t7
-        parts["sign 4 audit events"] += (t2 - t1) + (t5 - t4) + (t7 - t6) + (t9 - t8)
         sizes["referral_envelope_bytes"] = len(sealed.data)
         sizes["receipt_envelope_bytes"] = len(receipt.data)
         sizes["referral_body_bytes"] = len(body)

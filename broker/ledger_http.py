@@ -19,7 +19,13 @@ from aiohttp import web
 
 from keys import DEFAULT_LIMITS
 from keys.merkle import MerkleTree, leaf_hash
-from runtime.http import ProblemError, bearer_match, json_object_body, problem, unauthorized
+from runtime.http import (
+    ProblemError,
+    bearer_match,
+    json_object_body,
+    problems_middleware,
+    unauthorized,
+)
 
 from . import ledger_stats
 from .ledger import Ledger
@@ -35,24 +41,20 @@ _EVENT_ID = re.compile(r"[0-9a-f]{32}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+_problems = problems_middleware(
+    log=log,
+    event="ledger_api_internal_error",
+    unanswerable="the ledger could not answer the request",
+)
+
+
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith("/v1/"):
         tokens = request.app[LEDGER].config.auditor_tokens
         if bearer_match(request.headers.get("Authorization", ""), tokens) is None:
             return unauthorized("an auditor bearer token is required", realm="nrm-ledger")
-    response: web.StreamResponse
-    try:
-        response = await handler(request)
-    except ProblemError as e:
-        return e.response()
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        return problem(e.status, e.reason or "Error", e.reason or "Error")
-    except Exception as e:
-        log.error("ledger_api_internal_error", path=request.path, error=type(e).__name__)
-        return problem(500, "Internal Server Error", "the ledger could not answer the request")
+    response = await handler(request)
     response.headers["Content-Security-Policy"] = "default-src 'self'"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Cache-Control"] = "no-store"
@@ -60,7 +62,7 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def make_app(ledger: Ledger) -> web.Application:
-    app = web.Application(middlewares=[_guard], client_max_size=16384)
+    app = web.Application(middlewares=[_problems, _guard], client_max_size=16384)
     app[LEDGER] = ledger
     r = app.router
     r.add_get("/", to_ui)

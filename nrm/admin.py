@@ -239,7 +239,7 @@ def init_admin(
     return root
 
 
-def _next(
+def _save_next(
     folder: AdminFolder,
     directory: Directory,
     *,
@@ -247,8 +247,9 @@ def _next(
     now: int,
     lifetime_seconds: int | None = None,
 ) -> Directory:
-    """The draft's version is one above the last signed one, its expiry renewed: `now` plus
-    `lifetime_seconds`, by default the folder's directory lifetime."""
+    """Save `directory`, a change of the draft, as the next draft, and return it: what every
+    directory change ends with. Its version is one above the last signed one, its expiry
+    renewed: `now` plus `lifetime_seconds`, by default the folder's directory lifetime."""
     settings = folder.settings()
     if lifetime_seconds is None:
         lifetime_seconds = settings.directory_lifetime_seconds
@@ -256,11 +257,13 @@ def _next(
         check_lifetime(lifetime_seconds, margin=settings.publish_margin_seconds)
     except ValueError as e:
         raise AdminError(str(e)) from e
-    return Directory(
+    draft = Directory(
         version=max(directory.version, published + 1),
         expires=now + lifetime_seconds,
         agencies=directory.agencies,
     )
+    folder.save_draft(draft)
+    return draft
 
 
 def renew_directory(
@@ -270,11 +273,9 @@ def renew_directory(
     the threshold and published like any change (docs/RUNBOOK.md, "Expiry and renewal")."""
     now = clock.now() if now is None else now
     directory, published = _draft_and_published(folder)
-    directory = _next(
+    return _save_next(
         folder, directory, published=published, now=now, lifetime_seconds=lifetime_seconds
     )
-    folder.save_draft(directory)
-    return directory
 
 
 def add_agency(
@@ -334,19 +335,13 @@ def add_agency(
                 nats_key=identity.nats_key,
             )
         )
-    directory = _next(folder, directory, published=published, now=now)
-    folder.save_draft(directory)
-    return directory
+    return _save_next(folder, directory, published=published, now=now)
 
 
 def remove_agency(folder: AdminFolder, agency: str, *, now: int | None = None) -> Directory:
     now = clock.now() if now is None else now
-    directory, published = _draft_and_published(folder)
-    if agency not in directory:
-        raise AdminError(f"{agency} is not in the directory")
-    directory = _next(folder, directory.without_agency(agency), published=published, now=now)
-    folder.save_draft(directory)
-    return directory
+    directory, published = _draft_and_published(folder, listing=agency)
+    return _save_next(folder, directory.without_agency(agency), published=published, now=now)
 
 
 def revoke_key(
@@ -359,13 +354,9 @@ def revoke_key(
     now: int | None = None,
 ) -> Directory:
     now = clock.now() if now is None else now
-    directory, published = _draft_and_published(folder)
-    if agency not in directory:
-        raise AdminError(f"{agency} is not in the directory")
+    directory, published = _draft_and_published(folder, listing=agency)
     directory = directory.revoke(agency, kid, at=now if at is None else at, reason=reason)
-    directory = _next(folder, directory, published=published, now=now)
-    folder.save_draft(directory)
-    return directory
+    return _save_next(folder, directory, published=published, now=now)
 
 
 def sign_draft(folder: AdminFolder, key_path: Path, *, passphrase: bytes) -> int:
@@ -459,14 +450,19 @@ def rotate_root(
     write_new_file(folder.root_path(root.version), signed, mode=0o644)
     # The directory must now be signed by the new root's keys.
     directory, published = _draft_and_published(folder)
-    folder.save_draft(_next(folder, directory, published=published, now=now))
+    _save_next(folder, directory, published=published, now=now)
     return root
 
 
-def _draft_and_published(folder: AdminFolder) -> tuple[Directory, int]:
+def _draft_and_published(
+    folder: AdminFolder, *, listing: str | None = None
+) -> tuple[Directory, int]:
     """The current draft and the version the next change must exceed: the last published
-    one, or the draft's own if it is fully signed (it may be published any time)."""
+    one, or the draft's own if it is fully signed (it may be published any time). With
+    `listing`, AdminError unless the draft lists that agency."""
     draft = folder.draft()
+    if listing is not None and listing not in draft:
+        raise AdminError(f"{listing} is not in the directory")
     published = folder.published_version()
     with contextlib.suppress(UntrustedInputError):  # an unsigned draft's version is free
         published = max(published, verified_draft(folder).version)
@@ -532,9 +528,7 @@ def replace_keys(
             directory = directory.revoke(identity.agency, old.kid, at=at, reason=reason)
     entry = directory.agency(identity.agency)
     directory = directory.with_agency(dataclasses.replace(entry, nats_key=identity.nats_key))
-    directory = _next(folder, directory, published=published, now=now)
-    folder.save_draft(directory)
-    return directory
+    return _save_next(folder, directory, published=published, now=now)
 
 
 def revocation_leaves_no_key(folder: AdminFolder, agency: str, kid: str) -> str | None:

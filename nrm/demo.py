@@ -26,6 +26,7 @@ from agents import Agent
 from keys import PublicIdentity
 from keys.checkpoint import Checkpoint, verify_checkpoint
 from runtime import clock
+from runtime.poll import poll
 
 from . import admin, examples, logs
 from .sandbox import LEDGER_NAME, AgencySetup, Sandbox, prepare_mechanism
@@ -190,14 +191,15 @@ async def _run(root: Path, timeline: Timeline, *, keep: bool, log_path: Path) ->
 
 async def _ledger_confirms(agents: list[Agent]) -> bool:
     """Wait until every agent has proved each of its audit events is in the ledger."""
-    deadline = time.monotonic() + DELIVERY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if all(
+
+    async def confirmed() -> bool:
+        return all(
             a.store.unconfirmed_audit(1) == [] and a.store.pending_audit(1) == [] for a in agents
-        ):
-            return all(a.health()["status"] == "ok" for a in agents)
-        await asyncio.sleep(0.1)
-    return False
+        )
+
+    if not await poll(confirmed, timeout=DELIVERY_TIMEOUT_SECONDS, interval=0.1):
+        return False
+    return all(a.health()["status"] == "ok" for a in agents)
 
 
 async def _verified_checkpoint(sandbox: Sandbox) -> Checkpoint:
@@ -222,12 +224,11 @@ async def _verified_checkpoint(sandbox: Sandbox) -> Checkpoint:
 
 async def _all_ready(agents: list[Agent]) -> bool:
     """Wait until every agent is connected and holds the verified directory."""
-    deadline = time.monotonic() + DELIVERY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if all(agent.health()["status"] == "ok" for agent in agents):
-            return True
-        await asyncio.sleep(0.05)
-    return False
+
+    async def ready() -> bool:
+        return all(agent.health()["status"] == "ok" for agent in agents)
+
+    return await poll(ready, timeout=DELIVERY_TIMEOUT_SECONDS)
 
 
 class Step(Exception):
@@ -251,12 +252,8 @@ async def _story(agents: dict[str, Agent], setups: dict[str, AgencySetup]) -> li
                 return doc
 
         async def until(check: Any, what: str) -> None:
-            deadline = time.monotonic() + DELIVERY_TIMEOUT_SECONDS
-            while time.monotonic() < deadline:
-                if await check():
-                    return
-                await asyncio.sleep(0.05)
-            raise Step(f"timed out waiting for {what}")
+            if not await poll(check, timeout=DELIVERY_TIMEOUT_SECONDS):
+                raise Step(f"timed out waiting for {what}")
 
         await call("police", "POST", "/v1/consents", examples.consent(CONSENT_ID))
         referral = examples.referral(

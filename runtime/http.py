@@ -1,5 +1,6 @@
 """What every HTTP service of NRM Exchange answers the same way: RFC 9457 problem details
-and bearer tokens checked by SHA-256 digest in constant time (the agent's API, the ledger's).
+for every error (`problems_middleware`) and bearer tokens checked by SHA-256 digest in
+constant time (the agent's API, the ledger's).
 
 Only a token's digest is configured (`token_sha256`); a presented token is hashed and
 compared against every configured digest, each in constant time, so neither the answer nor
@@ -11,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from structlog.typing import FilteringBoundLogger
 
 PROBLEM_TYPE_BASE = "https://nrm-exchange.org/problems/"
 
@@ -43,6 +46,43 @@ class ProblemError(Exception):
 
     def response(self) -> web.Response:
         return problem(self.status, self.title, self.detail, **self.extra)
+
+
+def problems_middleware(
+    *,
+    log: FilteringBoundLogger,
+    event: str,
+    unanswerable: str,
+    translate: Callable[[web.Request, Exception], ProblemError | None] | None = None,
+) -> Middleware:
+    """The middleware that makes every error a service answers problem+json: a ProblemError
+    as raised; what `translate` maps (the service's own errors, or a better detail); an HTTP
+    error by its status and reason; anything else 500 with `unanswerable` as detail, logged
+    as `event` with the path and the exception's type only (its message could quote input).
+    Redirects and other HTTP answers below 400 pass through."""
+
+    def answer(request: web.Request, e: Exception) -> ProblemError:
+        if isinstance(e, ProblemError):
+            return e
+        mapped = None if translate is None else translate(request, e)
+        if mapped is not None:
+            return mapped
+        if isinstance(e, web.HTTPException):
+            title = e.reason or "Error"
+            return ProblemError(e.status, title, title)
+        log.error(event, path=request.path, error=type(e).__name__)
+        return ProblemError(500, "Internal Server Error", unanswerable)
+
+    @web.middleware
+    async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except Exception as e:
+            if isinstance(e, web.HTTPException) and e.status < 400:
+                raise
+            return answer(request, e).response()
+
+    return problems
 
 
 def token_digest(token: str) -> bytes:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import shutil
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +16,11 @@ from aiohttp import web
 
 from agents import Agent
 from broker import NatsServer
+from keys import AgencyKeys, seal
 from nrm.sandbox import AgencySetup, Sandbox, prepare_mechanism
+from runtime import clock
+from runtime.keydir import load_key_dir
+from runtime.poll import poll
 
 AGENCIES = [
     ("police", "Police", "police"),
@@ -43,12 +45,8 @@ async def eventually(
     check: Callable[[], Awaitable[bool]], *, timeout: float = 20.0, what: str = "condition"
 ) -> None:
     """Poll `check` until it holds, or fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    if not await poll(check, timeout=timeout):
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @dataclass
@@ -223,3 +221,35 @@ def query(db: Path, sql: str, *args: Any) -> list[Any]:
         return conn.execute(sql, args).fetchall()
     finally:
         conn.close()
+
+
+def agency_keys(m: Mechanism, agency: str) -> AgencyKeys:
+    """An agency's private keys, read from its key folder as its agent reads them."""
+    return load_key_dir(m.setups[agency].key_dir, passphrase=m.setups[agency].passphrase())
+
+
+def sealed(
+    m: Mechanism,
+    sender: AgencyKeys,
+    to: str,
+    kind: str,
+    body: bytes,
+    *,
+    created: int | None = None,
+    expires: int | None = None,
+) -> bytes:
+    """An envelope `sender` signs and seals to `to`'s current key, as an agent would (or an
+    agency with valid keys that an agent would not stop); created now and expiring an hour
+    later unless given."""
+    directory = m.agents[to].trust.directory
+    assert directory is not None
+    now = clock.now()
+    created = now if created is None else created
+    return seal(
+        sender=sender,
+        recipients=[directory.recipient(to, at=now)],
+        kind=kind,
+        body=body,
+        created=created,
+        expires=created + 3600 if expires is None else expires,
+    ).data

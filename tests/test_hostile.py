@@ -40,7 +40,6 @@ from keys import (
     codec,
     envelope_hash,
     open_envelope,
-    seal,
     verify_outer,
 )
 from keys.audit import AuditEvent, decode_signed_event, new_event_id, sign_event
@@ -50,10 +49,9 @@ from keys.envelope import _outer_message
 from keys.ledger_entry import LedgerEntry
 from keys.subjects import inbox_subject
 from nrm import admin
-from runtime.keydir import load_key_dir
 
 from . import samples
-from .support import TEST_LIMITS, Mechanism, eventually, running_mechanism
+from .support import TEST_LIMITS, Mechanism, agency_keys, eventually, running_mechanism, sealed
 from .test_agent import connect_as, delivered, rows, sent_envelope
 from .test_directory import SIGNED_V3, TRUSTED_ROOT, fresh_store, snapshot
 from .test_envelope import BOOK, ENVELOPE, POLICE, SHELTER, T0
@@ -834,24 +832,11 @@ async def strict(tmp_path: Path) -> AsyncIterator[Mechanism]:
         yield m
 
 
-def _keys(m: Mechanism, agency: str) -> AgencyKeys:
-    return load_key_dir(m.setups[agency].key_dir, passphrase=m.setups[agency].passphrase())
-
-
 def _sealed_to_shelter(
     m: Mechanism, sender: AgencyKeys, *, created: int, expires: int, body: bytes | None = None
 ) -> bytes:
-    directory = m.agents["shelter"].trust.directory
-    assert directory is not None
     body = json.dumps({"hostile": True}).encode() if body is None else body
-    return seal(
-        sender=sender,
-        recipients=[directory.recipient("shelter", at=int(time.time()))],
-        kind="referral",
-        body=body,
-        created=created,
-        expires=expires,
-    ).data
+    return sealed(m, sender, "shelter", "referral", body, created=created, expires=expires)
 
 
 def _readdressed(m: Mechanism, data: bytes, attacker: SigningKey) -> bytes:
@@ -902,8 +887,8 @@ async def test_hostile_participant_envelopes_are_rejected_and_recorded(strict: M
     nothing is stored in the shelter's inbox, and each is logged and audited in the ledger
     with its own reason."""
     m = strict
-    police = _keys(m, "police")
-    coordinator = _keys(m, "coordinator")
+    police = agency_keys(m, "police")
+    coordinator = agency_keys(m, "coordinator")
     shelter_db = m.database("shelter")
     to_shelter = await m.api("police").refer(["shelter"], samples.referral())
     to_coordinator = await m.api("police").refer(["coordinator"], samples.referral())
@@ -998,7 +983,7 @@ async def test_short_ciphertext_from_a_participant_is_rejected_and_the_agent_goe
     """An envelope police really signed, but with a ciphertext shorter than the AEAD tag, is
     rejected and recorded by the shelter, which then still receives the next referral."""
     m = mechanism
-    police = _keys(m, "police")
+    police = agency_keys(m, "police")
     now = int(time.time())
     sealed = _sealed_to_shelter(m, police, created=now, expires=now + 3600)
     tree = codec.unpack(sealed, max_bytes=MB, max_items=32)
@@ -1067,7 +1052,9 @@ async def test_signed_referral_with_a_broken_body_is_rejected_with_its_reason(
     receiving."""
     m = mechanism
     now = int(time.time())
-    data = _sealed_to_shelter(m, _keys(m, "police"), created=now, expires=now + 3600, body=body)
+    data = _sealed_to_shelter(
+        m, agency_keys(m, "police"), created=now, expires=now + 3600, body=body
+    )
     with capture_logs() as logs:
         async with connect_as(m, "police") as nc:
             await nc.jetstream().publish(

@@ -34,7 +34,7 @@ from agents.messages import (
     Refusal,
 )
 from agents.resend import RESEND_REQUEST, ResendRequest
-from keys import DEFAULT_LIMITS, UntrustedInputError, codec, envelope_hash, seal
+from keys import DEFAULT_LIMITS, UntrustedInputError, codec, envelope_hash
 from keys.audit import decode_signed_event
 from keys.codec import canonical_json
 from keys.errors import (
@@ -53,9 +53,8 @@ from keys.ledger_entry import LedgerEntry
 from keys.subjects import inbox_subject
 
 from . import samples
-from .support import Mechanism, eventually
+from .support import Mechanism, agency_keys, eventually, sealed
 from .test_agent import connect_as, delivered
-from .test_hostile import _keys
 
 EXAMPLES = R.SCHEMA_PATH.parent / "examples" / "valid"
 RID = "ab" * 16
@@ -344,6 +343,13 @@ REFUSED: list[tuple[str, str, bytes, frozenset[str], type[UntrustedInputError]]]
         SchemaInvalidError,
     ),
     (
+        "a receipt whose version is true, not 1",
+        DELIVERY_RECEIPT,
+        codec.pack([True, "cd" * 16, "ef" * 32, 7]),
+        NGO,
+        MalformedError,
+    ),
+    (
         "a refusal with a reason no receiver sends",
         REFUSAL,
         Refusal("cd" * 16, "ef" * 32, "bad-signature", 11).encode(),
@@ -479,7 +485,7 @@ async def test_hostile_bodies_from_a_valid_agency_are_refused_audited_counted(
     in the ledger (naming police as the counterpart) and in the metrics, and neither
     recipient's rows change; the shelter then still receives a good referral."""
     m = mechanism
-    police = _keys(m, "police")
+    police = agency_keys(m, "police")
     rid = await m.api("police").refer(["shelter"], samples.referral())
     await delivered(m, "police", rid)
     good = for_role(samples.referral(), NGO)
@@ -502,20 +508,10 @@ async def test_hostile_bodies_from_a_valid_agency_are_refused_audited_counted(
         "unknown-reason-code": [("shelter", TRANSITION, _transition("anna-petrova"))],
         "not-anonymous": [("coordinator", REFERRAL, message(free_text))],
     }
-    directory = m.agents["shelter"].trust.directory
-    assert directory is not None
-    now = int(time.time())
     envelopes: dict[str, list[tuple[str, bytes]]] = {}
     for reason, items in hostile.items():
         for recipient, kind, body in items:
-            data = seal(
-                sender=police,
-                recipients=[directory.recipient(recipient, at=now)],
-                kind=kind,
-                body=body,
-                created=now,
-                expires=now + 3600,
-            ).data
+            data = sealed(m, police, recipient, kind, body)
             envelopes.setdefault(reason, []).append((recipient, data))
     before = {a: _table_rows(m.database(a)) for a in ("shelter", "coordinator")}
     metrics_before = {a: m.agents[a].metrics_text().decode() for a in ("shelter", "coordinator")}
@@ -599,7 +595,7 @@ async def test_a_failing_handler_ends_in_an_audited_refusal(mechanism: Mechanism
     unrecorded; the inbox stays as it was and the agent goes on receiving."""
     m = mechanism
     shelter = m.agents["shelter"]
-    police = _keys(m, "police")
+    police = agency_keys(m, "police")
     directory = shelter.trust.directory
     assert directory is not None
     original = shelter.handlers[TRANSITION]
@@ -621,15 +617,7 @@ async def test_a_failing_handler_ends_in_an_audited_refusal(mechanism: Mechanism
             (sqlite3.OperationalError("disk I/O error"), 5),
         ):
             shelter.handlers[TRANSITION] = fails(error)
-            now = int(time.time())
-            data = seal(
-                sender=police,
-                recipients=[directory.recipient("shelter", at=now)],
-                kind=TRANSITION,
-                body=_transition("other"),
-                created=now,
-                expires=now + 3600,
-            ).data
+            data = sealed(m, police, "shelter", TRANSITION, _transition("other"))
             with capture_logs() as logs:
                 async with connect_as(m, "police") as nc:
                     await nc.jetstream().publish(

@@ -17,16 +17,14 @@ from typing import Any
 from agents import lifecycle as L
 from agents import referral as R
 from agents.messages import CONSENT_WITHDRAWAL, REFERRAL, TRANSITION
-from keys import AgencyKeys
 from keys.audit import decode_signed_event
 from keys.codec import canonical_json
-from keys.envelope import envelope_hash, seal
+from keys.envelope import envelope_hash
 from keys.subjects import inbox_subject
 from runtime import clock
-from runtime.keydir import load_key_dir
 
 from . import samples
-from .support import Mechanism, eventually
+from .support import Mechanism, agency_keys, eventually, sealed
 from .test_agent import connect_as, delivered
 
 #: Everything the shelter holds about one referral, by owner and id.
@@ -55,25 +53,6 @@ def rejections(db: Path) -> list[tuple[str | None, str | None]]:
         conn.close()
     decoded = [decode_signed_event(e)[0] for e in events]
     return [(e.reason, e.envelope_hash) for e in decoded if e.kind == "message.rejected"]
-
-
-def keys_of(m: Mechanism, agency: str) -> AgencyKeys:
-    return load_key_dir(m.setups[agency].key_dir, passphrase=m.setups[agency].passphrase())
-
-
-def sealed(m: Mechanism, sender: str, to: str, kind: str, body: bytes) -> bytes:
-    """An envelope `sender` signs and seals with its own keys, as its agent would."""
-    directory = m.agents[to].trust.directory
-    assert directory is not None
-    now = clock.now()
-    return seal(
-        sender=keys_of(m, sender),
-        recipients=[directory.recipient(to, at=now)],
-        kind=kind,
-        body=body,
-        created=now,
-        expires=now + 3600,
-    ).data
 
 
 def referral_body(m: Mechanism, referral_id: str, *, to: str) -> bytes:
@@ -115,6 +94,7 @@ async def test_another_agencys_referral_id_is_a_referral_of_its_own(mechanism: M
     row for row; the bare id is 409 until the sender is named; the coordinator sending R
     again is refused as reused-referral-id; its withdrawal of R erases its own, not police's."""
     m = mechanism
+    coordinator = agency_keys(m, "coordinator")
     shelter_db = m.database("shelter")
     rid = await m.api("police").refer(["shelter"], samples.referral())
     await delivered(m, "police", rid)
@@ -131,7 +111,7 @@ async def test_another_agencys_referral_id_is_a_referral_of_its_own(mechanism: M
     assert status == 400, body
     assert "referral_id" in body["detail"]
 
-    collision = sealed(m, "coordinator", "shelter", REFERRAL, referral_body(m, rid, to="shelter"))
+    collision = sealed(m, coordinator, "shelter", REFERRAL, referral_body(m, rid, to="shelter"))
     await publish(m, "coordinator", "shelter", collision)
 
     async def stored_apart() -> bool:
@@ -155,7 +135,7 @@ async def test_another_agencys_referral_id_is_a_referral_of_its_own(mechanism: M
         ("police", False),
     ]
 
-    again = sealed(m, "coordinator", "shelter", REFERRAL, referral_body(m, rid, to="shelter"))
+    again = sealed(m, coordinator, "shelter", REFERRAL, referral_body(m, rid, to="shelter"))
     await publish(m, "coordinator", "shelter", again)
     await rejected(m, "shelter", again, "reused-referral-id")
     [coordinators] = held(shelter_db, "coordinator", rid)["inbox"]
@@ -166,7 +146,7 @@ async def test_another_agencys_referral_id_is_a_referral_of_its_own(mechanism: M
         m,
         "coordinator",
         "shelter",
-        sealed(m, "coordinator", "shelter", CONSENT_WITHDRAWAL, withdrawal),
+        sealed(m, coordinator, "shelter", CONSENT_WITHDRAWAL, withdrawal),
     )
 
     async def own_erased() -> bool:
@@ -184,6 +164,7 @@ async def test_forged_transitions_and_withdrawals_are_refused(mechanism: Mechani
     its sender (to the shelter), one as its recipient (to police) and a consent withdrawal
     naming it are each refused as not-shared and audited; neither agency's records change."""
     m = mechanism
+    coordinator = agency_keys(m, "coordinator")
     rid = await m.api("police").refer(["shelter"], samples.referral())
     await delivered(m, "police", rid)
     shelter_before = held(m.database("shelter"), "police", rid)
@@ -202,9 +183,9 @@ async def test_forged_transitions_and_withdrawals_are_refused(mechanism: Mechani
     )
     withdrawal = canonical_json({"receipt_id": str(uuid.uuid4()), "referral_ids": [rid]})
     forged = [
-        ("shelter", sealed(m, "coordinator", "shelter", TRANSITION, as_sender.encode())),
-        ("police", sealed(m, "coordinator", "police", TRANSITION, as_recipient.encode())),
-        ("shelter", sealed(m, "coordinator", "shelter", CONSENT_WITHDRAWAL, withdrawal)),
+        ("shelter", sealed(m, coordinator, "shelter", TRANSITION, as_sender.encode())),
+        ("police", sealed(m, coordinator, "police", TRANSITION, as_recipient.encode())),
+        ("shelter", sealed(m, coordinator, "shelter", CONSENT_WITHDRAWAL, withdrawal)),
     ]
     for to, data in forged:
         await publish(m, "coordinator", to, data)

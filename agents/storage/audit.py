@@ -33,14 +33,11 @@ class AuditLog(Database):
 
     def mark_audit_sent_many(self, sent: Sequence[tuple[str, int]]) -> None:
         """`mark_audit_sent` for several (event_id, stream_seq) in one transaction."""
-        if not sent:
-            return
-        with self.transaction() as tx:
-            tx.executemany(
-                "UPDATE audit_outbox SET state = 'sent', stream_seq = ? "
-                "WHERE event_id = ? AND state = 'queued'",
-                [(seq, event_id) for event_id, seq in sent],
-            )
+        self._execute_each(
+            "UPDATE audit_outbox SET state = 'sent', stream_seq = ? "
+            "WHERE event_id = ? AND state = 'queued'",
+            [(seq, event_id) for event_id, seq in sent],
+        )
 
     def unconfirmed_audit(self, limit: int) -> list[tuple[str, bytes, int]]:
         """Events published but not yet proven included in the ledger: (id, event, created)."""
@@ -55,13 +52,10 @@ class AuditLog(Database):
 
     def mark_audit_included(self, included: Sequence[tuple[str, int]]) -> None:
         """Record (event id, ledger index) pairs whose inclusion was verified."""
-        if not included:
-            return
-        with self.transaction() as tx:
-            tx.executemany(
-                "UPDATE audit_outbox SET state = 'included', ledger_index = ? WHERE event_id = ?",
-                [(index, event_id) for event_id, index in included],
-            )
+        self._execute_each(
+            "UPDATE audit_outbox SET state = 'included', ledger_index = ? WHERE event_id = ?",
+            [(index, event_id) for event_id, index in included],
+        )
 
     def reoffer_audit_after_restore(self, *, seq: int, restored_size: int) -> int | None:
         """Accept ledger restore `seq` (PROTOCOL.md §9.4) once: queue again for publishing

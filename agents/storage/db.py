@@ -8,7 +8,7 @@ referrals.py, ...) are mixins over this class; agents/storage/__init__.py compos
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -69,6 +69,13 @@ class Database:
                 self._db.execute("ROLLBACK")
             raise
         self._group.committed()
+
+    def _execute_each(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        """`sql` once with each row of parameters, all in one transaction; nothing for none."""
+        if not rows:
+            return
+        with self.transaction() as tx:
+            tx.executemany(sql, rows)
 
     async def durable(self) -> None:
         """Return once every transaction committed before this call is on disk."""

@@ -142,26 +142,19 @@ class Messages(Database):
 
     def mark_sent_many(self, sent: Sequence[tuple[str, str, int]]) -> None:
         """`mark_sent` for several (message_id, recipient, stream_seq) in one transaction."""
-        if not sent:
-            return
         now = clock.now()
-        with self.transaction() as tx:
-            tx.executemany(
-                "UPDATE deliveries SET state = 'sent', stream_seq = ?, sent_at = ?"
-                " WHERE message_id = ? AND recipient = ? AND state = 'queued'",
-                [(seq, now, message_id, recipient) for message_id, recipient, seq in sent],
-            )
+        self._execute_each(
+            "UPDATE deliveries SET state = 'sent', stream_seq = ?, sent_at = ?"
+            " WHERE message_id = ? AND recipient = ? AND state = 'queued'",
+            [(seq, now, message_id, recipient) for message_id, recipient, seq in sent],
+        )
 
     def mark_attempts(self, failed: Sequence[tuple[str, str]]) -> None:
         """Count one more failed publish of each (message id, recipient)."""
-        if not failed:
-            return
-        with self.transaction() as tx:
-            tx.executemany(
-                "UPDATE deliveries SET attempts = attempts + 1"
-                " WHERE message_id = ? AND recipient = ?",
-                failed,
-            )
+        self._execute_each(
+            "UPDATE deliveries SET attempts = attempts + 1 WHERE message_id = ? AND recipient = ?",
+            failed,
+        )
 
     def mark_delivered(
         self, db: sqlite3.Connection, *, message_id: str, recipient: str, envelope_hash: str
