@@ -28,7 +28,7 @@ from keys.checkpoint import Checkpoint, verify_checkpoint
 from runtime import clock
 
 from . import admin, examples, logs
-from .sandbox import LEDGER_NAME, AgencySetup, Sandbox, prepare_mechanism
+from .sandbox import AgencySetup, Sandbox, prepare_mechanism
 
 AGENCIES = [
     ("police", "Metropolitan Police anti-trafficking unit", "police"),
@@ -215,9 +215,7 @@ async def _verified_checkpoint(sandbox: Sandbox) -> Checkpoint:
     identity = PublicIdentity.from_json(
         (sandbox.ledger_home / "keys" / "identity.json").read_bytes()
     )
-    return verify_checkpoint(
-        note, key_name=LEDGER_NAME, key=identity.signing_key, origin=sandbox.ledger.config.origin
-    )
+    return verify_checkpoint(note, key=identity.signing_key, origin=sandbox.ledger.config.origin)
 
 
 async def _all_ready(agents: list[Agent]) -> bool:
