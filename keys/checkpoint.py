@@ -72,6 +72,7 @@ _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 # A DNS-like name: dot-separated labels of lowercase letters, digits and inner hyphens.
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _LEDGER_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_MAX_NAME = 200 - len(ORIGIN_SUFFIX)  # a restore declaration's origin is at most 200 (§9.4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +88,12 @@ class Checkpoint:
 
 def ledger_origin(name: str) -> str:
     """The checkpoint origin (and key name) of the ledger called `name`: `<name>/nrm-ledger`,
-    a schema-less URL. `name` is a DNS-like host name (lowercase), at most 200 characters."""
-    if len(name) > 200 or not _LEDGER_NAME.fullmatch(name):
+    a schema-less URL. `name` is a DNS-like host name (lowercase), at most 189 characters
+    (so that the origin fits the 200 of a restore declaration)."""
+    if len(name) > _MAX_NAME or not _LEDGER_NAME.fullmatch(name):
         raise ValueError(
             "a ledger name is a DNS-like host name: dot-separated labels of lowercase letters, "
-            "digits and inner hyphens, at most 200 characters"
+            "digits and inner hyphens, at most 189 characters"
         )
     return name + ORIGIN_SUFFIX
 
