@@ -94,6 +94,20 @@ def test_key_id_known_answer() -> None:
     KEY.verify_key.verify(b"cosignature/v1\ntime 1700\n" + TEXT.encode(), blob[12:])
 
 
+def test_cosignature_interop_vectors() -> None:
+    """Our reading of tlog-cosignature/v1 matches transparency-dev/formats (note_cosigv1_test.go):
+    its native type 0x04 vkey `remora.n621.de+da77ade7+BOvN...` has the key ID we derive, and
+    its timestamped signature is 76 bytes with the time as a big-endian u64 after the key ID."""
+    vkey = base64.b64decode("BOvN63jn/bLvkieywe8R6UYAtVtNbZpXh34x7onlmtw2")
+    assert vkey[0] == 0x04
+    assert key_id("remora.n621.de", 0x04, VerifyKey(vkey[1:])).hex() == "da77ade7"
+    sig = base64.b64decode(
+        "ZGhGuQAAAABm/qTPeyKXD+R2rzyQsxPiP8mXum7qq/iF0u4vanlqJyocWODBt97w9uL+8qT7S5gxEHWWOworDcFiEBYJ"
+        "XORmnFBOBA=="
+    )
+    assert len(sig) == 4 + 8 + 64 and int.from_bytes(sig[4:12], "big") == 1727964367
+
+
 def test_signed_note_interop_vector() -> None:
     """The Go sumdb/note example signature verifies under our reading of signed-note: the
     message is the text up to and including its last newline, the key ID leads."""
