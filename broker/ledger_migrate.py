@@ -54,9 +54,7 @@ def migrate_legacy(store: LedgerStore, *, key: SigningKey, name: str) -> int:
     legacy = LEGACY_ORIGIN_PREFIX + name
     migrated = skipped = 0
     with store.transaction():
-        for size, root, timestamp, note in store.checkpoint_rows():
-            if not note.startswith(legacy + "\n"):
-                continue
+        for size, root, timestamp, note in store.checkpoint_rows(legacy + "\n"):
             if note != legacy_note(name, size, root, timestamp, key):
                 skipped += 1
                 continue
