@@ -19,7 +19,7 @@
 
     [ledger]                                # optional: check this agency's audit events
     url = "http://127.0.0.1:8090"
-    name = "national"                       # the ledger's name (its checkpoint key name)
+    name = "national"                       # the ledger's name: origin <name>/nrm-ledger
     identity = "ledger-identity.json"       # the ledger's public identity
     token_file = "ledger.token"             # an auditor token for reading the ledger
 

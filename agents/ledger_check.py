@@ -32,7 +32,7 @@ import structlog
 
 from keys import DEFAULT_LIMITS, PublicIdentity, UntrustedInputError
 from keys.audit import decode_signed_event
-from keys.checkpoint import Checkpoint, verify_checkpoint
+from keys.checkpoint import Checkpoint, ledger_origin, verify_checkpoint
 from keys.directory import Directory
 from keys.errors import RetiredKeyError, RevokedKeyError, UnknownKeyError
 from keys.ledger_entry import LedgerEntry
@@ -45,7 +45,6 @@ from .store import Store
 
 log = structlog.get_logger("nrm.ledger_check")
 
-ORIGIN_PREFIX = "nrm-exchange/ledger/v1/"
 #: Every reason an alert can have (docs/RUNBOOK.md explains each).
 ALERT_REASONS = frozenset(
     {
@@ -72,6 +71,14 @@ class LedgerSettings:
     identity: PublicIdentity
     interval_seconds: float = 2.0
     missing_after_seconds: int = 60
+
+    def __post_init__(self) -> None:
+        ledger_origin(self.name)  # a DNS-like name (PROTOCOL.md §9.3), else a ValueError
+
+    @property
+    def origin(self) -> str:
+        """The ledger's checkpoint origin and key name, `<name>/nrm-ledger`."""
+        return ledger_origin(self.name)
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], *, base: Path) -> LedgerSettings:
@@ -116,7 +123,7 @@ class LedgerWatch:
         s = self.settings
         self.restores = LedgerRestores(
             url=s.url,
-            origin=ORIGIN_PREFIX + s.name,
+            origin=s.origin,
             key=s.identity.signing_key,
             store=self.store,
             agency=self.agency,
@@ -190,9 +197,7 @@ class LedgerWatch:
             r.raise_for_status()
             note = (await r.json())["note"]
         try:
-            cp = verify_checkpoint(
-                note, key_name=s.name, key=s.identity.signing_key, origin=ORIGIN_PREFIX + s.name
-            )
+            cp = verify_checkpoint(note, key=s.identity.signing_key, origin=s.origin)
         except UntrustedInputError as e:
             self._alert("bad-checkpoint-signature", detail=e.reason)
             return

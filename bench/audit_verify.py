@@ -28,7 +28,7 @@ How the ledger is generated (timed separately; not the figure asked for)
     `broker.ledger_store.LedgerStore` node store and inserts the entry row (the same SQL
     and column values as `LedgerStore.insert_entry`, batched with executemany), committing
     every 50,000 events. Finally a checkpoint is signed with the ledger's key
-    (`sign_checkpoint`, origin `nrm-exchange/ledger/v1/national`) and stored.
+    (`sign_checkpoint`, origin `national/nrm-ledger`) and stored.
 
     It also profiles `verify_rows` with cProfile over the first `--profile-rows` rows
     (default 50,000; a checkpoint for that prefix is computed, unsigned) and prints the top
@@ -69,7 +69,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 from broker.ledger_store import INSERT_ENTRY, LedgerStore, entry_values
 from keys.audit import LABEL, AuditEvent, decode_signed_event, sign_event
-from keys.checkpoint import Checkpoint, sign_checkpoint
+from keys.checkpoint import Checkpoint, ledger_origin, sign_checkpoint
 from keys.directory import (
     AgencyEntry,
     Directory,
@@ -84,7 +84,6 @@ from keys.ledger_entry import LedgerEntry
 from keys.ledger_verify import verify_rows
 from keys.merkle import MemoryNodeStore, MerkleTree, leaf_hash, root_of
 from nrm.audit import (
-    ORIGIN_PREFIX,
     checkpoint_of,
     from_database,
     trusted_directories,
@@ -258,8 +257,8 @@ def generate(folder: Path, n: int, workers: int) -> dict[str, Any]:
     print(file=sys.stderr)
     size = tree.size
     root_hash = tree.root()
-    cp = Checkpoint(origin=ORIGIN_PREFIX + LEDGER_NAME, size=size, root=root_hash, timestamp=T0 + n)
-    note = sign_checkpoint(cp, key=ledger.signing_key, key_name=LEDGER_NAME)
+    cp = Checkpoint(origin=ledger_origin(LEDGER_NAME), size=size, root=root_hash, timestamp=T0 + n)
+    note = sign_checkpoint(cp, key=ledger.signing_key)
     with store.transaction():
         store.add_checkpoint(size, root_hash, cp.timestamp, note)
     store.close()
@@ -379,7 +378,7 @@ def measure_ed25519_floor(copy: Any, directories: dict[int, Directory], limit: i
 def profile_verify(copy: Any, directories: dict[int, Directory], rows: int) -> str:
     prefix = copy.rows[:rows]
     cp = Checkpoint(
-        origin=ORIGIN_PREFIX + LEDGER_NAME,
+        origin=ledger_origin(LEDGER_NAME),
         size=len(prefix),
         root=root_of([leaf_hash(r.leaf) for r in prefix]),
         timestamp=T0,

@@ -26,7 +26,7 @@ from nats.js.errors import NotFoundError
 
 from keys import DEFAULT_LIMITS, AgencyKeys, UnknownKeyError, UntrustedInputError
 from keys.audit import decode_signed_event, verify_event
-from keys.checkpoint import Checkpoint, sign_checkpoint
+from keys.checkpoint import Checkpoint, ledger_origin, sign_checkpoint
 from keys.directory import Directory, Root
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import MerkleTree, leaf_hash
@@ -37,13 +37,13 @@ from runtime.keydir import load_key_dir, read_passphrase
 from runtime.supervisor import Supervisor
 
 from .follower import TRANSIENT, DirectoryFollower
+from .ledger_migrate import migrate_legacy
 from .ledger_store import LedgerStore
 from .trust_status import service_health
 
 log = structlog.get_logger("nrm.ledger")
 
 LEDGER_CONSUMER = "ledger"
-ORIGIN_PREFIX = "nrm-exchange/ledger/v1/"
 
 
 class LedgerConfigError(ConfigError):
@@ -54,7 +54,7 @@ class LedgerConfigError(ConfigError):
 class LedgerConfig:
     """`nrm ledger run --config ledger.toml`:
 
-    name = "national"                   # the checkpoint origin is nrm-exchange/ledger/v1/<name>
+    name = "national"                   # DNS-like; the checkpoint origin is <name>/nrm-ledger
     key_dir = "ledger-keys"             # the ledger's own signing key (nrm keys init)
     operator_key_dir = "operator"       # bus credentials for reading the audit stream
     passphrase_file = "passphrase"      # for both key files; else $NRM_PASSPHRASE
@@ -88,7 +88,7 @@ class LedgerConfig:
 
     @property
     def origin(self) -> str:
-        return ORIGIN_PREFIX + self.name
+        return ledger_origin(self.name)
 
     @classmethod
     def load(cls, path: Path) -> LedgerConfig:
@@ -130,6 +130,7 @@ class LedgerConfig:
                 ),
             )
             table.finish()
+            ledger_origin(config.name)  # a DNS-like name, else a ValueError
             return config
         except KeyError as e:
             raise LedgerConfigError(f"missing setting {e.args[0]!r}") from e
@@ -151,6 +152,7 @@ class Ledger:
         #: Every background loop of the ledger runs under it; a death degrades /healthz.
         self.supervisor = Supervisor("ledger")
         self.store = LedgerStore(config.database)
+        migrate_legacy(self.store, key=signer.signing_key, name=config.name)
         self.tree = MerkleTree(self.store, size=self.store.size())
         self.directory: Directory | None = None
         self.follower = DirectoryFollower(
@@ -307,7 +309,7 @@ class Ledger:
             return
         root = self.tree.root()
         cp = Checkpoint(origin=self.config.origin, size=size, root=root, timestamp=clock.now())
-        note = sign_checkpoint(cp, key=self.signer.signing_key, key_name=self.config.name)
+        note = sign_checkpoint(cp, key=self.signer.signing_key)
         with self.store.transaction():
             self.store.add_checkpoint(size, root, cp.timestamp, note)
         log.info("checkpoint_signed", size=size, root=root.hex())

@@ -332,6 +332,24 @@ class LedgerStore:
         rows = self._db.execute("SELECT size, note FROM checkpoints ORDER BY size")
         return [(int(r[0]), str(r[1])) for r in rows]
 
+    def checkpoint_rows(self, note_prefix: str = "") -> list[tuple[int, bytes, int, str]]:
+        """(size, root, timestamp, note) of every checkpoint whose note starts with
+        `note_prefix`, oldest first (filtered in SQL: the table grows for ever)."""
+        rows = self._db.execute(
+            "SELECT size, root, timestamp, note FROM checkpoints "
+            "WHERE substr(note, 1, ?) = ? ORDER BY size",
+            (len(note_prefix), note_prefix),
+        )
+        return [(int(r[0]), bytes(r[1]), int(r[2]), str(r[3])) for r in rows]
+
+    def replace_checkpoint_note(self, size: int, note: str) -> None:
+        """Only for re-signing a stored checkpoint in the current format (ledger_migrate)."""
+        self._db.execute("UPDATE checkpoints SET note = ? WHERE size = ?", (note, size))
+
+    def replace_restore_declaration(self, seq: int, declaration: bytes) -> None:
+        """Only for re-signing a stored declaration in the current format (ledger_migrate)."""
+        self._db.execute("UPDATE restores SET declaration = ? WHERE seq = ?", (declaration, seq))
+
     def add_directory(self, version: int, data: bytes, accepted_at: int) -> None:
         self._db.execute(
             "INSERT OR IGNORE INTO directories (version, data, accepted_at) VALUES (?, ?, ?)",

@@ -18,7 +18,7 @@ import aiohttp
 
 from broker.ledger_store import LedgerStore
 from keys import PublicIdentity, UntrustedInputError
-from keys.checkpoint import Checkpoint, verify_checkpoint
+from keys.checkpoint import Checkpoint, ledger_origin, verify_checkpoint
 from keys.directory import Directory
 from keys.ledger_verify import (
     LedgerVerificationError,
@@ -28,7 +28,6 @@ from keys.ledger_verify import (
 )
 from keys.restore import RestoreDeclaration, verify_restore
 
-ORIGIN_PREFIX = "nrm-exchange/ledger/v1/"
 PAGE = 1000
 
 
@@ -105,7 +104,7 @@ def checkpoint_of(copy: LedgerCopy, *, identity: Path, name: str) -> Checkpoint:
     ledger = PublicIdentity.from_json(identity.read_bytes())
     try:
         return verify_checkpoint(
-            copy.checkpoint_note, key_name=name, key=ledger.signing_key, origin=ORIGIN_PREFIX + name
+            copy.checkpoint_note, key=ledger.signing_key, origin=ledger_origin(name)
         )
     except UntrustedInputError as e:
         raise LedgerVerificationError(None, f"checkpoint does not verify ({e.reason})") from e
@@ -117,7 +116,7 @@ def restores_of(copy: LedgerCopy, *, identity: Path, name: str) -> list[RestoreD
     found = []
     for n, data in enumerate(copy.restores):
         try:
-            found.append(verify_restore(data, key=ledger.signing_key, origin=ORIGIN_PREFIX + name))
+            found.append(verify_restore(data, key=ledger.signing_key, origin=ledger_origin(name)))
         except UntrustedInputError as e:
             raise LedgerVerificationError(
                 None, f"restore declaration {n + 1} does not verify ({e.reason})"

@@ -1009,7 +1009,8 @@ def audit_verify(
         raise click.ClickException(str(e)) from e
     click.echo(
         f"OK: {count} events verified; checkpoint size {checkpoint.size}, root "
-        f"{checkpoint.root.hex()} signed by {name}"
+        f"{checkpoint.root.hex()} signed by {checkpoint.origin} at "
+        f"{datetime.fromtimestamp(checkpoint.timestamp, UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}"
     )
     for declaration in restores:
         click.echo(describe_restore(declaration))

@@ -29,7 +29,7 @@ from runtime import clock
 from runtime.poll import poll
 
 from . import admin, examples, logs
-from .sandbox import LEDGER_NAME, AgencySetup, Sandbox, prepare_mechanism
+from .sandbox import AgencySetup, Sandbox, prepare_mechanism
 
 AGENCIES = [
     ("police", "Metropolitan Police anti-trafficking unit", "police"),
@@ -217,9 +217,7 @@ async def _verified_checkpoint(sandbox: Sandbox) -> Checkpoint:
     identity = PublicIdentity.from_json(
         (sandbox.ledger_home / "keys" / "identity.json").read_bytes()
     )
-    return verify_checkpoint(
-        note, key_name=LEDGER_NAME, key=identity.signing_key, origin=sandbox.ledger.config.origin
-    )
+    return verify_checkpoint(note, key=identity.signing_key, origin=sandbox.ledger.config.origin)
 
 
 async def _all_ready(agents: list[Agent]) -> bool:

@@ -1,5 +1,6 @@
 """Signed ledger checkpoints (docs/PROTOCOL.md section 9.3): the C2SP tlog-checkpoint in a
-signed-note, round trip, strict refusal of every tampering, and the signed-note key hash."""
+signed-note with the ledger's Ed25519 signature and tlog-cosignature, round trip, strict refusal
+of every tampering, and the signed-note key IDs."""
 
 from __future__ import annotations
 
@@ -18,63 +19,98 @@ from keys import (
     sign_checkpoint,
     verify_checkpoint,
 )
-from keys.checkpoint import MAX_CHECKPOINT_BYTES, key_hash
+from keys.checkpoint import MAX_CHECKPOINT_BYTES, key_id, ledger_origin
 
-ORIGIN = "nrm-exchange/ledger/v1/test"
-NAME = "ledger.test"
+ORIGIN = "ledger.test/nrm-ledger"
 KEY = SigningKey(bytes(range(32)))
 OTHER = SigningKey(bytes(range(1, 33)))
 CP = Checkpoint(origin=ORIGIN, size=1234, root=hashlib.sha256(b"root").digest(), timestamp=1700)
-NOTE = sign_checkpoint(CP, key=KEY, key_name=NAME)
+NOTE = sign_checkpoint(CP, key=KEY)
 ROOT_B64 = base64.b64encode(CP.root).decode()
+TEXT = NOTE[: NOTE.index("\n\n") + 1]
+SIG_LINE, COSIG_LINE = NOTE[NOTE.index("\n\n") + 2 :].splitlines()
 
 
 def verify(note: str) -> Checkpoint:
-    return verify_checkpoint(note, key_name=NAME, key=KEY.verify_key, origin=ORIGIN)
+    return verify_checkpoint(note, key=KEY.verify_key, origin=ORIGIN)
 
 
-def resign(text: str, *, key: SigningKey = KEY, name: str = NAME) -> str:
+def sig_line(text: str, *, key: SigningKey = KEY, name: str = ORIGIN) -> str:
+    """A type 0x01 signature line over `text`."""
+    blob = key_id(name, 0x01, key.verify_key) + key.sign(text.encode()).signature
+    return f"\u2014 {name} {base64.b64encode(blob).decode()}\n"
+
+
+def cosig_line(text: str, t: int, *, key: SigningKey = KEY, name: str = ORIGIN) -> str:
+    """A type 0x04 tlog-cosignature line over `text` at time `t`."""
+    message = f"cosignature/v1\ntime {t}\n{text}".encode()
+    blob = key_id(name, 0x04, key.verify_key) + t.to_bytes(8, "big") + key.sign(message).signature
+    return f"\u2014 {name} {base64.b64encode(blob).decode()}\n"
+
+
+def resign(text: str, *, key: SigningKey = KEY, name: str = ORIGIN, t: int = 1700) -> str:
     """A note over arbitrary text, correctly signed: isolates the parser from the signature."""
-    sig = key.sign(text.encode()).signature
-    blob = base64.b64encode(key_hash(name, key.verify_key) + sig).decode()
-    return f"{text}\n\u2014 {name} {blob}\n"
+    return f"{text}\n{sig_line(text, key=key, name=name)}{cosig_line(text, t, key=key, name=name)}"
 
 
 def test_round_trip() -> None:
-    """A signed checkpoint verifies back to the same value, and has the documented shape."""
+    """A signed checkpoint verifies back to the same value, and has the documented shape: three
+    body lines, no extension line, two signature lines under the origin as key name."""
     assert verify(NOTE) == CP
     lines = NOTE.split("\n")
-    assert lines[:5] == [ORIGIN, "1234", ROOT_B64, "timestamp 1700", ""]
-    assert lines[5].startswith("\u2014 ledger.test ")
+    assert lines[:4] == [ORIGIN, "1234", ROOT_B64, ""]
+    assert lines[4].startswith(f"\u2014 {ORIGIN} ")
+    assert lines[5].startswith(f"\u2014 {ORIGIN} ")
     assert lines[6:] == [""]
+    assert resign(TEXT) == NOTE  # Ed25519 is deterministic: byte for byte the helper's note
 
 
 def test_edge_values_round_trip() -> None:
-    """Size 0, timestamp 0 and the largest size round-trip."""
+    """Size 0, timestamp 0 and the largest size and time round-trip."""
     for cp in (
         Checkpoint(origin=ORIGIN, size=0, root=bytes(32), timestamp=0),
-        Checkpoint(origin=ORIGIN, size=2**63 - 1, root=b"\xff" * 32, timestamp=2**40),
+        Checkpoint(origin=ORIGIN, size=2**63 - 1, root=b"\xff" * 32, timestamp=2**63 - 1),
     ):
-        assert verify(sign_checkpoint(cp, key=KEY, key_name=NAME)) == cp
+        assert verify(sign_checkpoint(cp, key=KEY)) == cp
 
 
-def test_key_hash_known_answer() -> None:
-    """The key hash is the first 4 bytes of SHA-256(name || 0x0A || 0x01 || key), matching the
-    Go sumdb/note example key `PeterNeumann+c74f20a3+ARpc2Qc...`, and leads every signature."""
+def test_key_id_known_answer() -> None:
+    """The key ID is the first 4 bytes of SHA-256(name || 0x0A || type || key), matching the
+    Go sumdb/note example key `PeterNeumann+c74f20a3+ARpc2Qc...`; type 0x01 leads the
+    signature, type 0x04 the cosignature, followed by the big-endian u64 time."""
     vkey = base64.b64decode("ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW")
     assert vkey[0] == 0x01
-    assert key_hash("PeterNeumann", VerifyKey(vkey[1:])).hex() == "c74f20a3"
+    assert key_id("PeterNeumann", 0x01, VerifyKey(vkey[1:])).hex() == "c74f20a3"
     pk = bytes(KEY.verify_key)
-    expected = hashlib.sha256(NAME.encode() + b"\n\x01" + pk).digest()[:4]
-    assert key_hash(NAME, KEY.verify_key) == expected
-    blob = base64.b64decode(NOTE.split("\n")[5].split(" ")[2])
-    assert len(blob) == 4 + 64 and blob[:4] == expected
-    KEY.verify_key.verify(NOTE[: NOTE.index("\n\n") + 1].encode(), blob[4:])
+    plain = hashlib.sha256(ORIGIN.encode() + b"\n\x01" + pk).digest()[:4]
+    cosig = hashlib.sha256(ORIGIN.encode() + b"\n\x04" + pk).digest()[:4]
+    assert key_id(ORIGIN, 0x01, KEY.verify_key) == plain != cosig
+    blob = base64.b64decode(SIG_LINE.split(" ")[2])
+    assert len(blob) == 4 + 64 and blob[:4] == plain
+    KEY.verify_key.verify(TEXT.encode(), blob[4:])
+    blob = base64.b64decode(COSIG_LINE.split(" ")[2])
+    assert len(blob) == 4 + 8 + 64 and blob[:4] == cosig
+    assert int.from_bytes(blob[4:12], "big") == 1700
+    KEY.verify_key.verify(b"cosignature/v1\ntime 1700\n" + TEXT.encode(), blob[12:])
+
+
+def test_cosignature_interop_vectors() -> None:
+    """Our reading of tlog-cosignature/v1 matches transparency-dev/formats (note_cosigv1_test.go):
+    its native type 0x04 vkey `remora.n621.de+da77ade7+BOvN...` has the key ID we derive, and
+    its timestamped signature is 76 bytes with the time as a big-endian u64 after the key ID."""
+    vkey = base64.b64decode("BOvN63jn/bLvkieywe8R6UYAtVtNbZpXh34x7onlmtw2")
+    assert vkey[0] == 0x04
+    assert key_id("remora.n621.de", 0x04, VerifyKey(vkey[1:])).hex() == "da77ade7"
+    sig = base64.b64decode(
+        "ZGhGuQAAAABm/qTPeyKXD+R2rzyQsxPiP8mXum7qq/iF0u4vanlqJyocWODBt97w9uL+8qT7S5gxEHWWOworDcFiEBYJ"
+        "XORmnFBOBA=="
+    )
+    assert len(sig) == 4 + 8 + 64 and int.from_bytes(sig[4:12], "big") == 1727964367
 
 
 def test_signed_note_interop_vector() -> None:
     """The Go sumdb/note example signature verifies under our reading of signed-note: the
-    message is the text up to and including its last newline, the key hash leads."""
+    message is the text up to and including its last newline, the key ID leads."""
     vkey = VerifyKey(base64.b64decode("ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW")[1:])
     text = (
         "If you think cryptography is the answer to your problem,\n"
@@ -83,17 +119,32 @@ def test_signed_note_interop_vector() -> None:
     sig = base64.b64decode(
         "x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM="
     )
-    assert sig[:4] == key_hash("PeterNeumann", vkey)
+    assert sig[:4] == key_id("PeterNeumann", 0x01, vkey)
     vkey.verify(text.encode(), sig[4:])
 
 
+def test_ledger_origin() -> None:
+    """The origin is the ledger's DNS-like name and `/nrm-ledger`; other names are refused."""
+    assert ledger_origin("national") == "national/nrm-ledger"
+    assert ledger_origin("nrm.gov.example") == "nrm.gov.example/nrm-ledger"
+    long = ".".join(["x" * 63] * 3)  # 191 characters: its origin would not fit 200
+    assert len(ledger_origin(long[:189])) == 200
+    for bad in ("", "National", "a b", "a+b", "a/b", "-a", "a-", "a..b", "a_b", "x" * 64, long):
+        with pytest.raises(ValueError):
+            ledger_origin(bad)
+
+
 def test_other_keys_signatures_are_ignored() -> None:
-    """Signature lines by other keys (before or after ours) are ignored; ours suffices."""
-    other_line = resign(NOTE[: NOTE.index("\n\n") + 1], key=OTHER, name="witness.example")
-    other_sig = other_line.split("\n\n")[1]
-    assert verify(NOTE + other_sig) == CP
-    text, ours = NOTE.split("\n\n")
-    assert verify(f"{text}\n\n{other_sig}{ours}") == CP
+    """Signature lines by other keys (other names, or our name with another key ID: another
+    key or another signature type) are ignored, before or after ours."""
+    others = (
+        sig_line(TEXT, key=OTHER, name="witness.example")
+        + cosig_line(TEXT, 1800, key=OTHER, name="witness.example")
+        + sig_line(TEXT, key=OTHER)
+        + f"\u2014 {ORIGIN} {base64.b64encode(bytes(4 + 70)).decode()}\n"
+    )
+    assert verify(NOTE + others) == CP
+    assert verify(f"{TEXT}\n{others}{SIG_LINE}\n{COSIG_LINE}\n") == CP
 
 
 def _replace_line(index: int, value: str) -> Callable[[str], str]:
@@ -105,12 +156,11 @@ def _replace_line(index: int, value: str) -> Callable[[str], str]:
     return edit
 
 
-def _forge(note: str) -> str:
-    text, sig_line = note.split("\n\n")
-    name_part, blob = sig_line.rsplit(" ", 1)
+def _flip(line: str, at: int) -> str:
+    name_part, blob = line.rsplit(" ", 1)
     raw = bytearray(base64.b64decode(blob))
-    raw[10] ^= 1
-    return f"{text}\n\n{name_part} {base64.b64encode(bytes(raw)).decode()}\n"
+    raw[at] ^= 1
+    return f"{name_part} {base64.b64encode(bytes(raw)).decode()}"
 
 
 def _body(*lines: str) -> str:
@@ -119,44 +169,65 @@ def _body(*lines: str) -> str:
 
 # (scenario, note, expected error)
 SCENARIOS: list[tuple[str, Callable[[], str], type[UntrustedInputError]]] = [
-    ("forged signature: refused", lambda: _forge(NOTE), BadSignatureError),
     (
-        "signed by another key under our name: refused (key hash differs, so ignored)",
-        lambda: resign(NOTE[: NOTE.index("\n\n") + 1], key=OTHER),
+        "forged signature: refused",
+        lambda: f"{TEXT}\n{_flip(SIG_LINE, 10)}\n{COSIG_LINE}\n",
+        BadSignatureError,
+    ),
+    (
+        "forged cosignature: refused",
+        lambda: f"{TEXT}\n{SIG_LINE}\n{_flip(COSIG_LINE, 20)}\n",
+        BadSignatureError,
+    ),
+    (
+        "cosignature time changed: refused",
+        lambda: f"{TEXT}\n{SIG_LINE}\n{_flip(COSIG_LINE, 11)}\n",
+        BadSignatureError,
+    ),
+    (
+        "signature without the cosignature: refused (no signed time)",
+        lambda: f"{TEXT}\n{SIG_LINE}\n",
+        BadSignatureError,
+    ),
+    (
+        "cosignature without the signature: refused",
+        lambda: f"{TEXT}\n{COSIG_LINE}\n",
+        BadSignatureError,
+    ),
+    (
+        "two cosignatures by the ledger key: refused",
+        lambda: NOTE + cosig_line(TEXT, 1800),
+        MalformedError,
+    ),
+    ("two signatures by the ledger key: refused", lambda: NOTE + SIG_LINE + "\n", MalformedError),
+    (
+        "cosignature time above 2^63 - 1: refused",
+        lambda: f"{TEXT}\n{SIG_LINE}\n{cosig_line(TEXT, 2**63)}",
+        MalformedError,
+    ),
+    (
+        "signed by another key under our name: refused (key ID differs, so ignored)",
+        lambda: resign(TEXT, key=OTHER),
         BadSignatureError,
     ),
     (
         "signed by our key under another name: refused",
-        lambda: resign(NOTE[: NOTE.index("\n\n") + 1], name="other.name"),
+        lambda: resign(TEXT, name="other.name"),
         BadSignatureError,
     ),
-    ("tampered size: refused", lambda: _replace_line(1, "1235")(NOTE), BadSignatureError),
+    ("tampered size: refused", lambda: NOTE.replace("\n1234\n", "\n1235\n"), BadSignatureError),
     (
         "tampered root: refused",
-        lambda: _replace_line(2, base64.b64encode(bytes(32)).decode())(NOTE),
-        BadSignatureError,
-    ),
-    (
-        "tampered origin: refused",
-        lambda: _replace_line(0, ORIGIN + "x")(NOTE),
-        BadSignatureError,
-    ),
-    (
-        "tampered timestamp: refused",
-        lambda: _replace_line(3, "timestamp 1701")(NOTE),
+        lambda: NOTE.replace(ROOT_B64, base64.b64encode(bytes(32)).decode()),
         BadSignatureError,
     ),
     (
         "validly signed for another origin: refused",
-        lambda: sign_checkpoint(
-            Checkpoint("nrm-exchange/ledger/v1/other", CP.size, CP.root, CP.timestamp),
-            key=KEY,
-            key_name=NAME,
-        ),
+        lambda: resign(_body("other.test/nrm-ledger", "1234", ROOT_B64)),
         BadSignatureError,
     ),
-    ("missing signature: refused", lambda: NOTE[: NOTE.index("\n\n") + 2], BadSignatureError),
-    ("no signature block at all: refused", lambda: NOTE[: NOTE.index("\n\n") + 1], MalformedError),
+    ("missing signatures: refused", lambda: TEXT + "\n", BadSignatureError),
+    ("no signature block at all: refused", lambda: TEXT, MalformedError),
     (
         "extra blank line before the signatures: refused",
         lambda: NOTE.replace("\n\n", "\n\n\n"),
@@ -179,28 +250,23 @@ SCENARIOS: list[tuple[str, Callable[[], str], type[UntrustedInputError]]] = [
     ),
 ]
 
-# Bodies that are correctly signed but not canonical: the parser alone must refuse them.
+# Bodies that are correctly signed and cosigned but not canonical: the parser alone must
+# refuse them.
 BAD_BODIES: list[tuple[str, str]] = [
-    ("size with a leading zero", _body(ORIGIN, "01234", ROOT_B64, "timestamp 1700")),
-    ("size with a plus sign", _body(ORIGIN, "+1234", ROOT_B64, "timestamp 1700")),
-    ("negative size", _body(ORIGIN, "-1", ROOT_B64, "timestamp 1700")),
-    ("size too large", _body(ORIGIN, str(2**63), ROOT_B64, "timestamp 1700")),
-    ("timestamp with a leading zero", _body(ORIGIN, "1234", ROOT_B64, "timestamp 01700")),
-    ("timestamp with a plus sign", _body(ORIGIN, "1234", ROOT_B64, "timestamp +1700")),
-    ("timestamp with two spaces", _body(ORIGIN, "1234", ROOT_B64, "timestamp  1700")),
-    ("root without padding", _body(ORIGIN, "1234", ROOT_B64.rstrip("="), "timestamp 1700")),
-    (
-        "root of 31 bytes",
-        _body(ORIGIN, "1234", base64.b64encode(bytes(31)).decode(), "timestamp 1700"),
-    ),
+    ("size with a leading zero", _body(ORIGIN, "01234", ROOT_B64)),
+    ("size with a plus sign", _body(ORIGIN, "+1234", ROOT_B64)),
+    ("negative size", _body(ORIGIN, "-1", ROOT_B64)),
+    ("size too large", _body(ORIGIN, str(2**63), ROOT_B64)),
+    ("root without padding", _body(ORIGIN, "1234", ROOT_B64.rstrip("="))),
+    ("root of 31 bytes", _body(ORIGIN, "1234", base64.b64encode(bytes(31)).decode())),
     (
         "root in URL-safe base64",
-        _body(ORIGIN, "1234", base64.urlsafe_b64encode(b"\xfb" * 32).decode(), "timestamp 1700"),
+        _body(ORIGIN, "1234", base64.urlsafe_b64encode(b"\xfb" * 32).decode()),
     ),
-    ("missing timestamp line", _body(ORIGIN, "1234", ROOT_B64)),
-    ("unknown extension line", _body(ORIGIN, "1234", ROOT_B64, "timestamp 1700", "color blue")),
-    ("other extension instead of timestamp", _body(ORIGIN, "1234", ROOT_B64, "time 1700")),
-    ("trailing space on the size", _body(ORIGIN, "1234 ", ROOT_B64, "timestamp 1700")),
+    ("missing root line", _body(ORIGIN, "1234")),
+    ("the former timestamp extension line", _body(ORIGIN, "1234", ROOT_B64, "timestamp 1700")),
+    ("any extension line", _body(ORIGIN, "1234", ROOT_B64, "color blue")),
+    ("trailing space on the size", _body(ORIGIN, "1234 ", ROOT_B64)),
 ]
 
 
@@ -222,21 +288,22 @@ def test_non_canonical_bodies_are_refused_even_when_signed(body: str) -> None:
 
 
 def test_resign_helper_is_sound() -> None:
-    """The helper used above produces notes that do verify when the body is canonical."""
-    assert verify(resign(NOTE[: NOTE.index("\n\n") + 1])) == CP
+    """The helper used above produces notes that do verify when the body is canonical, with
+    the time of the cosignature."""
+    assert verify(resign(TEXT, t=99)) == Checkpoint(ORIGIN, CP.size, CP.root, 99)
 
 
 def test_signing_misuse_is_a_value_error() -> None:
-    """Bad values or key names from the caller are ValueErrors, not signed."""
-    for cp, name in (
-        (Checkpoint("", 1, CP.root, 1), NAME),
-        (Checkpoint("a\nb", 1, CP.root, 1), NAME),
-        (Checkpoint(ORIGIN, -1, CP.root, 1), NAME),
-        (Checkpoint(ORIGIN, 1, CP.root[:31], 1), NAME),
-        (Checkpoint(ORIGIN, 1, CP.root, -1), NAME),
-        (CP, "with space"),
-        (CP, "with+plus"),
-        (CP, ""),
+    """Bad values or origins (the origin is the key name) from the caller are ValueErrors."""
+    for cp in (
+        Checkpoint("", 1, CP.root, 1),
+        Checkpoint("a\nb", 1, CP.root, 1),
+        Checkpoint("with space", 1, CP.root, 1),
+        Checkpoint("with+plus", 1, CP.root, 1),
+        Checkpoint(ORIGIN, -1, CP.root, 1),
+        Checkpoint(ORIGIN, 1, CP.root[:31], 1),
+        Checkpoint(ORIGIN, 1, CP.root, -1),
+        Checkpoint(ORIGIN, 1, CP.root, 2**63),
     ):
         with pytest.raises(ValueError):
-            sign_checkpoint(cp, key=KEY, key_name=name)
+            sign_checkpoint(cp, key=KEY)

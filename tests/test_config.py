@@ -81,6 +81,11 @@ def test_the_ledger_configuration_is_strict_too(tmp_path: Path) -> None:
     path.write_text("\n".join(["checkpoint_intervall_seconds = 1", *lines]) + "\n")
     with pytest.raises(LedgerConfigError, match="checkpoint_intervall_seconds"):
         LedgerConfig.load(path)
+    assert config.origin == "national/nrm-ledger"
+    for bad in ("National", "national ledger", "nrm/national"):  # not a DNS-like name (§9.3)
+        path.write_text("\n".join([f'name = "{bad}"', *lines[1:]]) + "\n")
+        with pytest.raises(LedgerConfigError, match="DNS-like"):
+            LedgerConfig.load(path)
 
 
 def test_values_are_checked_in_one_place() -> None:

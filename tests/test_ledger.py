@@ -22,11 +22,14 @@ from click.testing import CliRunner
 from nacl.signing import SigningKey
 from structlog.testing import capture_logs
 
+from broker.ledger_migrate import LEGACY_ORIGIN_PREFIX, legacy_note, migrate_legacy
+from broker.ledger_store import LedgerStore
 from keys import PublicIdentity
 from keys.audit import AuditEvent, new_event_id, sign_event
-from keys.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
+from keys.checkpoint import Checkpoint, ledger_origin, sign_checkpoint, verify_checkpoint
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import leaf_hash, verify_inclusion
+from keys.restore import RestoreDeclaration, sign_restore, verify_restore
 from keys.subjects import audit_subject
 from nrm.cli import main
 from nrm.sandbox import LEDGER_NAME
@@ -194,7 +197,6 @@ async def test_every_emitted_event_is_included_and_proved(
     body = await get_json(m.http, access.url + "/v1/checkpoint", access.token)
     cp = verify_checkpoint(
         body["note"],
-        key_name=LEDGER_NAME,
         key=identity.signing_key,
         origin=m.sandbox.ledger.config.origin,
     )
@@ -350,10 +352,8 @@ def _latest_checkpoint(db: sqlite3.Connection) -> tuple[int, bytes, int, str]:
 
 
 def _forged_note(snapshot: Snapshot, note: str, size: int, root: bytes, ts: int) -> str:
-    cp = Checkpoint(
-        origin=f"nrm-exchange/ledger/v1/{LEDGER_NAME}", size=size, root=root, timestamp=ts
-    )
-    return sign_checkpoint(cp, key=SigningKey.generate(), key_name=LEDGER_NAME)
+    cp = Checkpoint(origin=ledger_origin(LEDGER_NAME), size=size, root=root, timestamp=ts)
+    return sign_checkpoint(cp, key=SigningKey.generate())
 
 
 def _altered_root_text(snapshot: Snapshot, note: str, size: int, root: bytes, ts: int) -> str:
@@ -368,10 +368,8 @@ def _wrong_root_ledger_key(snapshot: Snapshot, note: str, size: int, root: bytes
     keys = load_key_dir(
         snapshot.m.sandbox.ledger_home / "keys", passphrase=snapshot.m.sandbox.admin_passphrase
     )
-    cp = Checkpoint(
-        origin=f"nrm-exchange/ledger/v1/{LEDGER_NAME}", size=size, root=bytes(32), timestamp=ts
-    )
-    return sign_checkpoint(cp, key=keys.signing_key, key_name=LEDGER_NAME)
+    cp = Checkpoint(origin=ledger_origin(LEDGER_NAME), size=size, root=bytes(32), timestamp=ts)
+    return sign_checkpoint(cp, key=keys.signing_key)
 
 
 @pytest.mark.parametrize(
@@ -400,6 +398,51 @@ def test_forged_checkpoint_fails(
     code, output = audit_verify(snapshot.m, "--db", str(copy))
     assert code == 1, output
     assert expected in output, output
+
+
+def test_former_format_is_resigned_on_open(snapshot: Snapshot, tmp_path: Path) -> None:
+    """A database whose checkpoints and restore declaration are in the former format (origin
+    nrm-exchange/ledger/v1/<name>, key name <name>, a timestamp extension line) is re-signed
+    when the ledger opens it: every checkpoint then verifies in the current format at the
+    time it was first signed, the declaration under the current origin with its fields
+    unchanged, `nrm audit verify` passes, and a second open changes nothing."""
+    keys = load_key_dir(
+        snapshot.m.sandbox.ledger_home / "keys", passphrase=snapshot.m.sandbox.admin_passphrase
+    )
+    copy = fresh_copy(snapshot, tmp_path)
+    legacy = LEGACY_ORIGIN_PREFIX + LEDGER_NAME
+    with sqlite3.connect(copy) as db:
+        rows = db.execute("SELECT size, root, timestamp FROM checkpoints").fetchall()
+        assert rows
+        for size, root, ts in rows:
+            note = legacy_note(LEDGER_NAME, size, root, ts, keys.signing_key)
+            db.execute("UPDATE checkpoints SET note = ? WHERE size = ?", (note, size))
+        size, root, _ = rows[-1]
+        old = RestoreDeclaration(legacy, 1, size, root, None, None, 1_700_000_000)
+        db.execute(
+            "INSERT INTO restores (seq, declaration, restored_size, previous_size, declared_at)"
+            " VALUES (1, ?, ?, NULL, ?)",
+            (sign_restore(old, keys.signing_key), size, old.declared_at),
+        )
+    code, output = audit_verify(snapshot.m, "--db", str(copy))
+    assert code == 1 and "checkpoint does not verify" in output, output
+    origin = ledger_origin(LEDGER_NAME)
+    store = LedgerStore(copy)
+    try:
+        assert migrate_legacy(store, key=keys.signing_key, name=LEDGER_NAME) == len(rows) + 1
+        for size, root, ts, note in store.checkpoint_rows():
+            cp = verify_checkpoint(note, key=keys.signing_key.verify_key, origin=origin)
+            assert (cp.size, cp.root, cp.timestamp) == (size, root, ts)
+        [(_, data)] = store.restores()
+        got = verify_restore(data, key=keys.signing_key.verify_key, origin=origin)
+        assert got == dataclasses.replace(old, origin=origin)
+        before = store.checkpoint_rows(), store.restores()
+        assert migrate_legacy(store, key=keys.signing_key, name=LEDGER_NAME) == 0
+        assert (store.checkpoint_rows(), store.restores()) == before
+    finally:
+        store.close()
+    code, output = audit_verify(snapshot.m, "--db", str(copy))
+    assert code == 0, output
 
 
 # --- 4. the canary ------------------------------------------------------------------------------
@@ -539,7 +582,7 @@ async def test_forked_checkpoint_raises_an_alert(mechanism: Mechanism) -> None:
     cp = Checkpoint(
         origin=ledger.config.origin, size=size, root=forked_root, timestamp=int(time.time())
     )
-    note = sign_checkpoint(cp, key=keys.signing_key, key_name=LEDGER_NAME)
+    note = sign_checkpoint(cp, key=keys.signing_key)
     with sqlite3.connect(ledger_db(m)) as db:
         db.execute(
             "INSERT OR REPLACE INTO checkpoints (size, root, timestamp, note) VALUES (?, ?, ?, ?)",
@@ -662,7 +705,6 @@ async def test_batched_proofs_verify_and_name_what_is_missing(
     assert m.sandbox.ledger is not None
     cp = verify_checkpoint(
         cp_body["note"],
-        key_name=LEDGER_NAME,
         key=identity.signing_key,
         origin=m.sandbox.ledger.config.origin,
     )

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agents.ledger_check import LedgerSettings, LedgerWatch
 from agents.store import Store
 from keys import AgencyKeys
@@ -93,3 +95,12 @@ def test_a_missing_event_the_directory_refuses_is_a_revoked_signer(tmp_path: Pat
         == "revoked-signer"
     )
     store.close()
+
+
+def test_the_ledger_name_gives_the_checkpoint_origin() -> None:
+    """[ledger] name must be DNS-like; the origin (and key name) checked is <name>/nrm-ledger."""
+    settings = LedgerSettings(url="u", token="t", name="nrm.example", identity=POLICE.public)
+    assert settings.origin == "nrm.example/nrm-ledger"
+    for bad in ("National", "a b", ""):
+        with pytest.raises(ValueError, match="DNS-like"):
+            LedgerSettings(url="u", token="t", name=bad, identity=POLICE.public)

@@ -21,7 +21,7 @@ from keys.checkpoint import Checkpoint
 from keys.merkle import MemoryNodeStore, MerkleTree, leaf_hash
 from keys.restore import RestoreDeclaration, sign_restore
 
-ORIGIN = "nrm-exchange/ledger/v1/national"
+ORIGIN = "national/nrm-ledger"
 KEY = SigningKey(b"\x07" * 32)
 
 

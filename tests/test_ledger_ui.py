@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,14 @@ async def test_page_loads_and_shows_a_checkpoint(browser: Browser, ledger_with_d
     root = await page.text_content("#checkpoint-root") or ""
     assert re.fullmatch(r"[0-9a-f]{64}", root.lower())
     assert await page.is_visible("#checkpoint-status")
+    match = await page.text_content("#checkpoint-note-match") or ""
+    assert match.startswith("signed note text matches size, root and cosigned time"), match
+    # The time shown is the one in the ledger's cosignature line (76 bytes, §9.3).
+    note = await page.text_content("#checkpoint-note") or ""
+    blobs = [base64.b64decode(line.rsplit(" ", 1)[1]) for line in note.split("\n")[4:] if line]
+    [cosigned] = [int.from_bytes(b[4:12], "big") for b in blobs if len(b) == 76]
+    shown = datetime.fromtimestamp(cosigned, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert await page.text_content("#checkpoint-time") == shown
     stored = await page.evaluate("sessionStorage.getItem('nrm-ledger-token')")
     assert stored == ledger_with_data.token
     no_csp_or_script_errors(errors)

@@ -16,7 +16,7 @@ from keys.merkle import EMPTY_ROOT
 from keys.restore import LABEL, RestoreDeclaration, sign_restore, verify_restore
 
 KEY = SigningKey(b"\x01" * 32)
-ORIGIN = "nrm-exchange/ledger/v1/national"
+ORIGIN = "national/nrm-ledger"
 DECLARATION = RestoreDeclaration(
     origin=ORIGIN,
     seq=2,

@@ -173,15 +173,34 @@
     if (!equalBytes(sr, secondRoot)) throw new Error("proof does not lead to the latest root");
   }
 
-  // The C2SP signed note body is "origin\nsize\nbase64(root)\n..."; compare it with the JSON.
-  // (The Ed25519 signature on the note is not checked here: `nrm audit verify` does that.)
+  // The C2SP checkpoint is "origin\nsize\nbase64(root)\n\n" and signature lines; the time is
+  // in the ledger's tlog-cosignature line: "— <origin> base64(key id || u64 time || sig)",
+  // 76 bytes (its plain Ed25519 line is 68). Compare both with the JSON. (The signatures are
+  // not checked here: agents and `nrm audit verify` do that.)
+  function cosignedTime(lines, origin) {
+    const prefix = `\u2014 ${origin} `;
+    const times = [];
+    for (const line of lines.slice(4)) {
+      if (!line.startsWith(prefix)) continue;
+      const raw = atob(line.slice(prefix.length));
+      if (raw.length !== 4 + 8 + 64) continue;
+      let t = 0n;
+      for (let i = 4; i < 12; i++) t = (t << 8n) | BigInt(raw.charCodeAt(i));
+      times.push(t);
+    }
+    return times.length === 1 ? times[0] : null;
+  }
+
   function noteMatches(cp) {
     if (typeof cp.note !== "string") return false;
     const lines = cp.note.split("\n");
     try {
       const raw = atob(lines[2] || "");
       const root = toHex(Uint8Array.from(raw, (ch) => ch.charCodeAt(0)));
-      return lines[0] === cp.origin && lines[1] === String(cp.size) && root === cp.root.toLowerCase();
+      const time = cosignedTime(lines, cp.origin);
+      return lines[0] === cp.origin && lines[1] === String(cp.size) && lines[3] === "" &&
+        root === cp.root.toLowerCase() && Number.isSafeInteger(cp.timestamp) &&
+        time === BigInt(cp.timestamp);
     } catch (_) {
       return false;
     }
@@ -213,8 +232,8 @@
     $("checkpoint-server").textContent = claim || "no verification claim in the response";
     const matches = noteMatches(cp);
     $("checkpoint-note-match").textContent = matches
-      ? "signed note text matches size and root (signature not checked in the browser)"
-      : "signed note text does NOT match the size and root shown";
+      ? "signed note text matches size, root and cosigned time (signatures not checked in the browser)"
+      : "signed note text does NOT match the size, root and time shown";
 
     let prev = null;
     try { prev = JSON.parse(sessionStorage.getItem(CHECKPOINT_KEY) || "null"); } catch (_) { /* ignore */ }

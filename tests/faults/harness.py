@@ -29,7 +29,7 @@ from keys.checkpoint import verify_checkpoint
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import leaf_hash, root_of, verify_inclusion
 from nrm.examples import referral
-from nrm.sandbox import LEDGER_NAME, Sandbox
+from nrm.sandbox import Sandbox
 
 #: Short redelivery and retry so recovery after a kill is quick.
 FAULT_LIMITS: dict[str, int | float] = {
@@ -498,9 +498,7 @@ async def check_ledger(
         *audit_ids(sandbox.agencies["shelter"].home / "agent.db"),
     ]
     body = await _get(http, f"{url}/v1/checkpoint", token)
-    cp = verify_checkpoint(
-        body["note"], key_name=LEDGER_NAME, key=identity.signing_key, origin=body["origin"]
-    )
+    cp = verify_checkpoint(body["note"], key=identity.signing_key, origin=body["origin"])
     leaves: list[bytes] = []
     entries: list[dict[str, Any]] = []
     while len(leaves) < cp.size:

@@ -25,7 +25,14 @@ from agents.consent import SignedReceipt, encode_stored, parse_receipt, sign_rec
 from agents.messages import DeliveryReceipt
 from keys import codec
 from keys.audit import AuditEvent, decode_signed_event, sign_event
-from keys.checkpoint import Checkpoint, sign_checkpoint
+from keys.checkpoint import (
+    COSIGNATURE_TYPE,
+    ED25519_TYPE,
+    Checkpoint,
+    ledger_origin,
+    sign_checkpoint,
+)
+from keys.checkpoint import key_id as note_key_id
 from keys.codec import canonical_json
 from keys.directory import (
     AgencyEntry,
@@ -672,88 +679,118 @@ def event_header(event: AuditEvent) -> list[tuple[str, object]]:
 
 # --- checkpoints (§9.3) -----------------------------------------------------------------------
 #
-# checkpoint-*: `origin`, `key_name` and `ledger_ed25519_public` are what the verifier expects;
-#     the bytes are the note (UTF-8). When ok: `size`, `root` (hex), `timestamp`.
+# checkpoint-*: `origin` and `ledger_ed25519_public` are what the verifier expects (the key name
+#     is the origin); `key_id_ed25519` and `key_id_cosignature` are the signed-note key IDs it
+#     derives from them (types 0x01 and 0x04). The bytes are the note (UTF-8). When ok: `size`,
+#     `root` (hex), `timestamp` (the time in the ledger's cosignature).
 
 LEDGER_KEY = SigningKey(fixed("ledger ed25519 1"))
-LEDGER_NAME = "national"
-ORIGIN = "nrm-exchange/ledger/v1/national"
+ORIGIN = ledger_origin("national")
 CHECKPOINT = Checkpoint(origin=ORIGIN, size=42, root=fixed("tree root 42"), timestamp=NOW + 5)
+WITNESS_KEY = SigningKey(fixed("witness 1"))
+WITNESS_NAME = "witness.example/w1"
+
+
+def _sig_line(text: str, name: str, key: SigningKey) -> str:
+    blob = note_key_id(name, ED25519_TYPE, key.verify_key) + key.sign(text.encode()).signature
+    return f"\u2014 {name} {b64(blob)}\n"
+
+
+def _cosig_line(text: str, t: int, name: str, key: SigningKey) -> str:
+    message = f"cosignature/v1\ntime {t}\n{text}".encode()
+    blob = note_key_id(name, COSIGNATURE_TYPE, key.verify_key) + t.to_bytes(8, "big")
+    return f"\u2014 {name} {b64(blob + key.sign(message).signature)}\n"
+
+
+def _flip(line: str, at: int) -> str:
+    head, blob = line.rstrip("\n").rsplit(" ", 1)
+    raw = bytearray(base64.b64decode(blob))
+    raw[at] ^= 1
+    return f"{head} {b64(bytes(raw))}\n"
 
 
 def _checkpoint_vectors() -> list[tuple[str, str, str, str]]:
-    note = sign_checkpoint(CHECKPOINT, key=LEDGER_KEY, key_name=LEDGER_NAME)
-    body, _, sig_line = note.rpartition("\n\n")
-    body += "\n"
-    witness = sign_checkpoint(CHECKPOINT, key=SigningKey(fixed("witness 1")), key_name="witness")
-    witness_line = witness.rpartition("\n\n")[2]
-    blob = base64.b64decode(sig_line.split(" ")[2])
-    flipped = (
-        sig_line.split(" ")[0] + " " + LEDGER_NAME + " " + b64(blob[:-1] + bytes([blob[-1] ^ 1]))
-    )
+    note = sign_checkpoint(CHECKPOINT, key=LEDGER_KEY)
+    body = note[: note.index("\n\n") + 1]
+    sig, cosig = (line + "\n" for line in note[len(body) + 1 :].splitlines())
+    witness = _cosig_line(body, NOW + 7, WITNESS_NAME, WITNESS_KEY)
+    t = CHECKPOINT.timestamp
 
-    def resigned(text: str) -> str:
-        sig = LEDGER_KEY.sign(text.encode()).signature
-        from keys.checkpoint import key_hash
-
-        kh = key_hash(LEDGER_NAME, LEDGER_KEY.verify_key)
-        return text + "\n\u2014 " + LEDGER_NAME + " " + b64(kh + sig) + "\n"
+    def resigned(text: str, name: str = ORIGIN) -> str:
+        return (
+            text + "\n" + _sig_line(text, name, LEDGER_KEY) + _cosig_line(text, t, name, LEDGER_KEY)
+        )
 
     lines = body.split("\n")
     return [
-        ("ok", "size 42, signed by the ledger key", "ok", note),
+        ("ok", "size 42, signed and cosigned by the ledger key", "ok", note),
         (
             "ok-with-witness",
-            "a second signature line by another key name, ignored",
+            "a witness's cosignature line under another key name, ignored",
             "ok",
-            body + "\n" + sig_line + witness_line,
+            body + "\n" + sig + witness + cosig,
         ),
         (
             "bad-signature",
-            "last signature byte flipped",
+            "last byte of the Ed25519 signature flipped",
             "bad-signature",
-            body + "\n" + flipped + "\n",
+            body + "\n" + _flip(sig, -1) + cosig,
         ),
+        (
+            "bad-cosignature",
+            "last byte of the cosignature flipped",
+            "bad-signature",
+            body + "\n" + sig + _flip(cosig, -1),
+        ),
+        (
+            "cosignature-time-changed",
+            "the time in the cosignature changed by one second",
+            "bad-signature",
+            body + "\n" + sig + _flip(cosig, 11),
+        ),
+        (
+            "no-cosignature",
+            "the Ed25519 signature alone: no signed time",
+            "bad-signature",
+            body + "\n" + sig,
+        ),
+        ("no-signature", "the cosignature alone", "bad-signature", body + "\n" + cosig),
         (
             "other-origin",
             "a valid checkpoint of another ledger",
             "bad-signature",
-            sign_checkpoint(
-                Checkpoint(ORIGIN + "-2", 42, CHECKPOINT.root, CHECKPOINT.timestamp),
-                key=LEDGER_KEY,
-                key_name=LEDGER_NAME,
-            ),
+            resigned(body.replace(ORIGIN, ledger_origin("national-2"), 1)),
+        ),
+        (
+            "key-name-not-origin",
+            "signed and cosigned under the key name national (the former key name)",
+            "bad-signature",
+            resigned(body, name="national"),
         ),
         (
             "only-witness",
-            "signed only by another key name",
+            "cosigned only by another key name",
             "bad-signature",
-            body + "\n" + witness_line,
+            body + "\n" + witness,
         ),
         (
             "size-leading-zero",
             "tree size 042, re-signed",
             "malformed",
-            resigned("\n".join([lines[0], "042", *lines[2:4], ""])),
+            resigned("\n".join([lines[0], "042", lines[2], ""])),
         ),
         (
-            "no-timestamp",
-            "three body lines, re-signed",
+            "timestamp-extension",
+            "the former timestamp extension line, re-signed: no extension line is allowed",
             "malformed",
-            resigned("\n".join([*lines[0:3], ""])),
-        ),
-        (
-            "unknown-extension",
-            "an extension line other than timestamp, re-signed",
-            "malformed",
-            resigned("\n".join([*lines[0:3], "witnessed 1", ""])),
+            resigned(body + f"timestamp {t}\n"),
         ),
         ("crlf", "lines ending in CR LF", "malformed", note.replace("\n", "\r\n")),
         (
             "root-non-canonical-base64",
             "root hash base64 without padding, re-signed",
             "malformed",
-            resigned("\n".join([lines[0], lines[1], lines[2].rstrip("="), lines[3], ""])),
+            resigned("\n".join([lines[0], lines[1], lines[2].rstrip("="), ""])),
         ),
     ]
 
@@ -764,8 +801,9 @@ def checkpoint_vectors() -> Iterator[tuple[str, str]]:
             ("expect", expect),
             ("comment", comment),
             ("origin", ORIGIN),
-            ("key_name", LEDGER_NAME),
             ("ledger_ed25519_public", bytes(LEDGER_KEY.verify_key)),
+            ("key_id_ed25519", note_key_id(ORIGIN, ED25519_TYPE, LEDGER_KEY.verify_key)),
+            ("key_id_cosignature", note_key_id(ORIGIN, COSIGNATURE_TYPE, LEDGER_KEY.verify_key)),
         ]
         if expect == "ok":
             header += [

@@ -511,7 +511,7 @@ def render(vector: Vector) -> str:
 
 LEDGER_KEY = SigningKey(fixed("ledger ed25519 1"))
 OTHER_LEDGER_KEY = SigningKey(fixed("ledger ed25519 2"))
-ORIGIN = "nrm-exchange/ledger/v1/national"
+ORIGIN = "national/nrm-ledger"
 DECLARATION = RestoreDeclaration(
     origin=ORIGIN,
     seq=1,
