@@ -418,6 +418,7 @@ class Desk:
             db,
             "transition.received",
             {
+                "owner": owner,
                 "referral_id": step.referral_id,
                 "counterpart": sender,
                 "from": state,

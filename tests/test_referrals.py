@@ -497,6 +497,32 @@ async def test_webhook_retried_until_accepted_with_a_stable_id(
     assert not set(keys_in(event)) & set(R.FIELD_CATEGORY)
 
 
+async def test_transition_webhook_names_the_referral_by_owner_and_id(
+    hooked: tuple[Mechanism, Receiver],
+) -> None:
+    """transition.received names the referral by its owner (the agency that sent it) and
+    its id: ids are unique per sender only (PROTOCOL §6.1), so the id alone is ambiguous."""
+    m, receiver = hooked
+    referral_id = await m.api("police").refer(["shelter"], samples.referral())
+    await delivered(m, "police", referral_id)
+    status, body, _ = await act(m, "police", referral_id, to="withdrawn")
+    assert status == 202, body
+
+    async def sent() -> bool:
+        # The receiver answers 500 twice, then 200.
+        return any(len(c) >= 3 for c in receiver.of_type("transition.received").values())
+
+    await eventually(sent, timeout=20, what="the transition webhook to be accepted")
+    [(_, calls)] = receiver.of_type("transition.received").items()
+    data = json.loads(calls[-1][2])["data"]
+    assert (data["owner"], data["referral_id"], data["counterpart"]) == (
+        "police",
+        referral_id,
+        "police",
+    )
+    assert data["to"] == "withdrawn"
+
+
 # --- Kantara -----------------------------------------------------------------------------------
 
 
