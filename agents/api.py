@@ -20,7 +20,14 @@ from aiohttp import web
 
 from keys import Limits
 from keys.identity import check_agency_id
-from runtime.http import ProblemError, bearer_match, problem, unauthorized
+from runtime.http import (
+    ProblemError,
+    bearer_match,
+    http_exception_problem,
+    parse_json_body,
+    problem,
+    unauthorized,
+)
 
 from . import errors as E
 from .attachments import ATTACHMENT_TYPES, Attachments
@@ -141,13 +148,11 @@ async def _problems(request: web.Request, handler: Handler) -> web.StreamRespons
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        title = e.reason or "Error"
+        detail = None
         if isinstance(e, web.HTTPRequestEntityTooLarge):
             limit = request.app[SETTINGS].max_request_bytes
             detail = f"the request body is larger than {limit} bytes"
-        else:
-            detail = title
-        return problem(e.status, title, detail)
+        return http_exception_problem(e, detail)
     except Exception as e:
         # Never echo the exception: it could quote input. Log its type only.
         log.error("api_internal_error", path=request.path, error=type(e).__name__)
@@ -235,14 +240,7 @@ def _json_object(request: web.Request, raw: bytes) -> dict[str, Any]:
         raise ProblemError(
             415, "Unsupported Media Type", "the request body must be application/json"
         )
-    try:
-        doc = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ProblemError(400, "Bad Request", f"the body is not valid JSON ({e.msg})") from e
-    except UnicodeDecodeError as e:
-        raise ProblemError(400, "Bad Request", "the body is not valid UTF-8") from e
-    except RecursionError as e:
-        raise ProblemError(400, "Bad Request", "the body nests too deeply") from e
+    doc = parse_json_body(raw)
     if not isinstance(doc, dict):
         raise ProblemError(400, "Bad Request", "the body must be a JSON object")
     return doc

@@ -8,7 +8,6 @@ time); errors are problem+json. Everything served is metadata: ids, kinds, hashe
 from __future__ import annotations
 
 import base64
-import json
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -19,7 +18,15 @@ from aiohttp import web
 
 from keys import DEFAULT_LIMITS
 from keys.merkle import MerkleTree, leaf_hash
-from runtime.http import ProblemError, bearer_match, json_object_body, problem, unauthorized
+from runtime.http import (
+    ProblemError,
+    bearer_match,
+    http_exception_problem,
+    json_object_body,
+    parse_json_body,
+    problem,
+    unauthorized,
+)
 
 from . import ledger_stats
 from .ledger import Ledger
@@ -49,7 +56,7 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        return problem(e.status, e.reason or "Error", e.reason or "Error")
+        return http_exception_problem(e)
     except Exception as e:
         log.error("ledger_api_internal_error", path=request.path, error=type(e).__name__)
         return problem(500, "Internal Server Error", "the ledger could not answer the request")
@@ -199,10 +206,7 @@ async def proofs(request: web.Request) -> web.Response:
         raise ProblemError(
             415, "Unsupported Media Type", "the request body must be application/json"
         )
-    try:
-        doc = json.loads(await request.read())
-    except (ValueError, RecursionError) as e:  # also a number too long to convert
-        raise ProblemError(400, "Bad Request", "the body is not a JSON document") from e
+    doc = parse_json_body(await request.read())
     if not isinstance(doc, dict) or set(doc) != {"size", "event_ids"}:
         raise ProblemError(400, "Bad Request", "the body must be an object with size and event_ids")
     size, ids = doc["size"], doc["event_ids"]

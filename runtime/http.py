@@ -45,6 +45,58 @@ class ProblemError(Exception):
         return problem(self.status, self.title, self.detail, **self.extra)
 
 
+#: Headers an HTTP error carries that its problem+json rewrite must keep (RFC 9110 §15.5.6:
+#: a 405 MUST list the allowed methods; §15.5.14, §15.5.21: 413/414 may say when to retry).
+_KEPT_HEADERS = ("Allow", "Retry-After")
+
+
+def http_exception_problem(error: web.HTTPException, detail: str | None = None) -> web.Response:
+    """An aiohttp HTTP error (404, 405, 413, ...) as problem+json, with the headers it
+    carries that say what to do next (`Allow` on a 405)."""
+    title = error.reason or "Error"
+    response = problem(error.status, title, title if detail is None else detail)
+    for name in _KEPT_HEADERS:
+        if name in error.headers:
+            response.headers[name] = error.headers[name]
+    return response
+
+
+#: The largest magnitude of a JSON integer any request body may carry: I-JSON (RFC 7493
+#: §2.2), the range every JSON implementation represents exactly; also what every NRM format
+#: allows (PROTOCOL.md §1, §7.1).
+MAX_JSON_INT = (1 << 53) - 1
+_MAX_INT_DIGITS = len(str(MAX_JSON_INT))
+
+
+class _IntegerOutOfRange(ValueError):
+    pass
+
+
+def _bounded_int(text: str) -> int:
+    # Check the length before converting: int() of thousands of digits is slow, and over
+    # 4300 digits Python refuses it (a ValueError that would otherwise be a 500).
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS or abs(value := int(text)) > MAX_JSON_INT:
+        raise _IntegerOutOfRange(text[:20])
+    return value
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """A request body parsed as JSON, or a 400 ProblemError saying what is wrong with it
+    (not JSON, not UTF-8, nesting too deep, an integer beyond ±(2^53 - 1))."""
+    try:
+        return json.loads(raw, parse_int=_bounded_int)
+    except _IntegerOutOfRange as e:
+        raise ProblemError(
+            400, "Bad Request", "the body has an integer beyond ±(2^53 - 1), the I-JSON limit"
+        ) from e
+    except json.JSONDecodeError as e:
+        raise ProblemError(400, "Bad Request", f"the body is not valid JSON ({e.msg})") from e
+    except UnicodeDecodeError as e:
+        raise ProblemError(400, "Bad Request", "the body is not valid UTF-8") from e
+    except RecursionError as e:
+        raise ProblemError(400, "Bad Request", "the body nests too deeply") from e
+
+
 def token_digest(token: str) -> bytes:
     """The SHA-256 digest of a bearer token: what `token_sha256` holds, in hex."""
     return hashlib.sha256(token.encode("utf-8", "replace")).digest()
