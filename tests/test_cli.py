@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -658,7 +659,8 @@ async def owns_bucket(url: str, agency: str, *, seed: bytes) -> bool:
 def test_publish_to_a_bus_started_with_bus_up_reloads_its_authorization(
     work: Work, bus_up: BusUp, tmp_path: Path
 ) -> None:
-    """`bus up` starts secured from the signed directory (anonymous clients refused);
+    """`bus up` without --port, as the README shows it, starts secured from the signed
+    directory on a port of its choosing that it prints (anonymous clients refused);
     `directory publish` of a fully signed draft succeeds, and admitting shelter lets its
     NKey connect without a restart, its attachment bucket made before it could connect;
     SIGTERM stops the bus cleanly."""
@@ -667,15 +669,16 @@ def test_publish_to_a_bus_started_with_bus_up_reloads_its_authorization(
     work.sign(2)
     police = load_key_dir(work.keys("police"), passphrase=PASSPHRASE.encode())
     shelter = load_key_dir(work.keys("shelter"), passphrase=PASSPHRASE.encode())
-    port = free_port()
-    url = f"nats://127.0.0.1:{port}"
     process, out = bus_up.start(
-        "--store", tmp_path / "s", "--port", str(port),
+        "--store", tmp_path / "s",
         "--trust-root", work.admin / "root.1.json",
         "--directory", work.admin / "directory.json",
         "--operator-keys", work.admin / "operator",
     )  # fmt: skip
     assert "authorization from directory version" in out.read_text()
+    ready = re.search(r"NATS bus ready at (nats://127\.0\.0\.1:\d+);", out.read_text())
+    assert ready is not None, out.read_text()
+    url = ready[1]
     assert not asyncio.run(connects(url, seed=None))
     assert asyncio.run(connects(url, seed=police.nats_seed))
     assert not asyncio.run(connects(url, seed=shelter.nats_seed))
