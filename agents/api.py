@@ -34,12 +34,14 @@ from .attachments import ATTACHMENT_TYPES, Attachments
 from .config import ApiClient
 from .desk import Desk
 from .lifecycle import REASON_CODES
-from .openapi import OPENAPI
+from .openapi import IDEMPOTENCY_KEY_PATTERN, MAX_CURSOR, MAX_SINCE, document
 from .retention import Retention
 from .store import STATUS_ORDER, Store
 
 #: A case system's own reference for a referral it submits (sender-local, never sent).
 CLIENT_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}")
+#: The Idempotency-Key header as the OpenAPI document states it.
+IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN.strip("^$"))
 
 log = structlog.get_logger("nrm.api")
 
@@ -213,7 +215,7 @@ async def _idempotent(
     client = request[CLIENT].name
     digest = hashlib.sha256(request.path.encode() + b"\x00" + raw).hexdigest()
     if key is not None:
-        if not 1 <= len(key) <= 200 or not key.isascii() or not key.isprintable():
+        if not IDEMPOTENCY_KEY.fullmatch(key):
             raise ProblemError(400, "Bad Request", "Idempotency-Key must be 1-200 printable ASCII")
         row = store.idempotent_response(client, key)
         if row is not None:
@@ -262,7 +264,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(OPENAPI)
+    settings = request.app[SETTINGS]
+    limits = request.app[BACKEND].limits
+    return web.json_response(
+        document(max_page_size=settings.max_page_size, max_recipients=limits.max_recipients)
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -320,8 +326,8 @@ async def list_referrals(request: web.Request) -> web.Response:
     _need(request, "read")
     settings = request.app[SETTINGS]
     limit = _int_param(request, "limit", settings.default_page_size, 1, settings.max_page_size)
-    after = _int_param(request, "cursor", 0, 0, 2**62)
-    since = _int_param(request, "since", 0, 0, 2**40)
+    after = _int_param(request, "cursor", 0, 0, MAX_CURSOR)
+    since = _int_param(request, "since", 0, 0, MAX_SINCE)
     rows = request.app[BACKEND].store.referrals_page(
         after=after, since=since, state=request.query.get("state"), limit=limit
     )
@@ -464,7 +470,7 @@ async def list_inbox(request: web.Request) -> web.Response:
     _need(request, "read")
     settings = request.app[SETTINGS]
     limit = _int_param(request, "limit", settings.default_page_size, 1, settings.max_page_size)
-    after = _int_param(request, "cursor", 0, 0, 2**62)
+    after = _int_param(request, "cursor", 0, 0, MAX_CURSOR)
     backend = request.app[BACKEND]
     rows = backend.store.inbox_page(kind="referral", after=after, limit=limit)
     items = []

@@ -12,9 +12,12 @@ import hashlib
 import hmac
 import json
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
+
+from keys.limits import DEFAULT_LIMITS
 
 PROBLEM_TYPE_BASE = "https://nrm-exchange.org/problems/"
 
@@ -63,8 +66,8 @@ def http_exception_problem(error: web.HTTPException, detail: str | None = None) 
 
 #: The largest magnitude of a JSON integer any request body may carry: I-JSON (RFC 7493
 #: §2.2), the range every JSON implementation represents exactly; also what every NRM format
-#: allows (PROTOCOL.md §1, §7.1).
-MAX_JSON_INT = (1 << 53) - 1
+#: allows (PROTOCOL.md §6.4, §7.1).
+MAX_JSON_INT = DEFAULT_LIMITS.max_json_integer
 _MAX_INT_DIGITS = len(str(MAX_JSON_INT))
 
 
@@ -80,11 +83,23 @@ def _bounded_int(text: str) -> int:
     return value
 
 
+def _number(text: str) -> int | float:
+    # JSON Schema (and so the OpenAPI documents) counts 5.0 as an integer: so do we, within
+    # the I-JSON range; any other number stays a float, for the handler to refuse or take.
+    if len(text) <= 1000:  # a bound on the work; longer is no integer anyone sends
+        value = Decimal(text)
+        if value == value.to_integral_value() and abs(value) <= MAX_JSON_INT:
+            return int(value)
+    return float(text)
+
+
 def parse_json_body(raw: bytes) -> Any:
     """A request body parsed as JSON, or a 400 ProblemError saying what is wrong with it
-    (not JSON, not UTF-8, nesting too deep, an integer beyond ±(2^53 - 1))."""
+    (not JSON, not UTF-8, nesting too deep, an integer beyond ±(2^53 - 1)). A number with a
+    fraction or exponent that is a whole number in that range (`5.0`, `5e0`) is that integer,
+    as JSON Schema counts it."""
     try:
-        return json.loads(raw, parse_int=_bounded_int)
+        return json.loads(raw, parse_int=_bounded_int, parse_float=_number)
     except _IntegerOutOfRange as e:
         raise ProblemError(
             400, "Bad Request", "the body has an integer beyond ±(2^53 - 1), the I-JSON limit"

@@ -58,6 +58,9 @@ def test_json_bodies_are_bounded_to_i_json_integers() -> None:
         "a": [limit, -limit, 0, 0]
     }
     assert parse_json_body(b"1.5e300") == 1.5e300
+    parsed = parse_json_body(b"[5.0, 5e0, -0.0, 2.5, 9007199254740991.0, 9007199254740992.0]")
+    assert parsed == [5, 5, 0, 2.5, limit, float(limit + 1)]
+    assert [type(x) for x in parsed] == [int, int, int, float, int, float]
     for number in (b"9" * 5000, b"-" + b"9" * 5000, b"%d" % (limit + 1), b"%d" % (-limit - 1)):
         with pytest.raises(ProblemError) as info:
             parse_json_body(b'{"n": ' + number + b"}")
