@@ -714,7 +714,7 @@ async def test_batched_proofs_verify_and_name_what_is_missing(
         (b'{"size": 1}', "application/json", 400),
         (b'{"size": 0, "event_ids": []}', "application/json", 400),
         (b'{"size": true, "event_ids": []}', "application/json", 400),
-        (b'{"size": 999999, "event_ids": []}', "application/json", 400),
+        (b'{"size": 999999, "event_ids": []}', "application/json", 404),  # past the tree
         (b'{"size": 1, "event_ids": ["not-hex"]}', "application/json", 400),
         (b'{"size": 1, "event_ids": [], "more": 1}', "application/json", 400),
         (json.dumps({"size": 1, "event_ids": ["0" * 32] * 257}).encode(), "application/json", 400),
