@@ -20,19 +20,27 @@ from aiohttp import web
 
 from keys import Limits
 from keys.identity import check_agency_id
-from runtime.http import ProblemError, bearer_match, problems_middleware, unauthorized
+from runtime.http import (
+    ProblemError,
+    bearer_match,
+    parse_json_body,
+    problems_middleware,
+    unauthorized,
+)
 
 from . import errors as E
 from .attachments import ATTACHMENT_TYPES, Attachments
 from .config import ApiClient
 from .desk import Desk
 from .lifecycle import REASON_CODES
-from .openapi import OPENAPI
+from .openapi import IDEMPOTENCY_KEY_PATTERN, MAX_CURSOR, MAX_SINCE, document
 from .retention import Retention
 from .store import STATUS_ORDER, Store
 
 #: A case system's own reference for a referral it submits (sender-local, never sent).
 CLIENT_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}")
+#: The Idempotency-Key header as the OpenAPI document states it.
+IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN.strip("^$"))
 
 log = structlog.get_logger("nrm.api")
 
@@ -203,7 +211,7 @@ async def _idempotent(
     client = request[CLIENT].name
     digest = hashlib.sha256(request.path.encode() + b"\x00" + raw).hexdigest()
     if key is not None:
-        if not 1 <= len(key) <= 200 or not key.isascii() or not key.isprintable():
+        if not IDEMPOTENCY_KEY.fullmatch(key):
             raise ProblemError(400, "Bad Request", "Idempotency-Key must be 1-200 printable ASCII")
         row = store.idempotent_response(client, key)
         if row is not None:
@@ -230,14 +238,7 @@ def _json_object(request: web.Request, raw: bytes) -> dict[str, Any]:
         raise ProblemError(
             415, "Unsupported Media Type", "the request body must be application/json"
         )
-    try:
-        doc = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ProblemError(400, "Bad Request", f"the body is not valid JSON ({e.msg})") from e
-    except UnicodeDecodeError as e:
-        raise ProblemError(400, "Bad Request", "the body is not valid UTF-8") from e
-    except RecursionError as e:
-        raise ProblemError(400, "Bad Request", "the body nests too deeply") from e
+    doc = parse_json_body(raw)
     if not isinstance(doc, dict):
         raise ProblemError(400, "Bad Request", "the body must be a JSON object")
     return doc
@@ -259,7 +260,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(OPENAPI)
+    settings = request.app[SETTINGS]
+    limits = request.app[BACKEND].limits
+    return web.json_response(
+        document(max_page_size=settings.max_page_size, max_recipients=limits.max_recipients)
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -317,8 +322,8 @@ async def list_referrals(request: web.Request) -> web.Response:
     _need(request, "read")
     settings = request.app[SETTINGS]
     limit = _int_param(request, "limit", settings.default_page_size, 1, settings.max_page_size)
-    after = _int_param(request, "cursor", 0, 0, 2**62)
-    since = _int_param(request, "since", 0, 0, 2**40)
+    after = _int_param(request, "cursor", 0, 0, MAX_CURSOR)
+    since = _int_param(request, "since", 0, 0, MAX_SINCE)
     rows = request.app[BACKEND].store.referrals_page(
         after=after, since=since, state=request.query.get("state"), limit=limit
     )
@@ -461,7 +466,7 @@ async def list_inbox(request: web.Request) -> web.Response:
     _need(request, "read")
     settings = request.app[SETTINGS]
     limit = _int_param(request, "limit", settings.default_page_size, 1, settings.max_page_size)
-    after = _int_param(request, "cursor", 0, 0, 2**62)
+    after = _int_param(request, "cursor", 0, 0, MAX_CURSOR)
     backend = request.app[BACKEND]
     rows = backend.store.inbox_page(kind="referral", after=after, limit=limit)
     items = []

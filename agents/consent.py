@@ -656,6 +656,17 @@ _PURPOSE_TEXT: Final[dict[str, str]] = {
 
 _SERVICE_NAME: Final = "National Referral Mechanism referral"
 
+#: CR 1.1 §4.5.6 defines consentType as "the type of the consent used by the PII Controller
+#: as their authority to collect, use or disclose PII": EXPLICIT only where that authority is
+#: the person's consent; otherwise the lawful basis that is (PROTOCOL.md §8.3).
+CONSENT_TYPES: Final[dict[str, str]] = {
+    "consent": "EXPLICIT",
+    "legal_obligation": "LEGAL_OBLIGATION",
+    "public_task": "PUBLIC_TASK",
+    "vital_interests": "VITAL_INTERESTS",
+    "child_protection": "CHILD_PROTECTION",
+}
+
 
 def _collection_text(receipt: ConsentReceipt) -> str:
     g = receipt.given_by
@@ -669,18 +680,27 @@ def _collection_text(receipt: ConsentReceipt) -> str:
     return "; ".join(parts)
 
 
-def _third_parties(receipt: ConsentReceipt, p: Purpose) -> list[str]:
+def _third_parties(
+    receipt: ConsentReceipt, p: Purpose, agency_names: Mapping[str, str]
+) -> list[str]:
     own = receipt.controller_agencies
-    names = [r for r in p.recipients if r not in own]
+    names = [agency_names.get(r, r) for r in p.recipients if r not in own]
     names += [f"any {role} agency of the referral mechanism" for role in p.recipient_roles]
     return names
 
 
-def to_kantara(receipt: ConsentReceipt, *, controller_public_key: bytes | None) -> dict[str, Any]:
+def to_kantara(
+    receipt: ConsentReceipt,
+    *,
+    controller_public_key: bytes | None,
+    agency_names: Mapping[str, str],
+) -> dict[str, Any]:
     """The receipt as Kantara Consent Receipt 1.1 JSON (field names per its §4.3-4.5).
 
     `controller_public_key` is the signing agency's raw Ed25519 public key (32 bytes), emitted
-    base64 in `publicKey` (§4.3.6, optional); None leaves the field out.
+    base64 in `publicKey` (§4.3.6, optional); None leaves the field out. `agency_names` maps
+    agency ids to their directory names for `thirdPartyName` (§4.5.11); an agency it does not
+    list is named by its id.
     """
     out: dict[str, Any] = {
         "version": KANTARA_VERSION,  # §4.3.1
@@ -702,11 +722,11 @@ def to_kantara(receipt: ConsentReceipt, *, controller_public_key: bytes | None) 
         termination += f" or at {receipt.expires}"
     purposes = []
     for i, p in enumerate(receipt.purposes):
-        third = _third_parties(receipt, p)
+        third = _third_parties(receipt, p, agency_names)
         entry: dict[str, Any] = {
             "purpose": f"{_PURPOSE_TEXT[p.purpose]} (lawful basis: {p.lawful_basis})",  # §4.5.4
             "purposeCategory": [p.purpose],  # §4.5.5
-            "consentType": "EXPLICIT",  # §4.5.6
+            "consentType": CONSENT_TYPES[p.lawful_basis],  # §4.5.6
             "piiCategory": list(p.data_categories),  # §4.5.7
             "primaryPurpose": i == 0,  # §4.5.8
             "termination": f"{termination}; data kept for {p.retention}",  # §4.5.9

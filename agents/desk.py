@@ -605,7 +605,13 @@ class Desk:
 
     def kantara(self, receipt_id: str) -> dict[str, Any]:
         verified = self.verified_consent(receipt_id)
-        return C.to_kantara(verified.receipt, controller_public_key=verified.public)
+        try:
+            names = {a.agency: a.name for a in self.directory().agencies}
+        except E.Unavailable:  # no trusted directory now: the export names agencies by id
+            names = {}
+        return C.to_kantara(
+            verified.receipt, controller_public_key=verified.public, agency_names=names
+        )
 
     def withdraw(self, receipt_id: str) -> dict[str, Any]:
         """Withdraw a consent: refuse its later use and ask each recipient to erase."""

@@ -6,10 +6,11 @@ import copy
 import json
 from typing import Any
 
+from keys import DEFAULT_LIMITS
 from runtime.http import json_object_body
 
 from . import consent, referral
-from .lifecycle import REASON_CODES
+from .lifecycle import OUTCOMES, REASON_CODES, STATES
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 _UNVERIFIABLE = {"409": {"$ref": "#/components/responses/Unverifiable"}}
@@ -33,17 +34,44 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+#: 1-200 printable ASCII characters, none at either end a space (HTTP strips those).
+IDEMPOTENCY_KEY_PATTERN = "^[!-~]([ -~]{0,198}[!-~])?$"
 _IDEMPOTENCY = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": False,
     "description": "Repeat a POST safely: the same key and body give the first answer again.",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+    "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
 }
+#: The largest `cursor` the list operations take, and the largest `since`.
+MAX_CURSOR = 2**62
+MAX_SINCE = 2**40
 _PAGING = [
-    {"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+    {
+        "name": "cursor",
+        "in": "query",
+        "description": "The `next_cursor` of the page before",
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_CURSOR},
+    },
+    {
+        "name": "limit",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": DEFAULT_LIMITS.max_page_size},
+    },
 ]
+
+
+def _page(item: dict[str, Any]) -> dict[str, Any]:
+    """A page of a list: its items and the cursor of the next page (a decimal string; null
+    on the last page)."""
+    return {
+        "type": "object",
+        "required": ["items", "next_cursor"],
+        "properties": {
+            "items": {"type": "array", "items": item},
+            "next_cursor": {"type": ["string", "null"], "pattern": "^(0|[1-9][0-9]*)$"},
+        },
+    }
 
 
 def _inline(schema: dict[str, Any], name: str) -> dict[str, Any]:
@@ -257,8 +285,9 @@ OPENAPI: dict[str, Any] = {
                         "recipients": {
                             "type": "array",
                             "minItems": 1,
-                            "maxItems": 32,
-                            "items": {"type": "string"},
+                            "maxItems": DEFAULT_LIMITS.max_recipients,
+                            "uniqueItems": True,
+                            "items": _AGENCY_ID,
                         },
                         "referral": {
                             "description": "referral_id is assigned by this "
@@ -299,10 +328,17 @@ OPENAPI: dict[str, Any] = {
                 "summary": "List referrals (read scope)",
                 "parameters": [
                     {"name": "state", "in": "query", "schema": {"type": "string"}},
-                    {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SINCE},
+                    },
                     *_PAGING,
                 ],
-                "responses": {"200": _json({"type": "object"}), **_errors(400, 401, 403)},
+                "responses": {
+                    "200": _json(_page({"type": "object"})),
+                    **_errors(400, 401, 403),
+                },
             },
         },
         "/v1/referrals/{id}": {
@@ -351,20 +387,23 @@ OPENAPI: dict[str, Any] = {
                 "requestBody": json_object_body(
                     ["to"],
                     {
-                        "to": {"type": "string"},
+                        "to": {"enum": list(STATES)},
                         "sender": {
                             **_AGENCY_ID,
                             "description": "The agency that sent the referral "
                             "(as the `sender` query parameter of GET)",
                         },
-                        "counterpart": {"type": "string"},
+                        "counterpart": _AGENCY_ID,
                         "reason": {
                             "description": "A code of the closed vocabulary "
                             "(docs/PROTOCOL.md §8.4), never free text; required "
                             "for declined and cancelled. Any other value is 400.",
                             "enum": list(REASON_CODES),
                         },
-                        "outcome": {"type": "string"},
+                        "outcome": {
+                            "description": "Required for closed, refused otherwise",
+                            "enum": list(OUTCOMES),
+                        },
                     },
                 ),
                 "responses": {
@@ -377,7 +416,10 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Received referrals, oldest first (read scope)",
                 "parameters": _PAGING,
-                "responses": {"200": _json({"type": "object"}), **_errors(400, 401, 403)},
+                "responses": {
+                    "200": _json(_page({"type": "object"})),
+                    **_errors(400, 401, 403),
+                },
             }
         },
         "/v1/attachments": {
@@ -500,3 +542,17 @@ OPENAPI: dict[str, Any] = {
         },
     },
 }
+
+
+def document(*, max_page_size: int, max_recipients: int) -> dict[str, Any]:
+    """The document as an agent with these limits serves it: `limit` and `recipients`
+    bounded by what that agent takes, never looser."""
+    doc = copy.deepcopy(OPENAPI)
+    paths = doc["paths"]
+    for path in ("/v1/referrals", "/v1/inbox"):
+        for parameter in paths[path]["get"]["parameters"]:
+            if parameter["name"] == "limit":
+                parameter["schema"]["maximum"] = max_page_size
+    body = paths["/v1/referrals"]["post"]["requestBody"]["content"]["application/json"]
+    body["schema"]["properties"]["recipients"]["maxItems"] = max_recipients
+    return doc

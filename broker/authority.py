@@ -78,7 +78,7 @@ class DirectoryAuthority:
             server, agencies=lambda: self._nkeys, supervisor=self.supervisor
         )
         self.follower = DirectoryFollower(
-            urls=[server.url],
+            urls=[],  # set in start(): a server started without a port has one only then
             nkeys_seed=operator_seed,
             pinned_root=pinned_root,
             on_directory=lambda directory, _: self._offered(directory),
@@ -160,8 +160,10 @@ class DirectoryAuthority:
         return service_health(self.follower, self.supervisor, reasons=extra)
 
     async def start(self) -> None:
-        """Start following; if a step fails, stop what started and raise."""
+        """Start following the running server; if a step fails, stop what started and
+        raise."""
         try:
+            self.follower.urls = [self.server.url]
             self.supervisor.spawn("authority-reload", self._reloads)
             await self.follower.start()
             await self.connections.start()

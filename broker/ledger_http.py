@@ -8,7 +8,6 @@ time); errors are problem+json. Everything served is metadata: ids, kinds, hashe
 from __future__ import annotations
 
 import base64
-import json
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -20,9 +19,11 @@ from aiohttp import web
 from keys import DEFAULT_LIMITS
 from keys.merkle import MerkleTree, leaf_hash
 from runtime.http import (
+    MAX_JSON_INT,
     ProblemError,
     bearer_match,
     json_object_body,
+    parse_json_body,
     problems_middleware,
     unauthorized,
 )
@@ -50,6 +51,8 @@ _problems = problems_middleware(
 
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The token check, and the security headers on every answer (errors too: `_problems`
+    runs inside)."""
     if request.path.startswith("/v1/"):
         tokens = request.app[LEDGER].config.auditor_tokens
         if bearer_match(request.headers.get("Authorization", ""), tokens) is None:
@@ -62,7 +65,7 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def make_app(ledger: Ledger) -> web.Application:
-    app = web.Application(middlewares=[_problems, _guard], client_max_size=16384)
+    app = web.Application(middlewares=[_guard, _problems], client_max_size=16384)
     app[LEDGER] = ledger
     r = app.router
     r.add_get("/", to_ui)
@@ -93,9 +96,20 @@ def _ledger(request: web.Request) -> Ledger:
     return ledger
 
 
+#: The largest integer any query parameter takes (the OpenAPI document's `maximum`).
+MAX_QUERY_INT = 2**62
+
+
 def _int(
-    request: web.Request, name: str, *, default: int | None = None, low: int = 0, high: int = 2**62
+    request: web.Request,
+    name: str,
+    *,
+    default: int | None = None,
+    low: int = 0,
+    high: int = MAX_QUERY_INT,
 ) -> int:
+    """Query parameter `name`: 400 unless a decimal integer from `low` to `high`, the bounds
+    the OpenAPI document states. Bounds that depend on the tree are checked by `_in_tree`."""
     raw = request.query.get(name)
     if raw is None:
         if default is None:
@@ -104,6 +118,22 @@ def _int(
     if not _digits(raw) or not low <= int(raw) <= high:
         raise ProblemError(400, "Bad Request", f"{name} must be an integer from {low} to {high}")
     return int(raw)
+
+
+def _in_tree(name: str, value: int, *, low: int, high: int, what: str) -> int:
+    """A valid number that must also fit the tree as it is: 404, the ledger has no `what`
+    there (the request was well formed; the tree is not that big, or not yet)."""
+    if not low <= value <= high:
+        raise ProblemError(404, "Not Found", f"no {what}: {name} must be from {low} to {high}")
+    return value
+
+
+def _ordered(first: str, low: int, second: str, high: int) -> None:
+    """Two valid numbers in the wrong order: 422 (the document cannot relate parameters)."""
+    if low > high:
+        raise ProblemError(
+            422, "Unprocessable Content", f"{first} must not be larger than {second}"
+        )
 
 
 def _digits(raw: str) -> bool:
@@ -144,15 +174,11 @@ async def checkpoints(request: web.Request) -> web.Response:
 
 async def entries(request: web.Request) -> web.Response:
     size = _ledger(request).tree.size
-    start = _int(request, "start", low=0, high=size)
-    end = _int(
-        request,
-        "end",
-        default=min(size, start + MAX_RANGE),
-        low=start,
-        high=min(size, start + MAX_RANGE),
-    )
-    rows = _ledger(request).store.entries(start, end)
+    start = _in_tree("start", _int(request, "start"), low=0, high=size, what="entries there")
+    end = _int(request, "end", default=start + MAX_RANGE)
+    _ordered("start", start, "end", end)
+    # At most MAX_RANGE entries, and none past the tree: the client goes on from the last.
+    rows = _ledger(request).store.entries(start, min(end, size, start + MAX_RANGE))
     return web.json_response(
         {"items": [{**r.to_json(), "leaf": base64.b64encode(r.leaf).decode()} for r in rows]}
     )
@@ -164,7 +190,14 @@ async def inclusion_proof(request: web.Request) -> web.Response:
     if not _digits(raw) or int(raw) >= ledger.tree.size:
         raise ProblemError(404, "Not Found", "no entry with this index in the ledger")
     index = int(raw)
-    size = _int(request, "size", default=ledger.tree.size, low=index + 1, high=ledger.tree.size)
+    size = _int(request, "size", default=ledger.tree.size, low=1)
+    _in_tree(
+        "size",
+        size,
+        low=index + 1,
+        high=ledger.tree.size,
+        what="tree of this size holding the entry",
+    )
     return web.json_response(
         {
             "index": index,
@@ -186,7 +219,14 @@ async def event(request: web.Request) -> web.Response:
         "leaf_hash": leaf_hash(row.leaf).hex(),
     }
     if "size" in request.query:
-        size = _int(request, "size", low=row.index + 1, high=ledger.tree.size)
+        size = _int(request, "size", low=1)
+        _in_tree(
+            "size",
+            size,
+            low=row.index + 1,
+            high=ledger.tree.size,
+            what="tree of this size holding the event",
+        )
         body["size"] = size
         body["proof"] = [h.hex() for h in ledger.tree.inclusion_proof(row.index, size)]
     return web.json_response(body)
@@ -201,17 +241,13 @@ async def proofs(request: web.Request) -> web.Response:
         raise ProblemError(
             415, "Unsupported Media Type", "the request body must be application/json"
         )
-    try:
-        doc = json.loads(await request.read())
-    except (ValueError, RecursionError) as e:  # also a number too long to convert
-        raise ProblemError(400, "Bad Request", "the body is not a JSON document") from e
+    doc = parse_json_body(await request.read())
     if not isinstance(doc, dict) or set(doc) != {"size", "event_ids"}:
         raise ProblemError(400, "Bad Request", "the body must be an object with size and event_ids")
     size, ids = doc["size"], doc["event_ids"]
-    if type(size) is not int or not 1 <= size <= ledger.tree.size:
-        raise ProblemError(
-            400, "Bad Request", f"size must be an integer from 1 to {ledger.tree.size}"
-        )
+    if type(size) is not int or not 1 <= size <= MAX_QUERY_INT:
+        raise ProblemError(400, "Bad Request", f"size must be an integer from 1 to {MAX_QUERY_INT}")
+    _in_tree("size", size, low=1, high=ledger.tree.size, what="tree of this size")
     if (
         not isinstance(ids, list)
         or len(ids) > MAX_PROOF_BATCH
@@ -235,8 +271,10 @@ async def proofs(request: web.Request) -> web.Response:
 
 async def consistency_proof(request: web.Request) -> web.Response:
     ledger = _ledger(request)
-    second = _int(request, "second", low=0, high=ledger.tree.size)
-    first = _int(request, "first", low=0, high=second)
+    second = _int(request, "second")
+    first = _int(request, "first")
+    _ordered("first", first, "second", second)
+    _in_tree("second", second, low=0, high=ledger.tree.size, what="tree of this size")
     proof = ledger.tree.consistency_proof(first, second)
     return web.json_response({"first": first, "second": second, "proof": [h.hex() for h in proof]})
 
@@ -301,7 +339,13 @@ async def restore_proof(request: web.Request) -> web.Response:
     restored, previous = sizes
     if previous is None or not store.has_restore_archive(int(raw)):
         raise ProblemError(404, "Not Found", "the tree this restore replaced was not kept")
-    size = _int(request, "size", low=restored, high=previous)
+    size = _in_tree(
+        "size",
+        _int(request, "size"),
+        low=restored,
+        high=previous,
+        what="size in the tree this restore replaced",
+    )
     tree = MerkleTree(ArchivedNodes(store, int(raw)), size=previous)
     return web.json_response(
         {
@@ -332,14 +376,25 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
 
+#: A query integer as `_int` takes it; a tree size or index the tree does not have is 404.
+_QUERY_INT: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": MAX_QUERY_INT}
+_TREE_SIZE: dict[str, Any] = {**_QUERY_INT, "minimum": 1}
+
+
 def _op(
     summary: str,
-    params: list[tuple[str, str, bool]] | None = None,
+    params: list[tuple[str, dict[str, Any], bool]] | None = None,
     path_params: list[str] | None = None,
+    *,
+    errors: tuple[str, ...] = ("400", "401", "404"),
+    answer: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """A GET operation. `params` are (name, schema, required) of query parameters; `errors`
+    the problem statuses it answers: 400 for a parameter outside its schema, 404 for a size
+    or index the tree does not have (or an unknown id), 422 for two in the wrong order."""
     parameters = [
-        {"name": n, "in": "query", "required": req, "schema": {"type": t}}
-        for n, t, req in (params or [])
+        {"name": n, "in": "query", "required": req, "schema": schema}
+        for n, schema, req in (params or [])
     ] + [
         {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
         for n in (path_params or [])
@@ -349,14 +404,16 @@ def _op(
             "summary": summary,
             "security": [{"bearer": []}],
             "parameters": parameters,
-            "responses": _responses("400", "401", "404"),
+            "responses": _responses(*errors, answer=answer),
         }
     }
 
 
-def _responses(*problems: str) -> dict[str, Any]:
-    """A JSON object on 200; problem+json on each of `problems`."""
-    ok = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+def _responses(*problems: str, answer: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A JSON object (of schema `answer`, if given) on 200; problem+json on each of
+    `problems`."""
+    schema = {"type": "object"} if answer is None else answer
+    ok = {"description": "OK", "content": {"application/json": {"schema": schema}}}
     return {"200": ok, **{code: {"$ref": "#/components/responses/Problem"} for code in problems}}
 
 
@@ -377,27 +434,48 @@ OPENAPI: dict[str, Any] = {
         },
     },
     "paths": {
-        "/v1/checkpoint": _op("The latest signed checkpoint"),
-        "/v1/checkpoints": _op("Every signed checkpoint, by size"),
+        "/v1/checkpoint": _op("The latest signed checkpoint", errors=("401", "404")),
+        "/v1/checkpoints": _op("Every signed checkpoint, by size", errors=("401",)),
         "/v1/entries": _op(
-            "Entries [start, end), at most 1000",
-            [("start", "integer", True), ("end", "integer", False)],
+            "Entries [start, end), at most 1000 and none past the tree (404: start is past "
+            "it; 422: end < start)",
+            [("start", _QUERY_INT, True), ("end", _QUERY_INT, False)],
+            errors=("400", "401", "404", "422"),
         ),
         "/v1/entries/{index}/proof": _op(
-            "Inclusion proof of an entry", [("size", "integer", False)], ["index"]
+            "Inclusion proof of an entry (404: no such entry, or size not above its index "
+            "or past the tree)",
+            [("size", _TREE_SIZE, False)],
+            ["index"],
         ),
         "/v1/events": _op(
-            "Search events",
-            [("q", "string", False), ("cursor", "integer", False), ("limit", "integer", False)],
+            "Search events; next_cursor (a decimal string, or null on the last page) is the "
+            "next page's cursor",
+            [
+                ("q", {"type": "string", "maxLength": 64}, False),
+                ("cursor", _QUERY_INT, False),
+                ("limit", {"type": "integer", "minimum": 1, "maximum": 500}, False),
+            ],
+            errors=("400", "401"),
+            answer={
+                "type": "object",
+                "required": ["items", "next_cursor"],
+                "properties": {
+                    "items": {"type": "array", "items": {"type": "object"}},
+                    "next_cursor": {"type": ["string", "null"], "pattern": "^(0|[1-9][0-9]*)$"},
+                },
+            },
         ),
         "/v1/events/{event_id}": _op(
             "One event, with its inclusion proof given ?size=",
-            [("size", "integer", False)],
+            [("size", _TREE_SIZE, False)],
             ["event_id"],
         ),
         "/v1/proof/consistency": _op(
-            "Consistency proof between two tree sizes",
-            [("first", "integer", True), ("second", "integer", True)],
+            "Consistency proof between two tree sizes (404: second is past the tree; 422: "
+            "first > second)",
+            [("first", _QUERY_INT, True), ("second", _QUERY_INT, True)],
+            errors=("400", "401", "404", "422"),
         ),
         "/v1/proofs": {
             "post": {
@@ -406,7 +484,7 @@ OPENAPI: dict[str, Any] = {
                 "requestBody": json_object_body(
                     ["size", "event_ids"],
                     {
-                        "size": {"type": "integer", "minimum": 1},
+                        "size": {"type": "integer", "minimum": 1, "maximum": MAX_JSON_INT},
                         "event_ids": {
                             "type": "array",
                             "maxItems": MAX_PROOF_BATCH,
@@ -414,21 +492,27 @@ OPENAPI: dict[str, Any] = {
                         },
                     },
                 ),
-                "responses": _responses("400", "401", "413", "415"),
+                "responses": _responses("400", "401", "404", "413", "415"),
             }
         },
         "/v1/referrals/{referral_id}/timeline": _op(
-            "A referral's events in time order", path_params=["referral_id"]
+            "A referral's events in time order (none: an empty list)",
+            path_params=["referral_id"],
+            errors=("401",),
         ),
-        "/v1/directories": _op("Every directory version events were verified against"),
-        "/v1/restores": _op("Every signed restore declaration, oldest first"),
+        "/v1/directories": _op(
+            "Every directory version events were verified against", errors=("401",)
+        ),
+        "/v1/restores": _op("Every signed restore declaration, oldest first", errors=("401",)),
         "/v1/restores/{seq}/proof": _op(
-            "Consistency proof in the tree a restore replaced, from its restored size to size",
-            [("size", "integer", True)],
+            "Consistency proof in the tree a restore replaced, from its restored size to size "
+            "(404: no such restore, its tree not kept, or size outside that range)",
+            [("size", _QUERY_INT, True)],
             ["seq"],
         ),
         "/v1/roots": _op(
-            "The root chain the ledger verified, pinned root first, each a signed root file"
+            "The root chain the ledger verified, pinned root first, each a signed root file",
+            errors=("401",),
         ),
         "/healthz": {
             "get": {
@@ -447,6 +531,8 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": {"description": "OK", "content": {"text/plain": {}}}},
             }
         },
-        "/v1/stats": _op("Anonymous monitoring statistics, small cells suppressed"),
+        "/v1/stats": _op(
+            "Anonymous monitoring statistics, small cells suppressed", errors=("401",)
+        ),
     },
 }

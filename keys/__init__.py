@@ -59,8 +59,9 @@ from .errors import (
     UnexpectedMessageError,
     UnknownKeyError,
     UntrustedInputError,
+    WeakKeyError,
 )
-from .identity import AgencyKeys, PublicIdentity, check_agency_id
+from .identity import AgencyKeys, PublicIdentity, check_agency_id, check_encryption_key
 from .limits import DEFAULT_LIMITS, Limits
 from .merkle import (
     MemoryNodeStore,
@@ -119,7 +120,9 @@ __all__ = [
     "UnexpectedMessageError",
     "UnknownKeyError",
     "UntrustedInputError",
+    "WeakKeyError",
     "check_agency_id",
+    "check_encryption_key",
     "check_root_current",
     "codec",
     "encode_directory",

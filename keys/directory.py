@@ -38,6 +38,7 @@ from .identity import (
     ENCRYPTION_KID_LABEL,
     SIGNING_KID_LABEL,
     check_agency_id,
+    check_encryption_key,
     key_id,
     signing_kid,
 )
@@ -164,6 +165,8 @@ class AgencyEntry:
             for k in keys:
                 if not isinstance(k, KeyEntry) or k.kid != key_id(label, k.public):
                     raise ValueError(f"a {what} key id does not match its key")
+        for k in self.encryption_keys:  # even a revoked one: no directory lists a weak key
+            check_encryption_key(k.public, owner=self.agency)
         if not isinstance(self.nats_key, str) or not _NATS_USER_KEY.fullmatch(self.nats_key):
             raise ValueError("nats_key must be a NATS user public key (U..., 56 characters)")
 

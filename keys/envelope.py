@@ -41,7 +41,7 @@ from .errors import (
     MalformedError,
     NotAddressedToMeError,
 )
-from .identity import AgencyKeys, encryption_kid, signing_kid
+from .identity import AgencyKeys, check_encryption_key, encryption_kid, signing_kid
 from .limits import DEFAULT_LIMITS, Limits
 from .subjects import AGENCY_ID_PATTERN
 
@@ -167,6 +167,8 @@ def seal(
         raise ValueError("recipients must be distinct agencies")
     if len(body) > limits.max_body_bytes:
         raise ValueError(f"body is larger than {limits.max_body_bytes} bytes")
+    for r in recipients:  # a small-order key would give an all-zero agreement (§4.3 step 2)
+        check_encryption_key(bytes(r.key), owner=r.agency)
     if unsafe_randomness is None:
         message_id = new_message_id()
         content_key = secrets.token_bytes(32)

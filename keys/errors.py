@@ -25,6 +25,14 @@ class MalformedError(UntrustedInputError):
     reason = "malformed"
 
 
+class WeakKeyError(MalformedError):
+    """An X25519 public key nobody can safely seal to: of small order (its shared secret
+    with any key is all zero, or one of eight values) or not canonically encoded (u at or
+    above 2^255 - 19, or the top bit set), PROTOCOL.md §2.1."""
+
+    reason = "weak-key"
+
+
 class UnknownKeyError(UntrustedInputError):
     """A key id that no trusted identity holds (or that belongs to another agency)."""
 

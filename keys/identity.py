@@ -13,18 +13,25 @@ import secrets
 from dataclasses import dataclass, replace
 from typing import Any
 
+import nacl.bindings as sodium
+import nacl.exceptions
 import nkeys
 from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
 from .codec import from_b64, to_b64
-from .errors import MalformedError
+from .errors import MalformedError, WeakKeyError
 from .subjects import AGENCY_ID_PATTERN
 
 SIGNING_KID_LABEL = b"nrm/v1/kid/ed25519"
 ENCRYPTION_KID_LABEL = b"nrm/v1/kid/x25519"
 IDENTITY_FORMAT = "nrm-identity/1"
 _NKEY_USER = re.compile(r"^U[A-Z2-7]{55}$")
+#: The field prime of Curve25519: a canonical u-coordinate is below it (RFC 7748 §5).
+_P25519 = (1 << 255) - 19
+#: Any scalar does for the small-order test: X25519 clamps it to a multiple of 8 that is not
+#: a multiple of the group order, so the product is zero exactly for a small-order point.
+_PROBE_SCALAR = hashlib.sha256(b"nrm/v1/x25519-probe").digest()
 
 
 def key_id(label: bytes, public: bytes) -> str:
@@ -40,6 +47,27 @@ def signing_kid(key: VerifyKey) -> str:
 
 def encryption_kid(key: PublicKey) -> str:
     return key_id(ENCRYPTION_KID_LABEL, bytes(key))
+
+
+def check_encryption_key(public: bytes, *, owner: str | None = None) -> bytes:
+    """Return `public` if it is an X25519 public key one can seal to (PROTOCOL.md §2.1),
+    else raise `WeakKeyError` (naming `owner`, an agency id, if given).
+
+    Refused: a u-coordinate that is not canonical (at or above 2^255 - 19, which includes
+    every value with the top bit set), and a point of small order, found by libsodium's own
+    check: `crypto_scalarmult` fails for its list of small-order points and whenever the
+    product is all zero. Key ids are computed over the exact bytes, so a non-canonical
+    alias of a key would otherwise get a second id."""
+    if not isinstance(public, bytes) or len(public) != 32:
+        raise ValueError("public keys are 32 bytes")
+    whose = "" if owner is None else f" of {owner}"
+    if int.from_bytes(public, "little") >= _P25519:
+        raise WeakKeyError(f"the X25519 public key{whose} is not canonically encoded")
+    try:
+        sodium.crypto_scalarmult(_PROBE_SCALAR, public)
+    except nacl.exceptions.CryptoError as e:
+        raise WeakKeyError(f"the X25519 public key{whose} is of small order") from e
+    return public
 
 
 def check_agency_id(agency: str) -> str:
@@ -62,6 +90,9 @@ class PublicIdentity:
     encryption_key: PublicKey
     #: The NATS user NKey (public, "U...") the agency's agent authenticates to the bus with.
     nats_key: str | None = None
+
+    def __post_init__(self) -> None:
+        check_encryption_key(bytes(self.encryption_key), owner=self.agency)
 
     @property
     def signing_kid(self) -> str:

@@ -233,7 +233,8 @@ def verify_consistency(
 ) -> None:
     """Verify that the tree of `first` leaves with `first_root` is a prefix of the tree of
     `second` leaves with `second_root` (RFC 9162 §2.1.4.2). When first is 0 or equals second
-    the proof must be empty (and the roots equal, or first_root the empty root). Raises
+    the proof must be empty; equal sizes need equal roots and size 0 the empty root (so
+    0 with 0 needs both roots empty). Raises
     `ConsistencyProofError` if not; `ValueError` on negative sizes."""
     if first < 0 or second < 0:
         raise ValueError("tree sizes must not be negative")
@@ -244,10 +245,14 @@ def verify_consistency(
     _check_hash(first_root, ConsistencyProofError, "first root")
     _check_hash(second_root, ConsistencyProofError, "second root")
     if first == 0 or first == second:
+        # RFC 9162 §2.1.4.2 covers 0 < first < second; at the edges the proof is empty
+        # (§2.1.4.1), equal sizes need equal roots, and size 0 has the empty root: both
+        # checks apply when first == second == 0.
         if proof:
             raise ConsistencyProofError("consistency proof must be empty")
-        expected = EMPTY_ROOT if first == 0 else second_root
-        if not hmac.compare_digest(first_root, expected):
+        if first == 0 and not hmac.compare_digest(first_root, EMPTY_ROOT):
+            raise ConsistencyProofError("first root is not the root of the empty tree")
+        if first == second and not hmac.compare_digest(first_root, second_root):
             raise ConsistencyProofError("roots of equal trees differ")
         return
     if not proof:

@@ -13,11 +13,14 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from structlog.typing import FilteringBoundLogger
+
+from keys.limits import DEFAULT_LIMITS
 
 PROBLEM_TYPE_BASE = "https://nrm-exchange.org/problems/"
 
@@ -48,6 +51,70 @@ class ProblemError(Exception):
         return problem(self.status, self.title, self.detail, **self.extra)
 
 
+#: Headers an HTTP error carries that its problem+json rewrite must keep (RFC 9110 §15.5.6:
+#: a 405 MUST list the allowed methods; §15.5.14, §15.5.21: 413/414 may say when to retry).
+_KEPT_HEADERS = ("Allow", "Retry-After")
+
+
+def http_exception_problem(error: web.HTTPException, detail: str | None = None) -> web.Response:
+    """An aiohttp HTTP error (404, 405, 413, ...) as problem+json, with the headers it
+    carries that say what to do next (`Allow` on a 405)."""
+    title = error.reason or "Error"
+    response = problem(error.status, title, title if detail is None else detail)
+    for name in _KEPT_HEADERS:
+        if name in error.headers:
+            response.headers[name] = error.headers[name]
+    return response
+
+
+#: The largest magnitude of a JSON integer any request body may carry: I-JSON (RFC 7493
+#: §2.2), the range every JSON implementation represents exactly; also what every NRM format
+#: allows (PROTOCOL.md §6.4, §7.1).
+MAX_JSON_INT = DEFAULT_LIMITS.max_json_integer
+_MAX_INT_DIGITS = len(str(MAX_JSON_INT))
+
+
+class _IntegerOutOfRange(ValueError):
+    pass
+
+
+def _bounded_int(text: str) -> int:
+    # Check the length before converting: int() of thousands of digits is slow, and over
+    # 4300 digits Python refuses it (a ValueError that would otherwise be a 500).
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS or abs(value := int(text)) > MAX_JSON_INT:
+        raise _IntegerOutOfRange(text[:20])
+    return value
+
+
+def _number(text: str) -> int | float:
+    # JSON Schema (and so the OpenAPI documents) counts 5.0 as an integer: so do we, within
+    # the I-JSON range; any other number stays a float, for the handler to refuse or take.
+    if len(text) <= 1000:  # a bound on the work; longer is no integer anyone sends
+        value = Decimal(text)
+        if value == value.to_integral_value() and abs(value) <= MAX_JSON_INT:
+            return int(value)
+    return float(text)
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """A request body parsed as JSON, or a 400 ProblemError saying what is wrong with it
+    (not JSON, not UTF-8, nesting too deep, an integer beyond ±(2^53 - 1)). A number with a
+    fraction or exponent that is a whole number in that range (`5.0`, `5e0`) is that integer,
+    as JSON Schema counts it."""
+    try:
+        return json.loads(raw, parse_int=_bounded_int, parse_float=_number)
+    except _IntegerOutOfRange as e:
+        raise ProblemError(
+            400, "Bad Request", "the body has an integer beyond ±(2^53 - 1), the I-JSON limit"
+        ) from e
+    except json.JSONDecodeError as e:
+        raise ProblemError(400, "Bad Request", f"the body is not valid JSON ({e.msg})") from e
+    except UnicodeDecodeError as e:
+        raise ProblemError(400, "Bad Request", "the body is not valid UTF-8") from e
+    except RecursionError as e:
+        raise ProblemError(400, "Bad Request", "the body nests too deeply") from e
+
+
 def problems_middleware(
     *,
     log: FilteringBoundLogger,
@@ -57,21 +124,21 @@ def problems_middleware(
 ) -> Middleware:
     """The middleware that makes every error a service answers problem+json: a ProblemError
     as raised; what `translate` maps (the service's own errors, or a better detail); an HTTP
-    error by its status and reason; anything else 500 with `unanswerable` as detail, logged
-    as `event` with the path and the exception's type only (its message could quote input).
-    Redirects and other HTTP answers below 400 pass through."""
+    error by its status and reason, keeping the headers that say what to do next (a 405's
+    `Allow`); anything else 500 with `unanswerable` as detail, logged as `event` with the
+    path and the exception's type only (its message could quote input). Redirects and other
+    HTTP answers below 400 pass through."""
 
-    def answer(request: web.Request, e: Exception) -> ProblemError:
+    def answer(request: web.Request, e: Exception) -> web.Response:
         if isinstance(e, ProblemError):
-            return e
+            return e.response()
         mapped = None if translate is None else translate(request, e)
         if mapped is not None:
-            return mapped
+            return mapped.response()
         if isinstance(e, web.HTTPException):
-            title = e.reason or "Error"
-            return ProblemError(e.status, title, title)
+            return http_exception_problem(e)
         log.error(event, path=request.path, error=type(e).__name__)
-        return ProblemError(500, "Internal Server Error", unanswerable)
+        return problem(500, "Internal Server Error", unanswerable)
 
     @web.middleware
     async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -80,7 +147,7 @@ def problems_middleware(
         except Exception as e:
             if isinstance(e, web.HTTPException) and e.status < 400:
                 raise
-            return answer(request, e).response()
+            return answer(request, e)
 
     return problems
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
+from agents.openapi import OPENAPI, document
 from keys import DEFAULT_LIMITS
 
 from . import samples
@@ -116,3 +118,16 @@ async def test_inbox_pages_with_a_cursor(mechanism: Mechanism) -> None:
             break
         cursor = f"&cursor={body['next_cursor']}"
     assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
+
+
+def test_the_served_openapi_document_states_this_agents_limits() -> None:
+    """`limit` and `recipients` are bounded as this agent bounds them, and building the
+    served document leaves the module's default one as it was."""
+    before = json.dumps(OPENAPI, sort_keys=True)
+    doc = document(max_page_size=7, max_recipients=3)
+    for path in ("/v1/referrals", "/v1/inbox"):
+        [limit] = [p for p in doc["paths"][path]["get"]["parameters"] if p["name"] == "limit"]
+        assert limit["schema"]["maximum"] == 7
+    post = doc["paths"]["/v1/referrals"]["post"]["requestBody"]["content"]["application/json"]
+    assert post["schema"]["properties"]["recipients"]["maxItems"] == 3
+    assert json.dumps(OPENAPI, sort_keys=True) == before

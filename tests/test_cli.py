@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -30,12 +31,22 @@ import pytest
 from click.testing import CliRunner, Result
 
 from keys import PublicIdentity
-from keys.directory import Directory, read_unverified_directory, read_unverified_root
+from keys.codec import canonical_json, to_b64
+from keys.directory import (
+    DIRECTORY_LABEL,
+    Directory,
+    read_unverified_directory,
+    read_unverified_root,
+)
+from keys.identity import ENCRYPTION_KID_LABEL, key_id, signing_kid
+from keys.keyfile import open_admin_key
 from keys.subjects import attachment_bucket, inbox_stream, inbox_subject, reply_prefix
 from nrm import admin
 from nrm.cli import main
 from runtime import clock
 from runtime.keydir import load_key_dir
+
+from .test_identity import WEAK_X25519_KEYS
 
 PASSPHRASE = "correct horse battery staple"
 ENV = {"NRM_PASSPHRASE": PASSPHRASE}
@@ -271,6 +282,46 @@ def test_add_agency_refuses_an_identity_from_before_the_rotation(work: Work) -> 
     result = nrm("directory", "add-agency", stale, "--dir", work.admin)
     assert result.exit_code != 0 and "already replaced" in result.output
     assert (work.admin / "directory.json").read_bytes() == draft
+
+
+def test_a_weak_encryption_key_is_refused_by_add_agency_sign_and_publish(work: Work) -> None:
+    """An identity with a small-order X25519 key is refused by `add-agency` (`weak-key`,
+    naming the agency); a draft edited by hand to hold one is refused by `sign` and, even
+    signed by a threshold of administrators, by `publish`: the draft stays as it was."""
+    weak = WEAK_X25519_KEYS["order 8 (b)"]
+    weak_kid, weak_b64 = key_id(ENCRYPTION_KID_LABEL, weak), to_b64(weak)
+    doc = json.loads(work.identity("shelter").read_bytes())
+    doc["encryption_key"] = {"kid": weak_kid, "x25519": weak_b64}
+    bad_identity = work.root / "weak-identity.json"
+    bad_identity.write_text(json.dumps(doc))
+    draft = (work.admin / "directory.json").read_bytes()
+    result = nrm("directory", "add-agency", bad_identity, "--roles", "ngo", "--dir", work.admin)
+    assert result.exit_code == 1, result.output
+    assert "refused (weak-key)" in result.output and "of shelter" in result.output
+    assert (work.admin / "directory.json").read_bytes() == draft
+
+    work.add("shelter", "ngo")
+    bare = json.loads((work.admin / "directory.json").read_bytes())  # unsigned after a change
+    bare["agencies"][0]["encryption_keys"][0].update(kid=weak_kid, public=weak_b64)
+    edited = canonical_json(bare)
+    (work.admin / "directory.json").write_bytes(edited)
+    result = nrm("directory", "sign", "--key", work.admin_key(1), "--dir", work.admin)
+    assert result.exit_code == 1 and "refused (weak-key)" in result.output, result.output
+    assert (work.admin / "directory.json").read_bytes() == edited
+
+    keys = [open_admin_key(work.admin_key(n).read_bytes(), passphrase=PASSPHRASE.encode())
+            for n in (1, 2)]  # fmt: skip
+    sigs = sorted(
+        (signing_kid(k.verify_key), k.sign(DIRECTORY_LABEL + b"\x00" + edited).signature)
+        for k in keys
+    )
+    threshold_signed = canonical_json(
+        {"signatures": [{"keyid": kid, "sig": to_b64(sig)} for kid, sig in sigs], "signed": bare}
+    )
+    (work.admin / "directory.json").write_bytes(threshold_signed)
+    # Refused before any connection: nothing listens on port 9.
+    result = nrm("directory", "publish", "--nats", "nats://127.0.0.1:9", "--dir", work.admin)
+    assert result.exit_code == 1 and "refused (weak-key)" in result.output, result.output
 
 
 def test_rotate_refuses_another_agencys_key_directory(work: Work) -> None:
@@ -614,7 +665,8 @@ async def owns_bucket(url: str, agency: str, *, seed: bytes) -> bool:
 def test_publish_to_a_bus_started_with_bus_up_reloads_its_authorization(
     work: Work, bus_up: BusUp, tmp_path: Path
 ) -> None:
-    """`bus up` starts secured from the signed directory (anonymous clients refused);
+    """`bus up` without --port, as the README shows it, starts secured from the signed
+    directory on a port of its choosing that it prints (anonymous clients refused);
     `directory publish` of a fully signed draft succeeds, and admitting shelter lets its
     NKey connect without a restart, its attachment bucket made before it could connect;
     SIGTERM stops the bus cleanly."""
@@ -623,15 +675,16 @@ def test_publish_to_a_bus_started_with_bus_up_reloads_its_authorization(
     work.sign(2)
     police = load_key_dir(work.keys("police"), passphrase=PASSPHRASE.encode())
     shelter = load_key_dir(work.keys("shelter"), passphrase=PASSPHRASE.encode())
-    port = free_port()
-    url = f"nats://127.0.0.1:{port}"
     process, out = bus_up.start(
-        "--store", tmp_path / "s", "--port", str(port),
+        "--store", tmp_path / "s",
         "--trust-root", work.admin / "root.1.json",
         "--directory", work.admin / "directory.json",
         "--operator-keys", work.admin / "operator",
     )  # fmt: skip
     assert "authorization from directory version" in out.read_text()
+    ready = re.search(r"NATS bus ready at (nats://127\.0\.0\.1:\d+);", out.read_text())
+    assert ready is not None, out.read_text()
+    url = ready[1]
     assert not asyncio.run(connects(url, seed=None))
     assert asyncio.run(connects(url, seed=police.nats_seed))
     assert not asyncio.run(connects(url, seed=shelter.nats_seed))

@@ -14,6 +14,7 @@ from nacl.signing import SigningKey
 
 from agents.consent import (
     CONSENT_LABEL,
+    CONSENT_TYPES,
     SCHEMA_PATH,
     ConsentInvalid,
     ConsentReceipt,
@@ -44,6 +45,8 @@ from keys.key_history import KeyWindow
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 DAY = 86_400
 RID = "0f8e5f0a-3c2d-4b7e-9a1f-2d3c4b5a6e7f"
+#: Directory names of the agencies, as the agent passes them to the Kantara export.
+NAMES = {"police": "Metropolitan Police", "shelter": "Safe Harbour Shelter"}
 
 
 def receipt_doc() -> dict[str, Any]:
@@ -573,7 +576,7 @@ def _kantara_errors(doc: dict[str, Any]) -> list[str]:
 def test_kantara_export_carries_every_required_field(receipt: ConsentReceipt) -> None:
     """The export validates against the CR 1.1 required fields and their types."""
     key = SigningKey.generate()
-    out = to_kantara(receipt, controller_public_key=bytes(key.verify_key))
+    out = to_kantara(receipt, controller_public_key=bytes(key.verify_key), agency_names=NAMES)
     assert _kantara_errors(out) == []
     assert out["consentTimestamp"] == T0
     assert out["consentReceiptID"] == RID
@@ -585,15 +588,53 @@ def test_kantara_export_carries_every_required_field(receipt: ConsentReceipt) ->
         ["contact", "needs", "language", "health"],
         ["identity", "exploitation", "case"],
     ]
-    assert purposes[0]["thirdPartyName"] == "shelter"
+    assert purposes[0]["thirdPartyName"] == "Safe Harbour Shelter"
+    assert purposes[1]["thirdPartyName"] == "any coordinator agency of the referral mechanism"
     json.dumps(out)  # plain JSON types only
+
+
+def test_kantara_third_parties_are_named_from_the_directory_or_else_by_id(
+    receipt: ConsentReceipt,
+) -> None:
+    """thirdPartyName gives each recipient agency's directory name; one the directory does
+    not list (removed, or no directory trusted now) keeps its id; controllers are not third
+    parties."""
+    doc = receipt_doc()
+    doc["purposes"][0]["recipients"] = ["shelter", "labour", "police"]
+    receipt = parse_receipt(doc)
+    named = to_kantara(receipt, controller_public_key=None, agency_names=NAMES)
+    assert named["services"][0]["purposes"][0]["thirdPartyName"] == "Safe Harbour Shelter, labour"
+    bare = to_kantara(receipt, controller_public_key=None, agency_names={})
+    assert bare["services"][0]["purposes"][0]["thirdPartyName"] == "shelter, labour"
+
+
+def test_kantara_consent_type_follows_the_lawful_basis() -> None:
+    """consentType is EXPLICIT only for a purpose resting on consent; every other basis of
+    the schema is named as the authority instead."""
+    schema = json.loads(SCHEMA_PATH.read_text())
+    bases = schema["$defs"]["purpose"]["properties"]["lawful_basis"]["enum"]
+    assert sorted(CONSENT_TYPES) == sorted(bases)
+    expected = {
+        "consent": "EXPLICIT",
+        "legal_obligation": "LEGAL_OBLIGATION",
+        "public_task": "PUBLIC_TASK",
+        "vital_interests": "VITAL_INTERESTS",
+        "child_protection": "CHILD_PROTECTION",
+    }
+    for basis, consent_type in expected.items():
+        doc = receipt_doc()
+        doc["purposes"][1]["lawful_basis"] = basis
+        out = to_kantara(parse_receipt(doc), controller_public_key=None, agency_names=NAMES)
+        purposes = out["services"][0]["purposes"]
+        assert [p["consentType"] for p in purposes] == ["EXPLICIT", consent_type], basis
+        assert _kantara_errors(out) == []
 
 
 def test_kantara_export_without_key_or_sensitive_data(receipt: ConsentReceipt) -> None:
     """Without a key publicKey is left out; with no sensitive data `sensitive` is false."""
     doc = receipt_doc()
     doc["sensitive_categories"] = []
-    out = to_kantara(parse_receipt(doc), controller_public_key=None)
+    out = to_kantara(parse_receipt(doc), controller_public_key=None, agency_names=NAMES)
     assert "publicKey" not in out
     assert out["sensitive"] is False and out["spiCat"] == []
     assert _kantara_errors(out) == []
@@ -601,7 +642,7 @@ def test_kantara_export_without_key_or_sensitive_data(receipt: ConsentReceipt) -
 
 def test_kantara_schema_catches_a_missing_field(receipt: ConsentReceipt) -> None:
     """The test schema is not vacuous: dropping a required field or mistyping one fails."""
-    out = to_kantara(receipt, controller_public_key=None)
+    out = to_kantara(receipt, controller_public_key=None, agency_names=NAMES)
     for name in ("consentReceiptID", "piiPrincipalId", "services", "sensitive"):
         assert _kantara_errors({k: v for k, v in out.items() if k != name})
     assert _kantara_errors({**out, "consentTimestamp": receipt.consent_time})

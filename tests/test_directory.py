@@ -7,6 +7,7 @@ import base64
 import json
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ from keys import (
     TrustStore,
     UnknownKeyError,
     UntrustedInputError,
+    WeakKeyError,
     encode_directory,
     encode_root,
     sign,
@@ -44,6 +46,8 @@ from keys.codec import canonical_json
 from keys.directory import DIRECTORY_LABEL, TrustFeed, directory_from_files
 from keys.identity import encryption_kid, signing_kid
 from keys.ledger_verify import LedgerVerificationError, verify_directory_history
+
+from .test_identity import WEAK_X25519_KEYS
 
 T0 = 1_767_225_600
 DAY = 24 * 3600
@@ -738,6 +742,55 @@ def test_agency_entry_checks_kids_roles_and_nats_key() -> None:
         AgencyEntry(
             "police", "P", ("police",), entry.signing_keys, entry.encryption_keys, "N" + "A" * 55
         )
+
+
+def _sign_raw(document: bytes, *keys: SigningKey) -> bytes:
+    """A signed file made without the directory code, which refuses what it cannot hold."""
+    sigs = [
+        {
+            "keyid": signing_kid(k.verify_key),
+            "sig": base64.b64encode(
+                k.sign(DIRECTORY_LABEL + b"\x00" + document).signature
+            ).decode(),
+        }
+        for k in keys
+    ]
+    sigs.sort(key=lambda s: s["keyid"])
+    return canonical_json({"signatures": sigs, "signed": json.loads(document)})
+
+
+@pytest.mark.parametrize("name", ["0", "order 8 (b)", "p - 1", "1, top bit set", "a real key + p"])
+def test_directory_with_a_weak_encryption_key_is_refused_as_a_whole(name: str) -> None:
+    """An agency entry cannot hold a small-order or non-canonical X25519 key (even a revoked
+    one); a correctly signed directory listing one is refused `weak-key` by the store and the
+    feed, and cannot be signed: nothing trusted changes."""
+    weak = WEAK_X25519_KEYS[name]
+    entry = agency("police", ("police",))
+    bad_key = replace(entry.encryption_keys[0], kid=encryption_kid_of(weak), public=weak)
+    with pytest.raises(WeakKeyError, match="of police"):
+        replace(entry, encryption_keys=(bad_key,))
+    revoked = replace(bad_key, status="revoked", revoked_at=T0, reason="weak")
+    with pytest.raises(WeakKeyError):
+        replace(entry, encryption_keys=(entry.encryption_keys[0], revoked))
+    doc = json.loads(V3)
+    police = next(a for a in doc["agencies"] if a["agency"] == "police")
+    police["encryption_keys"][0].update(
+        kid=encryption_kid_of(weak), public=base64.b64encode(weak).decode()
+    )
+    document = canonical_json(doc)
+    data = _sign_raw(document, ADMINS[0], ADMINS[1])
+    store = fresh_store()
+    before = snapshot(store)
+    with pytest.raises(WeakKeyError) as info:
+        store.update_directory(data, T0 + 1)
+    assert info.value.reason == "weak-key"
+    assert snapshot(store) == before
+    feed = TrustFeed(signed_by(encode_root(root_of(1, [0, 1, 2], 2)), *ADMINS[:2]))
+    offered = feed.offer("directory", data, now=T0 + 1)
+    assert offered.refused is not None and offered.refused.reason == "weak-key"
+    assert feed.store.directory is None
+    with pytest.raises(WeakKeyError):
+        sign(document, ADMINS[0])
 
 
 # --------------------------------------------------------------------------- fuzzing

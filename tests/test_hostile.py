@@ -785,6 +785,46 @@ async def test_ledger_endpoints_survive_fuzzed_requests(ledger_with_data: Any) -
     assert not failures, "\n".join(failures[:20])
 
 
+async def test_405_names_the_allowed_methods_and_huge_integers_are_a_named_400(
+    mechanism: Mechanism,
+) -> None:
+    """Agent and ledger: a method a route does not take is 405 problem+json with `Allow`
+    (RFC 9110 §15.5.6); a JSON body integer beyond ±(2^53 - 1), up to one of 5000 digits
+    (which Python's int() refuses outright), is a 400 problem naming the I-JSON limit."""
+    m = mechanism
+    ledger = m.sandbox.ledger
+    assert ledger is not None
+    agent = (m.api("police").base, m.setups["police"].token)
+    led = (ledger.url, m.sandbox.auditor_token)
+    for (base, token), method, path, allowed in (
+        (agent, "DELETE", "/v1/inbox", {"GET"}),
+        (agent, "PUT", "/v1/referrals", {"GET", "POST"}),
+        (led, "POST", "/v1/checkpoint", {"GET"}),
+        (led, "GET", "/v1/proofs", {"POST"}),
+    ):
+        auth = {"Authorization": f"Bearer {token}"}
+        async with m.http.request(method, base + path, headers=auth) as r:
+            assert r.status == 405 and r.content_type == "application/problem+json", path
+            assert {x.strip() for x in r.headers["Allow"].split(",")} - {"HEAD"} == allowed
+            assert (await r.json())["status"] == 405
+    limit = (1 << 53) - 1
+    for (base, token), path, template in (
+        (agent, "/v1/referrals", '{"recipients": ["shelter"], "referral": {"n": %s}}'),
+        (agent, "/v1/consents", '{"consent_id": %s}'),
+        (led, "/v1/proofs", '{"size": %s, "event_ids": []}'),
+    ):
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        for number in ("9" * 5000, "-" + "9" * 5000, str(limit + 1), str(-limit - 1)):
+            body = (template % number).encode()
+            async with m.http.post(base + path, data=body, headers=headers) as r:
+                assert r.status == 400, (path, number[:20], r.status)
+                assert r.content_type == "application/problem+json"
+                assert "2^53" in (await r.json())["detail"], path
+        # At the limit the number parses; what follows refuses it for its own reason.
+        async with m.http.post(base + path, data=(template % limit).encode(), headers=headers) as r:
+            assert r.status in (400, 404, 422) and "2^53" not in (await r.json())["detail"], path
+
+
 OVERSIZED = {
     "request line over 8190 bytes": ("/v1/inbox?cursor=" + "9" * 9000, {}),
     "header field over 8190 bytes": ("/v1/inbox", {"Idempotency-Key": "k" * 9000}),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from structlog import get_logger
@@ -11,6 +12,8 @@ from structlog import get_logger
 from runtime.http import (
     ProblemError,
     bearer_match,
+    http_exception_problem,
+    parse_json_body,
     problem,
     problems_middleware,
     token_digest,
@@ -95,3 +98,32 @@ async def test_the_problems_middleware_answers_every_error_with_problem_json() -
         "/crash": (500, "failed"),
         "/missing": (404, "Not Found"),
     }
+
+
+def test_json_bodies_are_bounded_to_i_json_integers() -> None:
+    """Integers up to ±(2^53 - 1) parse; beyond, up to 5000 digits, is a 400 naming the limit;
+    bad JSON, bad UTF-8 and deep nesting are 400s of their own."""
+    limit = (1 << 53) - 1
+    assert parse_json_body(b'{"a": [%d, %d, 0, -0]}' % (limit, -limit)) == {
+        "a": [limit, -limit, 0, 0]
+    }
+    assert parse_json_body(b"1.5e300") == 1.5e300
+    parsed = parse_json_body(b"[5.0, 5e0, -0.0, 2.5, 9007199254740991.0, 9007199254740992.0]")
+    assert parsed == [5, 5, 0, 2.5, limit, float(limit + 1)]
+    assert [type(x) for x in parsed] == [int, int, int, float, int, float]
+    for number in (b"9" * 5000, b"-" + b"9" * 5000, b"%d" % (limit + 1), b"%d" % (-limit - 1)):
+        with pytest.raises(ProblemError) as info:
+            parse_json_body(b'{"n": ' + number + b"}")
+        assert info.value.status == 400 and "2^53" in info.value.detail
+    for raw, words in ((b"{", "not valid JSON"), (b"\xff", "UTF-8"), (b"[" * 100_000, "nests")):
+        with pytest.raises(ProblemError) as info:
+            parse_json_body(raw)
+        assert info.value.status == 400 and words in info.value.detail, info.value.detail
+
+
+def test_an_http_error_keeps_its_allow_header_as_problem_json() -> None:
+    """A 405 rewritten as problem+json still says which methods are allowed."""
+    response = http_exception_problem(web.HTTPMethodNotAllowed("PUT", ["GET", "POST"]))
+    assert response.status == 405 and response.content_type == "application/problem+json"
+    assert response.headers["Allow"] == "GET,POST"
+    assert "Allow" not in http_exception_problem(web.HTTPNotFound()).headers

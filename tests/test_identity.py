@@ -6,11 +6,52 @@ import hashlib
 import json
 
 import pytest
-from nacl.public import PrivateKey
+from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey
 
-from keys import AgencyKeys, MalformedError, PublicIdentity, check_agency_id
-from keys.identity import encryption_kid, key_id, signing_kid
+from keys import (
+    AgencyKeys,
+    MalformedError,
+    PublicIdentity,
+    Recipient,
+    WeakKeyError,
+    check_agency_id,
+    check_encryption_key,
+    seal,
+)
+from keys.codec import to_b64
+from keys.identity import ENCRYPTION_KID_LABEL, encryption_kid, key_id, signing_kid
+
+_P = (1 << 255) - 19
+
+
+def _u(n: int, *, high_bit: bool = False) -> bytes:
+    raw = bytearray(n.to_bytes(32, "little"))
+    raw[31] |= 0x80 if high_bit else 0
+    return bytes(raw)
+
+
+#: The small-order X25519 points (cr.yp.to/ecdh.html "Which Curve25519 public keys are
+#: invalid"): 0 and 1, the two points of order 8, p - 1 (order 4) and the non-canonical
+#: p and p + 1 (0 and 1 again); each also with the top bit set, which X25519 ignores.
+_SMALL_ORDER = {
+    "0": 0,
+    "1": 1,
+    "order 8 (a)": 325606250916557431795983626356110631294008115727848805560023387167927233504,
+    "order 8 (b)": 39382357235489614581723060781553021112529911719440698176882885853963445705823,
+    "p - 1": _P - 1,
+    "p": _P,
+    "p + 1": _P + 1,
+}
+WEAK_X25519_KEYS: dict[str, bytes] = {
+    **{name: _u(n) for name, n in _SMALL_ORDER.items()},
+    **{f"{name}, top bit set": _u(n, high_bit=True) for name, n in _SMALL_ORDER.items()},
+    # Not of small order but not canonical: a real key's alias, u + p, or its top bit set.
+    "a real key + p": _u(int.from_bytes(bytes(PrivateKey(b"\x07" * 32).public_key), "little") + _P),
+    "a real key, top bit set": _u(
+        int.from_bytes(bytes(PrivateKey(b"\x07" * 32).public_key), "little"), high_bit=True
+    ),
+}
 
 SEED = bytes(range(32))
 KEYS = AgencyKeys(
@@ -109,3 +150,42 @@ def test_repr_hides_private_keys() -> None:
     text = repr(KEYS)
     assert SEED.hex() not in text
     assert KEYS.public.signing_kid in text
+
+
+@pytest.mark.parametrize("name", list(WEAK_X25519_KEYS))
+def test_weak_encryption_key_refused_when_an_identity_is_loaded(name: str) -> None:
+    """An identity file whose X25519 key is of small order or not canonical is refused as
+    `weak-key`, naming the agency (kid matching, so only the key itself is wrong)."""
+    weak = WEAK_X25519_KEYS[name]
+    doc = json.loads(KEYS.public.to_json())
+    doc["encryption_key"] = {"kid": key_id(ENCRYPTION_KID_LABEL, weak), "x25519": to_b64(weak)}
+    with pytest.raises(WeakKeyError, match="of police") as info:
+        PublicIdentity.from_json(json.dumps(doc))
+    assert info.value.reason == "weak-key"
+    with pytest.raises(WeakKeyError):
+        check_encryption_key(weak)
+
+
+def test_generated_and_fixed_keys_are_not_weak() -> None:
+    """Keys made by X25519 itself always pass; the check needs 32 bytes."""
+    for i in range(64):
+        public = bytes(PrivateKey(bytes([i]) * 32).public_key)
+        assert check_encryption_key(public) == public
+    assert PublicIdentity.from_json(KEYS.public.to_json()) == KEYS.public
+    with pytest.raises(ValueError):
+        check_encryption_key(b"\x09" * 31)
+
+
+def test_seal_refuses_a_small_order_recipient_by_name() -> None:
+    """Sealing to a small-order key raises `weak-key` naming the recipient, before any
+    work (libsodium would otherwise fail with an anonymous library error)."""
+    recipient = Recipient(agency="shelter", key=PublicKey(WEAK_X25519_KEYS["order 8 (a)"]))
+    with pytest.raises(WeakKeyError, match="of shelter"):
+        seal(
+            sender=KEYS,
+            recipients=[recipient],
+            kind="referral",
+            body=b"{}",
+            created=1_767_225_600,
+            expires=1_767_225_600 + 3600,
+        )

@@ -653,7 +653,8 @@ async def test_http_needs_a_token_documents_itself_and_refuses_bad_parameters(
     mechanism: Mechanism, ledger_with_data: LedgerAccess
 ) -> None:
     """Every /v1 route answers 401 problem+json without (or with a wrong) token; /openapi.json
-    is OpenAPI 3.1 listing the /v1 paths; bad query parameters answer 400 problem+json."""
+        is OpenAPI 3.1 listing the /v1 paths; bad query parameters answer 400 problem+json, a size
+    past the tree 404, sizes in the wrong order 422."""
     http, access = mechanism.http, ledger_with_data
     for path in V1_PATHS:
         for token in (None, "wrong-token"):
@@ -669,20 +670,29 @@ async def test_http_needs_a_token_documents_itself_and_refuses_bad_parameters(
         p.replace("{index}", "0").replace("{event_id}", "0" * 32).replace("{referral_id}", "0" * 32)
         for p in doc["paths"]
     }
-    bad = [
-        "/v1/entries?start=-1",
-        "/v1/entries",
-        "/v1/entries?start=abc",
-        "/v1/entries?start=0&end=100000",
-        "/v1/proof/consistency?first=5&second=2",
-        "/v1/proof/consistency?first=0&second=99999",
-        "/v1/events?limit=0",
-        "/v1/events?q=" + "x" * 65,
-        "/v1/entries/0/proof?size=0",
-    ]
-    for path in bad:
+    # 400: outside what the OpenAPI document allows; 404: a tree or entry the ledger does not
+    # have (yet); 422: two valid sizes in the wrong order.
+    refused = {
+        "/v1/entries?start=-1": 400,
+        "/v1/entries": 400,
+        "/v1/entries?start=abc": 400,
+        "/v1/entries?start=0&end=" + str(2**62 + 1): 400,
+        "/v1/events?limit=0": 400,
+        "/v1/events?q=" + "x" * 65: 400,
+        "/v1/entries/0/proof?size=0": 400,
+        "/v1/entries?start=99999": 404,
+        "/v1/proof/consistency?first=0&second=99999": 404,
+        "/v1/entries/0/proof?size=99999": 404,
+        "/v1/proof/consistency?first=5&second=2": 422,
+        "/v1/entries?start=3&end=2": 422,
+    }
+    for path, expected in refused.items():
         status, ctype, body = await get(http, access.url + path, access.token)
-        assert (status, ctype) == (400, "application/problem+json"), (path, status, body)
+        assert (status, ctype) == (expected, "application/problem+json"), (path, status, body)
+    # A range past the tree, or over 1000 entries, is cut short: the client goes on from there.
+    whole = await get_json(http, access.url + "/v1/entries?start=0&end=100000", access.token)
+    assert 0 < len(whole["items"]) <= 1000
+    assert [e["index"] for e in whole["items"]] == list(range(len(whole["items"])))
 
 
 async def post_proofs(
@@ -746,7 +756,7 @@ async def test_batched_proofs_verify_and_name_what_is_missing(
         (b'{"size": 1}', "application/json", 400),
         (b'{"size": 0, "event_ids": []}', "application/json", 400),
         (b'{"size": true, "event_ids": []}', "application/json", 400),
-        (b'{"size": 999999, "event_ids": []}', "application/json", 400),
+        (b'{"size": 999999, "event_ids": []}', "application/json", 404),  # past the tree
         (b'{"size": 1, "event_ids": ["not-hex"]}', "application/json", 400),
         (b'{"size": 1, "event_ids": [], "more": 1}', "application/json", 400),
         (json.dumps({"size": 1, "event_ids": ["0" * 32] * 257}).encode(), "application/json", 400),

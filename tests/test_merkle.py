@@ -283,14 +283,28 @@ def test_every_bit_of_a_consistency_proof_matters(first: int, second: int) -> No
 
 
 def test_consistency_edge_cases() -> None:
-    """Equal sizes need an empty proof and equal roots; size 0 is consistent with anything
-    given the empty root; a shrinking tree or an empty proof for a real extension is refused."""
+    """RFC 9162 at the edges: equal sizes (0 with 0 too) need an empty proof and equal roots;
+    size 0 is consistent with anything given the empty root and an empty proof; a shrinking
+    tree, a proof too long or too short, or an empty proof for a real extension is refused."""
     r5, r9 = TREE.root(5), TREE.root(9)
     verify_consistency(first=5, second=5, first_root=r5, second_root=r5, proof=[])
-    verify_consistency(first=0, second=9, first_root=TREE.root(0), second_root=r9, proof=[])
+    r0 = TREE.root(0)
+    verify_consistency(first=0, second=9, first_root=r0, second_root=r9, proof=[])
+    verify_consistency(first=0, second=0, first_root=r0, second_root=r0, proof=[])
     assert TREE.consistency_proof(0, 9) == [] and TREE.consistency_proof(9, 9) == []
+    assert TREE.consistency_proof(0, 0) == []
     cases: list[tuple[int, int, bytes, bytes, list[bytes]]] = [
         (5, 5, r5, r9, []),
+        (5, 5, r9, r5, []),
+        (0, 0, r0, r5, []),
+        (0, 0, r5, r0, []),
+        (0, 0, r5, r5, []),
+        (0, 0, r0, r0, [r0]),
+        (0, 9, r0, r9, [r9]),
+        (1, 1, LEAVES[0], LEAVES[0], [LEAVES[0]]),
+        (1, 2, LEAVES[0], TREE.root(2), []),
+        (1, 2, LEAVES[0], TREE.root(2), [LEAVES[1], LEAVES[1]]),
+        (4, 8, r5, TREE.root(8), TREE.consistency_proof(4, 8)),
         (5, 5, r5, r5, [r9]),
         (0, 9, r5, r9, []),
         (9, 5, r9, r5, TREE.consistency_proof(5, 9)),
@@ -318,6 +332,11 @@ def test_inclusion_edge_cases() -> None:
         (3, 10, LEAVES[3], [*proof, proof[0]], root),
         (3, 10, LEAVES[3], proof[:-1], root),
         (3, 10, LEAVES[3], [root] * 65, root),
+        (0, 1, LEAVES[0], [LEAVES[0]], LEAVES[0]),
+        (0, 1, LEAVES[0], [], LEAVES[1]),
+        (0, 2, LEAVES[0], [], TREE.root(2)),
+        (1, 2, LEAVES[1], [LEAVES[0], LEAVES[0]], TREE.root(2)),
+        (7, 8, LEAVES[7], TREE.inclusion_proof(7, 8)[:-1], TREE.root(8)),
     ]
     for index, size, leaf, p, r in bad:
         with pytest.raises(InclusionProofError) as info:

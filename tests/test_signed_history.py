@@ -168,6 +168,8 @@ async def test_consents_survive_two_rotations_and_a_readmission(mechanism: Mecha
             w.public for w in m.agents["police"].store.key_history("police") if w.kid == kid
         ]
         assert base64.b64decode(kantara["publicKey"]) == public
+        # The recipient by its directory name ("Shelter"), not its id (PROTOCOL.md §8.3).
+        assert kantara["services"][0]["purposes"][0]["thirdPartyName"] == "Shelter"
         code, out = consent_show(m, rid)
         assert code == 0, out
         assert f"key {kid}: an earlier key of this agency" in out

@@ -12,8 +12,10 @@ import nats
 import pytest
 from structlog.testing import capture_logs
 
-from keys import codec, seal
-from keys.directory import Directory, encode_directory, sign
+from keys import AgencyKeys, codec, seal
+from keys.codec import canonical_json, to_b64
+from keys.directory import DIRECTORY_LABEL, Directory, encode_directory, sign
+from keys.identity import ENCRYPTION_KID_LABEL, key_id, signing_kid
 from keys.keyfile import INTERACTIVE, open_admin_key
 from keys.subjects import DIRECTORY_KEY, inbox_subject, publish_id, reply_prefix
 from nrm import admin
@@ -23,6 +25,7 @@ from runtime.keydir import rotate_key_dir
 from . import samples
 from .support import AGENCIES, Mechanism, eventually, running_mechanism
 from .test_agent import connect_as, delivered, police_to_shelter, rows, sent_envelope
+from .test_identity import WEAK_X25519_KEYS
 
 REFERRAL = samples.referral()
 
@@ -59,6 +62,45 @@ def signed_by(m: Mechanism, directory: Directory, key_files: list[Path]) -> byte
     return data
 
 
+ORDER_8 = WEAK_X25519_KEYS["order 8 (a)"]
+
+
+def signed_with_weak_agency(m: Mechanism, directory: Directory, key_files: list[Path]) -> bytes:
+    """`directory` plus an agency `weak` whose encryption key is of order 8, correctly
+    signed. Built by hand: the directory code refuses to hold such a key at all."""
+    doc = codec.load_canonical(encode_directory(directory), "directory")
+    weak = AgencyKeys.generate(agency="weak", name="Weak").public
+    entry = {
+        "kid": key_id(ENCRYPTION_KID_LABEL, ORDER_8),
+        "public": to_b64(ORDER_8),
+        "valid_from": 0,
+        "valid_until": None,
+        "status": "active",
+        "revoked_at": None,
+        "reason": None,
+    }
+    signing = {**entry, "kid": weak.signing_kid, "public": to_b64(bytes(weak.signing_key))}
+    doc["agencies"].append(
+        {
+            "agency": "weak",
+            "name": "Weak",
+            "roles": ["ngo"],
+            "signing_keys": [signing],
+            "encryption_keys": [entry],
+            "nats_key": weak.nats_key,
+        }
+    )
+    doc["agencies"].sort(key=lambda a: a["agency"])
+    signed = canonical_json(doc)
+    signatures = []
+    for path in key_files:
+        key = open_admin_key(path.read_bytes(), passphrase=m.sandbox.admin_passphrase)
+        sig = key.sign(DIRECTORY_LABEL + b"\x00" + signed).signature
+        signatures.append({"keyid": signing_kid(key.verify_key), "sig": to_b64(sig)})
+    signatures.sort(key=lambda s: s["keyid"])
+    return canonical_json({"signatures": signatures, "signed": doc})
+
+
 async def test_agents_load_the_published_directory(m2of3: Mechanism) -> None:
     """Every agent holds the verified directory the administrators published."""
     for agency, _, _ in AGENCIES:
@@ -72,6 +114,7 @@ REFUSALS = [
     "expired: a correctly signed directory past its expiry",
     "tampered: a field of the signed part changed after signing",
     "not a directory: bytes that do not parse",
+    "weak key: correctly signed, but an agency's encryption key is of small order",
 ]
 
 
@@ -99,6 +142,8 @@ async def test_bad_directory_is_refused_and_nothing_changes(m2of3: Mechanism, ca
         good = signed_by(m, later, keys[:2]).decode()
         data, reason = good.replace('"Shelter"', '"Shelte2"').encode(), "bad-signature"
         assert data.decode() != good
+    elif case.startswith("weak key"):
+        data, reason = signed_with_weak_agency(m, later, keys[:2]), "weak-key"
     else:
         data, reason = b"\xff not json", "malformed"
     before = {a: trust(m, a)["directory_version"] for a in m.agents}
@@ -110,6 +155,14 @@ async def test_bad_directory_is_refused_and_nothing_changes(m2of3: Mechanism, ca
         # and the cached copy on disk did not change either
         cached = (m.setups[agency].home / "trust" / "directory.json").read_bytes()
         assert cached != data
+    if reason == "weak-key":
+        # A referral to the agency the refused directory would have admitted is a 422
+        # naming it, never an opaque 500.
+        status, body, ctype = await m.api("police").call(
+            "POST", "/v1/referrals", json={"recipients": ["weak"], "referral": REFERRAL}
+        )
+        assert (status, ctype) == (422, "application/problem+json"), body
+        assert "weak" in body["detail"]
 
 
 async def _version_is(m: Mechanism, version: int) -> bool:

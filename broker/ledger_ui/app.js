@@ -137,6 +137,10 @@
     if (path.some((p) => p.length !== 32) || firstRoot.length !== 32 || secondRoot.length !== 32) {
       throw new Error("a hash is not 32 bytes");
     }
+    if (first === 0) {
+      const empty = new Uint8Array(await crypto.subtle.digest("SHA-256", new Uint8Array(0)));
+      if (!equalBytes(firstRoot, empty)) throw new Error("size 0 with a root other than the empty tree's");
+    }
     if (first === second) {
       if (path.length) throw new Error("proof between equal sizes must be empty");
       if (!equalBytes(firstRoot, secondRoot)) throw new Error("same size, different root");
