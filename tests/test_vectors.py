@@ -63,6 +63,10 @@ def _opt(text: str) -> int | None:
     return None if text == "none" else int(text)
 
 
+#: Some valid X25519 public key for the sender's entry (the vectors never seal to it).
+_BOX = bytes(PrivateKey(bytes(range(1, 33))).public_key)
+
+
 def one_key_directory(fields: dict[str, str], agency: str, public: str) -> Directory:
     """A real directory (unsigned: the vector is about the key, not the directory) listing
     exactly one signing key of `agency` with the vector's validity fields."""
@@ -83,9 +87,7 @@ def one_key_directory(fields: dict[str, str], agency: str, public: str) -> Direc
                 reason="vector" if status == "revoked" else None,
             ),
         ),
-        encryption_keys=(
-            KeyEntry(key_id(ENCRYPTION_KID_LABEL, bytes(32)), bytes(32), 0, None, "active"),
-        ),
+        encryption_keys=(KeyEntry(key_id(ENCRYPTION_KID_LABEL, _BOX), _BOX, 0, None, "active"),),
         nats_key="U" + "A" * 55,
     )
     return Directory(version=1, expires=1 << 40, agencies=(entry,))
