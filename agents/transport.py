@@ -42,7 +42,7 @@ from keys.subjects import (
 )
 from runtime import clock
 from runtime.backoff import Backoff
-from runtime.supervisor import Supervisor
+from runtime.supervisor import Supervisor, pause, unless_stopping
 
 from .bus_link import BusLink, is_refusal
 from .presence import Presence
@@ -121,6 +121,8 @@ class Transport:
         )
         self._nc: Client | None = None
         self._wake = asyncio.Event()
+        #: Set by stop(): the loops' idle waits end at once (runtime.supervisor.unless_stopping).
+        self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
 
@@ -134,16 +136,23 @@ class Transport:
 
     async def start(self) -> None:
         self._running = True
+        self._stopping.clear()
         self._tasks = [self.supervisor.spawn(f"transport-{self.agency}", self._run)]
 
     async def stop(self) -> None:
-        """Let the loops finish their current step, then close the connection.
+        """Let the loops finish their current step, then close the connection. A loop that
+        is only waiting (for messages, an update, the link, a pause) stops at once.
 
         The loops watch `_running` as well as cancellation: nats-py can turn a cancelled
         fetch into a plain timeout, so cancellation alone is not a reliable stop signal.
         """
         self._running = False
+        self._stopping.set()
         self._wake.set()
+        if self.presence is not None:
+            self.presence.wake()
+        if self.attachments is not None:
+            self.attachments.wake()
         await self.supervisor.stop(self._tasks, grace_seconds=STOP_GRACE_SECONDS)
         self._tasks = []
         if self._nc is not None:
@@ -211,7 +220,7 @@ class Transport:
                 self.log.warning("bus_unreachable", error=type(e).__name__)
                 if is_refusal(e):
                     self.on_auth_refused(seed)
-                await asyncio.sleep(1.0)
+                await pause(1.0, self._stopping)
         return None
 
     async def _on_error(self, e: Exception, seed: bytes | None) -> None:
@@ -234,11 +243,13 @@ class Transport:
         _raise_if_cancelled()
         if self.link.connected:
             self.log.warning(event, error=type(error).__name__)
-            await asyncio.sleep(seconds)
+            await pause(seconds, self._stopping)
             return
         while self._running and not self.link.connected:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.link.up.wait(), timeout=1.0)
+                await unless_stopping(
+                    asyncio.wait_for(self.link.up.wait(), timeout=1.0), self._stopping
+                )
 
     # --- outbox -> bus --------------------------------------------------------------------
 
@@ -249,7 +260,9 @@ class Transport:
             events = self.store.pending_audit(self.limits.batch_size)
             if not self.link.connected:  # nothing is attempted while the link is down
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.link.up.wait(), timeout=1.0)
+                    await unless_stopping(
+                        asyncio.wait_for(self.link.up.wait(), timeout=1.0), self._stopping
+                    )
                 continue
             if not batch and not events:
                 self._wake.clear()
@@ -261,7 +274,7 @@ class Transport:
             if not failed:
                 failed = not await self._publish_audit(js, events)
             if failed:
-                await asyncio.sleep(delay)
+                await pause(delay, self._stopping)
                 delay = min(delay * 2, self.limits.retry_max_seconds)
             else:
                 delay = self.limits.retry_initial_seconds
@@ -410,10 +423,14 @@ class Transport:
         while self._running and (self.presence is None or self.presence.held):
             if not self.ready.is_set():  # e.g. the agency has no usable key (standing.py)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.ready.wait(), timeout=1.0)
+                    await unless_stopping(
+                        asyncio.wait_for(self.ready.wait(), timeout=1.0), self._stopping
+                    )
                 continue
             try:
-                msgs: list[Msg] = await sub.fetch(self.limits.batch_size, timeout=1.0)
+                msgs: list[Msg] = await unless_stopping(
+                    sub.fetch(self.limits.batch_size, timeout=1.0), self._stopping
+                )
             except (nats.errors.TimeoutError, TimeoutError):
                 _raise_if_cancelled()  # nats-py turns a cancelled fetch into a timeout
                 continue
@@ -426,7 +443,7 @@ class Transport:
             except (sqlite3.Error, OSError) as e:
                 # Nothing of the batch is acked: the bus redelivers it after ack_wait.
                 self.log.error("inbox_commit_failed", error=type(e).__name__, messages=len(msgs))
-                await asyncio.sleep(1.0)
+                await pause(1.0, self._stopping)
                 continue
             self.after_commit()
             for msg, verdict in verdicts:
@@ -478,7 +495,10 @@ class Transport:
                 try:
                     while self._running:
                         try:
-                            entry = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
+                            entry = await unless_stopping(
+                                watcher.updates(timeout=1.0),  # type: ignore[no-untyped-call]
+                                self._stopping,
+                            )
                         except (nats.errors.TimeoutError, TimeoutError):
                             _raise_if_cancelled()
                             continue
