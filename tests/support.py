@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import os
 import re
 import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,7 +21,9 @@ from aiohttp import web
 
 from agents import Agent
 from broker import NatsServer
+from nrm.admin import AdminFolder
 from nrm.sandbox import AgencySetup, Sandbox, prepare_mechanism
+from runtime import clock
 
 AGENCIES = [
     ("police", "Police", "police"),
@@ -105,7 +110,7 @@ class Mechanism:
     async def create(
         cls, root: Path, http: aiohttp.ClientSession, *, admins: int = 1, threshold: int = 1
     ) -> Mechanism:
-        sandbox = prepare_mechanism(root, AGENCIES, admins=admins, threshold=threshold)
+        sandbox = prepared_mechanism(root, admins=admins, threshold=threshold)
         await sandbox.start_bus()
         await sandbox.start_ledger(checkpoint_interval=0.5)
         sandbox.write_agent_configs(limits=TEST_LIMITS, ledger_missing_after=5)
@@ -149,6 +154,45 @@ class Mechanism:
 
     def database(self, agency: str) -> Path:
         return self.setups[agency].home / "agent.db"
+
+
+#: (admins, threshold) -> a mechanism prepared once per session, never started: the template
+#: `prepared_mechanism` copies.
+_TEMPLATES: dict[tuple[int, int], Sandbox] = {}
+_TEMPLATE_DIR: list[tempfile.TemporaryDirectory[str]] = []
+
+
+def prepared_mechanism(root: Path, *, admins: int, threshold: int) -> Sandbox:
+    """What `prepare_mechanism(root, AGENCIES, ...)` makes (keys, signed directory draft),
+    as a copy in `root` of a template made once per session: the test gets files of its own,
+    without paying again for the Argon2 encryption of every key file. Keys, passphrases and
+    tokens are those of the template; timestamps are the template's (minutes old at most).
+    Under a moved clock (`clock.ENV` set) the mechanism is prepared afresh, on that clock."""
+    if os.environ.get(clock.ENV):
+        return prepare_mechanism(root, AGENCIES, admins=admins, threshold=threshold)
+    template = _TEMPLATES.get((admins, threshold))
+    if template is None:
+        if not _TEMPLATE_DIR:
+            _TEMPLATE_DIR.append(tempfile.TemporaryDirectory(prefix="nrm-mechanism-templates-"))
+        folder = Path(_TEMPLATE_DIR[0].name) / f"{admins}-of-{threshold}"
+        template = prepare_mechanism(folder, AGENCIES, admins=admins, threshold=threshold)
+        _TEMPLATES[(admins, threshold)] = template
+    shutil.copytree(template.root, root, symlinks=True, dirs_exist_ok=True)
+    agencies = {
+        agency: dataclasses.replace(
+            setup,
+            home=root / setup.home.name,
+            config_path=root / setup.home.name / setup.config_path.name,
+        )
+        for agency, setup in template.agencies.items()
+    }
+    return Sandbox(
+        root,
+        AdminFolder(root / template.admin.path.name),
+        template.admin_passphrase,
+        agencies,
+        auditor_token=template.auditor_token,
+    )
 
 
 @contextlib.asynccontextmanager
