@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import nacl.pwhash.argon2id
 from aiohttp import web
 
 from agents import Agent
 from broker import NatsServer
+from keys.keyfile import KdfCost
 from nrm.admin import AdminFolder
 from nrm.sandbox import AgencySetup, Sandbox, prepare_mechanism
 from runtime import clock
@@ -36,6 +38,11 @@ TEST_LIMITS = {
     "retry_max_seconds": 0.5,
     "timer_interval_seconds": 0.25,
 }
+#: The Argon2id cost of the key files of `prepared_mechanism`: libsodium's minimum. Every
+#: agent, ledger and bus start decrypts a key file (seven per mechanism, ~0.13 s each at
+#: INTERACTIVE); the cost is stored in each file (keys/keyfile.py), so the code that reads
+#: them is the same. tests/test_keyfile.py tests the real profiles.
+TEST_KDF = KdfCost(nacl.pwhash.argon2id.OPSLIMIT_MIN, nacl.pwhash.argon2id.MEMLIMIT_MIN)
 #: For the escalation test only: elsewhere a slow run must not escalate mid-test.
 ESCALATING_LIMITS = {
     **TEST_LIMITS,
@@ -169,13 +176,15 @@ def prepared_mechanism(root: Path, *, admins: int, threshold: int) -> Sandbox:
     tokens are those of the template; timestamps are the template's (minutes old at most).
     Under a moved clock (`clock.ENV` set) the mechanism is prepared afresh, on that clock."""
     if os.environ.get(clock.ENV):
-        return prepare_mechanism(root, AGENCIES, admins=admins, threshold=threshold)
+        return prepare_mechanism(root, AGENCIES, admins=admins, threshold=threshold, cost=TEST_KDF)
     template = _TEMPLATES.get((admins, threshold))
     if template is None:
         if not _TEMPLATE_DIR:
             _TEMPLATE_DIR.append(tempfile.TemporaryDirectory(prefix="nrm-mechanism-templates-"))
         folder = Path(_TEMPLATE_DIR[0].name) / f"{admins}-of-{threshold}"
-        template = prepare_mechanism(folder, AGENCIES, admins=admins, threshold=threshold)
+        template = prepare_mechanism(
+            folder, AGENCIES, admins=admins, threshold=threshold, cost=TEST_KDF
+        )
         _TEMPLATES[(admins, threshold)] = template
     shutil.copytree(template.root, root, symlinks=True, dirs_exist_ok=True)
     agencies = {
