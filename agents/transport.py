@@ -199,24 +199,36 @@ class Transport:
             await self._on_error(e, seed)
 
         while self._running:
+            nc = Client()
             try:
-                self._nc = await nats.connect(
-                    servers=list(self.urls),
-                    name=f"nrm-agent-{self.agency}",
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0,  # the link's back-off paces attempts (bus_link.py)
-                    connect_timeout=2,
-                    inbox_prefix=reply_prefix(self.agency),
-                    nkeys_seed_str=None if self.nats_seed is None else self.nats_seed.decode(),
-                    error_cb=on_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
+                # nats-py retries until connected, waiting out the link's back-off in
+                # on_error between attempts: that is an idle wait stop() ends at once.
+                await unless_stopping(
+                    nc.connect(
+                        servers=list(self.urls),
+                        name=f"nrm-agent-{self.agency}",
+                        allow_reconnect=True,
+                        max_reconnect_attempts=-1,
+                        reconnect_time_wait=0,  # the link's back-off paces attempts (bus_link.py)
+                        connect_timeout=2,
+                        inbox_prefix=reply_prefix(self.agency),
+                        nkeys_seed_str=None if self.nats_seed is None else self.nats_seed.decode(),
+                        error_cb=on_error,
+                        disconnected_cb=self._on_disconnected,
+                        reconnected_cb=self._on_reconnected,
+                    ),
+                    self._stopping,
                 )
+                self._nc = nc
                 self.link.on_connected()
-                return self._nc
+                return nc
             except TRANSIENT as e:
                 _raise_if_cancelled()
+                with contextlib.suppress(*TRANSIENT):
+                    # whatever the unfinished attempt left open (bounded, as in stop())
+                    await asyncio.wait_for(nc.close(), timeout=5)
+                if not self._running:
+                    return None
                 self.log.warning("bus_unreachable", error=type(e).__name__)
                 if is_refusal(e):
                     self.on_auth_refused(seed)
