@@ -51,8 +51,6 @@ DUPLICATE = "duplicate-instance"
 RENEWING = "renewing"
 #: Renewals per TTL.
 RENEWALS_PER_TTL = 4
-#: How often a waiting lease loop looks whether its owner is stopping.
-STOP_POLL_SECONDS = 0.25
 #: How long to wait before asking again when the bus is not answering.
 RETRY_SECONDS = 1.0
 
@@ -104,6 +102,7 @@ class Presence:
         self._sent_at = 0.0  # monotonic time just before the write that made _revision
         self._ttl: float | None = None
         self._changed = asyncio.Event()
+        self._wake = asyncio.Event()
         self._was_held = False  # held at some point by this run
 
     @property
@@ -113,6 +112,12 @@ class Presence:
         if self._revision is None or self._ttl is None:
             return False
         return time.monotonic() < self._sent_at + self._ttl - self._ttl / RENEWALS_PER_TTL
+
+    def wake(self) -> None:
+        """End the loops' current waits at once: the owner calls it when `running()` has
+        turned false, so that stopping does not wait for the next renewal."""
+        self._wake.set()
+        self._changed.set()
 
     async def wait_held(self, running: Callable[[], bool]) -> bool:
         """Wait until this instance holds the lease (True) or `running()` turns false."""
@@ -156,10 +161,12 @@ class Presence:
                 _raise_if_cancelled()
                 self.log.warning("lease_unavailable", error=type(e).__name__)
             self._changed.set()
-            deadline = time.monotonic() + self._interval()
-            # The stop signal is the owner's `running()` (the transport's flag), not an event.
-            while running() and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(min(STOP_POLL_SECONDS, deadline - time.monotonic()))
+            # Until the next round; the owner's wake() on stopping ends it at once (the
+            # stop signal itself is `running()`, checked after the event is cleared).
+            self._wake.clear()
+            if running():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._interval())
         if self.releasing and kv is not None and self._revision is not None:
             try:
                 await kv.delete(self._key, last=self._revision)

@@ -45,7 +45,7 @@ from keys.subjects import (
 from runtime import clock
 from runtime.backoff import Backoff
 from runtime.jetstream import erase_message
-from runtime.supervisor import Supervisor
+from runtime.supervisor import Supervisor, pause, unless_stopping
 
 from .bus_link import BusLink, is_refusal
 from .presence import Presence
@@ -131,6 +131,8 @@ class Transport:
         )
         self._nc: Client | None = None
         self._wake = asyncio.Event()
+        #: Set by stop(): the loops' idle waits end at once (runtime.supervisor.unless_stopping).
+        self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
 
@@ -144,16 +146,23 @@ class Transport:
 
     async def start(self) -> None:
         self._running = True
+        self._stopping.clear()
         self._tasks = [self.supervisor.spawn(f"transport-{self.agency}", self._run)]
 
     async def stop(self) -> None:
-        """Let the loops finish their current step, then close the connection.
+        """Let the loops finish their current step, then close the connection. A loop that
+        is only waiting (for messages, an update, the link, a pause) stops at once.
 
         The loops watch `_running` as well as cancellation: nats-py can turn a cancelled
         fetch into a plain timeout, so cancellation alone is not a reliable stop signal.
         """
         self._running = False
+        self._stopping.set()
         self._wake.set()
+        if self.presence is not None:
+            self.presence.wake()
+        if self.attachments is not None:
+            self.attachments.wake()
         await self.supervisor.stop(self._tasks, grace_seconds=STOP_GRACE_SECONDS)
         self._tasks = []
         if self._nc is not None:
@@ -200,28 +209,40 @@ class Transport:
             await self._on_error(e, seed)
 
         while self._running:
+            nc = Client()
             try:
-                self._nc = await nats.connect(
-                    servers=list(self.urls),
-                    name=f"nrm-agent-{self.agency}",
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0,  # the link's back-off paces attempts (bus_link.py)
-                    connect_timeout=2,
-                    inbox_prefix=reply_prefix(self.agency),
-                    nkeys_seed_str=None if self.nats_seed is None else self.nats_seed.decode(),
-                    error_cb=on_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
+                # nats-py retries until connected, waiting out the link's back-off in
+                # on_error between attempts: that is an idle wait stop() ends at once.
+                await unless_stopping(
+                    nc.connect(
+                        servers=list(self.urls),
+                        name=f"nrm-agent-{self.agency}",
+                        allow_reconnect=True,
+                        max_reconnect_attempts=-1,
+                        reconnect_time_wait=0,  # the link's back-off paces attempts (bus_link.py)
+                        connect_timeout=2,
+                        inbox_prefix=reply_prefix(self.agency),
+                        nkeys_seed_str=None if self.nats_seed is None else self.nats_seed.decode(),
+                        error_cb=on_error,
+                        disconnected_cb=self._on_disconnected,
+                        reconnected_cb=self._on_reconnected,
+                    ),
+                    self._stopping,
                 )
+                self._nc = nc
                 self.link.on_connected()
-                return self._nc
+                return nc
             except TRANSIENT as e:
                 _raise_if_cancelled()
+                with contextlib.suppress(*TRANSIENT):
+                    # whatever the unfinished attempt left open (bounded, as in stop())
+                    await asyncio.wait_for(nc.close(), timeout=5)
+                if not self._running:
+                    return None
                 self.log.warning("bus_unreachable", error=type(e).__name__)
                 if is_refusal(e):
                     self.on_auth_refused(seed)
-                await asyncio.sleep(1.0)
+                await pause(1.0, self._stopping)
         return None
 
     async def _on_error(self, e: Exception, seed: bytes | None) -> None:
@@ -244,11 +265,13 @@ class Transport:
         _raise_if_cancelled()
         if self.link.connected:
             self.log.warning(event, error=type(error).__name__)
-            await asyncio.sleep(seconds)
+            await pause(seconds, self._stopping)
             return
         while self._running and not self.link.connected:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.link.up.wait(), timeout=1.0)
+                await unless_stopping(
+                    asyncio.wait_for(self.link.up.wait(), timeout=1.0), self._stopping
+                )
 
     # --- outbox -> bus --------------------------------------------------------------------
 
@@ -259,7 +282,9 @@ class Transport:
             events = self.store.pending_audit(self.limits.batch_size)
             if not self.link.connected:  # nothing is attempted while the link is down
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.link.up.wait(), timeout=1.0)
+                    await unless_stopping(
+                        asyncio.wait_for(self.link.up.wait(), timeout=1.0), self._stopping
+                    )
                 continue
             if not batch and not events:
                 self._wake.clear()
@@ -271,7 +296,7 @@ class Transport:
             if not failed:
                 failed = not await self._publish_audit(js, events)
             if failed:
-                await asyncio.sleep(delay)
+                await pause(delay, self._stopping)
                 delay = min(delay * 2, self.limits.retry_max_seconds)
             else:
                 delay = self.limits.retry_initial_seconds
@@ -420,10 +445,14 @@ class Transport:
         while self._running and (self.presence is None or self.presence.held):
             if not self.ready.is_set():  # e.g. the agency has no usable key (standing.py)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.ready.wait(), timeout=1.0)
+                    await unless_stopping(
+                        asyncio.wait_for(self.ready.wait(), timeout=1.0), self._stopping
+                    )
                 continue
             try:
-                msgs: list[Msg] = await sub.fetch(self.limits.batch_size, timeout=1.0)
+                msgs: list[Msg] = await unless_stopping(
+                    sub.fetch(self.limits.batch_size, timeout=1.0), self._stopping
+                )
             except (nats.errors.TimeoutError, TimeoutError):
                 _raise_if_cancelled()  # nats-py turns a cancelled fetch into a timeout
                 continue
@@ -436,7 +465,7 @@ class Transport:
             except (sqlite3.Error, OSError) as e:
                 # Nothing of the batch is acked: the bus redelivers it after ack_wait.
                 self.log.error("inbox_commit_failed", error=type(e).__name__, messages=len(msgs))
-                await asyncio.sleep(1.0)
+                await pause(1.0, self._stopping)
                 continue
             self.after_commit()
             # Committed and on disk: nothing of what it is done with stays on the bus.
@@ -520,7 +549,10 @@ class Transport:
                 try:
                     while self._running:
                         try:
-                            entry = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
+                            entry = await unless_stopping(
+                                watcher.updates(timeout=1.0),  # type: ignore[no-untyped-call]
+                                self._stopping,
+                            )
                         except (nats.errors.TimeoutError, TimeoutError):
                             _raise_if_cancelled()
                             continue

@@ -34,7 +34,7 @@ from keys.subjects import AUDIT_STREAM, AUDIT_SUBJECTS
 from runtime import clock
 from runtime.config import ConfigError, Table, bind_address, days, load_toml, path_in
 from runtime.keydir import load_key_dir, read_passphrase
-from runtime.supervisor import Supervisor
+from runtime.supervisor import Supervisor, pause, unless_stopping
 
 from .follower import TRANSIENT, DirectoryFollower
 from .ledger_migrate import migrate_legacy
@@ -175,6 +175,8 @@ class Ledger:
         if self.directory is not None:
             log.info("ledger_directory_restored", directory_version=self.directory.version)
         self._running = False
+        #: Set by stop(): the loops' idle waits end at once (runtime.supervisor.unless_stopping).
+        self._stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self._nc: Any = None
@@ -209,6 +211,7 @@ class Ledger:
         from .ledger_http import make_app
 
         self._running = True
+        self._stopping.clear()
         self.checkpoint()
         await self.follower.start()
         self._runner = web.AppRunner(make_app(self), access_log=None)
@@ -224,6 +227,7 @@ class Ledger:
 
     async def _stop(self, *, checkpoint: bool) -> None:
         self._running = False
+        self._stopping.set()  # the loops' idle waits end at once
         await self.follower.stop()
         await self.supervisor.stop(grace_seconds=3.0)  # the consumer finishes its batch
         if self._runner is not None:
@@ -316,8 +320,9 @@ class Ledger:
 
     async def _checkpoints(self) -> None:
         while self._running:
-            await asyncio.sleep(self.config.checkpoint_interval_seconds)
-            self.checkpoint()
+            await pause(self.config.checkpoint_interval_seconds, self._stopping)
+            if self._running:
+                self.checkpoint()
 
     async def _consume(self) -> None:
         assert self.operator.nats_seed is not None
@@ -339,7 +344,7 @@ class Ledger:
                 )
             except TRANSIENT as e:
                 log.warning("ledger_bus_unreachable", error=type(e).__name__)
-                await asyncio.sleep(1.0)
+                await pause(1.0, self._stopping)
                 continue
             try:
                 js = nc.jetstream()
@@ -355,7 +360,9 @@ class Ledger:
                     log.info("ledger_replaying_audit_stream")
                 while self._running:
                     try:
-                        msgs: list[Msg] = await sub.fetch(256, timeout=1.0)
+                        msgs: list[Msg] = await unless_stopping(
+                            sub.fetch(256, timeout=1.0), self._stopping
+                        )
                     except (nats.errors.TimeoutError, TimeoutError):
                         continue
                     verdicts = self.append([(msg.data, _stored_at(msg)) for msg in msgs])
@@ -367,7 +374,7 @@ class Ledger:
                             await msg.ack()
             except TRANSIENT as e:
                 log.warning("ledger_consumer_interrupted", error=type(e).__name__)
-                await asyncio.sleep(0.5)
+                await pause(0.5, self._stopping)
             finally:
                 with contextlib.suppress(*TRANSIENT):
                     await nc.close()

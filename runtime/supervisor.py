@@ -11,15 +11,19 @@ capped, jittered delay (runtime/backoff.py); the reason stays while it waits.
 
 `stop(...)` tells nothing to the loops (their owner sets its own flags first), gives them
 `grace_seconds` to finish their step, cancels the late ones and awaits all of them; it always
-finishes, and never swallows the caller's own cancellation.
+finishes, and never swallows the caller's own cancellation. So that the grace is only ever
+spent on a step that has begun, a loop's idle waits (for messages, an update, a wake-up, a
+pause) go through `unless_stopping` / `pause` with the owner's stop event: stopping ends
+them at once instead of when they run out.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Iterable
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 import structlog
 
@@ -31,6 +35,8 @@ log = structlog.get_logger("nrm.supervisor")
 TASK_DIED: Final = "task-died"
 
 Loop = Callable[[], Coroutine[Any, Any, None]]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +141,31 @@ async def stop_tasks(tasks: Iterable[asyncio.Task[None]], *, grace_seconds: floa
     for task, result in zip(chosen, results, strict=True):
         if isinstance(result, Exception):
             log.error("task_failed", task=task.get_name(), error=_type_of(result))
+
+
+async def unless_stopping(aw: Awaitable[T], stopping: asyncio.Event) -> T:
+    """`aw`'s result, unless `stopping` is set first: then `aw` is cancelled (it must be an
+    idle wait, with nothing begun that cancelling would cut short) and TimeoutError is raised,
+    as when such a wait runs out, so the loop goes round and sees that it is to stop. The
+    caller's own cancellation cancels `aw` too and is re-raised."""
+    work = asyncio.ensure_future(aw)
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait((work, stop), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.wait((work,))
+    if work.cancelled():
+        raise TimeoutError("stopping")
+    return work.result()
+
+
+async def pause(seconds: float, stopping: asyncio.Event) -> None:
+    """Sleep `seconds`, or less if `stopping` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), timeout=seconds)
 
 
 def _type_of(e: BaseException) -> str:

@@ -55,10 +55,14 @@ class LedgerAccess:
 
 @pytest.fixture
 async def ledger_with_data(mechanism: Mechanism) -> AsyncIterator[LedgerAccess]:
-    """A ledger holding the events of a real exchange: six referrals (two urgent) from
-    police to the shelter, one to the co-ordinator, and one envelope the shelter rejected;
-    every agent has proved its events are included."""
-    m = mechanism
+    """A ledger holding the events of a real exchange (`fill_ledger`)."""
+    yield await fill_ledger(mechanism)
+
+
+async def fill_ledger(m: Mechanism) -> LedgerAccess:
+    """Fill the ledger of `m` with the events of a real exchange: six referrals (two urgent)
+    from police to the shelter, one to the co-ordinator, and one envelope the shelter
+    rejected; every agent has proved its events are included. Returns how to reach it."""
     ids = []
     for n in range(6):
         referral = samples.referral(urgency="urgent" if n < 2 else "routine")
@@ -85,4 +89,4 @@ async def ledger_with_data(mechanism: Mechanism) -> AsyncIterator[LedgerAccess]:
     await eventually(confirmed, what="every event in the ledger and confirmed")
     assert m.sandbox.ledger is not None
     m.sandbox.ledger.checkpoint()
-    yield LedgerAccess(m.sandbox.ledger.url, m.sandbox.auditor_token)
+    return LedgerAccess(m.sandbox.ledger.url, m.sandbox.auditor_token)

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import re
 import shutil
 import sqlite3
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import nacl.pwhash.argon2id
 from aiohttp import web
 
 from agents import Agent
 from broker import NatsServer
 from keys import AgencyKeys, seal
+from keys.keyfile import KdfCost
+from nrm.admin import AdminFolder
 from nrm.sandbox import AgencySetup, Sandbox, prepare_mechanism
 from runtime import clock
 from runtime.keydir import load_key_dir
@@ -33,6 +39,11 @@ TEST_LIMITS = {
     "retry_max_seconds": 0.5,
     "timer_interval_seconds": 0.25,
 }
+#: The Argon2id cost of the key files of `prepared_mechanism`: libsodium's minimum. Every
+#: agent, ledger and bus start decrypts a key file (seven per mechanism, ~0.13 s each at
+#: INTERACTIVE); the cost is stored in each file (keys/keyfile.py), so the code that reads
+#: them is the same. tests/test_keyfile.py tests the real profiles.
+TEST_KDF = KdfCost(nacl.pwhash.argon2id.OPSLIMIT_MIN, nacl.pwhash.argon2id.MEMLIMIT_MIN)
 #: For the escalation test only: elsewhere a slow run must not escalate mid-test.
 ESCALATING_LIMITS = {
     **TEST_LIMITS,
@@ -103,7 +114,7 @@ class Mechanism:
     async def create(
         cls, root: Path, http: aiohttp.ClientSession, *, admins: int = 1, threshold: int = 1
     ) -> Mechanism:
-        sandbox = prepare_mechanism(root, AGENCIES, admins=admins, threshold=threshold)
+        sandbox = prepared_mechanism(root, admins=admins, threshold=threshold)
         await sandbox.start_bus()
         await sandbox.start_ledger(checkpoint_interval=0.5)
         sandbox.write_agent_configs(limits=TEST_LIMITS, ledger_missing_after=5)
@@ -147,6 +158,47 @@ class Mechanism:
 
     def database(self, agency: str) -> Path:
         return self.setups[agency].home / "agent.db"
+
+
+#: (admins, threshold) -> a mechanism prepared once per session, never started: the template
+#: `prepared_mechanism` copies.
+_TEMPLATES: dict[tuple[int, int], Sandbox] = {}
+_TEMPLATE_DIR: list[tempfile.TemporaryDirectory[str]] = []
+
+
+def prepared_mechanism(root: Path, *, admins: int, threshold: int) -> Sandbox:
+    """What `prepare_mechanism(root, AGENCIES, ...)` makes (keys, signed directory draft),
+    as a copy in `root` of a template made once per session: the test gets files of its own,
+    without paying again for the Argon2 encryption of every key file. Keys, passphrases and
+    tokens are those of the template; timestamps are the template's (minutes old at most).
+    Under a moved clock (`clock.ENV` set) the mechanism is prepared afresh, on that clock."""
+    if os.environ.get(clock.ENV):
+        return prepare_mechanism(root, AGENCIES, admins=admins, threshold=threshold, cost=TEST_KDF)
+    template = _TEMPLATES.get((admins, threshold))
+    if template is None:
+        if not _TEMPLATE_DIR:
+            _TEMPLATE_DIR.append(tempfile.TemporaryDirectory(prefix="nrm-mechanism-templates-"))
+        folder = Path(_TEMPLATE_DIR[0].name) / f"{admins}-of-{threshold}"
+        template = prepare_mechanism(
+            folder, AGENCIES, admins=admins, threshold=threshold, cost=TEST_KDF
+        )
+        _TEMPLATES[(admins, threshold)] = template
+    shutil.copytree(template.root, root, symlinks=True, dirs_exist_ok=True)
+    agencies = {
+        agency: dataclasses.replace(
+            setup,
+            home=root / setup.home.name,
+            config_path=root / setup.home.name / setup.config_path.name,
+        )
+        for agency, setup in template.agencies.items()
+    }
+    return Sandbox(
+        root,
+        AdminFolder(root / template.admin.path.name),
+        template.admin_passphrase,
+        agencies,
+        auditor_token=template.auditor_token,
+    )
 
 
 @contextlib.asynccontextmanager

@@ -11,13 +11,14 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 from click.testing import CliRunner
 from nacl.signing import SigningKey
 from structlog.testing import capture_logs
@@ -36,8 +37,8 @@ from nrm.sandbox import LEDGER_NAME
 from runtime.keydir import load_key_dir
 
 from . import samples
-from .conftest import LedgerAccess
-from .support import AGENCIES, Mechanism, eventually
+from .conftest import LedgerAccess, fill_ledger
+from .support import AGENCIES, Mechanism, eventually, running_mechanism
 from .test_agent import connect_as, delivered
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -748,29 +749,52 @@ async def test_batched_proofs_verify_and_name_what_is_missing(
         assert (r.status, r.content_type) == (401, "application/problem+json")
 
 
-@pytest.mark.parametrize(
-    ("body", "ctype", "status"),
-    [
-        (b"{", "application/json", 400),
-        (b"[]", "application/json", 400),
-        (b'{"size": 1}', "application/json", 400),
-        (b'{"size": 0, "event_ids": []}', "application/json", 400),
-        (b'{"size": true, "event_ids": []}', "application/json", 400),
-        (b'{"size": 999999, "event_ids": []}', "application/json", 404),  # past the tree
-        (b'{"size": 1, "event_ids": ["not-hex"]}', "application/json", 400),
-        (b'{"size": 1, "event_ids": [], "more": 1}', "application/json", 400),
-        (json.dumps({"size": 1, "event_ids": ["0" * 32] * 257}).encode(), "application/json", 400),
-        (b"x" * 20000, "application/json", 413),
-        (b'{"size": ' + b"9" * 5000 + b', "event_ids": []}', "application/json", 400),
-        (b'{"size": 1, "event_ids": []}', "text/plain", 415),
-    ],
-)
-async def test_batched_proofs_refuse_bad_queries(
-    mechanism: Mechanism, ledger_with_data: LedgerAccess, body: bytes, ctype: str, status: int
-) -> None:
-    got, got_type, raw = await post_proofs(mechanism.http, ledger_with_data, body, ctype)
-    assert (got, got_type) == (status, "application/problem+json"), raw
-    assert json.loads(raw)["status"] == status
+@pytest_asyncio.fixture(scope="class", loop_scope="class")
+async def refusing_ledger(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[aiohttp.ClientSession, LedgerAccess]]:
+    """A ledger holding a real exchange (`fill_ledger`), shared by the cases of one class:
+    each only sends it a query it refuses, which changes nothing in it."""
+    async with running_mechanism(tmp_path_factory.mktemp("refusing")) as m:
+        yield m.http, await fill_ledger(m)
+
+
+@pytest.mark.asyncio(loop_scope="class")
+class TestBatchedProofsRefuseBadQueries:
+    """Each malformed, oversized or mistyped POST /v1/proofs is a problem+json refusal."""
+
+    @pytest.mark.parametrize(
+        ("body", "ctype", "status"),
+        [
+            (b"{", "application/json", 400),
+            (b"[]", "application/json", 400),
+            (b'{"size": 1}', "application/json", 400),
+            (b'{"size": 0, "event_ids": []}', "application/json", 400),
+            (b'{"size": true, "event_ids": []}', "application/json", 400),
+            (b'{"size": 999999, "event_ids": []}', "application/json", 404),  # past the tree
+            (b'{"size": 1, "event_ids": ["not-hex"]}', "application/json", 400),
+            (b'{"size": 1, "event_ids": [], "more": 1}', "application/json", 400),
+            (
+                json.dumps({"size": 1, "event_ids": ["0" * 32] * 257}).encode(),
+                "application/json",
+                400,
+            ),
+            (b"x" * 20000, "application/json", 413),
+            (b'{"size": ' + b"9" * 5000 + b', "event_ids": []}', "application/json", 400),
+            (b'{"size": 1, "event_ids": []}', "text/plain", 415),
+        ],
+    )
+    async def test_batched_proofs_refuse_bad_queries(
+        self,
+        refusing_ledger: tuple[aiohttp.ClientSession, LedgerAccess],
+        body: bytes,
+        ctype: str,
+        status: int,
+    ) -> None:
+        http, access = refusing_ledger
+        got, got_type, raw = await post_proofs(http, access, body, ctype)
+        assert (got, got_type) == (status, "application/problem+json"), raw
+        assert json.loads(raw)["status"] == status
 
 
 async def test_agent_backup_is_a_consistent_private_copy_and_never_overwrites(

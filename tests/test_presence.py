@@ -64,6 +64,7 @@ class Lease:
         assert self.task is not None
         self.presence.releasing = True
         self.running = False
+        self.presence.wake()
         await self.task
         await self.nc.close()
 
