@@ -46,6 +46,7 @@ from keys.identity import (
 from keys.keyfile import INTERACTIVE, _derive
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import leaf_hash
+from nrm import examples
 
 CREATED = 1_767_225_600  # 2026-01-01T00:00:00Z
 DAY = 24 * 3600
@@ -782,40 +783,9 @@ def checkpoint_vectors() -> Iterator[tuple[str, str]]:
 #     "body", "kid", "signature"}`); the verifier holds `signer_ed25519_public` as the key of
 #     `agency`. When ok: `receipt_id` and `body_sha256` (hex SHA-256 of the signed body).
 
-RECEIPT_DOC: dict[str, Any] = {
-    "receipt_id": str(uuid.UUID(bytes=fixed("consent receipt 1")[:16], version=4)),
-    "version": "1",
-    "jurisdiction": "GB",
-    "consent_time": "2026-01-01T00:00:00Z",
-    "collection_method": "in_person_with_interpreter",
-    "language": "en",
-    "subject_id": "psn-6b1f0c2d9e8a7b6c5d4e3f2a1b0c9d8e",
-    "controllers": [
-        {
-            "agency": "police",
-            "name": "National Police",
-            "contact": {
-                "name": "Data Protection Office",
-                "email": "dpo@police.example",
-                "phone": "tel:+44-20-7946-0000",
-                "address": {"addressCountry": "GB"},
-            },
-        }
-    ],
-    "notice": {"url": "https://police.example/nrm-notice-v3", "sha256": "ab" * 32},
-    "purposes": [
-        {
-            "purpose": "assistance",
-            "lawful_basis": "consent",
-            "data_categories": ["contact", "needs", "language", "health"],
-            "recipients": ["shelter"],
-            "retention": "P2Y",
-        }
-    ],
-    "sensitive_categories": ["health"],
-    "withdrawal_method": "Tell any caseworker",
-    "given_by": {"kind": "person", "interpreter": True, "interpreter_language": "ro"},
-}
+RECEIPT_DOC = examples.receipt(
+    str(uuid.UUID(bytes=fixed("consent receipt 1")[:16], version=4)), CREATED
+)
 
 
 def _consent_vectors() -> list[tuple[str, str, str, bytes]]:
