@@ -345,12 +345,14 @@ def _key_doc(k: KeyEntry) -> dict[str, Any]:
     }
 
 
+def _header_doc(kind: str, version: int, expires: int) -> dict[str, Any]:
+    """The fields a root and a directory document both begin with (§7.2)."""
+    return {"type": kind, "spec_version": SPEC_VERSION, "version": version, "expires": expires}
+
+
 def _root_doc(root: Root) -> dict[str, Any]:
     return {
-        "type": ROOT_TYPE,
-        "spec_version": SPEC_VERSION,
-        "version": root.version,
-        "expires": root.expires,
+        **_header_doc(ROOT_TYPE, root.version, root.expires),
         "threshold": root.threshold,
         "keys": {kid: to_b64(bytes(key)) for kid, key in root.keys.items()},
     }
@@ -358,10 +360,7 @@ def _root_doc(root: Root) -> dict[str, Any]:
 
 def _directory_doc(d: Directory) -> dict[str, Any]:
     return {
-        "type": DIRECTORY_TYPE,
-        "spec_version": SPEC_VERSION,
-        "version": d.version,
-        "expires": d.expires,
+        **_header_doc(DIRECTORY_TYPE, d.version, d.expires),
         "agencies": [
             {
                 "agency": a.agency,
