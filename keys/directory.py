@@ -37,6 +37,7 @@ from .errors import (
 from .identity import (
     ENCRYPTION_KID_LABEL,
     SIGNING_KID_LABEL,
+    PublicIdentity,
     check_agency_id,
     key_id,
     signing_kid,
@@ -166,6 +167,23 @@ class AgencyEntry:
                     raise ValueError(f"a {what} key id does not match its key")
         if not isinstance(self.nats_key, str) or not _NATS_USER_KEY.fullmatch(self.nats_key):
             raise ValueError("nats_key must be a NATS user public key (U..., 56 characters)")
+
+    @classmethod
+    def of(cls, identity: PublicIdentity, roles: Iterable[str], *, valid_from: int) -> AgencyEntry:
+        """The entry admitting `identity` with `roles`: its signing and encryption keys active
+        from `valid_from`, and its NATS key (ValueError if it has none)."""
+
+        def active(kid: str, public: bytes) -> KeyEntry:
+            return KeyEntry(kid, public, valid_from=valid_from, valid_until=None, status="active")
+
+        return cls(
+            agency=identity.agency,
+            name=identity.name,
+            roles=tuple(roles),
+            signing_keys=(active(identity.signing_kid, bytes(identity.signing_key)),),
+            encryption_keys=(active(identity.encryption_kid, bytes(identity.encryption_key)),),
+            nats_key=identity.nats_key or "",
+        )
 
     def key(self, kid: str) -> KeyEntry | None:
         for k in (*self.signing_keys, *self.encryption_keys):
