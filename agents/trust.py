@@ -17,13 +17,11 @@ import structlog
 
 from keys import DEFAULT_LIMITS
 from keys.directory import Directory, Root, TrustFeed
-from keys.subjects import DIRECTORY_KEY
+from keys.subjects import DIRECTORY_KEY, root_key
 from runtime import clock, expiry
 from runtime.files import replace_file
 
 log = structlog.get_logger("nrm.trust")
-
-_ROOT_PREFIX = "root."
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +55,7 @@ class TrustState:
         self.refused: Refusal | None = None
         for path in sorted(cache_dir.glob("root.*.json"), key=_root_version):
             if _root_version(path) > self.store.root.version:
-                self._apply(f"{_ROOT_PREFIX}{_root_version(path)}", path.read_bytes())
+                self._apply(root_key(_root_version(path)), path.read_bytes())
         cached = cache_dir / "directory.json"
         if cached.exists():
             self._apply(DIRECTORY_KEY, cached.read_bytes())

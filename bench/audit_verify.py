@@ -73,7 +73,6 @@ from keys.checkpoint import Checkpoint, ledger_origin, sign_checkpoint
 from keys.directory import (
     AgencyEntry,
     Directory,
-    KeyEntry,
     Root,
     encode_directory,
     encode_root,
@@ -212,20 +211,7 @@ def generate(folder: Path, n: int, workers: int) -> dict[str, Any]:
     for agency, role in AGENCIES:
         k = AgencyKeys.generate(agency=agency, name=agency.replace("-", " ").title())
         pub = k.public
-        entries.append(
-            AgencyEntry(
-                agency=agency,
-                name=pub.name,
-                roles=(role,),
-                signing_keys=(
-                    KeyEntry(pub.signing_kid, bytes(pub.signing_key), 0, None, "active"),
-                ),
-                encryption_keys=(
-                    KeyEntry(pub.encryption_kid, bytes(pub.encryption_key), 0, None, "active"),
-                ),
-                nats_key=pub.nats_key or "",
-            )
-        )
+        entries.append(AgencyEntry.of(pub, (role,), valid_from=0))
         agencies.append((agency, bytes(k.signing_key), pub.encryption_kid))
     directory = Directory(version=1, expires=FAR, agencies=tuple(entries))
     directory_bytes = sign(encode_directory(directory), admin)

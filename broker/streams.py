@@ -157,7 +157,7 @@ async def provision_agency_stores(
     retiring = await _retire_shared_inbox(js)
     for agency in agencies:
         await _put_stream(js, inbox_stream_config(agency, limits=limits, replicas=replicas))
-    await provision_attachment_stores(js, agencies, limits=limits, replicas=replicas)
+        await _put_attachment_store(js, agency, limits=limits, replicas=replicas)
     if retiring:
         await migrate_shared_inbox(js, agencies)
 
@@ -297,32 +297,27 @@ async def provision_presence_bucket(
     )
 
 
-async def provision_attachment_stores(
-    js: JetStreamContext,
-    agencies: Sequence[str],
-    *,
-    limits: Limits = DEFAULT_LIMITS,
-    replicas: int = 1,
+async def _put_attachment_store(
+    js: JetStreamContext, agency: str, *, limits: Limits, replicas: int
 ) -> None:
-    """Create the object store bucket `nrm-att-<agency>` of each agency that has none yet
-    (idempotent; PROTOCOL.md §5.1). Only operators create buckets: an agency's agent
-    waits for its own. A bucket is never deleted here: recipients may still be fetching
-    from the bucket of an agency that has left; its objects expire with the stream's age."""
-    for agency in agencies:
-        try:
-            await js.stream_info(attachment_stream(agency))
-        except NotFoundError:
-            bucket = attachment_bucket(agency)
-            await js.create_object_store(
-                bucket,  # nats-py 2.16 takes the name from here, not from the config
-                config=ObjectStoreConfig(
-                    bucket=bucket,
-                    storage=StorageType.FILE,
-                    replicas=replicas,
-                    ttl=limits.stream_max_age_seconds,
-                    description="NRM Exchange: one agency's end-to-end encrypted attachments",
-                ),
-            )
+    """Create the object store bucket `nrm-att-<agency>` if it has none yet (idempotent;
+    PROTOCOL.md §5.1). Only operators create buckets: an agency's agent waits for its own.
+    A bucket is never deleted here: recipients may still be fetching from the bucket of an
+    agency that has left; its objects expire with the stream's age."""
+    try:
+        await js.stream_info(attachment_stream(agency))
+    except NotFoundError:
+        bucket = attachment_bucket(agency)
+        await js.create_object_store(
+            bucket,  # nats-py 2.16 takes the name from here, not from the config
+            config=ObjectStoreConfig(
+                bucket=bucket,
+                storage=StorageType.FILE,
+                replicas=replicas,
+                ttl=limits.stream_max_age_seconds,
+                description="NRM Exchange: one agency's end-to-end encrypted attachments",
+            ),
+        )
 
 
 async def _connect(url: str, nkeys_seed: bytes | None) -> Client:

@@ -37,6 +37,7 @@ from .errors import (
 from .identity import (
     ENCRYPTION_KID_LABEL,
     SIGNING_KID_LABEL,
+    PublicIdentity,
     check_agency_id,
     check_encryption_key,
     key_id,
@@ -169,6 +170,23 @@ class AgencyEntry:
             check_encryption_key(k.public, owner=self.agency)
         if not isinstance(self.nats_key, str) or not _NATS_USER_KEY.fullmatch(self.nats_key):
             raise ValueError("nats_key must be a NATS user public key (U..., 56 characters)")
+
+    @classmethod
+    def of(cls, identity: PublicIdentity, roles: Iterable[str], *, valid_from: int) -> AgencyEntry:
+        """The entry admitting `identity` with `roles`: its signing and encryption keys active
+        from `valid_from`, and its NATS key (ValueError if it has none)."""
+
+        def active(kid: str, public: bytes) -> KeyEntry:
+            return KeyEntry(kid, public, valid_from=valid_from, valid_until=None, status="active")
+
+        return cls(
+            agency=identity.agency,
+            name=identity.name,
+            roles=tuple(roles),
+            signing_keys=(active(identity.signing_kid, bytes(identity.signing_key)),),
+            encryption_keys=(active(identity.encryption_kid, bytes(identity.encryption_key)),),
+            nats_key=identity.nats_key or "",
+        )
 
     def key(self, kid: str) -> KeyEntry | None:
         for k in (*self.signing_keys, *self.encryption_keys):
@@ -348,12 +366,14 @@ def _key_doc(k: KeyEntry) -> dict[str, Any]:
     }
 
 
+def _header_doc(kind: str, version: int, expires: int) -> dict[str, Any]:
+    """The fields a root and a directory document both begin with (§7.2)."""
+    return {"type": kind, "spec_version": SPEC_VERSION, "version": version, "expires": expires}
+
+
 def _root_doc(root: Root) -> dict[str, Any]:
     return {
-        "type": ROOT_TYPE,
-        "spec_version": SPEC_VERSION,
-        "version": root.version,
-        "expires": root.expires,
+        **_header_doc(ROOT_TYPE, root.version, root.expires),
         "threshold": root.threshold,
         "keys": {kid: to_b64(bytes(key)) for kid, key in root.keys.items()},
     }
@@ -361,10 +381,7 @@ def _root_doc(root: Root) -> dict[str, Any]:
 
 def _directory_doc(d: Directory) -> dict[str, Any]:
     return {
-        "type": DIRECTORY_TYPE,
-        "spec_version": SPEC_VERSION,
-        "version": d.version,
-        "expires": d.expires,
+        **_header_doc(DIRECTORY_TYPE, d.version, d.expires),
         "agencies": [
             {
                 "agency": a.agency,

@@ -22,26 +22,22 @@ AGENCY_ID_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 
 def inbox_subject(agency: str) -> str:
     """The subject an agency's inbox is published to."""
-    _check_token(agency)
-    return f"{PREFIX}.msg.{agency}"
+    return f"{PREFIX}.msg.{_token(agency)}"
 
 
 def audit_subject(agency: str) -> str:
     """The subject an agency's audit events are published to."""
-    _check_token(agency)
-    return f"{PREFIX}.audit.{agency}"
+    return f"{PREFIX}.audit.{_token(agency)}"
 
 
 def inbox_stream(agency: str) -> str:
     """The JetStream stream holding `agency`'s inbox and nothing else."""
-    _check_token(agency)
-    return f"{INBOX_STREAM_PREFIX}{agency}"
+    return f"{INBOX_STREAM_PREFIX}{_token(agency)}"
 
 
 def inbox_consumer(agency: str) -> str:
     """The durable consumer name an agency reads its inbox with."""
-    _check_token(agency)
-    return f"inbox-{agency}"
+    return f"inbox-{_token(agency)}"
 
 
 def publish_id(message_id: str, recipient: str) -> str:
@@ -59,9 +55,11 @@ def resend_publish_id(message_id: str, recipient: str, request_id: str) -> str:
     return f"{publish_id(message_id, recipient)}.resend-{request_id}"
 
 
-def _check_token(agency: str) -> None:
+def _token(agency: str) -> str:
+    """`agency`, if it is a valid agency id (a safe subject token)."""
     if not AGENCY_ID_PATTERN.fullmatch(agency):
         raise ValueError(f"not a valid agency id: {agency!r}")
+    return agency
 
 
 def audit_publish_id(event_id: str, reoffer: int | None = None) -> str:
@@ -90,8 +88,7 @@ PRESENCE_STREAM = f"KV_{PRESENCE_BUCKET}"
 
 def presence_key(agency: str) -> str:
     """The key of an agency's instance lease in the presence bucket."""
-    _check_token(agency)
-    return agency
+    return _token(agency)
 
 
 #: Each agency's encrypted referral attachments live in an object store bucket of its own
@@ -104,8 +101,7 @@ ATTACHMENT_BUCKET_PREFIX = "nrm-att-"
 
 def attachment_bucket(agency: str) -> str:
     """The object store bucket holding the attachments `agency` sends."""
-    _check_token(agency)
-    return f"{ATTACHMENT_BUCKET_PREFIX}{agency}"
+    return f"{ATTACHMENT_BUCKET_PREFIX}{_token(agency)}"
 
 
 def attachment_stream(agency: str) -> str:
@@ -129,5 +125,4 @@ def root_key(version: int) -> str:
 def reply_prefix(agency: str) -> str:
     """The inbox prefix an agency's connection uses for replies, so that the server can let
     each agency subscribe to its own replies only (`<prefix>.>`)."""
-    _check_token(agency)
-    return f"_nrm_inbox.{agency}"
+    return f"_nrm_inbox.{_token(agency)}"

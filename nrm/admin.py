@@ -29,7 +29,6 @@ from keys import PublicIdentity, UntrustedInputError
 from keys.directory import (
     AgencyEntry,
     Directory,
-    KeyEntry,
     Root,
     TrustStore,
     encode_directory,
@@ -323,18 +322,7 @@ def add_agency(
     else:
         if not roles:
             raise AdminError("give the agency at least one role (--roles)")
-        directory = directory.with_agency(
-            AgencyEntry(
-                agency=identity.agency,
-                name=identity.name,
-                roles=tuple(roles),
-                signing_keys=(_entry(identity.signing_kid, bytes(identity.signing_key), now),),
-                encryption_keys=(
-                    _entry(identity.encryption_kid, bytes(identity.encryption_key), now),
-                ),
-                nats_key=identity.nats_key,
-            )
-        )
+        directory = directory.with_agency(AgencyEntry.of(identity, roles, valid_from=now))
     return _save_next(folder, directory, published=published, now=now)
 
 
@@ -467,18 +455,6 @@ def _draft_and_published(
     with contextlib.suppress(UntrustedInputError):  # an unsigned draft's version is free
         published = max(published, verified_draft(folder).version)
     return draft, published
-
-
-def _entry(kid: str, public: bytes, now: int) -> KeyEntry:
-    return KeyEntry(
-        kid=kid,
-        public=public,
-        valid_from=now,
-        valid_until=None,
-        status="active",
-        revoked_at=None,
-        reason=None,
-    )
 
 
 def _replace_roles(entry: AgencyEntry, roles: Sequence[str]) -> AgencyEntry:

@@ -41,59 +41,78 @@ def referral(body: dict[str, Any] | None = None, **routing: Any) -> dict[str, An
     return doc
 
 
-def consent(receipt_id: str, **overrides: Any) -> dict[str, Any]:
-    """A live consent receipt recorded by the police: assistance by the shelter (needs,
-    contact, language, health, identity, demographic) and identification by the
-    co-ordinator."""
-    now = clock.time()
+def _by_consent(purpose: str, categories: list[str], retention: str, **to: Any) -> dict[str, Any]:
+    """A purpose the person consented to: `to` names the recipients or recipient roles."""
+    return {
+        "purpose": purpose,
+        "lawful_basis": "consent",
+        "data_categories": categories,
+        "retention": retention,
+        **to,
+    }
+
+
+#: What the police's receipt lets the shelter have for its assistance.
+ASSISTANCE = _by_consent(
+    "assistance", ["contact", "needs", "language", "health"], "P2Y", recipients=["shelter"]
+)
+#: What it lets the co-ordinator have for identification.
+IDENTIFICATION = _by_consent(
+    "identification",
+    ["demographic", "identity", "exploitation", "case"],
+    "P5Y",
+    recipient_roles=["coordinator"],
+)
+
+
+def receipt(receipt_id: str, consent_time: float, **overrides: Any) -> dict[str, Any]:
+    """A consent receipt the police took at `consent_time`, with no end: assistance by the
+    shelter (contact, needs, language, health); `overrides` replace fields."""
     doc: dict[str, Any] = {
         "receipt_id": receipt_id,
         "version": "1",
         "jurisdiction": "GB",
-        "consent_time": iso(now - 60),
+        "consent_time": iso(consent_time),
         "collection_method": "in_person_with_interpreter",
         "language": "en",
         "subject_id": "psn-6b1f0c2d9e8a7b6c5d4e3f2a1b0c9d8e",
         "controllers": [
             {
                 "agency": "police",
-                "name": "Police anti-trafficking unit",
+                "name": "National Police",
                 "contact": {
                     "name": "Data Protection Office",
                     "email": "dpo@police.example",
                     "phone": "tel:+44-20-7946-0000",
-                    "address": {"streetAddress": "1 Example Street", "addressCountry": "GB"},
+                    "address": {"addressCountry": "GB"},
                 },
             }
         ],
         "notice": {"url": "https://police.example/nrm-notice-v3", "sha256": "ab" * 32},
-        "purposes": [
-            {
-                "purpose": "assistance",
-                "lawful_basis": "consent",
-                "data_categories": [
-                    "demographic",
-                    "identity",
-                    "contact",
-                    "language",
-                    "health",
-                    "needs",
-                ],
-                "recipients": ["shelter"],
-                "retention": "P2Y",
-            },
-            {
-                "purpose": "identification",
-                "lawful_basis": "consent",
-                "data_categories": ["demographic", "identity", "exploitation", "case"],
-                "recipient_roles": ["coordinator"],
-                "retention": "P5Y",
-            },
-        ],
+        "purposes": [copy.deepcopy(ASSISTANCE)],
         "sensitive_categories": ["health"],
         "withdrawal_method": "Tell any caseworker",
         "given_by": {"kind": "person", "interpreter": True, "interpreter_language": "ro"},
-        "expires": iso(now + 180 * 86400),
     }
-    doc.update(overrides)
+    doc.update(copy.deepcopy(overrides))
     return doc
+
+
+def consent(receipt_id: str, **overrides: Any) -> dict[str, Any]:
+    """A live consent receipt recorded by the police a minute ago: assistance by the shelter
+    (needs, contact, language, health, identity, demographic) and identification by the
+    co-ordinator."""
+    now = clock.time()
+    assistance = dict(
+        ASSISTANCE,
+        data_categories=["demographic", "identity", "contact", "language", "health", "needs"],
+    )
+    return receipt(
+        receipt_id,
+        now - 60,
+        **{
+            "purposes": [assistance, IDENTIFICATION],
+            "expires": iso(now + 180 * 86400),
+            **overrides,
+        },
+    )

@@ -41,6 +41,7 @@ from keys.errors import (
 )
 from keys.identity import signing_kid
 from keys.key_history import KeyWindow
+from nrm import examples
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 DAY = 86_400
@@ -51,49 +52,12 @@ NAMES = {"police": "Metropolitan Police", "shelter": "Safe Harbour Shelter"}
 
 def receipt_doc() -> dict[str, Any]:
     """A valid receipt: police and the shelter took consent; two purposes."""
-    return {
-        "receipt_id": RID,
-        "version": "1",
-        "jurisdiction": "GB",
-        "consent_time": "2026-01-01T00:00:00Z",
-        "collection_method": "in_person_with_interpreter",
-        "language": "en",
-        "subject_id": "psn-6b1f0c2d9e8a7b6c5d4e3f2a1b0c9d8e",
-        "controllers": [
-            {
-                "agency": "police",
-                "name": "Metropolitan Police",
-                "contact": {
-                    "name": "Data Protection Office",
-                    "email": "dpo@police.example",
-                    "phone": "tel:+44-20-7946-0000",
-                    "address": {"streetAddress": "1 Example Street", "addressCountry": "GB"},
-                },
-                "url": "https://police.example",
-            }
-        ],
-        "notice": {"url": "https://police.example/nrm-notice-v3", "sha256": "ab" * 32},
-        "purposes": [
-            {
-                "purpose": "assistance",
-                "lawful_basis": "consent",
-                "data_categories": ["contact", "needs", "language", "health"],
-                "recipients": ["shelter"],
-                "retention": "P2Y",
-            },
-            {
-                "purpose": "identification",
-                "lawful_basis": "consent",
-                "data_categories": ["identity", "exploitation", "case"],
-                "recipient_roles": ["coordinator"],
-                "retention": "P5Y",
-            },
-        ],
-        "sensitive_categories": ["health"],
-        "withdrawal_method": "Tell any caseworker, or call 0800 000 000",
-        "given_by": {"kind": "person", "interpreter": True, "interpreter_language": "ro"},
-        "expires": "2026-07-01T00:00:00Z",
-    }
+    return examples.receipt(
+        RID,
+        T0,
+        purposes=[examples.ASSISTANCE, examples.IDENTIFICATION],
+        expires="2026-07-01T00:00:00Z",
+    )
 
 
 @pytest.fixture
@@ -586,7 +550,7 @@ def test_kantara_export_carries_every_required_field(receipt: ConsentReceipt) ->
     purposes = out["services"][0]["purposes"]
     assert [p["piiCategory"] for p in purposes] == [
         ["contact", "needs", "language", "health"],
-        ["identity", "exploitation", "case"],
+        ["demographic", "identity", "exploitation", "case"],
     ]
     assert purposes[0]["thirdPartyName"] == "Safe Harbour Shelter"
     assert purposes[1]["thirdPartyName"] == "any coordinator agency of the referral mechanism"

@@ -70,6 +70,11 @@ class Database:
             raise
         self._group.committed()
 
+    def _blob(self, sql: str, params: Sequence[object]) -> bytes | None:
+        """The one blob `sql` selects, None if it selects no row or a NULL (erased)."""
+        row = self._db.execute(sql, params).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
+
     def _execute_each(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
         """`sql` once with each row of parameters, all in one transaction; nothing for none."""
         if not rows:

@@ -299,11 +299,10 @@ class Messages(Database):
 
     def received_body(self, owner: str, referral_id: str) -> bytes | None:
         """The sealed body of the referral `owner` sent here, None if unknown or erased."""
-        row = self._db.execute(
+        return self._blob(
             "SELECT body FROM inbox WHERE sender = ? AND referral_id = ? AND kind = 'referral'",
             (owner, referral_id),
-        ).fetchone()
-        return None if row is None or row[0] is None else bytes(row[0])
+        )
 
     # --- restores and resend requests (agents/resend.py, PROTOCOL.md §6.3) ------------------
 

@@ -256,8 +256,7 @@ class Referrals(Database):
 
     def data_key(self, owner: str, referral_id: str) -> bytes | None:
         """The sealed data key of a received referral, None if unknown or erased."""
-        row = self._db.execute(
+        return self._blob(
             "SELECT sealed_key FROM data_keys WHERE owner = ? AND referral_id = ?",
             (owner, referral_id),
-        ).fetchone()
-        return None if row is None or row[0] is None else bytes(row[0])
+        )

@@ -13,7 +13,7 @@ import hashlib
 import json
 import textwrap
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import nkeys
@@ -53,6 +53,7 @@ from keys.identity import (
 from keys.keyfile import INTERACTIVE, _derive
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import leaf_hash
+from nrm import examples
 
 CREATED = 1_767_225_600  # 2026-01-01T00:00:00Z
 DAY = 24 * 3600
@@ -79,6 +80,20 @@ def render(header: list[tuple[str, object]], data: bytes) -> str:
 
     lines = [f"{name}: {shown(value)}" for name, value in header]
     return "\n".join([*lines, "", *textwrap.wrap(b64(data), 76)]) + "\n"
+
+
+def rendered(
+    prefix: str,
+    vectors: Iterable[tuple[str, str, str, bytes]],
+    ok: Callable[[bytes], list[tuple[str, object]]],
+) -> Iterator[tuple[str, str]]:
+    """Each `(name, comment, expect, bytes)` as the file `prefix-name`; when it is ok its
+    header adds the fields `ok` reads from the bytes."""
+    for name, comment, expect, data in vectors:
+        header: list[tuple[str, object]] = [("expect", expect), ("comment", comment)]
+        if expect == "ok":
+            header += ok(data)
+        yield f"{prefix}-{name}", render(header, data)
 
 
 # --- canonical JSON (§1.3) -------------------------------------------------------------------
@@ -649,17 +664,17 @@ def audit_vectors() -> Iterator[tuple[str, str]]:
             header += event_header(event)
             header.append(("signer_kid", signing_kid(POLICE_SIGN.verify_key)))
         yield f"audit-event-{name}", render(header, data)
-    for name, comment, expect, data in _ledger_vectors():
-        header = [("expect", expect), ("comment", comment)]
-        if expect == "ok":
-            decoded = LedgerEntry.decode(data)
-            header += [
-                ("index", decoded.index),
-                ("appended_at", decoded.appended_at),
-                ("leaf_hash", leaf_hash(data)),
-                ("event_id", EVENT.event_id),
-            ]
-        yield f"ledger-entry-{name}", render(header, data)
+
+    def entry_header(data: bytes) -> list[tuple[str, object]]:
+        decoded = LedgerEntry.decode(data)
+        return [
+            ("index", decoded.index),
+            ("appended_at", decoded.appended_at),
+            ("leaf_hash", leaf_hash(data)),
+            ("event_id", EVENT.event_id),
+        ]
+
+    yield from rendered("ledger-entry", _ledger_vectors(), entry_header)
 
 
 def event_header(event: AuditEvent) -> list[tuple[str, object]]:
@@ -820,40 +835,9 @@ def checkpoint_vectors() -> Iterator[tuple[str, str]]:
 #     "body", "kid", "signature"}`); the verifier holds `signer_ed25519_public` as the key of
 #     `agency`. When ok: `receipt_id` and `body_sha256` (hex SHA-256 of the signed body).
 
-RECEIPT_DOC: dict[str, Any] = {
-    "receipt_id": str(uuid.UUID(bytes=fixed("consent receipt 1")[:16], version=4)),
-    "version": "1",
-    "jurisdiction": "GB",
-    "consent_time": "2026-01-01T00:00:00Z",
-    "collection_method": "in_person_with_interpreter",
-    "language": "en",
-    "subject_id": "psn-6b1f0c2d9e8a7b6c5d4e3f2a1b0c9d8e",
-    "controllers": [
-        {
-            "agency": "police",
-            "name": "National Police",
-            "contact": {
-                "name": "Data Protection Office",
-                "email": "dpo@police.example",
-                "phone": "tel:+44-20-7946-0000",
-                "address": {"addressCountry": "GB"},
-            },
-        }
-    ],
-    "notice": {"url": "https://police.example/nrm-notice-v3", "sha256": "ab" * 32},
-    "purposes": [
-        {
-            "purpose": "assistance",
-            "lawful_basis": "consent",
-            "data_categories": ["contact", "needs", "language", "health"],
-            "recipients": ["shelter"],
-            "retention": "P2Y",
-        }
-    ],
-    "sensitive_categories": ["health"],
-    "withdrawal_method": "Tell any caseworker",
-    "given_by": {"kind": "person", "interpreter": True, "interpreter_language": "ro"},
-}
+RECEIPT_DOC = examples.receipt(
+    str(uuid.UUID(bytes=fixed("consent receipt 1")[:16], version=4)), CREATED
+)
 
 
 def _consent_vectors() -> list[tuple[str, str, str, bytes]]:
@@ -1139,16 +1123,16 @@ def message_vectors() -> Iterator[tuple[str, str]]:
         if expect == "ok":
             header += list(zip(names, fields[1:], strict=True))
         yield f"transition-{name}", render(header, codec.pack(fields))
-    for name, comment, expect, data in _receipt_vectors():
-        header = [("expect", expect), ("comment", comment)]
-        if expect == "ok":
-            decoded = DeliveryReceipt.decode(data)
-            header += [
-                ("message_id", decoded.message_id),
-                ("envelope_hash", decoded.envelope_hash),
-                ("received_at", decoded.received_at),
-            ]
-        yield f"receipt-{name}", render(header, data)
+
+    def receipt_header(data: bytes) -> list[tuple[str, object]]:
+        decoded = DeliveryReceipt.decode(data)
+        return [
+            ("message_id", decoded.message_id),
+            ("envelope_hash", decoded.envelope_hash),
+            ("received_at", decoded.received_at),
+        ]
+
+    yield from rendered("receipt", _receipt_vectors(), receipt_header)
     for name, comment, kind, roles, expect, data in _body_vectors():
         header = [("expect", expect), ("comment", comment), ("kind", kind), ("roles", roles)]
         yield f"body-{name}", render(header, data)
@@ -1506,7 +1490,16 @@ def identity_vectors() -> Iterator[tuple[str, str]]:
             "kid": signing_kid(POLICE_SIGN.verify_key),
         }
     )
-    for name, comment, expect, data in [
+    police: list[tuple[str, object]] = [
+        ("agency", "police"),
+        ("name", "National Police"),
+        ("signing_public", bytes(POLICE_SIGN.verify_key)),
+        ("signing_kid", signing_kid(POLICE_SIGN.verify_key)),
+        ("x25519_public", bytes(POLICE_ENC.public_key)),
+        ("encryption_kid", encryption_kid(POLICE_ENC.public_key)),
+        ("nats_key", nats_public_key(nats_seed("police nats 1"))),
+    ]
+    vectors = [
         ("ok", "the police identity", "ok", text(_identity_doc())),
         ("kid-mismatch", "a signing kid that is not its key's id", "malformed", text(wrong_kid)),
         (
@@ -1527,19 +1520,8 @@ def identity_vectors() -> Iterator[tuple[str, str]]:
             "malformed",
             text(_identity_doc(agency="Police")),
         ),
-    ]:
-        header: list[tuple[str, object]] = [("expect", expect), ("comment", comment)]
-        if expect == "ok":
-            header += [
-                ("agency", "police"),
-                ("name", "National Police"),
-                ("signing_public", bytes(POLICE_SIGN.verify_key)),
-                ("signing_kid", signing_kid(POLICE_SIGN.verify_key)),
-                ("x25519_public", bytes(POLICE_ENC.public_key)),
-                ("encryption_kid", encryption_kid(POLICE_ENC.public_key)),
-                ("nats_key", nats_public_key(nats_seed("police nats 1"))),
-            ]
-        yield f"identity-{name}", render(header, data)
+    ]
+    yield from rendered("identity", vectors, lambda _: police)
 
 
 #: Every family: (file name prefix, generator of (name, text)).
