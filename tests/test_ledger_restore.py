@@ -170,8 +170,8 @@ async def proofs_refuse_bad_parameters(m: Mechanism, ledger: Ledger, restored: i
     headers = {"Authorization": f"Bearer {m.sandbox.auditor_token}"}
     for path, status in [
         ("/v1/restores/1/proof", 400),  # size missing
-        (f"/v1/restores/1/proof?size={restored - 1}", 400),  # below the restored size
-        ("/v1/restores/1/proof?size=99999999", 400),
+        (f"/v1/restores/1/proof?size={restored - 1}", 404),  # below the restored size
+        ("/v1/restores/1/proof?size=99999999", 404),  # past the tree
         ("/v1/restores/2/proof?size=1", 404),
         ("/v1/restores/99999999999999999999/proof?size=1", 404),
         ("/v1/restores/x/proof?size=1", 404),
