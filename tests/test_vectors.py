@@ -705,6 +705,20 @@ def test_state_vector(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
             )
             assert got == fields[f"prior_{n}_expect"], f"prior {n}"
         envelope = state_envelope(fields, data)
+        if fields.get("envelope_rule") == "seal":  # too large only: opens under a raised limit
+            body = _rule_bytes(fields["seal_body"])
+            secret = PrivateKey(bytes.fromhex(fields["receiver_x25519_secret"]))
+            directory = agent.trust.directory
+            assert directory is not None
+            opened = open_envelope(
+                envelope,
+                me=fields["receiver"],
+                decryption_keys={encryption_kid(secret.public_key): secret},
+                signers=directory,
+                now=int(fields["now"]),
+                limits=dataclasses.replace(DEFAULT_LIMITS, max_body_bytes=len(body)),
+            )
+            assert opened.body == body
         got = receive(agent, envelope, int(fields["stream_seq"]), int(fields["stored_at"]))
         assert got == fields["expect"]
     finally:
