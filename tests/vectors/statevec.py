@@ -213,6 +213,20 @@ def scenarios() -> list[Scenario]:
             {**loc, "region": "a free-text region"} for loc in anon["body"].get("locations", [{}])
         ],
     }
+    withdraw = transition("delivered", "withdrawn", "sender")
+    own_withdrawal = canonical_json(
+        {"receipt_id": _example("adult-with-consent")["consent_receipt_id"], "referral_ids": [RID]}
+    )
+    escalation = canonical_json(
+        {"recipient": "shelter", "referral_id": RID, "submitted_at": CREATED, "urgency": "urgent"}
+    )
+    erasure = canonical_json(
+        {
+            "erased_at": CREATED + 30,
+            "receipt_id": formats.RECEIPT_DOC["receipt_id"],
+            "referral_ids": [RID],
+        }
+    )
     revoked = directory_file(status="revoked", revoked_at=CREATED + 600, reason="compromised")
     retired = directory_file(status="retiring", valid_until=CREATED + 600)
     huge_body = Env("oversized body", "referral", b"a" * (DEFAULT_LIMITS.max_body_bytes + 1))
@@ -294,6 +308,45 @@ def scenarios() -> list[Scenario]:
                 "unexpected",
                 2,
             ),
+        ),
+        Scenario(
+            "transition-twice",
+            "the same step again once the stored state moved on (withdrawn is final)",
+            [ok1, Step(Env("withdraw", TRANSITION, withdraw), "ok", 2)],
+            Step(Env("withdraw again", TRANSITION, withdraw), "unexpected", 3),
+        ),
+        Scenario(
+            "transition-recipient-not-shared",
+            "a recipient's step of a referral the receiver never sent to it (§8.4: owner)",
+            [ok1],
+            Step(
+                Env(
+                    "acknowledge",
+                    TRANSITION,
+                    transition("delivered", "acknowledged", "recipient", recipient="police"),
+                ),
+                "not-shared",
+                2,
+            ),
+        ),
+        Scenario(
+            "consent-withdrawal-ok",
+            "a withdrawal by the referral's sender of a referral it sent under the receipt",
+            [ok1],
+            Step(Env("withdrawal own", "consent-withdrawal", own_withdrawal), "ok", 2),
+        ),
+        Scenario(
+            "escalation-ok",
+            "an escalation to the coordinator",
+            [],
+            Step(Env("escalation", "escalation", escalation, to="coordinator"), "ok", 1),
+            receiver="coordinator",
+        ),
+        Scenario(
+            "erasure-confirmation-ok",
+            "an erasure confirmation of ids the receiver does not hold",
+            [],
+            Step(Env("erasure", "erasure-confirmation", erasure), "ok", 1),
         ),
         Scenario(
             "consent-withdrawal-not-shared",
