@@ -4,6 +4,7 @@ them exactly."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -15,13 +16,18 @@ import pytest
 from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
+import keys.errors
 from agents import inbound
+from agents.agent import Agent
+from agents.config import AgentConfig
 from agents.consent import decode_stored, verify_receipt
 from agents.lifecycle import Transition
 from agents.messages import DELIVERY_RECEIPT, REFUSAL, TRANSITION, DeliveryReceipt, Refusal
 from agents.resend import ResendRequest
-from keys import DEFAULT_LIMITS, UntrustedInputError, open_envelope
-from keys.audit import AuditEvent, verify_event
+from agents.transport import Verdict
+from agents.trust import TrustState
+from keys import DEFAULT_LIMITS, AgencyKeys, UntrustedInputError, open_envelope, seal
+from keys.audit import AuditEvent, decode_signed_event, verify_event
 from keys.checkpoint import Checkpoint, verify_checkpoint
 from keys.checkpoint import key_id as note_key_id
 from keys.codec import canonical_json, parse_json
@@ -34,6 +40,7 @@ from keys.directory import (
     verify_initial_root,
     verify_root_update,
 )
+from keys.envelope import Recipient, UnsafeFixedRandomness
 from keys.errors import KeyFileError
 from keys.identity import (
     ENCRYPTION_KID_LABEL,
@@ -48,6 +55,8 @@ from keys.keyfile import open_admin_key, open_keys
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import leaf_hash, root_of, verify_consistency, verify_inclusion
 from keys.restore import verify_restore
+from keys.subjects import DIRECTORY_KEY
+from runtime import clock
 
 VECTORS = Path(__file__).parent / "vectors"
 FILES = sorted(VECTORS.glob("envelope-*.txt"))
@@ -557,6 +566,7 @@ FAMILIES = {
     "keyfile-": 4,
     "merkle-": 15,
     "identity-": 4,
+    "state-": 20,
 }
 
 
@@ -580,3 +590,185 @@ def test_generator_reproduces_vectors(tmp_path: Path) -> None:
     assert len(RESTORE_FILES) >= 4 and len(RESEND_FILES) >= 4 and len(REFUSAL_FILES) >= 6
     for new, old in zip(fresh, committed, strict=True):
         assert new.read_bytes() == old.read_bytes(), new.name
+
+
+# --- receiver state (§4.9 `state-*`): the real agent, its real store ---------------------------
+
+STATE_FILES = sorted(VECTORS.glob("state-*.txt"))
+
+
+def _rule_bytes(text: str) -> bytes:
+    """`<count> bytes of <hex byte>`."""
+    count, unit, of, byte = text.split(" ")
+    assert (unit, of) == ("bytes", "of")
+    return bytes.fromhex(byte) * int(count)
+
+
+def state_envelope(fields: dict[str, str], data: bytes) -> bytes:
+    """The envelope under test: the file's bytes, or built by the rule it gives (§4.9)."""
+    rule = fields.get("envelope_rule")
+    if rule is None:
+        return data
+    assert data == b""
+    if rule != "seal":
+        return _rule_bytes(rule)
+    body = _rule_bytes(fields["seal_body"])
+    sender = AgencyKeys(
+        agency="police",
+        name="police",
+        signing_key=SigningKey(bytes.fromhex(fields["seal_sender_ed25519_seed"])),
+        encryption_key=PrivateKey(bytes(range(1, 33))),  # not used to seal
+    )
+    to = PrivateKey(bytes.fromhex(fields["receiver_x25519_secret"])).public_key
+    return seal(
+        sender=sender,
+        recipients=[Recipient(agency=fields["receiver"], key=to)],
+        kind=fields["seal_kind"],
+        body=body,
+        created=int(fields["seal_created"]),
+        expires=int(fields["seal_expires"]),
+        unsafe_randomness=UnsafeFixedRandomness(
+            message_id=fields["seal_message_id"],
+            content_key=bytes.fromhex(fields["seal_content_key"]),
+            nonce=bytes.fromhex(fields["seal_nonce"]),
+            ephemeral_keys=[PrivateKey(bytes.fromhex(fields["seal_ephemeral_secret"]))],
+        ),
+        # A sender's own limit refuses such a body (§4.1): raised only to build the input.
+        limits=dataclasses.replace(DEFAULT_LIMITS, max_body_bytes=len(body)),
+    ).data
+
+
+def receiving_agent(fields: dict[str, str], tmp_path: Path) -> Agent:
+    """The receiver of a state vector: a real Agent (never started: no bus) on a fresh SQLite
+    file, trusting the vector's root and directory."""
+    me = fields["receiver"]
+    keys = AgencyKeys(
+        agency=me,
+        name=me,
+        signing_key=SigningKey(bytes.fromhex(fields["receiver_ed25519_seed"])),
+        encryption_key=PrivateKey(bytes.fromhex(fields["receiver_x25519_secret"])),
+        storage_key=bytes.fromhex(fields["receiver_storage_key"]),
+    )
+    root = tmp_path / "root.json"
+    root.write_bytes(base64.b64decode(fields["root"], validate=True))
+    trust = TrustState(pinned_root=root, cache_dir=tmp_path / "trust", agency=me)
+    assert trust.offer(DIRECTORY_KEY, base64.b64decode(fields["directory"], validate=True))
+    config = AgentConfig(
+        agency=me,
+        key_dir=tmp_path / "keys",
+        nats_urls=("nats://127.0.0.1:1",),
+        database=tmp_path / "agent.db",
+        api_host="127.0.0.1",
+        api_port=0,
+        clients=(),
+        trust_root=root,
+        trust_cache=tmp_path / "trust",
+    )
+    return Agent(config, keys=keys, trust=trust)
+
+
+def receive(agent: Agent, data: bytes, stream_seq: int, stored_at: int) -> str:
+    """What the agent makes of one message from the bus: `ok` (acknowledged, nothing refused),
+    `retry` (held back), or the reason of the `message.rejected` event it recorded."""
+    before = agent.store.last_audit_event()
+    verdict = agent.handle_message(data, stream_seq, stored_at)
+    last = agent.store.last_audit_event()
+    event = None if last is None or last == before else decode_signed_event(last)[0]
+    rejected = event is not None and event.kind == "message.rejected"
+    if verdict is Verdict.TERM:
+        assert event is not None and rejected
+        assert event.reason is not None
+        return event.reason
+    assert not rejected
+    return {Verdict.ACK: "ok", Verdict.RETRY: "retry"}[verdict]
+
+
+@pytest.mark.parametrize("path", STATE_FILES, ids=[p.stem for p in STATE_FILES])
+def test_state_vector(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each earlier envelope, then the one under test, through the agent's own receive path
+    (`Agent.handle_message`: §4.7, step 10a, replay, §6.4 and the store) at the vector's
+    `now`, each giving exactly its expected outcome."""
+    fields, data = parse(path)
+    monkeypatch.delenv(clock.ENV, raising=False)
+    offset = tmp_path / "clock"
+    offset.write_text(str(int(fields["now"]) - clock.now()), encoding="ascii")
+    monkeypatch.setenv(clock.ENV, str(offset))
+    agent = receiving_agent(fields, tmp_path)
+    try:
+        for n in range(1, int(fields["prior"]) + 1):
+            envelope = base64.b64decode(fields[f"prior_{n}_envelope"], validate=True)
+            got = receive(
+                agent,
+                envelope,
+                int(fields[f"prior_{n}_stream_seq"]),
+                int(fields[f"prior_{n}_stored_at"]),
+            )
+            assert got == fields[f"prior_{n}_expect"], f"prior {n}"
+        envelope = state_envelope(fields, data)
+        if fields.get("envelope_rule") == "seal":  # too large only: opens under a raised limit
+            body = _rule_bytes(fields["seal_body"])
+            secret = PrivateKey(bytes.fromhex(fields["receiver_x25519_secret"]))
+            directory = agent.trust.directory
+            assert directory is not None
+            opened = open_envelope(
+                envelope,
+                me=fields["receiver"],
+                decryption_keys={encryption_kid(secret.public_key): secret},
+                signers=directory,
+                now=int(fields["now"]),
+                limits=dataclasses.replace(DEFAULT_LIMITS, max_body_bytes=len(body)),
+            )
+            assert opened.body == body
+        got = receive(agent, envelope, int(fields["stream_seq"]), int(fields["stored_at"]))
+        assert got == fields["expect"]
+    finally:
+        agent.store.close()
+
+
+#: Families whose vectors are checks a receiver makes of what it is sent (§4.7, §6.4).
+RECEIVER_FAMILIES = (
+    "envelope-",
+    "state-",
+    "body-",
+    "transition-",
+    "receipt-",
+    "refusal-",
+    "resend-request-",
+    "canonical-json-decode-",
+)
+#: Reasons of keys/errors.py a receiver never records for a message, and where they belong.
+NOT_RECEIVER = {
+    "untrusted-input": "the base class, never raised itself",
+    "weak-key": "loading a key (§2.2); a low-order ephemeral key is undecryptable (§4.3)",
+    "under-signed": "roots and directories (§7.5): root-, directory- vectors",
+    "rolled-back": "roots and directories (§7.5): root-, directory- vectors",
+    "expired-metadata": "roots and directories (§7.5): directory- vectors",
+    "expired-root": "roots (§7.5): root- vectors",
+    "bad-inclusion-proof": "ledger proofs (§9.2): merkle- vectors",
+    "bad-consistency-proof": "ledger proofs (§9.2): merkle- vectors",
+}
+#: Receiver reasons no vector can give, and why.
+WITHOUT_VECTOR = {
+    "unprocessable": "the refusal of a handler that failed (a bug, a local storage failure):"
+    " no valid input causes it in the reference code; test_inbound.py makes a handler fail",
+}
+
+
+def test_every_receiver_reason_has_a_vector() -> None:
+    """Every reason a receiver records (every reason of keys/errors.py but those of other
+    checks) is the `expect` of at least one vector of a receiver family: a new reason code
+    fails here until it has a vector."""
+    reasons = {
+        c.reason
+        for c in vars(keys.errors).values()
+        if isinstance(c, type) and issubclass(c, UntrustedInputError)
+    }
+    assert set(NOT_RECEIVER) | set(WITHOUT_VECTOR) <= reasons
+    receiver = reasons - set(NOT_RECEIVER) - set(WITHOUT_VECTOR)
+    covered = {
+        parse(p)[0]["expect"]
+        for family in RECEIVER_FAMILIES
+        for p in VECTORS.glob(f"{family}*.txt")
+    }
+    assert sorted(receiver - covered) == []
+    assert covered <= receiver | {"ok", "retry"}  # and nothing a receiver never says

@@ -56,6 +56,7 @@ from keys.restore import RestoreDeclaration, sign_restore, verify_restore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import formats
+import statevec
 
 CREATED = 1_767_225_600  # 2026-01-01T00:00:00Z
 EXPIRES = CREATED + 14 * 24 * 3600
@@ -720,13 +721,15 @@ def render_refusal(comment: str, expect: str, body: bytes) -> str:
 
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    prefixes = ("envelope-", "restore-", "resend-request-", "refusal-", *formats.PREFIXES)
+    prefixes = ("envelope-", "restore-", "resend-request-", "refusal-", "state-", *formats.PREFIXES)
     for prefix in prefixes:
         for stale in out.glob(f"{prefix}*.txt"):
             stale.unlink()
     for _, family in formats.FAMILIES:
         for name, text in family():
             (out / f"{name}.txt").write_text(text, encoding="utf-8")
+    for name, text in statevec.state_vectors():
+        (out / f"{name}.txt").write_text(text, encoding="utf-8")
     for name, comment, expect, body in RESEND_VECTORS:
         text = render_resend(comment, expect, body)
         (out / f"resend-request-{name}.txt").write_text(text, encoding="utf-8")
