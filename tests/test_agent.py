@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
+import nats.js.errors
 import pytest
 from structlog.testing import capture_logs
 
+from agents.transport import erase_failure
 from keys.subjects import inbox_consumer, inbox_stream, inbox_subject, reply_prefix
 from runtime.keydir import load_key_dir
 
@@ -167,6 +170,38 @@ async def test_message_whose_erasure_is_refused_is_still_acked_and_counted(
     registry = m.agents["shelter"].metrics.registry
     sample = registry.get_sample_value("nrm_inbox_erase_failed_total", {"reason": "refused"})
     assert sample == 1
+
+
+def _api_error(code: int, err_code: int, description: str) -> BaseException:
+    """The exception nats-py raises for a JetStream API answer with this error."""
+    try:
+        nats.js.errors.APIError.from_error(
+            {"code": code, "err_code": err_code, "description": description}
+        )
+    except nats.js.errors.APIError as e:
+        return e
+    raise AssertionError("from_error always raises")
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (_api_error(503, 10039, "jetstream not enabled for account"), "unavailable"),
+        (nats.js.errors.APIError(code=503, description="leader election"), "unavailable"),
+        (nats.errors.TimeoutError(), "unavailable"),
+        (TimeoutError(), "unavailable"),
+        (nats.errors.ConnectionClosedError(), "unavailable"),
+        (_api_error(500, 10057, "message delete not permitted"), "refused"),
+        (_api_error(400, 10000, "bad request"), "refused"),
+        (_api_error(404, 10059, "stream not found"), "refused"),
+    ],
+)
+def test_an_erase_is_retried_unless_the_bus_answered_definitively(
+    error: BaseException, reason: str
+) -> None:
+    """A 503 (JetStream not available right now, say during a leader election) or no answer
+    is tried again; any other answer of the bus is a refusal, acked unerased at once."""
+    assert erase_failure(error) == reason
 
 
 async def test_tampered_and_misaddressed_envelopes_are_rejected(mechanism: Mechanism) -> None:
