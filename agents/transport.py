@@ -19,6 +19,7 @@ import contextlib
 import enum
 import sqlite3
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import nats
@@ -33,6 +34,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from keys import Limits
 from keys.subjects import (
     DIRECTORY_BUCKET,
+    MOVED_FROM_HEADER,
     audit_publish_id,
     audit_subject,
     inbox_consumer,
@@ -66,8 +68,18 @@ class Verdict(enum.Enum):
     RETRY = "retry"  # cannot be judged yet (e.g. a key from a directory not seen yet)
 
 
-#: (envelope bytes, stream sequence, time the bus stored it) -> what to do with it
-MessageHandler = Callable[[bytes, int, int], Verdict]
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a consumed message is on the bus: its stream and sequence there (sequences are
+    per stream), and where it was before if the bus moved it (`MOVED_FROM_HEADER`)."""
+
+    stream: str
+    seq: int
+    moved_from: tuple[str, int] | None = None
+
+
+#: (envelope bytes, where it is, time the bus stored it) -> what to do with it
+MessageHandler = Callable[[bytes, Position, int], Verdict]
 DirectoryHandler = Callable[[str, bytes], Awaitable[None]]
 #: How many times a message whose handling fails unexpectedly is retried before it is set aside.
 MAX_HANDLER_ATTEMPTS = 5
@@ -512,7 +524,7 @@ class Transport:
         stored_at = int(clock.from_bus(meta.timestamp.timestamp())) if meta.timestamp else 0
         try:
             with self.store.transaction():
-                return self.handler(msg.data, meta.sequence.stream, stored_at)
+                return self.handler(msg.data, _position(msg), stored_at)
         except Exception as e:
             # Not the message (its refusals are handled inside) but, say, the disk: keep
             # consuming; retry the message a few times, then refuse it, on the record.
@@ -563,6 +575,17 @@ class Transport:
                         await watcher.stop()  # type: ignore[no-untyped-call]
             except TRANSIENT as e:
                 await self._pause("directory_watch_interrupted", e, 1.0)
+
+
+def _position(msg: Msg) -> Position:
+    """Where `msg` is, from its JetStream metadata, and where it was before if it carries a
+    well-formed `MOVED_FROM_HEADER` (anything else there is ignored)."""
+    meta = msg.metadata
+    moved_from = None
+    stream, _, seq = (msg.headers or {}).get(MOVED_FROM_HEADER, "").partition(" ")
+    if stream and seq.isascii() and seq.isdigit():
+        moved_from = (stream, int(seq))
+    return Position(meta.stream, meta.sequence.stream, moved_from)
 
 
 def erase_failure(error: BaseException) -> Literal["refused", "unavailable"]:

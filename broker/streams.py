@@ -32,6 +32,7 @@ from keys.subjects import (
     AUDIT_STREAM,
     AUDIT_SUBJECTS,
     DIRECTORY_BUCKET,
+    MOVED_FROM_HEADER,
     PREFIX,
     PRESENCE_BUCKET,
     PRESENCE_STREAM,
@@ -204,7 +205,8 @@ async def _retire_shared_inbox(js: JetStreamContext) -> bool:
 
 async def migrate_shared_inbox(js: JetStreamContext, agencies: Sequence[str]) -> int:
     """Re-publish every message the retired shared inbox stream holds for one of `agencies`
-    to its original subject with its original `Nats-Msg-Id`, erasing each from the old
+    to its original subject with its original `Nats-Msg-Id` and where it was
+    (`MOVED_FROM_HEADER`), erasing each from the old
     stream once its inbox stream acknowledged it; delete the old stream once it is empty.
     Returns how many it moved.
 
@@ -223,12 +225,13 @@ async def migrate_shared_inbox(js: JetStreamContext, agencies: Sequence[str]) ->
                 msg = await js.get_msg(LEGACY_MESSAGE_STREAM, seq=seq, subject=subject, next=True)
             except NotFoundError:
                 break
-            headers = {}
+            assert msg.seq is not None
+            headers = {MOVED_FROM_HEADER: f"{LEGACY_MESSAGE_STREAM} {msg.seq}"}
             msg_id = (msg.headers or {}).get("Nats-Msg-Id")
             if msg_id:
                 headers["Nats-Msg-Id"] = msg_id
             try:
-                await js.publish(subject, msg.data or b"", headers=headers or None)
+                await js.publish(subject, msg.data or b"", headers=headers)
             except APIError as e:  # refused by the inbox stream (full): the rest waits
                 log.warning(
                     "shared_inbox_agency_deferred",
@@ -237,7 +240,6 @@ async def migrate_shared_inbox(js: JetStreamContext, agencies: Sequence[str]) ->
                     err_code=e.err_code,
                 )
                 break
-            assert msg.seq is not None
             await erase_message(js, LEGACY_MESSAGE_STREAM, msg.seq)
             moved += 1
             seq = msg.seq + 1

@@ -20,7 +20,13 @@ import pytest
 from structlog.testing import capture_logs
 
 from agents.transport import erase_failure
-from keys.subjects import inbox_consumer, inbox_stream, inbox_subject, reply_prefix
+from keys.subjects import (
+    MOVED_FROM_HEADER,
+    inbox_consumer,
+    inbox_stream,
+    inbox_subject,
+    reply_prefix,
+)
 from runtime.keydir import load_key_dir
 
 from . import samples
@@ -138,6 +144,67 @@ async def test_replayed_envelope_is_rejected(mechanism: Mechanism) -> None:
             lambda: _logged(logs, "message_rejected"), what="the replay to be rejected"
         )
     assert [e["reason"] for e in logs if e["event"] == "message_rejected"] == ["replayed"]
+    assert rows(m.database("shelter"), "inbox") == 1
+
+
+def _as_if_received_from_the_shared_stream(m: Mechanism, agency: str, seq: int) -> None:
+    """Make `agency`'s one inbox row say what a database from before per-agency inbox
+    streams says of a message committed from `NRM_MSG` at `seq`."""
+    with sqlite3.connect(m.database(agency)) as db:
+        db.execute("UPDATE inbox SET stream = 'NRM_MSG', stream_seq = ?", (seq,))
+
+
+async def test_a_message_committed_before_the_move_is_known_again_in_the_new_stream(
+    mechanism: Mechanism,
+) -> None:
+    """A message committed from the shared `NRM_MSG` but not acked before the upgrade comes
+    back moved into the agency's inbox stream at a sequence of its own: it is a redelivery
+    (acked, nothing stored twice, the sender not told `replayed`), known by where it was."""
+    m = mechanism
+    rid = await m.api("police").refer(["shelter"], REFERRAL)
+    await delivered(m, "police", rid)
+    data = sent_envelope(m, "police", rid)
+    _as_if_received_from_the_shared_stream(m, "shelter", 7)
+    nc, js = await operator_js(m)
+    try:
+        with capture_logs() as logs:
+            headers = {"Nats-Msg-Id": "moved-1", MOVED_FROM_HEADER: "NRM_MSG 7"}
+            await js.publish(inbox_subject("shelter"), data, headers=headers)
+            await eventually(
+                lambda: _logged(logs, "redelivery_ignored"), what="the move to be recognised"
+            )
+    finally:
+        await nc.close()
+    assert not [e for e in logs if e["event"] == "message_rejected"]
+    assert rows(m.database("shelter"), "inbox") == 1
+
+
+async def test_a_replay_at_the_sequence_a_message_had_in_the_shared_stream_is_refused(
+    mechanism: Mechanism,
+) -> None:
+    """Sequences are per stream: an old envelope (committed from `NRM_MSG` at n) replayed
+    into the agency's inbox stream where it lands at n too is `replayed`, not a redelivery."""
+    m = mechanism
+    rid = await m.api("police").refer(["shelter"], REFERRAL)
+    await delivered(m, "police", rid)
+    data = sent_envelope(m, "police", rid)
+    nc, js = await operator_js(m)
+    try:
+        next_seq = int((await js.stream_info(inbox_stream("shelter"))).state.last_seq) + 1
+    finally:
+        await nc.close()
+    _as_if_received_from_the_shared_stream(m, "shelter", next_seq)
+    with capture_logs() as logs:
+        async with connect_as(m, "coordinator") as hostile:
+            ack = await hostile.jetstream().publish(
+                inbox_subject("shelter"), data, headers={"Nats-Msg-Id": "replay-2"}
+            )
+            assert ack.seq == next_seq
+        await eventually(
+            lambda: _logged(logs, "message_rejected"), what="the replay to be rejected"
+        )
+    assert [e["reason"] for e in logs if e["event"] == "message_rejected"] == ["replayed"]
+    assert not [e for e in logs if e["event"] == "redelivery_ignored"]
     assert rows(m.database("shelter"), "inbox") == 1
 
 

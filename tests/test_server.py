@@ -24,7 +24,13 @@ from broker.streams import (
     migrate_leftovers,
 )
 from keys.limits import DEFAULT_LIMITS
-from keys.subjects import attachment_bucket, attachment_stream, inbox_stream, inbox_subject
+from keys.subjects import (
+    MOVED_FROM_HEADER,
+    attachment_bucket,
+    attachment_stream,
+    inbox_stream,
+    inbox_subject,
+)
 
 SUBJECT = inbox_subject("police-a")
 STREAM = inbox_stream("police-a")
@@ -270,5 +276,8 @@ async def test_a_full_inbox_leaves_the_rest_of_its_shared_mail_for_a_later_run(
             with pytest.raises(nats.js.errors.NotFoundError):
                 await js.stream_info(LEGACY_MESSAGE_STREAM)
             [msg] = await sub.fetch(1, timeout=5)
-            assert (msg.data, msg.headers) == (b"to police 2", {"Nats-Msg-Id": "p2"})
+            assert (msg.data, msg.headers) == (
+                b"to police 2",
+                {"Nats-Msg-Id": "p2", MOVED_FROM_HEADER: f"{LEGACY_MESSAGE_STREAM} 3"},
+            )
             assert not await migrate_leftovers(server.url, ["police-a"])  # nothing to do
