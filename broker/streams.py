@@ -10,6 +10,7 @@ per-agency streams.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import nats
@@ -155,7 +156,13 @@ async def provision_agency_stores(
     """What each of `agencies` has of its own on the bus: its inbox stream (created, or
     brought to the wanted configuration) and its attachment bucket (created if missing);
     then the messages a shared inbox stream of an earlier release still holds for them are
-    moved into their inboxes (idempotent)."""
+    moved into their inboxes (idempotent). With no agencies (an open bus given no
+    `--agency`), a shared inbox stream is left as it is: its mail has nowhere to go yet."""
+    if not agencies:
+        with contextlib.suppress(NotFoundError):
+            await js.stream_info(LEGACY_MESSAGE_STREAM)
+            log.warning("shared_inbox_kept", stream=LEGACY_MESSAGE_STREAM, reason="no-agencies")
+        return
     retiring = await _retire_shared_inbox(js)
     for agency in agencies:
         await _put_stream(js, inbox_stream_config(agency, limits=limits, replicas=replicas))
@@ -413,9 +420,11 @@ async def migrate_leftovers(
     try:
         js = nc.jetstream()
         try:
-            await js.stream_info(LEGACY_MESSAGE_STREAM)
+            info = await js.stream_info(LEGACY_MESSAGE_STREAM)
         except NotFoundError:
             return False
+        if info.config.subjects != [RETIRED_SUBJECT]:
+            return True  # not retired yet (no agency provisioned): nothing can move
         return await _migrate_or_log(js, agencies)
     finally:
         await nc.drain()

@@ -244,7 +244,8 @@ async def test_a_full_inbox_leaves_the_rest_of_its_shared_mail_for_a_later_run(
     """An agency with more mail queued in `NRM_MSG` than its new inbox stream takes: the
     provisioning that starts the bus moves what fits (and the other agencies' mail) and
     returns, the rest left in the old stream; once the agency consumed its inbox, the
-    authority's later run (`migrate_leftovers`) moves the rest and deletes the old stream."""
+    authority's later run (`migrate_leftovers`) moves the rest and deletes the old stream.
+    Provisioning no agency at all (an open bus without `--agency`) leaves the old stream."""
     limits = dataclasses.replace(DEFAULT_LIMITS, inbox_max_msgs=2)
     with NatsServer(store_dir=tmp_path / "nats") as server:
         async with jetstream(server) as js:
@@ -259,6 +260,12 @@ async def test_a_full_inbox_leaves_the_rest_of_its_shared_mail_for_a_later_run(
             for n in range(3):
                 await js.publish(SUBJECT, b"to police %d" % n, headers={"Nats-Msg-Id": f"p{n}"})
             await js.publish(inbox_subject("shelter-b"), b"s", headers={"Nats-Msg-Id": "s0"})
+
+            # An open bus given no agency keeps the shared stream as it is: the mail stays.
+            await provision(server.url, limits=limits)
+            old = await js.stream_info(LEGACY_MESSAGE_STREAM)
+            assert (old.config.subjects, old.state.messages) == ([LEGACY_MESSAGE_SUBJECTS], 4)
+            assert await migrate_leftovers(server.url, [])
 
             await provision(server.url, limits=limits, agencies=["police-a", "shelter-b"])
             assert await stored_count(js) == 2
