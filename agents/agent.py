@@ -65,7 +65,7 @@ from .resend import RESEND_REQUEST, Resender
 from .retention import Retention
 from .standing import StandingGuard
 from .store import OutgoingMessage, Received, Store
-from .transport import Transport, Verdict
+from .transport import Position, Transport, Verdict
 from .trust import TrustState
 from .webhooks import WebhookSender
 
@@ -406,11 +406,14 @@ class Agent:
 
     # --- receiving ------------------------------------------------------------------------
 
-    def handle_message(self, data: bytes, stream_seq: int, stored_at: int) -> Verdict:
+    def handle_message(self, data: bytes, position: Position, stored_at: int) -> Verdict:
         """Verify, decrypt, check and commit one message from the bus; say what to do with it.
 
         `stored_at` is when the bus first stored the message: a sender cannot backdate it,
         so a key revoked before then is refused even if the envelope claims an earlier time.
+        A message id received before is a redelivery (acked, nothing done) if it comes again
+        from where it was committed (stream and sequence: sequences are per stream), or was
+        moved by the bus from there (`Position.moved_from`); anything else is `replayed`.
 
         Every outcome is one of: committed (ACK), held back (RETRY: no directory yet, a key
         not known yet, or a local storage failure the transport retries a bounded number of
@@ -418,6 +421,7 @@ class Agent:
         of anything else — a bug, RecursionError, a value the store cannot hold — is the
         refusal `unprocessable`, never a silent drop (docs/PROTOCOL.md §6.4).
         """
+        stream_seq = position.seq
         now = clock.now()
         directory = self.trust.directory
         if directory is None:
@@ -435,17 +439,17 @@ class Agent:
             )
             h = opened.header
             directory.signing_key(h.sender, h.sender_kid, at=max(h.created, stored_at))
-            first_seq = self.store.received_stream_seq(opened.header.message_id)
-            if first_seq == stream_seq:
+            first = self.store.received_position(opened.header.message_id)
+            if first is not None and first in ((position.stream, stream_seq), position.moved_from):
                 self.log.info("redelivery_ignored", message_id=opened.header.message_id)
-                return Verdict.ACK  # committed before a crash; the ack was lost
-            if first_seq is not None:
+                return Verdict.ACK  # committed before a crash (or a move); the ack was lost
+            if first is not None:
                 raise ReplayedError(f"message {opened.header.message_id} was already received")
             body_stage = True  # from here on a refusal is of the body: the sender is told
             checked = inbound.check(
                 h.kind, opened.body, roles=self._own_roles(directory), limits=self.limits
             )
-            self._commit(opened, checked, stream_seq)
+            self._commit(opened, checked, position)
         except UnknownKeyError as e:
             # Perhaps signed with a key from a directory this agent has not seen yet:
             # hold it back for a while rather than lose it.
@@ -573,7 +577,7 @@ class Agent:
             reason=checked.reason,
         )
 
-    def _commit(self, opened: Opened, checked: inbound.Checked, stream_seq: int) -> None:
+    def _commit(self, opened: Opened, checked: inbound.Checked, position: Position) -> None:
         """Store one verified, checked message and everything it causes, in one transaction:
         the inbox row, then the handler of its kind (`self.handlers`)."""
         h = opened.header
@@ -590,7 +594,9 @@ class Agent:
             body=opened.body if keep_body else None,
         )
         with self.store.transaction() as tx:
-            self.store.insert_received(tx, received, stream_seq=stream_seq)
+            self.store.insert_received(
+                tx, received, stream=position.stream, stream_seq=position.seq
+            )
             self.handlers[h.kind](tx, opened, checked)
         self.metrics.received.labels(h.kind).inc()
         self.log.info(

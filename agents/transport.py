@@ -19,7 +19,8 @@ import contextlib
 import enum
 import sqlite3
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import nats
 import nats.errors
@@ -33,6 +34,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from keys import Limits
 from keys.subjects import (
     DIRECTORY_BUCKET,
+    MOVED_FROM_HEADER,
     audit_publish_id,
     audit_subject,
     inbox_consumer,
@@ -66,8 +68,18 @@ class Verdict(enum.Enum):
     RETRY = "retry"  # cannot be judged yet (e.g. a key from a directory not seen yet)
 
 
-#: (envelope bytes, stream sequence, time the bus stored it) -> what to do with it
-MessageHandler = Callable[[bytes, int, int], Verdict]
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a consumed message is on the bus: its stream and sequence there (sequences are
+    per stream), and where it was before if the bus moved it (`MOVED_FROM_HEADER`)."""
+
+    stream: str
+    seq: int
+    moved_from: tuple[str, int] | None = None
+
+
+#: (envelope bytes, where it is, time the bus stored it) -> what to do with it
+MessageHandler = Callable[[bytes, Position, int], Verdict]
 DirectoryHandler = Callable[[str, bytes], Awaitable[None]]
 #: How many times a message whose handling fails unexpectedly is retried before it is set aside.
 MAX_HANDLER_ATTEMPTS = 5
@@ -483,8 +495,9 @@ class Transport:
     async def _erase(self, js: JetStreamContext, msg: Msg) -> None:
         """Erase a message this agent is done with (committed, or refused on the record) from
         its inbox stream, before it is acked (docs/DESIGN.md "Erasure"). Erasing one gone
-        already (a redelivery, erased before a crash) is fine. If the bus refuses, or does
-        not answer ERASE_ATTEMPTS times, the message is acked all the same — it is already
+        already (a redelivery, erased before a crash) is fine. If the bus refuses, or is
+        unavailable ERASE_ATTEMPTS times (`erase_failure`; the pauses between tries end
+        at once on stop), the message is acked all the same — it is already
         committed, and holding it back would only bring it back — and the failure is
         logged with the sequence only and counted (`on_erase_failed`)."""
         seq = msg.metadata.sequence.stream
@@ -492,15 +505,13 @@ class Transport:
             try:
                 await erase_message(js, inbox_stream(self.agency), seq)
                 return
-            except nats.js.errors.APIError as e:  # an answer, and not "gone already"
-                self._erase_failed("refused", seq, e)
-                return
             except TRANSIENT as e:
                 _raise_if_cancelled()
-                if attempt == ERASE_ATTEMPTS or not self._running:
-                    self._erase_failed("unavailable", seq, e)
+                reason = erase_failure(e)
+                if reason == "refused" or attempt == ERASE_ATTEMPTS or not self._running:
+                    self._erase_failed(reason, seq, e)
                     return
-                await asyncio.sleep(ERASE_RETRY_SECONDS * attempt)
+                await pause(ERASE_RETRY_SECONDS * attempt, self._stopping)
 
     def _erase_failed(self, reason: str, seq: int, error: BaseException) -> None:
         self.log.error(
@@ -513,7 +524,7 @@ class Transport:
         stored_at = int(clock.from_bus(meta.timestamp.timestamp())) if meta.timestamp else 0
         try:
             with self.store.transaction():
-                return self.handler(msg.data, meta.sequence.stream, stored_at)
+                return self.handler(msg.data, _position(msg), stored_at)
         except Exception as e:
             # Not the message (its refusals are handled inside) but, say, the disk: keep
             # consuming; retry the message a few times, then refuse it, on the record.
@@ -564,6 +575,30 @@ class Transport:
                         await watcher.stop()  # type: ignore[no-untyped-call]
             except TRANSIENT as e:
                 await self._pause("directory_watch_interrupted", e, 1.0)
+
+
+def _position(msg: Msg) -> Position:
+    """Where `msg` is, from its JetStream metadata, and where it was before if it carries a
+    well-formed `MOVED_FROM_HEADER` (anything else there is ignored)."""
+    meta = msg.metadata
+    moved_from = None
+    stream, _, seq = (msg.headers or {}).get(MOVED_FROM_HEADER, "").partition(" ")
+    if stream and seq.isascii() and seq.isdigit():
+        moved_from = (stream, int(seq))
+    return Position(meta.stream, meta.sequence.stream, moved_from)
+
+
+def erase_failure(error: BaseException) -> Literal["refused", "unavailable"]:
+    """Why erasing a message failed with `error`: `refused` for a definitive answer of the bus
+    (an API error, say the 500 of a stream with `deny_delete`), `unavailable` for what may
+    pass and is worth another try: no answer (a timeout, a lost connection; nats-py reports
+    a permissions violation only to the error callback, so a refused request times out) or
+    503, JetStream not available right now (during a leader election, say)."""
+    if isinstance(error, nats.js.errors.ServiceUnavailableError):
+        return "unavailable"
+    if isinstance(error, nats.js.errors.APIError):
+        return "unavailable" if error.code == 503 else "refused"
+    return "unavailable"
 
 
 def _raise_if_cancelled() -> None:

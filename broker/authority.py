@@ -7,7 +7,10 @@ server (SIGHUP, no restart) whenever the set of NKeys or roles changes; a rotate
 thus replaces the old one at once, and connections made with the old one are closed. An
 agency the directory admits gets its inbox stream and attachment bucket (broker/streams.py)
 before the reload lets it connect (if they cannot be made, the reload goes ahead and they are
-tried again: an authorization change, a revocation say, is never held back). The reload waits for
+tried again: an authorization change, a revocation say, is never held back). While the shared
+inbox stream of an earlier release still exists, the mail it holds is moved into the inbox
+streams again every MIGRATE_SECONDS (a full inbox refuses it until its agency has consumed
+what it holds; broker/streams.py `migrate_shared_inbox`). The reload waits for
 nats-server to confirm it, so it runs in a worker thread, never on the event loop. It also
 runs the `ConnectionWatch` reporting agencies logged in more than once. All its loops run
 under one supervisor (runtime/supervisor.py), whose deaths `health` reports.
@@ -30,11 +33,13 @@ from .authz import authorization_block
 from .connections import ConnectionWatch
 from .follower import TRANSIENT, DirectoryFollower
 from .server import NatsServer
-from .streams import provision_stores_for
+from .streams import migrate_leftovers, provision_stores_for
 from .trust_status import service_health
 
 #: How long to wait before trying a failed bucket creation again.
 RETRY_SECONDS = 1.0
+#: How often mail left in the shared inbox stream of an earlier release is moved again.
+MIGRATE_SECONDS = 30.0
 
 log = structlog.get_logger("nrm.broker")
 
@@ -149,6 +154,21 @@ class DirectoryAuthority:
                     error=type(e).__name__,
                 )
 
+    async def _migrations(self) -> None:
+        """Move what the retired shared inbox stream still holds for the provisioned
+        agencies every MIGRATE_SECONDS, until it is gone (at once if there is none)."""
+        while True:
+            try:
+                pending = await migrate_leftovers(
+                    self.server.url, sorted(self.provisioned), nkeys_seed=self.operator_seed
+                )
+            except TRANSIENT as e:
+                log.warning("shared_inbox_migration_failed", error=type(e).__name__)
+                pending = True
+            if not pending:
+                return
+            await asyncio.sleep(MIGRATE_SECONDS)
+
     def _retry_later(self) -> None:
         """Offer the wanted directory again after RETRY_SECONDS (its buckets are missing)."""
         asyncio.get_running_loop().call_later(RETRY_SECONDS, self._changed.set)
@@ -165,6 +185,7 @@ class DirectoryAuthority:
         try:
             self.follower.urls = [self.server.url]
             self.supervisor.spawn("authority-reload", self._reloads)
+            self.supervisor.spawn("authority-migrate", self._migrations)
             await self.follower.start()
             await self.connections.start()
         except BaseException:

@@ -10,9 +10,11 @@ per-agency streams.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import nats
+import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -24,13 +26,14 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from keys.limits import DEFAULT_LIMITS, Limits
 from keys.subjects import (
     AUDIT_STREAM,
     AUDIT_SUBJECTS,
     DIRECTORY_BUCKET,
+    MOVED_FROM_HEADER,
     PREFIX,
     PRESENCE_BUCKET,
     PRESENCE_STREAM,
@@ -153,13 +156,39 @@ async def provision_agency_stores(
     """What each of `agencies` has of its own on the bus: its inbox stream (created, or
     brought to the wanted configuration) and its attachment bucket (created if missing);
     then the messages a shared inbox stream of an earlier release still holds for them are
-    moved into their inboxes (idempotent)."""
+    moved into their inboxes (idempotent). With no agencies (an open bus given no
+    `--agency`), a shared inbox stream is left as it is: its mail has nowhere to go yet."""
+    if not agencies:
+        with contextlib.suppress(NotFoundError):
+            await js.stream_info(LEGACY_MESSAGE_STREAM)
+            log.warning("shared_inbox_kept", stream=LEGACY_MESSAGE_STREAM, reason="no-agencies")
+        return
     retiring = await _retire_shared_inbox(js)
     for agency in agencies:
         await _put_stream(js, inbox_stream_config(agency, limits=limits, replicas=replicas))
         await _put_attachment_store(js, agency, limits=limits, replicas=replicas)
     if retiring:
+        await _migrate_or_log(js, agencies)
+
+
+#: What may interrupt a migration run: the bus refusing or not answering. The run is
+#: idempotent, so what it left is moved by a later one (broker/authority.py).
+MIGRATION_ERRORS = (nats.errors.Error, TimeoutError, OSError)
+
+
+async def _migrate_or_log(js: JetStreamContext, agencies: Sequence[str]) -> bool:
+    """`migrate_shared_inbox`, its failure logged, never raised: moving old mail never keeps
+    the bus from serving. True while the shared inbox stream still exists."""
+    try:
         await migrate_shared_inbox(js, agencies)
+    except MIGRATION_ERRORS as e:
+        log.warning("shared_inbox_migration_interrupted", error=type(e).__name__)
+        return True
+    try:
+        await js.stream_info(LEGACY_MESSAGE_STREAM)
+    except NotFoundError:
+        return False
+    return True
 
 
 async def _retire_shared_inbox(js: JetStreamContext) -> bool:
@@ -183,14 +212,17 @@ async def _retire_shared_inbox(js: JetStreamContext) -> bool:
 
 async def migrate_shared_inbox(js: JetStreamContext, agencies: Sequence[str]) -> int:
     """Re-publish every message the retired shared inbox stream holds for one of `agencies`
-    to its original subject with its original `Nats-Msg-Id`, erasing each from the old
+    to its original subject with its original `Nats-Msg-Id` and where it was
+    (`MOVED_FROM_HEADER`), erasing each from the old
     stream once its inbox stream acknowledged it; delete the old stream once it is empty.
     Returns how many it moved.
 
     Safe to stop and run again: a message re-published but not yet erased is published
     again under the same `Nats-Msg-Id` and dropped by the inbox stream's de-duplication
     window (after it, the receiver recognises the message id, PROTOCOL.md §4.7). Mail for an
-    agency not in `agencies` stays where it is until a run that names it (or its max age)."""
+    agency not in `agencies` stays where it is until a run that names it (or its max age);
+    so does the rest of an agency's mail once its inbox stream refuses one (full, say: it
+    is moved by a later run, once the agency has consumed what its inbox holds)."""
     moved = 0
     for agency in agencies:
         subject = inbox_subject(agency)
@@ -200,12 +232,21 @@ async def migrate_shared_inbox(js: JetStreamContext, agencies: Sequence[str]) ->
                 msg = await js.get_msg(LEGACY_MESSAGE_STREAM, seq=seq, subject=subject, next=True)
             except NotFoundError:
                 break
-            headers = {}
+            assert msg.seq is not None
+            headers = {MOVED_FROM_HEADER: f"{LEGACY_MESSAGE_STREAM} {msg.seq}"}
             msg_id = (msg.headers or {}).get("Nats-Msg-Id")
             if msg_id:
                 headers["Nats-Msg-Id"] = msg_id
-            await js.publish(subject, msg.data or b"", headers=headers or None)
-            assert msg.seq is not None
+            try:
+                await js.publish(subject, msg.data or b"", headers=headers)
+            except APIError as e:  # refused by the inbox stream (full): the rest waits
+                log.warning(
+                    "shared_inbox_agency_deferred",
+                    agency=agency,
+                    stream_seq=msg.seq,
+                    err_code=e.err_code,
+                )
+                break
             await erase_message(js, LEGACY_MESSAGE_STREAM, msg.seq)
             moved += 1
             seq = msg.seq + 1
@@ -364,5 +405,26 @@ async def provision_stores_for(
     nc = await _connect(url, nkeys_seed)
     try:
         await provision_agency_stores(nc.jetstream(), agencies, limits=limits, replicas=replicas)
+    finally:
+        await nc.drain()
+
+
+async def migrate_leftovers(
+    url: str, agencies: Sequence[str], *, nkeys_seed: bytes | None = None
+) -> bool:
+    """Connect to the bus at `url` and move what the retired shared inbox stream still
+    holds for `agencies` (mail an earlier run left: its inbox was full, the bus did not
+    answer), drain. True while the shared inbox stream still exists (the authority tries
+    again later), False once it is gone or was never there."""
+    nc = await _connect(url, nkeys_seed)
+    try:
+        js = nc.jetstream()
+        try:
+            info = await js.stream_info(LEGACY_MESSAGE_STREAM)
+        except NotFoundError:
+            return False
+        if info.config.subjects != [RETIRED_SUBJECT]:
+            return True  # not retired yet (no agency provisioned): nothing can move
+        return await _migrate_or_log(js, agencies)
     finally:
         await nc.drain()

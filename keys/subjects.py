@@ -16,6 +16,11 @@ PREFIX = "nrm.v1"
 #: name alphabet, and the prefix keeps an inbox stream's name apart from every other stream.
 INBOX_STREAM_PREFIX = "NRM_INBOX_"
 
+#: The header a message moved out of the shared inbox stream of an earlier release carries
+#: (broker/streams.py `migrate_shared_inbox`): `<stream> <sequence>`, where it was stored
+#: before, so that a recipient that had committed it there knows it again (PROTOCOL.md §5).
+MOVED_FROM_HEADER = "Nrm-Moved-From"
+
 #: Agency ids are used verbatim as subject tokens, so they are restricted to a safe alphabet.
 AGENCY_ID_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 

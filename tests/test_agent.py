@@ -14,10 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.errors
+import nats.js.errors
 import pytest
 from structlog.testing import capture_logs
 
-from keys.subjects import inbox_consumer, inbox_stream, inbox_subject, reply_prefix
+from agents.transport import erase_failure
+from keys.subjects import (
+    MOVED_FROM_HEADER,
+    inbox_consumer,
+    inbox_stream,
+    inbox_subject,
+    reply_prefix,
+)
 from runtime.keydir import load_key_dir
 
 from . import samples
@@ -138,6 +147,67 @@ async def test_replayed_envelope_is_rejected(mechanism: Mechanism) -> None:
     assert rows(m.database("shelter"), "inbox") == 1
 
 
+def _as_if_received_from_the_shared_stream(m: Mechanism, agency: str, seq: int) -> None:
+    """Make `agency`'s one inbox row say what a database from before per-agency inbox
+    streams says of a message committed from `NRM_MSG` at `seq`."""
+    with sqlite3.connect(m.database(agency)) as db:
+        db.execute("UPDATE inbox SET stream = 'NRM_MSG', stream_seq = ?", (seq,))
+
+
+async def test_a_message_committed_before_the_move_is_known_again_in_the_new_stream(
+    mechanism: Mechanism,
+) -> None:
+    """A message committed from the shared `NRM_MSG` but not acked before the upgrade comes
+    back moved into the agency's inbox stream at a sequence of its own: it is a redelivery
+    (acked, nothing stored twice, the sender not told `replayed`), known by where it was."""
+    m = mechanism
+    rid = await m.api("police").refer(["shelter"], REFERRAL)
+    await delivered(m, "police", rid)
+    data = sent_envelope(m, "police", rid)
+    _as_if_received_from_the_shared_stream(m, "shelter", 7)
+    nc, js = await operator_js(m)
+    try:
+        with capture_logs() as logs:
+            headers = {"Nats-Msg-Id": "moved-1", MOVED_FROM_HEADER: "NRM_MSG 7"}
+            await js.publish(inbox_subject("shelter"), data, headers=headers)
+            await eventually(
+                lambda: _logged(logs, "redelivery_ignored"), what="the move to be recognised"
+            )
+    finally:
+        await nc.close()
+    assert not [e for e in logs if e["event"] == "message_rejected"]
+    assert rows(m.database("shelter"), "inbox") == 1
+
+
+async def test_a_replay_at_the_sequence_a_message_had_in_the_shared_stream_is_refused(
+    mechanism: Mechanism,
+) -> None:
+    """Sequences are per stream: an old envelope (committed from `NRM_MSG` at n) replayed
+    into the agency's inbox stream where it lands at n too is `replayed`, not a redelivery."""
+    m = mechanism
+    rid = await m.api("police").refer(["shelter"], REFERRAL)
+    await delivered(m, "police", rid)
+    data = sent_envelope(m, "police", rid)
+    nc, js = await operator_js(m)
+    try:
+        next_seq = int((await js.stream_info(inbox_stream("shelter"))).state.last_seq) + 1
+    finally:
+        await nc.close()
+    _as_if_received_from_the_shared_stream(m, "shelter", next_seq)
+    with capture_logs() as logs:
+        async with connect_as(m, "coordinator") as hostile:
+            ack = await hostile.jetstream().publish(
+                inbox_subject("shelter"), data, headers={"Nats-Msg-Id": "replay-2"}
+            )
+            assert ack.seq == next_seq
+        await eventually(
+            lambda: _logged(logs, "message_rejected"), what="the replay to be rejected"
+        )
+    assert [e["reason"] for e in logs if e["event"] == "message_rejected"] == ["replayed"]
+    assert not [e for e in logs if e["event"] == "redelivery_ignored"]
+    assert rows(m.database("shelter"), "inbox") == 1
+
+
 async def test_message_whose_erasure_is_refused_is_still_acked_and_counted(
     mechanism: Mechanism,
 ) -> None:
@@ -167,6 +237,38 @@ async def test_message_whose_erasure_is_refused_is_still_acked_and_counted(
     registry = m.agents["shelter"].metrics.registry
     sample = registry.get_sample_value("nrm_inbox_erase_failed_total", {"reason": "refused"})
     assert sample == 1
+
+
+def _api_error(code: int, err_code: int, description: str) -> BaseException:
+    """The exception nats-py raises for a JetStream API answer with this error."""
+    try:
+        nats.js.errors.APIError.from_error(
+            {"code": code, "err_code": err_code, "description": description}
+        )
+    except nats.js.errors.APIError as e:
+        return e
+    raise AssertionError("from_error always raises")
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (_api_error(503, 10039, "jetstream not enabled for account"), "unavailable"),
+        (nats.js.errors.APIError(code=503, description="leader election"), "unavailable"),
+        (nats.errors.TimeoutError(), "unavailable"),
+        (TimeoutError(), "unavailable"),
+        (nats.errors.ConnectionClosedError(), "unavailable"),
+        (_api_error(500, 10057, "message delete not permitted"), "refused"),
+        (_api_error(400, 10000, "bad request"), "refused"),
+        (_api_error(404, 10059, "stream not found"), "refused"),
+    ],
+)
+def test_an_erase_is_retried_unless_the_bus_answered_definitively(
+    error: BaseException, reason: str
+) -> None:
+    """A 503 (JetStream not available right now, say during a leader election) or no answer
+    is tried again; any other answer of the bus is a refusal, acked unerased at once."""
+    assert erase_failure(error) == reason
 
 
 async def test_tampered_and_misaddressed_envelopes_are_rejected(mechanism: Mechanism) -> None:

@@ -21,8 +21,14 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from broker import NatsServer
-from broker.authz import agency_permissions, auditor_reply_prefix, authorization_block
-from broker.streams import provision
+from broker.authz import (
+    agency_permissions,
+    auditor_permissions,
+    auditor_reply_prefix,
+    authorization_block,
+    operator_permissions,
+)
+from broker.streams import RETIRED_SUBJECT, provision
 from keys.subjects import (
     DIRECTORY_BUCKET,
     DIRECTORY_KEY,
@@ -503,6 +509,39 @@ def test_agency_grants_no_write_outside_its_own_bucket() -> None:
                 f"$JS.FC.{attachment_stream(other)}.>",
             ]
         )
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    """Whether the NATS subject `pattern` (with `*` and `>` wildcards) matches `subject`."""
+    want, have = pattern.split("."), subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or token not in ("*", have[i]):
+            return False
+    return len(want) == len(have)
+
+
+def test_only_agencies_and_operators_may_publish_to_an_inbox() -> None:
+    """Exactly who may publish on an inbox subject (`nrm.v1.msg.<agency>`): every agency
+    (mail to anyone) and the operators (moving a shared `NRM_MSG` stream's mail, PROTOCOL.md
+    §5.1), never an auditor; and no one may publish to the retired shared stream's subject."""
+    roles = {
+        "agency": agency_permissions(A, readable=[A, B]),
+        "auditor": auditor_permissions(User.new().public),
+        "operator": operator_permissions(),
+    }
+
+    def may_publish(role: str, subject: str) -> bool:
+        allow, deny, _, _ = roles[role]
+        return any(_matches(p, subject) for p in allow) and not any(
+            _matches(p, subject) for p in deny
+        )
+
+    for subject in (inbox_subject(A), inbox_subject(B)):
+        assert {r for r in roles if may_publish(r, subject)} == {"agency", "operator"}
+    assert not {r for r in roles if may_publish(r, RETIRED_SUBJECT)}
+    assert not {r for r in roles if may_publish(r, f"{inbox_subject(A)}.x")}
 
 
 @pytest.mark.parametrize("subject", ["_INBOX.>", f"{reply_prefix(A)}.>", ">"])

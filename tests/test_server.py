@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,9 +17,20 @@ from nats.js.errors import APIError
 
 from broker import NatsServer, provision
 from broker.server import conf_string
-from broker.streams import HEADER_ROOM_BYTES, LEGACY_MESSAGE_STREAM, LEGACY_MESSAGE_SUBJECTS
+from broker.streams import (
+    HEADER_ROOM_BYTES,
+    LEGACY_MESSAGE_STREAM,
+    LEGACY_MESSAGE_SUBJECTS,
+    migrate_leftovers,
+)
 from keys.limits import DEFAULT_LIMITS
-from keys.subjects import attachment_bucket, attachment_stream, inbox_stream, inbox_subject
+from keys.subjects import (
+    MOVED_FROM_HEADER,
+    attachment_bucket,
+    attachment_stream,
+    inbox_stream,
+    inbox_subject,
+)
 
 SUBJECT = inbox_subject("police-a")
 STREAM = inbox_stream("police-a")
@@ -224,3 +236,55 @@ async def test_provisioning_moves_a_shared_inbox_stream_into_the_agencies_own(
             assert await held("police-a") == [(b"to police 1", "m1"), (b"to police 2", "m3")]
             assert await held("shelter-b") == [(b"to shelter", "m2")]
             assert await held("ngo-c") == [(b"to the ngo", "m4")]
+
+
+async def test_a_full_inbox_leaves_the_rest_of_its_shared_mail_for_a_later_run(
+    tmp_path: Path,
+) -> None:
+    """An agency with more mail queued in `NRM_MSG` than its new inbox stream takes: the
+    provisioning that starts the bus moves what fits (and the other agencies' mail) and
+    returns, the rest left in the old stream; once the agency consumed its inbox, the
+    authority's later run (`migrate_leftovers`) moves the rest and deletes the old stream.
+    Provisioning no agency at all (an open bus without `--agency`) leaves the old stream."""
+    limits = dataclasses.replace(DEFAULT_LIMITS, inbox_max_msgs=2)
+    with NatsServer(store_dir=tmp_path / "nats") as server:
+        async with jetstream(server) as js:
+            await js.add_stream(
+                StreamConfig(
+                    name=LEGACY_MESSAGE_STREAM,
+                    subjects=[LEGACY_MESSAGE_SUBJECTS],
+                    retention=RetentionPolicy.WORK_QUEUE,
+                    storage=StorageType.FILE,
+                )
+            )
+            for n in range(3):
+                await js.publish(SUBJECT, b"to police %d" % n, headers={"Nats-Msg-Id": f"p{n}"})
+            await js.publish(inbox_subject("shelter-b"), b"s", headers={"Nats-Msg-Id": "s0"})
+
+            # An open bus given no agency keeps the shared stream as it is: the mail stays.
+            await provision(server.url, limits=limits)
+            old = await js.stream_info(LEGACY_MESSAGE_STREAM)
+            assert (old.config.subjects, old.state.messages) == ([LEGACY_MESSAGE_SUBJECTS], 4)
+            assert await migrate_leftovers(server.url, [])
+
+            await provision(server.url, limits=limits, agencies=["police-a", "shelter-b"])
+            assert await stored_count(js) == 2
+            assert (await js.stream_info(inbox_stream("shelter-b"))).state.messages == 1
+            assert (await js.stream_info(LEGACY_MESSAGE_STREAM)).state.messages == 1
+            # While the inbox is still full, a later run moves nothing and says so.
+            assert await migrate_leftovers(server.url, ["police-a", "shelter-b"])
+            assert (await js.stream_info(LEGACY_MESSAGE_STREAM)).state.messages == 1
+
+            sub = await js.pull_subscribe(SUBJECT, durable="inbox-police-a", stream=STREAM)
+            for msg in await sub.fetch(2, timeout=5):
+                await msg.ack_sync()
+            assert await stored_count(js) == 0
+            assert not await migrate_leftovers(server.url, ["police-a", "shelter-b"])
+            with pytest.raises(nats.js.errors.NotFoundError):
+                await js.stream_info(LEGACY_MESSAGE_STREAM)
+            [msg] = await sub.fetch(1, timeout=5)
+            assert (msg.data, msg.headers) == (
+                b"to police 2",
+                {"Nats-Msg-Id": "p2", MOVED_FROM_HEADER: f"{LEGACY_MESSAGE_STREAM} 3"},
+            )
+            assert not await migrate_leftovers(server.url, ["police-a"])  # nothing to do

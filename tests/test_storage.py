@@ -62,6 +62,7 @@ def test_a_database_from_before_owner_keys_migrates_filling_each_owner(tmp_path:
         assert [r[2] for r in store.history_rows("shelter", SENT)] == ["submitted"]
         assert store.data_key("police", RECEIVED) == b"sealed-key"
         assert store.received_body("police", RECEIVED) == b"sealed-body"
+        assert store.received_position("m2") == ("NRM_MSG", 1)
         assert store.received_attachment("police", RECEIVED, "d") is not None
         (orphans,) = store._db.execute("SELECT count(*) FROM data_keys").fetchone()
         assert orphans == 1
@@ -87,6 +88,32 @@ def test_migrating_sent_referrals_without_knowing_the_agency_is_refused(tmp_path
     columns = {r[1] for r in db.execute("PRAGMA table_info(referrals)")}
     db.close()
     assert "owner" not in columns
+
+
+def test_a_database_from_before_per_agency_inbox_streams_names_the_shared_stream(
+    tmp_path: Path,
+) -> None:
+    """A database of user_version 1 (inbox rows without their stream): each row is given the
+    shared inbox stream `NRM_MSG` it was consumed from; new rows name their own stream."""
+    path = tmp_path / "agent.db"
+    Store(path, agency="shelter").close()
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE inbox DROP COLUMN stream")
+    db.execute(
+        "INSERT INTO inbox (message_id, referral_id, kind, sender, envelope_hash, stream_seq,"
+        " created, received_at, body) VALUES ('m1', NULL, 'receipt', 'police', 'h', 7, 1, 1,"
+        " NULL)"
+    )
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    store = Store(path, agency="shelter")
+    try:
+        assert store._db.execute("PRAGMA user_version").fetchone() == (VERSION,) == (2,)
+        assert store.received_position("m1") == ("NRM_MSG", 7)
+        assert store.received_position("m2") is None
+    finally:
+        store.close()
 
 
 def test_one_id_from_two_owners_is_two_referrals(tmp_path: Path) -> None:

@@ -248,22 +248,25 @@ class Messages(Database):
 
     # --- inbox ----------------------------------------------------------------------------
 
-    def received_stream_seq(self, message_id: str) -> int | None:
-        """The stream sequence a message id was first received at, if it was."""
+    def received_position(self, message_id: str) -> tuple[str, int] | None:
+        """The stream and the stream sequence a message id was first received at, if it was."""
         row = self._db.execute(
-            "SELECT stream_seq FROM inbox WHERE message_id = ?", (message_id,)
+            "SELECT stream, stream_seq FROM inbox WHERE message_id = ?", (message_id,)
         ).fetchone()
-        return None if row is None else int(row[0])
+        return None if row is None else (str(row[0]), int(row[1]))
 
-    def insert_received(self, db: sqlite3.Connection, r: Received, *, stream_seq: int) -> None:
+    def insert_received(
+        self, db: sqlite3.Connection, r: Received, *, stream: str, stream_seq: int
+    ) -> None:
         db.execute(
-            "INSERT INTO inbox (message_id, kind, sender, envelope_hash, stream_seq, created,"
-            " received_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO inbox (message_id, kind, sender, envelope_hash, stream, stream_seq,"
+            " created, received_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 r.message_id,
                 r.kind,
                 r.sender,
                 r.envelope_hash,
+                stream,
                 stream_seq,
                 r.created,
                 r.received_at,

@@ -8,7 +8,9 @@ schema is applied; PRAGMA user_version says which migrations a database has had.
   API answers; `deliveries` tracks each copy per recipient until the bus acknowledges it and
   until the recipient's delivery receipt comes back.
 - `inbox`: every envelope received, keyed by message id, committed before the JetStream ack;
-  the unique key is what makes the agent store a message at most once.
+  the unique key is what makes the agent store a message at most once. `stream` and
+  `stream_seq` say where on the bus it was consumed (sequences are per stream): a row from
+  before per-agency inbox streams (user_version 2) has the shared stream's name, `NRM_MSG`.
 - `signing_key_history`: every signing key window any accepted directory listed
   (keys.key_history), so what an agency signed stays verifiable after its keys rotate, are
   pruned from the directory, or the agency is removed and re-admitted. Added by issue 10;
@@ -64,7 +66,8 @@ CREATE TABLE IF NOT EXISTS inbox (
     stream_seq    INTEGER NOT NULL,
     created       INTEGER NOT NULL,
     received_at   INTEGER NOT NULL,
-    body          BLOB
+    body          BLOB,
+    stream        TEXT NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS inbox_kind ON inbox(kind, seq);
 CREATE INDEX IF NOT EXISTS inbox_owned_referral ON inbox(sender, referral_id);
@@ -269,7 +272,10 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 
 
 #: PRAGMA user_version of a database with every migration below.
-VERSION = 1
+VERSION = 2
+#: The inbox stream every agency shared before per-agency inbox streams (broker/streams.py):
+#: where an inbox row from before user_version 2 was consumed.
+SHARED_INBOX_STREAM = "NRM_MSG"
 
 
 class MigrationError(RuntimeError):
@@ -283,6 +289,8 @@ def migrate(db: sqlite3.Connection, *, agency: str | None) -> None:
     (version,) = db.execute("PRAGMA user_version").fetchone()
     if version < 1:
         _migrate_owners(db, agency)
+    if version < 2:
+        _migrate_inbox_stream(db)
     if version < VERSION:
         db.execute(f"PRAGMA user_version = {VERSION}")
 
@@ -366,6 +374,15 @@ def _migrate_owners(db: sqlite3.Connection, agency: str | None) -> None:
     except BaseException:
         db.execute("ROLLBACK")
         raise
+
+
+def _migrate_inbox_stream(db: sqlite3.Connection) -> None:
+    """Databases made before per-agency inbox streams: each inbox row gets the stream it was
+    consumed from, the shared `NRM_MSG` (its `stream_seq` is a sequence of that stream)."""
+    columns = _columns(db, "inbox")
+    if columns is None or "stream" in columns:
+        return
+    db.execute(f"ALTER TABLE inbox ADD COLUMN stream TEXT NOT NULL DEFAULT '{SHARED_INBOX_STREAM}'")
 
 
 def _statement(table: str) -> str:
