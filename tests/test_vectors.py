@@ -24,7 +24,7 @@ from agents.consent import decode_stored, verify_receipt
 from agents.lifecycle import Transition
 from agents.messages import DELIVERY_RECEIPT, REFUSAL, TRANSITION, DeliveryReceipt, Refusal
 from agents.resend import ResendRequest
-from agents.transport import Verdict
+from agents.transport import Position, Verdict
 from agents.trust import TrustState
 from keys import DEFAULT_LIMITS, AgencyKeys, UntrustedInputError, open_envelope, seal
 from keys.audit import AuditEvent, decode_signed_event, verify_event
@@ -55,7 +55,7 @@ from keys.keyfile import open_admin_key, open_keys
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import leaf_hash, root_of, verify_consistency, verify_inclusion
 from keys.restore import verify_restore
-from keys.subjects import DIRECTORY_KEY
+from keys.subjects import DIRECTORY_KEY, inbox_stream
 from runtime import clock
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -671,7 +671,8 @@ def receive(agent: Agent, data: bytes, stream_seq: int, stored_at: int) -> str:
     """What the agent makes of one message from the bus: `ok` (acknowledged, nothing refused),
     `retry` (held back), or the reason of the `message.rejected` event it recorded."""
     before = agent.store.last_audit_event()
-    verdict = agent.handle_message(data, stream_seq, stored_at)
+    position = Position(inbox_stream(agent.config.agency), stream_seq)  # the receiver's inbox
+    verdict = agent.handle_message(data, position, stored_at)
     last = agent.store.last_audit_event()
     event = None if last is None or last == before else decode_signed_event(last)[0]
     rejected = event is not None and event.kind == "message.rejected"
