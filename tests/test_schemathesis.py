@@ -40,6 +40,7 @@ from schemathesis.specs.openapi.checks import (
 from . import samples
 from .conftest import LedgerAccess
 from .support import Api, Mechanism
+from .test_agent import delivered
 
 EXAMPLES = 20
 
@@ -135,20 +136,22 @@ def exact(
     document: dict[str, Any],
     base_url: str,
     token: str,
-    cases: list[tuple[str, str, dict[str, Any]]],
+    cases: list[tuple[str, str, dict[str, Any], int]],
 ) -> list[str]:
-    """Send each (method, path, case fields) once, with every check; the failures."""
+    """Send each (method, path, case fields, status it must get) once, with every check; the
+    failures."""
     schema = schemathesis.openapi.from_dict(document, config=CONFIG)
     failures = []
-    for method, path, fields in cases:
+    for method, path, fields, expected in cases:
         case = schema[path][method].Case(**fields)
         try:
-            case.call_and_validate(
+            response = case.call_and_validate(
                 base_url=base_url,
                 headers={"Authorization": f"Bearer {token}"},
                 checks=CHECKS,
                 timeout=10,
             )
+            assert response.status_code == expected, (response.status_code, response.text)
         except (Exception, BaseExceptionGroup) as e:
             failures.append(f"{method} {path} {fields}: {e}")
     return failures
@@ -169,8 +172,47 @@ async def test_agent_api_survives_schemathesis(mechanism: Mechanism) -> None:
     status, body, _ = await api.call("POST", "/v1/consents", json=samples.consent(consent_id))
     assert status == 201, body
     referral_id = await api.refer(["shelter"], samples.referral())
+    # A second one, left alone by the fuzzing, for the recipient's side of the answers.
+    received_id = await api.refer(["shelter"], samples.referral())
     pinned = {"/v1/referrals/": {"id": referral_id}, "/v1/consents/": {"id": consent_id}}
     failures += await asyncio.to_thread(fuzz, document, api.base, api.token, pinned)
+    failures += await asyncio.to_thread(
+        exact,
+        document,
+        api.base,
+        api.token,
+        [
+            (
+                "GET",
+                "/v1/consents/{id}",
+                {"path_parameters": {"id": consent_id}, "query": {"format": "kantara"}},
+                200,
+            )
+        ],
+    )
+    await delivered(mechanism, "police", received_id)
+    shelter = mechanism.api("shelter")
+    status, shelter_document, _ = await shelter.call("GET", "/openapi.json")
+    assert status == 200, shelter_document
+    named = {"path_parameters": {"id": received_id}, "query": {"sender": "police"}}
+    failures += await asyncio.to_thread(
+        exact,
+        shelter_document,
+        shelter.base,
+        shelter.token,
+        [
+            ("GET", "/v1/inbox", {}, 200),
+            ("GET", "/v1/referrals", {}, 200),
+            ("GET", "/v1/referrals/{id}", named, 200),
+            (
+                "POST",
+                "/v1/referrals/{id}/transitions",
+                {"path_parameters": {"id": received_id}, "body": {"to": "acknowledged"}},
+                202,
+            ),
+            ("GET", "/v1/referrals/{id}/history", named, 200),
+        ],
+    )
     assert not failures, "\n\n".join(failures)
 
 
@@ -206,11 +248,12 @@ async def test_ledger_api_survives_schemathesis(
     failures += await asyncio.to_thread(fuzz, document, api.base, api.token, pinned)
     ids = [e["event_id"] for e in entries[:3]] + [entries[-1]["event_id"], "0" * 32]
     cases = [
-        ("POST", "/v1/proofs", {"body": {"size": len(entries) - 1, "event_ids": ids}}),
+        ("POST", "/v1/proofs", {"body": {"size": len(entries) - 1, "event_ids": ids}}, 200),
         (
             "GET",
             "/v1/events/{event_id}",
             {"path_parameters": pinned["/v1/events/"], "query": {"size": len(entries)}},
+            200,
         ),
     ]
     failures += await asyncio.to_thread(exact, document, api.base, api.token, cases)
