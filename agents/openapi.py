@@ -357,16 +357,27 @@ _HEALTH: dict[str, Any] = {
 }
 
 #: RFC 9457 problem details as every error answer carries them.
+#: Besides the four RFC 9457 members only the named extras of agents/errors.py occur.
 _PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["type", "title", "status", "detail"],
+    "additionalProperties": False,
     "properties": {
-        "type": {"type": "string"},
+        "type": {"type": "string", "pattern": "^https://nrm-exchange\\.org/problems/[a-z0-9-]+$"},
         "title": {"type": "string"},
-        "status": {"type": "integer"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
         "detail": {"type": "string"},
         "problems": {"type": "array", "items": {"type": "string"}},
-        "allowed": {"type": "array", "items": {"type": "string"}},
+        "allowed": {"type": "array", "items": _STATE},
+        "referral_id": {
+            **_ID,
+            "description": "On a 409 for a client_reference already used: the referral it names",
+        },
+        "senders": {
+            "type": "array",
+            "items": _AGENCY_ID,
+            "description": "On a 409 for an id that referrals of several senders share: theirs",
+        },
         "reason": {
             "type": "string",
             "description": "A stable reason code. On a 503 for a POST: why this agency cannot "
