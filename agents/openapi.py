@@ -7,10 +7,11 @@ import json
 from typing import Any
 
 from keys import DEFAULT_LIMITS
+from keys.audit import LABELS
 from runtime.http import json_object_body
 
 from . import consent, referral
-from .lifecycle import OUTCOMES, REASON_CODES, STATES
+from .lifecycle import OUTCOMES, PARTIES, REASON_CODES, STATES
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 _UNVERIFIABLE = {"409": {"$ref": "#/components/responses/Unverifiable"}}
@@ -138,6 +139,176 @@ _SENDER = {
     "only when referrals from several senders have this id: the answer is then 409.",
     "schema": _AGENCY_ID,
 }
+#: What the answers hold (agents/api.py, agents/desk.py): closed objects, every member.
+_TIME: dict[str, Any] = {"type": "integer", "minimum": 0}
+_HASH = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+_REASON_CODE = {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,39}$"}
+_REFERRAL_TYPE = {"enum": sorted(LABELS["referral_type"])}
+_URGENCY = {"enum": sorted(LABELS["urgency"])}
+_STATE = {"enum": list(STATES)}
+#: A referral as the recipient opened it, or null once erased.
+_OPENED = {"anyOf": [{"$ref": "#/components/schemas/ReferralV1"}, {"type": "null"}]}
+
+
+def _closed(properties: dict[str, Any], *, optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """An object with exactly `properties`, each required but the `optional` ones."""
+    return {
+        "type": "object",
+        "required": [name for name in properties if name not in optional],
+        "additionalProperties": False,
+        "properties": properties,
+    }
+
+
+#: GET /v1/referrals: one referral pair (this agency and one counterpart).
+_REFERRAL_ROW = _closed(
+    {
+        "id": _ID,
+        "sender": _AGENCY_ID,
+        "counterpart": _AGENCY_ID,
+        "side": {"enum": ["sender", "recipient"]},
+        "state": _STATE,
+        "referral_type": _REFERRAL_TYPE,
+        "urgency": _URGENCY,
+        "created": _TIME,
+        "updated": _TIME,
+    }
+)
+#: GET /v1/inbox: one received referral.
+_INBOX_ROW = _closed(
+    {
+        "id": {**_ID, "type": ["string", "null"]},
+        "message_id": {"type": "string"},
+        "sender": _AGENCY_ID,
+        "created": _TIME,
+        "received_at": _TIME,
+        "envelope_hash": _HASH,
+        "referral": _OPENED,
+        "erased": {"type": "boolean"},
+    }
+)
+_DELIVERY = {"enum": ["queued", "sent", "delivered", "failed"]}
+_COMMON = {
+    "id": _ID,
+    "legal_hold": {"type": "boolean"},
+    "referral_type": _REFERRAL_TYPE,
+    "urgency": _URGENCY,
+    "legal_basis": {"type": "string"},
+    "created": _TIME,
+    "sender": _AGENCY_ID,
+}
+#: GET /v1/referrals/{id}: as its sender sees it (per recipient) or as a recipient does.
+_REFERRAL = {
+    "oneOf": [
+        _closed(
+            {
+                **_COMMON,
+                "side": {"const": "sender"},
+                "status": _DELIVERY,
+                "client_reference": {"type": ["string", "null"]},
+                "recipients": {
+                    "type": "array",
+                    "items": _closed(
+                        {
+                            "agency": _AGENCY_ID,
+                            "state": _STATE,
+                            "status": _DELIVERY,
+                            "updated": _TIME,
+                            "escalated_at": {**_TIME, "type": ["integer", "null"]},
+                            "failure": _REASON_CODE,
+                        },
+                        optional=("failure",),
+                    ),
+                },
+            }
+        ),
+        _closed(
+            {
+                **_COMMON,
+                "side": {"const": "recipient"},
+                "state": _STATE,
+                "referral": _OPENED,
+                "erased": {"type": "boolean"},
+            }
+        ),
+    ]
+}
+_HISTORY = _closed(
+    {
+        "id": _ID,
+        "sender": _AGENCY_ID,
+        "items": {
+            "type": "array",
+            "items": _closed(
+                {
+                    "counterpart": _AGENCY_ID,
+                    "from": {"enum": [*STATES, None]},
+                    "to": _STATE,
+                    "party": {"enum": list(PARTIES)},
+                    "reason": {"enum": [*REASON_CODES, None]},
+                    "outcome": {"enum": [*OUTCOMES, None]},
+                    "at": _TIME,
+                }
+            ),
+        },
+    }
+)
+_TRANSITIONED = _closed(
+    {"id": _ID, "sender": _AGENCY_ID, "counterpart": _AGENCY_ID, "state": _STATE}
+)
+#: GET /v1/consents/{id} (nrm format) and the answer to a withdrawal.
+_CONSENT_STATUS = _closed(
+    {
+        "id": {"type": "string"},
+        "receipt": {"$ref": "#/components/schemas/ConsentReceiptV1"},
+        "signing_kid": {
+            "type": "string",
+            "description": "the key that signed the receipt (perhaps an earlier key of this "
+            "agency)",
+        },
+        "recorded_at": _TIME,
+        "withdrawn_at": {**_TIME, "type": ["integer", "null"]},
+        "recipients": {
+            "type": "array",
+            "items": _closed(
+                {
+                    "agency": _AGENCY_ID,
+                    "referral_id": _ID,
+                    "erasure_confirmed_at": {**_TIME, "type": ["integer", "null"]},
+                }
+            ),
+        },
+        "pending": {"type": "array", "items": _AGENCY_ID},
+    }
+)
+#: GET /v1/consents/{id}?format=kantara: a Kantara Consent Receipt 1.1 (agents/consent.py).
+_KANTARA = _closed(
+    {
+        "version": {"const": consent.KANTARA_VERSION},
+        "jurisdiction": {"type": "string"},
+        "consentTimestamp": _TIME,
+        "collectionMethod": {"type": "string"},
+        "consentReceiptID": {"type": "string"},
+        "publicKey": {"type": "string"},
+        "language": {"type": "string"},
+        "piiPrincipalId": {"type": "string"},
+        "piiControllers": {"type": "array", "items": {"type": "object"}},
+        "policyUrl": {"type": "string"},
+        "services": {"type": "array", "items": {"type": "object"}},
+        "sensitive": {"type": "boolean"},
+        "spiCat": {"type": "array", "items": {"type": "string"}},
+    },
+    optional=("publicKey",),
+)
+_ATTACHMENT = _closed(
+    {
+        "attachment_id": _ID,
+        "sha256": _HASH,
+        "size": {"type": "integer", "minimum": 1},
+        "media_type": {"type": "string"},
+    }
+)
+
 #: /healthz: `status` is `ok` or `warning` (200: the directory or the newest root expires within
 #: the warning window, `reasons` say which) or `degraded` (503); `instance` is this process's
 #: lease on the agency's inbox (docs/PROTOCOL.md §5.2); `tasks` the background loops running,
@@ -186,16 +357,27 @@ _HEALTH: dict[str, Any] = {
 }
 
 #: RFC 9457 problem details as every error answer carries them.
+#: Besides the four RFC 9457 members only the named extras of agents/errors.py occur.
 _PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["type", "title", "status", "detail"],
+    "additionalProperties": False,
     "properties": {
-        "type": {"type": "string"},
+        "type": {"type": "string", "pattern": "^https://nrm-exchange\\.org/problems/[a-z0-9-]+$"},
         "title": {"type": "string"},
-        "status": {"type": "integer"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
         "detail": {"type": "string"},
         "problems": {"type": "array", "items": {"type": "string"}},
-        "allowed": {"type": "array", "items": {"type": "string"}},
+        "allowed": {"type": "array", "items": _STATE},
+        "referral_id": {
+            **_ID,
+            "description": "On a 409 for a client_reference already used: the referral it names",
+        },
+        "senders": {
+            "type": "array",
+            "items": _AGENCY_ID,
+            "description": "On a 409 for an id that referrals of several senders share: theirs",
+        },
         "reason": {
             "type": "string",
             "description": "A stable reason code. On a 503 for a POST: why this agency cannot "
@@ -336,7 +518,7 @@ OPENAPI: dict[str, Any] = {
                     *_PAGING,
                 ],
                 "responses": {
-                    "200": _json(_page({"type": "object"})),
+                    "200": _json(_page(_REFERRAL_ROW)),
                     **_errors(400, 401, 403),
                 },
             },
@@ -352,7 +534,7 @@ OPENAPI: dict[str, Any] = {
                 "is the agency that sent the referral (this agency for its own)",
                 "parameters": [_PATH_ID, _SENDER],
                 "responses": {
-                    "200": _json({"type": "object"}),
+                    "200": _json(_REFERRAL),
                     **_errors(400, 401, 403, 404, 409),
                 },
             }
@@ -362,7 +544,7 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Every state change of a referral (read scope)",
                 "parameters": [_PATH_ID, _SENDER],
                 "responses": {
-                    "200": _json({"type": "object"}),
+                    "200": _json(_HISTORY),
                     **_errors(400, 401, 403, 404, 409),
                 },
             }
@@ -407,7 +589,7 @@ OPENAPI: dict[str, Any] = {
                     },
                 ),
                 "responses": {
-                    "202": _json({"type": "object"}, "Accepted"),
+                    "202": _json(_TRANSITIONED, "Accepted"),
                     **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
                 },
             }
@@ -417,7 +599,7 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Received referrals, oldest first (read scope)",
                 "parameters": _PAGING,
                 "responses": {
-                    "200": _json(_page({"type": "object"})),
+                    "200": _json(_page(_INBOX_ROW)),
                     **_errors(400, 401, 403),
                 },
             }
@@ -440,9 +622,7 @@ OPENAPI: dict[str, Any] = {
                     },
                 },
                 "responses": {
-                    "201": _json(
-                        {"type": "object", "required": ["attachment_id", "sha256"]}, "Created"
-                    ),
+                    "201": _json(_ATTACHMENT, "Created"),
                     **_errors(400, 401, 403, 413, 415, 422, 503),
                 },
             }
@@ -486,7 +666,7 @@ OPENAPI: dict[str, Any] = {
                     },
                 },
                 "responses": {
-                    "201": _json({"type": "object", "required": ["id"]}, "Created"),
+                    "201": _json(_closed({"id": {"type": "string"}}), "Created"),
                     # 503 with `reason` when this agency's own signing key is not valid in
                     # the trust directory (nothing is signed that would not verify later)
                     **_errors(400, 401, 403, 409, 413, 415, 422, 503),
@@ -506,24 +686,7 @@ OPENAPI: dict[str, Any] = {
                     },
                 ],
                 "responses": {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "id": {"type": "string"},
-                                "receipt": {"type": "object"},
-                                "signing_kid": {
-                                    "type": "string",
-                                    "description": "the key that signed the receipt (perhaps "
-                                    "an earlier key of this agency)",
-                                },
-                                "recorded_at": {"type": "integer"},
-                                "withdrawn_at": {"type": ["integer", "null"]},
-                                "recipients": {"type": "array"},
-                                "pending": {"type": "array", "items": {"type": "string"}},
-                            },
-                        }
-                    ),
+                    "200": _json({"oneOf": [_CONSENT_STATUS, _KANTARA]}),
                     **_errors(400, 401, 403, 404),
                     **_UNVERIFIABLE,
                 },
@@ -534,7 +697,7 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Withdraw consent: every recipient erases and confirms (act scope)",
                 "parameters": [_PATH_ID, _IDEMPOTENCY],
                 "responses": {
-                    "202": _json({"type": "object"}, "Accepted"),
+                    "202": _json(_CONSENT_STATUS, "Accepted"),
                     **_errors(400, 401, 403, 404, 413, 415, 422, 503),
                     **_UNVERIFIABLE,
                 },

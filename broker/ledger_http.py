@@ -17,7 +17,10 @@ import structlog
 from aiohttp import web
 
 from keys import DEFAULT_LIMITS
+from keys.audit import COUNT_LABELS, KINDS, LABELS
+from keys.checkpoint import MAX_CHECKPOINT_BYTES
 from keys.merkle import MerkleTree, leaf_hash
+from keys.subjects import AGENCY_ID_PATTERN
 from runtime.http import (
     MAX_JSON_INT,
     ProblemError,
@@ -380,18 +383,256 @@ async def openapi(request: web.Request) -> web.Response:
 _QUERY_INT: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": MAX_QUERY_INT}
 _TREE_SIZE: dict[str, Any] = {**_QUERY_INT, "minimum": 1}
 
+# --- what the answers hold: every member, closed where the code writes a closed object ---
+
+_UINT: dict[str, Any] = {"type": "integer", "minimum": 0}
+_HEX32: dict[str, Any] = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+_HASH: dict[str, Any] = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+#: Standard base64 with padding (§1.3).
+_B64 = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+_BASE64: dict[str, Any] = {"type": "string", "pattern": _B64}
+#: A Merkle proof (§9.2): at most 64 hashes.
+_PROOF: dict[str, Any] = {"type": "array", "maxItems": 64, "items": _HASH}
+_AGENCY = AGENCY_ID_PATTERN.pattern
+_REASON = "^[a-z][a-z0-9-]{0,39}$"
+#: `labels` of an entry (§9.0): the statistics labels with their values, or the counts of a
+#: `retention.purged` round.
+_LABELS: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        **{name: {"enum": sorted(values)} for name, values in sorted(LABELS.items())},
+        **{
+            name: {"type": "string", "pattern": "^(0|[1-9][0-9]{0,8})$"}
+            for name in sorted(COUNT_LABELS)
+        },
+    },
+}
+#: An entry's decoded event (EntryRow.to_json), for display and search (§9.0).
+_ENTRY_PROPERTIES: dict[str, Any] = {
+    "index": _UINT,
+    "event_id": _HEX32,
+    "time": {"type": "integer", "minimum": 0, "maximum": 2**40 - 1},
+    "agency": {"type": "string", "pattern": _AGENCY},
+    "kind": {"enum": sorted(KINDS)},
+    "referral_id": {"type": ["string", "null"], "pattern": "^[0-9a-f]{32}$"},
+    "counterpart": {"type": ["string", "null"], "pattern": _AGENCY},
+    "reason": {"type": ["string", "null"], "pattern": _REASON},
+    "labels": _LABELS,
+    "directory_version": _UINT,
+}
+#: The signed ledger entry (§9.0), at most 2 112 bytes: 2 816 base64 characters.
+_LEAF: dict[str, Any] = {**_BASE64, "minLength": 4, "maxLength": 2816}
+
+
+def _closed(
+    properties: dict[str, Any], *, optional: tuple[str, ...] = (), **extra: Any
+) -> dict[str, Any]:
+    """An object with exactly `properties` (each required but the `optional` ones)."""
+    return {
+        "type": "object",
+        "required": [name for name in properties if name not in optional],
+        "additionalProperties": False,
+        "properties": properties,
+        **extra,
+    }
+
+
+def _list(item: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"type": "array", "items": item, **extra}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _cell(**properties: Any) -> dict[str, Any]:
+    """A statistics cell (broker/ledger_stats.py): a count, or null when suppressed."""
+    return {
+        **_closed(
+            {
+                **properties,
+                "count": {"type": ["integer", "null"], "minimum": 0},
+                "suppressed": {"type": "boolean"},
+            }
+        ),
+        "oneOf": [
+            {"properties": {"count": {"type": "integer"}, "suppressed": {"const": False}}},
+            {"properties": {"count": {"type": "null"}, "suppressed": {"const": True}}},
+        ],
+    }
+
+
+_MONTH: dict[str, Any] = {"type": "string", "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])$"}
+#: Every schema the answers use, by name.
+SCHEMAS: dict[str, Any] = {
+    "Problem": _closed(
+        {
+            "type": {
+                "type": "string",
+                "pattern": "^https://nrm-exchange\\.org/problems/[a-z0-9-]+$",
+            },
+            "title": {"type": "string"},
+            "status": {"type": "integer", "minimum": 400, "maximum": 599},
+            "detail": {"type": "string"},
+        }
+    ),
+    "Entry": _closed(_ENTRY_PROPERTIES),
+    "LeafEntry": _closed({**_ENTRY_PROPERTIES, "leaf": _LEAF}),
+    # POST /v1/proofs: a proof only for an entry inside the tree size asked about.
+    "ProvedEntry": _closed(
+        {**_ENTRY_PROPERTIES, "leaf": _LEAF, "proof": _PROOF}, optional=("proof",)
+    ),
+    # GET /v1/events/{event_id}: size and proof only with ?size=, then both.
+    "Event": _closed(
+        {
+            **_ENTRY_PROPERTIES,
+            "leaf": _LEAF,
+            "leaf_hash": _HASH,
+            "size": {**_UINT, "minimum": 1},
+            "proof": _PROOF,
+        },
+        optional=("size", "proof"),
+        dependentRequired={"size": ["proof"], "proof": ["size"]},
+    ),
+    "Checkpoint": _closed(
+        {
+            "size": _UINT,
+            "root": _HASH,
+            "timestamp": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+            "note": {"type": "string", "minLength": 1, "maxLength": MAX_CHECKPOINT_BYTES},
+            "origin": {
+                "type": "string",
+                "maxLength": 200,
+                "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,61}"
+                "[a-z0-9])?)*/nrm-ledger$",
+            },
+        }
+    ),
+    "Checkpoints": _closed(
+        {
+            "items": _list(
+                _closed(
+                    {
+                        "size": _UINT,
+                        "note": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": MAX_CHECKPOINT_BYTES,
+                        },
+                    }
+                )
+            )
+        }
+    ),
+    "Entries": _closed({"items": _list(_ref("LeafEntry"), maxItems=MAX_RANGE)}),
+    "InclusionProof": _closed({"index": _UINT, "size": {**_UINT, "minimum": 1}, "proof": _PROOF}),
+    "EventPage": _closed(
+        {
+            "items": _list(_ref("Entry"), maxItems=500),
+            "next_cursor": {"type": ["string", "null"], "pattern": "^(0|[1-9][0-9]*)$"},
+        }
+    ),
+    "Proofs": _closed(
+        {
+            "size": {**_UINT, "minimum": 1},
+            "items": _list(_ref("ProvedEntry"), maxItems=MAX_PROOF_BATCH),
+            "missing": _list(_HEX32, maxItems=MAX_PROOF_BATCH, uniqueItems=True),
+        }
+    ),
+    "ConsistencyProof": _closed({"first": _UINT, "second": _UINT, "proof": _PROOF}),
+    "Timeline": _closed({"referral_id": {"type": "string"}, "items": _list(_ref("Entry"))}),
+    # Directories and roots (§9.5): each signed file with when the ledger accepted it.
+    "Versions": _closed(
+        {"items": _list(_closed({"version": _UINT, "accepted_at": _UINT, "data": _BASE64}))}
+    ),
+    "Restores": _closed(
+        {
+            "items": _list(
+                _closed(
+                    {
+                        "seq": _UINT,
+                        "restored_size": _UINT,
+                        "previous_size": {"type": ["integer", "null"], "minimum": 0},
+                        "declaration": _BASE64,
+                    }
+                )
+            )
+        }
+    ),
+    "RestoreProof": _closed(
+        {"seq": _UINT, "first": _UINT, "second": _UINT, "root": _HASH, "proof": _PROOF}
+    ),
+    "Stats": _closed(
+        {
+            "threshold": _UINT,
+            "referrals_per_month": _list(
+                _cell(
+                    month=_MONTH,
+                    referral_type={"enum": [*sorted(LABELS["referral_type"]), "unspecified"]},
+                    urgency={"enum": [*sorted(LABELS["urgency"]), "unspecified"]},
+                )
+            ),
+            "median_seconds": _list(
+                {
+                    **_closed(
+                        {
+                            "month": _MONTH,
+                            "to": {"enum": ["acknowledged", "accepted"]},
+                            "seconds": {"type": ["number", "null"]},
+                            "suppressed": {"type": "boolean"},
+                        }
+                    ),
+                    "oneOf": [
+                        {
+                            "properties": {
+                                "seconds": {"type": "number"},
+                                "suppressed": {"const": False},
+                            }
+                        },
+                        {
+                            "properties": {
+                                "seconds": {"type": "null"},
+                                "suppressed": {"const": True},
+                            }
+                        },
+                    ],
+                }
+            ),
+            "rejections_by_reason": _list(_cell(reason={"type": "string", "pattern": _REASON})),
+            "withdrawals_per_month": _list(_cell(month=_MONTH)),
+        }
+    ),
+    # /healthz (broker/trust_status.py): versions and expiry times only.
+    "Health": _closed(
+        {
+            "status": {"enum": ["ok", "warning", "degraded"]},
+            "reasons": _list({"type": "string"}),
+            "root_version": _UINT,
+            "root_expires": _UINT,
+            "directory_version": {"type": ["integer", "null"], "minimum": 0},
+            "directory_expires": {"type": ["integer", "null"], "minimum": 0},
+            "refused": {"type": "string", "pattern": _REASON},
+            "tasks": _list({"type": "string"}),
+            "part": {"const": "ledger"},
+        },
+        optional=("refused",),
+    ),
+}
+
 
 def _op(
     summary: str,
+    answer: str,
     params: list[tuple[str, dict[str, Any], bool]] | None = None,
     path_params: list[str] | None = None,
     *,
     errors: tuple[str, ...] = ("400", "401", "404"),
-    answer: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A GET operation. `params` are (name, schema, required) of query parameters; `errors`
-    the problem statuses it answers: 400 for a parameter outside its schema, 404 for a size
-    or index the tree does not have (or an unknown id), 422 for two in the wrong order."""
+    """A GET operation answering schema `answer` on 200. `params` are (name, schema,
+    required) of query parameters; `errors` the problem statuses it answers: 400 for a
+    parameter outside its schema, 404 for a size or index the tree does not have (or an
+    unknown id), 422 for two in the wrong order."""
     parameters = [
         {"name": n, "in": "query", "required": req, "schema": schema}
         for n, schema, req in (params or [])
@@ -404,82 +645,96 @@ def _op(
             "summary": summary,
             "security": [{"bearer": []}],
             "parameters": parameters,
-            "responses": _responses(*errors, answer=answer),
+            "responses": _responses(answer, *errors),
         }
     }
 
 
-def _responses(*problems: str, answer: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A JSON object (of schema `answer`, if given) on 200; problem+json on each of
-    `problems`."""
-    schema = {"type": "object"} if answer is None else answer
-    ok = {"description": "OK", "content": {"application/json": {"schema": schema}}}
-    return {"200": ok, **{code: {"$ref": "#/components/responses/Problem"} for code in problems}}
+def _responses(answer: str, *problems: str) -> dict[str, Any]:
+    """Schema `answer` on 200; problem+json on each of `problems` (401 with its
+    WWW-Authenticate)."""
+    ok = {"description": "OK", "content": {"application/json": {"schema": _ref(answer)}}}
+    return {
+        "200": ok,
+        **{
+            code: {
+                "$ref": f"#/components/responses/{'Unauthorized' if code == '401' else 'Problem'}"
+            }
+            for code in problems
+        },
+    }
 
 
+_PROBLEM_CONTENT = {"application/problem+json": {"schema": _ref("Problem")}}
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "NRM Exchange audit ledger", "version": "1"},
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": SCHEMAS,
         "responses": {
-            "Problem": {
-                "description": "RFC 9457 problem details",
-                "content": {
-                    "application/problem+json": {
-                        "schema": {"type": "object", "required": ["title", "status", "detail"]}
+            "Problem": {"description": "RFC 9457 problem details", "content": _PROBLEM_CONTENT},
+            "Unauthorized": {
+                "description": "No auditor bearer token, or a wrong one",
+                "headers": {
+                    "WWW-Authenticate": {
+                        "required": True,
+                        "schema": {"const": 'Bearer realm="nrm-ledger"'},
                     }
                 },
-            }
+                "content": _PROBLEM_CONTENT,
+            },
         },
     },
     "paths": {
-        "/v1/checkpoint": _op("The latest signed checkpoint", errors=("401", "404")),
-        "/v1/checkpoints": _op("Every signed checkpoint, by size", errors=("401",)),
+        "/v1/checkpoint": _op(
+            "The latest signed checkpoint (404: none signed yet)",
+            "Checkpoint",
+            errors=("401", "404"),
+        ),
+        "/v1/checkpoints": _op("Every signed checkpoint, by size", "Checkpoints", errors=("401",)),
         "/v1/entries": _op(
             "Entries [start, end), at most 1000 and none past the tree (404: start is past "
             "it; 422: end < start)",
+            "Entries",
             [("start", _QUERY_INT, True), ("end", _QUERY_INT, False)],
             errors=("400", "401", "404", "422"),
         ),
         "/v1/entries/{index}/proof": _op(
             "Inclusion proof of an entry (404: no such entry, or size not above its index "
             "or past the tree)",
+            "InclusionProof",
             [("size", _TREE_SIZE, False)],
             ["index"],
         ),
         "/v1/events": _op(
             "Search events; next_cursor (a decimal string, or null on the last page) is the "
             "next page's cursor",
+            "EventPage",
             [
                 ("q", {"type": "string", "maxLength": 64}, False),
                 ("cursor", _QUERY_INT, False),
                 ("limit", {"type": "integer", "minimum": 1, "maximum": 500}, False),
             ],
             errors=("400", "401"),
-            answer={
-                "type": "object",
-                "required": ["items", "next_cursor"],
-                "properties": {
-                    "items": {"type": "array", "items": {"type": "object"}},
-                    "next_cursor": {"type": ["string", "null"], "pattern": "^(0|[1-9][0-9]*)$"},
-                },
-            },
         ),
         "/v1/events/{event_id}": _op(
             "One event, with its inclusion proof given ?size=",
+            "Event",
             [("size", _TREE_SIZE, False)],
             ["event_id"],
         ),
         "/v1/proof/consistency": _op(
             "Consistency proof between two tree sizes (404: second is past the tree; 422: "
             "first > second)",
+            "ConsistencyProof",
             [("first", _QUERY_INT, True), ("second", _QUERY_INT, True)],
             errors=("400", "401", "404", "422"),
         ),
         "/v1/proofs": {
             "post": {
-                "summary": "Entries and inclusion proofs of up to 256 events, in one tree size",
+                "summary": "Entries and inclusion proofs of up to 256 events, in one tree size "
+                "(404: size is past the tree)",
                 "security": [{"bearer": []}],
                 "requestBody": json_object_body(
                     ["size", "event_ids"],
@@ -492,26 +747,31 @@ OPENAPI: dict[str, Any] = {
                         },
                     },
                 ),
-                "responses": _responses("400", "401", "404", "413", "415"),
+                "responses": _responses("Proofs", "400", "401", "404", "413", "415"),
             }
         },
         "/v1/referrals/{referral_id}/timeline": _op(
             "A referral's events in time order (none: an empty list)",
+            "Timeline",
             path_params=["referral_id"],
             errors=("401",),
         ),
         "/v1/directories": _op(
-            "Every directory version events were verified against", errors=("401",)
+            "Every directory version events were verified against", "Versions", errors=("401",)
         ),
-        "/v1/restores": _op("Every signed restore declaration, oldest first", errors=("401",)),
+        "/v1/restores": _op(
+            "Every signed restore declaration, oldest first", "Restores", errors=("401",)
+        ),
         "/v1/restores/{seq}/proof": _op(
             "Consistency proof in the tree a restore replaced, from its restored size to size "
             "(404: no such restore, its tree not kept, or size outside that range)",
+            "RestoreProof",
             [("size", _QUERY_INT, True)],
             ["seq"],
         ),
         "/v1/roots": _op(
             "The root chain the ledger verified, pinned root first, each a signed root file",
+            "Versions",
             errors=("401",),
         ),
         "/healthz": {
@@ -519,8 +779,14 @@ OPENAPI: dict[str, Any] = {
                 "summary": "ok, warning (directory or root expires soon) or degraded (503)",
                 "security": [],
                 "responses": {
-                    "200": {"description": "ok or warning", "content": {"application/json": {}}},
-                    "503": {"description": "degraded", "content": {"application/json": {}}},
+                    "200": {
+                        "description": "ok or warning",
+                        "content": {"application/json": {"schema": _ref("Health")}},
+                    },
+                    "503": {
+                        "description": "degraded",
+                        "content": {"application/json": {"schema": _ref("Health")}},
+                    },
                 },
             }
         },
@@ -528,11 +794,16 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "Prometheus: directory and root expiry gauges",
                 "security": [],
-                "responses": {"200": {"description": "OK", "content": {"text/plain": {}}}},
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
             }
         },
         "/v1/stats": _op(
-            "Anonymous monitoring statistics, small cells suppressed", errors=("401",)
+            "Anonymous monitoring statistics, small cells suppressed", "Stats", errors=("401",)
         ),
     },
 }

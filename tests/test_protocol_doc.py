@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from agents.referral import ROLE_CATEGORIES
+from broker.ledger_http import OPENAPI as LEDGER_OPENAPI
 from keys.audit import KINDS
 
 PROTOCOL = (Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md").read_text("utf-8")
@@ -41,3 +42,31 @@ def test_audit_event_kinds_are_the_code() -> None:
     carried = _table_after("| kind | referral_id | counterpart |")
     named = {k for row in carried for k in re.findall(r"`([a-z]+\.[a-z]+)`", row[0])}
     assert named == KINDS
+
+
+def test_ledger_api_table_is_the_openapi_document() -> None:
+    """§9.0's ledger HTTP API table names every /v1 operation of the ledger's OpenAPI
+    document, each with exactly the problem statuses (besides 401) the document declares."""
+    rows = _table_after("| request | answer (200) | errors |")
+    named: set[tuple[str, str]] = set()
+    for request, _, errors in rows:
+        operations = {
+            (method.lower(), re.sub(r"\{[^}]*\}", "{}", path))
+            for method, path in re.findall(r"`(GET|POST) (/v1/[^?` ]+)", request)
+        }
+        documented = {
+            code
+            for path, item in LEDGER_OPENAPI["paths"].items()
+            for method, op in item.items()
+            if (method, re.sub(r"\{[^}]*\}", "{}", path)) in operations
+            for code in op["responses"]
+            if code not in ("200", "401")
+        }
+        assert set(re.findall(r"\b[1-5][0-9]{2}\b", errors)) == documented, request
+        named |= operations
+    assert named == {
+        (method, re.sub(r"\{[^}]*\}", "{}", path))
+        for path, item in LEDGER_OPENAPI["paths"].items()
+        if path.startswith("/v1/")
+        for method in item
+    }
