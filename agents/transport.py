@@ -28,7 +28,7 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy
 
 from keys import Limits
 from keys.subjects import (
@@ -77,6 +77,30 @@ RETRY_DELAY_SECONDS = 1.0
 #: answering) before it is acked anyway, the failure counted; and the pause between tries.
 ERASE_ATTEMPTS = 3
 ERASE_RETRY_SECONDS = 0.5
+
+
+#: Pull requests a consumer holds waiting (nats-server's default, stated so that a client
+#: creating the consumer with PROTOCOL.md §5's parameters asks for exactly this config).
+MAX_WAITING = 512
+
+
+def inbox_consumer_config(agency: str, limits: Limits) -> ConsumerConfig:
+    """The durable pull consumer `inbox-<agency>` exactly as PROTOCOL.md §5 lists it, every
+    member nats-server keeps, so that whoever creates it with `"action": "create"` and these
+    values meets an existing one as equal (not error 10148, "consumer already exists")."""
+    return ConsumerConfig(
+        name=inbox_consumer(agency),
+        durable_name=inbox_consumer(agency),
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=limits.ack_wait_seconds,
+        max_deliver=-1,
+        filter_subject=inbox_subject(agency),
+        replay_policy=ReplayPolicy.INSTANT,
+        max_waiting=MAX_WAITING,
+        max_ack_pending=limits.batch_size * 4,
+        num_replicas=0,
+    )
 
 
 class Transport:
@@ -385,14 +409,7 @@ class Transport:
     async def _consume_loop(self, js: JetStreamContext) -> None:
         subject = inbox_subject(self.agency)
         await self.ready.wait()
-        config = ConsumerConfig(
-            name=inbox_consumer(self.agency),
-            durable_name=inbox_consumer(self.agency),
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self.limits.ack_wait_seconds,
-            max_ack_pending=self.limits.batch_size * 4,
-            filter_subject=subject,
-        )
+        config = inbox_consumer_config(self.agency, self.limits)
         while self._running:
             if self.presence is not None and not await self.presence.wait_held(
                 lambda: self._running

@@ -18,11 +18,13 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import ConsumerConfig
 
+from agents.transport import inbox_consumer_config
 from broker import NatsServer
 from broker.authz import agency_permissions, auditor_reply_prefix, authorization_block
 from broker.streams import provision
+from keys import DEFAULT_LIMITS
 from keys.subjects import (
     DIRECTORY_BUCKET,
     DIRECTORY_KEY,
@@ -39,6 +41,7 @@ from keys.subjects import (
     reply_prefix,
 )
 from tests.support import eventually
+from tests.test_protocol_doc import consumer_parameters
 
 A = "agency-a"
 B = "agency-b"
@@ -165,15 +168,8 @@ async def bus(tmp_path: Path) -> AsyncIterator[Bus]:
 
 
 def agent_consumer_config(agency: str) -> ConsumerConfig:
-    """The consumer configuration agents/transport.py asks for, with `name` set."""
-    return ConsumerConfig(
-        name=inbox_consumer(agency),
-        durable_name=inbox_consumer(agency),
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=30,
-        max_ack_pending=64,
-        filter_subject=inbox_subject(agency),
-    )
+    """The consumer configuration agents/transport.py asks for."""
+    return inbox_consumer_config(agency, DEFAULT_LIMITS)
 
 
 async def consumer_names(op: Conn) -> list[str]:
@@ -255,6 +251,45 @@ async def test_agency_consumes_its_own_inbox_like_the_agent(bus: Bus) -> None:
     info = await a.js.consumer_info(inbox_stream(A), inbox_consumer(A))
     assert info.name == inbox_consumer(A)
     assert a.errors == []
+
+
+async def create_as_documented(conn: Conn, agency: str) -> dict[str, object]:
+    """Create `agency`'s consumer as a third party would from PROTOCOL.md §5 alone: the
+    documented subject, `"action": "create"`, the documented parameters; the answer."""
+    request = {
+        "stream_name": inbox_stream(agency),
+        "action": "create",
+        "config": consumer_parameters(agency),
+    }
+    subject = f"$JS.API.CONSUMER.CREATE.{inbox_stream(agency)}.{inbox_consumer(agency)}"
+    reply = await conn.nc.request(
+        f"{subject}.{inbox_subject(agency)}", json.dumps(request).encode(), timeout=2 * SHORT
+    )
+    answer: dict[str, object] = json.loads(reply.data)
+    return answer
+
+
+async def test_consumer_created_with_the_documented_parameters(bus: Bus) -> None:
+    """§5's parameters create A's consumer on a fresh stream, and meet the one the agent
+    created as equal (not error 10148, `consumer already exists`); B's, created by the
+    agent's code, is then created again by B from the document, and the server keeps the
+    same config."""
+    a, b = await bus.agency(A), await bus.agency(B)
+    fresh = await create_as_documented(a, A)
+    assert "error" not in fresh, fresh
+    sub = await b.js.pull_subscribe(
+        inbox_subject(B),
+        durable=inbox_consumer(B),
+        stream=inbox_stream(B),
+        config=agent_consumer_config(B),
+    )
+    before = await b.js.consumer_info(inbox_stream(B), inbox_consumer(B))
+    again = await create_as_documented(b, B)
+    assert "error" not in again, again
+    after = await b.js.consumer_info(inbox_stream(B), inbox_consumer(B))
+    assert after.config == before.config and after.created == before.created
+    await sub.unsubscribe()
+    assert a.errors == [] and b.errors == []
 
 
 async def test_agency_reads_and_watches_the_directory(bus: Bus) -> None:

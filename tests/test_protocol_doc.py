@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 from agents.referral import ROLE_CATEGORIES
+from agents.transport import inbox_consumer_config
+from keys import DEFAULT_LIMITS
 from keys.audit import KINDS
 
 PROTOCOL = (Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md").read_text("utf-8")
@@ -41,3 +44,19 @@ def test_audit_event_kinds_are_the_code() -> None:
     carried = _table_after("| kind | referral_id | counterpart |")
     named = {k for row in carried for k in re.findall(r"`([a-z]+\.[a-z]+)`", row[0])}
     assert named == KINDS
+
+
+def consumer_parameters(agency: str) -> dict[str, object]:
+    """§5's consumer table for `agency`, as the JSON `config` of a create request."""
+    return {
+        name.strip("`"): json.loads(value.split("`")[1].replace("<A>", agency))
+        for name, value in _table_after("| consumer parameter | value |")
+    }
+
+
+def test_consumer_parameters_are_the_agents() -> None:
+    """§5's consumer table is member for member what agents/transport.py asks for (nats-py's
+    zero `idle_heartbeat` and `inactive_threshold` are its way of sending none)."""
+    built = inbox_consumer_config("police", DEFAULT_LIMITS).as_dict()
+    assert built.pop("idle_heartbeat") == 0 and built.pop("inactive_threshold") == 0
+    assert consumer_parameters("police") == built
