@@ -28,7 +28,6 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy
 
 from keys import Limits
 from keys.subjects import (
@@ -44,7 +43,7 @@ from keys.subjects import (
 )
 from runtime import clock
 from runtime.backoff import Backoff
-from runtime.jetstream import erase_message
+from runtime.jetstream import erase_message, inbox_consumer_config
 from runtime.supervisor import Supervisor
 
 from .bus_link import BusLink, is_refusal
@@ -79,28 +78,9 @@ ERASE_ATTEMPTS = 3
 ERASE_RETRY_SECONDS = 0.5
 
 
-#: Pull requests a consumer holds waiting (nats-server's default, stated so that a client
-#: creating the consumer with PROTOCOL.md §5's parameters asks for exactly this config).
-MAX_WAITING = 512
-
-
-def inbox_consumer_config(agency: str, limits: Limits) -> ConsumerConfig:
-    """The durable pull consumer `inbox-<agency>` exactly as PROTOCOL.md §5 lists it, every
-    member nats-server keeps, so that whoever creates it with `"action": "create"` and these
-    values meets an existing one as equal (not error 10148, "consumer already exists")."""
-    return ConsumerConfig(
-        name=inbox_consumer(agency),
-        durable_name=inbox_consumer(agency),
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=limits.ack_wait_seconds,
-        max_deliver=-1,
-        filter_subject=inbox_subject(agency),
-        replay_policy=ReplayPolicy.INSTANT,
-        max_waiting=MAX_WAITING,
-        max_ack_pending=limits.batch_size * 4,
-        num_replicas=0,
-    )
+#: The stream behind the directory bucket, and how often the agent reads what is new in it.
+DIRECTORY_STREAM = f"KV_{DIRECTORY_BUCKET}"
+DIRECTORY_POLL_SECONDS = 0.5
 
 
 class Transport:
@@ -416,6 +396,9 @@ class Transport:
             ):
                 return  # stopping
             try:
+                # Create or update (no `action`): provisioning created it with the bus's
+                # defaults, and nats-py's pull_subscribe alone would not apply our ack wait.
+                await js.add_consumer(inbox_stream(self.agency), config=config)
                 sub = await js.pull_subscribe(
                     subject,
                     durable=inbox_consumer(self.agency),
@@ -529,26 +512,41 @@ class Transport:
     # --- trust directory ------------------------------------------------------------------
 
     async def _watch_directory(self, js: JetStreamContext) -> None:
-        """Offer every root and directory published in the bucket to `on_directory`."""
+        """Offer every root and directory published in the bucket to `on_directory`: first
+        the newest value of each key, then every value published after, in order.
+
+        The bucket's stream is read message by message (`STREAM.MSG.GET`, next by subject),
+        polled every DIRECTORY_POLL_SECONDS, not watched through a consumer: PROTOCOL.md §5.1
+        lets no agency create a consumer on it, since a push consumer delivers to whatever
+        subject its creator names, another agency's replies included."""
+        prefix = f"$KV.{DIRECTORY_BUCKET}."
+        seq, first = 1, True
         while self._running:
             try:
-                kv = await js.key_value(DIRECTORY_BUCKET)
-                watcher = await kv.watchall()
-                try:
-                    while self._running:
-                        try:
-                            entry = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
-                        except (nats.errors.TimeoutError, TimeoutError):
-                            _raise_if_cancelled()
-                            continue
-                        if entry is None or entry.value is None:
-                            continue  # end of the initial values, or a deletion
-                        await self.on_directory(entry.key, entry.value)
-                finally:
-                    with contextlib.suppress(*TRANSIENT):
-                        await watcher.stop()  # type: ignore[no-untyped-call]
+                cursor, found = seq, dict[int, tuple[str, bytes | None]]()
+                while self._running:
+                    try:
+                        msg = await js.get_msg(
+                            DIRECTORY_STREAM, seq=cursor, subject=f"{prefix}>", next=True
+                        )
+                    except nats.js.errors.NotFoundError:  # nothing newer (or no bucket yet)
+                        break
+                    if msg.seq is None or msg.subject is None:
+                        break  # not an answer nats-server gives
+                    found[msg.seq] = (msg.subject.removeprefix(prefix), msg.data)
+                    cursor = msg.seq + 1
+                if first:  # only the newest of each key, as a key-value watch starts
+                    found = {
+                        n: found[n] for n in {key: n for n, (key, _) in found.items()}.values()
+                    }
+                for _, (key, value) in sorted(found.items()):
+                    if value:  # not a deletion marker
+                        await self.on_directory(key, value)
+                seq, first = cursor, False
             except TRANSIENT as e:
                 await self._pause("directory_watch_interrupted", e, 1.0)
+                continue
+            await asyncio.sleep(DIRECTORY_POLL_SECONDS)
 
 
 def _raise_if_cancelled() -> None:
