@@ -18,6 +18,7 @@ from nacl.secret import SecretBox
 from keys import (
     AgencyKeys,
     KeyFileError,
+    NotAddressedToMeError,
     Opened,
     ReplayedError,
     UnexpectedMessageError,
@@ -457,6 +458,15 @@ class Agent:
                 self.log.info("message_deferred", stream_seq=stream_seq, reason=e.reason)
                 return Verdict.RETRY
             return self._reject(data, stream_seq, e, opened)
+        except NotAddressedToMeError as e:
+            # Perhaps sealed to this agency's new key, which the directory lists and the
+            # agent is still loading from its rotated key file (_follow_own_keys).
+            if self._rotated_signing_kids() is not None and (
+                now - stored_at < self.limits.unknown_key_grace_seconds
+            ):
+                self.log.info("message_deferred", stream_seq=stream_seq, reason=e.reason)
+                return Verdict.RETRY
+            return self._reject(data, stream_seq, e, opened, notify=body_stage)
         except UntrustedInputError as e:
             return self._reject(data, stream_seq, e, opened, notify=body_stage)
         except LOCAL_FAILURES:

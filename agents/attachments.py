@@ -193,10 +193,11 @@ class Attachments:
             try:
                 # The sender's bucket, which only the sender can write (§5.1).
                 obs = await self._bucket(js, buckets, owner)
-                result = await obs.get(attachment_object(referral_id, attachment_id))
+                data = await read_object(
+                    js, obs, owner, attachment_object(referral_id, attachment_id)
+                )
             except (nats.js.errors.NotFoundError, nats.js.errors.ObjectNotFoundError):
                 continue  # no bucket or not uploaded yet: try again later
-            data = bytes(result.data or b"")
             state = "corrupted"
             with contextlib.suppress(nacl.exceptions.CryptoError):
                 content = SecretBox(self.storage().decrypt(sealed_key)).decrypt(data)
@@ -235,6 +236,24 @@ class Attachments:
                 self.store.deletion_done(db, name)
             self.log.info("attachment_object_erased", object_name=name)
         return len(names)
+
+
+async def read_object(js: Any, obs: Any, agency: str, name: str) -> bytes:
+    """One object of `agency`'s attachment stream, read message by message: its meta (last
+    by subject), then its chunks in order (`STREAM.MSG.GET`, next by subject). Not with
+    nats-py's `get`, whose ordered push consumer PROTOCOL.md §5.1 does not allow (a push
+    consumer delivers to whatever subject its creator names). Raises ObjectNotFoundError
+    for an object not (fully) uploaded or deleted; what it returns is checked by the caller
+    (authenticated decryption, then the SHA-256 and size of the signed citation)."""
+    info = await obs.get_info(name)  # the meta is written after the last chunk
+    if info.deleted:
+        raise nats.js.errors.ObjectNotFoundError
+    chunks, seq, data = f"$O.{attachment_bucket(agency)}.C.{info.nuid}", 1, bytearray()
+    for _ in range(info.chunks or 0):
+        msg = await js.get_msg(attachment_stream(agency), seq=seq, subject=chunks, next=True)
+        data += msg.data or b""
+        seq = msg.seq + 1
+    return bytes(data)
 
 
 async def _erase_object(js: Any, obs: Any, agency: str, name: str) -> None:

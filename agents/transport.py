@@ -29,7 +29,6 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
 
 from keys import Limits
 from keys.subjects import (
@@ -46,7 +45,7 @@ from keys.subjects import (
 )
 from runtime import clock
 from runtime.backoff import Backoff
-from runtime.jetstream import erase_message
+from runtime.jetstream import erase_message, inbox_consumer_config
 from runtime.supervisor import Supervisor, pause, unless_stopping
 
 from .bus_link import BusLink, is_refusal
@@ -89,6 +88,11 @@ RETRY_DELAY_SECONDS = 1.0
 #: answering) before it is acked anyway, the failure counted; and the pause between tries.
 ERASE_ATTEMPTS = 3
 ERASE_RETRY_SECONDS = 0.5
+
+
+#: The stream behind the directory bucket, and how often the agent reads what is new in it.
+DIRECTORY_STREAM = f"KV_{DIRECTORY_BUCKET}"
+DIRECTORY_POLL_SECONDS = 0.5
 
 
 class Transport:
@@ -422,20 +426,16 @@ class Transport:
     async def _consume_loop(self, js: JetStreamContext) -> None:
         subject = inbox_subject(self.agency)
         await self.ready.wait()
-        config = ConsumerConfig(
-            name=inbox_consumer(self.agency),
-            durable_name=inbox_consumer(self.agency),
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self.limits.ack_wait_seconds,
-            max_ack_pending=self.limits.batch_size * 4,
-            filter_subject=subject,
-        )
+        config = inbox_consumer_config(self.agency, self.limits)
         while self._running:
             if self.presence is not None and not await self.presence.wait_held(
                 lambda: self._running
             ):
                 return  # stopping
             try:
+                # Create or update (no `action`): provisioning created it with the bus's
+                # defaults, and nats-py's pull_subscribe alone would not apply our ack wait.
+                await js.add_consumer(inbox_stream(self.agency), config=config)
                 sub = await js.pull_subscribe(
                     subject,
                     durable=inbox_consumer(self.agency),
@@ -552,29 +552,41 @@ class Transport:
     # --- trust directory ------------------------------------------------------------------
 
     async def _watch_directory(self, js: JetStreamContext) -> None:
-        """Offer every root and directory published in the bucket to `on_directory`."""
+        """Offer every root and directory published in the bucket to `on_directory`: first
+        the newest value of each key, then every value published after, in order.
+
+        The bucket's stream is read message by message (`STREAM.MSG.GET`, next by subject),
+        polled every DIRECTORY_POLL_SECONDS, not watched through a consumer: PROTOCOL.md §5.1
+        lets no agency create a consumer on it, since a push consumer delivers to whatever
+        subject its creator names, another agency's replies included."""
+        prefix = f"$KV.{DIRECTORY_BUCKET}."
+        seq, first = 1, True
         while self._running:
             try:
-                kv = await js.key_value(DIRECTORY_BUCKET)
-                watcher = await kv.watchall()
-                try:
-                    while self._running:
-                        try:
-                            entry = await unless_stopping(
-                                watcher.updates(timeout=1.0),  # type: ignore[no-untyped-call]
-                                self._stopping,
-                            )
-                        except (nats.errors.TimeoutError, TimeoutError):
-                            _raise_if_cancelled()
-                            continue
-                        if entry is None or entry.value is None:
-                            continue  # end of the initial values, or a deletion
-                        await self.on_directory(entry.key, entry.value)
-                finally:
-                    with contextlib.suppress(*TRANSIENT):
-                        await watcher.stop()  # type: ignore[no-untyped-call]
+                cursor, found = seq, dict[int, tuple[str, bytes | None]]()
+                while self._running:
+                    try:
+                        msg = await js.get_msg(
+                            DIRECTORY_STREAM, seq=cursor, subject=f"{prefix}>", next=True
+                        )
+                    except nats.js.errors.NotFoundError:  # nothing newer (or no bucket yet)
+                        break
+                    if msg.seq is None or msg.subject is None:
+                        break  # not an answer nats-server gives
+                    found[msg.seq] = (msg.subject.removeprefix(prefix), msg.data)
+                    cursor = msg.seq + 1
+                if first:  # only the newest of each key, as a key-value watch starts
+                    found = {
+                        n: found[n] for n in {key: n for n, (key, _) in found.items()}.values()
+                    }
+                for _, (key, value) in sorted(found.items()):
+                    if value:  # not a deletion marker
+                        await self.on_directory(key, value)
+                seq, first = cursor, False
             except TRANSIENT as e:
                 await self._pause("directory_watch_interrupted", e, 1.0)
+                continue
+            await pause(DIRECTORY_POLL_SECONDS, self._stopping)
 
 
 def _position(msg: Msg) -> Position:

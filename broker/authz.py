@@ -8,7 +8,7 @@ the client signs it with its seed; no password is ever sent or stored). There is
   create, inspect, fetch from and ack only their own durable inbox consumer `inbox-<id>`
   filtered on their own inbox subject, on their own inbox stream `NRM_INBOX_<id>`, and erase
   messages of that stream only (`STREAM.MSG.DELETE`, after the inbox commit); read (get and
-  watch) the directory bucket, and subscribe only to their own reply subjects
+  poll) the directory bucket, and subscribe only to their own reply subjects
   `_nrm_inbox.<id>.>` (agents connect with `inbox_prefix=keys.subjects.reply_prefix(id)`),
   and read and write only their own key of
   the instance-lease bucket (`$KV.nrm-presence.<id>`, PROTOCOL.md §5.2). They write and
@@ -57,6 +57,8 @@ AUDITOR_PREFIX = "auditor-"
 #: The JetStream stream behind the directory bucket, and the subjects of its keys.
 DIRECTORY_STREAM = f"KV_{DIRECTORY_BUCKET}"
 DIRECTORY_KEYS = f"$KV.{DIRECTORY_BUCKET}.>"
+#: The account info request (limits, usage) that common NATS clients send first.
+JS_INFO = "$JS.API.INFO"
 
 
 def auditor_reply_prefix(nkey: str) -> str:
@@ -66,19 +68,17 @@ def auditor_reply_prefix(nkey: str) -> str:
 
 
 def directory_reader_publish() -> list[str]:
-    """What reading the directory bucket takes, as nats-py does it.
-
-    `js.key_value()` asks for the stream info; `kv.get` is a direct get by subject (the
-    bucket is provisioned with direct gets on); `kv.watch` creates an unnamed ordered push
-    consumer (the unfiltered CREATE form, so any consumer on this public, read-only stream),
-    asks for its info, and answers flow control when the server asks for it.
-    """
+    """What reading the directory bucket takes: `$JS.API.INFO` (the account info common
+    clients ask for first), the stream info, a direct get of a key's newest value (last by
+    subject, the subject form only), and `STREAM.MSG.GET` by sequence, next by subject, with
+    which agents/transport.py reads every value in order and then each new one. No consumer
+    of any kind: a push consumer delivers to whatever subject its creator names, so one on
+    this stream could be aimed at another agency's reply subjects."""
     return [
+        JS_INFO,
         f"$JS.API.STREAM.INFO.{DIRECTORY_STREAM}",
         f"$JS.API.DIRECT.GET.{DIRECTORY_STREAM}.>",
-        f"$JS.API.CONSUMER.CREATE.{DIRECTORY_STREAM}",
-        f"$JS.API.CONSUMER.INFO.{DIRECTORY_STREAM}.*",
-        f"$JS.FC.{DIRECTORY_STREAM}.>",
+        f"$JS.API.STREAM.MSG.GET.{DIRECTORY_STREAM}",
     ]
 
 
@@ -95,34 +95,25 @@ def presence_publish(agency: str) -> list[str]:
 
 
 def attachment_publish(agency: str, *, readable: Sequence[str]) -> list[str]:
-    """Attachments as nats-py's object store writes, reads and we erase them (§5.1).
+    """Attachments as nats-py's object store writes them and agents/attachments.py reads and
+    erases them (§5.1).
 
     In its own bucket `nrm-att-<agency>` the agency publishes chunks and meta
-    (`$O.<bucket>.>`), reads the stream info and messages by subject (`get_info` is a
-    last-by-subject `STREAM.MSG.GET`, the erasure walks them next-by-subject) and deletes
-    messages one sequence at a time (erasure after a consent withdrawal,
-    agents/attachments.py). In the bucket of each agency in `readable` (the senders whose
-    attachments it may be cited, its own included) it may only read: stream info, message
-    get, and `get`'s ordered push consumer: `STREAM.NAMES` (nats-py finds the stream by the
-    chunk subject), the unnamed `CONSUMER.CREATE` form (ephemeral consumers only; the
-    server refuses a durable name there) and the flow-control replies. Never a publish
-    under another agency's `$O.`, never a delete, a purge, or a stream create, update or
-    delete. Content is end-to-end encrypted and its hash is in the signed referral, so
-    reading discloses nothing."""
-    own = attachment_stream(agency)
+    (`$O.<bucket>.>`, nats-py's `put`) and deletes messages one sequence at a time (erasure
+    after a consent withdrawal). In the bucket of each agency in `readable` (the senders
+    whose attachments it may be cited, its own included) it may only read: the stream info
+    (`object_store()`) and messages by subject (`STREAM.MSG.GET`: the meta last by subject,
+    the chunks next by subject). No consumer (nats-py's `get` would create an ordered push
+    consumer, which could be aimed at any subject), never a publish under another agency's
+    `$O.`, never a delete, a purge, or a stream create, update or delete. Content is end-to-
+    end encrypted and its hash is in the signed referral, so reading discloses nothing."""
     subjects = [
         f"$O.{attachment_bucket(agency)}.>",
-        f"$JS.API.STREAM.MSG.DELETE.{own}",
-        "$JS.API.STREAM.NAMES",
+        f"$JS.API.STREAM.MSG.DELETE.{attachment_stream(agency)}",
     ]
     for sender in sorted({agency, *readable}):
         stream = attachment_stream(sender)
-        subjects += [
-            f"$JS.API.STREAM.INFO.{stream}",
-            f"$JS.API.STREAM.MSG.GET.{stream}",
-            f"$JS.API.CONSUMER.CREATE.{stream}",
-            f"$JS.FC.{stream}.>",
-        ]
+        subjects += [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.MSG.GET.{stream}"]
     return subjects
 
 

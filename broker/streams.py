@@ -39,10 +39,11 @@ from keys.subjects import (
     PRESENCE_STREAM,
     attachment_bucket,
     attachment_stream,
+    inbox_consumer,
     inbox_stream,
     inbox_subject,
 )
-from runtime.jetstream import erase_message
+from runtime.jetstream import erase_message, inbox_consumer_config
 
 log = structlog.get_logger("nrm.streams")
 
@@ -154,10 +155,11 @@ async def provision_agency_stores(
     replicas: int = 1,
 ) -> None:
     """What each of `agencies` has of its own on the bus: its inbox stream (created, or
-    brought to the wanted configuration) and its attachment bucket (created if missing);
-    then the messages a shared inbox stream of an earlier release still holds for them are
-    moved into their inboxes (idempotent). With no agencies (an open bus given no
-    `--agency`), a shared inbox stream is left as it is: its mail has nowhere to go yet."""
+    brought to the wanted configuration) with its inbox consumer (created if missing) and
+    its attachment bucket (created if missing); then the messages a shared inbox stream of
+    an earlier release still holds for them are moved into their inboxes (idempotent). With
+    no agencies (an open bus given no `--agency`), a shared inbox stream is left as it is:
+    its mail has nowhere to go yet."""
     if not agencies:
         with contextlib.suppress(NotFoundError):
             await js.stream_info(LEGACY_MESSAGE_STREAM)
@@ -166,6 +168,7 @@ async def provision_agency_stores(
     retiring = await _retire_shared_inbox(js)
     for agency in agencies:
         await _put_stream(js, inbox_stream_config(agency, limits=limits, replicas=replicas))
+        await _put_inbox_consumer(js, agency, limits)
         await _put_attachment_store(js, agency, limits=limits, replicas=replicas)
     if retiring:
         await _migrate_or_log(js, agencies)
@@ -189,6 +192,27 @@ async def _migrate_or_log(js: JetStreamContext, agencies: Sequence[str]) -> bool
     except NotFoundError:
         return False
     return True
+
+
+async def _put_inbox_consumer(js: JetStreamContext, agency: str, limits: Limits) -> None:
+    """Create the agency's inbox consumer as the pull consumer PROTOCOL.md §5 lists, unless
+    it exists. Created by the operator, before the agency can connect, so that the agency
+    never creates it itself with a `deliver_subject` (a push consumer delivering its mail
+    into another agency's reply subjects; subject permissions cannot see the body), and
+    nats-server refuses to turn a pull consumer into a push one. One that is a push consumer
+    (made so by an agent before this release) is replaced; its unacknowledged messages are
+    delivered again by the new one."""
+    stream, name = inbox_stream(agency), inbox_consumer(agency)
+    try:
+        info = await js.consumer_info(stream, name)
+    except NotFoundError:
+        pass
+    else:
+        if not info.config.deliver_subject:
+            return
+        await js.delete_consumer(stream, name)
+        log.warning("push_inbox_consumer_replaced", agency=agency)
+    await js.add_consumer(stream, inbox_consumer_config(agency, limits))
 
 
 async def _retire_shared_inbox(js: JetStreamContext) -> bool:

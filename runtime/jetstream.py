@@ -1,9 +1,14 @@
-"""Erasing one message of a JetStream stream, as the agents and the operators both do it."""
+"""Erasing one message of a JetStream stream, as the agents and the operators both do it; the
+inbox consumer both create (PROTOCOL.md §5)."""
 
 from __future__ import annotations
 
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy
 from nats.js.errors import APIError
+
+from keys import Limits
+from keys.subjects import inbox_consumer, inbox_subject
 
 #: What nats-server answers `STREAM.MSG.DELETE` of a sequence the stream does not hold (any
 #: more): error code 10057 with this description.
@@ -23,3 +28,27 @@ async def erase_message(js: JetStreamContext, stream: str, seq: int) -> bool:
             return False
         raise
     return True
+
+
+#: Pull requests a consumer holds waiting (nats-server's default, stated so that a client
+#: creating the consumer with PROTOCOL.md §5's parameters asks for exactly this config).
+MAX_WAITING = 512
+
+
+def inbox_consumer_config(agency: str, limits: Limits) -> ConsumerConfig:
+    """The durable pull consumer `inbox-<agency>` exactly as PROTOCOL.md §5 lists it, every
+    member nats-server keeps, so that whoever creates it with `"action": "create"` and these
+    values meets an existing one as equal (not error 10148, "consumer already exists")."""
+    return ConsumerConfig(
+        name=inbox_consumer(agency),
+        durable_name=inbox_consumer(agency),
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=limits.ack_wait_seconds,
+        max_deliver=-1,
+        filter_subject=inbox_subject(agency),
+        replay_policy=ReplayPolicy.INSTANT,
+        max_waiting=MAX_WAITING,
+        max_ack_pending=limits.batch_size * 4,
+        num_replicas=0,
+    )

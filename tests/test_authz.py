@@ -18,8 +18,9 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import ConsumerConfig
 
+from agents.attachments import read_object
 from broker import NatsServer
 from broker.authz import (
     agency_permissions,
@@ -29,6 +30,7 @@ from broker.authz import (
     operator_permissions,
 )
 from broker.streams import RETIRED_SUBJECT, provision
+from keys import DEFAULT_LIMITS
 from keys.subjects import (
     DIRECTORY_BUCKET,
     DIRECTORY_KEY,
@@ -44,7 +46,9 @@ from keys.subjects import (
     publish_id,
     reply_prefix,
 )
+from runtime.jetstream import inbox_consumer_config
 from tests.support import eventually
+from tests.test_protocol_doc import consumer_parameters
 
 A = "agency-a"
 B = "agency-b"
@@ -171,20 +175,18 @@ async def bus(tmp_path: Path) -> AsyncIterator[Bus]:
 
 
 def agent_consumer_config(agency: str) -> ConsumerConfig:
-    """The consumer configuration agents/transport.py asks for, with `name` set."""
-    return ConsumerConfig(
-        name=inbox_consumer(agency),
-        durable_name=inbox_consumer(agency),
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=30,
-        max_ack_pending=64,
-        filter_subject=inbox_subject(agency),
-    )
+    """The consumer configuration agents/transport.py asks for."""
+    return inbox_consumer_config(agency, DEFAULT_LIMITS)
 
 
 async def consumer_names(op: Conn) -> list[str]:
-    """The consumers of every inbox stream."""
-    return [info.name for x in (A, B) for info in await op.js.consumers_info(inbox_stream(x))]
+    """The consumers of every inbox stream, but the one provisioning made for its owner."""
+    return [
+        info.name
+        for x in (A, B)
+        for info in await op.js.consumers_info(inbox_stream(x))
+        if info.name != inbox_consumer(x)
+    ]
 
 
 async def send(conn: Conn, recipient: str, message_id: str, body: bytes = b"sealed") -> int:
@@ -263,24 +265,138 @@ async def test_agency_consumes_its_own_inbox_like_the_agent(bus: Bus) -> None:
     assert a.errors == []
 
 
-async def test_agency_reads_and_watches_the_directory(bus: Bus) -> None:
-    """A reads the directory bucket and sees an update an operator publishes while it watches."""
+async def create_as_documented(conn: Conn, agency: str) -> dict[str, object]:
+    """Create `agency`'s consumer as a third party would from PROTOCOL.md §5 alone: the
+    documented subject, `"action": "create"`, the documented parameters; the answer."""
+    request = {
+        "stream_name": inbox_stream(agency),
+        "action": "create",
+        "config": consumer_parameters(agency),
+    }
+    subject = f"$JS.API.CONSUMER.CREATE.{inbox_stream(agency)}.{inbox_consumer(agency)}"
+    reply = await conn.nc.request(
+        f"{subject}.{inbox_subject(agency)}", json.dumps(request).encode(), timeout=2 * SHORT
+    )
+    answer: dict[str, object] = json.loads(reply.data)
+    return answer
+
+
+async def test_consumer_created_with_the_documented_parameters(bus: Bus) -> None:
+    """§5's parameters create A's consumer on a fresh stream, and meet the one the agent
+    created as equal (not error 10148, `consumer already exists`); B's, created by the
+    agent's code, is then created again by B from the document, and the server keeps the
+    same config."""
+    a, b = await bus.agency(A), await bus.agency(B)
+    fresh = await create_as_documented(a, A)
+    assert "error" not in fresh, fresh
+    sub = await b.js.pull_subscribe(
+        inbox_subject(B),
+        durable=inbox_consumer(B),
+        stream=inbox_stream(B),
+        config=agent_consumer_config(B),
+    )
+    before = await b.js.consumer_info(inbox_stream(B), inbox_consumer(B))
+    again = await create_as_documented(b, B)
+    assert "error" not in again, again
+    after = await b.js.consumer_info(inbox_stream(B), inbox_consumer(B))
+    assert after.config == before.config and after.created == before.created
+    await sub.unsubscribe()
+    assert a.errors == [] and b.errors == []
+
+
+async def test_agency_cannot_make_its_inbox_consumer_push_into_others_replies(bus: Bus) -> None:
+    """Provisioning made `inbox-<A>` a pull consumer before A could connect; A's one allowed
+    create form, with a `deliver_subject` in its body aimed at B's replies, is refused by
+    nats-server (a pull consumer never becomes a push one), and B receives none of A's mail."""
+    a, b, op = await bus.agency(A), await bus.agency(B), await bus.as_operator()
+    victim = f"{reply_prefix(B)}.victim"
+    received = await b.nc.subscribe(victim)
+    await b.nc.flush()
+    config = {**consumer_parameters(A), "deliver_subject": victim}
+    del config["max_waiting"]  # a push consumer has none
+    subject = f"$JS.API.CONSUMER.CREATE.{inbox_stream(A)}.{inbox_consumer(A)}"
+    request = {"stream_name": inbox_stream(A), "config": config}
+    reply = await a.nc.request(
+        f"{subject}.{inbox_subject(A)}", json.dumps(request).encode(), timeout=2 * SHORT
+    )
+    assert json.loads(reply.data)["error"]["err_code"] == 10012  # pull to push
+    await send(b, A, "m1")
+    info = await op.js.consumer_info(inbox_stream(A), inbox_consumer(A))
+    assert info.config.deliver_subject is None and info.num_pending == 1
+    with pytest.raises(nats.errors.TimeoutError):
+        await received.next_msg(timeout=SHORT)
+
+
+async def test_agency_reads_the_directory_as_the_agent_does(bus: Bus) -> None:
+    """A reads the directory bucket as the agent does (agents/transport.py: message get,
+    next by subject), and by direct get; it sees an update an operator publishes."""
     a, op = await bus.agency(A), await bus.as_operator()
+    await a.nc.request("$JS.API.INFO", b"", timeout=2 * SHORT)
     kv = await a.js.key_value(DIRECTORY_BUCKET)
     assert (await kv.get(DIRECTORY_KEY)).value == b"directory v1"
-    watcher = await kv.watch(DIRECTORY_KEY)
-    first = await watcher.updates(timeout=2 * SHORT)  # type: ignore[no-untyped-call]
-    assert first is not None and first.value == b"directory v1"
+    stream, keys = f"KV_{DIRECTORY_BUCKET}", f"$KV.{DIRECTORY_BUCKET}.>"
+    first = await a.js.get_msg(stream, seq=1, subject=keys, next=True)
+    assert first.data == b"directory v1"
     await (await op.js.key_value(DIRECTORY_BUCKET)).put(DIRECTORY_KEY, b"directory v2")
-    seen = []
-    for _ in range(3):
-        entry = await watcher.updates(timeout=2 * SHORT)  # type: ignore[no-untyped-call]
-        if entry is not None:
-            seen.append(entry.value)
-            break
-    assert seen == [b"directory v2"]
-    await watcher.stop()  # type: ignore[no-untyped-call]
+    assert first.seq is not None
+    update = await a.js.get_msg(stream, seq=first.seq + 1, subject=keys, next=True)
+    assert update.data == b"directory v2"
     assert a.errors == []
+
+
+@pytest.mark.parametrize("bucket", [DIRECTORY_BUCKET, attachment_bucket(A)])
+async def test_agency_cannot_aim_a_push_consumer_at_another_agencys_replies(
+    bus: Bus, bucket: str
+) -> None:
+    """B, subscribed on a reply subject of its own, is what A aims a push consumer at, on
+    the directory stream and on an attachment stream A may read: the create is refused as
+    a permissions violation, no consumer exists, and B receives nothing. (Before, both
+    creates were allowed and the server delivered the stream's messages to B.)"""
+    a, b, op = await bus.agency(A), await bus.agency(B), await bus.as_operator()
+    stream = f"KV_{bucket}" if bucket == DIRECTORY_BUCKET else attachment_stream(A)
+    if bucket != DIRECTORY_BUCKET:
+        await (await a.js.object_store(bucket)).put("r.x", b"ciphertext")
+    victim = f"{reply_prefix(B)}.victim"
+    received = await b.nc.subscribe(victim)
+    await b.nc.flush()
+    request = {"stream_name": stream, "config": {"deliver_subject": victim, "ack_policy": "none"}}
+    for subject in (
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.evil",
+        f"$JS.API.CONSUMER.CREATE.{stream}.evil.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.evil",
+    ):
+        await a.nc.publish(subject, json.dumps(request).encode(), reply=f"{reply_prefix(A)}.x")
+        await a.violation(subject)
+    assert await op.js.consumers_info(stream) == []
+    await a.nc.flush()
+    with pytest.raises(nats.errors.TimeoutError):
+        await received.next_msg(timeout=SHORT)
+    # And nats-py's watch, whose ordered consumer is such a push consumer, is refused too.
+    if bucket == DIRECTORY_BUCKET:
+        with pytest.raises(REFUSED):
+            await (await a.js.key_value(bucket)).watchall()
+    assert b.errors == []
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        f"$O.nrm-attachments.{A}",  # the shared bucket of an earlier release
+        "$JS.API.STREAM.NAMES",
+        "$JS.API.STREAM.LIST",
+        f"$JS.API.CONSUMER.DELETE.{attachment_stream(B)}.x",
+        f"$JS.API.CONSUMER.INFO.KV_{DIRECTORY_BUCKET}.x",
+        f"$JS.FC.KV_{DIRECTORY_BUCKET}.x",
+        f"$JS.FC.{attachment_stream(B)}.x",
+        f"$JS.API.DIRECT.GET.KV_{DIRECTORY_BUCKET}",  # the batch form: one request, many answers
+    ],
+)
+async def test_agency_is_refused_what_it_no_longer_needs(bus: Bus, subject: str) -> None:
+    """Grants that earlier releases gave and nothing of an agent uses are refused."""
+    a = await bus.agency(A)
+    await a.nc.publish(subject, b"{}", reply=f"{reply_prefix(A)}.x")
+    await a.violation(subject)
 
 
 async def test_agency_publishes_its_own_audit_subject(bus: Bus) -> None:
@@ -368,7 +484,9 @@ async def test_agency_cannot_smuggle_another_inbox_in_filter_subjects(bus: Bus) 
         }
         reply = await b.nc.request(subject, json.dumps(request).encode(), timeout=SHORT)
         assert "error" in json.loads(reply.data), config
-    assert inbox_consumer(B) not in await consumer_names(op)
+    assert await consumer_names(op) == []
+    info = await op.js.consumer_info(stream, inbox_consumer(B))
+    assert info.config.filter_subject == inbox_subject(B) and not info.config.filter_subjects
 
 
 async def test_agency_cannot_fetch_from_another_consumer(bus: Bus) -> None:
@@ -469,9 +587,13 @@ async def test_agency_writes_erases_and_reads_attachments_with_the_granted_subje
     data = os.urandom(300 * 1024)
     own = await a.js.object_store(attachment_bucket(A))
     await own.put("r.x", data)
-    assert (await own.get("r.x")).data == data
+    assert await read_object(a.js, own, A, "r.x") == data
     theirs = await b.nc.jetstream(timeout=5 * SHORT).object_store(attachment_bucket(A))
-    assert (await theirs.get("r.x")).data == data
+    assert await read_object(b.js, theirs, A, "r.x") == data
+    with pytest.raises(REFUSED):
+        await theirs.get("r.x")
+    await b.violation("$JS.API.STREAM.NAMES")  # how it finds the stream to consume
+    b.errors.clear()
     stream = attachment_stream(A)
     seq = 1
     while True:  # the erasure's walk: next message by subject, deleted by sequence
@@ -505,8 +627,6 @@ def test_agency_grants_no_write_outside_its_own_bucket() -> None:
             [
                 f"$JS.API.STREAM.INFO.{attachment_stream(other)}",
                 f"$JS.API.STREAM.MSG.GET.{attachment_stream(other)}",
-                f"$JS.API.CONSUMER.CREATE.{attachment_stream(other)}",
-                f"$JS.FC.{attachment_stream(other)}.>",
             ]
         )
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 from agents.referral import ROLE_CATEGORIES
+from broker.authz import (
+    agency_permissions,
+    auditor_permissions,
+    auditor_reply_prefix,
+    operator_permissions,
+)
 from broker.ledger_http import OPENAPI as LEDGER_OPENAPI
+from keys import DEFAULT_LIMITS
 from keys.audit import KINDS
+from runtime.jetstream import inbox_consumer_config
 
 PROTOCOL = (Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md").read_text("utf-8")
 
@@ -70,3 +79,69 @@ def test_ledger_api_table_is_the_openapi_document() -> None:
         if path.startswith("/v1/")
         for method in item
     }
+
+
+def consumer_parameters(agency: str) -> dict[str, object]:
+    """§5's consumer table for `agency`, as the JSON `config` of a create request."""
+    return {
+        name.strip("`"): json.loads(value.split("`")[1].replace("<A>", agency))
+        for name, value in _table_after("| consumer parameter | value |")
+    }
+
+
+def test_consumer_parameters_are_the_agents() -> None:
+    """§5's consumer table is member for member what agents/transport.py asks for (nats-py's
+    zero `idle_heartbeat` and `inactive_threshold` are its way of sending none)."""
+    built = inbox_consumer_config("police", DEFAULT_LIMITS).as_dict()
+    assert built.pop("idle_heartbeat") == 0 and built.pop("inactive_threshold") == 0
+    assert consumer_parameters("police") == built
+
+
+def _subjects(cell: str, agency: str, others: list[str]) -> list[str]:
+    """The backticked subjects of a table cell, `<A>` as `agency`; one with `<B>` once for
+    each of `others`."""
+    out = []
+    for subject in re.findall(r"`([^`]+)`", cell.replace("<A>", agency)):
+        out += [subject.replace("<B>", b) for b in others] if "<B>" in subject else [subject]
+    return out
+
+
+def test_agency_permissions_table_is_the_generated_authorization() -> None:
+    """§5.1's tables of what agency A may publish to and is denied are exactly the lists
+    broker/authz.py generates: the allow list subject for subject (`<B>` standing for every
+    agency of the directory), and the explicit denies (the rows naming subjects of A's
+    alone; the others explain what the allow list leaves out)."""
+    agency, readable = "police", ["coordinator", "police", "shelter"]
+    allow, deny, sub_allow, sub_deny = agency_permissions(agency, readable=readable)
+    granted = [
+        subject
+        for cell, _ in _table_after("| agency A may publish to | for |")
+        for subject in _subjects(cell, agency, readable)
+    ]
+    assert sorted(granted) == sorted(allow) and len(granted) == len(set(granted))
+    denied = [cell for cell, _ in _table_after("| agency A is denied | why |")]
+    explicit = [c for c in denied if c.startswith(("publish `", "subscribe `")) and "<B>" not in c]
+    publish = [s for c in explicit if c.startswith("publish") for s in _subjects(c, agency, [])]
+    assert publish == deny
+    subscribe = [s for c in explicit if c.startswith("subscribe") for s in _subjects(c, agency, [])]
+    assert subscribe == sub_deny
+    assert sub_allow == [f"_nrm_inbox.{agency}.>"]  # the reply prefix of the user table
+
+
+def test_auditor_and_operator_permissions_are_the_generated_authorization() -> None:
+    """§5.1's auditor and operator rows name exactly their generated lists."""
+    rows = {row[0]: row[1:] for row in _table_after("| user | publish | subscribe |")}
+    nkey = "U" + "A" * 55
+
+    def lists(cell: str) -> tuple[list[str], list[str]]:
+        allowed, _, denied = cell.partition("; denied ")
+        fix = {"_nrm_inbox.auditor-<k>.>": f"{auditor_reply_prefix(nkey)}.>"}
+        return (
+            [fix.get(s, s) for s in re.findall(r"`([^`]+)`", allowed)],
+            re.findall(r"`([^`]+)`", denied),
+        )
+
+    pub, sub = rows["auditor"]
+    assert (*lists(pub), *lists(sub)) == auditor_permissions(nkey)
+    pub, sub = rows["operator"]
+    assert (*lists(pub), *lists(sub)) == operator_permissions()
