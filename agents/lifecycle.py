@@ -42,7 +42,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from keys import codec
 from keys.errors import MalformedError, UnexpectedMessageError, UnknownReasonCodeError
@@ -111,6 +111,21 @@ _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 VERSION: Final = 1
 MAX_TRANSITION_BYTES: Final = 512
+#: A transition body's wire form (see the module docstring).
+WIRE = codec.Record(
+    "transition",
+    VERSION,
+    (
+        "referral_id",
+        "recipient",
+        "from_state",
+        "to_state",
+        "party",
+        "reason",
+        "outcome",
+        "at",
+    ),
+)
 
 #: Default escalation limits in seconds, by urgency; routine referrals never escalate.
 DEFAULT_ESCALATION_SECONDS: Final[Mapping[str, int]] = {"urgent": 4 * 3600, "emergency": 30 * 60}
@@ -249,43 +264,16 @@ class Transition:
 
     def encode(self) -> bytes:
         """The canonical msgpack body (see the module docstring)."""
-        return codec.pack(
-            [
-                VERSION,
-                self.referral_id,
-                self.recipient,
-                self.from_state,
-                self.to_state,
-                self.party,
-                self.reason,
-                self.outcome,
-                self.at,
-            ]
-        )
+        return WIRE.pack(self)
 
     @classmethod
     def decode(cls, data: bytes) -> Transition:
         """Strictly decode a transition body, or raise: MalformedError for its shape,
         UnknownReasonCodeError for a reason outside the vocabulary, UnexpectedMessageError
         for a well-formed step the lifecycle table does not allow (PROTOCOL.md §8.4)."""
-        raw: Any = codec.unpack(
-            data, max_bytes=MAX_TRANSITION_BYTES, max_items=16, what="transition"
-        )
-        if not isinstance(raw, list) or len(raw) != 9:
-            raise MalformedError("transition is not an array of 9 fields")
-        if type(raw[0]) is not int or raw[0] != VERSION:
-            raise MalformedError("transition has an unsupported version")
+        fields = WIRE.unpack(data, max_bytes=MAX_TRANSITION_BYTES, max_items=16)
         try:
-            return cls(
-                referral_id=raw[1],
-                recipient=raw[2],
-                from_state=raw[3],
-                to_state=raw[4],
-                party=raw[5],
-                reason=raw[6],
-                outcome=raw[7],
-                at=raw[8],
-            )
+            return cls(**fields)
         except TransitionRefused as e:
             raise UnexpectedMessageError(f"transition is not in the lifecycle table: {e}") from e
         except ReasonCodeUnknown as e:

@@ -86,6 +86,23 @@ LABELS: dict[str, frozenset[str]] = {
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _REASON = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+#: An event's wire form (PROTOCOL.md).
+WIRE = codec.Record(
+    "event",
+    VERSION,
+    (
+        "event_id",
+        "agency",
+        "kind",
+        "referral_id",
+        "counterpart",
+        "envelope_hash",
+        "key_ids",
+        "reason",
+        "labels",
+        "time",
+    ),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,21 +124,7 @@ class AuditEvent:
             raise ValueError("invalid audit event: " + "; ".join(problems))
 
     def encode(self) -> bytes:
-        return codec.pack(
-            [
-                VERSION,
-                self.event_id,
-                self.agency,
-                self.kind,
-                self.referral_id,
-                self.counterpart,
-                self.envelope_hash,
-                list(self.key_ids),
-                self.reason,
-                [list(pair) for pair in self.labels],
-                self.time,
-            ]
-        )
+        return WIRE.pack(self)
 
 
 def new_event_id() -> str:
@@ -158,41 +161,18 @@ def verify_event(data: bytes, *, signers: SignerKeys) -> SignedEvent:
 
 
 def _decode_event(body: bytes) -> AuditEvent:
-    raw = codec.unpack(body, max_bytes=MAX_SIGNED_EVENT_BYTES, max_items=16, what="event")
-    if not isinstance(raw, list) or len(raw) != 11 or raw[0] != VERSION or raw[0] is True:
-        raise MalformedError("event must be an array of 11 elements starting with version 1")
-    (
-        _,
-        event_id,
-        agency,
-        kind,
-        referral_id,
-        counterpart,
-        envelope_hash,
-        key_ids,
-        reason,
-        labels,
-        t,
-    ) = raw
+    fields = WIRE.unpack(body, max_bytes=MAX_SIGNED_EVENT_BYTES, max_items=16)
+    key_ids, labels, t = fields["key_ids"], fields["labels"], fields["time"]
     if not (isinstance(key_ids, list) and isinstance(labels, list)):
         raise MalformedError("event key ids and labels must be arrays")
     if not all(isinstance(p, list) and len(p) == 2 for p in labels):
         raise MalformedError("event labels must be [name, value] pairs")
     if not isinstance(t, int) or isinstance(t, bool):
         raise MalformedError("event time must be an integer")
+    fields["key_ids"] = tuple(key_ids)
+    fields["labels"] = tuple((p[0], p[1]) for p in labels)
     try:
-        return AuditEvent(
-            event_id=event_id,
-            agency=agency,
-            kind=kind,
-            time=t,
-            referral_id=referral_id,
-            counterpart=counterpart,
-            envelope_hash=envelope_hash,
-            key_ids=tuple(key_ids),
-            reason=reason,
-            labels=tuple((p[0], p[1]) for p in labels),
-        )
+        return AuditEvent(**fields)
     except (ValueError, TypeError) as e:
         raise MalformedError(str(e)) from e
 

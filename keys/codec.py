@@ -13,6 +13,7 @@ import base64
 import itertools
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -52,6 +53,31 @@ def unpack(data: bytes, *, max_bytes: int, max_items: int = 256, what: str = "va
     if pack(value) != bytes(data):
         raise MalformedError(f"{what} is not canonically encoded")
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A versioned wire record `[version, member, ...]`: `fields` names the members after the
+    version in wire order, once for packing and unpacking. `what` names it in errors."""
+
+    what: str
+    version: int
+    fields: tuple[str, ...]
+
+    def pack(self, record: object) -> bytes:
+        """The canonical `[version, record.<name> for each name]` (tuples pack as arrays)."""
+        return pack([self.version, *(getattr(record, name) for name in self.fields)])
+
+    def unpack(self, data: bytes, *, max_bytes: int, max_items: int) -> dict[str, Any]:
+        """`data` decoded strictly (unpack) as this record, the version an int (never a bool),
+        as a map from the field names, or MalformedError. Member types are the caller's."""
+        raw = unpack(data, max_bytes=max_bytes, max_items=max_items, what=self.what)
+        size = len(self.fields) + 1
+        if not (isinstance(raw, list) and len(raw) == size and type(raw[0]) is int):
+            raise MalformedError(f"{self.what} must be an array of {size} elements")
+        if raw[0] != self.version:
+            raise MalformedError(f"{self.what} must start with version {self.version}")
+        return dict(zip(self.fields, raw[1:], strict=True))
 
 
 def _check_types(value: Any, what: str, depth: int = 0) -> None:

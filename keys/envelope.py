@@ -57,6 +57,21 @@ _AEAD_TAG_BYTES = 16
 _MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
 _KIND = re.compile(r"^[a-z][a-z0-9.-]{0,63}$")
 _KID = re.compile(r"^[0-9a-f]{32}$")
+#: The routing header's wire form (section 4.2).
+HEADER_WIRE = codec.Record(
+    "header",
+    VERSION,
+    (
+        "message_id",
+        "kind",
+        "sender",
+        "recipients",
+        "sender_kid",
+        "recipient_kids",
+        "created",
+        "expires",
+    ),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,19 +88,7 @@ class Header:
     expires: int
 
     def encode(self) -> bytes:
-        return codec.pack(
-            [
-                VERSION,
-                self.message_id,
-                self.kind,
-                self.sender,
-                list(self.recipients),
-                self.sender_kid,
-                list(self.recipient_kids),
-                self.created,
-                self.expires,
-            ]
-        )
+        return HEADER_WIRE.pack(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,35 +329,20 @@ def _parse(data: bytes, limits: Limits) -> tuple[_Parsed, bytes]:
 
 
 def _decode_header(header_bytes: bytes, limits: Limits) -> Header:
-    raw = codec.unpack(
-        header_bytes, max_bytes=8192, max_items=max(limits.max_recipients, 9), what="header"
-    )
-    if (
-        not isinstance(raw, list)
-        or len(raw) != 9
-        or raw[0] != VERSION
-        or isinstance(raw[0], bool)  # `true == 1` in Python
-    ):
-        raise MalformedError("header must be an array of 9 elements starting with version 1")
-    _, message_id, kind, sender, recipients, sender_kid, recipient_kids, created, expires = raw
+    max_items = max(limits.max_recipients, 9)
+    fields = HEADER_WIRE.unpack(header_bytes, max_bytes=8192, max_items=max_items)
+    recipients, recipient_kids = fields["recipients"], fields["recipient_kids"]
     if not (isinstance(recipients, list) and isinstance(recipient_kids, list)):
         raise MalformedError("header recipients must be arrays")
-    if not all(isinstance(x, str) for x in [message_id, kind, sender, sender_kid]):
+    ids = [fields[name] for name in ("message_id", "kind", "sender", "sender_kid")]
+    if not all(isinstance(x, str) for x in ids):
         raise MalformedError("header ids must be strings")
     if not all(isinstance(x, str) for x in recipients + recipient_kids):
         raise MalformedError("header recipient ids must be strings")
-    if not all(_is_time(t) for t in (created, expires)):
+    if not all(_is_time(fields[name]) for name in ("created", "expires")):
         raise MalformedError("header times must be non-negative integers")
-    header = Header(
-        message_id=message_id,
-        kind=kind,
-        sender=sender,
-        recipients=tuple(recipients),
-        sender_kid=sender_kid,
-        recipient_kids=tuple(recipient_kids),
-        created=created,
-        expires=expires,
-    )
+    fields["recipients"], fields["recipient_kids"] = tuple(recipients), tuple(recipient_kids)
+    header = Header(**fields)
     _check_header(header, limits, error=MalformedError)
     return header
 

@@ -35,6 +35,20 @@ MAX_SIGNED_RESTORE_BYTES = 1024
 
 _KID = re.compile(r"^[0-9a-f]{32}$")
 _MAX_UINT = (1 << 63) - 1
+#: The declaration's wire form (PROTOCOL.md).
+WIRE = codec.Record(
+    "restore declaration",
+    VERSION,
+    (
+        "origin",
+        "seq",
+        "restored_size",
+        "restored_root",
+        "previous_size",
+        "previous_root",
+        "declared_at",
+    ),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,18 +70,7 @@ class RestoreDeclaration:
             raise ValueError("invalid restore declaration: " + "; ".join(problems))
 
     def encode(self) -> bytes:
-        return codec.pack(
-            [
-                VERSION,
-                self.origin,
-                self.seq,
-                self.restored_size,
-                self.restored_root,
-                self.previous_size,
-                self.previous_root,
-                self.declared_at,
-            ]
-        )
+        return WIRE.pack(self)
 
 
 def sign_restore(declaration: RestoreDeclaration, key: SigningKey) -> bytes:
@@ -100,20 +103,9 @@ def verify_restore(data: bytes, *, key: VerifyKey, origin: str) -> RestoreDeclar
 
 
 def _decode(body: bytes) -> RestoreDeclaration:
-    raw = codec.unpack(body, max_bytes=MAX_SIGNED_RESTORE_BYTES, max_items=8, what="restore")
-    if not isinstance(raw, list) or len(raw) != 8 or raw[0] != VERSION or raw[0] is True:
-        raise MalformedError("declaration must be an array of 8 elements starting with 1")
-    _, origin, seq, restored_size, restored_root, previous_size, previous_root, at = raw
+    fields = WIRE.unpack(body, max_bytes=MAX_SIGNED_RESTORE_BYTES, max_items=8)
     try:
-        return RestoreDeclaration(
-            origin=origin,
-            seq=seq,
-            restored_size=restored_size,
-            restored_root=restored_root,
-            previous_size=previous_size,
-            previous_root=previous_root,
-            declared_at=at,
-        )
+        return RestoreDeclaration(**fields)
     except (ValueError, TypeError) as e:
         raise MalformedError(str(e)) from e
 
