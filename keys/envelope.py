@@ -35,7 +35,6 @@ from nacl.signing import VerifyKey
 
 from . import codec
 from .errors import (
-    BadSignatureError,
     DecryptionError,
     ExpiredError,
     MalformedError,
@@ -43,6 +42,7 @@ from .errors import (
 )
 from .identity import AgencyKeys, check_encryption_key, encryption_kid, signing_kid
 from .limits import DEFAULT_LIMITS, Limits
+from .signed import verify_message
 from .subjects import AGENCY_ID_PATTERN
 
 VERSION = 1
@@ -277,10 +277,8 @@ def open_envelope(
     if len(body) > limits.max_body_bytes:  # step 9: no sender may seal a larger body
         raise MalformedError(f"body is larger than {limits.max_body_bytes} bytes")
     key = signers.signing_key(header.sender, header.sender_kid, at=header.created)
-    try:
-        key.verify(_inner_message(parsed.header_bytes, body), inner_sig)
-    except nacl.exceptions.BadSignatureError as e:
-        raise BadSignatureError("inner signature does not verify") from e
+    inner = _inner_message(parsed.header_bytes, body)
+    verify_message(key, inner, inner_sig, failure="inner signature does not verify")
     return Opened(header=header, body=body, envelope_hash=envelope_hash(data))
 
 
@@ -289,10 +287,8 @@ def _verify_outer(data: bytes, signers: SignerKeys, limits: Limits) -> _Parsed:
     key = signers.signing_key(
         parsed.header.sender, parsed.header.sender_kid, at=parsed.header.created
     )
-    try:
-        key.verify(_outer_message(data[:-_OUTER_SIG_SUFFIX]), outer_sig)
-    except nacl.exceptions.BadSignatureError as e:
-        raise BadSignatureError("outer signature does not verify") from e
+    outer = _outer_message(data[:-_OUTER_SIG_SUFFIX])
+    verify_message(key, outer, outer_sig, failure="outer signature does not verify")
     return parsed
 
 
