@@ -38,7 +38,6 @@ from runtime import clock
 
 from .audit import AuditTrail
 from .desk import Sender
-from .messages import unpack_record
 from .store import ResendCandidate, Store
 
 log = structlog.get_logger("nrm.resend")
@@ -49,6 +48,10 @@ MAX_HAVE = 512
 #: Largest request body, checked before decoding.
 MAX_REQUEST_BYTES = 32 + MAX_HAVE * 34
 _MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+#: `[1, since, [message ids]]`; `since` and the ids are checked by the constructor.
+_WIRE = codec.Record("resend request", 1, ("since", "have"), (object, list))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,20 +74,13 @@ class ResendRequest:
             raise ValueError("held message ids are distinct and sorted")
 
     def encode(self) -> bytes:
-        return codec.pack([1, self.since, list(self.have)])
+        return _WIRE.pack(self)
 
     @classmethod
     def decode(cls, body: bytes) -> ResendRequest:
-        since, have = unpack_record(
-            body,
-            (object, list),  # `since` and the ids are checked by the constructor
-            what="resend request",
-            shape="[1, since, [message ids]]",
-            max_bytes=MAX_REQUEST_BYTES,
-            max_items=MAX_HAVE,
-        )
+        fields = _WIRE.unpack(body, max_bytes=MAX_REQUEST_BYTES, max_items=MAX_HAVE)
         try:
-            return cls(since=since, have=tuple(have))
+            return cls(since=fields["since"], have=tuple(fields["have"]))
         except (ValueError, TypeError) as e:
             raise MalformedError(f"resend request: {e}") from e
 

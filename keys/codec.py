@@ -58,26 +58,42 @@ def unpack(data: bytes, *, max_bytes: int, max_items: int = 256, what: str = "va
 @dataclass(frozen=True, slots=True)
 class Record:
     """A versioned wire record `[version, member, ...]`: `fields` names the members after the
-    version in wire order, once for packing and unpacking. `what` names it in errors."""
+    version in wire order, once for packing and unpacking; `types`, when given, the type of
+    each (an int is never a bool). `what` names it in errors."""
 
     what: str
     version: int
     fields: tuple[str, ...]
+    types: tuple[type, ...] | None = None
 
     def pack(self, record: object) -> bytes:
         """The canonical `[version, record.<name> for each name]` (tuples pack as arrays)."""
         return pack([self.version, *(getattr(record, name) for name in self.fields)])
 
-    def unpack(self, data: bytes, *, max_bytes: int, max_items: int) -> dict[str, Any]:
+    def unpack(
+        self, data: bytes, *, max_bytes: int, max_items: int | None = None
+    ) -> dict[str, Any]:
         """`data` decoded strictly (unpack) as this record, the version an int (never a bool),
-        as a map from the field names, or MalformedError. Member types are the caller's."""
-        raw = unpack(data, max_bytes=max_bytes, max_items=max_items, what=self.what)
+        as a map from the field names, or MalformedError. `max_items` bounds every array
+        (default: the record's own size); member types beyond `types` are the caller's."""
         size = len(self.fields) + 1
-        if not (isinstance(raw, list) and len(raw) == size and type(raw[0]) is int):
-            raise MalformedError(f"{self.what} must be an array of {size} elements")
-        if raw[0] != self.version:
-            raise MalformedError(f"{self.what} must start with version {self.version}")
+        items = size if max_items is None else max_items
+        raw = unpack(data, max_bytes=max_bytes, max_items=items, what=self.what)
+        types = self.types or (object,) * len(self.fields)
+        if not (
+            isinstance(raw, list)
+            and len(raw) == size
+            and type(raw[0]) is int
+            and raw[0] == self.version
+            and all(_is(value, kind) for value, kind in zip(raw[1:], types, strict=True))
+        ):
+            shape = ", ".join([str(self.version), *self.fields])
+            raise MalformedError(f"{self.what} must be [{shape}]")
         return dict(zip(self.fields, raw[1:], strict=True))
+
+
+def _is(value: Any, kind: type) -> bool:
+    return type(value) is int if kind is int else isinstance(value, kind)
 
 
 def _check_types(value: Any, what: str, depth: int = 0) -> None:
