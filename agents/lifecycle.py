@@ -42,7 +42,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import ClassVar, Final
 
 from keys import codec
 from keys.errors import MalformedError, UnexpectedMessageError, UnknownReasonCodeError
@@ -111,21 +111,6 @@ _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 VERSION: Final = 1
 MAX_TRANSITION_BYTES: Final = 512
-#: A transition body's wire form (see the module docstring).
-WIRE = codec.Record(
-    "transition",
-    VERSION,
-    (
-        "referral_id",
-        "recipient",
-        "from_state",
-        "to_state",
-        "party",
-        "reason",
-        "outcome",
-        "at",
-    ),
-)
 
 #: Default escalation limits in seconds, by urgency; routine referrals never escalate.
 DEFAULT_ESCALATION_SECONDS: Final[Mapping[str, int]] = {"urgent": 4 * 3600, "emergency": 30 * 60}
@@ -230,12 +215,28 @@ def check(state: str, target: str, party: str, *, reason: str | None, outcome: s
 
 
 @dataclass(frozen=True, slots=True)
-class Transition:
+class Transition(codec.Encoded):
     """One step of one (referral, recipient) pair: the body of a signed `transition` message.
 
     The constructor refuses anything `check()` refuses, so every Transition value is a step of
     the table; the agent still compares `from_state` with the state it has stored for the pair.
     """
+
+    #: A transition body's wire form (see the module docstring).
+    WIRE: ClassVar[codec.Record] = codec.Record(
+        "transition",
+        VERSION,
+        (
+            "referral_id",
+            "recipient",
+            "from_state",
+            "to_state",
+            "party",
+            "reason",
+            "outcome",
+            "at",
+        ),
+    )
 
     referral_id: str
     recipient: str
@@ -262,16 +263,12 @@ class Transition:
         # The table itself, the reason pattern and the outcome rules.
         check(self.from_state, self.to_state, self.party, reason=self.reason, outcome=self.outcome)
 
-    def encode(self) -> bytes:
-        """The canonical msgpack body (see the module docstring)."""
-        return WIRE.pack(self)
-
     @classmethod
     def decode(cls, data: bytes) -> Transition:
         """Strictly decode a transition body, or raise: MalformedError for its shape,
         UnknownReasonCodeError for a reason outside the vocabulary, UnexpectedMessageError
         for a well-formed step the lifecycle table does not allow (PROTOCOL.md §8.4)."""
-        fields = WIRE.unpack(data, max_bytes=MAX_TRANSITION_BYTES, max_items=16)
+        fields = cls.WIRE.unpack(data, max_bytes=MAX_TRANSITION_BYTES, max_items=16)
         try:
             return cls(**fields)
         except TransitionRefused as e:

@@ -19,15 +19,11 @@ ESCALATION = "escalation"
 REFUSAL = "refusal"
 
 
-class _RecordBody:
+class _RecordBody(codec.Encoded):
     """A msgpack body that is its wire record `WIRE` and nothing more: the record's types
     are all there is to check (the bodies of 6.2 and 6.5)."""
 
     __slots__ = ()
-    WIRE: ClassVar[codec.Record]
-
-    def encode(self) -> bytes:
-        return self.WIRE.pack(self)
 
     @classmethod
     def decode(cls, body: bytes) -> Self:
@@ -41,6 +37,7 @@ class DeliveryReceipt(_RecordBody):
     WIRE: ClassVar[codec.Record] = codec.Record(
         "delivery receipt", 1, ("message_id", "envelope_hash", "received_at"), (str, str, int)
     )
+
     message_id: str
     envelope_hash: str
     received_at: int
@@ -91,6 +88,7 @@ class Refusal(_RecordBody):
     WIRE: ClassVar[codec.Record] = codec.Record(
         "refusal", 1, ("message_id", "envelope_hash", "reason", "refused_at"), (str, str, str, int)
     )
+
     message_id: str
     envelope_hash: str
     reason: str

@@ -21,6 +21,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import structlog
 
@@ -50,13 +51,14 @@ MAX_REQUEST_BYTES = 32 + MAX_HAVE * 34
 _MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-#: `[1, since, [message ids]]`; `since` and the ids are checked by the constructor.
-_WIRE = codec.Record("resend request", 1, ("since", "have"), (object, list))
-
-
 @dataclass(frozen=True, slots=True)
-class ResendRequest:
+class ResendRequest(codec.Encoded):
     """ "Send me again what you sent me at or after `since`, except `have`" (§6.3)."""
+
+    #: `[1, since, [message ids]]`; `since` and the ids are checked by the constructor.
+    WIRE: ClassVar[codec.Record] = codec.Record(
+        "resend request", 1, ("since", "have"), (object, list)
+    )
 
     since: int
     have: tuple[str, ...]
@@ -73,12 +75,9 @@ class ResendRequest:
         if list(self.have) != sorted(set(self.have)):
             raise ValueError("held message ids are distinct and sorted")
 
-    def encode(self) -> bytes:
-        return _WIRE.pack(self)
-
     @classmethod
     def decode(cls, body: bytes) -> ResendRequest:
-        fields = _WIRE.unpack(body, max_bytes=MAX_REQUEST_BYTES, max_items=MAX_HAVE)
+        fields = cls.WIRE.unpack(body, max_bytes=MAX_REQUEST_BYTES, max_items=MAX_HAVE)
         try:
             return cls(since=fields["since"], have=tuple(fields["have"]))
         except (ValueError, TypeError) as e:

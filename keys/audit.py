@@ -16,7 +16,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from nacl.signing import SigningKey
 
@@ -86,27 +86,28 @@ LABELS: dict[str, frozenset[str]] = {
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _REASON = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
-#: An event's wire form (PROTOCOL.md).
-WIRE = codec.Record(
-    "event",
-    VERSION,
-    (
-        "event_id",
-        "agency",
-        "kind",
-        "referral_id",
-        "counterpart",
-        "envelope_hash",
-        "key_ids",
-        "reason",
-        "labels",
-        "time",
-    ),
-)
 
 
 @dataclass(frozen=True, slots=True)
-class AuditEvent:
+class AuditEvent(codec.Encoded):
+    #: An event's wire form (PROTOCOL.md).
+    WIRE: ClassVar[codec.Record] = codec.Record(
+        "event",
+        VERSION,
+        (
+            "event_id",
+            "agency",
+            "kind",
+            "referral_id",
+            "counterpart",
+            "envelope_hash",
+            "key_ids",
+            "reason",
+            "labels",
+            "time",
+        ),
+    )
+
     event_id: str
     agency: str
     kind: str
@@ -122,9 +123,6 @@ class AuditEvent:
         problems = _problems(self)
         if problems:
             raise ValueError("invalid audit event: " + "; ".join(problems))
-
-    def encode(self) -> bytes:
-        return WIRE.pack(self)
 
 
 def new_event_id() -> str:
@@ -161,7 +159,7 @@ def verify_event(data: bytes, *, signers: SignerKeys) -> SignedEvent:
 
 
 def _decode_event(body: bytes) -> AuditEvent:
-    fields = WIRE.unpack(body, max_bytes=MAX_SIGNED_EVENT_BYTES, max_items=16)
+    fields = AuditEvent.WIRE.unpack(body, max_bytes=MAX_SIGNED_EVENT_BYTES, max_items=16)
     key_ids, labels, t = fields["key_ids"], fields["labels"], fields["time"]
     if not (isinstance(key_ids, list) and isinstance(labels, list)):
         raise MalformedError("event key ids and labels must be arrays")

@@ -14,7 +14,7 @@ import itertools
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import msgpack
 
@@ -90,6 +90,17 @@ class Record:
             shape = ", ".join([str(self.version), *self.fields])
             raise MalformedError(f"{self.what} must be [{shape}]")
         return dict(zip(self.fields, raw[1:], strict=True))
+
+
+class Encoded:
+    """A value whose wire form is its class's record `WIRE`."""
+
+    __slots__ = ()
+    WIRE: ClassVar[Record]
+
+    def encode(self) -> bytes:
+        """The canonical encoding of this value as its WIRE record."""
+        return self.WIRE.pack(self)
 
 
 def _is(value: Any, kind: type) -> bool:

@@ -24,7 +24,7 @@ import secrets
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import nacl.bindings as sodium
 import nacl.exceptions
@@ -57,26 +57,27 @@ _AEAD_TAG_BYTES = 16
 _MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
 _KIND = re.compile(r"^[a-z][a-z0-9.-]{0,63}$")
 _KID = re.compile(r"^[0-9a-f]{32}$")
-#: The routing header's wire form (section 4.2).
-HEADER_WIRE = codec.Record(
-    "header",
-    VERSION,
-    (
-        "message_id",
-        "kind",
-        "sender",
-        "recipients",
-        "sender_kid",
-        "recipient_kids",
-        "created",
-        "expires",
-    ),
-)
 
 
 @dataclass(frozen=True, slots=True)
-class Header:
+class Header(codec.Encoded):
     """The routing header (section 4.2): visible on the bus, covered by both signatures."""
+
+    #: The routing header's wire form (section 4.2).
+    WIRE: ClassVar[codec.Record] = codec.Record(
+        "header",
+        VERSION,
+        (
+            "message_id",
+            "kind",
+            "sender",
+            "recipients",
+            "sender_kid",
+            "recipient_kids",
+            "created",
+            "expires",
+        ),
+    )
 
     message_id: str
     kind: str
@@ -86,9 +87,6 @@ class Header:
     recipient_kids: tuple[str, ...]
     created: int
     expires: int
-
-    def encode(self) -> bytes:
-        return HEADER_WIRE.pack(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +324,7 @@ def _parse(data: bytes, limits: Limits) -> tuple[_Parsed, bytes]:
 
 def _decode_header(header_bytes: bytes, limits: Limits) -> Header:
     max_items = max(limits.max_recipients, 9)
-    fields = HEADER_WIRE.unpack(header_bytes, max_bytes=8192, max_items=max_items)
+    fields = Header.WIRE.unpack(header_bytes, max_bytes=8192, max_items=max_items)
     recipients, recipient_kids = fields["recipients"], fields["recipient_kids"]
     if not (isinstance(recipients, list) and isinstance(recipient_kids, list)):
         raise MalformedError("header recipients must be arrays")

@@ -9,6 +9,7 @@ or inserted anywhere is found at its exact index by a verifier (PROTOCOL.md §9)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from . import codec
 from .audit import MAX_SIGNED_EVENT_BYTES
@@ -18,22 +19,18 @@ VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
-class LedgerEntry:
+class LedgerEntry(codec.Encoded):
+    WIRE: ClassVar[codec.Record] = codec.Record(
+        "ledger entry", VERSION, ("index", "appended_at", "signed_event"), (int, int, bytes)
+    )
+
     index: int
     appended_at: int
     signed_event: bytes
 
-    def encode(self) -> bytes:
-        return _WIRE.pack(self)
-
     @classmethod
     def decode(cls, data: bytes) -> LedgerEntry:
-        fields = _WIRE.unpack(data, max_bytes=MAX_SIGNED_EVENT_BYTES + 64)
+        fields = cls.WIRE.unpack(data, max_bytes=MAX_SIGNED_EVENT_BYTES + 64)
         if fields["index"] < 0 or fields["appended_at"] < 0:
             raise MalformedError("ledger entry index and appended_at must not be negative")
         return cls(**fields)
-
-
-_WIRE = codec.Record(
-    "ledger entry", VERSION, ("index", "appended_at", "signed_event"), (int, int, bytes)
-)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from nacl.signing import SigningKey, VerifyKey
 
@@ -35,26 +36,27 @@ MAX_SIGNED_RESTORE_BYTES = 1024
 
 _KID = re.compile(r"^[0-9a-f]{32}$")
 _MAX_UINT = (1 << 63) - 1
-#: The declaration's wire form (PROTOCOL.md).
-WIRE = codec.Record(
-    "restore declaration",
-    VERSION,
-    (
-        "origin",
-        "seq",
-        "restored_size",
-        "restored_root",
-        "previous_size",
-        "previous_root",
-        "declared_at",
-    ),
-)
 
 
 @dataclass(frozen=True, slots=True)
-class RestoreDeclaration:
+class RestoreDeclaration(codec.Encoded):
     """Restore `seq` of ledger `origin`: the tree went back to `restored_size` leaves with
     root `restored_root`, from `previous_size`/`previous_root` (None when unknown)."""
+
+    #: The declaration's wire form (PROTOCOL.md).
+    WIRE: ClassVar[codec.Record] = codec.Record(
+        "restore declaration",
+        VERSION,
+        (
+            "origin",
+            "seq",
+            "restored_size",
+            "restored_root",
+            "previous_size",
+            "previous_root",
+            "declared_at",
+        ),
+    )
 
     origin: str
     seq: int
@@ -68,9 +70,6 @@ class RestoreDeclaration:
         problems = _problems(self)
         if problems:
             raise ValueError("invalid restore declaration: " + "; ".join(problems))
-
-    def encode(self) -> bytes:
-        return WIRE.pack(self)
 
 
 def sign_restore(declaration: RestoreDeclaration, key: SigningKey) -> bytes:
@@ -103,7 +102,7 @@ def verify_restore(data: bytes, *, key: VerifyKey, origin: str) -> RestoreDeclar
 
 
 def _decode(body: bytes) -> RestoreDeclaration:
-    fields = WIRE.unpack(body, max_bytes=MAX_SIGNED_RESTORE_BYTES, max_items=8)
+    fields = RestoreDeclaration.WIRE.unpack(body, max_bytes=MAX_SIGNED_RESTORE_BYTES, max_items=8)
     try:
         return RestoreDeclaration(**fields)
     except (ValueError, TypeError) as e:

@@ -52,7 +52,6 @@ from keys.envelope import (
 )
 from keys.identity import AgencyKeys, signing_kid
 from keys.restore import LABEL as RESTORE_LABEL
-from keys.restore import WIRE as RESTORE_WIRE
 from keys.restore import RestoreDeclaration, sign_restore, verify_restore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -599,7 +598,7 @@ def render_restore(name: str, comment: str, expect: str, make: Callable[[], byte
     ]
     if expect == "ok":
         d = verify_restore(data, key=LEDGER_KEY.verify_key, origin=ORIGIN)
-        for attr in RESTORE_WIRE.fields[1:]:  # the origin is named above
+        for attr in RestoreDeclaration.WIRE.fields[1:]:  # the origin is named above
             lines.append(f"{attr}: {_field(getattr(d, attr))}")
     text = base64.b64encode(data).decode("ascii")
     return "\n".join([*lines, "", *textwrap.wrap(text, 76)]) + "\n"
