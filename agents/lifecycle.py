@@ -39,7 +39,6 @@ in_progress. Final states (declined, closed, withdrawn, cancelled, expired) have
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Final
@@ -107,7 +106,6 @@ REASON_CODES: Final[tuple[str, ...]] = (
     "other",  # none of these
 )
 _REASON_SET: Final = frozenset(REASON_CODES)
-_HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 VERSION: Final = 1
 MAX_TRANSITION_BYTES: Final = 512
@@ -248,7 +246,7 @@ class Transition(codec.Encoded):
     at: int
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.referral_id, str) and _HEX32.fullmatch(self.referral_id)):
+        if not (isinstance(self.referral_id, str) and codec.HEX32.fullmatch(self.referral_id)):
             raise ValueError("referral_id must be 32 lowercase hex characters")
         if not (isinstance(self.recipient, str) and AGENCY_ID_PATTERN.fullmatch(self.recipient)):
             raise ValueError("recipient must be an agency id")

@@ -16,7 +16,6 @@ envelopes). The recipient de-duplicates by message id as for any message.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -48,7 +47,6 @@ RESEND_REQUEST = "resend-request"
 MAX_HAVE = 512
 #: Largest request body, checked before decoding.
 MAX_REQUEST_BYTES = 32 + MAX_HAVE * 34
-_MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +68,7 @@ class ResendRequest(codec.Encoded):
             raise ValueError("since must be Unix seconds")
         if len(self.have) > MAX_HAVE:
             raise ValueError(f"at most {MAX_HAVE} held message ids")
-        if not all(isinstance(m, str) and _MESSAGE_ID.fullmatch(m) for m in self.have):
+        if not all(isinstance(m, str) and codec.HEX32.fullmatch(m) for m in self.have):
             raise ValueError("held message ids are 32 lowercase hex digits")
         if list(self.have) != sorted(set(self.have)):
             raise ValueError("held message ids are distinct and sorted")

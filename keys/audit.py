@@ -83,8 +83,6 @@ LABELS: dict[str, frozenset[str]] = {
         }
     ),
 }
-_HEX32 = re.compile(r"^[0-9a-f]{32}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _REASON = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 
 
@@ -182,7 +180,7 @@ def _problems(e: AuditEvent) -> list[str]:
         if value is not None and not (isinstance(value, str) and pattern.fullmatch(value)):
             p.append(f"{name} has the wrong form")
 
-    if not (isinstance(e.event_id, str) and _HEX32.fullmatch(e.event_id)):
+    if not (isinstance(e.event_id, str) and codec.HEX32.fullmatch(e.event_id)):
         p.append("event_id must be 32 lowercase hex characters")
     if not (isinstance(e.agency, str) and AGENCY_ID_PATTERN.fullmatch(e.agency)):
         p.append("agency must be an agency id")
@@ -190,13 +188,13 @@ def _problems(e: AuditEvent) -> list[str]:
         p.append("kind is not a known event kind")
     if not isinstance(e.time, int) or isinstance(e.time, bool) or not 0 <= e.time < 1 << 40:
         p.append("time must be Unix seconds")
-    optional(e.referral_id, _HEX32, "referral_id")
+    optional(e.referral_id, codec.HEX32, "referral_id")
     optional(e.counterpart, AGENCY_ID_PATTERN, "counterpart")
-    optional(e.envelope_hash, _HEX64, "envelope_hash")
+    optional(e.envelope_hash, codec.HEX64, "envelope_hash")
     optional(e.reason, _REASON, "reason")
     if not isinstance(e.key_ids, tuple) or len(e.key_ids) > 8:
         p.append("at most 8 key ids")
-    elif not all(isinstance(k, str) and _HEX32.fullmatch(k) for k in e.key_ids):
+    elif not all(isinstance(k, str) and codec.HEX32.fullmatch(k) for k in e.key_ids):
         p.append("key ids must be 32 lowercase hex characters")
     names = [pair[0] for pair in e.labels] if isinstance(e.labels, tuple) else []
     if not isinstance(e.labels, tuple) or len(set(names)) != len(names):

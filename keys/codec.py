@@ -122,6 +122,11 @@ def to_b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
+#: Lower-case hex of 16 bytes (message, referral and event ids, key ids) and of 32 (hashes).
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
 def from_b64(text: Any) -> bytes:
     """The bytes of base64 text; TypeError if `text` is no string, ValueError if it is not
     strictly base64 (binascii.Error)."""

@@ -54,9 +54,7 @@ SIGNATURE_BYTES = 64
 _OUTER_SIG_SUFFIX = 2 + SIGNATURE_BYTES
 #: Every AEAD ciphertext is at least its 16-byte tag.
 _AEAD_TAG_BYTES = 16
-_MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
 _KIND = re.compile(r"^[a-z][a-z0-9.-]{0,63}$")
-_KID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,14 +341,14 @@ def _decode_header(header_bytes: bytes, limits: Limits) -> Header:
 
 def _check_header(header: Header, limits: Limits, error: type[Exception] = ValueError) -> None:
     problems = []
-    if not _MESSAGE_ID.fullmatch(header.message_id):
+    if not codec.HEX32.fullmatch(header.message_id):
         problems.append("message id must be 32 lowercase hex characters")
     if not _KIND.fullmatch(header.kind):
         problems.append("kind must match [a-z][a-z0-9.-]{0,63}")
     agencies = (header.sender, *header.recipients)
     if not all(AGENCY_ID_PATTERN.fullmatch(a) for a in agencies):
         problems.append("agency ids must be valid")
-    if not all(_KID.fullmatch(k) for k in (header.sender_kid, *header.recipient_kids)):
+    if not all(codec.HEX32.fullmatch(k) for k in (header.sender_kid, *header.recipient_kids)):
         problems.append("key ids must be 32 lowercase hex characters")
     n = len(header.recipients)
     if not 0 < n <= limits.max_recipients or len(header.recipient_kids) != n:

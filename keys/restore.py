@@ -16,7 +16,6 @@ decoder; verification returns the declaration or raises. Pure.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -34,7 +33,6 @@ LABEL = b"nrm/v1/ledger-restore"
 #: Largest signed declaration accepted, checked before decoding.
 MAX_SIGNED_RESTORE_BYTES = 1024
 
-_KID = re.compile(r"^[0-9a-f]{32}$")
 _MAX_UINT = (1 << 63) - 1
 
 
@@ -89,7 +87,7 @@ def verify_restore(data: bytes, *, key: VerifyKey, origin: str) -> RestoreDeclar
         what="restore",
         body_name="declaration",
     )
-    if not _KID.fullmatch(kid):
+    if not codec.HEX32.fullmatch(kid):
         raise MalformedError("signed restore must be [1, declaration, signer kid, signature]")
     declaration = _decode(body)
     if kid != signing_kid(key):
