@@ -42,6 +42,7 @@ from keys.codec import canonical_json, load_canonical
 from keys.errors import BadSignatureError, MalformedError, UnknownKeyError
 from keys.identity import signing_kid
 from keys.key_history import KeyWindow, signing_key_at, windows_of
+from keys.signed import check_signature
 
 from .schema_check import SchemaCheck
 
@@ -490,10 +491,8 @@ def verify_receipt(signed: SignedReceipt, key: VerifyKey) -> ConsentReceipt:
         raise MalformedError(f"receipt is {len(body)} bytes, more than {LIMITS.max_receipt_bytes}")
     if len(signed.signature) != 64:
         raise BadSignatureError("consent receipt signature is not 64 bytes")
-    try:
-        key.verify(_signed_message(body), bytes(signed.signature))
-    except NaclBadSignatureError as e:
-        raise BadSignatureError("consent receipt signature does not verify") from e
+    failure = "consent receipt signature does not verify"
+    check_signature(CONSENT_LABEL, body, bytes(signed.signature), key, failure=failure)
     doc = load_canonical(body, "consent receipt body")
     receipt = _parse(doc)
     if canonical_json(to_doc(receipt)) != body:

@@ -39,10 +39,9 @@ in_progress. Final states (declined, closed, withdrawn, cancelled, expired) have
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import ClassVar, Final
 
 from keys import codec
 from keys.errors import MalformedError, UnexpectedMessageError, UnknownReasonCodeError
@@ -107,7 +106,6 @@ REASON_CODES: Final[tuple[str, ...]] = (
     "other",  # none of these
 )
 _REASON_SET: Final = frozenset(REASON_CODES)
-_HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 VERSION: Final = 1
 MAX_TRANSITION_BYTES: Final = 512
@@ -215,12 +213,28 @@ def check(state: str, target: str, party: str, *, reason: str | None, outcome: s
 
 
 @dataclass(frozen=True, slots=True)
-class Transition:
+class Transition(codec.Encoded):
     """One step of one (referral, recipient) pair: the body of a signed `transition` message.
 
     The constructor refuses anything `check()` refuses, so every Transition value is a step of
     the table; the agent still compares `from_state` with the state it has stored for the pair.
     """
+
+    #: A transition body's wire form (see the module docstring).
+    WIRE: ClassVar[codec.Record] = codec.Record(
+        "transition",
+        VERSION,
+        (
+            "referral_id",
+            "recipient",
+            "from_state",
+            "to_state",
+            "party",
+            "reason",
+            "outcome",
+            "at",
+        ),
+    )
 
     referral_id: str
     recipient: str
@@ -232,7 +246,7 @@ class Transition:
     at: int
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.referral_id, str) and _HEX32.fullmatch(self.referral_id)):
+        if not (isinstance(self.referral_id, str) and codec.HEX32.fullmatch(self.referral_id)):
             raise ValueError("referral_id must be 32 lowercase hex characters")
         if not (isinstance(self.recipient, str) and AGENCY_ID_PATTERN.fullmatch(self.recipient)):
             raise ValueError("recipient must be an agency id")
@@ -247,45 +261,14 @@ class Transition:
         # The table itself, the reason pattern and the outcome rules.
         check(self.from_state, self.to_state, self.party, reason=self.reason, outcome=self.outcome)
 
-    def encode(self) -> bytes:
-        """The canonical msgpack body (see the module docstring)."""
-        return codec.pack(
-            [
-                VERSION,
-                self.referral_id,
-                self.recipient,
-                self.from_state,
-                self.to_state,
-                self.party,
-                self.reason,
-                self.outcome,
-                self.at,
-            ]
-        )
-
     @classmethod
     def decode(cls, data: bytes) -> Transition:
         """Strictly decode a transition body, or raise: MalformedError for its shape,
         UnknownReasonCodeError for a reason outside the vocabulary, UnexpectedMessageError
         for a well-formed step the lifecycle table does not allow (PROTOCOL.md §8.4)."""
-        raw: Any = codec.unpack(
-            data, max_bytes=MAX_TRANSITION_BYTES, max_items=16, what="transition"
-        )
-        if not isinstance(raw, list) or len(raw) != 9:
-            raise MalformedError("transition is not an array of 9 fields")
-        if type(raw[0]) is not int or raw[0] != VERSION:
-            raise MalformedError("transition has an unsupported version")
+        fields = cls.WIRE.unpack(data, max_bytes=MAX_TRANSITION_BYTES, max_items=16)
         try:
-            return cls(
-                referral_id=raw[1],
-                recipient=raw[2],
-                from_state=raw[3],
-                to_state=raw[4],
-                party=raw[5],
-                reason=raw[6],
-                outcome=raw[7],
-                at=raw[8],
-            )
+            return cls(**fields)
         except TransitionRefused as e:
             raise UnexpectedMessageError(f"transition is not in the lifecycle table: {e}") from e
         except ReasonCodeUnknown as e:

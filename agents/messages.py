@@ -4,71 +4,43 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from keys import MalformedError, codec
 from keys.codec import canonical_json
 
+#: The message kinds (the envelope header's `kind`).
 REFERRAL = "referral"
 DELIVERY_RECEIPT = "delivery-receipt"
-
-
-def unpack_record(
-    body: bytes,
-    types: tuple[type, ...],
-    *,
-    what: str,
-    shape: str,
-    max_bytes: int = 512,
-    max_items: int | None = None,
-) -> list[Any]:
-    """The members of a msgpack body `[1, ...]` after its version, one of each of `types`
-    (an `int` is never a bool, nor is the version), decoded strictly (keys.codec.unpack):
-    the one decoder of the msgpack message kinds. MalformedError says `what must be shape`."""
-    raw = codec.unpack(
-        body,
-        max_bytes=max_bytes,
-        max_items=len(types) + 1 if max_items is None else max_items,
-        what=what,
-    )
-    if not (
-        isinstance(raw, list)
-        and len(raw) == len(types) + 1
-        and type(raw[0]) is int
-        and raw[0] == 1
-        and all(_is(value, kind) for value, kind in zip(raw[1:], types, strict=True))
-    ):
-        raise MalformedError(f"{what} must be {shape}")
-    return raw[1:]
-
-
-def _is(value: Any, kind: type) -> bool:
-    return type(value) is int if kind is int else isinstance(value, kind)
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryReceipt:
-    """Sent by a recipient to the sender once a message is committed to its inbox (6.2)."""
-
-    message_id: str
-    envelope_hash: str
-    received_at: int
-
-    def encode(self) -> bytes:
-        return codec.pack([1, self.message_id, self.envelope_hash, self.received_at])
-
-    @classmethod
-    def decode(cls, body: bytes) -> DeliveryReceipt:
-        message_id, envelope_hash, received_at = unpack_record(
-            body, (str, str, int), what="delivery receipt", shape="[1, message id, hash, time]"
-        )
-        return cls(message_id, envelope_hash, received_at)
-
-
 TRANSITION = "transition"
 CONSENT_WITHDRAWAL = "consent-withdrawal"
 ERASURE_CONFIRMATION = "erasure-confirmation"
 ESCALATION = "escalation"
+REFUSAL = "refusal"
+
+
+class _RecordBody(codec.Encoded):
+    """A msgpack body that is its wire record `WIRE` and nothing more: the record's types
+    are all there is to check (the bodies of 6.2 and 6.5)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def decode(cls, body: bytes) -> Self:
+        return cls(**cls.WIRE.unpack(body, max_bytes=512))
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReceipt(_RecordBody):
+    """Sent by a recipient to the sender once a message is committed to its inbox (6.2)."""
+
+    WIRE: ClassVar[codec.Record] = codec.Record(
+        "delivery receipt", 1, ("message_id", "envelope_hash", "received_at"), (str, str, int)
+    )
+
+    message_id: str
+    envelope_hash: str
+    received_at: int
 
 
 def parse_json_body(body: bytes, *, what: str, required: dict[str, type]) -> dict[str, Any]:
@@ -87,7 +59,6 @@ def parse_json_body(body: bytes, *, what: str, required: dict[str, type]) -> dic
     return doc
 
 
-REFUSAL = "refusal"
 #: Reasons a refusal notice may carry (docs/PROTOCOL.md §6.5): the refusals of a body by an
 #: agent that opened its envelope, never those of the envelope itself.
 NOTIFIED_REASONS = frozenset(
@@ -110,24 +81,15 @@ NOTIFIED_REASONS = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
-class Refusal:
+class Refusal(_RecordBody):
     """Sent by a recipient to the authenticated sender of a message whose body it refused
     (6.5): which envelope, why, when."""
+
+    WIRE: ClassVar[codec.Record] = codec.Record(
+        "refusal", 1, ("message_id", "envelope_hash", "reason", "refused_at"), (str, str, str, int)
+    )
 
     message_id: str
     envelope_hash: str
     reason: str
     refused_at: int
-
-    def encode(self) -> bytes:
-        return codec.pack([1, self.message_id, self.envelope_hash, self.reason, self.refused_at])
-
-    @classmethod
-    def decode(cls, body: bytes) -> Refusal:
-        message_id, envelope_hash, reason, refused_at = unpack_record(
-            body,
-            (str, str, str, int),
-            what="refusal",
-            shape="[1, message id, hash, reason, time]",
-        )
-        return cls(message_id, envelope_hash, reason, refused_at)

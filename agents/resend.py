@@ -16,11 +16,11 @@ envelopes). The recipient de-duplicates by message id as for any message.
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import structlog
 
@@ -38,7 +38,6 @@ from runtime import clock
 
 from .audit import AuditTrail
 from .desk import Sender
-from .messages import unpack_record
 from .store import ResendCandidate, Store
 
 log = structlog.get_logger("nrm.resend")
@@ -48,12 +47,16 @@ RESEND_REQUEST = "resend-request"
 MAX_HAVE = 512
 #: Largest request body, checked before decoding.
 MAX_REQUEST_BYTES = 32 + MAX_HAVE * 34
-_MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass(frozen=True, slots=True)
-class ResendRequest:
+class ResendRequest(codec.Encoded):
     """ "Send me again what you sent me at or after `since`, except `have`" (§6.3)."""
+
+    #: `[1, since, [message ids]]`; `since` and the ids are checked by the constructor.
+    WIRE: ClassVar[codec.Record] = codec.Record(
+        "resend request", 1, ("since", "have"), (object, list)
+    )
 
     since: int
     have: tuple[str, ...]
@@ -65,26 +68,16 @@ class ResendRequest:
             raise ValueError("since must be Unix seconds")
         if len(self.have) > MAX_HAVE:
             raise ValueError(f"at most {MAX_HAVE} held message ids")
-        if not all(isinstance(m, str) and _MESSAGE_ID.fullmatch(m) for m in self.have):
+        if not all(isinstance(m, str) and codec.HEX32.fullmatch(m) for m in self.have):
             raise ValueError("held message ids are 32 lowercase hex digits")
         if list(self.have) != sorted(set(self.have)):
             raise ValueError("held message ids are distinct and sorted")
 
-    def encode(self) -> bytes:
-        return codec.pack([1, self.since, list(self.have)])
-
     @classmethod
     def decode(cls, body: bytes) -> ResendRequest:
-        since, have = unpack_record(
-            body,
-            (object, list),  # `since` and the ids are checked by the constructor
-            what="resend request",
-            shape="[1, since, [message ids]]",
-            max_bytes=MAX_REQUEST_BYTES,
-            max_items=MAX_HAVE,
-        )
+        fields = cls.WIRE.unpack(body, max_bytes=MAX_REQUEST_BYTES, max_items=MAX_HAVE)
         try:
-            return cls(since=since, have=tuple(have))
+            return cls(since=fields["since"], have=tuple(fields["have"]))
         except (ValueError, TypeError) as e:
             raise MalformedError(f"resend request: {e}") from e
 

@@ -16,7 +16,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from nacl.signing import SigningKey
 
@@ -83,13 +83,29 @@ LABELS: dict[str, frozenset[str]] = {
         }
     ),
 }
-_HEX32 = re.compile(r"^[0-9a-f]{32}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _REASON = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 
 
 @dataclass(frozen=True, slots=True)
-class AuditEvent:
+class AuditEvent(codec.Encoded):
+    #: An event's wire form (PROTOCOL.md).
+    WIRE: ClassVar[codec.Record] = codec.Record(
+        "event",
+        VERSION,
+        (
+            "event_id",
+            "agency",
+            "kind",
+            "referral_id",
+            "counterpart",
+            "envelope_hash",
+            "key_ids",
+            "reason",
+            "labels",
+            "time",
+        ),
+    )
+
     event_id: str
     agency: str
     kind: str
@@ -105,23 +121,6 @@ class AuditEvent:
         problems = _problems(self)
         if problems:
             raise ValueError("invalid audit event: " + "; ".join(problems))
-
-    def encode(self) -> bytes:
-        return codec.pack(
-            [
-                VERSION,
-                self.event_id,
-                self.agency,
-                self.kind,
-                self.referral_id,
-                self.counterpart,
-                self.envelope_hash,
-                list(self.key_ids),
-                self.reason,
-                [list(pair) for pair in self.labels],
-                self.time,
-            ]
-        )
 
 
 def new_event_id() -> str:
@@ -158,41 +157,18 @@ def verify_event(data: bytes, *, signers: SignerKeys) -> SignedEvent:
 
 
 def _decode_event(body: bytes) -> AuditEvent:
-    raw = codec.unpack(body, max_bytes=MAX_SIGNED_EVENT_BYTES, max_items=16, what="event")
-    if not isinstance(raw, list) or len(raw) != 11 or raw[0] != VERSION or raw[0] is True:
-        raise MalformedError("event must be an array of 11 elements starting with version 1")
-    (
-        _,
-        event_id,
-        agency,
-        kind,
-        referral_id,
-        counterpart,
-        envelope_hash,
-        key_ids,
-        reason,
-        labels,
-        t,
-    ) = raw
+    fields = AuditEvent.WIRE.unpack(body, max_bytes=MAX_SIGNED_EVENT_BYTES, max_items=16)
+    key_ids, labels, t = fields["key_ids"], fields["labels"], fields["time"]
     if not (isinstance(key_ids, list) and isinstance(labels, list)):
         raise MalformedError("event key ids and labels must be arrays")
     if not all(isinstance(p, list) and len(p) == 2 for p in labels):
         raise MalformedError("event labels must be [name, value] pairs")
     if not isinstance(t, int) or isinstance(t, bool):
         raise MalformedError("event time must be an integer")
+    fields["key_ids"] = tuple(key_ids)
+    fields["labels"] = tuple((p[0], p[1]) for p in labels)
     try:
-        return AuditEvent(
-            event_id=event_id,
-            agency=agency,
-            kind=kind,
-            time=t,
-            referral_id=referral_id,
-            counterpart=counterpart,
-            envelope_hash=envelope_hash,
-            key_ids=tuple(key_ids),
-            reason=reason,
-            labels=tuple((p[0], p[1]) for p in labels),
-        )
+        return AuditEvent(**fields)
     except (ValueError, TypeError) as e:
         raise MalformedError(str(e)) from e
 
@@ -204,7 +180,7 @@ def _problems(e: AuditEvent) -> list[str]:
         if value is not None and not (isinstance(value, str) and pattern.fullmatch(value)):
             p.append(f"{name} has the wrong form")
 
-    if not (isinstance(e.event_id, str) and _HEX32.fullmatch(e.event_id)):
+    if not (isinstance(e.event_id, str) and codec.HEX32.fullmatch(e.event_id)):
         p.append("event_id must be 32 lowercase hex characters")
     if not (isinstance(e.agency, str) and AGENCY_ID_PATTERN.fullmatch(e.agency)):
         p.append("agency must be an agency id")
@@ -212,13 +188,13 @@ def _problems(e: AuditEvent) -> list[str]:
         p.append("kind is not a known event kind")
     if not isinstance(e.time, int) or isinstance(e.time, bool) or not 0 <= e.time < 1 << 40:
         p.append("time must be Unix seconds")
-    optional(e.referral_id, _HEX32, "referral_id")
+    optional(e.referral_id, codec.HEX32, "referral_id")
     optional(e.counterpart, AGENCY_ID_PATTERN, "counterpart")
-    optional(e.envelope_hash, _HEX64, "envelope_hash")
+    optional(e.envelope_hash, codec.HEX64, "envelope_hash")
     optional(e.reason, _REASON, "reason")
     if not isinstance(e.key_ids, tuple) or len(e.key_ids) > 8:
         p.append("at most 8 key ids")
-    elif not all(isinstance(k, str) and _HEX32.fullmatch(k) for k in e.key_ids):
+    elif not all(isinstance(k, str) and codec.HEX32.fullmatch(k) for k in e.key_ids):
         p.append("key ids must be 32 lowercase hex characters")
     names = [pair[0] for pair in e.labels] if isinstance(e.labels, tuple) else []
     if not isinstance(e.labels, tuple) or len(set(names)) != len(names):

@@ -13,7 +13,8 @@ import base64
 import itertools
 import json
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import msgpack
 
@@ -54,6 +55,58 @@ def unpack(data: bytes, *, max_bytes: int, max_items: int = 256, what: str = "va
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A versioned wire record `[version, member, ...]`: `fields` names the members after the
+    version in wire order, once for packing and unpacking; `types`, when given, the type of
+    each (an int is never a bool). `what` names it in errors."""
+
+    what: str
+    version: int
+    fields: tuple[str, ...]
+    types: tuple[type, ...] | None = None
+
+    def pack(self, record: object) -> bytes:
+        """The canonical `[version, record.<name> for each name]` (tuples pack as arrays)."""
+        return pack([self.version, *(getattr(record, name) for name in self.fields)])
+
+    def unpack(
+        self, data: bytes, *, max_bytes: int, max_items: int | None = None
+    ) -> dict[str, Any]:
+        """`data` decoded strictly (unpack) as this record, the version an int (never a bool),
+        as a map from the field names, or MalformedError. `max_items` bounds every array
+        (default: the record's own size); member types beyond `types` are the caller's."""
+        size = len(self.fields) + 1
+        items = size if max_items is None else max_items
+        raw = unpack(data, max_bytes=max_bytes, max_items=items, what=self.what)
+        types = self.types or (object,) * len(self.fields)
+        if not (
+            isinstance(raw, list)
+            and len(raw) == size
+            and type(raw[0]) is int
+            and raw[0] == self.version
+            and all(_is(value, kind) for value, kind in zip(raw[1:], types, strict=True))
+        ):
+            shape = ", ".join([str(self.version), *self.fields])
+            raise MalformedError(f"{self.what} must be [{shape}]")
+        return dict(zip(self.fields, raw[1:], strict=True))
+
+
+class Encoded:
+    """A value whose wire form is its class's record `WIRE`."""
+
+    __slots__ = ()
+    WIRE: ClassVar[Record]
+
+    def encode(self) -> bytes:
+        """The canonical encoding of this value as its WIRE record."""
+        return self.WIRE.pack(self)
+
+
+def _is(value: Any, kind: type) -> bool:
+    return type(value) is int if kind is int else isinstance(value, kind)
+
+
 def _check_types(value: Any, what: str, depth: int = 0) -> None:
     if depth > 8:
         raise TooDeepError(f"{what} nests deeper than 8 levels")
@@ -67,6 +120,11 @@ def _check_types(value: Any, what: str, depth: int = 0) -> None:
 def to_b64(raw: bytes) -> str:
     """`raw` as standard base64 text (the form of keys and signatures in JSON files)."""
     return base64.b64encode(raw).decode("ascii")
+
+
+#: Lower-case hex of 16 bytes (message, referral and event ids, key ids) and of 32 (hashes).
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def from_b64(text: Any) -> bytes:

@@ -20,7 +20,7 @@ from nacl.exceptions import BadSignatureError as NaclBadSignatureError
 from nacl.public import PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
-from .codec import canonical_json, load_canonical, to_b64
+from .codec import HEX32, canonical_json, load_canonical, to_b64
 from .envelope import Recipient
 from .errors import (
     BadSignatureError,
@@ -80,7 +80,6 @@ ROLES: Final = frozenset(
 KeyStatus = Literal["active", "retiring", "revoked"]
 KEY_STATUSES: Final = ("active", "retiring", "revoked")
 
-_KID = re.compile(r"^[0-9a-f]{32}$")
 #: A NATS user NKey public key: prefix "U", then base32 (RFC 4648 alphabet), 56 characters.
 _NATS_USER_KEY = re.compile(r"^U[A-Z2-7]{55}$")
 
@@ -113,7 +112,7 @@ class KeyEntry:
     reason: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.kid, str) or not _KID.fullmatch(self.kid):
+        if not isinstance(self.kid, str) or not HEX32.fullmatch(self.kid):
             raise ValueError("kid must be 32 lowercase hex digits")
         if not isinstance(self.public, bytes) or len(self.public) != 32:
             raise ValueError("public keys are 32 bytes")
@@ -560,7 +559,7 @@ def _parse(data: bytes, *, allow_bare: bool) -> tuple[_SignedFile, Root | Direct
         signatures = []
         for item in _list(f["signatures"], "signatures", MAX_SIGNATURES):
             s = _fields(item, {"keyid", "sig"}, "signature")
-            if not isinstance(s["keyid"], str) or not _KID.fullmatch(s["keyid"]):
+            if not isinstance(s["keyid"], str) or not HEX32.fullmatch(s["keyid"]):
                 raise ValueError("keyid must be 32 lowercase hex digits")
             signatures.append((s["keyid"], _unb64(s["sig"], 64, "sig")))
         signed = f["signed"]

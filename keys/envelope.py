@@ -24,7 +24,7 @@ import secrets
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import nacl.bindings as sodium
 import nacl.exceptions
@@ -35,7 +35,6 @@ from nacl.signing import VerifyKey
 
 from . import codec
 from .errors import (
-    BadSignatureError,
     DecryptionError,
     ExpiredError,
     MalformedError,
@@ -43,6 +42,7 @@ from .errors import (
 )
 from .identity import AgencyKeys, check_encryption_key, encryption_kid, signing_kid
 from .limits import DEFAULT_LIMITS, Limits
+from .signed import verify_message
 from .subjects import AGENCY_ID_PATTERN
 
 VERSION = 1
@@ -54,14 +54,28 @@ SIGNATURE_BYTES = 64
 _OUTER_SIG_SUFFIX = 2 + SIGNATURE_BYTES
 #: Every AEAD ciphertext is at least its 16-byte tag.
 _AEAD_TAG_BYTES = 16
-_MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
 _KIND = re.compile(r"^[a-z][a-z0-9.-]{0,63}$")
-_KID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass(frozen=True, slots=True)
-class Header:
+class Header(codec.Encoded):
     """The routing header (section 4.2): visible on the bus, covered by both signatures."""
+
+    #: The routing header's wire form (section 4.2).
+    WIRE: ClassVar[codec.Record] = codec.Record(
+        "header",
+        VERSION,
+        (
+            "message_id",
+            "kind",
+            "sender",
+            "recipients",
+            "sender_kid",
+            "recipient_kids",
+            "created",
+            "expires",
+        ),
+    )
 
     message_id: str
     kind: str
@@ -71,21 +85,6 @@ class Header:
     recipient_kids: tuple[str, ...]
     created: int
     expires: int
-
-    def encode(self) -> bytes:
-        return codec.pack(
-            [
-                VERSION,
-                self.message_id,
-                self.kind,
-                self.sender,
-                list(self.recipients),
-                self.sender_kid,
-                list(self.recipient_kids),
-                self.created,
-                self.expires,
-            ]
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,10 +273,8 @@ def open_envelope(
     if len(body) > limits.max_body_bytes:  # step 9: no sender may seal a larger body
         raise MalformedError(f"body is larger than {limits.max_body_bytes} bytes")
     key = signers.signing_key(header.sender, header.sender_kid, at=header.created)
-    try:
-        key.verify(_inner_message(parsed.header_bytes, body), inner_sig)
-    except nacl.exceptions.BadSignatureError as e:
-        raise BadSignatureError("inner signature does not verify") from e
+    inner = _inner_message(parsed.header_bytes, body)
+    verify_message(key, inner, inner_sig, failure="inner signature does not verify")
     return Opened(header=header, body=body, envelope_hash=envelope_hash(data))
 
 
@@ -286,10 +283,8 @@ def _verify_outer(data: bytes, signers: SignerKeys, limits: Limits) -> _Parsed:
     key = signers.signing_key(
         parsed.header.sender, parsed.header.sender_kid, at=parsed.header.created
     )
-    try:
-        key.verify(_outer_message(data[:-_OUTER_SIG_SUFFIX]), outer_sig)
-    except nacl.exceptions.BadSignatureError as e:
-        raise BadSignatureError("outer signature does not verify") from e
+    outer = _outer_message(data[:-_OUTER_SIG_SUFFIX])
+    verify_message(key, outer, outer_sig, failure="outer signature does not verify")
     return parsed
 
 
@@ -326,49 +321,34 @@ def _parse(data: bytes, limits: Limits) -> tuple[_Parsed, bytes]:
 
 
 def _decode_header(header_bytes: bytes, limits: Limits) -> Header:
-    raw = codec.unpack(
-        header_bytes, max_bytes=8192, max_items=max(limits.max_recipients, 9), what="header"
-    )
-    if (
-        not isinstance(raw, list)
-        or len(raw) != 9
-        or raw[0] != VERSION
-        or isinstance(raw[0], bool)  # `true == 1` in Python
-    ):
-        raise MalformedError("header must be an array of 9 elements starting with version 1")
-    _, message_id, kind, sender, recipients, sender_kid, recipient_kids, created, expires = raw
+    max_items = max(limits.max_recipients, 9)
+    fields = Header.WIRE.unpack(header_bytes, max_bytes=8192, max_items=max_items)
+    recipients, recipient_kids = fields["recipients"], fields["recipient_kids"]
     if not (isinstance(recipients, list) and isinstance(recipient_kids, list)):
         raise MalformedError("header recipients must be arrays")
-    if not all(isinstance(x, str) for x in [message_id, kind, sender, sender_kid]):
+    ids = [fields[name] for name in ("message_id", "kind", "sender", "sender_kid")]
+    if not all(isinstance(x, str) for x in ids):
         raise MalformedError("header ids must be strings")
     if not all(isinstance(x, str) for x in recipients + recipient_kids):
         raise MalformedError("header recipient ids must be strings")
-    if not all(_is_time(t) for t in (created, expires)):
+    if not all(_is_time(fields[name]) for name in ("created", "expires")):
         raise MalformedError("header times must be non-negative integers")
-    header = Header(
-        message_id=message_id,
-        kind=kind,
-        sender=sender,
-        recipients=tuple(recipients),
-        sender_kid=sender_kid,
-        recipient_kids=tuple(recipient_kids),
-        created=created,
-        expires=expires,
-    )
+    fields["recipients"], fields["recipient_kids"] = tuple(recipients), tuple(recipient_kids)
+    header = Header(**fields)
     _check_header(header, limits, error=MalformedError)
     return header
 
 
 def _check_header(header: Header, limits: Limits, error: type[Exception] = ValueError) -> None:
     problems = []
-    if not _MESSAGE_ID.fullmatch(header.message_id):
+    if not codec.HEX32.fullmatch(header.message_id):
         problems.append("message id must be 32 lowercase hex characters")
     if not _KIND.fullmatch(header.kind):
         problems.append("kind must match [a-z][a-z0-9.-]{0,63}")
     agencies = (header.sender, *header.recipients)
     if not all(AGENCY_ID_PATTERN.fullmatch(a) for a in agencies):
         problems.append("agency ids must be valid")
-    if not all(_KID.fullmatch(k) for k in (header.sender_kid, *header.recipient_kids)):
+    if not all(codec.HEX32.fullmatch(k) for k in (header.sender_kid, *header.recipient_kids)):
         problems.append("key ids must be 32 lowercase hex characters")
     n = len(header.recipients)
     if not 0 < n <= limits.max_recipients or len(header.recipient_kids) != n:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from .errors import ConsistencyProofError, InclusionProofError
@@ -190,6 +190,25 @@ def _check_hash(value: bytes, error: type[Exception], what: str) -> None:
         raise error(f"{what} is not a {HASH_SIZE}-byte hash")
 
 
+def _walk(
+    fn: int, sn: int, path: Sequence[bytes], error: type[Exception], what: str
+) -> Iterator[tuple[bytes, bool]]:
+    """RFC 9162's walk up from node `fn` of a tree whose last node is `sn` (§2.1.3.2 and
+    §2.1.4.2 alike): each element of `path` with whether it is a left sibling, then `error`
+    if `path` does not end exactly at the root."""
+    for p in path:
+        if sn == 0:
+            raise error(f"{what} proof too long")
+        left = bool(fn & 1 or fn == sn)
+        yield p, left
+        if left and not fn & 1:
+            while fn & 1 == 0 and fn != 0:
+                fn, sn = fn >> 1, sn >> 1
+        fn, sn = fn >> 1, sn >> 1
+    if sn != 0:
+        raise error(f"{what} proof too short")
+
+
 def verify_inclusion(
     *, leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes
 ) -> None:
@@ -204,21 +223,11 @@ def verify_inclusion(
         raise InclusionProofError("inclusion proof too long")
     _check_hash(leaf_hash, InclusionProofError, "leaf hash")
     _check_hash(root, InclusionProofError, "root")
-    fn, sn, r = index, size - 1, leaf_hash
     for p in proof:
         _check_hash(p, InclusionProofError, "proof element")
-        if sn == 0:
-            raise InclusionProofError("inclusion proof too long")
-        if fn & 1 or fn == sn:
-            r = node_hash(p, r)
-            if not fn & 1:
-                while fn & 1 == 0 and fn != 0:
-                    fn, sn = fn >> 1, sn >> 1
-        else:
-            r = node_hash(r, p)
-        fn, sn = fn >> 1, sn >> 1
-    if sn != 0:
-        raise InclusionProofError("inclusion proof too short")
+    r = leaf_hash
+    for p, left in _walk(index, size - 1, proof, InclusionProofError, "inclusion"):
+        r = node_hash(p, r) if left else node_hash(r, p)
     if not hmac.compare_digest(r, root):
         raise InclusionProofError("inclusion proof does not lead to the root")
 
@@ -266,20 +275,10 @@ def verify_consistency(
     while fn & 1:
         fn, sn = fn >> 1, sn >> 1
     fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:
-            raise ConsistencyProofError("consistency proof too long")
-        if fn & 1 or fn == sn:
+    for c, left in _walk(fn, sn, path[1:], ConsistencyProofError, "consistency"):
+        if left:
             fr = node_hash(c, fr)
-            sr = node_hash(c, sr)
-            if not fn & 1:
-                while fn & 1 == 0 and fn != 0:
-                    fn, sn = fn >> 1, sn >> 1
-        else:
-            sr = node_hash(sr, c)
-        fn, sn = fn >> 1, sn >> 1
-    if sn != 0:
-        raise ConsistencyProofError("consistency proof too short")
+        sr = node_hash(c, sr) if left else node_hash(sr, c)
     if not hmac.compare_digest(fr, first_root):
         raise ConsistencyProofError("consistency proof does not lead to the first root")
     if not hmac.compare_digest(sr, second_root):

@@ -16,9 +16,9 @@ decoder; verification returns the declaration or raises. Pure.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from nacl.signing import SigningKey, VerifyKey
 
@@ -33,14 +33,28 @@ LABEL = b"nrm/v1/ledger-restore"
 #: Largest signed declaration accepted, checked before decoding.
 MAX_SIGNED_RESTORE_BYTES = 1024
 
-_KID = re.compile(r"^[0-9a-f]{32}$")
 _MAX_UINT = (1 << 63) - 1
 
 
 @dataclass(frozen=True, slots=True)
-class RestoreDeclaration:
+class RestoreDeclaration(codec.Encoded):
     """Restore `seq` of ledger `origin`: the tree went back to `restored_size` leaves with
     root `restored_root`, from `previous_size`/`previous_root` (None when unknown)."""
+
+    #: The declaration's wire form (PROTOCOL.md).
+    WIRE: ClassVar[codec.Record] = codec.Record(
+        "restore declaration",
+        VERSION,
+        (
+            "origin",
+            "seq",
+            "restored_size",
+            "restored_root",
+            "previous_size",
+            "previous_root",
+            "declared_at",
+        ),
+    )
 
     origin: str
     seq: int
@@ -54,20 +68,6 @@ class RestoreDeclaration:
         problems = _problems(self)
         if problems:
             raise ValueError("invalid restore declaration: " + "; ".join(problems))
-
-    def encode(self) -> bytes:
-        return codec.pack(
-            [
-                VERSION,
-                self.origin,
-                self.seq,
-                self.restored_size,
-                self.restored_root,
-                self.previous_size,
-                self.previous_root,
-                self.declared_at,
-            ]
-        )
 
 
 def sign_restore(declaration: RestoreDeclaration, key: SigningKey) -> bytes:
@@ -87,7 +87,7 @@ def verify_restore(data: bytes, *, key: VerifyKey, origin: str) -> RestoreDeclar
         what="restore",
         body_name="declaration",
     )
-    if not _KID.fullmatch(kid):
+    if not codec.HEX32.fullmatch(kid):
         raise MalformedError("signed restore must be [1, declaration, signer kid, signature]")
     declaration = _decode(body)
     if kid != signing_kid(key):
@@ -100,20 +100,9 @@ def verify_restore(data: bytes, *, key: VerifyKey, origin: str) -> RestoreDeclar
 
 
 def _decode(body: bytes) -> RestoreDeclaration:
-    raw = codec.unpack(body, max_bytes=MAX_SIGNED_RESTORE_BYTES, max_items=8, what="restore")
-    if not isinstance(raw, list) or len(raw) != 8 or raw[0] != VERSION or raw[0] is True:
-        raise MalformedError("declaration must be an array of 8 elements starting with 1")
-    _, origin, seq, restored_size, restored_root, previous_size, previous_root, at = raw
+    fields = RestoreDeclaration.WIRE.unpack(body, max_bytes=MAX_SIGNED_RESTORE_BYTES, max_items=8)
     try:
-        return RestoreDeclaration(
-            origin=origin,
-            seq=seq,
-            restored_size=restored_size,
-            restored_root=restored_root,
-            previous_size=previous_size,
-            previous_root=previous_root,
-            declared_at=at,
-        )
+        return RestoreDeclaration(**fields)
     except (ValueError, TypeError) as e:
         raise MalformedError(str(e)) from e
 

@@ -50,7 +50,12 @@ def check_signature(
     label: bytes, body: bytes, signature: bytes, key: VerifyKey, *, failure: str
 ) -> None:
     """Raise BadSignatureError(`failure`) unless `key` made `signature` over label||0||body."""
+    verify_message(key, label + b"\x00" + body, signature, failure=failure)
+
+
+def verify_message(key: VerifyKey, message: bytes, signature: bytes, *, failure: str) -> None:
+    """Raise BadSignatureError(`failure`) unless `key` made `signature` over `message`."""
     try:
-        key.verify(label + b"\x00" + body, signature)
+        key.verify(message, signature)
     except nacl.exceptions.BadSignatureError as e:
         raise BadSignatureError(failure) from e

@@ -28,17 +28,20 @@ from runtime import clock
 from runtime.keydir import load_key_dir
 from runtime.poll import poll
 
+#: (agency id, display name, role) of the test mechanism.
 AGENCIES = [
     ("police", "Police", "police"),
     ("shelter", "Shelter", "ngo"),
     ("coordinator", "Co-ordinator", "coordinator"),
 ]
-#: Short redelivery so crash tests do not wait the production 30 s.
-TEST_LIMITS = {
+#: Short redelivery so crash tests do not wait the production 30 s (also in test_years).
+SHORT_REDELIVERY = {
     "ack_wait_seconds": 2,
     "retry_max_seconds": 0.5,
     "timer_interval_seconds": 0.25,
 }
+#: The limits of the test agents.
+TEST_LIMITS = {**SHORT_REDELIVERY}
 #: The Argon2id cost of the key files of `prepared_mechanism`: libsodium's minimum. Every
 #: agent, ledger and bus start decrypts a key file (seven per mechanism, ~0.13 s each at
 #: INTERACTIVE); the cost is stored in each file (keys/keyfile.py), so the code that reads

@@ -134,6 +134,13 @@ def byte_mutation(draw: st.DrawFn, original: bytes) -> bytes:
     return bytes(data)
 
 
+def garbage(
+    valid: bytes, max_size: int, *crafted: st.SearchStrategy[bytes]
+) -> st.SearchStrategy[bytes]:
+    """Random bytes, byte mutations of `valid`, or one of `crafted`, each kind as likely."""
+    return st.one_of(st.binary(max_size=max_size), byte_mutation(valid), *crafted)
+
+
 def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Every path into nested lists and dicts, the root included."""
     found = [prefix]
@@ -188,34 +195,30 @@ def _resign(data: bytes) -> bytes:
 
 
 @st.composite
-def envelopes(draw: st.DrawFn) -> bytes:
-    """Random bytes, mutated valid envelopes, and re-encoded structural mutations (header
-    included), some re-signed by the real sender so that later checks run on them."""
-    choice = draw(st.sampled_from(["random", "bytes", "tree", "msgpack", "leaf", "leaf"]))
-    if choice == "random":
-        return draw(st.binary(max_size=2048))
-    if choice == "bytes":
-        return draw(byte_mutation(ENVELOPE))
-    if choice == "leaf":  # one field changed, same type, re-signed: reaches the crypto checks
-        tree = copy.deepcopy(ENVELOPE_TREE)
-        path = draw(st.sampled_from([p for p in _paths(tree) if p and p != (5,)]))
-        parent = tree
-        for step in path[:-1]:
-            parent = parent[step]
-        old = parent[path[-1]]
-        if isinstance(old, bytes):
-            new: Any = draw(st.binary(min_size=len(old), max_size=len(old)) | st.binary())
-        elif isinstance(old, str):
-            new = draw(st.text(max_size=40) | st.sampled_from(["shelter", "police", "a" * 32]))
-        elif isinstance(old, int):
-            new = draw(st.integers(0, 2**63 - 1) | st.sampled_from([0, T0, T0 + 10**9]))
-        else:
-            new = draw(MSGPACK_VALUES)
-        parent[path[-1]] = new
-        tree[1] = codec.pack(tree[1])
-        return _resign(codec.pack(tree))
-    if choice == "msgpack":
-        return codec.pack(draw(MSGPACK_VALUES))
+def _resigned_leaf(draw: st.DrawFn) -> bytes:
+    """A valid envelope with one field changed, same type, re-signed: reaches the crypto checks."""
+    tree = copy.deepcopy(ENVELOPE_TREE)
+    path = draw(st.sampled_from([p for p in _paths(tree) if p and p != (5,)]))
+    parent = tree
+    for step in path[:-1]:
+        parent = parent[step]
+    old = parent[path[-1]]
+    if isinstance(old, bytes):
+        new: Any = draw(st.binary(min_size=len(old), max_size=len(old)) | st.binary())
+    elif isinstance(old, str):
+        new = draw(st.text(max_size=40) | st.sampled_from(["shelter", "police", "a" * 32]))
+    elif isinstance(old, int):
+        new = draw(st.integers(0, 2**63 - 1) | st.sampled_from([0, T0, T0 + 10**9]))
+    else:
+        new = draw(MSGPACK_VALUES)
+    parent[path[-1]] = new
+    tree[1] = codec.pack(tree[1])
+    return _resign(codec.pack(tree))
+
+
+@st.composite
+def _mutated_envelope(draw: st.DrawFn) -> bytes:
+    """A re-encoded structural mutation (header included), re-signed half the time."""
     tree = draw(structural_mutation(ENVELOPE_TREE, MSGPACK_VALUES))
     if isinstance(tree, list) and len(tree) > 1 and isinstance(tree[1], list):
         try:
@@ -227,6 +230,18 @@ def envelopes(draw: st.DrawFn) -> bytes:
     except (ValueError, TypeError, OverflowError):
         return b""
     return _resign(data) if draw(st.booleans()) else data
+
+
+#: Random bytes, mutated valid envelopes, random msgpack, structural mutations, and (a third
+#: of the draws: it stands twice) re-signed one-field changes.
+ENVELOPES = garbage(
+    ENVELOPE,
+    2048,
+    MSGPACK_VALUES.map(codec.pack),
+    _mutated_envelope(),
+    _resigned_leaf(),
+    _resigned_leaf(),
+)
 
 
 def _with_short_ciphertext(tree: list[Any], signer: SigningKey) -> bytes:
@@ -247,7 +262,7 @@ def test_envelope_with_ciphertext_shorter_than_the_tag_is_untrusted_input() -> N
 
 
 @FUZZ
-@given(envelopes())
+@given(ENVELOPES)
 def test_envelope_decoder_refuses_garbage_with_untrusted_input_errors(data: bytes) -> None:
     """The envelope decoder (open_envelope, verify_outer) answers any input within bounded
     time, and fails only with UntrustedInputError subclasses."""
@@ -261,21 +276,19 @@ def test_envelope_decoder_refuses_garbage_with_untrusted_input_errors(data: byte
 
 
 @st.composite
-def directories(draw: st.DrawFn) -> bytes:
-    """Random bytes, mutated signed directories, random JSON and mutated JSON documents."""
-    choice = draw(st.sampled_from(["random", "bytes", "json", "tree"]))
-    if choice == "random":
-        return draw(st.binary(max_size=2048))
-    if choice == "bytes":
-        return draw(byte_mutation(SIGNED_V3))
-    if choice == "json":
-        return json.dumps(draw(JSON_VALUES)).encode()
+def _mutated_directory(draw: st.DrawFn) -> bytes:
     tree = draw(structural_mutation(json.loads(SIGNED_V3), JSON_VALUES))
     return json.dumps(tree, separators=(",", ":"), sort_keys=draw(st.booleans())).encode()
 
 
+#: Random bytes, mutated signed directories, random JSON and mutated JSON documents.
+DIRECTORIES = garbage(
+    SIGNED_V3, 2048, JSON_VALUES.map(lambda v: json.dumps(v).encode()), _mutated_directory()
+)
+
+
 @FUZZ
-@given(directories())
+@given(DIRECTORIES)
 def test_directory_loader_refuses_garbage_and_keeps_trusted_state(data: bytes) -> None:
     """The directory loader (read_unverified_directory, verify_directory,
     TrustStore.update_directory) fails only with UntrustedInputError, in bounded time, and a
@@ -308,14 +321,7 @@ EVENT_TREE[1] = codec.unpack(EVENT_TREE[1], max_bytes=4096, max_items=16)
 
 
 @st.composite
-def signed_events(draw: st.DrawFn) -> bytes:
-    choice = draw(st.sampled_from(["random", "bytes", "tree", "msgpack"]))
-    if choice == "random":
-        return draw(st.binary(max_size=3000))
-    if choice == "bytes":
-        return draw(byte_mutation(VALID_EVENT))
-    if choice == "msgpack":
-        return codec.pack(draw(MSGPACK_VALUES))
+def _mutated_event(draw: st.DrawFn) -> bytes:
     tree = draw(structural_mutation(EVENT_TREE, MSGPACK_VALUES))
     try:
         if isinstance(tree, list) and len(tree) > 1 and isinstance(tree[1], list):
@@ -325,8 +331,11 @@ def signed_events(draw: st.DrawFn) -> bytes:
         return b""
 
 
+SIGNED_EVENTS = garbage(VALID_EVENT, 3000, MSGPACK_VALUES.map(codec.pack), _mutated_event())
+
+
 @FUZZ
-@given(signed_events())
+@given(SIGNED_EVENTS)
 def test_audit_event_decoder_refuses_garbage_as_malformed(data: bytes) -> None:
     """decode_signed_event fails only with MalformedError, in bounded time."""
     bounded(lambda: decode_signed_event(data), (MalformedError,))

@@ -72,12 +72,13 @@ def fold(steps: list[tuple[Directory, int]]) -> list[KeyWindow]:
 
 @dataclass(frozen=True)
 class Case:
+    """A police signature by `key` at `at`, checked against the history `steps` folds."""
+
     name: str
     steps: list[tuple[Directory, int]]
-    agency: str
-    key: str
     at: int
     expect: type[UntrustedInputError] | None  # None: verifies under that key
+    key: str = "A"
 
 
 V1 = (directory(1, {"police": [("A", 100, None, None)]}), 100)
@@ -89,50 +90,45 @@ READMITTED_SAME = (directory(3, {"police": [("A", 600, None, None)]}), 600)
 REVOKED_300 = (directory(2, {"police": [("A", 100, None, 300)]}), 300)
 
 CASES = [
-    Case("listed once, signed inside its window: verifies", [V1], "police", "A", 150, None),
-    Case("signed before the key's valid_from: retired-key", [V1], "police", "A", 50,
+    Case("listed once, signed inside its window: verifies", [V1], 150, None),
+    Case("signed before the key's valid_from: retired-key", [V1], 50, RetiredKeyError),
+    Case("rotated, signed during the overlap: verifies", [V1, ROTATED], 250, None),
+    Case("rotated, signed after the overlap ended: retired-key", [V1, ROTATED], 301,
          RetiredKeyError),
-    Case("rotated, signed during the overlap: verifies", [V1, ROTATED], "police", "A", 250,
-         None),
-    Case("rotated, signed after the overlap ended: retired-key", [V1, ROTATED], "police", "A",
-         301, RetiredKeyError),
     Case("rotated twice deep, the first key pruned, signed in its window: verifies",
-         [V1, ROTATED, PRUNED], "police", "A", 250, None),
+         [V1, ROTATED, PRUNED], 250, None),
     Case("removed, then re-admitted with a new key: the old key still verifies its window",
-         [V1, REMOVED, READMITTED_NEW], "police", "A", 150, None),
+         [V1, REMOVED, READMITTED_NEW], 150, None),
     Case("removed while open-ended, signed after the directory dropped it: retired-key",
-         [V1, REMOVED, READMITTED_NEW], "police", "A", 501, RetiredKeyError),
+         [V1, REMOVED, READMITTED_NEW], 501, RetiredKeyError),
     Case("re-admitted with the same key: its first window still counts",
-         [V1, REMOVED, READMITTED_SAME], "police", "A", 150, None),
+         [V1, REMOVED, READMITTED_SAME], 150, None),
     Case("re-admitted with the same key: the gap between windows is refused",
-         [V1, REMOVED, READMITTED_SAME], "police", "A", 550, RetiredKeyError),
+         [V1, REMOVED, READMITTED_SAME], 550, RetiredKeyError),
     Case("re-admitted with the same key: its second window counts",
-         [V1, REMOVED, READMITTED_SAME], "police", "A", 700, None),
-    Case("revoked from t, signed before t: verifies", [V1, REVOKED_300], "police", "A", 299,
-         None),
-    Case("revoked from t, signed at t: revoked-key", [V1, REVOKED_300], "police", "A", 300,
-         RevokedKeyError),
+         [V1, REMOVED, READMITTED_SAME], 700, None),
+    Case("revoked from t, signed before t: verifies", [V1, REVOKED_300], 299, None),
+    Case("revoked from t, signed at t: revoked-key", [V1, REVOKED_300], 300, RevokedKeyError),
     Case("revoked later with --at before the signing time: revoked-key",
-         [V1, (directory(2, {"police": [("A", 100, None, 120)]}), 900)], "police", "A", 150,
+         [V1, (directory(2, {"police": [("A", 100, None, 120)]}), 900)], 150,
          RevokedKeyError),
     Case("revoked, then pruned from the directory: still revoked-key",
          [V1, REVOKED_300, (directory(3, {"police": [("B", 400, None, None)]}), 400)],
-         "police", "A", 350, RevokedKeyError),
+         350, RevokedKeyError),
     Case("revoked, removed and re-admitted with the same key unrevoked: still revoked-key",
          [V1, REVOKED_300, (directory(3, {}), 500),
           (directory(4, {"police": [("A", 600, None, None)]}), 600)],
-         "police", "A", 700, RevokedKeyError),
+         700, RevokedKeyError),
     Case("a later revocation with an earlier time wins",
          [V1, REVOKED_300, (directory(3, {"police": [("A", 100, None, 200)]}), 400)],
-         "police", "A", 250, RevokedKeyError),
-    Case("a key no directory listed: unknown-key", [V1, ROTATED], "police", "C", 250,
-         UnknownKeyError),
+         250, RevokedKeyError),
+    Case("a key no directory listed: unknown-key", [V1, ROTATED], 250, UnknownKeyError, key="C"),
     Case("another agency's key: unknown-key",
          [(directory(1, {"police": [("A", 100, None, None)],
                          "shelter": [("B", 100, None, None)]}), 100)],
-         "police", "B", 150, UnknownKeyError),
+         150, UnknownKeyError, key="B"),
     Case("an older directory offered after a newer one changes nothing",
-         [V1, ROTATED, V1], "police", "A", 301, RetiredKeyError),
+         [V1, ROTATED, V1], 301, RetiredKeyError),
 ]  # fmt: skip
 
 
@@ -141,11 +137,11 @@ def test_rule(case: Case) -> None:
     """Each scenario verifies under the named key, or is refused with its own reason."""
     history = fold(case.steps)
     if case.expect is None:
-        got = signing_key_at(history, agency=case.agency, kid=KID[case.key], at=case.at)
+        got = signing_key_at(history, agency="police", kid=KID[case.key], at=case.at)
         assert bytes(got) == bytes(SIGNERS[case.key].verify_key)
     else:
         with pytest.raises(case.expect):
-            signing_key_at(history, agency=case.agency, kid=KID[case.key], at=case.at)
+            signing_key_at(history, agency="police", kid=KID[case.key], at=case.at)
 
 
 def test_merging_the_same_directory_again_changes_nothing() -> None:

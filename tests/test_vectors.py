@@ -204,15 +204,13 @@ def _refused(expect: str, call: Callable[[], object]) -> None:
     assert caught.value.reason == expect
 
 
-def _ids(files: list[Path]) -> list[str]:
-    return [p.stem for p in files]
+def each_vector(prefix: str) -> pytest.MarkDecorator:
+    """Run the test once for each vector file whose name starts with `prefix`."""
+    files = _files(prefix)
+    return pytest.mark.parametrize("path", files, ids=[p.stem for p in files])
 
 
-JSON_ENCODE = _files("canonical-json-encode-")
-JSON_DECODE = _files("canonical-json-decode-")
-
-
-@pytest.mark.parametrize("path", JSON_ENCODE, ids=_ids(JSON_ENCODE))
+@each_vector("canonical-json-encode-")
 def test_canonical_json_encode_vector(path: Path) -> None:
     """Any JSON text (`input`), parsed and encoded canonically (§1.3), gives exactly the
     vector's bytes, and those bytes pass the strict decoder."""
@@ -224,7 +222,7 @@ def test_canonical_json_encode_vector(path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("path", JSON_DECODE, ids=_ids(JSON_DECODE))
+@each_vector("canonical-json-decode-")
 def test_canonical_json_decode_vector(path: Path) -> None:
     """The strict body decoder (§6.4 steps 1-5) gives exactly the vector's outcome."""
     fields, data = parse(path)
@@ -244,11 +242,7 @@ def test_canonical_json_decode_vector(path: Path) -> None:
         _refused(fields["expect"], decode)
 
 
-ROOTS = _files("root-")
-DIRECTORIES = _files("directory-")
-
-
-@pytest.mark.parametrize("path", ROOTS, ids=_ids(ROOTS))
+@each_vector("root-")
 def test_root_vector(path: Path) -> None:
     """An initial root checked with its own keys, or a root update over `trusted_root`
     (§7.5 R1-R4), gives exactly the vector's outcome and fields."""
@@ -271,7 +265,7 @@ def test_root_vector(path: Path) -> None:
     assert ",".join(sorted(root.keys)) == fields["key_ids"]
 
 
-@pytest.mark.parametrize("path", DIRECTORIES, ids=_ids(DIRECTORIES))
+@each_vector("directory-")
 def test_directory_vector(path: Path) -> None:
     """A directory verified against `root` and the `current` one at `now` (§7.5 D1-D5)
     gives exactly the vector's outcome and fields."""
@@ -293,10 +287,6 @@ def test_directory_vector(path: Path) -> None:
     assert ",".join(a.agency for a in directory.agencies) == fields["agencies"]
 
 
-AUDIT_EVENTS = _files("audit-event-")
-LEDGER_ENTRIES = _files("ledger-entry-")
-
-
 def _event_fields(event: AuditEvent) -> dict[str, str]:
     def shown(value: str | None) -> str:
         return "none" if value is None else value
@@ -315,7 +305,7 @@ def _event_fields(event: AuditEvent) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("path", AUDIT_EVENTS, ids=_ids(AUDIT_EVENTS))
+@each_vector("audit-event-")
 def test_audit_event_vector(path: Path) -> None:
     """Verifying the signed event (§9.0) under the one trusted key, as listed, gives exactly
     the vector's outcome and, when ok, every field of the event."""
@@ -329,7 +319,7 @@ def test_audit_event_vector(path: Path) -> None:
     assert _event_fields(verified.event) == {k: fields[k] for k in _event_fields(verified.event)}
 
 
-@pytest.mark.parametrize("path", LEDGER_ENTRIES, ids=_ids(LEDGER_ENTRIES))
+@each_vector("ledger-entry-")
 def test_ledger_entry_vector(path: Path) -> None:
     """Decoding the ledger entry (§9.0) gives exactly the vector's outcome; when ok its leaf
     hash (§9.1) and the event inside, verified under audit-event-ok's key."""
@@ -345,10 +335,7 @@ def test_ledger_entry_vector(path: Path) -> None:
     assert verify_event(entry.signed_event, signers=signers).event.event_id == fields["event_id"]
 
 
-CHECKPOINTS = _files("checkpoint-")
-
-
-@pytest.mark.parametrize("path", CHECKPOINTS, ids=_ids(CHECKPOINTS))
+@each_vector("checkpoint-")
 def test_checkpoint_vector(path: Path) -> None:
     """Verifying the note (§9.3) for the expected origin and key gives exactly the vector's
     outcome and, when ok, its size, root and timestamp; the key IDs are derived as stated."""
@@ -372,10 +359,7 @@ def test_checkpoint_vector(path: Path) -> None:
     )
 
 
-CONSENT_RECEIPTS = _files("consent-receipt-")
-
-
-@pytest.mark.parametrize("path", CONSENT_RECEIPTS, ids=_ids(CONSENT_RECEIPTS))
+@each_vector("consent-receipt-")
 def test_consent_receipt_vector(path: Path) -> None:
     """Decoding the stored receipt and verifying it under the agency's key (§8.3) gives
     exactly the vector's outcome and, when ok, its id and signed body."""
@@ -390,24 +374,28 @@ def test_consent_receipt_vector(path: Path) -> None:
     assert hashlib.sha256(signed.body).hexdigest() == fields["body_sha256"]
 
 
-TRANSITIONS = _files("transition-")
-RECEIPTS = _files("receipt-")
-BODIES = _files("body-")
+def _received(fields: dict[str, str], body: bytes, kind: str, roles: set[str]) -> object:
+    """The receiver's check of a vector's body as `kind` at an agency of `roles` (§6.4): the
+    checked value when the vector expects ok, else None once the check was refused with the
+    expected reason."""
+
+    def check() -> object:
+        return inbound.check(kind, body, roles=roles, limits=DEFAULT_LIMITS)
+
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], check)
+        return None
+    return check()
 
 
-@pytest.mark.parametrize("path", TRANSITIONS, ids=_ids(TRANSITIONS))
+@each_vector("transition-")
 def test_transition_vector(path: Path) -> None:
     """The receiver's check of a transition body (§6.4, §8.4) gives exactly the vector's
     outcome and, when ok, every field."""
     fields, body = parse(path)
-
-    def check() -> object:
-        return inbound.check(TRANSITION, body, roles={"ngo"}, limits=DEFAULT_LIMITS)
-
+    step = _received(fields, body, TRANSITION, {"ngo"})
     if fields["expect"] != "ok":
-        _refused(fields["expect"], check)
         return
-    step = check()
     assert isinstance(step, Transition)
     for name in ("referral_id", "recipient", "from_state", "to_state", "party"):
         assert getattr(step, name) == fields[name], name
@@ -419,43 +407,28 @@ def _text(value: str) -> str | None:
     return None if value == "none" else value
 
 
-@pytest.mark.parametrize("path", RECEIPTS, ids=_ids(RECEIPTS))
+@each_vector("receipt-")
 def test_receipt_vector(path: Path) -> None:
     """The receiver's check of a delivery receipt body (§6.2, §6.4) gives exactly the
     vector's outcome and, when ok, every field."""
     fields, body = parse(path)
-
-    def check() -> object:
-        return inbound.check(DELIVERY_RECEIPT, body, roles={"police"}, limits=DEFAULT_LIMITS)
-
+    receipt = _received(fields, body, DELIVERY_RECEIPT, {"police"})
     if fields["expect"] != "ok":
-        _refused(fields["expect"], check)
         return
-    assert check() == DeliveryReceipt(
+    assert receipt == DeliveryReceipt(
         fields["message_id"], fields["envelope_hash"], int(fields["received_at"])
     )
 
 
-@pytest.mark.parametrize("path", BODIES, ids=_ids(BODIES))
+@each_vector("body-")
 def test_body_vector(path: Path) -> None:
     """The receiver's check of a body of `kind` at an agency of `roles` (§6.4) gives exactly
     the vector's outcome."""
     fields, body = parse(path)
-    roles = set(fields["roles"].split(","))
-
-    def check() -> object:
-        return inbound.check(fields["kind"], body, roles=roles, limits=DEFAULT_LIMITS)
-
-    if fields["expect"] != "ok":
-        _refused(fields["expect"], check)
-    else:
-        check()
+    _received(fields, body, fields["kind"], set(fields["roles"].split(",")))
 
 
-KEYFILES = _files("keyfile-")
-
-
-@pytest.mark.parametrize("path", KEYFILES, ids=_ids(KEYFILES))
+@each_vector("keyfile-")
 def test_keyfile_vector(path: Path) -> None:
     """Opening the key file with `passphrase` (§3.1, §3.5) is refused, or gives exactly the
     keys the vector lists."""
@@ -482,10 +455,7 @@ def test_keyfile_vector(path: Path) -> None:
     assert keys.storage_key is not None and keys.storage_key.hex() == fields["storage_key"]
 
 
-MERKLE = _files("merkle-")
-
-
-@pytest.mark.parametrize("path", MERKLE, ids=_ids(MERKLE))
+@each_vector("merkle-")
 def test_merkle_vector(path: Path) -> None:
     """The roots of the vector's leaves (§9.1) are the ones it names, and verifying its proof
     (§9.2, RFC 9162) gives exactly its outcome."""
@@ -521,11 +491,7 @@ def test_merkle_vector(path: Path) -> None:
         _refused(fields["expect"], verify)
 
 
-KIDS = _files("kid-")
-IDENTITIES = _files("identity-")
-
-
-@pytest.mark.parametrize("path", KIDS, ids=_ids(KIDS))
+@each_vector("kid-")
 def test_kid_vector(path: Path) -> None:
     """The key id (§2.2) of the vector's public key, taken as its key type, is its `kid`."""
     fields, public = parse(path)
@@ -535,7 +501,7 @@ def test_kid_vector(path: Path) -> None:
         assert encryption_kid(PublicKey(public)) == fields["kid"]
 
 
-@pytest.mark.parametrize("path", IDENTITIES, ids=_ids(IDENTITIES))
+@each_vector("identity-")
 def test_identity_vector(path: Path) -> None:
     """Reading the identity file (§2.3) gives exactly the vector's outcome and keys."""
     fields, data = parse(path)

@@ -43,7 +43,7 @@ from nrm.sandbox import AgencySetup, Sandbox, prepare_mechanism
 from runtime import clock
 from runtime.durability import backup
 from runtime.keydir import load_key_dir, rotate_key_dir
-from tests import samples
+from tests import samples, support
 from tests.faults.harness import free_port
 
 pytestmark = [pytest.mark.timetravel, pytest.mark.timeout(900)]
@@ -51,21 +51,14 @@ pytestmark = [pytest.mark.timetravel, pytest.mark.timeout(900)]
 DAY = 86_400
 DAYS = 800
 STEP_DAYS = 10
-#: (agency id, display name, role). The police records consents and refers; the labour
-#: inspectorate is the one removed and admitted again.
-AGENCIES = [
-    ("police", "Police", "police"),
-    ("shelter", "Shelter", "ngo"),
-    ("coordinator", "Co-ordinator", "coordinator"),
-    ("labour", "Labour inspectorate", "labour-inspection"),
-]
-#: Reconnection back-off capped at 2 s (default 60 s): a connection refused in the moment
-#: between a NATS-key rotation's publication and the bus's reload must not wait out a minute
-#: of back-off, longer than the settle bound, on a loaded machine.
+#: The test mechanism's agencies and a labour inspectorate. The police records consents and
+#: refers; the labour inspectorate is the one removed and admitted again.
+AGENCIES = [*support.AGENCIES, ("labour", "Labour inspectorate", "labour-inspection")]
+#: Short redelivery, and reconnection back-off capped at 2 s (default 60 s): a connection
+#: refused in the moment between a NATS-key rotation's publication and the bus's reload must
+#: not wait out a minute of back-off, longer than the settle bound, on a loaded machine.
 LIMITS = {
-    "ack_wait_seconds": 2,
-    "retry_max_seconds": 0.5,
-    "timer_interval_seconds": 0.25,
+    **support.SHORT_REDELIVERY,
     "reconnect_initial_seconds": 0.2,
     "reconnect_max_seconds": 2.0,
 }

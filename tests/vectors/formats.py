@@ -22,6 +22,7 @@ from nacl.secret import SecretBox
 from nacl.signing import SigningKey
 
 from agents.consent import SignedReceipt, encode_stored, parse_receipt, sign_receipt
+from agents.lifecycle import Transition
 from agents.messages import DeliveryReceipt
 from keys import codec
 from keys.audit import AuditEvent, decode_signed_event, sign_event
@@ -1108,16 +1109,7 @@ def _body_vectors() -> list[tuple[str, str, str, str, str, bytes]]:
 
 
 def message_vectors() -> Iterator[tuple[str, str]]:
-    names = (
-        "referral_id",
-        "recipient",
-        "from_state",
-        "to_state",
-        "party",
-        "reason",
-        "outcome",
-        "at",
-    )
+    names = Transition.WIRE.fields
     for name, comment, expect, fields in _transition_vectors():
         header: list[tuple[str, object]] = [("expect", expect), ("comment", comment)]
         if expect == "ok":

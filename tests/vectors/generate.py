@@ -599,14 +599,7 @@ def render_restore(name: str, comment: str, expect: str, make: Callable[[], byte
     ]
     if expect == "ok":
         d = verify_restore(data, key=LEDGER_KEY.verify_key, origin=ORIGIN)
-        for attr in (
-            "seq",
-            "restored_size",
-            "restored_root",
-            "previous_size",
-            "previous_root",
-            "declared_at",
-        ):
+        for attr in RestoreDeclaration.WIRE.fields[1:]:  # the origin is named above
             lines.append(f"{attr}: {_field(getattr(d, attr))}")
     text = base64.b64encode(data).decode("ascii")
     return "\n".join([*lines, "", *textwrap.wrap(text, 76)]) + "\n"
