@@ -18,9 +18,9 @@ from nacl.secret import SecretBox
 from keys import (
     AgencyKeys,
     KeyFileError,
-    NotAddressedToMeError,
     Opened,
     ReplayedError,
+    SealedToUnknownKeyError,
     UnexpectedMessageError,
     UnknownKeyError,
     UntrustedInputError,
@@ -458,12 +458,12 @@ class Agent:
                 self.log.info("message_deferred", stream_seq=stream_seq, reason=e.reason)
                 return Verdict.RETRY
             return self._reject(data, stream_seq, e, opened)
-        except NotAddressedToMeError as e:
-            # Perhaps sealed to this agency's new key, which the directory lists and the
-            # agent is still loading from its rotated key file (_follow_own_keys).
-            if self._rotated_signing_kids() is not None and (
-                now - stored_at < self.limits.unknown_key_grace_seconds
-            ):
+        except SealedToUnknownKeyError as e:
+            # Perhaps sealed to this agency's new key: the sender saw the directory listing
+            # it first, and this agent has not yet read that directory or is still loading
+            # its rotated key file (_follow_own_keys). Held back within the same grace as a
+            # sender key not yet known (PROTOCOL.md §4.7), then refused.
+            if now - stored_at < self.limits.unknown_key_grace_seconds:
                 self.log.info("message_deferred", stream_seq=stream_seq, reason=e.reason)
                 return Verdict.RETRY
             return self._reject(data, stream_seq, e, opened, notify=body_stage)

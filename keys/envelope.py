@@ -39,6 +39,7 @@ from .errors import (
     ExpiredError,
     MalformedError,
     NotAddressedToMeError,
+    SealedToUnknownKeyError,
 )
 from .identity import AgencyKeys, check_encryption_key, encryption_kid, signing_kid
 from .limits import DEFAULT_LIMITS, Limits
@@ -366,7 +367,7 @@ def _my_slot(header: Header, me: str, decryption_keys: Mapping[str, PrivateKey])
         if agency == me:
             if kid in decryption_keys:
                 return i
-            raise NotAddressedToMeError(f"sealed to key {kid}, which this agency does not hold")
+            raise SealedToUnknownKeyError(f"sealed to key {kid}, which this agency does not hold")
     raise NotAddressedToMeError(f"message {header.message_id} is not addressed to {me}")
 
 

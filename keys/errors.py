@@ -69,6 +69,11 @@ class NotAddressedToMeError(UntrustedInputError):
     reason = "not-addressed-to-me"
 
 
+class SealedToUnknownKeyError(NotAddressedToMeError):
+    """An envelope naming this agency as a recipient, sealed to a key id it does not hold:
+    perhaps its own new key, from a directory the sender saw first (PROTOCOL.md §4.7)."""
+
+
 class ExpiredError(UntrustedInputError):
     """An envelope past its expiry, or created further in the future than skew allows."""
 

@@ -142,8 +142,7 @@ class Erasure(Database):
 
     def queued_deletions(self, limit: int) -> list[str]:
         rows = self._db.execute(
-            "SELECT object_name FROM attachment_deletions ORDER BY queued_at, object_name"
-            " LIMIT ?",
+            "SELECT object_name FROM attachment_deletions ORDER BY queued_at, object_name LIMIT ?",
             (limit,),
         ).fetchall()
         return [str(r[0]) for r in rows]
