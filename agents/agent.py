@@ -285,7 +285,9 @@ class Agent:
                 max_page_size=self.limits.max_page_size,
             ),
         )
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(
+            app, access_log=None, lingering_time=self.limits.http_lingering_seconds
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.api_host, self.config.api_port)
         await site.start()

@@ -167,6 +167,10 @@ class Presence:
             if running():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._interval())
+        # Cancelled rather than stopped (the owner cuts its loops short while the link is
+        # down): no release, the lease lapses by itself. Python 3.11's wait_for can swallow a
+        # cancel that arrives with the wake-up, so the request is looked at here.
+        _raise_if_cancelled()
         if self.releasing and kv is not None and self._revision is not None:
             try:
                 await kv.delete(self._key, last=self._revision)

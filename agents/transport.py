@@ -46,7 +46,7 @@ from keys.subjects import (
 from runtime import clock
 from runtime.backoff import Backoff
 from runtime.jetstream import erase_message, inbox_consumer_config
-from runtime.supervisor import Supervisor, pause, unless_stopping
+from runtime.supervisor import Supervisor, finish_within, pause, unless_stopping
 
 from .bus_link import BusLink, is_refusal
 from .presence import Presence
@@ -59,6 +59,47 @@ log = structlog.get_logger("nrm.transport")
 STOP_GRACE_SECONDS = 3.0
 
 TRANSIENT = (nats.errors.Error, TimeoutError, OSError, ConnectionError)
+
+
+#: How long closing a connection may take (draining it first if it is up), and again once
+#: cancelled, before the client is abandoned (close_client).
+CLOSE_SECONDS = 5.0
+
+
+async def close_client(nc: Client) -> None:
+    """Close `nc` in whatever state it is in, within 2 * CLOSE_SECONDS: drained if it is
+    connected, else closed. nats-py's drain and close can outlive a cancel (drain swallows
+    it, then flushes and closes; close can wait on a socket nobody reads), so past the
+    deadline the client is abandoned: its tasks are cancelled and its socket closed."""
+    try:
+        if nc.is_connected:
+            await finish_within(nc.drain(), CLOSE_SECONDS, what="bus-drain")
+        else:
+            await finish_within(nc.close(), CLOSE_SECONDS, what="bus-close")
+    except TimeoutError:
+        _abandon(nc)
+    except TRANSIENT:
+        # e.g. a drain refused while reconnecting: close instead
+        try:
+            await finish_within(nc.close(), CLOSE_SECONDS, what="bus-close")
+        except TimeoutError:
+            _abandon(nc)
+        except TRANSIENT:
+            pass  # closed as far as it can be: the connection is dropped with the process
+
+
+def _abandon(nc: Client) -> None:
+    """Cut what a client that would not close still runs: its reader, pinger, flusher and
+    reconnection tasks, and its socket. nats-py has no public call for this; these are its
+    own attributes, looked up defensively."""
+    for name in ("_reading_task", "_ping_interval_task", "_flusher_task", "_reconnection_task"):
+        task = getattr(nc, name, None)
+        if isinstance(task, asyncio.Future) and not task.done():
+            task.cancel()
+    transport = getattr(nc, "_transport", None)
+    if transport is not None:
+        with contextlib.suppress(OSError, RuntimeError):
+            transport.close()
 
 
 class Verdict(enum.Enum):
@@ -179,16 +220,15 @@ class Transport:
             self.presence.wake()
         if self.attachments is not None:
             self.attachments.wake()
-        await self.supervisor.stop(self._tasks, grace_seconds=STOP_GRACE_SECONDS)
+        # A step begun over a link that is down (a publish, a lease renewal or release) can
+        # only wait out its timeout: it is cut short at once. Nothing is lost: unacked
+        # publishes are repeated under the same Nats-Msg-Id, unacked messages redelivered
+        # and recognised, and a lease not released lapses by itself.
+        grace = STOP_GRACE_SECONDS if self.link.connected else 0.0
+        await self.supervisor.stop(self._tasks, grace_seconds=grace)
         self._tasks = []
         if self._nc is not None:
-            try:
-                await asyncio.wait_for(self._nc.drain(), timeout=5)
-            except (TimeoutError, *TRANSIENT):
-                # e.g. reconnecting with a refused key: close() may hang flushing what it
-                # buffered into a dead socket, so it is bounded too.
-                with contextlib.suppress(TimeoutError, *TRANSIENT):
-                    await asyncio.wait_for(self._nc.close(), timeout=5)
+            await close_client(self._nc)
             self._nc = None
 
     async def use_seed(self, seed: bytes) -> None:
@@ -248,11 +288,12 @@ class Transport:
                 self._nc = nc
                 self.link.on_connected()
                 return nc
+            except asyncio.CancelledError:
+                await close_client(nc)  # whatever the attempt cut short left open
+                raise
             except TRANSIENT as e:
+                await close_client(nc)  # whatever the unfinished attempt left open
                 _raise_if_cancelled()
-                with contextlib.suppress(*TRANSIENT):
-                    # whatever the unfinished attempt left open (bounded, as in stop())
-                    await asyncio.wait_for(nc.close(), timeout=5)
                 if not self._running:
                     return None
                 self.log.warning("bus_unreachable", error=type(e).__name__)

@@ -214,7 +214,9 @@ class Ledger:
         self._stopping.clear()
         self.checkpoint()
         await self.follower.start()
-        self._runner = web.AppRunner(make_app(self), access_log=None)
+        self._runner = web.AppRunner(
+            make_app(self), access_log=None, lingering_time=DEFAULT_LIMITS.http_lingering_seconds
+        )
         await self._runner.setup()
         await web.TCPSite(self._runner, self.config.host, self.config.port).start()
         self.port = self._runner.addresses[0][1]

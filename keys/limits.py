@@ -25,6 +25,11 @@ class Limits:
     max_attachment_bytes: int = 25 * 1024 * 1024
     #: Largest HTTP request body the agent API reads.
     max_request_bytes: int = 1 << 20
+    #: How long an HTTP server (agent API, ledger) goes on reading and discarding a request
+    #: body it answered without reading (a 413, say), so that the client sees the answer
+    #: before the connection closes. aiohttp's default is 10 s, which lets a client that
+    #: stops sending tie a handler up that long, and holds up stopping just as long.
+    http_lingering_seconds: float = 1.0
     #: Default lifetime of a sealed message.
     message_ttl_seconds: int = 14 * 24 * 3600
     #: Clock skew tolerated between agencies.

@@ -162,6 +162,42 @@ async def unless_stopping(aw: Awaitable[T], stopping: asyncio.Event) -> T:
     return work.result()
 
 
+#: Work given up on past its hard deadline (finish_within): kept until it ends, so that it is
+#: never garbage collected while it runs.
+_ABANDONED: set[asyncio.Future[Any]] = set()
+
+
+async def finish_within(aw: Awaitable[T], seconds: float, *, what: str) -> T:
+    """`aw`'s result if it ends within `seconds`. Past that it is cancelled and given
+    `seconds` more; work that ignores even that (a library that swallows cancellation) is
+    abandoned, logged as `what`, and kept until it ends. TimeoutError is raised in both
+    cases, so a stop is never held up for longer than twice `seconds`. The caller's own
+    cancellation cancels `aw` too and is re-raised."""
+    work = asyncio.ensure_future(aw)
+    try:
+        done, _ = await asyncio.wait((work,), timeout=seconds)
+        if not done:
+            work.cancel()
+            done, _ = await asyncio.wait((work,), timeout=seconds)
+    except asyncio.CancelledError:
+        work.cancel()
+        raise
+    if not done:
+        log.warning("abandoned_past_deadline", what=what)
+        _ABANDONED.add(work)
+        work.add_done_callback(_forget)
+        raise TimeoutError(what)
+    if work.cancelled():
+        raise TimeoutError(what)
+    return work.result()
+
+
+def _forget(work: asyncio.Future[Any]) -> None:
+    _ABANDONED.discard(work)
+    if not work.cancelled():
+        work.exception()  # retrieved: it was given up on, its outcome no longer matters
+
+
 async def pause(seconds: float, stopping: asyncio.Event) -> None:
     """Sleep `seconds`, or less if `stopping` is set meanwhile."""
     with contextlib.suppress(TimeoutError):

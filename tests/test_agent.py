@@ -27,6 +27,7 @@ from keys.subjects import (
     inbox_subject,
     reply_prefix,
 )
+from nrm import admin
 from runtime.keydir import load_key_dir
 
 from . import samples
@@ -306,6 +307,42 @@ async def test_referral_accepted_while_bus_down_is_delivered_once(mechanism: Mec
     await delivered(m, "police", rid)
     assert [i["id"] for i in await m.api("shelter").inbox()] == [rid]
     assert rows(m.database("shelter"), "inbox") == 1
+
+
+async def test_an_agent_stops_while_its_bus_is_down(mechanism: Mechanism) -> None:
+    """An agent stopped while nats-server is down, a referral waiting to be published,
+    stops: its loops end and its connection is closed."""
+    m = mechanism
+    police = m.agents["police"]
+    m.bus.kill()
+    await m.api("police").refer(["shelter"], REFERRAL)
+
+    async def down() -> bool:
+        return not police.transport.link.connected
+
+    await eventually(down, what="police to see the bus gone")
+    async with asyncio.timeout(60):  # a hang guard, not a measure
+        await m.stop("police")
+    assert (police.supervisor.running(), police.transport.connected) == ((), False)
+    m.bus.restart()
+
+
+async def test_an_agent_stops_while_the_bus_refuses_it(mechanism: Mechanism) -> None:
+    """An agency removed from the directory is refused by the bus; stopping its agent while
+    it tries to reconnect ends its loops and its connection."""
+    m = mechanism
+    shelter = m.agents["shelter"]
+    admin.remove_agency(m.sandbox.admin, "shelter")
+    m.sandbox.sign_draft()
+    await m.sandbox.publish()
+
+    async def refused() -> bool:
+        return shelter.transport.link.state == "refused"
+
+    await eventually(refused, what="the bus to refuse the shelter")
+    async with asyncio.timeout(60):  # a hang guard, not a measure
+        await m.stop("shelter")
+    assert (shelter.supervisor.running(), shelter.transport.connected) == ((), False)
 
 
 def agent_process(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

@@ -11,7 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+import pytest_asyncio
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+
+from .conftest import fill_ledger
+from .support import running_mechanism
 
 CHROMIUM = Path("/usr/bin/chromium")
 HAVE_CHROMIUM = CHROMIUM.exists()
@@ -29,8 +33,13 @@ SENT = re.compile(r"(^|[^a-z])sent$")
 RECEIVED = re.compile(r"(^|[^a-z])received$")
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
+#: One ledger and one browser for the whole module: every test only reads from the ledger,
+#: and each has a browser context (so a page and session storage) of its own.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def chromium() -> AsyncIterator[Browser]:
     """Debian's chromium driven by Playwright; skipped where it is not installed (not in CI)."""
     if not HAVE_CHROMIUM:
         message = "Debian chromium is not installed: apt-get install -y chromium"
@@ -45,16 +54,34 @@ async def browser() -> AsyncIterator[Browser]:
             await b.close()
 
 
+@pytest_asyncio.fixture(loop_scope="module")
+async def browser(chromium: Browser) -> AsyncIterator[BrowserContext]:
+    """A fresh browser context for each test (its own pages and session storage)."""
+    context = await chromium.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        yield context
+    finally:
+        await context.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def ledger_with_data(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Any]:
+    """A ledger holding a real exchange (`fill_ledger`), shared by this module's tests,
+    which only read from it."""
+    async with running_mechanism(tmp_path_factory.mktemp("ledger-ui")) as m:
+        yield await fill_ledger(m)
+
+
 def ui_url(ledger: Any) -> str:
     return str(getattr(ledger, "ui_url", None) or ledger.url.rstrip("/") + "/ui/")
 
 
 async def open_ui(
-    browser: Browser, ledger: Any, token: str | None = None
+    browser: BrowserContext, ledger: Any, token: str | None = None
 ) -> tuple[Page, list[str]]:
     """A page on the UI with the token entered, the checkpoint and first page of events shown;
     also the list that collects console errors (CSP violations land there)."""
-    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    page = await browser.new_page()
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -84,7 +111,9 @@ def no_csp_or_script_errors(errors: list[str]) -> None:
     assert not [e for e in errors if "Content Security Policy" in e or "Uncaught" in e], errors
 
 
-async def test_page_loads_and_shows_a_checkpoint(browser: Browser, ledger_with_data: Any) -> None:
+async def test_page_loads_and_shows_a_checkpoint(
+    browser: BrowserContext, ledger_with_data: Any
+) -> None:
     """The page loads, takes the token and shows the latest checkpoint with a size above zero."""
     page, errors = await open_ui(browser, ledger_with_data)
     assert int(await page.text_content("#checkpoint-size") or "0") > 0
@@ -105,7 +134,7 @@ async def test_page_loads_and_shows_a_checkpoint(browser: Browser, ledger_with_d
 
 
 async def test_refetched_checkpoint_is_verified_in_the_browser(
-    browser: Browser, ledger_with_data: Any
+    browser: BrowserContext, ledger_with_data: Any
 ) -> None:
     """Fetching the checkpoint again makes the browser check it against the first one it saw."""
     page, errors = await open_ui(browser, ledger_with_data)
@@ -121,7 +150,7 @@ async def test_refetched_checkpoint_is_verified_in_the_browser(
     no_csp_or_script_errors(errors)
 
 
-async def test_a_wrong_token_is_refused(browser: Browser, ledger_with_data: Any) -> None:
+async def test_a_wrong_token_is_refused(browser: BrowserContext, ledger_with_data: Any) -> None:
     """A wrong token shows the ledger's refusal and asks for the token again."""
     page, _ = await open_ui(browser, ledger_with_data, token="not-the-auditor-token")
     await page.wait_for_selector("#error", state="visible")
@@ -130,7 +159,7 @@ async def test_a_wrong_token_is_refused(browser: Browser, ledger_with_data: Any)
     assert await page.evaluate("sessionStorage.getItem('nrm-ledger-token')") is None
 
 
-async def test_search_narrows_the_table(browser: Browser, ledger_with_data: Any) -> None:
+async def test_search_narrows_the_table(browser: BrowserContext, ledger_with_data: Any) -> None:
     """Typing an agency or kind in the search box leaves fewer rows, all of them matching it."""
     page, errors = await open_ui(browser, ledger_with_data)
     before = await rows(page)
@@ -161,7 +190,7 @@ async def test_search_narrows_the_table(browser: Browser, ledger_with_data: Any)
 
 
 async def test_clicking_a_referral_opens_its_timeline(
-    browser: Browser, ledger_with_data: Any
+    browser: BrowserContext, ledger_with_data: Any
 ) -> None:
     """Clicking a referral id opens its timeline, in time order, with sent and received in it."""
     page, errors = await open_ui(browser, ledger_with_data)
@@ -184,7 +213,7 @@ async def test_clicking_a_referral_opens_its_timeline(
     no_csp_or_script_errors(errors)
 
 
-async def test_each_chart_renders_bars(browser: Browser, ledger_with_data: Any) -> None:
+async def test_each_chart_renders_bars(browser: BrowserContext, ledger_with_data: Any) -> None:
     """Each statistics chart renders an svg with at least one bar; suppressed cells show "<5"."""
     page, errors = await open_ui(browser, ledger_with_data)
     charts = ["#chart-referrals", "#chart-rejections", "#chart-withdrawals", "#median-times"]

@@ -21,7 +21,7 @@ from broker.ledger import Ledger, LedgerConfig
 from broker.trust_status import serve_status
 from runtime.backoff import Backoff
 from runtime.keydir import load_key_dir, read_passphrase
-from runtime.supervisor import Supervisor
+from runtime.supervisor import Supervisor, finish_within
 
 from .support import Mechanism, eventually
 
@@ -121,6 +121,33 @@ async def test_stop_cancels_and_awaits_every_task() -> None:
     await asyncio.wait([supervisor.spawn("dies", _dies)])
     await supervisor.stop(grace_seconds=0.01)
     assert all(t.done() for t in tasks) and supervisor.running() == ()
+
+
+async def test_work_that_ignores_cancellation_is_abandoned_past_its_deadline() -> None:
+    """finish_within gives up on work that swallows its cancel: TimeoutError, logged, and
+    the work is kept until it ends; work that ends in time gives its result."""
+    release = asyncio.Event()
+
+    async def stubborn() -> str:
+        while True:
+            try:
+                await release.wait()
+                return "late"
+            except asyncio.CancelledError:
+                continue  # as a library that turns a cancel into a retry
+
+    assert await finish_within(asyncio.sleep(0, "prompt"), 1.0, what="prompt") == "prompt"
+    with capture_logs() as logs, pytest.raises(TimeoutError):
+        await finish_within(stubborn(), 0.05, what="stubborn")
+    assert [e["what"] for e in logs if e["event"] == "abandoned_past_deadline"] == ["stubborn"]
+    release.set()  # the abandoned work can still end, and is not lost meanwhile
+    await eventually(_nothing_abandoned, what="the abandoned work to end")
+
+
+async def _nothing_abandoned() -> bool:
+    from runtime import supervisor
+
+    return not supervisor._ABANDONED
 
 
 async def test_a_name_runs_once_at_a_time() -> None:
