@@ -187,6 +187,9 @@ class Transport:
             backoff=Backoff(limits.reconnect_initial_seconds, limits.reconnect_max_seconds),
         )
         self._nc: Client | None = None
+        #: The client of the newest connection attempt: callbacks of any other (one this
+        #: transport replaced, still closing) are late and say nothing of the link.
+        self._current: Client | None = None
         self._wake = asyncio.Event()
         #: Set by stop(): the loops' idle waits end at once (runtime.supervisor.unless_stopping).
         self._stopping = asyncio.Event()
@@ -260,12 +263,21 @@ class Transport:
 
     async def _connect(self) -> Client | None:
         seed = self.nats_seed  # errors are reported against the seed of their own connection
-
-        async def on_error(e: Exception) -> None:
-            await self._on_error(e, seed)
-
         while self._running:
-            nc = Client()
+            nc = self._current = Client()
+
+            async def on_error(e: Exception, nc: Client = nc) -> None:
+                if nc is self._current:
+                    await self._on_error(e, seed)
+
+            async def on_disconnected(nc: Client = nc) -> None:
+                if nc is self._current:
+                    await self._on_disconnected()
+
+            async def on_reconnected(nc: Client = nc) -> None:
+                if nc is self._current:
+                    await self._on_reconnected()
+
             try:
                 # nats-py retries until connected, waiting out the link's back-off in
                 # on_error between attempts: that is an idle wait stop() ends at once.
@@ -280,8 +292,8 @@ class Transport:
                         inbox_prefix=reply_prefix(self.agency),
                         nkeys_seed_str=None if self.nats_seed is None else self.nats_seed.decode(),
                         error_cb=on_error,
-                        disconnected_cb=self._on_disconnected,
-                        reconnected_cb=self._on_reconnected,
+                        disconnected_cb=on_disconnected,
+                        reconnected_cb=on_reconnected,
                     ),
                     self._stopping,
                 )
