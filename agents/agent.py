@@ -32,7 +32,7 @@ from keys.audit import labels_of
 from keys.codec import canonical_json
 from keys.directory import Directory
 from keys.errors import UnprocessableError
-from keys.subjects import DIRECTORY_KEY
+from keys.subjects import DIRECTORY_KEY, SHARED_INBOX_STREAM
 from runtime import clock, expiry
 from runtime.keydir import load_key_dir, read_passphrase
 from runtime.supervisor import Supervisor
@@ -443,7 +443,12 @@ class Agent:
             h = opened.header
             directory.signing_key(h.sender, h.sender_kid, at=max(h.created, stored_at))
             first = self.store.received_position(opened.header.message_id)
-            if first is not None and first in ((position.stream, stream_seq), position.moved_from):
+            # A move vouches only for mail of the shared stream of an earlier release: the
+            # header is the bus operator's, unsigned, so a sender could set it on any replay.
+            moved = position.moved_from
+            if moved is not None and moved[0] != SHARED_INBOX_STREAM:
+                moved = None
+            if first is not None and first in ((position.stream, stream_seq), moved):
                 self.log.info("redelivery_ignored", message_id=opened.header.message_id)
                 return Verdict.ACK  # committed before a crash (or a move); the ack was lost
             if first is not None:

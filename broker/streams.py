@@ -37,6 +37,7 @@ from keys.subjects import (
     PREFIX,
     PRESENCE_BUCKET,
     PRESENCE_STREAM,
+    SHARED_INBOX_STREAM,
     attachment_bucket,
     attachment_stream,
     inbox_consumer,
@@ -58,7 +59,7 @@ DIRECTORY_STREAM = f"KV_{DIRECTORY_BUCKET}"
 #: The inbox stream every agency shared on a bus provisioned by an earlier release
 #: (subjects `nrm.v1.msg.>`), and the subject it is moved to while its messages are moved
 #: out: no user may publish to it, and it overlaps no inbox stream.
-LEGACY_MESSAGE_STREAM = "NRM_MSG"
+LEGACY_MESSAGE_STREAM = SHARED_INBOX_STREAM
 LEGACY_MESSAGE_SUBJECTS = f"{PREFIX}.msg.>"
 RETIRED_SUBJECT = f"{PREFIX}.retired.{LEGACY_MESSAGE_STREAM}"
 

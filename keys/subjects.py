@@ -20,6 +20,9 @@ INBOX_STREAM_PREFIX = "NRM_INBOX_"
 #: (broker/streams.py `migrate_shared_inbox`): `<stream> <sequence>`, where it was stored
 #: before, so that a recipient that had committed it there knows it again (PROTOCOL.md §5).
 MOVED_FROM_HEADER = "Nrm-Moved-From"
+#: The one inbox stream of every agency in releases before per-agency inbox streams: the
+#: only stream a `MOVED_FROM_HEADER` may name (PROTOCOL.md §5).
+SHARED_INBOX_STREAM = "NRM_MSG"
 
 #: Agency ids are used verbatim as subject tokens, so they are restricted to a safe alphabet.
 AGENCY_ID_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
@@ -78,6 +79,10 @@ class _IntegerOutOfRange(ValueError):
     pass
 
 
+class _NotFinite(ValueError):
+    pass
+
+
 def _bounded_int(text: str) -> int:
     # Check the length before converting: int() of thousands of digits is slow, and over
     # 4300 digits Python refuses it (a ValueError that would otherwise be a 500).
@@ -91,9 +96,19 @@ def _number(text: str) -> int | float:
     # the I-JSON range; any other number stays a float, for the handler to refuse or take.
     if len(text) <= 1000:  # a bound on the work; longer is no integer anyone sends
         value = Decimal(text)
-        if value == value.to_integral_value() and abs(value) <= MAX_JSON_INT:
+        # adjusted() first: arithmetic on an exponent like 1e9999999 overflows the context.
+        small = value.adjusted() < _MAX_INT_DIGITS
+        if small and value == value.to_integral_value() and abs(value) <= MAX_JSON_INT:
             return int(value)
-    return float(text)
+    number = float(text)
+    if not math.isfinite(number):  # 1e999: no JSON implementation holds it
+        raise _NotFinite(text[:20])
+    return number
+
+
+def _constant(name: str) -> float:
+    # NaN, Infinity and -Infinity: Python's json module takes them, JSON (RFC 8259) does not.
+    raise _NotFinite(name)
 
 
 def parse_json_body(raw: bytes) -> Any:
@@ -102,10 +117,19 @@ def parse_json_body(raw: bytes) -> Any:
     fraction or exponent that is a whole number in that range (`5.0`, `5e0`) is that integer,
     as JSON Schema counts it."""
     try:
-        return json.loads(raw, parse_int=_bounded_int, parse_float=_number)
+        return json.loads(
+            raw, parse_int=_bounded_int, parse_float=_number, parse_constant=_constant
+        )
     except _IntegerOutOfRange as e:
         raise ProblemError(
             400, "Bad Request", "the body has an integer beyond ±(2^53 - 1), the I-JSON limit"
+        ) from e
+    except _NotFinite as e:
+        raise ProblemError(
+            400,
+            "Bad Request",
+            "the body has a number no JSON implementation holds exactly "
+            "(NaN, Infinity, or beyond the range of a double)",
         ) from e
     except json.JSONDecodeError as e:
         raise ProblemError(400, "Bad Request", f"the body is not valid JSON ({e.msg})") from e

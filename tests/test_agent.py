@@ -31,7 +31,7 @@ from nrm import admin
 from runtime.keydir import load_key_dir
 
 from . import samples
-from .support import Mechanism, eventually
+from .support import Mechanism, eventually, query
 
 REFERRAL = samples.referral()
 
@@ -201,6 +201,30 @@ async def test_a_replay_at_the_sequence_a_message_had_in_the_shared_stream_is_re
                 inbox_subject("shelter"), data, headers={"Nats-Msg-Id": "replay-2"}
             )
             assert ack.seq == next_seq
+        await eventually(
+            lambda: _logged(logs, "message_rejected"), what="the replay to be rejected"
+        )
+    assert [e["reason"] for e in logs if e["event"] == "message_rejected"] == ["replayed"]
+    assert not [e for e in logs if e["event"] == "redelivery_ignored"]
+    assert rows(m.database("shelter"), "inbox") == 1
+
+
+async def test_a_replay_naming_where_it_was_received_is_refused(mechanism: Mechanism) -> None:
+    """`Nrm-Moved-From` vouches only for a move out of the shared `NRM_MSG` stream of an
+    earlier release: a replay naming the very inbox position the shelter received it at is
+    `replayed`, not a silent redelivery."""
+    m = mechanism
+    rid = await m.api("police").refer(["shelter"], REFERRAL)
+    await delivered(m, "police", rid)
+    data = sent_envelope(m, "police", rid)
+    [(stream, seq)] = query(m.database("shelter"), "SELECT stream, stream_seq FROM inbox")
+    with capture_logs() as logs:
+        async with connect_as(m, "police") as sender:
+            await sender.jetstream().publish(
+                inbox_subject("shelter"),
+                data,
+                headers={"Nats-Msg-Id": "replay-3", MOVED_FROM_HEADER: f"{stream} {seq}"},
+            )
         await eventually(
             lambda: _logged(logs, "message_rejected"), what="the replay to be rejected"
         )

@@ -115,6 +115,10 @@ def test_json_bodies_are_bounded_to_i_json_integers() -> None:
         with pytest.raises(ProblemError) as info:
             parse_json_body(b'{"n": ' + number + b"}")
         assert info.value.status == 400 and "2^53" in info.value.detail
+    for number in (b"1e9999999", b"-1e999", b"NaN", b"Infinity", b"-Infinity"):
+        with pytest.raises(ProblemError) as info:
+            parse_json_body(b'{"n": ' + number + b"}")
+        assert info.value.status == 400 and "NaN" in info.value.detail, number
     for raw, words in ((b"{", "not valid JSON"), (b"\xff", "UTF-8"), (b"[" * 100_000, "nests")):
         with pytest.raises(ProblemError) as info:
             parse_json_body(raw)

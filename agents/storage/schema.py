@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from keys.subjects import SHARED_INBOX_STREAM  # where inbox rows before user_version 2 came from
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     message_id    TEXT PRIMARY KEY,
@@ -273,9 +275,6 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 
 #: PRAGMA user_version of a database with every migration below.
 VERSION = 2
-#: The inbox stream every agency shared before per-agency inbox streams (broker/streams.py):
-#: where an inbox row from before user_version 2 was consumed.
-SHARED_INBOX_STREAM = "NRM_MSG"
 
 
 class MigrationError(RuntimeError):
