@@ -441,16 +441,18 @@ class Agent:
                 limits=self.limits,
             )
             h = opened.header
-            directory.signing_key(h.sender, h.sender_kid, at=max(h.created, stored_at))
-            first = self.store.received_position(opened.header.message_id)
+            first = self.store.received_position(h.message_id)
             # A move vouches only for mail of the shared stream of an earlier release: the
             # header is the bus operator's, unsigned, so a sender could set it on any replay.
             moved = position.moved_from
             if moved is not None and moved[0] != SHARED_INBOX_STREAM:
                 moved = None
             if first is not None and first in ((position.stream, stream_seq), moved):
-                self.log.info("redelivery_ignored", message_id=opened.header.message_id)
-                return Verdict.ACK  # committed before a crash (or a move); the ack was lost
+                # Committed before a crash (or a move); the ack was lost. Checked before step
+                # 10a: a move gives the copy a new stored time, past a revocation perhaps.
+                self.log.info("redelivery_ignored", message_id=h.message_id)
+                return Verdict.ACK
+            directory.signing_key(h.sender, h.sender_kid, at=max(h.created, stored_at))
             if first is not None:
                 raise ReplayedError(f"message {opened.header.message_id} was already received")
             body_stage = True  # from here on a refusal is of the body: the sender is told
