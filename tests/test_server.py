@@ -176,6 +176,17 @@ def test_config_paths_are_quoted(tmp_path_factory: pytest.TempPathFactory) -> No
     assert not server.running
 
 
+def shared_inbox_stream() -> StreamConfig:
+    """The one inbox stream of every agency, as a bus of the previous release had it."""
+    return StreamConfig(
+        name=LEGACY_MESSAGE_STREAM,
+        subjects=[LEGACY_MESSAGE_SUBJECTS],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=DEFAULT_LIMITS.duplicate_window_seconds,
+    )
+
+
 async def test_provisioning_moves_a_shared_inbox_stream_into_the_agencies_own(
     tmp_path: Path,
 ) -> None:
@@ -186,15 +197,7 @@ async def test_provisioning_moves_a_shared_inbox_stream_into_the_agencies_own(
     Running again changes nothing; a sender's retry of a moved message is a duplicate."""
     with NatsServer(store_dir=tmp_path / "nats") as server:
         async with jetstream(server) as js:
-            await js.add_stream(
-                StreamConfig(
-                    name=LEGACY_MESSAGE_STREAM,
-                    subjects=[LEGACY_MESSAGE_SUBJECTS],
-                    retention=RetentionPolicy.WORK_QUEUE,
-                    storage=StorageType.FILE,
-                    duplicate_window=DEFAULT_LIMITS.duplicate_window_seconds,
-                )
-            )
+            await js.add_stream(shared_inbox_stream())
             queued = {
                 ("police-a", "m1"): b"to police 1",
                 ("shelter-b", "m2"): b"to shelter",
@@ -249,14 +252,7 @@ async def test_a_full_inbox_leaves_the_rest_of_its_shared_mail_for_a_later_run(
     limits = dataclasses.replace(DEFAULT_LIMITS, inbox_max_msgs=2)
     with NatsServer(store_dir=tmp_path / "nats") as server:
         async with jetstream(server) as js:
-            await js.add_stream(
-                StreamConfig(
-                    name=LEGACY_MESSAGE_STREAM,
-                    subjects=[LEGACY_MESSAGE_SUBJECTS],
-                    retention=RetentionPolicy.WORK_QUEUE,
-                    storage=StorageType.FILE,
-                )
-            )
+            await js.add_stream(shared_inbox_stream())
             for n in range(3):
                 await js.publish(SUBJECT, b"to police %d" % n, headers={"Nats-Msg-Id": f"p{n}"})
             await js.publish(inbox_subject("shelter-b"), b"s", headers={"Nats-Msg-Id": "s0"})
