@@ -87,7 +87,7 @@ def _bounded_int(text: str) -> int:
     # Check the length before converting: int() of thousands of digits is slow, and over
     # 4300 digits Python refuses it (a ValueError that would otherwise be a 500).
     if len(text.lstrip("-")) > _MAX_INT_DIGITS or abs(value := int(text)) > MAX_JSON_INT:
-        raise _IntegerOutOfRange(text[:20])
+        raise _IntegerOutOfRange  # no digits of the input: it could be anything
     return value
 
 
@@ -102,13 +102,13 @@ def _number(text: str) -> int | float:
             return int(value)
     number = float(text)
     if not math.isfinite(number):  # 1e999: no JSON implementation holds it
-        raise _NotFinite(text[:20])
+        raise _NotFinite
     return number
 
 
 def _constant(name: str) -> float:
     # NaN, Infinity and -Infinity: Python's json module takes them, JSON (RFC 8259) does not.
-    raise _NotFinite(name)
+    raise _NotFinite
 
 
 def parse_json_body(raw: bytes) -> Any:
