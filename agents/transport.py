@@ -102,6 +102,10 @@ def _abandon(nc: Client) -> None:
             transport.close()
 
 
+#: How long a replaced client, still reconnecting until it is closed, waits between attempts.
+REPLACED_CLIENT_PAUSE_SECONDS = 1.0
+
+
 class Verdict(enum.Enum):
     ACK = "ack"  # committed (or already committed): remove from the bus
     TERM = "term"  # refused for good: never redeliver
@@ -269,6 +273,10 @@ class Transport:
             async def on_error(e: Exception, nc: Client = nc) -> None:
                 if nc is self._current:
                     await self._on_error(e, seed)
+                else:
+                    # A replaced client still reconnecting: its errors say nothing of the
+                    # link, but this callback paces its retries (reconnect_time_wait=0).
+                    await asyncio.sleep(REPLACED_CLIENT_PAUSE_SECONDS)
 
             async def on_disconnected(nc: Client = nc) -> None:
                 if nc is self._current:
