@@ -1,0 +1,68 @@
+"""Bus URLs in every documented form, and the TLS settings' own checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime.endpoint import BusEndpoint, BusTls, EndpointError, parse_urls
+
+
+@pytest.mark.parametrize(
+    ("given", "urls"),
+    [
+        ("nats://a.example:4222", ("nats://a.example:4222",)),
+        ("tls://a:4222,tls://b:4223", ("tls://a:4222", "tls://b:4223")),
+        (" tls://a , b:5000 ,", ("tls://a:4222", "nats://b:5000")),
+        ("10.0.0.1", ("nats://10.0.0.1:4222",)),
+        ("[::1]:4333", ("nats://[::1]:4333",)),
+        (["nats://a", "nats://a:4222", "c"], ("nats://a:4222", "nats://c:4222")),
+    ],
+)
+def test_urls_in_every_documented_form(given: str | list[str], urls: tuple[str, ...]) -> None:
+    assert parse_urls(given) == urls
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ("http://a", "scheme"),
+        ("", "no bus URL"),
+        (" , ", "no bus URL"),
+        ("nats://a/x", "only a scheme"),
+        ("nats://a:99999", "not a bus URL"),
+        ("nats://:4222", "no host"),
+    ],
+)
+def test_malformed_urls_are_refused_by_name(given: str, says: str) -> None:
+    with pytest.raises(EndpointError, match=says):
+        parse_urls(given)
+
+
+def test_credentials_in_a_url_are_refused_without_being_quoted() -> None:
+    with pytest.raises(EndpointError) as e:
+        parse_urls("nats://user:s3cret@a:4222")
+    assert "s3cret" not in str(e.value)
+
+
+def test_a_tls_url_gets_a_verifying_context() -> None:
+    options = BusEndpoint.of("tls://a").connect_options()
+    assert options["servers"] == ["tls://a:4222"]
+    assert options["tls"].check_hostname
+    assert "tls" not in BusEndpoint.of("nats://a").connect_options()
+
+
+def test_a_server_name_is_passed_on() -> None:
+    options = BusEndpoint.of("10.0.0.1", BusTls(server_name="nats.example")).connect_options()
+    assert options["tls_hostname"] == "nats.example"
+
+
+def test_a_certificate_needs_its_key(tmp_path: Path) -> None:
+    with pytest.raises(EndpointError, match="needs its key"):
+        BusTls(cert_file=tmp_path / "c.pem")
+
+
+def test_unreadable_tls_files_are_an_endpoint_error(tmp_path: Path) -> None:
+    with pytest.raises(EndpointError, match="cannot load"):
+        BusTls(ca_file=tmp_path / "missing.pem").context()
