@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import ConfigError, Table, path_in
+
 #: The NATS client port when a URL names none.
 DEFAULT_PORT = 4222
 #: The URL schemes a NATS client accepts here.
@@ -132,3 +134,32 @@ def _normalise(text: str) -> str:
         raise EndpointError(f"{text!r}: a bus URL has only a scheme, a host and a port")
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{parts.scheme}://{host}:{port or DEFAULT_PORT}"
+
+
+def endpoint_from_config(table: Table, *, base: Path, prefix: str = "") -> BusEndpoint:
+    """The endpoint of a service's TOML file: `nats_urls` (a list, or one comma-separated
+    string) and the optional table `[nats_tls]` with `ca_file`, `cert_file`, `key_file`
+    (paths relative to the file's folder `base`) and `server_name`."""
+    try:
+        urls = parse_urls(table["nats_urls"])
+    except EndpointError as e:
+        raise ConfigError(f"{prefix}nats_urls: {e}") from e
+    if "nats_tls" not in table:
+        return BusEndpoint(urls=urls)
+    t = table["nats_tls"]
+    if not isinstance(t, Table):
+        raise ConfigError(f"{prefix}nats_tls must be a table")
+
+    def path(key: str) -> Path | None:
+        return path_in(t[key], base=base, key=f"{prefix}nats_tls.{key}") if key in t else None
+
+    try:
+        tls = BusTls(
+            ca_file=path("ca_file"),
+            cert_file=path("cert_file"),
+            key_file=path("key_file"),
+            server_name=str(t["server_name"]) if "server_name" in t else None,
+        )
+    except EndpointError as e:
+        raise ConfigError(f"{prefix}nats_tls: {e}") from e
+    return BusEndpoint(urls=urls, tls=tls)

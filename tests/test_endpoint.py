@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.endpoint import BusEndpoint, BusTls, EndpointError, parse_urls
+from runtime.config import ConfigError, Table
+from runtime.endpoint import BusEndpoint, BusTls, EndpointError, endpoint_from_config, parse_urls
 
 
 @pytest.mark.parametrize(
@@ -66,3 +67,31 @@ def test_a_certificate_needs_its_key(tmp_path: Path) -> None:
 def test_unreadable_tls_files_are_an_endpoint_error(tmp_path: Path) -> None:
     with pytest.raises(EndpointError, match="cannot load"):
         BusTls(ca_file=tmp_path / "missing.pem").context()
+
+
+def test_a_config_file_endpoint_with_tls(tmp_path: Path) -> None:
+    doc = Table(
+        {
+            "nats_urls": "tls://a:4222, tls://b:4222",
+            "nats_tls": {"ca_file": "ca.pem", "cert_file": "/etc/c.pem", "key_file": "k.pem"},
+        }
+    )
+    endpoint = endpoint_from_config(doc, base=tmp_path)
+    doc.finish()
+    assert endpoint.urls == ("tls://a:4222", "tls://b:4222")
+    assert endpoint.tls == BusTls(
+        ca_file=tmp_path / "ca.pem", cert_file=Path("/etc/c.pem"), key_file=tmp_path / "k.pem"
+    )
+
+
+def test_a_config_file_endpoint_names_what_is_wrong(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nats_urls: .*scheme"):
+        endpoint_from_config(Table({"nats_urls": ["http://a"]}), base=tmp_path)
+    with pytest.raises(ConfigError, match=r"nats_tls: .*needs its key"):
+        endpoint_from_config(
+            Table({"nats_urls": ["a"], "nats_tls": {"cert_file": "c.pem"}}), base=tmp_path
+        )
+    doc = Table({"nats_urls": ["a"], "nats_tls": {"ca_fil": "x"}})
+    endpoint_from_config(doc, base=tmp_path)
+    with pytest.raises(ConfigError, match=r"nats_tls\.'ca_fil'"):
+        doc.finish()
