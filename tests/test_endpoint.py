@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
 import pytest
+from click.testing import CliRunner
 
+from nrm.bus_options import bus_endpoint_options
 from runtime.config import ConfigError, Table
 from runtime.endpoint import BusEndpoint, BusTls, EndpointError, endpoint_from_config, parse_urls
 
@@ -95,3 +98,20 @@ def test_a_config_file_endpoint_names_what_is_wrong(tmp_path: Path) -> None:
     endpoint_from_config(doc, base=tmp_path)
     with pytest.raises(ConfigError, match=r"nats_tls\.'ca_fil'"):
         doc.finish()
+
+
+def test_the_cli_options_give_one_endpoint(tmp_path: Path) -> None:
+    @click.command()
+    @bus_endpoint_options()
+    def show(endpoint: BusEndpoint) -> None:
+        click.echo(" ".join(endpoint.urls) + f" tls={endpoint.tls is not None}")
+
+    runner = CliRunner()
+    ok = runner.invoke(show, ["--nats", "tls://a,tls://b", "--nats", "c"])
+    assert (ok.exit_code, ok.output) == (0, "tls://a:4222 tls://b:4222 nats://c:4222 tls=False\n")
+    with_ca = runner.invoke(show, ["--nats", "a", "--tls-ca", str(tmp_path / "ca.pem")])
+    assert with_ca.output.endswith("tls=True\n")
+    bad = runner.invoke(show, ["--nats", "http://a"])
+    assert bad.exit_code == 2 and "scheme" in bad.output
+    half = runner.invoke(show, ["--nats", "a", "--tls-cert", "c.pem"])
+    assert half.exit_code == 2 and "needs its key" in half.output
