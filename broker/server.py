@@ -15,6 +15,7 @@ import subprocess
 import sysconfig
 import time
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -57,6 +58,40 @@ def conf_string(value: str) -> str:
     return f'"{escaped}"'
 
 
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """nats-server's own TLS: its certificate and key, the CA its clients' (or peers')
+    certificates must chain to, and whether it requires them (`verify`, mutual TLS)."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+    verify: bool = False
+
+    def __post_init__(self) -> None:
+        if self.verify and self.ca_file is None:
+            raise ValueError("verifying client certificates needs the CA that signs them")
+
+
+#: How long nats-server gives a client or route to finish the TLS handshake.
+TLS_HANDSHAKE_SECONDS = 5
+
+
+def tls_block(tls: ServerTls, *, indent: str = "") -> str:
+    """The `tls {}` block of `tls` (at the top level, or with `indent` inside `cluster {}`,
+    `leafnodes {}`...)."""
+    lines = [
+        f"cert_file: {conf_string(str(tls.cert_file))}",
+        f"key_file: {conf_string(str(tls.key_file))}",
+    ]
+    if tls.ca_file is not None:
+        lines.append(f"ca_file: {conf_string(str(tls.ca_file))}")
+    lines.append(f"verify: {'true' if tls.verify else 'false'}")
+    lines.append(f"timeout: {TLS_HANDSHAKE_SECONDS}")
+    body = "".join(f"{indent}  {line}\n" for line in lines)
+    return f"{indent}tls {{\n{body}{indent}}}\n"
+
+
 class NatsServer:
     """Owns one `nats-server` process: writes its config, starts, checks health, stops it.
 
@@ -72,11 +107,14 @@ class NatsServer:
         host: str = "127.0.0.1",
         extra_config: str = "",
         cluster: str = "",
+        tls: ServerTls | None = None,
     ) -> None:
         """`cluster` is this node's `server_name` and `cluster {}` block
-        (`broker.cluster.cluster_block`); kept across reloads, unlike `extra_config`."""
+        (`broker.cluster.cluster_block`); kept across reloads, unlike `extra_config`.
+        With `tls` clients must connect over TLS (`url` is then `tls://...`)."""
         self._store_dir = store_dir
         self._cluster = cluster
+        self._tls = tls
         self._port = port
         self._host = host
         self._extra_config = extra_config
@@ -99,7 +137,8 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        return f"nats://{self._host}:{self.port}"
+        scheme = "nats" if self._tls is None else "tls"
+        return f"{scheme}://{self._host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -245,6 +284,8 @@ class NatsServer:
             f"  store_dir: {conf_string(str(self._store_dir.resolve()))}\n"
             "}\n"
         )
+        if self._tls is not None:
+            text += tls_block(self._tls)
         if self._cluster:
             text += self._cluster.rstrip("\n") + "\n"
         if self._extra_config:
