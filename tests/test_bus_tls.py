@@ -110,7 +110,8 @@ async def test_the_server_name_can_differ_from_the_url_host(
 async def test_a_client_that_fails_tls_is_refused(
     mtls_server: NatsServer, pki: dict[str, Path], settings: dict[str, str]
 ) -> None:
-    tls = BusTls(**{k: (v if k == "server_name" else pki[v]) for k, v in settings.items()})
+    files = {k: pki[v] for k, v in settings.items() if k != "server_name"}
+    tls = BusTls(**files, server_name=settings.get("server_name"))
     with pytest.raises((nats.errors.NoServersError, OSError, TimeoutError)):
         nc = await nats.connect(
             **BusEndpoint.of(mtls_server.url, tls).connect_options(),
