@@ -44,6 +44,7 @@ from keys.subjects import (
     inbox_stream,
     inbox_subject,
 )
+from runtime.endpoint import BusEndpoint
 from runtime.jetstream import erase_message, inbox_consumer_config
 
 log = structlog.get_logger("nrm.streams")
@@ -386,10 +387,15 @@ async def _put_attachment_store(
         )
 
 
-async def _connect(url: str, nkeys_seed: bytes | None) -> Client:
+#: Where provisioning connects: a URL, or an endpoint (several URLs, TLS).
+Target = str | BusEndpoint
+
+
+async def _connect(url: Target, nkeys_seed: bytes | None) -> Client:
     """A provisioning connection to the bus at `url`: no reconnects, short timeouts."""
+    endpoint = BusEndpoint.of(url) if isinstance(url, str) else url
     return await nats.connect(
-        url,
+        **endpoint.connect_options(),
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         allow_reconnect=False,
         drain_timeout=CONNECT_TIMEOUT_SECONDS,
@@ -398,7 +404,7 @@ async def _connect(url: str, nkeys_seed: bytes | None) -> Client:
 
 
 async def provision(
-    url: str,
+    url: Target,
     *,
     limits: Limits = DEFAULT_LIMITS,
     replicas: int = 1,
@@ -418,7 +424,7 @@ async def provision(
 
 
 async def provision_stores_for(
-    url: str,
+    url: Target,
     agencies: Sequence[str],
     *,
     limits: Limits = DEFAULT_LIMITS,
@@ -435,7 +441,7 @@ async def provision_stores_for(
 
 
 async def migrate_leftovers(
-    url: str, agencies: Sequence[str], *, nkeys_seed: bytes | None = None
+    url: Target, agencies: Sequence[str], *, nkeys_seed: bytes | None = None
 ) -> bool:
     """Connect to the bus at `url` and move what the retired shared inbox stream still
     holds for `agencies` (mail an earlier run left: its inbox was full, the bus did not
