@@ -51,6 +51,8 @@ log = structlog.get_logger("nrm.streams")
 
 #: How long connecting and draining may take while provisioning.
 CONNECT_TIMEOUT_SECONDS = 5
+#: How long provisioning waits before trying a server that did not answer once more.
+CONNECT_RETRY_SECONDS = 0.5
 #: Room for message headers on top of the largest envelope.
 HEADER_ROOM_BYTES = 4096
 #: How many revisions of each key the directory bucket keeps.
@@ -391,13 +393,22 @@ async def _put_attachment_store(
 Target = str | BusEndpoint
 
 
+async def _quiet(_: Exception) -> None:
+    """nats-py's default error callback logs each failed attempt with a traceback; the
+    caller gets the error itself."""
+
+
 async def _connect(url: Target, nkeys_seed: bytes | None) -> Client:
-    """A provisioning connection to the bus at `url`: no reconnects, short timeouts."""
+    """A provisioning connection to the bus at `url`: no reconnects, short timeouts; each
+    server is tried twice (nats-py would try an unreachable one 60 times, 2 s apart)."""
     endpoint = BusEndpoint.of(url) if isinstance(url, str) else url
     return await nats.connect(
         **endpoint.connect_options(),
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         allow_reconnect=False,
+        max_reconnect_attempts=1,
+        reconnect_time_wait=CONNECT_RETRY_SECONDS,
+        error_cb=_quiet,
         drain_timeout=CONNECT_TIMEOUT_SECONDS,
         nkeys_seed_str=None if nkeys_seed is None else nkeys_seed.decode("ascii"),
     )
