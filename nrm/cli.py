@@ -497,6 +497,8 @@ def bus_authority(config_path: Path, expiry_warning_days: float) -> None:
         code = run_authority(config, warning_seconds=_seconds(expiry_warning_days))
     except KeyFileError as e:
         raise click.ClickException(str(e)) from e
+    except OSError as e:  # the status address cannot be bound, say
+        raise click.ClickException(f"bus authority for {config.node_name}: {e}") from e
     sys.exit(code)
 
 

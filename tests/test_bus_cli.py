@@ -14,6 +14,7 @@ import nats.errors
 import pytest
 from click.testing import CliRunner
 
+from broker.external import AuthorityConfig
 from keys.subjects import inbox_stream
 from nrm.cli import EXIT_BUS_UNREACHABLE, main
 from runtime.endpoint import BusEndpoint, BusTls
@@ -120,3 +121,48 @@ def test_bus_provision_says_an_unreachable_bus_is_unreachable(tmp_path: Path) ->
     result = CliRunner().invoke(main, [*args, "--directory", str(forged)])
     assert result.exit_code == 1, result.output
     assert "refused" in result.output and "Traceback" not in result.output
+
+
+AUTHORITY_TOML = """node_name = "n1"
+nats_urls = "nats://127.0.0.1:4222,nats://127.0.0.1:4223"
+authorization_file = "n1.authorization.conf"
+pid_file = "/run/nrm/n1.pid"
+monitor_url = "http://127.0.0.1:8222"
+trust_root = "root.1.json"
+operator_key_dir = "operator"
+passphrase_file = "passphrase"
+status_bind = "127.0.0.1:8223"
+"""
+
+
+def test_authority_config_reads_every_setting(tmp_path: Path) -> None:
+    """Paths relative to the file's folder; URLs in any documented form."""
+    path = tmp_path / "n1.authority.toml"
+    path.write_text(AUTHORITY_TOML)
+    config = AuthorityConfig.load(path)
+    assert config.endpoint.urls == ("nats://127.0.0.1:4222", "nats://127.0.0.1:4223")
+    assert config.authorization_file == tmp_path / "n1.authorization.conf"
+    assert config.pid_file == Path("/run/nrm/n1.pid")
+    assert (config.status_bind, config.replicas) == (("127.0.0.1", 8223), 1)
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (('node_name = "n1"\n', 'node_name = "n1"\ncolour = "blue"\n'), "'colour'"),
+        (('node_name = "n1"\n', ""), "node_name"),
+        (("http://127.0.0.1:8222", "https://127.0.0.1:8222"), "monitor_url"),
+        (('status_bind = "127.0.0.1:8223"\n', "replicas = 9\n"), "replicas"),
+        (("nats://127.0.0.1:4222,", "ftp://x,"), "nats_urls"),
+        (("", '[nats_tls]\ncert_file = "c.pem"\n'), "nats_tls"),
+    ],
+)
+def test_a_bad_authority_toml_is_refused_naming_the_setting(
+    tmp_path: Path, change: tuple[str, str], says: str
+) -> None:
+    text = AUTHORITY_TOML.replace(*change) if change[0] else AUTHORITY_TOML + change[1]
+    path = tmp_path / "authority.toml"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["bus", "authority", "--config", str(path)])
+    assert result.exit_code == 1, result.output
+    assert says in result.output and "Traceback" not in result.output
