@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import click
@@ -27,6 +27,9 @@ from runtime.keydir import init_key_dir, read_passphrase, rotate_key_dir
 from . import admin, logs
 from .audit import LedgerCopy
 from .bus_options import bus_endpoint_options
+
+if TYPE_CHECKING:
+    from broker.bus import Listen
 
 PATH = click.Path(path_type=Path)
 DAY = 86400
@@ -347,7 +350,7 @@ def _bus_listen(
     key: Path | None,
     ca: Path | None,
     verify: bool,
-) -> Any:
+) -> Listen:
     """The `broker.bus.Listen` of `bus up`'s options; a usage error naming a bad one."""
     from broker.bus import Listen
     from broker.server import ServerTls

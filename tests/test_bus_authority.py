@@ -230,6 +230,15 @@ async def test_a_directory_change_reaches_every_node_through_its_authority(
     assert police.nats_seed is not None
     on_every_node = [await connect(url, police.nats_seed) for url in urls]
     assert all(nc.is_connected for nc in on_every_node)
+    for toml in tomls:  # what each authority's ConnectionWatch reads: its own node's /connz
+        node = ExternalServer(
+            endpoint=BusEndpoint.of(urls),
+            authorization_file=out / setting(toml, "authorization_file"),
+            pid_file=Path(setting(toml, "pid_file")),
+            monitor_url=setting(toml, "monitor_url"),
+        )
+        users = [c.get("authorized_user") for c in node.connections()]
+        assert users.count(police.public.nats_key) == 1, users
 
     # A directory without the police: each node's authority reloads it, closing its
     # connection there, and none lets it back.
