@@ -201,7 +201,8 @@ def keys_revoke(agency: str, kid: str, reason: str, at: str | None, admin_dir: P
 
 @main.group()
 def bus() -> None:
-    """The embedded NATS JetStream bus."""
+    """The NATS JetStream bus: the embedded server, provisioning, and the authority beside
+    servers you run yourself."""
 
 
 @bus.command("up")

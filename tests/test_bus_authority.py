@@ -207,11 +207,12 @@ async def test_a_directory_change_reaches_every_node_through_its_authority(
         wait_for(lambda toml=toml: healthy(setting(toml, "monitor_url")), "every node healthy")
 
     operator_dir = sandbox.admin.path / admin.OPERATOR_DIR
-    await provision(["bus", "provision", "--nats", ",".join(urls), "--replicas", "3",
-               "--operator-keys", str(operator_dir),
-               "--passphrase-file", str(tmp_path / "operator.passphrase"),
-               "--trust-root", str(sandbox.admin.root_path(1)),
-               "--directory", str(sandbox.admin.path / "directory.json")])  # fmt: skip
+    provision_args = ["bus", "provision", "--nats", ",".join(urls), "--replicas", "3",
+                      "--operator-keys", str(operator_dir),
+                      "--passphrase-file", str(tmp_path / "operator.passphrase"),
+                      "--trust-root", str(sandbox.admin.root_path(1)),
+                      "--directory", str(sandbox.admin.path / "directory.json")]  # fmt: skip
+    await provision(provision_args)
     await admin.publish(sandbox.admin, urls[0], passphrase=sandbox.admin_passphrase)
 
     authorities = []
@@ -267,6 +268,7 @@ async def test_a_directory_change_reaches_every_node_through_its_authority(
         return all([await admitted(url, clinic.nats_seed) for url in urls])
 
     await eventually(let_in, timeout=30, what="the clinic admitted on every node")
+    await provision(provision_args)  # idempotent: again, the clinic's stream as it was
 
     operator = load_key_dir(operator_dir, passphrase=sandbox.admin_passphrase)
     assert operator.nats_seed is not None
