@@ -402,7 +402,7 @@ class NatsServer:
         if self._monitor_bind is None:
             return "127.0.0.1:-1"
         host, port = self._monitor_bind
-        return f"{host}:{port}"
+        return f"{host}:{port or -1}"  # 0: a port of the server's choosing
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS

@@ -91,7 +91,7 @@ def _host_port(text: str, *, option: str = "--status-bind") -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not (port.isascii() and port.isdigit() and 0 <= int(port) <= 65535):
         raise click.BadParameter(f"{text!r} is not HOST:PORT", param_hint=option)
-    return host.strip("[]") if host.startswith("[") else host, int(port)
+    return host, int(port)
 
 
 def _parse_time(text: str) -> int:
