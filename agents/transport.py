@@ -45,6 +45,7 @@ from keys.subjects import (
 )
 from runtime import clock
 from runtime.backoff import Backoff
+from runtime.endpoint import BusEndpoint
 from runtime.jetstream import erase_message, inbox_consumer_config
 from runtime.supervisor import Supervisor, finish_within, pause, unless_stopping
 
@@ -147,7 +148,7 @@ class Transport:
         self,
         *,
         agency: str,
-        urls: tuple[str, ...],
+        endpoint: BusEndpoint,
         store: Store,
         handler: MessageHandler,
         on_directory: DirectoryHandler,
@@ -159,7 +160,8 @@ class Transport:
         self.agency = agency
         #: Runs the transport's loop; its owner's, so that a death shows in its health.
         self.supervisor = supervisor or Supervisor(f"transport-{agency}")
-        self.urls = urls
+        #: The bus's URLs and TLS settings (runtime/endpoint.py).
+        self.endpoint = endpoint
         self.store = store
         self.handler = handler
         self.on_directory = on_directory
@@ -291,7 +293,7 @@ class Transport:
                 # on_error between attempts: that is an idle wait stop() ends at once.
                 await unless_stopping(
                     nc.connect(
-                        servers=list(self.urls),
+                        **self.endpoint.connect_options(),  # servers, tls, tls_hostname
                         name=f"nrm-agent-{self.agency}",
                         allow_reconnect=True,
                         max_reconnect_attempts=-1,

@@ -27,6 +27,7 @@ import structlog
 
 from keys import DEFAULT_LIMITS
 from keys.directory import Directory
+from runtime.endpoint import BusEndpoint
 from runtime.supervisor import Supervisor
 
 from .authz import authorization_block
@@ -83,7 +84,7 @@ class DirectoryAuthority:
             server, agencies=lambda: self._nkeys, supervisor=self.supervisor
         )
         self.follower = DirectoryFollower(
-            urls=[],  # set in start(): a server started without a port has one only then
+            endpoint=None,  # set in start(): a server started without a port has one only then
             nkeys_seed=operator_seed,
             pinned_root=pinned_root,
             on_directory=lambda directory, _: self._offered(directory),
@@ -183,7 +184,7 @@ class DirectoryAuthority:
         """Start following the running server; if a step fails, stop what started and
         raise."""
         try:
-            self.follower.urls = [self.server.url]
+            self.follower.endpoint = self.follower.endpoint or BusEndpoint.of(self.server.url)
             self.supervisor.spawn("authority-reload", self._reloads)
             self.supervisor.spawn("authority-migrate", self._migrations)
             await self.follower.start()

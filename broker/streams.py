@@ -44,6 +44,7 @@ from keys.subjects import (
     inbox_stream,
     inbox_subject,
 )
+from runtime.endpoint import BusEndpoint
 from runtime.jetstream import erase_message, inbox_consumer_config
 
 log = structlog.get_logger("nrm.streams")
@@ -386,10 +387,12 @@ async def _put_attachment_store(
         )
 
 
-async def _connect(url: str, nkeys_seed: bytes | None) -> Client:
-    """A provisioning connection to the bus at `url`: no reconnects, short timeouts."""
+async def _connect(bus: BusEndpoint | str, nkeys_seed: bytes | None) -> Client:
+    """A provisioning connection to `bus` (an endpoint, or URLs in any form
+    runtime.endpoint accepts): no reconnects, short timeouts."""
+    endpoint = bus if isinstance(bus, BusEndpoint) else BusEndpoint.of(bus)
     return await nats.connect(
-        url,
+        **endpoint.connect_options(),  # servers, tls, tls_hostname
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         allow_reconnect=False,
         drain_timeout=CONNECT_TIMEOUT_SECONDS,
@@ -398,15 +401,15 @@ async def _connect(url: str, nkeys_seed: bytes | None) -> Client:
 
 
 async def provision(
-    url: str,
+    url: BusEndpoint | str,
     *,
     limits: Limits = DEFAULT_LIMITS,
     replicas: int = 1,
     nkeys_seed: bytes | None = None,
     agencies: Sequence[str] = (),
 ) -> None:
-    """Connect to the bus at `url`, provision the streams, the buckets and the inbox stream
-    and attachment bucket of each of `agencies`, drain.
+    """Connect to the bus at `url` (an endpoint, or URLs), provision the streams, the
+    buckets and the inbox stream and attachment bucket of each of `agencies`, drain.
 
     With authorization on, `nkeys_seed` is an operator's NKey seed (broker/authz.py).
     """
@@ -418,7 +421,7 @@ async def provision(
 
 
 async def provision_stores_for(
-    url: str,
+    url: BusEndpoint | str,
     agencies: Sequence[str],
     *,
     limits: Limits = DEFAULT_LIMITS,
@@ -435,7 +438,7 @@ async def provision_stores_for(
 
 
 async def migrate_leftovers(
-    url: str, agencies: Sequence[str], *, nkeys_seed: bytes | None = None
+    url: BusEndpoint | str, agencies: Sequence[str], *, nkeys_seed: bytes | None = None
 ) -> bool:
     """Connect to the bus at `url` and move what the retired shared inbox stream still
     holds for `agencies` (mail an earlier run left: its inbox was full, the bus did not
