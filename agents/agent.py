@@ -886,7 +886,7 @@ class Agent:
             "agency": self.config.agency,
             "bus": "connected"
             if connected
-            else ("refused" if link["state"] == "refused" else "disconnected"),
+            else (link["state"] if link["state"] in ("refused", "tls-failed") else "disconnected"),
             "bus_link": link,
             "standing": standing,
             "outbox_pending": self.store.pending_count(),

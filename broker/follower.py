@@ -7,7 +7,6 @@ Shared by the bus authority (which reloads nats-server's authorization) and the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from keys import DEFAULT_LIMITS
 from keys.directory import Directory, Root, TrustFeed
 from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY
 from runtime import clock, expiry
+from runtime.bus_client import close_client
 from runtime.endpoint import BusEndpoint
 from runtime.supervisor import Supervisor
 
@@ -155,8 +155,7 @@ class DirectoryFollower:
                         if entry is not None and entry.value is not None:
                             self.offer(entry.key, entry.value)
                 finally:
-                    with contextlib.suppress(*TRANSIENT):
-                        await nc.close()
+                    await close_client(nc)  # over TLS with the bus down too
             except TRANSIENT as e:
                 log.warning(
                     "directory_follow_interrupted", follower=self.name, error=type(e).__name__

@@ -32,6 +32,7 @@ from keys.ledger_entry import LedgerEntry
 from keys.merkle import MerkleTree, leaf_hash
 from keys.subjects import AUDIT_STREAM, AUDIT_SUBJECTS
 from runtime import clock
+from runtime.bus_client import close_client
 from runtime.config import ConfigError, Table, bind_address, days, load_toml, path_in
 from runtime.endpoint import BusEndpoint, endpoint_from_config
 from runtime.keydir import load_key_dir, read_passphrase
@@ -399,8 +400,7 @@ class Ledger:
                 log.warning("ledger_consumer_interrupted", error=type(e).__name__)
                 await pause(0.5, self._stopping)
             finally:
-                with contextlib.suppress(*TRANSIENT):
-                    await nc.close()
+                await close_client(nc)  # over TLS with the bus down too (runtime/bus_client.py)
 
 
 def _stored_at(msg: Msg) -> int:
