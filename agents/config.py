@@ -123,6 +123,8 @@ class AgentConfig:
             agency = check_agency_id(table["agency"])
             api = table["api"]
             host, port = bind_address(api["bind"], key="api.bind")
+            if "nats_url" in table:
+                raise ConfigError("nats_url is no longer read: give nats_urls (one URL or more)")
             bus = endpoint_from_config(table, base=base)
             bus.connect_options()  # the TLS files are read now: an error names them at once
             clients = tuple(_client(c) for c in api.get("clients", []))
