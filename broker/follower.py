@@ -19,7 +19,7 @@ from keys import DEFAULT_LIMITS
 from keys.directory import Directory, Root, TrustFeed
 from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY
 from runtime import clock, expiry
-from runtime.bus_client import close_client
+from runtime.bus_client import close_client, logged_errors
 from runtime.endpoint import BusEndpoint
 from runtime.supervisor import Supervisor
 
@@ -135,6 +135,7 @@ class DirectoryFollower:
     async def _watch(self) -> None:
         if self.endpoint is None:
             raise RuntimeError("the directory follower was started without a bus endpoint")
+        on_error = logged_errors(log, follower=self.name)
         while self._running:
             try:
                 nc = await nats.connect(
@@ -143,6 +144,7 @@ class DirectoryFollower:
                     max_reconnect_attempts=-1,
                     connect_timeout=2,
                     name=f"nrm-{self.name}-directory",
+                    error_cb=on_error,
                 )
                 try:
                     kv = await nc.jetstream().key_value(DIRECTORY_BUCKET)

@@ -32,7 +32,7 @@ from keys.ledger_entry import LedgerEntry
 from keys.merkle import MerkleTree, leaf_hash
 from keys.subjects import AUDIT_STREAM, AUDIT_SUBJECTS
 from runtime import clock
-from runtime.bus_client import close_client
+from runtime.bus_client import close_client, logged_errors
 from runtime.config import ConfigError, Table, bind_address, days, load_toml, path_in
 from runtime.endpoint import BusEndpoint, endpoint_from_config
 from runtime.keydir import load_key_dir, read_passphrase
@@ -357,6 +357,7 @@ class Ledger:
             ack_wait=30,
             filter_subject=AUDIT_SUBJECTS,
         )
+        on_error = logged_errors(log, service="ledger")
         while self._running:
             try:
                 nc = await nats.connect(
@@ -365,6 +366,7 @@ class Ledger:
                     max_reconnect_attempts=-1,
                     connect_timeout=2,
                     name="nrm-ledger",
+                    error_cb=on_error,
                 )
             except TRANSIENT as e:
                 log.warning("ledger_bus_unreachable", error=type(e).__name__)

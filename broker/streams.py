@@ -44,6 +44,7 @@ from keys.subjects import (
     inbox_stream,
     inbox_subject,
 )
+from runtime.bus_client import logged_errors
 from runtime.endpoint import BusEndpoint
 from runtime.jetstream import erase_message, inbox_consumer_config
 
@@ -396,6 +397,7 @@ async def _connect(bus: BusEndpoint | str, nkeys_seed: bytes | None) -> Client:
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         allow_reconnect=False,
         drain_timeout=CONNECT_TIMEOUT_SECONDS,
+        error_cb=logged_errors(log),  # a failure to connect is raised; later ones logged
         nkeys_seed_str=None if nkeys_seed is None else nkeys_seed.decode("ascii"),
     )
 

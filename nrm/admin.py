@@ -46,6 +46,7 @@ from keys.keyfile import KdfCost, open_admin_key, seal_admin_key
 from keys.limits import DEFAULT_LIMITS
 from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY, root_key
 from runtime import clock
+from runtime.bus_client import ignore_errors
 from runtime.config import ConfigError, days
 from runtime.endpoint import BusEndpoint
 from runtime.files import replace_file, write_new_file
@@ -409,6 +410,7 @@ async def publish(
             nkeys_seed_str=operator.nats_seed.decode(),
             connect_timeout=5,
             allow_reconnect=False,
+            error_cb=ignore_errors,  # what fails is raised, and said once, below
         )
         try:
             kv = await nc.jetstream().key_value(DIRECTORY_BUCKET)

@@ -26,6 +26,7 @@ async def test_a_server_of_https_files_serves_clients_of_its_ca_over_tls_1_2_or_
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     context = files.server_context()
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+
     async def hello(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
