@@ -66,7 +66,7 @@ from keys import DEFAULT_LIMITS, Limits, check_agency_id
 from runtime import http
 from runtime.config import ConfigError as ConfigError
 from runtime.config import Table, bind_address, load_toml, path_in
-from runtime.endpoint import BusEndpoint, endpoint_from_config
+from runtime.endpoint import BusEndpoint, EndpointError, endpoint_from_config
 from runtime.tls import HttpsFiles, https_files
 
 from .ledger_check import LedgerSettings
@@ -126,7 +126,10 @@ class AgentConfig:
             if "nats_url" in table:
                 raise ConfigError("nats_url is no longer read: give nats_urls (one URL or more)")
             bus = endpoint_from_config(table, base=base)
-            bus.connect_options()  # the TLS files are read now: an error names them at once
+            try:
+                bus.connect_options()  # the TLS files are read now: named at once
+            except EndpointError as e:
+                raise ConfigError(f"nats_tls: {e}") from e
             clients = tuple(_client(c) for c in api.get("clients", []))
             config = cls(
                 agency=agency,

@@ -34,7 +34,7 @@ from keys.subjects import AUDIT_STREAM, AUDIT_SUBJECTS
 from runtime import clock
 from runtime.bus_client import close_client, logged_errors
 from runtime.config import ConfigError, Table, bind_address, days, load_toml, path_in
-from runtime.endpoint import BusEndpoint, endpoint_from_config
+from runtime.endpoint import BusEndpoint, EndpointError, endpoint_from_config
 from runtime.keydir import load_key_dir, read_passphrase
 from runtime.supervisor import Supervisor, pause, unless_stopping
 from runtime.tls import HttpsFiles, https_files, url_host
@@ -143,7 +143,10 @@ class LedgerConfig:
                 tls=https_files(table, base=base),
             )
             table.finish()
-            config.bus.connect_options()  # the bus TLS files are read now: named at once
+            try:
+                config.bus.connect_options()  # the bus TLS files are read now: named at once
+            except EndpointError as e:
+                raise LedgerConfigError(f"nats_tls: {e}") from e
             ledger_origin(config.name)  # a DNS-like name, else a ValueError
             return config
         except KeyError as e:

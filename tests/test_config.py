@@ -149,7 +149,7 @@ def test_the_agent_reads_its_bus_tls_and_api_https_settings(
     ("change", "named"),
     [
         ({"nats_url": "nats://a:4222"}, "nats_url is no longer read: give nats_urls"),
-        ({"nats_tls": {"ca_file": "missing.pem"}}, "bus TLS files"),
+        ({"nats_tls": {"ca_file": "missing.pem"}}, "nats_tls: cannot load the bus TLS files"),
         ({"nats_tls": {"cert_file": "c.pem"}}, r"nats_tls: a client certificate needs its key"),
         ({"api": {"bind": "127.0.0.1:0", "tls_cert": "c.pem"}}, "api.tls_cert and api.tls_key"),
         ({"api": {"bind": "127.0.0.1:0", "tls_cert": "c.pem", "tls_key": "ca.pem"}}, "api.tls"),
