@@ -253,6 +253,7 @@ class Sandbox:
                 port=node.client_port,
                 extra_config=authorization,
                 cluster=cluster_block(node, nodes),
+                tls=None if self.tls is None else self.tls.server(),  # clients' TLS only
             )
             for node in nodes
         ]
@@ -263,7 +264,7 @@ class Sandbox:
         while True:  # the JetStream meta leader is elected once routes are up
             try:
                 await provision(
-                    self.bus.url,
+                    self.bus_endpoint,
                     nkeys_seed=operator.nats_seed,
                     replicas=len(nodes),
                     agencies=attachment_owners(directory),
