@@ -37,6 +37,7 @@ from runtime import clock, expiry
 from runtime.http import app_runner
 from runtime.keydir import load_key_dir, read_passphrase
 from runtime.supervisor import Supervisor
+from runtime.tls import url_host
 
 from . import inbound
 from . import webhooks as W
@@ -119,7 +120,7 @@ class Agent:
         )
         self.transport = Transport(
             agency=config.agency,
-            urls=config.nats_urls,
+            endpoint=config.bus,
             store=self.store,
             handler=self.handle_message,
             on_directory=self.on_directory,
@@ -288,10 +289,16 @@ class Agent:
         )
         self._runner = app_runner(app, self.limits)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.api_host, self.config.api_port)
+        tls = self.config.api_tls
+        site = web.TCPSite(
+            self._runner,
+            self.config.api_host,
+            self.config.api_port,
+            ssl_context=None if tls is None else tls.server_context(),
+        )
         await site.start()
         self.api_port = self._runner.addresses[0][1]
-        self.log.info("agent_started", api_port=self.api_port)
+        self.log.info("agent_started", api_url=self.api_url)
 
     async def stop(self) -> None:
         """Stop everything `start` started, in reverse order; safe after a failed start."""
@@ -321,7 +328,9 @@ class Agent:
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.config.api_host}:{self.api_port}"
+        """The API's URL: https:// when it serves TLS (`[api] tls_cert`)."""
+        scheme = "http" if self.config.api_tls is None else "https"
+        return f"{scheme}://{url_host(self.config.api_host)}:{self.api_port}"
 
     # --- sending --------------------------------------------------------------------------
 
@@ -876,7 +885,7 @@ class Agent:
             "agency": self.config.agency,
             "bus": "connected"
             if connected
-            else ("refused" if link["state"] == "refused" else "disconnected"),
+            else (link["state"] if link["state"] in ("refused", "tls-failed") else "disconnected"),
             "bus_link": link,
             "standing": standing,
             "outbox_pending": self.store.pending_count(),

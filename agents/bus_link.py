@@ -3,7 +3,10 @@
 States: `connecting` (no attempt has failed yet), `connected`, `reconnecting` (the link
 dropped; retrying), `unreachable` (the last attempt found no server or timed out), `refused`
 (the bus refused this agency's credentials: its NKey is not, or no longer, authorized —
-typically the agency was removed from the directory). One log line `bus_state` per change
+typically the agency was removed from the directory), `tls-failed` (the TLS handshake
+failed: the server's certificate is not trusted by `[nats_tls] ca_file` or does not carry the
+expected name, or a server requiring mutual TLS refused this agent's certificate or its
+absence — a configuration to fix, not an outage to wait out). One log line `bus_state` per change
 of state, never one per attempt; attempts are counted (`nrm_bus_connect_failures_total`).
 
 Pacing: nats-py awaits the error callback after every failed connection attempt, on the
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -27,10 +31,15 @@ from runtime.backoff import Backoff
 
 log = structlog.get_logger("nrm.transport")
 
-STATES: Final = ("connecting", "connected", "reconnecting", "unreachable", "refused")
+STATES: Final = ("connecting", "connected", "reconnecting", "unreachable", "refused", "tls-failed")
 #: Errors reported when an established connection drops (the reconnection that follows is
 #: what the link reports).
 _DROPPED = (nats.errors.UnexpectedEOF, nats.errors.StaleConnectionError, OSError)
+
+
+def is_tls_failure(error: BaseException) -> bool:
+    """Whether `error` is a failed TLS handshake (ours or the server's verdict)."""
+    return isinstance(error, ssl.SSLError)
 
 
 def is_refusal(error: BaseException) -> bool:
@@ -103,7 +112,16 @@ class BusLink:
                 # nats errors name subjects and permissions, never payloads
                 self.log.warning("bus_error", error=type(error).__name__, detail=str(error)[:200])
             return
-        state = "refused" if is_refusal(error) else "unreachable"
+        if is_refusal(error):
+            state = "refused"
+        elif is_tls_failure(error):
+            state = "tls-failed"
+        elif self.state == "tls-failed" and isinstance(error, ConnectionResetError):
+            # nats-server resets the next attempt of a client whose certificate it just
+            # refused: the same cause, not a change of state (nor a log line per attempt)
+            state = "tls-failed"
+        else:
+            state = "unreachable"
         self._become(state, error=type(error).__name__)
         self.on_failure(state)
         delay = self.backoff.delay(self.attempts)

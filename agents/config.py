@@ -4,11 +4,19 @@
     name = "Metropolitan Police anti-trafficking unit"
     key_dir = "keys/police"                 # agency.key + identity.json
     passphrase_file = "police.pass"         # optional; else $NRM_PASSPHRASE
-    nats_urls = ["nats://127.0.0.1:4222"]
+    nats_urls = ["tls://nats-1.example:4222", "tls://nats-2.example:4222"]
     database = "police.db"
+
+    [nats_tls]                              # optional: runtime/endpoint.py
+    ca_file = "bus-ca.pem"                  # the CAs of the servers (else the system's)
+    cert_file = "police-bus.pem"            # this agent's client certificate (mutual TLS)
+    key_file = "police-bus.key"
+    server_name = "nats.example"            # if the certificates name another host
 
     [api]
     bind = "127.0.0.1:8081"
+    tls_cert = "api.pem"                    # optional, both or neither: serve HTTPS only
+    tls_key = "api.key"
     [[api.clients]]                         # one per agency system; only the token's hash
     name = "case-management"
     token_sha256 = "<hex>"
@@ -18,7 +26,8 @@
     trust_cache = "trust"                   # verified roots and directory, kept across restarts
 
     [ledger]                                # optional: check this agency's audit events
-    url = "http://127.0.0.1:8090"
+    url = "https://ledger.example:8090"    # http:// on loopback only
+    ca_file = "ledger-ca.pem"               # optional: the CA of an https ledger
     name = "national"                       # the ledger's name: origin <name>/nrm-ledger
     identity = "ledger-identity.json"       # the ledger's public identity
     token_file = "ledger.token"             # an auditor token for reading the ledger
@@ -26,6 +35,7 @@
     [[webhooks]]                            # optional: where to notify the agency system
     url = "http://127.0.0.1:9000/nrm-events"
     secret_file = "webhook.secret"          # HMAC-SHA256 key, 16+ bytes
+    ca_file = "case-system-ca.pem"          # optional: the CA of an https webhook URL
 
     [retention]                             # optional: agents.retention.RetentionSchedule
     delivered_envelopes_days = 30           # defaults shown; docs/RUNBOOK.md "Retention"
@@ -41,7 +51,8 @@
     expiry_warning_seconds = 604800         # /healthz warns this long before expiry
 
 Relative paths are relative to the configuration file; a setting not listed here is an
-error (runtime/config.py).
+error (runtime/config.py). The single `nats_url` of
+earlier versions is gone: `nats_urls` takes one URL as well.
 """
 
 from __future__ import annotations
@@ -55,6 +66,8 @@ from keys import DEFAULT_LIMITS, Limits, check_agency_id
 from runtime import http
 from runtime.config import ConfigError as ConfigError
 from runtime.config import Table, bind_address, load_toml, path_in
+from runtime.endpoint import BusEndpoint, EndpointError, endpoint_from_config
+from runtime.tls import HttpsFiles, https_files
 
 from .ledger_check import LedgerSettings
 from .retention import RetentionSchedule
@@ -77,7 +90,8 @@ class ApiClient:
 class AgentConfig:
     agency: str
     key_dir: Path
-    nats_urls: tuple[str, ...]
+    #: Where the bus is and how to reach it (TLS): `nats_urls` and `[nats_tls]`.
+    bus: BusEndpoint
     database: Path
     api_host: str
     api_port: int
@@ -89,6 +103,8 @@ class AgentConfig:
     ledger: LedgerSettings | None = None
     webhooks: tuple[WebhookTarget, ...] = ()
     retention: RetentionSchedule = field(default=RetentionSchedule())
+    #: `[api] tls_cert` and `tls_key`: the API serves HTTPS only (runtime/tls.py).
+    api_tls: HttpsFiles | None = None
 
     @classmethod
     def load(cls, path: Path) -> AgentConfig:
@@ -107,12 +123,18 @@ class AgentConfig:
             agency = check_agency_id(table["agency"])
             api = table["api"]
             host, port = bind_address(api["bind"], key="api.bind")
-            urls = table.get("nats_urls") or [table["nats_url"]]
+            if "nats_url" in table:
+                raise ConfigError("nats_url is no longer read: give nats_urls (one URL or more)")
+            bus = endpoint_from_config(table, base=base)
+            try:
+                bus.connect_options()  # the TLS files are read now: named at once
+            except EndpointError as e:
+                raise ConfigError(f"nats_tls: {e}") from e
             clients = tuple(_client(c) for c in api.get("clients", []))
             config = cls(
                 agency=agency,
                 key_dir=path_of(table["key_dir"], "key_dir"),
-                nats_urls=tuple(str(u) for u in urls),
+                bus=bus,
                 database=path_of(table["database"], "database"),
                 api_host=host,
                 api_port=port,
@@ -137,11 +159,17 @@ class AgentConfig:
                         secret=path_of(w["secret_file"], "webhooks.secret_file")
                         .read_bytes()
                         .strip(),
+                        ca_file=(
+                            path_of(w["ca_file"], "webhooks.ca_file") if "ca_file" in w else None
+                        ),
                     )
                     for w in table.get("webhooks", [])
                 ),
+                api_tls=https_files(api, base=base, prefix="api."),
             )
             table.finish()
+            for target in config.webhooks:
+                target.ssl_context()  # a CA file that cannot be read is named at once
             return config
         except KeyError as e:
             raise ConfigError(f"missing setting {e.args[0]!r}") from e

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
@@ -39,6 +41,7 @@ from keys.ledger_entry import LedgerEntry
 from keys.merkle import leaf_hash, verify_consistency, verify_inclusion
 from keys.subjects import DIRECTORY_KEY
 from runtime import clock
+from runtime.tls import client_context
 
 from .ledger_restore import LedgerRestores, RestoreVerdict
 from .store import Store
@@ -71,9 +74,15 @@ class LedgerSettings:
     identity: PublicIdentity
     interval_seconds: float = 2.0
     missing_after_seconds: int = 60
+    #: The CA that signs an https ledger's certificate (else the system's CAs).
+    ca_file: Path | None = None
 
     def __post_init__(self) -> None:
         ledger_origin(self.name)  # a DNS-like name (PROTOCOL.md §9.3), else a ValueError
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        """What the ledger's certificate is verified with (True: the system's CAs)."""
+        return True if self.ca_file is None else client_context(self.ca_file)
 
     @property
     def origin(self) -> str:
@@ -86,14 +95,23 @@ class LedgerSettings:
             p = Path(str(doc[key]))
             return p if p.is_absolute() else base / p
 
-        return cls(
-            url=str(doc["url"]).rstrip("/"),
+        url = str(doc["url"]).rstrip("/")
+        scheme = urlsplit(url).scheme
+        if scheme not in ("http", "https"):
+            raise ValueError("ledger.url must be an http:// or https:// URL")
+        if "ca_file" in doc and scheme != "https":
+            raise ValueError("ledger.ca_file goes with an https:// ledger.url")
+        settings = cls(
+            url=url,
             token=path("token_file").read_text(encoding="utf-8").strip(),
             name=str(doc["name"]),
             identity=PublicIdentity.from_json(path("identity").read_bytes()),
             interval_seconds=float(doc.get("interval_seconds", 2.0)),
             missing_after_seconds=int(doc.get("missing_after_seconds", 60)),
+            ca_file=path("ca_file") if "ca_file" in doc else None,
         )
+        settings.ssl_context()  # a CA file that cannot be read is named at once
+        return settings
 
 
 async def _offer_nowhere(key: str, value: bytes) -> None:
@@ -158,7 +176,10 @@ class LedgerWatch:
     async def run(self, running: asyncio.Event) -> None:
         headers = {"Authorization": f"Bearer {self.settings.token}"}
         timeout = aiohttp.ClientTimeout(total=10)
-        async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
+        connector = aiohttp.TCPConnector(ssl=self.settings.ssl_context())
+        async with aiohttp.ClientSession(
+            headers=headers, timeout=timeout, connector=connector
+        ) as http:
             while running.is_set():
                 try:
                     await self.check(http)

@@ -42,7 +42,8 @@ class AgentMetrics:
         )
         self.bus_connect_failures = counter(
             "nrm_bus_connect_failures",
-            "Failed attempts to connect to the bus, by what they showed (unreachable, refused)",
+            "Failed attempts to connect to the bus, by what they showed "
+            "(unreachable, refused, tls-failed)",
             ["state"],
         )
         self.inbox_erase_failed = counter(

@@ -45,8 +45,10 @@ from keys.subjects import (
 )
 from runtime import clock
 from runtime.backoff import Backoff
+from runtime.bus_client import close_client
+from runtime.endpoint import BusEndpoint
 from runtime.jetstream import erase_message, inbox_consumer_config
-from runtime.supervisor import Supervisor, finish_within, pause, unless_stopping
+from runtime.supervisor import Supervisor, pause, unless_stopping
 
 from .bus_link import BusLink, is_refusal
 from .presence import Presence
@@ -59,47 +61,6 @@ log = structlog.get_logger("nrm.transport")
 STOP_GRACE_SECONDS = 3.0
 
 TRANSIENT = (nats.errors.Error, TimeoutError, OSError, ConnectionError)
-
-
-#: How long closing a connection may take (draining it first if it is up), and again once
-#: cancelled, before the client is abandoned (close_client).
-CLOSE_SECONDS = 5.0
-
-
-async def close_client(nc: Client) -> None:
-    """Close `nc` in whatever state it is in, within 2 * CLOSE_SECONDS: drained if it is
-    connected, else closed. nats-py's drain and close can outlive a cancel (drain swallows
-    it, then flushes and closes; close can wait on a socket nobody reads), so past the
-    deadline the client is abandoned: its tasks are cancelled and its socket closed."""
-    try:
-        if nc.is_connected:
-            await finish_within(nc.drain(), CLOSE_SECONDS, what="bus-drain")
-        else:
-            await finish_within(nc.close(), CLOSE_SECONDS, what="bus-close")
-    except TimeoutError:
-        _abandon(nc)
-    except TRANSIENT:
-        # e.g. a drain refused while reconnecting: close instead
-        try:
-            await finish_within(nc.close(), CLOSE_SECONDS, what="bus-close")
-        except TimeoutError:
-            _abandon(nc)
-        except TRANSIENT:
-            pass  # closed as far as it can be: the connection is dropped with the process
-
-
-def _abandon(nc: Client) -> None:
-    """Cut what a client that would not close still runs: its reader, pinger, flusher and
-    reconnection tasks, and its socket. nats-py has no public call for this; these are its
-    own attributes, looked up defensively."""
-    for name in ("_reading_task", "_ping_interval_task", "_flusher_task", "_reconnection_task"):
-        task = getattr(nc, name, None)
-        if isinstance(task, asyncio.Future) and not task.done():
-            task.cancel()
-    transport = getattr(nc, "_transport", None)
-    if transport is not None:
-        with contextlib.suppress(OSError, RuntimeError):
-            transport.close()
 
 
 #: How long a replaced client, still reconnecting until it is closed, waits between attempts.
@@ -147,7 +108,7 @@ class Transport:
         self,
         *,
         agency: str,
-        urls: tuple[str, ...],
+        endpoint: BusEndpoint,
         store: Store,
         handler: MessageHandler,
         on_directory: DirectoryHandler,
@@ -159,7 +120,8 @@ class Transport:
         self.agency = agency
         #: Runs the transport's loop; its owner's, so that a death shows in its health.
         self.supervisor = supervisor or Supervisor(f"transport-{agency}")
-        self.urls = urls
+        #: The bus's URLs and TLS settings (runtime/endpoint.py).
+        self.endpoint = endpoint
         self.store = store
         self.handler = handler
         self.on_directory = on_directory
@@ -291,7 +253,7 @@ class Transport:
                 # on_error between attempts: that is an idle wait stop() ends at once.
                 await unless_stopping(
                     nc.connect(
-                        servers=list(self.urls),
+                        **self.endpoint.connect_options(),  # servers, tls, tls_hostname
                         name=f"nrm-agent-{self.agency}",
                         allow_reconnect=True,
                         max_reconnect_attempts=-1,

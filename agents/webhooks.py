@@ -33,8 +33,10 @@ import json
 import re
 import secrets
 import sqlite3
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -44,6 +46,7 @@ import structlog
 from keys.errors import BadSignatureError, ExpiredError
 from runtime import clock
 from runtime.supervisor import Supervisor
+from runtime.tls import client_context
 
 from .storage.webhooks import WebhookOutbox
 
@@ -181,16 +184,24 @@ def _check_secret(secret: bytes) -> None:
 
 @dataclass(frozen=True, slots=True)
 class WebhookTarget:
-    """One URL of the agency system and the secret shared with it."""
+    """One URL of the agency system and the secret shared with it. An https URL's
+    certificate is verified, against `ca_file` if given, else the system's CAs."""
 
     url: str
     secret: bytes = field(repr=False)
+    ca_file: Path | None = None
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("a webhook URL must be http(s) with a host")
+        if self.ca_file is not None and parts.scheme != "https":
+            raise ValueError("a webhook ca_file goes with an https URL")
         _check_secret(self.secret)
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        """What aiohttp verifies this URL's server with (True: the default, system CAs)."""
+        return True if self.ca_file is None else client_context(self.ca_file)
 
     @property
     def safe_url(self) -> str:
@@ -255,6 +266,7 @@ class WebhookSender:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._wakes: dict[str, asyncio.Event] = {}
+        self._ssl: dict[str, ssl.SSLContext | bool] = {}
         self._stopping = asyncio.Event()
         self._running = False
 
@@ -272,6 +284,7 @@ class WebhookSender:
             timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds)
         )
         self._wakes = {t.url: asyncio.Event() for t in self.targets}
+        self._ssl = {t.url: t.ssl_context() for t in self.targets}
         self._tasks = [
             self.supervisor.spawn(f"webhook-{t.safe_url}", functools.partial(self._deliver_loop, t))
             for t in self.targets
@@ -350,7 +363,11 @@ class WebhookSender:
         }
         try:
             async with session.post(
-                target.url, data=item.body, headers=headers, allow_redirects=False
+                target.url,
+                data=item.body,
+                headers=headers,
+                allow_redirects=False,
+                ssl=self._ssl[target.url],
             ) as response:
                 # Read (bounded) so the connection can be reused; the answer is not kept.
                 await response.content.read(4096)

@@ -112,7 +112,7 @@ class DirectoryAuthority:
             server, agencies=lambda: self._nkeys, supervisor=self.supervisor
         )
         self.follower = DirectoryFollower(
-            urls=[],  # set in start(): a server started without a port has one only then
+            endpoint=None,  # set in start(): a server started without a port has one only then
             nkeys_seed=operator_seed,
             pinned_root=pinned_root,
             on_directory=lambda directory, _: self._offered(directory),
@@ -225,8 +225,8 @@ class DirectoryAuthority:
         """Start following the running server; if a step fails, stop what started and
         raise."""
         try:
-            self.endpoint = self.server.endpoint()
-            self.follower.urls = list(self.endpoint.urls)
+            self.endpoint = self.follower.endpoint or self.server.endpoint()
+            self.follower.endpoint = self.endpoint
             self.supervisor.spawn("authority-reload", self._reloads)
             self.supervisor.spawn("authority-migrate", self._migrations)
             await self.follower.start()

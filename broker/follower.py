@@ -7,7 +7,6 @@ Shared by the bus authority (which reloads nats-server's authorization) and the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ from keys import DEFAULT_LIMITS
 from keys.directory import Directory, Root, TrustFeed
 from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY
 from runtime import clock, expiry
+from runtime.bus_client import close_client, logged_errors
+from runtime.endpoint import BusEndpoint
 from runtime.supervisor import Supervisor
 
 log = structlog.get_logger("nrm.broker")
@@ -42,7 +43,7 @@ class DirectoryFollower:
     def __init__(
         self,
         *,
-        urls: list[str],
+        endpoint: BusEndpoint | None,
         nkeys_seed: bytes,
         pinned_root: Path,
         on_directory: OnDirectory,
@@ -51,7 +52,9 @@ class DirectoryFollower:
         warning_seconds: int = DEFAULT_LIMITS.expiry_warning_seconds,
         supervisor: Supervisor | None = None,
     ) -> None:
-        self.urls = urls
+        #: Where the bus is and how to reach it (TLS); None until the owner knows (a server
+        #: started without a port has one only once started), then set before start().
+        self.endpoint = endpoint
         #: Runs the watch; its owner's, so that a death shows in the owner's health.
         self.supervisor = supervisor or Supervisor(name)
         self.nkeys_seed = nkeys_seed
@@ -130,14 +133,18 @@ class DirectoryFollower:
             self._task = None
 
     async def _watch(self) -> None:
+        if self.endpoint is None:
+            raise RuntimeError("the directory follower was started without a bus endpoint")
+        on_error = logged_errors(log, follower=self.name)
         while self._running:
             try:
                 nc = await nats.connect(
-                    servers=self.urls,
+                    **self.endpoint.connect_options(),  # servers, tls, tls_hostname
                     nkeys_seed_str=self.nkeys_seed.decode(),
                     max_reconnect_attempts=-1,
                     connect_timeout=2,
                     name=f"nrm-{self.name}-directory",
+                    error_cb=on_error,
                 )
                 try:
                     kv = await nc.jetstream().key_value(DIRECTORY_BUCKET)
@@ -150,8 +157,7 @@ class DirectoryFollower:
                         if entry is not None and entry.value is not None:
                             self.offer(entry.key, entry.value)
                 finally:
-                    with contextlib.suppress(*TRANSIENT):
-                        await nc.close()
+                    await close_client(nc)  # over TLS with the bus down too
             except TRANSIENT as e:
                 log.warning(
                     "directory_follow_interrupted", follower=self.name, error=type(e).__name__

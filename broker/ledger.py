@@ -32,10 +32,13 @@ from keys.ledger_entry import LedgerEntry
 from keys.merkle import MerkleTree, leaf_hash
 from keys.subjects import AUDIT_STREAM, AUDIT_SUBJECTS
 from runtime import clock
+from runtime.bus_client import close_client, logged_errors
 from runtime.config import ConfigError, Table, bind_address, days, load_toml, path_in
+from runtime.endpoint import BusEndpoint, EndpointError, endpoint_from_config
 from runtime.http import app_runner
 from runtime.keydir import load_key_dir, read_passphrase
 from runtime.supervisor import Supervisor, pause, unless_stopping
+from runtime.tls import HttpsFiles, https_files, url_host
 
 from .follower import TRANSIENT, DirectoryFollower
 from .ledger_migrate import migrate_legacy
@@ -59,13 +62,19 @@ class LedgerConfig:
     key_dir = "ledger-keys"             # the ledger's own signing key (nrm keys init)
     operator_key_dir = "operator"       # bus credentials for reading the audit stream
     passphrase_file = "passphrase"      # for both key files; else $NRM_PASSPHRASE
-    nats_urls = ["nats://127.0.0.1:4222"]
+    nats_urls = ["tls://nats-1.example:4222", "tls://nats-2.example:4222"]
     trust_root = "root.json"
     database = "ledger.db"
-    bind = "127.0.0.1:8090"
+    bind = "0.0.0.0:8090"
+    tls_cert = "ledger.pem"             # optional, both or neither: serve HTTPS only
+    tls_key = "ledger.key"              # (agencies reach the ledger with bearer tokens)
     checkpoint_interval_seconds = 2
     suppress_below = 5
     expiry_warning_days = 7             # /healthz warns this long before directory/root expiry
+    [nats_tls]                          # optional: runtime/endpoint.py
+    ca_file = "bus-ca.pem"
+    cert_file = "ledger-bus.pem"        # for a bus that requires mutual TLS
+    key_file = "ledger-bus.key"
     [[auditors]]
     name = "court-of-audit"
     token_sha256 = "<hex>"
@@ -74,7 +83,8 @@ class LedgerConfig:
     name: str
     key_dir: Path
     operator_key_dir: Path
-    nats_urls: tuple[str, ...]
+    #: Where the bus is and how to reach it (TLS): `nats_urls` and `[nats_tls]`.
+    bus: BusEndpoint
     trust_root: Path
     database: Path
     host: str
@@ -86,6 +96,8 @@ class LedgerConfig:
     unknown_key_grace_seconds: int = 120
     #: /healthz turns to "warning" this long before the directory or the root expires.
     expiry_warning_seconds: int = DEFAULT_LIMITS.expiry_warning_seconds
+    #: `tls_cert` and `tls_key`: the API serves HTTPS only (runtime/tls.py).
+    tls: HttpsFiles | None = None
 
     @property
     def origin(self) -> str:
@@ -116,7 +128,7 @@ class LedgerConfig:
                 name=str(table["name"]),
                 key_dir=p("key_dir"),
                 operator_key_dir=p("operator_key_dir"),
-                nats_urls=tuple(str(u) for u in table["nats_urls"]),
+                bus=endpoint_from_config(table, base=base),
                 trust_root=p("trust_root"),
                 database=p("database"),
                 host=host,
@@ -129,8 +141,13 @@ class LedgerConfig:
                     table.get("expiry_warning_days", DEFAULT_LIMITS.expiry_warning_seconds / 86400),
                     key="expiry_warning_days",
                 ),
+                tls=https_files(table, base=base),
             )
             table.finish()
+            try:
+                config.bus.connect_options()  # the bus TLS files are read now: named at once
+            except EndpointError as e:
+                raise LedgerConfigError(f"nats_tls: {e}") from e
             ledger_origin(config.name)  # a DNS-like name, else a ValueError
             return config
         except KeyError as e:
@@ -157,7 +174,7 @@ class Ledger:
         self.tree = MerkleTree(self.store, size=self.store.size())
         self.directory: Directory | None = None
         self.follower = DirectoryFollower(
-            urls=list(config.nats_urls),
+            endpoint=config.bus,
             nkeys_seed=operator.nats_seed,
             pinned_root=config.trust_root,
             on_directory=self._on_directory,
@@ -194,7 +211,9 @@ class Ledger:
 
     @property
     def url(self) -> str:
-        return f"http://{self.config.host}:{self.port}"
+        """The API's URL: https:// when it serves TLS (`tls_cert`, `tls_key`)."""
+        scheme = "http" if self.config.tls is None else "https"
+        return f"{scheme}://{url_host(self.config.host)}:{self.port}"
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -217,7 +236,13 @@ class Ledger:
         await self.follower.start()
         self._runner = app_runner(make_app(self), DEFAULT_LIMITS)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.config.host, self.config.port).start()
+        tls = self.config.tls
+        await web.TCPSite(
+            self._runner,
+            self.config.host,
+            self.config.port,
+            ssl_context=None if tls is None else tls.server_context(),
+        ).start()
         self.port = self._runner.addresses[0][1]
         self.supervisor.spawn("ledger-consumer", self._consume)
         self.supervisor.spawn("ledger-checkpoints", self._checkpoints)
@@ -334,14 +359,16 @@ class Ledger:
             ack_wait=30,
             filter_subject=AUDIT_SUBJECTS,
         )
+        on_error = logged_errors(log, service="ledger")
         while self._running:
             try:
                 nc = await nats.connect(
-                    servers=list(self.config.nats_urls),
+                    **self.config.bus.connect_options(),  # servers, tls, tls_hostname
                     nkeys_seed_str=self.operator.nats_seed.decode(),
                     max_reconnect_attempts=-1,
                     connect_timeout=2,
                     name="nrm-ledger",
+                    error_cb=on_error,
                 )
             except TRANSIENT as e:
                 log.warning("ledger_bus_unreachable", error=type(e).__name__)
@@ -377,8 +404,7 @@ class Ledger:
                 log.warning("ledger_consumer_interrupted", error=type(e).__name__)
                 await pause(0.5, self._stopping)
             finally:
-                with contextlib.suppress(*TRANSIENT):
-                    await nc.close()
+                await close_client(nc)  # over TLS with the bus down too (runtime/bus_client.py)
 
 
 def _stored_at(msg: Msg) -> int:

@@ -422,8 +422,8 @@ async def provision(
     nkeys_seed: bytes | None = None,
     agencies: Sequence[str] = (),
 ) -> None:
-    """Connect to the bus at `url`, provision the streams, the buckets and the inbox stream
-    and attachment bucket of each of `agencies`, drain.
+    """Connect to the bus at `url` (an endpoint, or URLs), provision the streams, the
+    buckets and the inbox stream and attachment bucket of each of `agencies`, drain.
 
     With authorization on, `nkeys_seed` is an operator's NKey seed (broker/authz.py).
     """

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nats
+import nats.errors
 from nacl.signing import SigningKey
 
 from keys import PublicIdentity, UntrustedInputError
@@ -45,7 +46,9 @@ from keys.keyfile import KdfCost, open_admin_key, seal_admin_key
 from keys.limits import DEFAULT_LIMITS
 from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY, root_key
 from runtime import clock
+from runtime.bus_client import ignore_errors
 from runtime.config import ConfigError, days
+from runtime.endpoint import BusEndpoint
 from runtime.files import replace_file, write_new_file
 from runtime.keydir import init_key_dir, load_key_dir
 
@@ -58,6 +61,10 @@ DAY = 86400
 
 class AdminError(Exception):
     """An administrator operation that cannot be done as asked."""
+
+
+class BusUnreachableError(AdminError):
+    """No server of the bus answered, or the TLS handshake with it failed."""
 
 
 class PublishMarginError(AdminError):
@@ -384,23 +391,40 @@ def publishable_draft(
 
 
 async def publish(
-    folder: AdminFolder, url: str, *, passphrase: bytes, margin_seconds: int | None = None
+    folder: AdminFolder,
+    bus: BusEndpoint | str,
+    *,
+    passphrase: bytes,
+    margin_seconds: int | None = None,
 ) -> Directory:
     """Verify the draft locally (and that it is not about to expire), then put every root
-    and the directory in the KV bucket."""
+    and the directory in the KV bucket of `bus` (an endpoint, or URLs in any form
+    runtime.endpoint accepts); BusUnreachableError if no server of it answers."""
     directory = publishable_draft(folder, margin_seconds=margin_seconds)
     operator = load_key_dir(folder.path / OPERATOR_DIR, passphrase=passphrase)
     assert operator.nats_seed is not None
-    nc = await nats.connect(
-        url, nkeys_seed_str=operator.nats_seed.decode(), connect_timeout=5, allow_reconnect=False
-    )
+    endpoint = bus if isinstance(bus, BusEndpoint) else BusEndpoint.of(bus)
     try:
-        kv = await nc.jetstream().key_value(DIRECTORY_BUCKET)
-        for v in folder.root_versions():
-            await kv.put(root_key(v), folder.root_path(v).read_bytes())
-        await kv.put(DIRECTORY_KEY, folder.directory_bytes())
-    finally:
-        await nc.drain()
+        nc = await nats.connect(
+            **endpoint.connect_options(),  # servers, tls, tls_hostname
+            nkeys_seed_str=operator.nats_seed.decode(),
+            connect_timeout=5,
+            allow_reconnect=False,
+            error_cb=ignore_errors,  # what fails is raised, and said once, below
+        )
+        try:
+            kv = await nc.jetstream().key_value(DIRECTORY_BUCKET)
+            for v in folder.root_versions():
+                await kv.put(root_key(v), folder.root_path(v).read_bytes())
+            await kv.put(DIRECTORY_KEY, folder.directory_bytes())
+        finally:
+            with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
+                await nc.drain()
+    except (nats.errors.Error, OSError, TimeoutError) as e:
+        # e.g. no server answering, a certificate not trusted, or (mutual TLS) ours refused
+        raise BusUnreachableError(
+            f"could not publish to the bus at {', '.join(endpoint.urls)}: {type(e).__name__}: {e}"
+        ) from e
     folder.record_published(directory.version)
     return directory
 

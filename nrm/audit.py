@@ -27,6 +27,7 @@ from keys.ledger_verify import (
     verify_rows,
 )
 from keys.restore import RestoreDeclaration, verify_restore
+from runtime.tls import client_context
 
 PAGE = 1000
 
@@ -60,9 +61,12 @@ def from_database(path: Path) -> LedgerCopy:
         store.close()
 
 
-async def from_http(url: str, token: str) -> LedgerCopy:
+async def from_http(url: str, token: str, *, ca_file: Path | None = None) -> LedgerCopy:
+    """Download the ledger at `url`; an https ledger's certificate is verified against
+    `ca_file` if given, else the system's CAs."""
     headers = {"Authorization": f"Bearer {token}"}
-    async with aiohttp.ClientSession(headers=headers) as http:
+    connector = aiohttp.TCPConnector(ssl=True if ca_file is None else client_context(ca_file))
+    async with aiohttp.ClientSession(headers=headers, connector=connector) as http:
 
         async def get(path: str) -> Any:
             async with http.get(url.rstrip("/") + path) as r:

@@ -1010,7 +1010,7 @@ def directory_sign(key_path: Path, passphrase_file: Path | None, admin_dir: Path
 
 
 @directory_group.command("publish")
-@click.option("--nats", "url", required=True, help="Bus URL (operator credentials are used).")
+@bus_endpoint_options()  # --nats and --tls-*: the operator's NKey is used on the bus
 @click.option("--passphrase-file", type=PATH, default=None, help="Else $NRM_PASSPHRASE.")
 @_days_option(
     "--margin-days",
@@ -1019,7 +1019,10 @@ def directory_sign(key_path: Path, passphrase_file: Path | None, admin_dir: Path
 )
 @ADMIN_DIR
 def directory_publish(
-    url: str, passphrase_file: Path | None, margin_days: float | None, admin_dir: Path
+    endpoint: BusEndpoint,
+    passphrase_file: Path | None,
+    margin_days: float | None,
+    admin_dir: Path,
 ) -> None:
     """Verify the draft as an agent would, then publish roots and directory to the bus.
 
@@ -1030,7 +1033,9 @@ def directory_publish(
     with _admin_errors():
         admin.publishable_draft(folder, margin_seconds=margin)  # before asking the passphrase
         passphrase = read_passphrase(file=passphrase_file)
-        d = asyncio.run(admin.publish(folder, url, passphrase=passphrase, margin_seconds=margin))
+        d = asyncio.run(
+            admin.publish(folder, endpoint, passphrase=passphrase, margin_seconds=margin)
+        )
     click.echo(f"published directory version {d.version} ({len(d.agencies)} agencies)")
 
 
@@ -1171,7 +1176,15 @@ def audit_group() -> None:
 
 
 def _source(f: Callable[..., None]) -> Callable[..., None]:
-    f = click.option("--ledger", "ledger_url", default=None, help="Ledger URL.")(f)
+    f = click.option(
+        "--ledger", "ledger_url", default=None, help="Ledger URL (https:// beyond loopback)."
+    )(f)
+    f = click.option(
+        "--ledger-ca",
+        type=PATH,
+        default=None,
+        help="The CA of an https:// --ledger (else the system's CAs).",
+    )(f)
     f = click.option("--db", "db", type=PATH, default=None, help="A copy of the ledger database.")(
         f
     )
@@ -1184,7 +1197,9 @@ def _source(f: Callable[..., None]) -> Callable[..., None]:
     return f
 
 
-def _load(ledger_url: str | None, db: Path | None, token_file: Path | None) -> LedgerCopy:
+def _load(
+    ledger_url: str | None, ledger_ca: Path | None, db: Path | None, token_file: Path | None
+) -> LedgerCopy:
     import sqlite3
 
     from keys.ledger_verify import LedgerVerificationError
@@ -1193,6 +1208,8 @@ def _load(ledger_url: str | None, db: Path | None, token_file: Path | None) -> L
 
     if (ledger_url is None) == (db is None):
         raise click.UsageError("give exactly one of --ledger URL and --db FILE")
+    if ledger_ca is not None and not (ledger_url or "").startswith("https://"):
+        raise click.UsageError("--ledger-ca goes with an https:// --ledger URL")
     try:
         if db is not None:
             return from_database(db)
@@ -1203,8 +1220,14 @@ def _load(ledger_url: str | None, db: Path | None, token_file: Path | None) -> L
             token = os.environ.get("NRM_AUDITOR_TOKEN", "")
             if not token:
                 raise click.UsageError("give --token-file or set NRM_AUDITOR_TOKEN")
-        return asyncio.run(from_http(ledger_url, token))
-    except (OSError, sqlite3.Error, aiohttp.ClientError, LedgerVerificationError) as e:
+        return asyncio.run(from_http(ledger_url, token, ca_file=ledger_ca))
+    except (
+        OSError,
+        ValueError,  # runtime.tls.TlsFileError: a CA file that cannot be read
+        sqlite3.Error,
+        aiohttp.ClientError,
+        LedgerVerificationError,
+    ) as e:
         raise click.ClickException(f"could not read the ledger: {e}") from e
 
 
@@ -1227,6 +1250,7 @@ def _load(ledger_url: str | None, db: Path | None, token_file: Path | None) -> L
 @click.option("--name", default="national", show_default=True, help="The ledger's name.")
 def audit_verify(
     ledger_url: str | None,
+    ledger_ca: Path | None,
     db: Path | None,
     token_file: Path | None,
     roots: tuple[Path, ...],
@@ -1246,7 +1270,7 @@ def audit_verify(
     )
 
     try:
-        copy = _load(ledger_url, db, token_file)
+        copy = _load(ledger_url, ledger_ca, db, token_file)
         checkpoint = checkpoint_of(copy, identity=ledger_identity, name=name)
         restores = restores_of(copy, identity=ledger_identity, name=name)
         directories = trusted_directories(copy, roots)
@@ -1289,6 +1313,7 @@ def _matching_events(f: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(f)
     def command(
         ledger_url: str | None,
+        ledger_ca: Path | None,
         db: Path | None,
         token_file: Path | None,
         referral: str | None,
@@ -1300,7 +1325,7 @@ def _matching_events(f: Callable[..., None]) -> Callable[..., None]:
     ) -> None:
         from .audit import select
 
-        copy = _load(ledger_url, db, token_file)
+        copy = _load(ledger_url, ledger_ca, db, token_file)
         items = select(
             copy.rows,
             referral=referral,

@@ -27,10 +27,12 @@ from broker import NatsServer, provision
 from broker.authority import DirectoryAuthority, attachment_owners, authorization_for
 from broker.cluster import ClusterNode, cluster_block
 from broker.ledger import Ledger
+from broker.server import ServerTls
 from keys import PublicIdentity
 from keys.keyfile import INTERACTIVE, KdfCost
 from keys.subjects import DIRECTORY_BUCKET
 from runtime import clock
+from runtime.endpoint import BusEndpoint, BusTls
 from runtime.files import replace_file, write_new_file
 from runtime.keydir import init_key_dir, load_key_dir
 
@@ -60,6 +62,51 @@ class AgencySetup:
         return (self.home / "passphrase").read_bytes()
 
 
+@dataclass(frozen=True, slots=True)
+class SandboxTls:
+    """TLS for a whole sandbox, from one CA: nats-server requires TLS of every client
+    (mutual TLS when a client certificate is given, which every client then presents),
+    and with `https` the agents' and the ledger's APIs serve HTTPS with the server's
+    certificate (which must name the API host, 127.0.0.1)."""
+
+    ca_file: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    https: bool = True
+
+    def server(self) -> ServerTls:
+        return ServerTls(
+            cert_file=self.server_cert,
+            key_file=self.server_key,
+            ca_file=self.ca_file,
+            verify=self.client_cert is not None,
+        )
+
+    def client(self) -> BusTls:
+        return BusTls(ca_file=self.ca_file, cert_file=self.client_cert, key_file=self.client_key)
+
+    def nats_tls_lines(self) -> list[str]:
+        """The `[nats_tls]` table of a service's TOML file."""
+        lines = ["[nats_tls]", f"ca_file = {json.dumps(str(self.ca_file))}"]
+        if self.client_cert is not None and self.client_key is not None:
+            lines += [
+                f"cert_file = {json.dumps(str(self.client_cert))}",
+                f"key_file = {json.dumps(str(self.client_key))}",
+            ]
+        return [*lines, ""]
+
+    def https_lines(self) -> list[str]:
+        """`tls_cert` and `tls_key` of an API serving HTTPS (none without `https`)."""
+        if not self.https:
+            return []
+        return [
+            f"tls_cert = {json.dumps(str(self.server_cert))}",
+            f"tls_key = {json.dumps(str(self.server_key))}",
+        ]
+
+
 @dataclass
 class Sandbox:
     root: Path
@@ -71,6 +118,8 @@ class Sandbox:
     ledger: Ledger | None = None
     auditor_token: str = ""
     cluster_nodes: list[NatsServer] = field(default_factory=list)
+    #: TLS for the bus and the HTTP APIs (set before starting anything); None: plain, loopback.
+    tls: SandboxTls | None = None
 
     @property
     def ledger_home(self) -> Path:
@@ -97,7 +146,9 @@ class Sandbox:
                 f"trust_root = {json.dumps(str(self.admin.root_path(1)))}",
                 'database = "ledger.db"',
                 f"bind = {json.dumps(bind)}",
+                *([] if self.tls is None else self.tls.https_lines()),
                 f"checkpoint_interval_seconds = {checkpoint_interval}",
+                *([] if self.tls is None else self.tls.nats_tls_lines()),
                 *[
                     f'[[auditors]]\nname = "auditor"\ntoken_sha256 = "{token_digest(t)}"'
                     for t in tokens
@@ -121,6 +172,11 @@ class Sandbox:
         if self.cluster_nodes:
             return [n.url for n in self.cluster_nodes]
         return [] if self.bus is None else [self.bus.url]
+
+    @property
+    def bus_endpoint(self) -> BusEndpoint:
+        """How a client of this sandbox reaches the bus: its URLs, and TLS if it has it."""
+        return BusEndpoint.of(self.bus_urls, None if self.tls is None else self.tls.client())
 
     async def stop_ledger(self) -> None:
         if self.ledger is not None:
@@ -146,10 +202,15 @@ class Sandbox:
         )
         assert operator.nats_seed is not None and operator.public.nats_key is not None
         authorization = authorization_for(directory, operators=[operator.public.nats_key])
-        self.bus = NatsServer(store_dir=self.root / "bus", port=port, extra_config=authorization)
+        self.bus = NatsServer(
+            store_dir=self.root / "bus",
+            port=port,
+            extra_config=authorization,
+            tls=None if self.tls is None else self.tls.server(),
+        )
         self.bus.start()
         await provision(
-            self.bus.url, nkeys_seed=operator.nats_seed, agencies=attachment_owners(directory)
+            self.bus_endpoint, nkeys_seed=operator.nats_seed, agencies=attachment_owners(directory)
         )
         await self.publish()
         self.authority = DirectoryAuthority(
@@ -159,6 +220,7 @@ class Sandbox:
             operator_seed=operator.nats_seed,
         )
         self.authority.adopt(directory, authorization)
+        self.authority.follower.endpoint = self.bus_endpoint
         await self.authority.start()
         return self.bus
 
@@ -191,6 +253,7 @@ class Sandbox:
                 port=node.client_port,
                 extra_config=authorization,
                 cluster=cluster_block(node, nodes),
+                tls=None if self.tls is None else self.tls.server(),  # clients' TLS only
             )
             for node in nodes
         ]
@@ -201,7 +264,7 @@ class Sandbox:
         while True:  # the JetStream meta leader is elected once routes are up
             try:
                 await provision(
-                    self.bus.url,
+                    self.bus_endpoint,
                     nkeys_seed=operator.nats_seed,
                     replicas=len(nodes),
                     agencies=attachment_owners(directory),
@@ -216,7 +279,7 @@ class Sandbox:
 
     async def publish(self) -> None:
         assert self.bus is not None
-        await admin.publish(self.admin, self.bus.url, passphrase=self.admin_passphrase)
+        await admin.publish(self.admin, self.bus_endpoint, passphrase=self.admin_passphrase)
 
     async def put(self, key: str, value: bytes) -> None:
         """Put raw bytes in the directory bucket as the operator (tests use it to offer
@@ -226,7 +289,9 @@ class Sandbox:
             self.admin.path / admin.OPERATOR_DIR, passphrase=self.admin_passphrase
         )
         assert operator.nats_seed is not None
-        nc = await nats.connect(self.bus.url, nkeys_seed_str=operator.nats_seed.decode())
+        nc = await nats.connect(
+            **self.bus_endpoint.connect_options(), nkeys_seed_str=operator.nats_seed.decode()
+        )
         try:
             await (await nc.jetstream().key_value(DIRECTORY_BUCKET)).put(key, value)
         finally:
@@ -270,6 +335,7 @@ class Sandbox:
                 ledger_url=ledger_url,
                 ledger_missing_after=ledger_missing_after,
                 webhook_url=(webhooks or {}).get(setup.agency),
+                tls=self.tls,
             )
 
 
@@ -339,6 +405,7 @@ def _write_config(
     ledger_missing_after: int,
     webhook_url: str | None = None,
     api_port: int = 0,
+    tls: SandboxTls | None = None,
 ) -> None:
     webhook = []
     if webhook_url is not None:
@@ -357,6 +424,11 @@ def _write_config(
         else [
             "[ledger]",
             f"url = {json.dumps(ledger_url)}",
+            *(
+                [f"ca_file = {json.dumps(str(tls.ca_file))}"]
+                if tls is not None and ledger_url.startswith("https://")
+                else []
+            ),
             f"name = {json.dumps(LEDGER_NAME)}",
             'identity = "../ledger/keys/identity.json"',
             'token_file = "ledger.token"',
@@ -375,8 +447,10 @@ def _write_config(
             'trust_root = "root.json"',
             'trust_cache = "trust"',
             "",
+            *([] if tls is None else tls.nats_tls_lines()),
             "[api]",
             f'bind = "127.0.0.1:{api_port}"',
+            *([] if tls is None else tls.https_lines()),
             "[[api.clients]]",
             'name = "case-management"',
             f'token_sha256 = "{token_digest(setup.token)}"',

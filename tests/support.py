@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import nacl.pwhash.argon2id
+import trustme
 from aiohttp import web
 
 from agents import Agent
@@ -23,10 +24,11 @@ from broker import NatsServer
 from keys import AgencyKeys, seal
 from keys.keyfile import KdfCost
 from nrm.admin import AdminFolder
-from nrm.sandbox import AgencySetup, Sandbox, prepare_mechanism
+from nrm.sandbox import AgencySetup, Sandbox, SandboxTls, prepare_mechanism
 from runtime import clock
 from runtime.keydir import load_key_dir
 from runtime.poll import poll
+from runtime.tls import client_context
 
 #: (agency id, display name, role) of the test mechanism.
 AGENCIES = [
@@ -105,6 +107,32 @@ class Api:
             cursor = f"&cursor={body['next_cursor']}"
 
 
+def make_tls(folder: Path, *, mutual: bool = True, https: bool = True) -> SandboxTls:
+    """Certificates made with trustme in `folder` (0700): a CA, the certificate of 127.0.0.1
+    (for nats-server and, with `https`, the agents' and the ledger's APIs) and, with `mutual`,
+    one client certificate that every client of the bus presents."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    server.cert_chain_pems[0].write_to_path(str(folder / "server.pem"))
+    server.private_key_pem.write_to_path(str(folder / "server.key"))
+    client_cert = client_key = None
+    if mutual:
+        client = ca.issue_cert("client.nrm.test")
+        client_cert, client_key = folder / "client.pem", folder / "client.key"
+        client.cert_chain_pems[0].write_to_path(str(client_cert))
+        client.private_key_pem.write_to_path(str(client_key))
+    return SandboxTls(
+        ca_file=folder / "ca.pem",
+        server_cert=folder / "server.pem",
+        server_key=folder / "server.key",
+        client_cert=client_cert,
+        client_key=client_key,
+        https=https,
+    )
+
+
 @dataclass
 class Mechanism:
     """Administrators, three agencies and a secured bus in `root`; agents run in-process."""
@@ -115,9 +143,18 @@ class Mechanism:
 
     @classmethod
     async def create(
-        cls, root: Path, http: aiohttp.ClientSession, *, admins: int = 1, threshold: int = 1
+        cls,
+        root: Path,
+        http: aiohttp.ClientSession,
+        *,
+        admins: int = 1,
+        threshold: int = 1,
+        tls: SandboxTls | None = None,
     ) -> Mechanism:
+        """With `tls` the bus requires TLS (mutual TLS with a client certificate) and the
+        agents and the ledger serve HTTPS (`tls.https`); `http` must then trust its CA."""
         sandbox = prepared_mechanism(root, admins=admins, threshold=threshold)
+        sandbox.tls = tls
         await sandbox.start_bus()
         await sandbox.start_ledger(checkpoint_interval=0.5)
         sandbox.write_agent_configs(limits=TEST_LIMITS, ledger_missing_after=5)
@@ -213,12 +250,15 @@ async def running_mechanism(
     limits: dict[str, int | float] | None = None,
     ledger_missing_after: int = 5,
     webhooks: dict[str, str] | None = None,
+    tls: SandboxTls | None = None,
 ) -> AsyncIterator[Mechanism]:
     """The three agencies' mechanism in `root` with all agents running and trusting the
     directory; `limits` replace the agents' TEST_LIMITS, `webhooks` maps agencies to the
-    URL of their webhook receiver. Everything stops afterwards."""
-    async with aiohttp.ClientSession() as http:
-        m = await Mechanism.create(root, http, admins=admins, threshold=threshold)
+    URL of their webhook receiver, `tls` (`make_tls`) puts the bus and the APIs behind TLS
+    (`m.http` trusts its CA). Everything stops afterwards."""
+    connector = aiohttp.TCPConnector(ssl=True if tls is None else client_context(tls.ca_file))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        m = await Mechanism.create(root, http, admins=admins, threshold=threshold, tls=tls)
         try:
             if limits is not None or webhooks is not None or ledger_missing_after != 5:
                 m.sandbox.write_agent_configs(

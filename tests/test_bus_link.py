@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ssl
+
 import nats.errors
 import pytest
 from structlog.testing import capture_logs
 
-from agents.bus_link import BusLink, is_refusal
+from agents.bus_link import BusLink, is_refusal, is_tls_failure
 from runtime.backoff import Backoff
 
 REFUSED = nats.errors.Error("nats: 'Authorization Violation'")
@@ -77,3 +79,22 @@ async def test_errors_while_connected_do_not_wait() -> None:
         await bus.on_error(nats.errors.UnexpectedEOF(), attempting=False)
     assert [e["event"] for e in logs] == ["bus_error"]
     assert (bus.state, bus.attempts) == ("connected", 0)
+
+
+async def test_a_failed_tls_handshake_is_its_own_state_and_a_reset_after_it_no_change() -> None:
+    """A certificate the agent does not trust, or a server refusing the agent's (which then
+    resets the next attempt), shows `tls-failed` once, not a flap to `unreachable` per
+    attempt; a refused connection afterwards is an outage again."""
+    failures: list[str] = []
+    bus = link()
+    bus.on_failure = failures.append
+    untrusted = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    required = ssl.SSLError(1, "tlsv13 alert certificate required")
+    with capture_logs() as logs:
+        for error in (untrusted, ConnectionResetError(), required, ConnectionResetError()):
+            await bus.on_error(error, attempting=True)
+        await bus.on_error(ConnectionRefusedError(), attempting=True)
+    states = [e["state"] for e in logs if e["event"] == "bus_state"]
+    assert states == ["tls-failed", "unreachable"]
+    assert failures == ["tls-failed"] * 4 + ["unreachable"]
+    assert is_tls_failure(required) and not is_tls_failure(ConnectionResetError())

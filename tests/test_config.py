@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from agents.config import AgentConfig
 from broker.ledger import LedgerConfig, LedgerConfigError
@@ -111,3 +112,82 @@ def test_a_table_counts_only_what_was_read() -> None:
     table2 = Table({"note": "x"})
     table2.allow("note")
     table2.finish()
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A CA, and a certificate for 127.0.0.1 with its key (trustme)."""
+    folder = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    files = {"ca": folder / "ca.pem", "cert": folder / "c.pem", "key": folder / "c.key"}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    cert.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    cert.private_key_pem.write_to_path(str(files["key"]))
+    return files
+
+
+def test_the_agent_reads_its_bus_tls_and_api_https_settings(
+    tmp_path: Path, tls_files: dict[str, Path]
+) -> None:
+    """`nats_urls` in any form with `[nats_tls]`, `[api] tls_cert`/`tls_key` and an https
+    `[ledger]`-free configuration load into the endpoint and the API's HTTPS files."""
+    api = {"bind": "127.0.0.1:0", "tls_cert": str(tls_files["cert"]), "tls_key": "c.key"}
+    doc = agent_doc(
+        nats_urls="tls://a:4222, b",
+        nats_tls={"ca_file": str(tls_files["ca"]), "server_name": "nats.test"},
+        api=api,
+    )
+    config = AgentConfig.from_dict(doc, base=tls_files["key"].parent)
+    assert config.bus.urls == ("tls://a:4222", "nats://b:4222")
+    assert config.bus.tls is not None and config.bus.tls.server_name == "nats.test"
+    assert config.api_tls is not None and config.api_tls.key_file == tls_files["key"]
+    assert AgentConfig.from_dict(agent_doc(), base=tmp_path).api_tls is None
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"nats_url": "nats://a:4222"}, "nats_url is no longer read: give nats_urls"),
+        ({"nats_tls": {"ca_file": "missing.pem"}}, "nats_tls: cannot load the bus TLS files"),
+        ({"nats_tls": {"cert_file": "c.pem"}}, r"nats_tls: a client certificate needs its key"),
+        ({"api": {"bind": "127.0.0.1:0", "tls_cert": "c.pem"}}, "api.tls_cert and api.tls_key"),
+        ({"api": {"bind": "127.0.0.1:0", "tls_cert": "c.pem", "tls_key": "ca.pem"}}, "api.tls"),
+    ],
+    ids=["single nats_url", "CA file missing", "cert without key", "cert only", "not a key"],
+)
+def test_wrong_tls_settings_are_a_config_error_naming_them(
+    tls_files: dict[str, Path], change: dict[str, Any], named: str
+) -> None:
+    """A TLS setting that cannot work is refused when the file is loaded, naming it."""
+    doc = agent_doc(**change)
+    if "nats_url" in change:
+        del doc["nats_urls"]
+    with pytest.raises(ConfigError, match=named):
+        AgentConfig.from_dict(doc, base=tls_files["ca"].parent)
+
+
+def test_the_ledger_reads_bus_tls_and_serves_https_with_both_files(
+    tmp_path: Path, tls_files: dict[str, Path]
+) -> None:
+    """ledger.toml: `[nats_tls]` into its endpoint; `tls_cert` without `tls_key` refused."""
+    path = tmp_path / "ledger.toml"
+    lines = [
+        'name = "national"',
+        'key_dir = "keys"',
+        'operator_key_dir = "operator"',
+        'nats_urls = "tls://n1:4222,tls://n2:4222"',
+        'trust_root = "root.json"',
+        'database = "ledger.db"',
+        'bind = "0.0.0.0:8090"',
+        f'tls_cert = "{tls_files["cert"]}"',
+    ]
+    nats_tls = ["[nats_tls]", f'ca_file = "{tls_files["ca"]}"']
+    path.write_text("\n".join([*lines, f'tls_key = "{tls_files["key"]}"', *nats_tls]) + "\n")
+    config = LedgerConfig.load(path)
+    assert config.bus.urls == ("tls://n1:4222", "tls://n2:4222")
+    assert config.bus.tls is not None and config.bus.tls.ca_file == tls_files["ca"]
+    assert config.tls is not None and config.tls.cert_file == tls_files["cert"]
+    path.write_text("\n".join([*lines, *nats_tls]) + "\n")
+    with pytest.raises(LedgerConfigError, match="tls_cert and tls_key go together"):
+        LedgerConfig.load(path)

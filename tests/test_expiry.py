@@ -279,7 +279,7 @@ def test_follower_holds_a_directory_back_until_its_root_arrives(
     seen: list[int] = []
     roots: list[int] = []
     follower = DirectoryFollower(
-        urls=["nats://127.0.0.1:1"],  # never connected: offer() is fed by hand
+        endpoint=None,  # never connected: offer() is fed by hand
         nkeys_seed=b"unused",
         pinned_root=pinned,
         on_directory=lambda d, _: seen.append(d.version),

@@ -57,6 +57,7 @@ from keys.merkle import leaf_hash, root_of, verify_consistency, verify_inclusion
 from keys.restore import verify_restore
 from keys.subjects import DIRECTORY_KEY, inbox_stream
 from runtime import clock
+from runtime.endpoint import BusEndpoint
 
 VECTORS = Path(__file__).parent / "vectors"
 FILES = sorted(VECTORS.glob("envelope-*.txt"))
@@ -622,7 +623,7 @@ def receiving_agent(fields: dict[str, str], tmp_path: Path) -> Agent:
     config = AgentConfig(
         agency=me,
         key_dir=tmp_path / "keys",
-        nats_urls=("nats://127.0.0.1:1",),
+        bus=BusEndpoint.of("nats://127.0.0.1:1"),
         database=tmp_path / "agent.db",
         api_host="127.0.0.1",
         api_port=0,

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+import trustme
 from aiohttp import web
 
 from agents.store import Store
@@ -311,3 +314,47 @@ def test_misuse_is_refused(store: Store) -> None:
         WebhookEvent(id=new_event_id(), type="referral.sent", created=1, data={})
     with pytest.raises(ValueError):
         WebhookEvent(id=new_event_id(), type="referral.received", created=1, data={"x": {1}}).body()
+
+
+async def test_https_receivers_are_verified_against_the_ca_file(
+    store: Store, tmp_path: Path
+) -> None:
+    """An https URL with `ca_file` (the receiver's CA) is delivered to; the same receiver
+    named without it is not trusted by the system's CAs and gets nothing."""
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    server = ca.issue_cert("127.0.0.1").configure_cert  # (trustme) loads cert and key
+    r = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", r.handle)
+    app.router.add_post("/untrusted", r.handle)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server(context)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+    port = runner.addresses[0][1]
+    trusted = WebhookTarget(f"https://127.0.0.1:{port}/hook", SECRET, ca_file=tmp_path / "ca.pem")
+    # another host name (one loop per host and port), the same receiver
+    untrusted = WebhookTarget(f"https://localhost:{port}/untrusted", SECRET)
+    sender = WebhookSender(store, targets=[trusted, untrusted], settings=FAST)
+    e = event()
+    queue(store, e)
+    await sender.start()
+
+    def attempts(url: str) -> tuple[int, int | None]:
+        row = store._db.execute(
+            "SELECT attempts, last_status FROM webhook_deliveries WHERE event_id = ? AND url = ?",
+            (e.id, url),
+        ).fetchone()
+        return (0, None) if row is None else (row[0], row[1])
+
+    try:
+        await until(lambda: attempts(trusted.url)[1] == 200 and attempts(untrusted.url)[0] >= 2)
+    finally:
+        await sender.stop()
+        await runner.cleanup()
+    assert r.ids() == [e.id]  # from the trusted target only
+    assert attempts(untrusted.url)[1] is None  # no answer: the certificate was refused
+    with pytest.raises(ValueError, match="ca_file goes with an https URL"):
+        WebhookTarget("http://127.0.0.1:1/hook", SECRET, ca_file=tmp_path / "ca.pem")

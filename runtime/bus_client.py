@@ -1,0 +1,110 @@
+"""Closing a NATS client in whatever state it is in, within a bound.
+
+Shared by every long-lived bus client (the agent's transport, the ledger's consumer, the
+directory follower). nats-py's drain and close can outlive a cancel (drain swallows it, then
+flushes and closes; close can wait on a socket nobody reads), and over TLS its close writes
+what it buffered while reconnecting into a socket already closed under it, which raises
+`AttributeError` from asyncio's TLS transport (`_write_appdata` on None; over plain TCP the
+same write is dropped with a warning). So a client whose socket is closed has that buffer
+dropped before closing (nothing is lost: unacknowledged publishes are repeated under the
+same Nats-Msg-Id, requests are asked again), and a client that will not close in time is
+abandoned: its tasks are cancelled and its socket closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client
+
+from .supervisor import finish_within
+
+#: How long closing a connection may take (draining it first if it is up), and again once
+#: cancelled, before the client is abandoned (close_client).
+CLOSE_SECONDS = 5.0
+
+#: What closing a client may raise besides a timeout: the bus's errors, a socket's, and the
+#: AttributeError of a write into a TLS transport that is gone (see the module docstring).
+_CLOSE_ERRORS = (nats.errors.Error, OSError, ConnectionError, AttributeError)
+
+
+async def close_client(nc: Client) -> None:
+    """Close `nc` within 2 * CLOSE_SECONDS: drained if it is connected, else closed; past
+    the deadline, or if closing fails, abandoned. Never raises but for cancellation."""
+    if not nc.is_connected and _socket_closed(nc):
+        _drop_pending(nc)
+    try:
+        if nc.is_connected:
+            await finish_within(nc.drain(), CLOSE_SECONDS, what="bus-drain")
+        else:
+            await finish_within(nc.close(), CLOSE_SECONDS, what="bus-close")
+    except TimeoutError:
+        _abandon(nc)
+    except _CLOSE_ERRORS:
+        # e.g. a drain refused while reconnecting, or the socket closed meanwhile: close
+        # instead, without what can no longer be written
+        if _socket_closed(nc):
+            _drop_pending(nc)
+        try:
+            await finish_within(nc.close(), CLOSE_SECONDS, what="bus-close")
+        except (TimeoutError, *_CLOSE_ERRORS):
+            _abandon(nc)
+
+
+def _socket_closed(nc: Client) -> bool:
+    """Whether the socket under `nc` is closed or closing (nats-py's own attributes, looked
+    up defensively: no socket known counts as closed)."""
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    transport = getattr(writer, "transport", None)
+    if not isinstance(transport, asyncio.BaseTransport):
+        return True
+    return transport.is_closing()
+
+
+def _drop_pending(nc: Client) -> None:
+    """Forget what `nc` buffered for a socket that is gone (see the module docstring)."""
+    if hasattr(nc, "_pending") and hasattr(nc, "_pending_data_size"):
+        nc._pending = []
+        nc._pending_data_size = 0
+
+
+def _abandon(nc: Client) -> None:
+    """Cut what a client that would not close still runs: its reader, pinger, flusher and
+    reconnection tasks, and its socket. nats-py has no public call for this; these are its
+    own attributes, looked up defensively."""
+    for name in ("_reading_task", "_ping_interval_task", "_flusher_task", "_reconnection_task"):
+        task = getattr(nc, name, None)
+        if isinstance(task, asyncio.Future) and not task.done():
+            task.cancel()
+    transport = getattr(nc, "_transport", None)
+    if transport is not None:
+        with contextlib.suppress(OSError, RuntimeError, AttributeError):
+            transport.close()
+
+
+#: nats-py's error callback: called with each error it meets on a connection.
+ErrorCallback = Callable[[Exception], Awaitable[None]]
+
+
+def logged_errors(log: Any, **ids: str) -> ErrorCallback:
+    """An error callback that logs `bus_error` (the error's type and a short detail; never
+    the traceback nats-py's default callback logs) when the kind of error changes, not at
+    every attempt: a TLS handshake refused every two seconds is one line."""
+    last: list[str] = []
+
+    async def on_error(error: Exception) -> None:
+        kind = type(error).__name__
+        if last != [kind]:
+            last[:] = [kind]
+            log.warning("bus_error", error=kind, detail=str(error)[:200], **ids)
+
+    return on_error
+
+
+async def ignore_errors(error: Exception) -> None:
+    """An error callback for a connection whose caller reports the error nats-py raises
+    (no reconnection: the first failure is raised)."""

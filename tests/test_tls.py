@@ -1,0 +1,57 @@
+"""HTTPS for the HTTP APIs and their clients (runtime/tls.py), with trustme certificates."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import aiohttp
+import pytest
+import trustme
+from aiohttp import web
+
+from runtime.tls import HttpsFiles, TlsFileError, client_context, url_host
+
+
+async def test_a_server_of_https_files_serves_clients_of_its_ca_over_tls_1_2_or_later(
+    tmp_path: Path,
+) -> None:
+    """A client trusting the CA is served; one trusting only the system's CAs is not; the
+    server offers no TLS older than 1.2."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    files = HttpsFiles(tmp_path / "c.pem", tmp_path / "c.key")
+    cert.cert_chain_pems[0].write_to_path(str(files.cert_file))
+    cert.private_key_pem.write_to_path(str(files.key_file))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    context = files.server_context()
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+
+    async def hello(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+    url = f"https://127.0.0.1:{runner.addresses[0][1]}/"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url, ssl=client_context(tmp_path / "ca.pem")) as r:
+                assert (r.status, await r.text()) == (200, "ok")
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                async with http.get(url):
+                    pass
+    finally:
+        await runner.cleanup()
+
+
+def test_unusable_files_are_named(tmp_path: Path) -> None:
+    """A CA file or a certificate/key pair that cannot be loaded raises TlsFileError naming it."""
+    with pytest.raises(TlsFileError, match=r"missing\.pem"):
+        client_context(tmp_path / "missing.pem")
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    with pytest.raises(TlsFileError, match=r"junk\.pem"):
+        HttpsFiles(tmp_path / "junk.pem", tmp_path / "junk.pem").server_context()
+    assert (url_host("::1"), url_host("127.0.0.1")) == ("[::1]", "127.0.0.1")
