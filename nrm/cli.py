@@ -25,6 +25,7 @@ from runtime.keydir import init_key_dir, read_passphrase, rotate_key_dir
 
 from . import admin, logs
 from .audit import LedgerCopy
+from .config_cli import agent_config_command, ledger_config_command
 
 PATH = click.Path(path_type=Path)
 DAY = 86400
@@ -1105,3 +1106,10 @@ def demo(keep: bool, workdir: Path | None) -> None:
     from .demo import run
 
     sys.exit(run(keep=keep, workdir=workdir))
+
+
+
+# --- configuration files (nrm/config_cli.py) ---------------------------------------------------
+
+agent.add_command(agent_config_command)
+ledger_group.add_command(ledger_config_command)

@@ -12,7 +12,6 @@ a nats-server whose authorization is generated from the directory.
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import shutil
 import time
@@ -31,10 +30,12 @@ from keys import PublicIdentity
 from keys.keyfile import INTERACTIVE, KdfCost
 from keys.subjects import DIRECTORY_BUCKET
 from runtime import clock
+from runtime.endpoint import BusEndpoint
 from runtime.files import replace_file, write_new_file
 from runtime.keydir import init_key_dir, load_key_dir
+from runtime.tomlfile import dumps
 
-from . import admin
+from . import admin, configs
 
 LEDGER_NAME = "national"
 
@@ -87,25 +88,19 @@ class Sandbox:
         tokens = [self.auditor_token] + [
             (a.home / "ledger.token").read_text().strip() for a in self.agencies.values()
         ]
-        config = "\n".join(
-            [
-                f"name = {json.dumps(LEDGER_NAME)}",
-                'key_dir = "keys"',
-                f"operator_key_dir = {json.dumps(str(self.admin.path / admin.OPERATOR_DIR))}",
-                'passphrase_file = "passphrase"',
-                f"nats_urls = {json.dumps(self.bus_urls)}",
-                f"trust_root = {json.dumps(str(self.admin.root_path(1)))}",
-                'database = "ledger.db"',
-                f"bind = {json.dumps(bind)}",
-                f"checkpoint_interval_seconds = {checkpoint_interval}",
-                *[
-                    f'[[auditors]]\nname = "auditor"\ntoken_sha256 = "{token_digest(t)}"'
-                    for t in tokens
-                ],
-                "",
-            ]
+        config = configs.ledger_config(
+            name=LEDGER_NAME,
+            key_dir="keys",
+            operator_key_dir=str(self.admin.path / admin.OPERATOR_DIR),
+            passphrase_file="passphrase",  # noqa: S106 (a file name)
+            endpoint=BusEndpoint.of(self.bus_urls),
+            trust_root=str(self.admin.root_path(1)),
+            database="ledger.db",
+            bind=bind,
+            checkpoint_interval_seconds=checkpoint_interval,
+            auditors=[("auditor", token_digest(t)) for t in tokens],
         )
-        replace_file(home / "ledger.toml", config.encode())
+        replace_file(home / "ledger.toml", dumps(config).encode())
         return home / "ledger.toml"
 
     async def start_ledger(self, *, checkpoint_interval: float = 1.0) -> Ledger:
@@ -340,56 +335,40 @@ def _write_config(
     webhook_url: str | None = None,
     api_port: int = 0,
 ) -> None:
-    webhook = []
+    webhooks = []
     if webhook_url is not None:
         secret = setup.home / "webhook.secret"
         if not secret.exists():
             write_new_file(secret, secrets.token_hex(32).encode())
-        webhook = [
-            "[[webhooks]]",
-            f"url = {json.dumps(webhook_url)}",
-            'secret_file = "webhook.secret"',
-            "",
-        ]
-    ledger = (
-        []
+        webhooks.append((webhook_url, "webhook.secret"))
+    config = configs.agent_config(
+        agency=setup.agency,
+        key_dir="keys",
+        passphrase_file="passphrase",  # noqa: S106 (a file name)
+        endpoint=BusEndpoint.of(nats_urls),
+        database="agent.db",
+        trust_root="root.json",
+        trust_cache="trust",
+        api_bind=f"127.0.0.1:{api_port}",
+        clients=[
+            configs.ApiClientSpec(
+                "case-management", token_digest(setup.token), ("submit", "read", "act")
+            )
+        ],
+        ledger=None
         if ledger_url is None
-        else [
-            "[ledger]",
-            f"url = {json.dumps(ledger_url)}",
-            f"name = {json.dumps(LEDGER_NAME)}",
-            'identity = "../ledger/keys/identity.json"',
-            'token_file = "ledger.token"',
-            "interval_seconds = 1",
-            f"missing_after_seconds = {ledger_missing_after}",
-            "",
-        ]
+        else configs.LedgerLink(
+            url=ledger_url,
+            name=LEDGER_NAME,
+            identity="../ledger/keys/identity.json",
+            token_file="ledger.token",  # noqa: S106 (a file name)
+            interval_seconds=1,
+            missing_after_seconds=ledger_missing_after,
+        ),
+        webhooks=webhooks,
+        limits=limits,
     )
-    config = "\n".join(
-        [
-            f"agency = {json.dumps(setup.agency)}",
-            'key_dir = "keys"',
-            'passphrase_file = "passphrase"',
-            f"nats_urls = {json.dumps(nats_urls)}",
-            'database = "agent.db"',
-            'trust_root = "root.json"',
-            'trust_cache = "trust"',
-            "",
-            "[api]",
-            f'bind = "127.0.0.1:{api_port}"',
-            "[[api.clients]]",
-            'name = "case-management"',
-            f'token_sha256 = "{token_digest(setup.token)}"',
-            'scopes = ["submit", "read", "act"]',
-            "",
-            *ledger,
-            *webhook,
-            "[limits]",
-            *[f"{k} = {v!r}" for k, v in limits.items()],
-            "",
-        ]
-    )
-    replace_file(setup.config_path, config.encode())
+    replace_file(setup.config_path, dumps(config).encode())
 
 
 def _now() -> int:
