@@ -4,8 +4,8 @@
 top-level values first, then each table (`[api]`), then each array of tables
 (`[[api.clients]]`), in the dict's order. Values are strings, integers, floats, booleans
 and lists of those; a dict is a table and a list of dicts an array of tables. Strings are
-written as TOML basic strings (JSON escapes, which TOML shares). A `None` value is left out,
-so an optional setting appears only when it is given.
+TOML basic strings (JSON's escapes, which TOML shares, and DEL, which TOML forbids raw). A
+`None` value is left out, so an optional setting appears only when it is given.
 """
 
 from __future__ import annotations
@@ -54,7 +54,12 @@ def _dotted(path: tuple[str, ...]) -> str:
 def _key(key: str) -> str:
     if not isinstance(key, str):
         raise TypeError(f"a TOML key must be a string, not {type(key).__name__}")
-    return key if _BARE_KEY.fullmatch(key) else json.dumps(key)
+    return key if _BARE_KEY.fullmatch(key) else _string(key)
+
+
+def _string(text: str) -> str:
+    """A TOML basic string: JSON's escapes, and DEL, which JSON leaves as it is."""
+    return json.dumps(text).replace("\x7f", "\\u007f")
 
 
 def _value(value: Any) -> str:
@@ -67,7 +72,7 @@ def _value(value: Any) -> str:
             raise ValueError("a configuration number must be finite")
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)
+        return _string(value)
     if isinstance(value, list | tuple):
         if any(isinstance(v, Mapping) for v in value):
             raise TypeError("a list mixes tables and values")

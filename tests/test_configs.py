@@ -47,7 +47,7 @@ def folder(tmp_path: Path) -> Path:
 def test_toml_writer_round_trips_through_tomllib() -> None:
     """Tables, arrays of tables, quoting and escapes read back as written; None is left out."""
     doc: dict[str, Any] = {
-        "name": 'a "quoted" \\ value\nwith ünïcode',
+        "name": "a \"quoted\" \\ value\nwith ünïcode, a tab\t, NUL \x00 and DEL \x7f",
         "n": 3,
         "f": 0.5,
         "on": True,
