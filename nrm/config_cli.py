@@ -163,7 +163,11 @@ def agent_config_command(
     webhook_url: str | None,
     webhook_secret_file: str | None,
 ) -> None:
-    """Write a complete agent.toml (0600; refuses to overwrite)."""
+    """Write a complete agent.toml (0600; refuses to overwrite).
+
+    Paths are written as given; a relative one is relative to the folder of --out when the
+    agent reads the file. Options left out are left out of the file (the agent's defaults).
+    """
     try:
         check_agency_id(agency)
     except ValueError as e:
@@ -285,7 +289,11 @@ def ledger_config_command(
     suppress_below: int | None,
     expiry_warning_days: float | None,
 ) -> None:
-    """Write a complete ledger.toml (0600; refuses to overwrite)."""
+    """Write a complete ledger.toml (0600; refuses to overwrite).
+
+    Paths are written as given; a relative one is relative to the folder of --out when the
+    ledger reads the file. Options left out are left out of the file (the ledger's defaults).
+    """
     _check_ledger_name(name, "--name")
     _check_bind(bind, "--bind")
     http_tls = _http_tls(http_tls_cert, http_tls_key)
