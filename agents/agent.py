@@ -34,6 +34,7 @@ from keys.directory import Directory
 from keys.errors import UnprocessableError
 from keys.subjects import DIRECTORY_KEY, SHARED_INBOX_STREAM
 from runtime import clock, expiry
+from runtime.http import app_runner
 from runtime.keydir import load_key_dir, read_passphrase
 from runtime.supervisor import Supervisor
 
@@ -285,9 +286,7 @@ class Agent:
                 max_page_size=self.limits.max_page_size,
             ),
         )
-        self._runner = web.AppRunner(
-            app, access_log=None, lingering_time=self.limits.http_lingering_seconds
-        )
+        self._runner = app_runner(app, self.limits)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.api_host, self.config.api_port)
         await site.start()

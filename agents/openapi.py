@@ -127,8 +127,15 @@ _LEGAL_HOLD: dict[str, Any] = {
         "placed_at": {"type": ["integer", "null"]},
     },
 }
-_PATH_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-_AGENCY_ID = {"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$"}
+#: A path segment naming a referral, consent receipt or attachment: no id is longer (a
+#: bound that keeps every request line the document allows within the server's limit).
+_PATH_SEGMENT = {"type": "string", "maxLength": 128}
+_PATH_ID = {"name": "id", "in": "path", "required": True, "schema": _PATH_SEGMENT}
+_AGENCY_ID = {
+    "type": "string",
+    "maxLength": 64,
+    "pattern": "^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$",
+}
 #: Referral ids are chosen by each sender (PROTOCOL.md §6.1): only (sender, id) names a
 #: referral for sure. Without `sender`, an id that referrals of several senders share is 409.
 _SENDER = {
@@ -395,7 +402,10 @@ OPENAPI: dict[str, Any] = {
         "version": "1",
         "description": "The local API an agency's own systems use to refer presumed victims "
         "of trafficking, record consent and follow the lifecycle. Errors are RFC 9457 "
-        "problem details. Scopes: submit, read, act.",
+        "problem details; every operation answers 400 to a request the server cannot parse "
+        f"(a request line over {DEFAULT_LIMITS.http_max_request_line} bytes, a header field "
+        f"over {DEFAULT_LIMITS.http_max_header_field}, over {DEFAULT_LIMITS.http_max_headers} "
+        "header fields, not HTTP/1.1). Scopes: submit, read, act.",
     },
     "security": [{"bearer": []}],
     "components": {
@@ -441,6 +451,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": _json(_HEALTH, "OK or warning"),
                     "503": _json(_HEALTH, "Degraded"),
+                    **_errors(400),
                 },
             }
         },
@@ -453,7 +464,7 @@ OPENAPI: dict[str, Any] = {
                         "description": "OK",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
-                    **_errors(401, 403),
+                    **_errors(400, 401, 403),
                 },
             }
         },
@@ -509,7 +520,7 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "List referrals (read scope)",
                 "parameters": [
-                    {"name": "state", "in": "query", "schema": {"type": "string"}},
+                    {"name": "state", "in": "query", "schema": {"type": "string", "maxLength": 64}},
                     {
                         "name": "since",
                         "in": "query",
@@ -637,7 +648,7 @@ OPENAPI: dict[str, Any] = {
                         "name": "attachment_id",
                         "in": "path",
                         "required": True,
-                        "schema": {"type": "string"},
+                        "schema": _PATH_SEGMENT,
                     },
                 ],
                 "responses": {

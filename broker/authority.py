@@ -14,6 +14,10 @@ what it holds; broker/streams.py `migrate_shared_inbox`). The reload waits for
 nats-server to confirm it, so it runs in a worker thread, never on the event loop. It also
 runs the `ConnectionWatch` reporting agencies logged in more than once. All its loops run
 under one supervisor (runtime/supervisor.py), whose deaths `health` reports.
+
+What it reloads is a `ReloadTarget`: the embedded `NatsServer` of `nrm bus up`, or, beside a
+nats-server the operator runs, `broker.external.ExternalServer` (`nrm bus authority`), which
+rewrites that server's authorization include file and signals it.
 """
 
 from __future__ import annotations
@@ -21,23 +25,26 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from keys import DEFAULT_LIMITS
 from keys.directory import Directory
+from runtime.endpoint import BusEndpoint
 from runtime.supervisor import Supervisor
 
 from .authz import authorization_block
 from .connections import ConnectionWatch
 from .follower import TRANSIENT, DirectoryFollower
-from .server import NatsServer
 from .streams import migrate_leftovers, provision_stores_for
 from .trust_status import service_health
 
 #: How long to wait before trying a failed bucket creation again.
 RETRY_SECONDS = 1.0
+#: How long to wait before offering a directory nats-server did not take again (it was
+#: not running, say, or its monitoring did not answer).
+RELOAD_RETRY_SECONDS = 5.0
 #: How often mail left in the shared inbox stream of an earlier release is moved again.
 MIGRATE_SECONDS = 30.0
 
@@ -56,19 +63,41 @@ def authorization_for(directory: Directory, *, operators: Sequence[str]) -> str:
     return authorization_block(agencies=agencies, auditors=auditors, operators=list(operators))
 
 
+class ReloadTarget(Protocol):
+    """The nats-server whose authorization a `DirectoryAuthority` keeps in step."""
+
+    def endpoint(self) -> BusEndpoint:
+        """How the authority connects to the bus (follow the directory, provision)."""
+        ...
+
+    def reload(self, authorization: str, /) -> None:
+        """Make the server run with `authorization`, no restart; return once it confirms;
+        RuntimeError (broker.server.ReloadFailed) if it refuses (it keeps the previous one)
+        or cannot be reached."""
+        ...
+
+    def connections(self) -> list[dict[str, object]]:
+        """The open client connections (`/connz?auth=true`), for the ConnectionWatch."""
+        ...
+
+
 class DirectoryAuthority:
     """Follows the directory bucket and reloads `server` with the matching authorization."""
 
     def __init__(
         self,
-        server: NatsServer,
+        server: ReloadTarget,
         *,
         pinned_root: Path,
         operator_key: str,
         operator_seed: bytes,
         warning_seconds: int = DEFAULT_LIMITS.expiry_warning_seconds,
+        replicas: int = 1,
     ) -> None:
+        """`replicas`: of the inbox stream and attachment bucket it makes for an agency (the
+        bus's, 3 on a three-node cluster: provisioning brings an existing stream to it)."""
         self.server = server
+        self.replicas = replicas
         self.operators = [operator_key]
         self.operator_seed = operator_seed
         self.applied: str | None = None
@@ -93,6 +122,9 @@ class DirectoryAuthority:
         )
         self._wanted: Directory | None = None
         self._changed = asyncio.Event()
+        #: How it reaches the bus; known in start() (an embedded server's port is chosen
+        #: when it starts).
+        self.endpoint: BusEndpoint | None = None
 
     def adopt(self, directory: Directory, block: str) -> None:
         """The server was started with `block`, the authorization of `directory`, and the
@@ -130,7 +162,10 @@ class DirectoryAuthority:
             if missing:
                 try:
                     await provision_stores_for(
-                        self.server.url, missing, nkeys_seed=self.operator_seed
+                        self._endpoint(),
+                        missing,
+                        nkeys_seed=self.operator_seed,
+                        replicas=self.replicas,
                     )
                 except TRANSIENT as e:
                     # Never hold an authorization change (a revocation, say) back behind a
@@ -153,6 +188,7 @@ class DirectoryAuthority:
                     directory_version=directory.version,
                     error=type(e).__name__,
                 )
+                self._retry_later(RELOAD_RETRY_SECONDS)
 
     async def _migrations(self) -> None:
         """Move what the retired shared inbox stream still holds for the provisioned
@@ -160,7 +196,7 @@ class DirectoryAuthority:
         while True:
             try:
                 pending = await migrate_leftovers(
-                    self.server.url, sorted(self.provisioned), nkeys_seed=self.operator_seed
+                    self._endpoint(), sorted(self.provisioned), nkeys_seed=self.operator_seed
                 )
             except TRANSIENT as e:
                 log.warning("shared_inbox_migration_failed", error=type(e).__name__)
@@ -169,9 +205,15 @@ class DirectoryAuthority:
                 return
             await asyncio.sleep(MIGRATE_SECONDS)
 
-    def _retry_later(self) -> None:
-        """Offer the wanted directory again after RETRY_SECONDS (its buckets are missing)."""
-        asyncio.get_running_loop().call_later(RETRY_SECONDS, self._changed.set)
+    def _endpoint(self) -> BusEndpoint:
+        if self.endpoint is None:
+            raise RuntimeError("the authority is not started")
+        return self.endpoint
+
+    def _retry_later(self, seconds: float = RETRY_SECONDS) -> None:
+        """Offer the wanted directory again after `seconds` (its buckets are missing, or
+        nats-server did not take it)."""
+        asyncio.get_running_loop().call_later(seconds, self._changed.set)
 
     def health(self) -> dict[str, Any]:
         """The follower's trust health, the supervisor's dead loops, and
@@ -183,7 +225,8 @@ class DirectoryAuthority:
         """Start following the running server; if a step fails, stop what started and
         raise."""
         try:
-            self.follower.urls = [self.server.url]
+            self.endpoint = self.server.endpoint()
+            self.follower.urls = list(self.endpoint.urls)
             self.supervisor.spawn("authority-reload", self._reloads)
             self.supervisor.spawn("authority-migrate", self._migrations)
             await self.follower.start()

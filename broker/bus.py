@@ -25,7 +25,7 @@ from runtime import clock
 from runtime.keydir import load_key_dir
 
 from .authority import DirectoryAuthority, attachment_owners, authorization_for
-from .server import NatsServer
+from .server import NatsServer, ServerTls
 from .streams import provision
 from .trust_status import serve_status
 
@@ -59,8 +59,33 @@ class BusTrust:
             raise ValueError("a secured bus needs at least one trusted root")
 
 
-def run_foreground(*, store_dir: Path, port: int | None, trust: BusTrust) -> int:
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """Where the embedded server listens: clients on `host`:`port` (None: a port of its
+    choosing), its HTTP monitoring on `monitor` (None: loopback, a port of its choosing),
+    and, with `tls`, clients over TLS only (mutual with `tls.verify`)."""
+
+    host: str = "127.0.0.1"
+    port: int | None = None
+    monitor: tuple[str, int] | None = None
+    tls: ServerTls | None = None
+
+    def server(self, store_dir: Path, *, extra_config: str = "") -> NatsServer:
+        return NatsServer(
+            store_dir=store_dir,
+            host=self.host,
+            port=self.port,
+            monitor=self.monitor,
+            tls=self.tls,
+            extra_config=extra_config,
+        )
+
+
+def run_foreground(
+    *, store_dir: Path, port: int | None, trust: BusTrust, listen: Listen | None = None
+) -> int:
     """Start a secured server, provision, follow the directory; stop on SIGINT/SIGTERM.
+    `listen` says where (its port is `port` when given).
 
     Raises (before starting anything) if the directory does not verify against the roots
     (`UntrustedInputError` with its reason) or the operator's keys cannot be opened.
@@ -73,7 +98,8 @@ def run_foreground(*, store_dir: Path, port: int | None, trust: BusTrust) -> int
     if operator.nats_seed is None or operator.public.nats_key is None:
         raise KeyFileError(f"the operator keys in {trust.operator_keys} have no NATS key")
     authorization = authorization_for(directory, operators=[operator.public.nats_key])
-    server = NatsServer(store_dir=store_dir, port=port, extra_config=authorization)
+    where = _listen(listen, port)
+    server = where.server(store_dir, extra_config=authorization)
     authority = DirectoryAuthority(
         server,
         pinned_root=trust.trust_roots[0],
@@ -100,7 +126,11 @@ def run_foreground(*, store_dir: Path, port: int | None, trust: BusTrust) -> int
 
 
 def unsafe_run_foreground_open(
-    *, store_dir: Path, port: int | None, agencies: Sequence[str] = ()
+    *,
+    store_dir: Path,
+    port: int | None,
+    agencies: Sequence[str] = (),
+    listen: Listen | None = None,
 ) -> int:
     """Like `run_foreground` but with NO authorization: any local client may connect,
     read every inbox and write the directory. For experiments on one machine only; it
@@ -112,10 +142,17 @@ def unsafe_run_foreground_open(
     )
     print(warning, file=sys.stderr, flush=True)
     log.warning("unsafe_open_bus", store=str(store_dir))
-    server = NatsServer(store_dir=store_dir, port=port)
+    server = _listen(listen, port).server(store_dir)
     return asyncio.run(
         _serve(server, nkeys_seed=None, authority=None, mode="UNSAFE: open", agencies=agencies)
     )
+
+
+def _listen(listen: Listen | None, port: int | None) -> Listen:
+    where = listen or Listen()
+    if port is not None and where.port is None:
+        where = Listen(host=where.host, port=port, monitor=where.monitor, tls=where.tls)
+    return where
 
 
 async def _serve(
@@ -137,7 +174,7 @@ async def _serve(
     try:
         server.start()
         try:
-            await provision(server.url, nkeys_seed=nkeys_seed, agencies=agencies)
+            await provision(server.endpoint(), nkeys_seed=nkeys_seed, agencies=agencies)
             status = None
             if authority is not None:
                 await authority.start()
@@ -146,6 +183,7 @@ async def _serve(
                     status = await serve_status(authority, host=status_bind[0], port=status_bind[1])
                     host, port = status.addresses[0][:2]
                     mode += f"; status at http://{host}:{port}/healthz"
+                mode += f"; monitoring at {server.monitor_url}"
                 print(f"NATS bus ready at {server.url}; {mode}", flush=True)
                 log.info("bus_ready", url=server.url, secured=authority is not None)
                 while not stop.is_set():

@@ -2,31 +2,48 @@
 
 Every node gets a unique `server_name` (JetStream clustering needs it), its own JetStream
 store directory, a `cluster {}` block listening for routes and naming every other node's
-route URL, and the same authorization block generated from the trust directory
+route URL, and the same authorization generated from the trust directory
 (`broker.authority.authorization_for`), so an agency's NKey and permissions are identical
 whichever node it connects to. Streams are then provisioned with three replicas
-(`broker.streams.provision(..., replicas=3)`).
+(`nrm bus provision --replicas 3`, `broker.streams.provision`).
 
-`cluster_block` is what `NatsServer(cluster=...)` adds to the configuration it writes;
-`node_config` is the whole file for a server run by an operator (deploy/nats-cluster/).
+`cluster_block` is what `NatsServer(cluster=...)` adds to the configuration it writes (the
+sandbox's test clusters). For servers an operator runs, `nrm cluster config` reads one spec
+file (`ClusterSpec.load`, the format is in deploy/nats-cluster/README.md) and writes, per
+node (`cluster_files`):
+
+    <name>.conf                nats-server's configuration; `include`s the next file
+    <name>.authorization.conf  the authorization of the verified directory (0600), which
+                               `nrm bus authority` rewrites when the directory changes
+    <name>.authority.toml      the configuration of that node's `nrm bus authority`
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 from keys.limits import DEFAULT_LIMITS
+from runtime.config import ConfigError, Table, bind_address, load_toml, path_in
 
-from .server import HEADER_ALLOWANCE_BYTES, conf_string
+from .server import HEADER_ALLOWANCE_BYTES, ServerTls, conf_string, local_host, tls_block
 
 #: The cluster name all nodes share (nats-server refuses routes from another cluster name).
 DEFAULT_CLUSTER_NAME = "nrm"
+#: Where each node's `nrm bus authority` serves /healthz and /metrics unless the spec says.
+DEFAULT_STATUS_BIND = "127.0.0.1:8223"
+#: File modes: the authorization names every NKey (no secret, but nobody else's business).
+CONF_MODE = 0o644
+AUTHORIZATION_MODE = 0o600
 
 
 @dataclass(frozen=True, slots=True)
 class ClusterNode:
-    """One node: its server name, the host the others reach it on, its ports and store."""
+    """One node: its server name, the host the others (and clients) reach it on, its ports
+    and store; optionally the addresses it listens on (default: `host` for clients and
+    routes, loopback for monitoring), its pid file and log file."""
 
     name: str
     host: str
@@ -34,6 +51,12 @@ class ClusterNode:
     cluster_port: int
     store_dir: str
     monitor_port: int = 8222
+    client_host: str | None = None
+    route_host: str | None = None
+    monitor_host: str = "127.0.0.1"
+    pid_file: str | None = None
+    log_file: str | None = None
+    status_bind: str = DEFAULT_STATUS_BIND
 
     @property
     def url(self) -> str:
@@ -42,6 +65,16 @@ class ClusterNode:
     @property
     def route(self) -> str:
         return f"nats-route://{self.host}:{self.cluster_port}"
+
+    @property
+    def monitor_url(self) -> str:
+        """Where this node's authority reads the monitoring: from the same machine."""
+        host = local_host(self.monitor_host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.monitor_port}"
+
+    @property
+    def pid_path(self) -> str:
+        return self.pid_file or str(PurePosixPath(self.store_dir) / "nats-server.pid")
 
 
 def _check(nodes: Sequence[ClusterNode]) -> None:
@@ -57,60 +90,274 @@ def _check(nodes: Sequence[ClusterNode]) -> None:
 
 
 def cluster_block(
-    node: ClusterNode, nodes: Sequence[ClusterNode], *, cluster_name: str = DEFAULT_CLUSTER_NAME
+    node: ClusterNode,
+    nodes: Sequence[ClusterNode],
+    *,
+    cluster_name: str = DEFAULT_CLUSTER_NAME,
+    tls: ServerTls | None = None,
 ) -> str:
-    """`server_name` and the `cluster {}` block of `node`: routes to every other node."""
+    """`server_name` and the `cluster {}` block of `node`: routes to every other node,
+    with `tls` for the routes (mutual: `tls.verify`)."""
     _check(nodes)
     if node not in nodes:
         raise ValueError(f"{node.name} is not one of the cluster's nodes")
     routes = "".join(f"    {conf_string(n.route)}\n" for n in nodes if n != node)
+    listen = f"{node.route_host or node.host}:{node.cluster_port}"
     return (
         f"server_name: {conf_string(node.name)}\n"
         "cluster {\n"
         f"  name: {conf_string(cluster_name)}\n"
-        f"  listen: {conf_string(f'{node.host}:{node.cluster_port}')}\n"
-        "  routes: [\n"
+        f"  listen: {conf_string(listen)}\n"
+        + ("" if tls is None else tls_block(tls, indent="  "))
+        + "  routes: [\n"
         f"{routes}"
         "  ]\n"
         "}\n"
     )
 
 
-def node_config(
-    node: ClusterNode,
-    nodes: Sequence[ClusterNode],
-    *,
-    authorization: str,
-    cluster_name: str = DEFAULT_CLUSTER_NAME,
-    listen_host: str | None = None,
-) -> str:
-    """The whole nats-server configuration file of `node` (for operators: deploy/)."""
+# --- the spec of a cluster run by an operator (`nrm cluster config`) ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuthoritySettings:
+    """What every node's `nrm bus authority` is given (paths on the node)."""
+
+    trust_root: str
+    operator_key_dir: str
+    passphrase_file: str
+    #: Where the node's files are installed; None: beside authority.toml (relative names).
+    config_dir: str | None = None
+    #: The authority's own client TLS towards the bus: ca_file, cert_file, key_file,
+    #: server_name (authority.toml `[nats_tls]`).
+    nats_tls: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    """A whole cluster: nodes, TLS for clients and routes, the trust documents the initial
+    authorization comes from, and the authorities' settings."""
+
+    nodes: tuple[ClusterNode, ...]
+    roots: tuple[Path, ...]
+    directory: Path
+    operator_identity: Path
+    authority: AuthoritySettings
+    cluster_name: str = DEFAULT_CLUSTER_NAME
+    client_tls: ServerTls | None = None
+    route_tls: ServerTls | None = None
+    #: Replicas of the inbox stream and bucket an authority makes for a new agency (and
+    #: of everything `nrm bus provision --replicas` makes): 3 unless the spec says.
+    replicas: int = 3
+
+    def __post_init__(self) -> None:
+        _check(self.nodes)
+        if not 1 <= self.replicas <= min(len(self.nodes), 5):
+            raise ConfigError("replicas must be from 1 to the number of nodes (at most 5)")
+        if self.route_tls is not None and not self.route_tls.verify:
+            raise ConfigError("route_tls.verify must be true: routes use mutual TLS")
+        if self.client_tls is not None and not self.authority.nats_tls:
+            raise ConfigError(
+                "client_tls is set: give [authority.nats_tls] (at least the ca_file that "
+                "signs the nodes' certificates) so the authorities can connect"
+            )
+        if (
+            self.client_tls is not None
+            and self.client_tls.verify
+            and "cert_file" not in self.authority.nats_tls
+        ):
+            raise ConfigError(
+                "client_tls.verify is true: [authority.nats_tls] needs cert_file and key_file"
+            )
+
+    @classmethod
+    def load(cls, path: Path) -> ClusterSpec:
+        """Read the spec strictly (runtime/config.py); ConfigError naming what is wrong.
+        Paths under [trust] are read now, relative to the spec's folder; every other path
+        is one on the nodes and must be absolute."""
+        table = Table(load_toml(path))
+        base = path.parent
+        try:
+            spec = _spec_of(table, base)
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"{path}: missing or malformed setting {e}") from e
+        except ValueError as e:
+            raise ConfigError(f"{path}: {e}") from e
+        try:
+            table.finish()
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from e
+        return spec
+
+
+def _text(table: Table, key: str) -> str:
+    value = table[key]
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{table.where}{key} must be a non-empty string")
+    return value
+
+
+def _node_path(table: Table, key: str) -> str:
+    value = _text(table, key)
+    if not PurePosixPath(value).is_absolute():
+        raise ConfigError(f"{table.where}{key} must be an absolute path on the node")
+    return value
+
+
+def _optional_node_path(table: Table, key: str) -> str | None:
+    return _node_path(table, key) if key in table else None
+
+
+def _server_tls(table: Table) -> ServerTls:
+    verify = table.get("verify", False)
+    if not isinstance(verify, bool):
+        raise ConfigError(f"{table.where}verify must be true or false")
+    ca = _optional_node_path(table, "ca_file")
+    return ServerTls(
+        cert_file=Path(_node_path(table, "cert_file")),
+        key_file=Path(_node_path(table, "key_file")),
+        ca_file=None if ca is None else Path(ca),
+        verify=verify,
+    )
+
+
+def _node_of(table: Table) -> ClusterNode:
+    client_host, client_port = bind_address(_text(table, "client"), key=f"{table.where}client")
+    route_host, route_port = bind_address(_text(table, "route"), key=f"{table.where}route")
+    monitor = table.get("monitor", "127.0.0.1:8222")
+    monitor_host, monitor_port = bind_address(monitor, key=f"{table.where}monitor")
+    status = str(table.get("status_bind", DEFAULT_STATUS_BIND))
+    bind_address(status, key=f"{table.where}status_bind")
+    return ClusterNode(
+        name=_text(table, "name"),
+        host=_text(table, "host"),
+        client_port=client_port,
+        cluster_port=route_port,
+        store_dir=_node_path(table, "store_dir"),
+        monitor_port=monitor_port,
+        client_host=client_host,
+        route_host=route_host,
+        monitor_host=monitor_host,
+        pid_file=_optional_node_path(table, "pid_file"),
+        log_file=_optional_node_path(table, "log_file"),
+        status_bind=status,
+    )
+
+
+def _spec_of(table: Table, base: Path) -> ClusterSpec:
+    trust = table["trust"]
+    roots = trust["roots"]
+    if not isinstance(roots, list) or not roots:
+        raise ConfigError("trust.roots must list the pinned root.1.json (then later roots)")
+    authority = table["authority"]
+    nats_tls: dict[str, str] = {}
+    if "nats_tls" in authority:
+        t = authority["nats_tls"]
+        for key in ("ca_file", "cert_file", "key_file"):
+            if key in t:
+                nats_tls[key] = _node_path(t, key)
+        if "server_name" in t:
+            nats_tls["server_name"] = _text(t, "server_name")
+        if ("cert_file" in nats_tls) != ("key_file" in nats_tls):
+            raise ConfigError("authority.nats_tls: cert_file and key_file go together")
+    nodes = table["nodes"]
+    if not isinstance(nodes, list) or not all(isinstance(n, Table) for n in nodes):
+        raise ConfigError("give the nodes as [[nodes]] tables")
+    return ClusterSpec(
+        nodes=tuple(_node_of(n) for n in nodes),
+        roots=tuple(path_in(r, base=base, key="trust.roots") for r in roots),
+        directory=path_in(trust["directory"], base=base, key="trust.directory"),
+        operator_identity=path_in(
+            trust["operator_identity"], base=base, key="trust.operator_identity"
+        ),
+        authority=AuthoritySettings(
+            trust_root=_node_path(authority, "trust_root"),
+            operator_key_dir=_node_path(authority, "operator_key_dir"),
+            passphrase_file=_node_path(authority, "passphrase_file"),
+            config_dir=_optional_node_path(authority, "config_dir"),
+            nats_tls=nats_tls,
+        ),
+        cluster_name=str(table.get("cluster_name", DEFAULT_CLUSTER_NAME)),
+        replicas=_replicas(table.get("replicas", 3)),
+        client_tls=_server_tls(table["client_tls"]) if "client_tls" in table else None,
+        route_tls=_server_tls(table["route_tls"]) if "route_tls" in table else None,
+    )
+
+
+def _replicas(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError("replicas must be a whole number")
+    return value
+
+
+def authorization_file_name(node: ClusterNode) -> str:
+    return f"{node.name}.authorization.conf"
+
+
+def node_config(node: ClusterNode, spec: ClusterSpec) -> str:
+    """The whole nats-server configuration file of `node`; its authorization is in the
+    file it includes (`authorization_file_name`), beside it."""
+    nodes = spec.nodes
     max_payload = DEFAULT_LIMITS.max_envelope_bytes + HEADER_ALLOWANCE_BYTES
-    host = node.host if listen_host is None else listen_host
     text = (
         f"# {node.name}: one of {len(nodes)} nodes of the NRM Exchange bus cluster "
-        f"{cluster_name!r}.\n"
-        "# Generated by broker/cluster.py; the authorization block comes from the verified\n"
-        "# trust directory (broker/authority.py) and is the same on every node.\n"
-        f"listen: {conf_string(f'{host}:{node.client_port}')}\n"
-        f"http: {conf_string(f'127.0.0.1:{node.monitor_port}')}\n"
+        f"{conf_string(spec.cluster_name)}.\n"
+        "# Generated by `nrm cluster config` from the cluster spec: regenerate, do not edit.\n"
+        f"# The authorization is in {authorization_file_name(node)}, which this node's\n"
+        "# `nrm bus authority` rewrites (then SIGHUP) when a new directory is published.\n"
+        f"listen: {conf_string(f'{node.client_host or node.host}:{node.client_port}')}\n"
+        f"http: {conf_string(f'{node.monitor_host}:{node.monitor_port}')}\n"
         f"max_payload: {max_payload}\n"
-        "jetstream {\n"
-        f"  store_dir: {conf_string(node.store_dir)}\n"
-        "}\n" + cluster_block(node, nodes, cluster_name=cluster_name)
+        f"pid_file: {conf_string(node.pid_path)}\n"
     )
-    return text + authorization.rstrip("\n") + "\n"
+    if node.log_file is not None:
+        text += f"log_file: {conf_string(node.log_file)}\n"
+    text += f"jetstream {{\n  store_dir: {conf_string(node.store_dir)}\n}}\n"
+    if spec.client_tls is not None:
+        text += tls_block(spec.client_tls)
+    text += cluster_block(node, nodes, cluster_name=spec.cluster_name, tls=spec.route_tls)
+    return text + f"include {conf_string(authorization_file_name(node))}\n"
 
 
-def cluster_configs(
-    nodes: Sequence[ClusterNode],
-    *,
-    authorization: str,
-    cluster_name: str = DEFAULT_CLUSTER_NAME,
-) -> dict[str, str]:
-    """Each node's configuration file, by node name."""
-    _check(nodes)
-    return {
-        n.name: node_config(n, nodes, authorization=authorization, cluster_name=cluster_name)
-        for n in nodes
-    }
+def authority_config(node: ClusterNode, spec: ClusterSpec) -> str:
+    """The authority.toml of `node`'s `nrm bus authority` (the keys of broker/external.py)."""
+    a = spec.authority
+    scheme = "nats" if spec.client_tls is None else "tls"
+    # This node first: the authority follows and provisions through it while it is up.
+    urls = list(dict.fromkeys(f"{scheme}://{n.host}:{n.client_port}" for n in (node, *spec.nodes)))
+    auth = authorization_file_name(node)
+    if a.config_dir is not None:
+        auth = str(PurePosixPath(a.config_dir) / auth)
+    lines = [
+        f"# {node.name}: the authority beside this node's nats-server.",
+        "# Generated by `nrm cluster config`; run `nrm bus authority --config <this file>`.",
+        f"node_name = {json.dumps(node.name)}",
+        f"nats_urls = {json.dumps(urls)}",
+        f"authorization_file = {json.dumps(auth)}",
+        f"pid_file = {json.dumps(node.pid_path)}",
+        f"monitor_url = {json.dumps(node.monitor_url)}",
+    ]
+    if node.log_file is not None:
+        lines.append(f"log_file = {json.dumps(node.log_file)}")
+    lines += [
+        f"trust_root = {json.dumps(a.trust_root)}",
+        f"operator_key_dir = {json.dumps(a.operator_key_dir)}",
+        f"passphrase_file = {json.dumps(a.passphrase_file)}",
+        f"status_bind = {json.dumps(node.status_bind)}",
+        f"replicas = {spec.replicas}",
+    ]
+    if a.nats_tls:
+        lines += ["", "[nats_tls]"]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in sorted(a.nats_tls.items())]
+    return "\n".join(lines) + "\n"
+
+
+def cluster_files(spec: ClusterSpec, *, authorization: str) -> dict[str, tuple[str, int]]:
+    """Every file of the cluster, by file name: (text, mode). `authorization` is the block
+    of the verified directory (`broker.authority.authorization_for`)."""
+    files: dict[str, tuple[str, int]] = {}
+    for node in spec.nodes:
+        files[f"{node.name}.conf"] = (node_config(node, spec), CONF_MODE)
+        files[authorization_file_name(node)] = (authorization, AUTHORIZATION_MODE)
+        files[f"{node.name}.authority.toml"] = (authority_config(node, spec), CONF_MODE)
+    return files

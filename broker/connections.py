@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 import structlog
 
 from runtime.supervisor import Supervisor
-
-from .server import NatsServer
 
 log = structlog.get_logger("nrm.broker")
 
@@ -39,12 +38,19 @@ def duplicate_agencies(
     return {agency: n for agency, n in sorted(counts.items()) if n > 1}
 
 
+class ListsConnections(Protocol):
+    """A server that lists its open client connections: the embedded `NatsServer`, or a
+    server the operator runs (`broker.external.ExternalServer`), both from `/connz`."""
+
+    def connections(self) -> list[dict[str, object]]: ...
+
+
 class ConnectionWatch:
     """Counts each agency's open connections on `server` and reports agencies seen twice."""
 
     def __init__(
         self,
-        server: NatsServer,
+        server: ListsConnections,
         *,
         agencies: Callable[[], Mapping[str, str]],
         supervisor: Supervisor | None = None,

@@ -33,6 +33,7 @@ from keys.merkle import MerkleTree, leaf_hash
 from keys.subjects import AUDIT_STREAM, AUDIT_SUBJECTS
 from runtime import clock
 from runtime.config import ConfigError, Table, bind_address, days, load_toml, path_in
+from runtime.http import app_runner
 from runtime.keydir import load_key_dir, read_passphrase
 from runtime.supervisor import Supervisor, pause, unless_stopping
 
@@ -214,9 +215,7 @@ class Ledger:
         self._stopping.clear()
         self.checkpoint()
         await self.follower.start()
-        self._runner = web.AppRunner(
-            make_app(self), access_log=None, lingering_time=DEFAULT_LIMITS.http_lingering_seconds
-        )
+        self._runner = app_runner(make_app(self), DEFAULT_LIMITS)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.config.host, self.config.port).start()
         self.port = self._runner.addresses[0][1]

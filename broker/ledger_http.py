@@ -382,6 +382,9 @@ async def openapi(request: web.Request) -> web.Response:
 #: A query integer as `_int` takes it; a tree size or index the tree does not have is 404.
 _QUERY_INT: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": MAX_QUERY_INT}
 _TREE_SIZE: dict[str, Any] = {**_QUERY_INT, "minimum": 1}
+#: A path segment naming an entry, event, referral or restore: no id is longer (a bound
+#: that keeps every request line the document allows within the server's limit).
+_PATH_SEGMENT: dict[str, Any] = {"type": "string", "maxLength": 128}
 
 # --- what the answers hold: every member, closed where the code writes a closed object ---
 
@@ -637,7 +640,7 @@ def _op(
         {"name": n, "in": "query", "required": req, "schema": schema}
         for n, schema, req in (params or [])
     ] + [
-        {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": n, "in": "path", "required": True, "schema": _PATH_SEGMENT}
         for n in (path_params or [])
     ]
     return {
@@ -651,8 +654,8 @@ def _op(
 
 
 def _responses(answer: str, *problems: str) -> dict[str, Any]:
-    """Schema `answer` on 200; problem+json on each of `problems` (401 with its
-    WWW-Authenticate)."""
+    """Schema `answer` on 200; problem+json on 400 (every operation: a request the server
+    cannot parse) and on each of `problems` (401 with its WWW-Authenticate)."""
     ok = {"description": "OK", "content": {"application/json": {"schema": _ref(answer)}}}
     return {
         "200": ok,
@@ -660,15 +663,24 @@ def _responses(answer: str, *problems: str) -> dict[str, Any]:
             code: {
                 "$ref": f"#/components/responses/{'Unauthorized' if code == '401' else 'Problem'}"
             }
-            for code in problems
+            for code in dict.fromkeys(("400", *problems))
         },
     }
 
 
 _PROBLEM_CONTENT = {"application/problem+json": {"schema": _ref("Problem")}}
+_PROBLEM = {"$ref": "#/components/responses/Problem"}
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
-    "info": {"title": "NRM Exchange audit ledger", "version": "1"},
+    "info": {
+        "title": "NRM Exchange audit ledger",
+        "version": "1",
+        "description": "Errors are RFC 9457 problem details; every operation answers 400 to "
+        "a request the server cannot parse (a request line over "
+        f"{DEFAULT_LIMITS.http_max_request_line} bytes, a header field over "
+        f"{DEFAULT_LIMITS.http_max_header_field}, over {DEFAULT_LIMITS.http_max_headers} "
+        "header fields, not HTTP/1.1).",
+    },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "schemas": SCHEMAS,
@@ -787,6 +799,7 @@ OPENAPI: dict[str, Any] = {
                         "description": "degraded",
                         "content": {"application/json": {"schema": _ref("Health")}},
                     },
+                    "400": _PROBLEM,
                 },
             }
         },
@@ -798,7 +811,8 @@ OPENAPI: dict[str, Any] = {
                     "200": {
                         "description": "OK",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    "400": _PROBLEM,
                 },
             }
         },

@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from keys.limits import DEFAULT_LIMITS
+from runtime.endpoint import BusEndpoint, BusTls
 from runtime.files import replace_file
 
 #: Room above the largest envelope for the headers (`Nats-Msg-Id`, ...) of one message.
@@ -92,11 +93,88 @@ def tls_block(tls: ServerTls, *, indent: str = "") -> str:
     return f"{indent}tls {{\n{body}{indent}}}\n"
 
 
+class ReloadFailed(RuntimeError):
+    """nats-server did not take a new configuration: it refused it (and keeps running with
+    the previous one), it is not running, or it did not confirm the reload in time."""
+
+
+def local_host(host: str) -> str:
+    """The address to reach a server listening on `host` from this machine: loopback for
+    the wildcard addresses (`0.0.0.0`, `::`), else `host` itself."""
+    if host in ("", "0.0.0.0"):  # noqa: S104 - a listen address, not one we bind
+        return "127.0.0.1"
+    if host.strip("[]") == "::":
+        return "::1"
+    return host.strip("[]")
+
+
+class Monitoring:
+    """nats-server's HTTP monitoring port, as read over plain HTTP from this machine:
+    `/healthz`, `/varz` (its `config_load_time`) and `/connz`."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = local_host(host)
+        self.port = port
+
+    @classmethod
+    def of_url(cls, url: str) -> Monitoring:
+        """From `http://host:port` (the `monitor_url` of authority.toml)."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname or parts.port is None:
+            raise ValueError(f"{url!r} is not http://host:port")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"{url!r}: the monitoring URL has only a host and a port")
+        return cls(parts.hostname, parts.port)
+
+    def healthz(self) -> bool:
+        """True when the server answers healthy with JetStream enabled; OSError if it does
+        not answer."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=1.0)
+        try:
+            conn.request("GET", "/healthz?js-enabled-only=true")
+            response = conn.getresponse()
+            response.read()
+            return response.status == http.client.OK
+        finally:
+            conn.close()
+
+    def get(self, endpoint: str, query: str = "", *, timeout: float = 2.0) -> Any:
+        """The JSON document the monitoring `endpoint` answers; OSError unless it is 200."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            conn.request("GET", endpoint + query)
+            response = conn.getresponse()
+            body = response.read()
+        finally:
+            conn.close()
+        if response.status != http.client.OK:
+            raise OSError(f"{endpoint} answered {response.status}")
+        try:
+            return json.loads(body)
+        except ValueError as e:
+            raise OSError(f"{endpoint} answered no JSON") from e
+
+    def config_load_time(self) -> str:
+        """When the server last loaded its configuration, from `/varz`."""
+        value = self.get("/varz", timeout=1.0).get("config_load_time")
+        if not isinstance(value, str):
+            raise OSError("nats-server /varz reports no config_load_time")
+        return value
+
+    def connections(self) -> list[dict[str, object]]:
+        """The open client connections, from `/connz?auth=true`: each with
+        `authorized_user` (the NKey it logged in with), `name`, `ip`, `port`, `cid`."""
+        connz = self.get("/connz", f"?auth=true&limit={CONNZ_LIMIT}")
+        connections = connz.get("connections") or []
+        return [c for c in connections if isinstance(c, dict)]
+
+
 class NatsServer:
     """Owns one `nats-server` process: writes its config, starts, checks health, stops it.
 
     The client port is chosen once (if not given) and kept across restarts, so clients can
-    reconnect to the same URL; the monitoring port is chosen afresh at each start.
+    reconnect to the same URL; so is a given monitoring address (`monitor`), else the
+    monitoring port is chosen afresh at each start, on loopback.
     """
 
     def __init__(
@@ -108,11 +186,16 @@ class NatsServer:
         extra_config: str = "",
         cluster: str = "",
         tls: ServerTls | None = None,
+        monitor: tuple[str, int] | None = None,
     ) -> None:
         """`cluster` is this node's `server_name` and `cluster {}` block
         (`broker.cluster.cluster_block`); kept across reloads, unlike `extra_config`.
-        With `tls` clients must connect over TLS (`url` is then `tls://...`)."""
+        With `tls` clients must connect over TLS (`url` is then `tls://...`). `monitor`
+        (host, port) is where the HTTP monitoring listens, for Prometheus say (default:
+        loopback, a port of the server's choosing); this process reads it from this
+        machine, over loopback when it listens on every address."""
         self._store_dir = store_dir
+        self._monitor_bind = monitor
         self._cluster = cluster
         self._tls = tls
         self._port = port
@@ -137,8 +220,40 @@ class NatsServer:
 
     @property
     def url(self) -> str:
+        """The client URL (loopback when it listens on every address)."""
         scheme = "nats" if self._tls is None else "tls"
-        return f"{scheme}://{self._host}:{self.port}"
+        host = local_host(self._host)
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    @property
+    def monitor_url(self) -> str:
+        """http://host:port of the monitoring, as reached from this machine."""
+        monitoring = self._monitoring()
+        host = monitoring.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{monitoring.port}"
+
+    def _monitoring(self) -> Monitoring:
+        if self._monitor_port is None:
+            raise RuntimeError("nats-server is not running")
+        host = "127.0.0.1" if self._monitor_bind is None else self._monitor_bind[0]
+        return Monitoring(host, self._monitor_port)
+
+    def endpoint(self) -> BusEndpoint:
+        """How this machine's clients (provisioning, the authority) reach the server: its
+        URL, and with TLS the CA of its clients' certificates (if given) to verify it; with
+        `verify` they present the server's own certificate, which must allow client
+        authentication."""
+        if self._tls is None:
+            return BusEndpoint.of(self.url)
+        mutual = self._tls.verify
+        return BusEndpoint.of(
+            self.url,
+            BusTls(
+                ca_file=self._tls.ca_file,
+                cert_file=self._tls.cert_file if mutual else None,
+                key_file=self._tls.key_file if mutual else None,
+            ),
+        )
 
     @property
     def pid(self) -> int | None:
@@ -214,7 +329,7 @@ class NatsServer:
         """
         process = self._process
         if process is None or process.poll() is not None:
-            raise RuntimeError("nats-server is not running")
+            raise ReloadFailed("nats-server is not running")
         pid = process.pid
         before = self._config_load_time()
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -226,7 +341,7 @@ class NatsServer:
         problem = f"no new configuration loaded within {RELOAD_TIMEOUT_SECONDS}s"
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(
+                raise ReloadFailed(
                     f"nats-server exited during reload (code {process.returncode}); "
                     f"{self._log_tail()}"
                 )
@@ -245,20 +360,10 @@ class NatsServer:
         # Keep the file in step with what the server still runs, so a restart starts it.
         self._extra_config = previous
         self._write_config()
-        raise RuntimeError(f"nats-server reload failed: {problem}; {self._log_tail()}")
+        raise ReloadFailed(f"nats-server reload failed: {problem}; {self._log_tail()}")
 
     def _reload_failure(self, log_offset: int) -> str | None:
-        """The server's "Failed to reload" log line written after `log_offset`, if any."""
-        try:
-            with self.log_path.open("rb") as f:
-                f.seek(log_offset)
-                new = f.read().decode("utf-8", errors="replace")
-        except OSError:
-            return None
-        for line in new.splitlines():
-            if "Failed to reload" in line:
-                return line.strip()
-        return None
+        return reload_failure_in_log(self.log_path, log_offset)
 
     def __enter__(self) -> NatsServer:
         self.start()
@@ -277,7 +382,7 @@ class NatsServer:
         text = (
             "# Written by NRM Exchange (broker/server.py); rewritten at every start.\n"
             f"listen: {conf_string(f'{self._host}:{self._port or -1}')}\n"
-            'http: "127.0.0.1:-1"\n'
+            f"http: {conf_string(self._monitor_address())}\n"
             f"ports_file_dir: {conf_string(str(self._store_dir.resolve()))}\n"
             f"max_payload: {max_payload}\n"
             "jetstream {\n"
@@ -292,6 +397,12 @@ class NatsServer:
             text += self._extra_config.rstrip("\n") + "\n"
         # The extra configuration may hold authorization: the file is private to its owner.
         replace_file(self.config_path, text.encode("utf-8"))
+
+    def _monitor_address(self) -> str:
+        if self._monitor_bind is None:
+            return "127.0.0.1:-1"
+        host, port = self._monitor_bind
+        return f"{host}:{port or -1}"  # 0: a port of the server's choosing
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
@@ -333,43 +444,15 @@ class NatsServer:
         return True
 
     def _healthz(self) -> bool:
-        conn = http.client.HTTPConnection("127.0.0.1", self._monitor_port, timeout=1.0)
-        try:
-            conn.request("GET", "/healthz?js-enabled-only=true")
-            response = conn.getresponse()
-            response.read()
-            return response.status == http.client.OK
-        finally:
-            conn.close()
+        return self._monitoring().healthz()
 
     def connections(self) -> list[dict[str, object]]:
-        """The open client connections, from the monitoring `/connz?auth=true`: each with
-        `authorized_user` (the NKey it logged in with), `name`, `ip`, `port`, `cid`."""
-        if self._monitor_port is None:
-            raise RuntimeError("nats-server is not running")
-        connz = self._monitor("/connz", f"?auth=true&limit={CONNZ_LIMIT}", timeout=2.0)
-        connections = connz.get("connections") or []
-        return [c for c in connections if isinstance(c, dict)]
-
-    def _monitor(self, endpoint: str, query: str, *, timeout: float) -> Any:
-        """The JSON document the monitoring `endpoint` answers; OSError unless it is 200."""
-        conn = http.client.HTTPConnection("127.0.0.1", self._monitor_port, timeout=timeout)
-        try:
-            conn.request("GET", endpoint + query)
-            response = conn.getresponse()
-            body = response.read()
-        finally:
-            conn.close()
-        if response.status != http.client.OK:
-            raise OSError(f"{endpoint} answered {response.status}")
-        return json.loads(body)
+        """The open client connections (`Monitoring.connections`)."""
+        return self._monitoring().connections()
 
     def _config_load_time(self) -> str:
         """When the server last loaded its configuration, from the monitoring `/varz`."""
-        value = self._monitor("/varz", "", timeout=1.0).get("config_load_time")
-        if not isinstance(value, str):
-            raise RuntimeError("nats-server /varz reports no config_load_time")
-        return value
+        return self._monitoring().config_load_time()
 
     def _log_tail(self) -> str:
         try:
@@ -379,3 +462,17 @@ class NatsServer:
         except OSError as e:
             return f"could not read {self.log_path}: {e}"
         return f"tail of {self.log_path}:\n{tail}"
+
+
+def reload_failure_in_log(log_path: Path, offset: int) -> str | None:
+    """nats-server's "Failed to reload" line written to `log_path` after `offset`, if any."""
+    try:
+        with log_path.open("rb") as f:
+            f.seek(offset)
+            new = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in new.splitlines():
+        if "Failed to reload" in line:
+            return line.strip()
+    return None

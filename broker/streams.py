@@ -44,12 +44,15 @@ from keys.subjects import (
     inbox_stream,
     inbox_subject,
 )
+from runtime.endpoint import BusEndpoint
 from runtime.jetstream import erase_message, inbox_consumer_config
 
 log = structlog.get_logger("nrm.streams")
 
 #: How long connecting and draining may take while provisioning.
 CONNECT_TIMEOUT_SECONDS = 5
+#: How long provisioning waits before trying a server that did not answer once more.
+CONNECT_RETRY_SECONDS = 0.5
 #: Room for message headers on top of the largest envelope.
 HEADER_ROOM_BYTES = 4096
 #: How many revisions of each key the directory bucket keeps.
@@ -386,19 +389,33 @@ async def _put_attachment_store(
         )
 
 
-async def _connect(url: str, nkeys_seed: bytes | None) -> Client:
-    """A provisioning connection to the bus at `url`: no reconnects, short timeouts."""
+#: Where provisioning connects: a URL, or an endpoint (several URLs, TLS).
+Target = str | BusEndpoint
+
+
+async def _quiet(_: Exception) -> None:
+    """nats-py's default error callback logs each failed attempt with a traceback; the
+    caller gets the error itself."""
+
+
+async def _connect(url: Target, nkeys_seed: bytes | None) -> Client:
+    """A provisioning connection to the bus at `url`: no reconnects, short timeouts; each
+    server is tried twice (nats-py would try an unreachable one 60 times, 2 s apart)."""
+    endpoint = BusEndpoint.of(url) if isinstance(url, str) else url
     return await nats.connect(
-        url,
+        **endpoint.connect_options(),
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         allow_reconnect=False,
+        max_reconnect_attempts=1,
+        reconnect_time_wait=CONNECT_RETRY_SECONDS,
+        error_cb=_quiet,
         drain_timeout=CONNECT_TIMEOUT_SECONDS,
         nkeys_seed_str=None if nkeys_seed is None else nkeys_seed.decode("ascii"),
     )
 
 
 async def provision(
-    url: str,
+    url: Target,
     *,
     limits: Limits = DEFAULT_LIMITS,
     replicas: int = 1,
@@ -418,7 +435,7 @@ async def provision(
 
 
 async def provision_stores_for(
-    url: str,
+    url: Target,
     agencies: Sequence[str],
     *,
     limits: Limits = DEFAULT_LIMITS,
@@ -435,7 +452,7 @@ async def provision_stores_for(
 
 
 async def migrate_leftovers(
-    url: str, agencies: Sequence[str], *, nkeys_seed: bytes | None = None
+    url: Target, agencies: Sequence[str], *, nkeys_seed: bytes | None = None
 ) -> bool:
     """Connect to the bus at `url` and move what the retired shared inbox stream still
     holds for `agencies` (mail an earlier run left: its inbox was full, the bus did not

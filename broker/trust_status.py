@@ -16,13 +16,18 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
+from keys import DEFAULT_LIMITS
 from runtime import expiry
+from runtime.http import app_runner, problems_middleware
 from runtime.supervisor import Supervisor
 
 from .follower import DirectoryFollower
+
+log = structlog.get_logger("nrm.status")
 
 
 class Service(Protocol):
@@ -98,9 +103,12 @@ def add_status_routes(app: web.Application, service_of: ServiceOf, *, part: str)
 async def serve_status(service: Service, *, host: str, port: int) -> web.AppRunner:
     """Start the bus authority's status endpoint; the caller cleans the runner up (if the
     port cannot be bound, nothing is left open)."""
-    app = web.Application()
+    problems = problems_middleware(
+        log=log, event="status_request_failed", unanswerable="the status could not be answered"
+    )
+    app = web.Application(middlewares=[problems])
     add_status_routes(app, lambda _: service, part="bus")
-    runner = web.AppRunner(app, access_log=None)
+    runner = app_runner(app, DEFAULT_LIMITS)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

@@ -30,6 +30,13 @@ class Limits:
     #: before the connection closes. aiohttp's default is 10 s, which lets a client that
     #: stops sending tie a handler up that long, and holds up stopping just as long.
     http_lingering_seconds: float = 1.0
+    #: What an HTTP server's parser takes (aiohttp's defaults, made explicit): the longest
+    #: request line and header field, in bytes, and the most header fields. Beyond, the
+    #: answer is a 400 problem before any handler runs (runtime/http.py `app_runner`); the
+    #: OpenAPI documents bound every parameter so that a request they allow fits.
+    http_max_request_line: int = 8190
+    http_max_header_field: int = 8190
+    http_max_headers: int = 128
     #: Default lifetime of a sealed message.
     message_ttl_seconds: int = 14 * 24 * 3600
     #: Clock skew tolerated between agencies.

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import click
@@ -21,11 +21,16 @@ from agents import Agent, AgentConfig, ConfigError, token_digest
 from keys import DEFAULT_LIMITS, KeyFileError, NrmError, PublicIdentity, UntrustedInputError
 from keys.keyfile import MODERATE
 from runtime import clock
+from runtime.endpoint import BusEndpoint
 from runtime.keydir import init_key_dir, read_passphrase, rotate_key_dir
 
 from . import admin, logs
 from .audit import LedgerCopy
+from .bus_options import bus_endpoint_options
 from .config_cli import agent_config_command, ledger_config_command
+
+if TYPE_CHECKING:
+    from broker.bus import Listen
 
 PATH = click.Path(path_type=Path)
 DAY = 86400
@@ -83,10 +88,10 @@ def _admin_errors() -> Iterator[None]:
         raise click.ClickException(str(e)) from e
 
 
-def _host_port(text: str) -> tuple[str, int]:
+def _host_port(text: str, *, option: str = "--status-bind") -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not (port.isascii() and port.isdigit() and 0 <= int(port) <= 65535):
-        raise click.BadParameter(f"{text!r} is not HOST:PORT", param_hint="--status-bind")
+        raise click.BadParameter(f"{text!r} is not HOST:PORT", param_hint=option)
     return host, int(port)
 
 
@@ -197,12 +202,35 @@ def keys_revoke(agency: str, kid: str, reason: str, at: str | None, admin_dir: P
 
 @main.group()
 def bus() -> None:
-    """The embedded NATS JetStream bus."""
+    """The NATS JetStream bus: the embedded server, provisioning, and the authority beside
+    servers you run yourself."""
 
 
 @bus.command("up")
 @click.option("--store", type=PATH, required=True, help="JetStream store directory.")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Client port.")
+@click.option(
+    "--listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Client listen address, e.g. 0.0.0.0:4222 (default 127.0.0.1, --port or a free port).",
+)
+@click.option(
+    "--monitor",
+    default=None,
+    metavar="HOST:PORT",
+    help="HTTP monitoring address, for Prometheus say (default: loopback, a free port).",
+)
+@click.option("--server-tls-cert", type=PATH, default=None, help="Server certificate (PEM).")
+@click.option("--server-tls-key", type=PATH, default=None, help="Its key (PEM, 0600).")
+@click.option(
+    "--server-tls-ca", type=PATH, default=None, help="CA of the clients' certificates (PEM)."
+)
+@click.option(
+    "--server-tls-verify",
+    is_flag=True,
+    help="Require a client certificate signed by --server-tls-ca (mutual TLS).",
+)
 @click.option(
     "--trust-root",
     "trust_roots",
@@ -245,6 +273,12 @@ def bus() -> None:
 def bus_up(
     store: Path,
     port: int | None,
+    listen: str | None,
+    monitor: str | None,
+    server_tls_cert: Path | None,
+    server_tls_key: Path | None,
+    server_tls_ca: Path | None,
+    server_tls_verify: bool,
     trust_roots: tuple[Path, ...],
     directory_file: Path | None,
     operator_keys: Path | None,
@@ -254,13 +288,20 @@ def bus_up(
     status_bind: str | None,
     expiry_warning_days: float,
 ) -> None:
-    """Run nats-server on loopback in the foreground until Ctrl-C (SIGINT) or SIGTERM.
+    """Run nats-server in the foreground until Ctrl-C (SIGINT) or SIGTERM (on loopback
+    unless --listen says otherwise).
 
     Secured (the default): agencies authenticate with the NKeys of a directory verified
     against the trust root, and later `nrm directory publish` reloads the authorization.
+    With --server-tls-cert/--server-tls-key clients must use TLS (mutual with
+    --server-tls-verify); this command's own connections then trust --server-tls-ca (else
+    the system's CAs) and, with --server-tls-verify, present the server's certificate.
     """
     from broker.bus import BusTrust, run_foreground, unsafe_run_foreground_open
 
+    where = _bus_listen(
+        port, listen, monitor, server_tls_cert, server_tls_key, server_tls_ca, server_tls_verify
+    )
     secured = bool(trust_roots) or directory_file is not None or operator_keys is not None
     if unsafe_open:
         if secured or status_bind is not None:
@@ -269,7 +310,11 @@ def bus_up(
                 "/--status-bind"
             )
         logs.configure()
-        sys.exit(unsafe_run_foreground_open(store_dir=store, port=port, agencies=open_agencies))
+        sys.exit(
+            unsafe_run_foreground_open(
+                store_dir=store, port=None, agencies=open_agencies, listen=where
+            )
+        )
     if open_agencies:
         raise click.UsageError("--agency goes with --unsafe-open (a secured bus reads them)")
     bind = None if status_bind is None else _host_port(status_bind)
@@ -283,7 +328,8 @@ def bus_up(
         try:
             code = run_foreground(
                 store_dir=store,
-                port=port,
+                port=None,
+                listen=where,
                 trust=BusTrust(
                     trust_roots=trust_roots,
                     directory=directory_file,
@@ -296,6 +342,211 @@ def bus_up(
         except RuntimeError as e:  # nats-server would not start
             raise click.ClickException(str(e)) from e
     sys.exit(code)
+
+
+def _bus_listen(
+    port: int | None,
+    listen: str | None,
+    monitor: str | None,
+    cert: Path | None,
+    key: Path | None,
+    ca: Path | None,
+    verify: bool,
+) -> Listen:
+    """The `broker.bus.Listen` of `bus up`'s options; a usage error naming a bad one."""
+    from broker.bus import Listen
+    from broker.server import ServerTls
+
+    host, listen_port = "127.0.0.1", port
+    if listen is not None:
+        if port is not None:
+            raise click.UsageError("give the client port with --listen or --port, not both")
+        host, listen_port = _host_port(listen, option="--listen")
+    monitor_at = None if monitor is None else _host_port(monitor, option="--monitor")
+    if (cert is None) != (key is None):
+        raise click.UsageError("--server-tls-cert and --server-tls-key go together")
+    if cert is None or key is None:
+        if ca is not None or verify:
+            raise click.UsageError("--server-tls-ca/--server-tls-verify need --server-tls-cert")
+        tls = None
+    else:
+        if verify and ca is None:
+            raise click.UsageError("--server-tls-verify needs --server-tls-ca")
+        tls = ServerTls(cert_file=cert, key_file=key, ca_file=ca, verify=verify)
+    return Listen(host=host, port=listen_port or None, monitor=monitor_at, tls=tls)
+
+
+#: `nrm bus provision` exits with this when the bus cannot be reached (or JetStream is not
+#: ready yet: try again); 1 for what retrying does not fix.
+EXIT_BUS_UNREACHABLE = 4
+
+
+class _BusUnreachable(click.ClickException):
+    exit_code = EXIT_BUS_UNREACHABLE
+
+
+@bus.command("provision")
+@bus_endpoint_options()
+@click.option(
+    "--replicas",
+    type=click.IntRange(1, 5),
+    default=1,
+    show_default=True,
+    help="Replicas of every stream and bucket: 3 on a three-node cluster.",
+)
+@click.option(
+    "--operator-keys",
+    type=PATH,
+    required=True,
+    help="The operator's key directory (the admin folder's operator/).",
+)
+@click.option("--passphrase-file", type=PATH, default=None, help="Else $NRM_PASSPHRASE.")
+@click.option(
+    "--trust-root",
+    "trust_roots",
+    type=PATH,
+    multiple=True,
+    required=True,
+    help="The pinned root.1.json; repeat with root.2.json ... after root rotations.",
+)
+@click.option(
+    "--directory",
+    "directory_file",
+    type=PATH,
+    required=True,
+    help="The signed directory.json: its agencies get their inbox streams and buckets.",
+)
+def bus_provision(
+    endpoint: BusEndpoint,
+    replicas: int,
+    operator_keys: Path,
+    passphrase_file: Path | None,
+    trust_roots: tuple[Path, ...],
+    directory_file: Path,
+) -> None:
+    """Create (or bring to the wanted configuration) the streams, the directory and lease
+    buckets, and each agency's inbox stream and attachment bucket, as the operator.
+
+    Idempotent: run it again after a change, or with --replicas 3 once a single node has
+    become a cluster. Exits 4 if the bus cannot be reached or JetStream is not ready yet
+    (run it again), 1 for a refused directory, unreadable keys or a bus that refuses.
+    """
+    import nats.errors
+    import nats.js.errors
+
+    from broker.authority import attachment_owners
+    from broker.streams import provision
+    from keys.directory import directory_from_files
+    from runtime.keydir import load_key_dir
+
+    with _admin_errors():
+        directory = directory_from_files(
+            trust_roots[0].read_bytes(),
+            [r.read_bytes() for r in trust_roots[1:]],
+            directory_file.read_bytes(),
+            now=clock.now(),
+        )
+        operator = load_key_dir(operator_keys, passphrase=read_passphrase(file=passphrase_file))
+        if operator.nats_seed is None:
+            raise admin.AdminError(f"the operator keys in {operator_keys} have no NATS key")
+    agencies = attachment_owners(directory)
+    urls = ", ".join(endpoint.urls)
+    try:
+        asyncio.run(
+            provision(endpoint, replicas=replicas, nkeys_seed=operator.nats_seed, agencies=agencies)
+        )
+    except nats.errors.AuthorizationError as e:
+        raise click.ClickException(f"the bus at {urls} refused the operator's NKey") from e
+    except (
+        nats.js.errors.ServiceUnavailableError,
+        nats.js.errors.NoStreamResponseError,
+    ) as e:
+        raise _BusUnreachable(f"JetStream at {urls} is not ready yet; try again") from e
+    except nats.js.errors.APIError as e:
+        raise click.ClickException(f"the bus at {urls} refused: {e.description}") from e
+    except (nats.errors.Error, OSError, TimeoutError) as e:
+        raise _BusUnreachable(f"cannot reach the bus at {urls} ({type(e).__name__})") from e
+    click.echo(
+        f"provisioned {urls}: streams and buckets with {replicas} replica(s), "
+        f"{len(agencies)} agencies' inbox streams and attachment buckets "
+        f"(directory version {directory.version})"
+    )
+
+
+@bus.command("authority")
+@click.option("--config", "config_path", type=PATH, required=True, help="authority.toml")
+@_days_option(
+    "--expiry-warning-days",
+    DEFAULT_LIMITS.expiry_warning_seconds,
+    "/healthz turns to warning this long before the directory or root expires.",
+)
+def bus_authority(config_path: Path, expiry_warning_days: float) -> None:
+    """Keep a nats-server you run yourself authorized as the published directory says.
+
+    Beside each node (systemd, or a Kubernetes sidecar sharing its process namespace): it
+    follows the directory bucket, verifying every update from the pinned root, provisions a
+    newly admitted agency's inbox stream and bucket, rewrites the node's authorization
+    include file, sends the server SIGHUP (its pid_file) and confirms the reload on its
+    monitoring port. Runs until SIGINT or SIGTERM. Exits 1 for a bad authority.toml or
+    operator keys that cannot be opened.
+    """
+    from broker.external import AuthorityConfig, run_authority
+    from runtime.config import ConfigError
+
+    try:
+        config = AuthorityConfig.load(config_path)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from e
+    logs.configure()
+    try:
+        code = run_authority(config, warning_seconds=_seconds(expiry_warning_days))
+    except KeyFileError as e:
+        raise click.ClickException(str(e)) from e
+    except OSError as e:  # the status address cannot be bound, say
+        raise click.ClickException(f"bus authority for {config.node_name}: {e}") from e
+    sys.exit(code)
+
+
+@main.group("cluster")
+def cluster_group() -> None:
+    """A nats-server cluster you run yourself."""
+
+
+@cluster_group.command("config")
+@click.option("--spec", "spec_path", type=PATH, required=True, help="cluster.toml")
+@click.option("--out", type=PATH, required=True, help="Folder to write the files into.")
+def cluster_config(spec_path: Path, out: Path) -> None:
+    """Write every node's nats-server configuration, its initial authorization (from the
+    verified directory) and its authority.toml, from one spec (deploy/nats-cluster/)."""
+    from broker.authority import authorization_for
+    from broker.cluster import ClusterSpec, cluster_files
+    from keys.directory import directory_from_files
+    from runtime.config import ConfigError
+    from runtime.files import replace_file
+
+    with _admin_errors():
+        try:
+            spec = ClusterSpec.load(spec_path)
+        except ConfigError as e:
+            raise click.ClickException(str(e)) from e
+        directory = directory_from_files(
+            spec.roots[0].read_bytes(),
+            [r.read_bytes() for r in spec.roots[1:]],
+            spec.directory.read_bytes(),
+            now=clock.now(),
+        )
+        operator = PublicIdentity.from_json(spec.operator_identity.read_bytes())
+        if operator.nats_key is None:
+            raise admin.AdminError("the operator identity has no NATS key")
+        authorization = authorization_for(directory, operators=[operator.nats_key])
+        files = cluster_files(spec, authorization=authorization)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, (text, file_mode) in files.items():
+            replace_file(out / name, text.encode("utf-8"), mode=file_mode)
+    click.echo(
+        f"wrote {len(files)} files for {len(spec.nodes)} nodes in {out} "
+        f"(authorization of directory version {directory.version})"
+    )
 
 
 # --- agent ---------------------------------------------------------------------------------

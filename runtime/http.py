@@ -1,6 +1,7 @@
 """What every HTTP service of NRM Exchange answers the same way: RFC 9457 problem details
-for every error (`problems_middleware`) and bearer tokens checked by SHA-256 digest in
-constant time (the agent's API, the ledger's).
+for every error (`problems_middleware` for what reaches the application, `app_runner` for
+what aiohttp refuses before it: a request it cannot parse) and bearer tokens checked by
+SHA-256 digest in constant time (the agent's API, the ledger's).
 
 Only a token's digest is configured (`token_sha256`); a presented token is hashed and
 compared against every configured digest, each in constant time, so neither the answer nor
@@ -15,13 +16,21 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from decimal import Decimal
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import (
+    BadHttpMessage,
+    BadHttpMethod,
+    BadStatusLine,
+    InvalidURLError,
+    LineTooLong,
+)
 from aiohttp.typedefs import Handler, Middleware
 from structlog.typing import FilteringBoundLogger
 
-from keys.limits import DEFAULT_LIMITS
+from keys.limits import DEFAULT_LIMITS, Limits
 
 PROBLEM_TYPE_BASE = "https://nrm-exchange.org/problems/"
 
@@ -66,6 +75,106 @@ def http_exception_problem(error: web.HTTPException, detail: str | None = None) 
         if name in error.headers:
             response.headers[name] = error.headers[name]
     return response
+
+
+#: aiohttp's message for a request with more header fields than `max_headers` (aiohttp
+#: 3.14, both of its parsers); it names no part of the request.
+_TOO_MANY_HEADERS = "Too many headers received"
+#: aiohttp's message for a TLS handshake sent to a plain-HTTP port (aiohttp 3.14).
+_TLS_TO_HTTP = "Received HTTPS traffic on an HTTP port"
+
+
+def unparseable_detail(exc: BaseException | None, handler: web.RequestHandler) -> str:
+    """What was wrong with a request aiohttp could not parse (or, without a parser error,
+    could not answer), naming the limit it broke. Never a part of the request: aiohttp's own
+    messages quote the request line or header they stopped at."""
+    if isinstance(exc, LineTooLong):
+        return (
+            f"the request line or a header field is too long (the request line at most "
+            f"{handler.max_line_size} bytes, a header field at most {handler.max_field_size})"
+        )
+    if isinstance(exc, BadHttpMethod):
+        if exc.message == _TLS_TO_HTTP:
+            return "the request is a TLS handshake, sent to a plain-HTTP port"
+        return "the request line does not start with an HTTP method"
+    if isinstance(exc, BadStatusLine):
+        return "the request line is not `METHOD target HTTP/1.x`"
+    if isinstance(exc, InvalidURLError):
+        return "the request target is not a valid URL path"
+    if isinstance(exc, BadHttpMessage):
+        if exc.message == _TOO_MANY_HEADERS:
+            return f"the request has too many header fields (at most {handler.max_headers})"
+        return "the request's header fields or body framing are not valid HTTP/1.1"
+    return "the request could not be answered"
+
+
+class _ProblemRequestHandler(web.RequestHandler):
+    """aiohttp's connection handler, answering what its HTTP parser refuses (and a handler
+    that escapes the middlewares) as problem+json."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # aiohttp's own answer is text/plain quoting what its parser stopped at (`message`),
+        # and it logs that at ERROR with a traceback: here neither, only the exception type.
+        if status >= 500:
+            self.logger.error("unanswered request: %d %s", status, type(exc).__name__)
+        else:
+            self.logger.info("unparseable request: %d %s", status, type(exc).__name__)
+        if request.writer.output_size > 0:  # as aiohttp: an answer is under way
+            raise ConnectionError("a response is sent already: no error response")
+        response = problem(status, HTTPStatus(status).phrase, unparseable_detail(exc, self))
+        response.force_close()
+        return response
+
+
+class _ProblemServer(web.Server):
+    """`made`, the Server an AppRunner builds, making _ProblemRequestHandler connections."""
+
+    def __init__(self, made: web.Server) -> None:
+        # aiohttp 3.14.5 has no public way to choose the RequestHandler class: its
+        # Server.__call__ (the protocol factory) makes a plain one from the Server's private
+        # `_loop` and `_kwargs`. This is the only place that reads them;
+        # tests/test_http.py fails if that stops working.
+        loop, kwargs = made._loop, made._kwargs
+        super().__init__(
+            made.request_handler,
+            request_factory=made.request_factory,
+            handler_cancellation=made.handler_cancellation,
+            loop=loop,
+            **kwargs,
+        )
+        self._connection_args = loop, kwargs
+
+    def __call__(self) -> web.RequestHandler:
+        loop, kwargs = self._connection_args
+        return _ProblemRequestHandler(self, loop=loop, **kwargs)
+
+
+class _ProblemAppRunner(web.AppRunner):
+    async def _make_server(self) -> web.Server:  # BaseRunner's abstract hook
+        return _ProblemServer(await super()._make_server())
+
+
+def app_runner(app: web.Application, limits: Limits) -> web.AppRunner:
+    """The runner every HTTP service of NRM Exchange serves `app` with: no access log (a
+    path can carry ids), the lingering and HTTP parser limits of `limits`, and a request
+    aiohttp cannot parse (a request line or header field too long, too many header fields,
+    not HTTP/1.1) answered problem+json like every other error, before any middleware."""
+    return _ProblemAppRunner(
+        app,
+        access_log=None,
+        lingering_time=limits.http_lingering_seconds,
+        max_line_size=limits.http_max_request_line,
+        max_field_size=limits.http_max_header_field,
+        max_headers=limits.http_max_headers,
+    )
 
 
 #: The largest magnitude of a JSON integer any request body may carry: I-JSON (RFC 7493

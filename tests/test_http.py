@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from structlog import get_logger
 
+from keys import DEFAULT_LIMITS
 from runtime.http import (
     ProblemError,
+    app_runner,
     bearer_match,
     http_exception_problem,
     parse_json_body,
@@ -131,3 +135,99 @@ def test_an_http_error_keeps_its_allow_header_as_problem_json() -> None:
     assert response.status == 405 and response.content_type == "application/problem+json"
     assert response.headers["Allow"] == "GET,POST"
     assert "Allow" not in http_exception_problem(web.HTTPNotFound()).headers
+
+
+#: Raw requests aiohttp's parser refuses before any middleware, and the detail of each
+#: answer. MARK is in each request and must be in no answer, nor in any log line.
+MARK = b"quoted-input"
+UNPARSEABLE = {
+    "request line over 8190 bytes": (
+        b"GET /" + MARK * 700 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        "the request line or a header field is too long (the request line at most 8190 "
+        "bytes, a header field at most 8190)",
+    ),
+    "header field over 8190 bytes": (
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + MARK * 700 + b"\r\n\r\n",
+        "the request line or a header field is too long (the request line at most 8190 "
+        "bytes, a header field at most 8190)",
+    ),
+    "129 header fields": (
+        b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, MARK) for i in range(129)) + b"\r\n",
+        "the request has too many header fields (at most 128)",
+    ),
+    "no HTTP method": (MARK + b"\r\n\r\n", "the request line does not start with an HTTP method"),
+    "a TLS handshake": (
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + MARK + b"\r\n\r\n",
+        "the request is a TLS handshake, sent to a plain-HTTP port",
+    ),
+    "a bad HTTP version": (
+        b"GET /" + MARK + b" HTTP/9.x\r\n\r\n",
+        "the request line is not `METHOD target HTTP/1.x`",
+    ),
+    "a NUL in the path": (
+        b"GET /" + MARK + b"\x00 HTTP/1.1\r\n\r\n",
+        "the request target is not a valid URL path",
+    ),
+    "a malformed header field": (
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Name: " + MARK + b"\r\n\r\n",
+        "the request's header fields or body framing are not valid HTTP/1.1",
+    ),
+    "a handler escaping the middlewares": (
+        b"GET /crash HTTP/1.1\r\nHost: x\r\n\r\n",
+        "the request could not be answered",
+    ),
+}
+
+
+async def exchange(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send `raw` on a new connection; the status, headers and body of the answer, read to
+    the end (the server closes the connection after an error)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split(" ")[1]), headers, body
+
+
+async def test_app_runner_answers_what_aiohttp_cannot_parse_with_problem_json(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A request aiohttp's parser refuses (request line or header over 8190 bytes, over 128
+    header fields, not HTTP), and a handler error no middleware caught, are answered
+    problem+json naming what was wrong, quoting nothing of the request, logged by type only.
+    This is also the check of the private aiohttp hook app_runner relies on (aiohttp 3.14)."""
+
+    async def crash(request: web.Request) -> web.StreamResponse:
+        raise RuntimeError(MARK.decode())
+
+    app = web.Application()  # no problems middleware: the 500 comes from the handler
+    app.router.add_get("/crash", crash)
+    runner = app_runner(app, DEFAULT_LIMITS)
+    await runner.setup()
+    caplog.set_level(logging.DEBUG, logger="aiohttp")
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        answers = {}
+        for case, (raw, _) in UNPARSEABLE.items():
+            status, headers, body = await exchange(port, raw)
+            assert headers["content-type"] == "application/problem+json", (case, body)
+            assert MARK not in body, case
+            problem_body = json.loads(body)
+            assert problem_body["status"] == status, case
+            answers[case] = (status, problem_body["detail"])
+    finally:
+        await runner.cleanup()
+    assert answers == {
+        case: (500 if "handler" in case else 400, detail)
+        for case, (_, detail) in UNPARSEABLE.items()
+    }
+    assert caplog.records, "each refusal is logged"
+    for record in caplog.records:
+        assert MARK.decode() not in record.getMessage() and record.exc_info is None

@@ -171,7 +171,8 @@ async def test_a_dead_loop_turns_every_healthz_degraded_with_its_reason(
     services: Mechanism, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Agent (its timers loop dies by the test-only failpoint), ledger (its database is
-    closed under it) and bus authority: 503 with `task-died:<name>` while the rest runs."""
+    closed under it) and bus authority: 503 with `task-died:<name>` while the rest runs (and
+    the authority's status server answers its errors problem+json, as the others do)."""
     m = services
     monkeypatch.setenv("NRM_FAILPOINT", "timers-raise")
     agent = await m.start("police", wait=False)
@@ -200,6 +201,10 @@ async def test_a_dead_loop_turns_every_healthz_degraded_with_its_reason(
     try:
         host, port = status_runner.addresses[0][:2]
         status, body = await _health(m.http, f"http://{host}:{port}")
+        # Its errors are problem+json too: no such route, a request line it cannot parse.
+        for path, refused in (("/nope", 404), ("/healthz?" + "9" * 9000, 400)):
+            async with m.http.get(f"http://{host}:{port}{path}") as r:
+                assert (r.status, r.content_type) == (refused, "application/problem+json")
     finally:
         await status_runner.cleanup()
     assert status == 503 and body["reasons"] == ["task-died:probe"], body

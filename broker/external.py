@@ -1,0 +1,299 @@
+"""`nrm bus authority`: the bus authority beside a nats-server the operator runs himself.
+
+One small process per node (a systemd unit, or a Kubernetes sidecar sharing the server's
+process namespace) keeps that node's authorization in step with the directory exactly as
+`nrm bus up` does for its embedded server: a `DirectoryAuthority` follows the directory
+bucket, verifying every update from the pinned root as agents do, and provisions a newly
+admitted agency's inbox stream and attachment bucket before the reload. What it reloads is
+an `ExternalServer`:
+
+1. it writes the authorization the node's configuration `include`s (`authorization_file`,
+   written atomically, 0600: runtime/files.py);
+2. sends SIGHUP to the pid in the node's `pid_file`;
+3. confirms on the node's monitoring port (`monitor_url`) that `/varz` reports a newer
+   `config_load_time` and `/healthz` is OK. nats-server that refuses the new file (it keeps
+   running with the previous configuration) never reports a new load time: the reload fails
+   after RELOAD_TIMEOUT_SECONDS, or at once when `log_file` (the server's log) names the
+   failure; the previous file is put back, so a restart runs what the server runs.
+
+Connections for the ConnectionWatch come from the node's `/connz`. Configuration
+(authority.toml, read strictly; `nrm cluster config` writes one per node):
+
+    node_name          = "nrm-1"
+    nats_urls          = ["tls://nats-1.example:4222", ...]   # + optional [nats_tls]
+    authorization_file = "/etc/nrm/nats/nrm-1.authorization.conf"
+    pid_file           = "/var/lib/nrm/nats-1/nats-server.pid"
+    monitor_url        = "http://127.0.0.1:8222"
+    log_file           = "/var/log/nrm/nats-1.log"          # optional
+    trust_root         = "/etc/nrm/trust/root.1.json"
+    operator_key_dir   = "/etc/nrm/operator"
+    passphrase_file    = "/etc/nrm/operator/passphrase"
+    status_bind        = "127.0.0.1:8223"                   # optional: /healthz, /metrics
+    replicas           = 3                                  # optional (1): new agencies'
+                                                            # inbox streams and buckets
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from keys import DEFAULT_LIMITS, KeyFileError
+from runtime.config import ConfigError, Table, bind_address, load_toml, path_in
+from runtime.endpoint import BusEndpoint, endpoint_from_config
+from runtime.files import replace_file
+from runtime.keydir import load_key_dir, read_passphrase
+
+from .authority import DirectoryAuthority
+from .server import RELOAD_TIMEOUT_SECONDS, Monitoring, ReloadFailed, reload_failure_in_log
+from .trust_status import serve_status
+
+log = structlog.get_logger("nrm.broker")
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: The most replicas a JetStream stream has.
+MAX_REPLICAS = 5
+#: How often a reload in progress asks the monitoring port again.
+_POLL_SECONDS = 0.05
+
+
+class ExternalServer:
+    """A nats-server this process does not own: reloaded by file, SIGHUP and monitoring."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: BusEndpoint,
+        authorization_file: Path,
+        pid_file: Path,
+        monitor_url: str,
+        log_file: Path | None = None,
+        reload_timeout: float = RELOAD_TIMEOUT_SECONDS,
+    ) -> None:
+        self._endpoint = endpoint
+        self.authorization_file = authorization_file
+        self.pid_file = pid_file
+        self.monitoring = Monitoring.of_url(monitor_url)
+        self.log_file = log_file
+        self.reload_timeout = reload_timeout
+
+    def endpoint(self) -> BusEndpoint:
+        return self._endpoint
+
+    def current_authorization(self) -> str | None:
+        """What the authorization file holds now (what the server runs, if it started from
+        it), or None if there is none."""
+        try:
+            return self.authorization_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+
+    def pid(self) -> int:
+        """The running server's pid, from its pid file; ReloadFailed if there is none."""
+        try:
+            text = self.pid_file.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ReloadFailed(f"cannot read the pid file {self.pid_file}: {e}") from e
+        if not text.isdigit() or int(text) <= 1:
+            raise ReloadFailed(f"the pid file {self.pid_file} holds no pid")
+        pid = int(text)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError as e:
+            raise ReloadFailed(f"nats-server (pid {pid} in {self.pid_file}) is not running") from e
+        except PermissionError as e:
+            raise ReloadFailed(
+                f"not allowed to signal nats-server (pid {pid}): run the authority as its user"
+            ) from e
+        return pid
+
+    def reload(self, authorization: str, /) -> None:
+        """Write `authorization` to the include file, SIGHUP the server, and return once it
+        reports the new configuration loaded and is healthy; ReloadFailed (with the
+        previous file put back) if it refuses it or does not confirm in time."""
+        pid = self.pid()
+        try:
+            before = self.monitoring.config_load_time()
+        except OSError as e:
+            raise ReloadFailed(f"monitoring at {self._monitor_address()} unreachable: {e}") from e
+        previous = self.current_authorization()
+        log_offset = self._log_size()
+        replace_file(self.authorization_file, authorization.encode("utf-8"), mode=0o600)
+        try:
+            os.kill(pid, signal.SIGHUP)
+            self._confirm(before, log_offset)
+        except BaseException:
+            if previous is None:
+                self.authorization_file.unlink(missing_ok=True)
+            else:
+                replace_file(self.authorization_file, previous.encode("utf-8"), mode=0o600)
+            raise
+
+    def _confirm(self, before: str, log_offset: int | None) -> None:
+        deadline = time.monotonic() + self.reload_timeout
+        problem = f"no new configuration loaded within {self.reload_timeout}s"
+        while time.monotonic() < deadline:
+            if self.log_file is not None and log_offset is not None:
+                failure = reload_failure_in_log(self.log_file, log_offset)
+                if failure is not None:
+                    problem = failure
+                    break
+            try:
+                if self.monitoring.config_load_time() != before and self.monitoring.healthz():
+                    return
+            except OSError:
+                pass  # monitoring briefly unavailable: ask again
+            time.sleep(_POLL_SECONDS)
+        raise ReloadFailed(
+            f"nats-server reload failed: {problem}; it keeps its previous configuration"
+        )
+
+    def _log_size(self) -> int | None:
+        if self.log_file is None:
+            return None
+        try:
+            return self.log_file.stat().st_size
+        except OSError:
+            return 0
+
+    def _monitor_address(self) -> str:
+        return f"{self.monitoring.host}:{self.monitoring.port}"
+
+    def connections(self) -> list[dict[str, object]]:
+        return self.monitoring.connections()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorityConfig:
+    """authority.toml (see the module docstring)."""
+
+    node_name: str
+    endpoint: BusEndpoint
+    authorization_file: Path
+    pid_file: Path
+    monitor_url: str
+    trust_root: Path
+    operator_key_dir: Path
+    passphrase_file: Path = field(repr=False)
+    log_file: Path | None = None
+    status_bind: tuple[str, int] | None = None
+    replicas: int = 1
+
+    @classmethod
+    def load(cls, path: Path) -> AuthorityConfig:
+        """Read `path` strictly; ConfigError naming the first thing wrong."""
+        table = Table(load_toml(path))
+        base = path.parent
+        try:
+            config = cls._of(table, base)
+        except KeyError as e:
+            raise ConfigError(f"{path}: missing setting {e}") from e
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from e
+        try:
+            table.finish()
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from e
+        return config
+
+    @classmethod
+    def _of(cls, t: Table, base: Path) -> AuthorityConfig:
+        name = t["node_name"]
+        if not isinstance(name, str) or not name:
+            raise ConfigError("node_name must be the node's server name")
+        monitor_url = str(t["monitor_url"])
+        try:
+            Monitoring.of_url(monitor_url)
+        except ValueError as e:
+            raise ConfigError(f"monitor_url: {e}") from e
+        replicas = t.get("replicas", 1)
+        if isinstance(replicas, bool) or not isinstance(replicas, int):
+            raise ConfigError("replicas must be a whole number")
+        if not 1 <= replicas <= MAX_REPLICAS:
+            raise ConfigError(f"replicas must be from 1 to {MAX_REPLICAS}")
+
+        def path(key: str) -> Path:
+            return path_in(t[key], base=base, key=key)
+
+        return cls(
+            node_name=name,
+            endpoint=endpoint_from_config(t, base=base),
+            authorization_file=path("authorization_file"),
+            pid_file=path("pid_file"),
+            monitor_url=monitor_url,
+            trust_root=path("trust_root"),
+            operator_key_dir=path("operator_key_dir"),
+            passphrase_file=path("passphrase_file"),
+            log_file=path("log_file") if "log_file" in t else None,
+            status_bind=(
+                bind_address(t["status_bind"], key="status_bind") if "status_bind" in t else None
+            ),
+            replicas=replicas,
+        )
+
+
+def run_authority(
+    config: AuthorityConfig, *, warning_seconds: int = DEFAULT_LIMITS.expiry_warning_seconds
+) -> int:
+    """Follow the directory and keep the node's authorization in step until SIGINT/SIGTERM.
+    KeyFileError if the operator's keys cannot be opened (before anything starts)."""
+    operator = load_key_dir(
+        config.operator_key_dir, passphrase=read_passphrase(file=config.passphrase_file)
+    )
+    if operator.nats_seed is None or operator.public.nats_key is None:
+        raise KeyFileError(f"the operator keys in {config.operator_key_dir} have no NATS key")
+    server = ExternalServer(
+        endpoint=config.endpoint,
+        authorization_file=config.authorization_file,
+        pid_file=config.pid_file,
+        monitor_url=config.monitor_url,
+        log_file=config.log_file,
+    )
+    authority = DirectoryAuthority(
+        server,
+        pinned_root=config.trust_root,
+        operator_key=operator.public.nats_key,
+        operator_seed=operator.nats_seed,
+        warning_seconds=warning_seconds,
+        replicas=config.replicas,
+    )
+    # What the server was started with (`nrm cluster config`'s initial file, or the last
+    # one written here): reloaded only when a directory changes it. Every agency's stores
+    # are provisioned again (idempotent) at the first directory.
+    authority.applied = server.current_authorization()
+    return asyncio.run(_serve(config, authority))
+
+
+async def _serve(config: AuthorityConfig, authority: DirectoryAuthority) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    status = None
+    try:
+        await authority.start()
+        try:
+            where = ""
+            if config.status_bind is not None:
+                host, port = config.status_bind
+                status = await serve_status(authority, host=host, port=port)
+                bound = status.addresses[0][:2]
+                where = f"; status at http://{bound[0]}:{bound[1]}/healthz"
+            print(f"bus authority for {config.node_name} ready{where}", flush=True)
+            log.info("bus_authority_ready", node=config.node_name)
+            await stop.wait()
+        finally:
+            if status is not None:
+                await status.cleanup()
+            await authority.stop()
+    finally:
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+    print(f"bus authority for {config.node_name} stopped", flush=True)
+    return 0

@@ -1,0 +1,337 @@
+"""`nrm bus authority` beside three nats-server nodes the operator runs himself.
+
+The nodes run from the files `nrm cluster config` wrote (routes over mutual TLS), their
+streams come from `nrm bus provision --replicas 3`, and one `nrm bus authority` per node
+runs as its own process. Publishing a directory without an agency closes its connection on
+every node and keeps it off every node; publishing one that admits a new agency lets it on
+every node, its inbox stream made (three replicas) before it could connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+import stat
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+import nats.errors
+import pytest
+from click.testing import CliRunner
+
+from broker.external import ExternalServer
+from broker.server import Monitoring, ReloadFailed, nats_server_binary
+from keys import PublicIdentity
+from keys.subjects import inbox_stream
+from nrm import admin
+from nrm.cli import EXIT_BUS_UNREACHABLE, main
+from nrm.sandbox import Sandbox
+from runtime.endpoint import BusEndpoint
+from runtime.files import replace_file
+from runtime.keydir import init_key_dir, load_key_dir
+
+from .support import TEST_KDF, eventually, prepared_mechanism
+from .test_cluster_config import write_pki
+
+pytestmark = pytest.mark.timeout(120)
+
+NODES = 3
+START_SECONDS = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def cluster_spec(tmp: Path, sandbox: Sandbox, pki: dict[str, Path]) -> Path:
+    """Three loopback nodes on free ports, routes over mutual TLS, clients in the clear (the
+    client TLS of the files is checked by tests/test_cluster_config.py)."""
+    q = json.dumps
+    passphrase = tmp / "operator.passphrase"
+    replace_file(passphrase, sandbox.admin_passphrase)
+    nodes = ""
+    for i in range(1, NODES + 1):
+        ports = [free_port() for _ in range(4)]
+        nodes += f"""
+[[nodes]]
+name = "n{i}"
+host = "127.0.0.1"
+client = "127.0.0.1:{ports[0]}"
+route = "127.0.0.1:{ports[1]}"
+monitor = "127.0.0.1:{ports[2]}"
+status_bind = "127.0.0.1:{ports[3]}"
+store_dir = {q(str(tmp / f"store-{i}"))}
+log_file = {q(str(tmp / f"n{i}.log"))}
+"""
+    folder = sandbox.admin
+    spec = tmp / "cluster.toml"
+    spec.write_text(f"""
+[trust]
+roots = [{q(str(folder.root_path(1)))}]
+directory = {q(str(folder.path / "directory.json"))}
+operator_identity = {q(str(folder.path / admin.OPERATOR_DIR / "identity.json"))}
+
+[route_tls]
+cert_file = {q(str(pki["route"]))}
+key_file = {q(str(pki["route_key"]))}
+ca_file = {q(str(pki["ca"]))}
+verify = true
+
+[authority]
+trust_root = {q(str(folder.root_path(1)))}
+operator_key_dir = {q(str(folder.path / admin.OPERATOR_DIR))}
+passphrase_file = {q(str(passphrase))}
+{nodes}""")
+    return spec
+
+
+class Processes:
+    """Child processes, each stopped (SIGTERM, then SIGKILL) at the end."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, args: list[str], out: Path) -> subprocess.Popen[bytes]:
+        with out.open("ab") as sink:
+            process = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT
+            )
+        self.started.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in reversed(self.started):  # authorities before servers
+            if process.poll() is None:
+                process.terminate()
+        for process in reversed(self.started):
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    p = Processes()
+    try:
+        yield p
+    finally:
+        p.stop_all()
+
+
+def setting(toml: Path, key: str) -> Any:
+    return tomllib.loads(toml.read_text())[key]
+
+
+def wait_for(check: object, what: str, timeout: float = START_SECONDS) -> None:
+    deadline = time.monotonic() + timeout
+    assert callable(check)
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def healthy(monitor_url: str) -> bool:
+    try:
+        return Monitoring.of_url(monitor_url).healthz()
+    except OSError:
+        return False
+
+
+async def connect(url: str, seed: bytes) -> nats.aio.client.Client:
+    return await nats.connect(
+        url,
+        nkeys_seed_str=seed.decode(),
+        allow_reconnect=False,
+        connect_timeout=2,
+        name="probe",
+    )
+
+
+async def admitted(url: str, seed: bytes) -> bool:
+    try:
+        nc = await connect(url, seed)
+    except (nats.errors.Error, OSError, TimeoutError):
+        return False
+    await nc.close()
+    return True
+
+
+async def provision(args: list[str]) -> None:
+    """`nrm bus provision` (in a thread: it runs its own event loop), again while JetStream
+    elects its meta leader (exit 4)."""
+    deadline = time.monotonic() + START_SECONDS
+    while True:
+        result = await asyncio.to_thread(CliRunner().invoke, main, args)
+        if result.exit_code == 0:
+            assert "3 replica(s)" in result.output
+            return
+        assert result.exit_code == EXIT_BUS_UNREACHABLE, result.output
+        assert "Traceback" not in result.output
+        assert time.monotonic() < deadline, result.output
+        await asyncio.sleep(0.5)
+
+
+async def test_a_directory_change_reaches_every_node_through_its_authority(
+    tmp_path: Path, processes: Processes
+) -> None:
+    sandbox = prepared_mechanism(tmp_path / "m", admins=1, threshold=1)
+    pki = write_pki(tmp_path)
+    out = tmp_path / "cluster"
+    spec = cluster_spec(tmp_path, sandbox, pki)
+    result = CliRunner().invoke(main, ["cluster", "config", "--spec", str(spec), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    names = [f"n{i}" for i in range(1, NODES + 1)]
+    tomls = [out / f"{n}.authority.toml" for n in names]
+    urls = setting(tomls[0], "nats_urls")
+    for name in names:
+        (tmp_path / f"store-{name[1:]}").mkdir()
+        processes.start(
+            [str(nats_server_binary()), "-c", str(out / f"{name}.conf")], tmp_path / f"{name}.out"
+        )
+    for toml in tomls:
+        wait_for(lambda toml=toml: healthy(setting(toml, "monitor_url")), "every node healthy")
+
+    operator_dir = sandbox.admin.path / admin.OPERATOR_DIR
+    provision_args = ["bus", "provision", "--nats", ",".join(urls), "--replicas", "3",
+                      "--operator-keys", str(operator_dir),
+                      "--passphrase-file", str(tmp_path / "operator.passphrase"),
+                      "--trust-root", str(sandbox.admin.root_path(1)),
+                      "--directory", str(sandbox.admin.path / "directory.json")]  # fmt: skip
+    await provision(provision_args)
+    await admin.publish(sandbox.admin, urls[0], passphrase=sandbox.admin_passphrase)
+
+    authorities = []
+    for name, toml in zip(names, tomls, strict=True):
+        log = tmp_path / f"{name}.authority.out"
+        processes.start(
+            [sys.executable, "-m", "nrm", "bus", "authority", "--config", str(toml)], log
+        )
+        authorities.append(log)
+    for log in authorities:
+        wait_for(lambda log=log: "ready" in log.read_text(), f"{log.name} ready")
+
+    police = load_key_dir(
+        sandbox.agencies["police"].key_dir, passphrase=sandbox.agencies["police"].passphrase()
+    )
+    assert police.nats_seed is not None
+    on_every_node = [await connect(url, police.nats_seed) for url in urls]
+    assert all(nc.is_connected for nc in on_every_node)
+    for toml in tomls:  # what each authority's ConnectionWatch reads: its own node's /connz
+        node = ExternalServer(
+            endpoint=BusEndpoint.of(urls),
+            authorization_file=out / setting(toml, "authorization_file"),
+            pid_file=Path(setting(toml, "pid_file")),
+            monitor_url=setting(toml, "monitor_url"),
+        )
+        users = [c.get("authorized_user") for c in node.connections()]
+        assert users.count(police.public.nats_key) == 1, users
+
+    # A directory without the police: each node's authority reloads it, closing its
+    # connection there, and none lets it back.
+    admin.remove_agency(sandbox.admin, "police")
+    sandbox.sign_draft()
+    await admin.publish(sandbox.admin, urls[1], passphrase=sandbox.admin_passphrase)
+
+    async def cut_off() -> bool:
+        return all(nc.is_closed for nc in on_every_node)
+
+    await eventually(cut_off, timeout=30, what="the police's connection closed on every node")
+    for url in urls:
+        assert not await admitted(url, police.nats_seed), url
+
+    # A directory admitting a new agency: its inbox stream first, then every node lets it in.
+    clinic = init_key_dir(
+        tmp_path / "clinic", agency="clinic", name="Clinic", passphrase=b"clinic", cost=TEST_KDF
+    )
+    assert clinic.nats_seed is not None
+    identity = PublicIdentity.from_json((tmp_path / "clinic" / "identity.json").read_bytes())
+    admin.add_agency(sandbox.admin, identity, roles=["ngo"])
+    sandbox.sign_draft()
+    await admin.publish(sandbox.admin, urls[2], passphrase=sandbox.admin_passphrase)
+
+    async def let_in() -> bool:
+        return all([await admitted(url, clinic.nats_seed) for url in urls])
+
+    await eventually(let_in, timeout=30, what="the clinic admitted on every node")
+    await provision(provision_args)  # idempotent: again, the clinic's stream as it was
+
+    operator = load_key_dir(operator_dir, passphrase=sandbox.admin_passphrase)
+    assert operator.nats_seed is not None
+    nc = await connect(urls[0], operator.nats_seed)
+    try:
+        info = await nc.jetstream(timeout=5).stream_info(inbox_stream("clinic"))
+        assert info.config.num_replicas == 3
+    finally:
+        await nc.close()
+    for log in authorities:  # each reports the directory it applied, healthy
+        status = re.search(r"status at (http://\S+/healthz)", log.read_text())
+        assert status is not None, log.read_text()
+        async with aiohttp.ClientSession() as http, http.get(status[1]) as r:
+            health = await r.json()
+        assert (health["status"], health["directory_version"]) == ("ok", 3), health
+    for name in names:  # each authority reloaded its own node
+        assert os.stat(out / f"{name}.authorization.conf").st_mode & 0o777 == 0o600
+        assert identity.nats_key is not None
+        assert identity.nats_key in (out / f"{name}.authorization.conf").read_text()
+
+
+def test_a_refused_reload_is_reported_and_the_previous_file_put_back(
+    tmp_path: Path, processes: Processes
+) -> None:
+    """nats-server refusing the new include file keeps its configuration: ExternalServer
+    raises ReloadFailed quoting the server's log, puts the previous file back, and a good
+    authorization then reloads (a newer config_load_time, the same pid)."""
+    monitor = free_port()
+    auth = tmp_path / "node.authorization.conf"
+    good = 'authorization {\n  users = [ { nkey: "%s" } ]\n}\n'
+    nkey = "UAFXAVJSNVUCTT4MDDY7AQXPW72HKWICYMWX4P37PSF7KAELDLRMFB6Y"
+    replace_file(auth, (good % nkey).encode())
+    conf = tmp_path / "node.conf"
+    conf.write_text(
+        f'listen: "127.0.0.1:{free_port()}"\nhttp: "127.0.0.1:{monitor}"\n'
+        f'pid_file: "{tmp_path / "node.pid"}"\nlog_file: "{tmp_path / "node.log"}"\n'
+        f'jetstream {{ store_dir: "{tmp_path / "store"}" }}\ninclude "node.authorization.conf"\n'
+    )
+    process = processes.start([str(nats_server_binary()), "-c", str(conf)], tmp_path / "out")
+    url = f"http://127.0.0.1:{monitor}"
+    wait_for(lambda: healthy(url) and (tmp_path / "node.pid").exists(), "the node healthy")
+    server = ExternalServer(
+        endpoint=BusEndpoint.of("nats://127.0.0.1:1"),
+        authorization_file=auth,
+        pid_file=tmp_path / "node.pid",
+        monitor_url=url,
+        log_file=tmp_path / "node.log",
+    )
+    before = server.monitoring.config_load_time()
+
+    with pytest.raises(ReloadFailed, match="Failed to reload"):
+        server.reload("authorization { users = [ { nkey: \n")
+    assert auth.read_text() == good % nkey
+    assert server.monitoring.config_load_time() == before
+
+    other = "UCL4AVCKBLSIQWL5ZQUBW3OYY24AC72DBMHOO52EXO7GBBOBECPOCPPN"
+    server.reload(good % other)
+    assert server.monitoring.config_load_time() != before
+    assert server.pid() == process.pid
+    assert stat.S_IMODE(auth.stat().st_mode) == 0o600
+
+    process.terminate()
+    process.wait(timeout=15)
+    with pytest.raises(ReloadFailed, match="not running"):
+        server.reload(good % nkey)
+    assert auth.read_text() == good % other

@@ -1,0 +1,189 @@
+"""`nrm cluster config`: the files of a cluster run by its operator, from one spec.
+
+Every generated file passes `nats-server -t`; deploy/nats-cluster/ is exactly what the
+command writes from the committed spec (no drift); a bad spec is refused naming what is
+wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import trustme
+from click.testing import CliRunner, Result
+
+from broker.server import nats_server_binary
+from keys.directory import read_unverified_directory
+from nrm.cli import main
+from runtime import clock
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "nats-cluster"
+DAY = 86400
+#: What deploy/nats-cluster/ holds that the command does not write.
+NOT_GENERATED = {"README.md", "cluster.toml", "demo"}
+
+
+def nrm(*args: str | Path) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def at_demo_time(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Move the clock to a day after the demo directory's keys became valid: the demo
+    documents expire (the root after a year), the generated files must not change."""
+    directory = read_unverified_directory((DEPLOY / "demo" / "directory.json").read_bytes())
+    signed = max(k.valid_from for a in directory.agencies for k in a.signing_keys)
+    offset = tmp_path / "clock-offset"
+    clock.set_offset(offset, signed + DAY - clock.now())
+    monkeypatch.setenv(clock.ENV, str(offset))
+
+
+def test_deploy_nats_cluster_is_what_cluster_config_writes_from_its_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at_demo_time(monkeypatch, tmp_path)
+    out = tmp_path / "out"
+    result = nrm("cluster", "config", "--spec", DEPLOY / "cluster.toml", "--out", out)
+    assert result.exit_code == 0, result.output
+    committed = {p.name for p in DEPLOY.iterdir()} - NOT_GENERATED
+    generated = {p.name for p in out.iterdir()}
+    assert committed == generated
+    for name in sorted(generated):
+        assert (out / name).read_bytes() == (DEPLOY / name).read_bytes(), (
+            f"deploy/nats-cluster/{name} drifted: regenerate it with "
+            "`nrm cluster config --spec deploy/nats-cluster/cluster.toml --out deploy/nats-cluster`"
+        )
+    assert stat.S_IMODE((out / "nrm-1.authorization.conf").stat().st_mode) == 0o600
+
+
+def write_pki(folder: Path) -> dict[str, Path]:
+    ca = trustme.CA()
+    files: dict[str, Path] = {"ca": folder / "ca.pem"}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    for name in ("server", "route", "client"):
+        cert = ca.issue_cert("127.0.0.1", f"{name}.nrm.test")
+        files[name] = folder / f"{name}.pem"
+        files[f"{name}_key"] = folder / f"{name}.key"
+        cert.cert_chain_pems[0].write_to_path(str(files[name]))
+        cert.private_key_pem.write_to_path(str(files[f"{name}_key"]))
+    return files
+
+
+def spec_text(
+    tmp: Path,
+    pki: dict[str, Path],
+    *,
+    ports: list[tuple[int, int, int, int]],
+    client_verify: bool = True,
+) -> str:
+    """A spec of three loopback nodes (client, route, monitor, status ports) under `tmp`,
+    trusting the demo documents; client TLS (mutual with `client_verify`) and route mTLS."""
+    q = json.dumps
+    nodes = "".join(
+        f"""
+[[nodes]]
+name = "n{i}"
+host = "127.0.0.1"
+client = "127.0.0.1:{client}"
+route = "127.0.0.1:{route}"
+monitor = "127.0.0.1:{monitor}"
+status_bind = "127.0.0.1:{status}"
+store_dir = {q(str(tmp / f"store-{i}"))}
+pid_file = {q(str(tmp / f"n{i}.pid"))}
+log_file = {q(str(tmp / f"n{i}.log"))}
+"""
+        for i, (client, route, monitor, status) in enumerate(ports, start=1)
+    )
+    client_cert = (
+        f"cert_file = {q(str(pki['client']))}\nkey_file = {q(str(pki['client_key']))}\n"
+        if client_verify
+        else ""
+    )
+    return f"""
+[trust]
+roots = [{q(str(DEPLOY / "demo" / "root.1.json"))}]
+directory = {q(str(DEPLOY / "demo" / "directory.json"))}
+operator_identity = {q(str(DEPLOY / "demo" / "operator.identity.json"))}
+
+[client_tls]
+cert_file = {q(str(pki["server"]))}
+key_file = {q(str(pki["server_key"]))}
+ca_file = {q(str(pki["ca"]))}
+verify = {"true" if client_verify else "false"}
+
+[route_tls]
+cert_file = {q(str(pki["route"]))}
+key_file = {q(str(pki["route_key"]))}
+ca_file = {q(str(pki["ca"]))}
+verify = true
+
+[authority]
+trust_root = {q(str(tmp / "root.1.json"))}
+operator_key_dir = {q(str(tmp / "operator"))}
+passphrase_file = {q(str(tmp / "passphrase"))}
+
+[authority.nats_tls]
+ca_file = {q(str(pki["ca"]))}
+{client_cert}{nodes}"""
+
+
+def test_every_generated_file_passes_nats_server_t(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each node's configuration (with client and route TLS, its include) and its
+    authorization alone pass `nats-server -t`; the authority.toml names this node's
+    monitoring and every node's client URL, this node's first, over TLS."""
+    at_demo_time(monkeypatch, tmp_path)
+    pki = write_pki(tmp_path)
+    spec = tmp_path / "cluster.toml"
+    ports = [(14222 + i, 16222 + i, 18222 + i, 18322 + i) for i in range(3)]
+    spec.write_text(spec_text(tmp_path, pki, ports=ports))
+    out = tmp_path / "out"
+    result = nrm("cluster", "config", "--spec", spec, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert len(list(out.iterdir())) == 9
+    for path in sorted(out.glob("*.conf")):
+        checked = subprocess.run(
+            [str(nats_server_binary()), "-t", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert checked.returncode == 0, (path.name, checked.stdout, checked.stderr)
+    conf = (out / "n2.conf").read_text()
+    assert 'include "n2.authorization.conf"' in conf
+    assert f'pid_file: "{tmp_path / "n2.pid"}"' in conf
+    assert conf.count("verify: true") == 2  # clients (mutual TLS) and routes
+    authority = (out / "n2.authority.toml").read_text()
+    assert 'monitor_url = "http://127.0.0.1:18223"' in authority
+    urls = ["tls://127.0.0.1:14223", "tls://127.0.0.1:14222", "tls://127.0.0.1:14224"]
+    assert f"nats_urls = {json.dumps(urls)}" in authority
+    assert "[nats_tls]" in authority and "cert_file" in authority
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (("verify = true\n\n[authority]", "verify = false\n\n[authority]"), "mutual TLS"),
+        (("[trust]\n", "[trust]\ncolour = 1\n"), "unknown setting trust.'colour'"),
+        (('store_dir = "', 'store_dir = "relative/'), "absolute path"),
+        (("[authority.nats_tls]", "[authority.other]"), "[authority.nats_tls]"),
+    ],
+)
+def test_a_bad_spec_is_refused_naming_what_is_wrong(
+    tmp_path: Path, change: tuple[str, str], says: str
+) -> None:
+    pki = write_pki(tmp_path)
+    text = spec_text(tmp_path, pki, ports=[(1 + i, 11 + i, 21 + i, 31 + i) for i in range(3)])
+    assert change[0] in text
+    spec = tmp_path / "cluster.toml"
+    spec.write_text(text.replace(change[0], change[1], 1))
+    result = nrm("cluster", "config", "--spec", spec, "--out", tmp_path / "out")
+    assert result.exit_code == 1, result.output
+    assert says in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
