@@ -189,7 +189,7 @@ def test_unit_is_hardened_and_runs_a_real_command(unit: Path) -> None:
     [exec_start] = settings["ExecStart"]
     argv = shlex.split(exec_start.replace("%i", "police"))
     if argv[0] == "/opt/nrm/bin/nats-server":
-        assert argv[1:] == ["-c", "/etc/nrm/bus/nats.conf"]
+        assert argv[1:] == ["-c", "/etc/nrm/nats/nats.conf"]
         return
     assert argv[0] == "/opt/nrm/bin/nrm"
     assert any(c.startswith("passphrase:") for c in settings["LoadCredential"])
