@@ -27,6 +27,7 @@ from runtime.keydir import init_key_dir, read_passphrase, rotate_key_dir
 from . import admin, logs
 from .audit import LedgerCopy
 from .bus_options import bus_endpoint_options
+from .config_cli import agent_config_command, ledger_config_command
 
 if TYPE_CHECKING:
     from broker.bus import Listen
@@ -1381,3 +1382,10 @@ def demo(keep: bool, workdir: Path | None) -> None:
     from .demo import run
 
     sys.exit(run(keep=keep, workdir=workdir))
+
+
+
+# --- configuration files (nrm/config_cli.py) ---------------------------------------------------
+
+agent.add_command(agent_config_command)
+ledger_group.add_command(ledger_config_command)

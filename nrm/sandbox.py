@@ -12,7 +12,6 @@ a nats-server whose authorization is generated from the directory.
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import shutil
 import time
@@ -35,8 +34,9 @@ from runtime import clock
 from runtime.endpoint import BusEndpoint, BusTls
 from runtime.files import replace_file, write_new_file
 from runtime.keydir import init_key_dir, load_key_dir
+from runtime.tomlfile import dumps
 
-from . import admin
+from . import admin, configs
 
 LEDGER_NAME = "national"
 
@@ -87,24 +87,11 @@ class SandboxTls:
     def client(self) -> BusTls:
         return BusTls(ca_file=self.ca_file, cert_file=self.client_cert, key_file=self.client_key)
 
-    def nats_tls_lines(self) -> list[str]:
-        """The `[nats_tls]` table of a service's TOML file."""
-        lines = ["[nats_tls]", f"ca_file = {json.dumps(str(self.ca_file))}"]
-        if self.client_cert is not None and self.client_key is not None:
-            lines += [
-                f"cert_file = {json.dumps(str(self.client_cert))}",
-                f"key_file = {json.dumps(str(self.client_key))}",
-            ]
-        return [*lines, ""]
-
-    def https_lines(self) -> list[str]:
-        """`tls_cert` and `tls_key` of an API serving HTTPS (none without `https`)."""
+    def http_tls(self) -> configs.HttpTls | None:
+        """The certificate an API serving HTTPS presents (none without `https`)."""
         if not self.https:
-            return []
-        return [
-            f"tls_cert = {json.dumps(str(self.server_cert))}",
-            f"tls_key = {json.dumps(str(self.server_key))}",
-        ]
+            return None
+        return configs.HttpTls(cert_file=str(self.server_cert), key_file=str(self.server_key))
 
 
 @dataclass
@@ -136,27 +123,22 @@ class Sandbox:
         tokens = [self.auditor_token] + [
             (a.home / "ledger.token").read_text().strip() for a in self.agencies.values()
         ]
-        config = "\n".join(
-            [
-                f"name = {json.dumps(LEDGER_NAME)}",
-                'key_dir = "keys"',
-                f"operator_key_dir = {json.dumps(str(self.admin.path / admin.OPERATOR_DIR))}",
-                'passphrase_file = "passphrase"',
-                f"nats_urls = {json.dumps(self.bus_urls)}",
-                f"trust_root = {json.dumps(str(self.admin.root_path(1)))}",
-                'database = "ledger.db"',
-                f"bind = {json.dumps(bind)}",
-                *([] if self.tls is None else self.tls.https_lines()),
-                f"checkpoint_interval_seconds = {checkpoint_interval}",
-                *([] if self.tls is None else self.tls.nats_tls_lines()),
-                *[
-                    f'[[auditors]]\nname = "auditor"\ntoken_sha256 = "{token_digest(t)}"'
-                    for t in tokens
-                ],
-                "",
-            ]
+        config = configs.ledger_config(
+            name=LEDGER_NAME,
+            key_dir="keys",
+            operator_key_dir=str(self.admin.path / admin.OPERATOR_DIR),
+            passphrase_file="passphrase",  # noqa: S106 (a file name)
+            endpoint=BusEndpoint.of(
+                self.bus_urls, None if self.tls is None else self.tls.client()
+            ),
+            trust_root=str(self.admin.root_path(1)),
+            database="ledger.db",
+            bind=bind,
+            http_tls=None if self.tls is None else self.tls.http_tls(),
+            checkpoint_interval_seconds=checkpoint_interval,
+            auditors=[("auditor", token_digest(t)) for t in tokens],
         )
-        replace_file(home / "ledger.toml", config.encode())
+        replace_file(home / "ledger.toml", dumps(config).encode())
         return home / "ledger.toml"
 
     async def start_ledger(self, *, checkpoint_interval: float = 1.0) -> Ledger:
@@ -407,63 +389,46 @@ def _write_config(
     api_port: int = 0,
     tls: SandboxTls | None = None,
 ) -> None:
-    webhook = []
+    webhooks = []
     if webhook_url is not None:
         secret = setup.home / "webhook.secret"
         if not secret.exists():
             write_new_file(secret, secrets.token_hex(32).encode())
-        webhook = [
-            "[[webhooks]]",
-            f"url = {json.dumps(webhook_url)}",
-            'secret_file = "webhook.secret"',
-            "",
-        ]
-    ledger = (
-        []
+        webhooks.append((webhook_url, "webhook.secret"))
+    config = configs.agent_config(
+        agency=setup.agency,
+        key_dir="keys",
+        passphrase_file="passphrase",  # noqa: S106 (a file name)
+        endpoint=BusEndpoint.of(nats_urls, None if tls is None else tls.client()),
+        database="agent.db",
+        trust_root="root.json",
+        trust_cache="trust",
+        api_bind=f"127.0.0.1:{api_port}",
+        http_tls=None if tls is None else tls.http_tls(),
+        clients=[
+            configs.ApiClientSpec(
+                "case-management", token_digest(setup.token), ("submit", "read", "act")
+            )
+        ],
+        ledger=None
         if ledger_url is None
-        else [
-            "[ledger]",
-            f"url = {json.dumps(ledger_url)}",
-            *(
-                [f"ca_file = {json.dumps(str(tls.ca_file))}"]
+        else configs.LedgerLink(
+            url=ledger_url,
+            name=LEDGER_NAME,
+            identity="../ledger/keys/identity.json",
+            token_file="ledger.token",  # noqa: S106 (a file name)
+            ca_file=(
+                str(tls.ca_file)
                 if tls is not None and ledger_url.startswith("https://")
-                else []
+                else None
             ),
-            f"name = {json.dumps(LEDGER_NAME)}",
-            'identity = "../ledger/keys/identity.json"',
-            'token_file = "ledger.token"',
-            "interval_seconds = 1",
-            f"missing_after_seconds = {ledger_missing_after}",
-            "",
-        ]
+            interval_seconds=1,
+            missing_after_seconds=ledger_missing_after,
+        ),
+        webhooks=webhooks,
+        limits=limits,
     )
-    config = "\n".join(
-        [
-            f"agency = {json.dumps(setup.agency)}",
-            'key_dir = "keys"',
-            'passphrase_file = "passphrase"',
-            f"nats_urls = {json.dumps(nats_urls)}",
-            'database = "agent.db"',
-            'trust_root = "root.json"',
-            'trust_cache = "trust"',
-            "",
-            *([] if tls is None else tls.nats_tls_lines()),
-            "[api]",
-            f'bind = "127.0.0.1:{api_port}"',
-            *([] if tls is None else tls.https_lines()),
-            "[[api.clients]]",
-            'name = "case-management"',
-            f'token_sha256 = "{token_digest(setup.token)}"',
-            'scopes = ["submit", "read", "act"]',
-            "",
-            *ledger,
-            *webhook,
-            "[limits]",
-            *[f"{k} = {v!r}" for k, v in limits.items()],
-            "",
-        ]
-    )
-    replace_file(setup.config_path, config.encode())
+    replace_file(setup.config_path, dumps(config).encode())
 
 
 def _now() -> int:

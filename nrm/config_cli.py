@@ -1,0 +1,319 @@
+"""`nrm agent config` and `nrm ledger config`: write a complete agent.toml / ledger.toml.
+
+Both write a new file (0600) and refuse to overwrite one (exit 1). Paths are written as
+given and, like every path in these files, a relative one is relative to the folder of the
+file written (`--out`); they need not exist where the command runs (a file made for a
+container names the container's paths). Tokens are the exception: `--client NAME:SCOPES`
+and `--auditor NAME` keep each bearer token in `NAME.token` beside `--out` (read if it is
+there, else made, 0600) and write only its SHA-256 into the configuration.
+A malformed option is a usage error (exit 2) naming it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from agents.config import SCOPES
+from keys import check_agency_id
+from keys.checkpoint import ledger_origin
+from runtime.config import ConfigError, bind_address
+from runtime.endpoint import BusEndpoint
+
+from .bus_options import bus_endpoint_options
+from .configs import (
+    ApiClientSpec,
+    HttpTls,
+    LedgerLink,
+    agent_config,
+    client_token,
+    digest_of,
+    ledger_config,
+    write_config,
+)
+
+PATH = click.Path(path_type=Path)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _http_tls_options(f: F) -> F:
+    f = click.option(
+        "--http-tls-key",
+        default=None,
+        metavar="FILE",
+        help="Its private key (PEM, 0600); with --http-tls-cert.",
+    )(f)
+    return click.option(
+        "--http-tls-cert",
+        default=None,
+        metavar="FILE",
+        help="Serve the HTTP API over HTTPS only, with this certificate chain (PEM).",
+    )(f)
+
+
+def _http_tls(cert: str | None, key: str | None) -> HttpTls | None:
+    if (cert is None) != (key is None):
+        raise click.UsageError("--http-tls-cert and --http-tls-key go together")
+    return None if cert is None or key is None else HttpTls(cert_file=cert, key_file=key)
+
+
+def _check_bind(value: str, option: str) -> str:
+    try:
+        bind_address(value, key=option)
+    except ConfigError as e:
+        raise click.BadParameter(str(e), param_hint=option) from e
+    return value
+
+
+def _check_ledger_name(value: str, option: str) -> str:
+    try:
+        ledger_origin(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=option) from e
+    return value
+
+
+def _write(out: Path, doc: dict[str, Any], *, header: str) -> None:
+    try:
+        write_config(out, doc, header=header)
+    except FileExistsError as e:
+        raise click.ClickException(str(e)) from e
+    except OSError as e:
+        raise click.ClickException(f"cannot write {out}: {e.strerror}") from e
+    click.echo(f"wrote {out}")
+
+
+def _token(out: Path, name: str, option: str) -> str:
+    """The SHA-256 of the token in `NAME.token` beside `out` (made if missing)."""
+    if not name or "/" in name or name.startswith("."):
+        raise click.BadParameter(f"{name!r} is not a usable name", param_hint=option)
+    path = out.parent / f"{name}.token"
+    try:
+        digest = digest_of(client_token(path))
+    except (OSError, ValueError) as e:
+        raise click.ClickException(f"{path}: {e}") from e
+    click.echo(f"token for {name}: {path}")
+    return digest
+
+
+@click.command("config")
+@click.option("--out", type=PATH, required=True, help="The agent.toml to write (a new file).")
+@click.option("--agency", required=True, help="This agency's id, as in the directory.")
+@click.option("--name", default=None, help="The agency's name (informative).")
+@click.option("--key-dir", default="keys", show_default=True, help="agency.key + identity.json.")
+@click.option(
+    "--passphrase-file",
+    default=None,
+    metavar="FILE",
+    help="The key file's passphrase (else $NRM_PASSPHRASE when the agent starts).",
+)
+@bus_endpoint_options()
+@click.option("--database", default="agent.db", show_default=True, help="SQLite database.")
+@click.option(
+    "--api-bind", default="127.0.0.1:8081", show_default=True, help="HOST:PORT of the API."
+)
+@_http_tls_options
+@click.option(
+    "--trust-root", default="root.json", show_default=True, help="The pinned root.1.json."
+)
+@click.option(
+    "--trust-cache", default="trust", show_default=True, help="Verified roots and directory."
+)
+@click.option(
+    "--client",
+    "clients",
+    multiple=True,
+    metavar="NAME:SCOPES",
+    help="An API client and its scopes, e.g. case-management:submit,read,act (repeat); "
+    "its token is kept in NAME.token beside --out.",
+)
+@click.option("--ledger-url", default=None, help="The audit ledger to check, http(s)://...")
+@click.option("--ledger-name", default=None, help="Its name (origin <name>/nrm-ledger).")
+@click.option("--ledger-identity", default=None, metavar="FILE", help="Its identity.json.")
+@click.option(
+    "--ledger-token-file", default=None, metavar="FILE", help="An auditor token for reading it."
+)
+@click.option("--ledger-ca", default=None, metavar="FILE", help="CAs for an https:// ledger (PEM).")
+@click.option("--webhook", "webhook_url", default=None, help="Notify the agency system here.")
+@click.option(
+    "--webhook-secret-file", default=None, metavar="FILE", help="Its HMAC key (16+ bytes)."
+)
+def agent_config_command(
+    out: Path,
+    agency: str,
+    name: str | None,
+    key_dir: str,
+    passphrase_file: str | None,
+    endpoint: BusEndpoint,
+    database: str,
+    api_bind: str,
+    http_tls_cert: str | None,
+    http_tls_key: str | None,
+    trust_root: str,
+    trust_cache: str,
+    clients: tuple[str, ...],
+    ledger_url: str | None,
+    ledger_name: str | None,
+    ledger_identity: str | None,
+    ledger_token_file: str | None,
+    ledger_ca: str | None,
+    webhook_url: str | None,
+    webhook_secret_file: str | None,
+) -> None:
+    """Write a complete agent.toml (0600; refuses to overwrite).
+
+    Paths are written as given; a relative one is relative to the folder of --out when the
+    agent reads the file. Options left out are left out of the file (the agent's defaults).
+    """
+    try:
+        check_agency_id(agency)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--agency") from e
+    _check_bind(api_bind, "--api-bind")
+    http_tls = _http_tls(http_tls_cert, http_tls_key)
+    ledger_given = [ledger_url, ledger_name, ledger_identity, ledger_token_file]
+    if any(v is not None for v in [*ledger_given, ledger_ca]) and None in ledger_given:
+        raise click.UsageError(
+            "--ledger-url, --ledger-name, --ledger-identity and --ledger-token-file go together"
+        )
+    if (webhook_url is None) != (webhook_secret_file is None):
+        raise click.UsageError("--webhook and --webhook-secret-file go together")
+    specs: list[tuple[str, tuple[str, ...]]] = []
+    for item in clients:
+        client, _, scopes = item.partition(":")
+        wanted = tuple(s for s in scopes.split(",") if s)
+        if not client or not wanted or not set(wanted) <= SCOPES:
+            raise click.BadParameter(
+                f"{item!r} is not NAME:SCOPES with scopes among {', '.join(sorted(SCOPES))}",
+                param_hint="--client",
+            )
+        specs.append((client, wanted))
+    if out.exists():  # before any token file is made
+        raise click.ClickException(f"{out} already exists; refusing to overwrite")
+    ledger = None
+    if ledger_url is not None and ledger_name is not None:
+        assert ledger_identity is not None and ledger_token_file is not None
+        if not ledger_url.startswith(("http://", "https://")):
+            raise click.BadParameter("an http:// or https:// URL", param_hint="--ledger-url")
+        ledger = LedgerLink(
+            url=ledger_url,
+            name=_check_ledger_name(ledger_name, "--ledger-name"),
+            identity=ledger_identity,
+            token_file=ledger_token_file,
+            ca_file=ledger_ca,
+        )
+    doc = agent_config(
+        agency=agency,
+        name=name,
+        key_dir=key_dir,
+        passphrase_file=passphrase_file,
+        endpoint=endpoint,
+        database=database,
+        api_bind=api_bind,
+        trust_root=trust_root,
+        trust_cache=trust_cache,
+        http_tls=http_tls,
+        clients=[ApiClientSpec(c, _token(out, c, "--client"), scopes) for c, scopes in specs],
+        ledger=ledger,
+        webhooks=[] if webhook_url is None else [(webhook_url, str(webhook_secret_file))],
+    )
+    _write(out, doc, header=f"agent.toml for {agency}, written by `nrm agent config`.")
+
+
+@click.command("config")
+@click.option("--out", type=PATH, required=True, help="The ledger.toml to write (a new file).")
+@click.option("--name", required=True, help="DNS-like name; origin <name>/nrm-ledger.")
+@click.option("--key-dir", default="keys", show_default=True, help="The ledger's signing key.")
+@click.option(
+    "--operator-key-dir",
+    default="operator",
+    show_default=True,
+    help="The operator's keys (bus credentials for reading the audit stream).",
+)
+@click.option(
+    "--passphrase-file",
+    default=None,
+    metavar="FILE",
+    help="For both key files (else $NRM_PASSPHRASE when the ledger starts).",
+)
+@bus_endpoint_options()
+@click.option(
+    "--trust-root", default="root.json", show_default=True, help="The pinned root.1.json."
+)
+@click.option("--database", default="ledger.db", show_default=True, help="SQLite database.")
+@click.option("--bind", default="127.0.0.1:8090", show_default=True, help="HOST:PORT of the API.")
+@_http_tls_options
+@click.option(
+    "--auditor",
+    "auditors",
+    multiple=True,
+    metavar="NAME",
+    help="An auditor (or an agency's agent) that reads the ledger (repeat); its token is "
+    "kept in NAME.token beside --out.",
+)
+@click.option(
+    "--checkpoint-interval",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Seconds between signed checkpoints (default 2).",
+)
+@click.option(
+    "--suppress-below",
+    type=click.IntRange(1),
+    default=None,
+    help="Statistics cells under this count are suppressed (default 5).",
+)
+@click.option(
+    "--expiry-warning-days",
+    type=click.FloatRange(0),
+    default=None,
+    help="/healthz warns this long before expiry (default 7).",
+)
+def ledger_config_command(
+    out: Path,
+    name: str,
+    key_dir: str,
+    operator_key_dir: str,
+    passphrase_file: str | None,
+    endpoint: BusEndpoint,
+    trust_root: str,
+    database: str,
+    bind: str,
+    http_tls_cert: str | None,
+    http_tls_key: str | None,
+    auditors: tuple[str, ...],
+    checkpoint_interval: float | None,
+    suppress_below: int | None,
+    expiry_warning_days: float | None,
+) -> None:
+    """Write a complete ledger.toml (0600; refuses to overwrite).
+
+    Paths are written as given; a relative one is relative to the folder of --out when the
+    ledger reads the file. Options left out are left out of the file (the ledger's defaults).
+    """
+    _check_ledger_name(name, "--name")
+    _check_bind(bind, "--bind")
+    http_tls = _http_tls(http_tls_cert, http_tls_key)
+    if len(set(auditors)) != len(auditors):
+        raise click.BadParameter("each auditor once", param_hint="--auditor")
+    if out.exists():
+        raise click.ClickException(f"{out} already exists; refusing to overwrite")
+    doc = ledger_config(
+        name=name,
+        key_dir=key_dir,
+        operator_key_dir=operator_key_dir,
+        passphrase_file=passphrase_file,
+        endpoint=endpoint,
+        trust_root=trust_root,
+        database=database,
+        bind=bind,
+        http_tls=http_tls,
+        auditors=[(a, _token(out, a, "--auditor")) for a in auditors],
+        checkpoint_interval_seconds=checkpoint_interval,
+        suppress_below=suppress_below,
+        expiry_warning_days=expiry_warning_days,
+    )
+    _write(out, doc, header=f"ledger.toml for {name}, written by `nrm ledger config`.")

@@ -1,0 +1,260 @@
+"""`nrm agent config` / `nrm ledger config` (nrm/configs.py, runtime/tomlfile.py): what they
+write loads with the services' own strict loaders, holds only what was asked for, and never
+replaces an existing file."""
+
+from __future__ import annotations
+
+import stat
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from click.testing import CliRunner
+
+from agents.config import AgentConfig, token_digest
+from broker.ledger import LedgerConfig
+from keys import AgencyKeys
+from nrm.cli import main
+from runtime.config import Table
+from runtime.endpoint import BusEndpoint, BusTls, endpoint_from_config
+from runtime.tomlfile import dumps
+
+LEDGER = [
+    "--ledger-url=http://ledger.example:8090",
+    "--ledger-name=national",
+    "--ledger-identity=ledger-identity.json",
+    "--ledger-token-file=ledger.token",
+]
+
+
+def nrm(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """What an agent's files name, beside its agent.toml: the ledger's identity and token,
+    a webhook secret."""
+    identity = AgencyKeys.generate(agency="ledger", name="Audit ledger").public
+    (tmp_path / "ledger-identity.json").write_text(identity.to_json())
+    (tmp_path / "ledger.token").write_text("auditor-token-" + "x" * 20)
+    (tmp_path / "webhook.secret").write_text("s" * 32)
+    return tmp_path
+
+
+def test_toml_writer_round_trips_through_tomllib() -> None:
+    """Tables, arrays of tables, quoting and escapes read back as written; None is left out."""
+    doc: dict[str, Any] = {
+        "name": "a \"quoted\" \\ value\nwith ünïcode, a tab\t, NUL \x00 and DEL \x7f",
+        "n": 3,
+        "f": 0.5,
+        "on": True,
+        "list": ["x", "y"],
+        "skipped": None,
+        "table": {"k": 1, "inner": {"deep": "yes"}, "rows": [{"a": 1}, {"a": 2}]},
+        "odd key": "quoted",
+        "items": [{"url": "http://h", "secret_file": "s"}],
+    }
+    back = tomllib.loads(dumps(doc, header="two\nlines"))
+    expected = {k: v for k, v in doc.items() if v is not None}
+    assert back == expected
+
+
+def test_agent_config_loads_with_the_agents_own_loader(folder: Path) -> None:
+    """Every option lands where AgentConfig reads it; the client token is kept beside the
+    file and only its SHA-256 is in it; the file is 0600."""
+    out = folder / "agent.toml"
+    result = nrm(
+        "agent", "config", "--out", str(out), "--agency", "police", "--name", "Police",
+        "--nats", "nats://bus-1:4222,bus-2", "--nats", "bus-3:4333",
+        "--key-dir", "/etc/nrm/keys", "--passphrase-file", "/run/credentials/x/passphrase",
+        "--database", "/var/lib/nrm/police/agent.db", "--api-bind", "192.0.2.10:8081",
+        "--trust-root", "root.1.json", "--trust-cache", "/var/lib/nrm/police/trust",
+        "--client", "case-management:submit,read,act", "--client", "dashboard:read",
+        *LEDGER, "--webhook", "http://cms:9000/events", "--webhook-secret-file", "webhook.secret",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    config = AgentConfig.load(out)
+    assert config.agency == "police"
+    assert config.bus.urls == ("nats://bus-1:4222", "nats://bus-2:4222", "nats://bus-3:4333")
+    assert config.key_dir == Path("/etc/nrm/keys")
+    assert config.passphrase_file == Path("/run/credentials/x/passphrase")
+    assert config.database == Path("/var/lib/nrm/police/agent.db")
+    assert (config.api_host, config.api_port) == ("192.0.2.10", 8081)
+    assert config.trust_root == folder / "root.1.json"
+    cms = (folder / "case-management.token").read_text()
+    assert stat.S_IMODE((folder / "case-management.token").stat().st_mode) == 0o600
+    assert cms not in out.read_text()
+    assert [(c.name, c.token_sha256.hex(), sorted(c.scopes)) for c in config.clients] == [
+        ("case-management", token_digest(cms), ["act", "read", "submit"]),
+        ("dashboard", token_digest((folder / "dashboard.token").read_text()), ["read"]),
+    ]
+    assert config.ledger is not None
+    assert (config.ledger.url, config.ledger.name) == ("http://ledger.example:8090", "national")
+    assert config.ledger.token == (folder / "ledger.token").read_text()
+    assert [w.url for w in config.webhooks] == ["http://cms:9000/events"]
+    assert "nats_tls" not in out.read_text() and "tls_" not in out.read_text()
+
+
+def test_a_token_file_already_there_is_used_not_replaced(folder: Path) -> None:
+    """An operator may choose the token: an existing NAME.token is read, not replaced."""
+    (folder / "cms.token").write_text("chosen-by-the-operator-0123456789")
+    assert nrm(
+        "agent", "config", "--out", str(folder / "agent.toml"), "--agency", "police",
+        "--nats", "bus", "--client", "cms:read",
+    ).exit_code == 0  # fmt: skip
+    [client] = AgentConfig.from_dict(
+        tomllib.loads((folder / "agent.toml").read_text()), base=folder
+    ).clients
+    assert client.token_sha256.hex() == token_digest("chosen-by-the-operator-0123456789")
+
+
+def test_an_existing_file_is_never_overwritten(folder: Path) -> None:
+    """Exit 1 naming the file; the file and the folder are unchanged (no token made)."""
+    out = folder / "agent.toml"
+    out.write_text("# mine\n")
+    before = sorted(p.name for p in folder.iterdir())
+    result = nrm(
+        "agent", "config", "--out", str(out), "--agency", "police", "--nats", "bus",
+        "--client", "cms:read",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "already exists" in result.output
+    assert out.read_text() == "# mine\n"
+    assert sorted(p.name for p in folder.iterdir()) == before
+    ledger = folder / "ledger.toml"
+    ledger.write_text("# mine\n")
+    result = nrm("ledger", "config", "--out", str(ledger), "--name", "national", "--nats", "b")
+    assert result.exit_code == 1 and ledger.read_text() == "# mine\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--agency", "Police!"], "--agency"),
+        (["--agency", "police", "--client", "cms:write"], "--client"),
+        (["--agency", "police", "--client", "cms"], "--client"),
+        (["--agency", "police", "--api-bind", "localhost"], "--api-bind"),
+        (["--agency", "police", "--ledger-url", "http://l"], "--ledger-url"),
+        (["--agency", "police", *LEDGER[:3]], "--ledger"),
+        (["--agency", "police", "--http-tls-cert", "c.pem"], "--http-tls-cert"),
+        (["--agency", "police", "--webhook", "http://cms"], "--webhook"),
+        (["--agency", "police", "--nats", "nats://user:pw@bus"], "--nats"),
+    ],
+    ids=[
+        "bad agency id", "unknown scope", "no scopes", "bind without port", "ledger url alone",
+        "ledger without its token", "certificate without key", "webhook without secret",
+        "credentials in the URL",
+    ],
+)  # fmt: skip
+def test_agent_config_usage_errors_name_the_option(
+    folder: Path, args: list[str], named: str
+) -> None:
+    """A malformed option is a usage error (exit 2) naming it; nothing is written."""
+    nats = [] if any(a.startswith("--nats") for a in args) else ["--nats", "bus"]
+    result = nrm("agent", "config", "--out", str(folder / "agent.toml"), *nats, *args)
+    assert result.exit_code == 2, result.output
+    assert named in result.output
+    assert not (folder / "agent.toml").exists()
+
+
+def test_ledger_config_loads_with_the_ledgers_own_loader(tmp_path: Path) -> None:
+    """Auditor tokens beside the file, their SHA-256 in it; every option read back."""
+    out = tmp_path / "ledger.toml"
+    result = nrm(
+        "ledger", "config", "--out", str(out), "--name", "national",
+        "--key-dir", "/etc/nrm/ledger/keys", "--operator-key-dir", "/etc/nrm/ledger/operator",
+        "--passphrase-file", "/run/credentials/nrm-ledger.service/passphrase",
+        "--nats", "tls://bus-1:4222", "--nats", "tls://bus-2:4222",
+        "--trust-root", "root.1.json", "--database", "/var/lib/nrm-ledger/ledger.db",
+        "--bind", "192.0.2.10:8090", "--auditor", "court-of-audit", "--auditor", "police",
+        "--checkpoint-interval", "5", "--suppress-below", "10", "--expiry-warning-days", "14",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    config = LedgerConfig.load(out)
+    assert config.name == "national"
+    assert config.bus.urls == ("tls://bus-1:4222", "tls://bus-2:4222")
+    assert config.operator_key_dir == Path("/etc/nrm/ledger/operator")
+    assert config.passphrase_file == Path("/run/credentials/nrm-ledger.service/passphrase")
+    assert config.database == Path("/var/lib/nrm-ledger/ledger.db")
+    assert (config.host, config.port) == ("192.0.2.10", 8090)
+    assert config.auditor_tokens == tuple(
+        bytes.fromhex(token_digest((tmp_path / f"{a}.token").read_text()))
+        for a in ("court-of-audit", "police")
+    )
+    assert (config.checkpoint_interval_seconds, config.suppress_below) == (5.0, 10)
+    assert config.expiry_warning_seconds == 14 * 86400
+
+
+def test_ledger_config_usage_errors(tmp_path: Path) -> None:
+    """A name that is not DNS-like, a repeated auditor: exit 2, nothing written."""
+    out = tmp_path / "ledger.toml"
+    for args in (["--name", "Not a name"], ["--name", "n", "--auditor", "a", "--auditor", "a"]):
+        result = nrm("ledger", "config", "--out", str(out), "--nats", "bus", *args)
+        assert result.exit_code == 2, result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, Path]:
+    ca = trustme.CA()
+    cert = ca.issue_cert("agent.example")
+    files = {"ca": tmp_path / "ca.pem", "cert": tmp_path / "c.pem", "key": tmp_path / "c.key"}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    cert.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    cert.private_key_pem.write_to_path(str(files["key"]))
+    return files
+
+
+def test_tls_settings_appear_only_when_given_and_read_back(
+    folder: Path, pki: dict[str, Path]
+) -> None:
+    """--tls-* make `[nats_tls]` (read back by runtime.endpoint exactly), --http-tls-* make
+    `[api] tls_cert`/`tls_key`, --ledger-ca `[ledger] ca_file`; the whole file loads."""
+    out = folder / "agent.toml"
+    result = nrm(
+        "agent", "config", "--out", str(out), "--agency", "police",
+        "--nats", "tls://10.0.0.1:4222,tls://10.0.0.2:4222", "--tls-ca", str(pki["ca"]),
+        "--tls-cert", str(pki["cert"]), "--tls-key", str(pki["key"]),
+        "--tls-server-name", "nats.example", "--http-tls-cert", str(pki["cert"]),
+        "--http-tls-key", str(pki["key"]), *LEDGER[1:], "--ledger-url=https://ledger:8090",
+        "--ledger-ca", str(pki["ca"]),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = tomllib.loads(out.read_text())
+    assert endpoint_from_config(Table(doc), base=folder) == BusEndpoint(
+        urls=("tls://10.0.0.1:4222", "tls://10.0.0.2:4222"),
+        tls=BusTls(
+            ca_file=pki["ca"],
+            cert_file=pki["cert"],
+            key_file=pki["key"],
+            server_name="nats.example",
+        ),
+    )
+    assert (doc["api"]["tls_cert"], doc["api"]["tls_key"]) == (str(pki["cert"]), str(pki["key"]))
+    assert doc["ledger"]["ca_file"] == str(pki["ca"])
+    config = AgentConfig.load(out)
+    assert config.agency == "police"
+
+
+def test_ledger_tls_settings_appear_only_when_given(tmp_path: Path, pki: dict[str, Path]) -> None:
+    """The ledger's top-level `tls_cert`/`tls_key` and its `[nats_tls]`; the file loads."""
+    out = tmp_path / "ledger.toml"
+    plain = tmp_path / "plain.toml"
+    assert nrm("ledger", "config", "--out", str(plain), "--name", "n", "--nats", "b").exit_code == 0
+    assert "tls" not in plain.read_text()
+    result = nrm(
+        "ledger", "config", "--out", str(out), "--name", "national", "--nats", "tls://bus",
+        "--tls-ca", str(pki["ca"]), "--http-tls-cert", str(pki["cert"]),
+        "--http-tls-key", str(pki["key"]),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = tomllib.loads(out.read_text())
+    assert doc["nats_tls"] == {"ca_file": str(pki["ca"])}
+    assert (doc["tls_cert"], doc["tls_key"]) == (str(pki["cert"]), str(pki["key"]))
+    config = LedgerConfig.load(out)
+    assert config.name == "national"

@@ -1,0 +1,435 @@
+"""deploy/ cannot drift from the code: the systemd units pass `systemd-analyze verify` and
+score no worse than deploy/README.md says, every command a unit, the compose file or a
+manifest runs is a real `nrm` command line, every file the compose file mounts is made by
+deploy/compose-setup.sh and the configurations in it load, and every Kubernetes manifest
+validates strictly against a pinned Kubernetes version."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import kubernetes_validate
+import pytest
+import yaml
+
+from agents.config import AgentConfig
+from broker.ledger import LedgerConfig
+from nrm.cli import main
+from runtime.tomlfile import dumps
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
+#: The Kubernetes version the manifests are validated against (deploy/README.md).
+KUBERNETES_VERSION = "1.33.0"
+#: What another task of issue 13 adds to `nrm` (cluster13): until it is merged, a command
+#: line using it is reported as a skip naming it, never as a pass.
+PENDING = ("'authority'", "'--listen", "'--monitor")
+
+
+class NotAnNrmCommand(Exception):
+    """The command line does not parse in the `nrm` click tree."""
+
+
+def nrm_command(argv: list[str]) -> click.Context:
+    """Parse `nrm ARGV` down to its command and its options, without running anything."""
+    cmd: click.Command = main
+    ctx: click.Context | None = None
+    path = ["nrm"]
+    args = list(argv)
+    try:
+        while isinstance(cmd, click.Group):
+            ctx = click.Context(cmd, info_name=path[-1], parent=ctx)
+            if not args:
+                raise NotAnNrmCommand(f"{' '.join(path)} needs a command")
+            name, *args = args
+            sub = cmd.get_command(ctx, name)
+            if sub is None:
+                raise NotAnNrmCommand(f"No such command '{name}' in {' '.join(path)}")
+            cmd = sub
+            path.append(name)
+        return cmd.make_context(path[-1], args, parent=ctx)
+    except click.UsageError as e:
+        raise NotAnNrmCommand(f"{' '.join(path)}: {e.format_message()}") from e
+
+
+def check_nrm_commands(commands: dict[str, list[str]]) -> None:
+    """Every `nrm` command line parses; a failure only on what is pending skips."""
+    failures = {}
+    for where, argv in commands.items():
+        try:
+            nrm_command(argv)
+        except NotAnNrmCommand as e:
+            failures[where] = str(e)
+    if failures and all(any(p in msg for p in PENDING) for msg in failures.values()):
+        pytest.skip(f"needs what task cluster13 adds to nrm: {failures}")
+    assert not failures
+
+
+def test_the_command_check_can_fail() -> None:
+    """A misspelt option, an unknown command and a bad value are each refused."""
+    assert nrm_command(["agent", "run", "--config", "/etc/nrm/agent.toml"]).params
+    for argv in (
+        ["agent", "run", "--confg", "x"],
+        ["agent", "walk"],
+        ["ledger", "config", "--out", "x", "--checkpoint-interval", "soon"],
+        ["agent"],
+    ):
+        with pytest.raises(NotAnNrmCommand):
+            nrm_command(argv)
+
+
+# --- systemd ---------------------------------------------------------------------------------
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+needs_systemd = pytest.mark.skipif(
+    SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed (Debian: systemd)"
+)
+HARDENING = {
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
+    "CapabilityBoundingSet": "",
+    "SystemCallFilter": "@system-service",
+    "RestrictNamespaces": "yes",
+    "UMask": "0077",
+}
+
+
+def unit_settings(path: Path) -> dict[str, list[str]]:
+    """Each `Key=value` of the unit's [Service] section, repeated keys in order."""
+    settings: dict[str, list[str]] = {}
+    section = ""
+    for line in path.read_text().splitlines():
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif section == "Service" and "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def installed_units(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Copies of the units whose /opt/nrm/bin/ (the documented venv) points at executable
+    stand-ins, so that `verify` finds the binaries; the template as instance `police`."""
+    folder = tmp_path_factory.mktemp("units")
+    bin_dir = folder / "opt-nrm-bin"
+    bin_dir.mkdir()
+    for name in ("nrm", "nats-server"):
+        (bin_dir / name).write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / name).chmod(0o755)
+    copies = {}
+    for unit in UNITS:
+        name = unit.name.replace("@.service", "@police.service")
+        text = unit.read_text().replace("/opt/nrm/bin/", f"{bin_dir}/")
+        (folder / name).write_text(text)
+        copies[unit.name] = folder / name
+    return copies
+
+
+def verify(path: Path) -> str:
+    assert SYSTEMD_ANALYZE is not None
+    done = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", str(path)], capture_output=True, text=True, check=False
+    )
+    return (
+        f"exit {done.returncode}: {done.stdout}{done.stderr}"
+        if done.returncode
+        else (done.stdout + done.stderr)
+    )
+
+
+def test_the_four_units_are_there() -> None:
+    """The agent (template), the ledger, the bus node and its authority."""
+    assert [u.name for u in UNITS] == [
+        "nrm-agent@.service",
+        "nrm-bus-authority.service",
+        "nrm-ledger.service",
+        "nrm-nats.service",
+    ]
+
+
+@needs_systemd
+@pytest.mark.parametrize("unit", [u.name for u in UNITS])
+def test_unit_passes_systemd_analyze_verify(installed_units: dict[str, Path], unit: str) -> None:
+    """Not one warning: an unknown or misspelt setting is reported, not ignored."""
+    assert verify(installed_units[unit]) == ""
+
+
+@needs_systemd
+def test_verify_reports_a_misspelt_setting(installed_units: dict[str, Path]) -> None:
+    """The check above can fail: a typo in a hardening setting makes output."""
+    good = installed_units["nrm-ledger.service"]
+    bad = good.with_name("nrm-typo.service")
+    bad.write_text(good.read_text().replace("ProtectHome=yes", "ProtectHme=yes"))
+    assert "Unknown key 'ProtectHme'" in verify(bad)
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
+def test_unit_is_hardened_and_runs_a_real_command(unit: Path) -> None:
+    """The hardening deploy/README.md lists is in every unit; passphrases arrive only as
+    credentials; the ExecStart is an `nrm` command line (or the packaged nats-server)."""
+    settings = unit_settings(unit)
+    for key, value in HARDENING.items():
+        assert value in settings.get(key, []), f"{unit.name}: {key}={value}"
+    assert settings["User"][0].startswith("nrm") and settings["StateDirectory"]
+    [exec_start] = settings["ExecStart"]
+    argv = shlex.split(exec_start.replace("%i", "police"))
+    if argv[0] == "/opt/nrm/bin/nats-server":
+        assert argv[1:] == ["-c", "/etc/nrm/nats/nats.conf"]
+        return
+    assert argv[0] == "/opt/nrm/bin/nrm"
+    assert any(c.startswith("passphrase:") for c in settings["LoadCredential"])
+    check_nrm_commands({unit.name: argv[1:]})
+
+
+def readme_scores() -> dict[str, float]:
+    """The table of deploy/README.md: | `unit` | exposure |."""
+    found = re.findall(
+        r"^\| `([\w@.-]+\.service)` \| (\d+\.\d) \|", (DEPLOY / "README.md").read_text(), re.M
+    )
+    return {unit: float(score) for unit, score in found}
+
+
+@needs_systemd
+@pytest.mark.parametrize("unit", [u.name for u in UNITS])
+def test_security_exposure_is_at_most_what_the_readme_says(
+    installed_units: dict[str, Path], unit: str
+) -> None:
+    """`systemd-analyze security --offline=yes` scores the unit no worse than recorded."""
+    assert SYSTEMD_ANALYZE is not None
+    done = subprocess.run(
+        [SYSTEMD_ANALYZE, "security", "--offline=yes", "--no-pager", str(installed_units[unit])],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d)", done.stdout + done.stderr)
+    assert match, done.stdout + done.stderr
+    assert float(match.group(1)) <= readme_scores()[unit]
+
+
+# --- compose ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mechanism(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder deploy/compose-setup.sh makes, with the nrm of this interpreter."""
+    folder = tmp_path_factory.mktemp("compose") / "nrm"
+    env = {**os.environ, "NRM": str(Path(sys.executable).parent / "nrm")}
+    subprocess.run(
+        ["sh", str(DEPLOY / "compose-setup.sh"), str(folder)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    doc = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    assert isinstance(doc, dict)
+    return doc
+
+
+def mounts(service: dict[str, Any], host_dir: Path) -> Iterator[tuple[str, Path | None]]:
+    """(container path, host path) of each volume; host None for a named volume."""
+    for item in service.get("volumes", []):
+        variable, brace, rest = item.partition("}")  # ${NRM_DIR:?message} may hold a colon
+        if variable.startswith("${NRM_DIR") and brace:
+            relative, target = rest.lstrip("/").split(":")[:2]
+            yield target, host_dir / relative
+        else:
+            yield item.split(":")[1], None
+
+
+def on_host(path: str, service: dict[str, Any], host_dir: Path) -> Path | None:
+    """Where a container path of `service` is on the host (None: in a named volume)."""
+    best = max(
+        (m for m in mounts(service, host_dir) if path == m[0] or path.startswith(m[0] + "/")),
+        key=lambda m: len(m[0]),
+        default=None,
+    )
+    assert best is not None, f"{path} is in no mounted volume"
+    target, host = best
+    return None if host is None else host / path[len(target) :].lstrip("/")
+
+
+def test_compose_services_run_real_nrm_commands(compose: dict[str, Any]) -> None:
+    """The bus, the directory publication, the ledger and three agents; each command parses."""
+    services = compose["services"]
+    assert {"bus", "publish", "ledger"} <= set(services)
+    assert len([s for s in services.values() if s["command"][:2] == ["agent", "run"]]) >= 2
+    check_nrm_commands({name: s["command"] for name, s in services.items()})
+
+
+def test_compose_mounts_only_what_the_setup_script_makes(
+    compose: dict[str, Any], mechanism: Path
+) -> None:
+    """Every host path mounted exists after compose-setup.sh; every named volume is declared;
+    every file a command line names is mounted."""
+    for name, service in compose["services"].items():
+        for target, host in mounts(service, mechanism):
+            if host is None:
+                assert target.startswith("/var/lib/nrm")
+            else:
+                assert host.exists(), f"{name}: {host}"
+        named = [
+            v.split(":")[0]
+            for v in service.get("volumes", [])
+            if v.startswith(tuple("abcdefghijklmnopqrstuvwxyz"))
+        ]
+        assert set(named) <= set(compose["volumes"])
+        for arg in service["command"]:
+            key, _, value = arg.partition("=")
+            if value.startswith("/etc/nrm/"):
+                host = on_host(value, service, mechanism)
+                assert host is not None and host.exists(), f"{name} {key}: {value}"
+
+
+PATH_SETTINGS = ("key_dir", "passphrase_file", "trust_root", "trust_cache", "database",
+                 "operator_key_dir", "identity", "token_file")  # fmt: skip
+
+
+def host_config(doc: dict[str, Any], base: str, service: dict[str, Any], host_dir: Path,
+                state: Path) -> dict[str, Any]:  # fmt: skip
+    """`doc` with each container path replaced by where it is on the host (paths in
+    named volumes moved into `state`): what the service sees, seen from here."""
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            out[key] = host_config(value, base, service, host_dir, state)
+        elif key in PATH_SETTINGS and isinstance(value, str):
+            full = value if value.startswith("/") else f"{base}/{value}"
+            host = on_host(full, service, host_dir)
+            out[key] = str(host if host is not None else state / full.lstrip("/"))
+            if host is not None:
+                assert host.exists(), f"{key} = {value}: not made by compose-setup.sh"
+        else:
+            out[key] = value
+    return out
+
+
+def test_compose_configurations_load_as_the_containers_see_them(
+    compose: dict[str, Any], mechanism: Path, tmp_path: Path
+) -> None:
+    """Each agent.toml and ledger.toml, its paths followed through the mounts, names files
+    the setup made and loads with the service's own loader; the agents reach the bus and
+    the ledger by their compose service names."""
+    loaded = 0
+    for name, service in compose["services"].items():
+        given = [a.partition("=")[2] for a in service["command"] if a.startswith("--config=")]
+        config = given[0] if given else None
+        if config is None:
+            continue
+        host = on_host(config, service, mechanism)
+        assert host is not None
+        doc = host_config(tomllib.loads(host.read_text()), config.rsplit("/", 1)[0], service,
+                          mechanism, tmp_path / name)  # fmt: skip
+        (tmp_path / name).mkdir(parents=True, exist_ok=True)
+        rewritten = tmp_path / name / "config.toml"
+        rewritten.write_text(dumps(doc))
+        assert doc["nats_urls"] == ["nats://bus:4222"]
+        if service["command"][0] == "agent":
+            agent = AgentConfig.load(rewritten)
+            assert agent.agency == name
+            assert agent.ledger is not None and agent.ledger.url == "http://ledger:8090"
+            port = agent.api_port
+            assert f"127.0.0.1:{port}:{port}" in service["ports"]
+        else:
+            assert LedgerConfig.load(rewritten).name == "national"
+        loaded += 1
+    assert loaded == 4
+
+
+# --- Kubernetes ------------------------------------------------------------------------------
+
+MANIFESTS = sorted(
+    p for p in (DEPLOY / "kubernetes").glob("*.yaml") if p.name != "kustomization.yaml"
+)
+
+
+def resources(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_validates_strictly(manifest: Path) -> None:
+    """Every resource validates against the pinned Kubernetes version, unknown fields refused."""
+    for resource in resources(manifest):
+        kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
+
+
+def test_strict_validation_refuses_an_unknown_field() -> None:
+    """The check above can fail: a misspelt field is an error, not ignored."""
+    [deployment] = [
+        r for r in resources(DEPLOY / "kubernetes" / "ledger.yaml") if r["kind"] == "Deployment"
+    ]
+    deployment["spec"]["template"]["spec"]["containers"][0]["securityContxt"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((DEPLOY / "kubernetes" / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == [m.name for m in MANIFESTS]
+
+
+def pod_specs() -> dict[str, dict[str, Any]]:
+    return {
+        r["metadata"]["name"]: r["spec"]["template"]["spec"]
+        for m in MANIFESTS
+        for r in resources(m)
+        if r["kind"] in ("Deployment", "StatefulSet")
+    }
+
+
+def test_every_container_is_locked_down() -> None:
+    """Non-root, read-only root file system, no capabilities, no privilege escalation, the
+    runtime's seccomp profile; no service-account token."""
+    specs = pod_specs()
+    assert set(specs) == {"nrm-ledger", "nrm-nats"}
+    for name, spec in specs.items():
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert spec["automountServiceAccountToken"] is False
+        for c in [*spec.get("initContainers", []), *spec["containers"]]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, (name, c["name"])
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_nats_nodes_share_the_authorization_with_the_authority_sidecar() -> None:
+    """Three nodes; the server and the authority share the process namespace (for SIGHUP)
+    and an emptyDir holding the include; both run the packaged programs as documented."""
+    [nats] = [
+        r for r in resources(DEPLOY / "kubernetes" / "nats.yaml") if r["kind"] == "StatefulSet"
+    ]
+    assert nats["spec"]["replicas"] == 3
+    spec = nats["spec"]["template"]["spec"]
+    assert spec["shareProcessNamespace"] is True
+    run = {v["name"]: v for v in spec["volumes"]}["run"]
+    assert "emptyDir" in run
+    containers = {c["name"]: c for c in spec["containers"]}
+    for c in containers.values():
+        assert {"name": "run", "mountPath": "/run/nats"} in c["volumeMounts"]
+    assert containers["nats"]["command"][:2] == ["/opt/nrm/bin/nats-server", "-c"]
+    ledger = pod_specs()["nrm-ledger"]["containers"][0]
+    authority = [a.replace("$(POD_NAME)", "nrm-nats-0") for a in containers["authority"]["args"]]
+    check_nrm_commands({"ledger": ledger["args"], "authority": authority})
