@@ -12,10 +12,11 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 import nacl.pwhash.argon2id
+import pytest
 import trustme
 from aiohttp import web
 
@@ -55,6 +56,14 @@ ESCALATING_LIMITS = {
     "escalation_urgent_seconds": 2,
     "escalation_emergency_seconds": 1,
 }
+
+
+def unavailable(reason: str) -> NoReturn:
+    """A test cannot run here (a tool or privilege is missing): skipped on a developer's
+    machine, failed in CI (`CI` set, as .ci/run does), where .ci/run installs every tool."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI must provide it)")
+    pytest.skip(reason)
 
 
 async def eventually(

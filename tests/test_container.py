@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from .support import unavailable
+
 ROOT = Path(__file__).resolve().parent.parent
 CONTAINER = ROOT / "deploy" / "container"
 BASE = "localhost/nrm-base:bookworm"
@@ -30,9 +32,9 @@ def podman_command() -> list[str]:
     kind of machine's hybrid cgroup hierarchy."""
     podman = shutil.which("podman")
     if podman is None:
-        pytest.skip("podman is not installed (Debian: apt-get install podman runc debootstrap)")
+        unavailable("podman is not installed (Debian: apt-get install podman runc debootstrap)")
     if os.geteuid() != 0:
-        pytest.skip("the image test runs rootful podman: it needs root")
+        unavailable("the image test runs rootful podman: it needs root")
     command = [
         podman,
         "--root", str(STORAGE / "root"),
@@ -56,7 +58,7 @@ def test_the_image_builds_from_debian_packages_and_runs_the_demo(tmp_path: Path)
     podman = podman_command()
     if subprocess.run([*podman, "image", "exists", BASE], check=False).returncode != 0:
         if shutil.which("debootstrap") is None:
-            pytest.skip("debootstrap is not installed (Debian: apt-get install debootstrap)")
+            unavailable("debootstrap is not installed (Debian: apt-get install debootstrap)")
         run(str(CONTAINER / "base.sh"), BASE, env={**os.environ, "PODMAN": " ".join(podman)})
 
     context = tmp_path / "context"

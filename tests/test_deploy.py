@@ -32,11 +32,6 @@ DEPLOY = ROOT / "deploy"
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
 #: The Kubernetes version the manifests are validated against (deploy/README.md).
 KUBERNETES_VERSION = "1.33.0"
-#: What another task of issue 13 adds to `nrm` (cluster13): until it is merged, a command
-#: line using it is reported as a skip naming it, never as a pass.
-PENDING = ("'authority'", "'--listen", "'--monitor")
-
-
 class NotAnNrmCommand(Exception):
     """The command line does not parse in the `nrm` click tree."""
 
@@ -64,15 +59,13 @@ def nrm_command(argv: list[str]) -> click.Context:
 
 
 def check_nrm_commands(commands: dict[str, list[str]]) -> None:
-    """Every `nrm` command line parses; a failure only on what is pending skips."""
+    """Every `nrm` command line parses."""
     failures = {}
     for where, argv in commands.items():
         try:
             nrm_command(argv)
         except NotAnNrmCommand as e:
             failures[where] = str(e)
-    if failures and all(any(p in msg for p in PENDING) for msg in failures.values()):
-        pytest.skip(f"needs what task cluster13 adds to nrm: {failures}")
     assert not failures
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import os
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -15,7 +14,7 @@ import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from .conftest import fill_ledger
-from .support import running_mechanism
+from .support import running_mechanism, unavailable
 
 CHROMIUM = Path("/usr/bin/chromium")
 HAVE_CHROMIUM = CHROMIUM.exists()
@@ -42,10 +41,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 async def chromium() -> AsyncIterator[Browser]:
     """Debian's chromium driven by Playwright; skipped where it is not installed (not in CI)."""
     if not HAVE_CHROMIUM:
-        message = "Debian chromium is not installed: apt-get install -y chromium"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("Debian chromium is not installed: apt-get install -y chromium")
     async with async_playwright() as pw:
         b = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
