@@ -30,8 +30,10 @@ from agents import Agent
 from agents.storage.schema import VERSION as AGENT_VERSION
 from broker.ledger import Ledger
 from broker.ledger_store import VERSION as LEDGER_VERSION
+from keys.envelope import open_envelope
 from keys.subjects import SHARED_INBOX_STREAM
 from nrm.cli import main
+from runtime import clock
 
 #: The last commit of release 0.1.0, before per-agency inbox streams and C2SP checkpoints.
 PREVIOUS_RELEASE = "fc417fd"
@@ -158,8 +160,8 @@ def test_the_agent_databases_of_0_1_0_open_migrated_and_keep_every_row(
 ) -> None:
     """Police's and shelter's databases go from user_version 1 to this release's; every row
     of every table is still there, the referral under the same id, side and state; shelter
-    opens the received referral to what the old agent showed, and its inbox row names the
-    shared stream it came from."""
+    opens the received referral to what the old agent showed, its inbox row names the shared
+    stream it came from, and the envelope 0.1.0 sealed verifies and opens with this code."""
     made = json.loads((old_mechanism / "made.json").read_text())
     rid = made["referral_id"]
     for agency in ("police", "shelter"):
@@ -177,7 +179,22 @@ def test_the_agent_databases_of_0_1_0_open_migrated_and_keep_every_row(
                     "police", rid, agent.store.received_body("police", rid)
                 )
                 assert opened is not None and opened["referral"] == made["received"]
+                # The envelope 0.1.0 sealed, as police's outbox keeps it, opens with 0.2.0.
+                ((envelope,),) = _read(
+                    old_mechanism / "police" / "agent.db",
+                    "SELECT envelope FROM outbox WHERE kind = 'referral'",
+                )
+                directory = agent.trust.directory
+                assert directory is not None
+                header = open_envelope(
+                    bytes(envelope),
+                    me="shelter",
+                    decryption_keys=agent._decryption_keys(directory, clock.now()),
+                    signers=directory,
+                    now=clock.now(),
+                ).header
                 referral_message = next(m for m, kind, _ in inbox_before if kind == "referral")
+                assert (header.message_id, header.sender) == (referral_message, "police")
                 seq = next(s for m, _, s in inbox_before if m == referral_message)
                 assert agent.store.received_position(str(referral_message)) == (
                     SHARED_INBOX_STREAM,
