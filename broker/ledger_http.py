@@ -807,8 +807,7 @@ OPENAPI: dict[str, Any] = {
         },
         "/metrics": {
             "get": {
-                "summary": "Prometheus: directory and root expiry gauges, "
-                "nrm_ledger_info{version}",
+                "summary": "Prometheus: directory and root expiry gauges, nrm_ledger_info{version}",
                 "security": [],
                 "responses": {
                     "200": {
