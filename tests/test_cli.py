@@ -135,6 +135,19 @@ def test_version_is_the_installed_release_and_pyproject_s() -> None:
     assert ok("--version") == f"nrm {pyproject['project']['version']}\n" == f"nrm {VERSION}\n"
 
 
+def test_the_docs_and_manifests_name_this_release() -> None:
+    """The wheel and sdist names in the RUNBOOK and deploy/README.md, and the image tag of the
+    Kubernetes manifests, are this release's (bumping pyproject's version bumps them)."""
+    repo = Path(__file__).parents[1]
+    for doc in ("docs/RUNBOOK.md", "deploy/README.md"):
+        named = set(
+            re.findall(r"nrm_exchange-(\d[^-/\s]*?)(?:-py3|\.tar)", (repo / doc).read_text())
+        )
+        assert named == {VERSION}, doc
+    kustomization = (repo / "deploy" / "kubernetes" / "kustomization.yaml").read_text()
+    assert re.findall(r'newTag: "([^"]*)"', kustomization) == [VERSION]
+
+
 def test_keys_init_creates_a_private_key_file_and_an_identity_and_never_overwrites(
     tmp_path: Path,
 ) -> None:
