@@ -48,7 +48,7 @@ from runtime.endpoint import BusEndpoint, BusTls
 from runtime.keydir import load_key_dir
 
 from ..support import TEST_KDF, eventually, query
-from .netns import Host, Network, Proc, unavailable_reason
+from .netns import Host, Network, Proc
 
 pytestmark = [pytest.mark.multihost, pytest.mark.timeout(300)]
 
@@ -80,13 +80,7 @@ REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
 @pytest.fixture
-def network(tmp_path: Path) -> Iterator[Network]:
-    reason = unavailable_reason()
-    if reason is not None:
-        message = f"multi-host test (tests/multihost) cannot run: {reason}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI must run it (it runs as root)")
-        pytest.skip(message)
+def network(netns_available: None, tmp_path: Path) -> Iterator[Network]:
     with Network(tmp_path / "logs") as net:
         for name, octet in ADDRESSES.items():
             net.add_host(name, octet)
