@@ -19,8 +19,12 @@ Where network namespaces cannot be made the test says why and skips (fails under
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
+import secrets
+import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -36,10 +40,7 @@ import pytest
 import trustme
 
 from agents.config import token_digest
-from broker.authority import attachment_owners
-from broker.server import HEADER_ALLOWANCE_BYTES, conf_string, nats_server_binary
-from broker.streams import provision_streams
-from keys.limits import DEFAULT_LIMITS
+from broker.server import nats_server_binary
 from keys.subjects import inbox_stream
 from nrm import admin
 from nrm.examples import referral
@@ -68,15 +69,19 @@ ADDRESSES = {
     "police": 31,
     "shelter": 32,
     "social-services": 33,
+    "outreach": 34,
 }
+#: The agency admitted, then removed, while the mechanism runs.
+NEWCOMER = "outreach"
 NODES = ("nats-1", "nats-2", "nats-3")
 CLIENT_PORT, ROUTE_PORT, MONITOR_PORT = 4222, 6222, 8222
-API_PORT, LEDGER_PORT = 8080, 8443
+STATUS_PORT, API_PORT, LEDGER_PORT = 8223, 8080, 8443
 LIMITS = {"ack_wait_seconds": 2, "retry_max_seconds": 0.5, "timer_interval_seconds": 0.5}
 #: The shelter's inbox stream: the one whose leader is killed.
 TARGET = inbox_stream("shelter")
 TIMEOUT = 60.0
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=10)
+SHORT = aiohttp.ClientTimeout(total=2)
 
 
 @pytest.fixture
@@ -102,6 +107,10 @@ class Pki:
     @property
     def ca_file(self) -> Path:
         return self.folder / "ca.pem"
+
+    def client_context(self) -> ssl.SSLContext:
+        """What a client trusting only the test CA uses."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
 
     def issue(self, owner: str, *names: str) -> tuple[Path, Path]:
         """A certificate for `names` (IP addresses or host names) and its key."""
@@ -146,110 +155,141 @@ class Deployment:
     def endpoint(self) -> BusEndpoint:
         return BusEndpoint.of(self.urls, BusTls(ca_file=self.pki.ca_file))
 
+    @functools.cached_property
+    def operator_seed(self) -> bytes:
+        keys = load_key_dir(
+            self.sandbox.admin.path / admin.OPERATOR_DIR, passphrase=self.sandbox.admin_passphrase
+        )
+        assert keys.nats_seed is not None
+        return keys.nats_seed
+
     def env(self) -> dict[str, str]:
-        """What every process is given: the test CA as the trusted one for `tls://` URLs
-        (phase 1: before [nats_tls] lands)."""
+        """The test CA for clients that have no TLS settings yet (until [nats_tls] and
+        `nrm directory publish --tls-ca` land)."""
         return {"SSL_CERT_FILE": str(self.pki.ca_file)}
 
-    def nrm(self, host: str, *args: str) -> subprocess.CompletedProcess[str]:
-        """Run `nrm args...` on `host` to its end; fail the test, quoting it, if it fails."""
-        result = subprocess.run(
-            ["ip", "netns", "exec", self.host(host).namespace, sys.executable, "-m", "nrm", *args],
+    def bus_options(self) -> list[str]:
+        """How every `nrm` command run here reaches the bus: every node, the test CA."""
+        return ["--nats", ",".join(self.urls), "--tls-ca", str(self.pki.ca_file)]
+
+    async def nrm(
+        self, host: str, *args: str, codes: tuple[int, ...] = (0,)
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `nrm args...` on `host` to its end; fail the test, quoting its output, if it
+        exits with a code not in `codes`."""
+        argv = ["ip", "netns", "exec", self.host(host).namespace, sys.executable, "-m", "nrm"]
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [*argv, *args],
             capture_output=True,
             text=True,
             timeout=60,
-            env={**os.environ, **self.env()},
             check=False,
+            env={**os.environ, **self.env()},
         )
-        assert result.returncode == 0, f"nrm {' '.join(args)}: {result.stdout}{result.stderr}"
+        assert result.returncode in codes, (
+            f"nrm {' '.join(args)} exited {result.returncode}: {result.stdout}{result.stderr}"
+        )
         return result
+
+    async def admin(self, *args: str) -> None:
+        """An `nrm directory` command in the administrators' folder (on the ops host)."""
+        await self.nrm("ops", "directory", *args, "--dir", str(self.sandbox.admin.path))
+
+    async def publish(self) -> float:
+        """Sign the draft with the (one) administrator key and publish it; returns when
+        (time.monotonic) the publishing began."""
+        key = self.sandbox.admin_keys[0]
+        passphrase = ("--passphrase-file", str(self.admin_passphrase_file))
+        await self.admin("sign", "--key", str(key), *passphrase)
+        began = time.monotonic()
+        await self.admin("publish", "--nats", self.urls[0], *passphrase)
+        return began
 
 
 # --- the bus -------------------------------------------------------------------------------
 
 
-def write_node_configs(d: Deployment) -> dict[str, Path]:
-    """Hand-written nats-server configurations (phase 1), the authorization block from
-    `nrm broker config`."""
+def write_cluster_spec(d: Deployment) -> Path:
+    """The one file the operator writes for the cluster (as deploy/nats-cluster/cluster.toml):
+    nodes on their hosts' addresses, TLS files, the trust documents, the authorities."""
     folder = d.root / "bus"
-    folder.mkdir()
-    directory = d.sandbox.admin.path / admin.DIRECTORY_FILE
-    authorization = folder / "authorization.conf"
-    d.nrm(
-        "ops",
-        "broker",
-        "config",
-        "--directory",
-        str(directory),
-        "--root",
-        str(d.sandbox.admin.root_path(1)),
-        "--operator",
-        str(d.sandbox.admin.path / admin.OPERATOR_DIR / "identity.json"),
-        "--out",
-        str(authorization),
-    )
-    configs = {}
-    max_payload = DEFAULT_LIMITS.max_envelope_bytes + HEADER_ALLOWANCE_BYTES
     for name in NODES:
-        address = d.host(name).address
-        cert, key = d.pki.issue(name, address, f"{name}.bus.nrm.test")
-        tls = (
-            f"    cert_file: {conf_string(str(cert))}\n"
-            f"    key_file: {conf_string(str(key))}\n"
-            f"    ca_file: {conf_string(str(d.pki.ca_file))}\n"
-        )
-        routes = "".join(
-            f'    "nats-route://{d.host(n).address}:{ROUTE_PORT}"\n' for n in NODES if n != name
-        )
-        store = folder / name
-        store.mkdir()
-        text = (
-            f"server_name: {name}\n"
-            f'listen: "{address}:{CLIENT_PORT}"\n'
-            f'http: "{address}:{MONITOR_PORT}"\n'
-            f"max_payload: {max_payload}\n"
-            f"jetstream {{\n  store_dir: {conf_string(str(store))}\n}}\n"
-            f"tls {{\n{tls}    verify: false\n    timeout: 5\n}}\n"
-            "cluster {\n"
-            '  name: "nrm"\n'
-            f'  listen: "{address}:{ROUTE_PORT}"\n'
-            f"  tls {{\n{tls}    verify: true\n    timeout: 5\n  }}\n"
-            f"  routes: [\n{routes}  ]\n"
-            "}\n"
-            f"include {conf_string(authorization.name)}\n"
-        )
-        path = folder / f"{name}.conf"
-        path.write_text(text)
-        configs[name] = path
-    return configs
-
-
-def start_node(d: Deployment, name: str, config: Path) -> None:
-    d.nodes[name] = d.host(name).spawn("nats", [str(nats_server_binary()), "-c", str(config)])
+        (folder / name).mkdir(parents=True)
+    (folder / "run").mkdir()
+    ips = [d.host(n).address for n in NODES]
+    cert, key = d.pki.issue("nats", *ips, *(f"{n}.bus.nrm.test" for n in NODES))
+    route_cert, route_key = d.pki.issue("route", *ips)
+    admin_dir = d.sandbox.admin.path
+    nodes = "".join(
+        "[[nodes]]\n"
+        f'name = "{n}"\n'
+        f'host = "{d.host(n).address}"\n'
+        f'client = "{d.host(n).address}:{CLIENT_PORT}"\n'
+        f'route = "{d.host(n).address}:{ROUTE_PORT}"\n'
+        f'monitor = "127.0.0.1:{MONITOR_PORT}"\n'
+        f'status_bind = "{d.host(n).address}:{STATUS_PORT}"\n'
+        f"store_dir = {json.dumps(str(folder / n))}\n"
+        f"pid_file = {json.dumps(str(folder / 'run' / f'{n}.pid'))}\n"
+        f"log_file = {json.dumps(str(folder / n / 'nats.log'))}\n\n"
+        for n in NODES
+    )
+    spec = folder / "cluster.toml"
+    spec.write_text(
+        'cluster_name = "nrm"\n'
+        "replicas = 3\n\n"
+        "[trust]\n"
+        f"roots = [{json.dumps(str(d.sandbox.admin.root_path(1)))}]\n"
+        f"directory = {json.dumps(str(admin_dir / admin.DIRECTORY_FILE))}\n"
+        f"operator_identity = {json.dumps(str(admin_dir / admin.OPERATOR_DIR / 'identity.json'))}\n"
+        "\n[client_tls]\n"
+        f"cert_file = {json.dumps(str(cert))}\n"
+        f"key_file = {json.dumps(str(key))}\n"
+        f"ca_file = {json.dumps(str(d.pki.ca_file))}\n"
+        "verify = false\n"
+        "\n[route_tls]\n"
+        f"cert_file = {json.dumps(str(route_cert))}\n"
+        f"key_file = {json.dumps(str(route_key))}\n"
+        f"ca_file = {json.dumps(str(d.pki.ca_file))}\n"
+        "verify = true\n"
+        "\n[authority]\n"
+        f"config_dir = {json.dumps(str(folder))}\n"
+        f"trust_root = {json.dumps(str(d.sandbox.admin.root_path(1)))}\n"
+        f"operator_key_dir = {json.dumps(str(admin_dir / admin.OPERATOR_DIR))}\n"
+        f"passphrase_file = {json.dumps(str(d.admin_passphrase_file))}\n"
+        "\n[authority.nats_tls]\n"
+        f"ca_file = {json.dumps(str(d.pki.ca_file))}\n\n" + nodes
+    )
+    return spec
 
 
 async def node_healthy(d: Deployment, name: str) -> bool:
+    """The node answers the operator over TLS (its monitoring port is its host's loopback)."""
     if not d.nodes[name].running:
         raise AssertionError(f"{name} exited: {d.nodes[name].tail()}")
-    url = f"http://{d.host(name).address}:{MONITOR_PORT}/healthz?js-enabled-only=true"
     try:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r,
-        ):
-            return r.status == 200
-    except (aiohttp.ClientError, TimeoutError):
+        return await nkey_admitted(d, d.operator_seed, name)
+    except (nats.errors.Error, OSError, TimeoutError):
+        return False
+
+
+async def authority_healthy(d: Deployment, name: str) -> bool:
+    if not d.procs[f"authority-{name}"].running:
+        raise AssertionError(
+            f"the authority of {name} exited: {d.procs[f'authority-{name}'].tail()}"
+        )
+    url = f"http://{d.host(name).address}:{STATUS_PORT}/healthz"
+    try:
+        async with aiohttp.ClientSession() as http, http.get(url, timeout=SHORT) as r:
+            return r.status == 200 and (await r.json())["status"] == "ok"
+    except (aiohttp.ClientError, TimeoutError, ValueError):
         return False
 
 
 async def operator_connection(d: Deployment, **options: Any) -> Any:
-    keys = load_key_dir(
-        d.sandbox.admin.path / admin.OPERATOR_DIR, passphrase=d.sandbox.admin_passphrase
-    )
-    assert keys.nats_seed is not None
     return await nats.connect(
         **d.endpoint.connect_options(),
-        nkeys_seed_str=keys.nats_seed.decode(),
+        nkeys_seed_str=d.operator_seed.decode(),
         connect_timeout=2,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.2,
@@ -257,42 +297,72 @@ async def operator_connection(d: Deployment, **options: Any) -> Any:
     )
 
 
-async def provision_cluster(d: Deployment) -> None:
-    """Every node healthy, then the streams and buckets with three replicas (retried until
-    the JetStream meta leader is elected)."""
+async def start_cluster(d: Deployment) -> None:
+    """`nrm cluster config` from the spec, each node's nats-server on its host with the
+    generated configuration, `nrm bus provision` (again while JetStream is not ready: exit
+    4), `nrm directory publish`, then each node's `nrm bus authority`."""
+    spec = write_cluster_spec(d)
+    out = spec.parent
+    await d.nrm("ops", "cluster", "config", "--spec", str(spec), "--out", str(out))
+    for name in NODES:
+        conf = out / f"{name}.conf"
+        d.nodes[name] = d.host(name).spawn("nats", [str(nats_server_binary()), "-c", str(conf)])
 
     async def healthy() -> bool:
         return all([await node_healthy(d, name) for name in NODES])
 
-    await eventually(healthy, timeout=TIMEOUT, what="every node healthy")
-    directory = admin.verified_draft(d.sandbox.admin)
-    nc = await operator_connection(d)
-    try:
-        js = nc.jetstream(timeout=2)
+    await eventually(healthy, timeout=TIMEOUT, what="every node answering over TLS")
+    admin_dir = d.sandbox.admin.path
 
-        async def provisioned() -> bool:
-            try:
-                await provision_streams(js, replicas=3, agencies=attachment_owners(directory))
-            except (nats.errors.Error, TimeoutError):
-                return False
-            return True
+    async def provisioned() -> bool:
+        result = await d.nrm(
+            "ops",
+            "bus",
+            "provision",
+            *d.bus_options(),
+            "--replicas",
+            "3",
+            "--operator-keys",
+            str(admin_dir / admin.OPERATOR_DIR),
+            "--passphrase-file",
+            str(d.admin_passphrase_file),
+            "--trust-root",
+            str(d.sandbox.admin.root_path(1)),
+            "--directory",
+            str(admin_dir / admin.DIRECTORY_FILE),
+            codes=(0, 4),
+        )
+        return result.returncode == 0
 
-        await eventually(provisioned, timeout=TIMEOUT, what="the streams provisioned")
-        info = await js.stream_info(TARGET)
-        assert info.config.num_replicas == 3
-    finally:
-        await nc.close()
+    await eventually(provisioned, timeout=TIMEOUT, what="nrm bus provision")
+    await d.publish()
+    for name in NODES:
+        d.procs[f"authority-{name}"] = d.host(name).spawn(
+            "authority",
+            [sys.executable, "-m", "nrm", "bus", "authority", "--config",
+             str(out / f"{name}.authority.toml")],
+            env=d.env(),
+        )  # fmt: skip
+
+    async def authorities() -> bool:
+        return all([await authority_healthy(d, name) for name in NODES])
+
+    await eventually(authorities, timeout=TIMEOUT, what="every node's authority healthy")
 
 
 # --- the ledger and the agents -------------------------------------------------------------
 
 
-def write_ledger_config(d: Deployment) -> Path:
-    """Hand-written ledger.toml (phase 1)."""
+# Until `nrm ledger config` / `nrm agent config` and [nats_tls] land on main, the ledger's
+# and the agents' files are written here, as nrm/sandbox.py writes them, and the test CA
+# reaches their TLS connections through SSL_CERT_FILE.
+
+
+async def configure_ledger(d: Deployment, agencies: list[str]) -> Path:
+    """ledger.toml (by hand for now), an auditor token per agency beside it."""
     home = d.sandbox.ledger_home
-    tokens = [d.sandbox.auditor_token] + [
-        (a.home / "ledger.token").read_text().strip() for a in d.sandbox.agencies.values()
-    ]
+    for agency in agencies:
+        (home / f"{agency}.token").write_text(secrets.token_urlsafe(32))
     lines = [
         f"name = {json.dumps(LEDGER_NAME)}",
         'key_dir = "keys"',
@@ -303,17 +373,23 @@ def write_ledger_config(d: Deployment) -> Path:
         'database = "ledger.db"',
         f'bind = "{d.host("ledger").address}:{LEDGER_PORT}"',
         "checkpoint_interval_seconds = 0.5",
-        *[f'[[auditors]]\nname = "auditor"\ntoken_sha256 = "{token_digest(t)}"' for t in tokens],
+        *[
+            f'[[auditors]]\nname = "{a}"\n'
+            f'token_sha256 = "{token_digest((home / f"{a}.token").read_text())}"'
+            for a in agencies
+        ],
         "",
     ]
-    path = home / "ledger.toml"
-    path.write_text("\n".join(lines))
-    return path
+    out = home / "ledger.toml"
+    out.write_text("\n".join(lines))
+    return out
 
 
-def write_agent_config(d: Deployment, agency: str) -> Path:
-    """Hand-written agent.toml (phase 1), as nrm/sandbox.py writes it."""
-    setup = d.sandbox.agencies[agency]
+async def configure_agent(d: Deployment, agency: str, home: Path) -> Path:
+    """agent.toml (by hand for now) and the case system's token beside it."""
+    token = secrets.token_urlsafe(32)
+    (home / "case-management.token").write_text(token)
+    ledger = d.sandbox.ledger_home
     lines = [
         f"agency = {json.dumps(agency)}",
         'key_dir = "keys"',
@@ -327,23 +403,31 @@ def write_agent_config(d: Deployment, agency: str) -> Path:
         f'bind = "{d.host(agency).address}:{API_PORT}"',
         "[[api.clients]]",
         'name = "case-management"',
-        f'token_sha256 = "{token_digest(setup.token)}"',
+        f'token_sha256 = "{token_digest(token)}"',
         'scopes = ["submit", "read", "act"]',
         "",
         "[ledger]",
         f'url = "http://{d.host("ledger").address}:{LEDGER_PORT}"',
         f"name = {json.dumps(LEDGER_NAME)}",
-        'identity = "../ledger/keys/identity.json"',
-        'token_file = "ledger.token"',
-        "interval_seconds = 1",
-        "missing_after_seconds = 600",
-        "",
-        "[limits]",
-        *[f"{k} = {v!r}" for k, v in LIMITS.items()],
+        f"identity = {json.dumps(str(ledger / 'keys' / 'identity.json'))}",
+        f"token_file = {json.dumps(str(ledger / f'{agency}.token'))}",
         "",
     ]
-    setup.config_path.write_text("\n".join(lines))
-    return setup.config_path
+    out = home / "agent.toml"
+    out.write_text("\n".join(lines))
+    return out
+
+
+def start_agent(d: Deployment, agency: str, config: Path) -> CaseSystem:
+    d.procs[agency] = d.host(agency).spawn(
+        "agent",
+        [sys.executable, "-m", "nrm", "agent", "run", "--config", str(config)],
+        env=d.env(),
+    )
+    token = (config.parent / "case-management.token").read_text().strip()
+    return CaseSystem(
+        d.host(agency), token, f"http://{d.host(agency).address}:{API_PORT}", None, d.procs[agency]
+    )
 
 
 @dataclass
@@ -353,6 +437,8 @@ class CaseSystem:
     host: Host
     token: str
     base: str
+    tls: ssl.SSLContext | None
+    agent: Proc
 
     async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         async def request() -> tuple[int, Any]:
@@ -360,7 +446,12 @@ class CaseSystem:
             async with (
                 aiohttp.ClientSession() as http,
                 http.request(
-                    method, self.base + path, json=body, headers=headers, timeout=REQUEST_TIMEOUT
+                    method,
+                    self.base + path,
+                    json=body,
+                    headers=headers,
+                    timeout=REQUEST_TIMEOUT,
+                    ssl=self.tls if self.tls is not None else True,
                 ) as r,
             ):
                 data = await r.read()
@@ -381,6 +472,8 @@ class CaseSystem:
         return str(body["status"])
 
     async def health(self) -> dict[str, Any]:
+        if not self.agent.running:
+            raise AssertionError(f"{self.agent.name} exited: {self.agent.tail()}")
         try:
             _, body = await self.call("GET", "/healthz")
         except (aiohttp.ClientError, TimeoutError, ValueError):
@@ -401,11 +494,6 @@ class CaseSystem:
             if body["next_cursor"] is None:
                 return ids
             cursor = f"&cursor={body['next_cursor']}"
-
-
-def case_system(d: Deployment, agency: str) -> CaseSystem:
-    base = f"http://{d.host(agency).address}:{API_PORT}"
-    return CaseSystem(d.host(agency), d.sandbox.agencies[agency].token, base)
 
 
 async def all_delivered(police: CaseSystem, ids: list[str]) -> bool:
@@ -446,42 +534,58 @@ def deliveries(db: Path, referral_id: str) -> list[tuple[str, bool]]:
 # --- the scenario --------------------------------------------------------------------------
 
 
-async def scenario(d: Deployment) -> None:
-    """Runs on the ops host's loop (its operator connection is made from there)."""
-    configs = write_node_configs(d)
-    for name, config in configs.items():
-        start_node(d, name, config)
-    await provision_cluster(d)
-    d.nrm(
-        "ops",
-        "directory",
-        "publish",
-        "--nats",
-        d.urls[0],
-        "--passphrase-file",
-        str(d.admin_passphrase_file),
-        "--dir",
-        str(d.sandbox.admin.path),
+async def _quiet(_: Exception) -> None:
+    """nats-py's error callback; the caller sees the failure itself."""
+
+
+def refused(e: Exception) -> bool:
+    """Whether `e` is the server refusing the login (nats-py raises it in two forms)."""
+    return (
+        isinstance(e, nats.errors.AuthorizationError) or "authorization violation" in str(e).lower()
     )
-    ledger = write_ledger_config(d)
+
+
+async def nkey_admitted(d: Deployment, seed: bytes, node: str) -> bool:
+    """Whether `node` (alone) lets the holder of `seed` log in; False when it refuses."""
+    url = f"tls://{d.host(node).address}:{CLIENT_PORT}"
+    try:
+        nc = await nats.connect(
+            **BusEndpoint.of(url, BusTls(ca_file=d.pki.ca_file)).connect_options(),
+            nkeys_seed_str=seed.decode(),
+            connect_timeout=2,
+            allow_reconnect=False,
+            error_cb=_quiet,
+        )
+    except (nats.errors.Error, OSError, TimeoutError) as e:
+        if refused(e):
+            return False
+        raise
+    await nc.close()
+    return True
+
+
+async def on_every_node(d: Deployment, seed: bytes, *, admitted: bool) -> bool:
+    return all([await nkey_admitted(d, seed, n) == admitted for n in NODES])
+
+
+async def scenario(d: Deployment) -> None:
+    """Runs on the ops host's loop (the operator's connection is made from there)."""
+    await start_cluster(d)
+    agencies = [a for a, _, _ in AGENCIES]
+    ledger = await configure_ledger(d, [*agencies, NEWCOMER])
     d.procs["ledger"] = d.host("ledger").spawn(
         "ledger",
         [sys.executable, "-m", "nrm", "ledger", "run", "--config", str(ledger)],
         env=d.env(),
     )
     systems = {}
-    for agency, _, _ in AGENCIES:
-        config = write_agent_config(d, agency)
-        d.procs[agency] = d.host(agency).spawn(
-            "agent",
-            [sys.executable, "-m", "nrm", "agent", "run", "--config", str(config)],
-            env=d.env(),
-        )
-        systems[agency] = case_system(d, agency)
+    for agency in agencies:
+        config = await configure_agent(d, agency, d.sandbox.agencies[agency].home)
+        systems[agency] = start_agent(d, agency, config)
     for agency, system in systems.items():
         await eventually(system.ready, timeout=TIMEOUT, what=f"the {agency} agent ready")
     police, shelter, social = systems["police"], systems["shelter"], systems["social-services"]
-    sent: dict[str, list[str]] = {"shelter": [], "social-services": []}
+    sent: dict[str, list[str]] = {"shelter": [], "social-services": [], NEWCOMER: []}
 
     # Referrals flow police -> shelter and police -> social services, across hosts.
     for to in ("shelter", "social-services", "shelter"):
@@ -502,8 +606,10 @@ async def scenario(d: Deployment) -> None:
         d.nodes[victim].kill()
         killed = time.monotonic()
 
+        quick = nc.jetstream(timeout=0.5)  # no leader: no answer; ask again soon
+
         async def new_leader() -> bool:
-            return (await leader_of(js, TARGET)) not in (None, victim)
+            return (await leader_of(quick, TARGET)) not in (None, victim)
 
         await eventually(new_leader, timeout=TIMEOUT, what=f"a leader for {TARGET} after {victim}")
         d.measured["leader failover (s)"] = time.monotonic() - killed
@@ -518,6 +624,54 @@ async def scenario(d: Deployment) -> None:
         await eventually(
             lambda: replicas_current(js, TARGET), timeout=TIMEOUT, what=f"{victim} back and current"
         )
+
+        # A directory change (an agency admitted) reaches every node's authorization.
+        home = d.root / NEWCOMER
+        home.mkdir(mode=0o700)
+        (home / "passphrase").write_bytes(b"newcomer passphrase, test only")
+        (home / "passphrase").chmod(0o600)
+        shutil.copyfile(d.sandbox.admin.root_path(1), home / "root.json")
+        await d.nrm(
+            "ops",
+            "keys",
+            "init",
+            "--agency",
+            NEWCOMER,
+            "--dir",
+            str(home / "keys"),
+            "--passphrase-file",
+            str(home / "passphrase"),
+        )
+        await d.admin("add-agency", str(home / "keys" / "identity.json"), "--roles", "ngo")
+        published = await d.publish()
+        keys = load_key_dir(home / "keys", passphrase=(home / "passphrase").read_bytes())
+        assert keys.nats_seed is not None
+        seed = keys.nats_seed
+        await eventually(
+            lambda: on_every_node(d, seed, admitted=True),
+            timeout=TIMEOUT,
+            what=f"{NEWCOMER} admitted on every node",
+        )
+        d.measured["admission on every node (s)"] = time.monotonic() - published
+        newcomer = start_agent(d, NEWCOMER, await configure_agent(d, NEWCOMER, home))
+        await eventually(newcomer.ready, timeout=TIMEOUT, what=f"the {NEWCOMER} agent ready")
+        sent[NEWCOMER].append(await police.refer(NEWCOMER))
+        await eventually(
+            lambda: all_delivered(police, sent[NEWCOMER]), timeout=TIMEOUT, what="to the newcomer"
+        )
+
+        # Removed from the directory, it is cut off on every node: its agent's connection is
+        # closed and it cannot log in again anywhere; no manual step on any node.
+        await d.admin("remove-agency", NEWCOMER)
+        published = await d.publish()
+
+        async def cut_off() -> bool:
+            health = await newcomer.health()
+            return health.get("bus") != "connected" and await on_every_node(d, seed, admitted=False)
+
+        await eventually(cut_off, timeout=TIMEOUT, what=f"{NEWCOMER} cut off on every node")
+        d.measured["removal on every node (s)"] = time.monotonic() - published
+        newcomer.agent.stop()
 
         # The police's WAN link is down: its agent accepts and queues; delivered on return.
         d.net.cut(d.host("police"))
@@ -535,12 +689,18 @@ async def scenario(d: Deployment) -> None:
         d.measured["outbox: link down (s)"] = time.monotonic() - cut
         d.net.restore(d.host("police"))
         restored = time.monotonic()
+
+        async def on_cluster() -> bool:
+            return all([await police.status(rid) in ("sent", "delivered") for rid in queued])
+
+        await eventually(on_cluster, timeout=TIMEOUT, what="the queued referrals published")
+        d.measured["outbox: queued referrals on the cluster after the link returned (s)"] = (
+            time.monotonic() - restored
+        )
         await eventually(
             lambda: all_delivered(police, queued), timeout=TIMEOUT, what="the queued referrals"
         )
-        d.measured["outbox: queued referrals delivered after the link returned (s)"] = (
-            time.monotonic() - restored
-        )
+        d.measured["outbox: their receipts back (s)"] = time.monotonic() - restored
 
         # The social services' link is down: mail for it waits in its inbox stream.
         d.net.cut(d.host("social-services"))
@@ -585,6 +745,8 @@ def test_a_mechanism_over_hosts(
     except BaseException:
         for proc in [*d.nodes.values(), *d.procs.values()]:
             print(f"--- {proc.log}\n{proc.tail()}")
+        for log in sorted((tmp_path / "bus").glob("*/nats.log")):
+            print(f"--- {log}\n{log.read_text(errors='replace')[-3000:]}")
         raise
     with capsys.disabled():
         print("\nmulti-host: " + ", ".join(f"{k}: {v:.2f}" for k, v in d.measured.items()))
