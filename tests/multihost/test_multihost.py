@@ -1,19 +1,28 @@
 """A mechanism spread over hosts: network namespaces on this machine (tests/multihost/netns.py).
 
 Three nats-server nodes on addresses of their own form a JetStream cluster, TLS for clients
-and mutual TLS between the nodes (certificates made here with trustme, IP SANs); the ledger
-is on a host of its own, and each agency (police, shelter, social services) on its own. The
-agencies' case systems call their agents' HTTP APIs from their agency's host. Then:
+and mutual TLS between the nodes (certificates made here with trustme, IP SANs), each node
+with its `nrm bus authority`; the ledger is on a host of its own, and each agency (police,
+shelter, social services, later outreach) on its own. The operator writes one file, the
+cluster spec (as deploy/nats-cluster/cluster.toml); `nrm cluster config` writes each node's
+nats-server configuration, initial authorization and authority.toml from it, `nrm bus
+provision` makes the streams, `nrm directory` commands change and publish the directory.
+The agencies' case systems call their agents' HTTP APIs from their agency's host. Then:
 
 - referrals flow police -> shelter and police -> social services;
 - the leader of the shelter's inbox stream is killed (SIGKILL) and referrals still flow;
+- an agency admitted to the directory can log in on every node (the authorities follow the
+  published directory), and receives a referral; removed, its agent's connection is closed
+  and no node lets it log in again; no step is taken on any node;
 - the police's WAN link is cut while its case system keeps submitting: the agent accepts
   and queues them (its outbox) and delivers them once the link returns;
 - the social services' link is cut: mail for it waits in its inbox stream on the cluster
   and arrives when the link returns;
 - nothing is lost and nothing is delivered twice.
 
-Where network namespaces cannot be made the test says why and skips (fails under CI).
+The figures measured (failover, propagation, catch-up after an outage) are printed; docs/
+DESIGN.md ("Leaf nodes") quotes them. Where network namespaces cannot be made the test says
+why and skips (fails under CI).
 """
 
 from __future__ import annotations
