@@ -276,10 +276,7 @@ async def node_healthy(d: Deployment, name: str) -> bool:
     """The node answers the operator over TLS (its monitoring port is its host's loopback)."""
     if not d.nodes[name].running:
         raise AssertionError(f"{name} exited: {d.nodes[name].tail()}")
-    try:
-        return await nkey_admitted(d, d.operator_seed, name)
-    except (nats.errors.Error, OSError, TimeoutError):
-        return False
+    return bool(await nkey_admitted(d, d.operator_seed, name))
 
 
 async def authority_healthy(d: Deployment, name: str) -> bool:
@@ -512,20 +509,27 @@ async def all_delivered(police: CaseSystem, ids: list[str]) -> bool:
     return True
 
 
-async def leader_of(js: Any, stream: str) -> str | None:
+#: What asking the cluster may raise while a node is down or being elected (a lost
+#: connection is reported as one of these too).
+UNANSWERED = (nats.errors.Error, TimeoutError, OSError)
+
+
+async def stream_info(js: Any, stream: str) -> Any:
+    """The stream's info, or None while the cluster does not answer."""
     try:
-        info = await js.stream_info(stream)
-    except (nats.errors.Error, TimeoutError):
+        return await js.stream_info(stream)
+    except UNANSWERED:
         return None
-    return info.cluster.leader if info.cluster else None
+
+
+async def leader_of(js: Any, stream: str) -> str | None:
+    info = await stream_info(js, stream)
+    return info.cluster.leader if info is not None and info.cluster else None
 
 
 async def replicas_current(js: Any, stream: str) -> bool:
-    try:
-        info = await js.stream_info(stream)
-    except (nats.errors.Error, TimeoutError):
-        return False
-    replicas = info.cluster.replicas or [] if info.cluster else []
+    info = await stream_info(js, stream)
+    replicas = (info.cluster.replicas or []) if info is not None and info.cluster else []
     return len(replicas) == 2 and all(r.current and not r.offline for r in replicas)
 
 
@@ -554,8 +558,9 @@ def refused(e: Exception) -> bool:
     )
 
 
-async def nkey_admitted(d: Deployment, seed: bytes, node: str) -> bool:
-    """Whether `node` (alone) lets the holder of `seed` log in; False when it refuses."""
+async def nkey_admitted(d: Deployment, seed: bytes, node: str) -> bool | None:
+    """Whether `node` (alone) lets the holder of `seed` log in: True, False when it refuses
+    the login, None when it does not answer (down, restarting)."""
     url = f"tls://{d.host(node).address}:{CLIENT_PORT}"
     try:
         nc = await nats.connect(
@@ -565,10 +570,8 @@ async def nkey_admitted(d: Deployment, seed: bytes, node: str) -> bool:
             allow_reconnect=False,
             error_cb=_quiet,
         )
-    except (nats.errors.Error, OSError, TimeoutError) as e:
-        if refused(e):
-            return False
-        raise
+    except UNANSWERED as e:
+        return False if refused(e) else None
     await nc.close()
     return True
 
@@ -706,10 +709,16 @@ async def scenario(d: Deployment) -> None:
         d.measured["outbox: queued referrals on the cluster after the link returned (s)"] = (
             time.monotonic() - restored
         )
+
+        async def arrived() -> bool:
+            return set(queued) <= set(await shelter.inbox_ids())
+
+        await eventually(arrived, timeout=TIMEOUT, what="the queued referrals at the shelter")
+        d.measured["outbox: in the shelter's inbox (s)"] = time.monotonic() - restored
         await eventually(
-            lambda: all_delivered(police, queued), timeout=TIMEOUT, what="the queued referrals"
+            lambda: all_delivered(police, queued), timeout=TIMEOUT, what="their receipts"
         )
-        d.measured["outbox: their receipts back (s)"] = time.monotonic() - restored
+        d.measured["outbox: their receipts back at the police (s)"] = time.monotonic() - restored
 
         # The social services' link is down: mail for it waits in its inbox stream.
         d.net.cut(d.host("social-services"))
@@ -721,8 +730,8 @@ async def scenario(d: Deployment) -> None:
             statuses = [await police.status(rid) for rid in waiting]
             if statuses != ["sent"] * len(waiting):
                 return False
-            info = await js.stream_info(stream)
-            return bool(info.state.messages >= len(waiting))
+            info = await stream_info(js, stream)
+            return info is not None and bool(info.state.messages >= len(waiting))
 
         await eventually(held, timeout=TIMEOUT, what=f"the referrals held in {stream}")
         d.net.restore(d.host("social-services"))
