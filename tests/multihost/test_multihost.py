@@ -30,8 +30,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
-import secrets
 import shutil
 import ssl
 import subprocess
@@ -48,7 +46,6 @@ import nats
 import pytest
 import trustme
 
-from agents.config import token_digest
 from broker.server import nats_server_binary
 from keys.subjects import inbox_stream
 from nrm import admin
@@ -172,11 +169,6 @@ class Deployment:
         assert keys.nats_seed is not None
         return keys.nats_seed
 
-    def env(self) -> dict[str, str]:
-        """The test CA for clients that have no TLS settings yet (until [nats_tls] and
-        `nrm directory publish --tls-ca` land)."""
-        return {"SSL_CERT_FILE": str(self.pki.ca_file)}
-
     def bus_options(self) -> list[str]:
         """How every `nrm` command run here reaches the bus: every node, the test CA."""
         return ["--nats", ",".join(self.urls), "--tls-ca", str(self.pki.ca_file)]
@@ -194,7 +186,6 @@ class Deployment:
             text=True,
             timeout=60,
             check=False,
-            env={**os.environ, **self.env()},
         )
         assert result.returncode in codes, (
             f"nrm {' '.join(args)} exited {result.returncode}: {result.stdout}{result.stderr}"
@@ -212,7 +203,7 @@ class Deployment:
         passphrase = ("--passphrase-file", str(self.admin_passphrase_file))
         await self.admin("sign", "--key", str(key), *passphrase)
         began = time.monotonic()
-        await self.admin("publish", "--nats", self.urls[0], *passphrase)
+        await self.admin("publish", *self.bus_options(), *passphrase)
         return began
 
 
@@ -347,7 +338,6 @@ async def start_cluster(d: Deployment) -> None:
             "authority",
             [sys.executable, "-m", "nrm", "bus", "authority", "--config",
              str(out / f"{name}.authority.toml")],
-            env=d.env(),
         )  # fmt: skip
 
     async def authorities() -> bool:
@@ -359,80 +349,92 @@ async def start_cluster(d: Deployment) -> None:
 # --- the ledger and the agents -------------------------------------------------------------
 
 
-# Until `nrm ledger config` / `nrm agent config` and [nats_tls] land on main, the ledger's
-# and the agents' files are written here, as nrm/sandbox.py writes them, and the test CA
-# reaches their TLS connections through SSL_CERT_FILE.
-
-
 async def configure_ledger(d: Deployment, agencies: list[str]) -> Path:
-    """ledger.toml (by hand for now), an auditor token per agency beside it."""
+    """`nrm ledger config`: HTTPS on the ledger's host, an auditor token per agency."""
     home = d.sandbox.ledger_home
-    for agency in agencies:
-        (home / f"{agency}.token").write_text(secrets.token_urlsafe(32))
-    lines = [
-        f"name = {json.dumps(LEDGER_NAME)}",
-        'key_dir = "keys"',
-        f"operator_key_dir = {json.dumps(str(d.sandbox.admin.path / admin.OPERATOR_DIR))}",
-        'passphrase_file = "passphrase"',
-        f"nats_urls = {json.dumps(d.urls)}",
-        f"trust_root = {json.dumps(str(d.sandbox.admin.root_path(1)))}",
-        'database = "ledger.db"',
-        f'bind = "{d.host("ledger").address}:{LEDGER_PORT}"',
-        "checkpoint_interval_seconds = 0.5",
-        *[
-            f'[[auditors]]\nname = "{a}"\n'
-            f'token_sha256 = "{token_digest((home / f"{a}.token").read_text())}"'
-            for a in agencies
-        ],
-        "",
-    ]
+    address = d.host("ledger").address
+    cert, key = d.pki.issue("ledger", address)
     out = home / "ledger.toml"
-    out.write_text("\n".join(lines))
+    await d.nrm(
+        "ops",
+        "ledger",
+        "config",
+        "--out",
+        str(out),
+        "--name",
+        LEDGER_NAME,
+        "--key-dir",
+        "keys",
+        "--operator-key-dir",
+        str(d.sandbox.admin.path / admin.OPERATOR_DIR),
+        "--passphrase-file",
+        "passphrase",
+        *d.bus_options(),
+        "--trust-root",
+        str(d.sandbox.admin.root_path(1)),
+        "--bind",
+        f"{address}:{LEDGER_PORT}",
+        "--http-tls-cert",
+        str(cert),
+        "--http-tls-key",
+        str(key),
+        "--checkpoint-interval",
+        "0.5",
+        *[arg for a in agencies for arg in ("--auditor", a)],
+    )
     return out
 
 
 async def configure_agent(d: Deployment, agency: str, home: Path) -> Path:
-    """agent.toml (by hand for now) and the case system's token beside it."""
-    token = secrets.token_urlsafe(32)
-    (home / "case-management.token").write_text(token)
-    ledger = d.sandbox.ledger_home
-    lines = [
-        f"agency = {json.dumps(agency)}",
-        'key_dir = "keys"',
-        'passphrase_file = "passphrase"',
-        f"nats_urls = {json.dumps(d.urls)}",
-        'database = "agent.db"',
-        'trust_root = "root.json"',
-        'trust_cache = "trust"',
-        "",
-        "[api]",
-        f'bind = "{d.host(agency).address}:{API_PORT}"',
-        "[[api.clients]]",
-        'name = "case-management"',
-        f'token_sha256 = "{token_digest(token)}"',
-        'scopes = ["submit", "read", "act"]',
-        "",
-        "[ledger]",
-        f'url = "http://{d.host("ledger").address}:{LEDGER_PORT}"',
-        f"name = {json.dumps(LEDGER_NAME)}",
-        f"identity = {json.dumps(str(ledger / 'keys' / 'identity.json'))}",
-        f"token_file = {json.dumps(str(ledger / f'{agency}.token'))}",
-        "",
-    ]
+    """`nrm agent config`: the agent's API over HTTPS on its host, the ledger over HTTPS."""
+    address = d.host(agency).address
+    cert, key = d.pki.issue(agency, address)
     out = home / "agent.toml"
-    out.write_text("\n".join(lines))
+    ledger = d.sandbox.ledger_home
+    await d.nrm(
+        "ops",
+        "agent",
+        "config",
+        "--out",
+        str(out),
+        "--agency",
+        agency,
+        "--passphrase-file",
+        "passphrase",
+        *d.bus_options(),
+        "--api-bind",
+        f"{address}:{API_PORT}",
+        "--http-tls-cert",
+        str(cert),
+        "--http-tls-key",
+        str(key),
+        "--client",
+        "case-management:submit,read,act",
+        "--ledger-url",
+        f"https://{d.host('ledger').address}:{LEDGER_PORT}",
+        "--ledger-name",
+        LEDGER_NAME,
+        "--ledger-identity",
+        str(ledger / "keys" / "identity.json"),
+        "--ledger-token-file",
+        str(ledger / f"{agency}.token"),
+        "--ledger-ca",
+        str(d.pki.ca_file),
+    )
     return out
 
 
 def start_agent(d: Deployment, agency: str, config: Path) -> CaseSystem:
     d.procs[agency] = d.host(agency).spawn(
-        "agent",
-        [sys.executable, "-m", "nrm", "agent", "run", "--config", str(config)],
-        env=d.env(),
+        "agent", [sys.executable, "-m", "nrm", "agent", "run", "--config", str(config)]
     )
     token = (config.parent / "case-management.token").read_text().strip()
     return CaseSystem(
-        d.host(agency), token, f"http://{d.host(agency).address}:{API_PORT}", None, d.procs[agency]
+        d.host(agency),
+        token,
+        f"https://{d.host(agency).address}:{API_PORT}",
+        d.pki.client_context(),
+        d.procs[agency],
     )
 
 
@@ -443,7 +445,7 @@ class CaseSystem:
     host: Host
     token: str
     base: str
-    tls: ssl.SSLContext | None
+    tls: ssl.SSLContext
     agent: Proc
 
     async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -457,7 +459,7 @@ class CaseSystem:
                     json=body,
                     headers=headers,
                     timeout=REQUEST_TIMEOUT,
-                    ssl=self.tls if self.tls is not None else True,
+                    ssl=self.tls,
                 ) as r,
             ):
                 data = await r.read()
@@ -586,9 +588,7 @@ async def scenario(d: Deployment) -> None:
     agencies = [a for a, _, _ in AGENCIES]
     ledger = await configure_ledger(d, [*agencies, NEWCOMER])
     d.procs["ledger"] = d.host("ledger").spawn(
-        "ledger",
-        [sys.executable, "-m", "nrm", "ledger", "run", "--config", str(ledger)],
-        env=d.env(),
+        "ledger", [sys.executable, "-m", "nrm", "ledger", "run", "--config", str(ledger)]
     )
     systems = {}
     for agency in agencies:
