@@ -52,6 +52,7 @@ from nrm import admin
 from nrm.examples import referral
 from nrm.sandbox import LEDGER_NAME, Sandbox, prepare_mechanism
 from runtime.endpoint import BusEndpoint, BusTls
+from runtime.files import write_new_file
 from runtime.keydir import load_key_dir
 
 from ..support import TEST_KDF, eventually, query
@@ -82,7 +83,6 @@ NEWCOMER = "outreach"
 NODES = ("nats-1", "nats-2", "nats-3")
 CLIENT_PORT, ROUTE_PORT, MONITOR_PORT = 4222, 6222, 8222
 STATUS_PORT, API_PORT, LEDGER_PORT = 8223, 8080, 8443
-LIMITS = {"ack_wait_seconds": 2, "retry_max_seconds": 0.5, "timer_interval_seconds": 0.5}
 #: The shelter's inbox stream: the one whose leader is killed.
 TARGET = inbox_stream("shelter")
 TIMEOUT = 60.0
@@ -130,6 +130,10 @@ class Pki:
 
 @dataclass
 class Deployment:
+    """The mechanism being deployed over the hosts of `net`: its files under `root`, the
+    processes started (nats-server per node in `nodes`, the rest in `procs`), what was
+    measured."""
+
     net: Network
     sandbox: Sandbox
     pki: Pki
@@ -142,8 +146,7 @@ class Deployment:
     def admin_passphrase_file(self) -> Path:
         path = self.root / "admin.passphrase"
         if not path.exists():
-            path.write_bytes(self.sandbox.admin_passphrase)
-            path.chmod(0o600)
+            write_new_file(path, self.sandbox.admin_passphrase)
         return path
 
     def host(self, name: str) -> Host:
@@ -582,6 +585,24 @@ async def on_every_node(d: Deployment, seed: bytes, *, admitted: bool) -> bool:
     return all([await nkey_admitted(d, seed, n) == admitted for n in NODES])
 
 
+async def checkpoint_size(d: Deployment) -> int:
+    """The size of the ledger's latest signed checkpoint (0 before the first), asked over
+    HTTPS with an auditor token."""
+    if not d.procs["ledger"].running:
+        raise AssertionError(f"the ledger exited: {d.procs['ledger'].tail()}")
+    token = (d.sandbox.ledger_home / "police.token").read_text().strip()
+    url = f"https://{d.host('ledger').address}:{LEDGER_PORT}/v1/checkpoint"
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(url, headers=headers, ssl=d.pki.client_context(), timeout=SHORT) as r,
+        ):
+            return int((await r.json())["size"]) if r.status == 200 else 0
+    except (aiohttp.ClientError, TimeoutError):
+        return 0
+
+
 async def scenario(d: Deployment) -> None:
     """Runs on the ops host's loop (the operator's connection is made from there)."""
     await start_cluster(d)
@@ -640,8 +661,7 @@ async def scenario(d: Deployment) -> None:
         # A directory change (an agency admitted) reaches every node's authorization.
         home = d.root / NEWCOMER
         home.mkdir(mode=0o700)
-        (home / "passphrase").write_bytes(b"newcomer passphrase, test only")
-        (home / "passphrase").chmod(0o600)
+        write_new_file(home / "passphrase", b"newcomer passphrase, test only")
         shutil.copyfile(d.sandbox.admin.root_path(1), home / "root.json")
         await d.nrm(
             "ops",
@@ -749,6 +769,15 @@ async def scenario(d: Deployment) -> None:
     for agency, system in (("shelter", shelter), ("social-services", social)):
         got = Counter(await system.inbox_ids())
         assert got == Counter(sent[agency]), (agency, got, sent[agency])
+
+    # The ledger on its host took in the agencies' audit events and signs checkpoints of
+    # them, served over HTTPS to an auditor on another host.
+    total = sum(len(ids) for ids in sent.values())
+
+    async def audited() -> bool:
+        return await checkpoint_size(d) >= 2 * total  # referral.sent and .received each
+
+    await eventually(audited, timeout=TIMEOUT, what="the audit events in a signed checkpoint")
 
 
 def test_a_mechanism_over_hosts(
