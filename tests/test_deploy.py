@@ -189,6 +189,14 @@ def test_unit_is_hardened_and_runs_a_real_command(unit: Path) -> None:
     check_nrm_commands({unit.name: argv[1:]})
 
 
+def test_each_agency_s_agent_runs_as_its_own_user() -> None:
+    """Two agencies on one host must not read each other's database and keys: the
+    template's user and group carry the instance (nrm-%i), as does its state folder."""
+    settings = unit_settings(DEPLOY / "systemd" / "nrm-agent@.service")
+    assert settings["User"] == ["nrm-%i"] and settings["Group"] == ["nrm-%i"]
+    assert "%i" in settings["StateDirectory"][0]
+
+
 def readme_scores() -> dict[str, float]:
     """The table of deploy/README.md: | `unit` | exposure |."""
     found = re.findall(
