@@ -309,6 +309,8 @@ def node_config(node: ClusterNode, spec: ClusterSpec) -> str:
         f"http: {conf_string(f'{node.monitor_host}:{node.monitor_port}')}\n"
         f"max_payload: {max_payload}\n"
         f"pid_file: {conf_string(node.pid_path)}\n"
+        'lame_duck_duration: "30s"\n'
+        'lame_duck_grace_period: "10s"\n'
     )
     if node.log_file is not None:
         text += f"log_file: {conf_string(node.log_file)}\n"

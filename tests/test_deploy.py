@@ -32,6 +32,8 @@ DEPLOY = ROOT / "deploy"
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
 #: The Kubernetes version the manifests are validated against (deploy/README.md).
 KUBERNETES_VERSION = "1.33.0"
+
+
 class NotAnNrmCommand(Exception):
     """The command line does not parse in the `nrm` click tree."""
 
@@ -195,6 +197,28 @@ def test_each_agency_s_agent_runs_as_its_own_user() -> None:
     settings = unit_settings(DEPLOY / "systemd" / "nrm-agent@.service")
     assert settings["User"] == ["nrm-%i"] and settings["Group"] == ["nrm-%i"]
     assert "%i" in settings["StateDirectory"][0]
+
+
+def duration_seconds(text: str) -> float:
+    """`30s`, `2m`, `60` (seconds) as seconds."""
+    match = re.fullmatch(r"(\d+)(s|m)?", text.strip().strip('"'))
+    assert match, text
+    return int(match.group(1)) * (60 if match.group(2) == "m" else 1)
+
+
+def test_the_lame_duck_stop_ends_before_systemd_or_kubernetes_kills_the_server() -> None:
+    """nats-server's lame-duck mode (SIGUSR2, preStop) lasts lame_duck_duration after
+    lame_duck_grace_period (defaults 2 min and 10 s); the unit's TimeoutStopSec and the
+    pods' terminationGracePeriodSeconds give it that and 15 s more before SIGKILL."""
+    conf = (DEPLOY / "nats-cluster" / "nrm-1.conf").read_text()
+    found = dict(re.findall(r"^(lame_duck_duration|lame_duck_grace_period): (\S+)$", conf, re.M))
+    lame_duck = sum(
+        duration_seconds(found[k]) for k in ("lame_duck_duration", "lame_duck_grace_period")
+    )
+    [timeout] = unit_settings(DEPLOY / "systemd" / "nrm-nats.service")["TimeoutStopSec"]
+    grace = pod_specs()["nrm-nats"]["terminationGracePeriodSeconds"]
+    assert lame_duck + 15 <= duration_seconds(timeout)
+    assert lame_duck + 15 <= grace
 
 
 def readme_scores() -> dict[str, float]:
