@@ -28,7 +28,7 @@ from runtime.version import VERSION
 from . import admin, logs
 from .audit import LedgerCopy
 from .bus_options import bus_endpoint_options
-from .config_cli import agent_config_command, ledger_config_command
+from .config_cli import agent_config_command, ledger_config_command, seed_authorization_command
 
 if TYPE_CHECKING:
     from broker.bus import Listen
@@ -1388,8 +1388,8 @@ def demo(keep: bool, workdir: Path | None) -> None:
     sys.exit(run(keep=keep, workdir=workdir))
 
 
-
 # --- configuration files (nrm/config_cli.py) ---------------------------------------------------
 
 agent.add_command(agent_config_command)
 ledger_group.add_command(ledger_config_command)
+cluster_group.add_command(seed_authorization_command)

@@ -1,4 +1,5 @@
-"""`nrm agent config` and `nrm ledger config`: write a complete agent.toml / ledger.toml.
+"""`nrm agent config` and `nrm ledger config`: write a complete agent.toml / ledger.toml
+(and `nrm cluster seed-authorization`: a node's operator-only first authorization).
 
 Both write a new file (0600) and refuse to overwrite one (exit 1). Paths are written as
 given and, like every path in these files, a relative one is relative to the folder of the
@@ -18,10 +19,13 @@ from typing import Any, TypeVar
 import click
 
 from agents.config import SCOPES
+from broker.authz import authorization_block
 from keys import check_agency_id
 from keys.checkpoint import ledger_origin
+from keys.identity import PublicIdentity
 from runtime.config import ConfigError, bind_address
 from runtime.endpoint import BusEndpoint
+from runtime.files import write_new_file
 
 from .bus_options import bus_endpoint_options
 from .configs import (
@@ -317,3 +321,31 @@ def ledger_config_command(
         expiry_warning_days=expiry_warning_days,
     )
     _write(out, doc, header=f"ledger.toml for {name}, written by `nrm ledger config`.")
+
+
+@click.command("seed-authorization")
+@click.option(
+    "--operator-identity",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="The bus operator's identity.json (its NATS key gets operator rights).",
+)
+@click.option("--out", type=PATH, required=True, help="The authorization include to write.")
+def seed_authorization_command(operator_identity: Path, out: Path) -> None:
+    """Write an authorization include that admits only the bus operator.
+
+    A node started with it lets no agency in until its `nrm bus authority` has applied a
+    directory verified from the pinned root: a recreated node never admits an agency that
+    was removed after the cluster's files were generated."""
+    try:
+        operator = PublicIdentity.from_json(operator_identity.read_bytes())
+    except (ValueError, KeyError) as e:
+        raise click.ClickException(f"{operator_identity}: not an identity file ({e})") from e
+    if operator.nats_key is None:
+        raise click.ClickException(f"{operator_identity}: the identity has no NATS key")
+    block = authorization_block(agencies=[], auditors=[], operators=[operator.nats_key])
+    try:
+        write_new_file(out, block.encode())
+    except FileExistsError as e:
+        raise click.ClickException(f"{out} exists: not overwritten") from e
+    click.echo(f"wrote {out} (the operator only)")

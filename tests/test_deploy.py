@@ -6,6 +6,7 @@ validates strictly against a pinned Kubernetes version."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -21,9 +22,11 @@ import click
 import kubernetes_validate
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from agents.config import AgentConfig
 from broker.ledger import LedgerConfig
+from broker.server import nats_server_binary
 from nrm.cli import main
 from runtime.tomlfile import dumps
 
@@ -458,3 +461,45 @@ def test_nats_nodes_share_the_authorization_with_the_authority_sidecar() -> None
     ledger = pod_specs()["nrm-ledger"]["containers"][0]
     authority = [a.replace("$(POD_NAME)", "nrm-nats-0") for a in containers["authority"]["args"]]
     check_nrm_commands({"ledger": ledger["args"], "authority": authority})
+
+
+def test_a_recreated_nats_pod_admits_only_the_operator_until_its_authority_applies(
+    tmp_path: Path,
+) -> None:
+    """The emptyDir is refilled on every pod start: with the operator-only include from
+    `nrm cluster seed-authorization`, never with a generated (possibly stale) directory's
+    one; the authority has no readiness probe (its 503 before a directory is trusted would
+    take the node out of service)."""
+    spec = pod_specs()["nrm-nats"]
+    [init] = spec["initContainers"]
+    script = init["command"][-1]
+    assert (
+        '/config/operator-only.authorization.conf "/run/nats/$POD_NAME.authorization.conf"'
+        in script
+    )
+    assert "/config/$POD_NAME.authorization.conf" not in script
+    authority = {c["name"]: c for c in spec["containers"]}["authority"]
+    assert "readinessProbe" not in authority and "livenessProbe" in authority
+
+    identity = DEPLOY / "nats-cluster" / "demo" / "operator.identity.json"
+    seed = tmp_path / "operator-only.authorization.conf"
+    result = CliRunner().invoke(
+        main,
+        ["cluster", "seed-authorization", "--operator-identity", str(identity), "--out", str(seed)],
+    )
+    assert result.exit_code == 0, result.output
+    text = seed.read_text()
+    operator_key = json.loads(identity.read_text())["nats_key"]
+    assert re.findall(r"nkey: \"(\w+)\"", text) == [operator_key]
+    (tmp_path / "node.conf").write_text(f'listen: "127.0.0.1:-1"\ninclude "{seed.name}"\n')
+    checked = subprocess.run(
+        [nats_server_binary(), "-t", "-c", str(tmp_path / "node.conf")],
+        capture_output=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+    again = CliRunner().invoke(
+        main,
+        ["cluster", "seed-authorization", "--operator-identity", str(identity), "--out", str(seed)],
+    )
+    assert again.exit_code == 1 and "not overwritten" in again.output
