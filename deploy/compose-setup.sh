@@ -15,9 +15,13 @@ umask 077
 mkdir "$dir"
 secret() { od -An -N24 -tx1 /dev/urandom | tr -d ' \n' > "$1"; }
 
-# Administrators: root keys, root.1.json, the operator's keys, the directory draft.
+# Administrators: root keys, root.1.json, the operator's keys, the directory draft. The
+# operator's key has its own passphrase: the bus and the ledger read it, and must never
+# hold the administrators' (admin.passphrase stays here, mounted into no container).
 secret "$dir/admin.passphrase"
-"$nrm" admin init --admins 3 --threshold 2 --dir "$dir/admin" --passphrase-file "$dir/admin.passphrase"
+secret "$dir/operator.passphrase"
+"$nrm" admin init --admins 3 --threshold 2 --dir "$dir/admin" --passphrase-file "$dir/admin.passphrase" \
+  --operator-passphrase-file "$dir/operator.passphrase"
 export NRM_ADMIN_DIR="$dir/admin"
 
 # The agencies, each with its own key passphrase; the administrators admit them.
@@ -38,7 +42,7 @@ done
 # The ledger: its own signing key (same passphrase as the operator's keys it reads the
 # audit stream with), and a reading token for each agency and one for the auditors.
 mkdir "$dir/ledger"
-cp "$dir/admin.passphrase" "$dir/ledger/passphrase"
+cp "$dir/operator.passphrase" "$dir/ledger/passphrase"
 "$nrm" keys init --agency ledger --dir "$dir/ledger/keys" --name "Audit ledger" \
   --passphrase-file "$dir/ledger/passphrase"
 "$nrm" ledger config --out "$dir/ledger/ledger.toml" --name national \

@@ -207,9 +207,12 @@ def init_admin(
     cost: KdfCost,
     settings: AdminSettings | None = None,
     now: int | None = None,
+    operator_passphrase: bytes | None = None,
 ) -> Root:
     """Create `admins` root keys, root.1 signed by all of them, an empty directory draft,
-    the folder's settings and the bus operator's credentials."""
+    the folder's settings and the bus operator's credentials, sealed with
+    `operator_passphrase` (by default `passphrase`: not recommended, since the ledger and
+    every bus authority read the operator's key and so hold its passphrase)."""
     if not 1 <= threshold <= admins:
         raise AdminError("the threshold must be between 1 and the number of administrators")
     settings = AdminSettings() if settings is None else settings
@@ -239,7 +242,7 @@ def init_admin(
         folder / OPERATOR_DIR,
         agency="operator",
         name="Bus operator",
-        passphrase=passphrase,
+        passphrase=passphrase if operator_passphrase is None else operator_passphrase,
         cost=cost,
     )
     return root

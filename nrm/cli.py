@@ -22,7 +22,7 @@ from keys import DEFAULT_LIMITS, KeyFileError, NrmError, PublicIdentity, Untrust
 from keys.keyfile import MODERATE
 from runtime import clock
 from runtime.endpoint import BusEndpoint
-from runtime.keydir import init_key_dir, read_passphrase, rotate_key_dir
+from runtime.keydir import init_key_dir, read_passphrase, reseal_key_dir, rotate_key_dir
 from runtime.version import VERSION
 
 from . import admin, logs
@@ -146,6 +146,20 @@ def keys_init(agency: str, directory: Path, name: str | None, passphrase_file: P
     click.echo(f"  signing key    {ident.signing_kid} (Ed25519)")
     click.echo(f"  encryption key {ident.encryption_kid} (X25519)")
     click.echo(f"  hand {directory / 'identity.json'} to the administrators")
+
+
+@keys.command("passphrase")
+@click.option("--dir", "directory", type=PATH, required=True, help="The key folder.")
+@click.option("--old-file", type=PATH, required=True, help="File holding the current passphrase.")
+@click.option("--new-file", type=PATH, required=True, help="File holding the new passphrase.")
+def keys_passphrase(directory: Path, old_file: Path, new_file: Path) -> None:
+    """Seal the folder's agency.key with a new passphrase (the keys stay the same)."""
+    try:
+        old, new = read_passphrase(file=old_file), read_passphrase(file=new_file)
+        reseal_key_dir(directory, old=old, new=new, cost=MODERATE)
+    except (KeyFileError, ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"{directory / 'agency.key'} sealed with the new passphrase")
 
 
 @keys.command("rotate")
@@ -826,6 +840,13 @@ def admin_group() -> None:
 @click.option("--threshold", type=click.IntRange(1, 16), required=True, help="Signatures needed.")
 @click.option("--dir", "admin_dir", type=PATH, required=True, help="Folder to create.")
 @click.option("--passphrase-file", type=PATH, default=None, help="Else $NRM_PASSPHRASE.")
+@click.option(
+    "--operator-passphrase-file",
+    type=PATH,
+    default=None,
+    help="Seals the bus operator's key (operator/), which the ledger and the bus authorities "
+    "read; default: the administrators' passphrase (not recommended).",
+)
 @_days_option(
     "--directory-lifetime-days",
     DEFAULT_LIMITS.directory_ttl_seconds,
@@ -842,11 +863,20 @@ def admin_init(
     threshold: int,
     admin_dir: Path,
     passphrase_file: Path | None,
+    operator_passphrase_file: Path | None,
     directory_lifetime_days: float,
     publish_margin_days: float,
 ) -> None:
-    """Create N administrator root keys, root.1.json signed by all, and an empty directory."""
+    """Create N administrator root keys, root.1.json signed by all, and an empty directory.
+
+    The bus operator's key (operator/) is sealed with --operator-passphrase-file: give one
+    of its own, since services on the network (the ledger, every bus authority) hold it."""
     with _admin_errors():
+        operator_passphrase = (
+            None
+            if operator_passphrase_file is None
+            else read_passphrase(file=operator_passphrase_file)
+        )
         settings = admin.AdminSettings(
             directory_lifetime_seconds=_seconds(directory_lifetime_days),
             publish_margin_seconds=_seconds(publish_margin_days),
@@ -858,6 +888,14 @@ def admin_init(
             passphrase=read_passphrase(file=passphrase_file),
             cost=MODERATE,
             settings=settings,
+            operator_passphrase=operator_passphrase,
+        )
+    if operator_passphrase is None:
+        click.echo(
+            "warning: the operator's key is sealed with the administrators' passphrase; "
+            "give --operator-passphrase-file (or `nrm keys passphrase --dir "
+            f"{admin_dir / 'operator'} ...`) before handing it to the ledger and the bus",
+            err=True,
         )
     click.echo(f"root version 1: {threshold}-of-{admins}; keys {', '.join(root.keys)}")
     click.echo(

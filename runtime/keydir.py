@@ -80,3 +80,13 @@ def rotate_key_dir(directory: Path, *, passphrase: bytes, cost: KdfCost = MODERA
     replace_file(directory / KEY_FILE_NAME, seal_keys(keys, passphrase=passphrase, cost=cost))
     replace_file(directory / IDENTITY_FILE_NAME, keys.public.to_json().encode(), mode=0o644)
     return keys
+
+
+def reseal_key_dir(
+    directory: Path, *, old: bytes, new: bytes, cost: KdfCost = MODERATE
+) -> AgencyKeys:
+    """Seal the folder's `agency.key` again under the passphrase `new` (the keys unchanged);
+    KeyFileError if `old` does not open it."""
+    keys = load_key_dir(directory, passphrase=old)
+    replace_file(directory / KEY_FILE_NAME, seal_keys(keys, passphrase=new, cost=cost))
+    return keys

@@ -32,7 +32,7 @@ import nats.js.errors
 import pytest
 from click.testing import CliRunner, Result
 
-from keys import PublicIdentity
+from keys import KeyFileError, PublicIdentity
 from keys.codec import canonical_json, to_b64
 from keys.directory import (
     DIRECTORY_LABEL,
@@ -434,6 +434,30 @@ def test_admin_init_keeps_the_lifetime_and_margin_and_refuses_a_lifetime_within_
     assert refused.exit_code == 1, refused.output
     assert "not longer than the publishing margin" in refused.output
     assert not (tmp_path / "b").exists()
+
+
+def test_the_operator_key_has_its_own_passphrase_which_keys_passphrase_changes(
+    tmp_path: Path,
+) -> None:
+    """`admin init --operator-passphrase-file` seals operator/ with it, not with the
+    administrators' passphrase (which the ledger and bus authorities must never hold);
+    `keys passphrase` seals a key folder again under a new one and refuses a wrong old one."""
+    operator, new = tmp_path / "operator.passphrase", tmp_path / "new.passphrase"
+    operator.write_text("the operator's own passphrase\n")
+    new.write_text("a new passphrase for the operator\n")
+    ok("admin", "init", "--admins", "1", "--threshold", "1", "--dir", tmp_path / "a",
+       "--operator-passphrase-file", operator)  # fmt: skip
+    folder = tmp_path / "a" / "operator"
+    with pytest.raises(KeyFileError):
+        load_key_dir(folder, passphrase=PASSPHRASE.encode())
+    kid = load_key_dir(folder, passphrase=operator.read_bytes().strip()).public.signing_kid
+
+    assert "sealed with the new passphrase" in ok(
+        "keys", "passphrase", "--dir", folder, "--old-file", operator, "--new-file", new
+    )
+    assert load_key_dir(folder, passphrase=new.read_bytes().strip()).public.signing_kid == kid
+    wrong = nrm("keys", "passphrase", "--dir", folder, "--old-file", operator, "--new-file", new)
+    assert wrong.exit_code == 1 and "Traceback" not in wrong.output, wrong.output
 
 
 def test_renew_makes_a_new_version_with_the_same_content_and_a_new_expiry(

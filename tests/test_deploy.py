@@ -325,8 +325,30 @@ def test_compose_mounts_only_what_the_setup_script_makes(
         for arg in service["command"]:
             key, _, value = arg.partition("=")
             if value.startswith("/etc/nrm/"):
+                if any(t.startswith(value + "/") for t, _ in mounts(service, mechanism)):
+                    continue  # a folder of separately mounted files (publish's --dir)
                 host = on_host(value, service, mechanism)
                 assert host is not None and host.exists(), f"{name} {key}: {value}"
+
+
+def test_the_administrators_passphrase_and_keys_reach_no_container(
+    compose: dict[str, Any], mechanism: Path
+) -> None:
+    """Only the operator's passphrase is mounted (the bus, publish, the ledger's copy), never
+    admin.passphrase nor an admin-N.key: a network-facing service holds neither."""
+    admin_files = {mechanism / "admin.passphrase", *mechanism.glob("admin/admin-*.key")}
+    assert len(admin_files) == 4
+    for name, service in compose["services"].items():
+        for _, host in mounts(service, mechanism):
+            if host is not None:
+                inside = set(host.rglob("*")) | {host} if host.is_dir() else {host}
+                assert not inside & admin_files, name
+    assert (mechanism / "operator.passphrase").read_bytes() != (
+        mechanism / "admin.passphrase"
+    ).read_bytes()
+    assert (mechanism / "ledger" / "passphrase").read_bytes() == (
+        mechanism / "operator.passphrase"
+    ).read_bytes()
 
 
 PATH_SETTINGS = ("key_dir", "passphrase_file", "trust_root", "trust_cache", "database",
