@@ -525,3 +525,15 @@ def test_a_recreated_nats_pod_admits_only_the_operator_until_its_authority_appli
         ["cluster", "seed-authorization", "--operator-identity", str(identity), "--out", str(seed)],
     )
     assert again.exit_code == 1 and "not overwritten" in again.output
+
+
+def test_routes_and_clients_use_certificates_of_different_secrets() -> None:
+    """The route CA is not the clients' CA: an agency's client certificate cannot open a
+    route. Only the server mounts the route secret."""
+    spec = pod_specs()["nrm-nats"]
+    secrets = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+    assert secrets["tls"] != secrets["route-tls"]
+    containers = {c["name"]: c for c in spec["containers"]}
+    mounted = {c: {m["name"] for m in containers[c]["volumeMounts"]} for c in containers}
+    assert {"tls", "route-tls"} <= mounted["nats"]
+    assert "route-tls" not in mounted["authority"]
