@@ -26,7 +26,7 @@
     trust_cache = "trust"                   # verified roots and directory, kept across restarts
 
     [ledger]                                # optional: check this agency's audit events
-    url = "https://ledger.example:8090"    # http:// on loopback only
+    url = "https://ledger.example:8090"    # http:// on loopback only (or allow_plain_http)
     ca_file = "ledger-ca.pem"               # optional: the CA of an https ledger
     name = "national"                       # the ledger's name: origin <name>/nrm-ledger
     identity = "ledger-identity.json"       # the ledger's public identity
@@ -50,6 +50,10 @@
     ack_wait_seconds = 10
     expiry_warning_seconds = 604800         # /healthz warns this long before expiry
 
+Plain HTTP beyond loopback (an `[api] bind` other than 127.0.0.0/8, ::1 or localhost without
+`tls_cert`, an `http://` `[ledger] url` to another host) sends bearer tokens in clear and is
+refused unless the top level says `allow_plain_http = true` (a private network only).
+
 Relative paths are relative to the configuration file; a setting not listed here is an
 error (runtime/config.py). The single `nats_url` of
 earlier versions is gone: `nats_urls` takes one URL as well.
@@ -67,7 +71,7 @@ from runtime import http
 from runtime.config import ConfigError as ConfigError
 from runtime.config import Table, bind_address, load_toml, path_in
 from runtime.endpoint import BusEndpoint, EndpointError, endpoint_from_config
-from runtime.tls import HttpsFiles, https_files
+from runtime.tls import HttpsFiles, check_plain_http, check_plain_http_url, https_files
 
 from .ledger_check import LedgerSettings
 from .retention import RetentionSchedule
@@ -167,7 +171,14 @@ class AgentConfig:
                 ),
                 api_tls=https_files(api, base=base, prefix="api."),
             )
+            allowed = table.get("allow_plain_http", False)
+            if not isinstance(allowed, bool):
+                raise ConfigError("allow_plain_http must be true or false")
             table.finish()
+            if config.api_tls is None:
+                check_plain_http(host, what="api.bind without api.tls_cert", allowed=allowed)
+            if config.ledger is not None:
+                check_plain_http_url(config.ledger.url, what="ledger.url", allowed=allowed)
             for target in config.webhooks:
                 target.ssl_context()  # a CA file that cannot be read is named at once
             return config

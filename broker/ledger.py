@@ -38,7 +38,7 @@ from runtime.endpoint import BusEndpoint, EndpointError, endpoint_from_config
 from runtime.http import app_runner
 from runtime.keydir import load_key_dir, read_passphrase
 from runtime.supervisor import Supervisor, pause, unless_stopping
-from runtime.tls import HttpsFiles, https_files, url_host
+from runtime.tls import HttpsFiles, check_plain_http, https_files, url_host
 
 from .follower import TRANSIENT, DirectoryFollower
 from .ledger_migrate import migrate_legacy
@@ -68,6 +68,7 @@ class LedgerConfig:
     bind = "0.0.0.0:8090"
     tls_cert = "ledger.pem"             # optional, both or neither: serve HTTPS only
     tls_key = "ledger.key"              # (agencies reach the ledger with bearer tokens)
+    allow_plain_http = false            # without tls_cert, a bind beyond loopback is refused
     checkpoint_interval_seconds = 2
     suppress_below = 5
     expiry_warning_days = 7             # /healthz warns this long before directory/root expiry
@@ -143,7 +144,12 @@ class LedgerConfig:
                 ),
                 tls=https_files(table, base=base),
             )
+            allowed = table.get("allow_plain_http", False)
+            if not isinstance(allowed, bool):
+                raise LedgerConfigError("allow_plain_http must be true or false")
             table.finish()
+            if config.tls is None:
+                check_plain_http(host, what="bind without tls_cert", allowed=allowed)
             try:
                 config.bus.connect_options()  # the bus TLS files are read now: named at once
             except EndpointError as e:

@@ -39,6 +39,10 @@ done
 "$nrm" directory sign --key "$dir/admin/admin-1.key" --passphrase-file "$dir/admin.passphrase"
 "$nrm" directory sign --key "$dir/admin/admin-2.key" --passphrase-file "$dir/admin.passphrase"
 
+# Inside the compose network the APIs speak plain HTTP (--allow-plain-http: their ports are
+# published on 127.0.0.1 only, and agents reach the ledger over the private network);
+# beyond one host, give them certificates (--http-tls-cert/--http-tls-key, --ledger-ca).
+#
 # The ledger: its own signing key (same passphrase as the operator's keys it reads the
 # audit stream with), and a reading token for each agency and one for the auditors.
 mkdir "$dir/ledger"
@@ -49,7 +53,7 @@ cp "$dir/operator.passphrase" "$dir/ledger/passphrase"
   --key-dir /etc/nrm/ledger/keys --operator-key-dir /etc/nrm/operator \
   --passphrase-file /etc/nrm/ledger/passphrase --nats nats://bus:4222 \
   --trust-root /etc/nrm/ledger/root.json --database /var/lib/nrm/ledger.db \
-  --bind 0.0.0.0:8090 --auditor auditor --auditor police --auditor shelter --auditor coordinator
+  --bind 0.0.0.0:8090 --allow-plain-http --auditor auditor --auditor police --auditor shelter --auditor coordinator
 cp "$dir/admin/root.1.json" "$dir/ledger/root.json"
 
 port=8081
@@ -61,7 +65,7 @@ for agency in police shelter coordinator; do
     --nats nats://bus:4222 --database /var/lib/nrm/agent.db --trust-cache /var/lib/nrm/trust \
     --api-bind "0.0.0.0:$port" --client case-management:submit,read,act \
     --ledger-url http://ledger:8090 --ledger-name national \
-    --ledger-identity ledger-identity.json --ledger-token-file ledger.token
+    --ledger-identity ledger-identity.json --ledger-token-file ledger.token --allow-plain-http
   port=$((port + 1))
 done
 echo "ready: NRM_DIR=$dir podman-compose -f deploy/compose.yaml up"

@@ -23,6 +23,7 @@ from keys.keyfile import MODERATE
 from runtime import clock
 from runtime.endpoint import BusEndpoint
 from runtime.keydir import init_key_dir, read_passphrase, reseal_key_dir, rotate_key_dir
+from runtime.tls import PlainHttpError, check_plain_http_url
 from runtime.version import VERSION
 
 from . import admin, logs
@@ -1216,7 +1217,19 @@ def audit_group() -> None:
     """Verify, query and export the audit ledger."""
 
 
+def _allow_plain_http(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    ctx.meta["nrm.allow_plain_http"] = value
+
+
 def _source(f: Callable[..., None]) -> Callable[..., None]:
+    f = click.option(
+        "--allow-plain-http",
+        is_flag=True,
+        expose_value=False,
+        callback=_allow_plain_http,
+        help="Accept an http:// --ledger beyond loopback (the token in clear): private "
+        "networks only.",
+    )(f)
     f = click.option(
         "--ledger", "ledger_url", default=None, help="Ledger URL (https:// beyond loopback)."
     )(f)
@@ -1252,6 +1265,14 @@ def _load(
         raise click.UsageError("give exactly one of --ledger URL and --db FILE")
     if ledger_ca is not None and not (ledger_url or "").startswith("https://"):
         raise click.UsageError("--ledger-ca goes with an https:// --ledger URL")
+    if ledger_url is not None:
+        allowed = bool(click.get_current_context().meta.get("nrm.allow_plain_http"))
+        try:
+            check_plain_http_url(
+                ledger_url, what="--ledger", allowed=allowed, how="--allow-plain-http"
+            )
+        except PlainHttpError as e:
+            raise click.UsageError(str(e)) from e
     try:
         if db is not None:
             return from_database(db)

@@ -26,6 +26,7 @@ from keys.identity import PublicIdentity
 from runtime.config import ConfigError, bind_address
 from runtime.endpoint import BusEndpoint
 from runtime.files import write_new_file
+from runtime.tls import PlainHttpError, check_plain_http, check_plain_http_url
 
 from .bus_options import bus_endpoint_options
 from .configs import (
@@ -62,6 +63,29 @@ def _http_tls(cert: str | None, key: str | None) -> HttpTls | None:
     if (cert is None) != (key is None):
         raise click.UsageError("--http-tls-cert and --http-tls-key go together")
     return None if cert is None or key is None else HttpTls(cert_file=cert, key_file=key)
+
+
+def _plain_http_option(f: F) -> F:
+    return click.option(
+        "--allow-plain-http",
+        is_flag=True,
+        help="Accept plain HTTP beyond loopback (bearer tokens in clear): a private network "
+        "only; else such a file is refused (allow_plain_http = true).",
+    )(f)
+
+
+def _check_plain_http(host_port: str, url: str | None, *, tls: bool, allowed: bool) -> None:
+    """Refuse what the service would refuse at start: an HTTP bind beyond loopback without
+    TLS, an http:// URL to another host, unless --allow-plain-http."""
+    how = "--allow-plain-http"
+    try:
+        if not tls:
+            host, _ = bind_address(host_port, key="bind")
+            check_plain_http(host, what="the API without --http-tls-cert", allowed=allowed, how=how)
+        if url is not None:
+            check_plain_http_url(url, what="--ledger-url", allowed=allowed, how=how)
+    except PlainHttpError as e:
+        raise click.UsageError(str(e)) from e
 
 
 def _check_bind(value: str, option: str) -> str:
@@ -145,6 +169,7 @@ def _token(out: Path, name: str, option: str) -> str:
 @click.option(
     "--webhook-secret-file", default=None, metavar="FILE", help="Its HMAC key (16+ bytes)."
 )
+@_plain_http_option
 def agent_config_command(
     out: Path,
     agency: str,
@@ -166,6 +191,7 @@ def agent_config_command(
     ledger_ca: str | None,
     webhook_url: str | None,
     webhook_secret_file: str | None,
+    allow_plain_http: bool,
 ) -> None:
     """Write a complete agent.toml (0600; refuses to overwrite).
 
@@ -178,6 +204,7 @@ def agent_config_command(
         raise click.BadParameter(str(e), param_hint="--agency") from e
     _check_bind(api_bind, "--api-bind")
     http_tls = _http_tls(http_tls_cert, http_tls_key)
+    _check_plain_http(api_bind, ledger_url, tls=http_tls is not None, allowed=allow_plain_http)
     ledger_given = [ledger_url, ledger_name, ledger_identity, ledger_token_file]
     if any(v is not None for v in [*ledger_given, ledger_ca]) and None in ledger_given:
         raise click.UsageError(
@@ -223,6 +250,7 @@ def agent_config_command(
         clients=[ApiClientSpec(c, _token(out, c, "--client"), scopes) for c, scopes in specs],
         ledger=ledger,
         webhooks=[] if webhook_url is None else [(webhook_url, str(webhook_secret_file))],
+        allow_plain_http=allow_plain_http,
     )
     _write(out, doc, header=f"agent.toml for {agency}, written by `nrm agent config`.")
 
@@ -276,6 +304,7 @@ def agent_config_command(
     default=None,
     help="/healthz warns this long before expiry (default 7).",
 )
+@_plain_http_option
 def ledger_config_command(
     out: Path,
     name: str,
@@ -292,6 +321,7 @@ def ledger_config_command(
     checkpoint_interval: float | None,
     suppress_below: int | None,
     expiry_warning_days: float | None,
+    allow_plain_http: bool,
 ) -> None:
     """Write a complete ledger.toml (0600; refuses to overwrite).
 
@@ -301,6 +331,7 @@ def ledger_config_command(
     _check_ledger_name(name, "--name")
     _check_bind(bind, "--bind")
     http_tls = _http_tls(http_tls_cert, http_tls_key)
+    _check_plain_http(bind, None, tls=http_tls is not None, allowed=allow_plain_http)
     if len(set(auditors)) != len(auditors):
         raise click.BadParameter("each auditor once", param_hint="--auditor")
     if out.exists():
@@ -319,6 +350,7 @@ def ledger_config_command(
         checkpoint_interval_seconds=checkpoint_interval,
         suppress_below=suppress_below,
         expiry_warning_days=expiry_warning_days,
+        allow_plain_http=allow_plain_http,
     )
     _write(out, doc, header=f"ledger.toml for {name}, written by `nrm ledger config`.")
 

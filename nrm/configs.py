@@ -103,6 +103,7 @@ def agent_config(
     ledger: LedgerLink | None = None,
     webhooks: Sequence[tuple[str, str]] = (),
     limits: Mapping[str, int | float] | None = None,
+    allow_plain_http: bool = False,
 ) -> dict[str, Any]:
     """The agent.toml document; `webhooks` are `(url, secret_file)` pairs."""
     doc: dict[str, Any] = {
@@ -110,6 +111,7 @@ def agent_config(
         "name": name,
         "key_dir": key_dir,
         "passphrase_file": passphrase_file,
+        "allow_plain_http": True if allow_plain_http else None,
         **endpoint_settings(endpoint),
         "database": database,
         "trust_root": trust_root,
@@ -155,6 +157,7 @@ def ledger_config(
     checkpoint_interval_seconds: float | None = None,
     suppress_below: int | None = None,
     expiry_warning_days: float | None = None,
+    allow_plain_http: bool = False,
 ) -> dict[str, Any]:
     """The ledger.toml document; `auditors` are `(name, token_sha256)` pairs."""
     return {
@@ -162,6 +165,7 @@ def ledger_config(
         "key_dir": key_dir,
         "operator_key_dir": operator_key_dir,
         "passphrase_file": passphrase_file,
+        "allow_plain_http": True if allow_plain_http else None,
         **endpoint_settings(endpoint),
         "trust_root": trust_root,
         "database": database,

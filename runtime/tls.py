@@ -1,7 +1,9 @@
 """TLS for the HTTP APIs (the agent's, the ledger's) and for their HTTPS clients.
 
 A service given a certificate and its key (`HttpsFiles`) serves HTTPS only, TLS 1.2 or
-later; without them it serves plain HTTP, which is for loopback (docs/DESIGN.md "TLS").
+later; without them it serves plain HTTP, which is for loopback (docs/DESIGN.md "TLS"): a
+configuration or command that would carry bearer tokens over plain HTTP beyond loopback is
+refused (`PlainHttpError`) unless it says `allow_plain_http` (`--allow-plain-http`).
 Clients (the agent towards the ledger and its webhooks, the audit command line) verify the
 server's certificate and name, against a CA file when one is given, else the system's CAs.
 The bus has its own settings (runtime/endpoint.py).
@@ -9,9 +11,11 @@ The bus has its own settings (runtime/endpoint.py).
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .config import ConfigError, Table, path_in
 
@@ -78,3 +82,40 @@ def https_files(
 def url_host(host: str) -> str:
     """`host` as it goes into a URL: an IPv6 address in brackets."""
     return f"[{host}]" if ":" in host else host
+
+
+class PlainHttpError(ConfigError):
+    """Plain HTTP beyond loopback without `allow_plain_http`: bearer tokens in clear."""
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost`, 127.0.0.0/8 or ::1 (brackets allowed)."""
+    host = host.strip("[]")
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_plain_http(
+    host: str, *, what: str, allowed: bool, how: str = "allow_plain_http = true"
+) -> None:
+    """PlainHttpError if `what` would speak plain HTTP to or on `host` beyond loopback and
+    plain HTTP was not explicitly allowed (`how` says how to)."""
+    if allowed or is_loopback(host):
+        return
+    raise PlainHttpError(
+        f"{what} is plain HTTP beyond loopback ({host}): bearer tokens would cross the network "
+        f"in clear; use HTTPS, or set {how} if the network is private"
+    )
+
+
+def check_plain_http_url(
+    url: str, *, what: str, allowed: bool, how: str = "allow_plain_http = true"
+) -> None:
+    """check_plain_http for the host of an http:// `url` (an https:// one passes)."""
+    parts = urlsplit(url)
+    if parts.scheme == "http":
+        check_plain_http(parts.hostname or "", what=what, allowed=allowed, how=how)

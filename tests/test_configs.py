@@ -14,11 +14,12 @@ import trustme
 from click.testing import CliRunner
 
 from agents.config import AgentConfig, token_digest
-from broker.ledger import LedgerConfig
+from broker.ledger import LedgerConfig, LedgerConfigError
 from keys import AgencyKeys
 from nrm.cli import main
 from runtime.config import Table
 from runtime.endpoint import BusEndpoint, BusTls, endpoint_from_config
+from runtime.tls import PlainHttpError
 from runtime.tomlfile import dumps
 
 LEDGER = [
@@ -47,7 +48,7 @@ def folder(tmp_path: Path) -> Path:
 def test_toml_writer_round_trips_through_tomllib() -> None:
     """Tables, arrays of tables, quoting and escapes read back as written; None is left out."""
     doc: dict[str, Any] = {
-        "name": "a \"quoted\" \\ value\nwith ünïcode, a tab\t, NUL \x00 and DEL \x7f",
+        "name": 'a "quoted" \\ value\nwith ünïcode, a tab\t, NUL \x00 and DEL \x7f',
         "n": 3,
         "f": 0.5,
         "on": True,
@@ -74,8 +75,10 @@ def test_agent_config_loads_with_the_agents_own_loader(folder: Path) -> None:
         "--trust-root", "root.1.json", "--trust-cache", "/var/lib/nrm/police/trust",
         "--client", "case-management:submit,read,act", "--client", "dashboard:read",
         *LEDGER, "--webhook", "http://cms:9000/events", "--webhook-secret-file", "webhook.secret",
+        "--allow-plain-http",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+    assert "allow_plain_http = true" in out.read_text()
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     config = AgentConfig.load(out)
     assert config.agency == "police"
@@ -172,6 +175,7 @@ def test_ledger_config_loads_with_the_ledgers_own_loader(tmp_path: Path) -> None
         "--trust-root", "root.1.json", "--database", "/var/lib/nrm-ledger/ledger.db",
         "--bind", "192.0.2.10:8090", "--auditor", "court-of-audit", "--auditor", "police",
         "--checkpoint-interval", "5", "--suppress-below", "10", "--expiry-warning-days", "14",
+        "--allow-plain-http",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
@@ -258,3 +262,71 @@ def test_ledger_tls_settings_appear_only_when_given(tmp_path: Path, pki: dict[st
     assert (doc["tls_cert"], doc["tls_key"]) == (str(pki["cert"]), str(pki["key"]))
     config = LedgerConfig.load(out)
     assert config.name == "national"
+
+
+def agent_doc(folder: Path, **top: Any) -> dict[str, Any]:
+    return {"agency": "police", "key_dir": "k", "database": "a.db", "nats_urls": "bus",
+            "trust_root": "root.json", "api": {"bind": "127.0.0.1:8081"}, **top}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "refused"),
+    [
+        ({"api": {"bind": "0.0.0.0:8081"}}, "api.bind"),
+        ({"api": {"bind": "[::]:8081"}}, "api.bind"),
+        ({"ledger": {"url": "http://ledger.example:8090"}}, "ledger.url"),
+        ({"ledger": {"url": "http://10.0.0.1:8090"}}, "ledger.url"),
+        ({"api": {"bind": "127.0.0.5:8081"}}, None),
+        ({"api": {"bind": "[::1]:8081"}}, None),
+        ({"api": {"bind": "localhost:8081"}}, None),
+        ({"ledger": {"url": "http://localhost:8090"}}, None),
+        ({"ledger": {"url": "https://ledger.example:8090"}}, None),
+        ({"ledger": {"url": "http://ledger.example"}, "allow_plain_http": True}, None),
+        ({"api": {"bind": "0.0.0.0:8081"}, "allow_plain_http": True}, None),
+    ],
+)
+def test_plain_http_beyond_loopback_is_refused_unless_allowed(
+    folder: Path, change: dict[str, Any], refused: str | None
+) -> None:
+    """Bearer tokens in clear: an agent API bound beyond loopback without a certificate or
+    an http:// ledger on another host is refused at load, naming the setting and
+    allow_plain_http; loopback (127.0.0.0/8, ::1, localhost) and https always pass."""
+    doc = agent_doc(folder, **change)
+    if "ledger" in doc:
+        doc["ledger"] = {**doc["ledger"], "name": "national", "identity": "ledger-identity.json",
+                         "token_file": "ledger.token"}  # fmt: skip
+    if refused is None:
+        AgentConfig.from_dict(doc, base=folder)
+        return
+    with pytest.raises(PlainHttpError, match=rf"{refused}.*allow_plain_http = true"):
+        AgentConfig.from_dict(doc, base=folder)
+
+
+def test_the_ledger_the_generators_and_nrm_audit_refuse_plain_http_beyond_loopback(
+    folder: Path,
+) -> None:
+    """ledger.toml binding 0.0.0.0 without tls_cert, `nrm ledger config`/`nrm agent config`
+    that would write such a file, `nrm audit --ledger http://remote`: refused (exit 2 for
+    the commands), each saying how to allow it."""
+    ledger = folder / "ledger.toml"
+    ledger.write_text(dumps({"name": "national", "key_dir": "k", "operator_key_dir": "o",
+                             "nats_urls": "bus", "trust_root": "r", "database": "l.db",
+                             "bind": "0.0.0.0:8090"}))  # fmt: skip
+    with pytest.raises(LedgerConfigError, match=r"bind without tls_cert.*allow_plain_http"):
+        LedgerConfig.load(ledger)
+    ledger.write_text(ledger.read_text() + "allow_plain_http = true\n")
+    assert LedgerConfig.load(ledger).host == "0.0.0.0"  # noqa: S104
+
+    for argv in (
+        ["ledger", "config", "--out", str(folder / "l2.toml"), "--name", "national",
+         "--nats", "bus", "--bind", "0.0.0.0:8090"],
+        ["agent", "config", "--out", str(folder / "a.toml"), "--agency", "police",
+         "--nats", "bus", *LEDGER],
+        ["audit", "query", "--ledger", "http://ledger.example:8090", "--token-file",
+         str(folder / "ledger.token")],
+    ):  # fmt: skip
+        result = nrm(*argv)
+        assert result.exit_code == 2, result.output
+        assert "plain HTTP beyond loopback" in result.output
+        assert "--allow-plain-http" in result.output
+    assert not (folder / "l2.toml").exists() and not (folder / "a.toml").exists()
