@@ -4,7 +4,8 @@
 top-level values first, then each table (`[api]`), then each array of tables
 (`[[api.clients]]`), in the dict's order. Values are strings, integers, floats, booleans
 and lists of those; a dict is a table and a list of dicts an array of tables. Strings are
-TOML basic strings (JSON's escapes, which TOML shares, and DEL, which TOML forbids raw). A
+TOML basic strings: UTF-8 as it is, but for JSON's escapes of the quote, the backslash and the
+control characters (which TOML shares) and DEL (which TOML forbids raw). A
 `None` value is left out, so an optional setting appears only when it is given.
 """
 
@@ -58,8 +59,12 @@ def _key(key: str) -> str:
 
 
 def _string(text: str) -> str:
-    """A TOML basic string: JSON's escapes, and DEL, which JSON leaves as it is."""
-    return json.dumps(text).replace("\x7f", "\\u007f")
+    """A TOML basic string: every character raw (TOML has no surrogate pairs, so a character
+    beyond the BMP cannot be escaped the way JSON does) but the quote, the backslash and the
+    control characters, which get JSON's escapes, and DEL, which JSON leaves as it is."""
+    if any("\ud800" <= c <= "\udfff" for c in text):
+        raise ValueError("a configuration string cannot hold a lone surrogate")
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _value(value: Any) -> str:

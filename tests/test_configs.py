@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import trustme
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agents.config import AgentConfig, token_digest
 from broker.ledger import LedgerConfig, LedgerConfigError
@@ -61,6 +63,18 @@ def test_toml_writer_round_trips_through_tomllib() -> None:
     back = tomllib.loads(dumps(doc, header="two\nlines"))
     expected = {k: v for k, v in doc.items() if v is not None}
     assert back == expected
+
+
+@given(st.text())
+def test_any_string_round_trips_through_tomllib(text: str) -> None:
+    """As a value and as a key: characters beyond the BMP are written raw (TOML forbids the
+    surrogate pairs JSON would escape them as), controls and DEL escaped."""
+    doc = {"name": text, "table": {text: [text]}}
+    assert tomllib.loads(dumps(doc)) == doc
+
+
+def test_a_name_beyond_the_bmp_loads() -> None:
+    assert tomllib.loads(dumps({"name": "Agency \U0001f693"})) == {"name": "Agency \U0001f693"}
 
 
 def test_agent_config_loads_with_the_agents_own_loader(folder: Path) -> None:
