@@ -537,3 +537,21 @@ def test_routes_and_clients_use_certificates_of_different_secrets() -> None:
     mounted = {c: {m["name"] for m in containers[c]["volumeMounts"]} for c in containers}
     assert {"tls", "route-tls"} <= mounted["nats"]
     assert "route-tls" not in mounted["authority"]
+
+
+def test_the_network_policy_lets_the_authority_reach_every_node_it_names() -> None:
+    """The authority sidecar connects to any of the nodes of its nats_urls (their client
+    port), the server to the others' route port: both allowed out to the NATS pods."""
+    [policy] = [
+        r for r in resources(DEPLOY / "kubernetes" / "nats.yaml") if r["kind"] == "NetworkPolicy"
+    ]
+    to_nodes = {
+        p["port"]
+        for rule in policy["spec"]["egress"]
+        if any(t.get("podSelector", {}).get("matchLabels") == {"app.kubernetes.io/name": "nrm-nats"}
+               for t in rule["to"])
+        for p in rule["ports"]
+    }  # fmt: skip
+    authority = tomllib.loads((DEPLOY / "nats-cluster" / "nrm-1.authority.toml").read_text())
+    ports = {int(u.rsplit(":", 1)[1]) for u in authority["nats_urls"]}
+    assert ports == {4222} and {4222, 6222} <= to_nodes
