@@ -555,3 +555,42 @@ def test_the_network_policy_lets_the_authority_reach_every_node_it_names() -> No
     authority = tomllib.loads((DEPLOY / "nats-cluster" / "nrm-1.authority.toml").read_text())
     ports = {int(u.rsplit(":", 1)[1]) for u in authority["nats_urls"]}
     assert ports == {4222} and {4222, 6222} <= to_nodes
+
+
+def unit_writable(settings: dict[str, list[str]]) -> list[str]:
+    """The folders a unit under ProtectSystem=strict may write."""
+    dirs = [f"/var/lib/{d}" for v in settings.get("StateDirectory", []) for d in v.split()]
+    dirs += [f"/run/{d}" for v in settings.get("RuntimeDirectory", []) for d in v.split()]
+    dirs += [f"/var/log/{d}" for v in settings.get("LogsDirectory", []) for d in v.split()]
+    return dirs + [d for v in settings.get("ReadWritePaths", []) for d in v.split()]
+
+
+def inside(path: str, folders: list[str]) -> bool:
+    return any(path.startswith(f.rstrip("/") + "/") for f in folders)
+
+
+def test_the_example_cluster_fits_the_shipped_bus_units() -> None:
+    """Every path of deploy/nats-cluster/ a unit writes or reads is one the unit gives it:
+    nats-server's store, pid and log files in nrm-nats.service's own directories, its config
+    and include in the folder of its `-c` file; the authority's include in what it may
+    write, the pid file the server's, its passphrase its credential."""
+    nats = unit_settings(DEPLOY / "systemd" / "nrm-nats.service")
+    authority = unit_settings(DEPLOY / "systemd" / "nrm-bus-authority.service")
+    [conf_path] = [a for a in shlex.split(nats["ExecStart"][0]) if a.endswith(".conf")]
+    credentials = {
+        c.partition(":")[0]: f"/run/credentials/nrm-bus-authority.service/{c.partition(':')[0]}"
+        for c in authority["LoadCredential"]
+    }
+    for node in ("nrm-1", "nrm-2", "nrm-3"):
+        conf = (DEPLOY / "nats-cluster" / f"{node}.conf").read_text()
+        paths = dict(re.findall(r"^\s*(pid_file|store_dir|log_file): \"([^\"]+)\"$", conf, re.M))
+        assert {"pid_file", "store_dir"} <= set(paths)
+        for key, path in paths.items():
+            assert inside(path, unit_writable(nats)), f"{node}.conf {key} {path}"
+        doc = tomllib.loads((DEPLOY / "nats-cluster" / f"{node}.authority.toml").read_text())
+        assert doc["pid_file"] == paths["pid_file"]
+        include = doc["authorization_file"]
+        assert inside(include, unit_writable(authority)), include
+        assert include.rsplit("/", 1)[0] == conf_path.rsplit("/", 1)[0]
+        assert include.endswith(re.findall(r'^include "([^"]+)"$', conf, re.M)[0])
+        assert doc["passphrase_file"] in credentials.values()
