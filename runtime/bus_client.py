@@ -7,8 +7,9 @@ what it buffered while reconnecting into a socket already closed under it, which
 `AttributeError` from asyncio's TLS transport (`_write_appdata` on None; over plain TCP the
 same write is dropped with a warning). So a client whose socket is closed has that buffer
 dropped before closing (nothing is lost: unacknowledged publishes are repeated under the
-same Nats-Msg-Id, requests are asked again), and a client that will not close in time is
-abandoned: its tasks are cancelled and its socket closed.
+same Nats-Msg-Id, requests are asked again), and a client that will not close in time, or
+whose close failed after nats-py had marked it closed (a second close would do nothing), is
+abandoned: its tasks and its subscriptions' tasks are cancelled and its socket closed.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ async def close_client(nc: Client) -> None:
     except TimeoutError:
         _abandon(nc)
     except _CLOSE_ERRORS:
+        if nc.is_closed:
+            # nats-py marks the client CLOSED before the step that failed, so a second
+            # close() would return at once, its subscriptions' tasks left running
+            _abandon(nc)
+            return
         # e.g. a drain refused while reconnecting, or the socket closed meanwhile: close
         # instead, without what can no longer be written
         if _socket_closed(nc):
@@ -80,6 +86,19 @@ def _abandon(nc: Client) -> None:
         task = getattr(nc, name, None)
         if isinstance(task, asyncio.Future) and not task.done():
             task.cancel()
+    subs = getattr(nc, "_subs", None)
+    if isinstance(subs, dict):
+        for sub in list(subs.values()):
+            stop = getattr(sub, "_stop_processing", None)  # its callback task, its iterator
+            if callable(stop):
+                with contextlib.suppress(RuntimeError, AttributeError):
+                    stop()
+            waiting = getattr(sub, "_pending_next_msgs_calls", None)
+            if isinstance(waiting, dict):
+                for future in waiting.values():
+                    future.cancel()
+                waiting.clear()
+        subs.clear()
     transport = getattr(nc, "_transport", None)
     if transport is not None:
         with contextlib.suppress(OSError, RuntimeError, AttributeError):

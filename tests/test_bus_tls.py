@@ -7,6 +7,7 @@ import contextlib
 import re
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import nats
@@ -21,7 +22,7 @@ from broker import NatsServer
 from broker.server import ServerTls, tls_block
 from keys.identity import new_nats_seed
 from nrm.cli import main
-from runtime.bus_client import CLOSE_SECONDS
+from runtime.bus_client import CLOSE_SECONDS, close_client
 from runtime.endpoint import BusEndpoint, BusTls
 from runtime.files import write_new_file
 
@@ -294,8 +295,9 @@ async def test_a_tls_client_sends_nothing_in_clear_to_a_server_that_offers_no_tl
     try:
         with pytest.raises((nats.errors.NoServersError, OSError, TimeoutError)):
             await nats.connect(
-                **BusEndpoint.of(f"tls://127.0.0.1:{port}", BusTls(ca_file=pki["ca"]))
-                .connect_options(),
+                **BusEndpoint.of(
+                    f"tls://127.0.0.1:{port}", BusTls(ca_file=pki["ca"])
+                ).connect_options(),
                 allow_reconnect=False,
                 connect_timeout=2,
                 nkeys_seed_str=new_nats_seed().decode(),
@@ -305,3 +307,36 @@ async def test_a_tls_client_sends_nothing_in_clear_to_a_server_that_offers_no_tl
         await server.wait_closed()
     assert received[:1] == b"\x16"  # a TLS handshake record
     assert b"CONNECT" not in received
+
+
+async def test_a_close_that_fails_after_closed_still_cancels_the_subscriptions(
+    tmp_path: Path,
+) -> None:
+    """nats-py marks a client CLOSED before it flushes what it buffered; if that write fails
+    (over TLS: AttributeError from a transport that is gone, injected here into a real
+    connection), a second close() returns at once. close_client then abandons the client:
+    the subscription's callback task is cancelled, not left running."""
+    with NatsServer(store_dir=tmp_path / "nats") as server:
+        nc = await nats.connect(server.url, allow_reconnect=False)
+
+        async def on_message(_msg: Any) -> None:
+            return None
+
+        sub = await nc.subscribe("nrm.test", cb=on_message)
+        task = sub._wait_for_msgs_task
+        assert task is not None and not task.done()
+        nc._flusher_task.cancel()  # what it buffered stays for close() to write
+
+        def gone(*_: Any) -> None:
+            raise AttributeError("'NoneType' object has no attribute 'write'")
+
+        nc._transport.writelines = gone
+        nc._pending, nc._pending_data_size = [b"PUB nrm.test 0\r\n\r\n"], 18
+        nc._status = nc.RECONNECTING  # not connected: close_client closes, without drain
+        await close_client(nc)
+        assert nc.is_closed
+
+        async def ended() -> bool:
+            return task.done()
+
+        await eventually(ended, what="the subscription's task ended")
