@@ -12,6 +12,7 @@ A malformed option is a usage error (exit 2) naming it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -222,6 +223,15 @@ def agent_config_command(
                 param_hint="--client",
             )
         specs.append((client, wanted))
+    if ledger_token_file is not None:
+        ledger_token = out.parent / ledger_token_file  # an absolute one stays as it is
+        for client, _ in specs:
+            if os.path.abspath(out.parent / f"{client}.token") == os.path.abspath(ledger_token):
+                raise click.BadParameter(
+                    f"{client!r} would keep its token in {ledger_token}, the ledger's token "
+                    "(--ledger-token-file): name the client otherwise",
+                    param_hint="--client",
+                )
     if out.exists():  # before any token file is made
         raise click.ClickException(f"{out} already exists; refusing to overwrite")
     ledger = None

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, Table, path_in
+from .tls import TlsFileError, load_key_pair
 
 #: The NATS client port when a URL names none.
 DEFAULT_PORT = 4222
@@ -64,9 +65,11 @@ class BusTls:
                 cafile=None if self.ca_file is None else str(self.ca_file),
             )
             if self.cert_file is not None and self.key_file is not None:
-                ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
+                load_key_pair(ctx, self.cert_file, self.key_file)
         except (OSError, ssl.SSLError) as e:
             raise EndpointError(f"cannot load the bus TLS files: {e}") from e
+        except TlsFileError as e:
+            raise EndpointError(f"the bus TLS client key: {e}") from e
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         return ctx
 

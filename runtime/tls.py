@@ -12,6 +12,7 @@ The bus has its own settings (runtime/endpoint.py).
 from __future__ import annotations
 
 import ipaddress
+import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +37,42 @@ class HttpsFiles:
         problem if the files cannot be used."""
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
-        except (OSError, ssl.SSLError) as e:
-            raise TlsFileError(
-                f"cannot use the certificate {self.cert_file} with the key {self.key_file}: {e}"
-            ) from e
+        load_key_pair(ctx, self.cert_file, self.key_file)
         return ctx
+
+
+def check_key_file(key_file: Path) -> None:
+    """TlsFileError if the private key `key_file` is readable by others, or by a group that
+    is not this process's own (Kubernetes' fsGroup makes a secret 0440 to the pod's group)."""
+    try:
+        st = key_file.stat()
+    except OSError as e:
+        raise TlsFileError(f"cannot read the key file {key_file}: {e.strerror}") from e
+    mode = st.st_mode & 0o777
+    if mode & 0o007 or (mode & 0o070 and st.st_gid != os.getegid()):
+        raise TlsFileError(
+            f"the private key {key_file} is readable by other users (mode {mode:04o}): "
+            f"chmod 600 {key_file}"
+        )
+
+
+def load_key_pair(ctx: ssl.SSLContext, cert_file: Path, key_file: Path) -> None:
+    """Load the certificate chain and its private key into `ctx`; TlsFileError if the key
+    is readable by others (`check_key_file`), encrypted (never OpenSSL's passphrase prompt:
+    keys must be unencrypted PEM, protected by their mode) or the files cannot be used."""
+    check_key_file(key_file)
+
+    def no_passphrase() -> str:
+        raise TlsFileError(
+            f"the private key {key_file} is encrypted: give an unencrypted PEM key (0600)"
+        )
+
+    try:
+        ctx.load_cert_chain(str(cert_file), str(key_file), password=no_passphrase)
+    except (OSError, ssl.SSLError) as e:
+        raise TlsFileError(
+            f"cannot use the certificate {cert_file} with the key {key_file}: {e}"
+        ) from e
 
 
 def client_context(ca_file: Path | None = None) -> ssl.SSLContext:

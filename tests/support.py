@@ -126,12 +126,14 @@ def make_tls(folder: Path, *, mutual: bool = True, https: bool = True) -> Sandbo
     ca.cert_pem.write_to_path(str(folder / "ca.pem"))
     server.cert_chain_pems[0].write_to_path(str(folder / "server.pem"))
     server.private_key_pem.write_to_path(str(folder / "server.key"))
+    Path(folder / "server.key").chmod(0o600)  # a private key: refused if others may read it
     client_cert = client_key = None
     if mutual:
         client = ca.issue_cert("client.nrm.test")
         client_cert, client_key = folder / "client.pem", folder / "client.key"
         client.cert_chain_pems[0].write_to_path(str(client_cert))
         client.private_key_pem.write_to_path(str(client_key))
+        Path(client_key).chmod(0o600)  # a private key: refused if others may read it
     return SandboxTls(
         ca_file=folder / "ca.pem",
         server_cert=folder / "server.pem",

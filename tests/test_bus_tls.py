@@ -47,8 +47,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ca.cert_pem.write_to_path(str(files["ca"]))
     server.cert_chain_pems[0].write_to_path(str(files["cert"]))
     server.private_key_pem.write_to_path(str(files["key"]))
+    Path(files["key"]).chmod(0o600)  # a private key: refused if others may read it
     client.cert_chain_pems[0].write_to_path(str(files["client_cert"]))
     client.private_key_pem.write_to_path(str(files["client_key"]))
+    Path(files["client_key"]).chmod(0o600)  # a private key: refused if others may read it
     return files
 
 

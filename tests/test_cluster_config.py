@@ -69,6 +69,7 @@ def write_pki(folder: Path) -> dict[str, Path]:
         files[f"{name}_key"] = folder / f"{name}.key"
         cert.cert_chain_pems[0].write_to_path(str(files[name]))
         cert.private_key_pem.write_to_path(str(files[f"{name}_key"]))
+        Path(files[f"{name}_key"]).chmod(0o600)  # a private key: refused if others may read it
     return files
 
 

@@ -225,6 +225,7 @@ def pki(tmp_path: Path) -> dict[str, Path]:
     ca.cert_pem.write_to_path(str(files["ca"]))
     cert.cert_chain_pems[0].write_to_path(str(files["cert"]))
     cert.private_key_pem.write_to_path(str(files["key"]))
+    Path(files["key"]).chmod(0o600)  # a private key: refused if others may read it
     return files
 
 
@@ -344,3 +345,17 @@ def test_the_ledger_the_generators_and_nrm_audit_refuse_plain_http_beyond_loopba
         assert "plain HTTP beyond loopback" in result.output
         assert "--allow-plain-http" in result.output
     assert not (folder / "l2.toml").exists() and not (folder / "a.toml").exists()
+
+
+def test_a_client_token_never_takes_the_ledgers_token_file(folder: Path) -> None:
+    """`--client ledger` would keep its token in ledger.token, the agent's ledger token
+    (an auditor's, handed over by the ledger): refused naming --client, nothing written."""
+    before = (folder / "ledger.token").read_text()
+    result = nrm(
+        "agent", "config", "--out", str(folder / "agent.toml"), "--agency", "police",
+        "--nats", "bus", "--client", "ledger:read", *LEDGER, "--allow-plain-http",
+    )  # fmt: skip
+    assert result.exit_code == 2 and "--client" in result.output, result.output
+    assert "the ledger's token" in result.output
+    assert (folder / "ledger.token").read_text() == before
+    assert not (folder / "agent.toml").exists()

@@ -9,7 +9,9 @@ import aiohttp
 import pytest
 import trustme
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 
+from runtime.endpoint import BusTls, EndpointError
 from runtime.tls import HttpsFiles, TlsFileError, client_context, url_host
 
 
@@ -23,6 +25,7 @@ async def test_a_server_of_https_files_serves_clients_of_its_ca_over_tls_1_2_or_
     files = HttpsFiles(tmp_path / "c.pem", tmp_path / "c.key")
     cert.cert_chain_pems[0].write_to_path(str(files.cert_file))
     cert.private_key_pem.write_to_path(str(files.key_file))
+    files.key_file.chmod(0o600)  # a private key: refused if others may read it
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     context = files.server_context()
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
@@ -55,3 +58,32 @@ def test_unusable_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(TlsFileError, match=r"junk\.pem"):
         HttpsFiles(tmp_path / "junk.pem", tmp_path / "junk.pem").server_context()
     assert (url_host("::1"), url_host("127.0.0.1")) == ("[::1]", "127.0.0.1")
+
+
+def test_a_key_others_may_read_or_an_encrypted_key_is_refused_naming_it(tmp_path: Path) -> None:
+    """The HTTPS key and the bus client key: readable by other users (0644) is refused with
+    the chmod to run; an encrypted PEM key is refused at once (no passphrase prompt)."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    files = HttpsFiles(tmp_path / "c.pem", tmp_path / "c.key")
+    cert.cert_chain_pems[0].write_to_path(str(files.cert_file))
+    cert.private_key_pem.write_to_path(str(files.key_file))
+    files.key_file.chmod(0o644)
+    with pytest.raises(TlsFileError, match=r"readable by other users \(mode 0644\): chmod 600"):
+        files.server_context()
+    with pytest.raises(EndpointError, match="readable by other users"):
+        BusTls(cert_file=files.cert_file, key_file=files.key_file).context()
+    files.key_file.chmod(0o600)
+    files.server_context()
+
+    key = serialization.load_pem_private_key(cert.private_key_pem.bytes(), password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"a passphrase nobody types"),
+    )
+    files.key_file.write_bytes(encrypted)
+    with pytest.raises(TlsFileError, match="is encrypted: give an unencrypted PEM key"):
+        files.server_context()
+    with pytest.raises(EndpointError, match="is encrypted"):
+        BusTls(cert_file=files.cert_file, key_file=files.key_file).context()
