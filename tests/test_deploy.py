@@ -594,3 +594,10 @@ def test_the_example_cluster_fits_the_shipped_bus_units() -> None:
         assert include.rsplit("/", 1)[0] == conf_path.rsplit("/", 1)[0]
         assert include.endswith(re.findall(r'^include "([^"]+)"$', conf, re.M)[0])
         assert doc["passphrase_file"] in credentials.values()
+
+
+def test_nats_server_may_open_netlink_sockets() -> None:
+    """Go's net.Interfaces() (nats-server listening on 0.0.0.0 lists the interfaces) reads
+    them over netlink: without AF_NETLINK the server cannot start."""
+    [families] = unit_settings(DEPLOY / "systemd" / "nrm-nats.service")["RestrictAddressFamilies"]
+    assert set(families.split()) == {"AF_INET", "AF_INET6", "AF_NETLINK"}
