@@ -37,6 +37,7 @@ from runtime.supervisor import Supervisor
 from .authz import authorization_block
 from .connections import ConnectionWatch
 from .follower import TRANSIENT, DirectoryFollower
+from .server import ReloadFailed
 from .streams import migrate_leftovers, provision_stores_for
 from .trust_status import service_health
 
@@ -181,12 +182,16 @@ class DirectoryAuthority:
             try:
                 await asyncio.to_thread(self.apply, directory)
                 self.reload_failed = None
-            except RuntimeError as e:  # refused: nats-server keeps the previous authorization
+            except Exception as e:  # the loop must outlive any failure
+                # Refused, or not reachable: nats-server keeps the previous authorization.
+                # A ReloadFailed says why (nats-server's own "Failed to reload" line, a
+                # path: configuration, no personal data); of anything else only its type.
                 self.reload_failed = directory.version
                 log.error(
                     "bus_authorization_reload_failed",
                     directory_version=directory.version,
                     error=type(e).__name__,
+                    **({"reason": str(e)} if isinstance(e, ReloadFailed) else {}),
                 )
                 self._retry_later(RELOAD_RETRY_SECONDS)
 

@@ -47,7 +47,7 @@ import structlog
 from keys import DEFAULT_LIMITS, KeyFileError
 from runtime.config import ConfigError, Table, bind_address, load_toml, path_in
 from runtime.endpoint import BusEndpoint, endpoint_from_config
-from runtime.files import replace_file
+from runtime.files import fsync_dir, replace_file
 from runtime.keydir import load_key_dir, read_passphrase
 
 from .authority import DirectoryAuthority
@@ -61,6 +61,19 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 MAX_REPLICAS = 5
 #: How often a reload in progress asks the monitoring port again.
 _POLL_SECONDS = 0.05
+#: What /proc/<pid>/comm says for the server (checked before signalling a pid).
+NATS_SERVER_COMMAND = "nats-server"
+
+
+def process_name(pid: int) -> str | None:
+    """The command name of process `pid` (/proc/<pid>/comm), or None where there is no
+    /proc to ask."""
+    if not Path("/proc/self").exists():
+        return None
+    try:
+        return Path(f"/proc/{pid}/comm").read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return ""  # gone meanwhile
 
 
 class ExternalServer:
@@ -95,12 +108,14 @@ class ExternalServer:
             return None
 
     def pid(self) -> int:
-        """The running server's pid, from its pid file; ReloadFailed if there is none."""
+        """The running server's pid, from its pid file; ReloadFailed if there is none, or the
+        process it names is not a nats-server (a pid reused after a crash). Pid 1 is allowed:
+        a sidecar sharing the server's process namespace (compose `pid: service:nats`)."""
         try:
             text = self.pid_file.read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError) as e:
             raise ReloadFailed(f"cannot read the pid file {self.pid_file}: {e}") from e
-        if not text.isdigit() or int(text) <= 1:
+        if not text.isdigit() or int(text) < 1:
             raise ReloadFailed(f"the pid file {self.pid_file} holds no pid")
         pid = int(text)
         try:
@@ -111,29 +126,61 @@ class ExternalServer:
             raise ReloadFailed(
                 f"not allowed to signal nats-server (pid {pid}): run the authority as its user"
             ) from e
+        command = process_name(pid)
+        if command is not None and command != NATS_SERVER_COMMAND:
+            raise ReloadFailed(
+                f"pid {pid} in {self.pid_file} is {command or 'gone'!r}, not "
+                f"{NATS_SERVER_COMMAND}: a stale pid file"
+            )
         return pid
 
     def reload(self, authorization: str, /) -> None:
         """Write `authorization` to the include file, SIGHUP the server, and return once it
         reports the new configuration loaded and is healthy; ReloadFailed (with the
-        previous file put back) if it refuses it or does not confirm in time."""
+        previous file put back) if it refuses it, does not confirm in time, or a file or
+        signal fails (OSError: the include's directory not writable, the server gone
+        between reading its pid and the signal)."""
         pid = self.pid()
         try:
             before = self.monitoring.config_load_time()
         except OSError as e:
             raise ReloadFailed(f"monitoring at {self._monitor_address()} unreachable: {e}") from e
-        previous = self.current_authorization()
-        log_offset = self._log_size()
-        replace_file(self.authorization_file, authorization.encode("utf-8"), mode=0o600)
         try:
-            os.kill(pid, signal.SIGHUP)
+            previous = self.current_authorization()
+        except OSError as e:
+            raise ReloadFailed(f"cannot read {self.authorization_file}: {e}") from e
+        log_offset = self._log_size()
+        try:
+            self._write(authorization)
+        except OSError as e:
+            raise ReloadFailed(
+                f"cannot write {self.authorization_file} (its directory must be writable by "
+                f"the authority): {e}"
+            ) from e
+        try:
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except OSError as e:
+                raise ReloadFailed(f"cannot signal nats-server (pid {pid}): {e}") from e
             self._confirm(before, log_offset)
         except BaseException:
+            self._put_back(previous)
+            raise
+
+    def _write(self, authorization: str) -> None:
+        replace_file(self.authorization_file, authorization.encode("utf-8"), mode=0o600)
+        fsync_dir(self.authorization_file.parent)
+
+    def _put_back(self, previous: str | None) -> None:
+        """The file as it was before a failed reload (so a restart runs what the server
+        runs); a failure here is logged: the reload's own error is what is raised."""
+        try:
             if previous is None:
                 self.authorization_file.unlink(missing_ok=True)
             else:
-                replace_file(self.authorization_file, previous.encode("utf-8"), mode=0o600)
-            raise
+                self._write(previous)
+        except OSError as e:
+            log.error("authorization_file_not_restored", error=type(e).__name__)
 
     def _confirm(self, before: str, log_offset: int | None) -> None:
         deadline = time.monotonic() + self.reload_timeout

@@ -330,8 +330,23 @@ def test_a_refused_reload_is_reported_and_the_previous_file_put_back(
     assert server.pid() == process.pid
     assert stat.S_IMODE(auth.stat().st_mode) == 0o600
 
+    # A file that cannot be written (its directory not the authority's) is a ReloadFailed,
+    # not an OSError that would end the authority's reload loop.
+    elsewhere = ExternalServer(
+        endpoint=server.endpoint(),
+        authorization_file=tmp_path / "missing" / "node.authorization.conf",
+        pid_file=tmp_path / "node.pid",
+        monitor_url=url,
+    )
+    with pytest.raises(ReloadFailed, match="cannot write"):
+        elsewhere.reload(good % nkey)
+
     process.terminate()
     process.wait(timeout=15)
     with pytest.raises(ReloadFailed, match="not running"):
         server.reload(good % nkey)
     assert auth.read_text() == good % other
+    # A pid file naming another process (a pid reused after a crash) is never signalled.
+    replace_file(tmp_path / "node.pid", str(os.getpid()).encode())
+    with pytest.raises(ReloadFailed, match="not nats-server"):
+        server.pid()
