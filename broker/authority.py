@@ -144,6 +144,12 @@ class DirectoryAuthority:
             log.info("bus_authorization_reloaded", directory_version=directory.version)
         self._nkeys = {a.nats_key: a.agency for a in directory.agencies}
 
+    def reapply(self) -> None:
+        """Write and reload the wanted directory's authorization even if it was applied
+        (the server was found running something else)."""
+        self.applied = None
+        self._changed.set()
+
     def _offered(self, directory: Directory) -> None:
         self._wanted = directory
         self._changed.set()

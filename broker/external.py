@@ -11,10 +11,18 @@ an `ExternalServer`:
    written atomically, 0600: runtime/files.py);
 2. sends SIGHUP to the pid in the node's `pid_file`;
 3. confirms on the node's monitoring port (`monitor_url`) that `/varz` reports a newer
-   `config_load_time` and `/healthz` is OK. nats-server that refuses the new file (it keeps
-   running with the previous configuration) never reports a new load time: the reload fails
-   after RELOAD_TIMEOUT_SECONDS, or at once when `log_file` (the server's log) names the
-   failure; the previous file is put back, so a restart runs what the server runs.
+   `config_load_time`, a new `config_digest` when the block changed, and `/healthz` is OK.
+   nats-server that refuses the new file (it keeps running with the previous
+   configuration) never reports a new load time: the reload fails after
+   RELOAD_TIMEOUT_SECONDS, or at once when `log_file` (the server's log) names the failure;
+   the previous file is put back, so a restart runs what the server runs. Any failure
+   (a file it cannot write, a server gone before the signal) is a ReloadFailed, reported on
+   /healthz as `authorization-reload-failed` and tried again.
+
+The include file is never taken for what the server runs: the first directory is reloaded
+at start, and every DRIFT_SECONDS the file and `/varz` (`config_digest`, `start`) are
+compared with what the last reload confirmed; a difference (the file edited, the server
+restarted or reloaded by hand) is written and reloaded again.
 
 Connections for the ConnectionWatch come from the node's `/connz`. Configuration
 (authority.toml, read strictly; `nrm cluster config` writes one per node):
@@ -51,7 +59,13 @@ from runtime.files import fsync_dir, replace_file
 from runtime.keydir import load_key_dir, read_passphrase
 
 from .authority import DirectoryAuthority
-from .server import RELOAD_TIMEOUT_SECONDS, Monitoring, ReloadFailed, reload_failure_in_log
+from .server import (
+    RELOAD_TIMEOUT_SECONDS,
+    Loaded,
+    Monitoring,
+    ReloadFailed,
+    reload_failure_in_log,
+)
 from .trust_status import serve_status
 
 log = structlog.get_logger("nrm.broker")
@@ -61,6 +75,8 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 MAX_REPLICAS = 5
 #: How often a reload in progress asks the monitoring port again.
 _POLL_SECONDS = 0.05
+#: How often the authority checks that the server still runs what it applied.
+DRIFT_SECONDS = 30.0
 #: What /proc/<pid>/comm says for the server (checked before signalling a pid).
 NATS_SERVER_COMMAND = "nats-server"
 
@@ -95,6 +111,9 @@ class ExternalServer:
         self.monitoring = Monitoring.of_url(monitor_url)
         self.log_file = log_file
         self.reload_timeout = reload_timeout
+        #: What /varz reported after the last reload this process confirmed.
+        self.confirmed: Loaded | None = None
+        self._running: str | None = None  # the block of that reload
 
     def endpoint(self) -> BusEndpoint:
         return self._endpoint
@@ -142,7 +161,7 @@ class ExternalServer:
         between reading its pid and the signal)."""
         pid = self.pid()
         try:
-            before = self.monitoring.config_load_time()
+            before = self.monitoring.loaded()
         except OSError as e:
             raise ReloadFailed(f"monitoring at {self._monitor_address()} unreachable: {e}") from e
         try:
@@ -162,10 +181,32 @@ class ExternalServer:
                 os.kill(pid, signal.SIGHUP)
             except OSError as e:
                 raise ReloadFailed(f"cannot signal nats-server (pid {pid}): {e}") from e
-            self._confirm(before, log_offset)
+            # A block other than the one the server was last confirmed running must change
+            # the digest too: a reload of something else (or of the old file) is no
+            # confirmation of this one. (Unknown before the first confirmation.)
+            changed = self._running is not None and authorization != self._running
+            self.confirmed = self._confirm(before, log_offset, changed=changed)
+            self._running = authorization
         except BaseException:
             self._put_back(previous)
             raise
+
+    def drifted(self, applied: str) -> str | None:
+        """Why the server may not run `applied` (the last block it confirmed), or None: the
+        include file was changed behind the authority's back, or `/varz` reports another
+        configuration digest or start time (edited and reloaded by hand, or restarted from
+        another file) than the last reload confirmed. OSError if monitoring does not
+        answer."""
+        if self.current_authorization() != applied:
+            return "authorization-file-changed"
+        now = self.monitoring.loaded()
+        if self.confirmed is None:
+            return "never-confirmed"
+        if now.start != self.confirmed.start:
+            return "server-restarted"
+        if now.digest != self.confirmed.digest:
+            return "config-digest-changed"
+        return None
 
     def _write(self, authorization: str) -> None:
         replace_file(self.authorization_file, authorization.encode("utf-8"), mode=0o600)
@@ -182,7 +223,7 @@ class ExternalServer:
         except OSError as e:
             log.error("authorization_file_not_restored", error=type(e).__name__)
 
-    def _confirm(self, before: str, log_offset: int | None) -> None:
+    def _confirm(self, before: Loaded, log_offset: int | None, *, changed: bool) -> Loaded:
         deadline = time.monotonic() + self.reload_timeout
         problem = f"no new configuration loaded within {self.reload_timeout}s"
         while time.monotonic() < deadline:
@@ -192,8 +233,13 @@ class ExternalServer:
                     problem = failure
                     break
             try:
-                if self.monitoring.config_load_time() != before and self.monitoring.healthz():
-                    return
+                now = self.monitoring.loaded()
+                if (
+                    now.load_time != before.load_time
+                    and (not changed or now.digest != before.digest)
+                    and self.monitoring.healthz()
+                ):
+                    return now
             except OSError:
                 pass  # monitoring briefly unavailable: ask again
             time.sleep(_POLL_SECONDS)
@@ -310,14 +356,34 @@ def run_authority(
         warning_seconds=warning_seconds,
         replicas=config.replicas,
     )
-    # What the server was started with (`nrm cluster config`'s initial file, or the last
-    # one written here): reloaded only when a directory changes it. Every agency's stores
-    # are provisioned again (idempotent) at the first directory.
-    authority.applied = server.current_authorization()
-    return asyncio.run(_serve(config, authority))
+    # What the server runs is not assumed to be the include file (edited, or the server
+    # started from another one): the first directory is always reloaded (a SIGHUP that
+    # changes nothing is harmless), then `_drift` watches for changes made behind our back.
+    authority.applied = None
+    return asyncio.run(_serve(config, authority, server))
 
 
-async def _serve(config: AuthorityConfig, authority: DirectoryAuthority) -> int:
+async def _drift(authority: DirectoryAuthority, server: ExternalServer) -> None:
+    """Every DRIFT_SECONDS: if the server may not run the authorization last applied
+    (`ExternalServer.drifted`), write and reload it again."""
+    while True:
+        await asyncio.sleep(DRIFT_SECONDS)
+        applied = authority.applied
+        if applied is None:
+            continue  # nothing confirmed yet: the reload loop is at it
+        try:
+            reason = await asyncio.to_thread(server.drifted, applied)
+        except OSError as e:
+            log.warning("authorization_drift_unchecked", error=type(e).__name__)
+            continue
+        if reason is not None:
+            log.warning("authorization_drift", reason=reason)
+            authority.reapply()
+
+
+async def _serve(
+    config: AuthorityConfig, authority: DirectoryAuthority, server: ExternalServer
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in _STOP_SIGNALS:
@@ -325,6 +391,7 @@ async def _serve(config: AuthorityConfig, authority: DirectoryAuthority) -> int:
     status = None
     try:
         await authority.start()
+        authority.supervisor.spawn("authority-drift", lambda: _drift(authority, server))
         try:
             where = ""
             if config.status_bind is not None:

@@ -108,6 +108,17 @@ def local_host(host: str) -> str:
     return host.strip("[]")
 
 
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """The configuration a server runs, from `/varz`: when it was loaded, its digest (which
+    changes with the files' content, includes too) and when the server started (a new
+    `start` is a restarted server, which read its files afresh)."""
+
+    load_time: str
+    digest: str
+    start: str
+
+
 class Monitoring:
     """nats-server's HTTP monitoring port, as read over plain HTTP from this machine:
     `/healthz`, `/varz` (its `config_load_time`) and `/connz`."""
@@ -156,10 +167,16 @@ class Monitoring:
 
     def config_load_time(self) -> str:
         """When the server last loaded its configuration, from `/varz`."""
-        value = self.get("/varz", timeout=1.0).get("config_load_time")
-        if not isinstance(value, str):
-            raise OSError("nats-server /varz reports no config_load_time")
-        return value
+        return self.loaded().load_time
+
+    def loaded(self) -> Loaded:
+        """What `/varz` says of the configuration the server runs; OSError without it."""
+        varz = self.get("/varz", timeout=1.0)
+        values = [varz.get(k) for k in ("config_load_time", "config_digest", "start")]
+        if not all(isinstance(v, str) for v in values):
+            raise OSError("nats-server /varz reports no config_load_time/config_digest/start")
+        load_time, digest, start = (str(v) for v in values)
+        return Loaded(load_time=load_time, digest=digest, start=start)
 
     def connections(self) -> list[dict[str, object]]:
         """The open client connections, from `/connz?auth=true`: each with

@@ -515,9 +515,17 @@ def cluster_group() -> None:
 @cluster_group.command("config")
 @click.option("--spec", "spec_path", type=PATH, required=True, help="cluster.toml")
 @click.option("--out", type=PATH, required=True, help="Folder to write the files into.")
-def cluster_config(spec_path: Path, out: Path) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace existing <name>.authorization.conf files (which each node's authority "
+    "keeps in step with the directory) with the initial ones.",
+)
+def cluster_config(spec_path: Path, out: Path, force: bool) -> None:
     """Write every node's nats-server configuration, its initial authorization (from the
-    verified directory) and its authority.toml, from one spec (deploy/nats-cluster/)."""
+    verified directory) and its authority.toml, from one spec (deploy/nats-cluster/).
+    The configuration files are rewritten; an existing authorization file is replaced
+    only with --force (exit 1 naming it otherwise, nothing written)."""
     from broker.authority import authorization_for
     from broker.cluster import ClusterSpec, cluster_files
     from keys.directory import directory_from_files
@@ -540,6 +548,12 @@ def cluster_config(spec_path: Path, out: Path) -> None:
             raise admin.AdminError("the operator identity has no NATS key")
         authorization = authorization_for(directory, operators=[operator.nats_key])
         files = cluster_files(spec, authorization=authorization)
+        kept = [n for n in files if n.endswith(".authorization.conf") and (out / n).exists()]
+        if kept and not force:
+            raise click.ClickException(
+                f"{out / kept[0]} exists (its authority may have changed it since): "
+                "give --force to replace the authorization files; nothing written"
+            )
         out.mkdir(parents=True, exist_ok=True)
         for name, (text, file_mode) in files.items():
             replace_file(out / name, text.encode("utf-8"), mode=file_mode)

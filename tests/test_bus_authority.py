@@ -222,8 +222,11 @@ async def test_a_directory_change_reaches_every_node_through_its_authority(
             [sys.executable, "-m", "nrm", "bus", "authority", "--config", str(toml)], log
         )
         authorities.append(log)
-    for log in authorities:
-        wait_for(lambda log=log: "ready" in log.read_text(), f"{log.name} ready")
+    for log in authorities:  # each reloads its node once at start, whatever the file holds
+        wait_for(
+            lambda log=log: "ready" in log.read_text() and "_reloaded" in log.read_text(),
+            f"{log.name} ready, its first reload done",
+        )
 
     police = load_key_dir(
         sandbox.agencies["police"].key_dir, passphrase=sandbox.agencies["police"].passphrase()
@@ -329,6 +332,12 @@ def test_a_refused_reload_is_reported_and_the_previous_file_put_back(
     assert server.monitoring.config_load_time() != before
     assert server.pid() == process.pid
     assert stat.S_IMODE(auth.stat().st_mode) == 0o600
+    # What the authority's drift check sees: nothing, until the file changes behind it.
+    assert server.drifted(good % other) is None
+    replace_file(auth, (good % nkey).encode())
+    assert server.drifted(good % other) == "authorization-file-changed"
+    server.reload(good % other)
+    assert server.drifted(good % other) is None
 
     # A file that cannot be written (its directory not the authority's) is a ReloadFailed,
     # not an OSError that would end the authority's reload loop.

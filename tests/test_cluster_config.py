@@ -54,7 +54,8 @@ def test_deploy_nats_cluster_is_what_cluster_config_writes_from_its_spec(
     for name in sorted(generated):
         assert (out / name).read_bytes() == (DEPLOY / name).read_bytes(), (
             f"deploy/nats-cluster/{name} drifted: regenerate it with "
-            "`nrm cluster config --spec deploy/nats-cluster/cluster.toml --out deploy/nats-cluster`"
+            "`nrm cluster config --spec deploy/nats-cluster/cluster.toml --out deploy/nats-cluster "
+            "--force`"
         )
     assert stat.S_IMODE((out / "nrm-1.authorization.conf").stat().st_mode) == 0o600
 
@@ -163,6 +164,16 @@ def test_every_generated_file_passes_nats_server_t(
     urls = ["tls://127.0.0.1:14223", "tls://127.0.0.1:14222", "tls://127.0.0.1:14224"]
     assert f"nats_urls = {json.dumps(urls)}" in authority
     assert "[nats_tls]" in authority and "cert_file" in authority
+
+    # Again: the authorization files may hold what the authorities applied since.
+    (out / "n2.authorization.conf").write_text("# applied by the authority\n")
+    again = nrm("cluster", "config", "--spec", spec, "--out", out)
+    assert again.exit_code == 1, again.output
+    assert "n1.authorization.conf exists" in again.output and "--force" in again.output
+    assert (out / "n2.authorization.conf").read_text() == "# applied by the authority\n"
+    forced = nrm("cluster", "config", "--spec", spec, "--out", out, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert "authorization {" in (out / "n2.authorization.conf").read_text()
 
 
 @pytest.mark.parametrize(
