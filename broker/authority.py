@@ -95,8 +95,9 @@ class DirectoryAuthority:
         warning_seconds: int = DEFAULT_LIMITS.expiry_warning_seconds,
         replicas: int = 1,
     ) -> None:
-        """`replicas`: of the inbox stream and attachment bucket it makes for an agency (the
-        bus's, 3 on a three-node cluster: provisioning brings an existing stream to it)."""
+        """`replicas`: of the inbox stream and attachment bucket it makes for an agency that
+        has none (the bus's, 3 on a three-node cluster). An existing stream is never changed
+        here, its replicas neither: `nrm bus provision --replicas` does that."""
         self.server = server
         self.replicas = replicas
         self.operators = [operator_key]
