@@ -30,8 +30,9 @@ from typing import Any, Protocol
 import structlog
 
 from keys import DEFAULT_LIMITS
-from keys.directory import Directory
+from keys.directory import Directory, Root
 from runtime.endpoint import BusEndpoint
+from runtime.files import replace_file
 from runtime.supervisor import Supervisor
 
 from .authz import authorization_block
@@ -50,6 +51,12 @@ RELOAD_RETRY_SECONDS = 5.0
 MIGRATE_SECONDS = 30.0
 
 log = structlog.get_logger("nrm.broker")
+
+
+def _cached_root_version(path: Path) -> int:
+    """The version of a cached `root.<version>.json` (0 for a name that is not one)."""
+    middle = path.name[len("root.") : -len(".json")]
+    return int(middle) if middle.isdigit() else 0
 
 
 def attachment_owners(directory: Directory) -> list[str]:
@@ -94,10 +101,15 @@ class DirectoryAuthority:
         operator_seed: bytes,
         warning_seconds: int = DEFAULT_LIMITS.expiry_warning_seconds,
         replicas: int = 1,
+        trust_cache: Path | None = None,
     ) -> None:
         """`replicas`: of the inbox stream and attachment bucket it makes for an agency that
         has none (the bus's, 3 on a three-node cluster). An existing stream is never changed
-        here, its replicas neither: `nrm bus provision --replicas` does that."""
+        here, its replicas neither: `nrm bus provision --replicas` does that.
+
+        `trust_cache`: a folder (made 0700) where every root and directory it accepts is
+        kept (0600), and from which it starts again (`restore_trust`): after a restart an
+        older directory put back into the bucket is refused as before (the trust floor)."""
         self.server = server
         self.replicas = replicas
         self.operators = [operator_key]
@@ -117,11 +129,13 @@ class DirectoryAuthority:
             endpoint=None,  # set in start(): a server started without a port has one only then
             nkeys_seed=operator_seed,
             pinned_root=pinned_root,
-            on_directory=lambda directory, _: self._offered(directory),
+            on_directory=self._accepted,
+            on_root=self._root_accepted,
             name="authority",
             warning_seconds=warning_seconds,
             supervisor=self.supervisor,
         )
+        self.trust_cache = trust_cache
         self._wanted: Directory | None = None
         self._changed = asyncio.Event()
         #: How it reaches the bus; known in start() (an embedded server's port is chosen
@@ -150,6 +164,31 @@ class DirectoryAuthority:
         (the server was found running something else)."""
         self.applied = None
         self._changed.set()
+
+    def restore_trust(self) -> None:
+        """Start from the roots and directory kept in `trust_cache` (each verified again)."""
+        if self.trust_cache is None:
+            return
+        self.trust_cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+        roots = sorted(self.trust_cache.glob("root.*.json"), key=_cached_root_version)
+        cached = self.trust_cache / "directory.json"
+        self.follower.restore(
+            [r.read_bytes() for r in roots], cached.read_bytes() if cached.exists() else None
+        )
+        # The bucket's newest is then no news to the follower: apply the restored one (the
+        # first reload at start), and whatever newer the bucket holds after it.
+        directory = self.follower.directory
+        if directory is not None:
+            self._offered(directory)
+
+    def _root_accepted(self, root: Root, data: bytes) -> None:
+        if self.trust_cache is not None:
+            replace_file(self.trust_cache / f"root.{root.version}.json", data)
+
+    def _accepted(self, directory: Directory, data: bytes) -> None:
+        if self.trust_cache is not None:
+            replace_file(self.trust_cache / "directory.json", data)
+        self._offered(directory)
 
     def _offered(self, directory: Directory) -> None:
         self._wanted = directory

@@ -37,6 +37,9 @@ Connections for the ConnectionWatch come from the node's `/connz`. Configuration
     operator_key_dir   = "/etc/nrm/operator"
     passphrase_file    = "/etc/nrm/operator/passphrase"
     status_bind        = "127.0.0.1:8223"                   # optional: /healthz, /metrics
+    trust_cache        = "/etc/nrm/nats/nrm-1.trust"        # optional ("trust", beside this
+                                                            # file): accepted roots and
+                                                            # directory, kept across restarts
     replicas           = 3                                  # optional (1): new agencies'
                                                             # inbox streams and buckets
 """
@@ -277,6 +280,7 @@ class AuthorityConfig:
     log_file: Path | None = None
     status_bind: tuple[str, int] | None = None
     replicas: int = 1
+    trust_cache: Path = Path("trust")
 
     @classmethod
     def load(cls, path: Path) -> AuthorityConfig:
@@ -328,6 +332,7 @@ class AuthorityConfig:
                 bind_address(t["status_bind"], key="status_bind") if "status_bind" in t else None
             ),
             replicas=replicas,
+            trust_cache=path_in(t.get("trust_cache", "trust"), base=base, key="trust_cache"),
         )
 
 
@@ -355,7 +360,9 @@ def run_authority(
         operator_seed=operator.nats_seed,
         warning_seconds=warning_seconds,
         replicas=config.replicas,
+        trust_cache=config.trust_cache,
     )
+    authority.restore_trust()  # the trust floor: what it accepted before this start
     # What the server runs is not assumed to be the include file (edited, or the server
     # started from another one): the first directory is always reloaded (a SIGHUP that
     # changes nothing is harmless), then `_drift` watches for changes made behind our back.

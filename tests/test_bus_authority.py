@@ -32,7 +32,7 @@ from click.testing import CliRunner
 from broker.external import ExternalServer
 from broker.server import Monitoring, ReloadFailed, nats_server_binary
 from keys import PublicIdentity
-from keys.subjects import inbox_stream
+from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY, inbox_stream
 from nrm import admin
 from nrm.cli import EXIT_BUS_UNREACHABLE, main
 from nrm.sandbox import Sandbox
@@ -215,18 +215,22 @@ async def test_a_directory_change_reaches_every_node_through_its_authority(
     await provision(provision_args)
     await admin.publish(sandbox.admin, urls[0], passphrase=sandbox.admin_passphrase)
 
-    authorities = []
-    for name, toml in zip(names, tomls, strict=True):
-        log = tmp_path / f"{name}.authority.out"
-        processes.start(
-            [sys.executable, "-m", "nrm", "bus", "authority", "--config", str(toml)], log
-        )
-        authorities.append(log)
-    for log in authorities:  # each reloads its node once at start, whatever the file holds
-        wait_for(
-            lambda log=log: "ready" in log.read_text() and "_reloaded" in log.read_text(),
+    first_directory = (sandbox.admin.path / "directory.json").read_bytes()
+
+    def start_authority(toml: Path, log: Path) -> subprocess.Popen[bytes]:
+        args = [sys.executable, "-m", "nrm", "bus", "authority", "--config", str(toml)]
+        return processes.start(args, log)
+
+    def wait_ready(log: Path) -> None:  # each reloads its node once at start, whatever
+        wait_for(  # the file holds
+            lambda: "ready" in log.read_text() and "_reloaded" in log.read_text(),
             f"{log.name} ready, its first reload done",
         )
+
+    authorities = [tmp_path / f"{name}.authority.out" for name in names]
+    first = [start_authority(toml, log) for toml, log in zip(tomls, authorities, strict=True)]
+    for log in authorities:
+        wait_ready(log)
 
     police = load_key_dir(
         sandbox.agencies["police"].key_dir, passphrase=sandbox.agencies["police"].passphrase()
@@ -291,6 +295,33 @@ async def test_a_directory_change_reaches_every_node_through_its_authority(
         assert os.stat(out / f"{name}.authorization.conf").st_mode & 0o777 == 0o600
         assert identity.nats_key is not None
         assert identity.nats_key in (out / f"{name}.authorization.conf").read_text()
+        kept = out / f"{name}.trust" / "directory.json"
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+
+    # The trust floor outlives a restart: the first directory (with the police), put back
+    # into the bucket by someone holding the operator's NKey, is refused by a restarted
+    # authority as by the others, and the police stays off its node.
+    first[0].terminate()
+    first[0].wait(timeout=15)
+    again = tmp_path / "n1.authority.again.out"
+    start_authority(tomls[0], again)
+    wait_ready(again)
+    nc = await connect(urls[0], operator.nats_seed)
+    try:
+        kv = await nc.jetstream(timeout=5).key_value(DIRECTORY_BUCKET)
+        await kv.put(DIRECTORY_KEY, first_directory)
+    finally:
+        await nc.close()
+    status = re.search(r"status at (http://\S+/healthz)", again.read_text())
+    assert status is not None
+
+    async def refused() -> bool:
+        async with aiohttp.ClientSession() as http, http.get(status[1]) as r:
+            health = await r.json()
+        return health.get("refused") is not None and health["directory_version"] == 3
+
+    await eventually(refused, timeout=10, what="the restarted authority refusing it")
+    assert not await admitted(urls[0], police.nats_seed)
 
 
 def test_a_refused_reload_is_reported_and_the_previous_file_put_back(
