@@ -1,10 +1,12 @@
 """`nrm bus authority` beside three nats-server nodes the operator runs himself.
 
-The nodes run from the files `nrm cluster config` wrote (routes over mutual TLS), their
-streams come from `nrm bus provision --replicas 3`, and one `nrm bus authority` per node
-runs as its own process. Publishing a directory without an agency closes its connection on
-every node and keeps it off every node; publishing one that admits a new agency lets it on
-every node, its inbox stream made (three replicas) before it could connect.
+The nodes run from the files `nrm cluster config` wrote (routes and clients over mutual
+TLS), their streams come from `nrm bus provision --replicas 3`, and one `nrm bus authority`
+per node runs as its own process. Publishing a directory without an agency closes its
+connection on every node and keeps it off every node; publishing one that admits a new
+agency lets it on every node, its inbox stream made (three replicas) before it could
+connect. A restarted authority refuses an older directory put back in the bucket (its trust
+cache); one whose node is down reports it on /healthz and catches up when the node is back.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY, inbox_stream
 from nrm import admin
 from nrm.cli import EXIT_BUS_UNREACHABLE, main
 from nrm.sandbox import Sandbox
-from runtime.endpoint import BusEndpoint
+from runtime.endpoint import BusEndpoint, BusTls
 from runtime.files import replace_file
 from runtime.keydir import init_key_dir, load_key_dir
 
@@ -57,8 +59,9 @@ def free_port() -> int:
 
 
 def cluster_spec(tmp: Path, sandbox: Sandbox, pki: dict[str, Path]) -> Path:
-    """Three loopback nodes on free ports, routes over mutual TLS, clients in the clear (the
-    client TLS of the files is checked by tests/test_cluster_config.py)."""
+    """Three loopback nodes on free ports, routes and clients over mutual TLS: the
+    authorities (following, provisioning), `nrm bus provision` and the test's clients all
+    present a client certificate."""
     q = json.dumps
     passphrase = tmp / "operator.passphrase"
     replace_file(passphrase, sandbox.admin_passphrase)
@@ -84,6 +87,12 @@ roots = [{q(str(folder.root_path(1)))}]
 directory = {q(str(folder.path / "directory.json"))}
 operator_identity = {q(str(folder.path / admin.OPERATOR_DIR / "identity.json"))}
 
+[client_tls]
+cert_file = {q(str(pki["server"]))}
+key_file = {q(str(pki["server_key"]))}
+ca_file = {q(str(pki["ca"]))}
+verify = true
+
 [route_tls]
 cert_file = {q(str(pki["route"]))}
 key_file = {q(str(pki["route_key"]))}
@@ -94,6 +103,11 @@ verify = true
 trust_root = {q(str(folder.root_path(1)))}
 operator_key_dir = {q(str(folder.path / admin.OPERATOR_DIR))}
 passphrase_file = {q(str(passphrase))}
+
+[authority.nats_tls]
+ca_file = {q(str(pki["ca"]))}
+cert_file = {q(str(pki["client"]))}
+key_file = {q(str(pki["client_key"]))}
 {nodes}""")
     return spec
 
@@ -152,9 +166,13 @@ def healthy(monitor_url: str) -> bool:
         return False
 
 
+#: The test's client TLS (write_pki's files), set by the test before it connects.
+CLIENT_TLS: list[BusTls] = []
+
+
 async def connect(url: str, seed: bytes) -> nats.aio.client.Client:
     return await nats.connect(
-        url,
+        **BusEndpoint.of(url, CLIENT_TLS[0]).connect_options(),
         nkeys_seed_str=seed.decode(),
         allow_reconnect=False,
         connect_timeout=2,
@@ -191,6 +209,8 @@ async def test_a_directory_change_reaches_every_node_through_its_authority(
 ) -> None:
     sandbox = prepared_mechanism(tmp_path / "m", admins=1, threshold=1)
     pki = write_pki(tmp_path)
+    tls = BusTls(ca_file=pki["ca"], cert_file=pki["client"], key_file=pki["client_key"])
+    CLIENT_TLS[:] = [tls]
     out = tmp_path / "cluster"
     spec = cluster_spec(tmp_path, sandbox, pki)
     result = CliRunner().invoke(main, ["cluster", "config", "--spec", str(spec), "--out", str(out)])
@@ -198,22 +218,29 @@ async def test_a_directory_change_reaches_every_node_through_its_authority(
     names = [f"n{i}" for i in range(1, NODES + 1)]
     tomls = [out / f"{n}.authority.toml" for n in names]
     urls = setting(tomls[0], "nats_urls")
+
+    def start_server(name: str) -> subprocess.Popen[bytes]:
+        args = [str(nats_server_binary()), "-c", str(out / f"{name}.conf")]
+        return processes.start(args, tmp_path / f"{name}.out")
+
     for name in names:
         (tmp_path / f"store-{name[1:]}").mkdir()
-        processes.start(
-            [str(nats_server_binary()), "-c", str(out / f"{name}.conf")], tmp_path / f"{name}.out"
-        )
+    servers = [start_server(name) for name in names]
     for toml in tomls:
         wait_for(lambda toml=toml: healthy(setting(toml, "monitor_url")), "every node healthy")
 
     operator_dir = sandbox.admin.path / admin.OPERATOR_DIR
     provision_args = ["bus", "provision", "--nats", ",".join(urls), "--replicas", "3",
+                      "--tls-ca", str(pki["ca"]), "--tls-cert", str(pki["client"]),
+                      "--tls-key", str(pki["client_key"]),
                       "--operator-keys", str(operator_dir),
                       "--passphrase-file", str(tmp_path / "operator.passphrase"),
                       "--trust-root", str(sandbox.admin.root_path(1)),
                       "--directory", str(sandbox.admin.path / "directory.json")]  # fmt: skip
     await provision(provision_args)
-    await admin.publish(sandbox.admin, urls[0], passphrase=sandbox.admin_passphrase)
+    await admin.publish(
+        sandbox.admin, BusEndpoint.of(urls[0], tls), passphrase=sandbox.admin_passphrase
+    )
 
     first_directory = (sandbox.admin.path / "directory.json").read_bytes()
 
@@ -240,7 +267,7 @@ async def test_a_directory_change_reaches_every_node_through_its_authority(
     assert all(nc.is_connected for nc in on_every_node)
     for toml in tomls:  # what each authority's ConnectionWatch reads: its own node's /connz
         node = ExternalServer(
-            endpoint=BusEndpoint.of(urls),
+            endpoint=BusEndpoint.of(urls, tls),
             authorization_file=out / setting(toml, "authorization_file"),
             pid_file=Path(setting(toml, "pid_file")),
             monitor_url=setting(toml, "monitor_url"),
@@ -252,7 +279,9 @@ async def test_a_directory_change_reaches_every_node_through_its_authority(
     # connection there, and none lets it back.
     admin.remove_agency(sandbox.admin, "police")
     sandbox.sign_draft()
-    await admin.publish(sandbox.admin, urls[1], passphrase=sandbox.admin_passphrase)
+    await admin.publish(
+        sandbox.admin, BusEndpoint.of(urls[1], tls), passphrase=sandbox.admin_passphrase
+    )
 
     async def cut_off() -> bool:
         return all(nc.is_closed for nc in on_every_node)
@@ -269,22 +298,35 @@ async def test_a_directory_change_reaches_every_node_through_its_authority(
     identity = PublicIdentity.from_json((tmp_path / "clinic" / "identity.json").read_bytes())
     admin.add_agency(sandbox.admin, identity, roles=["ngo"])
     sandbox.sign_draft()
-    await admin.publish(sandbox.admin, urls[2], passphrase=sandbox.admin_passphrase)
+    await admin.publish(
+        sandbox.admin, BusEndpoint.of(urls[2], tls), passphrase=sandbox.admin_passphrase
+    )
+
+    operator = load_key_dir(operator_dir, passphrase=sandbox.admin_passphrase)
+    assert operator.nats_seed is not None
+
+    async def clinic_replicas() -> int:
+        nc = await connect(urls[0], operator.nats_seed)
+        try:
+            info = await nc.jetstream(timeout=5).stream_info(inbox_stream("clinic"))
+            replicas: int = info.config.num_replicas
+            return replicas
+        finally:
+            await nc.close()
+
+    async def first_in() -> bool:
+        return any([await admitted(url, clinic.nats_seed) for url in urls])
 
     async def let_in() -> bool:
         return all([await admitted(url, clinic.nats_seed) for url in urls])
 
+    await eventually(first_in, timeout=30, what="the clinic admitted on a node")
+    # As soon as it can connect anywhere, its inbox stream is there, with three replicas
+    # (made by the authorities: nothing else provisioned it).
+    assert await clinic_replicas() == 3
     await eventually(let_in, timeout=30, what="the clinic admitted on every node")
     await provision(provision_args)  # idempotent: again, the clinic's stream as it was
-
-    operator = load_key_dir(operator_dir, passphrase=sandbox.admin_passphrase)
-    assert operator.nats_seed is not None
-    nc = await connect(urls[0], operator.nats_seed)
-    try:
-        info = await nc.jetstream(timeout=5).stream_info(inbox_stream("clinic"))
-        assert info.config.num_replicas == 3
-    finally:
-        await nc.close()
+    assert await clinic_replicas() == 3
     for log in authorities:  # each reports the directory it applied, healthy
         status = re.search(r"status at (http://\S+/healthz)", log.read_text())
         assert status is not None, log.read_text()
@@ -322,6 +364,35 @@ async def test_a_directory_change_reaches_every_node_through_its_authority(
 
     await eventually(refused, timeout=10, what="the restarted authority refusing it")
     assert not await admitted(urls[0], police.nats_seed)
+
+    # A node that is down when a directory comes: its authority reports the failed reload
+    # on /healthz and tries again until the node is back, which then runs the directory.
+    n3_health = re.search(r"status at (http://\S+/healthz)", authorities[2].read_text())
+    assert n3_health is not None
+    servers[2].terminate()
+    servers[2].wait(timeout=15)
+    admin.remove_agency(sandbox.admin, "clinic")
+    sandbox.sign_draft()
+    await admin.publish(
+        sandbox.admin, BusEndpoint.of(urls[0], tls), passphrase=sandbox.admin_passphrase
+    )
+
+    async def n3_reasons() -> list[str]:
+        async with aiohttp.ClientSession() as http, http.get(n3_health[1]) as r:
+            health = await r.json()
+        return [] if health["directory_version"] != 4 else [*health["reasons"], "seen"]
+
+    async def n3_failed() -> bool:
+        return "authorization-reload-failed" in await n3_reasons()
+
+    await eventually(n3_failed, timeout=10, what="n3's authority reporting the failed reload")
+    servers.append(start_server("n3"))
+
+    async def n3_caught_up() -> bool:
+        return await n3_reasons() == ["seen"]
+
+    await eventually(n3_caught_up, timeout=20, what="n3's authority retrying, then healthy")
+    assert not await admitted(urls[2], clinic.nats_seed)
 
 
 def test_a_refused_reload_is_reported_and_the_previous_file_put_back(
