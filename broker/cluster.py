@@ -149,11 +149,21 @@ class ClusterSpec:
     #: Replicas of the inbox stream and bucket an authority makes for a new agency (and
     #: of everything `nrm bus provision --replicas` makes): 3 unless the spec says.
     replicas: int = 3
+    #: Routes in the clear (no `route_tls`): only for nodes on a private network nobody
+    #: else reaches; routes carry every message and the JetStream replication.
+    insecure_routes: bool = False
 
     def __post_init__(self) -> None:
         _check(self.nodes)
         if not 1 <= self.replicas <= min(len(self.nodes), 5):
             raise ConfigError("replicas must be from 1 to the number of nodes (at most 5)")
+        if self.route_tls is None and not self.insecure_routes:
+            raise ConfigError(
+                "give [route_tls] (routes carry every message): routes in the clear only "
+                "with insecure_routes = true, for a private network nobody else reaches"
+            )
+        if self.route_tls is not None and self.insecure_routes:
+            raise ConfigError("insecure_routes = true and [route_tls] contradict each other")
         if self.route_tls is not None and not self.route_tls.verify:
             raise ConfigError("route_tls.verify must be true: routes use mutual TLS")
         if self.client_tls is not None and not self.authority.nats_tls:
@@ -279,9 +289,17 @@ def _spec_of(table: Table, base: Path) -> ClusterSpec:
         ),
         cluster_name=str(table.get("cluster_name", DEFAULT_CLUSTER_NAME)),
         replicas=_replicas(table.get("replicas", 3)),
+        insecure_routes=_flag(table, "insecure_routes"),
         client_tls=_server_tls(table["client_tls"]) if "client_tls" in table else None,
         route_tls=_server_tls(table["route_tls"]) if "route_tls" in table else None,
     )
+
+
+def _flag(table: Table, key: str) -> bool:
+    value = table.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{table.where}{key} must be true or false")
+    return value
 
 
 def _replicas(value: object) -> int:

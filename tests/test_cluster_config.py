@@ -183,6 +183,7 @@ def test_every_generated_file_passes_nats_server_t(
         (("[trust]\n", "[trust]\ncolour = 1\n"), "unknown setting trust.'colour'"),
         (('store_dir = "', 'store_dir = "relative/'), "absolute path"),
         (("[authority.nats_tls]", "[authority.other]"), "[authority.nats_tls]"),
+        (("[route_tls]\n", "[unused]\n"), "insecure_routes = true"),
     ],
 )
 def test_a_bad_spec_is_refused_naming_what_is_wrong(
@@ -198,3 +199,18 @@ def test_a_bad_spec_is_refused_naming_what_is_wrong(
     assert says in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_routes_in_the_clear_only_when_the_spec_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at_demo_time(monkeypatch, tmp_path)
+    pki = write_pki(tmp_path)
+    text = spec_text(tmp_path, pki, ports=[(1 + i, 11 + i, 21 + i, 31 + i) for i in range(3)])
+    start, end = text.index("[route_tls]"), text.index("[authority]")
+    spec = tmp_path / "cluster.toml"
+    spec.write_text("insecure_routes = true\n" + text[:start] + text[end:])
+    result = nrm("cluster", "config", "--spec", spec, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    cluster = (tmp_path / "out" / "n1.conf").read_text().split("cluster {")[1]
+    assert "tls {" not in cluster
