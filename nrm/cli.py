@@ -381,6 +381,12 @@ def _bus_listen(
 EXIT_BUS_UNREACHABLE = 4
 
 
+#: JetStream errors that go away by themselves once a cluster has formed: 10005 no suitable
+#: peers for the replicas (the other nodes not joined yet), 10202 cluster not ready
+#: (electing its meta leader). `nrm bus provision` exits 4 for them: run it again.
+JETSTREAM_NOT_READY = frozenset({10005, 10202})
+
+
 class _BusUnreachable(click.ClickException):
     exit_code = EXIT_BUS_UNREACHABLE
 
@@ -463,6 +469,10 @@ def bus_provision(
     ) as e:
         raise _BusUnreachable(f"JetStream at {urls} is not ready yet; try again") from e
     except nats.js.errors.APIError as e:
+        if e.err_code in JETSTREAM_NOT_READY:
+            raise _BusUnreachable(
+                f"JetStream at {urls} is not ready yet ({e.description}); try again"
+            ) from e
         raise click.ClickException(f"the bus at {urls} refused: {e.description}") from e
     except (nats.errors.Error, OSError, TimeoutError) as e:
         raise _BusUnreachable(f"cannot reach the bus at {urls} ({type(e).__name__})") from e
