@@ -497,8 +497,8 @@ def bus_authority(config_path: Path, expiry_warning_days: float) -> None:
     follows the directory bucket, verifying every update from the pinned root, provisions a
     newly admitted agency's inbox stream and bucket, rewrites the node's authorization
     include file, sends the server SIGHUP (its pid_file) and confirms the reload on its
-    monitoring port. Runs until SIGINT or SIGTERM. Exits 1 for a bad authority.toml or
-    operator keys that cannot be opened.
+    monitoring port. Runs until SIGINT or SIGTERM. Exits 1 for a bad authority.toml,
+    operator keys that cannot be opened, or a trust_root that is not a valid root.
     """
     from broker.external import AuthorityConfig, run_authority
     from runtime.config import ConfigError
@@ -512,6 +512,11 @@ def bus_authority(config_path: Path, expiry_warning_days: float) -> None:
         code = run_authority(config, warning_seconds=_seconds(expiry_warning_days))
     except KeyFileError as e:
         raise click.ClickException(str(e)) from e
+    except UntrustedInputError as e:  # MalformedError too: a trust_root that is no root
+        raise click.ClickException(
+            f"bus authority for {config.node_name}: the trust_root {config.trust_root} or a "
+            f"cached root or directory in {config.trust_cache} is refused ({e.reason}): {e}"
+        ) from e
     except OSError as e:  # the status address cannot be bound, say
         raise click.ClickException(f"bus authority for {config.node_name}: {e}") from e
     sys.exit(code)

@@ -19,8 +19,9 @@ from keys.subjects import inbox_stream
 from nrm.cli import EXIT_BUS_UNREACHABLE, main
 from runtime.endpoint import BusEndpoint, BusTls
 from runtime.files import replace_file
+from runtime.keydir import init_key_dir
 
-from .support import prepared_mechanism
+from .support import TEST_KDF, prepared_mechanism
 from .test_bus_authority import free_port
 from .test_cli import BusUp, bus_up  # noqa: F401 - the fixture
 from .test_cluster_config import write_pki
@@ -166,3 +167,21 @@ def test_a_bad_authority_toml_is_refused_naming_the_setting(
     result = CliRunner().invoke(main, ["bus", "authority", "--config", str(path)])
     assert result.exit_code == 1, result.output
     assert says in result.output and "Traceback" not in result.output
+
+
+def test_a_trust_root_that_is_no_root_is_refused_without_a_traceback(tmp_path: Path) -> None:
+    init_key_dir(
+        tmp_path / "operator",
+        agency="operator",
+        name="Op",
+        passphrase=b"operator pass 1",
+        cost=TEST_KDF,
+    )
+    replace_file(tmp_path / "passphrase", b"operator pass 1")
+    (tmp_path / "root.1.json").write_text('{"not": "a root"}')
+    path = tmp_path / "authority.toml"
+    path.write_text(AUTHORITY_TOML)
+    result = CliRunner().invoke(main, ["bus", "authority", "--config", str(path)])
+    assert result.exit_code == 1, result.output
+    assert "trust_root" in result.output and "malformed" in result.output
+    assert "Traceback" not in result.output
