@@ -16,6 +16,7 @@ import pytest
 import trustme
 from click.testing import CliRunner, Result
 
+from broker.cluster import ClusterNode
 from broker.server import nats_server_binary
 from keys.directory import read_unverified_directory
 from nrm.cli import main
@@ -159,6 +160,8 @@ def test_every_generated_file_passes_nats_server_t(
     assert 'include "n2.authorization.conf"' in conf
     assert f'pid_file: "{tmp_path / "n2.pid"}"' in conf
     assert conf.count("verify: true") == 2  # clients (mutual TLS) and routes
+    assert 'client_advertise: "127.0.0.1:14223"' in conf
+    assert '  advertise: "127.0.0.1:16223"' in conf
     authority = (out / "n2.authority.toml").read_text()
     assert 'monitor_url = "http://127.0.0.1:18223"' in authority
     urls = ["tls://127.0.0.1:14223", "tls://127.0.0.1:14222", "tls://127.0.0.1:14224"]
@@ -184,6 +187,8 @@ def test_every_generated_file_passes_nats_server_t(
         (('store_dir = "', 'store_dir = "relative/'), "absolute path"),
         (("[authority.nats_tls]", "[authority.other]"), "[authority.nats_tls]"),
         (("[route_tls]\n", "[unused]\n"), "insecure_routes = true"),
+        (('name = "n1"', 'name = "../n1"'), "node name '../n1'"),
+        (('client = "127.0.0.1:1"', 'client = "127.0.0.1:0"'), "needs a port (not 0)"),
     ],
 )
 def test_a_bad_spec_is_refused_naming_what_is_wrong(
@@ -214,3 +219,13 @@ def test_routes_in_the_clear_only_when_the_spec_says_so(
     assert result.exit_code == 0, result.output
     cluster = (tmp_path / "out" / "n1.conf").read_text().split("cluster {")[1]
     assert "tls {" not in cluster
+
+
+def test_ipv6_hosts_are_bracketed_in_urls() -> None:
+    node = ClusterNode(
+        name="n1", host="2001:db8::1", client_port=4222, cluster_port=6222, store_dir="/s"
+    )
+    assert (node.url, node.route) == (
+        "nats://[2001:db8::1]:4222",
+        "nats-route://[2001:db8::1]:6222",
+    )
