@@ -68,6 +68,10 @@ class ServerTls:
     key_file: Path
     ca_file: Path | None = None
     verify: bool = False
+    #: The name the server's own clients on this machine (provisioning, the authority)
+    #: expect in its certificate, when it has no SAN for the address they dial (a
+    #: DNS-named certificate, a server listening on 0.0.0.0); None: that address.
+    server_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.verify and self.ca_file is None:
@@ -269,6 +273,7 @@ class NatsServer:
                 ca_file=self._tls.ca_file,
                 cert_file=self._tls.cert_file if mutual else None,
                 key_file=self._tls.key_file if mutual else None,
+                server_name=self._tls.server_name,
             ),
         )
 

@@ -232,6 +232,13 @@ def bus() -> None:
     help="Require a client certificate signed by --server-tls-ca (mutual TLS).",
 )
 @click.option(
+    "--server-tls-name",
+    default=None,
+    metavar="NAME",
+    help="The name in the server certificate that this command's own connections expect "
+    "(a DNS-named certificate; else the address they dial, e.g. 127.0.0.1 for 0.0.0.0).",
+)
+@click.option(
     "--trust-root",
     "trust_roots",
     type=PATH,
@@ -279,6 +286,7 @@ def bus_up(
     server_tls_key: Path | None,
     server_tls_ca: Path | None,
     server_tls_verify: bool,
+    server_tls_name: str | None,
     trust_roots: tuple[Path, ...],
     directory_file: Path | None,
     operator_keys: Path | None,
@@ -300,7 +308,14 @@ def bus_up(
     from broker.bus import BusTrust, run_foreground, unsafe_run_foreground_open
 
     where = _bus_listen(
-        port, listen, monitor, server_tls_cert, server_tls_key, server_tls_ca, server_tls_verify
+        port,
+        listen,
+        monitor,
+        server_tls_cert,
+        server_tls_key,
+        server_tls_ca,
+        server_tls_verify,
+        server_tls_name,
     )
     secured = bool(trust_roots) or directory_file is not None or operator_keys is not None
     if unsafe_open:
@@ -352,6 +367,7 @@ def _bus_listen(
     key: Path | None,
     ca: Path | None,
     verify: bool,
+    name: str | None = None,
 ) -> Listen:
     """The `broker.bus.Listen` of `bus up`'s options; a usage error naming a bad one."""
     from broker.bus import Listen
@@ -366,13 +382,15 @@ def _bus_listen(
     if (cert is None) != (key is None):
         raise click.UsageError("--server-tls-cert and --server-tls-key go together")
     if cert is None or key is None:
-        if ca is not None or verify:
-            raise click.UsageError("--server-tls-ca/--server-tls-verify need --server-tls-cert")
+        if ca is not None or verify or name is not None:
+            raise click.UsageError(
+                "--server-tls-ca/--server-tls-verify/--server-tls-name need --server-tls-cert"
+            )
         tls = None
     else:
         if verify and ca is None:
             raise click.UsageError("--server-tls-verify needs --server-tls-ca")
-        tls = ServerTls(cert_file=cert, key_file=key, ca_file=ca, verify=verify)
+        tls = ServerTls(cert_file=cert, key_file=key, ca_file=ca, verify=verify, server_name=name)
     return Listen(host=host, port=listen_port or None, monitor=monitor_at, tls=tls)
 
 

@@ -71,6 +71,10 @@ def write_pki(folder: Path) -> dict[str, Path]:
         files[f"{name}_key"] = folder / f"{name}.key"
         cert.cert_chain_pems[0].write_to_path(str(files[name]))
         cert.private_key_pem.write_to_path(str(files[f"{name}_key"]))
+    named = ca.issue_cert("bus.nrm.test")  # a DNS name only, as a public CA issues
+    files["named"], files["named_key"] = folder / "named.pem", folder / "named.key"
+    named.cert_chain_pems[0].write_to_path(str(files["named"]))
+    named.private_key_pem.write_to_path(str(files["named_key"]))
     return files
 
 
