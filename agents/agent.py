@@ -38,6 +38,7 @@ from runtime.http import app_runner
 from runtime.keydir import load_key_dir, read_passphrase
 from runtime.supervisor import Supervisor
 from runtime.tls import url_host
+from runtime.version import VERSION
 
 from . import inbound
 from . import webhooks as W
@@ -904,4 +905,4 @@ class Agent:
         ok = ok and tasks["status"] == "ok"
         status = expiry.worst("ok" if ok else "degraded", trust["expiry"]["status"])
         reasons = [*tasks["reasons"], *trust["expiry"]["reasons"]]
-        return {"status": status, "reasons": reasons, **health}
+        return {"status": status, "reasons": reasons, "version": VERSION, **health}

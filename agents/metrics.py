@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from keys.directory import Directory
+from runtime.version import VERSION
 
 
 class AgentMetrics:
@@ -72,8 +73,11 @@ class AgentMetrics:
             "nrm_root_expiry_timestamp_seconds",
             "When the newest trusted root expires (Unix seconds)",
         )
-        self.info = gauge("nrm_agent_info", "Constant 1, labelled with the agency", list(labels))
-        self.info.labels(**labels).set(1)
+        info = {**labels, "version": VERSION}
+        self.info = gauge(
+            "nrm_agent_info", "Constant 1, labelled with the agency and the release", list(info)
+        )
+        self.info.labels(**info).set(1)
 
     def instance_lease(self, state: str) -> None:
         """The instance lease changed state (agents/presence.py)."""

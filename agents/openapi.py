@@ -319,13 +319,14 @@ _ATTACHMENT = _closed(
 #: /healthz: `status` is `ok` or `warning` (200: the directory or the newest root expires within
 #: the warning window, `reasons` say which) or `degraded` (503); `instance` is this process's
 #: lease on the agency's inbox (docs/PROTOCOL.md §5.2); `tasks` the background loops running,
-#: a loop that died adds `task-died:<name>` to `reasons`. Other members describe the bus,
-#: trust, the agency's standing and the ledger checks.
+#: a loop that died adds `task-died:<name>` to `reasons`; `version` is the release. Other
+#: members describe the bus, trust, the agency's standing and the ledger checks.
 _HEALTH: dict[str, Any] = {
     "type": "object",
-    "required": ["status", "reasons", "agency", "bus", "instance"],
+    "required": ["status", "reasons", "version", "agency", "bus", "instance"],
     "properties": {
         "status": {"type": "string", "enum": ["ok", "warning", "degraded"]},
+        "version": {"type": "string", "description": "This agent's release (nrm --version)"},
         "reasons": {
             "type": "array",
             "items": {
@@ -458,7 +459,8 @@ OPENAPI: dict[str, Any] = {
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics (read scope), among them "
-                "nrm_directory_expiry_timestamp_seconds and nrm_root_expiry_timestamp_seconds",
+                "nrm_directory_expiry_timestamp_seconds, nrm_root_expiry_timestamp_seconds and "
+                "nrm_agent_info{agency,version}",
                 "responses": {
                     "200": {
                         "description": "OK",

@@ -369,7 +369,7 @@ def node_config(node: ClusterNode, spec: ClusterSpec) -> str:
         text += f"log_file: {conf_string(node.log_file)}\n"
     text += f"jetstream {{\n  store_dir: {conf_string(node.store_dir)}\n}}\n"
     if spec.client_tls is not None:
-        text += tls_block(spec.client_tls)
+        text += tls_block(spec.client_tls, handshake_first=True)
     text += cluster_block(node, nodes, cluster_name=spec.cluster_name, tls=spec.route_tls)
     return text + f"include {conf_string(authorization_file_name(node))}\n"
 

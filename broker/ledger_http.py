@@ -606,7 +606,8 @@ SCHEMAS: dict[str, Any] = {
             "withdrawals_per_month": _list(_cell(month=_MONTH)),
         }
     ),
-    # /healthz (broker/trust_status.py): versions and expiry times only.
+    # /healthz (broker/trust_status.py): versions and expiry times only; `version` is the
+    # ledger's release.
     "Health": _closed(
         {
             "status": {"enum": ["ok", "warning", "degraded"]},
@@ -617,6 +618,7 @@ SCHEMAS: dict[str, Any] = {
             "directory_expires": {"type": ["integer", "null"], "minimum": 0},
             "refused": {"type": "string", "pattern": _REASON},
             "tasks": _list({"type": "string"}),
+            "version": {"type": "string"},
             "part": {"const": "ledger"},
         },
         optional=("refused",),
@@ -805,7 +807,7 @@ OPENAPI: dict[str, Any] = {
         },
         "/metrics": {
             "get": {
-                "summary": "Prometheus: directory and root expiry gauges",
+                "summary": "Prometheus: directory and root expiry gauges, nrm_ledger_info{version}",
                 "security": [],
                 "responses": {
                     "200": {

@@ -10,6 +10,10 @@ restores     every signed restore declaration (PROTOCOL.md §9.4), and whether t
              stream still has to be read again from its start after it
 restore_nodes  the Merkle nodes of the tree each restore replaced, kept so that agents can
              check their last checkpoint of it against the restored tree
+
+PRAGMA user_version counts the migrations a database has had (MIGRATIONS, runtime.migrate,
+applied when it is opened for writing); a database of a newer release is refused, read only
+too.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from keys.audit import AuditEvent
 from keys.errors import NrmError
 from keys.merkle import EMPTY_ROOT, MerkleTree, leaf_hash, node_hash
 from runtime.durability import BACKSTOP_PAGES, GroupCommit
+from runtime.migrate import Migration, check_not_newer, latest, migrate
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -86,6 +91,20 @@ CREATE TABLE IF NOT EXISTS restore_nodes (
     PRIMARY KEY (seq, level, idx)
 ) STRICT, WITHOUT ROWID;
 """
+
+
+def _nothing(db: sqlite3.Connection) -> None:
+    """Version 1 has the tables of release 0.1.0, which SCHEMA creates; a database from
+    before user_version was kept has them already."""
+
+
+#: The ledger database's migrations, in order (runtime.migrate). Checkpoints and restore
+#: declarations of the former note format are re-signed by broker.ledger_migrate, which
+#: needs the ledger's key, when the ledger opens its database.
+MIGRATIONS = (Migration(1, "the tables of release 0.1.0", _nothing),)
+
+#: PRAGMA user_version of a database with every migration.
+VERSION = latest(MIGRATIONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +207,16 @@ class LedgerStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # plus durable(): group commit
             self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
-            self._db.executescript(SCHEMA)
+        try:
+            if readonly:
+                check_not_newer(self._db, MIGRATIONS, what=str(path))
+            else:
+                migrate(self._db, MIGRATIONS, what=str(path))
+                self._db.executescript(SCHEMA)
+        except BaseException:  # a newer release's database, say: refused, nothing left open
+            self.close()
+            raise
+        if not readonly:
             path.chmod(0o600)
         self._group = GroupCommit(path)
         self._nodes: dict[tuple[int, int], bytes] = {}

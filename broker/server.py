@@ -82,9 +82,12 @@ class ServerTls:
 TLS_HANDSHAKE_SECONDS = 5
 
 
-def tls_block(tls: ServerTls, *, indent: str = "") -> str:
+def tls_block(tls: ServerTls, *, indent: str = "", handshake_first: bool = False) -> str:
     """The `tls {}` block of `tls` (at the top level, or with `indent` inside `cluster {}`,
-    `leafnodes {}`...)."""
+    `leafnodes {}`...). `handshake_first` (for clients): the TLS handshake comes before
+    anything else, so no byte of the NATS protocol, the NKey login included, is ever sent in
+    clear: a client that waited for the server's plaintext INFO to ask for TLS could be told
+    by a man in the middle that it is not needed (runtime/endpoint.py)."""
     lines = [
         f"cert_file: {conf_string(str(tls.cert_file))}",
         f"key_file: {conf_string(str(tls.key_file))}",
@@ -93,6 +96,8 @@ def tls_block(tls: ServerTls, *, indent: str = "") -> str:
         lines.append(f"ca_file: {conf_string(str(tls.ca_file))}")
     lines.append(f"verify: {'true' if tls.verify else 'false'}")
     lines.append(f"timeout: {TLS_HANDSHAKE_SECONDS}")
+    if handshake_first:
+        lines.append("handshake_first: true")
     body = "".join(f"{indent}  {line}\n" for line in lines)
     return f"{indent}tls {{\n{body}{indent}}}\n"
 
@@ -412,7 +417,7 @@ class NatsServer:
             "}\n"
         )
         if self._tls is not None:
-            text += tls_block(self._tls)
+            text += tls_block(self._tls, handshake_first=True)
         if self._cluster:
             text += self._cluster.rstrip("\n") + "\n"
         if self._extra_config:

@@ -1,7 +1,8 @@
 """What the bus authority and the ledger say about the directory they trust: `/healthz` and
 `/metrics` (docs/RUNBOOK.md, "Watch it").
 
-Both carry versions and expiry times only, nothing an agency sent, so they need no token;
+Both carry versions (the release's, `nrm_<part>_info{version}`, and the directory's and
+root's) and expiry times only, nothing an agency sent, so they need no token;
 bind them to loopback or to the monitoring network. `/healthz` answers 200 for `ok` and
 `warning` (the directory or the newest root expires within the warning window) and 503 for
 `degraded`: an expired or missing directory or root, or a background loop of the service
@@ -24,6 +25,7 @@ from keys import DEFAULT_LIMITS
 from runtime import expiry
 from runtime.http import app_runner, problems_middleware
 from runtime.supervisor import Supervisor
+from runtime.version import VERSION
 
 from .follower import DirectoryFollower
 
@@ -55,12 +57,18 @@ def service_health(
         "status": status,
         "reasons": [*own, *trust["reasons"]],
         "tasks": tasks["tasks"],
+        "version": VERSION,
     }
 
 
-def render_metrics(follower: DirectoryFollower) -> bytes:
-    """The expiry gauges of `follower`, in the Prometheus text format."""
+def render_metrics(follower: DirectoryFollower, *, part: str) -> bytes:
+    """The expiry gauges of `follower` and `nrm_<part>_info{version}` (`part` is `ledger`
+    or `bus`), in the Prometheus text format."""
     registry = CollectorRegistry(auto_describe=True)
+    info = Gauge(
+        f"nrm_{part}_info", "Constant 1, labelled with the release", ["version"], registry=registry
+    )
+    info.labels(version=VERSION).set(1)
     directory = Gauge(
         "nrm_directory_expiry_timestamp_seconds",
         "When the last verified directory expires (Unix seconds); 0 before there is one",
@@ -93,7 +101,7 @@ def add_status_routes(app: web.Application, service_of: ServiceOf, *, part: str)
         return health_response(service_of(request), part=part)
 
     async def metrics(request: web.Request) -> web.Response:
-        body = render_metrics(service_of(request).follower)
+        body = render_metrics(service_of(request).follower, part=part)
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
     app.router.add_get("/healthz", healthz)

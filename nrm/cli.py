@@ -23,6 +23,7 @@ from keys.keyfile import MODERATE
 from runtime import clock
 from runtime.endpoint import BusEndpoint
 from runtime.keydir import init_key_dir, read_passphrase, rotate_key_dir
+from runtime.version import VERSION
 
 from . import admin, logs
 from .audit import LedgerCopy
@@ -108,6 +109,7 @@ def _parse_time(text: str) -> int:
 
 
 @click.group()
+@click.version_option(VERSION, "--version", prog_name="nrm", message="%(prog)s %(version)s")
 def main() -> None:
     """NRM Exchange: secure referrals between the agencies of a National Referral Mechanism."""
 
@@ -1251,6 +1253,7 @@ def _load(
     import sqlite3
 
     from keys.ledger_verify import LedgerVerificationError
+    from runtime.migrate import DatabaseTooNewError
 
     from .audit import from_database, from_http
 
@@ -1275,6 +1278,7 @@ def _load(
         sqlite3.Error,
         aiohttp.ClientError,
         LedgerVerificationError,
+        DatabaseTooNewError,
     ) as e:
         raise click.ClickException(f"could not read the ledger: {e}") from e
 

@@ -8,8 +8,9 @@ own NKey, name and timeouts.
 URLs are accepted in every form the docs show: `nats://host:4222`, `tls://host:4222`,
 `host:4222`, `host` (port 4222), IPv6 in brackets, and several at once separated by commas
 (`--nats "tls://a:4222,tls://b:4222"`) or given as a list (`nats_urls = [...]`).
-A `tls://` URL requires TLS; with a `BusTls` any URL uses it when the server offers it (a
-server configured for TLS requires it of every client).
+A `tls://` URL, or any URL with a `BusTls`, requires TLS: the client starts the TLS
+handshake before anything else (nats-server's `handshake_first`), so it never sends a byte
+of the protocol in clear, whatever a server, or a man in the middle, announces.
 """
 
 from __future__ import annotations
@@ -91,11 +92,17 @@ class BusEndpoint:
         return self.tls is not None or any(u.startswith("tls://") for u in self.urls)
 
     def connect_options(self) -> dict[str, Any]:
-        """Keyword arguments for `nats.connect`: `servers`, and `tls`/`tls_hostname`."""
+        """Keyword arguments for `nats.connect`: `servers`, and `tls`, `tls_hostname` and
+        `tls_handshake_first`."""
         options: dict[str, Any] = {"servers": list(self.urls)}
         if self.requires_tls:
             tls = self.tls or BusTls()
             options["tls"] = tls.context()
+            # TLS before the first protocol byte. nats-py otherwise reads the server's
+            # plaintext INFO first and upgrades only if it says `tls_required`, whatever the
+            # URL's scheme: a man in the middle could say no and read the login. The servers
+            # are configured to match (`handshake_first`, broker/server.py tls_block).
+            options["tls_handshake_first"] = True
             if tls.server_name is not None:
                 options["tls_hostname"] = tls.server_name
         return options

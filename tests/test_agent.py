@@ -29,6 +29,7 @@ from keys.subjects import (
 )
 from nrm import admin
 from runtime.keydir import load_key_dir
+from runtime.version import VERSION
 
 from . import samples
 from .support import Mechanism, eventually, query
@@ -420,11 +421,13 @@ def _logged(logs: list[dict[str, object]], event: str, n: int = 1) -> asyncio.Fu
 
 @pytest.mark.parametrize("agency", ["police", "shelter"])
 async def test_health_reports_connected_bus(mechanism: Mechanism, agency: str) -> None:
-    """/healthz answers without a token and says the bus is connected once it is."""
+    """/healthz answers without a token, names this release and says the bus is connected
+    once it is."""
 
     async def healthy() -> bool:
         status, body, _ = await mechanism.api(agency).call("GET", "/healthz", token="")
         assert body["bus"] == ("connected" if status == 200 else "disconnected")
+        assert body["version"] == VERSION
         return status == 200
 
     await eventually(healthy, what="the agent to connect")

@@ -41,6 +41,7 @@ from nrm.sandbox import Sandbox
 from runtime.endpoint import BusEndpoint, BusTls
 from runtime.files import replace_file
 from runtime.keydir import init_key_dir, load_key_dir
+from runtime.version import VERSION
 
 from .support import TEST_KDF, eventually, prepared_mechanism
 from .test_cluster_config import write_pki
@@ -353,6 +354,7 @@ async def test_a_directory_change_reaches_every_node_through_its_authority(
         async with aiohttp.ClientSession() as http, http.get(status[1]) as r:
             health = await r.json()
         assert (health["status"], health["directory_version"]) == ("ok", 3), health
+        assert health["version"] == VERSION
     for name in names:  # each authority reloaded its own node
         assert os.stat(out / f"{name}.authorization.conf").st_mode & 0o777 == 0o600
         assert identity.nats_key is not None

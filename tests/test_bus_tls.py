@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from agents import Agent
 from agents.transport import STOP_GRACE_SECONDS
 from broker import NatsServer
 from broker.server import ServerTls, tls_block
+from keys.identity import new_nats_seed
 from nrm.cli import main
 from runtime.bus_client import CLOSE_SECONDS
 from runtime.endpoint import BusEndpoint, BusTls
@@ -269,3 +271,37 @@ async def test_an_agent_stops_cleanly_while_its_tls_bus_is_down(tmp_path: Path) 
             assert ledger.supervisor.reasons() == []  # the consumer did not die closing
         finally:
             await m.close()
+
+
+async def test_a_tls_client_sends_nothing_in_clear_to_a_server_that_offers_no_tls(
+    pki: dict[str, Path],
+) -> None:
+    """A man in the middle answering like a plaintext nats-server (INFO without
+    `tls_required`, the cue nats-py waits for) sees a TLS ClientHello, never the CONNECT
+    that carries the NKey login."""
+    received = bytearray()
+
+    async def fake_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b'INFO {"server_id":"x","version":"2.15.1","max_payload":1048576,'
+                     b'"auth_required":true,"nonce":"abc"}\r\n')  # fmt: skip
+        await writer.drain()
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            received.extend(await asyncio.wait_for(reader.read(4096), 5))
+        writer.close()
+
+    server = await asyncio.start_server(fake_server, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises((nats.errors.NoServersError, OSError, TimeoutError)):
+            await nats.connect(
+                **BusEndpoint.of(f"tls://127.0.0.1:{port}", BusTls(ca_file=pki["ca"]))
+                .connect_options(),
+                allow_reconnect=False,
+                connect_timeout=2,
+                nkeys_seed_str=new_nats_seed().decode(),
+            )
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert received[:1] == b"\x16"  # a TLS handshake record
+    assert b"CONNECT" not in received

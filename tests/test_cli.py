@@ -7,6 +7,7 @@ keys, the operator, police and shelter) is made once and each test works on a co
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import stat
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -45,6 +47,7 @@ from nrm import admin
 from nrm.cli import main
 from runtime import clock
 from runtime.keydir import load_key_dir
+from runtime.version import VERSION
 
 from .test_identity import WEAK_X25519_KEYS
 
@@ -122,6 +125,27 @@ def mode(path: Path) -> int:
 
 
 # --- keys ------------------------------------------------------------------------------------
+
+
+def test_version_is_the_installed_release_and_pyproject_s() -> None:
+    """`nrm --version` prints the installed package's version, which is pyproject.toml's
+    (a stale editable install fails here: reinstall with `make`)."""
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert importlib.metadata.version("nrm-exchange") == VERSION
+    assert ok("--version") == f"nrm {pyproject['project']['version']}\n" == f"nrm {VERSION}\n"
+
+
+def test_the_docs_and_manifests_name_this_release() -> None:
+    """The wheel and sdist names in the RUNBOOK and deploy/README.md, and the image tag of the
+    Kubernetes manifests, are this release's (bumping pyproject's version bumps them)."""
+    repo = Path(__file__).parents[1]
+    for doc in ("docs/RUNBOOK.md", "deploy/README.md"):
+        named = set(
+            re.findall(r"nrm_exchange-(\d[^-/\s]*?)(?:-py3|\.tar)", (repo / doc).read_text())
+        )
+        assert named == {VERSION}, doc
+    kustomization = (repo / "deploy" / "kubernetes" / "kustomization.yaml").read_text()
+    assert re.findall(r'newTag: "([^"]*)"', kustomization) == [VERSION]
 
 
 def test_keys_init_creates_a_private_key_file_and_an_identity_and_never_overwrites(
@@ -721,8 +745,9 @@ def test_bus_up_status_warns_before_the_directory_expires_and_a_renewal_clears_i
     work: Work, bus_up: BusUp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`bus up --status-bind` started six days before the directory expires answers
-    /healthz 200 "warning" (directory-expires-soon) and /metrics with both expiry gauges;
-    once a renewed directory is published it answers "ok"."""
+    /healthz 200 "warning" (directory-expires-soon) with the release's version and /metrics
+    with both expiry gauges and nrm_bus_info; once a renewed directory is published it
+    answers "ok"."""
     work.add("police", "police")
     work.sign(1)
     work.sign(2)
@@ -739,8 +764,8 @@ def test_bus_up_status_warns_before_the_directory_expires_and_a_renewal_clears_i
     assert f"status at {base}/healthz" in out.read_text()
     code, body = http_get(base + "/healthz")
     health = json.loads(body)
-    assert (code, health["status"], health["reasons"]) == (
-        200, "warning", ["directory-expires-soon"]
+    assert (code, health["status"], health["reasons"], health["version"]) == (
+        200, "warning", ["directory-expires-soon"], VERSION
     )  # fmt: skip
     code, metrics = http_get(base + "/metrics")
     assert code == 200
@@ -751,6 +776,7 @@ def test_bus_up_status_warns_before_the_directory_expires_and_a_renewal_clears_i
     assert float(gauges["nrm_directory_expiry_timestamp_seconds"]) == signed.expires
     root = read_unverified_root((work.admin / "root.1.json").read_bytes())
     assert float(gauges["nrm_root_expiry_timestamp_seconds"]) == root.expires
+    assert float(gauges[f'nrm_bus_info{{version="{VERSION}"}}']) == 1
 
     ok("directory", "renew", "--dir", work.admin)
     work.sign(1)

@@ -22,6 +22,7 @@ from nrm.cli import main
 from nrm.sandbox import LEDGER_NAME
 from runtime import clock, expiry
 from runtime.durability import backup
+from runtime.version import VERSION
 
 from . import samples
 from .support import TEST_LIMITS, Mechanism, eventually
@@ -120,6 +121,7 @@ async def all_report(m: Mechanism, status: str, reason: str | None) -> bool:
     return all(
         got == code
         and body["status"] == status
+        and body.get("version", VERSION) == VERSION  # the follower's health alone has none
         and ((reason is None and body["reasons"] == []) or reason in body["reasons"])
         for got, body in answers
     )
@@ -144,9 +146,16 @@ async def test_directory_expiry_warns_then_degrades_and_a_renewal_clears_it(
     assert await all_report(m, "ok", None)
     token = m.setups["police"].token
     assert m.sandbox.ledger is not None
-    for url, auth in ((m.agents["police"].api_url, token), (m.sandbox.ledger.url, None)):
+    info = (
+        f'nrm_agent_info{{agency="police",version="{VERSION}"}} 1.0',
+        f'nrm_ledger_info{{version="{VERSION}"}} 1.0',
+    )
+    for url, auth, release in zip(
+        (m.agents["police"].api_url, m.sandbox.ledger.url), (token, None), info, strict=True
+    ):
         status, text = await get(m, url + "/metrics", token=auth)
         assert status == 200
+        assert release in text.splitlines()
         assert gauge(text, "nrm_directory_expiry_timestamp_seconds") == directory.expires
         root = admin.AdminFolder(m.sandbox.admin.path).trusted_root(now=clock.now())
         assert gauge(text, "nrm_root_expiry_timestamp_seconds") == root.expires

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from runtime.version import VERSION
+
 ROOT = Path(__file__).resolve().parent.parent
 TOP_LEVEL = {"keys", "runtime", "agents", "broker", "nrm"}
 
@@ -56,6 +58,8 @@ def test_the_wheel_installs_into_a_clean_venv_and_runs_the_demo(tmp_path: Path) 
     )
     for group in ("agent", "ledger", "bus", "directory", "demo"):
         assert group in shown.stdout
+    version = subprocess.run([nrm, "--version"], cwd=elsewhere, capture_output=True, text=True)
+    assert version.stdout == f"nrm {VERSION}\n"  # the wheel's own metadata, not the tree's
     where = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import nrm, broker.ledger_http as h; "
          "print(nrm.__file__); print(h.UI_DIR / 'index.html')"],

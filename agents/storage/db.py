@@ -35,8 +35,12 @@ class Database:
         self._db.execute("PRAGMA busy_timeout=5000")
         # Erased rows are overwritten, not just unlinked (crypto-shredding, issue 4).
         self._db.execute("PRAGMA secure_delete=ON")
-        migrate(self._db, agency=agency)
-        self._db.executescript(SCHEMA)
+        try:
+            migrate(self._db, agency=agency, what=str(path))
+            self._db.executescript(SCHEMA)
+        except BaseException:  # a newer release's database, say: refused, nothing left open
+            self._db.close()
+            raise
         self._savepoints = 0
         path.chmod(0o600)
         self._group = GroupCommit(path, checkpoint_bytes=checkpoint_bytes)

@@ -2,7 +2,8 @@
 
 Every table of the agent is created here (agents/storage/ owns all its SQL, docs/DESIGN.md
 "Storage"). `migrate` brings a database made by an earlier release up to date before the
-schema is applied; PRAGMA user_version says which migrations a database has had.
+schema is applied, each migration in its own transaction (runtime.migrate); PRAGMA
+user_version says which migrations a database has had, and one of a newer release is refused.
 
 - `outbox`: every envelope this agency sealed (referrals and receipts), committed before the
   API answers; `deliveries` tracks each copy per recipient until the bus acknowledges it and
@@ -35,6 +36,10 @@ from __future__ import annotations
 import sqlite3
 
 from keys.subjects import SHARED_INBOX_STREAM  # where inbox rows before user_version 2 came from
+from runtime.migrate import Migration, MigrationError
+from runtime.migrate import migrate as run_migrations
+
+__all__ = ["SCHEMA", "VERSION", "MigrationError", "migrate", "migrations"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -273,25 +278,11 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 """
 
 
-#: PRAGMA user_version of a database with every migration below.
-VERSION = 2
-
-
-class MigrationError(RuntimeError):
-    """A database cannot be brought up to date (say, its agency is not known)."""
-
-
-def migrate(db: sqlite3.Connection, *, agency: str | None) -> None:
-    """Bring a database made by an earlier release up to the schema (before SCHEMA runs),
-    then mark it current. `agency` is this agency's id: the owner of the referrals it sent."""
+def _migrate_to_owner_keys(db: sqlite3.Connection, agency: str | None) -> None:
+    """Version 1 (as release 0.1.0 left it): also what changed before user_version was
+    kept, copies that can fail."""
     _migrate_deliveries(db)
-    (version,) = db.execute("PRAGMA user_version").fetchone()
-    if version < 1:
-        _migrate_owners(db, agency)
-    if version < 2:
-        _migrate_inbox_stream(db)
-    if version < VERSION:
-        db.execute(f"PRAGMA user_version = {VERSION}")
+    _migrate_owners(db, agency)
 
 
 def _columns(db: sqlite3.Connection, table: str) -> set[str] | None:
@@ -323,56 +314,49 @@ def _migrate_owners(db: sqlite3.Connection, agency: str | None) -> None:
     (sent,) = db.execute("SELECT count(*) FROM referrals WHERE side = 'sender'").fetchone()
     if sent and not agency:
         raise MigrationError("migrating this database needs the agency it belongs to")
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        for index in _OLD_INDEXES:
-            db.execute(f"DROP INDEX IF EXISTS {index}")
-        for table in _OWNED:
-            if old[table] is not None:
-                db.execute(f"ALTER TABLE {table} RENAME TO {table}_v0")
-            db.execute(_statement(table))
+    for index in _OLD_INDEXES:
+        db.execute(f"DROP INDEX IF EXISTS {index}")
+    for table in _OWNED:
+        if old[table] is not None:
+            db.execute(f"ALTER TABLE {table} RENAME TO {table}_v0")
+        db.execute(_statement(table))
+    db.execute(
+        "INSERT INTO referrals (owner, referral_id, counterpart, side, state, referral_type,"
+        " urgency, legal_basis, consent_receipt_id, message_id, created, updated,"
+        " escalated_at, expires) SELECT"
+        " CASE r.side WHEN 'recipient' THEN r.counterpart ELSE :agency END,"
+        " r.referral_id, r.counterpart, r.side, r.state, r.referral_type, r.urgency,"
+        " r.legal_basis, r.consent_receipt_id, r.message_id, r.created, r.updated,"
+        " r.escalated_at, r.expires FROM referrals_v0 r",
+        {"agency": agency},
+    )
+    db.execute(
+        "INSERT INTO history (seq, owner, referral_id, counterpart, from_state, to_state,"
+        " party, reason, outcome, at) SELECT h.seq,"
+        " CASE r.side WHEN 'recipient' THEN r.counterpart ELSE :agency END,"
+        " h.referral_id, h.counterpart, h.from_state, h.to_state, h.party, h.reason,"
+        " h.outcome, h.at FROM history_v0 h JOIN referrals_v0 r"
+        " ON r.referral_id = h.referral_id AND r.counterpart = h.counterpart ORDER BY h.seq",
+        {"agency": agency},
+    )
+    db.execute(
+        "INSERT INTO data_keys (owner, referral_id, sealed_key)"
+        " SELECT o.owner, x.referral_id, x.sealed_key FROM data_keys_v0 x"
+        " JOIN (SELECT referral_id, counterpart AS owner, max(updated) FROM referrals_v0"
+        " WHERE side = 'recipient' GROUP BY referral_id) o USING (referral_id)"
+    )
+    if old["received_attachments"] is not None:
         db.execute(
-            "INSERT INTO referrals (owner, referral_id, counterpart, side, state, referral_type,"
-            " urgency, legal_basis, consent_receipt_id, message_id, created, updated,"
-            " escalated_at, expires) SELECT"
-            " CASE r.side WHEN 'recipient' THEN r.counterpart ELSE :agency END,"
-            " r.referral_id, r.counterpart, r.side, r.state, r.referral_type, r.urgency,"
-            " r.legal_basis, r.consent_receipt_id, r.message_id, r.created, r.updated,"
-            " r.escalated_at, r.expires FROM referrals_v0 r",
-            {"agency": agency},
-        )
-        db.execute(
-            "INSERT INTO history (seq, owner, referral_id, counterpart, from_state, to_state,"
-            " party, reason, outcome, at) SELECT h.seq,"
-            " CASE r.side WHEN 'recipient' THEN r.counterpart ELSE :agency END,"
-            " h.referral_id, h.counterpart, h.from_state, h.to_state, h.party, h.reason,"
-            " h.outcome, h.at FROM history_v0 h JOIN referrals_v0 r"
-            " ON r.referral_id = h.referral_id AND r.counterpart = h.counterpart ORDER BY h.seq",
-            {"agency": agency},
-        )
-        db.execute(
-            "INSERT INTO data_keys (owner, referral_id, sealed_key)"
-            " SELECT o.owner, x.referral_id, x.sealed_key FROM data_keys_v0 x"
+            "INSERT INTO received_attachments (owner, referral_id, attachment_id, sha256,"
+            " size, media_type, sealed_key, data, state) SELECT o.owner, x.referral_id,"
+            " x.attachment_id, x.sha256, x.size, x.media_type, x.sealed_key, x.data,"
+            " x.state FROM received_attachments_v0 x"
             " JOIN (SELECT referral_id, counterpart AS owner, max(updated) FROM referrals_v0"
             " WHERE side = 'recipient' GROUP BY referral_id) o USING (referral_id)"
         )
-        if old["received_attachments"] is not None:
-            db.execute(
-                "INSERT INTO received_attachments (owner, referral_id, attachment_id, sha256,"
-                " size, media_type, sealed_key, data, state) SELECT o.owner, x.referral_id,"
-                " x.attachment_id, x.sha256, x.size, x.media_type, x.sealed_key, x.data,"
-                " x.state FROM received_attachments_v0 x"
-                " JOIN (SELECT referral_id, counterpart AS owner, max(updated) FROM referrals_v0"
-                " WHERE side = 'recipient' GROUP BY referral_id) o USING (referral_id)"
-            )
-        for table in _OWNED:
-            if old[table] is not None:
-                db.execute(f"DROP TABLE {table}_v0")
-        db.execute(f"PRAGMA user_version = {VERSION}")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+    for table in _OWNED:
+        if old[table] is not None:
+            db.execute(f"DROP TABLE {table}_v0")
 
 
 def _migrate_inbox_stream(db: sqlite3.Connection) -> None:
@@ -399,18 +383,36 @@ def _migrate_deliveries(db: sqlite3.Connection) -> None:
     ).fetchone()
     if row is None or "'failed'" in row[0]:
         return
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        db.execute("ALTER TABLE deliveries RENAME TO deliveries_old")
-        db.execute("DROP INDEX IF EXISTS deliveries_queued")
-        db.execute(_statement("deliveries"))
-        db.execute(
-            "INSERT INTO deliveries (message_id, recipient, state, attempts, stream_seq,"
-            " sent_at, delivered_at) SELECT message_id, recipient, state, attempts,"
-            " stream_seq, sent_at, delivered_at FROM deliveries_old"
-        )
-        db.execute("DROP TABLE deliveries_old")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+    db.execute("ALTER TABLE deliveries RENAME TO deliveries_old")
+    db.execute("DROP INDEX IF EXISTS deliveries_queued")
+    db.execute(_statement("deliveries"))
+    db.execute(
+        "INSERT INTO deliveries (message_id, recipient, state, attempts, stream_seq,"
+        " sent_at, delivered_at) SELECT message_id, recipient, state, attempts,"
+        " stream_seq, sent_at, delivered_at FROM deliveries_old"
+    )
+    db.execute("DROP TABLE deliveries_old")
+
+
+def migrations(agency: str | None) -> tuple[Migration, ...]:
+    """The agent database's migrations, in order (runtime.migrate). `agency` is this
+    agency's id: the owner of the referrals it sent."""
+    return (
+        Migration(
+            1,
+            "delivery copies can fail; every referral aggregate keyed by (owner, referral id)",
+            lambda db: _migrate_to_owner_keys(db, agency),
+        ),
+        Migration(2, "inbox rows name the stream they were consumed from", _migrate_inbox_stream),
+    )
+
+
+#: PRAGMA user_version of a database with every migration below.
+VERSION = len(migrations(None))
+
+
+def migrate(db: sqlite3.Connection, *, agency: str | None, what: str = "the agent database") -> int:
+    """Bring a database made by an earlier release up to the schema (before SCHEMA runs),
+    each migration in its own transaction; a database of a newer release is refused
+    (runtime.migrate.DatabaseTooNewError). Returns the version the database had."""
+    return run_migrations(db, migrations(agency), what=what)
