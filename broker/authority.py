@@ -182,13 +182,21 @@ class DirectoryAuthority:
             self._offered(directory)
 
     def _root_accepted(self, root: Root, data: bytes) -> None:
-        if self.trust_cache is not None:
-            replace_file(self.trust_cache / f"root.{root.version}.json", data)
+        self._keep(f"root.{root.version}.json", data)
 
     def _accepted(self, directory: Directory, data: bytes) -> None:
-        if self.trust_cache is not None:
-            replace_file(self.trust_cache / "directory.json", data)
+        self._keep("directory.json", data)
         self._offered(directory)
+
+    def _keep(self, name: str, data: bytes) -> None:
+        """Write an accepted document into `trust_cache`; a failure (the folder not
+        writable) is logged, never a reason to hold the authorization back."""
+        if self.trust_cache is None:
+            return
+        try:
+            replace_file(self.trust_cache / name, data)
+        except OSError as e:
+            log.error("trust_cache_write_failed", file=name, error=type(e).__name__)
 
     def _offered(self, directory: Directory) -> None:
         self._wanted = directory

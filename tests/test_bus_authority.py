@@ -367,15 +367,15 @@ async def test_a_directory_change_reaches_every_node_through_its_authority(
     # authority as by the others, and the police stays off its node.
     first[0].terminate()
     first[0].wait(timeout=15)
-    again = tmp_path / "n1.authority.again.out"
-    start_authority(tomls[0], again)
-    wait_ready(again)
     nc = await connect(urls[0], operator.nats_seed)
-    try:
+    try:  # while it is down: the bucket's newest is the old one when it starts again
         kv = await nc.jetstream(timeout=5).key_value(DIRECTORY_BUCKET)
         await kv.put(DIRECTORY_KEY, first_directory)
     finally:
         await nc.close()
+    again = tmp_path / "n1.authority.again.out"
+    start_authority(tomls[0], again)
+    wait_ready(again)
     status = re.search(r"status at (http://\S+/healthz)", again.read_text())
     assert status is not None
 
