@@ -11,7 +11,8 @@ an `ExternalServer`:
    written atomically, 0600: runtime/files.py);
 2. sends SIGHUP to the pid in the node's `pid_file`;
 3. confirms on the node's monitoring port (`monitor_url`) that `/varz` reports a newer
-   `config_load_time`, a new `config_digest` when the block changed, and `/healthz` is OK.
+   `config_load_time`, a new `config_digest` when the block changed, `/healthz` is OK and
+   (the block changed) `/connz?auth=true` lists no connection of an NKey it no longer has.
    nats-server that refuses the new file (it keeps running with the previous
    configuration) never reports a new load time: the reload fails after
    RELOAD_TIMEOUT_SECONDS, or at once when `log_file` (the server's log) names the failure;
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -82,6 +84,15 @@ _POLL_SECONDS = 0.05
 DRIFT_SECONDS = 30.0
 #: What /proc/<pid>/comm says for the server (checked before signalling a pid).
 NATS_SERVER_COMMAND = "nats-server"
+
+
+#: A user's public NKey, as the authorization block and /connz's `authorized_user` name it.
+_NKEY = re.compile(r"U[A-Z2-7]{55}")
+
+
+def _nkeys_of(authorization: str) -> frozenset[str]:
+    """The NKeys an authorization block (broker/authz.py) admits."""
+    return frozenset(re.findall(r'nkey:\s*"(U[A-Z2-7]{55})"', authorization))
 
 
 def process_name(pid: int) -> str | None:
@@ -188,7 +199,9 @@ class ExternalServer:
             # the digest too: a reload of something else (or of the old file) is no
             # confirmation of this one. (Unknown before the first confirmation.)
             changed = self._running is not None and authorization != self._running
-            self.confirmed = self._confirm(before, log_offset, changed=changed)
+            self.confirmed = self._confirm(
+                before, log_offset, changed=changed, nkeys=_nkeys_of(authorization)
+            )
             self._running = authorization
         except BaseException:
             self._put_back(previous)
@@ -226,7 +239,12 @@ class ExternalServer:
         except OSError as e:
             log.error("authorization_file_not_restored", error=type(e).__name__)
 
-    def _confirm(self, before: Loaded, log_offset: int | None, *, changed: bool) -> Loaded:
+    def _confirm(
+        self, before: Loaded, log_offset: int | None, *, changed: bool, nkeys: frozenset[str]
+    ) -> Loaded:
+        """Wait for /varz to report the reload (a new digest too when `changed`), /healthz
+        OK and, when `changed`, /connz to list no connection logged in with an NKey outside
+        `nkeys` (nats-server closes those at the reload)."""
         deadline = time.monotonic() + self.reload_timeout
         problem = f"no new configuration loaded within {self.reload_timeout}s"
         while time.monotonic() < deadline:
@@ -242,13 +260,24 @@ class ExternalServer:
                     and (not changed or now.digest != before.digest)
                     and self.monitoring.healthz()
                 ):
-                    return now
+                    left = 0 if not changed else self._outsiders(nkeys)
+                    if not left:
+                        return now
+                    problem = (
+                        f"{left} connection(s) logged in with an NKey the new authorization "
+                        "lacks still open"
+                    )
             except OSError:
                 pass  # monitoring briefly unavailable: ask again
             time.sleep(_POLL_SECONDS)
         raise ReloadFailed(
             f"nats-server reload failed: {problem}; it keeps its previous configuration"
         )
+
+    def _outsiders(self, nkeys: frozenset[str]) -> int:
+        """How many open connections logged in with an NKey not in `nkeys`."""
+        users = [c.get("authorized_user") for c in self.monitoring.connections()]
+        return sum(1 for u in users if isinstance(u, str) and _NKEY.fullmatch(u) and u not in nkeys)
 
     def _log_size(self) -> int | None:
         if self.log_file is None:
