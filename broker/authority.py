@@ -30,13 +30,15 @@ from typing import Any, Protocol
 import structlog
 
 from keys import DEFAULT_LIMITS
-from keys.directory import Directory
+from keys.directory import Directory, Root
 from runtime.endpoint import BusEndpoint
+from runtime.files import replace_file
 from runtime.supervisor import Supervisor
 
 from .authz import authorization_block
 from .connections import ConnectionWatch
 from .follower import TRANSIENT, DirectoryFollower
+from .server import ReloadFailed
 from .streams import migrate_leftovers, provision_stores_for
 from .trust_status import service_health
 
@@ -49,6 +51,12 @@ RELOAD_RETRY_SECONDS = 5.0
 MIGRATE_SECONDS = 30.0
 
 log = structlog.get_logger("nrm.broker")
+
+
+def _cached_root_version(path: Path) -> int:
+    """The version of a cached `root.<version>.json` (0 for a name that is not one)."""
+    middle = path.name[len("root.") : -len(".json")]
+    return int(middle) if middle.isdigit() else 0
 
 
 def attachment_owners(directory: Directory) -> list[str]:
@@ -93,9 +101,15 @@ class DirectoryAuthority:
         operator_seed: bytes,
         warning_seconds: int = DEFAULT_LIMITS.expiry_warning_seconds,
         replicas: int = 1,
+        trust_cache: Path | None = None,
     ) -> None:
-        """`replicas`: of the inbox stream and attachment bucket it makes for an agency (the
-        bus's, 3 on a three-node cluster: provisioning brings an existing stream to it)."""
+        """`replicas`: of the inbox stream and attachment bucket it makes for an agency that
+        has none (the bus's, 3 on a three-node cluster). An existing stream is never changed
+        here, its replicas neither: `nrm bus provision --replicas` does that.
+
+        `trust_cache`: a folder (made 0700) where every root and directory it accepts is
+        kept (0600), and from which it starts again (`restore_trust`): after a restart an
+        older directory put back into the bucket is refused as before (the trust floor)."""
         self.server = server
         self.replicas = replicas
         self.operators = [operator_key]
@@ -115,11 +129,13 @@ class DirectoryAuthority:
             endpoint=None,  # set in start(): a server started without a port has one only then
             nkeys_seed=operator_seed,
             pinned_root=pinned_root,
-            on_directory=lambda directory, _: self._offered(directory),
+            on_directory=self._accepted,
+            on_root=self._root_accepted,
             name="authority",
             warning_seconds=warning_seconds,
             supervisor=self.supervisor,
         )
+        self.trust_cache = trust_cache
         self._wanted: Directory | None = None
         self._changed = asyncio.Event()
         #: How it reaches the bus; known in start() (an embedded server's port is chosen
@@ -142,6 +158,45 @@ class DirectoryAuthority:
             self.applied = block
             log.info("bus_authorization_reloaded", directory_version=directory.version)
         self._nkeys = {a.nats_key: a.agency for a in directory.agencies}
+
+    def reapply(self) -> None:
+        """Write and reload the wanted directory's authorization even if it was applied
+        (the server was found running something else)."""
+        self.applied = None
+        self._changed.set()
+
+    def restore_trust(self) -> None:
+        """Start from the roots and directory kept in `trust_cache` (each verified again)."""
+        if self.trust_cache is None:
+            return
+        self.trust_cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+        roots = sorted(self.trust_cache.glob("root.*.json"), key=_cached_root_version)
+        cached = self.trust_cache / "directory.json"
+        self.follower.restore(
+            [r.read_bytes() for r in roots], cached.read_bytes() if cached.exists() else None
+        )
+        # The bucket's newest is then no news to the follower: apply the restored one (the
+        # first reload at start), and whatever newer the bucket holds after it.
+        directory = self.follower.directory
+        if directory is not None:
+            self._offered(directory)
+
+    def _root_accepted(self, root: Root, data: bytes) -> None:
+        self._keep(f"root.{root.version}.json", data)
+
+    def _accepted(self, directory: Directory, data: bytes) -> None:
+        self._keep("directory.json", data)
+        self._offered(directory)
+
+    def _keep(self, name: str, data: bytes) -> None:
+        """Write an accepted document into `trust_cache`; a failure (the folder not
+        writable) is logged, never a reason to hold the authorization back."""
+        if self.trust_cache is None:
+            return
+        try:
+            replace_file(self.trust_cache / name, data)
+        except OSError as e:
+            log.error("trust_cache_write_failed", file=name, error=type(e).__name__)
 
     def _offered(self, directory: Directory) -> None:
         self._wanted = directory
@@ -181,12 +236,16 @@ class DirectoryAuthority:
             try:
                 await asyncio.to_thread(self.apply, directory)
                 self.reload_failed = None
-            except RuntimeError as e:  # refused: nats-server keeps the previous authorization
+            except Exception as e:  # the loop must outlive any failure
+                # Refused, or not reachable: nats-server keeps the previous authorization.
+                # A ReloadFailed says why (nats-server's own "Failed to reload" line, a
+                # path: configuration, no personal data); of anything else only its type.
                 self.reload_failed = directory.version
                 log.error(
                     "bus_authorization_reload_failed",
                     directory_version=directory.version,
                     error=type(e).__name__,
+                    **({"reason": str(e)} if isinstance(e, ReloadFailed) else {}),
                 )
                 self._retry_later(RELOAD_RETRY_SECONDS)
 

@@ -21,6 +21,7 @@ node (`cluster_files`):
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -60,11 +61,20 @@ class ClusterNode:
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.client_port}"
+        return f"nats://{self.client_advertise}"
 
     @property
     def route(self) -> str:
-        return f"nats-route://{self.host}:{self.cluster_port}"
+        return f"nats-route://{self.cluster_advertise}"
+
+    @property
+    def client_advertise(self) -> str:
+        """`host:port` the others and clients reach its client port on (IPv6 bracketed)."""
+        return f"{_bracketed(self.host)}:{self.client_port}"
+
+    @property
+    def cluster_advertise(self) -> str:
+        return f"{_bracketed(self.host)}:{self.cluster_port}"
 
     @property
     def monitor_url(self) -> str:
@@ -77,7 +87,20 @@ class ClusterNode:
         return self.pid_file or str(PurePosixPath(self.store_dir) / "nats-server.pid")
 
 
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+#: What a node name may be: it names the node's files (`<name>.conf`, ...).
+NODE_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+
 def _check(nodes: Sequence[ClusterNode]) -> None:
+    for n in nodes:
+        if not NODE_NAME.fullmatch(n.name):
+            raise ValueError(
+                f"node name {n.name!r}: lowercase letters, digits and '-' only (it names files)"
+            )
     if len(nodes) < 3:
         raise ValueError("a JetStream cluster needs at least three nodes")
     for what in ("name", "store_dir"):
@@ -102,12 +125,14 @@ def cluster_block(
     if node not in nodes:
         raise ValueError(f"{node.name} is not one of the cluster's nodes")
     routes = "".join(f"    {conf_string(n.route)}\n" for n in nodes if n != node)
-    listen = f"{node.route_host or node.host}:{node.cluster_port}"
+    listen = f"{_bracketed(node.route_host or node.host)}:{node.cluster_port}"
     return (
         f"server_name: {conf_string(node.name)}\n"
         "cluster {\n"
         f"  name: {conf_string(cluster_name)}\n"
         f"  listen: {conf_string(listen)}\n"
+        # What the others are told to dial (not the listen address, 0.0.0.0 say).
+        f"  advertise: {conf_string(node.cluster_advertise)}\n"
         + ("" if tls is None else tls_block(tls, indent="  "))
         + "  routes: [\n"
         f"{routes}"
@@ -149,11 +174,21 @@ class ClusterSpec:
     #: Replicas of the inbox stream and bucket an authority makes for a new agency (and
     #: of everything `nrm bus provision --replicas` makes): 3 unless the spec says.
     replicas: int = 3
+    #: Routes in the clear (no `route_tls`): only for nodes on a private network nobody
+    #: else reaches; routes carry every message and the JetStream replication.
+    insecure_routes: bool = False
 
     def __post_init__(self) -> None:
         _check(self.nodes)
         if not 1 <= self.replicas <= min(len(self.nodes), 5):
             raise ConfigError("replicas must be from 1 to the number of nodes (at most 5)")
+        if self.route_tls is None and not self.insecure_routes:
+            raise ConfigError(
+                "give [route_tls] (routes carry every message): routes in the clear only "
+                "with insecure_routes = true, for a private network nobody else reaches"
+            )
+        if self.route_tls is not None and self.insecure_routes:
+            raise ConfigError("insecure_routes = true and [route_tls] contradict each other")
         if self.route_tls is not None and not self.route_tls.verify:
             raise ConfigError("route_tls.verify must be true: routes use mutual TLS")
         if self.client_tls is not None and not self.authority.nats_tls:
@@ -221,11 +256,20 @@ def _server_tls(table: Table) -> ServerTls:
     )
 
 
+def _fixed_address(value: object, key: str) -> tuple[str, int]:
+    """`host:port` with a port of its own (0, a port of the server's choosing, is no
+    address the others or the authority could be told)."""
+    host, port = bind_address(value, key=key)
+    if port == 0:
+        raise ConfigError(f"{key} needs a port (not 0)")
+    return host.strip("[]"), port
+
+
 def _node_of(table: Table) -> ClusterNode:
-    client_host, client_port = bind_address(_text(table, "client"), key=f"{table.where}client")
-    route_host, route_port = bind_address(_text(table, "route"), key=f"{table.where}route")
+    client_host, client_port = _fixed_address(_text(table, "client"), f"{table.where}client")
+    route_host, route_port = _fixed_address(_text(table, "route"), f"{table.where}route")
     monitor = table.get("monitor", "127.0.0.1:8222")
-    monitor_host, monitor_port = bind_address(monitor, key=f"{table.where}monitor")
+    monitor_host, monitor_port = _fixed_address(monitor, f"{table.where}monitor")
     status = str(table.get("status_bind", DEFAULT_STATUS_BIND))
     bind_address(status, key=f"{table.where}status_bind")
     return ClusterNode(
@@ -279,9 +323,17 @@ def _spec_of(table: Table, base: Path) -> ClusterSpec:
         ),
         cluster_name=str(table.get("cluster_name", DEFAULT_CLUSTER_NAME)),
         replicas=_replicas(table.get("replicas", 3)),
+        insecure_routes=_flag(table, "insecure_routes"),
         client_tls=_server_tls(table["client_tls"]) if "client_tls" in table else None,
         route_tls=_server_tls(table["route_tls"]) if "route_tls" in table else None,
     )
+
+
+def _flag(table: Table, key: str) -> bool:
+    value = table.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{table.where}{key} must be true or false")
+    return value
 
 
 def _replicas(value: object) -> int:
@@ -299,14 +351,17 @@ def node_config(node: ClusterNode, spec: ClusterSpec) -> str:
     file it includes (`authorization_file_name`), beside it."""
     nodes = spec.nodes
     max_payload = DEFAULT_LIMITS.max_envelope_bytes + HEADER_ALLOWANCE_BYTES
+    listen = f"{_bracketed(node.client_host or node.host)}:{node.client_port}"
     text = (
         f"# {node.name}: one of {len(nodes)} nodes of the NRM Exchange bus cluster "
         f"{conf_string(spec.cluster_name)}.\n"
         "# Generated by `nrm cluster config` from the cluster spec: regenerate, do not edit.\n"
         f"# The authorization is in {authorization_file_name(node)}, which this node's\n"
         "# `nrm bus authority` rewrites (then SIGHUP) when a new directory is published.\n"
-        f"listen: {conf_string(f'{node.client_host or node.host}:{node.client_port}')}\n"
-        f"http: {conf_string(f'{node.monitor_host}:{node.monitor_port}')}\n"
+        f"listen: {conf_string(listen)}\n"
+        # What clients are told of this node in INFO's connect_urls (not its listen address).
+        f"client_advertise: {conf_string(node.client_advertise)}\n"
+        f"http: {conf_string(f'{_bracketed(node.monitor_host)}:{node.monitor_port}')}\n"
         f"max_payload: {max_payload}\n"
         f"pid_file: {conf_string(node.pid_path)}\n"
         'lame_duck_duration: "30s"\n'
@@ -325,11 +380,16 @@ def authority_config(node: ClusterNode, spec: ClusterSpec) -> str:
     """The authority.toml of `node`'s `nrm bus authority` (the keys of broker/external.py)."""
     a = spec.authority
     scheme = "nats" if spec.client_tls is None else "tls"
-    # This node first: the authority follows and provisions through it while it is up.
-    urls = list(dict.fromkeys(f"{scheme}://{n.host}:{n.client_port}" for n in (node, *spec.nodes)))
+    # Every node (nats-py tries them in random order): the authority follows and
+    # provisions through whichever answers.
+    urls = list(dict.fromkeys(f"{scheme}://{n.client_advertise}" for n in (node, *spec.nodes)))
     auth = authorization_file_name(node)
+    # Its trust floor (the roots and directory it accepted) beside the include: the one
+    # folder the authority may write.
+    trust = f"{node.name}.trust"
     if a.config_dir is not None:
         auth = str(PurePosixPath(a.config_dir) / auth)
+        trust = str(PurePosixPath(a.config_dir) / trust)
     lines = [
         f"# {node.name}: the authority beside this node's nats-server.",
         "# Generated by `nrm cluster config`; run `nrm bus authority --config <this file>`.",
@@ -346,6 +406,7 @@ def authority_config(node: ClusterNode, spec: ClusterSpec) -> str:
         f"operator_key_dir = {json.dumps(a.operator_key_dir)}",
         f"passphrase_file = {json.dumps(a.passphrase_file)}",
         f"status_bind = {json.dumps(node.status_bind)}",
+        f"trust_cache = {json.dumps(trust)}",
         f"replicas = {spec.replicas}",
     ]
     if a.nats_tls:

@@ -11,10 +11,19 @@ an `ExternalServer`:
    written atomically, 0600: runtime/files.py);
 2. sends SIGHUP to the pid in the node's `pid_file`;
 3. confirms on the node's monitoring port (`monitor_url`) that `/varz` reports a newer
-   `config_load_time` and `/healthz` is OK. nats-server that refuses the new file (it keeps
-   running with the previous configuration) never reports a new load time: the reload fails
-   after RELOAD_TIMEOUT_SECONDS, or at once when `log_file` (the server's log) names the
-   failure; the previous file is put back, so a restart runs what the server runs.
+   `config_load_time`, a new `config_digest` when the block changed, `/healthz` is OK and
+   (the block changed) `/connz?auth=true` lists no connection of an NKey it no longer has.
+   nats-server that refuses the new file (it keeps running with the previous
+   configuration) never reports a new load time: the reload fails after
+   RELOAD_TIMEOUT_SECONDS, or at once when `log_file` (the server's log) names the failure;
+   the previous file is put back, so a restart runs what the server runs. Any failure
+   (a file it cannot write, a server gone before the signal) is a ReloadFailed, reported on
+   /healthz as `authorization-reload-failed` and tried again.
+
+The include file is never taken for what the server runs: the first directory is reloaded
+at start, and every DRIFT_SECONDS the file and `/varz` (`config_digest`, `start`) are
+compared with what the last reload confirmed; a difference (the file edited, the server
+restarted or reloaded by hand) is written and reloaded again.
 
 Connections for the ConnectionWatch come from the node's `/connz`. Configuration
 (authority.toml, read strictly; `nrm cluster config` writes one per node):
@@ -29,6 +38,9 @@ Connections for the ConnectionWatch come from the node's `/connz`. Configuration
     operator_key_dir   = "/etc/nrm/operator"
     passphrase_file    = "/etc/nrm/operator/passphrase"
     status_bind        = "127.0.0.1:8223"                   # optional: /healthz, /metrics
+    trust_cache        = "/etc/nrm/nats/nrm-1.trust"        # optional ("trust", beside this
+                                                            # file): accepted roots and
+                                                            # directory, kept across restarts
     replicas           = 3                                  # optional (1): new agencies'
                                                             # inbox streams and buckets
 """
@@ -37,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -47,11 +60,17 @@ import structlog
 from keys import DEFAULT_LIMITS, KeyFileError
 from runtime.config import ConfigError, Table, bind_address, load_toml, path_in
 from runtime.endpoint import BusEndpoint, endpoint_from_config
-from runtime.files import replace_file
+from runtime.files import fsync_dir, replace_file
 from runtime.keydir import load_key_dir, read_passphrase
 
 from .authority import DirectoryAuthority
-from .server import RELOAD_TIMEOUT_SECONDS, Monitoring, ReloadFailed, reload_failure_in_log
+from .server import (
+    RELOAD_TIMEOUT_SECONDS,
+    Loaded,
+    Monitoring,
+    ReloadFailed,
+    reload_failure_in_log,
+)
 from .trust_status import serve_status
 
 log = structlog.get_logger("nrm.broker")
@@ -61,6 +80,30 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 MAX_REPLICAS = 5
 #: How often a reload in progress asks the monitoring port again.
 _POLL_SECONDS = 0.05
+#: How often the authority checks that the server still runs what it applied.
+DRIFT_SECONDS = 30.0
+#: What /proc/<pid>/comm says for the server (checked before signalling a pid).
+NATS_SERVER_COMMAND = "nats-server"
+
+
+#: A user's public NKey, as the authorization block and /connz's `authorized_user` name it.
+_NKEY = re.compile(r"U[A-Z2-7]{55}")
+
+
+def _nkeys_of(authorization: str) -> frozenset[str]:
+    """The NKeys an authorization block (broker/authz.py) admits."""
+    return frozenset(re.findall(r'nkey:\s*"(U[A-Z2-7]{55})"', authorization))
+
+
+def process_name(pid: int) -> str | None:
+    """The command name of process `pid` (/proc/<pid>/comm), or None where there is no
+    /proc to ask."""
+    if not Path("/proc/self").exists():
+        return None
+    try:
+        return Path(f"/proc/{pid}/comm").read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return ""  # gone meanwhile
 
 
 class ExternalServer:
@@ -82,6 +125,9 @@ class ExternalServer:
         self.monitoring = Monitoring.of_url(monitor_url)
         self.log_file = log_file
         self.reload_timeout = reload_timeout
+        #: What /varz reported after the last reload this process confirmed.
+        self.confirmed: Loaded | None = None
+        self._running: str | None = None  # the block of that reload
 
     def endpoint(self) -> BusEndpoint:
         return self._endpoint
@@ -95,12 +141,14 @@ class ExternalServer:
             return None
 
     def pid(self) -> int:
-        """The running server's pid, from its pid file; ReloadFailed if there is none."""
+        """The running server's pid, from its pid file; ReloadFailed if there is none, or the
+        process it names is not a nats-server (a pid reused after a crash). Pid 1 is allowed:
+        a sidecar sharing the server's process namespace (compose `pid: service:nats`)."""
         try:
             text = self.pid_file.read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError) as e:
             raise ReloadFailed(f"cannot read the pid file {self.pid_file}: {e}") from e
-        if not text.isdigit() or int(text) <= 1:
+        if not text.isdigit() or int(text) < 1:
             raise ReloadFailed(f"the pid file {self.pid_file} holds no pid")
         pid = int(text)
         try:
@@ -111,31 +159,92 @@ class ExternalServer:
             raise ReloadFailed(
                 f"not allowed to signal nats-server (pid {pid}): run the authority as its user"
             ) from e
+        command = process_name(pid)
+        if command is not None and command != NATS_SERVER_COMMAND:
+            raise ReloadFailed(
+                f"pid {pid} in {self.pid_file} is {command or 'gone'!r}, not "
+                f"{NATS_SERVER_COMMAND}: a stale pid file"
+            )
         return pid
 
     def reload(self, authorization: str, /) -> None:
         """Write `authorization` to the include file, SIGHUP the server, and return once it
         reports the new configuration loaded and is healthy; ReloadFailed (with the
-        previous file put back) if it refuses it or does not confirm in time."""
+        previous file put back) if it refuses it, does not confirm in time, or a file or
+        signal fails (OSError: the include's directory not writable, the server gone
+        between reading its pid and the signal)."""
         pid = self.pid()
         try:
-            before = self.monitoring.config_load_time()
+            before = self.monitoring.loaded()
         except OSError as e:
             raise ReloadFailed(f"monitoring at {self._monitor_address()} unreachable: {e}") from e
-        previous = self.current_authorization()
-        log_offset = self._log_size()
-        replace_file(self.authorization_file, authorization.encode("utf-8"), mode=0o600)
         try:
-            os.kill(pid, signal.SIGHUP)
-            self._confirm(before, log_offset)
+            previous = self.current_authorization()
+        except OSError as e:
+            raise ReloadFailed(f"cannot read {self.authorization_file}: {e}") from e
+        log_offset = self._log_size()
+        try:
+            self._write(authorization)
+        except OSError as e:
+            raise ReloadFailed(
+                f"cannot write {self.authorization_file} (its directory must be writable by "
+                f"the authority): {e}"
+            ) from e
+        try:
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except OSError as e:
+                raise ReloadFailed(f"cannot signal nats-server (pid {pid}): {e}") from e
+            # A block other than the one the server was last confirmed running must change
+            # the digest too: a reload of something else (or of the old file) is no
+            # confirmation of this one. (Unknown before the first confirmation.)
+            changed = self._running is not None and authorization != self._running
+            self.confirmed = self._confirm(
+                before, log_offset, changed=changed, nkeys=_nkeys_of(authorization)
+            )
+            self._running = authorization
         except BaseException:
+            self._put_back(previous)
+            raise
+
+    def drifted(self, applied: str) -> str | None:
+        """Why the server may not run `applied` (the last block it confirmed), or None: the
+        include file was changed behind the authority's back, or `/varz` reports another
+        configuration digest or start time (edited and reloaded by hand, or restarted from
+        another file) than the last reload confirmed. OSError if monitoring does not
+        answer."""
+        if self.current_authorization() != applied:
+            return "authorization-file-changed"
+        now = self.monitoring.loaded()
+        if self.confirmed is None:
+            return "never-confirmed"
+        if now.start != self.confirmed.start:
+            return "server-restarted"
+        if now.digest != self.confirmed.digest:
+            return "config-digest-changed"
+        return None
+
+    def _write(self, authorization: str) -> None:
+        replace_file(self.authorization_file, authorization.encode("utf-8"), mode=0o600)
+        fsync_dir(self.authorization_file.parent)
+
+    def _put_back(self, previous: str | None) -> None:
+        """The file as it was before a failed reload (so a restart runs what the server
+        runs); a failure here is logged: the reload's own error is what is raised."""
+        try:
             if previous is None:
                 self.authorization_file.unlink(missing_ok=True)
             else:
-                replace_file(self.authorization_file, previous.encode("utf-8"), mode=0o600)
-            raise
+                self._write(previous)
+        except OSError as e:
+            log.error("authorization_file_not_restored", error=type(e).__name__)
 
-    def _confirm(self, before: str, log_offset: int | None) -> None:
+    def _confirm(
+        self, before: Loaded, log_offset: int | None, *, changed: bool, nkeys: frozenset[str]
+    ) -> Loaded:
+        """Wait for /varz to report the reload (a new digest too when `changed`), /healthz
+        OK and, when `changed`, /connz to list no connection logged in with an NKey outside
+        `nkeys` (nats-server closes those at the reload)."""
         deadline = time.monotonic() + self.reload_timeout
         problem = f"no new configuration loaded within {self.reload_timeout}s"
         while time.monotonic() < deadline:
@@ -145,14 +254,30 @@ class ExternalServer:
                     problem = failure
                     break
             try:
-                if self.monitoring.config_load_time() != before and self.monitoring.healthz():
-                    return
+                now = self.monitoring.loaded()
+                if (
+                    now.load_time != before.load_time
+                    and (not changed or now.digest != before.digest)
+                    and self.monitoring.healthz()
+                ):
+                    left = 0 if not changed else self._outsiders(nkeys)
+                    if not left:
+                        return now
+                    problem = (
+                        f"{left} connection(s) logged in with an NKey the new authorization "
+                        "lacks still open"
+                    )
             except OSError:
                 pass  # monitoring briefly unavailable: ask again
             time.sleep(_POLL_SECONDS)
         raise ReloadFailed(
             f"nats-server reload failed: {problem}; it keeps its previous configuration"
         )
+
+    def _outsiders(self, nkeys: frozenset[str]) -> int:
+        """How many open connections logged in with an NKey not in `nkeys`."""
+        users = [c.get("authorized_user") for c in self.monitoring.connections()]
+        return sum(1 for u in users if isinstance(u, str) and _NKEY.fullmatch(u) and u not in nkeys)
 
     def _log_size(self) -> int | None:
         if self.log_file is None:
@@ -184,6 +309,7 @@ class AuthorityConfig:
     log_file: Path | None = None
     status_bind: tuple[str, int] | None = None
     replicas: int = 1
+    trust_cache: Path = Path("trust")
 
     @classmethod
     def load(cls, path: Path) -> AuthorityConfig:
@@ -235,6 +361,7 @@ class AuthorityConfig:
                 bind_address(t["status_bind"], key="status_bind") if "status_bind" in t else None
             ),
             replicas=replicas,
+            trust_cache=path_in(t.get("trust_cache", "trust"), base=base, key="trust_cache"),
         )
 
 
@@ -262,15 +389,37 @@ def run_authority(
         operator_seed=operator.nats_seed,
         warning_seconds=warning_seconds,
         replicas=config.replicas,
+        trust_cache=config.trust_cache,
     )
-    # What the server was started with (`nrm cluster config`'s initial file, or the last
-    # one written here): reloaded only when a directory changes it. Every agency's stores
-    # are provisioned again (idempotent) at the first directory.
-    authority.applied = server.current_authorization()
-    return asyncio.run(_serve(config, authority))
+    authority.restore_trust()  # the trust floor: what it accepted before this start
+    # What the server runs is not assumed to be the include file (edited, or the server
+    # started from another one): the first directory is always reloaded (a SIGHUP that
+    # changes nothing is harmless), then `_drift` watches for changes made behind our back.
+    authority.applied = None
+    return asyncio.run(_serve(config, authority, server))
 
 
-async def _serve(config: AuthorityConfig, authority: DirectoryAuthority) -> int:
+async def _drift(authority: DirectoryAuthority, server: ExternalServer) -> None:
+    """Every DRIFT_SECONDS: if the server may not run the authorization last applied
+    (`ExternalServer.drifted`), write and reload it again."""
+    while True:
+        await asyncio.sleep(DRIFT_SECONDS)
+        applied = authority.applied
+        if applied is None:
+            continue  # nothing confirmed yet: the reload loop is at it
+        try:
+            reason = await asyncio.to_thread(server.drifted, applied)
+        except OSError as e:
+            log.warning("authorization_drift_unchecked", error=type(e).__name__)
+            continue
+        if reason is not None:
+            log.warning("authorization_drift", reason=reason)
+            authority.reapply()
+
+
+async def _serve(
+    config: AuthorityConfig, authority: DirectoryAuthority, server: ExternalServer
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in _STOP_SIGNALS:
@@ -278,6 +427,7 @@ async def _serve(config: AuthorityConfig, authority: DirectoryAuthority) -> int:
     status = None
     try:
         await authority.start()
+        authority.supervisor.spawn("authority-drift", lambda: _drift(authority, server))
         try:
             where = ""
             if config.status_bind is not None:

@@ -68,6 +68,10 @@ class ServerTls:
     key_file: Path
     ca_file: Path | None = None
     verify: bool = False
+    #: The name the server's own clients on this machine (provisioning, the authority)
+    #: expect in its certificate, when it has no SAN for the address they dial (a
+    #: DNS-named certificate, a server listening on 0.0.0.0); None: that address.
+    server_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.verify and self.ca_file is None:
@@ -111,6 +115,17 @@ def local_host(host: str) -> str:
     if host.strip("[]") == "::":
         return "::1"
     return host.strip("[]")
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """The configuration a server runs, from `/varz`: when it was loaded, its digest (which
+    changes with the files' content, includes too) and when the server started (a new
+    `start` is a restarted server, which read its files afresh)."""
+
+    load_time: str
+    digest: str
+    start: str
 
 
 class Monitoring:
@@ -161,10 +176,16 @@ class Monitoring:
 
     def config_load_time(self) -> str:
         """When the server last loaded its configuration, from `/varz`."""
-        value = self.get("/varz", timeout=1.0).get("config_load_time")
-        if not isinstance(value, str):
-            raise OSError("nats-server /varz reports no config_load_time")
-        return value
+        return self.loaded().load_time
+
+    def loaded(self) -> Loaded:
+        """What `/varz` says of the configuration the server runs; OSError without it."""
+        varz = self.get("/varz", timeout=1.0)
+        values = [varz.get(k) for k in ("config_load_time", "config_digest", "start")]
+        if not all(isinstance(v, str) for v in values):
+            raise OSError("nats-server /varz reports no config_load_time/config_digest/start")
+        load_time, digest, start = (str(v) for v in values)
+        return Loaded(load_time=load_time, digest=digest, start=start)
 
     def connections(self) -> list[dict[str, object]]:
         """The open client connections, from `/connz?auth=true`: each with
@@ -257,6 +278,7 @@ class NatsServer:
                 ca_file=self._tls.ca_file,
                 cert_file=self._tls.cert_file if mutual else None,
                 key_file=self._tls.key_file if mutual else None,
+                server_name=self._tls.server_name,
             ),
         )
 

@@ -140,15 +140,19 @@ async def provision_streams(
     await provision_agency_stores(js, agencies, limits=limits, replicas=replicas)
 
 
-async def _put_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create the stream `config` names, or bring it to `config`."""
+async def _put_stream(
+    js: JetStreamContext, config: StreamConfig, *, create_only: bool = False
+) -> None:
+    """Create the stream `config` names, or bring it to `config` (unless `create_only`:
+    then an existing one is left as it is)."""
     assert config.name is not None
     try:
         await js.stream_info(config.name)
     except NotFoundError:
         await js.add_stream(config)
     else:
-        await js.update_stream(config)
+        if not create_only:
+            await js.update_stream(config)
 
 
 async def provision_agency_stores(
@@ -157,11 +161,14 @@ async def provision_agency_stores(
     *,
     limits: Limits = DEFAULT_LIMITS,
     replicas: int = 1,
+    create_only: bool = False,
 ) -> None:
     """What each of `agencies` has of its own on the bus: its inbox stream (created, or
-    brought to the wanted configuration) with its inbox consumer (created if missing) and
-    its attachment bucket (created if missing); then the messages a shared inbox stream of
-    an earlier release still holds for them are moved into their inboxes (idempotent). With
+    brought to the wanted configuration unless `create_only`: the authority's, which never
+    changes an existing stream's replicas; that is `nrm bus provision`'s) with its inbox
+    consumer (created if missing) and its attachment bucket (created if missing); then the
+    messages a shared inbox stream of an earlier release still holds for them are moved
+    into their inboxes (idempotent). With
     no agencies (an open bus given no `--agency`), a shared inbox stream is left as it is:
     its mail has nowhere to go yet."""
     if not agencies:
@@ -171,7 +178,11 @@ async def provision_agency_stores(
         return
     retiring = await _retire_shared_inbox(js)
     for agency in agencies:
-        await _put_stream(js, inbox_stream_config(agency, limits=limits, replicas=replicas))
+        await _put_stream(
+            js,
+            inbox_stream_config(agency, limits=limits, replicas=replicas),
+            create_only=create_only,
+        )
         await _put_inbox_consumer(js, agency, limits)
         await _put_attachment_store(js, agency, limits=limits, replicas=replicas)
     if retiring:
@@ -442,11 +453,14 @@ async def provision_stores_for(
     replicas: int = 1,
     nkeys_seed: bytes | None = None,
 ) -> None:
-    """Connect to the bus at `url` and provision the inbox streams and attachment buckets
-    of `agencies` (agencies a new directory admits, broker/authority.py), drain."""
+    """Connect to the bus at `url` and create the inbox streams and attachment buckets of
+    `agencies` that are missing (agencies a new directory admits, broker/authority.py);
+    existing ones are left as they are (their replicas too), drain."""
     nc = await _connect(url, nkeys_seed)
     try:
-        await provision_agency_stores(nc.jetstream(), agencies, limits=limits, replicas=replicas)
+        await provision_agency_stores(
+            nc.jetstream(), agencies, limits=limits, replicas=replicas, create_only=True
+        )
     finally:
         await nc.drain()
 

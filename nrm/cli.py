@@ -249,6 +249,13 @@ def bus() -> None:
     help="Require a client certificate signed by --server-tls-ca (mutual TLS).",
 )
 @click.option(
+    "--server-tls-name",
+    default=None,
+    metavar="NAME",
+    help="The name in the server certificate that this command's own connections expect "
+    "(a DNS-named certificate; else the address they dial, e.g. 127.0.0.1 for 0.0.0.0).",
+)
+@click.option(
     "--trust-root",
     "trust_roots",
     type=PATH,
@@ -296,6 +303,7 @@ def bus_up(
     server_tls_key: Path | None,
     server_tls_ca: Path | None,
     server_tls_verify: bool,
+    server_tls_name: str | None,
     trust_roots: tuple[Path, ...],
     directory_file: Path | None,
     operator_keys: Path | None,
@@ -317,7 +325,14 @@ def bus_up(
     from broker.bus import BusTrust, run_foreground, unsafe_run_foreground_open
 
     where = _bus_listen(
-        port, listen, monitor, server_tls_cert, server_tls_key, server_tls_ca, server_tls_verify
+        port,
+        listen,
+        monitor,
+        server_tls_cert,
+        server_tls_key,
+        server_tls_ca,
+        server_tls_verify,
+        server_tls_name,
     )
     secured = bool(trust_roots) or directory_file is not None or operator_keys is not None
     if unsafe_open:
@@ -369,6 +384,7 @@ def _bus_listen(
     key: Path | None,
     ca: Path | None,
     verify: bool,
+    name: str | None = None,
 ) -> Listen:
     """The `broker.bus.Listen` of `bus up`'s options; a usage error naming a bad one."""
     from broker.bus import Listen
@@ -383,19 +399,27 @@ def _bus_listen(
     if (cert is None) != (key is None):
         raise click.UsageError("--server-tls-cert and --server-tls-key go together")
     if cert is None or key is None:
-        if ca is not None or verify:
-            raise click.UsageError("--server-tls-ca/--server-tls-verify need --server-tls-cert")
+        if ca is not None or verify or name is not None:
+            raise click.UsageError(
+                "--server-tls-ca/--server-tls-verify/--server-tls-name need --server-tls-cert"
+            )
         tls = None
     else:
         if verify and ca is None:
             raise click.UsageError("--server-tls-verify needs --server-tls-ca")
-        tls = ServerTls(cert_file=cert, key_file=key, ca_file=ca, verify=verify)
+        tls = ServerTls(cert_file=cert, key_file=key, ca_file=ca, verify=verify, server_name=name)
     return Listen(host=host, port=listen_port or None, monitor=monitor_at, tls=tls)
 
 
 #: `nrm bus provision` exits with this when the bus cannot be reached (or JetStream is not
 #: ready yet: try again); 1 for what retrying does not fix.
 EXIT_BUS_UNREACHABLE = 4
+
+
+#: JetStream errors that go away by themselves once a cluster has formed: 10005 no suitable
+#: peers for the replicas (the other nodes not joined yet), 10202 cluster not ready
+#: (electing its meta leader). `nrm bus provision` exits 4 for them: run it again.
+JETSTREAM_NOT_READY = frozenset({10005, 10202})
 
 
 class _BusUnreachable(click.ClickException):
@@ -480,6 +504,10 @@ def bus_provision(
     ) as e:
         raise _BusUnreachable(f"JetStream at {urls} is not ready yet; try again") from e
     except nats.js.errors.APIError as e:
+        if e.err_code in JETSTREAM_NOT_READY:
+            raise _BusUnreachable(
+                f"JetStream at {urls} is not ready yet ({e.description}); try again"
+            ) from e
         raise click.ClickException(f"the bus at {urls} refused: {e.description}") from e
     except (nats.errors.Error, OSError, TimeoutError) as e:
         raise _BusUnreachable(f"cannot reach the bus at {urls} ({type(e).__name__})") from e
@@ -504,8 +532,8 @@ def bus_authority(config_path: Path, expiry_warning_days: float) -> None:
     follows the directory bucket, verifying every update from the pinned root, provisions a
     newly admitted agency's inbox stream and bucket, rewrites the node's authorization
     include file, sends the server SIGHUP (its pid_file) and confirms the reload on its
-    monitoring port. Runs until SIGINT or SIGTERM. Exits 1 for a bad authority.toml or
-    operator keys that cannot be opened.
+    monitoring port. Runs until SIGINT or SIGTERM. Exits 1 for a bad authority.toml,
+    operator keys that cannot be opened, or a trust_root that is not a valid root.
     """
     from broker.external import AuthorityConfig, run_authority
     from runtime.config import ConfigError
@@ -519,6 +547,11 @@ def bus_authority(config_path: Path, expiry_warning_days: float) -> None:
         code = run_authority(config, warning_seconds=_seconds(expiry_warning_days))
     except KeyFileError as e:
         raise click.ClickException(str(e)) from e
+    except UntrustedInputError as e:  # MalformedError too: a trust_root that is no root
+        raise click.ClickException(
+            f"bus authority for {config.node_name}: the trust_root {config.trust_root} or a "
+            f"cached root or directory in {config.trust_cache} is refused ({e.reason}): {e}"
+        ) from e
     except OSError as e:  # the status address cannot be bound, say
         raise click.ClickException(f"bus authority for {config.node_name}: {e}") from e
     sys.exit(code)
@@ -532,9 +565,17 @@ def cluster_group() -> None:
 @cluster_group.command("config")
 @click.option("--spec", "spec_path", type=PATH, required=True, help="cluster.toml")
 @click.option("--out", type=PATH, required=True, help="Folder to write the files into.")
-def cluster_config(spec_path: Path, out: Path) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace existing <name>.authorization.conf files (which each node's authority "
+    "keeps in step with the directory) with the initial ones.",
+)
+def cluster_config(spec_path: Path, out: Path, force: bool) -> None:
     """Write every node's nats-server configuration, its initial authorization (from the
-    verified directory) and its authority.toml, from one spec (deploy/nats-cluster/)."""
+    verified directory) and its authority.toml, from one spec (deploy/nats-cluster/).
+    The configuration files are rewritten; an existing authorization file is replaced
+    only with --force (exit 1 naming it otherwise, nothing written)."""
     from broker.authority import authorization_for
     from broker.cluster import ClusterSpec, cluster_files
     from keys.directory import directory_from_files
@@ -557,6 +598,12 @@ def cluster_config(spec_path: Path, out: Path) -> None:
             raise admin.AdminError("the operator identity has no NATS key")
         authorization = authorization_for(directory, operators=[operator.nats_key])
         files = cluster_files(spec, authorization=authorization)
+        kept = [n for n in files if n.endswith(".authorization.conf") and (out / n).exists()]
+        if kept and not force:
+            raise click.ClickException(
+                f"{out / kept[0]} exists (its authority may have changed it since): "
+                "give --force to replace the authorization files; nothing written"
+            )
         out.mkdir(parents=True, exist_ok=True)
         for name, (text, file_mode) in files.items():
             replace_file(out / name, text.encode("utf-8"), mode=file_mode)

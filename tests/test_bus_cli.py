@@ -19,8 +19,9 @@ from keys.subjects import inbox_stream
 from nrm.cli import EXIT_BUS_UNREACHABLE, main
 from runtime.endpoint import BusEndpoint, BusTls
 from runtime.files import replace_file
+from runtime.keydir import init_key_dir
 
-from .support import prepared_mechanism
+from .support import TEST_KDF, prepared_mechanism
 from .test_bus_authority import free_port
 from .test_cli import BusUp, bus_up  # noqa: F401 - the fixture
 from .test_cluster_config import write_pki
@@ -30,16 +31,17 @@ def test_bus_up_listens_monitors_and_requires_mutual_tls_where_told(
     bus_up: BusUp,  # noqa: F811 - the fixture
     tmp_path: Path,
 ) -> None:
-    """--listen, --monitor on every address (Prometheus can scrape /varz) and mutual TLS:
-    the bus provisions itself over TLS, a client with its certificate is served, one
-    without is refused."""
+    """--listen and --monitor on every address (Prometheus can scrape /varz) and mutual TLS
+    with a certificate naming only a DNS name (--server-tls-name: what its own connections
+    expect): the bus provisions itself over TLS, a client with its certificate is served,
+    one without is refused."""
     pki = write_pki(tmp_path)
     port, monitor = free_port(), free_port()
     process, out = bus_up.start(
         "--store", tmp_path / "s", "--unsafe-open", "--agency", "police",
-        "--listen", f"127.0.0.1:{port}", "--monitor", f"0.0.0.0:{monitor}",
-        "--server-tls-cert", pki["server"], "--server-tls-key", pki["server_key"],
-        "--server-tls-ca", pki["ca"], "--server-tls-verify",
+        "--listen", f"0.0.0.0:{port}", "--monitor", f"0.0.0.0:{monitor}",
+        "--server-tls-cert", pki["named"], "--server-tls-key", pki["named_key"],
+        "--server-tls-ca", pki["ca"], "--server-tls-verify", "--server-tls-name", "bus.nrm.test",
     )  # fmt: skip
     text = out.read_text()
     assert re.search(rf"NATS bus ready at tls://127\.0\.0\.1:{port};", text), text
@@ -49,7 +51,12 @@ def test_bus_up_listens_monitors_and_requires_mutual_tls_where_told(
     assert varz["port"] == port and varz["tls_required"] and varz["tls_verify"]
 
     url = f"tls://127.0.0.1:{port}"
-    with_cert = BusTls(ca_file=pki["ca"], cert_file=pki["client"], key_file=pki["client_key"])
+    with_cert = BusTls(
+        ca_file=pki["ca"],
+        cert_file=pki["client"],
+        key_file=pki["client_key"],
+        server_name="bus.nrm.test",
+    )
 
     async def clients() -> None:
         nc = await nats.connect(
@@ -62,7 +69,9 @@ def test_bus_up_listens_monitors_and_requires_mutual_tls_where_told(
             await nc.close()
         with pytest.raises((nats.errors.Error, OSError, TimeoutError)):
             nc = await nats.connect(
-                **BusEndpoint.of(url, BusTls(ca_file=pki["ca"])).connect_options(),
+                **BusEndpoint.of(
+                    url, BusTls(ca_file=pki["ca"], server_name="bus.nrm.test")
+                ).connect_options(),
                 allow_reconnect=False,
                 connect_timeout=2,
             )
@@ -166,3 +175,21 @@ def test_a_bad_authority_toml_is_refused_naming_the_setting(
     result = CliRunner().invoke(main, ["bus", "authority", "--config", str(path)])
     assert result.exit_code == 1, result.output
     assert says in result.output and "Traceback" not in result.output
+
+
+def test_a_trust_root_that_is_no_root_is_refused_without_a_traceback(tmp_path: Path) -> None:
+    init_key_dir(
+        tmp_path / "operator",
+        agency="operator",
+        name="Op",
+        passphrase=b"operator pass 1",
+        cost=TEST_KDF,
+    )
+    replace_file(tmp_path / "passphrase", b"operator pass 1")
+    (tmp_path / "root.1.json").write_text('{"not": "a root"}')
+    path = tmp_path / "authority.toml"
+    path.write_text(AUTHORITY_TOML)
+    result = CliRunner().invoke(main, ["bus", "authority", "--config", str(path)])
+    assert result.exit_code == 1, result.output
+    assert "trust_root" in result.output and "malformed" in result.output
+    assert "Traceback" not in result.output

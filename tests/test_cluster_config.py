@@ -16,6 +16,7 @@ import pytest
 import trustme
 from click.testing import CliRunner, Result
 
+from broker.cluster import ClusterNode
 from broker.server import nats_server_binary
 from keys.directory import read_unverified_directory
 from nrm.cli import main
@@ -54,7 +55,8 @@ def test_deploy_nats_cluster_is_what_cluster_config_writes_from_its_spec(
     for name in sorted(generated):
         assert (out / name).read_bytes() == (DEPLOY / name).read_bytes(), (
             f"deploy/nats-cluster/{name} drifted: regenerate it with "
-            "`nrm cluster config --spec deploy/nats-cluster/cluster.toml --out deploy/nats-cluster`"
+            "`nrm cluster config --spec deploy/nats-cluster/cluster.toml --out deploy/nats-cluster "
+            "--force`"
         )
     assert stat.S_IMODE((out / "nrm-1.authorization.conf").stat().st_mode) == 0o600
 
@@ -70,6 +72,11 @@ def write_pki(folder: Path) -> dict[str, Path]:
         cert.cert_chain_pems[0].write_to_path(str(files[name]))
         cert.private_key_pem.write_to_path(str(files[f"{name}_key"]))
         Path(files[f"{name}_key"]).chmod(0o600)  # a private key: refused if others may read it
+    named = ca.issue_cert("bus.nrm.test")  # a DNS name only, as a public CA issues
+    files["named"], files["named_key"] = folder / "named.pem", folder / "named.key"
+    named.cert_chain_pems[0].write_to_path(str(files["named"]))
+    named.private_key_pem.write_to_path(str(files["named_key"]))
+    files["named_key"].chmod(0o600)
     return files
 
 
@@ -159,11 +166,23 @@ def test_every_generated_file_passes_nats_server_t(
     assert 'include "n2.authorization.conf"' in conf
     assert f'pid_file: "{tmp_path / "n2.pid"}"' in conf
     assert conf.count("verify: true") == 2  # clients (mutual TLS) and routes
+    assert 'client_advertise: "127.0.0.1:14223"' in conf
+    assert '  advertise: "127.0.0.1:16223"' in conf
     authority = (out / "n2.authority.toml").read_text()
     assert 'monitor_url = "http://127.0.0.1:18223"' in authority
     urls = ["tls://127.0.0.1:14223", "tls://127.0.0.1:14222", "tls://127.0.0.1:14224"]
     assert f"nats_urls = {json.dumps(urls)}" in authority
     assert "[nats_tls]" in authority and "cert_file" in authority
+
+    # Again: the authorization files may hold what the authorities applied since.
+    (out / "n2.authorization.conf").write_text("# applied by the authority\n")
+    again = nrm("cluster", "config", "--spec", spec, "--out", out)
+    assert again.exit_code == 1, again.output
+    assert "n1.authorization.conf exists" in again.output and "--force" in again.output
+    assert (out / "n2.authorization.conf").read_text() == "# applied by the authority\n"
+    forced = nrm("cluster", "config", "--spec", spec, "--out", out, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert "authorization {" in (out / "n2.authorization.conf").read_text()
 
 
 @pytest.mark.parametrize(
@@ -173,6 +192,9 @@ def test_every_generated_file_passes_nats_server_t(
         (("[trust]\n", "[trust]\ncolour = 1\n"), "unknown setting trust.'colour'"),
         (('store_dir = "', 'store_dir = "relative/'), "absolute path"),
         (("[authority.nats_tls]", "[authority.other]"), "[authority.nats_tls]"),
+        (("[route_tls]\n", "[unused]\n"), "insecure_routes = true"),
+        (('name = "n1"', 'name = "../n1"'), "node name '../n1'"),
+        (('client = "127.0.0.1:1"', 'client = "127.0.0.1:0"'), "needs a port (not 0)"),
     ],
 )
 def test_a_bad_spec_is_refused_naming_what_is_wrong(
@@ -188,3 +210,28 @@ def test_a_bad_spec_is_refused_naming_what_is_wrong(
     assert says in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_routes_in_the_clear_only_when_the_spec_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at_demo_time(monkeypatch, tmp_path)
+    pki = write_pki(tmp_path)
+    text = spec_text(tmp_path, pki, ports=[(1 + i, 11 + i, 21 + i, 31 + i) for i in range(3)])
+    start, end = text.index("[route_tls]"), text.index("[authority]")
+    spec = tmp_path / "cluster.toml"
+    spec.write_text("insecure_routes = true\n" + text[:start] + text[end:])
+    result = nrm("cluster", "config", "--spec", spec, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    cluster = (tmp_path / "out" / "n1.conf").read_text().split("cluster {")[1]
+    assert "tls {" not in cluster
+
+
+def test_ipv6_hosts_are_bracketed_in_urls() -> None:
+    node = ClusterNode(
+        name="n1", host="2001:db8::1", client_port=4222, cluster_port=6222, store_dir="/s"
+    )
+    assert (node.url, node.route) == (
+        "nats://[2001:db8::1]:4222",
+        "nats-route://[2001:db8::1]:6222",
+    )

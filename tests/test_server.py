@@ -22,6 +22,7 @@ from broker.streams import (
     LEGACY_MESSAGE_STREAM,
     LEGACY_MESSAGE_SUBJECTS,
     migrate_leftovers,
+    provision_stores_for,
 )
 from keys.limits import DEFAULT_LIMITS
 from keys.subjects import (
@@ -96,6 +97,21 @@ async def test_provisioning_is_idempotent(nats_server: NatsServer) -> None:
         assert after == before
         assert (await js.account_info()).streams == 7  # an inbox and a bucket each
         assert await stored_count(js) == 1
+
+
+async def test_the_authority_creates_missing_stores_and_changes_no_existing_one(
+    nats_server: NatsServer,
+) -> None:
+    """What an authority provisions for the agencies a directory admits (its `replicas`
+    setting, say, may differ from the bus's): a missing inbox stream is made, an existing
+    one is left as `nrm bus provision` made it."""
+    other = dataclasses.replace(DEFAULT_LIMITS, inbox_max_msgs=DEFAULT_LIMITS.inbox_max_msgs + 1)
+    await provision_stores_for(nats_server.url, ["police-a", "shelter-b"], limits=other)
+    async with jetstream(nats_server) as js:
+        kept = (await js.stream_info(STREAM)).config
+        made = (await js.stream_info(inbox_stream("shelter-b"))).config
+    assert kept.max_msgs == DEFAULT_LIMITS.inbox_max_msgs
+    assert made.max_msgs == other.inbox_max_msgs
 
 
 async def test_each_agency_gets_its_own_attachment_bucket(nats_server: NatsServer) -> None:
