@@ -670,6 +670,12 @@ async def _serve(service: Any, describe: Callable[[], dict[str, str]]) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with service:
         what = describe()
+        loop.add_signal_handler(
+            signal.SIGHUP,
+            lambda: log.info(
+                "sighup_ignored", part=what["part"], restart_needed=list(RESTART_NEEDED)
+            ),
+        )
         log.info("serving", **what)
         await stop.wait()
 

@@ -1,6 +1,7 @@
 """Every log line is one JSON object: structlog's events and the standard library's records
 (nats-py, aiohttp, asyncio), exceptions as their type only; `nrm agent run` and `nrm ledger
-run` say `serving` as an event too (docs/RUNBOOK.md, "Watch it")."""
+run` say `serving` as an event too, and log a SIGHUP without stopping (docs/RUNBOOK.md,
+"Watch it")."""
 
 from __future__ import annotations
 
@@ -106,7 +107,7 @@ def unreachable_bus_configs(tmp_path: Path) -> tuple[Path, Path]:
     return sandbox.agencies[AGENCIES[0][0]].config_path, ledger
 
 
-async def test_services_log_only_json_lines_with_the_bus_unreachable(
+async def test_services_log_only_json_lines_and_survive_sighup(
     unreachable_bus_configs: tuple[Path, Path],
 ) -> None:
     agent_config, ledger_config = unreachable_bus_configs
@@ -115,6 +116,10 @@ async def test_services_log_only_json_lines_with_the_bus_unreachable(
     try:
         await agent.until("serving", "bus_state")
         await ledger.until("serving", "bus_error")
+        for service in (agent, ledger):  # logged, never terminating
+            service.process.send_signal(signal.SIGHUP)
+            await service.until("sighup_ignored")
+            assert service.process.returncode is None
     finally:
         codes = [await agent.stop(), await ledger.stop()]
     assert codes == [0, 0], (agent.lines, ledger.lines)
@@ -124,3 +129,6 @@ async def test_services_log_only_json_lines_with_the_bus_unreachable(
         assert len(serving) == 1 and serving[0]["part"] == part, events
         assert serving[0]["url"].startswith("http"), serving
         assert all("Traceback" not in line for line in service.lines)
+        sighup = [e for e in events if e["event"] == "sighup_ignored"]
+        assert [e["part"] for e in sighup] == [part], events
+        assert "config" in sighup[0]["restart_needed"]
