@@ -99,7 +99,8 @@ def make_app(ledger: Ledger) -> web.Application:
 
 def ledger_metrics(ledger: Ledger) -> StatusMetrics:
     """The status metrics with the ledger's own: `nrm_ledger_tree_size` (entries) and
-    `nrm_ledger_checkpoint_age_seconds` (since the newest signed checkpoint), read at scrape."""
+    `nrm_ledger_checkpoint_age_seconds` (since the newest signed checkpoint) and
+    `nrm_ledger_checkpoint_size` (the entries it covers), read at scrape."""
     metrics = StatusMetrics(part="ledger")
     size = Gauge("nrm_ledger_tree_size", "Entries in the ledger's Merkle tree",
                  registry=metrics.registry)  # fmt: skip
@@ -115,7 +116,19 @@ def ledger_metrics(ledger: Ledger) -> StatusMetrics:
         return -1 if latest is None else max(0, clock.now() - latest[2])
 
     age.set_function(checkpoint_age)
+    signed = Gauge(
+        "nrm_ledger_checkpoint_size",
+        "Entries the newest signed checkpoint covers (below nrm_ledger_tree_size while "
+        "entries wait for the next checkpoint); 0 before there is one",
+        registry=metrics.registry,
+    )
+    signed.set_function(lambda: _checkpoint_size(ledger))
     return metrics
+
+
+def _checkpoint_size(ledger: Ledger) -> int:
+    latest = ledger.store.latest_checkpoint()
+    return 0 if latest is None else latest[0]
 
 
 def _ledger(request: web.Request) -> Ledger:

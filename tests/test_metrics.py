@@ -4,10 +4,15 @@ gauges, `/healthz` as gauges, the process collectors; no referral id in any labe
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from agents.metrics import AgentMetrics
@@ -15,7 +20,18 @@ from agents.store import Store
 from agents.webhooks import WebhookEvent, enqueue, new_event_id
 from broker.trust_status import serve_status
 
-from .support import Mechanism, running_mechanism
+from .support import Mechanism, running_mechanism, unavailable
+
+MONITORING = Path(__file__).parent.parent / "deploy" / "monitoring"
+ALERTS = MONITORING / "nrm-alerts.yml"
+DASHBOARD = MONITORING / "nrm-dashboard.json"
+#: Series Prometheus makes itself for every target (not exported by a service).
+PROMETHEUS_OWN = frozenset({"up"})
+#: PromQL words that look like names but are not metrics.
+KEYWORDS = frozenset(
+    {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
+     "bool", "offset", "inf", "nan"}
+)  # fmt: skip
 
 #: Metric name -> {label tuple -> value}, one sample family per name (histograms' samples
 #: under their own names: `_bucket`, `_count`, `_sum`).
@@ -28,6 +44,39 @@ def samples(text: str) -> Samples:
         for s in family.samples:
             out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
     return out
+
+
+def exported_names(text: str) -> set[str]:
+    """Every series name `text` (the Prometheus text format) declares or has samples of,
+    labelled families with no child yet included (from their `# TYPE` line)."""
+    names: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            names.add(name)
+            suffixes = {"histogram": ("_bucket", "_count", "_sum"), "summary": ("_count", "_sum")}
+            names |= {name + suffix for suffix in suffixes.get(kind, ())}
+        elif line and not line.startswith("#"):
+            names.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+    return names
+
+
+def promql_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads: what is left of its identifiers once
+    strings, label matchers, ranges, grouping clauses and function calls are taken out."""
+    rest = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)
+    rest = re.sub(r"\{[^}]*\}|\[[^\]]*\]", " ", rest)
+    rest = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", rest)
+    words = re.findall(r"(?<![\w.])([a-zA-Z_:][\w:]*)(\s*\()?", rest)
+    return {w for w, call in words if not call and w.lower() not in KEYWORDS}
+
+
+def monitoring_expressions() -> list[str]:
+    rules = yaml.safe_load(ALERTS.read_text())
+    exprs = [str(r["expr"]) for g in rules["groups"] for r in g["rules"]]
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs += [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    return exprs
 
 
 async def scrape(m: Mechanism, url: str, token: str | None = None) -> str:
@@ -54,10 +103,14 @@ async def scraped(tmp_path: Path) -> AsyncIterator[dict[str, Samples]]:
             bus_text = await scrape(m, f"http://{host}:{port}")
         finally:
             await runner.cleanup()
+        ledger_text = await scrape(m, m.sandbox.ledger.url)
         yield {
             "agent": samples(agent_text),
-            "ledger": samples(await scrape(m, m.sandbox.ledger.url)),
+            "ledger": samples(ledger_text),
             "bus": samples(bus_text),
+            "names": {
+                n: {} for t in (agent_text, ledger_text, bus_text) for n in exported_names(t)
+            },
         }
 
 
@@ -84,6 +137,32 @@ def test_services_export_latency_backlog_trust_and_process_metrics(
         assert value(s, "nrm_health_status", status="degraded") == 0, part
         assert value(s, "process_start_time_seconds") > 0, part
         assert "python_info" in s, part
+    # Every name the alert rules and the dashboard read is one of these services' own.
+    exported = set(scraped["names"])
+    exprs = monitoring_expressions()
+    assert len(exprs) > 20
+    for expr in exprs:
+        names = promql_names(expr)
+        assert names, expr
+        assert names - PROMETHEUS_OWN <= exported, (expr, names - exported)
+
+
+def test_promql_names_are_the_metrics_only() -> None:
+    expr = (
+        'histogram_quantile(0.95, sum by (le, route) (rate(nrm_x_bucket{job=~"a.b"}[5m])))'
+        " > 0 and on (instance) nrm_y offset 5m or vector(1)"
+    )
+    assert promql_names(expr) == {"nrm_x_bucket", "nrm_y"}
+
+
+def test_alert_rules_pass_promtool() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        unavailable("promtool is not installed (Debian package prometheus)")
+    result = subprocess.run(
+        [promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_webhook_backlog_counts_queued_events_and_the_oldest_age(tmp_path: Path) -> None:
