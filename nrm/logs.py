@@ -49,7 +49,7 @@ def _route_stdlib(stream: TextIO, shared: list[Processor]) -> None:
     the same JSON lines (the logger's name as `logger`, the exception as its type only: a
     traceback's text can quote input), warnings and worse only, never on stdout."""
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, _first_line, *shared],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             _drop_exception_text,
@@ -63,6 +63,15 @@ def _route_stdlib(stream: TextIO, shared: list[Processor]) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
+
+
+def _first_line(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    """A library's message up to its first line break: asyncio's "Task exception was never
+    retrieved" goes on with the task's repr, which quotes the exception's message."""
+    message = event.get("event")
+    if isinstance(message, str):
+        event["event"] = message.split("\n", 1)[0]
+    return event
 
 
 def _drop_exception_text(_: WrappedLogger, __: str, event: EventDict) -> EventDict:

@@ -42,11 +42,16 @@ def test_stdlib_records_are_json_with_the_exception_type_only() -> None:
             raise ValueError("a name someone typed")
         except ValueError as e:
             logging.getLogger("nats.aio.client").error("nats: encountered error", exc_info=e)
+        logging.getLogger("asyncio").error(
+            "Task exception was never retrieved\nfuture: <Task exception=KeyError('a name')>"
+        )
         logging.getLogger("aiohttp.access").info("below the level: not logged")
     finally:
         logs.configure()
     lines = stream.getvalue().splitlines()
-    assert len(lines) == 1, lines
+    assert len(lines) == 2, lines
+    assert json.loads(lines[1])["event"] == "Task exception was never retrieved"
+    assert "a name" not in lines[1]
     event = json.loads(lines[0])
     assert event["event"] == "nats: encountered error"
     assert event["logger"] == "nats.aio.client"
