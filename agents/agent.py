@@ -287,6 +287,7 @@ class Agent:
                 default_page_size=self.limits.default_page_size,
                 max_page_size=self.limits.max_page_size,
             ),
+            observe=self.metrics.http,
         )
         self._runner = app_runner(app, self.limits)
         await self._runner.setup()
@@ -865,6 +866,10 @@ class Agent:
             outbox_pending=self.store.pending_count,
             root_expires=self.trust.root.expires,
             directory=self.trust.store.directory,
+            standing=self.standing.standing.state,
+            webhook_backlog=self.store.webhook_backlog,
+            inbox=self.transport.inbox_backlog,
+            health=self.health(),
         )
 
     # --- health ---------------------------------------------------------------------------

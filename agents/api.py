@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from keys import Limits
 from keys.identity import check_agency_id
@@ -109,9 +110,14 @@ CLIENT = web.RequestKey("client", ApiClient)
 PUBLIC = frozenset({"/healthz", "/openapi.json"})
 
 
-def make_app(backend: Backend, settings: ApiSettings) -> web.Application:
+def make_app(
+    backend: Backend, settings: ApiSettings, *, observe: Middleware | None = None
+) -> web.Application:
+    """The agent's API; `observe` (runtime/http_metrics.py) first, if given."""
+    first = [] if observe is None else [observe]
     app = web.Application(
-        middlewares=[_problems, _durable, _authenticate], client_max_size=settings.max_request_bytes
+        middlewares=[*first, _problems, _durable, _authenticate],
+        client_max_size=settings.max_request_bytes,
     )
     app[BACKEND] = backend
     app[SETTINGS] = settings

@@ -1,21 +1,35 @@
-"""Prometheus metrics of one agent: counts and gauges of ids-free events only.
+"""Prometheus metrics of one agent: counts and gauges of ids-free events only (labels are
+agency ids, kinds, reasons, route templates and states; never a referral id).
 
-Each agent has its own registry (several agents may share a process in tests and the demo).
+Each agent has its own registry (several agents may share a process in tests and the demo),
+with the process and platform collectors (`process_*`, `python_info`) and request latency
+(`nrm_http_request_duration_seconds`, runtime/http_metrics.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from keys.directory import Directory
+from keys.standing import REASONS
+from runtime import clock
+from runtime.http_metrics import HealthGauges, add_process_collectors, request_metrics
 from runtime.version import VERSION
+
+#: The standings `nrm_agent_standing` always has a series for (agents/standing.py).
+STANDINGS = ("ok", *REASONS)
 
 
 class AgentMetrics:
     def __init__(self, *, agency: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        add_process_collectors(self.registry)
+        #: The API's first middleware (agents/api.py).
+        self.http = request_metrics(self.registry)
+        self.health = HealthGauges(self.registry)
         labels = {"agency": agency}
 
         def counter(name: str, documentation: str, labelnames: Sequence[str] = ()) -> Counter:
@@ -73,6 +87,38 @@ class AgentMetrics:
             "nrm_root_expiry_timestamp_seconds",
             "When the newest trusted root expires (Unix seconds)",
         )
+        self.directory_version = gauge(
+            "nrm_directory_version", "Version of the last verified directory; 0 before there is one"
+        )
+        self.directory_expires_in = gauge(
+            "nrm_directory_expires_in_seconds",
+            "Seconds until the last verified directory expires (negative once expired; "
+            "0 before there is one)",
+        )
+        self.webhook_backlog = gauge(
+            "nrm_webhook_backlog",
+            "Webhook events queued and not yet taken by every configured receiver",
+        )
+        self.webhook_oldest_age = gauge(
+            "nrm_webhook_oldest_pending_age_seconds",
+            "Age of the oldest webhook event not yet taken by every receiver; 0 when none is",
+        )
+        self.inbox_pending = gauge(
+            "nrm_inbox_pending_messages",
+            "Messages waiting in the agency's inbox consumer after the last fetched batch "
+            "(JetStream num_pending); 0 once drained",
+        )
+        self.inbox_lag = gauge(
+            "nrm_inbox_lag_seconds",
+            "How long the oldest message of the last fetched batch had waited on the bus; "
+            "0 once the inbox is drained",
+        )
+        self.standing = gauge(
+            "nrm_agent_standing",
+            "1 for the agency's current standing in the directory (ok, removed, key-revoked, "
+            "key-unlisted, key-retired), 0 for the others",
+            ["standing"],
+        )
         info = {**labels, "version": VERSION}
         self.info = gauge(
             "nrm_agent_info", "Constant 1, labelled with the agency and the release", list(info)
@@ -92,10 +138,25 @@ class AgentMetrics:
         outbox_pending: Callable[[], int],
         root_expires: int,
         directory: Directory | None,
+        standing: str,
+        webhook_backlog: Callable[[], tuple[int, int | None]],
+        inbox: tuple[int, float],
+        health: dict[str, Any],
     ) -> bytes:
+        now = clock.now()
+        self.health.set(health)
         self.outbox_pending.set(outbox_pending())
         self.root_expiry.set(root_expires)
         if directory is not None:
             self.directory_expiry.set(directory.expires)
+            self.directory_version.set(directory.version)
+            self.directory_expires_in.set(directory.expires - now)
+        for state in {standing, *STANDINGS}:
+            self.standing.labels(state).set(1 if state == standing else 0)
+        backlog, oldest = webhook_backlog()
+        self.webhook_backlog.set(backlog)
+        self.webhook_oldest_age.set(0 if oldest is None else max(0, now - oldest))
+        self.inbox_pending.set(inbox[0])
+        self.inbox_lag.set(inbox[1])
         out: bytes = generate_latest(self.registry)
         return out

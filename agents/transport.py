@@ -146,6 +146,10 @@ class Transport:
         #: Called with the reason (`refused`, `unavailable`) when a consumed message could
         #: not be erased from the inbox stream and is acked all the same (a metric).
         self.on_erase_failed: Callable[[str], None] = lambda reason: None
+        #: After the last fetch: messages still waiting on the inbox consumer (JetStream's
+        #: num_pending) and how long the oldest of that batch had waited on the bus, seconds
+        #: (both 0 once a fetch finds the inbox drained; metrics).
+        self.inbox_backlog: tuple[int, float] = (0, 0.0)
         self.log = log.bind(agency=agency)
         #: The link's state and the pace of reconnection attempts (agents/bus_link.py).
         self.link = BusLink(
@@ -490,7 +494,9 @@ class Transport:
                 )
             except (nats.errors.TimeoutError, TimeoutError):
                 _raise_if_cancelled()  # nats-py turns a cancelled fetch into a timeout
+                self.inbox_backlog = (0, 0.0)
                 continue
+            self.inbox_backlog = _backlog(msgs)
             # One transaction for the batch, each message a savepoint of its own; one fsync
             # for it (group commit) before any of it is acked.
             try:
@@ -610,6 +616,16 @@ class Transport:
                 await self._pause("directory_watch_interrupted", e, 1.0)
                 continue
             await pause(DIRECTORY_POLL_SECONDS, self._stopping)
+
+
+def _backlog(msgs: list[Msg]) -> tuple[int, float]:
+    """(num_pending after the batch, age in seconds of its oldest message) from the batch's
+    JetStream metadata: no request to the bus."""
+    metas = [m.metadata for m in msgs]
+    pending = metas[-1].num_pending or 0 if metas else 0
+    stamps = [m.timestamp.timestamp() for m in metas if m.timestamp is not None]
+    age = max(0.0, clock.now() - clock.from_bus(min(stamps))) if stamps else 0.0
+    return pending, age
 
 
 def _position(msg: Msg) -> Position:

@@ -15,12 +15,14 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from prometheus_client import Gauge
 
 from keys import DEFAULT_LIMITS
 from keys.audit import COUNT_LABELS, KINDS, LABELS
 from keys.checkpoint import MAX_CHECKPOINT_BYTES
 from keys.merkle import MerkleTree, leaf_hash
 from keys.subjects import AGENCY_ID_PATTERN
+from runtime import clock
 from runtime.http import (
     MAX_JSON_INT,
     ProblemError,
@@ -34,7 +36,7 @@ from runtime.http import (
 from . import ledger_stats
 from .ledger import Ledger
 from .ledger_store import ArchivedNodes
-from .trust_status import add_status_routes
+from .trust_status import StatusMetrics, add_status_routes
 
 LEDGER = web.AppKey("ledger", Ledger)
 log = structlog.get_logger("nrm.ledger")
@@ -68,7 +70,8 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def make_app(ledger: Ledger) -> web.Application:
-    app = web.Application(middlewares=[_guard, _problems], client_max_size=16384)
+    metrics = ledger_metrics(ledger)
+    app = web.Application(middlewares=[metrics.http, _guard, _problems], client_max_size=16384)
     app[LEDGER] = ledger
     r = app.router
     r.add_get("/", to_ui)
@@ -88,10 +91,44 @@ def make_app(ledger: Ledger) -> web.Application:
     r.add_get("/v1/restores/{seq}/proof", restore_proof)
     r.add_get("/v1/roots", roots)
     r.add_get("/v1/stats", stats)
-    add_status_routes(app, lambda request: request.app[LEDGER], part="ledger")
+    add_status_routes(app, lambda request: request.app[LEDGER], part="ledger", metrics=metrics)
     if UI_DIR.is_dir():
         r.add_static("/ui/", UI_DIR)
     return app
+
+
+def ledger_metrics(ledger: Ledger) -> StatusMetrics:
+    """The status metrics with the ledger's own: `nrm_ledger_tree_size` (entries) and
+    `nrm_ledger_checkpoint_age_seconds` (since the newest signed checkpoint) and
+    `nrm_ledger_checkpoint_size` (the entries it covers), read at scrape."""
+    metrics = StatusMetrics(part="ledger")
+    size = Gauge("nrm_ledger_tree_size", "Entries in the ledger's Merkle tree",
+                 registry=metrics.registry)  # fmt: skip
+    size.set_function(lambda: ledger.tree.size)
+    age = Gauge(
+        "nrm_ledger_checkpoint_age_seconds",
+        "Seconds since the newest signed checkpoint (its timestamp); -1 before there is one",
+        registry=metrics.registry,
+    )
+
+    def checkpoint_age() -> float:
+        latest = ledger.store.latest_checkpoint()
+        return -1 if latest is None else max(0, clock.now() - latest[2])
+
+    age.set_function(checkpoint_age)
+    signed = Gauge(
+        "nrm_ledger_checkpoint_size",
+        "Entries the newest signed checkpoint covers (below nrm_ledger_tree_size while "
+        "entries wait for the next checkpoint); 0 before there is one",
+        registry=metrics.registry,
+    )
+    signed.set_function(lambda: _checkpoint_size(ledger))
+    return metrics
+
+
+def _checkpoint_size(ledger: Ledger) -> int:
+    latest = ledger.store.latest_checkpoint()
+    return 0 if latest is None else latest[0]
 
 
 def _ledger(request: web.Request) -> Ledger:

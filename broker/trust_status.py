@@ -22,8 +22,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from keys import DEFAULT_LIMITS
-from runtime import expiry
+from runtime import clock, expiry
 from runtime.http import app_runner, problems_middleware
+from runtime.http_metrics import HealthGauges, add_process_collectors, request_metrics
 from runtime.supervisor import Supervisor
 from runtime.version import VERSION
 
@@ -61,29 +62,56 @@ def service_health(
     }
 
 
-def render_metrics(follower: DirectoryFollower, *, part: str) -> bytes:
-    """The expiry gauges of `follower` and `nrm_<part>_info{version}` (`part` is `ledger`
-    or `bus`), in the Prometheus text format."""
-    registry = CollectorRegistry(auto_describe=True)
-    info = Gauge(
-        f"nrm_{part}_info", "Constant 1, labelled with the release", ["version"], registry=registry
-    )
-    info.labels(version=VERSION).set(1)
-    directory = Gauge(
-        "nrm_directory_expiry_timestamp_seconds",
-        "When the last verified directory expires (Unix seconds); 0 before there is one",
-        registry=registry,
-    )
-    root = Gauge(
-        "nrm_root_expiry_timestamp_seconds",
-        "When the newest trusted root expires (Unix seconds)",
-        registry=registry,
-    )
-    d = follower.store.directory
-    directory.set(0 if d is None else d.expires)
-    root.set(follower.store.root.expires)
-    out: bytes = generate_latest(registry)
-    return out
+class StatusMetrics:
+    """The registry of one ledger or bus authority: `nrm_<part>_info{version}`, the
+    directory's version and expiry, the root's expiry, `/healthz` as gauges
+    (`nrm_health_status`, `nrm_health_reason`), request latency (`http`: the app's first
+    middleware) and the process and platform collectors."""
+
+    def __init__(self, *, part: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        add_process_collectors(self.registry)
+        self.http = request_metrics(self.registry)
+        self.health = HealthGauges(self.registry)
+        info = Gauge(
+            f"nrm_{part}_info",
+            "Constant 1, labelled with the release",
+            ["version"],
+            registry=self.registry,
+        )
+        info.labels(version=VERSION).set(1)
+        self.directory = Gauge(
+            "nrm_directory_expiry_timestamp_seconds",
+            "When the last verified directory expires (Unix seconds); 0 before there is one",
+            registry=self.registry,
+        )
+        self.directory_version = Gauge(
+            "nrm_directory_version",
+            "Version of the last verified directory; 0 before there is one",
+            registry=self.registry,
+        )
+        self.directory_expires_in = Gauge(
+            "nrm_directory_expires_in_seconds",
+            "Seconds until the last verified directory expires (negative once expired; "
+            "0 before there is one)",
+            registry=self.registry,
+        )
+        self.root = Gauge(
+            "nrm_root_expiry_timestamp_seconds",
+            "When the newest trusted root expires (Unix seconds)",
+            registry=self.registry,
+        )
+
+    def render(self, service: Service) -> bytes:
+        """The Prometheus text of everything above, as of now."""
+        d = service.follower.store.directory
+        self.directory.set(0 if d is None else d.expires)
+        self.directory_version.set(0 if d is None else d.version)
+        self.directory_expires_in.set(0 if d is None else d.expires - clock.now())
+        self.root.set(service.follower.store.root.expires)
+        self.health.set(service.health())
+        out: bytes = generate_latest(self.registry)
+        return out
 
 
 def health_response(service: Service, **extra: object) -> web.Response:
@@ -94,18 +122,21 @@ def health_response(service: Service, **extra: object) -> web.Response:
     )
 
 
-def add_status_routes(app: web.Application, service_of: ServiceOf, *, part: str) -> None:
-    """GET /healthz and GET /metrics for the service `service_of(request)` returns."""
+def add_status_routes(
+    app: web.Application, service_of: ServiceOf, *, part: str, metrics: StatusMetrics
+) -> None:
+    """GET /healthz and GET /metrics (from `metrics`) for the service `service_of(request)`
+    returns."""
 
     async def healthz(request: web.Request) -> web.Response:
         return health_response(service_of(request), part=part)
 
-    async def metrics(request: web.Request) -> web.Response:
-        body = render_metrics(service_of(request).follower, part=part)
+    async def scrape(request: web.Request) -> web.Response:
+        body = metrics.render(service_of(request))
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", scrape)
 
 
 async def serve_status(service: Service, *, host: str, port: int) -> web.AppRunner:
@@ -114,8 +145,9 @@ async def serve_status(service: Service, *, host: str, port: int) -> web.AppRunn
     problems = problems_middleware(
         log=log, event="status_request_failed", unanswerable="the status could not be answered"
     )
-    app = web.Application(middlewares=[problems])
-    add_status_routes(app, lambda _: service, part="bus")
+    metrics = StatusMetrics(part="bus")
+    app = web.Application(middlewares=[metrics.http, problems])
+    add_status_routes(app, lambda _: service, part="bus", metrics=metrics)
     runner = app_runner(app, DEFAULT_LIMITS)
     await runner.setup()
     try:

@@ -624,17 +624,17 @@ def agent() -> None:
 @agent.command("run")
 @click.option("--config", "config_path", type=PATH, required=True, help="Agent TOML file.")
 def agent_run(config_path: Path) -> None:
-    """Run the agent until SIGINT or SIGTERM."""
+    """Run the agent until SIGINT or SIGTERM (SIGHUP is logged, docs/RUNBOOK.md)."""
     _run(
         lambda: Agent.from_config_file(config_path),
-        lambda a: f"agent {a.config.agency} at {a.api_url}",
+        lambda a: {"part": "agent", "agency": a.config.agency, "url": a.api_url},
     )
 
 
 SWITCH_INTERVAL_SECONDS = 0.001
 
 
-def _run(load: Callable[[], Any], describe: Callable[[Any], str]) -> None:
+def _run(load: Callable[[], Any], describe: Callable[[Any], dict[str, str]]) -> None:
     """Load a service from its configuration (a bad one is a CLI error, not a traceback) and
     serve it until SIGINT or SIGTERM."""
     import sqlite3
@@ -650,8 +650,17 @@ def _run(load: Callable[[], Any], describe: Callable[[Any], str]) -> None:
         raise click.ClickException(f"could not start: {e}") from e
 
 
-async def _serve(service: Any, describe: Callable[[], str]) -> None:
-    """Run an async-context-managed service until SIGINT or SIGTERM."""
+#: What a running agent or ledger reads only at start: a SIGHUP reloads none of it (the
+#: directory and roots it follows from the bus, which need no signal); restart to change it.
+RESTART_NEEDED = ("config", "keys", "tls", "tokens")
+
+
+async def _serve(service: Any, describe: Callable[[], dict[str, str]]) -> None:
+    """Run an async-context-managed service until SIGINT or SIGTERM; log `serving` (one JSON
+    event, on stderr like every other) once it serves, and `sighup_ignored` on each SIGHUP."""
+    import structlog
+
+    log = structlog.get_logger("nrm.serve")
     # fsyncs finish in a worker thread (runtime/durability.py); let it hand its result back to a
     # busy event loop within a millisecond rather than the default five.
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
@@ -660,7 +669,14 @@ async def _serve(service: Any, describe: Callable[[], str]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with service:
-        click.echo(f"serving: {describe()}", err=True)
+        what = describe()
+        loop.add_signal_handler(
+            signal.SIGHUP,
+            lambda: log.info(
+                "sighup_ignored", part=what["part"], restart_needed=list(RESTART_NEEDED)
+            ),
+        )
+        log.info("serving", **what)
         await stop.wait()
 
 
@@ -1200,10 +1216,13 @@ def ledger_group() -> None:
 @ledger_group.command("run")
 @click.option("--config", "config_path", type=PATH, required=True, help="ledger.toml")
 def ledger_run(config_path: Path) -> None:
-    """Run the ledger until SIGINT or SIGTERM."""
+    """Run the ledger until SIGINT or SIGTERM (SIGHUP is logged, docs/RUNBOOK.md)."""
     from broker.ledger import Ledger
 
-    _run(lambda: Ledger.from_config_file(config_path), lambda ledger: f"ledger at {ledger.url}")
+    _run(
+        lambda: Ledger.from_config_file(config_path),
+        lambda ledger: {"part": "ledger", "url": ledger.url},
+    )
 
 
 @ledger_group.command("backup")

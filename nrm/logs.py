@@ -23,11 +23,11 @@ def configure(
     from it). `cache` lets each module logger build itself once (long-running services, which
     never reconfigure logging; tests that capture logs need it off).
     """
-    processors: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
+    shared: list[Processor] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    processors: list[Processor] = [structlog.contextvars.merge_contextvars, *shared]
     if tap is not None:
         processors.append(tap)
     processors += [_drop_exception_text, structlog.processors.JSONRenderer()]
@@ -37,8 +37,41 @@ def configure(
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=cache,
     )
-    # nats-py and aiohttp log through the standard library; keep them quiet and off stdout.
-    logging.basicConfig(level=logging.WARNING, stream=stream, format="%(name)s %(message)s")
+    _route_stdlib(stream, shared)
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The root handler `configure` installs (replaced, never stacked, on reconfiguring)."""
+
+
+def _route_stdlib(stream: TextIO, shared: list[Processor]) -> None:
+    """nats-py, aiohttp and asyncio log through the standard library: render their records as
+    the same JSON lines (the logger's name as `logger`, the exception as its type only: a
+    traceback's text can quote input), warnings and worse only, never on stdout."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, _first_line, *shared],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            _drop_exception_text,
+            structlog.processors.JSONRenderer(),
+        ],
+    )
+    handler = _Handler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+
+
+def _first_line(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    """A library's message up to its first line break: asyncio's "Task exception was never
+    retrieved" goes on with the task's repr, which quotes the exception's message."""
+    message = event.get("event")
+    if isinstance(message, str):
+        event["event"] = message.split("\n", 1)[0]
+    return event
 
 
 def _drop_exception_text(_: WrappedLogger, __: str, event: EventDict) -> EventDict:

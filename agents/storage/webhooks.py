@@ -33,6 +33,14 @@ class WebhookOutbox(Database):
         )
         return cursor.rowcount == 1
 
+    def webhook_backlog(self) -> tuple[int, int | None]:
+        """How many events are queued (not yet taken by every receiver) and when the oldest
+        was created (None when none is): `nrm_webhook_backlog` (agents/metrics.py)."""
+        n, oldest = self._db.execute(
+            "SELECT count(*), min(created) FROM webhook_outbox WHERE state = 'queued'"
+        ).fetchone()
+        return int(n), None if oldest is None else int(oldest)
+
     def webhook_pending(self, url: str, limit: int) -> list[tuple[str, str, bytes]]:
         """(event id, type, body) of events `url` has not taken yet, oldest first."""
         rows = self._db.execute(
