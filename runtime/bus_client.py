@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -145,3 +146,31 @@ def logged_errors(log: Any, **ids: str) -> ErrorCallback:
 async def ignore_errors(error: Exception) -> None:
     """An error callback for a connection whose caller reports the error nats-py raises
     (no reconnection: the first failure is raised)."""
+
+
+#: What asyncio's TLS transport logs (on the "asyncio" logger) each time the peer closes a
+#: TLS connection made by nats-py (2.16): nats-py upgrades its socket with `loop.start_tls`
+#: and a StreamReaderProtocol of its own, whose connection_made is never called, so that
+#: protocol does not know it runs over TLS and returns True from eof_received (asyncio's
+#: streams.py returns False over TLS precisely to avoid this warning). Harmless: the
+#: connection is closed either way, and nats-py reconnects.
+SSL_EOF_WARNING = "returning true from eof_received() has no effect when using ssl"
+
+
+class _SslEofWarningFilter(logging.Filter):
+    """Drops exactly asyncio's SSL_EOF_WARNING; every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != SSL_EOF_WARNING
+
+
+_SSL_EOF_FILTER = _SslEofWarningFilter("nrm.ssl-eof")
+
+
+def quiet_asyncio_ssl_eof_warning() -> None:
+    """Keep asyncio's SSL_EOF_WARNING (nats-py 2.16's, see above) off the "asyncio" logger,
+    and so off stderr; installed once, however often called (every TLS bus connection
+    asks for it: BusEndpoint.connect_options)."""
+    logger = logging.getLogger("asyncio")
+    if _SSL_EOF_FILTER not in logger.filters:
+        logger.addFilter(_SSL_EOF_FILTER)

@@ -1,5 +1,6 @@
 """Stopping the ledger while its TLS bus is down: within its bound, and nothing left for
-asyncio to report ("exception was never retrieved")."""
+asyncio to report ("exception was never retrieved"); and nats-py's harmless TLS eof_received
+warning kept off asyncio's logger."""
 
 from __future__ import annotations
 
@@ -17,10 +18,18 @@ import nats
 import nats.js.errors
 import pytest
 
+from broker import NatsServer
 from broker.ledger import LEDGER_CONSUMER
 from keys.subjects import AUDIT_STREAM
 from runtime import supervisor
-from runtime.bus_client import CLOSE_SECONDS
+from runtime.bus_client import (
+    _SSL_EOF_FILTER,
+    CLOSE_SECONDS,
+    SSL_EOF_WARNING,
+    close_client,
+    ignore_errors,
+)
+from runtime.endpoint import BusEndpoint
 from runtime.keydir import load_key_dir
 
 from .support import Mechanism, eventually, make_tls
@@ -91,3 +100,55 @@ async def test_the_ledger_stops_cleanly_while_its_tls_bus_is_down(
     assert not [x for x in messages if "never retrieved" in x], reported
     logged = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
     assert not [x for x in logged if "never retrieved" in x], logged
+
+
+async def test_the_tls_eof_warning_is_kept_off_and_other_asyncio_warnings_are_not(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """nats-py's TLS connections make asyncio warn when the server closes them; with the
+    options of a TLS BusEndpoint that one message is dropped, other asyncio records pass."""
+    tls = make_tls(tmp_path / "pki")
+    endpoint = BusEndpoint.of("tls://127.0.0.1:1", tls.client())  # the port is replaced
+    asyncio_log = logging.getLogger("asyncio")
+    caplog.set_level(logging.WARNING, logger="asyncio")
+
+    async def warned_when_the_server_closes(name: str) -> list[str]:
+        caplog.clear()
+        with NatsServer(store_dir=tmp_path / name, tls=tls.server()) as server:
+            disconnected = asyncio.Event()
+
+            async def on_disconnect() -> None:
+                disconnected.set()
+
+            nc = await nats.connect(
+                **options | {"servers": [server.url]},
+                disconnected_cb=on_disconnect,
+                error_cb=ignore_errors,
+            )
+            try:
+                await nc.flush()
+                server.stop()  # it closes the TLS connection: asyncio's eof_received
+
+                async def noticed() -> bool:
+                    return disconnected.is_set()
+
+                await eventually(noticed, what="the client to see the server close")
+            finally:
+                await close_client(nc)
+        return [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+
+    options = endpoint.connect_options()
+    asyncio_log.removeFilter(_SSL_EOF_FILTER)  # what nats-py does without it
+    try:
+        before = await warned_when_the_server_closes("without")
+    finally:
+        endpoint.connect_options()  # installed again
+    assert SSL_EOF_WARNING in before
+
+    after = await warned_when_the_server_closes("with")
+    endpoint.connect_options()  # idempotent: one filter however often called
+    assert asyncio_log.filters.count(_SSL_EOF_FILTER) == 1
+    asyncio_log.warning("another asyncio warning")
+    logged = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert SSL_EOF_WARNING not in after and SSL_EOF_WARNING not in logged
+    assert "another asyncio warning" in logged
