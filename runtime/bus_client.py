@@ -10,12 +10,20 @@ dropped before closing (nothing is lost: unacknowledged publishes are repeated u
 same Nats-Msg-Id, requests are asked again), and a client that will not close in time, or
 whose close failed after nats-py had marked it closed (a second close would do nothing), is
 abandoned: its tasks and its subscriptions' tasks are cancelled and its socket closed.
+
+nats-py (2.16) waits for its subscriptions' drains with `asyncio.gather`; cancelled during
+that wait (a bus that is down but whose socket is still open: the drain's round trip never
+comes back) it leaves the gather's CancelledError unretrieved, which asyncio then reports
+as "_GatheringFuture exception was never retrieved" with a traceback. Its own drain timeout
+retrieves it, so close_client bounds that wait by nats-py's `drain_timeout` (DRAIN_SECONDS),
+well within the time before the drain is cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +35,11 @@ from .supervisor import finish_within
 #: How long closing a connection may take (draining it first if it is up), and again once
 #: cancelled, before the client is abandoned (close_client).
 CLOSE_SECONDS = 5.0
+
+#: How long nats-py's drain waits for the subscriptions' drains (its `drain_timeout`): less
+#: than CLOSE_SECONDS and than the ledger's stop grace, so that its own timeout ends that
+#: wait, never a cancel (see the module docstring).
+DRAIN_SECONDS = 2.0
 
 #: What closing a client may raise besides a timeout: the bus's errors, a socket's, and the
 #: AttributeError of a write into a TLS transport that is gone (see the module docstring).
@@ -40,11 +53,17 @@ async def close_client(nc: Client) -> None:
         _drop_pending(nc)
     try:
         if nc.is_connected:
+            options = getattr(nc, "options", None)  # nats-py's connect options
+            if isinstance(options, dict):
+                options["drain_timeout"] = min(options.get("drain_timeout", 30), DRAIN_SECONDS)
             await finish_within(nc.drain(), CLOSE_SECONDS, what="bus-drain")
         else:
             await finish_within(nc.close(), CLOSE_SECONDS, what="bus-close")
     except TimeoutError:
         _abandon(nc)
+    except asyncio.CancelledError:  # the caller's stop grace ran out: nothing left running
+        _abandon(nc)
+        raise
     except _CLOSE_ERRORS:
         if nc.is_closed:
             # nats-py marks the client CLOSED before the step that failed, so a second
@@ -127,3 +146,31 @@ def logged_errors(log: Any, **ids: str) -> ErrorCallback:
 async def ignore_errors(error: Exception) -> None:
     """An error callback for a connection whose caller reports the error nats-py raises
     (no reconnection: the first failure is raised)."""
+
+
+#: What asyncio's TLS transport logs (on the "asyncio" logger) each time the peer closes a
+#: TLS connection made by nats-py (2.16): nats-py upgrades its socket with `loop.start_tls`
+#: and a StreamReaderProtocol of its own, whose connection_made is never called, so that
+#: protocol does not know it runs over TLS and returns True from eof_received (asyncio's
+#: streams.py returns False over TLS precisely to avoid this warning). Harmless: the
+#: connection is closed either way, and nats-py reconnects.
+SSL_EOF_WARNING = "returning true from eof_received() has no effect when using ssl"
+
+
+class _SslEofWarningFilter(logging.Filter):
+    """Drops exactly asyncio's SSL_EOF_WARNING; every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != SSL_EOF_WARNING
+
+
+_SSL_EOF_FILTER = _SslEofWarningFilter("nrm.ssl-eof")
+
+
+def quiet_asyncio_ssl_eof_warning() -> None:
+    """Keep asyncio's SSL_EOF_WARNING (nats-py 2.16's, see above) off the "asyncio" logger,
+    and so off stderr; installed once, however often called (every TLS bus connection
+    asks for it: BusEndpoint.connect_options)."""
+    logger = logging.getLogger("asyncio")
+    if _SSL_EOF_FILTER not in logger.filters:
+        logger.addFilter(_SSL_EOF_FILTER)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .bus_client import quiet_asyncio_ssl_eof_warning
 from .config import ConfigError, Table, path_in
 from .tls import TlsFileError, load_key_pair
 
@@ -96,9 +97,12 @@ class BusEndpoint:
 
     def connect_options(self) -> dict[str, Any]:
         """Keyword arguments for `nats.connect`: `servers`, and `tls`, `tls_hostname` and
-        `tls_handshake_first`."""
+        `tls_handshake_first`. Over TLS it also quiets nats-py's harmless eof_received
+        warning (runtime/bus_client.py quiet_asyncio_ssl_eof_warning): every bus client
+        connects with these options."""
         options: dict[str, Any] = {"servers": list(self.urls)}
         if self.requires_tls:
+            quiet_asyncio_ssl_eof_warning()
             tls = self.tls or BusTls()
             options["tls"] = tls.context()
             # TLS before the first protocol byte. nats-py otherwise reads the server's
