@@ -30,7 +30,7 @@
     ca_file = "ledger-ca.pem"               # optional: the CA of an https ledger
     name = "national"                       # the ledger's name: origin <name>/nrm-ledger
     identity = "ledger-identity.json"       # the ledger's public identity
-    token_file = "ledger.token"             # an auditor token for reading the ledger
+    token_file = "ledger.token"             # its ledger token (scope agency:<id>, §9.0)
 
     [[webhooks]]                            # optional: where to notify the agency system
     url = "http://127.0.0.1:9000/nrm-events"
