@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import secrets
 import signal
@@ -19,6 +20,7 @@ import click
 
 from agents import Agent, AgentConfig, ConfigError, token_digest
 from keys import DEFAULT_LIMITS, KeyFileError, NrmError, PublicIdentity, UntrustedInputError
+from keys.identity import MissingProofError, fingerprint, verify_proof
 from keys.keyfile import MODERATE
 from runtime import clock
 from runtime.endpoint import BusEndpoint
@@ -146,6 +148,7 @@ def keys_init(agency: str, directory: Path, name: str | None, passphrase_file: P
     click.echo(f"created keys for {ident.agency} in {directory}")
     click.echo(f"  signing key    {ident.signing_kid} (Ed25519)")
     click.echo(f"  encryption key {ident.encryption_kid} (X25519)")
+    click.echo(f"  fingerprint    {fingerprint(ident)}")
     click.echo(f"  hand {directory / 'identity.json'} to the administrators")
 
 
@@ -187,7 +190,37 @@ def keys_rotate(agency: str, directory: Path, passphrase_file: Path | None) -> N
         f"rotated keys of {agency}: signing {rotated.public.signing_kid}, "
         f"encryption {rotated.public.encryption_kid}, NATS {rotated.public.nats_key}"
     )
+    click.echo(f"  fingerprint {fingerprint(rotated.public)}")
     click.echo(f"  hand {directory / 'identity.json'} to the administrators")
+
+
+@keys.command("fingerprint")
+@click.option(
+    "--identity",
+    "identity_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    required=True,
+    help="The identity.json.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def keys_fingerprint(identity_file: Path, as_json: bool) -> None:
+    """Print the fingerprint of an identity's public keys (docs/PROTOCOL.md §2.4), to read
+    out over the phone: the administrator compares it with what `nrm directory add-agency`
+    prints. Also says whether its proof of possession verifies."""
+    with _admin_errors():
+        identity = PublicIdentity.from_json(identity_file.read_bytes())
+    try:
+        verify_proof(identity)
+        proof = "valid"
+    except MissingProofError:
+        proof = "missing"
+    except UntrustedInputError:
+        proof = "invalid"
+    if as_json:
+        doc = {"agency": identity.agency, "fingerprint": fingerprint(identity), "proof": proof}
+        click.echo(json.dumps(doc, sort_keys=True))
+        return
+    click.echo(f"{identity.agency}: {fingerprint(identity)} (proof of possession: {proof})")
 
 
 @keys.command("revoke")
@@ -1008,6 +1041,11 @@ def directory_group() -> None:
 @click.option(
     "--at", "at", default=None, help="With --revoke-previous: revocation time (default now)."
 )
+@click.option(
+    "--accept-legacy-identity",
+    is_flag=True,
+    help="Accept an identity.json written before proofs of possession (with a warning).",
+)
 @ADMIN_DIR
 def directory_add_agency(
     identity_file: Path,
@@ -1016,10 +1054,14 @@ def directory_add_agency(
     revoke_previous: bool,
     reason: str | None,
     at: str | None,
+    accept_legacy_identity: bool,
     admin_dir: Path,
 ) -> None:
     """Admit an agency from its identity.json, or take in its rotated keys.
 
+    Prints the identity's fingerprint: compare it with the agency's (`nrm keys fingerprint`,
+    read out over the phone) before signing. An identity.json without a valid proof of
+    possession is refused (exit 1); --accept-legacy-identity takes one with no proof at all.
     With --revoke-previous the agency's earlier keys are revoked in the same change: have the
     agency run `nrm keys rotate` first, then this, then sign and publish (docs/RUNBOOK.md).
     """
@@ -1030,6 +1072,17 @@ def directory_add_agency(
     folder = admin.AdminFolder(admin_dir)
     with _admin_errors():
         identity = PublicIdentity.from_json(identity_file.read_bytes())
+        try:
+            verify_proof(identity)
+        except MissingProofError:
+            if not accept_legacy_identity:
+                raise
+            click.echo(
+                f"warning: {identity.agency}'s identity.json has no proof of possession; "
+                "compare the fingerprint with the agency before signing",
+                err=True,
+            )
+        click.echo(f"fingerprint of {identity.agency}: {fingerprint(identity)}")
         if revoke_previous:
             assert reason is not None
             if roles:
