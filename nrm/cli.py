@@ -24,6 +24,7 @@ from keys.identity import MissingProofError, fingerprint, verify_proof
 from keys.keyfile import MODERATE
 from runtime import clock
 from runtime.endpoint import BusEndpoint
+from runtime.files import write_new_file
 from runtime.keydir import init_key_dir, read_passphrase, reseal_key_dir, rotate_key_dir
 from runtime.tls import PlainHttpError, check_plain_http_url
 from runtime.version import VERSION
@@ -1146,6 +1147,67 @@ def directory_sign(key_path: Path, passphrase_file: Path | None, admin_dir: Path
     folder = admin.AdminFolder(admin_dir)
     with _admin_errors():
         count = admin.sign_draft(folder, key_path, passphrase=read_passphrase(file=passphrase_file))
+        threshold = folder.trusted_root(now=clock.now()).threshold
+    state = "publishable" if count >= threshold else "not publishable yet"
+    click.echo(f"directory has {count} of {threshold} required signatures: {state}")
+
+
+@directory_group.command("export-draft")
+@click.option("--out", type=PATH, required=True, help="The draft file to write (a new file).")
+@ADMIN_DIR
+def directory_export_draft(out: Path, admin_dir: Path) -> None:
+    """Write the draft for administrators who sign on other machines: its unsigned bytes and
+    what it says (docs/RUNBOOK.md, "Sign on separate machines"). Refuses to overwrite."""
+    folder = admin.AdminFolder(admin_dir)
+    with _admin_errors():
+        data = admin.export_draft(folder)
+        write_new_file(out, data, mode=0o644)
+    click.echo(f"draft written to {out}; have it signed with `nrm directory sign-draft`")
+
+
+@directory_group.command("sign-draft")
+@click.option(
+    "--draft",
+    "draft_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    required=True,
+    help="The file `nrm directory export-draft` wrote.",
+)
+@click.option("--key", "key_path", type=PATH, required=True, help="An administrator key file.")
+@click.option("--out", type=PATH, required=True, help="The signature file to write (new).")
+@click.option("--passphrase-file", type=PATH, default=None, help="Else $NRM_PASSPHRASE.")
+def directory_sign_draft(
+    draft_file: Path, key_path: Path, out: Path, passphrase_file: Path | None
+) -> None:
+    """Sign an exported draft here, with only the draft, the key file and its passphrase;
+    prints what the draft says (read from the bytes signed) and writes a signature file to
+    take back to the admin folder (`nrm directory merge-signatures`)."""
+    with _admin_errors():
+        data = draft_file.read_bytes()
+        _, directory = admin.read_exported_draft(data)
+        signature = admin.sign_exported_draft(
+            data, key_path, passphrase=read_passphrase(file=passphrase_file)
+        )
+        write_new_file(out, signature, mode=0o644)
+    for line in admin.describe_draft(directory):
+        click.echo(f"  {line}")
+    click.echo(f"signature written to {out}")
+
+
+@directory_group.command("merge-signatures")
+@click.argument(
+    "signature_files",
+    nargs=-1,
+    required=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+)
+@ADMIN_DIR
+def directory_merge_signatures(signature_files: tuple[Path, ...], admin_dir: Path) -> None:
+    """Add signature files made by `nrm directory sign-draft` to the draft. Each must be over
+    exactly this draft and by a key of the current root; otherwise nothing changes (exit 1)."""
+    folder = admin.AdminFolder(admin_dir)
+    with _admin_errors():
+        count = admin.merge_signatures(folder, [f.read_bytes() for f in signature_files])
         threshold = folder.trusted_root(now=clock.now()).threshold
     state = "publishable" if count >= threshold else "not publishable yet"
     click.echo(f"directory has {count} of {threshold} required signatures: {state}")
