@@ -20,7 +20,9 @@ from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
 from .codec import from_b64, to_b64
-from .errors import BadSignatureError, MalformedError, UntrustedInputError, WeakKeyError
+from .errors import BadProofError as BadProofError  # raised by verify_proof
+from .errors import MalformedError, WeakKeyError
+from .errors import MissingProofError as MissingProofError
 from .subjects import AGENCY_ID_PATTERN
 
 SIGNING_KID_LABEL = b"nrm/v1/kid/ed25519"
@@ -80,18 +82,6 @@ def check_agency_id(agency: str) -> str:
             "starting and ending with a letter or digit"
         )
     return agency
-
-
-class MissingProofError(UntrustedInputError):
-    """An identity file without a proof of possession (written before the proof existed)."""
-
-    reason = "missing-proof"
-
-
-class BadProofError(BadSignatureError):
-    """An identity file whose proof of possession does not verify under its signing key."""
-
-    reason = "bad-proof"
 
 
 def identity_keys_bytes(identity: PublicIdentity) -> bytes:

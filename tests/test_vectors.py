@@ -727,6 +727,8 @@ NOT_RECEIVER = {
     "expired-root": "roots (§7.5): root- vectors",
     "bad-inclusion-proof": "ledger proofs (§9.2): merkle- vectors",
     "bad-consistency-proof": "ledger proofs (§9.2): merkle- vectors",
+    "missing-proof": "identity files (§2.4): identity- vectors (`proof: missing`)",
+    "bad-proof": "identity files (§2.4): identity- vectors (`proof: invalid`)",
 }
 #: Receiver reasons no vector can give, and why.
 WITHOUT_VECTOR = {
