@@ -1,9 +1,9 @@
 """The agent's local HTTP API for the agency's own systems (aiohttp); OpenAPI 3.1 at
 /openapi.json (agents/openapi.py).
 
-Bearer tokens per client system with scopes (submit, read, act), compared by SHA-256 digest
-in constant time; every error is problem+json (RFC 9457); request bodies are bounded before
-they are read; every POST honours `Idempotency-Key`.
+Bearer tokens per client system with scopes (submit, read, act, metrics), compared by
+SHA-256 digest in constant time; every error is problem+json (RFC 9457); request bodies are
+bounded before they are read; every POST honours `Idempotency-Key`.
 """
 
 from __future__ import annotations
@@ -274,7 +274,9 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    _need(request, "read")
+    """The metrics scope reads this and nothing else; read reads it too (as it always did)."""
+    if "metrics" not in request[CLIENT].scopes:
+        _need(request, "read")
     return web.Response(
         body=request.app[BACKEND].metrics_text(), content_type="text/plain", charset="utf-8"
     )

@@ -30,7 +30,7 @@
     ca_file = "ledger-ca.pem"               # optional: the CA of an https ledger
     name = "national"                       # the ledger's name: origin <name>/nrm-ledger
     identity = "ledger-identity.json"       # the ledger's public identity
-    token_file = "ledger.token"             # an auditor token for reading the ledger
+    token_file = "ledger.token"             # its ledger token (scope agency:<id>, §9.0)
 
     [[webhooks]]                            # optional: where to notify the agency system
     url = "http://127.0.0.1:9000/nrm-events"
@@ -78,7 +78,7 @@ from .retention import RetentionSchedule
 from .webhooks import WebhookTarget
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-SCOPES = frozenset({"submit", "read", "act"})
+SCOPES = frozenset({"submit", "read", "act", "metrics"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +86,8 @@ class ApiClient:
     name: str
     token_sha256: bytes
     #: What the client may do: submit (referrals, consents), read, act (transitions,
-    #: withdrawals). Listed explicitly in the configuration; there is no default.
+    #: withdrawals), metrics (GET /metrics only: for a Prometheus client; read reads it
+    #: too). Listed explicitly in the configuration; there is no default.
     scopes: frozenset[str] = frozenset()
 
 

@@ -458,7 +458,8 @@ OPENAPI: dict[str, Any] = {
         },
         "/metrics": {
             "get": {
-                "summary": "Prometheus metrics (read scope), among them "
+                "summary": "Prometheus metrics (metrics scope, which reads nothing else, or read "
+                "scope), among them "
                 "nrm_directory_expiry_timestamp_seconds, nrm_root_expiry_timestamp_seconds and "
                 "nrm_agent_info{agency,version}",
                 "responses": {

@@ -30,7 +30,7 @@ from keys.checkpoint import Checkpoint, ledger_origin, sign_checkpoint
 from keys.directory import Directory, Root
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import MerkleTree, leaf_hash
-from keys.subjects import AUDIT_STREAM, AUDIT_SUBJECTS
+from keys.subjects import AGENCY_ID_PATTERN, AUDIT_STREAM, AUDIT_SUBJECTS
 from runtime import clock
 from runtime.bus_client import close_client, logged_errors
 from runtime.config import ConfigError, Table, bind_address, days, load_toml, path_in
@@ -52,6 +52,46 @@ LEDGER_CONSUMER = "ledger"
 
 class LedgerConfigError(ConfigError):
     """The ledger configuration file is missing something or holds a wrong value."""
+
+
+AUDITOR_SCOPE = "auditor"
+METRICS_SCOPE = "metrics"
+AGENCY_SCOPE_PREFIX = "agency:"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerToken:
+    """A bearer token's SHA-256 digest and its scope: `auditor` reads every route,
+    `agency:<id>` reads that agency's own events and what only reveals hashes (PROTOCOL.md
+    §9.0), `metrics` reads no /v1 route (only /metrics and /healthz, which need no token)."""
+
+    digest: bytes
+    scope: str
+
+    @property
+    def agency(self) -> str | None:
+        """The agency of an `agency:<id>` scope, else None."""
+        if self.scope.startswith(AGENCY_SCOPE_PREFIX):
+            return self.scope[len(AGENCY_SCOPE_PREFIX) :]
+        return None
+
+
+def _token_digest(digest: str, key: str) -> bytes:
+    if len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest):
+        raise LedgerConfigError(f"{key}.token_sha256 must be 64 hex characters")
+    return bytes.fromhex(digest)
+
+
+def _scope(scope: str) -> str:
+    """`scope` if it is one a token may have, else a LedgerConfigError naming it."""
+    if scope in (AUDITOR_SCOPE, METRICS_SCOPE):
+        return scope
+    agency = scope.removeprefix(AGENCY_SCOPE_PREFIX)
+    if scope.startswith(AGENCY_SCOPE_PREFIX) and AGENCY_ID_PATTERN.fullmatch(agency):
+        return scope
+    raise LedgerConfigError(
+        f"tokens.scope must be 'auditor', 'metrics' or 'agency:<agency id>', not {scope!r}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +116,13 @@ class LedgerConfig:
     ca_file = "bus-ca.pem"
     cert_file = "ledger-bus.pem"        # for a bus that requires mutual TLS
     key_file = "ledger-bus.key"
-    [[auditors]]
+    [[auditors]]                        # scope "auditor": reads everything (as [[tokens]])
     name = "court-of-audit"
     token_sha256 = "<hex>"
+    [[tokens]]                          # a bearer token with a scope (PROTOCOL.md §9.0)
+    name = "police"
+    token_sha256 = "<hex>"
+    scope = "agency:police"             # "auditor", "agency:<id>" or "metrics"
     """
 
     name: str
@@ -90,7 +134,8 @@ class LedgerConfig:
     database: Path
     host: str
     port: int
-    auditor_tokens: tuple[bytes, ...]
+    #: Every bearer token the API accepts, each with its scope (`LedgerToken`).
+    tokens: tuple[LedgerToken, ...]
     passphrase_file: Path | None = None
     checkpoint_interval_seconds: float = 2.0
     suppress_below: int = 5
@@ -103,6 +148,11 @@ class LedgerConfig:
     @property
     def origin(self) -> str:
         return ledger_origin(self.name)
+
+    @property
+    def auditor_tokens(self) -> tuple[bytes, ...]:
+        """The digests of the tokens that read everything."""
+        return tuple(t.digest for t in self.tokens if t.scope == AUDITOR_SCOPE)
 
     @classmethod
     def load(cls, path: Path) -> LedgerConfig:
@@ -119,12 +169,14 @@ class LedgerConfig:
         try:
             host, port = bind_address(table["bind"], key="bind")
             tokens = []
-            for a in table.get("auditors", []):
-                a.allow("name")  # whose token it is, for the reader of the file
-                digest = str(a["token_sha256"])
-                if len(digest) != 64:
-                    raise LedgerConfigError("auditors.token_sha256 must be 64 hex characters")
-                tokens.append(bytes.fromhex(digest))
+            for key in ("auditors", "tokens"):
+                for a in table.get(key, []):
+                    a.allow("name")  # whose token it is, for the reader of the file
+                    # An [[auditors]] entry (the older form) reads everything.
+                    scope = str(a["scope"]) if key == "tokens" else AUDITOR_SCOPE
+                    tokens.append(
+                        LedgerToken(_token_digest(str(a["token_sha256"]), key), _scope(scope))
+                    )
             config = cls(
                 name=str(table["name"]),
                 key_dir=p("key_dir"),
@@ -134,7 +186,7 @@ class LedgerConfig:
                 database=p("database"),
                 host=host,
                 port=port,
-                auditor_tokens=tuple(tokens),
+                tokens=tuple(tokens),
                 passphrase_file=p("passphrase_file") if "passphrase_file" in table else None,
                 checkpoint_interval_seconds=float(table.get("checkpoint_interval_seconds", 2.0)),
                 suppress_below=int(table.get("suppress_below", 5)),

@@ -1,8 +1,12 @@
 """The ledger's HTTP API for auditors and agents, its OpenAPI document, and the web UI.
 
-Every /v1 route needs an auditor bearer token (compared by SHA-256 digest in constant
-time); errors are problem+json. Everything served is metadata: ids, kinds, hashes, times.
-/healthz and /metrics (broker.trust_status: versions and expiry times only) need no token.
+Every /v1 route needs a bearer token (compared by SHA-256 digest in constant time) whose
+scope reads it (PROTOCOL.md §9.0): `auditor` reads every route; `agency:<id>` reads only what
+an agent's ledger check needs (AGENCY_ROUTES: checkpoints, proofs, directories, roots,
+restores, and its own events); `metrics` reads no /v1 route. Errors are problem+json (401 no
+or a wrong token, 403 a token whose scope does not read it). Everything served is metadata:
+ids, kinds, hashes, times. /healthz and /metrics (broker.trust_status: versions and expiry
+times only) need no token.
 """
 
 from __future__ import annotations
@@ -29,13 +33,14 @@ from runtime.http import (
     bearer_match,
     json_object_body,
     parse_json_body,
+    problem,
     problems_middleware,
     unauthorized,
 )
 
 from . import ledger_stats
-from .ledger import Ledger
-from .ledger_store import ArchivedNodes
+from .ledger import METRICS_SCOPE, Ledger
+from .ledger_store import ArchivedNodes, EntryRow
 from .trust_status import StatusMetrics, add_status_routes
 
 LEDGER = web.AppKey("ledger", Ledger)
@@ -54,14 +59,48 @@ _problems = problems_middleware(
 )
 
 
+#: The routes an `agency:<id>` token reads: what reveals only hashes, signed public documents
+#: and sizes, and (checked in the handler) that agency's own events. Not /v1/entries,
+#: /v1/events, timelines or /v1/stats, which show every agency's events.
+AGENCY_ROUTES = frozenset(
+    {
+        "/v1/checkpoint",
+        "/v1/checkpoints",
+        "/v1/entries/{index}/proof",
+        "/v1/events/{event_id}",
+        "/v1/proof/consistency",
+        "/v1/proofs",
+        "/v1/directories",
+        "/v1/restores",
+        "/v1/restores/{seq}/proof",
+        "/v1/roots",
+    }
+)
+#: The agency an `agency:<id>` token reads for (None: an auditor's token).
+READER = web.RequestKey[str | None]("reader")
+
+
+def _forbidden(scope: str, what: str) -> web.Response:
+    return problem(403, "Forbidden", f"a token of scope {scope!r} does not read {what}")
+
+
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The token check, and the security headers on every answer (errors too: `_problems`
-    runs inside)."""
+    """The token check (its scope too), and the security headers on every answer (errors
+    too: `_problems` runs inside)."""
     if request.path.startswith("/v1/"):
-        tokens = request.app[LEDGER].config.auditor_tokens
-        if bearer_match(request.headers.get("Authorization", ""), tokens) is None:
-            return unauthorized("an auditor bearer token is required", realm="nrm-ledger")
+        tokens = request.app[LEDGER].config.tokens
+        found = bearer_match(request.headers.get("Authorization", ""), [t.digest for t in tokens])
+        if found is None:
+            return unauthorized("a bearer token is required", realm="nrm-ledger")
+        token = tokens[found]
+        resource = request.match_info.route.resource
+        route = None if resource is None else resource.canonical
+        if token.scope == METRICS_SCOPE or (
+            token.agency is not None and route is not None and route not in AGENCY_ROUTES
+        ):
+            return _forbidden(token.scope, "this route")
+        request[READER] = token.agency
     response = await handler(request)
     response.headers["Content-Security-Policy"] = "default-src 'self'"
     response.headers["X-Content-Type-Options"] = "nosniff"
@@ -253,6 +292,7 @@ async def event(request: web.Request) -> web.Response:
     row = ledger.store.entry_by_event(request.match_info["event_id"])
     if row is None:
         raise ProblemError(404, "Not Found", "no such event in the ledger")
+    _own(request, [row])
     body: dict[str, Any] = {
         **row.to_json(),
         "leaf": base64.b64encode(row.leaf).decode(),
@@ -299,6 +339,7 @@ async def proofs(request: web.Request) -> web.Response:
             f"event_ids must be a list of at most {MAX_PROOF_BATCH} event ids (32 hex digits)",
         )
     rows = {row.event_id: row for row in ledger.store.entries_by_events(ids)}
+    _own(request, rows.values())
     items: list[dict[str, Any]] = []
     for row in rows.values():
         item: dict[str, Any] = {**row.to_json(), "leaf": base64.b64encode(row.leaf).decode()}
@@ -307,6 +348,15 @@ async def proofs(request: web.Request) -> web.Response:
         items.append(item)
     missing = sorted(set(ids) - set(rows))
     return web.json_response({"size": size, "items": items, "missing": missing})
+
+
+def _own(request: web.Request, rows: Iterable[EntryRow]) -> None:
+    """A 403 if an `agency:<id>` token asks for an event another agency wrote."""
+    reader = request.get(READER)
+    if reader is not None and any(row.agency != reader for row in rows):
+        raise ProblemError(
+            403, "Forbidden", f"a token of scope 'agency:{reader}' reads only its own events"
+        )
 
 
 async def consistency_proof(request: web.Request) -> web.Response:
@@ -694,8 +744,12 @@ def _op(
 
 def _responses(answer: str, *problems: str) -> dict[str, Any]:
     """Schema `answer` on 200; problem+json on 400 (every operation: a request the server
-    cannot parse) and on each of `problems` (401 with its WWW-Authenticate)."""
+    cannot parse) and on each of `problems` (401 with its WWW-Authenticate, and with it 403:
+    a token whose scope does not read this)."""
     ok = {"description": "OK", "content": {"application/json": {"schema": _ref(answer)}}}
+    if "401" in problems:
+        at = problems.index("401") + 1
+        problems = (*problems[:at], "403", *problems[at:])
     return {
         "200": ok,
         **{
@@ -721,7 +775,17 @@ OPENAPI: dict[str, Any] = {
         "header fields, not HTTP/1.1).",
     },
     "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A token of ledger.toml, with its scope (PROTOCOL.md §9.0): "
+                "`auditor` reads every /v1 operation; `agency:<id>` reads "
+                + ", ".join(sorted(AGENCY_ROUTES))
+                + " (/v1/events/{event_id} and /v1/proofs only for events that agency "
+                "wrote); `metrics` reads no /v1 operation. Anything else answers 403.",
+            }
+        },
         "schemas": SCHEMAS,
         "responses": {
             "Problem": {"description": "RFC 9457 problem details", "content": _PROBLEM_CONTENT},

@@ -44,7 +44,8 @@ done
 # beyond one host, give them certificates (--http-tls-cert/--http-tls-key, --ledger-ca).
 #
 # The ledger: its own signing key (same passphrase as the operator's keys it reads the
-# audit stream with), and a reading token for each agency and one for the auditors.
+# audit stream with), a token for each agency that reads only its own events (scope
+# agency:<id>), and one for the auditors that reads everything.
 mkdir "$dir/ledger"
 cp "$dir/operator.passphrase" "$dir/ledger/passphrase"
 "$nrm" keys init --agency ledger --dir "$dir/ledger/keys" --name "Audit ledger" \
@@ -53,7 +54,8 @@ cp "$dir/operator.passphrase" "$dir/ledger/passphrase"
   --key-dir /etc/nrm/ledger/keys --operator-key-dir /etc/nrm/operator \
   --passphrase-file /etc/nrm/ledger/passphrase --nats nats://bus:4222 \
   --trust-root /etc/nrm/ledger/root.json --database /var/lib/nrm/ledger.db \
-  --bind 0.0.0.0:8090 --allow-plain-http --auditor auditor --auditor police --auditor shelter --auditor coordinator
+  --bind 0.0.0.0:8090 --allow-plain-http --auditor auditor \
+  --agency-token police --agency-token shelter --agency-token coordinator
 cp "$dir/admin/root.1.json" "$dir/ledger/root.json"
 
 port=8081

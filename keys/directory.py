@@ -610,6 +610,34 @@ def sign(data: bytes, key: SigningKey) -> bytes:
     return replace(parsed, signatures=tuple(sorted([*others, (kid, sig)]))).to_bytes()
 
 
+def signed_part(data: bytes) -> bytes:
+    """The canonical signed part of a signed file (or an unsigned document): what each
+    administrator signs (after its label), and what a detached signature is for."""
+    return _parse(data, allow_bare=True)[0].signed_bytes
+
+
+def detached_signature(data: bytes, key: SigningKey) -> tuple[str, bytes]:
+    """`key`'s (key id, signature) over the signed part of `data`, made apart from the file
+    (an administrator signing a draft on another machine)."""
+    parsed, _ = _parse(data, allow_bare=True)
+    signature = key.sign(parsed.label + b"\x00" + parsed.signed_bytes).signature
+    return signing_kid(key.verify_key), signature
+
+
+def add_signature(data: bytes, kid: str, sig: bytes, *, key: VerifyKey) -> bytes:
+    """`data` with the detached signature `(kid, sig)` added, once it verifies under `key`
+    (the key `kid` names in the trusted root); BadSignatureError if it does not."""
+    parsed, _ = _parse(data, allow_bare=True)
+    if signing_kid(key) != kid:
+        raise BadSignatureError("the signature's key id is not the key it is checked with")
+    try:
+        key.verify(parsed.label + b"\x00" + parsed.signed_bytes, sig)
+    except NaclBadSignatureError as e:
+        raise BadSignatureError(f"the signature of {kid} is not over this draft") from e
+    others = [(k, s) for k, s in parsed.signatures if k != kid]
+    return replace(parsed, signatures=tuple(sorted([*others, (kid, sig)]))).to_bytes()
+
+
 def signature_count(data: bytes, *, keys: Root | Mapping[str, VerifyKey] | None) -> int:
     """Distinct key ids whose signature verifies under `keys` (a root or a kid->key map), or,
     with `keys=None`, distinct key ids present (nothing verified)."""

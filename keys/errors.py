@@ -57,6 +57,18 @@ class BadSignatureError(UntrustedInputError):
     reason = "bad-signature"
 
 
+class MissingProofError(UntrustedInputError):
+    """An identity file without a proof of possession (written before the proof existed)."""
+
+    reason = "missing-proof"
+
+
+class BadProofError(BadSignatureError):
+    """An identity file whose proof of possession does not verify under its signing key."""
+
+    reason = "bad-proof"
+
+
 class DecryptionError(UntrustedInputError):
     """Ciphertext that does not authenticate under the key it claims."""
 

@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import nacl.bindings as sodium
@@ -20,12 +20,16 @@ from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
 from .codec import from_b64, to_b64
+from .errors import BadProofError as BadProofError  # raised by verify_proof
 from .errors import MalformedError, WeakKeyError
+from .errors import MissingProofError as MissingProofError
 from .subjects import AGENCY_ID_PATTERN
 
 SIGNING_KID_LABEL = b"nrm/v1/kid/ed25519"
 ENCRYPTION_KID_LABEL = b"nrm/v1/kid/x25519"
 IDENTITY_FORMAT = "nrm-identity/1"
+IDENTITY_PROOF_LABEL = b"nrm/v1/identity-proof"
+FINGERPRINT_LABEL = b"nrm/v1/identity-fingerprint"
 _NKEY_USER = re.compile(r"^U[A-Z2-7]{55}$")
 #: The field prime of Curve25519: a canonical u-coordinate is below it (RFC 7748 §5).
 _P25519 = (1 << 255) - 19
@@ -80,6 +84,51 @@ def check_agency_id(agency: str) -> str:
     return agency
 
 
+def identity_keys_bytes(identity: PublicIdentity) -> bytes:
+    """What the proof signs and the fingerprint hashes, after their labels (PROTOCOL.md
+    §2.4): u8 length + agency id (ASCII), the Ed25519 key (32), the X25519 key (32), u8
+    length + NATS key (ASCII; length 0 without one). The display name is not in it."""
+    agency = identity.agency.encode("ascii")
+    nats = (identity.nats_key or "").encode("ascii")
+    return b"".join(
+        (
+            bytes([len(agency)]),
+            agency,
+            bytes(identity.signing_key),
+            bytes(identity.encryption_key),
+            bytes([len(nats)]),
+            nats,
+        )
+    )
+
+
+def proof_statement(identity: PublicIdentity) -> bytes:
+    """The bytes the agency's signing key signs: IDENTITY_PROOF_LABEL, 0x00, the keys."""
+    return IDENTITY_PROOF_LABEL + b"\x00" + identity_keys_bytes(identity)
+
+
+def fingerprint(identity: PublicIdentity) -> str:
+    """A short fingerprint to compare out of band: the first 16 bytes of SHA-256 over
+    FINGERPRINT_LABEL, 0x00 and the keys, as 8 groups of 4 lowercase hex digits."""
+    digest = hashlib.sha256(FINGERPRINT_LABEL + b"\x00" + identity_keys_bytes(identity))
+    text = digest.digest()[:16].hex()
+    return " ".join(text[i : i + 4] for i in range(0, 32, 4))
+
+
+def verify_proof(identity: PublicIdentity) -> PublicIdentity:
+    """`identity` if its proof of possession verifies; MissingProofError without one,
+    BadProofError if it does not verify."""
+    if identity.proof is None:
+        raise MissingProofError(f"the identity of {identity.agency} has no proof of possession")
+    try:
+        identity.signing_key.verify(proof_statement(identity), identity.proof)
+    except nacl.exceptions.BadSignatureError as e:
+        raise BadProofError(
+            f"the proof of possession of {identity.agency}'s identity does not verify"
+        ) from e
+    return identity
+
+
 @dataclass(frozen=True, slots=True)
 class PublicIdentity:
     """What the rest of the mechanism knows of an agency: its id, name and public keys."""
@@ -90,6 +139,9 @@ class PublicIdentity:
     encryption_key: PublicKey
     #: The NATS user NKey (public, "U...") the agency's agent authenticates to the bus with.
     nats_key: str | None = None
+    #: The proof of possession (§2.4): the signing key's signature over `proof_statement`.
+    #: Not part of equality: the same keys are the same identity, proved or not.
+    proof: bytes | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         check_encryption_key(bytes(self.encryption_key), owner=self.agency)
@@ -115,6 +167,8 @@ class PublicIdentity:
         }
         if self.nats_key is not None:
             doc["nats_key"] = self.nats_key
+        if self.proof is not None:
+            doc["proof"] = {"ed25519": to_b64(self.proof)}
         return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -132,6 +186,7 @@ class PublicIdentity:
                 signing_key=VerifyKey(from_b64(sk["ed25519"])),
                 encryption_key=PublicKey(from_b64(ek["x25519"])),
                 nats_key=_nats_key(doc["nats_key"]) if "nats_key" in doc else None,
+                proof=_proof(doc["proof"]) if "proof" in doc else None,
             )
         except MalformedError:
             raise
@@ -203,13 +258,16 @@ class AgencyKeys:
 
     @property
     def public(self) -> PublicIdentity:
-        return PublicIdentity(
+        """The public identity, with its proof of possession signed by the signing key."""
+        unproved = PublicIdentity(
             agency=self.agency,
             name=self.name,
             signing_key=self.signing_key.verify_key,
             encryption_key=self.encryption_key.public_key,
             nats_key=None if self.nats_seed is None else nats_public_key(self.nats_seed),
         )
+        proof = self.signing_key.sign(proof_statement(unproved)).signature
+        return replace(unproved, proof=proof)
 
     def __repr__(self) -> str:  # never print private key material
         return f"AgencyKeys(agency={self.agency!r}, signing_kid={self.public.signing_kid!r})"
@@ -230,6 +288,15 @@ def _nats_key(value: Any) -> str:
     if not isinstance(value, str) or not _NKEY_USER.fullmatch(value):
         raise ValueError("nats_key must be a NATS user public key (U followed by 55 characters)")
     return value
+
+
+def _proof(value: Any) -> bytes:
+    if not isinstance(value, dict) or set(value) != {"ed25519"}:
+        raise MalformedError("identity file proof must be an object with ed25519 only")
+    signature = from_b64(value["ed25519"])
+    if len(signature) != 64:
+        raise MalformedError("identity file proof.ed25519 must be 64 bytes")
+    return signature
 
 
 def _str(value: Any) -> str:

@@ -15,10 +15,13 @@ they were.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
+import hashlib
+import json
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +35,14 @@ from keys.directory import (
     Directory,
     Root,
     TrustStore,
+    add_signature,
+    detached_signature,
     encode_directory,
     encode_root,
     read_unverified_directory,
     sign,
     signature_count,
+    signed_part,
     verify_root_chain,
     verify_root_update,
     walk_root_chain,
@@ -373,6 +379,109 @@ def verified_draft(folder: AdminFolder, *, now: int | None = None) -> Directory:
     now = clock.now() if now is None else now
     store = TrustStore(folder.trusted_root(now=now))
     return store.update_directory(folder.directory_bytes(), now=now)
+
+
+DRAFT_FORMAT = "nrm-draft/1"
+DRAFT_SIGNATURE_FORMAT = "nrm-draft-signature/1"
+
+
+def describe_draft(directory: Directory) -> list[str]:
+    """What a draft says, one line per agency: what an administrator reads before signing."""
+    lines = [f"directory version {directory.version}, expires {directory.expires}"]
+    for a in directory.agencies:
+        signing = ", ".join(f"{k.kid} {k.status}" for k in a.signing_keys)
+        encryption = ", ".join(f"{k.kid} {k.status}" for k in a.encryption_keys)
+        lines.append(
+            f"{a.agency} ({a.name}): roles {', '.join(a.roles)}; signing {signing}; "
+            f"encryption {encryption}; NATS {a.nats_key}"
+        )
+    return lines
+
+
+def export_draft(folder: AdminFolder) -> bytes:
+    """The draft to sign on another machine (`nrm-draft/1`): its unsigned canonical bytes,
+    the version last published, and what it says (`describe_draft`)."""
+    unsigned = signed_part(folder.directory_bytes())
+    doc = {
+        "format": DRAFT_FORMAT,
+        "directory": base64.b64encode(unsigned).decode(),
+        "published_version": folder.published_version(),
+        "summary": describe_draft(read_unverified_directory(unsigned)),
+    }
+    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _json_file(data: bytes, fmt: str, members: set[str], what: str) -> dict[str, object]:
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise AdminError(f"{what} is not JSON") from e
+    if not isinstance(doc, dict) or doc.get("format") != fmt or set(doc) != members:
+        raise AdminError(f"{what} is not an {fmt} document")
+    return doc
+
+
+def read_exported_draft(data: bytes) -> tuple[bytes, Directory]:
+    """The unsigned directory bytes of an `nrm-draft/1` file and the directory they hold
+    (read from those bytes, never from the file's summary)."""
+    doc = _json_file(
+        data, DRAFT_FORMAT, {"format", "directory", "published_version", "summary"}, "the draft"
+    )
+    try:
+        unsigned = base64.b64decode(str(doc["directory"]), validate=True)
+    except ValueError as e:
+        raise AdminError("the draft's directory is not base64") from e
+    directory = read_unverified_directory(unsigned)
+    if signed_part(unsigned) != unsigned:
+        raise AdminError("the draft's directory is not in canonical form")
+    return unsigned, directory
+
+
+def sign_exported_draft(data: bytes, key_path: Path, *, passphrase: bytes) -> bytes:
+    """One administrator's detached signature over an exported draft (`nrm-draft-
+    signature/1`), made where only the draft, the key file and its passphrase are."""
+    unsigned, directory = read_exported_draft(data)
+    key = open_admin_key(key_path.read_bytes(), passphrase=passphrase)
+    kid, sig = detached_signature(unsigned, key)
+    doc = {
+        "format": DRAFT_SIGNATURE_FORMAT,
+        "version": directory.version,
+        "directory_sha256": hashlib.sha256(unsigned).hexdigest(),
+        "keyid": kid,
+        "sig": base64.b64encode(sig).decode(),
+    }
+    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+
+def merge_signatures(folder: AdminFolder, signatures: Iterable[bytes]) -> int:
+    """Add detached signatures to the draft; each must be over exactly this draft and by a
+    key of the current root, else AdminError (or BadSignatureError) and nothing is written.
+    Returns how many root signatures the draft then has."""
+    root = folder.trusted_root(now=clock.now())
+    signed = folder.directory_bytes()
+    digest = hashlib.sha256(signed_part(signed)).hexdigest()
+    for data in signatures:
+        doc = _json_file(
+            data,
+            DRAFT_SIGNATURE_FORMAT,
+            {"format", "version", "directory_sha256", "keyid", "sig"},
+            "a signature file",
+        )
+        kid = str(doc["keyid"])
+        if doc["directory_sha256"] != digest:
+            raise AdminError(
+                f"the signature of {kid} is for another draft (version {doc['version']}): "
+                "export the draft again and have it signed"
+            )
+        if kid not in root.keys:
+            raise AdminError(f"{kid} is not a key of the current root (version {root.version})")
+        try:
+            sig = base64.b64decode(str(doc["sig"]), validate=True)
+        except ValueError as e:
+            raise AdminError(f"the signature of {kid} is not base64") from e
+        signed = add_signature(signed, kid, sig, key=root.keys[kid])
+    replace_file(folder.path / DIRECTORY_FILE, signed, mode=0o644)
+    return signature_count(signed, keys=root)
 
 
 def publishable_draft(

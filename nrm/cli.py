@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import secrets
 import signal
@@ -19,9 +20,11 @@ import click
 
 from agents import Agent, AgentConfig, ConfigError, token_digest
 from keys import DEFAULT_LIMITS, KeyFileError, NrmError, PublicIdentity, UntrustedInputError
+from keys.identity import MissingProofError, fingerprint, verify_proof
 from keys.keyfile import MODERATE
 from runtime import clock
 from runtime.endpoint import BusEndpoint
+from runtime.files import write_new_file
 from runtime.keydir import init_key_dir, read_passphrase, reseal_key_dir, rotate_key_dir
 from runtime.tls import PlainHttpError, check_plain_http_url
 from runtime.version import VERSION
@@ -146,6 +149,7 @@ def keys_init(agency: str, directory: Path, name: str | None, passphrase_file: P
     click.echo(f"created keys for {ident.agency} in {directory}")
     click.echo(f"  signing key    {ident.signing_kid} (Ed25519)")
     click.echo(f"  encryption key {ident.encryption_kid} (X25519)")
+    click.echo(f"  fingerprint    {fingerprint(ident)}")
     click.echo(f"  hand {directory / 'identity.json'} to the administrators")
 
 
@@ -187,7 +191,37 @@ def keys_rotate(agency: str, directory: Path, passphrase_file: Path | None) -> N
         f"rotated keys of {agency}: signing {rotated.public.signing_kid}, "
         f"encryption {rotated.public.encryption_kid}, NATS {rotated.public.nats_key}"
     )
+    click.echo(f"  fingerprint {fingerprint(rotated.public)}")
     click.echo(f"  hand {directory / 'identity.json'} to the administrators")
+
+
+@keys.command("fingerprint")
+@click.option(
+    "--identity",
+    "identity_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    required=True,
+    help="The identity.json.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+def keys_fingerprint(identity_file: Path, as_json: bool) -> None:
+    """Print the fingerprint of an identity's public keys (docs/PROTOCOL.md §2.4), to read
+    out over the phone: the administrator compares it with what `nrm directory add-agency`
+    prints. Also says whether its proof of possession verifies."""
+    with _admin_errors():
+        identity = PublicIdentity.from_json(identity_file.read_bytes())
+    try:
+        verify_proof(identity)
+        proof = "valid"
+    except MissingProofError:
+        proof = "missing"
+    except UntrustedInputError:
+        proof = "invalid"
+    if as_json:
+        doc = {"agency": identity.agency, "fingerprint": fingerprint(identity), "proof": proof}
+        click.echo(json.dumps(doc, sort_keys=True))
+        return
+    click.echo(f"{identity.agency}: {fingerprint(identity)} (proof of possession: {proof})")
 
 
 @keys.command("revoke")
@@ -1024,6 +1058,11 @@ def directory_group() -> None:
 @click.option(
     "--at", "at", default=None, help="With --revoke-previous: revocation time (default now)."
 )
+@click.option(
+    "--accept-legacy-identity",
+    is_flag=True,
+    help="Accept an identity.json written before proofs of possession (with a warning).",
+)
 @ADMIN_DIR
 def directory_add_agency(
     identity_file: Path,
@@ -1032,10 +1071,14 @@ def directory_add_agency(
     revoke_previous: bool,
     reason: str | None,
     at: str | None,
+    accept_legacy_identity: bool,
     admin_dir: Path,
 ) -> None:
     """Admit an agency from its identity.json, or take in its rotated keys.
 
+    Prints the identity's fingerprint: compare it with the agency's (`nrm keys fingerprint`,
+    read out over the phone) before signing. An identity.json without a valid proof of
+    possession is refused (exit 1); --accept-legacy-identity takes one with no proof at all.
     With --revoke-previous the agency's earlier keys are revoked in the same change: have the
     agency run `nrm keys rotate` first, then this, then sign and publish (docs/RUNBOOK.md).
     """
@@ -1046,6 +1089,17 @@ def directory_add_agency(
     folder = admin.AdminFolder(admin_dir)
     with _admin_errors():
         identity = PublicIdentity.from_json(identity_file.read_bytes())
+        try:
+            verify_proof(identity)
+        except MissingProofError:
+            if not accept_legacy_identity:
+                raise
+            click.echo(
+                f"warning: {identity.agency}'s identity.json has no proof of possession; "
+                "compare the fingerprint with the agency before signing",
+                err=True,
+            )
+        click.echo(f"fingerprint of {identity.agency}: {fingerprint(identity)}")
         if revoke_previous:
             assert reason is not None
             if roles:
@@ -1109,6 +1163,67 @@ def directory_sign(key_path: Path, passphrase_file: Path | None, admin_dir: Path
     folder = admin.AdminFolder(admin_dir)
     with _admin_errors():
         count = admin.sign_draft(folder, key_path, passphrase=read_passphrase(file=passphrase_file))
+        threshold = folder.trusted_root(now=clock.now()).threshold
+    state = "publishable" if count >= threshold else "not publishable yet"
+    click.echo(f"directory has {count} of {threshold} required signatures: {state}")
+
+
+@directory_group.command("export-draft")
+@click.option("--out", type=PATH, required=True, help="The draft file to write (a new file).")
+@ADMIN_DIR
+def directory_export_draft(out: Path, admin_dir: Path) -> None:
+    """Write the draft for administrators who sign on other machines: its unsigned bytes and
+    what it says (docs/RUNBOOK.md, "Sign on separate machines"). Refuses to overwrite."""
+    folder = admin.AdminFolder(admin_dir)
+    with _admin_errors():
+        data = admin.export_draft(folder)
+        write_new_file(out, data, mode=0o644)
+    click.echo(f"draft written to {out}; have it signed with `nrm directory sign-draft`")
+
+
+@directory_group.command("sign-draft")
+@click.option(
+    "--draft",
+    "draft_file",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    required=True,
+    help="The file `nrm directory export-draft` wrote.",
+)
+@click.option("--key", "key_path", type=PATH, required=True, help="An administrator key file.")
+@click.option("--out", type=PATH, required=True, help="The signature file to write (new).")
+@click.option("--passphrase-file", type=PATH, default=None, help="Else $NRM_PASSPHRASE.")
+def directory_sign_draft(
+    draft_file: Path, key_path: Path, out: Path, passphrase_file: Path | None
+) -> None:
+    """Sign an exported draft here, with only the draft, the key file and its passphrase;
+    prints what the draft says (read from the bytes signed) and writes a signature file to
+    take back to the admin folder (`nrm directory merge-signatures`)."""
+    with _admin_errors():
+        data = draft_file.read_bytes()
+        _, directory = admin.read_exported_draft(data)
+        signature = admin.sign_exported_draft(
+            data, key_path, passphrase=read_passphrase(file=passphrase_file)
+        )
+        write_new_file(out, signature, mode=0o644)
+    for line in admin.describe_draft(directory):
+        click.echo(f"  {line}")
+    click.echo(f"signature written to {out}")
+
+
+@directory_group.command("merge-signatures")
+@click.argument(
+    "signature_files",
+    nargs=-1,
+    required=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+)
+@ADMIN_DIR
+def directory_merge_signatures(signature_files: tuple[Path, ...], admin_dir: Path) -> None:
+    """Add signature files made by `nrm directory sign-draft` to the draft. Each must be over
+    exactly this draft and by a key of the current root; otherwise nothing changes (exit 1)."""
+    folder = admin.AdminFolder(admin_dir)
+    with _admin_errors():
+        count = admin.merge_signatures(folder, [f.read_bytes() for f in signature_files])
         threshold = folder.trusted_root(now=clock.now()).threshold
     state = "publishable" if count >= threshold else "not publishable yet"
     click.echo(f"directory has {count} of {threshold} required signatures: {state}")

@@ -4,9 +4,10 @@
 Both write a new file (0600) and refuse to overwrite one (exit 1). Paths are written as
 given and, like every path in these files, a relative one is relative to the folder of the
 file written (`--out`); they need not exist where the command runs (a file made for a
-container names the container's paths). Tokens are the exception: `--client NAME:SCOPES`
-and `--auditor NAME` keep each bearer token in `NAME.token` beside `--out` (read if it is
-there, else made, 0600) and write only its SHA-256 into the configuration.
+container names the container's paths). Tokens are the exception: `--client NAME:SCOPES`,
+`--auditor NAME`, `--agency-token AGENCY` and `--metrics-token NAME` keep each bearer token
+in `NAME.token` beside `--out` (read if it is there, else made, 0600) and write only its
+SHA-256 into the configuration.
 A malformed option is a usage error (exit 2) naming it.
 """
 
@@ -24,6 +25,7 @@ from broker.authz import authorization_block
 from keys import check_agency_id
 from keys.checkpoint import ledger_origin
 from keys.identity import PublicIdentity
+from keys.subjects import AGENCY_ID_PATTERN
 from runtime.config import ConfigError, bind_address
 from runtime.endpoint import BusEndpoint
 from runtime.files import write_new_file
@@ -293,8 +295,24 @@ def agent_config_command(
     "auditors",
     multiple=True,
     metavar="NAME",
-    help="An auditor (or an agency's agent) that reads the ledger (repeat); its token is "
-    "kept in NAME.token beside --out.",
+    help="An auditor that reads the whole ledger (repeat); its token is kept in NAME.token "
+    "beside --out.",
+)
+@click.option(
+    "--agency-token",
+    "agency_tokens",
+    multiple=True,
+    metavar="AGENCY",
+    help="An agency's agent, whose token reads only that agency's events and the proofs its "
+    "ledger check needs (scope agency:AGENCY; repeat); kept in AGENCY.token beside --out.",
+)
+@click.option(
+    "--metrics-token",
+    "metrics_tokens",
+    multiple=True,
+    metavar="NAME",
+    help="A metrics reader whose token reads no /v1 route (scope metrics; repeat); kept in "
+    "NAME.token beside --out.",
 )
 @click.option(
     "--checkpoint-interval",
@@ -328,6 +346,8 @@ def ledger_config_command(
     http_tls_cert: str | None,
     http_tls_key: str | None,
     auditors: tuple[str, ...],
+    agency_tokens: tuple[str, ...],
+    metrics_tokens: tuple[str, ...],
     checkpoint_interval: float | None,
     suppress_below: int | None,
     expiry_warning_days: float | None,
@@ -342,8 +362,15 @@ def ledger_config_command(
     _check_bind(bind, "--bind")
     http_tls = _http_tls(http_tls_cert, http_tls_key)
     _check_plain_http(bind, None, tls=http_tls is not None, allowed=allow_plain_http)
-    if len(set(auditors)) != len(auditors):
-        raise click.BadParameter("each auditor once", param_hint="--auditor")
+    names = [*auditors, *agency_tokens, *metrics_tokens]
+    if len(set(names)) != len(names):
+        raise click.BadParameter(
+            "each name once (each has its own NAME.token)",
+            param_hint="--auditor/--agency-token/--metrics-token",
+        )
+    for agency in agency_tokens:
+        if not AGENCY_ID_PATTERN.fullmatch(agency):
+            raise click.BadParameter(f"{agency!r} is not an agency id", param_hint="--agency-token")
     if out.exists():
         raise click.ClickException(f"{out} already exists; refusing to overwrite")
     doc = ledger_config(
@@ -357,6 +384,10 @@ def ledger_config_command(
         bind=bind,
         http_tls=http_tls,
         auditors=[(a, _token(out, a, "--auditor")) for a in auditors],
+        tokens=[
+            *((a, _token(out, a, "--agency-token"), f"agency:{a}") for a in agency_tokens),
+            *((m, _token(out, m, "--metrics-token"), "metrics") for m in metrics_tokens),
+        ],
         checkpoint_interval_seconds=checkpoint_interval,
         suppress_below=suppress_below,
         expiry_warning_days=expiry_warning_days,

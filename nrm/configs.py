@@ -152,6 +152,7 @@ def ledger_config(
     database: str,
     bind: str,
     auditors: Sequence[tuple[str, str]] = (),
+    tokens: Sequence[tuple[str, str, str]] = (),
     passphrase_file: str | None = None,
     http_tls: HttpTls | None = None,
     checkpoint_interval_seconds: float | None = None,
@@ -159,7 +160,8 @@ def ledger_config(
     expiry_warning_days: float | None = None,
     allow_plain_http: bool = False,
 ) -> dict[str, Any]:
-    """The ledger.toml document; `auditors` are `(name, token_sha256)` pairs."""
+    """The ledger.toml document; `auditors` are `(name, token_sha256)` pairs (scope
+    `auditor`), `tokens` `(name, token_sha256, scope)` triples."""
     return {
         "name": name,
         "key_dir": key_dir,
@@ -176,6 +178,10 @@ def ledger_config(
         "suppress_below": suppress_below,
         "expiry_warning_days": expiry_warning_days,
         "auditors": [{"name": n, "token_sha256": digest} for n, digest in auditors] or None,
+        "tokens": [
+            {"name": n, "token_sha256": digest, "scope": scope} for n, digest, scope in tokens
+        ]
+        or None,
     }
 
 

@@ -115,13 +115,14 @@ class Sandbox:
     def write_ledger_config(
         self, *, checkpoint_interval: float = 1.0, bind: str = "127.0.0.1:0"
     ) -> Path:
-        """Write ledger.toml (the ledger's own key, the operator's bus credentials, one
-        auditor token per agency and one for the auditors) without starting the ledger;
+        """Write ledger.toml (the ledger's own key, the operator's bus credentials, a token
+        of scope `agency:<id>` per agency and one auditor token) without starting the ledger;
         `nrm ledger run --config` runs it. Returns its path."""
         assert self.bus_urls, "start the bus first"
         home = self.ledger_home
-        tokens = [self.auditor_token] + [
-            (a.home / "ledger.token").read_text().strip() for a in self.agencies.values()
+        tokens = [
+            (agency, token_digest((a.home / "ledger.token").read_text().strip()))
+            for agency, a in self.agencies.items()
         ]
         config = configs.ledger_config(
             name=LEDGER_NAME,
@@ -136,7 +137,8 @@ class Sandbox:
             bind=bind,
             http_tls=None if self.tls is None else self.tls.http_tls(),
             checkpoint_interval_seconds=checkpoint_interval,
-            auditors=[("auditor", token_digest(t)) for t in tokens],
+            auditors=[("auditor", token_digest(self.auditor_token))],
+            tokens=[(agency, digest, f"agency:{agency}") for agency, digest in tokens],
         )
         replace_file(home / "ledger.toml", dumps(config).encode())
         return home / "ledger.toml"

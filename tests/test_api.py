@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any
 
 import pytest
+from aiohttp import ClientSession
+from aiohttp.test_utils import TestServer
 
+from agents.api import ApiSettings, make_app
+from agents.config import ApiClient
 from agents.openapi import OPENAPI, document
 from keys import DEFAULT_LIMITS
+from runtime.http import token_digest
 
 from . import samples
 from .support import Mechanism
@@ -131,3 +137,37 @@ def test_the_served_openapi_document_states_this_agents_limits() -> None:
     post = doc["paths"]["/v1/referrals"]["post"]["requestBody"]["content"]["application/json"]
     assert post["schema"]["properties"]["recipients"]["maxItems"] == 3
     assert json.dumps(OPENAPI, sort_keys=True) == before
+
+
+async def test_metrics_scope_reads_metrics_and_nothing_else(mechanism: Mechanism) -> None:
+    """A token with only the metrics scope reads /metrics and is refused a referral, the
+    inbox and a submission (403); read still reads /metrics; submit alone does not."""
+    agent = mechanism.agents["police"]
+    rid = await mechanism.api("police").refer(["shelter"], samples.referral())
+    tokens = {scope: secrets.token_urlsafe(16) for scope in ("metrics", "read", "submit")}
+    settings = ApiSettings(
+        clients=tuple(
+            ApiClient(scope, token_digest(token), frozenset({scope}))
+            for scope, token in tokens.items()
+        ),
+        max_request_bytes=DEFAULT_LIMITS.max_request_bytes,
+        default_page_size=DEFAULT_LIMITS.default_page_size,
+        max_page_size=DEFAULT_LIMITS.max_page_size,
+    )
+    async with TestServer(make_app(agent, settings)) as server, ClientSession() as http:
+
+        async def status(method: str, path: str, scope: str) -> tuple[int, str]:
+            headers = {"Authorization": f"Bearer {tokens[scope]}"}
+            async with http.request(method, server.make_url(path), headers=headers) as r:
+                return r.status, r.content_type
+
+        assert await status("GET", "/metrics", "metrics") == (200, "text/plain")
+        assert await status("GET", "/metrics", "read") == (200, "text/plain")
+        assert await status("GET", "/metrics", "submit") == (403, PROBLEM)
+        assert await status("GET", f"/v1/referrals/{rid}", "read") == (200, "application/json")
+        for method, path in [
+            ("GET", f"/v1/referrals/{rid}"),
+            ("GET", "/v1/inbox"),
+            ("POST", "/v1/referrals"),
+        ]:
+            assert await status(method, path, "metrics") == (403, PROBLEM), path

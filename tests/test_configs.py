@@ -188,6 +188,7 @@ def test_ledger_config_loads_with_the_ledgers_own_loader(tmp_path: Path) -> None
         "--nats", "tls://bus-1:4222", "--nats", "tls://bus-2:4222",
         "--trust-root", "root.1.json", "--database", "/var/lib/nrm-ledger/ledger.db",
         "--bind", "192.0.2.10:8090", "--auditor", "court-of-audit", "--auditor", "police",
+        "--agency-token", "shelter", "--metrics-token", "prometheus",
         "--checkpoint-interval", "5", "--suppress-below", "10", "--expiry-warning-days", "14",
         "--allow-plain-http",
     )  # fmt: skip
@@ -204,6 +205,16 @@ def test_ledger_config_loads_with_the_ledgers_own_loader(tmp_path: Path) -> None
         bytes.fromhex(token_digest((tmp_path / f"{a}.token").read_text()))
         for a in ("court-of-audit", "police")
     )
+    scopes = {t.digest: t.scope for t in config.tokens}
+    for name, scope in (("shelter", "agency:shelter"), ("prometheus", "metrics")):
+        digest = bytes.fromhex(token_digest((tmp_path / f"{name}.token").read_text()))
+        assert scopes[digest] == scope
+    assert sorted(scopes.values()).count("auditor") == 2
+    # An unknown scope is refused with the setting named.
+    text = out.read_text().replace('scope = "metrics"', 'scope = "everything"')
+    out.write_text(text)
+    with pytest.raises(LedgerConfigError, match=r"tokens\.scope"):
+        LedgerConfig.load(out)
     assert (config.checkpoint_interval_seconds, config.suppress_below) == (5.0, 10)
     assert config.expiry_warning_seconds == 14 * 86400
 
@@ -211,7 +222,12 @@ def test_ledger_config_loads_with_the_ledgers_own_loader(tmp_path: Path) -> None
 def test_ledger_config_usage_errors(tmp_path: Path) -> None:
     """A name that is not DNS-like, a repeated auditor: exit 2, nothing written."""
     out = tmp_path / "ledger.toml"
-    for args in (["--name", "Not a name"], ["--name", "n", "--auditor", "a", "--auditor", "a"]):
+    for args in (
+        ["--name", "Not a name"],
+        ["--name", "n", "--auditor", "a", "--auditor", "a"],
+        ["--name", "n", "--auditor", "a", "--agency-token", "a"],
+        ["--name", "n", "--agency-token", "Not-An-Id"],
+    ):
         result = nrm("ledger", "config", "--out", str(out), "--nats", "bus", *args)
         assert result.exit_code == 2, result.output
     assert list(tmp_path.iterdir()) == []

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from nacl.signing import SigningKey
 from structlog.testing import capture_logs
 
+from broker.ledger import METRICS_SCOPE, LedgerToken
 from broker.ledger_migrate import LEGACY_ORIGIN_PREFIX, legacy_note, migrate_legacy
 from broker.ledger_store import LedgerStore
 from keys import PublicIdentity
@@ -34,6 +35,7 @@ from keys.restore import RestoreDeclaration, sign_restore, verify_restore
 from keys.subjects import audit_subject
 from nrm.cli import main
 from nrm.sandbox import LEDGER_NAME
+from runtime.http import token_digest
 from runtime.keydir import load_key_dir
 
 from . import samples
@@ -503,6 +505,61 @@ async def test_canary_appears_nowhere_in_ledger_bus_or_logs(mechanism: Mechanism
         data = file.read_bytes()
         for needle in needles:
             assert needle not in data, file
+
+
+async def test_token_scopes_limit_what_each_token_reads(mechanism: Mechanism) -> None:
+    """An agency's token (the agents hold these, and confirm their events with them) reads
+    its own events and the proofs, and is refused (403 problem+json) every other agency's
+    events and the listings; a metrics token reads no /v1 route; the auditor reads all."""
+    m = mechanism
+    ledger = m.sandbox.ledger
+    assert ledger is not None
+    await exchange(m)
+    ledger.checkpoint()
+    size = ledger.tree.size
+    police = (m.setups["police"].home / "ledger.token").read_text().strip()
+    own, other = outbox(m, "police")[0][0], outbox(m, "shelter")[0][0]
+    metrics = secrets.token_urlsafe(16)
+    ledger.config = dataclasses.replace(
+        ledger.config,
+        tokens=(*ledger.config.tokens, LedgerToken(token_digest(metrics), METRICS_SCOPE)),
+    )
+    url = ledger.url
+    readable = [
+        "/v1/checkpoint",
+        "/v1/checkpoints",
+        f"/v1/events/{own}?size={size}",
+        f"/v1/entries/0/proof?size={size}",
+        f"/v1/proof/consistency?first=1&second={size}",
+        "/v1/directories",
+        "/v1/roots",
+        "/v1/restores",
+    ]
+    refused = [
+        f"/v1/events/{other}",
+        "/v1/events",
+        "/v1/entries?start=0",
+        "/v1/stats",
+        f"/v1/referrals/{outbox(m, 'police')[0][0]}/timeline",
+    ]
+    for path in readable + refused:
+        status, ctype, _ = await get(m.http, url + path, police)
+        assert status == (200 if path in readable else 403), (path, status)
+        assert (await get(m.http, url + path, m.sandbox.auditor_token))[0] == 200, path
+        status, ctype, body = await get(m.http, url + path, metrics)
+        assert (status, ctype) == (403, "application/problem+json"), path
+        assert b"'metrics'" in body
+    auth = {"Authorization": f"Bearer {police}"}
+    for ids, expected in (([own], 200), ([own, other], 403)):
+        async with m.http.post(
+            url + "/v1/proofs", json={"size": size, "event_ids": ids}, headers=auth
+        ) as r:
+            assert r.status == expected, await r.text()
+            if expected == 403:
+                assert r.content_type == "application/problem+json"
+                assert "agency:police" in (await r.json())["detail"]
+    status, _, _ = await get(m.http, url + "/metrics", None)
+    assert status == 200
 
 
 # --- 5. events that do not verify are refused and counted -------------------------------------

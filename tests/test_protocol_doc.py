@@ -13,6 +13,7 @@ from broker.authz import (
     auditor_reply_prefix,
     operator_permissions,
 )
+from broker.ledger_http import AGENCY_ROUTES
 from broker.ledger_http import OPENAPI as LEDGER_OPENAPI
 from keys import DEFAULT_LIMITS
 from keys.audit import KINDS
@@ -55,7 +56,8 @@ def test_audit_event_kinds_are_the_code() -> None:
 
 def test_ledger_api_table_is_the_openapi_document() -> None:
     """§9.0's ledger HTTP API table names every /v1 operation of the ledger's OpenAPI
-    document, each with exactly the problem statuses (besides 401) the document declares."""
+    document, each with exactly the problem statuses (besides 401 and 403, which every one
+    answers) the document declares."""
     rows = _table_after("| request | answer (200) | errors |")
     named: set[tuple[str, str]] = set()
     for request, _, errors in rows:
@@ -69,7 +71,7 @@ def test_ledger_api_table_is_the_openapi_document() -> None:
             for method, op in item.items()
             if (method, re.sub(r"\{[^}]*\}", "{}", path)) in operations
             for code in op["responses"]
-            if code not in ("200", "401")
+            if code not in ("200", "401", "403")
         }
         assert set(re.findall(r"\b[1-5][0-9]{2}\b", errors)) == documented, request
         named |= operations
@@ -79,6 +81,16 @@ def test_ledger_api_table_is_the_openapi_document() -> None:
         if path.startswith("/v1/")
         for method in item
     }
+
+
+def test_ledger_token_scopes_are_the_code() -> None:
+    """§9.0's scope table names exactly the routes an agency's token reads."""
+    scopes = {scope: reads for scope, reads in _table_after("| token scope | reads |")}
+    assert set(scopes) == {"`auditor`", "`agency:<id>`", "`metrics`"}
+    named = set(re.findall(r"`(?:GET|POST) (/v1/[^` ]+)`", scopes["`agency:<id>`"]))
+    reads, refused = named & AGENCY_ROUTES, named - AGENCY_ROUTES
+    assert reads == AGENCY_ROUTES
+    assert refused == {"/v1/entries", "/v1/events", "/v1/stats"}
 
 
 def consumer_parameters(agency: str) -> dict[str, object]:

@@ -45,11 +45,16 @@ from keys.errors import KeyFileError
 from keys.identity import (
     ENCRYPTION_KID_LABEL,
     SIGNING_KID_LABEL,
+    BadProofError,
+    MissingProofError,
     PublicIdentity,
     encryption_kid,
+    fingerprint,
     key_id,
     nats_public_key,
+    proof_statement,
     signing_kid,
+    verify_proof,
 )
 from keys.keyfile import open_admin_key, open_keys
 from keys.ledger_entry import LedgerEntry
@@ -516,6 +521,14 @@ def test_identity_vector(path: Path) -> None:
     assert bytes(identity.encryption_key).hex() == fields["x25519_public"]
     assert identity.encryption_kid == fields["encryption_kid"]
     assert identity.nats_key == fields["nats_key"]
+    assert fingerprint(identity) == fields["fingerprint"]
+    assert proof_statement(identity).hex() == fields["proof_statement"]
+    if fields["proof"] == "valid":
+        assert verify_proof(identity) is identity
+    else:
+        error = MissingProofError if fields["proof"] == "missing" else BadProofError
+        with pytest.raises(error):
+            verify_proof(identity)
 
 
 FAMILIES = {
@@ -714,6 +727,8 @@ NOT_RECEIVER = {
     "expired-root": "roots (§7.5): root- vectors",
     "bad-inclusion-proof": "ledger proofs (§9.2): merkle- vectors",
     "bad-consistency-proof": "ledger proofs (§9.2): merkle- vectors",
+    "missing-proof": "identity files (§2.4): identity- vectors (`proof: missing`)",
+    "bad-proof": "identity files (§2.4): identity- vectors (`proof: invalid`)",
 }
 #: Receiver reasons no vector can give, and why.
 WITHOUT_VECTOR = {

@@ -46,9 +46,12 @@ from keys.directory import (
 from keys.identity import (
     ENCRYPTION_KID_LABEL,
     SIGNING_KID_LABEL,
+    PublicIdentity,
     encryption_kid,
+    fingerprint,
     key_id,
     nats_public_key,
+    proof_statement,
     signing_kid,
 )
 from keys.keyfile import INTERACTIVE, _derive
@@ -1406,7 +1409,9 @@ def merkle_vectors() -> Iterator[tuple[str, str]]:
 #
 # kid-*: `key_type` ed25519 | x25519, `kid`; the bytes are the 32-byte public key.
 # identity-*: the bytes are an identity.json; when ok `agency`, `name`, `signing_public`,
-#     `signing_kid`, `x25519_public`, `encryption_kid`, `nats_key`; else `expect: malformed`.
+#     `signing_kid`, `x25519_public`, `encryption_kid`, `nats_key`, `fingerprint` (§2.4),
+#     `proof_statement` (the signed bytes, §2.4) and `proof`: valid, missing or invalid;
+#     else `expect: malformed`.
 
 
 def kid_vectors() -> Iterator[tuple[str, str]]:
@@ -1450,7 +1455,18 @@ def kid_vectors() -> Iterator[tuple[str, str]]:
         yield f"kid-{name}", render(header, public)
 
 
+def _police_identity() -> PublicIdentity:
+    return PublicIdentity(
+        agency="police",
+        name="National Police",
+        signing_key=POLICE_SIGN.verify_key,
+        encryption_key=POLICE_ENC.public_key,
+        nats_key=nats_public_key(nats_seed("police nats 1")),
+    )
+
+
 def _identity_doc(**changes: Any) -> dict[str, Any]:
+    statement = proof_statement(_police_identity())
     doc: dict[str, Any] = {
         "agency": "police",
         "encryption_key": {
@@ -1460,6 +1476,7 @@ def _identity_doc(**changes: Any) -> dict[str, Any]:
         "format": "nrm-identity/1",
         "name": "National Police",
         "nats_key": nats_public_key(nats_seed("police nats 1")),
+        "proof": {"ed25519": b64(POLICE_SIGN.sign(statement).signature)},
         "signing_key": {
             "ed25519": b64(bytes(POLICE_SIGN.verify_key)),
             "kid": signing_kid(POLICE_SIGN.verify_key),
@@ -1482,17 +1499,50 @@ def identity_vectors() -> Iterator[tuple[str, str]]:
             "kid": signing_kid(POLICE_SIGN.verify_key),
         }
     )
-    police: list[tuple[str, object]] = [
-        ("agency", "police"),
-        ("name", "National Police"),
-        ("signing_public", bytes(POLICE_SIGN.verify_key)),
-        ("signing_kid", signing_kid(POLICE_SIGN.verify_key)),
-        ("x25519_public", bytes(POLICE_ENC.public_key)),
-        ("encryption_kid", encryption_kid(POLICE_ENC.public_key)),
-        ("nats_key", nats_public_key(nats_seed("police nats 1"))),
-    ]
+    police = _police_identity()
+    statement = proof_statement(police)
+    proofs = {
+        "ok": "valid",
+        "no-proof": "missing",
+        "proof-other-key": "invalid",
+    }
+    without_proof = {k: v for k, v in _identity_doc().items() if k != "proof"}
+    other_key = _identity_doc(proof={"ed25519": b64(SHELTER_SIGN.sign(statement).signature)})
+    short_proof = _identity_doc(proof={"ed25519": b64(bytes(63))})
+
+    def fields(data: bytes) -> list[tuple[str, object]]:
+        doc = json.loads(data)
+        proof = next(p for name, p in proofs.items() if text(vector_docs[name]) == data)
+        assert doc["agency"] == "police"
+        return [
+            ("agency", "police"),
+            ("name", "National Police"),
+            ("signing_public", bytes(POLICE_SIGN.verify_key)),
+            ("signing_kid", signing_kid(POLICE_SIGN.verify_key)),
+            ("x25519_public", bytes(POLICE_ENC.public_key)),
+            ("encryption_kid", encryption_kid(POLICE_ENC.public_key)),
+            ("nats_key", nats_public_key(nats_seed("police nats 1"))),
+            ("fingerprint", fingerprint(police)),
+            ("proof_statement", statement),
+            ("proof", proof),
+        ]
+
+    vector_docs = {"ok": _identity_doc(), "no-proof": without_proof, "proof-other-key": other_key}
     vectors = [
-        ("ok", "the police identity", "ok", text(_identity_doc())),
+        ("ok", "the police identity, with its proof of possession", "ok", text(_identity_doc())),
+        (
+            "no-proof",
+            "an identity written before proofs of possession: readable, proof missing",
+            "ok",
+            text(without_proof),
+        ),
+        (
+            "proof-other-key",
+            "a proof signed by another agency's key: readable, proof invalid",
+            "ok",
+            text(other_key),
+        ),
+        ("proof-short", "a proof of 63 bytes", "malformed", text(short_proof)),
         ("kid-mismatch", "a signing kid that is not its key's id", "malformed", text(wrong_kid)),
         (
             "unpadded-base64",
@@ -1513,7 +1563,7 @@ def identity_vectors() -> Iterator[tuple[str, str]]:
             text(_identity_doc(agency="Police")),
         ),
     ]
-    yield from rendered("identity", vectors, lambda _: police)
+    yield from rendered("identity", vectors, fields)
 
 
 #: Every family: (file name prefix, generator of (name, text)).
