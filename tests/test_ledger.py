@@ -338,7 +338,7 @@ def test_audit_verify_names_the_tampered_index(
     with sqlite3.connect(copy) as db:
         tamper(db, snapshot.size)
     code, output = audit_verify(snapshot.m, "--db", str(copy))
-    assert code == 1, output
+    assert code == 3, output  # verification failed (nrm/exits.py)
     assert f"FAILED: entry {bad_index(snapshot.size)}:" in output, output
 
 
