@@ -260,6 +260,16 @@ async def test_audit_verify_passes_live_and_on_a_copy(
     code, output = audit_verify(m, "--db", str(copy))
     assert code == 0, output
     assert "OK:" in output
+    code, output = audit_verify(m, "--db", str(copy), "--json")
+    doc = json.loads(output)
+    assert code == 0 and doc["ok"] is True and doc["events"] >= size, output
+    assert doc["checkpoint"]["size"] >= size and len(doc["checkpoint"]["root"]) == 64
+    query = CliRunner().invoke(main, ["audit", "query", "--db", str(copy), "--json"])
+    events = json.loads(query.output)
+    n = doc["events"]
+    assert query.exit_code == 0 and events["count"] == n == len(events["events"])
+    assert sorted(e["index"] for e in events["events"]) == list(range(n))
+    assert all(e["kind"] and e["agency"] for e in events["events"])
     wrong = tmp_path / "wrong-token"
     wrong.write_text("not-a-token")
     code, output = await asyncio.to_thread(
