@@ -407,7 +407,7 @@ def test_forged_checkpoint_fails(
             (forge(snapshot, note, size, root, ts), size),
         )
     code, output = audit_verify(snapshot.m, "--db", str(copy))
-    assert code == 1, output
+    assert code == 3, output  # verification failed
     assert expected in output, output
 
 
@@ -436,7 +436,7 @@ def test_former_format_is_resigned_on_open(snapshot: Snapshot, tmp_path: Path) -
             (sign_restore(old, keys.signing_key), size, old.declared_at),
         )
     code, output = audit_verify(snapshot.m, "--db", str(copy))
-    assert code == 1 and "checkpoint does not verify" in output, output
+    assert code == 3 and "checkpoint does not verify" in output, output
     origin = ledger_origin(LEDGER_NAME)
     store = LedgerStore(copy)
     try:
