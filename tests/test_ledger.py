@@ -409,6 +409,9 @@ def test_forged_checkpoint_fails(
     code, output = audit_verify(snapshot.m, "--db", str(copy))
     assert code == 3, output  # verification failed
     assert expected in output, output
+    code, output = audit_verify(snapshot.m, "--db", str(copy), "--json")
+    doc = json.loads(output[: output.rindex("}") + 1])
+    assert code == 3 and doc["ok"] is False and expected in doc["failure"], output
 
 
 def test_former_format_is_resigned_on_open(snapshot: Snapshot, tmp_path: Path) -> None:
