@@ -32,6 +32,7 @@ from nacl.secret import SecretBox
 from keys.errors import MalformedError
 from keys.subjects import attachment_bucket, attachment_object, attachment_stream
 from runtime import clock
+from runtime.backoff import Retry
 
 from .store import Store
 
@@ -148,6 +149,7 @@ class Attachments:
         self._wake.set()
 
     async def run(self, js: Any, running: Callable[[], bool]) -> None:
+        retry = Retry.after(1.0)
         while running():
             buckets: dict[str, Any] = {}  # agency -> its object store, looked up once
             try:
@@ -155,13 +157,14 @@ class Attachments:
                     worked = await self._fetch_some(js, buckets)
                     worked += await self._upload_some(js, buckets)
                     worked += await self._delete_some(js, buckets)
+                    retry.succeeded()
                     if not worked:
                         self._wake.clear()
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._wake.wait(), timeout=1.0)
             except TRANSIENT as e:
                 self.log.warning("attachment_store_unavailable", error=type(e).__name__)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(retry.next_delay())
 
     async def _bucket(self, js: Any, buckets: dict[str, Any], agency: str) -> Any:
         """The object store of `agency`'s attachments. Raises nats-py's BucketNotFoundError

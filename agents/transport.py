@@ -44,7 +44,7 @@ from keys.subjects import (
     resend_publish_id,
 )
 from runtime import clock
-from runtime.backoff import Backoff
+from runtime.backoff import Backoff, Retry
 from runtime.bus_client import close_client
 from runtime.endpoint import BusEndpoint
 from runtime.jetstream import erase_message, inbox_consumer_config
@@ -233,6 +233,7 @@ class Transport:
 
     async def _connect(self) -> Client | None:
         seed = self.nats_seed  # errors are reported against the seed of their own connection
+        retry = Retry.after(1.0)
         while self._running:
             nc = self._current = Client()
 
@@ -285,7 +286,7 @@ class Transport:
                 self.log.warning("bus_unreachable", error=type(e).__name__)
                 if is_refusal(e):
                     self.on_auth_refused(seed)
-                await pause(1.0, self._stopping)
+                await pause(retry.next_delay(), self._stopping)
         return None
 
     async def _on_error(self, e: Exception, seed: bytes | None) -> None:
@@ -454,6 +455,7 @@ class Transport:
         subject = inbox_subject(self.agency)
         await self.ready.wait()
         config = inbox_consumer_config(self.agency, self.limits)
+        retry = Retry.after(1.0)
         while self._running:
             if self.presence is not None and not await self.presence.wait_held(
                 lambda: self._running
@@ -470,12 +472,13 @@ class Transport:
                     config=config,
                 )
             except TRANSIENT as e:
-                await self._pause("consumer_unavailable", e, 1.0)
+                await self._pause("consumer_unavailable", e, retry.next_delay())
                 continue
             try:
                 await self._fetch_forever(js, sub)
+                retry.succeeded()
             except TRANSIENT as e:
-                await self._pause("consumer_interrupted", e, 0.5)
+                await self._pause("consumer_interrupted", e, retry.next_delay())
             finally:
                 with contextlib.suppress(*TRANSIENT):
                     await sub.unsubscribe()
@@ -530,6 +533,7 @@ class Transport:
         committed, and holding it back would only bring it back — and the failure is
         logged with the sequence only and counted (`on_erase_failed`)."""
         seq = msg.metadata.sequence.stream
+        retry = Retry.after(ERASE_RETRY_SECONDS)
         for attempt in range(1, ERASE_ATTEMPTS + 1):
             try:
                 await erase_message(js, inbox_stream(self.agency), seq)
@@ -540,7 +544,7 @@ class Transport:
                 if reason == "refused" or attempt == ERASE_ATTEMPTS or not self._running:
                     self._erase_failed(reason, seq, e)
                     return
-                await pause(ERASE_RETRY_SECONDS * attempt, self._stopping)
+                await pause(retry.next_delay(), self._stopping)
 
     def _erase_failed(self, reason: str, seq: int, error: BaseException) -> None:
         self.log.error(
@@ -590,6 +594,7 @@ class Transport:
         subject its creator names, another agency's replies included."""
         prefix = f"$KV.{DIRECTORY_BUCKET}."
         seq, first = 1, True
+        retry = Retry.after(1.0)
         while self._running:
             try:
                 cursor, found = seq, dict[int, tuple[str, bytes | None]]()
@@ -613,8 +618,9 @@ class Transport:
                         await self.on_directory(key, value)
                 seq, first = cursor, False
             except TRANSIENT as e:
-                await self._pause("directory_watch_interrupted", e, 1.0)
+                await self._pause("directory_watch_interrupted", e, retry.next_delay())
                 continue
+            retry.succeeded()
             await pause(DIRECTORY_POLL_SECONDS, self._stopping)
 
 

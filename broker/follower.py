@@ -19,6 +19,7 @@ from keys import DEFAULT_LIMITS
 from keys.directory import Directory, Root, TrustFeed
 from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY
 from runtime import clock, expiry
+from runtime.backoff import Retry
 from runtime.bus_client import close_client, logged_errors
 from runtime.endpoint import BusEndpoint
 from runtime.supervisor import Supervisor
@@ -136,6 +137,7 @@ class DirectoryFollower:
         if self.endpoint is None:
             raise RuntimeError("the directory follower was started without a bus endpoint")
         on_error = logged_errors(log, follower=self.name)
+        retry = Retry.after(1.0)
         while self._running:
             try:
                 nc = await nats.connect(
@@ -149,6 +151,7 @@ class DirectoryFollower:
                 try:
                     kv = await nc.jetstream().key_value(DIRECTORY_BUCKET)
                     watcher = await kv.watchall()
+                    retry.succeeded()
                     while self._running:
                         try:
                             entry = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
@@ -162,4 +165,4 @@ class DirectoryFollower:
                 log.warning(
                     "directory_follow_interrupted", follower=self.name, error=type(e).__name__
                 )
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(retry.next_delay())

@@ -32,6 +32,7 @@ from keys.ledger_entry import LedgerEntry
 from keys.merkle import MerkleTree, leaf_hash
 from keys.subjects import AGENCY_ID_PATTERN, AUDIT_STREAM, AUDIT_SUBJECTS
 from runtime import clock
+from runtime.backoff import Retry
 from runtime.bus_client import close_client, logged_errors
 from runtime.config import ConfigError, Table, bind_address, days, load_toml, path_in
 from runtime.endpoint import BusEndpoint, EndpointError, endpoint_from_config
@@ -418,6 +419,7 @@ class Ledger:
             filter_subject=AUDIT_SUBJECTS,
         )
         on_error = logged_errors(log, service="ledger")
+        retry = Retry.after(1.0)
         while self._running:
             try:
                 nc = await nats.connect(
@@ -430,7 +432,7 @@ class Ledger:
                 )
             except TRANSIENT as e:
                 log.warning("ledger_bus_unreachable", error=type(e).__name__)
-                await pause(1.0, self._stopping)
+                await pause(retry.next_delay(), self._stopping)
                 continue
             try:
                 js = nc.jetstream()
@@ -444,6 +446,7 @@ class Ledger:
                 if replay:
                     self.store.replay_started()
                     log.info("ledger_replaying_audit_stream")
+                retry.succeeded()
                 while self._running:
                     try:
                         msgs: list[Msg] = await unless_stopping(
@@ -460,7 +463,7 @@ class Ledger:
                             await msg.ack()
             except TRANSIENT as e:
                 log.warning("ledger_consumer_interrupted", error=type(e).__name__)
-                await pause(0.5, self._stopping)
+                await pause(retry.next_delay(), self._stopping)
             finally:
                 await close_client(nc)  # over TLS with the bus down too (runtime/bus_client.py)
 

@@ -16,7 +16,7 @@ from typing import Any
 from .audit import verify_event
 from .checkpoint import Checkpoint
 from .directory import Directory, TrustStore, read_unverified_root
-from .errors import NrmError, UntrustedInputError
+from .errors import NotEnoughSignaturesError, NrmError, UntrustedInputError
 from .ledger_entry import LedgerEntry
 from .merkle import MemoryNodeStore, MerkleTree, leaf_hash
 from .restore import RestoreDeclaration
@@ -77,10 +77,20 @@ def verify_directory_history(
             except UntrustedInputError as e:
                 following = by_version.get(store.root.version + 1)
                 if following is None:
+                    missing = ""
+                    if isinstance(e, NotEnoughSignaturesError):
+                        # Most likely signed by the keys of a root this auditor lacks.
+                        later = store.root.version + 1
+                        missing = (
+                            f": it is probably signed by the keys of root version {later}, "
+                            "which neither the ledger served nor --root gave; get "
+                            f"root.{later}.json from the administrators and add "
+                            f"--root root.{later}.json"
+                        )
                     raise LedgerVerificationError(
                         None,
                         f"directory version {version} does not verify under root version "
-                        f"{store.root.version} ({e.reason})",
+                        f"{store.root.version} ({e.reason}){missing}",
                     ) from e
                 try:
                     store.update_root(following)

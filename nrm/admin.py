@@ -522,6 +522,10 @@ async def publish(
             nkeys_seed_str=operator.nats_seed.decode(),
             connect_timeout=5,
             allow_reconnect=False,
+            # each server tried twice, 0.5 s apart: nats-py's defaults try an unreachable one
+            # 60 times, 2 s apart, before giving up (two minutes)
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.5,
             error_cb=ignore_errors,  # what fails is raised, and said once, below
         )
         try:

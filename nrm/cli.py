@@ -33,6 +33,15 @@ from . import admin, logs
 from .audit import LedgerCopy
 from .bus_options import bus_endpoint_options
 from .config_cli import agent_config_command, ledger_config_command, seed_authorization_command
+from .exits import (
+    EXIT_UNREACHABLE,
+    EXIT_VERIFICATION_FAILED,
+    NrmGroup,
+    Unreachable,
+    VerificationFailed,
+    document_exit_codes,
+)
+from .output import emit, json_option
 
 if TYPE_CHECKING:
     from broker.bus import Listen
@@ -72,21 +81,19 @@ ADMIN_DIR = click.option(
 
 
 #: `nrm directory publish` exits with this when the draft expires too soon (README).
-EXIT_EXPIRES_TOO_SOON = 3
-
-
-class _ExpiresTooSoon(click.ClickException):
-    exit_code = EXIT_EXPIRES_TOO_SOON
+EXIT_EXPIRES_TOO_SOON = EXIT_VERIFICATION_FAILED
 
 
 @contextmanager
 def _admin_errors() -> Iterator[None]:
-    """Turn refusals into a one-line CLI error with a non-zero exit (1; 3 when a draft
-    expires sooner than the publishing margin)."""
+    """Turn refusals into a one-line CLI error with a non-zero exit (nrm/exits.py: 1; 3
+    when a draft expires sooner than the publishing margin; 4 for a bus out of reach)."""
     try:
         yield
     except admin.PublishMarginError as e:
-        raise _ExpiresTooSoon(str(e)) from e
+        raise VerificationFailed(str(e)) from e
+    except admin.BusUnreachableError as e:
+        raise Unreachable(str(e)) from e
     except UntrustedInputError as e:
         raise click.ClickException(f"refused ({e.reason}): {e}") from e
     except (admin.AdminError, KeyFileError, ValueError, OSError) as e:
@@ -112,10 +119,14 @@ def _parse_time(text: str) -> int:
     return int(moment.timestamp())
 
 
-@click.group()
+@click.group(cls=NrmGroup)
 @click.version_option(VERSION, "--version", prog_name="nrm", message="%(prog)s %(version)s")
 def main() -> None:
-    """NRM Exchange: secure referrals between the agencies of a National Referral Mechanism."""
+    """NRM Exchange: secure referrals between the agencies of a National Referral Mechanism.
+
+    Exit codes (every command): 0 ok, 1 refused or failed, 2 usage, 3 verification failed,
+    4 unreachable (bus or ledger; try again). README.md "Exit codes".
+    """
 
 
 # --- keys ----------------------------------------------------------------------------------
@@ -447,7 +458,7 @@ def _bus_listen(
 
 #: `nrm bus provision` exits with this when the bus cannot be reached (or JetStream is not
 #: ready yet: try again); 1 for what retrying does not fix.
-EXIT_BUS_UNREACHABLE = 4
+EXIT_BUS_UNREACHABLE = EXIT_UNREACHABLE
 
 
 #: JetStream errors that go away by themselves once a cluster has formed: 10005 no suitable
@@ -456,8 +467,7 @@ EXIT_BUS_UNREACHABLE = 4
 JETSTREAM_NOT_READY = frozenset({10005, 10202})
 
 
-class _BusUnreachable(click.ClickException):
-    exit_code = EXIT_BUS_UNREACHABLE
+_BusUnreachable = Unreachable
 
 
 @bus.command("provision")
@@ -766,7 +776,8 @@ def _backup(source: Path, target: Path, *, what: str) -> None:
 @agent.command("alerts")
 @click.option("--config", "config_path", type=PATH, required=True, help="The agent's agent.toml.")
 @click.option("--all", "show_all", is_flag=True, help="Also those already acknowledged.")
-def agent_alerts(config_path: Path, show_all: bool) -> None:
+@json_option
+def agent_alerts(config_path: Path, show_all: bool, as_json: bool) -> None:
     """List the ledger alerts the agent raised (open ones unless --all)."""
     from .show import when
 
@@ -775,6 +786,10 @@ def agent_alerts(config_path: Path, show_all: bool) -> None:
         rows = store.alerts(open_only=not show_all)
     finally:
         store.close()
+    if as_json:
+        fields = ("reason", "event_id", "first_at", "last_at", "occurrences", "acknowledged_at")
+        emit({"alerts": [dict(zip(fields, row[1:], strict=True)) for row in rows]})
+        return
     if not rows:
         click.echo("no open ledger alerts" if not show_all else "no ledger alerts")
         return
@@ -874,13 +889,14 @@ def consent_group() -> None:
 
 
 #: `nrm consent show` exit status for a stored receipt that does not verify (docs/RUNBOOK.md).
-EXIT_UNVERIFIED = 3
+EXIT_UNVERIFIED = EXIT_VERIFICATION_FAILED
 
 
 @consent_group.command("show")
 @click.argument("receipt_id")
 @click.option("--config", "config_path", type=PATH, required=True, help="The agent's agent.toml.")
-def consent_show(receipt_id: str, config_path: Path) -> None:
+@json_option
+def consent_show(receipt_id: str, config_path: Path, as_json: bool) -> None:
     """Print a consent receipt readably, after checking the agency's signature on it.
 
     The signature is checked under the key that made it, as the agency's key history says it
@@ -904,6 +920,8 @@ def consent_show(receipt_id: str, config_path: Path) -> None:
         signed = decode_stored(stored.signed)
         receipt, kid = verify_stored_receipt(signed, signed_at=stored.recorded, history=history)
     except UntrustedInputError as e:
+        if as_json:
+            emit({"receipt_id": receipt_id, "verified": False, "reason": e.reason})
         click.echo(
             f"signature: DOES NOT VERIFY ({e.reason}): {e}. The stored receipt may have been "
             "altered, or was signed by a key not valid when it was recorded; see RUNBOOK.md "
@@ -913,6 +931,22 @@ def consent_show(receipt_id: str, config_path: Path) -> None:
         sys.exit(EXIT_UNVERIFIED)
     from .show import when
 
+    if as_json:
+        import json
+
+        emit(
+            {
+                "receipt_id": receipt.receipt_id,
+                "verified": True,
+                "agency": signed.agency,
+                "kid": kid,
+                "current_key": kid == identity.signing_kid,
+                "recorded_at": stored.recorded,
+                "withdrawn_at": stored.withdrawn_at,
+                "receipt": json.loads(signed.body),
+            }
+        )
+        return
     click.echo(render(receipt))
     if kid == identity.signing_kid:
         click.echo(f"signature: verified, {signed.agency} key {kid} (the current key)")
@@ -1034,7 +1068,7 @@ def admin_rotate_root(
         )
     click.echo(
         f"root version {root.version}: {threshold}-of-{admins}; re-sign the directory "
-        "with the new keys (admin-N.r{root.version}.key) and publish"
+        f"with the new keys (admin-N.r{root.version}.key) and publish"
     )
 
 
@@ -1261,13 +1295,18 @@ def directory_publish(
 
 @directory_group.command("show")
 @ADMIN_DIR
-def directory_show(admin_dir: Path) -> None:
-    """A readable table of the directory draft: agencies, roles, keys and their windows."""
-    from .show import show_directory
+@json_option
+def directory_show(admin_dir: Path, as_json: bool) -> None:
+    """A readable table of the directory draft: agencies, roles, keys and their windows
+    (--json: every key in full, README "Scripting")."""
+    from .show import directory_document, show_directory
 
     folder = admin.AdminFolder(admin_dir)
     with _admin_errors():
-        click.echo(show_directory(folder))
+        if as_json:
+            emit(directory_document(folder))
+        else:
+            click.echo(show_directory(folder))
 
 
 @main.group("broker")
@@ -1465,6 +1504,12 @@ def _load(
             if not token:
                 raise click.UsageError("give --token-file or set NRM_AUDITOR_TOKEN")
         return asyncio.run(from_http(ledger_url, token, ca_file=ledger_ca))
+    except (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch) as e:
+        raise click.ClickException(f"could not read the ledger: {e}") from e
+    except (aiohttp.ClientConnectionError, TimeoutError) as e:
+        raise Unreachable(
+            f"could not reach the ledger at {ledger_url}: {type(e).__name__}: {e}"
+        ) from e
     except (
         OSError,
         ValueError,  # runtime.tls.TlsFileError: a CA file that cannot be read
@@ -1493,6 +1538,7 @@ def _load(
     help="The ledger's identity.json (its checkpoint key).",
 )
 @click.option("--name", default="national", show_default=True, help="The ledger's name.")
+@json_option
 def audit_verify(
     ledger_url: str | None,
     ledger_ca: Path | None,
@@ -1501,9 +1547,10 @@ def audit_verify(
     roots: tuple[Path, ...],
     ledger_identity: Path,
     name: str,
+    as_json: bool,
 ) -> None:
-    """Recompute the tree, check every event's signature and the checkpoint; exit non-zero
-    naming the first bad index."""
+    """Recompute the tree, check every event's signature and the checkpoint; exit 3 naming
+    the first bad index (--json: README "Scripting")."""
     from keys.ledger_verify import LedgerVerificationError
 
     from .audit import (
@@ -1523,10 +1570,29 @@ def audit_verify(
             copy, directories=directories, checkpoint=checkpoint, restores=restores
         )
     except LedgerVerificationError as e:
+        if as_json:
+            emit({"ok": False, "index": e.index, "failure": str(e)})
         click.echo(f"FAILED: {e}", err=True)
-        sys.exit(1)
-    except (OSError, ValueError, aiohttp.ClientError, UntrustedInputError) as e:
+        sys.exit(EXIT_VERIFICATION_FAILED)
+    except UntrustedInputError as e:  # a directory or root the ledger used does not verify
+        raise VerificationFailed(f"FAILED: refused ({e.reason}): {e}") from e
+    except (OSError, ValueError, aiohttp.ClientError) as e:
         raise click.ClickException(str(e)) from e
+    if as_json:
+        emit(
+            {
+                "ok": True,
+                "events": count,
+                "checkpoint": {
+                    "size": checkpoint.size,
+                    "root": checkpoint.root.hex(),
+                    "origin": checkpoint.origin,
+                    "timestamp": checkpoint.timestamp,
+                },
+                "restores": [describe_restore(d) for d in restores],
+            }
+        )
+        return
     click.echo(
         f"OK: {count} events verified; checkpoint size {checkpoint.size}, root "
         f"{checkpoint.root.hex()} signed by {checkpoint.origin} at "
@@ -1586,9 +1652,15 @@ def _matching_events(f: Callable[..., None]) -> Callable[..., None]:
 
 @audit_group.command("query")
 @_matching_events
-def audit_query(items: list[dict[str, Any]]) -> None:
-    """Print matching events as a table (metadata only)."""
+@json_option
+def audit_query(items: list[dict[str, Any]], as_json: bool) -> None:
+    """Print matching events as a table (metadata only; --json: {"events": [...], "count"},
+    each event as `audit export` writes it)."""
     from .show import when
+
+    if as_json:
+        emit({"count": len(items), "events": items})
+        return
 
     click.echo(
         f"{'index':>6}  {'time':<16}  {'agency':<14} {'kind':<20} {'counterpart':<14} "
@@ -1633,3 +1705,5 @@ def demo(keep: bool, workdir: Path | None) -> None:
 agent.add_command(agent_config_command)
 ledger_group.add_command(ledger_config_command)
 cluster_group.add_command(seed_authorization_command)
+
+document_exit_codes(main)

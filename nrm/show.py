@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from keys import UntrustedInputError
 from keys.directory import signature_count
 from runtime import clock
 
 from .admin import AdminFolder, verified_draft
+from .output import agency_entry
 
 
 def when(t: int | None) -> str:
@@ -17,17 +19,57 @@ def when(t: int | None) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M")
 
 
+def draft_state(folder: AdminFolder) -> tuple[int, int, str | None]:
+    """(signatures, threshold, None if the draft verifies else why not) against the newest
+    root. An unsigned or under-signed draft says so (a draft's empty signature list is not
+    "malformed": it is what `add-agency` writes)."""
+    root = folder.newest_root()
+    count = signature_count(folder.directory_bytes(), keys=root)
+    if count == 0:
+        return count, root.threshold, "unsigned"
+    if count < root.threshold:
+        return count, root.threshold, "under-signed"
+    try:
+        verified_draft(folder)
+    except UntrustedInputError as e:
+        return count, root.threshold, e.reason
+    return count, root.threshold, None
+
+
+def directory_document(folder: AdminFolder) -> dict[str, Any]:
+    """`nrm directory show --json`: the draft, its signature state and every key in full."""
+    directory = folder.draft()
+    root = folder.newest_root()
+    count, threshold, problem = draft_state(folder)
+    return {
+        "version": directory.version,
+        "expires": directory.expires,
+        "signatures": count,
+        "threshold": threshold,
+        "publishable": problem is None,
+        "problem": problem,
+        "root": {
+            "version": root.version,
+            "expires": root.expires,
+            "expired": root.expires <= clock.now(),
+        },
+        "agencies": [agency_entry(a) for a in directory.agencies],
+    }
+
+
 def show_directory(folder: AdminFolder) -> str:
     """The directory draft as a table, with its signature state against the current root."""
     directory = folder.draft()
-    data = folder.directory_bytes()
     root = folder.newest_root()  # shown even once it has expired: it says so below
-    count = signature_count(data, keys=root)
-    try:
-        verified_draft(folder)
+    count, _, problem = draft_state(folder)
+    if problem is None:
         state = "verifies: publishable"
-    except UntrustedInputError as e:
-        state = f"not publishable ({e.reason})"
+    elif problem == "unsigned":
+        state = "unsigned: not publishable yet (`nrm directory sign`)"
+    elif problem == "under-signed":
+        state = f"not publishable yet (under-signed: {root.threshold - count} more needed)"
+    else:
+        state = f"not publishable ({problem})"
     lines = [
         f"directory version {directory.version}, expires {when(directory.expires)}; "
         f"{count} of {root.threshold} signatures from root v{root.version}: {state}",

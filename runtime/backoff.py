@@ -37,3 +37,33 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         """A random wait in [0, ceiling(attempt)]."""
         return self.uniform() * self.ceiling(attempt)
+
+
+#: The pacing of a loop that retries a failed bus or store operation: the first retry within
+#: `initial` (what these loops once waited every time), then twice as long at most each
+#: consecutive failure, up to five seconds.
+RETRY_CAP_SECONDS = 5.0
+
+
+@dataclass(slots=True)
+class Retry:
+    """The consecutive failures of one retrying loop, paced by a Backoff: `next_delay()`
+    after each failure, `succeeded()` once the operation works again.
+
+    Every loop that retries failures goes through this (or, for nats-py's reconnects, a
+    Backoff directly); periodic timers (poll intervals, checkpoints) are not retries."""
+
+    backoff: Backoff
+    failures: int = 0
+
+    @classmethod
+    def after(cls, initial_seconds: float, cap_seconds: float = RETRY_CAP_SECONDS) -> Retry:
+        return cls(Backoff(initial_seconds, max(initial_seconds, cap_seconds)))
+
+    def next_delay(self) -> float:
+        delay = self.backoff.delay(self.failures)
+        self.failures += 1
+        return delay
+
+    def succeeded(self) -> None:
+        self.failures = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.backoff import Backoff
+from runtime.backoff import RETRY_CAP_SECONDS, Backoff, Retry
 
 
 def test_ceiling_doubles_up_to_the_cap() -> None:
@@ -37,3 +37,13 @@ def test_bad_bounds_are_refused(initial: float, cap: float) -> None:
     """A zero, negative or above-cap initial delay is a misuse."""
     with pytest.raises(ValueError):
         Backoff(initial, cap)
+
+
+def test_retry_grows_with_consecutive_failures_and_starts_over_after_a_success() -> None:
+    """Retry.after(1.0): the first wait within 1 s, then up to 2, 4, capped at 5; a success
+    brings the next failure back to the first."""
+    retry = Retry(Backoff(1.0, RETRY_CAP_SECONDS, uniform=lambda: 0.5))
+    assert [retry.next_delay() for _ in range(5)] == [0.5, 1.0, 2.0, 2.5, 2.5]
+    retry.succeeded()
+    assert retry.next_delay() == 0.5
+    assert Retry.after(8.0).backoff.cap_seconds == 8.0  # never below the initial

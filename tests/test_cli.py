@@ -382,7 +382,7 @@ def test_rotate_root_writes_the_next_root_signed_by_old_and_new_keys(work: Work)
     out = ok("admin", "rotate-root", "--key", work.admin_key(1), "--key", work.admin_key(2),
              "--admins", "2", "--threshold", "1", "--dir", work.admin)  # fmt: skip
 
-    assert "root version 2" in out
+    assert "root version 2" in out and "(admin-N.r2.key)" in out
     assert (work.admin / "root.2.json").exists()
     assert mode(work.admin / "admin-1.r2.key") == 0o600
     assert "root v2" in work.show()

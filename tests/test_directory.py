@@ -854,7 +854,9 @@ HISTORY_SCENARIOS: list[tuple[str, list[bytes], str | None]] = [
     ("root.2 served twice, with the ledger's own root.1: both verify", [ROOT_1, ROOT_2, ROOT_2],
      None),
     ("a forged root.1 served (at or below the pin): ignored", [FORGED_ROOT_1, ROOT_2], None),
-    ("no later root served: refused", [], "directory version 3 does not verify under root"),
+    ("no later root served: refused, naming the missing root", [],
+     "does not verify under root version 1 (under-signed): it is probably signed by the keys "
+     "of root version 2, which neither the ledger served nor --root gave; get root.2.json"),
     ("a root.2 signed by a stranger instead of root.1's keys: refused", [FORGED_ROOT_2],
      "root version 2 does not follow root version 1 (under-signed)"),
 ]  # fmt: skip

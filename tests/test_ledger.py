@@ -262,6 +262,16 @@ async def test_audit_verify_passes_live_and_on_a_copy(
     code, output = audit_verify(m, "--db", str(copy))
     assert code == 0, output
     assert "OK:" in output
+    code, output = audit_verify(m, "--db", str(copy), "--json")
+    doc = json.loads(output)
+    assert code == 0 and doc["ok"] is True and doc["events"] >= size, output
+    assert doc["checkpoint"]["size"] >= size and len(doc["checkpoint"]["root"]) == 64
+    query = CliRunner().invoke(main, ["audit", "query", "--db", str(copy), "--json"])
+    events = json.loads(query.output)
+    n = doc["events"]
+    assert query.exit_code == 0 and events["count"] == n == len(events["events"])
+    assert sorted(e["index"] for e in events["events"]) == list(range(n))
+    assert all(e["kind"] and e["agency"] for e in events["events"])
     wrong = tmp_path / "wrong-token"
     wrong.write_text("not-a-token")
     code, output = await asyncio.to_thread(
@@ -340,7 +350,7 @@ def test_audit_verify_names_the_tampered_index(
     with sqlite3.connect(copy) as db:
         tamper(db, snapshot.size)
     code, output = audit_verify(snapshot.m, "--db", str(copy))
-    assert code == 1, output
+    assert code == 3, output  # verification failed (nrm/exits.py)
     assert f"FAILED: entry {bad_index(snapshot.size)}:" in output, output
 
 
@@ -399,8 +409,11 @@ def test_forged_checkpoint_fails(
             (forge(snapshot, note, size, root, ts), size),
         )
     code, output = audit_verify(snapshot.m, "--db", str(copy))
-    assert code == 1, output
+    assert code == 3, output  # verification failed
     assert expected in output, output
+    code, output = audit_verify(snapshot.m, "--db", str(copy), "--json")
+    doc = json.loads(output[: output.rindex("}") + 1])
+    assert code == 3 and doc["ok"] is False and expected in doc["failure"], output
 
 
 def test_former_format_is_resigned_on_open(snapshot: Snapshot, tmp_path: Path) -> None:
@@ -428,7 +441,7 @@ def test_former_format_is_resigned_on_open(snapshot: Snapshot, tmp_path: Path) -
             (sign_restore(old, keys.signing_key), size, old.declared_at),
         )
     code, output = audit_verify(snapshot.m, "--db", str(copy))
-    assert code == 1 and "checkpoint does not verify" in output, output
+    assert code == 3 and "checkpoint does not verify" in output, output
     origin = ledger_origin(LEDGER_NAME)
     store = LedgerStore(copy)
     try:

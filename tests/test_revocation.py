@@ -170,6 +170,10 @@ async def test_revoked_keys_without_replacement(hooked: tuple[Mechanism, Hooks])
     config = m.setups["police"].config_path
     listed = await cli("agent", "alerts", "--config", config)
     assert listed.exit_code == 0 and "revoked-signer" in listed.output, listed.output
+    listed = await cli("agent", "alerts", "--config", config, "--json")
+    alerts = json.loads(listed.output)["alerts"]
+    assert {a["reason"] for a in alerts} == {"revoked-signer"}, listed.output
+    assert all(a["acknowledged_at"] is None and a["occurrences"] >= 1 for a in alerts)
     bad = await cli("agent", "ack-alert", "--config", config, "--reason", "nonsense")
     assert bad.exit_code == 2 and "missing-event" in bad.output
     # A key file rotated but not yet published cannot sign the acknowledgement: refused,

@@ -88,11 +88,10 @@ async def consent_state(m: Mechanism, receipt_id: str) -> tuple[int, Any, str]:
     return await m.api("police").call("GET", f"/v1/consents/{receipt_id}")
 
 
-def consent_show(m: Mechanism, receipt_id: str) -> tuple[int, str]:
+def consent_show(m: Mechanism, receipt_id: str, *more: str) -> tuple[int, str]:
     """`nrm consent show` for police: (exit code, stdout and stderr)."""
-    result = CliRunner().invoke(
-        main, ["consent", "show", receipt_id, "--config", str(m.setups["police"].config_path)]
-    )
+    config = str(m.setups["police"].config_path)
+    result = CliRunner().invoke(main, ["consent", "show", receipt_id, "--config", config, *more])
     return result.exit_code, result.output
 
 
@@ -229,6 +228,13 @@ async def test_an_altered_receipt_is_a_named_conflict_and_changes_nothing(
     code, out = consent_show(m, rid)
     assert code == EXIT_UNVERIFIED and "DOES NOT VERIFY (bad-signature)" in out, out
     assert "Consent receipt" not in out  # nothing of the altered receipt is shown as true
+    code, out = consent_show(m, rid, "--json")
+    assert code == EXIT_UNVERIFIED, out
+    assert json.loads(out[: out.rindex("}") + 1]) == {
+        "receipt_id": rid,
+        "verified": False,
+        "reason": "bad-signature",
+    }
     code, out = consent_show(m, str(uuid.uuid4()))
     assert code == 1 and "no consent receipt" in out, out
 
@@ -288,6 +294,11 @@ async def test_a_receipt_stored_before_key_ids_were_kept_still_verifies(
     assert (status, body["signing_kid"]) == (200, first), body
     code, out = consent_show(m, rid)
     assert code == 0 and f"key {first}: an earlier key" in out, out
+    code, out = consent_show(m, rid, "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["verified"] is True and doc["receipt_id"] == rid, out
+    assert (doc["agency"], doc["kid"], doc["current_key"]) == ("police", first, False)
+    assert doc["receipt"]["receipt_id"] == rid and doc["withdrawn_at"] is None
 
 
 def test_a_database_without_the_key_history_opens_and_gains_it(tmp_path: Path) -> None:

@@ -242,7 +242,7 @@ def test_the_ledger_database_of_0_1_0_opens_migrated_and_verifies(old_mechanism:
         "--ledger-identity", str(old_mechanism / "ledger" / "keys" / "identity.json"),
     ]  # fmt: skip
     refused = CliRunner().invoke(main, verify)
-    assert refused.exit_code == 1 and "checkpoint does not verify" in refused.output
+    assert refused.exit_code == 3 and "checkpoint does not verify" in refused.output
 
     notes = []
     for _ in range(2):  # the second opening re-signs nothing
