@@ -594,7 +594,6 @@ class Transport:
         subject its creator names, another agency's replies included."""
         prefix = f"$KV.{DIRECTORY_BUCKET}."
         seq, first = 1, True
-        retry = Retry.after(1.0)
         while self._running:
             try:
                 cursor, found = seq, dict[int, tuple[str, bytes | None]]()
@@ -618,9 +617,11 @@ class Transport:
                         await self.on_directory(key, value)
                 seq, first = cursor, False
             except TRANSIENT as e:
-                await self._pause("directory_watch_interrupted", e, retry.next_delay())
+                # A fixed second, no back-off: after the link comes back (a removed agency
+                # readmitted, say) the agent must see the current directory before long,
+                # since it signs with the keys its newest directory lists.
+                await self._pause("directory_watch_interrupted", e, 1.0)
                 continue
-            retry.succeeded()
             await pause(DIRECTORY_POLL_SECONDS, self._stopping)
 
 

@@ -261,9 +261,13 @@ class Sandbox:
         await self.publish()
         return self.cluster_nodes
 
-    async def publish(self) -> None:
+    async def publish(self) -> int:
+        """Publish the signed draft; its directory version."""
         assert self.bus is not None
-        await admin.publish(self.admin, self.bus_endpoint, passphrase=self.admin_passphrase)
+        published = await admin.publish(
+            self.admin, self.bus_endpoint, passphrase=self.admin_passphrase
+        )
+        return published.version
 
     async def put(self, key: str, value: bytes) -> None:
         """Put raw bytes in the directory bucket as the operator (tests use it to offer
