@@ -683,7 +683,9 @@ def _run(load: Callable[[], Any], describe: Callable[[Any], dict[str, str]]) -> 
     serve it until SIGINT or SIGTERM."""
     import sqlite3
 
-    logs.configure(cache=True)
+    # No logger cache: a service run in-process (tests) must not pin the loggers of every
+    # module to this configuration for the rest of the process.
+    logs.configure()
     try:
         service = load()
     except (NrmError, ValueError, sqlite3.Error) as e:  # ConfigErrors are ValueErrors

@@ -146,7 +146,10 @@ async def test_declared_restore_catches_up_without_a_tamper_alarm(
     async with m.http.get(ledger.url + "/v1/restores", headers=headers) as r:
         served = (await r.json())["items"]
     assert [(d["seq"], d["restored_size"]) for d in served] == [(1, at_backup)]
-    token = str(m.setups["police"].home / "ledger.token")
+    # An auditor reads the whole ledger; an agency's token reads only its own events.
+    token_file = tmp_path / "auditor.token"
+    token_file.write_text(m.sandbox.auditor_token)
+    token = str(token_file)
     code, out = await asyncio.to_thread(
         audit_verify, m, "--ledger", ledger.url, "--token-file", token
     )
