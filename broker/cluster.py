@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from keys.limits import DEFAULT_LIMITS
-from runtime.config import ConfigError, Table, bind_address, load_toml, path_in
+from runtime.config import ConfigError, Table, bind_address, path_in, read_config
 
 from .server import HEADER_ALLOWANCE_BYTES, ServerTls, conf_string, local_host, tls_block
 
@@ -210,19 +210,7 @@ class ClusterSpec:
         """Read the spec strictly (runtime/config.py); ConfigError naming what is wrong.
         Paths under [trust] are read now, relative to the spec's folder; every other path
         is one on the nodes and must be absolute."""
-        table = Table(load_toml(path))
-        base = path.parent
-        try:
-            spec = _spec_of(table, base)
-        except (KeyError, TypeError) as e:
-            raise ConfigError(f"{path}: missing or malformed setting {e}") from e
-        except ValueError as e:
-            raise ConfigError(f"{path}: {e}") from e
-        try:
-            table.finish()
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from e
-        return spec
+        return read_config(path, _spec_of)
 
 
 def _text(table: Table, key: str) -> str:

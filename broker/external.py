@@ -58,7 +58,7 @@ from pathlib import Path
 import structlog
 
 from keys import DEFAULT_LIMITS, KeyFileError
-from runtime.config import ConfigError, Table, bind_address, load_toml, path_in
+from runtime.config import ConfigError, Table, bind_address, path_in, read_config
 from runtime.endpoint import BusEndpoint, endpoint_from_config
 from runtime.files import fsync_dir, replace_file
 from runtime.keydir import load_key_dir, read_passphrase
@@ -314,19 +314,7 @@ class AuthorityConfig:
     @classmethod
     def load(cls, path: Path) -> AuthorityConfig:
         """Read `path` strictly; ConfigError naming the first thing wrong."""
-        table = Table(load_toml(path))
-        base = path.parent
-        try:
-            config = cls._of(table, base)
-        except KeyError as e:
-            raise ConfigError(f"{path}: missing setting {e}") from e
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from e
-        try:
-            table.finish()
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from e
-        return config
+        return read_config(path, cls._of)
 
     @classmethod
     def _of(cls, t: Table, base: Path) -> AuthorityConfig:

@@ -37,6 +37,7 @@ from keys.directory import (
     TrustStore,
     add_signature,
     detached_signature,
+    directory_from_files,
     encode_directory,
     encode_root,
     read_unverified_directory,
@@ -67,6 +68,28 @@ DAY = 86400
 
 class AdminError(Exception):
     """An administrator operation that cannot be done as asked."""
+
+
+def verified_directory(roots: Sequence[Path], directory: Path) -> Directory:
+    """The signed directory in the file `directory`, verified against the pinned root
+    `roots[0]` and each later root in order (UntrustedInputError with its reason)."""
+    return directory_from_files(
+        roots[0].read_bytes(),
+        [r.read_bytes() for r in roots[1:]],
+        directory.read_bytes(),
+        now=clock.now(),
+    )
+
+
+def operator_nats_key(identity: Path) -> str:
+    """The NATS key of the bus operator's identity file `identity`."""
+    try:
+        operator = PublicIdentity.from_json(identity.read_bytes())
+    except (ValueError, KeyError) as e:
+        raise AdminError(f"{identity}: not an identity file ({e})") from e
+    if operator.nats_key is None:
+        raise AdminError(f"{identity}: the identity has no NATS key")
+    return operator.nats_key
 
 
 class BusUnreachableError(AdminError):

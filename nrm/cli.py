@@ -9,8 +9,7 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -34,12 +33,12 @@ from .audit import LedgerCopy
 from .bus_options import bus_endpoint_options
 from .config_cli import agent_config_command, ledger_config_command, seed_authorization_command
 from .exits import (
-    EXIT_UNREACHABLE,
     EXIT_VERIFICATION_FAILED,
     NrmGroup,
     Unreachable,
     VerificationFailed,
     document_exit_codes,
+    expected_errors,
 )
 from .output import emit, json_option
 
@@ -78,26 +77,6 @@ ADMIN_DIR = click.option(
     show_default=True,
     help="Administrator working folder (or $NRM_ADMIN_DIR).",
 )
-
-
-#: `nrm directory publish` exits with this when the draft expires too soon (README).
-EXIT_EXPIRES_TOO_SOON = EXIT_VERIFICATION_FAILED
-
-
-@contextmanager
-def _admin_errors() -> Iterator[None]:
-    """Turn refusals into a one-line CLI error with a non-zero exit (nrm/exits.py: 1; 3
-    when a draft expires sooner than the publishing margin; 4 for a bus out of reach)."""
-    try:
-        yield
-    except admin.PublishMarginError as e:
-        raise VerificationFailed(str(e)) from e
-    except admin.BusUnreachableError as e:
-        raise Unreachable(str(e)) from e
-    except UntrustedInputError as e:
-        raise click.ClickException(f"refused ({e.reason}): {e}") from e
-    except (admin.AdminError, KeyFileError, ValueError, OSError) as e:
-        raise click.ClickException(str(e)) from e
 
 
 def _host_port(text: str, *, option: str = "--status-bind") -> tuple[str, int]:
@@ -219,7 +198,7 @@ def keys_fingerprint(identity_file: Path, as_json: bool) -> None:
     """Print the fingerprint of an identity's public keys (docs/PROTOCOL.md §2.4), to read
     out over the phone: the administrator compares it with what `nrm directory add-agency`
     prints. Also says whether its proof of possession verifies."""
-    with _admin_errors():
+    with expected_errors():
         identity = PublicIdentity.from_json(identity_file.read_bytes())
     try:
         verify_proof(identity)
@@ -249,7 +228,7 @@ def keys_revoke(agency: str, kid: str, reason: str, at: str | None, admin_dir: P
     usable key.
     """
     folder = admin.AdminFolder(admin_dir)
-    with _admin_errors():
+    with expected_errors():
         warning = admin.revocation_leaves_no_key(folder, agency, kid)
         d = admin.revoke_key(
             folder, agency, kid, reason=reason, at=None if at is None else _parse_time(at)
@@ -401,7 +380,7 @@ def bus_up(
             "(or --unsafe-open for an open one, local experiments only)"
         )
     logs.configure()
-    with _admin_errors():
+    with expected_errors():
         try:
             code = run_foreground(
                 store_dir=store,
@@ -456,18 +435,10 @@ def _bus_listen(
     return Listen(host=host, port=listen_port or None, monitor=monitor_at, tls=tls)
 
 
-#: `nrm bus provision` exits with this when the bus cannot be reached (or JetStream is not
-#: ready yet: try again); 1 for what retrying does not fix.
-EXIT_BUS_UNREACHABLE = EXIT_UNREACHABLE
-
-
 #: JetStream errors that go away by themselves once a cluster has formed: 10005 no suitable
 #: peers for the replicas (the other nodes not joined yet), 10202 cluster not ready
 #: (electing its meta leader). `nrm bus provision` exits 4 for them: run it again.
 JETSTREAM_NOT_READY = frozenset({10005, 10202})
-
-
-_BusUnreachable = Unreachable
 
 
 @bus.command("provision")
@@ -521,16 +492,10 @@ def bus_provision(
 
     from broker.authority import attachment_owners
     from broker.streams import provision
-    from keys.directory import directory_from_files
     from runtime.keydir import load_key_dir
 
-    with _admin_errors():
-        directory = directory_from_files(
-            trust_roots[0].read_bytes(),
-            [r.read_bytes() for r in trust_roots[1:]],
-            directory_file.read_bytes(),
-            now=clock.now(),
-        )
+    with expected_errors():
+        directory = admin.verified_directory(trust_roots, directory_file)
         operator = load_key_dir(operator_keys, passphrase=read_passphrase(file=passphrase_file))
         if operator.nats_seed is None:
             raise admin.AdminError(f"the operator keys in {operator_keys} have no NATS key")
@@ -546,15 +511,15 @@ def bus_provision(
         nats.js.errors.ServiceUnavailableError,
         nats.js.errors.NoStreamResponseError,
     ) as e:
-        raise _BusUnreachable(f"JetStream at {urls} is not ready yet; try again") from e
+        raise Unreachable(f"JetStream at {urls} is not ready yet; try again") from e
     except nats.js.errors.APIError as e:
         if e.err_code in JETSTREAM_NOT_READY:
-            raise _BusUnreachable(
+            raise Unreachable(
                 f"JetStream at {urls} is not ready yet ({e.description}); try again"
             ) from e
         raise click.ClickException(f"the bus at {urls} refused: {e.description}") from e
     except (nats.errors.Error, OSError, TimeoutError) as e:
-        raise _BusUnreachable(f"cannot reach the bus at {urls} ({type(e).__name__})") from e
+        raise Unreachable(f"cannot reach the bus at {urls} ({type(e).__name__})") from e
     click.echo(
         f"provisioned {urls}: streams and buckets with {replicas} replica(s), "
         f"{len(agencies)} agencies' inbox streams and attachment buckets "
@@ -622,25 +587,17 @@ def cluster_config(spec_path: Path, out: Path, force: bool) -> None:
     only with --force (exit 1 naming it otherwise, nothing written)."""
     from broker.authority import authorization_for
     from broker.cluster import ClusterSpec, cluster_files
-    from keys.directory import directory_from_files
     from runtime.config import ConfigError
     from runtime.files import replace_file
 
-    with _admin_errors():
+    with expected_errors():
         try:
             spec = ClusterSpec.load(spec_path)
         except ConfigError as e:
             raise click.ClickException(str(e)) from e
-        directory = directory_from_files(
-            spec.roots[0].read_bytes(),
-            [r.read_bytes() for r in spec.roots[1:]],
-            spec.directory.read_bytes(),
-            now=clock.now(),
-        )
-        operator = PublicIdentity.from_json(spec.operator_identity.read_bytes())
-        if operator.nats_key is None:
-            raise admin.AdminError("the operator identity has no NATS key")
-        authorization = authorization_for(directory, operators=[operator.nats_key])
+        directory = admin.verified_directory(spec.roots, spec.directory)
+        operator = admin.operator_nats_key(spec.operator_identity)
+        authorization = authorization_for(directory, operators=[operator])
         files = cluster_files(spec, authorization=authorization)
         kept = [n for n in files if n.endswith(".authorization.conf") and (out / n).exists()]
         if kept and not force:
@@ -890,10 +847,6 @@ def consent_group() -> None:
     """Consent receipts recorded by this agency."""
 
 
-#: `nrm consent show` exit status for a stored receipt that does not verify (docs/RUNBOOK.md).
-EXIT_UNVERIFIED = EXIT_VERIFICATION_FAILED
-
-
 @consent_group.command("show")
 @click.argument("receipt_id")
 @click.option("--config", "config_path", type=PATH, required=True, help="The agent's agent.toml.")
@@ -930,7 +883,7 @@ def consent_show(receipt_id: str, config_path: Path, as_json: bool) -> None:
             "(Consent withdrawn).",
             err=True,
         )
-        sys.exit(EXIT_UNVERIFIED)
+        sys.exit(EXIT_VERIFICATION_FAILED)
     from .show import when
 
     if as_json:
@@ -1005,7 +958,7 @@ def admin_init(
 
     The bus operator's key (operator/) is sealed with --operator-passphrase-file: give one
     of its own, since services on the network (the ledger, every bus authority) hold it."""
-    with _admin_errors():
+    with expected_errors():
         operator_passphrase = (
             None
             if operator_passphrase_file is None
@@ -1059,7 +1012,7 @@ def admin_rotate_root(
     admin_dir: Path,
 ) -> None:
     """New root keys: root N+1 signed by a threshold of the old keys and all the new ones."""
-    with _admin_errors():
+    with expected_errors():
         root = admin.rotate_root(
             admin.AdminFolder(admin_dir),
             old_keys=old_keys,
@@ -1123,7 +1076,7 @@ def directory_add_agency(
     if revoke_previous and not reason:
         raise click.UsageError("--revoke-previous needs --reason")
     folder = admin.AdminFolder(admin_dir)
-    with _admin_errors():
+    with expected_errors():
         identity = PublicIdentity.from_json(identity_file.read_bytes())
         try:
             verify_proof(identity)
@@ -1166,7 +1119,7 @@ def directory_add_agency(
 @ADMIN_DIR
 def directory_remove_agency(agency: str, admin_dir: Path) -> None:
     """Remove an agency from the directory draft."""
-    with _admin_errors():
+    with expected_errors():
         d = admin.remove_agency(admin.AdminFolder(admin_dir), agency)
     click.echo(f"{agency} removed in draft version {d.version}; sign and publish it")
 
@@ -1181,7 +1134,7 @@ def directory_remove_agency(agency: str, admin_dir: Path) -> None:
 @ADMIN_DIR
 def directory_renew(lifetime_days: float | None, admin_dir: Path) -> None:
     """A new draft version with the same content and a new expiry; sign and publish it."""
-    with _admin_errors():
+    with expected_errors():
         d = admin.renew_directory(
             admin.AdminFolder(admin_dir),
             lifetime_seconds=None if lifetime_days is None else _seconds(lifetime_days),
@@ -1197,7 +1150,7 @@ def directory_renew(lifetime_days: float | None, admin_dir: Path) -> None:
 def directory_sign(key_path: Path, passphrase_file: Path | None, admin_dir: Path) -> None:
     """Add one administrator's signature to the directory draft."""
     folder = admin.AdminFolder(admin_dir)
-    with _admin_errors():
+    with expected_errors():
         count = admin.sign_draft(folder, key_path, passphrase=read_passphrase(file=passphrase_file))
         threshold = folder.trusted_root(now=clock.now()).threshold
     state = "publishable" if count >= threshold else "not publishable yet"
@@ -1211,7 +1164,7 @@ def directory_export_draft(out: Path, admin_dir: Path) -> None:
     """Write the draft for administrators who sign on other machines: its unsigned bytes and
     what it says (docs/RUNBOOK.md, "Sign on separate machines"). Refuses to overwrite."""
     folder = admin.AdminFolder(admin_dir)
-    with _admin_errors():
+    with expected_errors():
         data = admin.export_draft(folder)
         write_new_file(out, data, mode=0o644)
     click.echo(f"draft written to {out}; have it signed with `nrm directory sign-draft`")
@@ -1234,7 +1187,7 @@ def directory_sign_draft(
     """Sign an exported draft here, with only the draft, the key file and its passphrase;
     prints what the draft says (read from the bytes signed) and writes a signature file to
     take back to the admin folder (`nrm directory merge-signatures`)."""
-    with _admin_errors():
+    with expected_errors():
         data = draft_file.read_bytes()
         _, directory = admin.read_exported_draft(data)
         signature = admin.sign_exported_draft(
@@ -1258,7 +1211,7 @@ def directory_merge_signatures(signature_files: tuple[Path, ...], admin_dir: Pat
     """Add signature files made by `nrm directory sign-draft` to the draft. Each must be over
     exactly this draft and by a key of the current root; otherwise nothing changes (exit 1)."""
     folder = admin.AdminFolder(admin_dir)
-    with _admin_errors():
+    with expected_errors():
         count = admin.merge_signatures(folder, [f.read_bytes() for f in signature_files])
         threshold = folder.trusted_root(now=clock.now()).threshold
     state = "publishable" if count >= threshold else "not publishable yet"
@@ -1286,7 +1239,7 @@ def directory_publish(
     """
     folder = admin.AdminFolder(admin_dir)
     margin = None if margin_days is None else _seconds(margin_days)
-    with _admin_errors():
+    with expected_errors():
         admin.publishable_draft(folder, margin_seconds=margin)  # before asking the passphrase
         passphrase = read_passphrase(file=passphrase_file)
         d = asyncio.run(
@@ -1304,7 +1257,7 @@ def directory_show(admin_dir: Path, as_json: bool) -> None:
     from .show import directory_document, show_directory
 
     folder = admin.AdminFolder(admin_dir)
-    with _admin_errors():
+    with expected_errors():
         if as_json:
             emit(directory_document(folder))
         else:
@@ -1341,20 +1294,12 @@ def broker_config(
 ) -> None:
     """Write the nats-server authorization generated from a verified directory."""
     from broker.authority import authorization_for
-    from keys.directory import directory_from_files
     from runtime.files import replace_file
 
-    with _admin_errors():
-        directory = directory_from_files(
-            root_files[0].read_bytes(),
-            [r.read_bytes() for r in root_files[1:]],
-            directory_file.read_bytes(),
-            now=clock.now(),
-        )
-        operator = PublicIdentity.from_json(operator_identity.read_bytes())
-        if operator.nats_key is None:
-            raise admin.AdminError("the operator identity has no NATS key")
-        replace_file(out, authorization_for(directory, operators=[operator.nats_key]).encode())
+    with expected_errors():
+        directory = admin.verified_directory(root_files, directory_file)
+        operator = admin.operator_nats_key(operator_identity)
+        replace_file(out, authorization_for(directory, operators=[operator]).encode())
     click.echo(
         f"wrote {out} for directory version {directory.version}; "
         "reload nats-server (SIGHUP) to apply it"

@@ -24,13 +24,13 @@ from agents.config import SCOPES
 from broker.authz import authorization_block
 from keys import check_agency_id
 from keys.checkpoint import ledger_origin
-from keys.identity import PublicIdentity
 from keys.subjects import AGENCY_ID_PATTERN
 from runtime.config import ConfigError, bind_address
 from runtime.endpoint import BusEndpoint
 from runtime.files import write_new_file
 from runtime.tls import PlainHttpError, check_plain_http, check_plain_http_url
 
+from . import admin
 from .bus_options import bus_endpoint_options
 from .configs import (
     ApiClientSpec,
@@ -411,12 +411,10 @@ def seed_authorization_command(operator_identity: Path, out: Path) -> None:
     directory verified from the pinned root: a recreated node never admits an agency that
     was removed after the cluster's files were generated."""
     try:
-        operator = PublicIdentity.from_json(operator_identity.read_bytes())
-    except (ValueError, KeyError) as e:
-        raise click.ClickException(f"{operator_identity}: not an identity file ({e})") from e
-    if operator.nats_key is None:
-        raise click.ClickException(f"{operator_identity}: the identity has no NATS key")
-    block = authorization_block(agencies=[], auditors=[], operators=[operator.nats_key])
+        operator = admin.operator_nats_key(operator_identity)
+    except admin.AdminError as e:
+        raise click.ClickException(str(e)) from e
+    block = authorization_block(agencies=[], auditors=[], operators=[operator])
     try:
         write_new_file(out, block.encode())
     except FileExistsError as e:

@@ -9,9 +9,11 @@ durations in days and `host:port` addresses are checked in one place.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -30,6 +32,20 @@ def load_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from e
+
+
+def read_config(path: Path, read: Callable[[Table, Path], T]) -> T:
+    """`read(table, folder)` of the TOML file `path`, strictly: a missing or malformed
+    setting, or one nothing read (`Table.finish`), is a ConfigError prefixed with `path`."""
+    table = Table(load_toml(path))
+    try:
+        value = read(table, path.parent)
+        table.finish()
+    except KeyError as e:
+        raise ConfigError(f"{path}: missing setting {e}") from e
+    except (TypeError, ValueError) as e:  # ConfigError is a ValueError
+        raise ConfigError(f"{path}: {e}") from e
+    return value
 
 
 class Table(dict[str, Any]):

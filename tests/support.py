@@ -7,7 +7,9 @@ import dataclasses
 import os
 import re
 import shutil
+import socket
 import sqlite3
+import ssl
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -56,6 +58,13 @@ ESCALATING_LIMITS = {
     "escalation_urgent_seconds": 2,
     "escalation_emergency_seconds": 1,
 }
+
+
+def free_port() -> int:
+    """A loopback TCP port free right now (for a server given its port before it starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def unavailable(reason: str) -> NoReturn:
@@ -116,28 +125,50 @@ class Api:
             cursor = f"&cursor={body['next_cursor']}"
 
 
+@dataclass
+class Pki:
+    """A test CA (trustme) in `folder` and the files of every certificate it issued: the one
+    way tests make certificates. Private keys are 0600 (refused if others may read them)."""
+
+    folder: Path
+    ca: trustme.CA = field(default_factory=trustme.CA)
+
+    def __post_init__(self) -> None:
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.ca.cert_pem.write_to_path(str(self.ca_file))
+
+    @property
+    def ca_file(self) -> Path:
+        return self.folder / "ca.pem"
+
+    def client_context(self) -> ssl.SSLContext:
+        """What a client trusting only the test CA uses."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def issue(self, owner: str, *names: str) -> tuple[Path, Path]:
+        """A certificate for `names` (IP addresses or host names) as `<owner>.pem`, and its
+        key `<owner>.key`."""
+        cert = self.ca.issue_cert(*names)
+        cert_file, key_file = self.folder / f"{owner}.pem", self.folder / f"{owner}.key"
+        cert.cert_chain_pems[0].write_to_path(str(cert_file))
+        cert.private_key_pem.write_to_path(str(key_file))
+        key_file.chmod(0o600)
+        return cert_file, key_file
+
+
 def make_tls(folder: Path, *, mutual: bool = True, https: bool = True) -> SandboxTls:
     """Certificates made with trustme in `folder` (0700): a CA, the certificate of 127.0.0.1
     (for nats-server and, with `https`, the agents' and the ledger's APIs) and, with `mutual`,
     one client certificate that every client of the bus presents."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-    server.cert_chain_pems[0].write_to_path(str(folder / "server.pem"))
-    server.private_key_pem.write_to_path(str(folder / "server.key"))
-    Path(folder / "server.key").chmod(0o600)  # a private key: refused if others may read it
+    pki = Pki(folder)
+    server_cert, server_key = pki.issue("server", "127.0.0.1", "localhost")
     client_cert = client_key = None
     if mutual:
-        client = ca.issue_cert("client.nrm.test")
-        client_cert, client_key = folder / "client.pem", folder / "client.key"
-        client.cert_chain_pems[0].write_to_path(str(client_cert))
-        client.private_key_pem.write_to_path(str(client_key))
-        Path(client_key).chmod(0o600)  # a private key: refused if others may read it
+        client_cert, client_key = pki.issue("client", "client.nrm.test")
     return SandboxTls(
-        ca_file=folder / "ca.pem",
-        server_cert=folder / "server.pem",
-        server_key=folder / "server.key",
+        ca_file=pki.ca_file,
+        server_cert=server_cert,
+        server_key=server_key,
         client_cert=client_cert,
         client_key=client_key,
         https=https,

@@ -12,10 +12,8 @@ cache); one whose node is down reports it on /healthz and catches up when the no
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
-import socket
 import stat
 import subprocess
 import sys
@@ -36,15 +34,16 @@ from broker.server import Monitoring, ReloadFailed, nats_server_binary
 from keys import PublicIdentity
 from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY, inbox_stream
 from nrm import admin
-from nrm.cli import EXIT_BUS_UNREACHABLE, main
+from nrm.cli import main
+from nrm.exits import EXIT_UNREACHABLE
 from nrm.sandbox import Sandbox
 from runtime.endpoint import BusEndpoint, BusTls
 from runtime.files import replace_file
 from runtime.keydir import init_key_dir, load_key_dir
 from runtime.version import VERSION
 
-from .support import TEST_KDF, eventually, prepared_mechanism
-from .test_cluster_config import write_pki
+from .support import TEST_KDF, eventually, free_port, prepared_mechanism
+from .test_cluster_config import SpecTrust, spec_text, write_pki
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -52,64 +51,26 @@ NODES = 3
 START_SECONDS = 30.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
 
 def cluster_spec(tmp: Path, sandbox: Sandbox, pki: dict[str, Path]) -> Path:
     """Three loopback nodes on free ports, routes and clients over mutual TLS: the
     authorities (following, provisioning), `nrm bus provision` and the test's clients all
     present a client certificate."""
-    q = json.dumps
     passphrase = tmp / "operator.passphrase"
     replace_file(passphrase, sandbox.admin_passphrase)
-    nodes = ""
-    for i in range(1, NODES + 1):
-        ports = [free_port() for _ in range(4)]
-        nodes += f"""
-[[nodes]]
-name = "n{i}"
-host = "127.0.0.1"
-client = "127.0.0.1:{ports[0]}"
-route = "127.0.0.1:{ports[1]}"
-monitor = "127.0.0.1:{ports[2]}"
-status_bind = "127.0.0.1:{ports[3]}"
-store_dir = {q(str(tmp / f"store-{i}"))}
-log_file = {q(str(tmp / f"n{i}.log"))}
-"""
     folder = sandbox.admin
+    operator = folder.path / admin.OPERATOR_DIR
+    trust = SpecTrust(
+        roots=(folder.root_path(1),),
+        directory=folder.path / "directory.json",
+        operator_identity=operator / "identity.json",
+        trust_root=folder.root_path(1),
+        operator_key_dir=operator,
+        passphrase_file=passphrase,
+    )
+    ports = [(free_port(), free_port(), free_port(), free_port()) for _ in range(NODES)]
     spec = tmp / "cluster.toml"
-    spec.write_text(f"""
-[trust]
-roots = [{q(str(folder.root_path(1)))}]
-directory = {q(str(folder.path / "directory.json"))}
-operator_identity = {q(str(folder.path / admin.OPERATOR_DIR / "identity.json"))}
-
-[client_tls]
-cert_file = {q(str(pki["server"]))}
-key_file = {q(str(pki["server_key"]))}
-ca_file = {q(str(pki["ca"]))}
-verify = true
-
-[route_tls]
-cert_file = {q(str(pki["route"]))}
-key_file = {q(str(pki["route_key"]))}
-ca_file = {q(str(pki["ca"]))}
-verify = true
-
-[authority]
-trust_root = {q(str(folder.root_path(1)))}
-operator_key_dir = {q(str(folder.path / admin.OPERATOR_DIR))}
-passphrase_file = {q(str(passphrase))}
-
-[authority.nats_tls]
-ca_file = {q(str(pki["ca"]))}
-cert_file = {q(str(pki["client"]))}
-key_file = {q(str(pki["client_key"]))}
-{nodes}""")
+    spec.write_text(spec_text(tmp, pki, ports=ports, trust=trust))
     return spec
 
 
@@ -209,7 +170,7 @@ async def provision(args: list[str]) -> None:
         if result.exit_code == 0:
             assert "3 replica(s)" in result.output
             return
-        assert result.exit_code == EXIT_BUS_UNREACHABLE, result.output
+        assert result.exit_code == EXIT_UNREACHABLE, result.output
         assert "Traceback" not in result.output
         assert time.monotonic() < deadline, result.output
         await asyncio.sleep(0.5)

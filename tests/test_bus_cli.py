@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from broker.external import AuthorityConfig
 from keys.subjects import inbox_stream
-from nrm.cli import EXIT_BUS_UNREACHABLE, main
+from nrm.cli import main
+from nrm.exits import EXIT_UNREACHABLE
 from runtime.endpoint import BusEndpoint, BusTls
 from runtime.files import replace_file
 from runtime.keydir import init_key_dir
@@ -121,7 +122,7 @@ def test_bus_provision_says_an_unreachable_bus_is_unreachable(tmp_path: Path) ->
             "--trust-root", str(sandbox.admin.root_path(1))]  # fmt: skip
     directory = sandbox.admin.path / "directory.json"
     result = CliRunner().invoke(main, [*args, "--directory", str(directory)])
-    assert result.exit_code == EXIT_BUS_UNREACHABLE, result.output
+    assert result.exit_code == EXIT_UNREACHABLE, result.output
     assert f"cannot reach the bus at {url}" in result.output
     assert "Traceback" not in result.output
 

@@ -26,31 +26,25 @@ from runtime.bus_client import CLOSE_SECONDS, close_client
 from runtime.endpoint import BusEndpoint, BusTls
 from runtime.files import write_new_file
 
-from .support import Mechanism, copy_agency_folder, eventually, make_tls, running_mechanism
+from .support import (
+    Mechanism,
+    Pki,
+    copy_agency_folder,
+    eventually,
+    make_tls,
+    running_mechanism,
+)
 from .test_ledger import audit_verify, exchange
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A CA, the server's certificate for 127.0.0.1, and one client certificate."""
-    folder = tmp_path_factory.mktemp("pki")
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "nats.test")
-    client = ca.issue_cert("police.agency.test")
-    files = {
-        "ca": folder / "ca.pem",
-        "cert": folder / "server.pem",
-        "key": folder / "server.key",
-        "client_cert": folder / "client.pem",
-        "client_key": folder / "client.key",
-    }
-    ca.cert_pem.write_to_path(str(files["ca"]))
-    server.cert_chain_pems[0].write_to_path(str(files["cert"]))
-    server.private_key_pem.write_to_path(str(files["key"]))
-    Path(files["key"]).chmod(0o600)  # a private key: refused if others may read it
-    client.cert_chain_pems[0].write_to_path(str(files["client_cert"]))
-    client.private_key_pem.write_to_path(str(files["client_key"]))
-    Path(files["client_key"]).chmod(0o600)  # a private key: refused if others may read it
+    pki = Pki(tmp_path_factory.mktemp("pki"))
+    cert, key = pki.issue("server", "127.0.0.1", "nats.test")
+    client_cert, client_key = pki.issue("client", "police.agency.test")
+    files = {"ca": pki.ca_file, "cert": cert, "key": key}
+    files |= {"client_cert": client_cert, "client_key": client_key}
     return files
 
 

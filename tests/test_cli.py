@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -49,6 +48,7 @@ from runtime import clock
 from runtime.keydir import load_key_dir
 from runtime.version import VERSION
 
+from .support import free_port
 from .test_identity import WEAK_X25519_KEYS
 
 PASSPHRASE = "correct horse battery staple"
@@ -579,12 +579,6 @@ def test_broker_config_writes_each_agencys_nkey_and_refuses_an_under_signed_dire
 
 # --- the bus ---------------------------------------------------------------------------------
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture

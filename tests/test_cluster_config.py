@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import stat
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import trustme
 from click.testing import CliRunner, Result
 
 from broker.cluster import ClusterNode
@@ -21,6 +21,8 @@ from broker.server import nats_server_binary
 from keys.directory import read_unverified_directory
 from nrm.cli import main
 from runtime import clock
+
+from .support import Pki
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "nats-cluster"
 DAY = 86400
@@ -62,22 +64,26 @@ def test_deploy_nats_cluster_is_what_cluster_config_writes_from_its_spec(
 
 
 def write_pki(folder: Path) -> dict[str, Path]:
-    ca = trustme.CA()
-    files: dict[str, Path] = {"ca": folder / "ca.pem"}
-    ca.cert_pem.write_to_path(str(files["ca"]))
+    pki = Pki(folder)
+    files: dict[str, Path] = {"ca": pki.ca_file}
     for name in ("server", "route", "client"):
-        cert = ca.issue_cert("127.0.0.1", f"{name}.nrm.test")
-        files[name] = folder / f"{name}.pem"
-        files[f"{name}_key"] = folder / f"{name}.key"
-        cert.cert_chain_pems[0].write_to_path(str(files[name]))
-        cert.private_key_pem.write_to_path(str(files[f"{name}_key"]))
-        Path(files[f"{name}_key"]).chmod(0o600)  # a private key: refused if others may read it
-    named = ca.issue_cert("bus.nrm.test")  # a DNS name only, as a public CA issues
-    files["named"], files["named_key"] = folder / "named.pem", folder / "named.key"
-    named.cert_chain_pems[0].write_to_path(str(files["named"]))
-    named.private_key_pem.write_to_path(str(files["named_key"]))
-    files["named_key"].chmod(0o600)
+        files[name], files[f"{name}_key"] = pki.issue(name, "127.0.0.1", f"{name}.nrm.test")
+    # A DNS name only, as a public CA issues.
+    files["named"], files["named_key"] = pki.issue("named", "bus.nrm.test")
     return files
+
+
+@dataclass(frozen=True)
+class SpecTrust:
+    """What a spec's [trust] and [authority] tables name: by default the demo documents of
+    deploy/nats-cluster/ and an operator folder under the test's `tmp`."""
+
+    roots: tuple[Path, ...] = (DEPLOY / "demo" / "root.1.json",)
+    directory: Path = DEPLOY / "demo" / "directory.json"
+    operator_identity: Path = DEPLOY / "demo" / "operator.identity.json"
+    trust_root: Path | None = None  # else tmp / "root.1.json"
+    operator_key_dir: Path | None = None  # else tmp / "operator"
+    passphrase_file: Path | None = None  # else tmp / "passphrase"
 
 
 def spec_text(
@@ -86,9 +92,10 @@ def spec_text(
     *,
     ports: list[tuple[int, int, int, int]],
     client_verify: bool = True,
+    trust: SpecTrust = SpecTrust(),
 ) -> str:
     """A spec of three loopback nodes (client, route, monitor, status ports) under `tmp`,
-    trusting the demo documents; client TLS (mutual with `client_verify`) and route mTLS."""
+    trusting `trust`; client TLS (mutual with `client_verify`) and route mTLS."""
     q = json.dumps
     nodes = "".join(
         f"""
@@ -112,9 +119,9 @@ log_file = {q(str(tmp / f"n{i}.log"))}
     )
     return f"""
 [trust]
-roots = [{q(str(DEPLOY / "demo" / "root.1.json"))}]
-directory = {q(str(DEPLOY / "demo" / "directory.json"))}
-operator_identity = {q(str(DEPLOY / "demo" / "operator.identity.json"))}
+roots = [{", ".join(q(str(r)) for r in trust.roots)}]
+directory = {q(str(trust.directory))}
+operator_identity = {q(str(trust.operator_identity))}
 
 [client_tls]
 cert_file = {q(str(pki["server"]))}
@@ -129,9 +136,9 @@ ca_file = {q(str(pki["ca"]))}
 verify = true
 
 [authority]
-trust_root = {q(str(tmp / "root.1.json"))}
-operator_key_dir = {q(str(tmp / "operator"))}
-passphrase_file = {q(str(tmp / "passphrase"))}
+trust_root = {q(str(trust.trust_root or tmp / "root.1.json"))}
+operator_key_dir = {q(str(trust.operator_key_dir or tmp / "operator"))}
+passphrase_file = {q(str(trust.passphrase_file or tmp / "passphrase"))}
 
 [authority.nats_tls]
 ca_file = {q(str(pki["ca"]))}

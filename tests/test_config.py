@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 
 from agents.config import AgentConfig
 from broker.ledger import LedgerConfig, LedgerConfigError
 from runtime.config import ConfigError, Table, bind_address, days
+
+from .support import Pki
 
 TOKEN = "ab" * 32
 
@@ -117,14 +119,9 @@ def test_a_table_counts_only_what_was_read() -> None:
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A CA, and a certificate for 127.0.0.1 with its key (trustme)."""
-    folder = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    files = {"ca": folder / "ca.pem", "cert": folder / "c.pem", "key": folder / "c.key"}
-    ca.cert_pem.write_to_path(str(files["ca"]))
-    cert.cert_chain_pems[0].write_to_path(str(files["cert"]))
-    cert.private_key_pem.write_to_path(str(files["key"]))
-    Path(files["key"]).chmod(0o600)  # a private key: refused if others may read it
+    pki = Pki(tmp_path_factory.mktemp("tls"))
+    cert, key = pki.issue("c", "127.0.0.1")
+    files = {"ca": pki.ca_file, "cert": cert, "key": key}
     return files
 
 
@@ -192,3 +189,27 @@ def test_the_ledger_reads_bus_tls_and_serves_https_with_both_files(
     path.write_text("\n".join([*lines, *nats_tls]) + "\n")
     with pytest.raises(LedgerConfigError, match="tls_cert and tls_key go together"):
         LedgerConfig.load(path)
+
+
+def test_read_config_names_the_file_for_a_missing_a_malformed_and_an_unread_setting(
+    tmp_path: Path,
+) -> None:
+    """One strict reader for every service file: each failure is a ConfigError naming the
+    file; a good file gives what `read` made of it."""
+    from runtime.config import read_config
+
+    def read(table: Table, base: Path) -> tuple[str, Path]:
+        return str(table["name"]), base / str(table.get("store", "s"))
+
+    path = tmp_path / "x.toml"
+    for text, says in (
+        ("", "missing setting 'name'"),
+        ("name = 'a'\nextra = 1\n", "unknown setting 'extra'"),
+        ("name = 'a'\nstore = 'b\n", "not valid TOML"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(str(path))) as e:
+            read_config(path, read)
+        assert says in str(e.value)
+    path.write_text("name = 'a'\nstore = 'b'\n")
+    assert read_config(path, read) == ("a", tmp_path / "b")

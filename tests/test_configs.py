@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,6 +22,8 @@ from runtime.config import Table
 from runtime.endpoint import BusEndpoint, BusTls, endpoint_from_config
 from runtime.tls import PlainHttpError
 from runtime.tomlfile import dumps
+
+from .support import Pki
 
 LEDGER = [
     "--ledger-url=http://ledger.example:8090",
@@ -235,13 +236,9 @@ def test_ledger_config_usage_errors(tmp_path: Path) -> None:
 
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, Path]:
-    ca = trustme.CA()
-    cert = ca.issue_cert("agent.example")
-    files = {"ca": tmp_path / "ca.pem", "cert": tmp_path / "c.pem", "key": tmp_path / "c.key"}
-    ca.cert_pem.write_to_path(str(files["ca"]))
-    cert.cert_chain_pems[0].write_to_path(str(files["cert"]))
-    cert.private_key_pem.write_to_path(str(files["key"]))
-    Path(files["key"]).chmod(0o600)  # a private key: refused if others may read it
+    pki = Pki(tmp_path)
+    cert, key = pki.issue("c", "agent.example")
+    files = {"ca": pki.ca_file, "cert": cert, "key": key}
     return files
 
 

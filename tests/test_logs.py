@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,17 +20,11 @@ import pytest
 from broker import NatsServer
 from nrm import logs
 
-from .support import AGENCIES, prepared_mechanism
+from .support import AGENCIES, free_port, prepared_mechanism
 
 #: How long a service may take to start and log (a cold interpreter on a busy machine).
 START_SECONDS = 60.0
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def test_stdlib_records_are_json_with_the_exception_type_only() -> None:
@@ -106,7 +99,7 @@ class Service:
 def unreachable_bus_configs(tmp_path: Path) -> tuple[Path, Path]:
     """An agent.toml and a ledger.toml naming a bus nothing listens on."""
     sandbox = prepared_mechanism(tmp_path, admins=1, threshold=1)
-    sandbox.bus = NatsServer(store_dir=tmp_path / "bus", port=_free_port())
+    sandbox.bus = NatsServer(store_dir=tmp_path / "bus", port=free_port())
     ledger = sandbox.write_ledger_config()
     sandbox.write_agent_configs()
     return sandbox.agencies[AGENCIES[0][0]].config_path, ledger

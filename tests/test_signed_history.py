@@ -26,7 +26,8 @@ from keys.directory import Directory
 from keys.identity import PublicIdentity
 from keys.keyfile import INTERACTIVE
 from nrm import admin
-from nrm.cli import EXIT_UNVERIFIED, main
+from nrm.cli import main
+from nrm.exits import EXIT_VERIFICATION_FAILED
 from runtime.keydir import rotate_key_dir
 
 from . import samples
@@ -226,10 +227,10 @@ async def test_an_altered_receipt_is_a_named_conflict_and_changes_nothing(
         m.agents["police"].keys.public.signing_kid,
     )
     code, out = consent_show(m, rid)
-    assert code == EXIT_UNVERIFIED and "DOES NOT VERIFY (bad-signature)" in out, out
+    assert code == EXIT_VERIFICATION_FAILED and "DOES NOT VERIFY (bad-signature)" in out, out
     assert "Consent receipt" not in out  # nothing of the altered receipt is shown as true
     code, out = consent_show(m, rid, "--json")
-    assert code == EXIT_UNVERIFIED, out
+    assert code == EXIT_VERIFICATION_FAILED, out
     assert json.loads(out[: out.rindex("}") + 1]) == {
         "receipt_id": rid,
         "verified": False,
@@ -265,7 +266,7 @@ async def test_a_key_revoked_from_before_the_signing_time_is_refused(
             "revoked-key",
         ), problem
     code, out = consent_show(m, rid)
-    assert code == EXIT_UNVERIFIED and "DOES NOT VERIFY (revoked-key)" in out, out
+    assert code == EXIT_VERIFICATION_FAILED and "DOES NOT VERIFY (revoked-key)" in out, out
 
     status, refused, ctype = await m.api("police").call(
         "POST", "/v1/consents", json=samples.consent(str(uuid.uuid4()))

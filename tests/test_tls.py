@@ -7,12 +7,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import trustme
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
 from runtime.endpoint import BusTls, EndpointError
 from runtime.tls import HttpsFiles, TlsFileError, client_context, url_host
+
+from .support import Pki
 
 
 async def test_a_server_of_https_files_serves_clients_of_its_ca_over_tls_1_2_or_later(
@@ -20,13 +21,8 @@ async def test_a_server_of_https_files_serves_clients_of_its_ca_over_tls_1_2_or_
 ) -> None:
     """A client trusting the CA is served; one trusting only the system's CAs is not; the
     server offers no TLS older than 1.2."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    files = HttpsFiles(tmp_path / "c.pem", tmp_path / "c.key")
-    cert.cert_chain_pems[0].write_to_path(str(files.cert_file))
-    cert.private_key_pem.write_to_path(str(files.key_file))
-    files.key_file.chmod(0o600)  # a private key: refused if others may read it
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    pki = Pki(tmp_path)
+    files = HttpsFiles(*pki.issue("c", "127.0.0.1"))
     context = files.server_context()
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
 
@@ -63,11 +59,7 @@ def test_unusable_files_are_named(tmp_path: Path) -> None:
 def test_a_key_others_may_read_or_an_encrypted_key_is_refused_naming_it(tmp_path: Path) -> None:
     """The HTTPS key and the bus client key: readable by other users (0644) is refused with
     the chmod to run; an encrypted PEM key is refused at once (no passphrase prompt)."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    files = HttpsFiles(tmp_path / "c.pem", tmp_path / "c.key")
-    cert.cert_chain_pems[0].write_to_path(str(files.cert_file))
-    cert.private_key_pem.write_to_path(str(files.key_file))
+    files = HttpsFiles(*Pki(tmp_path).issue("c", "127.0.0.1"))
     files.key_file.chmod(0o644)
     with pytest.raises(TlsFileError, match=r"readable by other users \(mode 0644\): chmod 600"):
         files.server_context()
@@ -76,7 +68,7 @@ def test_a_key_others_may_read_or_an_encrypted_key_is_refused_naming_it(tmp_path
     files.key_file.chmod(0o600)
     files.server_context()
 
-    key = serialization.load_pem_private_key(cert.private_key_pem.bytes(), password=None)
+    key = serialization.load_pem_private_key(files.key_file.read_bytes(), password=None)
     encrypted = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +27,8 @@ from agents.webhooks import (
     sign,
     verify_signature,
 )
+
+from .support import free_port
 
 SECRET = b"webhook-test-secret-0123456789"
 FAST = WebhookSettings(retry_initial_seconds=0.05, retry_max_seconds=0.2, poll_seconds=0.1)
@@ -69,11 +70,6 @@ async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
             raise AssertionError("timed out")
         await asyncio.sleep(0.02)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import base64
 import itertools
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from keys.merkle import leaf_hash, root_of, verify_inclusion
 from nrm.examples import referral
 from nrm.sandbox import Sandbox
 
+from ..support import free_port
+
 #: Short redelivery and retry so recovery after a kill is quick.
 FAULT_LIMITS: dict[str, int | float] = {
     "ack_wait_seconds": 2,
@@ -43,11 +44,6 @@ ANSWER_TIMEOUT = aiohttp.ClientTimeout(total=10)
 CHECK_TIMEOUT = aiohttp.ClientTimeout(total=30)
 REFERRAL_EVENTS = ("referral.sent", "referral.received", "receipt.sent", "receipt.received")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ro(db: Path) -> sqlite3.Connection:

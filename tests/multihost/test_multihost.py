@@ -44,7 +44,6 @@ from typing import Any
 import aiohttp
 import nats
 import pytest
-import trustme
 
 from broker.server import nats_server_binary
 from keys.subjects import inbox_stream
@@ -55,7 +54,7 @@ from runtime.endpoint import BusEndpoint, BusTls
 from runtime.files import write_new_file
 from runtime.keydir import load_key_dir
 
-from ..support import TEST_KDF, eventually, query
+from ..support import TEST_KDF, Pki, eventually, query
 from .netns import Host, Network, Proc
 
 pytestmark = [pytest.mark.multihost, pytest.mark.timeout(300)]
@@ -97,35 +96,6 @@ def network(netns_available: None, tmp_path: Path) -> Iterator[Network]:
             net.add_host(name, octet)
         yield net
     assert net.leftovers() == []
-
-
-@dataclass
-class Pki:
-    """The test CA and the files of every certificate it issued, by owner."""
-
-    folder: Path
-    ca: trustme.CA = field(default_factory=trustme.CA)
-
-    def __post_init__(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.ca.cert_pem.write_to_path(str(self.ca_file))
-
-    @property
-    def ca_file(self) -> Path:
-        return self.folder / "ca.pem"
-
-    def client_context(self) -> ssl.SSLContext:
-        """What a client trusting only the test CA uses."""
-        return ssl.create_default_context(cafile=str(self.ca_file))
-
-    def issue(self, owner: str, *names: str) -> tuple[Path, Path]:
-        """A certificate for `names` (IP addresses or host names) and its key."""
-        cert = self.ca.issue_cert(*names)
-        cert_file, key_file = self.folder / f"{owner}.pem", self.folder / f"{owner}.key"
-        cert.cert_chain_pems[0].write_to_path(str(cert_file))
-        cert.private_key_pem.write_to_path(str(key_file))
-        key_file.chmod(0o600)
-        return cert_file, key_file
 
 
 @dataclass
