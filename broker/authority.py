@@ -238,14 +238,15 @@ class DirectoryAuthority:
                 self.reload_failed = None
             except Exception as e:  # the loop must outlive any failure
                 # Refused, or not reachable: nats-server keeps the previous authorization.
-                # A ReloadFailed says why (nats-server's own "Failed to reload" line, a
-                # path: configuration, no personal data); of anything else only its type.
+                # A ReloadFailed's reason says why (nats-server's own "Failed to reload"
+                # line, a path: configuration, no personal data; never its log tail); of
+                # anything else only its type.
                 self.reload_failed = directory.version
                 log.error(
                     "bus_authorization_reload_failed",
                     directory_version=directory.version,
                     error=type(e).__name__,
-                    **({"reason": str(e)} if isinstance(e, ReloadFailed) else {}),
+                    **({"reason": e.reason} if isinstance(e, ReloadFailed) else {}),
                 )
                 self._retry_later(RELOAD_RETRY_SECONDS)
 

@@ -134,9 +134,14 @@ class ExternalServer:
 
     def current_authorization(self) -> str | None:
         """What the authorization file holds now (what the server runs, if it started from
-        it), or None if there is none."""
+        it), or None if there is none. Bytes that are not UTF-8 (a file edited by hand)
+        read as U+FFFD: such a file differs from every block, so it is rewritten."""
+        previous = self._file_bytes()
+        return None if previous is None else previous.decode("utf-8", errors="replace")
+
+    def _file_bytes(self) -> bytes | None:
         try:
-            return self.authorization_file.read_text(encoding="utf-8")
+            return self.authorization_file.read_bytes()
         except FileNotFoundError:
             return None
 
@@ -179,7 +184,7 @@ class ExternalServer:
         except OSError as e:
             raise ReloadFailed(f"monitoring at {self._monitor_address()} unreachable: {e}") from e
         try:
-            previous = self.current_authorization()
+            previous = self._file_bytes()
         except OSError as e:
             raise ReloadFailed(f"cannot read {self.authorization_file}: {e}") from e
         log_offset = self._log_size()
@@ -224,13 +229,14 @@ class ExternalServer:
             return "config-digest-changed"
         return None
 
-    def _write(self, authorization: str) -> None:
-        replace_file(self.authorization_file, authorization.encode("utf-8"), mode=0o600)
+    def _write(self, authorization: str | bytes) -> None:
+        data = authorization.encode("utf-8") if isinstance(authorization, str) else authorization
+        replace_file(self.authorization_file, data, mode=0o600)
         fsync_dir(self.authorization_file.parent)
 
-    def _put_back(self, previous: str | None) -> None:
-        """The file as it was before a failed reload (so a restart runs what the server
-        runs); a failure here is logged: the reload's own error is what is raised."""
+    def _put_back(self, previous: bytes | None) -> None:
+        """The file as it was before a failed reload, byte for byte (so a restart runs what
+        the server runs); a failure here is logged: the reload's own error is what is raised."""
         try:
             if previous is None:
                 self.authorization_file.unlink(missing_ok=True)

@@ -104,7 +104,15 @@ def tls_block(tls: ServerTls, *, indent: str = "", handshake_first: bool = False
 
 class ReloadFailed(RuntimeError):
     """nats-server did not take a new configuration: it refused it (and keeps running with
-    the previous one), it is not running, or it did not confirm the reload in time."""
+    the previous one), it is not running, or it did not confirm the reload in time.
+
+    `reason` says why in a line that may be logged (configuration and paths only); the
+    message adds `detail`, such as the tail of nats-server's log, which names clients, their
+    addresses and subjects and so belongs on an operator's terminal, never in the log."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}; {detail}" if detail else reason)
+        self.reason = reason
 
 
 def local_host(host: str) -> str:
@@ -155,28 +163,32 @@ class Monitoring:
             response = conn.getresponse()
             response.read()
             return response.status == http.client.OK
+        except http.client.HTTPException as e:  # not HTTP on that port: as if no answer
+            raise OSError(f"/healthz: {type(e).__name__}") from e
         finally:
             conn.close()
 
-    def get(self, endpoint: str, query: str = "", *, timeout: float = 2.0) -> Any:
-        """The JSON document the monitoring `endpoint` answers; OSError unless it is 200."""
+    def get(self, endpoint: str, query: str = "", *, timeout: float = 2.0) -> dict[str, Any]:
+        """The JSON object the monitoring `endpoint` answers; OSError unless it is a 200
+        with a JSON object (anything else on that port is as good as no answer)."""
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
             conn.request("GET", endpoint + query)
             response = conn.getresponse()
             body = response.read()
+        except http.client.HTTPException as e:
+            raise OSError(f"{endpoint}: {type(e).__name__}") from e
         finally:
             conn.close()
         if response.status != http.client.OK:
             raise OSError(f"{endpoint} answered {response.status}")
         try:
-            return json.loads(body)
+            document = json.loads(body)
         except ValueError as e:
             raise OSError(f"{endpoint} answered no JSON") from e
-
-    def config_load_time(self) -> str:
-        """When the server last loaded its configuration, from `/varz`."""
-        return self.loaded().load_time
+        if not isinstance(document, dict):
+            raise OSError(f"{endpoint} answered no JSON object")
+        return document
 
     def loaded(self) -> Loaded:
         """What `/varz` says of the configuration the server runs; OSError without it."""
@@ -369,8 +381,8 @@ class NatsServer:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise ReloadFailed(
-                    f"nats-server exited during reload (code {process.returncode}); "
-                    f"{self._log_tail()}"
+                    f"nats-server exited during reload (code {process.returncode})",
+                    self._log_tail(),
                 )
             failure = self._reload_failure(log_offset)
             if failure is not None:
@@ -387,7 +399,7 @@ class NatsServer:
         # Keep the file in step with what the server still runs, so a restart starts it.
         self._extra_config = previous
         self._write_config()
-        raise ReloadFailed(f"nats-server reload failed: {problem}; {self._log_tail()}")
+        raise ReloadFailed(f"nats-server reload failed: {problem}", self._log_tail())
 
     def _reload_failure(self, log_offset: int) -> str | None:
         return reload_failure_in_log(self.log_path, log_offset)
@@ -479,7 +491,7 @@ class NatsServer:
 
     def _config_load_time(self) -> str:
         """When the server last loaded its configuration, from the monitoring `/varz`."""
-        return self._monitoring().config_load_time()
+        return self._monitoring().loaded().load_time
 
     def _log_tail(self) -> str:
         try:

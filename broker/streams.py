@@ -44,6 +44,7 @@ from keys.subjects import (
     inbox_stream,
     inbox_subject,
 )
+from runtime.bus_client import connect_once
 from runtime.endpoint import BusEndpoint
 from runtime.jetstream import erase_message, inbox_consumer_config
 
@@ -51,8 +52,6 @@ log = structlog.get_logger("nrm.streams")
 
 #: How long connecting and draining may take while provisioning.
 CONNECT_TIMEOUT_SECONDS = 5
-#: How long provisioning waits before trying a server that did not answer once more.
-CONNECT_RETRY_SECONDS = 0.5
 #: Room for message headers on top of the largest envelope.
 HEADER_ROOM_BYTES = 4096
 #: How many revisions of each key the directory bucket keeps.
@@ -404,24 +403,15 @@ async def _put_attachment_store(
 Target = str | BusEndpoint
 
 
-async def _quiet(_: Exception) -> None:
-    """nats-py's default error callback logs each failed attempt with a traceback; the
-    caller gets the error itself."""
-
-
 async def _connect(url: Target, nkeys_seed: bytes | None) -> Client:
-    """A provisioning connection to the bus at `url`: no reconnects, short timeouts; each
-    server is tried twice (nats-py would try an unreachable one 60 times, 2 s apart)."""
+    """A provisioning connection to the bus at `url`: every server tried twice
+    (runtime.bus_client.connect_once), short timeouts."""
     endpoint = BusEndpoint.of(url) if isinstance(url, str) else url
-    return await nats.connect(
-        **endpoint.connect_options(),
+    return await connect_once(
+        endpoint,
+        nkeys_seed=nkeys_seed,
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        allow_reconnect=False,
-        max_reconnect_attempts=1,
-        reconnect_time_wait=CONNECT_RETRY_SECONDS,
-        error_cb=_quiet,
         drain_timeout=CONNECT_TIMEOUT_SECONDS,
-        nkeys_seed_str=None if nkeys_seed is None else nkeys_seed.decode("ascii"),
     )
 
 

@@ -53,7 +53,7 @@ from keys.keyfile import KdfCost, open_admin_key, seal_admin_key
 from keys.limits import DEFAULT_LIMITS
 from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY, root_key
 from runtime import clock
-from runtime.bus_client import ignore_errors
+from runtime.bus_client import connect_once
 from runtime.config import ConfigError, days
 from runtime.endpoint import BusEndpoint
 from runtime.files import replace_file, write_new_file
@@ -540,17 +540,7 @@ async def publish(
     assert operator.nats_seed is not None
     endpoint = bus if isinstance(bus, BusEndpoint) else BusEndpoint.of(bus)
     try:
-        nc = await nats.connect(
-            **endpoint.connect_options(),  # servers, tls, tls_hostname
-            nkeys_seed_str=operator.nats_seed.decode(),
-            connect_timeout=5,
-            allow_reconnect=False,
-            # each server tried twice, 0.5 s apart: nats-py's defaults try an unreachable one
-            # 60 times, 2 s apart, before giving up (two minutes)
-            max_reconnect_attempts=1,
-            reconnect_time_wait=0.5,
-            error_cb=ignore_errors,  # what fails is raised, and said once, below
-        )
+        nc = await connect_once(endpoint, nkeys_seed=operator.nats_seed, connect_timeout=5)
         try:
             kv = await nc.jetstream().key_value(DIRECTORY_BUCKET)
             for v in folder.root_versions():

@@ -129,9 +129,7 @@ class Sandbox:
             key_dir="keys",
             operator_key_dir=str(self.admin.path / admin.OPERATOR_DIR),
             passphrase_file="passphrase",  # noqa: S106 (a file name)
-            endpoint=BusEndpoint.of(
-                self.bus_urls, None if self.tls is None else self.tls.client()
-            ),
+            endpoint=BusEndpoint.of(self.bus_urls, None if self.tls is None else self.tls.client()),
             trust_root=str(self.admin.root_path(1)),
             database="ledger.db",
             bind=bind,
@@ -424,9 +422,7 @@ def _write_config(
             identity="../ledger/keys/identity.json",
             token_file="ledger.token",  # noqa: S106 (a file name)
             ca_file=(
-                str(tls.ca_file)
-                if tls is not None and ledger_url.startswith("https://")
-                else None
+                str(tls.ca_file) if tls is not None and ledger_url.startswith("https://") else None
             ),
             interval_seconds=1,
             missing_after_seconds=ledger_missing_after,

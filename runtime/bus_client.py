@@ -1,4 +1,12 @@
-"""Closing a NATS client in whatever state it is in, within a bound.
+"""Connecting a short-lived NATS client to every node in turn, and closing a NATS client in
+whatever state it is in, within a bound.
+
+`connect_once` is for a command that does one thing and ends (provisioning, publishing the
+directory): every server of the endpoint is tried, each twice ONCE_RETRY_SECONDS apart, and
+the last server's own error is raised (refused, TLS, unreachable). nats-py without
+reconnection stops at the first server it picks (the list shuffled): with one node of three
+down, one attempt in three would fail; with reconnection its defaults try an unreachable
+server 60 times, 2 s apart.
 
 Shared by every long-lived bus client (the agent's transport, the ledger's consumer, the
 directory follower). nats-py's drain and close can outlive a cancel (drain swallows it, then
@@ -25,12 +33,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nats.errors
 from nats.aio.client import Client
 
 from .supervisor import finish_within
+
+if TYPE_CHECKING:  # endpoint.py imports this module
+    from .endpoint import BusEndpoint
+
+#: How long `connect_once` waits before trying a server that did not answer once more.
+ONCE_RETRY_SECONDS = 0.5
 
 #: How long closing a connection may take (draining it first if it is up), and again once
 #: cancelled, before the client is abandoned (close_client).
@@ -145,7 +159,39 @@ def logged_errors(log: Any, **ids: str) -> ErrorCallback:
 
 async def ignore_errors(error: Exception) -> None:
     """An error callback for a connection whose caller reports the error nats-py raises
-    (no reconnection: the first failure is raised)."""
+    (`connect_once`, and clients that do not reconnect)."""
+
+
+async def connect_once(
+    endpoint: BusEndpoint, *, nkeys_seed: bytes | None, connect_timeout: float, **options: Any
+) -> Client:
+    """A client connected to one of `endpoint`'s servers, each tried twice; the last
+    server's error if none takes it (`connect_timeout`: of each attempt)."""
+    settings: dict[str, Any] = {
+        **endpoint.connect_options(),
+        "connect_timeout": connect_timeout,
+        "allow_reconnect": True,  # what makes nats-py go on to the next server
+        "max_reconnect_attempts": 1,
+        "reconnect_time_wait": ONCE_RETRY_SECONDS,
+        "nkeys_seed_str": None if nkeys_seed is None else nkeys_seed.decode("ascii"),
+        **options,
+    }
+    failures: list[Exception] = []
+
+    async def remember(error: Exception) -> None:
+        if isinstance(error, nats.errors.NoServersError):
+            return
+        if "authorization violation" in str(error).lower():
+            # nats-py raises a plain Error for the server's -ERR during the handshake
+            error = nats.errors.AuthorizationError()
+        failures.append(error)
+
+    nc = Client()
+    try:
+        await nc.connect(**settings, error_cb=remember)  # what fails is raised
+    except nats.errors.NoServersError as e:
+        raise (failures[-1] if failures else e) from e
+    return nc
 
 
 #: What asyncio's TLS transport logs (on the "asyncio" logger) each time the peer closes a

@@ -51,7 +51,6 @@ NODES = 3
 START_SECONDS = 30.0
 
 
-
 def cluster_spec(tmp: Path, sandbox: Sandbox, pki: dict[str, Path]) -> Path:
     """Three loopback nodes on free ports, routes and clients over mutual TLS: the
     authorities (following, provisioning), `nrm bus provision` and the test's clients all
@@ -403,22 +402,32 @@ def test_a_refused_reload_is_reported_and_the_previous_file_put_back(
         monitor_url=url,
         log_file=tmp_path / "node.log",
     )
-    before = server.monitoring.config_load_time()
+    before = server.monitoring.loaded().load_time
 
     with pytest.raises(ReloadFailed, match="Failed to reload"):
         server.reload("authorization { users = [ { nkey: \n")
     assert auth.read_text() == good % nkey
-    assert server.monitoring.config_load_time() == before
+    assert server.monitoring.loaded().load_time == before
 
     other = "UCL4AVCKBLSIQWL5ZQUBW3OYY24AC72DBMHOO52EXO7GBBOBECPOCPPN"
     server.reload(good % other)
-    assert server.monitoring.config_load_time() != before
+    assert server.monitoring.loaded().load_time != before
     assert server.pid() == process.pid
     assert stat.S_IMODE(auth.stat().st_mode) == 0o600
     # What the authority's drift check sees: nothing, until the file changes behind it.
     assert server.drifted(good % other) is None
     replace_file(auth, (good % nkey).encode())
     assert server.drifted(good % other) == "authorization-file-changed"
+    server.reload(good % other)
+    assert server.drifted(good % other) is None
+    # A file edited by hand in another encoding is a changed file, rewritten, never an
+    # error that would stop the reloads; a refused reload puts it back byte for byte.
+    latin1 = ("# édité\n" + good % other).encode("latin-1")
+    replace_file(auth, latin1)
+    assert server.drifted(good % other) == "authorization-file-changed"
+    with pytest.raises(ReloadFailed, match="Failed to reload"):
+        server.reload("authorization { users = [ { nkey: \n")
+    assert auth.read_bytes() == latin1
     server.reload(good % other)
     assert server.drifted(good % other) is None
 

@@ -580,7 +580,6 @@ def test_broker_config_writes_each_agencys_nkey_and_refuses_an_under_signed_dire
 # --- the bus ---------------------------------------------------------------------------------
 
 
-
 @pytest.fixture
 def bus_up(tmp_path: Path) -> Iterator[BusUp]:
     started: list[subprocess.Popen[bytes]] = []

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import nats.errors
 import pytest
 from click.testing import CliRunner
 
+from keys.identity import nats_public_key
 from nrm.bus_options import bus_endpoint_options
 from runtime.config import ConfigError, Table
 from runtime.endpoint import BusEndpoint, BusTls, EndpointError, endpoint_from_config, parse_urls
@@ -115,3 +117,33 @@ def test_the_cli_options_give_one_endpoint(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "scheme" in bad.output
     half = runner.invoke(show, ["--nats", "a", "--tls-cert", "c.pem"])
     assert half.exit_code == 2 and "needs its key" in half.output
+
+
+async def test_connect_once_goes_on_to_the_next_server_and_raises_the_servers_own_error(
+    tmp_path: Path,
+) -> None:
+    """With one node of two down, every attempt connects (the order is shuffled: five
+    tries cover both orders); a server refusing the NKey is that refusal, not 'no
+    servers'."""
+    from broker import NatsServer
+    from keys.identity import new_nats_seed
+    from runtime.bus_client import connect_once
+
+    from .support import free_port
+
+    dead = f"nats://127.0.0.1:{free_port()}"
+    with NatsServer(store_dir=tmp_path / "open") as server:
+        for _ in range(5):
+            nc = await connect_once(
+                BusEndpoint.of([dead, server.url]), nkeys_seed=None, connect_timeout=2
+            )
+            await nc.close()
+    users = f'authorization {{ users = [ {{ nkey: "{nats_public_key(new_nats_seed())}" }} ] }}'
+    with (
+        NatsServer(store_dir=tmp_path / "secured", extra_config=users) as server,
+        pytest.raises(nats.errors.AuthorizationError),
+    ):
+        seed = new_nats_seed()
+        await connect_once(BusEndpoint.of(server.url), nkeys_seed=seed, connect_timeout=2)
+    with pytest.raises((nats.errors.NoServersError, OSError)):
+        await connect_once(BusEndpoint.of(dead), nkeys_seed=None, connect_timeout=2)

@@ -26,7 +26,6 @@ from .support import AGENCIES, free_port, prepared_mechanism
 START_SECONDS = 60.0
 
 
-
 def test_stdlib_records_are_json_with_the_exception_type_only() -> None:
     stream = io.StringIO()
     logs.configure(stream=stream)

@@ -45,7 +45,6 @@ CHECK_TIMEOUT = aiohttp.ClientTimeout(total=30)
 REFERRAL_EVENTS = ("referral.sent", "referral.received", "receipt.sent", "receipt.received")
 
 
-
 def ro(db: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
 

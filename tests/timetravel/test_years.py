@@ -493,9 +493,7 @@ async def test_eight_hundred_days(world: World) -> None:
     expected = {
         ("labour", ("bus refused", "standing removed")),
         ("labour", ("bus refused",)),
-    } | {
-        (agency, ("ledger revoked-signer",)) for agency in w.may_alert
-    }
+    } | {(agency, ("ledger revoked-signer",)) for agency in w.may_alert}
     assert degraded <= expected, degraded
     print(
         f"\ntime travel: {DAYS} days in {elapsed:.0f}s; {len(w.consents)} consents, "
