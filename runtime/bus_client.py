@@ -2,11 +2,11 @@
 whatever state it is in, within a bound.
 
 `connect_once` is for a command that does one thing and ends (provisioning, publishing the
-directory): every server of the endpoint is tried, each twice ONCE_RETRY_SECONDS apart, and
-the last server's own error is raised (refused, TLS, unreachable). nats-py without
-reconnection stops at the first server it picks (the list shuffled): with one node of three
-down, one attempt in three would fail; with reconnection its defaults try an unreachable
-server 60 times, 2 s apart.
+directory): every server of the endpoint is tried, each twice ONCE_RETRY_SECONDS apart; if
+none takes the client, a server's refusal of the NKey is raised if there was one, else the
+last server's own error (TLS, unreachable). nats-py without reconnection stops at the first
+server it picks (the list shuffled): with one node of three down, one attempt in three would
+fail; with reconnection its defaults try an unreachable server 60 times, 2 s apart.
 
 Shared by every long-lived bus client (the agent's transport, the ledger's consumer, the
 directory follower). nats-py's drain and close can outlive a cancel (drain swallows it, then
@@ -165,8 +165,9 @@ async def ignore_errors(error: Exception) -> None:
 async def connect_once(
     endpoint: BusEndpoint, *, nkeys_seed: bytes | None, connect_timeout: float, **options: Any
 ) -> Client:
-    """A client connected to one of `endpoint`'s servers, each tried twice; the last
-    server's error if none takes it (`connect_timeout`: of each attempt)."""
+    """A client connected to one of `endpoint`'s servers, each tried twice; if none takes
+    it, a refusal (AuthorizationError) or else the last server's error (`connect_timeout`:
+    of each attempt)."""
     settings: dict[str, Any] = {
         **endpoint.connect_options(),
         "connect_timeout": connect_timeout,
@@ -190,7 +191,9 @@ async def connect_once(
     try:
         await nc.connect(**settings, error_cb=remember)  # what fails is raised
     except nats.errors.NoServersError as e:
-        raise (failures[-1] if failures else e) from e
+        refusals = [f for f in failures if isinstance(f, nats.errors.AuthorizationError)]
+        # a refusal says more than the reset that can follow it on the next attempt
+        raise (refusals or failures or [e])[-1] from e
     return nc
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from .bus_client import quiet_asyncio_ssl_eof_warning
 from .config import ConfigError, Table, path_in
-from .tls import TlsFileError, load_key_pair
+from .tls import TlsFileError, client_context, load_key_pair
 
 #: The NATS client port when a URL names none.
 DEFAULT_PORT = 4222
@@ -61,17 +61,13 @@ class BusTls:
     def context(self) -> ssl.SSLContext:
         """A client context that verifies the server's certificate and name (TLS 1.2+)."""
         try:
-            ctx = ssl.create_default_context(
-                ssl.Purpose.SERVER_AUTH,
-                cafile=None if self.ca_file is None else str(self.ca_file),
-            )
+            ctx = client_context(self.ca_file)
             if self.cert_file is not None and self.key_file is not None:
                 load_key_pair(ctx, self.cert_file, self.key_file)
         except (OSError, ssl.SSLError) as e:
             raise EndpointError(f"cannot load the bus TLS files: {e}") from e
         except TlsFileError as e:
-            raise EndpointError(f"the bus TLS client key: {e}") from e
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            raise EndpointError(f"cannot load the bus TLS files: {e}") from e
         return ctx
 
 
