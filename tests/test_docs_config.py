@@ -251,3 +251,12 @@ def test_the_examples_use_only_documented_keys(section: str) -> None:
     assert found is not None
     example = set(toml_keys(tomllib.loads(found.group(1))))
     assert example <= documented(section)
+
+
+def test_the_readme_agent_toml_uses_only_documented_keys() -> None:
+    """The agent.toml README shows holds keys docs/CONFIG.md documents."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```toml\n(.*?)^```$", readme, flags=re.S | re.M)
+    assert blocks
+    for block in blocks:
+        assert set(toml_keys(tomllib.loads(block))) <= documented("agent.toml")
