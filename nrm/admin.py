@@ -62,6 +62,8 @@ from runtime.keydir import init_key_dir, load_key_dir
 DIRECTORY_FILE = "directory.json"
 PUBLISHED_FILE = "published-version"
 SETTINGS_FILE = "settings.toml"
+#: Every key settings.toml may hold (docs/CONFIG.md).
+SETTINGS_KEYS = frozenset({"directory_lifetime_days", "publish_margin_days"})
 OPERATOR_DIR = "operator"
 DAY = 86400
 
@@ -128,7 +130,7 @@ class AdminSettings:
             doc = tomllib.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
             raise AdminError(f"{where} is not valid TOML: {e}") from e
-        unknown = set(doc) - {"directory_lifetime_days", "publish_margin_days"}
+        unknown = set(doc) - SETTINGS_KEYS
         if unknown:
             raise AdminError(f"{where}: unknown setting {sorted(unknown)[0]!r}")
         defaults = cls()
