@@ -45,6 +45,7 @@ import structlog
 
 from keys.errors import BadSignatureError, ExpiredError
 from runtime import clock
+from runtime.backoff import Retry
 from runtime.supervisor import Supervisor
 from runtime.tls import client_context
 
@@ -215,7 +216,8 @@ class WebhookTarget:
 class WebhookSettings:
     """Every limit of webhook delivery."""
 
-    #: Back-off before the first retry, doubled per failure up to the maximum.
+    #: Back-off bounds (runtime.backoff, full jitter): retry n waits a random time up to
+    #: min(retry_max_seconds, retry_initial_seconds * 2**n).
     retry_initial_seconds: float = 0.2
     retry_max_seconds: float = 30.0
     #: Whole-request timeout.
@@ -319,7 +321,7 @@ class WebhookSender:
     async def _deliver_loop(self, target: WebhookTarget) -> None:
         wake = self._wakes[target.url]
         where = target.safe_url
-        delay = self.settings.retry_initial_seconds
+        retry = Retry.after(self.settings.retry_initial_seconds, self.settings.retry_max_seconds)
         while self._running:
             batch = self.pending(target.url, self.settings.batch_size)
             if not batch:
@@ -328,7 +330,7 @@ class WebhookSender:
                     await asyncio.wait_for(wake.wait(), timeout=self.settings.poll_seconds)
                 continue
             await self.store.durable()  # never announce what a power cut could undo
-            failed = False
+            delay: float | None = None
             for item in batch:
                 if not self._running:
                     return
@@ -339,15 +341,14 @@ class WebhookSender:
                     outcome.info("webhook_delivered")
                     continue
                 self._record_attempt(item.event_id, target.url, status)
-                outcome.warning("webhook_retry", delay=delay)
-                failed = True
+                delay = retry.next_delay()
+                outcome.warning("webhook_retry", delay=round(delay, 3))
                 break
-            if failed:
+            if delay is not None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-                delay = min(delay * 2, self.settings.retry_max_seconds)
             else:
-                delay = self.settings.retry_initial_seconds
+                retry.succeeded()
 
     async def _post(self, target: WebhookTarget, item: QueuedEvent) -> int | None:
         """POST one event; the HTTP status, or None if no answer came."""
