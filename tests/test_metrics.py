@@ -103,7 +103,7 @@ async def scraped(tmp_path: Path) -> AsyncIterator[dict[str, Samples]]:
             bus_text = await scrape(m, f"http://{host}:{port}")
         finally:
             await runner.cleanup()
-        ledger_text = await scrape(m, m.sandbox.ledger.url)
+        ledger_text = await scrape(m, m.sandbox.ledger.url, m.sandbox.auditor_token)
         yield {
             "agent": samples(agent_text),
             "ledger": samples(ledger_text),
