@@ -65,7 +65,7 @@ AGENCY_SCOPE_PREFIX = "agency:"
 class LedgerToken:
     """A bearer token's SHA-256 digest and its scope: `auditor` reads every route,
     `agency:<id>` reads that agency's own events and what only reveals hashes (PROTOCOL.md
-    §9.0), `metrics` reads no /v1 route (only /metrics and /healthz, which need no token)."""
+    §9.0), `metrics` reads no /v1 route, only /metrics (/healthz needs no token)."""
 
     digest: bytes
     scope: str

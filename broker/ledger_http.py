@@ -3,10 +3,10 @@
 Every /v1 route needs a bearer token (compared by SHA-256 digest in constant time) whose
 scope reads it (PROTOCOL.md §9.0): `auditor` reads every route; `agency:<id>` reads only what
 an agent's ledger check needs (AGENCY_ROUTES: checkpoints, proofs, directories, roots,
-restores, and its own events); `metrics` reads no /v1 route. Errors are problem+json (401 no
-or a wrong token, 403 a token whose scope does not read it). Everything served is metadata:
-ids, kinds, hashes, times. /healthz and /metrics (broker.trust_status: versions and expiry
-times only) need no token.
+restores, and its own events); `metrics` reads no /v1 route, only /metrics (which `auditor`
+reads too). Errors are problem+json (401 no or a wrong token, 403 a token whose scope does not
+read it). Everything served is metadata: ids, kinds, hashes, times. /healthz (versions and
+expiry times only) needs no token.
 """
 
 from __future__ import annotations
@@ -796,7 +796,8 @@ OPENAPI: dict[str, Any] = {
                 "`auditor` reads every /v1 operation; `agency:<id>` reads "
                 + ", ".join(sorted(AGENCY_ROUTES))
                 + " (/v1/events/{event_id} and /v1/proofs only for events that agency "
-                "wrote); `metrics` reads no /v1 operation. Anything else answers 403.",
+                "wrote); `metrics` reads no /v1 operation, only /metrics (which `auditor` "
+                "reads too). Anything else answers 403.",
             }
         },
         "schemas": SCHEMAS,
@@ -921,14 +922,17 @@ OPENAPI: dict[str, Any] = {
         },
         "/metrics": {
             "get": {
-                "summary": "Prometheus: directory and root expiry gauges, nrm_ledger_info{version}",
-                "security": [],
+                "summary": "Prometheus: directory and root expiry gauges, nrm_ledger_info{version} "
+                "(a token of scope `metrics` or `auditor`; 403 any other)",
+                "security": [{"bearer": []}],
                 "responses": {
                     "200": {
                         "description": "OK",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
                     "400": _PROBLEM,
+                    "401": {"$ref": "#/components/responses/Unauthorized"},
+                    "403": _PROBLEM,
                 },
             }
         },

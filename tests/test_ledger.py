@@ -743,6 +743,9 @@ async def test_http_needs_a_token_documents_itself_and_refuses_bad_parameters(
     assert (status, ctype) == (200, "application/json")
     doc = await get_json(http, access.url + "/openapi.json", access.token)
     assert doc["openapi"].startswith("3.1")
+    scrape = doc["paths"]["/metrics"]["get"]
+    assert scrape["security"] == [{"bearer": []}] and {"401", "403"} <= set(scrape["responses"])
+    assert doc["paths"]["/healthz"]["get"]["security"] == []
     assert {p.split("?")[0] for p in V1_PATHS} <= {
         p.replace("{index}", "0").replace("{event_id}", "0" * 32).replace("{referral_id}", "0" * 32)
         for p in doc["paths"]
