@@ -36,13 +36,14 @@ from keys.subjects import DIRECTORY_KEY, SHARED_INBOX_STREAM
 from runtime import clock, expiry
 from runtime.http import app_runner
 from runtime.keydir import load_key_dir, read_passphrase
+from runtime.reload import LiveTls, refresh_tls, restart_needed, server_context
 from runtime.supervisor import Supervisor
 from runtime.tls import url_host
 from runtime.version import VERSION
 
 from . import inbound
 from . import webhooks as W
-from .api import ApiSettings, make_app
+from .api import CLIENTS, ApiSettings, ClientTable, make_app
 from .attachments import Attachments
 from .audit import AuditTrail
 from .config import AgentConfig
@@ -224,6 +225,8 @@ class Agent:
         self._loops: list[asyncio.Task[None]] = []
         self._key_reload: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
+        self._clients: ClientTable | None = None
+        self._tls: LiveTls | None = None
         self.api_port: int | None = None
         self._failpoint = os.environ.get(FAILPOINT_ENV, "")
         self._remember_keys()  # the directory cached on disk, accepted before this start
@@ -289,14 +292,16 @@ class Agent:
             ),
             observe=self.metrics.http,
         )
+        self._clients = app[CLIENTS]
         self._runner = app_runner(app, self.limits)
         await self._runner.setup()
         tls = self.config.api_tls
+        self._tls = None if tls is None else LiveTls(tls)
         site = web.TCPSite(
             self._runner,
             self.config.api_host,
             self.config.api_port,
-            ssl_context=None if tls is None else tls.server_context(),
+            ssl_context=server_context(self._tls),
         )
         await site.start()
         self.api_port = self._runner.addresses[0][1]
@@ -327,6 +332,27 @@ class Agent:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+    def reload(self, path: Path) -> list[str]:
+        """Read `path` again (SIGHUP): `[[api.clients]]` and `[api] tls_cert`/`tls_key` take
+        effect for new requests and connections; the names of what changed. ConfigError
+        (ReloadRefused: a setting only a restart applies) leaves everything as it was."""
+        new = AgentConfig.load(path)
+        restart_needed(
+            self.config,
+            new,
+            reloadable=("clients", "api_tls"),
+            keys={"api_host": "api.bind", "api_port": "api.bind", "bus": "nats_urls/nats_tls"},
+        )
+        changed = (
+            ["api.tls_cert"] if refresh_tls(self._tls, self.config.api_tls, new.api_tls) else []
+        )
+        if new.clients != self.config.clients:
+            changed.append("api.clients")
+            if self._clients is not None:
+                self._clients.replace(new.clients)
+        self.config = new
+        return changed
 
     @property
     def api_url(self) -> str:

@@ -104,7 +104,19 @@ class ApiSettings:
     max_page_size: int
 
 
+class ClientTable:
+    """The clients the API accepts and their token digests, replaced whole by a reload
+    (SIGHUP, runtime/reload.py): a request sees the old table or the new, never a mix."""
+
+    def __init__(self, clients: Sequence[ApiClient]) -> None:
+        self.replace(clients)
+
+    def replace(self, clients: Sequence[ApiClient]) -> None:
+        self.current = (tuple(clients), tuple(c.token_sha256 for c in clients))
+
+
 BACKEND = web.AppKey("backend", Backend)
+CLIENTS = web.AppKey("clients", ClientTable)
 SETTINGS = web.AppKey("settings", ApiSettings)
 CLIENT = web.RequestKey("client", ApiClient)
 PUBLIC = frozenset({"/healthz", "/openapi.json"})
@@ -121,6 +133,7 @@ def make_app(
     )
     app[BACKEND] = backend
     app[SETTINGS] = settings
+    app[CLIENTS] = ClientTable(settings.clients)
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get("/openapi.json", openapi)
@@ -176,16 +189,12 @@ async def _durable(request: web.Request, handler: Handler) -> web.StreamResponse
 async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in PUBLIC:
         return await handler(request)
-    client = _client_for(request.headers.get("Authorization", ""), request.app[SETTINGS].clients)
-    if client is None:
+    clients, digests = request.app[CLIENTS].current
+    found = bearer_match(request.headers.get("Authorization", ""), digests)
+    if found is None:
         return unauthorized("a valid bearer token is required", realm="nrm-agent")
-    request[CLIENT] = client
+    request[CLIENT] = clients[found]
     return await handler(request)
-
-
-def _client_for(authorization: str, clients: Sequence[ApiClient]) -> ApiClient | None:
-    found = bearer_match(authorization, [client.token_sha256 for client in clients])
-    return None if found is None else clients[found]
 
 
 def _need(request: web.Request, scope: str) -> None:

@@ -126,7 +126,7 @@ class AgentConfig:
 
         try:
             agency = check_agency_id(table["agency"])
-            api = table["api"]
+            api = table.table("api", required=True)
             host, port = bind_address(api["bind"], key="api.bind")
             if "nats_url" in table:
                 raise ConfigError("nats_url is no longer read: give nats_urls (one URL or more)")
@@ -135,7 +135,8 @@ class AgentConfig:
                 bus.connect_options()  # the TLS files are read now: named at once
             except EndpointError as e:
                 raise ConfigError(f"nats_tls: {e}") from e
-            clients = tuple(_client(c) for c in api.get("clients", []))
+            clients = tuple(_client(c) for c in api.tables("clients"))
+            _no_repeated_tokens(clients)
             config = cls(
                 agency=agency,
                 key_dir=path_of(table["key_dir"], "key_dir"),
@@ -151,10 +152,10 @@ class AgentConfig:
                     if "passphrase_file" in table
                     else None
                 ),
-                limits=_limits(table.get("limits", {})),
-                retention=RetentionSchedule.from_dict(table.get("retention", {})),
+                limits=_limits(table.table("limits")),
+                retention=RetentionSchedule.from_dict(table.table("retention")),
                 ledger=(
-                    LedgerSettings.from_dict(table["ledger"], base=base)
+                    LedgerSettings.from_dict(table.table("ledger"), base=base)
                     if "ledger" in table
                     else None
                 ),
@@ -168,7 +169,7 @@ class AgentConfig:
                             path_of(w["ca_file"], "webhooks.ca_file") if "ca_file" in w else None
                         ),
                     )
-                    for w in table.get("webhooks", [])
+                    for w in table.tables("webhooks")
                 ),
                 api_tls=https_files(api, base=base, prefix="api."),
             )
@@ -220,6 +221,20 @@ def _client(doc: Any) -> ApiClient:
     return ApiClient(
         name=str(doc["name"]), token_sha256=bytes.fromhex(digest), scopes=frozenset(scopes)
     )
+
+
+def _no_repeated_tokens(clients: tuple[ApiClient, ...]) -> None:
+    """One token, one client: the same digest twice (for two clients, or the same client
+    with other scopes) is refused, naming both entries; its digest is never shown."""
+    seen: dict[bytes, int] = {}
+    for i, client in enumerate(clients):
+        if client.token_sha256 in seen:
+            first = seen[client.token_sha256]
+            raise ConfigError(
+                f"api.clients[{first}] ({clients[first].name!r}) and api.clients[{i}] "
+                f"({client.name!r}) have the same token_sha256: give each client its own token"
+            )
+        seen[client.token_sha256] = i
 
 
 def token_digest(token: str) -> str:

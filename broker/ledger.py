@@ -38,6 +38,7 @@ from runtime.config import ConfigError, Table, bind_address, days, load_toml, pa
 from runtime.endpoint import BusEndpoint, EndpointError, endpoint_from_config
 from runtime.http import app_runner
 from runtime.keydir import load_key_dir, read_passphrase
+from runtime.reload import LiveTls, refresh_tls, restart_needed
 from runtime.supervisor import Supervisor, pause, unless_stopping
 from runtime.tls import HttpsFiles, check_plain_http, https_files, url_host
 
@@ -64,7 +65,7 @@ AGENCY_SCOPE_PREFIX = "agency:"
 class LedgerToken:
     """A bearer token's SHA-256 digest and its scope: `auditor` reads every route,
     `agency:<id>` reads that agency's own events and what only reveals hashes (PROTOCOL.md
-    §9.0), `metrics` reads no /v1 route (only /metrics and /healthz, which need no token)."""
+    §9.0), `metrics` reads no /v1 route, only /metrics (/healthz needs no token)."""
 
     digest: bytes
     scope: str
@@ -151,6 +152,11 @@ class LedgerConfig:
         return ledger_origin(self.name)
 
     @property
+    def token_digests(self) -> tuple[bytes, ...]:
+        """The digests of `tokens`, in their order (what `bearer_match` compares)."""
+        return tuple(t.digest for t in self.tokens)
+
+    @property
     def auditor_tokens(self) -> tuple[bytes, ...]:
         """The digests of the tokens that read everything."""
         return tuple(t.digest for t in self.tokens if t.scope == AUDITOR_SCOPE)
@@ -170,14 +176,21 @@ class LedgerConfig:
         try:
             host, port = bind_address(table["bind"], key="bind")
             tokens = []
+            entries: dict[bytes, str] = {}  # digest -> the entry that gave it
             for key in ("auditors", "tokens"):
-                for a in table.get(key, []):
+                for i, a in enumerate(table.tables(key)):
                     a.allow("name")  # whose token it is, for the reader of the file
                     # An [[auditors]] entry (the older form) reads everything.
                     scope = str(a["scope"]) if key == "tokens" else AUDITOR_SCOPE
-                    tokens.append(
-                        LedgerToken(_token_digest(str(a["token_sha256"]), key), _scope(scope))
-                    )
+                    token = LedgerToken(_token_digest(str(a["token_sha256"]), key), _scope(scope))
+                    entry = f"{key}[{i}] ({str(a.get('name', '?'))!r})"
+                    if token.digest in entries:
+                        raise LedgerConfigError(
+                            f"{entries[token.digest]} and {entry} have the same token_sha256: "
+                            "one token, one scope"
+                        )
+                    entries[token.digest] = entry
+                    tokens.append(token)
             config = cls(
                 name=str(table["name"]),
                 key_dir=p("key_dir"),
@@ -257,6 +270,10 @@ class Ledger:
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self._nc: Any = None
+        #: The tokens the API accepts and their digests, swapped whole by `reload`.
+        self.tokens = (config.tokens, config.token_digests)
+        #: The API's SSL context, refreshed in place by `reload` (a renewed certificate).
+        self._tls = None if config.tls is None else LiveTls(config.tls)
 
     @classmethod
     def from_config_file(cls, path: Path) -> Ledger:
@@ -267,6 +284,21 @@ class Ledger:
             signer=load_key_dir(config.key_dir, passphrase=passphrase),
             operator=load_key_dir(config.operator_key_dir, passphrase=passphrase),
         )
+
+    def reload(self, path: Path) -> list[str]:
+        """Read `path` again (SIGHUP): the tokens and the HTTPS certificate and key take
+        effect for new requests and connections; the names of what changed. ConfigError
+        (ReloadRefused: a setting only a restart applies) leaves everything as it was."""
+        new = LedgerConfig.load(path)
+        restart_needed(
+            self.config, new, reloadable=("tokens", "tls"), keys={"host": "bind", "port": "bind"}
+        )
+        changed = ["tls_cert"] if refresh_tls(self._tls, self.config.tls, new.tls) else []
+        if new.tokens != self.config.tokens:
+            changed.append("tokens")
+        self.config = new
+        self.tokens = (new.tokens, new.token_digests)
+        return changed
 
     @property
     def url(self) -> str:
@@ -295,12 +327,11 @@ class Ledger:
         await self.follower.start()
         self._runner = app_runner(make_app(self), DEFAULT_LIMITS)
         await self._runner.setup()
-        tls = self.config.tls
         await web.TCPSite(
             self._runner,
             self.config.host,
             self.config.port,
-            ssl_context=None if tls is None else tls.server_context(),
+            ssl_context=None if self._tls is None else self._tls.context,
         ).start()
         self.port = self._runner.addresses[0][1]
         self.supervisor.spawn("ledger-consumer", self._consume)

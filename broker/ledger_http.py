@@ -3,10 +3,10 @@
 Every /v1 route needs a bearer token (compared by SHA-256 digest in constant time) whose
 scope reads it (PROTOCOL.md §9.0): `auditor` reads every route; `agency:<id>` reads only what
 an agent's ledger check needs (AGENCY_ROUTES: checkpoints, proofs, directories, roots,
-restores, and its own events); `metrics` reads no /v1 route. Errors are problem+json (401 no
-or a wrong token, 403 a token whose scope does not read it). Everything served is metadata:
-ids, kinds, hashes, times. /healthz and /metrics (broker.trust_status: versions and expiry
-times only) need no token.
+restores, and its own events); `metrics` reads no /v1 route, only /metrics (which `auditor`
+reads too). Errors are problem+json (401 no or a wrong token, 403 a token whose scope does not
+read it). Everything served is metadata: ids, kinds, hashes, times. /healthz (versions and
+expiry times only) needs no token.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 from prometheus_client import Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from keys import DEFAULT_LIMITS
 from keys.audit import COUNT_LABELS, KINDS, LABELS
@@ -39,7 +41,7 @@ from runtime.http import (
 )
 
 from . import ledger_stats
-from .ledger import METRICS_SCOPE, Ledger
+from .ledger import AUDITOR_SCOPE, METRICS_SCOPE, Ledger
 from .ledger_store import ArchivedNodes, EntryRow
 from .trust_status import StatusMetrics, add_status_routes
 
@@ -88,19 +90,24 @@ def _forbidden(scope: str, what: str) -> web.Response:
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The token check (its scope too), and the security headers on every answer (errors
     too: `_problems` runs inside)."""
-    if request.path.startswith("/v1/"):
-        tokens = request.app[LEDGER].config.tokens
-        found = bearer_match(request.headers.get("Authorization", ""), [t.digest for t in tokens])
+    if request.path.startswith("/v1/") or request.path == "/metrics":
+        # One snapshot of the tokens and their digests (a SIGHUP reload swaps both at once).
+        tokens, digests = request.app[LEDGER].tokens
+        found = bearer_match(request.headers.get("Authorization", ""), digests)
         if found is None:
             return unauthorized("a bearer token is required", realm="nrm-ledger")
         token = tokens[found]
-        resource = request.match_info.route.resource
-        route = None if resource is None else resource.canonical
-        if token.scope == METRICS_SCOPE or (
-            token.agency is not None and route is not None and route not in AGENCY_ROUTES
-        ):
-            return _forbidden(token.scope, "this route")
-        request[READER] = token.agency
+        if request.path == "/metrics":
+            if token.scope not in (METRICS_SCOPE, AUDITOR_SCOPE):
+                return _forbidden(token.scope, "/metrics")
+        else:
+            resource = request.match_info.route.resource
+            route = None if resource is None else resource.canonical
+            if token.scope == METRICS_SCOPE or (
+                token.agency is not None and route is not None and route not in AGENCY_ROUTES
+            ):
+                return _forbidden(token.scope, "this route")
+            request[READER] = token.agency
     response = await handler(request)
     response.headers["Content-Security-Policy"] = "default-src 'self'"
     response.headers["X-Content-Type-Options"] = "nosniff"
@@ -144,30 +151,36 @@ def ledger_metrics(ledger: Ledger) -> StatusMetrics:
     size = Gauge("nrm_ledger_tree_size", "Entries in the ledger's Merkle tree",
                  registry=metrics.registry)  # fmt: skip
     size.set_function(lambda: ledger.tree.size)
-    age = Gauge(
-        "nrm_ledger_checkpoint_age_seconds",
-        "Seconds since the newest signed checkpoint (its timestamp); -1 before there is one",
-        registry=metrics.registry,
-    )
-
-    def checkpoint_age() -> float:
-        latest = ledger.store.latest_checkpoint()
-        return -1 if latest is None else max(0, clock.now() - latest[2])
-
-    age.set_function(checkpoint_age)
-    signed = Gauge(
-        "nrm_ledger_checkpoint_size",
-        "Entries the newest signed checkpoint covers (below nrm_ledger_tree_size while "
-        "entries wait for the next checkpoint); 0 before there is one",
-        registry=metrics.registry,
-    )
-    signed.set_function(lambda: _checkpoint_size(ledger))
+    metrics.registry.register(_CheckpointGauges(ledger))
     return metrics
 
 
-def _checkpoint_size(ledger: Ledger) -> int:
-    latest = ledger.store.latest_checkpoint()
-    return 0 if latest is None else latest[0]
+class _CheckpointGauges(Collector):
+    """`nrm_ledger_checkpoint_age_seconds` and `nrm_ledger_checkpoint_size`, both from the
+    one newest checkpoint read once per scrape."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(None)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(self.ledger.store.latest_checkpoint())
+
+    def _families(self, latest: tuple[int, bytes, int, str] | None) -> list[Metric]:
+        age = GaugeMetricFamily(
+            "nrm_ledger_checkpoint_age_seconds",
+            "Seconds since the newest signed checkpoint (its timestamp); -1 before there is one",
+            value=-1 if latest is None else max(0, clock.now() - latest[2]),
+        )
+        size = GaugeMetricFamily(
+            "nrm_ledger_checkpoint_size",
+            "Entries the newest signed checkpoint covers (below nrm_ledger_tree_size while "
+            "entries wait for the next checkpoint); 0 before there is one",
+            value=0 if latest is None else latest[0],
+        )
+        return [age, size]
 
 
 def _ledger(request: web.Request) -> Ledger:
@@ -783,7 +796,8 @@ OPENAPI: dict[str, Any] = {
                 "`auditor` reads every /v1 operation; `agency:<id>` reads "
                 + ", ".join(sorted(AGENCY_ROUTES))
                 + " (/v1/events/{event_id} and /v1/proofs only for events that agency "
-                "wrote); `metrics` reads no /v1 operation. Anything else answers 403.",
+                "wrote); `metrics` reads no /v1 operation, only /metrics (which `auditor` "
+                "reads too). Anything else answers 403.",
             }
         },
         "schemas": SCHEMAS,
@@ -908,14 +922,17 @@ OPENAPI: dict[str, Any] = {
         },
         "/metrics": {
             "get": {
-                "summary": "Prometheus: directory and root expiry gauges, nrm_ledger_info{version}",
-                "security": [],
+                "summary": "Prometheus: directory and root expiry gauges, nrm_ledger_info{version} "
+                "(a token of scope `metrics` or `auditor`; 403 any other)",
+                "security": [{"bearer": []}],
                 "responses": {
                     "200": {
                         "description": "OK",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
                     "400": _PROBLEM,
+                    "401": {"$ref": "#/components/responses/Unauthorized"},
+                    "403": _PROBLEM,
                 },
             }
         },

@@ -625,19 +625,27 @@ def agent() -> None:
 @agent.command("run")
 @click.option("--config", "config_path", type=PATH, required=True, help="Agent TOML file.")
 def agent_run(config_path: Path) -> None:
-    """Run the agent until SIGINT or SIGTERM (SIGHUP is logged, docs/RUNBOOK.md)."""
+    """Run the agent until SIGINT or SIGTERM; SIGHUP reloads its tokens and HTTPS
+    certificate (docs/RUNBOOK.md, "Reloading")."""
     _run(
         lambda: Agent.from_config_file(config_path),
         lambda a: {"part": "agent", "agency": a.config.agency, "url": a.api_url},
+        lambda a: a.reload(config_path),
+        config_path,
     )
 
 
 SWITCH_INTERVAL_SECONDS = 0.001
 
 
-def _run(load: Callable[[], Any], describe: Callable[[Any], dict[str, str]]) -> None:
+def _run(
+    load: Callable[[], Any],
+    describe: Callable[[Any], dict[str, str]],
+    reload: Callable[[Any], list[str]],
+    config_path: Path,
+) -> None:
     """Load a service from its configuration (a bad one is a CLI error, not a traceback) and
-    serve it until SIGINT or SIGTERM."""
+    serve it until SIGINT or SIGTERM, reloading on SIGHUP."""
     import sqlite3
 
     # No logger cache: a service run in-process (tests) must not pin the loggers of every
@@ -648,20 +656,27 @@ def _run(load: Callable[[], Any], describe: Callable[[Any], dict[str, str]]) -> 
     except (NrmError, ValueError, sqlite3.Error) as e:  # ConfigErrors are ValueErrors
         raise click.ClickException(str(e)) from e
     try:
-        asyncio.run(_serve(service, lambda: describe(service)))
+        asyncio.run(
+            _serve(service, lambda: describe(service), lambda: reload(service), config_path)
+        )
     except OSError as e:  # e.g. its port is taken
         raise click.ClickException(f"could not start: {e}") from e
 
 
-#: What a running agent or ledger reads only at start: a SIGHUP reloads none of it (the
-#: directory and roots it follows from the bus, which need no signal); restart to change it.
-RESTART_NEEDED = ("config", "keys", "tls", "tokens")
-
-
-async def _serve(service: Any, describe: Callable[[], dict[str, str]]) -> None:
+async def _serve(
+    service: Any,
+    describe: Callable[[], dict[str, str]],
+    reload: Callable[[], list[str]],
+    config_path: Path,
+) -> None:
     """Run an async-context-managed service until SIGINT or SIGTERM; log `serving` (one JSON
-    event, on stderr like every other) once it serves, and `sighup_ignored` on each SIGHUP."""
+    event, on stderr like every other) once it serves. On each SIGHUP read the configuration
+    again (`reload`): `reloaded` with the names of what changed, or `reload_refused` with the
+    reason (the file and setting; never a token) and the running configuration kept."""
     import structlog
+
+    from runtime.config import ConfigError
+    from runtime.reload import describe as refusal
 
     log = structlog.get_logger("nrm.serve")
     # fsyncs finish in a worker thread (runtime/durability.py); let it hand its result back to a
@@ -673,12 +688,20 @@ async def _serve(service: Any, describe: Callable[[], dict[str, str]]) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with service:
         what = describe()
-        loop.add_signal_handler(
-            signal.SIGHUP,
-            lambda: log.info(
-                "sighup_ignored", part=what["part"], restart_needed=list(RESTART_NEEDED)
-            ),
-        )
+
+        def on_hup() -> None:
+            try:
+                changed = reload()
+            except ConfigError as e:
+                log.warning("reload_refused", part=what["part"], reason=refusal(config_path, e))
+            except (NrmError, OSError, ValueError) as e:  # a file it names, unreadable
+                log.warning(
+                    "reload_refused", part=what["part"], reason=f"{config_path}: {type(e).__name__}"
+                )
+            else:
+                log.info("reloaded", part=what["part"], changed=changed)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         log.info("serving", **what)
         await stop.wait()
 
@@ -1317,12 +1340,15 @@ def ledger_group() -> None:
 @ledger_group.command("run")
 @click.option("--config", "config_path", type=PATH, required=True, help="ledger.toml")
 def ledger_run(config_path: Path) -> None:
-    """Run the ledger until SIGINT or SIGTERM (SIGHUP is logged, docs/RUNBOOK.md)."""
+    """Run the ledger until SIGINT or SIGTERM; SIGHUP reloads its tokens and HTTPS
+    certificate (docs/RUNBOOK.md, "Reloading")."""
     from broker.ledger import Ledger
 
     _run(
         lambda: Ledger.from_config_file(config_path),
         lambda ledger: {"part": "ledger", "url": ledger.url},
+        lambda ledger: ledger.reload(config_path),
+        config_path,
     )
 
 

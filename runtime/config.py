@@ -78,6 +78,28 @@ class Table(dict[str, Any]):
         self._read.update(super().keys())
         return super().items()
 
+    def table(self, key: str, *, required: bool = False) -> Table:
+        """The table under `key` (an empty one if absent and not `required`); any other
+        shape is a ConfigError naming it (`[key]` given as a string, an array...)."""
+        if key not in self:
+            if required:
+                raise ConfigError(f"missing setting {self.where}{key!r}")
+            return Table({}, where=f"{self.where}{key}.")
+        value = self[key]
+        if not isinstance(value, Table):
+            raise ConfigError(f"{self.where}{key} must be a table ([{self.where}{key}])")
+        return value
+
+    def tables(self, key: str) -> list[Table]:
+        """The array of tables under `key` (`[[key]]`; none if absent); any other shape, or
+        an entry that is not a table, is a ConfigError naming it."""
+        value = self.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, Table) for v in value):
+            raise ConfigError(
+                f"{self.where}{key} must be an array of tables ([[{self.where}{key}]])"
+            )
+        return value
+
     def allow(self, *keys: str) -> None:
         """Accept `keys` without reading them (documented, informative settings)."""
         self._read.update(keys)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import stat
 import subprocess
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,6 +203,7 @@ def test_every_generated_file_passes_nats_server_t(
         (("[route_tls]\n", "[unused]\n"), "insecure_routes = true"),
         (('name = "n1"', 'name = "../n1"'), "node name '../n1'"),
         (('client = "127.0.0.1:1"', 'client = "127.0.0.1:0"'), "needs a port (not 0)"),
+        (("[authority.nats_tls]\n", 'nats_tls = "x"\n[unused]\n'), "authority.nats_tls must be"),
     ],
 )
 def test_a_bad_spec_is_refused_naming_what_is_wrong(
@@ -242,3 +244,34 @@ def test_ipv6_hosts_are_bracketed_in_urls() -> None:
         "nats://[2001:db8::1]:4222",
         "nats-route://[2001:db8::1]:6222",
     )
+
+
+def test_a_tls_setting_that_is_no_table_is_named(tmp_path: Path) -> None:
+    """`client_tls = "x"` is refused naming client_tls (no AttributeError traceback)."""
+    pki = write_pki(tmp_path)
+    text = spec_text(tmp_path, pki, ports=[(1 + i, 11 + i, 21 + i, 31 + i) for i in range(3)])
+    spec = tmp_path / "cluster.toml"
+    spec.write_text('client_tls = "x"\n' + text.replace("[client_tls]\n", "[unused]\n", 1))
+    result = nrm("cluster", "config", "--spec", spec, "--out", tmp_path / "out")
+    assert result.exit_code == 1, result.output
+    assert "client_tls must be a table" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_an_authority_path_beyond_the_bmp_is_valid_toml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """authority.toml is written by runtime/tomlfile.py: a path with a character beyond the
+    BMP (which JSON would escape as a surrogate pair, invalid in TOML) reads back as given."""
+    at_demo_time(monkeypatch, tmp_path)
+    pki = write_pki(tmp_path)
+    passphrase = tmp_path / "pass-\U0001d11e"
+    text = spec_text(tmp_path, pki, ports=[(1 + i, 11 + i, 21 + i, 31 + i) for i in range(3)])
+    spec = tmp_path / "cluster.toml"
+    spec.write_text(
+        text.replace(str(tmp_path / "passphrase"), str(passphrase), 1), encoding="utf-8"
+    )
+    result = nrm("cluster", "config", "--spec", spec, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    doc = tomllib.loads((tmp_path / "out" / "n1.authority.toml").read_text(encoding="utf-8"))
+    assert doc["passphrase_file"] == str(passphrase)

@@ -213,3 +213,79 @@ def test_read_config_names_the_file_for_a_missing_a_malformed_and_an_unread_sett
         assert says in str(e.value)
     path.write_text("name = 'a'\nstore = 'b'\n")
     assert read_config(path, read) == ("a", tmp_path / "b")
+
+
+LEDGER_LINES = [
+    'name = "national"',
+    'key_dir = "keys"',
+    'operator_key_dir = "operator"',
+    'nats_urls = ["nats://127.0.0.1:4222"]',
+    'trust_root = "root.json"',
+    'database = "ledger.db"',
+    'bind = "127.0.0.1:8090"',
+]
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ('tokens = "x"', r"tokens must be an array of tables"),
+        ("auditors = [1, 2]", r"auditors must be an array of tables"),
+        ('[tokens]\nname = "a"', r"tokens must be an array of tables"),
+        ('nats_tls = "x"', r"nats_tls"),
+    ],
+    ids=["tokens a string", "auditors a list of numbers", "tokens a table", "nats_tls a string"],
+)
+def test_a_ledger_table_of_the_wrong_shape_is_a_config_error_naming_it(
+    tmp_path: Path, extra: str, named: str
+) -> None:
+    """No AttributeError: a setting of the wrong shape is named, with the file."""
+    path = tmp_path / "ledger.toml"
+    path.write_text("\n".join([*LEDGER_LINES, extra]) + "\n")
+    with pytest.raises(LedgerConfigError, match=named):
+        LedgerConfig.load(path)
+
+
+@pytest.mark.parametrize(
+    ("doc", "named"),
+    [
+        (agent_doc(api="127.0.0.1:0"), r"api must be a table"),
+        (agent_doc(api={"bind": "127.0.0.1:0", "clients": "x"}), r"api\.clients must be an"),
+        (agent_doc(api={"bind": "127.0.0.1:0", "clients": {"name": "c"}}), r"api\.clients"),
+        (agent_doc(limits=[1]), r"limits must be a table"),
+        (agent_doc(retention="x"), r"retention must be a table"),
+        (agent_doc(ledger="x"), r"ledger must be a table"),
+        (agent_doc(webhooks={"url": "x"}), r"webhooks must be an array of tables"),
+    ],
+    ids=["api", "clients a string", "clients a table", "limits", "retention", "ledger", "hooks"],
+)
+def test_an_agent_table_of_the_wrong_shape_is_a_config_error_naming_it(
+    tmp_path: Path, doc: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=named):
+        AgentConfig.from_dict(doc, base=tmp_path)
+
+
+def test_the_same_token_twice_is_refused_naming_both_entries(tmp_path: Path) -> None:
+    """One token, one scope: a digest under two ledger entries (or two agent clients) is
+    refused at load, both entries named, the digest never shown."""
+    path = tmp_path / "ledger.toml"
+    twice = [
+        f'[[auditors]]\nname = "court"\ntoken_sha256 = "{TOKEN}"',
+        f'[[tokens]]\nname = "police"\ntoken_sha256 = "{TOKEN}"\nscope = "agency:police"',
+    ]
+    path.write_text("\n".join([*LEDGER_LINES, *twice]) + "\n")
+    with pytest.raises(LedgerConfigError) as refused:
+        LedgerConfig.load(path)
+    assert "auditors[0] ('court')" in str(refused.value)
+    assert "tokens[0] ('police')" in str(refused.value)
+    assert TOKEN not in str(refused.value)
+    client = {"token_sha256": TOKEN, "scopes": ["read"]}
+    doc = agent_doc(
+        api={
+            "bind": "127.0.0.1:0",
+            "clients": [{"name": "a", **client}, {"name": "b", **client, "scopes": ["submit"]}],
+        }
+    )
+    with pytest.raises(ConfigError, match=r"api\.clients\[0\] \('a'\) and api\.clients\[1\]"):
+        AgentConfig.from_dict(doc, base=tmp_path)

@@ -151,7 +151,10 @@ async def test_directory_expiry_warns_then_degrades_and_a_renewal_clears_it(
         f'nrm_ledger_info{{version="{VERSION}"}} 1.0',
     )
     for url, auth, release in zip(
-        (m.agents["police"].api_url, m.sandbox.ledger.url), (token, None), info, strict=True
+        (m.agents["police"].api_url, m.sandbox.ledger.url),
+        (token, m.sandbox.auditor_token),
+        info,
+        strict=True,
     ):
         status, text = await get(m, url + "/metrics", token=auth)
         assert status == 200

@@ -537,6 +537,7 @@ async def test_token_scopes_limit_what_each_token_reads(mechanism: Mechanism) ->
         ledger.config,
         tokens=(*ledger.config.tokens, LedgerToken(token_digest(metrics), METRICS_SCOPE)),
     )
+    ledger.tokens = (ledger.config.tokens, ledger.config.token_digests)
     url = ledger.url
     readable = [
         "/v1/checkpoint",
@@ -571,8 +572,13 @@ async def test_token_scopes_limit_what_each_token_reads(mechanism: Mechanism) ->
             if expected == 403:
                 assert r.content_type == "application/problem+json"
                 assert "agency:police" in (await r.json())["detail"]
-    status, _, _ = await get(m.http, url + "/metrics", None)
-    assert status == 200
+    # /metrics: a metrics or an auditor token; no token 401, an agency's 403; /healthz open.
+    for token, expected in ((None, 401), (police, 403), (metrics, 200)):
+        status, ctype, _ = await get(m.http, url + "/metrics", token)
+        assert status == expected, (token is None, status)
+        assert expected == 200 or ctype == "application/problem+json"
+    assert (await get(m.http, url + "/metrics", m.sandbox.auditor_token))[0] == 200
+    assert (await get(m.http, url + "/healthz", None))[0] == 200
 
 
 # --- 5. events that do not verify are refused and counted -------------------------------------
@@ -737,6 +743,9 @@ async def test_http_needs_a_token_documents_itself_and_refuses_bad_parameters(
     assert (status, ctype) == (200, "application/json")
     doc = await get_json(http, access.url + "/openapi.json", access.token)
     assert doc["openapi"].startswith("3.1")
+    scrape = doc["paths"]["/metrics"]["get"]
+    assert scrape["security"] == [{"bearer": []}] and {"401", "403"} <= set(scrape["responses"])
+    assert doc["paths"]["/healthz"]["get"]["security"] == []
     assert {p.split("?")[0] for p in V1_PATHS} <= {
         p.replace("{index}", "0").replace("{event_id}", "0" * 32).replace("{referral_id}", "0" * 32)
         for p in doc["paths"]

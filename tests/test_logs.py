@@ -1,6 +1,6 @@
 """Every log line is one JSON object: structlog's events and the standard library's records
 (nats-py, aiohttp, asyncio), exceptions as their type only; `nrm agent run` and `nrm ledger
-run` say `serving` as an event too, and log a SIGHUP without stopping (docs/RUNBOOK.md,
+run` say `serving` as an event too, and log a SIGHUP's reload without stopping (docs/RUNBOOK.md,
 "Watch it")."""
 
 from __future__ import annotations
@@ -113,10 +113,17 @@ async def test_services_log_only_json_lines_and_survive_sighup(
     try:
         await agent.until("serving", "bus_state")
         await ledger.until("serving", "bus_error")
-        for service in (agent, ledger):  # logged, never terminating
+        for service in (agent, ledger):  # a reload, logged, never terminating
             service.process.send_signal(signal.SIGHUP)
-            await service.until("sighup_ignored")
+            await service.until("reloaded")
             assert service.process.returncode is None
+        # A file that does not load: refused, logged with the file and setting, still running.
+        good = ledger_config.read_text()
+        ledger_config.write_text(good + 'tokens = "x"\n')
+        ledger.process.send_signal(signal.SIGHUP)
+        await ledger.until("reload_refused")
+        assert ledger.process.returncode is None
+        ledger_config.write_text(good)
     finally:
         codes = [await agent.stop(), await ledger.stop()]
     assert codes == [0, 0], (agent.lines, ledger.lines)
@@ -126,6 +133,9 @@ async def test_services_log_only_json_lines_and_survive_sighup(
         assert len(serving) == 1 and serving[0]["part"] == part, events
         assert serving[0]["url"].startswith("http"), serving
         assert all("Traceback" not in line for line in service.lines)
-        sighup = [e for e in events if e["event"] == "sighup_ignored"]
+        sighup = [e for e in events if e["event"] == "reloaded"]
         assert [e["part"] for e in sighup] == [part], events
-        assert "config" in sighup[0]["restart_needed"]
+        assert sighup[0]["changed"] == [], sighup  # the same file: nothing changed
+    refused = [e for e in ledger.events() if e["event"] == "reload_refused"]
+    assert len(refused) == 1 and str(ledger_config) in refused[0]["reason"], refused
+    assert "tokens" in refused[0]["reason"], refused

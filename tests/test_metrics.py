@@ -25,6 +25,7 @@ from .support import Mechanism, running_mechanism, unavailable
 MONITORING = Path(__file__).parent.parent / "deploy" / "monitoring"
 ALERTS = MONITORING / "nrm-alerts.yml"
 DASHBOARD = MONITORING / "nrm-dashboard.json"
+SCRAPE = MONITORING / "prometheus.yml"
 #: Series Prometheus makes itself for every target (not exported by a service).
 PROMETHEUS_OWN = frozenset({"up"})
 #: PromQL words that look like names but are not metrics.
@@ -103,7 +104,7 @@ async def scraped(tmp_path: Path) -> AsyncIterator[dict[str, Samples]]:
             bus_text = await scrape(m, f"http://{host}:{port}")
         finally:
             await runner.cleanup()
-        ledger_text = await scrape(m, m.sandbox.ledger.url)
+        ledger_text = await scrape(m, m.sandbox.ledger.url, m.sandbox.auditor_token)
         yield {
             "agent": samples(agent_text),
             "ledger": samples(ledger_text),
@@ -161,6 +162,30 @@ def test_alert_rules_pass_promtool() -> None:
         unavailable("promtool is not installed (Debian package prometheus)")
     result = subprocess.run(
         [promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_scrape_config_passes_promtool(tmp_path: Path) -> None:
+    """deploy/monitoring/prometheus.yml (its token files given) passes `promtool check
+    config`, and the ledger job sends a bearer token file."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        unavailable("promtool is not installed (Debian package prometheus)")
+    config = yaml.safe_load(SCRAPE.read_text())
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    assert jobs["nrm-ledger"]["authorization"]["credentials_file"]
+    for name in (SCRAPE.name, ALERTS.name):
+        shutil.copy(SCRAPE.parent / name, tmp_path / name)
+    for job in ("nrm-agent", "nrm-ledger"):
+        token = tmp_path / jobs[job]["authorization"]["credentials_file"]
+        token.write_text("t" * 22)
+        token.chmod(0o600)
+    result = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / SCRAPE.name)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
