@@ -68,16 +68,7 @@ def test_a_setting_nothing_reads_is_refused_by_name(
 def test_the_ledger_configuration_is_strict_too(tmp_path: Path) -> None:
     """ledger.toml with an unknown setting is refused with LedgerConfigError naming it."""
     path = tmp_path / "ledger.toml"
-    lines = [
-        'name = "national"',
-        'key_dir = "keys"',
-        'operator_key_dir = "operator"',
-        'nats_urls = ["nats://127.0.0.1:4222"]',
-        'trust_root = "root.json"',
-        'database = "ledger.db"',
-        'bind = "127.0.0.1:8090"',
-        f'[[auditors]]\nname = "court"\ntoken_sha256 = "{TOKEN}"',
-    ]
+    lines = [*LEDGER_LINES, f'[[auditors]]\nname = "court"\ntoken_sha256 = "{TOKEN}"']
     path.write_text("\n".join(lines) + "\n")
     config = LedgerConfig.load(path)
     assert config.port == 8090 and config.auditor_tokens == (bytes.fromhex(TOKEN),)
