@@ -358,6 +358,7 @@ async def test_a_failed_check_stays_visible_until_acknowledged(
     assert await alarm.is_visible(), "the honest checkpoint hid the earlier failure"
     assert "FAILED" in (await page.text_content("#checkpoint-basis") or "")
     assert await page.text_content("#failures-count") == "1"
+    await page.screenshot(path=str(SCREENSHOT.with_name("ledger-ui-failure.png")))
 
     await page.reload()
     await page.wait_for_selector("#failures", state="visible")

@@ -416,9 +416,10 @@
 
   function failureText(f) {
     const times = f.times > 1 ? ` (seen ${f.times} times, last at ${f.last_seen})` : "";
-    return `Detected at ${f.detected_at}${times}: the checkpoint of size ${f.later.size} ` +
-      `(cosigned ${iso(f.later.timestamp)}) does not extend the one of size ${f.earlier.size} ` +
-      `(cosigned ${iso(f.earlier.timestamp)}): ${f.reason}.${f.declared || ""}`;
+    return `Detected at ${f.detected_at}${times}: the checkpoint of size ${f.later.size}, root ` +
+      `${shortId(f.later.root)} (cosigned ${iso(f.later.timestamp)}), does not extend the one of ` +
+      `size ${f.earlier.size}, root ${shortId(f.earlier.root)} (cosigned ` +
+      `${iso(f.earlier.timestamp)}): ${f.reason}.${f.declared || ""}`;
   }
 
   function evidence(f) {
