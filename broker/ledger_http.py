@@ -48,6 +48,10 @@ from .trust_status import StatusMetrics, add_status_routes
 LEDGER = web.AppKey("ledger", Ledger)
 log = structlog.get_logger("nrm.ledger")
 UI_DIR = Path(__file__).parent / "ledger_ui"
+#: The files the UI serves at /ui/<name>: those shipped, nothing else (no directory walk).
+UI_FILES = (
+    frozenset(p.name for p in UI_DIR.iterdir() if p.is_file()) if UI_DIR.is_dir() else frozenset()
+)
 MAX_RANGE = 1000
 MAX_PROOF_BATCH = DEFAULT_LIMITS.ledger_proof_batch
 _EVENT_ID = re.compile(r"[0-9a-f]{32}")
@@ -88,8 +92,8 @@ def _forbidden(scope: str, what: str) -> web.Response:
 
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The token check (its scope too), and the security headers on every answer (errors
-    too: `_problems` runs inside)."""
+    """The token check (its scope too). `_security_headers` runs outside it, so its 401 and
+    403 answers carry the headers too."""
     if request.path.startswith("/v1/") or request.path == "/metrics":
         # One snapshot of the tokens and their digests (a SIGHUP reload swaps both at once).
         tokens, digests = request.app[LEDGER].tokens
@@ -108,16 +112,96 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             ):
                 return _forbidden(token.scope, "this route")
             request[READER] = token.agency
+    return await handler(request)
+
+
+#: Sent with every answer: UI, API, redirects and errors alike. Scripts, styles and images
+#: only from the ledger itself; no other page may frame the UI (clickjacking: CSP
+#: `frame-ancestors` for current browsers, `X-Frame-Options` for older ones); nothing kept.
+SECURITY_HEADERS: dict[str, str] = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+
+@web.middleware
+async def _security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """SECURITY_HEADERS on every answer, also on one raised as an exception (the redirect
+    from `/` to `/ui/`)."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as e:
+        e.headers.update(SECURITY_HEADERS)
+        raise
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+#: The 404 page a browser gets (static text: nothing of the request is quoted in it; no
+#: inline script or style, so it stays within SECURITY_HEADERS' policy).
+NOT_FOUND_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <meta name="referrer" content="no-referrer">
+  <title>Not found — NRM Exchange audit ledger</title>
+  <link rel="stylesheet" href="/ui/style.css">
+</head>
+<body>
+  <header class="top"><h1>NRM Exchange <span class="sub">audit ledger</span></h1></header>
+  <main class="not-found">
+    <section>
+      <h2 id="not-found">Page not found (404)</h2>
+      <p>The audit ledger has no page at this address.</p>
+      <p><a id="to-ui" href="/ui/">Open the auditor view</a></p>
+    </section>
+  </main>
+</body>
+</html>
+"""
+
+
+def _prefers_html(accept: str) -> bool:
+    """Whether an Accept header ranks `text/html` above JSON, as a browser's navigation does
+    (`text/html,...,*/*;q=0.8`). `*/*` alone, no header, or JSON first: an API client."""
+    best = {"html": 0.0, "json": 0.0}
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        media = media.lower()
+        if media in ("text/html", "application/xhtml+xml"):
+            best["html"] = max(best["html"], q)
+        elif media in ("application/json", "application/problem+json", "*/*"):
+            best["json"] = max(best["json"], q)
+    return best["html"] > best["json"]
+
+
+@web.middleware
+async def _not_found_page(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A 404 (no such route, UI file, or id) as an HTML page for a browser; API clients keep
+    the problem+json `_problems` made."""
     response = await handler(request)
-    response.headers["Content-Security-Policy"] = "default-src 'self'"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Cache-Control"] = "no-store"
+    if response.status == 404 and _prefers_html(request.headers.get("Accept", "")):
+        return web.Response(status=404, text=NOT_FOUND_PAGE, content_type="text/html")
     return response
 
 
 def make_app(ledger: Ledger) -> web.Application:
     metrics = ledger_metrics(ledger)
-    app = web.Application(middlewares=[metrics.http, _guard, _problems], client_max_size=16384)
+    app = web.Application(
+        middlewares=[metrics.http, _security_headers, _not_found_page, _guard, _problems],
+        client_max_size=16384,
+    )
     app[LEDGER] = ledger
     r = app.router
     r.add_get("/", to_ui)
@@ -138,8 +222,7 @@ def make_app(ledger: Ledger) -> web.Application:
     r.add_get("/v1/roots", roots)
     r.add_get("/v1/stats", stats)
     add_status_routes(app, lambda request: request.app[LEDGER], part="ledger", metrics=metrics)
-    if UI_DIR.is_dir():
-        r.add_static("/ui/", UI_DIR)
+    r.add_get("/ui/{name}", ui_file)
     return app
 
 
@@ -241,6 +324,15 @@ async def index(request: web.Request) -> web.StreamResponse:
     if not (UI_DIR / "index.html").exists():
         raise ProblemError(404, "Not Found", "the web UI is not installed")
     return web.FileResponse(UI_DIR / "index.html")
+
+
+async def ui_file(request: web.Request) -> web.StreamResponse:
+    """One of UI_FILES; any other name is a 404 before a file is looked for (a static route
+    answers a missing file only once it prepares the answer, past every middleware)."""
+    name = request.match_info["name"]
+    if name not in UI_FILES:
+        raise ProblemError(404, "Not Found", "the web UI has no such file")
+    return web.FileResponse(UI_DIR / name)
 
 
 async def checkpoint(request: web.Request) -> web.Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -11,7 +12,10 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, Route, async_playwright
+
+from broker.ledger_http import UI_DIR as UI
+from keys.audit import KINDS, LABELS
 
 from .conftest import fill_ledger
 from .support import running_mechanism, unavailable
@@ -98,7 +102,7 @@ async def rows(page: Page) -> list[dict[str, str]]:
         """trs => trs.map(tr => ({
             agency: tr.dataset.agency || '', kind: tr.dataset.kind || '',
             referral: tr.querySelector('.referral-link')?.dataset.referralId || '',
-            reason: tr.cells[6].textContent }))""",
+            reason: tr.querySelector('td.reason').textContent }))""",
     )
     return result
 
@@ -230,3 +234,381 @@ async def test_each_chart_renders_bars(browser: BrowserContext, ledger_with_data
     await page.locator("#events").scroll_into_view_if_needed()
     await page.screenshot(path=str(SCREENSHOT), full_page=True)
     no_csp_or_script_errors(errors)
+
+
+# --- the auditor's view of failures, words, directions, suppression, labels, 404, framing ---
+
+#: What each event kind reads as in the table and the timeline (written apart from app.js).
+KIND_WORDS = {
+    "referral.sent": "Referral sent",
+    "referral.received": "Referral received",
+    "message.rejected": "Message refused",
+    "receipt.sent": "Receipt sent",
+    "receipt.received": "Receipt received",
+    "directory.accepted": "Directory accepted",
+    "directory.refused": "Directory refused",
+    "key.rotated": "Keys rotated",
+    "transition.sent": "Status change sent",
+    "transition.received": "Status change received",
+    "consent.recorded": "Consent recorded",
+    "consent.withdrawn": "Consent withdrawn",
+    "consent.unverifiable": "Consent not verifiable",
+    "erasure.confirmed": "Erasure confirmed",
+    "escalation.sent": "Escalated to co-ordinator",
+    "resend.requested": "Resend requested",
+    "resend.honoured": "Resend honoured",
+    "delivery.failed": "Delivery failed",
+    "standing.changed": "Standing changed",
+    "alert.acknowledged": "Alert acknowledged",
+    "retention.purged": "Retention purge",
+}
+#: What each statistics label value reads as.
+LABEL_WORDS = {
+    ("referral_type", "nrm_full"): "Full NRM referral",
+    ("referral_type", "anonymous_notification"): "Anonymous notification",
+    ("referral_type", "transnational"): "Transnational referral",
+    ("referral_type", "service_request"): "Service request",
+    ("urgency", "routine"): "Routine",
+    ("urgency", "urgent"): "Urgent",
+    ("urgency", "emergency"): "Emergency",
+    **{
+        ("state", code): f"New state: {words}"
+        for code, words in {
+            "submitted": "Submitted",
+            "delivered": "Delivered",
+            "acknowledged": "Acknowledged",
+            "accepted": "Accepted",
+            "declined": "Declined",
+            "more_info_requested": "More information requested",
+            "in_progress": "In progress",
+            "closed": "Closed",
+            "withdrawn": "Withdrawn",
+            "cancelled": "Cancelled",
+            "expired": "Expired",
+        }.items()
+    },
+}
+#: Kinds whose counterpart sent to the recording agency (§9.0): drawn with ←.
+INCOMING = {
+    "referral.received",
+    "receipt.received",
+    "transition.received",
+    "message.rejected",
+    "erasure.confirmed",
+}
+STATUS_SETTLED = (
+    "() => ['verified', 'FAILED'].includes(document.getElementById('checkpoint-status')"
+    ".textContent) && document.getElementById('checkpoint-basis').textContent !== ''"
+)
+
+
+async def api_json(page: Page, ledger: Any, path: str) -> Any:
+    resp = await page.request.get(
+        ledger.url.rstrip("/") + path, headers={"Authorization": f"Bearer {ledger.token}"}
+    )
+    assert resp.ok, await resp.text()
+    return await resp.json()
+
+
+def forged(cp: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint `cp` with another root of the same size, its note's root line changed
+    to match (the browser checks consistency, not the note's signatures)."""
+    root = hashlib.sha256(b"forged " + bytes.fromhex(cp["root"])).digest()
+    lines = cp["note"].split("\n")
+    lines[2] = base64.b64encode(root).decode()
+    return {**cp, "root": root.hex(), "note": "\n".join(lines)}
+
+
+async def check_now(page: Page) -> str:
+    """Fetch and check the checkpoint again; the status it settles on."""
+    await page.evaluate(
+        "() => { document.getElementById('checkpoint-status').textContent = '';"
+        " document.getElementById('checkpoint-basis').textContent = ''; }"
+    )
+    await page.click("#refresh-checkpoint")
+    await page.wait_for_function(STATUS_SETTLED)
+    return await page.text_content("#checkpoint-status") or ""
+
+
+async def test_a_failed_check_stays_visible_until_acknowledged(
+    browser: BrowserContext, ledger_with_data: Any
+) -> None:
+    """A ledger that answers one fetch with a forked checkpoint and the next with the honest
+    one: the failure stays in the alarm after the honest check (and a page reload) until the
+    auditor acknowledges it; then it is listed as acknowledged, with both notes."""
+    page, errors = await open_ui(browser, ledger_with_data)
+    honest = await api_json(page, ledger_with_data, "/v1/checkpoint")
+    fork = forged(honest)
+
+    async def lie(route: Route) -> None:
+        await route.fulfill(json=fork, headers={"Content-Type": "application/json"})
+
+    # The ledger's answer is replaced on the way (as a man in the middle or a forked ledger
+    # would answer): the ledger itself cannot be made to sign two views.
+    await page.route("**/v1/checkpoint", lie)
+    assert await check_now(page) == "FAILED"
+    await page.unroute("**/v1/checkpoint", lie)
+    alarm = page.locator("#failures")
+    assert await alarm.is_visible()
+    assert await alarm.get_attribute("role") == "alert"
+    text = await page.text_content("#failures-list") or ""
+    assert f"size {honest['size']}" in text and "same size, different root" in text, text
+
+    assert await check_now(page) == "verified"
+    assert await alarm.is_visible(), "the honest checkpoint hid the earlier failure"
+    assert "FAILED" in (await page.text_content("#checkpoint-basis") or "")
+    assert await page.text_content("#failures-count") == "1"
+    await page.screenshot(path=str(SCREENSHOT.with_name("ledger-ui-failure.png")))
+
+    await page.reload()
+    await page.wait_for_selector("#failures", state="visible")
+    evidence = await page.eval_on_selector_all(
+        "#failures-list .evidence pre", "ps => ps.map(p => p.textContent)"
+    )
+    assert evidence == [honest["note"], fork["note"]]
+
+    await page.click("#failures-list button.acknowledge")
+    await page.wait_for_selector("#failures", state="hidden")
+    past = page.locator("#failures-acknowledged li")
+    assert await past.count() == 1
+    assert "Acknowledged at" in (await past.text_content() or "")
+    # The baseline had moved on by itself: acknowledging keeps it, so checks still hold.
+    assert await check_now(page) == "verified"
+    assert await alarm.is_hidden()
+    no_csp_or_script_errors(errors)
+
+
+async def test_acknowledging_a_lasting_failure_checks_on_from_the_latest(
+    browser: BrowserContext, ledger_with_data: Any
+) -> None:
+    """Checks that keep failing against the same earlier checkpoint are one failure seen
+    again; acknowledging it makes the latest checkpoint the baseline, so checks hold again."""
+    page, errors = await open_ui(browser, ledger_with_data)
+    honest = await api_json(page, ledger_with_data, "/v1/checkpoint")
+    await page.evaluate(
+        "cp => sessionStorage.setItem('nrm-ledger-checkpoint', JSON.stringify(cp))",
+        forged(honest),
+    )
+    assert await check_now(page) == "FAILED"
+    assert await check_now(page) == "FAILED"
+    assert await page.locator("#failures-list li").count() == 1
+    assert "seen 2 times" in (await page.text_content("#failures-list") or "")
+    await page.click("#failures-list button.acknowledge")
+    await page.wait_for_selector("#failures", state="hidden")
+    assert await check_now(page) == "verified"
+    base = await page.evaluate("JSON.parse(sessionStorage.getItem('nrm-ledger-checkpoint'))")
+    assert base["root"] == honest["root"]
+    no_csp_or_script_errors(errors)
+
+
+async def test_table_and_timeline_show_words_for_codes(
+    browser: BrowserContext, ledger_with_data: Any
+) -> None:
+    """Every kind and label value has its words in app.js; the table and a timeline show
+    those words (the code in the tooltip), never the raw code."""
+    app_js = (UI / "app.js").read_text()
+    assert set(KIND_WORDS) == KINDS
+    for kind, text in KIND_WORDS.items():
+        assert f'"{kind}": "{text}"' in app_js, kind
+    assert {name for name, _ in LABEL_WORDS} == set(LABELS)
+    assert {(n, v) for n, values in LABELS.items() for v in values} == set(LABEL_WORDS)
+
+    page, errors = await open_ui(browser, ledger_with_data)
+    shown = await page.eval_on_selector_all(
+        "#events-table tbody tr[data-index]",
+        """trs => trs.map(tr => ({
+            index: Number(tr.dataset.index),
+            kind: tr.querySelector('.kind').textContent,
+            code: tr.querySelector('.kind').title,
+            labels: [...tr.querySelectorAll('.label')].map(l => l.textContent) }))""",
+    )
+    page_items = (await api_json(page, ledger_with_data, "/v1/events?limit=50"))["items"]
+    assert [r["index"] for r in shown] == [e["index"] for e in page_items]
+    labelled = 0
+    for row, e in zip(shown, page_items, strict=True):
+        assert row["kind"] == KIND_WORDS[e["kind"]] and row["code"] == e["kind"], row
+        assert row["labels"] == [LABEL_WORDS[(n, e["labels"][n])] for n in sorted(e["labels"])]
+        labelled += bool(e["labels"])
+    assert labelled, "no event with labels on the first page"
+
+    rid = next(e["referral_id"] for e in page_items if e["labels"].get("urgency") == "urgent")
+    await page.click(f"#events-table .referral-link[data-referral-id='{rid}']")
+    await page.wait_for_selector("#timeline .timeline-item")
+    items = await page.eval_on_selector_all(
+        "#timeline .timeline-item",
+        """lis => lis.map(li => [li.dataset.kind, li.querySelector('.kind').textContent,
+            [...li.querySelectorAll('.label')].map(l => l.textContent)])""",
+    )
+    assert {(k, w) for k, w, _ in items} == {(k, KIND_WORDS[k]) for k, _, _ in items}
+    assert any("Urgent" in labels and "Full NRM referral" in labels for _, _, labels in items)
+    legend = await page.eval_on_selector_all(
+        "#chart-referrals .legend li[data-series]", "lis => lis.map(li => li.textContent)"
+    )
+    assert "Full NRM referral · Urgent" in legend, legend
+    no_csp_or_script_errors(errors)
+
+
+async def test_arrows_point_from_sender_to_receiver(
+    browser: BrowserContext, ledger_with_data: Any
+) -> None:
+    """A received event reads "receiver ← sender" in the timeline and "← sender" in the
+    table; a sent one "sender → recipient" and "→ recipient"."""
+    page, errors = await open_ui(browser, ledger_with_data)
+    page_items = (await api_json(page, ledger_with_data, "/v1/events?limit=50"))["items"]
+    cells = await page.eval_on_selector_all(
+        "#events-table tbody tr[data-index]",
+        "trs => trs.map(tr => tr.querySelector('td.counterpart').textContent)",
+    )
+    for e, cell in zip(page_items, cells, strict=True):
+        if e["counterpart"] is None:
+            assert cell == "—"
+        else:
+            arrow = "←" if e["kind"] in INCOMING else "→"
+            assert cell == f"{arrow} {e['counterpart']}", (e, cell)
+    kinds = {e["kind"] for e in page_items if e["counterpart"]}
+    assert {"referral.received", "referral.sent", "receipt.received"} <= kinds, kinds
+
+    rid = next(e["referral_id"] for e in page_items if e["kind"] == "referral.received")
+    await page.click(f"#events-table .referral-link[data-referral-id='{rid}']")
+    await page.wait_for_selector("#timeline .timeline-item")
+    routes = await page.eval_on_selector_all(
+        "#timeline .timeline-item",
+        "lis => lis.map(li => [Number(li.dataset.index), li.querySelector('.route').textContent])",
+    )
+    timeline = (await api_json(page, ledger_with_data, f"/v1/referrals/{rid}/timeline"))["items"]
+    by_index = {e["index"]: e for e in timeline}
+    seen = set()
+    for index, text in routes:
+        e = by_index[index]
+        if e["kind"].endswith(".received"):
+            assert text == f"{e['agency']} ← {e['counterpart']}", text
+            seen.add("received")
+        elif e["kind"].endswith(".sent"):
+            assert text == f"{e['agency']} → {e['counterpart']}", text
+            seen.add("sent")
+    assert seen == {"sent", "received"}
+    no_csp_or_script_errors(errors)
+
+
+async def test_suppressed_cells_stay_apart_per_series_and_off_the_value_scale(
+    browser: BrowserContext, ledger_with_data: Any
+) -> None:
+    """Each suppressed cell is a marker below the zero line (so no height on the scale),
+    all of one size, hatched in its own series' colour; the fixture's referral chart has
+    three series, every cell suppressed, and they come out in three colours."""
+    page, errors = await open_ui(browser, ledger_with_data)
+    await page.wait_for_selector("#chart-referrals svg")
+    markers = await page.eval_on_selector_all(
+        "#stats svg",
+        """svgs => svgs.flatMap(svg => {
+            const zero = Number(svg.querySelector('line.axis').getAttribute('y1'));
+            return [...svg.querySelectorAll('rect.bar.suppressed')].map(r => {
+                const id = r.getAttribute('fill').match(/^url\\(#(.+)\\)$/)[1];
+                const line = svg.querySelector(`pattern[id="${id}"] line`);
+                const swatch = svg.closest('figure').querySelector(
+                    `.legend li[data-series="${r.dataset.series}"] .swatch`);
+                return { chart: svg.closest('.chart').id, series: r.dataset.series, zero,
+                         y: Number(r.getAttribute('y')), h: Number(r.getAttribute('height')),
+                         hatch: getComputedStyle(line).stroke,
+                         swatch: getComputedStyle(swatch).backgroundColor };
+            });
+        })""",
+    )
+    referrals = [m for m in markers if m["chart"] == "chart-referrals"]
+    assert len({m["series"] for m in referrals}) == 3, referrals
+    assert len({m["hatch"] for m in referrals}) == 3, referrals
+    for m in markers:
+        assert m["y"] > m["zero"], m
+        assert m["hatch"] == m["swatch"], m
+    assert len({m["h"] for m in markers}) == 1, markers
+    # No suppressed cell has a bar on the scale: the only bars above the line have values.
+    threshold = await page.text_content("#stats-threshold")
+    labels = await page.eval_on_selector_all(
+        "#chart-referrals .suppressed-label", "ts => ts.map(t => t.textContent)"
+    )
+    assert labels == [f"<{threshold}"] * len(referrals)
+    assert await page.locator("#chart-referrals rect.bar:not(.suppressed)").count() == 0
+    no_csp_or_script_errors(errors)
+
+
+async def test_every_button_says_what_it_does_on_hover(
+    browser: BrowserContext, ledger_with_data: Any
+) -> None:
+    """Every button, also those made later (referral links, the timeline's close), has a
+    tooltip (title) and an accessible name."""
+    page, errors = await open_ui(browser, ledger_with_data)
+    await page.click("#events-table .referral-link >> nth=0")
+    await page.wait_for_selector("#timeline .timeline-item")
+    buttons = await page.eval_on_selector_all(
+        "button",
+        "bs => bs.map(b => [b.id || b.className, b.title, b.getAttribute('aria-label') ||"
+        " b.textContent.trim()])",
+    )
+    assert len(buttons) >= 7
+    for name, title, accessible in buttons:
+        assert title.strip() and accessible.strip(), name
+    # The hover shows the title: the button under the pointer is the one with it.
+    await page.hover("#refresh-checkpoint")
+    hovered = await page.evaluate("document.querySelector('button:hover')?.title || ''")
+    assert hovered.startswith("Fetch the latest checkpoint"), hovered
+    no_csp_or_script_errors(errors)
+
+
+async def test_an_unknown_page_is_a_page_for_browsers_and_a_problem_for_clients(
+    browser: BrowserContext, ledger_with_data: Any
+) -> None:
+    """A browser sent to an address the ledger does not have gets an HTML 404 page (styled,
+    within the CSP, with a way back to the UI); an API client gets problem+json."""
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    base = ledger_with_data.url.rstrip("/")
+    for path in ("/no-such-page", "/ui/no-such-file.js"):
+        resp = await page.goto(base + path)
+        assert resp is not None and resp.status == 404, path
+        assert (resp.headers.get("content-type") or "").startswith("text/html")
+        assert await page.text_content("h2") == "Page not found (404)"
+        # The stylesheet applied: the header bar has its colour.
+        colour = await page.eval_on_selector(".top", "e => getComputedStyle(e).backgroundColor")
+        assert colour == "rgb(23, 50, 79)", colour
+        await page.click("#to-ui")
+        await page.wait_for_selector("#token-form")
+        assert page.url == base + "/ui/"
+    errors = [e for e in errors if "404" not in e]  # the page's own status is logged
+    no_csp_or_script_errors(errors)
+    for accept in ("application/json", "*/*", ""):
+        resp = await page.request.get(base + "/no-such-page", headers={"Accept": accept})
+        assert resp.status == 404
+        assert resp.headers["content-type"].startswith("application/problem+json"), accept
+        assert (await resp.json())["status"] == 404
+
+
+async def test_no_page_can_frame_the_ledger(browser: BrowserContext, ledger_with_data: Any) -> None:
+    """Every answer (the UI, its files, the API, errors, the 404 page, the redirect) says
+    frame-ancestors 'none' and X-Frame-Options DENY, and Chromium refuses to show the UI in
+    another page's frame."""
+    page = await browser.new_page()
+    base = ledger_with_data.url.rstrip("/")
+    html = {"Accept": "text/html"}
+    answers = [
+        ("/ui/", {}),
+        ("/ui/app.js", {}),
+        ("/openapi.json", {}),
+        ("/v1/checkpoint", {}),  # 401: no token
+        ("/v1/checkpoint", {"Authorization": f"Bearer {ledger_with_data.token}"}),
+        ("/no-such-page", html),
+        ("/no-such-page", {}),
+        ("/", {}),  # the redirect to /ui/
+    ]
+    for path, headers in answers:
+        resp = await page.request.get(base + path, headers=headers, max_redirects=0)
+        csp = resp.headers.get("content-security-policy", "")
+        assert "frame-ancestors 'none'" in csp and "default-src 'self'" in csp, (path, csp)
+        assert resp.headers.get("x-frame-options") == "DENY", path
+
+    frames: list[str] = []
+    page.on("console", lambda m: frames.append(m.text))
+    async with page.expect_console_message(lambda m: "frame-ancestors" in m.text):
+        await page.set_content(f'<iframe id="f" src="{base}/ui/"></iframe>')
+    [child] = page.main_frame.child_frames
+    assert await child.query_selector("#token-form") is None, frames

@@ -9,6 +9,8 @@
 (() => {
   const TOKEN_KEY = "nrm-ledger-token";
   const CHECKPOINT_KEY = "nrm-ledger-checkpoint"; // last checkpoint this tab checked or accepted
+  const FAILURES_KEY = "nrm-ledger-failures"; // failed consistency checks seen in this tab
+  const MAX_FAILURES = 50;
   const PAGE_SIZE = 50;
   const RECHECK_MS = 15000;
   const SVG_NS = "http://www.w3.org/2000/svg";
@@ -69,6 +71,118 @@
     const box = $("error");
     box.textContent = message;
     box.hidden = !message;
+  }
+
+  // ---- words for codes (PROTOCOL.md §9.0): the code stays in data-* and the tooltip -------
+
+  const KIND_WORDS = {
+    "referral.sent": "Referral sent",
+    "referral.received": "Referral received",
+    "message.rejected": "Message refused",
+    "receipt.sent": "Receipt sent",
+    "receipt.received": "Receipt received",
+    "directory.accepted": "Directory accepted",
+    "directory.refused": "Directory refused",
+    "key.rotated": "Keys rotated",
+    "transition.sent": "Status change sent",
+    "transition.received": "Status change received",
+    "consent.recorded": "Consent recorded",
+    "consent.withdrawn": "Consent withdrawn",
+    "consent.unverifiable": "Consent not verifiable",
+    "erasure.confirmed": "Erasure confirmed",
+    "escalation.sent": "Escalated to co-ordinator",
+    "resend.requested": "Resend requested",
+    "resend.honoured": "Resend honoured",
+    "delivery.failed": "Delivery failed",
+    "standing.changed": "Standing changed",
+    "alert.acknowledged": "Alert acknowledged",
+    "retention.purged": "Retention purge",
+  };
+  const LABEL_WORDS = {
+    referral_type: {
+      nrm_full: "Full NRM referral",
+      anonymous_notification: "Anonymous notification",
+      transnational: "Transnational referral",
+      service_request: "Service request",
+      unspecified: "Type not stated",
+    },
+    urgency: { routine: "Routine", urgent: "Urgent", emergency: "Emergency", unspecified: "Urgency not stated" },
+    state: {
+      submitted: "Submitted",
+      delivered: "Delivered",
+      acknowledged: "Acknowledged",
+      accepted: "Accepted",
+      declined: "Declined",
+      more_info_requested: "More information requested",
+      in_progress: "In progress",
+      closed: "Closed",
+      withdrawn: "Withdrawn",
+      cancelled: "Cancelled",
+      expired: "Expired",
+    },
+  };
+  const LABEL_ORDER = ["referral_type", "urgency", "state"];
+  const COUNT_WORDS = {
+    envelopes: "envelopes",
+    idempotency_keys: "idempotency keys",
+    webhook_bodies: "webhook bodies",
+    history: "history entries",
+    closed_referrals: "closed referrals",
+  };
+  // Kinds whose counterpart sent something to the agency that recorded the event (§9.0):
+  // drawn "agency ← counterpart" (receiver ← sender); every other counterpart is the one
+  // the agency sent to, drawn "agency → counterpart".
+  const INCOMING = new Set(["referral.received", "receipt.received", "transition.received",
+    "message.rejected", "erasure.confirmed"]);
+
+  // A code with no entry above (a newer ledger) still reads as words: "a.b_c" -> "A b c".
+  function words(code) {
+    const w = String(code || "").replace(/[._-]+/g, " ").trim();
+    return w ? w[0].toUpperCase() + w.slice(1) : "";
+  }
+
+  function kindWords(kind) {
+    return KIND_WORDS[kind] || words(kind);
+  }
+
+  function labelWords(name, value) {
+    if (name in COUNT_WORDS) return `${value} ${COUNT_WORDS[name]}`;
+    const table = LABEL_WORDS[name];
+    const w = (table && table[value]) || words(value);
+    return name === "state" ? `New state: ${w}` : w;
+  }
+
+  // The event's labels as [name, code, words], the statistics labels first.
+  function labelList(labels) {
+    const names = Object.keys(labels || {}).sort((a, b) => {
+      const ia = LABEL_ORDER.indexOf(a), ib = LABEL_ORDER.indexOf(b);
+      return (ia < 0 ? 99 : ia) - (ib < 0 ? 99 : ib) || (a < b ? -1 : a > b ? 1 : 0);
+    });
+    return names.map((n) => [n, labels[n], labelWords(n, labels[n])]);
+  }
+
+  function labelChips(labels) {
+    return labelList(labels).map(([name, code, text]) =>
+      el("span", { class: `label label-${name}`, "data-label": name, "data-value": code,
+        title: `${name} = ${code}` }, text));
+  }
+
+  function kindChip(kind) {
+    return el("span", { class: `kind ${kindClass(kind)}`, title: kind || "" }, kindWords(kind));
+  }
+
+  // [arrow, words for the tooltip] of an event's counterpart.
+  function direction(e) {
+    return INCOMING.has(e.kind)
+      ? ["←", `from ${e.counterpart} (it sent to ${e.agency})`]
+      : ["→", `to ${e.counterpart} (${e.agency} sent to it)`];
+  }
+
+  function route(e) {
+    if (!e.counterpart) return el("span", { class: "route" }, e.agency || "");
+    const [arrow, how] = direction(e);
+    return el("span", { class: "route", "data-direction": arrow === "←" ? "in" : "out", title: how },
+      `${e.agency} ${arrow} ${e.counterpart}`);
   }
 
   // ---- API ----------------------------------------------------------------------------
@@ -225,6 +339,127 @@
     return null;
   }
 
+  // ---- failed consistency checks: kept for the tab until the auditor acknowledges them ----
+  //
+  // A failure is evidence (two signed checkpoints that cannot both be true), so it is not
+  // forgotten when a later checkpoint checks out again: a ledger that shows one view to
+  // one fetch and the honest view to the next is exactly what the check is for. Each
+  // failure stays in an alarm above the checkpoint until acknowledged; acknowledging ends
+  // the alarm and moves it to the list of acknowledged failures, which keeps it (with both
+  // notes) for as long as the tab lives. Repeated failures against the same earlier
+  // checkpoint are one failure, seen again.
+
+  // The failure the latest check in this page ended in (its id), or null after a check that
+  // held: only while checks still fail does acknowledging move the baseline on.
+  let failing = null;
+
+  function pickCheckpoint(cp) {
+    return { origin: cp.origin, size: cp.size, root: cp.root, timestamp: cp.timestamp, note: cp.note };
+  }
+
+  function loadFailures() {
+    try {
+      const list = JSON.parse(sessionStorage.getItem(FAILURES_KEY) || "[]");
+      return Array.isArray(list) ? list : [];
+    } catch (_) {
+      return [];
+    }
+  }
+
+  function saveFailures(list) {
+    // Bounded: past MAX_FAILURES the oldest acknowledged ones go first, never an open one.
+    while (list.length > MAX_FAILURES) {
+      const i = list.findIndex((f) => f.acknowledged_at);
+      list.splice(i < 0 ? 0 : i, 1);
+    }
+    sessionStorage.setItem(FAILURES_KEY, JSON.stringify(list));
+  }
+
+  function recordFailure(prev, cp, reason, declared) {
+    const list = loadFailures();
+    const now = new Date().toISOString().replace(/\.\d{3}Z$/, "Z");
+    const open = list.find((f) => !f.acknowledged_at && f.earlier.size === prev.size &&
+      f.earlier.root === prev.root);
+    if (open) {
+      open.later = pickCheckpoint(cp);
+      open.reason = reason;
+      open.declared = declared;
+      open.last_seen = now;
+      open.times += 1;
+      failing = open.id;
+    } else {
+      const id = list.reduce((n, f) => Math.max(n, f.id), 0) + 1;
+      list.push({ id, detected_at: now, last_seen: now, times: 1, earlier: pickCheckpoint(prev),
+        later: pickCheckpoint(cp), reason, declared, acknowledged_at: null });
+      failing = id;
+    }
+    saveFailures(list);
+    renderFailures();
+  }
+
+  function acknowledge(id) {
+    const list = loadFailures();
+    const f = list.find((x) => x.id === id);
+    if (!f || f.acknowledged_at) return;
+    f.acknowledged_at = new Date().toISOString().replace(/\.\d{3}Z$/, "Z");
+    saveFailures(list);
+    // While checks still fail against the earlier checkpoint (a declared restore never
+    // extends it again), they go on from the later one; after a check that held, the
+    // baseline has moved on by itself and is kept.
+    if (failing === id) {
+      sessionStorage.setItem(CHECKPOINT_KEY, JSON.stringify(f.later));
+      failing = null;
+    }
+    renderFailures();
+    loadCheckpoint().catch(failed);
+  }
+
+  function failureText(f) {
+    const times = f.times > 1 ? ` (seen ${f.times} times, last at ${f.last_seen})` : "";
+    return `Detected at ${f.detected_at}${times}: the checkpoint of size ${f.later.size}, root ` +
+      `${shortId(f.later.root)} (cosigned ${iso(f.later.timestamp)}), does not extend the one of ` +
+      `size ${f.earlier.size}, root ${shortId(f.earlier.root)} (cosigned ` +
+      `${iso(f.earlier.timestamp)}): ${f.reason}.${f.declared || ""}`;
+  }
+
+  function evidence(f) {
+    return el("details", { class: "evidence" },
+      el("summary", {}, "Both signed checkpoints (evidence)"),
+      el("p", { class: "muted" }, `Earlier, size ${f.earlier.size}:`),
+      el("pre", {}, f.earlier.note || ""),
+      el("p", { class: "muted" }, `Later, size ${f.later.size}:`),
+      el("pre", {}, f.later.note || ""));
+  }
+
+  function renderFailures() {
+    const list = loadFailures();
+    const open = list.filter((f) => !f.acknowledged_at);
+    const done = list.filter((f) => f.acknowledged_at);
+    const alarm = $("failures");
+    alarm.hidden = !open.length;
+    $("failures-count").textContent = String(open.length);
+    $("failures-list").replaceChildren(...open.map((f) => el("li", { class: "failure", "data-id": f.id },
+      el("p", {}, failureText(f)),
+      evidence(f),
+      el("button", { type: "button", class: "acknowledge", "data-id": f.id,
+        title: "Mark this failure as seen: the alarm ends, the record stays listed for this tab, " +
+          "and checks go on from the latest checkpoint",
+        "aria-label": `Acknowledge consistency failure ${f.id}` }, "Acknowledge"))));
+    const past = $("failures-acknowledged");
+    past.hidden = !done.length;
+    $("failures-acknowledged-count").textContent = String(done.length);
+    $("failures-acknowledged-list").replaceChildren(...done.map((f) =>
+      el("li", { class: "failure acknowledged", "data-id": f.id },
+        el("p", {}, `${failureText(f)} Acknowledged at ${f.acknowledged_at}.`),
+        evidence(f))));
+  }
+
+  function openFailureNote() {
+    const n = loadFailures().filter((f) => !f.acknowledged_at).length;
+    return n ? ` An earlier check in this tab FAILED (${n} not acknowledged, listed above): ` +
+      "it stays listed until you acknowledge it." : "";
+  }
+
   async function loadCheckpoint() {
     const cp = await api("/v1/checkpoint");
     $("checkpoint-size").textContent = String(cp.size);
@@ -273,7 +508,8 @@
         ? `Same tree size (${cp.size}) and root as the checkpoint seen at ${iso(prev.timestamp)}.`
         : `Consistency proof from size ${prev.size} (seen at ${iso(prev.timestamp)}) to size ` +
           `${cp.size} recomputed with SHA-256 in this browser: the latest tree extends the earlier one.`;
-      setStatus("Checked in this browser:", "verified", "ok", how);
+      failing = null;
+      setStatus("Checked in this browser:", "verified", "ok", how + openFailureNote());
       sessionStorage.setItem(CHECKPOINT_KEY, JSON.stringify(cp));
     } catch (err) {
       if (err instanceof AuthError) throw err;
@@ -291,6 +527,7 @@
       } catch (e) {
         if (e instanceof AuthError) throw e;
       }
+      recordFailure(prev, cp, err.message, declared);
       setStatus("Checked in this browser:", "FAILED", "bad",
         `The latest checkpoint (size ${cp.size}) does not extend the one seen at ` +
         `${iso(prev.timestamp)} (size ${prev.size}): ${err.message}.${declared}`);
@@ -313,7 +550,7 @@
     const body = $("events-table").tBodies[0];
     body.replaceChildren(...page.items.map(eventRow));
     if (!page.items.length) {
-      body.append(el("tr", { class: "empty" }, el("td", { colspan: 7 }, "No events match.")));
+      body.append(el("tr", { class: "empty" }, el("td", { colspan: 8 }, "No events match.")));
     }
     $("next-page").disabled = !events.next;
     $("first-page").disabled = !events.cursor;
@@ -326,16 +563,25 @@
   function eventRow(e) {
     const ref = e.referral_id
       ? el("button", { type: "button", class: "referral-link", "data-referral-id": e.referral_id,
-          title: `Show the timeline of referral ${e.referral_id}` }, shortId(e.referral_id))
+          title: `Show the timeline of referral ${e.referral_id}`,
+          "aria-label": `Show the timeline of referral ${e.referral_id}` }, shortId(e.referral_id))
       : "—";
     return el("tr", { "data-index": e.index, "data-kind": e.kind, "data-agency": e.agency },
       el("td", { class: "num" }, String(e.index)),
       el("td", { class: "time" }, iso(e.time)),
       el("td", {}, e.agency || ""),
-      el("td", {}, el("span", { class: `kind ${kindClass(e.kind)}` }, e.kind || "")),
-      el("td", {}, e.counterpart || "—"),
+      el("td", { class: "kind-cell" }, kindChip(e.kind)),
+      el("td", { class: "labels" }, ...labelChips(e.labels)),
+      el("td", { class: "counterpart" }, counterpart(e)),
       el("td", { class: "ref" }, ref),
-      el("td", {}, e.reason || ""));
+      el("td", { class: "reason" }, e.reason || ""));
+  }
+
+  function counterpart(e) {
+    if (!e.counterpart) return "—";
+    const [arrow, how] = direction(e);
+    return el("span", { "data-direction": arrow === "←" ? "in" : "out", title: how },
+      `${arrow} ${e.counterpart}`);
   }
 
   function kindClass(kind) {
@@ -366,10 +612,10 @@
     $("timeline-list").replaceChildren(...items.map((e) => {
       const d = toDate(e.time);
       const offset = start && d ? `+${duration((d - start) / 1000)}` : "";
-      const route = e.counterpart ? `${e.agency} → ${e.counterpart}` : e.agency;
       return el("li", { class: "timeline-item", "data-kind": e.kind, "data-index": e.index },
-        el("span", { class: `kind ${kindClass(e.kind)}` }, e.kind || ""),
-        el("span", { class: "route" }, route || ""),
+        kindChip(e.kind),
+        route(e),
+        el("span", { class: "labels" }, ...labelChips(e.labels)),
         el("time", { datetime: iso(e.time) }, iso(e.time)),
         el("span", { class: "offset muted" }, offset),
         e.reason ? el("span", { class: "reason" }, `reason: ${e.reason}`) : "",
@@ -393,14 +639,20 @@
 
   // categories: x-axis groups; series: [{key, name}]; cell(cat, key) -> row or undefined,
   // where row has `value` (number|null) and `suppressed` (bool).
+  //
+  // A suppressed cell has no value to draw, so it gets no bar on the value scale: a marker
+  // of one fixed size in the strip below the zero line, hatched in its series' colour (so
+  // the series stay apart) and labelled "<k" ("n<k" on a chart of times, where k bounds the
+  // cases, not the value). Its height means nothing and no two differ.
   function barChart(container, { categories, series, cell, format, threshold, unit }) {
     const id = `c${++chartSeq}`;
     const rotate = categories.some((c) => c.length > 8);
     const groupW = Math.max(rotate ? 44 : 60, series.length * 20 + 14);
     const labelW = Math.max(0, ...categories.map((c) => c.length * 6.2));
+    const strip = 30; // below the zero line: suppressed markers and their labels
     const m = {
       top: 22, right: 12,
-      bottom: rotate ? 24 + 0.58 * labelW : 34,
+      bottom: strip + (rotate ? 24 + 0.58 * labelW : 34),
       left: rotate ? Math.max(56, 0.82 * labelW - groupW / 2 + 12) : 56,
     };
     const W = Math.max(460, m.left + m.right + categories.length * groupW);
@@ -411,24 +663,29 @@
       const r = cell(c, s.key);
       if (r && !r.suppressed && typeof r.value === "number") values.push(r.value);
     }
-    // Leave head room above a suppressed cell so "<5" is not read as a full bar of 5.
-    const top = Math.max(0, ...values, unit === "count" ? 2 * threshold : 0);
+    const top = Math.max(0, ...values);
     let max = niceMax(top);
-    if (unit === "seconds") { // ticks on whole minutes, hours or days
+    let ticks = 4;
+    if (unit === "count") { // whole numbers on every tick
+      max = Math.max(5, max);
+      ticks = max % 5 === 0 ? 5 : 4;
+    } else if (unit === "seconds") { // ticks on whole minutes, hours or days
       const u = top >= 2 * 86400 ? 86400 : top >= 2 * 3600 ? 3600 : top >= 120 ? 60 : 1;
       max = niceMax(top / u) * u;
     }
     const y = (v) => m.top + innerH - (v / max) * innerH;
+    const zero = y(0);
+    const small = unit === "count" ? `<${threshold}` : `n<${threshold}`;
 
     const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img",
       class: W <= 760 ? "bar-chart fit" : "bar-chart", "aria-label": container.closest("figure")?.querySelector("figcaption")?.textContent || "" });
-    root.append(svg("defs", {},
-      svg("pattern", { id: `hatch-${id}`, width: 6, height: 6, patternUnits: "userSpaceOnUse",
-        patternTransform: "rotate(45)" },
-        svg("rect", { width: 6, height: 6, fill: "#eceff3" }),
-        svg("line", { x1: 0, y1: 0, x2: 0, y2: 6, stroke: "#8a94a3", "stroke-width": 2 }))));
+    // One hatch per series, drawn in the series' colour (the pattern's class sets `color`).
+    root.append(svg("defs", {}, ...series.map((s, si) =>
+      svg("pattern", { id: `hatch-${id}-${si}`, class: `hatch s${si % 8}`, width: 5, height: 5,
+        patternUnits: "userSpaceOnUse", patternTransform: "rotate(45)" },
+        svg("rect", { width: 5, height: 5, fill: "#fff" }),
+        svg("line", { x1: 0, y1: 0, x2: 0, y2: 5, stroke: "currentColor", "stroke-width": 2.5 })))));
 
-    const ticks = 4;
     for (let i = 0; i <= ticks; i++) {
       const v = (max / ticks) * i;
       root.append(svg("line", { class: "grid", x1: m.left, x2: W - m.right, y1: y(v), y2: y(v) }));
@@ -446,33 +703,35 @@
         const w = Math.max(2, bw - 2);
         const label = `${c} — ${s.name}: `;
         if (r.suppressed || r.value === null || r.value === undefined) {
-          // Height stands for "somewhere below the threshold", never for a value.
-          const h = unit === "count" ? Math.max(14, 0.6 * (innerH - (y(threshold) - m.top))) : 14;
-          root.append(svg("rect", { class: "bar suppressed", "data-series": si, x, y: m.top + innerH - h,
-            width: w, height: h, fill: `url(#hatch-${id})` },
-            svg("title", {}, `${label}suppressed (fewer than ${threshold} cases)`)));
-          root.append(svg("text", { class: "bar-label suppressed-label", x: x + w / 2,
-            y: m.top + innerH - h - 4, "text-anchor": "middle" }, `<${threshold}`));
+          // The group carries the series' colour (inherited `color`); a class on the rect
+          // itself would set its `fill` over the hatch.
+          root.append(svg("g", { class: `s${si % 8}` }, svg("rect", { class: "bar suppressed",
+            "data-series": si, x, y: zero + 4, width: w, height: 10, fill: `url(#hatch-${id}-${si})` },
+            svg("title", {}, `${label}suppressed (fewer than ${threshold} cases)`))));
+          root.append(svg("text", { class: "bar-label suppressed-label", "data-series": si,
+            x: x + w / 2, y: zero + 25, "text-anchor": "middle" }, small));
         } else {
-          const top = y(r.value);
-          root.append(svg("rect", { class: `bar s${si % 8}`, "data-series": si, x, y: top, width: w,
-            height: m.top + innerH - top }, svg("title", {}, label + format(r.value, false))));
-          root.append(svg("text", { class: "bar-label", x: x + w / 2, y: top - 4,
+          const t = y(r.value);
+          root.append(svg("rect", { class: `bar s${si % 8}`, "data-series": si, x, y: t, width: w,
+            height: zero - t }, svg("title", {}, label + format(r.value, false))));
+          root.append(svg("text", { class: "bar-label", x: x + w / 2, y: t - 4,
             "text-anchor": "middle" }, format(r.value, false)));
         }
       });
       const lx = gx + (groupW - 14) / 2;
-      const ly = m.top + innerH + 16;
+      const ly = zero + strip + 16;
       root.append(svg("text", { class: "axis-label", x: lx, y: ly,
         "text-anchor": rotate ? "end" : "middle",
         transform: rotate ? `rotate(-35 ${lx} ${ly})` : undefined }, c));
     });
-    root.append(svg("line", { class: "axis", x1: m.left, x2: W - m.right, y1: y(0), y2: y(0) }));
+    root.append(svg("line", { class: "axis", x1: m.left, x2: W - m.right, y1: zero, y2: zero }));
 
-    const legend = el("ul", { class: "legend" }, ...series.map((s, si) => el("li", {},
+    const legend = el("ul", { class: "legend" }, ...series.map((s, si) => el("li", { "data-series": si },
       el("span", { class: `swatch s${si % 8}` }), s.name)));
-    legend.append(el("li", {}, el("span", { class: "swatch hatched" }), `suppressed (<${threshold})`));
-    container.replaceChildren(el("div", { class: "chart-scroll" }, root), series.length > 1 ? legend : "");
+    legend.append(el("li", { class: "legend-suppressed" }, el("span", { class: "swatch hatched" }),
+      `hatched below the line, in the series' colour: suppressed (fewer than ${threshold} cases; ` +
+      "no value shown)"));
+    container.replaceChildren(el("div", { class: "chart-scroll" }, root), legend);
     if (!categories.length) {
       root.append(svg("text", { class: "empty", x: W / 2, y: H / 2, "text-anchor": "middle" }, "No data yet"));
     }
@@ -497,7 +756,10 @@
     const refCells = byKey(refs, (r) => `${r.month}|${refKey(r)}`);
     barChart($("chart-referrals"), {
       categories: uniq(refs.map((r) => r.month)).sort(),
-      series: uniq(refs.map(refKey)).sort().map((k) => ({ key: k, name: k })),
+      series: uniq(refs.map(refKey)).sort().map((k) => {
+        const [type, urgency] = k.split(" · ");
+        return { key: k, name: `${labelWords("referral_type", type)} · ${labelWords("urgency", urgency)}` };
+      }),
       cell: (c, k) => refCells.get(`${c}|${k}`), format: countFmt, threshold, unit: "count",
     });
 
@@ -545,6 +807,7 @@
     $("token-form").hidden = true;
     $("session").hidden = false;
     $("content").hidden = false;
+    renderFailures();
     try {
       await loadCheckpoint();
       await Promise.all([loadEvents(), loadStats()]);
@@ -581,6 +844,10 @@
     $("events-table").addEventListener("click", (ev) => {
       const btn = ev.target.closest(".referral-link");
       if (btn) openTimeline(btn.dataset.referralId).catch(failed);
+    });
+    $("failures-list").addEventListener("click", (ev) => {
+      const btn = ev.target.closest(".acknowledge");
+      if (btn) acknowledge(Number(btn.dataset.id));
     });
     $("timeline-close").addEventListener("click", () => { $("timeline").hidden = true; });
     if (sessionStorage.getItem(TOKEN_KEY)) start();
