@@ -19,7 +19,7 @@ from keys import DEFAULT_LIMITS
 from keys.directory import Directory, Root, TrustFeed
 from keys.subjects import DIRECTORY_KEY, root_key
 from runtime import clock, expiry
-from runtime.files import replace_file
+from runtime.files import fsync_dir, replace_file
 
 log = structlog.get_logger("nrm.trust")
 
@@ -87,6 +87,8 @@ class TrustState:
             if persist:
                 replace_file(self.cache_dir / "directory.json", data)
             self.log.info("directory_accepted", directory_version=directory.version)
+        if persist and (offered.roots or offered.directory is not None):
+            fsync_dir(self.cache_dir)  # the replaced entries too: a restart never goes back
         if offered.refused is not None:
             r = offered.refused
             self.log.warning("directory_refused", key=r.key, reason=r.reason, detail=r.detail)

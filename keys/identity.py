@@ -218,6 +218,9 @@ class AgencyKeys:
     #: still reach the bus (docs/PROTOCOL.md §3.4). The bus stops accepting it once that
     #: directory is published; the next rotation drops it.
     previous_nats_seed: bytes | None = None
+    #: `public`, made once: its proof of possession is a signature, not worth repeating on
+    #: every access (a new instance, `replace` included, starts without it).
+    _public: PublicIdentity | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def generate(cls, *, agency: str, name: str) -> AgencyKeys:
@@ -258,7 +261,10 @@ class AgencyKeys:
 
     @property
     def public(self) -> PublicIdentity:
-        """The public identity, with its proof of possession signed by the signing key."""
+        """The public identity, with its proof of possession signed by the signing key
+        (computed on first use, then kept)."""
+        if self._public is not None:
+            return self._public
         unproved = PublicIdentity(
             agency=self.agency,
             name=self.name,
@@ -267,7 +273,9 @@ class AgencyKeys:
             nats_key=None if self.nats_seed is None else nats_public_key(self.nats_seed),
         )
         proof = self.signing_key.sign(proof_statement(unproved)).signature
-        return replace(unproved, proof=proof)
+        public = replace(unproved, proof=proof)
+        object.__setattr__(self, "_public", public)  # frozen: the one cached value
+        return public
 
     def __repr__(self) -> str:  # never print private key material
         return f"AgencyKeys(agency={self.agency!r}, signing_kid={self.public.signing_kid!r})"

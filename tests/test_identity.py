@@ -20,7 +20,13 @@ from keys import (
     seal,
 )
 from keys.codec import to_b64
-from keys.identity import ENCRYPTION_KID_LABEL, encryption_kid, key_id, signing_kid
+from keys.identity import (
+    ENCRYPTION_KID_LABEL,
+    encryption_kid,
+    key_id,
+    signing_kid,
+    verify_proof,
+)
 
 _P = (1 << 255) - 19
 
@@ -150,6 +156,25 @@ def test_repr_hides_private_keys() -> None:
     text = repr(KEYS)
     assert SEED.hex() not in text
     assert KEYS.public.signing_kid in text
+
+
+def test_public_identity_is_made_once_per_key_set() -> None:
+    """`public` signs its proof of possession once and keeps it; a rotated key set (a new
+    instance) has its own, proved by its own new signing key; equality ignores the cache."""
+    keys = AgencyKeys.generate(agency="police", name="National Police")
+    first = keys.public
+    assert keys.public is first
+    assert verify_proof(first) is first
+    rotated = keys.rotated()
+    assert rotated.public.signing_kid != first.signing_kid
+    assert verify_proof(rotated.public).signing_key == rotated.signing_key.verify_key
+    fresh = AgencyKeys(
+        agency="police",
+        name="National Police",
+        signing_key=SigningKey(SEED),
+        encryption_key=PrivateKey(SEED),
+    )
+    assert fresh == KEYS and fresh.public == KEYS.public
 
 
 @pytest.mark.parametrize("name", list(WEAK_X25519_KEYS))
