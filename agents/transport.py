@@ -5,6 +5,17 @@ Publishing: every queued delivery is published to the recipient's inbox subject 
 sent. A batch is published as a window whose acks are awaited together, not one round trip
 each; messages of one referral to one recipient keep their order.
 
+The directory first: over every connection, the one made at start and each one after a drop
+or a refusal, nothing is published or consumed before the directory watch has read the
+directory bucket to its end and the owner has applied what it found (`directory_read`). An
+agent back on the bus — a removed agency readmitted, typically with new keys — would
+otherwise sign, publish and judge by the directory it cached before, in which its old key is
+active: a copy signed with it is held back by its recipient as `unknown-key` and refused
+after the grace, without a word to the sender. And right before each publish the owner's
+`hold_reason` may hold a copy back (one signed by a key its directory no longer accepts). What
+is held is counted by reason (`held`; the metric `nrm_outbox_held`) and logged once as the
+hold begins (`outbox_held`) and ends (`outbox_released`).
+
 Consuming: a durable pull consumer on the agency's own inbox stream; each message is handed
 to a handler that commits it and says whether to ack or terminate; once one fsync covers all
 the commits of a fetched batch (group commit, runtime/durability.py), each message it is done
@@ -17,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -150,6 +162,19 @@ class Transport:
         #: num_pending) and how long the oldest of that batch had waited on the bus, seconds
         #: (both 0 once a fetch finds the inbox drained; metrics).
         self.inbox_backlog: tuple[int, float] = (0, 0.0)
+        #: Set by the owner: why a queued copy must not be published now (a reason code), or
+        #: None if it may; asked right before each publish.
+        self.hold_reason: Callable[[PendingDelivery], str | None] = lambda item: None
+        #: Queued copies the publisher held back the last time it looked (at most one
+        #: batch), by reason: `directory-unread` or what `hold_reason` said; empty if none.
+        self.held: dict[str, int] = {}
+        #: Set once the directory watch has read the directory bucket to its end (and the
+        #: owner applied it) over the current connection; cleared when a connection is made
+        #: or lost. The publisher and the inbox wait for it.
+        self.directory_read = asyncio.Event()
+        #: Counts connections made (the first and every reconnection): a directory read
+        #: begun over an earlier one does not count for the current one.
+        self._epoch = 0
         self.log = log.bind(agency=agency)
         #: The link's state and the pace of reconnection attempts (agents/bus_link.py).
         self.link = BusLink(
@@ -273,6 +298,7 @@ class Transport:
                     self._stopping,
                 )
                 self._nc = nc
+                self._new_connection()
                 self.link.on_connected()
                 return nc
             except asyncio.CancelledError:
@@ -296,12 +322,20 @@ class Transport:
         await self.link.on_error(e, attempting=attempting)
 
     async def _on_disconnected(self) -> None:
+        self.directory_read.clear()
         if self._running:  # not when stop() closes the connection
             self.link.on_disconnected()
 
     async def _on_reconnected(self) -> None:
+        self._new_connection()
         self.link.on_connected()
         self._wake.set()
+
+    def _new_connection(self) -> None:
+        """A connection was made: the directory must be read over it before anything is
+        published or consumed (the bus may have refused us for a directory not seen yet)."""
+        self._epoch += 1
+        self.directory_read.clear()
 
     async def _pause(self, event: str, error: BaseException, seconds: float) -> None:
         """After a failed bus operation: while the link is down, wait quietly for it to come
@@ -330,13 +364,22 @@ class Transport:
                         asyncio.wait_for(self.link.up.wait(), timeout=1.0), self._stopping
                     )
                 continue
-            if not batch and not events:
+            if not self.directory_read.is_set():  # not before the bus's directory is applied
+                self._set_held({"directory-unread": len(batch)} if batch else {})
+                with contextlib.suppress(TimeoutError):
+                    await unless_stopping(
+                        asyncio.wait_for(self.directory_read.wait(), timeout=1.0), self._stopping
+                    )
+                continue
+            window, held = self._window(batch)
+            self._set_held(held)
+            if not window and not events:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=1.0)
                 continue
             await self.store.durable()  # nothing is published that a power cut could undo
-            failed = not await self._publish_deliveries(js, batch)
+            failed = not await self._publish_deliveries(js, window)
             if not failed:
                 failed = not await self._publish_audit(js, events)
             if failed:
@@ -345,17 +388,40 @@ class Transport:
             else:
                 delay = self.limits.retry_initial_seconds
 
-    async def _publish_deliveries(self, js: JetStreamContext, batch: list[PendingDelivery]) -> bool:
-        """Publish a window of queued deliveries and await their acks together; False if any
-        failed. Two messages of one referral to one recipient never share a window, so a
-        message that fails is never overtaken by a later one that depends on it."""
+    def _window(self, batch: list[PendingDelivery]) -> tuple[list[PendingDelivery], dict[str, int]]:
+        """The copies of `batch` to publish together, and how many were held back by reason.
+        Two messages of one referral to one recipient never share a window, so a message
+        that fails is never overtaken by a later one that depends on it; nor is one held
+        back (`hold_reason`)."""
         window: list[PendingDelivery] = []
+        held: dict[str, int] = {}
         keys: set[tuple[str, str | None]] = set()
         for item in batch:
             if (item.recipient, item.referral_id) in keys:
                 break
             keys.add((item.recipient, item.referral_id))
-            window.append(item)
+            reason = self.hold_reason(item)
+            if reason is None:
+                window.append(item)
+            else:
+                held[reason] = held.get(reason, 0) + 1
+        return window, held
+
+    def _set_held(self, held: dict[str, int]) -> None:
+        """Note what the publisher holds back now; log a hold as it begins and ends."""
+        for reason in sorted(held.keys() - self.held.keys()):
+            # Waiting for the directory after a (re)connection is routine, and short.
+            level = logging.INFO if reason == "directory-unread" else logging.WARNING
+            self.log.log(level, "outbox_held", reason=reason, copies=held[reason])
+        for reason in sorted(self.held.keys() - held.keys()):
+            self.log.info("outbox_released", reason=reason)
+        self.held = held
+
+    async def _publish_deliveries(
+        self, js: JetStreamContext, window: list[PendingDelivery]
+    ) -> bool:
+        """Publish a window of queued deliveries (`_window`) and await their acks together;
+        False if any failed."""
         resends = self.store.resend_ids([(i.message_id, i.recipient) for i in window])
 
         def msg_id(item: PendingDelivery) -> str:
@@ -485,10 +551,13 @@ class Transport:
 
     async def _fetch_forever(self, js: JetStreamContext, sub: Any) -> None:
         while self._running and (self.presence is None or self.presence.held):
-            if not self.ready.is_set():  # e.g. the agency has no usable key (standing.py)
+            # Not while the agency has no usable key (standing.py), nor before the directory
+            # is read over this connection: what is received is judged, and answered, by it.
+            gate = self.ready if not self.ready.is_set() else self.directory_read
+            if not gate.is_set():
                 with contextlib.suppress(TimeoutError):
                     await unless_stopping(
-                        asyncio.wait_for(self.ready.wait(), timeout=1.0), self._stopping
+                        asyncio.wait_for(gate.wait(), timeout=1.0), self._stopping
                     )
                 continue
             try:
@@ -591,10 +660,15 @@ class Transport:
         The bucket's stream is read message by message (`STREAM.MSG.GET`, next by subject),
         polled every DIRECTORY_POLL_SECONDS, not watched through a consumer: PROTOCOL.md §5.1
         lets no agency create a consumer on it, since a push consumer delivers to whatever
-        subject its creator names, another agency's replies included."""
+        subject its creator names, another agency's replies included.
+
+        A pass that reads the stream to its end over the current connection, every value
+        found offered and applied, sets `directory_read`; one begun over an earlier
+        connection does not, and the next pass starts at once."""
         prefix = f"$KV.{DIRECTORY_BUCKET}."
         seq, first = 1, True
         while self._running:
+            epoch = self._epoch
             try:
                 cursor, found = seq, dict[int, tuple[str, bytes | None]]()
                 while self._running:
@@ -622,6 +696,10 @@ class Transport:
                 # since it signs with the keys its newest directory lists.
                 await self._pause("directory_watch_interrupted", e, 1.0)
                 continue
+            if epoch != self._epoch:
+                continue  # connected again meanwhile: read over the new connection
+            if self.link.connected and not self.directory_read.is_set():
+                self.directory_read.set()
             await pause(DIRECTORY_POLL_SECONDS, self._stopping)
 
 
