@@ -20,7 +20,10 @@ Consuming: a durable pull consumer on the agency's own inbox stream; each messag
 to a handler that commits it and says whether to ack or terminate; once one fsync covers all
 the commits of a fetched batch (group commit, runtime/durability.py), each message it is done
 with is erased from the inbox stream (`STREAM.MSG.DELETE`: nats-server overwrites its bytes,
-where an ack alone would leave them in the block file) and then acked, each once.
+where an ack alone would leave them in the block file) and then acked, each once. The
+subscription lasts as long as the connection: while the instance lease is not held nothing
+is fetched, and what still reaches it (answers to pull requests sent before) is handed back
+at once (`hand_back`), never left to wait out the ack wait.
 """
 
 from __future__ import annotations
@@ -98,6 +101,9 @@ class Position:
 #: (envelope bytes, where it is, time the bus stored it) -> what to do with it
 MessageHandler = Callable[[bytes, Position, int], Verdict]
 DirectoryHandler = Callable[[str, bytes], Awaitable[None]]
+#: While the instance lease is not held: how often what reaches the inbox subscription is
+#: handed back (and how long one message is waited for then).
+HAND_BACK_SECONDS = 0.5
 #: How many times a message whose handling fails unexpectedly is retried before it is set aside.
 MAX_HANDLER_ATTEMPTS = 5
 #: How long a message is held back when it cannot be judged yet.
@@ -522,32 +528,64 @@ class Transport:
         await self.ready.wait()
         config = inbox_consumer_config(self.agency, self.limits)
         retry = Retry.after(1.0)
-        while self._running:
-            if self.presence is not None and not await self.presence.wait_held(
-                lambda: self._running
-            ):
-                return  # stopping
-            try:
-                # Create or update (no `action`): provisioning created it with the bus's
-                # defaults, and nats-py's pull_subscribe alone would not apply our ack wait.
-                await js.add_consumer(inbox_stream(self.agency), config=config)
-                sub = await js.pull_subscribe(
-                    subject,
-                    durable=inbox_consumer(self.agency),
-                    stream=inbox_stream(self.agency),
-                    config=config,
-                )
-            except TRANSIENT as e:
-                await self._pause("consumer_unavailable", e, retry.next_delay())
-                continue
-            try:
-                await self._fetch_forever(js, sub)
-                retry.succeeded()
-            except TRANSIENT as e:
-                await self._pause("consumer_interrupted", e, retry.next_delay())
-            finally:
+        # One subscription for as long as this connection lasts, kept through a lapse of the
+        # lease and through failed fetches: the bus may still deliver to pull requests sent
+        # over it (after an outage the agent's direction of the connection can recover
+        # seconds before the bus's, the lease lapsing in between), and what reaches a
+        # subscription dropped meanwhile would come back only after the ack wait.
+        sub: Any = None
+        try:
+            while self._running:
+                if not await self._wait_lease(sub):
+                    return  # stopping
+                try:
+                    # Create or update (no `action`): provisioning created it with the bus's
+                    # defaults, and nats-py's pull_subscribe alone would not apply our ack wait.
+                    await js.add_consumer(inbox_stream(self.agency), config=config)
+                    if sub is None:
+                        sub = await js.pull_subscribe(
+                            subject,
+                            durable=inbox_consumer(self.agency),
+                            stream=inbox_stream(self.agency),
+                            config=config,
+                        )
+                except TRANSIENT as e:
+                    await self._pause("consumer_unavailable", e, retry.next_delay())
+                    continue
+                try:
+                    await self._fetch_forever(js, sub)
+                    retry.succeeded()
+                except TRANSIENT as e:
+                    await self._pause("consumer_interrupted", e, retry.next_delay())
+        finally:
+            if sub is not None:
                 with contextlib.suppress(*TRANSIENT):
                     await sub.unsubscribe()
+
+    async def _wait_lease(self, sub: Any) -> bool:
+        """Wait until this instance holds the inbox lease (True) or the transport stops
+        (False), handing back meanwhile whatever reaches the subscription (`_hand_back`)."""
+        if self.presence is None:
+            return self._running
+        while self._running:
+            if sub is not None:
+                await self._hand_back(sub)
+            if self.presence.held:
+                return True
+            with contextlib.suppress(TimeoutError):
+                await unless_stopping(
+                    asyncio.wait_for(
+                        self.presence.wait_held(lambda: self._running),
+                        timeout=HAND_BACK_SECONDS,
+                    ),
+                    self._stopping,
+                )
+        return False
+
+    async def _hand_back(self, sub: Any) -> None:
+        given = await hand_back(sub)
+        if given:
+            self.log.info("inbox_handed_back", messages=given)
 
     async def _fetch_forever(self, js: JetStreamContext, sub: Any) -> None:
         while self._running and (self.presence is None or self.presence.held):
@@ -701,6 +739,28 @@ class Transport:
             if self.link.connected and not self.directory_read.is_set():
                 self.directory_read.set()
             await pause(DIRECTORY_POLL_SECONDS, self._stopping)
+
+
+async def hand_back(sub: Any) -> int:
+    """Give back at once (a nak without delay) every message waiting on the pull subscription
+    `sub` while this instance does not hold the inbox lease; how many. Delivered to a pull
+    request sent while it did (its fetch gave up on it: the bus received it late, after an
+    outage, say), such a message is not this instance's to take now, and JetStream redelivers
+    it at once to the holder (this one, once its renewal gets through) instead of after the
+    ack wait."""
+    waiting = sub._sub  # nats-py 2.16 (pinned): the queue PullSubscription.fetch drains first
+    given = 0
+    while sub.pending_msgs > 0:
+        try:
+            msg = await waiting.next_msg(timeout=HAND_BACK_SECONDS)
+        except (nats.errors.TimeoutError, TimeoutError):
+            break
+        if JetStreamContext.is_status_msg(msg):
+            continue  # a pull request's end (408, 404): nothing to give back
+        with contextlib.suppress(*TRANSIENT):
+            await msg.nak()
+            given += 1
+    return given
 
 
 def _backlog(msgs: list[Msg]) -> tuple[int, float]:
