@@ -145,6 +145,10 @@ class Agent:
         )
         self.transport.presence = self.presence
         self.transport.on_give_up = self.on_give_up
+        # Never publish a copy signed by a key the trusted directory refuses (§7.10).
+        self.transport.hold_reason = lambda item: self.standing.hold_reason(
+            self.trust.directory, item.envelope, now=clock.now()
+        )
         self.transport.on_erase_failed = lambda reason: self.metrics.inbox_erase_failed.labels(
             reason
         ).inc()
@@ -895,6 +899,7 @@ class Agent:
             standing=self.standing.standing.state,
             webhook_backlog=self.store.webhook_backlog,
             inbox=self.transport.inbox_backlog,
+            held=self.transport.held,
             health=self.health(),
         )
 

@@ -21,6 +21,9 @@ from runtime.version import VERSION
 
 #: The standings `nrm_agent_standing` always has a series for (agents/standing.py).
 STANDINGS = ("ok", *REASONS)
+#: Why the publisher holds queued copies back (agents/transport.py, agents/standing.py):
+#: `nrm_outbox_held` always has a series for each.
+HOLD_REASONS = ("directory-unread", "signing-key-unlisted", "signing-key-revoked")
 
 
 class AgentMetrics:
@@ -69,6 +72,14 @@ class AgentMetrics:
         )
         self.outbox_pending = gauge(
             "nrm_outbox_pending", "Outbox rows not yet acknowledged by the bus"
+        )
+        self.outbox_held = gauge(
+            "nrm_outbox_held",
+            "Queued copies the publisher held back at its last look (at most one batch), by "
+            "reason: directory-unread (connected, the directory not read yet: routine for a "
+            "moment after each connection), signing-key-unlisted or signing-key-revoked (signed "
+            "by a key the directory refuses; failed next)",
+            ["reason"],
         )
         self.duplicate_instance = gauge(
             "nrm_agent_duplicate_instance",
@@ -142,6 +153,7 @@ class AgentMetrics:
         webhook_backlog: Callable[[], tuple[int, int | None]],
         inbox: tuple[int, float],
         health: dict[str, Any],
+        held: dict[str, int] | None = None,
     ) -> bytes:
         now = clock.now()
         self.health.set(health)
@@ -158,5 +170,8 @@ class AgentMetrics:
         self.webhook_oldest_age.set(0 if oldest is None else max(0, now - oldest))
         self.inbox_pending.set(inbox[0])
         self.inbox_lag.set(inbox[1])
+        held = held or {}
+        for reason in {*held, *HOLD_REASONS}:
+            self.outbox_held.labels(reason).set(held.get(reason, 0))
         out: bytes = generate_latest(self.registry)
         return out

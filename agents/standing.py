@@ -11,6 +11,12 @@ could reach the bus can never be accepted by anyone — not even after the agenc
 since its signature cannot change — so it is marked `failed` too, with reason `key-revoked`:
 the agency system learns it must submit again, instead of waiting for ever.
 
+Right before each publish the transport asks `hold_reason` of each copy: one the directory
+refuses by that same rule (its key revoked by now, or no longer listed) is held back, not
+published — its recipient would refuse it without telling the sender — and failed as above by
+the next evaluation (typically the one the directory's arrival is about to make: the agent may
+still be loading its rotated key file).
+
 Each failed copy: a `delivery.failed` audit event, one `delivery.failed` webhook event per
 message, `nrm_outbox_failed_total{reason}`; GET /v1/referrals/{id} shows it per recipient.
 Once the agency is back in the directory with a usable key, the agent recovers by itself.
@@ -99,6 +105,24 @@ class StandingGuard:
         else:
             self.log.error("standing_changed", state=standing.state, previous=previous.state)
         self.audit.record_alone("standing.changed", reason=standing.state)
+
+    def hold_reason(self, directory: Directory | None, envelope: bytes, *, now: int) -> str | None:
+        """Why the queued copy `envelope` must not be published at `now`, or None: the
+        directory refuses the key that signed it — `signing-key-revoked` (revoked by now) or
+        `signing-key-unlisted` (neither the key nor perhaps the agency listed any more).
+        The next `evaluate` fails such a copy (`_doomed`, the same rule); this makes sure it
+        looks."""
+        if directory is None:
+            return None  # nothing to judge by: as before the first directory
+        try:
+            kid = read_header(envelope, limits=self.limits).sender_kid
+        except MalformedError:
+            return None  # our own envelope; cannot happen
+        cut = revoked_since(directory, self.agency, kid)
+        if cut is None or now < cut:
+            return None
+        self._recheck_at = now
+        return "signing-key-unlisted" if cut == 0 else "signing-key-revoked"
 
     def _doomed(self, directory: Directory, now: int) -> list[tuple[Undelivered, str]]:
         """Copies signed by a key that the directory refuses at the time they reach (or

@@ -5,11 +5,25 @@ Publishing: every queued delivery is published to the recipient's inbox subject 
 sent. A batch is published as a window whose acks are awaited together, not one round trip
 each; messages of one referral to one recipient keep their order.
 
+The directory first: over every connection, the one made at start and each one after a drop
+or a refusal, nothing is published or consumed before the directory watch has read the
+directory bucket to its end and the owner has applied what it found (`directory_read`). An
+agent back on the bus — a removed agency readmitted, typically with new keys — would
+otherwise sign, publish and judge by the directory it cached before, in which its old key is
+active: a copy signed with it is held back by its recipient as `unknown-key` and refused
+after the grace, without a word to the sender. And right before each publish the owner's
+`hold_reason` may hold a copy back (one signed by a key its directory no longer accepts). What
+is held is counted by reason (`held`; the metric `nrm_outbox_held`) and logged once as the
+hold begins (`outbox_held`) and ends (`outbox_released`).
+
 Consuming: a durable pull consumer on the agency's own inbox stream; each message is handed
 to a handler that commits it and says whether to ack or terminate; once one fsync covers all
 the commits of a fetched batch (group commit, runtime/durability.py), each message it is done
 with is erased from the inbox stream (`STREAM.MSG.DELETE`: nats-server overwrites its bytes,
-where an ack alone would leave them in the block file) and then acked, each once.
+where an ack alone would leave them in the block file) and then acked, each once. The
+subscription lasts as long as the connection: while the instance lease is not held nothing
+is fetched, and what still reaches it (answers to pull requests sent before) is handed back
+at once (`hand_back`), never left to wait out the ack wait.
 """
 
 from __future__ import annotations
@@ -17,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -86,6 +101,9 @@ class Position:
 #: (envelope bytes, where it is, time the bus stored it) -> what to do with it
 MessageHandler = Callable[[bytes, Position, int], Verdict]
 DirectoryHandler = Callable[[str, bytes], Awaitable[None]]
+#: While the instance lease is not held: how often what reaches the inbox subscription is
+#: handed back (and how long one message is waited for then).
+HAND_BACK_SECONDS = 0.5
 #: How many times a message whose handling fails unexpectedly is retried before it is set aside.
 MAX_HANDLER_ATTEMPTS = 5
 #: How long a message is held back when it cannot be judged yet.
@@ -150,6 +168,19 @@ class Transport:
         #: num_pending) and how long the oldest of that batch had waited on the bus, seconds
         #: (both 0 once a fetch finds the inbox drained; metrics).
         self.inbox_backlog: tuple[int, float] = (0, 0.0)
+        #: Set by the owner: why a queued copy must not be published now (a reason code), or
+        #: None if it may; asked right before each publish.
+        self.hold_reason: Callable[[PendingDelivery], str | None] = lambda item: None
+        #: Queued copies the publisher held back the last time it looked (at most one
+        #: batch), by reason: `directory-unread` or what `hold_reason` said; empty if none.
+        self.held: dict[str, int] = {}
+        #: Set once the directory watch has read the directory bucket to its end (and the
+        #: owner applied it) over the current connection; cleared when a connection is made
+        #: or lost. The publisher and the inbox wait for it.
+        self.directory_read = asyncio.Event()
+        #: Counts connections made (the first and every reconnection): a directory read
+        #: begun over an earlier one does not count for the current one.
+        self._epoch = 0
         self.log = log.bind(agency=agency)
         #: The link's state and the pace of reconnection attempts (agents/bus_link.py).
         self.link = BusLink(
@@ -273,6 +304,7 @@ class Transport:
                     self._stopping,
                 )
                 self._nc = nc
+                self._new_connection()
                 self.link.on_connected()
                 return nc
             except asyncio.CancelledError:
@@ -296,12 +328,20 @@ class Transport:
         await self.link.on_error(e, attempting=attempting)
 
     async def _on_disconnected(self) -> None:
+        self.directory_read.clear()
         if self._running:  # not when stop() closes the connection
             self.link.on_disconnected()
 
     async def _on_reconnected(self) -> None:
+        self._new_connection()
         self.link.on_connected()
         self._wake.set()
+
+    def _new_connection(self) -> None:
+        """A connection was made: the directory must be read over it before anything is
+        published or consumed (the bus may have refused us for a directory not seen yet)."""
+        self._epoch += 1
+        self.directory_read.clear()
 
     async def _pause(self, event: str, error: BaseException, seconds: float) -> None:
         """After a failed bus operation: while the link is down, wait quietly for it to come
@@ -330,13 +370,22 @@ class Transport:
                         asyncio.wait_for(self.link.up.wait(), timeout=1.0), self._stopping
                     )
                 continue
-            if not batch and not events:
+            if not self.directory_read.is_set():  # not before the bus's directory is applied
+                self._set_held({"directory-unread": len(batch)} if batch else {})
+                with contextlib.suppress(TimeoutError):
+                    await unless_stopping(
+                        asyncio.wait_for(self.directory_read.wait(), timeout=1.0), self._stopping
+                    )
+                continue
+            window, held = self._window(batch)
+            self._set_held(held)
+            if not window and not events:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=1.0)
                 continue
             await self.store.durable()  # nothing is published that a power cut could undo
-            failed = not await self._publish_deliveries(js, batch)
+            failed = not await self._publish_deliveries(js, window)
             if not failed:
                 failed = not await self._publish_audit(js, events)
             if failed:
@@ -345,17 +394,40 @@ class Transport:
             else:
                 delay = self.limits.retry_initial_seconds
 
-    async def _publish_deliveries(self, js: JetStreamContext, batch: list[PendingDelivery]) -> bool:
-        """Publish a window of queued deliveries and await their acks together; False if any
-        failed. Two messages of one referral to one recipient never share a window, so a
-        message that fails is never overtaken by a later one that depends on it."""
+    def _window(self, batch: list[PendingDelivery]) -> tuple[list[PendingDelivery], dict[str, int]]:
+        """The copies of `batch` to publish together, and how many were held back by reason.
+        Two messages of one referral to one recipient never share a window, so a message
+        that fails is never overtaken by a later one that depends on it; nor is one held
+        back (`hold_reason`)."""
         window: list[PendingDelivery] = []
+        held: dict[str, int] = {}
         keys: set[tuple[str, str | None]] = set()
         for item in batch:
             if (item.recipient, item.referral_id) in keys:
                 break
             keys.add((item.recipient, item.referral_id))
-            window.append(item)
+            reason = self.hold_reason(item)
+            if reason is None:
+                window.append(item)
+            else:
+                held[reason] = held.get(reason, 0) + 1
+        return window, held
+
+    def _set_held(self, held: dict[str, int]) -> None:
+        """Note what the publisher holds back now; log a hold as it begins and ends."""
+        for reason in sorted(held.keys() - self.held.keys()):
+            # Waiting for the directory after a (re)connection is routine, and short.
+            level = logging.INFO if reason == "directory-unread" else logging.WARNING
+            self.log.log(level, "outbox_held", reason=reason, copies=held[reason])
+        for reason in sorted(self.held.keys() - held.keys()):
+            self.log.info("outbox_released", reason=reason)
+        self.held = held
+
+    async def _publish_deliveries(
+        self, js: JetStreamContext, window: list[PendingDelivery]
+    ) -> bool:
+        """Publish a window of queued deliveries (`_window`) and await their acks together;
+        False if any failed."""
         resends = self.store.resend_ids([(i.message_id, i.recipient) for i in window])
 
         def msg_id(item: PendingDelivery) -> str:
@@ -456,39 +528,74 @@ class Transport:
         await self.ready.wait()
         config = inbox_consumer_config(self.agency, self.limits)
         retry = Retry.after(1.0)
-        while self._running:
-            if self.presence is not None and not await self.presence.wait_held(
-                lambda: self._running
-            ):
-                return  # stopping
-            try:
-                # Create or update (no `action`): provisioning created it with the bus's
-                # defaults, and nats-py's pull_subscribe alone would not apply our ack wait.
-                await js.add_consumer(inbox_stream(self.agency), config=config)
-                sub = await js.pull_subscribe(
-                    subject,
-                    durable=inbox_consumer(self.agency),
-                    stream=inbox_stream(self.agency),
-                    config=config,
-                )
-            except TRANSIENT as e:
-                await self._pause("consumer_unavailable", e, retry.next_delay())
-                continue
-            try:
-                await self._fetch_forever(js, sub)
-                retry.succeeded()
-            except TRANSIENT as e:
-                await self._pause("consumer_interrupted", e, retry.next_delay())
-            finally:
+        # One subscription for as long as this connection lasts, kept through a lapse of the
+        # lease and through failed fetches: the bus may still deliver to pull requests sent
+        # over it (after an outage the agent's direction of the connection can recover
+        # seconds before the bus's, the lease lapsing in between), and what reaches a
+        # subscription dropped meanwhile would come back only after the ack wait.
+        sub: Any = None
+        try:
+            while self._running:
+                if not await self._wait_lease(sub):
+                    return  # stopping
+                try:
+                    # Create or update (no `action`): provisioning created it with the bus's
+                    # defaults, and nats-py's pull_subscribe alone would not apply our ack wait.
+                    await js.add_consumer(inbox_stream(self.agency), config=config)
+                    if sub is None:
+                        sub = await js.pull_subscribe(
+                            subject,
+                            durable=inbox_consumer(self.agency),
+                            stream=inbox_stream(self.agency),
+                            config=config,
+                        )
+                except TRANSIENT as e:
+                    await self._pause("consumer_unavailable", e, retry.next_delay())
+                    continue
+                try:
+                    await self._fetch_forever(js, sub)
+                    retry.succeeded()
+                except TRANSIENT as e:
+                    await self._pause("consumer_interrupted", e, retry.next_delay())
+        finally:
+            if sub is not None:
                 with contextlib.suppress(*TRANSIENT):
                     await sub.unsubscribe()
 
+    async def _wait_lease(self, sub: Any) -> bool:
+        """Wait until this instance holds the inbox lease (True) or the transport stops
+        (False), handing back meanwhile whatever reaches the subscription (`_hand_back`)."""
+        if self.presence is None:
+            return self._running
+        while self._running:
+            if sub is not None:
+                await self._hand_back(sub)
+            if self.presence.held:
+                return True
+            with contextlib.suppress(TimeoutError):
+                await unless_stopping(
+                    asyncio.wait_for(
+                        self.presence.wait_held(lambda: self._running),
+                        timeout=HAND_BACK_SECONDS,
+                    ),
+                    self._stopping,
+                )
+        return False
+
+    async def _hand_back(self, sub: Any) -> None:
+        given = await hand_back(sub)
+        if given:
+            self.log.info("inbox_handed_back", messages=given)
+
     async def _fetch_forever(self, js: JetStreamContext, sub: Any) -> None:
         while self._running and (self.presence is None or self.presence.held):
-            if not self.ready.is_set():  # e.g. the agency has no usable key (standing.py)
+            # Not while the agency has no usable key (standing.py), nor before the directory
+            # is read over this connection: what is received is judged, and answered, by it.
+            gate = self.ready if not self.ready.is_set() else self.directory_read
+            if not gate.is_set():
                 with contextlib.suppress(TimeoutError):
                     await unless_stopping(
-                        asyncio.wait_for(self.ready.wait(), timeout=1.0), self._stopping
+                        asyncio.wait_for(gate.wait(), timeout=1.0), self._stopping
                     )
                 continue
             try:
@@ -591,10 +698,15 @@ class Transport:
         The bucket's stream is read message by message (`STREAM.MSG.GET`, next by subject),
         polled every DIRECTORY_POLL_SECONDS, not watched through a consumer: PROTOCOL.md §5.1
         lets no agency create a consumer on it, since a push consumer delivers to whatever
-        subject its creator names, another agency's replies included."""
+        subject its creator names, another agency's replies included.
+
+        A pass that reads the stream to its end over the current connection, every value
+        found offered and applied, sets `directory_read`; one begun over an earlier
+        connection does not, and the next pass starts at once."""
         prefix = f"$KV.{DIRECTORY_BUCKET}."
         seq, first = 1, True
         while self._running:
+            epoch = self._epoch
             try:
                 cursor, found = seq, dict[int, tuple[str, bytes | None]]()
                 while self._running:
@@ -622,7 +734,33 @@ class Transport:
                 # since it signs with the keys its newest directory lists.
                 await self._pause("directory_watch_interrupted", e, 1.0)
                 continue
+            if epoch != self._epoch:
+                continue  # connected again meanwhile: read over the new connection
+            if self.link.connected and not self.directory_read.is_set():
+                self.directory_read.set()
             await pause(DIRECTORY_POLL_SECONDS, self._stopping)
+
+
+async def hand_back(sub: Any) -> int:
+    """Give back at once (a nak without delay) every message waiting on the pull subscription
+    `sub` while this instance does not hold the inbox lease; how many. Delivered to a pull
+    request sent while it did (its fetch gave up on it: the bus received it late, after an
+    outage, say), such a message is not this instance's to take now, and JetStream redelivers
+    it at once to the holder (this one, once its renewal gets through) instead of after the
+    ack wait."""
+    waiting = sub._sub  # nats-py 2.16 (pinned): the queue PullSubscription.fetch drains first
+    given = 0
+    while sub.pending_msgs > 0:
+        try:
+            msg = await waiting.next_msg(timeout=HAND_BACK_SECONDS)
+        except (nats.errors.TimeoutError, TimeoutError):
+            break
+        if JetStreamContext.is_status_msg(msg):
+            continue  # a pull request's end (408, 404): nothing to give back
+        with contextlib.suppress(*TRANSIENT):
+            await msg.nak()
+            given += 1
+    return given
 
 
 def _backlog(msgs: list[Msg]) -> tuple[int, float]:

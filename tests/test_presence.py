@@ -19,11 +19,13 @@ import nats
 import nats.js.errors
 import pytest
 from nats.aio.client import Client
+from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.kv import KeyValue
 from structlog.testing import capture_logs
 
 from agents import Agent
 from agents.presence import DUPLICATE, HELD, Presence, instance_id, new_id
+from agents.transport import hand_back
 from broker import NatsServer
 from broker.streams import provision_presence_bucket
 from keys.limits import Limits
@@ -211,6 +213,34 @@ async def test_overwritten_lease_stops_the_holder(leases: Start, nats_server: Na
             )
 
         await eventually(displaced, what="the holder to notice it was displaced")
+    finally:
+        await nc.close()
+
+
+async def test_what_reaches_the_inbox_without_the_lease_is_handed_back_at_once(
+    nats_server: NatsServer,
+) -> None:
+    """A message delivered to a pull request whose fetch gave up on it (the bus received the
+    request late, after an outage) and reaching the agent after its lease lapsed is handed
+    back at once: the next fetch has it again, not the ack wait of 30 s later."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="INBOX", subjects=["inbox"])
+        config = ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT, ack_wait=30)
+        sub = await js.pull_subscribe("inbox", durable="c", stream="INBOX", config=config)
+        await js.publish("inbox", b"receipt")
+        # A pull request no fetch waits for: its answer lands in the subscription.
+        await nc.publish("$JS.API.CONSUMER.MSG.NEXT.INBOX.c", b'{"batch": 1}', reply=sub._deliver)
+
+        async def arrived() -> bool:
+            return bool(sub.pending_msgs == 1)
+
+        await eventually(arrived, what="the answer to the forgotten pull request")
+        assert await hand_back(sub) == 1
+        (msg,) = await sub.fetch(1, timeout=5)  # 5 s: well within the ack wait
+        assert (msg.data, msg.metadata.num_delivered) == (b"receipt", 2)
+        await msg.ack()
     finally:
         await nc.close()
 

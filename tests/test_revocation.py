@@ -67,9 +67,10 @@ async def hooked(tmp_path: Path) -> AsyncIterator[tuple[Mechanism, Hooks]]:
         yield m, hooks
 
 
-async def publish(m: Mechanism) -> None:
+async def publish(m: Mechanism) -> int:
+    """Sign the draft and publish it; its directory version."""
     m.sandbox.sign_draft()
-    await m.sandbox.publish()
+    return await m.sandbox.publish()
 
 
 def rotate(m: Mechanism, agency: str) -> PublicIdentity:
@@ -252,6 +253,71 @@ async def test_removed_agency_is_told_and_backs_off(hooked: tuple[Mechanism, Hoo
     assert police.keys.public.signing_kid == identity.signing_kid
     rid = await m.api("police").refer(["shelter"], REFERRAL)
     await delivered(m, "police", rid)
+
+
+async def test_readmitted_agency_reads_the_directory_before_it_publishes(
+    hooked: tuple[Mechanism, Hooks],
+) -> None:
+    """Cut off by the bus before it could read its removal, police still trusts the directory
+    in which its old key is active and queues a referral signed with it. Removed, then
+    re-admitted with rotated keys, it reconnects: before it publishes anything it reads and
+    applies the bus's directory, so that copy is never published (the shelter would hold it
+    back as `unknown-key` and refuse it unseen) but failed, its system told; what it sends
+    from then on is signed with the new key and accepted at once."""
+    m, hooks = hooked
+    police = m.agents["police"]
+    old_kid = police.keys.public.signing_kid
+    # As an agent with no ledger configured: the ledger would hand it the newer directories
+    # while the bus refuses it (LedgerWatch), and the stale one is what is under test.
+    assert police.ledger_watch is not None
+    police.ledger_watch.directory_wanted = lambda: False
+    authority = m.sandbox.authority
+    assert authority is not None and authority.follower.directory is not None
+    # The bus applies the removal before the agent reads it: the same authorization.
+    cut = authority.follower.directory.without_agency("police")
+    with capture_logs() as logs:
+        await asyncio.to_thread(authority.apply, cut)
+
+        async def cut_off() -> bool:
+            return police.health()["bus"] == "refused"
+
+        await eventually(cut_off, timeout=60, what="the bus to refuse police")
+        stale = await m.api("police").refer(["shelter"], REFERRAL)  # queued, old key
+        assert police.trust.directory is not None and police.trust.directory.version == 1
+        admin.remove_agency(m.sandbox.admin, "police")
+        await publish(m)
+        identity = rotate(m, "police")
+        admin.add_agency(m.sandbox.admin, identity, roles=["police"])
+        version = await publish(m)
+        shelter = m.agents["shelter"].trust
+
+        async def back() -> bool:
+            health = police.health()
+            return (
+                health["bus"] == "connected"
+                # the shelter too knows the new key: none of it is held back as unknown
+                and shelter.directory is not None
+                and shelter.directory.version == version
+                and police.keys.public.signing_kid == identity.signing_kid
+                and await copy_state(m, stale) == ("failed", "key-revoked")
+                and stale in {e["data"]["referral_id"] for e in hooks.of_type("delivery.failed")}
+            )
+
+        await eventually(back, timeout=60, what="police back, its stale copy failed and told")
+        fresh = await m.api("police").refer(["shelter"], REFERRAL)
+        await delivered(m, "police", fresh)
+    assert identity.signing_kid != old_kid
+    mine = [e for e in logs if e.get("agency") == "police"]
+    assert any(e["event"] == "outbox_held" and e["reason"] == "directory-unread" for e in mine)
+    received = [
+        e for e in logs if e.get("agency") == "shelter" and e["event"] == "referral_received"
+    ]
+    assert [e["sender_kid"] for e in received if e["sender"] == "police"] == [identity.signing_kid]
+    assert not [
+        e
+        for e in logs
+        if e.get("agency") == "shelter" and e["event"] in ("message_deferred", "message_rejected")
+    ]
 
 
 async def test_agent_started_after_its_removal_learns_it_from_the_ledger(

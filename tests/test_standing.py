@@ -280,6 +280,35 @@ def test_removed_agency_fails_what_is_queued_and_refuses_until_readmitted(store:
     assert _kinds(store, "audit").count("standing.changed") == 2
 
 
+def test_copy_signed_by_a_key_the_directory_refuses_is_held_then_failed(store: Store) -> None:
+    """Right before publishing, a copy signed by a key the trusted directory revokes (by now)
+    or lists no more is held back, never published — its recipient would refuse it without a
+    word — and the guard's next look fails it, even one sealed after the guard looked at that
+    directory (in the moment a rotated key file takes to load); a copy of the new key, or of a
+    key revoked only later, goes out. Nothing is judged before there is a directory."""
+    now = clock.now()
+    failed: list[tuple[str, int]] = []
+    guard = _guard(store, ROTATED, failed)
+    readmitted = (
+        _base(now).without_agency("police").with_agency(entry_of(ROTATED, valid_from=now - DAY))
+    )
+    assert not guard.evaluate(readmitted, ROTATED)
+    old = _queue(store, POLICE, "a" * 32)  # sealed with the keys held a moment before
+    new = _queue(store, ROTATED, "b" * 32)
+    envelopes = {p.message_id: p.envelope for p in store.pending(10)}
+    assert not guard.evaluate(readmitted, ROTATED)  # nothing changed that it would look for
+    revoked = _rotated_and_revoked(now - 10, now=now)
+    later = _rotated_and_revoked(now + 100, now=now)
+    assert guard.hold_reason(revoked, envelopes[old], now=now) == "signing-key-revoked"
+    assert guard.hold_reason(later, envelopes[old], now=now) is None
+    assert guard.hold_reason(None, envelopes[old], now=now) is None
+    assert guard.hold_reason(readmitted, envelopes[new], now=now) is None
+    assert guard.hold_reason(readmitted, envelopes[old], now=now) == "signing-key-unlisted"
+    assert guard.evaluate(readmitted, ROTATED)  # told to look again: fails the held copy
+    assert _states(store) == {old: ("failed", "key-revoked"), new: ("queued", None)}
+    assert failed == [("key-revoked", 1)]
+
+
 def test_failed_copy_that_is_delivered_after_all_becomes_delivered(store: Store) -> None:
     """A receipt for a copy marked failed (it reached the bus just before the revocation
     took effect after all) records it delivered: the failure was a guess on the safe side."""
