@@ -4,13 +4,18 @@
 the auditor role get auditor permissions. `DirectoryAuthority` watches the directory bucket,
 verifies each update from the pinned root exactly as agents do, and reloads the running
 server (SIGHUP, no restart) whenever the set of NKeys or roles changes; a rotated NATS key
-thus replaces the old one at once, and connections made with the old one are closed. An
-agency the directory admits gets its inbox stream and attachment bucket (broker/streams.py)
-before the reload lets it connect (if they cannot be made, the reload goes ahead and they are
-tried again: an authorization change, a revocation say, is never held back). While the shared
-inbox stream of an earlier release still exists, the mail it holds is moved into the inbox
-streams again every MIGRATE_SECONDS (a full inbox refuses it until its agency has consumed
-what it holds; broker/streams.py `migrate_shared_inbox`). The reload waits for
+thus replaces the old one at once, and connections made with the old one are closed. It connects
+with an NKey of its own (`nkeys_seed`): beside a nats-server the operator runs (`nrm bus
+authority`) that is the authority's own, which may only read the directory bucket
+(broker/authz.py); the stores of an agency a directory admits were made by the operator who
+published it (`nrm directory publish`). Only where it is given the operator's seed as
+`provisioning_seed` (the embedded bus of `nrm bus up`, whose host provisions with it anyway)
+does it also make a newly admitted agency's inbox stream and attachment bucket
+(broker/streams.py) before the reload lets it connect (if they cannot be made, the reload goes
+ahead and they are tried again: an authorization change, a revocation say, is never held
+back), and, while the shared inbox stream of an earlier release still exists, move the mail
+it holds into the inbox streams every MIGRATE_SECONDS (a full inbox refuses it until its
+agency has consumed what it holds; broker/streams.py `migrate_shared_inbox`). The reload waits for
 nats-server to confirm it, so it runs in a worker thread, never on the event loop. It also
 runs the `ConnectionWatch` reporting agencies logged in more than once. All its loops run
 under one supervisor (runtime/supervisor.py), whose deaths `health` reports.
@@ -23,7 +28,6 @@ rewrites that server's authorization include file and signals it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,7 +39,7 @@ from runtime.endpoint import BusEndpoint
 from runtime.files import replace_file
 from runtime.supervisor import Supervisor
 
-from .authz import authorization_block
+from .authz import ServiceKeys, authorization_block
 from .connections import ConnectionWatch
 from .follower import TRANSIENT, DirectoryFollower
 from .server import ReloadFailed
@@ -64,11 +68,18 @@ def attachment_owners(directory: Directory) -> list[str]:
     return [a.agency for a in directory.agencies if "auditor" not in a.roles]
 
 
-def authorization_for(directory: Directory, *, operators: Sequence[str]) -> str:
-    """The authorization block for `directory`: each agency by its NKey and roles."""
+def authorization_for(directory: Directory, *, services: ServiceKeys) -> str:
+    """The authorization block for `directory`: each agency by its NKey and roles, and the
+    operators, ledgers and bus authorities of `services`."""
     agencies = [(a.agency, a.nats_key) for a in directory.agencies if "auditor" not in a.roles]
     auditors = [a.nats_key for a in directory.agencies if "auditor" in a.roles]
-    return authorization_block(agencies=agencies, auditors=auditors, operators=list(operators))
+    return authorization_block(
+        agencies=agencies,
+        auditors=auditors,
+        operators=services.operators,
+        ledgers=services.ledgers,
+        authorities=services.authorities,
+    )
 
 
 class ReloadTarget(Protocol):
@@ -97,13 +108,22 @@ class DirectoryAuthority:
         server: ReloadTarget,
         *,
         pinned_root: Path,
-        operator_key: str,
-        operator_seed: bytes,
+        nkeys_seed: bytes,
+        services: ServiceKeys,
+        inbox_prefix: str | None = None,
+        provisioning_seed: bytes | None = None,
         warning_seconds: int = DEFAULT_LIMITS.expiry_warning_seconds,
         replicas: int = 1,
         trust_cache: Path | None = None,
     ) -> None:
-        """`replicas`: of the inbox stream and attachment bucket it makes for an agency that
+        """`nkeys_seed`: the NKey it reads the directory bucket with (replies under
+        `inbox_prefix`, the one its permissions allow; None: nats-py's `_INBOX`).
+        `services`: the NKeys other than the directory's that every authorization admits.
+        `provisioning_seed`: an operator's seed with which it makes the stores of newly
+        admitted agencies and moves leftover shared-inbox mail; None: it writes nothing to
+        the bus.
+
+        `replicas`: of the inbox stream and attachment bucket it makes for an agency that
         has none (the bus's, 3 on a three-node cluster). An existing stream is never changed
         here, its replicas neither: `nrm bus provision --replicas` does that.
 
@@ -112,8 +132,8 @@ class DirectoryAuthority:
         older directory put back into the bucket is refused as before (the trust floor)."""
         self.server = server
         self.replicas = replicas
-        self.operators = [operator_key]
-        self.operator_seed = operator_seed
+        self.services = services
+        self.provisioning_seed = provisioning_seed
         self.applied: str | None = None
         #: The version of the last directory whose authorization nats-server refused.
         self.reload_failed: int | None = None
@@ -127,7 +147,8 @@ class DirectoryAuthority:
         )
         self.follower = DirectoryFollower(
             endpoint=None,  # set in start(): a server started without a port has one only then
-            nkeys_seed=operator_seed,
+            nkeys_seed=nkeys_seed,
+            inbox_prefix=inbox_prefix,
             pinned_root=pinned_root,
             on_directory=self._accepted,
             on_root=self._root_accepted,
@@ -152,7 +173,7 @@ class DirectoryAuthority:
 
     def apply(self, directory: Directory) -> None:
         """Reload the server with the authorization of `directory` if it changed anything."""
-        block = authorization_for(directory, operators=self.operators)
+        block = authorization_for(directory, services=self.services)
         if block != self.applied:
             self.server.reload(block)
             self.applied = block
@@ -214,12 +235,12 @@ class DirectoryAuthority:
             if directory is None:
                 continue
             missing = [a for a in attachment_owners(directory) if a not in self.provisioned]
-            if missing:
+            if missing and self.provisioning_seed is not None:
                 try:
                     await provision_stores_for(
                         self._endpoint(),
                         missing,
-                        nkeys_seed=self.operator_seed,
+                        nkeys_seed=self.provisioning_seed,
                         replicas=self.replicas,
                     )
                 except TRANSIENT as e:
@@ -252,11 +273,14 @@ class DirectoryAuthority:
 
     async def _migrations(self) -> None:
         """Move what the retired shared inbox stream still holds for the provisioned
-        agencies every MIGRATE_SECONDS, until it is gone (at once if there is none)."""
+        agencies every MIGRATE_SECONDS, until it is gone (at once if there is none). Only
+        with a `provisioning_seed`: else `nrm bus provision` moves it."""
+        if self.provisioning_seed is None:
+            return
         while True:
             try:
                 pending = await migrate_leftovers(
-                    self._endpoint(), sorted(self.provisioned), nkeys_seed=self.operator_seed
+                    self._endpoint(), sorted(self.provisioned), nkeys_seed=self.provisioning_seed
                 )
             except TRANSIENT as e:
                 log.warning("shared_inbox_migration_failed", error=type(e).__name__)

@@ -17,6 +17,17 @@ the client signs it with its seed; no password is ever sent or stored). There is
 - **Auditors** subscribe to `nrm.v1.audit.>` and read the directory bucket. Their replies
   use the prefix `_nrm_inbox.auditor-<first 8 characters of the NKey, lowercased>` (see
   `auditor_reply_prefix`); agency ids starting with `auditor-` are therefore reserved.
+- **Ledgers** (broker/ledger.py, connecting with their own key folder's NKey) read the
+  directory bucket as auditors do and consume the audit stream through their durable pull
+  consumer `ledger` only: its create (the form naming the filter), info, delete (a replay
+  after a restore), next and acks. They publish nothing else: no inbox, no audit subject,
+  no directory key, no stream or bucket.
+- **Bus authorities** (`nrm bus authority`, one per node, each with its own NKey) read the
+  directory bucket and nothing else; what they change is their node's authorization file,
+  never the bus. The stores of an agency a directory admits are made by the operator who
+  publishes it (`nrm directory publish`, docs/DESIGN.md "Who holds which bus credential").
+  Ledgers and authorities reply on `_nrm_service.<ledger|authority>-<8 characters of the
+  NKey, lowercased>` (`service_reply_prefix`), a root no agency's replies share.
 - **Operators** (bus administrators) have the whole JetStream API and write the directory
   bucket; they use the default `_INBOX.>` replies. They publish to inboxes only to move the
   mail of an earlier release's shared inbox stream into the per-agency ones
@@ -31,9 +42,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from broker.server import conf_string
 from keys.subjects import (
+    AUDIT_STREAM,
     AUDIT_SUBJECTS,
     DIRECTORY_BUCKET,
     PREFIX,
@@ -57,6 +70,11 @@ AUDITOR_PREFIX = "auditor-"
 #: The JetStream stream behind the directory bucket, and the subjects of its keys.
 DIRECTORY_STREAM = f"KV_{DIRECTORY_BUCKET}"
 DIRECTORY_KEYS = f"$KV.{DIRECTORY_BUCKET}.>"
+#: The ledger's durable pull consumer on the audit stream.
+LEDGER_CONSUMER = "ledger"
+#: Where the service identities' replies go: outside `_nrm_inbox.`, so no agency id (whose
+#: replies are `_nrm_inbox.<id>`) can name them.
+SERVICE_REPLY_ROOT = "_nrm_service"
 #: The account info request (limits, usage) that common NATS clients send first.
 JS_INFO = "$JS.API.INFO"
 
@@ -65,6 +83,34 @@ def auditor_reply_prefix(nkey: str) -> str:
     """The reply-subject prefix an auditor connects with: `_nrm_inbox.auditor-<8 chars>`."""
     _check_nkey(nkey)
     return f"_nrm_inbox.{AUDITOR_PREFIX}{nkey[:8].lower()}"
+
+
+def service_reply_prefix(kind: str, nkey: str) -> str:
+    """The reply-subject prefix a ledger (`kind` "ledger") or a bus authority ("authority")
+    connects with: `_nrm_service.<kind>-<8 characters of its NKey, lowercased>`."""
+    if kind not in ("ledger", "authority"):
+        raise ValueError(f"no service kind {kind!r}")
+    _check_nkey(nkey)
+    return f"{SERVICE_REPLY_ROOT}.{kind}-{nkey[:8].lower()}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceKeys:
+    """The public NKeys the bus admits besides the directory's agencies, each kind with its
+    own permissions: `operators` (everything, broker/streams.py provisioning and
+    `nrm directory publish`), `ledgers` (their audit consumer) and `authorities` (reading
+    the directory). They come from configuration (cluster.toml `[trust]`, authority.toml
+    `operator_nkeys`/`ledger_nkeys`/`authority_nkeys`, `nrm bus up` options), never from the
+    directory: an authority must be admitted before it can read any directory."""
+
+    operators: tuple[str, ...]
+    ledgers: tuple[str, ...] = ()
+    authorities: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for kind in (self.operators, self.ledgers, self.authorities):
+            for nkey in kind:
+                _check_nkey(nkey)
 
 
 def directory_reader_publish() -> list[str]:
@@ -162,6 +208,38 @@ def auditor_permissions(nkey: str) -> tuple[list[str], list[str], list[str], lis
     )
 
 
+def ledger_permissions(nkey: str) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(publish allow, publish deny, subscribe allow, subscribe deny) for a ledger: the
+    directory as an auditor reads it, and its own pull consumer on the audit stream (the
+    events come as replies to its fetches, on its own reply subjects)."""
+    consumer = f"{AUDIT_STREAM}.{LEDGER_CONSUMER}"
+    return (
+        [
+            *directory_reader_publish(),
+            # The form naming the filter (nats-py's for a named consumer with one filter).
+            f"$JS.API.CONSUMER.CREATE.{consumer}.{AUDIT_SUBJECTS}",
+            f"$JS.API.CONSUMER.INFO.{consumer}",
+            f"$JS.API.CONSUMER.DELETE.{consumer}",  # a replay after a restore (§9.4)
+            f"$JS.API.CONSUMER.MSG.NEXT.{consumer}",
+            f"$JS.ACK.{consumer}.>",
+        ],
+        [DIRECTORY_KEYS, "$JS.API.CONSUMER.DURABLE.CREATE.>"],
+        [f"{service_reply_prefix('ledger', nkey)}.>"],
+        ["_INBOX.>", f"{PREFIX}.>"],
+    )
+
+
+def authority_permissions(nkey: str) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(publish allow, publish deny, subscribe allow, subscribe deny) for a bus authority:
+    reading the directory bucket, nothing more."""
+    return (
+        directory_reader_publish(),
+        [DIRECTORY_KEYS, "$JS.API.CONSUMER.DURABLE.CREATE.>"],
+        [f"{service_reply_prefix('authority', nkey)}.>"],
+        ["_INBOX.>", f"{PREFIX}.>"],
+    )
+
+
 def operator_permissions() -> tuple[list[str], list[str], list[str], list[str]]:
     """(publish allow, publish deny, subscribe allow, subscribe deny) for a bus operator."""
     return (["$JS.>", DIRECTORY_KEYS, f"{PREFIX}.msg.*"], [], ["_INBOX.>"], [])
@@ -172,11 +250,14 @@ def authorization_block(
     agencies: Sequence[tuple[str, str]],
     auditors: Sequence[str],
     operators: Sequence[str],
+    ledgers: Sequence[str] = (),
+    authorities: Sequence[str] = (),
 ) -> str:
     """The nats-server `authorization { users = [...] }` block for these users.
 
-    `agencies` are (agency id, NKey public key); `auditors` and `operators` are NKey public
-    keys. Raises ValueError on an invalid id or key, a reserved id, or a key used twice.
+    `agencies` are (agency id, NKey public key); `auditors`, `operators`, `ledgers` and
+    `authorities` (the bus authorities) are NKey public keys. Raises ValueError on an
+    invalid id or key, a reserved id, or a key used twice.
     """
     entries: list[tuple[str, str, tuple[list[str], list[str], list[str], list[str]]]] = []
     seen_ids: set[str] = set()
@@ -192,6 +273,10 @@ def authorization_block(
         entries.append((f"agency {agency}", nkey, agency_permissions(agency, readable=readable)))
     for nkey in auditors:
         entries.append((f"auditor {auditor_reply_prefix(nkey)}", nkey, auditor_permissions(nkey)))
+    for nkey in ledgers:
+        entries.append(("ledger", nkey, ledger_permissions(nkey)))
+    for nkey in authorities:
+        entries.append(("bus authority", nkey, authority_permissions(nkey)))
     for nkey in operators:
         entries.append(("operator", nkey, operator_permissions()))
 

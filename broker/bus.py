@@ -25,6 +25,7 @@ from runtime import clock
 from runtime.keydir import load_key_dir
 
 from .authority import DirectoryAuthority, attachment_owners, authorization_for
+from .authz import ServiceKeys
 from .server import NatsServer, ServerTls
 from .streams import provision
 from .trust_status import serve_status
@@ -42,13 +43,16 @@ class BusTrust:
 
     `trust_roots` is the pinned root (root.1.json) followed by any later roots in order,
     each verified against the one before; `directory` a signed directory.json;
-    `operator_keys` the operator's key directory (its NKey seed, encrypted).
+    `operator_keys` the operator's key directory (its NKey seed, encrypted): the embedded
+    bus provisions with it, and its authority makes a newly admitted agency's stores with it;
+    `ledger_nkeys` the public NKeys of the ledgers it admits (their own, broker/authz.py).
     """
 
     trust_roots: Sequence[Path]
     directory: Path
     operator_keys: Path
     passphrase: bytes = field(repr=False)
+    ledger_nkeys: Sequence[str] = ()
     #: Where to serve /healthz and /metrics (host, port), or None for nowhere.
     status_bind: tuple[str, int] | None = None
     #: How long before expiry /healthz turns to "warning".
@@ -97,14 +101,16 @@ def run_foreground(
     operator = load_key_dir(trust.operator_keys, passphrase=trust.passphrase)
     if operator.nats_seed is None or operator.public.nats_key is None:
         raise KeyFileError(f"the operator keys in {trust.operator_keys} have no NATS key")
-    authorization = authorization_for(directory, operators=[operator.public.nats_key])
+    services = ServiceKeys(operators=(operator.public.nats_key,), ledgers=tuple(trust.ledger_nkeys))
+    authorization = authorization_for(directory, services=services)
     where = _listen(listen, port)
     server = where.server(store_dir, extra_config=authorization)
     authority = DirectoryAuthority(
         server,
         pinned_root=trust.trust_roots[0],
-        operator_key=operator.public.nats_key,
-        operator_seed=operator.nats_seed,
+        nkeys_seed=operator.nats_seed,
+        services=services,
+        provisioning_seed=operator.nats_seed,
         warning_seconds=trust.warning_seconds,
     )
     authority.follower.restore(later_roots, directory_bytes)

@@ -29,6 +29,7 @@ from keys.limits import DEFAULT_LIMITS
 from runtime.config import ConfigError, Table, bind_address, path_in, read_config
 from runtime.tomlfile import dumps
 
+from .authz import ServiceKeys
 from .server import HEADER_ALLOWANCE_BYTES, ServerTls, conf_string, local_host, tls_block
 
 #: The cluster name all nodes share (nats-server refuses routes from another cluster name).
@@ -149,7 +150,8 @@ class AuthoritySettings:
     """What every node's `nrm bus authority` is given (paths on the node)."""
 
     trust_root: str
-    operator_key_dir: str
+    #: The authority's own key folder (`nrm keys init`) on every node, each with its own keys.
+    key_dir: str
     passphrase_file: str
     #: Where the node's files are installed; None: beside authority.toml (relative names).
     config_dir: str | None = None
@@ -161,27 +163,30 @@ class AuthoritySettings:
 @dataclass(frozen=True, slots=True)
 class ClusterSpec:
     """A whole cluster: nodes, TLS for clients and routes, the trust documents the initial
-    authorization comes from, and the authorities' settings."""
+    authorization comes from, the identity files of the bus users that are not in the
+    directory (the operator, the ledger, every node's authority), and the authorities'
+    settings."""
 
     nodes: tuple[ClusterNode, ...]
     roots: tuple[Path, ...]
     directory: Path
     operator_identity: Path
     authority: AuthoritySettings
+    #: The ledger's identity.json (its NATS key logs in as a ledger).
+    ledger_identity: Path
+    #: Each node's authority's identity.json (one per node, or one they share).
+    authority_identities: tuple[Path, ...]
     cluster_name: str = DEFAULT_CLUSTER_NAME
     client_tls: ServerTls | None = None
     route_tls: ServerTls | None = None
-    #: Replicas of the inbox stream and bucket an authority makes for a new agency (and
-    #: of everything `nrm bus provision --replicas` makes): 3 unless the spec says.
-    replicas: int = 3
     #: Routes in the clear (no `route_tls`): only for nodes on a private network nobody
     #: else reaches; routes carry every message and the JetStream replication.
     insecure_routes: bool = False
 
     def __post_init__(self) -> None:
         _check(self.nodes)
-        if not 1 <= self.replicas <= min(len(self.nodes), 5):
-            raise ConfigError("replicas must be from 1 to the number of nodes (at most 5)")
+        if not self.authority_identities:
+            raise ConfigError("trust.authority_identities must list the authorities' identity.json")
         if self.route_tls is None and not self.insecure_routes:
             raise ConfigError(
                 "give [route_tls] (routes carry every message): routes in the clear only "
@@ -276,7 +281,27 @@ def _node_of(table: Table) -> ClusterNode:
     )
 
 
+#: Settings of earlier releases that are refused with what replaces them.
+RETIRED_SETTINGS = {
+    "authority.operator_key_dir": (
+        "authority.operator_key_dir is no longer read: give authority.key_dir (each "
+        "authority's own keys, `nrm keys init`) and trust.authority_identities (their "
+        "identity.json files) and trust.ledger_identity; no bus host holds the operator's key "
+        "(CHANGELOG, Upgrade)"
+    ),
+    "replicas": (
+        "replicas is no longer read: the authorities make no streams (`nrm directory publish` "
+        "makes a new agency's with the replicas of the directory bucket, `nrm bus provision "
+        "--replicas` the rest); remove it"
+    ),
+}
+
+
 def _spec_of(table: Table, base: Path) -> ClusterSpec:
+    if "operator_key_dir" in table.get("authority", {}):
+        raise ConfigError(RETIRED_SETTINGS["authority.operator_key_dir"])
+    if "replicas" in table:
+        raise ConfigError(RETIRED_SETTINGS["replicas"])
     trust = table.table("trust", required=True)
     roots = trust["roots"]
     if not isinstance(roots, list) or not roots:
@@ -302,15 +327,16 @@ def _spec_of(table: Table, base: Path) -> ClusterSpec:
         operator_identity=path_in(
             trust["operator_identity"], base=base, key="trust.operator_identity"
         ),
+        ledger_identity=path_in(trust["ledger_identity"], base=base, key="trust.ledger_identity"),
+        authority_identities=_paths(trust, "authority_identities", base),
         authority=AuthoritySettings(
             trust_root=_node_path(authority, "trust_root"),
-            operator_key_dir=_node_path(authority, "operator_key_dir"),
+            key_dir=_node_path(authority, "key_dir"),
             passphrase_file=_node_path(authority, "passphrase_file"),
             config_dir=_optional_node_path(authority, "config_dir"),
             nats_tls=nats_tls,
         ),
         cluster_name=str(table.get("cluster_name", DEFAULT_CLUSTER_NAME)),
-        replicas=_replicas(table.get("replicas", 3)),
         insecure_routes=_flag(table, "insecure_routes"),
         client_tls=_server_tls(table.table("client_tls")) if "client_tls" in table else None,
         route_tls=_server_tls(table.table("route_tls")) if "route_tls" in table else None,
@@ -324,10 +350,11 @@ def _flag(table: Table, key: str) -> bool:
     return value
 
 
-def _replicas(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError("replicas must be a whole number")
-    return value
+def _paths(table: Table, key: str, base: Path) -> tuple[Path, ...]:
+    value = table[key]
+    if not isinstance(value, list):
+        raise ConfigError(f"{table.where}{key} must be a list of files")
+    return tuple(path_in(v, base=base, key=f"{table.where}{key}") for v in value)
 
 
 def authorization_file_name(node: ClusterNode) -> str:
@@ -364,8 +391,9 @@ def node_config(node: ClusterNode, spec: ClusterSpec) -> str:
     return text + f"include {conf_string(authorization_file_name(node))}\n"
 
 
-def authority_config(node: ClusterNode, spec: ClusterSpec) -> str:
-    """The authority.toml of `node`'s `nrm bus authority` (the keys of broker/external.py)."""
+def authority_config(node: ClusterNode, spec: ClusterSpec, services: ServiceKeys) -> str:
+    """The authority.toml of `node`'s `nrm bus authority` (the keys of broker/external.py);
+    `services` are the NKeys of the spec's operator, ledger and authority identities."""
     a = spec.authority
     scheme = "nats" if spec.client_tls is None else "tls"
     # Every node (nats-py tries them in random order): the authority follows and
@@ -387,24 +415,31 @@ def authority_config(node: ClusterNode, spec: ClusterSpec) -> str:
             "monitor_url": node.monitor_url,
             "log_file": node.log_file,
             "trust_root": a.trust_root,
-            "operator_key_dir": a.operator_key_dir,
+            "key_dir": a.key_dir,
             "passphrase_file": a.passphrase_file,
             "status_bind": node.status_bind,
             "trust_cache": trust,
-            "replicas": spec.replicas,
+            "operator_nkeys": list(services.operators),
+            "ledger_nkeys": list(services.ledgers),
+            "authority_nkeys": list(services.authorities),
             "nats_tls": dict(sorted(a.nats_tls.items())) or None,
         },
         header=f"{node.name}: the authority beside this node's nats-server.\n"
-        "Generated by `nrm cluster config`; run `nrm bus authority --config <this file>`.",
+        "Generated by `nrm cluster config`; run `nrm bus authority --config <this file>`.\n"
+        "operator_nkeys, ledger_nkeys, authority_nkeys: the bus users beside the directory's\n"
+        "agencies (cluster.toml [trust]).",
     )
 
 
-def cluster_files(spec: ClusterSpec, *, authorization: str) -> dict[str, tuple[str, int]]:
+def cluster_files(
+    spec: ClusterSpec, *, authorization: str, services: ServiceKeys
+) -> dict[str, tuple[str, int]]:
     """Every file of the cluster, by file name: (text, mode). `authorization` is the block
-    of the verified directory (`broker.authority.authorization_for`)."""
+    of the verified directory (`broker.authority.authorization_for` with `services`, the
+    NKeys of the spec's identity files)."""
     files: dict[str, tuple[str, int]] = {}
     for node in spec.nodes:
         files[f"{node.name}.conf"] = (node_config(node, spec), CONF_MODE)
         files[authorization_file_name(node)] = (authorization, AUTHORIZATION_MODE)
-        files[f"{node.name}.authority.toml"] = (authority_config(node, spec), CONF_MODE)
+        files[f"{node.name}.authority.toml"] = (authority_config(node, spec, services), CONF_MODE)
     return files

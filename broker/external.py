@@ -3,9 +3,14 @@
 One small process per node (a systemd unit, or a Kubernetes sidecar sharing the server's
 process namespace) keeps that node's authorization in step with the directory exactly as
 `nrm bus up` does for its embedded server: a `DirectoryAuthority` follows the directory
-bucket, verifying every update from the pinned root as agents do, and provisions a newly
-admitted agency's inbox stream and attachment bucket before the reload. What it reloads is
-an `ExternalServer`:
+bucket, verifying every update from the pinned root as agents do. It logs in with an NKey of
+its own (`key_dir`, made with `nrm keys init`), which the bus admits as a bus authority
+(broker/authz.py): it reads the directory bucket and writes nothing to the bus. The host
+holds no operator key: a newly admitted agency's inbox stream and attachment bucket are made
+by `nrm directory publish` before it puts the directory in the bucket. The NKeys the
+authorization admits besides the directory's agencies (operators, ledgers, every node's
+authority) are in the configuration (`operator_nkeys`, `ledger_nkeys`, `authority_nkeys`).
+What it reloads is an `ExternalServer`:
 
 1. it writes the authorization the node's configuration `include`s (`authorization_file`,
    written atomically, 0600: runtime/files.py);
@@ -35,14 +40,16 @@ Connections for the ConnectionWatch come from the node's `/connz`. Configuration
     monitor_url        = "http://127.0.0.1:8222"
     log_file           = "/var/log/nrm/nats-1.log"          # optional
     trust_root         = "/etc/nrm/trust/root.1.json"
-    operator_key_dir   = "/etc/nrm/operator"
-    passphrase_file    = "/etc/nrm/operator/passphrase"
+    key_dir            = "/etc/nrm/authority"               # its own NATS identity
+    passphrase_file    = "/etc/nrm/authority/passphrase"
+    operator_nkeys     = ["U..."]                           # the bus operator(s)
+    ledger_nkeys       = ["U..."]                           # the ledger(s); may be []
+    authority_nkeys    = ["U...", "U...", "U..."]           # every node's authority,
+                                                            # its own among them
     status_bind        = "127.0.0.1:8223"                   # optional: /healthz, /metrics
     trust_cache        = "/etc/nrm/nats/nrm-1.trust"        # optional ("trust", beside this
                                                             # file): accepted roots and
                                                             # directory, kept across restarts
-    replicas           = 3                                  # optional (1): new agencies'
-                                                            # inbox streams and buckets
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ from runtime.files import fsync_dir, replace_file
 from runtime.keydir import load_key_dir, read_passphrase
 
 from .authority import DirectoryAuthority
+from .authz import USER_NKEY_PATTERN, ServiceKeys, service_reply_prefix
 from .server import (
     RELOAD_TIMEOUT_SECONDS,
     Loaded,
@@ -76,14 +84,27 @@ from .trust_status import serve_status
 log = structlog.get_logger("nrm.broker")
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-#: The most replicas a JetStream stream has.
-MAX_REPLICAS = 5
 #: How often a reload in progress asks the monitoring port again.
 _POLL_SECONDS = 0.05
 #: How often the authority checks that the server still runs what it applied.
 DRIFT_SECONDS = 30.0
 #: What /proc/<pid>/comm says for the server (checked before signalling a pid).
 NATS_SERVER_COMMAND = "nats-server"
+
+
+#: Settings of earlier releases that are refused with what replaces them.
+RETIRED_SETTINGS = {
+    "operator_key_dir": (
+        "operator_key_dir is no longer read: the authority logs in with its own key_dir "
+        "(`nrm keys init`) and knows the operator by operator_nkeys (and ledger_nkeys, "
+        "authority_nkeys); regenerate authority.toml with `nrm cluster config` and remove the "
+        "operator's key from this host (CHANGELOG, Upgrade)"
+    ),
+    "replicas": (
+        "replicas is no longer read: the authority makes no streams (`nrm directory publish` "
+        "makes a new agency's with the replicas of the directory bucket); remove it"
+    ),
+}
 
 
 #: A user's public NKey, as the authorization block and /connz's `authorized_user` name it.
@@ -310,11 +331,13 @@ class AuthorityConfig:
     pid_file: Path
     monitor_url: str
     trust_root: Path
-    operator_key_dir: Path
+    #: The authority's own key folder: it logs in to the bus with its NATS seed.
+    key_dir: Path
+    #: The NKeys every authorization admits besides the directory's agencies.
+    services: ServiceKeys
     passphrase_file: Path = field(repr=False)
     log_file: Path | None = None
     status_bind: tuple[str, int] | None = None
-    replicas: int = 1
     trust_cache: Path = Path("trust")
 
     @classmethod
@@ -324,6 +347,9 @@ class AuthorityConfig:
 
     @classmethod
     def _of(cls, t: Table, base: Path) -> AuthorityConfig:
+        for key, why in RETIRED_SETTINGS.items():
+            if key in t:
+                raise ConfigError(why)
         name = t["node_name"]
         if not isinstance(name, str) or not name:
             raise ConfigError("node_name must be the node's server name")
@@ -332,11 +358,6 @@ class AuthorityConfig:
             Monitoring.of_url(monitor_url)
         except ValueError as e:
             raise ConfigError(f"monitor_url: {e}") from e
-        replicas = t.get("replicas", 1)
-        if isinstance(replicas, bool) or not isinstance(replicas, int):
-            raise ConfigError("replicas must be a whole number")
-        if not 1 <= replicas <= MAX_REPLICAS:
-            raise ConfigError(f"replicas must be from 1 to {MAX_REPLICAS}")
 
         def path(key: str) -> Path:
             return path_in(t[key], base=base, key=key)
@@ -348,27 +369,47 @@ class AuthorityConfig:
             pid_file=path("pid_file"),
             monitor_url=monitor_url,
             trust_root=path("trust_root"),
-            operator_key_dir=path("operator_key_dir"),
+            key_dir=path("key_dir"),
             passphrase_file=path("passphrase_file"),
+            services=ServiceKeys(
+                operators=_nkeys(t, "operator_nkeys", at_least=1),
+                ledgers=_nkeys(t, "ledger_nkeys", at_least=0),
+                authorities=_nkeys(t, "authority_nkeys", at_least=1),
+            ),
             log_file=path("log_file") if "log_file" in t else None,
             status_bind=(
                 bind_address(t["status_bind"], key="status_bind") if "status_bind" in t else None
             ),
-            replicas=replicas,
             trust_cache=path_in(t.get("trust_cache", "trust"), base=base, key="trust_cache"),
         )
+
+
+def _nkeys(t: Table, key: str, *, at_least: int) -> tuple[str, ...]:
+    value = t[key]
+    if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"{key} must be a list of public NKeys (U...)")
+    for nkey in value:
+        if not USER_NKEY_PATTERN.fullmatch(nkey):
+            raise ConfigError(f"{key}: not a user's public NKey: {nkey!r}")
+    if len(value) < at_least:
+        raise ConfigError(f"{key} must list at least {at_least} NKey(s)")
+    return tuple(value)
 
 
 def run_authority(
     config: AuthorityConfig, *, warning_seconds: int = DEFAULT_LIMITS.expiry_warning_seconds
 ) -> int:
     """Follow the directory and keep the node's authorization in step until SIGINT/SIGTERM.
-    KeyFileError if the operator's keys cannot be opened (before anything starts)."""
-    operator = load_key_dir(
-        config.operator_key_dir, passphrase=read_passphrase(file=config.passphrase_file)
-    )
-    if operator.nats_seed is None or operator.public.nats_key is None:
-        raise KeyFileError(f"the operator keys in {config.operator_key_dir} have no NATS key")
+    KeyFileError if its keys cannot be opened, have no NATS key, or that key is not among
+    `authority_nkeys` (before anything starts: its own node would refuse it)."""
+    own = load_key_dir(config.key_dir, passphrase=read_passphrase(file=config.passphrase_file))
+    if own.nats_seed is None or own.public.nats_key is None:
+        raise KeyFileError(f"the keys in {config.key_dir} have no NATS key")
+    if own.public.nats_key not in config.services.authorities:
+        raise KeyFileError(
+            f"the NATS key of {config.key_dir} ({own.public.nats_key}) is not among "
+            "authority_nkeys: the bus would refuse it"
+        )
     server = ExternalServer(
         endpoint=config.endpoint,
         authorization_file=config.authorization_file,
@@ -379,10 +420,10 @@ def run_authority(
     authority = DirectoryAuthority(
         server,
         pinned_root=config.trust_root,
-        operator_key=operator.public.nats_key,
-        operator_seed=operator.nats_seed,
+        nkeys_seed=own.nats_seed,
+        inbox_prefix=service_reply_prefix("authority", own.public.nats_key),
+        services=config.services,
         warning_seconds=warning_seconds,
-        replicas=config.replicas,
         trust_cache=config.trust_cache,
     )
     authority.restore_trust()  # the trust floor: what it accepted before this start

@@ -1,7 +1,10 @@
 """Follows the trust directory published in the bucket, verifying from a pinned root.
 
 Shared by the bus authority (which reloads nats-server's authorization) and the ledger
-(which verifies audit events against every directory version it has seen).
+(which verifies audit events against every directory version it has seen). The bucket's
+stream is read as agents read it (agents/transport.py `_watch_directory`): message by
+message (`STREAM.MSG.GET`, next by subject), polled every POLL_SECONDS, never through a
+consumer, which the ledger's and the authorities' own NKeys may not create (broker/authz.py).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 import nats
 import nats.errors
+import nats.js.errors
 import structlog
 
 from keys import DEFAULT_LIMITS
@@ -27,6 +31,11 @@ from runtime.supervisor import Supervisor
 log = structlog.get_logger("nrm.broker")
 
 TRANSIENT = (nats.errors.Error, TimeoutError, OSError, ConnectionError)
+#: How often the directory bucket is asked for what is new.
+POLL_SECONDS = 0.5
+#: The stream behind the directory bucket, and the subject prefix of its keys.
+DIRECTORY_STREAM = f"KV_{DIRECTORY_BUCKET}"
+_KEY_PREFIX = f"$KV.{DIRECTORY_BUCKET}."
 
 #: Called with each newly accepted directory and its signed bytes.
 OnDirectory = Callable[[Directory, bytes], None]
@@ -49,6 +58,7 @@ class DirectoryFollower:
         pinned_root: Path,
         on_directory: OnDirectory,
         name: str,
+        inbox_prefix: str | None = None,
         on_root: OnRoot | None = None,
         warning_seconds: int = DEFAULT_LIMITS.expiry_warning_seconds,
         supervisor: Supervisor | None = None,
@@ -59,6 +69,8 @@ class DirectoryFollower:
         #: Runs the watch; its owner's, so that a death shows in the owner's health.
         self.supervisor = supervisor or Supervisor(name)
         self.nkeys_seed = nkeys_seed
+        #: The reply subjects its NKey may subscribe to (broker/authz.py); None: `_INBOX`.
+        self.inbox_prefix = inbox_prefix
         self.on_directory = on_directory
         self.on_root = on_root
         self.name = name
@@ -147,18 +159,18 @@ class DirectoryFollower:
                     connect_timeout=2,
                     name=f"nrm-{self.name}-directory",
                     error_cb=on_error,
+                    inbox_prefix=self.inbox_prefix or "_INBOX",  # nats-py's default
                 )
                 try:
-                    kv = await nc.jetstream().key_value(DIRECTORY_BUCKET)
-                    watcher = await kv.watchall()
-                    retry.succeeded()
+                    js = nc.jetstream()
+                    seq, first = 1, True
                     while self._running:
-                        try:
-                            entry = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
-                        except (nats.errors.TimeoutError, TimeoutError):
-                            continue
-                        if entry is not None and entry.value is not None:
-                            self.offer(entry.key, entry.value)
+                        found, seq = await read_directory_bucket(js, seq, newest_only=first)
+                        retry.succeeded()
+                        for key, value in found:
+                            self.offer(key, value)
+                        first = False
+                        await asyncio.sleep(POLL_SECONDS)
                 finally:
                     await close_client(nc)  # over TLS with the bus down too
             except TRANSIENT as e:
@@ -166,3 +178,26 @@ class DirectoryFollower:
                     "directory_follow_interrupted", follower=self.name, error=type(e).__name__
                 )
                 await asyncio.sleep(retry.next_delay())
+
+
+async def read_directory_bucket(
+    js: Any, seq: int, *, newest_only: bool
+) -> tuple[list[tuple[str, bytes]], int]:
+    """Every (key, value) the directory bucket's stream holds from sequence `seq` on, in
+    order (with `newest_only`, only the newest value of each key, as a key-value watch
+    starts), deletion markers left out; and the sequence to read from next."""
+    cursor, found = seq, dict[int, tuple[str, bytes | None]]()
+    while True:
+        try:
+            msg = await js.get_msg(
+                DIRECTORY_STREAM, seq=cursor, subject=f"{_KEY_PREFIX}>", next=True
+            )
+        except nats.js.errors.NotFoundError:  # nothing newer (or no bucket yet)
+            break
+        if msg.seq is None or msg.subject is None:
+            break  # not an answer nats-server gives
+        found[msg.seq] = (msg.subject.removeprefix(_KEY_PREFIX), msg.data)
+        cursor = msg.seq + 1
+    if newest_only:
+        found = {n: found[n] for n in {key: n for n, (key, _) in found.items()}.values()}
+    return [(key, value) for _, (key, value) in sorted(found.items()) if value], cursor

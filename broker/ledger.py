@@ -1,6 +1,11 @@
 """The audit ledger: consumes signed audit events, verifies them, appends them to an
 RFC 6962 Merkle tree in SQLite, and signs checkpoints (PROTOCOL.md §9).
 
+It connects to the bus with the NATS key of its own key folder (`key_dir`, whose
+identity.json agents already pin to verify its checkpoints), which the bus admits as a
+ledger (broker/authz.py `ledger_permissions`): the directory bucket and its audit consumer,
+nothing else.
+
 Events that fail verification are kept out and counted by reason. Each fetched batch is
 appended in one transaction and its messages are acked only once that commit is on disk; a
 redelivered event (same event id) is acked without a second entry.
@@ -42,6 +47,7 @@ from runtime.reload import LiveTls, refresh_tls, restart_needed
 from runtime.supervisor import Supervisor, pause, unless_stopping
 from runtime.tls import HttpsFiles, check_plain_http, https_files, url_host
 
+from .authz import LEDGER_CONSUMER, service_reply_prefix
 from .follower import TRANSIENT, DirectoryFollower
 from .ledger_migrate import migrate_legacy
 from .ledger_store import LedgerStore
@@ -49,7 +55,15 @@ from .trust_status import service_health
 
 log = structlog.get_logger("nrm.ledger")
 
-LEDGER_CONSUMER = "ledger"
+#: Settings of earlier releases that are refused with what replaces them.
+RETIRED_SETTINGS = {
+    "operator_key_dir": (
+        "operator_key_dir is no longer read: the ledger connects to the bus with its own "
+        "key_dir's NATS key (admitted as a ledger: the bus operator lists its identity.json, "
+        "cluster.toml trust.ledger_identity or `nrm bus up --ledger-identity`); remove the "
+        "setting and the operator's key from this host (CHANGELOG, Upgrade)"
+    ),
+}
 
 
 class LedgerConfigError(ConfigError):
@@ -101,9 +115,9 @@ class LedgerConfig:
     """`nrm ledger run --config ledger.toml`:
 
     name = "national"                   # DNS-like; the checkpoint origin is <name>/nrm-ledger
-    key_dir = "ledger-keys"             # the ledger's own signing key (nrm keys init)
-    operator_key_dir = "operator"       # bus credentials for reading the audit stream
-    passphrase_file = "passphrase"      # for both key files; else $NRM_PASSPHRASE
+    key_dir = "ledger-keys"             # the ledger's own keys (nrm keys init): it signs
+                                        # checkpoints and logs in to the bus with them
+    passphrase_file = "passphrase"      # for its key file; else $NRM_PASSPHRASE
     nats_urls = ["tls://nats-1.example:4222", "tls://nats-2.example:4222"]
     trust_root = "root.json"
     database = "ledger.db"
@@ -129,7 +143,6 @@ class LedgerConfig:
 
     name: str
     key_dir: Path
-    operator_key_dir: Path
     #: Where the bus is and how to reach it (TLS): `nats_urls` and `[nats_tls]`.
     bus: BusEndpoint
     trust_root: Path
@@ -169,6 +182,9 @@ class LedgerConfig:
         except ConfigError as e:
             raise LedgerConfigError(str(e)) from e
         base = path.parent
+        for key, why in RETIRED_SETTINGS.items():
+            if key in table:
+                raise LedgerConfigError(f"{path}: {why}")
 
         def p(key: str) -> Path:
             return path_in(table[key], base=base, key=key)
@@ -194,7 +210,6 @@ class LedgerConfig:
             config = cls(
                 name=str(table["name"]),
                 key_dir=p("key_dir"),
-                operator_key_dir=p("operator_key_dir"),
                 bus=endpoint_from_config(table, base=base),
                 trust_root=p("trust_root"),
                 database=p("database"),
@@ -233,12 +248,16 @@ class LedgerConfig:
 class Ledger:
     """Owns the store, the tree, the audit consumer, the checkpointer and the HTTP API."""
 
-    def __init__(self, config: LedgerConfig, *, signer: AgencyKeys, operator: AgencyKeys) -> None:
-        if operator.nats_seed is None:
-            raise ValueError("the operator keys have no NATS seed")
+    def __init__(self, config: LedgerConfig, *, signer: AgencyKeys) -> None:
+        """`signer`: the ledger's own keys (its key folder): it signs checkpoints with them
+        and logs in to the bus with their NATS seed."""
+        if signer.nats_seed is None or signer.public.nats_key is None:
+            raise ValueError("the ledger's keys have no NATS seed")
         self.config = config
         self.signer = signer
-        self.operator = operator
+        self.nats_seed: bytes = signer.nats_seed
+        #: The reply subjects its NKey may subscribe to (broker/authz.py).
+        self.inbox_prefix = service_reply_prefix("ledger", signer.public.nats_key)
         #: Every background loop of the ledger runs under it; a death degrades /healthz.
         self.supervisor = Supervisor("ledger")
         self.store = LedgerStore(config.database)
@@ -247,7 +266,8 @@ class Ledger:
         self.directory: Directory | None = None
         self.follower = DirectoryFollower(
             endpoint=config.bus,
-            nkeys_seed=operator.nats_seed,
+            nkeys_seed=self.nats_seed,
+            inbox_prefix=self.inbox_prefix,
             pinned_root=config.trust_root,
             on_directory=self._on_directory,
             on_root=self._on_root,
@@ -279,11 +299,7 @@ class Ledger:
     def from_config_file(cls, path: Path) -> Ledger:
         config = LedgerConfig.load(path)
         passphrase = read_passphrase(file=config.passphrase_file)
-        return cls(
-            config,
-            signer=load_key_dir(config.key_dir, passphrase=passphrase),
-            operator=load_key_dir(config.operator_key_dir, passphrase=passphrase),
-        )
+        return cls(config, signer=load_key_dir(config.key_dir, passphrase=passphrase))
 
     def reload(self, path: Path) -> list[str]:
         """Read `path` again (SIGHUP): the tokens and the HTTPS certificate and key take
@@ -441,21 +457,15 @@ class Ledger:
                 self.checkpoint()
 
     async def _consume(self) -> None:
-        assert self.operator.nats_seed is not None
-        config = ConsumerConfig(
-            name=LEDGER_CONSUMER,
-            durable_name=LEDGER_CONSUMER,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=30,
-            filter_subject=AUDIT_SUBJECTS,
-        )
+        config = ledger_consumer_config()
         on_error = logged_errors(log, service="ledger")
         retry = Retry.after(1.0)
         while self._running:
             try:
                 nc = await nats.connect(
                     **self.config.bus.connect_options(),  # servers, tls, tls_hostname
-                    nkeys_seed_str=self.operator.nats_seed.decode(),
+                    nkeys_seed_str=self.nats_seed.decode(),
+                    inbox_prefix=self.inbox_prefix,
                     max_reconnect_attempts=-1,
                     connect_timeout=2,
                     name="nrm-ledger",
@@ -497,6 +507,18 @@ class Ledger:
                 await pause(retry.next_delay(), self._stopping)
             finally:
                 await close_client(nc)  # over TLS with the bus down too (runtime/bus_client.py)
+
+
+def ledger_consumer_config() -> ConsumerConfig:
+    """The ledger's durable pull consumer on the audit stream (the one its NKey may use,
+    broker/authz.py `ledger_permissions`)."""
+    return ConsumerConfig(
+        name=LEDGER_CONSUMER,
+        durable_name=LEDGER_CONSUMER,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=30,
+        filter_subject=AUDIT_SUBJECTS,
+    )
 
 
 def _stored_at(msg: Msg) -> int:

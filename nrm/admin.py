@@ -29,6 +29,9 @@ import nats
 import nats.errors
 from nacl.signing import SigningKey
 
+from broker.authority import attachment_owners
+from broker.authz import ServiceKeys
+from broker.streams import DIRECTORY_STREAM, provision_agency_stores
 from keys import PublicIdentity, UntrustedInputError
 from keys.directory import (
     AgencyEntry,
@@ -85,13 +88,32 @@ def verified_directory(roots: Sequence[Path], directory: Path) -> Directory:
 
 def operator_nats_key(identity: Path) -> str:
     """The NATS key of the bus operator's identity file `identity`."""
+    return identity_nats_key(identity)
+
+
+def identity_nats_key(identity: Path) -> str:
+    """The NATS key of the identity file `identity` (the operator's, the ledger's, a bus
+    authority's); AdminError if it is none or has none."""
     try:
-        operator = PublicIdentity.from_json(identity.read_bytes())
+        found = PublicIdentity.from_json(identity.read_bytes())
+    except OSError as e:
+        raise AdminError(f"cannot read {identity}: {e.strerror}") from e
     except (ValueError, KeyError) as e:
         raise AdminError(f"{identity}: not an identity file ({e})") from e
-    if operator.nats_key is None:
+    if found.nats_key is None:
         raise AdminError(f"{identity}: the identity has no NATS key")
-    return operator.nats_key
+    return found.nats_key
+
+
+def service_keys(
+    *, operators: Sequence[Path], ledgers: Sequence[Path] = (), authorities: Sequence[Path] = ()
+) -> ServiceKeys:
+    """The NKeys of these identity files, for the authorization (broker/authz.py)."""
+    return ServiceKeys(
+        operators=tuple(identity_nats_key(p) for p in operators),
+        ledgers=tuple(identity_nats_key(p) for p in ledgers),
+        authorities=tuple(identity_nats_key(p) for p in authorities),
+    )
 
 
 class BusUnreachableError(AdminError):
@@ -534,9 +556,11 @@ async def publish(
     passphrase: bytes,
     margin_seconds: int | None = None,
 ) -> Directory:
-    """Verify the draft locally (and that it is not about to expire), then put every root
-    and the directory in the KV bucket of `bus` (an endpoint, or URLs in any form
-    runtime.endpoint accepts); BusUnreachableError if no server of it answers."""
+    """Verify the draft locally (and that it is not about to expire), make the inbox stream
+    and attachment bucket of each agency it admits that has none yet (with the replicas of
+    the directory bucket: the bus authorities make none, they hold no operator key), then
+    put every root and the directory in the KV bucket of `bus` (an endpoint, or URLs in any
+    form runtime.endpoint accepts); BusUnreachableError if no server of it answers."""
     directory = publishable_draft(folder, margin_seconds=margin_seconds)
     operator = load_key_dir(folder.path / OPERATOR_DIR, passphrase=passphrase)
     assert operator.nats_seed is not None
@@ -544,7 +568,14 @@ async def publish(
     try:
         nc = await connect_once(endpoint, nkeys_seed=operator.nats_seed, connect_timeout=5)
         try:
-            kv = await nc.jetstream().key_value(DIRECTORY_BUCKET)
+            js = nc.jetstream()
+            kv = await js.key_value(DIRECTORY_BUCKET)
+            # Before the directory that admits them: an agency can connect (once its
+            # authority reloads) only when its stores exist.
+            replicas = (await js.stream_info(DIRECTORY_STREAM)).config.num_replicas or 1
+            await provision_agency_stores(
+                js, attachment_owners(directory), replicas=replicas, create_only=True
+            )
             for v in folder.root_versions():
                 await kv.put(root_key(v), folder.root_path(v).read_bytes())
             await kv.put(DIRECTORY_KEY, folder.directory_bytes())

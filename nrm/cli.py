@@ -295,6 +295,13 @@ def bus() -> None:
     default=None,
     help="The operator's key directory (the admin folder's operator/).",
 )
+@click.option(
+    "--ledger-identity",
+    "ledger_identities",
+    type=PATH,
+    multiple=True,
+    help="The ledger's identity.json: its NATS key may read the audit stream (repeat).",
+)
 @click.option("--passphrase-file", type=PATH, default=None, help="Else $NRM_PASSPHRASE.")
 @click.option(
     "--unsafe-open",
@@ -331,6 +338,7 @@ def bus_up(
     trust_roots: tuple[Path, ...],
     directory_file: Path | None,
     operator_keys: Path | None,
+    ledger_identities: tuple[Path, ...],
     passphrase_file: Path | None,
     unsafe_open: bool,
     open_agencies: tuple[str, ...],
@@ -358,12 +366,17 @@ def bus_up(
         server_tls_verify,
         server_tls_name,
     )
-    secured = bool(trust_roots) or directory_file is not None or operator_keys is not None
+    secured = (
+        bool(trust_roots)
+        or directory_file is not None
+        or operator_keys is not None
+        or bool(ledger_identities)
+    )
     if unsafe_open:
         if secured or status_bind is not None:
             raise click.UsageError(
                 "--unsafe-open cannot be combined with --trust-root/--directory/--operator-keys"
-                "/--status-bind"
+                "/--ledger-identity/--status-bind"
             )
         logs.configure()
         sys.exit(
@@ -381,6 +394,7 @@ def bus_up(
         )
     logs.configure()
     with expected_errors():
+        ledger_nkeys = tuple(admin.identity_nats_key(p) for p in ledger_identities)
         try:
             code = run_foreground(
                 store_dir=store,
@@ -390,6 +404,7 @@ def bus_up(
                     trust_roots=trust_roots,
                     directory=directory_file,
                     operator_keys=operator_keys,
+                    ledger_nkeys=ledger_nkeys,
                     passphrase=read_passphrase(file=passphrase_file),
                     status_bind=bind,
                     warning_seconds=_seconds(expiry_warning_days),
@@ -596,9 +611,13 @@ def cluster_config(spec_path: Path, out: Path, force: bool) -> None:
         except ConfigError as e:
             raise click.ClickException(str(e)) from e
         directory = admin.verified_directory(spec.roots, spec.directory)
-        operator = admin.operator_nats_key(spec.operator_identity)
-        authorization = authorization_for(directory, operators=[operator])
-        files = cluster_files(spec, authorization=authorization)
+        services = admin.service_keys(
+            operators=[spec.operator_identity],
+            ledgers=[spec.ledger_identity],
+            authorities=spec.authority_identities,
+        )
+        authorization = authorization_for(directory, services=services)
+        files = cluster_files(spec, authorization=authorization, services=services)
         kept = [n for n in files if n.endswith(".authorization.conf") and (out / n).exists()]
         if kept and not force:
             raise click.ClickException(
@@ -1311,9 +1330,28 @@ def broker_group() -> None:
     required=True,
     help="The operator's identity.json (its NATS key).",
 )
+@click.option(
+    "--ledger-identity",
+    "ledger_identities",
+    type=PATH,
+    multiple=True,
+    help="The ledger's identity.json (its NATS key reads the audit stream; repeat).",
+)
+@click.option(
+    "--authority-identity",
+    "authority_identities",
+    type=PATH,
+    multiple=True,
+    help="A bus authority's identity.json (its NATS key reads the directory; repeat).",
+)
 @click.option("--out", type=PATH, required=True, help="Authorization file to write (0600).")
 def broker_config(
-    directory_file: Path, root_files: tuple[Path, ...], operator_identity: Path, out: Path
+    directory_file: Path,
+    root_files: tuple[Path, ...],
+    operator_identity: Path,
+    ledger_identities: tuple[Path, ...],
+    authority_identities: tuple[Path, ...],
+    out: Path,
 ) -> None:
     """Write the nats-server authorization generated from a verified directory."""
     from broker.authority import authorization_for
@@ -1321,8 +1359,12 @@ def broker_config(
 
     with expected_errors():
         directory = admin.verified_directory(root_files, directory_file)
-        operator = admin.operator_nats_key(operator_identity)
-        replace_file(out, authorization_for(directory, operators=[operator]).encode())
+        services = admin.service_keys(
+            operators=[operator_identity],
+            ledgers=ledger_identities,
+            authorities=authority_identities,
+        )
+        replace_file(out, authorization_for(directory, services=services).encode())
     click.echo(
         f"wrote {out} for directory version {directory.version}; "
         "reload nats-server (SIGHUP) to apply it"

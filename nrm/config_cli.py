@@ -1,5 +1,5 @@
 """`nrm agent config` and `nrm ledger config`: write a complete agent.toml / ledger.toml
-(and `nrm cluster seed-authorization`: a node's operator-only first authorization).
+(and `nrm cluster seed-authorization`: a node's first authorization, no agency in it).
 
 Both write a new file (0600) and refuse to overwrite one (exit 1). Paths are written as
 given and, like every path in these files, a relative one is relative to the folder of the
@@ -270,18 +270,17 @@ def agent_config_command(
 @click.command("config")
 @click.option("--out", type=PATH, required=True, help="The ledger.toml to write (a new file).")
 @click.option("--name", required=True, help="DNS-like name; origin <name>/nrm-ledger.")
-@click.option("--key-dir", default="keys", show_default=True, help="The ledger's signing key.")
 @click.option(
-    "--operator-key-dir",
-    default="operator",
+    "--key-dir",
+    default="keys",
     show_default=True,
-    help="The operator's keys (bus credentials for reading the audit stream).",
+    help="The ledger's own keys: it signs checkpoints and logs in to the bus with them.",
 )
 @click.option(
     "--passphrase-file",
     default=None,
     metavar="FILE",
-    help="For both key files (else $NRM_PASSPHRASE when the ledger starts).",
+    help="For its key file (else $NRM_PASSPHRASE when the ledger starts).",
 )
 @bus_endpoint_options()
 @click.option(
@@ -337,7 +336,6 @@ def ledger_config_command(
     out: Path,
     name: str,
     key_dir: str,
-    operator_key_dir: str,
     passphrase_file: str | None,
     endpoint: BusEndpoint,
     trust_root: str,
@@ -376,7 +374,6 @@ def ledger_config_command(
     doc = ledger_config(
         name=name,
         key_dir=key_dir,
-        operator_key_dir=operator_key_dir,
         passphrase_file=passphrase_file,
         endpoint=endpoint,
         trust_root=trust_root,
@@ -403,20 +400,52 @@ def ledger_config_command(
     required=True,
     help="The bus operator's identity.json (its NATS key gets operator rights).",
 )
+@click.option(
+    "--authority-identity",
+    "authority_identities",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    multiple=True,
+    help="A bus authority's identity.json (repeat, one per node): it must log in to apply "
+    "the first directory.",
+)
+@click.option(
+    "--ledger-identity",
+    "ledger_identities",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    multiple=True,
+    help="The ledger's identity.json (repeat): it may read the audit stream at once.",
+)
 @click.option("--out", type=PATH, required=True, help="The authorization include to write.")
-def seed_authorization_command(operator_identity: Path, out: Path) -> None:
-    """Write an authorization include that admits only the bus operator.
+def seed_authorization_command(
+    operator_identity: Path,
+    authority_identities: tuple[Path, ...],
+    ledger_identities: tuple[Path, ...],
+    out: Path,
+) -> None:
+    """Write an authorization include that admits only the bus operator, the bus
+    authorities and the ledger: no agency.
 
     A node started with it lets no agency in until its `nrm bus authority` has applied a
     directory verified from the pinned root: a recreated node never admits an agency that
     was removed after the cluster's files were generated."""
     try:
-        operator = admin.operator_nats_key(operator_identity)
+        services = admin.service_keys(
+            operators=[operator_identity],
+            ledgers=ledger_identities,
+            authorities=authority_identities,
+        )
     except admin.AdminError as e:
         raise click.ClickException(str(e)) from e
-    block = authorization_block(agencies=[], auditors=[], operators=[operator])
+    block = authorization_block(
+        agencies=[],
+        auditors=[],
+        operators=services.operators,
+        ledgers=services.ledgers,
+        authorities=services.authorities,
+    )
     try:
         write_new_file(out, block.encode())
     except FileExistsError as e:
         raise click.ClickException(f"{out} exists: not overwritten") from e
-    click.echo(f"wrote {out} (the operator only)")
+    click.echo(f"wrote {out} (the operator, the ledger and the bus authorities only)")

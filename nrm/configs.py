@@ -146,7 +146,6 @@ def ledger_config(
     *,
     name: str,
     key_dir: str,
-    operator_key_dir: str,
     endpoint: BusEndpoint,
     trust_root: str,
     database: str,
@@ -165,7 +164,6 @@ def ledger_config(
     return {
         "name": name,
         "key_dir": key_dir,
-        "operator_key_dir": operator_key_dir,
         "passphrase_file": passphrase_file,
         "allow_plain_http": True if allow_plain_http else None,
         **endpoint_settings(endpoint),

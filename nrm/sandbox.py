@@ -24,10 +24,11 @@ import nats
 from agents.config import token_digest
 from broker import NatsServer, provision
 from broker.authority import DirectoryAuthority, attachment_owners, authorization_for
+from broker.authz import ServiceKeys
 from broker.cluster import ClusterNode, cluster_block
 from broker.ledger import Ledger
 from broker.server import ServerTls
-from keys import PublicIdentity
+from keys import AgencyKeys, PublicIdentity
 from keys.keyfile import INTERACTIVE, KdfCost
 from keys.subjects import DIRECTORY_BUCKET
 from runtime import clock
@@ -115,8 +116,8 @@ class Sandbox:
     def write_ledger_config(
         self, *, checkpoint_interval: float = 1.0, bind: str = "127.0.0.1:0"
     ) -> Path:
-        """Write ledger.toml (the ledger's own key, the operator's bus credentials, a token
-        of scope `agency:<id>` per agency and one auditor token) without starting the ledger;
+        """Write ledger.toml (the ledger's own key, with which it also logs in to the bus, a
+        token of scope `agency:<id>` per agency and one auditor token) without starting the ledger;
         `nrm ledger run --config` runs it. Returns its path."""
         assert self.bus_urls, "start the bus first"
         home = self.ledger_home
@@ -127,7 +128,6 @@ class Sandbox:
         config = configs.ledger_config(
             name=LEDGER_NAME,
             key_dir="keys",
-            operator_key_dir=str(self.admin.path / admin.OPERATOR_DIR),
             passphrase_file="passphrase",  # noqa: S106 (a file name)
             endpoint=BusEndpoint.of(self.bus_urls, None if self.tls is None else self.tls.client()),
             trust_root=str(self.admin.root_path(1)),
@@ -175,6 +175,18 @@ class Sandbox:
         for key in self.admin_keys[:threshold]:
             admin.sign_draft(self.admin, key, passphrase=self.admin_passphrase)
 
+    @property
+    def ledger_identity(self) -> PublicIdentity:
+        """The ledger's public identity: its NATS key logs in as a ledger."""
+        return PublicIdentity.from_json((self.ledger_home / "keys" / "identity.json").read_bytes())
+
+    def services(self, operator: AgencyKeys) -> ServiceKeys:
+        """The operator's and the ledger's NKeys, which the bus admits beside the directory's."""
+        assert operator.public.nats_key is not None
+        ledger = self.ledger_identity.nats_key
+        assert ledger is not None
+        return ServiceKeys(operators=(operator.public.nats_key,), ledgers=(ledger,))
+
     async def start_bus(self, *, port: int | None = None) -> NatsServer:
         """Start nats-server with authorization from the signed draft, provision the streams
         and bucket as the operator, publish the directory, and follow later publications."""
@@ -183,7 +195,7 @@ class Sandbox:
             self.admin.path / admin.OPERATOR_DIR, passphrase=self.admin_passphrase
         )
         assert operator.nats_seed is not None and operator.public.nats_key is not None
-        authorization = authorization_for(directory, operators=[operator.public.nats_key])
+        authorization = authorization_for(directory, services=self.services(operator))
         self.bus = NatsServer(
             store_dir=self.root / "bus",
             port=port,
@@ -198,8 +210,9 @@ class Sandbox:
         self.authority = DirectoryAuthority(
             self.bus,
             pinned_root=self.admin.root_path(1),
-            operator_key=operator.public.nats_key,
-            operator_seed=operator.nats_seed,
+            nkeys_seed=operator.nats_seed,
+            services=self.services(operator),
+            provisioning_seed=operator.nats_seed,  # the embedded bus's, as `nrm bus up`
         )
         self.authority.adopt(directory, authorization)
         self.authority.follower.endpoint = self.bus_endpoint
@@ -218,7 +231,7 @@ class Sandbox:
             self.admin.path / admin.OPERATOR_DIR, passphrase=self.admin_passphrase
         )
         assert operator.nats_seed is not None and operator.public.nats_key is not None
-        authorization = authorization_for(directory, operators=[operator.public.nats_key])
+        authorization = authorization_for(directory, services=self.services(operator))
         nodes = [
             ClusterNode(
                 name=f"nrm-{n + 1}",

@@ -18,21 +18,29 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig
+from nats.js.api import ConsumerConfig, StreamConfig
 
 from agents.attachments import read_object
 from broker import NatsServer
 from broker.authz import (
+    LEDGER_CONSUMER,
     agency_permissions,
     auditor_permissions,
     auditor_reply_prefix,
+    authority_permissions,
     authorization_block,
+    ledger_permissions,
     operator_permissions,
+    service_reply_prefix,
 )
+from broker.follower import read_directory_bucket
+from broker.ledger import ledger_consumer_config
 from broker.server import ReloadFailed
 from broker.streams import RETIRED_SUBJECT, provision
 from keys import DEFAULT_LIMITS
 from keys.subjects import (
+    AUDIT_STREAM,
+    AUDIT_SUBJECTS,
     DIRECTORY_BUCKET,
     DIRECTORY_KEY,
     PRESENCE_BUCKET,
@@ -113,6 +121,8 @@ class Bus:
     auditor: User
     operator: User
     spare: User  # an agency key the server does not know (yet)
+    ledger: User
+    authority: User
     conns: list[Conn] = field(default_factory=list)
 
     def block(self, agencies: dict[str, User]) -> str:
@@ -120,6 +130,8 @@ class Bus:
             agencies=[(agency, user.public) for agency, user in agencies.items()],
             auditors=[self.auditor.public],
             operators=[self.operator.public],
+            ledgers=[self.ledger.public],
+            authorities=[self.authority.public],
         )
 
     async def connect(self, user: User | None, inbox_prefix: str = "_INBOX") -> Conn:
@@ -151,28 +163,27 @@ class Bus:
             self.auditor, inbox_prefix=auditor_reply_prefix(self.auditor.public)
         )
 
+    async def as_service(self, kind: str) -> Conn:
+        """The ledger ("ledger") or a bus authority ("authority"), as each connects."""
+        user = self.ledger if kind == "ledger" else self.authority
+        return await self.connect(user, inbox_prefix=service_reply_prefix(kind, user.public))
+
 
 @pytest.fixture
 async def bus(tmp_path: Path) -> AsyncIterator[Bus]:
     """A nats-server with agencies A and B, an auditor and an operator; the operator provisions."""
     agencies = {A: User.new(), B: User.new()}
-    operator = User.new()
-    auditor = User.new()
-    block = authorization_block(
-        agencies=[(agency, user.public) for agency, user in agencies.items()],
-        auditors=[auditor.public],
-        operators=[operator.public],
-    )
+    users = dict(auditor=User.new(), operator=User.new(), ledger=User.new(), authority=User.new())
+    block = Bus(NatsServer(store_dir=tmp_path), agencies, spare=User.new(), **users).block(agencies)
     b = Bus(
         server=NatsServer(store_dir=tmp_path / "nats", extra_config=block),
         agencies=agencies,
-        auditor=auditor,
-        operator=operator,
         spare=User.new(),
+        **users,
     )
     b.server.start()
     try:
-        await provision(b.server.url, nkeys_seed=operator.seed, agencies=list(agencies))
+        await provision(b.server.url, nkeys_seed=b.operator.seed, agencies=list(agencies))
         op = await b.as_operator()
         kv = await op.js.key_value(DIRECTORY_BUCKET)
         await kv.put(DIRECTORY_KEY, b"directory v1")
@@ -656,10 +667,13 @@ def _matches(pattern: str, subject: str) -> bool:
 def test_only_agencies_and_operators_may_publish_to_an_inbox() -> None:
     """Exactly who may publish on an inbox subject (`nrm.v1.msg.<agency>`): every agency
     (mail to anyone) and the operators (moving a shared `NRM_MSG` stream's mail, PROTOCOL.md
-    §5.1), never an auditor; and no one may publish to the retired shared stream's subject."""
+    §5.1), never an auditor, a ledger or a bus authority; and no one may publish to the
+    retired shared stream's subject."""
     roles = {
         "agency": agency_permissions(A, readable=[A, B]),
         "auditor": auditor_permissions(User.new().public),
+        "ledger": ledger_permissions(User.new().public),
+        "authority": authority_permissions(User.new().public),
         "operator": operator_permissions(),
     }
 
@@ -704,6 +718,78 @@ async def test_auditor_subscribes_to_audit_subjects_only(bus: Bus) -> None:
         await (await auditor.refused_js.key_value(DIRECTORY_BUCKET)).put(DIRECTORY_KEY, b"forged")
     with pytest.raises(REFUSED):
         await auditor.refused_js.add_consumer(inbox_stream(A), config=agent_consumer_config(A))
+
+
+# --- the ledger and the bus authorities -------------------------------------------------------
+
+
+async def test_ledger_consumes_the_audit_stream_as_the_ledger_does(bus: Bus) -> None:
+    """With its own NKey the ledger reads the directory as its follower does, creates its
+    durable consumer (broker/ledger.py's configuration), fetches an agency's audit event,
+    acks it, and deletes the consumer for a replay: no violation."""
+    ledger, a = await bus.as_service("ledger"), await bus.agency(A)
+    found, _ = await read_directory_bucket(ledger.js, 1, newest_only=True)
+    assert found == [(DIRECTORY_KEY, b"directory v1")]
+    await a.js.publish(audit_subject(A), b"signed event", headers={"Nats-Msg-Id": "e-1"})
+    sub = await ledger.js.pull_subscribe(
+        AUDIT_SUBJECTS, durable=LEDGER_CONSUMER, stream=AUDIT_STREAM,
+        config=ledger_consumer_config(),
+    )  # fmt: skip
+    msgs = await sub.fetch(16, timeout=PATIENT)
+    assert [m.data for m in msgs] == [b"signed event"]
+    await msgs[0].ack_sync(timeout=PATIENT)
+    assert (await ledger.js.consumer_info(AUDIT_STREAM, LEDGER_CONSUMER)).num_ack_pending == 0
+    await ledger.js.delete_consumer(AUDIT_STREAM, LEDGER_CONSUMER)
+    assert ledger.errors == []
+
+
+async def test_bus_authority_reads_the_directory_and_nothing_else(bus: Bus) -> None:
+    """A bus authority's NKey reads the directory bucket as its follower does; its fetch
+    from the audit stream (a consumer there) is refused."""
+    authority = await bus.as_service("authority")
+    found, _ = await read_directory_bucket(authority.js, 1, newest_only=True)
+    assert found == [(DIRECTORY_KEY, b"directory v1")]
+    assert authority.errors == []
+    with pytest.raises(REFUSED):
+        await authority.refused_js.add_consumer(AUDIT_STREAM, config=ledger_consumer_config())
+    await authority.violation(f"$JS.API.CONSUMER.CREATE.{AUDIT_STREAM}.{LEDGER_CONSUMER}")
+
+
+@pytest.mark.parametrize("kind", ["ledger", "authority"])
+async def test_service_identity_cannot_send_read_mail_write_the_directory_or_make_streams(
+    bus: Bus, kind: str
+) -> None:
+    """The ledger's and a bus authority's NKeys are refused (a permissions violation each,
+    nothing changed): a publish to an inbox and to an audit subject, a put to the directory
+    bucket, a stream created, a consumer on an inbox stream, a message read from one, a
+    subscription to `_INBOX.>` or to the inboxes."""
+    conn, op = await bus.as_service(kind), await bus.as_operator()
+    await conn.nc.publish(inbox_subject(A), b"forged")
+    await conn.violation(inbox_subject(A))
+    await conn.nc.publish(audit_subject(A), b"forged")
+    await conn.violation(audit_subject(A))
+    kv = await conn.refused_js.key_value(DIRECTORY_BUCKET)
+    with pytest.raises(REFUSED):
+        await kv.put(DIRECTORY_KEY, b"forged")
+    await conn.violation(f"$KV.{DIRECTORY_BUCKET}.{DIRECTORY_KEY}")
+    with pytest.raises(REFUSED):
+        await conn.refused_js.add_stream(StreamConfig(name="CAPTURE", subjects=["capture.>"]))
+    await conn.violation("$JS.API.STREAM.CREATE.CAPTURE")
+    with pytest.raises(REFUSED):
+        await conn.refused_js.add_consumer(inbox_stream(A), config=agent_consumer_config(A))
+    await conn.violation(f"$JS.API.CONSUMER.CREATE.{inbox_stream(A)}")
+    await send(await bus.agency(B), A, "to-a")
+    with pytest.raises(REFUSED):
+        await conn.refused_js.get_msg(inbox_stream(A), seq=1)
+    await conn.violation(f"$JS.API.STREAM.MSG.GET.{inbox_stream(A)}")
+    for subject in ("_INBOX.>", "nrm.v1.msg.>"):
+        await conn.nc.subscribe(subject)
+        await conn.violation(subject)
+    assert (await (await op.js.key_value(DIRECTORY_BUCKET)).get(DIRECTORY_KEY)).value == (
+        b"directory v1"
+    )
+    assert (await op.js.stream_info(inbox_stream(A))).state.messages == 1
+    assert "CAPTURE" not in [i.config.name for i in await op.js.streams_info()]
 
 
 # --- reload ----------------------------------------------------------------------------------

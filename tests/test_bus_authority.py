@@ -4,9 +4,10 @@ The nodes run from the files `nrm cluster config` wrote (routes and clients over
 TLS), their streams come from `nrm bus provision --replicas 3`, and one `nrm bus authority`
 per node runs as its own process. Publishing a directory without an agency closes its
 connection on every node and keeps it off every node; publishing one that admits a new
-agency lets it on every node, its inbox stream made (three replicas) before it could
-connect. A restarted authority refuses an older directory put back in the bucket (its trust
-cache); one whose node is down reports it on /healthz and catches up when the node is back.
+agency lets it on every node, its inbox stream made (three replicas, by the publish: the
+authorities hold no operator key, only their own) before it could connect. A restarted
+authority refuses an older directory put back in the bucket (its trust cache); one whose
+node is down reports it on /healthz and catches up when the node is back.
 """
 
 from __future__ import annotations
@@ -53,18 +54,30 @@ START_SECONDS = 30.0
 
 def cluster_spec(tmp: Path, sandbox: Sandbox, pki: dict[str, Path]) -> Path:
     """Three loopback nodes on free ports, routes and clients over mutual TLS: the
-    authorities (following, provisioning), `nrm bus provision` and the test's clients all
-    present a client certificate."""
-    passphrase = tmp / "operator.passphrase"
-    replace_file(passphrase, sandbox.admin_passphrase)
+    authorities (following), `nrm bus provision`, `nrm directory publish` and the test's
+    clients all present a client certificate. The authorities share one key folder of
+    their own (one machine), the ledger's identity is the sandbox's; no authority is given
+    the operator's key."""
+    replace_file(tmp / "operator.passphrase", sandbox.admin_passphrase)
+    passphrase = tmp / "authority.passphrase"
+    replace_file(passphrase, b"authority passphrase 1")
+    init_key_dir(
+        tmp / "authority",
+        agency="bus-authority",
+        name="Bus authority",
+        passphrase=b"authority passphrase 1",
+        cost=TEST_KDF,
+    )
     folder = sandbox.admin
     operator = folder.path / admin.OPERATOR_DIR
     trust = SpecTrust(
         roots=(folder.root_path(1),),
         directory=folder.path / "directory.json",
         operator_identity=operator / "identity.json",
+        ledger_identity=sandbox.ledger_home / "keys" / "identity.json",
+        authority_identities=(tmp / "authority" / "identity.json",),
         trust_root=folder.root_path(1),
-        operator_key_dir=operator,
+        key_dir=tmp / "authority",
         passphrase_file=passphrase,
     )
     ports = [(free_port(), free_port(), free_port(), free_port()) for _ in range(NODES)]
@@ -303,7 +316,8 @@ async def test_a_directory_change_reaches_every_node_through_its_authority(
 
     await eventually(first_in, timeout=30, what="the clinic admitted on a node")
     # As soon as it can connect anywhere, its inbox stream is there, with three replicas
-    # (made by the authorities: nothing else provisioned it).
+    # (made by `nrm directory publish` with the directory bucket's: nothing else
+    # provisioned it, the authorities cannot).
     assert await clinic_replicas() == 3
     await eventually(let_in, timeout=30, what="the clinic admitted on every node")
     await provision(provision_args)  # idempotent: again, the clinic's stream as it was

@@ -139,10 +139,13 @@ authorization_file = "n1.authorization.conf"
 pid_file = "/run/nrm/n1.pid"
 monitor_url = "http://127.0.0.1:8222"
 trust_root = "root.1.json"
-operator_key_dir = "operator"
+key_dir = "authority"
 passphrase_file = "passphrase"
 status_bind = "127.0.0.1:8223"
-"""
+operator_nkeys = ["UOPERATOR{rest}A"]
+ledger_nkeys = ["ULEDGER{rest}AAA"]
+authority_nkeys = ["UAUTHORITY{rest}"]
+""".replace("{rest}", "A" * 46)
 
 
 def test_authority_config_reads_every_setting(tmp_path: Path) -> None:
@@ -153,7 +156,11 @@ def test_authority_config_reads_every_setting(tmp_path: Path) -> None:
     assert config.endpoint.urls == ("nats://127.0.0.1:4222", "nats://127.0.0.1:4223")
     assert config.authorization_file == tmp_path / "n1.authorization.conf"
     assert config.pid_file == Path("/run/nrm/n1.pid")
-    assert (config.status_bind, config.replicas) == (("127.0.0.1", 8223), 1)
+    assert config.status_bind == ("127.0.0.1", 8223)
+    assert config.key_dir == tmp_path / "authority"
+    assert config.services.operators == ("UOPERATOR" + "A" * 47,)
+    assert config.services.ledgers == ("ULEDGER" + "A" * 49,)
+    assert config.services.authorities == ("UAUTHORITY" + "A" * 46,)
 
 
 @pytest.mark.parametrize(
@@ -162,7 +169,13 @@ def test_authority_config_reads_every_setting(tmp_path: Path) -> None:
         (('node_name = "n1"\n', 'node_name = "n1"\ncolour = "blue"\n'), "'colour'"),
         (('node_name = "n1"\n', ""), "node_name"),
         (("http://127.0.0.1:8222", "https://127.0.0.1:8222"), "monitor_url"),
-        (('status_bind = "127.0.0.1:8223"\n', "replicas = 9\n"), "replicas"),
+        (('status_bind = "127.0.0.1:8223"\n', "replicas = 3\n"), "replicas is no longer read"),
+        (('key_dir = "authority"\n', 'operator_key_dir = "operator"\n'), "its own key_dir"),
+        (("ULEDGER", "XLEDGER"), "ledger_nkeys"),
+        (
+            ('authority_nkeys = ["UAUTHORITY' + "A" * 46 + '"]', "authority_nkeys = []"),
+            "authority_nkeys must list at least 1",
+        ),
         (("nats://127.0.0.1:4222,", "ftp://x,"), "nats_urls"),
         (("", '[nats_tls]\ncert_file = "c.pem"\n'), "nats_tls"),
     ],
@@ -178,18 +191,37 @@ def test_a_bad_authority_toml_is_refused_naming_the_setting(
     assert says in result.output and "Traceback" not in result.output
 
 
-def test_a_trust_root_that_is_no_root_is_refused_without_a_traceback(tmp_path: Path) -> None:
+def test_an_authority_whose_key_the_bus_does_not_list_is_refused(tmp_path: Path) -> None:
+    """Its own NKey not among authority_nkeys: exit 1 naming both, before it starts."""
     init_key_dir(
-        tmp_path / "operator",
-        agency="operator",
-        name="Op",
-        passphrase=b"operator pass 1",
+        tmp_path / "authority",
+        agency="bus-authority",
+        name="Authority",
+        passphrase=b"authority pass 1",
         cost=TEST_KDF,
     )
-    replace_file(tmp_path / "passphrase", b"operator pass 1")
-    (tmp_path / "root.1.json").write_text('{"not": "a root"}')
+    replace_file(tmp_path / "passphrase", b"authority pass 1")
     path = tmp_path / "authority.toml"
     path.write_text(AUTHORITY_TOML)
+    result = CliRunner().invoke(main, ["bus", "authority", "--config", str(path)])
+    assert result.exit_code == 1, result.output
+    assert "is not among authority_nkeys" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_trust_root_that_is_no_root_is_refused_without_a_traceback(tmp_path: Path) -> None:
+    own = init_key_dir(
+        tmp_path / "authority",
+        agency="bus-authority",
+        name="Authority",
+        passphrase=b"authority pass 1",
+        cost=TEST_KDF,
+    )
+    replace_file(tmp_path / "passphrase", b"authority pass 1")
+    (tmp_path / "root.1.json").write_text('{"not": "a root"}')
+    path = tmp_path / "authority.toml"
+    assert own.public.nats_key is not None
+    path.write_text(AUTHORITY_TOML.replace("UAUTHORITY" + "A" * 46, own.public.nats_key))
     result = CliRunner().invoke(main, ["bus", "authority", "--config", str(path)])
     assert result.exit_code == 1, result.output
     assert "trust_root" in result.output and "malformed" in result.output

@@ -82,8 +82,12 @@ class SpecTrust:
     roots: tuple[Path, ...] = (DEPLOY / "demo" / "root.1.json",)
     directory: Path = DEPLOY / "demo" / "directory.json"
     operator_identity: Path = DEPLOY / "demo" / "operator.identity.json"
+    ledger_identity: Path = DEPLOY / "demo" / "ledger.identity.json"
+    authority_identities: tuple[Path, ...] = tuple(
+        DEPLOY / "demo" / f"authority-nrm-{i}.identity.json" for i in (1, 2, 3)
+    )
     trust_root: Path | None = None  # else tmp / "root.1.json"
-    operator_key_dir: Path | None = None  # else tmp / "operator"
+    key_dir: Path | None = None  # else tmp / "authority": every node's authority's own keys
     passphrase_file: Path | None = None  # else tmp / "passphrase"
 
 
@@ -123,6 +127,8 @@ log_file = {q(str(tmp / f"n{i}.log"))}
 roots = [{", ".join(q(str(r)) for r in trust.roots)}]
 directory = {q(str(trust.directory))}
 operator_identity = {q(str(trust.operator_identity))}
+ledger_identity = {q(str(trust.ledger_identity))}
+authority_identities = [{", ".join(q(str(a)) for a in trust.authority_identities)}]
 
 [client_tls]
 cert_file = {q(str(pki["server"]))}
@@ -138,7 +144,7 @@ verify = true
 
 [authority]
 trust_root = {q(str(trust.trust_root or tmp / "root.1.json"))}
-operator_key_dir = {q(str(trust.operator_key_dir or tmp / "operator"))}
+key_dir = {q(str(trust.key_dir or tmp / "authority"))}
 passphrase_file = {q(str(trust.passphrase_file or tmp / "passphrase"))}
 
 [authority.nats_tls]

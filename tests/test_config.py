@@ -75,6 +75,10 @@ def test_the_ledger_configuration_is_strict_too(tmp_path: Path) -> None:
     path.write_text("\n".join(["checkpoint_intervall_seconds = 1", *lines]) + "\n")
     with pytest.raises(LedgerConfigError, match="checkpoint_intervall_seconds"):
         LedgerConfig.load(path)
+    # The setting of earlier releases: refused, naming what replaces it.
+    path.write_text("\n".join(['operator_key_dir = "operator"', *lines]) + "\n")
+    with pytest.raises(LedgerConfigError, match=r"operator_key_dir is no longer read.*own key_dir"):
+        LedgerConfig.load(path)
     assert config.origin == "national/nrm-ledger"
     for bad in ("National", "national ledger", "nrm/national"):  # not a DNS-like name (§9.3)
         path.write_text("\n".join([f'name = "{bad}"', *lines[1:]]) + "\n")
@@ -164,7 +168,6 @@ def test_the_ledger_reads_bus_tls_and_serves_https_with_both_files(
     lines = [
         'name = "national"',
         'key_dir = "keys"',
-        'operator_key_dir = "operator"',
         'nats_urls = "tls://n1:4222,tls://n2:4222"',
         'trust_root = "root.json"',
         'database = "ledger.db"',
@@ -209,7 +212,6 @@ def test_read_config_names_the_file_for_a_missing_a_malformed_and_an_unread_sett
 LEDGER_LINES = [
     'name = "national"',
     'key_dir = "keys"',
-    'operator_key_dir = "operator"',
     'nats_urls = ["nats://127.0.0.1:4222"]',
     'trust_root = "root.json"',
     'database = "ledger.db"',

@@ -184,7 +184,7 @@ def test_ledger_config_loads_with_the_ledgers_own_loader(tmp_path: Path) -> None
     out = tmp_path / "ledger.toml"
     result = nrm(
         "ledger", "config", "--out", str(out), "--name", "national",
-        "--key-dir", "/etc/nrm/ledger/keys", "--operator-key-dir", "/etc/nrm/ledger/operator",
+        "--key-dir", "/etc/nrm/ledger/keys",
         "--passphrase-file", "/run/credentials/nrm-ledger.service/passphrase",
         "--nats", "tls://bus-1:4222", "--nats", "tls://bus-2:4222",
         "--trust-root", "root.1.json", "--database", "/var/lib/nrm-ledger/ledger.db",
@@ -198,7 +198,7 @@ def test_ledger_config_loads_with_the_ledgers_own_loader(tmp_path: Path) -> None
     config = LedgerConfig.load(out)
     assert config.name == "national"
     assert config.bus.urls == ("tls://bus-1:4222", "tls://bus-2:4222")
-    assert config.operator_key_dir == Path("/etc/nrm/ledger/operator")
+    assert config.key_dir == Path("/etc/nrm/ledger/keys")
     assert config.passphrase_file == Path("/run/credentials/nrm-ledger.service/passphrase")
     assert config.database == Path("/var/lib/nrm-ledger/ledger.db")
     assert (config.host, config.port) == ("192.0.2.10", 8090)
@@ -337,7 +337,7 @@ def test_the_ledger_the_generators_and_nrm_audit_refuse_plain_http_beyond_loopba
     that would write such a file, `nrm audit --ledger http://remote`: refused (exit 2 for
     the commands), each saying how to allow it."""
     ledger = folder / "ledger.toml"
-    ledger.write_text(dumps({"name": "national", "key_dir": "k", "operator_key_dir": "o",
+    ledger.write_text(dumps({"name": "national", "key_dir": "k",
                              "nats_urls": "bus", "trust_root": "r", "database": "l.db",
                              "bind": "0.0.0.0:8090"}))  # fmt: skip
     with pytest.raises(LedgerConfigError, match=r"bind without tls_cert.*allow_plain_http"):

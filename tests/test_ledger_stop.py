@@ -19,7 +19,7 @@ import nats.js.errors
 import pytest
 
 from broker import NatsServer
-from broker.ledger import LEDGER_CONSUMER
+from broker.authz import LEDGER_CONSUMER
 from keys.subjects import AUDIT_STREAM
 from runtime import supervisor
 from runtime.bus_client import (

@@ -247,11 +247,7 @@ async def test_a_ledger_that_cannot_bind_its_port_leaves_nothing_running(
     config = LedgerConfig.load(m.sandbox.ledger_home / "ledger.toml")
     config = dataclasses.replace(config, port=taken_port, database=tmp_path / "second.db")
     passphrase = read_passphrase(file=config.passphrase_file)
-    ledger = Ledger(
-        config,
-        signer=load_key_dir(config.key_dir, passphrase=passphrase),
-        operator=load_key_dir(config.operator_key_dir, passphrase=passphrase),
-    )
+    ledger = Ledger(config, signer=load_key_dir(config.key_dir, passphrase=passphrase))
     with pytest.raises(OSError):
         await ledger.start()
     assert ledger.supervisor.running() == ()
