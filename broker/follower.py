@@ -80,6 +80,10 @@ class DirectoryFollower:
         self.store = self.feed.store
         self._task: asyncio.Task[None] | None = None
         self._running = False
+        #: The bucket's stream sequence to read from next (1: from the start, newest only).
+        self._seq = 1
+        #: One reader at a time: the poll and `catch_up` share `_seq`.
+        self._reading = asyncio.Lock()
 
     @property
     def refused(self) -> str | None:
@@ -145,6 +149,20 @@ class DirectoryFollower:
             await self.supervisor.stop([self._task])
             self._task = None
 
+    async def catch_up(self, js: Any) -> None:
+        """Read and offer what the bucket holds beyond what this follower has read, over
+        `js` (the follower's own connection, or its owner's, with the same NKey).
+
+        The ledger calls it after each fetch from the audit stream: an event fetched is then
+        judged under every directory published before it was, since its signer could only
+        have learnt of a revocation from the bucket (no poll interval in between)."""
+        async with self._reading:
+            found, self._seq = await read_directory_bucket(
+                js, self._seq, newest_only=self._seq == 1
+            )
+            for key, value in found:
+                self.offer(key, value)
+
     async def _watch(self) -> None:
         if self.endpoint is None:
             raise RuntimeError("the directory follower was started without a bus endpoint")
@@ -163,13 +181,10 @@ class DirectoryFollower:
                 )
                 try:
                     js = nc.jetstream()
-                    seq, first = 1, True
+                    self._seq = 1  # a new connection reads the bucket again from its start
                     while self._running:
-                        found, seq = await read_directory_bucket(js, seq, newest_only=first)
+                        await self.catch_up(js)
                         retry.succeeded()
-                        for key, value in found:
-                            self.offer(key, value)
-                        first = False
                         await asyncio.sleep(POLL_SECONDS)
                 finally:
                     await close_client(nc)  # over TLS with the bus down too

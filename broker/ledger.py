@@ -495,6 +495,9 @@ class Ledger:
                         )
                     except (nats.errors.TimeoutError, TimeoutError):
                         continue
+                    # What the bucket says now, before judging: a revocation its signer saw
+                    # is seen here too (broker/follower.py catch_up).
+                    await self.follower.catch_up(js)
                     verdicts = self.append([(msg.data, _stored_at(msg)) for msg in msgs])
                     await self.store.durable()  # one fsync for the batch, before any ack
                     for msg, verdict in zip(msgs, verdicts, strict=True):
