@@ -35,6 +35,8 @@ from .support import Pki
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "CONFIG.md").read_text(encoding="utf-8")
 HEX = "ab" * 32
+#: A user's public NKey (authority.toml's lists of them).
+NKEY = "U" + "A" * 55
 
 
 class Recording(Table):
@@ -153,7 +155,6 @@ def test_ledger_toml(monkeypatch: pytest.MonkeyPatch, files: Path) -> None:
         [
             'name = "national"',
             'key_dir = "keys"',
-            'operator_key_dir = "operator"',
             'nats_urls = "tls://127.0.0.1:4222"',
             'trust_root = "root.json"',
             'database = "ledger.db"',
@@ -185,8 +186,11 @@ def test_authority_toml(monkeypatch: pytest.MonkeyPatch, files: Path) -> None:
             'pid_file = "nats.pid"',
             'monitor_url = "http://127.0.0.1:8222"',
             'trust_root = "root.json"',
-            'operator_key_dir = "operator"',
+            'key_dir = "keys"',
             'passphrase_file = "passphrase"',
+            f'operator_nkeys = ["{NKEY}"]',
+            "ledger_nkeys = []",
+            f'authority_nkeys = ["{NKEY}"]',
             "[nats_tls]",
             *(f'{k} = "{v}"' for k, v in NATS_TLS.items()),
         ],
@@ -216,13 +220,15 @@ def test_cluster_toml(monkeypatch: pytest.MonkeyPatch, files: Path) -> None:
             'roots = ["root.1.json"]',
             'directory = "directory.json"',
             'operator_identity = "operator.json"',
+            'ledger_identity = "ledger.json"',
+            'authority_identities = ["authority-1.json", "authority-2.json"]',
             "[client_tls]",
             *tls,
             "[route_tls]",
             *tls,
             "[authority]",
             'trust_root = "/etc/nrm/root.json"',
-            'operator_key_dir = "/etc/nrm/operator"',
+            'key_dir = "/etc/nrm/authority"',
             'passphrase_file = "/etc/nrm/passphrase"',
             "[authority.nats_tls]",
             'ca_file = "/etc/tls/ca.pem"',
