@@ -2,7 +2,7 @@
 
 Every connection authenticates with an NKey (challenge-response: the server sends a nonce,
 the client signs it with its seed; no password is ever sent or stored). There is no
-`no_auth_user`, so anonymous connections are refused. Three kinds of user:
+`no_auth_user`, so anonymous connections are refused. Five kinds of user:
 
 - **Agencies** publish to any inbox (`nrm.v1.msg.*`) and to their own audit subject; they may
   create, inspect, fetch from and ack only their own durable inbox consumer `inbox-<id>`

@@ -187,6 +187,13 @@ class ClusterSpec:
         _check(self.nodes)
         if not self.authority_identities:
             raise ConfigError("trust.authority_identities must list the authorities' identity.json")
+        if len(set(self.authority_identities)) != len(self.authority_identities):
+            raise ConfigError("trust.authority_identities lists one identity.json twice")
+        if len(self.authority_identities) > len(self.nodes):
+            raise ConfigError(
+                "trust.authority_identities lists more identities than there are nodes "
+                "(one authority per node, or one they share)"
+            )
         if self.route_tls is None and not self.insecure_routes:
             raise ConfigError(
                 "give [route_tls] (routes carry every message): routes in the clear only "

@@ -210,6 +210,13 @@ def test_every_generated_file_passes_nats_server_t(
         (('name = "n1"', 'name = "../n1"'), "node name '../n1'"),
         (('client = "127.0.0.1:1"', 'client = "127.0.0.1:0"'), "needs a port (not 0)"),
         (("[authority.nats_tls]\n", 'nats_tls = "x"\n[unused]\n'), "authority.nats_tls must be"),
+        # A spec of the previous release: each refused naming what replaces it.
+        (
+            ("[authority]\n", '[authority]\noperator_key_dir = "/etc/nrm/operator"\n'),
+            "authority.operator_key_dir is no longer read",
+        ),
+        (("[trust]\n", "replicas = 3\n[trust]\n"), "replicas is no longer read"),
+        (("authority-nrm-2", "authority-nrm-1"), "lists one identity.json twice"),
     ],
 )
 def test_a_bad_spec_is_refused_naming_what_is_wrong(
