@@ -36,7 +36,7 @@ import structlog
 from keys import DEFAULT_LIMITS
 from keys.directory import Directory, Root
 from runtime.endpoint import BusEndpoint
-from runtime.files import replace_file
+from runtime.files import fsync_dir, replace_file
 from runtime.supervisor import Supervisor
 
 from .authz import ServiceKeys, authorization_block
@@ -216,6 +216,7 @@ class DirectoryAuthority:
             return
         try:
             replace_file(self.trust_cache / name, data)
+            fsync_dir(self.trust_cache)  # a restart after a power cut never trusts an older one
         except OSError as e:
             log.error("trust_cache_write_failed", file=name, error=type(e).__name__)
 
