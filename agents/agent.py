@@ -817,6 +817,8 @@ class Agent:
         active = self._rotated_signing_kids()
         if active is not None and keys.public.signing_kid in active:
             self.keys = keys
+            # In the same step: no request sees the new keys with the old keys' standing.
+            self._check_standing()
             self.audit.record_alone(
                 "key.rotated", key_ids=(keys.public.signing_kid, keys.public.encryption_kid)
             )

@@ -135,6 +135,8 @@ class DirectoryAuthority:
         self.services = services
         self.provisioning_seed = provisioning_seed
         self.applied: str | None = None
+        #: The version of the directory whose authorization nats-server runs (reloaded).
+        self.applied_version: int | None = None
         #: The version of the last directory whose authorization nats-server refused.
         self.reload_failed: int | None = None
         self._nkeys: dict[str, str] = {}  # NKey -> agency id, of the directory applied
@@ -167,7 +169,7 @@ class DirectoryAuthority:
         """The server was started with `block`, the authorization of `directory`, and the
         caller provisioned its agencies' inbox streams and attachment buckets: remember all
         three, as `apply` would (the connection watch needs to know whose NKey is whose)."""
-        self.applied = block
+        self.applied, self.applied_version = block, directory.version
         self._nkeys = {a.nats_key: a.agency for a in directory.agencies}
         self.provisioned.update(attachment_owners(directory))
 
@@ -178,6 +180,7 @@ class DirectoryAuthority:
             self.server.reload(block)
             self.applied = block
             log.info("bus_authorization_reloaded", directory_version=directory.version)
+        self.applied_version = directory.version
         self._nkeys = {a.nats_key: a.agency for a in directory.agencies}
 
     def reapply(self) -> None:

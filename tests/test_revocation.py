@@ -333,10 +333,15 @@ async def test_agent_started_after_its_removal_learns_it_from_the_ledger(
     ledger = m.sandbox.ledger
     assert ledger is not None
 
-    async def ledger_has_it() -> bool:
-        return max(v for v, _, _ in ledger.store.directories()) == 2
+    authority = m.sandbox.authority
+    assert authority is not None
 
-    await eventually(ledger_has_it, what="the ledger to accept the new directory")
+    async def ledger_and_bus_have_it() -> bool:
+        # The bus must refuse police before it starts: nats-server runs version 2's users.
+        newest = max(v for v, _, _ in ledger.store.directories())
+        return newest == 2 and authority.applied_version == 2
+
+    await eventually(ledger_and_bus_have_it, what="the ledger and the bus to take version 2")
     with capture_logs() as logs:
         police = await m.start("police", wait=False)
         assert police.trust.directory is not None and "police" in police.trust.directory
