@@ -334,25 +334,49 @@ def test_compose_mounts_only_what_the_setup_script_makes(
 def test_the_administrators_passphrase_and_keys_reach_no_container(
     compose: dict[str, Any], mechanism: Path
 ) -> None:
-    """Only the operator's passphrase is mounted (the bus, publish, the ledger's copy), never
-    admin.passphrase nor an admin-N.key: a network-facing service holds neither."""
+    """Only the operator's passphrase is mounted (the bus, publish), never admin.passphrase
+    nor an admin-N.key: a network-facing service holds neither."""
     admin_files = {mechanism / "admin.passphrase", *mechanism.glob("admin/admin-*.key")}
     assert len(admin_files) == 4
     for name, service in compose["services"].items():
         for _, host in mounts(service, mechanism):
             if host is not None:
-                inside = set(host.rglob("*")) | {host} if host.is_dir() else {host}
-                assert not inside & admin_files, name
+                assert not mounted_files(host) & admin_files, name
     assert (mechanism / "operator.passphrase").read_bytes() != (
         mechanism / "admin.passphrase"
     ).read_bytes()
-    assert (mechanism / "ledger" / "passphrase").read_bytes() == (
+
+
+def mounted_files(host: Path) -> set[Path]:
+    """The host files a mount of `host` shows (itself, or everything under a folder)."""
+    return set(host.rglob("*")) | {host} if host.is_dir() else {host}
+
+
+def test_the_ledger_holds_its_own_key_and_never_the_operator_s(
+    compose: dict[str, Any], mechanism: Path
+) -> None:
+    """The ledger logs in to the bus with the NATS key of its own key folder, sealed with a
+    passphrase of its own; neither the operator's key nor its passphrase reaches the ledger's
+    container, and the bus admits the ledger's NKey (--ledger-identity)."""
+    operator = {*mounted_files(mechanism / "admin" / "operator"), mechanism / "operator.passphrase"}
+    ledger = compose["services"]["ledger"]
+    seen = set().union(*(mounted_files(h) for _, h in mounts(ledger, mechanism) if h is not None))
+    assert not seen & operator
+    assert (mechanism / "ledger" / "keys" / "agency.key") in seen
+    assert (mechanism / "ledger" / "passphrase").read_bytes() != (
         mechanism / "operator.passphrase"
     ).read_bytes()
+    [ledger_toml] = [a.partition("=")[2] for a in ledger["command"] if a.startswith("--config=")]
+    host = on_host(ledger_toml, ledger, mechanism)
+    assert host is not None
+    assert "operator" not in host.read_text()
+    bus = compose["services"]["bus"]
+    [identity] = [a.partition("=")[2] for a in bus["command"] if a.startswith("--ledger-identity=")]
+    assert on_host(identity, bus, mechanism) == mechanism / "ledger" / "keys" / "identity.json"
 
 
 PATH_SETTINGS = ("key_dir", "passphrase_file", "trust_root", "trust_cache", "database",
-                 "operator_key_dir", "identity", "token_file")  # fmt: skip
+                 "identity", "token_file")  # fmt: skip
 
 
 def host_config(doc: dict[str, Any], base: str, service: dict[str, Any], host_dir: Path,
