@@ -509,34 +509,37 @@ def test_nats_nodes_share_the_authorization_with_the_authority_sidecar() -> None
     check_nrm_commands({"ledger": ledger["args"], "authority": authority})
 
 
-def test_a_recreated_nats_pod_admits_only_the_operator_until_its_authority_applies(
+def test_a_recreated_nats_pod_admits_no_agency_until_its_authority_applies(
     tmp_path: Path,
 ) -> None:
-    """The emptyDir is refilled on every pod start: with the operator-only include from
-    `nrm cluster seed-authorization`, never with a generated (possibly stale) directory's
-    one; the authority has no readiness probe (its 503 before a directory is trusted would
-    take the node out of service)."""
+    """The emptyDir is refilled on every pod start: with the seed include from `nrm cluster
+    seed-authorization` (the operator, the ledger and the authorities, no agency), never
+    with a generated (possibly stale) directory's one; the authority has no readiness probe
+    (its 503 before a directory is trusted would take the node out of service)."""
     spec = pod_specs()["nrm-nats"]
     [init] = spec["initContainers"]
     script = init["command"][-1]
-    assert (
-        '/config/operator-only.authorization.conf "/run/nats/$POD_NAME.authorization.conf"'
-        in script
-    )
+    assert '/config/seed.authorization.conf "/run/nats/$POD_NAME.authorization.conf"' in script
     assert "/config/$POD_NAME.authorization.conf" not in script
     authority = {c["name"]: c for c in spec["containers"]}["authority"]
     assert "readinessProbe" not in authority and "livenessProbe" in authority
 
-    identity = DEPLOY / "nats-cluster" / "demo" / "operator.identity.json"
-    seed = tmp_path / "operator-only.authorization.conf"
-    result = CliRunner().invoke(
-        main,
-        ["cluster", "seed-authorization", "--operator-identity", str(identity), "--out", str(seed)],
-    )
+    demo = DEPLOY / "nats-cluster" / "demo"
+    identities = {
+        "--operator-identity": [demo / "operator.identity.json"],
+        "--ledger-identity": [demo / "ledger.identity.json"],
+        "--authority-identity": sorted(demo.glob("authority-*.identity.json")),
+    }
+    assert len(identities["--authority-identity"]) == 3
+    args = [a for option, files in identities.items() for f in files for a in (option, str(f))]
+    seed = tmp_path / "seed.authorization.conf"
+    command = ["cluster", "seed-authorization", *args, "--out", str(seed)]
+    result = CliRunner().invoke(main, command)
     assert result.exit_code == 0, result.output
     text = seed.read_text()
-    operator_key = json.loads(identity.read_text())["nats_key"]
-    assert re.findall(r"nkey: \"(\w+)\"", text) == [operator_key]
+    wanted = {json.loads(f.read_text())["nats_key"] for fs in identities.values() for f in fs}
+    found = re.findall(r"nkey: \"(\w+)\"", text)
+    assert len(found) == 5 and set(found) == wanted
     (tmp_path / "node.conf").write_text(f'listen: "127.0.0.1:-1"\ninclude "{seed.name}"\n')
     checked = subprocess.run(
         [nats_server_binary(), "-t", "-c", str(tmp_path / "node.conf")],
@@ -544,11 +547,43 @@ def test_a_recreated_nats_pod_admits_only_the_operator_until_its_authority_appli
         check=False,
     )
     assert checked.returncode == 0, checked.stderr
-    again = CliRunner().invoke(
-        main,
-        ["cluster", "seed-authorization", "--operator-identity", str(identity), "--out", str(seed)],
-    )
+    again = CliRunner().invoke(main, command)
     assert again.exit_code == 1 and "not overwritten" in again.output
+
+
+def volume_users(spec: dict[str, Any]) -> dict[str, set[str]]:
+    """Each volume of a pod spec (and claim template): the containers, init ones too, that
+    mount it."""
+    users: dict[str, set[str]] = {v["name"]: set() for v in spec["volumes"]}
+    for c in [*spec.get("initContainers", []), *spec["containers"]]:
+        for m in c["volumeMounts"]:
+            users.setdefault(m["name"], set()).add(c["name"])
+    return users
+
+
+def test_each_authority_logs_in_with_its_own_key_and_no_pod_holds_the_operator_s() -> None:
+    """The init container copies the pod's own authority key and passphrase (by pod name)
+    into an emptyDir only the authority mounts; the secret of every pod's key is mounted by
+    the init container alone; no volume of the ledger or the bus is the operator's key."""
+    spec = pod_specs()["nrm-nats"]
+    [init] = spec["initContainers"]
+    script = init["command"][-1]
+    assert '"/authority-keys/$POD_NAME.key" /run/nrm-authority/keys/agency.key' in script
+    assert '"/authority-keys/$POD_NAME.passphrase" /run/nrm-authority/passphrase' in script
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["authority-keys"]["secret"]["secretName"] == "nrm-authority-keys"
+    assert "emptyDir" in volumes["authority-run"]
+    users = volume_users(spec)
+    assert users["authority-keys"] == {"node-config"}
+    assert users["authority-run"] == {"node-config", "authority"}
+    for name, pod in pod_specs().items():
+        for v in pod["volumes"]:
+            assert "operator" not in v["name"] + v.get("secret", {}).get("secretName", ""), name
+    ledger = pod_specs()["nrm-ledger"]
+    assert {v["secret"]["secretName"] for v in ledger["volumes"] if "secret" in v} == {
+        "nrm-ledger-config",
+        "nrm-ledger-keys",
+    }
 
 
 def test_routes_and_clients_use_certificates_of_different_secrets() -> None:
