@@ -660,3 +660,69 @@ def test_nats_server_may_open_netlink_sockets() -> None:
     them over netlink: without AF_NETLINK the server cannot start."""
     [families] = unit_settings(DEPLOY / "systemd" / "nrm-nats.service")["RestrictAddressFamilies"]
     assert set(families.split()) == {"AF_INET", "AF_INET6", "AF_NETLINK"}
+
+
+def kubernetes_spec(folder: Path) -> Path:
+    """The cluster spec of deploy/README.md "Kubernetes" (the layout of kubernetes/nats.yaml),
+    with the demo mechanism's public files."""
+    demo = DEPLOY / "nats-cluster" / "demo"
+    authorities = [str(p) for p in sorted(demo.glob("authority-*.identity.json"))]
+    nodes = "".join(
+        f'[[nodes]]\nname = "nrm-nats-{n}"\nhost = "nrm-nats-{n}.nrm-nats.nrm.svc"\n'
+        'client = "0.0.0.0:4222"\nroute = "0.0.0.0:6222"\nmonitor = "0.0.0.0:8222"\n'
+        f'store_dir = "/data/jetstream/nrm-nats-{n}"\npid_file = "/run/nats/nrm-nats-{n}.pid"\n'
+        'status_bind = "0.0.0.0:8223"\n\n'
+        for n in range(3)
+    )
+    spec = folder / "cluster.toml"
+    spec.write_text(
+        "[trust]\n"
+        f"roots = [{json.dumps(str(demo / 'root.1.json'))}]\n"
+        f"directory = {json.dumps(str(demo / 'directory.json'))}\n"
+        f"operator_identity = {json.dumps(str(demo / 'operator.identity.json'))}\n"
+        f"ledger_identity = {json.dumps(str(demo / 'ledger.identity.json'))}\n"
+        f"authority_identities = {json.dumps(authorities)}\n\n"
+        "[client_tls]\n"
+        'cert_file = "/etc/nats-tls/tls.crt"\nkey_file = "/etc/nats-tls/tls.key"\n'
+        'ca_file = "/etc/nats-tls/ca.crt"\nverify = false\n\n'
+        "[route_tls]\n"
+        'cert_file = "/etc/nats-route-tls/tls.crt"\nkey_file = "/etc/nats-route-tls/tls.key"\n'
+        'ca_file = "/etc/nats-route-tls/ca.crt"\nverify = true\n\n'
+        "[authority]\n"
+        'config_dir = "/run/nats"\ntrust_root = "/etc/nrm/trust/root.1.json"\n'
+        'key_dir = "/run/nrm-authority/keys"\npassphrase_file = "/run/nrm-authority/passphrase"\n\n'
+        '[authority.nats_tls]\nca_file = "/etc/nats-tls/ca.crt"\n\n' + nodes
+    )
+    return spec
+
+
+def mounted_in(container: dict[str, Any], path: str) -> bool:
+    return inside(path, [m["mountPath"] for m in container["volumeMounts"]])
+
+
+def test_the_kubernetes_cluster_spec_fits_the_pods(tmp_path: Path) -> None:
+    """From the spec deploy/README.md gives for kubernetes/ (`nrm cluster config`): every
+    file each node's nats-server and authority name is in a volume that container mounts;
+    the authority's key and passphrase are where the init container puts the pod's own."""
+    spec = kubernetes_spec(tmp_path)
+    out = tmp_path / "nats-config"
+    result = CliRunner().invoke(main, ["cluster", "config", "--spec", str(spec), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    pod = pod_specs()["nrm-nats"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    [init] = pod["initContainers"]
+    script = init["command"][-1]
+    for n in range(3):
+        name = f"nrm-nats-{n}"
+        conf = (out / f"{name}.conf").read_text()
+        for key, path in re.findall(r'^\s*(\w+_file|store_dir): "([^"]+)"$', conf, re.M):
+            assert mounted_in(containers["nats"], path), f"{name}.conf {key} {path}"
+        doc = tomllib.loads((out / f"{name}.authority.toml").read_text())
+        paths = [doc[k] for k in ("authorization_file", "pid_file", "trust_root", "key_dir",
+                                  "passphrase_file", "trust_cache")]  # fmt: skip
+        for path in [*paths, *doc["nats_tls"].values()]:
+            assert mounted_in(containers["authority"], path), f"{name}.authority.toml {path}"
+        assert f"{doc['key_dir']}/agency.key" in script
+        assert doc["passphrase_file"] in script
+        assert doc["authorization_file"] == f"/run/nats/{name}.authorization.conf"
+        assert len(doc["authority_nkeys"]) == 3
