@@ -1,8 +1,8 @@
 #!/bin/sh
 # Makes every file deploy/compose.yaml mounts, with the documented `nrm` commands only:
 # administrators (2 of 3), the bus's operator, three agencies (police, shelter,
-# coordinator) with their keys admitted to a signed directory, the ledger, and each
-# service's configuration written by `nrm agent config` / `nrm ledger config`.
+# coordinator) with their keys admitted to a signed directory, the ledger with its own keys,
+# and each service's configuration written by `nrm agent config` / `nrm ledger config`.
 #
 #   deploy/compose-setup.sh DIR        then: NRM_DIR=DIR podman-compose -f deploy/compose.yaml up
 #
@@ -16,8 +16,9 @@ mkdir "$dir"
 secret() { od -An -N24 -tx1 /dev/urandom | tr -d ' \n' > "$1"; }
 
 # Administrators: root keys, root.1.json, the operator's keys, the directory draft. The
-# operator's key has its own passphrase: the bus and the ledger read it, and must never
-# hold the administrators' (admin.passphrase stays here, mounted into no container).
+# operator's key has its own passphrase: the bus (the operator's own single node) and the
+# publication read it, and must never hold the administrators' (admin.passphrase stays
+# here, mounted into no container). The ledger never gets the operator's key.
 secret "$dir/admin.passphrase"
 secret "$dir/operator.passphrase"
 "$nrm" admin init --admins 3 --threshold 2 --dir "$dir/admin" --passphrase-file "$dir/admin.passphrase" \
@@ -43,15 +44,16 @@ done
 # published on 127.0.0.1 only, and agents reach the ledger over the private network);
 # beyond one host, give them certificates (--http-tls-cert/--http-tls-key, --ledger-ca).
 #
-# The ledger: its own signing key (same passphrase as the operator's keys it reads the
-# audit stream with), a token for each agency that reads only its own events (scope
-# agency:<id>), and one for the auditors that reads everything.
+# The ledger: its own keys and passphrase (it signs checkpoints with them and logs in to the
+# bus with their NATS key, which the bus admits to the audit stream and the directory only:
+# `nrm bus up --ledger-identity`), a token for each agency that reads only its own events
+# (scope agency:<id>), and one for the auditors that reads everything.
 mkdir "$dir/ledger"
-cp "$dir/operator.passphrase" "$dir/ledger/passphrase"
+secret "$dir/ledger/passphrase"
 "$nrm" keys init --agency ledger --dir "$dir/ledger/keys" --name "Audit ledger" \
   --passphrase-file "$dir/ledger/passphrase"
 "$nrm" ledger config --out "$dir/ledger/ledger.toml" --name national \
-  --key-dir /etc/nrm/ledger/keys --operator-key-dir /etc/nrm/operator \
+  --key-dir /etc/nrm/ledger/keys \
   --passphrase-file /etc/nrm/ledger/passphrase --nats nats://bus:4222 \
   --trust-root /etc/nrm/ledger/root.json --database /var/lib/nrm/ledger.db \
   --bind 0.0.0.0:8090 --allow-plain-http --auditor auditor \

@@ -334,25 +334,49 @@ def test_compose_mounts_only_what_the_setup_script_makes(
 def test_the_administrators_passphrase_and_keys_reach_no_container(
     compose: dict[str, Any], mechanism: Path
 ) -> None:
-    """Only the operator's passphrase is mounted (the bus, publish, the ledger's copy), never
-    admin.passphrase nor an admin-N.key: a network-facing service holds neither."""
+    """Only the operator's passphrase is mounted (the bus, publish), never admin.passphrase
+    nor an admin-N.key: a network-facing service holds neither."""
     admin_files = {mechanism / "admin.passphrase", *mechanism.glob("admin/admin-*.key")}
     assert len(admin_files) == 4
     for name, service in compose["services"].items():
         for _, host in mounts(service, mechanism):
             if host is not None:
-                inside = set(host.rglob("*")) | {host} if host.is_dir() else {host}
-                assert not inside & admin_files, name
+                assert not mounted_files(host) & admin_files, name
     assert (mechanism / "operator.passphrase").read_bytes() != (
         mechanism / "admin.passphrase"
     ).read_bytes()
-    assert (mechanism / "ledger" / "passphrase").read_bytes() == (
+
+
+def mounted_files(host: Path) -> set[Path]:
+    """The host files a mount of `host` shows (itself, or everything under a folder)."""
+    return set(host.rglob("*")) | {host} if host.is_dir() else {host}
+
+
+def test_the_ledger_holds_its_own_key_and_never_the_operator_s(
+    compose: dict[str, Any], mechanism: Path
+) -> None:
+    """The ledger logs in to the bus with the NATS key of its own key folder, sealed with a
+    passphrase of its own; neither the operator's key nor its passphrase reaches the ledger's
+    container, and the bus admits the ledger's NKey (--ledger-identity)."""
+    operator = {*mounted_files(mechanism / "admin" / "operator"), mechanism / "operator.passphrase"}
+    ledger = compose["services"]["ledger"]
+    seen = set().union(*(mounted_files(h) for _, h in mounts(ledger, mechanism) if h is not None))
+    assert not seen & operator
+    assert (mechanism / "ledger" / "keys" / "agency.key") in seen
+    assert (mechanism / "ledger" / "passphrase").read_bytes() != (
         mechanism / "operator.passphrase"
     ).read_bytes()
+    [ledger_toml] = [a.partition("=")[2] for a in ledger["command"] if a.startswith("--config=")]
+    host = on_host(ledger_toml, ledger, mechanism)
+    assert host is not None
+    assert "operator" not in host.read_text()
+    bus = compose["services"]["bus"]
+    [identity] = [a.partition("=")[2] for a in bus["command"] if a.startswith("--ledger-identity=")]
+    assert on_host(identity, bus, mechanism) == mechanism / "ledger" / "keys" / "identity.json"
 
 
 PATH_SETTINGS = ("key_dir", "passphrase_file", "trust_root", "trust_cache", "database",
-                 "operator_key_dir", "identity", "token_file")  # fmt: skip
+                 "identity", "token_file")  # fmt: skip
 
 
 def host_config(doc: dict[str, Any], base: str, service: dict[str, Any], host_dir: Path,
@@ -485,34 +509,37 @@ def test_nats_nodes_share_the_authorization_with_the_authority_sidecar() -> None
     check_nrm_commands({"ledger": ledger["args"], "authority": authority})
 
 
-def test_a_recreated_nats_pod_admits_only_the_operator_until_its_authority_applies(
+def test_a_recreated_nats_pod_admits_no_agency_until_its_authority_applies(
     tmp_path: Path,
 ) -> None:
-    """The emptyDir is refilled on every pod start: with the operator-only include from
-    `nrm cluster seed-authorization`, never with a generated (possibly stale) directory's
-    one; the authority has no readiness probe (its 503 before a directory is trusted would
-    take the node out of service)."""
+    """The emptyDir is refilled on every pod start: with the seed include from `nrm cluster
+    seed-authorization` (the operator, the ledger and the authorities, no agency), never
+    with a generated (possibly stale) directory's one; the authority has no readiness probe
+    (its 503 before a directory is trusted would take the node out of service)."""
     spec = pod_specs()["nrm-nats"]
     [init] = spec["initContainers"]
     script = init["command"][-1]
-    assert (
-        '/config/operator-only.authorization.conf "/run/nats/$POD_NAME.authorization.conf"'
-        in script
-    )
+    assert '/config/seed.authorization.conf "/run/nats/$POD_NAME.authorization.conf"' in script
     assert "/config/$POD_NAME.authorization.conf" not in script
     authority = {c["name"]: c for c in spec["containers"]}["authority"]
     assert "readinessProbe" not in authority and "livenessProbe" in authority
 
-    identity = DEPLOY / "nats-cluster" / "demo" / "operator.identity.json"
-    seed = tmp_path / "operator-only.authorization.conf"
-    result = CliRunner().invoke(
-        main,
-        ["cluster", "seed-authorization", "--operator-identity", str(identity), "--out", str(seed)],
-    )
+    demo = DEPLOY / "nats-cluster" / "demo"
+    identities = {
+        "--operator-identity": [demo / "operator.identity.json"],
+        "--ledger-identity": [demo / "ledger.identity.json"],
+        "--authority-identity": sorted(demo.glob("authority-*.identity.json")),
+    }
+    assert len(identities["--authority-identity"]) == 3
+    args = [a for option, files in identities.items() for f in files for a in (option, str(f))]
+    seed = tmp_path / "seed.authorization.conf"
+    command = ["cluster", "seed-authorization", *args, "--out", str(seed)]
+    result = CliRunner().invoke(main, command)
     assert result.exit_code == 0, result.output
     text = seed.read_text()
-    operator_key = json.loads(identity.read_text())["nats_key"]
-    assert re.findall(r"nkey: \"(\w+)\"", text) == [operator_key]
+    wanted = {json.loads(f.read_text())["nats_key"] for fs in identities.values() for f in fs}
+    found = re.findall(r"nkey: \"(\w+)\"", text)
+    assert len(found) == 5 and set(found) == wanted
     (tmp_path / "node.conf").write_text(f'listen: "127.0.0.1:-1"\ninclude "{seed.name}"\n')
     checked = subprocess.run(
         [nats_server_binary(), "-t", "-c", str(tmp_path / "node.conf")],
@@ -520,11 +547,43 @@ def test_a_recreated_nats_pod_admits_only_the_operator_until_its_authority_appli
         check=False,
     )
     assert checked.returncode == 0, checked.stderr
-    again = CliRunner().invoke(
-        main,
-        ["cluster", "seed-authorization", "--operator-identity", str(identity), "--out", str(seed)],
-    )
+    again = CliRunner().invoke(main, command)
     assert again.exit_code == 1 and "not overwritten" in again.output
+
+
+def volume_users(spec: dict[str, Any]) -> dict[str, set[str]]:
+    """Each volume of a pod spec (and claim template): the containers, init ones too, that
+    mount it."""
+    users: dict[str, set[str]] = {v["name"]: set() for v in spec["volumes"]}
+    for c in [*spec.get("initContainers", []), *spec["containers"]]:
+        for m in c["volumeMounts"]:
+            users.setdefault(m["name"], set()).add(c["name"])
+    return users
+
+
+def test_each_authority_logs_in_with_its_own_key_and_no_pod_holds_the_operator_s() -> None:
+    """The init container copies the pod's own authority key and passphrase (by pod name)
+    into an emptyDir only the authority mounts; the secret of every pod's key is mounted by
+    the init container alone; no volume of the ledger or the bus is the operator's key."""
+    spec = pod_specs()["nrm-nats"]
+    [init] = spec["initContainers"]
+    script = init["command"][-1]
+    assert '"/authority-keys/$POD_NAME.key" /run/nrm-authority/keys/agency.key' in script
+    assert '"/authority-keys/$POD_NAME.passphrase" /run/nrm-authority/passphrase' in script
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["authority-keys"]["secret"]["secretName"] == "nrm-authority-keys"
+    assert "emptyDir" in volumes["authority-run"]
+    users = volume_users(spec)
+    assert users["authority-keys"] == {"node-config"}
+    assert users["authority-run"] == {"node-config", "authority"}
+    for name, pod in pod_specs().items():
+        for v in pod["volumes"]:
+            assert "operator" not in v["name"] + v.get("secret", {}).get("secretName", ""), name
+    ledger = pod_specs()["nrm-ledger"]
+    assert {v["secret"]["secretName"] for v in ledger["volumes"] if "secret" in v} == {
+        "nrm-ledger-config",
+        "nrm-ledger-keys",
+    }
 
 
 def test_routes_and_clients_use_certificates_of_different_secrets() -> None:
@@ -601,3 +660,69 @@ def test_nats_server_may_open_netlink_sockets() -> None:
     them over netlink: without AF_NETLINK the server cannot start."""
     [families] = unit_settings(DEPLOY / "systemd" / "nrm-nats.service")["RestrictAddressFamilies"]
     assert set(families.split()) == {"AF_INET", "AF_INET6", "AF_NETLINK"}
+
+
+def kubernetes_spec(folder: Path) -> Path:
+    """The cluster spec of deploy/README.md "Kubernetes" (the layout of kubernetes/nats.yaml),
+    with the demo mechanism's public files."""
+    demo = DEPLOY / "nats-cluster" / "demo"
+    authorities = [str(p) for p in sorted(demo.glob("authority-*.identity.json"))]
+    nodes = "".join(
+        f'[[nodes]]\nname = "nrm-nats-{n}"\nhost = "nrm-nats-{n}.nrm-nats.nrm.svc"\n'
+        'client = "0.0.0.0:4222"\nroute = "0.0.0.0:6222"\nmonitor = "0.0.0.0:8222"\n'
+        f'store_dir = "/data/jetstream/nrm-nats-{n}"\npid_file = "/run/nats/nrm-nats-{n}.pid"\n'
+        'status_bind = "0.0.0.0:8223"\n\n'
+        for n in range(3)
+    )
+    spec = folder / "cluster.toml"
+    spec.write_text(
+        "[trust]\n"
+        f"roots = [{json.dumps(str(demo / 'root.1.json'))}]\n"
+        f"directory = {json.dumps(str(demo / 'directory.json'))}\n"
+        f"operator_identity = {json.dumps(str(demo / 'operator.identity.json'))}\n"
+        f"ledger_identity = {json.dumps(str(demo / 'ledger.identity.json'))}\n"
+        f"authority_identities = {json.dumps(authorities)}\n\n"
+        "[client_tls]\n"
+        'cert_file = "/etc/nats-tls/tls.crt"\nkey_file = "/etc/nats-tls/tls.key"\n'
+        'ca_file = "/etc/nats-tls/ca.crt"\nverify = false\n\n'
+        "[route_tls]\n"
+        'cert_file = "/etc/nats-route-tls/tls.crt"\nkey_file = "/etc/nats-route-tls/tls.key"\n'
+        'ca_file = "/etc/nats-route-tls/ca.crt"\nverify = true\n\n'
+        "[authority]\n"
+        'config_dir = "/run/nats"\ntrust_root = "/etc/nrm/trust/root.1.json"\n'
+        'key_dir = "/run/nrm-authority/keys"\npassphrase_file = "/run/nrm-authority/passphrase"\n\n'
+        '[authority.nats_tls]\nca_file = "/etc/nats-tls/ca.crt"\n\n' + nodes
+    )
+    return spec
+
+
+def mounted_in(container: dict[str, Any], path: str) -> bool:
+    return inside(path, [m["mountPath"] for m in container["volumeMounts"]])
+
+
+def test_the_kubernetes_cluster_spec_fits_the_pods(tmp_path: Path) -> None:
+    """From the spec deploy/README.md gives for kubernetes/ (`nrm cluster config`): every
+    file each node's nats-server and authority name is in a volume that container mounts;
+    the authority's key and passphrase are where the init container puts the pod's own."""
+    spec = kubernetes_spec(tmp_path)
+    out = tmp_path / "nats-config"
+    result = CliRunner().invoke(main, ["cluster", "config", "--spec", str(spec), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    pod = pod_specs()["nrm-nats"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    [init] = pod["initContainers"]
+    script = init["command"][-1]
+    for n in range(3):
+        name = f"nrm-nats-{n}"
+        conf = (out / f"{name}.conf").read_text()
+        for key, path in re.findall(r'^\s*(\w+_file|store_dir): "([^"]+)"$', conf, re.M):
+            assert mounted_in(containers["nats"], path), f"{name}.conf {key} {path}"
+        doc = tomllib.loads((out / f"{name}.authority.toml").read_text())
+        paths = [doc[k] for k in ("authorization_file", "pid_file", "trust_root", "key_dir",
+                                  "passphrase_file", "trust_cache")]  # fmt: skip
+        for path in [*paths, *doc["nats_tls"].values()]:
+            assert mounted_in(containers["authority"], path), f"{name}.authority.toml {path}"
+        assert f"{doc['key_dir']}/agency.key" in script
+        assert doc["passphrase_file"] in script
+        assert doc["authorization_file"] == f"/run/nats/{name}.authorization.conf"
+        assert len(doc["authority_nkeys"]) == 3

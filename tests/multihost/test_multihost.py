@@ -7,6 +7,9 @@ shelter, social services, later outreach) on its own. The operator writes one fi
 cluster spec (as deploy/nats-cluster/cluster.toml); `nrm cluster config` writes each node's
 nats-server configuration, initial authorization and authority.toml from it, `nrm bus
 provision` makes the streams, `nrm directory` commands change and publish the directory.
+The operator's key stays on the ops host: each node's authority logs in with keys of its own
+(`nrm keys init` on the node, at the same path on every node, each node seeing its own
+folder there), the ledger with its own.
 The agencies' case systems call their agents' HTTP APIs from their agency's host. Then:
 
 - referrals flow police -> shelter and police -> social services;
@@ -123,6 +126,16 @@ class Deployment:
         return self.net.hosts[name]
 
     @property
+    def authority_home(self) -> Path:
+        """The authority's folder on every node (one path; each node's own folder is bound
+        there for its authority: `own_authority_home`)."""
+        return self.root / "bus" / "authority"
+
+    def own_authority_home(self, node: str) -> Path:
+        """What `authority_home` holds on `node`: its authority's passphrase and keys."""
+        return self.root / "hosts" / node / "authority"
+
+    @property
     def ops(self) -> Host:
         return self.net.hosts["ops"]
 
@@ -183,9 +196,37 @@ class Deployment:
 # --- the bus -------------------------------------------------------------------------------
 
 
-def write_cluster_spec(d: Deployment) -> Path:
+async def make_authority_keys(d: Deployment) -> list[Path]:
+    """On each node, as deploy/README.md says: a passphrase of the node's own and `nrm keys
+    init --agency bus-authority-<node>`; returns their identity.json files (public), which
+    the operator lists in the spec."""
+    d.authority_home.mkdir(parents=True)  # the mount point of each node's own folder
+
+    async def on(node: str) -> Path:
+        home = d.own_authority_home(node)
+        home.mkdir(parents=True, mode=0o700)
+        write_new_file(home / "passphrase", f"{node} authority passphrase, test only".encode())
+        passphrase = ("--passphrase-file", str(home / "passphrase"))
+        agency = ("--agency", f"bus-authority-{node}")
+        await d.nrm(node, "keys", "init", *agency, "--dir", str(home / "keys"), *passphrase)
+        return home / "keys" / "identity.json"
+
+    return list(await asyncio.gather(*(on(n) for n in NODES)))
+
+
+def start_authority(d: Deployment, node: str, config: Path) -> Proc:
+    """`nrm bus authority` on `node`, seeing the node's own folder at `authority_home` (a
+    bind mount in the mount namespace `ip netns exec` gives it, as on a host of its own)."""
+    bind = 'mount --bind "$1" "$2"; shift 2; exec "$@"'
+    argv = [sys.executable, "-m", "nrm", "bus", "authority", "--config", str(config)]
+    own, common = d.own_authority_home(node), d.authority_home
+    return d.host(node).spawn("authority", ["sh", "-ec", bind, "sh", str(own), str(common), *argv])
+
+
+def write_cluster_spec(d: Deployment, authority_identities: list[Path]) -> Path:
     """The one file the operator writes for the cluster (as deploy/nats-cluster/cluster.toml):
-    nodes on their hosts' addresses, TLS files, the trust documents, the authorities."""
+    nodes on their hosts' addresses, TLS files, the trust documents (the public identities
+    of the operator, the ledger and the authorities), the authorities' paths."""
     folder = d.root / "bus"
     for name in NODES:
         (folder / name).mkdir(parents=True)
@@ -209,12 +250,13 @@ def write_cluster_spec(d: Deployment) -> Path:
     )
     spec = folder / "cluster.toml"
     spec.write_text(
-        'cluster_name = "nrm"\n'
-        "replicas = 3\n\n"
+        'cluster_name = "nrm"\n\n'
         "[trust]\n"
         f"roots = [{json.dumps(str(d.sandbox.admin.root_path(1)))}]\n"
         f"directory = {json.dumps(str(admin_dir / admin.DIRECTORY_FILE))}\n"
         f"operator_identity = {json.dumps(str(admin_dir / admin.OPERATOR_DIR / 'identity.json'))}\n"
+        f"ledger_identity = {json.dumps(str(d.sandbox.ledger_home / 'keys' / 'identity.json'))}\n"
+        f"authority_identities = {json.dumps([str(p) for p in authority_identities])}\n"
         "\n[client_tls]\n"
         f"cert_file = {json.dumps(str(cert))}\n"
         f"key_file = {json.dumps(str(key))}\n"
@@ -228,8 +270,8 @@ def write_cluster_spec(d: Deployment) -> Path:
         "\n[authority]\n"
         f"config_dir = {json.dumps(str(folder))}\n"
         f"trust_root = {json.dumps(str(d.sandbox.admin.root_path(1)))}\n"
-        f"operator_key_dir = {json.dumps(str(admin_dir / admin.OPERATOR_DIR))}\n"
-        f"passphrase_file = {json.dumps(str(d.admin_passphrase_file))}\n"
+        f"key_dir = {json.dumps(str(d.authority_home / 'keys'))}\n"
+        f"passphrase_file = {json.dumps(str(d.authority_home / 'passphrase'))}\n"
         "\n[authority.nats_tls]\n"
         f"ca_file = {json.dumps(str(d.pki.ca_file))}\n\n" + nodes
     )
@@ -268,10 +310,11 @@ async def operator_connection(d: Deployment, **options: Any) -> Any:
 
 
 async def start_cluster(d: Deployment) -> None:
-    """`nrm cluster config` from the spec, each node's nats-server on its host with the
-    generated configuration, `nrm bus provision` (again while JetStream is not ready: exit
-    4), `nrm directory publish`, then each node's `nrm bus authority`."""
-    spec = write_cluster_spec(d)
+    """Each node's authority's keys, `nrm cluster config` from the spec, each node's
+    nats-server on its host with the generated configuration, `nrm bus provision` (again
+    while JetStream is not ready: exit 4), `nrm directory publish`, then each node's `nrm
+    bus authority`."""
+    spec = write_cluster_spec(d, await make_authority_keys(d))
     out = spec.parent
     await d.nrm("ops", "cluster", "config", "--spec", str(spec), "--out", str(out))
     for name in NODES:
@@ -307,11 +350,7 @@ async def start_cluster(d: Deployment) -> None:
     await eventually(provisioned, timeout=TIMEOUT, what="nrm bus provision")
     await d.publish()
     for name in NODES:
-        d.procs[f"authority-{name}"] = d.host(name).spawn(
-            "authority",
-            [sys.executable, "-m", "nrm", "bus", "authority", "--config",
-             str(out / f"{name}.authority.toml")],
-        )  # fmt: skip
+        d.procs[f"authority-{name}"] = start_authority(d, name, out / f"{name}.authority.toml")
 
     async def authorities() -> bool:
         return all([await authority_healthy(d, name) for name in NODES])
@@ -323,7 +362,8 @@ async def start_cluster(d: Deployment) -> None:
 
 
 async def configure_ledger(d: Deployment, agencies: list[str]) -> Path:
-    """`nrm ledger config`: HTTPS on the ledger's host, an auditor token per agency."""
+    """`nrm ledger config`: HTTPS on the ledger's host, an auditor token per agency; it logs
+    in to the bus with its own keys (the spec's ledger_identity), no operator key."""
     home = d.sandbox.ledger_home
     address = d.host("ledger").address
     cert, key = d.pki.issue("ledger", address)
@@ -338,8 +378,6 @@ async def configure_ledger(d: Deployment, agencies: list[str]) -> Path:
         LEDGER_NAME,
         "--key-dir",
         "keys",
-        "--operator-key-dir",
-        str(d.sandbox.admin.path / admin.OPERATOR_DIR),
         "--passphrase-file",
         "passphrase",
         *d.bus_options(),
@@ -555,6 +593,31 @@ async def on_every_node(d: Deployment, seed: bytes, *, admitted: bool) -> bool:
     return all([await nkey_admitted(d, seed, n) == admitted for n in NODES])
 
 
+def nats_key_of(identity: Path) -> str:
+    key = json.loads(identity.read_text())["nats_key"]
+    assert isinstance(key, str)
+    return key
+
+
+async def logged_in(d: Deployment) -> set[str]:
+    """The NKeys of every client connection of every node (its `/connz`, asked on the
+    node's host: monitoring is on its loopback)."""
+
+    async def connz() -> Any:
+        url = f"http://127.0.0.1:{MONITOR_PORT}/connz?auth=true&limit=4096"
+        async with aiohttp.ClientSession() as http, http.get(url, timeout=SHORT) as r:
+            return await r.json()
+
+    users: set[str] = set()
+    for node in NODES:
+        try:
+            body = await d.host(node).run(connz())
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            continue
+        users |= {str(c.get("authorized_user")) for c in body.get("connections") or []}
+    return users
+
+
 async def checkpoint_size(d: Deployment) -> int:
     """The size of the ledger's latest signed checkpoint (0 before the first), asked over
     HTTPS with an auditor token."""
@@ -598,6 +661,17 @@ async def scenario(d: Deployment) -> None:
         timeout=TIMEOUT,
         what="the first referrals delivered",
     )
+
+    # Each node's authority is logged in with its own NKey and the ledger with its own: the
+    # operator's key is on the ops host only.
+    own = {nats_key_of(d.own_authority_home(n) / "keys" / "identity.json") for n in NODES}
+    ledger_key = nats_key_of(d.sandbox.ledger_home / "keys" / "identity.json")
+    assert len(own) == len(NODES) and ledger_key not in own
+
+    async def own_identities() -> bool:
+        return {*own, ledger_key} <= await logged_in(d)
+
+    await eventually(own_identities, timeout=TIMEOUT, what="the authorities and the ledger")
 
     nc = await operator_connection(d)
     try:
