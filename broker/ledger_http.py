@@ -24,7 +24,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from keys import DEFAULT_LIMITS
-from keys.audit import COUNT_LABELS, KINDS, LABELS
+from keys.audit import ACCESS_RECORDS, CATEGORIES, CLIENT_NAME, COUNT_LABELS, KINDS, LABELS
 from keys.checkpoint import MAX_CHECKPOINT_BYTES
 from keys.merkle import MerkleTree, leaf_hash
 from keys.subjects import AGENCY_ID_PATTERN
@@ -590,6 +590,7 @@ _BASE64: dict[str, Any] = {"type": "string", "pattern": _B64}
 _PROOF: dict[str, Any] = {"type": "array", "maxItems": 64, "items": _HASH}
 _AGENCY = AGENCY_ID_PATTERN.pattern
 _REASON = "^[a-z][a-z0-9-]{0,39}$"
+_CATEGORY = "|".join(CATEGORIES)
 #: `labels` of an entry (§9.0): the statistics labels with their values, or the counts of a
 #: `retention.purged` round.
 _LABELS: dict[str, Any] = {
@@ -601,6 +602,11 @@ _LABELS: dict[str, Any] = {
             name: {"type": "string", "pattern": "^(0|[1-9][0-9]{0,8})$"}
             for name in sorted(COUNT_LABELS)
         },
+        # a `record.accessed` read (§9.0)
+        "client": {"type": "string", "pattern": CLIENT_NAME.pattern},
+        "record": {"enum": sorted(ACCESS_RECORDS)},
+        "categories": {"type": "string", "pattern": f"^({_CATEGORY})(,({_CATEGORY}))*$"},
+        "reads": {"type": "string", "pattern": "^[1-9][0-9]{0,8}$"},
     },
 }
 #: An entry's decoded event (EntryRow.to_json), for display and search (§9.0).

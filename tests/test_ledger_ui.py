@@ -261,6 +261,7 @@ KIND_WORDS = {
     "standing.changed": "Standing changed",
     "alert.acknowledged": "Alert acknowledged",
     "retention.purged": "Retention purge",
+    "record.accessed": "Record accessed",
 }
 #: What each statistics label value reads as.
 LABEL_WORDS = {

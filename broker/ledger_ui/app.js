@@ -97,6 +97,7 @@
     "standing.changed": "Standing changed",
     "alert.acknowledged": "Alert acknowledged",
     "retention.purged": "Retention purge",
+    "record.accessed": "Record accessed",
   };
   const LABEL_WORDS = {
     referral_type: {

@@ -1,0 +1,120 @@
+"""Access records (PROTOCOL.md §9.0 `record.accessed`): every answer of the agent API that
+returns a received referral's personal data is counted, and coalesced reads are one signed
+event; the owner reads the accesses of its referrals from the ledger (`GET /v1/accesses`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agents.config import ApiClient, ConfigError, _client
+from agents.referral import FIELD_CATEGORY
+from keys.audit import AuditEvent, decode_signed_event, new_event_id
+from runtime import clock
+
+from . import samples
+from .support import Mechanism, query
+from .test_agent import delivered
+
+ACCESS = (
+    ("categories", "contact,identity"),
+    ("client", "case-management"),
+    ("reads", "3"),
+    ("record", "body"),
+)
+
+
+@pytest.mark.parametrize(
+    ("kind", "labels", "valid"),
+    [
+        ("record.accessed", ACCESS, True),
+        ("record.accessed", (("record", "attachment"), ("reads", "1")), True),
+        ("record.accessed", (("categories", "identity,contact"),), False),  # not sorted
+        ("record.accessed", (("categories", "contact,contact"),), False),  # repeated
+        ("record.accessed", (("categories", "names"),), False),  # not a §8.1 category
+        ("record.accessed", (("categories", ""),), False),
+        ("record.accessed", (("client", "Mira Example"),), False),  # not a system name
+        ("record.accessed", (("record", "history"),), False),
+        ("record.accessed", (("reads", "01"),), False),
+        ("record.accessed", (("reads", "0"),), False),
+        ("record.accessed", (("urgency", "urgent"),), False),  # statistics labels: not here
+        ("record.accessed", (("history", "1"),), False),  # another kind's count
+        ("referral.sent", (("client", "case-management"),), False),  # only on record.accessed
+        ("referral.received", (("record", "body"),), False),
+        ("retention.purged", (("reads", "1"),), False),
+    ],
+)
+def test_access_labels_only_on_their_kind(
+    kind: str, labels: tuple[tuple[str, str], ...], valid: bool
+) -> None:
+    def make() -> AuditEvent:
+        return AuditEvent(
+            event_id=new_event_id(), agency="shelter", kind=kind, time=1, labels=labels
+        )
+
+    if valid:
+        assert make().labels == labels
+    else:
+        with pytest.raises(ValueError, match="label"):
+            make()
+
+
+@pytest.mark.parametrize("name", ["Case System", "case_system", "1cms", "", "a" * 41, 7])
+def test_client_names_are_system_names(name: object) -> None:
+    doc = {"name": name, "token_sha256": "ab" * 32, "scopes": ["read"]}
+    with pytest.raises(ConfigError, match=r"api\.clients\.name"):
+        _client(doc)
+    assert _client({**doc, "name": "cms-2"}) == ApiClient(
+        "cms-2", bytes.fromhex("ab" * 32), frozenset({"read"})
+    )
+
+
+def accesses(m: Mechanism, agency: str) -> list[tuple[AuditEvent, bytes]]:
+    rows = query(m.database(agency), "SELECT event FROM audit_outbox ORDER BY seq")
+    decoded = [(decode_signed_event(bytes(r[0])), bytes(r[0])) for r in rows]
+    return [(d[0], raw) for d, raw in decoded if d[0].kind == "record.accessed"]
+
+
+def move_clock(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, seconds: int) -> None:
+    clock.set_offset(tmp_path / "clock-offset", seconds)
+    monkeypatch.setenv(clock.ENV, str(tmp_path / "clock-offset"))
+
+
+async def test_reads_are_recorded_coalesced_and_without_content(
+    mechanism: Mechanism, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    m = mechanism
+    rid = await m.api("police").refer(["shelter"], samples.referral())
+    await delivered(m, "police", rid)
+    shelter = m.api("shelter")
+    status, body, _ = await shelter.call("GET", f"/v1/referrals/{rid}?sender=police")
+    assert status == 200 and body["referral"]["body"]
+    returned = ",".join(sorted({FIELD_CATEGORY[f] for f in body["referral"]["body"]}))
+    inbox = await shelter.inbox()  # the same body, by the same client: the same window
+    assert [i["id"] for i in inbox] == [rid]
+    assert accesses(m, "shelter") == []  # the window is open
+    status, _, _ = await m.api("police").call("GET", f"/v1/referrals/{rid}")
+    assert status == 200  # the owner reading its own referral is no access record
+
+    move_clock(monkeypatch, tmp_path, m.agents["shelter"].limits.access_coalesce_seconds)
+    status, _, _ = await shelter.call("GET", f"/v1/referrals/{rid}?sender=police")
+    assert status == 200  # after the window: it closes the first, and opens a new one
+    [(event, raw)] = accesses(m, "shelter")
+    assert (event.agency, event.referral_id, event.counterpart) == ("shelter", rid, "police")
+    assert dict(event.labels) == {
+        "categories": returned,
+        "client": "case-management",
+        "reads": "2",
+        "record": "body",
+    }
+    assert event.reason is None and event.envelope_hash is None and event.key_ids == ()
+    for text in ("Mira", "Example", "Wrist", "caseworker", "forced_labour"):
+        assert text.encode() not in raw
+    assert accesses(m, "police") == []
+
+    move_clock(monkeypatch, tmp_path, 3 * m.agents["shelter"].limits.access_coalesce_seconds)
+    assert m.agents["shelter"].access.flush() in (0, 1)  # or the timers loop signed it
+    events = [e for e, _ in accesses(m, "shelter")]
+    assert [dict(e.labels)["reads"] for e in events] == ["2", "1"]
+    assert m.agents["shelter"].store.open_access_count() == 0
