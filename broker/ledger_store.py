@@ -49,6 +49,8 @@ CREATE TABLE IF NOT EXISTS entries (
     directory_version INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS entries_referral ON entries(referral_id);
+CREATE INDEX IF NOT EXISTS entries_accesses ON entries(counterpart, idx)
+    WHERE kind = 'record.accessed';
 CREATE TABLE IF NOT EXISTS nodes (
     level INTEGER NOT NULL,
     idx   INTEGER NOT NULL,
@@ -325,6 +327,16 @@ class LedgerStore:
             "kind LIKE ? OR referral_id LIKE ? OR counterpart LIKE ? OR reason LIKE ?) "
             "ORDER BY idx LIMIT ?",
             (after, q, like, like, like, like, like, limit),
+        )
+        return [_row(r) for r in rows]
+
+    def accesses(self, *, owner: str | None, since: int, after: int, limit: int) -> list[EntryRow]:
+        """`record.accessed` entries after index `after` signed at `since` or later: those
+        of `owner`'s referrals (their counterpart), or every one (owner None), by index."""
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM entries WHERE kind = 'record.accessed' AND idx > ?"
+            " AND time >= ? AND (? IS NULL OR counterpart = ?) ORDER BY idx LIMIT ?",
+            (after, since, owner, owner, limit),
         )
         return [_row(r) for r in rows]
 

@@ -4,6 +4,7 @@ event; the owner reads the accesses of its referrals from the ledger (`GET /v1/a
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,13 @@ import pytest
 from agents.config import ApiClient, ConfigError, _client
 from agents.referral import FIELD_CATEGORY
 from keys.audit import AuditEvent, decode_signed_event, new_event_id
+from keys.merkle import leaf_hash, verify_inclusion
 from runtime import clock
 
 from . import samples
-from .support import Mechanism, query
+from .support import Mechanism, eventually, query
 from .test_agent import delivered
+from .test_ledger import get_json
 
 ACCESS = (
     ("categories", "contact,identity"),
@@ -81,9 +84,14 @@ def move_clock(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, seconds: int) ->
     monkeypatch.setenv(clock.ENV, str(tmp_path / "clock-offset"))
 
 
-async def test_reads_are_recorded_coalesced_and_without_content(
+async def test_reads_are_recorded_coalesced_and_the_owner_reads_them(
     mechanism: Mechanism, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """The shelter's reads of a police referral inside one window are one event with their
+    count, naming the client, the record and the categories and nothing of the body; a read
+    after the window opens the next. On the ledger the police (the owner) reads both, with
+    inclusion proofs, paged; the shelter and the co-ordinator read none; bad parameters are
+    problems."""
     m = mechanism
     rid = await m.api("police").refer(["shelter"], samples.referral())
     await delivered(m, "police", rid)
@@ -118,3 +126,58 @@ async def test_reads_are_recorded_coalesced_and_without_content(
     events = [e for e, _ in accesses(m, "shelter")]
     assert [dict(e.labels)["reads"] for e in events] == ["2", "1"]
     assert m.agents["shelter"].store.open_access_count() == 0
+
+    # The owner reads them from the ledger (§11.2); the reader and the others see none.
+    ledger = m.sandbox.ledger
+    assert ledger is not None
+
+    async def in_ledger() -> bool:
+        return len(ledger.store.accesses(owner=None, since=0, after=-1, limit=10)) == 2
+
+    await eventually(in_ledger, what="both access events in the ledger")
+    ledger.checkpoint()
+    head = await get_json(m.http, ledger.url + "/v1/checkpoint", m.sandbox.auditor_token)
+    size, root = head["size"], bytes.fromhex(head["root"])
+    url = ledger.url + "/v1/accesses"
+    police = ledger_token(m, "police")
+    page = await get_json(m.http, f"{url}?since=0&size={size}", police)
+    assert [i["event_id"] for i in page["items"]] == [e.event_id for e in events]
+    assert page["size"] == size and page["next_cursor"] is None
+    for item in page["items"]:
+        assert (item["kind"], item["counterpart"], item["agency"]) == (
+            "record.accessed",
+            "police",
+            "shelter",
+        )
+        leaf = base64.b64decode(item["leaf"])
+        verify_inclusion(
+            leaf_hash=leaf_hash(leaf),
+            index=item["index"],
+            size=size,
+            proof=[bytes.fromhex(h) for h in item["proof"]],
+            root=root,
+        )
+    first = page["items"][0]
+    later = await get_json(m.http, f"{url}?limit=1&cursor={first['index']}", police)
+    assert [i["event_id"] for i in later["items"]] == [events[1].event_id]
+    assert "proof" not in later["items"][0] and "size" not in later
+    after = await get_json(m.http, f"{url}?since={events[1].time + 1}", police)
+    assert after["items"] == []
+    for other in ("shelter", "coordinator"):  # the reader itself reads no owner's accesses
+        assert (await get_json(m.http, url, ledger_token(m, other)))["items"] == []
+    everyone = await get_json(m.http, url, m.sandbox.auditor_token)
+    assert len(everyone["items"]) == 2
+    for query_string, status in (
+        ("since=yesterday", 400),
+        ("since=-1", 400),
+        ("limit=0", 400),
+        (f"size={size + 1}", 404),
+    ):
+        async with m.http.get(
+            f"{url}?{query_string}", headers={"Authorization": f"Bearer {police}"}
+        ) as r:
+            assert (r.status, r.content_type) == (status, "application/problem+json"), query_string
+
+
+def ledger_token(m: Mechanism, agency: str) -> str:
+    return (m.setups[agency].home / "ledger.token").read_text().strip()
