@@ -5,6 +5,7 @@ event; the owner reads the accesses of its referrals from the ledger (`GET /v1/a
 from __future__ import annotations
 
 import base64
+import secrets
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,10 @@ from keys.audit import AuditEvent, decode_signed_event, new_event_id
 from keys.merkle import leaf_hash, verify_inclusion
 from runtime import clock
 
-from . import samples
 from .support import Mechanism, eventually, query
 from .test_agent import delivered
 from .test_ledger import get_json
+from .test_referrals import fetch_attachment, upload, with_attachment
 
 ACCESS = (
     ("categories", "contact,identity"),
@@ -87,28 +88,41 @@ def move_clock(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, seconds: int) ->
 async def test_reads_are_recorded_coalesced_and_the_owner_reads_them(
     mechanism: Mechanism, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """The shelter's reads of a police referral inside one window are one event with their
-    count, naming the client, the record and the categories and nothing of the body; a read
-    after the window opens the next. On the ledger the police (the owner) reads both, with
-    inclusion proofs, paged; the shelter and the co-ordinator read none; bad parameters are
-    problems."""
+    """The shelter's reads of a police referral's body inside one window are one event with
+    their count, naming the client, the record and the categories and nothing of the body;
+    a read after the window opens the next; its attachment's read is an event of its own.
+    On the ledger the police (the owner) reads them all, with inclusion proofs, paged; the
+    shelter and the co-ordinator read none; bad parameters are problems."""
     m = mechanism
-    rid = await m.api("police").refer(["shelter"], samples.referral())
+    content = b"%PDF-1.7 " + secrets.token_bytes(512)
+    status, item = await upload(m, "police", content, "application/pdf")
+    assert status == 201, item
+    aid = item["attachment_id"]
+    rid = await m.api("police").refer(["shelter"], with_attachment(item))
     await delivered(m, "police", rid)
+    agent = m.agents["shelter"]
+
+    async def fetched() -> bool:  # looked at in the store: an API read would count
+        return agent.attachments.read("police", rid, aid)[0] == "ok"
+
+    await eventually(fetched, what="the shelter to fetch the attachment")
     shelter = m.api("shelter")
     status, body, _ = await shelter.call("GET", f"/v1/referrals/{rid}?sender=police")
     assert status == 200 and body["referral"]["body"]
     returned = ",".join(sorted({FIELD_CATEGORY[f] for f in body["referral"]["body"]}))
     inbox = await shelter.inbox()  # the same body, by the same client: the same window
     assert [i["id"] for i in inbox] == [rid]
-    assert accesses(m, "shelter") == []  # the window is open
+    assert await fetch_attachment(m, "shelter", rid, aid) == (200, content)
+    assert accesses(m, "shelter") == []  # the windows are open
     status, _, _ = await m.api("police").call("GET", f"/v1/referrals/{rid}")
     assert status == 200  # the owner reading its own referral is no access record
 
-    move_clock(monkeypatch, tmp_path, m.agents["shelter"].limits.access_coalesce_seconds)
+    window = agent.limits.access_coalesce_seconds
+    move_clock(monkeypatch, tmp_path, window)
     status, _, _ = await shelter.call("GET", f"/v1/referrals/{rid}?sender=police")
     assert status == 200  # after the window: it closes the first, and opens a new one
-    [(event, raw)] = accesses(m, "shelter")
+    bodies = [(e, raw) for e, raw in accesses(m, "shelter") if dict(e.labels)["record"] == "body"]
+    [(event, raw)] = bodies
     assert (event.agency, event.referral_id, event.counterpart) == ("shelter", rid, "police")
     assert dict(event.labels) == {
         "categories": returned,
@@ -121,27 +135,33 @@ async def test_reads_are_recorded_coalesced_and_the_owner_reads_them(
         assert text.encode() not in raw
     assert accesses(m, "police") == []
 
-    move_clock(monkeypatch, tmp_path, 3 * m.agents["shelter"].limits.access_coalesce_seconds)
-    assert m.agents["shelter"].access.flush() in (0, 1)  # or the timers loop signed it
+    move_clock(monkeypatch, tmp_path, 3 * window)
+    assert agent.access.flush() in (0, 1, 2)  # or the timers loop signed them
     events = [e for e, _ in accesses(m, "shelter")]
-    assert [dict(e.labels)["reads"] for e in events] == ["2", "1"]
-    assert m.agents["shelter"].store.open_access_count() == 0
+    assert sorted((dict(e.labels)["record"], dict(e.labels)["reads"]) for e in events) == [
+        ("attachment", "1"),
+        ("body", "1"),
+        ("body", "2"),
+    ]
+    attachment = next(e for e in events if dict(e.labels)["record"] == "attachment")
+    assert dict(attachment.labels)["categories"] == "attachments"
+    assert agent.store.open_access_count() == 0
 
     # The owner reads them from the ledger (§11.2); the reader and the others see none.
     ledger = m.sandbox.ledger
     assert ledger is not None
 
     async def in_ledger() -> bool:
-        return len(ledger.store.accesses(owner=None, since=0, after=-1, limit=10)) == 2
+        return len(ledger.store.accesses(owner=None, since=0, after=-1, limit=10)) == 3
 
-    await eventually(in_ledger, what="both access events in the ledger")
+    await eventually(in_ledger, what="the access events in the ledger")
     ledger.checkpoint()
     head = await get_json(m.http, ledger.url + "/v1/checkpoint", m.sandbox.auditor_token)
     size, root = head["size"], bytes.fromhex(head["root"])
     url = ledger.url + "/v1/accesses"
     police = ledger_token(m, "police")
     page = await get_json(m.http, f"{url}?since=0&size={size}", police)
-    assert [i["event_id"] for i in page["items"]] == [e.event_id for e in events]
+    assert sorted(i["event_id"] for i in page["items"]) == sorted(e.event_id for e in events)
     assert page["size"] == size and page["next_cursor"] is None
     for item in page["items"]:
         assert (item["kind"], item["counterpart"], item["agency"]) == (
@@ -157,16 +177,18 @@ async def test_reads_are_recorded_coalesced_and_the_owner_reads_them(
             proof=[bytes.fromhex(h) for h in item["proof"]],
             root=root,
         )
-    first = page["items"][0]
+    first, second = page["items"][:2]
     later = await get_json(m.http, f"{url}?limit=1&cursor={first['index']}", police)
-    assert [i["event_id"] for i in later["items"]] == [events[1].event_id]
+    assert [i["event_id"] for i in later["items"]] == [second["event_id"]]
+    assert later["next_cursor"] == str(second["index"])
     assert "proof" not in later["items"][0] and "size" not in later
-    after = await get_json(m.http, f"{url}?since={events[1].time + 1}", police)
+    newest = max(e.time for e in events)
+    after = await get_json(m.http, f"{url}?since={newest + 1}", police)
     assert after["items"] == []
     for other in ("shelter", "coordinator"):  # the reader itself reads no owner's accesses
         assert (await get_json(m.http, url, ledger_token(m, other)))["items"] == []
     everyone = await get_json(m.http, url, m.sandbox.auditor_token)
-    assert len(everyone["items"]) == 2
+    assert len(everyone["items"]) == 3
     for query_string, status in (
         ("since=yesterday", 400),
         ("since=-1", 400),
