@@ -430,7 +430,10 @@ def _record_read(
     *,
     record: str = "body",
 ) -> None:
-    """Count this answer's read of a received referral's `record` (agents/access.py)."""
+    """Count this answer's read of a received referral's `record` (agents/access.py), in
+    `db`, a transaction opened right after the rows were read: no await comes between the
+    two, so on the agent's one connection nothing else runs in between, and `_durable`
+    holds the answer until the count is on disk."""
     categories = {"attachments"} if record == "attachment" else body_categories(referral)
     request.app[BACKEND].access.read(
         db,
@@ -534,9 +537,10 @@ async def list_inbox(request: web.Request) -> web.Response:
         )
         if opened is not None and r.referral_id is not None:
             read.append((r.sender, r.referral_id, opened.get("referral")))
-    with backend.store.transaction() as tx:
-        for owner, referral_id, referral in read:
-            _record_read(request, tx, owner, referral_id, referral)
+    if read:
+        with backend.store.transaction() as tx:
+            for owner, referral_id, referral in read:
+                _record_read(request, tx, owner, referral_id, referral)
     next_cursor = str(rows[-1].seq) if len(rows) == limit else None
     return web.json_response({"items": items, "next_cursor": next_cursor})
 

@@ -63,7 +63,7 @@ COUNT_LABELS = frozenset(
 )
 _COUNT = re.compile(r"^(0|[1-9][0-9]{0,8})$")
 #: The data categories of a referral body (§8.1; agents/referral.py reads the same list from
-#: the schema's `x-nrm-category`, and a test holds the two equal).
+#: the schema's `x-nrm-category`, and agents/access.py refuses to load if the two differ).
 CATEGORIES = (
     "demographic",
     "identity",
@@ -104,7 +104,7 @@ KIND_LABELS: dict[str, dict[str, Callable[[object], bool]]] = {
     "retention.purged": {name: _is_count for name in sorted(COUNT_LABELS)},
     "record.accessed": {
         "client": lambda v: isinstance(v, str) and CLIENT_NAME.fullmatch(v) is not None,
-        "record": lambda v: v in ACCESS_RECORDS,
+        "record": lambda v: isinstance(v, str) and v in ACCESS_RECORDS,
         "categories": _is_categories,
         "reads": lambda v: _is_count(v) and v != "0",
     },

@@ -7,11 +7,13 @@ from __future__ import annotations
 import base64
 import secrets
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agents.config import ApiClient, ConfigError, _client
 from agents.referral import FIELD_CATEGORY
+from agents.storage import Store
 from keys.audit import AuditEvent, decode_signed_event, new_event_id
 from keys.merkle import leaf_hash, verify_inclusion
 from runtime import clock
@@ -203,3 +205,37 @@ async def test_reads_are_recorded_coalesced_and_the_owner_reads_them(
 
 def ledger_token(m: Mechanism, agency: str) -> str:
     return (m.setups[agency].home / "ledger.token").read_text().strip()
+
+
+def test_a_window_counts_its_reads_until_it_ends(store: Store) -> None:
+    """Reads of one (client, referral, record) inside the window add up (their categories
+    too); the first read at its end returns it closed and opens the next; another record or
+    client has a window of its own; the closed ones are taken once."""
+    rid = "ab" * 16
+
+    def note(now: int, record: str = "body", categories: str = "identity") -> Any:
+        with store.transaction() as tx:
+            return store.note_access(
+                tx,
+                client="cms",
+                owner="police",
+                referral_id=rid,
+                record=record,
+                categories=frozenset(categories.split(",")),
+                now=now,
+                window=60,
+            )
+
+    assert note(1000) is None
+    assert note(1030, categories="contact") is None
+    assert note(1059) is None
+    assert note(1010, record="attachment", categories="attachments") is None
+    closed = note(1060)
+    assert (closed.record, closed.reads, closed.opened_at) == ("body", 3, 1000)
+    assert closed.categories == {"contact", "identity"}
+    assert store.open_access_count() == 2
+    with store.transaction() as tx:
+        [attachment] = store.take_closed_accesses(tx, opened_before=1060)
+        assert store.take_closed_accesses(tx, opened_before=1060) == []
+    assert (attachment.record, attachment.reads) == ("attachment", 1)
+    assert store.open_access_count() == 1

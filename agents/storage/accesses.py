@@ -23,6 +23,9 @@ class AccessWindow:
 
 
 _COLUMNS = "client, owner, referral_id, record, categories, opened_at, reads"
+#: The most reads one window counts (the `reads` label has at most nine digits): the next
+#: read closes it as if its time were over.
+MAX_READS = 999_999_999
 
 
 def _window(row: tuple[object, ...]) -> AccessWindow:
@@ -63,7 +66,7 @@ class AccessWindows(Database):
             key,
         ).fetchone()
         found = None if row is None else _window(row)
-        if found is not None and now < found.opened_at + window:
+        if found is not None and now < found.opened_at + window and found.reads < MAX_READS:
             merged = ",".join(sorted(found.categories | categories))
             db.execute(
                 "UPDATE access_windows SET reads = reads + 1, categories = ?"
