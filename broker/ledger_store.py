@@ -335,6 +335,7 @@ class LedgerStore:
         of `owner`'s referrals (their counterpart), or every one (owner None), by index."""
         # Two statements, so that the owner's uses the partial index entries_accesses.
         where = "kind = 'record.accessed' AND idx > ? AND time >= ?"
+        args: tuple[object, ...]
         if owner is None:
             sql, args = where, (after, since, limit)
         else:
