@@ -296,6 +296,7 @@ INCOMING = {
     "transition.received",
     "message.rejected",
     "erasure.confirmed",
+    "record.accessed",  # the reader <- the owner that sent it the referral
 }
 STATUS_SETTLED = (
     "() => ['verified', 'FAILED'].includes(document.getElementById('checkpoint-status')"
