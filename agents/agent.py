@@ -43,6 +43,7 @@ from runtime.version import VERSION
 
 from . import inbound
 from . import webhooks as W
+from .access import AccessRecorder
 from .api import CLIENTS, ApiSettings, ClientTable, make_app
 from .attachments import Attachments
 from .audit import AuditTrail
@@ -114,6 +115,9 @@ class Agent:
         self.supervisor = Supervisor(f"agent-{config.agency}")
         self.store = Store(config.database, agency=config.agency)
         self.audit = AuditTrail(agency=config.agency, keys=lambda: self.keys, store=self.store)
+        self.access = AccessRecorder(
+            audit=self.audit, store=self.store, window_seconds=config.limits.access_coalesce_seconds
+        )
         directory = trust.directory
         listed = (
             directory.agency(config.agency).nats_key
@@ -873,8 +877,9 @@ class Agent:
     async def _timers(self) -> None:
         """Every few seconds: look at the agency's standing (a revocation may be dated in the
         future), then, while it may sign, escalate overdue urgent referrals, expire stale
-        ones and send pending resend requests. A step that fails is logged and tried again
-        next time: the loop never ends before the agent stops."""
+        ones, send pending resend requests and sign the access windows that ended. A step
+        that fails is logged and tried again next time: the loop never ends before the agent
+        stops."""
         while self._watching.is_set():
             await asyncio.sleep(self.limits.timer_interval_seconds)
             if self._failpoint == "timers-raise":
@@ -884,6 +889,7 @@ class Agent:
                 if self.trust.directory is not None and self.standing.standing.ok:
                     self.desk.tick()
                     self.resend.tick()
+                    self.access.flush()
                     self.transport.wake()
             except (UntrustedInputError, sqlite3.Error, OSError, ValueError) as e:
                 self.log.error("timer_step_failed", error=type(e).__name__)

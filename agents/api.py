@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -30,6 +31,7 @@ from runtime.http import (
 )
 
 from . import errors as E
+from .access import AccessRecorder, body_categories
 from .attachments import ATTACHMENT_TYPES, Attachments
 from .config import ApiClient
 from .desk import Desk
@@ -77,6 +79,7 @@ class Backend(Protocol):
 
     store: Store
     desk: Desk
+    access: AccessRecorder
     attachments: Attachments
     limits: Limits
     retention: Retention
@@ -413,7 +416,33 @@ async def get_referral(request: web.Request) -> web.Response:
         )
         body["referral"] = None if opened is None else opened.get("referral")
         body["erased"] = opened is None
+        with backend.store.transaction() as tx:
+            _record_read(request, tx, owner, referral_id, body["referral"])
     return web.json_response(body)
+
+
+def _record_read(
+    request: web.Request,
+    db: sqlite3.Connection,
+    owner: str,
+    referral_id: str,
+    referral: Any,
+    *,
+    record: str = "body",
+) -> None:
+    """Count this answer's read of a received referral's `record` (agents/access.py), in
+    `db`, a transaction opened right after the rows were read: no await comes between the
+    two, so on the agent's one connection nothing else runs in between, and `_durable`
+    holds the answer until the count is on disk."""
+    categories = {"attachments"} if record == "attachment" else body_categories(referral)
+    request.app[BACKEND].access.read(
+        db,
+        client=request[CLIENT].name,
+        owner=owner,
+        referral_id=referral_id,
+        record=record,
+        categories=categories,
+    )
 
 
 async def referral_history(request: web.Request) -> web.Response:
@@ -487,6 +516,7 @@ async def list_inbox(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
     rows = backend.store.inbox_page(kind="referral", after=after, limit=limit)
     items = []
+    read: list[tuple[str, str, Any]] = []  # (owner, referral id, referral) of each body returned
     for r in rows:
         opened = (
             None
@@ -505,6 +535,12 @@ async def list_inbox(request: web.Request) -> web.Response:
                 "erased": opened is None,
             }
         )
+        if opened is not None and r.referral_id is not None:
+            read.append((r.sender, r.referral_id, opened.get("referral")))
+    if read:
+        with backend.store.transaction() as tx:
+            for owner, referral_id, referral in read:
+                _record_read(request, tx, owner, referral_id, referral)
     next_cursor = str(rows[-1].seq) if len(rows) == limit else None
     return web.json_response({"items": items, "next_cursor": next_cursor})
 
@@ -585,6 +621,9 @@ async def get_attachment(request: web.Request) -> web.StreamResponse:
         )
     if state == "erased":
         raise ProblemError(410, "Gone", "the attachment was erased after consent withdrawal")
+    if owner != backend.desk.agency:  # a received referral's attachment
+        with backend.store.transaction() as tx:
+            _record_read(request, tx, owner, referral_id, None, record="attachment")
     return web.Response(body=content, content_type=media_type)
 
 

@@ -49,6 +49,8 @@
     [limits]                                # optional overrides of keys.Limits
     ack_wait_seconds = 10
     expiry_warning_seconds = 604800         # /healthz warns this long before expiry
+    access_coalesce_seconds = 60            # reads of one record by one client within this
+                                            # long: one record.accessed event with a count
 
 Plain HTTP beyond loopback (an `[api] bind` other than 127.0.0.0/8, ::1 or localhost without
 `tls_cert`, an `http://` `[ledger] url` to another host) sends bearer tokens in clear and is
@@ -67,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 from keys import DEFAULT_LIMITS, Limits, check_agency_id
+from keys.audit import CLIENT_NAME
 from runtime import http
 from runtime.config import ConfigError as ConfigError
 from runtime.config import Table, bind_address, load_toml, path_in
@@ -218,9 +221,14 @@ def _client(doc: Any) -> ApiClient:
     scopes = doc.get("scopes")
     if not isinstance(scopes, list) or not scopes or not set(scopes) <= SCOPES:
         raise ConfigError(f"api.clients.scopes must list some of {sorted(SCOPES)}")
-    return ApiClient(
-        name=str(doc["name"]), token_sha256=bytes.fromhex(digest), scopes=frozenset(scopes)
-    )
+    name = doc.get("name")
+    if not (isinstance(name, str) and CLIENT_NAME.fullmatch(name)):
+        raise ConfigError(
+            "api.clients.name must be 1-40 characters of a-z, 0-9 and -, starting with a"
+            " letter: the name of a system (it is written into the audit events of its"
+            " reads, PROTOCOL.md §9.0), never a person's"
+        )
+    return ApiClient(name=name, token_sha256=bytes.fromhex(digest), scopes=frozenset(scopes))
 
 
 def _no_repeated_tokens(clients: tuple[ApiClient, ...]) -> None:

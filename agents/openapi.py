@@ -545,7 +545,9 @@ OPENAPI: dict[str, Any] = {
                 "be delivered: submit the referral again once the agency can send; "
                 "`consent-withdrawn`: the consent was withdrawn before it was published. "
                 "`legal_hold` says whether retention purges are stopped for it. `sender` "
-                "is the agency that sent the referral (this agency for its own)",
+                "is the agency that sent the referral (this agency for its own). Reading a "
+                "received referral's body is recorded: a `record.accessed` audit event names "
+                "this client (PROTOCOL.md §9.0)",
                 "parameters": [_PATH_ID, _SENDER],
                 "responses": {
                     "200": _json(_REFERRAL),
@@ -610,7 +612,8 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/inbox": {
             "get": {
-                "summary": "Received referrals, oldest first (read scope)",
+                "summary": "Received referrals, oldest first (read scope); each body returned "
+                "is a read recorded as `record.accessed` (PROTOCOL.md §9.0)",
                 "parameters": _PAGING,
                 "responses": {
                     "200": _json(_page(_INBOX_ROW)),
@@ -643,7 +646,8 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/referrals/{id}/attachments/{attachment_id}": {
             "get": {
-                "summary": "A received attachment, once verified (read scope)",
+                "summary": "A received attachment, once verified (read scope); the download "
+                "is recorded as `record.accessed` (PROTOCOL.md §9.0)",
                 "parameters": [
                     _PATH_ID,
                     _SENDER,

@@ -3,10 +3,11 @@
 Every /v1 route needs a bearer token (compared by SHA-256 digest in constant time) whose
 scope reads it (PROTOCOL.md §9.0): `auditor` reads every route; `agency:<id>` reads only what
 an agent's ledger check needs (AGENCY_ROUTES: checkpoints, proofs, directories, roots,
-restores, and its own events); `metrics` reads no /v1 route, only /metrics (which `auditor`
-reads too). Errors are problem+json (401 no or a wrong token, 403 a token whose scope does not
-read it). Everything served is metadata: ids, kinds, hashes, times. /healthz (versions and
-expiry times only) needs no token.
+restores, its own events, and the `record.accessed` events of its referrals); `metrics`
+reads no /v1 route, only /metrics (which `auditor` reads too). Errors are problem+json (401
+no or a wrong token, 403 a token whose scope does not read it). Everything served is
+metadata: ids, kinds, hashes, times. /healthz (versions and expiry times only) needs no
+token.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from keys import DEFAULT_LIMITS
-from keys.audit import COUNT_LABELS, KINDS, LABELS
+from keys.audit import ACCESS_RECORDS, CATEGORIES, CLIENT_NAME, COUNT_LABELS, KINDS, LABELS
 from keys.checkpoint import MAX_CHECKPOINT_BYTES
 from keys.merkle import MerkleTree, leaf_hash
 from keys.subjects import AGENCY_ID_PATTERN
@@ -80,6 +81,7 @@ AGENCY_ROUTES = frozenset(
         "/v1/restores",
         "/v1/restores/{seq}/proof",
         "/v1/roots",
+        "/v1/accesses",
     }
 )
 #: The agency an `agency:<id>` token reads for (None: an auditor's token).
@@ -212,6 +214,7 @@ def make_app(ledger: Ledger) -> web.Application:
     r.add_get("/v1/entries", entries)
     r.add_get("/v1/entries/{index}/proof", inclusion_proof)
     r.add_get("/v1/events", events)
+    r.add_get("/v1/accesses", accesses)
     r.add_get("/v1/events/{event_id}", event)
     r.add_get("/v1/proof/consistency", consistency_proof)
     r.add_post("/v1/proofs", proofs)
@@ -485,6 +488,34 @@ async def events(request: web.Request) -> web.Response:
     return web.json_response({"items": [r.to_json() for r in rows], "next_cursor": next_cursor})
 
 
+async def accesses(request: web.Request) -> web.Response:
+    """The `record.accessed` entries of the reader's referrals (every one for an auditor),
+    signed at `since` or later, by index; with `size`, each in that tree with its inclusion
+    proof (nrm-process §11.2: the owner learns who read what it sent; the ledger never
+    learns which referral or person the owner cares about)."""
+    ledger = _ledger(request)
+    since = _int(request, "since", default=0)
+    limit = _int(request, "limit", default=50, low=1, high=500)
+    after = _int(request, "cursor", low=0) if "cursor" in request.query else -1
+    size = _int(request, "size", low=1) if "size" in request.query else None
+    if size is not None:
+        _in_tree("size", size, low=1, high=ledger.tree.size, what="tree of this size")
+    rows = ledger.store.accesses(owner=request.get(READER), since=since, after=after, limit=limit)
+    items: list[dict[str, Any]] = []
+    for row in rows:
+        item: dict[str, Any] = {**row.to_json(), "leaf": base64.b64encode(row.leaf).decode()}
+        if size is not None and row.index < size:
+            item["proof"] = [h.hex() for h in ledger.tree.inclusion_proof(row.index, size)]
+        items.append(item)
+    body: dict[str, Any] = {
+        "items": items,
+        "next_cursor": str(rows[-1].index) if len(rows) == limit else None,
+    }
+    if size is not None:
+        body["size"] = size
+    return web.json_response(body)
+
+
 async def timeline(request: web.Request) -> web.Response:
     referral_id = request.match_info["referral_id"]
     rows = _ledger(request).store.referral_events(referral_id)
@@ -590,6 +621,7 @@ _BASE64: dict[str, Any] = {"type": "string", "pattern": _B64}
 _PROOF: dict[str, Any] = {"type": "array", "maxItems": 64, "items": _HASH}
 _AGENCY = AGENCY_ID_PATTERN.pattern
 _REASON = "^[a-z][a-z0-9-]{0,39}$"
+_CATEGORY = "|".join(CATEGORIES)
 #: `labels` of an entry (§9.0): the statistics labels with their values, or the counts of a
 #: `retention.purged` round.
 _LABELS: dict[str, Any] = {
@@ -601,6 +633,11 @@ _LABELS: dict[str, Any] = {
             name: {"type": "string", "pattern": "^(0|[1-9][0-9]{0,8})$"}
             for name in sorted(COUNT_LABELS)
         },
+        # a `record.accessed` read (§9.0)
+        "client": {"type": "string", "pattern": CLIENT_NAME.pattern},
+        "record": {"enum": sorted(ACCESS_RECORDS)},
+        "categories": {"type": "string", "pattern": f"^({_CATEGORY})(,({_CATEGORY}))*$"},
+        "reads": {"type": "string", "pattern": "^[1-9][0-9]{0,8}$"},
     },
 }
 #: An entry's decoded event (EntryRow.to_json), for display and search (§9.0).
@@ -727,6 +764,15 @@ SCHEMAS: dict[str, Any] = {
             "items": _list(_ref("Entry"), maxItems=500),
             "next_cursor": {"type": ["string", "null"], "pattern": "^(0|[1-9][0-9]*)$"},
         }
+    ),
+    # GET /v1/accesses: size and the proofs only with ?size=.
+    "AccessPage": _closed(
+        {
+            "items": _list(_ref("ProvedEntry"), maxItems=500),
+            "next_cursor": {"type": ["string", "null"], "pattern": "^(0|[1-9][0-9]*)$"},
+            "size": {**_UINT, "minimum": 1},
+        },
+        optional=("size",),
     ),
     "Proofs": _closed(
         {
@@ -888,8 +934,9 @@ OPENAPI: dict[str, Any] = {
                 "`auditor` reads every /v1 operation; `agency:<id>` reads "
                 + ", ".join(sorted(AGENCY_ROUTES))
                 + " (/v1/events/{event_id} and /v1/proofs only for events that agency "
-                "wrote); `metrics` reads no /v1 operation, only /metrics (which `auditor` "
-                "reads too). Anything else answers 403.",
+                "wrote, /v1/accesses only the reads of its referrals); `metrics` reads no /v1 "
+                "operation, only /metrics (which `auditor` reads too). Anything else answers "
+                "403.",
             }
         },
         "schemas": SCHEMAS,
@@ -938,6 +985,19 @@ OPENAPI: dict[str, Any] = {
                 ("limit", {"type": "integer", "minimum": 1, "maximum": 500}, False),
             ],
             errors=("400", "401"),
+        ),
+        "/v1/accesses": _op(
+            "record.accessed entries of the token's agency's referrals (an auditor: all) "
+            "signed at since or later; with size, each inside that tree with its inclusion "
+            "proof (404: size is past the tree); next_cursor as /v1/events",
+            "AccessPage",
+            [
+                ("since", _QUERY_INT, False),
+                ("cursor", _QUERY_INT, False),
+                ("limit", {"type": "integer", "minimum": 1, "maximum": 500}, False),
+                ("size", _TREE_SIZE, False),
+            ],
+            errors=("400", "401", "404"),
         ),
         "/v1/events/{event_id}": _op(
             "One event, with its inclusion proof given ?size=",

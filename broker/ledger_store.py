@@ -49,6 +49,8 @@ CREATE TABLE IF NOT EXISTS entries (
     directory_version INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS entries_referral ON entries(referral_id);
+CREATE INDEX IF NOT EXISTS entries_accesses ON entries(counterpart, idx)
+    WHERE kind = 'record.accessed';
 CREATE TABLE IF NOT EXISTS nodes (
     level INTEGER NOT NULL,
     idx   INTEGER NOT NULL,
@@ -325,6 +327,22 @@ class LedgerStore:
             "kind LIKE ? OR referral_id LIKE ? OR counterpart LIKE ? OR reason LIKE ?) "
             "ORDER BY idx LIMIT ?",
             (after, q, like, like, like, like, like, limit),
+        )
+        return [_row(r) for r in rows]
+
+    def accesses(self, *, owner: str | None, since: int, after: int, limit: int) -> list[EntryRow]:
+        """`record.accessed` entries after index `after` signed at `since` or later: those
+        of `owner`'s referrals (their counterpart), or every one (owner None), by index."""
+        # Two statements, so that the owner's uses the partial index entries_accesses.
+        where = "kind = 'record.accessed' AND idx > ? AND time >= ?"
+        args: tuple[object, ...]
+        if owner is None:
+            sql, args = where, (after, since, limit)
+        else:
+            sql, args = f"counterpart = ? AND {where}", (owner, after, since, limit)
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM entries WHERE {sql} ORDER BY idx LIMIT ?",
+            args,
         )
         return [_row(r) for r in rows]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -54,6 +54,7 @@ KINDS = frozenset(
         "standing.changed",
         "alert.acknowledged",
         "retention.purged",
+        "record.accessed",
     }
 )
 #: What a `retention.purged` event counts (§9.0): label name -> a decimal count, nothing else.
@@ -61,6 +62,54 @@ COUNT_LABELS = frozenset(
     {"envelopes", "idempotency_keys", "webhook_bodies", "history", "closed_referrals"}
 )
 _COUNT = re.compile(r"^(0|[1-9][0-9]{0,8})$")
+#: The data categories of a referral body (§8.1; agents/referral.py reads the same list from
+#: the schema's `x-nrm-category`, and agents/access.py refuses to load if the two differ).
+CATEGORIES = (
+    "demographic",
+    "identity",
+    "contact",
+    "language",
+    "immigration",
+    "health",
+    "safety",
+    "exploitation",
+    "needs",
+    "case",
+    "criminal",
+    "guardianship",
+    "attachments",
+)
+#: An agency-local API client name (agent.toml `[[api.clients]] name`): a system, never a person.
+CLIENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+#: What a `record.accessed` answer returned (§9.0).
+ACCESS_RECORDS = frozenset({"body", "attachment"})
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, str) and _COUNT.fullmatch(value) is not None
+
+
+def _is_categories(value: object) -> bool:
+    """Distinct categories of §8.1, sorted and comma-joined (at least one)."""
+    if not isinstance(value, str):
+        return False
+    names = value.split(",")
+    return names == sorted(set(names)) and set(names) <= set(CATEGORIES)
+
+
+#: Kinds with labels of their own: kind -> label name -> the check of its value. Such a kind
+#: carries only these labels, and no other kind carries them (the statistics `LABELS` go on
+#: every other kind). The one table both the encoder and every decoder check against.
+KIND_LABELS: dict[str, dict[str, Callable[[object], bool]]] = {
+    "retention.purged": {name: _is_count for name in sorted(COUNT_LABELS)},
+    "record.accessed": {
+        "client": lambda v: isinstance(v, str) and CLIENT_NAME.fullmatch(v) is not None,
+        "record": lambda v: isinstance(v, str) and v in ACCESS_RECORDS,
+        "categories": _is_categories,
+        "reads": lambda v: _is_count(v) and v != "0",
+    },
+}
+_OWN_LABELS = frozenset(name for table in KIND_LABELS.values() for name in table)
 #: Labels an event may carry for the anonymous statistics, with their allowed values.
 LABELS: dict[str, frozenset[str]] = {
     "referral_type": frozenset(
@@ -200,13 +249,12 @@ def _problems(e: AuditEvent) -> list[str]:
     if not isinstance(e.labels, tuple) or len(set(names)) != len(names):
         p.append("labels must be distinct")
     else:
+        own = KIND_LABELS.get(e.kind)
         for name, value in e.labels:
-            if e.kind == "retention.purged":  # counts only, on this kind only
-                if name not in COUNT_LABELS or not (
-                    isinstance(value, str) and _COUNT.fullmatch(value)
-                ):
-                    p.append("a label is not a count of a purged kind")
-            elif name not in LABELS or value not in LABELS[name]:
+            if own is not None:  # this kind's own labels, and only on this kind
+                if name not in own or not own[name](value):
+                    p.append(f"a label is not one of {e.kind}'s labels with its value")
+            elif name in _OWN_LABELS or name not in LABELS or value not in LABELS[name]:
                 p.append("a label is not an allowed name and value")
     return p
 
@@ -223,8 +271,12 @@ def labels_of(values: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 __all__: Sequence[str] = [
+    "ACCESS_RECORDS",
+    "CATEGORIES",
+    "CLIENT_NAME",
     "COUNT_LABELS",
     "KINDS",
+    "KIND_LABELS",
     "LABELS",
     "AuditEvent",
     "SignedEvent",

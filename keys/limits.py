@@ -98,6 +98,10 @@ class Limits:
     resend_overlap_seconds: int = 3600
     resend_min_interval_seconds: int = 300
     resend_max_messages: int = 10_000
+    #: Reads of one received referral's body or attachment by one API client within this
+    #: long are recorded as one `record.accessed` audit event with a count (PROTOCOL.md §9.0),
+    #: so a case system polling its inbox does not flood the ledger.
+    access_coalesce_seconds: int = 60
 
 
 DEFAULT_LIMITS = Limits()

@@ -261,6 +261,7 @@ KIND_WORDS = {
     "standing.changed": "Standing changed",
     "alert.acknowledged": "Alert acknowledged",
     "retention.purged": "Retention purge",
+    "record.accessed": "Record accessed",
 }
 #: What each statistics label value reads as.
 LABEL_WORDS = {
@@ -295,6 +296,7 @@ INCOMING = {
     "transition.received",
     "message.rejected",
     "erasure.confirmed",
+    "record.accessed",  # the reader <- the owner that sent it the referral
 }
 STATUS_SETTLED = (
     "() => ['verified', 'FAILED'].includes(document.getElementById('checkpoint-status')"

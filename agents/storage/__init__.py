@@ -4,13 +4,13 @@ One SQLite database in WAL mode (db.py) with its schema, invariants and migratio
 place (schema.py), and one module per aggregate: messages.py (outbox, deliveries, inbox,
 resends), referrals.py (referrals, history, data keys), consents.py (consents, their uses,
 the signing key history), audit.py (audit outbox, ledger restores and alerts), webhooks.py,
-attachments.py, idempotency.py, erasure.py and retention.py. `Store` composes them; the rest
-of agents/ calls its
-named methods and never writes SQL (docs/DESIGN.md "Storage").
+attachments.py, idempotency.py, erasure.py, retention.py and accesses.py. `Store` composes
+them; the rest of agents/ calls its named methods and never writes SQL (docs/DESIGN.md "Storage").
 """
 
 from __future__ import annotations
 
+from .accesses import AccessWindow, AccessWindows
 from .attachments import AttachmentTables
 from .audit import AuditLog
 from .consents import Consents, StoredConsent, read_consent
@@ -44,6 +44,7 @@ class Store(
     Idempotency,
     Erasure,
     Retention,
+    AccessWindows,
 ):
     """The agent database with every aggregate's operations."""
 
@@ -54,6 +55,7 @@ __all__ = [
     "SCHEMA",
     "STATUS_ORDER",
     "WITHDRAWN_REASON",
+    "AccessWindow",
     "Database",
     "DeliveryState",
     "NewReferral",

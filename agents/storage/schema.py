@@ -255,6 +255,19 @@ CREATE TABLE IF NOT EXISTS legal_holds (
     placed_by   TEXT NOT NULL,
     PRIMARY KEY (owner, referral_id)
 ) STRICT;
+-- Access records (agents/access.py, PROTOCOL.md §9.0 `record.accessed`): the reads of one
+-- received record by one API client inside a window not yet closed and signed
+CREATE TABLE IF NOT EXISTS access_windows (
+    client      TEXT NOT NULL,
+    owner       TEXT NOT NULL,
+    referral_id TEXT NOT NULL,
+    record      TEXT NOT NULL CHECK (record IN ('body', 'attachment')),
+    categories  TEXT NOT NULL,
+    opened_at   INTEGER NOT NULL,
+    reads       INTEGER NOT NULL CHECK (reads > 0),
+    PRIMARY KEY (client, owner, referral_id, record)
+) STRICT;
+CREATE INDEX IF NOT EXISTS access_windows_opened ON access_windows(opened_at);
 -- Webhooks (agents/webhooks.py)
 CREATE TABLE IF NOT EXISTS webhook_outbox (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -97,6 +97,7 @@
     "standing.changed": "Standing changed",
     "alert.acknowledged": "Alert acknowledged",
     "retention.purged": "Retention purge",
+    "record.accessed": "Record accessed",
   };
   const LABEL_WORDS = {
     referral_type: {
@@ -128,12 +129,13 @@
     webhook_bodies: "webhook bodies",
     history: "history entries",
     closed_referrals: "closed referrals",
+    reads: "reads", // record.accessed: how many reads the event counts
   };
   // Kinds whose counterpart sent something to the agency that recorded the event (§9.0):
   // drawn "agency ← counterpart" (receiver ← sender); every other counterpart is the one
   // the agency sent to, drawn "agency → counterpart".
   const INCOMING = new Set(["referral.received", "receipt.received", "transition.received",
-    "message.rejected", "erasure.confirmed"]);
+    "message.rejected", "erasure.confirmed", "record.accessed"]);
 
   // A code with no entry above (a newer ledger) still reads as words: "a.b_c" -> "A b c".
   function words(code) {

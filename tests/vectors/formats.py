@@ -557,6 +557,22 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
         time=NOW,
         labels=(("envelopes", "12"), ("history", "0")),
     )
+    accessed = AuditEvent(
+        event_id=fixed("audit event 3")[:16].hex(),
+        agency="police",
+        kind="record.accessed",
+        time=NOW,
+        referral_id=EVENT.referral_id,
+        counterpart="shelter",
+        labels=(
+            ("categories", "contact,identity,language"),
+            ("client", "case-management"),
+            ("reads", "3"),
+            ("record", "body"),
+        ),
+    )
+    access_label = _event_fields(EVENT)
+    access_label[9] = [["client", "case-management"]]
     body = EVENT.encode()
     other_label = codec.pack(
         [
@@ -576,6 +592,13 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
             "ok",
             {},
             sign_event(purged, POLICE_SIGN),
+        ),
+        (
+            "ok-record-accessed",
+            "record.accessed with its four labels only",
+            "ok",
+            {},
+            sign_event(accessed, POLICE_SIGN),
         ),
         ("bad-signature", "last signature byte flipped", "bad-signature", {}, bytes(tampered)),
         (
@@ -607,6 +630,13 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
             "malformed",
             {},
             _signed_raw(count_label),
+        ),
+        (
+            "access-label-on-other-kind",
+            "record.accessed's client label on referral.sent, correctly signed",
+            "malformed",
+            {},
+            _signed_raw(access_label),
         ),
         (
             "twelve-fields",
