@@ -113,6 +113,11 @@ class Sandbox:
     def ledger_home(self) -> Path:
         return self.root / "ledger"
 
+    @property
+    def ledger_passphrase(self) -> bytes:
+        """The passphrase of the ledger's own key file (its own, not the administrators')."""
+        return (self.ledger_home / "passphrase").read_bytes()
+
     def write_ledger_config(
         self, *, checkpoint_interval: float = 1.0, bind: str = "127.0.0.1:0"
     ) -> Path:
@@ -380,12 +385,13 @@ def prepare_mechanism(
         admin.add_agency(folder, identity, roles=[role])
     ledger_home = root / "ledger"
     ledger_home.mkdir(mode=0o700)
-    write_new_file(ledger_home / "passphrase", admin_passphrase)
+    ledger_passphrase = secrets.token_urlsafe(24).encode()  # its own, as every host's
+    write_new_file(ledger_home / "passphrase", ledger_passphrase)
     init_key_dir(
         ledger_home / "keys",
         agency="ledger",
         name="Audit ledger",
-        passphrase=admin_passphrase,
+        passphrase=ledger_passphrase,
         cost=cost,
     )
     sandbox = Sandbox(

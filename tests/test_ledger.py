@@ -379,7 +379,7 @@ def _altered_root_text(snapshot: Snapshot, note: str, size: int, root: bytes, ts
 
 def _wrong_root_ledger_key(snapshot: Snapshot, note: str, size: int, root: bytes, ts: int) -> str:
     keys = load_key_dir(
-        snapshot.m.sandbox.ledger_home / "keys", passphrase=snapshot.m.sandbox.admin_passphrase
+        snapshot.m.sandbox.ledger_home / "keys", passphrase=snapshot.m.sandbox.ledger_passphrase
     )
     cp = Checkpoint(origin=ledger_origin(LEDGER_NAME), size=size, root=bytes(32), timestamp=ts)
     return sign_checkpoint(cp, key=keys.signing_key)
@@ -423,7 +423,7 @@ def test_former_format_is_resigned_on_open(snapshot: Snapshot, tmp_path: Path) -
     time it was first signed, the declaration under the current origin with its fields
     unchanged, `nrm audit verify` passes, and a second open changes nothing."""
     keys = load_key_dir(
-        snapshot.m.sandbox.ledger_home / "keys", passphrase=snapshot.m.sandbox.admin_passphrase
+        snapshot.m.sandbox.ledger_home / "keys", passphrase=snapshot.m.sandbox.ledger_passphrase
     )
     copy = fresh_copy(snapshot, tmp_path)
     legacy = LEGACY_ORIGIN_PREFIX + LEDGER_NAME
@@ -654,7 +654,7 @@ async def test_forked_checkpoint_raises_an_alert(mechanism: Mechanism) -> None:
         return watch is not None and watch.checkpoint is not None and watch.checkpoint.size == size
 
     await eventually(seen, what="police to hold the current checkpoint")
-    keys = load_key_dir(m.sandbox.ledger_home / "keys", passphrase=m.sandbox.admin_passphrase)
+    keys = load_key_dir(m.sandbox.ledger_home / "keys", passphrase=m.sandbox.ledger_passphrase)
     forked_root = bytes(32)
     cp = Checkpoint(
         origin=ledger.config.origin, size=size, root=forked_root, timestamp=int(time.time())

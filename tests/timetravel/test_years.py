@@ -214,7 +214,7 @@ class World:
         (RUNBOOK "Restore the ledger")."""
         await self.sandbox.stop_ledger()
         config = LedgerConfig.load(self.ledger_config)
-        signer = load_key_dir(config.key_dir, passphrase=self.sandbox.admin_passphrase)
+        signer = load_key_dir(config.key_dir, passphrase=self.sandbox.ledger_passphrase)
         restore_ledger(config, self.ledger_backup, signer=signer, replaced_lost=False)
         await self.start_ledger()
         self.events.append(f"day {self.day}: ledger restored from the backup")
