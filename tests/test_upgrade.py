@@ -28,7 +28,7 @@ from click.testing import CliRunner
 
 from agents import Agent
 from agents.storage.schema import VERSION as AGENT_VERSION
-from broker.ledger import Ledger
+from broker.ledger import Ledger, LedgerConfigError
 from broker.ledger_store import VERSION as LEDGER_VERSION
 from keys.envelope import open_envelope
 from keys.subjects import SHARED_INBOX_STREAM
@@ -243,6 +243,13 @@ def test_the_ledger_database_of_0_1_0_opens_migrated_and_verifies(old_mechanism:
     ]  # fmt: skip
     refused = CliRunner().invoke(main, verify)
     assert refused.exit_code == 3 and "checkpoint does not verify" in refused.output
+
+    # As 0.1.0 wrote it, ledger.toml names the operator's keys, which this release refuses
+    # with the upgrade step; done as RUNBOOK "Upgrade" says, the ledger opens.
+    with pytest.raises(LedgerConfigError, match="operator_key_dir is no longer read"):
+        Ledger.from_config_file(config)
+    lines = config.read_text().splitlines(keepends=True)
+    config.write_text("".join(line for line in lines if not line.startswith("operator_key_dir")))
 
     notes = []
     for _ in range(2):  # the second opening re-signs nothing
