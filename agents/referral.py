@@ -22,6 +22,8 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from keys.roles import ROLES
+
 from .schema_check import SchemaCheck
 
 if TYPE_CHECKING:
@@ -254,6 +256,26 @@ ROLE_CATEGORIES: Final[Mapping[str, frozenset[str]]] = {
     "health": frozenset({"demographic", "identity", "language", "health", "needs"}),
     "coordinator": frozenset(CATEGORIES),
     "auditor": frozenset(),
+    # Directory spec_version 2 (docs/proposals/nrm-process.md §3.1). The competent authority
+    # decides identification: it sees what the co-ordinator sees.
+    "competent-authority": frozenset(CATEGORIES),
+    # Immigration learns who is protected from removal, never the story or the exploiters.
+    "immigration": frozenset({"demographic", "identity", "immigration"}),
+    "child-protection": frozenset(
+        {
+            "demographic",
+            "identity",
+            "contact",
+            "language",
+            "guardianship",
+            "safety",
+            "needs",
+            "health",
+            "case",
+        }
+    ),
+    # The rapporteur receives statistics contributions only, never a referral's body.
+    "rapporteur": frozenset(),
 }
 
 #: Body fields an anonymous notification may carry (`locations` reduced further, see below):
@@ -281,6 +303,8 @@ IDENTIFYING: Final = frozenset(FIELD_CATEGORY) - ANONYMOUS_FIELDS
 
 def _check_tables() -> None:
     known = frozenset(CATEGORIES)
+    if frozenset(ROLE_CATEGORIES) != ROLES:
+        raise RuntimeError("every directory role needs its row in ROLE_CATEGORIES")
     for role, allowed in ROLE_CATEGORIES.items():
         if not allowed <= known:
             raise RuntimeError(f"role {role} names unknown categories")

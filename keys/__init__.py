@@ -4,7 +4,6 @@ from . import codec
 from .checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
 from .directory import (
     DIRECTORY_LABEL,
-    ROLES,
     ROOT_LABEL,
     AgencyEntry,
     Directory,
@@ -75,6 +74,7 @@ from .merkle import (
     verify_inclusion,
 )
 from .peers import PeerBook
+from .roles import ROLES
 
 __all__ = [
     "DEFAULT_LIMITS",

@@ -43,6 +43,8 @@ from .identity import (
     key_id,
     signing_kid,
 )
+from .policy import Policy, policy_doc, policy_from_doc
+from .roles import ROLES, SPEC1_ROLES
 from .subjects import DIRECTORY_KEY, ROOT_KEY_PREFIX
 
 #: Domain-separation labels of the two signatures (§7.4).
@@ -51,6 +53,8 @@ DIRECTORY_LABEL: Final = b"nrm/v1/directory"
 ROOT_TYPE: Final = "nrm-root"
 DIRECTORY_TYPE: Final = "nrm-directory"
 SPEC_VERSION: Final = 1
+#: A directory with a national policy (and the roles of keys/roles.py SPEC2_ROLES).
+POLICY_SPEC_VERSION: Final = 2
 
 #: Bounds of the format (§7.2). Checked before parsing (size) or while parsing (counts).
 MAX_METADATA_BYTES: Final = 1 << 20
@@ -63,19 +67,6 @@ MAX_REASON_CHARS: Final = 500
 #: Integers are kept inside the range every JSON implementation represents exactly.
 MAX_INT: Final = (1 << 53) - 1
 
-ROLES: Final = frozenset(
-    {
-        "police",
-        "border-guard",
-        "ngo",
-        "social-services",
-        "labour-inspection",
-        "prosecutor",
-        "health",
-        "coordinator",
-        "auditor",
-    }
-)
 
 KeyStatus = Literal["active", "retiring", "revoked"]
 KEY_STATUSES: Final = ("active", "retiring", "revoked")
@@ -205,10 +196,21 @@ class Directory:
     version: int
     expires: int
     agencies: tuple[AgencyEntry, ...]
+    #: The national policy (PROTOCOL §7.11); with it the document is spec_version 2.
+    policy: Policy | None = None
 
     def __post_init__(self) -> None:
         _check_int(self.version, "version", minimum=1)
         _check_int(self.expires, "expires")
+        if self.policy is not None and not isinstance(self.policy, Policy):
+            raise TypeError("policy must be a Policy")
+        if self.policy is None:
+            for a in self.agencies:
+                if not set(a.roles) <= SPEC1_ROLES:
+                    raise ValueError(
+                        f"agency {a.agency}: roles {', '.join(sorted(set(a.roles) - SPEC1_ROLES))} "
+                        "need a directory with a national policy (spec_version 2)"
+                    )
         agencies = tuple(sorted(self.agencies, key=lambda a: a.agency))
         if len(agencies) > MAX_AGENCIES:
             raise ValueError(f"a directory lists at most {MAX_AGENCIES} agencies")
@@ -255,7 +257,16 @@ class Directory:
 
     def bump(self, *, expires: int) -> Directory:
         """The same content as the next version, expiring at `expires`."""
-        return Directory(version=self.version + 1, expires=expires, agencies=self.agencies)
+        return replace(self, version=self.version + 1, expires=expires)
+
+    @property
+    def spec_version(self) -> int:
+        """1, or 2 for a directory with a national policy (§7.2)."""
+        return SPEC_VERSION if self.policy is None else POLICY_SPEC_VERSION
+
+    def with_policy(self, policy: Policy | None) -> Directory:
+        """The same agencies under `policy` (None: back to spec_version 1)."""
+        return replace(self, policy=policy)
 
     def with_agency(self, entry: AgencyEntry) -> Directory:
         """Add `entry`, or replace the agency with the same id."""
@@ -365,9 +376,11 @@ def _key_doc(k: KeyEntry) -> dict[str, Any]:
     }
 
 
-def _header_doc(kind: str, version: int, expires: int) -> dict[str, Any]:
+def _header_doc(
+    kind: str, version: int, expires: int, *, spec_version: int = SPEC_VERSION
+) -> dict[str, Any]:
     """The fields a root and a directory document both begin with (§7.2)."""
-    return {"type": kind, "spec_version": SPEC_VERSION, "version": version, "expires": expires}
+    return {"type": kind, "spec_version": spec_version, "version": version, "expires": expires}
 
 
 def _root_doc(root: Root) -> dict[str, Any]:
@@ -379,8 +392,10 @@ def _root_doc(root: Root) -> dict[str, Any]:
 
 
 def _directory_doc(d: Directory) -> dict[str, Any]:
+    policy = {} if d.policy is None else {"policy": policy_doc(d.policy)}
     return {
-        **_header_doc(DIRECTORY_TYPE, d.version, d.expires),
+        **_header_doc(DIRECTORY_TYPE, d.version, d.expires, spec_version=d.spec_version),
+        **policy,
         "agencies": [
             {
                 "agency": a.agency,
@@ -472,11 +487,15 @@ def _key_from_doc(doc: Any) -> KeyEntry:
     )
 
 
-def _check_header(f: dict[str, Any], kind: str) -> None:
+def _check_header(
+    f: dict[str, Any], kind: str, *, versions: tuple[int, ...] = (SPEC_VERSION,)
+) -> int:
+    """Check the type and spec_version members; the spec_version."""
     if f["type"] != kind:
         raise ValueError(f"expected a {kind} document")
-    if type(f["spec_version"]) is not int or f["spec_version"] != SPEC_VERSION:
-        raise ValueError(f"spec_version must be {SPEC_VERSION}")
+    if type(f["spec_version"]) is not int or f["spec_version"] not in versions:
+        raise ValueError(f"spec_version must be {' or '.join(map(str, versions))}")
+    return int(f["spec_version"])
 
 
 def _root_from_doc(doc: Any) -> Root:
@@ -494,8 +513,11 @@ def _root_from_doc(doc: Any) -> Root:
 
 
 def _directory_from_doc(doc: Any) -> Directory:
-    f = _fields(doc, _DIRECTORY_FIELDS, "directory")
-    _check_header(f, DIRECTORY_TYPE)
+    spec = doc.get("spec_version") if isinstance(doc, dict) else None
+    names = _DIRECTORY_FIELDS | ({"policy"} if spec == POLICY_SPEC_VERSION else set())
+    f = _fields(doc, names, "directory")
+    _check_header(f, DIRECTORY_TYPE, versions=(SPEC_VERSION, POLICY_SPEC_VERSION))
+    policy = policy_from_doc(f["policy"]) if "policy" in f else None
     agencies = []
     for item in _list(f["agencies"], "agencies", MAX_AGENCIES):
         a = _fields(item, _AGENCY_FIELDS, "agency")
@@ -522,6 +544,7 @@ def _directory_from_doc(doc: Any) -> Directory:
         version=_check_int(f["version"], "version", minimum=1),
         expires=_check_int(f["expires"], "expires"),
         agencies=tuple(agencies),
+        policy=policy,
     )
 
 

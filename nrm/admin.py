@@ -54,6 +54,7 @@ from keys.directory import (
 from keys.identity import signing_kid
 from keys.keyfile import KdfCost, open_admin_key, seal_admin_key
 from keys.limits import DEFAULT_LIMITS
+from keys.policy import Policy, policy_from_doc
 from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY, root_key
 from runtime import clock
 from runtime.bus_client import connect_once
@@ -323,6 +324,7 @@ def _save_next(
         version=max(directory.version, published + 1),
         expires=now + lifetime_seconds,
         agencies=directory.agencies,
+        policy=directory.policy,
     )
     folder.save_draft(draft)
     return draft
@@ -387,6 +389,32 @@ def add_agency(
             raise AdminError("give the agency at least one role (--roles)")
         directory = directory.with_agency(AgencyEntry.of(identity, roles, valid_from=now))
     return _save_next(folder, directory, published=published, now=now)
+
+
+def set_policy(folder: AdminFolder, policy: Policy | None, *, now: int | None = None) -> Directory:
+    """Put the national policy into the draft (PROTOCOL §7.11; the draft becomes
+    spec_version 2), or take it out with None (refused while an agency holds a role only
+    spec_version 2 defines)."""
+    now = clock.now() if now is None else now
+    directory, published = _draft_and_published(folder)
+    try:
+        changed = directory.with_policy(policy)
+    except ValueError as e:
+        raise AdminError(str(e)) from e
+    if changed.policy == directory.policy:
+        raise AdminError("the draft already has this policy")
+    return _save_next(folder, changed, published=published, now=now)
+
+
+def read_policy(data: bytes) -> Policy:
+    """A policy file (the JSON of a directory's `policy` member, `nrm directory policy
+    template`); AdminError naming what is wrong."""
+    try:
+        return policy_from_doc(json.loads(data))
+    except json.JSONDecodeError as e:
+        raise AdminError(f"the policy file is not JSON: {e.msg} at line {e.lineno}") from e
+    except ValueError as e:
+        raise AdminError(f"the policy file is not a valid policy: {e}") from e
 
 
 def remove_agency(folder: AdminFolder, agency: str, *, now: int | None = None) -> Directory:

@@ -1290,6 +1290,35 @@ def directory_publish(
     click.echo(f"published directory version {d.version} ({len(d.agencies)} agencies)")
 
 
+@directory_group.command("set-policy")
+@click.argument("policy_file", type=PATH, required=False)
+@click.option("--none", "remove", is_flag=True, help="Take the policy out (spec_version 1).")
+@ADMIN_DIR
+def directory_set_policy(policy_file: Path | None, remove: bool, admin_dir: Path) -> None:
+    """Put the national policy (a JSON file, `nrm directory policy-template`) into the
+    directory draft, which becomes spec_version 2 (PROTOCOL §7.11); sign and publish it.
+    Upgrade every agent and the ledger first: earlier releases refuse spec_version 2."""
+    if (policy_file is None) == (not remove):
+        raise click.UsageError("give a policy file, or --none")
+    with expected_errors():
+        folder = admin.AdminFolder(admin_dir)
+        policy = None if policy_file is None else admin.read_policy(policy_file.read_bytes())
+        d = admin.set_policy(folder, policy)
+    state = "no policy (spec_version 1)" if d.policy is None else f"policy of {d.policy.country}"
+    click.echo(f"draft version {d.version}: {state}; sign and publish it")
+
+
+@directory_group.command("policy-template")
+@click.option("--country", required=True, help="ISO 3166-1 alpha-2 code, e.g. LT.")
+def directory_policy_template(country: str) -> None:
+    """Print a national policy with the starting values of docs/PROTOCOL.md §7.11, to edit
+    and give to `nrm directory set-policy`."""
+    from keys.policy import Policy, policy_doc
+
+    with expected_errors():
+        emit(policy_doc(Policy(country=country)))
+
+
 @directory_group.command("show")
 @ADMIN_DIR
 @json_option

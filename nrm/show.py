@@ -7,6 +7,7 @@ from typing import Any
 
 from keys import UntrustedInputError
 from keys.directory import signature_count
+from keys.policy import policy_doc
 from runtime import clock
 
 from .admin import AdminFolder, verified_draft
@@ -54,6 +55,8 @@ def directory_document(folder: AdminFolder) -> dict[str, Any]:
             "expired": root.expires <= clock.now(),
         },
         "agencies": [agency_entry(a) for a in directory.agencies],
+        "spec_version": directory.spec_version,
+        "policy": None if directory.policy is None else policy_doc(directory.policy),
     }
 
 
@@ -75,6 +78,9 @@ def show_directory(folder: AdminFolder) -> str:
         f"{count} of {root.threshold} signatures from root v{root.version}: {state}",
         f"root version {root.version} expires {when(root.expires)}"
         + (" (EXPIRED: rotate the root)" if root.expires <= clock.now() else ""),
+        "national policy: none (spec_version 1)"
+        if directory.policy is None
+        else f"national policy of {directory.policy.country} (spec_version 2; --json shows it)",
         "",
         f"{'agency':<16} {'roles':<20} {'key':<6} {'kid':<34} {'status':<9} "
         f"{'valid from':<17} {'valid until':<17} revoked",

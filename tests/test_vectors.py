@@ -291,6 +291,9 @@ def test_directory_vector(path: Path) -> None:
     directory = verify()
     assert directory.version == int(fields["version"])
     assert ",".join(a.agency for a in directory.agencies) == fields["agencies"]
+    assert directory.spec_version == int(fields["spec_version"])
+    country = None if directory.policy is None else directory.policy.country
+    assert (country or "none") == fields["policy_country"]
 
 
 def _event_fields(event: AuditEvent) -> dict[str, str]:

@@ -57,6 +57,7 @@ from keys.identity import (
 from keys.keyfile import INTERACTIVE, _derive
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import leaf_hash
+from keys.policy import Policy
 from nrm import examples
 
 CREATED = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -191,7 +192,8 @@ def canonical_json_vectors() -> Iterator[tuple[str, str]]:
 #     `version`, `threshold`, `key_ids` (comma-separated, sorted).
 # directory-*: `root` is base64 of the signed root the directory is verified against (itself
 #     verified as an initial root), `current` base64 of the currently trusted signed directory
-#     or `none`, `now` the verifier's time. When ok: `version`, `agencies` (comma-separated).
+#     or `none`, `now` the verifier's time. When ok: `version`, `agencies` (comma-separated),
+#     `spec_version` and `policy_country` (the policy's `country`, or `none`; §7.11).
 
 ADMINS = [SigningKey(fixed(f"admin {n}")) for n in (1, 2, 3)]
 NEW_ADMINS = [SigningKey(fixed(f"admin {n} root 2")) for n in (1, 2, 3)]
@@ -371,6 +373,22 @@ DIRECTORY = Directory(
 )
 DIRECTORY_FILE = signed_file(encode_directory(DIRECTORY), ADMINS[:2])
 NOW = CREATED + 3600
+#: Spec 2: the same agencies under a national policy (PROTOCOL §7.11), police also the
+#: competent authority.
+POLICY = Policy(
+    country="LT",
+    without_consent={"competent-authority": ("legal_obligation", "public_task")},
+    child_legal_bases=("children_act_s5",),
+)
+POLICY_DIRECTORY = DIRECTORY.with_policy(POLICY).with_agency(
+    _agency(
+        "police",
+        "National Police",
+        ("competent-authority", "police"),
+        POLICE_SIGN,
+        POLICE_ENC,
+    )
+)
 
 
 def _directory_vectors() -> list[tuple[str, str, str, bytes | None, int, bytes]]:
@@ -385,6 +403,15 @@ def _directory_vectors() -> list[tuple[str, str, str, bytes | None, int, bytes]]
     unsorted_roles = json.loads(encode_directory(DIRECTORY))
     unsorted_roles["agencies"][0]["roles"] = ["police", "coordinator"]
     long_lived = Directory(version=1, expires=CREATED + 2 * 365 * DAY, agencies=DIRECTORY.agencies)
+    with_policy = json.loads(encode_directory(POLICY_DIRECTORY))
+    short_reflection = json.loads(encode_directory(POLICY_DIRECTORY))
+    short_reflection["policy"]["reflection_min_days"] = 29
+    policy_in_spec_1 = json.loads(encode_directory(POLICY_DIRECTORY))
+    policy_in_spec_1["spec_version"] = 1
+    no_policy = dict(with_policy)
+    del no_policy["policy"]
+    new_role_in_spec_1 = dict(policy_in_spec_1)
+    del new_role_in_spec_1["policy"]
     after_root = ROOT_1.expires + DAY
     return [
         ("ok", "version 1, two agencies, 2 of 3 root keys", "ok", None, NOW, DIRECTORY_FILE),
@@ -472,6 +499,46 @@ def _directory_vectors() -> list[tuple[str, str, str, bytes | None, int, bytes]]
             NOW,
             signed_file(canonical_json(extra), ADMINS[:2]),
         ),
+        (
+            "ok-policy",
+            "spec_version 2: a national policy (§7.11); police also the competent authority",
+            "ok",
+            None,
+            NOW,
+            signed_file(canonical_json(with_policy), ADMINS[:2]),
+        ),
+        (
+            "policy-reflection-29-days",
+            "a policy whose reflection period is 29 days (CETS 197 Art 13: at least 30)",
+            "malformed",
+            None,
+            NOW,
+            signed_file(canonical_json(short_reflection), ADMINS[:2]),
+        ),
+        (
+            "policy-in-spec-1",
+            "spec_version 1 with a policy member, correctly signed",
+            "malformed",
+            None,
+            NOW,
+            signed_file(canonical_json(policy_in_spec_1), ADMINS[:2]),
+        ),
+        (
+            "spec-2-without-policy",
+            "spec_version 2 without its policy member, correctly signed",
+            "malformed",
+            None,
+            NOW,
+            signed_file(canonical_json(no_policy), ADMINS[:2]),
+        ),
+        (
+            "spec-2-role-in-spec-1",
+            "the competent-authority role (spec_version 2) in a spec_version 1 directory",
+            "malformed",
+            None,
+            NOW,
+            signed_file(canonical_json(new_role_in_spec_1), ADMINS[:2]),
+        ),
     ]
 
 
@@ -499,8 +566,13 @@ def trust_vectors() -> Iterator[tuple[str, str]]:
             ("now", now),
         ]
         if expect == "ok":
-            version = json.loads(data)["signed"]["version"]
-            header += [("version", version), ("agencies", "police,shelter")]
+            signed = json.loads(data)["signed"]
+            header += [
+                ("version", signed["version"]),
+                ("agencies", "police,shelter"),
+                ("spec_version", signed["spec_version"]),
+                ("policy_country", signed["policy"]["country"] if "policy" in signed else None),
+            ]
         yield f"directory-{name}", render(header, data)
 
 
