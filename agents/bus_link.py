@@ -107,10 +107,10 @@ class BusLink:
         note the state it shows, then wait the back-off delay before nats-py tries again."""
         if not attempting:
             if is_refusal(error):
-                self._become("refused", error=type(error).__name__)
+                self._become("refused", error=type(error).__name__, detail=_detail(error))
             elif not isinstance(error, _DROPPED):  # a drop is logged as the state change
                 # nats errors name subjects and permissions, never payloads
-                self.log.warning("bus_error", error=type(error).__name__, detail=str(error)[:200])
+                self.log.warning("bus_error", error=type(error).__name__, detail=_detail(error))
             return
         if is_refusal(error):
             state = "refused"
@@ -122,7 +122,7 @@ class BusLink:
             state = "tls-failed"
         else:
             state = "unreachable"
-        self._become(state, error=type(error).__name__)
+        self._become(state, error=type(error).__name__, detail=_detail(error))
         self.on_failure(state)
         delay = self.backoff.delay(self.attempts)
         self.attempts += 1
@@ -131,3 +131,9 @@ class BusLink:
 
     def health(self) -> dict[str, Any]:
         return {"state": self.state, "since": self.since, "failed_attempts": self.attempts}
+
+
+def _detail(error: Exception) -> str:
+    """What nats-py says about `error` (`nats: 'Authorization Violation'`, a refused address):
+    subjects, permissions and addresses, never payloads; at most 200 characters."""
+    return str(error)[:200]

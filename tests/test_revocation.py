@@ -361,6 +361,8 @@ async def test_agent_started_after_its_removal_learns_it_from_the_ledger(
         for e in logs
         if e["event"] == "bus_state" and e.get("agency") == "police" and e["state"] == "connected"
     ]  # it never got onto the bus
+    refusals = [e for e in logs if e["event"] == "bus_state" and e["state"] == "refused"]
+    assert refusals and all("Authorization Violation" in e["detail"] for e in refusals)
     problem = await refused(
         m, "police", "/v1/referrals", {"recipients": ["shelter"], "referral": REFERRAL}
     )
