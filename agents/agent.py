@@ -501,7 +501,12 @@ class Agent:
                 raise ReplayedError(f"message {opened.header.message_id} was already received")
             body_stage = True  # from here on a refusal is of the body: the sender is told
             checked = inbound.check(
-                h.kind, opened.body, roles=self._own_roles(directory), limits=self.limits
+                h.kind,
+                opened.body,
+                roles=self._own_roles(directory),
+                limits=self.limits,
+                policy=directory.policy,
+                sender_roles=directory.agency(h.sender).roles,
             )
             self._commit(opened, checked, position)
         except UnknownKeyError as e:

@@ -165,6 +165,8 @@ class Desk:
             consent=self._consent_for(referral),
             now=now,
             attachment_problems=self.attachments.check_cited(cited),
+            policy=directory.policy,
+            sender_roles=directory.agency(self.agency).roles if self.agency in directory else (),
         )
         bodies = plan.bodies
         receipt = plan.receipt

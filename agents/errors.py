@@ -86,6 +86,12 @@ class ConsentUnusable(Unprocessable):
     withdrawn or expired."""
 
 
+class BasisNotAllowed(Unprocessable):
+    """The referral relies on a legal basis other than consent for an adult, and the
+    national policy does not let this agency's roles use that basis without consent
+    (PROTOCOL §7.11 `without_consent`)."""
+
+
 class ReferralUnsendable(Unprocessable):
     """The referral is valid but cannot go to these recipients as it is (`problems`: consent
     not covering a recipient, an anonymous notification to a non-co-ordinator, attachments

@@ -8,7 +8,8 @@ kind and body to `check`, with its own directory roles, and gets back the parsed
 `UntrustedInputError` whose `reason` names the failure (keys/errors.py): decoded strictly
 (`malformed`, `too-deep`, `out-of-range`), then the shape of the kind (`unknown-member`,
 `schema-invalid`, for transitions `unknown-reason-code`), then what this agency's roles may
-receive (`not-for-this-role`, `category-not-allowed`, `not-anonymous`).
+receive (`not-for-this-role`, `category-not-allowed`, `not-anonymous`), and whether the
+national policy lets the sender's roles use the referral's legal basis (`unlawful-basis`).
 
 Nothing here puts a received value into an error message: bodies are personal data.
 """
@@ -29,7 +30,9 @@ from keys.errors import (
     SchemaInvalidError,
     UnexpectedMessageError,
     UnknownMemberError,
+    UnlawfulBasisError,
 )
+from keys.policy import Policy
 from keys.subjects import AGENCY_ID_PATTERN
 
 from . import lifecycle as L
@@ -123,15 +126,30 @@ Checked = (
 )
 
 
-def check(kind: str, body: bytes, *, roles: Collection[str], limits: Limits) -> Checked:
+def check(
+    kind: str,
+    body: bytes,
+    *,
+    roles: Collection[str],
+    limits: Limits,
+    policy: Policy | None = None,
+    sender_roles: Collection[str] = (),
+) -> Checked:
     """The checked body of a message of `kind` received by an agency holding `roles` (from
-    the trusted directory), or raise the `UntrustedInputError` of its first failure."""
-    if isinstance(roles, str):
+    the trusted directory), or raise the `UntrustedInputError` of its first failure.
+    `policy` (the trusted directory's, None for spec_version 1) and `sender_roles` decide
+    whether a referral's legal basis stands (`unlawful-basis`, PROTOCOL §7.11)."""
+    if isinstance(roles, str) or isinstance(sender_roles, str):
         raise TypeError("roles must be a collection of role names")
     checker = _CHECKERS.get(kind)
     if checker is None:
         raise UnexpectedMessageError("a message of a kind this agent does not know")
-    return checker(body, frozenset(roles), limits)
+    checked = checker(body, frozenset(roles), limits)
+    if isinstance(checked, CheckedReferral):
+        problem = R.basis_problem(checked.referral, policy=policy, sender_roles=sender_roles)
+        if problem is not None:  # codes only: the basis and the sender's roles
+            raise UnlawfulBasisError(problem)
+    return checked
 
 
 # --- JSON kinds ---------------------------------------------------------------------------------

@@ -76,6 +76,7 @@ NOTIFIED_REASONS = frozenset(
         "unprocessable",
         "not-shared",
         "reused-referral-id",
+        "unlawful-basis",
     }
 )
 

@@ -15,10 +15,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from keys.policy import Policy
+
 from . import consent as C
 from . import referral as R
 from .errors import (
     BadRequest,
+    BasisNotAllowed,
     ConsentDoesNotCover,
     ConsentUnusable,
     ReferralInvalid,
@@ -78,12 +81,20 @@ def plan(
     consent: Consent | None,
     now: int,
     attachment_problems: Sequence[str] = (),
+    policy: Policy | None = None,
+    sender_roles: Iterable[str] = (),
 ) -> Plan:
     """Per recipient (in order) the body it may receive, or a domain error with every problem.
 
     `roles` gives each recipient's roles in the directory; `consent` is the verified receipt
     the referral cites (None if it cites none, or none by its id is recorded);
-    `attachment_problems` are what the caller found wrong with the cited uploads."""
+    `attachment_problems` are what the caller found wrong with the cited uploads; `policy`
+    is the trusted directory's national policy (None: spec_version 1) and `sender_roles`
+    this agency's roles, which together decide whether a basis other than consent stands
+    (`BasisNotAllowed`, PROTOCOL §7.11)."""
+    problem = R.basis_problem(referral, policy=policy, sender_roles=sender_roles)
+    if problem is not None:
+        raise BasisNotAllowed(problem)
     receipt = usable_receipt(referral, consent, now=now)
     problems = list(attachment_problems)
     only_coverage = not problems

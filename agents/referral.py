@@ -22,6 +22,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from keys.policy import Policy
 from keys.roles import ROLES
 
 from .schema_check import SchemaCheck
@@ -42,6 +43,7 @@ __all__ = [
     "Referral",
     "ReferralInvalid",
     "anonymise",
+    "basis_problem",
     "categories_for_roles",
     "categories_present",
     "is_child",
@@ -511,6 +513,28 @@ def minimise(body: Mapping[str, Any], allowed_categories: Iterable[str]) -> dict
         for field, value in body.items()
         if FIELD_CATEGORY.get(field) in allowed
     }
+
+
+def basis_problem(
+    referral: Referral, *, policy: Policy | None, sender_roles: Iterable[str]
+) -> str | None:
+    """Why `referral` may not rely on its legal basis, or None (PROTOCOL §7.11): under a
+    national policy, a referral about an adult that is not anonymous and not under consent
+    must use a basis the policy's `without_consent` opens to one of its sender's roles.
+    Without a policy (directory spec_version 1) every basis of the schema stands. The child
+    route has rules of its own. The answer names codes only, never a value of the body."""
+    if policy is None or referral.legal_basis == "consent":
+        return None
+    if referral.referral_type == "anonymous_notification" or referral.is_child:
+        return None
+    roles = tuple(sorted(sender_roles))
+    if policy.may_skip_consent(roles, referral.legal_basis):
+        return None
+    return (
+        f"legal basis {referral.legal_basis} without a consent receipt is not open to the "
+        f"roles {', '.join(roles) or '(none)'} under the national policy (without_consent); "
+        "refer under consent"
+    )
 
 
 def is_child(body: Mapping[str, Any]) -> bool:

@@ -210,6 +210,13 @@ class NotAnonymousError(UntrustedInputError):
     reason = "not-anonymous"
 
 
+class UnlawfulBasisError(UntrustedInputError):
+    """A referral about an adult under a legal basis other than consent that the national
+    policy does not let its sender's roles use without consent (PROTOCOL §7.11)."""
+
+    reason = "unlawful-basis"
+
+
 class NotForThisRoleError(UntrustedInputError):
     """A message kind or referral type that the receiver's directory roles never receive
     (an escalation or an anonymous notification to an agency that is not a coordinator)."""

@@ -59,6 +59,7 @@ from keys.identity import (
 from keys.keyfile import open_admin_key, open_keys
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import leaf_hash, root_of, verify_consistency, verify_inclusion
+from keys.policy import Policy, policy_from_doc
 from keys.restore import verify_restore
 from keys.subjects import DIRECTORY_KEY, inbox_stream
 from runtime import clock
@@ -383,13 +384,23 @@ def test_consent_receipt_vector(path: Path) -> None:
     assert hashlib.sha256(signed.body).hexdigest() == fields["body_sha256"]
 
 
-def _received(fields: dict[str, str], body: bytes, kind: str, roles: set[str]) -> object:
-    """The receiver's check of a vector's body as `kind` at an agency of `roles` (§6.4): the
-    checked value when the vector expects ok, else None once the check was refused with the
-    expected reason."""
+def _received(
+    fields: dict[str, str],
+    body: bytes,
+    kind: str,
+    roles: set[str],
+    *,
+    policy: Policy | None = None,
+    sender_roles: tuple[str, ...] = (),
+) -> object:
+    """The receiver's check of a vector's body as `kind` at an agency of `roles` (§6.4), under
+    `policy` for a sender of `sender_roles`: the checked value when the vector expects ok,
+    else None once the check was refused with the expected reason."""
 
     def check() -> object:
-        return inbound.check(kind, body, roles=roles, limits=DEFAULT_LIMITS)
+        return inbound.check(
+            kind, body, roles=roles, limits=DEFAULT_LIMITS, policy=policy, sender_roles=sender_roles
+        )
 
     if fields["expect"] != "ok":
         _refused(fields["expect"], check)
@@ -434,7 +445,18 @@ def test_body_vector(path: Path) -> None:
     """The receiver's check of a body of `kind` at an agency of `roles` (§6.4) gives exactly
     the vector's outcome."""
     fields, body = parse(path)
-    _received(fields, body, fields["kind"], set(fields["roles"].split(",")))
+    policy = None
+    if "policy" in fields:
+        policy = policy_from_doc(json.loads(base64.b64decode(fields["policy"], validate=True)))
+    sender_roles = fields.get("sender_roles", "")
+    _received(
+        fields,
+        body,
+        fields["kind"],
+        set(fields["roles"].split(",")),
+        policy=policy,
+        sender_roles=tuple(r for r in sender_roles.split(",") if r),
+    )
 
 
 @each_vector("keyfile-")

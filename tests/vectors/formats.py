@@ -57,7 +57,7 @@ from keys.identity import (
 from keys.keyfile import INTERACTIVE, _derive
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import leaf_hash
-from keys.policy import Policy
+from keys.policy import Policy, policy_doc
 from nrm import examples
 
 CREATED = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -1017,7 +1017,8 @@ def consent_vectors() -> Iterator[tuple[str, str]]:
 # transition-*, receipt-*: the bytes are the body of a `transition` / `delivery-receipt`
 #     message, judged by the receiver's body checks (§6.4); when ok, every field by name.
 # body-*: `kind` and `roles` (comma-separated: the receiver's own roles); the bytes are the
-#     body of that kind, judged by §6.4; `expect` ok or the reason.
+#     body of that kind, judged by §6.4; `expect` ok or the reason. With `policy` (base64 of
+#     the canonical JSON of a directory's policy, §7.11) and `sender_roles`, judged under it.
 
 RID = fixed("referral 1")[:16].hex()
 
@@ -1106,6 +1107,37 @@ def _receipt_vectors() -> list[tuple[str, str, str, bytes]]:
             "received_at as uint32 0xce for 5",
             "malformed",
             b"\x94\x01" + codec.pack(mid) + codec.pack(digest) + b"\xce\x00\x00\x00\x05",
+        ),
+    ]
+
+
+#: An adult's referral under public_task, for a co-ordinator (the demo's example).
+_PUBLIC_TASK_REFERRAL = canonical_json(
+    {
+        "referral": {
+            **(doc := examples.referral(created="2026-01-01T00:00:00Z")),
+            "referral_id": fixed("basis referral")[:16].hex(),
+            "body": {k: v for k, v in doc["body"].items() if k != "attachments"},
+        }
+    }
+)
+
+
+def _basis_vectors() -> list[tuple[str, str, str, str]]:
+    """body-referral-*basis*: also `sender_roles` (comma-separated) and `policy` (base64 of
+    the canonical JSON of the directory's policy, §7.11)."""
+    return [
+        (
+            "referral-lawful-basis",
+            "public_task for an adult from a competent authority, which the policy allows",
+            "competent-authority,police",
+            "ok",
+        ),
+        (
+            "referral-unlawful-basis",
+            "public_task for an adult from police, which the policy does not open to it",
+            "police",
+            "unlawful-basis",
         ),
     ]
 
@@ -1233,6 +1265,16 @@ def message_vectors() -> Iterator[tuple[str, str]]:
     for name, comment, kind, roles, expect, data in _body_vectors():
         header = [("expect", expect), ("comment", comment), ("kind", kind), ("roles", roles)]
         yield f"body-{name}", render(header, data)
+    for name, comment, sender_roles, expect in _basis_vectors():
+        header = [
+            ("expect", expect),
+            ("comment", comment),
+            ("kind", "referral"),
+            ("roles", "coordinator"),
+            ("sender_roles", sender_roles),
+            ("policy", b64(canonical_json(policy_doc(POLICY)))),
+        ]
+        yield f"body-{name}", render(header, _PUBLIC_TASK_REFERRAL)
 
 
 # --- key files (§3.1, §3.5) -------------------------------------------------------------------
