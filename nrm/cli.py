@@ -995,9 +995,9 @@ def _passphrases(
     "--operator-passphrase-file",
     type=PATH,
     default=None,
-    help="Seals the bus operator's key (operator/), which `nrm directory publish` and "
-    "`nrm bus provision` read; default: the administrators' single passphrase (not "
-    "recommended; required with one passphrase per administrator).",
+    help="Seals the bus operator's key (operator/), which `nrm directory publish`, "
+    "`nrm bus provision` and `nrm bus up` read; default: the administrators' single "
+    "passphrase (not recommended; required with one passphrase per administrator).",
 )
 @_days_option(
     "--directory-lifetime-days",
@@ -1065,6 +1065,12 @@ def admin_init(
         f"  give {admin_dir / 'root.1.json'} to every agency as its trust_root; hand each "
         "admin-N.key to its administrator"
     )
+    if each is None and admins > 1:
+        click.echo(
+            "  every admin-N.key has the same passphrase: each administrator seals theirs "
+            "with their own (`nrm admin passphrase --key admin-N.key --old-file F --new-file "
+            "G`) before it leaves this folder"
+        )
 
 
 @admin_group.command("rotate-root")

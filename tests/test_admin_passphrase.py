@@ -36,6 +36,8 @@ def test_admin_passphrase_changes_one_key_which_then_signs_only_with_the_new_one
     """Administrator 2, on their own machine, seals admin-2.key with a passphrase of their
     own (same key, 0600); the draft exported to that machine is signed with the new
     passphrase, the old one is refused there, and the other keys keep theirs."""
+    assert "every admin-N.key has the same passphrase" in work.init_output  # says what to do
+    assert "nrm admin passphrase --key admin-N.key" in work.init_output
     work.add("police", "police")
     draft = tmp_path / "draft.json"
     ok("directory", "export-draft", "--out", draft, "--dir", work.admin)
@@ -139,8 +141,9 @@ def test_admin_init_seals_each_key_with_its_own_passphrase(tmp_path: Path) -> No
                  "--operator-passphrase-file", operator, "--dir", tmp_path / "c")  # fmt: skip
     assert result.exit_code == 2 and "2 --passphrase-file for 3" in result.output
 
-    ok("admin", "init", "--admins", "2", "--threshold", "2", *each,
-       "--operator-passphrase-file", operator, "--dir", tmp_path / "a")  # fmt: skip
+    out = ok("admin", "init", "--admins", "2", "--threshold", "2", *each,
+             "--operator-passphrase-file", operator, "--dir", tmp_path / "a")  # fmt: skip
+    assert "same passphrase" not in out
     root = read_unverified_root((tmp_path / "a" / "root.1.json").read_bytes())
     keys = [tmp_path / "a" / f"admin-{n}.key" for n in (1, 2)]
     assert {
