@@ -32,7 +32,7 @@ from nacl.signing import SigningKey
 from broker.authority import attachment_owners
 from broker.authz import ServiceKeys
 from broker.streams import DIRECTORY_STREAM, provision_agency_stores
-from keys import PublicIdentity, UntrustedInputError
+from keys import KeyFileError, PublicIdentity, UntrustedInputError
 from keys.directory import (
     AgencyEntry,
     Directory,
@@ -257,28 +257,34 @@ def init_admin(
     *,
     admins: int,
     threshold: int,
-    passphrase: bytes,
+    passphrase: bytes | None,
     cost: KdfCost,
     settings: AdminSettings | None = None,
     now: int | None = None,
     operator_passphrase: bytes | None = None,
+    passphrases: Sequence[bytes] | None = None,
 ) -> Root:
     """Create `admins` root keys, root.1 signed by all of them, an empty directory draft,
     the folder's settings and the bus operator's credentials, sealed with
     `operator_passphrase` (by default `passphrase`: not recommended, since the ledger and
-    every bus authority read the operator's key and so hold its passphrase)."""
+    every bus authority read the operator's key and so hold its passphrase).
+
+    With `passphrases` (one per administrator, in order), `admin-<n>.key` is sealed with
+    the n-th of them instead of `passphrase`."""
     if not 1 <= threshold <= admins:
         raise AdminError("the threshold must be between 1 and the number of administrators")
+    sealing = _one_each(passphrase, passphrases, admins, "administrator")
+    operator_passphrase = passphrase if operator_passphrase is None else operator_passphrase
+    if operator_passphrase is None:
+        raise AdminError("no passphrase for the operator's key")
     settings = AdminSettings() if settings is None else settings
     now = clock.now() if now is None else now
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     if any(folder.glob("root.*.json")):
         raise AdminError(f"{folder} already holds a root; refusing to overwrite it")
     keys = [SigningKey.generate() for _ in range(admins)]
-    for n, key in enumerate(keys, start=1):
-        write_new_file(
-            folder / f"admin-{n}.key", seal_admin_key(key, passphrase=passphrase, cost=cost)
-        )
+    for n, (key, secret) in enumerate(zip(keys, sealing, strict=True), start=1):
+        write_new_file(folder / f"admin-{n}.key", seal_admin_key(key, passphrase=secret, cost=cost))
     root = Root(
         version=1,
         expires=now + DEFAULT_LIMITS.root_ttl_seconds,
@@ -296,10 +302,40 @@ def init_admin(
         folder / OPERATOR_DIR,
         agency="operator",
         name="Bus operator",
-        passphrase=passphrase if operator_passphrase is None else operator_passphrase,
+        passphrase=operator_passphrase,
         cost=cost,
     )
     return root
+
+
+def _one_each(
+    passphrase: bytes | None, passphrases: Sequence[bytes] | None, count: int, what: str
+) -> list[bytes]:
+    """The passphrase of each of `count` key files: `passphrases` if given (exactly one
+    per file, else AdminError), else `passphrase` for all."""
+    if passphrases is None:
+        if passphrase is None:
+            raise AdminError(f"no passphrase for the {what} keys")
+        return [passphrase] * count
+    if len(passphrases) != count:
+        raise AdminError(
+            f"{len(passphrases)} passphrases for {count} {what} keys: give one for all, "
+            "or one per key in order"
+        )
+    return list(passphrases)
+
+
+def change_admin_passphrase(key_path: Path, *, old: bytes, new: bytes, cost: KdfCost) -> str:
+    """Seal the administrator key file `key_path` again under the passphrase `new` (the
+    key unchanged), replacing it atomically (0600); KeyFileError, and the file as it was, if
+    `old` does not open it. Returns the key's kid."""
+    try:
+        data = key_path.read_bytes()
+    except OSError as e:
+        raise AdminError(f"cannot read {key_path}: {e.strerror}") from e
+    key = open_admin_key(data, passphrase=old)
+    replace_file(key_path, seal_admin_key(key, passphrase=new, cost=cost))
+    return signing_kid(key.verify_key)
 
 
 def _save_next(
@@ -625,14 +661,31 @@ def rotate_root(
     old_keys: Sequence[Path],
     admins: int,
     threshold: int,
-    passphrase: bytes,
+    passphrase: bytes | None,
     cost: KdfCost,
     now: int | None = None,
+    passphrases: Sequence[bytes] | None = None,
+    new_passphrase: bytes | None = None,
+    new_passphrases: Sequence[bytes] | None = None,
 ) -> Root:
-    """A new root set: version N+1 signed by a threshold of the old keys and all new ones."""
+    """A new root set: version N+1 signed by a threshold of the old keys and all new ones.
+
+    Each old key file opens with `passphrase`, or with its own of `passphrases` (one per
+    old key, in order); each new key `admin-<n>.r<N+1>.key` is sealed with `new_passphrase`
+    (by default `passphrase`), or with the n-th of `new_passphrases`. Every key signs here:
+    root rotation has no export-and-merge flow, so the old keys' holders bring them
+    together."""
     now = clock.now() if now is None else now
     current = folder.newest_root()  # it may have expired: its keys still sign the next one
-    signers = [open_admin_key(p.read_bytes(), passphrase=passphrase) for p in old_keys]
+    opening = _one_each(passphrase, passphrases, len(old_keys), "old root")
+    new_passphrase = passphrase if new_passphrase is None else new_passphrase
+    sealing = _one_each(new_passphrase, new_passphrases, admins, "new root")
+    signers = []
+    for path, secret in zip(old_keys, opening, strict=True):
+        try:
+            signers.append(open_admin_key(path.read_bytes(), passphrase=secret))
+        except KeyFileError as e:
+            raise KeyFileError(f"{path}: {e}") from e
     new_keys = [SigningKey.generate() for _ in range(admins)]
     root = Root(
         version=current.version + 1,
@@ -644,10 +697,10 @@ def rotate_root(
     for key in [*signers, *new_keys]:
         signed = sign(signed, key)
     verify_root_update(current, signed)  # refuse before writing
-    for n, key in enumerate(new_keys, start=1):
+    for n, (key, secret) in enumerate(zip(new_keys, sealing, strict=True), start=1):
         write_new_file(
             folder.path / f"admin-{n}.r{root.version}.key",
-            seal_admin_key(key, passphrase=passphrase, cost=cost),
+            seal_admin_key(key, passphrase=secret, cost=cost),
         )
     write_new_file(folder.root_path(root.version), signed, mode=0o644)
     # The directory must now be signed by the new root's keys.

@@ -964,17 +964,40 @@ def admin_group() -> None:
     """Root keys of the administrators."""
 
 
+def _passphrases(
+    files: tuple[Path, ...], count: int, option: str, keys: str
+) -> tuple[bytes | None, list[bytes] | None]:
+    """The passphrases a repeatable `option` gives for `count` key files: none given, the
+    one in $NRM_PASSPHRASE for all; one, that one for all (`(passphrase, None)`); else one
+    per key file in order (`(None, passphrases)`; a usage error unless exactly `count`)."""
+    if len(files) <= 1:
+        return read_passphrase(file=files[0] if files else None), None
+    if len(files) != count:
+        raise click.UsageError(
+            f"{len(files)} {option} for {count} {keys}: give one for all, or one per key in order"
+        )
+    return None, [read_passphrase(file=f) for f in files]
+
+
 @admin_group.command("init")
 @click.option("--admins", type=click.IntRange(1, 16), required=True, help="Number of root keys.")
 @click.option("--threshold", type=click.IntRange(1, 16), required=True, help="Signatures needed.")
 @click.option("--dir", "admin_dir", type=PATH, required=True, help="Folder to create.")
-@click.option("--passphrase-file", type=PATH, default=None, help="Else $NRM_PASSPHRASE.")
+@click.option(
+    "--passphrase-file",
+    "passphrase_files",
+    type=PATH,
+    multiple=True,
+    help="Seals the administrators' keys: once for all, or once per administrator in order "
+    "(admin-1.key first). Else $NRM_PASSPHRASE.",
+)
 @click.option(
     "--operator-passphrase-file",
     type=PATH,
     default=None,
-    help="Seals the bus operator's key (operator/), which the ledger and the bus authorities "
-    "read; default: the administrators' passphrase (not recommended).",
+    help="Seals the bus operator's key (operator/), which `nrm directory publish`, "
+    "`nrm bus provision` and `nrm bus up` read; default: the administrators' single "
+    "passphrase (not recommended; required with one passphrase per administrator).",
 )
 @_days_option(
     "--directory-lifetime-days",
@@ -991,20 +1014,30 @@ def admin_init(
     admins: int,
     threshold: int,
     admin_dir: Path,
-    passphrase_file: Path | None,
+    passphrase_files: tuple[Path, ...],
     operator_passphrase_file: Path | None,
     directory_lifetime_days: float,
     publish_margin_days: float,
 ) -> None:
     """Create N administrator root keys, root.1.json signed by all, and an empty directory.
 
-    The bus operator's key (operator/) is sealed with --operator-passphrase-file: give one
-    of its own, since services on the network (the ledger, every bus authority) hold it."""
+    Give --passphrase-file once per administrator so that each key file has its own
+    passphrase, or once for all and have each administrator run `nrm admin passphrase` on
+    the key before it is handed over. The bus operator's key (operator/) is sealed with
+    --operator-passphrase-file: give it one of its own."""
     with expected_errors():
+        if len(passphrase_files) > 1 and operator_passphrase_file is None:
+            raise click.UsageError(
+                "with one passphrase per administrator, give the operator's key its own "
+                "with --operator-passphrase-file"
+            )
         operator_passphrase = (
             None
             if operator_passphrase_file is None
             else read_passphrase(file=operator_passphrase_file)
+        )
+        passphrase, each = _passphrases(
+            passphrase_files, admins, "--passphrase-file", "administrators"
         )
         settings = admin.AdminSettings(
             directory_lifetime_seconds=_seconds(directory_lifetime_days),
@@ -1014,7 +1047,8 @@ def admin_init(
             admin_dir,
             admins=admins,
             threshold=threshold,
-            passphrase=read_passphrase(file=passphrase_file),
+            passphrase=passphrase,
+            passphrases=each,
             cost=MODERATE,
             settings=settings,
             operator_passphrase=operator_passphrase,
@@ -1031,6 +1065,12 @@ def admin_init(
         f"  give {admin_dir / 'root.1.json'} to every agency as its trust_root; hand each "
         "admin-N.key to its administrator"
     )
+    if each is None and admins > 1:
+        click.echo(
+            "  every admin-N.key has the same passphrase: each administrator seals theirs "
+            "with their own (`nrm admin passphrase --key admin-N.key --old-file F --new-file "
+            "G`) before it leaves this folder"
+        )
 
 
 @admin_group.command("rotate-root")
@@ -1042,31 +1082,85 @@ def admin_init(
     required=True,
     help="A current root key (repeat to reach the current threshold).",
 )
-@click.option("--admins", type=click.IntRange(1, 16), required=True)
+@click.option("--admins", type=click.IntRange(1, 16), required=True, help="Number of new keys.")
 @click.option("--threshold", type=click.IntRange(1, 16), required=True)
-@click.option("--passphrase-file", type=PATH, default=None, help="Else $NRM_PASSPHRASE.")
+@click.option(
+    "--passphrase-file",
+    "passphrase_files",
+    type=PATH,
+    multiple=True,
+    help="Opens the --key files: once for all, or once per --key in the same order. "
+    "Else $NRM_PASSPHRASE.",
+)
+@click.option(
+    "--new-passphrase-file",
+    "new_passphrase_files",
+    type=PATH,
+    multiple=True,
+    help="Seals the new keys: once for all, or once per new key in order (admin-1.rN.key "
+    "first). Default: the single --passphrase-file (required when each --key has its own).",
+)
 @ADMIN_DIR
 def admin_rotate_root(
     old_keys: tuple[Path, ...],
     admins: int,
     threshold: int,
-    passphrase_file: Path | None,
+    passphrase_files: tuple[Path, ...],
+    new_passphrase_files: tuple[Path, ...],
     admin_dir: Path,
 ) -> None:
-    """New root keys: root N+1 signed by a threshold of the old keys and all the new ones."""
+    """New root keys: root N+1 signed by a threshold of the old keys and all the new ones.
+
+    Every --key signs here, on this machine (there is no export and merge for a root):
+    each administrator may bring their key file and its own passphrase file."""
     with expected_errors():
+        passphrase, each = _passphrases(
+            passphrase_files, len(old_keys), "--passphrase-file", "--key files"
+        )
+        if new_passphrase_files:
+            new_passphrase, new_each = _passphrases(
+                new_passphrase_files, admins, "--new-passphrase-file", "new keys"
+            )
+        elif passphrase is None:
+            raise click.UsageError(
+                "with one passphrase per --key, give the new keys theirs with "
+                "--new-passphrase-file (once for all, or once per new key)"
+            )
+        else:
+            new_passphrase, new_each = passphrase, None
         root = admin.rotate_root(
             admin.AdminFolder(admin_dir),
             old_keys=old_keys,
             admins=admins,
             threshold=threshold,
-            passphrase=read_passphrase(file=passphrase_file),
+            passphrase=passphrase,
+            passphrases=each,
+            new_passphrase=new_passphrase,
+            new_passphrases=new_each,
             cost=MODERATE,
         )
     click.echo(
         f"root version {root.version}: {threshold}-of-{admins}; re-sign the directory "
         f"with the new keys (admin-N.r{root.version}.key) and publish"
     )
+
+
+@admin_group.command("passphrase")
+@click.option("--key", "key_path", type=PATH, required=True, help="An administrator key file.")
+@click.option("--old-file", type=PATH, required=True, help="File holding the current passphrase.")
+@click.option("--new-file", type=PATH, required=True, help="File holding the new passphrase.")
+def admin_passphrase(key_path: Path, old_file: Path, new_file: Path) -> None:
+    """Seal one administrator key file with a new passphrase (the key stays the same).
+
+    Run by its administrator, on their own machine; the file is replaced atomically (0600)
+    and left as it was if the current passphrase does not open it."""
+    with expected_errors():
+        old, new = read_passphrase(file=old_file), read_passphrase(file=new_file)
+        try:
+            kid = admin.change_admin_passphrase(key_path, old=old, new=new, cost=MODERATE)
+        except KeyFileError as e:
+            raise KeyFileError(f"{key_path}: {e}") from e
+    click.echo(f"{key_path} ({kid}) sealed with the new passphrase")
 
 
 @main.group("directory")

@@ -170,7 +170,8 @@ def test_keys_init_creates_a_private_key_file_and_an_identity_and_never_overwrit
 
 def test_no_command_takes_a_passphrase_on_the_command_line(tmp_path: Path) -> None:
     """No option of any command carries a passphrase itself; only files (--passphrase-file,
-    --operator-passphrase-file; `keys passphrase --old-file/--new-file`)."""
+    --operator-passphrase-file, --new-passphrase-file; `keys passphrase` and `admin
+    passphrase --old-file/--new-file`)."""
 
     def options(command: click.Command) -> Iterator[str]:
         for p in command.params:
@@ -184,6 +185,7 @@ def test_no_command_takes_a_passphrase_on_the_command_line(tmp_path: Path) -> No
     assert {n for n in names if "passphrase" in n} == {
         "--passphrase-file",
         "--operator-passphrase-file",
+        "--new-passphrase-file",
     }
     result = nrm("keys", "init", "--agency", "x", "--dir", tmp_path / "k", "--passphrase", "p")
     assert result.exit_code == 2
