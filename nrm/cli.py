@@ -394,6 +394,9 @@ def bus_up(
         )
     logs.configure()
     with expected_errors():
+        from .show import refuse_unsigned
+
+        refuse_unsigned(directory_file.read_bytes(), what=f"the directory {directory_file}")
         ledger_nkeys = tuple(admin.identity_nats_key(p) for p in ledger_identities)
         try:
             code = run_foreground(
@@ -1282,6 +1285,9 @@ def directory_publish(
     folder = admin.AdminFolder(admin_dir)
     margin = None if margin_days is None else _seconds(margin_days)
     with expected_errors():
+        from .show import refuse_unsigned
+
+        refuse_unsigned(folder.directory_bytes(), what=f"the draft in {admin_dir}")
         admin.publishable_draft(folder, margin_seconds=margin)  # before asking the passphrase
         passphrase = read_passphrase(file=passphrase_file)
         d = asyncio.run(

@@ -19,6 +19,20 @@ def when(t: int | None) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M")
 
 
+def refuse_unsigned(data: bytes, *, what: str) -> None:
+    """Raise Failed if the directory file `data` carries no signature at all: the draft
+    `nrm directory add-agency` writes, which neither starts a bus nor publishes (a later
+    verification would call its missing signature list "malformed")."""
+    from .exits import Failed
+
+    if signature_count(data, keys=None) == 0:
+        raise Failed(
+            f"{what} is unsigned: sign it first (`nrm directory sign`, as many administrators "
+            "as the root's threshold); a bus starts and a directory publishes only once it is"
+            " signed"
+        )
+
+
 def draft_state(folder: AdminFolder) -> tuple[int, int, str | None]:
     """(signatures, threshold, None if the draft verifies else why not) against the newest
     root. An unsigned or under-signed draft says so (a draft's empty signature list is not
