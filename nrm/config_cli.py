@@ -380,8 +380,8 @@ def ledger_config_command(
         database=database,
         bind=bind,
         http_tls=http_tls,
-        auditors=[(a, _token(out, a, "--auditor")) for a in auditors],
-        tokens=[
+        tokens=[  # an auditor as `[[tokens]] scope = "auditor"`, not the older [[auditors]]
+            *((a, _token(out, a, "--auditor"), "auditor") for a in auditors),
             *((a, _token(out, a, "--agency-token"), f"agency:{a}") for a in agency_tokens),
             *((m, _token(out, m, "--metrics-token"), "metrics") for m in metrics_tokens),
         ],
