@@ -1239,8 +1239,14 @@ def directory_sign_draft(
             data, key_path, passphrase=read_passphrase(file=passphrase_file)
         )
         write_new_file(out, signature, mode=0o644)
+    from .show import entry_fingerprint
+
     for line in admin.describe_draft(directory):
         click.echo(f"  {line}")
+    for entry in directory.agencies:  # what the agency's `nrm keys init` printed
+        found = entry_fingerprint(entry)
+        if found is not None:
+            click.echo(f"  fingerprint of {entry.agency}: {found}")
     click.echo(f"signature written to {out}")
 
 

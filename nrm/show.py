@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from keys import UntrustedInputError
-from keys.directory import signature_count
+from keys.directory import AgencyEntry, signature_count
 from runtime import clock
 
 from .admin import AdminFolder, verified_draft
@@ -17,6 +17,30 @@ def when(t: int | None) -> str:
     if t is None:
         return "-"
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def entry_fingerprint(entry: AgencyEntry) -> str | None:
+    """The fingerprint (PROTOCOL.md §2.4) of the identity an agency's active signing and
+    encryption keys and its NATS key make: what its `nrm keys init` or `nrm keys rotate`
+    printed, to compare out of band. None while it has no active key of either kind."""
+    from nacl.public import PublicKey
+    from nacl.signing import VerifyKey
+
+    from keys import PublicIdentity
+    from keys.identity import fingerprint
+
+    signing = [k for k in entry.signing_keys if k.status == "active"]
+    encryption = [k for k in entry.encryption_keys if k.status == "active"]
+    if len(signing) != 1 or len(encryption) != 1:
+        return None
+    identity = PublicIdentity(
+        entry.agency,
+        entry.name,
+        VerifyKey(signing[0].public),
+        PublicKey(encryption[0].public),
+        entry.nats_key,
+    )
+    return fingerprint(identity)
 
 
 def refuse_unsigned(data: bytes, *, what: str) -> None:
