@@ -140,7 +140,20 @@ def keys_init(agency: str, directory: Path, name: str | None, passphrase_file: P
     click.echo(f"  signing key    {ident.signing_kid} (Ed25519)")
     click.echo(f"  encryption key {ident.encryption_kid} (X25519)")
     click.echo(f"  fingerprint    {fingerprint(ident)}")
-    click.echo(f"  hand {directory / 'identity.json'} to the administrators")
+    click.echo(f"  hand {directory / 'identity.json'} {_hand_identity_to(ident.agency)}")
+
+
+def _hand_identity_to(agency: str) -> str:
+    """Who needs a new identity.json (deploy/README.md "Bringing up a whole mechanism")."""
+    if agency == "ledger":
+        return (
+            "to the administrators (the cluster spec's [trust] ledger_identity), every agency "
+            "(`nrm agent config --ledger-identity`) and the auditors (`nrm audit verify "
+            "--ledger-identity`)"
+        )
+    if agency.startswith("bus-authority-"):
+        return "to the administrators (the cluster spec's [trust] authority_identities)"
+    return "to the administrators"
 
 
 @keys.command("passphrase")
@@ -182,7 +195,7 @@ def keys_rotate(agency: str, directory: Path, passphrase_file: Path | None) -> N
         f"encryption {rotated.public.encryption_kid}, NATS {rotated.public.nats_key}"
     )
     click.echo(f"  fingerprint {fingerprint(rotated.public)}")
-    click.echo(f"  hand {directory / 'identity.json'} to the administrators")
+    click.echo(f"  hand {directory / 'identity.json'} {_hand_identity_to(agency)}")
 
 
 @keys.command("fingerprint")

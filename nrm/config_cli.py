@@ -165,7 +165,10 @@ def _token(out: Path, name: str, option: str) -> str:
 @click.option("--ledger-name", default=None, help="Its name (origin <name>/nrm-ledger).")
 @click.option("--ledger-identity", default=None, metavar="FILE", help="Its identity.json.")
 @click.option(
-    "--ledger-token-file", default=None, metavar="FILE", help="An auditor token for reading it."
+    "--ledger-token-file",
+    default=None,
+    metavar="FILE",
+    help="This agency's ledger token (scope agency:<id>: `nrm ledger config --agency-token`).",
 )
 @click.option("--ledger-ca", default=None, metavar="FILE", help="CAs for an https:// ledger (PEM).")
 @click.option("--webhook", "webhook_url", default=None, help="Notify the agency system here.")
