@@ -104,6 +104,9 @@ def test_publish_and_bus_up_of_an_unsigned_draft_say_unsigned(work: Work) -> Non
         assert "is unsigned: sign it first (`nrm directory sign`" in result.output
         assert "malformed" not in result.output and "Traceback" not in result.output
     assert not (work.root / "store").exists()
+    work.sign(1)  # one of two: refused as well (README "The bus"), exit 1
+    short = nrm("directory", "publish", "--nats", url, "--dir", work.admin)
+    assert short.exit_code == 1 and "is unsigned" not in short.output, short.output
 
 
 def test_output_into_a_closed_pipe_ends_silently_with_141(work: Work) -> None:
