@@ -135,11 +135,14 @@ def verify_with_progress(
     checkpoint: Checkpoint,
     restores: Sequence[RestoreDeclaration] = (),
 ) -> int:
-    """`verify_rows` over every row of `copy` with a transient progress bar updated per row;
-    returns the number of entries verified or raises LedgerVerificationError."""
+    """`verify_rows` over every row of `copy` with a transient progress bar updated per row
+    (on stderr, and only when it is a terminal: stdout carries the result alone, `--json`
+    included); returns the number of entries verified or raises LedgerVerificationError."""
+    from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(transient=True) as progress:
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("verifying events", total=len(copy.rows))
         return verify_rows(
             copy.rows,

@@ -140,7 +140,20 @@ def keys_init(agency: str, directory: Path, name: str | None, passphrase_file: P
     click.echo(f"  signing key    {ident.signing_kid} (Ed25519)")
     click.echo(f"  encryption key {ident.encryption_kid} (X25519)")
     click.echo(f"  fingerprint    {fingerprint(ident)}")
-    click.echo(f"  hand {directory / 'identity.json'} to the administrators")
+    click.echo(f"  hand {directory / 'identity.json'} {_hand_identity_to(ident.agency)}")
+
+
+def _hand_identity_to(agency: str) -> str:
+    """Who needs a new identity.json (deploy/README.md "Bringing up a whole mechanism")."""
+    if agency == "ledger":
+        return (
+            "to the administrators (the cluster spec's [trust] ledger_identity), every agency "
+            "(`nrm agent config --ledger-identity`) and the auditors (`nrm audit verify "
+            "--ledger-identity`)"
+        )
+    if agency.startswith("bus-authority-"):
+        return "to the administrators (the cluster spec's [trust] authority_identities)"
+    return "to the administrators"
 
 
 @keys.command("passphrase")
@@ -182,7 +195,7 @@ def keys_rotate(agency: str, directory: Path, passphrase_file: Path | None) -> N
         f"encryption {rotated.public.encryption_kid}, NATS {rotated.public.nats_key}"
     )
     click.echo(f"  fingerprint {fingerprint(rotated.public)}")
-    click.echo(f"  hand {directory / 'identity.json'} to the administrators")
+    click.echo(f"  hand {directory / 'identity.json'} {_hand_identity_to(agency)}")
 
 
 @keys.command("fingerprint")
@@ -394,6 +407,9 @@ def bus_up(
         )
     logs.configure()
     with expected_errors():
+        from .show import refuse_unsigned
+
+        refuse_unsigned(directory_file.read_bytes(), what=f"the directory {directory_file}")
         ledger_nkeys = tuple(admin.identity_nats_key(p) for p in ledger_identities)
         try:
             code = run_foreground(
@@ -1330,8 +1346,14 @@ def directory_sign_draft(
             data, key_path, passphrase=read_passphrase(file=passphrase_file)
         )
         write_new_file(out, signature, mode=0o644)
+    from .show import entry_fingerprint
+
     for line in admin.describe_draft(directory):
         click.echo(f"  {line}")
+    for entry in directory.agencies:  # what the agency's `nrm keys init` printed
+        found = entry_fingerprint(entry)
+        if found is not None:
+            click.echo(f"  fingerprint of {entry.agency}: {found}")
     click.echo(f"signature written to {out}")
 
 
@@ -1376,6 +1398,9 @@ def directory_publish(
     folder = admin.AdminFolder(admin_dir)
     margin = None if margin_days is None else _seconds(margin_days)
     with expected_errors():
+        from .show import refuse_unsigned
+
+        refuse_unsigned(folder.directory_bytes(), what=f"the draft in {admin_dir}")
         admin.publishable_draft(folder, margin_seconds=margin)  # before asking the passphrase
         passphrase = read_passphrase(file=passphrase_file)
         d = asyncio.run(

@@ -165,7 +165,10 @@ def _token(out: Path, name: str, option: str) -> str:
 @click.option("--ledger-name", default=None, help="Its name (origin <name>/nrm-ledger).")
 @click.option("--ledger-identity", default=None, metavar="FILE", help="Its identity.json.")
 @click.option(
-    "--ledger-token-file", default=None, metavar="FILE", help="An auditor token for reading it."
+    "--ledger-token-file",
+    default=None,
+    metavar="FILE",
+    help="This agency's ledger token (scope agency:<id>: `nrm ledger config --agency-token`).",
 )
 @click.option("--ledger-ca", default=None, metavar="FILE", help="CAs for an https:// ledger (PEM).")
 @click.option("--webhook", "webhook_url", default=None, help="Notify the agency system here.")
@@ -380,8 +383,8 @@ def ledger_config_command(
         database=database,
         bind=bind,
         http_tls=http_tls,
-        auditors=[(a, _token(out, a, "--auditor")) for a in auditors],
-        tokens=[
+        tokens=[  # an auditor as `[[tokens]] scope = "auditor"`, not the older [[auditors]]
+            *((a, _token(out, a, "--auditor"), "auditor") for a in auditors),
             *((a, _token(out, a, "--agency-token"), f"agency:{a}") for a in agency_tokens),
             *((m, _token(out, m, "--metrics-token"), "metrics") for m in metrics_tokens),
         ],

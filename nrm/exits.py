@@ -13,14 +13,18 @@ README.md "Exit codes" documents this table; each command's --help says which it
 
 `NrmGroup` (the class of the top `nrm` group) runs every command inside `expected_errors()`,
 so an expected failure a command did not handle itself still ends as one line on stderr and
-its code, never a traceback.
+its code, never a traceback. A command whose standard output is closed early (`| head -1`)
+stops silently with 141, as a program killed by SIGPIPE.
 """
 
 from __future__ import annotations
 
+import io
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -80,6 +84,36 @@ def _is_unreachable(e: BaseException) -> bool:
     )
 
 
+#: A command whose stdout closes early ends with this, silently: the status of a program
+#: killed by SIGPIPE (128 + 13), as `yes | head -1` leaves for `yes`.
+EXIT_BROKEN_PIPE = 141
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe nobody reads any more (poll reports POLLERR on its write end),
+    rather than some socket of the command's own having been closed."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return False
+    poller = select.poll()
+    poller.register(fd, 0)  # POLLERR and POLLHUP are always reported
+    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+
+
+def _quit_on_closed_stdout() -> NoReturn:
+    """Exit EXIT_BROKEN_PIPE without a message; stdout's unflushed bytes go to /dev/null so
+    the interpreter's final flush does not complain about the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass  # not a real file descriptor (an in-process runner): nothing is flushed later
+    sys.exit(EXIT_BROKEN_PIPE)
+
+
 @contextmanager
 def expected_errors() -> Iterator[None]:
     """Every expected exception kind as its message and exit code (click's own exceptions,
@@ -95,6 +129,10 @@ def expected_errors() -> Iterator[None]:
         yield
     except click.exceptions.ClickException:
         raise
+    except BrokenPipeError as e:
+        if _stdout_closed():  # `| head -1` stopped reading: not an unreachable bus
+            _quit_on_closed_stdout()
+        raise Unreachable(f"unreachable: {type(e).__name__}: {e}") from e
     except admin.PublishMarginError as e:
         raise VerificationFailed(str(e)) from e
     except admin.BusUnreachableError as e:
@@ -118,7 +156,10 @@ class NrmGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         with expected_errors():
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            finally:  # a closed pipe shows here, not in the interpreter's final flush
+                sys.stdout.flush()
 
 
 def document_exit_codes(group: click.Group) -> None:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from keys import UntrustedInputError
-from keys.directory import signature_count
+from keys.directory import AgencyEntry, signature_count
 from keys.policy import policy_doc
 from runtime import clock
 
@@ -18,6 +18,44 @@ def when(t: int | None) -> str:
     if t is None:
         return "-"
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def entry_fingerprint(entry: AgencyEntry) -> str | None:
+    """The fingerprint (PROTOCOL.md §2.4) of the identity an agency's active signing and
+    encryption keys and its NATS key make: what its `nrm keys init` or `nrm keys rotate`
+    printed, to compare out of band. None while it has no active key of either kind."""
+    from nacl.public import PublicKey
+    from nacl.signing import VerifyKey
+
+    from keys import PublicIdentity
+    from keys.identity import fingerprint
+
+    signing = [k for k in entry.signing_keys if k.status == "active"]
+    encryption = [k for k in entry.encryption_keys if k.status == "active"]
+    if len(signing) != 1 or len(encryption) != 1:
+        return None
+    identity = PublicIdentity(
+        entry.agency,
+        entry.name,
+        VerifyKey(signing[0].public),
+        PublicKey(encryption[0].public),
+        entry.nats_key,
+    )
+    return fingerprint(identity)
+
+
+def refuse_unsigned(data: bytes, *, what: str) -> None:
+    """Raise Failed if the directory file `data` carries no signature at all: the draft
+    `nrm directory add-agency` writes, which neither starts a bus nor publishes (a later
+    verification would call its missing signature list "malformed")."""
+    from .exits import Failed
+
+    if signature_count(data, keys=None) == 0:
+        raise Failed(
+            f"{what} is unsigned: sign it first (`nrm directory sign`, as many administrators "
+            "as the root's threshold); a bus starts and a directory publishes only once it is"
+            " signed"
+        )
 
 
 def draft_state(folder: AdminFolder) -> tuple[int, int, str | None]:

@@ -166,6 +166,14 @@ def test_keys_init_creates_a_private_key_file_and_an_identity_and_never_overwrit
     assert again.exit_code != 0
     assert "refusing to overwrite" in again.output
     assert (tmp_path / "k" / "agency.key").read_bytes() == before
+    assert "identity.json to the administrators\n" in out
+
+
+def test_keys_init_of_the_ledger_says_who_pins_its_identity(tmp_path: Path) -> None:
+    """The ledger's identity.json goes to the cluster spec, every agency and the auditors."""
+    out = ok("keys", "init", "--agency", "ledger", "--dir", tmp_path / "k")
+    assert "[trust] ledger_identity), every agency" in out
+    assert "the auditors (`nrm audit verify --ledger-identity`)" in " ".join(out.split())
 
 
 def test_no_command_takes_a_passphrase_on_the_command_line(tmp_path: Path) -> None:

@@ -4,15 +4,18 @@ expected failure, and --json output that parses."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from nrm.cli import main
-from nrm.exits import EXIT_CODES, EXIT_UNREACHABLE, EXIT_VERIFICATION_FAILED
+from nrm.exits import EXIT_BROKEN_PIPE, EXIT_CODES, EXIT_UNREACHABLE, EXIT_VERIFICATION_FAILED
 
 from . import test_cli
 from .test_bus_authority import free_port
-from .test_cli import Work, nrm
+from .test_cli import ENV, Work, nrm
 
 template, work = test_cli.template, test_cli.work  # the module's fixtures
 
@@ -85,3 +88,37 @@ def test_directory_show_says_unsigned_and_json_has_every_key_in_full(work: Work)
     assert sign["kid"] == ident.signing_kid and sign["status"] == "active"
     assert sign["valid_until"] is None and sign["revoked_at"] is None
     assert police["encryption_keys"][0]["kid"] == ident.encryption_kid
+
+
+def test_publish_and_bus_up_of_an_unsigned_draft_say_unsigned(work: Work) -> None:
+    """The draft add-agency writes has no signature: "unsigned, sign it first", not
+    "malformed: ... exactly the members signatures, signed"."""
+    work.add("police", "police")
+    url = f"nats://127.0.0.1:{free_port()}"
+    published = nrm("directory", "publish", "--nats", url, "--dir", work.admin)
+    up = nrm("bus", "up", "--store", work.root / "store", "--trust-root",
+             work.admin / "root.1.json", "--directory", work.admin / "directory.json",
+             "--operator-keys", work.admin / "operator")  # fmt: skip
+    for result in (published, up):
+        assert result.exit_code == 1, result.output
+        assert "is unsigned: sign it first (`nrm directory sign`" in result.output
+        assert "malformed" not in result.output and "Traceback" not in result.output
+    assert not (work.root / "store").exists()
+    work.sign(1)  # one of two: refused as well (README "The bus"), exit 1
+    short = nrm("directory", "publish", "--nats", url, "--dir", work.admin)
+    assert short.exit_code == 1 and "is unsigned" not in short.output, short.output
+
+
+def test_output_into_a_closed_pipe_ends_silently_with_141(work: Work) -> None:
+    """`nrm ... | head -1`: the reader is gone before the command writes; no "unreachable"."""
+    work.add("police", "police")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before the command starts: its first write fails
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "nrm", "directory", "show", "--dir", str(work.admin)],
+            stdout=write_end, stderr=subprocess.PIPE, env={**os.environ, **ENV}, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (EXIT_BROKEN_PIPE, b"")

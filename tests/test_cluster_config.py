@@ -8,6 +8,7 @@ wrong.
 from __future__ import annotations
 
 import json
+import shutil
 import stat
 import subprocess
 import tomllib
@@ -288,3 +289,21 @@ def test_an_authority_path_beyond_the_bmp_is_valid_toml(
     assert result.exit_code == 0, result.output
     doc = tomllib.loads((tmp_path / "out" / "n1.authority.toml").read_text(encoding="utf-8"))
     assert doc["passphrase_file"] == str(passphrase)
+
+
+def test_the_readme_spec_passes_cluster_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deploy/nats-cluster/README.md "The spec", its one [[nodes]] entry repeated for nodes 2
+    and 3 ("three or more"), is a spec `nrm cluster config` accepts."""
+    at_demo_time(monkeypatch, tmp_path)
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    spec = readme.split("## The spec", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    node = "[[nodes]]" + spec.split("[[nodes]]", 1)[1]
+    spec += "".join(node.replace("nrm-1", f"nrm-{n}").replace("nats-1", f"nats-{n}")
+                    for n in (2, 3))  # fmt: skip
+    shutil.copytree(DEPLOY / "demo", tmp_path / "demo")
+    (tmp_path / "cluster.toml").write_text(spec, encoding="utf-8")
+    result = nrm("cluster", "config", "--spec", tmp_path / "cluster.toml", "--out", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in (tmp_path / "o").iterdir()} >= {"nrm-3.conf", "nrm-3.authority.toml"}

@@ -188,7 +188,7 @@ def test_ledger_config_loads_with_the_ledgers_own_loader(tmp_path: Path) -> None
         "--passphrase-file", "/run/credentials/nrm-ledger.service/passphrase",
         "--nats", "tls://bus-1:4222", "--nats", "tls://bus-2:4222",
         "--trust-root", "root.1.json", "--database", "/var/lib/nrm-ledger/ledger.db",
-        "--bind", "192.0.2.10:8090", "--auditor", "court-of-audit", "--auditor", "police",
+        "--bind", "192.0.2.10:8090", "--auditor", "court-of-audit", "--auditor", "ombudsman",
         "--agency-token", "shelter", "--metrics-token", "prometheus",
         "--checkpoint-interval", "5", "--suppress-below", "10", "--expiry-warning-days", "14",
         "--allow-plain-http",
@@ -204,8 +204,10 @@ def test_ledger_config_loads_with_the_ledgers_own_loader(tmp_path: Path) -> None
     assert (config.host, config.port) == ("192.0.2.10", 8090)
     assert config.auditor_tokens == tuple(
         bytes.fromhex(token_digest((tmp_path / f"{a}.token").read_text()))
-        for a in ("court-of-audit", "police")
+        for a in ("court-of-audit", "ombudsman")
     )
+    text = out.read_text()  # the current form, not the older [[auditors]]
+    assert "[[auditors]]" not in text and text.count('scope = "auditor"') == 2, text
     scopes = {t.digest: t.scope for t in config.tokens}
     for name, scope in (("shelter", "agency:shelter"), ("prometheus", "metrics")):
         digest = bytes.fromhex(token_digest((tmp_path / f"{name}.token").read_text()))

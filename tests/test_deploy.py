@@ -726,3 +726,15 @@ def test_the_kubernetes_cluster_spec_fits_the_pods(tmp_path: Path) -> None:
         assert doc["passphrase_file"] in script
         assert doc["authorization_file"] == f"/run/nats/{name}.authorization.conf"
         assert len(doc["authority_nkeys"]) == 3
+
+
+def test_the_docs_give_no_agency_an_auditor_token() -> None:
+    """An auditor's ledger token reads every agency's events: an agency's agent gets
+    `--agency-token AGENCY` (scope agency:AGENCY), never `--auditor AGENCY`."""
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), DEPLOY / "README.md",
+            DEPLOY / "compose-setup.sh", DEPLOY / "nats-cluster" / "README.md"]  # fmt: skip
+    text = "\n".join(p.read_text(encoding="utf-8") for p in docs)
+    agencies = set(re.findall(r"--agency(?:-token)?[ =]([a-z][\w-]*)", text))
+    auditors = set(re.findall(r"--auditor[ =]([a-z][\w-]*)", text))
+    assert {"police", "shelter"} <= agencies and "court-of-audit" in auditors
+    assert not auditors & agencies, auditors & agencies

@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+from keys.identity import fingerprint
 from nrm.admin import AdminFolder, verified_draft
 
 from .test_cli import Work, nrm, ok
@@ -25,12 +26,14 @@ def _machine(work: Work, tmp_path: Path, n: int, draft: Path) -> Path:
     return machine
 
 
-def _sign_there(machine: Path) -> Path:
+def _sign_there(machine: Path, work: Work) -> Path:
     out = ok(
         "directory", "sign-draft", "--draft", machine / "draft.json",
         "--key", machine / "admin.key", "--out", machine / "sig.json",
     )  # fmt: skip
     assert "police (Police): roles police" in out  # what it signs, read from the bytes
+    # the fingerprint the agency's `nrm keys init` printed, for the out-of-band check
+    assert f"fingerprint of police: {fingerprint(work.public('police'))}" in out, out
     return machine / "sig.json"
 
 
@@ -43,7 +46,7 @@ def test_drafts_signed_on_separate_machines_merge_into_a_publishable_draft(
     draft = tmp_path / "draft.json"
     ok("directory", "export-draft", "--out", draft, "--dir", work.admin)
     assert "police" in " ".join(json.loads(draft.read_text())["summary"])
-    signatures = [_sign_there(_machine(work, tmp_path, n, draft)) for n in (2, 3)]
+    signatures = [_sign_there(_machine(work, tmp_path, n, draft), work) for n in (2, 3)]
     out = ok("directory", "merge-signatures", *signatures, "--dir", work.admin)
     assert "2 of 2 required signatures: publishable" in out
     assert "police" in verified_draft(AdminFolder(work.admin))
@@ -57,7 +60,7 @@ def test_merge_refuses_a_signature_of_another_draft_or_a_forged_one(
     work.add("police", "police")
     draft = tmp_path / "draft.json"
     ok("directory", "export-draft", "--out", draft, "--dir", work.admin)
-    signature = _sign_there(_machine(work, tmp_path, 2, draft))
+    signature = _sign_there(_machine(work, tmp_path, 2, draft), work)
     doc = json.loads(signature.read_text())
     forged = tmp_path / "forged.json"
     sig = bytearray(base64.b64decode(doc["sig"]))

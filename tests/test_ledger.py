@@ -263,6 +263,7 @@ async def test_audit_verify_passes_live_and_on_a_copy(
     assert code == 0, output
     assert "OK:" in output
     code, output = audit_verify(m, "--db", str(copy), "--json")
+    assert output.startswith("{"), repr(output[:40])  # no progress bar's newline before it
     doc = json.loads(output)
     assert code == 0 and doc["ok"] is True and doc["events"] >= size, output
     assert doc["checkpoint"]["size"] >= size and len(doc["checkpoint"]["root"]) == 64
