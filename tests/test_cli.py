@@ -136,8 +136,9 @@ def test_version_is_the_installed_release_and_pyproject_s() -> None:
 
 
 def test_the_docs_and_manifests_name_this_release() -> None:
-    """The wheel and sdist names in the RUNBOOK and deploy/README.md, and the image tag of the
-    Kubernetes manifests, are this release's (bumping pyproject's version bumps them)."""
+    """The wheel and sdist names in the RUNBOOK and deploy/README.md, the image tag of the
+    Kubernetes manifests and the CHANGELOG's newest section are this release's (bumping
+    pyproject's version bumps them)."""
     repo = Path(__file__).parents[1]
     for doc in ("docs/RUNBOOK.md", "deploy/README.md"):
         named = set(
@@ -146,6 +147,10 @@ def test_the_docs_and_manifests_name_this_release() -> None:
         assert named == {VERSION}, doc
     kustomization = (repo / "deploy" / "kubernetes" / "kustomization.yaml").read_text()
     assert re.findall(r'newTag: "([^"]*)"', kustomization) == [VERSION]
+    # CHANGELOG: this release is the newest section (or work toward it is "Unreleased").
+    headings = re.findall(r"^## \[([^\]]+)\]", (repo / "CHANGELOG.md").read_text(), re.M)
+    assert headings[0] in (VERSION, "Unreleased"), headings[:2]
+    assert VERSION in headings
 
 
 def test_keys_init_creates_a_private_key_file_and_an_identity_and_never_overwrites(
