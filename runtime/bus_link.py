@@ -58,17 +58,28 @@ class BusLink:
     """Fed by nats-py's callbacks (`connect_linked`); read by its owner's /healthz."""
 
     def __init__(
-        self, *, backoff: Backoff, log: Any, event: Callable[[str], str] = lambda s: "bus_state"
+        self,
+        *,
+        backoff: Backoff,
+        log: Any,
+        event: Callable[[str], str] = lambda state: "bus_state",
+        on_failure: Callable[[str], None] = lambda state: None,
     ) -> None:
         self.backoff = backoff
         #: A structlog logger bound with ids only.
         self.log = log
         #: The log event of a change to a state.
         self.event = event
+        #: Called with the state after each failed attempt (for a metric).
+        self.on_failure = on_failure
         self.state = "connecting"
         self.since = clock.now()
         #: Failed attempts since the link was last connected.
         self.attempts = 0
+        #: Delays chosen since the link was last connected (the latest 64).
+        self.delays: list[float] = []
+        #: Set while connected: loops that need the bus wait on it instead of polling.
+        self.up = asyncio.Event()
         #: Monotonic time the link was last not connected since (a duration, not a date).
         self._down_at: float | None = time.monotonic()
         #: The client whose callbacks speak for the link; None once its owner closes it.
@@ -92,14 +103,17 @@ class BusLink:
         )  # fmt: skip
         if state == "connected":
             self._down_at = None
-        elif self._down_at is None:
-            self._down_at = time.monotonic()
+            self.up.set()
+        else:
+            self._down_at = self._down_at or time.monotonic()
+            self.up.clear()
         self.state = state
         self.since = clock.now()
 
     def on_connected(self) -> None:
         self._become("connected")
         self.attempts = 0
+        self.delays.clear()
 
     def on_disconnected(self) -> None:
         if self.state == "connected":
@@ -124,8 +138,10 @@ class BusLink:
         else:
             state = "unreachable"
         self._become(state, error=type(error).__name__)
+        self.on_failure(state)
         delay = self.backoff.delay(self.attempts)
         self.attempts += 1
+        self.delays = [*self.delays[-63:], delay]
         await asyncio.sleep(delay)
 
     def health(self) -> dict[str, Any]:

@@ -91,6 +91,11 @@ async def test_ledger_healthz_is_degraded_while_the_bus_refuses_it(tmp_path: Pat
                     )
 
                 await eventually(refused, what=f"a refused bus on /healthz ({seen})")
+                # Within the grace the state is said, not a reason (no directory yet is one).
+                ledger.bus_grace_seconds = 3600.0
+                _, health = await healthz(http, ledger)
+                assert (health["bus"], health["reasons"]) == ("refused", ["no-directory"])
+                ledger.bus_grace_seconds = 0.0
                 async with http.get(
                     ledger.url + "/metrics",
                     headers={"Authorization": f"Bearer {sandbox.auditor_token}"},
