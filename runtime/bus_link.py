@@ -133,8 +133,10 @@ class BusLink:
             state = "refused"
         elif is_tls_failure(error):
             state = "tls-failed"
-        elif self.state == "tls-failed" and isinstance(error, ConnectionResetError):
-            state = "tls-failed"  # nats-server resets the attempt after refusing our certificate
+        elif self.state in ("tls-failed", "refused") and isinstance(error, ConnectionResetError):
+            # nats-server resets the attempt that follows its refusal of our certificate or
+            # NKey: the same cause, not a change of state (nor a log line per attempt)
+            state = self.state
         else:
             state = "unreachable"
         self._become(state, error=type(error).__name__)

@@ -119,12 +119,12 @@ async def test_ledger_healthz_is_degraded_while_the_bus_refuses_it(tmp_path: Pat
 
                 await eventually(admitted_and_appended, what=f"the ledger admitted ({seen})")
         changes = [
-            (e["connection"], e["event"])
+            (e["connection"], e["event"], e.get("error"))
             for e in logs
             if str(e["event"]).startswith("ledger_bus_") and e.get("service") == "ledger"
         ]
         for connection in ("audit", "directory"):
-            assert [ev for c, ev in changes if c == connection] == [
+            assert [ev for c, ev, _ in changes if c == connection] == [
                 "ledger_bus_refused",
                 "ledger_bus_connected",
             ], changes
