@@ -1083,7 +1083,8 @@ OPENAPI: dict[str, Any] = {
         ),
         "/healthz": {
             "get": {
-                "summary": "ok, warning (directory or root expires soon) or degraded (503)",
+                "summary": "ok, warning (directory or root expires soon) or degraded (503: "
+                "e.g. `bus-refused`, the bus has not admitted the ledger's NKey for 10 s)",
                 "security": [],
                 "responses": {
                     "200": {
