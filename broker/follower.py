@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import nats
 import nats.errors
 import nats.js.errors
 import structlog
@@ -23,8 +22,8 @@ from keys import DEFAULT_LIMITS
 from keys.directory import Directory, Root, TrustFeed
 from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY
 from runtime import clock, expiry
-from runtime.backoff import Retry
-from runtime.bus_client import close_client, logged_errors
+from runtime.backoff import RETRY_CAP_SECONDS, Backoff, Retry
+from runtime.bus_link import BusLink, connect_linked, release
 from runtime.endpoint import BusEndpoint
 from runtime.supervisor import Supervisor
 
@@ -62,6 +61,7 @@ class DirectoryFollower:
         on_root: OnRoot | None = None,
         warning_seconds: int = DEFAULT_LIMITS.expiry_warning_seconds,
         supervisor: Supervisor | None = None,
+        link: BusLink | None = None,
     ) -> None:
         #: Where the bus is and how to reach it (TLS); None until the owner knows (a server
         #: started without a port has one only once started), then set before start().
@@ -78,8 +78,15 @@ class DirectoryFollower:
         self.pinned_root_bytes = pinned_root.read_bytes()
         self.feed = TrustFeed(self.pinned_root_bytes)
         self.store = self.feed.store
+        #: The state of its bus connection (runtime/bus_link.py); the owner's, to name
+        #: it in its own log events, else one logging `bus_state` with `follower=<name>`.
+        self.link = link or BusLink(
+            backoff=Backoff(1.0, RETRY_CAP_SECONDS), log=log.bind(follower=name)
+        )
         self._task: asyncio.Task[None] | None = None
         self._running = False
+        #: Set by stop(): a connection attempt's back-off ends at once.
+        self._stopping = asyncio.Event()
         #: The bucket's stream sequence to read from next (1: from the start, newest only).
         self._seq = 1
         #: One reader at a time: the poll and `catch_up` share `_seq`.
@@ -141,10 +148,12 @@ class DirectoryFollower:
 
     async def start(self) -> None:
         self._running = True
+        self._stopping.clear()
         self._task = self.supervisor.spawn(f"directory-{self.name}", self._watch)
 
     async def stop(self) -> None:
         self._running = False
+        self._stopping.set()
         if self._task is not None:
             await self.supervisor.stop([self._task])
             self._task = None
@@ -166,19 +175,20 @@ class DirectoryFollower:
     async def _watch(self) -> None:
         if self.endpoint is None:
             raise RuntimeError("the directory follower was started without a bus endpoint")
-        on_error = logged_errors(log, follower=self.name)
         retry = Retry.after(1.0)
         while self._running:
             try:
-                nc = await nats.connect(
-                    **self.endpoint.connect_options(),  # servers, tls, tls_hostname
+                # Retries until the bus takes it, its attempts paced and told by the link.
+                nc = await connect_linked(
+                    self.link,
+                    self.endpoint,
+                    stopping=self._stopping,
                     nkeys_seed_str=self.nkeys_seed.decode(),
-                    max_reconnect_attempts=-1,
-                    connect_timeout=2,
                     name=f"nrm-{self.name}-directory",
-                    error_cb=on_error,
                     inbox_prefix=self.inbox_prefix or "_INBOX",  # nats-py's default
                 )
+                if nc is None:
+                    return
                 try:
                     js = nc.jetstream()
                     self._seq = 1  # a new connection reads the bucket again from its start
@@ -187,7 +197,7 @@ class DirectoryFollower:
                         retry.succeeded()
                         await asyncio.sleep(POLL_SECONDS)
                 finally:
-                    await close_client(nc)  # over TLS with the bus down too
+                    await release(self.link, nc)  # over TLS with the bus down too
             except TRANSIENT as e:
                 log.warning(
                     "directory_follow_interrupted", follower=self.name, error=type(e).__name__

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nats
 import nats.errors
 import structlog
 from aiohttp import web
@@ -37,8 +36,8 @@ from keys.ledger_entry import LedgerEntry
 from keys.merkle import MerkleTree, leaf_hash
 from keys.subjects import AGENCY_ID_PATTERN, AUDIT_STREAM, AUDIT_SUBJECTS
 from runtime import clock
-from runtime.backoff import Retry
-from runtime.bus_client import close_client, logged_errors
+from runtime.backoff import RETRY_CAP_SECONDS, Backoff, Retry
+from runtime.bus_link import BusLink, connect_linked, release
 from runtime.config import ConfigError, Table, bind_address, days, load_toml, path_in
 from runtime.endpoint import BusEndpoint, EndpointError, endpoint_from_config
 from runtime.http import app_runner
@@ -54,6 +53,26 @@ from .ledger_store import LedgerStore
 from .trust_status import service_health
 
 log = structlog.get_logger("nrm.ledger")
+
+#: How long the bus link may be down before /healthz says so (`degraded`, `bus-<state>`): a
+#: reconnection, a node restarting, must not flap the ledger's health.
+BUS_GRACE_SECONDS = 10.0
+
+
+def bus_event(state: str) -> str:
+    """The log event of the ledger's bus link entering `state`: `ledger_bus_refused`,
+    `ledger_bus_unreachable`, `ledger_bus_connected`... (runtime/bus_link.py)."""
+    return "ledger_bus_" + state.replace("-", "_")
+
+
+def bus_link(connection: str) -> BusLink:
+    """The link of one of the ledger's bus connections (`audit`, `directory`)."""
+    return BusLink(
+        backoff=Backoff(1.0, RETRY_CAP_SECONDS),
+        log=log.bind(service="ledger", connection=connection),
+        event=bus_event,
+    )
+
 
 #: Settings of earlier releases that are refused with what replaces them.
 RETIRED_SETTINGS = {
@@ -264,6 +283,10 @@ class Ledger:
         migrate_legacy(self.store, key=signer.signing_key, name=config.name)
         self.tree = MerkleTree(self.store, size=self.store.size())
         self.directory: Directory | None = None
+        #: The audit consumer's bus link (its state is the ledger's `bus` in /healthz).
+        self.bus_link = bus_link("audit")
+        #: How long either link may be down before /healthz degrades (BUS_GRACE_SECONDS).
+        self.bus_grace_seconds = BUS_GRACE_SECONDS
         self.follower = DirectoryFollower(
             endpoint=config.bus,
             nkeys_seed=self.nats_seed,
@@ -274,6 +297,7 @@ class Ledger:
             name="ledger",
             warning_seconds=config.expiry_warning_seconds,
             supervisor=self.supervisor,
+            link=bus_link("directory"),
         )
         pinned = self.follower.store.root
         with self.store.transaction():  # the chain served at /v1/roots starts at the pin
@@ -373,9 +397,25 @@ class Ledger:
         self.store.close()
         log.info("ledger_stopped")
 
+    def bus_state(self) -> tuple[str, float]:
+        """The state of the ledger's bus links and for how long it has held: the audit
+        consumer's while it is down, else the directory follower's (the same NKey and
+        servers: what refuses one refuses the other)."""
+        for link in (self.bus_link, self.follower.link):
+            if not link.connected:
+                return link.state, link.down_seconds()
+        return "connected", 0.0
+
     def health(self) -> dict[str, Any]:
-        """/healthz: the trusted directory's expiry and the loops that died."""
-        return service_health(self.follower, self.supervisor)
+        """/healthz: the bus link, the trusted directory's expiry and the loops that died;
+        `degraded` with `bus-<state>` once the link has been down past the grace."""
+        state, down = self.bus_state()
+        reasons = [f"bus-{state}"] if state != "connected" and down > self.bus_grace_seconds else []
+        return {
+            **service_health(self.follower, self.supervisor, reasons=reasons),
+            "bus": state,
+            "bus_link": {"audit": self.bus_link.health(), "directory": self.follower.link.health()},
+        }
 
     async def __aenter__(self) -> Ledger:
         await self.start()
@@ -458,23 +498,20 @@ class Ledger:
 
     async def _consume(self) -> None:
         config = ledger_consumer_config()
-        on_error = logged_errors(log, service="ledger")
         retry = Retry.after(1.0)
         while self._running:
-            try:
-                nc = await nats.connect(
-                    **self.config.bus.connect_options(),  # servers, tls, tls_hostname
-                    nkeys_seed_str=self.nats_seed.decode(),
-                    inbox_prefix=self.inbox_prefix,
-                    max_reconnect_attempts=-1,
-                    connect_timeout=2,
-                    name="nrm-ledger",
-                    error_cb=on_error,
-                )
-            except TRANSIENT as e:
-                log.warning("ledger_bus_unreachable", error=type(e).__name__)
-                await pause(retry.next_delay(), self._stopping)
-                continue
+            # Retries until the bus takes it, each failed attempt paced and its state told
+            # by the link (ledger_bus_refused, ledger_bus_unreachable...), never raising.
+            nc = await connect_linked(
+                self.bus_link,
+                self.config.bus,
+                stopping=self._stopping,
+                nkeys_seed_str=self.nats_seed.decode(),
+                inbox_prefix=self.inbox_prefix,
+                name="nrm-ledger",
+            )
+            if nc is None:
+                return
             try:
                 js = nc.jetstream()
                 replay = self.store.replay_pending()
@@ -509,7 +546,7 @@ class Ledger:
                 log.warning("ledger_consumer_interrupted", error=type(e).__name__)
                 await pause(retry.next_delay(), self._stopping)
             finally:
-                await close_client(nc)  # over TLS with the bus down too (runtime/bus_client.py)
+                await release(self.bus_link, nc)  # over TLS with the bus down too
 
 
 def ledger_consumer_config() -> ConsumerConfig:

@@ -30,6 +30,7 @@ from keys.checkpoint import MAX_CHECKPOINT_BYTES
 from keys.merkle import MerkleTree, leaf_hash
 from keys.subjects import AGENCY_ID_PATTERN
 from runtime import clock
+from runtime.bus_link import STATES as BUS_STATES
 from runtime.http import (
     MAX_JSON_INT,
     ProblemError,
@@ -232,13 +233,28 @@ def make_app(ledger: Ledger) -> web.Application:
 def ledger_metrics(ledger: Ledger) -> StatusMetrics:
     """The status metrics with the ledger's own: `nrm_ledger_tree_size` (entries) and
     `nrm_ledger_checkpoint_age_seconds` (since the newest signed checkpoint) and
-    `nrm_ledger_checkpoint_size` (the entries it covers), read at scrape."""
+    `nrm_ledger_checkpoint_size` (the entries it covers), read at scrape; and
+    `nrm_ledger_bus_state{state}`, 1 for the state of its bus link (`bus` in /healthz), 0
+    for the others."""
     metrics = StatusMetrics(part="ledger")
     size = Gauge("nrm_ledger_tree_size", "Entries in the ledger's Merkle tree",
                  registry=metrics.registry)  # fmt: skip
     size.set_function(lambda: ledger.tree.size)
+    bus = Gauge(
+        "nrm_ledger_bus_state",
+        "1 for the state of the ledger's bus link (connected, refused, unreachable...), "
+        "0 for the others",
+        ["state"],
+        registry=metrics.registry,
+    )
+    for state in BUS_STATES:
+        bus.labels(state).set_function(_is_bus_state(ledger, state))
     metrics.registry.register(_CheckpointGauges(ledger))
     return metrics
+
+
+def _is_bus_state(ledger: Ledger, state: str) -> Callable[[], float]:
+    return lambda: float(ledger.bus_state()[0] == state)
 
 
 class _CheckpointGauges(Collector):
@@ -844,6 +860,13 @@ SCHEMAS: dict[str, Any] = {
             "withdrawals_per_month": _list(_cell(month=_MONTH)),
         }
     ),
+    "BusLink": _closed(
+        {
+            "state": {"enum": list(BUS_STATES)},
+            "since": _UINT,
+            "failed_attempts": _UINT,
+        }
+    ),
     # /healthz (broker/trust_status.py): versions and expiry times only; `version` is the
     # ledger's release.
     "Health": _closed(
@@ -858,6 +881,9 @@ SCHEMAS: dict[str, Any] = {
             "tasks": _list({"type": "string"}),
             "version": {"type": "string"},
             "part": {"const": "ledger"},
+            # runtime/bus_link.py: the audit consumer's link, else the directory follower's
+            "bus": {"enum": list(BUS_STATES)},
+            "bus_link": _closed({"audit": _ref("BusLink"), "directory": _ref("BusLink")}),
         },
         optional=("refused",),
     ),
@@ -1057,7 +1083,8 @@ OPENAPI: dict[str, Any] = {
         ),
         "/healthz": {
             "get": {
-                "summary": "ok, warning (directory or root expires soon) or degraded (503)",
+                "summary": "ok, warning (directory or root expires soon) or degraded (503: "
+                "e.g. `bus-refused`, the bus has not admitted the ledger's NKey for 10 s)",
                 "security": [],
                 "responses": {
                     "200": {

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
@@ -136,25 +135,6 @@ def _abandon(nc: Client) -> None:
     if transport is not None:
         with contextlib.suppress(OSError, RuntimeError, AttributeError):
             transport.close()
-
-
-#: nats-py's error callback: called with each error it meets on a connection.
-ErrorCallback = Callable[[Exception], Awaitable[None]]
-
-
-def logged_errors(log: Any, **ids: str) -> ErrorCallback:
-    """An error callback that logs `bus_error` (the error's type and a short detail; never
-    the traceback nats-py's default callback logs) when the kind of error changes, not at
-    every attempt: a TLS handshake refused every two seconds is one line."""
-    last: list[str] = []
-
-    async def on_error(error: Exception) -> None:
-        kind = type(error).__name__
-        if last != [kind]:
-            last[:] = [kind]
-            log.warning("bus_error", error=kind, detail=str(error)[:200], **ids)
-
-    return on_error
 
 
 async def ignore_errors(error: Exception) -> None:

@@ -112,7 +112,7 @@ async def test_services_log_only_json_lines_and_survive_sighup(
     ledger = await Service.start("ledger", ledger_config)
     try:
         await agent.until("serving", "bus_state")
-        await ledger.until("serving", "bus_error")
+        await ledger.until("serving", "ledger_bus_unreachable")
         for service in (agent, ledger):  # a reload, logged, never terminating
             service.process.send_signal(signal.SIGHUP)
             await service.until("reloaded")
