@@ -1,17 +1,20 @@
 """The state of a long-lived client's link to the bus, told from nats-py's callbacks, and
-the pace of its reconnection attempts; for the services that are not an agent (the ledger's
-audit consumer and the directory follower of the ledger and of the bus authority).
+the pace of its reconnection attempts: the agent's (agents/bus_link.py, logging `bus_state`
+bound with its agency), the ledger's audit consumer, and the directory follower of the
+ledger and of the bus authority.
 
-States as the agent's link (agents/bus_link.py, whose rules these are): `connecting` (no
-attempt has failed yet), `connected`, `reconnecting` (the link dropped), `unreachable` (no
-server answered, or in time), `refused` (the bus refused the NKey: it is not, or no longer,
-authorized), `tls-failed` (the TLS handshake failed: a configuration to fix). One log line
-per change of state, never one per attempt; the event is the owner's (`event(state)`), the
-logger bound with ids only.
+States: `connecting` (no attempt has failed yet), `connected`, `reconnecting` (the link
+dropped), `unreachable` (no server answered, or in time), `refused` (the bus refused the
+NKey: it is not, or no longer, authorized — typically the agency was removed from the
+directory, or the bus does not admit the ledger's identity), `tls-failed` (the TLS handshake
+failed: the server's certificate is not trusted or does not carry the expected name, or a
+server requiring mutual TLS refused ours: a configuration to fix, not an outage to wait
+out). One log line per change of state, never one per attempt, with nats-py's own words
+(`detail`); the event is the owner's (`event(state)`), the logger bound with ids only.
 
 Pacing: nats-py awaits the error callback after each failed attempt and retries when it
-returns; the link sleeps there a capped, jittered back-off (runtime.backoff), and nats-py's
-own fixed wait is set to zero (`connect_linked`).
+returns; the link sleeps there a capped, exponentially growing, fully jittered delay
+(runtime.backoff), and nats-py's own fixed wait is set to zero (`connect_linked`).
 """
 
 from __future__ import annotations
@@ -124,10 +127,10 @@ class BusLink:
         note the state it shows, then wait the back-off delay before nats-py tries again."""
         if not attempting:
             if is_refusal(error):
-                self._become("refused", error=type(error).__name__)
+                self._become("refused", error=type(error).__name__, detail=_detail(error))
             elif not isinstance(error, _DROPPED):  # a drop is logged as the state change
                 # nats errors name subjects and permissions, never payloads
-                self.log.warning("bus_error", error=type(error).__name__, detail=str(error)[:200])
+                self.log.warning("bus_error", error=type(error).__name__, detail=_detail(error))
             return
         if is_refusal(error):
             state = "refused"
@@ -139,7 +142,7 @@ class BusLink:
             state = self.state
         else:
             state = "unreachable"
-        self._become(state, error=type(error).__name__)
+        self._become(state, error=type(error).__name__, detail=_detail(error))
         self.on_failure(state)
         delay = self.backoff.delay(self.attempts)
         self.attempts += 1
@@ -148,6 +151,12 @@ class BusLink:
 
     def health(self) -> dict[str, Any]:
         return {"state": self.state, "since": self.since, "failed_attempts": self.attempts}
+
+
+def _detail(error: Exception) -> str:
+    """What nats-py says about `error` (`nats: 'Authorization Violation'`, a refused address):
+    subjects, permissions and addresses, never payloads; at most 200 characters."""
+    return str(error)[:200]
 
 
 async def connect_linked(

@@ -130,7 +130,9 @@ async def test_ledger_healthz_is_degraded_while_the_bus_refuses_it(tmp_path: Pat
             ], changes
         assert not [e for e in logs if e["event"] == "bus_error"]
         assert all(set(e) <= {"event", "log_level", "service", "connection", "state",
-                              "previous", "attempts", "error"}
+                              "previous", "attempts", "error", "detail"}
                    for e in logs if str(e["event"]).startswith("ledger_bus_"))  # fmt: skip
+        refused = [e for e in logs if e["event"] == "ledger_bus_refused"]
+        assert all("Authorization Violation" in e["detail"] for e in refused), refused
     finally:
         await sandbox.stop_all()
