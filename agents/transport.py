@@ -47,7 +47,6 @@ from nats.js import JetStreamContext
 
 from keys import Limits
 from keys.subjects import (
-    DIRECTORY_BUCKET,
     MOVED_FROM_HEADER,
     audit_publish_id,
     audit_subject,
@@ -62,7 +61,7 @@ from runtime import clock
 from runtime.backoff import Backoff, Retry
 from runtime.bus_client import close_client
 from runtime.endpoint import BusEndpoint
-from runtime.jetstream import erase_message, inbox_consumer_config
+from runtime.jetstream import erase_message, inbox_consumer_config, read_directory_bucket
 from runtime.supervisor import Supervisor, pause, unless_stopping
 
 from .bus_link import BusLink, is_refusal
@@ -115,7 +114,6 @@ ERASE_RETRY_SECONDS = 0.5
 
 
 #: The stream behind the directory bucket, and how often the agent reads what is new in it.
-DIRECTORY_STREAM = f"KV_{DIRECTORY_BUCKET}"
 DIRECTORY_POLL_SECONDS = 0.5
 
 
@@ -703,30 +701,13 @@ class Transport:
         A pass that reads the stream to its end over the current connection, every value
         found offered and applied, sets `directory_read`; one begun over an earlier
         connection does not, and the next pass starts at once."""
-        prefix = f"$KV.{DIRECTORY_BUCKET}."
         seq, first = 1, True
         while self._running:
             epoch = self._epoch
             try:
-                cursor, found = seq, dict[int, tuple[str, bytes | None]]()
-                while self._running:
-                    try:
-                        msg = await js.get_msg(
-                            DIRECTORY_STREAM, seq=cursor, subject=f"{prefix}>", next=True
-                        )
-                    except nats.js.errors.NotFoundError:  # nothing newer (or no bucket yet)
-                        break
-                    if msg.seq is None or msg.subject is None:
-                        break  # not an answer nats-server gives
-                    found[msg.seq] = (msg.subject.removeprefix(prefix), msg.data)
-                    cursor = msg.seq + 1
-                if first:  # only the newest of each key, as a key-value watch starts
-                    found = {
-                        n: found[n] for n in {key: n for n, (key, _) in found.items()}.values()
-                    }
-                for _, (key, value) in sorted(found.items()):
-                    if value:  # not a deletion marker
-                        await self.on_directory(key, value)
+                found, cursor = await read_directory_bucket(js, seq, newest_only=first)
+                for key, value in found:
+                    await self.on_directory(key, value)
                 seq, first = cursor, False
             except TRANSIENT as e:
                 # A fixed second, no back-off: after the link comes back (a removed agency

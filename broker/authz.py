@@ -49,6 +49,7 @@ from keys.subjects import (
     AUDIT_STREAM,
     AUDIT_SUBJECTS,
     DIRECTORY_BUCKET,
+    DIRECTORY_STREAM,
     PREFIX,
     PRESENCE_BUCKET,
     PRESENCE_STREAM,
@@ -68,7 +69,6 @@ USER_NKEY_PATTERN = re.compile(r"^U[A-Z2-7]{55}$")
 AUDITOR_PREFIX = "auditor-"
 
 #: The JetStream stream behind the directory bucket, and the subjects of its keys.
-DIRECTORY_STREAM = f"KV_{DIRECTORY_BUCKET}"
 DIRECTORY_KEYS = f"$KV.{DIRECTORY_BUCKET}.>"
 #: The ledger's durable pull consumer on the audit stream.
 LEDGER_CONSUMER = "ledger"

@@ -20,11 +20,12 @@ import structlog
 
 from keys import DEFAULT_LIMITS
 from keys.directory import Directory, Root, TrustFeed
-from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY
+from keys.subjects import DIRECTORY_KEY
 from runtime import clock, expiry
 from runtime.backoff import RETRY_CAP_SECONDS, Backoff, Retry
 from runtime.bus_link import BusLink, connect_linked, release
 from runtime.endpoint import BusEndpoint
+from runtime.jetstream import read_directory_bucket
 from runtime.supervisor import Supervisor
 
 log = structlog.get_logger("nrm.broker")
@@ -32,9 +33,6 @@ log = structlog.get_logger("nrm.broker")
 TRANSIENT = (nats.errors.Error, TimeoutError, OSError, ConnectionError)
 #: How often the directory bucket is asked for what is new.
 POLL_SECONDS = 0.5
-#: The stream behind the directory bucket, and the subject prefix of its keys.
-DIRECTORY_STREAM = f"KV_{DIRECTORY_BUCKET}"
-_KEY_PREFIX = f"$KV.{DIRECTORY_BUCKET}."
 
 #: Called with each newly accepted directory and its signed bytes.
 OnDirectory = Callable[[Directory, bytes], None]
@@ -203,26 +201,3 @@ class DirectoryFollower:
                     "directory_follow_interrupted", follower=self.name, error=type(e).__name__
                 )
                 await asyncio.sleep(retry.next_delay())
-
-
-async def read_directory_bucket(
-    js: Any, seq: int, *, newest_only: bool
-) -> tuple[list[tuple[str, bytes]], int]:
-    """Every (key, value) the directory bucket's stream holds from sequence `seq` on, in
-    order (with `newest_only`, only the newest value of each key, as a key-value watch
-    starts), deletion markers left out; and the sequence to read from next."""
-    cursor, found = seq, dict[int, tuple[str, bytes | None]]()
-    while True:
-        try:
-            msg = await js.get_msg(
-                DIRECTORY_STREAM, seq=cursor, subject=f"{_KEY_PREFIX}>", next=True
-            )
-        except nats.js.errors.NotFoundError:  # nothing newer (or no bucket yet)
-            break
-        if msg.seq is None or msg.subject is None:
-            break  # not an answer nats-server gives
-        found[msg.seq] = (msg.subject.removeprefix(_KEY_PREFIX), msg.data)
-        cursor = msg.seq + 1
-    if newest_only:
-        found = {n: found[n] for n in {key: n for n, (key, _) in found.items()}.values()}
-    return [(key, value) for _, (key, value) in sorted(found.items()) if value], cursor

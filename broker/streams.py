@@ -33,6 +33,7 @@ from keys.subjects import (
     AUDIT_STREAM,
     AUDIT_SUBJECTS,
     DIRECTORY_BUCKET,
+    DIRECTORY_STREAM,
     MOVED_FROM_HEADER,
     PREFIX,
     PRESENCE_BUCKET,
@@ -57,7 +58,6 @@ HEADER_ROOM_BYTES = 4096
 #: How many revisions of each key the directory bucket keeps.
 DIRECTORY_HISTORY = 16
 #: The stream behind the directory bucket (nats-py's KV naming).
-DIRECTORY_STREAM = f"KV_{DIRECTORY_BUCKET}"
 #: The inbox stream every agency shared on a bus provisioned by an earlier release
 #: (subjects `nrm.v1.msg.>`), and the subject it is moved to while its messages are moved
 #: out: no user may publish to it, and it overlaps no inbox stream.

@@ -6,6 +6,7 @@ docs/PROTOCOL.md section 5 is normative. Subjects are versioned so that a v2 can
 from __future__ import annotations
 
 import re
+from typing import Final
 
 PREFIX = "nrm.v1"
 
@@ -84,6 +85,8 @@ AUDIT_SUBJECTS = f"{PREFIX}.audit.>"
 #: The JetStream key-value bucket the signed trust directory is published in, and its keys:
 #: `root.<version>` for each root document, `directory` for the current directory.
 DIRECTORY_BUCKET = "nrm-directory"
+#: The JetStream stream behind the directory bucket (PROTOCOL §5.1, §7.8).
+DIRECTORY_STREAM: Final = f"KV_{DIRECTORY_BUCKET}"
 DIRECTORY_KEY = "directory"
 
 

@@ -31,7 +31,7 @@ from nacl.signing import SigningKey
 
 from broker.authority import attachment_owners
 from broker.authz import ServiceKeys
-from broker.streams import DIRECTORY_STREAM, provision_agency_stores
+from broker.streams import provision_agency_stores
 from keys import KeyFileError, PublicIdentity, UntrustedInputError
 from keys.directory import (
     AgencyEntry,
@@ -55,7 +55,7 @@ from keys.identity import signing_kid
 from keys.keyfile import KdfCost, open_admin_key, seal_admin_key
 from keys.limits import DEFAULT_LIMITS
 from keys.policy import Policy, policy_from_doc
-from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY, root_key
+from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY, DIRECTORY_STREAM, root_key
 from runtime import clock
 from runtime.bus_client import connect_once
 from runtime.config import ConfigError, days

@@ -3,12 +3,14 @@ inbox consumer both create (PROTOCOL.md §5)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NotFoundError
 
 from keys import Limits
-from keys.subjects import inbox_consumer, inbox_subject
+from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_STREAM, inbox_consumer, inbox_subject
 
 #: What nats-server answers `STREAM.MSG.DELETE` of a sequence the stream does not hold (any
 #: more): error code 10057 with this description.
@@ -52,3 +54,31 @@ def inbox_consumer_config(agency: str, limits: Limits) -> ConsumerConfig:
         max_ack_pending=limits.batch_size * 4,
         num_replicas=0,
     )
+
+
+_DIRECTORY_KEY_PREFIX = f"$KV.{DIRECTORY_BUCKET}."
+
+
+async def read_directory_bucket(
+    js: Any, seq: int, *, newest_only: bool
+) -> tuple[list[tuple[str, bytes]], int]:
+    """Every (key, value) the directory bucket's stream holds from sequence `seq` on, in
+    order (with `newest_only`, only the newest value of each key, as a key-value watch
+    starts), deletion markers left out; and the sequence to read from next. Message by
+    message (`STREAM.MSG.GET`, next by subject), as every agency, the ledger and the bus
+    authorities may: no consumer (PROTOCOL §5.1)."""
+    cursor, found = seq, dict[int, tuple[str, bytes | None]]()
+    while True:
+        try:
+            msg = await js.get_msg(
+                DIRECTORY_STREAM, seq=cursor, subject=f"{_DIRECTORY_KEY_PREFIX}>", next=True
+            )
+        except NotFoundError:  # nothing newer (or no bucket yet)
+            break
+        if msg.seq is None or msg.subject is None:
+            break  # not an answer nats-server gives
+        found[msg.seq] = (msg.subject.removeprefix(_DIRECTORY_KEY_PREFIX), msg.data)
+        cursor = msg.seq + 1
+    if newest_only:
+        found = {n: found[n] for n in {key: n for n, (key, _) in found.items()}.values()}
+    return [(key, value) for _, (key, value) in sorted(found.items()) if value], cursor

@@ -33,7 +33,6 @@ from broker.authz import (
     operator_permissions,
     service_reply_prefix,
 )
-from broker.follower import read_directory_bucket
 from broker.ledger import ledger_consumer_config
 from broker.server import ReloadFailed
 from broker.streams import RETIRED_SUBJECT, provision
@@ -55,7 +54,7 @@ from keys.subjects import (
     publish_id,
     reply_prefix,
 )
-from runtime.jetstream import inbox_consumer_config
+from runtime.jetstream import inbox_consumer_config, read_directory_bucket
 from tests.support import eventually
 from tests.test_protocol_doc import consumer_parameters
 
