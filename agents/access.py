@@ -80,15 +80,20 @@ class AccessRecorder:
         return len(closed)
 
     def _sign(self, db: sqlite3.Connection, w: AccessWindow) -> None:
-        self.audit.record(
-            db,
-            KIND,
-            referral_id=w.referral_id,
-            counterpart=w.owner,
-            labels=(
-                ("categories", ",".join(sorted(w.categories))),
-                ("client", w.client),
-                ("reads", str(w.reads)),
-                ("record", w.record),
-            ),
-        )
+        sign(self.audit, db, w)
+
+
+def sign(audit: AuditTrail, db: sqlite3.Connection, w: AccessWindow) -> None:
+    """Sign window `w` as one `record.accessed` event in the caller's transaction."""
+    audit.record(
+        db,
+        KIND,
+        referral_id=w.referral_id,
+        counterpart=w.owner,
+        labels=(
+            ("categories", ",".join(sorted(w.categories))),
+            ("client", w.client),
+            ("reads", str(w.reads)),
+            ("record", w.record),
+        ),
+    )

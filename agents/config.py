@@ -70,6 +70,7 @@ from typing import Any
 
 from keys import DEFAULT_LIMITS, Limits, check_agency_id
 from keys.audit import CLIENT_NAME
+from keys.limits import MAX_ACCESS_COALESCE_SECONDS
 from runtime import http
 from runtime.config import ConfigError as ConfigError
 from runtime.config import Table, bind_address, load_toml, path_in
@@ -209,6 +210,12 @@ def _limits(doc: Any) -> Limits:
             raise ConfigError(f"limit {name} must be a positive number")
         if known[name] in (int, "int") and not isinstance(value, int):
             raise ConfigError(f"limit {name} must be an integer")
+    coalesce = doc.get("access_coalesce_seconds", 0)
+    if coalesce > MAX_ACCESS_COALESCE_SECONDS:
+        raise ConfigError(
+            f"limit access_coalesce_seconds is at most {MAX_ACCESS_COALESCE_SECONDS} (an owner "
+            "learns of reads of its referrals no later than that)"
+        )
     return replace(DEFAULT_LIMITS, **doc)
 
 

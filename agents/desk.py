@@ -36,6 +36,7 @@ from keys.identity import signing_kid
 from keys.key_history import signing_key_at
 from runtime import clock
 
+from . import access
 from . import consent as C
 from . import errors as E
 from . import lifecycle as L
@@ -665,6 +666,9 @@ class Desk:
                     # the sender cannot withdraw what it did not send (PROTOCOL §8.5).
                     raise NotSharedError("a withdrawal names a referral its sender did not send")
                 continue  # never arrived here: nothing to erase
+            # The reads counted so far are signed first: no access record after the erasure.
+            for window in self.store.take_accesses_of(db, owner=sender, referral_id=referral_id):
+                access.sign(self.audit, db, window)
             # Erasure (issue 11): rows deleted, WAL truncated before the confirmation goes.
             self.store.erase_received(db, sender, referral_id)
             erased.append(referral_id)

@@ -533,8 +533,17 @@ class Ledger:
                     except (nats.errors.TimeoutError, TimeoutError):
                         continue
                     # What the bucket says now, before judging: a revocation its signer saw
-                    # is seen here too (broker/follower.py catch_up).
-                    await self.follower.catch_up(js)
+                    # is seen here too (broker/follower.py catch_up). Unread (no leader
+                    # for the directory's stream, say), the batch waits, judged by nobody;
+                    # the connection stays.
+                    try:
+                        await self.follower.catch_up(js)
+                    except TRANSIENT as e:
+                        log.warning("ledger_directory_unread", error=type(e).__name__)
+                        for msg in msgs:
+                            await msg.nak(delay=1.0)
+                        await pause(retry.next_delay(), self._stopping)
+                        continue
                     verdicts = self.append([(msg.data, _stored_at(msg)) for msg in msgs])
                     await self.store.durable()  # one fsync for the batch, before any ack
                     for msg, verdict in zip(msgs, verdicts, strict=True):

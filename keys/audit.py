@@ -256,6 +256,14 @@ def _problems(e: AuditEvent) -> list[str]:
                     p.append(f"a label is not one of {e.kind}'s labels with its value")
             elif name in _OWN_LABELS or name not in LABELS or value not in LABELS[name]:
                 p.append("a label is not an allowed name and value")
+    if e.kind == "record.accessed":
+        # The read record, its owner and every label: the owner finds it by `counterpart`.
+        if isinstance(e.labels, tuple) and set(names) != set(KIND_LABELS[e.kind]):
+            p.append("record.accessed carries exactly its four labels")
+        if e.referral_id is None or e.counterpart is None or e.counterpart == e.agency:
+            p.append("record.accessed names the referral read and its owner, another agency")
+        if e.envelope_hash is not None or e.reason is not None or e.key_ids:
+            p.append("record.accessed carries no envelope hash, reason or key ids")
     return p
 
 

@@ -100,8 +100,13 @@ class Limits:
     resend_max_messages: int = 10_000
     #: Reads of one received referral's body or attachment by one API client within this
     #: long are recorded as one `record.accessed` audit event with a count (PROTOCOL.md §9.0),
-    #: so a case system polling its inbox does not flood the ledger.
+    #: so a case system polling its inbox does not flood the ledger. At most an hour: the
+    #: owner learns of reads no later than that (agents/config.py refuses more).
     access_coalesce_seconds: int = 60
+
+
+#: The longest `access_coalesce_seconds` a configuration may set.
+MAX_ACCESS_COALESCE_SECONDS = 3600
 
 
 DEFAULT_LIMITS = Limits()

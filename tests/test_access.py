@@ -35,7 +35,7 @@ ACCESS = (
     ("kind", "labels", "valid"),
     [
         ("record.accessed", ACCESS, True),
-        ("record.accessed", (("record", "attachment"), ("reads", "1")), True),
+        ("record.accessed", (("record", "attachment"), ("reads", "1")), False),  # not all four
         ("record.accessed", (("categories", "identity,contact"),), False),  # not sorted
         ("record.accessed", (("categories", "contact,contact"),), False),  # repeated
         ("record.accessed", (("categories", "names"),), False),  # not a §8.1 category
@@ -55,8 +55,14 @@ def test_access_labels_only_on_their_kind(
     kind: str, labels: tuple[tuple[str, str], ...], valid: bool
 ) -> None:
     def make() -> AuditEvent:
+        read = {"referral_id": "ab" * 16, "counterpart": "police"}
         return AuditEvent(
-            event_id=new_event_id(), agency="shelter", kind=kind, time=1, labels=labels
+            event_id=new_event_id(),
+            agency="shelter",
+            kind=kind,
+            time=1,
+            labels=labels,
+            **(read if kind == "record.accessed" else {}),
         )
 
     if valid:
@@ -64,6 +70,29 @@ def test_access_labels_only_on_their_kind(
     else:
         with pytest.raises(ValueError, match="label"):
             make()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"counterpart": "police"},  # which referral?
+        {"referral_id": "ab" * 16},  # whose? the owner could not find it
+        {"referral_id": "ab" * 16, "counterpart": "shelter"},  # its own
+        {"referral_id": "ab" * 16, "counterpart": "police", "reason": "x"},
+    ],
+)
+def test_an_access_record_names_the_referral_and_its_owner_and_nothing_else(
+    fields: dict[str, str],
+) -> None:
+    with pytest.raises(ValueError, match=r"record\.accessed"):
+        AuditEvent(
+            event_id=new_event_id(),
+            agency="shelter",
+            kind="record.accessed",
+            time=1,
+            labels=ACCESS,
+            **fields,  # type: ignore[arg-type]
+        )
 
 
 @pytest.mark.parametrize("name", ["Case System", "case_system", "1cms", "", "a" * 41, 7])

@@ -65,6 +65,14 @@ def test_a_setting_nothing_reads_is_refused_by_name(
         AgentConfig.from_dict(doc, base=tmp_path)
 
 
+def test_access_records_wait_at_most_an_hour(tmp_path: Path) -> None:
+    """A coalescing window past an hour would hide reads from their owner that long."""
+    ok = AgentConfig.from_dict(agent_doc(limits={"access_coalesce_seconds": 3600}), base=tmp_path)
+    assert ok.limits.access_coalesce_seconds == 3600
+    with pytest.raises(ConfigError, match="access_coalesce_seconds is at most 3600"):
+        AgentConfig.from_dict(agent_doc(limits={"access_coalesce_seconds": 3601}), base=tmp_path)
+
+
 def test_the_ledger_configuration_is_strict_too(tmp_path: Path) -> None:
     """ledger.toml with an unknown setting is refused with LedgerConfigError naming it."""
     path = tmp_path / "ledger.toml"

@@ -26,6 +26,7 @@ from typing import Any
 
 from nacl.secret import SecretBox
 
+from keys.audit import decode_signed_event
 from keys.subjects import PREFIX, inbox_stream, inbox_subject
 from runtime.durability import backup
 
@@ -164,6 +165,19 @@ async def test_no_file_of_any_agent_or_the_bus_keeps_an_erased_referral(
         )
 
     await eventually(confirmed, what="the shelter's erasure confirmation")
+    # The reads counted before the withdrawal (body, attachment) are signed before the
+    # erasure is: no access record comes after it.
+    events = [
+        decode_signed_event(bytes(row[0]))[0]
+        for row in query(shelter_db, "SELECT event FROM audit_outbox ORDER BY seq")
+    ]
+    order = [
+        (e.kind, dict(e.labels).get("record"))
+        for e in events
+        if e.referral_id == rid and e.kind in ("record.accessed", "erasure.confirmed")
+    ]
+    assert sorted(order[:2]) == [("record.accessed", "attachment"), ("record.accessed", "body")]
+    assert order[2:] == [("erasure.confirmed", None)]
     got = await _call(m, "shelter", "GET", f"/v1/referrals/{rid}")
     assert (got["erased"], got["referral"]) == (True, None)
     assert await attachment_status() == 410

@@ -93,6 +93,21 @@ class AccessWindows(Database):
         db.execute("DELETE FROM access_windows WHERE opened_at < ?", (opened_before,))
         return sorted((_window(r) for r in rows), key=lambda w: w.opened_at)
 
+    @staticmethod
+    def take_accesses_of(
+        db: sqlite3.Connection, *, owner: str, referral_id: str
+    ) -> list[AccessWindow]:
+        """Remove and return, in the caller's transaction, every open window of one
+        referral (signed then, before the referral is erased)."""
+        key = (owner, referral_id)
+        rows = db.execute(
+            f"SELECT {_COLUMNS} FROM access_windows"  # noqa: S608 (constant columns)
+            " WHERE owner = ? AND referral_id = ?",
+            key,
+        ).fetchall()
+        db.execute("DELETE FROM access_windows WHERE owner = ? AND referral_id = ?", key)
+        return sorted((_window(r) for r in rows), key=lambda w: w.opened_at)
+
     def open_access_count(self) -> int:
         """How many windows hold reads not yet signed."""
         return int(self._db.execute("SELECT count(*) FROM access_windows").fetchone()[0])

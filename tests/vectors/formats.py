@@ -645,6 +645,8 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
     )
     access_label = _event_fields(EVENT)
     access_label[9] = [["client", "case-management"]]
+    ownerless = _event_fields(accessed)
+    ownerless[5] = None  # no counterpart: its owner could never find it
     body = EVENT.encode()
     other_label = codec.pack(
         [
@@ -709,6 +711,13 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
             "malformed",
             {},
             _signed_raw(access_label),
+        ),
+        (
+            "access-without-owner",
+            "record.accessed without its counterpart (the referral's owner), correctly signed",
+            "malformed",
+            {},
+            _signed_raw(ownerless),
         ),
         (
             "twelve-fields",
