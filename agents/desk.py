@@ -470,11 +470,10 @@ class Desk:
     def tick(self, now: int | None = None) -> None:
         """Escalate overdue urgent referrals to the co-ordinator; expire stale ones."""
         now = clock.now() if now is None else now
-        rows = self.store.escalation_candidates()
+        limits = L.acknowledge_limits(self.escalation_limits, self.directory().policy)
+        rows = self.store.escalation_candidates(limits)
         for owner, referral_id, recipient, _state, urgency, created in rows:
-            if not L.escalation_due(
-                urgency, created, acknowledged=False, limits=self.escalation_limits, now=now
-            ):
+            if not L.escalation_due(urgency, created, acknowledged=False, limits=limits, now=now):
                 continue
             coordinators = self._escalation_recipients(now)
             notice = canonical_json(

@@ -145,6 +145,10 @@ def check(
     if checker is None:
         raise UnexpectedMessageError("a message of a kind this agent does not know")
     checked = checker(body, frozenset(roles), limits)
+    if isinstance(checked, Escalation):
+        escalating = _ESCALATING if policy is None else L.acknowledge_limits({}, policy)
+        if checked.urgency not in escalating:
+            raise SchemaInvalidError("an escalation of an urgency that has no acknowledge clock")
     if isinstance(checked, CheckedReferral):
         problem = R.basis_problem(checked.referral, policy=policy, sender_roles=sender_roles)
         if problem is not None:  # codes only: the basis and the sender's roles
@@ -226,7 +230,8 @@ def _erasure(body: bytes, roles: frozenset[str], limits: Limits) -> ErasureConfi
     return ErasureConfirmation(doc["receipt_id"], tuple(doc["referral_ids"]), doc["erased_at"])
 
 
-#: Urgencies that escalate (lifecycle.DEFAULT_ESCALATION_SECONDS): routine never does.
+#: Urgencies that escalate without a national policy (lifecycle.DEFAULT_ESCALATION_SECONDS):
+#: routine never does.
 _ESCALATING: Final = frozenset(L.DEFAULT_ESCALATION_SECONDS)
 
 
@@ -240,7 +245,7 @@ def _escalation(body: bytes, roles: frozenset[str], limits: Limits) -> Escalatio
         {
             "referral_id": _hex32,
             "recipient": _agency,
-            "urgency": lambda v: isinstance(v, str) and v in _ESCALATING,
+            "urgency": lambda v: isinstance(v, str) and v in L.URGENCIES,
             "submitted_at": _uint,
         },
     )

@@ -45,6 +45,7 @@ from typing import ClassVar, Final
 
 from keys import codec
 from keys.errors import MalformedError, UnexpectedMessageError, UnknownReasonCodeError
+from keys.policy import Policy
 from keys.subjects import AGENCY_ID_PATTERN
 from runtime import clock
 
@@ -275,6 +276,20 @@ class Transition(codec.Encoded):
             raise UnknownReasonCodeError("transition reason is not a code of the vocabulary") from e
         except ValueError as e:
             raise MalformedError(f"transition is invalid: {e}") from e
+
+
+def acknowledge_limits(local: Mapping[str, int], policy: Policy | None) -> dict[str, int]:
+    """Seconds an unacknowledged referral of each urgency waits before it escalates: the
+    national policy's tiers (`acknowledge_seconds`; null: that tier never escalates) when
+    the directory has one (PROTOCOL §7.11), else `local` (agent.toml `[limits]
+    escalation_*_seconds`, defaults DEFAULT_ESCALATION_SECONDS)."""
+    if policy is None:
+        return dict(local)
+    return {
+        urgency: tier.acknowledge_seconds
+        for urgency, tier in policy.priority.items()
+        if tier.acknowledge_seconds is not None
+    }
 
 
 def escalation_due(

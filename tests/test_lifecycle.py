@@ -232,6 +232,26 @@ def test_escalation_due_with_defaults(
     )
 
 
+def test_under_a_national_policy_its_tiers_decide_when_to_escalate() -> None:
+    """Without a policy the agent's own limits; with one, the policy's acknowledge clocks
+    (a tier whose clock is null never escalates), whatever the agent's limits say."""
+    from agents.lifecycle import acknowledge_limits
+    from keys.policy import Policy, Tier
+
+    local = {"urgent": 60, "emergency": 10}
+    assert acknowledge_limits(local, None) == local
+    assert acknowledge_limits(local, Policy(country="LT")) == {"emergency": 1800, "urgent": 14400}
+    tiers = {
+        "emergency": Tier(acknowledge_seconds=None, due_seconds=3600),
+        "urgent": Tier(acknowledge_seconds=600, due_seconds=7200),
+        "routine": Tier(acknowledge_seconds=86400, due_seconds=864000),
+    }
+    assert acknowledge_limits(local, Policy(country="LT", priority=tiers)) == {
+        "urgent": 600,
+        "routine": 86400,
+    }
+
+
 def test_escalation_limits_are_configurable() -> None:
     """Configured limits replace the defaults, including for routine referrals."""
     limits = {"urgent": 60, "emergency": 10, "routine": 3600}

@@ -28,6 +28,7 @@ from agents import referral as R
 from agents import webhooks as W
 from agents.messages import ESCALATION
 from keys import PublicIdentity
+from keys.policy import Policy, Tier
 from nrm import admin
 
 from . import samples
@@ -398,6 +399,41 @@ async def test_unacknowledged_urgent_referral_escalates_with_metadata_only(
     for doc in (notice, json.loads(event)):
         assert not set(keys_in(doc)) & set(R.FIELD_CATEGORY)
         assert samples.BODY["names"]["given_names"] not in json.dumps(doc)
+
+
+async def test_under_a_national_policy_its_tiers_decide_what_escalates(
+    escalating: Mechanism,
+) -> None:
+    """Once the directory carries a policy whose routine tier has an acknowledge clock, an
+    unacknowledged routine referral escalates, and the co-ordinator takes the notice (no
+    longer refused as an urgency that never escalates)."""
+    m = escalating
+    tiers = {
+        "emergency": Tier(acknowledge_seconds=1, due_seconds=60),
+        "urgent": Tier(acknowledge_seconds=2, due_seconds=120),
+        "routine": Tier(acknowledge_seconds=2, due_seconds=240),
+    }
+    policy = Policy(country="LT", priority=tiers, without_consent={"police": ("public_task",)})
+    admin.set_policy(m.sandbox.admin, policy)
+    m.sandbox.sign_draft()
+    await m.sandbox.publish()
+
+    async def everyone_has_it() -> bool:
+        return all(
+            (d := a.trust.directory) is not None and d.policy == policy for a in m.agents.values()
+        )
+
+    await eventually(everyone_has_it, what="every agent to take the policy")
+    routine = await m.api("police").refer(["shelter"], samples.referral())
+    coordinator = m.database("coordinator")
+
+    async def arrived() -> bool:
+        rows = query(coordinator, "SELECT body FROM inbox WHERE kind = ?", ESCALATION)
+        return any(json.loads(raw)["referral_id"] == routine for (raw,) in rows)
+
+    await eventually(arrived, timeout=30, what="the routine escalation at the co-ordinator")
+    body = await get(m, "police", f"/v1/referrals/{routine}")
+    assert body["recipients"][0]["escalated_at"] is not None
 
 
 async def test_an_unreachable_co_ordinator_does_not_stop_the_timers(

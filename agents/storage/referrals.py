@@ -8,6 +8,7 @@ that created and sent the referral. Nothing here looks a referral up by its id a
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,13 +212,20 @@ class Referrals(Database):
             (owner, referral_id),
         ).fetchall()
 
-    def escalation_candidates(self) -> list[tuple[str, str, str, str, str, int]]:
-        """(owner, referral id, recipient, state, urgency, created) of sent urgent referrals
-        not yet acknowledged nor escalated."""
+    def escalation_candidates(
+        self, urgencies: Iterable[str]
+    ) -> list[tuple[str, str, str, str, str, int]]:
+        """(owner, referral id, recipient, state, urgency, created) of sent referrals of
+        `urgencies` (those with an acknowledge clock) not yet acknowledged nor escalated."""
+        wanted = sorted(set(urgencies))
+        if not wanted:
+            return []
+        marks = ", ".join("?" * len(wanted))
         rows = self._db.execute(
-            "SELECT owner, referral_id, counterpart, state, urgency, created FROM referrals"
+            "SELECT owner, referral_id, counterpart, state, urgency, created FROM referrals"  # noqa: S608 (placeholders only)
             " WHERE side = 'sender' AND escalated_at IS NULL AND state IN ('submitted',"
-            " 'delivered') AND urgency IN ('urgent', 'emergency')"
+            f" 'delivered') AND urgency IN ({marks})",
+            wanted,
         ).fetchall()
         return [(str(a), str(b), str(c), str(d), str(e), int(f)) for a, b, c, d, e, f in rows]
 
