@@ -14,7 +14,7 @@ returned, and never anything of the body.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from keys.audit import CATEGORIES
@@ -39,10 +39,20 @@ def body_categories(referral: Mapping[str, Any] | None) -> frozenset[str]:
 
 
 class AccessRecorder:
-    def __init__(self, *, audit: AuditTrail, store: Store, window_seconds: int) -> None:
+    def __init__(
+        self,
+        *,
+        audit: AuditTrail,
+        store: Store,
+        window_seconds: int,
+        may_sign: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.audit = audit
         self.store = store
         self.window = window_seconds
+        #: Whether the agency may sign now (its standing is ok, PROTOCOL §7.10): if not, a
+        #: read keeps counting into its window, which `flush` signs once it may.
+        self.may_sign = may_sign
 
     def read(
         self,
@@ -67,6 +77,7 @@ class AccessRecorder:
             categories=wanted,
             now=clock.now(),
             window=self.window,
+            may_close=self.may_sign(),
         )
         if closed is not None:
             self._sign(db, closed)

@@ -116,7 +116,10 @@ class Agent:
         self.store = Store(config.database, agency=config.agency)
         self.audit = AuditTrail(agency=config.agency, keys=lambda: self.keys, store=self.store)
         self.access = AccessRecorder(
-            audit=self.audit, store=self.store, window_seconds=config.limits.access_coalesce_seconds
+            audit=self.audit,
+            store=self.store,
+            window_seconds=config.limits.access_coalesce_seconds,
+            may_sign=lambda: self.standing.standing.ok,
         )
         directory = trust.directory
         listed = (

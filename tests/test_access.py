@@ -267,4 +267,32 @@ def test_a_window_counts_its_reads_until_it_ends(store: Store) -> None:
         [attachment] = store.take_closed_accesses(tx, opened_before=1060)
         assert store.take_closed_accesses(tx, opened_before=1060) == []
     assert (attachment.record, attachment.reads) == ("attachment", 1)
+
+
+def test_a_window_keeps_counting_while_nothing_may_be_signed(store: Store) -> None:
+    """While the agency may not sign (its standing is not ok), a read after the window's end
+    counts into it instead of closing it; the first read that may sign closes it with every
+    read."""
+    rid = "cd" * 16
+
+    def note(now: int, *, may_close: bool) -> Any:
+        with store.transaction() as tx:
+            return store.note_access(
+                tx,
+                client="cms",
+                owner="police",
+                referral_id=rid,
+                record="body",
+                categories=frozenset({"identity"}),
+                now=now,
+                window=60,
+                may_close=may_close,
+            )
+
+    assert note(1000, may_close=True) is None
+    assert note(1100, may_close=False) is None  # past its end: still counting
+    assert note(1200, may_close=False) is None
+    closed = note(1300, may_close=True)
+    assert (closed.reads, closed.opened_at) == (3, 1000)
+    assert store.open_access_count() == 1  # the read at 1300 opened the next
     assert store.open_access_count() == 1

@@ -55,10 +55,12 @@ class AccessWindows(Database):
         categories: frozenset[str],
         now: int,
         window: int,
+        may_close: bool = True,
     ) -> AccessWindow | None:
         """Count one read in the caller's transaction: into its open window, or into a new
         one. Returns the window this read closed (opened `window` or more seconds ago), to
-        be signed in the same transaction, or None."""
+        be signed in the same transaction, or None. With `may_close` False (nothing may be
+        signed now) an ended window keeps counting, to be closed later."""
         key = (client, owner, referral_id, record)
         row = db.execute(
             f"SELECT {_COLUMNS} FROM access_windows"  # noqa: S608 (constant columns)
@@ -66,7 +68,10 @@ class AccessWindows(Database):
             key,
         ).fetchone()
         found = None if row is None else _window(row)
-        if found is not None and now < found.opened_at + window and found.reads < MAX_READS:
+        if found is not None and not may_close and found.reads >= MAX_READS:
+            return None  # saturated until it can be signed
+        open_now = found is not None and (not may_close or now < found.opened_at + window)
+        if found is not None and open_now and found.reads < MAX_READS:
             merged = ",".join(sorted(found.categories | categories))
             db.execute(
                 "UPDATE access_windows SET reads = reads + 1, categories = ?"
