@@ -80,18 +80,15 @@ class AccessRecorder:
             may_close=self.may_sign(),
         )
         if closed is not None:
-            self._sign(db, closed)
+            sign(self.audit, db, closed)
 
     def flush(self) -> int:
         """Sign every window that has ended; how many."""
         with self.store.transaction() as tx:
             closed = self.store.take_closed_accesses(tx, opened_before=clock.now() - self.window)
             for window in closed:
-                self._sign(tx, window)
+                sign(self.audit, tx, window)
         return len(closed)
-
-    def _sign(self, db: sqlite3.Connection, w: AccessWindow) -> None:
-        sign(self.audit, db, w)
 
 
 def sign(audit: AuditTrail, db: sqlite3.Connection, w: AccessWindow) -> None:

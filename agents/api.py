@@ -416,8 +416,9 @@ async def get_referral(request: web.Request) -> web.Response:
         )
         body["referral"] = None if opened is None else opened.get("referral")
         body["erased"] = opened is None
-        with backend.store.transaction() as tx:
-            _record_read(request, tx, owner, referral_id, body["referral"])
+        if body["referral"] is not None:  # nothing of a person in an erased one
+            with backend.store.transaction() as tx:
+                _record_read(request, tx, owner, referral_id, body["referral"])
     return web.json_response(body)
 
 

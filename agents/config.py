@@ -240,7 +240,8 @@ def _client(doc: Any) -> ApiClient:
 
 def _no_repeated_tokens(clients: tuple[ApiClient, ...]) -> None:
     """One token, one client: the same digest twice (for two clients, or the same client
-    with other scopes) is refused, naming both entries; its digest is never shown."""
+    with other scopes) is refused, naming both entries; its digest is never shown. Names
+    are distinct too: access records tell clients apart by name."""
     seen: dict[bytes, int] = {}
     for i, client in enumerate(clients):
         if client.token_sha256 in seen:
@@ -250,6 +251,14 @@ def _no_repeated_tokens(clients: tuple[ApiClient, ...]) -> None:
                 f"({client.name!r}) have the same token_sha256: give each client its own token"
             )
         seen[client.token_sha256] = i
+    names: dict[str, int] = {}
+    for i, client in enumerate(clients):
+        if client.name in names:
+            raise ConfigError(
+                f"api.clients[{names[client.name]}] and api.clients[{i}] have the same name "
+                f"{client.name!r}: each system its own (its reads are recorded by name)"
+            )
+        names[client.name] = i
 
 
 def token_digest(token: str) -> str:

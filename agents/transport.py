@@ -60,6 +60,7 @@ from keys.subjects import (
 from runtime import clock
 from runtime.backoff import Backoff, Retry
 from runtime.bus_client import close_client
+from runtime.bus_link import RELEASED_CLIENT_PAUSE_SECONDS
 from runtime.endpoint import BusEndpoint
 from runtime.jetstream import erase_message, inbox_consumer_config, read_directory_bucket
 from runtime.supervisor import Supervisor, pause, unless_stopping
@@ -75,10 +76,6 @@ log = structlog.get_logger("nrm.transport")
 STOP_GRACE_SECONDS = 3.0
 
 TRANSIENT = (nats.errors.Error, TimeoutError, OSError, ConnectionError)
-
-
-#: How long a replaced client, still reconnecting until it is closed, waits between attempts.
-REPLACED_CLIENT_PAUSE_SECONDS = 1.0
 
 
 class Verdict(enum.Enum):
@@ -272,7 +269,7 @@ class Transport:
                 else:
                     # A replaced client still reconnecting: its errors say nothing of the
                     # link, but this callback paces its retries (reconnect_time_wait=0).
-                    await asyncio.sleep(REPLACED_CLIENT_PAUSE_SECONDS)
+                    await asyncio.sleep(RELEASED_CLIENT_PAUSE_SECONDS)
 
             async def on_disconnected(nc: Client = nc) -> None:
                 if nc is self._current:

@@ -108,7 +108,6 @@ RETIRED_SETTINGS = {
 
 
 #: A user's public NKey, as the authorization block and /connz's `authorized_user` name it.
-_NKEY = re.compile(r"U[A-Z2-7]{55}")
 
 
 def _nkeys_of(authorization: str) -> frozenset[str]:
@@ -304,7 +303,11 @@ class ExternalServer:
     def _outsiders(self, nkeys: frozenset[str]) -> int:
         """How many open connections logged in with an NKey not in `nkeys`."""
         users = [c.get("authorized_user") for c in self.monitoring.connections()]
-        return sum(1 for u in users if isinstance(u, str) and _NKEY.fullmatch(u) and u not in nkeys)
+        return sum(
+            1
+            for u in users
+            if isinstance(u, str) and USER_NKEY_PATTERN.fullmatch(u) and u not in nkeys
+        )
 
     def _log_size(self) -> int | None:
         if self.log_file is None:

@@ -164,11 +164,10 @@ class DirectoryFollower:
         judged under every directory published before it was, since its signer could only
         have learnt of a revocation from the bucket (no poll interval in between)."""
         async with self._reading:
-            found, self._seq = await read_directory_bucket(
-                js, self._seq, newest_only=self._seq == 1
-            )
+            found, cursor = await read_directory_bucket(js, self._seq, newest_only=self._seq == 1)
             for key, value in found:
                 self.offer(key, value)
+            self._seq = cursor  # only once every value was offered
 
     async def _watch(self) -> None:
         if self.endpoint is None:

@@ -511,9 +511,11 @@ async def accesses(request: web.Request) -> web.Response:
     learns which referral or person the owner cares about)."""
     ledger = _ledger(request)
     since = _int(request, "since", default=0)
-    limit = _int(request, "limit", default=50, low=1, high=500)
-    after = _int(request, "cursor", low=0) if "cursor" in request.query else -1
     size = _int(request, "size", low=1) if "size" in request.query else None
+    # With proofs, a page holds at most as many as POST /v1/proofs answers.
+    most = 500 if size is None else MAX_PROOF_BATCH
+    limit = _int(request, "limit", default=50, low=1, high=most)
+    after = _int(request, "cursor", low=0) if "cursor" in request.query else -1
     if size is not None:
         _in_tree("size", size, low=1, high=ledger.tree.size, what="tree of this size")
     rows = ledger.store.accesses(owner=request.get(READER), since=since, after=after, limit=limit)

@@ -38,6 +38,7 @@ NO_REMOVAL_FROM: Final = ("referral", "first_stage_positive")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _BASIS_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _REASON_CODE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
+_ROLE_CODE = re.compile(r"^[a-z][a-z-]{0,63}$")
 
 _FIELDS: Final = frozenset(
     {
@@ -156,7 +157,7 @@ def _default_priority() -> dict[str, Tier]:
 @dataclass(frozen=True, slots=True)
 class Policy:
     """The national policy (PROTOCOL §7.11). The defaults are a starting point for
-    `nrm directory policy init`; a signed policy always states every member."""
+    `nrm directory policy-template`; a signed policy always states every member."""
 
     country: str
     first_stage_due_days: int = 5
@@ -238,7 +239,7 @@ class Policy:
         )
         if not isinstance(self.break_glass, BreakGlass):
             raise ValueError("policy.break_glass must be a BreakGlass")
-        roles = _codes(self.child_identity_roles, "child_identity_roles", re.compile(r"^.+$"))
+        roles = _codes(self.child_identity_roles, "child_identity_roles", _ROLE_CODE)
         if not set(roles) <= ROLES:
             raise ValueError(
                 "policy.child_identity_roles names a role the directory does not define"

@@ -87,11 +87,6 @@ def verified_directory(roots: Sequence[Path], directory: Path) -> Directory:
     )
 
 
-def operator_nats_key(identity: Path) -> str:
-    """The NATS key of the bus operator's identity file `identity`."""
-    return identity_nats_key(identity)
-
-
 def identity_nats_key(identity: Path) -> str:
     """The NATS key of the identity file `identity` (the operator's, the ledger's, a bus
     authority's); AdminError if it is none or has none."""
@@ -443,8 +438,8 @@ def set_policy(folder: AdminFolder, policy: Policy | None, *, now: int | None = 
 
 
 def read_policy(data: bytes) -> Policy:
-    """A policy file (the JSON of a directory's `policy` member, `nrm directory policy
-    template`); AdminError naming what is wrong."""
+    """A policy file (the JSON of a directory's `policy` member, `nrm directory
+    policy-template`); AdminError naming what is wrong."""
     try:
         return policy_from_doc(json.loads(data))
     except json.JSONDecodeError as e:

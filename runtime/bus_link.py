@@ -159,6 +159,10 @@ def _detail(error: Exception) -> str:
     return str(error)[:200]
 
 
+#: How long a released client, still reconnecting until it is closed, waits between attempts.
+RELEASED_CLIENT_PAUSE_SECONDS = 1.0
+
+
 async def connect_linked(
     link: BusLink, endpoint: BusEndpoint, *, stopping: asyncio.Event, **options: Any
 ) -> Client | None:
@@ -170,6 +174,8 @@ async def connect_linked(
     async def on_error(error: Exception) -> None:
         if nc is link.client:
             await link.on_error(error, attempting=not nc.is_connected)
+        else:  # released, closing: nothing else paces its attempts (reconnect_time_wait=0)
+            await asyncio.sleep(RELEASED_CLIENT_PAUSE_SECONDS)
 
     async def on_disconnected() -> None:
         if nc is link.client:
@@ -205,7 +211,10 @@ async def connect_linked(
 
 async def release(link: BusLink, nc: Client) -> None:
     """Close `nc` (runtime.bus_client.close_client); its callbacks no longer speak for
-    `link`, which keeps its state until the next attempt tells another."""
+    `link`. A link left connected says `reconnecting` until the next attempt tells another:
+    its owner dropped the connection, and /healthz must not show one that is gone."""
     if link.client is nc:
         link.client = None
+        if link.connected:
+            link.on_disconnected()
     await close_client(nc)

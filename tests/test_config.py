@@ -65,6 +65,20 @@ def test_a_setting_nothing_reads_is_refused_by_name(
         AgentConfig.from_dict(doc, base=tmp_path)
 
 
+def test_two_clients_of_one_name_are_refused(tmp_path: Path) -> None:
+    """Access records tell API clients apart by name: a name given twice is refused."""
+    other = "0" * 64
+    clients = [
+        {"name": "cms", "token_sha256": TOKEN, "scopes": ["read"]},
+        {"name": "cms", "token_sha256": other, "scopes": ["submit"]},
+    ]
+    doc = agent_doc(api={"bind": "127.0.0.1:0", "clients": clients})
+    with pytest.raises(
+        ConfigError, match=r"api.clients\[0\] and api.clients\[1\] have the same name"
+    ):
+        AgentConfig.from_dict(doc, base=tmp_path)
+
+
 def test_access_records_wait_at_most_an_hour(tmp_path: Path) -> None:
     """A coalescing window past an hour would hide reads from their owner that long."""
     ok = AgentConfig.from_dict(agent_doc(limits={"access_coalesce_seconds": 3600}), base=tmp_path)
