@@ -1017,7 +1017,8 @@ OPENAPI: dict[str, Any] = {
         "/v1/accesses": _op(
             "record.accessed entries of the token's agency's referrals (an auditor: all) "
             "signed at since or later; with size, each inside that tree with its inclusion "
-            "proof (404: size is past the tree); next_cursor as /v1/events",
+            "proof (404: size is past the tree; with size, limit is at most 256, as "
+            "POST /v1/proofs); next_cursor as /v1/events",
             "AccessPage",
             [
                 ("since", _QUERY_INT, False),
