@@ -512,9 +512,8 @@ async def accesses(request: web.Request) -> web.Response:
     ledger = _ledger(request)
     since = _int(request, "since", default=0)
     size = _int(request, "size", low=1) if "size" in request.query else None
-    # With proofs, a page holds at most as many as POST /v1/proofs answers.
-    most = 500 if size is None else MAX_PROOF_BATCH
-    limit = _int(request, "limit", default=50, low=1, high=most)
+    # A page holds at most as many proofs as POST /v1/proofs answers.
+    limit = _int(request, "limit", default=50, low=1, high=MAX_PROOF_BATCH)
     after = _int(request, "cursor", low=0) if "cursor" in request.query else -1
     if size is not None:
         _in_tree("size", size, low=1, high=ledger.tree.size, what="tree of this size")
@@ -1017,13 +1016,13 @@ OPENAPI: dict[str, Any] = {
         "/v1/accesses": _op(
             "record.accessed entries of the token's agency's referrals (an auditor: all) "
             "signed at since or later; with size, each inside that tree with its inclusion "
-            "proof (404: size is past the tree; with size, limit is at most 256, as "
-            "POST /v1/proofs); next_cursor as /v1/events",
+            "proof (404: size is past the tree); at most as many a page as POST /v1/proofs "
+            "answers; next_cursor as /v1/events",
             "AccessPage",
             [
                 ("since", _QUERY_INT, False),
                 ("cursor", _QUERY_INT, False),
-                ("limit", {"type": "integer", "minimum": 1, "maximum": 500}, False),
+                ("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PROOF_BATCH}, False),
                 ("size", _TREE_SIZE, False),
             ],
             errors=("400", "401", "404"),
