@@ -187,6 +187,8 @@ class World:
         ledger = health.get("ledger", {})
         if agency not in self.may_alert or ledger.get("last_alert") != "revoked-signer":
             return False
+        if health.get("standing", {}).get("state") != "ok":
+            return False  # not back yet: it cannot sign the acknowledgement (the alert waits)
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "nrm", "agent", "ack-alert",
             "--config", str(self.setup(agency).config_path),
