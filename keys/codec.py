@@ -233,3 +233,11 @@ def load_canonical(data: bytes, what: str) -> Any:
     if canonical != data:
         raise MalformedError(f"{what} is not canonical JSON")
     return obj
+
+
+def exact_members(obj: object, names: set[str] | frozenset[str], what: str) -> dict[str, Any]:
+    """`obj` if it is a JSON object with exactly the members `names`; ValueError naming `what`
+    and the expected members otherwise (decoders refuse unknown and missing members alike)."""
+    if not isinstance(obj, dict) or set(obj) != names:
+        raise ValueError(f"{what} must have exactly the members {', '.join(sorted(names))}")
+    return obj

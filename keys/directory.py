@@ -20,7 +20,7 @@ from nacl.exceptions import BadSignatureError as NaclBadSignatureError
 from nacl.public import PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
-from .codec import HEX32, canonical_json, load_canonical, to_b64
+from .codec import HEX32, canonical_json, exact_members, load_canonical, to_b64
 from .envelope import Recipient
 from .errors import (
     BadSignatureError,
@@ -433,12 +433,6 @@ def _load_canonical(data: bytes, what: str) -> Any:
     return load_canonical(data, what)
 
 
-def _fields(obj: Any, names: set[str], what: str) -> dict[str, Any]:
-    if not isinstance(obj, dict) or set(obj) != names:
-        raise ValueError(f"{what} must have exactly the members {', '.join(sorted(names))}")
-    return obj
-
-
 def _list(obj: Any, what: str, limit: int) -> list[Any]:
     if not isinstance(obj, list) or len(obj) > limit:
         raise ValueError(f"{what} must be a list of at most {limit} items")
@@ -472,7 +466,7 @@ _DIRECTORY_FIELDS = {"type", "spec_version", "version", "expires", "agencies"}
 
 
 def _key_from_doc(doc: Any) -> KeyEntry:
-    f = _fields(doc, _KEY_FIELDS, "key")
+    f = exact_members(doc, _KEY_FIELDS, "key")
     status = f["status"]
     if status not in KEY_STATUSES:
         raise ValueError("unknown key status")
@@ -499,7 +493,7 @@ def _check_header(
 
 
 def _root_from_doc(doc: Any) -> Root:
-    f = _fields(doc, _ROOT_FIELDS, "root")
+    f = exact_members(doc, _ROOT_FIELDS, "root")
     _check_header(f, ROOT_TYPE)
     keys = f["keys"]
     if not isinstance(keys, dict) or len(keys) > MAX_ROOT_KEYS:
@@ -515,12 +509,12 @@ def _root_from_doc(doc: Any) -> Root:
 def _directory_from_doc(doc: Any) -> Directory:
     spec = doc.get("spec_version") if isinstance(doc, dict) else None
     names = _DIRECTORY_FIELDS | ({"policy"} if spec == POLICY_SPEC_VERSION else set())
-    f = _fields(doc, names, "directory")
+    f = exact_members(doc, names, "directory")
     _check_header(f, DIRECTORY_TYPE, versions=(SPEC_VERSION, POLICY_SPEC_VERSION))
     policy = policy_from_doc(f["policy"]) if "policy" in f else None
     agencies = []
     for item in _list(f["agencies"], "agencies", MAX_AGENCIES):
-        a = _fields(item, _AGENCY_FIELDS, "agency")
+        a = exact_members(item, _AGENCY_FIELDS, "agency")
         roles = _list(a["roles"], "roles", len(ROLES))
         if not all(isinstance(r, str) for r in roles):
             raise ValueError("roles must be strings")
@@ -578,10 +572,10 @@ def _parse(data: bytes, *, allow_bare: bool) -> tuple[_SignedFile, Root | Direct
     try:
         if allow_bare and isinstance(obj, dict) and "type" in obj:
             obj = {"signed": obj, "signatures": []}
-        f = _fields(obj, {"signed", "signatures"}, "signed file")
+        f = exact_members(obj, {"signed", "signatures"}, "signed file")
         signatures = []
         for item in _list(f["signatures"], "signatures", MAX_SIGNATURES):
-            s = _fields(item, {"keyid", "sig"}, "signature")
+            s = exact_members(item, {"keyid", "sig"}, "signature")
             if not isinstance(s["keyid"], str) or not HEX32.fullmatch(s["keyid"]):
                 raise ValueError("keyid must be 32 lowercase hex digits")
             signatures.append((s["keyid"], _unb64(s["sig"], 64, "sig")))

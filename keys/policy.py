@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from .codec import exact_members
 from .roles import ROLES
 
 #: The priority tiers, most pressing first (the referral schema's `urgency` codes).
@@ -68,12 +69,6 @@ def _int(value: object, what: str, *, minimum: int, maximum: int) -> int:
     if type(value) is not int or not minimum <= value <= maximum:
         raise ValueError(f"policy.{what} must be an integer from {minimum} to {maximum}")
     return value
-
-
-def _members(obj: object, names: frozenset[str], what: str) -> Mapping[str, Any]:
-    if not isinstance(obj, dict) or set(obj) != names:
-        raise ValueError(f"{what} must have exactly the members {', '.join(sorted(names))}")
-    return obj
 
 
 def _codes(value: object, what: str, pattern: re.Pattern[str]) -> tuple[str, ...]:
@@ -288,19 +283,19 @@ def policy_doc(p: Policy) -> dict[str, Any]:
 
 def policy_from_doc(doc: object) -> Policy:
     """The Policy a `policy` member states; ValueError naming the first member out of shape."""
-    f = _members(doc, _FIELDS, "policy")
-    priority = _members(f["priority"], frozenset(TIERS), "policy.priority")
+    f = exact_members(doc, _FIELDS, "policy")
+    priority = exact_members(f["priority"], frozenset(TIERS), "policy.priority")
     tiers = {}
     for tier in TIERS:
-        t = _members(priority[tier], _TIER_FIELDS, f"policy.priority.{tier}")
+        t = exact_members(priority[tier], _TIER_FIELDS, f"policy.priority.{tier}")
         tiers[tier] = Tier(
             acknowledge_seconds=t["acknowledge_seconds"], due_seconds=t["due_seconds"]
         )
     without = f["without_consent"]
     if not isinstance(without, dict):
         raise ValueError("policy.without_consent must be an object of role -> legal bases")
-    glass = _members(f["break_glass"], _BREAK_GLASS_FIELDS, "policy.break_glass")
-    stats = _members(f["statistics"], _STATISTICS_FIELDS, "policy.statistics")
+    glass = exact_members(f["break_glass"], _BREAK_GLASS_FIELDS, "policy.break_glass")
+    stats = exact_members(f["statistics"], _STATISTICS_FIELDS, "policy.statistics")
     for key in ("child_identity_roles", "child_legal_bases"):
         if not isinstance(f[key], list):
             raise ValueError(f"policy.{key} must be a list")
