@@ -14,7 +14,7 @@ import itertools
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import msgpack
 
@@ -101,6 +101,16 @@ class Encoded:
     def encode(self) -> bytes:
         """The canonical encoding of this value as its WIRE record."""
         return self.WIRE.pack(self)
+
+    @classmethod
+    def decoded(cls, data: bytes, *, max_bytes: int, max_items: int | None = None) -> Self:
+        """`data` strictly decoded as WIRE and built into this class, whose constructor
+        checks the members; MalformedError naming the first problem otherwise."""
+        fields = cls.WIRE.unpack(data, max_bytes=max_bytes, max_items=max_items)
+        try:
+            return cls(**fields)
+        except (ValueError, TypeError) as e:
+            raise MalformedError(str(e)) from e
 
 
 def _is(value: Any, kind: type) -> bool:

@@ -230,6 +230,20 @@ class UnknownReasonCodeError(UntrustedInputError):
     reason = "unknown-reason-code"
 
 
+class BadDecisionError(UntrustedInputError):
+    """An identification decision whose reason and salt do not belong to it, or that does
+    not fit the decisions of its case the receiver holds (PROTOCOL.md §8.7)."""
+
+    reason = "bad-decision"
+
+
+class TooEarlyError(UntrustedInputError):
+    """A second-stage decision before the national policy's minimum interval after the
+    first stage (PROTOCOL.md §8.7)."""
+
+    reason = "too-early"
+
+
 class UnprocessableError(UntrustedInputError):
     """An authentic message whose handling failed for a reason no other class names (a bug,
     a value the store cannot hold): refused for good rather than retried or dropped."""

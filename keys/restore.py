@@ -100,11 +100,7 @@ def verify_restore(data: bytes, *, key: VerifyKey, origin: str) -> RestoreDeclar
 
 
 def _decode(body: bytes) -> RestoreDeclaration:
-    fields = RestoreDeclaration.WIRE.unpack(body, max_bytes=MAX_SIGNED_RESTORE_BYTES, max_items=8)
-    try:
-        return RestoreDeclaration(**fields)
-    except (ValueError, TypeError) as e:
-        raise MalformedError(str(e)) from e
+    return RestoreDeclaration.decoded(body, max_bytes=MAX_SIGNED_RESTORE_BYTES, max_items=8)
 
 
 def _uint(value: object) -> bool:

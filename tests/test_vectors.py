@@ -31,6 +31,7 @@ from keys.audit import AuditEvent, decode_signed_event, verify_event
 from keys.checkpoint import Checkpoint, verify_checkpoint
 from keys.checkpoint import key_id as note_key_id
 from keys.codec import canonical_json, parse_json
+from keys.decision import Decision, check_reason, check_second_stage, verify_decision
 from keys.directory import (
     AgencyEntry,
     Directory,
@@ -56,6 +57,7 @@ from keys.identity import (
     signing_kid,
     verify_proof,
 )
+from keys.key_history import KeyWindow
 from keys.keyfile import open_admin_key, open_keys
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import leaf_hash, root_of, verify_consistency, verify_inclusion
@@ -384,6 +386,41 @@ def test_consent_receipt_vector(path: Path) -> None:
     assert hashlib.sha256(signed.body).hexdigest() == fields["body_sha256"]
 
 
+@each_vector("decision-")
+def test_decision_vector(path: Path) -> None:
+    """Verifying the signed decision under the vector's key history (§8.7, §7.9), then the
+    reason and salt beside it, gives exactly the vector's outcome and, when ok, every member."""
+    fields, data = parse(path)
+    window = KeyWindow(
+        agency=fields["authority"],
+        kid=fields["kid"],
+        public=bytes.fromhex(fields["signer_ed25519_public"]),
+        valid_from=int(fields["valid_from"]),
+        valid_until=None,
+        revoked_at=_opt(fields["revoked_at"]),
+        listed_version=1,
+    )
+    reason = None if fields["reason"] == "none" else fields["reason"]
+    salt = None if fields["salt"] == "none" else bytes.fromhex(fields["salt"])
+
+    def verify() -> Decision:
+        decision = verify_decision(data, history=[window])
+        check_reason(decision, reason=reason, salt=salt)
+        if fields["first_stage"] != "none":
+            first = verify_decision(base64.b64decode(fields["first_stage"]), history=[window])
+            check_second_stage(first, decision, min_days=int(fields["second_stage_min_days"]))
+        return decision
+
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], verify)
+        return
+    decision = verify()
+    for name in Decision.WIRE.fields:
+        value = getattr(decision, name)
+        shown = "none" if value is None else value.hex() if isinstance(value, bytes) else str(value)
+        assert shown == fields[name], name
+
+
 def _received(
     fields: dict[str, str],
     body: bytes,
@@ -571,6 +608,7 @@ FAMILIES = {
     "keyfile-": 4,
     "merkle-": 15,
     "identity-": 4,
+    "decision-": 8,
     "state-": 20,
 }
 
@@ -733,6 +771,7 @@ def test_state_vector(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 #: Families whose vectors are checks a receiver makes of what it is sent (§4.7, §6.4).
 RECEIVER_FAMILIES = (
+    "decision-",
     "envelope-",
     "state-",
     "body-",

@@ -9,6 +9,7 @@ numbers decimal, `none` stands for an absent or null value.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import textwrap
@@ -35,6 +36,8 @@ from keys.checkpoint import (
 )
 from keys.checkpoint import key_id as note_key_id
 from keys.codec import canonical_json
+from keys.decision import LABEL as DECISION_LABEL
+from keys.decision import Decision, reason_digest, sign_decision
 from keys.directory import (
     AgencyEntry,
     Directory,
@@ -1719,6 +1722,174 @@ def identity_vectors() -> Iterator[tuple[str, str]]:
     yield from rendered("identity", vectors, fields)
 
 
+# --- identification decisions (§8.7) ---------------------------------------------------------
+#
+# decision-*: the bytes are a signed decision; the verifier's key history holds
+#     `signer_ed25519_public` as key `kid` of `authority` from `valid_from`, revoked at
+#     `revoked_at` (none: never). With `reason` and `salt`, they came beside the decision and
+#     are checked against its digest. With `first_stage` (base64 of a signed decision the
+#     receiver holds), the decision is judged as its second stage under
+#     `second_stage_min_days`. When ok: every member by name (digest in hex).
+
+AUTHORITY_SIGN = SigningKey(fixed("authority ed25519 1"))
+CASE = fixed("case 1")[:16].hex()
+SALT = fixed("decision salt 1")[:16]
+
+
+def _decision(**changes: Any) -> Decision:
+    base = Decision(
+        decision_id=fixed("decision 1")[:16].hex(),
+        authority="authority",
+        case_id=CASE,
+        stage="first",
+        outcome="positive",
+        reason_digest=None,
+        supersedes=None,
+        decided_at=NOW,
+        age_route="adult",
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def _negative(reason: str, **changes: Any) -> Decision:
+    return _decision(outcome="negative", reason_digest=reason_digest(SALT, reason), **changes)
+
+
+def _signed_decision_raw(fields: list[object], label: bytes = DECISION_LABEL) -> bytes:
+    body = codec.pack(fields)
+    signature = AUTHORITY_SIGN.sign(label + b"\x00" + body).signature
+    return codec.pack([1, body, signing_kid(AUTHORITY_SIGN.verify_key), signature])
+
+
+def _decision_vectors() -> list[tuple[str, str, str, Decision | None, str | None, bytes]]:
+    """(name, comment, expect, decision for the ok header, reason beside it, bytes)."""
+    first = _decision()
+    second = _negative("act-not-established", stage="second", decided_at=NOW + 40 * DAY)
+    flipped = bytearray(sign_decision(first, AUTHORITY_SIGN))
+    flipped[-1] ^= 1
+    first_fields: list[object] = [1, *(getattr(first, n) for n in Decision.WIRE.fields)]
+    eleven = [*first_fields, "extra"]
+    no_digest = list(first_fields)
+    no_digest[5] = "negative"
+    child = _negative("means-not-established", stage="second", age_route="child")
+    early = _negative("act-not-established", stage="second", decided_at=NOW + 10 * DAY)
+    return [
+        (
+            "ok-first-positive",
+            "a positive first stage",
+            "ok",
+            first,
+            None,
+            sign_decision(first, AUTHORITY_SIGN),
+        ),
+        (
+            "ok-second-negative",
+            "a negative second stage, reason and salt beside it",
+            "ok",
+            second,
+            "act-not-established",
+            sign_decision(second, AUTHORITY_SIGN),
+        ),
+        (
+            "bad-signature",
+            "last signature byte flipped",
+            "bad-signature",
+            None,
+            None,
+            bytes(flipped),
+        ),
+        (
+            "other-label",
+            "signed under the audit-event label",
+            "bad-signature",
+            None,
+            None,
+            _signed_decision_raw(first_fields, b"nrm/v1/audit-event"),
+        ),
+        (
+            "eleven-fields",
+            "an extra member after age_route",
+            "malformed",
+            None,
+            None,
+            _signed_decision_raw(eleven),
+        ),
+        (
+            "negative-without-digest",
+            "negative, with a nil reason digest",
+            "malformed",
+            None,
+            None,
+            _signed_decision_raw(no_digest),
+        ),
+        (
+            "reason-mismatch",
+            "the reason beside it is not the one digested",
+            "bad-decision",
+            None,
+            "purpose-not-established",
+            sign_decision(second, AUTHORITY_SIGN),
+        ),
+        (
+            "reason-of-other-stage",
+            "a first-stage reason on a second-stage decision",
+            "unknown-reason-code",
+            None,
+            "no-indicators",
+            sign_decision(second, AUTHORITY_SIGN),
+        ),
+        (
+            "means-on-child-route",
+            "means-not-established for a child",
+            "bad-decision",
+            None,
+            "means-not-established",
+            sign_decision(child, AUTHORITY_SIGN),
+        ),
+        (
+            "too-early",
+            "a second stage 10 days after the first, 30 required",
+            "too-early",
+            None,
+            "act-not-established",
+            sign_decision(early, AUTHORITY_SIGN),
+        ),
+        (
+            "revoked-key",
+            "decided after the authority's key was revoked",
+            "revoked-key",
+            None,
+            None,
+            sign_decision(_decision(decided_at=NOW + 2 * DAY), AUTHORITY_SIGN),
+        ),
+    ]
+
+
+#: The vectors judged as a second stage after FIRST_STAGE (the signed ok-first-positive).
+SECOND_STAGES = frozenset({"ok-second-negative", "too-early"})
+FIRST_STAGE = b64(sign_decision(_decision(), AUTHORITY_SIGN))
+
+
+def decision_vectors() -> Iterator[tuple[str, str]]:
+    for name, comment, expect, decision, reason, data in _decision_vectors():
+        header: list[tuple[str, object]] = [
+            ("expect", expect),
+            ("comment", comment),
+            ("authority", "authority"),
+            ("kid", signing_kid(AUTHORITY_SIGN.verify_key)),
+            ("signer_ed25519_public", bytes(AUTHORITY_SIGN.verify_key)),
+            ("valid_from", CREATED),
+            ("revoked_at", NOW + DAY if name == "revoked-key" else None),
+            ("reason", reason),
+            ("salt", SALT if reason is not None else None),
+            ("first_stage", FIRST_STAGE if name in SECOND_STAGES else None),
+            ("second_stage_min_days", 30 if name in SECOND_STAGES else None),
+        ]
+        if decision is not None:
+            header += [(n, getattr(decision, n)) for n in Decision.WIRE.fields if n != "authority"]
+        yield f"decision-{name}", render(header, data)
+
+
 #: Every family: (file name prefix, generator of (name, text)).
 FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("canonical-json-", canonical_json_vectors),
@@ -1731,6 +1902,7 @@ FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("merkle-", merkle_vectors),
     ("kid-", kid_vectors),
     ("identity-", identity_vectors),
+    ("decision-", decision_vectors),
 ]
 #: Every file name prefix written here (for removing stale files).
 PREFIXES = (
@@ -1748,4 +1920,5 @@ PREFIXES = (
     "merkle-",
     "kid-",
     "identity-",
+    "decision-",
 )
