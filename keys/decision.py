@@ -21,13 +21,14 @@ import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Final
+from typing import ClassVar, Final, Protocol
 
 from nacl.signing import SigningKey
 
 from . import codec
-from .errors import BadDecisionError, TooEarlyError, UnknownReasonCodeError
+from .errors import BadDecisionError, NotForThisRoleError, TooEarlyError, UnknownReasonCodeError
 from .key_history import KeyWindow, signing_key_at
+from .roles import DECISION_STAGES
 from .signed import check_signature, decode_frame, sign_frame
 from .subjects import AGENCY_ID_PATTERN
 
@@ -39,9 +40,8 @@ MAX_SIGNED_DECISION_BYTES: Final = 640
 SALT_BYTES: Final = 16
 DIGEST_BYTES: Final = 32
 
-FIRST: Final = "first"
-SECOND: Final = "second"
-STAGES: Final[tuple[str, ...]] = (FIRST, SECOND)
+STAGES: Final[tuple[str, ...]] = DECISION_STAGES
+FIRST, SECOND = STAGES
 POSITIVE: Final = "positive"
 NEGATIVE: Final = "negative"
 OUTCOMES: Final[tuple[str, ...]] = (POSITIVE, NEGATIVE)
@@ -135,6 +135,22 @@ def verify_decision(data: bytes, *, history: Sequence[KeyWindow]) -> Decision:
     return decision
 
 
+class Decider(Protocol):
+    """What the directory says of a decision's authority (keys.directory.AgencyEntry)."""
+
+    def decides_stage(self, stage: str) -> bool: ...
+
+
+def check_authority(decision: Decision, authority: Decider) -> None:
+    """Return if `authority`, the directory's entry for `decision.authority` in the directory
+    trusted at `decided_at`, is a competent authority that decides the decision's stage;
+    NotForThisRoleError otherwise."""
+    if not authority.decides_stage(decision.stage):
+        raise NotForThisRoleError(
+            f"{decision.authority} does not decide the {decision.stage} stage"
+        )
+
+
 def decode(body: bytes) -> Decision:
     """A decision body, strictly decoded; MalformedError otherwise."""
     return Decision.decoded(body, max_bytes=MAX_DECISION_BYTES, max_items=10)
@@ -218,6 +234,7 @@ __all__: Sequence[str] = [
     "LABEL",
     "REASON_LABEL",
     "Decision",
+    "check_authority",
     "check_reason",
     "check_second_stage",
     "decode",

@@ -44,7 +44,7 @@ from .identity import (
     signing_kid,
 )
 from .policy import Policy, policy_doc, policy_from_doc
-from .roles import ROLES, SPEC1_ROLES
+from .roles import COMPETENT_AUTHORITY, DECIDES_VALUES, ROLES, SPEC1_ROLES
 from .subjects import DIRECTORY_KEY, ROOT_KEY_PREFIX
 
 #: Domain-separation labels of the two signatures (§7.4).
@@ -137,6 +137,9 @@ class AgencyEntry:
     signing_keys: tuple[KeyEntry, ...]
     encryption_keys: tuple[KeyEntry, ...]
     nats_key: str
+    #: For a `competent-authority` that decides one identification stage only, that stage;
+    #: None for every other agency, and for an authority that decides both (§7.3).
+    decides: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         check_agency_id(self.agency)
@@ -160,6 +163,17 @@ class AgencyEntry:
             check_encryption_key(k.public, owner=self.agency)
         if not isinstance(self.nats_key, str) or not _NATS_USER_KEY.fullmatch(self.nats_key):
             raise ValueError("nats_key must be a NATS user public key (U..., 56 characters)")
+        if self.decides is not None and (
+            COMPETENT_AUTHORITY not in roles or tuple(self.decides) not in DECIDES_VALUES
+        ):
+            raise ValueError(
+                'decides is ["first"] or ["second"], on a competent-authority only '
+                "(absent, an authority decides both stages)"
+            )
+
+    def decides_stage(self, stage: str) -> bool:
+        """Whether this agency may make identification decisions of `stage` (§8.7)."""
+        return COMPETENT_AUTHORITY in self.roles and (self.decides is None or stage in self.decides)
 
     @classmethod
     def of(cls, identity: PublicIdentity, roles: Iterable[str], *, valid_from: int) -> AgencyEntry:
@@ -404,6 +418,7 @@ def _directory_doc(d: Directory) -> dict[str, Any]:
                 "signing_keys": [_key_doc(k) for k in a.signing_keys],
                 "encryption_keys": [_key_doc(k) for k in a.encryption_keys],
                 "nats_key": a.nats_key,
+                **({} if a.decides is None else {"decides": list(a.decides)}),
             }
             for a in d.agencies
         ],
@@ -514,7 +529,9 @@ def _directory_from_doc(doc: Any) -> Directory:
     policy = policy_from_doc(f["policy"]) if "policy" in f else None
     agencies = []
     for item in _list(f["agencies"], "agencies", MAX_AGENCIES):
-        a = exact_members(item, _AGENCY_FIELDS, "agency")
+        optional = {"decides"} & set(item) if isinstance(item, dict) else set()
+        a = exact_members(item, _AGENCY_FIELDS | optional, "agency")
+        decides = _list(a["decides"], "decides", 1) if "decides" in a else None
         roles = _list(a["roles"], "roles", len(ROLES))
         if not all(isinstance(r, str) for r in roles):
             raise ValueError("roles must be strings")
@@ -532,6 +549,7 @@ def _directory_from_doc(doc: Any) -> Directory:
                     for k in _list(a["encryption_keys"], "encryption_keys", MAX_KEYS_PER_KIND)
                 ),
                 nats_key=_check_text(a["nats_key"], "nats_key", 56),
+                decides=None if decides is None else tuple(decides),
             )
         )
     return Directory(

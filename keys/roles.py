@@ -25,3 +25,11 @@ SPEC2_ROLES: Final = frozenset(
 )
 #: Every role a directory may name.
 ROLES: Final = SPEC1_ROLES | SPEC2_ROLES
+
+#: The role that makes identification decisions (docs/PROTOCOL.md §8.7).
+COMPETENT_AUTHORITY: Final = "competent-authority"
+#: The two identification stages a `competent-authority` decides (PROTOCOL §7.3, §8.7).
+DECISION_STAGES: Final[tuple[str, ...]] = ("first", "second")
+#: The values an agency's `decides` member may take: one stage. Absent, a competent
+#: authority decides both (one encoding for each meaning).
+DECIDES_VALUES: Final[tuple[tuple[str, ...], ...]] = (("first",), ("second",))

@@ -378,10 +378,15 @@ def add_agency(
     identity: PublicIdentity,
     *,
     roles: Sequence[str],
+    decides: str | None = None,
     overlap_seconds: int = DEFAULT_LIMITS.rotation_overlap_seconds,
     now: int | None = None,
 ) -> Directory:
-    """Admit an agency, or take in its rotated keys (old ones retire after the overlap)."""
+    """Admit an agency, or take in its rotated keys (old ones retire after the overlap).
+
+    `decides` (`first` or `second`) limits a competent authority to one identification
+    stage (PROTOCOL §7.3); None leaves an existing agency's as it is, and a new one
+    deciding both."""
     now = clock.now() if now is None else now
     if identity.nats_key is None:
         raise AdminError("the identity file has no NATS key; re-create it with `nrm keys init`")
@@ -400,9 +405,13 @@ def add_agency(
                     f"this identity.json of {identity.agency} holds keys the directory has "
                     "already replaced; use the agency's current identity.json"
                 )
-            if same_nats and (tuple(roles) == current.roles or not roles):
+            stages = current.decides if decides is None else (decides,)
+            if same_nats and (tuple(roles) in (current.roles, ())) and stages == current.decides:
                 raise AdminError(f"{identity.agency} is already in the directory with these keys")
-            directory = directory.with_agency(_replace_roles(current, roles or current.roles))
+            changed = dataclasses.replace(
+                current, roles=tuple(roles or current.roles), decides=stages
+            )
+            directory = directory.with_agency(changed)
         else:
             directory = directory.rotate(
                 identity.agency,
@@ -418,7 +427,9 @@ def add_agency(
     else:
         if not roles:
             raise AdminError("give the agency at least one role (--roles)")
-        directory = directory.with_agency(AgencyEntry.of(identity, roles, valid_from=now))
+        entry = AgencyEntry.of(identity, roles, valid_from=now)
+        stages = None if decides is None else (decides,)
+        directory = directory.with_agency(dataclasses.replace(entry, decides=stages))
     return _save_next(folder, directory, published=published, now=now)
 
 
@@ -717,10 +728,6 @@ def _draft_and_published(
     with contextlib.suppress(UntrustedInputError):  # an unsigned draft's version is free
         published = max(published, verified_draft(folder).version)
     return draft, published
-
-
-def _replace_roles(entry: AgencyEntry, roles: Sequence[str]) -> AgencyEntry:
-    return dataclasses.replace(entry, roles=tuple(roles))
 
 
 def replace_keys(

@@ -1187,6 +1187,12 @@ def directory_group() -> None:
 @directory_group.command("add-agency")
 @click.argument("identity_file", type=PATH)
 @click.option("--roles", default="", help="Comma-separated roles, e.g. police or ngo.")
+@click.option(
+    "--decides",
+    type=click.Choice(["first", "second"]),
+    default=None,
+    help="A competent-authority that decides one identification stage only (default: both).",
+)
 @_days_option(
     "--overlap-days", 7 * DAY, "When this is a rotation: how long the old keys stay valid."
 )
@@ -1208,6 +1214,7 @@ def directory_group() -> None:
 def directory_add_agency(
     identity_file: Path,
     roles: str,
+    decides: str | None,
     overlap_days: float,
     revoke_previous: bool,
     reason: str | None,
@@ -1243,8 +1250,8 @@ def directory_add_agency(
         click.echo(f"fingerprint of {identity.agency}: {fingerprint(identity)}")
         if revoke_previous:
             assert reason is not None
-            if roles:
-                raise click.UsageError("--roles cannot change with --revoke-previous")
+            if roles or decides:
+                raise click.UsageError("--roles and --decides cannot change with --revoke-previous")
             d = admin.replace_keys(
                 folder,
                 identity,
@@ -1261,6 +1268,7 @@ def directory_add_agency(
             folder,
             identity,
             roles=[r for r in roles.split(",") if r],
+            decides=decides,
             overlap_seconds=_seconds(overlap_days),
         )
     click.echo(f"{identity.agency} in draft version {d.version}; sign and publish it")

@@ -173,3 +173,38 @@ def test_a_spec_2_role_is_refused_without_a_policy(folder: Sandbox) -> None:
     assert result.exit_code == 1, result.output
     assert "competent-authority" in result.output and "spec_version 2" in result.output
     assert admin.AdminFolder(folder.admin.path).draft().agency("police").roles == ("police",)
+
+
+def test_a_competent_authority_may_be_limited_to_one_stage(folder: Sandbox, tmp_path: Path) -> None:
+    """`add-agency --decides first` makes the police a competent authority of the first stage
+    only (PROTOCOL §7.3); `--decides` on an agency that is not one is refused (exit 1) and
+    changes nothing; the member survives signing and strict decoding."""
+    template = json.loads(nrm("directory", "policy-template", "--country", "LT").output)
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(template))
+    assert nrm("directory", "set-policy", policy, "--dir", folder.admin.path).exit_code == 0
+
+    def add(agency: str, *args: str) -> Any:
+        identity = folder.agencies[agency].identity_path
+        return nrm("directory", "add-agency", identity, *args, "--dir", folder.admin.path)
+
+    before = folder.admin.directory_bytes()
+    refused = add("shelter", "--decides", "first")
+    assert refused.exit_code == 1, refused.output
+    assert "competent-authority only" in refused.output
+    assert folder.admin.directory_bytes() == before
+
+    done = add("police", "--roles", "competent-authority,police", "--decides", "first")
+    assert done.exit_code == 0, done.output
+    police = folder.admin.draft().agency("police")
+    assert police.decides == ("first",)
+    assert police.decides_stage("first") and not police.decides_stage("second")
+    assert not folder.admin.draft().agency("shelter").decides_stage("first")
+    again = add("police", "--decides", "first")
+    assert again.exit_code == 1 and "already in the directory" in again.output
+
+    decoded = read_unverified_directory(encode_directory(folder.admin.draft()))
+    assert decoded.agency("police").decides == ("first",)
+    moved = add("police", "--decides", "second")
+    assert moved.exit_code == 0, moved.output
+    assert folder.admin.draft().agency("police").decides == ("second",)

@@ -31,7 +31,13 @@ from keys.audit import AuditEvent, decode_signed_event, verify_event
 from keys.checkpoint import Checkpoint, verify_checkpoint
 from keys.checkpoint import key_id as note_key_id
 from keys.codec import canonical_json, parse_json
-from keys.decision import Decision, check_reason, check_second_stage, verify_decision
+from keys.decision import (
+    Decision,
+    check_authority,
+    check_reason,
+    check_second_stage,
+    verify_decision,
+)
 from keys.directory import (
     AgencyEntry,
     Directory,
@@ -403,8 +409,15 @@ def test_decision_vector(path: Path) -> None:
     reason = None if fields["reason"] == "none" else fields["reason"]
     salt = None if fields["salt"] == "none" else bytes.fromhex(fields["salt"])
 
+    stages = fields["decides"].split(",")
+
+    class Authority:
+        def decides_stage(self, stage: str) -> bool:
+            return stage in stages
+
     def verify() -> Decision:
         decision = verify_decision(data, history=[window])
+        check_authority(decision, Authority())
         check_reason(decision, reason=reason, salt=salt)
         if fields["first_stage"] != "none":
             first = verify_decision(base64.b64decode(fields["first_stage"]), history=[window])

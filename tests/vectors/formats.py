@@ -415,6 +415,12 @@ def _directory_vectors() -> list[tuple[str, str, str, bytes | None, int, bytes]]
     del no_policy["policy"]
     new_role_in_spec_1 = dict(policy_in_spec_1)
     del new_role_in_spec_1["policy"]
+
+    def deciding(index: int, stages: list[str]) -> bytes:
+        doc = json.loads(encode_directory(POLICY_DIRECTORY))
+        doc["agencies"][index]["decides"] = stages  # 0: the police (the authority), 1: shelter
+        return signed_file(canonical_json(doc), ADMINS[:2])
+
     after_root = ROOT_1.expires + DAY
     return [
         ("ok", "version 1, two agencies, 2 of 3 root keys", "ok", None, NOW, DIRECTORY_FILE),
@@ -509,6 +515,30 @@ def _directory_vectors() -> list[tuple[str, str, str, bytes | None, int, bytes]]
             None,
             NOW,
             signed_file(canonical_json(with_policy), ADMINS[:2]),
+        ),
+        (
+            "ok-decides-first-stage",
+            "spec_version 2: the competent authority decides the first stage only",
+            "ok",
+            None,
+            NOW,
+            deciding(0, ["first"]),
+        ),
+        (
+            "decides-not-an-authority",
+            "decides on an agency that is not a competent-authority",
+            "malformed",
+            None,
+            NOW,
+            deciding(1, ["first"]),
+        ),
+        (
+            "decides-both-stages",
+            "decides naming both stages (the absent member means that)",
+            "malformed",
+            None,
+            NOW,
+            deciding(0, ["first", "second"]),
         ),
         (
             "policy-reflection-29-days",
@@ -1726,7 +1756,8 @@ def identity_vectors() -> Iterator[tuple[str, str]]:
 #
 # decision-*: the bytes are a signed decision; the verifier's key history holds
 #     `signer_ed25519_public` as key `kid` of `authority` from `valid_from`, revoked at
-#     `revoked_at` (none: never). With `reason` and `salt`, they came beside the decision and
+#     `revoked_at` (none: never); its directory lists `authority` as a competent authority
+#     of the stages `decides`. With `reason` and `salt`, they came beside the decision and
 #     are checked against its digest. With `first_stage` (base64 of a signed decision the
 #     receiver holds), the decision is judged as its second stage under
 #     `second_stage_min_days`. When ok: every member by name (digest in hex).
@@ -1847,6 +1878,14 @@ def _decision_vectors() -> list[tuple[str, str, str, Decision | None, str | None
             sign_decision(child, AUTHORITY_SIGN),
         ),
         (
+            "authority-decides-first-only",
+            "a second-stage decision by an authority that decides the first stage only",
+            "not-for-this-role",
+            None,
+            "act-not-established",
+            sign_decision(second, AUTHORITY_SIGN),
+        ),
+        (
             "too-early",
             "a second stage 10 days after the first, 30 required",
             "too-early",
@@ -1880,6 +1919,7 @@ def decision_vectors() -> Iterator[tuple[str, str]]:
             ("signer_ed25519_public", bytes(AUTHORITY_SIGN.verify_key)),
             ("valid_from", CREATED),
             ("revoked_at", NOW + DAY if name == "revoked-key" else None),
+            ("decides", "first" if name == "authority-decides-first-only" else "first,second"),
             ("reason", reason),
             ("salt", SALT if reason is not None else None),
             ("first_stage", FIRST_STAGE if name in SECOND_STAGES else None),
