@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import base64
+import binascii
 import itertools
 import json
 import re
@@ -145,6 +146,20 @@ def from_b64(text: Any) -> bytes:
     return base64.b64decode(text, validate=True)
 
 
+def exact_b64(text: Any, size: int, what: str) -> bytes:
+    """The `size` bytes whose canonical base64 is `text` (signed files: one encoding of each
+    value); ValueError naming `what` otherwise."""
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be base64 text")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except binascii.Error as e:
+        raise ValueError(f"{what} is not base64") from e
+    if len(raw) != size or to_b64(raw) != text:
+        raise ValueError(f"{what} must be the canonical base64 of {size} bytes")
+    return raw
+
+
 def canonical_json(value: Any) -> bytes:
     """The one JSON encoding that is signed or sealed (PROTOCOL.md §6.1, §7.1): keys sorted
     by code point, no insignificant whitespace, UTF-8 not escaped."""
@@ -243,6 +258,14 @@ def load_canonical(data: bytes, what: str) -> Any:
     if canonical != data:
         raise MalformedError(f"{what} is not canonical JSON")
     return obj
+
+
+def bounded_int(value: object, what: str, *, minimum: int, maximum: int) -> int:
+    """`value` if it is an integer (never a bool) from `minimum` to `maximum`; ValueError
+    naming `what` and the range otherwise."""
+    if type(value) is not int or not minimum <= value <= maximum:
+        raise ValueError(f"{what} must be an integer from {minimum} to {maximum}")
+    return value
 
 
 def exact_members(obj: object, names: set[str] | frozenset[str], what: str) -> dict[str, Any]:

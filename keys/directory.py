@@ -9,8 +9,6 @@ returns the verified object or raises. Pure and offline: no clock, no network, n
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -20,7 +18,7 @@ from nacl.exceptions import BadSignatureError as NaclBadSignatureError
 from nacl.public import PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
-from .codec import HEX32, canonical_json, exact_members, load_canonical, to_b64
+from .codec import HEX32, canonical_json, exact_b64, exact_members, load_canonical, to_b64
 from .envelope import Recipient
 from .errors import (
     BadSignatureError,
@@ -454,18 +452,6 @@ def _list(obj: Any, what: str, limit: int) -> list[Any]:
     return obj
 
 
-def _unb64(text: Any, size: int, what: str) -> bytes:
-    if not isinstance(text, str):
-        raise ValueError(f"{what} must be base64 text")
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except binascii.Error as e:
-        raise ValueError(f"{what} is not base64") from e
-    if len(raw) != size or to_b64(raw) != text:
-        raise ValueError(f"{what} must be the canonical base64 of {size} bytes")
-    return raw
-
-
 def _opt_int(value: Any, what: str) -> int | None:
     return None if value is None else _check_int(value, what)
 
@@ -487,7 +473,7 @@ def _key_from_doc(doc: Any) -> KeyEntry:
         raise ValueError("unknown key status")
     return KeyEntry(
         kid=_check_text(f["kid"], "kid", 32),
-        public=_unb64(f["public"], 32, "public"),
+        public=exact_b64(f["public"], 32, "public"),
         valid_from=_check_int(f["valid_from"], "valid_from"),
         valid_until=_opt_int(f["valid_until"], "valid_until"),
         status=status,
@@ -517,7 +503,7 @@ def _root_from_doc(doc: Any) -> Root:
         version=_check_int(f["version"], "version", minimum=1),
         expires=_check_int(f["expires"], "expires"),
         threshold=_check_int(f["threshold"], "threshold", minimum=1),
-        keys={kid: VerifyKey(_unb64(pub, 32, "root key")) for kid, pub in keys.items()},
+        keys={kid: VerifyKey(exact_b64(pub, 32, "root key")) for kid, pub in keys.items()},
     )
 
 
@@ -596,7 +582,7 @@ def _parse(data: bytes, *, allow_bare: bool) -> tuple[_SignedFile, Root | Direct
             s = exact_members(item, {"keyid", "sig"}, "signature")
             if not isinstance(s["keyid"], str) or not HEX32.fullmatch(s["keyid"]):
                 raise ValueError("keyid must be 32 lowercase hex digits")
-            signatures.append((s["keyid"], _unb64(s["sig"], 64, "sig")))
+            signatures.append((s["keyid"], exact_b64(s["sig"], 64, "sig")))
         signed = f["signed"]
         kind = signed.get("type") if isinstance(signed, dict) else None
         if kind not in _DECODERS:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from .codec import exact_members
+from .codec import bounded_int, exact_members
 from .roles import ROLES
 
 #: The priority tiers, most pressing first (the referral schema's `urgency` codes).
@@ -66,9 +66,7 @@ _STATISTICS_FIELDS: Final = frozenset({"k", "round_to", "contribution_grace_days
 
 
 def _int(value: object, what: str, *, minimum: int, maximum: int) -> int:
-    if type(value) is not int or not minimum <= value <= maximum:
-        raise ValueError(f"policy.{what} must be an integer from {minimum} to {maximum}")
-    return value
+    return bounded_int(value, f"policy.{what}", minimum=minimum, maximum=maximum)
 
 
 def _codes(value: object, what: str, pattern: re.Pattern[str]) -> tuple[str, ...]:

@@ -28,6 +28,7 @@ from agents.transport import Position, Verdict
 from agents.trust import TrustState
 from keys import DEFAULT_LIMITS, AgencyKeys, UntrustedInputError, open_envelope, seal
 from keys.audit import AuditEvent, decode_signed_event, verify_event
+from keys.catalogue import Capacity, Catalogue, verify_capacity, verify_catalogue
 from keys.checkpoint import Checkpoint, verify_checkpoint
 from keys.checkpoint import key_id as note_key_id
 from keys.codec import canonical_json, parse_json
@@ -91,15 +92,17 @@ def _opt(text: str) -> int | None:
 _BOX = bytes(PrivateKey(bytes(range(1, 33))).public_key)
 
 
-def one_key_directory(fields: dict[str, str], agency: str, public: str) -> Directory:
+def one_key_directory(
+    fields: dict[str, str], agency: str, public: str, roles: tuple[str, ...] = ("police",)
+) -> Directory:
     """A real directory (unsigned: the vector is about the key, not the directory) listing
-    exactly one signing key of `agency` with the vector's validity fields."""
+    exactly one signing key of `agency`, with `roles`, with the vector's validity fields."""
     key = bytes.fromhex(public)
     status = fields["key_status"]
     entry = AgencyEntry(
         agency=agency,
         name=agency,
-        roles=("police",),
+        roles=roles,
         signing_keys=(
             KeyEntry(
                 kid=key_id(SIGNING_KID_LABEL, key),
@@ -434,6 +437,60 @@ def test_decision_vector(path: Path) -> None:
         assert shown == fields[name], name
 
 
+def _provider_directory(fields: dict[str, str]) -> Directory:
+    roles = tuple(fields["roles"].split(","))
+    return one_key_directory(fields, fields["agency"], fields["signer_ed25519_public"], roles)
+
+
+@each_vector("catalogue-")
+def test_catalogue_vector(path: Path) -> None:
+    """Verifying the signed catalogue (§8.8) against the vector's directory, clock and last
+    accepted catalogue gives exactly its outcome and, when ok, its version and services."""
+    fields, data = parse(path)
+    directory, now = _provider_directory(fields), int(fields["now"])
+    current = None
+    if fields["current"] != "none":
+        prior = base64.b64decode(fields["current"])
+        current = verify_catalogue(prior, directory=directory, now=now, current=None)
+
+    def verify() -> Catalogue:
+        return verify_catalogue(data, directory=directory, now=now, current=current)
+
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], verify)
+        return
+    catalogue = verify()
+    assert catalogue.version == int(fields["version"])
+    assert ",".join(s.service_id for s in catalogue.services) == fields["services"]
+
+
+@each_vector("capacity-")
+def test_capacity_vector(path: Path) -> None:
+    """Verifying the signed capacity record (§8.8) against its provider's catalogue and the
+    last seq seen gives exactly the vector's outcome and, when ok, every member."""
+    fields, data = parse(path)
+    directory, now = _provider_directory(fields), int(fields["now"])
+    catalogue = verify_catalogue(
+        base64.b64decode(fields["catalogue"]), directory=directory, now=now, current=None
+    )
+
+    def verify() -> Capacity:
+        return verify_capacity(
+            data,
+            directory=directory,
+            catalogue=catalogue,
+            now=now,
+            last_seq=_opt(fields["last_seq"]),
+        )
+
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], verify)
+        return
+    record = verify()
+    for name in Capacity.WIRE.fields:
+        assert str(getattr(record, name)) == fields[name], name
+
+
 def _received(
     fields: dict[str, str],
     body: bytes,
@@ -622,6 +679,8 @@ FAMILIES = {
     "merkle-": 15,
     "identity-": 4,
     "decision-": 8,
+    "catalogue-": 8,
+    "capacity-": 6,
     "state-": 20,
 }
 

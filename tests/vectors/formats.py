@@ -27,6 +27,16 @@ from agents.lifecycle import Transition
 from agents.messages import DeliveryReceipt
 from keys import codec
 from keys.audit import AuditEvent, decode_signed_event, sign_event
+from keys.catalogue import (
+    CAPACITY_LABEL,
+    Capacity,
+    Catalogue,
+    Service,
+    encode_catalogue,
+    sign_capacity,
+    sign_catalogue,
+)
+from keys.catalogue import LABEL as CATALOGUE_LABEL
 from keys.checkpoint import (
     COSIGNATURE_TYPE,
     ED25519_TYPE,
@@ -1930,6 +1940,290 @@ def decision_vectors() -> Iterator[tuple[str, str]]:
         yield f"decision-{name}", render(header, data)
 
 
+# --- service catalogues and capacity records (§8.8) -------------------------------------------
+#
+# catalogue-*: the bytes are a signed catalogue file; the verifier's directory lists `agency`
+#     with `roles` and one signing key, `signer_ed25519_public`, with the `key_*` validity
+#     fields; `current` is base64 of the last catalogue it accepted from that agency (or
+#     none); `now`. When ok: `version`, `services` (the service ids, comma-separated).
+# capacity-*: the bytes are a signed capacity record, judged against `catalogue` (base64 of
+#     the provider's signed catalogue, which verifies) and `last_seq` (or none), with the
+#     same directory and `now`. When ok: every member by name.
+
+SHELTER_CATALOGUE = Catalogue(
+    agency="shelter",
+    version=3,
+    expires=NOW + 30 * DAY,
+    services=(
+        Service(
+            service_id=fixed("service 1")[:8].hex(),
+            type="shelter",
+            languages=("en", "lt", "ro"),
+            suitable_for=("children", "families", "women"),
+            accessibility=("step_free",),
+            regions=("LT-VL",),
+            capacity_unit="places",
+        ),
+        Service(
+            service_id=fixed("service 2")[:8].hex(),
+            type="psychological",
+            languages=("en", "lt"),
+            suitable_for=("men", "women"),
+            accessibility=(),
+            regions=("LT",),
+            capacity_unit="sessions",
+        ),
+    ),
+)
+SHELTER_CATALOGUE_FILE = sign_catalogue(SHELTER_CATALOGUE, SHELTER_SIGN)
+
+
+def _catalogue_file(doc: Any, label: bytes = CATALOGUE_LABEL) -> bytes:
+    """`doc` as the signed part, signed by the shelter under `label` (no checks)."""
+    signed = canonical_json(doc)
+    sig = SHELTER_SIGN.sign(label + b"\x00" + signed).signature
+    kid = signing_kid(SHELTER_SIGN.verify_key)
+    return canonical_json({"signatures": [{"keyid": kid, "sig": b64(sig)}], "signed": doc})
+
+
+def _catalogue_vectors() -> list[tuple[str, str, str, tuple[str, ...], bytes | None, bytes]]:
+    """(name, comment, expect, the agency's roles, current, bytes)."""
+    doc = json.loads(encode_catalogue(SHELTER_CATALOGUE))
+    v4 = dataclasses.replace(SHELTER_CATALOGUE, version=4)
+    changed = json.loads(encode_catalogue(SHELTER_CATALOGUE))
+    changed["services"][0]["languages"] = ["en"]
+    unsorted = json.loads(encode_catalogue(SHELTER_CATALOGUE))
+    unsorted["services"][0]["languages"] = ["ro", "en", "lt"]
+    address = json.loads(encode_catalogue(SHELTER_CATALOGUE))
+    address["services"][0]["address"] = "Street 1"
+    two = json.loads(SHELTER_CATALOGUE_FILE)
+    two["signatures"].append(two["signatures"][0])
+    tampered = json.loads(SHELTER_CATALOGUE_FILE)
+    tampered["signed"]["services"][0]["suitable_for"] = ["men"]
+    expired = dataclasses.replace(SHELTER_CATALOGUE, expires=NOW)
+    ngo = ("ngo",)
+    return [
+        (
+            "ok",
+            "version 3, two services, signed by the shelter",
+            "ok",
+            ngo,
+            None,
+            SHELTER_CATALOGUE_FILE,
+        ),
+        (
+            "ok-newer",
+            "version 4 over version 3",
+            "ok",
+            ngo,
+            SHELTER_CATALOGUE_FILE,
+            sign_catalogue(v4, SHELTER_SIGN),
+        ),
+        (
+            "ok-same-version-unchanged",
+            "version 3 again, the same content",
+            "ok",
+            ngo,
+            SHELTER_CATALOGUE_FILE,
+            SHELTER_CATALOGUE_FILE,
+        ),
+        (
+            "rolled-back",
+            "version 3 after version 4",
+            "rolled-back",
+            ngo,
+            sign_catalogue(v4, SHELTER_SIGN),
+            SHELTER_CATALOGUE_FILE,
+        ),
+        (
+            "same-version-changed",
+            "version 3 with fewer languages after version 3",
+            "rolled-back",
+            ngo,
+            SHELTER_CATALOGUE_FILE,
+            _catalogue_file(changed),
+        ),
+        (
+            "expired",
+            "expires at the verifier's now",
+            "expired-metadata",
+            ngo,
+            None,
+            sign_catalogue(expired, SHELTER_SIGN),
+        ),
+        (
+            "not-a-provider",
+            "the agency holds only the police role",
+            "not-for-this-role",
+            ("police",),
+            None,
+            SHELTER_CATALOGUE_FILE,
+        ),
+        (
+            "bad-signature",
+            "suitable_for changed after signing",
+            "bad-signature",
+            ngo,
+            None,
+            canonical_json(tampered),
+        ),
+        (
+            "other-label",
+            "signed under the directory label",
+            "bad-signature",
+            ngo,
+            None,
+            _catalogue_file(doc, b"nrm/v1/directory"),
+        ),
+        (
+            "two-signatures",
+            "the one signature listed twice",
+            "malformed",
+            ngo,
+            None,
+            canonical_json(two),
+        ),
+        (
+            "languages-unsorted",
+            "languages not sorted, correctly signed",
+            "malformed",
+            ngo,
+            None,
+            _catalogue_file(unsorted),
+        ),
+        (
+            "address-member",
+            "a service with an address member, correctly signed",
+            "malformed",
+            ngo,
+            None,
+            _catalogue_file(address),
+        ),
+    ]
+
+
+def _capacity_raw(fields: list[object]) -> bytes:
+    body = codec.pack(fields)
+    sig = SHELTER_SIGN.sign(CAPACITY_LABEL + b"\x00" + body).signature
+    return codec.pack([1, body, signing_kid(SHELTER_SIGN.verify_key), sig])
+
+
+def _capacity_vectors() -> list[tuple[str, str, str, int | None, Capacity | None, bytes]]:
+    """(name, comment, expect, last_seq, the record when ok, bytes)."""
+    places = SHELTER_CATALOGUE.services[0].service_id
+    record = Capacity("shelter", places, 12, 3, 20, NOW - 60, NOW + 1800)
+
+    def raw(**changes: object) -> bytes:
+        values = {n: getattr(record, n) for n in Capacity.WIRE.fields} | changes
+        return _capacity_raw([1, *values.values()])
+
+    flipped = bytearray(sign_capacity(record, SHELTER_SIGN))
+    flipped[-1] ^= 1
+    return [
+        (
+            "ok",
+            "3 of 20 places free, seq 12 after 11",
+            "ok",
+            11,
+            record,
+            sign_capacity(record, SHELTER_SIGN),
+        ),
+        (
+            "ok-first",
+            "the first record seen of the service",
+            "ok",
+            None,
+            record,
+            sign_capacity(record, SHELTER_SIGN),
+        ),
+        (
+            "seq-not-above",
+            "seq 12 again",
+            "rolled-back",
+            12,
+            None,
+            sign_capacity(record, SHELTER_SIGN),
+        ),
+        (
+            "expired",
+            "expired a second before now",
+            "expired",
+            11,
+            None,
+            sign_capacity(
+                dataclasses.replace(record, as_of=NOW - 600, expires=NOW - 1), SHELTER_SIGN
+            ),
+        ),
+        (
+            "free-above-total",
+            "21 free of 20, correctly signed",
+            "malformed",
+            11,
+            None,
+            raw(free=21),
+        ),
+        (
+            "long-lived",
+            "expires 3601 s after as_of, correctly signed",
+            "malformed",
+            11,
+            None,
+            raw(expires=NOW - 60 + 3601),
+        ),
+        (
+            "unknown-service",
+            "a service id not in the catalogue",
+            "unexpected",
+            11,
+            None,
+            raw(service_id="0" * 16),
+        ),
+        ("bad-signature", "last signature byte flipped", "bad-signature", 11, None, bytes(flipped)),
+    ]
+
+
+def _provider_key() -> list[tuple[str, object]]:
+    return [
+        ("agency", "shelter"),
+        ("signer_ed25519_public", bytes(SHELTER_SIGN.verify_key)),
+        ("key_valid_from", CREATED),
+        ("key_valid_until", None),
+        ("key_status", "active"),
+        ("key_revoked_at", None),
+        ("now", NOW),
+    ]
+
+
+def catalogue_vectors() -> Iterator[tuple[str, str]]:
+    for name, comment, expect, roles, current, data in _catalogue_vectors():
+        header: list[tuple[str, object]] = [
+            ("expect", expect),
+            ("comment", comment),
+            *_provider_key(),
+            ("roles", ",".join(roles)),
+            ("current", None if current is None else b64(current)),
+        ]
+        if expect == "ok":
+            signed = json.loads(data)["signed"]
+            header += [
+                ("version", signed["version"]),
+                ("services", ",".join(s["service_id"] for s in signed["services"])),
+            ]
+        yield f"catalogue-{name}", render(header, data)
+    for name, comment, expect, last_seq, record, data in _capacity_vectors():
+        header = [
+            ("expect", expect),
+            ("comment", comment),
+            *_provider_key(),
+            ("roles", "ngo"),
+            ("catalogue", b64(SHELTER_CATALOGUE_FILE)),
+            ("last_seq", last_seq),
+        ]
+        if record is not None:
+            header += [(n, getattr(record, n)) for n in Capacity.WIRE.fields]
+        yield f"capacity-{name}", render(header, data)
+
+
 #: Every family: (file name prefix, generator of (name, text)).
 FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("canonical-json-", canonical_json_vectors),
@@ -1943,6 +2237,7 @@ FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("kid-", kid_vectors),
     ("identity-", identity_vectors),
     ("decision-", decision_vectors),
+    ("catalogue-", catalogue_vectors),
 ]
 #: Every file name prefix written here (for removing stale files).
 PREFIXES = (
@@ -1961,4 +2256,6 @@ PREFIXES = (
     "kid-",
     "identity-",
     "decision-",
+    "catalogue-",
+    "capacity-",
 )
