@@ -153,6 +153,13 @@ def check(
         problem = R.basis_problem(checked.referral, policy=policy, sender_roles=sender_roles)
         if problem is not None:  # codes only: the basis and the sender's roles
             raise UnlawfulBasisError(problem)
+        known = sorted(r for r in roles if r in R.ROLE_CATEGORIES)
+        allowed = R.categories_for(known, child=checked.referral.is_child, policy=policy)
+        if set(R.categories_present(checked.referral.body)) - allowed:
+            raise CategoryNotAllowedError(
+                "a child's identity reaches only the roles of the national policy's "
+                "child_identity_roles"
+            )
     return checked
 
 

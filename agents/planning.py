@@ -113,7 +113,8 @@ def plan(
                 problems += e.problems
                 only_coverage = False
                 continue
-        body = R.minimise(body, R.categories_for_roles(its_roles))
+        allowed = R.categories_for(its_roles, child=referral.is_child, policy=policy)
+        body = R.minimise(body, allowed)
         if receipt is not None:
             problems += _uncovered(receipt, referral, recipient, its_roles, body, now)
         withheld = tuple(sorted(set(referral.body) - set(body)))

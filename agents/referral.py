@@ -44,6 +44,7 @@ __all__ = [
     "ReferralInvalid",
     "anonymise",
     "basis_problem",
+    "categories_for",
     "categories_for_roles",
     "categories_present",
     "is_child",
@@ -279,6 +280,13 @@ ROLE_CATEGORIES: Final[Mapping[str, frozenset[str]]] = {
     # The rapporteur receives statistics contributions only, never a referral's body.
     "rapporteur": frozenset(),
 }
+
+#: The categories that identify a child or lead to one: under a national policy they go only
+#: to agencies holding a role of its `child_identity_roles` (PROTOCOL §7.11, CETS Art 11).
+CHILD_IDENTITY_CATEGORIES: Final = frozenset({"identity", "contact", "attachments"})
+#: The legal bases a child's referral relies on under a national policy: it needs no consent,
+#: and consent alone is not a basis for it (docs/proposals/nrm-process.md §6.2).
+CHILD_BASES: Final[tuple[str, ...]] = ("child_protection", "legal_obligation", "vital_interests")
 
 #: Body fields an anonymous notification may carry (`locations` reduced further, see below):
 #: coded fields only, each value from a closed list (enumerations, country and language codes).
@@ -521,11 +529,21 @@ def basis_problem(
     """Why `referral` may not rely on its legal basis, or None (PROTOCOL §7.11): under a
     national policy, a referral about an adult that is not anonymous and not under consent
     must use a basis the policy's `without_consent` opens to one of its sender's roles.
-    Without a policy (directory spec_version 1) every basis of the schema stands. The child
-    route has rules of its own. The answer names codes only, never a value of the body."""
-    if policy is None or referral.legal_basis == "consent":
+    A child's referral (a child or a disputed age) needs no consent but relies on one of
+    `CHILD_BASES`, never on consent alone (docs/proposals/nrm-process.md §6.2). Without a
+    policy (directory spec_version 1) every basis of the schema stands. The answer names
+    codes only, never a value of the body."""
+    if policy is None:
         return None
-    if referral.referral_type == "anonymous_notification" or referral.is_child:
+    if referral.is_child:
+        if referral.legal_basis in CHILD_BASES:
+            return None
+        return (
+            f"a child's referral (age_category {referral.body.get('age_category')}) relies on "
+            f"{', '.join(CHILD_BASES)} under the national policy, never on "
+            f"{referral.legal_basis} alone; a consent receipt may still be cited"
+        )
+    if referral.legal_basis == "consent" or referral.referral_type == "anonymous_notification":
         return None
     roles = tuple(sorted(sender_roles))
     if policy.may_skip_consent(roles, referral.legal_basis):
@@ -535,6 +553,19 @@ def basis_problem(
         f"roles {', '.join(roles) or '(none)'} under the national policy (without_consent); "
         "refer under consent"
     )
+
+
+def categories_for(
+    roles: Iterable[str], *, child: bool, policy: Policy | None
+) -> frozenset[str]:
+    """The categories an agency holding `roles` may receive of one referral: its roles'
+    union, and for a child under a national policy not `CHILD_IDENTITY_CATEGORIES` unless
+    one of the roles is in the policy's `child_identity_roles` (CETS Art 11)."""
+    roles = tuple(roles)
+    allowed = categories_for_roles(roles)
+    if child and policy is not None and not set(roles) & set(policy.child_identity_roles):
+        allowed -= CHILD_IDENTITY_CATEGORIES
+    return allowed
 
 
 def is_child(body: Mapping[str, Any]) -> bool:

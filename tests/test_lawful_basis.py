@@ -1,6 +1,8 @@
 """A legal basis other than consent, for an adult, only where the national policy opens it
-to the sender's roles (PROTOCOL §7.11, §8.2 step 2, §6.4 `unlawful-basis`): refused by the
-sender with 422, and by the receiver when a sender's software does not refuse it."""
+to the sender's roles, and for a child only a child basis (PROTOCOL §7.11, §8.2 step 2, §6.4
+`unlawful-basis`): refused by the sender with 422, and by the receiver when a sender's
+software does not refuse it. Under a policy a child's identity reaches only the policy's
+child_identity_roles (CETS Art 11)."""
 
 from __future__ import annotations
 
@@ -33,9 +35,14 @@ POLICY = Policy(country="LT", without_consent={"coordinator": ("public_task",)})
         ({}, None, ("police",), POLICY, True),
         ({}, None, ("coordinator",), POLICY, False),
         ({"legal_basis": "legal_obligation"}, None, ("coordinator",), POLICY, True),
-        ({}, CHILD, ("police",), POLICY, False),  # the child route has rules of its own
+        # The child route has rules of its own: no consent needed, but a child basis.
+        ({"legal_basis": "child_protection"}, CHILD, ("police",), POLICY, False),
+        ({"legal_basis": "vital_interests"}, CHILD, ("ngo",), POLICY, False),
+        ({}, CHILD, ("coordinator",), POLICY, True),  # public_task: not a child basis
+        ({}, CHILD, ("police",), None, False),  # no policy: today's rule
     ],
-    ids=["no-policy", "police", "coordinator", "other-basis", "child"],
+    ids=["no-policy", "police", "coordinator", "other-basis", "child", "child-vital",
+         "child-public-task", "child-no-policy"],
 )  # fmt: skip
 def test_the_rule(
     routing: dict[str, str],
@@ -48,7 +55,8 @@ def test_the_rule(
     problem = R.basis_problem(referral, policy=policy, sender_roles=roles)
     assert (problem is not None) == refused
     if problem is not None:
-        assert "without_consent" in problem and "Mira" not in problem
+        assert referral.legal_basis in problem and "Mira" not in problem
+        assert ("child" if referral.is_child else "without_consent") in problem
 
 
 def test_the_receiver_refuses_what_the_policy_does_not_allow() -> None:
@@ -108,3 +116,39 @@ async def test_sender_and_receiver_hold_to_the_policy(under_policy: Mechanism) -
     data = sealed(m, agency_keys(m, "police"), "shelter", "referral", message)
     await publish(m, "police", "shelter", data)
     await rejected(m, "shelter", data, "unlawful-basis")
+
+
+async def test_a_child_s_identity_reaches_only_the_child_identity_roles(
+    under_policy: Mechanism,
+) -> None:
+    """CETS Art 11 on both sides: police's referral of a child under child_protection reaches
+    the shelter (an ngo, outside the policy's child_identity_roles) without the child's
+    names or contact, and the co-ordinator with them; the same body with the names, sealed
+    by police's own keys past its agent, is refused by the shelter `category-not-allowed`."""
+    m = under_policy
+    child = {**CHILD, "safe_contact": {"method": "via_referring_agency"}}
+    document = samples.referral(child, legal_basis="child_protection")
+    sent = await m.api("police").refer(["shelter", "coordinator"], document)
+
+    async def both_have_it() -> bool:
+        for agency in ("shelter", "coordinator"):
+            if not any(i["id"] == sent for i in await m.api(agency).inbox()):
+                return False
+        return True
+
+    await eventually(both_have_it, what="the child's referral at the shelter and co-ordinator")
+    [at_shelter] = [i for i in await m.api("shelter").inbox() if i["id"] == sent]
+    [at_coordinator] = [i for i in await m.api("coordinator").inbox() if i["id"] == sent]
+    assert {"names", "safe_contact"}.isdisjoint(at_shelter["referral"]["body"])
+    assert "guardian" in at_shelter["referral"]["body"]
+    assert {"names", "safe_contact"} <= set(at_coordinator["referral"]["body"])
+
+    referral = R.validate_referral(document)
+    body = R.minimise(dict(referral.body), R.categories_for_roles(("ngo",)))
+    assert "names" in body  # what an adult's referral to an ngo may carry
+    message = canonical_json(
+        {"referral": {**referral.routing(), "referral_id": "ef" * 16, "body": body}}
+    )
+    data = sealed(m, agency_keys(m, "police"), "shelter", "referral", message)
+    await publish(m, "police", "shelter", data)
+    await rejected(m, "shelter", data, "category-not-allowed")

@@ -14,6 +14,7 @@ from agents import consent as C
 from agents import errors as E
 from agents import planning as P
 from agents import referral as R
+from keys.policy import Policy
 from runtime import clock
 from tests import samples
 
@@ -190,6 +191,35 @@ def test_child_rules() -> None:
     assert "guardian" in got.bodies["shelter"]
     assert "guardian" not in got.bodies["police2"]
     assert "guardian" in got.deliveries[1].withheld
+
+
+def test_under_a_policy_a_child_s_identity_goes_only_to_its_child_identity_roles() -> None:
+    """CETS Art 11: the names and contact of a child reach a health service (not in the
+    policy's child_identity_roles) only without a policy; under one they are withheld from
+    it, kept for the police, and the basis must be a child basis (422 otherwise)."""
+    child = {**samples.BODY, "age_category": "age_disputed", "guardian": GUARDIAN}
+    roles = {**ROLES, "clinic": ("health",)}
+    policy = Policy(country="LT")
+
+    def planned(basis: str, under: Policy | None) -> P.Plan:
+        return P.plan(
+            P.validate(samples.referral(child, legal_basis=basis)),
+            recipients=["clinic", "police2"],
+            roles=roles,
+            consent=None,
+            now=clock.now(),
+            policy=under,
+            sender_roles=("police",),
+        )
+
+    assert "names" in planned("child_protection", None).bodies["clinic"]
+    got = planned("child_protection", policy)
+    assert "names" not in got.bodies["clinic"] and "names" in got.deliveries[0].withheld
+    assert "health_needs" in got.bodies["clinic"]
+    assert "names" in got.bodies["police2"] and "safe_contact" in got.bodies["police2"]
+    with pytest.raises(E.BasisNotAllowed) as refused:
+        planned("public_task", policy)
+    assert "child_protection" in refused.value.detail and "Mira" not in refused.value.detail
 
 
 def test_every_problem_is_reported_at_once_in_order() -> None:

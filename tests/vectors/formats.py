@@ -1175,21 +1175,78 @@ _PUBLIC_TASK_REFERRAL = canonical_json(
 )
 
 
-def _basis_vectors() -> list[tuple[str, str, str, str]]:
-    """body-referral-*basis*: also `sender_roles` (comma-separated) and `policy` (base64 of
-    the canonical JSON of the directory's policy, §7.11)."""
+def _child_referral(legal_basis: str, keep: tuple[str, ...]) -> bytes:
+    """The demo's referral about a child (a guardian named), under `legal_basis`, its body
+    cut to the fields `keep` (as a sender minimises it for one recipient)."""
+    doc = examples.referral(created="2026-01-01T00:00:00Z")
+    body = {
+        **doc["body"],
+        "age_category": "child",
+        "guardian": {"guardian_type": "local_authority"},
+    }
+    routing = {"legal_basis": legal_basis}
+    if legal_basis == "consent":
+        routing["consent_receipt_id"] = RECEIPT_DOC["receipt_id"]
+    return canonical_json(
+        {
+            "referral": {
+                **doc,
+                **routing,
+                "referral_id": fixed("child referral")[:16].hex(),
+                "body": {k: v for k, v in body.items() if k in keep},
+            }
+        }
+    )
+
+
+#: What a health service may receive of the child's referral (its roles' categories).
+_HEALTH_FIELDS = ("age_category", "names", "languages", "health_needs", "requested_services")
+
+
+def _basis_vectors() -> list[tuple[str, str, str, str, str, bytes]]:
+    """body-referral-*basis*, body-referral-child-*: also `sender_roles` (comma-separated) and
+    `policy` (base64 of the canonical JSON of the directory's policy, §7.11).
+    (name, comment, receiver roles, sender roles, expect, body)."""
     return [
         (
             "referral-lawful-basis",
             "public_task for an adult from a competent authority, which the policy allows",
+            "coordinator",
             "competent-authority,police",
             "ok",
+            _PUBLIC_TASK_REFERRAL,
         ),
         (
             "referral-unlawful-basis",
             "public_task for an adult from police, which the policy does not open to it",
+            "coordinator",
             "police",
             "unlawful-basis",
+            _PUBLIC_TASK_REFERRAL,
+        ),
+        (
+            "referral-child-consent-alone",
+            "a child's referral under consent alone, which is no child basis",
+            "coordinator",
+            "police",
+            "unlawful-basis",
+            _child_referral("consent", (*examples.referral()["body"], "guardian")),
+        ),
+        (
+            "referral-child-identity-to-health",
+            "a child's names to a health service, outside the policy's child_identity_roles",
+            "health",
+            "police",
+            "category-not-allowed",
+            _child_referral("child_protection", _HEALTH_FIELDS),
+        ),
+        (
+            "referral-child-without-identity-to-health",
+            "the same child's referral to a health service without names",
+            "health",
+            "police",
+            "ok",
+            _child_referral("child_protection", tuple(f for f in _HEALTH_FIELDS if f != "names")),
         ),
     ]
 
@@ -1317,16 +1374,16 @@ def message_vectors() -> Iterator[tuple[str, str]]:
     for name, comment, kind, roles, expect, data in _body_vectors():
         header = [("expect", expect), ("comment", comment), ("kind", kind), ("roles", roles)]
         yield f"body-{name}", render(header, data)
-    for name, comment, sender_roles, expect in _basis_vectors():
+    for name, comment, roles, sender_roles, expect, data in _basis_vectors():
         header = [
             ("expect", expect),
             ("comment", comment),
             ("kind", "referral"),
-            ("roles", "coordinator"),
+            ("roles", roles),
             ("sender_roles", sender_roles),
             ("policy", b64(canonical_json(policy_doc(POLICY)))),
         ]
-        yield f"body-{name}", render(header, _PUBLIC_TASK_REFERRAL)
+        yield f"body-{name}", render(header, data)
 
 
 # --- key files (§3.1, §3.5) -------------------------------------------------------------------
