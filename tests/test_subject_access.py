@@ -1,0 +1,141 @@
+"""The subject access report (POST /v1/subject-access, docs/proposals/nrm-process.md §11.3):
+per referral this agency sent and per recipient, what was sent and every read the ledger
+recorded, verified in a checkpoint the agent checked; an id it did not send is unknown; bad
+bodies are problems; without the ledger there is no report."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents import referral as R
+from agents.subject_access import ONWARD
+
+from . import samples
+from .support import Mechanism, eventually
+from .test_access import move_clock
+from .test_agent import delivered
+
+
+async def report(m: Mechanism, agency: str, ids: list[str]) -> tuple[int, Any, str]:
+    return await m.api(agency).call("POST", "/v1/subject-access", json={"referral_ids": ids})
+
+
+async def test_the_report_shows_each_recipient_and_the_reads_of_each(
+    mechanism: Mechanism, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A police referral to the shelter and the co-ordinator, read once by the shelter: the
+    police's report names both recipients with the categories each was sent, the shelter's
+    read with its client and categories, none for the co-ordinator; an id the police did
+    not send (one the shelter holds, received from the police) is unknown, and the ledger
+    is not needed for it."""
+    m = mechanism
+    document = samples.referral()
+    rid = await m.api("police").refer(["shelter", "coordinator"], document)
+    await delivered(m, "police", rid)
+    status, body, _ = await m.api("shelter").call("GET", f"/v1/referrals/{rid}?sender=police")
+    assert status == 200
+    read = sorted({R.FIELD_CATEGORY[f] for f in body["referral"]["body"]})
+    move_clock(monkeypatch, tmp_path, m.agents["shelter"].limits.access_coalesce_seconds)
+    assert m.agents["shelter"].access.flush() in (0, 1)  # or the timers loop signed it
+    ledger = m.sandbox.ledger
+    assert ledger is not None
+
+    async def checked() -> bool:  # the police's agent has checked a checkpoint holding it
+        rows = ledger.store.accesses(owner="police", since=0, after=-1, limit=10)
+        cp = m.agents["police"].ledger_watch.checkpoint  # type: ignore[union-attr]
+        return len(rows) == 1 and cp is not None and cp.size > rows[0].index
+
+    await eventually(checked, what="the shelter's read in a checkpoint the police checked")
+    unknown = secrets.token_hex(16)
+    status, answer, ctype = await report(m, "police", [rid, unknown])
+    assert (status, ctype) == (200, "application/json"), answer
+    assert answer["agency"] == "police" and answer["checkpoint"]["size"] >= 1
+    known, other = answer["referrals"]
+    assert other == {"id": unknown, "known": False}
+    assert (known["id"], known["known"], known["other_accesses"]) == (rid, True, [])
+    assert known["referral_type"] == document["referral_type"]
+    shelter, coordinator = sorted(known["recipients"], key=lambda r: str(r["agency"]) != "shelter")
+    assert (shelter["agency"], coordinator["agency"]) == ("shelter", "coordinator")
+    assert shelter["categories"] == read
+    roles = m.agents["police"].trust.directory.agency("coordinator").roles  # type: ignore[union-attr]
+    body_sent = R.minimise(document["body"], R.categories_for_roles(roles))
+    assert coordinator["categories"] == sorted(R.categories_present(body_sent))
+    for copy in (shelter, coordinator):
+        assert copy["state"] == "delivered" and copy["onward"] == ONWARD
+        assert copy["sent_at"] is not None and copy["delivered_at"] >= copy["sent_at"]
+        assert copy["consent_withdrawn_at"] is None and copy["erasure_confirmed_at"] is None
+    [access] = shelter["accesses"]
+    assert {k: access[k] for k in ("client", "record", "categories", "reads")} == {
+        "client": "case-management",
+        "record": "body",
+        "categories": read,
+        "reads": 1,
+    }
+    assert coordinator["accesses"] == []
+    # The shelter holds the referral as a recipient: not one it sent, so not reportable.
+    status, answer, _ = await report(m, "shelter", [rid])
+    assert status == 200, answer
+    assert answer["referrals"] == [{"id": rid, "known": False}]
+    assert answer["checkpoint"] is None
+
+    # A ledger serving an entry other than the one in its tree: no report either.
+    [row] = ledger.store.accesses(owner="police", since=0, after=-1, limit=10)
+    leaf = bytearray(row.leaf)
+    leaf[-1] ^= 0x01  # the last byte of the event's signature
+    ledger.store._db.execute("UPDATE entries SET leaf = ? WHERE idx = ?", (bytes(leaf), row.index))
+    status, problem, ctype = await report(m, "police", [rid])
+    assert (status, ctype, problem["reason"]) == (
+        503,
+        "application/problem+json",
+        "ledger-unverified",
+    )
+
+    # Without the ledger no report, not one that looks complete; unknown ids need none.
+    await m.sandbox.stop_ledger()
+    status, problem, ctype = await report(m, "police", [rid])
+    assert (status, ctype) == (503, "application/problem+json"), problem
+    assert problem["reason"] == "ledger-unreachable"
+    assert rid not in problem["detail"]
+    status, answer, _ = await report(m, "police", [unknown])
+    assert status == 200 and answer["referrals"] == [{"id": unknown, "known": False}]
+
+
+async def test_bad_bodies_are_problems(mechanism: Mechanism) -> None:
+    """Each body that is not an object holding only a list of 1 to the limit of distinct
+    referral ids is refused with a problem naming what is wrong; the limit itself is
+    answered (every id unknown here)."""
+    api = mechanism.api("police")
+    most = mechanism.agents["police"].limits.subject_access_max_referrals
+    ids = [secrets.token_hex(16) for _ in range(most + 1)]
+    for what, body, status, named in (
+        ("no referral_ids", {}, 422, "referral_ids"),
+        ("an empty list", {"referral_ids": []}, 422, "referral_ids"),
+        ("not a list", {"referral_ids": "ab" * 16}, 422, "referral_ids"),
+        ("an id twice", {"referral_ids": ["ab" * 16, "ab" * 16]}, 422, "referral_ids"),
+        ("upper case hex", {"referral_ids": ["AB" * 16]}, 422, "referral_ids"),
+        ("a number", {"referral_ids": [7]}, 422, "referral_ids"),
+        ("one over the limit", {"referral_ids": ids}, 422, "referral_ids"),
+        ("another member", {"referral_ids": ids[:1], "person": "x"}, 422, "person"),
+        ("not an object", [ids[0]], 400, "object"),
+    ):
+        got, problem, ctype = await api.call("POST", "/v1/subject-access", json=body)
+        assert (got, ctype) == (status, "application/problem+json"), (what, problem)
+        assert named in problem["detail"], (what, problem)
+    got, _, ctype = await api.call(
+        "POST", "/v1/subject-access", data=b"{", headers={"Content-Type": "application/json"}
+    )
+    assert (got, ctype) == (400, "application/problem+json")
+    got, _, ctype = await api.call(
+        "POST", "/v1/subject-access", data=b"x", headers={"Content-Type": "text/plain"}
+    )
+    assert (got, ctype) == (415, "application/problem+json")
+    got, _, ctype = await api.call(
+        "POST", "/v1/subject-access", token="wrong", json={"referral_ids": ids[:1]}
+    )
+    assert (got, ctype) == (401, "application/problem+json")
+    got, answer, _ = await api.call("POST", "/v1/subject-access", json={"referral_ids": ids[:most]})
+    assert got == 200 and [r["known"] for r in answer["referrals"]] == [False] * most
