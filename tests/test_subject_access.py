@@ -1,11 +1,17 @@
-"""The subject access report (POST /v1/subject-access, docs/proposals/nrm-process.md §11.3):
-per referral this agency sent and per recipient, what was sent and every read the ledger
-recorded, verified in a checkpoint the agent checked; an id it did not send is unknown; bad
-bodies are problems; without the ledger there is no report."""
+"""The subject access report (POST /v1/subject-access and `nrm subject-access`,
+docs/proposals/nrm-process.md §11.3): per referral this agency sent and per recipient, what
+was sent and every read the ledger recorded, verified in a checkpoint the agent checked; an
+id it did not send is unknown; bad bodies are problems; without a ledger that answers and
+verifies there is no report."""
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import json
 import secrets
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +19,10 @@ import pytest
 
 from agents import referral as R
 from agents.subject_access import ONWARD
+from nrm.exits import EXIT_UNREACHABLE, EXIT_VERIFICATION_FAILED
 
 from . import samples
-from .support import Mechanism, eventually
+from .support import Mechanism, eventually, free_port
 from .test_access import move_clock
 from .test_agent import delivered
 
@@ -24,14 +31,44 @@ async def report(m: Mechanism, agency: str, ids: list[str]) -> tuple[int, Any, s
     return await m.api(agency).call("POST", "/v1/subject-access", json={"referral_ids": ids})
 
 
+@dataclass(frozen=True)
+class Run:
+    exit_code: int
+    output: str
+
+
+async def cli(m: Mechanism, tmp_path: Path, *args: str, url: str | None = None) -> Run:
+    """`nrm subject-access ARGS` against the police's agent (or `url`), as its own process:
+    its standard output, and its exit code."""
+    token = tmp_path / "api.token"
+    token.write_text(m.setups["police"].token)
+    where = m.agents["police"].api_url if url is None else url
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nrm",
+        "subject-access",
+        "--url",
+        where,
+        "--token-file",
+        str(token),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await process.communicate()
+    assert process.returncode is not None
+    return Run(process.returncode, out.decode())
+
+
 async def test_the_report_shows_each_recipient_and_the_reads_of_each(
     mechanism: Mechanism, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """A police referral to the shelter and the co-ordinator, read once by the shelter: the
-    police's report names both recipients with the categories each was sent, the shelter's
-    read with its client and categories, none for the co-ordinator; an id the police did
-    not send (one the shelter holds, received from the police) is unknown, and the ledger
-    is not needed for it."""
+    police's report (API and command line alike) names both recipients with the categories
+    each was sent, the shelter's read with its client and categories, none for the
+    co-ordinator; an id the police did not send (also one the shelter holds, received from
+    the police) is unknown and needs no ledger. A ledger serving an entry other than the one
+    in its tree, or none at all, gives no report (503; exit 3 and 4)."""
     m = mechanism
     document = samples.referral()
     rid = await m.api("police").refer(["shelter", "coordinator"], document)
@@ -42,11 +79,12 @@ async def test_the_report_shows_each_recipient_and_the_reads_of_each(
     move_clock(monkeypatch, tmp_path, m.agents["shelter"].limits.access_coalesce_seconds)
     assert m.agents["shelter"].access.flush() in (0, 1)  # or the timers loop signed it
     ledger = m.sandbox.ledger
-    assert ledger is not None
+    watch = m.agents["police"].ledger_watch
+    assert ledger is not None and watch is not None
 
     async def checked() -> bool:  # the police's agent has checked a checkpoint holding it
         rows = ledger.store.accesses(owner="police", since=0, after=-1, limit=10)
-        cp = m.agents["police"].ledger_watch.checkpoint  # type: ignore[union-attr]
+        cp = watch.checkpoint
         return len(rows) == 1 and cp is not None and cp.size > rows[0].index
 
     await eventually(checked, what="the shelter's read in a checkpoint the police checked")
@@ -58,12 +96,15 @@ async def test_the_report_shows_each_recipient_and_the_reads_of_each(
     assert other == {"id": unknown, "known": False}
     assert (known["id"], known["known"], known["other_accesses"]) == (rid, True, [])
     assert known["referral_type"] == document["referral_type"]
-    shelter, coordinator = sorted(known["recipients"], key=lambda r: str(r["agency"]) != "shelter")
-    assert (shelter["agency"], coordinator["agency"]) == ("shelter", "coordinator")
+    coordinator, shelter = known["recipients"]  # by agency id
+    assert (coordinator["agency"], shelter["agency"]) == ("coordinator", "shelter")
     assert shelter["categories"] == read
-    roles = m.agents["police"].trust.directory.agency("coordinator").roles  # type: ignore[union-attr]
-    body_sent = R.minimise(document["body"], R.categories_for_roles(roles))
-    assert coordinator["categories"] == sorted(R.categories_present(body_sent))
+    directory = m.agents["police"].trust.directory
+    assert directory is not None
+    allowed = R.categories_for_roles(directory.agency("coordinator").roles)
+    assert coordinator["categories"] == sorted(
+        R.categories_present(R.minimise(document["body"], allowed))
+    )
     for copy in (shelter, coordinator):
         assert copy["state"] == "delivered" and copy["onward"] == ONWARD
         assert copy["sent_at"] is not None and copy["delivered_at"] >= copy["sent_at"]
@@ -77,31 +118,52 @@ async def test_the_report_shows_each_recipient_and_the_reads_of_each(
     }
     assert coordinator["accesses"] == []
     # The shelter holds the referral as a recipient: not one it sent, so not reportable.
-    status, answer, _ = await report(m, "shelter", [rid])
-    assert status == 200, answer
-    assert answer["referrals"] == [{"id": rid, "known": False}]
-    assert answer["checkpoint"] is None
+    status, theirs, _ = await report(m, "shelter", [rid])
+    assert status == 200, theirs
+    assert theirs["referrals"] == [{"id": rid, "known": False}]
+    assert theirs["checkpoint"] is None
 
-    # A ledger serving an entry other than the one in its tree: no report either.
+    # The command line: the same report as JSON, as CSV rows for the person, as text.
+    ids = ["--referral", rid, "--referral", unknown]
+    result = await cli(m, tmp_path, *ids, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["referrals"] == answer["referrals"]
+    result = await cli(m, tmp_path, *ids, "--csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(result.output.splitlines()))
+    assert [(r["referral_id"], r["known"], r["recipient"], r["client"]) for r in rows] == [
+        (rid, "yes", "coordinator", ""),
+        (rid, "yes", "shelter", "case-management"),
+        (unknown, "no", "", ""),
+    ]
+    assert (rows[1]["categories_read"], rows[1]["reads"]) == (" ".join(read), "1")
+    result = await cli(m, tmp_path, *ids)
+    assert result.exit_code == 0, result.output
+    assert "no read recorded" in result.output and "by case-management: body" in result.output
+    assert f"referral {unknown}: not a referral police sent" in result.output
+
+    # A ledger serving an entry other than the one in its tree: no report.
     [row] = ledger.store.accesses(owner="police", since=0, after=-1, limit=10)
     leaf = bytearray(row.leaf)
     leaf[-1] ^= 0x01  # the last byte of the event's signature
     ledger.store._db.execute("UPDATE entries SET leaf = ? WHERE idx = ?", (bytes(leaf), row.index))
     status, problem, ctype = await report(m, "police", [rid])
-    assert (status, ctype, problem["reason"]) == (
-        503,
-        "application/problem+json",
-        "ledger-unverified",
-    )
+    assert (status, ctype) == (503, "application/problem+json"), problem
+    assert problem["reason"] == "ledger-unverified"
+    result = await cli(m, tmp_path, "--referral", rid)
+    assert result.exit_code == EXIT_VERIFICATION_FAILED, result.output
 
     # Without the ledger no report, not one that looks complete; unknown ids need none.
     await m.sandbox.stop_ledger()
     status, problem, ctype = await report(m, "police", [rid])
     assert (status, ctype) == (503, "application/problem+json"), problem
-    assert problem["reason"] == "ledger-unreachable"
-    assert rid not in problem["detail"]
+    assert problem["reason"] == "ledger-unreachable" and rid not in problem["detail"]
+    result = await cli(m, tmp_path, "--referral", rid)
+    assert result.exit_code == EXIT_UNREACHABLE, result.output
     status, answer, _ = await report(m, "police", [unknown])
     assert status == 200 and answer["referrals"] == [{"id": unknown, "known": False}]
+    result = await cli(m, tmp_path, "--referral", rid, url=f"http://127.0.0.1:{free_port()}")
+    assert result.exit_code == EXIT_UNREACHABLE, result.output  # no agent there
 
 
 async def test_bad_bodies_are_problems(mechanism: Mechanism) -> None:
