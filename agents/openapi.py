@@ -334,7 +334,7 @@ _SUBJECT_ACCESS = _closed(
             "description": "The ledger checkpoint every access was verified in (null: no "
             "id was known, the ledger was not asked)",
             "anyOf": [
-                _closed({"size": {"type": "integer", "minimum": 1}, "timestamp": _TIME}),
+                _closed({"size": {"type": "integer", "minimum": 0}, "timestamp": _TIME}),
                 {"type": "null"},
             ],
         },

@@ -151,6 +151,8 @@ class SubjectAccess:
         and end the walk (pages come by index)."""
         s = watch.settings
         found: dict[str, dict[str, list[Access]]] = {}
+        if cp.size == 0:
+            return found  # an empty tree proves nothing in it
         cursor: str | None = None
         async with aiohttp.ClientSession(
             headers={"Authorization": f"Bearer {s.token}"},

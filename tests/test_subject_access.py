@@ -11,6 +11,7 @@ import csv
 import json
 import secrets
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,10 @@ async def test_the_report_shows_each_recipient_and_the_reads_of_each(
         "reads": 1,
     }
     assert coordinator["accesses"] == []
+    # Walked one ledger entry a page, the report is the same.
+    m.agents["police"].subject_access.page = 1
+    status, again, _ = await report(m, "police", [rid, unknown])
+    assert (status, again["referrals"]) == (200, answer["referrals"])
     # The shelter holds the referral as a recipient: not one it sent, so not reportable.
     status, theirs, _ = await report(m, "shelter", [rid])
     assert status == 200, theirs
@@ -164,6 +169,41 @@ async def test_the_report_shows_each_recipient_and_the_reads_of_each(
     assert status == 200 and answer["referrals"] == [{"id": unknown, "known": False}]
     result = await cli(m, tmp_path, "--referral", rid, url=f"http://127.0.0.1:{free_port()}")
     assert result.exit_code == EXIT_UNREACHABLE, result.output  # no agent there
+
+
+async def test_a_withdrawn_consent_and_its_erasure_are_in_the_report(
+    mechanism: Mechanism,
+) -> None:
+    """A referral under consent whose consent the police withdrew: once the shelter confirmed
+    the erasure, the report gives both times for the shelter's copy, and no read."""
+    m = mechanism
+    receipt_id = str(uuid.uuid4())
+    status, body, _ = await m.api("police").call(
+        "POST", "/v1/consents", json=samples.consent(receipt_id)
+    )
+    assert status == 201, body
+    document = samples.referral(legal_basis="consent", consent_receipt_id=receipt_id)
+    rid = await m.api("police").refer(["shelter"], document)
+    await delivered(m, "police", rid)
+    status, body, _ = await m.api("police").call("POST", f"/v1/consents/{receipt_id}/withdraw")
+    assert status == 202, body
+
+    async def confirmed() -> bool:
+        _, consent, _ = await m.api("police").call("GET", f"/v1/consents/{receipt_id}")
+        watch = m.agents["police"].ledger_watch
+        cp = None if watch is None else watch.checkpoint
+        return consent["pending"] == [] and cp is not None and cp.size > 0
+
+    await eventually(confirmed, what="the shelter to confirm the erasure")
+    status, answer, _ = await report(m, "police", [rid])
+    assert status == 200, answer
+    [copy] = answer["referrals"][0]["recipients"]
+    _, consent, _ = await m.api("police").call("GET", f"/v1/consents/{receipt_id}")
+    [use] = consent["recipients"]
+    assert copy["consent_withdrawn_at"] == consent["withdrawn_at"] is not None
+    assert copy["erasure_confirmed_at"] == use["erasure_confirmed_at"] is not None
+    assert (copy["agency"], copy["accesses"]) == ("shelter", [])
+    assert answer["referrals"][0]["legal_basis"] == "consent"
 
 
 async def test_bad_bodies_are_problems(mechanism: Mechanism) -> None:
