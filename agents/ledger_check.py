@@ -188,6 +188,11 @@ class LedgerWatch:
             "events_confirmed": self.confirmed,
         }
 
+    def alert(self, reason: str, **ids: Any) -> None:
+        """Raise an alert about a ledger answer checked outside the watch's rounds (the
+        proofs of a subject access report, agents/subject_access.py)."""
+        self._alert(reason, **ids)
+
     def _alert(self, reason: str, event_id: str | None = None, **ids: Any) -> None:
         self.store.raise_alert(reason, event_id)
         self.on_alert(reason)

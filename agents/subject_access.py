@@ -29,7 +29,6 @@ import structlog
 from keys import UntrustedInputError
 from keys.audit import decode_signed_event
 from keys.checkpoint import Checkpoint
-from keys.errors import MalformedError
 
 from .access import KIND
 from .errors import LedgerUnavailable
@@ -136,7 +135,10 @@ class SubjectAccess:
                 "the ledger cannot be reached: no report", reason="ledger-unreachable"
             ) from e
         except (UntrustedInputError, KeyError, TypeError, ValueError) as e:
-            log.error("subject_access_ledger_unverified", error=type(e).__name__)
+            # As the watch's own checks would: a proof that fails, or an answer of the wrong
+            # shape, is the ledger not doing its job (docs/RUNBOOK.md, ledger alerts).
+            proof = isinstance(e, UntrustedInputError)
+            watch.alert("bad-inclusion-proof" if proof else "bad-ledger-answer", where="accesses")
             raise LedgerUnavailable(
                 "the ledger's access records do not verify against its checkpoint: no report",
                 reason="ledger-unverified",
@@ -171,7 +173,7 @@ class SubjectAccess:
                         return found
                     event = decode_signed_event(proved_entry(item, cp).signed_event)[0]
                     if event.kind != KIND or event.counterpart != self.agency:
-                        raise MalformedError("GET /v1/accesses answered another entry")
+                        raise ValueError("GET /v1/accesses answered another kind of entry")
                     rid = event.referral_id
                     if rid is not None and rid in wanted:
                         labels = dict(event.labels)

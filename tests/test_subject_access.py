@@ -69,7 +69,7 @@ async def test_the_report_shows_each_recipient_and_the_reads_of_each(
     each was sent, the shelter's read with its client and categories, none for the
     co-ordinator; an id the police did not send (also one the shelter holds, received from
     the police) is unknown and needs no ledger. A ledger serving an entry other than the one
-    in its tree, or none at all, gives no report (503; exit 3 and 4)."""
+    in its tree (a ledger alert too), or none at all, gives no report (503; exit 3 and 4)."""
     m = mechanism
     document = samples.referral()
     rid = await m.api("police").refer(["shelter", "coordinator"], document)
@@ -155,6 +155,8 @@ async def test_the_report_shows_each_recipient_and_the_reads_of_each(
     status, problem, ctype = await report(m, "police", [rid])
     assert (status, ctype) == (503, "application/problem+json"), problem
     assert problem["reason"] == "ledger-unverified"
+    health = m.agents["police"].health()["ledger"]
+    assert (health["status"], health["last_alert"]) == ("alert", "bad-inclusion-proof")
     result = await cli(m, tmp_path, "--referral", rid)
     assert result.exit_code == EXIT_VERIFICATION_FAILED, result.output
 
