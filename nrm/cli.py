@@ -1634,6 +1634,25 @@ def _source(f: Callable[..., None]) -> Callable[..., None]:
     return f
 
 
+def _check_plain_http(url: str, *, what: str, allowed: bool) -> None:
+    """A usage error for an http:// `url` beyond loopback unless --allow-plain-http."""
+    try:
+        check_plain_http_url(url, what=what, allowed=allowed, how="--allow-plain-http")
+    except PlainHttpError as e:
+        raise click.UsageError(str(e)) from e
+
+
+def _bearer_token(token_file: Path | None, *, env: str) -> str:
+    """The token in `token_file`, else in the environment variable `env` (a usage error if
+    neither gives one)."""
+    if token_file is not None:
+        return token_file.read_text(encoding="utf-8").strip()
+    token = os.environ.get(env, "")
+    if not token:
+        raise click.UsageError(f"give --token-file or set {env}")
+    return token
+
+
 def _load(
     ledger_url: str | None, ledger_ca: Path | None, db: Path | None, token_file: Path | None
 ) -> LedgerCopy:
@@ -1650,22 +1669,12 @@ def _load(
         raise click.UsageError("--ledger-ca goes with an https:// --ledger URL")
     if ledger_url is not None:
         allowed = bool(click.get_current_context().meta.get("nrm.allow_plain_http"))
-        try:
-            check_plain_http_url(
-                ledger_url, what="--ledger", allowed=allowed, how="--allow-plain-http"
-            )
-        except PlainHttpError as e:
-            raise click.UsageError(str(e)) from e
+        _check_plain_http(ledger_url, what="--ledger", allowed=allowed)
     try:
         if db is not None:
             return from_database(db)
         assert ledger_url is not None
-        if token_file is not None:
-            token = token_file.read_text(encoding="utf-8").strip()
-        else:
-            token = os.environ.get("NRM_AUDITOR_TOKEN", "")
-            if not token:
-                raise click.UsageError("give --token-file or set NRM_AUDITOR_TOKEN")
+        token = _bearer_token(token_file, env="NRM_AUDITOR_TOKEN")
         return asyncio.run(from_http(ledger_url, token, ca_file=ledger_ca))
     except (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch) as e:
         raise click.ClickException(f"could not read the ledger: {e}") from e
@@ -1897,8 +1906,6 @@ def subject_access(
     be reached (docs/RUNBOOK.md "Answer a subject access request")."""
     import re
 
-    from runtime.tls import url_host
-
     from . import subject_access as report
 
     if as_csv and as_json:
@@ -1917,20 +1924,9 @@ def subject_access(
             raise click.ClickException(str(e)) from e
         if config.api_port == 0:
             raise click.UsageError("agent.toml binds its API to port 0: give --url")
-        anywhere = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 (bind addresses)
-        host = anywhere.get(config.api_host, config.api_host)
-        scheme = "http" if config.api_tls is None else "https"
-        url = f"{scheme}://{url_host(host)}:{config.api_port}"
-    try:
-        check_plain_http_url(url, what="--url", allowed=allow_plain_http, how="--allow-plain-http")
-    except PlainHttpError as e:
-        raise click.UsageError(str(e)) from e
-    if token_file is not None:
-        token = token_file.read_text(encoding="utf-8").strip()
-    else:
-        token = os.environ.get("NRM_API_TOKEN", "")
-        if not token:
-            raise click.UsageError("give --token-file or set NRM_API_TOKEN")
+        url = report.api_url(config)
+    _check_plain_http(url, what="--url", allowed=allow_plain_http)
+    token = _bearer_token(token_file, env="NRM_API_TOKEN")
     answer = asyncio.run(
         report.fetch(url, token, list(dict.fromkeys(referral_ids)), ca_file=ca_file)
     )

@@ -12,7 +12,8 @@ from typing import Any
 
 import aiohttp
 
-from runtime.tls import client_context
+from agents import AgentConfig
+from runtime.tls import client_context, url_host
 
 from .exits import Failed, Unreachable, VerificationFailed
 from .show import when
@@ -42,6 +43,15 @@ _LEDGER_FAILURES = {
     "ledger-unreachable": Unreachable,
     "no-checkpoint": Unreachable,
 }
+
+
+def api_url(config: AgentConfig) -> str:
+    """Where the agent of `config` answers: its `[api] bind` address (loopback for a bind to
+    every address), https:// when it serves TLS."""
+    anywhere = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 (bind addresses)
+    host = anywhere.get(config.api_host, config.api_host)
+    scheme = "http" if config.api_tls is None else "https"
+    return f"{scheme}://{url_host(host)}:{config.api_port}"
 
 
 async def fetch(url: str, token: str, referral_ids: Sequence[str], *, ca_file: Path | None) -> Any:

@@ -39,18 +39,17 @@ class Run:
 
 
 async def cli(m: Mechanism, tmp_path: Path, *args: str, url: str | None = None) -> Run:
-    """`nrm subject-access ARGS` against the police's agent (or `url`), as its own process:
-    its standard output, and its exit code."""
+    """`nrm subject-access ARGS` against the police's agent (or `url`; none if ARGS name a
+    --config), as its own process: its standard output, and its exit code."""
     token = tmp_path / "api.token"
     token.write_text(m.setups["police"].token)
-    where = m.agents["police"].api_url if url is None else url
+    where = [] if "--config" in args else ["--url", url or m.agents["police"].api_url]
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "nrm",
         "subject-access",
-        "--url",
-        where,
+        *where,
         "--token-file",
         str(token),
         *args,
@@ -142,7 +141,14 @@ async def test_the_report_shows_each_recipient_and_the_reads_of_each(
         (unknown, "no", "", ""),
     ]
     assert (rows[1]["categories_read"], rows[1]["reads"]) == (" ".join(read), "1")
-    result = await cli(m, tmp_path, *ids)
+    # Found from agent.toml (one with the port the agent listens on: the sandbox's binds 0).
+    config = m.setups["police"].config_path
+    bound = config.with_name("agent-bound.toml")
+    port = m.agents["police"].api_port
+    bound.write_text(config.read_text().replace('"127.0.0.1:0"', f'"127.0.0.1:{port}"'))
+    result = await cli(m, tmp_path, *ids, "--config", str(config))
+    assert result.exit_code == 2  # port 0: where the agent listens is not in it
+    result = await cli(m, tmp_path, *ids, "--config", str(bound))
     assert result.exit_code == 0, result.output
     assert "no read recorded" in result.output and "by case-management: body" in result.output
     assert f"referral {unknown}: not a referral police sent" in result.output
