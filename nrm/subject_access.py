@@ -36,6 +36,9 @@ CSV_COLUMNS = (
     "categories_read",
     "reads",
 )
+#: How long the command waits for the report: the agent walks every access record of this
+#: agency's referrals since the oldest named one was made, a ledger page at a time.
+REPORT_SECONDS = 600
 #: The agent's 503 reasons and the exit code each ends with (nrm/exits.py): a ledger that
 #: does not verify is a verification failure, one not reached (yet) may answer later.
 _LEDGER_FAILURES = {
@@ -60,7 +63,7 @@ async def fetch(url: str, token: str, referral_ids: Sequence[str], *, ca_file: P
     connector = aiohttp.TCPConnector(ssl=True if ca_file is None else client_context(ca_file))
     async with (
         aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=120)
+            connector=connector, timeout=aiohttp.ClientTimeout(total=REPORT_SECONDS)
         ) as http,
         http.post(
             f"{url.rstrip('/')}/v1/subject-access",
