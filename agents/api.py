@@ -43,6 +43,7 @@ from .subject_access import SubjectAccess
 
 #: A case system's own reference for a referral it submits (sender-local, never sent).
 CLIENT_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}")
+#: A referral id as its sending agent makes it (PROTOCOL.md §6.1): 32 lowercase hex digits.
 REFERRAL_ID = re.compile(r"[0-9a-f]{32}")
 #: The Idempotency-Key header as the OpenAPI document states it.
 IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN.strip("^$"))
