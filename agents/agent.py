@@ -71,6 +71,7 @@ from .resend import RESEND_REQUEST, Resender
 from .retention import Retention
 from .standing import StandingGuard
 from .store import OutgoingMessage, Received, Store
+from .subject_access import SubjectAccess
 from .transport import Position, Transport, Verdict
 from .trust import TrustState
 from .webhooks import WebhookSender
@@ -217,6 +218,13 @@ class Agent:
                 directory_wanted=lambda: self.transport.link.state == "refused",
                 offer_directory=self.on_directory,
             )
+        )
+        self.subject_access = SubjectAccess(
+            agency=config.agency,
+            store=self.store,
+            watch=self.ledger_watch,
+            page=self.limits.ledger_proof_batch,
+            skew=self.limits.clock_skew_seconds,
         )
         self.webhooks = (
             WebhookSender(self.store, targets=config.webhooks, supervisor=self.supervisor)

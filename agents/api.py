@@ -39,9 +39,12 @@ from .lifecycle import REASON_CODES
 from .openapi import IDEMPOTENCY_KEY_PATTERN, MAX_CURSOR, MAX_SINCE, document
 from .retention import Retention
 from .store import STATUS_ORDER, Store
+from .subject_access import SubjectAccess
 
 #: A case system's own reference for a referral it submits (sender-local, never sent).
 CLIENT_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}")
+#: A referral id as its sending agent makes it (PROTOCOL.md §6.1): 32 lowercase hex digits.
+REFERRAL_ID = re.compile(r"[0-9a-f]{32}")
 #: The Idempotency-Key header as the OpenAPI document states it.
 IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN.strip("^$"))
 
@@ -83,6 +86,7 @@ class Backend(Protocol):
     attachments: Attachments
     limits: Limits
     retention: Retention
+    subject_access: SubjectAccess
 
     def submit_referral(
         self,
@@ -154,6 +158,7 @@ def make_app(
     r.add_post("/v1/consents", record_consent)
     r.add_get("/v1/consents/{id}", get_consent)
     r.add_post("/v1/consents/{id}/withdraw", withdraw_consent)
+    r.add_post("/v1/subject-access", subject_access)
     return app
 
 
@@ -281,7 +286,11 @@ async def openapi(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     limits = request.app[BACKEND].limits
     return web.json_response(
-        document(max_page_size=settings.max_page_size, max_recipients=limits.max_recipients)
+        document(
+            max_page_size=settings.max_page_size,
+            max_recipients=limits.max_recipients,
+            max_subject_access=limits.subject_access_max_referrals,
+        )
     )
 
 
@@ -573,6 +582,30 @@ async def withdraw_consent(request: web.Request) -> web.Response:
         "act",
         lambda doc: (202, request.app[BACKEND].desk.withdraw(request.match_info["id"])),
     )
+
+
+async def subject_access(request: web.Request) -> web.Response:
+    """The subject access report on referrals this agency sent (agents/subject_access.py).
+    A query sent as POST for its length: it changes nothing, so Idempotency-Key is moot."""
+    _need(request, "read")
+    backend = request.app[BACKEND]
+    doc = _json_object(request, await request.read())
+    _only(doc, {"referral_ids"})
+    ids = doc.get("referral_ids")
+    most = backend.limits.subject_access_max_referrals
+    if (
+        not isinstance(ids, list)
+        or not 1 <= len(ids) <= most
+        or not all(isinstance(i, str) and REFERRAL_ID.fullmatch(i) for i in ids)
+        or len(set(ids)) != len(ids)
+    ):
+        raise ProblemError(
+            422,
+            UNPROCESSABLE,
+            f"referral_ids must list 1 to {most} distinct referral ids (32 lowercase hex digits)",
+            problems=["/referral_ids: not a list of distinct referral ids"],
+        )
+    return web.json_response(await backend.subject_access.report(ids))
 
 
 async def upload_attachment(request: web.Request) -> web.Response:

@@ -203,6 +203,7 @@ class Desk:
                         created=now,
                         expires=expires,
                         client_reference=client_reference,
+                        categories=frozenset(R.categories_present(body)),
                     ),
                 )
                 self._history(

@@ -126,3 +126,12 @@ class StandingRefusal(Unavailable):
 
     def __init__(self, detail: str, *, reason: str) -> None:
         super().__init__(detail, reason=reason)
+
+
+class LedgerUnavailable(Unavailable):
+    """No answer from the ledger that verifies (`reason`: no-ledger, no-checkpoint,
+    ledger-unreachable, ledger-refused, ledger-unverified): what needs it is not answered
+    at all, never in part."""
+
+    def __init__(self, detail: str, *, reason: str) -> None:
+        super().__init__(detail, reason=reason)

@@ -23,7 +23,7 @@ import asyncio
 import base64
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from keys import DEFAULT_LIMITS, PublicIdentity, UntrustedInputError
 from keys.audit import decode_signed_event
 from keys.checkpoint import Checkpoint, ledger_origin, verify_checkpoint
 from keys.directory import Directory
-from keys.errors import RetiredKeyError, RevokedKeyError, UnknownKeyError
+from keys.errors import MalformedError, RetiredKeyError, RevokedKeyError, UnknownKeyError
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import leaf_hash, verify_consistency, verify_inclusion
 from keys.subjects import DIRECTORY_KEY
@@ -118,6 +118,28 @@ async def _offer_nowhere(key: str, value: bytes) -> None:
     """The default `offer_directory`: nobody to offer it to."""
 
 
+def proved_entry(item: Mapping[str, Any], cp: Checkpoint) -> LedgerEntry:
+    """The entry of one proved item of a ledger answer (POST /v1/proofs, GET /v1/accesses
+    with a size) once its leaf is verified inside checkpoint `cp` at the item's index;
+    else UntrustedInputError (KeyError, TypeError, ValueError: an item of the wrong
+    shape)."""
+    index = item["index"]
+    if type(index) is not int or not 0 <= index < cp.size:
+        raise MalformedError("a proved entry's index must lie inside the checkpoint")
+    leaf = base64.b64decode(item["leaf"], validate=True)
+    entry = LedgerEntry.decode(leaf)
+    if entry.index != index:
+        raise MalformedError("a ledger entry must hold the index it is served at")
+    verify_inclusion(
+        leaf_hash=leaf_hash(leaf),
+        index=index,
+        size=cp.size,
+        proof=[bytes.fromhex(h) for h in item.get("proof", ())],
+        root=cp.root,
+    )
+    return entry
+
+
 @dataclass
 class LedgerWatch:
     settings: LedgerSettings
@@ -165,6 +187,11 @@ class LedgerWatch:
             "checkpoint_size": None if self.checkpoint is None else self.checkpoint.size,
             "events_confirmed": self.confirmed,
         }
+
+    def alert(self, reason: str, **ids: Any) -> None:
+        """Raise an alert about a ledger answer checked outside the watch's rounds (the
+        proofs of a subject access report, agents/subject_access.py)."""
+        self._alert(reason, **ids)
 
     def _alert(self, reason: str, event_id: str | None = None, **ids: Any) -> None:
         self.store.raise_alert(reason, event_id)
@@ -300,20 +327,12 @@ class LedgerWatch:
             if index >= cp.size:
                 continue  # appended after this checkpoint: next round
             try:
-                leaf = base64.b64decode(item["leaf"], validate=True)
-                entry = LedgerEntry.decode(leaf)
-                if entry.signed_event != event or entry.index != index:
-                    self._alert_once("altered-event", event_id, index=index)
-                    continue
-                verify_inclusion(
-                    leaf_hash=leaf_hash(leaf),
-                    index=index,
-                    size=cp.size,
-                    proof=[bytes.fromhex(h) for h in item.get("proof", ())],
-                    root=cp.root,
-                )
+                entry = proved_entry(item, cp)
             except (UntrustedInputError, KeyError, TypeError, ValueError):  # binascii.Error too
                 self._alert_once("bad-inclusion-proof", event_id, index=index)
+                continue
+            if entry.signed_event != event:
+                self._alert_once("altered-event", event_id, index=index)
                 continue
             confirmed.append((event_id, index))
         self.store.mark_audit_included(confirmed)

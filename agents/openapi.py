@@ -316,6 +316,73 @@ _ATTACHMENT = _closed(
     }
 )
 
+_NULLABLE_TIME = {**_TIME, "type": ["integer", "null"]}
+#: POST /v1/subject-access: one verified `record.accessed` event (PROTOCOL.md §9.0).
+_ACCESS = {
+    "client": {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,39}$"},
+    "time": _TIME,
+    "record": {"enum": ["body", "attachment"]},
+    "categories": {"type": "array", "items": {"enum": list(referral.CATEGORIES)}},
+    "reads": {"type": "integer", "minimum": 1},
+    "event_id": _ID,
+    "index": {"type": "integer", "minimum": 0},
+}
+_SUBJECT_ACCESS = _closed(
+    {
+        "agency": _AGENCY_ID,
+        "checkpoint": {
+            "description": "The ledger checkpoint every access was verified in (null: no "
+            "id was known, the ledger was not asked)",
+            "anyOf": [
+                _closed({"size": {"type": "integer", "minimum": 0}, "timestamp": _TIME}),
+                {"type": "null"},
+            ],
+        },
+        "referrals": {
+            "type": "array",
+            "items": {
+                "oneOf": [
+                    _closed({"id": _ID, "known": {"const": False}}),
+                    _closed(
+                        {
+                            "id": _ID,
+                            "known": {"const": True},
+                            "created": _TIME,
+                            "referral_type": _REFERRAL_TYPE,
+                            "urgency": _URGENCY,
+                            "legal_basis": {"type": "string"},
+                            "recipients": {
+                                "type": "array",
+                                "items": _closed(
+                                    {
+                                        "agency": _AGENCY_ID,
+                                        "categories": {
+                                            "description": "null: sent before this was kept",
+                                            "type": ["array", "null"],
+                                            "items": {"enum": list(referral.CATEGORIES)},
+                                        },
+                                        "state": _STATE,
+                                        "sent_at": _NULLABLE_TIME,
+                                        "delivered_at": _NULLABLE_TIME,
+                                        "consent_withdrawn_at": _NULLABLE_TIME,
+                                        "erasure_confirmed_at": _NULLABLE_TIME,
+                                        "accesses": {"type": "array", "items": _closed(_ACCESS)},
+                                        "onward": {"type": "string"},
+                                    }
+                                ),
+                            },
+                            "other_accesses": {
+                                "type": "array",
+                                "items": _closed({"agency": _AGENCY_ID, **_ACCESS}),
+                            },
+                        }
+                    ),
+                ]
+            },
+        },
+    }
+)
+
 #: /healthz: `status` is `ok` or `warning` (200: the directory or the newest root expires within
 #: the warning window, `reasons` say which) or `degraded` (503); `instance` is this process's
 #: lease on the agency's inbox (docs/PROTOCOL.md §5.2); `tasks` the background loops running,
@@ -388,9 +455,11 @@ _PROBLEM_SCHEMA: dict[str, Any] = {
         },
         "reason": {
             "type": "string",
-            "description": "A stable reason code. On a 503 for a POST: why this agency cannot "
-            "send now — removed, key-revoked, key-unlisted or key-retired (its standing in the "
-            "trust directory), or duplicate-instance (another process holds its inbox lease); "
+            "description": "A stable reason code. On a 503 for POST /v1/subject-access: why "
+            "the ledger's access records could not be had verified; on a 503 for another "
+            "POST: why this agency cannot send now — removed, key-revoked, key-unlisted or "
+            "key-retired (its standing in the trust directory), or duplicate-instance "
+            "(another process holds its inbox lease); "
             "on a 409 for a stored consent: why it does not verify",
         },
     },
@@ -710,6 +779,34 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/v1/subject-access": {
+            "post": {
+                "summary": "A subject access report on referrals this agency sent (read "
+                "scope): per referral and recipient the categories sent, when sent and "
+                "delivered, its state, consent withdrawal and erasure, and every access "
+                "the ledger recorded, verified in the checkpoint the agent checked. An id "
+                "this agency did not send is known: false (whether or not another agency's "
+                "referral has it). A query: it changes nothing, Idempotency-Key is not "
+                "used. 503 (reason no-ledger, no-checkpoint, ledger-unreachable, "
+                "ledger-refused, ledger-unverified): no report at all",
+                "requestBody": json_object_body(
+                    ["referral_ids"],
+                    {
+                        "referral_ids": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": DEFAULT_LIMITS.subject_access_max_referrals,
+                            "uniqueItems": True,
+                            "items": _ID,
+                        }
+                    },
+                ),
+                "responses": {
+                    "200": _json(_SUBJECT_ACCESS),
+                    **_errors(400, 401, 403, 413, 415, 422, 503),
+                },
+            }
+        },
         "/v1/consents/{id}/withdraw": {
             "post": {
                 "summary": "Withdraw consent: every recipient erases and confirms (act scope)",
@@ -725,9 +822,14 @@ OPENAPI: dict[str, Any] = {
 }
 
 
-def document(*, max_page_size: int, max_recipients: int) -> dict[str, Any]:
-    """The document as an agent with these limits serves it: `limit` and `recipients`
-    bounded by what that agent takes, never looser."""
+def document(
+    *,
+    max_page_size: int,
+    max_recipients: int,
+    max_subject_access: int = DEFAULT_LIMITS.subject_access_max_referrals,
+) -> dict[str, Any]:
+    """The document as an agent with these limits serves it: `limit`, `recipients` and
+    `referral_ids` bounded by what that agent takes, never looser."""
     doc = copy.deepcopy(OPENAPI)
     paths = doc["paths"]
     for path in ("/v1/referrals", "/v1/inbox"):
@@ -736,4 +838,6 @@ def document(*, max_page_size: int, max_recipients: int) -> dict[str, Any]:
                 parameter["schema"]["maximum"] = max_page_size
     body = paths["/v1/referrals"]["post"]["requestBody"]["content"]["application/json"]
     body["schema"]["properties"]["recipients"]["maxItems"] = max_recipients
+    report = paths["/v1/subject-access"]["post"]["requestBody"]["content"]["application/json"]
+    report["schema"]["properties"]["referral_ids"]["maxItems"] = max_subject_access
     return doc

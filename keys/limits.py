@@ -103,6 +103,8 @@ class Limits:
     #: so a case system polling its inbox does not flood the ledger. At most an hour: the
     #: owner learns of reads no later than that (agents/config.py refuses more).
     access_coalesce_seconds: int = 60
+    #: Most referral ids one subject access report (POST /v1/subject-access) names.
+    subject_access_max_referrals: int = 100
 
 
 #: The longest `access_coalesce_seconds` a configuration may set.

@@ -1642,6 +1642,25 @@ def _source(f: Callable[..., None]) -> Callable[..., None]:
     return f
 
 
+def _check_plain_http(url: str, *, what: str, allowed: bool) -> None:
+    """A usage error for an http:// `url` beyond loopback unless --allow-plain-http."""
+    try:
+        check_plain_http_url(url, what=what, allowed=allowed, how="--allow-plain-http")
+    except PlainHttpError as e:
+        raise click.UsageError(str(e)) from e
+
+
+def _bearer_token(token_file: Path | None, *, env: str) -> str:
+    """The token in `token_file`, else in the environment variable `env` (a usage error if
+    neither gives one)."""
+    if token_file is not None:
+        return token_file.read_text(encoding="utf-8").strip()
+    token = os.environ.get(env, "")
+    if not token:
+        raise click.UsageError(f"give --token-file or set {env}")
+    return token
+
+
 def _load(
     ledger_url: str | None, ledger_ca: Path | None, db: Path | None, token_file: Path | None
 ) -> LedgerCopy:
@@ -1658,22 +1677,12 @@ def _load(
         raise click.UsageError("--ledger-ca goes with an https:// --ledger URL")
     if ledger_url is not None:
         allowed = bool(click.get_current_context().meta.get("nrm.allow_plain_http"))
-        try:
-            check_plain_http_url(
-                ledger_url, what="--ledger", allowed=allowed, how="--allow-plain-http"
-            )
-        except PlainHttpError as e:
-            raise click.UsageError(str(e)) from e
+        _check_plain_http(ledger_url, what="--ledger", allowed=allowed)
     try:
         if db is not None:
             return from_database(db)
         assert ledger_url is not None
-        if token_file is not None:
-            token = token_file.read_text(encoding="utf-8").strip()
-        else:
-            token = os.environ.get("NRM_AUDITOR_TOKEN", "")
-            if not token:
-                raise click.UsageError("give --token-file or set NRM_AUDITOR_TOKEN")
+        token = _bearer_token(token_file, env="NRM_AUDITOR_TOKEN")
         return asyncio.run(from_http(ledger_url, token, ca_file=ledger_ca))
     except (aiohttp.ClientSSLError, aiohttp.ServerFingerprintMismatch) as e:
         raise click.ClickException(f"could not read the ledger: {e}") from e
@@ -1856,6 +1865,85 @@ def audit_export(items: list[dict[str, Any]], fmt: str) -> None:
     from .audit import render
 
     click.echo(render(items, fmt), nl=False)
+
+
+# --- subject access (nrm/subject_access.py) -------------------------------------------------
+
+
+@main.command("subject-access")
+@click.option(
+    "--referral",
+    "referral_ids",
+    multiple=True,
+    required=True,
+    help="A referral id this agency sent about the person (repeat for each).",
+)
+@click.option("--config", "config_path", type=PATH, default=None, help="The agent's agent.toml.")
+@click.option("--url", default=None, help="The agent API's URL (instead of --config).")
+@click.option(
+    "--ca-file", type=PATH, default=None, help="The CA of an https:// API (else the system's)."
+)
+@click.option(
+    "--token-file",
+    type=PATH,
+    default=None,
+    help="An API client token with the read scope (else $NRM_API_TOKEN).",
+)
+@click.option(
+    "--allow-plain-http",
+    is_flag=True,
+    help="Accept an http:// API beyond loopback (the token in clear): private networks only.",
+)
+@click.option("--csv", "as_csv", is_flag=True, help="One CSV row per read, for the person.")
+@json_option
+def subject_access(
+    referral_ids: tuple[str, ...],
+    config_path: Path | None,
+    url: str | None,
+    ca_file: Path | None,
+    token_file: Path | None,
+    allow_plain_http: bool,
+    as_csv: bool,
+    as_json: bool,
+) -> None:
+    """What this agency sent about a person and every read of it the ledger recorded
+    (GDPR Art 15): per referral and recipient the categories sent, when sent and
+    delivered, its state, consent withdrawal and erasure, and each read. The case system
+    gives the ids; what recipients passed on under their own referrals they answer for.
+    Exits 3 if the ledger's records do not verify, 4 if the agent or the ledger cannot
+    be reached (docs/RUNBOOK.md "Answer a subject access request")."""
+    import re
+
+    from . import subject_access as report
+
+    if as_csv and as_json:
+        raise click.UsageError("give at most one of --csv and --json")
+    if not all(re.fullmatch(r"[0-9a-f]{32}", i) for i in referral_ids):
+        raise click.BadParameter(
+            "a referral id is 32 lowercase hex digits", param_hint="--referral"
+        )
+    if (url is None) == (config_path is None):
+        raise click.UsageError("give exactly one of --config agent.toml and --url URL")
+    if url is None:
+        assert config_path is not None
+        try:
+            config = AgentConfig.load(config_path)
+        except ConfigError as e:
+            raise click.ClickException(str(e)) from e
+        if config.api_port == 0:
+            raise click.UsageError("agent.toml binds its API to port 0: give --url")
+        url = report.api_url(config)
+    _check_plain_http(url, what="--url", allowed=allow_plain_http)
+    token = _bearer_token(token_file, env="NRM_API_TOKEN")
+    answer = asyncio.run(
+        report.fetch(url, token, list(dict.fromkeys(referral_ids)), ca_file=ca_file)
+    )
+    if as_json:
+        emit(answer)
+    elif as_csv:
+        click.echo(report.csv_text(answer), nl=False)
+    else:
+        click.echo(report.text(answer))
 
 
 # --- demo ----------------------------------------------------------------------------------

@@ -127,15 +127,17 @@ async def test_inbox_pages_with_a_cursor(mechanism: Mechanism) -> None:
 
 
 def test_the_served_openapi_document_states_this_agents_limits() -> None:
-    """`limit` and `recipients` are bounded as this agent bounds them, and building the
-    served document leaves the module's default one as it was."""
+    """`limit`, `recipients` and `referral_ids` are bounded as this agent bounds them, and
+    building the served document leaves the module's default one as it was."""
     before = json.dumps(OPENAPI, sort_keys=True)
-    doc = document(max_page_size=7, max_recipients=3)
+    doc = document(max_page_size=7, max_recipients=3, max_subject_access=5)
     for path in ("/v1/referrals", "/v1/inbox"):
         [limit] = [p for p in doc["paths"][path]["get"]["parameters"] if p["name"] == "limit"]
         assert limit["schema"]["maximum"] == 7
     post = doc["paths"]["/v1/referrals"]["post"]["requestBody"]["content"]["application/json"]
     assert post["schema"]["properties"]["recipients"]["maxItems"] == 3
+    report = doc["paths"]["/v1/subject-access"]["post"]["requestBody"]["content"]
+    assert report["application/json"]["schema"]["properties"]["referral_ids"]["maxItems"] == 5
     assert json.dumps(OPENAPI, sort_keys=True) == before
 
 

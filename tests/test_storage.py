@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.storage import NewReferral, Step, Store
+from agents.storage import NewReferral, Step, Store, schema
 from agents.storage.schema import VERSION, MigrationError
 
 #: The referral tables as release 10 made them, keyed by referral id alone.
@@ -109,11 +109,24 @@ def test_a_database_from_before_per_agency_inbox_streams_names_the_shared_stream
     db.close()
     store = Store(path, agency="shelter")
     try:
-        assert store._db.execute("PRAGMA user_version").fetchone() == (VERSION,) == (2,)
+        assert store._db.execute("PRAGMA user_version").fetchone() == (VERSION,) == (3,)
         assert store.received_position("m1") == ("NRM_MSG", 7)
         assert store.received_position("m2") is None
     finally:
         store.close()
+
+
+def test_sent_pairs_of_a_version_2_database_have_no_categories(tmp_path: Path) -> None:
+    """Migration 3 adds `referrals.categories`: the pairs sent before keep NULL (what they
+    carried was not kept), which a subject access report shows as null; running it again
+    changes nothing."""
+    db = sqlite3.connect(tmp_path / "agent.db")
+    db.execute("CREATE TABLE referrals (owner TEXT, referral_id TEXT)")
+    db.execute("INSERT INTO referrals VALUES ('police', 'ab')")
+    schema._migrate_sent_categories(db)
+    schema._migrate_sent_categories(db)
+    assert db.execute("SELECT categories FROM referrals").fetchall() == [(None,)]
+    db.close()
 
 
 def test_one_id_from_two_owners_is_two_referrals(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from .messages import (
     ResendCandidate,
     Undelivered,
 )
-from .referrals import NewReferral, Referrals, Step
+from .referrals import NewReferral, Referrals, SentCopy, Step
 from .retention import CLOSED_STATES, Retention
 from .schema import SCHEMA
 from .webhooks import WebhookOutbox
@@ -65,6 +65,7 @@ __all__ = [
     "PendingDelivery",
     "Received",
     "ResendCandidate",
+    "SentCopy",
     "Step",
     "Store",
     "StoredConsent",

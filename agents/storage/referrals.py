@@ -32,6 +32,8 @@ class NewReferral:
     created: int
     expires: int | None = None
     client_reference: str | None = None
+    #: What a sent pair carried: the data categories of its minimised body (sender only).
+    categories: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,25 @@ class Step:
     reason: str | None
     outcome: str | None
     at: int
+
+
+@dataclass(frozen=True, slots=True)
+class SentCopy:
+    """What this agency holds of one recipient's copy of a referral it sent (a subject access
+    report, agents/subject_access.py): times are Unix seconds, None where it has not happened
+    (or, for `categories`, was sent before they were kept)."""
+
+    recipient: str
+    state: str
+    categories: frozenset[str] | None
+    referral_type: str
+    urgency: str
+    legal_basis: str
+    created: int
+    sent_at: int | None
+    delivered_at: int | None
+    consent_withdrawn_at: int | None
+    erasure_confirmed_at: int | None
 
 
 class Referrals(Database):
@@ -99,7 +120,8 @@ class Referrals(Database):
         db.execute(
             "INSERT INTO referrals (owner, referral_id, counterpart, side, state, referral_type,"
             " urgency, legal_basis, consent_receipt_id, message_id, created, updated,"
-            " expires, client_reference) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " expires, client_reference, categories)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 r.owner,
                 r.referral_id,
@@ -115,6 +137,7 @@ class Referrals(Database):
                 r.created,
                 r.expires,
                 r.client_reference,
+                None if r.categories is None else ",".join(sorted(r.categories)),
             ),
         )
 
@@ -203,6 +226,36 @@ class Referrals(Database):
             " WHERE owner = ? AND referral_id = ? ORDER BY counterpart",
             (owner, referral_id),
         ).fetchall()
+
+    def sent_copies(self, owner: str, referral_id: str) -> list[SentCopy]:
+        """Every copy of the referral (owner, referral id) this agency sent, by recipient."""
+        rows = self._db.execute(
+            "SELECT r.counterpart, r.state, r.categories, r.referral_type, r.urgency,"
+            " r.legal_basis, r.created, d.sent_at, d.delivered_at, c.withdrawn_at,"
+            " u.confirmed_at FROM referrals r"
+            " LEFT JOIN deliveries d ON d.message_id = r.message_id AND d.recipient = r.counterpart"
+            " LEFT JOIN consents c ON c.receipt_id = r.consent_receipt_id"
+            " LEFT JOIN consent_uses u ON u.receipt_id = r.consent_receipt_id"
+            " AND u.agency = r.counterpart AND u.referral_id = r.referral_id"
+            " WHERE r.owner = ? AND r.referral_id = ? AND r.side = 'sender' ORDER BY r.counterpart",
+            (owner, referral_id),
+        ).fetchall()
+        return [
+            SentCopy(
+                recipient=str(r[0]),
+                state=str(r[1]),
+                categories=None if r[2] is None else frozenset(str(r[2]).split(",")) - {""},
+                referral_type=str(r[3]),
+                urgency=str(r[4]),
+                legal_basis=str(r[5]),
+                created=int(r[6]),
+                sent_at=r[7],
+                delivered_at=r[8],
+                consent_withdrawn_at=r[9],
+                erasure_confirmed_at=r[10],
+            )
+            for r in rows
+        ]
 
     def history_rows(self, owner: str, referral_id: str) -> list[tuple[Any, ...]]:
         """(counterpart, from, to, party, reason, outcome, at) of a referral, in order."""

@@ -104,10 +104,14 @@ CREATE TABLE IF NOT EXISTS referrals (
     escalated_at       INTEGER,
     expires            INTEGER,
     client_reference   TEXT,
+    -- what this agency sent the counterpart: the data categories of its minimised body,
+    -- sorted and comma-joined (NULL: received, or sent before user_version 3)
+    categories         TEXT,
     PRIMARY KEY (owner, referral_id, counterpart),
     -- a received referral is owned by the agency that sent it, one this agency sent by itself
     CHECK ((side = 'recipient') = (owner = counterpart)),
-    CHECK (client_reference IS NULL OR side = 'sender')
+    CHECK (client_reference IS NULL OR side = 'sender'),
+    CHECK (categories IS NULL OR side = 'sender')
 ) STRICT;
 CREATE INDEX IF NOT EXISTS referrals_by_id ON referrals(referral_id);
 CREATE INDEX IF NOT EXISTS referrals_updated ON referrals(updated);
@@ -381,6 +385,15 @@ def _migrate_inbox_stream(db: sqlite3.Connection) -> None:
     db.execute(f"ALTER TABLE inbox ADD COLUMN stream TEXT NOT NULL DEFAULT '{SHARED_INBOX_STREAM}'")
 
 
+def _migrate_sent_categories(db: sqlite3.Connection) -> None:
+    """Databases made before subject access reports: `referrals` gets the `categories`
+    column (NULL for the referrals sent before: what they held was not kept)."""
+    columns = _columns(db, "referrals")
+    if columns is None or "categories" in columns:
+        return
+    db.execute("ALTER TABLE referrals ADD COLUMN categories TEXT")
+
+
 def _statement(table: str) -> str:
     for statement in SCHEMA.split(";"):
         if f"TABLE IF NOT EXISTS {table} " in statement:
@@ -417,6 +430,9 @@ def migrations(agency: str | None) -> tuple[Migration, ...]:
             lambda db: _migrate_to_owner_keys(db, agency),
         ),
         Migration(2, "inbox rows name the stream they were consumed from", _migrate_inbox_stream),
+        Migration(
+            3, "sent referral pairs keep the categories they carried", _migrate_sent_categories
+        ),
     )
 
 
