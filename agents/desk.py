@@ -36,7 +36,7 @@ from keys.identity import signing_kid
 from keys.key_history import signing_key_at
 from runtime import clock
 
-from . import access
+from . import access, clocks
 from . import consent as C
 from . import errors as E
 from . import lifecycle as L
@@ -470,10 +470,19 @@ class Desk:
     def tick(self, now: int | None = None) -> None:
         """Escalate overdue urgent referrals to the co-ordinator; expire stale ones."""
         now = clock.now() if now is None else now
-        limits = L.acknowledge_limits(self.escalation_limits, self.directory().policy)
+        policy = self.directory().policy
+        limits = clocks.limits(clocks.ACKNOWLEDGE, policy=policy, local=self.escalation_limits)
         rows = self.store.escalation_candidates(limits)
-        for owner, referral_id, recipient, _state, urgency, created in rows:
-            if not L.escalation_due(urgency, created, acknowledged=False, limits=limits, now=now):
+        for owner, referral_id, recipient, state, urgency, created in rows:
+            if not clocks.overdue(
+                clocks.ACKNOWLEDGE,
+                urgency,
+                state,
+                created,
+                now=now,
+                policy=policy,
+                local=self.escalation_limits,
+            ):
                 continue
             coordinators = self._escalation_recipients(now)
             notice = canonical_json(
