@@ -11,6 +11,7 @@ import pytest
 from agents import clocks
 from agents.clocks import ACKNOWLEDGE, CLOCKS, RESPOND, due_at, limits, overdue, running
 from agents.lifecycle import DEFAULT_ESCALATION_SECONDS, STATES, escalation_due
+from agents.storage.referrals import RESPOND_RUNS
 from keys.policy import Policy, Tier
 
 #: The specification, written out independently of the module's table: clock -> the states
@@ -47,6 +48,11 @@ def test_every_state_and_clock(name: str, state: str) -> None:
     assert running(name, state) == (state in RUNS[name])
     late = overdue(name, "emergency", state, 0, now=10**9, policy=POLICY)
     assert late == (state in RUNS[name])
+
+
+def test_the_storage_looks_where_respond_runs() -> None:
+    """The states written into the overdue candidates' SQL are those respond runs in."""
+    assert set(RESPOND_RUNS) == RUNS["respond"] == clocks.TABLE[RESPOND].runs
 
 
 def test_respond_is_due_after_the_tiers_due_seconds() -> None:
