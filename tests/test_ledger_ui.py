@@ -262,6 +262,7 @@ KIND_WORDS = {
     "alert.acknowledged": "Alert acknowledged",
     "retention.purged": "Retention purge",
     "record.accessed": "Record accessed",
+    "clock.overdue": "Overdue, told co-ordinator",
 }
 #: What each statistics label value reads as.
 LABEL_WORDS = {

@@ -98,6 +98,7 @@
     "alert.acknowledged": "Alert acknowledged",
     "retention.purged": "Retention purge",
     "record.accessed": "Record accessed",
+    "clock.overdue": "Overdue, told co-ordinator",
   };
   const LABEL_WORDS = {
     referral_type: {
@@ -121,6 +122,7 @@
       cancelled: "Cancelled",
       expired: "Expired",
     },
+    clock: { respond: "Not accepted or declined in time" }, // clock.overdue's clock
   };
   const LABEL_ORDER = ["referral_type", "urgency", "state"];
   const COUNT_WORDS = {
