@@ -553,10 +553,14 @@ class Desk:
 
     def respond_due(self, urgency: str, started_at: int | None) -> int | None:
         """When a pair's `respond` clock, started at its envelope's `created`, is due under
-        the trusted directory's national policy; None without one (PROTOCOL §8.5 "Clocks")."""
+        the trusted directory's national policy; None without one, or while the agent trusts
+        no directory (a read must not fail for it; PROTOCOL §8.5 "Clocks")."""
         if started_at is None:
             return None
-        policy = self.directory().policy
+        try:
+            policy = self.directory().policy
+        except E.Unavailable:
+            return None
         return clocks.due_at(clocks.RESPOND, urgency, started_at, policy=policy)
 
     def _escalation_recipients(self, now: int) -> list[str]:

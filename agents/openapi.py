@@ -205,8 +205,9 @@ _COMMON = {
     "sender": _AGENCY_ID,
 }
 #: When the pair's `respond` clock is due (PROTOCOL §8.5 "Clocks"): its envelope's `created`
-#: plus the tier's `due_seconds` of the national policy; null without a policy. It stays once
-#: the clock stopped (accepted, declined, final), so a reader can see whether it was met.
+#: plus the tier's `due_seconds` of the national policy; null without a policy (or while the
+#: agent trusts no directory). It stays once the clock stopped (accepted, declined, final),
+#: so a reader can see whether it was met.
 _DUE_AT = {**_TIME, "type": ["integer", "null"]}
 #: GET /v1/referrals/{id}: as its sender sees it (per recipient) or as a recipient does.
 _REFERRAL = {
