@@ -893,10 +893,10 @@ class Agent:
 
     async def _timers(self) -> None:
         """Every few seconds: look at the agency's standing (a revocation may be dated in the
-        future), then, while it may sign, escalate overdue urgent referrals, expire stale
-        ones, send pending resend requests and sign the access windows that ended. A step
-        that fails is logged and tried again next time: the loop never ends before the agent
-        stops."""
+        future), then, while it may sign, escalate unacknowledged referrals and report
+        unanswered ones (agents/clocks.py), expire stale ones, send pending resend requests
+        and sign the access windows that ended. A step that fails is logged and tried again
+        next time: the loop never ends before the agent stops."""
         while self._watching.is_set():
             await asyncio.sleep(self.limits.timer_interval_seconds)
             if self._failpoint == "timers-raise":

@@ -470,7 +470,8 @@ class Desk:
     # --- timers: escalation and expiry ---------------------------------------------------------
 
     def tick(self, now: int | None = None) -> None:
-        """Escalate overdue urgent referrals to the co-ordinator; expire stale ones."""
+        """Run the clocks (agents/clocks.py): escalate unacknowledged referrals and report
+        unanswered ones to the co-ordinators, once each; expire stale ones."""
         now = clock.now() if now is None else now
         policy = self.directory().policy
         limits = clocks.limits(clocks.ACKNOWLEDGE, policy=policy, local=self.escalation_limits)
