@@ -792,6 +792,15 @@
       series: [{ key: "n", name: "consent withdrawals" }],
       cell: (c) => wdCells.get(c), format: countFmt, threshold, unit: "count",
     });
+
+    const od = (s.overdue_per_month || []).filter((r) => r.clock === "respond");
+    const odCells = byKey(od, (r) => `${r.month}|${r.urgency}`);
+    barChart($("chart-overdue"), {
+      categories: uniq(od.map((r) => r.month)).sort(),
+      series: uniq(od.map((r) => r.urgency)).sort()
+        .map((u) => ({ key: u, name: labelWords("urgency", u) })),
+      cell: (c, k) => odCells.get(`${c}|${k}`), format: countFmt, threshold, unit: "count",
+    });
   }
 
   // ---- session ------------------------------------------------------------------------
