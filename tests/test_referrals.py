@@ -430,7 +430,17 @@ async def test_under_a_national_policy_its_tiers_decide_what_escalates(
         "urgent": Tier(acknowledge_seconds=2, due_seconds=120),
         "routine": Tier(acknowledge_seconds=2, due_seconds=240),
     }
-    await publish_policy(m, tiers)
+    policy = Policy(country="LT", priority=tiers, without_consent={"police": ("public_task",)})
+    admin.set_policy(m.sandbox.admin, policy)
+    m.sandbox.sign_draft()
+    await m.sandbox.publish()
+
+    async def everyone_has_it() -> bool:
+        return all(
+            (d := a.trust.directory) is not None and d.policy == policy for a in m.agents.values()
+        )
+
+    await eventually(everyone_has_it, what="every agent to take the policy")
     routine = await m.api("police").refer(["shelter"], samples.referral())
     coordinator = m.database("coordinator")
 
