@@ -535,8 +535,9 @@ class Desk:
         now: int,
     ) -> None:
         """Mark the pair (owner, referral id, recipient) notified and seal `notice` to every
-        coordinator, in one transaction and one envelope (PROTOCOL §8.5); the pair is marked
-        even with no coordinator to seal to, so the timers do not try it again and again."""
+        coordinator, in one transaction and one envelope (PROTOCOL §8.5), its audit events
+        labelled with the notice's `clock` and `urgency` (§9.0); the pair is marked even with
+        no coordinator to seal to, so the timers do not try it again and again."""
         coordinators = self._escalation_recipients(now)
         owner, referral_id, recipient = pair
         labels = tuple(sorted((k, notice[k]) for k in ("clock", "urgency") if k in notice))
