@@ -12,6 +12,7 @@ from agents import clocks
 from agents.clocks import ACKNOWLEDGE, CLOCKS, RESPOND, due_at, limits, overdue, running
 from agents.lifecycle import DEFAULT_ESCALATION_SECONDS, STATES, escalation_due
 from agents.storage.referrals import RESPOND_RUNS
+from keys import audit
 from keys.policy import Policy, Tier
 
 #: The specification, written out independently of the module's table: clock -> the states
@@ -39,6 +40,7 @@ def test_the_table_names_the_clocks_of_this_slice() -> None:
         assert (clock.holder, clock.starts) == ("sender", "submitted")
     assert clocks.TABLE[ACKNOWLEDGE].notice == "escalation"
     assert clocks.OVERDUE_CLOCKS == (RESPOND,)
+    assert set(clocks.OVERDUE_CLOCKS) == audit.OVERDUE_CLOCKS  # the clock.overdue label values
 
 
 @pytest.mark.parametrize(("name", "state"), list(itertools.product(CLOCKS, STATES)))
