@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -58,6 +59,7 @@ from .messages import (
     ERASURE_CONFIRMATION,
     ESCALATION,
     NOTIFIED_REASONS,
+    OVERDUE,
     REFERRAL,
     REFUSAL,
     TRANSITION,
@@ -90,6 +92,7 @@ SENT_EVENTS = {
     DELIVERY_RECEIPT: "receipt.sent",
     TRANSITION: "transition.sent",
     ESCALATION: "escalation.sent",
+    OVERDUE: "clock.overdue",
 }
 
 
@@ -706,12 +709,18 @@ class Agent:
                 tx, opened
             ),
             ESCALATION: lambda tx, opened, checked: self.desk.on_escalation(tx, opened),
+            OVERDUE: self._on_overdue,
             RESEND_REQUEST: lambda tx, opened, checked: self.resend.on_request(tx, opened),
             REFUSAL: self._on_refusal,
         }
         if set(table) != inbound.KINDS:
             raise RuntimeError("every kind inbound checks needs a handler, and no other")
         return table
+
+    def _on_overdue(self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked) -> None:
+        if not isinstance(checked, inbound.Overdue):
+            raise TypeError("an overdue handler takes a checked overdue notice")
+        self.desk.on_overdue(tx, opened, dataclasses.asdict(checked))
 
     def _on_referral(
         self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked
@@ -892,10 +901,10 @@ class Agent:
 
     async def _timers(self) -> None:
         """Every few seconds: look at the agency's standing (a revocation may be dated in the
-        future), then, while it may sign, escalate overdue urgent referrals, expire stale
-        ones, send pending resend requests and sign the access windows that ended. A step
-        that fails is logged and tried again next time: the loop never ends before the agent
-        stops."""
+        future), then, while it may sign, escalate unacknowledged referrals and report
+        unanswered ones (agents/clocks.py), expire stale ones, send pending resend requests
+        and sign the access windows that ended. A step that fails is logged and tried again
+        next time: the loop never ends before the agent stops."""
         while self._watching.is_set():
             await asyncio.sleep(self.limits.timer_interval_seconds)
             if self._failpoint == "timers-raise":

@@ -381,7 +381,8 @@ async def get_referral(request: web.Request) -> web.Response:
         raise ProblemError(404, "Not Found", NO_REFERRAL)
     side = rows[0][1]
     parties = []
-    for counterpart, _, state, _t, _u, _b, message_id, _c, updated, escalated, _r in rows:
+    urgency = rows[0][4]
+    for counterpart, _, state, _t, _u, _b, message_id, _c, updated, escalated, _r, started in rows:
         delivery = failure = None
         if side == "sender":
             out = backend.store.outgoing(message_id)
@@ -400,6 +401,7 @@ async def get_referral(request: web.Request) -> web.Response:
             "status": delivery,
             "updated": updated,
             "escalated_at": escalated,
+            "due_at": backend.desk.respond_due(urgency, started),
         }
         if failure is not None:
             party["failure"] = failure
@@ -420,6 +422,7 @@ async def get_referral(request: web.Request) -> web.Response:
         body["recipients"] = parties
     else:
         body["state"] = parties[0]["state"]
+        body["due_at"] = parties[0]["due_at"]
         opened = backend.desk.open_body(
             owner, referral_id, backend.store.received_body(owner, referral_id)
         )

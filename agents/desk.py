@@ -34,9 +34,10 @@ from keys.codec import canonical_json
 from keys.directory import Directory
 from keys.identity import signing_kid
 from keys.key_history import signing_key_at
+from keys.policy import Policy
 from runtime import clock
 
-from . import access
+from . import access, clocks
 from . import consent as C
 from . import errors as E
 from . import lifecycle as L
@@ -48,6 +49,7 @@ from .audit import AuditTrail
 from .messages import (
     CONSENT_WITHDRAWAL,
     ESCALATION,
+    OVERDUE,
     REFERRAL,
     TRANSITION,
     parse_json_body,
@@ -469,40 +471,100 @@ class Desk:
     # --- timers: escalation and expiry ---------------------------------------------------------
 
     def tick(self, now: int | None = None) -> None:
-        """Escalate overdue urgent referrals to the co-ordinator; expire stale ones."""
+        """Run the clocks (agents/clocks.py): escalate unacknowledged referrals and report
+        unanswered ones to the co-ordinators, once each; expire stale ones."""
         now = clock.now() if now is None else now
-        limits = L.acknowledge_limits(self.escalation_limits, self.directory().policy)
+        policy = self.directory().policy
+        limits = clocks.limits(clocks.ACKNOWLEDGE, policy=policy, local=self.escalation_limits)
         rows = self.store.escalation_candidates(limits)
-        for owner, referral_id, recipient, _state, urgency, created in rows:
-            if not L.escalation_due(urgency, created, acknowledged=False, limits=limits, now=now):
+        for owner, referral_id, recipient, state, urgency, created in rows:
+            if not clocks.overdue(
+                clocks.ACKNOWLEDGE,
+                urgency,
+                state,
+                created,
+                now=now,
+                policy=policy,
+                local=self.escalation_limits,
+            ):
                 continue
-            coordinators = self._escalation_recipients(now)
-            notice = canonical_json(
-                {
-                    "referral_id": referral_id,
-                    "recipient": recipient,
-                    "urgency": urgency,
-                    "submitted_at": created,
-                }
-            )
-            with self.store.transaction() as db:
-                self.store.mark_escalated(db, owner, referral_id, recipient, now)
-                if coordinators:
-                    self.send(
-                        ESCALATION,
-                        notice,
-                        coordinators,
-                        db,
-                        referral_id=referral_id,
-                        labels=(("urgency", urgency),),
-                    )
+            notice = {
+                "referral_id": referral_id,
+                "recipient": recipient,
+                "urgency": urgency,
+                "submitted_at": created,
+            }
+            key = (owner, referral_id, recipient)
+            self._notify_coordinators(ESCALATION, notice, key, self.store.mark_escalated, now)
             self.log.warning("referral_escalated", referral_id=referral_id, recipient=recipient)
+        self._respond_overdue(policy, now)
         expired = self.store.expired_pairs(now)
         for owner, referral_id, counterpart, state in expired:
             with self.store.transaction() as db:
                 self._set_state(
                     db, owner, referral_id, counterpart, state, "expired", "system", None, None
                 )
+
+    def _respond_overdue(self, policy: Policy | None, now: int) -> None:
+        """Send one `overdue` notice for each pair whose `respond` clock passed its due time
+        (none without a national policy: agents/clocks.py)."""
+        rows = self.store.overdue_candidates(clocks.limits(clocks.RESPOND, policy=policy))
+        for owner, referral_id, recipient, state, urgency, started in rows:
+            due = clocks.due_at(clocks.RESPOND, urgency, started, policy=policy)
+            if due is None or not clocks.overdue(
+                clocks.RESPOND, urgency, state, started, now=now, policy=policy
+            ):
+                continue
+            notice = {
+                "clock": clocks.RESPOND,
+                "due_at": due,
+                "recipient": recipient,
+                "referral_id": referral_id,
+                "started_at": started,
+                "urgency": urgency,
+            }
+            key = (owner, referral_id, recipient)
+            self._notify_coordinators(OVERDUE, notice, key, self.store.mark_overdue, now)
+            self.log.warning("referral_overdue", referral_id=referral_id, recipient=recipient)
+
+    def _notify_coordinators(
+        self,
+        kind: str,
+        notice: dict[str, Any],
+        pair: tuple[str, str, str],
+        mark: Callable[[sqlite3.Connection, str, str, str, int], None],
+        now: int,
+    ) -> None:
+        """Mark the pair (owner, referral id, recipient) notified and seal `notice` to every
+        coordinator, in one transaction and one envelope (PROTOCOL §8.5), its audit events
+        labelled with the notice's `clock` and `urgency` (§9.0); the pair is marked even with
+        no coordinator to seal to, so the timers do not try it again and again."""
+        coordinators = self._escalation_recipients(now)
+        owner, referral_id, recipient = pair
+        labels = tuple(sorted((k, notice[k]) for k in ("clock", "urgency") if k in notice))
+        with self.store.transaction() as db:
+            mark(db, owner, referral_id, recipient, now)
+            if coordinators:
+                self.send(
+                    kind,
+                    canonical_json(notice),
+                    coordinators,
+                    db,
+                    referral_id=referral_id,
+                    labels=labels,
+                )
+
+    def respond_due(self, urgency: str, started_at: int | None) -> int | None:
+        """When a pair's `respond` clock, started at its envelope's `created`, is due under
+        the trusted directory's national policy; None without one, or while the agent trusts
+        no directory (a read must not fail for it; PROTOCOL §8.5 "Clocks")."""
+        if started_at is None:
+            return None
+        try:
+            policy = self.directory().policy
+        except E.Unavailable:
+            return None
+        return clocks.due_at(clocks.RESPOND, urgency, started_at, policy=policy)
 
     def _escalation_recipients(self, now: int) -> list[str]:
         """The co-ordinators an escalation can be sealed to now (one whose keys were all
@@ -527,6 +589,11 @@ class Desk:
             required={"referral_id": str, "recipient": str, "urgency": str, "submitted_at": int},
         )
         self._webhook(db, "escalation.received", {**notice, "sender": opened.header.sender})
+
+    def on_overdue(self, db: sqlite3.Connection, opened: Opened, notice: dict[str, Any]) -> None:
+        """A sender's clock passed its due time: tell this coordinator's systems (`notice`,
+        the checked body: metadata only)."""
+        self._webhook(db, "overdue.received", {**notice, "sender": opened.header.sender})
 
     # --- consent -----------------------------------------------------------------------------
 

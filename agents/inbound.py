@@ -35,6 +35,7 @@ from keys.errors import (
 from keys.policy import Policy
 from keys.subjects import AGENCY_ID_PATTERN
 
+from . import clocks
 from . import lifecycle as L
 from . import referral as R
 from .attachments import decode_key
@@ -44,6 +45,7 @@ from .messages import (
     ERASURE_CONFIRMATION,
     ESCALATION,
     NOTIFIED_REASONS,
+    OVERDUE,
     REFERRAL,
     REFUSAL,
     TRANSITION,
@@ -61,10 +63,12 @@ __all__ = [
     "ConsentWithdrawal",
     "ErasureConfirmation",
     "Escalation",
+    "Overdue",
     "check",
 ]
 
-#: The role that receives escalations and anonymous notifications (PROTOCOL.md §8.2, §8.5).
+#: The role that receives escalations, overdue notices and anonymous notifications
+#: (PROTOCOL.md §8.2, §8.5).
 COORDINATOR: Final = "coordinator"
 ANONYMOUS: Final = "anonymous_notification"
 #: The members of a referral message (§6.1).
@@ -114,6 +118,18 @@ class Escalation:
     submitted_at: int
 
 
+@dataclass(frozen=True, slots=True)
+class Overdue:
+    """`overdue` (§8.5): metadata of a clock of the sender's that passed its due time."""
+
+    clock: str
+    due_at: int
+    recipient: str
+    referral_id: str
+    started_at: int
+    urgency: str
+
+
 Checked = (
     CheckedReferral
     | DeliveryReceipt
@@ -121,6 +137,7 @@ Checked = (
     | ConsentWithdrawal
     | ErasureConfirmation
     | Escalation
+    | Overdue
     | ResendRequest
     | Refusal
 )
@@ -149,6 +166,10 @@ def check(
         escalating = _ESCALATING if policy is None else L.acknowledge_limits({}, policy)
         if checked.urgency not in escalating:
             raise SchemaInvalidError("an escalation of an urgency that has no acknowledge clock")
+    if isinstance(checked, Overdue) and checked.urgency not in clocks.limits(
+        checked.clock, policy=policy
+    ):
+        raise SchemaInvalidError("an overdue notice of a clock the national policy does not run")
     if isinstance(checked, CheckedReferral):
         problem = R.basis_problem(checked.referral, policy=policy, sender_roles=sender_roles)
         if problem is not None:  # codes only: the basis and the sender's roles
@@ -216,6 +237,10 @@ def _receipt_id(value: Any) -> bool:
     return isinstance(value, str) and _RECEIPT_ID.fullmatch(value) is not None
 
 
+def _urgency(value: Any) -> bool:
+    return isinstance(value, str) and value in L.URGENCIES
+
+
 def _agency(value: Any) -> bool:
     return isinstance(value, str) and AGENCY_ID_PATTERN.fullmatch(value) is not None
 
@@ -252,11 +277,32 @@ def _escalation(body: bytes, roles: frozenset[str], limits: Limits) -> Escalatio
         {
             "referral_id": _hex32,
             "recipient": _agency,
-            "urgency": lambda v: isinstance(v, str) and v in L.URGENCIES,
+            "urgency": _urgency,
             "submitted_at": _uint,
         },
     )
     return Escalation(doc["referral_id"], doc["recipient"], doc["urgency"], doc["submitted_at"])
+
+
+def _overdue(body: bytes, roles: frozenset[str], limits: Limits) -> Overdue:
+    if COORDINATOR not in roles:
+        raise NotForThisRoleError("overdue notices go to coordinators only")
+    doc = _object(
+        body,
+        limits,
+        "overdue notice",
+        {
+            "clock": lambda v: isinstance(v, str) and v in clocks.OVERDUE_CLOCKS,
+            "due_at": _uint,
+            "recipient": _agency,
+            "referral_id": _hex32,
+            "started_at": _uint,
+            "urgency": _urgency,
+        },
+    )
+    if doc["due_at"] <= doc["started_at"]:
+        raise SchemaInvalidError("an overdue notice: due_at must come after started_at")
+    return Overdue(**doc)
 
 
 def _allowed_categories(roles: frozenset[str]) -> frozenset[str]:
@@ -364,6 +410,7 @@ _CHECKERS: Final[Mapping[str, Callable[[bytes, frozenset[str], Limits], Checked]
     CONSENT_WITHDRAWAL: _withdrawal,
     ERASURE_CONFIRMATION: _erasure,
     ESCALATION: _escalation,
+    OVERDUE: _overdue,
     RESEND_REQUEST: _resend,
     REFUSAL: _refusal,
 }

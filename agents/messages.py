@@ -16,6 +16,7 @@ TRANSITION = "transition"
 CONSENT_WITHDRAWAL = "consent-withdrawal"
 ERASURE_CONFIRMATION = "erasure-confirmation"
 ESCALATION = "escalation"
+OVERDUE = "overdue"
 REFUSAL = "refusal"
 
 

@@ -204,6 +204,11 @@ _COMMON = {
     "created": _TIME,
     "sender": _AGENCY_ID,
 }
+#: When the pair's `respond` clock is due (PROTOCOL §8.5 "Clocks"): its envelope's `created`
+#: plus the tier's `due_seconds` of the national policy; null without a policy (or while the
+#: agent trusts no directory). It stays once the clock stopped (accepted, declined, final),
+#: so a reader can see whether it was met.
+_DUE_AT = {**_TIME, "type": ["integer", "null"]}
 #: GET /v1/referrals/{id}: as its sender sees it (per recipient) or as a recipient does.
 _REFERRAL = {
     "oneOf": [
@@ -222,6 +227,7 @@ _REFERRAL = {
                             "status": _DELIVERY,
                             "updated": _TIME,
                             "escalated_at": {**_TIME, "type": ["integer", "null"]},
+                            "due_at": _DUE_AT,
                             "failure": _REASON_CODE,
                         },
                         optional=("failure",),
@@ -234,6 +240,7 @@ _REFERRAL = {
                 **_COMMON,
                 "side": {"const": "recipient"},
                 "state": _STATE,
+                "due_at": _DUE_AT,
                 "referral": _OPENED,
                 "erased": {"type": "boolean"},
             }

@@ -555,9 +555,7 @@ def basis_problem(
     )
 
 
-def categories_for(
-    roles: Iterable[str], *, child: bool, policy: Policy | None
-) -> frozenset[str]:
+def categories_for(roles: Iterable[str], *, child: bool, policy: Policy | None) -> frozenset[str]:
     """The categories an agency holding `roles` may receive of one referral: its roles'
     union, and for a child under a national policy not `CHILD_IDENTITY_CATEGORIES` unless
     one of the roles is in the policy's `child_identity_roles` (CETS Art 11)."""

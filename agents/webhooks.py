@@ -59,6 +59,7 @@ EVENT_TYPES: Final = frozenset(
         "transition.received",
         "consent.withdrawn",
         "escalation.received",
+        "overdue.received",
         "delivery.failed",
     }
 )

@@ -25,7 +25,15 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from keys import DEFAULT_LIMITS
-from keys.audit import ACCESS_RECORDS, CATEGORIES, CLIENT_NAME, COUNT_LABELS, KINDS, LABELS
+from keys.audit import (
+    ACCESS_RECORDS,
+    CATEGORIES,
+    CLIENT_NAME,
+    COUNT_LABELS,
+    KINDS,
+    LABELS,
+    OVERDUE_CLOCKS,
+)
 from keys.checkpoint import MAX_CHECKPOINT_BYTES
 from keys.merkle import MerkleTree, leaf_hash
 from keys.subjects import AGENCY_ID_PATTERN
@@ -639,8 +647,8 @@ _PROOF: dict[str, Any] = {"type": "array", "maxItems": 64, "items": _HASH}
 _AGENCY = AGENCY_ID_PATTERN.pattern
 _REASON = "^[a-z][a-z0-9-]{0,39}$"
 _CATEGORY = "|".join(CATEGORIES)
-#: `labels` of an entry (§9.0): the statistics labels with their values, or the counts of a
-#: `retention.purged` round.
+#: `labels` of an entry (§9.0): the statistics labels with their values, the counts of a
+#: `retention.purged` round, or the labels of its own of another kind.
 _LABELS: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -655,6 +663,8 @@ _LABELS: dict[str, Any] = {
         "record": {"enum": sorted(ACCESS_RECORDS)},
         "categories": {"type": "string", "pattern": f"^({_CATEGORY})(,({_CATEGORY}))*$"},
         "reads": {"type": "string", "pattern": "^[1-9][0-9]{0,8}$"},
+        # a `clock.overdue` event's clock (§9.0)
+        "clock": {"enum": sorted(OVERDUE_CLOCKS)},
     },
 }
 #: An entry's decoded event (EntryRow.to_json), for display and search (§9.0).
@@ -859,6 +869,13 @@ SCHEMAS: dict[str, Any] = {
             ),
             "rejections_by_reason": _list(_cell(reason={"type": "string", "pattern": _REASON})),
             "withdrawals_per_month": _list(_cell(month=_MONTH)),
+            "overdue_per_month": _list(
+                _cell(
+                    month=_MONTH,
+                    clock={"enum": [*sorted(OVERDUE_CLOCKS), "unspecified"]},
+                    urgency={"enum": [*sorted(LABELS["urgency"]), "unspecified"]},
+                )
+            ),
         }
     ),
     "BusLink": _closed(

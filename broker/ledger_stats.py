@@ -32,6 +32,10 @@ def compute(rows: Iterable[EntryRow], *, threshold: int) -> dict[str, Any]:
     reached: dict[str, dict[str, int]] = defaultdict(dict)
     rejections: Counter[str] = Counter()
     withdrawals: Counter[str] = Counter()
+    # (month, clock, urgency) -> the (holder, referral id) gone overdue: `clock.overdue` is
+    # signed once per coordinator and a referral may go overdue with several recipients, so
+    # each referral counts once per month, clock and tier.
+    overdue: dict[tuple[str, str, str], set[tuple[str, str]]] = defaultdict(set)
     for r in rows:
         if r.kind == "referral.sent" and r.referral_id is not None:
             first = sent_at.setdefault(r.referral_id, r.time)
@@ -49,6 +53,13 @@ def compute(rows: Iterable[EntryRow], *, threshold: int) -> dict[str, Any]:
             rejections[r.reason or "unspecified"] += 1
         elif r.kind == "consent.withdrawn":
             withdrawals[month(r.time)] += 1
+        elif r.kind == "clock.overdue" and r.referral_id is not None:
+            key = (
+                month(r.time),
+                r.labels.get("clock", "unspecified"),
+                r.labels.get("urgency", "unspecified"),
+            )
+            overdue[key].add((r.agency, r.referral_id))
 
     durations: dict[tuple[str, str], list[int]] = defaultdict(list)
     for referral_id, states in reached.items():
@@ -76,5 +87,9 @@ def compute(rows: Iterable[EntryRow], *, threshold: int) -> dict[str, Any]:
         ],
         "withdrawals_per_month": [
             {"month": m, **_cell(n, threshold)} for m, n in sorted(withdrawals.items())
+        ],
+        "overdue_per_month": [
+            {"month": m, "clock": c, "urgency": u, **_cell(len(ids), threshold)}
+            for (m, c, u), ids in sorted(overdue.items())
         ],
     }

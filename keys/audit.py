@@ -55,6 +55,7 @@ KINDS = frozenset(
         "alert.acknowledged",
         "retention.purged",
         "record.accessed",
+        "clock.overdue",
     }
 )
 #: What a `retention.purged` event counts (§9.0): label name -> a decimal count, nothing else.
@@ -83,6 +84,9 @@ CATEGORIES = (
 CLIENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 #: What a `record.accessed` answer returned (§9.0).
 ACCESS_RECORDS = frozenset({"body", "attachment"})
+#: The clocks whose overdue notice is a `clock.overdue` event (§8.5 "Clocks"; the reference
+#: agent's agents/clocks.py OVERDUE_CLOCKS): the values of its `clock` label.
+OVERDUE_CLOCKS = frozenset({"respond"})
 
 
 def _is_count(value: object) -> bool:
@@ -97,19 +101,6 @@ def _is_categories(value: object) -> bool:
     return names == sorted(set(names)) and set(names) <= set(CATEGORIES)
 
 
-#: Kinds with labels of their own: kind -> label name -> the check of its value. Such a kind
-#: carries only these labels, and no other kind carries them (the statistics `LABELS` go on
-#: every other kind). The one table both the encoder and every decoder check against.
-KIND_LABELS: dict[str, dict[str, Callable[[object], bool]]] = {
-    "retention.purged": {name: _is_count for name in sorted(COUNT_LABELS)},
-    "record.accessed": {
-        "client": lambda v: isinstance(v, str) and CLIENT_NAME.fullmatch(v) is not None,
-        "record": lambda v: isinstance(v, str) and v in ACCESS_RECORDS,
-        "categories": _is_categories,
-        "reads": lambda v: _is_count(v) and v != "0",
-    },
-}
-_OWN_LABELS = frozenset(name for table in KIND_LABELS.values() for name in table)
 #: Labels an event may carry for the anonymous statistics, with their allowed values.
 LABELS: dict[str, frozenset[str]] = {
     "referral_type": frozenset(
@@ -132,6 +123,29 @@ LABELS: dict[str, frozenset[str]] = {
         }
     ),
 }
+
+#: Kinds with labels of their own: kind -> label name -> the check of its value. Such a kind
+#: carries only these labels, and no other kind carries them unless they are statistics
+#: `LABELS` (which go on every other kind). The one table both the encoder and every
+#: decoder check against.
+KIND_LABELS: dict[str, dict[str, Callable[[object], bool]]] = {
+    "retention.purged": {name: _is_count for name in sorted(COUNT_LABELS)},
+    "record.accessed": {
+        "client": lambda v: isinstance(v, str) and CLIENT_NAME.fullmatch(v) is not None,
+        "record": lambda v: isinstance(v, str) and v in ACCESS_RECORDS,
+        "categories": _is_categories,
+        "reads": lambda v: _is_count(v) and v != "0",
+    },
+    "clock.overdue": {
+        "clock": lambda v: isinstance(v, str) and v in OVERDUE_CLOCKS,
+        "urgency": lambda v: isinstance(v, str) and v in LABELS["urgency"],
+    },
+}
+#: Labels only their kinds carry (a statistics label a kind also lists, such as `urgency` on
+#: `clock.overdue`, stays allowed on every other kind).
+_OWN_LABELS = frozenset(
+    name for table in KIND_LABELS.values() for name in table if name not in LABELS
+)
 _REASON = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 
 
@@ -256,6 +270,8 @@ def _problems(e: AuditEvent) -> list[str]:
                     p.append(f"a label is not one of {e.kind}'s labels with its value")
             elif name in _OWN_LABELS or name not in LABELS or value not in LABELS[name]:
                 p.append("a label is not an allowed name and value")
+    if e.kind == "clock.overdue" and "clock" not in names:
+        p.append("clock.overdue names its clock")
     if e.kind == "record.accessed":
         # The read record, its owner and every label: the owner finds it by `counterpart`.
         if isinstance(e.labels, tuple) and set(names) != set(KIND_LABELS[e.kind]):
@@ -286,6 +302,7 @@ __all__: Sequence[str] = [
     "KINDS",
     "KIND_LABELS",
     "LABELS",
+    "OVERDUE_CLOCKS",
     "AuditEvent",
     "SignedEvent",
     "decode_signed_event",

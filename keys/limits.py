@@ -79,7 +79,7 @@ class Limits:
     #: co-ordinator.
     escalation_urgent_seconds: int = 4 * 3600
     escalation_emergency_seconds: int = 30 * 60
-    #: How often the agent looks for referrals to escalate or expire.
+    #: How often the agent looks for referrals to escalate, to report overdue or to expire.
     timer_interval_seconds: float = 5.0
     #: Most events in one ledger proof request (POST /v1/proofs): an agent confirms this
     #: many of its own audit events per round.

@@ -27,6 +27,7 @@ from agents.messages import (
     DELIVERY_RECEIPT,
     ERASURE_CONFIRMATION,
     ESCALATION,
+    OVERDUE,
     REFERRAL,
     REFUSAL,
     TRANSITION,
@@ -50,6 +51,7 @@ from keys.errors import (
     UnknownReasonCodeError,
 )
 from keys.ledger_entry import LedgerEntry
+from keys.policy import Policy
 from keys.subjects import inbox_subject
 
 from . import samples
@@ -152,6 +154,28 @@ def test_the_other_kinds_as_senders_build_them_are_accepted() -> None:
     assert check(RESEND_REQUEST, request.encode()) == request
     refusal = Refusal("cd" * 16, "ef" * 32, "category-not-allowed", 11)
     assert check(REFUSAL, refusal.encode()) == refusal
+
+
+#: An overdue notice as agents/desk.py builds it (PROTOCOL §8.5).
+_OVERDUE = {
+    "clock": "respond",
+    "due_at": 1209601,
+    "recipient": "shelter",
+    "referral_id": RID,
+    "started_at": 1,
+    "urgency": "routine",
+}
+
+
+def test_an_overdue_notice_is_accepted_at_a_coordinator_under_a_policy() -> None:
+    """An overdue notice as senders build it passes at a coordinator whose directory has a
+    national policy (every tier has a respond clock), and is refused without one."""
+    body = canonical_json(_OVERDUE)
+    policy = Policy(country="LT")
+    checked = inbound.check(OVERDUE, body, roles=COORDINATOR, limits=DEFAULT_LIMITS, policy=policy)
+    assert checked == inbound.Overdue(**_OVERDUE)
+    with pytest.raises(SchemaInvalidError):
+        check(OVERDUE, body, COORDINATOR)
 
 
 # --------------------------------------------------------------------------- what is refused
@@ -302,6 +326,20 @@ REFUSED: list[tuple[str, str, bytes, frozenset[str], type[UntrustedInputError]]]
         canonical_json(
             {"referral_id": RID, "recipient": "a", "urgency": "routine", "submitted_at": 1}
         ),
+        COORDINATOR,
+        SchemaInvalidError,
+    ),
+    (
+        "an overdue notice to an NGO",
+        OVERDUE,
+        canonical_json(_OVERDUE),
+        NGO,
+        NotForThisRoleError,
+    ),
+    (
+        "an overdue notice naming a free-text recipient",
+        OVERDUE,
+        canonical_json({**_OVERDUE, "recipient": CANARY}),
         COORDINATOR,
         SchemaInvalidError,
     ),

@@ -216,12 +216,19 @@ async def test_clicking_a_referral_opens_its_timeline(
 async def test_each_chart_renders_bars(browser: BrowserContext, ledger_with_data: Any) -> None:
     """Each statistics chart renders an svg with at least one bar; suppressed cells show "<5"."""
     page, errors = await open_ui(browser, ledger_with_data)
-    charts = ["#chart-referrals", "#chart-rejections", "#chart-withdrawals", "#median-times"]
+    charts = [
+        "#chart-referrals",
+        "#chart-rejections",
+        "#chart-withdrawals",
+        "#median-times",
+        "#chart-overdue",
+    ]
     await page.wait_for_selector("#chart-withdrawals svg")
     for chart in charts:
         assert await page.locator(f"{chart} svg").count() == 1, chart
-    # Referrals and rejections have data in the fixture; withdrawals and acceptance times
-    # come from consent and lifecycle events, which the fixture's exchange does not make.
+    # Referrals and rejections have data in the fixture; withdrawals, acceptance times and
+    # overdue referrals come from consent, lifecycle and clock events, which the fixture's
+    # exchange does not make.
     for chart in ["#chart-referrals", "#chart-rejections"]:
         assert await page.locator(f"{chart} svg rect.bar").count() >= 1, chart
     threshold = await page.text_content("#stats-threshold")
@@ -262,6 +269,7 @@ KIND_WORDS = {
     "alert.acknowledged": "Alert acknowledged",
     "retention.purged": "Retention purge",
     "record.accessed": "Record accessed",
+    "clock.overdue": "Overdue, told co-ordinator",
 }
 #: What each statistics label value reads as.
 LABEL_WORDS = {

@@ -28,6 +28,7 @@ from agents import referral as R
 from agents import webhooks as W
 from agents.messages import ESCALATION
 from keys import PublicIdentity
+from keys.audit import decode_signed_event
 from keys.policy import Policy, Tier
 from nrm import admin
 
@@ -401,6 +402,22 @@ async def test_unacknowledged_urgent_referral_escalates_with_metadata_only(
         assert samples.BODY["names"]["given_names"] not in json.dumps(doc)
 
 
+async def publish_policy(m: Mechanism, tiers: dict[str, Tier]) -> None:
+    """Publish a directory whose national policy has these priority tiers, and wait until
+    every agent trusts it."""
+    policy = Policy(country="LT", priority=tiers, without_consent={"police": ("public_task",)})
+    admin.set_policy(m.sandbox.admin, policy)
+    m.sandbox.sign_draft()
+    await m.sandbox.publish()
+
+    async def everyone_has_it() -> bool:
+        return all(
+            (d := a.trust.directory) is not None and d.policy == policy for a in m.agents.values()
+        )
+
+    await eventually(everyone_has_it, what="every agent to take the policy")
+
+
 async def test_under_a_national_policy_its_tiers_decide_what_escalates(
     escalating: Mechanism,
 ) -> None:
@@ -434,6 +451,78 @@ async def test_under_a_national_policy_its_tiers_decide_what_escalates(
     await eventually(arrived, timeout=30, what="the routine escalation at the co-ordinator")
     body = await get(m, "police", f"/v1/referrals/{routine}")
     assert body["recipients"][0]["escalated_at"] is not None
+
+
+async def test_an_unanswered_referral_goes_overdue_once_an_accepted_one_does_not(
+    escalating: Mechanism,
+) -> None:
+    """Under a policy that gives routine a due time and no acknowledge clock, a routine
+    referral nobody accepts sends one `overdue` notice (metadata only) to the co-ordinator,
+    which hands it to its systems, and police signs `clock.overdue`; one accepted before
+    never does, though its due time has long passed. Sender and recipient show the same
+    `due_at`; without a policy there is none."""
+    m = escalating
+    answered = await m.api("police").refer(["shelter"], samples.referral())
+    await delivered(m, "police", answered)
+    await recipient_state(m, answered, "delivered")
+    assert (await get(m, "police", f"/v1/referrals/{answered}"))["recipients"][0]["due_at"] is None
+    for step in ("acknowledged", "accepted"):
+        status, body, _ = await act(m, "shelter", answered, to=step)
+        assert status == 202, body
+        await recipient_state(m, answered, step)
+    tiers = {
+        "emergency": Tier(acknowledge_seconds=None, due_seconds=2),
+        "urgent": Tier(acknowledge_seconds=None, due_seconds=2),
+        "routine": Tier(acknowledge_seconds=None, due_seconds=2),
+    }
+    await publish_policy(m, tiers)
+    late = await m.api("police").refer(["shelter"], samples.referral())
+    coordinator, police = m.database("coordinator"), m.database("police")
+
+    async def arrived() -> bool:
+        return bool(query(coordinator, "SELECT 1 FROM inbox WHERE kind = 'overdue'"))
+
+    await eventually(arrived, timeout=30, what="the overdue notice at the co-ordinator")
+    [(raw,)] = query(coordinator, "SELECT body FROM inbox WHERE kind = 'overdue'")
+    notice = json.loads(raw)
+    [(created,)] = query(
+        police,
+        "SELECT o.created FROM outbox o JOIN referrals r"
+        " ON r.message_id = o.message_id WHERE r.referral_id = ?",
+        late,
+    )
+    assert notice == {
+        "clock": "respond",
+        "due_at": created + 2,
+        "recipient": "shelter",
+        "referral_id": late,
+        "started_at": created,
+        "urgency": "routine",
+    }
+    sender_view = await get(m, "police", f"/v1/referrals/{late}")
+    receiver_view = await get(m, "shelter", f"/v1/referrals/{late}")
+    assert sender_view["recipients"][0]["due_at"] == receiver_view["due_at"] == created + 2
+    assert query(police, "SELECT count(*) FROM outbox WHERE kind = 'overdue'") == [(1,)]
+    overdue_at = dict(query(police, "SELECT referral_id, overdue_at FROM referrals"))
+    assert overdue_at[late] is not None and overdue_at[answered] is None
+    events = [
+        decode_signed_event(bytes(r[0]))[0]
+        for r in query(police, "SELECT event FROM audit_outbox ORDER BY seq")
+    ]
+    [event] = [e for e in events if e.kind == "clock.overdue"]
+    assert (event.referral_id, event.counterpart) == (late, "coordinator")
+    assert event.labels == (("clock", "respond"), ("urgency", "routine"))
+
+    async def handed_on() -> bool:
+        return bool(
+            query(coordinator, "SELECT 1 FROM webhook_outbox WHERE type = 'overdue.received'")
+        )
+
+    await eventually(handed_on, what="the overdue.received webhook event")
+    [(hooked,)] = query(
+        coordinator, "SELECT body FROM webhook_outbox WHERE type = 'overdue.received'"
+    )
+    assert json.loads(hooked)["data"] == {**notice, "sender": "police"}
 
 
 async def test_an_unreachable_co_ordinator_does_not_stop_the_timers(

@@ -129,6 +129,38 @@ def test_sent_pairs_of_a_version_2_database_have_no_categories(tmp_path: Path) -
     db.close()
 
 
+def test_a_database_from_before_the_respond_clock_gets_overdue_at(tmp_path: Path) -> None:
+    """A database of user_version 3 (referral pairs without `overdue_at`): each pair kept
+    gets the column, none of them overdue yet, and is a candidate for the respond clock."""
+    path = tmp_path / "agent.db"
+    Store(path, agency="police").close()
+    db = sqlite3.connect(path)
+    db.execute("DROP INDEX referrals_overdue")
+    db.execute("ALTER TABLE referrals DROP COLUMN overdue_at")
+    db.execute(
+        "INSERT INTO outbox (message_id, referral_id, kind, created, envelope_hash, envelope)"
+        " VALUES ('m1', 'r1', 'referral', 5, 'h', x'00')"
+    )
+    db.execute(
+        "INSERT INTO referrals (owner, referral_id, counterpart, side, state, referral_type,"
+        " urgency, legal_basis, message_id, created, updated) VALUES ('police', 'r1',"
+        " 'shelter', 'sender', 'acknowledged', 'nrm_full', 'routine', 'consent', 'm1', 5, 5)"
+    )
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+    store = Store(path, agency="police")
+    try:
+        assert store._db.execute("PRAGMA user_version").fetchone() == (VERSION,) == (4,)
+        candidates = store.overdue_candidates(["routine"])
+        assert candidates == [("police", "r1", "shelter", "acknowledged", "routine", 5)]
+        with store.transaction() as tx:
+            store.mark_overdue(tx, "police", "r1", "shelter", 9)
+        assert store.overdue_candidates(["routine"]) == []
+    finally:
+        store.close()
+
+
 def test_one_id_from_two_owners_is_two_referrals(tmp_path: Path) -> None:
     """The same referral id held from police and from the coordinator: two referrals whose
     state, history and data keys change independently; a data key is never replaced."""

@@ -67,6 +67,12 @@ class SentCopy:
     erasure_confirmed_at: int | None
 
 
+#: The states `overdue_candidates` looks in, written into its SQL and the partial index
+#: `referrals_overdue`: those in which the `respond` clock runs (agents/clocks.py; a test
+#: holds the two equal).
+RESPOND_RUNS = ("submitted", "delivered", "acknowledged", "more_info_requested")
+
+
 class Referrals(Database):
     """`referrals` (one row per owner, referral and counterpart), `history`, `data_keys`."""
 
@@ -219,11 +225,16 @@ class Referrals(Database):
 
     def referral_rows(self, owner: str, referral_id: str) -> list[tuple[Any, ...]]:
         """(counterpart, side, state, referral_type, urgency, legal_basis, message_id,
-        created, updated, escalated_at, client_reference) of every pair of a referral."""
+        created, updated, escalated_at, client_reference, envelope_created) of every pair of a
+        referral; `envelope_created` is the `created` of the referral's envelope, sent or
+        received (where its `respond` clock starts, agents/clocks.py): the outbox and inbox
+        rows are never deleted, only their bodies."""
         return self._db.execute(
             "SELECT counterpart, side, state, referral_type, urgency, legal_basis, message_id,"
-            " created, updated, escalated_at, client_reference FROM referrals"
-            " WHERE owner = ? AND referral_id = ? ORDER BY counterpart",
+            " created, updated, escalated_at, client_reference, CASE r.side WHEN 'sender'"
+            " THEN (SELECT o.created FROM outbox o WHERE o.message_id = r.message_id)"
+            " ELSE (SELECT i.created FROM inbox i WHERE i.message_id = r.message_id) END"
+            " FROM referrals r WHERE owner = ? AND referral_id = ? ORDER BY counterpart",
             (owner, referral_id),
         ).fetchall()
 
@@ -288,6 +299,34 @@ class Referrals(Database):
     ) -> None:
         db.execute(
             "UPDATE referrals SET escalated_at = ?"
+            " WHERE owner = ? AND referral_id = ? AND counterpart = ?",
+            (at, owner, referral_id, recipient),
+        )
+
+    def overdue_candidates(
+        self, urgencies: Iterable[str]
+    ) -> list[tuple[str, str, str, str, str, int]]:
+        """(owner, referral id, recipient, state, urgency, envelope created) of sent referrals
+        of `urgencies` whose `respond` clock runs (RESPOND_RUNS) and has sent no notice."""
+        wanted = sorted(set(urgencies))
+        if not wanted:
+            return []
+        marks = ", ".join("?" * len(wanted))
+        rows = self._db.execute(
+            "SELECT r.owner, r.referral_id, r.counterpart, r.state, r.urgency, o.created"  # noqa: S608 (placeholders only)
+            " FROM referrals r JOIN outbox o ON o.message_id = r.message_id"
+            " WHERE r.side = 'sender' AND r.overdue_at IS NULL AND r.state IN ('submitted',"
+            f" 'delivered', 'acknowledged', 'more_info_requested') AND r.urgency IN ({marks})",
+            wanted,
+        ).fetchall()
+        return [(str(a), str(b), str(c), str(d), str(e), int(f)) for a, b, c, d, e, f in rows]
+
+    @staticmethod
+    def mark_overdue(
+        db: sqlite3.Connection, owner: str, referral_id: str, recipient: str, at: int
+    ) -> None:
+        db.execute(
+            "UPDATE referrals SET overdue_at = ?"
             " WHERE owner = ? AND referral_id = ? AND counterpart = ?",
             (at, owner, referral_id, recipient),
         )

@@ -102,6 +102,7 @@ CREATE TABLE IF NOT EXISTS referrals (
     created            INTEGER NOT NULL,
     updated            INTEGER NOT NULL,
     escalated_at       INTEGER,
+    overdue_at         INTEGER,
     expires            INTEGER,
     client_reference   TEXT,
     -- what this agency sent the counterpart: the data categories of its minimised body,
@@ -120,6 +121,9 @@ CREATE INDEX IF NOT EXISTS referrals_expiring ON referrals(expires) WHERE expire
 CREATE INDEX IF NOT EXISTS referrals_escalating ON referrals(created)
     WHERE side = 'sender' AND escalated_at IS NULL AND state IN ('submitted', 'delivered')
     AND urgency IN ('urgent', 'emergency');
+CREATE INDEX IF NOT EXISTS referrals_overdue ON referrals(urgency)
+    WHERE side = 'sender' AND overdue_at IS NULL
+    AND state IN ('submitted', 'delivered', 'acknowledged', 'more_info_requested');
 CREATE UNIQUE INDEX IF NOT EXISTS referrals_client_reference
     ON referrals(client_reference, counterpart) WHERE client_reference IS NOT NULL;
 CREATE TABLE IF NOT EXISTS history (
@@ -394,6 +398,15 @@ def _migrate_sent_categories(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE referrals ADD COLUMN categories TEXT")
 
 
+def _migrate_overdue_at(db: sqlite3.Connection) -> None:
+    """Databases made before the `respond` clock (agents/clocks.py): each referral pair gets
+    `overdue_at`, when its overdue notice was sent (none yet)."""
+    columns = _columns(db, "referrals")
+    if columns is None or "overdue_at" in columns:
+        return
+    db.execute("ALTER TABLE referrals ADD COLUMN overdue_at INTEGER")
+
+
 def _statement(table: str) -> str:
     for statement in SCHEMA.split(";"):
         if f"TABLE IF NOT EXISTS {table} " in statement:
@@ -432,6 +445,9 @@ def migrations(agency: str | None) -> tuple[Migration, ...]:
         Migration(2, "inbox rows name the stream they were consumed from", _migrate_inbox_stream),
         Migration(
             3, "sent referral pairs keep the categories they carried", _migrate_sent_categories
+        ),
+        Migration(
+            4, "referral pairs record when their respond clock went overdue", _migrate_overdue_at
         ),
     )
 

@@ -98,6 +98,7 @@
     "alert.acknowledged": "Alert acknowledged",
     "retention.purged": "Retention purge",
     "record.accessed": "Record accessed",
+    "clock.overdue": "Overdue, told co-ordinator",
   };
   const LABEL_WORDS = {
     referral_type: {
@@ -121,6 +122,7 @@
       cancelled: "Cancelled",
       expired: "Expired",
     },
+    clock: { respond: "Not accepted or declined in time" }, // clock.overdue's clock
   };
   const LABEL_ORDER = ["referral_type", "urgency", "state"];
   const COUNT_WORDS = {
@@ -789,6 +791,15 @@
       categories: uniq(wd.map((r) => r.month)).sort(),
       series: [{ key: "n", name: "consent withdrawals" }],
       cell: (c) => wdCells.get(c), format: countFmt, threshold, unit: "count",
+    });
+
+    const od = (s.overdue_per_month || []).filter((r) => r.clock === "respond");
+    const odCells = byKey(od, (r) => `${r.month}|${r.urgency}`);
+    barChart($("chart-overdue"), {
+      categories: uniq(od.map((r) => r.month)).sort(),
+      series: uniq(od.map((r) => r.urgency)).sort()
+        .map((u) => ({ key: u, name: labelWords("urgency", u) })),
+      cell: (c, k) => odCells.get(`${c}|${k}`), format: countFmt, threshold, unit: "count",
     });
   }
 

@@ -686,6 +686,19 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
             ("record", "body"),
         ),
     )
+    overdue = AuditEvent(
+        event_id=fixed("audit event 4")[:16].hex(),
+        agency="police",
+        kind="clock.overdue",
+        time=NOW,
+        referral_id=EVENT.referral_id,
+        counterpart="coordinator",
+        envelope_hash=fixed("envelope 2").hex(),
+        key_ids=EVENT.key_ids,
+        labels=(("clock", "respond"), ("urgency", "routine")),
+    )
+    clockless = _event_fields(overdue)
+    clockless[9] = [["urgency", "routine"]]
     access_label = _event_fields(EVENT)
     access_label[9] = [["client", "case-management"]]
     ownerless = _event_fields(accessed)
@@ -716,6 +729,20 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
             "ok",
             {},
             sign_event(accessed, POLICE_SIGN),
+        ),
+        (
+            "ok-clock-overdue",
+            "clock.overdue with its clock and urgency labels",
+            "ok",
+            {},
+            sign_event(overdue, POLICE_SIGN),
+        ),
+        (
+            "overdue-without-clock",
+            "clock.overdue without its clock label, correctly signed",
+            "malformed",
+            {},
+            _signed_raw(clockless),
         ),
         ("bad-signature", "last signature byte flipped", "bad-signature", {}, bytes(tampered)),
         (
@@ -1251,6 +1278,74 @@ def _basis_vectors() -> list[tuple[str, str, str, str, str, bytes]]:
     ]
 
 
+def _overdue_body(**changes: object) -> bytes:
+    """An overdue notice of a routine referral's respond clock under POLICY, with `changes`."""
+    due = POLICY.priority["routine"].due_seconds
+    doc = {
+        "clock": "respond",
+        "due_at": CREATED + due,
+        "recipient": "shelter",
+        "referral_id": RID,
+        "started_at": CREATED,
+        "urgency": "routine",
+    }
+    return canonical_json({**doc, **changes})
+
+
+def _overdue_vectors() -> list[tuple[str, str, str, bool, str, bytes]]:
+    """body-overdue-*: (name, comment, roles, under POLICY, expect, body)."""
+    return [
+        (
+            "ok",
+            "a respond clock overdue, at a coordinator",
+            "coordinator",
+            True,
+            "ok",
+            _overdue_body(),
+        ),
+        (
+            "not-coordinator",
+            "an overdue notice at an NGO",
+            "ngo",
+            True,
+            "not-for-this-role",
+            _overdue_body(),
+        ),
+        (
+            "no-policy",
+            "without a national policy there is no respond clock",
+            "coordinator",
+            False,
+            "schema-invalid",
+            _overdue_body(),
+        ),
+        (
+            "acknowledge-clock",
+            "the acknowledge clock escalates with escalation, never overdue",
+            "coordinator",
+            True,
+            "schema-invalid",
+            _overdue_body(clock="acknowledge"),
+        ),
+        (
+            "due-before-start",
+            "due_at not after started_at",
+            "coordinator",
+            True,
+            "schema-invalid",
+            _overdue_body(due_at=CREATED),
+        ),
+        (
+            "extra-member",
+            "a member the kind does not define",
+            "coordinator",
+            True,
+            "unknown-member",
+            _overdue_body(holder="police"),
+        ),
+    ]
+
+
 def _body_vectors() -> list[tuple[str, str, str, str, str, bytes]]:
     receipt_id = RECEIPT_DOC["receipt_id"]
     return [
@@ -1374,6 +1469,11 @@ def message_vectors() -> Iterator[tuple[str, str]]:
     for name, comment, kind, roles, expect, data in _body_vectors():
         header = [("expect", expect), ("comment", comment), ("kind", kind), ("roles", roles)]
         yield f"body-{name}", render(header, data)
+    for name, comment, roles, with_policy, expect, data in _overdue_vectors():
+        header = [("expect", expect), ("comment", comment), ("kind", "overdue"), ("roles", roles)]
+        if with_policy:
+            header.append(("policy", b64(canonical_json(policy_doc(POLICY)))))
+        yield f"body-overdue-{name}", render(header, data)
     for name, comment, roles, sender_roles, expect, data in _basis_vectors():
         header = [
             ("expect", expect),
