@@ -109,7 +109,7 @@ def test_a_database_from_before_per_agency_inbox_streams_names_the_shared_stream
     db.close()
     store = Store(path, agency="shelter")
     try:
-        assert store._db.execute("PRAGMA user_version").fetchone() == (VERSION,) == (3,)
+        assert store._db.execute("PRAGMA user_version").fetchone() == (VERSION,) == (4,)
         assert store.received_position("m1") == ("NRM_MSG", 7)
         assert store.received_position("m2") is None
     finally:
