@@ -29,7 +29,7 @@ from . import codec
 from .errors import BadDecisionError, NotForThisRoleError, TooEarlyError, UnknownReasonCodeError
 from .key_history import KeyWindow, signing_key_at
 from .roles import DECISION_STAGES
-from .signed import check_signature, decode_frame, sign_frame
+from .signed import open_frame, sign_frame
 from .subjects import AGENCY_ID_PATTERN
 
 VERSION: Final = 1
@@ -122,17 +122,15 @@ def verify_decision(data: bytes, *, history: Sequence[KeyWindow]) -> Decision:
     Raises MalformedError; UnknownKeyError, RetiredKeyError or RevokedKeyError for the key;
     BadSignatureError. Whether that authority may decide that stage is the caller's (it
     needs the directory at `decided_at`)."""
-    body, kid, signature = decode_frame(
+    return open_frame(
         data,
+        label=LABEL,
+        what="decision",
         max_bytes=MAX_SIGNED_DECISION_BYTES,
         max_items=10,
-        what="decision",
-        body_name="decision",
+        decode=decode,
+        signer=lambda d, kid: signing_key_at(history, agency=d.authority, kid=kid, at=d.decided_at),
     )
-    decision = decode(body)
-    key = signing_key_at(history, agency=decision.authority, kid=kid, at=decision.decided_at)
-    check_signature(LABEL, body, signature, key, failure="decision signature does not verify")
-    return decision
 
 
 class Decider(Protocol):

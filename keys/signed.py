@@ -9,6 +9,9 @@ signed it, is the caller's. Pure.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import nacl.exceptions
 from nacl.signing import SigningKey, VerifyKey
 
@@ -17,6 +20,8 @@ from .errors import BadSignatureError, MalformedError
 from .identity import signing_kid
 
 VERSION = 1
+
+T = TypeVar("T")
 
 
 def sign_frame(label: bytes, body: bytes, key: SigningKey) -> bytes:
@@ -59,3 +64,26 @@ def verify_message(key: VerifyKey, message: bytes, signature: bytes, *, failure:
         key.verify(message, signature)
     except nacl.exceptions.BadSignatureError as e:
         raise BadSignatureError(failure) from e
+
+
+def open_frame(
+    data: bytes,
+    *,
+    label: bytes,
+    what: str,
+    max_bytes: int,
+    max_items: int,
+    decode: Callable[[bytes], T],
+    signer: Callable[[T, str], VerifyKey],
+) -> T:
+    """The value of a signed frame whose body `decode` accepts, if the key `signer` names for
+    that value and the frame's signer kid made the signature; MalformedError, what `signer`
+    raises (UnknownKeyError, RevokedKeyError, ...), or BadSignatureError otherwise. The body
+    is decoded before the key is looked up: the key depends on who the body says signed."""
+    body, kid, signature = decode_frame(
+        data, max_bytes=max_bytes, max_items=max_items, what=what, body_name=what
+    )
+    value = decode(body)
+    key = signer(value, kid)
+    check_signature(label, body, signature, key, failure=f"{what} signature does not verify")
+    return value

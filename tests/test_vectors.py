@@ -69,6 +69,7 @@ from keys.keyfile import open_admin_key, open_keys
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import leaf_hash, root_of, verify_consistency, verify_inclusion
 from keys.policy import Policy, policy_from_doc
+from keys.protection import Notice, check_follows, verify_notice
 from keys.restore import verify_restore
 from keys.subjects import DIRECTORY_KEY, inbox_stream
 from runtime import clock
@@ -400,15 +401,7 @@ def test_decision_vector(path: Path) -> None:
     """Verifying the signed decision under the vector's key history (§8.7, §7.9), then the
     reason and salt beside it, gives exactly the vector's outcome and, when ok, every member."""
     fields, data = parse(path)
-    window = KeyWindow(
-        agency=fields["authority"],
-        kid=fields["kid"],
-        public=bytes.fromhex(fields["signer_ed25519_public"]),
-        valid_from=int(fields["valid_from"]),
-        valid_until=None,
-        revoked_at=_opt(fields["revoked_at"]),
-        listed_version=1,
-    )
+    window = _authority_window(fields)
     reason = None if fields["reason"] == "none" else fields["reason"]
     salt = None if fields["salt"] == "none" else bytes.fromhex(fields["salt"])
 
@@ -435,6 +428,43 @@ def test_decision_vector(path: Path) -> None:
         value = getattr(decision, name)
         shown = "none" if value is None else value.hex() if isinstance(value, bytes) else str(value)
         assert shown == fields[name], name
+
+
+def _authority_window(fields: dict[str, str]) -> KeyWindow:
+    """The one key window of a decision-* or protection-* vector's key history."""
+    return KeyWindow(
+        agency=fields["authority"],
+        kid=fields["kid"],
+        public=bytes.fromhex(fields["signer_ed25519_public"]),
+        valid_from=int(fields["valid_from"]),
+        valid_until=None,
+        revoked_at=_opt(fields["revoked_at"]),
+        listed_version=1,
+    )
+
+
+@each_vector("protection-")
+def test_protection_vector(path: Path) -> None:
+    """Verifying the signed notice under the vector's key history (§8.9, §7.9), then as the
+    next link after `held`, gives exactly the vector's outcome and, when ok, every member."""
+    fields, data = parse(path)
+    history = [_authority_window(fields)]
+    held = None
+    if fields["held"] != "none":
+        held = verify_notice(base64.b64decode(fields["held"]), history=history)
+
+    def verify() -> Notice:
+        notice = verify_notice(data, history=history)
+        check_follows(held, notice, reflection_min_days=int(fields["reflection_min_days"]))
+        return notice
+
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], verify)
+        return
+    notice = verify()
+    for name in Notice.WIRE.fields:
+        value = getattr(notice, name)
+        assert ("none" if value is None else str(value)) == fields[name], name
 
 
 def _provider_directory(fields: dict[str, str]) -> Directory:
@@ -681,6 +711,7 @@ FAMILIES = {
     "decision-": 8,
     "catalogue-": 8,
     "capacity-": 6,
+    "protection-": 8,
     "state-": 20,
 }
 
@@ -844,6 +875,7 @@ def test_state_vector(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 #: Families whose vectors are checks a receiver makes of what it is sent (§4.7, §6.4).
 RECEIVER_FAMILIES = (
     "decision-",
+    "protection-",
     "envelope-",
     "state-",
     "body-",

@@ -71,6 +71,8 @@ from keys.keyfile import INTERACTIVE, _derive
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import leaf_hash
 from keys.policy import Policy, policy_doc
+from keys.protection import LABEL as PROTECTION_LABEL
+from keys.protection import Notice, sign_notice
 from nrm import examples
 
 CREATED = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -2381,6 +2383,144 @@ def catalogue_vectors() -> Iterator[tuple[str, str]]:
         yield f"capacity-{name}", render(header, data)
 
 
+# --- protection notices (§8.9) ----------------------------------------------------------------
+#
+# protection-*: the bytes are a signed protection notice; the verifier's key history holds the
+#     authority's key as for decision-* (`authority`, `kid`, `signer_ed25519_public`,
+#     `valid_from`, `revoked_at`); `held` is base64 of the signed notice it holds last of that
+#     protection of the case (or none), judged with `reflection_min_days`. When ok: every
+#     member by name.
+
+
+def _notice(after: Notice | None = None, **changes: Any) -> Notice:
+    fields: dict[str, Any] = {
+        "notice_id": fixed(f"notice {0 if after is None else 1}")[:16].hex(),
+        "authority": "authority",
+        "case_id": CASE,
+        "protection": "reflection",
+        "event": "started",
+        "starts_on": "2026-01-01",
+        "ends_on": "2026-02-15",
+        "reason": None,
+        "at": NOW if after is None else after.at + DAY,
+        "previous": None if after is None else after.notice_id,
+    }
+    return Notice(**(fields | changes))
+
+
+def _notice_raw(fields: list[object]) -> bytes:
+    body = codec.pack(fields)
+    signature = AUTHORITY_SIGN.sign(PROTECTION_LABEL + b"\x00" + body).signature
+    return codec.pack([1, body, signing_kid(AUTHORITY_SIGN.verify_key), signature])
+
+
+def _protection_vectors() -> list[tuple[str, str, str, Notice | None, Notice | None, bytes]]:
+    """(name, comment, expect, held, the notice for the ok header, bytes)."""
+    started = _notice()
+    extended = _notice(started, event="extended", ends_on="2026-03-15", reason="proceedings")
+    flipped = bytearray(sign_notice(started, AUTHORITY_SIGN))
+    flipped[-1] ^= 1
+    fields: list[object] = [1, *(getattr(extended, n) for n in Notice.WIRE.fields)]
+    no_reason = list(fields)
+    no_reason[8] = None
+    no_removal_extended = list(fields)
+    no_removal_extended[4] = "no-removal"
+    sign = lambda n: sign_notice(n, AUTHORITY_SIGN)  # noqa: E731
+    return [
+        ("ok-started", "a 45-day reflection period starts", "ok", None, started, sign(started)),
+        (
+            "ok-extended",
+            "extended to 73 days for proceedings",
+            "ok",
+            started,
+            extended,
+            sign(extended),
+        ),
+        (
+            "bad-signature",
+            "last signature byte flipped",
+            "bad-signature",
+            None,
+            None,
+            bytes(flipped),
+        ),
+        (
+            "revoked-key",
+            "signed after the authority's key was revoked",
+            "revoked-key",
+            None,
+            None,
+            sign(_notice(at=NOW + 2 * DAY)),
+        ),
+        (
+            "not-the-next-link",
+            "an extension whose previous is not the notice held",
+            "unexpected",
+            started,
+            None,
+            sign(dataclasses.replace(extended, previous=fixed("other notice")[:16].hex())),
+        ),
+        (
+            "fork",
+            "a second start while a period runs",
+            "unexpected",
+            started,
+            None,
+            sign(dataclasses.replace(started, notice_id=fixed("notice 2")[:16].hex())),
+        ),
+        (
+            "too-short",
+            "a reflection period of 29 days",
+            "unexpected",
+            None,
+            None,
+            sign(_notice(ends_on="2026-01-30")),
+        ),
+        (
+            "extension-earlier",
+            "an extension that ends before the period did",
+            "unexpected",
+            started,
+            None,
+            sign(dataclasses.replace(extended, ends_on="2026-02-01")),
+        ),
+        (
+            "extended-without-reason",
+            "an extension without its reason, correctly signed",
+            "malformed",
+            started,
+            None,
+            _notice_raw(no_reason),
+        ),
+        (
+            "no-removal-extended",
+            "no-removal extended (never a notice), correctly signed",
+            "malformed",
+            None,
+            None,
+            _notice_raw(no_removal_extended),
+        ),
+    ]
+
+
+def protection_vectors() -> Iterator[tuple[str, str]]:
+    for name, comment, expect, held, notice, data in _protection_vectors():
+        header: list[tuple[str, object]] = [
+            ("expect", expect),
+            ("comment", comment),
+            ("authority", "authority"),
+            ("kid", signing_kid(AUTHORITY_SIGN.verify_key)),
+            ("signer_ed25519_public", bytes(AUTHORITY_SIGN.verify_key)),
+            ("valid_from", CREATED),
+            ("revoked_at", NOW + DAY if name == "revoked-key" else None),
+            ("held", None if held is None else b64(sign_notice(held, AUTHORITY_SIGN))),
+            ("reflection_min_days", 30),
+        ]
+        if notice is not None:
+            header += [(n, getattr(notice, n)) for n in Notice.WIRE.fields if n != "authority"]
+        yield f"protection-{name}", render(header, data)
+
+
 #: Every family: (file name prefix, generator of (name, text)).
 FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("canonical-json-", canonical_json_vectors),
@@ -2395,6 +2535,7 @@ FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("identity-", identity_vectors),
     ("decision-", decision_vectors),
     ("catalogue-", catalogue_vectors),
+    ("protection-", protection_vectors),
 ]
 #: Every file name prefix written here (for removing stale files).
 PREFIXES = (
@@ -2415,4 +2556,5 @@ PREFIXES = (
     "decision-",
     "catalogue-",
     "capacity-",
+    "protection-",
 )
