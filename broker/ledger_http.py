@@ -618,7 +618,8 @@ async def stats(request: web.Request) -> web.Response:
     ledger = _ledger(request)
     return web.json_response(
         ledger_stats.compute(
-            ledger.store.all_rows_for_stats(), threshold=ledger.config.suppress_below
+            ledger.store.all_rows_for_stats(ledger_stats.KINDS),
+            threshold=ledger.config.suppress_below,
         )
     )
 

@@ -15,6 +15,15 @@ from typing import Any
 
 from .ledger_store import EntryRow
 
+#: The event kinds `compute` counts: the only ones the store hands it.
+KINDS: tuple[str, ...] = (
+    "referral.sent",
+    "transition.sent",
+    "message.rejected",
+    "consent.withdrawn",
+    "clock.overdue",
+)
+
 
 def month(t: int) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from broker.ledger_stats import compute
-from broker.ledger_store import EntryRow
+from pathlib import Path
+
+from broker.ledger_stats import KINDS, compute
+from broker.ledger_store import EntryRow, LedgerStore
+from keys.audit import AuditEvent
 
 JAN = 1_767_225_600  # 2026-01-01T00:00:00Z
 
@@ -52,3 +55,28 @@ def test_overdue_referrals_are_counted_once_per_tier() -> None:
             "suppressed": True,
         },
     ]
+
+
+def test_the_store_hands_the_statistics_every_kind_they_count(tmp_path: Path) -> None:
+    """Through a real LedgerStore: the rows `all_rows_for_stats(KINDS)` returns are those of
+    every kind `compute` counts, so an overdue referral stored in the ledger shows up (the
+    store's own kind list once left `clock.overdue` out)."""
+    store = LedgerStore(tmp_path / "ledger.db")
+    try:
+        events = [
+            AuditEvent(f"{n:032x}", "police", kind, JAN + n, referral_id="a" * 32, labels=labels)
+            for n, (kind, labels) in enumerate(
+                [
+                    ("clock.overdue", (("clock", "respond"), ("urgency", "routine"))),
+                    ("consent.recorded", ()),
+                ]
+            )
+        ]
+        for index, event in enumerate(events):
+            store.insert_entry(index, b"leaf", event, 1)
+        rows = store.all_rows_for_stats(KINDS)
+        assert {r.kind for r in rows} == {"clock.overdue"}
+        stats = compute(rows, threshold=1)
+        assert [c["count"] for c in stats["overdue_per_month"]] == [1]
+    finally:
+        store.close()
