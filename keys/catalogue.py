@@ -39,6 +39,7 @@ from .errors import (
     UnexpectedMessageError,
 )
 from .identity import signing_kid
+from .limits import DEFAULT_LIMITS
 from .signed import check_signature, decode_frame, sign_frame
 from .subjects import AGENCY_ID_PATTERN
 
@@ -254,7 +255,9 @@ def verify_catalogue(
     check_signature(LABEL, signed, sig, key, failure="catalogue signature does not verify")
     if catalogue.expires <= now:
         raise ExpiredMetadataError(f"catalogue version {catalogue.version} has expired")
-    if current is not None and current.agency == catalogue.agency:
+    if current is not None:
+        if current.agency != catalogue.agency:
+            raise ValueError("current must be the last catalogue accepted from that agency")
         if catalogue.version < current.version:
             raise RollbackError(
                 f"catalogue version {catalogue.version} is older than {current.version}"
@@ -337,13 +340,16 @@ def verify_capacity(
     catalogue: Catalogue,
     now: int,
     last_seq: int | None,
+    max_skew: int = DEFAULT_LIMITS.clock_skew_seconds,
 ) -> Capacity:
     """Decode a signed capacity record strictly and return it if the provider of `catalogue`
     signed it for one of its services, with a `seq` above `last_seq`, not expired.
 
     Raises MalformedError; UnexpectedMessageError (another agency, or a service not in the
     catalogue); UnknownKeyError, RetiredKeyError, RevokedKeyError; BadSignatureError;
-    RollbackError (a `seq` not above the last one); ExpiredError."""
+    RollbackError (a `seq` not above the last one); ExpiredError; UnexpectedMessageError for a
+    record dated more than `max_skew` ahead (its short life must not be moved into the
+    future)."""
     body, kid, signature = decode_frame(
         data,
         max_bytes=MAX_SIGNED_CAPACITY_BYTES,
@@ -362,6 +368,8 @@ def verify_capacity(
         raise RollbackError(f"capacity seq {record.seq} is not above {last_seq}")
     if record.expires <= now:
         raise ExpiredError("the capacity record has expired")
+    if record.as_of > now + max_skew:
+        raise UnexpectedMessageError("a capacity record dated in the future")
     return record
 
 

@@ -1262,6 +1262,14 @@ def _basis_vectors() -> list[tuple[str, str, str, str, str, bytes]]:
             _child_referral("consent", (*examples.referral()["body"], "guardian")),
         ),
         (
+            "referral-child-consent-to-health",
+            "a child's names to a health service, under consent alone: the basis is judged first",
+            "health",
+            "police",
+            "unlawful-basis",
+            _child_referral("consent", _HEALTH_FIELDS),
+        ),
+        (
             "referral-child-identity-to-health",
             "a child's names to a health service, outside the policy's child_identity_roles",
             "health",
@@ -2328,6 +2336,17 @@ def _capacity_vectors() -> list[tuple[str, str, str, int | None, Capacity | None
             11,
             None,
             raw(expires=NOW - 60 + 3601),
+        ),
+        (
+            "future-as-of",
+            "dated a year ahead, with its hour of life then, correctly signed",
+            "unexpected",
+            11,
+            None,
+            sign_capacity(
+                dataclasses.replace(record, as_of=NOW + 365 * DAY, expires=NOW + 365 * DAY + 60),
+                SHELTER_SIGN,
+            ),
         ),
         (
             "unknown-service",
