@@ -5,30 +5,36 @@ never links ids to people itself). Per referral and recipient the report gives w
 agency holds, the data categories sent, when the copy was sent and delivered, its state,
 the consent's withdrawal and the recipient's erasure confirmation, and every read of the
 copy the ledger recorded (`record.accessed`, PROTOCOL.md §9.0), each verified inside the
-checkpoint the agent last checked (agents/ledger_check.py). The ledger is asked for every
-access record of this agency's referrals since the oldest named one was created
-(`GET /v1/accesses`), so it never learns which referral, nor which person, the report is
-about.
+checkpoint the agent last checked (agents/ledger_check.py) and signed by the reader's key
+as the key history describes it at the time (the report trusts neither the ledger's paging
+nor its word that an event is authentic). The ledger is asked for every access record of
+this agency's referrals since the start of the month (UTC) the oldest named one was created
+in (`GET /v1/accesses`), so it never learns which referral, nor which person, the report is
+about: not even, from the exact `since`, when the referral was made.
 
-An id this agency did not send is reported `known: false`, whether or not it holds a
-referral of another agency by that id. Without a ledger answer that verifies there is no
-report at all (`LedgerUnavailable`, a 503), never one that only looks complete. What a
-recipient passed on under referrals of its own is not here: the report names each
-recipient, which answers for its own.
+An id this agency holds no sent referral by is reported `known: false`: it never sent one,
+or retention purged it (the recipients' copies and the ledger's records may outlive it); the
+answer is the same whether or not it holds a referral of another agency by that id. Without
+a ledger answer that verifies there is no report at all (`LedgerUnavailable`, a 503), never
+one that only looks complete. What a recipient passed on under referrals of its own is not
+here: the report names each recipient, which answers for its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import structlog
+from nacl.signing import VerifyKey
 
 from keys import UntrustedInputError
-from keys.audit import decode_signed_event
+from keys.audit import verify_event
 from keys.checkpoint import Checkpoint
+from keys.key_history import signing_key_at
 
 from .access import KIND
 from .errors import LedgerUnavailable
@@ -54,6 +60,10 @@ class SubjectAccess:
     page: int
     #: How far a reader's clock may lag this agency's (Limits.clock_skew_seconds).
     skew: int
+
+    @property
+    def history(self) -> _History:
+        return _History(self.store)
 
     async def report(self, referral_ids: Sequence[str]) -> dict[str, Any]:
         """The report on `referral_ids` (distinct, validated by the caller), in their order;
@@ -120,7 +130,7 @@ class SubjectAccess:
                 "the agent has not checked a ledger checkpoint yet; try again shortly",
                 reason="no-checkpoint",
             )
-        since = max(0, min(c[0].created for c in sent.values()) - self.skew)
+        since = max(0, month_start(min(c[0].created for c in sent.values())) - self.skew)
         try:
             reads = await self._fetch(watch, checkpoint, since=since, wanted=frozenset(sent))
         except aiohttp.ClientResponseError as e:
@@ -156,6 +166,7 @@ class SubjectAccess:
         if cp.size == 0:
             return found  # an empty tree proves nothing in it
         cursor: str | None = None
+        last = -1  # the index of the last entry taken: each page must go on from it
         async with aiohttp.ClientSession(
             headers={"Authorization": f"Bearer {s.token}"},
             timeout=aiohttp.ClientTimeout(total=10),
@@ -169,9 +180,14 @@ class SubjectAccess:
                     r.raise_for_status()
                     page = await r.json()
                 for item in page["items"]:
+                    if type(item["index"]) is not int or item["index"] <= last:
+                        raise ValueError("GET /v1/accesses repeated or reordered entries")
                     if item["index"] >= cp.size:
                         return found
-                    event = decode_signed_event(proved_entry(item, cp).signed_event)[0]
+                    last = item["index"]
+                    event = verify_event(
+                        proved_entry(item, cp).signed_event, signers=self.history
+                    ).event
                     if event.kind != KIND or event.counterpart != self.agency:
                         raise ValueError("GET /v1/accesses answered another kind of entry")
                     rid = event.referral_id
@@ -191,6 +207,25 @@ class SubjectAccess:
                 cursor = page["next_cursor"]
                 if cursor is None:
                     return found
+                if cursor != str(last):
+                    raise ValueError("GET /v1/accesses gave a cursor that does not go on")
+
+
+@dataclass(frozen=True, slots=True)
+class _History:
+    """The signing keys as this agent's key history holds them (keys.key_history): what an
+    agency signed stays verifiable after its keys leave the directory. `SignerKeys`."""
+
+    store: Store
+
+    def signing_key(self, agency: str, kid: str, *, at: int) -> VerifyKey:
+        return signing_key_at(self.store.key_history(agency), agency=agency, kid=kid, at=at)
+
+
+def month_start(t: int) -> int:
+    """The first second of the UTC month of `t`."""
+    d = datetime.fromtimestamp(t, UTC)
+    return int(datetime(d.year, d.month, 1, tzinfo=UTC).timestamp())
 
 
 def _recipient(copy: SentCopy, accesses: list[Access]) -> dict[str, Any]:

@@ -92,6 +92,15 @@ def csv_text(report: dict[str, Any]) -> str:
     return out.getvalue()
 
 
+def _categories(copy: dict[str, Any]) -> str:
+    """The categories sent, space-separated; `unknown` for a copy sent before they were
+    kept (an empty cell would read as "nothing was sent")."""
+    if "categories" not in copy:
+        return ""  # a read by an agency this one never sent the referral to
+    kept = copy["categories"]
+    return "unknown" if kept is None else " ".join(kept)
+
+
 def _rows(report: dict[str, Any]) -> Iterator[list[str]]:
     for referral in report["referrals"]:
         rid = referral["id"]
@@ -105,7 +114,7 @@ def _rows(report: dict[str, Any]) -> Iterator[list[str]]:
         for copy, accesses in copies:
             sent = [
                 copy["agency"],
-                " ".join(copy.get("categories") or ()),
+                _categories(copy),
                 copy["state"],
                 *(_iso(copy.get(k)) for k in ("sent_at", "delivered_at")),
                 *(_iso(copy.get(k)) for k in ("consent_withdrawn_at", "erasure_confirmed_at")),
@@ -130,7 +139,10 @@ def text(report: dict[str, Any]) -> str:
     for referral in report["referrals"]:
         rid = referral["id"]
         if not referral["known"]:
-            lines.append(f"referral {rid}: not a referral {report['agency']} sent")
+            lines.append(
+                f"referral {rid}: not held by {report['agency']} "
+                "(never sent by it, or purged by retention)"
+            )
             continue
         lines.append(
             f"referral {rid} ({referral['referral_type']}, {referral['urgency']}, legal basis "

@@ -151,7 +151,7 @@ async def test_the_report_shows_each_recipient_and_the_reads_of_each(
     result = await cli(m, tmp_path, *ids, "--config", str(bound))
     assert result.exit_code == 0, result.output
     assert "no read recorded" in result.output and "by case-management: body" in result.output
-    assert f"referral {unknown}: not a referral police sent" in result.output
+    assert f"referral {unknown}: not held by police" in result.output
 
     # A ledger serving an entry other than the one in its tree: no report.
     [row] = ledger.store.accesses(owner="police", since=0, after=-1, limit=10)
