@@ -166,10 +166,16 @@ def check(
         escalating = _ESCALATING if policy is None else L.acknowledge_limits({}, policy)
         if checked.urgency not in escalating:
             raise SchemaInvalidError("an escalation of an urgency that has no acknowledge clock")
-    if isinstance(checked, Overdue) and checked.urgency not in clocks.limits(
-        checked.clock, policy=policy
-    ):
-        raise SchemaInvalidError("an overdue notice of a clock the national policy does not run")
+    if isinstance(checked, Overdue):
+        if checked.urgency not in clocks.limits(checked.clock, policy=policy):
+            raise SchemaInvalidError(
+                "an overdue notice of a clock the national policy does not run"
+            )
+        due = clocks.due_at(checked.clock, checked.urgency, checked.started_at, policy=policy)
+        if due != checked.due_at:
+            raise SchemaInvalidError(
+                "an overdue notice whose due_at is not the national policy's for its tier"
+            )
     if isinstance(checked, CheckedReferral):
         problem = R.basis_problem(checked.referral, policy=policy, sender_roles=sender_roles)
         if problem is not None:  # codes only: the basis and the sender's roles

@@ -11,7 +11,8 @@ import pytest
 from agents import clocks
 from agents.clocks import ACKNOWLEDGE, CLOCKS, RESPOND, due_at, limits, overdue, running
 from agents.lifecycle import DEFAULT_ESCALATION_SECONDS, STATES, escalation_due
-from agents.storage.referrals import RESPOND_RUNS
+from agents.storage.referrals import RESPOND_RUNS, RESPOND_RUNS_SQL
+from agents.storage.schema import SCHEMA
 from keys import audit
 from keys.policy import Policy, Tier
 
@@ -53,8 +54,11 @@ def test_every_state_and_clock(name: str, state: str) -> None:
 
 
 def test_the_storage_looks_where_respond_runs() -> None:
-    """The states written into the overdue candidates' SQL are those respond runs in."""
+    """The states the overdue candidates' SQL and its partial index look in are those
+    respond runs in (the query is built from RESPOND_RUNS; the index is schema text)."""
     assert set(RESPOND_RUNS) == RUNS["respond"] == clocks.TABLE[RESPOND].runs
+    index = SCHEMA[SCHEMA.index("CREATE INDEX IF NOT EXISTS referrals_overdue") :]
+    assert f"state IN ({RESPOND_RUNS_SQL});" in " ".join(index.split())
 
 
 def test_respond_is_due_after_the_tiers_due_seconds() -> None:

@@ -203,3 +203,30 @@ def test_one_id_from_two_owners_is_two_referrals(tmp_path: Path) -> None:
         assert store.data_key("police", RECEIVED) == b"police"
     finally:
         store.close()
+
+
+def test_a_failed_copy_is_never_overdue(tmp_path: Path) -> None:
+    """A copy whose delivery failed (refused, its recipient removed or revoked) is not a
+    candidate for the respond clock: that recipient never had the referral to answer."""
+    store = Store(tmp_path / "agent.db", agency="police")
+    try:
+        with store.transaction() as db:
+            db.execute(
+                "INSERT INTO outbox (message_id, referral_id, kind, created, envelope_hash,"
+                " envelope) VALUES ('m1', 'r1', 'referral', 5, 'h', x'00')"
+            )
+            for recipient, delivery in (("shelter", "sent"), ("clinic", "failed")):
+                db.execute(
+                    "INSERT INTO referrals (owner, referral_id, counterpart, side, state,"
+                    " referral_type, urgency, legal_basis, message_id, created, updated)"
+                    " VALUES ('police', 'r1', ?, 'sender', 'submitted', 'nrm_full', 'routine',"
+                    " 'consent', 'm1', 5, 5)",
+                    (recipient,),
+                )
+                db.execute(
+                    "INSERT INTO deliveries (message_id, recipient, state) VALUES ('m1', ?, ?)",
+                    (recipient, delivery),
+                )
+        assert [c[2] for c in store.overdue_candidates(["routine"])] == ["shelter"]
+    finally:
+        store.close()

@@ -71,6 +71,8 @@ class SentCopy:
 #: `referrals_overdue`: those in which the `respond` clock runs (agents/clocks.py; a test
 #: holds the two equal).
 RESPOND_RUNS = ("submitted", "delivered", "acknowledged", "more_info_requested")
+#: RESPOND_RUNS as SQL, the same text the partial index `referrals_overdue` holds.
+RESPOND_RUNS_SQL = ", ".join(f"'{state}'" for state in RESPOND_RUNS)
 
 
 class Referrals(Database):
@@ -307,7 +309,9 @@ class Referrals(Database):
         self, urgencies: Iterable[str]
     ) -> list[tuple[str, str, str, str, str, int]]:
         """(owner, referral id, recipient, state, urgency, envelope created) of sent referrals
-        of `urgencies` whose `respond` clock runs (RESPOND_RUNS) and has sent no notice."""
+        of `urgencies` whose `respond` clock runs (RESPOND_RUNS) and has sent no notice. A
+        copy that failed (refused, its recipient removed or revoked) is left out: that
+        recipient never had the referral to answer."""
         wanted = sorted(set(urgencies))
         if not wanted:
             return []
@@ -315,8 +319,10 @@ class Referrals(Database):
         rows = self._db.execute(
             "SELECT r.owner, r.referral_id, r.counterpart, r.state, r.urgency, o.created"  # noqa: S608 (placeholders only)
             " FROM referrals r JOIN outbox o ON o.message_id = r.message_id"
-            " WHERE r.side = 'sender' AND r.overdue_at IS NULL AND r.state IN ('submitted',"
-            f" 'delivered', 'acknowledged', 'more_info_requested') AND r.urgency IN ({marks})",
+            f" WHERE r.side = 'sender' AND r.overdue_at IS NULL AND r.state IN ({RESPOND_RUNS_SQL})"
+            f" AND r.urgency IN ({marks}) AND NOT EXISTS (SELECT 1 FROM deliveries d"
+            " WHERE d.message_id = r.message_id AND d.recipient = r.counterpart"
+            " AND d.state = 'failed')",
             wanted,
         ).fetchall()
         return [(str(a), str(b), str(c), str(d), str(e), int(f)) for a, b, c, d, e, f in rows]

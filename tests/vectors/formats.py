@@ -1338,6 +1338,14 @@ def _overdue_vectors() -> list[tuple[str, str, str, bool, str, bytes]]:
             _overdue_body(clock="acknowledge"),
         ),
         (
+            "due-not-the-policy-s",
+            "due_at a day earlier than the routine tier's due_seconds after started_at",
+            "coordinator",
+            True,
+            "schema-invalid",
+            _overdue_body(due_at=CREATED + POLICY.priority["routine"].due_seconds - DAY),
+        ),
+        (
             "due-before-start",
             "due_at not after started_at",
             "coordinator",
