@@ -391,7 +391,9 @@ def _migrate_inbox_stream(db: sqlite3.Connection) -> None:
 
 def _migrate_sent_categories(db: sqlite3.Connection) -> None:
     """Databases made before subject access reports: `referrals` gets the `categories`
-    column (NULL for the referrals sent before: what they held was not kept)."""
+    column (NULL for the referrals sent before: what they held was not kept). SQLite cannot
+    add the fresh schema's CHECK (categories only on sent pairs) to an existing table; the
+    storage layer is the one writer, and it sets categories on sent pairs only."""
     columns = _columns(db, "referrals")
     if columns is None or "categories" in columns:
         return
