@@ -99,6 +99,9 @@ class Desk:
     attachments: Attachments
     #: Called after an erasure or a withdrawal is committed (agents/erasure.py).
     erased: Callable[[], None] = lambda: None
+    #: Called in the transaction of this agency accepting a received referral, with the
+    #: referral's owner and id (a competent authority opens its case, agents/identification.py).
+    accepted: Callable[[sqlite3.Connection, str, str], None] = lambda db, owner, rid: None
 
     def __post_init__(self) -> None:
         self.log = log.bind(agency=self.agency)
@@ -360,6 +363,8 @@ class Desk:
         )
         with self.store.transaction() as db:
             self._set_state(db, owner, referral_id, other, state, to, side, reason, outcome)
+            if side == "recipient" and to == "accepted":
+                self.accepted(db, owner, referral_id)
             self.send(
                 TRANSITION,
                 step.encode(),
@@ -539,7 +544,7 @@ class Desk:
         coordinator, in one transaction and one envelope (PROTOCOL §8.5), its audit events
         labelled with the notice's `clock` and `urgency` (§9.0); the pair is marked even with
         no coordinator to seal to, so the timers do not try it again and again."""
-        coordinators = self._escalation_recipients(now)
+        coordinators = self.coordinators(now)
         owner, referral_id, recipient = pair
         labels = tuple(sorted((k, notice[k]) for k in ("clock", "urgency") if k in notice))
         with self.store.transaction() as db:
@@ -566,9 +571,10 @@ class Desk:
             return None
         return clocks.due_at(clocks.RESPOND, urgency, started_at, policy=policy)
 
-    def _escalation_recipients(self, now: int) -> list[str]:
-        """The co-ordinators an escalation can be sealed to now (one whose keys were all
-        revoked is left out rather than stopping every escalation)."""
+    def coordinators(self, now: int) -> list[str]:
+        """The other co-ordinators a notice (an escalation, an overdue clock, a decision) can
+        be sealed to now (one whose keys were all revoked is left out rather than stopping
+        every notice)."""
         directory = self.directory()
         out = []
         for a in directory.agencies:

@@ -122,17 +122,27 @@ def verify_decision(data: bytes, *, history: Sequence[KeyWindow]) -> Decision:
     Raises MalformedError; UnknownKeyError, RetiredKeyError or RevokedKeyError for the key;
     BadSignatureError. Whether that authority may decide that stage is the caller's (it
     needs the directory at `decided_at`)."""
-    body, kid, signature = decode_frame(
+    body, kid, signature = _frame(data)
+    decision = decode(body)
+    key = signing_key_at(history, agency=decision.authority, kid=kid, at=decision.decided_at)
+    check_signature(LABEL, body, signature, key, failure="decision signature does not verify")
+    return decision
+
+
+def claimed(data: bytes) -> Decision:
+    """The decision inside a signed decision, strictly decoded but NOT verified
+    (MalformedError): what it claims, to look up who must have signed it."""
+    return decode(_frame(data)[0])
+
+
+def _frame(data: bytes) -> tuple[bytes, str, bytes]:
+    return decode_frame(
         data,
         max_bytes=MAX_SIGNED_DECISION_BYTES,
         max_items=10,
         what="decision",
         body_name="decision",
     )
-    decision = decode(body)
-    key = signing_key_at(history, agency=decision.authority, kid=kid, at=decision.decided_at)
-    check_signature(LABEL, body, signature, key, failure="decision signature does not verify")
-    return decision
 
 
 class Decider(Protocol):
@@ -237,6 +247,7 @@ __all__: Sequence[str] = [
     "check_authority",
     "check_reason",
     "check_second_stage",
+    "claimed",
     "decode",
     "reason_digest",
     "sign_decision",

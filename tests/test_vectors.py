@@ -21,6 +21,7 @@ from agents import inbound
 from agents.agent import Agent
 from agents.config import AgentConfig
 from agents.consent import decode_stored, verify_receipt
+from agents.decisions import IDENTIFICATION_DECISION, DecisionMessage, check_received
 from agents.lifecycle import Transition
 from agents.messages import DELIVERY_RECEIPT, REFUSAL, TRANSITION, DeliveryReceipt, Refusal
 from agents.resend import ResendRequest
@@ -556,14 +557,57 @@ def test_body_vector(path: Path) -> None:
     if "policy" in fields:
         policy = policy_from_doc(json.loads(base64.b64decode(fields["policy"], validate=True)))
     sender_roles = fields.get("sender_roles", "")
+    roles = set(fields["roles"].split(","))
+    if fields["kind"] == IDENTIFICATION_DECISION:
+        _decision_message(fields, body, roles)
+        return
     _received(
         fields,
         body,
         fields["kind"],
-        set(fields["roles"].split(",")),
+        roles,
         policy=policy,
         sender_roles=tuple(r for r in sender_roles.split(",") if r),
     )
+
+
+def _decision_message(fields: dict[str, str], body: bytes, roles: set[str]) -> None:
+    """§6.4 decoding, then §8.7's receiver checks in order against the vector's state."""
+    window = KeyWindow(
+        agency=fields["authority"],
+        kid=fields["kid"],
+        public=bytes.fromhex(fields["signer_ed25519_public"]),
+        valid_from=int(fields["valid_from"]),
+        valid_until=None,
+        revoked_at=None,
+        listed_version=1,
+    )
+    stages = fields["decides"].split(",")
+
+    class Authority:
+        def decides_stage(self, stage: str) -> bool:
+            return stage in stages
+
+    def check() -> Decision:
+        message = inbound.check(IDENTIFICATION_DECISION, body, roles=roles, limits=DEFAULT_LIMITS)
+        assert isinstance(message, DecisionMessage)
+        first = None
+        if fields["first_stage"] != "none":
+            first = verify_decision(base64.b64decode(fields["first_stage"]), history=[window])
+        return check_received(
+            message,
+            sender=fields["sender"],
+            authority=None if fields["decides"] == "none" else Authority(),
+            history=[window],
+            shared=fields["shared"] == "yes",
+            first=first,
+            min_days=int(fields["second_stage_min_days"]),
+        )
+
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], check)
+        return
+    assert check().authority == fields["authority"]
 
 
 @each_vector("keyfile-")
@@ -679,6 +723,7 @@ FAMILIES = {
     "merkle-": 15,
     "identity-": 4,
     "decision-": 8,
+    "body-identification-decision-": 8,
     "catalogue-": 8,
     "capacity-": 6,
     "state-": 20,
