@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import nacl.exceptions
 import structlog
 from nacl.secret import SecretBox
+from nacl.signing import SigningKey
 
 from keys import (
     AgencyKeys,
@@ -74,6 +75,23 @@ class Sender(Protocol):
         referral_id: str | None = None,
         labels: tuple[tuple[str, str], ...] = (),
     ) -> str: ...
+
+
+def valid_signing_key(
+    store: Store, keys: AgencyKeys, agency: str, *, at: int
+) -> tuple[SigningKey, str]:
+    """This agency's signing key and its kid, if the key history lists it as valid `at`:
+    sign only what will verify later (PROTOCOL §8.3). 503 (Unavailable) otherwise, before
+    anything is signed or written."""
+    kid = signing_kid(keys.signing_key.verify_key)
+    try:
+        signing_key_at(store.key_history(agency), agency=agency, kid=kid, at=at)
+    except UntrustedInputError as e:
+        raise E.Unavailable(
+            "this agency's signing key is not valid in the trust directory; nothing was done",
+            reason=e.reason,
+        ) from e
+    return keys.signing_key, kid
 
 
 @dataclass(frozen=True, slots=True)
@@ -613,16 +631,7 @@ class Desk:
         if self.agency not in receipt.controller_agencies:
             raise E.ConsentInvalid("this agency must be one of the receipt's controllers")
         now = clock.now()
-        signing_key = self.keys().signing_key
-        kid = signing_kid(signing_key.verify_key)
-        try:  # sign only what will verify later: with a key the directory lists as valid now
-            signing_key_at(self.store.key_history(self.agency), agency=self.agency, kid=kid, at=now)
-        except UntrustedInputError as e:
-            raise E.Unavailable(
-                "this agency's signing key is not valid in the trust directory; nothing was "
-                "recorded",
-                reason=e.reason,
-            ) from e
+        signing_key, kid = valid_signing_key(self.store, self.keys(), self.agency, at=now)
         signed = C.sign_receipt(receipt, signing_key, agency=self.agency)
         with self.store.transaction() as db:
             if not self.store.insert_consent(db, receipt.receipt_id, C.encode_stored(signed), now):

@@ -22,8 +22,6 @@ import structlog
 from keys import AgencyKeys, Opened, UnexpectedMessageError, UntrustedInputError
 from keys import decision as D
 from keys.directory import Directory
-from keys.identity import signing_kid
-from keys.key_history import signing_key_at
 from keys.policy import SECOND_STAGE_MIN_DAYS
 from keys.roles import COMPETENT_AUTHORITY
 from runtime import clock
@@ -33,7 +31,7 @@ from . import errors as E
 from . import webhooks as W
 from .audit import AuditTrail
 from .decisions import IDENTIFICATION_DECISION, DecisionMessage, check_received
-from .desk import ESCALATION_ROLE, Sender
+from .desk import ESCALATION_ROLE, Sender, valid_signing_key
 from .store import Case, Store, StoredDecision
 
 log = structlog.get_logger("nrm.identification")
@@ -100,16 +98,7 @@ class Identification:
         if (stage, outcome) not in cases.DECIDED:
             raise E.Unprocessable("stage must be first or second, outcome positive or negative")
         now = clock.now()
-        signing_key = self.keys().signing_key
-        kid = signing_kid(signing_key.verify_key)
-        try:  # sign only what will verify later: with a key the directory lists as valid now
-            signing_key_at(self.store.key_history(self.agency), agency=self.agency, kid=kid, at=now)
-        except UntrustedInputError as e:
-            raise E.Unavailable(
-                "this agency's signing key is not valid in the trust directory; nothing was "
-                "decided",
-                reason=e.reason,
-            ) from e
+        signing_key, kid = valid_signing_key(self.store, self.keys(), self.agency, at=now)
         with self.store.transaction() as db:
             case = self.store.case(db, case_id)
             if case is None:

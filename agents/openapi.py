@@ -273,7 +273,7 @@ _HISTORY = _closed(
     }
 )
 #: Identification cases and decisions (PROTOCOL.md §8.7).
-_CASE_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+_CASE_ID = {"type": "string", "maxLength": 32, "pattern": "^[0-9a-f]{32}$"}
 _DECISION_REASONS = sorted({c for codes in DECISION_REASON_CODES.values() for c in codes})
 _DECISION = _closed(
     {

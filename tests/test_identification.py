@@ -88,6 +88,10 @@ async def opened_case(m: Mechanism) -> tuple[str, str]:
     return rid, case["case_id"]
 
 
+async def decide(m: Mechanism, case_id: str, doc: dict[str, str]) -> tuple[int, Any]:
+    return await call(m, AUTHORITY, "POST", f"/v1/cases/{case_id}/decisions", json=doc)
+
+
 async def held(m: Mechanism, agency: str, rid: str, count: int) -> list[dict[str, Any]]:
     """The decisions `agency` holds under police's referral `rid`, once it holds `count`."""
     found: list[dict[str, Any]] = []
@@ -110,13 +114,7 @@ async def test_a_decision_reaches_the_referrer_and_the_coordinator(
     reason to both; the authority's case says what it decided."""
     m = with_authority
     rid, case_id = await opened_case(m)
-    status, decided = await call(
-        m,
-        AUTHORITY,
-        "POST",
-        f"/v1/cases/{case_id}/decisions",
-        json={"stage": "first", "outcome": "positive"},
-    )
+    status, decided = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
     assert (status, decided["state"]) == (202, "first_positive"), decided
     for agency in ("police", "coordinator"):
         [decision] = await held(m, agency, rid, 1)
@@ -128,20 +126,10 @@ async def test_a_decision_reaches_the_referrer_and_the_coordinator(
             None,
         )
 
-    status, problem = await call(
-        m,
-        AUTHORITY,
-        "POST",
-        f"/v1/cases/{case_id}/decisions",
-        json={"stage": "second", "outcome": "positive"},
-    )
+    status, problem = await decide(m, case_id, {"stage": "second", "outcome": "positive"})
     assert (status, problem["reason"]) == (409, "too-early"), problem
-    status, problem = await call(
-        m,
-        AUTHORITY,
-        "POST",
-        f"/v1/cases/{case_id}/decisions",
-        json={"stage": "first", "outcome": "negative", "reason": "no-indicators"},
+    status, problem = await decide(
+        m, case_id, {"stage": "first", "outcome": "negative", "reason": "no-indicators"}
     )
     assert (status, problem["allowed"]) == (
         409,
@@ -149,12 +137,8 @@ async def test_a_decision_reaches_the_referrer_and_the_coordinator(
     )
 
     other, other_case = await opened_case(m)
-    status, decided = await call(
-        m,
-        AUTHORITY,
-        "POST",
-        f"/v1/cases/{other_case}/decisions",
-        json={"stage": "first", "outcome": "negative", "reason": "no-indicators"},
+    status, decided = await decide(
+        m, other_case, {"stage": "first", "outcome": "negative", "reason": "no-indicators"}
     )
     assert status == 202, decided
     for agency in ("police", "coordinator"):

@@ -396,32 +396,41 @@ def test_consent_receipt_vector(path: Path) -> None:
     assert hashlib.sha256(signed.body).hexdigest() == fields["body_sha256"]
 
 
-@each_vector("decision-")
-def test_decision_vector(path: Path) -> None:
-    """Verifying the signed decision under the vector's key history (§8.7, §7.9), then the
-    reason and salt beside it, gives exactly the vector's outcome and, when ok, every member."""
-    fields, data = parse(path)
-    window = KeyWindow(
+def _authority_window(fields: dict[str, str]) -> KeyWindow:
+    """The one key window of a decision vector's key history."""
+    return KeyWindow(
         agency=fields["authority"],
         kid=fields["kid"],
         public=bytes.fromhex(fields["signer_ed25519_public"]),
         valid_from=int(fields["valid_from"]),
         valid_until=None,
-        revoked_at=_opt(fields["revoked_at"]),
+        revoked_at=_opt(fields.get("revoked_at", "none")),
         listed_version=1,
     )
+
+
+class _Authority:
+    """A directory entry deciding the stages of a vector's `decides` (comma-separated)."""
+
+    def __init__(self, decides: str) -> None:
+        self.stages = decides.split(",")
+
+    def decides_stage(self, stage: str) -> bool:
+        return stage in self.stages
+
+
+@each_vector("decision-")
+def test_decision_vector(path: Path) -> None:
+    """Verifying the signed decision under the vector's key history (§8.7, §7.9), then the
+    reason and salt beside it, gives exactly the vector's outcome and, when ok, every member."""
+    fields, data = parse(path)
+    window = _authority_window(fields)
     reason = None if fields["reason"] == "none" else fields["reason"]
     salt = None if fields["salt"] == "none" else bytes.fromhex(fields["salt"])
 
-    stages = fields["decides"].split(",")
-
-    class Authority:
-        def decides_stage(self, stage: str) -> bool:
-            return stage in stages
-
     def verify() -> Decision:
         decision = verify_decision(data, history=[window])
-        check_authority(decision, Authority())
+        check_authority(decision, _Authority(fields["decides"]))
         check_reason(decision, reason=reason, salt=salt)
         if fields["first_stage"] != "none":
             first = verify_decision(base64.b64decode(fields["first_stage"]), history=[window])
@@ -573,20 +582,7 @@ def test_body_vector(path: Path) -> None:
 
 def _decision_message(fields: dict[str, str], body: bytes, roles: set[str]) -> None:
     """§6.4 decoding, then §8.7's receiver checks in order against the vector's state."""
-    window = KeyWindow(
-        agency=fields["authority"],
-        kid=fields["kid"],
-        public=bytes.fromhex(fields["signer_ed25519_public"]),
-        valid_from=int(fields["valid_from"]),
-        valid_until=None,
-        revoked_at=None,
-        listed_version=1,
-    )
-    stages = fields["decides"].split(",")
-
-    class Authority:
-        def decides_stage(self, stage: str) -> bool:
-            return stage in stages
+    window = _authority_window(fields)
 
     def check() -> Decision:
         message = inbound.check(IDENTIFICATION_DECISION, body, roles=roles, limits=DEFAULT_LIMITS)
@@ -597,7 +593,7 @@ def _decision_message(fields: dict[str, str], body: bytes, roles: set[str]) -> N
         return check_received(
             message,
             sender=fields["sender"],
-            authority=None if fields["decides"] == "none" else Authority(),
+            authority=None if fields["decides"] == "none" else _Authority(fields["decides"]),
             history=[window],
             shared=fields["shared"] == "yes",
             first=first,
