@@ -110,6 +110,8 @@ class Identification:
                 raise E.TransitionNotAllowed(str(e), allowed=e.allowed) from e
             except ValueError as e:
                 raise E.Unprocessable(str(e)) from e
+            if case.age_route == "child" and reason in D.NOT_FOR_CHILDREN:
+                raise E.Unprocessable(f"{reason} is not a reason on the child route")
             if stage == D.SECOND:
                 self._check_interval(db, case_id, now)
             salt = None if reason is None else secrets.token_bytes(D.SALT_BYTES)

@@ -6,14 +6,18 @@ stage before the policy's interval is 409 too-early."""
 
 from __future__ import annotations
 
+import json
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from keys import codec
+from keys.audit import AuditEvent, decode_signed_event
 from keys.decision import Decision, sign_decision
 from keys.policy import Policy
 from keys.roles import COMPETENT_AUTHORITY
@@ -21,7 +25,14 @@ from nrm import admin
 from runtime import clock
 
 from . import samples
-from .support import Mechanism, agency_keys, eventually, running_mechanism, sealed
+from .support import (
+    Mechanism,
+    agency_keys,
+    eventually,
+    running_mechanism,
+    sealed,
+    webhook_receiver,
+)
 from .test_sender_scope import publish, rejected
 
 #: Police may refer an adult without consent under public_task (the sample's basis).
@@ -29,11 +40,24 @@ POLICY = Policy(country="LT", without_consent={"police": ("public_task",)})
 AUTHORITY = "shelter"  # made the competent authority below
 
 
+#: The events police's agent sent its system (webhooks), in order of arrival.
+POLICE_EVENTS: list[dict[str, Any]] = []
+
+
+async def _collect(request: web.Request) -> web.Response:
+    POLICE_EVENTS.append(json.loads(await request.read()))
+    return web.Response(status=200)
+
+
 @pytest.fixture
 async def with_authority(tmp_path: Path) -> AsyncIterator[Mechanism]:
     """The mechanism under POLICY with the shelter turned into a competent authority whose
-    case system holds the decide scope."""
-    async with running_mechanism(tmp_path) as m:
+    case system holds the decide scope; police's webhooks go to POLICE_EVENTS."""
+    POLICE_EVENTS.clear()
+    async with (
+        webhook_receiver(_collect) as url,
+        running_mechanism(tmp_path, webhooks={"police": url}) as m,
+    ):
         await m.stop(AUTHORITY)
         setup = m.setups[AUTHORITY]
         config = setup.config_path.read_text()
@@ -86,6 +110,17 @@ async def opened_case(m: Mechanism) -> tuple[str, str]:
         "adult",
     )
     return rid, case["case_id"]
+
+
+def events(m: Mechanism, agency: str, prefix: str) -> list[AuditEvent]:
+    """The audit events of `agency` whose kind starts with `prefix`, in order."""
+    conn = sqlite3.connect(m.database(agency))
+    try:
+        rows = [bytes(r[0]) for r in conn.execute("SELECT event FROM audit_outbox ORDER BY seq")]
+    finally:
+        conn.close()
+    decoded = [decode_signed_event(row)[0] for row in rows]
+    return [e for e in decoded if e.kind.startswith(prefix)]
 
 
 async def decide(m: Mechanism, case_id: str, doc: dict[str, str]) -> tuple[int, Any]:
@@ -148,6 +183,40 @@ async def test_a_decision_reaches_the_referrer_and_the_coordinator(
     assert status == 200 and case["state"] == "first_positive", case
     assert [d["stage"] for d in case["decisions"]] == ["first"]
     assert len(await held(m, "police", rid, 1)) == 1  # the refused second stage sent nothing
+
+    expected = [*await held(m, "police", rid, 1), *await held(m, "police", other, 1)]
+
+    async def told() -> bool:
+        return [e["data"] for e in POLICE_EVENTS if e["type"] == "decision.received"] == expected
+
+    await eventually(told, what="police's system to be told of both decisions")
+
+    first, second = (("first", "positive"), ("first", "negative"))
+    decided = [
+        (e.kind, e.referral_id, e.counterpart, e.reason, dict(e.labels))
+        for e in events(m, AUTHORITY, "identification.decided")
+    ]
+    assert decided == [
+        (
+            "identification.decided",
+            r,
+            "police",
+            reason,
+            {"stage": stage, "outcome": outcome, "age_route": "adult"},
+        )
+        for r, reason, (stage, outcome) in ((rid, None, first), (other, "no-indicators", second))
+    ]
+    sent = {(e.referral_id, e.counterpart) for e in events(m, AUTHORITY, "identification.sent")}
+    assert sent == {(r, a) for r in (rid, other) for a in ("police", "coordinator")}
+    for agency in ("police", "coordinator"):
+        received = [
+            (e.referral_id, e.counterpart, dict(e.labels))
+            for e in events(m, agency, "identification.received")
+        ]
+        assert received == [
+            (r, AUTHORITY, {"stage": stage, "outcome": outcome})
+            for r, (stage, outcome) in ((rid, first), (other, second))
+        ]
 
 
 async def test_a_decision_by_an_agency_that_is_not_an_authority_is_refused(
