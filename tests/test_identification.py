@@ -191,6 +191,13 @@ async def test_a_decision_reaches_the_referrer_and_the_coordinator(
 
     await eventually(told, what="police's system to be told of both decisions")
 
+    status, _ = await call(m, "police", "GET", "/v1/cases")  # police's system: no decide
+    assert status == 403
+    status, _ = await decide(m, "ab" * 16, {"stage": "first", "outcome": "positive"})
+    assert status == 404
+    status, _ = await decide(m, other_case, {"stage": "first", "outcome": "maybe"})
+    assert status == 422
+
     first, second = (("first", "positive"), ("first", "negative"))
     decided = [
         (e.kind, e.referral_id, e.counterpart, e.reason, dict(e.labels))
