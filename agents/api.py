@@ -167,6 +167,7 @@ def make_app(
     r.add_get("/v1/cases", list_cases)
     r.add_get("/v1/cases/{case_id}", get_case)
     r.add_post("/v1/cases/{case_id}/decisions", decide)
+    r.add_put("/v1/cases/{case_id}/referrals/{id}", link_case_referral)
     return app
 
 
@@ -570,6 +571,14 @@ async def decide(request: web.Request) -> web.Response:
         return 202, result
 
     return await _idempotent(request, "decide", act)
+
+
+async def link_case_referral(request: web.Request) -> web.Response:
+    """Name a referral this authority sent to a provider as one of the case's (idempotent)."""
+    _need(request, "decide")
+    case_id = _case_id(request.match_info["case_id"])
+    referral_id = _case_id(request.match_info["id"])
+    return web.json_response(request.app[BACKEND].identification.link(case_id, referral_id))
 
 
 #: Every reason code of a decision, of either stage (keys/decision.py).

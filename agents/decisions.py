@@ -78,6 +78,38 @@ class DecisionMessage(codec.Encoded):
         return cls.decoded(body, max_bytes=MAX_BODY_BYTES)
 
 
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """One recipient's copy of a decision: the pair it names and whether the reason goes."""
+
+    recipient: str
+    owner: str
+    referral_id: str
+    with_reason: bool
+
+
+def recipients(
+    *,
+    opening: tuple[str, str],
+    coordinators: Sequence[str],
+    providers: Sequence[tuple[str, str]],
+    authority: str,
+) -> list[Copy]:
+    """Who receives a decision (PROTOCOL §8.7 "Who receives it"): the owner of the opening
+    referral (`opening`: owner, referral id) and every coordinator with the reason under that
+    pair, then each provider (`providers`: referral id, provider) holding an accepted or
+    in-progress pair the authority sent for the case, without it, under that pair. One copy
+    per agency: the first rule that names it decides; the authority never sends to itself."""
+    owner, referral_id = opening
+    copies: dict[str, Copy] = {}
+    for agency in (owner, *coordinators):
+        copies.setdefault(agency, Copy(agency, owner, referral_id, True))
+    for onward, provider in providers:
+        copies.setdefault(provider, Copy(provider, authority, onward, False))
+    copies.pop(authority, None)
+    return list(copies.values())
+
+
 def check_received(
     message: DecisionMessage,
     *,
@@ -117,6 +149,8 @@ def check_received(
 
 __all__: Sequence[str] = [
     "IDENTIFICATION_DECISION",
+    "Copy",
     "DecisionMessage",
     "check_received",
+    "recipients",
 ]

@@ -30,7 +30,7 @@ from . import cases
 from . import errors as E
 from . import webhooks as W
 from .audit import AuditTrail
-from .decisions import IDENTIFICATION_DECISION, DecisionMessage, check_received
+from .decisions import IDENTIFICATION_DECISION, DecisionMessage, check_received, recipients
 from .desk import ESCALATION_ROLE, Sender, valid_signing_key
 from .store import Case, Store, StoredDecision
 
@@ -90,6 +90,20 @@ class Identification:
             held = self.store.decisions_of_case(db, self.agency, case_id)
         return {**_case_doc(found), "decisions": [self._decision_doc(d) for d in held]}
 
+    def link(self, case_id: str, referral_id: str) -> dict[str, Any]:
+        """Name a referral this authority sent (to a provider) as one of the case's, so that
+        its recipient gets the case's decisions while its pair is accepted or in progress.
+        404 for an unknown case or a referral this agency did not send."""
+        with self.store.transaction() as db:
+            if self.store.case(db, case_id) is None:
+                raise E.NotFound("no case with this id at this agency")
+            if not any(
+                side == "sender" for _, side, _ in self.store.pairs(self.agency, referral_id)
+            ):
+                raise E.NotFound("no referral with this id sent by this agency")
+            self.store.link_case_referral(db, case_id, referral_id)
+        return {"case_id": case_id, "referral_id": referral_id}
+
     def decide(
         self, case_id: str, *, stage: str, outcome: str, reason: str | None
     ) -> dict[str, Any]:
@@ -140,14 +154,24 @@ class Identification:
                 reason=reason,
                 labels=(("age_route", case.age_route), *labels),
             )
-            recipients = [case.owner, *(c for c in self.coordinators(now) if c != case.owner)]
-            for recipient in recipients:  # one envelope each: the pair differs (§8.7)
+            copies = recipients(
+                opening=(case.owner, case.referral_id),
+                coordinators=self.coordinators(now),
+                providers=self.store.case_provider_pairs(db, case_id, self.agency),
+                authority=self.agency,
+            )
+            for copy in copies:  # one envelope each: the pair and the reason differ (§8.7)
+                shown = (
+                    body
+                    if copy.with_reason
+                    else DecisionMessage(signed, copy.owner, copy.referral_id, None, None)
+                )
                 self.send(
                     IDENTIFICATION_DECISION,
-                    body.encode(),
-                    [recipient],
+                    shown.encode(),
+                    [copy.recipient],
                     db,
-                    referral_id=case.referral_id,
+                    referral_id=copy.referral_id,
                     labels=labels,
                 )
         self.log.info("case_decided", case_id=case_id, stage=stage, outcome=outcome)

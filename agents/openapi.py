@@ -704,6 +704,21 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _json(_CASE), **_errors(400, 401, 403, 404, 409)},
             }
         },
+        "/v1/cases/{case_id}/referrals/{id}": {
+            "put": {
+                "summary": "Name a referral this authority sent to a provider as one of the "
+                "case's: its accepted or in-progress recipient gets the case's decisions, "
+                "without the reason (decide scope; idempotent)",
+                "parameters": [
+                    _PATH_CASE_ID,
+                    {"name": "id", "in": "path", "required": True, "schema": _CASE_ID},
+                ],
+                "responses": {
+                    "200": _json(_closed({"case_id": _CASE_ID, "referral_id": _ID})),
+                    **_errors(400, 401, 403, 404),
+                },
+            }
+        },
         "/v1/cases/{case_id}/decisions": {
             "post": {
                 "summary": "Decide a stage of a case (decide scope): signed and sealed to the "

@@ -197,6 +197,8 @@ async def test_a_decision_reaches_the_referrer_and_the_coordinator(
     assert status == 404
     status, _ = await decide(m, other_case, {"stage": "first", "outcome": "maybe"})
     assert status == 422
+    status, _ = await call(m, AUTHORITY, "PUT", f"/v1/cases/{case_id}/referrals/{rid}")
+    assert status == 404  # police's referral: not one the authority sent to a provider
 
     first, second = (("first", "positive"), ("first", "negative"))
     decided = [

@@ -4,7 +4,9 @@
 type `nrm_full`, keyed by its random `case_id` and naming the opening referral (owner,
 referral_id); its state is agents/cases.py's. `decisions`: every signed decision this agency
 holds, as signed (verified again whenever it is read), with the pair it came under (or, at
-the authority, the opening referral) and the reason and salt when this agency may know them.
+the authority, the opening referral) and the reason and salt when this agency may know
+them. `case_referrals`: the referrals the authority sent for a case (to providers), whose
+accepted recipients get its decisions.
 """
 
 from __future__ import annotations
@@ -82,6 +84,30 @@ class Cases(Database):
             (after, limit),
         ).fetchall()
         return [Case(*r) for r in rows]
+
+    @staticmethod
+    def link_case_referral(db: sqlite3.Connection, case_id: str, referral_id: str) -> None:
+        """Name a referral this agency sent as one of the case's (idempotent)."""
+        db.execute(
+            "INSERT INTO case_referrals (case_id, referral_id) VALUES (?, ?)"
+            " ON CONFLICT DO NOTHING",
+            (case_id, referral_id),
+        )
+
+    @staticmethod
+    def case_provider_pairs(
+        db: sqlite3.Connection, case_id: str, agency: str
+    ) -> list[tuple[str, str]]:
+        """(referral id, recipient) of every pair `agency` sent under the case's referrals
+        that is accepted or in progress, by referral id and recipient."""
+        rows = db.execute(
+            "SELECT r.referral_id, r.counterpart FROM case_referrals c JOIN referrals r"
+            " ON r.owner = ? AND r.referral_id = c.referral_id AND r.side = 'sender'"
+            " WHERE c.case_id = ? AND r.state IN ('accepted', 'in_progress')"
+            " ORDER BY r.referral_id, r.counterpart",
+            (agency, case_id),
+        ).fetchall()
+        return [(str(a), str(b)) for a, b in rows]
 
     @staticmethod
     def insert_decision(db: sqlite3.Connection, d: StoredDecision) -> bool:

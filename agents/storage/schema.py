@@ -27,8 +27,9 @@ does not own. `referrals`, `history`, `data_keys` and `received_attachments` car
 column; in `inbox` the `sender` column is the owner of the referral a row carries;
 `outbox`, `deliveries` and `consent_uses` only ever hold this agency's own referrals.
 - `webhook_outbox`, `webhook_deliveries`: agents/webhooks.py.
-- `cases`, `decisions`: agents/storage/cases.py (identification decisions, PROTOCOL §8.7);
-  new tables, so `CREATE TABLE IF NOT EXISTS` adds them to older databases.
+- `cases`, `case_referrals`, `decisions`: agents/storage/cases.py (identification
+  decisions, PROTOCOL §8.7); new tables, so `CREATE TABLE IF NOT EXISTS` adds them to
+  older databases.
 - `erasure_confirmations`, `attachment_deletions`: agents/erasure.py; `legal_holds`:
   agents/retention.py (both keyed as above).
 """
@@ -288,6 +289,11 @@ CREATE TABLE IF NOT EXISTS cases (
     opened_at   INTEGER NOT NULL,
     updated     INTEGER NOT NULL,
     UNIQUE (owner, referral_id)
+) STRICT;
+CREATE TABLE IF NOT EXISTS case_referrals (
+    case_id     TEXT NOT NULL REFERENCES cases(case_id),
+    referral_id TEXT NOT NULL,
+    PRIMARY KEY (case_id, referral_id)
 ) STRICT;
 CREATE TABLE IF NOT EXISTS decisions (
     authority   TEXT NOT NULL,
