@@ -49,9 +49,11 @@ from .api import CLIENTS, ApiSettings, ClientTable, make_app
 from .attachments import Attachments
 from .audit import AuditTrail
 from .config import AgentConfig
+from .decisions import IDENTIFICATION_DECISION, DecisionMessage
 from .desk import Desk
 from .erasure import Eraser
 from .errors import DomainError, StandingRefusal, TooLarge, Unavailable, Unprocessable
+from .identification import CASE_REFERRAL_TYPE, Identification
 from .ledger_check import LedgerWatch
 from .messages import (
     CONSENT_WITHDRAWAL,
@@ -69,6 +71,7 @@ from .messages import (
 from .metrics import AgentMetrics
 from .nats_key import NatsKeyFollower, wanted_seed
 from .presence import DUPLICATE, HELD, Presence, instance_id
+from .referral import is_child
 from .resend import RESEND_REQUEST, Resender
 from .retention import Retention
 from .standing import StandingGuard
@@ -93,6 +96,7 @@ SENT_EVENTS = {
     TRANSITION: "transition.sent",
     ESCALATION: "escalation.sent",
     OVERDUE: "clock.overdue",
+    IDENTIFICATION_DECISION: "identification.sent",
 }
 
 
@@ -192,6 +196,16 @@ class Agent:
             attachments=self.attachments,
             erased=self.eraser.erased,
         )
+        self.identification = Identification(
+            agency=config.agency,
+            store=self.store,
+            audit=self.audit,
+            send=self._send,
+            keys=lambda: self.keys,
+            directory=self._directory,
+            coordinators=self.desk.coordinators,
+        )
+        self.desk.accepted = self._open_case
         self.transport.attachments = self.attachments
         self.retention = Retention(
             store=self.store,
@@ -712,10 +726,29 @@ class Agent:
             OVERDUE: self._on_overdue,
             RESEND_REQUEST: lambda tx, opened, checked: self.resend.on_request(tx, opened),
             REFUSAL: self._on_refusal,
+            IDENTIFICATION_DECISION: self._on_decision,
         }
         if set(table) != inbound.KINDS:
             raise RuntimeError("every kind inbound checks needs a handler, and no other")
         return table
+
+    def _on_decision(
+        self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked
+    ) -> None:
+        if not isinstance(checked, DecisionMessage):
+            raise TypeError("a decision handler takes a checked decision message")
+        self.identification.on_decision(tx, opened, checked)
+
+    def _open_case(self, tx: sqlite3.Connection, owner: str, referral_id: str) -> None:
+        """A competent authority accepting a referral of type nrm_full opens its case, on the
+        adult or child route as the referral says (PROTOCOL §8.7)."""
+        rows = self.store.referral_rows(owner, referral_id)
+        if not rows or rows[0][3] != CASE_REFERRAL_TYPE or not self.identification.is_authority():
+            return
+        doc = self.desk.open_body(owner, referral_id, self.store.received_body(owner, referral_id))
+        body = (doc or {}).get("referral", {}).get("body", {})
+        child = not isinstance(body, dict) or is_child(body)
+        self.identification.open_case(tx, owner, referral_id, child=child)
 
     def _on_overdue(self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked) -> None:
         if not isinstance(checked, inbound.Overdue):

@@ -21,6 +21,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from keys import Limits
+from keys.codec import HEX32
+from keys.decision import REASON_CODES as DECISION_REASON_CODES
 from keys.identity import check_agency_id
 from runtime.http import (
     ProblemError,
@@ -35,6 +37,7 @@ from .access import AccessRecorder, body_categories
 from .attachments import ATTACHMENT_TYPES, Attachments
 from .config import ApiClient
 from .desk import Desk
+from .identification import Identification
 from .lifecycle import REASON_CODES
 from .openapi import IDEMPOTENCY_KEY_PATTERN, MAX_CURSOR, MAX_SINCE, document
 from .retention import Retention
@@ -87,6 +90,7 @@ class Backend(Protocol):
     limits: Limits
     retention: Retention
     subject_access: SubjectAccess
+    identification: Identification
 
     def submit_referral(
         self,
@@ -159,6 +163,11 @@ def make_app(
     r.add_get("/v1/consents/{id}", get_consent)
     r.add_post("/v1/consents/{id}/withdraw", withdraw_consent)
     r.add_post("/v1/subject-access", subject_access)
+    r.add_get("/v1/referrals/{id}/decisions", referral_decisions)
+    r.add_get("/v1/cases", list_cases)
+    r.add_get("/v1/cases/{case_id}", get_case)
+    r.add_post("/v1/cases/{case_id}/decisions", decide)
+    r.add_put("/v1/cases/{case_id}/referrals/{id}", link_case_referral)
     return app
 
 
@@ -502,6 +511,86 @@ async def transition(request: web.Request) -> web.Response:
         return 202, result
 
     return await _idempotent(request, "act", act)
+
+
+async def referral_decisions(request: web.Request) -> web.Response:
+    """The identification decisions held under a referral, each verified again (§8.7). A
+    coordinator holds them under the referrer's pair without holding the referral: named
+    with `?sender=`, that pair is found by its decisions."""
+    _need(request, "read")
+    backend = request.app[BACKEND]
+    referral_id = request.match_info["id"]
+    sender = _sender_param(request)
+    try:
+        owner = backend.desk.owner_of(referral_id, sender)
+    except E.NotFound:
+        if sender is None:
+            raise
+        owner = sender
+    items = backend.identification.decisions(owner, referral_id)
+    if not items and owner not in backend.store.owners_of(referral_id):
+        raise ProblemError(404, "Not Found", NO_REFERRAL)
+    return web.json_response({"id": referral_id, "sender": owner, "items": items})
+
+
+async def list_cases(request: web.Request) -> web.Response:
+    _need(request, "decide")
+    settings = request.app[SETTINGS]
+    limit = _int_param(request, "limit", settings.default_page_size, 1, settings.max_page_size)
+    after = _case_id(request.query.get("cursor", ""), allow_empty=True)
+    items = request.app[BACKEND].identification.cases(after=after, limit=limit)
+    next_cursor = items[-1]["case_id"] if len(items) == limit else None
+    return web.json_response({"items": items, "next_cursor": next_cursor})
+
+
+async def get_case(request: web.Request) -> web.Response:
+    _need(request, "decide")
+    case_id = _case_id(request.match_info["case_id"])
+    return web.json_response(request.app[BACKEND].identification.case(case_id))
+
+
+async def decide(request: web.Request) -> web.Response:
+    """Decide a stage of a case (§8.7): signed, and sealed to whom the protocol says."""
+
+    def act(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        _only(doc, {"stage", "outcome", "reason"})
+        for name in ("stage", "outcome"):
+            if not isinstance(doc.get(name), str):
+                raise ProblemError(422, UNPROCESSABLE, f"{name} must be a string")
+        reason = doc.get("reason")
+        if reason is not None and reason not in DECISION_REASONS:
+            raise ProblemError(  # never echoed, as for transitions
+                400, "Bad Request", "reason must be one of: " + ", ".join(DECISION_REASONS)
+            )
+        result = request.app[BACKEND].identification.decide(
+            _case_id(request.match_info["case_id"]),
+            stage=doc["stage"],
+            outcome=doc["outcome"],
+            reason=reason,
+        )
+        return 202, result
+
+    return await _idempotent(request, "decide", act)
+
+
+async def link_case_referral(request: web.Request) -> web.Response:
+    """Name a referral this authority sent to a provider as one of the case's (idempotent)."""
+    _need(request, "decide")
+    case_id = _case_id(request.match_info["case_id"])
+    referral_id = _case_id(request.match_info["id"])
+    return web.json_response(request.app[BACKEND].identification.link(case_id, referral_id))
+
+
+#: Every reason code of a decision, of either stage (keys/decision.py).
+DECISION_REASONS = tuple(
+    sorted({code for codes in DECISION_REASON_CODES.values() for code in codes})
+)
+
+
+def _case_id(raw: str, *, allow_empty: bool = False) -> str:
+    if (allow_empty and raw == "") or HEX32.fullmatch(raw):
+        return raw
+    raise ProblemError(400, "Bad Request", "a case id is 32 lowercase hex digits")
 
 
 async def place_legal_hold(request: web.Request) -> web.Response:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import nacl.exceptions
 import structlog
 from nacl.secret import SecretBox
+from nacl.signing import SigningKey
 
 from keys import (
     AgencyKeys,
@@ -76,6 +77,23 @@ class Sender(Protocol):
     ) -> str: ...
 
 
+def valid_signing_key(
+    store: Store, keys: AgencyKeys, agency: str, *, at: int
+) -> tuple[SigningKey, str]:
+    """This agency's signing key and its kid, if the key history lists it as valid `at`:
+    sign only what will verify later (PROTOCOL §8.3). 503 (Unavailable) otherwise, before
+    anything is signed or written."""
+    kid = signing_kid(keys.signing_key.verify_key)
+    try:
+        signing_key_at(store.key_history(agency), agency=agency, kid=kid, at=at)
+    except UntrustedInputError as e:
+        raise E.Unavailable(
+            "this agency's signing key is not valid in the trust directory; nothing was done",
+            reason=e.reason,
+        ) from e
+    return keys.signing_key, kid
+
+
 @dataclass(frozen=True, slots=True)
 class VerifiedConsent:
     """A stored receipt that verified, with the key that signed it."""
@@ -99,6 +117,9 @@ class Desk:
     attachments: Attachments
     #: Called after an erasure or a withdrawal is committed (agents/erasure.py).
     erased: Callable[[], None] = lambda: None
+    #: Called in the transaction of this agency accepting a received referral, with the
+    #: referral's owner and id (a competent authority opens its case, agents/identification.py).
+    accepted: Callable[[sqlite3.Connection, str, str], None] = lambda db, owner, rid: None
 
     def __post_init__(self) -> None:
         self.log = log.bind(agency=self.agency)
@@ -360,6 +381,8 @@ class Desk:
         )
         with self.store.transaction() as db:
             self._set_state(db, owner, referral_id, other, state, to, side, reason, outcome)
+            if side == "recipient" and to == "accepted":
+                self.accepted(db, owner, referral_id)
             self.send(
                 TRANSITION,
                 step.encode(),
@@ -539,7 +562,7 @@ class Desk:
         coordinator, in one transaction and one envelope (PROTOCOL §8.5), its audit events
         labelled with the notice's `clock` and `urgency` (§9.0); the pair is marked even with
         no coordinator to seal to, so the timers do not try it again and again."""
-        coordinators = self._escalation_recipients(now)
+        coordinators = self.coordinators(now)
         owner, referral_id, recipient = pair
         labels = tuple(sorted((k, notice[k]) for k in ("clock", "urgency") if k in notice))
         with self.store.transaction() as db:
@@ -566,9 +589,10 @@ class Desk:
             return None
         return clocks.due_at(clocks.RESPOND, urgency, started_at, policy=policy)
 
-    def _escalation_recipients(self, now: int) -> list[str]:
-        """The co-ordinators an escalation can be sealed to now (one whose keys were all
-        revoked is left out rather than stopping every escalation)."""
+    def coordinators(self, now: int) -> list[str]:
+        """The other co-ordinators a notice (an escalation, an overdue clock, a decision) can
+        be sealed to now (one whose keys were all revoked is left out rather than stopping
+        every notice)."""
         directory = self.directory()
         out = []
         for a in directory.agencies:
@@ -607,16 +631,7 @@ class Desk:
         if self.agency not in receipt.controller_agencies:
             raise E.ConsentInvalid("this agency must be one of the receipt's controllers")
         now = clock.now()
-        signing_key = self.keys().signing_key
-        kid = signing_kid(signing_key.verify_key)
-        try:  # sign only what will verify later: with a key the directory lists as valid now
-            signing_key_at(self.store.key_history(self.agency), agency=self.agency, kid=kid, at=now)
-        except UntrustedInputError as e:
-            raise E.Unavailable(
-                "this agency's signing key is not valid in the trust directory; nothing was "
-                "recorded",
-                reason=e.reason,
-            ) from e
+        signing_key, kid = valid_signing_key(self.store, self.keys(), self.agency, at=now)
         signed = C.sign_receipt(receipt, signing_key, agency=self.agency)
         with self.store.transaction() as db:
             if not self.store.insert_consent(db, receipt.receipt_id, C.encode_stored(signed), now):

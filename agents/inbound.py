@@ -39,6 +39,7 @@ from . import clocks
 from . import lifecycle as L
 from . import referral as R
 from .attachments import decode_key
+from .decisions import IDENTIFICATION_DECISION, DecisionMessage
 from .messages import (
     CONSENT_WITHDRAWAL,
     DELIVERY_RECEIPT,
@@ -140,6 +141,7 @@ Checked = (
     | Overdue
     | ResendRequest
     | Refusal
+    | DecisionMessage
 )
 
 
@@ -409,6 +411,10 @@ def _resend(body: bytes, roles: frozenset[str], limits: Limits) -> ResendRequest
     return ResendRequest.decode(body)
 
 
+def _decision(body: bytes, roles: frozenset[str], limits: Limits) -> DecisionMessage:
+    return DecisionMessage.decode(body)  # the rest needs the receiver's state (decisions.py)
+
+
 _CHECKERS: Final[Mapping[str, Callable[[bytes, frozenset[str], Limits], Checked]]] = {
     REFERRAL: _referral,
     DELIVERY_RECEIPT: _receipt,
@@ -419,6 +425,7 @@ _CHECKERS: Final[Mapping[str, Callable[[bytes, frozenset[str], Limits], Checked]
     OVERDUE: _overdue,
     RESEND_REQUEST: _resend,
     REFUSAL: _refusal,
+    IDENTIFICATION_DECISION: _decision,
 }
 #: Every message kind an agent receives.
 KINDS: Final = frozenset(_CHECKERS)

@@ -78,6 +78,8 @@ NOTIFIED_REASONS = frozenset(
         "not-shared",
         "reused-referral-id",
         "unlawful-basis",
+        "bad-decision",
+        "too-early",
     }
 )
 

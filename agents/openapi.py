@@ -8,9 +8,14 @@ from typing import Any
 
 from keys import DEFAULT_LIMITS
 from keys.audit import LABELS
+from keys.decision import AGE_ROUTES
+from keys.decision import OUTCOMES as DECISION_OUTCOMES
+from keys.decision import REASON_CODES as DECISION_REASON_CODES
+from keys.decision import STAGES as DECISION_STAGES
 from runtime.http import json_object_body
 
 from . import consent, referral
+from .cases import STATES as CASE_STATES
 from .lifecycle import OUTCOMES, PARTIES, REASON_CODES, STATES
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
@@ -267,6 +272,44 @@ _HISTORY = _closed(
         },
     }
 )
+#: Identification cases and decisions (PROTOCOL.md §8.7).
+_CASE_ID = {"type": "string", "maxLength": 32, "pattern": "^[0-9a-f]{32}$"}
+_DECISION_REASONS = sorted({c for codes in DECISION_REASON_CODES.values() for c in codes})
+_DECISION = _closed(
+    {
+        "decision_id": _ID,
+        "authority": _AGENCY_ID,
+        "case_id": _CASE_ID,
+        "stage": {"enum": list(DECISION_STAGES)},
+        "outcome": {"enum": list(DECISION_OUTCOMES)},
+        "reason": {"enum": [*_DECISION_REASONS, None]},
+        "decided_at": _TIME,
+        "age_route": {"enum": list(AGE_ROUTES)},
+        "owner": _AGENCY_ID,
+        "referral_id": _ID,
+    }
+)
+_DECISIONS = _closed(
+    {"id": _ID, "sender": _AGENCY_ID, "items": {"type": "array", "items": _DECISION}}
+)
+_CASE_FIELDS = {
+    "case_id": _CASE_ID,
+    "owner": _AGENCY_ID,
+    "referral_id": _ID,
+    "state": {"enum": list(CASE_STATES)},
+    "age_route": {"enum": list(AGE_ROUTES)},
+    "opened_at": _TIME,
+    "updated": _TIME,
+}
+_CASE = _closed({**_CASE_FIELDS, "decisions": {"type": "array", "items": _DECISION}})
+_CASES = _closed(
+    {
+        "items": {"type": "array", "items": _closed(_CASE_FIELDS)},
+        "next_cursor": {"type": ["string", "null"]},
+    }
+)
+_DECIDED = _closed({**_CASE_FIELDS, "decision_id": _ID})
+_PATH_CASE_ID = {"name": "case_id", "in": "path", "required": True, "schema": _CASE_ID}
 _TRANSITIONED = _closed(
     {"id": _ID, "sender": _AGENCY_ID, "counterpart": _AGENCY_ID, "state": _STATE}
 )
@@ -628,6 +671,70 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": _json(_REFERRAL),
                     **_errors(400, 401, 403, 404, 409),
+                },
+            }
+        },
+        "/v1/referrals/{id}/decisions": {
+            "get": {
+                "summary": "The identification decisions held under a referral, each verified "
+                "again (read scope)",
+                "parameters": [_PATH_ID, _SENDER],
+                "responses": {"200": _json(_DECISIONS), **_errors(400, 401, 403, 404, 409)},
+            }
+        },
+        "/v1/cases": {
+            "get": {
+                "summary": "A competent authority's identification cases (decide scope)",
+                "parameters": [
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "description": "The `next_cursor` of the page before",
+                        "schema": _CASE_ID,
+                    },
+                    _PAGING[1],
+                ],
+                "responses": {"200": _json(_CASES), **_errors(400, 401, 403)},
+            }
+        },
+        "/v1/cases/{case_id}": {
+            "get": {
+                "summary": "One case with its decisions (decide scope)",
+                "parameters": [_PATH_CASE_ID],
+                "responses": {"200": _json(_CASE), **_errors(400, 401, 403, 404, 409)},
+            }
+        },
+        "/v1/cases/{case_id}/referrals/{id}": {
+            "put": {
+                "summary": "Name a referral this authority sent to a provider as one of the "
+                "case's: its accepted or in-progress recipient gets the case's decisions, "
+                "without the reason (decide scope; idempotent)",
+                "parameters": [
+                    _PATH_CASE_ID,
+                    {"name": "id", "in": "path", "required": True, "schema": _CASE_ID},
+                ],
+                "responses": {
+                    "200": _json(_closed({"case_id": _CASE_ID, "referral_id": _ID})),
+                    **_errors(400, 401, 403, 404),
+                },
+            }
+        },
+        "/v1/cases/{case_id}/decisions": {
+            "post": {
+                "summary": "Decide a stage of a case (decide scope): signed and sealed to the "
+                "referrer and every coordinator; 409 lists the allowed steps, or says too-early",
+                "parameters": [_PATH_CASE_ID, _IDEMPOTENCY],
+                "requestBody": json_object_body(
+                    ["stage", "outcome"],
+                    {
+                        "stage": {"enum": list(DECISION_STAGES)},
+                        "outcome": {"enum": list(DECISION_OUTCOMES)},
+                        "reason": {"enum": [*_DECISION_REASONS, None]},
+                    },
+                ),
+                "responses": {
+                    "202": _json(_DECIDED, "Decided"),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
                 },
             }
         },

@@ -60,6 +60,7 @@ EVENT_TYPES: Final = frozenset(
         "consent.withdrawn",
         "escalation.received",
         "overdue.received",
+        "decision.received",
         "delivery.failed",
     }
 )

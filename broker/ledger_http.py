@@ -30,6 +30,7 @@ from keys.audit import (
     CATEGORIES,
     CLIENT_NAME,
     COUNT_LABELS,
+    DECISION_LABELS,
     KINDS,
     LABELS,
     OVERDUE_CLOCKS,
@@ -666,6 +667,8 @@ _LABELS: dict[str, Any] = {
         "reads": {"type": "string", "pattern": "^[1-9][0-9]{0,8}$"},
         # a `clock.overdue` event's clock (§9.0)
         "clock": {"enum": sorted(OVERDUE_CLOCKS)},
+        # an identification decision's events (§9.0)
+        **{name: {"enum": sorted(values)} for name, values in sorted(DECISION_LABELS.items())},
     },
 }
 #: An entry's decoded event (EntryRow.to_json), for display and search (§9.0).

@@ -56,6 +56,9 @@ KINDS = frozenset(
         "retention.purged",
         "record.accessed",
         "clock.overdue",
+        "identification.decided",
+        "identification.sent",
+        "identification.received",
     }
 )
 #: What a `retention.purged` event counts (§9.0): label name -> a decimal count, nothing else.
@@ -87,6 +90,12 @@ ACCESS_RECORDS = frozenset({"body", "attachment"})
 #: The clocks whose overdue notice is a `clock.overdue` event (§8.5 "Clocks"; the reference
 #: agent's agents/clocks.py OVERDUE_CLOCKS): the values of its `clock` label.
 OVERDUE_CLOCKS = frozenset({"respond"})
+#: The labels of an identification decision's events (§8.7; keys/decision.py's values).
+DECISION_LABELS: dict[str, frozenset[str]] = {
+    "stage": frozenset({"first", "second"}),
+    "outcome": frozenset({"positive", "negative"}),
+    "age_route": frozenset({"adult", "child"}),
+}
 
 
 def _is_count(value: object) -> bool:
@@ -140,7 +149,18 @@ KIND_LABELS: dict[str, dict[str, Callable[[object], bool]]] = {
         "clock": lambda v: isinstance(v, str) and v in OVERDUE_CLOCKS,
         "urgency": lambda v: isinstance(v, str) and v in LABELS["urgency"],
     },
+    "identification.decided": {
+        name: DECISION_LABELS[name].__contains__ for name in DECISION_LABELS
+    },
+    **{
+        kind: {name: DECISION_LABELS[name].__contains__ for name in ("stage", "outcome")}
+        for kind in ("identification.sent", "identification.received")
+    },
 }
+#: Kinds that carry every one of their own labels, always.
+_EXACT_LABELS = frozenset(
+    {"record.accessed", "identification.decided", "identification.sent", "identification.received"}
+)
 #: Labels only their kinds carry (a statistics label a kind also lists, such as `urgency` on
 #: `clock.overdue`, stays allowed on every other kind).
 _OWN_LABELS = frozenset(
@@ -272,10 +292,11 @@ def _problems(e: AuditEvent) -> list[str]:
                 p.append("a label is not an allowed name and value")
     if e.kind == "clock.overdue" and "clock" not in names:
         p.append("clock.overdue names its clock")
+    exact = e.kind in _EXACT_LABELS and isinstance(e.labels, tuple)
+    if exact and set(names) != set(KIND_LABELS[e.kind]):
+        p.append(f"{e.kind} carries exactly its own labels")
     if e.kind == "record.accessed":
         # The read record, its owner and every label: the owner finds it by `counterpart`.
-        if isinstance(e.labels, tuple) and set(names) != set(KIND_LABELS[e.kind]):
-            p.append("record.accessed carries exactly its four labels")
         if e.referral_id is None or e.counterpart is None or e.counterpart == e.agency:
             p.append("record.accessed names the referral read and its owner, another agency")
         if e.envelope_hash is not None or e.reason is not None or e.key_ids:

@@ -29,7 +29,7 @@ from . import codec
 from .errors import BadDecisionError, NotForThisRoleError, TooEarlyError, UnknownReasonCodeError
 from .key_history import KeyWindow, signing_key_at
 from .roles import DECISION_STAGES
-from .signed import open_frame, sign_frame
+from .signed import decode_frame, open_frame, sign_frame
 from .subjects import AGENCY_ID_PATTERN
 
 VERSION: Final = 1
@@ -131,6 +131,19 @@ def verify_decision(data: bytes, *, history: Sequence[KeyWindow]) -> Decision:
         decode=decode,
         signer=lambda d, kid: signing_key_at(history, agency=d.authority, kid=kid, at=d.decided_at),
     )
+
+
+def claimed(data: bytes) -> Decision:
+    """The decision inside a signed decision, strictly decoded but NOT verified
+    (MalformedError): what it claims, to look up who must have signed it."""
+    body, _, _ = decode_frame(
+        data,
+        max_bytes=MAX_SIGNED_DECISION_BYTES,
+        max_items=10,
+        what="decision",
+        body_name="decision",
+    )
+    return decode(body)
 
 
 class Decider(Protocol):
@@ -235,6 +248,7 @@ __all__: Sequence[str] = [
     "check_authority",
     "check_reason",
     "check_second_stage",
+    "claimed",
     "decode",
     "reason_digest",
     "sign_decision",

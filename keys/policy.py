@@ -139,6 +139,11 @@ class Statistics:
         )
 
 
+#: The interval after a positive first stage before a second stage, in days: also what an
+#: agent uses while its directory has no policy (PROTOCOL §8.7).
+SECOND_STAGE_MIN_DAYS = 30
+
+
 def _default_priority() -> dict[str, Tier]:
     return {
         "emergency": Tier(acknowledge_seconds=1_800, due_seconds=86_400),
@@ -154,7 +159,7 @@ class Policy:
 
     country: str
     first_stage_due_days: int = 5
-    second_stage_min_days: int = 30
+    second_stage_min_days: int = SECOND_STAGE_MIN_DAYS
     second_stage_due_days: int = 90
     reflection_min_days: int = MIN_REFLECTION_DAYS
     reflection_warn_days: int = 7

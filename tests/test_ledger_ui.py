@@ -270,6 +270,9 @@ KIND_WORDS = {
     "retention.purged": "Retention purge",
     "record.accessed": "Record accessed",
     "clock.overdue": "Overdue, told co-ordinator",
+    "identification.decided": "Identification decided",
+    "identification.sent": "Identification decision sent",
+    "identification.received": "Identification decision received",
 }
 #: What each statistics label value reads as.
 LABEL_WORDS = {
@@ -305,6 +308,7 @@ INCOMING = {
     "message.rejected",
     "erasure.confirmed",
     "record.accessed",  # the reader <- the owner that sent it the referral
+    "identification.received",
 }
 STATUS_SETTLED = (
     "() => ['verified', 'FAILED'].includes(document.getElementById('checkpoint-status')"

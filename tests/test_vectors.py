@@ -21,6 +21,7 @@ from agents import inbound
 from agents.agent import Agent
 from agents.config import AgentConfig
 from agents.consent import decode_stored, verify_receipt
+from agents.decisions import IDENTIFICATION_DECISION, DecisionMessage, check_received
 from agents.lifecycle import Transition
 from agents.messages import DELIVERY_RECEIPT, REFUSAL, TRANSITION, DeliveryReceipt, Refusal
 from agents.resend import ResendRequest
@@ -396,6 +397,16 @@ def test_consent_receipt_vector(path: Path) -> None:
     assert hashlib.sha256(signed.body).hexdigest() == fields["body_sha256"]
 
 
+class _Authority:
+    """A directory entry deciding the stages of a vector's `decides` (comma-separated)."""
+
+    def __init__(self, decides: str) -> None:
+        self.stages = decides.split(",")
+
+    def decides_stage(self, stage: str) -> bool:
+        return stage in self.stages
+
+
 @each_vector("decision-")
 def test_decision_vector(path: Path) -> None:
     """Verifying the signed decision under the vector's key history (§8.7, §7.9), then the
@@ -405,15 +416,9 @@ def test_decision_vector(path: Path) -> None:
     reason = None if fields["reason"] == "none" else fields["reason"]
     salt = None if fields["salt"] == "none" else bytes.fromhex(fields["salt"])
 
-    stages = fields["decides"].split(",")
-
-    class Authority:
-        def decides_stage(self, stage: str) -> bool:
-            return stage in stages
-
     def verify() -> Decision:
         decision = verify_decision(data, history=[window])
-        check_authority(decision, Authority())
+        check_authority(decision, _Authority(fields["decides"]))
         check_reason(decision, reason=reason, salt=salt)
         if fields["first_stage"] != "none":
             first = verify_decision(base64.b64decode(fields["first_stage"]), history=[window])
@@ -438,7 +443,7 @@ def _authority_window(fields: dict[str, str]) -> KeyWindow:
         public=bytes.fromhex(fields["signer_ed25519_public"]),
         valid_from=int(fields["valid_from"]),
         valid_until=None,
-        revoked_at=_opt(fields["revoked_at"]),
+        revoked_at=_opt(fields.get("revoked_at", "none")),
         listed_version=1,
     )
 
@@ -586,14 +591,44 @@ def test_body_vector(path: Path) -> None:
     if "policy" in fields:
         policy = policy_from_doc(json.loads(base64.b64decode(fields["policy"], validate=True)))
     sender_roles = fields.get("sender_roles", "")
+    roles = set(fields["roles"].split(","))
+    if fields["kind"] == IDENTIFICATION_DECISION:
+        _decision_message(fields, body, roles)
+        return
     _received(
         fields,
         body,
         fields["kind"],
-        set(fields["roles"].split(",")),
+        roles,
         policy=policy,
         sender_roles=tuple(r for r in sender_roles.split(",") if r),
     )
+
+
+def _decision_message(fields: dict[str, str], body: bytes, roles: set[str]) -> None:
+    """§6.4 decoding, then §8.7's receiver checks in order against the vector's state."""
+    window = _authority_window(fields)
+
+    def check() -> Decision:
+        message = inbound.check(IDENTIFICATION_DECISION, body, roles=roles, limits=DEFAULT_LIMITS)
+        assert isinstance(message, DecisionMessage)
+        first = None
+        if fields["first_stage"] != "none":
+            first = verify_decision(base64.b64decode(fields["first_stage"]), history=[window])
+        return check_received(
+            message,
+            sender=fields["sender"],
+            authority=None if fields["decides"] == "none" else _Authority(fields["decides"]),
+            history=[window],
+            shared=fields["shared"] == "yes",
+            first=first,
+            min_days=int(fields["second_stage_min_days"]),
+        )
+
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], check)
+        return
+    assert check().authority == fields["authority"]
 
 
 @each_vector("keyfile-")
@@ -709,6 +744,7 @@ FAMILIES = {
     "merkle-": 15,
     "identity-": 4,
     "decision-": 8,
+    "body-identification-decision-": 8,
     "catalogue-": 8,
     "capacity-": 6,
     "protection-": 8,

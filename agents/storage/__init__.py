@@ -4,7 +4,7 @@ One SQLite database in WAL mode (db.py) with its schema, invariants and migratio
 place (schema.py), and one module per aggregate: messages.py (outbox, deliveries, inbox,
 resends), referrals.py (referrals, history, data keys), consents.py (consents, their uses,
 the signing key history), audit.py (audit outbox, ledger restores and alerts), webhooks.py,
-attachments.py, idempotency.py, erasure.py, retention.py and accesses.py. `Store` composes
+attachments.py, idempotency.py, erasure.py, retention.py, accesses.py and cases.py. `Store` composes
 them; the rest of agents/ calls its named methods and never writes SQL (docs/DESIGN.md "Storage").
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 from .accesses import AccessWindow, AccessWindows
 from .attachments import AttachmentTables
 from .audit import AuditLog
+from .cases import Case, Cases, StoredDecision
 from .consents import Consents, StoredConsent, read_consent
 from .db import Database
 from .erasure import DROPPED, WITHDRAWN_REASON, Erasure, PendingConfirmation
@@ -45,6 +46,7 @@ class Store(
     Erasure,
     Retention,
     AccessWindows,
+    Cases,
 ):
     """The agent database with every aggregate's operations."""
 
@@ -56,6 +58,7 @@ __all__ = [
     "STATUS_ORDER",
     "WITHDRAWN_REASON",
     "AccessWindow",
+    "Case",
     "Database",
     "DeliveryState",
     "NewReferral",
@@ -69,6 +72,7 @@ __all__ = [
     "Step",
     "Store",
     "StoredConsent",
+    "StoredDecision",
     "Undelivered",
     "read_consent",
 ]

@@ -27,6 +27,9 @@ does not own. `referrals`, `history`, `data_keys` and `received_attachments` car
 column; in `inbox` the `sender` column is the owner of the referral a row carries;
 `outbox`, `deliveries` and `consent_uses` only ever hold this agency's own referrals.
 - `webhook_outbox`, `webhook_deliveries`: agents/webhooks.py.
+- `cases`, `case_referrals`, `decisions`: agents/storage/cases.py (identification
+  decisions, PROTOCOL §8.7); new tables, so `CREATE TABLE IF NOT EXISTS` adds them to
+  older databases.
 - `erasure_confirmations`, `attachment_deletions`: agents/erasure.py; `legal_holds`:
   agents/retention.py (both keyed as above).
 """
@@ -277,6 +280,38 @@ CREATE TABLE IF NOT EXISTS access_windows (
 ) STRICT;
 CREATE INDEX IF NOT EXISTS access_windows_opened ON access_windows(opened_at);
 -- Webhooks (agents/webhooks.py)
+CREATE TABLE IF NOT EXISTS cases (
+    case_id     TEXT PRIMARY KEY,
+    owner       TEXT NOT NULL,
+    referral_id TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    age_route   TEXT NOT NULL CHECK (age_route IN ('adult', 'child')),
+    opened_at   INTEGER NOT NULL,
+    updated     INTEGER NOT NULL,
+    UNIQUE (owner, referral_id)
+) STRICT;
+CREATE TABLE IF NOT EXISTS case_referrals (
+    case_id     TEXT NOT NULL REFERENCES cases(case_id),
+    referral_id TEXT NOT NULL,
+    PRIMARY KEY (case_id, referral_id)
+) STRICT;
+CREATE TABLE IF NOT EXISTS decisions (
+    authority   TEXT NOT NULL,
+    decision_id TEXT NOT NULL,
+    case_id     TEXT NOT NULL,
+    stage       TEXT NOT NULL CHECK (stage IN ('first', 'second')),
+    outcome     TEXT NOT NULL CHECK (outcome IN ('positive', 'negative')),
+    owner       TEXT NOT NULL,
+    referral_id TEXT NOT NULL,
+    signed      BLOB NOT NULL,
+    reason      TEXT,
+    salt        BLOB,
+    stored_at   INTEGER NOT NULL,
+    PRIMARY KEY (authority, decision_id),
+    CHECK ((reason IS NULL) = (salt IS NULL))
+) STRICT;
+CREATE INDEX IF NOT EXISTS decisions_by_pair ON decisions(owner, referral_id);
+CREATE INDEX IF NOT EXISTS decisions_by_case ON decisions(authority, case_id);
 CREATE TABLE IF NOT EXISTS webhook_outbox (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id      TEXT NOT NULL UNIQUE,

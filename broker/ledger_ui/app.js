@@ -99,6 +99,9 @@
     "retention.purged": "Retention purge",
     "record.accessed": "Record accessed",
     "clock.overdue": "Overdue, told co-ordinator",
+    "identification.decided": "Identification decided",
+    "identification.sent": "Identification decision sent",
+    "identification.received": "Identification decision received",
   };
   const LABEL_WORDS = {
     referral_type: {
@@ -123,6 +126,10 @@
       expired: "Expired",
     },
     clock: { respond: "Not accepted or declined in time" }, // clock.overdue's clock
+    // an identification decision's events
+    stage: { first: "First stage", second: "Second stage" },
+    outcome: { positive: "Positive", negative: "Negative" },
+    age_route: { adult: "Adult route", child: "Child route" },
   };
   const LABEL_ORDER = ["referral_type", "urgency", "state"];
   const COUNT_WORDS = {
@@ -137,7 +144,7 @@
   // drawn "agency ← counterpart" (receiver ← sender); every other counterpart is the one
   // the agency sent to, drawn "agency → counterpart".
   const INCOMING = new Set(["referral.received", "receipt.received", "transition.received",
-    "message.rejected", "erasure.confirmed", "record.accessed"]);
+    "message.rejected", "erasure.confirmed", "record.accessed", "identification.received"]);
 
   // A code with no entry above (a newer ledger) still reads as words: "a.b_c" -> "A b c".
   function words(code) {

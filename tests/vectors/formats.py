@@ -699,6 +699,21 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
         key_ids=EVENT.key_ids,
         labels=(("clock", "respond"), ("urgency", "routine")),
     )
+    decided = AuditEvent(
+        event_id=fixed("audit event 5")[:16].hex(),
+        agency="police",
+        kind="identification.decided",
+        time=NOW,
+        referral_id=EVENT.referral_id,
+        counterpart="ngo",
+        envelope_hash=None,
+        key_ids=(),
+        reason="no-indicators",
+        labels=(("age_route", "adult"), ("outcome", "negative"), ("stage", "first")),
+    )
+    outcomeless = _event_fields(decided)
+    outcomeless[3] = "identification.sent"
+    outcomeless[9] = [["stage", "first"]]
     clockless = _event_fields(overdue)
     clockless[9] = [["urgency", "routine"]]
     access_label = _event_fields(EVENT)
@@ -738,6 +753,20 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
             "ok",
             {},
             sign_event(overdue, POLICE_SIGN),
+        ),
+        (
+            "ok-identification-decided",
+            "identification.decided with its reason and its three labels",
+            "ok",
+            {},
+            sign_event(decided, POLICE_SIGN),
+        ),
+        (
+            "identification-sent-without-outcome",
+            "identification.sent with its stage but not its outcome, correctly signed",
+            "malformed",
+            {},
+            _signed_raw(outcomeless),
         ),
         (
             "overdue-without-clock",
@@ -2115,6 +2144,154 @@ def decision_vectors() -> Iterator[tuple[str, str]]:
         yield f"decision-{name}", render(header, data)
 
 
+# body-identification-decision-*: `kind`, `roles` (the receiver's), `sender` (the envelope's
+#     authenticated sender), the decision vectors' key window (`authority`, `kid`,
+#     `signer_ed25519_public`, `valid_from`), `decides` (the stages the directory lets
+#     `authority` decide, or `none`: it lists no such agency), `shared` (yes: the receiver
+#     holds the body's pair with the sender), `first_stage` (base64 of the signed positive
+#     first stage of the case the receiver holds, or none), `second_stage_min_days`; the
+#     bytes are the body, judged by §6.4 and §8.7 "The message" in order.
+
+
+def _decision_body(
+    decision: Decision, reason: str | None = None, salt: bytes | None = None, **changes: Any
+) -> bytes:
+    fields: dict[str, Any] = {
+        "signed": sign_decision(decision, AUTHORITY_SIGN),
+        "owner": "police",
+        "referral_id": RID,
+        "reason": reason,
+        "salt": salt,
+    }
+    fields.update(changes)
+    return codec.pack([1, *fields.values()])
+
+
+def _identification_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
+    """(name, comment, expect, header changes, body)."""
+    first = _decision()
+    negative = _negative("no-indicators")
+    later = fixed("decision 2")[:16].hex()
+    second = _decision(decision_id=later, stage="second", decided_at=NOW + 40 * DAY)
+    early = _decision(decision_id=later, stage="second", decided_at=NOW + 10 * DAY)
+    flipped = bytearray(sign_decision(first, AUTHORITY_SIGN))
+    flipped[-1] ^= 1
+    held = {"first_stage": FIRST_STAGE}
+    return [
+        ("ok", "a positive first stage, without reason", "ok", {}, _decision_body(first)),
+        (
+            "ok-negative-with-reason",
+            "a negative first stage, its reason and salt beside it",
+            "ok",
+            {},
+            _decision_body(negative, "no-indicators", SALT),
+        ),
+        (
+            "ok-negative-without-reason",
+            "a negative first stage to a provider: no reason, no salt",
+            "ok",
+            {},
+            _decision_body(negative),
+        ),
+        ("ok-second", "a positive second stage 40 days on", "ok", held, _decision_body(second)),
+        (
+            "malformed",
+            "a seventh item",
+            "malformed",
+            {},
+            codec.pack([1, sign_decision(first, AUTHORITY_SIGN), "police", RID, None, None, 0]),
+        ),
+        (
+            "not-an-authority",
+            "the directory lists no deciding agency of that id",
+            "not-for-this-role",
+            {"decides": None},
+            _decision_body(first),
+        ),
+        (
+            "first-stage-only",
+            "a second stage from an authority that decides the first stage only",
+            "not-for-this-role",
+            {**held, "decides": "first"},
+            _decision_body(second),
+        ),
+        (
+            "bad-signature",
+            "last signature byte flipped",
+            "bad-signature",
+            {},
+            _decision_body(first, signed=bytes(flipped)),
+        ),
+        (
+            "other-sender",
+            "the authority's decision sent by another agency",
+            "unexpected",
+            {"sender": "police"},
+            _decision_body(first),
+        ),
+        (
+            "not-shared",
+            "a pair the receiver does not hold with the authority",
+            "not-shared",
+            {"shared": "no"},
+            _decision_body(first),
+        ),
+        (
+            "reason-without-salt",
+            "a reason but no salt",
+            "bad-decision",
+            {},
+            _decision_body(negative, "no-indicators"),
+        ),
+        (
+            "wrong-reason",
+            "a first-stage code that is not the one digested",
+            "bad-decision",
+            {},
+            _decision_body(negative, "duplicate", SALT),
+        ),
+        (
+            "unknown-reason",
+            "a code of no stage",
+            "unknown-reason-code",
+            {},
+            _decision_body(negative, "not-credible", SALT),
+        ),
+        (
+            "second-without-first",
+            "a second stage the receiver holds no first stage for",
+            "bad-decision",
+            {},
+            _decision_body(second),
+        ),
+        ("too-early", "a second stage 10 days on", "too-early", held, _decision_body(early)),
+    ]
+
+
+def identification_vectors() -> Iterator[tuple[str, str]]:
+    for name, comment, expect, changes, data in _identification_vectors():
+        state: dict[str, object] = {
+            "sender": "authority",
+            "decides": "first,second",
+            "shared": "yes",
+            "first_stage": None,
+            "second_stage_min_days": 30,
+            **changes,
+        }
+        header: list[tuple[str, object]] = [
+            ("expect", expect),
+            ("comment", comment),
+            ("kind", "identification-decision"),
+            ("roles", "police"),
+            ("authority", "authority"),
+            ("kid", signing_kid(AUTHORITY_SIGN.verify_key)),
+            ("signer_ed25519_public", bytes(AUTHORITY_SIGN.verify_key)),
+            ("valid_from", CREATED),
+            *state.items(),
+        ]
+        yield f"body-identification-decision-{name}", render(header, data)
+
+
 # --- service catalogues and capacity records (§8.8) -------------------------------------------
 #
 # catalogue-*: the bytes are a signed catalogue file; the verifier's directory lists `agency`
@@ -2561,6 +2738,7 @@ FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("kid-", kid_vectors),
     ("identity-", identity_vectors),
     ("decision-", decision_vectors),
+    ("body-identification-decision-", identification_vectors),
     ("catalogue-", catalogue_vectors),
     ("protection-", protection_vectors),
 ]

@@ -1,0 +1,156 @@
+"""The message `identification-decision` (docs/PROTOCOL.md §8.7): its body, and what its
+receiver checks, in order. Pure: the agent looks up what is asked (the directory's entry for
+the sender, its key history, the pair, the first-stage decision it holds) and passes it in.
+
+    body = canonical msgpack [1, signed decision (bin), pair owner, pair referral_id,
+                              reason or nil, salt or nil]
+
+The pair is the (owner, referral_id) under which this receiver knows the person; the
+reason and salt come only to a recipient that may learn the reason (§8.7 "Who receives").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Final
+
+from keys import codec
+from keys.decision import (
+    FIRST,
+    MAX_SIGNED_DECISION_BYTES,
+    SECOND,
+    Decider,
+    Decision,
+    check_authority,
+    check_reason,
+    check_second_stage,
+    claimed,
+    verify_decision,
+)
+from keys.errors import (
+    BadDecisionError,
+    NotForThisRoleError,
+    NotSharedError,
+    UnexpectedMessageError,
+)
+from keys.key_history import KeyWindow
+from keys.subjects import AGENCY_ID_PATTERN
+
+IDENTIFICATION_DECISION: Final = "identification-decision"
+#: A body's size limit: the signed decision (640) and the rest (PROTOCOL §8.7).
+MAX_BODY_BYTES: Final = 768
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionMessage(codec.Encoded):
+    """An `identification-decision` body, decoded; the decision inside is not verified yet."""
+
+    WIRE: ClassVar[codec.Record] = codec.Record(
+        "identification decision message",
+        1,
+        ("signed", "owner", "referral_id", "reason", "salt"),
+    )
+
+    signed: bytes
+    owner: str
+    referral_id: str
+    reason: str | None
+    salt: bytes | None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.signed, bytes) and len(self.signed) <= MAX_SIGNED_DECISION_BYTES):
+            raise ValueError(
+                f"signed must be a signed decision of at most {MAX_SIGNED_DECISION_BYTES} bytes"
+            )
+        if not (isinstance(self.owner, str) and AGENCY_ID_PATTERN.fullmatch(self.owner)):
+            raise ValueError("owner must be an agency id")
+        if not (isinstance(self.referral_id, str) and codec.HEX32.fullmatch(self.referral_id)):
+            raise ValueError("referral_id must be 32 lowercase hex digits")
+        if self.reason is not None and not isinstance(self.reason, str):
+            raise ValueError("reason must be a string or nil")
+        if self.salt is not None and not isinstance(self.salt, bytes):
+            raise ValueError("salt must be bytes or nil")
+
+    @classmethod
+    def decode(cls, body: bytes) -> DecisionMessage:
+        """The body strictly decoded (PROTOCOL §1.2), or MalformedError."""
+        return cls.decoded(body, max_bytes=MAX_BODY_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """One recipient's copy of a decision: the pair it names and whether the reason goes."""
+
+    recipient: str
+    owner: str
+    referral_id: str
+    with_reason: bool
+
+
+def recipients(
+    *,
+    opening: tuple[str, str],
+    coordinators: Sequence[str],
+    providers: Sequence[tuple[str, str]],
+    authority: str,
+) -> list[Copy]:
+    """Who receives a decision (PROTOCOL §8.7 "Who receives it"): the owner of the opening
+    referral (`opening`: owner, referral id) and every coordinator with the reason under that
+    pair, then each provider (`providers`: referral id, provider) holding an accepted or
+    in-progress pair the authority sent for the case, without it, under that pair. One copy
+    per agency: the first rule that names it decides; the authority never sends to itself."""
+    owner, referral_id = opening
+    copies: dict[str, Copy] = {}
+    for agency in (owner, *coordinators):
+        copies.setdefault(agency, Copy(agency, owner, referral_id, True))
+    for onward, provider in providers:
+        copies.setdefault(provider, Copy(provider, authority, onward, False))
+    copies.pop(authority, None)
+    return list(copies.values())
+
+
+def check_received(
+    message: DecisionMessage,
+    *,
+    sender: str,
+    authority: Decider | None,
+    history: Sequence[KeyWindow],
+    shared: bool,
+    first: Decision | None,
+    min_days: int,
+) -> Decision:
+    """The verified decision of `message`, received from `sender`, or the error of its first
+    failure in PROTOCOL §8.7's order.
+
+    `authority`: the trusted directory's entry for the decision's authority (None if it
+    lists none); `history`: the signing key history; `shared`: whether the receiver holds
+    the message's pair with `sender` as counterpart or owner; `first`: the positive first
+    stage of the decision's case the receiver holds (None if none); `min_days`: the
+    national policy's `second_stage_min_days`."""
+    decision = claimed(message.signed)  # malformed
+    if authority is None:
+        raise NotForThisRoleError("the decision's authority is not in the directory")
+    check_authority(decision, authority)  # not-for-this-role
+    decision = verify_decision(message.signed, history=history)  # the key, bad-signature
+    if decision.authority != sender:
+        raise UnexpectedMessageError("a decision comes from its own authority only")
+    if not shared:
+        raise NotSharedError("a decision names a pair this agency does not hold with its sender")
+    check_reason(decision, reason=message.reason, salt=message.salt)
+    if decision.supersedes is not None:
+        raise UnexpectedMessageError("reconsideration is not supported yet")
+    if decision.stage == SECOND:
+        if first is None or first.stage != FIRST:
+            raise BadDecisionError("a second stage needs the case's positive first stage")
+        check_second_stage(first, decision, min_days=min_days)  # too-early
+    return decision
+
+
+__all__: Sequence[str] = [
+    "IDENTIFICATION_DECISION",
+    "Copy",
+    "DecisionMessage",
+    "check_received",
+    "recipients",
+]

@@ -1,0 +1,293 @@
+"""Identification cases and decisions at an agent (docs/PROTOCOL.md §8.7).
+
+At a competent authority: a case opens when it accepts a referral of type `nrm_full`
+(`open_case`, in the transition's transaction); `decide` checks the step against the case
+table (agents/cases.py) and the second-stage interval, signs the decision with a key valid
+now, and seals one `identification-decision` per recipient (the opening referral's owner and
+every coordinator, with the reason) in one transaction with the case's new state. At every
+receiver: `on_decision` runs the checks of agents/decisions.py against this agency's state
+and stores the decision as signed; `decisions` verifies each again when it is read.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from keys import AgencyKeys, Opened, UnexpectedMessageError, UntrustedInputError
+from keys import decision as D
+from keys.directory import Directory
+from keys.policy import SECOND_STAGE_MIN_DAYS
+from keys.roles import COMPETENT_AUTHORITY
+from runtime import clock
+
+from . import cases
+from . import errors as E
+from . import webhooks as W
+from .audit import AuditTrail
+from .decisions import IDENTIFICATION_DECISION, DecisionMessage, check_received, recipients
+from .desk import ESCALATION_ROLE, Sender, valid_signing_key
+from .store import Case, Store, StoredDecision
+
+log = structlog.get_logger("nrm.identification")
+
+#: The referral type whose acceptance by a competent authority opens a case (§8.7).
+CASE_REFERRAL_TYPE = "nrm_full"
+_DAY = 86_400
+
+
+@dataclass
+class Identification:
+    agency: str
+    store: Store
+    audit: AuditTrail
+    send: Sender
+    keys: Callable[[], AgencyKeys]
+    directory: Callable[[], Directory]
+    coordinators: Callable[[int], list[str]]
+
+    def __post_init__(self) -> None:
+        self.log = log.bind(agency=self.agency)
+
+    def _min_days(self) -> int:
+        policy = self.directory().policy
+        return SECOND_STAGE_MIN_DAYS if policy is None else policy.second_stage_min_days
+
+    # --- the authority ------------------------------------------------------------------------
+
+    def is_authority(self) -> bool:
+        directory = self.directory()
+        return (
+            self.agency in directory and COMPETENT_AUTHORITY in directory.agency(self.agency).roles
+        )
+
+    def open_case(
+        self, db: sqlite3.Connection, owner: str, referral_id: str, *, child: bool
+    ) -> str:
+        """Open the case of the referral (owner, referral_id) this authority just accepted."""
+        now = clock.now()
+        case_id = secrets.token_hex(16)
+        route = "child" if child else "adult"
+        self.store.open_case(
+            db, Case(case_id, owner, referral_id, cases.open_state(), route, now, now)
+        )
+        self.log.info("case_opened", case_id=case_id, referral_id=referral_id)
+        return case_id
+
+    def cases(self, *, after: str, limit: int) -> list[dict[str, Any]]:
+        return [_case_doc(c) for c in self.store.cases_page(after=after, limit=limit)]
+
+    def case(self, case_id: str) -> dict[str, Any]:
+        with self.store.transaction() as db:
+            found = self.store.case(db, case_id)
+            if found is None:
+                raise E.NotFound("no case with this id at this agency")
+            held = self.store.decisions_of_case(db, self.agency, case_id)
+        return {**_case_doc(found), "decisions": [self._decision_doc(d) for d in held]}
+
+    def link(self, case_id: str, referral_id: str) -> dict[str, Any]:
+        """Name a referral this authority sent (to a provider) as one of the case's, so that
+        its recipient gets the case's decisions while its pair is accepted or in progress.
+        404 for an unknown case or a referral this agency did not send."""
+        with self.store.transaction() as db:
+            if self.store.case(db, case_id) is None:
+                raise E.NotFound("no case with this id at this agency")
+            if not any(
+                side == "sender" for _, side, _ in self.store.pairs(self.agency, referral_id)
+            ):
+                raise E.NotFound("no referral with this id sent by this agency")
+            self.store.link_case_referral(db, case_id, referral_id)
+        return {"case_id": case_id, "referral_id": referral_id}
+
+    def decide(
+        self, case_id: str, *, stage: str, outcome: str, reason: str | None
+    ) -> dict[str, Any]:
+        """Decide `stage` of the case: 404 unknown case, 409 (`allowed`) a step the case
+        table refuses, 409 `too-early` before the interval, 422 a wrong reason."""
+        if (stage, outcome) not in cases.DECIDED:
+            raise E.Unprocessable("stage must be first or second, outcome positive or negative")
+        now = clock.now()
+        signing_key, kid = valid_signing_key(self.store, self.keys(), self.agency, at=now)
+        with self.store.transaction() as db:
+            case = self.store.case(db, case_id)
+            if case is None:
+                raise E.NotFound("no case with this id at this agency")
+            target = cases.DECIDED[(stage, outcome)]
+            try:
+                cases.check(case.state, target, cases.AUTHORITY, reason=reason, supersedes=False)
+            except cases.CaseStepRefused as e:
+                raise E.TransitionNotAllowed(str(e), allowed=e.allowed) from e
+            except ValueError as e:
+                raise E.Unprocessable(str(e)) from e
+            if case.age_route == "child" and reason in D.NOT_FOR_CHILDREN:
+                raise E.Unprocessable(f"{reason} is not a reason on the child route")
+            if stage == D.SECOND:
+                self._check_interval(db, case_id, now)
+            salt = None if reason is None else secrets.token_bytes(D.SALT_BYTES)
+            decision = D.Decision(
+                decision_id=secrets.token_hex(16),
+                authority=self.agency,
+                case_id=case_id,
+                stage=stage,
+                outcome=outcome,
+                reason_digest=None if salt is None else D.reason_digest(salt, reason or ""),
+                supersedes=None,
+                decided_at=now,
+                age_route=case.age_route,
+            )
+            signed = D.sign_decision(decision, signing_key)
+            body = DecisionMessage(signed, case.owner, case.referral_id, reason, salt)
+            self.store.insert_decision(db, _stored(decision, body, now))
+            self.store.set_case_state(db, case_id, target, now)
+            labels = (("stage", stage), ("outcome", outcome))
+            self.audit.record(
+                db,
+                "identification.decided",
+                referral_id=case.referral_id,
+                counterpart=case.owner,
+                key_ids=(kid,),
+                reason=reason,
+                labels=(("age_route", case.age_route), *labels),
+            )
+            copies = recipients(
+                opening=(case.owner, case.referral_id),
+                coordinators=self.coordinators(now),
+                providers=self.store.case_provider_pairs(db, case_id, self.agency),
+                authority=self.agency,
+            )
+            for copy in copies:  # one envelope each: the pair and the reason differ (§8.7)
+                shown = (
+                    body
+                    if copy.with_reason
+                    else DecisionMessage(signed, copy.owner, copy.referral_id, None, None)
+                )
+                self.send(
+                    IDENTIFICATION_DECISION,
+                    shown.encode(),
+                    [copy.recipient],
+                    db,
+                    referral_id=copy.referral_id,
+                    labels=labels,
+                )
+        self.log.info("case_decided", case_id=case_id, stage=stage, outcome=outcome)
+        return {**_case_doc(case), "state": target, "decision_id": decision.decision_id}
+
+    def _check_interval(self, db: sqlite3.Connection, case_id: str, now: int) -> None:
+        min_days = self._min_days()
+        for held in self.store.decisions_of_case(db, self.agency, case_id):
+            if held.stage == D.FIRST and held.outcome == D.POSITIVE:
+                first = D.claimed(held.signed)
+                if now < first.decided_at + min_days * _DAY:
+                    raise E.Conflict(
+                        f"a second stage comes at least {min_days} days after the first",
+                        reason="too-early",
+                        not_before=first.decided_at + min_days * _DAY,
+                    )
+
+    # --- every receiver -----------------------------------------------------------------------
+
+    def on_decision(self, db: sqlite3.Connection, opened: Opened, message: DecisionMessage) -> None:
+        """A decision received: checked in §8.7's order against what this agency holds."""
+        sender = opened.header.sender
+        claimed = D.claimed(message.signed)
+        directory = self.directory()
+        entry = directory.agency(claimed.authority) if claimed.authority in directory else None
+        own_roles = directory.agency(self.agency).roles if self.agency in directory else ()
+        shared = ESCALATION_ROLE in own_roles or (
+            self.store.pair(db, message.owner, message.referral_id, sender) is not None
+        )
+        first = None
+        for held in self.store.decisions_of_case(db, claimed.authority, claimed.case_id):
+            if held.stage == D.FIRST and held.outcome == D.POSITIVE:
+                first = D.verify_decision(
+                    held.signed, history=self.store.key_history(held.authority)
+                )
+        decision = check_received(
+            message,
+            sender=sender,
+            authority=entry,
+            history=self.store.key_history(claimed.authority),
+            shared=shared,
+            first=first,
+            min_days=self._min_days(),
+        )
+        now = clock.now()
+        stored = _stored(decision, message, now)
+        if not self.store.insert_decision(db, stored):
+            raise UnexpectedMessageError("a decision this agency holds already")
+        self.audit.record(
+            db,
+            "identification.received",
+            referral_id=message.referral_id,
+            counterpart=sender,
+            labels=(("stage", decision.stage), ("outcome", decision.outcome)),
+        )
+        W.enqueue(
+            db,
+            W.WebhookEvent(
+                id=W.new_event_id(),
+                type="decision.received",
+                created=now,
+                data=self._decision_doc(stored),
+            ),
+        )
+
+    def decisions(self, owner: str, referral_id: str) -> list[dict[str, Any]]:
+        """The decisions held under the pair, each verified again (409 if one does not)."""
+        return [self._decision_doc(d) for d in self.store.decisions_of_pair(owner, referral_id)]
+
+    def _decision_doc(self, held: StoredDecision) -> dict[str, Any]:
+        try:
+            decision = D.verify_decision(
+                held.signed, history=self.store.key_history(held.authority)
+            )
+        except UntrustedInputError as e:
+            raise E.Conflict(
+                f"a stored decision does not verify ({e.reason}); nothing was returned",
+                reason=e.reason,
+            ) from e
+        return {
+            "decision_id": decision.decision_id,
+            "authority": decision.authority,
+            "case_id": decision.case_id,
+            "stage": decision.stage,
+            "outcome": decision.outcome,
+            "reason": held.reason,
+            "decided_at": decision.decided_at,
+            "age_route": decision.age_route,
+            "owner": held.owner,
+            "referral_id": held.referral_id,
+        }
+
+
+def _stored(decision: D.Decision, message: DecisionMessage, at: int) -> StoredDecision:
+    return StoredDecision(
+        authority=decision.authority,
+        decision_id=decision.decision_id,
+        case_id=decision.case_id,
+        stage=decision.stage,
+        outcome=decision.outcome,
+        owner=message.owner,
+        referral_id=message.referral_id,
+        signed=message.signed,
+        reason=message.reason,
+        salt=message.salt,
+        stored_at=at,
+    )
+
+
+def _case_doc(c: Case) -> dict[str, Any]:
+    return {
+        "case_id": c.case_id,
+        "owner": c.owner,
+        "referral_id": c.referral_id,
+        "state": c.state,
+        "age_route": c.age_route,
+        "opened_at": c.opened_at,
+        "updated": c.updated,
+    }

@@ -1,0 +1,158 @@
+"""Identification cases and decisions (docs/PROTOCOL.md §8.7).
+
+`cases`: at a competent authority, one row per case it opened on accepting a referral of
+type `nrm_full`, keyed by its random `case_id` and naming the opening referral (owner,
+referral_id); its state is agents/cases.py's. `decisions`: every signed decision this agency
+holds, as signed (verified again whenever it is read), with the pair it came under (or, at
+the authority, the opening referral) and the reason and salt when this agency may know
+them. `case_referrals`: the referrals the authority sent for a case (to providers), whose
+accepted recipients get its decisions.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from .db import Database
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """A case at the authority that opened it."""
+
+    case_id: str
+    owner: str
+    referral_id: str
+    state: str
+    age_route: str
+    opened_at: int
+    updated: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDecision:
+    """A signed decision as this agency holds it: `owner` and `referral_id` name the pair it
+    came under (at the authority, the case's opening referral)."""
+
+    authority: str
+    decision_id: str
+    case_id: str
+    stage: str
+    outcome: str
+    owner: str
+    referral_id: str
+    signed: bytes
+    reason: str | None
+    salt: bytes | None
+    stored_at: int
+
+
+_SELECT_CASE = "SELECT case_id, owner, referral_id, state, age_route, opened_at, updated FROM cases"
+_SELECT_DECISION = (
+    "SELECT authority, decision_id, case_id, stage, outcome, owner, referral_id, signed,"
+    " reason, salt, stored_at FROM decisions"
+)
+
+
+class Cases(Database):
+    """`cases` and `decisions`."""
+
+    @staticmethod
+    def open_case(db: sqlite3.Connection, case: Case) -> None:
+        db.execute(
+            "INSERT INTO cases (case_id, owner, referral_id, state, age_route, opened_at,"
+            " updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            _case_row(case),
+        )
+
+    @staticmethod
+    def set_case_state(db: sqlite3.Connection, case_id: str, state: str, at: int) -> None:
+        db.execute(
+            "UPDATE cases SET state = ?, updated = ? WHERE case_id = ?", (state, at, case_id)
+        )
+
+    @staticmethod
+    def case(db: sqlite3.Connection, case_id: str) -> Case | None:
+        row = db.execute(_SELECT_CASE + " WHERE case_id = ?", (case_id,)).fetchone()
+        return None if row is None else Case(*row)
+
+    def cases_page(self, *, after: str, limit: int) -> list[Case]:
+        """Cases in case_id order after `after` ("" from the start)."""
+        rows = self._db.execute(
+            _SELECT_CASE + " WHERE case_id > ? ORDER BY case_id LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        return [Case(*r) for r in rows]
+
+    @staticmethod
+    def link_case_referral(db: sqlite3.Connection, case_id: str, referral_id: str) -> None:
+        """Name a referral this agency sent as one of the case's (idempotent)."""
+        db.execute(
+            "INSERT INTO case_referrals (case_id, referral_id) VALUES (?, ?)"
+            " ON CONFLICT DO NOTHING",
+            (case_id, referral_id),
+        )
+
+    @staticmethod
+    def case_provider_pairs(
+        db: sqlite3.Connection, case_id: str, agency: str
+    ) -> list[tuple[str, str]]:
+        """(referral id, recipient) of every pair `agency` sent under the case's referrals
+        that is accepted or in progress, by referral id and recipient."""
+        rows = db.execute(
+            "SELECT r.referral_id, r.counterpart FROM case_referrals c JOIN referrals r"
+            " ON r.owner = ? AND r.referral_id = c.referral_id AND r.side = 'sender'"
+            " WHERE c.case_id = ? AND r.state IN ('accepted', 'in_progress')"
+            " ORDER BY r.referral_id, r.counterpart",
+            (agency, case_id),
+        ).fetchall()
+        return [(str(a), str(b)) for a, b in rows]
+
+    @staticmethod
+    def insert_decision(db: sqlite3.Connection, d: StoredDecision) -> bool:
+        """Store `d`; False (nothing written) if this agency holds that decision already."""
+        cursor = db.execute(
+            "INSERT INTO decisions (authority, decision_id, case_id, stage, outcome, owner,"
+            " referral_id, signed, reason, salt, stored_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (
+                d.authority,
+                d.decision_id,
+                d.case_id,
+                d.stage,
+                d.outcome,
+                d.owner,
+                d.referral_id,
+                d.signed,
+                d.reason,
+                d.salt,
+                d.stored_at,
+            ),
+        )
+        return cursor.rowcount == 1
+
+    def decisions_of_pair(self, owner: str, referral_id: str) -> list[StoredDecision]:
+        """The decisions held under the pair (owner, referral_id), oldest first."""
+        rows = self._db.execute(
+            _SELECT_DECISION + " WHERE owner = ? AND referral_id = ?"
+            " ORDER BY stored_at, decision_id",
+            (owner, referral_id),
+        ).fetchall()
+        return [StoredDecision(*r) for r in rows]
+
+    @staticmethod
+    def decisions_of_case(
+        db: sqlite3.Connection, authority: str, case_id: str
+    ) -> list[StoredDecision]:
+        """The decisions of `authority`'s case `case_id` held here, oldest first."""
+        rows = db.execute(
+            _SELECT_DECISION + " WHERE authority = ? AND case_id = ?"
+            " ORDER BY stored_at, decision_id",
+            (authority, case_id),
+        ).fetchall()
+        return [StoredDecision(*r) for r in rows]
+
+
+def _case_row(c: Case) -> tuple[object, ...]:
+    return (c.case_id, c.owner, c.referral_id, c.state, c.age_route, c.opened_at, c.updated)

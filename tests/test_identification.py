@@ -1,0 +1,255 @@
+"""Identification decisions between real agents (PROTOCOL §8.7): a competent authority
+opens a case when it accepts police's nrm_full referral, decides, and its agent seals the
+decision to the referrer and the co-ordinator, with the reason only where the table says;
+a decision signed by an agency that is not an authority is refused on the record; a second
+stage before the policy's interval is 409 too-early."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from keys import codec
+from keys.audit import AuditEvent, decode_signed_event
+from keys.decision import Decision, sign_decision
+from keys.policy import Policy
+from keys.roles import COMPETENT_AUTHORITY
+from nrm import admin
+from runtime import clock
+
+from . import samples
+from .support import (
+    Mechanism,
+    agency_keys,
+    eventually,
+    running_mechanism,
+    sealed,
+    webhook_receiver,
+)
+from .test_sender_scope import publish, rejected
+
+#: Police may refer an adult without consent under public_task (the sample's basis).
+POLICY = Policy(country="LT", without_consent={"police": ("public_task",)})
+AUTHORITY = "shelter"  # made the competent authority below
+
+
+#: The events police's agent sent its system (webhooks), in order of arrival.
+POLICE_EVENTS: list[dict[str, Any]] = []
+
+
+async def _collect(request: web.Request) -> web.Response:
+    POLICE_EVENTS.append(json.loads(await request.read()))
+    return web.Response(status=200)
+
+
+@pytest.fixture
+async def with_authority(tmp_path: Path) -> AsyncIterator[Mechanism]:
+    """The mechanism under POLICY with the shelter turned into a competent authority whose
+    case system holds the decide scope; police's webhooks go to POLICE_EVENTS."""
+    POLICE_EVENTS.clear()
+    async with (
+        webhook_receiver(_collect) as url,
+        running_mechanism(tmp_path, webhooks={"police": url}) as m,
+    ):
+        await m.stop(AUTHORITY)
+        setup = m.setups[AUTHORITY]
+        config = setup.config_path.read_text()
+        assert config.count('"act"]') == 1
+        setup.config_path.write_text(config.replace('"act"]', '"act", "decide"]'))
+        identity = admin.PublicIdentity.from_json(setup.identity_path.read_bytes())
+        admin.set_policy(m.sandbox.admin, POLICY)  # the role needs a policy's directory
+        admin.add_agency(m.sandbox.admin, identity, roles=[COMPETENT_AUTHORITY])
+        m.sandbox.sign_draft()
+        await m.sandbox.publish()
+        await m.start(AUTHORITY)
+
+        async def everyone_has_it() -> bool:
+            for agent in m.agents.values():
+                d = agent.trust.directory
+                if d is None or d.policy != POLICY:
+                    return False
+                if d.agency(AUTHORITY).roles != (COMPETENT_AUTHORITY,):
+                    return False
+            return True
+
+        await eventually(everyone_has_it, what="every agent to know the competent authority")
+        yield m
+
+
+async def call(m: Mechanism, agency: str, method: str, path: str, **kw: Any) -> tuple[int, Any]:
+    status, body, _ = await m.api(agency).call(method, path, **kw)
+    return status, body
+
+
+async def opened_case(m: Mechanism) -> tuple[str, str]:
+    """Police refers to the authority, which acknowledges and accepts: (referral id, case)."""
+    rid = await m.api("police").refer([AUTHORITY], samples.referral())
+
+    async def delivered() -> bool:
+        return await m.api("police").status(rid) == "delivered"
+
+    await eventually(delivered, what="the referral at the authority")
+    for to in ("acknowledged", "accepted"):
+        status, body = await call(
+            m, AUTHORITY, "POST", f"/v1/referrals/{rid}/transitions", json={"to": to}
+        )
+        assert status == 202, body
+    status, cases = await call(m, AUTHORITY, "GET", "/v1/cases")
+    assert status == 200, cases
+    [case] = [c for c in cases["items"] if c["referral_id"] == rid]
+    assert (case["owner"], case["state"], case["age_route"]) == (
+        "police",
+        "awaiting_first",
+        "adult",
+    )
+    return rid, case["case_id"]
+
+
+def events(m: Mechanism, agency: str, prefix: str) -> list[AuditEvent]:
+    """The audit events of `agency` whose kind starts with `prefix`, in order."""
+    conn = sqlite3.connect(m.database(agency))
+    try:
+        rows = [bytes(r[0]) for r in conn.execute("SELECT event FROM audit_outbox ORDER BY seq")]
+    finally:
+        conn.close()
+    decoded = [decode_signed_event(row)[0] for row in rows]
+    return [e for e in decoded if e.kind.startswith(prefix)]
+
+
+async def decide(m: Mechanism, case_id: str, doc: dict[str, str]) -> tuple[int, Any]:
+    return await call(m, AUTHORITY, "POST", f"/v1/cases/{case_id}/decisions", json=doc)
+
+
+async def held(m: Mechanism, agency: str, rid: str, count: int) -> list[dict[str, Any]]:
+    """The decisions `agency` holds under police's referral `rid`, once it holds `count`."""
+    found: list[dict[str, Any]] = []
+
+    async def arrived() -> bool:
+        nonlocal found
+        status, body = await call(m, agency, "GET", f"/v1/referrals/{rid}/decisions?sender=police")
+        found = body["items"] if status == 200 else []
+        return len(found) == count
+
+    await eventually(arrived, what=f"{agency} to hold {count} decision(s)")
+    return found
+
+
+async def test_a_decision_reaches_the_referrer_and_the_coordinator(
+    with_authority: Mechanism,
+) -> None:
+    """A positive first stage reaches police and the co-ordinator; a second stage at once is
+    409 too-early and sends nothing; a negative first stage of another case carries its
+    reason to both; the authority's case says what it decided."""
+    m = with_authority
+    rid, case_id = await opened_case(m)
+    status, decided = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
+    assert (status, decided["state"]) == (202, "first_positive"), decided
+    for agency in ("police", "coordinator"):
+        [decision] = await held(m, agency, rid, 1)
+        assert decision["decision_id"] == decided["decision_id"]
+        assert (decision["case_id"], decision["authority"]) == (case_id, AUTHORITY)
+        assert (decision["stage"], decision["outcome"], decision["reason"]) == (
+            "first",
+            "positive",
+            None,
+        )
+
+    status, problem = await decide(m, case_id, {"stage": "second", "outcome": "positive"})
+    assert (status, problem["reason"]) == (409, "too-early"), problem
+    status, problem = await decide(
+        m, case_id, {"stage": "first", "outcome": "negative", "reason": "no-indicators"}
+    )
+    assert (status, problem["allowed"]) == (
+        409,
+        ["second_positive", "second_negative", "left_process"],
+    )
+
+    other, other_case = await opened_case(m)
+    status, decided = await decide(
+        m, other_case, {"stage": "first", "outcome": "negative", "reason": "no-indicators"}
+    )
+    assert status == 202, decided
+    for agency in ("police", "coordinator"):
+        [decision] = await held(m, agency, other, 1)
+        assert (decision["outcome"], decision["reason"]) == ("negative", "no-indicators")
+    status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+    assert status == 200 and case["state"] == "first_positive", case
+    assert [d["stage"] for d in case["decisions"]] == ["first"]
+    assert len(await held(m, "police", rid, 1)) == 1  # the refused second stage sent nothing
+
+    expected = [*await held(m, "police", rid, 1), *await held(m, "police", other, 1)]
+
+    async def told() -> bool:
+        return [e["data"] for e in POLICE_EVENTS if e["type"] == "decision.received"] == expected
+
+    await eventually(told, what="police's system to be told of both decisions")
+
+    status, _ = await call(m, "police", "GET", "/v1/cases")  # police's system: no decide
+    assert status == 403
+    status, _ = await decide(m, "ab" * 16, {"stage": "first", "outcome": "positive"})
+    assert status == 404
+    status, _ = await decide(m, other_case, {"stage": "first", "outcome": "maybe"})
+    assert status == 422
+    status, _ = await call(m, AUTHORITY, "PUT", f"/v1/cases/{case_id}/referrals/{rid}")
+    assert status == 404  # police's referral: not one the authority sent to a provider
+
+    first, second = (("first", "positive"), ("first", "negative"))
+    decided = [
+        (e.kind, e.referral_id, e.counterpart, e.reason, dict(e.labels))
+        for e in events(m, AUTHORITY, "identification.decided")
+    ]
+    assert decided == [
+        (
+            "identification.decided",
+            r,
+            "police",
+            reason,
+            {"stage": stage, "outcome": outcome, "age_route": "adult"},
+        )
+        for r, reason, (stage, outcome) in ((rid, None, first), (other, "no-indicators", second))
+    ]
+    sent = {(e.referral_id, e.counterpart) for e in events(m, AUTHORITY, "identification.sent")}
+    assert sent == {(r, a) for r in (rid, other) for a in ("police", "coordinator")}
+    for agency in ("police", "coordinator"):
+        received = [
+            (e.referral_id, e.counterpart, dict(e.labels))
+            for e in events(m, agency, "identification.received")
+        ]
+        assert received == [
+            (r, AUTHORITY, {"stage": stage, "outcome": outcome})
+            for r, (stage, outcome) in ((rid, first), (other, second))
+        ]
+
+
+async def test_a_decision_by_an_agency_that_is_not_an_authority_is_refused(
+    with_authority: Mechanism,
+) -> None:
+    """Police's keys sign a decision and seal it to the co-ordinator past police's agent:
+    the co-ordinator refuses it `not-for-this-role` and holds nothing."""
+    m = with_authority
+    rid = await m.api("police").refer([AUTHORITY], samples.referral())
+    keys = agency_keys(m, "police")
+    decision = Decision(
+        decision_id=secrets.token_hex(16),
+        authority="police",
+        case_id=secrets.token_hex(16),
+        stage="first",
+        outcome="positive",
+        reason_digest=None,
+        supersedes=None,
+        decided_at=clock.now(),
+        age_route="adult",
+    )
+    body = codec.pack([1, sign_decision(decision, keys.signing_key), "police", rid, None, None])
+    data = sealed(m, keys, "coordinator", "identification-decision", body)
+    await publish(m, "police", "coordinator", data)
+    await rejected(m, "coordinator", data, "not-for-this-role")
+    status, _ = await call(m, "coordinator", "GET", f"/v1/referrals/{rid}/decisions?sender=police")
+    assert status == 404
