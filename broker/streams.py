@@ -1,6 +1,6 @@
 """Provisioning of the JetStream streams and buckets of the bus (docs/PROTOCOL.md section 5).
 
-Shared: the audit stream, the directory and lease buckets. Per agency (auditors excepted):
+Shared: the audit stream, the directory, lease and services buckets. Per agency (auditors excepted):
 its inbox stream `NRM_INBOX_<agency>` and its attachment bucket `nrm-att-<agency>`, created
 by operators only, before the authorization that admits the agency is loaded. A bus
 provisioned by an earlier release has one shared inbox stream `NRM_MSG`
@@ -38,6 +38,8 @@ from keys.subjects import (
     PREFIX,
     PRESENCE_BUCKET,
     PRESENCE_STREAM,
+    SERVICES_BUCKET,
+    SERVICES_STREAM,
     SHARED_INBOX_STREAM,
     attachment_bucket,
     attachment_stream,
@@ -136,6 +138,7 @@ async def provision_streams(
     await _put_stream(js, audit_stream_config(limits=limits, replicas=replicas))
     await provision_directory_bucket(js, replicas=replicas)
     await provision_presence_bucket(js, limits=limits, replicas=replicas)
+    await provision_services_bucket(js, replicas=replicas)
     await provision_agency_stores(js, agencies, limits=limits, replicas=replicas)
 
 
@@ -373,6 +376,21 @@ async def provision_presence_bucket(
         history=1,
         ttl=ttl,
         replicas=replicas,
+    )
+
+
+async def provision_services_bucket(js: JetStreamContext, *, replicas: int = 1) -> None:
+    """Create the services bucket (PROTOCOL §8.8), or bring its replicas to `replicas`
+    (idempotent). One revision per key: a catalogue's or capacity's newest value is all an
+    agent follows (it reads the stream as the directory's, `read_bucket`)."""
+
+    def update(config: StreamConfig) -> StreamConfig | None:
+        if config.num_replicas == replicas:
+            return None
+        return config.evolve(num_replicas=replicas)
+
+    await _provision_key_value(
+        js, SERVICES_STREAM, update, bucket=SERVICES_BUCKET, history=1, replicas=replicas
     )
 
 

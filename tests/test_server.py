@@ -67,7 +67,8 @@ async def test_server_starts_and_jetstream_answers(nats_server: NatsServer) -> N
     assert nats_server.url == f"nats://127.0.0.1:{nats_server.port}"
     async with jetstream(nats_server) as js:
         info = await js.account_info()
-    assert info.streams == 5  # audit events, directory bucket, leases, police-a's inbox, bucket
+    # audit events, directory bucket, leases, services bucket, police-a's inbox, its bucket
+    assert info.streams == 6
 
 
 async def test_stream_has_the_configured_limits(nats_server: NatsServer) -> None:
@@ -95,7 +96,7 @@ async def test_provisioning_is_idempotent(nats_server: NatsServer) -> None:
         await provision(nats_server.url, agencies=["police-a", "shelter-b"])
         after = (await js.stream_info(STREAM)).config
         assert after == before
-        assert (await js.account_info()).streams == 7  # an inbox and a bucket each
+        assert (await js.account_info()).streams == 8  # an inbox and a bucket each
         assert await stored_count(js) == 1
 
 
