@@ -56,6 +56,7 @@ KINDS = frozenset(
         "retention.purged",
         "record.accessed",
         "clock.overdue",
+        "catalogue.published",
     }
 )
 #: What a `retention.purged` event counts (§9.0): label name -> a decimal count, nothing else.

@@ -270,6 +270,7 @@ KIND_WORDS = {
     "retention.purged": "Retention purge",
     "record.accessed": "Record accessed",
     "clock.overdue": "Overdue, told co-ordinator",
+    "catalogue.published": "Service catalogue published",
 }
 #: What each statistics label value reads as.
 LABEL_WORDS = {

@@ -99,6 +99,7 @@
     "retention.purged": "Retention purge",
     "record.accessed": "Record accessed",
     "clock.overdue": "Overdue, told co-ordinator",
+    "catalogue.published": "Service catalogue published",
   };
   const LABEL_WORDS = {
     referral_type: {

@@ -697,6 +697,12 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
         key_ids=EVENT.key_ids,
         labels=(("clock", "respond"), ("urgency", "routine")),
     )
+    published = AuditEvent(
+        event_id=fixed("audit event 5")[:16].hex(),
+        agency="police",
+        kind="catalogue.published",
+        time=NOW,
+    )
     clockless = _event_fields(overdue)
     clockless[9] = [["urgency", "routine"]]
     access_label = _event_fields(EVENT)
@@ -736,6 +742,13 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
             "ok",
             {},
             sign_event(overdue, POLICE_SIGN),
+        ),
+        (
+            "ok-catalogue-published",
+            "catalogue.published with nothing but its agency and time",
+            "ok",
+            {},
+            sign_event(published, POLICE_SIGN),
         ),
         (
             "overdue-without-clock",
