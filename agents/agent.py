@@ -71,6 +71,7 @@ from .nats_key import NatsKeyFollower, wanted_seed
 from .presence import DUPLICATE, HELD, Presence, instance_id
 from .resend import RESEND_REQUEST, Resender
 from .retention import Retention
+from .services import Services
 from .standing import StandingGuard
 from .store import OutgoingMessage, Received, Store
 from .subject_access import SubjectAccess
@@ -193,6 +194,14 @@ class Agent:
             erased=self.eraser.erased,
         )
         self.transport.attachments = self.attachments
+        self.services = Services(
+            agency=config.agency,
+            keys=lambda: self.keys,
+            directory=lambda: self.trust.directory,
+            limits=self.limits,
+            on_published=lambda catalogue: self.audit.record_alone("catalogue.published"),
+        )
+        self.transport.services = self.services
         self.retention = Retention(
             store=self.store,
             audit=self.audit,

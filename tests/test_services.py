@@ -1,0 +1,101 @@
+"""Services with capacity end to end (PROTOCOL.md §8.8): the shelter's agent signs and puts
+its catalogue and capacity in the services bucket, the police agent follows the bucket,
+verifies and lists them; a capacity that is not renewed turns unknown; the bus refuses a
+put under another agency's key. Real nats-server, real agents, real HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+import pytest
+
+from keys import DEFAULT_LIMITS
+from keys.audit import decode_signed_event
+from keys.catalogue import claimed_number
+from keys.subjects import SERVICES_BUCKET, catalogue_key, reply_prefix
+from runtime import clock
+
+from .support import Mechanism, eventually, query
+
+SERVICE = {
+    "service_id": "5e1f0a2b3c4d5e6f",
+    "type": "shelter",
+    "languages": ["en", "ro"],
+    "suitable_for": ["children", "women"],
+    "accessibility": ["step_free"],
+    "regions": ["XX-NO"],
+    "capacity_unit": "places",
+}
+CAPACITY = f"/v1/services/{SERVICE['service_id']}/capacity"
+
+
+async def listed(m: Mechanism, agency: str, query: str) -> list[dict[str, Any]]:
+    status, body, _ = await m.api(agency).call("GET", f"/v1/services{query}")
+    assert status == 200, body
+    items: list[dict[str, Any]] = body["items"]
+    return items
+
+
+async def test_a_provider_s_services_and_capacity_reach_every_agent(
+    mechanism: Mechanism, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Only a provider publishes, 422 naming the member for a bad service; the police lists
+    the shelter's service with its capacity and sees an update; the bus refuses the police
+    putting a catalogue under the shelter's key; once the shelter's agent stops, its capacity
+    is unknown after the record expires (the clock moved, not waited for)."""
+    m = mechanism
+    shelter, police = m.api("shelter"), m.api("police")
+    status, body, ctype = await police.call("PUT", "/v1/catalogue", json={"services": [SERVICE]})
+    assert (status, ctype) == (422, "application/problem+json")  # the police provides none
+    bad = {**SERVICE, "languages": ["ro", "en"]}
+    status, body, _ = await shelter.call("PUT", "/v1/catalogue", json={"services": [bad]})
+    assert status == 422 and body["member"] == "services[0]", body
+
+    status, body, _ = await shelter.call("PUT", "/v1/catalogue", json={"services": [SERVICE]})
+    assert status == 200 and body["version"] == 1, body
+    status, body, _ = await shelter.call("PUT", CAPACITY, json={"free": 3, "total": 10})
+    assert status == 200 and body["free"] == 3, body
+
+    async def police_sees(free: int | None) -> bool:
+        items = await listed(m, "police", "?type=shelter&language=ro&region=XX")
+        return [i["capacity"] and i["capacity"]["free"] for i in items] == [free]
+
+    await eventually(lambda: police_sees(3), what="the shelter's capacity at the police")
+    [item] = await listed(m, "police", "?type=shelter&available=true&suitable_for=women")
+    assert item["agency"] == "shelter" and item["catalogue_version"] == 1
+    assert await listed(m, "police", "?type=legal") == []
+    status, body, _ = await police.call("GET", "/v1/services?type=castle")
+    assert status == 400, body
+
+    status, body, _ = await shelter.call("PUT", CAPACITY, json={"free": 0, "total": 10})
+    assert status == 200 and body["seq"] >= 2, body
+    await eventually(lambda: police_sees(0), what="the capacity update at the police")
+    assert await listed(m, "police", "?available=true") == []
+    rows = query(m.database("shelter"), "SELECT event FROM audit_outbox ORDER BY seq")
+    kinds = [decode_signed_event(bytes(r[0]))[0].kind for r in rows]
+    assert kinds.count("catalogue.published") == 1  # one version; capacity is not audited
+
+    # The bus lets no agency put under another's key (§5.1).
+    nc = await nats.connect(
+        m.bus.url,
+        nkeys_seed_str=m.agents["police"].keys.nats_seed.decode(),  # type: ignore[union-attr]
+        inbox_prefix=reply_prefix("police"),
+        allow_reconnect=False,
+    )
+    try:
+        kv = await nc.jetstream(timeout=2).key_value(SERVICES_BUCKET)
+        with pytest.raises((nats.errors.Error, TimeoutError)):
+            await kv.put(catalogue_key("shelter"), b"forged")
+        entry = await kv.get(catalogue_key("shelter"))
+        assert claimed_number(entry.value, capacity=False) == 1
+    finally:
+        await nc.close()
+
+    # The shelter's agent stops: once its last record expires the capacity is unknown.
+    await m.stop("shelter")
+    clock.set_offset(tmp_path / "clock-offset", DEFAULT_LIMITS.capacity_lifetime_seconds + 1)
+    monkeypatch.setenv(clock.ENV, str(tmp_path / "clock-offset"))
+    await eventually(lambda: police_sees(None), what="the expired capacity to show unknown")
