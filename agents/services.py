@@ -88,6 +88,8 @@ class Services:
         self._waiting: dict[str, bytes] = {}
         #: This agency's own keys: the version or seq each value read there names.
         self._claimed: dict[str, int] = {}
+        #: The bytes last accepted (or put) under each key: the same read again is no news.
+        self._accepted: dict[str, bytes] = {}
         self._js: Any = None
         self._wake = asyncio.Event()
         self.log = log.bind(agency=agency)
@@ -135,6 +137,8 @@ class Services:
             if key.startswith(CAPACITY_KEY_PREFIX) and agency not in self.catalogues:
                 continue  # until its catalogue is accepted
             data = self._waiting.pop(key)
+            if self._accepted.get(key) == data:
+                continue  # this agent's own put read back, say
             try:
                 if key.startswith(CATALOGUE_KEY_PREFIX):
                     self._accept_catalogue(key, data, directory, now)
@@ -156,6 +160,7 @@ class Services:
         if key != catalogue_key(catalogue.agency):
             raise _Misplaced("a catalogue under another agency's key")
         self.catalogues[agency] = catalogue
+        self._accepted[key] = data
         for k in [k for k in self.capacity if k[0] == agency and not catalogue.service(k[1])]:
             del self.capacity[k]  # a service that left the catalogue: its capacity too
 
@@ -173,6 +178,7 @@ class Services:
         if key != capacity_key(record.agency, record.service_id):
             raise _Misplaced("a capacity record under another service's key")
         self.capacity[(agency, service_id)] = record
+        self._accepted[key] = data
 
     # --- listing ----------------------------------------------------------------------------
 
@@ -290,15 +296,17 @@ class Services:
 
     async def _put_catalogue(self, js: Any, catalogue: Catalogue) -> None:
         key = catalogue_key(self.agency)
-        await self._put(js, key, sign_catalogue(catalogue, self.keys().signing_key))
-        self._claimed[key] = catalogue.version
+        data = sign_catalogue(catalogue, self.keys().signing_key)
+        await self._put(js, key, data)
+        self._claimed[key], self._accepted[key] = catalogue.version, data
         self.catalogues[self.agency] = catalogue
         self.on_published(catalogue)
 
     async def _put_capacity(self, js: Any, record: Capacity) -> None:
         key = capacity_key(self.agency, record.service_id)
-        await self._put(js, key, sign_capacity(record, self.keys().signing_key))
-        self._claimed[key] = record.seq
+        data = sign_capacity(record, self.keys().signing_key)
+        await self._put(js, key, data)
+        self._claimed[key], self._accepted[key] = record.seq, data
         self.capacity[(self.agency, record.service_id)] = record
 
     async def _put(self, js: Any, key: str, data: bytes) -> None:

@@ -61,7 +61,8 @@ async def test_a_provider_s_services_and_capacity_reach_every_agent(
 
     async def police_sees(free: int | None) -> bool:
         items = await listed(m, "police", "?type=shelter&language=ro&region=XX")
-        return [i["capacity"] and i["capacity"]["free"] for i in items] == [free]
+        shelters = [i for i in items if i["agency"] == "shelter"]
+        return [i["capacity"] and i["capacity"]["free"] for i in shelters] == [free]
 
     await eventually(lambda: police_sees(3), what="the shelter's capacity at the police")
     [item] = await listed(m, "police", "?type=shelter&available=true&suitable_for=women")
@@ -69,14 +70,6 @@ async def test_a_provider_s_services_and_capacity_reach_every_agent(
     assert await listed(m, "police", "?type=legal") == []
     status, body, _ = await police.call("GET", "/v1/services?type=castle")
     assert status == 400, body
-
-    status, body, _ = await shelter.call("PUT", CAPACITY, json={"free": 0, "total": 10})
-    assert status == 200 and body["seq"] >= 2, body
-    await eventually(lambda: police_sees(0), what="the capacity update at the police")
-    assert await listed(m, "police", "?available=true") == []
-    rows = query(m.database("shelter"), "SELECT event FROM audit_outbox ORDER BY seq")
-    kinds = [decode_signed_event(bytes(r[0]))[0].kind for r in rows]
-    assert kinds.count("catalogue.published") == 1  # one version; capacity is not audited
 
     # The bus lets no agency put under another's key (§5.1).
     nc = await nats.connect(
@@ -91,11 +84,45 @@ async def test_a_provider_s_services_and_capacity_reach_every_agent(
             await kv.put(catalogue_key("shelter"), b"forged")
         entry = await kv.get(catalogue_key("shelter"))
         assert claimed_number(entry.value, capacity=False) == 1
+        # Under its own key the police may put the shelter's signed catalogue: refused by
+        # every agent (`unexpected`), which the update below, read after it, shows.
+        await kv.put(catalogue_key("police"), entry.value)
     finally:
         await nc.close()
 
+    status, body, _ = await shelter.call("PUT", CAPACITY, json={"free": 0, "total": 10})
+    assert status == 200 and body["seq"] >= 2, body
+    await eventually(lambda: police_sees(0), what="the capacity update at the police")
+    assert await listed(m, "police", "?available=true") == []
+    assert [i["agency"] for i in await listed(m, "police", "")] == ["shelter"]
+    rows = query(m.database("shelter"), "SELECT event FROM audit_outbox ORDER BY seq")
+    kinds = [decode_signed_event(bytes(r[0]))[0].kind for r in rows]
+    assert kinds.count("catalogue.published") == 1  # one version; capacity is not audited
+
+    async def coordinator_sees_update() -> bool:
+        items = await listed(m, "coordinator", "?available=false")
+        return any(i["agency"] == "shelter" and i["capacity"]["free"] == 0 for i in items)
+
+    await eventually(coordinator_sees_update, what="the capacity update at the coordinator")
+    assert [i["agency"] for i in await listed(m, "coordinator", "")] == ["shelter"]
+
+    # Past half its life the running shelter agent signs the same counts again: the police
+    # sees the renewal, never unknown.
+    lifetime = DEFAULT_LIMITS.capacity_lifetime_seconds
+    first_expiry = body["expires"]
+    offset = tmp_path / "clock-offset"
+    clock.set_offset(offset, lifetime // 2 + 60)
+    monkeypatch.setenv(clock.ENV, str(offset))
+
+    async def renewed() -> bool:
+        [item] = await listed(m, "police", "?type=shelter")
+        return bool(item["capacity"] and item["capacity"]["expires"] > first_expiry)
+
+    await eventually(renewed, what="the renewed capacity at the police")
+    [item] = await listed(m, "police", "?type=shelter")
+    assert item["capacity"]["free"] == 0
+
     # The shelter's agent stops: once its last record expires the capacity is unknown.
     await m.stop("shelter")
-    clock.set_offset(tmp_path / "clock-offset", DEFAULT_LIMITS.capacity_lifetime_seconds + 1)
-    monkeypatch.setenv(clock.ENV, str(tmp_path / "clock-offset"))
+    clock.set_offset(offset, lifetime // 2 + 60 + lifetime + 1)
     await eventually(lambda: police_sees(None), what="the expired capacity to show unknown")
