@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -111,7 +112,8 @@ class Services:
                 self._judge()
                 self._js = js
                 await self._renew(js)
-            except TRANSIENT as e:
+            except (*TRANSIENT, Unavailable, sqlite3.Error) as e:
+                # The bus (a read, a renewal's put) or the audit trail's disk: next time.
                 self._js = None
                 self.log.warning("services_follow_interrupted", error=type(e).__name__)
             self._wake.clear()
