@@ -790,6 +790,7 @@ class Agent:
         elif self.trust.refused is not None and self.trust.refused is not refused_before:
             self.audit.record_alone("directory.refused", reason=self.trust.refused.reason)
         if changed:
+            self.services.directory_changed()  # a provider's role or key may be gone
             self.nats_key.poke()  # the directory may name a new NATS key (§7.7)
             self.transport.wake()  # queued mail may now be sealable or deliverable
 

@@ -42,6 +42,7 @@ from keys.catalogue import (
 )
 from keys.codec import exact_members
 from keys.directory import Directory
+from keys.errors import ExpiredMetadataError
 from keys.subjects import (
     CAPACITY_KEY_PREFIX,
     CATALOGUE_KEY_PREFIX,
@@ -107,9 +108,7 @@ class Services:
             try:
                 found, seq = await read_bucket(js, SERVICES_BUCKET, seq, newest_only=first)
                 first = False
-                for key, value in found:
-                    self._read(key, value)
-                self._judge()
+                self.offer(found)
                 self._js = js
                 await self._renew(js)
             except (*TRANSIENT, Unavailable, sqlite3.Error) as e:
@@ -120,6 +119,36 @@ class Services:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=POLL_SECONDS)
         self._js = None
+
+    def offer(self, found: Sequence[tuple[str, bytes]]) -> None:
+        """Values read from the bucket, in order: judge them (or keep them waiting)."""
+        for key, value in found:
+            self._read(key, value)
+        self._judge()
+
+    def directory_changed(self) -> None:
+        """Judge again, under the directory now trusted, everything accepted under the one
+        before: a provider removed, or its role or key taken away, is listed no more. What
+        merely expired stays (for the rollback checks; the listing leaves it out)."""
+        directory = self.directory()
+        if directory is None:
+            return
+        now = clock.now()
+        for agency in list(self.catalogues):
+            try:
+                verify_catalogue(
+                    self._accepted[catalogue_key(agency)],
+                    directory=directory,
+                    now=now,
+                    current=None,
+                )
+            except ExpiredMetadataError:
+                continue  # checked last: the provider, its role, key and signature stand
+            except UntrustedInputError as e:
+                self.log.warning("service_entry_withdrawn", provider=agency, reason=e.reason)
+                del self.catalogues[agency]
+                for k in [k for k in self.capacity if k[0] == agency]:
+                    del self.capacity[k]
 
     def _read(self, key: str, value: bytes) -> None:
         if _agency_of(key) == self.agency:

@@ -12,13 +12,16 @@ import nats
 import nats.errors
 import pytest
 
+from agents.services import Services
 from keys import DEFAULT_LIMITS
 from keys.audit import decode_signed_event
-from keys.catalogue import claimed_number
-from keys.subjects import SERVICES_BUCKET, catalogue_key, reply_prefix
+from keys.catalogue import Capacity, Catalogue, claimed_number, sign_capacity, sign_catalogue
+from keys.identity import AgencyKeys
+from keys.subjects import SERVICES_BUCKET, capacity_key, catalogue_key, reply_prefix
 from runtime import clock
 
 from .support import Mechanism, eventually, query
+from .test_catalogue import directory_of, service
 
 SERVICE = {
     "service_id": "5e1f0a2b3c4d5e6f",
@@ -126,3 +129,33 @@ async def test_a_provider_s_services_and_capacity_reach_every_agent(
     await m.stop("shelter")
     clock.set_offset(offset, lifetime // 2 + 60 + lifetime + 1)
     await eventually(lambda: police_sees(None), what="the expired capacity to show unknown")
+
+
+def test_the_follower_judges_in_order_and_again_when_the_directory_changes() -> None:
+    """A capacity read before its catalogue waits for it; an older catalogue is refused
+    (the newer one stands); once the directory takes the provider's role away, its services
+    are listed no more."""
+    shelter = AgencyKeys.generate(agency="shelter", name="Shelter")
+    trusted = [directory_of(shelter)]
+    follower = Services(
+        agency="police",
+        keys=lambda: shelter,
+        directory=lambda: trusted[0],
+        limits=DEFAULT_LIMITS,
+        on_published=lambda catalogue: None,
+    )
+    now, offered = clock.now(), service()
+    v1, v2 = (Catalogue("shelter", v, now + 3600, (offered,)) for v in (1, 2))
+    record = Capacity("shelter", offered.service_id, 1, 2, 5, now, now + 600)
+    follower.offer(
+        [(capacity_key("shelter", offered.service_id), sign_capacity(record, shelter.signing_key))]
+    )
+    assert follower.listing() == []  # waiting for its catalogue
+    follower.offer([(catalogue_key("shelter"), sign_catalogue(v2, shelter.signing_key))])
+    [item] = follower.listing(available=True)
+    assert (item["catalogue_version"], item["capacity"]["free"]) == (2, 2)
+    follower.offer([(catalogue_key("shelter"), sign_catalogue(v1, shelter.signing_key))])
+    assert [i["catalogue_version"] for i in follower.listing()] == [2]  # rolled back: refused
+    trusted[0] = directory_of(shelter, roles=("police",))
+    follower.directory_changed()
+    assert follower.listing() == []
