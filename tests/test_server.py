@@ -21,12 +21,15 @@ from broker.streams import (
     HEADER_ROOM_BYTES,
     LEGACY_MESSAGE_STREAM,
     LEGACY_MESSAGE_SUBJECTS,
+    SERVICES_MAX_BYTES,
     migrate_leftovers,
     provision_stores_for,
 )
+from keys.catalogue import MAX_CATALOGUE_BYTES
 from keys.limits import DEFAULT_LIMITS
 from keys.subjects import (
     MOVED_FROM_HEADER,
+    SERVICES_STREAM,
     attachment_bucket,
     attachment_stream,
     inbox_stream,
@@ -98,6 +101,17 @@ async def test_provisioning_is_idempotent(nats_server: NatsServer) -> None:
         assert after == before
         assert (await js.account_info()).streams == 8  # an inbox and a bucket each
         assert await stored_count(js) == 1
+
+
+async def test_the_services_bucket_is_bounded(nats_server: NatsServer) -> None:
+    """One revision per key, no value larger than a signed catalogue (with header room),
+    bounded in all; provisioning again keeps it so."""
+    async with jetstream(nats_server) as js:
+        await provision(nats_server.url, agencies=["police-a"])
+        config = (await js.stream_info(SERVICES_STREAM)).config
+    assert config.max_msgs_per_subject == 1
+    assert config.max_msg_size == MAX_CATALOGUE_BYTES + HEADER_ROOM_BYTES
+    assert config.max_bytes == SERVICES_MAX_BYTES
 
 
 async def test_the_authority_creates_missing_stores_and_changes_no_existing_one(
