@@ -74,6 +74,7 @@ from .presence import DUPLICATE, HELD, Presence, instance_id
 from .referral import is_child
 from .resend import RESEND_REQUEST, Resender
 from .retention import Retention
+from .services import Services
 from .standing import StandingGuard
 from .store import OutgoingMessage, Received, Store
 from .subject_access import SubjectAccess
@@ -207,6 +208,14 @@ class Agent:
         )
         self.desk.accepted = self._open_case
         self.transport.attachments = self.attachments
+        self.services = Services(
+            agency=config.agency,
+            keys=lambda: self.keys,
+            directory=lambda: self.trust.directory,
+            limits=self.limits,
+            on_published=lambda catalogue: self.audit.record_alone("catalogue.published"),
+        )
+        self.transport.services = self.services
         self.retention = Retention(
             store=self.store,
             audit=self.audit,
@@ -814,6 +823,7 @@ class Agent:
         elif self.trust.refused is not None and self.trust.refused is not refused_before:
             self.audit.record_alone("directory.refused", reason=self.trust.refused.reason)
         if changed:
+            self.services.directory_changed()  # a provider's role or key may be gone
             self.nats_key.poke()  # the directory may name a new NATS key (§7.7)
             self.transport.wake()  # queued mail may now be sealable or deliverable
 

@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from keys import Limits
+from keys.catalogue import SERVICE_TYPES, SUITABLE_FOR
 from keys.codec import HEX32
 from keys.decision import REASON_CODES as DECISION_REASON_CODES
 from keys.identity import check_agency_id
@@ -41,6 +42,7 @@ from .identification import Identification
 from .lifecycle import REASON_CODES
 from .openapi import IDEMPOTENCY_KEY_PATTERN, MAX_CURSOR, MAX_SINCE, document
 from .retention import Retention
+from .services import Services
 from .store import STATUS_ORDER, Store
 from .subject_access import SubjectAccess
 
@@ -91,6 +93,7 @@ class Backend(Protocol):
     retention: Retention
     subject_access: SubjectAccess
     identification: Identification
+    services: Services
 
     def submit_referral(
         self,
@@ -168,6 +171,9 @@ def make_app(
     r.add_get("/v1/cases/{case_id}", get_case)
     r.add_post("/v1/cases/{case_id}/decisions", decide)
     r.add_put("/v1/cases/{case_id}/referrals/{id}", link_case_referral)
+    r.add_put("/v1/catalogue", put_catalogue)
+    r.add_put("/v1/services/{service_id}/capacity", put_capacity)
+    r.add_get("/v1/services", list_services)
     return app
 
 
@@ -774,6 +780,59 @@ def _sender_param(request: web.Request) -> str | None:
         raise ProblemError(
             400, "Bad Request", "query parameter sender must be an agency id"
         ) from None
+
+
+# --- services with capacity (PROTOCOL §8.8) ---------------------------------------------------
+
+#: GET /v1/services filters: name -> what a value must be (one of, or a pattern).
+SERVICE_FILTERS: dict[str, frozenset[str] | re.Pattern[str]] = {
+    "type": frozenset(SERVICE_TYPES),
+    "suitable_for": frozenset(SUITABLE_FOR),
+    "language": re.compile(r"[a-z]{2,3}"),
+    "region": re.compile(r"[A-Z]{2}(-[A-Z0-9]{1,3})?"),
+}
+
+
+async def put_catalogue(request: web.Request) -> web.Response:
+    """Sign and publish this agency's service catalogue at its next version."""
+    _need(request, "act")
+    backend = request.app[BACKEND]
+    doc = _json_object(request, await request.read())
+    _only(doc, {"services"})
+    backend.check_can_submit()
+    return web.json_response(await backend.services.publish_catalogue(doc.get("services")))
+
+
+async def put_capacity(request: web.Request) -> web.Response:
+    """Sign and publish the next capacity record of one of this agency's services."""
+    _need(request, "act")
+    backend = request.app[BACKEND]
+    doc = _json_object(request, await request.read())
+    _only(doc, {"free", "total"})
+    backend.check_can_submit()
+    service_id = request.match_info["service_id"]
+    return web.json_response(
+        await backend.services.publish_capacity(service_id, doc.get("free"), doc.get("total"))
+    )
+
+
+async def list_services(request: web.Request) -> web.Response:
+    """Every provider's services from this agent's verified copy, filtered; nothing is
+    asked of the bus."""
+    _need(request, "read")
+    filters: dict[str, str] = {}
+    for name, allowed in SERVICE_FILTERS.items():
+        value = request.query.get(name)
+        if value is None:
+            continue
+        if not (value in allowed if isinstance(allowed, frozenset) else allowed.fullmatch(value)):
+            raise ProblemError(400, "Bad Request", f"query parameter {name} is not a known code")
+        filters[name] = value
+    available = request.query.get("available", "false")
+    if available not in ("true", "false"):
+        raise ProblemError(400, "Bad Request", "query parameter available must be true or false")
+    items = request.app[BACKEND].services.listing(**filters, available=available == "true")
+    return web.json_response({"items": items})
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:

@@ -70,7 +70,7 @@ from typing import Any
 
 from keys import DEFAULT_LIMITS, Limits, check_agency_id
 from keys.audit import CLIENT_NAME
-from keys.limits import MAX_ACCESS_COALESCE_SECONDS
+from keys.limits import MAX_ACCESS_COALESCE_SECONDS, MAX_CAPACITY_LIFETIME_SECONDS
 from runtime import http
 from runtime.config import ConfigError as ConfigError
 from runtime.config import Table, bind_address, load_toml, path_in
@@ -216,6 +216,11 @@ def _limits(doc: Any) -> Limits:
         raise ConfigError(
             f"limit access_coalesce_seconds is at most {MAX_ACCESS_COALESCE_SECONDS} (an owner "
             "learns of reads of its referrals no later than that)"
+        )
+    if doc.get("capacity_lifetime_seconds", 0) > MAX_CAPACITY_LIFETIME_SECONDS:
+        raise ConfigError(
+            f"limit capacity_lifetime_seconds is at most {MAX_CAPACITY_LIFETIME_SECONDS} (a "
+            "capacity record lives at most an hour, docs/PROTOCOL.md §8.8)"
         )
     return replace(DEFAULT_LIMITS, **doc)
 

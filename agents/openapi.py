@@ -8,6 +8,13 @@ from typing import Any
 
 from keys import DEFAULT_LIMITS
 from keys.audit import LABELS
+from keys.catalogue import (
+    ACCESSIBILITY,
+    CAPACITY_UNITS,
+    MAX_PLACES,
+    SERVICE_TYPES,
+    SUITABLE_FOR,
+)
 from keys.decision import AGE_ROUTES
 from keys.decision import OUTCOMES as DECISION_OUTCOMES
 from keys.decision import REASON_CODES as DECISION_REASON_CODES
@@ -171,6 +178,67 @@ def _closed(properties: dict[str, Any], *, optional: tuple[str, ...] = ()) -> di
         "properties": properties,
     }
 
+
+#: PUT /v1/catalogue and GET /v1/services: a service (PROTOCOL.md §8.8).
+_CODES = {"type": "array", "uniqueItems": True, "items": {"type": "string"}}
+_SERVICE = {
+    "service_id": {"type": "string", "pattern": "^[0-9a-f]{16}$", "maxLength": 16},
+    "type": {"enum": list(SERVICE_TYPES)},
+    "languages": {**_CODES, "minItems": 1, "maxItems": 10},
+    "suitable_for": {**_CODES, "minItems": 1, "items": {"enum": list(SUITABLE_FOR)}},
+    "accessibility": {**_CODES, "items": {"enum": list(ACCESSIBILITY)}},
+    "regions": {**_CODES, "minItems": 1, "maxItems": 16},
+    "capacity_unit": {"enum": list(CAPACITY_UNITS)},
+}
+_CAPACITY = _closed(
+    {
+        "seq": {"type": "integer", "minimum": 1},
+        "free": {"type": "integer", "minimum": 0, "maximum": MAX_PLACES},
+        "total": {"type": "integer", "minimum": 0, "maximum": MAX_PLACES},
+        "as_of": {"type": "integer"},
+        "expires": {"type": "integer"},
+    }
+)
+_CATALOGUE = _closed(
+    {
+        "agency": _AGENCY_ID,
+        "version": {"type": "integer", "minimum": 1},
+        "expires": {"type": "integer"},
+        "services": {"type": "array", "items": _closed(_SERVICE)},
+    }
+)
+_LISTED_SERVICE = _closed(
+    {
+        "agency": _AGENCY_ID,
+        "catalogue_version": {"type": "integer", "minimum": 1},
+        **_SERVICE,
+        "capacity": {
+            "description": "null while unknown: none published, or the last one expired",
+            "anyOf": [_CAPACITY, {"type": "null"}],
+        },
+    }
+)
+_SERVICE_QUERY = [
+    {"name": "type", "in": "query", "schema": {"enum": list(SERVICE_TYPES)}},
+    {"name": "suitable_for", "in": "query", "schema": {"enum": list(SUITABLE_FOR)}},
+    {
+        "name": "language",
+        "in": "query",
+        "schema": {"type": "string", "pattern": "^[a-z]{2,3}$", "maxLength": 3},
+    },
+    {
+        "name": "region",
+        "in": "query",
+        "description": "A region code; a country also matches its subdivisions",
+        "schema": {"type": "string", "pattern": "^[A-Z]{2}(-[A-Z0-9]{1,3})?$", "maxLength": 6},
+    },
+    {
+        "name": "available",
+        "in": "query",
+        "description": "true: only services whose capacity is known and has a free place",
+        "schema": {"enum": ["true", "false"]},
+    },
+]
 
 #: GET /v1/referrals: one referral pair (this agency and one counterpart).
 _REFERRAL_ROW = _closed(
@@ -918,6 +986,58 @@ OPENAPI: dict[str, Any] = {
                 "responses": {
                     "200": _json(_SUBJECT_ACCESS),
                     **_errors(400, 401, 403, 413, 415, 422, 503),
+                },
+            }
+        },
+        "/v1/catalogue": {
+            "put": {
+                "summary": "Sign and publish this agency's service catalogue at its next "
+                "version (act scope; a provider only, else 422); audited as "
+                "catalogue.published. 422 names the member that is wrong; 503 before the "
+                "agent has read the services bucket over the bus",
+                "requestBody": json_object_body(
+                    ["services"],
+                    {"services": {"type": "array", "maxItems": 64, "items": _closed(_SERVICE)}},
+                ),
+                "responses": {
+                    "200": _json(_CATALOGUE),
+                    **_errors(400, 401, 403, 413, 415, 422, 503),
+                },
+            }
+        },
+        "/v1/services/{service_id}/capacity": {
+            "put": {
+                "summary": "Sign and publish how much of one of this agency's services is "
+                "free (act scope); the agent signs it again before it expires while it runs",
+                "parameters": [
+                    {
+                        "name": "service_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": _SERVICE["service_id"],
+                    }
+                ],
+                "requestBody": json_object_body(
+                    ["free", "total"],
+                    {
+                        "free": {"type": "integer", "minimum": 0, "maximum": MAX_PLACES},
+                        "total": {"type": "integer", "minimum": 0, "maximum": MAX_PLACES},
+                    },
+                ),
+                "responses": {
+                    "200": _json(_CAPACITY),
+                    **_errors(400, 401, 403, 404, 413, 415, 422, 503),
+                },
+            }
+        },
+        "/v1/services": {
+            "get": {
+                "summary": "Every provider's services that match, from this agent's verified "
+                "copy of the services bucket (read scope); nothing is asked of the bus",
+                "parameters": _SERVICE_QUERY,
+                "responses": {
+                    "200": _json(_closed({"items": {"type": "array", "items": _LISTED_SERVICE}})),
+                    **_errors(400, 401, 403),
                 },
             }
         },

@@ -146,6 +146,8 @@ class Transport:
         self.ready = asyncio.Event()
         #: Uploads and fetches attachments with this transport's JetStream context.
         self.attachments: Any = None
+        #: Follows and publishes service catalogues and capacity (agents/services.py).
+        self.services: Any = None
         #: Set by the owner: the instance lease that gates consuming the inbox (§5.2).
         self.presence: Presence | None = None
         #: Called whenever the bus refuses this connection's NKey (the owner may have a
@@ -219,6 +221,8 @@ class Transport:
             self.presence.wake()
         if self.attachments is not None:
             self.attachments.wake()
+        if self.services is not None:
+            self.services.wake()
         # A step begun over a link that is down (a publish, a lease renewal or release) can
         # only wait out its timeout: it is cut short at once. Nothing is lost: unacked
         # publishes are repeated under the same Nats-Msg-Id, unacked messages redelivered
@@ -255,6 +259,10 @@ class Transport:
                 group.create_task(
                     self.attachments.run(js, lambda: self._running),
                     name=f"attachments-{self.agency}",
+                )
+            if self.services is not None:
+                group.create_task(
+                    self.services.run(js, lambda: self._running), name=f"services-{self.agency}"
                 )
 
     async def _connect(self) -> Client | None:

@@ -13,7 +13,8 @@ the client signs it with its seed; no password is ever sent or stored). There is
   and read and write only their own key of
   the instance-lease bucket (`$KV.nrm-presence.<id>`, PROTOCOL.md §5.2). They write and
   erase attachments only in their own object store bucket `nrm-att-<id>` and read those of
-  the other agencies (`attachment_publish`); buckets are created by operators only.
+  the other agencies (`attachment_publish`); buckets are created by operators only. They
+  put only their own keys of the services bucket and read all of it (`services_publish`).
 - **Auditors** subscribe to `nrm.v1.audit.>` and read the directory bucket. Their replies
   use the prefix `_nrm_inbox.auditor-<first 8 characters of the NKey, lowercased>` (see
   `auditor_reply_prefix`); agency ids starting with `auditor-` are therefore reserved.
@@ -53,9 +54,13 @@ from keys.subjects import (
     PREFIX,
     PRESENCE_BUCKET,
     PRESENCE_STREAM,
+    SERVICES_BUCKET,
+    SERVICES_STREAM,
     attachment_bucket,
     attachment_stream,
     audit_subject,
+    capacity_key,
+    catalogue_key,
     inbox_consumer,
     inbox_stream,
     inbox_subject,
@@ -140,6 +145,20 @@ def presence_publish(agency: str) -> list[str]:
     ]
 
 
+def services_publish(agency: str) -> list[str]:
+    """The services bucket (PROTOCOL §8.8): putting the agency's own catalogue and capacity
+    keys only (`$KV.nrm-services.catalogue.<agency>`, `...capacity.<agency>.*`), and reading
+    every key as the directory is read (stream info, direct get in the subject form, messages
+    by sequence). No consumer, no delete or purge."""
+    return [
+        f"$KV.{SERVICES_BUCKET}.{catalogue_key(agency)}",
+        f"$KV.{SERVICES_BUCKET}.{capacity_key(agency)}",
+        f"$JS.API.STREAM.INFO.{SERVICES_STREAM}",
+        f"$JS.API.DIRECT.GET.{SERVICES_STREAM}.$KV.{SERVICES_BUCKET}.>",
+        f"$JS.API.STREAM.MSG.GET.{SERVICES_STREAM}",
+    ]
+
+
 def attachment_publish(agency: str, *, readable: Sequence[str]) -> list[str]:
     """Attachments as nats-py's object store writes them and agents/attachments.py reads and
     erases them (§5.1).
@@ -186,6 +205,7 @@ def agency_permissions(
         *directory_reader_publish(),
         *presence_publish(agency),
         *attachment_publish(agency, readable=readable),
+        *services_publish(agency),
     ]
     publish_deny = [
         f"$JS.API.CONSUMER.CREATE.{stream}",

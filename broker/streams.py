@@ -1,6 +1,6 @@
 """Provisioning of the JetStream streams and buckets of the bus (docs/PROTOCOL.md section 5).
 
-Shared: the audit stream, the directory and lease buckets. Per agency (auditors excepted):
+Shared: the audit stream, the directory, lease and services buckets. Per agency (auditors excepted):
 its inbox stream `NRM_INBOX_<agency>` and its attachment bucket `nrm-att-<agency>`, created
 by operators only, before the authorization that admits the agency is loaded. A bus
 provisioned by an earlier release has one shared inbox stream `NRM_MSG`
@@ -28,6 +28,7 @@ from nats.js.api import (
 )
 from nats.js.errors import APIError, NotFoundError
 
+from keys.catalogue import MAX_CATALOGUE_BYTES
 from keys.limits import DEFAULT_LIMITS, Limits
 from keys.subjects import (
     AUDIT_STREAM,
@@ -38,6 +39,8 @@ from keys.subjects import (
     PREFIX,
     PRESENCE_BUCKET,
     PRESENCE_STREAM,
+    SERVICES_BUCKET,
+    SERVICES_STREAM,
     SHARED_INBOX_STREAM,
     attachment_bucket,
     attachment_stream,
@@ -57,6 +60,8 @@ CONNECT_TIMEOUT_SECONDS = 5
 HEADER_ROOM_BYTES = 4096
 #: How many revisions of each key the directory bucket keeps.
 DIRECTORY_HISTORY = 16
+#: The most the services bucket holds in all (catalogues and capacity records).
+SERVICES_MAX_BYTES = 256 * 1024 * 1024
 #: The stream behind the directory bucket (nats-py's KV naming).
 #: The inbox stream every agency shared on a bus provisioned by an earlier release
 #: (subjects `nrm.v1.msg.>`), and the subject it is moved to while its messages are moved
@@ -136,6 +141,7 @@ async def provision_streams(
     await _put_stream(js, audit_stream_config(limits=limits, replicas=replicas))
     await provision_directory_bucket(js, replicas=replicas)
     await provision_presence_bucket(js, limits=limits, replicas=replicas)
+    await provision_services_bucket(js, replicas=replicas)
     await provision_agency_stores(js, agencies, limits=limits, replicas=replicas)
 
 
@@ -304,10 +310,12 @@ async def _provision_key_value(
     history: int,
     replicas: int,
     ttl: float | None = None,
+    max_value_size: int | None = None,
+    max_bytes: int | None = None,
 ) -> None:
     """Create the key-value `bucket` behind `stream` if it has none yet (file storage,
-    direct gets on); else apply `update` to the stream's configuration and write it back
-    where that changed it."""
+    direct gets on, bounded as given); else apply `update` to the stream's configuration
+    and write it back where that changed it."""
     try:
         info = await js.stream_info(stream)
     except NotFoundError:
@@ -319,6 +327,8 @@ async def _provision_key_value(
                 storage=StorageType.FILE,
                 replicas=replicas,
                 direct=True,
+                max_value_size=max_value_size,
+                max_bytes=max_bytes,
             )
         )
     else:
@@ -373,6 +383,31 @@ async def provision_presence_bucket(
         history=1,
         ttl=ttl,
         replicas=replicas,
+    )
+
+
+async def provision_services_bucket(js: JetStreamContext, *, replicas: int = 1) -> None:
+    """Create the services bucket (PROTOCOL §8.8), or bring it to the wanted configuration
+    (idempotent). One revision per key: a catalogue's or capacity's newest value is all an
+    agent follows (it reads the stream as the directory's, `read_bucket`). No value larger
+    than a signed catalogue, and `SERVICES_MAX_BYTES` in all (then puts are refused)."""
+    size = MAX_CATALOGUE_BYTES + HEADER_ROOM_BYTES
+
+    def update(config: StreamConfig) -> StreamConfig | None:
+        wanted = (replicas, size, SERVICES_MAX_BYTES)
+        if (config.num_replicas, config.max_msg_size, config.max_bytes) == wanted:
+            return None
+        return config.evolve(num_replicas=replicas, max_msg_size=size, max_bytes=SERVICES_MAX_BYTES)
+
+    await _provision_key_value(
+        js,
+        SERVICES_STREAM,
+        update,
+        bucket=SERVICES_BUCKET,
+        history=1,
+        replicas=replicas,
+        max_value_size=size,
+        max_bytes=SERVICES_MAX_BYTES,
     )
 
 

@@ -59,6 +59,7 @@ KINDS = frozenset(
         "identification.decided",
         "identification.sent",
         "identification.received",
+        "catalogue.published",
     }
 )
 #: What a `retention.purged` event counts (§9.0): label name -> a decimal count, nothing else.

@@ -37,6 +37,7 @@ from .errors import (
     NotForThisRoleError,
     RollbackError,
     UnexpectedMessageError,
+    UntrustedInputError,
 )
 from .identity import signing_kid
 from .limits import DEFAULT_LIMITS
@@ -373,12 +374,36 @@ def verify_capacity(
     return record
 
 
+def claimed_number(data: bytes, *, capacity: bool) -> int | None:
+    """The `version` a signed catalogue names (or with `capacity` the `seq` of a signed
+    capacity record), unverified; None if it names none. Only for a provider reading back
+    its own key of the services bucket, which no one else may write (PROTOCOL §5.1): the
+    next one it signs must be numbered above it even if that one no longer verifies (it
+    expired while the provider's agent was stopped, say)."""
+    try:
+        if capacity:
+            body, _, _ = decode_frame(
+                data,
+                max_bytes=MAX_SIGNED_CAPACITY_BYTES,
+                max_items=8,
+                what="capacity",
+                body_name="capacity",
+            )
+            number = Capacity.decoded(body, max_bytes=MAX_SIGNED_CAPACITY_BYTES, max_items=8).seq
+        else:
+            number = load_canonical(bytes(data), "catalogue")["signed"]["version"]
+    except (UntrustedInputError, ValueError, TypeError, KeyError):
+        return None
+    return number if isinstance(number, int) and not isinstance(number, bool) else None
+
+
 __all__: Sequence[str] = [
     "CAPACITY_LABEL",
     "LABEL",
     "Capacity",
     "Catalogue",
     "Service",
+    "claimed_number",
     "encode_catalogue",
     "sign_capacity",
     "sign_catalogue",

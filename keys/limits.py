@@ -105,10 +105,20 @@ class Limits:
     access_coalesce_seconds: int = 60
     #: Most referral ids one subject access report (POST /v1/subject-access) names.
     subject_access_max_referrals: int = 100
+    #: How long a service catalogue the agent signs stays valid (PROTOCOL.md §8.8); the
+    #: agent signs the next version once half of it has passed.
+    catalogue_lifetime_seconds: int = 7 * 24 * 3600
+    #: How long a capacity record the agent signs stays valid, at most an hour (§8.8); the
+    #: agent signs the same counts again once half of it has passed, so that a provider
+    #: whose agent runs never shows as unknown and one that stops does within this long.
+    capacity_lifetime_seconds: int = 900
 
 
 #: The longest `access_coalesce_seconds` a configuration may set.
 MAX_ACCESS_COALESCE_SECONDS = 3600
+#: The longest `capacity_lifetime_seconds` a configuration may set (keys/catalogue.py's
+#: MAX_CAPACITY_LIFETIME, which a test holds equal).
+MAX_CAPACITY_LIFETIME_SECONDS = 3600
 
 
 DEFAULT_LIMITS = Limits()

@@ -102,6 +102,27 @@ def presence_key(agency: str) -> str:
     return _token(agency)
 
 
+#: The JetStream key-value bucket of service catalogues and capacity records (PROTOCOL §8.8):
+#: `catalogue.<agency>` holds the provider's signed catalogue, `capacity.<agency>.<service_id>`
+#: each service's signed capacity record. Each agency writes only its own keys, all read them.
+SERVICES_BUCKET = "nrm-services"
+SERVICES_STREAM: Final = f"KV_{SERVICES_BUCKET}"
+CATALOGUE_KEY_PREFIX = "catalogue."
+CAPACITY_KEY_PREFIX = "capacity."
+
+
+def catalogue_key(agency: str) -> str:
+    """The key of `agency`'s signed service catalogue in the services bucket."""
+    return f"{CATALOGUE_KEY_PREFIX}{_token(agency)}"
+
+
+def capacity_key(agency: str, service_id: str = "*") -> str:
+    """The key of one service's signed capacity record in the services bucket; without a
+    service id the wildcard pattern of all of `agency`'s capacity keys."""
+    service = service_id if service_id == "*" else _token(service_id)
+    return f"{CAPACITY_KEY_PREFIX}{_token(agency)}.{service}"
+
+
 #: Each agency's encrypted referral attachments live in an object store bucket of its own
 #: (§5.1): `nrm-att-<agency>`, behind the stream `OBJ_nrm-att-<agency>`. Only that agency
 #: writes and erases in it; every agency may read it. Agency ids are a subset of the bucket

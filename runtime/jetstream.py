@@ -10,7 +10,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy
 from nats.js.errors import APIError, NotFoundError
 
 from keys import Limits
-from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_STREAM, inbox_consumer, inbox_subject
+from keys.subjects import DIRECTORY_BUCKET, inbox_consumer, inbox_subject
 
 #: What nats-server answers `STREAM.MSG.DELETE` of a sequence the stream does not hold (any
 #: more): error code 10057 with this description.
@@ -56,28 +56,32 @@ def inbox_consumer_config(agency: str, limits: Limits) -> ConsumerConfig:
     )
 
 
-_DIRECTORY_KEY_PREFIX = f"$KV.{DIRECTORY_BUCKET}."
-
-
 async def read_directory_bucket(
     js: Any, seq: int, *, newest_only: bool
 ) -> tuple[list[tuple[str, bytes]], int]:
-    """Every (key, value) the directory bucket's stream holds from sequence `seq` on, in
+    """`read_bucket` of the directory bucket (PROTOCOL §7.8)."""
+    return await read_bucket(js, DIRECTORY_BUCKET, seq, newest_only=newest_only)
+
+
+async def read_bucket(
+    js: Any, bucket: str, seq: int, *, newest_only: bool
+) -> tuple[list[tuple[str, bytes]], int]:
+    """Every (key, value) the stream of key-value `bucket` holds from sequence `seq` on, in
     order (with `newest_only`, only the newest value of each key, as a key-value watch
     starts), deletion markers left out; and the sequence to read from next. Message by
     message (`STREAM.MSG.GET`, next by subject), as every agency, the ledger and the bus
-    authorities may: no consumer (PROTOCOL §5.1)."""
+    authorities may read the directory and agencies the services bucket: no consumer
+    (PROTOCOL §5.1)."""
+    prefix = f"$KV.{bucket}."
     cursor, found = seq, dict[int, tuple[str, bytes | None]]()
     while True:
         try:
-            msg = await js.get_msg(
-                DIRECTORY_STREAM, seq=cursor, subject=f"{_DIRECTORY_KEY_PREFIX}>", next=True
-            )
+            msg = await js.get_msg(f"KV_{bucket}", seq=cursor, subject=f"{prefix}>", next=True)
         except NotFoundError:  # nothing newer (or no bucket yet)
             break
         if msg.seq is None or msg.subject is None:
             break  # not an answer nats-server gives
-        found[msg.seq] = (msg.subject.removeprefix(_DIRECTORY_KEY_PREFIX), msg.data)
+        found[msg.seq] = (msg.subject.removeprefix(prefix), msg.data)
         cursor = msg.seq + 1
     if newest_only:
         found = {n: found[n] for n in {key: n for n, (key, _) in found.items()}.values()}

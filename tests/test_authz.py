@@ -44,9 +44,13 @@ from keys.subjects import (
     DIRECTORY_KEY,
     PRESENCE_BUCKET,
     PRESENCE_STREAM,
+    SERVICES_BUCKET,
+    SERVICES_STREAM,
     attachment_bucket,
     attachment_stream,
     audit_subject,
+    capacity_key,
+    catalogue_key,
     inbox_consumer,
     inbox_stream,
     inbox_subject,
@@ -596,6 +600,31 @@ async def test_agency_holds_only_its_own_instance_lease(bus: Bus) -> None:
     await a.violation(f"$JS.API.DIRECT.GET.{PRESENCE_STREAM}.$KV.{PRESENCE_BUCKET}.{B}")
     entry = await (await op.js.key_value(PRESENCE_BUCKET)).get(presence_key(B))
     assert entry.value == b"b-lease"
+
+
+async def test_agency_puts_only_its_own_services_keys_and_reads_all(bus: Bus) -> None:
+    """A puts its catalogue and a capacity record; B reads them as the agent follows the
+    bucket (message get, next by subject) and by key; B's put under A's keys is refused
+    and A's values are unchanged (PROTOCOL §5.1, §8.8)."""
+    a, b = await bus.agency(A), await bus.agency(B)
+    service = "0123456789abcdef"
+    kv_a = await a.js.key_value(SERVICES_BUCKET)
+    await kv_a.put(catalogue_key(A), b"a catalogue")
+    await kv_a.put(capacity_key(A, service), b"a capacity")
+    kv_b = await b.js.key_value(SERVICES_BUCKET)
+    assert (await kv_b.get(capacity_key(A, service))).value == b"a capacity"
+    first = await b.js.get_msg(
+        SERVICES_STREAM, seq=1, subject=f"$KV.{SERVICES_BUCKET}.>", next=True
+    )
+    assert first.data == b"a catalogue"
+    assert a.errors == [] and b.errors == []
+    refused = await b.refused_js.key_value(SERVICES_BUCKET)
+    for key in (catalogue_key(A), capacity_key(A, service)):
+        with pytest.raises(REFUSED):
+            await refused.put(key, b"forged")
+        await b.violation(f"$KV.{SERVICES_BUCKET}.{key}")
+    assert (await kv_a.get(catalogue_key(A))).value == b"a catalogue"
+    assert (await kv_a.get(capacity_key(A, service))).value == b"a capacity"
 
 
 async def test_agency_writes_erases_and_reads_attachments_with_the_granted_subjects(

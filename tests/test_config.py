@@ -10,6 +10,8 @@ import pytest
 
 from agents.config import AgentConfig
 from broker.ledger import LedgerConfig, LedgerConfigError
+from keys.catalogue import MAX_CAPACITY_LIFETIME
+from keys.limits import MAX_CAPACITY_LIFETIME_SECONDS
 from runtime.config import ConfigError, Table, bind_address, days
 
 from .support import Pki
@@ -85,6 +87,15 @@ def test_access_records_wait_at_most_an_hour(tmp_path: Path) -> None:
     assert ok.limits.access_coalesce_seconds == 3600
     with pytest.raises(ConfigError, match="access_coalesce_seconds is at most 3600"):
         AgentConfig.from_dict(agent_doc(limits={"access_coalesce_seconds": 3601}), base=tmp_path)
+
+
+def test_capacity_records_live_at_most_an_hour(tmp_path: Path) -> None:
+    """A capacity record may not outlive an hour (PROTOCOL §8.8): nor may the agent's limit."""
+    assert MAX_CAPACITY_LIFETIME_SECONDS == MAX_CAPACITY_LIFETIME
+    doc = agent_doc(limits={"capacity_lifetime_seconds": 3600})
+    assert AgentConfig.from_dict(doc, base=tmp_path).limits.capacity_lifetime_seconds == 3600
+    with pytest.raises(ConfigError, match="capacity_lifetime_seconds is at most 3600"):
+        AgentConfig.from_dict(agent_doc(limits={"capacity_lifetime_seconds": 3601}), base=tmp_path)
 
 
 def test_the_ledger_configuration_is_strict_too(tmp_path: Path) -> None:

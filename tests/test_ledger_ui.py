@@ -273,6 +273,7 @@ KIND_WORDS = {
     "identification.decided": "Identification decided",
     "identification.sent": "Identification decision sent",
     "identification.received": "Identification decision received",
+    "catalogue.published": "Service catalogue published",
 }
 #: What each statistics label value reads as.
 LABEL_WORDS = {

@@ -21,12 +21,15 @@ from broker.streams import (
     HEADER_ROOM_BYTES,
     LEGACY_MESSAGE_STREAM,
     LEGACY_MESSAGE_SUBJECTS,
+    SERVICES_MAX_BYTES,
     migrate_leftovers,
     provision_stores_for,
 )
+from keys.catalogue import MAX_CATALOGUE_BYTES
 from keys.limits import DEFAULT_LIMITS
 from keys.subjects import (
     MOVED_FROM_HEADER,
+    SERVICES_STREAM,
     attachment_bucket,
     attachment_stream,
     inbox_stream,
@@ -67,7 +70,8 @@ async def test_server_starts_and_jetstream_answers(nats_server: NatsServer) -> N
     assert nats_server.url == f"nats://127.0.0.1:{nats_server.port}"
     async with jetstream(nats_server) as js:
         info = await js.account_info()
-    assert info.streams == 5  # audit events, directory bucket, leases, police-a's inbox, bucket
+    # audit events, directory bucket, leases, services bucket, police-a's inbox, its bucket
+    assert info.streams == 6
 
 
 async def test_stream_has_the_configured_limits(nats_server: NatsServer) -> None:
@@ -95,8 +99,19 @@ async def test_provisioning_is_idempotent(nats_server: NatsServer) -> None:
         await provision(nats_server.url, agencies=["police-a", "shelter-b"])
         after = (await js.stream_info(STREAM)).config
         assert after == before
-        assert (await js.account_info()).streams == 7  # an inbox and a bucket each
+        assert (await js.account_info()).streams == 8  # an inbox and a bucket each
         assert await stored_count(js) == 1
+
+
+async def test_the_services_bucket_is_bounded(nats_server: NatsServer) -> None:
+    """One revision per key, no value larger than a signed catalogue (with header room),
+    bounded in all; provisioning again keeps it so."""
+    async with jetstream(nats_server) as js:
+        await provision(nats_server.url, agencies=["police-a"])
+        config = (await js.stream_info(SERVICES_STREAM)).config
+    assert config.max_msgs_per_subject == 1
+    assert config.max_msg_size == MAX_CATALOGUE_BYTES + HEADER_ROOM_BYTES
+    assert config.max_bytes == SERVICES_MAX_BYTES
 
 
 async def test_the_authority_creates_missing_stores_and_changes_no_existing_one(

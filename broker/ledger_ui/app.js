@@ -102,6 +102,7 @@
     "identification.decided": "Identification decided",
     "identification.sent": "Identification decision sent",
     "identification.received": "Identification decision received",
+    "catalogue.published": "Service catalogue published",
   };
   const LABEL_WORDS = {
     referral_type: {

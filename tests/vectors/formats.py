@@ -714,6 +714,12 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
     outcomeless = _event_fields(decided)
     outcomeless[3] = "identification.sent"
     outcomeless[9] = [["stage", "first"]]
+    published = AuditEvent(
+        event_id=fixed("audit event 6")[:16].hex(),
+        agency="police",
+        kind="catalogue.published",
+        time=NOW,
+    )
     clockless = _event_fields(overdue)
     clockless[9] = [["urgency", "routine"]]
     access_label = _event_fields(EVENT)
@@ -767,6 +773,13 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
             "malformed",
             {},
             _signed_raw(outcomeless),
+        ),
+        (
+            "ok-catalogue-published",
+            "catalogue.published with nothing but its agency and time",
+            "ok",
+            {},
+            sign_event(published, POLICE_SIGN),
         ),
         (
             "overdue-without-clock",

@@ -1,0 +1,429 @@
+"""Services with capacity (docs/PROTOCOL.md §8.8): every provider's catalogue and capacity,
+followed in the services bucket and kept verified in memory; and this agency's own, signed
+and put there.
+
+Following: the bucket's stream is read as the directory's is (runtime/jetstream.py
+`read_bucket`: the newest value of each key, then every value after it, polled every
+POLL_SECONDS; no consumer, PROTOCOL §5.1). Each catalogue is verified against the trusted
+directory and the last one accepted from its provider, each capacity record against its
+provider's accepted catalogue and the last `seq` accepted for its service; what fails is
+logged with the provider, the service id and the reason, and the last accepted value stands.
+What arrives before the directory (or a capacity before its catalogue) waits, unjudged.
+
+Publishing: `publish_catalogue` and `publish_capacity` sign the next version (or `seq`) above
+the last this agency's key holds, put it in the bucket and take it as accepted. The loop
+signs again what is past half its life and not expired (`limits.catalogue_lifetime_seconds`,
+`capacity_lifetime_seconds`), so a provider whose agent runs never shows as unknown, and one
+whose agent stops does once its last record expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import structlog
+
+from keys import AgencyKeys, Limits, UntrustedInputError
+from keys.catalogue import (
+    PROVIDER_ROLES,
+    Capacity,
+    Catalogue,
+    Service,
+    claimed_number,
+    sign_capacity,
+    sign_catalogue,
+    verify_capacity,
+    verify_catalogue,
+)
+from keys.codec import exact_members
+from keys.directory import Directory
+from keys.errors import ExpiredMetadataError
+from keys.subjects import (
+    CAPACITY_KEY_PREFIX,
+    CATALOGUE_KEY_PREFIX,
+    SERVICES_BUCKET,
+    capacity_key,
+    catalogue_key,
+)
+from runtime import clock
+from runtime.jetstream import read_bucket
+
+from .errors import NotFound, Unavailable, Unprocessable
+from .presence import TRANSIENT
+
+log = structlog.get_logger("nrm.services")
+
+#: How often the bucket is read for what is new (as the directory bucket, PROTOCOL §7.8).
+POLL_SECONDS = 0.5
+#: The members of one service in PUT /v1/catalogue (PROTOCOL §8.8).
+SERVICE_MEMBERS = frozenset(Service.__dataclass_fields__)
+
+
+class Services:
+    """The verified catalogues and capacity of every provider; this agency's publishing."""
+
+    def __init__(
+        self,
+        *,
+        agency: str,
+        keys: Callable[[], AgencyKeys],
+        directory: Callable[[], Directory | None],
+        limits: Limits,
+        on_published: Callable[[Catalogue], object],
+    ) -> None:
+        self.agency = agency
+        self.keys = keys
+        self.directory = directory
+        self.limits = limits
+        #: Called once a catalogue this agency signed is in the bucket (its audit event).
+        self.on_published = on_published
+        #: The last catalogue accepted from each provider, and the last capacity record of
+        #: each (provider, service): kept after they expire, for the rollback checks.
+        self.catalogues: dict[str, Catalogue] = {}
+        self.capacity: dict[tuple[str, str], Capacity] = {}
+        #: Values read but not judged yet (no directory, or a capacity before its catalogue).
+        self._waiting: dict[str, bytes] = {}
+        #: This agency's own keys: the version or seq each value read there names.
+        self._claimed: dict[str, int] = {}
+        #: The bytes last accepted (or put) under each key: the same read again is no news.
+        self._accepted: dict[str, bytes] = {}
+        self._js: Any = None
+        self._wake = asyncio.Event()
+        self.log = log.bind(agency=agency)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # --- following ------------------------------------------------------------------------
+
+    async def run(self, js: Any, running: Callable[[], bool]) -> None:
+        """Follow the bucket over `js` (one connection), and sign again what is due."""
+        seq, first = 1, True
+        while running():
+            try:
+                found, seq = await read_bucket(js, SERVICES_BUCKET, seq, newest_only=first)
+                first = False
+                self.offer(found)
+                self._js = js
+                await self._renew(js)
+            except (*TRANSIENT, Unavailable, sqlite3.Error) as e:
+                # The bus (a read, a renewal's put) or the audit trail's disk: next time.
+                self._js = None
+                self.log.warning("services_follow_interrupted", error=type(e).__name__)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=POLL_SECONDS)
+        self._js = None
+
+    def offer(self, found: Sequence[tuple[str, bytes]]) -> None:
+        """Values read from the bucket, in order: judge them (or keep them waiting)."""
+        for key, value in found:
+            self._read(key, value)
+        self._judge()
+
+    def directory_changed(self) -> None:
+        """Judge again, under the directory now trusted, everything accepted under the one
+        before: a provider removed, or its role or key taken away, is listed no more. What
+        merely expired stays (for the rollback checks; the listing leaves it out)."""
+        directory = self.directory()
+        if directory is None:
+            return
+        now = clock.now()
+        for agency in list(self.catalogues):
+            try:
+                verify_catalogue(
+                    self._accepted[catalogue_key(agency)],
+                    directory=directory,
+                    now=now,
+                    current=None,
+                )
+            except ExpiredMetadataError:
+                continue  # checked last: the provider, its role, key and signature stand
+            except UntrustedInputError as e:
+                self.log.warning("service_entry_withdrawn", provider=agency, reason=e.reason)
+                del self.catalogues[agency]
+                for k in [k for k in self.capacity if k[0] == agency]:
+                    del self.capacity[k]
+
+    def _read(self, key: str, value: bytes) -> None:
+        if _agency_of(key) == self.agency:
+            number = claimed_number(value, capacity=key.startswith(CAPACITY_KEY_PREFIX))
+            if number is not None:
+                self._claimed[key] = max(number, self._claimed.get(key, 0))
+        self._waiting.pop(key, None)
+        self._waiting[key] = value  # in the order read
+
+    def _judge(self) -> None:
+        directory = self.directory()
+        if directory is None:
+            return
+        now = clock.now()
+        for key in sorted(self._waiting, key=lambda k: not k.startswith(CATALOGUE_KEY_PREFIX)):
+            agency = _agency_of(key)
+            if key.startswith(CAPACITY_KEY_PREFIX) and agency not in self.catalogues:
+                continue  # until its catalogue is accepted
+            data = self._waiting.pop(key)
+            if self._accepted.get(key) == data:
+                continue  # this agent's own put read back, say
+            try:
+                if key.startswith(CATALOGUE_KEY_PREFIX):
+                    self._accept_catalogue(key, data, directory, now)
+                elif key.startswith(CAPACITY_KEY_PREFIX):
+                    self._accept_capacity(key, data, directory, now)
+            except UntrustedInputError as e:
+                self.log.warning(
+                    "service_entry_refused",
+                    provider=agency,
+                    service_id=key.rsplit(".", 1)[-1] if key.count(".") == 2 else None,
+                    reason=e.reason,
+                )
+
+    def _accept_catalogue(self, key: str, data: bytes, directory: Directory, now: int) -> None:
+        agency = _agency_of(key)
+        catalogue = verify_catalogue(
+            data, directory=directory, now=now, current=self.catalogues.get(agency)
+        )
+        if key != catalogue_key(catalogue.agency):
+            raise _Misplaced("a catalogue under another agency's key")
+        self.catalogues[agency] = catalogue
+        self._accepted[key] = data
+        for k in [k for k in self.capacity if k[0] == agency and not catalogue.service(k[1])]:
+            del self.capacity[k]  # a service that left the catalogue: its capacity too
+
+    def _accept_capacity(self, key: str, data: bytes, directory: Directory, now: int) -> None:
+        agency = _agency_of(key)
+        service_id = key.rsplit(".", 1)[-1]
+        last = self.capacity.get((agency, service_id))
+        record = verify_capacity(
+            data,
+            directory=directory,
+            catalogue=self.catalogues[agency],
+            now=now,
+            last_seq=None if last is None else last.seq,
+        )
+        if key != capacity_key(record.agency, record.service_id):
+            raise _Misplaced("a capacity record under another service's key")
+        self.capacity[(agency, service_id)] = record
+        self._accepted[key] = data
+
+    # --- listing ----------------------------------------------------------------------------
+
+    def listing(
+        self,
+        *,
+        type: str | None = None,
+        suitable_for: str | None = None,
+        language: str | None = None,
+        region: str | None = None,
+        available: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Every service of an unexpired accepted catalogue whose provider the trusted
+        directory still lists, that matches each filter given; `capacity` null when unknown
+        (none accepted, or expired); with `available` only those with a free place."""
+        directory, now = self.directory(), clock.now()
+        out = []
+        for agency, catalogue in sorted(self.catalogues.items()):
+            if catalogue.expires <= now or directory is None or agency not in directory:
+                continue
+            for s in catalogue.services:
+                record = self.capacity.get((agency, s.service_id))
+                if record is not None and record.expires <= now:
+                    record = None
+                if (
+                    (type is not None and s.type != type)
+                    or (suitable_for is not None and suitable_for not in s.suitable_for)
+                    or (language is not None and language not in s.languages)
+                    or (region is not None and not _in_region(region, s.regions))
+                    or (available and (record is None or record.free == 0))
+                ):
+                    continue
+                out.append(_service_json(agency, catalogue.version, s, record))
+        return out
+
+    # --- publishing ---------------------------------------------------------------------------
+
+    async def publish_catalogue(self, services: object) -> dict[str, Any]:
+        """Sign this agency's catalogue of `services` (the JSON list of PUT /v1/catalogue)
+        at the next version, put it in the bucket, and take it as accepted."""
+        js, directory = self._ready()
+        if not PROVIDER_ROLES & set(directory.agency(self.agency).roles):
+            raise Unprocessable(
+                "this agency holds no role that provides services: "
+                + ", ".join(sorted(PROVIDER_ROLES))
+            )
+        try:
+            catalogue = Catalogue(
+                agency=self.agency,
+                version=self._next(catalogue_key(self.agency), self.catalogues.get(self.agency)),
+                expires=clock.now() + self.limits.catalogue_lifetime_seconds,
+                services=_services(services),
+            )
+        except ValueError as e:  # the services together (their ids, how many)
+            raise Unprocessable(str(e), member="services") from e
+        await self._put_catalogue(js, catalogue)
+        return _catalogue_json(catalogue)
+
+    async def publish_capacity(
+        self, service_id: str, free: object, total: object
+    ) -> dict[str, Any]:
+        """Sign the next capacity record of one of this agency's services, put it in the
+        bucket and take it as accepted."""
+        js, _ = self._ready()
+        catalogue = self.catalogues.get(self.agency)
+        if catalogue is None or catalogue.expires <= clock.now():
+            raise NotFound("this agency has published no catalogue (PUT /v1/catalogue)")
+        if catalogue.service(service_id) is None:
+            raise NotFound("no service with this id in this agency's catalogue")
+        for name, value in (("free", free), ("total", total)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise Unprocessable(f"{name} must be an integer", member=name)
+        now = clock.now()
+        try:
+            record = Capacity(
+                agency=self.agency,
+                service_id=service_id,
+                seq=self._next(
+                    capacity_key(self.agency, service_id),
+                    self.capacity.get((self.agency, service_id)),
+                ),
+                free=free,  # type: ignore[arg-type]  # checked above
+                total=total,  # type: ignore[arg-type]
+                as_of=now,
+                expires=now + self.limits.capacity_lifetime_seconds,
+            )
+        except ValueError as e:
+            raise Unprocessable(str(e), member="free" if "free" in str(e) else "total") from e
+        await self._put_capacity(js, record)
+        return _capacity_json(record)
+
+    async def _renew(self, js: Any) -> None:
+        """Sign again, one number up, this agency's catalogue and capacity records past half
+        their life and not expired."""
+        now = clock.now()
+        own = self.catalogues.get(self.agency)
+        half = self.limits.catalogue_lifetime_seconds // 2
+        if own is not None and now < own.expires <= now + half:
+            renewed = replace(
+                own,
+                version=self._next(catalogue_key(self.agency), own),
+                expires=now + self.limits.catalogue_lifetime_seconds,
+            )
+            await self._put_catalogue(js, renewed)
+        half = self.limits.capacity_lifetime_seconds // 2
+        for (agency, _), record in list(self.capacity.items()):
+            if agency == self.agency and now < record.expires <= now + half:
+                renewed_record = replace(
+                    record,
+                    seq=record.seq + 1,
+                    as_of=now,
+                    expires=now + self.limits.capacity_lifetime_seconds,
+                )
+                await self._put_capacity(js, renewed_record)
+
+    async def _put_catalogue(self, js: Any, catalogue: Catalogue) -> None:
+        key = catalogue_key(self.agency)
+        data = sign_catalogue(catalogue, self.keys().signing_key)
+        await self._put(js, key, data)
+        self._claimed[key], self._accepted[key] = catalogue.version, data
+        self.catalogues[self.agency] = catalogue
+        self.on_published(catalogue)
+
+    async def _put_capacity(self, js: Any, record: Capacity) -> None:
+        key = capacity_key(self.agency, record.service_id)
+        data = sign_capacity(record, self.keys().signing_key)
+        await self._put(js, key, data)
+        self._claimed[key], self._accepted[key] = record.seq, data
+        self.capacity[(self.agency, record.service_id)] = record
+
+    async def _put(self, js: Any, key: str, data: bytes) -> None:
+        try:
+            await js.publish(f"$KV.{SERVICES_BUCKET}.{key}", data)
+        except TRANSIENT as e:
+            raise Unavailable(f"the bus did not take the value: {type(e).__name__}") from e
+
+    def _next(self, key: str, last: Catalogue | Capacity | None) -> int:
+        """One above the last number this agency's `key` held, read or accepted."""
+        accepted = 0 if last is None else last.version if isinstance(last, Catalogue) else last.seq
+        return max(accepted, self._claimed.get(key, 0)) + 1
+
+    def _ready(self) -> tuple[Any, Directory]:
+        js, directory = self._js, self.directory()
+        if js is None or directory is None:
+            raise Unavailable("the agent has not read the services bucket over the bus yet")
+        return js, directory
+
+
+class _Misplaced(UntrustedInputError):
+    """A value put under a key that is not its own (PROTOCOL §8.8)."""
+
+    reason = "unexpected"
+
+
+def _agency_of(key: str) -> str:
+    parts = key.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _in_region(wanted: str, regions: Sequence[str]) -> bool:
+    """`wanted` among `regions`, or a country whose subdivision is listed (XX for XX-NO)."""
+    return any(r == wanted or r.startswith(wanted + "-") for r in regions)
+
+
+def _services(doc: object) -> tuple[Service, ...]:
+    """The services of PUT /v1/catalogue; Unprocessable naming the member that is wrong."""
+    if not isinstance(doc, list):
+        raise Unprocessable("services must be a list", member="services")
+    out = []
+    for i, item in enumerate(doc):
+        where = f"services[{i}]"
+        try:
+            fields = exact_members(item, SERVICE_MEMBERS, "service")
+            values: dict[str, Any] = {
+                k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()
+            }
+            out.append(Service(**values))
+        except (ValueError, TypeError) as e:
+            raise Unprocessable(f"{where}: {e}", member=where) from e
+    return tuple(out)
+
+
+def _catalogue_json(catalogue: Catalogue) -> dict[str, Any]:
+    return {
+        "agency": catalogue.agency,
+        "version": catalogue.version,
+        "expires": catalogue.expires,
+        "services": [
+            {name: _plain(getattr(s, name)) for name in sorted(SERVICE_MEMBERS)}
+            for s in catalogue.services
+        ],
+    }
+
+
+def _capacity_json(record: Capacity) -> dict[str, Any]:
+    return {
+        "seq": record.seq,
+        "free": record.free,
+        "total": record.total,
+        "as_of": record.as_of,
+        "expires": record.expires,
+    }
+
+
+def _service_json(
+    agency: str, version: int, service: Service, record: Capacity | None
+) -> dict[str, Any]:
+    return {
+        "agency": agency,
+        "catalogue_version": version,
+        **{name: _plain(getattr(service, name)) for name in sorted(SERVICE_MEMBERS)},
+        "capacity": None if record is None else _capacity_json(record),
+    }
+
+
+def _plain(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
