@@ -167,6 +167,9 @@ class Presence:
             if running():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._interval())
+                # Python 3.11's wait_for can swallow a cancel that arrives with its timeout:
+                # looked at here too, or the loop would go on (a stop that never ends).
+                _raise_if_cancelled()
         # Cancelled rather than stopped (the owner cuts its loops short while the link is
         # down): no release, the lease lapses by itself. Python 3.11's wait_for can swallow a
         # cancel that arrives with the wake-up, so the request is looked at here.
