@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from .db import Database
 
@@ -73,6 +73,20 @@ class SentCopy:
 RESPOND_RUNS = ("submitted", "delivered", "acknowledged", "more_info_requested")
 #: RESPOND_RUNS as SQL, the same text the partial index `referrals_overdue` holds.
 RESPOND_RUNS_SQL = ", ".join(f"'{state}'" for state in RESPOND_RUNS)
+
+
+def _mark_notified(
+    db: sqlite3.Connection,
+    column: Literal["escalated_at", "overdue_at"],
+    pair: tuple[str, str, str],
+    at: int,
+) -> None:
+    """Record when a pair's clock notice went to the coordinators (one column per clock)."""
+    db.execute(
+        f"UPDATE referrals SET {column} = ?"  # noqa: S608 (a column of the Literal above)
+        " WHERE owner = ? AND referral_id = ? AND counterpart = ?",
+        (at, *pair),
+    )
 
 
 class Referrals(Database):
@@ -299,11 +313,7 @@ class Referrals(Database):
     def mark_escalated(
         db: sqlite3.Connection, owner: str, referral_id: str, recipient: str, at: int
     ) -> None:
-        db.execute(
-            "UPDATE referrals SET escalated_at = ?"
-            " WHERE owner = ? AND referral_id = ? AND counterpart = ?",
-            (at, owner, referral_id, recipient),
-        )
+        _mark_notified(db, "escalated_at", (owner, referral_id, recipient), at)
 
     def overdue_candidates(
         self, urgencies: Iterable[str]
@@ -331,11 +341,7 @@ class Referrals(Database):
     def mark_overdue(
         db: sqlite3.Connection, owner: str, referral_id: str, recipient: str, at: int
     ) -> None:
-        db.execute(
-            "UPDATE referrals SET overdue_at = ?"
-            " WHERE owner = ? AND referral_id = ? AND counterpart = ?",
-            (at, owner, referral_id, recipient),
-        )
+        _mark_notified(db, "overdue_at", (owner, referral_id, recipient), at)
 
     def expired_pairs(self, now: int) -> list[tuple[str, str, str, str]]:
         """(owner, referral id, counterpart, state) of open pairs expired by `now`."""

@@ -1994,6 +1994,20 @@ CASE = fixed("case 1")[:16].hex()
 SALT = fixed("decision salt 1")[:16]
 
 
+def _authority_key(*, revoked: bool | None) -> list[tuple[str, object]]:
+    """The header lines naming the one key window of the authority's key history (with
+    `revoked_at` unless `revoked` is None: a day after NOW when True, none when False)."""
+    lines: list[tuple[str, object]] = [
+        ("authority", "authority"),
+        ("kid", signing_kid(AUTHORITY_SIGN.verify_key)),
+        ("signer_ed25519_public", bytes(AUTHORITY_SIGN.verify_key)),
+        ("valid_from", CREATED),
+    ]
+    if revoked is not None:
+        lines.append(("revoked_at", NOW + DAY if revoked else None))
+    return lines
+
+
 def _decision(**changes: Any) -> Decision:
     base = Decision(
         decision_id=fixed("decision 1")[:16].hex(),
@@ -2141,11 +2155,7 @@ def decision_vectors() -> Iterator[tuple[str, str]]:
         header: list[tuple[str, object]] = [
             ("expect", expect),
             ("comment", comment),
-            ("authority", "authority"),
-            ("kid", signing_kid(AUTHORITY_SIGN.verify_key)),
-            ("signer_ed25519_public", bytes(AUTHORITY_SIGN.verify_key)),
-            ("valid_from", CREATED),
-            ("revoked_at", NOW + DAY if name == "revoked-key" else None),
+            *_authority_key(revoked=name == "revoked-key"),
             ("decides", "first" if name == "authority-decides-first-only" else "first,second"),
             ("reason", reason),
             ("salt", SALT if reason is not None else None),
@@ -2296,10 +2306,7 @@ def identification_vectors() -> Iterator[tuple[str, str]]:
             ("comment", comment),
             ("kind", "identification-decision"),
             ("roles", "police"),
-            ("authority", "authority"),
-            ("kid", signing_kid(AUTHORITY_SIGN.verify_key)),
-            ("signer_ed25519_public", bytes(AUTHORITY_SIGN.verify_key)),
-            ("valid_from", CREATED),
+            *_authority_key(revoked=None),
             *state.items(),
         ]
         yield f"body-identification-decision-{name}", render(header, data)
@@ -2725,11 +2732,7 @@ def protection_vectors() -> Iterator[tuple[str, str]]:
         header: list[tuple[str, object]] = [
             ("expect", expect),
             ("comment", comment),
-            ("authority", "authority"),
-            ("kid", signing_kid(AUTHORITY_SIGN.verify_key)),
-            ("signer_ed25519_public", bytes(AUTHORITY_SIGN.verify_key)),
-            ("valid_from", CREATED),
-            ("revoked_at", NOW + DAY if name == "revoked-key" else None),
+            *_authority_key(revoked=name == "revoked-key"),
             ("held", None if held is None else b64(sign_notice(held, AUTHORITY_SIGN))),
             ("reflection_min_days", 30),
         ]
