@@ -51,6 +51,8 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE INDEX IF NOT EXISTS entries_referral ON entries(referral_id);
 CREATE INDEX IF NOT EXISTS entries_accesses ON entries(counterpart, idx)
     WHERE kind = 'record.accessed';
+CREATE INDEX IF NOT EXISTS entries_accesses_all ON entries(idx)
+    WHERE kind = 'record.accessed';
 CREATE TABLE IF NOT EXISTS nodes (
     level INTEGER NOT NULL,
     idx   INTEGER NOT NULL,
@@ -333,7 +335,8 @@ class LedgerStore:
     def accesses(self, *, owner: str | None, since: int, after: int, limit: int) -> list[EntryRow]:
         """`record.accessed` entries after index `after` signed at `since` or later: those
         of `owner`'s referrals (their counterpart), or every one (owner None), by index."""
-        # Two statements, so that the owner's uses the partial index entries_accesses.
+        # Two statements, so that each uses its partial index: the owner's entries_accesses,
+        # the auditor's entries_accesses_all (else every entry would be read to find them).
         where = "kind = 'record.accessed' AND idx > ? AND time >= ?"
         args: tuple[object, ...]
         if owner is None:

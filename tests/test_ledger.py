@@ -908,3 +908,23 @@ async def test_agent_backup_is_a_consistent_private_copy_and_never_overwrites(
     assert target.read_bytes() == before
     nowhere = await asyncio.to_thread(run, tmp_path / "missing" / "x.db")
     assert nowhere.exit_code != 0 and "could not back up" in nowhere.output, nowhere.output
+
+
+def test_the_access_listings_search_an_index_rather_than_every_entry(tmp_path: Path) -> None:
+    # GET /v1/accesses for an auditor (every owner) and for one owner: neither may read the
+    # whole entries table to find the few `record.accessed` entries among millions.
+    store = LedgerStore(tmp_path / "ledger.db")
+    try:
+        statements: list[str] = []
+        store._db.set_trace_callback(statements.append)
+        store.accesses(owner=None, since=0, after=0, limit=10)
+        store.accesses(owner="police", since=0, after=0, limit=10)
+        store._db.set_trace_callback(None)
+        selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+        assert len(selects) == 2
+        for sql in selects:
+            plan = " ".join(row[3] for row in store._db.execute(f"EXPLAIN QUERY PLAN {sql}"))
+            assert "SCAN entries" not in plan, plan
+            assert "USING INDEX entries_accesses" in plan, plan
+    finally:
+        store.close()
