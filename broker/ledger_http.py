@@ -709,6 +709,23 @@ def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+def _median(**properties: Any) -> dict[str, Any]:
+    """A median duration in seconds, or null when it would stand on too few cases."""
+    return {
+        **_closed(
+            {
+                **properties,
+                "seconds": {"type": ["number", "null"]},
+                "suppressed": {"type": "boolean"},
+            }
+        ),
+        "oneOf": [
+            {"properties": {"seconds": {"type": "number"}, "suppressed": {"const": False}}},
+            {"properties": {"seconds": {"type": "null"}, "suppressed": {"const": True}}},
+        ],
+    }
+
+
 def _cell(**properties: Any) -> dict[str, Any]:
     """A statistics cell (broker/ledger_stats.py): a count, or null when suppressed."""
     return {
@@ -846,30 +863,7 @@ SCHEMAS: dict[str, Any] = {
                 )
             ),
             "median_seconds": _list(
-                {
-                    **_closed(
-                        {
-                            "month": _MONTH,
-                            "to": {"enum": ["acknowledged", "accepted"]},
-                            "seconds": {"type": ["number", "null"]},
-                            "suppressed": {"type": "boolean"},
-                        }
-                    ),
-                    "oneOf": [
-                        {
-                            "properties": {
-                                "seconds": {"type": "number"},
-                                "suppressed": {"const": False},
-                            }
-                        },
-                        {
-                            "properties": {
-                                "seconds": {"type": "null"},
-                                "suppressed": {"const": True},
-                            }
-                        },
-                    ],
-                }
+                _median(month=_MONTH, to={"enum": ["acknowledged", "accepted"]})
             ),
             "rejections_by_reason": _list(_cell(reason={"type": "string", "pattern": _REASON})),
             "withdrawals_per_month": _list(_cell(month=_MONTH)),
@@ -879,6 +873,22 @@ SCHEMAS: dict[str, Any] = {
                     clock={"enum": [*sorted(OVERDUE_CLOCKS), "unspecified"]},
                     urgency={"enum": [*sorted(LABELS["urgency"]), "unspecified"]},
                 )
+            ),
+            "decisions_per_month": _list(
+                _cell(
+                    month=_MONTH,
+                    stage={"enum": [*sorted(DECISION_LABELS["stage"]), "unspecified"]},
+                    outcome={"enum": [*sorted(DECISION_LABELS["outcome"]), "unspecified"]},
+                )
+            ),
+            "negative_reasons": _list(
+                _cell(
+                    stage={"enum": [*sorted(DECISION_LABELS["stage"]), "unspecified"]},
+                    reason={"type": "string", "pattern": _REASON},
+                )
+            ),
+            "identification_median_seconds": _list(
+                _median(month=_MONTH, interval={"enum": list(ledger_stats.INTERVALS)})
             ),
         }
     ),

@@ -22,7 +22,12 @@ KINDS: tuple[str, ...] = (
     "message.rejected",
     "consent.withdrawn",
     "clock.overdue",
+    "identification.decided",
 )
+
+#: The two intervals of an identification (§8.7) whose median the statistics give: from the
+#: referral that opened the case to its first stage, and from the first stage to the second.
+INTERVALS: tuple[str, ...] = ("referral-to-first", "first-to-second")
 
 
 def month(t: int) -> str:
@@ -35,6 +40,12 @@ def _cell(count: int, threshold: int) -> dict[str, Any]:
     return {"count": count, "suppressed": False}
 
 
+def _median(values: list[int], threshold: int) -> dict[str, Any]:
+    if len(values) < threshold:
+        return {"seconds": None, "suppressed": True}
+    return {"seconds": statistics.median(values), "suppressed": False}
+
+
 def compute(rows: Iterable[EntryRow], *, threshold: int) -> dict[str, Any]:
     sent_at: dict[str, int] = {}
     referral_cells: dict[tuple[str, str, str], set[str]] = defaultdict(set)
@@ -45,6 +56,13 @@ def compute(rows: Iterable[EntryRow], *, threshold: int) -> dict[str, Any]:
     # signed once per coordinator and a referral may go overdue with several recipients, so
     # each referral counts once per month, clock and tier.
     overdue: dict[tuple[str, str, str], set[tuple[str, str]]] = defaultdict(set)
+    # `identification.decided` is signed once per decision by the authority (not per copy
+    # sent), on the referral that opened the case: each one counts.
+    decisions: Counter[tuple[str, str, str]] = Counter()
+    negative: Counter[tuple[str, str]] = Counter()
+    # (authority, opening referral id) -> stage -> the time of its earliest decision (a
+    # decision that supersedes another does not restart the interval).
+    decided: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
     for r in rows:
         if r.kind == "referral.sent" and r.referral_id is not None:
             first = sent_at.setdefault(r.referral_id, r.time)
@@ -69,12 +87,29 @@ def compute(rows: Iterable[EntryRow], *, threshold: int) -> dict[str, Any]:
                 r.labels.get("urgency", "unspecified"),
             )
             overdue[key].add((r.agency, r.referral_id))
+        elif r.kind == "identification.decided" and r.referral_id is not None:
+            stage = r.labels.get("stage", "unspecified")
+            outcome = r.labels.get("outcome", "unspecified")
+            decisions[(month(r.time), stage, outcome)] += 1
+            if outcome == "negative":
+                negative[(stage, r.reason or "unspecified")] += 1
+            earliest = decided[(r.agency, r.referral_id)]
+            earliest[stage] = min(earliest.get(stage, r.time), r.time)
 
     durations: dict[tuple[str, str], list[int]] = defaultdict(list)
     for referral_id, states in reached.items():
         if referral_id in sent_at:
             for state, t in states.items():
                 durations[(month(sent_at[referral_id]), state)].append(t - sent_at[referral_id])
+
+    intervals: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for (_, referral_id), stages in decided.items():
+        if "first" in stages and referral_id in sent_at:
+            start = sent_at[referral_id]
+            intervals[(month(start), "referral-to-first")].append(stages["first"] - start)
+        if "first" in stages and "second" in stages:
+            start = stages["first"]
+            intervals[(month(start), "first-to-second")].append(stages["second"] - start)
 
     return {
         "threshold": threshold,
@@ -83,12 +118,7 @@ def compute(rows: Iterable[EntryRow], *, threshold: int) -> dict[str, Any]:
             for (m, k, u), ids in sorted(referral_cells.items())
         ],
         "median_seconds": [
-            {
-                "month": m,
-                "to": state,
-                "seconds": statistics.median(values) if len(values) >= threshold else None,
-                "suppressed": len(values) < threshold,
-            }
+            {"month": m, "to": state, **_median(values, threshold)}
             for (m, state), values in sorted(durations.items())
         ],
         "rejections_by_reason": [
@@ -100,5 +130,17 @@ def compute(rows: Iterable[EntryRow], *, threshold: int) -> dict[str, Any]:
         "overdue_per_month": [
             {"month": m, "clock": c, "urgency": u, **_cell(len(ids), threshold)}
             for (m, c, u), ids in sorted(overdue.items())
+        ],
+        "decisions_per_month": [
+            {"month": m, "stage": st, "outcome": o, **_cell(n, threshold)}
+            for (m, st, o), n in sorted(decisions.items())
+        ],
+        "negative_reasons": [
+            {"stage": st, "reason": reason, **_cell(n, threshold)}
+            for (st, reason), n in sorted(negative.items())
+        ],
+        "identification_median_seconds": [
+            {"month": m, "interval": interval, **_median(values, threshold)}
+            for (m, interval), values in sorted(intervals.items())
         ],
     }

@@ -1,4 +1,5 @@
-"""The ledger's anonymous statistics: overdue clocks counted per month, clock and tier."""
+"""The ledger's anonymous statistics: overdue clocks per month, clock and tier; identification
+decisions per month, stage and outcome, with their intervals."""
 
 from __future__ import annotations
 
@@ -78,5 +79,122 @@ def test_the_store_hands_the_statistics_every_kind_they_count(tmp_path: Path) ->
         assert {r.kind for r in rows} == {"clock.overdue"}
         stats = compute(rows, threshold=1)
         assert [c["count"] for c in stats["overdue_per_month"]] == [1]
+    finally:
+        store.close()
+
+
+def _row(n: int, kind: str, agency: str, referral: str, t: int, **labels: str) -> EntryRow:
+    reason = labels.pop("reason", None)
+    return EntryRow(
+        index=n,
+        event_id=f"{n:032x}",
+        leaf=b"",
+        agency=agency,
+        kind=kind,
+        referral_id=referral,
+        counterpart="police" if agency != "police" else "shelter",
+        reason=reason,
+        labels=labels,
+        time=t,
+        directory_version=1,
+    )
+
+
+DAY = 86_400
+FEB = JAN + 31 * DAY
+
+
+def test_decisions_are_counted_per_month_stage_and_outcome_with_their_intervals() -> None:
+    """Each `identification.decided` counts once in its month, stage and outcome; negative
+    ones also by reason; the intervals run from the opening referral's first `referral.sent`
+    to the earliest first stage, and from there to the earliest second stage, each in the
+    month it started, the median of a month and interval shown only from the threshold."""
+    a, b, c = "a" * 32, "b" * 32, "c" * 32
+    decided = "identification.decided"
+    rows = [
+        _row(1, "referral.sent", "police", a, JAN),
+        _row(2, "referral.sent", "police", a, JAN + 10),  # its second recipient
+        _row(3, "referral.sent", "police", b, JAN + DAY),
+        _row(4, decided, "authority", a, JAN + 5 * DAY, stage="first", outcome="positive"),
+        # a first stage that supersedes the first one: a decision, not a new start
+        _row(5, decided, "authority", a, JAN + 6 * DAY, stage="first", outcome="positive"),
+        _row(6, decided, "authority", b, JAN + 4 * DAY, stage="first", outcome="positive"),
+        _row(7, decided, "authority", a, FEB + 5 * DAY, stage="second", outcome="positive"),
+        _row(
+            8,
+            decided,
+            "authority",
+            b,
+            FEB,
+            stage="second",
+            outcome="negative",
+            reason="act-not-established",
+        ),
+        # a case whose opening referral the ledger does not hold: no referral-to-first
+        _row(
+            9,
+            decided,
+            "authority",
+            c,
+            FEB,
+            stage="first",
+            outcome="negative",
+            reason="no-indicators",
+        ),
+    ]
+    stats = compute(rows, threshold=2)
+
+    def cell(n: int | None) -> dict[str, object]:
+        return {"count": n, "suppressed": n is None}
+
+    assert stats["decisions_per_month"] == [
+        {"month": "2026-01", "stage": "first", "outcome": "positive", **cell(3)},
+        {"month": "2026-02", "stage": "first", "outcome": "negative", **cell(None)},
+        {"month": "2026-02", "stage": "second", "outcome": "negative", **cell(None)},
+        {"month": "2026-02", "stage": "second", "outcome": "positive", **cell(None)},
+    ]
+    assert stats["negative_reasons"] == [
+        {"stage": "first", "reason": "no-indicators", **cell(None)},
+        {"stage": "second", "reason": "act-not-established", **cell(None)},
+    ]
+    to_first = [5 * DAY, 3 * DAY]  # a: from JAN to its earliest first stage; b: from JAN + DAY
+    to_second = [(FEB + 5 * DAY) - (JAN + 5 * DAY), FEB - (JAN + 4 * DAY)]
+    assert stats["identification_median_seconds"] == [
+        {
+            "month": "2026-01",
+            "interval": "first-to-second",
+            "seconds": sum(to_second) / 2,
+            "suppressed": False,
+        },
+        {
+            "month": "2026-01",
+            "interval": "referral-to-first",
+            "seconds": sum(to_first) / 2,
+            "suppressed": False,
+        },
+    ]
+    # One case alone shows no median, of either interval.
+    alone = compute([r for r in rows if r.referral_id == a], threshold=2)
+    assert all(
+        m["suppressed"] and m["seconds"] is None for m in alone["identification_median_seconds"]
+    )
+    assert len(alone["identification_median_seconds"]) == 2
+
+
+def test_the_store_hands_the_statistics_decisions(tmp_path: Path) -> None:
+    store = LedgerStore(tmp_path / "ledger.db")
+    try:
+        labels = (("age_route", "adult"), ("outcome", "positive"), ("stage", "first"))
+        event = AuditEvent(
+            "f" * 32,
+            "authority",
+            "identification.decided",
+            JAN,
+            referral_id="a" * 32,
+            labels=labels,
+        )
+        store.insert_entry(0, b"leaf", event, 1)
+        stats = compute(store.all_rows_for_stats(KINDS), threshold=1)
+        assert [c["count"] for c in stats["decisions_per_month"]] == [1]
     finally:
         store.close()

@@ -222,13 +222,16 @@ async def test_each_chart_renders_bars(browser: BrowserContext, ledger_with_data
         "#chart-withdrawals",
         "#median-times",
         "#chart-overdue",
+        "#chart-decisions",
+        "#median-identification",
+        "#chart-negative-reasons",
     ]
     await page.wait_for_selector("#chart-withdrawals svg")
     for chart in charts:
         assert await page.locator(f"{chart} svg").count() == 1, chart
     # Referrals and rejections have data in the fixture; withdrawals, acceptance times and
-    # overdue referrals come from consent, lifecycle and clock events, which the fixture's
-    # exchange does not make.
+    # overdue referrals and identification decisions come from consent, lifecycle, clock
+    # and decision events, which the fixture's exchange does not make.
     for chart in ["#chart-referrals", "#chart-rejections"]:
         assert await page.locator(f"{chart} svg rect.bar").count() >= 1, chart
     threshold = await page.text_content("#stats-threshold")

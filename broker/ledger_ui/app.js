@@ -809,6 +809,39 @@
         .map((u) => ({ key: u, name: labelWords("urgency", u) })),
       cell: (c, k) => odCells.get(`${c}|${k}`), format: countFmt, threshold, unit: "count",
     });
+
+    const dec = s.decisions_per_month || [];
+    const decKey = (r) => `${r.stage} · ${r.outcome}`;
+    const decCells = byKey(dec, (r) => `${r.month}|${decKey(r)}`);
+    barChart($("chart-decisions"), {
+      categories: uniq(dec.map((r) => r.month)).sort(),
+      series: uniq(dec.map(decKey)).sort().map((k) => {
+        const [stage, outcome] = k.split(" · ");
+        return { key: k, name: `${labelWords("stage", stage)} · ${labelWords("outcome", outcome)}` };
+      }),
+      cell: (c, k) => decCells.get(`${c}|${k}`), format: countFmt, threshold, unit: "count",
+    });
+
+    const idm = s.identification_median_seconds || [];
+    const idmCells = byKey(idm, (r) => `${r.month}|${r.interval}`);
+    barChart($("median-identification"), {
+      categories: uniq(idm.map((r) => r.month)).sort(),
+      series: [
+        { key: "referral-to-first", name: "referral to first stage" },
+        { key: "first-to-second", name: "first to second stage" },
+      ].filter((x) => idm.some((r) => r.interval === x.key)),
+      cell: (c, k) => idmCells.get(`${c}|${k}`),
+      format: (v) => (v === 0 ? "0" : duration(v)), threshold, unit: "seconds",
+    });
+
+    const neg = s.negative_reasons || [];
+    const negKey = (r) => `${r.stage} · ${r.reason}`;
+    const negCells = byKey(neg, negKey);
+    barChart($("chart-negative-reasons"), {
+      categories: uniq(neg.map(negKey)).sort(),
+      series: [{ key: "n", name: "negative decisions" }],
+      cell: (c) => negCells.get(c), format: countFmt, threshold, unit: "count",
+    });
   }
 
   // ---- session ------------------------------------------------------------------------
