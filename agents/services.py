@@ -261,9 +261,14 @@ class Services:
             raise OutOfRangeError(
                 f"a catalogue listing more than {self.limits.max_catalogue_services} services"
             )
-        self.catalogues[agency] = catalogue
+        self._take_catalogue(key, data, catalogue)
+
+    def _take_catalogue(self, key: str, data: bytes, catalogue: Catalogue) -> None:
+        self.catalogues[catalogue.agency] = catalogue
         self._accepted[key] = data
-        for k in [k for k in self.capacity if k[0] == agency and not catalogue.service(k[1])]:
+        for k in [
+            k for k in self.capacity if k[0] == catalogue.agency and not catalogue.service(k[1])
+        ]:
             del self.capacity[k]  # a service that left the catalogue: its capacity too
 
     def _accept_capacity(self, key: str, data: bytes, directory: Directory, now: int) -> None:
@@ -448,8 +453,7 @@ class Services:
             await self.durable()
         self._claimed[key] = max(catalogue.version, self._claimed.get(key, 0))
         await self._put(js, key, data)
-        self._accepted[key] = data
-        self.catalogues[self.agency] = catalogue
+        self._take_catalogue(key, data, catalogue)  # its own left services: never renewed
 
     async def _put_capacity(self, js: Any, record: Capacity) -> None:
         """Sign, put and take as accepted (the caller holds the lock); a put that fails

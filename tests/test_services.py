@@ -248,6 +248,13 @@ async def test_publishes_and_renewals_at_once_never_sign_one_number_twice(
         lambda: police_sees(3, 1, own.seq), what="the shelter's newest capacity at the police"
     )
 
+    # A service that leaves the catalogue: its capacity is no longer this agency's to renew.
+    other = str(OTHER["service_id"])
+    await services.publish_capacity(other, 2, 4)
+    assert ("shelter", other) in services.capacity
+    assert (await services.publish_catalogue([SERVICE]))["version"] == 4
+    assert ("shelter", other) not in services.capacity
+
     async with bus_as(m, "police") as js:
         whole, end = await read_bucket(js, SERVICES_BUCKET, 1, newest_only=False)
         head, after = await read_bucket(js, SERVICES_BUCKET, 1, newest_only=False, most=1)
