@@ -214,6 +214,7 @@ class Agent:
             directory=lambda: self.trust.directory,
             limits=self.limits,
             on_published=lambda catalogue: self.audit.record_alone("catalogue.published"),
+            durable=self.store.durable,
         )
         self.transport.services = self.services
         self.retention = Retention(

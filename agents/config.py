@@ -70,7 +70,11 @@ from typing import Any
 
 from keys import DEFAULT_LIMITS, Limits, check_agency_id
 from keys.audit import CLIENT_NAME
-from keys.limits import MAX_ACCESS_COALESCE_SECONDS, MAX_CAPACITY_LIFETIME_SECONDS
+from keys.limits import (
+    MAX_ACCESS_COALESCE_SECONDS,
+    MAX_CAPACITY_LIFETIME_SECONDS,
+    MAX_CATALOGUE_SERVICES,
+)
 from runtime import http
 from runtime.config import ConfigError as ConfigError
 from runtime.config import Table, bind_address, load_toml, path_in
@@ -221,6 +225,11 @@ def _limits(doc: Any) -> Limits:
         raise ConfigError(
             f"limit capacity_lifetime_seconds is at most {MAX_CAPACITY_LIFETIME_SECONDS} (a "
             "capacity record lives at most an hour, docs/PROTOCOL.md §8.8)"
+        )
+    if doc.get("max_catalogue_services", 0) > MAX_CATALOGUE_SERVICES:
+        raise ConfigError(
+            f"limit max_catalogue_services is at most {MAX_CATALOGUE_SERVICES} (what a "
+            "catalogue may list, docs/PROTOCOL.md §8.8)"
         )
     return replace(DEFAULT_LIMITS, **doc)
 

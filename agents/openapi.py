@@ -993,8 +993,10 @@ OPENAPI: dict[str, Any] = {
             "put": {
                 "summary": "Sign and publish this agency's service catalogue at its next "
                 "version (act scope; a provider only, else 422); audited as "
-                "catalogue.published. 422 names the member that is wrong; 503 before the "
-                "agent has read the services bucket over the bus",
+                "catalogue.published before it is put (a failed audit write puts "
+                "nothing). 422 names the member that is wrong, or services beyond the "
+                "agent's limits.max_catalogue_services; 503 before the agent has read the "
+                "services bucket over the bus",
                 "requestBody": json_object_body(
                     ["services"],
                     {"services": {"type": "array", "maxItems": 64, "items": _closed(_SERVICE)}},

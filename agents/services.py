@@ -8,13 +8,18 @@ POLL_SECONDS; no consumer, PROTOCOL §5.1). Each catalogue is verified against t
 directory and the last one accepted from its provider, each capacity record against its
 provider's accepted catalogue and the last `seq` accepted for its service; what fails is
 logged with the provider, the service id and the reason, and the last accepted value stands.
-What arrives before the directory (or a capacity before its catalogue) waits, unjudged.
+What arrives before the directory (or a capacity before its catalogue) waits, unjudged; at
+most `limits.services_max_waiting` capacity records wait (the oldest is dropped, logged).
+Each newly trusted directory judges every accepted catalogue and capacity record again.
 
 Publishing: `publish_catalogue` and `publish_capacity` sign the next version (or `seq`) above
-the last this agency's key holds, put it in the bucket and take it as accepted. The loop
-signs again what is past half its life and not expired (`limits.catalogue_lifetime_seconds`,
-`capacity_lifetime_seconds`), so a provider whose agent runs never shows as unknown, and one
-whose agent stops does once its last record expires.
+the last this agency's key holds, record the audit event (a catalogue), put it in the bucket
+and take it as accepted, all under one lock, so that no number is signed twice. The loop
+signs again, under the same lock, what is past half its life and not expired
+(`limits.catalogue_lifetime_seconds`, `capacity_lifetime_seconds`), and at once what was
+signed by a key other than this agency's signing key now (its keys rotated): a provider whose
+agent runs never shows as unknown, and one whose agent stops does once its last record
+expires.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -30,6 +35,7 @@ import structlog
 
 from keys import AgencyKeys, Limits, UntrustedInputError
 from keys.catalogue import (
+    MAX_SIGNED_CAPACITY_BYTES,
     PROVIDER_ROLES,
     Capacity,
     Catalogue,
@@ -40,9 +46,10 @@ from keys.catalogue import (
     verify_capacity,
     verify_catalogue,
 )
-from keys.codec import exact_members
+from keys.codec import exact_members, load_canonical
 from keys.directory import Directory
-from keys.errors import ExpiredMetadataError
+from keys.errors import ExpiredError, OutOfRangeError
+from keys.signed import decode_frame
 from keys.subjects import (
     CAPACITY_KEY_PREFIX,
     CATALOGUE_KEY_PREFIX,
@@ -75,6 +82,7 @@ class Services:
         directory: Callable[[], Directory | None],
         limits: Limits,
         on_published: Callable[[Catalogue], object],
+        durable: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.agency = agency
         self.keys = keys
@@ -82,18 +90,26 @@ class Services:
         self.limits = limits
         #: Called once a catalogue this agency signed is in the bucket (its audit event).
         self.on_published = on_published
+        #: Awaited between that event and the put: nothing leaves that a power cut could
+        #: leave unaudited (the store's group commit; None: nothing to wait for).
+        self.durable = durable
         #: The last catalogue accepted from each provider, and the last capacity record of
         #: each (provider, service): kept after they expire, for the rollback checks.
         self.catalogues: dict[str, Catalogue] = {}
         self.capacity: dict[tuple[str, str], Capacity] = {}
-        #: Values read but not judged yet (no directory, or a capacity before its catalogue).
+        #: Values read but not judged yet (no directory, or a capacity before its catalogue):
+        #: catalogues (one key per agency the bus admits) and capacity records (at most
+        #: `limits.services_max_waiting`), each in the order read.
         self._waiting: dict[str, bytes] = {}
+        self._waiting_capacity: dict[str, bytes] = {}
         #: This agency's own keys: the version or seq each value read there names.
         self._claimed: dict[str, int] = {}
         #: The bytes last accepted (or put) under each key: the same read again is no news.
         self._accepted: dict[str, bytes] = {}
         self._js: Any = None
         self._wake = asyncio.Event()
+        #: Held from taking a number to recording what was put under it (publish, renewal).
+        self._lock = asyncio.Lock()
         self.log = log.bind(agency=agency)
 
     def wake(self) -> None:
@@ -103,11 +119,15 @@ class Services:
 
     async def run(self, js: Any, running: Callable[[], bool]) -> None:
         """Follow the bucket over `js` (one connection), and sign again what is due."""
-        seq, first = 1, True
+        seq, first, most = 1, True, self.limits.services_read_batch
         while running():
+            more = False
             try:
-                found, seq = await read_bucket(js, SERVICES_BUCKET, seq, newest_only=first)
-                first = False
+                found, after = await read_bucket(
+                    js, SERVICES_BUCKET, seq, newest_only=first, most=most
+                )
+                more, seq = after - seq >= most, after
+                first = first and more  # the newest of each key until the first read is done
                 self.offer(found)
                 self._js = js
                 await self._renew(js)
@@ -115,6 +135,8 @@ class Services:
                 # The bus (a read, a renewal's put) or the audit trail's disk: next time.
                 self._js = None
                 self.log.warning("services_follow_interrupted", error=type(e).__name__)
+            if more:
+                continue  # read on at once
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=POLL_SECONDS)
@@ -128,13 +150,21 @@ class Services:
 
     def directory_changed(self) -> None:
         """Judge again, under the directory now trusted, everything accepted under the one
-        before: a provider removed, or its role or key taken away, is listed no more. What
-        merely expired stays (for the rollback checks; the listing leaves it out)."""
+        before: a provider removed, or its role or key taken away, is listed no more, nor is
+        a capacity record whose key was taken away. What merely expired stays (for the
+        rollback checks; the listing leaves it out). This agency's own records stay while the
+        directory lists it with a provider role: the loop signs them again under its signing
+        key now (woken here), never leaving them to lapse under a key taken away."""
         directory = self.directory()
         if directory is None:
             return
         now = clock.now()
+        own = self.agency in directory and bool(
+            PROVIDER_ROLES & set(directory.agency(self.agency).roles)
+        )
         for agency in list(self.catalogues):
+            if agency == self.agency and own:
+                continue
             try:
                 verify_catalogue(
                     self._accepted[catalogue_key(agency)],
@@ -142,32 +172,69 @@ class Services:
                     now=now,
                     current=None,
                 )
-            except ExpiredMetadataError:
-                continue  # checked last: the provider, its role, key and signature stand
+            except ExpiredError:
+                pass  # checked last: the provider, its role, key and signature stand
             except UntrustedInputError as e:
                 self.log.warning("service_entry_withdrawn", provider=agency, reason=e.reason)
                 del self.catalogues[agency]
                 for k in [k for k in self.capacity if k[0] == agency]:
                     del self.capacity[k]
+        for (agency, service_id), _ in list(self.capacity.items()):
+            if agency == self.agency and own:
+                continue
+            try:
+                verify_capacity(
+                    self._accepted[capacity_key(agency, service_id)],
+                    directory=directory,
+                    catalogue=self.catalogues[agency],
+                    now=now,
+                    last_seq=None,
+                )
+            except ExpiredError:
+                pass
+            except UntrustedInputError as e:
+                self.log.warning(
+                    "service_entry_withdrawn",
+                    provider=agency,
+                    service_id=service_id,
+                    reason=e.reason,
+                )
+                del self.capacity[(agency, service_id)]
+        self._judge()  # what waited for a directory
+        self.wake()
 
     def _read(self, key: str, value: bytes) -> None:
         if _agency_of(key) == self.agency:
             number = claimed_number(value, capacity=key.startswith(CAPACITY_KEY_PREFIX))
             if number is not None:
                 self._claimed[key] = max(number, self._claimed.get(key, 0))
-        self._waiting.pop(key, None)
-        self._waiting[key] = value  # in the order read
+        waiting = self._waiting_capacity if key.startswith(CAPACITY_KEY_PREFIX) else self._waiting
+        waiting.pop(key, None)
+        waiting[key] = value  # in the order read
+        if len(self._waiting_capacity) > self.limits.services_max_waiting:
+            dropped = next(iter(self._waiting_capacity))
+            del self._waiting_capacity[dropped]
+            self.log.warning(
+                "service_entry_dropped",
+                provider=_agency_of(dropped),
+                service_id=_service_of(dropped),
+                reason="too-many-waiting",
+            )
 
     def _judge(self) -> None:
         directory = self.directory()
         if directory is None:
             return
         now = clock.now()
-        for key in sorted(self._waiting, key=lambda k: not k.startswith(CATALOGUE_KEY_PREFIX)):
+        for waiting in (self._waiting, self._waiting_capacity):
+            self._judge_waiting(waiting, directory, now)
+
+    def _judge_waiting(self, waiting: dict[str, bytes], directory: Directory, now: int) -> None:
+        for key in list(waiting):
             agency = _agency_of(key)
             if key.startswith(CAPACITY_KEY_PREFIX) and agency not in self.catalogues:
                 continue  # until its catalogue is accepted
-            data = self._waiting.pop(key)
+            data = waiting.pop(key)
             if self._accepted.get(key) == data:
                 continue  # this agent's own put read back, say
             try:
@@ -179,7 +246,7 @@ class Services:
                 self.log.warning(
                     "service_entry_refused",
                     provider=agency,
-                    service_id=key.rsplit(".", 1)[-1] if key.count(".") == 2 else None,
+                    service_id=_service_of(key),
                     reason=e.reason,
                 )
 
@@ -190,9 +257,18 @@ class Services:
         )
         if key != catalogue_key(catalogue.agency):
             raise _Misplaced("a catalogue under another agency's key")
-        self.catalogues[agency] = catalogue
+        if len(catalogue.services) > self.limits.max_catalogue_services:
+            raise OutOfRangeError(
+                f"a catalogue listing more than {self.limits.max_catalogue_services} services"
+            )
+        self._take_catalogue(key, data, catalogue)
+
+    def _take_catalogue(self, key: str, data: bytes, catalogue: Catalogue) -> None:
+        self.catalogues[catalogue.agency] = catalogue
         self._accepted[key] = data
-        for k in [k for k in self.capacity if k[0] == agency and not catalogue.service(k[1])]:
+        for k in [
+            k for k in self.capacity if k[0] == catalogue.agency and not catalogue.service(k[1])
+        ]:
             del self.capacity[k]  # a service that left the catalogue: its capacity too
 
     def _accept_capacity(self, key: str, data: bytes, directory: Directory, now: int) -> None:
@@ -256,16 +332,25 @@ class Services:
                 "this agency holds no role that provides services: "
                 + ", ".join(sorted(PROVIDER_ROLES))
             )
-        try:
-            catalogue = Catalogue(
-                agency=self.agency,
-                version=self._next(catalogue_key(self.agency), self.catalogues.get(self.agency)),
-                expires=clock.now() + self.limits.catalogue_lifetime_seconds,
-                services=_services(services),
+        listed = _services(services)
+        if len(listed) > self.limits.max_catalogue_services:
+            raise Unprocessable(
+                f"a catalogue lists at most {self.limits.max_catalogue_services} services",
+                member="services",
             )
-        except ValueError as e:  # the services together (their ids, how many)
-            raise Unprocessable(str(e), member="services") from e
-        await self._put_catalogue(js, catalogue)
+        async with self._lock:
+            try:
+                catalogue = Catalogue(
+                    agency=self.agency,
+                    version=self._next(
+                        catalogue_key(self.agency), self.catalogues.get(self.agency)
+                    ),
+                    expires=clock.now() + self.limits.catalogue_lifetime_seconds,
+                    services=listed,
+                )
+            except ValueError as e:  # the services together (their ids, how many)
+                raise Unprocessable(str(e), member="services") from e
+            await self._put_catalogue(js, catalogue)
         return _catalogue_json(catalogue)
 
     async def publish_capacity(
@@ -274,70 +359,110 @@ class Services:
         """Sign the next capacity record of one of this agency's services, put it in the
         bucket and take it as accepted."""
         js, _ = self._ready()
-        catalogue = self.catalogues.get(self.agency)
-        if catalogue is None or catalogue.expires <= clock.now():
-            raise NotFound("this agency has published no catalogue (PUT /v1/catalogue)")
-        if catalogue.service(service_id) is None:
-            raise NotFound("no service with this id in this agency's catalogue")
         for name, value in (("free", free), ("total", total)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise Unprocessable(f"{name} must be an integer", member=name)
-        now = clock.now()
-        try:
-            record = Capacity(
-                agency=self.agency,
-                service_id=service_id,
-                seq=self._next(
-                    capacity_key(self.agency, service_id),
-                    self.capacity.get((self.agency, service_id)),
-                ),
-                free=free,  # type: ignore[arg-type]  # checked above
-                total=total,  # type: ignore[arg-type]
-                as_of=now,
-                expires=now + self.limits.capacity_lifetime_seconds,
-            )
-        except ValueError as e:
-            raise Unprocessable(str(e), member="free" if "free" in str(e) else "total") from e
-        await self._put_capacity(js, record)
-        return _capacity_json(record)
-
-    async def _renew(self, js: Any) -> None:
-        """Sign again, one number up, this agency's catalogue and capacity records past half
-        their life and not expired."""
-        now = clock.now()
-        own = self.catalogues.get(self.agency)
-        half = self.limits.catalogue_lifetime_seconds // 2
-        if own is not None and now < own.expires <= now + half:
-            renewed = replace(
-                own,
-                version=self._next(catalogue_key(self.agency), own),
-                expires=now + self.limits.catalogue_lifetime_seconds,
-            )
-            await self._put_catalogue(js, renewed)
-        half = self.limits.capacity_lifetime_seconds // 2
-        for (agency, _), record in list(self.capacity.items()):
-            if agency == self.agency and now < record.expires <= now + half:
-                renewed_record = replace(
-                    record,
-                    seq=record.seq + 1,
+        async with self._lock:
+            catalogue = self.catalogues.get(self.agency)
+            if catalogue is None or catalogue.expires <= clock.now():
+                raise NotFound("this agency has published no catalogue (PUT /v1/catalogue)")
+            if catalogue.service(service_id) is None:
+                raise NotFound("no service with this id in this agency's catalogue")
+            now = clock.now()
+            try:
+                record = Capacity(
+                    agency=self.agency,
+                    service_id=service_id,
+                    seq=self._next(
+                        capacity_key(self.agency, service_id),
+                        self.capacity.get((self.agency, service_id)),
+                    ),
+                    free=free,  # type: ignore[arg-type]  # checked above
+                    total=total,  # type: ignore[arg-type]
                     as_of=now,
                     expires=now + self.limits.capacity_lifetime_seconds,
                 )
-                await self._put_capacity(js, renewed_record)
+            except ValueError as e:
+                raise Unprocessable(str(e), member="free" if "free" in str(e) else "total") from e
+            await self._put_capacity(js, record)
+        return _capacity_json(record)
+
+    async def _renew(self, js: Any) -> None:
+        """Sign again, at the next number, this agency's catalogue and capacity records past
+        half their life and not expired, and those signed by a key other than its signing
+        key now (rotated). Under the lock a publish holds: each number is taken once."""
+        async with self._lock:
+            now, kid = clock.now(), self.keys().public.signing_kid
+            own = self.catalogues.get(self.agency)
+            half = self.limits.catalogue_lifetime_seconds // 2
+            key = catalogue_key(self.agency)
+            if (
+                own is not None
+                and now < own.expires
+                and (own.expires <= now + half or self._signer(key) != kid)
+            ):
+                renewed = replace(
+                    own,
+                    version=self._next(key, own),
+                    expires=now + self.limits.catalogue_lifetime_seconds,
+                )
+                await self._put_catalogue(js, renewed)
+            half = self.limits.capacity_lifetime_seconds // 2
+            for (agency, service_id), record in list(self.capacity.items()):
+                key = capacity_key(agency, service_id)
+                if (
+                    agency == self.agency
+                    and now < record.expires
+                    and (record.expires <= now + half or self._signer(key) != kid)
+                ):
+                    renewed_record = replace(
+                        record,
+                        seq=self._next(key, record),
+                        as_of=now,
+                        expires=now + self.limits.capacity_lifetime_seconds,
+                    )
+                    await self._put_capacity(js, renewed_record)
+
+    def _signer(self, key: str) -> str | None:
+        """The key id that signed what this agency last accepted (or put) under `key`."""
+        data = self._accepted.get(key)
+        if data is None:
+            return None
+        try:
+            if key.startswith(CAPACITY_KEY_PREFIX):
+                return decode_frame(
+                    data,
+                    max_bytes=MAX_SIGNED_CAPACITY_BYTES,
+                    max_items=8,
+                    what="capacity",
+                    body_name="capacity",
+                )[1]
+            kid = load_canonical(data, "catalogue")["signatures"][0]["keyid"]
+        except (UntrustedInputError, ValueError, TypeError, KeyError, IndexError):
+            return None
+        return kid if isinstance(kid, str) else None
 
     async def _put_catalogue(self, js: Any, catalogue: Catalogue) -> None:
+        """Sign, audit, put and take as accepted (the caller holds the lock). The event is
+        recorded before the value leaves, as a referral's before it is sent: a failed audit
+        write puts nothing; a put that fails after it leaves the version used."""
         key = catalogue_key(self.agency)
         data = sign_catalogue(catalogue, self.keys().signing_key)
-        await self._put(js, key, data)
-        self._claimed[key], self._accepted[key] = catalogue.version, data
-        self.catalogues[self.agency] = catalogue
         self.on_published(catalogue)
+        if self.durable is not None:
+            await self.durable()
+        self._claimed[key] = max(catalogue.version, self._claimed.get(key, 0))
+        await self._put(js, key, data)
+        self._take_catalogue(key, data, catalogue)  # its own left services: never renewed
 
     async def _put_capacity(self, js: Any, record: Capacity) -> None:
+        """Sign, put and take as accepted (the caller holds the lock); a put that fails
+        leaves the `seq` used (the bus may have taken it before its answer was lost)."""
         key = capacity_key(self.agency, record.service_id)
         data = sign_capacity(record, self.keys().signing_key)
+        self._claimed[key] = max(record.seq, self._claimed.get(key, 0))
         await self._put(js, key, data)
-        self._claimed[key], self._accepted[key] = record.seq, data
+        self._accepted[key] = data
         self.capacity[(self.agency, record.service_id)] = record
 
     async def _put(self, js: Any, key: str, data: bytes) -> None:
@@ -367,6 +492,10 @@ class _Misplaced(UntrustedInputError):
 def _agency_of(key: str) -> str:
     parts = key.split(".")
     return parts[1] if len(parts) > 1 else ""
+
+
+def _service_of(key: str) -> str | None:
+    return key.rsplit(".", 1)[-1] if key.count(".") == 2 else None
 
 
 def _in_region(wanted: str, regions: Sequence[str]) -> bool:

@@ -112,6 +112,16 @@ class Limits:
     #: agent signs the same counts again once half of it has passed, so that a provider
     #: whose agent runs never shows as unknown and one that stops does within this long.
     capacity_lifetime_seconds: int = 900
+    #: The most services a catalogue may list (PROTOCOL.md §8.8, at most the format's 64):
+    #: PUT /v1/catalogue refuses more (422), and the agent refuses a provider's catalogue
+    #: listing more (`out-of-range`), so no provider's keys it holds grow past this.
+    max_catalogue_services: int = 64
+    #: The most capacity records the agent holds unjudged, read from the services bucket
+    #: before their provider's catalogue was accepted; beyond, the oldest is dropped (logged).
+    services_max_waiting: int = 4096
+    #: The most messages one read of a bucket's stream takes (the services follower reads
+    #: on at once while a read comes back full).
+    services_read_batch: int = 1024
 
 
 #: The longest `access_coalesce_seconds` a configuration may set.
@@ -119,6 +129,9 @@ MAX_ACCESS_COALESCE_SECONDS = 3600
 #: The longest `capacity_lifetime_seconds` a configuration may set (keys/catalogue.py's
 #: MAX_CAPACITY_LIFETIME, which a test holds equal).
 MAX_CAPACITY_LIFETIME_SECONDS = 3600
+#: The most `max_catalogue_services` a configuration may set (keys/catalogue.py's
+#: MAX_SERVICES, which a test holds equal).
+MAX_CATALOGUE_SERVICES = 64
 
 
 DEFAULT_LIMITS = Limits()

@@ -64,17 +64,18 @@ async def read_directory_bucket(
 
 
 async def read_bucket(
-    js: Any, bucket: str, seq: int, *, newest_only: bool
+    js: Any, bucket: str, seq: int, *, newest_only: bool, most: int | None = None
 ) -> tuple[list[tuple[str, bytes]], int]:
     """Every (key, value) the stream of key-value `bucket` holds from sequence `seq` on, in
     order (with `newest_only`, only the newest value of each key, as a key-value watch
     starts), deletion markers left out; and the sequence to read from next. Message by
     message (`STREAM.MSG.GET`, next by subject), as every agency, the ledger and the bus
     authorities may read the directory and agencies the services bucket: no consumer
-    (PROTOCOL §5.1)."""
+    (PROTOCOL §5.1). With `most`, at most that many messages (the rest is read from the
+    sequence returned: a read that comes back with `most` messages may have more behind)."""
     prefix = f"$KV.{bucket}."
     cursor, found = seq, dict[int, tuple[str, bytes | None]]()
-    while True:
+    while most is None or len(found) < most:
         try:
             msg = await js.get_msg(f"KV_{bucket}", seq=cursor, subject=f"{prefix}>", next=True)
         except NotFoundError:  # nothing newer (or no bucket yet)

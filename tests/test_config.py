@@ -10,8 +10,8 @@ import pytest
 
 from agents.config import AgentConfig
 from broker.ledger import LedgerConfig, LedgerConfigError
-from keys.catalogue import MAX_CAPACITY_LIFETIME
-from keys.limits import MAX_CAPACITY_LIFETIME_SECONDS
+from keys.catalogue import MAX_CAPACITY_LIFETIME, MAX_SERVICES
+from keys.limits import MAX_CAPACITY_LIFETIME_SECONDS, MAX_CATALOGUE_SERVICES
 from runtime.config import ConfigError, Table, bind_address, days
 
 from .support import Pki
@@ -96,6 +96,16 @@ def test_capacity_records_live_at_most_an_hour(tmp_path: Path) -> None:
     assert AgentConfig.from_dict(doc, base=tmp_path).limits.capacity_lifetime_seconds == 3600
     with pytest.raises(ConfigError, match="capacity_lifetime_seconds is at most 3600"):
         AgentConfig.from_dict(agent_doc(limits={"capacity_lifetime_seconds": 3601}), base=tmp_path)
+
+
+def test_a_catalogue_lists_no_more_services_than_the_format_allows(tmp_path: Path) -> None:
+    """The agent's bound on a catalogue's services may be lower than the format's 64, never
+    higher (PROTOCOL §8.8)."""
+    assert MAX_CATALOGUE_SERVICES == MAX_SERVICES
+    doc = agent_doc(limits={"max_catalogue_services": 8})
+    assert AgentConfig.from_dict(doc, base=tmp_path).limits.max_catalogue_services == 8
+    with pytest.raises(ConfigError, match="max_catalogue_services is at most 64"):
+        AgentConfig.from_dict(agent_doc(limits={"max_catalogue_services": 65}), base=tmp_path)
 
 
 def test_the_ledger_configuration_is_strict_too(tmp_path: Path) -> None:

@@ -5,23 +5,34 @@ put under another agency's key. Real nats-server, real agents, real HTTP."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+import sqlite3
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
+from structlog.testing import capture_logs
 
 from agents.services import Services
-from keys import DEFAULT_LIMITS
+from keys import DEFAULT_LIMITS, Limits
 from keys.audit import decode_signed_event
 from keys.catalogue import Capacity, Catalogue, claimed_number, sign_capacity, sign_catalogue
+from keys.directory import Directory
 from keys.identity import AgencyKeys
 from keys.subjects import SERVICES_BUCKET, capacity_key, catalogue_key, reply_prefix
+from nrm import admin
 from runtime import clock
+from runtime.jetstream import read_bucket
 
-from .support import Mechanism, eventually, query
-from .test_catalogue import directory_of, service
+from .support import TEST_LIMITS, Mechanism, eventually, query, running_mechanism
+from .test_catalogue import T0, directory_of, service
+from .test_signed_history import publish, rotate
 
 SERVICE = {
     "service_id": "5e1f0a2b3c4d5e6f",
@@ -33,6 +44,19 @@ SERVICE = {
     "capacity_unit": "places",
 }
 CAPACITY = f"/v1/services/{SERVICE['service_id']}/capacity"
+
+
+def police_following(
+    keys: AgencyKeys, directory: Callable[[], Directory], limits: Limits = DEFAULT_LIMITS
+) -> Services:
+    """The police's follower, with nothing to publish, trusting `directory()`."""
+    return Services(
+        agency="police",
+        keys=lambda: keys,
+        directory=directory,
+        limits=limits,
+        on_published=lambda catalogue: None,
+    )
 
 
 async def listed(m: Mechanism, agency: str, query: str) -> list[dict[str, Any]]:
@@ -137,13 +161,7 @@ def test_the_follower_judges_in_order_and_again_when_the_directory_changes() -> 
     are listed no more."""
     shelter = AgencyKeys.generate(agency="shelter", name="Shelter")
     trusted = [directory_of(shelter)]
-    follower = Services(
-        agency="police",
-        keys=lambda: shelter,
-        directory=lambda: trusted[0],
-        limits=DEFAULT_LIMITS,
-        on_published=lambda catalogue: None,
-    )
+    follower = police_following(shelter, lambda: trusted[0], DEFAULT_LIMITS)
     now, offered = clock.now(), service()
     v1, v2 = (Catalogue("shelter", v, now + 3600, (offered,)) for v in (1, 2))
     record = Capacity("shelter", offered.service_id, 1, 2, 5, now, now + 600)
@@ -159,3 +177,244 @@ def test_the_follower_judges_in_order_and_again_when_the_directory_changes() -> 
     trusted[0] = directory_of(shelter, roles=("police",))
     follower.directory_changed()
     assert follower.listing() == []
+
+
+OTHER = {**SERVICE, "service_id": "0a1b2c3d4e5f6071", "type": "legal"}
+
+
+@contextlib.asynccontextmanager
+async def bus_as(m: Mechanism, agency: str) -> AsyncIterator[Any]:
+    """A JetStream context on a bus connection of `agency`'s own (its NATS key)."""
+    nc = await nats.connect(
+        m.bus.url,
+        nkeys_seed_str=m.agents[agency].keys.nats_seed.decode(),  # type: ignore[union-attr]
+        inbox_prefix=reply_prefix(agency),
+        allow_reconnect=False,
+    )
+    try:
+        yield nc.jetstream(timeout=2)
+    finally:
+        await nc.close()
+
+
+def shelter_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [i for i in items if i["agency"] == "shelter"]
+
+
+async def test_publishes_and_renewals_at_once_never_sign_one_number_twice(
+    mechanism: Mechanism, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two catalogues published at once get two versions, and every agent takes the later;
+    a capacity published while the renewal is due is not signed again at its `seq` with the
+    old counts: the shelter and the police agree on the newest record. A bounded read of
+    the bucket's stream reads on where it stopped."""
+    m = mechanism
+    services, shelter = m.agents["shelter"].services, m.api("shelter")
+    status, body, _ = await shelter.call("PUT", "/v1/catalogue", json={"services": [SERVICE]})
+    assert status == 200 and body["version"] == 1, body
+    first, second = await asyncio.gather(
+        services.publish_catalogue([SERVICE]), services.publish_catalogue([SERVICE, OTHER])
+    )
+    assert (first["version"], second["version"]) == (2, 3)
+    status, body, _ = await shelter.call("PUT", CAPACITY, json={"free": 3, "total": 10})
+    assert status == 200, body
+
+    async def police_sees(version: int, free: int, seq: int | None = None) -> bool:
+        items = shelter_items(await listed(m, "police", ""))
+        capacity = [i["capacity"] for i in items if i["service_id"] == SERVICE["service_id"]]
+        return (
+            len(items) == 2
+            and {i["catalogue_version"] for i in items} == {version}
+            and bool(capacity and capacity[0])
+            and capacity[0]["free"] == free
+            and seq in (None, capacity[0]["seq"])
+        )
+
+    await eventually(lambda: police_sees(3, 3), what="catalogue version 3 at the police")
+
+    # Past half the record's life: a publish and the renewal at once (the agent's own loop
+    # may renew too). Each takes its number under the one lock.
+    offset = tmp_path / "clock-offset"
+    clock.set_offset(offset, DEFAULT_LIMITS.capacity_lifetime_seconds // 2 + 60)
+    monkeypatch.setenv(clock.ENV, str(offset))
+    assert services._js is not None
+    published, _ = await asyncio.gather(
+        services.publish_capacity(str(SERVICE["service_id"]), 1, 10),
+        services._renew(services._js),
+    )
+    own = services.capacity[("shelter", str(SERVICE["service_id"]))]
+    assert (own.seq, own.free) == (published["seq"], 1)
+    await eventually(
+        lambda: police_sees(3, 1, own.seq), what="the shelter's newest capacity at the police"
+    )
+
+    # A service that leaves the catalogue: its capacity is no longer this agency's to renew.
+    other = str(OTHER["service_id"])
+    await services.publish_capacity(other, 2, 4)
+    assert ("shelter", other) in services.capacity
+    assert (await services.publish_catalogue([SERVICE]))["version"] == 4
+    assert ("shelter", other) not in services.capacity
+
+    async with bus_as(m, "police") as js:
+        whole, end = await read_bucket(js, SERVICES_BUCKET, 1, newest_only=False)
+        head, after = await read_bucket(js, SERVICES_BUCKET, 1, newest_only=False, most=1)
+        rest, end_too = await read_bucket(js, SERVICES_BUCKET, after, newest_only=False)
+    assert len(head) == 1 and head + rest == whole and end_too == end
+
+
+async def test_a_provider_s_services_outlive_the_key_that_first_signed_them(
+    mechanism: Mechanism,
+) -> None:
+    """The shelter rotates its keys and its old key is revoked: its agent signs its
+    catalogue and capacity again under the new key, so the police still lists them (and the
+    shelter itself keeps its own), at a new version and the same counts."""
+    m = mechanism
+    shelter = m.api("shelter")
+    status, body, _ = await shelter.call("PUT", "/v1/catalogue", json={"services": [SERVICE]})
+    assert status == 200, body
+    status, body, _ = await shelter.call("PUT", CAPACITY, json={"free": 3, "total": 10})
+    assert status == 200, body
+    old = m.agents["shelter"].keys.public.signing_kid
+    await rotate(m, "shelter")
+    admin.revoke_key(m.sandbox.admin, "shelter", old, reason="key compromised")
+    version = await publish(m)
+
+    async def listed_after_revocation(agency: str) -> bool:
+        directory = m.agents[agency].trust.directory
+        if directory is None or directory.version < version:
+            return False
+        items = shelter_items(await listed(m, agency, ""))
+        seen = [
+            (i["catalogue_version"] >= 2, i["capacity"] and i["capacity"]["free"]) for i in items
+        ]
+        return seen == [(True, 3)]
+
+    await eventually(
+        lambda: listed_after_revocation("police"), what="the shelter re-signed at the police"
+    )
+    await eventually(lambda: listed_after_revocation("shelter"), what="the shelter's own")
+
+
+def test_a_capacity_record_whose_key_is_taken_away_is_listed_no_more() -> None:
+    """The catalogue (signed by the key that stays) stands; the capacity record signed by
+    the key the new directory no longer lists is dropped: the capacity shows unknown."""
+    first = AgencyKeys.generate(agency="shelter", name="Shelter")
+    second = AgencyKeys.generate(agency="shelter", name="Shelter")
+    entry = directory_of(first).agency("shelter")
+    [kept] = directory_of(second).agency("shelter").signing_keys
+    both = dataclasses.replace(entry, signing_keys=(*entry.signing_keys, kept))
+    trusted = [Directory(version=1, expires=T0 + 10**7, agencies=(both,))]
+    follower = police_following(first, lambda: trusted[0], DEFAULT_LIMITS)
+    now, offered = clock.now(), service()
+    catalogue = Catalogue("shelter", 1, now + 3600, (offered,))
+    record = Capacity("shelter", offered.service_id, 1, 2, 5, now, now + 600)
+    follower.offer(
+        [
+            (catalogue_key("shelter"), sign_catalogue(catalogue, second.signing_key)),
+            (
+                capacity_key("shelter", offered.service_id),
+                sign_capacity(record, first.signing_key),
+            ),
+        ]
+    )
+    [item] = follower.listing()
+    assert item["capacity"]["free"] == 2
+    trusted[0] = Directory(version=2, expires=T0 + 10**7, agencies=(entry_of(second),))
+    with capture_logs() as logs:
+        follower.directory_changed()
+    [item] = follower.listing()
+    assert item["capacity"] is None
+    assert [(e["event"], e["service_id"], e["reason"]) for e in logs] == [
+        ("service_entry_withdrawn", offered.service_id, "unknown-key")
+    ]
+
+
+def entry_of(keys: AgencyKeys) -> Any:
+    return directory_of(keys).agency(keys.agency)
+
+
+def test_the_follower_holds_a_bounded_number_of_values_unjudged() -> None:
+    """Capacity records read before their catalogue wait, the newest
+    `services_max_waiting` of them: the oldest are dropped, logged by ids only. A catalogue
+    listing more services than `max_catalogue_services` is refused (`out-of-range`)."""
+    shelter = AgencyKeys.generate(agency="shelter", name="Shelter")
+    limits = dataclasses.replace(DEFAULT_LIMITS, services_max_waiting=3, max_catalogue_services=5)
+    follower = police_following(shelter, lambda: directory_of(shelter), limits)
+    now, offered = clock.now(), [service() for _ in range(6)]
+    with capture_logs() as logs:
+        follower.offer(
+            [
+                (
+                    capacity_key("shelter", s.service_id),
+                    sign_capacity(
+                        Capacity("shelter", s.service_id, 1, 1, 5, now, now + 600),
+                        shelter.signing_key,
+                    ),
+                )
+                for s in offered[:5]
+            ]
+        )
+    assert logs == [
+        {
+            "event": "service_entry_dropped",
+            "log_level": "warning",
+            "agency": "police",
+            "provider": "shelter",
+            "service_id": s.service_id,
+            "reason": "too-many-waiting",
+        }
+        for s in offered[:2]
+    ]
+    too_many = Catalogue("shelter", 2, now + 3600, tuple(offered))
+    with capture_logs() as logs:
+        follower.offer([(catalogue_key("shelter"), sign_catalogue(too_many, shelter.signing_key))])
+    assert [(e["event"], e["reason"]) for e in logs] == [("service_entry_refused", "out-of-range")]
+    assert follower.listing() == []
+    five = Catalogue("shelter", 1, now + 3600, tuple(offered[:5]))
+    follower.offer([(catalogue_key("shelter"), sign_catalogue(five, shelter.signing_key))])
+    known = {i["service_id"]: i["capacity"] is not None for i in follower.listing()}
+    assert known == {s.service_id: i >= 2 for i, s in enumerate(offered[:5])}
+
+
+@pytest.fixture
+async def bounded(tmp_path: Path) -> AsyncIterator[Mechanism]:
+    """The mechanism with agents that take catalogues of one service at most."""
+    async with running_mechanism(
+        tmp_path, limits={**TEST_LIMITS, "max_catalogue_services": 1}
+    ) as m:
+        yield m
+
+
+async def test_a_catalogue_is_put_only_once_its_audit_event_is_written(
+    bounded: Mechanism,
+) -> None:
+    """More services than the agent's bound: 422 naming `services`. While another
+    connection holds the shelter's database, its audit event cannot be written: the answer
+    is the 500 of any route whose write fails, and nothing is in the bucket; then the same
+    request publishes version 1."""
+    m = bounded
+    shelter = m.api("shelter")
+    status, body, ctype = await shelter.call(
+        "PUT", "/v1/catalogue", json={"services": [OTHER, SERVICE]}
+    )
+    assert (status, ctype, body["member"]) == (422, "application/problem+json", "services")
+
+    holder = sqlite3.connect(m.database("shelter"), isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        status, body, ctype = await shelter.call(
+            "PUT", "/v1/catalogue", json={"services": [SERVICE]}
+        )
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert (status, ctype) == (500, "application/problem+json"), body
+    async with bus_as(m, "police") as js:
+        kv = await js.key_value(SERVICES_BUCKET)
+        with pytest.raises(nats.js.errors.KeyNotFoundError):
+            await kv.get(catalogue_key("shelter"))
+    status, body, _ = await shelter.call("PUT", "/v1/catalogue", json={"services": [SERVICE]})
+    assert (status, body["version"]) == (200, 1), body
+    rows = query(m.database("shelter"), "SELECT event FROM audit_outbox ORDER BY seq")
+    kinds = [decode_signed_event(bytes(r[0]))[0].kind for r in rows]
+    assert kinds.count("catalogue.published") == 1
