@@ -50,6 +50,9 @@ class Identification:
     keys: Callable[[], AgencyKeys]
     directory: Callable[[], Directory]
     coordinators: Callable[[int], list[str]]
+    #: How far a decision's `decided_at` may be from its envelope's `created`
+    #: (Limits.clock_skew_seconds, PROTOCOL §8.7 `misdated`).
+    skew: int
 
     def __post_init__(self) -> None:
         self.log = log.bind(agency=self.agency)
@@ -201,18 +204,26 @@ class Identification:
         shared = ESCALATION_ROLE in own_roles or (
             self.store.pair(db, message.owner, message.referral_id, sender) is not None
         )
-        first = None
-        for held in self.store.decisions_of_case(db, claimed.authority, claimed.case_id):
-            if held.stage == D.FIRST and held.outcome == D.POSITIVE:
-                first = D.verify_decision(
-                    held.signed, history=self.store.key_history(held.authority)
-                )
+        of_case = self.store.decisions_of_case(db, claimed.authority, claimed.case_id)
+
+        def first() -> D.Decision | None:  # verified only once the sender checks passed
+            for held in of_case:
+                if held.stage == D.FIRST and held.outcome == D.POSITIVE:
+                    return D.verify_decision(
+                        held.signed, history=self.store.key_history(held.authority)
+                    )
+            return None
+
         decision = check_received(
             message,
             sender=sender,
+            created=opened.header.created,
+            skew=self.skew,
             authority=entry,
             history=self.store.key_history(claimed.authority),
             shared=shared,
+            bound=self.store.case_of_pair(db, message.owner, message.referral_id),
+            held_stages={held.stage for held in of_case},
             first=first,
             min_days=self._min_days(),
         )

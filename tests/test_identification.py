@@ -33,7 +33,7 @@ from .support import (
     sealed,
     webhook_receiver,
 )
-from .test_sender_scope import publish, rejected
+from .test_sender_scope import publish, rejected, rejections
 
 #: Police may refer an adult without consent under public_task (the sample's basis).
 POLICY = Policy(country="LT", without_consent={"police": ("public_task",)})
@@ -235,21 +235,158 @@ async def test_a_decision_by_an_agency_that_is_not_an_authority_is_refused(
     the co-ordinator refuses it `not-for-this-role` and holds nothing."""
     m = with_authority
     rid = await m.api("police").refer([AUTHORITY], samples.referral())
-    keys = agency_keys(m, "police")
+    signed = signed_by(m, "police", secrets.token_hex(16))
+    await sent_past_the_agent(m, "police", "coordinator", signed, rid, reason="not-for-this-role")
+    status, _ = await call(m, "coordinator", "GET", f"/v1/referrals/{rid}/decisions?sender=police")
+    assert status == 404
+
+
+def signed_by(
+    m: Mechanism,
+    authority: str,
+    case_id: str,
+    *,
+    stage: str = "first",
+    decided_at: int | None = None,
+) -> bytes:
+    """A positive decision of `stage` in `case_id` that `authority`'s own keys sign, past
+    its agent (a hostile or broken authority's), decided now unless given."""
     decision = Decision(
         decision_id=secrets.token_hex(16),
-        authority="police",
-        case_id=secrets.token_hex(16),
-        stage="first",
+        authority=authority,
+        case_id=case_id,
+        stage=stage,
         outcome="positive",
         reason_digest=None,
         supersedes=None,
-        decided_at=clock.now(),
+        decided_at=clock.now() if decided_at is None else decided_at,
         age_route="adult",
     )
-    body = codec.pack([1, sign_decision(decision, keys.signing_key), "police", rid, None, None])
-    data = sealed(m, keys, "coordinator", "identification-decision", body)
-    await publish(m, "police", "coordinator", data)
-    await rejected(m, "coordinator", data, "not-for-this-role")
-    status, _ = await call(m, "coordinator", "GET", f"/v1/referrals/{rid}/decisions?sender=police")
-    assert status == 404
+    return sign_decision(decision, agency_keys(m, authority).signing_key)
+
+
+async def sent_past_the_agent(
+    m: Mechanism, sender: str, to: str, signed: bytes, rid: str, *, reason: str
+) -> None:
+    """`sender` seals `signed` under police's pair `rid` to `to`, which refuses it as
+    `reason`."""
+    body = codec.pack([1, signed, "police", rid, None, None])
+    data = sealed(m, agency_keys(m, sender), to, "identification-decision", body)
+    await publish(m, sender, to, data)
+    await rejected(m, to, data, reason)
+
+
+async def decided_first(m: Mechanism) -> tuple[str, str]:
+    """A case whose positive first stage police and the co-ordinator hold: (rid, case)."""
+    rid, case_id = await opened_case(m)
+    status, decided = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
+    assert status == 202, decided
+    for agency in ("police", "coordinator"):
+        await held(m, agency, rid, 1)
+    return rid, case_id
+
+
+async def test_a_pair_belongs_to_the_first_case_decided_under_it(
+    with_authority: Mechanism,
+) -> None:
+    """Once the co-ordinator holds the authority's decision under police's pair, a decision
+    under that pair of another case of the authority, or of another competent authority
+    (police made one), is refused `other-case`, and the pair's listing stays as it was."""
+    m = with_authority
+    rid, case_id = await decided_first(m)
+    before = await held(m, "coordinator", rid, 1)
+    await sent_past_the_agent(
+        m,
+        AUTHORITY,
+        "coordinator",
+        signed_by(m, AUTHORITY, secrets.token_hex(16)),
+        rid,
+        reason="other-case",
+    )
+
+    identity = admin.PublicIdentity.from_json(m.setups["police"].identity_path.read_bytes())
+    admin.add_agency(m.sandbox.admin, identity, roles=["police", COMPETENT_AUTHORITY])
+    m.sandbox.sign_draft()
+    await m.sandbox.publish()
+
+    async def police_decides() -> bool:
+        d = m.agents["coordinator"].trust.directory
+        return d is not None and COMPETENT_AUTHORITY in d.agency("police").roles
+
+    await eventually(police_decides, what="the co-ordinator to know police as an authority")
+    await sent_past_the_agent(
+        m, "police", "coordinator", signed_by(m, "police", case_id), rid, reason="other-case"
+    )
+    assert await held(m, "coordinator", rid, 1) == before
+
+
+async def test_a_decision_is_dated_when_its_envelope_is_created(
+    with_authority: Mechanism,
+) -> None:
+    """A second stage signed 40 days ahead but sent now (past the too-early interval), and
+    a first stage dated an hour back (into an older key's window), are refused `misdated`;
+    one dated at its envelope's creation is not (the API's own decisions, above)."""
+    m = with_authority
+    rid, case_id = await decided_first(m)
+    ahead = clock.now() + 40 * 86_400
+    await sent_past_the_agent(
+        m,
+        AUTHORITY,
+        "coordinator",
+        signed_by(m, AUTHORITY, case_id, stage="second", decided_at=ahead),
+        rid,
+        reason="misdated",
+    )
+    back = clock.now() - 3600
+    await sent_past_the_agent(
+        m,
+        AUTHORITY,
+        "coordinator",
+        signed_by(m, AUTHORITY, case_id, decided_at=back),
+        rid,
+        reason="misdated",
+    )
+    assert len(await held(m, "coordinator", rid, 1)) == 1
+
+
+async def test_the_sender_is_checked_before_the_held_first_stage(
+    with_authority: Mechanism,
+) -> None:
+    """The co-ordinator's held first stage no longer verifies (its signature damaged in the
+    database); a second stage of the case signed by the authority but sent by police is
+    refused `unexpected` (the sender check, §8.7's order), not for the held first stage."""
+    m = with_authority
+    rid, case_id = await decided_first(m)
+    conn = sqlite3.connect(m.database("coordinator"))
+    try:
+        with conn:
+            [(signed,)] = conn.execute("SELECT signed FROM decisions WHERE case_id = ?", (case_id,))
+            damaged = bytes(signed[:-1]) + bytes([signed[-1] ^ 1])
+            conn.execute("UPDATE decisions SET signed = ? WHERE case_id = ?", (damaged, case_id))
+    finally:
+        conn.close()
+    await sent_past_the_agent(
+        m,
+        "police",
+        "coordinator",
+        signed_by(m, AUTHORITY, case_id, stage="second"),
+        rid,
+        reason="unexpected",
+    )
+    assert {r for r, _ in rejections(m.database("coordinator"))} == {"unexpected"}
+
+
+async def test_a_stage_is_decided_once(with_authority: Mechanism) -> None:
+    """A second first stage of a case, superseding nothing, is refused `already-decided` by
+    the co-ordinator, which holds the first one only."""
+    m = with_authority
+    rid, case_id = await decided_first(m)
+    await sent_past_the_agent(
+        m,
+        AUTHORITY,
+        "coordinator",
+        signed_by(m, AUTHORITY, case_id),
+        rid,
+        reason="already-decided",
+    )
+    assert len(await held(m, "coordinator", rid, 1)) == 1

@@ -142,6 +142,19 @@ class Cases(Database):
         return [StoredDecision(*r) for r in rows]
 
     @staticmethod
+    def case_of_pair(
+        db: sqlite3.Connection, owner: str, referral_id: str
+    ) -> tuple[str, str] | None:
+        """(authority, case_id) of the first decision held under the pair (owner,
+        referral_id): the case the pair is bound to (PROTOCOL §8.7 `other-case`), or None."""
+        row = db.execute(
+            "SELECT authority, case_id FROM decisions WHERE owner = ? AND referral_id = ?"
+            " ORDER BY stored_at, decision_id LIMIT 1",
+            (owner, referral_id),
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    @staticmethod
     def decisions_of_case(
         db: sqlite3.Connection, authority: str, case_id: str
     ) -> list[StoredDecision]:
