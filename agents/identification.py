@@ -111,7 +111,8 @@ class Identification:
         self, case_id: str, *, stage: str, outcome: str, reason: str | None
     ) -> dict[str, Any]:
         """Decide `stage` of the case: 404 unknown case, 409 (`allowed`) a step the case
-        table refuses, 409 `too-early` before the interval, 422 a wrong reason."""
+        table refuses, 409 `already-decided` for a stage it holds a decision of, 409
+        `too-early` before the interval, 422 a wrong reason."""
         if (stage, outcome) not in cases.DECIDED:
             raise E.Unprocessable("stage must be first or second, outcome positive or negative")
         now = clock.now()
@@ -129,6 +130,14 @@ class Identification:
                 raise E.Unprocessable(str(e)) from e
             if case.age_route == "child" and reason in D.NOT_FOR_CHILDREN:
                 raise E.Unprocessable(f"{reason} is not a reason on the child route")
+            if any(
+                d.stage == stage for d in self.store.decisions_of_case(db, self.agency, case_id)
+            ):
+                # the decisions held, not only the state: every receiver refuses it (§8.7)
+                raise E.Conflict(
+                    f"the case's {stage} stage is decided; nothing supersedes a decision yet",
+                    reason="already-decided",
+                )
             if stage == D.SECOND:
                 self._check_interval(db, case_id, now)
             salt = None if reason is None else secrets.token_bytes(D.SALT_BYTES)

@@ -790,7 +790,8 @@ OPENAPI: dict[str, Any] = {
         "/v1/cases/{case_id}/decisions": {
             "post": {
                 "summary": "Decide a stage of a case (decide scope): signed and sealed to the "
-                "referrer and every coordinator; 409 lists the allowed steps, or says too-early",
+                "referrer and every coordinator; 409 lists the allowed steps, or says "
+                "already-decided or too-early",
                 "parameters": [_PATH_CASE_ID, _IDEMPOTENCY],
                 "requestBody": json_object_body(
                     ["stage", "outcome"],

@@ -378,7 +378,9 @@ async def test_the_sender_is_checked_before_the_held_first_stage(
 
 async def test_a_stage_is_decided_once(with_authority: Mechanism) -> None:
     """A second first stage of a case, superseding nothing, is refused `already-decided` by
-    the co-ordinator, which holds the first one only."""
+    the co-ordinator, which holds the first one only; the authority's API refuses it 409
+    `already-decided` even when the case's state says it awaits the first stage (a state
+    written back wrongly), and sends nothing."""
     m = with_authority
     rid, case_id = await decided_first(m)
     await sent_past_the_agent(
@@ -390,3 +392,17 @@ async def test_a_stage_is_decided_once(with_authority: Mechanism) -> None:
         reason="already-decided",
     )
     assert len(await held(m, "coordinator", rid, 1)) == 1
+
+    conn = sqlite3.connect(m.database(AUTHORITY))
+    try:
+        with conn:
+            conn.execute("UPDATE cases SET state = 'awaiting_first' WHERE case_id = ?", (case_id,))
+    finally:
+        conn.close()
+    status, problem = await decide(
+        m, case_id, {"stage": "first", "outcome": "negative", "reason": "duplicate"}
+    )
+    assert (status, problem["reason"]) == (409, "already-decided"), problem
+    status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+    assert status == 200 and [d["stage"] for d in case["decisions"]] == ["first"], case
+    assert len(events(m, AUTHORITY, "identification.sent")) == 2  # police and the co-ordinator
