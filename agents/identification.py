@@ -96,7 +96,8 @@ class Identification:
     def link(self, case_id: str, referral_id: str) -> dict[str, Any]:
         """Name a referral this authority sent (to a provider) as one of the case's, so that
         its recipient gets the case's decisions while its pair is accepted or in progress.
-        404 for an unknown case or a referral this agency did not send."""
+        404 for an unknown case or a referral this agency did not send; 409 (naming its
+        `case_id`) for a referral of another case: one case per referral. Idempotent."""
         with self.store.transaction() as db:
             if self.store.case(db, case_id) is None:
                 raise E.NotFound("no case with this id at this agency")
@@ -104,6 +105,9 @@ class Identification:
                 side == "sender" for _, side, _ in self.store.pairs(self.agency, referral_id)
             ):
                 raise E.NotFound("no referral with this id sent by this agency")
+            holder = self.store.case_of_referral(db, referral_id)
+            if holder is not None and holder != case_id:
+                raise E.Conflict("the referral belongs to another case", case_id=holder)
             self.store.link_case_referral(db, case_id, referral_id)
         return {"case_id": case_id, "referral_id": referral_id}
 

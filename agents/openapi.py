@@ -776,14 +776,15 @@ OPENAPI: dict[str, Any] = {
             "put": {
                 "summary": "Name a referral this authority sent to a provider as one of the "
                 "case's: its accepted or in-progress recipient gets the case's decisions, "
-                "without the reason (decide scope; idempotent)",
+                "without the reason (decide scope; idempotent; 409 with `case_id` for a "
+                "referral of another case: one case per referral)",
                 "parameters": [
                     _PATH_CASE_ID,
                     {"name": "id", "in": "path", "required": True, "schema": _CASE_ID},
                 ],
                 "responses": {
                     "200": _json(_closed({"case_id": _CASE_ID, "referral_id": _ID})),
-                    **_errors(400, 401, 403, 404),
+                    **_errors(400, 401, 403, 404, 409),
                 },
             }
         },

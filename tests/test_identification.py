@@ -29,14 +29,19 @@ from .support import (
     Mechanism,
     agency_keys,
     eventually,
+    query,
     running_mechanism,
     sealed,
     webhook_receiver,
 )
 from .test_sender_scope import publish, rejected, rejections
 
-#: Police may refer an adult without consent under public_task (the sample's basis).
-POLICY = Policy(country="LT", without_consent={"police": ("public_task",)})
+#: Police (and the authority, referring on to a provider) may refer an adult without consent
+#: under public_task (the sample's basis).
+POLICY = Policy(
+    country="LT",
+    without_consent={"police": ("public_task",), COMPETENT_AUTHORITY: ("public_task",)},
+)
 AUTHORITY = "shelter"  # made the competent authority below
 
 
@@ -406,3 +411,23 @@ async def test_a_stage_is_decided_once(with_authority: Mechanism) -> None:
     status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
     assert status == 200 and [d["stage"] for d in case["decisions"]] == ["first"], case
     assert len(events(m, AUTHORITY, "identification.sent")) == 2  # police and the co-ordinator
+
+
+async def test_a_referral_belongs_to_one_case(with_authority: Mechanism) -> None:
+    """The authority refers on to police and links that referral to a case: linking it again
+    to the same case is the same answer; linking it to another case is 409 naming the case
+    that holds it, and the first link stands."""
+    m = with_authority
+    _, case_id = await opened_case(m)
+    _, other_case = await opened_case(m)
+    onward = await m.api(AUTHORITY).refer(["police"], samples.referral())
+    path = f"/v1/cases/{case_id}/referrals/{onward}"
+    for _ in range(2):
+        status, body = await call(m, AUTHORITY, "PUT", path)
+        assert (status, body) == (200, {"case_id": case_id, "referral_id": onward}), body
+    status, problem = await call(m, AUTHORITY, "PUT", f"/v1/cases/{other_case}/referrals/{onward}")
+    assert (status, problem["case_id"]) == (409, case_id), problem
+    rows = query(
+        m.database(AUTHORITY), "SELECT case_id FROM case_referrals WHERE referral_id = ?", onward
+    )
+    assert rows == [(case_id,)]
