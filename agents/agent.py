@@ -205,6 +205,7 @@ class Agent:
             keys=lambda: self.keys,
             directory=self._directory,
             coordinators=self.desk.coordinators,
+            skew=self.limits.clock_skew_seconds,
         )
         self.desk.accepted = self._open_case
         self.transport.attachments = self.attachments

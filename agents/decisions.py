@@ -11,7 +11,7 @@ reason and salt come only to a recipient that may learn the reason (§8.7 "Who r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
@@ -29,9 +29,12 @@ from keys.decision import (
     verify_decision,
 )
 from keys.errors import (
+    AlreadyDecidedError,
     BadDecisionError,
+    MisdatedError,
     NotForThisRoleError,
     NotSharedError,
+    OtherCaseError,
     UnexpectedMessageError,
 )
 from keys.key_history import KeyWindow
@@ -114,21 +117,33 @@ def check_received(
     message: DecisionMessage,
     *,
     sender: str,
+    created: int,
+    skew: int,
     authority: Decider | None,
     history: Sequence[KeyWindow],
     shared: bool,
-    first: Decision | None,
+    bound: tuple[str, str] | None,
+    held_stages: Collection[str],
+    first: Callable[[], Decision | None],
     min_days: int,
 ) -> Decision:
-    """The verified decision of `message`, received from `sender`, or the error of its first
-    failure in PROTOCOL §8.7's order.
+    """The verified decision of `message`, received from `sender` in an envelope `created`
+    then, or the error of its first failure in PROTOCOL §8.7's order.
 
-    `authority`: the trusted directory's entry for the decision's authority (None if it
-    lists none); `history`: the signing key history; `shared`: whether the receiver holds
-    the message's pair with `sender` as counterpart or owner; `first`: the positive first
-    stage of the decision's case the receiver holds (None if none); `min_days`: the
-    national policy's `second_stage_min_days`."""
+    `skew`: the clock skew tolerated (Limits.clock_skew_seconds); `authority`: the trusted
+    directory's entry for the decision's authority (None if it lists none); `history`: the
+    signing key history; `shared`: whether the receiver holds the message's pair with
+    `sender` as counterpart or owner; `bound`: the (authority, case_id) of the decisions the
+    receiver holds under that pair (None if none); `held_stages`: the stages of the
+    decision's case it holds decisions of; `first`: the positive first stage of that case it
+    holds (None if none), verified again, called only when a second stage is judged, after
+    every check on the sender; `min_days`: the national policy's `second_stage_min_days`."""
     decision = claimed(message.signed)  # malformed
+    if abs(decision.decided_at - created) > skew:  # before decided_at picks a key
+        raise MisdatedError(
+            f"a decision is sent when it is made: decided_at within {skew} s of the envelope's"
+            " created"
+        )
     if authority is None:
         raise NotForThisRoleError("the decision's authority is not in the directory")
     check_authority(decision, authority)  # not-for-this-role
@@ -137,13 +152,20 @@ def check_received(
         raise UnexpectedMessageError("a decision comes from its own authority only")
     if not shared:
         raise NotSharedError("a decision names a pair this agency does not hold with its sender")
+    if bound is not None and bound != (decision.authority, decision.case_id):
+        raise OtherCaseError("this agency holds decisions of another case under this pair")
     check_reason(decision, reason=message.reason, salt=message.salt)
     if decision.supersedes is not None:
         raise UnexpectedMessageError("reconsideration is not supported yet")
+    if decision.stage in held_stages:
+        raise AlreadyDecidedError(
+            f"this agency holds a {decision.stage}-stage decision of the case already"
+        )
     if decision.stage == SECOND:
-        if first is None or first.stage != FIRST:
+        held_first = first()
+        if held_first is None or held_first.stage != FIRST:
             raise BadDecisionError("a second stage needs the case's positive first stage")
-        check_second_stage(first, decision, min_days=min_days)  # too-early
+        check_second_stage(held_first, decision, min_days=min_days)  # too-early
     return decision
 
 

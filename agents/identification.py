@@ -50,6 +50,9 @@ class Identification:
     keys: Callable[[], AgencyKeys]
     directory: Callable[[], Directory]
     coordinators: Callable[[int], list[str]]
+    #: How far a decision's `decided_at` may be from its envelope's `created`
+    #: (Limits.clock_skew_seconds, PROTOCOL §8.7 `misdated`).
+    skew: int
 
     def __post_init__(self) -> None:
         self.log = log.bind(agency=self.agency)
@@ -93,7 +96,8 @@ class Identification:
     def link(self, case_id: str, referral_id: str) -> dict[str, Any]:
         """Name a referral this authority sent (to a provider) as one of the case's, so that
         its recipient gets the case's decisions while its pair is accepted or in progress.
-        404 for an unknown case or a referral this agency did not send."""
+        404 for an unknown case or a referral this agency did not send; 409 (naming its
+        `case_id`) for a referral of another case: one case per referral. Idempotent."""
         with self.store.transaction() as db:
             if self.store.case(db, case_id) is None:
                 raise E.NotFound("no case with this id at this agency")
@@ -101,6 +105,9 @@ class Identification:
                 side == "sender" for _, side, _ in self.store.pairs(self.agency, referral_id)
             ):
                 raise E.NotFound("no referral with this id sent by this agency")
+            holder = self.store.case_of_referral(db, referral_id)
+            if holder is not None and holder != case_id:
+                raise E.Conflict("the referral belongs to another case", case_id=holder)
             self.store.link_case_referral(db, case_id, referral_id)
         return {"case_id": case_id, "referral_id": referral_id}
 
@@ -108,7 +115,8 @@ class Identification:
         self, case_id: str, *, stage: str, outcome: str, reason: str | None
     ) -> dict[str, Any]:
         """Decide `stage` of the case: 404 unknown case, 409 (`allowed`) a step the case
-        table refuses, 409 `too-early` before the interval, 422 a wrong reason."""
+        table refuses, 409 `already-decided` for a stage it holds a decision of, 409
+        `too-early` before the interval, 422 a wrong reason."""
         if (stage, outcome) not in cases.DECIDED:
             raise E.Unprocessable("stage must be first or second, outcome positive or negative")
         now = clock.now()
@@ -126,6 +134,14 @@ class Identification:
                 raise E.Unprocessable(str(e)) from e
             if case.age_route == "child" and reason in D.NOT_FOR_CHILDREN:
                 raise E.Unprocessable(f"{reason} is not a reason on the child route")
+            if any(
+                d.stage == stage for d in self.store.decisions_of_case(db, self.agency, case_id)
+            ):
+                # the decisions held, not only the state: every receiver refuses it (§8.7)
+                raise E.Conflict(
+                    f"the case's {stage} stage is decided; nothing supersedes a decision yet",
+                    reason="already-decided",
+                )
             if stage == D.SECOND:
                 self._check_interval(db, case_id, now)
             salt = None if reason is None else secrets.token_bytes(D.SALT_BYTES)
@@ -201,18 +217,26 @@ class Identification:
         shared = ESCALATION_ROLE in own_roles or (
             self.store.pair(db, message.owner, message.referral_id, sender) is not None
         )
-        first = None
-        for held in self.store.decisions_of_case(db, claimed.authority, claimed.case_id):
-            if held.stage == D.FIRST and held.outcome == D.POSITIVE:
-                first = D.verify_decision(
-                    held.signed, history=self.store.key_history(held.authority)
-                )
+        of_case = self.store.decisions_of_case(db, claimed.authority, claimed.case_id)
+
+        def first() -> D.Decision | None:  # verified only once the sender checks passed
+            for held in of_case:
+                if held.stage == D.FIRST and held.outcome == D.POSITIVE:
+                    return D.verify_decision(
+                        held.signed, history=self.store.key_history(held.authority)
+                    )
+            return None
+
         decision = check_received(
             message,
             sender=sender,
+            created=opened.header.created,
+            skew=self.skew,
             authority=entry,
             history=self.store.key_history(claimed.authority),
             shared=shared,
+            bound=self.store.case_of_pair(db, message.owner, message.referral_id),
+            held_stages={held.stage for held in of_case},
             first=first,
             min_days=self._min_days(),
         )

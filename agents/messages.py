@@ -80,6 +80,9 @@ NOTIFIED_REASONS = frozenset(
         "unlawful-basis",
         "bad-decision",
         "too-early",
+        "misdated",
+        "other-case",
+        "already-decided",
     }
 )
 

@@ -776,21 +776,23 @@ OPENAPI: dict[str, Any] = {
             "put": {
                 "summary": "Name a referral this authority sent to a provider as one of the "
                 "case's: its accepted or in-progress recipient gets the case's decisions, "
-                "without the reason (decide scope; idempotent)",
+                "without the reason (decide scope; idempotent; 409 with `case_id` for a "
+                "referral of another case: one case per referral)",
                 "parameters": [
                     _PATH_CASE_ID,
                     {"name": "id", "in": "path", "required": True, "schema": _CASE_ID},
                 ],
                 "responses": {
                     "200": _json(_closed({"case_id": _CASE_ID, "referral_id": _ID})),
-                    **_errors(400, 401, 403, 404),
+                    **_errors(400, 401, 403, 404, 409),
                 },
             }
         },
         "/v1/cases/{case_id}/decisions": {
             "post": {
                 "summary": "Decide a stage of a case (decide scope): signed and sealed to the "
-                "referrer and every coordinator; 409 lists the allowed steps, or says too-early",
+                "referrer and every coordinator; 409 lists the allowed steps, or says "
+                "already-decided or too-early",
                 "parameters": [_PATH_CASE_ID, _IDEMPOTENCY],
                 "requestBody": json_object_body(
                     ["stage", "outcome"],

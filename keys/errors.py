@@ -244,6 +244,28 @@ class TooEarlyError(UntrustedInputError):
     reason = "too-early"
 
 
+class MisdatedError(UntrustedInputError):
+    """An identification decision whose `decided_at` is further than the clock skew from
+    the `created` time of the envelope that carries it (PROTOCOL.md §8.7): post-dated past
+    the second-stage interval, or backdated into an older key's window."""
+
+    reason = "misdated"
+
+
+class OtherCaseError(UntrustedInputError):
+    """An identification decision under a pair the receiver holds decisions of another
+    authority's, or another case's, for (PROTOCOL.md §8.7): a pair belongs to one case."""
+
+    reason = "other-case"
+
+
+class AlreadyDecidedError(UntrustedInputError):
+    """An identification decision of a stage the receiver already holds a decision of for
+    that case, superseding nothing (PROTOCOL.md §8.7)."""
+
+    reason = "already-decided"
+
+
 class UnprocessableError(UntrustedInputError):
     """An authentic message whose handling failed for a reason no other class names (a bug,
     a value the store cannot hold): refused for good rather than retried or dropped."""

@@ -4,6 +4,7 @@ case (agents/storage/cases.py, real SQLite)."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,8 @@ def test_a_case_s_providers_are_its_linked_referrals_accepted_or_in_progress(
     tmp_path: Path,
 ) -> None:
     """Only the recipients of the case's linked referrals whose pair is accepted or in
-    progress count; a link is idempotent; another case's referral is not this one's."""
+    progress count; a link is idempotent; another case's referral is not this one's, and
+    cannot be linked to it (UNIQUE referral_id)."""
     store = Store(tmp_path / "agent.db", agency="authority")
     try:
         case = Case("c" * 32, "police", "a" * 32, "awaiting_first", "adult", 1, 1)
@@ -110,5 +112,9 @@ def test_a_case_s_providers_are_its_linked_referrals_accepted_or_in_progress(
                 ("f" * 32, "house"),
             ]
             assert store.case_provider_pairs(db, other.case_id, "authority") == [("9" * 32, "ngo")]
+        with pytest.raises(sqlite3.IntegrityError), store.transaction() as db:
+            store.link_case_referral(db, other.case_id, ONWARD)  # one case per referral
+        with store.transaction() as db:
+            assert store.case_of_referral(db, ONWARD) == case.case_id
     finally:
         store.close()

@@ -29,14 +29,19 @@ from .support import (
     Mechanism,
     agency_keys,
     eventually,
+    query,
     running_mechanism,
     sealed,
     webhook_receiver,
 )
-from .test_sender_scope import publish, rejected
+from .test_sender_scope import publish, rejected, rejections
 
-#: Police may refer an adult without consent under public_task (the sample's basis).
-POLICY = Policy(country="LT", without_consent={"police": ("public_task",)})
+#: Police (and the authority, referring on to a provider) may refer an adult without consent
+#: under public_task (the sample's basis).
+POLICY = Policy(
+    country="LT",
+    without_consent={"police": ("public_task",), COMPETENT_AUTHORITY: ("public_task",)},
+)
 AUTHORITY = "shelter"  # made the competent authority below
 
 
@@ -235,21 +240,194 @@ async def test_a_decision_by_an_agency_that_is_not_an_authority_is_refused(
     the co-ordinator refuses it `not-for-this-role` and holds nothing."""
     m = with_authority
     rid = await m.api("police").refer([AUTHORITY], samples.referral())
-    keys = agency_keys(m, "police")
+    signed = signed_by(m, "police", secrets.token_hex(16))
+    await sent_past_the_agent(m, "police", "coordinator", signed, rid, reason="not-for-this-role")
+    status, _ = await call(m, "coordinator", "GET", f"/v1/referrals/{rid}/decisions?sender=police")
+    assert status == 404
+
+
+def signed_by(
+    m: Mechanism,
+    authority: str,
+    case_id: str,
+    *,
+    stage: str = "first",
+    decided_at: int | None = None,
+) -> bytes:
+    """A positive decision of `stage` in `case_id` that `authority`'s own keys sign, past
+    its agent (a hostile or broken authority's), decided now unless given."""
     decision = Decision(
         decision_id=secrets.token_hex(16),
-        authority="police",
-        case_id=secrets.token_hex(16),
-        stage="first",
+        authority=authority,
+        case_id=case_id,
+        stage=stage,
         outcome="positive",
         reason_digest=None,
         supersedes=None,
-        decided_at=clock.now(),
+        decided_at=clock.now() if decided_at is None else decided_at,
         age_route="adult",
     )
-    body = codec.pack([1, sign_decision(decision, keys.signing_key), "police", rid, None, None])
-    data = sealed(m, keys, "coordinator", "identification-decision", body)
-    await publish(m, "police", "coordinator", data)
-    await rejected(m, "coordinator", data, "not-for-this-role")
-    status, _ = await call(m, "coordinator", "GET", f"/v1/referrals/{rid}/decisions?sender=police")
-    assert status == 404
+    return sign_decision(decision, agency_keys(m, authority).signing_key)
+
+
+async def sent_past_the_agent(
+    m: Mechanism, sender: str, to: str, signed: bytes, rid: str, *, reason: str
+) -> None:
+    """`sender` seals `signed` under police's pair `rid` to `to`, which refuses it as
+    `reason`."""
+    body = codec.pack([1, signed, "police", rid, None, None])
+    data = sealed(m, agency_keys(m, sender), to, "identification-decision", body)
+    await publish(m, sender, to, data)
+    await rejected(m, to, data, reason)
+
+
+async def decided_first(m: Mechanism) -> tuple[str, str]:
+    """A case whose positive first stage police and the co-ordinator hold: (rid, case)."""
+    rid, case_id = await opened_case(m)
+    status, decided = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
+    assert status == 202, decided
+    for agency in ("police", "coordinator"):
+        await held(m, agency, rid, 1)
+    return rid, case_id
+
+
+async def test_a_pair_belongs_to_the_first_case_decided_under_it(
+    with_authority: Mechanism,
+) -> None:
+    """Once the co-ordinator holds the authority's decision under police's pair, a decision
+    under that pair of another case of the authority, or of another competent authority
+    (police made one), is refused `other-case`, and the pair's listing stays as it was."""
+    m = with_authority
+    rid, case_id = await decided_first(m)
+    before = await held(m, "coordinator", rid, 1)
+    await sent_past_the_agent(
+        m,
+        AUTHORITY,
+        "coordinator",
+        signed_by(m, AUTHORITY, secrets.token_hex(16)),
+        rid,
+        reason="other-case",
+    )
+
+    identity = admin.PublicIdentity.from_json(m.setups["police"].identity_path.read_bytes())
+    admin.add_agency(m.sandbox.admin, identity, roles=["police", COMPETENT_AUTHORITY])
+    m.sandbox.sign_draft()
+    await m.sandbox.publish()
+
+    async def police_decides() -> bool:
+        d = m.agents["coordinator"].trust.directory
+        return d is not None and COMPETENT_AUTHORITY in d.agency("police").roles
+
+    await eventually(police_decides, what="the co-ordinator to know police as an authority")
+    await sent_past_the_agent(
+        m, "police", "coordinator", signed_by(m, "police", case_id), rid, reason="other-case"
+    )
+    assert await held(m, "coordinator", rid, 1) == before
+
+
+async def test_a_decision_is_dated_when_its_envelope_is_created(
+    with_authority: Mechanism,
+) -> None:
+    """A second stage signed 40 days ahead but sent now (past the too-early interval), and
+    a first stage dated an hour back (into an older key's window), are refused `misdated`;
+    one dated at its envelope's creation is not (the API's own decisions, above)."""
+    m = with_authority
+    rid, case_id = await decided_first(m)
+    ahead = clock.now() + 40 * 86_400
+    await sent_past_the_agent(
+        m,
+        AUTHORITY,
+        "coordinator",
+        signed_by(m, AUTHORITY, case_id, stage="second", decided_at=ahead),
+        rid,
+        reason="misdated",
+    )
+    back = clock.now() - 3600
+    await sent_past_the_agent(
+        m,
+        AUTHORITY,
+        "coordinator",
+        signed_by(m, AUTHORITY, case_id, decided_at=back),
+        rid,
+        reason="misdated",
+    )
+    assert len(await held(m, "coordinator", rid, 1)) == 1
+
+
+async def test_the_sender_is_checked_before_the_held_first_stage(
+    with_authority: Mechanism,
+) -> None:
+    """The co-ordinator's held first stage no longer verifies (its signature damaged in the
+    database); a second stage of the case signed by the authority but sent by police is
+    refused `unexpected` (the sender check, §8.7's order), not for the held first stage."""
+    m = with_authority
+    rid, case_id = await decided_first(m)
+    conn = sqlite3.connect(m.database("coordinator"))
+    try:
+        with conn:
+            [(signed,)] = conn.execute("SELECT signed FROM decisions WHERE case_id = ?", (case_id,))
+            damaged = bytes(signed[:-1]) + bytes([signed[-1] ^ 1])
+            conn.execute("UPDATE decisions SET signed = ? WHERE case_id = ?", (damaged, case_id))
+    finally:
+        conn.close()
+    await sent_past_the_agent(
+        m,
+        "police",
+        "coordinator",
+        signed_by(m, AUTHORITY, case_id, stage="second"),
+        rid,
+        reason="unexpected",
+    )
+    assert {r for r, _ in rejections(m.database("coordinator"))} == {"unexpected"}
+
+
+async def test_a_stage_is_decided_once(with_authority: Mechanism) -> None:
+    """A second first stage of a case, superseding nothing, is refused `already-decided` by
+    the co-ordinator, which holds the first one only; the authority's API refuses it 409
+    `already-decided` even when the case's state says it awaits the first stage (a state
+    written back wrongly), and sends nothing."""
+    m = with_authority
+    rid, case_id = await decided_first(m)
+    await sent_past_the_agent(
+        m,
+        AUTHORITY,
+        "coordinator",
+        signed_by(m, AUTHORITY, case_id),
+        rid,
+        reason="already-decided",
+    )
+    assert len(await held(m, "coordinator", rid, 1)) == 1
+
+    conn = sqlite3.connect(m.database(AUTHORITY))
+    try:
+        with conn:
+            conn.execute("UPDATE cases SET state = 'awaiting_first' WHERE case_id = ?", (case_id,))
+    finally:
+        conn.close()
+    status, problem = await decide(
+        m, case_id, {"stage": "first", "outcome": "negative", "reason": "duplicate"}
+    )
+    assert (status, problem["reason"]) == (409, "already-decided"), problem
+    status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+    assert status == 200 and [d["stage"] for d in case["decisions"]] == ["first"], case
+    assert len(events(m, AUTHORITY, "identification.sent")) == 2  # police and the co-ordinator
+
+
+async def test_a_referral_belongs_to_one_case(with_authority: Mechanism) -> None:
+    """The authority refers on to police and links that referral to a case: linking it again
+    to the same case is the same answer; linking it to another case is 409 naming the case
+    that holds it, and the first link stands."""
+    m = with_authority
+    _, case_id = await opened_case(m)
+    _, other_case = await opened_case(m)
+    onward = await m.api(AUTHORITY).refer(["police"], samples.referral())
+    path = f"/v1/cases/{case_id}/referrals/{onward}"
+    for _ in range(2):
+        status, body = await call(m, AUTHORITY, "PUT", path)
+        assert (status, body) == (200, {"case_id": case_id, "referral_id": onward}), body
+    status, problem = await call(m, AUTHORITY, "PUT", f"/v1/cases/{other_case}/referrals/{onward}")
+    assert (status, problem["case_id"]) == (409, case_id), problem
+    rows = query(
+        m.database(AUTHORITY), "SELECT case_id FROM case_referrals WHERE referral_id = ?", onward
+    )
+    assert rows == [(case_id,)]

@@ -612,15 +612,25 @@ def _decision_message(fields: dict[str, str], body: bytes, roles: set[str]) -> N
     def check() -> Decision:
         message = inbound.check(IDENTIFICATION_DECISION, body, roles=roles, limits=DEFAULT_LIMITS)
         assert isinstance(message, DecisionMessage)
-        first = None
-        if fields["first_stage"] != "none":
-            first = verify_decision(base64.b64decode(fields["first_stage"]), history=[window])
+
+        def first() -> Decision | None:
+            if fields["first_stage"] == "none":
+                return None
+            return verify_decision(base64.b64decode(fields["first_stage"]), history=[window])
+
+        bound = None if fields["bound"] == "none" else fields["bound"].split(",")
         return check_received(
             message,
             sender=fields["sender"],
+            created=int(fields["created"]),
+            skew=int(fields["clock_skew_seconds"]),
             authority=None if fields["decides"] == "none" else _Authority(fields["decides"]),
             history=[window],
             shared=fields["shared"] == "yes",
+            bound=None if bound is None else (bound[0], bound[1]),
+            held_stages=set()
+            if fields["held_stages"] == "none"
+            else {*fields["held_stages"].split(",")},
             first=first,
             min_days=int(fields["second_stage_min_days"]),
         )

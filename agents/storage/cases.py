@@ -6,7 +6,7 @@ referral_id); its state is agents/cases.py's. `decisions`: every signed decision
 holds, as signed (verified again whenever it is read), with the pair it came under (or, at
 the authority, the opening referral) and the reason and salt when this agency may know
 them. `case_referrals`: the referrals the authority sent for a case (to providers), whose
-accepted recipients get its decisions.
+accepted recipients get its decisions; a referral belongs to one case at most.
 """
 
 from __future__ import annotations
@@ -87,12 +87,22 @@ class Cases(Database):
 
     @staticmethod
     def link_case_referral(db: sqlite3.Connection, case_id: str, referral_id: str) -> None:
-        """Name a referral this agency sent as one of the case's (idempotent)."""
+        """Name a referral this agency sent as one of the case's (idempotent); a referral
+        linked to another case raises sqlite3.IntegrityError (one case per referral: the
+        caller asks `case_of_referral` first)."""
         db.execute(
             "INSERT INTO case_referrals (case_id, referral_id) VALUES (?, ?)"
-            " ON CONFLICT DO NOTHING",
+            " ON CONFLICT (case_id, referral_id) DO NOTHING",
             (case_id, referral_id),
         )
+
+    @staticmethod
+    def case_of_referral(db: sqlite3.Connection, referral_id: str) -> str | None:
+        """The case a referral this agency sent is linked to, or None."""
+        row = db.execute(
+            "SELECT case_id FROM case_referrals WHERE referral_id = ?", (referral_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     @staticmethod
     def case_provider_pairs(
@@ -140,6 +150,19 @@ class Cases(Database):
             (owner, referral_id),
         ).fetchall()
         return [StoredDecision(*r) for r in rows]
+
+    @staticmethod
+    def case_of_pair(
+        db: sqlite3.Connection, owner: str, referral_id: str
+    ) -> tuple[str, str] | None:
+        """(authority, case_id) of the first decision held under the pair (owner,
+        referral_id): the case the pair is bound to (PROTOCOL §8.7 `other-case`), or None."""
+        row = db.execute(
+            "SELECT authority, case_id FROM decisions WHERE owner = ? AND referral_id = ?"
+            " ORDER BY stored_at, decision_id LIMIT 1",
+            (owner, referral_id),
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
 
     @staticmethod
     def decisions_of_case(

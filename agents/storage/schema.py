@@ -29,7 +29,8 @@ column; in `inbox` the `sender` column is the owner of the referral a row carrie
 - `webhook_outbox`, `webhook_deliveries`: agents/webhooks.py.
 - `cases`, `case_referrals`, `decisions`: agents/storage/cases.py (identification
   decisions, PROTOCOL §8.7); new tables, so `CREATE TABLE IF NOT EXISTS` adds them to
-  older databases.
+  older databases (no release had them: `case_referrals`' UNIQUE referral_id was added to
+  the CREATE itself, before any release, so needs no migration).
 - `erasure_confirmations`, `attachment_deletions`: agents/erasure.py; `legal_holds`:
   agents/retention.py (both keyed as above).
 """
@@ -292,7 +293,7 @@ CREATE TABLE IF NOT EXISTS cases (
 ) STRICT;
 CREATE TABLE IF NOT EXISTS case_referrals (
     case_id     TEXT NOT NULL REFERENCES cases(case_id),
-    referral_id TEXT NOT NULL,
+    referral_id TEXT NOT NULL UNIQUE,  -- one case per referral
     PRIMARY KEY (case_id, referral_id)
 ) STRICT;
 CREATE TABLE IF NOT EXISTS decisions (

@@ -2172,7 +2172,10 @@ def decision_vectors() -> Iterator[tuple[str, str]]:
 #     `signer_ed25519_public`, `valid_from`), `decides` (the stages the directory lets
 #     `authority` decide, or `none`: it lists no such agency), `shared` (yes: the receiver
 #     holds the body's pair with the sender), `first_stage` (base64 of the signed positive
-#     first stage of the case the receiver holds, or none), `second_stage_min_days`; the
+#     first stage of the case the receiver holds, or none), `second_stage_min_days`,
+#     `created` (the envelope's), `clock_skew_seconds`, `bound` (`authority,case_id` of the
+#     decisions the receiver holds under the body's pair, or none), `held_stages` (the
+#     stages of the decision's case it holds decisions of, comma-separated, or none); the
 #     bytes are the body, judged by §6.4 and §8.7 "The message" in order.
 
 
@@ -2199,7 +2202,9 @@ def _identification_vectors() -> list[tuple[str, str, str, dict[str, object], by
     early = _decision(decision_id=later, stage="second", decided_at=NOW + 10 * DAY)
     flipped = bytearray(sign_decision(first, AUTHORITY_SIGN))
     flipped[-1] ^= 1
-    held = {"first_stage": FIRST_STAGE}
+    bound = f"authority,{CASE}"
+    held = {"first_stage": FIRST_STAGE, "bound": bound, "held_stages": "first"}
+    later_held = {**held, "created": NOW + 40 * DAY}
     return [
         ("ok", "a positive first stage, without reason", "ok", {}, _decision_body(first)),
         (
@@ -2216,7 +2221,20 @@ def _identification_vectors() -> list[tuple[str, str, str, dict[str, object], by
             {},
             _decision_body(negative),
         ),
-        ("ok-second", "a positive second stage 40 days on", "ok", held, _decision_body(second)),
+        (
+            "ok-second",
+            "a positive second stage 40 days on",
+            "ok",
+            later_held,
+            _decision_body(second),
+        ),
+        (
+            "ok-created-at-the-skew",
+            "the envelope created 300 s (the clock skew) after decided_at",
+            "ok",
+            {"created": NOW + 300},
+            _decision_body(first),
+        ),
         (
             "malformed",
             "a seventh item",
@@ -2235,7 +2253,7 @@ def _identification_vectors() -> list[tuple[str, str, str, dict[str, object], by
             "first-stage-only",
             "a second stage from an authority that decides the first stage only",
             "not-for-this-role",
-            {**held, "decides": "first"},
+            {**later_held, "decides": "first"},
             _decision_body(second),
         ),
         (
@@ -2251,6 +2269,14 @@ def _identification_vectors() -> list[tuple[str, str, str, dict[str, object], by
             "unexpected",
             {"sender": "police"},
             _decision_body(first),
+        ),
+        (
+            "other-sender-first-stage-unverifiable",
+            "a second stage sent by another agency while the held first stage no longer"
+            " verifies: the sender check comes first",
+            "unexpected",
+            {**later_held, "sender": "police", "first_stage": b64(bytes(flipped))},
+            _decision_body(second),
         ),
         (
             "not-shared",
@@ -2284,10 +2310,51 @@ def _identification_vectors() -> list[tuple[str, str, str, dict[str, object], by
             "second-without-first",
             "a second stage the receiver holds no first stage for",
             "bad-decision",
-            {},
+            {"created": NOW + 40 * DAY},
             _decision_body(second),
         ),
-        ("too-early", "a second stage 10 days on", "too-early", held, _decision_body(early)),
+        (
+            "too-early",
+            "a second stage 10 days on",
+            "too-early",
+            {**held, "created": NOW + 10 * DAY},
+            _decision_body(early),
+        ),
+        (
+            "post-dated",
+            "a second stage dated 40 days on, in an envelope created with the first stage",
+            "misdated",
+            held,
+            _decision_body(second),
+        ),
+        (
+            "backdated",
+            "the envelope created 301 s after decided_at",
+            "misdated",
+            {"created": NOW + 301},
+            _decision_body(first),
+        ),
+        (
+            "other-case",
+            "the receiver holds decisions of another case of the authority under the pair",
+            "other-case",
+            {"bound": f"authority,{fixed('case 2')[:16].hex()}"},
+            _decision_body(first),
+        ),
+        (
+            "other-authority",
+            "the receiver holds decisions of another authority under the pair",
+            "other-case",
+            {"bound": f"clinic,{CASE}"},
+            _decision_body(first),
+        ),
+        (
+            "already-decided",
+            "a second first stage of the case, superseding nothing",
+            "already-decided",
+            held,
+            _decision_body(negative, "no-indicators", SALT),
+        ),
     ]
 
 
@@ -2299,6 +2366,10 @@ def identification_vectors() -> Iterator[tuple[str, str]]:
             "shared": "yes",
             "first_stage": None,
             "second_stage_min_days": 30,
+            "created": NOW,
+            "clock_skew_seconds": 300,
+            "bound": None,
+            "held_stages": None,
             **changes,
         }
         header: list[tuple[str, object]] = [
