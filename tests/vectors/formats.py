@@ -421,6 +421,8 @@ def _directory_vectors() -> list[tuple[str, str, str, bytes | None, int, bytes]]
     with_policy = json.loads(encode_directory(POLICY_DIRECTORY))
     short_reflection = json.loads(encode_directory(POLICY_DIRECTORY))
     short_reflection["policy"]["reflection_min_days"] = 29
+    no_glass_reasons = json.loads(encode_directory(POLICY_DIRECTORY))
+    no_glass_reasons["policy"]["break_glass"]["reasons"] = []
     policy_in_spec_1 = json.loads(encode_directory(POLICY_DIRECTORY))
     policy_in_spec_1["spec_version"] = 1
     no_policy = dict(with_policy)
@@ -559,6 +561,14 @@ def _directory_vectors() -> list[tuple[str, str, str, bytes | None, int, bytes]]
             None,
             NOW,
             signed_file(canonical_json(short_reflection), ADMINS[:2]),
+        ),
+        (
+            "policy-break-glass-without-reasons",
+            "a policy whose break_glass lists no reason (break-glass would be closed silently)",
+            "malformed",
+            None,
+            NOW,
+            signed_file(canonical_json(no_glass_reasons), ADMINS[:2]),
         ),
         (
             "policy-in-spec-1",
