@@ -174,6 +174,10 @@ class Desk:
         _, plan = self.prepare(
             recipients=recipients, document=document, client_reference=client_reference
         )
+        if plan.referral.break_glass_reason is not None:  # never sent before confirmed
+            raise E.Unprocessable(
+                "a break-glass referral is held for a second client (agents/break_glass.py)"
+            )
         return self.send_planned(
             plan, referral_id=secrets.token_hex(16), client_reference=client_reference
         )

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from agents import break_glass as G
+from agents import errors as E
 from agents import referral as R
 from agents.config import token_digest
 from agents.inbound import check
@@ -364,6 +365,9 @@ async def test_a_break_glass_referral_the_policy_does_not_allow_is_refused(
         status, problem = await submit(m, doc)
         assert status == 422 and named in problem["detail"], problem
         assert "medical-emergency" not in problem["detail"]
+    with pytest.raises(E.Unprocessable, match="second client"):  # no way around the hold
+        m.agents["police"].desk.submit(recipients=["shelter"], document=glass())
+    assert m.agents["police"].store.referrals_page(after=0, since=0, state=None, limit=10) == []
     conn = sqlite3.connect(m.database("police"))
     try:
         assert conn.execute("SELECT count(*) FROM break_glass").fetchone() == (0,)
