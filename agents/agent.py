@@ -215,6 +215,7 @@ class Agent:
             desk=self.desk,
             directory=self._directory,
             storage=self._storage_box,
+            on_sent=lambda copies: self.metrics.sent.labels(REFERRAL).inc(copies),
         )
         self.transport.attachments = self.attachments
         self.services = Services(

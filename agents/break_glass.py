@@ -102,6 +102,8 @@ class BreakGlass:
     desk: Desk
     directory: Callable[[], Directory]
     storage: Callable[[], SecretBox]
+    #: Called with the number of copies a confirmation queued (the agent's metrics).
+    on_sent: Callable[[int], None] = lambda copies: None
 
     def request(
         self,
@@ -198,6 +200,7 @@ class BreakGlass:
             result = self.desk.send_planned(
                 plan, referral_id=referral_id, client_reference=hold.client_reference
             )
+        self.on_sent(len(result["recipients"]))
         log.info("break_glass_confirmed", referral_id=referral_id, client=client)
         decided = self.store.break_glass_hold(referral_id)
         return {**result, "break_glass": None if decided is None else view(decided)}

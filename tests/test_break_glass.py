@@ -159,9 +159,13 @@ def _collector(agency: str) -> Any:
 
 
 @pytest.fixture
-async def under_policy(tmp_path: Path) -> AsyncIterator[tuple[Mechanism, dict[str, str]]]:
-    """The mechanism under POLICY; police's agent with two more API clients (CLIENTS, their
-    tokens returned); police's and the shelter's webhooks collected in EVENTS."""
+async def under_policy(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Mechanism, dict[str, str]]]:
+    """The mechanism under POLICY (or the test's parameter); police's agent with two more
+    API clients (CLIENTS, their tokens returned); police's and the shelter's webhooks
+    collected in EVENTS."""
+    policy: Policy = getattr(request, "param", POLICY)
     for collected in EVENTS.values():
         collected.clear()
     async with (
@@ -178,14 +182,14 @@ async def under_policy(tmp_path: Path) -> AsyncIterator[tuple[Mechanism, dict[st
             for name, scopes in CLIENTS.items()
         )
         config.write_text(config.read_text() + extra)
-        admin.set_policy(m.sandbox.admin, POLICY)
+        admin.set_policy(m.sandbox.admin, policy)
         m.sandbox.sign_draft()
         await m.sandbox.publish()
         await m.start("police")
 
         async def everyone_has_it() -> bool:
             return all(
-                (d := a.trust.directory) is not None and d.policy == POLICY
+                (d := a.trust.directory) is not None and d.policy == policy
                 for a in m.agents.values()
             )
 
@@ -382,3 +386,34 @@ async def test_a_break_glass_referral_the_policy_does_not_allow_is_refused(
         data = support.sealed(m, police, "shelter", "referral", _message(glass(), **member))
         await publish(m, "police", "shelter", data)
         await rejected(m, "shelter", data, "unlawful-basis")
+
+
+#: A second to confirm: the agent's own timers lapse the hold.
+SHORT = Policy(country="LT", break_glass=BreakGlass(1, 7, REASONS))
+
+
+@pytest.mark.parametrize("under_policy", [SHORT], indirect=True)
+async def test_the_agent_s_timers_lapse_an_unconfirmed_one(
+    under_policy: tuple[Mechanism, dict[str, str]],
+) -> None:
+    """Nobody confirms within confirm_seconds: the running agent's timers lapse it (audited
+    with the asking client), the duty officer's confirmation is then 409 and nothing reaches
+    the shelter."""
+    m, tokens = under_policy
+    status, held = await submit(m, glass())
+    assert status == 202, held
+    rid = held["id"]
+
+    async def lapsed() -> bool:
+        status, shown = await call(m, "GET", f"/v1/referrals/{rid}")
+        return bool(status == 200 and shown["state"] == "lapsed")
+
+    await eventually(lapsed, what="the agent's timers to lapse the hold")
+    status, problem = await call(
+        m, "POST", f"/v1/referrals/{rid}/break-glass/confirm", tokens["duty-officer"]
+    )
+    assert (status, problem["state"]) == (409, "lapsed"), problem
+    [event] = events(m, "police", "break-glass.lapsed")
+    assert (event.referral_id, dict(event.labels)) == (rid, {"client": "case-management"})
+    assert m.agents["police"].store.referral_rows("police", rid) == []
+    assert all(i["id"] != rid for i in await m.api("shelter").inbox())
