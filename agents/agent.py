@@ -48,6 +48,7 @@ from .access import AccessRecorder
 from .api import CLIENTS, ApiSettings, ClientTable, make_app
 from .attachments import Attachments
 from .audit import AuditTrail
+from .break_glass import BreakGlass
 from .config import AgentConfig
 from .decisions import IDENTIFICATION_DECISION, DecisionMessage
 from .desk import Desk
@@ -208,6 +209,15 @@ class Agent:
             skew=self.limits.clock_skew_seconds,
         )
         self.desk.accepted = self._open_case
+        self.break_glass = BreakGlass(
+            agency=config.agency,
+            store=self.store,
+            audit=self.audit,
+            desk=self.desk,
+            directory=self._directory,
+            storage=self._storage_box,
+            on_sent=lambda copies: self.metrics.sent.labels(REFERRAL).inc(copies),
+        )
         self.transport.attachments = self.attachments
         self.services = Services(
             agency=config.agency,
@@ -415,8 +425,11 @@ class Agent:
         recipients: Sequence[str],
         referral: dict[str, Any],
         client_reference: str | None = None,
+        client: str | None = None,
     ) -> dict[str, Any]:
-        """Validate, minimise, seal and commit a referral to the outbox (before the 202)."""
+        """Validate, minimise, seal and commit a referral to the outbox (before the 202); a
+        break-glass referral is held for a second client instead (agents/break_glass.py),
+        `client` naming the API client that submitted it."""
         if len(set(recipients)) != len(recipients):
             raise Unprocessable("recipients must be distinct")
         if len(recipients) > self.limits.max_recipients:
@@ -428,6 +441,15 @@ class Agent:
         body = canonical_json(referral)
         if len(body) > self.limits.max_body_bytes:
             raise TooLarge(f"the referral is over {self.limits.max_body_bytes} bytes")
+        if "break_glass" in referral:
+            if client is None:
+                raise Unprocessable("a break-glass referral is submitted by an API client")
+            return self.break_glass.request(
+                recipients=recipients,
+                document=referral,
+                client=client,
+                client_reference=client_reference,
+            )
         result = self.desk.submit(
             recipients=recipients, document=referral, client_reference=client_reference
         )
@@ -958,6 +980,7 @@ class Agent:
                 self._check_standing()
                 if self.trust.directory is not None and self.standing.standing.ok:
                     self.desk.tick()
+                    self.break_glass.tick()
                     self.resend.tick()
                     self.access.flush()
                     self.transport.wake()

@@ -36,6 +36,8 @@ from runtime.http import (
 from . import errors as E
 from .access import AccessRecorder, body_categories
 from .attachments import ATTACHMENT_TYPES, Attachments
+from .break_glass import REFUSAL_REASONS, BreakGlass
+from .break_glass import view as glass_view
 from .config import ApiClient
 from .desk import Desk
 from .identification import Identification
@@ -64,6 +66,7 @@ NO_REFERRAL = "no referral with this id at this agency"
 #: The body is `detail` and the error's extra members; `type` follows from the title.
 PROBLEMS: dict[type[E.DomainError], tuple[int, str]] = {
     E.NotFound: (404, "Not Found"),
+    E.Forbidden: (403, "Forbidden"),
     E.Conflict: (409, "Conflict"),
     E.BadRequest: (400, "Bad Request"),
     E.Unprocessable: (422, UNPROCESSABLE),
@@ -94,6 +97,7 @@ class Backend(Protocol):
     subject_access: SubjectAccess
     identification: Identification
     services: Services
+    break_glass: BreakGlass
 
     def submit_referral(
         self,
@@ -101,6 +105,7 @@ class Backend(Protocol):
         recipients: Sequence[str],
         referral: dict[str, Any],
         client_reference: str | None = None,
+        client: str | None = None,
     ) -> dict[str, Any]: ...
 
     def health(self) -> dict[str, Any]: ...
@@ -157,6 +162,8 @@ def make_app(
     r.add_get("/v1/referrals/{id}", get_referral)
     r.add_get("/v1/referrals/{id}/history", referral_history)
     r.add_post("/v1/referrals/{id}/transitions", transition)
+    r.add_post("/v1/referrals/{id}/break-glass/confirm", confirm_break_glass)
+    r.add_post("/v1/referrals/{id}/break-glass/refuse", refuse_break_glass)
     r.add_put("/v1/referrals/{id}/legal-hold", place_legal_hold)
     r.add_delete("/v1/referrals/{id}/legal-hold", lift_legal_hold)
     r.add_get("/v1/inbox", list_inbox)
@@ -352,7 +359,10 @@ async def submit_referral(request: web.Request) -> web.Response:
                 problems=["/client_reference: not a client reference"],
             )
         result = request.app[BACKEND].submit_referral(
-            recipients=recipients, referral=referral, client_reference=reference
+            recipients=recipients,
+            referral=referral,
+            client_reference=reference,
+            client=request[CLIENT].name,
         )
         return 202, result
 
@@ -390,6 +400,11 @@ async def list_referrals(request: web.Request) -> web.Response:
 
 
 async def get_referral(request: web.Request) -> web.Response:
+    _need(request, "read")
+    backend = request.app[BACKEND]
+    held = backend.break_glass.held(request.match_info["id"])
+    if held is not None and held.state != "submitted" and request.query.get("sender") is None:
+        return web.json_response(backend.break_glass.status(held.referral_id))
     backend, owner, referral_id = _named_referral(request, "read")
     rows = backend.store.referral_rows(owner, referral_id)
     if not rows:
@@ -435,6 +450,8 @@ async def get_referral(request: web.Request) -> web.Response:
         body["status"] = min((p["status"] for p in parties), key=STATUS_ORDER.index)
         body["client_reference"] = rows[0][10]
         body["recipients"] = parties
+        hold = backend.break_glass.held(referral_id) if owner == backend.desk.agency else None
+        body["break_glass"] = None if hold is None else glass_view(hold)
     else:
         body["state"] = parties[0]["state"]
         body["due_at"] = parties[0]["due_at"]
@@ -443,10 +460,18 @@ async def get_referral(request: web.Request) -> web.Response:
         )
         body["referral"] = None if opened is None else opened.get("referral")
         body["erased"] = opened is None
+        body["break_glass"] = received_break_glass(body["referral"])
         if body["referral"] is not None:  # nothing of a person in an erased one
             with backend.store.transaction() as tx:
                 _record_read(request, tx, owner, referral_id, body["referral"])
     return web.json_response(body)
+
+
+def received_break_glass(referral: Any) -> dict[str, Any] | None:
+    """The `break_glass` routing member of a received referral (its reason, confirmed), or
+    None: not break-glass, or erased."""
+    glass = referral.get("break_glass") if isinstance(referral, dict) else None
+    return dict(glass) if isinstance(glass, dict) else None
 
 
 def _record_read(
@@ -517,6 +542,39 @@ async def transition(request: web.Request) -> web.Response:
         return 202, result
 
     return await _idempotent(request, "act", act)
+
+
+async def confirm_break_glass(request: web.Request) -> web.Response:
+    """A second API client (scope confirm) confirms a held break-glass referral: it is
+    sealed and sent (PROTOCOL §8.2 step 2)."""
+
+    def act(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        _only(doc, set())
+        backend = request.app[BACKEND]
+        return 202, backend.break_glass.confirm(
+            request.match_info["id"], client=request[CLIENT].name
+        )
+
+    return await _idempotent(request, "confirm", act)
+
+
+async def refuse_break_glass(request: web.Request) -> web.Response:
+    """A second API client (scope confirm) refuses a held break-glass referral, with a
+    reason code: nothing is sent, the held referral is dropped."""
+
+    def act(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        _only(doc, {"reason"})
+        reason = doc.get("reason")
+        if reason not in REFUSAL_REASONS:
+            raise ProblemError(  # never echoed, as for transitions
+                400, "Bad Request", "reason must be one of: " + ", ".join(REFUSAL_REASONS)
+            )
+        backend = request.app[BACKEND]
+        return 200, backend.break_glass.refuse(
+            request.match_info["id"], client=request[CLIENT].name, reason=reason
+        )
+
+    return await _idempotent(request, "confirm", act)
 
 
 async def referral_decisions(request: web.Request) -> web.Response:

@@ -86,7 +86,7 @@ from .retention import RetentionSchedule
 from .webhooks import WebhookTarget
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-SCOPES = frozenset({"submit", "read", "act", "metrics", "decide"})
+SCOPES = frozenset({"submit", "read", "act", "metrics", "decide", "confirm"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +95,9 @@ class ApiClient:
     token_sha256: bytes
     #: What the client may do: submit (referrals, consents), read, act (transitions,
     #: withdrawals), metrics (GET /metrics only: for a Prometheus client; read reads it
-    #: too), decide (a competent authority's cases and decisions). Listed explicitly in
-    #: the configuration; there is no default.
+    #: too), decide (a competent authority's cases and decisions), confirm (confirm or
+    #: refuse another client's break-glass referral). Listed explicitly in the
+    #: configuration; there is no default.
     scopes: frozenset[str] = frozenset()
 
 

@@ -171,8 +171,30 @@ class Desk:
 
         The referral id is this agent's to choose (PROTOCOL §6.1): a new random one for every
         referral. `client_reference`, the case system's own, is kept here and never sent."""
+        _, plan = self.prepare(
+            recipients=recipients, document=document, client_reference=client_reference
+        )
+        if plan.referral.break_glass_reason is not None:  # never sent before confirmed
+            raise E.Unprocessable(
+                "a break-glass referral is held for a second client (agents/break_glass.py)"
+            )
+        return self.send_planned(
+            plan, referral_id=secrets.token_hex(16), client_reference=client_reference
+        )
+
+    def prepare(
+        self,
+        *,
+        recipients: Sequence[str],
+        document: dict[str, Any],
+        client_reference: str | None = None,
+    ) -> tuple[R.Referral, P.Plan]:
+        """The validated referral and what each recipient gets (agents/planning.py), or the
+        domain error that refuses it; nothing is written."""
         if client_reference is not None:
-            used = self.store.client_reference_used(client_reference)
+            used = self.store.client_reference_used(
+                client_reference
+            ) or self.store.break_glass_reference_used(client_reference)
             if used is not None:
                 raise E.AlreadyExists(
                     "a referral was already submitted under this client_reference",
@@ -180,23 +202,36 @@ class Desk:
                 )
         referral = P.validate(document)
         directory = self.directory()
-        now = clock.now()
         cited = list(referral.body.get("attachments", []))
         plan = P.plan(
             referral,
             recipients=recipients,
             roles={r: directory.agency(r).roles for r in recipients},
             consent=self._consent_for(referral),
-            now=now,
+            now=clock.now(),
             attachment_problems=self.attachments.check_cited(cited),
             policy=directory.policy,
             sender_roles=directory.agency(self.agency).roles if self.agency in directory else (),
         )
+        return referral, plan
+
+    def send_planned(
+        self, plan: P.Plan, *, referral_id: str, client_reference: str | None = None
+    ) -> dict[str, Any]:
+        """Seal and commit what `plan` says under `referral_id`, in one transaction (nested
+        in the caller's, if any): one referral message and pair per recipient."""
+        referral = plan.referral
         bodies = plan.bodies
         receipt = plan.receipt
-        referral_id = secrets.token_hex(16)
+        now = clock.now()
+        cited = list(referral.body.get("attachments", []))
         routing = {**referral.routing(), "referral_id": referral_id}
-        labels = (("referral_type", referral.referral_type), ("urgency", referral.urgency))
+        labels: tuple[tuple[str, str], ...] = (
+            ("referral_type", referral.referral_type),
+            ("urgency", referral.urgency),
+        )
+        if referral.break_glass_confirmed:
+            labels = (("break_glass", "yes"), *labels)
         expires = int(referral.expires_at.timestamp()) if referral.expires_at else None
         with self.store.transaction() as db:
             key = None
@@ -305,9 +340,11 @@ class Desk:
         self._history(
             db, owner, referral_id, owner, Step(None, "delivered", "system", None, None, now)
         )
-        self._webhook(
-            db, "referral.received", {"referral_id": referral_id, "sender": h.sender}, at=now
-        )
+        event: dict[str, Any] = {"referral_id": referral_id, "sender": h.sender}
+        glass = routing.get("break_glass")
+        if isinstance(glass, dict):  # checked before (inbound.check): reason, confirmed
+            event["break_glass"] = {"reason": glass.get("reason"), "confirmed": True}
+        self._webhook(db, "referral.received", event, at=now)
         return {k: str(v) for k, v in routing.items() if k in ("referral_type", "urgency")}
 
     def on_delivered(self, db: sqlite3.Connection, message_id: str, recipient: str) -> None:

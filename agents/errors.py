@@ -26,6 +26,11 @@ class NotFound(DomainError):
     """No referral, counterpart, consent receipt or attachment by this name here."""
 
 
+class Forbidden(DomainError):
+    """The client may not do this (beyond its token's scopes: a break-glass referral is
+    confirmed by a client other than the one that asked)."""
+
+
 # --- the request is well formed but conflicts with what is here -----------------------------
 
 

@@ -179,7 +179,9 @@ def check(
                 "an overdue notice whose due_at is not the national policy's for its tier"
             )
     if isinstance(checked, CheckedReferral):
-        problem = R.basis_problem(checked.referral, policy=policy, sender_roles=sender_roles)
+        problem = R.basis_problem(
+            checked.referral, policy=policy, sender_roles=sender_roles, received=True
+        )
         if problem is not None:  # codes only: the basis and the sender's roles
             raise UnlawfulBasisError(problem)
         known = sorted(r for r in roles if r in R.ROLE_CATEGORIES)

@@ -22,6 +22,7 @@ from keys.decision import STAGES as DECISION_STAGES
 from runtime.http import json_object_body
 
 from . import consent, referral
+from .break_glass import REFUSAL_REASONS
 from .cases import STATES as CASE_STATES
 from .lifecycle import OUTCOMES, PARTIES, REASON_CODES, STATES
 
@@ -282,6 +283,39 @@ _COMMON = {
 #: agent trusts no directory). It stays once the clock stopped (accepted, declined, final),
 #: so a reader can see whether it was met.
 _DUE_AT = {**_TIME, "type": ["integer", "null"]}
+#: A break-glass referral's hold at its sender (agents/break_glass.py, PROTOCOL §8.2 step 2).
+_BREAK_GLASS_STATE = {"enum": ["awaiting_confirmation", "submitted", "refused", "lapsed"]}
+_CLIENT_NAME = {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,39}$"}
+_HOLD = _closed(
+    {
+        "reason": _REASON_CODE,
+        "state": _BREAK_GLASS_STATE,
+        "requested_by": _CLIENT_NAME,
+        "requested_at": _TIME,
+        "confirm_by": _TIME,
+        "decided_by": {**_CLIENT_NAME, "type": ["string", "null"]},
+        "decided_at": {**_TIME, "type": ["integer", "null"]},
+        "refusal": {"enum": [*REFUSAL_REASONS, None]},
+    }
+)
+_HELD = _closed(
+    {
+        "id": _ID,
+        "side": {"const": "sender"},
+        "sender": _AGENCY_ID,
+        "state": _BREAK_GLASS_STATE,
+        "recipients": {"type": "array", "items": _AGENCY_ID},
+        "client_reference": {"type": ["string", "null"]},
+        "break_glass": _HOLD,
+    }
+)
+#: As a recipient received it: the routing member, or null (not break-glass, or erased).
+_RECEIVED_GLASS = {
+    "anyOf": [
+        _closed({"reason": _REASON_CODE, "confirmed": {"const": True}}),
+        {"type": "null"},
+    ]
+}
 #: GET /v1/referrals/{id}: as its sender sees it (per recipient) or as a recipient does.
 _REFERRAL = {
     "oneOf": [
@@ -306,6 +340,7 @@ _REFERRAL = {
                         optional=("failure",),
                     ),
                 },
+                "break_glass": {"anyOf": [_HOLD, {"type": "null"}]},
             }
         ),
         _closed(
@@ -316,8 +351,10 @@ _REFERRAL = {
                 "due_at": _DUE_AT,
                 "referral": _OPENED,
                 "erased": {"type": "boolean"},
+                "break_glass": _RECEIVED_GLASS,
             }
         ),
+        _HELD,
     ]
 }
 _HISTORY = _closed(
@@ -696,12 +733,17 @@ OPENAPI: dict[str, Any] = {
                             "required": ["id", "state", "recipients"],
                             "properties": {
                                 "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-                                "state": {"const": "submitted"},
+                                "state": {"enum": ["submitted", "awaiting_confirmation"]},
                                 "recipients": {"type": "array", "items": _AGENCY_ID},
                                 "client_reference": {"type": "string"},
+                                "break_glass": _HOLD,
                             },
                         },
-                        "Accepted: `id` is the referral id this agent assigned",
+                        "Accepted: `id` is the referral id this agent assigned. A referral "
+                        "with `break_glass` (PROTOCOL §8.2 step 2: an adult, vital_interests, "
+                        "a reason of the national policy's break_glass.reasons; else 422) is "
+                        "held unsent, `awaiting_confirmation`, until another API client "
+                        "confirms it (POST /v1/referrals/{id}/break-glass/confirm)",
                     ),
                     **_errors(400, 401, 403, 413, 415, 422, 503),
                     **_UNVERIFIABLE,
@@ -830,6 +872,46 @@ OPENAPI: dict[str, Any] = {
                 "parameters": [_PATH_ID, _SENDER],
                 "responses": {"200": _json(_LEGAL_HOLD), **_errors(400, 401, 403, 404, 409)},
             },
+        },
+        "/v1/referrals/{id}/break-glass/confirm": {
+            "post": {
+                "summary": "Confirm a held break-glass referral (confirm scope; PROTOCOL §8.2 "
+                "step 2): it is sealed and sent, marked confirmed. 403 for the client that "
+                "submitted it; 409 once it is no longer waiting (confirmed, refused, or lapsed "
+                "after the policy's confirm_seconds)",
+                "parameters": [_PATH_ID, _IDEMPOTENCY],
+                "responses": {
+                    "202": _json(
+                        _closed(
+                            {
+                                "id": _ID,
+                                "state": {"const": "submitted"},
+                                "recipients": {"type": "array", "items": _AGENCY_ID},
+                                "client_reference": {"type": "string"},
+                                "break_glass": _HOLD,
+                            },
+                            optional=("client_reference",),
+                        ),
+                        "Accepted: sealed and committed to the outbox",
+                    ),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                },
+            }
+        },
+        "/v1/referrals/{id}/break-glass/refuse": {
+            "post": {
+                "summary": "Refuse a held break-glass referral with a reason code (confirm "
+                "scope): nothing is sent and the held referral is dropped. 403 and 409 as "
+                "for confirm",
+                "parameters": [_PATH_ID, _IDEMPOTENCY],
+                "requestBody": json_object_body(
+                    ["reason"], {"reason": {"enum": list(REFUSAL_REASONS)}}
+                ),
+                "responses": {
+                    "200": _json(_HELD),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                },
+            }
         },
         "/v1/referrals/{id}/transitions": {
             "post": {

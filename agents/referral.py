@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ANONYMOUS_FIELDS",
     "ANONYMOUS_LOCATION_FIELDS",
+    "BREAK_GLASS_BASIS",
     "CATEGORIES",
     "FIELD_CATEGORY",
     "IDENTIFYING",
@@ -44,6 +45,7 @@ __all__ = [
     "ReferralInvalid",
     "anonymise",
     "basis_problem",
+    "break_glass_problem",
     "categories_for",
     "categories_for_roles",
     "categories_present",
@@ -99,6 +101,10 @@ class Referral:
     consent_receipt_id: str | None = None
     in_reply_to: str | None = None
     expires: str | None = None
+    #: The routing member `break_glass` (PROTOCOL §8.2 step 2): its reason, and whether the
+    #: sending agent marked it confirmed by a second API client.
+    break_glass_reason: str | None = None
+    break_glass_confirmed: bool = False
 
     @property
     def created_at(self) -> datetime:
@@ -112,9 +118,9 @@ class Referral:
     def is_child(self) -> bool:
         return is_child(self.body)
 
-    def routing(self) -> dict[str, str]:
+    def routing(self) -> dict[str, Any]:
         """The routing fields present, as a new dict (no personal data)."""
-        out = {
+        out: dict[str, Any] = {
             "schema_version": self.schema_version,
             "referral_type": self.referral_type,
             "urgency": self.urgency,
@@ -126,6 +132,10 @@ class Referral:
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
+        if self.break_glass_reason is not None:
+            out["break_glass"] = {"reason": self.break_glass_reason}
+            if self.break_glass_confirmed:
+                out["break_glass"]["confirmed"] = True
         return out
 
 
@@ -473,6 +483,8 @@ def _validated(doc: dict[str, Any], *, excused: frozenset[str]) -> Referral:
         consent_receipt_id=doc.get("consent_receipt_id"),
         in_reply_to=doc.get("in_reply_to"),
         expires=doc.get("expires"),
+        break_glass_reason=doc["break_glass"]["reason"] if "break_glass" in doc else None,
+        break_glass_confirmed=doc.get("break_glass", {}).get("confirmed") is True,
     )
 
 
@@ -523,16 +535,28 @@ def minimise(body: Mapping[str, Any], allowed_categories: Iterable[str]) -> dict
     }
 
 
+#: The one legal basis of a break-glass referral (docs/proposals/nrm-process.md §10).
+BREAK_GLASS_BASIS: Final = "vital_interests"
+
+
 def basis_problem(
-    referral: Referral, *, policy: Policy | None, sender_roles: Iterable[str]
+    referral: Referral,
+    *,
+    policy: Policy | None,
+    sender_roles: Iterable[str],
+    received: bool = False,
 ) -> str | None:
     """Why `referral` may not rely on its legal basis, or None (PROTOCOL §7.11): under a
     national policy, a referral about an adult that is not anonymous and not under consent
-    must use a basis the policy's `without_consent` opens to one of its sender's roles.
-    A child's referral (a child or a disputed age) needs no consent but relies on one of
-    `CHILD_BASES`, never on consent alone (docs/proposals/nrm-process.md §6.2). Without a
-    policy (directory spec_version 1) every basis of the schema stands. The answer names
+    must use a basis the policy's `without_consent` opens to one of its sender's roles, or
+    be a break-glass referral (`break_glass_problem`). A child's referral (a child or a
+    disputed age) needs no consent but relies on one of `CHILD_BASES`, never on consent
+    alone (docs/proposals/nrm-process.md §6.2). Without a policy (directory spec_version 1)
+    every basis of the schema stands, and none is break-glass. `received`: judged by a
+    recipient, for whom a break-glass referral must be marked confirmed. The answer names
     codes only, never a value of the body."""
+    if referral.break_glass_reason is not None:
+        return break_glass_problem(referral, policy=policy, received=received)
     if policy is None:
         return None
     if referral.is_child:
@@ -553,6 +577,35 @@ def basis_problem(
         f"roles {', '.join(roles) or '(none)'} under the national policy (without_consent); "
         "refer under consent"
     )
+
+
+def break_glass_problem(
+    referral: Referral, *, policy: Policy | None, received: bool = False
+) -> str | None:
+    """Why `referral`, which carries `break_glass`, may not be sent or received as a
+    break-glass referral, or None (PROTOCOL §8.2 step 2): under a national policy, about an
+    adult, not anonymous, under `vital_interests`, with a reason of the policy's
+    `break_glass.reasons`; a recipient also needs it marked confirmed. The reason given is
+    never repeated (a code outside the list may spell anything)."""
+    if referral.break_glass_reason is None:
+        raise ValueError("not a break-glass referral")
+    if policy is None:
+        return "break_glass needs a national policy (a directory of spec_version 2)"
+    if referral.is_child or referral.referral_type == "anonymous_notification":
+        return (
+            "break_glass is for an adult's referral that is not an anonymous notification "
+            "(a child's referral needs no consent)"
+        )
+    if referral.legal_basis != BREAK_GLASS_BASIS:
+        return f"break_glass needs legal basis {BREAK_GLASS_BASIS}, not {referral.legal_basis}"
+    if referral.break_glass_reason not in policy.break_glass.reasons:
+        return (
+            "break_glass.reason must be one of the national policy's break_glass.reasons: "
+            + ", ".join(policy.break_glass.reasons)
+        )
+    if received and not referral.break_glass_confirmed:
+        return "a break-glass referral is sent only once confirmed (break_glass.confirmed)"
+    return None
 
 
 def categories_for(roles: Iterable[str], *, child: bool, policy: Policy | None) -> frozenset[str]:

@@ -62,6 +62,7 @@ EVENT_TYPES: Final = frozenset(
         "overdue.received",
         "decision.received",
         "delivery.failed",
+        "break_glass.requested",
     }
 )
 #: Largest serialized event body accepted by `enqueue`.

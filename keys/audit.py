@@ -60,7 +60,16 @@ KINDS = frozenset(
         "identification.sent",
         "identification.received",
         "catalogue.published",
+        "break-glass.requested",
+        "break-glass.confirmed",
+        "break-glass.refused",
+        "break-glass.lapsed",
     }
+)
+#: The events of a break-glass referral at its sender (§8.2 step 2): each names the API
+#: client that asked (`requested`, `lapsed`) or decided (`confirmed`, `refused`).
+BREAK_GLASS_KINDS = frozenset(
+    {"break-glass.requested", "break-glass.confirmed", "break-glass.refused", "break-glass.lapsed"}
 )
 #: What a `retention.purged` event counts (§9.0): label name -> a decimal count, nothing else.
 COUNT_LABELS = frozenset(
@@ -103,6 +112,10 @@ def _is_count(value: object) -> bool:
     return isinstance(value, str) and _COUNT.fullmatch(value) is not None
 
 
+def _is_client(value: object) -> bool:
+    return isinstance(value, str) and CLIENT_NAME.fullmatch(value) is not None
+
+
 def _is_categories(value: object) -> bool:
     """Distinct categories of §8.1, sorted and comma-joined (at least one)."""
     if not isinstance(value, str):
@@ -117,6 +130,8 @@ LABELS: dict[str, frozenset[str]] = {
         {"nrm_full", "anonymous_notification", "transnational", "service_request"}
     ),
     "urgency": frozenset({"routine", "urgent", "emergency"}),
+    #: Only on `referral.sent`: the referral went out under break-glass (§8.2 step 2).
+    "break_glass": frozenset({"yes"}),
     "state": frozenset(
         {
             "submitted",
@@ -141,7 +156,7 @@ LABELS: dict[str, frozenset[str]] = {
 KIND_LABELS: dict[str, dict[str, Callable[[object], bool]]] = {
     "retention.purged": {name: _is_count for name in sorted(COUNT_LABELS)},
     "record.accessed": {
-        "client": lambda v: isinstance(v, str) and CLIENT_NAME.fullmatch(v) is not None,
+        "client": _is_client,
         "record": lambda v: isinstance(v, str) and v in ACCESS_RECORDS,
         "categories": _is_categories,
         "reads": lambda v: _is_count(v) and v != "0",
@@ -157,10 +172,19 @@ KIND_LABELS: dict[str, dict[str, Callable[[object], bool]]] = {
         kind: {name: DECISION_LABELS[name].__contains__ for name in ("stage", "outcome")}
         for kind in ("identification.sent", "identification.received")
     },
+    **{kind: {"client": _is_client} for kind in sorted(BREAK_GLASS_KINDS)},
 }
 #: Kinds that carry every one of their own labels, always.
-_EXACT_LABELS = frozenset(
-    {"record.accessed", "identification.decided", "identification.sent", "identification.received"}
+_EXACT_LABELS = (
+    frozenset(
+        {
+            "record.accessed",
+            "identification.decided",
+            "identification.sent",
+            "identification.received",
+        }
+    )
+    | BREAK_GLASS_KINDS
 )
 #: Labels only their kinds carry (a statistics label a kind also lists, such as `urgency` on
 #: `clock.overdue`, stays allowed on every other kind).
@@ -291,11 +315,15 @@ def _problems(e: AuditEvent) -> list[str]:
                     p.append(f"a label is not one of {e.kind}'s labels with its value")
             elif name in _OWN_LABELS or name not in LABELS or value not in LABELS[name]:
                 p.append("a label is not an allowed name and value")
+            elif name == "break_glass" and e.kind != "referral.sent":
+                p.append("only referral.sent carries the break_glass label")
     if e.kind == "clock.overdue" and "clock" not in names:
         p.append("clock.overdue names its clock")
     exact = e.kind in _EXACT_LABELS and isinstance(e.labels, tuple)
     if exact and set(names) != set(KIND_LABELS[e.kind]):
         p.append(f"{e.kind} carries exactly its own labels")
+    if e.kind in BREAK_GLASS_KINDS and (e.referral_id is None or e.reason is None):
+        p.append(f"{e.kind} names the referral and its break-glass reason")
     if e.kind == "record.accessed":
         # The read record, its owner and every label: the owner finds it by `counterpart`.
         if e.referral_id is None or e.counterpart is None or e.counterpart == e.agency:
@@ -318,6 +346,7 @@ def labels_of(values: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 
 __all__: Sequence[str] = [
     "ACCESS_RECORDS",
+    "BREAK_GLASS_KINDS",
     "CATEGORIES",
     "CLIENT_NAME",
     "COUNT_LABELS",

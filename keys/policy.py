@@ -38,7 +38,8 @@ NO_REMOVAL_FROM: Final = ("referral", "first_stage_positive")
 
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _BASIS_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_REASON_CODE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
+#: A break-glass reason is the `reason` of its audit events (PROTOCOL §9.0): at most 40.
+_REASON_CODE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 _ROLE_CODE = re.compile(r"^[a-z][a-z-]{0,63}$")
 
 _FIELDS: Final = frozenset(
@@ -104,8 +105,10 @@ class Tier:
 
 @dataclass(frozen=True, slots=True)
 class BreakGlass:
-    """A referral without the consent otherwise required: a second person confirms within
-    `confirm_seconds`, a follow-up is due after `follow_up_days`, with one of `reasons`."""
+    """A referral without the consent otherwise required (PROTOCOL §8.2 step 2): under
+    `vital_interests` with one of `reasons`, sent only once a second API client of the
+    sending agency confirmed it within `confirm_seconds`; a follow-up is due after
+    `follow_up_days`."""
 
     confirm_seconds: int
     follow_up_days: int

@@ -130,6 +130,22 @@ def test_a_token_file_already_there_is_used_not_replaced(folder: Path) -> None:
     assert client.token_sha256.hex() == token_digest("chosen-by-the-operator-0123456789")
 
 
+def test_the_confirm_scope_is_granted_like_any_other(folder: Path) -> None:
+    """A break-glass confirmer (PROTOCOL §8.2 step 2) gets its token and scopes from
+    `--client NAME:confirm,read`, beside the case system that submits."""
+    assert nrm(
+        "agent", "config", "--out", str(folder / "agent.toml"), "--agency", "police",
+        "--nats", "bus", "--client", "cms:submit,read", "--client", "duty-officer:confirm,read",
+    ).exit_code == 0  # fmt: skip
+    cms, officer = AgentConfig.from_dict(
+        tomllib.loads((folder / "agent.toml").read_text()), base=folder
+    ).clients
+    assert (officer.name, officer.scopes) == ("duty-officer", frozenset({"confirm", "read"}))
+    assert "confirm" not in cms.scopes
+    token = (folder / "duty-officer.token").read_text()
+    assert officer.token_sha256.hex() == token_digest(token)
+
+
 def test_an_existing_file_is_never_overwritten(folder: Path) -> None:
     """Exit 1 naming the file; the file and the folder are unchanged (no token made)."""
     out = folder / "agent.toml"

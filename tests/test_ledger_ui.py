@@ -277,6 +277,10 @@ KIND_WORDS = {
     "identification.sent": "Identification decision sent",
     "identification.received": "Identification decision received",
     "catalogue.published": "Service catalogue published",
+    "break-glass.requested": "Break-glass referral requested",
+    "break-glass.confirmed": "Break-glass referral confirmed, sent",
+    "break-glass.refused": "Break-glass referral refused",
+    "break-glass.lapsed": "Break-glass referral lapsed unconfirmed",
 }
 #: What each statistics label value reads as.
 LABEL_WORDS = {
@@ -287,6 +291,7 @@ LABEL_WORDS = {
     ("urgency", "routine"): "Routine",
     ("urgency", "urgent"): "Urgent",
     ("urgency", "emergency"): "Emergency",
+    ("break_glass", "yes"): "Break-glass",
     **{
         ("state", code): f"New state: {words}"
         for code, words in {

@@ -62,6 +62,34 @@ def test_a_policy_round_trips_through_a_spec_2_directory() -> None:
         ({"child_identity_roles": ["parent"]}, "names a role"),
         ({"child_legal_bases": ["Children Act"]}, "child_legal_bases"),
         ({"colour": "blue"}, "policy must have exactly the members"),
+        (
+            {"break_glass": {"confirm_seconds": 900, "follow_up_days": 7, "reasons": []}},
+            "break_glass.reasons must list at least one",
+        ),
+        (
+            {"break_glass": {"confirm_seconds": 0, "follow_up_days": 7, "reasons": ["a"]}},
+            "break_glass.confirm_seconds must be an integer from 1",
+        ),
+        (
+            {"break_glass": {"confirm_seconds": 900, "follow_up_days": 0, "reasons": ["a"]}},
+            "break_glass.follow_up_days must be an integer from 1",
+        ),
+        (
+            {"break_glass": {"confirm_seconds": 900, "follow_up_days": 7, "reasons": ["b", "a"]}},
+            "break_glass.reasons must be a sorted list",
+        ),
+        (  # a reason is its audit events' reason code: at most 40 characters
+            {"break_glass": {"confirm_seconds": 900, "follow_up_days": 7, "reasons": ["a" * 41]}},
+            "break_glass.reasons must be a sorted list",
+        ),
+        (
+            {"break_glass": {"confirm_seconds": 900, "follow_up_days": 7, "reasons": "a"}},
+            "break_glass.reasons must be a list",
+        ),
+        (
+            {"break_glass": {"confirm_seconds": 900, "reasons": ["a"]}},
+            "policy.break_glass must have exactly the members",
+        ),
     ],
 )
 def test_a_policy_out_of_range_is_refused_naming_the_member(

@@ -4,8 +4,9 @@ One SQLite database in WAL mode (db.py) with its schema, invariants and migratio
 place (schema.py), and one module per aggregate: messages.py (outbox, deliveries, inbox,
 resends), referrals.py (referrals, history, data keys), consents.py (consents, their uses,
 the signing key history), audit.py (audit outbox, ledger restores and alerts), webhooks.py,
-attachments.py, idempotency.py, erasure.py, retention.py, accesses.py and cases.py. `Store` composes
-them; the rest of agents/ calls its named methods and never writes SQL (docs/DESIGN.md "Storage").
+attachments.py, idempotency.py, erasure.py, retention.py, accesses.py, cases.py and
+break_glass.py. `Store` composes them; the rest of agents/ calls its named methods and never
+writes SQL (docs/DESIGN.md "Storage").
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from .accesses import AccessWindow, AccessWindows
 from .attachments import AttachmentTables
 from .audit import AuditLog
+from .break_glass import BreakGlassHolds, Hold
 from .cases import Case, Cases, StoredDecision
 from .consents import Consents, StoredConsent, read_consent
 from .db import Database
@@ -47,6 +49,7 @@ class Store(
     Retention,
     AccessWindows,
     Cases,
+    BreakGlassHolds,
 ):
     """The agent database with every aggregate's operations."""
 
@@ -61,6 +64,7 @@ __all__ = [
     "Case",
     "Database",
     "DeliveryState",
+    "Hold",
     "NewReferral",
     "OutgoingMessage",
     "OutgoingStatus",

@@ -31,6 +31,9 @@ column; in `inbox` the `sender` column is the owner of the referral a row carrie
   decisions, PROTOCOL §8.7); new tables, so `CREATE TABLE IF NOT EXISTS` adds them to
   older databases (no release had them: `case_referrals`' UNIQUE referral_id was added to
   the CREATE itself, before any release, so needs no migration).
+- `break_glass`: agents/storage/break_glass.py (referrals held for a second client's
+  confirmation, PROTOCOL §8.2 step 2; only this agency's own, so keyed by referral id
+  alone); a new table, added to older databases as above.
 - `erasure_confirmations`, `attachment_deletions`: agents/erasure.py; `legal_holds`:
   agents/retention.py (both keyed as above).
 """
@@ -313,6 +316,30 @@ CREATE TABLE IF NOT EXISTS decisions (
 ) STRICT;
 CREATE INDEX IF NOT EXISTS decisions_by_pair ON decisions(owner, referral_id);
 CREATE INDEX IF NOT EXISTS decisions_by_case ON decisions(authority, case_id);
+-- Break-glass referrals held for a second client's confirmation (agents/break_glass.py)
+CREATE TABLE IF NOT EXISTS break_glass (
+    referral_id      TEXT PRIMARY KEY,
+    state            TEXT NOT NULL
+        CHECK (state IN ('awaiting_confirmation', 'submitted', 'refused', 'lapsed')),
+    reason           TEXT NOT NULL,
+    requested_by     TEXT NOT NULL,
+    requested_at     INTEGER NOT NULL,
+    confirm_by       INTEGER NOT NULL,
+    decided_by       TEXT,
+    decided_at       INTEGER,
+    refusal          TEXT,
+    recipients       TEXT NOT NULL,
+    client_reference TEXT,
+    -- the submitted document under its own data key, the key under the storage key: both
+    -- only while it waits (a decided hold keeps no personal data)
+    sealed_key       BLOB,
+    document         BLOB,
+    CHECK ((state = 'awaiting_confirmation') = (document IS NOT NULL)),
+    CHECK ((sealed_key IS NULL) = (document IS NULL)),
+    CHECK ((state = 'awaiting_confirmation') = (decided_at IS NULL))
+) STRICT;
+CREATE INDEX IF NOT EXISTS break_glass_waiting ON break_glass(confirm_by)
+    WHERE state = 'awaiting_confirmation';
 CREATE TABLE IF NOT EXISTS webhook_outbox (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id      TEXT NOT NULL UNIQUE,

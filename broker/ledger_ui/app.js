@@ -103,6 +103,10 @@
     "identification.sent": "Identification decision sent",
     "identification.received": "Identification decision received",
     "catalogue.published": "Service catalogue published",
+    "break-glass.requested": "Break-glass referral requested",
+    "break-glass.confirmed": "Break-glass referral confirmed, sent",
+    "break-glass.refused": "Break-glass referral refused",
+    "break-glass.lapsed": "Break-glass referral lapsed unconfirmed",
   };
   const LABEL_WORDS = {
     referral_type: {
@@ -131,6 +135,7 @@
     stage: { first: "First stage", second: "Second stage" },
     outcome: { positive: "Positive", negative: "Negative" },
     age_route: { adult: "Adult route", child: "Child route" },
+    break_glass: { yes: "Break-glass" }, // on referral.sent
   };
   const LABEL_ORDER = ["referral_type", "urgency", "state"];
   const COUNT_WORDS = {

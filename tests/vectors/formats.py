@@ -421,6 +421,8 @@ def _directory_vectors() -> list[tuple[str, str, str, bytes | None, int, bytes]]
     with_policy = json.loads(encode_directory(POLICY_DIRECTORY))
     short_reflection = json.loads(encode_directory(POLICY_DIRECTORY))
     short_reflection["policy"]["reflection_min_days"] = 29
+    no_glass_reasons = json.loads(encode_directory(POLICY_DIRECTORY))
+    no_glass_reasons["policy"]["break_glass"]["reasons"] = []
     policy_in_spec_1 = json.loads(encode_directory(POLICY_DIRECTORY))
     policy_in_spec_1["spec_version"] = 1
     no_policy = dict(with_policy)
@@ -559,6 +561,14 @@ def _directory_vectors() -> list[tuple[str, str, str, bytes | None, int, bytes]]
             None,
             NOW,
             signed_file(canonical_json(short_reflection), ADMINS[:2]),
+        ),
+        (
+            "policy-break-glass-without-reasons",
+            "a policy whose break_glass lists no reason (break-glass would be closed silently)",
+            "malformed",
+            None,
+            NOW,
+            signed_file(canonical_json(no_glass_reasons), ADMINS[:2]),
         ),
         (
             "policy-in-spec-1",
@@ -720,6 +730,20 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
         kind="catalogue.published",
         time=NOW,
     )
+    confirmed = AuditEvent(
+        event_id=fixed("audit event 7")[:16].hex(),
+        agency="police",
+        kind="break-glass.confirmed",
+        time=NOW,
+        referral_id=EVENT.referral_id,
+        reason="imminent-danger",
+        labels=(("client", "duty-officer"),),
+    )
+    clientless = _event_fields(confirmed)
+    clientless[9] = []
+    glass_received = _event_fields(EVENT)
+    glass_received[3] = "referral.received"
+    glass_received[9] = [["break_glass", "yes"], ["urgency", "emergency"]]
     clockless = _event_fields(overdue)
     clockless[9] = [["urgency", "routine"]]
     access_label = _event_fields(EVENT)
@@ -780,6 +804,27 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
             "ok",
             {},
             sign_event(published, POLICE_SIGN),
+        ),
+        (
+            "ok-break-glass-confirmed",
+            "break-glass.confirmed: the referral, its break-glass reason, the confirming client",
+            "ok",
+            {},
+            sign_event(confirmed, POLICE_SIGN),
+        ),
+        (
+            "break-glass-without-client",
+            "break-glass.confirmed without its client label, correctly signed",
+            "malformed",
+            {},
+            _signed_raw(clientless),
+        ),
+        (
+            "break-glass-label-on-received",
+            "the break_glass label on referral.received (referral.sent only), correctly signed",
+            "malformed",
+            {},
+            _signed_raw(glass_received),
         ),
         (
             "overdue-without-clock",
@@ -1246,6 +1291,23 @@ _PUBLIC_TASK_REFERRAL = canonical_json(
 )
 
 
+def _break_glass_referral(legal_basis: str = "vital_interests", **member: object) -> bytes:
+    """An adult's referral for a co-ordinator with the routing member `break_glass` =
+    `member` (PROTOCOL §8.2 step 2)."""
+    doc = examples.referral(created="2026-01-01T00:00:00Z")
+    return canonical_json(
+        {
+            "referral": {
+                **doc,
+                "legal_basis": legal_basis,
+                "break_glass": member,
+                "referral_id": fixed("break-glass referral")[:16].hex(),
+                "body": {k: v for k, v in doc["body"].items() if k != "attachments"},
+            }
+        }
+    )
+
+
 def _child_referral(legal_basis: str, keep: tuple[str, ...]) -> bytes:
     """The demo's referral about a child (a guardian named), under `legal_basis`, its body
     cut to the fields `keep` (as a sender minimises it for one recipient)."""
@@ -1294,6 +1356,39 @@ def _basis_vectors() -> list[tuple[str, str, str, str, str, bytes]]:
             "police",
             "unlawful-basis",
             _PUBLIC_TASK_REFERRAL,
+        ),
+        (
+            "referral-break-glass",
+            "vital_interests from police without consent, break-glass with a policy reason, "
+            "confirmed",
+            "coordinator",
+            "police",
+            "ok",
+            _break_glass_referral(reason="imminent-danger", confirmed=True),
+        ),
+        (
+            "referral-break-glass-unconfirmed",
+            "the same break-glass referral without confirmed: its sender never sends one",
+            "coordinator",
+            "police",
+            "unlawful-basis",
+            _break_glass_referral(reason="imminent-danger"),
+        ),
+        (
+            "referral-break-glass-unknown-reason",
+            "a break-glass reason the policy does not list",
+            "coordinator",
+            "police",
+            "unlawful-basis",
+            _break_glass_referral(reason="medical-emergency", confirmed=True),
+        ),
+        (
+            "referral-break-glass-public-task",
+            "break-glass under public_task: only vital_interests",
+            "coordinator",
+            "police",
+            "unlawful-basis",
+            _break_glass_referral("public_task", reason="imminent-danger", confirmed=True),
         ),
         (
             "referral-child-consent-alone",
