@@ -29,9 +29,10 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
 from keys import DEFAULT_LIMITS, AgencyKeys, UnknownKeyError, UntrustedInputError
-from keys.audit import decode_signed_event, verify_event
+from keys.audit import AuditEvent, decode_signed_event, verify_event
 from keys.checkpoint import Checkpoint, ledger_origin, sign_checkpoint
 from keys.directory import Directory, Root
+from keys.errors import NotForThisRoleError
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import MerkleTree, leaf_hash
 from keys.subjects import AGENCY_ID_PATTERN, AUDIT_STREAM, AUDIT_SUBJECTS
@@ -57,6 +58,21 @@ log = structlog.get_logger("nrm.ledger")
 #: How long the bus link may be down before /healthz says so (`degraded`, `bus-<state>`): a
 #: reconnection, a node restarting, must not flap the ledger's health.
 BUS_GRACE_SECONDS = 10.0
+
+
+#: Kinds only an agency that decides the identification stage they name may sign (PROTOCOL
+#: §9.0): the statistics count them, so no other agency may add to the count.
+DECIDER_KINDS = frozenset({"identification.decided", "identification.sent"})
+
+
+def check_signer_may(event: AuditEvent, directory: Directory) -> None:
+    """Refuse (`not-for-this-role`) an event of a kind its agency may not sign."""
+    if event.kind in DECIDER_KINDS:
+        stage = dict(event.labels).get("stage", "")
+        if not directory.agency(event.agency).decides_stage(stage):
+            raise NotForThisRoleError(
+                f"{event.kind} is signed only by an agency that decides the {stage} stage"
+            )
 
 
 def bus_event(state: str) -> str:
@@ -459,6 +475,7 @@ class Ledger:
             if self.store.has_event(decode_signed_event(data)[0].event_id):
                 return True
             signed = verify_event(data, signers=directory)
+            check_signer_may(signed.event, directory)
         except UnknownKeyError as e:
             if clock.time() - stored_at < self.config.unknown_key_grace_seconds:
                 return None

@@ -879,12 +879,7 @@ SCHEMAS: dict[str, Any] = {
                     month=_MONTH,
                     stage={"enum": [*sorted(DECISION_LABELS["stage"]), "unspecified"]},
                     outcome={"enum": [*sorted(DECISION_LABELS["outcome"]), "unspecified"]},
-                )
-            ),
-            "negative_reasons": _list(
-                _cell(
-                    stage={"enum": [*sorted(DECISION_LABELS["stage"]), "unspecified"]},
-                    reason={"type": "string", "pattern": _REASON},
+                    reason={"type": ["string", "null"], "pattern": _REASON},
                 )
             ),
             "identification_median_seconds": _list(

@@ -40,6 +40,10 @@ def _cell(count: int, threshold: int) -> dict[str, Any]:
     return {"count": count, "suppressed": False}
 
 
+def _order(key: tuple[str, str, str, str | None]) -> tuple[str, str, str, str]:
+    return (*key[:3], key[3] or "")
+
+
 def _median(values: list[int], threshold: int) -> dict[str, Any]:
     if len(values) < threshold:
         return {"seconds": None, "suppressed": True}
@@ -57,14 +61,18 @@ def compute(rows: Iterable[EntryRow], *, threshold: int) -> dict[str, Any]:
     # each referral counts once per month, clock and tier.
     overdue: dict[tuple[str, str, str], set[tuple[str, str]]] = defaultdict(set)
     # `identification.decided` is signed once per decision by the authority (not per copy
-    # sent), on the referral that opened the case: each one counts.
-    decisions: Counter[tuple[str, str, str]] = Counter()
-    negative: Counter[tuple[str, str]] = Counter()
-    # (authority, opening referral id) -> stage -> the time of its earliest decision (a
-    # decision that supersedes another does not restart the interval).
-    decided: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    # sent), on the referral that opened the case: each one counts, in one table only (a
+    # negative one by its reason), so that no published total less a published part gives a
+    # suppressed part. The ledger appends only those of an agency deciding their stage.
+    decisions: Counter[tuple[str, str, str, str | None]] = Counter()
+    # (authority, case owner, opening referral id) -> stage -> the time of its earliest
+    # decision (a decision that supersedes another does not restart the interval).
+    decided: dict[tuple[str, str | None, str], dict[str, int]] = defaultdict(dict)
+    # (owner, referral id) -> its first `referral.sent`: the owner's own, no other agency's.
+    owned_sent_at: dict[tuple[str, str], int] = {}
     for r in rows:
         if r.kind == "referral.sent" and r.referral_id is not None:
+            owned_sent_at.setdefault((r.agency, r.referral_id), r.time)
             first = sent_at.setdefault(r.referral_id, r.time)
             key = (
                 month(first),
@@ -90,10 +98,9 @@ def compute(rows: Iterable[EntryRow], *, threshold: int) -> dict[str, Any]:
         elif r.kind == "identification.decided" and r.referral_id is not None:
             stage = r.labels.get("stage", "unspecified")
             outcome = r.labels.get("outcome", "unspecified")
-            decisions[(month(r.time), stage, outcome)] += 1
-            if outcome == "negative":
-                negative[(stage, r.reason or "unspecified")] += 1
-            earliest = decided[(r.agency, r.referral_id)]
+            reason = (r.reason or "unspecified") if outcome == "negative" else None
+            decisions[(month(r.time), stage, outcome, reason)] += 1
+            earliest = decided[(r.agency, r.counterpart, r.referral_id)]
             earliest[stage] = min(earliest.get(stage, r.time), r.time)
 
     durations: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -103,13 +110,16 @@ def compute(rows: Iterable[EntryRow], *, threshold: int) -> dict[str, Any]:
                 durations[(month(sent_at[referral_id]), state)].append(t - sent_at[referral_id])
 
     intervals: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for (_, referral_id), stages in decided.items():
-        if "first" in stages and referral_id in sent_at:
-            start = sent_at[referral_id]
-            intervals[(month(start), "referral-to-first")].append(stages["first"] - start)
-        if "first" in stages and "second" in stages:
-            start = stages["first"]
-            intervals[(month(start), "first-to-second")].append(stages["second"] - start)
+    for (_, owner, referral_id), stages in decided.items():
+        spans: list[tuple[str, int | None, str]] = []
+        if owner is not None and (owner, referral_id) in owned_sent_at:
+            spans.append(("referral-to-first", owned_sent_at[(owner, referral_id)], "first"))
+        if "second" in stages:
+            spans.append(("first-to-second", stages.get("first"), "second"))
+        for interval, start, end in spans:
+            # A decision dated before what it follows is no interval (a clock, or a lie).
+            if start is not None and end in stages and stages[end] >= start:
+                intervals[(month(start), interval)].append(stages[end] - start)
 
     return {
         "threshold": threshold,
@@ -132,12 +142,8 @@ def compute(rows: Iterable[EntryRow], *, threshold: int) -> dict[str, Any]:
             for (m, c, u), ids in sorted(overdue.items())
         ],
         "decisions_per_month": [
-            {"month": m, "stage": st, "outcome": o, **_cell(n, threshold)}
-            for (m, st, o), n in sorted(decisions.items())
-        ],
-        "negative_reasons": [
-            {"stage": st, "reason": reason, **_cell(n, threshold)}
-            for (st, reason), n in sorted(negative.items())
+            {"month": m, "stage": st, "outcome": o, "reason": why, **_cell(n, threshold)}
+            for (m, st, o, why), n in sorted(decisions.items(), key=lambda c: _order(c[0]))
         ],
         "identification_median_seconds": [
             {"month": m, "interval": interval, **_median(values, threshold)}

@@ -587,7 +587,8 @@ async def test_token_scopes_limit_what_each_token_reads(mechanism: Mechanism) ->
 
 async def test_ledger_refuses_and_counts_unverifiable_events(mechanism: Mechanism) -> None:
     """Events on police's own audit subject with a corrupted signature, signed with the
-    shelter's key, or not an event at all stay out of the ledger and are counted by reason."""
+    shelter's key, not an event at all, or of a kind police may not sign (a decision) stay
+    out of the ledger and are counted by reason."""
     m = mechanism
     ledger = m.sandbox.ledger
     assert ledger is not None
@@ -612,10 +613,20 @@ async def test_ledger_refuses_and_counts_unverifiable_events(mechanism: Mechanis
     # Shelter's key under its own key id, claiming police: not a key of police.
     foreign_event = event()
     foreign = sign_event(foreign_event, shelter.signing_key)
+    # Police's own key, but a decision only a competent authority signs: the statistics
+    # count decisions, so no other agency may add to them.
+    decision_event = dataclasses.replace(
+        event(),
+        kind="identification.decided",
+        referral_id="a" * 32,
+        counterpart="police",
+        labels=(("age_route", "adult"), ("outcome", "positive"), ("stage", "first")),
+    )
+    decision = sign_event(decision_event, police.signing_key)
     before = ledger.store.refused()
     async with connect_as(m, "police") as nc:
         js = nc.jetstream()
-        for n, data in enumerate([bytes(corrupted), borrowed, foreign, b"\x93junk"]):
+        for n, data in enumerate([bytes(corrupted), borrowed, foreign, b"\x93junk", decision]):
             await js.publish(audit_subject("police"), data, headers={"Nats-Msg-Id": f"forged-{n}"})
 
     async def counted() -> bool:
@@ -624,12 +635,13 @@ async def test_ledger_refuses_and_counts_unverifiable_events(mechanism: Mechanis
             refused.get("bad-signature", 0) - before.get("bad-signature", 0) == 2
             and refused.get("unknown-key", 0) - before.get("unknown-key", 0) == 1
             and refused.get("malformed", 0) - before.get("malformed", 0) == 1
+            and refused.get("not-for-this-role", 0) - before.get("not-for-this-role", 0) == 1
         )
 
     await eventually(counted, what="the forged events to be refused and counted")
     # A legitimate exchange still goes through afterwards, and the ledger holds only it.
     await exchange(m)
-    for forged in (corrupted_event, borrowed_event, foreign_event):
+    for forged in (corrupted_event, borrowed_event, foreign_event, decision_event):
         assert not ledger.store.has_event(forged.event_id)
     legitimate = {e for agency, _, _ in AGENCIES for e, _, _ in outbox(m, agency)}
     in_ledger = [r.event_id for r in ledger.store.iter_rows()]

@@ -104,14 +104,18 @@ DAY = 86_400
 FEB = JAN + 31 * DAY
 
 
-def test_decisions_are_counted_per_month_stage_and_outcome_with_their_intervals() -> None:
-    """Each `identification.decided` counts once in its month, stage and outcome; negative
-    ones also by reason; the intervals run from the opening referral's first `referral.sent`
-    to the earliest first stage, and from there to the earliest second stage, each in the
-    month it started, the median of a month and interval shown only from the threshold."""
-    a, b, c = "a" * 32, "b" * 32, "c" * 32
+def test_decisions_are_counted_per_month_stage_outcome_and_reason_with_their_intervals() -> None:
+    """Each `identification.decided` counts once in its month, stage and outcome, a negative
+    one by its reason (in the same table: no total is published beside its parts); the
+    intervals run from the owner's own first `referral.sent` of the opening referral to the
+    earliest first stage, and from there to the earliest second stage, each in the month it
+    started, a median shown only from the threshold; another agency's `referral.sent` of
+    the same id, and a decision dated before what it follows, count for no interval."""
+    a, b, c, d = "a" * 32, "b" * 32, "c" * 32, "d" * 32
     decided = "identification.decided"
     rows = [
+        # a hostile agency's referral.sent of police's referral id, before police's own
+        _row(0, "referral.sent", "shelter", a, JAN - 30 * DAY),
         _row(1, "referral.sent", "police", a, JAN),
         _row(2, "referral.sent", "police", a, JAN + 10),  # its second recipient
         _row(3, "referral.sent", "police", b, JAN + DAY),
@@ -141,22 +145,36 @@ def test_decisions_are_counted_per_month_stage_and_outcome_with_their_intervals(
             outcome="negative",
             reason="no-indicators",
         ),
+        # a first stage dated before its referral was sent: no interval
+        _row(10, "referral.sent", "police", d, FEB + 9 * DAY),
+        _row(11, decided, "authority", d, FEB + 8 * DAY, stage="first", outcome="positive"),
     ]
     stats = compute(rows, threshold=2)
 
     def cell(n: int | None) -> dict[str, object]:
         return {"count": n, "suppressed": n is None}
 
+    positive = {"outcome": "positive", "reason": None}
     assert stats["decisions_per_month"] == [
-        {"month": "2026-01", "stage": "first", "outcome": "positive", **cell(3)},
-        {"month": "2026-02", "stage": "first", "outcome": "negative", **cell(None)},
-        {"month": "2026-02", "stage": "second", "outcome": "negative", **cell(None)},
-        {"month": "2026-02", "stage": "second", "outcome": "positive", **cell(None)},
+        {"month": "2026-01", "stage": "first", **positive, **cell(3)},
+        {
+            "month": "2026-02",
+            "stage": "first",
+            "outcome": "negative",
+            "reason": "no-indicators",
+            **cell(None),
+        },
+        {"month": "2026-02", "stage": "first", **positive, **cell(None)},
+        {
+            "month": "2026-02",
+            "stage": "second",
+            "outcome": "negative",
+            "reason": "act-not-established",
+            **cell(None),
+        },
+        {"month": "2026-02", "stage": "second", **positive, **cell(None)},
     ]
-    assert stats["negative_reasons"] == [
-        {"stage": "first", "reason": "no-indicators", **cell(None)},
-        {"stage": "second", "reason": "act-not-established", **cell(None)},
-    ]
+    assert "negative_reasons" not in stats
     to_first = [5 * DAY, 3 * DAY]  # a: from JAN to its earliest first stage; b: from JAN + DAY
     to_second = [(FEB + 5 * DAY) - (JAN + 5 * DAY), FEB - (JAN + 4 * DAY)]
     assert stats["identification_median_seconds"] == [
@@ -175,10 +193,9 @@ def test_decisions_are_counted_per_month_stage_and_outcome_with_their_intervals(
     ]
     # One case alone shows no median, of either interval.
     alone = compute([r for r in rows if r.referral_id == a], threshold=2)
-    assert all(
-        m["suppressed"] and m["seconds"] is None for m in alone["identification_median_seconds"]
-    )
-    assert len(alone["identification_median_seconds"]) == 2
+    medians = alone["identification_median_seconds"]
+    assert len(medians) == 2
+    assert all(m["suppressed"] and m["seconds"] is None for m in medians)
 
 
 def test_the_store_hands_the_statistics_decisions(tmp_path: Path) -> None:

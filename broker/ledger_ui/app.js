@@ -815,14 +815,17 @@
       cell: (c, k) => odCells.get(`${c}|${k}`), format: countFmt, threshold, unit: "count",
     });
 
+    // One series per stage and outcome, a negative one per reason: the ledger publishes no
+    // total of them (a total less its parts would give away a suppressed one).
     const dec = s.decisions_per_month || [];
-    const decKey = (r) => `${r.stage} · ${r.outcome}`;
+    const decKey = (r) => [r.stage, r.outcome, r.reason || ""].join(" · ");
     const decCells = byKey(dec, (r) => `${r.month}|${decKey(r)}`);
     barChart($("chart-decisions"), {
       categories: uniq(dec.map((r) => r.month)).sort(),
       series: uniq(dec.map(decKey)).sort().map((k) => {
-        const [stage, outcome] = k.split(" · ");
-        return { key: k, name: `${labelWords("stage", stage)} · ${labelWords("outcome", outcome)}` };
+        const [stage, outcome, reason] = k.split(" · ");
+        const name = `${labelWords("stage", stage)} · ${labelWords("outcome", outcome)}`;
+        return { key: k, name: reason ? `${name} · ${words(reason)}` : name };
       }),
       cell: (c, k) => decCells.get(`${c}|${k}`), format: countFmt, threshold, unit: "count",
     });
@@ -837,15 +840,6 @@
       ].filter((x) => idm.some((r) => r.interval === x.key)),
       cell: (c, k) => idmCells.get(`${c}|${k}`),
       format: (v) => (v === 0 ? "0" : duration(v)), threshold, unit: "seconds",
-    });
-
-    const neg = s.negative_reasons || [];
-    const negKey = (r) => `${r.stage} · ${r.reason}`;
-    const negCells = byKey(neg, negKey);
-    barChart($("chart-negative-reasons"), {
-      categories: uniq(neg.map(negKey)).sort(),
-      series: [{ key: "n", name: "negative decisions" }],
-      cell: (c) => negCells.get(c), format: countFmt, threshold, unit: "count",
     });
   }
 
