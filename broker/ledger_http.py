@@ -882,6 +882,13 @@ SCHEMAS: dict[str, Any] = {
                     reason={"type": ["string", "null"], "pattern": _REASON},
                 )
             ),
+            "break_glass_per_month": _list(
+                _cell(
+                    month=_MONTH,
+                    outcome={"enum": sorted(ledger_stats.BREAK_GLASS_OUTCOMES.values())},
+                    reason={"type": "string", "pattern": _REASON},
+                )
+            ),
             "identification_median_seconds": _list(
                 _median(month=_MONTH, interval={"enum": list(ledger_stats.INTERVALS)})
             ),

@@ -23,7 +23,17 @@ KINDS: tuple[str, ...] = (
     "consent.withdrawn",
     "clock.overdue",
     "identification.decided",
+    "break-glass.confirmed",
+    "break-glass.refused",
+    "break-glass.lapsed",
 )
+
+#: How a break-glass referral's hold ended (PROTOCOL §8.2 step 2): the kind, its outcome.
+BREAK_GLASS_OUTCOMES: dict[str, str] = {
+    "break-glass.confirmed": "confirmed",
+    "break-glass.refused": "refused",
+    "break-glass.lapsed": "lapsed",
+}
 
 #: The two intervals of an identification (§8.7) whose median the statistics give: from the
 #: referral that opened the case to its first stage, and from the first stage to the second.
@@ -70,6 +80,9 @@ def compute(rows: Iterable[EntryRow], *, threshold: int) -> dict[str, Any]:
     decided: dict[tuple[str, str | None, str], dict[str, int]] = defaultdict(dict)
     # (owner, referral id) -> its first `referral.sent`: the owner's own, no other agency's.
     owned_sent_at: dict[tuple[str, str], int] = {}
+    # (month, outcome, break-glass reason) -> the (sender, referral id) held: each hold ends
+    # once, and only an outcome is published (no total of them, as for decisions).
+    break_glass: dict[tuple[str, str, str], set[tuple[str, str]]] = defaultdict(set)
     for r in rows:
         if r.kind == "referral.sent" and r.referral_id is not None:
             owned_sent_at.setdefault((r.agency, r.referral_id), r.time)
@@ -95,6 +108,9 @@ def compute(rows: Iterable[EntryRow], *, threshold: int) -> dict[str, Any]:
                 r.labels.get("urgency", "unspecified"),
             )
             overdue[key].add((r.agency, r.referral_id))
+        elif r.kind in BREAK_GLASS_OUTCOMES and r.referral_id is not None:
+            key = (month(r.time), BREAK_GLASS_OUTCOMES[r.kind], r.reason or "unspecified")
+            break_glass[key].add((r.agency, r.referral_id))
         elif r.kind == "identification.decided" and r.referral_id is not None:
             stage = r.labels.get("stage", "unspecified")
             outcome = r.labels.get("outcome", "unspecified")
@@ -144,6 +160,10 @@ def compute(rows: Iterable[EntryRow], *, threshold: int) -> dict[str, Any]:
         "decisions_per_month": [
             {"month": m, "stage": st, "outcome": o, "reason": why, **_cell(n, threshold)}
             for (m, st, o, why), n in sorted(decisions.items(), key=lambda c: _order(c[0]))
+        ],
+        "break_glass_per_month": [
+            {"month": m, "outcome": o, "reason": why, **_cell(len(ids), threshold)}
+            for (m, o, why), ids in sorted(break_glass.items())
         ],
         "identification_median_seconds": [
             {"month": m, "interval": interval, **_median(values, threshold)}

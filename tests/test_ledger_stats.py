@@ -215,3 +215,32 @@ def test_the_store_hands_the_statistics_decisions(tmp_path: Path) -> None:
         assert [c["count"] for c in stats["decisions_per_month"]] == [1]
     finally:
         store.close()
+
+
+def test_break_glass_holds_are_counted_once_by_outcome_and_reason() -> None:
+    """Each hold counts once in the month it ended, by how (confirmed, refused, lapsed) and
+    its break-glass reason; the same id of another sender is another referral."""
+    a, b = "a" * 32, "b" * 32
+    rows = [
+        _row(1, "break-glass.confirmed", "police", a, JAN, reason="imminent-danger"),
+        _row(2, "break-glass.confirmed", "ngo", a, JAN, reason="imminent-danger"),
+        _row(3, "break-glass.lapsed", "police", b, FEB, reason="unable-to-consent"),
+        _row(4, "referral.sent", "police", a, JAN),
+    ]
+    stats = compute(rows, threshold=2)
+    assert stats["break_glass_per_month"] == [
+        {
+            "month": "2026-01",
+            "outcome": "confirmed",
+            "reason": "imminent-danger",
+            "count": 2,
+            "suppressed": False,
+        },
+        {
+            "month": "2026-02",
+            "outcome": "lapsed",
+            "reason": "unable-to-consent",
+            "count": None,
+            "suppressed": True,
+        },
+    ]

@@ -224,6 +224,7 @@ async def test_each_chart_renders_bars(browser: BrowserContext, ledger_with_data
         "#chart-overdue",
         "#chart-decisions",
         "#median-identification",
+        "#chart-break-glass",
     ]
     await page.wait_for_selector("#chart-withdrawals svg")
     for chart in charts:

@@ -830,6 +830,18 @@
       cell: (c, k) => decCells.get(`${c}|${k}`), format: countFmt, threshold, unit: "count",
     });
 
+    const bg = s.break_glass_per_month || [];
+    const bgKey = (r) => `${r.outcome} · ${r.reason}`;
+    const bgCells = byKey(bg, (r) => `${r.month}|${bgKey(r)}`);
+    barChart($("chart-break-glass"), {
+      categories: uniq(bg.map((r) => r.month)).sort(),
+      series: uniq(bg.map(bgKey)).sort().map((k) => {
+        const [outcome, reason] = k.split(" · ");
+        return { key: k, name: `${words(outcome)} · ${words(reason)}` };
+      }),
+      cell: (c, k) => bgCells.get(`${c}|${k}`), format: countFmt, threshold, unit: "count",
+    });
+
     const idm = s.identification_median_seconds || [];
     const idmCells = byKey(idm, (r) => `${r.month}|${r.interval}`);
     barChart($("median-identification"), {
