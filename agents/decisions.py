@@ -122,7 +122,7 @@ def check_received(
     authority: Decider | None,
     history: Sequence[KeyWindow],
     shared: bool,
-    bound: tuple[str, str] | None,
+    bound: str | None,
     held_stages: Collection[str],
     first: Callable[[], Decision | None],
     min_days: int,
@@ -133,8 +133,8 @@ def check_received(
     `skew`: the clock skew tolerated (Limits.clock_skew_seconds); `authority`: the trusted
     directory's entry for the decision's authority (None if it lists none); `history`: the
     signing key history; `shared`: whether the receiver holds the message's pair with
-    `sender` as counterpart or owner; `bound`: the (authority, case_id) of the decisions the
-    receiver holds under that pair (None if none); `held_stages`: the stages of the
+    `sender` as counterpart or owner; `bound`: the case_id of the decisions of the decision's
+    authority the receiver holds under that pair (None if none); `held_stages`: the stages of the
     decision's case it holds decisions of; `first`: the positive first stage of that case it
     holds (None if none), verified again, called only when a second stage is judged, after
     every check on the sender; `min_days`: the national policy's `second_stage_min_days`."""
@@ -152,8 +152,10 @@ def check_received(
         raise UnexpectedMessageError("a decision comes from its own authority only")
     if not shared:
         raise NotSharedError("a decision names a pair this agency does not hold with its sender")
-    if bound is not None and bound != (decision.authority, decision.case_id):
-        raise OtherCaseError("this agency holds decisions of another case under this pair")
+    if bound is not None and bound != decision.case_id:
+        raise OtherCaseError(
+            "this agency holds decisions of another case of the authority under this pair"
+        )
     check_reason(decision, reason=message.reason, salt=message.salt)
     if decision.supersedes is not None:
         raise UnexpectedMessageError("reconsideration is not supported yet")

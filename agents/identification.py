@@ -235,7 +235,9 @@ class Identification:
             authority=entry,
             history=self.store.key_history(claimed.authority),
             shared=shared,
-            bound=self.store.case_of_pair(db, message.owner, message.referral_id),
+            bound=self.store.case_of_pair(
+                db, message.owner, message.referral_id, claimed.authority
+            ),
             held_stages={held.stage for held in of_case},
             first=first,
             min_days=self._min_days(),

@@ -291,12 +291,14 @@ async def decided_first(m: Mechanism) -> tuple[str, str]:
     return rid, case_id
 
 
-async def test_a_pair_belongs_to_the_first_case_decided_under_it(
+async def test_a_pair_belongs_to_the_first_case_each_authority_decided_under_it(
     with_authority: Mechanism,
 ) -> None:
     """Once the co-ordinator holds the authority's decision under police's pair, a decision
-    under that pair of another case of the authority, or of another competent authority
-    (police made one), is refused `other-case`, and the pair's listing stays as it was."""
+    under that pair of another case of the same authority is refused `other-case`, and the
+    pair's listing stays as it was; another competent authority (police made one) is not
+    bound by the first one's case: it deciding first must not keep the genuine authority's
+    decisions out, so its own is listed beside, under its own name."""
     m = with_authority
     rid, case_id = await decided_first(m)
     before = await held(m, "coordinator", rid, 1)
@@ -319,10 +321,12 @@ async def test_a_pair_belongs_to_the_first_case_decided_under_it(
         return d is not None and COMPETENT_AUTHORITY in d.agency("police").roles
 
     await eventually(police_decides, what="the co-ordinator to know police as an authority")
-    await sent_past_the_agent(
-        m, "police", "coordinator", signed_by(m, "police", case_id), rid, reason="other-case"
-    )
     assert await held(m, "coordinator", rid, 1) == before
+    body = codec.pack([1, signed_by(m, "police", case_id), "police", rid, None, None])
+    data = sealed(m, agency_keys(m, "police"), "coordinator", "identification-decision", body)
+    await publish(m, "police", "coordinator", data)
+    listed = await held(m, "coordinator", rid, 2)
+    assert sorted(d["authority"] for d in listed) == sorted([AUTHORITY, "police"])
 
 
 async def test_a_decision_is_dated_when_its_envelope_is_created(

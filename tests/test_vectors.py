@@ -618,7 +618,6 @@ def _decision_message(fields: dict[str, str], body: bytes, roles: set[str]) -> N
                 return None
             return verify_decision(base64.b64decode(fields["first_stage"]), history=[window])
 
-        bound = None if fields["bound"] == "none" else fields["bound"].split(",")
         return check_received(
             message,
             sender=fields["sender"],
@@ -627,7 +626,7 @@ def _decision_message(fields: dict[str, str], body: bytes, roles: set[str]) -> N
             authority=None if fields["decides"] == "none" else _Authority(fields["decides"]),
             history=[window],
             shared=fields["shared"] == "yes",
-            bound=None if bound is None else (bound[0], bound[1]),
+            bound=None if fields["bound"] == "none" else fields["bound"],
             held_stages=set()
             if fields["held_stages"] == "none"
             else {*fields["held_stages"].split(",")},

@@ -153,16 +153,17 @@ class Cases(Database):
 
     @staticmethod
     def case_of_pair(
-        db: sqlite3.Connection, owner: str, referral_id: str
-    ) -> tuple[str, str] | None:
-        """(authority, case_id) of the first decision held under the pair (owner,
-        referral_id): the case the pair is bound to (PROTOCOL §8.7 `other-case`), or None."""
+        db: sqlite3.Connection, owner: str, referral_id: str, authority: str
+    ) -> str | None:
+        """The case_id of `authority`'s first decision held under the pair (owner,
+        referral_id): the case the pair is bound to for that authority (PROTOCOL §8.7
+        `other-case`), or None."""
         row = db.execute(
-            "SELECT authority, case_id FROM decisions WHERE owner = ? AND referral_id = ?"
+            "SELECT case_id FROM decisions WHERE owner = ? AND referral_id = ? AND authority = ?"
             " ORDER BY stored_at, decision_id LIMIT 1",
-            (owner, referral_id),
+            (owner, referral_id, authority),
         ).fetchone()
-        return None if row is None else (str(row[0]), str(row[1]))
+        return None if row is None else str(row[0])
 
     @staticmethod
     def decisions_of_case(

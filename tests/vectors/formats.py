@@ -2268,10 +2268,11 @@ def decision_vectors() -> Iterator[tuple[str, str]]:
 #     `authority` decide, or `none`: it lists no such agency), `shared` (yes: the receiver
 #     holds the body's pair with the sender), `first_stage` (base64 of the signed positive
 #     first stage of the case the receiver holds, or none), `second_stage_min_days`,
-#     `created` (the envelope's), `clock_skew_seconds`, `bound` (`authority,case_id` of the
-#     decisions the receiver holds under the body's pair, or none), `held_stages` (the
-#     stages of the decision's case it holds decisions of, comma-separated, or none); the
-#     bytes are the body, judged by §6.4 and §8.7 "The message" in order.
+#     `created` (the envelope's), `clock_skew_seconds`, `bound` (the case_id of the
+#     decisions of the decision's authority the receiver holds under the body's pair, or
+#     none), `held_stages` (the stages of the decision's case it holds decisions of,
+#     comma-separated, or none); the bytes are the body, judged by §6.4 and §8.7 "The
+#     message" in order.
 
 
 def _decision_body(
@@ -2297,7 +2298,7 @@ def _identification_vectors() -> list[tuple[str, str, str, dict[str, object], by
     early = _decision(decision_id=later, stage="second", decided_at=NOW + 10 * DAY)
     flipped = bytearray(sign_decision(first, AUTHORITY_SIGN))
     flipped[-1] ^= 1
-    bound = f"authority,{CASE}"
+    bound = CASE
     held = {"first_stage": FIRST_STAGE, "bound": bound, "held_stages": "first"}
     later_held = {**held, "created": NOW + 40 * DAY}
     return [
@@ -2433,14 +2434,7 @@ def _identification_vectors() -> list[tuple[str, str, str, dict[str, object], by
             "other-case",
             "the receiver holds decisions of another case of the authority under the pair",
             "other-case",
-            {"bound": f"authority,{fixed('case 2')[:16].hex()}"},
-            _decision_body(first),
-        ),
-        (
-            "other-authority",
-            "the receiver holds decisions of another authority under the pair",
-            "other-case",
-            {"bound": f"clinic,{CASE}"},
+            {"bound": fixed("case 2")[:16].hex()},
             _decision_body(first),
         ),
         (
