@@ -608,6 +608,23 @@ _PROBLEM_SCHEMA: dict[str, Any] = {
             "items": _AGENCY_ID,
             "description": "On a 409 for an id that referrals of several senders share: theirs",
         },
+        "member": {
+            "type": "string",
+            "description": "On a 422: the request member that is wrong",
+        },
+        "state": {
+            "type": "string",
+            "description": "On a 409 for a break-glass referral no longer waiting: its state",
+        },
+        "case_id": {
+            **_CASE_ID,
+            "description": "On a 409 for a referral linked to another case: that case",
+        },
+        "not_before": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "On a 409 too-early: the first second the decision may be made",
+        },
         "reason": {
             "type": "string",
             "description": "A stable reason code. On a 503 for POST /v1/subject-access: why "
