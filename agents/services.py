@@ -9,12 +9,18 @@ directory and the last one accepted from its provider, each capacity record agai
 provider's accepted catalogue and the last `seq` accepted for its service; what fails is
 logged with the provider, the service id and the reason, and the last accepted value stands.
 What arrives before the directory (or a capacity before its catalogue) waits, unjudged; at
-most `limits.services_max_waiting` capacity records wait (the oldest is dropped, logged).
-Each newly trusted directory judges every accepted catalogue and capacity record again.
+most `limits.max_catalogue_services` capacity records of one provider wait (its oldest is
+dropped, logged) and `limits.services_max_waiting` in all (the oldest of the provider holding
+most), so that one agency's flood under its own prefix evicts only its own; under a trusted
+directory, those of an agency holding no provider role are refused at once. Each newly
+trusted directory judges every accepted catalogue and capacity record again.
 
 Publishing: `publish_catalogue` and `publish_capacity` sign the next version (or `seq`) above
 the last this agency's key holds, record the audit event (a catalogue), put it in the bucket
-and take it as accepted, all under one lock, so that no number is signed twice. The loop
+and take it as accepted, all under one lock, so that no number is signed twice; only once the
+whole bucket was read (before, a number its key holds may be unread), and taken only while
+the directory lists this agency's provider role (a directory change may come during the
+put). A renewal that fails is tried again after a back-off, not at every poll. The loop
 signs again, under the same lock, what is past half its life and not expired
 (`limits.catalogue_lifetime_seconds`, `capacity_lifetime_seconds`), and at once what was
 signed by a key other than this agency's signing key now (its keys rotated): a provider whose
@@ -48,7 +54,7 @@ from keys.catalogue import (
 )
 from keys.codec import exact_members, load_canonical
 from keys.directory import Directory
-from keys.errors import ExpiredError, OutOfRangeError
+from keys.errors import ExpiredError, OutOfRangeError, UnexpectedMessageError
 from keys.signed import decode_frame
 from keys.subjects import (
     CAPACITY_KEY_PREFIX,
@@ -58,6 +64,7 @@ from keys.subjects import (
     catalogue_key,
 )
 from runtime import clock
+from runtime.backoff import RETRY_CAP_SECONDS, Backoff, Retry
 from runtime.jetstream import read_bucket
 
 from .errors import NotFound, Unavailable, Unprocessable
@@ -83,6 +90,7 @@ class Services:
         limits: Limits,
         on_published: Callable[[Catalogue], object],
         durable: Callable[[], Awaitable[None]] | None = None,
+        renewal_backoff: Backoff | None = None,
     ) -> None:
         self.agency = agency
         self.keys = keys
@@ -98,10 +106,11 @@ class Services:
         self.catalogues: dict[str, Catalogue] = {}
         self.capacity: dict[tuple[str, str], Capacity] = {}
         #: Values read but not judged yet (no directory, or a capacity before its catalogue):
-        #: catalogues (one key per agency the bus admits) and capacity records (at most
-        #: `limits.services_max_waiting`), each in the order read.
+        #: catalogues (one key per agency the bus admits) and capacity records by provider
+        #: (at most `limits.max_catalogue_services` each, `limits.services_max_waiting` in
+        #: all), each in the order read.
         self._waiting: dict[str, bytes] = {}
-        self._waiting_capacity: dict[str, bytes] = {}
+        self._waiting_capacity: dict[str, dict[str, bytes]] = {}
         #: This agency's own keys: the version or seq each value read there names.
         self._claimed: dict[str, int] = {}
         #: The bytes last accepted (or put) under each key: the same read again is no news.
@@ -110,6 +119,10 @@ class Services:
         self._wake = asyncio.Event()
         #: Held from taking a number to recording what was put under it (publish, renewal).
         self._lock = asyncio.Lock()
+        #: The renewal's consecutive failed attempts, and the loop time before which it is
+        #: not tried again (a full bucket, say, refuses every attempt: each would be audited).
+        self._renewal = Retry(renewal_backoff or Backoff(POLL_SECONDS, RETRY_CAP_SECONDS))
+        self._renew_after = 0.0
         self.log = log.bind(agency=agency)
 
     def wake(self) -> None:
@@ -120,6 +133,7 @@ class Services:
     async def run(self, js: Any, running: Callable[[], bool]) -> None:
         """Follow the bucket over `js` (one connection), and sign again what is due."""
         seq, first, most = 1, True, self.limits.services_read_batch
+        read_once = False  # the whole bucket read: this agency's own keys' numbers known
         while running():
             more = False
             try:
@@ -129,12 +143,14 @@ class Services:
                 more, seq = after - seq >= most, after
                 first = first and more  # the newest of each key until the first read is done
                 self.offer(found)
-                self._js = js
-                await self._renew(js)
-            except (*TRANSIENT, Unavailable, sqlite3.Error) as e:
-                # The bus (a read, a renewal's put) or the audit trail's disk: next time.
+                read_once = read_once or not more
+            except TRANSIENT as e:  # the bus: next time
                 self._js = None
                 self.log.warning("services_follow_interrupted", error=type(e).__name__)
+            else:
+                if read_once:  # before, a number this agency's key holds may be unread yet
+                    self._js = js
+                    await self._renew(js)
             if more:
                 continue  # read on at once
             self._wake.clear()
@@ -180,13 +196,16 @@ class Services:
                 for k in [k for k in self.capacity if k[0] == agency]:
                     del self.capacity[k]
         for (agency, service_id), _ in list(self.capacity.items()):
-            if agency == self.agency and own:
-                continue
+            catalogue = self.catalogues.get(agency)
             try:
+                if catalogue is None:  # none should outlive its catalogue; one that did goes
+                    raise UnexpectedMessageError("a capacity record without its catalogue")
+                if agency == self.agency and own:
+                    continue
                 verify_capacity(
                     self._accepted[capacity_key(agency, service_id)],
                     directory=directory,
-                    catalogue=self.catalogues[agency],
+                    catalogue=catalogue,
                     now=now,
                     last_seq=None,
                 )
@@ -204,36 +223,57 @@ class Services:
         self.wake()
 
     def _read(self, key: str, value: bytes) -> None:
-        if _agency_of(key) == self.agency:
+        agency = _agency_of(key)
+        if agency == self.agency:
             number = claimed_number(value, capacity=key.startswith(CAPACITY_KEY_PREFIX))
             if number is not None:
                 self._claimed[key] = max(number, self._claimed.get(key, 0))
-        waiting = self._waiting_capacity if key.startswith(CAPACITY_KEY_PREFIX) else self._waiting
-        waiting.pop(key, None)
-        waiting[key] = value  # in the order read
-        if len(self._waiting_capacity) > self.limits.services_max_waiting:
-            dropped = next(iter(self._waiting_capacity))
-            del self._waiting_capacity[dropped]
-            self.log.warning(
-                "service_entry_dropped",
-                provider=_agency_of(dropped),
-                service_id=_service_of(dropped),
-                reason="too-many-waiting",
-            )
+        if not key.startswith(CAPACITY_KEY_PREFIX):
+            self._waiting.pop(key, None)
+            self._waiting[key] = value  # in the order read
+            return
+        directory = self.directory()
+        if directory is not None and (reason := _not_a_provider(directory, agency)):
+            # Any agency may put under its own prefix: only a provider's records may wait.
+            self._drop(key, reason, "service_entry_refused")
+            return
+        held = self._waiting_capacity.setdefault(agency, {})
+        held.pop(key, None)
+        held[key] = value  # in the order read
+        if len(held) > self.limits.max_catalogue_services:
+            self._drop(next(iter(held)), "too-many-waiting")  # its own oldest: no other's
+        elif sum(map(len, self._waiting_capacity.values())) > self.limits.services_max_waiting:
+            # The largest holder's oldest, this one's own if it holds as many (no other's).
+            most = max(len(h) for h in self._waiting_capacity.values())
+            if len(held) < most:
+                held = next(h for h in self._waiting_capacity.values() if len(h) == most)
+            self._drop(next(iter(held)), "too-many-waiting")
+
+    def _drop(self, key: str, reason: str, event: str = "service_entry_dropped") -> None:
+        agency = _agency_of(key)
+        held = self._waiting_capacity.get(agency, {})
+        held.pop(key, None)
+        if not held:
+            self._waiting_capacity.pop(agency, None)
+        self.log.warning(event, provider=agency, service_id=_service_of(key), reason=reason)
 
     def _judge(self) -> None:
         directory = self.directory()
         if directory is None:
             return
         now = clock.now()
-        for waiting in (self._waiting, self._waiting_capacity):
-            self._judge_waiting(waiting, directory, now)
+        self._judge_waiting(self._waiting, directory, now)
+        for agency, held in list(self._waiting_capacity.items()):
+            if reason := _not_a_provider(directory, agency):
+                for key in list(held):
+                    self._drop(key, reason, "service_entry_refused")
+            elif agency in self.catalogues:  # else until its catalogue is accepted
+                del self._waiting_capacity[agency]
+                self._judge_waiting(held, directory, now)
 
     def _judge_waiting(self, waiting: dict[str, bytes], directory: Directory, now: int) -> None:
         for key in list(waiting):
             agency = _agency_of(key)
-            if key.startswith(CAPACITY_KEY_PREFIX) and agency not in self.catalogues:
-                continue  # until its catalogue is accepted
             data = waiting.pop(key)
             if self._accepted.get(key) == data:
                 continue  # this agent's own put read back, say
@@ -350,7 +390,11 @@ class Services:
                 )
             except ValueError as e:  # the services together (their ids, how many)
                 raise Unprocessable(str(e), member="services") from e
-            await self._put_catalogue(js, catalogue)
+            if not await self._put_catalogue(js, catalogue):
+                raise Unprocessable(
+                    "this agency no longer holds a role that provides services: "
+                    + ", ".join(sorted(PROVIDER_ROLES))
+                )
         return _catalogue_json(catalogue)
 
     async def publish_capacity(
@@ -384,44 +428,86 @@ class Services:
                 )
             except ValueError as e:
                 raise Unprocessable(str(e), member="free" if "free" in str(e) else "total") from e
-            await self._put_capacity(js, record)
+            if not await self._put_capacity(js, record):
+                raise NotFound("this agency's catalogue was withdrawn (its provider role)")
         return _capacity_json(record)
 
     async def _renew(self, js: Any) -> None:
         """Sign again, at the next number, this agency's catalogue and capacity records past
         half their life and not expired, and those signed by a key other than its signing
-        key now (rotated). Under the lock a publish holds: each number is taken once."""
+        key now (rotated). Under the lock a publish holds: each number is taken once. A
+        renewal whose audit write or put fails is logged by ids and tried again only after
+        the back-off (each attempt signs, and audits a catalogue, anew)."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._renew_after:
+            return
         async with self._lock:
-            now, kid = clock.now(), self.keys().public.signing_kid
-            own = self.catalogues.get(self.agency)
-            half = self.limits.catalogue_lifetime_seconds // 2
-            key = catalogue_key(self.agency)
-            if (
-                own is not None
-                and now < own.expires
-                and (own.expires <= now + half or self._signer(key) != kid)
-            ):
-                renewed = replace(
-                    own,
-                    version=self._next(key, own),
-                    expires=now + self.limits.catalogue_lifetime_seconds,
+            try:
+                await self._renew_due(js)
+            except _RenewalFailed as e:
+                delay = self._renewal.next_delay()
+                self._renew_after = loop.time() + delay
+                cause = e.__cause__
+                self.log.warning(
+                    "service_renewal_failed",
+                    provider=self.agency,
+                    service_id=e.service_id,
+                    reason="put-failed" if isinstance(cause, Unavailable) else "audit-write-failed",
+                    error=type((cause and cause.__cause__) or cause).__name__,
+                    retry_seconds=round(delay, 1),
                 )
+            else:
+                self._renewal.succeeded()
+
+    async def _renew_due(self, js: Any) -> None:
+        """`_renew`'s signing (the caller holds the lock): after each await, what was read
+        before it is read again (a directory change may have withdrawn this agency's own)."""
+        now, kid = clock.now(), self.keys().public.signing_kid
+        own = self.catalogues.get(self.agency)
+        half = self.limits.catalogue_lifetime_seconds // 2
+        key = catalogue_key(self.agency)
+        if (
+            self._provider()
+            and own is not None
+            and now < own.expires
+            and (own.expires <= now + half or self._signer(key) != kid)
+        ):
+            renewed = replace(
+                own,
+                version=self._next(key, own),
+                expires=now + self.limits.catalogue_lifetime_seconds,
+            )
+            try:
                 await self._put_catalogue(js, renewed)
-            half = self.limits.capacity_lifetime_seconds // 2
-            for (agency, service_id), record in list(self.capacity.items()):
-                key = capacity_key(agency, service_id)
-                if (
-                    agency == self.agency
-                    and now < record.expires
-                    and (record.expires <= now + half or self._signer(key) != kid)
-                ):
-                    renewed_record = replace(
-                        record,
-                        seq=self._next(key, record),
-                        as_of=now,
-                        expires=now + self.limits.capacity_lifetime_seconds,
-                    )
+            except (Unavailable, sqlite3.Error) as e:
+                raise _RenewalFailed(None) from e
+        half = self.limits.capacity_lifetime_seconds // 2
+        for (agency, service_id), _ in list(self.capacity.items()):
+            record = self.capacity.get((agency, service_id))
+            key = capacity_key(agency, service_id)
+            if (
+                agency == self.agency
+                and record is not None
+                and self._provider()
+                and self.catalogues.get(self.agency) is not None
+                and now < record.expires
+                and (record.expires <= now + half or self._signer(key) != kid)
+            ):
+                renewed_record = replace(
+                    record,
+                    seq=self._next(key, record),
+                    as_of=now,
+                    expires=now + self.limits.capacity_lifetime_seconds,
+                )
+                try:
                     await self._put_capacity(js, renewed_record)
+                except Unavailable as e:
+                    raise _RenewalFailed(service_id) from e
+
+    def _provider(self) -> bool:
+        """Whether the trusted directory lists this agency with a provider role."""
+        directory = self.directory()
+        return directory is not None and _not_a_provider(directory, self.agency) is None
 
     def _signer(self, key: str) -> str | None:
         """The key id that signed what this agency last accepted (or put) under `key`."""
@@ -442,28 +528,40 @@ class Services:
             return None
         return kid if isinstance(kid, str) else None
 
-    async def _put_catalogue(self, js: Any, catalogue: Catalogue) -> None:
+    async def _put_catalogue(self, js: Any, catalogue: Catalogue) -> bool:
         """Sign, audit, put and take as accepted (the caller holds the lock). The event is
         recorded before the value leaves, as a referral's before it is sent: a failed audit
-        write puts nothing; a put that fails after it leaves the version used."""
+        write puts nothing; a put that fails after it leaves the version used. False: the
+        directory took this agency's provider role away meanwhile (put, not taken)."""
         key = catalogue_key(self.agency)
         data = sign_catalogue(catalogue, self.keys().signing_key)
         self.on_published(catalogue)
+        self._claimed[key] = max(catalogue.version, self._claimed.get(key, 0))
         if self.durable is not None:
             await self.durable()
-        self._claimed[key] = max(catalogue.version, self._claimed.get(key, 0))
+        if not self._provider():
+            return False  # the role went while the event was written: nothing put
         await self._put(js, key, data)
+        if not self._provider():
+            return False  # read back, judged as any other agency's
         self._take_catalogue(key, data, catalogue)  # its own left services: never renewed
+        return True
 
-    async def _put_capacity(self, js: Any, record: Capacity) -> None:
+    async def _put_capacity(self, js: Any, record: Capacity) -> bool:
         """Sign, put and take as accepted (the caller holds the lock); a put that fails
-        leaves the `seq` used (the bus may have taken it before its answer was lost)."""
+        leaves the `seq` used (the bus may have taken it before its answer was lost). False:
+        this agency's catalogue (or that service in it, or its provider role) went meanwhile
+        (put, not taken: no capacity is held without its catalogue)."""
         key = capacity_key(self.agency, record.service_id)
         data = sign_capacity(record, self.keys().signing_key)
         self._claimed[key] = max(record.seq, self._claimed.get(key, 0))
         await self._put(js, key, data)
+        catalogue = self.catalogues.get(self.agency)
+        if not self._provider() or catalogue is None or not catalogue.service(record.service_id):
+            return False  # read back, judged as any other agency's
         self._accepted[key] = data
         self.capacity[(self.agency, record.service_id)] = record
+        return True
 
     async def _put(self, js: Any, key: str, data: bytes) -> None:
         try:
@@ -483,10 +581,29 @@ class Services:
         return js, directory
 
 
+class _RenewalFailed(Exception):
+    """A renewal's audit write or put failed (its cause): of the catalogue (`service_id`
+    None) or of one service's capacity."""
+
+    def __init__(self, service_id: str | None) -> None:
+        super().__init__(service_id)
+        self.service_id = service_id
+
+
 class _Misplaced(UntrustedInputError):
     """A value put under a key that is not its own (PROTOCOL §8.8)."""
 
     reason = "unexpected"
+
+
+def _not_a_provider(directory: Directory, agency: str) -> str | None:
+    """Why `directory` makes `agency` no provider (the reason a catalogue of its would be
+    refused for), or None."""
+    if agency not in directory:
+        return "unknown-key"
+    if not PROVIDER_ROLES & set(directory.agency(agency).roles):
+        return "not-for-this-role"
+    return None
 
 
 def _agency_of(key: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,15 +20,24 @@ import nats.js.errors
 import pytest
 from structlog.testing import capture_logs
 
+from agents.errors import NotFound, Unavailable
 from agents.services import Services
+from broker import NatsServer
 from keys import DEFAULT_LIMITS, Limits
 from keys.audit import decode_signed_event
 from keys.catalogue import Capacity, Catalogue, claimed_number, sign_capacity, sign_catalogue
 from keys.directory import Directory
 from keys.identity import AgencyKeys
-from keys.subjects import SERVICES_BUCKET, capacity_key, catalogue_key, reply_prefix
+from keys.subjects import (
+    SERVICES_BUCKET,
+    SERVICES_STREAM,
+    capacity_key,
+    catalogue_key,
+    reply_prefix,
+)
 from nrm import admin
 from runtime import clock
+from runtime.backoff import Backoff
 from runtime.jetstream import read_bucket
 
 from .support import TEST_LIMITS, Mechanism, eventually, query, running_mechanism
@@ -418,3 +428,218 @@ async def test_a_catalogue_is_put_only_once_its_audit_event_is_written(
     rows = query(m.database("shelter"), "SELECT event FROM audit_outbox ORDER BY seq")
     kinds = [decode_signed_event(bytes(r[0]))[0].kind for r in rows]
     assert kinds.count("catalogue.published") == 1
+
+
+@contextlib.asynccontextmanager
+async def following(
+    server: NatsServer, services: Services, each: Callable[[], object] = lambda: None
+) -> AsyncIterator[tuple[Any, list[int]]]:
+    """`services` following the bucket of `server` in a task (one connection, no auth):
+    its JetStream context and how many passes the loop began (`each` called at each)."""
+    nc = await nats.connect(server.url, allow_reconnect=False)
+    js, passes, stop = nc.jetstream(timeout=2), [0], [False]
+
+    def running() -> bool:
+        passes[0] += 1
+        each()
+        return not stop[0]
+
+    task = asyncio.create_task(services.run(js, running))
+    try:
+        yield js, passes
+    finally:
+        stop[0] = True
+        services.wake()
+        await task
+        await nc.close()
+
+
+def shelter_services(
+    keys: AgencyKeys,
+    directory: Callable[[], Directory | None],
+    limits: Limits = DEFAULT_LIMITS,
+    **kwargs: Any,
+) -> tuple[Services, list[Catalogue]]:
+    """The shelter's own Services, and the catalogues it audited (`catalogue.published`)."""
+    published: list[Catalogue] = []
+    services = Services(
+        agency="shelter",
+        keys=lambda: keys,
+        directory=directory,
+        limits=limits,
+        on_published=published.append,
+        **kwargs,
+    )
+    return services, published
+
+
+async def test_the_publisher_is_ready_only_once_the_whole_bucket_is_read(
+    nats_server: NatsServer,
+) -> None:
+    """Read one message at a time, the shelter's own catalogue (version 5) behind other
+    agencies' values: a publish tried at every pass is refused (503) until the whole bucket
+    was read, and the first taken signs version 6, never a number the bucket held."""
+    shelter = AgencyKeys.generate(agency="shelter", name="Shelter")
+    limits = dataclasses.replace(DEFAULT_LIMITS, services_read_batch=1)
+    services, _ = shelter_services(shelter, lambda: directory_of(shelter), limits)
+    nc = await nats.connect(nats_server.url, allow_reconnect=False)
+    try:
+        kv = await nc.jetstream(timeout=2).key_value(SERVICES_BUCKET)
+        for n in range(3):
+            await kv.put(capacity_key("police", f"{n:016x}"), b"not a record")
+        await kv.put(catalogue_key("coordinator"), b"not a catalogue")
+        lifetime = DEFAULT_LIMITS.catalogue_lifetime_seconds  # not due for renewal
+        v5 = Catalogue("shelter", 5, clock.now() + lifetime, (service(),))
+        await kv.put(catalogue_key("shelter"), sign_catalogue(v5, shelter.signing_key))
+    finally:
+        await nc.close()
+
+    attempts: list[asyncio.Task[dict[str, Any]]] = []
+
+    def publish_once_ready() -> None:
+        if all(t.done() and t.exception() is not None for t in attempts):
+            attempts.append(asyncio.ensure_future(services.publish_catalogue([SERVICE])))
+
+    async def taken() -> bool:
+        return any(t.done() and t.exception() is None for t in attempts)
+
+    async with following(nats_server, services, publish_once_ready) as (js, _):
+        await eventually(taken, what="a publish taken")
+        *refused, first = attempts
+        assert all(isinstance(t.exception(), Unavailable) for t in refused)
+        assert first.result()["version"] == 6 and len(refused) >= 5  # a pass per message
+        kv = await js.key_value(SERVICES_BUCKET)
+        entry = await kv.get(catalogue_key("shelter"))
+        assert entry.value is not None and claimed_number(entry.value, capacity=False) == 6
+
+
+async def test_a_renewal_the_bucket_refuses_is_tried_again_only_after_the_back_off(
+    nats_server: NatsServer,
+) -> None:
+    """The shelter's catalogue (version 9) is due for renewal and the bucket is full: the
+    renewal (version 10, a byte longer) is refused by the bus. Over many passes it is
+    signed and audited once (the next try waits for the back-off, here a day: far longer
+    than any run of the test, however loaded the machine), logged
+    by ids with a reason."""
+    shelter = AgencyKeys.generate(agency="shelter", name="Shelter")
+    services, published = shelter_services(
+        shelter,
+        lambda: directory_of(shelter),
+        renewal_backoff=Backoff(86_400.0, 86_400.0, uniform=lambda: 1.0),
+    )
+    nc = await nats.connect(nats_server.url, allow_reconnect=False)
+    try:
+        js = nc.jetstream(timeout=2)
+        due = Catalogue("shelter", 9, clock.now() + 600, (service(),))  # past half its life
+        await js.publish(
+            f"$KV.{SERVICES_BUCKET}.{catalogue_key('shelter')}",
+            sign_catalogue(due, shelter.signing_key),
+        )
+        info = await js.stream_info(SERVICES_STREAM)
+        assert info.state.bytes > 0
+        await js.update_stream(info.config.evolve(max_bytes=info.state.bytes))
+    finally:
+        await nc.close()
+
+    with capture_logs() as logs:
+        async with following(nats_server, services) as (_, passes):
+
+            async def polled(n: int) -> bool:
+                services.wake()
+                return passes[0] >= n
+
+            await eventually(lambda: polled(1), what="the first pass")
+            target = passes[0] + 30
+            await eventually(lambda: polled(target), what="thirty passes more")
+    assert [c.version for c in published] == [10]
+    failed = [e for e in logs if e["event"] == "service_renewal_failed"]
+    assert [(e["provider"], e["service_id"], e["reason"], e["error"]) for e in failed] == [
+        ("shelter", None, "put-failed", "ServiceUnavailableError")
+    ]
+    assert services.catalogues["shelter"].version == 9  # the bucket's stands
+
+
+def test_a_flood_of_capacity_records_evicts_only_the_flooder_s_own() -> None:
+    """Waiting capacity records are bounded per provider (`max_catalogue_services`) and in
+    all (`services_max_waiting`, the largest holder's oldest dropped): another provider's
+    flood, and before any directory a non-provider's, evicts only its own. Once a directory
+    is trusted, records of agencies holding no provider role are refused by ids and reason,
+    and the shelter's record, waiting all along, is accepted with its catalogue."""
+    shelter, hostel, police = (
+        AgencyKeys.generate(agency=a, name=a.title()) for a in ("shelter", "hostel", "police")
+    )
+    entries = (
+        entry_of(shelter),
+        entry_of(hostel),
+        directory_of(police, roles=("police",)).agency("police"),
+    )
+    trusted: list[Directory | None] = [None]
+    limits = dataclasses.replace(DEFAULT_LIMITS, services_max_waiting=3, max_catalogue_services=2)
+    follower = police_following(police, lambda: trusted[0], limits)
+    now, offered = clock.now(), service()
+    record = Capacity("shelter", offered.service_id, 1, 2, 5, now, now + 600)
+    shelter_record = (
+        capacity_key("shelter", offered.service_id),
+        sign_capacity(record, shelter.signing_key),
+    )
+
+    def flood(agency: str, n: int) -> list[tuple[str, bytes]]:
+        return [(capacity_key(agency, os.urandom(8).hex()), b"junk") for _ in range(n)]
+
+    with capture_logs() as logs:
+        follower.offer([shelter_record, *flood("police", 4), *flood("coordinator", 4)])
+    assert {(e["event"], e["reason"]) for e in logs} == {
+        ("service_entry_dropped", "too-many-waiting")
+    }
+    assert "shelter" not in {e["provider"] for e in logs}
+
+    trusted[0] = Directory(version=1, expires=T0 + 10**7, agencies=entries)
+    with capture_logs() as logs:
+        follower.directory_changed()
+        follower.offer(flood("hostel", 5))
+        follower.offer(flood("police", 2))
+    assert {e["provider"] for e in logs if e["event"] == "service_entry_dropped"} == {"hostel"}
+    refused = {(e["provider"], e["reason"]) for e in logs if e["event"] == "service_entry_refused"}
+    assert refused == {("police", "not-for-this-role"), ("coordinator", "unknown-key")}
+    catalogue = Catalogue("shelter", 1, now + 3600, (offered,))
+    follower.offer([(catalogue_key("shelter"), sign_catalogue(catalogue, shelter.signing_key))])
+    [item] = follower.listing()
+    assert item["capacity"]["free"] == 2
+
+
+async def test_a_capacity_put_while_the_provider_role_goes_leaves_no_capacity_behind(
+    nats_server: NatsServer,
+) -> None:
+    """The directory takes the shelter's provider role away while its capacity put is in
+    flight: the put is not taken as accepted (404: the catalogue was withdrawn), no
+    capacity is held without its catalogue, and the next directory change judges again
+    without failing."""
+    shelter = AgencyKeys.generate(agency="shelter", name="Shelter")
+    trusted = [directory_of(shelter)]
+    services, _ = shelter_services(shelter, lambda: trusted[0])
+    service_id = str(SERVICE["service_id"])
+    key = capacity_key("shelter", service_id)
+
+    async def catalogue_published() -> bool:
+        try:
+            await services.publish_catalogue([SERVICE])
+        except Unavailable:
+            return False
+        return True
+
+    async with following(nats_server, services):
+        await eventually(catalogue_published, what="the shelter's catalogue published")
+        put = asyncio.create_task(services.publish_capacity(service_id, 1, 5))
+        for _ in range(100):  # its first step: up to the put's answer awaited
+            if key in services._claimed:
+                break
+            await asyncio.sleep(0)
+        assert key in services._claimed and not put.done()
+        trusted[0] = directory_of(shelter, roles=("police",))
+        services.directory_changed()
+        with pytest.raises(NotFound):
+            await put
+        assert services.capacity == {} and services.listing() == []
+        trusted[0] = dataclasses.replace(trusted[0], version=2)
+        services.directory_changed()
+        assert services.capacity == {}
