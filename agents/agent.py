@@ -71,6 +71,7 @@ from .messages import (
 from .metrics import AgentMetrics
 from .nats_key import NatsKeyFollower, wanted_seed
 from .presence import DUPLICATE, HELD, Presence, instance_id
+from .protections import PROTECTION_NOTICE, NoticeMessage
 from .referral import is_child
 from .resend import RESEND_REQUEST, Resender
 from .retention import Retention
@@ -98,6 +99,7 @@ SENT_EVENTS = {
     ESCALATION: "escalation.sent",
     OVERDUE: "clock.overdue",
     IDENTIFICATION_DECISION: "identification.sent",
+    PROTECTION_NOTICE: "protection.notified",
 }
 
 
@@ -444,13 +446,20 @@ class Agent:
         *,
         referral_id: str | None = None,
         labels: tuple[tuple[str, str], ...] = (),
+        reason: str | None = None,
     ) -> str:
-        """Seal `body` and commit it to the outbox with its audit events, in `db`'s
-        transaction if given, else in a new one."""
+        """Seal `body` and commit it to the outbox with its audit events (with `labels` and
+        `reason`), in `db`'s transaction if given, else in a new one."""
         if db is None:
             with self.store.transaction() as tx:
                 return self._send(
-                    kind, body, recipients, tx, referral_id=referral_id, labels=labels
+                    kind,
+                    body,
+                    recipients,
+                    tx,
+                    referral_id=referral_id,
+                    labels=labels,
+                    reason=reason,
                 )
         now = clock.now()
         directory = self._directory()
@@ -485,6 +494,7 @@ class Agent:
                 counterpart=r.agency,
                 envelope_hash=sealed.hash,
                 key_ids=(sealed.header.sender_kid, r.kid),
+                reason=reason,
                 labels=labels,
             )
         self.transport.wake()
@@ -738,6 +748,7 @@ class Agent:
             RESEND_REQUEST: lambda tx, opened, checked: self.resend.on_request(tx, opened),
             REFUSAL: self._on_refusal,
             IDENTIFICATION_DECISION: self._on_decision,
+            PROTECTION_NOTICE: self._on_notice,
         }
         if set(table) != inbound.KINDS:
             raise RuntimeError("every kind inbound checks needs a handler, and no other")
@@ -749,6 +760,11 @@ class Agent:
         if not isinstance(checked, DecisionMessage):
             raise TypeError("a decision handler takes a checked decision message")
         self.identification.on_decision(tx, opened, checked)
+
+    def _on_notice(self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked) -> None:
+        if not isinstance(checked, NoticeMessage):
+            raise TypeError("a notice handler takes a checked protection notice message")
+        self.identification.on_notice(tx, opened, checked)
 
     def _open_case(self, tx: sqlite3.Connection, owner: str, referral_id: str) -> None:
         """A competent authority accepting a referral of type nrm_full opens its case, on the

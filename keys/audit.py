@@ -60,6 +60,8 @@ KINDS = frozenset(
         "identification.sent",
         "identification.received",
         "catalogue.published",
+        "protection.notified",
+        "protection.received",
     }
 )
 #: What a `retention.purged` event counts (§9.0): label name -> a decimal count, nothing else.
@@ -96,6 +98,12 @@ DECISION_LABELS: dict[str, frozenset[str]] = {
     "stage": frozenset({"first", "second"}),
     "outcome": frozenset({"positive", "negative"}),
     "age_route": frozenset({"adult", "child"}),
+}
+
+#: The labels of a protection notice's events (§8.9; keys/protection.py's values).
+PROTECTION_LABELS: dict[str, frozenset[str]] = {
+    "protection": frozenset({"no-removal", "reflection"}),
+    "event": frozenset({"started", "extended", "ending-soon", "ended", "not-granted"}),
 }
 
 
@@ -157,10 +165,21 @@ KIND_LABELS: dict[str, dict[str, Callable[[object], bool]]] = {
         kind: {name: DECISION_LABELS[name].__contains__ for name in ("stage", "outcome")}
         for kind in ("identification.sent", "identification.received")
     },
+    **{
+        kind: {name: PROTECTION_LABELS[name].__contains__ for name in PROTECTION_LABELS}
+        for kind in ("protection.notified", "protection.received")
+    },
 }
 #: Kinds that carry every one of their own labels, always.
 _EXACT_LABELS = frozenset(
-    {"record.accessed", "identification.decided", "identification.sent", "identification.received"}
+    {
+        "record.accessed",
+        "identification.decided",
+        "identification.sent",
+        "identification.received",
+        "protection.notified",
+        "protection.received",
+    }
 )
 #: Labels only their kinds carry (a statistics label a kind also lists, such as `urgency` on
 #: `clock.overdue`, stays allowed on every other kind).

@@ -277,6 +277,8 @@ KIND_WORDS = {
     "identification.sent": "Identification decision sent",
     "identification.received": "Identification decision received",
     "catalogue.published": "Service catalogue published",
+    "protection.notified": "Protection notice sent",
+    "protection.received": "Protection notice received",
 }
 #: What each statistics label value reads as.
 LABEL_WORDS = {
@@ -313,6 +315,7 @@ INCOMING = {
     "erasure.confirmed",
     "record.accessed",  # the reader <- the owner that sent it the referral
     "identification.received",
+    "protection.received",
 }
 STATUS_SETTLED = (
     "() => ['verified', 'FAILED'].includes(document.getElementById('checkpoint-status')"

@@ -1,0 +1,245 @@
+"""Protection notices between real agents (PROTOCOL §8.9): a first-stage positive decision
+starts no-removal and the reflection period at the competent authority, whose agent seals a
+notice of each to the referrer and the co-ordinator; the authority extends the period, the
+second stage ends both; a step the protection table refuses is 409 naming what is allowed;
+a forked or forged chain, and a notice from an agency that is no authority, are refused on
+the record and change nothing held."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keys import codec
+from keys.protection import Notice, sign_notice
+from runtime import clock
+
+from . import samples
+from .support import Mechanism, agency_keys, eventually, sealed
+from .test_identification import (
+    AUTHORITY,
+    POLICE_EVENTS,
+    POLICY,
+    authority_mechanism,
+    call,
+    decide,
+    events,
+    opened_case,
+)
+from .test_sender_scope import publish, rejected, rejections
+
+#: As test_identification's, with no interval before the second stage and the reflection
+#: period tied to it, so that the second stage can be decided at once and ends both.
+TIED = dataclasses.replace(POLICY, second_stage_min_days=0, reflection_ends_with_second_stage=True)
+DAY = datetime.timedelta(days=1)
+
+
+@pytest.fixture
+async def authority(tmp_path: Path) -> AsyncIterator[Mechanism]:
+    async with authority_mechanism(tmp_path, TIED) as m:
+        yield m
+
+
+async def notices(m: Mechanism, agency: str, rid: str, count: int) -> list[dict[str, Any]]:
+    """The notices `agency` holds under police's referral `rid`, once it holds `count`."""
+    found: list[dict[str, Any]] = []
+
+    async def arrived() -> bool:
+        nonlocal found
+        status, body = await call(
+            m, agency, "GET", f"/v1/referrals/{rid}/protections?sender=police"
+        )
+        found = body["items"] if status == 200 else []
+        return len(found) == count
+
+    await eventually(arrived, what=f"{agency} to hold {count} protection notice(s)")
+    return found
+
+
+def steps(items: list[dict[str, Any]]) -> list[tuple[str, str, str | None]]:
+    return [(n["protection"], n["event"], n["reason"]) for n in items]
+
+
+async def protect(m: Mechanism, case_id: str, protection: str, doc: dict[str, Any]) -> Any:
+    return await call(
+        m, AUTHORITY, "POST", f"/v1/cases/{case_id}/protections/{protection}", json=doc
+    )
+
+
+async def test_the_protections_follow_the_case(authority: Mechanism) -> None:
+    """A positive first stage starts both protections for police and the co-ordinator (the
+    reflection period the policy's 30 days from the decision's date); the authority extends
+    the period; a step the table refuses is 409 `allowed` and sends nothing; the second
+    stage ends both; each copy is audited with its labels and reason on both sides."""
+    m = authority
+    rid, case_id = await opened_case(m)
+    status, decided = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
+    assert status == 202, decided
+    today = datetime.datetime.fromtimestamp(clock.now(), datetime.UTC).date()
+    started = [("no-removal", "started", None), ("reflection", "started", None)]
+    for agency in ("police", "coordinator"):
+        held = await notices(m, agency, rid, 2)
+        assert steps(held) == started
+        no_removal, reflection = held
+        assert (no_removal["starts_on"], no_removal["ends_on"]) == (today.isoformat(), None)
+        assert (reflection["starts_on"], reflection["ends_on"]) == (
+            today.isoformat(),
+            (today + 30 * DAY).isoformat(),
+        )
+        assert {n["case_id"] for n in held} == {case_id}
+        assert {n["previous"] for n in held} == {None}
+
+    status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+    assert status == 200, case
+    assert {p: v["state"] for p, v in case["protections"].items()} == {
+        "no-removal": "on",
+        "reflection": "running",
+    }
+
+    later = (today + 60 * DAY).isoformat()
+    status, body = await protect(
+        m, case_id, "reflection", {"event": "extended", "ends_on": later, "reason": "proceedings"}
+    )
+    assert status == 202, body
+    assert body["protections"]["reflection"]["ends_on"] == later
+    earlier = (today + 40 * DAY).isoformat()
+    status, problem = await protect(
+        m, case_id, "reflection", {"event": "extended", "ends_on": earlier, "reason": "other"}
+    )
+    assert status == 422, problem  # an extension ends later
+    status, problem = await protect(
+        m, case_id, "reflection", {"event": "not-granted", "reason": "public-order"}
+    )
+    assert (status, problem["allowed"]) == (409, ["extended", "ended"]), problem
+    status, problem = await protect(m, case_id, "reflection", {"event": "started"})
+    assert status == 422, problem  # the authority's system never starts one itself
+    for agency in ("police", "coordinator"):
+        held = await notices(m, agency, rid, 3)
+        assert steps(held)[2] == ("reflection", "extended", "proceedings")
+        assert (held[2]["ends_on"], held[2]["previous"]) == (later, held[1]["notice_id"])
+
+    status, decided = await decide(m, case_id, {"stage": "second", "outcome": "positive"})
+    assert status == 202, decided
+    ended = [(p, "ended", "second-stage-decided") for p in ("no-removal", "reflection")]
+    for agency in ("police", "coordinator"):
+        held = await notices(m, agency, rid, 5)
+        assert steps(held) == [*started, ("reflection", "extended", "proceedings"), *ended]
+    status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+    assert {p: v["state"] for p, v in case["protections"].items()} == {
+        "no-removal": "off",
+        "reflection": "ended",
+    }
+    status, problem = await protect(
+        m, case_id, "no-removal", {"event": "ended", "reason": "residence-permit-granted"}
+    )
+    assert (status, problem["allowed"]) == (409, []), problem
+
+    expected = steps(await notices(m, "police", rid, 5))
+    notified = [
+        (e.counterpart, dict(e.labels), e.reason) for e in events(m, AUTHORITY, "protection.")
+    ]
+    assert notified == [
+        (agency, {"protection": p, "event": ev}, r)
+        for p, ev, r in expected
+        for agency in ("police", "coordinator")
+    ]
+    assert {e.kind for e in events(m, AUTHORITY, "protection.")} == {"protection.notified"}
+    for agency in ("police", "coordinator"):
+        received = [
+            (e.kind, e.referral_id, e.counterpart, dict(e.labels), e.reason)
+            for e in events(m, agency, "protection.")
+        ]
+        assert received == [
+            ("protection.received", rid, AUTHORITY, {"protection": p, "event": ev}, r)
+            for p, ev, r in expected
+        ]
+
+    async def told() -> bool:
+        return [
+            (e["data"]["protection"], e["data"]["event"], e["data"]["reason"])
+            for e in POLICE_EVENTS
+            if e["type"] == "protection.received"
+        ] == expected
+
+    await eventually(told, what="police's system to be told of every notice")
+    status, _ = await call(m, "police", "POST", f"/v1/cases/{case_id}/protections/reflection")
+    assert status == 403  # police's system: no decide scope
+
+
+def forged(m: Mechanism, signer: str, **fields: Any) -> bytes:
+    """A notice `signer`'s own keys sign, past its agent, at now."""
+    today = datetime.datetime.fromtimestamp(clock.now(), datetime.UTC).date()
+    notice = Notice(
+        **{
+            "notice_id": secrets.token_hex(16),
+            "authority": signer,
+            "case_id": secrets.token_hex(16),
+            "protection": "reflection",
+            "event": "started",
+            "starts_on": today.isoformat(),
+            "ends_on": (today + 45 * DAY).isoformat(),
+            "reason": None,
+            "at": clock.now(),
+            "previous": None,
+            **fields,
+        }
+    )
+    return sign_notice(notice, agency_keys(m, signer).signing_key)
+
+
+async def sent_past_the_agent(
+    m: Mechanism, sender: str, signed: bytes, rid: str, *, reason: str
+) -> None:
+    """`sender` seals `signed` under police's pair `rid` to the co-ordinator, which refuses
+    it as `reason` (a message.rejected event with that reason)."""
+    body = codec.pack([1, signed, "police", rid])
+    data = sealed(m, agency_keys(m, sender), "coordinator", "protection-notice", body)
+    await publish(m, sender, "coordinator", data)
+    await rejected(m, "coordinator", data, reason)
+
+
+async def test_a_forked_or_gapped_chain_is_refused(authority: Mechanism) -> None:
+    """The authority's keys sign, past its agent, a second start of the running reflection
+    period (a fork) and an extension following a notice nobody holds (a gap): the
+    co-ordinator refuses both `unexpected`, on the record, and holds what it held."""
+    m = authority
+    rid, case_id = await opened_case(m)
+    status, _ = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
+    assert status == 202
+    before = await notices(m, "coordinator", rid, 2)
+    fork = forged(m, AUTHORITY, case_id=case_id)
+    await sent_past_the_agent(m, AUTHORITY, fork, rid, reason="unexpected")
+    reflection = before[1]
+    gap = forged(
+        m,
+        AUTHORITY,
+        case_id=case_id,
+        event="extended",
+        starts_on=reflection["starts_on"],
+        ends_on=(datetime.date.fromisoformat(reflection["ends_on"]) + DAY).isoformat(),
+        reason="other",
+        previous=secrets.token_hex(16),
+    )
+    await sent_past_the_agent(m, AUTHORITY, gap, rid, reason="unexpected")
+    assert await notices(m, "coordinator", rid, 2) == before
+    assert [r for r, _ in rejections(m.database("coordinator"))] == ["unexpected"] * 2
+
+
+async def test_a_notice_from_an_agency_that_is_not_an_authority_is_refused(
+    authority: Mechanism,
+) -> None:
+    """Police's keys sign a notice and seal it to the co-ordinator past police's agent: the
+    co-ordinator refuses it `not-for-this-role` and holds nothing under the pair."""
+    m = authority
+    rid = await m.api("police").refer([AUTHORITY], samples.referral())
+    await sent_past_the_agent(m, "police", forged(m, "police"), rid, reason="not-for-this-role")
+    status, _ = await call(
+        m, "coordinator", "GET", f"/v1/referrals/{rid}/protections?sender=police"
+    )
+    assert status == 404
