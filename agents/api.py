@@ -526,25 +526,22 @@ async def referral_decisions(request: web.Request) -> web.Response:
     """The identification decisions held under a referral, each verified again (§8.7). A
     coordinator holds them under the referrer's pair without holding the referral: named
     with `?sender=`, that pair is found by its decisions."""
-    _need(request, "read")
-    backend = request.app[BACKEND]
-    referral_id = request.match_info["id"]
-    sender = _sender_param(request)
-    try:
-        owner = backend.desk.owner_of(referral_id, sender)
-    except E.NotFound:
-        if sender is None:
-            raise
-        owner = sender
-    items = backend.identification.decisions(owner, referral_id)
-    if not items and owner not in backend.store.owners_of(referral_id):
-        raise ProblemError(404, "Not Found", NO_REFERRAL)
-    return web.json_response({"id": referral_id, "sender": owner, "items": items})
+    return _held_under_pair(request, lambda i: i.decisions)
 
 
 async def referral_protections(request: web.Request) -> web.Response:
     """The protection notices held under a referral, each verified again (§8.9); the pair is
     found as for decisions (`?sender=` for a coordinator's copy)."""
+    return _held_under_pair(request, lambda i: i.protections)
+
+
+def _held_under_pair(
+    request: web.Request,
+    listing: Callable[[Identification], Callable[[str, str], list[dict[str, Any]]]],
+) -> web.Response:
+    """What the identification `listing` holds under the referral's pair (read scope): the
+    pair this agency holds, or the one `?sender=` names and the listing finds items under
+    (a coordinator's); 404 when neither."""
     _need(request, "read")
     backend = request.app[BACKEND]
     referral_id = request.match_info["id"]
@@ -555,7 +552,7 @@ async def referral_protections(request: web.Request) -> web.Response:
         if sender is None:
             raise
         owner = sender
-    items = backend.identification.protections(owner, referral_id)
+    items = listing(backend.identification)(owner, referral_id)
     if not items and owner not in backend.store.owners_of(referral_id):
         raise ProblemError(404, "Not Found", NO_REFERRAL)
     return web.json_response({"id": referral_id, "sender": owner, "items": items})

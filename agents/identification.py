@@ -34,7 +34,13 @@ from . import errors as E
 from . import protections as PR
 from . import webhooks as W
 from .audit import AuditTrail
-from .decisions import IDENTIFICATION_DECISION, DecisionMessage, check_received, recipients
+from .decisions import (
+    IDENTIFICATION_DECISION,
+    Copy,
+    DecisionMessage,
+    check_received,
+    recipients,
+)
 from .desk import ESCALATION_ROLE, Sender, valid_signing_key
 from .protections import PROTECTION_NOTICE, NoticeMessage
 from .store import Case, Store, StoredDecision, StoredNotice
@@ -184,13 +190,9 @@ class Identification:
                 reason=reason,
                 labels=(("age_route", case.age_route), *labels),
             )
-            copies = recipients(
-                opening=(case.owner, case.referral_id),
-                coordinators=self.coordinators(now),
-                providers=self.store.case_provider_pairs(db, case_id, self.agency),
-                authority=self.agency,
-            )
-            for copy in copies:  # one envelope each: the pair and the reason differ (§8.7)
+            for copy in self._copies(
+                db, case, now
+            ):  # one envelope each: the pair and the reason differ (§8.7)
                 shown = (
                     body
                     if copy.with_reason
@@ -253,6 +255,15 @@ class Identification:
                         decision.decided_at,
                     )
 
+    def _copies(self, db: sqlite3.Connection, case: Case, now: int) -> list[Copy]:
+        """Who receives the case's decisions and notices (§8.7 "Who receives it")."""
+        return recipients(
+            opening=(case.owner, case.referral_id),
+            coordinators=self.coordinators(now),
+            providers=self.store.case_provider_pairs(db, case.case_id, self.agency),
+            authority=self.agency,
+        )
+
     def _state(self, db: sqlite3.Connection, case_id: str, protection: str) -> str:
         last = self.store.last_notice(db, self.agency, case_id, protection)
         return PR.state_of(protection, None if last is None else last.event)
@@ -313,13 +324,7 @@ class Identification:
         self.store.insert_notice(
             db, _stored_notice(notice, case.owner, case.referral_id, signed, now)
         )
-        copies = recipients(
-            opening=(case.owner, case.referral_id),
-            coordinators=self.coordinators(now),
-            providers=self.store.case_provider_pairs(db, case.case_id, self.agency),
-            authority=self.agency,
-        )
-        for copy in copies:  # the pair differs per copy; nothing else does
+        for copy in self._copies(db, case, now):  # the pair differs per copy; nothing else does
             self.send(
                 PROTECTION_NOTICE,
                 NoticeMessage(signed, copy.owner, copy.referral_id).encode(),
@@ -409,12 +414,7 @@ class Identification:
         """A decision received: checked in §8.7's order against what this agency holds."""
         sender = opened.header.sender
         claimed = D.claimed(message.signed)
-        directory = self.directory()
-        entry = directory.agency(claimed.authority) if claimed.authority in directory else None
-        own_roles = directory.agency(self.agency).roles if self.agency in directory else ()
-        shared = ESCALATION_ROLE in own_roles or (
-            self.store.pair(db, message.owner, message.referral_id, sender) is not None
-        )
+        entry, shared = self._sender_context(db, claimed.authority, message, sender)
         of_case = self.store.decisions_of_case(db, claimed.authority, claimed.case_id)
 
         def first() -> D.Decision | None:  # verified only once the sender checks passed
@@ -442,21 +442,14 @@ class Identification:
         stored = _stored(decision, message, now)
         if not self.store.insert_decision(db, stored):
             raise UnexpectedMessageError("a decision this agency holds already")
-        self.audit.record(
+        self._received(
             db,
-            "identification.received",
-            referral_id=message.referral_id,
-            counterpart=sender,
+            ("identification.received", "decision.received"),
+            message.referral_id,
+            sender,
             labels=(("stage", decision.stage), ("outcome", decision.outcome)),
-        )
-        W.enqueue(
-            db,
-            W.WebhookEvent(
-                id=W.new_event_id(),
-                type="decision.received",
-                created=now,
-                data=self._decision_doc(stored),
-            ),
+            reason=None,
+            data=self._decision_doc(stored),
         )
 
     def on_notice(self, db: sqlite3.Connection, opened: Opened, message: NoticeMessage) -> None:
@@ -464,12 +457,7 @@ class Identification:
         holds, and stored as the next link of its chain."""
         sender = opened.header.sender
         claimed = PR.claimed(message.signed)
-        directory = self.directory()
-        entry = directory.agency(claimed.authority) if claimed.authority in directory else None
-        own_roles = directory.agency(self.agency).roles if self.agency in directory else ()
-        shared = ESCALATION_ROLE in own_roles or (
-            self.store.pair(db, message.owner, message.referral_id, sender) is not None
-        )
+        entry, shared = self._sender_context(db, claimed.authority, message, sender)
 
         def held() -> P.Notice | None:  # verified again, once the sender checks passed
             last = self.store.last_notice(
@@ -495,22 +483,59 @@ class Identification:
         stored = _stored_notice(notice, message.owner, message.referral_id, message.signed, now)
         if not self.store.insert_notice(db, stored):
             raise UnexpectedMessageError("a notice this agency holds already")
+        self._received(
+            db,
+            ("protection.received", "protection.received"),
+            message.referral_id,
+            sender,
+            labels=(("event", notice.event), ("protection", notice.protection)),
+            reason=notice.reason,
+            data=self._notice_doc(stored),
+        )
+
+    def _sender_context(
+        self,
+        db: sqlite3.Connection,
+        authority: str,
+        message: DecisionMessage | NoticeMessage,
+        sender: str,
+    ) -> tuple[D.Decider | None, bool]:
+        """The trusted directory's entry for the document's `authority` (None if it lists
+        none), and whether this agency holds the message's pair with `sender` as counterpart
+        or owner, or is a coordinator (which holds every pair of the referrals it oversees)."""
+        directory = self.directory()
+        entry = directory.agency(authority) if authority in directory else None
+        own_roles = directory.agency(self.agency).roles if self.agency in directory else ()
+        shared = ESCALATION_ROLE in own_roles or (
+            self.store.pair(db, message.owner, message.referral_id, sender) is not None
+        )
+        return entry, shared
+
+    def _received(
+        self,
+        db: sqlite3.Connection,
+        kinds: tuple[str, str],
+        referral_id: str,
+        sender: str,
+        *,
+        labels: tuple[tuple[str, str], ...],
+        reason: str | None,
+        data: dict[str, Any],
+    ) -> None:
+        """Audit a stored decision or notice (`kinds`: the audit kind, the webhook type) and
+        tell this agency's system, in the message's transaction."""
+        audit_kind, webhook_type = kinds
         self.audit.record(
             db,
-            "protection.received",
-            referral_id=message.referral_id,
+            audit_kind,
+            referral_id=referral_id,
             counterpart=sender,
-            reason=notice.reason,
-            labels=(("event", notice.event), ("protection", notice.protection)),
+            reason=reason,
+            labels=labels,
         )
         W.enqueue(
             db,
-            W.WebhookEvent(
-                id=W.new_event_id(),
-                type="protection.received",
-                created=now,
-                data=self._notice_doc(stored),
-            ),
+            W.WebhookEvent(id=W.new_event_id(), type=webhook_type, created=clock.now(), data=data),
         )
 
     def protections(self, owner: str, referral_id: str) -> list[dict[str, Any]]:
@@ -525,20 +550,8 @@ class Identification:
                 f"a stored protection notice does not verify ({e.reason}); nothing was returned",
                 reason=e.reason,
             ) from e
-        return {
-            "notice_id": notice.notice_id,
-            "authority": notice.authority,
-            "case_id": notice.case_id,
-            "protection": notice.protection,
-            "event": notice.event,
-            "starts_on": notice.starts_on,
-            "ends_on": notice.ends_on,
-            "reason": notice.reason,
-            "at": notice.at,
-            "previous": notice.previous,
-            "owner": held.owner,
-            "referral_id": held.referral_id,
-        }
+        fields = {name: getattr(notice, name) for name in P.Notice.WIRE.fields}
+        return {**fields, "owner": held.owner, "referral_id": held.referral_id}
 
     def decisions(self, owner: str, referral_id: str) -> list[dict[str, Any]]:
         """The decisions held under the pair, each verified again (409 if one does not)."""

@@ -52,7 +52,8 @@ from keys.errors import (
 )
 from keys.key_history import KeyWindow
 from keys.signed import decode_frame
-from keys.subjects import AGENCY_ID_PATTERN
+
+from .decisions import check_pair
 
 PROTECTION_NOTICE: Final = "protection-notice"
 #: A body's size limit: the signed notice (640) and the pair.
@@ -176,10 +177,7 @@ class NoticeMessage(codec.Encoded):
             raise ValueError(
                 f"signed must be a signed notice of at most {P.MAX_SIGNED_NOTICE_BYTES} bytes"
             )
-        if not (isinstance(self.owner, str) and AGENCY_ID_PATTERN.fullmatch(self.owner)):
-            raise ValueError("owner must be an agency id")
-        if not (isinstance(self.referral_id, str) and codec.HEX32.fullmatch(self.referral_id)):
-            raise ValueError("referral_id must be 32 lowercase hex digits")
+        check_pair(self.owner, self.referral_id)
 
     @classmethod
     def decode(cls, body: bytes) -> NoticeMessage:
