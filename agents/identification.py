@@ -475,7 +475,8 @@ class Identification:
             authority=entry,
             history=self.store.key_history(claimed.authority),
             shared=shared,
-            bound=self.store.case_of_pair(db, message.owner, message.referral_id),
+            bound=self.store.case_of_pair(db, message.owner, message.referral_id)
+            or self.store.notice_case_of_pair(db, message.owner, message.referral_id),
             held=held,
             reflection_min_days=self._reflection_min_days(),
         )

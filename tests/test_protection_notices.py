@@ -38,6 +38,7 @@ from .test_sender_scope import publish, rejected, rejections
 #: period tied to it, so that the second stage can be decided at once and ends both.
 TIED = dataclasses.replace(POLICY, second_stage_min_days=0, reflection_ends_with_second_stage=True)
 DAY = datetime.timedelta(days=1)
+PEERS = ("police", "coordinator")
 
 
 @pytest.fixture
@@ -168,6 +169,25 @@ async def test_the_protections_follow_the_case(authority: Mechanism) -> None:
         ] == expected
 
     await eventually(told, what="police's system to be told of every notice")
+
+    ledger = m.sandbox.ledger
+    assert ledger is not None
+    wanted = sorted(
+        [("protection.notified", AUTHORITY, a, p, ev, r) for p, ev, r in expected for a in PEERS]
+        + [("protection.received", a, AUTHORITY, p, ev, r) for p, ev, r in expected for a in PEERS]
+    )
+
+    def ledger_rows() -> list[tuple[str, str, str | None, str, str, str | None]]:
+        return sorted(
+            (e.kind, e.agency, e.counterpart, e.labels["protection"], e.labels["event"], e.reason)
+            for e in ledger.store.referral_events(rid)
+            if e.kind.startswith("protection.")
+        )
+
+    async def in_ledger() -> bool:
+        return ledger_rows() == wanted
+
+    await eventually(in_ledger, what="the ledger to accept every protection event")
     status, _ = await call(m, "police", "POST", f"/v1/cases/{case_id}/protections/reflection")
     assert status == 403  # police's system: no decide scope
 
@@ -229,6 +249,18 @@ async def test_a_forked_or_gapped_chain_is_refused(authority: Mechanism) -> None
     await sent_past_the_agent(m, AUTHORITY, gap, rid, reason="unexpected")
     assert await notices(m, "coordinator", rid, 2) == before
     assert [r for r, _ in rejections(m.database("coordinator"))] == ["unexpected"] * 2
+    ledger = m.sandbox.ledger
+    assert ledger is not None
+
+    async def on_the_record() -> bool:
+        refused = [
+            (e.reason, e.counterpart)
+            for e in ledger.store.iter_rows()
+            if e.kind == "message.rejected" and e.agency == "coordinator"
+        ]
+        return refused == [("unexpected", AUTHORITY)] * 2
+
+    await eventually(on_the_record, what="the ledger to hold both refusals")
 
 
 async def test_a_notice_from_an_agency_that_is_not_an_authority_is_refused(
@@ -243,3 +275,18 @@ async def test_a_notice_from_an_agency_that_is_not_an_authority_is_refused(
         m, "coordinator", "GET", f"/v1/referrals/{rid}/protections?sender=police"
     )
     assert status == 404
+
+
+async def test_a_pair_holds_the_notices_of_one_case(authority: Mechanism) -> None:
+    """Under a pair the co-ordinator holds no decision for, the first notice it accepts binds
+    the pair to that case: a notice of another case of the authority under it is refused
+    `other-case`, and the listing stays the first case's."""
+    m = authority
+    rid = await m.api("police").refer([AUTHORITY], samples.referral())
+    first = forged(m, AUTHORITY)
+    body = codec.pack([1, first, "police", rid])
+    data = sealed(m, agency_keys(m, AUTHORITY), "coordinator", "protection-notice", body)
+    await publish(m, AUTHORITY, "coordinator", data)
+    [held] = await notices(m, "coordinator", rid, 1)
+    await sent_past_the_agent(m, AUTHORITY, forged(m, AUTHORITY), rid, reason="other-case")
+    assert await notices(m, "coordinator", rid, 1) == [held]

@@ -80,6 +80,18 @@ class ProtectionNotices(Database):
         ).fetchall()
         return [StoredNotice(*r) for r in rows]
 
+    @staticmethod
+    def notice_case_of_pair(
+        db: sqlite3.Connection, owner: str, referral_id: str
+    ) -> tuple[str, str] | None:
+        """(authority, case_id) of the first notice held under the pair, or None."""
+        row = db.execute(
+            "SELECT authority, case_id FROM protection_notices WHERE owner = ? AND referral_id = ?"
+            " ORDER BY seq LIMIT 1",
+            (owner, referral_id),
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
     def notices_of_pair(self, owner: str, referral_id: str) -> list[StoredNotice]:
         """The notices held under the pair (owner, referral_id), in the order stored."""
         rows = self._db.execute(
