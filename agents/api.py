@@ -622,7 +622,7 @@ async def protect(request: web.Request) -> web.Response:
     def act(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         _only(doc, {"event", "reason", "ends_on"})
         event = doc.get("event")
-        if event not in steps:
+        if not isinstance(event, str) or event not in steps:
             raise ProblemError(  # never echoed
                 422, UNPROCESSABLE, f"event must be one of: {', '.join(steps)}"
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -290,3 +291,33 @@ async def test_a_pair_holds_the_notices_of_one_case(authority: Mechanism) -> Non
     [held] = await notices(m, "coordinator", rid, 1)
     await sent_past_the_agent(m, AUTHORITY, forged(m, AUTHORITY), rid, reason="other-case")
     assert await notices(m, "coordinator", rid, 1) == [held]
+
+
+async def test_a_step_the_api_refuses_writes_nothing(authority: Mechanism) -> None:
+    """Bad requests of the protections API are problems naming what was wrong, never echoing
+    it, and sign, store and send nothing; an unknown case is 404."""
+    m = authority
+    _, case_id = await opened_case(m)
+    status, _ = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
+    assert status == 202
+    before = len(events(m, AUTHORITY, "protection."))
+    for protection, doc, wanted in (
+        ("reflection", {"event": ["extended"], "reason": "other"}, 422),
+        ("reflection", {"event": "extended", "reason": "because-we-said"}, 422),
+        ("reflection", {"event": "extended", "reason": "other", "ends_on": "2099-02-30"}, 422),
+        ("reflection", {"event": "extended", "reason": "other"}, 422),  # no ends_on
+        ("reflection", {"event": "ended", "reason": "person-left", "ends_on": "2099-01-01"}, 422),
+        ("reflection", {"event": "ended", "reason": "person-left", "note": "x"}, 422),
+        ("no-removal", {"event": "ended", "reason": "second-stage-decided"}, 422),
+        ("exile", {"event": "ended", "reason": "person-left"}, 404),
+    ):
+        status, problem = await protect(m, case_id, protection, doc)
+        assert status == wanted, (doc, problem)
+        assert "because-we-said" not in json.dumps(problem)
+    status, _ = await protect(
+        m, "ab" * 16, "reflection", {"event": "ended", "reason": "person-left"}
+    )
+    assert status == 404
+    assert len(events(m, AUTHORITY, "protection.")) == before
+    status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+    assert [len(p["notices"]) for p in case["protections"].values()] == [1, 1]
