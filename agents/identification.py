@@ -300,10 +300,13 @@ class Identification:
             raise E.TransitionNotAllowed(str(e), allowed=e.allowed) from e
         except ValueError as e:
             raise E.Unprocessable(str(e)) from e
-        if starts_on is None:  # a later notice keeps the chain's start (and, unless told, end)
+        if starts_on is None:  # a later notice keeps the chain's start
             assert held is not None  # only a started chain has steps without dates
             starts_on = held.starts_on
-            ends_on = held.ends_on if ends_on is None and protection == P.REFLECTION else ends_on
+            if event == P.ENDED:  # the day it ended
+                ends_on = _date(now).isoformat()
+            elif ends_on is None:  # ending-soon: the period's end, unchanged
+                ends_on = held.ends_on
         try:
             notice = P.Notice(
                 notice_id=secrets.token_hex(16),

@@ -64,6 +64,11 @@ async def notices(m: Mechanism, agency: str, rid: str, count: int) -> list[dict[
     return found
 
 
+def day_of(at: int) -> datetime.date:
+    """The UTC date of Unix seconds `at`."""
+    return datetime.datetime.fromtimestamp(at, datetime.UTC).date()
+
+
 def steps(items: list[dict[str, Any]]) -> list[tuple[str, str, str | None]]:
     return [(n["protection"], n["event"], n["reason"]) for n in items]
 
@@ -83,12 +88,13 @@ async def test_the_protections_follow_the_case(authority: Mechanism) -> None:
     rid, case_id = await opened_case(m)
     status, decided = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
     assert status == 202, decided
-    today = datetime.datetime.fromtimestamp(clock.now(), datetime.UTC).date()
     started = [("no-removal", "started", None), ("reflection", "started", None)]
     for agency in ("police", "coordinator"):
         held = await notices(m, agency, rid, 2)
         assert steps(held) == started
         no_removal, reflection = held
+        today = day_of(reflection["at"])  # the decision's date, as the notices are dated
+        assert no_removal["at"] == reflection["at"]
         assert (no_removal["starts_on"], no_removal["ends_on"]) == (today.isoformat(), None)
         assert (reflection["starts_on"], reflection["ends_on"]) == (
             today.isoformat(),
@@ -132,6 +138,9 @@ async def test_the_protections_follow_the_case(authority: Mechanism) -> None:
     for agency in ("police", "coordinator"):
         held = await notices(m, agency, rid, 5)
         assert steps(held) == [*started, ("reflection", "extended", "proceedings"), *ended]
+        assert [(n["starts_on"], n["ends_on"]) for n in held[3:]] == [
+            (today.isoformat(), day_of(n["at"]).isoformat()) for n in held[3:]
+        ]  # ended the day of the second stage
     status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
     assert {p: v["state"] for p, v in case["protections"].items()} == {
         "no-removal": "off",
@@ -195,7 +204,7 @@ async def test_the_protections_follow_the_case(authority: Mechanism) -> None:
 
 def forged(m: Mechanism, signer: str, **fields: Any) -> bytes:
     """A notice `signer`'s own keys sign, past its agent, at now."""
-    today = datetime.datetime.fromtimestamp(clock.now(), datetime.UTC).date()
+    today = day_of(clock.now())
     notice = Notice(
         **{
             "notice_id": secrets.token_hex(16),
