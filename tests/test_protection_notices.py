@@ -330,3 +330,31 @@ async def test_a_step_the_api_refuses_writes_nothing(authority: Mechanism) -> No
     assert len(events(m, AUTHORITY, "protection.")) == before
     status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
     assert [len(p["notices"]) for p in case["protections"].values()] == [1, 1]
+
+
+async def test_a_period_not_granted_is_not_started_by_the_decision(authority: Mechanism) -> None:
+    """The authority refuses the period (public order, Art 13(3)) before the first stage:
+    police and the co-ordinator hold the one-day not-granted notice; the positive first
+    stage then starts no-removal only, and the period can be neither extended nor ended."""
+    m = authority
+    rid, case_id = await opened_case(m)
+    status, body = await protect(
+        m, case_id, "reflection", {"event": "not-granted", "reason": "public-order"}
+    )
+    assert status == 202, body
+    assert body["protections"]["reflection"]["state"] == "not_granted"
+    status, decided = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
+    assert status == 202, decided
+    for agency in PEERS:
+        held = await notices(m, agency, rid, 2)
+        assert steps(held) == [
+            ("reflection", "not-granted", "public-order"),
+            ("no-removal", "started", None),
+        ]
+        assert held[0]["starts_on"] == held[0]["ends_on"] == day_of(held[0]["at"]).isoformat()
+    for doc in (
+        {"event": "extended", "reason": "other", "ends_on": "2099-01-01"},
+        {"event": "ended", "reason": "person-left"},
+    ):
+        status, problem = await protect(m, case_id, "reflection", doc)
+        assert (status, problem["allowed"]) == (409, []), problem
