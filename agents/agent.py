@@ -974,6 +974,7 @@ class Agent:
                 self._check_standing()
                 if self.trust.directory is not None and self.standing.standing.ok:
                     self.desk.tick()
+                    self.identification.tick()
                     self.resend.tick()
                     self.access.flush()
                     self.transport.wake()

@@ -50,6 +50,8 @@ log = structlog.get_logger("nrm.identification")
 #: The referral type whose acceptance by a competent authority opens a case (§8.7).
 CASE_REFERRAL_TYPE = "nrm_full"
 _DAY = 86_400
+#: Without a policy, `ending-soon` this many days before a period ends (keys.policy's default).
+REFLECTION_WARN_DAYS = 7
 
 
 @dataclass
@@ -71,6 +73,10 @@ class Identification:
     def _min_days(self) -> int:
         policy = self.directory().policy
         return SECOND_STAGE_MIN_DAYS if policy is None else policy.second_stage_min_days
+
+    def _reflection_warn_days(self) -> int:
+        policy = self.directory().policy
+        return REFLECTION_WARN_DAYS if policy is None else policy.reflection_warn_days
 
     def _reflection_min_days(self) -> int:
         policy = self.directory().policy
@@ -264,6 +270,44 @@ class Identification:
             authority=self.agency,
         )
 
+    def tick(self) -> None:
+        """The reflection-end clock (docs/proposals/nrm-process.md §5.4), at an authority:
+        each running reflection period of its cases gets `ending-soon` once, from
+        `reflection_warn_days` before its `ends_on`, and `ended` (`elapsed`, dated its
+        `ends_on`) the day after it; one transaction per case, a step that fails logged
+        and tried again next time."""
+        if not self.is_authority():
+            return
+        now = clock.now()
+        today = _date(now)
+        warn = datetime.timedelta(days=self._reflection_warn_days())
+        with self.store.transaction() as db:
+            running = self.store.running_reflections(db, self.agency)
+        for case_id in running:
+            try:
+                with self.store.transaction() as db:
+                    case = self.store.case(db, case_id)
+                    last = self.store.last_notice(db, self.agency, case_id, P.REFLECTION)
+                    if case is None or last is None:
+                        continue
+                    held = PR.claimed(last.signed)
+                    assert held.ends_on is not None  # a reflection period is dated
+                    ends = datetime.date.fromisoformat(held.ends_on)
+                    if today > ends:
+                        step: tuple[str, str | None] = (P.ENDED, "elapsed")
+                    elif today >= ends - warn and held.event != P.ENDING_SOON:
+                        step = (P.ENDING_SOON, None)
+                    else:
+                        continue
+                    key, _ = valid_signing_key(self.store, self.keys(), self.agency, at=now)
+                    event, reason = step
+                    ends_on = held.ends_on if event == P.ENDED else None
+                    self._notify(
+                        db, case, P.REFLECTION, event, PR.SYSTEM, reason, key, now, ends_on=ends_on
+                    )
+            except E.DomainError as e:
+                self.log.error("reflection_clock_failed", case_id=case_id, error=type(e).__name__)
+
     def _state(self, db: sqlite3.Connection, case_id: str, protection: str) -> str:
         last = self.store.last_notice(db, self.agency, case_id, protection)
         return PR.state_of(protection, None if last is None else last.event)
@@ -303,10 +347,8 @@ class Identification:
         if starts_on is None:  # a later notice keeps the chain's start
             assert held is not None  # only a started chain has steps without dates
             starts_on = held.starts_on
-            if event == P.ENDED:  # the day it ended
-                ends_on = _date(now).isoformat()
-            elif ends_on is None:  # ending-soon: the period's end, unchanged
-                ends_on = held.ends_on
+            if ends_on is None:  # ended: the day it ended; ending-soon: the end, unchanged
+                ends_on = _date(now).isoformat() if event == P.ENDED else held.ends_on
         try:
             notice = P.Notice(
                 notice_id=secrets.token_hex(16),

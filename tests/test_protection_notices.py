@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import json
 import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 
 from keys import codec
 from keys.protection import Notice, sign_notice
+from nrm import admin
 from runtime import clock
 
 from . import samples
@@ -358,3 +360,71 @@ async def test_a_period_not_granted_is_not_started_by_the_decision(authority: Me
     ):
         status, problem = await protect(m, case_id, "reflection", doc)
         assert (status, problem["allowed"]) == (409, []), problem
+
+
+def at_day(day: datetime.date) -> int:
+    """The clock offset that puts now at 01:00 UTC of `day`."""
+    target = datetime.datetime.combine(day, datetime.time(1), datetime.UTC)
+    return int(target.timestamp()) - int(time.time())
+
+
+async def test_the_reflection_clock_warns_then_ends_the_period(
+    authority: Mechanism, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clock moved through the period: eight days before its end nothing is sent;
+    seven days before (the policy's reflection_warn_days) police holds `ending-soon` with
+    the dates unchanged, once however often the clock runs; the day after its end, `ended`
+    `elapsed` dated the period's end."""
+    m = authority
+    offset = tmp_path / "clock-offset"
+    clock.set_offset(offset, 0)
+    monkeypatch.setenv(clock.ENV, str(offset))
+    rid, case_id = await opened_case(m)
+    status, _ = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
+    assert status == 202
+    _, reflection = await notices(m, "police", rid, 2)
+    ends = datetime.date.fromisoformat(reflection["ends_on"])
+    clocked = m.agents[AUTHORITY].identification
+
+    def held_at_the_authority() -> list[tuple[str, str | None]]:
+        with m.agents[AUTHORITY].store.transaction() as db:
+            rows = m.agents[AUTHORITY].store.notices_of_case(db, AUTHORITY, case_id)
+        return [(n.protection, n.event) for n in rows]
+
+    clock.set_offset(offset, at_day(ends - 8 * DAY))
+    clocked.tick()
+    assert held_at_the_authority() == [("no-removal", "started"), ("reflection", "started")]
+
+    clock.set_offset(offset, at_day(ends - 7 * DAY))
+    for _ in range(2):
+        clocked.tick()
+    held = await notices(m, "police", rid, 3)
+    assert steps(held)[2] == ("reflection", "ending-soon", None)
+    assert (held[2]["starts_on"], held[2]["ends_on"]) == (
+        reflection["starts_on"],
+        reflection["ends_on"],
+    )
+
+    # The directory would lapse before the period ends: renewed, as an operator does.
+    version = admin.renew_directory(m.sandbox.admin).version
+    m.sandbox.sign_draft()
+    await m.sandbox.publish()
+
+    async def renewed() -> bool:
+        return all(
+            a.trust.directory is not None and a.trust.directory.version == version
+            for a in m.agents.values()
+        )
+
+    await eventually(renewed, what="every agent to hold the renewed directory")
+    clock.set_offset(offset, at_day(ends))
+    clocked.tick()
+    assert len(held_at_the_authority()) == 3  # the period's last day is still in it
+    clock.set_offset(offset, at_day(ends + DAY))
+    clocked.tick()
+    held = await notices(m, "police", rid, 4)
+    assert steps(held)[3] == ("reflection", "ended", "elapsed")
+    assert held[3]["ends_on"] == reflection["ends_on"]
+    status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+    assert case["protections"]["reflection"]["state"] == "ended"
+    assert case["protections"]["no-removal"]["state"] == "on"

@@ -81,6 +81,21 @@ class ProtectionNotices(Database):
         return [StoredNotice(*r) for r in rows]
 
     @staticmethod
+    def running_reflections(db: sqlite3.Connection, authority: str) -> list[str]:
+        """The case ids of `authority`'s cases whose reflection chain (as held here) ends in
+        a notice of a running period (started, extended, ending-soon), by case id."""
+        rows = db.execute(
+            "SELECT n.case_id FROM protection_notices n WHERE n.authority = ?"
+            " AND n.protection = 'reflection'"
+            " AND n.event IN ('started', 'extended', 'ending-soon')"
+            " AND n.seq = (SELECT max(m.seq) FROM protection_notices m"
+            " WHERE m.authority = n.authority AND m.case_id = n.case_id"
+            " AND m.protection = 'reflection') ORDER BY n.case_id",
+            (authority,),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    @staticmethod
     def notice_case_of_pair(
         db: sqlite3.Connection, owner: str, referral_id: str
     ) -> tuple[str, str] | None:
