@@ -963,8 +963,9 @@ class Agent:
     async def _timers(self) -> None:
         """Every few seconds: look at the agency's standing (a revocation may be dated in the
         future), then, while it may sign, escalate unacknowledged referrals and report
-        unanswered ones (agents/clocks.py), expire stale ones, send pending resend requests
-        and sign the access windows that ended. A step that fails is logged and tried again
+        unanswered ones (agents/clocks.py), expire stale ones, send pending resend requests,
+        sign the access windows that ended, and run an authority's reflection-end clock (one
+        case failing does not stop the others). A step that fails is logged and tried again
         next time: the loop never ends before the agent stops."""
         while self._watching.is_set():
             await asyncio.sleep(self.limits.timer_interval_seconds)
@@ -974,9 +975,9 @@ class Agent:
                 self._check_standing()
                 if self.trust.directory is not None and self.standing.standing.ok:
                     self.desk.tick()
-                    self.identification.tick()
                     self.resend.tick()
                     self.access.flush()
+                    self.identification.tick()
                     self.transport.wake()
             except (UntrustedInputError, sqlite3.Error, OSError, ValueError) as e:
                 self.log.error("timer_step_failed", error=type(e).__name__)

@@ -305,7 +305,7 @@ class Identification:
                     self._notify(
                         db, case, P.REFLECTION, event, PR.SYSTEM, reason, key, now, ends_on=ends_on
                     )
-            except E.DomainError as e:
+            except (E.DomainError, UntrustedInputError, ValueError) as e:  # a damaged row, say
                 self.log.error("reflection_clock_failed", case_id=case_id, error=type(e).__name__)
 
     def _state(self, db: sqlite3.Connection, case_id: str, protection: str) -> str:

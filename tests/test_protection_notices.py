@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import json
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -428,3 +429,24 @@ async def test_the_reflection_clock_warns_then_ends_the_period(
     status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
     assert case["protections"]["reflection"]["state"] == "ended"
     assert case["protections"]["no-removal"]["state"] == "on"
+
+
+async def test_a_damaged_chain_does_not_stop_the_clock(authority: Mechanism) -> None:
+    """A stored reflection notice damaged in the authority's database: the clock logs that
+    case and goes on (it raises nothing into the timers loop), and reading the case is a
+    409 naming why, not a listing without it."""
+    m = authority
+    _, case_id = await opened_case(m)
+    status, _ = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
+    assert status == 202
+    conn = sqlite3.connect(m.database(AUTHORITY))
+    try:
+        with conn:
+            conn.execute(
+                "UPDATE protection_notices SET signed = x'00' WHERE protection = 'reflection'"
+            )
+    finally:
+        conn.close()
+    m.agents[AUTHORITY].identification.tick()
+    status, problem = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+    assert (status, problem["reason"]) == (409, "malformed"), problem
