@@ -36,6 +36,7 @@ from .test_identification import (
     events,
     opened_case,
 )
+from .test_identification import held as held_decisions
 from .test_sender_scope import publish, rejected, rejections
 
 #: As test_identification's, with no interval before the second stage and the reflection
@@ -450,3 +451,31 @@ async def test_a_damaged_chain_does_not_stop_the_clock(authority: Mechanism) -> 
     m.agents[AUTHORITY].identification.tick()
     status, problem = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
     assert (status, problem["reason"]) == (409, "malformed"), problem
+
+
+async def test_the_authority_ends_both_protections(authority: Mechanism) -> None:
+    """After a positive first stage the authority ends the period (the person left) and
+    no-removal (a residence permit): police holds both ended notices, dated the day, with
+    their reasons; the second stage then sends no notice (nothing runs)."""
+    m = authority
+    rid, case_id = await opened_case(m)
+    status, _ = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
+    assert status == 202
+    for protection, reason in (
+        ("reflection", "person-left"),
+        ("no-removal", "residence-permit-granted"),
+    ):
+        status, body = await protect(m, case_id, protection, {"event": "ended", "reason": reason})
+        assert status == 202, body
+    held = await notices(m, "police", rid, 4)
+    assert steps(held)[2:] == [
+        ("reflection", "ended", "person-left"),
+        ("no-removal", "ended", "residence-permit-granted"),
+    ]
+    assert [n["ends_on"] for n in held[2:]] == [day_of(n["at"]).isoformat() for n in held[2:]]
+    status, _ = await decide(
+        m, case_id, {"stage": "second", "outcome": "negative", "reason": "duplicate"}
+    )
+    assert status == 202
+    await held_decisions(m, "police", rid, 2)
+    assert len(events(m, AUTHORITY, "protection.notified")) == 4 * len(PEERS)  # none more
