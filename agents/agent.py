@@ -72,6 +72,7 @@ from .messages import (
 from .metrics import AgentMetrics
 from .nats_key import NatsKeyFollower, wanted_seed
 from .presence import DUPLICATE, HELD, Presence, instance_id
+from .protections import PROTECTION_NOTICE, NoticeMessage
 from .referral import is_child
 from .resend import RESEND_REQUEST, Resender
 from .retention import Retention
@@ -99,6 +100,7 @@ SENT_EVENTS = {
     ESCALATION: "escalation.sent",
     OVERDUE: "clock.overdue",
     IDENTIFICATION_DECISION: "identification.sent",
+    PROTECTION_NOTICE: "protection.notified",
 }
 
 
@@ -466,13 +468,20 @@ class Agent:
         *,
         referral_id: str | None = None,
         labels: tuple[tuple[str, str], ...] = (),
+        reason: str | None = None,
     ) -> str:
-        """Seal `body` and commit it to the outbox with its audit events, in `db`'s
-        transaction if given, else in a new one."""
+        """Seal `body` and commit it to the outbox with its audit events (with `labels` and
+        `reason`), in `db`'s transaction if given, else in a new one."""
         if db is None:
             with self.store.transaction() as tx:
                 return self._send(
-                    kind, body, recipients, tx, referral_id=referral_id, labels=labels
+                    kind,
+                    body,
+                    recipients,
+                    tx,
+                    referral_id=referral_id,
+                    labels=labels,
+                    reason=reason,
                 )
         now = clock.now()
         directory = self._directory()
@@ -507,6 +516,7 @@ class Agent:
                 counterpart=r.agency,
                 envelope_hash=sealed.hash,
                 key_ids=(sealed.header.sender_kid, r.kid),
+                reason=reason,
                 labels=labels,
             )
         self.transport.wake()
@@ -760,6 +770,7 @@ class Agent:
             RESEND_REQUEST: lambda tx, opened, checked: self.resend.on_request(tx, opened),
             REFUSAL: self._on_refusal,
             IDENTIFICATION_DECISION: self._on_decision,
+            PROTECTION_NOTICE: self._on_notice,
         }
         if set(table) != inbound.KINDS:
             raise RuntimeError("every kind inbound checks needs a handler, and no other")
@@ -771,6 +782,11 @@ class Agent:
         if not isinstance(checked, DecisionMessage):
             raise TypeError("a decision handler takes a checked decision message")
         self.identification.on_decision(tx, opened, checked)
+
+    def _on_notice(self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked) -> None:
+        if not isinstance(checked, NoticeMessage):
+            raise TypeError("a notice handler takes a checked protection notice message")
+        self.identification.on_notice(tx, opened, checked)
 
     def _open_case(self, tx: sqlite3.Connection, owner: str, referral_id: str) -> None:
         """A competent authority accepting a referral of type nrm_full opens its case, on the
@@ -969,8 +985,9 @@ class Agent:
     async def _timers(self) -> None:
         """Every few seconds: look at the agency's standing (a revocation may be dated in the
         future), then, while it may sign, escalate unacknowledged referrals and report
-        unanswered ones (agents/clocks.py), expire stale ones, send pending resend requests
-        and sign the access windows that ended. A step that fails is logged and tried again
+        unanswered ones (agents/clocks.py), expire stale ones, send pending resend requests,
+        sign the access windows that ended, and run an authority's reflection-end clock (one
+        case failing does not stop the others). A step that fails is logged and tried again
         next time: the loop never ends before the agent stops."""
         while self._watching.is_set():
             await asyncio.sleep(self.limits.timer_interval_seconds)
@@ -983,6 +1000,7 @@ class Agent:
                     self.break_glass.tick()
                     self.resend.tick()
                     self.access.flush()
+                    self.identification.tick()
                     self.transport.wake()
             except (UntrustedInputError, sqlite3.Error, OSError, ValueError) as e:
                 self.log.error("timer_step_failed", error=type(e).__name__)

@@ -8,6 +8,7 @@ bounded before they are read; every POST honours `Idempotency-Key`.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import re
@@ -174,9 +175,11 @@ def make_app(
     r.add_post("/v1/consents/{id}/withdraw", withdraw_consent)
     r.add_post("/v1/subject-access", subject_access)
     r.add_get("/v1/referrals/{id}/decisions", referral_decisions)
+    r.add_get("/v1/referrals/{id}/protections", referral_protections)
     r.add_get("/v1/cases", list_cases)
     r.add_get("/v1/cases/{case_id}", get_case)
     r.add_post("/v1/cases/{case_id}/decisions", decide)
+    r.add_post("/v1/cases/{case_id}/protections/{protection}", protect)
     r.add_put("/v1/cases/{case_id}/referrals/{id}", link_case_referral)
     r.add_put("/v1/catalogue", put_catalogue)
     r.add_put("/v1/services/{service_id}/capacity", put_capacity)
@@ -581,6 +584,22 @@ async def referral_decisions(request: web.Request) -> web.Response:
     """The identification decisions held under a referral, each verified again (§8.7). A
     coordinator holds them under the referrer's pair without holding the referral: named
     with `?sender=`, that pair is found by its decisions."""
+    return _held_under_pair(request, lambda i: i.decisions)
+
+
+async def referral_protections(request: web.Request) -> web.Response:
+    """The protection notices held under a referral, each verified again (§8.9); the pair is
+    found as for decisions (`?sender=` for a coordinator's copy)."""
+    return _held_under_pair(request, lambda i: i.protections)
+
+
+def _held_under_pair(
+    request: web.Request,
+    listing: Callable[[Identification], Callable[[str, str], list[dict[str, Any]]]],
+) -> web.Response:
+    """What the identification `listing` holds under the referral's pair (read scope): the
+    pair this agency holds, or the one `?sender=` names and the listing finds items under
+    (a coordinator's); 404 when neither."""
     _need(request, "read")
     backend = request.app[BACKEND]
     referral_id = request.match_info["id"]
@@ -591,7 +610,7 @@ async def referral_decisions(request: web.Request) -> web.Response:
         if sender is None:
             raise
         owner = sender
-    items = backend.identification.decisions(owner, referral_id)
+    items = listing(backend.identification)(owner, referral_id)
     if not items and owner not in backend.store.owners_of(referral_id):
         raise ProblemError(404, "Not Found", NO_REFERRAL)
     return web.json_response({"id": referral_id, "sender": owner, "items": items})
@@ -635,6 +654,63 @@ async def decide(request: web.Request) -> web.Response:
         return 202, result
 
     return await _idempotent(request, "decide", act)
+
+
+#: What the authority's case system may ask of each protection (§8.9; agents/protections.py
+#: says which steps its state allows): protection -> events -> reason codes.
+PROTECTION_STEPS: dict[str, dict[str, tuple[str, ...]]] = {
+    "reflection": {
+        "extended": ("recovery-needs", "child", "proceedings", "other"),
+        "ended": ("public-order", "improper-claim", "person-left"),
+        "not-granted": ("public-order", "improper-claim"),
+    },
+    "no-removal": {"ended": ("residence-permit-granted",)},
+}
+
+
+async def protect(request: web.Request) -> web.Response:
+    """The authority's own step of a protection of a case: signed, and sealed to whom
+    receives the case's decisions."""
+    _need(request, "decide")
+    protection = request.match_info["protection"]
+    if protection not in PROTECTION_STEPS:
+        raise ProblemError(404, "Not Found", "a protection is reflection or no-removal")
+    steps = PROTECTION_STEPS[protection]
+
+    def act(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        _only(doc, {"event", "reason", "ends_on"})
+        event = doc.get("event")
+        if not isinstance(event, str) or event not in steps:
+            raise ProblemError(  # never echoed
+                422, UNPROCESSABLE, f"event must be one of: {', '.join(steps)}"
+            )
+        reason = doc.get("reason")
+        if reason not in steps[event]:
+            raise ProblemError(
+                422, UNPROCESSABLE, "reason must be one of: " + ", ".join(steps[event])
+            )
+        ends_on = doc.get("ends_on")
+        if ends_on is not None and not _full_date(ends_on):
+            raise ProblemError(422, UNPROCESSABLE, "ends_on must be a full date (YYYY-MM-DD)")
+        result = request.app[BACKEND].identification.protect(
+            _case_id(request.match_info["case_id"]),
+            protection,
+            event=event,
+            reason=reason,
+            ends_on=ends_on,
+        )
+        return 202, result
+
+    return await _idempotent(request, "decide", act)
+
+
+def _full_date(value: object) -> bool:
+    if not (isinstance(value, str) and len(value) == 10):
+        return False
+    try:
+        return datetime.date.fromisoformat(value).isoformat() == value
+    except ValueError:
+        return False
 
 
 async def link_case_referral(request: web.Request) -> web.Response:

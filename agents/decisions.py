@@ -66,10 +66,7 @@ class DecisionMessage(codec.Encoded):
             raise ValueError(
                 f"signed must be a signed decision of at most {MAX_SIGNED_DECISION_BYTES} bytes"
             )
-        if not (isinstance(self.owner, str) and AGENCY_ID_PATTERN.fullmatch(self.owner)):
-            raise ValueError("owner must be an agency id")
-        if not (isinstance(self.referral_id, str) and codec.HEX32.fullmatch(self.referral_id)):
-            raise ValueError("referral_id must be 32 lowercase hex digits")
+        check_pair(self.owner, self.referral_id)
         if self.reason is not None and not isinstance(self.reason, str):
             raise ValueError("reason must be a string or nil")
         if self.salt is not None and not isinstance(self.salt, bytes):
@@ -79,6 +76,15 @@ class DecisionMessage(codec.Encoded):
     def decode(cls, body: bytes) -> DecisionMessage:
         """The body strictly decoded (PROTOCOL §1.2), or MalformedError."""
         return cls.decoded(body, max_bytes=MAX_BODY_BYTES)
+
+
+def check_pair(owner: object, referral_id: object) -> None:
+    """Return if (owner, referral_id) is a pair's shape (§6.1); ValueError naming it
+    otherwise (a message body's pair: a decision's, a protection notice's)."""
+    if not (isinstance(owner, str) and AGENCY_ID_PATTERN.fullmatch(owner)):
+        raise ValueError("owner must be an agency id")
+    if not (isinstance(referral_id, str) and codec.HEX32.fullmatch(referral_id)):
+        raise ValueError("referral_id must be 32 lowercase hex digits")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +181,7 @@ __all__: Sequence[str] = [
     "IDENTIFICATION_DECISION",
     "Copy",
     "DecisionMessage",
+    "check_pair",
     "check_received",
     "recipients",
 ]

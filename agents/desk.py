@@ -74,6 +74,7 @@ class Sender(Protocol):
         *,
         referral_id: str | None = None,
         labels: tuple[tuple[str, str], ...] = (),
+        reason: str | None = None,
     ) -> str: ...
 
 

@@ -11,6 +11,7 @@ and stores the decision as signed; `decisions` verifies each again when it is re
 
 from __future__ import annotations
 
+import datetime
 import secrets
 import sqlite3
 from collections.abc import Callable
@@ -18,27 +19,39 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from nacl.signing import SigningKey
 
 from keys import AgencyKeys, Opened, UnexpectedMessageError, UntrustedInputError
 from keys import decision as D
+from keys import protection as P
 from keys.directory import Directory
-from keys.policy import SECOND_STAGE_MIN_DAYS
+from keys.policy import MIN_REFLECTION_DAYS, SECOND_STAGE_MIN_DAYS
 from keys.roles import COMPETENT_AUTHORITY
 from runtime import clock
 
 from . import cases
 from . import errors as E
+from . import protections as PR
 from . import webhooks as W
 from .audit import AuditTrail
-from .decisions import IDENTIFICATION_DECISION, DecisionMessage, check_received, recipients
+from .decisions import (
+    IDENTIFICATION_DECISION,
+    Copy,
+    DecisionMessage,
+    check_received,
+    recipients,
+)
 from .desk import ESCALATION_ROLE, Sender, valid_signing_key
-from .store import Case, Store, StoredDecision
+from .protections import PROTECTION_NOTICE, NoticeMessage
+from .store import Case, Store, StoredDecision, StoredNotice
 
 log = structlog.get_logger("nrm.identification")
 
 #: The referral type whose acceptance by a competent authority opens a case (§8.7).
 CASE_REFERRAL_TYPE = "nrm_full"
 _DAY = 86_400
+#: Without a policy, `ending-soon` this many days before a period ends (keys.policy's default).
+REFLECTION_WARN_DAYS = 7
 
 
 @dataclass
@@ -60,6 +73,14 @@ class Identification:
     def _min_days(self) -> int:
         policy = self.directory().policy
         return SECOND_STAGE_MIN_DAYS if policy is None else policy.second_stage_min_days
+
+    def _reflection_warn_days(self) -> int:
+        policy = self.directory().policy
+        return REFLECTION_WARN_DAYS if policy is None else policy.reflection_warn_days
+
+    def _reflection_min_days(self) -> int:
+        policy = self.directory().policy
+        return MIN_REFLECTION_DAYS if policy is None else policy.reflection_min_days
 
     # --- the authority ------------------------------------------------------------------------
 
@@ -91,7 +112,12 @@ class Identification:
             if found is None:
                 raise E.NotFound("no case with this id at this agency")
             held = self.store.decisions_of_case(db, self.agency, case_id)
-        return {**_case_doc(found), "decisions": [self._decision_doc(d) for d in held]}
+            notices = self.store.notices_of_case(db, self.agency, case_id)
+        return {
+            **_case_doc(found),
+            "decisions": [self._decision_doc(d) for d in held],
+            "protections": self._protections_doc(notices),
+        }
 
     def link(self, case_id: str, referral_id: str) -> dict[str, Any]:
         """Name a referral this authority sent (to a provider) as one of the case's, so that
@@ -170,13 +196,9 @@ class Identification:
                 reason=reason,
                 labels=(("age_route", case.age_route), *labels),
             )
-            copies = recipients(
-                opening=(case.owner, case.referral_id),
-                coordinators=self.coordinators(now),
-                providers=self.store.case_provider_pairs(db, case_id, self.agency),
-                authority=self.agency,
-            )
-            for copy in copies:  # one envelope each: the pair and the reason differ (§8.7)
+            for copy in self._copies(
+                db, case, now
+            ):  # one envelope each: the pair and the reason differ (§8.7)
                 shown = (
                     body
                     if copy.with_reason
@@ -190,8 +212,234 @@ class Identification:
                     referral_id=copy.referral_id,
                     labels=labels,
                 )
+            self._protections_follow(db, case, decision, signing_key)
         self.log.info("case_decided", case_id=case_id, stage=stage, outcome=outcome)
         return {**_case_doc(case), "state": target, "decision_id": decision.decision_id}
+
+    # --- protections (§8.9) at the authority --------------------------------------------------
+
+    def _protections_follow(
+        self, db: sqlite3.Connection, case: Case, decision: D.Decision, key: SigningKey
+    ) -> None:
+        """What a decision does to the case's protections (agents/protections.py, party
+        system): a positive first stage starts no-removal (open-ended) and reflection
+        (`reflection_min_days` from the decision's date); a second stage ends no-removal,
+        and reflection when the policy ties them (`reflection_ends_with_second_stage`)."""
+        day = _date(decision.decided_at)
+        if (decision.stage, decision.outcome) == (D.FIRST, D.POSITIVE):
+            ends = day + datetime.timedelta(days=self._reflection_min_days())
+            for protection, ends_on in ((P.NO_REMOVAL, None), (P.REFLECTION, ends.isoformat())):
+                if self._state(db, case.case_id, protection) in (PR.OFF, PR.NONE):
+                    self._notify(
+                        db,
+                        case,
+                        protection,
+                        P.STARTED,
+                        PR.SYSTEM,
+                        None,
+                        key,
+                        decision.decided_at,
+                        starts_on=day.isoformat(),
+                        ends_on=ends_on,
+                    )
+        elif decision.stage == D.SECOND:
+            policy = self.directory().policy
+            ties = policy is not None and policy.reflection_ends_with_second_stage
+            for protection, running, tied in (
+                (P.NO_REMOVAL, PR.ON, True),
+                (P.REFLECTION, PR.RUNNING, ties),
+            ):
+                if tied and self._state(db, case.case_id, protection) == running:
+                    self._notify(
+                        db,
+                        case,
+                        protection,
+                        P.ENDED,
+                        PR.SYSTEM,
+                        "second-stage-decided",
+                        key,
+                        decision.decided_at,
+                    )
+
+    def _copies(self, db: sqlite3.Connection, case: Case, now: int) -> list[Copy]:
+        """Who receives the case's decisions and notices (§8.7 "Who receives it")."""
+        return recipients(
+            opening=(case.owner, case.referral_id),
+            coordinators=self.coordinators(now),
+            providers=self.store.case_provider_pairs(db, case.case_id, self.agency),
+            authority=self.agency,
+        )
+
+    def tick(self) -> None:
+        """The reflection-end clock (docs/proposals/nrm-process.md §5.4), at an authority:
+        each running reflection period of its cases gets `ending-soon` once, from
+        `reflection_warn_days` before its `ends_on`, and `ended` (`elapsed`, dated its
+        `ends_on`) the day after it; one transaction per case, a step that fails logged
+        and tried again next time."""
+        if not self.is_authority():
+            return
+        now = clock.now()
+        today = _date(now)
+        warn = datetime.timedelta(days=self._reflection_warn_days())
+        with self.store.transaction() as db:
+            running = self.store.running_reflections(db, self.agency)
+        for case_id in running:
+            try:
+                with self.store.transaction() as db:
+                    case = self.store.case(db, case_id)
+                    last = self.store.last_notice(db, self.agency, case_id, P.REFLECTION)
+                    if case is None or last is None:
+                        continue
+                    held = PR.claimed(last.signed)
+                    assert held.ends_on is not None  # a reflection period is dated
+                    ends = datetime.date.fromisoformat(held.ends_on)
+                    if today > ends:
+                        step: tuple[str, str | None] = (P.ENDED, "elapsed")
+                    elif today >= ends - warn and held.event != P.ENDING_SOON:
+                        step = (P.ENDING_SOON, None)
+                    else:
+                        continue
+                    key, _ = valid_signing_key(self.store, self.keys(), self.agency, at=now)
+                    event, reason = step
+                    ends_on = held.ends_on if event == P.ENDED else None
+                    self._notify(
+                        db, case, P.REFLECTION, event, PR.SYSTEM, reason, key, now, ends_on=ends_on
+                    )
+            except (E.DomainError, UntrustedInputError, ValueError) as e:  # a damaged row, say
+                self.log.error("reflection_clock_failed", case_id=case_id, error=type(e).__name__)
+
+    def _state(self, db: sqlite3.Connection, case_id: str, protection: str) -> str:
+        last = self.store.last_notice(db, self.agency, case_id, protection)
+        return PR.state_of(protection, None if last is None else last.event)
+
+    def _notify(
+        self,
+        db: sqlite3.Connection,
+        case: Case,
+        protection: str,
+        event: str,
+        party: str,
+        reason: str | None,
+        key: SigningKey,
+        now: int,
+        *,
+        starts_on: str | None = None,
+        ends_on: str | None = None,
+    ) -> P.Notice:
+        """Sign the next notice of the case's `protection` chain, store it under the opening
+        referral and seal it to each recipient of the case's decisions (one envelope each,
+        naming its pair); the step is checked against the protection table and the chain
+        rule first (409 `allowed`, 422), so nothing is written for a refused one."""
+        last = self.store.last_notice(db, self.agency, case.case_id, protection)
+        held = None if last is None else PR.claimed(last.signed)
+        try:
+            PR.check(
+                protection,
+                PR.state_of(protection, None if held is None else held.event),
+                event,
+                party,
+                reason=reason,
+            )
+        except PR.ProtectionStepRefused as e:
+            raise E.TransitionNotAllowed(str(e), allowed=e.allowed) from e
+        except ValueError as e:
+            raise E.Unprocessable(str(e)) from e
+        if starts_on is None:  # a later notice keeps the chain's start
+            assert held is not None  # only a started chain has steps without dates
+            starts_on = held.starts_on
+            if ends_on is None:  # ended: the day it ended; ending-soon: the end, unchanged
+                ends_on = _date(now).isoformat() if event == P.ENDED else held.ends_on
+        try:
+            notice = P.Notice(
+                notice_id=secrets.token_hex(16),
+                authority=self.agency,
+                case_id=case.case_id,
+                protection=protection,
+                event=event,
+                starts_on=starts_on,
+                ends_on=ends_on,
+                reason=reason,
+                at=now,
+                previous=None if held is None else held.notice_id,
+            )
+            P.check_follows(held, notice, reflection_min_days=self._reflection_min_days())
+        except (ValueError, UnexpectedMessageError) as e:
+            raise E.Unprocessable(str(e)) from e  # an extension not later, say
+        signed = P.sign_notice(notice, key)
+        self.store.insert_notice(
+            db, _stored_notice(notice, case.owner, case.referral_id, signed, now)
+        )
+        for copy in self._copies(db, case, now):  # the pair differs per copy; nothing else does
+            self.send(
+                PROTECTION_NOTICE,
+                NoticeMessage(signed, copy.owner, copy.referral_id).encode(),
+                [copy.recipient],
+                db,
+                referral_id=copy.referral_id,
+                labels=(("event", event), ("protection", protection)),
+                reason=reason,
+            )
+        self.log.info(
+            "protection_notified", case_id=case.case_id, protection=protection, step=event
+        )
+        return notice
+
+    def protect(
+        self,
+        case_id: str,
+        protection: str,
+        *,
+        event: str,
+        reason: str | None,
+        ends_on: str | None,
+    ) -> dict[str, Any]:
+        """The authority's own step of a protection of a case (§5.1, party authority): 404
+        unknown case, 409 (`allowed`) a step the table refuses, 422 a wrong reason or date
+        (an extension must end later; only an extension takes `ends_on`)."""
+        if ends_on is not None and event != P.EXTENDED:
+            raise E.Unprocessable("only an extension takes ends_on")
+        if event == P.EXTENDED and ends_on is None:
+            raise E.Unprocessable("an extension needs ends_on")
+        now = clock.now()
+        signing_key, _ = valid_signing_key(self.store, self.keys(), self.agency, at=now)
+        with self.store.transaction() as db:
+            case = self.store.case(db, case_id)
+            if case is None:
+                raise E.NotFound("no case with this id at this agency")
+            starts_on = _date(now).isoformat() if event == P.NOT_GRANTED else None
+            # not-granted opens a chain: a day's period, today (ends_on is a full date)
+            notice = self._notify(
+                db,
+                case,
+                protection,
+                event,
+                PR.AUTHORITY,
+                reason,
+                signing_key,
+                now,
+                starts_on=starts_on,
+                ends_on=ends_on if starts_on is None else starts_on,
+            )
+            notices = self.store.notices_of_case(db, self.agency, case_id)
+        return {
+            "case_id": case_id,
+            "notice_id": notice.notice_id,
+            "protections": self._protections_doc(notices),
+        }
+
+    def _protections_doc(self, notices: list[StoredNotice]) -> dict[str, Any]:
+        """Each protection's state and its chain, every notice verified again."""
+        doc: dict[str, Any] = {}
+        for protection in P.PROTECTIONS:
+            chain = [self._notice_doc(n) for n in notices if n.protection == protection]
+            last = chain[-1] if chain else None
+            doc[protection] = {
+                "state": PR.state_of(protection, None if last is None else last["event"]),
+                "starts_on": None if last is None else last["starts_on"],
+                "ends_on": None if last is None else last["ends_on"],
+                "notices": chain,
+            }
+        return doc
 
     def _check_interval(self, db: sqlite3.Connection, case_id: str, now: int) -> None:
         min_days = self._min_days()
@@ -211,12 +459,7 @@ class Identification:
         """A decision received: checked in §8.7's order against what this agency holds."""
         sender = opened.header.sender
         claimed = D.claimed(message.signed)
-        directory = self.directory()
-        entry = directory.agency(claimed.authority) if claimed.authority in directory else None
-        own_roles = directory.agency(self.agency).roles if self.agency in directory else ()
-        shared = ESCALATION_ROLE in own_roles or (
-            self.store.pair(db, message.owner, message.referral_id, sender) is not None
-        )
+        entry, shared = self._sender_context(db, claimed.authority, message, sender)
         of_case = self.store.decisions_of_case(db, claimed.authority, claimed.case_id)
 
         def first() -> D.Decision | None:  # verified only once the sender checks passed
@@ -246,22 +489,119 @@ class Identification:
         stored = _stored(decision, message, now)
         if not self.store.insert_decision(db, stored):
             raise UnexpectedMessageError("a decision this agency holds already")
+        self._received(
+            db,
+            ("identification.received", "decision.received"),
+            message.referral_id,
+            sender,
+            labels=(("stage", decision.stage), ("outcome", decision.outcome)),
+            reason=None,
+            data=self._decision_doc(stored),
+        )
+
+    def on_notice(self, db: sqlite3.Connection, opened: Opened, message: NoticeMessage) -> None:
+        """A protection notice received: checked in §8.9's order against what this agency
+        holds, and stored as the next link of its chain."""
+        sender = opened.header.sender
+        claimed = PR.claimed(message.signed)
+        entry, shared = self._sender_context(db, claimed.authority, message, sender)
+
+        def held() -> P.Notice | None:  # verified again, once the sender checks passed
+            last = self.store.last_notice(
+                db, claimed.authority, claimed.case_id, claimed.protection
+            )
+            if last is None:
+                return None
+            return P.verify_notice(last.signed, history=self.store.key_history(last.authority))
+
+        notice = PR.check_received(
+            message,
+            sender=sender,
+            created=opened.header.created,
+            skew=self.skew,
+            authority=entry,
+            history=self.store.key_history(claimed.authority),
+            shared=shared,
+            bound=self.store.case_of_pair(db, message.owner, message.referral_id, claimed.authority)
+            or self.store.notice_case_of_pair(
+                db, message.owner, message.referral_id, claimed.authority
+            ),
+            held=held,
+            reflection_min_days=self._reflection_min_days(),
+        )
+        now = clock.now()
+        stored = _stored_notice(notice, message.owner, message.referral_id, message.signed, now)
+        if not self.store.insert_notice(db, stored):
+            raise UnexpectedMessageError("a notice this agency holds already")
+        self._received(
+            db,
+            ("protection.received", "protection.received"),
+            message.referral_id,
+            sender,
+            labels=(("event", notice.event), ("protection", notice.protection)),
+            reason=notice.reason,
+            data=self._notice_doc(stored),
+        )
+
+    def _sender_context(
+        self,
+        db: sqlite3.Connection,
+        authority: str,
+        message: DecisionMessage | NoticeMessage,
+        sender: str,
+    ) -> tuple[D.Decider | None, bool]:
+        """The trusted directory's entry for the document's `authority` (None if it lists
+        none), and whether this agency holds the message's pair with `sender` as counterpart
+        or owner, or is a coordinator (which holds every pair of the referrals it oversees)."""
+        directory = self.directory()
+        entry = directory.agency(authority) if authority in directory else None
+        own_roles = directory.agency(self.agency).roles if self.agency in directory else ()
+        shared = ESCALATION_ROLE in own_roles or (
+            self.store.pair(db, message.owner, message.referral_id, sender) is not None
+        )
+        return entry, shared
+
+    def _received(
+        self,
+        db: sqlite3.Connection,
+        kinds: tuple[str, str],
+        referral_id: str,
+        sender: str,
+        *,
+        labels: tuple[tuple[str, str], ...],
+        reason: str | None,
+        data: dict[str, Any],
+    ) -> None:
+        """Audit a stored decision or notice (`kinds`: the audit kind, the webhook type) and
+        tell this agency's system, in the message's transaction."""
+        audit_kind, webhook_type = kinds
         self.audit.record(
             db,
-            "identification.received",
-            referral_id=message.referral_id,
+            audit_kind,
+            referral_id=referral_id,
             counterpart=sender,
-            labels=(("stage", decision.stage), ("outcome", decision.outcome)),
+            reason=reason,
+            labels=labels,
         )
         W.enqueue(
             db,
-            W.WebhookEvent(
-                id=W.new_event_id(),
-                type="decision.received",
-                created=now,
-                data=self._decision_doc(stored),
-            ),
+            W.WebhookEvent(id=W.new_event_id(), type=webhook_type, created=clock.now(), data=data),
         )
+
+    def protections(self, owner: str, referral_id: str) -> list[dict[str, Any]]:
+        """The notices held under the pair, each verified again (409 if one does not)."""
+        return [self._notice_doc(n) for n in self.store.notices_of_pair(owner, referral_id)]
+
+    def _notice_doc(self, held: StoredNotice) -> dict[str, Any]:
+        try:
+            notice = P.verify_notice(held.signed, history=self.store.key_history(held.authority))
+        except UntrustedInputError as e:
+            raise E.Conflict(
+                f"a stored protection notice does not verify ({e.reason}); nothing was returned",
+                reason=e.reason,
+            ) from e
+        fields = {name: getattr(notice, name) for name in P.Notice.WIRE.fields}
+        return {**fields, "owner": held.owner, "referral_id": held.referral_id}
 
     def decisions(self, owner: str, referral_id: str) -> list[dict[str, Any]]:
         """The decisions held under the pair, each verified again (409 if one does not)."""
@@ -305,6 +645,27 @@ def _stored(decision: D.Decision, message: DecisionMessage, at: int) -> StoredDe
         salt=message.salt,
         stored_at=at,
     )
+
+
+def _stored_notice(
+    notice: P.Notice, owner: str, referral_id: str, signed: bytes, at: int
+) -> StoredNotice:
+    return StoredNotice(
+        authority=notice.authority,
+        notice_id=notice.notice_id,
+        case_id=notice.case_id,
+        protection=notice.protection,
+        event=notice.event,
+        owner=owner,
+        referral_id=referral_id,
+        signed=signed,
+        stored_at=at,
+    )
+
+
+def _date(at: int) -> datetime.date:
+    """The UTC date of Unix seconds `at`."""
+    return datetime.datetime.fromtimestamp(at, datetime.UTC).date()
 
 
 def _case_doc(c: Case) -> dict[str, Any]:

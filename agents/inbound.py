@@ -53,6 +53,7 @@ from .messages import (
     DeliveryReceipt,
     Refusal,
 )
+from .protections import PROTECTION_NOTICE, NoticeMessage
 from .resend import RESEND_REQUEST, ResendRequest
 
 __all__ = [
@@ -142,6 +143,7 @@ Checked = (
     | ResendRequest
     | Refusal
     | DecisionMessage
+    | NoticeMessage
 )
 
 
@@ -417,6 +419,10 @@ def _decision(body: bytes, roles: frozenset[str], limits: Limits) -> DecisionMes
     return DecisionMessage.decode(body)  # the rest needs the receiver's state (decisions.py)
 
 
+def _notice(body: bytes, roles: frozenset[str], limits: Limits) -> NoticeMessage:
+    return NoticeMessage.decode(body)  # the rest needs the receiver's state (protections.py)
+
+
 _CHECKERS: Final[Mapping[str, Callable[[bytes, frozenset[str], Limits], Checked]]] = {
     REFERRAL: _referral,
     DELIVERY_RECEIPT: _receipt,
@@ -428,6 +434,7 @@ _CHECKERS: Final[Mapping[str, Callable[[bytes, frozenset[str], Limits], Checked]
     RESEND_REQUEST: _resend,
     REFUSAL: _refusal,
     IDENTIFICATION_DECISION: _decision,
+    PROTECTION_NOTICE: _notice,
 }
 #: Every message kind an agent receives.
 KINDS: Final = frozenset(_CHECKERS)

@@ -19,6 +19,9 @@ from keys.decision import AGE_ROUTES
 from keys.decision import OUTCOMES as DECISION_OUTCOMES
 from keys.decision import REASON_CODES as DECISION_REASON_CODES
 from keys.decision import STAGES as DECISION_STAGES
+from keys.protection import EVENTS as PROTECTION_EVENTS
+from keys.protection import PROTECTIONS
+from keys.protection import REASONS as PROTECTION_REASONS
 from runtime.http import json_object_body
 
 from . import consent, referral
@@ -379,6 +382,7 @@ _HISTORY = _closed(
 )
 #: Identification cases and decisions (PROTOCOL.md §8.7).
 _CASE_ID = {"type": "string", "maxLength": 32, "pattern": "^[0-9a-f]{32}$"}
+_PROTECTION_REASONS = sorted({c for codes in PROTECTION_REASONS.values() for c in codes})
 _DECISION_REASONS = sorted({c for codes in DECISION_REASON_CODES.values() for c in codes})
 _DECISION = _closed(
     {
@@ -406,7 +410,42 @@ _CASE_FIELDS = {
     "opened_at": _TIME,
     "updated": _TIME,
 }
-_CASE = _closed({**_CASE_FIELDS, "decisions": {"type": "array", "items": _DECISION}})
+#: Protection notices (PROTOCOL.md §8.9).
+_DATE = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
+_NOTICE = _closed(
+    {
+        "notice_id": _ID,
+        "authority": _AGENCY_ID,
+        "case_id": _CASE_ID,
+        "protection": {"enum": list(PROTECTIONS)},
+        "event": {"enum": list(PROTECTION_EVENTS)},
+        "starts_on": _DATE,
+        "ends_on": {"anyOf": [_DATE, {"type": "null"}]},
+        "reason": {"enum": [*_PROTECTION_REASONS, None]},
+        "at": _TIME,
+        "previous": {"anyOf": [_ID, {"type": "null"}]},
+        "owner": _AGENCY_ID,
+        "referral_id": _ID,
+    }
+)
+_NOTICES = _closed({"id": _ID, "sender": _AGENCY_ID, "items": {"type": "array", "items": _NOTICE}})
+_PROTECTION = _closed(
+    {
+        "state": {"enum": ["off", "on", "none", "running", "not_granted", "ended"]},
+        "starts_on": {"anyOf": [_DATE, {"type": "null"}]},
+        "ends_on": {"anyOf": [_DATE, {"type": "null"}]},
+        "notices": {"type": "array", "items": _NOTICE},
+    }
+)
+_PROTECTIONS = _closed({name: _PROTECTION for name in PROTECTIONS})
+_CASE = _closed(
+    {
+        **_CASE_FIELDS,
+        "decisions": {"type": "array", "items": _DECISION},
+        "protections": _PROTECTIONS,
+    }
+)
+_PROTECTED = _closed({"case_id": _CASE_ID, "notice_id": _ID, "protections": _PROTECTIONS})
 _CASES = _closed(
     {
         "items": {"type": "array", "items": _closed(_CASE_FIELDS)},
@@ -809,6 +848,14 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _json(_DECISIONS), **_errors(400, 401, 403, 404, 409)},
             }
         },
+        "/v1/referrals/{id}/protections": {
+            "get": {
+                "summary": "The protection notices held under a referral, in chain order, "
+                "each verified again (read scope)",
+                "parameters": [_PATH_ID, _SENDER],
+                "responses": {"200": _json(_NOTICES), **_errors(400, 401, 403, 404, 409)},
+            }
+        },
         "/v1/cases": {
             "get": {
                 "summary": "A competent authority's identification cases (decide scope)",
@@ -863,6 +910,36 @@ OPENAPI: dict[str, Any] = {
                 ),
                 "responses": {
                     "202": _json(_DECIDED, "Decided"),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                },
+            }
+        },
+        "/v1/cases/{case_id}/protections/{protection}": {
+            "post": {
+                "summary": "The authority's own step of a protection of a case (decide scope): "
+                "reflection `extended` (with a later `ends_on`), `ended` or `not-granted`; "
+                "no-removal `ended` for `residence-permit-granted`. Signed and sealed to whom "
+                "receives the case's decisions; 409 lists the allowed events",
+                "parameters": [
+                    _PATH_CASE_ID,
+                    {
+                        "name": "protection",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"enum": list(PROTECTIONS)},
+                    },
+                    _IDEMPOTENCY,
+                ],
+                "requestBody": json_object_body(
+                    ["event", "reason"],
+                    {
+                        "event": {"enum": ["extended", "ended", "not-granted"]},
+                        "reason": {"enum": _PROTECTION_REASONS},
+                        "ends_on": _DATE,
+                    },
+                ),
+                "responses": {
+                    "202": _json(_PROTECTED, "Notified"),
                     **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
                 },
             }

@@ -61,6 +61,7 @@ EVENT_TYPES: Final = frozenset(
         "escalation.received",
         "overdue.received",
         "decision.received",
+        "protection.received",
         "delivery.failed",
         "break_glass.requested",
     }

@@ -34,6 +34,7 @@ from keys.audit import (
     KINDS,
     LABELS,
     OVERDUE_CLOCKS,
+    PROTECTION_LABELS,
 )
 from keys.checkpoint import MAX_CHECKPOINT_BYTES
 from keys.merkle import MerkleTree, leaf_hash
@@ -669,6 +670,8 @@ _LABELS: dict[str, Any] = {
         "clock": {"enum": sorted(OVERDUE_CLOCKS)},
         # an identification decision's events (§9.0)
         **{name: {"enum": sorted(values)} for name, values in sorted(DECISION_LABELS.items())},
+        # a protection notice's events (§9.0)
+        **{name: {"enum": sorted(values)} for name, values in sorted(PROTECTION_LABELS.items())},
     },
 }
 #: An entry's decoded event (EntryRow.to_json), for display and search (§9.0).

@@ -64,6 +64,8 @@ KINDS = frozenset(
         "break-glass.confirmed",
         "break-glass.refused",
         "break-glass.lapsed",
+        "protection.notified",
+        "protection.received",
     }
 )
 #: The events of a break-glass referral at its sender (§8.2 step 2): each names the API
@@ -105,6 +107,12 @@ DECISION_LABELS: dict[str, frozenset[str]] = {
     "stage": frozenset({"first", "second"}),
     "outcome": frozenset({"positive", "negative"}),
     "age_route": frozenset({"adult", "child"}),
+}
+
+#: The labels of a protection notice's events (§8.9; keys/protection.py's values).
+PROTECTION_LABELS: dict[str, frozenset[str]] = {
+    "protection": frozenset({"no-removal", "reflection"}),
+    "event": frozenset({"started", "extended", "ending-soon", "ended", "not-granted"}),
 }
 
 
@@ -173,6 +181,10 @@ KIND_LABELS: dict[str, dict[str, Callable[[object], bool]]] = {
         for kind in ("identification.sent", "identification.received")
     },
     **{kind: {"client": _is_client} for kind in sorted(BREAK_GLASS_KINDS)},
+    **{
+        kind: {name: PROTECTION_LABELS[name].__contains__ for name in PROTECTION_LABELS}
+        for kind in ("protection.notified", "protection.received")
+    },
 }
 #: Kinds that carry every one of their own labels, always.
 _EXACT_LABELS = (
@@ -182,6 +194,8 @@ _EXACT_LABELS = (
             "identification.decided",
             "identification.sent",
             "identification.received",
+            "protection.notified",
+            "protection.received",
         }
     )
     | BREAK_GLASS_KINDS

@@ -6,6 +6,7 @@ stage before the policy's interval is 409 too-early."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import sqlite3
@@ -58,6 +59,14 @@ async def _collect(request: web.Request) -> web.Response:
 async def with_authority(tmp_path: Path) -> AsyncIterator[Mechanism]:
     """The mechanism under POLICY with the shelter turned into a competent authority whose
     case system holds the decide scope; police's webhooks go to POLICE_EVENTS."""
+    async with authority_mechanism(tmp_path, POLICY) as m:
+        yield m
+
+
+@contextlib.asynccontextmanager
+async def authority_mechanism(tmp_path: Path, policy: Policy) -> AsyncIterator[Mechanism]:
+    """The mechanism under `policy` with the shelter turned into a competent authority whose
+    case system holds the decide scope; police's webhooks go to POLICE_EVENTS."""
     POLICE_EVENTS.clear()
     async with (
         webhook_receiver(_collect) as url,
@@ -69,7 +78,7 @@ async def with_authority(tmp_path: Path) -> AsyncIterator[Mechanism]:
         assert config.count('"act"]') == 1
         setup.config_path.write_text(config.replace('"act"]', '"act", "decide"]'))
         identity = admin.PublicIdentity.from_json(setup.identity_path.read_bytes())
-        admin.set_policy(m.sandbox.admin, POLICY)  # the role needs a policy's directory
+        admin.set_policy(m.sandbox.admin, policy)  # the role needs a policy's directory
         admin.add_agency(m.sandbox.admin, identity, roles=[COMPETENT_AUTHORITY])
         m.sandbox.sign_draft()
         await m.sandbox.publish()
@@ -78,7 +87,7 @@ async def with_authority(tmp_path: Path) -> AsyncIterator[Mechanism]:
         async def everyone_has_it() -> bool:
             for agent in m.agents.values():
                 d = agent.trust.directory
-                if d is None or d.policy != POLICY:
+                if d is None or d.policy != policy:
                     return False
                 if d.agency(AUTHORITY).roles != (COMPETENT_AUTHORITY,):
                     return False

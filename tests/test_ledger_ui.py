@@ -281,6 +281,8 @@ KIND_WORDS = {
     "break-glass.confirmed": "Break-glass referral confirmed, sent",
     "break-glass.refused": "Break-glass referral refused",
     "break-glass.lapsed": "Break-glass referral lapsed unconfirmed",
+    "protection.notified": "Protection notice sent",
+    "protection.received": "Protection notice received",
 }
 #: What each statistics label value reads as.
 LABEL_WORDS = {
@@ -318,6 +320,7 @@ INCOMING = {
     "erasure.confirmed",
     "record.accessed",  # the reader <- the owner that sent it the referral
     "identification.received",
+    "protection.received",
 }
 STATUS_SETTLED = (
     "() => ['verified', 'FAILED'].includes(document.getElementById('checkpoint-status')"

@@ -24,6 +24,8 @@ from agents.consent import decode_stored, verify_receipt
 from agents.decisions import IDENTIFICATION_DECISION, DecisionMessage, check_received
 from agents.lifecycle import Transition
 from agents.messages import DELIVERY_RECEIPT, REFUSAL, TRANSITION, DeliveryReceipt, Refusal
+from agents.protections import PROTECTION_NOTICE, NoticeMessage
+from agents.protections import check_received as check_notice
 from agents.resend import ResendRequest
 from agents.transport import Position, Verdict
 from agents.trust import TrustState
@@ -595,6 +597,9 @@ def test_body_vector(path: Path) -> None:
     if fields["kind"] == IDENTIFICATION_DECISION:
         _decision_message(fields, body, roles)
         return
+    if fields["kind"] == PROTECTION_NOTICE:
+        _notice_message(fields, body, roles)
+        return
     _received(
         fields,
         body,
@@ -632,6 +637,38 @@ def _decision_message(fields: dict[str, str], body: bytes, roles: set[str]) -> N
             else {*fields["held_stages"].split(",")},
             first=first,
             min_days=int(fields["second_stage_min_days"]),
+        )
+
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], check)
+        return
+    assert check().authority == fields["authority"]
+
+
+def _notice_message(fields: dict[str, str], body: bytes, roles: set[str]) -> None:
+    """§6.4 decoding, then §8.9's receiver checks in order against the vector's state."""
+    window = _authority_window(fields)
+
+    def check() -> Notice:
+        message = inbound.check(PROTECTION_NOTICE, body, roles=roles, limits=DEFAULT_LIMITS)
+        assert isinstance(message, NoticeMessage)
+
+        def held() -> Notice | None:
+            if fields["held"] == "none":
+                return None
+            return verify_notice(base64.b64decode(fields["held"]), history=[window])
+
+        return check_notice(
+            message,
+            sender=fields["sender"],
+            created=int(fields["created"]),
+            skew=int(fields["clock_skew_seconds"]),
+            authority=None if fields["decides"] == "none" else _Authority(fields["decides"]),
+            history=[window],
+            shared=fields["shared"] == "yes",
+            bound=None if fields["bound"] == "none" else fields["bound"],
+            held=held,
+            reflection_min_days=int(fields["reflection_min_days"]),
         )
 
     if fields["expect"] != "ok":
@@ -754,6 +791,7 @@ FAMILIES = {
     "identity-": 4,
     "decision-": 8,
     "body-identification-decision-": 8,
+    "body-protection-notice-": 8,
     "catalogue-": 8,
     "capacity-": 6,
     "protection-": 8,

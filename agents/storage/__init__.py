@@ -4,9 +4,9 @@ One SQLite database in WAL mode (db.py) with its schema, invariants and migratio
 place (schema.py), and one module per aggregate: messages.py (outbox, deliveries, inbox,
 resends), referrals.py (referrals, history, data keys), consents.py (consents, their uses,
 the signing key history), audit.py (audit outbox, ledger restores and alerts), webhooks.py,
-attachments.py, idempotency.py, erasure.py, retention.py, accesses.py, cases.py and
-break_glass.py. `Store` composes them; the rest of agents/ calls its named methods and never
-writes SQL (docs/DESIGN.md "Storage").
+attachments.py, idempotency.py, erasure.py, retention.py, accesses.py, cases.py,
+break_glass.py and protections.py. `Store` composes them; the rest of agents/ calls its named
+methods and never writes SQL (docs/DESIGN.md "Storage").
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from .messages import (
     ResendCandidate,
     Undelivered,
 )
+from .protections import ProtectionNotices, StoredNotice
 from .referrals import NewReferral, Referrals, SentCopy, Step
 from .retention import CLOSED_STATES, Retention
 from .schema import SCHEMA
@@ -50,6 +51,7 @@ class Store(
     AccessWindows,
     Cases,
     BreakGlassHolds,
+    ProtectionNotices,
 ):
     """The agent database with every aggregate's operations."""
 
@@ -77,6 +79,7 @@ __all__ = [
     "Store",
     "StoredConsent",
     "StoredDecision",
+    "StoredNotice",
     "Undelivered",
     "read_consent",
 ]

@@ -27,6 +27,7 @@ does not own. `referrals`, `history`, `data_keys` and `received_attachments` car
 column; in `inbox` the `sender` column is the owner of the referral a row carries;
 `outbox`, `deliveries` and `consent_uses` only ever hold this agency's own referrals.
 - `webhook_outbox`, `webhook_deliveries`: agents/webhooks.py.
+- `protection_notices`: agents/storage/protections.py (PROTOCOL §8.9), a new table too.
 - `cases`, `case_referrals`, `decisions`: agents/storage/cases.py (identification
   decisions, PROTOCOL §8.7); new tables, so `CREATE TABLE IF NOT EXISTS` adds them to
   older databases (no release had them: `case_referrals`' UNIQUE referral_id was added to
@@ -340,6 +341,22 @@ CREATE TABLE IF NOT EXISTS break_glass (
 ) STRICT;
 CREATE INDEX IF NOT EXISTS break_glass_waiting ON break_glass(confirm_by)
     WHERE state = 'awaiting_confirmation';
+CREATE TABLE IF NOT EXISTS protection_notices (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    authority   TEXT NOT NULL,
+    notice_id   TEXT NOT NULL,
+    case_id     TEXT NOT NULL,
+    protection  TEXT NOT NULL CHECK (protection IN ('no-removal', 'reflection')),
+    event       TEXT NOT NULL,
+    owner       TEXT NOT NULL,
+    referral_id TEXT NOT NULL,
+    signed      BLOB NOT NULL,
+    stored_at   INTEGER NOT NULL,
+    UNIQUE (authority, notice_id)
+) STRICT;
+CREATE INDEX IF NOT EXISTS protection_notices_by_pair ON protection_notices(owner, referral_id);
+CREATE INDEX IF NOT EXISTS protection_notices_by_case
+    ON protection_notices(authority, case_id, protection);
 CREATE TABLE IF NOT EXISTS webhook_outbox (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id      TEXT NOT NULL UNIQUE,

@@ -107,6 +107,8 @@
     "break-glass.confirmed": "Break-glass referral confirmed, sent",
     "break-glass.refused": "Break-glass referral refused",
     "break-glass.lapsed": "Break-glass referral lapsed unconfirmed",
+    "protection.notified": "Protection notice sent",
+    "protection.received": "Protection notice received",
   };
   const LABEL_WORDS = {
     referral_type: {
@@ -136,6 +138,15 @@
     outcome: { positive: "Positive", negative: "Negative" },
     age_route: { adult: "Adult route", child: "Child route" },
     break_glass: { yes: "Break-glass" }, // on referral.sent
+    // a protection notice's events
+    protection: { "no-removal": "No removal", reflection: "Recovery and reflection period" },
+    event: {
+      started: "Started",
+      extended: "Extended",
+      "ending-soon": "Ending soon",
+      ended: "Ended",
+      "not-granted": "Not granted",
+    },
   };
   const LABEL_ORDER = ["referral_type", "urgency", "state"];
   const COUNT_WORDS = {
@@ -150,7 +161,8 @@
   // drawn "agency ← counterpart" (receiver ← sender); every other counterpart is the one
   // the agency sent to, drawn "agency → counterpart".
   const INCOMING = new Set(["referral.received", "receipt.received", "transition.received",
-    "message.rejected", "erasure.confirmed", "record.accessed", "identification.received"]);
+    "message.rejected", "erasure.confirmed", "record.accessed", "identification.received",
+    "protection.received"]);
 
   // A code with no entry above (a newer ledger) still reads as words: "a.b_c" -> "A b c".
   function words(code) {

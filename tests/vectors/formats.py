@@ -2901,6 +2901,156 @@ def protection_vectors() -> Iterator[tuple[str, str]]:
         yield f"protection-{name}", render(header, data)
 
 
+# body-protection-notice-*: `kind`, `roles` (the receiver's), `sender` (the envelope's
+#     authenticated sender), the authority's key window as for decision-*, `decides` (the
+#     stages the directory lets `authority` decide, or `none`), `shared` (yes: the receiver
+#     holds the body's pair with the sender), `bound` (the case_id of the decisions or notices
+#     of the notice's authority it holds under the pair, or none), `held` (base64 of the
+#     signed notice it holds last of the notice's protection of the case, or none),
+#     `reflection_min_days`, `created` (the envelope's), `clock_skew_seconds`; the bytes are
+#     the body, judged by §6.4 and §8.9 "Receiver checks" in order.
+
+
+def _notice_body(signed: bytes) -> bytes:
+    return codec.pack([1, signed, "police", RID])
+
+
+def _notice_message_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
+    """(name, comment, expect, header changes, body)."""
+    started = _notice()
+    extended = _notice(started, event="extended", ends_on="2026-03-15", reason="proceedings")
+    no_removal = _notice(protection="no-removal", ends_on=None)
+    sign = lambda n: sign_notice(n, AUTHORITY_SIGN)  # noqa: E731
+    flipped = bytearray(sign(started))
+    flipped[-1] ^= 1
+    held = {"held": b64(sign(started)), "created": extended.at}
+    return [
+        ("ok", "a 45-day reflection period starts", "ok", {}, _notice_body(sign(started))),
+        (
+            "ok-extended",
+            "the next link: extended to 73 days",
+            "ok",
+            held,
+            _notice_body(sign(extended)),
+        ),
+        (
+            "ok-no-removal",
+            "no-removal starts, open-ended",
+            "ok",
+            {},
+            _notice_body(sign(no_removal)),
+        ),
+        (
+            "ok-created-at-the-skew",
+            "the envelope created 300 s (the clock skew) after at",
+            "ok",
+            {"created": NOW + 300},
+            _notice_body(sign(started)),
+        ),
+        (
+            "malformed",
+            "a fifth item",
+            "malformed",
+            {},
+            codec.pack([1, sign(started), "police", RID, None]),
+        ),
+        (
+            "misdated",
+            "the envelope created 301 s after at",
+            "misdated",
+            {"created": NOW + 301},
+            _notice_body(sign(started)),
+        ),
+        (
+            "not-an-authority",
+            "the directory lists no deciding agency of that id",
+            "not-for-this-role",
+            {"decides": None},
+            _notice_body(sign(started)),
+        ),
+        (
+            "second-stage-only",
+            "an authority that decides the second stage only grants no protection",
+            "not-for-this-role",
+            {"decides": "second"},
+            _notice_body(sign(started)),
+        ),
+        (
+            "bad-signature",
+            "last signature byte flipped",
+            "bad-signature",
+            {},
+            _notice_body(bytes(flipped)),
+        ),
+        (
+            "other-sender",
+            "the authority's notice sent by another agency",
+            "unexpected",
+            {"sender": "police"},
+            _notice_body(sign(started)),
+        ),
+        (
+            "not-shared",
+            "a pair the receiver does not hold with the authority",
+            "not-shared",
+            {"shared": "no"},
+            _notice_body(sign(started)),
+        ),
+        (
+            "other-case",
+            "the receiver holds decisions of another case of the authority under the pair",
+            "other-case",
+            {"bound": fixed("case 2")[:16].hex()},
+            _notice_body(sign(started)),
+        ),
+        (
+            "fork",
+            "a second start while the period the receiver holds runs",
+            "unexpected",
+            {**held, "created": NOW},
+            _notice_body(sign(dataclasses.replace(started, notice_id=fixed("n2")[:16].hex()))),
+        ),
+        (
+            "gap",
+            "an extension that follows a notice the receiver does not hold",
+            "unexpected",
+            {"created": extended.at},
+            _notice_body(sign(extended)),
+        ),
+        (
+            "too-short-for-the-policy",
+            "a 45-day period under a policy of 60 days",
+            "unexpected",
+            {"reflection_min_days": 60},
+            _notice_body(sign(started)),
+        ),
+    ]
+
+
+def notice_message_vectors() -> Iterator[tuple[str, str]]:
+    for name, comment, expect, changes, data in _notice_message_vectors():
+        state: dict[str, object] = {
+            "sender": "authority",
+            "decides": "first,second",
+            "shared": "yes",
+            "bound": None,
+            "held": None,
+            "reflection_min_days": 30,
+            "created": NOW,
+            "clock_skew_seconds": 300,
+            **changes,
+        }
+        header: list[tuple[str, object]] = [
+            ("expect", expect),
+            ("comment", comment),
+            ("kind", "protection-notice"),
+            ("roles", "police"),
+            *_authority_key(revoked=None),
+            *state.items(),
+        ]
+        yield f"body-protection-notice-{name}", render(header, data)
+
+
 #: Every family: (file name prefix, generator of (name, text)).
 FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("canonical-json-", canonical_json_vectors),
@@ -2917,6 +3067,7 @@ FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("body-identification-decision-", identification_vectors),
     ("catalogue-", catalogue_vectors),
     ("protection-", protection_vectors),
+    ("body-protection-notice-", notice_message_vectors),
 ]
 #: Every file name prefix written here (for removing stale files).
 PREFIXES = (
