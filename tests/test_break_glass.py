@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from nacl.secret import SecretBox
 
 from agents import break_glass as G
 from agents import errors as E
@@ -28,9 +29,10 @@ from keys.codec import canonical_json
 from keys.errors import UnlawfulBasisError
 from keys.policy import BreakGlass, Policy
 from nrm import admin
+from runtime import clock
 
 from . import samples, support
-from .support import Mechanism, eventually, running_mechanism, webhook_receiver
+from .support import Mechanism, eventually, query, running_mechanism, webhook_receiver
 from .test_identification import events
 from .test_sender_scope import publish, rejected
 
@@ -353,6 +355,14 @@ async def test_every_state_answers_as_the_table_says(
     kinds = [e.kind for e in events(m, "police", "break-glass")]
     assert kinds.count("break-glass.refused") == kinds.count("break-glass.lapsed") == 1
 
+    # Retention: a refused or lapsed hold goes once closed_referrals_days have passed since
+    # its decision; a confirmed one stays while its referral does, a waiting one stays.
+    days = agent.config.retention.closed_referrals_days
+    counts = await agent.retention.purge(now=clock.now() + (days + 1) * 86_400)
+    assert counts["closed_referrals"] >= 2, counts
+    kept = {state for state, rid in states.items() if agent.store.break_glass_hold(rid)}
+    assert kept == {"submitted", "awaiting_confirmation"}
+
 
 async def test_a_break_glass_referral_the_policy_does_not_allow_is_refused(
     under_policy: tuple[Mechanism, dict[str, str]],
@@ -417,3 +427,111 @@ async def test_the_agent_s_timers_lapse_an_unconfirmed_one(
     assert (event.referral_id, dict(event.labels)) == (rid, {"client": "case-management"})
     assert m.agents["police"].store.referral_rows("police", rid) == []
     assert all(i["id"] != rid for i in await m.api("shelter").inbox())
+
+
+def _probes(data: bytes) -> list[bytes]:
+    """The whole of `data` and two 48-byte slices of it (a page may split it)."""
+    middle = len(data) // 2
+    return [data, data[middle : middle + 48], data[-48:]]
+
+
+def _found(m: Mechanism, agency: str, forbidden: dict[str, list[bytes]]) -> list[str]:
+    """What of `forbidden` some file of the agency's folder (database, -wal, -shm) holds."""
+    files = [p for p in m.setups[agency].home.rglob("*") if p.is_file()]
+    assert any(p.name.endswith("-wal") for p in files)  # the agent is running
+    return sorted(
+        f"{what} in {p.name}"
+        for p in files
+        for what, probes in forbidden.items()
+        if any(probe in p.read_bytes() for probe in probes)
+    )
+
+
+async def test_a_refused_or_lapsed_hold_leaves_nothing_to_recover(
+    under_policy: tuple[Mechanism, dict[str, str]],
+) -> None:
+    """A hold with a canary in its body is refused, another lapses: once each is decided,
+    with the agent running, no file of police's folder (database, -wal, -shm) holds the
+    canary, the sealed document, its sealed data key or the data key: the decision has the
+    WAL truncated like an erasure, not only the row emptied."""
+    m, tokens = under_policy
+    agent = m.agents["police"]
+    assert agent.keys.storage_key is not None
+    storage = SecretBox(agent.keys.storage_key)
+    for outcome in ("refused", "lapsed"):
+        canary = f"Canary{secrets.token_hex(8)}"
+        body = {**samples.BODY, "names": {"given_names": canary, "family_name": "Example"}}
+        status, held = await submit(m, glass(body=body))
+        assert status == 202, held
+        rid = held["id"]
+        [(sealed_key, document)] = query(
+            m.database("police"),
+            "SELECT sealed_key, document FROM break_glass WHERE referral_id = ?",
+            rid,
+        )
+        data_key = storage.decrypt(bytes(sealed_key))
+        assert canary in SecretBox(data_key).decrypt(bytes(document)).decode()  # it opens
+        forbidden = {
+            "the canary": [canary.encode()],
+            "the sealed data key": _probes(bytes(sealed_key)),
+            "the data key": [data_key],
+            "the sealed document": _probes(bytes(document)),
+        }
+        # The search can find them: before the decision they are on disk.
+        assert "the sealed document" in " ".join(_found(m, "police", forbidden))
+        if outcome == "refused":
+            status, body = await call(
+                m,
+                "POST",
+                f"/v1/referrals/{rid}/break-glass/refuse",
+                tokens["duty-officer"],
+                json={"reason": "not-justified"},
+            )
+            assert status == 200, body
+        else:
+            hold = agent.store.break_glass_hold(rid)
+            assert hold is not None
+            agent.break_glass.tick(now=hold.confirm_by)
+        assert agent.store.break_glass_hold(rid).state == outcome  # type: ignore[union-attr]
+
+        async def gone(forbidden: dict[str, list[bytes]] = forbidden) -> bool:
+            return _found(m, "police", forbidden) == []
+
+        await eventually(gone, what=f"nothing of the {outcome} hold left in police's files")
+
+
+async def test_a_hold_lapses_whatever_the_agency_s_standing(
+    under_policy: tuple[Mechanism, dict[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Police's signing key is revoked while a hold waits (standing `key-revoked`: it may
+    not sign for the exchange); past confirm_by the agent's timers still lapse the hold and
+    drop its document; the lapse's audit event waits in the outbox like any other."""
+    m, _ = under_policy
+    offset = tmp_path / "clock-offset"
+    monkeypatch.setenv(clock.ENV, str(offset))
+    police = m.agents["police"]
+    status, held = await submit(m, glass())
+    assert status == 202, held
+    rid = held["id"]
+    kid = police.keys.public.signing_kid
+    admin.revoke_key(m.sandbox.admin, "police", kid, reason="laptop stolen", at=clock.now())
+    m.sandbox.sign_draft()
+    await m.sandbox.publish()
+
+    async def revoked() -> bool:
+        return police.standing.standing.state == "key-revoked"
+
+    await eventually(revoked, what="police to learn its signing key was revoked")
+    clock.set_offset(offset, POLICY.break_glass.confirm_seconds + 1)  # type: ignore[union-attr]
+
+    async def lapsed() -> bool:
+        hold = police.store.break_glass_hold(rid)
+        return hold is not None and hold.state == "lapsed"
+
+    await eventually(lapsed, what="the timers to lapse the hold under a revoked key")
+    assert police.standing.standing.state == "key-revoked"
+    assert police.store.break_glass_document(rid) is None
+    [event] = events(m, "police", "break-glass.lapsed")
+    assert event.referral_id == rid
