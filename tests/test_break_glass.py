@@ -109,8 +109,9 @@ def test_the_audit_kinds_and_label() -> None:
     with pytest.raises(ValueError, match="break-glass reason"):
         AuditEvent(kind="break-glass.lapsed", labels=(("client", "x"),), **common)
     AuditEvent(kind="referral.sent", labels=(("break_glass", "yes"),), **common)
-    with pytest.raises(ValueError, match=r"only referral\.sent"):
-        AuditEvent(kind="referral.received", labels=(("break_glass", "yes"),), **common)
+    AuditEvent(kind="referral.received", labels=(("break_glass", "yes"),), **common)
+    with pytest.raises(ValueError, match=r"only referral\.sent and referral\.received"):
+        AuditEvent(kind="transition.sent", labels=(("break_glass", "yes"),), **common)
 
 
 def _message(doc: dict[str, Any], **glass_member: Any) -> bytes:
@@ -284,6 +285,13 @@ async def test_a_break_glass_referral_waits_for_a_second_client(
     ]  # fmt: skip
     [sent_event] = [e for e in events(m, "police", "referral.sent") if e.referral_id == rid]
     assert ("break_glass", "yes") in sent_event.labels
+    # The receiver's record names it break-glass too: an auditor pairs it with the sender's
+    # requested and confirmed, by two different clients (`confirmed` is only its claim).
+    [got] = [e for e in events(m, "shelter", "referral.received") if e.referral_id == rid]
+    assert ("break_glass", "yes") in got.labels and got.counterpart == "police"
+    clients = {dict(e.labels)["client"] for e in events(m, "police", "break-glass")
+               if e.referral_id == rid}  # fmt: skip
+    assert clients == {"case-management", "duty-officer"}
 
 
 async def test_every_state_answers_as_the_table_says(
