@@ -187,14 +187,9 @@ class BreakGlass:
         changed), sealed and sent, marked confirmed, in one transaction with the hold's
         step (nested in the caller's)."""
         hold = self._waiting(referral_id, client, SUBMITTED)
-        sealed = self.store.break_glass_document(referral_id)
-        if sealed is None:
+        document = self._document(referral_id)
+        if document is None:
             raise E.Conflict("the break-glass referral no longer waits", state=hold.state)
-        try:
-            data_key = self.storage().decrypt(sealed[0])
-            document = json.loads(SecretBox(data_key).decrypt(sealed[1]))
-        except (nacl.exceptions.CryptoError, ValueError) as e:
-            raise E.Unavailable("the held referral cannot be opened with this storage key") from e
         document["break_glass"] = {**document["break_glass"], "confirmed": True}
         _, plan = self.desk.prepare(recipients=hold.recipients, document=document)
         now = clock.now()
@@ -242,12 +237,14 @@ class BreakGlass:
         if dropped:
             self.erased()
 
-    def status(self, referral_id: str) -> dict[str, Any]:
-        """A hold as the API shows it: 404 if this agency holds none by this id."""
+    def status(self, referral_id: str, *, document: bool = False) -> dict[str, Any]:
+        """A hold as the API shows it: 404 if this agency holds none by this id. With
+        `document` (a client that may confirm), a waiting one's referral document as it was
+        submitted, so that the second client decides on what it would send."""
         hold = self.store.break_glass_hold(referral_id)
         if hold is None:
             raise E.NotFound("no break-glass referral with this id at this agency")
-        return {
+        result: dict[str, Any] = {
             "id": referral_id,
             "side": "sender",
             "sender": self.agency,
@@ -256,6 +253,22 @@ class BreakGlass:
             "client_reference": hold.client_reference,
             "break_glass": view(hold),
         }
+        held = self._document(referral_id) if document and hold.state == AWAITING else None
+        if held is not None:
+            result["referral"] = held
+        return result
+
+    def _document(self, referral_id: str) -> dict[str, Any] | None:
+        """The held referral document of a waiting hold, opened; None if none waits."""
+        sealed = self.store.break_glass_document(referral_id)
+        if sealed is None:
+            return None
+        try:
+            data_key = self.storage().decrypt(sealed[0])
+            document: dict[str, Any] = json.loads(SecretBox(data_key).decrypt(sealed[1]))
+        except (nacl.exceptions.CryptoError, ValueError) as e:
+            raise E.Unavailable("the held referral cannot be opened with this storage key") from e
+        return document
 
     def held(self, referral_id: str) -> Hold | None:
         return self.store.break_glass_hold(referral_id)

@@ -228,7 +228,11 @@ async def test_a_break_glass_referral_waits_for_a_second_client(
     assert held["break_glass"]["requested_by"] == "case-management"
     status, shown = await call(m, "GET", f"/v1/referrals/{rid}")
     assert (status, shown["state"]) == (200, "awaiting_confirmation"), shown
+    assert "referral" not in shown  # the submitting client: status only
     assert m.agents["police"].store.referral_rows("police", rid) == []  # nothing sealed
+    # The confirmer (confirm, read) sees what it would confirm, as it was submitted.
+    status, shown = await call(m, "GET", f"/v1/referrals/{rid}", tokens["duty-officer"])
+    assert status == 200 and shown["referral"] == glass(), shown
 
     async def told() -> bool:
         return any(e["type"] == "break_glass.requested" for e in EVENTS["police"])
@@ -337,9 +341,11 @@ async def test_every_state_answers_as_the_table_says(
     states["awaiting_confirmation"] = await held()
 
     for state, rid in states.items():
-        status, shown = await call(m, "GET", f"/v1/referrals/{rid}")
+        status, shown = await call(m, "GET", f"/v1/referrals/{rid}", officer)
         assert status == 200, shown
         assert shown["break_glass"]["state"] == state
+        if state != "submitted":  # a decided one shows no document, even to the confirmer
+            assert ("referral" in shown) == (state == "awaiting_confirmation"), shown
         if state != "submitted":  # never sealed; only a waiting one keeps its document
             assert agent.store.referral_rows("police", rid) == []
             kept = agent.store.break_glass_document(rid) is not None
