@@ -33,6 +33,7 @@ from runtime import clock
 
 from . import samples, support
 from .support import Mechanism, eventually, query, running_mechanism, webhook_receiver
+from .test_agent_restore import cli
 from .test_identification import events
 from .test_sender_scope import publish, rejected
 
@@ -443,6 +444,13 @@ async def test_the_agent_s_timers_lapse_an_unconfirmed_one(
     assert all(i["id"] != rid for i in await m.api("shelter").inbox())
 
 
+async def refuse(m: Mechanism, rid: str, token: str, reason: str) -> None:
+    """The client of `token` refuses the hold `rid` with `reason`: 200."""
+    path = f"/v1/referrals/{rid}/break-glass/refuse"
+    status, body = await call(m, "POST", path, token, json={"reason": reason})
+    assert status == 200, body
+
+
 def _probes(data: bytes) -> list[bytes]:
     """The whole of `data` and two 48-byte slices of it (a page may split it)."""
     middle = len(data) // 2
@@ -494,14 +502,7 @@ async def test_a_refused_or_lapsed_hold_leaves_nothing_to_recover(
         # The search can find them: before the decision they are on disk.
         assert "the sealed document" in " ".join(_found(m, "police", forbidden))
         if outcome == "refused":
-            status, body = await call(
-                m,
-                "POST",
-                f"/v1/referrals/{rid}/break-glass/refuse",
-                tokens["duty-officer"],
-                json={"reason": "not-justified"},
-            )
-            assert status == 200, body
+            await refuse(m, rid, tokens["duty-officer"], "not-justified")
         else:
             hold = agent.store.break_glass_hold(rid)
             assert hold is not None
@@ -549,3 +550,40 @@ async def test_a_hold_lapses_whatever_the_agency_s_standing(
     assert police.store.break_glass_document(rid) is None
     [event] = events(m, "police", "break-glass.lapsed")
     assert event.referral_id == rid
+
+
+async def test_a_hold_restored_past_its_time_lapses(
+    under_policy: tuple[Mechanism, dict[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A backup taken while a hold waited is restored after the hold was refused and past
+    its confirm_by: the restored hold is back, waiting; the restarted agent's timers lapse
+    it and drop its document."""
+    m, tokens = under_policy
+    offset = tmp_path / "clock-offset"
+    monkeypatch.setenv(clock.ENV, str(offset))
+    status, held = await submit(m, glass())
+    assert status == 202, held
+    rid = held["id"]
+    config = str(m.setups["police"].config_path)
+    saved = tmp_path / "police-backup.db"
+    code, out = cli("agent", "backup", "--config", config, "--to", str(saved))
+    assert code == 0, out
+    await refuse(m, rid, tokens["duty-officer"], "not-urgent")
+    await m.stop("police")
+    code, out = cli("agent", "restore", "--config", config, "--from", str(saved))
+    assert code == 0, out
+    [(state,)] = query(
+        m.database("police"), "SELECT state FROM break_glass WHERE referral_id = ?", rid
+    )
+    assert state == "awaiting_confirmation"  # the backup's, with its document
+    clock.set_offset(offset, POLICY.break_glass.confirm_seconds + 1)  # type: ignore[union-attr]
+    police = await m.start("police")
+
+    async def lapsed() -> bool:
+        hold = police.store.break_glass_hold(rid)
+        return hold is not None and hold.state == "lapsed"
+
+    await eventually(lapsed, what="the restarted agent to lapse the restored hold")
+    assert police.store.break_glass_document(rid) is None
