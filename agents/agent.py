@@ -219,6 +219,7 @@ class Agent:
             directory=self._directory,
             storage=self._storage_box,
             on_sent=lambda copies: self.metrics.sent.labels(REFERRAL).inc(copies),
+            erased=self.eraser.erased,
         )
         self.transport.attachments = self.attachments
         self.services = Services(
@@ -984,20 +985,26 @@ class Agent:
 
     async def _timers(self) -> None:
         """Every few seconds: look at the agency's standing (a revocation may be dated in the
-        future), then, while it may sign, escalate unacknowledged referrals and report
-        unanswered ones (agents/clocks.py), expire stale ones, send pending resend requests,
-        sign the access windows that ended, and run an authority's reflection-end clock (one
-        case failing does not stop the others). A step that fails is logged and tried again
+        future), lapse the break-glass holds whose time has come (always), then, while it
+        may sign, escalate unacknowledged referrals and report unanswered ones
+        (agents/clocks.py), expire stale ones, send pending resend requests, sign the access
+        windows that ended, and run an authority's reflection-end clock (one case failing
+        does not stop the others). A step that fails is logged and tried again
         next time: the loop never ends before the agent stops."""
         while self._watching.is_set():
             await asyncio.sleep(self.limits.timer_interval_seconds)
             if self._failpoint == "timers-raise":
                 raise RuntimeError("failpoint timers-raise")  # a loop that dies (tests only)
             try:
+                # Whatever the standing or directory: a held break-glass document never
+                # outlives its confirm_by (its audit event waits in the outbox as any other).
+                self.break_glass.tick()
+            except (UntrustedInputError, sqlite3.Error, OSError, ValueError) as e:
+                self.log.error("break_glass_lapse_failed", error=type(e).__name__)
+            try:
                 self._check_standing()
                 if self.trust.directory is not None and self.standing.standing.ok:
                     self.desk.tick()
-                    self.break_glass.tick()
                     self.resend.tick()
                     self.access.flush()
                     self.identification.tick()

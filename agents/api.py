@@ -407,7 +407,11 @@ async def get_referral(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
     held = backend.break_glass.held(request.match_info["id"])
     if held is not None and held.state != "submitted" and request.query.get("sender") is None:
-        return web.json_response(backend.break_glass.status(held.referral_id))
+        # A client that may confirm (and read) sees what it would confirm; no access
+        # record: those are reads of another agency's data (its break-glass.confirmed or
+        # .refused names the client that decided).
+        may_confirm = "confirm" in request[CLIENT].scopes
+        return web.json_response(backend.break_glass.status(held.referral_id, document=may_confirm))
     backend, owner, referral_id = _named_referral(request, "read")
     rows = backend.store.referral_rows(owner, referral_id)
     if not rows:

@@ -18,8 +18,10 @@ The lifecycle of a hold, normative (copied to PROTOCOL §8.2):
     | `awaiting_confirmation` | refused   | second client | the same, and a refusal reason    |
     | `awaiting_confirmation` | lapsed    | system        | `confirm_by` has come             |
 
-`confirm_by` is the request's time plus the policy's `confirm_seconds` at that time. The
-follow-up (a consent linked afterwards, or erasure on refusal) is not built yet.
+`confirm_by` is the request's time plus the policy's `confirm_seconds` at that time. Every
+decision drops the held document and its key and has the WAL truncated (agents/erasure.py),
+so nothing of a refused or lapsed one is left to recover. The follow-up (a consent linked
+afterwards) is not built yet.
 """
 
 from __future__ import annotations
@@ -104,6 +106,9 @@ class BreakGlass:
     storage: Callable[[], SecretBox]
     #: Called with the number of copies a confirmation queued (the agent's metrics).
     on_sent: Callable[[int], None] = lambda copies: None
+    #: Called after a commit that dropped a held document (the eraser then truncates the
+    #: WAL, which still holds the pages with the sealed document and its sealed key).
+    erased: Callable[[], None] = lambda: None
 
     def request(
         self,
@@ -182,14 +187,9 @@ class BreakGlass:
         changed), sealed and sent, marked confirmed, in one transaction with the hold's
         step (nested in the caller's)."""
         hold = self._waiting(referral_id, client, SUBMITTED)
-        sealed = self.store.break_glass_document(referral_id)
-        if sealed is None:
+        document = self._document(referral_id)
+        if document is None:
             raise E.Conflict("the break-glass referral no longer waits", state=hold.state)
-        try:
-            data_key = self.storage().decrypt(sealed[0])
-            document = json.loads(SecretBox(data_key).decrypt(sealed[1]))
-        except (nacl.exceptions.CryptoError, ValueError) as e:
-            raise E.Unavailable("the held referral cannot be opened with this storage key") from e
         document["break_glass"] = {**document["break_glass"], "confirmed": True}
         _, plan = self.desk.prepare(recipients=hold.recipients, document=document)
         now = clock.now()
@@ -200,6 +200,7 @@ class BreakGlass:
             result = self.desk.send_planned(
                 plan, referral_id=referral_id, client_reference=hold.client_reference
             )
+        self.erased()
         self.on_sent(len(result["recipients"]))
         log.info("break_glass_confirmed", referral_id=referral_id, client=client)
         decided = self.store.break_glass_hold(referral_id)
@@ -216,26 +217,34 @@ class BreakGlass:
             ):
                 raise E.Conflict("the break-glass referral no longer waits")
             self._audit(db, "break-glass.refused", hold, client)
+        self.erased()
         log.info("break_glass_refused", referral_id=referral_id, client=client)
         return self.status(referral_id)
 
     def tick(self, now: int | None = None) -> None:
-        """Lapse every hold whose `confirm_by` has come (the agent's timers)."""
+        """Lapse every hold whose `confirm_by` has come (the agent's timers, whatever the
+        agency's standing or directory: a held document is never kept past its time)."""
         now = clock.now() if now is None else now
+        dropped = False
         for hold in self.store.lapsing_break_glass(now):
             if not may_move(hold.state, LAPSED, SYSTEM) or not lapsed(hold.confirm_by, now):
                 continue
             with self.store.transaction() as db:
                 if self.store.decide_break_glass(db, hold.referral_id, LAPSED, by=None, at=now):
                     self._audit(db, "break-glass.lapsed", hold, hold.requested_by)
+                    dropped = True
             log.warning("break_glass_lapsed", referral_id=hold.referral_id)
+        if dropped:
+            self.erased()
 
-    def status(self, referral_id: str) -> dict[str, Any]:
-        """A hold as the API shows it: 404 if this agency holds none by this id."""
+    def status(self, referral_id: str, *, document: bool = False) -> dict[str, Any]:
+        """A hold as the API shows it: 404 if this agency holds none by this id. With
+        `document` (a client that may confirm), a waiting one's referral document as it was
+        submitted, so that the second client decides on what it would send."""
         hold = self.store.break_glass_hold(referral_id)
         if hold is None:
             raise E.NotFound("no break-glass referral with this id at this agency")
-        return {
+        result: dict[str, Any] = {
             "id": referral_id,
             "side": "sender",
             "sender": self.agency,
@@ -244,6 +253,22 @@ class BreakGlass:
             "client_reference": hold.client_reference,
             "break_glass": view(hold),
         }
+        held = self._document(referral_id) if document and hold.state == AWAITING else None
+        if held is not None:
+            result["referral"] = held
+        return result
+
+    def _document(self, referral_id: str) -> dict[str, Any] | None:
+        """The held referral document of a waiting hold, opened; None if none waits."""
+        sealed = self.store.break_glass_document(referral_id)
+        if sealed is None:
+            return None
+        try:
+            data_key = self.storage().decrypt(sealed[0])
+            document: dict[str, Any] = json.loads(SecretBox(data_key).decrypt(sealed[1]))
+        except (nacl.exceptions.CryptoError, ValueError) as e:
+            raise E.Unavailable("the held referral cannot be opened with this storage key") from e
+        return document
 
     def held(self, referral_id: str) -> Hold | None:
         return self.store.break_glass_hold(referral_id)

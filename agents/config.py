@@ -96,8 +96,8 @@ class ApiClient:
     #: What the client may do: submit (referrals, consents), read, act (transitions,
     #: withdrawals), metrics (GET /metrics only: for a Prometheus client; read reads it
     #: too), decide (a competent authority's cases and decisions), confirm (confirm or
-    #: refuse another client's break-glass referral). Listed explicitly in the
-    #: configuration; there is no default.
+    #: refuse another client's break-glass referral; never with submit, refused at load).
+    #: Listed explicitly in the configuration; there is no default.
     scopes: frozenset[str] = frozenset()
 
 
@@ -250,6 +250,12 @@ def _client(doc: Any) -> ApiClient:
             "api.clients.name must be 1-40 characters of a-z, 0-9 and -, starting with a"
             " letter: the name of a system (it is written into the audit events of its"
             " reads, PROTOCOL.md §9.0), never a person's"
+        )
+    if {"confirm", "submit"} <= set(scopes):
+        raise ConfigError(
+            f"api.clients {name!r} has both the confirm and the submit scope: a break-glass"
+            " referral is confirmed by another system than the one that submits (PROTOCOL.md"
+            " §8.2 step 2); give the confirmer a client of its own"
         )
     return ApiClient(name=name, token_sha256=bytes.fromhex(digest), scopes=frozenset(scopes))
 

@@ -346,7 +346,10 @@ class Desk:
         if isinstance(glass, dict):  # checked before (inbound.check): reason, confirmed
             event["break_glass"] = {"reason": glass.get("reason"), "confirmed": True}
         self._webhook(db, "referral.received", event, at=now)
-        return {k: str(v) for k, v in routing.items() if k in ("referral_type", "urgency")}
+        labels = {k: str(v) for k, v in routing.items() if k in ("referral_type", "urgency")}
+        if isinstance(glass, dict):  # the receiver's side of §8.2 step 2's audit trail
+            labels["break_glass"] = "yes"
+        return labels
 
     def on_delivered(self, db: sqlite3.Connection, message_id: str, recipient: str) -> None:
         """A delivery receipt moves the sender's pair from submitted to delivered."""

@@ -310,7 +310,10 @@ _HELD = _closed(
         "recipients": {"type": "array", "items": _AGENCY_ID},
         "client_reference": {"type": ["string", "null"]},
         "break_glass": _HOLD,
-    }
+        #: A waiting one's document as submitted, to a client with confirm and read.
+        "referral": {"type": "object"},
+    },
+    optional=("referral",),
 )
 #: As a recipient received it: the routing member, or null (not break-glass, or erased).
 _RECEIVED_GLASS = {
@@ -832,7 +835,9 @@ OPENAPI: dict[str, Any] = {
                 "`legal_hold` says whether retention purges are stopped for it. `sender` "
                 "is the agency that sent the referral (this agency for its own). Reading a "
                 "received referral's body is recorded: a `record.accessed` audit event names "
-                "this client (PROTOCOL.md §9.0)",
+                "this client (PROTOCOL.md §9.0). A break-glass referral still held "
+                "(`awaiting_confirmation`) shows its `referral` document, as submitted, to "
+                "a client with the confirm and read scopes only (what it would confirm)",
                 "parameters": [_PATH_ID, _SENDER],
                 "responses": {
                     "200": _json(_REFERRAL),

@@ -47,7 +47,8 @@ class RetentionSchedule:
     webhook_bodies_days: int = 30
     #: A lifecycle history entry (the referral's current state stays).
     history_days: int = 2190
-    #: A referral closed, declined, withdrawn, cancelled or expired, with all it holds.
+    #: A referral closed, declined, withdrawn, cancelled or expired, with all it holds; a
+    #: break-glass hold refused or lapsed (a confirmed one goes with its referral).
     closed_referrals_days: int = 2190
     purge_interval_seconds: int = 3600
     purge_batch: int = 500
@@ -80,7 +81,11 @@ class RetentionSchedule:
 #: (store, transaction, cutoff, batch) -> how many.
 Purge = Callable[[Store, sqlite3.Connection, int, int], int]
 PURGES: dict[str, Purge] = {
-    "closed_referrals": lambda s, db, c, b: s.purge_closed(db, cutoff=c, batch=b),
+    # A decided break-glass hold is a closed record too (counted with them: the count
+    # labels are PROTOCOL §9.0's); a round of both ends once neither filled its batch.
+    "closed_referrals": lambda s, db, c, b: (
+        s.purge_closed(db, cutoff=c, batch=b) + s.purge_break_glass(db, cutoff=c, batch=b)
+    ),
     "envelopes": lambda s, db, c, b: s.purge_envelopes(db, cutoff=c, batch=b),
     "idempotency_keys": lambda s, db, c, b: s.purge_idempotency(db, cutoff=c, batch=b),
     "webhook_bodies": lambda s, db, c, b: s.purge_webhooks(db, cutoff=c, batch=b),

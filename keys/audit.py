@@ -16,7 +16,7 @@ import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from nacl.signing import SigningKey
 
@@ -132,13 +132,18 @@ def _is_categories(value: object) -> bool:
     return names == sorted(set(names)) and set(names) <= set(CATEGORIES)
 
 
+#: The kinds that may carry the `break_glass` label: the sender's copy sent, the
+#: receiver's copy taken in (an auditor matches each with the sender's break-glass events).
+BREAK_GLASS_LABELLED: Final = frozenset({"referral.sent", "referral.received"})
+
 #: Labels an event may carry for the anonymous statistics, with their allowed values.
 LABELS: dict[str, frozenset[str]] = {
     "referral_type": frozenset(
         {"nrm_full", "anonymous_notification", "transnational", "service_request"}
     ),
     "urgency": frozenset({"routine", "urgent", "emergency"}),
-    #: Only on `referral.sent`: the referral went out under break-glass (§8.2 step 2).
+    #: Only on `referral.sent` and `referral.received`: the referral went out (came in)
+    #: under break-glass (§8.2 step 2).
     "break_glass": frozenset({"yes"}),
     "state": frozenset(
         {
@@ -329,8 +334,8 @@ def _problems(e: AuditEvent) -> list[str]:
                     p.append(f"a label is not one of {e.kind}'s labels with its value")
             elif name in _OWN_LABELS or name not in LABELS or value not in LABELS[name]:
                 p.append("a label is not an allowed name and value")
-            elif name == "break_glass" and e.kind != "referral.sent":
-                p.append("only referral.sent carries the break_glass label")
+            elif name == "break_glass" and e.kind not in BREAK_GLASS_LABELLED:
+                p.append("only referral.sent and referral.received carry the break_glass label")
     if e.kind == "clock.overdue" and "clock" not in names:
         p.append("clock.overdue names its clock")
     exact = e.kind in _EXACT_LABELS and isinstance(e.labels, tuple)

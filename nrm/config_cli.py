@@ -227,6 +227,12 @@ def agent_config_command(
                 f"{item!r} is not NAME:SCOPES with scopes among {', '.join(sorted(SCOPES))}",
                 param_hint="--client",
             )
+        if {"confirm", "submit"} <= set(wanted):  # the agent refuses it too (agents/config.py)
+            raise click.BadParameter(
+                f"{client!r} would both submit and confirm break-glass referrals: give the "
+                "confirmer a client of its own (PROTOCOL.md §8.2 step 2)",
+                param_hint="--client",
+            )
         specs.append((client, wanted))
     if ledger_token_file is not None:
         ledger_token = out.parent / ledger_token_file  # an absolute one stays as it is

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from nacl.secret import SecretBox
 
 from agents import break_glass as G
 from agents import errors as E
@@ -28,9 +29,11 @@ from keys.codec import canonical_json
 from keys.errors import UnlawfulBasisError
 from keys.policy import BreakGlass, Policy
 from nrm import admin
+from runtime import clock
 
 from . import samples, support
-from .support import Mechanism, eventually, running_mechanism, webhook_receiver
+from .support import Mechanism, eventually, query, running_mechanism, webhook_receiver
+from .test_agent_restore import cli
 from .test_identification import events
 from .test_sender_scope import publish, rejected
 
@@ -107,8 +110,9 @@ def test_the_audit_kinds_and_label() -> None:
     with pytest.raises(ValueError, match="break-glass reason"):
         AuditEvent(kind="break-glass.lapsed", labels=(("client", "x"),), **common)
     AuditEvent(kind="referral.sent", labels=(("break_glass", "yes"),), **common)
-    with pytest.raises(ValueError, match=r"only referral\.sent"):
-        AuditEvent(kind="referral.received", labels=(("break_glass", "yes"),), **common)
+    AuditEvent(kind="referral.received", labels=(("break_glass", "yes"),), **common)
+    with pytest.raises(ValueError, match=r"only referral\.sent and referral\.received"):
+        AuditEvent(kind="transition.sent", labels=(("break_glass", "yes"),), **common)
 
 
 def _message(doc: dict[str, Any], **glass_member: Any) -> bytes:
@@ -145,7 +149,7 @@ def test_the_receiver_s_rule() -> None:
 # --- against real servers ------------------------------------------------------------------
 
 #: Police's API clients besides case-management (submit, read, act): name -> scopes.
-CLIENTS = {"duty-officer": ["confirm", "read"], "night-desk": ["submit", "confirm", "read"]}
+CLIENTS = {"duty-officer": ["confirm", "read"], "night-desk": ["submit", "read"]}
 #: Webhook events as their agents sent them: agency -> events.
 EVENTS: dict[str, list[dict[str, Any]]] = {"police": [], "shelter": []}
 
@@ -214,7 +218,7 @@ async def test_a_break_glass_referral_waits_for_a_second_client(
     under_policy: tuple[Mechanism, dict[str, str]],
 ) -> None:
     """Submitted by case-management, held unsent; case-management lacks the confirm scope
-    (403), night-desk confirming its own is 403; the duty officer confirms it: sent, and
+    (403), the submitting client confirming is refused; the duty officer confirms it: sent, and
     the shelter shows the flag in its API and webhook. Audit: requested and confirmed with
     their clients, referral.sent labelled break_glass."""
     m, tokens = under_policy
@@ -225,7 +229,11 @@ async def test_a_break_glass_referral_waits_for_a_second_client(
     assert held["break_glass"]["requested_by"] == "case-management"
     status, shown = await call(m, "GET", f"/v1/referrals/{rid}")
     assert (status, shown["state"]) == (200, "awaiting_confirmation"), shown
+    assert "referral" not in shown  # the submitting client: status only
     assert m.agents["police"].store.referral_rows("police", rid) == []  # nothing sealed
+    # The confirmer (confirm, read) sees what it would confirm, as it was submitted.
+    status, shown = await call(m, "GET", f"/v1/referrals/{rid}", tokens["duty-officer"])
+    assert status == 200 and shown["referral"] == glass(), shown
 
     async def told() -> bool:
         return any(e["type"] == "break_glass.requested" for e in EVENTS["police"])
@@ -240,10 +248,10 @@ async def test_a_break_glass_referral_waits_for_a_second_client(
 
     status, own = await submit(m, glass("unable-to-consent"), token=tokens["night-desk"])
     assert status == 202, own
-    status, problem = await call(
-        m, "POST", f"/v1/referrals/{own['id']}/break-glass/confirm", tokens["night-desk"]
-    )
-    assert status == 403 and "another API client" in problem["detail"], problem
+    # No client has both submit and confirm (refused at config load): the agent still
+    # refuses a confirmation by the client that submitted.
+    with pytest.raises(E.Forbidden, match="another API client"):
+        m.agents["police"].break_glass.confirm(own["id"], client="night-desk")
 
     status, sent = await call(
         m, "POST", f"/v1/referrals/{rid}/break-glass/confirm", tokens["duty-officer"]
@@ -282,6 +290,13 @@ async def test_a_break_glass_referral_waits_for_a_second_client(
     ]  # fmt: skip
     [sent_event] = [e for e in events(m, "police", "referral.sent") if e.referral_id == rid]
     assert ("break_glass", "yes") in sent_event.labels
+    # The receiver's record names it break-glass too: an auditor pairs it with the sender's
+    # requested and confirmed, by two different clients (`confirmed` is only its claim).
+    [got] = [e for e in events(m, "shelter", "referral.received") if e.referral_id == rid]
+    assert ("break_glass", "yes") in got.labels and got.counterpart == "police"
+    clients = {dict(e.labels)["client"] for e in events(m, "police", "break-glass")
+               if e.referral_id == rid}  # fmt: skip
+    assert clients == {"case-management", "duty-officer"}
 
 
 async def test_every_state_answers_as_the_table_says(
@@ -327,9 +342,11 @@ async def test_every_state_answers_as_the_table_says(
     states["awaiting_confirmation"] = await held()
 
     for state, rid in states.items():
-        status, shown = await call(m, "GET", f"/v1/referrals/{rid}")
+        status, shown = await call(m, "GET", f"/v1/referrals/{rid}", officer)
         assert status == 200, shown
         assert shown["break_glass"]["state"] == state
+        if state != "submitted":  # a decided one shows no document, even to the confirmer
+            assert ("referral" in shown) == (state == "awaiting_confirmation"), shown
         if state != "submitted":  # never sealed; only a waiting one keeps its document
             assert agent.store.referral_rows("police", rid) == []
             kept = agent.store.break_glass_document(rid) is not None
@@ -352,6 +369,14 @@ async def test_every_state_answers_as_the_table_says(
     assert status == 404
     kinds = [e.kind for e in events(m, "police", "break-glass")]
     assert kinds.count("break-glass.refused") == kinds.count("break-glass.lapsed") == 1
+
+    # Retention: a refused or lapsed hold goes once closed_referrals_days have passed since
+    # its decision; a confirmed one stays while its referral does, a waiting one stays.
+    days = agent.config.retention.closed_referrals_days
+    counts = await agent.retention.purge(now=clock.now() + (days + 1) * 86_400)
+    assert counts["closed_referrals"] >= 2, counts
+    kept = {state for state, rid in states.items() if agent.store.break_glass_hold(rid)}
+    assert kept == {"submitted", "awaiting_confirmation"}
 
 
 async def test_a_break_glass_referral_the_policy_does_not_allow_is_refused(
@@ -417,3 +442,148 @@ async def test_the_agent_s_timers_lapse_an_unconfirmed_one(
     assert (event.referral_id, dict(event.labels)) == (rid, {"client": "case-management"})
     assert m.agents["police"].store.referral_rows("police", rid) == []
     assert all(i["id"] != rid for i in await m.api("shelter").inbox())
+
+
+async def refuse(m: Mechanism, rid: str, token: str, reason: str) -> None:
+    """The client of `token` refuses the hold `rid` with `reason`: 200."""
+    path = f"/v1/referrals/{rid}/break-glass/refuse"
+    status, body = await call(m, "POST", path, token, json={"reason": reason})
+    assert status == 200, body
+
+
+def _probes(data: bytes) -> list[bytes]:
+    """The whole of `data` and two 48-byte slices of it (a page may split it)."""
+    middle = len(data) // 2
+    return [data, data[middle : middle + 48], data[-48:]]
+
+
+def _found(m: Mechanism, agency: str, forbidden: dict[str, list[bytes]]) -> list[str]:
+    """What of `forbidden` some file of the agency's folder (database, -wal, -shm) holds."""
+    files = [p for p in m.setups[agency].home.rglob("*") if p.is_file()]
+    assert any(p.name.endswith("-wal") for p in files)  # the agent is running
+    return sorted(
+        f"{what} in {p.name}"
+        for p in files
+        for what, probes in forbidden.items()
+        if any(probe in p.read_bytes() for probe in probes)
+    )
+
+
+async def test_a_refused_or_lapsed_hold_leaves_nothing_to_recover(
+    under_policy: tuple[Mechanism, dict[str, str]],
+) -> None:
+    """A hold with a canary in its body is refused, another lapses: once each is decided,
+    with the agent running, no file of police's folder (database, -wal, -shm) holds the
+    canary, the sealed document, its sealed data key or the data key: the decision has the
+    WAL truncated like an erasure, not only the row emptied."""
+    m, tokens = under_policy
+    agent = m.agents["police"]
+    assert agent.keys.storage_key is not None
+    storage = SecretBox(agent.keys.storage_key)
+    for outcome in ("refused", "lapsed"):
+        canary = f"Canary{secrets.token_hex(8)}"
+        body = {**samples.BODY, "names": {"given_names": canary, "family_name": "Example"}}
+        status, held = await submit(m, glass(body=body))
+        assert status == 202, held
+        rid = held["id"]
+        [(sealed_key, document)] = query(
+            m.database("police"),
+            "SELECT sealed_key, document FROM break_glass WHERE referral_id = ?",
+            rid,
+        )
+        data_key = storage.decrypt(bytes(sealed_key))
+        assert canary in SecretBox(data_key).decrypt(bytes(document)).decode()  # it opens
+        forbidden = {
+            "the canary": [canary.encode()],
+            "the sealed data key": _probes(bytes(sealed_key)),
+            "the data key": [data_key],
+            "the sealed document": _probes(bytes(document)),
+        }
+        # The search can find them: before the decision they are on disk.
+        assert "the sealed document" in " ".join(_found(m, "police", forbidden))
+        if outcome == "refused":
+            await refuse(m, rid, tokens["duty-officer"], "not-justified")
+        else:
+            hold = agent.store.break_glass_hold(rid)
+            assert hold is not None
+            agent.break_glass.tick(now=hold.confirm_by)
+        assert agent.store.break_glass_hold(rid).state == outcome  # type: ignore[union-attr]
+
+        async def gone(forbidden: dict[str, list[bytes]] = forbidden) -> bool:
+            return _found(m, "police", forbidden) == []
+
+        await eventually(gone, what=f"nothing of the {outcome} hold left in police's files")
+
+
+async def test_a_hold_lapses_whatever_the_agency_s_standing(
+    under_policy: tuple[Mechanism, dict[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Police's signing key is revoked while a hold waits (standing `key-revoked`: it may
+    not sign for the exchange); past confirm_by the agent's timers still lapse the hold and
+    drop its document; the lapse's audit event waits in the outbox like any other."""
+    m, _ = under_policy
+    offset = tmp_path / "clock-offset"
+    monkeypatch.setenv(clock.ENV, str(offset))
+    police = m.agents["police"]
+    status, held = await submit(m, glass())
+    assert status == 202, held
+    rid = held["id"]
+    kid = police.keys.public.signing_kid
+    admin.revoke_key(m.sandbox.admin, "police", kid, reason="laptop stolen", at=clock.now())
+    m.sandbox.sign_draft()
+    await m.sandbox.publish()
+
+    async def revoked() -> bool:
+        return police.standing.standing.state == "key-revoked"
+
+    await eventually(revoked, what="police to learn its signing key was revoked")
+    clock.set_offset(offset, POLICY.break_glass.confirm_seconds + 1)  # type: ignore[union-attr]
+
+    async def lapsed() -> bool:
+        hold = police.store.break_glass_hold(rid)
+        return hold is not None and hold.state == "lapsed"
+
+    await eventually(lapsed, what="the timers to lapse the hold under a revoked key")
+    assert police.standing.standing.state == "key-revoked"
+    assert police.store.break_glass_document(rid) is None
+    [event] = events(m, "police", "break-glass.lapsed")
+    assert event.referral_id == rid
+
+
+async def test_a_hold_restored_past_its_time_lapses(
+    under_policy: tuple[Mechanism, dict[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A backup taken while a hold waited is restored after the hold was refused and past
+    its confirm_by: the restored hold is back, waiting; the restarted agent's timers lapse
+    it and drop its document."""
+    m, tokens = under_policy
+    offset = tmp_path / "clock-offset"
+    monkeypatch.setenv(clock.ENV, str(offset))
+    status, held = await submit(m, glass())
+    assert status == 202, held
+    rid = held["id"]
+    config = str(m.setups["police"].config_path)
+    saved = tmp_path / "police-backup.db"
+    code, out = cli("agent", "backup", "--config", config, "--to", str(saved))
+    assert code == 0, out
+    await refuse(m, rid, tokens["duty-officer"], "not-urgent")
+    await m.stop("police")
+    code, out = cli("agent", "restore", "--config", config, "--from", str(saved))
+    assert code == 0, out
+    [(state,)] = query(
+        m.database("police"), "SELECT state FROM break_glass WHERE referral_id = ?", rid
+    )
+    assert state == "awaiting_confirmation"  # the backup's, with its document
+    clock.set_offset(offset, POLICY.break_glass.confirm_seconds + 1)  # type: ignore[union-attr]
+    police = await m.start("police")
+
+    async def lapsed() -> bool:
+        hold = police.store.break_glass_hold(rid)
+        return hold is not None and hold.state == "lapsed"
+
+    await eventually(lapsed, what="the restarted agent to lapse the restored hold")
+    assert police.store.break_glass_document(rid) is None

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.config import AgentConfig, token_digest
+from agents.config import AgentConfig, ConfigError, token_digest
 from broker.ledger import LedgerConfig, LedgerConfigError
 from keys import AgencyKeys
 from nrm.cli import main
@@ -144,6 +144,27 @@ def test_the_confirm_scope_is_granted_like_any_other(folder: Path) -> None:
     assert "confirm" not in cms.scopes
     token = (folder / "duty-officer.token").read_text()
     assert officer.token_sha256.hex() == token_digest(token)
+
+
+def test_one_client_never_both_submits_and_confirms(folder: Path) -> None:
+    """The two-person rule of break-glass holds only between two clients: one with both
+    `submit` and `confirm` is refused at load (ConfigError naming it) and by `nrm agent
+    config` (exit 2, no file written)."""
+    assert nrm(
+        "agent", "config", "--out", str(folder / "agent.toml"), "--agency", "police",
+        "--nats", "bus", "--client", "cms:submit,read", "--client", "duty-officer:confirm,read",
+    ).exit_code == 0  # fmt: skip
+    doc = tomllib.loads((folder / "agent.toml").read_text())
+    AgentConfig.from_dict(doc, base=folder)
+    doc["api"]["clients"][1]["scopes"] = ["confirm", "read", "submit"]
+    with pytest.raises(ConfigError, match="'duty-officer' has both the confirm and the submit"):
+        AgentConfig.from_dict(doc, base=folder)
+    result = nrm(
+        "agent", "config", "--out", str(folder / "other.toml"), "--agency", "police",
+        "--nats", "bus", "--client", "cms:submit,confirm,read",
+    )  # fmt: skip
+    assert result.exit_code == 2 and "both submit and confirm" in result.output, result.output
+    assert not (folder / "other.toml").exists()
 
 
 def test_an_existing_file_is_never_overwritten(folder: Path) -> None:

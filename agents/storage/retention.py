@@ -156,3 +156,18 @@ class Retention(Database):
                     (DROPPED, referral_id, counterpart),
                 )
         return len(rows)
+
+    def purge_break_glass(self, db: sqlite3.Connection, *, cutoff: int, batch: int) -> int:
+        """Delete break-glass holds decided before `cutoff` (their document went at the
+        decision; the row is who asked and who decided, and its client_reference): a
+        refused or lapsed one then, a confirmed one once its referral pairs are purged too
+        (purge_closed), none under legal hold."""
+        held = _HELD.format(o="?", r="x.referral_id")
+        return db.execute(
+            "DELETE FROM break_glass WHERE referral_id IN (SELECT x.referral_id"  # noqa: S608
+            " FROM break_glass x WHERE x.state <> 'awaiting_confirmation'"
+            f" AND x.decided_at < ? AND NOT EXISTS ({held})"
+            " AND NOT EXISTS (SELECT 1 FROM referrals r WHERE r.owner = ?"
+            " AND r.referral_id = x.referral_id) LIMIT ?)",
+            (cutoff, self.agency, self.agency, batch),
+        ).rowcount

@@ -744,6 +744,9 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
     glass_received = _event_fields(EVENT)
     glass_received[3] = "referral.received"
     glass_received[9] = [["break_glass", "yes"], ["urgency", "emergency"]]
+    glass_transition = _event_fields(EVENT)
+    glass_transition[3] = "transition.sent"
+    glass_transition[9] = [["break_glass", "yes"], ["state", "accepted"]]
     clockless = _event_fields(overdue)
     clockless[9] = [["urgency", "routine"]]
     access_label = _event_fields(EVENT)
@@ -821,10 +824,19 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
         ),
         (
             "break-glass-label-on-received",
-            "the break_glass label on referral.received (referral.sent only), correctly signed",
-            "malformed",
+            "the break_glass label on referral.received: the receiver's record of a"
+            " break-glass referral",
+            "ok",
             {},
             _signed_raw(glass_received),
+        ),
+        (
+            "break-glass-label-on-transition",
+            "the break_glass label on transition.sent (referral.sent and .received only),"
+            " correctly signed",
+            "malformed",
+            {},
+            _signed_raw(glass_transition),
         ),
         (
             "overdue-without-clock",
