@@ -8,8 +8,8 @@ A missing event, a failed proof or checkpoints that do not extend each other rai
 alert: a log event, a counter, a row in the agent's database (`ledger_alerts`) and a degraded
 /healthz until an administrator acknowledges it (`nrm agent ack-alert`); acknowledged alerts
 survive restarts, and new ones still raise. A missing event whose signature the trusted
-directory itself refuses (its key revoked at the event's time, or no longer listed) is
-raised as `revoked-signer` rather than `missing-event`: the ledger was right to refuse it.
+directory itself refuses (its key revoked at the event's time or by now, or no longer listed)
+is raised as `revoked-signer` rather than `missing-event`: the ledger was right to refuse it.
 
 While the bus refuses this agency's credentials (it was perhaps removed from the directory),
 the watch also fetches the directory the ledger holds (GET /v1/directories) and offers the
@@ -340,13 +340,23 @@ class LedgerWatch:
 
     def _missing_reason(self, event: bytes) -> str:
         """`revoked-signer` if the trusted directory refuses the event's own signature at its
-        time (revoked or unlisted key, removed agency), else `missing-event`."""
+        time (revoked or unlisted key, removed agency) or its key is revoked by now, else
+        `missing-event`.
+
+        The ledger also refuses an event the bus stored at or after its key's revocation,
+        whatever its time (PROTOCOL.md §9.0): one signed before the revocation and published
+        after it (the outbox held it through an outage). The outbox does not record when the
+        bus stored an event, so any missing event of a key revoked by now counts as
+        `revoked-signer`. The cost: one the ledger took before the revocation and then lost
+        is told as `revoked-signer`, not `missing-event`; it is still an alert, and once a key
+        is revoked whatever it signed is in doubt anyway."""
         directory = self.directory()
         if directory is None:
             return "missing-event"
         try:
             ev, kid, _, _ = decode_signed_event(event)
             directory.signing_key(ev.agency, kid, at=ev.time)
+            directory.check_not_revoked(ev.agency, kid, at=clock.now())
         except (RevokedKeyError, UnknownKeyError, RetiredKeyError):
             return "revoked-signer"
         except UntrustedInputError:

@@ -475,6 +475,10 @@ class Ledger:
             if self.store.has_event(decode_signed_event(data)[0].event_id):
                 return True
             signed = verify_event(data, signers=directory)
+            # The event's time is the signer's word, stored_at the bus's: whoever holds a
+            # revoked key could back-date events to before the revocation (PROTOCOL.md §9.0).
+            # Revocation only: an honest event delayed past its key's retirement is taken.
+            directory.check_not_revoked(signed.event.agency, signed.signer_kid, at=stored_at)
             check_signer_may(signed.event, directory)
         except UnknownKeyError as e:
             if clock.time() - stored_at < self.config.unknown_key_grace_seconds:

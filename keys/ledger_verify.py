@@ -133,6 +133,9 @@ def verify_rows(
                 row.index, f"no verified directory version {row.directory_version}"
             )
         try:
+            # At the event's time only: the ledger also refused what the bus stored after
+            # the key's revocation, but a leaf keeps only appended_at (at or after the
+            # stored time), which would refuse honest entries appended late (§9.0).
             signed = verify_event(entry.signed_event, signers=directory)
         except UntrustedInputError as e:
             raise LedgerVerificationError(row.index, f"event does not verify ({e.reason})") from e

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import nats.errors
 import pytest
 import pytest_asyncio
 from click.testing import CliRunner
@@ -29,14 +30,17 @@ from broker.ledger_store import LedgerStore
 from keys import PublicIdentity
 from keys.audit import AuditEvent, new_event_id, sign_event
 from keys.checkpoint import Checkpoint, ledger_origin, sign_checkpoint, verify_checkpoint
+from keys.keyfile import INTERACTIVE
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import leaf_hash, verify_inclusion
 from keys.restore import RestoreDeclaration, sign_restore, verify_restore
 from keys.subjects import audit_subject
+from nrm import admin
 from nrm.cli import main
 from nrm.sandbox import LEDGER_NAME
+from runtime import clock
 from runtime.http import token_digest
-from runtime.keydir import load_key_dir
+from runtime.keydir import load_key_dir, rotate_key_dir
 
 from . import samples
 from .conftest import LedgerAccess, fill_ledger
@@ -647,6 +651,116 @@ async def test_ledger_refuses_and_counts_unverifiable_events(mechanism: Mechanis
     in_ledger = [r.event_id for r in ledger.store.iter_rows()]
     assert sorted(in_ledger) == sorted(legitimate)
     assert ledger.tree.size == len(legitimate)
+
+
+async def _published_version(m: Mechanism) -> int:
+    """Sign the draft and publish it; once the ledger trusts it, its version."""
+    ledger = m.sandbox.ledger
+    assert ledger is not None
+    m.sandbox.sign_draft()
+    version = await m.sandbox.publish()
+
+    async def taken() -> bool:
+        return ledger.directory is not None and ledger.directory.version == version
+
+    await eventually(taken, what="the ledger to trust the new directory")
+    return version
+
+
+async def _publish_event(m: Mechanism, agency: str, data: bytes, msg_id: str) -> None:
+    """Publish a signed event on `agency`'s audit subject with its current bus credentials
+    (tried again until the bus takes them: a rotation replaces the NATS key too)."""
+
+    async def published() -> bool:
+        try:
+            async with connect_as(m, agency) as nc:
+                await nc.jetstream().publish(
+                    audit_subject(agency), data, headers={"Nats-Msg-Id": msg_id}
+                )
+        except (nats.errors.Error, OSError):
+            return False
+        return True
+
+    await eventually(published, what=f"the bus to take {agency}'s event")
+
+
+async def test_ledger_refuses_an_event_backdated_before_its_keys_revocation(
+    mechanism: Mechanism,
+) -> None:
+    """An event signed with police's key, claiming a time before the key's revocation but
+    reaching the bus after it (a stolen key back-dating), is refused `revoked-key`, whatever
+    its time: the ledger judges revocation at the bus's stored time (PROTOCOL.md §9.0)."""
+    m = mechanism
+    ledger = m.sandbox.ledger
+    assert ledger is not None
+    police = load_key_dir(m.setups["police"].key_dir, passphrase=m.setups["police"].passphrase())
+    assert ledger.directory is not None
+    [key] = [
+        k
+        for k in ledger.directory.agency("police").signing_keys
+        if k.kid == police.public.signing_kid
+    ]
+
+    async def past_valid_from() -> bool:
+        return clock.now() > key.valid_from
+
+    await eventually(past_valid_from, what="a second inside the key's window")
+    revoked_at = clock.now()
+    backdated = AuditEvent(
+        event_id=new_event_id(), agency="police", kind="referral.sent", time=key.valid_from
+    )
+    data = sign_event(backdated, police.signing_key)
+    admin.revoke_key(m.sandbox.admin, "police", key.kid, reason="laptop stolen", at=revoked_at)
+    await _published_version(m)
+    before = ledger.store.refused()
+    await _publish_event(m, "police", data, "backdated")
+
+    async def counted() -> bool:
+        refused = ledger.store.refused()
+        return refused.get("revoked-key", 0) - before.get("revoked-key", 0) == 1
+
+    await eventually(counted, what="the back-dated event to be refused revoked-key")
+    assert not ledger.store.has_event(backdated.event_id)
+
+
+async def test_ledger_appends_an_event_delayed_past_its_keys_retirement(
+    mechanism: Mechanism,
+) -> None:
+    """An event signed before a rotation and reaching the bus after the old key's
+    valid_until (held in an outbox, say) is appended: only a revocation is judged at the
+    bus's stored time, a retirement at the event's own (PROTOCOL.md §9.0)."""
+    m = mechanism
+    ledger = m.sandbox.ledger
+    assert ledger is not None
+    setup = m.setups["police"]
+    police = load_key_dir(setup.key_dir, passphrase=setup.passphrase())
+    delayed = AuditEvent(
+        event_id=new_event_id(), agency="police", kind="referral.sent", time=clock.now()
+    )
+    data = sign_event(delayed, police.signing_key)
+    rotate_key_dir(setup.key_dir, passphrase=setup.passphrase(), cost=INTERACTIVE)
+    identity = PublicIdentity.from_json(setup.identity_path.read_bytes())
+    admin.add_agency(m.sandbox.admin, identity, roles=[], overlap_seconds=0)
+    await _published_version(m)
+    assert ledger.directory is not None
+    [old] = [
+        k
+        for k in ledger.directory.agency("police").signing_keys
+        if k.kid == police.public.signing_kid
+    ]
+    assert old.status == "retiring" and old.valid_until is not None
+    until = old.valid_until
+
+    async def retired() -> bool:
+        return clock.now() > until
+
+    await eventually(retired, what="the old key's valid_until to pass")
+    await _publish_event(m, "police", data, "delayed")
+
+    async def appended() -> bool:
+        return ledger.store.has_event(delayed.event_id)
+
+    await eventually(appended, what="the delayed event to be appended")
 
 
 # --- 6. agents raise alerts ---------------------------------------------------------------------

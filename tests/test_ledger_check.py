@@ -4,6 +4,7 @@ The end-to-end path (a real ledger refusing revoked-key events) is in test_revoc
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -62,8 +63,10 @@ def test_new_alerts_still_raise_after_an_acknowledgement(tmp_path: Path) -> None
 
 
 def test_a_missing_event_the_directory_refuses_is_a_revoked_signer(tmp_path: Path) -> None:
-    """An event signed after its key's revocation is recognised as such; one signed before
-    is a plain missing event (the ledger should hold it)."""
+    """An event signed after its key's revocation is recognised as such, and so is one
+    signed before it (the ledger refuses it if the bus stored it after the revocation, and
+    the agent does not know when it did); one of a key not revoked is a plain missing event
+    (the ledger should hold it), even past the key's retirement."""
     now = clock.now()
     ident = POLICE.public
     entry = AgencyEntry(
@@ -78,9 +81,8 @@ def test_a_missing_event_the_directory_refuses_is_a_revoked_signer(tmp_path: Pat
         ),
         nats_key=ident.nats_key or "",
     )
-    directory = Directory(version=2, expires=now + 1000, agencies=(entry,)).revoke(
-        "police", ident.signing_kid, at=now - 100, reason="stolen"
-    )
+    unrevoked = Directory(version=2, expires=now + 1000, agencies=(entry,))
+    directory = unrevoked.revoke("police", ident.signing_kid, at=now - 100, reason="stolen")
     store = Store(tmp_path / "agent.db")
     w = watch(store, directory)
 
@@ -89,7 +91,15 @@ def test_a_missing_event_the_directory_refuses_is_a_revoked_signer(tmp_path: Pat
         return sign_event(e, POLICE.signing_key)
 
     assert w._missing_reason(event(now - 10)) == "revoked-signer"
-    assert w._missing_reason(event(now - 500)) == "missing-event"
+    assert w._missing_reason(event(now - 500)) == "revoked-signer"
+    assert watch(store, unrevoked)._missing_reason(event(now - 500)) == "missing-event"
+    retired = unrevoked.with_agency(
+        dataclasses.replace(
+            entry,
+            signing_keys=(dataclasses.replace(entry.signing_keys[0], valid_until=now - 200),),
+        )
+    )
+    assert watch(store, retired)._missing_reason(event(now - 500)) == "missing-event"
     assert (
         watch(store, directory.without_agency("police"))._missing_reason(event(now - 500))
         == "revoked-signer"
