@@ -455,6 +455,15 @@ class Identification:
 
     # --- every receiver -----------------------------------------------------------------------
 
+    def _pair_case(
+        self, db: sqlite3.Connection, owner: str, referral_id: str, authority: str
+    ) -> str | None:
+        """The case of `authority` the pair is bound to (PROTOCOL §8.7, §8.9 `other-case`):
+        that of the first of its decisions held under the pair, else of its notices."""
+        return self.store.case_of_pair(
+            db, owner, referral_id, authority
+        ) or self.store.notice_case_of_pair(db, owner, referral_id, authority)
+
     def on_decision(self, db: sqlite3.Connection, opened: Opened, message: DecisionMessage) -> None:
         """A decision received: checked in §8.7's order against what this agency holds."""
         sender = opened.header.sender
@@ -478,9 +487,7 @@ class Identification:
             authority=entry,
             history=self.store.key_history(claimed.authority),
             shared=shared,
-            bound=self.store.case_of_pair(
-                db, message.owner, message.referral_id, claimed.authority
-            ),
+            bound=self._pair_case(db, message.owner, message.referral_id, claimed.authority),
             held_stages={held.stage for held in of_case},
             first=first,
             min_days=self._min_days(),
@@ -522,10 +529,7 @@ class Identification:
             authority=entry,
             history=self.store.key_history(claimed.authority),
             shared=shared,
-            bound=self.store.case_of_pair(db, message.owner, message.referral_id, claimed.authority)
-            or self.store.notice_case_of_pair(
-                db, message.owner, message.referral_id, claimed.authority
-            ),
+            bound=self._pair_case(db, message.owner, message.referral_id, claimed.authority),
             held=held,
             reflection_min_days=self._reflection_min_days(),
         )

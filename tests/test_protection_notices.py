@@ -35,8 +35,10 @@ from .test_identification import (
     decide,
     events,
     opened_case,
+    signed_by,
 )
 from .test_identification import held as held_decisions
+from .test_identification import sent_past_the_agent as decision_past_the_agent
 from .test_sender_scope import publish, rejected, rejections
 
 #: As test_identification's, with no interval before the second stage and the reflection
@@ -293,8 +295,8 @@ async def test_a_notice_from_an_agency_that_is_not_an_authority_is_refused(
 
 async def test_a_pair_holds_the_notices_of_one_case(authority: Mechanism) -> None:
     """Under a pair the co-ordinator holds no decision for, the first notice it accepts binds
-    the pair to that case: a notice of another case of the authority under it is refused
-    `other-case`, and the listing stays the first case's."""
+    the pair to that case: a notice, or a decision, of another case of the authority under
+    it is refused `other-case`, and the listings stay the first case's."""
     m = authority
     rid = await m.api("police").refer([AUTHORITY], samples.referral())
     first = forged(m, AUTHORITY)
@@ -304,6 +306,10 @@ async def test_a_pair_holds_the_notices_of_one_case(authority: Mechanism) -> Non
     [held] = await notices(m, "coordinator", rid, 1)
     await sent_past_the_agent(m, AUTHORITY, forged(m, AUTHORITY), rid, reason="other-case")
     assert await notices(m, "coordinator", rid, 1) == [held]
+    other = signed_by(m, AUTHORITY, secrets.token_hex(16))
+    await decision_past_the_agent(m, AUTHORITY, "coordinator", other, rid, reason="other-case")
+    status, _ = await call(m, "coordinator", "GET", f"/v1/referrals/{rid}/decisions?sender=police")
+    assert status == 404  # it holds no decision under the pair
 
 
 async def test_a_step_the_api_refuses_writes_nothing(authority: Mechanism) -> None:
