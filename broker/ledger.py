@@ -592,6 +592,8 @@ def ledger_consumer_config() -> ConsumerConfig:
 
 
 def _stored_at(msg: Msg) -> int:
-    """When the bus stored the message: a sender cannot backdate it."""
+    """When the bus stored the message: a sender cannot backdate it. Without the bus's
+    timestamp (JetStream always sends one), the ledger's own time, which is no earlier: a
+    revocation is never judged at time 0."""
     meta = msg.metadata
-    return int(clock.from_bus(meta.timestamp.timestamp())) if meta.timestamp else 0
+    return int(clock.from_bus(meta.timestamp.timestamp())) if meta.timestamp else clock.now()
