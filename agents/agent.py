@@ -32,7 +32,7 @@ from keys import (
 from keys.audit import labels_of
 from keys.codec import canonical_json
 from keys.directory import Directory
-from keys.errors import UnprocessableError
+from keys.errors import ChainGapError, UnprocessableError
 from keys.subjects import DIRECTORY_KEY, SHARED_INBOX_STREAM
 from runtime import clock, expiry
 from runtime.http import app_runner
@@ -595,6 +595,13 @@ class Agent:
             # sender key not yet known (PROTOCOL.md §4.7), then refused.
             if now - stored_at < self.limits.unknown_key_grace_seconds:
                 self.log.info("message_deferred", stream_seq=stream_seq, reason=e.reason)
+                return Verdict.RETRY
+            return self._reject(data, stream_seq, e, opened, notify=body_stage)
+        except ChainGapError as e:
+            # A notice whose predecessor has not come yet (a restore, a key still loading):
+            # held back within the same grace, then refused as any broken chain.
+            if now - stored_at < self.limits.unknown_key_grace_seconds:
+                self.log.info("message_deferred", stream_seq=stream_seq, reason="chain-gap")
                 return Verdict.RETRY
             return self._reject(data, stream_seq, e, opened, notify=body_stage)
         except UntrustedInputError as e:

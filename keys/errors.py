@@ -113,6 +113,12 @@ class UnexpectedMessageError(UntrustedInputError):
     reason = "unexpected"
 
 
+class ChainGapError(UnexpectedMessageError):
+    """A protection notice following one the receiver does not hold (yet): perhaps only out
+    of order (a restore, a key still loading), so it may be held back within the grace of
+    an unknown key before it is refused `unexpected` (PROTOCOL §8.9)."""
+
+
 class ReusedReferralIdError(ReplayedError):
     """A referral whose id its sender already used for another referral to this agency
     (PROTOCOL.md §6.1): a sender assigns each referral a new id."""

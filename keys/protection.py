@@ -24,7 +24,7 @@ from typing import ClassVar, Final
 from nacl.signing import SigningKey
 
 from . import codec
-from .errors import UnexpectedMessageError
+from .errors import ChainGapError, UnexpectedMessageError
 from .key_history import KeyWindow, signing_key_at
 from .signed import open_frame, sign_frame
 from .subjects import AGENCY_ID_PATTERN
@@ -170,8 +170,12 @@ def check_follows(held: Notice | None, notice: Notice, *, reflection_min_days: i
         notice.protection,
     ):
         raise ValueError("held must be a notice of the same case and protection")
-    if notice.previous != (None if held is None else held.notice_id):
-        raise UnexpectedMessageError("a protection notice that does not follow the last one held")
+    if notice.previous is not None and notice.previous != (
+        None if held is None else held.notice_id
+    ):
+        raise ChainGapError("a protection notice following one this agency does not hold")
+    if notice.previous is None and held is not None:
+        raise UnexpectedMessageError("a protection notice that starts a chain already held")
     allowed = FOLLOWS.get((notice.protection, None if held is None else held.event), frozenset())
     if notice.event not in allowed:
         raise UnexpectedMessageError(

@@ -242,9 +242,12 @@ async def sent_past_the_agent(
 
 async def test_a_forked_or_gapped_chain_is_refused(authority: Mechanism) -> None:
     """The authority's keys sign, past its agent, a second start of the running reflection
-    period (a fork) and an extension following a notice nobody holds (a gap): the
-    co-ordinator refuses both `unexpected`, on the record, and holds what it held."""
+    period (a fork) and an extension following a notice nobody holds (a gap, refused once
+    the grace for a late predecessor has passed, here none): the co-ordinator refuses both
+    `unexpected`, on the record, and holds what it held."""
     m = authority
+    coordinator = m.agents["coordinator"]
+    coordinator.limits = dataclasses.replace(coordinator.limits, unknown_key_grace_seconds=0)
     rid, case_id = await opened_case(m)
     status, _ = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
     assert status == 202
@@ -277,6 +280,49 @@ async def test_a_forked_or_gapped_chain_is_refused(authority: Mechanism) -> None
         return refused == [("unexpected", AUTHORITY)] * 2
 
     await eventually(on_the_record, what="the ledger to hold both refusals")
+
+
+async def test_a_notice_that_comes_before_its_predecessor_waits_for_it(
+    authority: Mechanism,
+) -> None:
+    """Two extensions of the running reflection period reach the co-ordinator in the wrong
+    order (a restore, a key still loading): the second is held back, not refused, until the
+    first has come, and the co-ordinator then holds the whole chain, refusing nothing."""
+    m = authority
+    rid, case_id = await opened_case(m)
+    status, _ = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
+    assert status == 202
+    before = await notices(m, "coordinator", rid, 2)
+    reflection = before[1]
+    assert reflection["protection"] == "reflection"
+    ends = datetime.date.fromisoformat(reflection["ends_on"])
+    first_id, second_id = secrets.token_hex(16), secrets.token_hex(16)
+    extension = {"case_id": case_id, "event": "extended", "reason": "other"}
+    first = forged(
+        m,
+        AUTHORITY,
+        **extension,
+        notice_id=first_id,
+        starts_on=reflection["starts_on"],
+        ends_on=(ends + DAY).isoformat(),
+        previous=reflection["notice_id"],
+    )
+    second = forged(
+        m,
+        AUTHORITY,
+        **extension,
+        notice_id=second_id,
+        starts_on=reflection["starts_on"],
+        ends_on=(ends + 2 * DAY).isoformat(),
+        previous=first_id,
+    )
+    for signed in (second, first):
+        body = codec.pack([1, signed, "police", rid])
+        data = sealed(m, agency_keys(m, AUTHORITY), "coordinator", "protection-notice", body)
+        await publish(m, AUTHORITY, "coordinator", data)
+    chain = await notices(m, "coordinator", rid, 4)
+    assert [n["notice_id"] for n in chain[2:]] == [first_id, second_id]
+    assert rejections(m.database("coordinator")) == []
 
 
 async def test_a_notice_from_an_agency_that_is_not_an_authority_is_refused(
