@@ -123,9 +123,12 @@ class Identification:
         """Name a referral this authority sent (to a provider) as one of the case's, so that
         its recipient gets the case's decisions while its pair is accepted or in progress.
         404 for an unknown case or a referral this agency did not send; 409 (naming its
-        `case_id`) for a referral of another case: one case per referral. Idempotent."""
+        `case_id`) for a referral of another case: one case per referral. Idempotent. On
+        newly linking, each provider it makes a recipient gets, in the link's transaction,
+        every decision and notice of the case so far (§8.7 "Late copies")."""
         with self.store.transaction() as db:
-            if self.store.case(db, case_id) is None:
+            case = self.store.case(db, case_id)
+            if case is None:
                 raise E.NotFound("no case with this id at this agency")
             if not any(
                 side == "sender" for _, side, _ in self.store.pairs(self.agency, referral_id)
@@ -135,7 +138,48 @@ class Identification:
             if holder is not None and holder != case_id:
                 raise E.Conflict("the referral belongs to another case", case_id=holder)
             self.store.link_case_referral(db, case_id, referral_id)
+            if holder is None:
+                self._late_copies(db, case, referral_id)
         return {"case_id": case_id, "referral_id": referral_id}
+
+    def _late_copies(self, db: sqlite3.Connection, case: Case, referral_id: str) -> None:
+        """Send the providers that the newly linked `referral_id` makes recipients of the
+        case (§8.7 "Who receives it") what the others hold already: every decision of the
+        case (first stage first, without the reason), then every notice, each chain in
+        order; each as the normal message with its normal audit."""
+        copies = [
+            c
+            for c in self._copies(db, case, clock.now())
+            if c.owner == self.agency and c.referral_id == referral_id and not c.with_reason
+        ]
+        if not copies:
+            return
+        held = sorted(
+            self.store.decisions_of_case(db, self.agency, case.case_id),
+            key=lambda d: d.stage != D.FIRST,  # stable: the stored order within a stage
+        )
+        notices = self.store.notices_of_case(db, self.agency, case.case_id)
+        for copy in copies:
+            for d in held:
+                self.send(
+                    IDENTIFICATION_DECISION,
+                    DecisionMessage(d.signed, copy.owner, copy.referral_id, None, None).encode(),
+                    [copy.recipient],
+                    db,
+                    referral_id=copy.referral_id,
+                    labels=(("stage", d.stage), ("outcome", d.outcome)),
+                )
+            for n in notices:
+                self.send(
+                    PROTECTION_NOTICE,
+                    NoticeMessage(n.signed, copy.owner, copy.referral_id).encode(),
+                    [copy.recipient],
+                    db,
+                    referral_id=copy.referral_id,
+                    labels=(("event", n.event), ("protection", n.protection)),
+                    reason=PR.claimed(n.signed).reason,
+                )
+        self.log.info("case_copies_sent", case_id=case.case_id, referral_id=referral_id)
 
     def decide(
         self, case_id: str, *, stage: str, outcome: str, reason: str | None
