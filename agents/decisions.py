@@ -121,14 +121,7 @@ def recipients(
 
 
 def check_late_copy(
-    signed: bytes,
-    *,
-    agency: str,
-    at: int,
-    created: int,
-    skew: int,
-    history: Sequence[KeyWindow],
-    what: str,
+    signed: bytes, agency: str, at: int, /, *, created: int, skew: int, history: Sequence[KeyWindow]
 ) -> None:
     """A late copy (PROTOCOL §8.7 "Late copies"): a signed decision or notice dated more than
     `skew` before its envelope's `created` is accepted only if the key that signed it (valid
@@ -136,7 +129,9 @@ def check_late_copy(
     key since retired or revoked (UnknownKeyError, RetiredKeyError, RevokedKeyError)."""
     if at >= created - skew:
         return
-    _, kid, _ = decode_frame(signed, max_bytes=len(signed), max_items=11, what=what, body_name=what)
+    _, kid, _ = decode_frame(
+        signed, max_bytes=len(signed), max_items=11, what="signed document", body_name="document"
+    )
     signing_key_at(history, agency=agency, kid=kid, at=created)
 
 
@@ -175,15 +170,8 @@ def check_received(
         raise NotForThisRoleError("the decision's authority is not in the directory")
     check_authority(decision, authority)  # not-for-this-role
     decision = verify_decision(message.signed, history=history)  # the key, bad-signature
-    check_late_copy(
-        message.signed,
-        agency=decision.authority,
-        at=decision.decided_at,
-        created=created,
-        skew=skew,
-        history=history,
-        what="decision",
-    )
+    late = (message.signed, decision.authority, decision.decided_at)
+    check_late_copy(*late, created=created, skew=skew, history=history)
     if decision.authority != sender:
         raise UnexpectedMessageError("a decision comes from its own authority only")
     if not shared:

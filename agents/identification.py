@@ -161,25 +161,51 @@ class Identification:
         notices = self.store.notices_of_case(db, self.agency, case.case_id)
         for copy in copies:
             for d in held:
-                self.send(
-                    IDENTIFICATION_DECISION,
-                    DecisionMessage(d.signed, copy.owner, copy.referral_id, None, None).encode(),
-                    [copy.recipient],
-                    db,
-                    referral_id=copy.referral_id,
-                    labels=(("stage", d.stage), ("outcome", d.outcome)),
-                )
+                shown = DecisionMessage(d.signed, copy.owner, copy.referral_id, None, None)
+                self._send_decision(db, copy, shown, (("stage", d.stage), ("outcome", d.outcome)))
             for n in notices:
-                self.send(
-                    PROTECTION_NOTICE,
-                    NoticeMessage(n.signed, copy.owner, copy.referral_id).encode(),
-                    [copy.recipient],
-                    db,
-                    referral_id=copy.referral_id,
-                    labels=(("event", n.event), ("protection", n.protection)),
-                    reason=PR.claimed(n.signed).reason,
+                notice = PR.claimed(n.signed)
+                self._send_notice(
+                    db, copy, n.signed, notice.event, notice.protection, notice.reason
                 )
         self.log.info("case_copies_sent", case_id=case.case_id, referral_id=referral_id)
+
+    def _send_decision(
+        self,
+        db: sqlite3.Connection,
+        copy: Copy,
+        message: DecisionMessage,
+        labels: tuple[tuple[str, str], ...],
+    ) -> None:
+        """Seal one copy of a decision (audit `identification.sent`, the outbox)."""
+        self.send(
+            IDENTIFICATION_DECISION,
+            message.encode(),
+            [copy.recipient],
+            db,
+            referral_id=copy.referral_id,
+            labels=labels,
+        )
+
+    def _send_notice(
+        self,
+        db: sqlite3.Connection,
+        copy: Copy,
+        signed: bytes,
+        event: str,
+        protection: str,
+        reason: str | None,
+    ) -> None:
+        """Seal one copy of a notice under the copy's pair (audit `protection.notified`)."""
+        self.send(
+            PROTECTION_NOTICE,
+            NoticeMessage(signed, copy.owner, copy.referral_id).encode(),
+            [copy.recipient],
+            db,
+            referral_id=copy.referral_id,
+            labels=(("event", event), ("protection", protection)),
+            reason=reason,
+        )
 
     def decide(
         self, case_id: str, *, stage: str, outcome: str, reason: str | None
@@ -248,14 +274,7 @@ class Identification:
                     if copy.with_reason
                     else DecisionMessage(signed, copy.owner, copy.referral_id, None, None)
                 )
-                self.send(
-                    IDENTIFICATION_DECISION,
-                    shown.encode(),
-                    [copy.recipient],
-                    db,
-                    referral_id=copy.referral_id,
-                    labels=labels,
-                )
+                self._send_decision(db, copy, shown, labels)
             self._protections_follow(db, case, decision, signing_key)
         self.log.info("case_decided", case_id=case_id, stage=stage, outcome=outcome)
         return {**_case_doc(case), "state": target, "decision_id": decision.decision_id}
@@ -414,15 +433,7 @@ class Identification:
             db, _stored_notice(notice, case.owner, case.referral_id, signed, now)
         )
         for copy in self._copies(db, case, now):  # the pair differs per copy; nothing else does
-            self.send(
-                PROTECTION_NOTICE,
-                NoticeMessage(signed, copy.owner, copy.referral_id).encode(),
-                [copy.recipient],
-                db,
-                referral_id=copy.referral_id,
-                labels=(("event", event), ("protection", protection)),
-                reason=reason,
-            )
+            self._send_notice(db, copy, signed, event, protection, reason)
         self.log.info(
             "protection_notified", case_id=case.case_id, protection=protection, step=event
         )

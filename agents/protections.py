@@ -231,13 +231,7 @@ def check_received(
         raise NotForThisRoleError("the notice's authority is not a deciding competent authority")
     notice = P.verify_notice(message.signed, history=history)  # the key, bad-signature
     check_late_copy(
-        message.signed,
-        agency=notice.authority,
-        at=notice.at,
-        created=created,
-        skew=skew,
-        history=history,
-        what="notice",
+        message.signed, notice.authority, notice.at, created=created, skew=skew, history=history
     )
     if notice.authority != sender:
         raise UnexpectedMessageError("a notice comes from its own authority only")

@@ -102,12 +102,13 @@ async def call(m: Mechanism, agency: str, method: str, path: str, **kw: Any) -> 
     return status, body
 
 
-async def opened_case(m: Mechanism) -> tuple[str, str]:
-    """Police refers to the authority, which acknowledges and accepts: (referral id, case)."""
-    rid = await m.api("police").refer([AUTHORITY], samples.referral())
+async def opened_case(m: Mechanism, referrer: str = "police") -> tuple[str, str]:
+    """`referrer` refers to the authority, which acknowledges and accepts: (referral id,
+    case)."""
+    rid = await m.api(referrer).refer([AUTHORITY], samples.referral())
 
     async def delivered() -> bool:
-        return await m.api("police").status(rid) == "delivered"
+        return await m.api(referrer).status(rid) == "delivered"
 
     await eventually(delivered, what="the referral at the authority")
     for to in ("acknowledged", "accepted"):
@@ -119,7 +120,7 @@ async def opened_case(m: Mechanism) -> tuple[str, str]:
     assert status == 200, cases
     [case] = [c for c in cases["items"] if c["referral_id"] == rid]
     assert (case["owner"], case["state"], case["age_route"]) == (
-        "police",
+        referrer,
         "awaiting_first",
         "adult",
     )
@@ -473,19 +474,7 @@ async def test_a_provider_linked_late_gets_the_case_so_far(
     clock.set_offset(offset, 0)
     monkeypatch.setenv(clock.ENV, str(offset))
     async with authority_mechanism(tmp_path, COORDINATOR_OPENS) as m:
-        rid = await m.api("coordinator").refer([AUTHORITY], samples.referral())
-
-        async def delivered() -> bool:
-            return await m.api("coordinator").status(rid) == "delivered"
-
-        await eventually(delivered, what="the co-ordinator's referral at the authority")
-        for to in ("acknowledged", "accepted"):
-            status, body = await call(
-                m, AUTHORITY, "POST", f"/v1/referrals/{rid}/transitions", json={"to": to}
-            )
-            assert status == 202, body
-        status, cases = await call(m, AUTHORITY, "GET", "/v1/cases")
-        [case_id] = [c["case_id"] for c in cases["items"] if c["referral_id"] == rid]
+        _, case_id = await opened_case(m, "coordinator")
         status, decided = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
         assert status == 202, decided
 
