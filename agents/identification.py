@@ -142,15 +142,29 @@ class Identification:
                 self._late_copies(db, case, referral_id)
         return {"case_id": case_id, "referral_id": referral_id}
 
-    def _late_copies(self, db: sqlite3.Connection, case: Case, referral_id: str) -> None:
-        """Send the providers that the newly linked `referral_id` makes recipients of the
-        case (§8.7 "Who receives it") what the others hold already: every decision of the
-        case (first stage first, without the reason), then every notice, each chain in
-        order; each as the normal message with its normal audit."""
+    def provider_accepted(self, db: sqlite3.Connection, referral_id: str, provider: str) -> None:
+        """`provider` accepted this agency's referral `referral_id` (in the transition's
+        transaction): if the referral is linked to a case, it is now a recipient of the
+        case and gets the case so far (§8.7 "Late copies"), as on linking."""
+        case_id = self.store.case_of_referral(db, referral_id)
+        case = None if case_id is None else self.store.case(db, case_id)
+        if case is not None:
+            self._late_copies(db, case, referral_id, only=provider)
+
+    def _late_copies(
+        self, db: sqlite3.Connection, case: Case, referral_id: str, only: str | None = None
+    ) -> None:
+        """Send the providers that `referral_id` (newly linked, or newly accepted by `only`)
+        makes recipients of the case (§8.7 "Who receives it") what the others hold already:
+        every decision of the case (first stage first, without the reason), then every
+        notice, each chain in order; each as the normal message with its normal audit."""
         copies = [
             c
             for c in self._copies(db, case, clock.now())
-            if c.owner == self.agency and c.referral_id == referral_id and not c.with_reason
+            if c.owner == self.agency
+            and c.referral_id == referral_id
+            and not c.with_reason
+            and only in (None, c.recipient)
         ]
         if not copies:
             return

@@ -460,8 +460,9 @@ COORDINATOR_OPENS = Policy(
 )
 
 
+@pytest.mark.parametrize("link_first", [False, True], ids=["accept-then-link", "link-then-accept"])
 async def test_a_provider_linked_late_gets_the_case_so_far(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, link_first: bool
 ) -> None:
     """The co-ordinator's referral opens a case; its first stage is decided (which starts
     both protections); only then does the authority refer on to police, which accepts, and,
@@ -469,7 +470,7 @@ async def test_a_provider_linked_late_gets_the_case_so_far(
     decision (without reason) and both notices as late copies, each on the record
     (`identification.sent`, `protection.notified`) and accepted though dated a day before
     its envelope (§8.7 "Late copies": the key is valid still); linking again sends nothing
-    again."""
+    again. Linked before police accepts, the same copies go when it accepts."""
     offset = tmp_path / "clock-offset"
     clock.set_offset(offset, 0)
     monkeypatch.setenv(clock.ENV, str(offset))
@@ -484,6 +485,15 @@ async def test_a_provider_linked_late_gets_the_case_so_far(
             return await m.api(AUTHORITY).status(onward) == "delivered"
 
         await eventually(at_police, what="the onward referral at police")
+        path = f"/v1/cases/{case_id}/referrals/{onward}"
+        before = len(events(m, AUTHORITY, "identification.sent"))
+        notified = len(events(m, AUTHORITY, "protection.notified"))
+        if link_first:
+            clock.set_offset(offset, 86_400)  # a day on: the copies' envelopes are late
+            for _ in range(2):
+                status, body = await call(m, AUTHORITY, "PUT", path)
+                assert status == 200, body
+            assert len(events(m, AUTHORITY, "identification.sent")) == before  # not accepted
         for to in ("acknowledged", "accepted"):
             status, body = await call(
                 m, "police", "POST", f"/v1/referrals/{onward}/transitions", json={"to": to}
@@ -499,11 +509,8 @@ async def test_a_provider_linked_late_gets_the_case_so_far(
             return rows == [("accepted",)]
 
         await eventually(accepted, what="the authority to see police accept")
-        assert events(m, AUTHORITY, "identification.sent")  # to the co-ordinator only
-        before = len(events(m, AUTHORITY, "identification.sent"))
-        notified = len(events(m, AUTHORITY, "protection.notified"))
+        assert before  # to the co-ordinator only
         clock.set_offset(offset, 86_400)  # a day on: the copies' envelopes are late
-        path = f"/v1/cases/{case_id}/referrals/{onward}"
         for _ in range(2):
             status, body = await call(m, AUTHORITY, "PUT", path)
             assert status == 200, body
