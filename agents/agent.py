@@ -768,7 +768,7 @@ class Agent:
             DELIVERY_RECEIPT: self._on_receipt,
             # The desk and resender parse the body again from `opened` (it passed the same
             # strict checks); they take the checked value once the storage layer lands.
-            TRANSITION: lambda tx, opened, checked: self.desk.on_transition(tx, opened),
+            TRANSITION: self._on_transition,
             CONSENT_WITHDRAWAL: lambda tx, opened, checked: self.desk.on_withdrawal(tx, opened),
             ERASURE_CONFIRMATION: lambda tx, opened, checked: self.desk.on_erasure_confirmation(
                 tx, opened
@@ -783,6 +783,14 @@ class Agent:
         if set(table) != inbound.KINDS:
             raise RuntimeError("every kind inbound checks needs a handler, and no other")
         return table
+
+    def _on_transition(
+        self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked
+    ) -> None:
+        step = self.desk.on_transition(tx, opened)
+        if step.party == "recipient" and step.to_state == "accepted":
+            # a provider accepting a referral linked to a case gets the case so far (§8.7)
+            self.identification.provider_accepted(tx, step.referral_id, opened.header.sender)
 
     def _on_decision(
         self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked

@@ -37,7 +37,8 @@ from keys.errors import (
     OtherCaseError,
     UnexpectedMessageError,
 )
-from keys.key_history import KeyWindow
+from keys.key_history import KeyWindow, signing_key_at
+from keys.signed import decode_frame
 from keys.subjects import AGENCY_ID_PATTERN
 
 IDENTIFICATION_DECISION: Final = "identification-decision"
@@ -119,6 +120,21 @@ def recipients(
     return list(copies.values())
 
 
+def check_late_copy(
+    signed: bytes, agency: str, at: int, /, *, created: int, skew: int, history: Sequence[KeyWindow]
+) -> None:
+    """A late copy (PROTOCOL §8.7 "Late copies"): a signed decision or notice dated more than
+    `skew` before its envelope's `created` is accepted only if the key that signed it (valid
+    at `at`, checked already) is valid at `created` too, so that dating back never selects a
+    key since retired or revoked (UnknownKeyError, RetiredKeyError, RevokedKeyError)."""
+    if at >= created - skew:
+        return
+    _, kid, _ = decode_frame(
+        signed, max_bytes=len(signed), max_items=11, what="signed document", body_name="document"
+    )
+    signing_key_at(history, agency=agency, kid=kid, at=created)
+
+
 def check_received(
     message: DecisionMessage,
     *,
@@ -145,15 +161,17 @@ def check_received(
     holds (None if none), verified again, called only when a second stage is judged, after
     every check on the sender; `min_days`: the national policy's `second_stage_min_days`."""
     decision = claimed(message.signed)  # malformed
-    if abs(decision.decided_at - created) > skew:  # before decided_at picks a key
+    if decision.decided_at > created + skew:  # before decided_at picks a key
         raise MisdatedError(
-            f"a decision is sent when it is made: decided_at within {skew} s of the envelope's"
+            f"a decision is not dated ahead: decided_at at most {skew} s after the envelope's"
             " created"
         )
     if authority is None:
         raise NotForThisRoleError("the decision's authority is not in the directory")
     check_authority(decision, authority)  # not-for-this-role
     decision = verify_decision(message.signed, history=history)  # the key, bad-signature
+    late = (message.signed, decision.authority, decision.decided_at)
+    check_late_copy(*late, created=created, skew=skew, history=history)
     if decision.authority != sender:
         raise UnexpectedMessageError("a decision comes from its own authority only")
     if not shared:
@@ -181,6 +199,7 @@ __all__: Sequence[str] = [
     "IDENTIFICATION_DECISION",
     "Copy",
     "DecisionMessage",
+    "check_late_copy",
     "check_pair",
     "check_received",
     "recipients",

@@ -441,7 +441,9 @@ class Desk:
         )
         return {"id": referral_id, "sender": owner, "counterpart": other, "state": to}
 
-    def on_transition(self, db: sqlite3.Connection, opened: Opened) -> None:
+    def on_transition(self, db: sqlite3.Connection, opened: Opened) -> L.Transition:
+        """A counterpart's step of a pair, checked and applied; the step (for the caller's
+        follow-up in the same transaction)."""
         step = L.Transition.decode(opened.body)
         sender = opened.header.sender
         # A recipient's step is about a referral this agency sent; a sender's step about one
@@ -497,6 +499,7 @@ class Desk:
                 "outcome": step.outcome,
             },
         )
+        return step
 
     def _set_state(
         self,

@@ -123,9 +123,12 @@ class Identification:
         """Name a referral this authority sent (to a provider) as one of the case's, so that
         its recipient gets the case's decisions while its pair is accepted or in progress.
         404 for an unknown case or a referral this agency did not send; 409 (naming its
-        `case_id`) for a referral of another case: one case per referral. Idempotent."""
+        `case_id`) for a referral of another case: one case per referral. Idempotent. On
+        newly linking, each provider it makes a recipient gets, in the link's transaction,
+        every decision and notice of the case so far (§8.7 "Late copies")."""
         with self.store.transaction() as db:
-            if self.store.case(db, case_id) is None:
+            case = self.store.case(db, case_id)
+            if case is None:
                 raise E.NotFound("no case with this id at this agency")
             if not any(
                 side == "sender" for _, side, _ in self.store.pairs(self.agency, referral_id)
@@ -135,7 +138,88 @@ class Identification:
             if holder is not None and holder != case_id:
                 raise E.Conflict("the referral belongs to another case", case_id=holder)
             self.store.link_case_referral(db, case_id, referral_id)
+            if holder is None:
+                self._late_copies(db, case, referral_id)
         return {"case_id": case_id, "referral_id": referral_id}
+
+    def provider_accepted(self, db: sqlite3.Connection, referral_id: str, provider: str) -> None:
+        """`provider` accepted this agency's referral `referral_id` (in the transition's
+        transaction): if the referral is linked to a case, it is now a recipient of the
+        case and gets the case so far (§8.7 "Late copies"), as on linking."""
+        case_id = self.store.case_of_referral(db, referral_id)
+        case = None if case_id is None else self.store.case(db, case_id)
+        if case is not None:
+            self._late_copies(db, case, referral_id, only=provider)
+
+    def _late_copies(
+        self, db: sqlite3.Connection, case: Case, referral_id: str, only: str | None = None
+    ) -> None:
+        """Send the providers that `referral_id` (newly linked, or newly accepted by `only`)
+        makes recipients of the case (§8.7 "Who receives it") what the others hold already:
+        every decision of the case (first stage first, without the reason), then every
+        notice, each chain in order; each as the normal message with its normal audit."""
+        copies = [
+            c
+            for c in self._copies(db, case, clock.now())
+            if c.owner == self.agency
+            and c.referral_id == referral_id
+            and not c.with_reason
+            and only in (None, c.recipient)
+        ]
+        if not copies:
+            return
+        held = sorted(
+            self.store.decisions_of_case(db, self.agency, case.case_id),
+            key=lambda d: d.stage != D.FIRST,  # stable: the stored order within a stage
+        )
+        notices = self.store.notices_of_case(db, self.agency, case.case_id)
+        for copy in copies:
+            for d in held:
+                shown = DecisionMessage(d.signed, copy.owner, copy.referral_id, None, None)
+                self._send_decision(db, copy, shown, (("stage", d.stage), ("outcome", d.outcome)))
+            for n in notices:
+                notice = PR.claimed(n.signed)
+                self._send_notice(
+                    db, copy, n.signed, notice.event, notice.protection, notice.reason
+                )
+        self.log.info("case_copies_sent", case_id=case.case_id, referral_id=referral_id)
+
+    def _send_decision(
+        self,
+        db: sqlite3.Connection,
+        copy: Copy,
+        message: DecisionMessage,
+        labels: tuple[tuple[str, str], ...],
+    ) -> None:
+        """Seal one copy of a decision (audit `identification.sent`, the outbox)."""
+        self.send(
+            IDENTIFICATION_DECISION,
+            message.encode(),
+            [copy.recipient],
+            db,
+            referral_id=copy.referral_id,
+            labels=labels,
+        )
+
+    def _send_notice(
+        self,
+        db: sqlite3.Connection,
+        copy: Copy,
+        signed: bytes,
+        event: str,
+        protection: str,
+        reason: str | None,
+    ) -> None:
+        """Seal one copy of a notice under the copy's pair (audit `protection.notified`)."""
+        self.send(
+            PROTECTION_NOTICE,
+            NoticeMessage(signed, copy.owner, copy.referral_id).encode(),
+            [copy.recipient],
+            db,
+            referral_id=copy.referral_id,
+            labels=(("event", event), ("protection", protection)),
+            reason=reason,
+        )
 
     def decide(
         self, case_id: str, *, stage: str, outcome: str, reason: str | None
@@ -204,14 +288,7 @@ class Identification:
                     if copy.with_reason
                     else DecisionMessage(signed, copy.owner, copy.referral_id, None, None)
                 )
-                self.send(
-                    IDENTIFICATION_DECISION,
-                    shown.encode(),
-                    [copy.recipient],
-                    db,
-                    referral_id=copy.referral_id,
-                    labels=labels,
-                )
+                self._send_decision(db, copy, shown, labels)
             self._protections_follow(db, case, decision, signing_key)
         self.log.info("case_decided", case_id=case_id, stage=stage, outcome=outcome)
         return {**_case_doc(case), "state": target, "decision_id": decision.decision_id}
@@ -370,15 +447,7 @@ class Identification:
             db, _stored_notice(notice, case.owner, case.referral_id, signed, now)
         )
         for copy in self._copies(db, case, now):  # the pair differs per copy; nothing else does
-            self.send(
-                PROTECTION_NOTICE,
-                NoticeMessage(signed, copy.owner, copy.referral_id).encode(),
-                [copy.recipient],
-                db,
-                referral_id=copy.referral_id,
-                labels=(("event", event), ("protection", protection)),
-                reason=reason,
-            )
+            self._send_notice(db, copy, signed, event, protection, reason)
         self.log.info(
             "protection_notified", case_id=case.case_id, protection=protection, step=event
         )

@@ -53,7 +53,7 @@ from keys.errors import (
 from keys.key_history import KeyWindow
 from keys.signed import decode_frame
 
-from .decisions import check_pair
+from .decisions import check_late_copy, check_pair
 
 PROTECTION_NOTICE: Final = "protection-notice"
 #: A body's size limit: the signed notice (640) and the pair.
@@ -223,13 +223,16 @@ def check_received(
     every check on the sender;
     `reflection_min_days`: the national policy's."""
     notice = claimed(message.signed)  # malformed
-    if abs(notice.at - created) > skew:  # before `at` picks a key
+    if notice.at > created + skew:  # before `at` picks a key
         raise MisdatedError(
-            f"a notice is sent when it is made: at within {skew} s of the envelope's created"
+            f"a notice is not dated ahead: at at most {skew} s after the envelope's created"
         )
     if authority is None or not authority.decides_stage(FIRST):
         raise NotForThisRoleError("the notice's authority is not a deciding competent authority")
     notice = P.verify_notice(message.signed, history=history)  # the key, bad-signature
+    check_late_copy(
+        message.signed, notice.authority, notice.at, created=created, skew=skew, history=history
+    )
     if notice.authority != sender:
         raise UnexpectedMessageError("a notice comes from its own authority only")
     if not shared:

@@ -102,12 +102,13 @@ async def call(m: Mechanism, agency: str, method: str, path: str, **kw: Any) -> 
     return status, body
 
 
-async def opened_case(m: Mechanism) -> tuple[str, str]:
-    """Police refers to the authority, which acknowledges and accepts: (referral id, case)."""
-    rid = await m.api("police").refer([AUTHORITY], samples.referral())
+async def opened_case(m: Mechanism, referrer: str = "police") -> tuple[str, str]:
+    """`referrer` refers to the authority, which acknowledges and accepts: (referral id,
+    case)."""
+    rid = await m.api(referrer).refer([AUTHORITY], samples.referral())
 
     async def delivered() -> bool:
-        return await m.api("police").status(rid) == "delivered"
+        return await m.api(referrer).status(rid) == "delivered"
 
     await eventually(delivered, what="the referral at the authority")
     for to in ("acknowledged", "accepted"):
@@ -119,7 +120,7 @@ async def opened_case(m: Mechanism) -> tuple[str, str]:
     assert status == 200, cases
     [case] = [c for c in cases["items"] if c["referral_id"] == rid]
     assert (case["owner"], case["state"], case["age_route"]) == (
-        "police",
+        referrer,
         "awaiting_first",
         "adult",
     )
@@ -341,9 +342,10 @@ async def test_a_pair_belongs_to_the_first_case_each_authority_decided_under_it(
 async def test_a_decision_is_dated_when_its_envelope_is_created(
     with_authority: Mechanism,
 ) -> None:
-    """A second stage signed 40 days ahead but sent now (past the too-early interval), and
-    a first stage dated an hour back (into an older key's window), are refused `misdated`;
-    one dated at its envelope's creation is not (the API's own decisions, above)."""
+    """A second stage signed 40 days ahead but sent now (past the too-early interval) is
+    refused `misdated`; a first stage dated an hour back, before the authority's key was
+    valid, is a late copy (§8.7 "Late copies") refused for that key (`retired-key`): dating
+    back picks no key that does not hold at `decided_at` and at the envelope's creation."""
     m = with_authority
     rid, case_id = await decided_first(m)
     ahead = clock.now() + 40 * 86_400
@@ -362,7 +364,7 @@ async def test_a_decision_is_dated_when_its_envelope_is_created(
         "coordinator",
         signed_by(m, AUTHORITY, case_id, decided_at=back),
         rid,
-        reason="misdated",
+        reason="retired-key",
     )
     assert len(await held(m, "coordinator", rid, 1)) == 1
 
@@ -444,3 +446,94 @@ async def test_a_referral_belongs_to_one_case(with_authority: Mechanism) -> None
         m.database(AUTHORITY), "SELECT case_id FROM case_referrals WHERE referral_id = ?", onward
     )
     assert rows == [(case_id,)]
+
+
+#: As POLICY, and the co-ordinator may refer too: a case it opens leaves police free to be a
+#: provider the authority refers on to (the mechanism has no fourth agency).
+COORDINATOR_OPENS = Policy(
+    country="LT",
+    without_consent={
+        "police": ("public_task",),
+        "coordinator": ("public_task",),
+        COMPETENT_AUTHORITY: ("public_task",),
+    },
+)
+
+
+@pytest.mark.parametrize("link_first", [False, True], ids=["accept-then-link", "link-then-accept"])
+async def test_a_provider_linked_late_gets_the_case_so_far(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, link_first: bool
+) -> None:
+    """The co-ordinator's referral opens a case; its first stage is decided (which starts
+    both protections); only then does the authority refer on to police, which accepts, and,
+    a day later (the clock moved), link that referral: police gets, under its pair, the
+    decision (without reason) and both notices as late copies, each on the record
+    (`identification.sent`, `protection.notified`) and accepted though dated a day before
+    its envelope (§8.7 "Late copies": the key is valid still); linking again sends nothing
+    again. Linked before police accepts, the same copies go when it accepts."""
+    offset = tmp_path / "clock-offset"
+    clock.set_offset(offset, 0)
+    monkeypatch.setenv(clock.ENV, str(offset))
+    async with authority_mechanism(tmp_path, COORDINATOR_OPENS) as m:
+        _, case_id = await opened_case(m, "coordinator")
+        status, decided = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
+        assert status == 202, decided
+
+        onward = await m.api(AUTHORITY).refer(["police"], samples.referral())
+
+        async def at_police() -> bool:
+            return await m.api(AUTHORITY).status(onward) == "delivered"
+
+        await eventually(at_police, what="the onward referral at police")
+        path = f"/v1/cases/{case_id}/referrals/{onward}"
+        before = len(events(m, AUTHORITY, "identification.sent"))
+        notified = len(events(m, AUTHORITY, "protection.notified"))
+        if link_first:
+            clock.set_offset(offset, 86_400)  # a day on: the copies' envelopes are late
+            for _ in range(2):
+                status, body = await call(m, AUTHORITY, "PUT", path)
+                assert status == 200, body
+            assert len(events(m, AUTHORITY, "identification.sent")) == before  # not accepted
+        for to in ("acknowledged", "accepted"):
+            status, body = await call(
+                m, "police", "POST", f"/v1/referrals/{onward}/transitions", json={"to": to}
+            )
+            assert status == 202, body
+
+        async def accepted() -> bool:
+            rows = query(
+                m.database(AUTHORITY),
+                "SELECT state FROM referrals WHERE referral_id = ? AND side = 'sender'",
+                onward,
+            )
+            return rows == [("accepted",)]
+
+        await eventually(accepted, what="the authority to see police accept")
+        assert before  # to the co-ordinator only
+        clock.set_offset(offset, 86_400)  # a day on: the copies' envelopes are late
+        for _ in range(2):
+            status, body = await call(m, AUTHORITY, "PUT", path)
+            assert status == 200, body
+
+        async def holds_all() -> bool:
+            status, d = await call(
+                m, "police", "GET", f"/v1/referrals/{onward}/decisions?sender={AUTHORITY}"
+            )
+            status2, p = await call(
+                m, "police", "GET", f"/v1/referrals/{onward}/protections?sender={AUTHORITY}"
+            )
+            return status == status2 == 200 and len(d["items"]) == 1 and len(p["items"]) == 2
+
+        await eventually(holds_all, what="police to hold the case so far")
+        _, d = await call(
+            m, "police", "GET", f"/v1/referrals/{onward}/decisions?sender={AUTHORITY}"
+        )
+        [decision] = d["items"]
+        assert (decision["decision_id"], decision["reason"]) == (decided["decision_id"], None)
+        sent = events(m, AUTHORITY, "identification.sent")[before:]
+        assert [(e.referral_id, e.counterpart) for e in sent] == [(onward, "police")]
+        told = events(m, AUTHORITY, "protection.notified")[notified:]
+        assert sorted(dict(e.labels)["protection"] for e in told) == ["no-removal", "reflection"]
+        assert {(e.referral_id, e.counterpart) for e in told} == {(onward, "police")}
+        received = events(m, "police", "protection.received")
+        assert len(received) == 2 and not rejections(m.database("police"))

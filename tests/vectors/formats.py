@@ -2436,10 +2436,25 @@ def _identification_vectors() -> list[tuple[str, str, str, dict[str, object], by
             _decision_body(second),
         ),
         (
-            "backdated",
-            "the envelope created 301 s after decided_at",
+            "ok-late-copy",
+            "a late copy (a provider linked later): the envelope created 40 days after"
+            " decided_at, the key valid still",
+            "ok",
+            {"created": NOW + 40 * DAY},
+            _decision_body(first),
+        ),
+        (
+            "late-copy-revoked-since",
+            "a late copy whose key was revoked after decided_at, before the envelope's created",
+            "revoked-key",
+            {"created": NOW + 2 * DAY, "revoked_at": NOW + DAY},
+            _decision_body(first),
+        ),
+        (
+            "dated-ahead",
+            "decided_at 301 s after the envelope's created",
             "misdated",
-            {"created": NOW + 301},
+            {"created": NOW - 301},
             _decision_body(first),
         ),
         (
@@ -2968,9 +2983,24 @@ def _notice_message_vectors() -> list[tuple[str, str, str, dict[str, object], by
         ),
         (
             "misdated",
-            "the envelope created 301 s after at",
+            "at 301 s after the envelope's created (dated ahead)",
             "misdated",
-            {"created": NOW + 301},
+            {"created": NOW - 301},
+            _notice_body(sign(started)),
+        ),
+        (
+            "ok-late-copy",
+            "a late copy (a provider linked later): the envelope created 40 days after at,"
+            " the key valid still",
+            "ok",
+            {"created": NOW + 40 * DAY},
+            _notice_body(sign(started)),
+        ),
+        (
+            "late-copy-revoked-since",
+            "a late copy whose key was revoked after at, before the envelope's created",
+            "revoked-key",
+            {"created": NOW + 2 * DAY, "revoked_at": NOW + DAY},
             _notice_body(sign(started)),
         ),
         (
