@@ -135,6 +135,22 @@ def check_late_copy(
     signing_key_at(history, agency=agency, kid=kid, at=created)
 
 
+def check_sent_under(
+    what: str, authority: str, case_id: str, *, sender: str, shared: bool, bound: str | None
+) -> None:
+    """The checks on the sender and the pair that a decision and a notice share (§8.7,
+    §8.9), in order: from its own authority (`unexpected`), under a pair held with the sender
+    (`not-shared`), of the case the pair is bound to for that authority (`other-case`)."""
+    if authority != sender:
+        raise UnexpectedMessageError(f"a {what} comes from its own authority only")
+    if not shared:
+        raise NotSharedError(f"a {what} names a pair this agency does not hold with its sender")
+    if bound is not None and bound != case_id:
+        raise OtherCaseError(
+            "this agency holds decisions of another case of the authority under this pair"
+        )
+
+
 def check_received(
     message: DecisionMessage,
     *,
@@ -172,14 +188,9 @@ def check_received(
     decision = verify_decision(message.signed, history=history)  # the key, bad-signature
     late = (message.signed, decision.authority, decision.decided_at)
     check_late_copy(*late, created=created, skew=skew, history=history)
-    if decision.authority != sender:
-        raise UnexpectedMessageError("a decision comes from its own authority only")
-    if not shared:
-        raise NotSharedError("a decision names a pair this agency does not hold with its sender")
-    if bound is not None and bound != decision.case_id:
-        raise OtherCaseError(
-            "this agency holds decisions of another case of the authority under this pair"
-        )
+    check_sent_under(
+        "decision", decision.authority, decision.case_id, sender=sender, shared=shared, bound=bound
+    )
     check_reason(decision, reason=message.reason, salt=message.salt)
     if decision.supersedes is not None:
         raise UnexpectedMessageError("reconsideration is not supported yet")
@@ -202,5 +213,6 @@ __all__: Sequence[str] = [
     "check_late_copy",
     "check_pair",
     "check_received",
+    "check_sent_under",
     "recipients",
 ]

@@ -46,14 +46,11 @@ from keys.decision import FIRST, Decider
 from keys.errors import (
     MisdatedError,
     NotForThisRoleError,
-    NotSharedError,
-    OtherCaseError,
-    UnexpectedMessageError,
 )
 from keys.key_history import KeyWindow
 from keys.signed import decode_frame
 
-from .decisions import check_late_copy, check_pair
+from .decisions import check_late_copy, check_pair, check_sent_under
 
 PROTECTION_NOTICE: Final = "protection-notice"
 #: A body's size limit: the signed notice (640) and the pair.
@@ -233,14 +230,9 @@ def check_received(
     check_late_copy(
         message.signed, notice.authority, notice.at, created=created, skew=skew, history=history
     )
-    if notice.authority != sender:
-        raise UnexpectedMessageError("a notice comes from its own authority only")
-    if not shared:
-        raise NotSharedError("a notice names a pair this agency does not hold with its sender")
-    if bound is not None and bound != notice.case_id:
-        raise OtherCaseError(
-            "this agency holds decisions of another case of the authority under this pair"
-        )
+    check_sent_under(
+        "notice", notice.authority, notice.case_id, sender=sender, shared=shared, bound=bound
+    )
     P.check_follows(held(), notice, reflection_min_days=reflection_min_days)  # unexpected
     return notice
 
