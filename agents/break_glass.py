@@ -253,7 +253,10 @@ class BreakGlass:
             "client_reference": hold.client_reference,
             "break_glass": view(hold),
         }
-        held = self._document(referral_id) if document and hold.state == AWAITING else None
+        # Shown only while it may still be confirmed: once `confirm_by` has come the timers
+        # erase it, and nobody reads it in the meantime.
+        waiting = hold.state == AWAITING and not lapsed(hold.confirm_by, clock.now())
+        held = self._document(referral_id) if document and waiting else None
         if held is not None:
             result["referral"] = held
         return result

@@ -515,6 +515,27 @@ async def test_a_refused_or_lapsed_hold_leaves_nothing_to_recover(
         await eventually(gone, what=f"nothing of the {outcome} hold left in police's files")
 
 
+async def test_a_hold_past_its_time_shows_its_document_to_nobody(
+    under_policy: tuple[Mechanism, dict[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Once confirm_by has come the held document is no longer shown to a confirming
+    client, even before the timers have lapsed and erased it (asked in the same step as the
+    clock moves, so no timer runs in between)."""
+    m, _ = under_policy
+    offset = tmp_path / "clock-offset"
+    monkeypatch.setenv(clock.ENV, str(offset))
+    police = m.agents["police"]
+    status, held = await submit(m, glass())
+    assert status == 202, held
+    rid = held["id"]
+    assert police.break_glass.status(rid, document=True)["referral"] == glass()
+    clock.set_offset(offset, POLICY.break_glass.confirm_seconds + 1)  # type: ignore[union-attr]
+    shown = police.break_glass.status(rid, document=True)
+    assert shown["state"] == "awaiting_confirmation" and "referral" not in shown, shown
+
+
 async def test_a_hold_lapses_whatever_the_agency_s_standing(
     under_policy: tuple[Mechanism, dict[str, str]],
     monkeypatch: pytest.MonkeyPatch,
