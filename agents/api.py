@@ -44,6 +44,7 @@ from .desk import Desk
 from .identification import Identification
 from .lifecycle import REASON_CODES
 from .openapi import IDEMPOTENCY_KEY_PATTERN, MAX_CURSOR, MAX_SINCE, document
+from .protections import authority_steps
 from .retention import Retention
 from .services import Services
 from .store import STATUS_ORDER, Store
@@ -662,14 +663,7 @@ async def decide(request: web.Request) -> web.Response:
 
 #: What the authority's case system may ask of each protection (§8.9; agents/protections.py
 #: says which steps its state allows): protection -> events -> reason codes.
-PROTECTION_STEPS: dict[str, dict[str, tuple[str, ...]]] = {
-    "reflection": {
-        "extended": ("recovery-needs", "child", "proceedings", "other"),
-        "ended": ("public-order", "improper-claim", "person-left"),
-        "not-granted": ("public-order", "improper-claim"),
-    },
-    "no-removal": {"ended": ("residence-permit-granted",)},
-}
+PROTECTION_STEPS: dict[str, dict[str, tuple[str, ...]]] = authority_steps()
 
 
 async def protect(request: web.Request) -> web.Response:

@@ -96,6 +96,20 @@ _TABLE: Final[Mapping[tuple[str, str, str], Mapping[str, tuple[str, tuple[str, .
     },
 }
 
+
+def authority_steps() -> dict[str, dict[str, tuple[str, ...]]]:
+    """What the authority's own case system may ask of each protection, whatever its state
+    now (the API's vocabulary; `allowed` says which the state allows): protection -> event
+    -> the reason codes it takes."""
+    steps: dict[str, dict[str, tuple[str, ...]]] = {}
+    for (protection, _, party), events in _TABLE.items():
+        if party == AUTHORITY:
+            for event, (_, reasons) in events.items():
+                held = steps.setdefault(protection, {}).get(event, ())
+                steps[protection][event] = (*held, *(r for r in reasons if r not in held))
+    return steps
+
+
 #: The state the last notice of a chain leaves its protection in.
 _AFTER: Final[Mapping[tuple[str, str], str]] = {
     (P.NO_REMOVAL, P.STARTED): ON,
