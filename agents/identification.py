@@ -408,7 +408,13 @@ class Identification:
         naming its pair); the step is checked against the protection table and the chain
         rule first (409 `allowed`, 422), so nothing is written for a refused one."""
         last = self.store.last_notice(db, self.agency, case.case_id, protection)
-        held = None if last is None else PR.claimed(last.signed)
+        try:
+            held = None if last is None else PR.claimed(last.signed)
+        except UntrustedInputError as e:  # a damaged row: nothing is signed after it
+            raise E.Conflict(
+                f"this case's stored {protection} notice does not decode ({e.reason})",
+                reason=e.reason,
+            ) from e
         try:
             PR.check(
                 protection,

@@ -486,8 +486,9 @@ async def test_the_reflection_clock_warns_then_ends_the_period(
 
 async def test_a_damaged_chain_does_not_stop_the_clock(authority: Mechanism) -> None:
     """A stored reflection notice damaged in the authority's database: the clock logs that
-    case and goes on (it raises nothing into the timers loop), and reading the case is a
-    409 naming why, not a listing without it."""
+    case and goes on (it raises nothing into the timers loop), and reading the case, or
+    taking a step of that protection, is a 409 naming why, not a listing without it nor a
+    500."""
     m = authority
     _, case_id = await opened_case(m)
     status, _ = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
@@ -502,6 +503,10 @@ async def test_a_damaged_chain_does_not_stop_the_clock(authority: Mechanism) -> 
         conn.close()
     m.agents[AUTHORITY].identification.tick()
     status, problem = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+    assert (status, problem["reason"]) == (409, "malformed"), problem
+    status, problem = await protect(
+        m, case_id, "reflection", {"event": "ended", "reason": "person-left"}
+    )
     assert (status, problem["reason"]) == (409, "malformed"), problem
 
 
