@@ -45,6 +45,7 @@ from .identification import Identification
 from .lifecycle import REASON_CODES
 from .openapi import IDEMPOTENCY_KEY_PATTERN, MAX_CURSOR, MAX_SINCE, document
 from .protections import authority_steps
+from .referral_versions import as_v2
 from .retention import Retention
 from .services import Services
 from .store import STATUS_ORDER, Store
@@ -405,6 +406,11 @@ async def list_referrals(request: web.Request) -> web.Response:
 
 async def get_referral(request: web.Request) -> web.Response:
     _need(request, "read")
+    as_schema = request.query.get("schema")
+    if as_schema not in (None, "2"):
+        raise ProblemError(
+            400, "Bad Request", "schema must be 2 (a referral of schema v1 is read as v2)"
+        )
     backend = request.app[BACKEND]
     held = backend.break_glass.held(request.match_info["id"])
     if held is not None and held.state != "submitted" and request.query.get("sender") is None:
@@ -472,6 +478,8 @@ async def get_referral(request: web.Request) -> web.Response:
         if body["referral"] is not None:  # nothing of a person in an erased one
             with backend.store.transaction() as tx:
                 _record_read(request, tx, owner, referral_id, body["referral"])
+            if as_schema == "2":
+                body["referral"] = as_v2(body["referral"])
     return web.json_response(body)
 
 

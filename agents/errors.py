@@ -97,6 +97,12 @@ class BasisNotAllowed(Unprocessable):
     (PROTOCOL §7.11 `without_consent`)."""
 
 
+class ChildRouteIncomplete(Unprocessable):
+    """A schema v2 referral about a child lacks what the child route needs (PROTOCOL §8.2
+    step 4): a child's legal basis, a `legal_basis_ref` of the national policy's list, and
+    a guardian, a best-interests assessment or a child-protecting recipient."""
+
+
 class ReferralUnsendable(Unprocessable):
     """The referral is valid but cannot go to these recipients as it is (`problems`: consent
     not covering a recipient, an anonymous notification to a non-co-ordinator, attachments

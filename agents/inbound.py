@@ -25,6 +25,7 @@ from keys import Limits
 from keys.codec import parse_json
 from keys.errors import (
     CategoryNotAllowedError,
+    ChildRouteIncompleteError,
     NotAnonymousError,
     NotForThisRoleError,
     SchemaInvalidError,
@@ -186,6 +187,9 @@ def check(
         )
         if problem is not None:  # codes only: the basis and the sender's roles
             raise UnlawfulBasisError(problem)
+        problem = R.child_route_problem(checked.referral, policy=policy)
+        if problem is not None:  # codes only: the basis and the policy's list
+            raise ChildRouteIncompleteError(problem)
         known = sorted(r for r in roles if r in R.ROLE_CATEGORIES)
         allowed = R.categories_for(known, child=checked.referral.is_child, policy=policy)
         if set(R.categories_present(checked.referral.body)) - allowed:
@@ -349,7 +353,7 @@ def _referral(body: bytes, roles: frozenset[str], limits: Limits) -> CheckedRefe
     referral = doc.get("referral")
     if not isinstance(referral, dict):
         raise SchemaInvalidError("a referral message must hold a referral object")
-    _members(referral, R.load_schema()["properties"], "the referral")
+    _members(referral, {*R.ROUTING_FIELDS, "body"}, "the referral")
     content = referral.get("body")
     allowed = _allowed_categories(roles)
     if isinstance(content, dict):
@@ -368,7 +372,7 @@ def _referral(body: bytes, roles: frozenset[str], limits: Limits) -> CheckedRefe
         checked = R.validate_received(referral, allowed_categories=allowed)
     except R.ReferralInvalid as e:  # its problems never quote a value (agents/referral.py)
         shown = "; ".join(e.problems[:3])
-        raise SchemaInvalidError(f"the referral fails schema v1: {shown}") from e
+        raise SchemaInvalidError(f"the referral fails its schema: {shown}") from e
     if checked.referral_id is None:
         raise SchemaInvalidError("a received referral must carry the id its sender assigned")
     key = None

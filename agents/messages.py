@@ -78,6 +78,7 @@ NOTIFIED_REASONS = frozenset(
         "not-shared",
         "reused-referral-id",
         "unlawful-basis",
+        "child-route-incomplete",
         "bad-decision",
         "too-early",
         "misdated",

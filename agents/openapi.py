@@ -127,7 +127,11 @@ def _inline(schema: dict[str, Any], name: str) -> dict[str, Any]:
 #: The published referral and consent receipt schemas, inlined so the document is
 #: self-contained (no network needed to resolve it).
 SCHEMAS: dict[str, Any] = {
-    **_inline(referral.load_schema(), "ReferralV1"),
+    **{
+        k: v
+        for version in referral.SCHEMA_VERSIONS
+        for k, v in _inline(referral.load_schema(version), f"ReferralV{version}").items()
+    },
     **_inline(json.loads(consent.SCHEMA_PATH.read_text(encoding="utf-8")), "ConsentReceiptV1"),
 }
 
@@ -169,8 +173,19 @@ _REASON_CODE = {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,39}$"}
 _REFERRAL_TYPE = {"enum": sorted(LABELS["referral_type"])}
 _URGENCY = {"enum": sorted(LABELS["urgency"])}
 _STATE = {"enum": list(STATES)}
+#: A referral of any schema version an agent accepts.
+_REFERRAL_DOC = {
+    "anyOf": [{"$ref": f"#/components/schemas/ReferralV{v}"} for v in referral.SCHEMA_VERSIONS]
+}
+#: `?schema=2` on a referral's read.
+_AS_SCHEMA = {
+    "name": "schema",
+    "in": "query",
+    "description": "2: a received referral of schema v1 is returned as v2",
+    "schema": {"enum": ["2"]},
+}
 #: A referral as the recipient opened it, or null once erased.
-_OPENED = {"anyOf": [{"$ref": "#/components/schemas/ReferralV1"}, {"type": "null"}]}
+_OPENED = {"anyOf": [*_REFERRAL_DOC["anyOf"], {"type": "null"}]}
 
 
 def _closed(properties: dict[str, Any], *, optional: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -772,7 +787,7 @@ OPENAPI: dict[str, Any] = {
                             "description": "referral_id is assigned by this "
                             "agent (400 if given) and returned as `id`",
                             "allOf": [
-                                {"$ref": "#/components/schemas/ReferralV1"},
+                                _REFERRAL_DOC,
                                 {"not": {"required": ["referral_id"]}},
                             ],
                         },
@@ -837,8 +852,9 @@ OPENAPI: dict[str, Any] = {
                 "received referral's body is recorded: a `record.accessed` audit event names "
                 "this client (PROTOCOL.md §9.0). A break-glass referral still held "
                 "(`awaiting_confirmation`) shows its `referral` document, as submitted, to "
-                "a client with the confirm and read scopes only (what it would confirm)",
-                "parameters": [_PATH_ID, _SENDER],
+                "a client with the confirm and read scopes only (what it would confirm). "
+                "`schema=2` reads a received referral of schema v1 as v2 (PROTOCOL.md §8.1)",
+                "parameters": [_PATH_ID, _SENDER, _AS_SCHEMA],
                 "responses": {
                     "200": _json(_REFERRAL),
                     **_errors(400, 401, 403, 404, 409),

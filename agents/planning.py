@@ -22,6 +22,7 @@ from . import referral as R
 from .errors import (
     BadRequest,
     BasisNotAllowed,
+    ChildRouteIncomplete,
     ConsentDoesNotCover,
     ConsentUnusable,
     ReferralInvalid,
@@ -91,10 +92,16 @@ def plan(
     `attachment_problems` are what the caller found wrong with the cited uploads; `policy`
     is the trusted directory's national policy (None: spec_version 1) and `sender_roles`
     this agency's roles, which together decide whether a basis other than consent stands
-    (`BasisNotAllowed`, PROTOCOL §7.11)."""
+    (`BasisNotAllowed`, PROTOCOL §7.11), and whether a child's referral has what the child
+    route needs (`ChildRouteIncomplete`, §8.2 step 4)."""
     problem = R.basis_problem(referral, policy=policy, sender_roles=sender_roles)
     if problem is not None:
         raise BasisNotAllowed(problem)
+    problem = R.child_route_problem(
+        referral, policy=policy, recipient_roles=[roles[r] for r in recipients]
+    )
+    if problem is not None:
+        raise ChildRouteIncomplete(problem)
     receipt = usable_receipt(referral, consent, now=now)
     problems = list(attachment_problems)
     only_coverage = not problems

@@ -1,9 +1,10 @@
-"""The standard referral v1: schema validation, data categories, minimisation, anonymisation.
+"""The standard referral: schema validation, data categories, minimisation, anonymisation.
 
-Pure code, no I/O beyond reading the published schema once. The schema
-(`docs/schemas/referral-v1.schema.json`) is the normative definition of the format; this module
-reads the data category of every body field from its `x-nrm-category` annotations, so the two
-cannot drift apart.
+Pure code, no I/O beyond reading the published schemas once. The schemas
+(`agents/schemas/referral-v1.schema.json` and `referral-v2.schema.json`; a document names its
+own in `schema_version`) are the normative definition of the format; this module reads the
+data category of every body field from their `x-nrm-category` annotations, so the two cannot
+drift apart. A field both versions define has the same category in both.
 
 Nothing here ever puts a submitted value into an error: referral bodies are personal data, and
 problems travel into logs, audit events and problem+json answers. A problem names a JSON pointer
@@ -35,12 +36,17 @@ __all__ = [
     "ANONYMOUS_LOCATION_FIELDS",
     "BREAK_GLASS_BASIS",
     "CATEGORIES",
+    "CHILD_BASES",
+    "CHILD_PROTECTING_ROLES",
     "FIELD_CATEGORY",
     "IDENTIFYING",
     "MAX_PROBLEMS",
     "ROLE_CATEGORIES",
-    "SCHEMA_ID",
-    "SCHEMA_PATH",
+    "ROUTING_FIELDS",
+    "SCHEMA_DIR",
+    "SCHEMA_IDS",
+    "SCHEMA_PATHS",
+    "SCHEMA_VERSIONS",
     "Referral",
     "ReferralInvalid",
     "anonymise",
@@ -49,6 +55,7 @@ __all__ = [
     "categories_for",
     "categories_for_roles",
     "categories_present",
+    "child_route_problem",
     "is_child",
     "load_schema",
     "minimise",
@@ -57,9 +64,17 @@ __all__ = [
     "validate_referral",
 ]
 
-#: The published schema. The lead ships it as package data; until then it is read from the repo.
-SCHEMA_PATH: Final = Path(__file__).resolve().parent / "schemas" / "referral-v1.schema.json"
-SCHEMA_ID: Final = "https://nrm-exchange.org/schemas/referral-v1.json"
+#: The published schemas (package data), one per `schema_version` an agent accepts, oldest
+#: first. A sender keeps the version its case system submitted; PROTOCOL §8.1 says how a
+#: version 1 document reads as version 2 (agents/referral_versions.py).
+SCHEMA_DIR: Final = Path(__file__).resolve().parent / "schemas"
+SCHEMA_VERSIONS: Final[tuple[str, ...]] = ("1", "2")
+SCHEMA_PATHS: Final[Mapping[str, Path]] = {
+    v: SCHEMA_DIR / f"referral-v{v}.schema.json" for v in SCHEMA_VERSIONS
+}
+SCHEMA_IDS: Final[Mapping[str, str]] = {
+    v: f"https://nrm-exchange.org/schemas/referral-v{v}.json" for v in SCHEMA_VERSIONS
+}
 #: At most this many problems are reported for one document (the rest are summarised).
 MAX_PROBLEMS: Final = 50
 
@@ -101,6 +116,8 @@ class Referral:
     consent_receipt_id: str | None = None
     in_reply_to: str | None = None
     expires: str | None = None
+    #: Schema v2: the national provision a child's referral relies on (PROTOCOL §8.2 step 4).
+    legal_basis_ref: str | None = None
     #: The routing member `break_glass` (PROTOCOL §8.2 step 2): its reason, and whether the
     #: sending agent marked it confirmed by a second API client.
     break_glass_reason: str | None = None
@@ -128,6 +145,8 @@ class Referral:
             "purpose": self.purpose,
             "created": self.created,
         }
+        if self.legal_basis_ref is not None:
+            out["legal_basis_ref"] = self.legal_basis_ref
         for name in ("referral_id", "consent_receipt_id", "in_reply_to", "expires"):
             value = getattr(self, name)
             if value is not None:
@@ -143,11 +162,12 @@ class Referral:
 
 
 @functools.cache
-def load_schema() -> dict[str, Any]:
-    """The published referral schema, read once. Do not mutate the result."""
-    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-    if schema.get("$id") != SCHEMA_ID:
-        raise RuntimeError(f"{SCHEMA_PATH} is not the referral v1 schema")
+def load_schema(version: str) -> dict[str, Any]:
+    """The published referral schema of `version`, read once. Do not mutate the result."""
+    path = SCHEMA_PATHS[version]
+    schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    if schema.get("$id") != SCHEMA_IDS[version]:
+        raise RuntimeError(f"{path} is not the referral v{version} schema")
     return schema  # a valid Draft 2020-12 schema: tests/test_referral_schema.py
 
 
@@ -176,41 +196,53 @@ def _is_date(value: object) -> bool:
 
 
 @functools.cache
-def _check() -> SchemaCheck:
-    return SchemaCheck(load_schema(), formats={"date": _is_date, "date-time": _is_rfc3339})
+def _check(version: str) -> SchemaCheck:
+    return SchemaCheck(load_schema(version), formats={"date": _is_date, "date-time": _is_rfc3339})
 
 
 def compile_validators() -> None:
-    """Compile the schema now (at start-up, so the compiler's scratch memory is reused by
+    """Compile the schemas now (at start-up, so the compiler's scratch memory is reused by
     what comes after instead of raising the agent's resident size for good)."""
-    _check()
+    for version in SCHEMA_VERSIONS:
+        _check(version)
 
 
-def _body_properties() -> dict[str, Any]:
-    props: dict[str, Any] = load_schema()["$defs"]["body"]["properties"]
+def body_properties(version: str) -> dict[str, Any]:
+    """The body fields `version` defines, with their schemas."""
+    props: dict[str, Any] = load_schema(version)["$defs"]["body"]["properties"]
     return props
 
 
 def _categories() -> tuple[str, ...]:
-    names = tuple(load_schema()["x-nrm-categories"])
+    names = tuple(load_schema("1")["x-nrm-categories"])
+    for version in SCHEMA_VERSIONS:
+        if tuple(load_schema(version)["x-nrm-categories"]) != names:
+            raise RuntimeError(f"referral v{version} has other data categories than v1")
     return names
 
 
 def _field_category() -> dict[str, str]:
     known = set(_categories())
     out: dict[str, str] = {}
-    for field, spec in _body_properties().items():
-        category = spec.get("x-nrm-category")
-        if category not in known:
-            raise RuntimeError(f"body field {field} has no known x-nrm-category")
-        out[field] = category
+    for version in SCHEMA_VERSIONS:
+        for field, spec in body_properties(version).items():
+            category = spec.get("x-nrm-category")
+            if category not in known:
+                raise RuntimeError(f"body field {field} has no known x-nrm-category")
+            if out.setdefault(field, category) != category:
+                raise RuntimeError(f"body field {field} changes category between versions")
     return out
 
 
 #: Every data category, in the schema's order (`x-nrm-categories` documents each).
 CATEGORIES: Final[tuple[str, ...]] = _categories()
-#: body field -> data category, from the schema's `x-nrm-category` annotations.
+#: body field -> data category, from the schemas' `x-nrm-category` annotations (every field of
+#: any version: a field one version lacks is refused by that version's schema).
 FIELD_CATEGORY: Final[Mapping[str, str]] = _field_category()
+#: The routing fields of any version (the referral object's members other than `body`).
+ROUTING_FIELDS: Final = frozenset(
+    name for v in SCHEMA_VERSIONS for name in load_schema(v)["properties"] if name != "body"
+)
 
 _LAW_ENFORCEMENT: Final = frozenset(
     {
@@ -294,13 +326,17 @@ ROLE_CATEGORIES: Final[Mapping[str, frozenset[str]]] = {
 #: The categories that identify a child or lead to one: under a national policy they go only
 #: to agencies holding a role of its `child_identity_roles` (PROTOCOL §7.11, CETS Art 11).
 CHILD_IDENTITY_CATEGORIES: Final = frozenset({"identity", "contact", "attachments"})
-#: The legal bases a child's referral relies on under a national policy: it needs no consent,
-#: and consent alone is not a basis for it (docs/proposals/nrm-process.md §6.2).
+#: The legal bases a child's referral relies on (under a national policy, or in schema v2): it
+#: needs no consent, and consent alone is not a basis for it (PROTOCOL §8.2 step 4).
 CHILD_BASES: Final[tuple[str, ...]] = ("child_protection", "legal_obligation", "vital_interests")
+#: Roles that protect children: one among the recipients of a schema v2 child's referral
+#: stands in for a guardian or a best-interests assessment (PROTOCOL §8.2 step 4).
+CHILD_PROTECTING_ROLES: Final = frozenset({"child-protection", "social-services"})
 
 #: Body fields an anonymous notification may carry (`locations` reduced further, see below):
 #: coded fields only, each value from a closed list (enumerations, country and language codes).
 #: Not `indicators`: its codes are open (national lists vary), so they could spell a name.
+#: (`nrm_stage` is a field of schema v1 only.)
 ANONYMOUS_FIELDS: Final = frozenset(
     {
         "age_category",
@@ -330,12 +366,14 @@ def _check_tables() -> None:
             raise RuntimeError(f"role {role} names unknown categories")
     if ANONYMOUS_FIELDS - frozenset(FIELD_CATEGORY):
         raise RuntimeError("anonymous allow-list names unknown fields")
-    anonymous_body = load_schema()["allOf"][1]["then"]["properties"]["body"]
-    if frozenset(anonymous_body["propertyNames"]["enum"]) != ANONYMOUS_FIELDS:
-        raise RuntimeError("schema and module disagree on the anonymous allow-list")
-    location = anonymous_body["properties"]["locations"]["items"]["propertyNames"]["enum"]
-    if frozenset(location) != ANONYMOUS_LOCATION_FIELDS:
-        raise RuntimeError("schema and module disagree on the anonymous location allow-list")
+    for version in SCHEMA_VERSIONS:
+        anonymous_body = load_schema(version)["allOf"][1]["then"]["properties"]["body"]
+        fields = ANONYMOUS_FIELDS & frozenset(body_properties(version))
+        if frozenset(anonymous_body["propertyNames"]["enum"]) != fields:
+            raise RuntimeError(f"schema v{version} and module disagree on the anonymous fields")
+        location = anonymous_body["properties"]["locations"]["items"]["propertyNames"]["enum"]
+        if frozenset(location) != ANONYMOUS_LOCATION_FIELDS:
+            raise RuntimeError(f"schema v{version} and module disagree on anonymous locations")
 
 
 _check_tables()
@@ -363,6 +401,8 @@ def _describe(error: ValidationError) -> list[str]:
     instance: Any = error.instance
     if "propertyNames" in error.schema_path:
         return [f"{where}/{_field_name(instance)}: not allowed in this kind of referral"]
+    if kind == "not":  # the schema says why in its own words (x-nrm-problem)
+        return [f"{where}: {error.schema.get('x-nrm-problem', 'not allowed here')}"]
     if kind == "required" and isinstance(instance, dict):
         return [f"{where}/{name}: required" for name in rule if name not in instance]
     if kind == "additionalProperties" and isinstance(instance, dict):
@@ -395,8 +435,12 @@ def _describe(error: ValidationError) -> list[str]:
 
 def _problems(doc: object, *, excused: frozenset[str] = frozenset()) -> list[str]:
     """Problems of `doc`, leaving out a body's missing required fields whose categories are
-    all in `excused` (see `validate_received`)."""
-    errors = sorted(_check().errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    all in `excused` (see `validate_received`). A document is judged by the schema its
+    `schema_version` names; one naming none that an agent knows, by none."""
+    version = doc.get("schema_version") if isinstance(doc, dict) else None
+    if not isinstance(version, str) or version not in SCHEMA_VERSIONS:
+        return ["/schema_version: must be one of: " + ", ".join(map(json.dumps, SCHEMA_VERSIONS))]
+    errors = sorted(_check(version).errors(doc), key=lambda e: list(map(str, e.absolute_path)))
     problems: list[str] = []
     for error in errors:
         if excused and _minimised_away(error, excused):
@@ -442,7 +486,8 @@ def _semantic_problems(doc: dict[str, Any]) -> list[str]:
 
 
 def validate_referral(doc: dict[str, Any]) -> Referral:
-    """Validate a submitted referral against schema v1 and return it, or raise `ReferralInvalid`.
+    """Validate a submitted referral against the schema of its `schema_version` and return
+    it, or raise `ReferralInvalid`.
 
     The caller's dict is never mutated nor aliased by the result.
     """
@@ -483,6 +528,7 @@ def _validated(doc: dict[str, Any], *, excused: frozenset[str]) -> Referral:
         consent_receipt_id=doc.get("consent_receipt_id"),
         in_reply_to=doc.get("in_reply_to"),
         expires=doc.get("expires"),
+        legal_basis_ref=doc.get("legal_basis_ref"),
         break_glass_reason=doc["break_glass"]["reason"] if "break_glass" in doc else None,
         break_glass_confirmed=doc.get("break_glass", {}).get("confirmed") is True,
     )
@@ -560,7 +606,8 @@ def basis_problem(
     if policy is None:
         return None
     if referral.is_child:
-        if referral.legal_basis in CHILD_BASES:
+        if referral.legal_basis in CHILD_BASES or referral.schema_version != "1":
+            # a schema v2 child's referral: the child route judges it (child_route_problem)
             return None
         return (
             f"a child's referral (age_category {referral.body.get('age_category')}) relies on "
@@ -577,6 +624,49 @@ def basis_problem(
         f"roles {', '.join(roles) or '(none)'} under the national policy (without_consent); "
         "refer under consent"
     )
+
+
+def child_route_problem(
+    referral: Referral,
+    *,
+    policy: Policy | None,
+    recipient_roles: Iterable[Iterable[str]] | None = None,
+) -> str | None:
+    """Why a schema v2 referral about a child (or a disputed age) lacks what the child route
+    needs, or None (PROTOCOL §8.2 step 4, `child-route-incomplete`): a basis of
+    `CHILD_BASES`, never consent alone; a `legal_basis_ref`, one of the national policy's
+    `child_legal_bases` where it lists any (the schema makes it a code, never free text);
+    and a guardian, a best-interests assessment or, among
+    `recipient_roles` (each recipient's roles), an agency holding one of
+    `CHILD_PROTECTING_ROLES`. A recipient passes None: it sees its own copy only, so the
+    last rule is its sender's, and a copy minimised to no `age_category` (a role that never
+    learns it) is judged by the sender alone too. A schema v1 referral keeps the rules of v1
+    (`basis_problem`). The answer names codes only, never a value of the body."""
+    if referral.schema_version == "1" or referral.body.get("age_category") in (None, "adult"):
+        return None
+    if referral.legal_basis not in CHILD_BASES:
+        return (
+            f"a child's referral relies on {', '.join(CHILD_BASES)}, never on "
+            f"{referral.legal_basis} alone; a consent receipt may still be cited"
+        )
+    listed = () if policy is None else policy.child_legal_bases
+    if referral.legal_basis_ref is None:
+        return "a child's referral names the provision it relies on (legal_basis_ref)"
+    if listed and referral.legal_basis_ref not in listed:
+        return "legal_basis_ref must be one of the national policy's child_legal_bases: " + (
+            ", ".join(listed)
+        )
+    if recipient_roles is None or "guardian" in referral.body or _ASSESSED in referral.body:
+        return None
+    if any(CHILD_PROTECTING_ROLES & set(roles) for roles in recipient_roles):
+        return None
+    return (
+        "a child's referral has a guardian, a best_interests_assessment_ref, or a "
+        "recipient holding " + " or ".join(sorted(CHILD_PROTECTING_ROLES))
+    )
+
+
+_ASSESSED: Final = "best_interests_assessment_ref"
 
 
 def break_glass_problem(

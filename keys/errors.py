@@ -223,6 +223,14 @@ class UnlawfulBasisError(UntrustedInputError):
     reason = "unlawful-basis"
 
 
+class ChildRouteIncompleteError(UntrustedInputError):
+    """A schema v2 referral about a child (or a disputed age) without what the child route
+    needs: a child's legal basis and a `legal_basis_ref` of the national policy's list
+    (PROTOCOL §8.2 step 4)."""
+
+    reason = "child-route-incomplete"
+
+
 class NotForThisRoleError(UntrustedInputError):
     """A message kind or referral type that the receiver's directory roles never receive
     (an escalation or an anonymous notification to an agency that is not a coordinator)."""

@@ -26,6 +26,8 @@ from agents import Agent
 from broker import NatsServer
 from keys import AgencyKeys, seal
 from keys.keyfile import KdfCost
+from keys.policy import Policy
+from nrm import admin
 from nrm.admin import AdminFolder
 from nrm.sandbox import AgencySetup, Sandbox, SandboxTls, prepare_mechanism
 from runtime import clock
@@ -390,3 +392,18 @@ def sealed(
         created=created,
         expires=created + 3600 if expires is None else expires,
     ).data
+
+
+async def publish_policy(m: Mechanism, policy: Policy) -> None:
+    """Sign and publish a directory carrying the national `policy`, and wait until every
+    running agent trusts it."""
+    admin.set_policy(m.sandbox.admin, policy)
+    m.sandbox.sign_draft()
+    await m.sandbox.publish()
+
+    async def everyone_has_it() -> bool:
+        return all(
+            (d := a.trust.directory) is not None and d.policy == policy for a in m.agents.values()
+        )
+
+    await eventually(everyone_has_it, what="every agent to take the directory with the policy")

@@ -394,19 +394,22 @@ NEAR_VALUES = (
 @given(st.sampled_from(VALID_REFERRALS).flatmap(lambda d: structural_mutation(d, NEAR_VALUES)))
 def test_compiled_referral_schema_never_accepts_what_the_reference_refuses(doc: Any) -> None:
     """The compiled fast path (fastjsonschema) decides alone only when it accepts; that must
-    never be a document the reference validator (jsonschema, Draft 2020-12) refuses."""
-    check = referral_schema._check()
-    if check.accepts(copy.deepcopy(doc)):
-        assert list(check.reference.iter_errors(doc)) == []
+    never be a document the reference validator (jsonschema, Draft 2020-12) refuses, for
+    either schema version."""
+    for version in referral_schema.SCHEMA_VERSIONS:
+        check = referral_schema._check(version)
+        if check.accepts(copy.deepcopy(doc)):
+            assert list(check.reference.iter_errors(doc)) == []
 
 
 @pytest.mark.parametrize("path", sorted((EXAMPLES.parent / "invalid").glob("*.json")), ids=str)
 def test_compiled_referral_schema_refuses_every_invalid_example(path: Path) -> None:
     doc = json.loads(path.read_text(encoding="utf-8"))
     doc.pop("$comment"), doc.pop("$expect", None)
-    check = referral_schema._check()
-    if list(check.reference.iter_errors(doc)):  # invalid by the schema itself
-        assert not check.accepts(doc)
+    for version in referral_schema.SCHEMA_VERSIONS:
+        check = referral_schema._check(version)
+        if list(check.reference.iter_errors(doc)):  # invalid by the schema itself
+            assert not check.accepts(doc)
 
 
 VALID_CONSENT = samples.consent(str(uuid.uuid4()))

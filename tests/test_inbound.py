@@ -58,7 +58,7 @@ from . import samples
 from .support import Mechanism, agency_keys, eventually, sealed
 from .test_agent import connect_as, delivered
 
-EXAMPLES = R.SCHEMA_PATH.parent / "examples" / "valid"
+EXAMPLES = R.SCHEMA_DIR / "examples" / "valid"
 RID = "ab" * 16
 CANARY = "ZZ-CANARY-5e1d"
 KEY = "A" * 43 + "="  # base64 of 32 zero bytes

@@ -17,10 +17,16 @@ from keys import DEFAULT_LIMITS
 from keys.codec import canonical_json
 from keys.errors import UnlawfulBasisError
 from keys.policy import Policy
-from nrm import admin
 
 from . import samples
-from .support import Mechanism, agency_keys, eventually, running_mechanism, sealed
+from .support import (
+    Mechanism,
+    agency_keys,
+    eventually,
+    publish_policy,
+    running_mechanism,
+    sealed,
+)
 from .test_sender_scope import publish, rejected
 
 CHILD = {**samples.BODY, "age_category": "child", "guardian": {"guardian_type": "local_authority"}}
@@ -74,17 +80,7 @@ def test_the_receiver_refuses_what_the_policy_does_not_allow() -> None:
 @pytest.fixture
 async def under_policy(tmp_path: Path) -> AsyncIterator[Mechanism]:
     async with running_mechanism(tmp_path) as m:
-        admin.set_policy(m.sandbox.admin, POLICY)
-        m.sandbox.sign_draft()
-        await m.sandbox.publish()
-
-        async def everyone_has_it() -> bool:
-            return all(
-                (d := a.trust.directory) is not None and d.policy == POLICY
-                for a in m.agents.values()
-            )
-
-        await eventually(everyone_has_it, what="every agent to take the directory with a policy")
+        await publish_policy(m, POLICY)
         yield m
 
 

@@ -37,6 +37,7 @@ def test_the_wheel_installs_into_a_clean_venv_and_runs_the_demo(tmp_path: Path) 
     for needed in (
         "agents/storage/__init__.py",
         "agents/schemas/referral-v1.schema.json",
+        "agents/schemas/referral-v2.schema.json",
         "agents/schemas/consent-receipt-v1.schema.json",
         "broker/ledger_ui/index.html",
         "broker/ledger_ui/app.js",

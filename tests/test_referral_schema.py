@@ -1,4 +1,5 @@
-"""The referral schema v1, its examples, data categories, minimisation and anonymisation.
+"""The referral schemas (v1 and v2), their examples, data categories, minimisation and
+anonymisation.
 
 Each example file is plain data any implementation can use. Its top-level `"$comment"` says
 what the example shows (for an invalid one: the single thing that is wrong) and an invalid
@@ -19,7 +20,7 @@ from jsonschema import Draft202012Validator
 from agents import referral as R
 from keys import ROLES
 
-EXAMPLES = R.SCHEMA_PATH.parent / "examples"
+EXAMPLES = R.SCHEMA_DIR / "examples"
 VALID = sorted((EXAMPLES / "valid").glob("*.json"))
 INVALID = sorted((EXAMPLES / "invalid").glob("*.json"))
 CANARY = "ZZ-CANARY-7f3a9c"
@@ -37,11 +38,13 @@ def example(name: str) -> dict[str, Any]:
     return load(EXAMPLES / "valid" / f"{name}.json")[0]
 
 
-def test_schema_is_a_valid_2020_12_schema() -> None:
-    """The published schema is itself valid JSON Schema 2020-12 with the agreed $id."""
-    schema = R.load_schema()
+@pytest.mark.parametrize("version", R.SCHEMA_VERSIONS)
+def test_schema_is_a_valid_2020_12_schema(version: str) -> None:
+    """Each published schema is itself valid JSON Schema 2020-12 with the agreed $id."""
+    schema = R.load_schema(version)
     Draft202012Validator.check_schema(schema)
-    assert schema["$id"] == "https://nrm-exchange.org/schemas/referral-v1.json"
+    assert schema["$id"] == f"https://nrm-exchange.org/schemas/referral-v{version}.json"
+    assert schema["properties"]["schema_version"] == {"const": version}
 
 
 def test_enough_examples() -> None:
@@ -137,11 +140,17 @@ def test_not_an_object() -> None:
 
 
 def test_every_body_field_has_a_known_category() -> None:
-    """Every body property carries an x-nrm-category among the documented categories."""
-    props = R.load_schema()["$defs"]["body"]["properties"]
-    assert set(R.FIELD_CATEGORY) == set(props)
+    """Every body property of either version carries an x-nrm-category among the documented
+    categories, the same in both."""
+    fields: set[str] = set()
+    for version in R.SCHEMA_VERSIONS:
+        props = R.load_schema(version)["$defs"]["body"]["properties"]
+        fields |= set(props)
+        assert set(R.CATEGORIES) == set(R.load_schema(version)["x-nrm-categories"])
+        for name, spec in props.items():
+            assert R.FIELD_CATEGORY[name] == spec["x-nrm-category"]
+    assert set(R.FIELD_CATEGORY) == fields
     assert set(R.FIELD_CATEGORY.values()) <= set(R.CATEGORIES)
-    assert set(R.CATEGORIES) == set(R.load_schema()["x-nrm-categories"])
     assert R.FIELD_CATEGORY["narrative"] == "case"
     assert R.FIELD_CATEGORY["perpetrator_information"] == "criminal"
     assert R.FIELD_CATEGORY["health_needs"] == "health"

@@ -37,6 +37,7 @@ from .support import (
     ESCALATING_LIMITS,
     Mechanism,
     eventually,
+    publish_policy,
     query,
     running_mechanism,
     webhook_receiver,
@@ -402,20 +403,11 @@ async def test_unacknowledged_urgent_referral_escalates_with_metadata_only(
         assert samples.BODY["names"]["given_names"] not in json.dumps(doc)
 
 
-async def publish_policy(m: Mechanism, tiers: dict[str, Tier]) -> None:
+async def publish_tiers(m: Mechanism, tiers: dict[str, Tier]) -> None:
     """Publish a directory whose national policy has these priority tiers, and wait until
     every agent trusts it."""
     policy = Policy(country="LT", priority=tiers, without_consent={"police": ("public_task",)})
-    admin.set_policy(m.sandbox.admin, policy)
-    m.sandbox.sign_draft()
-    await m.sandbox.publish()
-
-    async def everyone_has_it() -> bool:
-        return all(
-            (d := a.trust.directory) is not None and d.policy == policy for a in m.agents.values()
-        )
-
-    await eventually(everyone_has_it, what="every agent to take the policy")
+    await publish_policy(m, policy)
 
 
 async def test_under_a_national_policy_its_tiers_decide_what_escalates(
@@ -431,16 +423,7 @@ async def test_under_a_national_policy_its_tiers_decide_what_escalates(
         "routine": Tier(acknowledge_seconds=2, due_seconds=240),
     }
     policy = Policy(country="LT", priority=tiers, without_consent={"police": ("public_task",)})
-    admin.set_policy(m.sandbox.admin, policy)
-    m.sandbox.sign_draft()
-    await m.sandbox.publish()
-
-    async def everyone_has_it() -> bool:
-        return all(
-            (d := a.trust.directory) is not None and d.policy == policy for a in m.agents.values()
-        )
-
-    await eventually(everyone_has_it, what="every agent to take the policy")
+    await publish_policy(m, policy)
     routine = await m.api("police").refer(["shelter"], samples.referral())
     coordinator = m.database("coordinator")
 
@@ -475,7 +458,7 @@ async def test_an_unanswered_referral_goes_overdue_once_an_accepted_one_does_not
         "urgent": Tier(acknowledge_seconds=None, due_seconds=2),
         "routine": Tier(acknowledge_seconds=None, due_seconds=2),
     }
-    await publish_policy(m, tiers)
+    await publish_tiers(m, tiers)
     late = await m.api("police").refer(["shelter"], samples.referral())
     coordinator, police = m.database("coordinator"), m.database("police")
 

@@ -25,6 +25,7 @@ from nacl.signing import SigningKey
 from agents.consent import SignedReceipt, encode_stored, parse_receipt, sign_receipt
 from agents.lifecycle import Transition
 from agents.messages import DeliveryReceipt
+from agents.referral_versions import as_v2
 from keys import codec
 from keys.audit import AuditEvent, decode_signed_event, sign_event
 from keys.catalogue import (
@@ -1344,6 +1345,31 @@ def _child_referral(legal_basis: str, keep: tuple[str, ...]) -> bytes:
     )
 
 
+def _child_referral_v2(legal_basis: str, **routing: str) -> bytes:
+    """The demo's referral about a child in schema v2 (HTCDS 2.0 codes, a guardian named),
+    under `legal_basis`, with the routing fields `routing` (`legal_basis_ref`), for a
+    co-ordinator (PROTOCOL §8.2 step 4)."""
+    doc = examples.referral(created="2026-01-01T00:00:00Z", schema_version="2")
+    body = {
+        **{k: v for k, v in doc["body"].items() if k != "attachments"},
+        "age_category": "child",
+        "guardian": {"guardian_type": "local_authority"},
+    }
+    if legal_basis == "consent":
+        routing = {**routing, "consent_receipt_id": RECEIPT_DOC["receipt_id"]}
+    return canonical_json(
+        {
+            "referral": {
+                **doc,
+                "legal_basis": legal_basis,
+                **routing,
+                "referral_id": fixed("child referral v2")[:16].hex(),
+                "body": body,
+            }
+        }
+    )
+
+
 #: What a health service may receive of the child's referral (its roles' categories).
 _HEALTH_FIELDS = ("age_category", "names", "languages", "health_needs", "requested_services")
 
@@ -1433,6 +1459,40 @@ def _basis_vectors() -> list[tuple[str, str, str, str, str, bytes]]:
             "police",
             "ok",
             _child_referral("child_protection", tuple(f for f in _HEALTH_FIELDS if f != "names")),
+        ),
+        (
+            "referral-v2-child",
+            "schema v2: a child's referral under child_protection naming a provision the "
+            "policy lists in child_legal_bases",
+            "coordinator",
+            "police",
+            "ok",
+            _child_referral_v2("child_protection", legal_basis_ref="children_act_s5"),
+        ),
+        (
+            "referral-v2-child-without-ref",
+            "schema v2: the same without legal_basis_ref",
+            "coordinator",
+            "police",
+            "child-route-incomplete",
+            _child_referral_v2("child_protection"),
+        ),
+        (
+            "referral-v2-child-ref-not-listed",
+            "schema v2: a legal_basis_ref the policy's child_legal_bases does not list",
+            "coordinator",
+            "police",
+            "child-route-incomplete",
+            _child_referral_v2("child_protection", legal_basis_ref="children_act_s99"),
+        ),
+        (
+            "referral-v2-child-consent-alone",
+            "schema v2: a child's referral under consent alone (the child route, not the "
+            "basis rule of v1, refuses it)",
+            "coordinator",
+            "police",
+            "child-route-incomplete",
+            _child_referral_v2("consent", legal_basis_ref="children_act_s5"),
         ),
     ]
 
@@ -3093,6 +3153,42 @@ def notice_message_vectors() -> Iterator[tuple[str, str]]:
         yield f"body-protection-notice-{name}", render(header, data)
 
 
+def _mapping_text(comment: str, v1: dict[str, Any]) -> str:
+    v2 = as_v2(v1)
+    lines = [f"comment: {comment}"]
+    for name, doc in (("v1", v1), ("v2", v2)):
+        lines += ["", f"{name}:", *textwrap.wrap(b64(canonical_json(doc)), 76)]
+    return "\n".join(lines) + "\n"
+
+
+def mapping_vectors() -> Iterator[tuple[str, str]]:
+    """referral-v1-to-v2-*: a schema v1 referral and the v2 document it reads as (PROTOCOL
+    §8.1 "Schema versions"), each the base64 of its canonical JSON."""
+    doc = examples.referral(created="2026-01-01T00:00:00Z")
+    body = {k: v for k, v in doc["body"].items() if k != "attachments"}
+    mapped = {
+        **body,
+        "gender": "transgender_non_conforming",
+        "exploitation_types": ["illicit_activities", "forced_labour", "illegal_adoption"],
+        "nrm_stage": "reasonable_grounds_positive",
+    }
+    yield (
+        "referral-v1-to-v2-codes",
+        _mapping_text(
+            "every mapped field at once: a gender split in v2, two v1 types meeting in one "
+            "v2 type, a renamed type, and nrm_stage dropped",
+            {**doc, "body": mapped},
+        ),
+    )
+    yield (
+        "referral-v1-to-v2-unchanged",
+        _mapping_text(
+            "a v1 referral with none of the fields v2 changed: only schema_version changes",
+            {**doc, "body": body},
+        ),
+    )
+
+
 #: Every family: (file name prefix, generator of (name, text)).
 FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("canonical-json-", canonical_json_vectors),
@@ -3110,6 +3206,7 @@ FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("catalogue-", catalogue_vectors),
     ("protection-", protection_vectors),
     ("body-protection-notice-", notice_message_vectors),
+    ("referral-v1-to-v2-", mapping_vectors),
 ]
 #: Every file name prefix written here (for removing stale files).
 PREFIXES = (
@@ -3131,4 +3228,5 @@ PREFIXES = (
     "catalogue-",
     "capacity-",
     "protection-",
+    "referral-v1-to-v2-",
 )

@@ -157,7 +157,7 @@ class Scenario:
 
 def _example(name: str) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(
-        (R.SCHEMA_PATH.parent / "examples" / "valid" / f"{name}.json").read_text("utf-8")
+        (R.SCHEMA_DIR / "examples" / "valid" / f"{name}.json").read_text("utf-8")
     )
     del doc["$comment"]
     return doc
