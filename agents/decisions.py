@@ -188,10 +188,10 @@ def check_received(
     `skew`: the clock skew tolerated (Limits.clock_skew_seconds); `authority`: the trusted
     directory's entry for the decision's authority (None if it lists none); `history`: the
     signing key history; `pair`: what the receiver holds under the message's pair;
-    `held_stages`: the stages of the
-    decision's case it holds decisions of; `first`: the positive first stage of that case it
-    holds (None if none), verified again, called only when a second stage is judged, after
-    every check on the sender; `min_days`: the national policy's `second_stage_min_days`."""
+    `held_stages`: the stages of the decision's case it holds decisions of; `first`: the
+    positive first stage of that case it holds (None if none), verified again, called only
+    when a second stage is judged, after every check on the sender; `min_days`: the
+    national policy's `second_stage_min_days`."""
     decision = claimed(message.signed)  # malformed
     if decision.decided_at > created + skew:  # before decided_at picks a key
         raise MisdatedError(

@@ -226,10 +226,9 @@ def check_received(
 
     `skew`: Limits.clock_skew_seconds; `authority`: the trusted directory's entry for the
     notice's authority (None if it lists none); `history`: its signing key history;
-    `pair`: what the receiver holds under the message's pair; `held`: the last notice it holds of
-    the same protection of the same case, verified again (None if none), called only after
-    every check on the sender;
-    `reflection_min_days`: the national policy's."""
+    `pair`: what the receiver holds under the message's pair; `held`: the last notice it
+    holds of the same protection of the same case, verified again (None if none), called
+    only after every check on the sender; `reflection_min_days`: the national policy's."""
     notice = claimed(message.signed)  # malformed
     if notice.at > created + skew:  # before `at` picks a key
         raise MisdatedError(

@@ -63,7 +63,7 @@ class Erasure(Database):
         delete_webhooks_naming(db, owner, referral_id)
 
     def _own_agency(self) -> str:
-        if self.agency is None:  # whose decisions are its own is not known: erase nothing
+        if self.agency is None:  # which decisions are its own is not known: refuse to guess
             raise RuntimeError("erasing a received referral needs the database's agency")
         return self.agency
 
