@@ -729,7 +729,10 @@ class Agent:
         the inbox row, then the handler of its kind (`self.handlers`)."""
         h = opened.header
         now = clock.now()
-        keep_body = h.kind not in (REFERRAL,)  # referral bodies are stored encrypted by the desk
+        # Referral bodies are stored encrypted by the desk; a decision's or a notice's is kept
+        # only in its own table (the signed document as received), so that erasing the pair
+        # it names leaves no copy behind in the inbox (docs/DESIGN.md "Erasure").
+        keep_body = h.kind not in (REFERRAL, IDENTIFICATION_DECISION, PROTECTION_NOTICE)
         received = Received(
             seq=0,
             message_id=h.message_id,

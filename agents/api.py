@@ -596,7 +596,7 @@ async def refuse_break_glass(request: web.Request) -> web.Response:
 async def referral_decisions(request: web.Request) -> web.Response:
     """The identification decisions held under a referral, each verified again (§8.7). A
     coordinator holds them under the referrer's pair without holding the referral: named
-    with `?sender=`, that pair is found by its decisions."""
+    with `?sender=`, that pair is found by its decisions. `erased` as for the referral."""
     return _held_under_pair(request, lambda i: i.decisions)
 
 
@@ -626,7 +626,11 @@ def _held_under_pair(
     items = listing(backend.identification)(owner, referral_id)
     if not items and owner not in backend.store.owners_of(referral_id):
         raise ProblemError(404, "Not Found", NO_REFERRAL)
-    return web.json_response({"id": referral_id, "sender": owner, "items": items})
+    # As for the referral itself: `erased` once the referral received under the pair was
+    # erased (consent withdrawal); what was received under it went too, this agency's own
+    # decisions and notices (a competent authority's) stay (docs/DESIGN.md "Erasure").
+    erased = backend.store.is_erased(owner, referral_id)
+    return web.json_response({"id": referral_id, "sender": owner, "erased": erased, "items": items})
 
 
 async def list_cases(request: web.Request) -> web.Response:

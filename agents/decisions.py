@@ -31,6 +31,7 @@ from keys.decision import (
 from keys.errors import (
     AlreadyDecidedError,
     BadDecisionError,
+    ErasedPairError,
     MisdatedError,
     NotForThisRoleError,
     NotSharedError,
@@ -135,17 +136,34 @@ def check_late_copy(
     signing_key_at(history, agency=agency, kid=kid, at=created)
 
 
+@dataclass(frozen=True, slots=True)
+class UnderPair:
+    """What the receiver holds under the pair a decision or notice names (§8.7, §8.9).
+
+    `shared`: it holds the pair with the message's sender as counterpart or owner (or is a
+    coordinator); `erased`: it erased the referral it received under the pair (§8.5);
+    `bound`: the case_id of the decisions (else notices) of the document's authority it
+    holds under the pair, the case the pair is bound to for that authority (None if none)."""
+
+    shared: bool
+    erased: bool
+    bound: str | None
+
+
 def check_sent_under(
-    what: str, authority: str, case_id: str, *, sender: str, shared: bool, bound: str | None
+    what: str, authority: str, case_id: str, *, sender: str, pair: UnderPair
 ) -> None:
     """The checks on the sender and the pair that a decision and a notice share (§8.7,
     §8.9), in order: from its own authority (`unexpected`), under a pair held with the sender
-    (`not-shared`), of the case the pair is bound to for that authority (`other-case`)."""
+    (`not-shared`), not under a pair whose received referral was erased (`erased`, §8.5), of
+    the case the pair is bound to for that authority (`other-case`)."""
     if authority != sender:
         raise UnexpectedMessageError(f"a {what} comes from its own authority only")
-    if not shared:
+    if not pair.shared:
         raise NotSharedError(f"a {what} names a pair this agency does not hold with its sender")
-    if bound is not None and bound != case_id:
+    if pair.erased:
+        raise ErasedPairError(f"a {what} names a pair whose referral this agency erased")
+    if pair.bound is not None and pair.bound != case_id:
         raise OtherCaseError(
             "this agency holds decisions of another case of the authority under this pair"
         )
@@ -159,8 +177,7 @@ def check_received(
     skew: int,
     authority: Decider | None,
     history: Sequence[KeyWindow],
-    shared: bool,
-    bound: str | None,
+    pair: UnderPair,
     held_stages: Collection[str],
     first: Callable[[], Decision | None],
     min_days: int,
@@ -170,12 +187,11 @@ def check_received(
 
     `skew`: the clock skew tolerated (Limits.clock_skew_seconds); `authority`: the trusted
     directory's entry for the decision's authority (None if it lists none); `history`: the
-    signing key history; `shared`: whether the receiver holds the message's pair with
-    `sender` as counterpart or owner; `bound`: the case_id of the decisions of the decision's
-    authority the receiver holds under that pair (None if none); `held_stages`: the stages of the
-    decision's case it holds decisions of; `first`: the positive first stage of that case it
-    holds (None if none), verified again, called only when a second stage is judged, after
-    every check on the sender; `min_days`: the national policy's `second_stage_min_days`."""
+    signing key history; `pair`: what the receiver holds under the message's pair;
+    `held_stages`: the stages of the decision's case it holds decisions of; `first`: the
+    positive first stage of that case it holds (None if none), verified again, called only
+    when a second stage is judged, after every check on the sender; `min_days`: the
+    national policy's `second_stage_min_days`."""
     decision = claimed(message.signed)  # malformed
     if decision.decided_at > created + skew:  # before decided_at picks a key
         raise MisdatedError(
@@ -188,9 +204,7 @@ def check_received(
     decision = verify_decision(message.signed, history=history)  # the key, bad-signature
     late = (message.signed, decision.authority, decision.decided_at)
     check_late_copy(*late, created=created, skew=skew, history=history)
-    check_sent_under(
-        "decision", decision.authority, decision.case_id, sender=sender, shared=shared, bound=bound
-    )
+    check_sent_under("decision", decision.authority, decision.case_id, sender=sender, pair=pair)
     check_reason(decision, reason=message.reason, salt=message.salt)
     if decision.supersedes is not None:
         raise UnexpectedMessageError("reconsideration is not supported yet")
@@ -210,6 +224,7 @@ __all__: Sequence[str] = [
     "IDENTIFICATION_DECISION",
     "Copy",
     "DecisionMessage",
+    "UnderPair",
     "check_late_copy",
     "check_pair",
     "check_received",

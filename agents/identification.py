@@ -38,6 +38,7 @@ from .decisions import (
     IDENTIFICATION_DECISION,
     Copy,
     DecisionMessage,
+    UnderPair,
     check_received,
     recipients,
 )
@@ -543,7 +544,7 @@ class Identification:
         """A decision received: checked in §8.7's order against what this agency holds."""
         sender = opened.header.sender
         claimed = D.claimed(message.signed)
-        entry, shared = self._sender_context(db, claimed.authority, message, sender)
+        entry, pair = self._sender_context(db, claimed.authority, message, sender)
         of_case = self.store.decisions_of_case(db, claimed.authority, claimed.case_id)
 
         def first() -> D.Decision | None:  # verified only once the sender checks passed
@@ -561,8 +562,7 @@ class Identification:
             skew=self.skew,
             authority=entry,
             history=self.store.key_history(claimed.authority),
-            shared=shared,
-            bound=self._pair_case(db, message.owner, message.referral_id, claimed.authority),
+            pair=pair,
             held_stages={held.stage for held in of_case},
             first=first,
             min_days=self._min_days(),
@@ -586,7 +586,7 @@ class Identification:
         holds, and stored as the next link of its chain."""
         sender = opened.header.sender
         claimed = PR.claimed(message.signed)
-        entry, shared = self._sender_context(db, claimed.authority, message, sender)
+        entry, pair = self._sender_context(db, claimed.authority, message, sender)
 
         def held() -> P.Notice | None:  # verified again, once the sender checks passed
             last = self.store.last_notice(
@@ -603,8 +603,7 @@ class Identification:
             skew=self.skew,
             authority=entry,
             history=self.store.key_history(claimed.authority),
-            shared=shared,
-            bound=self._pair_case(db, message.owner, message.referral_id, claimed.authority),
+            pair=pair,
             held=held,
             reflection_min_days=self._reflection_min_days(),
         )
@@ -628,17 +627,24 @@ class Identification:
         authority: str,
         message: DecisionMessage | NoticeMessage,
         sender: str,
-    ) -> tuple[D.Decider | None, bool]:
+    ) -> tuple[D.Decider | None, UnderPair]:
         """The trusted directory's entry for the document's `authority` (None if it lists
-        none), and whether this agency holds the message's pair with `sender` as counterpart
-        or owner, or is a coordinator (which holds every pair of the referrals it oversees)."""
+        none), and what this agency holds under the message's pair: whether it holds it
+        with `sender` as counterpart or owner, or is a coordinator (which holds every pair
+        of the referrals it oversees), whether it erased the referral it received under it
+        (PROTOCOL §8.5), and the case of `authority` it is bound to."""
         directory = self.directory()
         entry = directory.agency(authority) if authority in directory else None
         own_roles = directory.agency(self.agency).roles if self.agency in directory else ()
         shared = ESCALATION_ROLE in own_roles or (
             self.store.pair(db, message.owner, message.referral_id, sender) is not None
         )
-        return entry, shared
+        pair = UnderPair(
+            shared=shared,
+            erased=self.store.erased_received(db, message.owner, message.referral_id),
+            bound=self._pair_case(db, message.owner, message.referral_id, authority),
+        )
+        return entry, pair
 
     def _received(
         self,

@@ -84,6 +84,7 @@ NOTIFIED_REASONS = frozenset(
         "misdated",
         "other-case",
         "already-decided",
+        "erased",
     }
 )
 

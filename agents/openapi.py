@@ -416,8 +416,15 @@ _DECISION = _closed(
         "referral_id": _ID,
     }
 )
+#: A listing under a pair: `erased` once the referral received under it was erased (what
+#: was received under it went too; a competent authority's own decisions and notices stay).
 _DECISIONS = _closed(
-    {"id": _ID, "sender": _AGENCY_ID, "items": {"type": "array", "items": _DECISION}}
+    {
+        "id": _ID,
+        "sender": _AGENCY_ID,
+        "erased": {"type": "boolean"},
+        "items": {"type": "array", "items": _DECISION},
+    }
 )
 _CASE_FIELDS = {
     "case_id": _CASE_ID,
@@ -446,7 +453,14 @@ _NOTICE = _closed(
         "referral_id": _ID,
     }
 )
-_NOTICES = _closed({"id": _ID, "sender": _AGENCY_ID, "items": {"type": "array", "items": _NOTICE}})
+_NOTICES = _closed(
+    {
+        "id": _ID,
+        "sender": _AGENCY_ID,
+        "erased": {"type": "boolean"},
+        "items": {"type": "array", "items": _NOTICE},
+    }
+)
 _PROTECTION = _closed(
     {
         "state": {"enum": ["off", "on", "none", "running", "not_granted", "ended"]},

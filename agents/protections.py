@@ -50,7 +50,7 @@ from keys.errors import (
 from keys.key_history import KeyWindow
 from keys.signed import decode_frame
 
-from .decisions import check_late_copy, check_pair, check_sent_under
+from .decisions import UnderPair, check_late_copy, check_pair, check_sent_under
 
 PROTECTION_NOTICE: Final = "protection-notice"
 #: A body's size limit: the signed notice (640) and the pair.
@@ -217,8 +217,7 @@ def check_received(
     skew: int,
     authority: Decider | None,
     history: Sequence[KeyWindow],
-    shared: bool,
-    bound: str | None,
+    pair: UnderPair,
     held: Callable[[], P.Notice | None],
     reflection_min_days: int,
 ) -> P.Notice:
@@ -227,12 +226,9 @@ def check_received(
 
     `skew`: Limits.clock_skew_seconds; `authority`: the trusted directory's entry for the
     notice's authority (None if it lists none); `history`: its signing key history;
-    `shared`: whether the receiver holds the pair with `sender` as counterpart or owner (or
-    is a coordinator); `bound`: the case_id of the decisions or notices of the notice's
-    authority it holds under the pair (None if none); `held`: the last notice it holds of
-    the same protection of the same case, verified again (None if none), called only after
-    every check on the sender;
-    `reflection_min_days`: the national policy's."""
+    `pair`: what the receiver holds under the message's pair; `held`: the last notice it
+    holds of the same protection of the same case, verified again (None if none), called
+    only after every check on the sender; `reflection_min_days`: the national policy's."""
     notice = claimed(message.signed)  # malformed
     if notice.at > created + skew:  # before `at` picks a key
         raise MisdatedError(
@@ -244,9 +240,7 @@ def check_received(
     check_late_copy(
         message.signed, notice.authority, notice.at, created=created, skew=skew, history=history
     )
-    check_sent_under(
-        "notice", notice.authority, notice.case_id, sender=sender, shared=shared, bound=bound
-    )
+    check_sent_under("notice", notice.authority, notice.case_id, sender=sender, pair=pair)
     P.check_follows(held(), notice, reflection_min_days=reflection_min_days)  # unexpected
     return notice
 

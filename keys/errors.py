@@ -273,6 +273,14 @@ class OtherCaseError(UntrustedInputError):
     reason = "other-case"
 
 
+class ErasedPairError(UntrustedInputError):
+    """An identification decision or protection notice under a pair whose received referral
+    this agency erased (consent withdrawal, PROTOCOL.md §8.5): what it held about the person
+    under that pair went with it, and nothing more about them is taken under it."""
+
+    reason = "erased"
+
+
 class AlreadyDecidedError(UntrustedInputError):
     """An identification decision of a stage the receiver already holds a decision of for
     that case, superseding nothing (PROTOCOL.md §8.7)."""

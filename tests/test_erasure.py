@@ -18,21 +18,32 @@ from __future__ import annotations
 
 import base64
 import copy
+import datetime
 import json
 import secrets
 import sqlite3
 import uuid
+from pathlib import Path
 from typing import Any
 
 from nacl.secret import SecretBox
 
+from keys import codec
 from keys.audit import decode_signed_event
 from keys.subjects import PREFIX, inbox_stream, inbox_subject
 from runtime.durability import backup
 
 from . import samples
-from .support import Mechanism, eventually, query
+from .support import Mechanism, agency_keys, eventually, query, sealed
 from .test_agent import delivered, operator_js
+from .test_identification import (
+    AUTHORITY,
+    COORDINATOR_OPENS,
+    authority_mechanism,
+    events,
+    seen_accepted,
+)
+from .test_sender_scope import publish, rejected
 
 
 def _probes(data: bytes) -> list[bytes]:
@@ -225,3 +236,213 @@ async def test_no_file_of_any_agent_or_the_bus_keeps_an_erased_referral(
         for what, probes in forbidden.items():
             for probe in probes:
                 assert probe not in data, f"{what} is still in {p.relative_to(m.root)}"
+
+
+# --- what is held about the person under an erased pair (decisions, notices) -------------------
+
+#: Every category of the sample body, for assistance by `recipient` (the consents below).
+_CATEGORIES = [
+    "case",
+    "contact",
+    "criminal",
+    "demographic",
+    "exploitation",
+    "health",
+    "identity",
+    "language",
+    "needs",
+]
+
+
+async def _consent_of(m: Mechanism, agency: str, recipient: str) -> str:
+    """A consent `agency` records, as controller, for assistance by `recipient`."""
+    receipt_id = str(uuid.uuid4())
+    doc = samples.consent(
+        receipt_id,
+        controllers=[
+            {
+                "agency": agency,
+                "name": agency.title(),
+                "contact": {
+                    "name": "Data Protection Office",
+                    "email": f"dpo@{agency}.example",
+                    "phone": "tel:+44-20-7946-0000",
+                    "address": {"addressCountry": "GB"},
+                },
+            }
+        ],
+        purposes=[
+            {
+                "purpose": "assistance",
+                "lawful_basis": "consent",
+                "data_categories": _CATEGORIES,
+                "retention": "P2Y",
+                "recipients": [recipient],
+            }
+        ],
+        sensitive_categories=["health", "criminal"],
+    )
+    await _call(m, agency, "POST", "/v1/consents", json=doc)
+    return receipt_id
+
+
+async def _withdrawn(m: Mechanism, agency: str, receipt_id: str) -> None:
+    """`agency` withdraws the consent and every recipient confirms the erasure (each after
+    its WAL was truncated)."""
+    await _call(m, agency, "POST", f"/v1/consents/{receipt_id}/withdraw", json={})
+
+    async def confirmed() -> bool:
+        status = await _call(m, agency, "GET", f"/v1/consents/{receipt_id}")
+        return status["pending"] == [] and all(
+            r["erasure_confirmed_at"] for r in status["recipients"]
+        )
+
+    await eventually(confirmed, what="the erasure confirmations")
+
+
+def _files(db: Path) -> list[Path]:
+    return [p for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")) if p.exists()]
+
+
+async def test_an_erased_pair_takes_the_decisions_and_notices_held_under_it(
+    tmp_path: Path,
+) -> None:
+    """The co-ordinator refers to the competent authority under a consent, which opens a
+    case; the authority refers on to police under a consent of its own, links it to the
+    case, police accepts and gets the positive first stage and both protection notices.
+    The authority withdraws its consent: police erases the pair, and with it the decision
+    and notices it held under it — the rows, the webhook events, and every byte of the
+    decision id, the case id and the signed documents in its database files; the API lists
+    nothing, `erased`. The authority keeps its case, decision and notices, and sends police
+    no more (an extension goes to the co-ordinator only); a copy of the decision sealed to
+    police past the authority's agent is refused `erased` and re-creates nothing. The
+    co-ordinator then withdraws its consent: the authority erases the opening referral and
+    keeps its own case, decision and notices (GET answers them, `erased`)."""
+    async with authority_mechanism(tmp_path, COORDINATOR_OPENS) as m:
+        opening = await _consent_of(m, "coordinator", AUTHORITY)
+        rid = await m.api("coordinator").refer(
+            [AUTHORITY],
+            samples.referral(legal_basis="consent", consent_receipt_id=opening),
+        )
+
+        async def at_authority() -> bool:
+            return await m.api("coordinator").status(rid) == "delivered"
+
+        await eventually(at_authority, what="the referral at the authority")
+        for to in ("acknowledged", "accepted"):
+            await _call(m, AUTHORITY, "POST", f"/v1/referrals/{rid}/transitions", json={"to": to})
+        [case] = [
+            c
+            for c in (await _call(m, AUTHORITY, "GET", "/v1/cases"))["items"]
+            if c["referral_id"] == rid
+        ]
+        case_id = case["case_id"]
+
+        onward_consent = await _consent_of(m, AUTHORITY, "police")
+        onward = await m.api(AUTHORITY).refer(
+            ["police"],
+            samples.referral(legal_basis="consent", consent_receipt_id=onward_consent),
+        )
+
+        async def at_police() -> bool:
+            return await m.api(AUTHORITY).status(onward) == "delivered"
+
+        await eventually(at_police, what="the onward referral at police")
+        await _call(m, AUTHORITY, "PUT", f"/v1/cases/{case_id}/referrals/{onward}")
+        for to in ("acknowledged", "accepted"):
+            await _call(m, "police", "POST", f"/v1/referrals/{onward}/transitions", json={"to": to})
+
+        await seen_accepted(m, onward)
+        decided = await _call(
+            m,
+            AUTHORITY,
+            "POST",
+            f"/v1/cases/{case_id}/decisions",
+            json={"stage": "first", "outcome": "positive"},
+        )
+        under_pair = f"/v1/referrals/{onward}/%s?sender={AUTHORITY}"
+
+        async def police_holds_it() -> bool:
+            d = await _call(m, "police", "GET", under_pair % "decisions")
+            p = await _call(m, "police", "GET", under_pair % "protections")
+            return len(d["items"]) == 1 and len(p["items"]) == 2
+
+        await eventually(police_holds_it, what="police to hold the decision and both notices")
+        police_db = m.database("police")
+        [(signed_decision,)] = query(police_db, "SELECT signed FROM decisions")
+        signed_notices = [
+            bytes(r[0]) for r in query(police_db, "SELECT signed FROM protection_notices")
+        ]
+        notice_ids = [
+            str(r[0]) for r in query(police_db, "SELECT notice_id FROM protection_notices")
+        ]
+        assert len(signed_notices) == 2
+        # The inbox rows of the decision and the notices keep no body: the signed document
+        # is in its own table only, so the erasure below leaves no copy behind.
+        assert query(
+            police_db,
+            "SELECT count(*), count(body) FROM inbox"
+            " WHERE kind IN ('identification-decision', 'protection-notice')",
+        ) == [(3, 0)]
+        naming = f'%"decision_id":"{decided["decision_id"]}"%'
+        assert query(
+            police_db, "SELECT 1 FROM webhook_outbox WHERE CAST(body AS TEXT) LIKE ?", naming
+        )
+
+        # The authority withdraws its consent: police erases the onward pair.
+        notified = len(events(m, AUTHORITY, "protection.notified"))
+        await _withdrawn(m, AUTHORITY, onward_consent)
+        assert query(police_db, "SELECT count(*) FROM decisions") == [(0,)]
+        assert query(police_db, "SELECT count(*) FROM protection_notices") == [(0,)]
+        secrets_held = {
+            "the decision id": [decided["decision_id"].encode()],
+            "the case id": [case_id.encode()],
+            "the notice ids": [n.encode() for n in notice_ids],
+            "the signed decision": _probes(bytes(signed_decision)),
+            "the signed notices": [p for s in signed_notices for p in _probes(s)],
+        }
+        for path in _files(police_db):
+            data = path.read_bytes()
+            for what, probes in secrets_held.items():
+                for probe in probes:
+                    assert probe not in data, f"{what} still in {path.name}"
+        for kind in ("decisions", "protections"):
+            listed = await _call(m, "police", "GET", under_pair % kind)
+            assert (listed["erased"], listed["items"]) == (True, [])
+        got = await _call(m, "police", "GET", f"/v1/referrals/{onward}")
+        assert (got["erased"], got["referral"]) == (True, None)
+
+        # The authority keeps its own record, and tells police nothing more of the case.
+        held = await _call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+        assert [d["decision_id"] for d in held["decisions"]] == [decided["decision_id"]]
+        assert len(held["protections"]["reflection"]["notices"]) == 1
+        later = datetime.datetime.now(datetime.UTC).date() + datetime.timedelta(days=90)
+        later_day = later.isoformat()
+        extended = await _call(
+            m,
+            AUTHORITY,
+            "POST",
+            f"/v1/cases/{case_id}/protections/reflection",
+            json={"event": "extended", "reason": "recovery-needs", "ends_on": later_day},
+        )
+        told = events(m, AUTHORITY, "protection.notified")[notified:]
+        assert [e.counterpart for e in told] == ["coordinator"], extended
+
+        # A late copy of the decision under the erased pair is refused, and stores nothing.
+        body = codec.pack([1, bytes(signed_decision), AUTHORITY, onward, None, None])
+        data = sealed(m, agency_keys(m, AUTHORITY), "police", "identification-decision", body)
+        await publish(m, AUTHORITY, "police", data)
+        await rejected(m, "police", data, "erased")
+        assert query(police_db, "SELECT count(*) FROM decisions") == [(0,)]
+
+        # The co-ordinator withdraws its consent: the authority erases the opening referral
+        # and keeps its own case, decision and notices (an act of official authority).
+        await _withdrawn(m, "coordinator", opening)
+        got = await _call(m, AUTHORITY, "GET", f"/v1/referrals/{rid}?sender=coordinator")
+        assert (got["erased"], got["referral"]) == (True, None)
+        own = await _call(m, AUTHORITY, "GET", f"/v1/referrals/{rid}/decisions?sender=coordinator")
+        assert own["erased"] is True
+        assert [d["decision_id"] for d in own["items"]] == [decided["decision_id"]]
+        kept = await _call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+        assert (kept["state"], len(kept["decisions"])) == ("first_positive", 1)
+        assert len(kept["protections"]["reflection"]["notices"]) == 2

@@ -460,6 +460,20 @@ COORDINATOR_OPENS = Policy(
 )
 
 
+async def seen_accepted(m: Mechanism, onward: str) -> None:
+    """Wait until the authority holds its referral `onward` to police as accepted."""
+
+    async def accepted() -> bool:
+        rows = query(
+            m.database(AUTHORITY),
+            "SELECT state FROM referrals WHERE referral_id = ? AND side = 'sender'",
+            onward,
+        )
+        return rows == [("accepted",)]
+
+    await eventually(accepted, what="the authority to see police accept")
+
+
 @pytest.mark.parametrize("link_first", [False, True], ids=["accept-then-link", "link-then-accept"])
 async def test_a_provider_linked_late_gets_the_case_so_far(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, link_first: bool
@@ -500,15 +514,7 @@ async def test_a_provider_linked_late_gets_the_case_so_far(
             )
             assert status == 202, body
 
-        async def accepted() -> bool:
-            rows = query(
-                m.database(AUTHORITY),
-                "SELECT state FROM referrals WHERE referral_id = ? AND side = 'sender'",
-                onward,
-            )
-            return rows == [("accepted",)]
-
-        await eventually(accepted, what="the authority to see police accept")
+        await seen_accepted(m, onward)
         assert before  # to the co-ordinator only
         clock.set_offset(offset, 86_400)  # a day on: the copies' envelopes are late
         for _ in range(2):

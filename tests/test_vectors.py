@@ -21,7 +21,7 @@ from agents import inbound
 from agents.agent import Agent
 from agents.config import AgentConfig
 from agents.consent import decode_stored, verify_receipt
-from agents.decisions import IDENTIFICATION_DECISION, DecisionMessage, check_received
+from agents.decisions import IDENTIFICATION_DECISION, DecisionMessage, UnderPair, check_received
 from agents.lifecycle import Transition
 from agents.messages import DELIVERY_RECEIPT, REFUSAL, TRANSITION, DeliveryReceipt, Refusal
 from agents.protections import PROTECTION_NOTICE, NoticeMessage
@@ -610,6 +610,16 @@ def test_body_vector(path: Path) -> None:
     )
 
 
+def _under_pair(fields: dict[str, str]) -> UnderPair:
+    """The receiver's state under the body's pair: `shared` yes, no or erased (held, and its
+    received referral erased), `bound` a case id or none."""
+    return UnderPair(
+        shared=fields["shared"] in ("yes", "erased"),
+        erased=fields["shared"] == "erased",
+        bound=None if fields["bound"] == "none" else fields["bound"],
+    )
+
+
 def _decision_message(fields: dict[str, str], body: bytes, roles: set[str]) -> None:
     """§6.4 decoding, then §8.7's receiver checks in order against the vector's state."""
     window = _authority_window(fields)
@@ -630,8 +640,7 @@ def _decision_message(fields: dict[str, str], body: bytes, roles: set[str]) -> N
             skew=int(fields["clock_skew_seconds"]),
             authority=None if fields["decides"] == "none" else _Authority(fields["decides"]),
             history=[window],
-            shared=fields["shared"] == "yes",
-            bound=None if fields["bound"] == "none" else fields["bound"],
+            pair=_under_pair(fields),
             held_stages=set()
             if fields["held_stages"] == "none"
             else {*fields["held_stages"].split(",")},
@@ -665,8 +674,7 @@ def _notice_message(fields: dict[str, str], body: bytes, roles: set[str]) -> Non
             skew=int(fields["clock_skew_seconds"]),
             authority=None if fields["decides"] == "none" else _Authority(fields["decides"]),
             history=[window],
-            shared=fields["shared"] == "yes",
-            bound=None if fields["bound"] == "none" else fields["bound"],
+            pair=_under_pair(fields),
             held=held,
             reflection_min_days=int(fields["reflection_min_days"]),
         )

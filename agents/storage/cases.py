@@ -109,11 +109,14 @@ class Cases(Database):
         db: sqlite3.Connection, case_id: str, agency: str
     ) -> list[tuple[str, str]]:
         """(referral id, recipient) of every pair `agency` sent under the case's referrals
-        that is accepted or in progress, by referral id and recipient."""
+        that is accepted or in progress and not sent under a consent `agency` withdrew since
+        (its recipient erased it, PROTOCOL §8.5), by referral id and recipient."""
         rows = db.execute(
             "SELECT r.referral_id, r.counterpart FROM case_referrals c JOIN referrals r"
             " ON r.owner = ? AND r.referral_id = c.referral_id AND r.side = 'sender'"
             " WHERE c.case_id = ? AND r.state IN ('accepted', 'in_progress')"
+            " AND NOT EXISTS (SELECT 1 FROM consents k WHERE k.receipt_id = r.consent_receipt_id"
+            " AND k.withdrawn_at IS NOT NULL)"
             " ORDER BY r.referral_id, r.counterpart",
             (agency, case_id),
         ).fetchall()

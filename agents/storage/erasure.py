@@ -42,10 +42,10 @@ class Erasure(Database):
 
     # --- at the recipient -------------------------------------------------------------------
 
-    @staticmethod
-    def erase_received(db: sqlite3.Connection, owner: str, referral_id: str) -> None:
+    def erase_received(self, db: sqlite3.Connection, owner: str, referral_id: str) -> None:
         """Delete what opens or reveals the received referral (owner, referral id): its data
-        key, its sealed body, its attachments' keys and content, and the webhook events that
+        key, its sealed body, its attachments' keys and content, what this agency holds
+        about the person under the pair (`erase_held_under`), and the webhook events that
         name it. The inbox row (message id, envelope hash) stays: it refuses a replay."""
         db.execute(
             "DELETE FROM data_keys WHERE owner = ? AND referral_id = ?", (owner, referral_id)
@@ -59,7 +59,30 @@ class Erasure(Database):
             " WHERE owner = ? AND referral_id = ?",
             (owner, referral_id),
         )
+        erase_held_under(db, owner, referral_id, agency=self._own_agency())
         delete_webhooks_naming(db, owner, referral_id)
+
+    def _own_agency(self) -> str:
+        if self.agency is None:  # which decisions are its own is not known: refuse to guess
+            raise RuntimeError("erasing a received referral needs the database's agency")
+        return self.agency
+
+    def is_erased(self, owner: str, referral_id: str) -> bool:
+        """`erased_received`, read outside a transaction."""
+        return self.erased_received(self._db, owner, referral_id)
+
+    @staticmethod
+    def erased_received(db: sqlite3.Connection, owner: str, referral_id: str) -> bool:
+        """Whether `owner` sent the referral (owner, referral id) here and it was erased
+        (its pair stays, its data key is gone: only an erasure deletes that alone)."""
+        row = db.execute(
+            "SELECT 1 FROM referrals r WHERE r.owner = ? AND r.referral_id = ?"
+            " AND r.counterpart = r.owner AND r.side = 'recipient' AND NOT EXISTS"
+            " (SELECT 1 FROM data_keys k WHERE k.owner = r.owner"
+            " AND k.referral_id = r.referral_id)",
+            (owner, referral_id),
+        ).fetchone()
+        return row is not None
 
     @staticmethod
     def queue_confirmation(db: sqlite3.Connection, c: PendingConfirmation) -> None:
@@ -152,9 +175,27 @@ class Erasure(Database):
         db.execute("DELETE FROM attachment_deletions WHERE object_name = ?", (object_name,))
 
 
+def erase_held_under(db: sqlite3.Connection, owner: str, referral_id: str, *, agency: str) -> None:
+    """Delete the identification decisions and protection notices (PROTOCOL §8.7, §8.9)
+    this agency received under the pair (owner, referral id): the signed document, the
+    reason and salt beside a decision. Those `agency` signed itself (a competent authority's
+    own, stored under the case's opening referral) stay: they are its record of an act of
+    official authority (docs/DESIGN.md "Erasure"). The inbox keeps no body of either kind
+    (agents/agent.py `_commit`), only the row that refuses a replay."""
+    db.execute(
+        "DELETE FROM decisions WHERE owner = ? AND referral_id = ? AND authority != ?",
+        (owner, referral_id, agency),
+    )
+    db.execute(
+        "DELETE FROM protection_notices WHERE owner = ? AND referral_id = ? AND authority != ?",
+        (owner, referral_id, agency),
+    )
+
+
 def delete_webhooks_naming(db: sqlite3.Connection, owner: str, referral_id: str) -> int:
     """Delete the webhook events (queued or delivered) about the referral (owner, referral
-    id): their bodies name it. How many."""
+    id): their bodies name it, by the agency that sent it (`sender`, `counterpart`) or the
+    pair's `owner` (a decision's or a notice's). How many."""
     events = [
         str(r[0])
         for r in db.execute(
@@ -162,7 +203,8 @@ def delete_webhooks_naming(db: sqlite3.Connection, owner: str, referral_id: str)
             "SELECT event_id FROM webhook_outbox"
             " WHERE json_extract(CAST(body AS TEXT), '$.data.referral_id') = ?"
             " AND coalesce(json_extract(CAST(body AS TEXT), '$.data.sender'),"
-            " json_extract(CAST(body AS TEXT), '$.data.counterpart')) = ?",
+            " json_extract(CAST(body AS TEXT), '$.data.counterpart'),"
+            " json_extract(CAST(body AS TEXT), '$.data.owner')) = ?",
             (referral_id, owner),
         )
     ]

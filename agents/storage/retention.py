@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 
 from .db import Database
-from .erasure import DROPPED, delete_webhooks_naming
+from .erasure import DROPPED, delete_webhooks_naming, erase_held_under
 from .webhooks import delete_webhook_events
 
 #: Referral states after which nothing more happens (agents.lifecycle.FINAL_STATES).
@@ -113,11 +113,13 @@ class Retention(Database):
             (cutoff, batch),
         ).rowcount
 
-    @staticmethod
-    def purge_closed(db: sqlite3.Connection, *, cutoff: int, batch: int) -> int:
+    def purge_closed(self, db: sqlite3.Connection, *, cutoff: int, batch: int) -> int:
         """Delete referral pairs closed, declined, withdrawn, cancelled or expired before
-        `cutoff`, with their history; at a recipient also the data key, the sealed body and
-        the attachments; at a sender the envelopes to that counterpart are dropped."""
+        `cutoff`, with their history; at a recipient also the data key, the sealed body, the
+        attachments and the decisions and notices received under the pair (as an erasure,
+        `erase_held_under`); at a sender the envelopes to that counterpart are dropped."""
+        if self.agency is None:
+            raise RuntimeError("purging received referrals needs the database's agency")
         marks = ",".join("?" * len(CLOSED_STATES))
         held = _HELD.format(o="x.owner", r="x.referral_id")
         rows = db.execute(
@@ -148,6 +150,7 @@ class Retention(Database):
                     "DELETE FROM received_attachments WHERE owner = ? AND referral_id = ?",
                     (owner, referral_id),
                 )
+                erase_held_under(db, owner, referral_id, agency=self.agency)
                 delete_webhooks_naming(db, owner, referral_id)
             else:
                 db.execute(

@@ -2338,7 +2338,8 @@ def decision_vectors() -> Iterator[tuple[str, str]]:
 #     authenticated sender), the decision vectors' key window (`authority`, `kid`,
 #     `signer_ed25519_public`, `valid_from`), `decides` (the stages the directory lets
 #     `authority` decide, or `none`: it lists no such agency), `shared` (yes: the receiver
-#     holds the body's pair with the sender), `first_stage` (base64 of the signed positive
+#     holds the body's pair with the sender; erased: it does, and erased the referral it
+#     received under it, §8.5), `first_stage` (base64 of the signed positive
 #     first stage of the case the receiver holds, or none), `second_stage_min_days`,
 #     `created` (the envelope's), `clock_skew_seconds`, `bound` (the case_id of the
 #     decisions of the decision's authority the receiver holds under the body's pair, or
@@ -2451,6 +2452,13 @@ def _identification_vectors() -> list[tuple[str, str, str, dict[str, object], by
             "a pair the receiver does not hold with the authority",
             "not-shared",
             {"shared": "no"},
+            _decision_body(first),
+        ),
+        (
+            "erased",
+            "a pair whose referral the receiver erased (a late copy after consent withdrawal)",
+            "erased",
+            {"shared": "erased"},
             _decision_body(first),
         ),
         (
@@ -2991,7 +2999,8 @@ def protection_vectors() -> Iterator[tuple[str, str]]:
 # body-protection-notice-*: `kind`, `roles` (the receiver's), `sender` (the envelope's
 #     authenticated sender), the authority's key window as for decision-*, `decides` (the
 #     stages the directory lets `authority` decide, or `none`), `shared` (yes: the receiver
-#     holds the body's pair with the sender), `bound` (the case_id of the decisions or notices
+#     holds the body's pair with the sender; erased: it does, and erased the referral it
+#     received under it, §8.5), `bound` (the case_id of the decisions or notices
 #     of the notice's authority it holds under the pair, or none), `held` (base64 of the
 #     signed notice it holds last of the notice's protection of the case, or none),
 #     `reflection_min_days`, `created` (the envelope's), `clock_skew_seconds`; the bytes are
@@ -3096,6 +3105,13 @@ def _notice_message_vectors() -> list[tuple[str, str, str, dict[str, object], by
             "a pair the receiver does not hold with the authority",
             "not-shared",
             {"shared": "no"},
+            _notice_body(sign(started)),
+        ),
+        (
+            "erased",
+            "a pair whose referral the receiver erased (a late copy after consent withdrawal)",
+            "erased",
+            {"shared": "erased"},
             _notice_body(sign(started)),
         ),
         (
