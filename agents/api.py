@@ -42,7 +42,7 @@ from .break_glass import view as glass_view
 from .config import ApiClient
 from .desk import Desk
 from .identification import Identification
-from .lifecycle import REASON_CODES
+from .lifecycle import OUTCOMES, REASON_CODES
 from .openapi import IDEMPOTENCY_KEY_PATTERN, MAX_CURSOR, MAX_SINCE, document
 from .protections import authority_steps
 from .referral_versions import as_v2
@@ -546,6 +546,10 @@ async def transition(request: web.Request) -> web.Response:
         if doc.get("reason") is not None and doc["reason"] not in REASON_CODES:
             raise ProblemError(  # never echoed: a "code" outside the vocabulary may be a name
                 400, "Bad Request", "reason must be one of: " + ", ".join(REASON_CODES)
+            )
+        if doc.get("outcome") is not None and doc["outcome"] not in OUTCOMES:
+            raise ProblemError(  # never echoed either: the closed outcome vocabulary, §8.4
+                400, "Bad Request", "outcome must be one of: " + ", ".join(OUTCOMES)
             )
         result = request.app[BACKEND].desk.transition(
             request.match_info["id"],

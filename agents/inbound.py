@@ -412,7 +412,7 @@ def _refusal(body: bytes, roles: frozenset[str], limits: Limits) -> Refusal:
 
 
 def _transition(body: bytes, roles: frozenset[str], limits: Limits) -> L.Transition:
-    return L.Transition.decode(body)  # malformed, unknown-reason-code, or unexpected
+    return L.Transition.decode(body)  # malformed, unknown-reason/outcome-code, or unexpected
 
 
 def _resend(body: bytes, roles: frozenset[str], limits: Limits) -> ResendRequest:

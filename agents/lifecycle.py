@@ -24,15 +24,18 @@ in_progress. Final states (declined, closed, withdrawn, cancelled, expired) have
 
 - `reason` is one code of the closed vocabulary `REASON_CODES` (never free text, which could
   name a person); it MAY accompany any transition and MUST accompany declined and cancelled.
-- `outcome` is one of completed, referred_on, lost_contact; it MUST accompany closed and MUST
-  NOT accompany any other transition.
+- `outcome` is one code of the closed vocabulary `OUTCOMES` (how the referral ended for the
+  person: the provider's feedback to the referrer); it MUST accompany closed and MUST NOT
+  accompany any other transition.
 - Transition body (the plaintext of the signed `transition` message kind), canonical msgpack:
 
       [1, referral_id, recipient, from_state, to_state, party, reason, outcome, at]
 
   referral_id is 32 lowercase hex; recipient an agency id; reason and outcome nil when
   absent; at a non-negative integer (Unix seconds). Decoders MUST reject any other shape,
-  unknown values and non-canonical encodings.
+  unknown values and non-canonical encodings. The body stays version 1 as the outcome
+  vocabulary grows: an agent that does not know an outcome refuses the step (0.3.0 as
+  `malformed`, this release as `unknown-outcome-code`), it never reads it as another.
 - Escalation: an urgent (default 4 h) or emergency (default 30 min) referral not acknowledged
   within its limit after submission escalates to the co-ordinator with a metadata-only notice.
 """
@@ -44,7 +47,12 @@ from dataclasses import dataclass
 from typing import ClassVar, Final
 
 from keys import codec
-from keys.errors import MalformedError, UnexpectedMessageError, UnknownReasonCodeError
+from keys.errors import (
+    MalformedError,
+    UnexpectedMessageError,
+    UnknownOutcomeCodeError,
+    UnknownReasonCodeError,
+)
 from keys.policy import Policy
 from keys.subjects import AGENCY_ID_PATTERN
 from runtime import clock
@@ -86,7 +94,21 @@ RECIPIENT: Final = "recipient"
 SYSTEM: Final = "system"
 PARTIES: Final[tuple[str, ...]] = (SENDER, RECIPIENT, SYSTEM)
 
-OUTCOMES: Final[tuple[str, ...]] = ("completed", "referred_on", "lost_contact")
+#: The closed vocabulary of outcomes of a closed step (docs/PROTOCOL.md §8.4): what happened
+#: with the service, told to the referrer. The first three are all an agent of 0.3.0 knows
+#: (it refuses the others as `malformed`); `transferred` anticipates case transfers
+#: (docs/proposals/nrm-process.md §7) and may be given before they exist on the wire.
+OUTCOMES: Final[tuple[str, ...]] = (
+    "completed",  # the work the referral asked for is done
+    "referred_on",  # the recipient referred the person on to another agency
+    "lost_contact",  # nobody can reach the person any more
+    "service_provided",  # the requested services were provided
+    "service_partly_provided",  # some of them were provided, not all
+    "person_declined",  # the person declined the service once offered
+    "person_left",  # the person left the service before it ended
+    "transferred",  # the case went to another agency by a case transfer
+)
+_OUTCOME_SET: Final = frozenset(OUTCOMES)
 #: Targets that MUST carry a reason code.
 REASON_REQUIRED: Final = frozenset({DECLINED, CANCELLED})
 
@@ -151,6 +173,14 @@ class ReasonCodeUnknown(ValueError):
         super().__init__("reason must be one of: " + ", ".join(REASON_CODES))
 
 
+class OutcomeUnknown(ValueError):
+    """An outcome of a closed step that is not a code of `OUTCOMES` (HTTP 400; on receipt
+    `unknown-outcome-code`)."""
+
+    def __init__(self) -> None:
+        super().__init__("outcome must be one of: " + ", ".join(OUTCOMES))
+
+
 class TransitionRefused(Exception):
     """A transition that this party may not make from this state (HTTP 409).
 
@@ -189,8 +219,9 @@ def check(state: str, target: str, party: str, *, reason: str | None, outcome: s
     """Return if `party` may move a pair from `state` to `target` with this reason/outcome.
 
     Raises TransitionRefused (with `.allowed`) for a transition not in the table, and
-    ValueError for unknown names, a missing or malformed reason, or a missing, unknown or
-    misplaced outcome.
+    ValueError for unknown names, a missing or malformed reason, or a missing or misplaced
+    outcome; its subclasses ReasonCodeUnknown and OutcomeUnknown for a code outside its
+    vocabulary.
     """
     _check_state(state, "current")
     _check_state(target, "target")
@@ -204,11 +235,13 @@ def check(state: str, target: str, party: str, *, reason: str | None, outcome: s
         raise ReasonCodeUnknown
     if target in REASON_REQUIRED and reason is None:
         raise ValueError(f"a transition to {target} requires a reason code")
+    if outcome is not None and not isinstance(outcome, str):
+        raise ValueError("outcome must be a string")
     if target == CLOSED:
         if outcome is None:
             raise ValueError(f"a transition to closed requires an outcome: {', '.join(OUTCOMES)}")
-        if outcome not in OUTCOMES:
-            raise ValueError(f"unknown outcome; expected one of {', '.join(OUTCOMES)}")
+        if outcome not in _OUTCOME_SET:
+            raise OutcomeUnknown
     elif outcome is not None:
         raise ValueError("only a transition to closed carries an outcome")
 
@@ -265,7 +298,8 @@ class Transition(codec.Encoded):
     @classmethod
     def decode(cls, data: bytes) -> Transition:
         """Strictly decode a transition body, or raise: MalformedError for its shape,
-        UnknownReasonCodeError for a reason outside the vocabulary, UnexpectedMessageError
+        UnknownReasonCodeError for a reason outside the vocabulary, UnknownOutcomeCodeError
+        for a closed step's outcome outside its vocabulary, UnexpectedMessageError
         for a well-formed step the lifecycle table does not allow (PROTOCOL.md §8.4)."""
         fields = cls.WIRE.unpack(data, max_bytes=MAX_TRANSITION_BYTES, max_items=16)
         try:
@@ -274,6 +308,8 @@ class Transition(codec.Encoded):
             raise UnexpectedMessageError(f"transition is not in the lifecycle table: {e}") from e
         except ReasonCodeUnknown as e:
             raise UnknownReasonCodeError("transition reason is not a code of the vocabulary") from e
+        except OutcomeUnknown as e:
+            raise UnknownOutcomeCodeError("transition outcome is not a code of §8.4") from e
         except ValueError as e:
             raise MalformedError(f"transition is invalid: {e}") from e
 

@@ -73,6 +73,7 @@ NOTIFIED_REASONS = frozenset(
         "not-anonymous",
         "not-for-this-role",
         "unknown-reason-code",
+        "unknown-outcome-code",
         "unexpected",
         "unprocessable",
         "not-shared",

@@ -1063,7 +1063,10 @@ OPENAPI: dict[str, Any] = {
                             "enum": list(REASON_CODES),
                         },
                         "outcome": {
-                            "description": "Required for closed, refused otherwise",
+                            "description": "How the referral ended for the person, "
+                            "the provider's feedback to the referrer (docs/PROTOCOL.md "
+                            "§8.4): required for closed, refused otherwise. Any other "
+                            "value is 400 naming the codes.",
                             "enum": list(OUTCOMES),
                         },
                     },

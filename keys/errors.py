@@ -244,6 +244,13 @@ class UnknownReasonCodeError(UntrustedInputError):
     reason = "unknown-reason-code"
 
 
+class UnknownOutcomeCodeError(UntrustedInputError):
+    """A closed step whose outcome is not in the closed outcome vocabulary (PROTOCOL.md §8.4).
+    An agent of 0.3.0 refuses the outcomes it does not know as `malformed` instead."""
+
+    reason = "unknown-outcome-code"
+
+
 class BadDecisionError(UntrustedInputError):
     """An identification decision whose reason and salt do not belong to it, or that does
     not fit the decisions of its case the receiver holds (PROTOCOL.md §8.7)."""

@@ -48,6 +48,7 @@ from keys.errors import (
     TooDeepError,
     UnexpectedMessageError,
     UnknownMemberError,
+    UnknownOutcomeCodeError,
     UnknownReasonCodeError,
 )
 from keys.ledger_entry import LedgerEntry
@@ -371,6 +372,13 @@ REFUSED: list[tuple[str, str, bytes, frozenset[str], type[UntrustedInputError]]]
         NGO,
         UnknownReasonCodeError,
     ),
+    (
+        "a transition outcome outside the vocabulary",
+        TRANSITION,
+        codec.pack([1, RID, "shelter", "in_progress", "closed", "recipient", None, "rehoused", 9]),
+        NGO,
+        UnknownOutcomeCodeError,
+    ),
     ("a transition reason as bytes", TRANSITION, _transition(b"other"), NGO, MalformedError),
     ("a 200-deep msgpack transition", TRANSITION, b"\x91" * 200 + b"\xc0", NGO, TooDeepError),
     (
@@ -430,6 +438,7 @@ def test_every_failure_kind_has_its_own_reason() -> None:
         "not-anonymous",
         "not-for-this-role",
         "unknown-reason-code",
+        "unknown-outcome-code",
     } <= set(reasons)
 
 

@@ -12,6 +12,7 @@ from agents.lifecycle import (
     DEFAULT_ESCALATION_SECONDS,
     PARTIES,
     STATES,
+    OutcomeUnknown,
     ReasonCodeUnknown,
     Transition,
     TransitionRefused,
@@ -20,7 +21,12 @@ from agents.lifecycle import (
     escalation_due,
 )
 from keys import codec
-from keys.errors import MalformedError, UnexpectedMessageError, UnknownReasonCodeError
+from keys.errors import (
+    MalformedError,
+    UnexpectedMessageError,
+    UnknownOutcomeCodeError,
+    UnknownReasonCodeError,
+)
 
 REFERRAL = "0123456789abcdef0123456789abcdef"
 
@@ -194,6 +200,53 @@ def test_every_code_of_the_vocabulary_is_accepted() -> None:
     for code in lifecycle.REASON_CODES:
         t = Transition(REFERRAL, "shelter", "acknowledged", "declined", "recipient", code, None, 9)
         assert Transition.decode(t.encode()).reason == code
+
+
+#: The outcome vocabulary of PROTOCOL.md §8.4, written out apart from the module's: the three
+#: an agent of 0.3.0 knows, then the provider's feedback of this release.
+EXPECTED_OUTCOMES = (
+    "completed",
+    "referred_on",
+    "lost_contact",
+    "service_provided",
+    "service_partly_provided",
+    "person_declined",
+    "person_left",
+    "transferred",
+)
+
+
+def test_the_outcome_vocabulary_is_the_documented_one() -> None:
+    """The module's outcomes are exactly the documented codes, the three old ones first."""
+    assert lifecycle.OUTCOMES == EXPECTED_OUTCOMES
+
+
+@pytest.mark.parametrize("outcome", EXPECTED_OUTCOMES)
+def test_every_outcome_closes_and_round_trips(outcome: str) -> None:
+    """Each outcome closes an in-progress pair and decodes back to itself, version 1."""
+    t = Transition(REFERRAL, "shelter", "in_progress", "closed", "recipient", None, outcome, 9)
+    body = t.encode()
+    assert codec.unpack(body, max_bytes=512, max_items=16)[0] == 1
+    assert Transition.decode(body).outcome == outcome
+
+
+@pytest.mark.parametrize(
+    "outcome", ["rehoused", "service-provided", "Service_provided", "completed ", "", "x" * 41]
+)
+def test_outcome_outside_the_vocabulary_is_refused_with_its_own_reason(outcome: str) -> None:
+    """An unknown outcome (a lookalike, another spelling) on a closed step is refused on
+    decoding as unknown-outcome-code without repeating it, and by check() as OutcomeUnknown
+    naming the codes (the API's 400); off closed it is misplaced first (malformed)."""
+    closed = [1, REFERRAL, "shelter", "in_progress", "closed", "recipient", None, outcome, 9]
+    with pytest.raises(UnknownOutcomeCodeError) as refused:
+        Transition.decode(codec.pack(closed))
+    assert refused.value.reason == "unknown-outcome-code"
+    assert outcome not in str(refused.value) or outcome in ("", "completed ")
+    with pytest.raises(OutcomeUnknown, match="service_partly_provided, person_declined"):
+        check("in_progress", "closed", "recipient", reason=None, outcome=outcome)
+    with pytest.raises(MalformedError) as misplaced:
+        Transition.decode(codec.pack([*GOOD[:7], outcome, *GOOD[8:]]))
+    assert type(misplaced.value) is MalformedError
 
 
 def test_strict_decoding_refuses_non_canonical_and_oversized() -> None:

@@ -1224,6 +1224,39 @@ def _transition_vectors() -> list[tuple[str, str, str, list[object]]]:
             "ok",
             [1, RID, "shelter", "in_progress", "closed", "recipient", None, "completed", NOW],
         ),
+        *(
+            (
+                f"ok-closed-{outcome.replace('_', '-')}",
+                f"closed with the outcome {outcome} (this release; 0.3.0: malformed)",
+                "ok",
+                [1, RID, "shelter", "in_progress", "closed", "recipient", None, outcome, NOW],
+            )
+            for outcome in (
+                "service_provided",
+                "service_partly_provided",
+                "person_declined",
+                "person_left",
+                "transferred",
+            )
+        ),
+        (
+            "unknown-outcome",
+            "closed with an outcome that is no code of the vocabulary",
+            "unknown-outcome-code",
+            [1, RID, "shelter", "in_progress", "closed", "recipient", None, "rehoused", NOW],
+        ),
+        (
+            "closed-without-outcome",
+            "closed without an outcome",
+            "malformed",
+            [1, RID, "shelter", "in_progress", "closed", "recipient", None, None, NOW],
+        ),
+        (
+            "unknown-outcome-off-closed",
+            "an unknown outcome on a step that is not to closed: misplaced before unknown",
+            "malformed",
+            [*good[:7], "rehoused", NOW],
+        ),
         (
             "ok-withdrawn-by-sender",
             "withdrawn by the sender",

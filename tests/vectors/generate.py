@@ -668,6 +668,12 @@ REFUSAL_VECTORS: list[tuple[str, str, str, bytes]] = [
         codec.pack([1, REFUSED_ID, REFUSED_HASH, "unprocessable", 0]),
     ),
     (
+        "ok-unknown-outcome-code",
+        "a closed step's outcome no code of §8.4 (this release; 0.3.0: schema-invalid)",
+        "ok",
+        codec.pack([1, REFUSED_ID, REFUSED_HASH, "unknown-outcome-code", CREATED]),
+    ),
+    (
         "envelope-reason",
         "a reason of the envelope layer, never notified",
         "schema-invalid",
