@@ -404,13 +404,22 @@ async def list_referrals(request: web.Request) -> web.Response:
     return web.json_response({"items": items, "next_cursor": next_cursor})
 
 
-async def get_referral(request: web.Request) -> web.Response:
-    _need(request, "read")
-    as_schema = request.query.get("schema")
-    if as_schema not in (None, "2"):
+def _as_schema(request: web.Request) -> Callable[[Any], Any]:
+    """How `?schema=` asks a received referral to be shown: as received, or (`2`) a schema
+    v1 one read as v2 (PROTOCOL §8.1); anything else is 400."""
+    wanted = request.query.get("schema")
+    if wanted is None:
+        return lambda referral: referral
+    if wanted != "2":
         raise ProblemError(
             400, "Bad Request", "schema must be 2 (a referral of schema v1 is read as v2)"
         )
+    return lambda referral: None if referral is None else as_v2(referral)
+
+
+async def get_referral(request: web.Request) -> web.Response:
+    _need(request, "read")
+    shown = _as_schema(request)
     backend = request.app[BACKEND]
     held = backend.break_glass.held(request.match_info["id"])
     if held is not None and held.state != "submitted" and request.query.get("sender") is None:
@@ -478,8 +487,7 @@ async def get_referral(request: web.Request) -> web.Response:
         if body["referral"] is not None:  # nothing of a person in an erased one
             with backend.store.transaction() as tx:
                 _record_read(request, tx, owner, referral_id, body["referral"])
-            if as_schema == "2":
-                body["referral"] = as_v2(body["referral"])
+            body["referral"] = shown(body["referral"])
     return web.json_response(body)
 
 
@@ -769,6 +777,7 @@ async def list_inbox(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     limit = _int_param(request, "limit", settings.default_page_size, 1, settings.max_page_size)
     after = _int_param(request, "cursor", 0, 0, MAX_CURSOR)
+    shown = _as_schema(request)
     backend = request.app[BACKEND]
     rows = backend.store.inbox_page(kind="referral", after=after, limit=limit)
     items = []
@@ -797,6 +806,8 @@ async def list_inbox(request: web.Request) -> web.Response:
         with backend.store.transaction() as tx:
             for owner, referral_id, referral in read:
                 _record_read(request, tx, owner, referral_id, referral)
+    for item in items:  # each read recorded as received, then shown as asked
+        item["referral"] = shown(item["referral"])
     next_cursor = str(rows[-1].seq) if len(rows) == limit else None
     return web.json_response({"items": items, "next_cursor": next_cursor})
 

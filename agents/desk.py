@@ -309,6 +309,11 @@ class Desk:
         owner = h.sender  # the sender chose the id: it names a referral only with the sender
         if self.store.pairs(owner, referral_id):
             raise ReusedReferralIdError("the sender already sent a referral with this id")
+        if self.store.held_under(db, owner, referral_id):
+            # A coordinator holds an authority's decisions under the referrer's pair without
+            # its referral (§8.7): a referral arriving under that id now is a reuse, which
+            # would let its sender erase them by withdrawing it (PROTOCOL §6.1).
+            raise ReusedReferralIdError("decisions are held under this sender's referral id")
         now = clock.now()
         sealed = self._seal_body(db, owner, referral_id, opened.body)
         body = routing.get("body")
@@ -792,6 +797,10 @@ class Desk:
                     # the sender cannot withdraw what it did not send (PROTOCOL §8.5).
                     raise NotSharedError("a withdrawal names a referral its sender did not send")
                 continue  # never arrived here: nothing to erase
+            if self.store.received_receipt(db, sender, referral_id) != notice["receipt_id"]:
+                # Only the referrals sent under that receipt (PROTOCOL §8.5): one sent under
+                # another receipt, or none, is not the person's withdrawal to act on.
+                raise NotSharedError("a withdrawal names a referral not sent under its receipt")
             # The reads counted so far are signed first: no access record after the erasure.
             for window in self.store.take_accesses_of(db, owner=sender, referral_id=referral_id):
                 access.sign(self.audit, db, window)

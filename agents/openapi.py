@@ -1080,8 +1080,9 @@ OPENAPI: dict[str, Any] = {
         "/v1/inbox": {
             "get": {
                 "summary": "Received referrals, oldest first (read scope); each body returned "
-                "is a read recorded as `record.accessed` (PROTOCOL.md §9.0)",
-                "parameters": _PAGING,
+                "is a read recorded as `record.accessed` (PROTOCOL.md §9.0). `schema=2` "
+                "reads each referral of schema v1 as v2 (PROTOCOL.md §8.1)",
+                "parameters": [*_PAGING, _AS_SCHEMA],
                 "responses": {
                     "200": _json(_page(_INBOX_ROW)),
                     **_errors(400, 401, 403),

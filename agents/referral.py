@@ -632,27 +632,38 @@ def child_route_problem(
     policy: Policy | None,
     recipient_roles: Iterable[Iterable[str]] | None = None,
 ) -> str | None:
-    """Why a schema v2 referral about a child (or a disputed age) lacks what the child route
+    """Why a referral about a child (or a disputed age) lacks what the child route
     needs, or None (PROTOCOL §8.2 step 4, `child-route-incomplete`): a basis of
     `CHILD_BASES`, never consent alone; a `legal_basis_ref`, one of the national policy's
-    `child_legal_bases` where it lists any (the schema makes it a code, never free text);
-    and a guardian, a best-interests assessment or, among
+    `child_legal_bases` (so never free text: without a policy listing some, a child's v2
+    referral cannot be sent); and a guardian, a best-interests assessment or, among
     `recipient_roles` (each recipient's roles), an agency holding one of
     `CHILD_PROTECTING_ROLES`. A recipient passes None: it sees its own copy only, so the
     last rule is its sender's, and a copy minimised to no `age_category` (a role that never
     learns it) is judged by the sender alone too. A schema v1 referral keeps the rules of v1
-    (`basis_problem`). The answer names codes only, never a value of the body."""
-    if referral.schema_version == "1" or referral.body.get("age_category") in (None, "adult"):
+    (`basis_problem`) unless the policy lists `child_legal_bases`: it then cannot name one,
+    and is refused. The answer names codes only, never a value of the body."""
+    if referral.body.get("age_category") in (None, "adult"):
         return None
+    listed = () if policy is None else policy.child_legal_bases
+    if referral.schema_version == "1":
+        if not listed:
+            return None
+        return (
+            "the national policy lists child_legal_bases: a child's referral names the one it "
+            'relies on (legal_basis_ref), which needs schema_version "2"'
+        )
     if referral.legal_basis not in CHILD_BASES:
         return (
             f"a child's referral relies on {', '.join(CHILD_BASES)}, never on "
             f"{referral.legal_basis} alone; a consent receipt may still be cited"
         )
-    listed = () if policy is None else policy.child_legal_bases
-    if referral.legal_basis_ref is None:
-        return "a child's referral names the provision it relies on (legal_basis_ref)"
-    if listed and referral.legal_basis_ref not in listed:
+    if not listed:
+        return (
+            "a child's schema v2 referral names legal_basis_ref from the national policy's "
+            "child_legal_bases, and the policy this agent trusts lists none"
+        )
+    if referral.legal_basis_ref not in listed:
         return "legal_basis_ref must be one of the national policy's child_legal_bases: " + (
             ", ".join(listed)
         )

@@ -179,10 +179,12 @@ V1_CHILD = samples.referral({**UNGUARDED, "guardian": GUARDIAN}, legal_basis="ch
     ("doc", "policy", "recipients", "problem"),
     [
         (v2_child(), POLICY, NGO, None),
-        (v2_child(), None, NGO, None),  # no policy: any code stands
+        (v2_child(), None, NGO, "lists none"),  # no list, no code: never free text
+        (v2_child(), Policy(country="LT"), NGO, "lists none"),
         (v2_child(legal_basis_ref="children_act_s47"), POLICY, NGO, None),
         (v2_child(legal_basis_ref=None), POLICY, NGO, "legal_basis_ref"),
         (v2_child(legal_basis_ref=None), None, NGO, "legal_basis_ref"),
+        (v2_child(legal_basis_ref=None), Policy(country="LT"), NGO, "legal_basis_ref"),
         (v2_child(legal_basis_ref="children_act_s99"), POLICY, NGO, "child_legal_bases"),
         (v2_child(**CONSENT), POLICY, NGO, "never on consent"),
         (v2_child(legal_basis="public_task"), None, NGO, "never on public_task"),
@@ -196,14 +198,17 @@ V1_CHILD = samples.referral({**UNGUARDED, "guardian": GUARDIAN}, legal_basis="ch
          "guardian"),
         # a recipient judges no recipients (it sees its own copy)
         (v2_child(UNGUARDED), POLICY, None, None),
-        # an adult, and schema v1, are not the child route's
+        # an adult is not the child route's; schema v1 only until the policy lists bases
         (samples.referral(schema_version="2"), POLICY, NGO, None),
-        (V1_CHILD, POLICY, NGO, None),
+        (V1_CHILD, None, NGO, None),
+        (V1_CHILD, Policy(country="LT"), NGO, None),
+        (V1_CHILD, POLICY, NGO, 'schema_version "2"'),
     ],
-    ids=["ok", "no-policy", "other-listed", "no-ref", "no-ref-no-policy", "not-listed",
+    ids=["ok", "no-policy", "no-list", "other-listed", "no-ref", "no-ref-no-policy",
+         "no-ref-no-list", "not-listed",
          "consent", "public-task", "vital", "no-guardian", "social-services",
          "child-protection", "age-disputed-bia", "coordinator-is-no-guardian", "received",
-         "adult", "v1"],
+         "adult", "v1-no-policy", "v1-no-list", "v1-under-a-list"],
 )  # fmt: skip
 def test_the_child_route(
     doc: dict[str, Any],
@@ -324,7 +329,11 @@ async def test_a_v1_referral_is_read_as_v2_on_request(under_policy: Mechanism) -
     assert doc["body"]["exploitation_types"] == ["forced_labour", "forced_adoption"]
     assert "nrm_stage" not in doc["body"]
     R.validate_referral(doc)
+    status, page, _ = await m.api("coordinator").call("GET", "/v1/inbox?schema=2")
+    assert status == 200, page
+    assert [i["referral"] for i in page["items"] if i["id"] == sent] == [doc]
     for wrong in ("1", "3", ""):
-        status, problem, _ = await m.api("coordinator").call("GET", f"{path}?schema={wrong}")
-        assert status == 400, problem
-        assert "schema" in problem["detail"]
+        for where in (path, "/v1/inbox"):
+            status, problem, _ = await m.api("coordinator").call("GET", f"{where}?schema={wrong}")
+            assert status == 400, problem
+            assert "schema" in problem["detail"]

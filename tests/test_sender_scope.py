@@ -55,9 +55,10 @@ def rejections(db: Path) -> list[tuple[str | None, str | None]]:
     return [(e.reason, e.envelope_hash) for e in decoded if e.kind == "message.rejected"]
 
 
-def referral_body(m: Mechanism, referral_id: str, *, to: str) -> bytes:
-    """A referral message exactly as an honest agent builds it, under `referral_id`."""
-    referral = R.validate_referral(samples.referral())
+def referral_body(m: Mechanism, referral_id: str, *, to: str, **routing: str) -> bytes:
+    """A referral message exactly as an honest agent builds it, under `referral_id`, with
+    the routing fields `routing`."""
+    referral = R.validate_referral(samples.referral(**routing))
     roles = m.agents[to].trust.directory.agency(to).roles  # type: ignore[union-attr]
     body = R.minimise(dict(referral.body), R.categories_for_roles(roles))
     return canonical_json(
@@ -92,7 +93,9 @@ async def test_another_agencys_referral_id_is_a_referral_of_its_own(mechanism: M
     nothing sent); the coordinator's agent signing a referral R to the shelter gets one
     stored apart under (coordinator, R): police's records at the shelter stay as they were,
     row for row; the bare id is 409 until the sender is named; the coordinator sending R
-    again is refused as reused-referral-id; its withdrawal of R erases its own, not police's."""
+    again is refused as reused-referral-id; a withdrawal of another receipt naming R is
+    refused not-shared and erases nothing; its withdrawal of the receipt R cited erases its
+    own, not police's."""
     m = mechanism
     coordinator = agency_keys(m, "coordinator")
     shelter_db = m.database("shelter")
@@ -111,7 +114,11 @@ async def test_another_agencys_referral_id_is_a_referral_of_its_own(mechanism: M
     assert status == 400, body
     assert "referral_id" in body["detail"]
 
-    collision = sealed(m, coordinator, "shelter", REFERRAL, referral_body(m, rid, to="shelter"))
+    receipt = str(uuid.uuid4())
+    under = {"legal_basis": "consent", "consent_receipt_id": receipt}
+    collision = sealed(
+        m, coordinator, "shelter", REFERRAL, referral_body(m, rid, to="shelter", **under)
+    )
     await publish(m, "coordinator", "shelter", collision)
 
     async def stored_apart() -> bool:
@@ -141,7 +148,15 @@ async def test_another_agencys_referral_id_is_a_referral_of_its_own(mechanism: M
     [coordinators] = held(shelter_db, "coordinator", rid)["inbox"]
     assert coordinators[5] == envelope_hash(collision)  # the first one only
 
-    withdrawal = canonical_json({"receipt_id": str(uuid.uuid4()), "referral_ids": [rid]})
+    # A withdrawal of another receipt erases nothing, not even the coordinator's own.
+    other = canonical_json({"receipt_id": str(uuid.uuid4()), "referral_ids": [rid]})
+    other_sealed = sealed(m, coordinator, "shelter", CONSENT_WITHDRAWAL, other)
+    await publish(m, "coordinator", "shelter", other_sealed)
+    await rejected(m, "shelter", other_sealed, "not-shared")
+    status, body = await api(m, "shelter", "GET", f"/v1/referrals/{rid}?sender=coordinator")
+    assert (status, body["erased"]) == (200, False)
+
+    withdrawal = canonical_json({"receipt_id": receipt, "referral_ids": [rid]})
     await publish(
         m,
         "coordinator",
@@ -235,3 +250,36 @@ async def test_ids_are_the_agents_and_a_client_reference_is_kept_once(
     assert status == 200, received
     assert "client_reference" not in received
     assert "case/1" not in str(received)
+
+
+async def test_a_referral_id_with_decisions_held_under_it_is_not_taken(
+    mechanism: Mechanism,
+) -> None:
+    """A co-ordinator holds an authority's decisions under the referrer's pair (police, R)
+    without police's referral (PROTOCOL §8.7). A referral R from police arriving after them
+    is refused reused-referral-id and nothing of it is stored: accepted, police could erase
+    the authority's decisions by withdrawing it. (The decision row stands for one the
+    co-ordinator received; the refusal is what is tested.)"""
+    m = mechanism
+    rid = uuid.uuid4().hex
+    conn = sqlite3.connect(m.database("coordinator"), timeout=30)
+    try:
+        with conn:
+            conn.execute(
+                "INSERT INTO decisions (authority, decision_id, case_id, stage, outcome,"
+                " owner, referral_id, signed, stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                ("ca", "d" * 32, "c" * 32, "first", "positive", "police", rid, b"x", 1),
+            )
+    finally:
+        conn.close()
+    data = sealed(
+        m,
+        agency_keys(m, "police"),
+        "coordinator",
+        REFERRAL,
+        referral_body(m, rid, to="coordinator"),
+    )
+    await publish(m, "police", "coordinator", data)
+    await rejected(m, "coordinator", data, "reused-referral-id")
+    stored = held(m.database("coordinator"), "police", rid)
+    assert not stored["referrals"] and not stored["data_keys"]

@@ -158,3 +158,45 @@ def test_an_erased_pair_takes_what_other_authorities_sent_under_it(
         assert not store.is_erased("coordinator", "r1")
     finally:
         store.close()
+
+
+def _sent(store: Store, db: sqlite3.Connection, referral_id: str, to: str, state: str) -> None:
+    """Shelter's own referral `referral_id` to `to`, in `state` since time 1."""
+    store.insert_referral(
+        db,
+        NewReferral(
+            owner="shelter",
+            referral_id=referral_id,
+            counterpart=to,
+            side="sender",
+            state=state,
+            referral_type="nrm_full",
+            urgency="routine",
+            legal_basis="consent",
+            consent_receipt_id=None,
+            message_id=f"m-shelter-{referral_id}-{to}",
+            created=1,
+        ),
+    )
+
+
+def test_retention_takes_what_a_sender_was_told_with_its_last_pair(tmp_path: Path) -> None:
+    """At the referrer, the decisions and notices an authority sent under its own referral
+    go when retention purges the referral's last pair, not before: while one recipient's
+    pair is open they are still the referral's; its own stay."""
+    store = Store(tmp_path / "agent.db", agency="shelter")
+    try:
+        with store.transaction() as db:
+            _sent(store, db, "r1", "ca", "closed")
+            _sent(store, db, "r1", "ngo2", "accepted")
+            told = _held(store, db, "ca", "shelter", "r1")
+            own = _held(store, db, "shelter", "shelter", "r1")
+        with store.transaction() as db:
+            assert store.purge_closed(db, cutoff=2, batch=10) == 1  # the pair with ca
+        assert sorted(_cases_held(store)) == sorted([("ca", told), ("shelter", own)])
+        with store.transaction() as db:
+            store._db.execute("UPDATE referrals SET state = 'closed' WHERE counterpart = 'ngo2'")
+            assert store.purge_closed(db, cutoff=2, batch=10) == 1  # the last pair
+        assert _cases_held(store) == [("shelter", own)]
+    finally:
+        store.close()

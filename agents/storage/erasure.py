@@ -85,6 +85,19 @@ class Erasure(Database):
         return row is not None
 
     @staticmethod
+    def held_under(db: sqlite3.Connection, owner: str, referral_id: str) -> bool:
+        """Whether decisions or notices are held under the pair (owner, referral id): at a
+        coordinator they arrive under the referrer's pair without its referral."""
+        for table in ("decisions", "protection_notices"):
+            row = db.execute(
+                f"SELECT 1 FROM {table} WHERE owner = ? AND referral_id = ? LIMIT 1",  # noqa: S608
+                (owner, referral_id),
+            ).fetchone()
+            if row is not None:
+                return True
+        return False
+
+    @staticmethod
     def queue_confirmation(db: sqlite3.Connection, c: PendingConfirmation) -> None:
         """Queue a confirmation; one still queued for the same receipt and sender (a second
         withdrawal came before it went) is merged into it, never overwritten."""

@@ -239,6 +239,16 @@ class Referrals(Database):
         ).fetchone()
         return row is not None
 
+    @staticmethod
+    def received_receipt(db: sqlite3.Connection, owner: str, referral_id: str) -> str | None:
+        """The consent receipt the received referral (owner, referral id) cited, if any."""
+        row = db.execute(
+            "SELECT consent_receipt_id FROM referrals WHERE owner = ? AND referral_id = ?"
+            " AND counterpart = ? AND side = 'recipient'",
+            (owner, referral_id, owner),
+        ).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
     def referral_rows(self, owner: str, referral_id: str) -> list[tuple[Any, ...]]:
         """(counterpart, side, state, referral_type, urgency, legal_basis, message_id,
         created, updated, escalated_at, client_reference, envelope_created) of every pair of a

@@ -117,7 +117,8 @@ class Retention(Database):
         """Delete referral pairs closed, declined, withdrawn, cancelled or expired before
         `cutoff`, with their history; at a recipient also the data key, the sealed body, the
         attachments and the decisions and notices received under the pair (as an erasure,
-        `erase_held_under`); at a sender the envelopes to that counterpart are dropped."""
+        `erase_held_under`); at a sender the envelopes to that counterpart are dropped, and
+        once a referral's last pair is purged, the decisions and notices held under it."""
         if self.agency is None:
             raise RuntimeError("purging received referrals needs the database's agency")
         marks = ",".join("?" * len(CLOSED_STATES))
@@ -158,6 +159,12 @@ class Retention(Database):
                     " AND message_id IN (SELECT message_id FROM deliveries WHERE recipient = ?)",
                     (DROPPED, referral_id, counterpart),
                 )
+                if not db.execute(
+                    "SELECT 1 FROM referrals WHERE owner = ? AND referral_id = ? LIMIT 1",
+                    (owner, referral_id),
+                ).fetchone():  # its last pair gone: what it was told under it goes too
+                    erase_held_under(db, owner, referral_id, agency=self.agency)
+                    delete_webhooks_naming(db, owner, referral_id)
         return len(rows)
 
     def purge_break_glass(self, db: sqlite3.Connection, *, cutoff: int, batch: int) -> int:

@@ -1378,16 +1378,20 @@ def _child_referral(legal_basis: str, keep: tuple[str, ...]) -> bytes:
     )
 
 
-def _child_referral_v2(legal_basis: str, **routing: str) -> bytes:
+def _child_referral_v2(
+    legal_basis: str, keep: tuple[str, ...] | None = None, **routing: str
+) -> bytes:
     """The demo's referral about a child in schema v2 (HTCDS 2.0 codes, a guardian named),
-    under `legal_basis`, with the routing fields `routing` (`legal_basis_ref`), for a
-    co-ordinator (PROTOCOL §8.2 step 4)."""
+    under `legal_basis`, with the routing fields `routing` (`legal_basis_ref`), its body cut
+    to the fields `keep` (default: what a co-ordinator gets; PROTOCOL §8.2 step 4)."""
     doc = examples.referral(created="2026-01-01T00:00:00Z", schema_version="2")
     body = {
         **{k: v for k, v in doc["body"].items() if k != "attachments"},
         "age_category": "child",
         "guardian": {"guardian_type": "local_authority"},
     }
+    if keep is not None:
+        body = {k: v for k, v in body.items() if k in keep}
     if legal_basis == "consent":
         routing = {**routing, "consent_receipt_id": RECEIPT_DOC["receipt_id"]}
     return canonical_json(
@@ -1479,11 +1483,14 @@ def _basis_vectors() -> list[tuple[str, str, str, str, str, bytes]]:
         ),
         (
             "referral-child-identity-to-health",
-            "a child's names to a health service, outside the policy's child_identity_roles",
+            "a child's names to a health service, outside the policy's child_identity_roles "
+            "(schema v2: the policy lists child_legal_bases)",
             "health",
             "police",
             "category-not-allowed",
-            _child_referral("child_protection", _HEALTH_FIELDS),
+            _child_referral_v2(
+                "child_protection", _HEALTH_FIELDS, legal_basis_ref="children_act_s5"
+            ),
         ),
         (
             "referral-child-without-identity-to-health",
@@ -1491,6 +1498,19 @@ def _basis_vectors() -> list[tuple[str, str, str, str, str, bytes]]:
             "health",
             "police",
             "ok",
+            _child_referral_v2(
+                "child_protection",
+                tuple(f for f in _HEALTH_FIELDS if f != "names"),
+                legal_basis_ref="children_act_s5",
+            ),
+        ),
+        (
+            "referral-v1-child-under-listed-bases",
+            "a schema v1 child's referral under child_protection: it cannot name one of the "
+            "child_legal_bases the policy lists",
+            "health",
+            "police",
+            "child-route-incomplete",
             _child_referral("child_protection", tuple(f for f in _HEALTH_FIELDS if f != "names")),
         ),
         (
