@@ -83,6 +83,7 @@ NOTIFIED_REASONS = frozenset(
         "misdated",
         "other-case",
         "already-decided",
+        "out-of-time",
     }
 )
 
