@@ -73,6 +73,7 @@ from .metrics import AgentMetrics
 from .nats_key import NatsKeyFollower, wanted_seed
 from .presence import DUPLICATE, HELD, Presence, instance_id
 from .protections import PROTECTION_NOTICE, NoticeMessage
+from .reconsideration import RECONSIDERATION_REQUEST
 from .referral import is_child
 from .resend import RESEND_REQUEST, Resender
 from .retention import Retention
@@ -101,6 +102,7 @@ SENT_EVENTS = {
     OVERDUE: "clock.overdue",
     IDENTIFICATION_DECISION: "identification.sent",
     PROTECTION_NOTICE: "protection.notified",
+    RECONSIDERATION_REQUEST: "reconsideration.requested",
 }
 
 

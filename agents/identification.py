@@ -25,7 +25,7 @@ from keys import AgencyKeys, Opened, UnexpectedMessageError, UntrustedInputError
 from keys import decision as D
 from keys import protection as P
 from keys.directory import Directory
-from keys.policy import MIN_REFLECTION_DAYS, SECOND_STAGE_MIN_DAYS
+from keys.policy import MIN_REFLECTION_DAYS, RECONSIDERATION_WINDOW_DAYS, SECOND_STAGE_MIN_DAYS
 from keys.roles import COMPETENT_AUTHORITY
 from runtime import clock
 
@@ -43,6 +43,7 @@ from .decisions import (
 )
 from .desk import ESCALATION_ROLE, Sender, valid_signing_key
 from .protections import PROTECTION_NOTICE, NoticeMessage
+from .reconsideration import RECONSIDERATION_REQUEST, ReconsiderationRequest, window_ends
 from .store import Case, Store, StoredDecision, StoredNotice
 
 log = structlog.get_logger("nrm.identification")
@@ -77,6 +78,10 @@ class Identification:
     def _reflection_warn_days(self) -> int:
         policy = self.directory().policy
         return REFLECTION_WARN_DAYS if policy is None else policy.reflection_warn_days
+
+    def _window_days(self) -> int:
+        policy = self.directory().policy
+        return RECONSIDERATION_WINDOW_DAYS if policy is None else policy.reconsideration_window_days
 
     def _reflection_min_days(self) -> int:
         policy = self.directory().policy
@@ -666,6 +671,89 @@ class Identification:
             db,
             W.WebhookEvent(id=W.new_event_id(), type=webhook_type, created=clock.now(), data=data),
         )
+
+    # --- a party asking for reconsideration (§8.7 "Reconsideration requests") ---------------
+
+    def request_reconsideration(
+        self, referral_id: str, *, sender: str | None, decision_id: str, ground: str
+    ) -> dict[str, Any]:
+        """Ask the authority to reconsider a decision this agency holds under the referral's
+        pair as that pair's party (its own referral, or the authority's referral to it):
+        404 for none (a coordinator's copy included: it does not ask), 409 naming `reason`
+        for one that does not verify, or is `not-negative`, `superseded` or `out-of-time`.
+        One `reconsideration-request` sealed to the authority (audit
+        `reconsideration.requested`, the ground as its reason)."""
+        now = clock.now()
+        with self.store.transaction() as db:
+            held = self._held_as_party(db, referral_id, sender, decision_id)
+            try:
+                decision = D.verify_decision(
+                    held.signed, history=self.store.key_history(held.authority)
+                )
+            except UntrustedInputError as e:
+                raise E.Conflict(
+                    f"the stored decision does not verify ({e.reason}); nothing was sent",
+                    reason=e.reason,
+                ) from e
+            if decision.outcome != D.NEGATIVE:
+                raise E.Conflict("only a negative decision is reconsidered", reason="not-negative")
+            if any(
+                D.claimed(d.signed).supersedes == decision_id
+                for d in self.store.decisions_of_case(db, held.authority, held.case_id)
+            ):
+                raise E.Conflict("a later decision supersedes this one", reason="superseded")
+            window = self._window_days()
+            if now > window_ends(decision, window_days=window):
+                raise E.Conflict(
+                    f"reconsideration is asked for within {window} days of the decision",
+                    reason="out-of-time",
+                )
+            request = ReconsiderationRequest(
+                request_id=secrets.token_hex(16),
+                decision_id=decision_id,
+                owner=held.owner,
+                referral_id=held.referral_id,
+                ground=ground,
+                at=now,
+            )
+            self.send(
+                RECONSIDERATION_REQUEST,
+                request.encode(),
+                [held.authority],
+                db,
+                referral_id=held.referral_id,
+                labels=(("stage", decision.stage),),
+                reason=ground,
+            )
+        self.log.info("reconsideration_requested", case_id=decision.case_id, stage=decision.stage)
+        return {
+            "request_id": request.request_id,
+            "decision_id": decision_id,
+            "authority": decision.authority,
+            "case_id": decision.case_id,
+            "stage": decision.stage,
+            "ground": ground,
+            "at": now,
+            "owner": held.owner,
+            "referral_id": held.referral_id,
+        }
+
+    def _held_as_party(
+        self, db: sqlite3.Connection, referral_id: str, sender: str | None, decision_id: str
+    ) -> StoredDecision:
+        """The decision `decision_id` held under a pair of `referral_id` (of `sender`, when
+        named) of which this agency is the party the decision went to: the owner of its own
+        referral, or the recipient of the authority's referral; 404 otherwise."""
+        owners = self.store.owners_of(referral_id)
+        for owner in owners if sender is None else [o for o in owners if o == sender]:
+            for held in self.store.decisions_of_pair(owner, referral_id):
+                if held.decision_id != decision_id:
+                    continue
+                if owner == self.agency or (
+                    owner == held.authority and self.store.holds_received(db, owner, referral_id)
+                ):
+                    return held
+        raise E.NotFound("no decision with this id held under this referral as its party")
 
     def protections(self, owner: str, referral_id: str) -> list[dict[str, Any]]:
         """The notices held under the pair, each verified again (409 if one does not)."""

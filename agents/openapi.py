@@ -28,6 +28,7 @@ from . import consent, referral
 from .break_glass import REFUSAL_REASONS
 from .cases import STATES as CASE_STATES
 from .lifecycle import OUTCOMES, PARTIES, REASON_CODES, STATES
+from .reconsideration import GROUNDS as RECONSIDERATION_GROUNDS
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 _UNVERIFIABLE = {"409": {"$ref": "#/components/responses/Unverifiable"}}
@@ -456,6 +457,20 @@ _CASES = _closed(
     }
 )
 _DECIDED = _closed({**_CASE_FIELDS, "decision_id": _ID})
+#: Reconsideration requests (PROTOCOL.md §8.7 "Reconsideration requests").
+_REQUESTED = _closed(
+    {
+        "request_id": _ID,
+        "decision_id": _ID,
+        "authority": _AGENCY_ID,
+        "case_id": _CASE_ID,
+        "stage": {"enum": list(DECISION_STAGES)},
+        "ground": {"enum": list(RECONSIDERATION_GROUNDS)},
+        "at": _TIME,
+        "owner": _AGENCY_ID,
+        "referral_id": _ID,
+    }
+)
 _PATH_CASE_ID = {"name": "case_id", "in": "path", "required": True, "schema": _CASE_ID}
 _TRANSITIONED = _closed(
     {"id": _ID, "sender": _AGENCY_ID, "counterpart": _AGENCY_ID, "state": _STATE}
@@ -859,6 +874,25 @@ OPENAPI: dict[str, Any] = {
                 "each verified again (read scope)",
                 "parameters": [_PATH_ID, _SENDER],
                 "responses": {"200": _json(_NOTICES), **_errors(400, 401, 403, 404, 409)},
+            }
+        },
+        "/v1/referrals/{id}/reconsiderations": {
+            "post": {
+                "summary": "Ask the competent authority to reconsider a negative decision this "
+                "agency holds under the referral as the pair's party, not as a co-ordinator "
+                '(act scope; PROTOCOL §8.7 "Reconsideration requests"): sealed to the '
+                "decision's authority; 404 for no such decision, 409 with `reason` "
+                "not-negative, superseded, out-of-time (the policy's "
+                "reconsideration_window_days) or the stored decision's verification failure",
+                "parameters": [_PATH_ID, _SENDER, _IDEMPOTENCY],
+                "requestBody": json_object_body(
+                    ["decision_id", "ground"],
+                    {"decision_id": _ID, "ground": {"enum": list(RECONSIDERATION_GROUNDS)}},
+                ),
+                "responses": {
+                    "202": _json(_REQUESTED, "Sent to the authority"),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                },
             }
         },
         "/v1/cases": {

@@ -1,0 +1,125 @@
+"""Reconsideration requests between real agents (PROTOCOL §8.7 "Reconsideration requests"):
+police, the referrer, asks the competent authority to reconsider a negative first stage it
+holds; its own API refuses what the authority would (an unknown ground, a decision it does
+not hold as the pair's party, a positive one, one past the window) and sends nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime import clock
+
+from .support import Mechanism
+from .test_identification import (
+    AUTHORITY,
+    POLICY,
+    authority_mechanism,
+    call,
+    decide,
+    events,
+    held,
+    opened_case,
+)
+
+DAY = 86_400
+#: As test_identification's, with no time to ask for reconsideration in.
+SHUT = dataclasses.replace(POLICY, reconsideration_window_days=0)
+
+
+@pytest.fixture
+async def authority(tmp_path: Path) -> AsyncIterator[Mechanism]:
+    async with authority_mechanism(tmp_path, POLICY) as m:
+        yield m
+
+
+async def refused_first(m: Mechanism) -> tuple[str, str, str]:
+    """A case whose negative first stage police and the co-ordinator hold: (rid, case,
+    decision id)."""
+    rid, case_id = await opened_case(m)
+    status, decided = await decide(
+        m, case_id, {"stage": "first", "outcome": "negative", "reason": "no-indicators"}
+    )
+    assert status == 202, decided
+    for agency in ("police", "coordinator"):
+        await held(m, agency, rid, 1)
+    return rid, case_id, decided["decision_id"]
+
+
+async def ask(
+    m: Mechanism, agency: str, rid: str, doc: dict[str, Any], sender: str = "police"
+) -> tuple[int, Any]:
+    return await call(
+        m, agency, "POST", f"/v1/referrals/{rid}/reconsiderations?sender={sender}", json=doc
+    )
+
+
+async def test_the_referrer_asks_and_its_api_refuses_what_the_authority_would(
+    authority: Mechanism,
+) -> None:
+    """Police's API: 400 naming the grounds for an unknown one, 404 for a decision it does
+    not hold, 404 at the co-ordinator (a copy held to oversee, not as the pair's party),
+    409 `not-negative` for a positive decision; then a request goes to the authority, on the
+    record with the decision's stage and the ground as its reason; a refused one sent
+    nothing."""
+    m = authority
+    rid, _, decision_id = await refused_first(m)
+    status, problem = await ask(m, "police", rid, {"decision_id": decision_id, "ground": "no"})
+    assert status == 400 and "new-information, procedural-error" in problem["detail"], problem
+    status, problem = await ask(m, "police", rid, {"decision_id": "0" * 32, "ground": "age-route"})
+    assert status == 404, problem
+    status, problem = await ask(
+        m, "coordinator", rid, {"decision_id": decision_id, "ground": "age-route"}
+    )
+    assert status == 404, problem
+
+    other, other_case = await opened_case(m)
+    status, positive = await decide(m, other_case, {"stage": "first", "outcome": "positive"})
+    assert status == 202, positive
+    await held(m, "police", other, 1)
+    status, problem = await ask(
+        m, "police", other, {"decision_id": positive["decision_id"], "ground": "age-route"}
+    )
+    assert (status, problem.get("reason")) == (409, "not-negative"), problem
+    assert events(m, "police", "reconsideration.") == []
+
+    status, sent = await ask(
+        m, "police", rid, {"decision_id": decision_id, "ground": "new-information"}
+    )
+    assert status == 202, sent
+    assert (sent["decision_id"], sent["stage"], sent["ground"]) == (
+        decision_id,
+        "first",
+        "new-information",
+    )
+    assert (sent["authority"], sent["owner"], sent["referral_id"]) == (AUTHORITY, "police", rid)
+    [event] = events(m, "police", "reconsideration.")
+    assert (event.kind, event.referral_id, event.counterpart, event.reason) == (
+        "reconsideration.requested",
+        rid,
+        AUTHORITY,
+        "new-information",
+    )
+    assert dict(event.labels) == {"stage": "first"}
+
+
+async def test_a_request_past_the_window_is_refused_by_the_sender(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A day after the decision (the clock moved), past a policy's window of 0 days,
+    police's API refuses 409 `out-of-time` and sends nothing."""
+    offset = tmp_path / "clock-offset"
+    clock.set_offset(offset, 0)
+    monkeypatch.setenv(clock.ENV, str(offset))
+    async with authority_mechanism(tmp_path, SHUT) as m:
+        rid, _, decision_id = await refused_first(m)
+        clock.set_offset(offset, DAY)
+        status, problem = await ask(
+            m, "police", rid, {"decision_id": decision_id, "ground": "procedural-error"}
+        )
+        assert (status, problem.get("reason")) == (409, "out-of-time"), problem
+        assert events(m, "police", "reconsideration.") == []
