@@ -686,15 +686,7 @@ class Identification:
         now = clock.now()
         with self.store.transaction() as db:
             held = self._held_as_party(db, referral_id, sender, decision_id)
-            try:
-                decision = D.verify_decision(
-                    held.signed, history=self.store.key_history(held.authority)
-                )
-            except UntrustedInputError as e:
-                raise E.Conflict(
-                    f"the stored decision does not verify ({e.reason}); nothing was sent",
-                    reason=e.reason,
-                ) from e
+            decision = self._verified(held, "nothing was sent")
             if decision.outcome != D.NEGATIVE:
                 raise E.Conflict("only a negative decision is reconsidered", reason="not-negative")
             if any(
@@ -774,16 +766,18 @@ class Identification:
         """The decisions held under the pair, each verified again (409 if one does not)."""
         return [self._decision_doc(d) for d in self.store.decisions_of_pair(owner, referral_id)]
 
-    def _decision_doc(self, held: StoredDecision) -> dict[str, Any]:
+    def _verified(self, held: StoredDecision, outcome: str) -> D.Decision:
+        """A held decision verified again under the key history (§7.9); 409 naming the
+        failure's reason, and `outcome` (what was not done), if it does not verify."""
         try:
-            decision = D.verify_decision(
-                held.signed, history=self.store.key_history(held.authority)
-            )
+            return D.verify_decision(held.signed, history=self.store.key_history(held.authority))
         except UntrustedInputError as e:
             raise E.Conflict(
-                f"a stored decision does not verify ({e.reason}); nothing was returned",
-                reason=e.reason,
+                f"a stored decision does not verify ({e.reason}); {outcome}", reason=e.reason
             ) from e
+
+    def _decision_doc(self, held: StoredDecision) -> dict[str, Any]:
+        decision = self._verified(held, "nothing was returned")
         return {
             "decision_id": decision.decision_id,
             "authority": decision.authority,

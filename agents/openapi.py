@@ -388,20 +388,19 @@ _HISTORY = _closed(
 _CASE_ID = {"type": "string", "maxLength": 32, "pattern": "^[0-9a-f]{32}$"}
 _PROTECTION_REASONS = sorted({c for codes in PROTECTION_REASONS.values() for c in codes})
 _DECISION_REASONS = sorted({c for codes in DECISION_REASON_CODES.values() for c in codes})
-_DECISION = _closed(
-    {
-        "decision_id": _ID,
-        "authority": _AGENCY_ID,
-        "case_id": _CASE_ID,
-        "stage": {"enum": list(DECISION_STAGES)},
-        "outcome": {"enum": list(DECISION_OUTCOMES)},
-        "reason": {"enum": [*_DECISION_REASONS, None]},
-        "decided_at": _TIME,
-        "age_route": {"enum": list(AGE_ROUTES)},
-        "owner": _AGENCY_ID,
-        "referral_id": _ID,
-    }
-)
+_DECISION_FIELDS: dict[str, Any] = {
+    "decision_id": _ID,
+    "authority": _AGENCY_ID,
+    "case_id": _CASE_ID,
+    "stage": {"enum": list(DECISION_STAGES)},
+    "outcome": {"enum": list(DECISION_OUTCOMES)},
+    "reason": {"enum": [*_DECISION_REASONS, None]},
+    "decided_at": _TIME,
+    "age_route": {"enum": list(AGE_ROUTES)},
+    "owner": _AGENCY_ID,
+    "referral_id": _ID,
+}
+_DECISION = _closed(_DECISION_FIELDS)
 _DECISIONS = _closed(
     {"id": _ID, "sender": _AGENCY_ID, "items": {"type": "array", "items": _DECISION}}
 )
@@ -461,14 +460,12 @@ _DECIDED = _closed({**_CASE_FIELDS, "decision_id": _ID})
 _REQUESTED = _closed(
     {
         "request_id": _ID,
-        "decision_id": _ID,
-        "authority": _AGENCY_ID,
-        "case_id": _CASE_ID,
-        "stage": {"enum": list(DECISION_STAGES)},
+        **{
+            name: _DECISION_FIELDS[name]
+            for name in ("decision_id", "authority", "case_id", "stage", "owner", "referral_id")
+        },
         "ground": {"enum": list(RECONSIDERATION_GROUNDS)},
         "at": _TIME,
-        "owner": _AGENCY_ID,
-        "referral_id": _ID,
     }
 )
 _PATH_CASE_ID = {"name": "case_id", "in": "path", "required": True, "schema": _CASE_ID}
