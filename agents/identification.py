@@ -43,8 +43,13 @@ from .decisions import (
 )
 from .desk import ESCALATION_ROLE, Sender, valid_signing_key
 from .protections import PROTECTION_NOTICE, NoticeMessage
-from .reconsideration import RECONSIDERATION_REQUEST, ReconsiderationRequest, window_ends
-from .store import Case, Store, StoredDecision, StoredNotice
+from .reconsideration import (
+    RECONSIDERATION_REQUEST,
+    ReconsiderationRequest,
+    window_ends,
+)
+from .reconsideration import check_received as check_request
+from .store import Case, Store, StoredDecision, StoredNotice, StoredRequest
 
 log = structlog.get_logger("nrm.identification")
 
@@ -118,10 +123,12 @@ class Identification:
                 raise E.NotFound("no case with this id at this agency")
             held = self.store.decisions_of_case(db, self.agency, case_id)
             notices = self.store.notices_of_case(db, self.agency, case_id)
+            requests = self.store.requests_of_case(db, case_id)
         return {
             **_case_doc(found),
             "decisions": [self._decision_doc(d) for d in held],
             "protections": self._protections_doc(notices),
+            "reconsiderations": [_request_doc(r) for r in requests],
         }
 
     def link(self, case_id: str, referral_id: str) -> dict[str, Any]:
@@ -730,6 +737,78 @@ class Identification:
             "referral_id": held.referral_id,
         }
 
+    def on_reconsideration(
+        self, db: sqlite3.Connection, opened: Opened, message: ReconsiderationRequest
+    ) -> None:
+        """A request received at this authority: checked in §8.7 "Reconsideration requests"
+        order against its own decision, case and pairs; stored, and the case moved to
+        `reconsidering_*` (the case table's step), in the message's transaction."""
+        sender = opened.header.sender
+        found = self.store.decision(db, self.agency, message.decision_id)
+        found_case = "" if found is None else found.case_id
+        case = None if found is None else self.store.case(db, found_case)
+        decision = None if found is None or case is None else D.claimed(found.signed)
+        of_case = [] if case is None else self.store.decisions_of_case(db, self.agency, found_case)
+        decision = check_request(
+            message,
+            created=opened.header.created,
+            skew=self.skew,
+            decision=decision,
+            shared=case is not None and self._asks_as_party(db, case, sender, message),
+            superseded=decision is not None
+            and any(D.claimed(d.signed).supersedes == decision.decision_id for d in of_case),
+            state=None if case is None else case.state,
+            window_days=self._window_days(),
+        )
+        assert case is not None  # check_request refuses a request naming no case
+        target = {D.FIRST: cases.RECONSIDERING_FIRST, D.SECOND: cases.RECONSIDERING_SECOND}[
+            decision.stage
+        ]
+        try:
+            cases.check(case.state, target, cases.AUTHORITY, reason=None, supersedes=False)
+        except (cases.CaseStepRefused, ValueError) as e:  # the checks above make it allowed
+            raise UnexpectedMessageError("the case table refuses the step") from e
+        now = clock.now()
+        stored = StoredRequest(
+            requester=sender,
+            request_id=message.request_id,
+            case_id=case.case_id,
+            decision_id=decision.decision_id,
+            stage=decision.stage,
+            ground=message.ground,
+            owner=message.owner,
+            referral_id=message.referral_id,
+            at=message.at,
+            received_at=now,
+        )
+        if not self.store.insert_request(db, stored):
+            raise UnexpectedMessageError("a request this authority holds already")
+        self.store.set_case_state(db, case.case_id, target, now)
+        self._received(
+            db,
+            ("reconsideration.received", "reconsideration.received"),
+            message.referral_id,
+            sender,
+            labels=(("stage", decision.stage),),
+            reason=message.ground,
+            data=_request_doc(stored),
+        )
+        self.log.info("reconsideration_received", case_id=case.case_id, stage=decision.stage)
+
+    def _asks_as_party(
+        self, db: sqlite3.Connection, case: Case, sender: str, message: ReconsiderationRequest
+    ) -> bool:
+        """Whether `sender` received the case's decisions under the request's pair as that
+        pair's party: the owner of the opening referral, or the provider holding this
+        authority's referral linked to the case, accepted or in progress (§8.7)."""
+        pair = (message.owner, message.referral_id)
+        if pair == (case.owner, case.referral_id):
+            return sender == case.owner
+        return message.owner == self.agency and (
+            message.referral_id,
+            sender,
+        ) in self.store.case_provider_pairs(db, case.case_id, self.agency)
+
     def _held_as_party(
         self, db: sqlite3.Connection, referral_id: str, sender: str | None, decision_id: str
     ) -> StoredDecision:
@@ -822,6 +901,23 @@ def _stored_notice(
         signed=signed,
         stored_at=at,
     )
+
+
+def _request_doc(r: StoredRequest) -> dict[str, Any]:
+    """A stored request as the authority's API and webhook show it."""
+    return {
+        "request_id": r.request_id,
+        "requester": r.requester,
+        "case_id": r.case_id,
+        "decision_id": r.decision_id,
+        "stage": r.stage,
+        "ground": r.ground,
+        "at": r.at,
+        "received_at": r.received_at,
+        "owner": r.owner,
+        "referral_id": r.referral_id,
+        "pending": r.answered_by is None,
+    }
 
 
 def _date(at: int) -> datetime.date:

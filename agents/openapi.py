@@ -441,11 +441,25 @@ _PROTECTION = _closed(
     }
 )
 _PROTECTIONS = _closed({name: _PROTECTION for name in PROTECTIONS})
+_RECONSIDERATION = _closed(
+    {
+        "request_id": _ID,
+        "requester": _AGENCY_ID,
+        **{name: _DECISION_FIELDS[name] for name in ("case_id", "decision_id", "stage")},
+        "ground": {"enum": list(RECONSIDERATION_GROUNDS)},
+        "at": _TIME,
+        "received_at": _TIME,
+        "owner": _AGENCY_ID,
+        "referral_id": _ID,
+        "pending": {"type": "boolean"},
+    }
+)
 _CASE = _closed(
     {
         **_CASE_FIELDS,
         "decisions": {"type": "array", "items": _DECISION},
         "protections": _PROTECTIONS,
+        "reconsiderations": {"type": "array", "items": _RECONSIDERATION},
     }
 )
 _PROTECTED = _closed({"case_id": _CASE_ID, "notice_id": _ID, "protections": _PROTECTIONS})

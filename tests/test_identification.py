@@ -64,13 +64,16 @@ async def with_authority(tmp_path: Path) -> AsyncIterator[Mechanism]:
 
 
 @contextlib.asynccontextmanager
-async def authority_mechanism(tmp_path: Path, policy: Policy) -> AsyncIterator[Mechanism]:
+async def authority_mechanism(
+    tmp_path: Path, policy: Policy, webhooks: dict[str, str] | None = None
+) -> AsyncIterator[Mechanism]:
     """The mechanism under `policy` with the shelter turned into a competent authority whose
-    case system holds the decide scope; police's webhooks go to POLICE_EVENTS."""
+    case system holds the decide scope; police's webhooks go to POLICE_EVENTS, other
+    agencies' to the URLs `webhooks` names."""
     POLICE_EVENTS.clear()
     async with (
         webhook_receiver(_collect) as url,
-        running_mechanism(tmp_path, webhooks={"police": url}) as m,
+        running_mechanism(tmp_path, webhooks={**(webhooks or {}), "police": url}) as m,
     ):
         await m.stop(AUTHORITY)
         setup = m.setups[AUTHORITY]

@@ -1,20 +1,27 @@
 """Reconsideration requests between real agents (PROTOCOL §8.7 "Reconsideration requests"):
 police, the referrer, asks the competent authority to reconsider a negative first stage it
 holds; its own API refuses what the authority would (an unknown ground, a decision it does
-not hold as the pair's party, a positive one, one past the window) and sends nothing."""
+not hold as the pair's party, a positive one, one past the window) and sends nothing. The
+authority stores the request and moves the case to `reconsidering_first`, shown in its
+case and told to its system; a second request while one is pending, and one from the
+co-ordinator (which oversees, and is no party of the pair), are refused on the record."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
+from keys import codec
 from runtime import clock
 
-from .support import Mechanism
+from .support import Mechanism, agency_keys, eventually, sealed, webhook_receiver
 from .test_identification import (
     AUTHORITY,
     POLICY,
@@ -25,15 +32,29 @@ from .test_identification import (
     held,
     opened_case,
 )
+from .test_sender_scope import publish, rejected, rejections
 
 DAY = 86_400
 #: As test_identification's, with no time to ask for reconsideration in.
 SHUT = dataclasses.replace(POLICY, reconsideration_window_days=0)
 
 
+#: The events the authority's agent sent its case system (webhooks), in order of arrival.
+AUTHORITY_EVENTS: list[dict[str, Any]] = []
+
+
+async def _collect(request: web.Request) -> web.Response:
+    AUTHORITY_EVENTS.append(json.loads(await request.read()))
+    return web.Response(status=200)
+
+
 @pytest.fixture
 async def authority(tmp_path: Path) -> AsyncIterator[Mechanism]:
-    async with authority_mechanism(tmp_path, POLICY) as m:
+    AUTHORITY_EVENTS.clear()
+    async with (
+        webhook_receiver(_collect) as url,
+        authority_mechanism(tmp_path, POLICY, webhooks={AUTHORITY: url}) as m,
+    ):
         yield m
 
 
@@ -65,9 +86,11 @@ async def test_the_referrer_asks_and_its_api_refuses_what_the_authority_would(
     not hold, 404 at the co-ordinator (a copy held to oversee, not as the pair's party),
     409 `not-negative` for a positive decision; then a request goes to the authority, on the
     record with the decision's stage and the ground as its reason; a refused one sent
-    nothing."""
+    nothing. The authority stores it and moves the case to `reconsidering_first`, shown
+    with the pending request in its case, audited and told to its system; a second request
+    while it is pending is refused `unexpected`."""
     m = authority
-    rid, _, decision_id = await refused_first(m)
+    rid, case_id, decision_id = await refused_first(m)
     status, problem = await ask(m, "police", rid, {"decision_id": decision_id, "ground": "no"})
     assert status == 400 and "new-information, procedural-error" in problem["detail"], problem
     status, problem = await ask(m, "police", rid, {"decision_id": "0" * 32, "ground": "age-route"})
@@ -105,6 +128,73 @@ async def test_the_referrer_asks_and_its_api_refuses_what_the_authority_would(
         "new-information",
     )
     assert dict(event.labels) == {"stage": "first"}
+
+    async def reconsidering() -> bool:
+        status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+        return status == 200 and case["state"] == "reconsidering_first"
+
+    await eventually(reconsidering, what="the authority to reconsider the first stage")
+    _, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+    [pending] = case["reconsiderations"]
+    assert pending == {
+        "request_id": sent["request_id"],
+        "requester": "police",
+        "case_id": case_id,
+        "decision_id": decision_id,
+        "stage": "first",
+        "ground": "new-information",
+        "at": sent["at"],
+        "received_at": pending["received_at"],
+        "owner": "police",
+        "referral_id": rid,
+        "pending": True,
+    }
+    [received] = events(m, AUTHORITY, "reconsideration.")
+    assert (received.kind, received.referral_id, received.counterpart, received.reason) == (
+        "reconsideration.received",
+        rid,
+        "police",
+        "new-information",
+    )
+    assert dict(received.labels) == {"stage": "first"}
+
+    async def told() -> bool:
+        return any(e["type"] == "reconsideration.received" for e in AUTHORITY_EVENTS)
+
+    await eventually(told, what="the authority's system to be told")
+    [hook] = [e for e in AUTHORITY_EVENTS if e["type"] == "reconsideration.received"]
+    assert hook["data"] == pending
+
+    # a second request while the first is pending: police's API cannot know, the authority
+    # refuses it `unexpected`, and the case keeps the one request
+    status, again = await ask(
+        m, "police", rid, {"decision_id": decision_id, "ground": "procedural-error"}
+    )
+    assert status == 202, again
+
+    async def refused() -> bool:
+        return any(r == "unexpected" for r, _ in rejections(m.database(AUTHORITY)))
+
+    await eventually(refused, what="the authority to refuse the second request")
+    _, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+    assert case["state"] == "reconsidering_first" and len(case["reconsiderations"]) == 1
+
+
+async def test_a_coordinator_may_not_ask(authority: Mechanism) -> None:
+    """The co-ordinator holds the negative decision under police's pair, to oversee: its
+    request, sealed past its own agent, is refused `not-shared`, and the case stays
+    `first_negative` with no request."""
+    m = authority
+    rid, case_id, decision_id = await refused_first(m)
+    body = codec.pack(
+        [1, secrets.token_hex(16), decision_id, "police", rid, "new-information", clock.now()]
+    )
+    data = sealed(m, agency_keys(m, "coordinator"), AUTHORITY, "reconsideration-request", body)
+    await publish(m, "coordinator", AUTHORITY, data)
+    await rejected(m, AUTHORITY, data, "not-shared")
+    status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+    assert status == 200 and case["state"] == "first_negative", case
+    assert case["reconsiderations"] == []
 
 
 async def test_a_request_past_the_window_is_refused_by_the_sender(
