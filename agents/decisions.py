@@ -162,6 +162,7 @@ def check_received(
     shared: bool,
     bound: str | None,
     held_stages: Collection[str],
+    supersedable: Collection[str],
     first: Callable[[], Decision | None],
     min_days: int,
 ) -> Decision:
@@ -173,7 +174,9 @@ def check_received(
     signing key history; `shared`: whether the receiver holds the message's pair with
     `sender` as counterpart or owner; `bound`: the case_id of the decisions of the decision's
     authority the receiver holds under that pair (None if none); `held_stages`: the stages of the
-    decision's case it holds decisions of; `first`: the positive first stage of that case it
+    decision's case it holds decisions of; `supersedable`: the ids of the decisions of that
+    case and stage it holds that no decision it holds supersedes (what a reconsideration's
+    answer may replace); `first`: the positive first stage of that case it
     holds (None if none), verified again, called only when a second stage is judged, after
     every check on the sender; `min_days`: the national policy's `second_stage_min_days`."""
     decision = claimed(message.signed)  # malformed
@@ -193,8 +196,12 @@ def check_received(
     )
     check_reason(decision, reason=message.reason, salt=message.salt)
     if decision.supersedes is not None:
-        raise UnexpectedMessageError("reconsideration is not supported yet")
-    if decision.stage in held_stages:
+        if decision.supersedes not in supersedable:
+            raise UnexpectedMessageError(
+                "a superseding decision replaces the last decision of its case and stage that"
+                " this agency holds"
+            )
+    elif decision.stage in held_stages:
         raise AlreadyDecidedError(
             f"this agency holds a {decision.stage}-stage decision of the case already"
         )

@@ -168,7 +168,8 @@ class Identification:
     ) -> None:
         """Send the providers that `referral_id` (newly linked, or newly accepted by `only`)
         makes recipients of the case (§8.7 "Who receives it") what the others hold already:
-        every decision of the case (first stage first, without the reason), then every
+        every decision of the case (first stage first, each after the one it supersedes,
+        without the reason), then every
         notice, each chain in order; each as the normal message with its normal audit."""
         copies = [
             c
@@ -180,10 +181,7 @@ class Identification:
         ]
         if not copies:
             return
-        held = sorted(
-            self.store.decisions_of_case(db, self.agency, case.case_id),
-            key=lambda d: d.stage != D.FIRST,  # stable: the stored order within a stage
-        )
+        held = _in_order(self.store.decisions_of_case(db, self.agency, case.case_id))
         notices = self.store.notices_of_case(db, self.agency, case.case_id)
         for copy in copies:
             for d in held:
@@ -237,8 +235,10 @@ class Identification:
         self, case_id: str, *, stage: str, outcome: str, reason: str | None
     ) -> dict[str, Any]:
         """Decide `stage` of the case: 404 unknown case, 409 (`allowed`) a step the case
-        table refuses, 409 `already-decided` for a stage it holds a decision of, 409
-        `too-early` before the interval, 422 a wrong reason."""
+        table refuses, 409 `already-decided` for a stage it holds a decision of (but in a
+        `reconsidering_*` state, where the decision supersedes the stage's last one and
+        answers the pending requests), 409 `too-early` before the interval, 422 a wrong
+        reason."""
         if (stage, outcome) not in cases.DECIDED:
             raise E.Unprocessable("stage must be first or second, outcome positive or negative")
         now = clock.now()
@@ -248,22 +248,34 @@ class Identification:
             if case is None:
                 raise E.NotFound("no case with this id at this agency")
             target = cases.DECIDED[(stage, outcome)]
+            reconsidering = case.state in cases.RECONSIDERING
             try:
-                cases.check(case.state, target, cases.AUTHORITY, reason=reason, supersedes=False)
+                cases.check(
+                    case.state, target, cases.AUTHORITY, reason=reason, supersedes=reconsidering
+                )
             except cases.CaseStepRefused as e:
                 raise E.TransitionNotAllowed(str(e), allowed=e.allowed) from e
             except ValueError as e:
                 raise E.Unprocessable(str(e)) from e
             if case.age_route == "child" and reason in D.NOT_FOR_CHILDREN:
                 raise E.Unprocessable(f"{reason} is not a reason on the child route")
-            if any(
-                d.stage == stage for d in self.store.decisions_of_case(db, self.agency, case_id)
-            ):
+            of_case = self.store.decisions_of_case(db, self.agency, case_id)
+            replaceable = _supersedable(of_case, stage)
+            if reconsidering:  # the answer to a request: it replaces the stage's last decision
+                if len(replaceable) != 1:
+                    raise E.Conflict(
+                        f"the case's {stage} stage has no one decision to reconsider",
+                        reason="unexpected",
+                    )
+                (supersedes,) = replaceable
+            elif any(d.stage == stage for d in of_case):
                 # the decisions held, not only the state: every receiver refuses it (§8.7)
                 raise E.Conflict(
-                    f"the case's {stage} stage is decided; nothing supersedes a decision yet",
+                    f"the case's {stage} stage is decided; only a reconsideration supersedes it",
                     reason="already-decided",
                 )
+            else:
+                supersedes = None
             if stage == D.SECOND:
                 self._check_interval(db, case_id, now)
             salt = None if reason is None else secrets.token_bytes(D.SALT_BYTES)
@@ -274,7 +286,7 @@ class Identification:
                 stage=stage,
                 outcome=outcome,
                 reason_digest=None if salt is None else D.reason_digest(salt, reason or ""),
-                supersedes=None,
+                supersedes=supersedes,
                 decided_at=now,
                 age_route=case.age_route,
             )
@@ -282,6 +294,8 @@ class Identification:
             body = DecisionMessage(signed, case.owner, case.referral_id, reason, salt)
             self.store.insert_decision(db, _stored(decision, body, now))
             self.store.set_case_state(db, case_id, target, now)
+            if reconsidering:
+                self.store.answer_requests(db, case_id, decision.decision_id)
             labels = (("stage", stage), ("outcome", outcome))
             self.audit.record(
                 db,
@@ -576,6 +590,7 @@ class Identification:
             shared=shared,
             bound=self._pair_case(db, message.owner, message.referral_id, claimed.authority),
             held_stages={held.stage for held in of_case},
+            supersedable=_supersedable(of_case, claimed.stage),
             first=first,
             min_days=self._min_days(),
         )
@@ -866,6 +881,7 @@ class Identification:
             "reason": held.reason,
             "decided_at": decision.decided_at,
             "age_route": decision.age_route,
+            "supersedes": decision.supersedes,
             "owner": held.owner,
             "referral_id": held.referral_id,
         }
@@ -903,6 +919,28 @@ def _stored_notice(
     )
 
 
+def _in_order(held: list[StoredDecision]) -> list[StoredDecision]:
+    """One case's decisions in the order a receiver accepts them (§8.7): the first stage
+    first, and within a stage each after the decision it supersedes (stored in the same
+    second, the stored order need not say)."""
+    replaces = {d.decision_id: D.claimed(d.signed).supersedes for d in held}
+
+    def depth(decision_id: str) -> int:
+        steps, replaced = 0, replaces.get(decision_id)
+        while replaced is not None and steps <= len(replaces):  # bounded: a loop is damage
+            steps, replaced = steps + 1, replaces.get(replaced)
+        return steps
+
+    return sorted(held, key=lambda d: (d.stage != D.FIRST, depth(d.decision_id)))
+
+
+def _supersedable(held: list[StoredDecision], stage: str) -> set[str]:
+    """The ids of the decisions of `stage` among `held` (one case's) that none of `held`
+    supersedes: what a decision after reconsideration may replace (§8.7)."""
+    replaced = {D.claimed(d.signed).supersedes for d in held}
+    return {d.decision_id for d in held if d.stage == stage and d.decision_id not in replaced}
+
+
 def _request_doc(r: StoredRequest) -> dict[str, Any]:
     """A stored request as the authority's API and webhook show it."""
     return {
@@ -917,6 +955,7 @@ def _request_doc(r: StoredRequest) -> dict[str, Any]:
         "owner": r.owner,
         "referral_id": r.referral_id,
         "pending": r.answered_by is None,
+        "answered_by": r.answered_by,
     }
 
 

@@ -397,6 +397,7 @@ _DECISION_FIELDS: dict[str, Any] = {
     "reason": {"enum": [*_DECISION_REASONS, None]},
     "decided_at": _TIME,
     "age_route": {"enum": list(AGE_ROUTES)},
+    "supersedes": {"anyOf": [_ID, {"type": "null"}]},
     "owner": _AGENCY_ID,
     "referral_id": _ID,
 }
@@ -452,6 +453,7 @@ _RECONSIDERATION = _closed(
         "owner": _AGENCY_ID,
         "referral_id": _ID,
         "pending": {"type": "boolean"},
+        "answered_by": {"anyOf": [_ID, {"type": "null"}]},
     }
 )
 _CASE = _closed(
@@ -947,8 +949,9 @@ OPENAPI: dict[str, Any] = {
         "/v1/cases/{case_id}/decisions": {
             "post": {
                 "summary": "Decide a stage of a case (decide scope): signed and sealed to the "
-                "referrer and every coordinator; 409 lists the allowed steps, or says "
-                "already-decided or too-early",
+                "referrer and every coordinator; in a reconsidering state the decision "
+                "supersedes the stage's last one and answers the pending requests; 409 lists "
+                "the allowed steps, or says already-decided or too-early",
                 "parameters": [_PATH_CASE_ID, _IDEMPOTENCY],
                 "requestBody": json_object_body(
                     ["stage", "outcome"],

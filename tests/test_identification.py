@@ -463,6 +463,37 @@ COORDINATOR_OPENS = Policy(
 )
 
 
+async def referred_on(m: Mechanism) -> str:
+    """The authority refers on to police (a provider): the referral's id, once delivered."""
+    onward = await m.api(AUTHORITY).refer(["police"], samples.referral())
+
+    async def at_police() -> bool:
+        return await m.api(AUTHORITY).status(onward) == "delivered"
+
+    await eventually(at_police, what="the onward referral at police")
+    return onward
+
+
+async def police_accepts(m: Mechanism, onward: str) -> None:
+    """Police acknowledges and accepts the authority's referral `onward`, and the authority
+    sees it accepted."""
+    for to in ("acknowledged", "accepted"):
+        status, body = await call(
+            m, "police", "POST", f"/v1/referrals/{onward}/transitions", json={"to": to}
+        )
+        assert status == 202, body
+
+    async def accepted() -> bool:
+        rows = query(
+            m.database(AUTHORITY),
+            "SELECT state FROM referrals WHERE referral_id = ? AND side = 'sender'",
+            onward,
+        )
+        return rows == [("accepted",)]
+
+    await eventually(accepted, what="the authority to see police accept")
+
+
 @pytest.mark.parametrize("link_first", [False, True], ids=["accept-then-link", "link-then-accept"])
 async def test_a_provider_linked_late_gets_the_case_so_far(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, link_first: bool
@@ -482,12 +513,7 @@ async def test_a_provider_linked_late_gets_the_case_so_far(
         status, decided = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
         assert status == 202, decided
 
-        onward = await m.api(AUTHORITY).refer(["police"], samples.referral())
-
-        async def at_police() -> bool:
-            return await m.api(AUTHORITY).status(onward) == "delivered"
-
-        await eventually(at_police, what="the onward referral at police")
+        onward = await referred_on(m)
         path = f"/v1/cases/{case_id}/referrals/{onward}"
         before = len(events(m, AUTHORITY, "identification.sent"))
         notified = len(events(m, AUTHORITY, "protection.notified"))
@@ -497,21 +523,7 @@ async def test_a_provider_linked_late_gets_the_case_so_far(
                 status, body = await call(m, AUTHORITY, "PUT", path)
                 assert status == 200, body
             assert len(events(m, AUTHORITY, "identification.sent")) == before  # not accepted
-        for to in ("acknowledged", "accepted"):
-            status, body = await call(
-                m, "police", "POST", f"/v1/referrals/{onward}/transitions", json={"to": to}
-            )
-            assert status == 202, body
-
-        async def accepted() -> bool:
-            rows = query(
-                m.database(AUTHORITY),
-                "SELECT state FROM referrals WHERE referral_id = ? AND side = 'sender'",
-                onward,
-            )
-            return rows == [("accepted",)]
-
-        await eventually(accepted, what="the authority to see police accept")
+        await police_accepts(m, onward)
         assert before  # to the co-ordinator only
         clock.set_offset(offset, 86_400)  # a day on: the copies' envelopes are late
         for _ in range(2):

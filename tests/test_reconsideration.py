@@ -24,6 +24,7 @@ from runtime import clock
 from .support import Mechanism, agency_keys, eventually, sealed, webhook_receiver
 from .test_identification import (
     AUTHORITY,
+    COORDINATOR_OPENS,
     POLICY,
     authority_mechanism,
     call,
@@ -31,6 +32,8 @@ from .test_identification import (
     events,
     held,
     opened_case,
+    police_accepts,
+    referred_on,
 )
 from .test_sender_scope import publish, rejected, rejections
 
@@ -148,6 +151,7 @@ async def test_the_referrer_asks_and_its_api_refuses_what_the_authority_would(
         "owner": "police",
         "referral_id": rid,
         "pending": True,
+        "answered_by": None,
     }
     [received] = events(m, AUTHORITY, "reconsideration.")
     assert (received.kind, received.referral_id, received.counterpart, received.reason) == (
@@ -213,3 +217,103 @@ async def test_a_request_past_the_window_is_refused_by_the_sender(
         )
         assert (status, problem.get("reason")) == (409, "out-of-time"), problem
         assert events(m, "police", "reconsideration.") == []
+
+
+async def test_the_authority_answers_with_a_superseding_decision(authority: Mechanism) -> None:
+    """While the request is pending, the authority's new first stage supersedes the negative
+    one: police and the co-ordinator accept it beside the one it replaces, the case is
+    `first_positive` and the request answered by it; deciding the stage again, superseding
+    nothing, is 409 `already-decided` as before."""
+    m = authority
+    rid, case_id, decision_id = await refused_first(m)
+    status, sent = await ask(
+        m, "police", rid, {"decision_id": decision_id, "ground": "new-information"}
+    )
+    assert status == 202, sent
+
+    async def reconsidering() -> bool:
+        status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+        return status == 200 and case["state"] == "reconsidering_first"
+
+    await eventually(reconsidering, what="the authority to reconsider the first stage")
+    status, answer = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
+    assert (status, answer["state"]) == (202, "first_positive"), answer
+    for agency in ("police", "coordinator"):
+        both = await held(m, agency, rid, 2)
+        listed = {(d["decision_id"], d["outcome"], d["supersedes"]) for d in both}
+        assert listed == {
+            (decision_id, "negative", None),
+            (answer["decision_id"], "positive", decision_id),
+        }
+    _, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+    [request] = case["reconsiderations"]
+    assert (request["pending"], request["answered_by"]) == (False, answer["decision_id"])
+    assert sorted(d["supersedes"] or "" for d in case["decisions"]) == ["", decision_id]
+    # a positive first stage, reached by reconsideration, starts the protections
+    assert {p: v["state"] for p, v in case["protections"].items()} == {
+        "no-removal": "on",
+        "reflection": "running",
+    }
+    status, problem = await decide(
+        m, case_id, {"stage": "first", "outcome": "negative", "reason": "duplicate"}
+    )
+    assert status == 409, problem
+    assert not rejections(m.database("police")) and not rejections(m.database("coordinator"))
+
+
+async def test_a_provider_linked_later_gets_the_decision_after_the_one_it_replaces(
+    tmp_path: Path,
+) -> None:
+    """The co-ordinator's referral opens a case (the co-ordinator is its referrer, so it may
+    ask); its negative first stage is reconsidered and superseded by a positive one; police,
+    referred to and linked only then, gets both as late copies, the superseded one first,
+    and refuses neither."""
+    async with authority_mechanism(tmp_path, COORDINATOR_OPENS) as m:
+        rid, case_id = await opened_case(m, "coordinator")
+        status, refused = await decide(
+            m, case_id, {"stage": "first", "outcome": "negative", "reason": "no-indicators"}
+        )
+        assert status == 202, refused
+
+        async def holds_it() -> bool:
+            status, d = await call(m, "coordinator", "GET", f"/v1/referrals/{rid}/decisions")
+            return status == 200 and len(d["items"]) == 1
+
+        await eventually(holds_it, what="the co-ordinator to hold its decision")
+        status, sent = await ask(
+            m,
+            "coordinator",
+            rid,
+            {"decision_id": refused["decision_id"], "ground": "procedural-error"},
+            sender="coordinator",
+        )
+        assert status == 202, sent
+
+        async def reconsidering() -> bool:
+            status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+            return status == 200 and case["state"] == "reconsidering_first"
+
+        await eventually(reconsidering, what="the authority to reconsider the first stage")
+        status, answer = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
+        assert status == 202, answer
+
+        onward = await referred_on(m)
+        await police_accepts(m, onward)
+        status, body = await call(m, AUTHORITY, "PUT", f"/v1/cases/{case_id}/referrals/{onward}")
+        assert status == 200, body
+
+        async def holds_both() -> bool:
+            status, d = await call(
+                m, "police", "GET", f"/v1/referrals/{onward}/decisions?sender={AUTHORITY}"
+            )
+            return status == 200 and len(d["items"]) == 2
+
+        await eventually(holds_both, what="police to hold both decisions")
+        _, d = await call(
+            m, "police", "GET", f"/v1/referrals/{onward}/decisions?sender={AUTHORITY}"
+        )
+        assert {(x["decision_id"], x["supersedes"], x["reason"]) for x in d["items"]} == {
+            (refused["decision_id"], None, None),
+            (answer["decision_id"], refused["decision_id"], None),
+        }
+        assert not rejections(m.database("police"))

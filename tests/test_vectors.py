@@ -641,6 +641,9 @@ def _decision_message(fields: dict[str, str], body: bytes, roles: set[str]) -> N
             held_stages=set()
             if fields["held_stages"] == "none"
             else {*fields["held_stages"].split(",")},
+            supersedable=set()
+            if fields["supersedable"] == "none"
+            else {*fields["supersedable"].split(",")},
             first=first,
             min_days=int(fields["second_stage_min_days"]),
         )

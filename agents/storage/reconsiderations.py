@@ -3,7 +3,8 @@
 `reconsideration_requests`: at a competent authority, every request it accepted, keyed by
 its requester and `request_id`, naming the decision and case it is about, the pair it was
 asked under, the ground and when. Coded fields and ids only. `answered_by` is null while
-the request is pending (the answer, a superseding decision or a refusal, is not built yet).
+the request is pending, then the id of the decision that answered it (superseding the one
+asked about); a refusal answer is not built yet.
 A new table: `CREATE TABLE IF NOT EXISTS` adds it.
 """
 
@@ -63,6 +64,15 @@ class Reconsiderations(Database):
             ),
         )
         return cursor.rowcount == 1
+
+    @staticmethod
+    def answer_requests(db: sqlite3.Connection, case_id: str, answered_by: str) -> None:
+        """Mark the case's pending requests answered by `answered_by` (a decision's id)."""
+        db.execute(
+            "UPDATE reconsideration_requests SET answered_by = ?"
+            " WHERE case_id = ? AND answered_by IS NULL",
+            (answered_by, case_id),
+        )
 
     @staticmethod
     def requests_of_case(db: sqlite3.Connection, case_id: str) -> list[StoredRequest]:

@@ -2283,7 +2283,9 @@ def decision_vectors() -> Iterator[tuple[str, str]]:
 #     `created` (the envelope's), `clock_skew_seconds`, `bound` (the case_id of the
 #     decisions of the decision's authority the receiver holds under the body's pair, or
 #     none), `held_stages` (the stages of the decision's case it holds decisions of,
-#     comma-separated, or none); the bytes are the body, judged by §6.4 and §8.7 "The
+#     comma-separated, or none), `supersedable` (the ids of the decisions of the decision's
+#     case and stage it holds that none it holds supersedes, comma-separated, or none); the
+#     bytes are the body, judged by §6.4 and §8.7 "The
 #     message" in order.
 
 
@@ -2471,6 +2473,27 @@ def _identification_vectors() -> list[tuple[str, str, str, dict[str, object], by
             held,
             _decision_body(negative, "no-indicators", SALT),
         ),
+        (
+            "ok-supersedes",
+            "after reconsideration, a positive first stage replacing the negative one held",
+            "ok",
+            {**held, "first_stage": None, "supersedable": negative.decision_id},
+            _decision_body(_decision(decision_id=later, supersedes=negative.decision_id)),
+        ),
+        (
+            "supersedes-what-is-not-held",
+            "a decision superseding one the receiver does not hold (or holds superseded)",
+            "unexpected",
+            {**held, "first_stage": None},
+            _decision_body(_decision(decision_id=later, supersedes=negative.decision_id)),
+        ),
+        (
+            "supersedes-another-stage",
+            "a second stage superseding the first stage held",
+            "unexpected",
+            later_held,
+            _decision_body(dataclasses.replace(second, supersedes=first.decision_id)),
+        ),
     ]
 
 
@@ -2486,6 +2509,7 @@ def identification_vectors() -> Iterator[tuple[str, str]]:
             "clock_skew_seconds": 300,
             "bound": None,
             "held_stages": None,
+            "supersedable": None,
             **changes,
         }
         header: list[tuple[str, object]] = [
