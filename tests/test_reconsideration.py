@@ -40,6 +40,9 @@ from .test_sender_scope import publish, rejected, rejections
 DAY = 86_400
 #: As test_identification's, with no time to ask for reconsideration in.
 SHUT = dataclasses.replace(POLICY, reconsideration_window_days=0)
+#: The co-ordinator opens the case (test_identification's), and the second stage may follow
+#: the first at once.
+AT_ONCE = dataclasses.replace(COORDINATOR_OPENS, second_stage_min_days=0)
 
 
 #: The events the authority's agent sent its case system (webhooks), in order of arrival.
@@ -267,8 +270,10 @@ async def test_a_provider_linked_later_gets_the_decision_after_the_one_it_replac
     """The co-ordinator's referral opens a case (the co-ordinator is its referrer, so it may
     ask); its negative first stage is reconsidered and superseded by a positive one; police,
     referred to and linked only then, gets both as late copies, the superseded one first,
-    and refuses neither."""
-    async with authority_mechanism(tmp_path, COORDINATOR_OPENS) as m:
+    and refuses neither; its API refuses to ask about the superseded one (409
+    `superseded`). A negative second stage then reaches police as a provider, which asks
+    under its own pair with the authority: the case is `reconsidering_second`."""
+    async with authority_mechanism(tmp_path, AT_ONCE) as m:
         rid, case_id = await opened_case(m, "coordinator")
         status, refused = await decide(
             m, case_id, {"stage": "first", "outcome": "negative", "reason": "no-indicators"}
@@ -317,3 +322,34 @@ async def test_a_provider_linked_later_gets_the_decision_after_the_one_it_replac
             (answer["decision_id"], refused["decision_id"], None),
         }
         assert not rejections(m.database("police"))
+        doc = {"decision_id": refused["decision_id"], "ground": "new-information"}
+        status, problem = await ask(m, "police", onward, doc, sender=AUTHORITY)
+        assert (status, problem.get("reason")) == (409, "superseded"), problem
+
+        status, second = await decide(
+            m, case_id, {"stage": "second", "outcome": "negative", "reason": "duplicate"}
+        )
+        assert status == 202, second
+
+        async def holds_three() -> bool:
+            status, d = await call(
+                m, "police", "GET", f"/v1/referrals/{onward}/decisions?sender={AUTHORITY}"
+            )
+            return status == 200 and len(d["items"]) == 3
+
+        await eventually(holds_three, what="police to hold the second stage")
+        doc = {"decision_id": second["decision_id"], "ground": "not-reasoned"}
+        status, sent = await ask(m, "police", onward, doc, sender=AUTHORITY)
+        assert status == 202, sent
+        assert (sent["owner"], sent["referral_id"], sent["stage"]) == (AUTHORITY, onward, "second")
+
+        async def reconsidering_second() -> bool:
+            status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+            return status == 200 and case["state"] == "reconsidering_second"
+
+        await eventually(reconsidering_second, what="the authority to reconsider the second")
+        _, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+        assert [(r["requester"], r["stage"], r["pending"]) for r in case["reconsiderations"]] == [
+            ("coordinator", "first", False),
+            ("police", "second", True),
+        ]
