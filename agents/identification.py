@@ -702,7 +702,8 @@ class Identification:
         """Ask the authority to reconsider a decision this agency holds under the referral's
         pair as that pair's party (its own referral, or the authority's referral to it):
         404 for none (a coordinator's copy included: it does not ask), 409 naming `reason`
-        for one that does not verify, or is `not-negative`, `superseded` or `out-of-time`.
+        for one that does not verify, or is `not-negative`, `superseded`, of an authority the
+        directory no longer lists as one (`not-for-this-role`), or `out-of-time`.
         One `reconsideration-request` sealed to the authority (audit
         `reconsideration.requested`, the ground as its reason)."""
         now = clock.now()
@@ -716,6 +717,15 @@ class Identification:
                 for d in self.store.decisions_of_case(db, held.authority, held.case_id)
             ):
                 raise E.Conflict("a later decision supersedes this one", reason="superseded")
+            directory = self.directory()
+            if decision.authority not in directory or COMPETENT_AUTHORITY not in (
+                directory.agency(decision.authority).roles
+            ):
+                raise E.Conflict(
+                    "the decision's authority is no competent authority of the directory now;"
+                    " nothing was sent",
+                    reason="not-for-this-role",
+                )
             window = self._window_days()
             if now > window_ends(decision, window_days=window):
                 raise E.Conflict(

@@ -895,8 +895,9 @@ OPENAPI: dict[str, Any] = {
                 "agency holds under the referral as the pair's party, not as a co-ordinator "
                 '(act scope; PROTOCOL §8.7 "Reconsideration requests"): sealed to the '
                 "decision's authority; 404 for no such decision, 409 with `reason` "
-                "not-negative, superseded, out-of-time (the policy's "
-                "reconsideration_window_days) or the stored decision's verification failure",
+                "not-negative, superseded, not-for-this-role (the authority is no longer one), "
+                "out-of-time (the policy's reconsideration_window_days) or the stored "
+                "decision's verification failure",
                 "parameters": [_PATH_ID, _SENDER, _IDEMPOTENCY],
                 "requestBody": json_object_body(
                     ["decision_id", "ground"],

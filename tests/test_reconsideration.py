@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from keys import codec
+from nrm import admin
 from runtime import clock
 
 from .support import Mechanism, agency_keys, eventually, sealed, webhook_receiver
@@ -75,6 +76,32 @@ async def refused_first(m: Mechanism) -> tuple[str, str, str]:
     for agency in ("police", "coordinator"):
         await held(m, agency, rid, 1)
     return rid, case_id, decided["decision_id"]
+
+
+async def case_in(m: Mechanism, case_id: str, state: str) -> None:
+    """Wait until the authority's case is in `state`."""
+
+    async def there() -> bool:
+        status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+        return status == 200 and case["state"] == state
+
+    await eventually(there, what=f"the authority's case to be {state}")
+
+
+async def provider_holds(m: Mechanism, onward: str, count: int) -> list[dict[str, Any]]:
+    """The decisions police holds under the authority's referral `onward`, once `count`."""
+    found: list[dict[str, Any]] = []
+
+    async def arrived() -> bool:
+        nonlocal found
+        status, d = await call(
+            m, "police", "GET", f"/v1/referrals/{onward}/decisions?sender={AUTHORITY}"
+        )
+        found = d["items"] if status == 200 else []
+        return len(found) == count
+
+    await eventually(arrived, what=f"police to hold {count} decision(s) as a provider")
+    return found
 
 
 async def ask(
@@ -135,11 +162,7 @@ async def test_the_referrer_asks_and_its_api_refuses_what_the_authority_would(
     )
     assert dict(event.labels) == {"stage": "first"}
 
-    async def reconsidering() -> bool:
-        status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
-        return status == 200 and case["state"] == "reconsidering_first"
-
-    await eventually(reconsidering, what="the authority to reconsider the first stage")
+    await case_in(m, case_id, "reconsidering_first")
     _, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
     [pending] = case["reconsiderations"]
     assert pending == {
@@ -190,7 +213,8 @@ async def test_the_referrer_asks_and_its_api_refuses_what_the_authority_would(
 async def test_a_coordinator_may_not_ask(authority: Mechanism) -> None:
     """The co-ordinator holds the negative decision under police's pair, to oversee: its
     request, sealed past its own agent, is refused `not-shared`, and the case stays
-    `first_negative` with no request."""
+    `first_negative` with no request. Once the directory no longer lists the authority as
+    one, police's API refuses to ask it (409 `not-for-this-role`) and sends nothing."""
     m = authority
     rid, case_id, decision_id = await refused_first(m)
     body = codec.pack(
@@ -202,6 +226,21 @@ async def test_a_coordinator_may_not_ask(authority: Mechanism) -> None:
     status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
     assert status == 200 and case["state"] == "first_negative", case
     assert case["reconsiderations"] == []
+
+    identity = admin.PublicIdentity.from_json(m.setups[AUTHORITY].identity_path.read_bytes())
+    admin.add_agency(m.sandbox.admin, identity, roles=["ngo"])
+    m.sandbox.sign_draft()
+    await m.sandbox.publish()
+
+    async def no_longer() -> bool:
+        d = m.agents["police"].trust.directory
+        return d is not None and d.agency(AUTHORITY).roles == ("ngo",)
+
+    await eventually(no_longer, what="police to know the authority is one no more")
+    doc = {"decision_id": decision_id, "ground": "new-information"}
+    status, problem = await ask(m, "police", rid, doc)
+    assert (status, problem.get("reason")) == (409, "not-for-this-role"), problem
+    assert events(m, "police", "reconsideration.") == []
 
 
 async def test_a_request_past_the_window_is_refused_by_the_sender(
@@ -234,11 +273,7 @@ async def test_the_authority_answers_with_a_superseding_decision(authority: Mech
     )
     assert status == 202, sent
 
-    async def reconsidering() -> bool:
-        status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
-        return status == 200 and case["state"] == "reconsidering_first"
-
-    await eventually(reconsidering, what="the authority to reconsider the first stage")
+    await case_in(m, case_id, "reconsidering_first")
     status, answer = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
     assert (status, answer["state"]) == (202, "first_positive"), answer
     for agency in ("police", "coordinator"):
@@ -294,11 +329,7 @@ async def test_a_provider_linked_later_gets_the_decision_after_the_one_it_replac
         )
         assert status == 202, sent
 
-        async def reconsidering() -> bool:
-            status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
-            return status == 200 and case["state"] == "reconsidering_first"
-
-        await eventually(reconsidering, what="the authority to reconsider the first stage")
+        await case_in(m, case_id, "reconsidering_first")
         status, answer = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
         assert status == 202, answer
 
@@ -307,17 +338,8 @@ async def test_a_provider_linked_later_gets_the_decision_after_the_one_it_replac
         status, body = await call(m, AUTHORITY, "PUT", f"/v1/cases/{case_id}/referrals/{onward}")
         assert status == 200, body
 
-        async def holds_both() -> bool:
-            status, d = await call(
-                m, "police", "GET", f"/v1/referrals/{onward}/decisions?sender={AUTHORITY}"
-            )
-            return status == 200 and len(d["items"]) == 2
-
-        await eventually(holds_both, what="police to hold both decisions")
-        _, d = await call(
-            m, "police", "GET", f"/v1/referrals/{onward}/decisions?sender={AUTHORITY}"
-        )
-        assert {(x["decision_id"], x["supersedes"], x["reason"]) for x in d["items"]} == {
+        items = await provider_holds(m, onward, 2)
+        assert {(x["decision_id"], x["supersedes"], x["reason"]) for x in items} == {
             (refused["decision_id"], None, None),
             (answer["decision_id"], refused["decision_id"], None),
         }
@@ -331,23 +353,13 @@ async def test_a_provider_linked_later_gets_the_decision_after_the_one_it_replac
         )
         assert status == 202, second
 
-        async def holds_three() -> bool:
-            status, d = await call(
-                m, "police", "GET", f"/v1/referrals/{onward}/decisions?sender={AUTHORITY}"
-            )
-            return status == 200 and len(d["items"]) == 3
-
-        await eventually(holds_three, what="police to hold the second stage")
+        await provider_holds(m, onward, 3)
         doc = {"decision_id": second["decision_id"], "ground": "not-reasoned"}
         status, sent = await ask(m, "police", onward, doc, sender=AUTHORITY)
         assert status == 202, sent
         assert (sent["owner"], sent["referral_id"], sent["stage"]) == (AUTHORITY, onward, "second")
 
-        async def reconsidering_second() -> bool:
-            status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
-            return status == 200 and case["state"] == "reconsidering_second"
-
-        await eventually(reconsidering_second, what="the authority to reconsider the second")
+        await case_in(m, case_id, "reconsidering_second")
         _, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
         assert [(r["requester"], r["stage"], r["pending"]) for r in case["reconsiderations"]] == [
             ("coordinator", "first", False),
