@@ -73,6 +73,7 @@ from .metrics import AgentMetrics
 from .nats_key import NatsKeyFollower, wanted_seed
 from .presence import DUPLICATE, HELD, Presence, instance_id
 from .protections import PROTECTION_NOTICE, NoticeMessage
+from .reconsideration import RECONSIDERATION_REQUEST, ReconsiderationRequest
 from .referral import is_child
 from .resend import RESEND_REQUEST, Resender
 from .retention import Retention
@@ -101,6 +102,7 @@ SENT_EVENTS = {
     OVERDUE: "clock.overdue",
     IDENTIFICATION_DECISION: "identification.sent",
     PROTECTION_NOTICE: "protection.notified",
+    RECONSIDERATION_REQUEST: "reconsideration.requested",
 }
 
 
@@ -782,6 +784,7 @@ class Agent:
             REFUSAL: self._on_refusal,
             IDENTIFICATION_DECISION: self._on_decision,
             PROTECTION_NOTICE: self._on_notice,
+            RECONSIDERATION_REQUEST: self._on_reconsideration,
         }
         if set(table) != inbound.KINDS:
             raise RuntimeError("every kind inbound checks needs a handler, and no other")
@@ -806,6 +809,13 @@ class Agent:
         if not isinstance(checked, NoticeMessage):
             raise TypeError("a notice handler takes a checked protection notice message")
         self.identification.on_notice(tx, opened, checked)
+
+    def _on_reconsideration(
+        self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked
+    ) -> None:
+        if not isinstance(checked, ReconsiderationRequest):
+            raise TypeError("a reconsideration handler takes a checked request")
+        self.identification.on_reconsideration(tx, opened, checked)
 
     def _open_case(self, tx: sqlite3.Connection, owner: str, referral_id: str) -> None:
         """A competent authority accepting a referral of type nrm_full opens its case, on the

@@ -46,6 +46,7 @@ from .lifecycle import OUTCOMES, REASON_CODES
 from .openapi import IDEMPOTENCY_KEY_PATTERN, MAX_CURSOR, MAX_SINCE, document
 from .protections import authority_steps
 from .referral_versions import as_v2
+from .reconsideration import GROUNDS
 from .retention import Retention
 from .services import Services
 from .store import STATUS_ORDER, Store
@@ -178,6 +179,7 @@ def make_app(
     r.add_post("/v1/subject-access", subject_access)
     r.add_get("/v1/referrals/{id}/decisions", referral_decisions)
     r.add_get("/v1/referrals/{id}/protections", referral_protections)
+    r.add_post("/v1/referrals/{id}/reconsiderations", request_reconsideration)
     r.add_get("/v1/cases", list_cases)
     r.add_get("/v1/cases/{case_id}", get_case)
     r.add_post("/v1/cases/{case_id}/decisions", decide)
@@ -643,6 +645,32 @@ def _held_under_pair(
     # decisions and notices (a competent authority's) stay (docs/DESIGN.md "Erasure").
     erased = backend.store.is_erased(owner, referral_id)
     return web.json_response({"id": referral_id, "sender": owner, "erased": erased, "items": items})
+
+
+async def request_reconsideration(request: web.Request) -> web.Response:
+    """Ask the authority to reconsider a negative decision held under the referral (act
+    scope: it sends a message, as a transition does): sealed to the decision's authority
+    (PROTOCOL §8.7 "Reconsideration requests")."""
+
+    def act(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        _only(doc, {"decision_id", "ground"})
+        decision_id = doc.get("decision_id")
+        if not (isinstance(decision_id, str) and HEX32.fullmatch(decision_id)):
+            raise ProblemError(400, "Bad Request", "decision_id must be 32 lowercase hex digits")
+        ground = doc.get("ground")
+        if ground not in GROUNDS:
+            raise ProblemError(  # never echoed
+                400, "Bad Request", "ground must be one of: " + ", ".join(GROUNDS)
+            )
+        result = request.app[BACKEND].identification.request_reconsideration(
+            request.match_info["id"],
+            sender=_sender_param(request),
+            decision_id=decision_id,
+            ground=str(ground),
+        )
+        return 202, result
+
+    return await _idempotent(request, "act", act)
 
 
 async def list_cases(request: web.Request) -> web.Response:

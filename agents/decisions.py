@@ -179,6 +179,7 @@ def check_received(
     history: Sequence[KeyWindow],
     pair: UnderPair,
     held_stages: Collection[str],
+    supersedable: Collection[str],
     first: Callable[[], Decision | None],
     min_days: int,
 ) -> Decision:
@@ -188,10 +189,12 @@ def check_received(
     `skew`: the clock skew tolerated (Limits.clock_skew_seconds); `authority`: the trusted
     directory's entry for the decision's authority (None if it lists none); `history`: the
     signing key history; `pair`: what the receiver holds under the message's pair;
-    `held_stages`: the stages of the decision's case it holds decisions of; `first`: the
-    positive first stage of that case it holds (None if none), verified again, called only
-    when a second stage is judged, after every check on the sender; `min_days`: the
-    national policy's `second_stage_min_days`."""
+    `held_stages`: the stages of the decision's case it holds decisions of; `supersedable`:
+    the ids of the decisions of that case and stage it holds that no decision it holds
+    supersedes (what a reconsideration's answer may replace); `first`: the positive first
+    stage of that case it holds (None if none), verified again, called only when a second
+    stage is judged, after every check on the sender; `min_days`: the national policy's
+    `second_stage_min_days`."""
     decision = claimed(message.signed)  # malformed
     if decision.decided_at > created + skew:  # before decided_at picks a key
         raise MisdatedError(
@@ -207,8 +210,12 @@ def check_received(
     check_sent_under("decision", decision.authority, decision.case_id, sender=sender, pair=pair)
     check_reason(decision, reason=message.reason, salt=message.salt)
     if decision.supersedes is not None:
-        raise UnexpectedMessageError("reconsideration is not supported yet")
-    if decision.stage in held_stages:
+        if decision.supersedes not in supersedable:
+            raise UnexpectedMessageError(
+                "a superseding decision replaces the last decision of its case and stage that"
+                " this agency holds"
+            )
+    elif decision.stage in held_stages:
         raise AlreadyDecidedError(
             f"this agency holds a {decision.stage}-stage decision of the case already"
         )

@@ -25,7 +25,7 @@ from keys import AgencyKeys, Opened, UnexpectedMessageError, UntrustedInputError
 from keys import decision as D
 from keys import protection as P
 from keys.directory import Directory
-from keys.policy import MIN_REFLECTION_DAYS, SECOND_STAGE_MIN_DAYS
+from keys.policy import MIN_REFLECTION_DAYS, RECONSIDERATION_WINDOW_DAYS, SECOND_STAGE_MIN_DAYS
 from keys.roles import COMPETENT_AUTHORITY
 from runtime import clock
 
@@ -44,7 +44,13 @@ from .decisions import (
 )
 from .desk import ESCALATION_ROLE, Sender, valid_signing_key
 from .protections import PROTECTION_NOTICE, NoticeMessage
-from .store import Case, Store, StoredDecision, StoredNotice
+from .reconsideration import (
+    RECONSIDERATION_REQUEST,
+    ReconsiderationRequest,
+    window_ends,
+)
+from .reconsideration import check_received as check_request
+from .store import Case, Store, StoredDecision, StoredNotice, StoredRequest
 
 log = structlog.get_logger("nrm.identification")
 
@@ -78,6 +84,10 @@ class Identification:
     def _reflection_warn_days(self) -> int:
         policy = self.directory().policy
         return REFLECTION_WARN_DAYS if policy is None else policy.reflection_warn_days
+
+    def _window_days(self) -> int:
+        policy = self.directory().policy
+        return RECONSIDERATION_WINDOW_DAYS if policy is None else policy.reconsideration_window_days
 
     def _reflection_min_days(self) -> int:
         policy = self.directory().policy
@@ -114,10 +124,12 @@ class Identification:
                 raise E.NotFound("no case with this id at this agency")
             held = self.store.decisions_of_case(db, self.agency, case_id)
             notices = self.store.notices_of_case(db, self.agency, case_id)
+            requests = self.store.requests_of_case(db, case_id)
         return {
             **_case_doc(found),
             "decisions": [self._decision_doc(d) for d in held],
             "protections": self._protections_doc(notices),
+            "reconsiderations": [_request_doc(r) for r in requests],
         }
 
     def link(self, case_id: str, referral_id: str) -> dict[str, Any]:
@@ -157,7 +169,8 @@ class Identification:
     ) -> None:
         """Send the providers that `referral_id` (newly linked, or newly accepted by `only`)
         makes recipients of the case (§8.7 "Who receives it") what the others hold already:
-        every decision of the case (first stage first, without the reason), then every
+        every decision of the case (first stage first, each after the one it supersedes,
+        without the reason), then every
         notice, each chain in order; each as the normal message with its normal audit."""
         copies = [
             c
@@ -169,10 +182,7 @@ class Identification:
         ]
         if not copies:
             return
-        held = sorted(
-            self.store.decisions_of_case(db, self.agency, case.case_id),
-            key=lambda d: d.stage != D.FIRST,  # stable: the stored order within a stage
-        )
+        held = _in_order(self.store.decisions_of_case(db, self.agency, case.case_id))
         notices = self.store.notices_of_case(db, self.agency, case.case_id)
         for copy in copies:
             for d in held:
@@ -226,8 +236,10 @@ class Identification:
         self, case_id: str, *, stage: str, outcome: str, reason: str | None
     ) -> dict[str, Any]:
         """Decide `stage` of the case: 404 unknown case, 409 (`allowed`) a step the case
-        table refuses, 409 `already-decided` for a stage it holds a decision of, 409
-        `too-early` before the interval, 422 a wrong reason."""
+        table refuses, 409 `already-decided` for a stage it holds a decision of (but in a
+        `reconsidering_*` state, where the decision supersedes the stage's last one and
+        answers the pending requests), 409 `too-early` before the interval, 422 a wrong
+        reason."""
         if (stage, outcome) not in cases.DECIDED:
             raise E.Unprocessable("stage must be first or second, outcome positive or negative")
         now = clock.now()
@@ -237,22 +249,34 @@ class Identification:
             if case is None:
                 raise E.NotFound("no case with this id at this agency")
             target = cases.DECIDED[(stage, outcome)]
+            reconsidering = case.state in cases.RECONSIDERING
             try:
-                cases.check(case.state, target, cases.AUTHORITY, reason=reason, supersedes=False)
+                cases.check(
+                    case.state, target, cases.AUTHORITY, reason=reason, supersedes=reconsidering
+                )
             except cases.CaseStepRefused as e:
                 raise E.TransitionNotAllowed(str(e), allowed=e.allowed) from e
             except ValueError as e:
                 raise E.Unprocessable(str(e)) from e
             if case.age_route == "child" and reason in D.NOT_FOR_CHILDREN:
                 raise E.Unprocessable(f"{reason} is not a reason on the child route")
-            if any(
-                d.stage == stage for d in self.store.decisions_of_case(db, self.agency, case_id)
-            ):
+            of_case = self.store.decisions_of_case(db, self.agency, case_id)
+            replaceable = _supersedable(of_case, stage)
+            if reconsidering:  # the answer to a request: it replaces the stage's last decision
+                if len(replaceable) != 1:
+                    raise E.Conflict(
+                        f"the case's {stage} stage has no one decision to reconsider",
+                        reason="unexpected",
+                    )
+                (supersedes,) = replaceable
+            elif any(d.stage == stage for d in of_case):
                 # the decisions held, not only the state: every receiver refuses it (§8.7)
                 raise E.Conflict(
-                    f"the case's {stage} stage is decided; nothing supersedes a decision yet",
+                    f"the case's {stage} stage is decided; only a reconsideration supersedes it",
                     reason="already-decided",
                 )
+            else:
+                supersedes = None
             if stage == D.SECOND:
                 self._check_interval(db, case_id, now)
             salt = None if reason is None else secrets.token_bytes(D.SALT_BYTES)
@@ -263,7 +287,7 @@ class Identification:
                 stage=stage,
                 outcome=outcome,
                 reason_digest=None if salt is None else D.reason_digest(salt, reason or ""),
-                supersedes=None,
+                supersedes=supersedes,
                 decided_at=now,
                 age_route=case.age_route,
             )
@@ -271,6 +295,8 @@ class Identification:
             body = DecisionMessage(signed, case.owner, case.referral_id, reason, salt)
             self.store.insert_decision(db, _stored(decision, body, now))
             self.store.set_case_state(db, case_id, target, now)
+            if reconsidering:
+                self.store.answer_requests(db, case_id, decision.decision_id)
             labels = (("stage", stage), ("outcome", outcome))
             self.audit.record(
                 db,
@@ -564,6 +590,7 @@ class Identification:
             history=self.store.key_history(claimed.authority),
             pair=pair,
             held_stages={held.stage for held in of_case},
+            supersedable=_supersedable(of_case, claimed.stage),
             first=first,
             min_days=self._min_days(),
         )
@@ -673,6 +700,163 @@ class Identification:
             W.WebhookEvent(id=W.new_event_id(), type=webhook_type, created=clock.now(), data=data),
         )
 
+    # --- a party asking for reconsideration (§8.7 "Reconsideration requests") ---------------
+
+    def request_reconsideration(
+        self, referral_id: str, *, sender: str | None, decision_id: str, ground: str
+    ) -> dict[str, Any]:
+        """Ask the authority to reconsider a decision this agency holds under the referral's
+        pair as that pair's party (its own referral, or the authority's referral to it):
+        404 for none (a coordinator's copy included: it does not ask), 409 naming `reason`
+        for one that does not verify, or is `not-negative`, `superseded`, of an authority the
+        directory no longer lists as one (`not-for-this-role`), or `out-of-time`.
+        One `reconsideration-request` sealed to the authority (audit
+        `reconsideration.requested`, the ground as its reason)."""
+        now = clock.now()
+        with self.store.transaction() as db:
+            held = self._held_as_party(db, referral_id, sender, decision_id)
+            decision = self._verified(held, "nothing was sent")
+            if decision.outcome != D.NEGATIVE:
+                raise E.Conflict("only a negative decision is reconsidered", reason="not-negative")
+            if any(
+                D.claimed(d.signed).supersedes == decision_id
+                for d in self.store.decisions_of_case(db, held.authority, held.case_id)
+            ):
+                raise E.Conflict("a later decision supersedes this one", reason="superseded")
+            directory = self.directory()
+            if decision.authority not in directory or COMPETENT_AUTHORITY not in (
+                directory.agency(decision.authority).roles
+            ):
+                raise E.Conflict(
+                    "the decision's authority is no competent authority of the directory now;"
+                    " nothing was sent",
+                    reason="not-for-this-role",
+                )
+            window = self._window_days()
+            if now > window_ends(decision, window_days=window):
+                raise E.Conflict(
+                    f"reconsideration is asked for within {window} days of the decision",
+                    reason="out-of-time",
+                )
+            request = ReconsiderationRequest(
+                request_id=secrets.token_hex(16),
+                decision_id=decision_id,
+                owner=held.owner,
+                referral_id=held.referral_id,
+                ground=ground,
+                at=now,
+            )
+            self.send(
+                RECONSIDERATION_REQUEST,
+                request.encode(),
+                [held.authority],
+                db,
+                referral_id=held.referral_id,
+                labels=(("stage", decision.stage),),
+                reason=ground,
+            )
+        self.log.info("reconsideration_requested", case_id=decision.case_id, stage=decision.stage)
+        return {
+            "request_id": request.request_id,
+            "decision_id": decision_id,
+            "authority": decision.authority,
+            "case_id": decision.case_id,
+            "stage": decision.stage,
+            "ground": ground,
+            "at": now,
+            "owner": held.owner,
+            "referral_id": held.referral_id,
+        }
+
+    def on_reconsideration(
+        self, db: sqlite3.Connection, opened: Opened, message: ReconsiderationRequest
+    ) -> None:
+        """A request received at this authority: checked in §8.7 "Reconsideration requests"
+        order against its own decision, case and pairs; stored, and the case moved to
+        `reconsidering_*` (the case table's step), in the message's transaction."""
+        sender = opened.header.sender
+        found = self.store.decision(db, self.agency, message.decision_id)
+        found_case = "" if found is None else found.case_id
+        case = None if found is None else self.store.case(db, found_case)
+        decision = None if found is None or case is None else D.claimed(found.signed)
+        of_case = [] if case is None else self.store.decisions_of_case(db, self.agency, found_case)
+        decision = check_request(
+            message,
+            created=opened.header.created,
+            skew=self.skew,
+            decision=decision,
+            shared=case is not None and self._asks_as_party(db, case, sender, message),
+            superseded=decision is not None
+            and any(D.claimed(d.signed).supersedes == decision.decision_id for d in of_case),
+            state=None if case is None else case.state,
+            window_days=self._window_days(),
+        )
+        assert case is not None  # check_request refuses a request naming no case
+        target = {D.FIRST: cases.RECONSIDERING_FIRST, D.SECOND: cases.RECONSIDERING_SECOND}[
+            decision.stage
+        ]
+        try:
+            cases.check(case.state, target, cases.AUTHORITY, reason=None, supersedes=False)
+        except (cases.CaseStepRefused, ValueError) as e:  # the checks above make it allowed
+            raise UnexpectedMessageError("the case table refuses the step") from e
+        now = clock.now()
+        stored = StoredRequest(
+            requester=sender,
+            request_id=message.request_id,
+            case_id=case.case_id,
+            decision_id=decision.decision_id,
+            stage=decision.stage,
+            ground=message.ground,
+            owner=message.owner,
+            referral_id=message.referral_id,
+            at=message.at,
+            received_at=now,
+        )
+        if not self.store.insert_request(db, stored):
+            raise UnexpectedMessageError("a request this authority holds already")
+        self.store.set_case_state(db, case.case_id, target, now)
+        self._received(
+            db,
+            ("reconsideration.received", "reconsideration.received"),
+            message.referral_id,
+            sender,
+            labels=(("stage", decision.stage),),
+            reason=message.ground,
+            data=_request_doc(stored),
+        )
+        self.log.info("reconsideration_received", case_id=case.case_id, stage=decision.stage)
+
+    def _asks_as_party(
+        self, db: sqlite3.Connection, case: Case, sender: str, message: ReconsiderationRequest
+    ) -> bool:
+        """Whether `sender` received the case's decisions under the request's pair as that
+        pair's party: the owner of the opening referral, or the provider holding this
+        authority's referral linked to the case, accepted or in progress (§8.7)."""
+        pair = (message.owner, message.referral_id)
+        if pair == (case.owner, case.referral_id):
+            return sender == case.owner
+        return message.owner == self.agency and (
+            message.referral_id,
+            sender,
+        ) in self.store.case_provider_pairs(db, case.case_id, self.agency)
+
+    def _held_as_party(
+        self, db: sqlite3.Connection, referral_id: str, sender: str | None, decision_id: str
+    ) -> StoredDecision:
+        """The decision `decision_id` held under a pair of `referral_id` (of `sender`, when
+        named) of which this agency is the party the decision went to: the owner of its own
+        referral, or the recipient of the authority's referral; 404 otherwise."""
+        owners = self.store.owners_of(referral_id)
+        for owner in owners if sender is None else [o for o in owners if o == sender]:
+            for held in self.store.decisions_of_pair(owner, referral_id):
+                if held.decision_id != decision_id:
+                    continue
+                if owner == self.agency or (
+                    owner == held.authority and self.store.holds_received(db, owner, referral_id)
+                ):
+                    return held
+        raise E.NotFound("no decision with this id held under this referral as its party")
+
     def protections(self, owner: str, referral_id: str) -> list[dict[str, Any]]:
         """The notices held under the pair, each verified again (409 if one does not)."""
         return [self._notice_doc(n) for n in self.store.notices_of_pair(owner, referral_id)]
@@ -692,16 +876,18 @@ class Identification:
         """The decisions held under the pair, each verified again (409 if one does not)."""
         return [self._decision_doc(d) for d in self.store.decisions_of_pair(owner, referral_id)]
 
-    def _decision_doc(self, held: StoredDecision) -> dict[str, Any]:
+    def _verified(self, held: StoredDecision, outcome: str) -> D.Decision:
+        """A held decision verified again under the key history (§7.9); 409 naming the
+        failure's reason, and `outcome` (what was not done), if it does not verify."""
         try:
-            decision = D.verify_decision(
-                held.signed, history=self.store.key_history(held.authority)
-            )
+            return D.verify_decision(held.signed, history=self.store.key_history(held.authority))
         except UntrustedInputError as e:
             raise E.Conflict(
-                f"a stored decision does not verify ({e.reason}); nothing was returned",
-                reason=e.reason,
+                f"a stored decision does not verify ({e.reason}); {outcome}", reason=e.reason
             ) from e
+
+    def _decision_doc(self, held: StoredDecision) -> dict[str, Any]:
+        decision = self._verified(held, "nothing was returned")
         return {
             "decision_id": decision.decision_id,
             "authority": decision.authority,
@@ -711,6 +897,7 @@ class Identification:
             "reason": held.reason,
             "decided_at": decision.decided_at,
             "age_route": decision.age_route,
+            "supersedes": decision.supersedes,
             "owner": held.owner,
             "referral_id": held.referral_id,
         }
@@ -746,6 +933,46 @@ def _stored_notice(
         signed=signed,
         stored_at=at,
     )
+
+
+def _in_order(held: list[StoredDecision]) -> list[StoredDecision]:
+    """One case's decisions in the order a receiver accepts them (§8.7): the first stage
+    first, and within a stage each after the decision it supersedes (stored in the same
+    second, the stored order need not say)."""
+    replaces = {d.decision_id: D.claimed(d.signed).supersedes for d in held}
+
+    def depth(decision_id: str) -> int:
+        steps, replaced = 0, replaces.get(decision_id)
+        while replaced is not None and steps <= len(replaces):  # bounded: a loop is damage
+            steps, replaced = steps + 1, replaces.get(replaced)
+        return steps
+
+    return sorted(held, key=lambda d: (d.stage != D.FIRST, depth(d.decision_id)))
+
+
+def _supersedable(held: list[StoredDecision], stage: str) -> set[str]:
+    """The ids of the decisions of `stage` among `held` (one case's) that none of `held`
+    supersedes: what a decision after reconsideration may replace (§8.7)."""
+    replaced = {D.claimed(d.signed).supersedes for d in held}
+    return {d.decision_id for d in held if d.stage == stage and d.decision_id not in replaced}
+
+
+def _request_doc(r: StoredRequest) -> dict[str, Any]:
+    """A stored request as the authority's API and webhook show it."""
+    return {
+        "request_id": r.request_id,
+        "requester": r.requester,
+        "case_id": r.case_id,
+        "decision_id": r.decision_id,
+        "stage": r.stage,
+        "ground": r.ground,
+        "at": r.at,
+        "received_at": r.received_at,
+        "owner": r.owner,
+        "referral_id": r.referral_id,
+        "pending": r.answered_by is None,
+        "answered_by": r.answered_by,
+    }
 
 
 def _date(at: int) -> datetime.date:

@@ -55,6 +55,7 @@ from .messages import (
     Refusal,
 )
 from .protections import PROTECTION_NOTICE, NoticeMessage
+from .reconsideration import RECONSIDERATION_REQUEST, ReconsiderationRequest, decode_at
 from .resend import RESEND_REQUEST, ResendRequest
 
 __all__ = [
@@ -145,6 +146,7 @@ Checked = (
     | Refusal
     | DecisionMessage
     | NoticeMessage
+    | ReconsiderationRequest
 )
 
 
@@ -427,6 +429,10 @@ def _notice(body: bytes, roles: frozenset[str], limits: Limits) -> NoticeMessage
     return NoticeMessage.decode(body)  # the rest needs the receiver's state (protections.py)
 
 
+def _reconsideration(body: bytes, roles: frozenset[str], limits: Limits) -> ReconsiderationRequest:
+    return decode_at(body, roles)  # the rest needs the authority's state (reconsideration.py)
+
+
 _CHECKERS: Final[Mapping[str, Callable[[bytes, frozenset[str], Limits], Checked]]] = {
     REFERRAL: _referral,
     DELIVERY_RECEIPT: _receipt,
@@ -439,6 +445,7 @@ _CHECKERS: Final[Mapping[str, Callable[[bytes, frozenset[str], Limits], Checked]
     REFUSAL: _refusal,
     IDENTIFICATION_DECISION: _decision,
     PROTECTION_NOTICE: _notice,
+    RECONSIDERATION_REQUEST: _reconsideration,
 }
 #: Every message kind an agent receives.
 KINDS: Final = frozenset(_CHECKERS)

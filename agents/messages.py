@@ -86,6 +86,7 @@ NOTIFIED_REASONS = frozenset(
         "other-case",
         "already-decided",
         "erased",
+        "out-of-time",
     }
 )
 

@@ -28,6 +28,7 @@ from . import consent, referral
 from .break_glass import REFUSAL_REASONS
 from .cases import STATES as CASE_STATES
 from .lifecycle import OUTCOMES, PARTIES, REASON_CODES, STATES
+from .reconsideration import GROUNDS as RECONSIDERATION_GROUNDS
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 _UNVERIFIABLE = {"409": {"$ref": "#/components/responses/Unverifiable"}}
@@ -402,20 +403,20 @@ _HISTORY = _closed(
 _CASE_ID = {"type": "string", "maxLength": 32, "pattern": "^[0-9a-f]{32}$"}
 _PROTECTION_REASONS = sorted({c for codes in PROTECTION_REASONS.values() for c in codes})
 _DECISION_REASONS = sorted({c for codes in DECISION_REASON_CODES.values() for c in codes})
-_DECISION = _closed(
-    {
-        "decision_id": _ID,
-        "authority": _AGENCY_ID,
-        "case_id": _CASE_ID,
-        "stage": {"enum": list(DECISION_STAGES)},
-        "outcome": {"enum": list(DECISION_OUTCOMES)},
-        "reason": {"enum": [*_DECISION_REASONS, None]},
-        "decided_at": _TIME,
-        "age_route": {"enum": list(AGE_ROUTES)},
-        "owner": _AGENCY_ID,
-        "referral_id": _ID,
-    }
-)
+_DECISION_FIELDS: dict[str, Any] = {
+    "decision_id": _ID,
+    "authority": _AGENCY_ID,
+    "case_id": _CASE_ID,
+    "stage": {"enum": list(DECISION_STAGES)},
+    "outcome": {"enum": list(DECISION_OUTCOMES)},
+    "reason": {"enum": [*_DECISION_REASONS, None]},
+    "decided_at": _TIME,
+    "age_route": {"enum": list(AGE_ROUTES)},
+    "supersedes": {"anyOf": [_ID, {"type": "null"}]},
+    "owner": _AGENCY_ID,
+    "referral_id": _ID,
+}
+_DECISION = _closed(_DECISION_FIELDS)
 #: A listing under a pair: `erased` once the referral received under it was erased (what
 #: was received under it went too; a competent authority's own decisions and notices stay).
 _DECISIONS = _closed(
@@ -470,11 +471,26 @@ _PROTECTION = _closed(
     }
 )
 _PROTECTIONS = _closed({name: _PROTECTION for name in PROTECTIONS})
+_RECONSIDERATION = _closed(
+    {
+        "request_id": _ID,
+        "requester": _AGENCY_ID,
+        **{name: _DECISION_FIELDS[name] for name in ("case_id", "decision_id", "stage")},
+        "ground": {"enum": list(RECONSIDERATION_GROUNDS)},
+        "at": _TIME,
+        "received_at": _TIME,
+        "owner": _AGENCY_ID,
+        "referral_id": _ID,
+        "pending": {"type": "boolean"},
+        "answered_by": {"anyOf": [_ID, {"type": "null"}]},
+    }
+)
 _CASE = _closed(
     {
         **_CASE_FIELDS,
         "decisions": {"type": "array", "items": _DECISION},
         "protections": _PROTECTIONS,
+        "reconsiderations": {"type": "array", "items": _RECONSIDERATION},
     }
 )
 _PROTECTED = _closed({"case_id": _CASE_ID, "notice_id": _ID, "protections": _PROTECTIONS})
@@ -485,6 +501,18 @@ _CASES = _closed(
     }
 )
 _DECIDED = _closed({**_CASE_FIELDS, "decision_id": _ID})
+#: Reconsideration requests (PROTOCOL.md §8.7 "Reconsideration requests").
+_REQUESTED = _closed(
+    {
+        "request_id": _ID,
+        **{
+            name: _DECISION_FIELDS[name]
+            for name in ("decision_id", "authority", "case_id", "stage", "owner", "referral_id")
+        },
+        "ground": {"enum": list(RECONSIDERATION_GROUNDS)},
+        "at": _TIME,
+    }
+)
 _PATH_CASE_ID = {"name": "case_id", "in": "path", "required": True, "schema": _CASE_ID}
 _TRANSITIONED = _closed(
     {"id": _ID, "sender": _AGENCY_ID, "counterpart": _AGENCY_ID, "state": _STATE}
@@ -891,6 +919,26 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _json(_NOTICES), **_errors(400, 401, 403, 404, 409)},
             }
         },
+        "/v1/referrals/{id}/reconsiderations": {
+            "post": {
+                "summary": "Ask the competent authority to reconsider a negative decision this "
+                "agency holds under the referral as the pair's party, not as a co-ordinator "
+                '(act scope; PROTOCOL §8.7 "Reconsideration requests"): sealed to the '
+                "decision's authority; 404 for no such decision, 409 with `reason` "
+                "not-negative, superseded, not-for-this-role (the authority is no longer one), "
+                "out-of-time (the policy's reconsideration_window_days) or the stored "
+                "decision's verification failure",
+                "parameters": [_PATH_ID, _SENDER, _IDEMPOTENCY],
+                "requestBody": json_object_body(
+                    ["decision_id", "ground"],
+                    {"decision_id": _ID, "ground": {"enum": list(RECONSIDERATION_GROUNDS)}},
+                ),
+                "responses": {
+                    "202": _json(_REQUESTED, "Sent to the authority"),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                },
+            }
+        },
         "/v1/cases": {
             "get": {
                 "summary": "A competent authority's identification cases (decide scope)",
@@ -932,8 +980,9 @@ OPENAPI: dict[str, Any] = {
         "/v1/cases/{case_id}/decisions": {
             "post": {
                 "summary": "Decide a stage of a case (decide scope): signed and sealed to the "
-                "referrer and every coordinator; 409 lists the allowed steps, or says "
-                "already-decided or too-early",
+                "referrer and every coordinator; in a reconsidering state the decision "
+                "supersedes the stage's last one and answers the pending requests; 409 lists "
+                "the allowed steps, or says already-decided or too-early",
                 "parameters": [_PATH_CASE_ID, _IDEMPOTENCY],
                 "requestBody": json_object_body(
                     ["stage", "outcome"],

@@ -30,8 +30,8 @@ listed MUST be refused (the agent answers 409 naming `allowed(protection, state,
     | reflection | running | ended       | ended       | authority | public-order, improper-claim,|
     |            |         |             |             |           | person-left                 |
 
-Final: reflection `not_granted` and `ended`. No-removal comes on again only through a new
-first-stage positive decision (a reconsideration, not built yet).
+Final: reflection `not_granted` and `ended`. No-removal comes on only through a first-stage
+positive decision, one reached by reconsideration too (PROTOCOL §8.7).
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ EVENT_TYPES: Final = frozenset(
         "overdue.received",
         "decision.received",
         "protection.received",
+        "reconsideration.received",
         "delivery.failed",
         "break_glass.requested",
     }

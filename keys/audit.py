@@ -66,6 +66,8 @@ KINDS = frozenset(
         "break-glass.lapsed",
         "protection.notified",
         "protection.received",
+        "reconsideration.requested",
+        "reconsideration.received",
     }
 )
 #: The events of a break-glass referral at its sender (§8.2 step 2): each names the API
@@ -190,6 +192,10 @@ KIND_LABELS: dict[str, dict[str, Callable[[object], bool]]] = {
         kind: {name: PROTECTION_LABELS[name].__contains__ for name in PROTECTION_LABELS}
         for kind in ("protection.notified", "protection.received")
     },
+    **{
+        kind: {"stage": DECISION_LABELS["stage"].__contains__}
+        for kind in ("reconsideration.requested", "reconsideration.received")
+    },
 }
 #: Kinds that carry every one of their own labels, always.
 _EXACT_LABELS = (
@@ -201,6 +207,8 @@ _EXACT_LABELS = (
             "identification.received",
             "protection.notified",
             "protection.received",
+            "reconsideration.requested",
+            "reconsideration.received",
         }
     )
     | BREAK_GLASS_KINDS

@@ -288,6 +288,14 @@ class ErasedPairError(UntrustedInputError):
     reason = "erased"
 
 
+class OutOfTimeError(UntrustedInputError):
+    """A reconsideration request later than the national policy's
+    `reconsideration_window_days` after the decision it names (PROTOCOL.md §8.7
+    "Reconsideration requests")."""
+
+    reason = "out-of-time"
+
+
 class AlreadyDecidedError(UntrustedInputError):
     """An identification decision of a stage the receiver already holds a decision of for
     that case, superseding nothing (PROTOCOL.md §8.7)."""

@@ -145,6 +145,8 @@ class Statistics:
 #: The interval after a positive first stage before a second stage, in days: also what an
 #: agent uses while its directory has no policy (PROTOCOL §8.7).
 SECOND_STAGE_MIN_DAYS = 30
+#: How long after a negative decision reconsideration may be asked for, without a policy.
+RECONSIDERATION_WINDOW_DAYS: Final = 30
 
 
 def _default_priority() -> dict[str, Tier]:
@@ -168,7 +170,7 @@ class Policy:
     reflection_warn_days: int = 7
     reflection_ends_with_second_stage: bool = False
     no_removal_from: NoRemovalFrom = "first_stage_positive"
-    reconsideration_window_days: int = 30
+    reconsideration_window_days: int = RECONSIDERATION_WINDOW_DAYS
     priority: Mapping[str, Tier] = field(default_factory=_default_priority)
     #: role -> the legal bases a sender of that role may use for an adult without consent.
     without_consent: Mapping[str, tuple[str, ...]] = field(default_factory=dict)

@@ -64,13 +64,16 @@ async def with_authority(tmp_path: Path) -> AsyncIterator[Mechanism]:
 
 
 @contextlib.asynccontextmanager
-async def authority_mechanism(tmp_path: Path, policy: Policy) -> AsyncIterator[Mechanism]:
+async def authority_mechanism(
+    tmp_path: Path, policy: Policy, webhooks: dict[str, str] | None = None
+) -> AsyncIterator[Mechanism]:
     """The mechanism under `policy` with the shelter turned into a competent authority whose
-    case system holds the decide scope; police's webhooks go to POLICE_EVENTS."""
+    case system holds the decide scope; police's webhooks go to POLICE_EVENTS, other
+    agencies' to the URLs `webhooks` names."""
     POLICE_EVENTS.clear()
     async with (
         webhook_receiver(_collect) as url,
-        running_mechanism(tmp_path, webhooks={"police": url}) as m,
+        running_mechanism(tmp_path, webhooks={**(webhooks or {}), "police": url}) as m,
     ):
         await m.stop(AUTHORITY)
         setup = m.setups[AUTHORITY]
@@ -460,6 +463,28 @@ COORDINATOR_OPENS = Policy(
 )
 
 
+async def referred_on(m: Mechanism) -> str:
+    """The authority refers on to police (a provider): the referral's id, once delivered."""
+    onward = await m.api(AUTHORITY).refer(["police"], samples.referral())
+
+    async def at_police() -> bool:
+        return await m.api(AUTHORITY).status(onward) == "delivered"
+
+    await eventually(at_police, what="the onward referral at police")
+    return onward
+
+
+async def police_accepts(m: Mechanism, onward: str) -> None:
+    """Police acknowledges and accepts the authority's referral `onward`, and the authority
+    sees it accepted."""
+    for to in ("acknowledged", "accepted"):
+        status, body = await call(
+            m, "police", "POST", f"/v1/referrals/{onward}/transitions", json={"to": to}
+        )
+        assert status == 202, body
+    await seen_accepted(m, onward)
+
+
 async def seen_accepted(m: Mechanism, onward: str) -> None:
     """Wait until the authority holds its referral `onward` to police as accepted."""
 
@@ -493,12 +518,7 @@ async def test_a_provider_linked_late_gets_the_case_so_far(
         status, decided = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
         assert status == 202, decided
 
-        onward = await m.api(AUTHORITY).refer(["police"], samples.referral())
-
-        async def at_police() -> bool:
-            return await m.api(AUTHORITY).status(onward) == "delivered"
-
-        await eventually(at_police, what="the onward referral at police")
+        onward = await referred_on(m)
         path = f"/v1/cases/{case_id}/referrals/{onward}"
         before = len(events(m, AUTHORITY, "identification.sent"))
         notified = len(events(m, AUTHORITY, "protection.notified"))
@@ -508,13 +528,7 @@ async def test_a_provider_linked_late_gets_the_case_so_far(
                 status, body = await call(m, AUTHORITY, "PUT", path)
                 assert status == 200, body
             assert len(events(m, AUTHORITY, "identification.sent")) == before  # not accepted
-        for to in ("acknowledged", "accepted"):
-            status, body = await call(
-                m, "police", "POST", f"/v1/referrals/{onward}/transitions", json={"to": to}
-            )
-            assert status == 202, body
-
-        await seen_accepted(m, onward)
+        await police_accepts(m, onward)
         assert before  # to the co-ordinator only
         clock.set_offset(offset, 86_400)  # a day on: the copies' envelopes are late
         for _ in range(2):

@@ -283,6 +283,8 @@ KIND_WORDS = {
     "break-glass.lapsed": "Break-glass referral lapsed unconfirmed",
     "protection.notified": "Protection notice sent",
     "protection.received": "Protection notice received",
+    "reconsideration.requested": "Reconsideration requested",
+    "reconsideration.received": "Reconsideration request received",
 }
 #: What each statistics label value reads as.
 LABEL_WORDS = {
@@ -321,6 +323,7 @@ INCOMING = {
     "record.accessed",  # the reader <- the owner that sent it the referral
     "identification.received",
     "protection.received",
+    "reconsideration.received",
 }
 STATUS_SETTLED = (
     "() => ['verified', 'FAILED'].includes(document.getElementById('checkpoint-status')"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from agents.storage import NewReferral, Step, Store, schema
+from agents.storage import NewReferral, Step, Store, StoredRequest, schema
 from agents.storage.schema import VERSION, MigrationError
 
 #: The referral tables as release 10 made them, keyed by referral id alone.
@@ -228,5 +229,34 @@ def test_a_failed_copy_is_never_overdue(tmp_path: Path) -> None:
                     (recipient, delivery),
                 )
         assert [c[2] for c in store.overdue_candidates(["routine"])] == ["shelter"]
+    finally:
+        store.close()
+
+
+def test_a_reconsideration_request_is_stored_once_per_requester_and_id(tmp_path: Path) -> None:
+    """A request is stored once per (requester, request_id): the same id again from its
+    requester writes nothing, from another requester it is another request; the case's
+    requests come oldest first, pending, and a stage outside first/second is refused."""
+    store = Store(tmp_path / "agent.db", agency="shelter")
+    try:
+        first = StoredRequest(
+            "police", "a" * 32, "c" * 32, "d" * 32, "first", "new-information", "police",
+            "e" * 32, 100, 101,
+        )  # fmt: skip
+        with store.transaction() as db:
+            assert store.insert_request(db, first)
+            assert not store.insert_request(db, first)
+        with store.transaction() as db:
+            assert store.insert_request(
+                db, dataclasses.replace(first, requester="ngo", ground="age-route")
+            )
+            listed = store.requests_of_case(db, "c" * 32)
+            assert [(r.requester, r.ground, r.answered_by) for r in listed] == [
+                ("police", "new-information", None),
+                ("ngo", "age-route", None),
+            ]
+            assert store.requests_of_case(db, "f" * 32) == []
+        with pytest.raises(sqlite3.IntegrityError), store.transaction() as db:
+            store.insert_request(db, dataclasses.replace(first, request_id="b" * 32, stage="third"))
     finally:
         store.close()

@@ -26,6 +26,8 @@ from agents.lifecycle import Transition
 from agents.messages import DELIVERY_RECEIPT, REFUSAL, TRANSITION, DeliveryReceipt, Refusal
 from agents.protections import PROTECTION_NOTICE, NoticeMessage
 from agents.protections import check_received as check_notice
+from agents.reconsideration import RECONSIDERATION_REQUEST, decode_at
+from agents.reconsideration import check_received as check_request
 from agents.resend import ResendRequest
 from agents.transport import Position, Verdict
 from agents.trust import TrustState
@@ -40,6 +42,7 @@ from keys.decision import (
     check_authority,
     check_reason,
     check_second_stage,
+    claimed,
     verify_decision,
 )
 from keys.directory import (
@@ -600,6 +603,9 @@ def test_body_vector(path: Path) -> None:
     if fields["kind"] == PROTECTION_NOTICE:
         _notice_message(fields, body, roles)
         return
+    if fields["kind"] == RECONSIDERATION_REQUEST:
+        _request_message(fields, body, roles)
+        return
     _received(
         fields,
         body,
@@ -644,6 +650,9 @@ def _decision_message(fields: dict[str, str], body: bytes, roles: set[str]) -> N
             held_stages=set()
             if fields["held_stages"] == "none"
             else {*fields["held_stages"].split(",")},
+            supersedable=set()
+            if fields["supersedable"] == "none"
+            else {*fields["supersedable"].split(",")},
             first=first,
             min_days=int(fields["second_stage_min_days"]),
         )
@@ -683,6 +692,30 @@ def _notice_message(fields: dict[str, str], body: bytes, roles: set[str]) -> Non
         _refused(fields["expect"], check)
         return
     assert check().authority == fields["authority"]
+
+
+def _request_message(fields: dict[str, str], body: bytes, roles: set[str]) -> None:
+    """§6.4 decoding at an agency of `roles`, then §8.7 "Reconsideration requests" in order
+    against the vector's state (the receiver's own decision, as it stored it)."""
+
+    def check() -> Decision:
+        message = decode_at(body, frozenset(roles))
+        held = fields["decision"]
+        return check_request(
+            message,
+            created=int(fields["created"]),
+            skew=int(fields["clock_skew_seconds"]),
+            decision=None if held == "none" else claimed(base64.b64decode(held)),
+            shared=fields["shared"] == "yes",
+            superseded=fields["superseded"] == "yes",
+            state=None if fields["case_state"] == "none" else fields["case_state"],
+            window_days=int(fields["reconsideration_window_days"]),
+        )
+
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], check)
+        return
+    assert check().decision_id == decode_at(body, frozenset(roles)).decision_id
 
 
 @each_vector("keyfile-")
@@ -800,6 +833,7 @@ FAMILIES = {
     "decision-": 8,
     "body-identification-decision-": 8,
     "body-protection-notice-": 8,
+    "body-reconsideration-request-": 8,
     "catalogue-": 8,
     "capacity-": 6,
     "protection-": 8,

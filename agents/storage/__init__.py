@@ -5,8 +5,8 @@ place (schema.py), and one module per aggregate: messages.py (outbox, deliveries
 resends), referrals.py (referrals, history, data keys), consents.py (consents, their uses,
 the signing key history), audit.py (audit outbox, ledger restores and alerts), webhooks.py,
 attachments.py, idempotency.py, erasure.py, retention.py, accesses.py, cases.py,
-break_glass.py and protections.py. `Store` composes them; the rest of agents/ calls its named
-methods and never writes SQL (docs/DESIGN.md "Storage").
+break_glass.py, protections.py and reconsiderations.py. `Store` composes them; the rest of
+agents/ calls its named methods and never writes SQL (docs/DESIGN.md "Storage").
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from .messages import (
     Undelivered,
 )
 from .protections import ProtectionNotices, StoredNotice
+from .reconsiderations import Reconsiderations, StoredRequest
 from .referrals import NewReferral, Referrals, SentCopy, Step
 from .retention import CLOSED_STATES, Retention
 from .schema import SCHEMA
@@ -52,6 +53,7 @@ class Store(
     Cases,
     BreakGlassHolds,
     ProtectionNotices,
+    Reconsiderations,
 ):
     """The agent database with every aggregate's operations."""
 
@@ -80,6 +82,7 @@ __all__ = [
     "StoredConsent",
     "StoredDecision",
     "StoredNotice",
+    "StoredRequest",
     "Undelivered",
     "read_consent",
 ]

@@ -169,6 +169,14 @@ class Cases(Database):
         return None if row is None else str(row[0])
 
     @staticmethod
+    def decision(db: sqlite3.Connection, authority: str, decision_id: str) -> StoredDecision | None:
+        """`authority`'s decision `decision_id` held here, if any."""
+        row = db.execute(
+            _SELECT_DECISION + " WHERE authority = ? AND decision_id = ?", (authority, decision_id)
+        ).fetchone()
+        return None if row is None else StoredDecision(*row)
+
+    @staticmethod
     def decisions_of_case(
         db: sqlite3.Connection, authority: str, case_id: str
     ) -> list[StoredDecision]:

@@ -28,6 +28,8 @@ column; in `inbox` the `sender` column is the owner of the referral a row carrie
 `outbox`, `deliveries` and `consent_uses` only ever hold this agency's own referrals.
 - `webhook_outbox`, `webhook_deliveries`: agents/webhooks.py.
 - `protection_notices`: agents/storage/protections.py (PROTOCOL §8.9), a new table too.
+- `reconsideration_requests`: agents/storage/reconsiderations.py (PROTOCOL §8.7
+  "Reconsideration requests"), a new table too.
 - `cases`, `case_referrals`, `decisions`: agents/storage/cases.py (identification
   decisions, PROTOCOL §8.7); new tables, so `CREATE TABLE IF NOT EXISTS` adds them to
   older databases (no release had them: `case_referrals`' UNIQUE referral_id was added to
@@ -357,6 +359,23 @@ CREATE TABLE IF NOT EXISTS protection_notices (
 CREATE INDEX IF NOT EXISTS protection_notices_by_pair ON protection_notices(owner, referral_id);
 CREATE INDEX IF NOT EXISTS protection_notices_by_case
     ON protection_notices(authority, case_id, protection);
+CREATE TABLE IF NOT EXISTS reconsideration_requests (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    requester    TEXT NOT NULL,
+    request_id   TEXT NOT NULL,
+    case_id      TEXT NOT NULL,
+    decision_id  TEXT NOT NULL,
+    stage        TEXT NOT NULL CHECK (stage IN ('first', 'second')),
+    ground       TEXT NOT NULL,
+    owner        TEXT NOT NULL,
+    referral_id  TEXT NOT NULL,
+    at           INTEGER NOT NULL,
+    received_at  INTEGER NOT NULL,
+    answered_by  TEXT,
+    UNIQUE (requester, request_id)
+) STRICT;
+CREATE INDEX IF NOT EXISTS reconsideration_requests_by_case
+    ON reconsideration_requests(case_id);
 CREATE TABLE IF NOT EXISTS webhook_outbox (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id      TEXT NOT NULL UNIQUE,

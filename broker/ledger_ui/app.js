@@ -109,6 +109,8 @@
     "break-glass.lapsed": "Break-glass referral lapsed unconfirmed",
     "protection.notified": "Protection notice sent",
     "protection.received": "Protection notice received",
+    "reconsideration.requested": "Reconsideration requested",
+    "reconsideration.received": "Reconsideration request received",
   };
   const LABEL_WORDS = {
     referral_type: {
@@ -162,7 +164,7 @@
   // the agency sent to, drawn "agency → counterpart".
   const INCOMING = new Set(["referral.received", "receipt.received", "transition.received",
     "message.rejected", "erasure.confirmed", "record.accessed", "identification.received",
-    "protection.received"]);
+    "protection.received", "reconsideration.received"]);
 
   // A code with no entry above (a newer ledger) still reads as words: "a.b_c" -> "A b c".
   function words(code) {

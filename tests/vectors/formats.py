@@ -2397,7 +2397,9 @@ def decision_vectors() -> Iterator[tuple[str, str]]:
 #     `created` (the envelope's), `clock_skew_seconds`, `bound` (the case_id of the
 #     decisions of the decision's authority the receiver holds under the body's pair, or
 #     none), `held_stages` (the stages of the decision's case it holds decisions of,
-#     comma-separated, or none); the bytes are the body, judged by §6.4 and §8.7 "The
+#     comma-separated, or none), `supersedable` (the ids of the decisions of the decision's
+#     case and stage it holds that none it holds supersedes, comma-separated, or none); the
+#     bytes are the body, judged by §6.4 and §8.7 "The
 #     message" in order.
 
 
@@ -2592,6 +2594,27 @@ def _identification_vectors() -> list[tuple[str, str, str, dict[str, object], by
             held,
             _decision_body(negative, "no-indicators", SALT),
         ),
+        (
+            "ok-supersedes",
+            "after reconsideration, a positive first stage replacing the negative one held",
+            "ok",
+            {**held, "first_stage": None, "supersedable": negative.decision_id},
+            _decision_body(_decision(decision_id=later, supersedes=negative.decision_id)),
+        ),
+        (
+            "supersedes-what-is-not-held",
+            "a decision superseding one the receiver does not hold (or holds superseded)",
+            "unexpected",
+            {**held, "first_stage": None},
+            _decision_body(_decision(decision_id=later, supersedes=negative.decision_id)),
+        ),
+        (
+            "supersedes-another-stage",
+            "a second stage superseding the first stage held",
+            "unexpected",
+            later_held,
+            _decision_body(dataclasses.replace(second, supersedes=first.decision_id)),
+        ),
     ]
 
 
@@ -2607,6 +2630,7 @@ def identification_vectors() -> Iterator[tuple[str, str]]:
             "clock_skew_seconds": 300,
             "bound": None,
             "held_stages": None,
+            "supersedable": None,
             **changes,
         }
         header: list[tuple[str, object]] = [
@@ -3258,6 +3282,165 @@ def mapping_vectors() -> Iterator[tuple[str, str]]:
     )
 
 
+# body-reconsideration-request-*: `kind`, `roles` (the receiver's), `decision` (base64 of
+#     the receiver's own signed decision of the body's decision_id, or none), `shared` (yes:
+#     the sender received it under the body's pair as that pair's party), `superseded`,
+#     `case_state` (its case's), `reconsideration_window_days`, `created` (the envelope's),
+#     `clock_skew_seconds`; the bytes are the body, judged by §6.4 and §8.7
+#     "Reconsideration requests" in order.
+
+REQUEST_ID = fixed("request 1")[:16].hex()
+REFUSED_FIRST = _negative("no-indicators")
+
+
+def _request_body(**changes: object) -> bytes:
+    fields: dict[str, object] = {
+        "request_id": REQUEST_ID,
+        "decision_id": REFUSED_FIRST.decision_id,
+        "owner": "police",
+        "referral_id": RID,
+        "ground": "new-information",
+        "at": NOW + DAY,
+    }
+    fields.update(changes)
+    return codec.pack([1, *fields.values()])
+
+
+def _request_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
+    """(name, comment, expect, header changes, body)."""
+    positive = b64(sign_decision(_decision(), AUTHORITY_SIGN))
+    second = b64(
+        sign_decision(
+            _negative("act-not-established", stage="second", decision_id=fixed("d2")[:16].hex()),
+            AUTHORITY_SIGN,
+        )
+    )
+    last_second = NOW + 30 * DAY
+    return [
+        ("ok", "a referrer asks, a day after a negative first stage", "ok", {}, _request_body()),
+        (
+            "ok-second-stage",
+            "a negative second stage, on the ground that it was not reasoned",
+            "ok",
+            {"decision": second, "case_state": "second_negative"},
+            _request_body(decision_id=fixed("d2")[:16].hex(), ground="not-reasoned"),
+        ),
+        (
+            "ok-last-second",
+            "at the last second of a 30-day window",
+            "ok",
+            {"created": last_second},
+            _request_body(at=last_second),
+        ),
+        (
+            "not-an-authority",
+            "a request sent to an agency that is no competent authority",
+            "not-for-this-role",
+            {"roles": "police"},
+            _request_body(),
+        ),
+        (
+            "malformed",
+            "the pair left out (the proposal's first sketch)",
+            "malformed",
+            {},
+            codec.pack([1, REQUEST_ID, REFUSED_FIRST.decision_id, "new-information", NOW + DAY]),
+        ),
+        (
+            "unknown-ground",
+            "a ground outside the four",
+            "unknown-reason-code",
+            {},
+            _request_body(ground="disagree"),
+        ),
+        (
+            "unknown-decision",
+            "a decision_id the receiver never made (another authority's, or none)",
+            "unexpected",
+            {"decision": None, "case_state": None},
+            _request_body(),
+        ),
+        (
+            "not-shared",
+            "the sender did not receive that decision under that pair (a coordinator, say)",
+            "not-shared",
+            {"shared": "no"},
+            _request_body(),
+        ),
+        (
+            "misdated",
+            "at 301 s after the envelope's created",
+            "misdated",
+            {"created": NOW + DAY - 301},
+            _request_body(),
+        ),
+        (
+            "before-the-decision",
+            "at before the decision's decided_at",
+            "misdated",
+            {"created": NOW - 60},
+            _request_body(at=NOW - 60),
+        ),
+        (
+            "positive",
+            "a positive decision is not reconsidered",
+            "unexpected",
+            {"decision": positive, "case_state": "first_positive"},
+            _request_body(),
+        ),
+        (
+            "superseded",
+            "a decision a later one supersedes",
+            "unexpected",
+            {"superseded": "yes"},
+            _request_body(),
+        ),
+        (
+            "pending",
+            "the case is reconsidering already: a request is pending",
+            "unexpected",
+            {"case_state": "reconsidering_first"},
+            _request_body(),
+        ),
+        (
+            "out-of-time",
+            "a second after a 30-day window",
+            "out-of-time",
+            {"created": last_second + 1},
+            _request_body(at=last_second + 1),
+        ),
+        (
+            "out-of-time-for-the-policy",
+            "a day after the decision, under a policy of a 0-day window",
+            "out-of-time",
+            {"reconsideration_window_days": 0},
+            _request_body(),
+        ),
+    ]
+
+
+def request_vectors() -> Iterator[tuple[str, str]]:
+    for name, comment, expect, changes, data in _request_vectors():
+        state: dict[str, object] = {
+            "roles": "competent-authority",
+            "decision": b64(sign_decision(REFUSED_FIRST, AUTHORITY_SIGN)),
+            "shared": "yes",
+            "superseded": "no",
+            "case_state": "first_negative",
+            "reconsideration_window_days": 30,
+            "created": NOW + DAY,
+            "clock_skew_seconds": 300,
+            **changes,
+        }
+        header: list[tuple[str, object]] = [
+            ("expect", expect),
+            ("comment", comment),
+            ("kind", "reconsideration-request"),
+            *state.items(),
+        ]
+        yield f"body-reconsideration-request-{name}", render(header, data)
+
+
 #: Every family: (file name prefix, generator of (name, text)).
 FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("canonical-json-", canonical_json_vectors),
@@ -3276,6 +3459,7 @@ FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("protection-", protection_vectors),
     ("body-protection-notice-", notice_message_vectors),
     ("referral-v1-to-v2-", mapping_vectors),
+    ("body-reconsideration-request-", request_vectors),
 ]
 #: Every file name prefix written here (for removing stale files).
 PREFIXES = (
