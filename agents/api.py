@@ -45,8 +45,8 @@ from .identification import Identification
 from .lifecycle import OUTCOMES, REASON_CODES
 from .openapi import IDEMPOTENCY_KEY_PATTERN, MAX_CURSOR, MAX_SINCE, document
 from .protections import authority_steps
-from .referral_versions import as_v2
 from .reconsideration import GROUNDS
+from .referral_versions import as_v2
 from .retention import Retention
 from .services import Services
 from .store import STATUS_ORDER, Store
