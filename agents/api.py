@@ -39,6 +39,7 @@ from .access import AccessRecorder, body_categories
 from .attachments import ATTACHMENT_TYPES, Attachments
 from .break_glass import REFUSAL_REASONS, BreakGlass
 from .break_glass import view as glass_view
+from .cases import LEAVE_REASONS
 from .config import ApiClient
 from .desk import Desk
 from .identification import Identification
@@ -184,6 +185,7 @@ def make_app(
     r.add_get("/v1/cases/{case_id}", get_case)
     r.add_post("/v1/cases/{case_id}/decisions", decide)
     r.add_post("/v1/cases/{case_id}/protections/{protection}", protect)
+    r.add_post("/v1/cases/{case_id}/leave", leave_case)
     r.add_put("/v1/cases/{case_id}/referrals/{id}", link_case_referral)
     r.add_put("/v1/catalogue", put_catalogue)
     r.add_put("/v1/services/{service_id}/capacity", put_capacity)
@@ -707,6 +709,26 @@ async def decide(request: web.Request) -> web.Response:
             stage=doc["stage"],
             outcome=doc["outcome"],
             reason=reason,
+        )
+        return 202, result
+
+    return await _idempotent(request, "decide", act)
+
+
+async def leave_case(request: web.Request) -> web.Response:
+    """The person left the process (§8.7 "Leaving the process and closing"): the case moves
+    to `left_process` and what protection runs ends, each notice sealed to whom receives the
+    case's decisions."""
+
+    def act(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        _only(doc, {"reason"})
+        reason = doc.get("reason")
+        if not isinstance(reason, str) or reason not in LEAVE_REASONS:
+            raise ProblemError(  # never echoed
+                400, "Bad Request", "reason must be one of: " + ", ".join(LEAVE_REASONS)
+            )
+        result = request.app[BACKEND].identification.leave(
+            _case_id(request.match_info["case_id"]), reason=reason
         )
         return 202, result
 

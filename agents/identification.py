@@ -250,14 +250,7 @@ class Identification:
                 raise E.NotFound("no case with this id at this agency")
             target = cases.DECIDED[(stage, outcome)]
             reconsidering = case.state in cases.RECONSIDERING
-            try:
-                cases.check(
-                    case.state, target, cases.AUTHORITY, reason=reason, supersedes=reconsidering
-                )
-            except cases.CaseStepRefused as e:
-                raise E.TransitionNotAllowed(str(e), allowed=e.allowed) from e
-            except ValueError as e:
-                raise E.Unprocessable(str(e)) from e
+            _check_step(case.state, target, reason=reason, supersedes=reconsidering)
             if case.age_route == "child" and reason in D.NOT_FOR_CHILDREN:
                 raise E.Unprocessable(f"{reason} is not a reason on the child route")
             of_case = self.store.decisions_of_case(db, self.agency, case_id)
@@ -319,6 +312,50 @@ class Identification:
             self._protections_follow(db, case, decision, signing_key)
         self.log.info("case_decided", case_id=case_id, stage=stage, outcome=outcome)
         return {**_case_doc(case), "state": target, "decision_id": decision.decision_id}
+
+    def leave(self, case_id: str, *, reason: str) -> dict[str, Any]:
+        """The person left the process (§8.7 "Leaving the process and closing"): the case
+        moves to `left_process` and, in the same transaction, what protection runs ends by
+        its normal notice to the case's recipients (no-removal `left-process`, reflection
+        `person-left`). 404 unknown case, 409 (`allowed`) a step the case table refuses,
+        422 a reason it refuses (the API checks it first)."""
+        now = clock.now()
+        key, _ = valid_signing_key(self.store, self.keys(), self.agency, at=now)
+        with self.store.transaction() as db:
+            case = self.store.case(db, case_id)
+            if case is None:
+                raise E.NotFound("no case with this id at this agency")
+            _check_step(case.state, cases.LEFT_PROCESS, reason=reason, supersedes=False)
+            self.store.set_case_state(db, case_id, cases.LEFT_PROCESS, now)
+            self._end_running(
+                db,
+                case,
+                (
+                    (P.NO_REMOVAL, PR.SYSTEM, "left-process"),
+                    (P.REFLECTION, PR.AUTHORITY, "person-left"),
+                ),
+                key,
+                now,
+            )
+            left = self.store.case(db, case_id)
+            notices = self.store.notices_of_case(db, self.agency, case_id)
+        assert left is not None
+        self.log.info("case_left", case_id=case_id)
+        return {**_case_doc(left), "protections": self._protections_doc(notices)}
+
+    def _end_running(
+        self,
+        db: sqlite3.Connection,
+        case: Case,
+        ends: tuple[tuple[str, str, str], ...],
+        key: SigningKey,
+        now: int,
+    ) -> None:
+        """End each (protection, party, reason) of `ends` whose state lets the party end it
+        (agents/protections.py), by its notice; a protection that does not run is left."""
+        for protection, party, reason in ends:
+            if P.ENDED in PR.allowed(protection, self._state(db, case.case_id, protection), party):
+                self._notify(db, case, protection, P.ENDED, party, reason, key, now)
 
     # --- protections (§8.9) at the authority --------------------------------------------------
 
@@ -411,6 +448,58 @@ class Identification:
                     )
             except (E.DomainError, UntrustedInputError, ValueError) as e:  # a damaged row, say
                 self.log.error("reflection_clock_failed", case_id=case_id, error=type(e).__name__)
+        self._close_lapsed(now)
+
+    def _close_lapsed(self, now: int) -> None:
+        """The authority's `closed` step (§8.7 "Leaving the process and closing"): a case at a
+        negative decision whose reconsideration window (`reconsideration_window_days` after
+        its `decided_at`, and the clock skew a request's `at` may lag its envelope by) ran
+        out moves to `closed`, ending no-removal `window-closed` if it runs, and its case
+        system is told (webhook `case.closed`); one transaction per case, a step that fails
+        logged and tried again next time. A pending request keeps the case out of those
+        states, so it is never closed under one."""
+        negative = {cases.FIRST_NEGATIVE: D.FIRST, cases.SECOND_NEGATIVE: D.SECOND}
+        window = self._window_days()
+        with self.store.transaction() as db:
+            waiting = self.store.cases_in(db, tuple(negative))
+        for case_id in waiting:
+            try:
+                with self.store.transaction() as db:
+                    case = self.store.case(db, case_id)
+                    if case is None or case.state not in negative:
+                        continue
+                    held = self.store.decisions_of_case(db, self.agency, case_id)
+                    stage = negative[case.state]
+                    last = _supersedable(held, stage)
+                    answered = [D.claimed(d.signed) for d in held if d.decision_id in last]
+                    if len(answered) != 1:
+                        raise ValueError("the case's negative stage has no one last decision")
+                    (decision,) = answered
+                    if now <= window_ends(decision, window_days=window) + self.skew:
+                        continue
+                    cases.check(
+                        case.state, cases.CLOSED, cases.SYSTEM, reason=None, supersedes=False
+                    )
+                    self.store.set_case_state(db, case_id, cases.CLOSED, now)
+                    if self._state(db, case_id, P.NO_REMOVAL) == PR.ON:
+                        key, _ = valid_signing_key(self.store, self.keys(), self.agency, at=now)
+                        self._notify(
+                            db, case, P.NO_REMOVAL, P.ENDED, PR.SYSTEM, "window-closed", key, now
+                        )
+                    closed = self.store.case(db, case_id)
+                    assert closed is not None
+                    W.enqueue(
+                        db,
+                        W.WebhookEvent(
+                            id=W.new_event_id(),
+                            type="case.closed",
+                            created=now,
+                            data=_case_doc(closed),
+                        ),
+                    )
+                self.log.info("case_closed", case_id=case_id)
+            except (E.DomainError, UntrustedInputError, ValueError, cases.CaseStepRefused) as e:
+                self.log.error("case_closing_failed", case_id=case_id, error=type(e).__name__)
 
     def _state(self, db: sqlite3.Connection, case_id: str, protection: str) -> str:
         last = self.store.last_notice(db, self.agency, case_id, protection)
@@ -901,6 +990,17 @@ class Identification:
             "owner": held.owner,
             "referral_id": held.referral_id,
         }
+
+
+def _check_step(state: str, target: str, *, reason: str | None, supersedes: bool) -> None:
+    """The authority's step of the case table (agents/cases.py): 409 (`allowed`) a step it
+    refuses, 422 a wrong reason or `supersedes`."""
+    try:
+        cases.check(state, target, cases.AUTHORITY, reason=reason, supersedes=supersedes)
+    except cases.CaseStepRefused as e:
+        raise E.TransitionNotAllowed(str(e), allowed=e.allowed) from e
+    except ValueError as e:
+        raise E.Unprocessable(str(e)) from e
 
 
 def _stored(decision: D.Decision, message: DecisionMessage, at: int) -> StoredDecision:

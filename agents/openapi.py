@@ -26,6 +26,7 @@ from runtime.http import json_object_body
 
 from . import consent, referral
 from .break_glass import REFUSAL_REASONS
+from .cases import LEAVE_REASONS
 from .cases import STATES as CASE_STATES
 from .lifecycle import OUTCOMES, PARTIES, REASON_CODES, STATES
 from .reconsideration import GROUNDS as RECONSIDERATION_GROUNDS
@@ -494,6 +495,7 @@ _CASE = _closed(
     }
 )
 _PROTECTED = _closed({"case_id": _CASE_ID, "notice_id": _ID, "protections": _PROTECTIONS})
+_LEFT = _closed({**_CASE_FIELDS, "protections": _PROTECTIONS})
 _CASES = _closed(
     {
         "items": {"type": "array", "items": _closed(_CASE_FIELDS)},
@@ -1024,6 +1026,22 @@ OPENAPI: dict[str, Any] = {
                 ),
                 "responses": {
                     "202": _json(_PROTECTED, "Notified"),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                },
+            }
+        },
+        "/v1/cases/{case_id}/leave": {
+            "post": {
+                "summary": "The person left the process (decide scope): the case moves to "
+                "`left_process` and what protection runs ends (no-removal `left-process`, "
+                "reflection `person-left`), each notice signed and sealed to whom receives the "
+                "case's decisions; 400 names the reasons, 409 lists the allowed steps",
+                "parameters": [_PATH_CASE_ID, _IDEMPOTENCY],
+                "requestBody": json_object_body(
+                    ["reason"], {"reason": {"enum": list(LEAVE_REASONS)}}
+                ),
+                "responses": {
+                    "202": _json(_LEFT, "Left"),
                     **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
                 },
             }

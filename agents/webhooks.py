@@ -63,6 +63,7 @@ EVENT_TYPES: Final = frozenset(
         "decision.received",
         "protection.received",
         "reconsideration.received",
+        "case.closed",
         "delivery.failed",
         "break_glass.requested",
     }

@@ -54,14 +54,16 @@ async def authority(tmp_path: Path) -> AsyncIterator[Mechanism]:
         yield m
 
 
-async def notices(m: Mechanism, agency: str, rid: str, count: int) -> list[dict[str, Any]]:
-    """The notices `agency` holds under police's referral `rid`, once it holds `count`."""
+async def notices(
+    m: Mechanism, agency: str, rid: str, count: int, sender: str = "police"
+) -> list[dict[str, Any]]:
+    """The notices `agency` holds under `sender`'s referral `rid`, once it holds `count`."""
     found: list[dict[str, Any]] = []
 
     async def arrived() -> bool:
         nonlocal found
         status, body = await call(
-            m, agency, "GET", f"/v1/referrals/{rid}/protections?sender=police"
+            m, agency, "GET", f"/v1/referrals/{rid}/protections?sender={sender}"
         )
         found = body["items"] if status == 200 else []
         return len(found) == count

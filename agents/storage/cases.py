@@ -77,6 +77,16 @@ class Cases(Database):
         row = db.execute(_SELECT_CASE + " WHERE case_id = ?", (case_id,)).fetchone()
         return None if row is None else Case(*row)
 
+    @staticmethod
+    def cases_in(db: sqlite3.Connection, states: tuple[str, ...]) -> list[str]:
+        """The ids of the cases in one of `states`, by case id."""
+        marks = ", ".join("?" for _ in states)
+        rows = db.execute(
+            f"SELECT case_id FROM cases WHERE state IN ({marks}) ORDER BY case_id",  # noqa: S608
+            states,
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
     def cases_page(self, *, after: str, limit: int) -> list[Case]:
         """Cases in case_id order after `after` ("" from the start)."""
         rows = self._db.execute(
