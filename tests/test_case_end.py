@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -189,9 +190,10 @@ async def test_the_window_closes_a_negative_case(told_authority: tuple[Mechanism
     """A negative first stage and a negative second stage (the second stage ended the
     protections) stay open until the window and the clock skew ran out (the clock moved),
     then the authority's timer closes both, sends no notice, and tells its case system
-    (`case.closed`); a case with a request pending is not closed. A request for the closed
-    case, dated now, is refused `unexpected` (no longer `out-of-time`: the case moved on);
-    police's own API refuses `out-of-time`."""
+    (`case.closed`); a case with a request pending is not closed, nor one whose decision is
+    damaged in the database (logged, tried again next time) while the others close. A
+    request for the closed case, dated now, is refused `unexpected` (no longer
+    `out-of-time`: the case moved on); police's own API refuses `out-of-time`."""
     m, offset = told_authority
     clocked = m.agents[AUTHORITY].identification
     refused_rid, first = await opened_case(m)
@@ -216,6 +218,17 @@ async def test_the_window_closes_a_negative_case(told_authority: tuple[Mechanism
     status, body = await ask(m, "police", pending_rid, doc)
     assert status == 202, body
     await case_in(m, pending, "reconsidering_first")
+    _, damaged = await opened_case(m)
+    status, body = await decide(
+        m, damaged, {"stage": "first", "outcome": "negative", "reason": "duplicate"}
+    )
+    assert status == 202, body
+    conn = sqlite3.connect(m.database(AUTHORITY))
+    try:
+        with conn:  # a damaged row: the timer logs it and closes the others
+            conn.execute("UPDATE decisions SET signed = x'00' WHERE case_id = ?", (damaged,))
+    finally:
+        conn.close()
     sent = len(events(m, AUTHORITY, "protection.notified"))
 
     async def states() -> dict[str, str]:
@@ -235,6 +248,9 @@ async def test_the_window_closes_a_negative_case(told_authority: tuple[Mechanism
     clock.set_offset(offset, DAY + 2 * clocked.skew)
     clocked.tick()
     assert await states() == {first: "closed", second: "closed", pending: "reconsidering_first"}
+    with m.agents[AUTHORITY].store.transaction() as db:
+        still = m.agents[AUTHORITY].store.case(db, damaged)
+    assert still is not None and still.state == "first_negative"
     assert len(events(m, AUTHORITY, "protection.notified")) == sent
 
     async def told() -> bool:
