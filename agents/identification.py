@@ -4,7 +4,8 @@ At a competent authority: a case opens when it accepts a referral of type `nrm_f
 (`open_case`, in the transition's transaction); `decide` checks the step against the case
 table (agents/cases.py) and the second-stage interval, signs the decision with a key valid
 now, and seals one `identification-decision` per recipient (the opening referral's owner and
-every coordinator, with the reason) in one transaction with the case's new state. At every
+every coordinator, with the reason) in one transaction with the case's new state; `leave`
+and the timer's `closed` step end the case (§8.7 "Leaving the process and closing"). At every
 receiver: `on_decision` runs the checks of agents/decisions.py against this agency's state
 and stores the decision as signed; `decisions` verifies each again when it is read.
 """
@@ -416,7 +417,8 @@ class Identification:
         each running reflection period of its cases gets `ending-soon` once, from
         `reflection_warn_days` before its `ends_on`, and `ended` (`elapsed`, dated its
         `ends_on`) the day after it; one transaction per case, a step that fails logged
-        and tried again next time."""
+        and tried again next time. Then the cases whose reconsideration window ran out
+        close (`_close_lapsed`)."""
         if not self.is_authority():
             return
         now = clock.now()
