@@ -211,6 +211,7 @@ class Agent:
             directory=self._directory,
             coordinators=self.desk.coordinators,
             skew=self.limits.clock_skew_seconds,
+            ttl=self.limits.message_ttl_seconds,
         )
         self.desk.accepted = self._open_case
         self.break_glass = BreakGlass(

@@ -74,6 +74,9 @@ class Identification:
     #: How far a decision's `decided_at` may be from its envelope's `created`
     #: (Limits.clock_skew_seconds, PROTOCOL §8.7 `misdated`).
     skew: int
+    #: The longest a message may travel (Limits.message_ttl_seconds): how late after its
+    #: window a reconsideration request may still arrive (§8.7).
+    ttl: int = 14 * 24 * 3600
 
     def __post_init__(self) -> None:
         self.log = log.bind(agency=self.agency)
@@ -881,6 +884,8 @@ class Identification:
             and any(D.claimed(d.signed).supersedes == decision.decision_id for d in of_case),
             state=None if case is None else case.state,
             window_days=self._window_days(),
+            received_at=clock.now(),
+            ttl=self.ttl,
         )
         assert case is not None  # check_request refuses a request naming no case
         target = {D.FIRST: cases.RECONSIDERING_FIRST, D.SECOND: cases.RECONSIDERING_SECOND}[
@@ -921,11 +926,16 @@ class Identification:
         self, db: sqlite3.Connection, case: Case, sender: str, message: ReconsiderationRequest
     ) -> bool:
         """Whether `sender` received the case's decisions under the request's pair as that
-        pair's party: the owner of the opening referral, or the provider holding this
-        authority's referral linked to the case, accepted or in progress (§8.7)."""
+        pair's party: the owner of the opening referral while this authority holds it
+        (not erased), or the provider holding this authority's referral linked to the case,
+        accepted or in progress, that is no coordinator (a coordinator gets its copy under
+        the opening pair, to oversee; §8.7)."""
         pair = (message.owner, message.referral_id)
         if pair == (case.owner, case.referral_id):
-            return sender == case.owner
+            erased = self.store.erased_received(db, case.owner, case.referral_id)
+            return sender == case.owner and not erased
+        if sender in self.coordinators(clock.now()):
+            return False
         return message.owner == self.agency and (
             message.referral_id,
             sender,
@@ -1053,10 +1063,18 @@ def _in_order(held: list[StoredDecision]) -> list[StoredDecision]:
 
 
 def _supersedable(held: list[StoredDecision], stage: str) -> set[str]:
-    """The ids of the decisions of `stage` among `held` (one case's) that none of `held`
-    supersedes: what a decision after reconsideration may replace (§8.7)."""
+    """The ids of the decisions of `stage` among `held` (one case's) that a decision after
+    reconsideration may replace (§8.7): negative ones none of `held` supersedes, and of the
+    first stage only while no second-stage decision is held (only a negative decision is
+    reconsidered, and a second stage stands on the first)."""
     replaced = {D.claimed(d.signed).supersedes for d in held}
-    return {d.decision_id for d in held if d.stage == stage and d.decision_id not in replaced}
+    if stage == D.FIRST and any(d.stage == D.SECOND for d in held):
+        return set()
+    return {
+        d.decision_id
+        for d in held
+        if d.stage == stage and d.outcome == D.NEGATIVE and d.decision_id not in replaced
+    }
 
 
 def _request_doc(r: StoredRequest) -> dict[str, Any]:

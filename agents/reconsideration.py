@@ -126,6 +126,8 @@ def check_received(
     superseded: bool,
     state: str | None,
     window_days: int,
+    received_at: int,
+    ttl: int,
 ) -> Decision:
     """The decision `message` asks to reconsider, or the error of its first failure in
     PROTOCOL §8.7 "Reconsideration requests" order (the receiver's role was checked when the
@@ -136,7 +138,11 @@ def check_received(
     `shared`: whether the sender received it under the message's pair as that pair's party
     (the opening referral's owner, or the provider of the authority's referral), not only
     as a coordinator; `superseded`: whether a later decision of the authority replaces it;
-    `state`: its case's state; `window_days`: the policy's `reconsideration_window_days`."""
+    `state`: its case's state; `window_days`: the policy's `reconsideration_window_days`;
+    `received_at`: when this authority took it; `ttl`: the longest a message may travel
+    (Limits.message_ttl_seconds). A sender dates its envelope itself, so `at` alone could be
+    back-dated into the window for ever: received later than the window's end plus `ttl`
+    and the skew, the request is `out-of-time` whatever it says."""
     if message.ground not in GROUNDS:
         raise UnknownReasonCodeError("ground must be one of: " + ", ".join(GROUNDS))
     if decision is None or state is None:
@@ -150,6 +156,10 @@ def check_received(
     if message.at < decision.decided_at:
         raise MisdatedError("a request is not dated before the decision it names")
     check_open(decision, superseded=superseded, state=state, at=message.at, window_days=window_days)
+    if received_at > window_ends(decision, window_days=window_days) + ttl + skew:
+        raise OutOfTimeError(
+            "a request received after its window and the longest a message travels"
+        )
     return decision
 
 

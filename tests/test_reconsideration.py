@@ -17,8 +17,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from nacl.signing import SigningKey
 
+from agents.identification import _in_order, _supersedable
+from agents.store import StoredDecision
 from keys import codec
+from keys import decision as D
 from nrm import admin
 from runtime import clock
 
@@ -364,4 +368,55 @@ async def test_a_provider_linked_later_gets_the_decision_after_the_one_it_replac
         assert [(r["requester"], r["stage"], r["pending"]) for r in case["reconsiderations"]] == [
             ("coordinator", "first", False),
             ("police", "second", True),
+        ]
+
+
+def _stored(
+    stage: str, outcome: str, *, supersedes: str | None = None, decision_id: str | None = None
+) -> StoredDecision:
+    """A decision of one case as a receiver stores it (signed, so its `supersedes` reads)."""
+    decision = D.Decision(
+        decision_id=decision_id or secrets.token_hex(16),
+        authority="ca",
+        case_id="c" * 32,
+        stage=stage,
+        outcome=outcome,
+        reason_digest=None if outcome == D.POSITIVE else bytes(32),
+        supersedes=supersedes,
+        decided_at=1_700_000_000,
+        age_route="adult",
+    )
+    signed = D.sign_decision(decision, SigningKey(bytes(32)))
+    return StoredDecision(
+        "ca", decision.decision_id, "c" * 32, stage, outcome, "police", "r" * 32, signed,
+        None, None, 1,
+    )  # fmt: skip
+
+
+def test_what_a_reconsideration_may_replace() -> None:
+    """Only a negative decision no other replaces, of the stage asked, and of the first
+    stage only while no second stage stands on it (PROTOCOL §8.7)."""
+    first_no = _stored(D.FIRST, D.NEGATIVE)
+    assert _supersedable([first_no], D.FIRST) == {first_no.decision_id}
+    assert _supersedable([first_no], D.SECOND) == set()
+    first_yes = _stored(D.FIRST, D.POSITIVE)
+    assert _supersedable([first_yes], D.FIRST) == set()  # a positive one is never replaced
+    again = _stored(D.FIRST, D.NEGATIVE, supersedes=first_no.decision_id)
+    assert _supersedable([first_no, again], D.FIRST) == {again.decision_id}
+    second_no = _stored(D.SECOND, D.NEGATIVE)
+    assert _supersedable([first_yes, second_no], D.SECOND) == {second_no.decision_id}
+    assert _supersedable([first_no, second_no], D.FIRST) == set()  # a second stands on it
+
+
+def test_late_copies_go_each_after_the_one_it_replaces() -> None:
+    """Whatever the stored order and the ids, the first stage goes first and each decision
+    after the one it supersedes (ids chosen so that the replacing one sorts first)."""
+    old = _stored(D.FIRST, D.NEGATIVE, decision_id="f" * 32)
+    new = _stored(D.FIRST, D.POSITIVE, supersedes=old.decision_id, decision_id="0" * 32)
+    second = _stored(D.SECOND, D.POSITIVE, decision_id="1" * 32)
+    for stored in ([new, old, second], [second, new, old], [old, second, new]):
+        assert [d.decision_id for d in _in_order(stored)] == [
+            old.decision_id,
+            new.decision_id,
+            second.decision_id,
         ]

@@ -61,26 +61,39 @@ def test_a_second_withdrawal_before_the_confirmation_merges_the_ids(tmp_path: Pa
         store.close()
 
 
-def _received(
-    store: Store, db: sqlite3.Connection, owner: str, referral_id: str, state: str
+def _pair(
+    store: Store,
+    db: sqlite3.Connection,
+    owner: str,
+    referral_id: str,
+    counterpart: str,
+    state: str,
 ) -> None:
-    """A referral `owner` sent here, in `state` since time 1, with its data key."""
+    """A referral pair in `state` since time 1: received from `owner` (the counterpart) or,
+    at its owner, sent to `counterpart`."""
     store.insert_referral(
         db,
         NewReferral(
             owner=owner,
             referral_id=referral_id,
-            counterpart=owner,
-            side="recipient",
+            counterpart=counterpart,
+            side="recipient" if counterpart == owner else "sender",
             state=state,
             referral_type="nrm_full",
             urgency="routine",
             legal_basis="consent",
             consent_receipt_id=None,
-            message_id=f"m-{owner}-{referral_id}",
+            message_id=f"m-{owner}-{referral_id}-{counterpart}",
             created=1,
         ),
     )
+
+
+def _received(
+    store: Store, db: sqlite3.Connection, owner: str, referral_id: str, state: str
+) -> None:
+    """A referral `owner` sent here, in `state` since time 1, with its data key."""
+    _pair(store, db, owner, referral_id, owner, state)
     store.put_data_key(db, owner, referral_id, b"sealed key")
 
 
@@ -160,26 +173,6 @@ def test_an_erased_pair_takes_what_other_authorities_sent_under_it(
         store.close()
 
 
-def _sent(store: Store, db: sqlite3.Connection, referral_id: str, to: str, state: str) -> None:
-    """Shelter's own referral `referral_id` to `to`, in `state` since time 1."""
-    store.insert_referral(
-        db,
-        NewReferral(
-            owner="shelter",
-            referral_id=referral_id,
-            counterpart=to,
-            side="sender",
-            state=state,
-            referral_type="nrm_full",
-            urgency="routine",
-            legal_basis="consent",
-            consent_receipt_id=None,
-            message_id=f"m-shelter-{referral_id}-{to}",
-            created=1,
-        ),
-    )
-
-
 def test_retention_takes_what_a_sender_was_told_with_its_last_pair(tmp_path: Path) -> None:
     """At the referrer, the decisions and notices an authority sent under its own referral
     go when retention purges the referral's last pair, not before: while one recipient's
@@ -187,8 +180,8 @@ def test_retention_takes_what_a_sender_was_told_with_its_last_pair(tmp_path: Pat
     store = Store(tmp_path / "agent.db", agency="shelter")
     try:
         with store.transaction() as db:
-            _sent(store, db, "r1", "ca", "closed")
-            _sent(store, db, "r1", "ngo2", "accepted")
+            _pair(store, db, "shelter", "r1", "ca", "closed")
+            _pair(store, db, "shelter", "r1", "ngo2", "accepted")
             told = _held(store, db, "ca", "shelter", "r1")
             own = _held(store, db, "shelter", "shelter", "r1")
         with store.transaction() as db:

@@ -710,6 +710,8 @@ def _request_message(fields: dict[str, str], body: bytes, roles: set[str]) -> No
             superseded=fields["superseded"] == "yes",
             state=None if fields["case_state"] == "none" else fields["case_state"],
             window_days=int(fields["reconsideration_window_days"]),
+            received_at=int(fields["now"]),
+            ttl=int(fields["message_ttl_seconds"]),
         )
 
     if fields["expect"] != "ok":

@@ -3306,6 +3306,10 @@ def _request_body(**changes: object) -> bytes:
     return codec.pack([1, *fields.values()])
 
 
+#: Limits.message_ttl_seconds, the default: how long a message may travel (§8.7 window).
+TTL = 14 * 24 * 3600
+
+
 def _request_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
     """(name, comment, expect, header changes, body)."""
     positive = b64(sign_decision(_decision(), AUTHORITY_SIGN))
@@ -3410,6 +3414,22 @@ def _request_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
             _request_body(at=last_second + 1),
         ),
         (
+            "ok-arriving-late",
+            "asked at the last second of the window, taken when a message's travel time and "
+            "the skew are up (the authority was offline)",
+            "ok",
+            {"created": last_second, "now": last_second + TTL + 300},
+            _request_body(at=last_second),
+        ),
+        (
+            "out-of-time-backdated",
+            "dated (at and its envelope's created) into the window but taken a second after "
+            "the window, the longest travel time and the skew: a sender dates its own envelope",
+            "out-of-time",
+            {"created": last_second, "now": last_second + TTL + 301},
+            _request_body(at=last_second),
+        ),
+        (
             "out-of-time-for-the-policy",
             "a day after the decision, under a policy of a 0-day window",
             "out-of-time",
@@ -3432,6 +3452,9 @@ def request_vectors() -> Iterator[tuple[str, str]]:
             "clock_skew_seconds": 300,
             **changes,
         }
+        # when the authority takes it (default: as sent), and the longest a message travels
+        state.setdefault("now", state["created"])
+        state["message_ttl_seconds"] = TTL
         header: list[tuple[str, object]] = [
             ("expect", expect),
             ("comment", comment),
