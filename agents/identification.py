@@ -457,9 +457,10 @@ class Identification:
 
     def _close_lapsed(self, now: int) -> None:
         """The authority's `closed` step (§8.7 "Leaving the process and closing"): a case at a
-        negative decision whose reconsideration window (`reconsideration_window_days` after
-        its `decided_at`, and the clock skew a request's `at` may lag its envelope by) ran
-        out moves to `closed`, ending no-removal `window-closed` if it runs, and its case
+        negative decision whose reconsideration window ran out for any request it may still
+        take (`reconsideration_window_days` after its `decided_at`, then the longest a message
+        travels and the clock skew, as `reconsideration.check_received` judges) moves to
+        `closed`, ending no-removal `window-closed` if it runs, and its case
         system is told (webhook `case.closed`); one transaction per case, a step that fails
         logged and tried again next time. A pending request keeps the case out of those
         states, so it is never closed under one."""
@@ -480,7 +481,7 @@ class Identification:
                     if len(answered) != 1:
                         raise ValueError("the case's negative stage has no one last decision")
                     (decision,) = answered
-                    if now <= window_ends(decision, window_days=window) + self.skew:
+                    if now <= window_ends(decision, window_days=window) + self.ttl + self.skew:
                         continue
                     cases.check(
                         case.state, cases.CLOSED, cases.SYSTEM, reason=None, supersedes=False

@@ -245,7 +245,14 @@ async def test_the_window_closes_a_negative_case(told_authority: tuple[Mechanism
         second: "second_negative",
         pending: "reconsidering_first",
     }
-    clock.set_offset(offset, DAY + 2 * clocked.skew)
+    clock.set_offset(offset, DAY + 2 * clocked.skew)  # past the window, not its travel time
+    clocked.tick()
+    assert await states() == {
+        first: "first_negative",
+        second: "second_negative",
+        pending: "reconsidering_first",
+    }
+    clock.set_offset(offset, DAY + clocked.ttl + 2 * clocked.skew)
     clocked.tick()
     assert await states() == {first: "closed", second: "closed", pending: "reconsidering_first"}
     with m.agents[AUTHORITY].store.transaction() as db:
