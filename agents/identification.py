@@ -508,8 +508,20 @@ class Identification:
                 self.log.error("case_closing_failed", case_id=case_id, error=type(e).__name__)
 
     def _state(self, db: sqlite3.Connection, case_id: str, protection: str) -> str:
+        """The protection's state from its last notice as signed: a damaged row is a 409
+        naming why (which the timers log and retry), never a KeyError from an event column
+        nothing checks, which would stop the timers for every case."""
         last = self.store.last_notice(db, self.agency, case_id, protection)
-        return PR.state_of(protection, None if last is None else last.event)
+        if last is None:
+            return PR.state_of(protection, None)
+        try:
+            event = PR.claimed(last.signed).event
+        except UntrustedInputError as e:  # nothing is signed after a damaged notice
+            raise E.Conflict(
+                f"this case's stored {protection} notice does not decode ({e.reason})",
+                reason=e.reason,
+            ) from e
+        return PR.state_of(protection, event)
 
     def _notify(
         self,

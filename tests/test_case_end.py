@@ -227,6 +227,10 @@ async def test_the_window_closes_a_negative_case(told_authority: tuple[Mechanism
     try:
         with conn:  # a damaged row: the timer logs it and closes the others
             conn.execute("UPDATE decisions SET signed = x'00' WHERE case_id = ?", (damaged,))
+            # an event column nothing checks: the state is read from the signed notice
+            conn.execute(
+                "UPDATE protection_notices SET event = 'damaged' WHERE case_id = ?", (second,)
+            )
     finally:
         conn.close()
     sent = len(events(m, AUTHORITY, "protection.notified"))
