@@ -48,6 +48,7 @@ from .protections import PROTECTION_NOTICE, NoticeMessage
 from .reconsideration import (
     RECONSIDERATION_REQUEST,
     ReconsiderationRequest,
+    last_taken,
     window_ends,
 )
 from .reconsideration import check_received as check_request
@@ -463,11 +464,14 @@ class Identification:
         `closed`, ending no-removal `window-closed` if it runs, and its case
         system is told (webhook `case.closed`); one transaction per case, a step that fails
         logged and tried again next time. A pending request keeps the case out of those
-        states, so it is never closed under one."""
+        states, so it is never closed under one. Only cases whose state is older than that
+        bound are read (the state changed with the decision it is at, so `updated` is its
+        `decided_at`): a timer run does not decode every negative case of the window."""
         negative = {cases.FIRST_NEGATIVE: D.FIRST, cases.SECOND_NEGATIVE: D.SECOND}
-        window = self._window_days()
+        bound = {"window_days": self._window_days(), "ttl": self.ttl, "skew": self.skew}
+        lapsed_before = now - last_taken(0, **bound)  # a decision earlier has lapsed
         with self.store.transaction() as db:
-            waiting = self.store.cases_in(db, tuple(negative))
+            waiting = self.store.cases_in(db, tuple(negative), updated_before=lapsed_before)
         for case_id in waiting:
             try:
                 with self.store.transaction() as db:
@@ -481,7 +485,7 @@ class Identification:
                     if len(answered) != 1:
                         raise ValueError("the case's negative stage has no one last decision")
                     (decision,) = answered
-                    if now <= window_ends(decision, window_days=window) + self.ttl + self.skew:
+                    if now <= last_taken(decision.decided_at, **bound):
                         continue
                     cases.check(
                         case.state, cases.CLOSED, cases.SYSTEM, reason=None, supersedes=False
@@ -825,9 +829,8 @@ class Identification:
             decision = self._verified(held, "nothing was sent")
             if decision.outcome != D.NEGATIVE:
                 raise E.Conflict("only a negative decision is reconsidered", reason="not-negative")
-            if any(
-                D.claimed(d.signed).supersedes == decision_id
-                for d in self.store.decisions_of_case(db, held.authority, held.case_id)
+            if _superseded(
+                self.store.decisions_of_case(db, held.authority, held.case_id), decision_id
             ):
                 raise E.Conflict("a later decision supersedes this one", reason="superseded")
             directory = self.directory()
@@ -893,8 +896,7 @@ class Identification:
             skew=self.skew,
             decision=decision,
             shared=case is not None and self._asks_as_party(db, case, sender, message),
-            superseded=decision is not None
-            and any(D.claimed(d.signed).supersedes == decision.decision_id for d in of_case),
+            superseded=decision is not None and _superseded(of_case, decision.decision_id),
             state=None if case is None else case.state,
             window_days=self._window_days(),
             received_at=clock.now(),
@@ -1073,6 +1075,11 @@ def _in_order(held: list[StoredDecision]) -> list[StoredDecision]:
         return steps
 
     return sorted(held, key=lambda d: (d.stage != D.FIRST, depth(d.decision_id)))
+
+
+def _superseded(held: list[StoredDecision], decision_id: str) -> bool:
+    """Whether one of `held` (one case's decisions) supersedes `decision_id`."""
+    return any(D.claimed(d.signed).supersedes == decision_id for d in held)
 
 
 def _supersedable(held: list[StoredDecision], stage: str) -> set[str]:

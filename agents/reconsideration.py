@@ -95,13 +95,21 @@ def window_ends(decision: Decision, *, window_days: int) -> int:
     return decision.decided_at + window_days * _DAY
 
 
+def last_taken(decided_at: int, *, window_days: int, ttl: int, skew: int) -> int:
+    """The last second (Unix) at which the authority still takes a request about a decision
+    of `decided_at`: the window's end, then the longest a message travels (`ttl`) and the
+    clock skew. It refuses later ones `out-of-time` and closes the case after it (§8.7)."""
+    return decided_at + window_days * _DAY + ttl + skew
+
+
 def check_open(
     decision: Decision, *, superseded: bool, state: str, at: int, window_days: int
 ) -> None:
-    """The checks on the decision itself that a sender makes before asking and the authority
-    makes on receiving, in order: negative, not superseded, the case still at that negative
-    stage, i.e. no request pending (UnexpectedMessageError); `at` within the window after
-    `decided_at` (OutOfTimeError)."""
+    """The checks on the decision itself that the authority makes on receiving, in order:
+    negative, not superseded, the case still at that negative stage, i.e. no request
+    pending (UnexpectedMessageError); `at` within the window after `decided_at`
+    (OutOfTimeError). A sender makes the same ones it can (not the case's state) with
+    API reasons of their own (Identification.request_reconsideration)."""
     if decision.outcome != NEGATIVE:
         raise UnexpectedMessageError("only a negative decision is reconsidered")
     if superseded:
@@ -156,7 +164,7 @@ def check_received(
     if message.at < decision.decided_at:
         raise MisdatedError("a request is not dated before the decision it names")
     check_open(decision, superseded=superseded, state=state, at=message.at, window_days=window_days)
-    if received_at > window_ends(decision, window_days=window_days) + ttl + skew:
+    if received_at > last_taken(decision.decided_at, window_days=window_days, ttl=ttl, skew=skew):
         raise OutOfTimeError(
             "a request received after its window and the longest a message travels"
         )
@@ -170,5 +178,6 @@ __all__: Sequence[str] = [
     "check_open",
     "check_received",
     "decode_at",
+    "last_taken",
     "window_ends",
 ]

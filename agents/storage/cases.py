@@ -78,12 +78,15 @@ class Cases(Database):
         return None if row is None else Case(*row)
 
     @staticmethod
-    def cases_in(db: sqlite3.Connection, states: tuple[str, ...]) -> list[str]:
-        """The ids of the cases in one of `states`, by case id."""
+    def cases_in(
+        db: sqlite3.Connection, states: tuple[str, ...], *, updated_before: int
+    ) -> list[str]:
+        """The ids of the cases in one of `states` since before `updated_before`, by id."""
         marks = ", ".join("?" for _ in states)
         rows = db.execute(
-            f"SELECT case_id FROM cases WHERE state IN ({marks}) ORDER BY case_id",  # noqa: S608
-            states,
+            f"SELECT case_id FROM cases WHERE state IN ({marks}) AND updated < ?"  # noqa: S608
+            " ORDER BY case_id",
+            (*states, updated_before),
         ).fetchall()
         return [str(r[0]) for r in rows]
 
