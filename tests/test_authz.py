@@ -346,8 +346,14 @@ async def test_agency_cannot_make_its_inbox_consumer_push_into_others_replies(bu
     )
     assert json.loads(reply.data)["error"]["err_code"] == 10012  # pull to push
     await send(b, A, "m1")
-    info = await op.js.consumer_info(inbox_stream(A), inbox_consumer(A))
-    assert info.config.deliver_subject is None and info.num_pending == 1
+
+    async def held_for_pull() -> bool:
+        # the consumer counts a stored message a moment after the stream acknowledges it
+        info = await op.js.consumer_info(inbox_stream(A), inbox_consumer(A))
+        assert info.config.deliver_subject is None
+        return info.num_pending == 1
+
+    await eventually(held_for_pull, what="A's mail to wait, unpushed, in its pull consumer")
     with pytest.raises(nats.errors.TimeoutError):
         await received.next_msg(timeout=SHORT)
 
