@@ -62,11 +62,20 @@ ESCALATING_LIMITS = {
 }
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback TCP port free right now (for a server given its port before it starts)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback TCP port free right now (for a server given its port before it starts),
+    never one handed out before in this run: the kernel may give a just-closed port again,
+    and a test asking for several (a cluster's six) would get the same one twice."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def unavailable(reason: str) -> NoReturn:
