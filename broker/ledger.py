@@ -533,6 +533,7 @@ class Ledger:
             )
             if nc is None:
                 return
+            sub = None
             try:
                 js = nc.jetstream()
                 replay = self.store.replay_pending()
@@ -576,6 +577,12 @@ class Ledger:
                 log.warning("ledger_consumer_interrupted", error=type(e).__name__)
                 await pause(retry.next_delay(), self._stopping)
             finally:
+                if sub is not None and nc.is_connected:
+                    # nats-py's drain waits for a pull subscription's queue to be marked
+                    # done, which fetch never does: draining it would take its whole
+                    # drain_timeout at every stop. Its messages are acked or naked already.
+                    with contextlib.suppress(*TRANSIENT):
+                        await sub.unsubscribe()
                 await release(self.bus_link, nc)  # over TLS with the bus down too
 
 
