@@ -260,7 +260,7 @@ async def test_a_referral_asks_for_a_service(published: Mechanism) -> None:
     when the shelter is not a recipient, when its catalogue lists no such service, and when
     the agency named publishes none; naming the shelter's service, it reaches the shelter and
     the co-ordinator, whose API shows it, and the shelter's referral.received webhook names
-    it."""
+    it; the shelter may still decline it `no-capacity`."""
     m = published
     member = {"agency": "shelter", "service_id": OFFERED}
     for recipients, doc, said in (
@@ -291,6 +291,19 @@ async def test_a_referral_asks_for_a_service(published: Mechanism) -> None:
     by_id = {e["data"]["referral_id"]: e["data"] for e in hooks()}  # at least once: by id
     assert by_id[rid]["service"] == member
     assert "service" not in by_id[plain]
+
+    # Asked for a service, the shelter may still decline for want of a place.
+    shelter = m.api("shelter")
+    for step in ({"to": "acknowledged"}, {"to": "declined", "reason": "no-capacity"}):
+        status, body, _ = await shelter.call("POST", f"/v1/referrals/{rid}/transitions", json=step)
+        assert status == 202, body
+
+    async def declined_at_police() -> bool:
+        status, body, _ = await m.api("police").call("GET", f"/v1/referrals/{rid}")
+        states = {r["agency"]: r["state"] for r in body["recipients"]}
+        return status == 200 and states["shelter"] == "declined"
+
+    await eventually(declined_at_police, what="police to see the shelter's no-capacity")
 
 
 async def test_a_service_the_receiver_does_not_offer_is_refused(published: Mechanism) -> None:
