@@ -30,9 +30,10 @@ from keys import (
     seal,
 )
 from keys.audit import labels_of
+from keys.catalogue import PROVIDER_ROLES
 from keys.codec import canonical_json
 from keys.directory import Directory
-from keys.errors import ChainGapError, UnprocessableError
+from keys.errors import ChainGapError, UnknownServiceError, UnprocessableError
 from keys.subjects import DIRECTORY_KEY, SHARED_INBOX_STREAM
 from runtime import clock, expiry
 from runtime.http import app_runner
@@ -234,6 +235,7 @@ class Agent:
             durable=self.store.durable,
         )
         self.transport.services = self.services
+        self.desk.offers = self.services.offers
         self.retention = Retention(
             store=self.store,
             audit=self.audit,
@@ -582,6 +584,13 @@ class Agent:
                 limits=self.limits,
                 policy=directory.policy,
                 sender_roles=directory.agency(h.sender).roles,
+                services=inbound.ServiceView(
+                    me=self.config.agency,
+                    own=self.services.own_service_ids(),
+                    is_provider=lambda a: (
+                        a in directory and bool(PROVIDER_ROLES & set(directory.agency(a).roles))
+                    ),
+                ),
             )
             self._commit(opened, checked, position)
         except UnknownKeyError as e:
@@ -600,6 +609,14 @@ class Agent:
                 self.log.info("message_deferred", stream_seq=stream_seq, reason=e.reason)
                 return Verdict.RETRY
             return self._reject(data, stream_seq, e, opened, notify=body_stage)
+        except inbound.ServicesUnread:
+            # A referral naming one of this agency's services before its own catalogue was
+            # read from the services bucket (a restart): held back within the same grace.
+            if now - stored_at < self.limits.unknown_key_grace_seconds:
+                self.log.info("message_deferred", stream_seq=stream_seq, reason="services-unread")
+                return Verdict.RETRY
+            unread = UnknownServiceError("this agency's own catalogue was never read")
+            return self._reject(data, stream_seq, unread, opened, notify=True)
         except ChainGapError as e:
             # A notice whose predecessor has not come yet (a restore, a key still loading):
             # held back within the same grace, then refused as any broken chain.

@@ -488,6 +488,7 @@ async def get_referral(request: web.Request) -> web.Response:
         body["referral"] = None if opened is None else opened.get("referral")
         body["erased"] = opened is None
         body["break_glass"] = received_break_glass(body["referral"])
+        body["service"] = received_service(body["referral"])
         if body["referral"] is not None:  # nothing of a person in an erased one
             with backend.store.transaction() as tx:
                 _record_read(request, tx, owner, referral_id, body["referral"])
@@ -500,6 +501,13 @@ def received_break_glass(referral: Any) -> dict[str, Any] | None:
     None: not break-glass, or erased."""
     glass = referral.get("break_glass") if isinstance(referral, dict) else None
     return dict(glass) if isinstance(glass, dict) else None
+
+
+def received_service(referral: Any) -> dict[str, str] | None:
+    """The `service` routing member of a received referral (the provider and the service
+    asked for, PROTOCOL §8.2 step 5), or None: none named, or erased."""
+    service = referral.get("service") if isinstance(referral, dict) else None
+    return dict(service) if isinstance(service, dict) else None
 
 
 def _record_read(

@@ -121,6 +121,9 @@ class Desk:
     #: Called in the transaction of this agency accepting a received referral, with the
     #: referral's owner and id (a competent authority opens its case, agents/identification.py).
     accepted: Callable[[sqlite3.Connection, str, str], None] = lambda db, owner, rid: None
+    #: Whether an agency's current verified catalogue lists a service (agents/services.py
+    #: `Services.offers`): a referral's `service` is checked against it (PROTOCOL §8.2 step 5).
+    offers: Callable[[str, str], bool] = lambda agency, service_id: False
 
     def __post_init__(self) -> None:
         self.log = log.bind(agency=self.agency)
@@ -213,6 +216,7 @@ class Desk:
             attachment_problems=self.attachments.check_cited(cited),
             policy=directory.policy,
             sender_roles=directory.agency(self.agency).roles if self.agency in directory else (),
+            offered=self.offers,
         )
         return referral, plan
 
@@ -350,6 +354,9 @@ class Desk:
         glass = routing.get("break_glass")
         if isinstance(glass, dict):  # checked before (inbound.check): reason, confirmed
             event["break_glass"] = {"reason": glass.get("reason"), "confirmed": True}
+        service = routing.get("service")
+        if isinstance(service, dict):  # checked before (inbound.check): agency, service_id
+            event["service"] = {"agency": service["agency"], "service_id": service["service_id"]}
         self._webhook(db, "referral.received", event, at=now)
         labels = {k: str(v) for k, v in routing.items() if k in ("referral_type", "urgency")}
         if isinstance(glass, dict):  # the receiver's side of §8.2 step 2's audit trail

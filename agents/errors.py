@@ -103,6 +103,11 @@ class ChildRouteIncomplete(Unprocessable):
     a guardian, a best-interests assessment or a child-protecting recipient."""
 
 
+class ServiceNotOffered(Unprocessable):
+    """The referral's `service` names an agency that is not among its recipients, or a
+    service not in that agency's current verified catalogue (PROTOCOL §8.2 step 5)."""
+
+
 class ReferralUnsendable(Unprocessable):
     """The referral is valid but cannot go to these recipients as it is (`problems`: consent
     not covering a recipient, an anonymous notification to a non-co-ordinator, attachments

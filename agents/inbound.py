@@ -8,8 +8,9 @@ kind and body to `check`, with its own directory roles, and gets back the parsed
 `UntrustedInputError` whose `reason` names the failure (keys/errors.py): decoded strictly
 (`malformed`, `too-deep`, `out-of-range`), then the shape of the kind (`unknown-member`,
 `schema-invalid`, for transitions `unknown-reason-code`), then what this agency's roles may
-receive (`not-for-this-role`, `category-not-allowed`, `not-anonymous`), and whether the
-national policy lets the sender's roles use the referral's legal basis (`unlawful-basis`).
+receive (`not-for-this-role`, `category-not-allowed`, `not-anonymous`), whether the
+national policy lets the sender's roles use the referral's legal basis (`unlawful-basis`), and
+whether the service a referral names is one its provider offers (`unknown-service`).
 
 Nothing here puts a received value into an error message: bodies are personal data.
 """
@@ -31,6 +32,7 @@ from keys.errors import (
     SchemaInvalidError,
     UnexpectedMessageError,
     UnknownMemberError,
+    UnknownServiceError,
     UnlawfulBasisError,
 )
 from keys.policy import Policy
@@ -68,6 +70,8 @@ __all__ = [
     "ErasureConfirmation",
     "Escalation",
     "Overdue",
+    "ServiceView",
+    "ServicesUnread",
     "check",
 ]
 
@@ -134,6 +138,22 @@ class Overdue:
     urgency: str
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceView:
+    """What a receiver knows to judge a referral's `service` (PROTOCOL §6.4): its own agency
+    id, the service ids of its own last accepted catalogue (None: the services bucket is not
+    read yet), and which agencies its trusted directory lists with a provider role."""
+
+    me: str
+    own: frozenset[str] | None
+    is_provider: Callable[[str], bool]
+
+
+class ServicesUnread(Exception):  # not a refusal: the message waits
+    """A referral names one of the receiver's services before the receiver read its own
+    catalogue from the services bucket: it is held back, not judged (agents/agent.py)."""
+
+
 Checked = (
     CheckedReferral
     | DeliveryReceipt
@@ -158,11 +178,14 @@ def check(
     limits: Limits,
     policy: Policy | None = None,
     sender_roles: Collection[str] = (),
+    services: ServiceView | None = None,
 ) -> Checked:
     """The checked body of a message of `kind` received by an agency holding `roles` (from
     the trusted directory), or raise the `UntrustedInputError` of its first failure.
     `policy` (the trusted directory's, None for spec_version 1) and `sender_roles` decide
-    whether a referral's legal basis stands (`unlawful-basis`, PROTOCOL §7.11)."""
+    whether a referral's legal basis stands (`unlawful-basis`, PROTOCOL §7.11); `services`
+    whether the service it names stands (`unknown-service`; None: no service does).
+    `ServicesUnread` if that needs the receiver's own catalogue, not read yet."""
     if isinstance(roles, str) or isinstance(sender_roles, str):
         raise TypeError("roles must be a collection of role names")
     checker = _CHECKERS.get(kind)
@@ -199,7 +222,26 @@ def check(
                 "a child's identity reaches only the roles of the national policy's "
                 "child_identity_roles"
             )
+        if checked.referral.service is not None:
+            _check_service(checked.referral.service, services)
     return checked
+
+
+def _check_service(service: tuple[str, str], view: ServiceView | None) -> None:
+    """A referral's `service` (PROTOCOL §6.4, §8.2 step 5): naming the receiver, a service of
+    its own last catalogue; naming another agency, one its directory lists as a provider (a
+    receiver sees its own copy only: whether that agency is a recipient too, and what its
+    catalogue lists, are the sender's checks). Ids only in the refusal."""
+    agency, service_id = service
+    if view is None:
+        raise UnknownServiceError("a referral naming a service, with no services known")
+    if agency == view.me:
+        if view.own is None:
+            raise ServicesUnread(service_id)
+        if service_id not in view.own:
+            raise UnknownServiceError(f"service {service_id} is not in this agency's catalogue")
+    elif not view.is_provider(agency):
+        raise UnknownServiceError(f"service of {agency}, which holds no provider role")
 
 
 # --- JSON kinds ---------------------------------------------------------------------------------

@@ -80,6 +80,7 @@ NOTIFIED_REASONS = frozenset(
         "reused-referral-id",
         "unlawful-basis",
         "child-route-incomplete",
+        "unknown-service",
         "bad-decision",
         "too-early",
         "misdated",

@@ -339,6 +339,14 @@ _RECEIVED_GLASS = {
         {"type": "null"},
     ]
 }
+#: As a recipient received it: the service asked for (PROTOCOL §8.2 step 5), or null (none
+#: named, or erased).
+_RECEIVED_SERVICE = {
+    "anyOf": [
+        _closed({"agency": _AGENCY_ID, "service_id": _SERVICE["service_id"]}),
+        {"type": "null"},
+    ]
+}
 #: GET /v1/referrals/{id}: as its sender sees it (per recipient) or as a recipient does.
 _REFERRAL = {
     "oneOf": [
@@ -375,6 +383,7 @@ _REFERRAL = {
                 "referral": _OPENED,
                 "erased": {"type": "boolean"},
                 "break_glass": _RECEIVED_GLASS,
+                "service": _RECEIVED_SERVICE,
             }
         ),
         _HELD,
@@ -861,7 +870,10 @@ OPENAPI: dict[str, Any] = {
                         "with `break_glass` (PROTOCOL §8.2 step 2: an adult, vital_interests, "
                         "a reason of the national policy's break_glass.reasons; else 422) is "
                         "held unsent, `awaiting_confirmation`, until another API client "
-                        "confirms it (POST /v1/referrals/{id}/break-glass/confirm)",
+                        "confirms it (POST /v1/referrals/{id}/break-glass/confirm). A "
+                        "referral naming a `service` (§8.2 step 5) is refused with 422 "
+                        "(member `service`) unless its agency is among the recipients and "
+                        "its current verified catalogue lists the service (GET /v1/services)",
                     ),
                     **_errors(400, 401, 403, 413, 415, 422, 503),
                     **_UNVERIFIABLE,

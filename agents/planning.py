@@ -11,7 +11,7 @@ seals, stores and sends what the plan says.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from .errors import (
     ConsentUnusable,
     ReferralInvalid,
     ReferralUnsendable,
+    ServiceNotOffered,
 )
 
 #: The role anonymous notifications (and escalations) go to.
@@ -84,6 +85,7 @@ def plan(
     attachment_problems: Sequence[str] = (),
     policy: Policy | None = None,
     sender_roles: Iterable[str] = (),
+    offered: Callable[[str, str], bool] = lambda agency, service_id: False,
 ) -> Plan:
     """Per recipient (in order) the body it may receive, or a domain error with every problem.
 
@@ -93,7 +95,12 @@ def plan(
     is the trusted directory's national policy (None: spec_version 1) and `sender_roles`
     this agency's roles, which together decide whether a basis other than consent stands
     (`BasisNotAllowed`, PROTOCOL §7.11), and whether a child's referral has what the child
-    route needs (`ChildRouteIncomplete`, §8.2 step 4)."""
+    route needs (`ChildRouteIncomplete`, §8.2 step 4); `offered(agency, service_id)` says
+    whether a service is in that agency's current verified catalogue (`ServiceNotOffered`,
+    §8.2 step 5: by default none is)."""
+    problem = service_problem(referral, recipients=recipients, offered=offered)
+    if problem is not None:
+        raise ServiceNotOffered(problem, member="service")
     problem = R.basis_problem(referral, policy=policy, sender_roles=sender_roles)
     if problem is not None:
         raise BasisNotAllowed(problem)
@@ -130,6 +137,25 @@ def plan(
         kind = ConsentDoesNotCover if only_coverage else ReferralUnsendable
         raise kind("the referral cannot be sent as it is", problems=problems)
     return Plan(referral, tuple(deliveries), receipt)
+
+
+def service_problem(
+    referral: R.Referral, *, recipients: Sequence[str], offered: Callable[[str, str], bool]
+) -> str | None:
+    """Why the referral's `service` cannot be asked for, or None (PROTOCOL §8.2 step 5): its
+    agency is not a recipient, or that agency's current verified catalogue (§8.8) does not
+    list the service. Ids only: both are codes, never personal data."""
+    if referral.service is None:
+        return None
+    agency, service_id = referral.service
+    if agency not in recipients:
+        return f"service: agency {agency} is not among the recipients"
+    if not offered(agency, service_id):
+        return (
+            f"service: {agency} offers no service {service_id} in its current catalogue "
+            "(GET /v1/services)"
+        )
+    return None
 
 
 def usable_receipt(

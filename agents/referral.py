@@ -122,6 +122,9 @@ class Referral:
     #: sending agent marked it confirmed by a second API client.
     break_glass_reason: str | None = None
     break_glass_confirmed: bool = False
+    #: The routing member `service` (PROTOCOL §8.2 step 5): the provider and the id of the
+    #: service in its catalogue that the referral asks for.
+    service: tuple[str, str] | None = None
 
     @property
     def created_at(self) -> datetime:
@@ -155,6 +158,8 @@ class Referral:
             out["break_glass"] = {"reason": self.break_glass_reason}
             if self.break_glass_confirmed:
                 out["break_glass"]["confirmed"] = True
+        if self.service is not None:
+            out["service"] = {"agency": self.service[0], "service_id": self.service[1]}
         return out
 
 
@@ -531,6 +536,9 @@ def _validated(doc: dict[str, Any], *, excused: frozenset[str]) -> Referral:
         legal_basis_ref=doc.get("legal_basis_ref"),
         break_glass_reason=doc["break_glass"]["reason"] if "break_glass" in doc else None,
         break_glass_confirmed=doc.get("break_glass", {}).get("confirmed") is True,
+        service=(doc["service"]["agency"], doc["service"]["service_id"])
+        if "service" in doc
+        else None,
     )
 
 

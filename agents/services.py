@@ -116,6 +116,9 @@ class Services:
         #: The bytes last accepted (or put) under each key: the same read again is no news.
         self._accepted: dict[str, bytes] = {}
         self._js: Any = None
+        #: Whether the whole bucket was read once (before, this agency's own catalogue may
+        #: be unread yet: a received referral naming one of its services waits for it).
+        self.read_once = False
         self._wake = asyncio.Event()
         #: Held from taking a number to recording what was put under it (publish, renewal).
         self._lock = asyncio.Lock()
@@ -144,6 +147,7 @@ class Services:
                 first = first and more  # the newest of each key until the first read is done
                 self.offer(found)
                 read_once = read_once or not more
+                self.read_once = self.read_once or read_once
             except TRANSIENT as e:  # the bus: next time
                 self._js = None
                 self.log.warning("services_follow_interrupted", error=type(e).__name__)
@@ -326,6 +330,30 @@ class Services:
             raise _Misplaced("a capacity record under another service's key")
         self.capacity[(agency, service_id)] = record
         self._accepted[key] = data
+
+    # --- looking up -------------------------------------------------------------------------
+
+    def offers(self, agency: str, service_id: str) -> bool:
+        """Whether `agency`'s unexpired accepted catalogue, its agency still listed by the
+        trusted directory, lists `service_id` (what GET /v1/services would show): a sender's
+        check of a referral's `service` (PROTOCOL §8.2 step 5)."""
+        directory, catalogue = self.directory(), self.catalogues.get(agency)
+        return (
+            directory is not None
+            and agency in directory
+            and catalogue is not None
+            and catalogue.expires > clock.now()
+            and catalogue.service(service_id) is not None
+        )
+
+    def own_service_ids(self) -> frozenset[str] | None:
+        """The service ids of this agency's last accepted catalogue, expired or not (empty if
+        it has none), or None until the whole bucket was read once: what a receiver judges a
+        referral's `service` naming it against (PROTOCOL §6.4)."""
+        if not self.read_once:
+            return None
+        own = self.catalogues.get(self.agency)
+        return frozenset() if own is None else frozenset(s.service_id for s in own.services)
 
     # --- listing ----------------------------------------------------------------------------
 

@@ -231,6 +231,14 @@ class ChildRouteIncompleteError(UntrustedInputError):
     reason = "child-route-incomplete"
 
 
+class UnknownServiceError(UntrustedInputError):
+    """A referral whose `service` names the receiver and a service not in the receiver's own
+    catalogue, or another agency that the receiver's directory lists with no provider role
+    (PROTOCOL §6.4, §8.2 step 5)."""
+
+    reason = "unknown-service"
+
+
 class NotForThisRoleError(UntrustedInputError):
     """A message kind or referral type that the receiver's directory roles never receive
     (an escalation or an anonymous notification to an agency that is not a coordinator)."""

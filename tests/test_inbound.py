@@ -113,15 +113,26 @@ def test_what_an_honest_sender_sends_is_accepted(name: str, role: str) -> None:
     role as the sending agent does it, passes the receiver's checks at an agency of that
     role: fields the schema requires but the role never receives may be missing. A child's
     schema v2 referral names its provision from a national policy's list, so it is sent
-    and received under one (which also keeps a child's identity to its roles)."""
+    and received under one (which also keeps a child's identity to its roles). One naming
+    a service names a provider of the receiver's directory (another agency's catalogue is
+    its sender's check)."""
     doc = example(name)
     roles = frozenset({role})
     ref = doc.get("legal_basis_ref")
     policy = None if ref is None else Policy(country="LT", child_legal_bases=(ref,))
     sent = for_role(doc, roles, policy)
     key = {"attachment_key": KEY} if "attachments" in sent["body"] else {}
+    provider = doc.get("service", {}).get("agency")
+    services = inbound.ServiceView(
+        me="receiver", own=frozenset(), is_provider={provider}.__contains__
+    )
     checked = inbound.check(
-        REFERRAL, message(sent, **key), roles=roles, limits=DEFAULT_LIMITS, policy=policy
+        REFERRAL,
+        message(sent, **key),
+        roles=roles,
+        limits=DEFAULT_LIMITS,
+        policy=policy,
+        services=services,
     )
     assert isinstance(checked, inbound.CheckedReferral)
     assert checked.referral_id == doc.get("referral_id", RID)

@@ -539,14 +539,21 @@ def _received(
     *,
     policy: Policy | None = None,
     sender_roles: tuple[str, ...] = (),
+    services: inbound.ServiceView | None = None,
 ) -> object:
     """The receiver's check of a vector's body as `kind` at an agency of `roles` (§6.4), under
-    `policy` for a sender of `sender_roles`: the checked value when the vector expects ok,
-    else None once the check was refused with the expected reason."""
+    `policy` for a sender of `sender_roles`, knowing `services`: the checked value when the
+    vector expects ok, else None once the check was refused with the expected reason."""
 
     def check() -> object:
         return inbound.check(
-            kind, body, roles=roles, limits=DEFAULT_LIMITS, policy=policy, sender_roles=sender_roles
+            kind,
+            body,
+            roles=roles,
+            limits=DEFAULT_LIMITS,
+            policy=policy,
+            sender_roles=sender_roles,
+            services=services,
         )
 
     if fields["expect"] != "ok":
@@ -606,6 +613,15 @@ def test_body_vector(path: Path) -> None:
     if fields["kind"] == RECONSIDERATION_REQUEST:
         _request_message(fields, body, roles)
         return
+    services = None
+    if "receiver" in fields:  # body-referral-service-*
+        own = fields["own_services"]
+        providers = frozenset(fields["providers"].split(","))
+        services = inbound.ServiceView(
+            me=fields["receiver"],
+            own=frozenset() if own == "none" else frozenset(own.split(",")),
+            is_provider=providers.__contains__,
+        )
     _received(
         fields,
         body,
@@ -613,6 +629,7 @@ def test_body_vector(path: Path) -> None:
         roles,
         policy=policy,
         sender_roles=tuple(r for r in sender_roles.split(",") if r),
+        services=services,
     )
 
 

@@ -25,6 +25,7 @@ from nacl.signing import SigningKey
 from agents.consent import SignedReceipt, encode_stored, parse_receipt, sign_receipt
 from agents.lifecycle import Transition
 from agents.messages import DeliveryReceipt
+from agents.referral import categories_for_roles, minimise
 from agents.referral_versions import as_v2
 from keys import codec
 from keys.audit import AuditEvent, decode_signed_event, sign_event
@@ -1337,6 +1338,83 @@ _PUBLIC_TASK_REFERRAL = canonical_json(
 )
 
 
+def _service_referral(agency: str, service_id: str) -> bytes:
+    """The demo's referral as its sender's agent sends it to a shelter (role ngo: minimised,
+    no attachments), naming `service_id` of `agency` (PROTOCOL §8.2 step 5)."""
+    doc = examples.referral(created="2026-01-01T00:00:00Z")
+    body = minimise(doc["body"], categories_for_roles(["ngo"]))
+    return canonical_json(
+        {
+            "referral": {
+                **doc,
+                "service": {"agency": agency, "service_id": service_id},
+                "referral_id": fixed("service referral")[:16].hex(),
+                "body": {k: v for k, v in body.items() if k != "attachments"},
+            }
+        }
+    )
+
+
+SERVICE_ID = "5e1f0a2b3c4d5e6f"
+
+
+def _service_vectors() -> list[tuple[str, str, str, str, str, bytes]]:
+    """body-referral-service-*: received by the shelter (role ngo) whose own catalogue lists
+    `own_services` (comma-separated; `none`: it published none) and whose directory lists
+    `providers` (comma-separated) with a provider role (§6.4).
+    (name, comment, own services, providers, expect, body)."""
+    return [
+        (
+            "referral-service",
+            "a referral naming a service of the shelter's own catalogue",
+            SERVICE_ID,
+            "health,shelter",
+            "ok",
+            _service_referral("shelter", SERVICE_ID),
+        ),
+        (
+            "referral-service-of-another-provider",
+            "naming another provider's service: its catalogue is the sender's check",
+            SERVICE_ID,
+            "health,shelter",
+            "ok",
+            _service_referral("health", "0123456789abcdef"),
+        ),
+        (
+            "referral-service-not-listed",
+            "naming the shelter and a service its own catalogue does not list",
+            SERVICE_ID,
+            "health,shelter",
+            "unknown-service",
+            _service_referral("shelter", "0123456789abcdef"),
+        ),
+        (
+            "referral-service-no-catalogue",
+            "naming the shelter, which published no catalogue",
+            "none",
+            "health,shelter",
+            "unknown-service",
+            _service_referral("shelter", SERVICE_ID),
+        ),
+        (
+            "referral-service-not-a-provider",
+            "naming a service of an agency the directory lists with no provider role",
+            SERVICE_ID,
+            "health,shelter",
+            "unknown-service",
+            _service_referral("coordinator", SERVICE_ID),
+        ),
+        (
+            "referral-service-upper-case",
+            "a service_id in upper case (16 lowercase hex)",
+            SERVICE_ID,
+            "health,shelter",
+            "schema-invalid",
+            _service_referral("shelter", SERVICE_ID.upper()),
+        ),
+    ]
+
+
 def _break_glass_referral(legal_basis: str = "vital_interests", **member: object) -> bytes:
     """An adult's referral for a co-ordinator with the routing member `break_glass` =
     `member` (PROTOCOL §8.2 step 2)."""
@@ -1762,6 +1840,17 @@ def message_vectors() -> Iterator[tuple[str, str]]:
             ("roles", roles),
             ("sender_roles", sender_roles),
             ("policy", b64(canonical_json(policy_doc(POLICY)))),
+        ]
+        yield f"body-{name}", render(header, data)
+    for name, comment, own, providers, expect, data in _service_vectors():
+        header = [
+            ("expect", expect),
+            ("comment", comment),
+            ("kind", "referral"),
+            ("roles", "ngo"),
+            ("receiver", "shelter"),
+            ("own_services", own),
+            ("providers", providers),
         ]
         yield f"body-{name}", render(header, data)
 

@@ -1,0 +1,361 @@
+"""The referral's `service` member (PROTOCOL §8.2 step 5, §6.4): a referral names the
+service it asks for; its sender refuses one whose agency is not a recipient or whose current
+verified catalogue does not list it; the receiver refuses one naming a service it does not
+offer (`unknown-service`), stores nothing of it, and shows an accepted one to its systems.
+
+The rules as tables first, then against real servers: a real nats-server, real agents, real
+HTTP; the hostile referral is sealed with police's own keys past its agent."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from structlog.testing import capture_logs
+
+from agents import errors as E
+from agents import planning as P
+from agents import referral as R
+from agents.inbound import ServicesUnread, ServiceView, check
+from agents.messages import REFERRAL
+from agents.services import Services
+from keys import DEFAULT_LIMITS
+from keys.codec import canonical_json
+from keys.errors import UnknownServiceError
+
+from . import samples
+from .support import (
+    Mechanism,
+    agency_keys,
+    eventually,
+    running_mechanism,
+    sealed,
+    webhook_receiver,
+)
+from .test_sender_scope import held, publish, rejected, rejections
+from .test_services import SERVICE
+
+OFFERED = SERVICE["service_id"]
+UNLISTED = "0123456789abcdef"
+
+
+def named(agency: str, service_id: str, **routing: Any) -> dict[str, Any]:
+    """The demo referral naming `service_id` of `agency`."""
+    return samples.referral(service={"agency": agency, "service_id": service_id}, **routing)
+
+
+# --- the rules ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        pytest.param({"agency": "shelter"}, id="no service_id"),
+        pytest.param({"service_id": OFFERED}, id="no agency"),
+        pytest.param({"agency": "shelter", "service_id": OFFERED[:15]}, id="15 hex"),
+        pytest.param({"agency": "shelter", "service_id": OFFERED.upper()}, id="upper case"),
+        pytest.param({"agency": "Shelter", "service_id": OFFERED}, id="not an agency id"),
+        pytest.param({"agency": "shelter", "service_id": OFFERED, "free": 1}, id="extra member"),
+    ],
+)
+@pytest.mark.parametrize("version", R.SCHEMA_VERSIONS)
+def test_the_member_s_shape(member: dict[str, Any], version: str) -> None:
+    """Both schema versions define `service` as exactly an agency id and 16 lowercase hex;
+    anything else is refused, naming the member."""
+    with pytest.raises(R.ReferralInvalid) as refused:
+        R.validate_referral(samples.referral(service=member, schema_version=version))
+    assert any(p.startswith("/service") for p in refused.value.problems), refused.value.problems
+
+
+def test_the_member_travels_in_the_routing() -> None:
+    """A valid member is the referral's `service` and goes in its routing part unchanged."""
+    referral = R.validate_referral(named("shelter", OFFERED))
+    assert referral.service == ("shelter", OFFERED)
+    assert referral.routing()["service"] == {"agency": "shelter", "service_id": OFFERED}
+    assert "service" not in R.validate_referral(samples.referral()).routing()
+
+
+def _offered(agency: str, service_id: str) -> bool:
+    return (agency, service_id) == ("shelter", OFFERED)
+
+
+#: The sender's rule (§8.2 step 5): name -> (service named, recipients, what the refusal says
+#: or None for sent).
+SENDER_RULE: dict[str, tuple[tuple[str, str], tuple[str, ...], str | None]] = {
+    "the shelter's listed service, the shelter a recipient: sent": (
+        ("shelter", OFFERED),
+        ("shelter", "coordinator"),
+        None,
+    ),
+    "the shelter's service, the shelter not a recipient: refused": (
+        ("shelter", OFFERED),
+        ("coordinator",),
+        "not among the recipients",
+    ),
+    "a service the shelter's catalogue does not list: refused": (
+        ("shelter", UNLISTED),
+        ("shelter",),
+        "offers no service",
+    ),
+    "an agency with no catalogue, a recipient: refused": (
+        ("coordinator", OFFERED),
+        ("coordinator",),
+        "offers no service",
+    ),
+}
+
+
+@pytest.mark.parametrize("service,recipients,refusal", SENDER_RULE.values(), ids=SENDER_RULE)
+def test_the_sender_s_rule(
+    service: tuple[str, str], recipients: tuple[str, ...], refusal: str | None
+) -> None:
+    """The plan refuses a `service` whose agency is no recipient or whose current catalogue
+    does not list it (ServiceNotOffered, member `service`), before anything else."""
+    referral = R.validate_referral(named(*service))
+    roles = {"shelter": ("ngo",), "coordinator": ("coordinator",)}
+
+    def plan() -> P.Plan:
+        return P.plan(
+            referral, recipients=recipients, roles=roles, consent=None, now=0, offered=_offered
+        )
+
+    if refusal is None:
+        assert [d.recipient for d in plan().deliveries] == list(recipients)
+        return
+    with pytest.raises(E.ServiceNotOffered, match=refusal) as refused:
+        plan()
+    assert refused.value.extra == {"member": "service"}
+
+
+def test_by_default_no_service_is_offered() -> None:
+    """A plan given no catalogue lookup refuses every `service` (fail closed)."""
+    referral = R.validate_referral(named("shelter", OFFERED))
+    with pytest.raises(E.ServiceNotOffered):
+        P.plan(referral, recipients=["shelter"], roles={"shelter": ("ngo",)}, consent=None, now=0)
+
+
+def _message(doc: dict[str, Any], roles: tuple[str, ...]) -> bytes:
+    """`doc` as its sender's agent sends it to an agency holding `roles`."""
+    referral = R.validate_referral(doc)
+    body = R.minimise(referral.body, R.categories_for_roles(roles))
+    return canonical_json(
+        {"referral": {**referral.routing(), "referral_id": secrets.token_hex(16), "body": body}}
+    )
+
+
+def _view(own: frozenset[str] | None) -> ServiceView:
+    return ServiceView(me="shelter", own=own, is_provider=lambda a: a in ("shelter", "health"))
+
+
+#: The receiver's rule (§6.4), at the shelter: name -> (service named, the shelter's view of
+#: services, the refusal class or None for accepted).
+RECEIVER_RULE: dict[str, tuple[tuple[str, str], ServiceView | None, type[Exception] | None]] = {
+    "its own listed service: accepted": (("shelter", OFFERED), _view(frozenset({OFFERED})), None),
+    "its own service it does not list: unknown-service": (
+        ("shelter", UNLISTED),
+        _view(frozenset({OFFERED})),
+        UnknownServiceError,
+    ),
+    "its own service, no catalogue of its own: unknown-service": (
+        ("shelter", OFFERED),
+        _view(frozenset()),
+        UnknownServiceError,
+    ),
+    "its own service, its catalogue not read yet: held back": (
+        ("shelter", OFFERED),
+        _view(None),
+        ServicesUnread,
+    ),
+    "another provider's service: accepted (its catalogue is the sender's check)": (
+        ("health", UNLISTED),
+        _view(frozenset()),
+        None,
+    ),
+    "a service of an agency with no provider role: unknown-service": (
+        ("coordinator", OFFERED),
+        _view(frozenset({OFFERED})),
+        UnknownServiceError,
+    ),
+    "a service, with no services known: unknown-service": (
+        ("shelter", OFFERED),
+        None,
+        UnknownServiceError,
+    ),
+}
+
+
+@pytest.mark.parametrize("service,view,refusal", RECEIVER_RULE.values(), ids=RECEIVER_RULE)
+def test_the_receiver_s_rule(
+    service: tuple[str, str], view: ServiceView | None, refusal: type[Exception] | None
+) -> None:
+    """The shelter judges the `service` of a referral it receives as §6.4 says."""
+    data = _message(named(*service), ("ngo",))
+    kwargs: dict[str, Any] = {"roles": ("ngo",), "limits": DEFAULT_LIMITS, "services": view}
+    if refusal is None:
+        check(REFERRAL, data, **kwargs)
+        return
+    with pytest.raises(refusal) as refused:
+        check(REFERRAL, data, **kwargs)
+    assert type(refused.value) is refusal
+    assert "Mira" not in str(refused.value)  # ids only, never the body
+
+
+# --- against real servers -------------------------------------------------------------------
+
+#: The shelter's webhook events as its agent sent them.
+EVENTS: list[dict[str, Any]] = []
+
+
+async def _collect(request: web.Request) -> web.Response:
+    EVENTS.append(json.loads(await request.read()))
+    return web.Response(status=200)
+
+
+@pytest.fixture
+async def published(tmp_path: Path) -> AsyncIterator[Mechanism]:
+    """The mechanism, the shelter's webhooks collected in EVENTS, the shelter's catalogue
+    (SERVICE) published and verified at the police."""
+    EVENTS.clear()
+    async with (
+        webhook_receiver(_collect) as url,
+        running_mechanism(tmp_path, webhooks={"shelter": url}) as m,
+    ):
+        status, body, _ = await m.api("shelter").call(
+            "PUT", "/v1/catalogue", json={"services": [SERVICE]}
+        )
+        assert status == 200, body
+
+        async def police_knows_it() -> bool:
+            return m.agents["police"].services.offers("shelter", OFFERED)
+
+        await eventually(police_knows_it, what="the shelter's catalogue at the police")
+        yield m
+
+
+async def _submit(m: Mechanism, recipients: list[str], doc: dict[str, Any]) -> tuple[int, Any]:
+    status, body, _ = await m.api("police").call(
+        "POST", "/v1/referrals", json={"recipients": recipients, "referral": doc}
+    )
+    return status, body
+
+
+async def _received(m: Mechanism, agency: str, rid: str) -> dict[str, Any]:
+    async def there() -> bool:
+        return any(i["id"] == rid for i in await m.api(agency).inbox())
+
+    await eventually(there, what=f"the referral at {agency}")
+    status, body, _ = await m.api(agency).call("GET", f"/v1/referrals/{rid}?sender=police")
+    assert status == 200, body
+    return dict(body)
+
+
+async def test_a_referral_asks_for_a_service(published: Mechanism) -> None:
+    """Police's referral naming a service is refused 422 (member `service`, nothing sent)
+    when the shelter is not a recipient, when its catalogue lists no such service, and when
+    the agency named publishes none; naming the shelter's service, it reaches the shelter and
+    the co-ordinator, whose API shows it, and the shelter's referral.received webhook names
+    it; the shelter may still decline it `no-capacity`."""
+    m = published
+    member = {"agency": "shelter", "service_id": OFFERED}
+    for recipients, doc, said in (
+        (["coordinator"], named("shelter", OFFERED), "not among the recipients"),
+        (["shelter"], named("shelter", UNLISTED), "offers no service"),
+        (["coordinator"], named("coordinator", OFFERED), "offers no service"),
+    ):
+        status, problem = await _submit(m, recipients, doc)
+        assert status == 422 and problem["member"] == "service", problem
+        assert said in problem["detail"] and "Mira" not in str(problem)
+    status, listing, _ = await m.api("police").call("GET", "/v1/referrals")
+    assert (status, listing["items"]) == (200, [])  # nothing was sent, nothing kept
+
+    rid = await m.api("police").refer(["shelter", "coordinator"], named("shelter", OFFERED))
+    for agency in ("shelter", "coordinator"):
+        got = await _received(m, agency, rid)
+        assert got["service"] == member and got["referral"]["service"] == member, got
+    plain = await m.api("police").refer(["shelter"], samples.referral())
+    assert (await _received(m, "shelter", plain))["service"] is None
+
+    def hooks() -> list[dict[str, Any]]:
+        return [e for e in EVENTS if e["type"] == "referral.received"]
+
+    async def told() -> bool:
+        return {e["data"]["referral_id"] for e in hooks()} >= {rid, plain}
+
+    await eventually(told, what="the shelter's referral.received webhooks")
+    by_id = {e["data"]["referral_id"]: e["data"] for e in hooks()}  # at least once: by id
+    assert by_id[rid]["service"] == member
+    assert "service" not in by_id[plain]
+
+    # Asked for a service, the shelter may still decline for want of a place.
+    shelter = m.api("shelter")
+    for step in ({"to": "acknowledged"}, {"to": "declined", "reason": "no-capacity"}):
+        status, body, _ = await shelter.call("POST", f"/v1/referrals/{rid}/transitions", json=step)
+        assert status == 202, body
+
+    async def declined_at_police() -> bool:
+        status, body, _ = await m.api("police").call("GET", f"/v1/referrals/{rid}")
+        states = {r["agency"]: r["state"] for r in body["recipients"]}
+        return status == 200 and states["shelter"] == "declined"
+
+    await eventually(declined_at_police, what="police to see the shelter's no-capacity")
+
+
+async def test_a_service_the_receiver_does_not_offer_is_refused(published: Mechanism) -> None:
+    """Sealed with police's own keys past its agent, a referral naming a service the
+    shelter's catalogue does not list, or a service of the co-ordinator (no provider role),
+    is refused by the shelter as `unknown-service` and nothing of it is stored; naming the
+    shelter's listed service the same way, it is accepted."""
+    m = published
+    police = agency_keys(m, "police")
+
+    def hostile(service: tuple[str, str]) -> tuple[str, bytes]:
+        rid = uuid.uuid4().hex
+        doc = {**json.loads(_message(named(*service), ("ngo",)))}
+        doc["referral"]["referral_id"] = rid
+        return rid, sealed(m, police, "shelter", REFERRAL, canonical_json(doc))
+
+    for service in (("shelter", UNLISTED), ("coordinator", OFFERED)):
+        rid, data = hostile(service)
+        await publish(m, "police", "shelter", data)
+        await rejected(m, "shelter", data, "unknown-service")
+        assert all(rows == [] for rows in held(m.database("shelter"), "police", rid).values())
+    rid, data = hostile(("shelter", OFFERED))
+    await publish(m, "police", "shelter", data)
+    assert (await _received(m, "shelter", rid))["service"]["service_id"] == OFFERED
+
+
+async def test_a_referral_waits_for_the_provider_s_own_catalogue(
+    published: Mechanism, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A referral naming the shelter's service, sent while the shelter's agent is stopped, is
+    held back (not refused) by the restarted agent for as long as it has not read its own
+    catalogue back from the services bucket (kept unread here until the deferral is seen),
+    and accepted once it has."""
+    m = published
+    await m.stop("shelter")
+    rid = await m.api("police").refer(["shelter"], named("shelter", OFFERED))
+    unread = {"yes": True}
+    own = Services.own_service_ids
+    monkeypatch.setattr(
+        Services, "own_service_ids", lambda self: None if unread["yes"] else own(self)
+    )
+    with capture_logs() as logs:
+        await m.start("shelter")
+
+        async def deferred() -> bool:
+            return any(
+                e["event"] == "message_deferred" and e.get("reason") == "services-unread"
+                for e in logs
+            )
+
+        await eventually(deferred, what="the shelter to hold the referral back")
+    unread["yes"] = False
+    got = await _received(m, "shelter", rid)
+    assert got["service"] == {"agency": "shelter", "service_id": OFFERED}
+    assert [r for r, _ in rejections(m.database("shelter")) if r == "unknown-service"] == []
