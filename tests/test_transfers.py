@@ -8,7 +8,9 @@ import itertools
 
 import pytest
 
+from agents import inbound
 from agents import transfers as T
+from agents.messages import TRANSITION
 from agents.transfers import (
     CaseOwnerChanged,
     CaseTransfer,
@@ -341,3 +343,20 @@ def test_a_system_step_decodes_for_the_receiver_s_party_check() -> None:
     receiver's party check refuses one that is (as in §8.4)."""
     body = codec.pack([2, "transfer", TID, "shelter", "proposed", "delivered", "system", None, 5])
     assert TransferStep.decode(body).party == "system"
+
+
+def test_agents_of_this_release_refuse_them_as_the_protocol_says() -> None:
+    """As built (PROTOCOL §8.10): the three kinds are unknown to the receiver's body checks
+    (`unexpected`) and a version 2 transition is `malformed`, so nothing of them is kept
+    until the messaging lands."""
+    step = TransferStep("transfer", TID, "shelter", "delivered", "accepted", "transferee", None, 5)
+    with pytest.raises(MalformedError):
+        inbound.check(TRANSITION, step.encode(), roles={"ngo"}, limits=DEFAULT_LIMITS)
+    bodies = {
+        T.CASE_TRANSFER: codec.canonical_json(_transfer_doc()),
+        T.TRANSFER_REQUEST: TransferRequest(REQ, None, "police", REF, "other", 7).encode(),
+        T.CASE_OWNER_CHANGED: CaseOwnerChanged(CASE, "shelter", TID, 9).encode(),
+    }
+    for kind, body in bodies.items():
+        with pytest.raises(UnexpectedMessageError):
+            inbound.check(kind, body, roles={"competent-authority"}, limits=DEFAULT_LIMITS)
