@@ -29,6 +29,15 @@ from agents.protections import check_received as check_notice
 from agents.reconsideration import RECONSIDERATION_REQUEST, decode_at
 from agents.reconsideration import check_received as check_request
 from agents.resend import ResendRequest
+from agents.transfers import (
+    CASE_OWNER_CHANGED,
+    CASE_TRANSFER,
+    TRANSFER_REQUEST,
+    CaseTransfer,
+    TransferRequest,
+    TransferStep,
+    decode_owner_changed_at,
+)
 from agents.transport import Position, Verdict
 from agents.trust import TrustState
 from keys import DEFAULT_LIMITS, AgencyKeys, UntrustedInputError, open_envelope, seal
@@ -613,6 +622,9 @@ def test_body_vector(path: Path) -> None:
     if fields["kind"] == RECONSIDERATION_REQUEST:
         _request_message(fields, body, roles)
         return
+    if fields["kind"] in _TRANSFER_BODIES:
+        _transfer_body(fields, body, roles)
+        return
     services = None
     if "receiver" in fields:  # body-referral-service-*
         own = fields["own_services"]
@@ -737,6 +749,41 @@ def _request_message(fields: dict[str, str], body: bytes, roles: set[str]) -> No
     assert check().decision_id == decode_at(body, frozenset(roles)).decision_id
 
 
+#: The §8.10 bodies: kind -> (decoder at an agency of given roles, the id field named when ok).
+_TRANSFER_BODIES: dict[str, tuple[Callable[[bytes, set[str]], object], str]] = {
+    CASE_TRANSFER: (
+        lambda body, _: CaseTransfer.decode(body, limits=DEFAULT_LIMITS),
+        "transfer_id",
+    ),
+    TRANSFER_REQUEST: (lambda body, _: TransferRequest.decode(body), "request_id"),
+    CASE_OWNER_CHANGED: (decode_owner_changed_at, "case_id"),
+}
+
+
+def _transfer_body(fields: dict[str, str], body: bytes, roles: set[str]) -> None:
+    """§8.10's decoding of a case-transfer, transfer-request or case-owner-changed body at
+    an agency of `roles` (no agent accepts them yet): the outcome, and when ok the id."""
+    decode, id_field = _TRANSFER_BODIES[fields["kind"]]
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], lambda: decode(body, roles))
+        return
+    assert getattr(decode(body, roles), id_field) == fields[id_field]
+
+
+@each_vector("transfer-step-")
+def test_transfer_step_vector(path: Path) -> None:
+    """§8.10's decoding of a version 2 transition body gives exactly the vector's outcome
+    and, when ok, every field."""
+    fields, body = parse(path)
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], lambda: TransferStep.decode(body))
+        return
+    step = TransferStep.decode(body)
+    for name in ("kind", "id", "recipient", "from_state", "to_state", "party"):
+        assert getattr(step, name) == fields[name], name
+    assert (step.reason, step.at) == (_text(fields["reason"]), int(fields["at"]))
+
+
 @each_vector("keyfile-")
 def test_keyfile_vector(path: Path) -> None:
     """Opening the key file with `passphrase` (§3.1, §3.5) is refused, or gives exactly the
@@ -853,6 +900,10 @@ FAMILIES = {
     "body-identification-decision-": 8,
     "body-protection-notice-": 8,
     "body-reconsideration-request-": 8,
+    "body-case-transfer-": 6,
+    "body-transfer-request-": 6,
+    "body-case-owner-changed-": 4,
+    "transfer-step-": 12,
     "catalogue-": 8,
     "capacity-": 6,
     "protection-": 8,
@@ -1024,6 +1075,7 @@ RECEIVER_FAMILIES = (
     "state-",
     "body-",
     "transition-",
+    "transfer-step-",
     "receipt-",
     "refusal-",
     "resend-request-",

@@ -3553,6 +3553,182 @@ def request_vectors() -> Iterator[tuple[str, str]]:
         yield f"body-reconsideration-request-{name}", render(header, data)
 
 
+# --- case transfers and transfer requests (§8.10) -----------------------------------------
+#
+# body-case-transfer-*, body-transfer-request-*, body-case-owner-changed-*: `kind`, `roles`
+#     (the receiver's); the bytes are the body, judged by §8.10's decoding in order (not the
+#     receiver's state); when ok the id it names (`transfer_id`, `request_id`, `case_id`).
+# transfer-step-*: the bytes are a `transition` body of version 2, judged by §8.10's
+#     decoding; when ok every field by name.
+
+TRANSFER_ID = fixed("transfer 1")[:16].hex()
+TRANSFER_REQUEST_ID = fixed("transfer request 1")[:16].hex()
+TRANSFER_CASE_ID = fixed("case 1")[:16].hex()
+
+
+def _case_transfer(transfer: dict[str, object] | None = None, **members: object) -> bytes:
+    referral = as_v2(examples.referral(created="2026-01-01T00:00:00Z"))
+    referral["referral_id"] = RID
+    referral["body"] = {k: v for k, v in referral["body"].items() if k != "attachments"}
+    doc: dict[str, object] = {
+        "referral": referral,
+        "transfer": {
+            "case_id": TRANSFER_CASE_ID,
+            "reason": "migration_or_change_of_location",
+            "request_id": None,
+            "transfer_id": TRANSFER_ID,
+            **(transfer or {}),
+        },
+        **members,
+    }
+    return canonical_json(doc)
+
+
+def _transfer_request(**changes: object) -> bytes:
+    fields: dict[str, object] = {
+        "request_id": TRANSFER_REQUEST_ID,
+        "case_id": TRANSFER_CASE_ID,
+        "owner": "police",
+        "referral_id": RID,
+        "reason": "additional_services_required",
+        "at": NOW,
+    }
+    fields.update(changes)
+    return codec.pack([1, *fields.values()])
+
+
+def _owner_changed(**changes: object) -> bytes:
+    fields: dict[str, object] = {
+        "case_id": TRANSFER_CASE_ID,
+        "new_owner": "shelter",
+        "transfer_id": TRANSFER_ID,
+        "at": NOW,
+    }
+    fields.update(changes)
+    return codec.pack([1, *fields.values()])
+
+
+def _transfer_body_vectors() -> list[tuple[str, str, str, str, str, bytes]]:
+    """(kind, name, comment, roles, expect, body)."""
+    transfer, request, changed = "case-transfer", "transfer-request", "case-owner-changed"
+    return [
+        (transfer, "ok", "a case moving with the person, a case id and no request", "ngo",
+         "ok", _case_transfer()),
+        (transfer, "ok-answering-a-request", "no case id, answering a request", "ngo", "ok",
+         _case_transfer({"case_id": None, "request_id": TRANSFER_REQUEST_ID,
+                         "reason": "additional_services_required"})),
+        (transfer, "unknown-member", "a member beside referral and transfer", "ngo",
+         "unknown-member", _case_transfer(note="x")),
+        (transfer, "transfer-unknown-member", "a fifth member in the transfer", "ngo",
+         "unknown-member", _case_transfer({"owner": "police"})),
+        (transfer, "transfer-id-short", "a transfer id of 31 hex digits", "ngo",
+         "schema-invalid", _case_transfer({"transfer_id": TRANSFER_ID[:31]})),
+        (transfer, "unknown-reason", "a reason of §8.4, not of HTCDS", "ngo",
+         "unknown-reason-code", _case_transfer({"reason": "referred-elsewhere"})),
+        (transfer, "referral-v1", "the referral of schema version 1", "ngo", "schema-invalid",
+         canonical_json({**json.loads(_case_transfer()),
+                         "referral": examples.referral(created="2026-01-01T00:00:00Z")})),
+        (transfer, "not-canonical", "a space after the first colon", "ngo", "malformed",
+         _case_transfer().replace(b'"referral":', b'"referral": ', 1)),
+        (request, "ok", "a provider asks the referrer for the case it holds decisions of",
+         "police", "ok", _transfer_request()),
+        (request, "ok-no-case", "no case id: the requester holds no decision of it", "police",
+         "ok", _transfer_request(case_id=None)),
+        (request, "unknown-reason", "a reason outside the transfer reasons", "police",
+         "unknown-reason-code", _transfer_request(reason="no-capacity")),
+        (request, "no-case-field", "the case id left out (six fields)", "police", "malformed",
+         codec.pack([1, TRANSFER_REQUEST_ID, "police", RID, "other", NOW])),
+        (request, "owner-not-agency", "the owner in uppercase: no agency id", "police",
+         "malformed", _transfer_request(owner="POLICE")),
+        (request, "at-bool", "at is a bool", "police", "malformed", _transfer_request(at=True)),
+        (request, "too-large", "257 bytes, over the limit of 256", "police", "malformed",
+         codec.pack([1, TRANSFER_REQUEST_ID, TRANSFER_CASE_ID, "police", RID, "x" * 139, NOW])),
+        (changed, "ok", "the referrer tells the authority the shelter took the case",
+         "competent-authority", "ok", _owner_changed()),
+        (changed, "not-an-authority", "sent to an agency that is no competent authority",
+         "police", "not-for-this-role", _owner_changed()),
+        (changed, "no-transfer-id", "the transfer id left out", "competent-authority",
+         "malformed", codec.pack([1, TRANSFER_CASE_ID, "shelter", NOW])),
+        (changed, "case-id-uppercase", "the case id in uppercase hex", "competent-authority",
+         "malformed", _owner_changed(case_id=TRANSFER_CASE_ID.upper())),
+        (changed, "at-negative", "at below zero", "competent-authority", "malformed",
+         _owner_changed(at=-1)),
+    ]  # fmt: skip
+
+
+def _step(
+    kind: str, from_state: str, to_state: str, party: str, reason: str | None
+) -> list[object]:
+    ident, recipient = (
+        (TRANSFER_ID, "shelter") if kind == "transfer" else (TRANSFER_REQUEST_ID, "police")
+    )
+    return [2, kind, ident, recipient, from_state, to_state, party, reason, NOW]
+
+
+def _step_vectors() -> list[tuple[str, str, str, list[object]]]:
+    return [
+        ("ok-accepted", "the transferee accepts", "ok",
+         _step("transfer", "delivered", "accepted", "transferee", None)),
+        ("ok-rejected", "the transferee rejects, with a reason of its list", "ok",
+         _step("transfer", "delivered", "rejected", "transferee", "out-of-area")),
+        ("ok-revoked", "the owner revokes before delivery", "ok",
+         _step("transfer", "proposed", "revoked", "owner", "sent-in-error")),
+        ("ok-completed", "the owner completes an accepted transfer", "ok",
+         _step("transfer", "accepted", "completed", "owner", None)),
+        ("ok-request-granted", "the owner grants a request", "ok",
+         _step("transfer-request", "delivered", "granted", "owner", None)),
+        ("ok-request-refused", "the owner refuses a request", "ok",
+         _step("transfer-request", "delivered", "refused", "owner", "in-progress-here")),
+        ("ok-request-revoked", "the requester revokes its request", "ok",
+         _step("transfer-request", "requested", "revoked", "requester", None)),
+        ("revoked-after-accepted", "the owner cannot revoke an accepted transfer",
+         "unexpected", _step("transfer", "accepted", "revoked", "owner", "other")),
+        ("granted-by-requester", "the requester cannot grant its own request", "unexpected",
+         _step("transfer-request", "delivered", "granted", "requester", None)),
+        ("rejected-unknown-reason", "rejected for a reason outside the rejection reasons",
+         "unknown-reason-code",
+         _step("transfer", "delivered", "rejected", "transferee", "safety-concern")),
+        ("refused-free-text", "a request refused with free text", "unknown-reason-code",
+         _step("transfer-request", "delivered", "refused", "owner", "She is ours")),
+        ("rejected-without-reason", "rejected without a reason", "malformed",
+         _step("transfer", "delivered", "rejected", "transferee", None)),
+        ("reason-off-step", "a reason on a step that takes none, whatever its value",
+         "malformed", _step("transfer", "delivered", "accepted", "transferee", "busy")),
+        ("other-table-state", "a request's state in a transfer step", "malformed",
+         _step("transfer", "granted", "completed", "owner", None)),
+        ("referral-kind", "a referral pair's step in version 2", "malformed",
+         [2, "referral", RID, "shelter", "acknowledged", "accepted", "recipient", None, NOW]),
+        ("with-outcome", "version 1's outcome slot kept: ten fields", "malformed",
+         [*_step("transfer", "accepted", "completed", "owner", None)[:8], None, NOW]),
+        ("at-bool", "at is a bool", "malformed",
+         [*_step("transfer", "delivered", "accepted", "transferee", None)[:8], True]),
+    ]  # fmt: skip
+
+
+def transfer_vectors() -> Iterator[tuple[str, str]]:
+    named = {
+        "case-transfer": ("transfer_id", TRANSFER_ID),
+        "transfer-request": ("request_id", TRANSFER_REQUEST_ID),
+        "case-owner-changed": ("case_id", TRANSFER_CASE_ID),
+    }
+    for kind, name, comment, roles, expect, data in _transfer_body_vectors():
+        header: list[tuple[str, object]] = [
+            ("expect", expect),
+            ("comment", comment),
+            ("kind", kind),
+            ("roles", roles),
+        ]
+        if expect == "ok":
+            header.append(named[kind])
+        yield f"body-{kind}-{name}", render(header, data)
+    names = ("kind", "id", "recipient", "from_state", "to_state", "party", "reason", "at")
+    for name, comment, expect, fields in _step_vectors():
+        header = [("expect", expect), ("comment", comment)]
+        if expect == "ok":
+            header += list(zip(names, fields[1:], strict=True))
+        yield f"transfer-step-{name}", render(header, codec.pack(fields))
+
+
 #: Every family: (file name prefix, generator of (name, text)).
 FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("canonical-json-", canonical_json_vectors),
@@ -3572,6 +3748,7 @@ FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("body-protection-notice-", notice_message_vectors),
     ("referral-v1-to-v2-", mapping_vectors),
     ("body-reconsideration-request-", request_vectors),
+    ("transfer-step-", transfer_vectors),
 ]
 #: Every file name prefix written here (for removing stale files).
 PREFIXES = (
@@ -3594,4 +3771,5 @@ PREFIXES = (
     "capacity-",
     "protection-",
     "referral-v1-to-v2-",
+    "transfer-step-",
 )
