@@ -1953,7 +1953,7 @@ def subject_access(
 @click.option("--keep", is_flag=True, help="Leave everything running; print URLs and tokens.")
 @click.option("--dir", "workdir", type=PATH, default=None, help="Work in this new directory.")
 def demo(keep: bool, workdir: Path | None) -> None:
-    """A bus and three agencies on this machine; police refers a person to the shelter."""
+    """A bus and four agencies on this machine; one person's way through the NRM."""
     from .demo import run
 
     sys.exit(run(keep=keep, workdir=workdir))

@@ -1,8 +1,18 @@
-"""`nrm demo`: a bus and three agencies on this machine, and one referral between them.
+"""`nrm demo`: a bus and four agencies on this machine, and one person's way through the
+National Referral Mechanism between them, told in the terms of CETS 197 and the UK NRM.
+
+Police refers a presumed victim to the competent authority; its reasonable-grounds (first
+stage) decision starts the recovery and reflection period, of which police and the
+co-ordinator are notified; the authority refers her on to a shelter it sees has a free
+place, and the shelter gets the case so far; the conclusive-grounds (second stage) decision
+reaches all three; she withdraws her consent and every copy made under it is erased. A
+transfer of the case between agencies is not built yet (docs/proposals/nrm-process.md §15,
+slice 8), so the story has none.
 
 Everything is real: the nats-server from the wheel, fresh keys, agents started from their
-configuration files, the referral submitted over the police agent's HTTP API. The timeline is
-built from the agents' own structured log events.
+configuration files, every step an HTTP call to an agent's API, each waited for until the
+agents' own APIs show it happened. The timeline is built from the agents' structured log
+events and from what the story saw in those APIs.
 """
 
 from __future__ import annotations
@@ -25,6 +35,8 @@ from structlog.typing import EventDict, WrappedLogger
 from agents import Agent
 from keys import PublicIdentity
 from keys.checkpoint import Checkpoint, verify_checkpoint
+from keys.policy import Policy
+from keys.roles import COMPETENT_AUTHORITY
 from runtime import clock
 from runtime.poll import poll
 
@@ -35,10 +47,24 @@ AGENCIES = [
     ("police", "Metropolitan Police anti-trafficking unit", "police"),
     ("shelter", "Safe House NGO shelter", "ngo"),
     ("coordinator", "National Referral Mechanism co-ordinator", "coordinator"),
+    ("authority", "Single Competent Authority", COMPETENT_AUTHORITY),
 ]
+#: The national policy: the defaults (a recovery and reflection period of at least 30 days,
+#: CETS 197 Art 13), but no interval between the two stages, so that the demo need not wait
+#: the 30 days a country would set before a conclusive-grounds decision.
+POLICY = Policy(country="GB", second_stage_min_days=0)
 
+#: The consent police takes (identification by the competent authority and the co-ordinator)
+#: and the one the authority takes when it offers the shelter (assistance by the shelter).
 CONSENT_ID = "5f0c8a2e-6b1d-4c3e-9a7f-1e2d3c4b5a69"
+SHELTER_CONSENT_ID = "0d3b7c1e-2a4f-4e6b-8c9d-7a6b5c4d3e2f"
 DELIVERY_TIMEOUT_SECONDS = 30.0
+#: What each stage is called in the UK NRM, the example docs/proposals/nrm-process.md §1 takes.
+STAGE_WORDS = {"first": "reasonable grounds", "second": "conclusive grounds"}
+PROTECTION_WORDS = {
+    "reflection": "recovery and reflection period",
+    "no-removal": "protection from removal",
+}
 
 
 @dataclass
@@ -51,8 +77,12 @@ class Timeline:
     def __call__(self, _: WrappedLogger, __: str, event: EventDict) -> EventDict:
         line = self.describe(event)
         if line is not None:
-            self.lines.append(f"  +{time.monotonic() - self.start:6.3f}s  {line}")
+            self.note(line)
         return event
+
+    def note(self, line: str) -> None:
+        """Add `line` at the time now: a log event's, or what the story saw in an API."""
+        self.lines.append(f"  +{time.monotonic() - self.start:6.3f}s  {line}")
 
     @staticmethod
     def describe(e: EventDict) -> str | None:
@@ -92,6 +122,27 @@ class Timeline:
                 )
             case "delivery_confirmed":
                 return f"{who}: delivery receipt from {e['recipient']} verified: delivered"
+            case "case_opened":
+                return (
+                    f"{who}: case {e['case_id'][:8]} opened for referral {e['referral_id'][:12]}; "
+                    "awaiting the reasonable-grounds decision"
+                )
+            case "case_decided":
+                return (
+                    f"{who}: {STAGE_WORDS[e['stage']]} decision ({e['stage']} stage) "
+                    f"{e['outcome']} for case {e['case_id'][:8]}, signed and sealed to each "
+                    "recipient"
+                )
+            case "protection_notified":
+                return (
+                    f"{who}: {PROTECTION_WORDS[e['protection']]} {e['step']} for case "
+                    f"{e['case_id'][:8]}; notice signed and sealed to each recipient"
+                )
+            case "case_copies_sent":
+                return (
+                    f"{who}: referral {e['referral_id'][:12]} linked to case "
+                    f"{e['case_id'][:8]}; its decisions and notices so far sent on"
+                )
             case "directory_accepted":
                 return f"{who}: trust directory version {e['directory_version']} verified"
             case "message_rejected":
@@ -124,13 +175,21 @@ def run(*, keep: bool, workdir: Path | None) -> int:
 
 async def _run(root: Path, timeline: Timeline, *, keep: bool, log_path: Path) -> int:
     click.echo(f"NRM Exchange demo in {root}")
-    sandbox = prepare_mechanism(root, AGENCIES)
+    sandbox = prepare_mechanism(root, AGENCIES, policy=POLICY)
     directory = admin.verified_draft(sandbox.admin)
     trusted_root = sandbox.admin.trusted_root(now=clock.now())
     click.echo(
         f"  trust: root v{trusted_root.version} ({trusted_root.threshold}-of-"
         f"{len(trusted_root.keys)} administrators), directory v{directory.version} with "
         f"{len(directory.agencies)} agencies, signed"
+    )
+    policy = directory.policy
+    assert policy is not None
+    click.echo(
+        f"  national policy ({policy.country}), signed in the directory: a reflection and "
+        f"recovery period of at least {policy.reflection_min_days} days; reasonable grounds "
+        f"due within {policy.first_stage_due_days} days; conclusive grounds no sooner than "
+        f"{policy.second_stage_min_days} days after (0 so that the demo need not wait)"
     )
     bus = await sandbox.start_bus()
     click.echo(
@@ -153,7 +212,7 @@ async def _run(root: Path, timeline: Timeline, *, keep: bool, log_path: Path) ->
             click.echo(f"FAILED: agents did not get a trusted directory; see {log_path}", err=True)
             return 1
         try:
-            seen = await _story(agents, setups)
+            seen = await _story(agents, setups, timeline)
         except Step as e:
             click.echo("\nTimeline")
             for line in timeline.lines:
@@ -163,7 +222,10 @@ async def _run(root: Path, timeline: Timeline, *, keep: bool, log_path: Path) ->
         click.echo("\nTimeline")
         for line in timeline.lines:
             click.echo(line)
-        click.echo("\nA consented referral, police -> shelter, end-to-end encrypted and signed:")
+        click.echo(
+            "\nThe person's way through the referral mechanism, every message end-to-end "
+            "encrypted and signed:"
+        )
         for line in seen:
             click.echo(f"  {line}")
         if not await _ledger_confirms(list(agents.values())):
@@ -233,10 +295,13 @@ class Step(Exception):
     """A demo step that did not happen as it should."""
 
 
-async def _story(agents: dict[str, Agent], setups: dict[str, AgencySetup]) -> list[str]:
-    """Consent, a referral through its lifecycle, minimisation, withdrawal and erasure.
+async def _story(
+    agents: dict[str, Agent], setups: dict[str, AgencySetup], timeline: Timeline
+) -> list[str]:
+    """The person's way through the mechanism, each step an API call whose effect is waited
+    for where it shows (the agents' own APIs), never for a time.
 
-    Returns what the shelter's system saw, for printing."""
+    Returns what the story saw, for printing."""
     async with aiohttp.ClientSession() as http:
 
         async def call(agency: str, method: str, path: str, body: Any = None) -> Any:
@@ -253,45 +318,198 @@ async def _story(agents: dict[str, Agent], setups: dict[str, AgencySetup]) -> li
             if not await poll(check, timeout=DELIVERY_TIMEOUT_SECONDS):
                 raise Step(f"timed out waiting for {what}")
 
-        await call("police", "POST", "/v1/consents", examples.consent(CONSENT_ID))
-        referral = examples.referral(
-            urgency="urgent", legal_basis="consent", consent_receipt_id=CONSENT_ID
-        )
-        rid = (
-            await call(
-                "police", "POST", "/v1/referrals", {"recipients": ["shelter"], "referral": referral}
-            )
-        )["id"]
-
-        async def police_sees(state: str) -> bool:
-            doc = await call("police", "GET", f"/v1/referrals/{rid}")
+        async def sees(sender: str, rid: str, state: str) -> bool:
+            doc = await call(sender, "GET", f"/v1/referrals/{rid}")
             return bool(doc["recipients"][0]["state"] == state)
 
-        await until(lambda: police_sees("delivered"), "the delivery receipt")
-        for to in ("acknowledged", "accepted"):
-            await call("shelter", "POST", f"/v1/referrals/{rid}/transitions", {"to": to})
-            await until(lambda to=to: police_sees(to), f"police to see {to}")
-        seen = await call("shelter", "GET", f"/v1/referrals/{rid}")
-        fields = sorted(seen["referral"]["body"])
-        withheld = sorted(set(referral["body"]) - set(fields))
-        await call("police", "POST", f"/v1/consents/{CONSENT_ID}/withdraw")
+        async def refer(sender: str, to: str, referral: dict[str, Any]) -> str:
+            """`sender` refers to `to`, which acknowledges and accepts once it holds it."""
+            body = {"recipients": [to], "referral": referral}
+            rid = str((await call(sender, "POST", "/v1/referrals", body))["id"])
+            await until(lambda: sees(sender, rid, "delivered"), f"{to}'s delivery receipt")
+            for step in ("acknowledged", "accepted"):
+                await call(to, "POST", f"/v1/referrals/{rid}/transitions", {"to": step})
+                await until(lambda step=step: sees(sender, rid, step), f"{sender} to see {step}")
+            return rid
 
-        async def confirmed() -> bool:
-            doc = await call("police", "GET", f"/v1/consents/{CONSENT_ID}")
-            return bool(
-                doc["pending"] == [] and all(r["erasure_confirmed_at"] for r in doc["recipients"])
+        held: dict[tuple[str, str], list[dict[str, Any]]] = {}
+
+        async def holds(agency: str, rid: str, sender: str, decisions: int, notices: int) -> None:
+            """Wait until `agency` holds, under `sender`'s referral `rid`, this many decisions
+            and protection notices (each verified on the read)."""
+
+            async def arrived() -> bool:
+                pair = f"/v1/referrals/{rid}/%s?sender={sender}"
+                d = (await call(agency, "GET", pair % "decisions"))["items"]
+                n = (await call(agency, "GET", pair % "protections"))["items"]
+                held[agency, "decisions"], held[agency, "notices"] = d, n
+                return len(d) == decisions and len(n) == notices
+
+            await until(arrived, f"{agency} to hold {decisions} decision(s), {notices} notice(s)")
+            latest = held[agency, "notices"][-1]
+            timeline.note(
+                f"{agency}: holds {decisions} decision(s) and {notices} protection notice(s) "
+                f"of the case, signatures verified; latest: "
+                f"{PROTECTION_WORDS[latest['protection']]} {latest['event']}"
             )
 
-        await until(confirmed, "the shelter's erasure confirmation")
-        erased = await call("shelter", "GET", f"/v1/referrals/{rid}")
-        if not erased["erased"]:
-            raise Step("the shelter still holds the referral after withdrawal")
+        # The shelter publishes what it offers and how many places are free.
+        await call("shelter", "PUT", "/v1/catalogue", {"services": [SHELTER_SERVICE]})
+        capacity = {"free": 3, "total": 8}
+        service_id = SHELTER_SERVICE["service_id"]
+        await call("shelter", "PUT", f"/v1/services/{service_id}/capacity", capacity)
+        timeline.note(
+            f"shelter: catalogue and capacity ({capacity['free']} of {capacity['total']} "
+            "places free) signed and published"
+        )
+
+        # Police, the first responder, refers the presumed victim for identification.
+        await call("police", "POST", "/v1/consents", _police_consent())
+        to_authority = examples.referral(
+            {k: v for k, v in examples.BODY.items() if k != "health_needs"},
+            urgency="urgent",
+            purpose="identification",
+            legal_basis="consent",
+            consent_receipt_id=CONSENT_ID,
+        )
+        rid = await refer("police", "authority", to_authority)
+        cases = (await call("authority", "GET", "/v1/cases"))["items"]
+        [case_id] = [c["case_id"] for c in cases if c["referral_id"] == rid]
+
+        # Reasonable grounds: the recovery and reflection period and no-removal start.
+        first = {"stage": "first", "outcome": "positive"}
+        await call("authority", "POST", f"/v1/cases/{case_id}/decisions", first)
+        for agency in ("police", "coordinator"):
+            await holds(agency, rid, "police", 1, 2)
+        reflection = next(n for n in held["police", "notices"] if n["protection"] == "reflection")
+
+        # The authority offers support: a shelter with a free place, with her consent.
+        offers: list[dict[str, Any]] = []
+
+        async def a_free_place() -> bool:
+            found = await call("authority", "GET", "/v1/services?type=shelter&available=true")
+            offers[:] = [i for i in found["items"] if i["agency"] == "shelter"]
+            return bool(offers)
+
+        await until(a_free_place, "the shelter's free places at the authority")
+        [offer] = offers
+        timeline.note(
+            f"authority: GET /v1/services lists the shelter's service {offer['service_id'][:8]} "
+            f"with {offer['capacity']['free']} of {offer['capacity']['total']} places free"
+        )
+        await call("authority", "POST", "/v1/consents", _shelter_consent())
+        to_shelter = examples.referral(
+            urgency="urgent", legal_basis="consent", consent_receipt_id=SHELTER_CONSENT_ID
+        )
+        onward = await refer("authority", "shelter", to_shelter)
+        await call("authority", "PUT", f"/v1/cases/{case_id}/referrals/{onward}")
+        await holds("shelter", onward, "authority", 1, 2)
+        seen = await call("shelter", "GET", f"/v1/referrals/{onward}")
+        fields = sorted(seen["referral"]["body"])
+        withheld = sorted(set(to_shelter["body"]) - set(fields))
+
+        # Conclusive grounds: no-removal ends with it; the reflection period runs its course.
+        second = {"stage": "second", "outcome": "positive"}
+        await call("authority", "POST", f"/v1/cases/{case_id}/decisions", second)
+        for agency, pair, sender in (
+            ("police", rid, "police"),
+            ("coordinator", rid, "police"),
+            ("shelter", onward, "authority"),
+        ):
+            await holds(agency, pair, sender, 2, 3)
+        case = await call("authority", "GET", f"/v1/cases/{case_id}")
+
+        # She withdraws her consent, at police and at the authority, each of which took one.
+        for agency, receipt_id in (("police", CONSENT_ID), ("authority", SHELTER_CONSENT_ID)):
+            await call(agency, "POST", f"/v1/consents/{receipt_id}/withdraw")
+
+            async def confirmed(agency: str = agency, receipt_id: str = receipt_id) -> bool:
+                doc = await call(agency, "GET", f"/v1/consents/{receipt_id}")
+                return bool(
+                    doc["pending"] == []
+                    and all(r["erasure_confirmed_at"] for r in doc["recipients"])
+                )
+
+            await until(confirmed, f"the erasure confirmations of {agency}'s recipients")
+        for agency, pair, sender in (
+            ("authority", rid, "police"),
+            ("shelter", onward, "authority"),
+        ):
+            erased = await call(agency, "GET", f"/v1/referrals/{pair}?sender={sender}")
+            if not erased["erased"]:
+                raise Step(f"{agency} still holds the referral after withdrawal")
+        case_after = await call("authority", "GET", f"/v1/cases/{case_id}")
         return [
+            f"police referred her to the competent authority (nrm_full): case {case_id[:8]} opened",
+            "reasonable grounds (first stage): positive; the recovery and reflection period "
+            f"runs {reflection['starts_on']} to {reflection['ends_on']} and protection from "
+            "removal from the decision on; police and the co-ordinator were notified",
+            f"shelter with capacity: the authority saw {offer['capacity']['free']} free places "
+            "and referred her on with her consent; the shelter got the decision (without its "
+            "reason) and both notices",
             f"the shelter received: {', '.join(fields)}",
             f"withheld from the shelter (its role or the consent does not allow): "
             f"{', '.join(withheld)}",
-            "after withdrawal the shelter's copy is erased (its data key destroyed)",
+            f"conclusive grounds (second stage): positive; case {case['state']}; protections "
+            + ", ".join(f"{p} {v['state']}" for p, v in sorted(case["protections"].items()))
+            + "; police, the co-ordinator and the shelter were notified",
+            "transfer of the case to another agency: not built yet (slice 8), so not shown",
+            "consent withdrawn: the authority's copy of police's referral and the shelter's "
+            "copy of the authority's are erased (their data keys destroyed), each confirmed; "
+            f"the authority keeps its own case ({case_after['state']}) and decisions, a record "
+            "it must keep (GDPR Art 17(3)(b))",
         ]
+
+
+#: What the shelter offers (PROTOCOL §8.8): a coarse region, never an address.
+SHELTER_SERVICE: dict[str, Any] = {
+    "service_id": "5e1f0a2b3c4d5e6f",
+    "type": "shelter",
+    "languages": ["en", "ro"],
+    "suitable_for": ["women"],
+    "accessibility": ["step_free"],
+    "regions": ["GB-LND"],
+    "capacity_unit": "places",
+}
+
+
+def _police_consent() -> dict[str, Any]:
+    """Her consent to police: identification by the competent authority and the co-ordinator
+    (everything of the referral but her health)."""
+    identification = dict(
+        examples.IDENTIFICATION,
+        data_categories=[
+            "case",
+            "contact",
+            "criminal",
+            "demographic",
+            "exploitation",
+            "identity",
+            "language",
+            "needs",
+        ],
+        recipients=["authority"],  # the receipt's roles are directory spec_version 1's
+    )
+    return examples.consent(
+        CONSENT_ID, purposes=[identification], sensitive_categories=["criminal"]
+    )
+
+
+def _shelter_consent() -> dict[str, Any]:
+    """Her consent to the authority, as controller: assistance by the shelter."""
+    police = examples.consent(SHELTER_CONSENT_ID)
+    [controller] = police["controllers"]
+    authority = {
+        **controller,
+        "agency": "authority",
+        "name": "Single Competent Authority",
+        "contact": {**controller["contact"], "email": "dpo@authority.example"},
+    }
+    assistance = dict(
+        examples.ASSISTANCE,
+        data_categories=["contact", "demographic", "health", "identity", "language", "needs"],
+    )
+    return {**police, "controllers": [authority], "purposes": [assistance]}
 
 
 async def _keep_running(agents: dict[str, Agent], sandbox: Sandbox, log_path: Path) -> None:

@@ -30,6 +30,8 @@ from broker.ledger import Ledger
 from broker.server import ServerTls
 from keys import AgencyKeys, PublicIdentity
 from keys.keyfile import INTERACTIVE, KdfCost
+from keys.policy import Policy
+from keys.roles import COMPETENT_AUTHORITY
 from keys.subjects import DIRECTORY_BUCKET
 from runtime import clock
 from runtime.endpoint import BusEndpoint, BusTls
@@ -351,11 +353,14 @@ def prepare_mechanism(
     threshold: int = 2,
     cost: KdfCost = INTERACTIVE,
     settings: admin.AdminSettings | None = None,
+    policy: Policy | None = None,
 ) -> Sandbox:
     """Administrators, then each `(agency id, display name, role)` with keys, admitted to a
     signed directory draft (`settings`: the directory lifetime and publishing margin, as
-    `nrm admin init` keeps them). Demo and test keys use the cheaper INTERACTIVE key-file
-    cost; real deployments use the `nrm` commands and their default."""
+    `nrm admin init` keeps them; `policy`: the national policy the draft carries, which a
+    role of spec_version 2 such as `competent-authority` needs). Demo and test keys use the
+    cheaper INTERACTIVE key-file cost; real deployments use the `nrm` commands and their
+    default."""
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     admin_passphrase = secrets.token_urlsafe(24).encode()
     folder = admin.AdminFolder(root / "admin")
@@ -367,6 +372,8 @@ def prepare_mechanism(
         cost=cost,
         settings=settings,
     )
+    if policy is not None:
+        admin.set_policy(folder, policy)
     setups = {}
     for agency, name, role in agencies:
         home = root / agency
@@ -412,6 +419,9 @@ def _write_config(
     api_port: int = 0,
     tls: SandboxTls | None = None,
 ) -> None:
+    scopes: tuple[str, ...] = ("submit", "read", "act")
+    if COMPETENT_AUTHORITY in setup.roles:  # its case system decides
+        scopes += ("decide",)
     webhooks = []
     if webhook_url is not None:
         secret = setup.home / "webhook.secret"
@@ -428,11 +438,7 @@ def _write_config(
         trust_cache="trust",
         api_bind=f"127.0.0.1:{api_port}",
         http_tls=None if tls is None else tls.http_tls(),
-        clients=[
-            configs.ApiClientSpec(
-                "case-management", token_digest(setup.token), ("submit", "read", "act")
-            )
-        ],
+        clients=[configs.ApiClientSpec("case-management", token_digest(setup.token), scopes)],
         ledger=None
         if ledger_url is None
         else configs.LedgerLink(
