@@ -3657,12 +3657,28 @@ def _step_vectors() -> list[tuple[str, str, str, list[object] | bytes]]:
     ]  # fmt: skip
 
 
+#: The fields of the two msgpack bodies after their version, in order.
+_TRANSFER_BODY_FIELDS = {
+    "transfer-request": ("request_id", "case_id", "owner", "referral_id", "reason", "at"),
+    "case-owner-changed": ("case_id", "new_owner", "transfer_id", "at"),
+}
+
+
+def _decoded_fields(kind: str, data: bytes) -> list[tuple[str, object]]:
+    """Every field an ok body decodes to, read from its bytes by the generic codecs (for
+    case-transfer: the transfer's members, `attachment_key`, and R's `referral_id`)."""
+    if kind == "case-transfer":
+        doc = json.loads(data)
+        return [
+            *sorted(doc["transfer"].items()),
+            ("attachment_key", doc.get("attachment_key")),
+            ("referral_id", doc["referral"]["referral_id"]),
+        ]
+    values = codec.unpack(data, max_bytes=len(data))
+    return list(zip(_TRANSFER_BODY_FIELDS[kind], values[1:], strict=True))
+
+
 def transfer_vectors() -> Iterator[tuple[str, str]]:
-    named = {
-        "case-transfer": ("transfer_id", TRANSFER_ID),
-        "transfer-request": ("request_id", TRANSFER_REQUEST_ID),
-        "case-owner-changed": ("case_id", TRANSFER_CASE_ID),
-    }
     for kind, name, comment, roles, expect, data in _transfer_body_vectors():
         header: list[tuple[str, object]] = [
             ("expect", expect),
@@ -3671,7 +3687,7 @@ def transfer_vectors() -> Iterator[tuple[str, str]]:
             ("roles", roles),
         ]
         if expect == "ok":
-            header.append(named[kind])
+            header += _decoded_fields(kind, data)
         yield f"body-{kind}-{name}", render(header, data)
     names = ("kind", "id", "recipient", "from_state", "to_state", "party", "reason", "at")
     for name, comment, expect, fields in _step_vectors():
