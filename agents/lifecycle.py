@@ -32,7 +32,7 @@ in_progress. Final states (declined, closed, withdrawn, cancelled, expired) have
       [1, referral_id, recipient, from_state, to_state, party, reason, outcome, at]
 
   referral_id is 32 lowercase hex; recipient an agency id; reason and outcome nil when
-  absent; at a non-negative integer (Unix seconds). Decoders MUST reject any other shape,
+  absent; at Unix seconds, 0 <= at < 2^63. Decoders MUST reject any other shape,
   unknown values and non-canonical encodings. The body stays version 1 as the outcome
   vocabulary grows: an agent that does not know an outcome refuses the step (0.3.0 as
   `malformed`, this release as `unknown-outcome-code`), it never reads it as another.
@@ -288,8 +288,12 @@ class Transition(codec.Encoded):
             raise ValueError("states must be strings")
         if not isinstance(self.party, str):
             raise ValueError("party must be a string")
-        if type(self.at) is not int or self.at < 0:
-            raise ValueError("at must be a non-negative integer")
+        if type(self.at) is not int or not 0 <= self.at < 2**63:
+            raise ValueError("at must be Unix seconds, 0 <= at < 2^63")
+        # Types before the table (PROTOCOL §8.4): a wrong-typed code is malformed, never
+        # `unexpected` because its step is not in the table.
+        if self.reason is not None and not isinstance(self.reason, str):
+            raise ValueError("reason must be a string")
         if self.outcome is not None and not isinstance(self.outcome, str):
             raise ValueError("outcome must be a string")
         # The table itself, the reason pattern and the outcome rules.

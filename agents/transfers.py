@@ -1,5 +1,5 @@
 """Case transfers and transfer requests (docs/PROTOCOL.md §8.10): the three new bodies, the
-steps of both lifecycles as `transition` bodies of version 2, and the two lifecycle tables.
+steps of both lifecycles as messages of their own kind `transfer-step`, and the two tables.
 Pure, like agents/lifecycle.py and agents/cases.py: no agent sends or accepts these messages
 yet (the messaging, API and storage come later in slice 8); what is here fixes their bytes.
 
@@ -7,7 +7,7 @@ yet (the messaging, API and storage come later in slice 8); what is here fixes t
                           "transfer": {"case_id", "reason", "request_id", "transfer_id"}}
     transfer-request    canonical msgpack [1, request_id, case_id, owner, referral_id, reason, at]
     case-owner-changed  canonical msgpack [1, case_id, new_owner, transfer_id, at]
-    transition (v2)     canonical msgpack [2, kind, id, recipient, from_state, to_state, party,
+    transfer-step       canonical msgpack [1, kind, id, recipient, from_state, to_state, party,
                                            reason, at]
 
 Coded fields and ids only, but for R, a schema-v2 referral minimised for the transferee.
@@ -61,13 +61,14 @@ from .lifecycle import REASON_CODES
 CASE_TRANSFER: Final = "case-transfer"
 TRANSFER_REQUEST: Final = "transfer-request"
 CASE_OWNER_CHANGED: Final = "case-owner-changed"
+#: Not `transition`: whatever reads a transition takes it for a referral pair's step.
+TRANSFER_STEP: Final = "transfer-step"
 
 #: Size limits of the msgpack bodies (PROTOCOL §1.2).
 MAX_REQUEST_BYTES: Final = 256
 MAX_OWNER_CHANGED_BYTES: Final = 256
 MAX_STEP_BYTES: Final = 512
-#: The transition body version that carries a `kind` (version 1 is §8.4's, referral pairs').
-STEP_VERSION: Final = 2
+STEP_VERSION: Final = 1
 
 #: Why a case is transferred or asked for: HTCDS `cas_ReasonForOutgoingReferral`, as HTCDS
 #: spells it (PROTOCOL §8.10 "Reason codes").
@@ -98,7 +99,7 @@ REFUSE_REASONS: Final[tuple[str, ...]] = (
 
 TRANSFER: Final = "transfer"
 REQUEST: Final = "transfer-request"
-#: The two kinds a version 2 transition body carries.
+#: The two kinds a transfer step names.
 KINDS: Final[tuple[str, ...]] = (TRANSFER, REQUEST)
 
 PROPOSED: Final = "proposed"
@@ -134,8 +135,12 @@ FINAL_STATES: Final[Mapping[str, frozenset[str]]] = {
     TRANSFER: frozenset({REJECTED, REVOKED, EXPIRED, COMPLETED}),
     REQUEST: frozenset({REFUSED, REVOKED, FULFILLED, LAPSED}),
 }
-#: The state a transfer or a request starts in, at both sides.
-INITIAL: Final[Mapping[str, str]] = {TRANSFER: PROPOSED, REQUEST: REQUESTED}
+#: The state a transfer or a request starts in at each side (PROTOCOL §8.10 "Initial
+#: states"): kind -> party -> state. The sender's `system` step to delivered is its own.
+INITIAL: Final[Mapping[str, Mapping[str, str]]] = {
+    TRANSFER: {OWNER: PROPOSED, TRANSFEREE: DELIVERED},
+    REQUEST: {REQUESTER: REQUESTED, OWNER: DELIVERED},
+}
 
 #: (kind, from, party) -> {to: the reasons the step takes (empty: none)}.
 _TABLE: Final[Mapping[tuple[str, str, str], Mapping[str, tuple[str, ...]]]] = {
@@ -376,7 +381,7 @@ class CaseTransfer:
         if not isinstance(referral, dict) or referral.get("schema_version") != "2":
             raise SchemaInvalidError("a case transfer carries a referral of schema version 2")
         key = doc.get("attachment_key")
-        if key is not None and not isinstance(key, str):
+        if "attachment_key" in doc and not isinstance(key, str):  # null too: leave it out
             raise SchemaInvalidError("attachment_key must be base64 text")
         return cls(
             transfer_id=transfer["transfer_id"],
@@ -412,7 +417,7 @@ def _only(doc: Mapping[str, Any], names: Collection[str], what: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class TransferStep(codec.Encoded):
-    """One step of a transfer or a request: a `transition` body of version 2. The
+    """One step of a transfer or a request: a `transfer-step` body. The
     constructor refuses anything `check()` refuses, so every value is a step of its kind's
     table; a receiver still compares `from_state` with the state it stored."""
 
@@ -438,13 +443,14 @@ class TransferStep(codec.Encoded):
         _check_name(self.from_state, STATES[self.kind], f"{self.kind} state")
         _check_name(self.to_state, STATES[self.kind], f"{self.kind} state")
         _check_name(self.party, PARTIES[self.kind], f"{self.kind} party")
-        if type(self.at) is not int or self.at < 0:
-            raise ValueError("at must be a non-negative integer")
+        if self.reason is not None and not isinstance(self.reason, str):
+            raise ValueError("reason must be a string or nil")  # before the table: malformed
+        _time(self.at)
         check(self.kind, self.from_state, self.to_state, self.party, reason=self.reason)
 
     @classmethod
     def decode(cls, body: bytes) -> TransferStep:
-        """Strictly decode a version 2 transition body (PROTOCOL §8.10), or raise:
+        """Strictly decode a transfer-step body (PROTOCOL §8.10), or raise:
         MalformedError for its shape, UnexpectedMessageError for a step the kind's table
         does not list, UnknownReasonCodeError for a reason outside the step's list."""
         fields = cls.WIRE.unpack(body, max_bytes=MAX_STEP_BYTES, max_items=16)
@@ -468,6 +474,7 @@ __all__: Sequence[str] = [
     "REVOKE_REASONS",
     "TRANSFER_REASONS",
     "TRANSFER_REQUEST",
+    "TRANSFER_STEP",
     "CaseOwnerChanged",
     "CaseTransfer",
     "TransferReasonUnknown",

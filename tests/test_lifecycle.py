@@ -171,6 +171,16 @@ GOOD = [1, REFERRAL, "shelter", "acknowledged", "declined", "recipient", "no-cap
         ("missing reason", [*GOOD[:6], None, *GOOD[7:]]),
         ("negative time", [*GOOD[:8], -1]),
         ("boolean time", [*GOOD[:8], True]),
+        ("time at 2^63", [*GOOD[:8], 2**63]),
+        ("time at 2^64 - 1", [*GOOD[:8], 2**64 - 1]),
+        (
+            "reason as int on a step the table does not list (types before the table)",
+            [1, REFERRAL, "shelter", "acknowledged", "accepted", "sender", 7, None, 9],
+        ),
+        (
+            "outcome as int on a step the table does not list",
+            [1, REFERRAL, "shelter", "acknowledged", "accepted", "sender", None, 7, 9],
+        ),
         ("version as bool", [True, *GOOD[1:]]),
     ],
 )
@@ -178,6 +188,10 @@ def test_strict_decoding_refuses(name: str, raw: object) -> None:
     """Every malformed body is refused with MalformedError."""
     with pytest.raises(MalformedError):
         Transition.decode(codec.pack(raw))
+
+
+def test_the_last_second_below_2_to_the_63_decodes() -> None:
+    assert Transition.decode(codec.pack([*GOOD[:8], 2**63 - 1])).at == 2**63 - 1
 
 
 @pytest.mark.parametrize(

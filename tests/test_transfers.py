@@ -87,11 +87,57 @@ REF = "b" * 32
 TID = "d" * 32
 
 
+#: The reason lists of proposal §7.3 (and §7.2, the HTCDS codes), written out by hand; a
+#: revocation takes any code of PROTOCOL §8.4.
+REASONS = {
+    "transfer": ["additional_services_required", "migration_or_change_of_location", "other"],
+    "rejection": ["no-capacity", "out-of-area", "not-eligible", "duplicate", "other"],
+    "refusal": ["not-owner", "in-progress-here", "person-declined", "other"],
+    "revocation": [
+        "no-capacity",
+        "out-of-area",
+        "not-eligible",
+        "duplicate",
+        "person-declined",
+        "consent-withdrawn",
+        "lost-contact",
+        "referred-elsewhere",
+        "safety-concern",
+        "sent-in-error",
+        "other",
+    ],
+}
+
+
 def test_the_code_knows_the_same_states_and_parties() -> None:
     for kind in STATES:
         assert list(T.STATES[kind]) == STATES[kind]
         assert list(T.PARTIES[kind]) == PARTIES[kind]
-    assert T.INITIAL == {"transfer": "proposed", "transfer-request": "requested"}
+
+
+def test_the_code_knows_the_same_reason_lists() -> None:
+    assert list(T.TRANSFER_REASONS) == REASONS["transfer"]
+    assert list(T.REJECT_REASONS) == REASONS["rejection"]
+    assert list(T.REFUSE_REASONS) == REASONS["refusal"]
+    assert list(T.REVOKE_REASONS) == REASONS["revocation"]
+
+
+def test_each_side_starts_where_protocol_says() -> None:
+    """The sender starts a transfer proposed and a request requested; the receiver stores
+    either as delivered; from there each side's first step is the table's."""
+    assert T.INITIAL == {
+        "transfer": {"owner": "proposed", "transferee": "delivered"},
+        "transfer-request": {"requester": "requested", "owner": "delivered"},
+    }
+    assert allowed("transfer", T.INITIAL["transfer"]["owner"], "system") == ["delivered", "expired"]
+    assert allowed("transfer", T.INITIAL["transfer"]["transferee"], "transferee") == [
+        "accepted",
+        "rejected",
+    ]
+    assert allowed("transfer-request", T.INITIAL["transfer-request"]["owner"], "owner") == [
+        "granted",
+        "refused",
+    ]
 
 
 def test_allowed_matches_the_specification() -> None:
@@ -182,11 +228,11 @@ def test_unknown_names_are_misuse_and_never_echoed() -> None:
 def test_a_request_granted_then_its_transfer_completed() -> None:
     """A request granted, the transfer answering it accepted and completed, fulfils the
     request; a transfer that ends otherwise lets it lapse."""
-    request = T.INITIAL["transfer-request"]
+    request = T.INITIAL["transfer-request"]["requester"]
     for target, party, reason in (("delivered", "system", None), ("granted", "owner", None)):
         check("transfer-request", request, target, party, reason=reason)
         request = target
-    transfer = T.INITIAL["transfer"]
+    transfer = T.INITIAL["transfer"]["owner"]
     for target, party in (("delivered", "system"), ("accepted", "transferee")):
         check("transfer", transfer, target, party, reason=None)
         transfer = target
@@ -301,36 +347,46 @@ def test_a_case_transfer_not_canonical_is_malformed() -> None:
         CaseTransfer.decode(body, limits=DEFAULT_LIMITS)
 
 
-def test_a_transfer_step_round_trips_as_a_version_2_transition() -> None:
+def test_a_transfer_step_round_trips_as_its_own_kind() -> None:
     step = TransferStep("transfer", TID, "shelter", "delivered", "rejected", "transferee",
                         "out-of-area", 5)  # fmt: skip
     body = step.encode()
     assert body == codec.pack(
-        [2, "transfer", TID, "shelter", "delivered", "rejected", "transferee", "out-of-area", 5]
+        [1, "transfer", TID, "shelter", "delivered", "rejected", "transferee", "out-of-area", 5]
     )
     assert TransferStep.decode(body) == step
+    assert T.TRANSFER_STEP == "transfer-step" != TRANSITION
 
 
 @pytest.mark.parametrize(
     ("name", "fields", "error"),
     [
         ("a step the table does not list",
-         [2, "transfer", TID, "shelter", "accepted", "revoked", "owner", "other", 5],
+         [1, "transfer", TID, "shelter", "accepted", "revoked", "owner", "other", 5],
          UnexpectedMessageError),
+        ("a wrong-typed reason on a step the table does not list",
+         [1, "transfer", TID, "shelter", "accepted", "revoked", "owner", 3, 5], MalformedError),
         ("the other table's party",
-         [2, "transfer", TID, "shelter", "delivered", "accepted", "requester", None, 5],
+         [1, "transfer", TID, "shelter", "delivered", "accepted", "requester", None, 5],
          MalformedError),
         ("a referral pair's kind",
-         [2, "referral", TID, "shelter", "delivered", "accepted", "recipient", None, 5],
+         [1, "referral", TID, "shelter", "delivered", "accepted", "recipient", None, 5],
          MalformedError),
         ("refused for an unknown reason",
-         [2, "transfer-request", REQ, "police", "delivered", "refused", "owner", "busy", 5],
+         [1, "transfer-request", REQ, "police", "delivered", "refused", "owner", "busy", 5],
          UnknownReasonCodeError),
         ("refused without a reason",
-         [2, "transfer-request", REQ, "police", "delivered", "refused", "owner", None, 5],
+         [1, "transfer-request", REQ, "police", "delivered", "refused", "owner", None, 5],
          MalformedError),
-        ("a version 1 body", [1, REF, "shelter", "acknowledged", "declined", "recipient",
-                              "no-capacity", None, 5], MalformedError),
+        ("at 2^63", [1, "transfer", TID, "shelter", "delivered", "accepted", "transferee", None,
+                     2**63], MalformedError),
+        ("at negative", [1, "transfer", TID, "shelter", "delivered", "accepted", "transferee",
+                         None, -1], MalformedError),
+        ("version 2", [2, "transfer", TID, "shelter", "delivered", "accepted", "transferee",
+                       None, 5], MalformedError),
+        ("a referral pair's transition body", [1, REF, "shelter", "acknowledged", "declined",
+                                               "recipient", "no-capacity", None, 5],
+         MalformedError),
     ],
 )  # fmt: skip
 def test_a_transfer_step_refused(name: str, fields: list[object], error: type) -> None:
@@ -338,17 +394,37 @@ def test_a_transfer_step_refused(name: str, fields: list[object], error: type) -
         TransferStep.decode(codec.pack(fields))
 
 
+def test_at_is_bounded_below_2_to_the_63() -> None:
+    last = [1, "transfer", TID, "shelter", "delivered", "accepted", "transferee", None, 2**63 - 1]
+    assert TransferStep.decode(codec.pack(last)).at == 2**63 - 1
+    with pytest.raises(ValueError):
+        TransferStep("transfer", TID, "shelter", "delivered", "accepted", "transferee", None,
+                     2**63)  # fmt: skip
+
+
 def test_a_system_step_decodes_for_the_receiver_s_party_check() -> None:
     """A system step is a step of the table, so it decodes; it is never sent, and the
     receiver's party check refuses one that is (as in §8.4)."""
-    body = codec.pack([2, "transfer", TID, "shelter", "proposed", "delivered", "system", None, 5])
+    body = codec.pack([1, "transfer", TID, "shelter", "proposed", "delivered", "system", None, 5])
     assert TransferStep.decode(body).party == "system"
 
 
+def test_a_case_transfer_with_a_null_attachment_key_is_schema_invalid() -> None:
+    with pytest.raises(SchemaInvalidError):
+        CaseTransfer.decode(
+            codec.canonical_json({**_transfer_doc(), "attachment_key": None}),
+            limits=DEFAULT_LIMITS,
+        )
+    keyed = CaseTransfer.decode(
+        codec.canonical_json({**_transfer_doc(), "attachment_key": "a2V5"}), limits=DEFAULT_LIMITS
+    )
+    assert keyed.attachment_key == "a2V5"
+
+
 def test_agents_of_this_release_refuse_them_as_the_protocol_says() -> None:
-    """As built (PROTOCOL §8.10): the three kinds are unknown to the receiver's body checks
-    (`unexpected`) and a version 2 transition is `malformed`, so nothing of them is kept
-    until the messaging lands."""
+    """As built (PROTOCOL §8.10): the four kinds are unknown to the receiver's body checks
+    (`unexpected`), so nothing of them is kept until the messaging lands; a step's body
+    sent as a `transition` is no referral pair's step (`malformed`)."""
     step = TransferStep("transfer", TID, "shelter", "delivered", "accepted", "transferee", None, 5)
     with pytest.raises(MalformedError):
         inbound.check(TRANSITION, step.encode(), roles={"ngo"}, limits=DEFAULT_LIMITS)
@@ -356,6 +432,7 @@ def test_agents_of_this_release_refuse_them_as_the_protocol_says() -> None:
         T.CASE_TRANSFER: codec.canonical_json(_transfer_doc()),
         T.TRANSFER_REQUEST: TransferRequest(REQ, None, "police", REF, "other", 7).encode(),
         T.CASE_OWNER_CHANGED: CaseOwnerChanged(CASE, "shelter", TID, 9).encode(),
+        T.TRANSFER_STEP: step.encode(),
     }
     for kind, body in bodies.items():
         with pytest.raises(UnexpectedMessageError):

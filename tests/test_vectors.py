@@ -749,31 +749,42 @@ def _request_message(fields: dict[str, str], body: bytes, roles: set[str]) -> No
     assert check().decision_id == decode_at(body, frozenset(roles)).decision_id
 
 
-#: The §8.10 bodies: kind -> (decoder at an agency of given roles, the id field named when ok).
-_TRANSFER_BODIES: dict[str, tuple[Callable[[bytes, set[str]], object], str]] = {
+#: The §8.10 bodies: kind -> (decoder at an agency of given roles, the fields an ok body
+#: decodes to, as its vector names them).
+_TRANSFER_BODIES: dict[str, tuple[Callable[[bytes, set[str]], object], tuple[str, ...]]] = {
     CASE_TRANSFER: (
         lambda body, _: CaseTransfer.decode(body, limits=DEFAULT_LIMITS),
-        "transfer_id",
+        ("transfer_id", "case_id", "reason", "request_id", "attachment_key"),
     ),
-    TRANSFER_REQUEST: (lambda body, _: TransferRequest.decode(body), "request_id"),
-    CASE_OWNER_CHANGED: (decode_owner_changed_at, "case_id"),
+    TRANSFER_REQUEST: (
+        lambda body, _: TransferRequest.decode(body),
+        ("request_id", "case_id", "owner", "referral_id", "reason", "at"),
+    ),
+    CASE_OWNER_CHANGED: (decode_owner_changed_at, ("case_id", "new_owner", "transfer_id", "at")),
 }
 
 
 def _transfer_body(fields: dict[str, str], body: bytes, roles: set[str]) -> None:
     """§8.10's decoding of a case-transfer, transfer-request or case-owner-changed body at
-    an agency of `roles` (no agent accepts them yet): the outcome, and when ok the id."""
-    decode, id_field = _TRANSFER_BODIES[fields["kind"]]
+    an agency of `roles` (no agent accepts them yet): the outcome, and when ok every
+    field (R by its `referral_id`)."""
+    decode, names = _TRANSFER_BODIES[fields["kind"]]
     if fields["expect"] != "ok":
         _refused(fields["expect"], lambda: decode(body, roles))
         return
-    assert getattr(decode(body, roles), id_field) == fields[id_field]
+    decoded = decode(body, roles)
+    for name in names:
+        value = getattr(decoded, name)
+        expected = int(fields[name]) if name == "at" else _text(fields[name])
+        assert value == expected, name
+    if isinstance(decoded, CaseTransfer):
+        assert decoded.referral["referral_id"] == fields["referral_id"]
 
 
 @each_vector("transfer-step-")
 def test_transfer_step_vector(path: Path) -> None:
-    """§8.10's decoding of a version 2 transition body gives exactly the vector's outcome
-    and, when ok, every field."""
+    """§8.10's decoding of a transfer-step body gives exactly the vector's outcome and, when
+    ok, every field."""
     fields, body = parse(path)
     if fields["expect"] != "ok":
         _refused(fields["expect"], lambda: TransferStep.decode(body))
@@ -903,7 +914,7 @@ FAMILIES = {
     "body-case-transfer-": 6,
     "body-transfer-request-": 6,
     "body-case-owner-changed-": 4,
-    "transfer-step-": 12,
+    "transfer-step-": 20,
     "catalogue-": 8,
     "capacity-": 6,
     "protection-": 8,

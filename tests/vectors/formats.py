@@ -1296,6 +1296,13 @@ def _transition_vectors() -> list[tuple[str, str, str, list[object]]]:
             [1, RID, "shelter", "lost", *good[4:]],
         ),
         ("version-2", "version 2", "malformed", [2, *good[1:]]),
+        ("at-too-large", "at is 2^63, past the bound", "malformed", [*good[:8], 2**63]),
+        (
+            "reason-wrong-type-off-table",
+            "an integer reason on a step the table does not list: its type first (malformed)",
+            "malformed",
+            [1, RID, "shelter", "acknowledged", "accepted", "sender", 7, None, NOW],
+        ),
     ]
 
 
@@ -3558,8 +3565,8 @@ def request_vectors() -> Iterator[tuple[str, str]]:
 # body-case-transfer-*, body-transfer-request-*, body-case-owner-changed-*: `kind`, `roles`
 #     (the receiver's); the bytes are the body, judged by §8.10's decoding in order (not the
 #     receiver's state); when ok the id it names (`transfer_id`, `request_id`, `case_id`).
-# transfer-step-*: the bytes are a `transition` body of version 2, judged by §8.10's
-#     decoding; when ok every field by name.
+# transfer-step-*: the bytes are a `transfer-step` body, judged by §8.10's decoding; when ok
+#     every field by name.
 
 TRANSFER_ID = fixed("transfer 1")[:16].hex()
 TRANSFER_REQUEST_ID = fixed("transfer request 1")[:16].hex()
@@ -3630,6 +3637,8 @@ def _transfer_body_vectors() -> list[tuple[str, str, str, str, str, bytes]]:
                          "referral": examples.referral(created="2026-01-01T00:00:00Z")})),
         (transfer, "not-canonical", "a space after the first colon", "ngo", "malformed",
          _case_transfer().replace(b'"referral":', b'"referral": ', 1)),
+        (transfer, "attachment-key-null", "attachment_key null: absent is left out", "ngo",
+         "schema-invalid", _case_transfer(attachment_key=None)),
         (request, "ok", "a provider asks the referrer for the case it holds decisions of",
          "police", "ok", _transfer_request()),
         (request, "ok-no-case", "no case id: the requester holds no decision of it", "police",
@@ -3641,6 +3650,10 @@ def _transfer_body_vectors() -> list[tuple[str, str, str, str, str, bytes]]:
         (request, "owner-not-agency", "the owner in uppercase: no agency id", "police",
          "malformed", _transfer_request(owner="POLICE")),
         (request, "at-bool", "at is a bool", "police", "malformed", _transfer_request(at=True)),
+        (request, "at-too-large", "at is 2^63, past the bound", "police", "malformed",
+         _transfer_request(at=2**63)),
+        (request, "not-canonical", "at as a 64-bit integer where 32 bits hold it", "police",
+         "malformed", _wide_at(_transfer_request())),
         (request, "too-large", "257 bytes, over the limit of 256", "police", "malformed",
          codec.pack([1, TRANSFER_REQUEST_ID, TRANSFER_CASE_ID, "police", RID, "x" * 139, NOW])),
         (changed, "ok", "the referrer tells the authority the shelter took the case",
@@ -3653,6 +3666,12 @@ def _transfer_body_vectors() -> list[tuple[str, str, str, str, str, bytes]]:
          "malformed", _owner_changed(case_id=TRANSFER_CASE_ID.upper())),
         (changed, "at-negative", "at below zero", "competent-authority", "malformed",
          _owner_changed(at=-1)),
+        (changed, "at-too-large", "at is 2^63, past the bound", "competent-authority",
+         "malformed", _owner_changed(at=2**63)),
+        (changed, "case-id-nil", "no case id: the authority's case must be named",
+         "competent-authority", "malformed", _owner_changed(case_id=None)),
+        (changed, "not-canonical", "at as a 64-bit integer where 32 bits hold it",
+         "competent-authority", "malformed", _wide_at(_owner_changed())),
     ]  # fmt: skip
 
 
@@ -3662,10 +3681,18 @@ def _step(
     ident, recipient = (
         (TRANSFER_ID, "shelter") if kind == "transfer" else (TRANSFER_REQUEST_ID, "police")
     )
-    return [2, kind, ident, recipient, from_state, to_state, party, reason, NOW]
+    return [1, kind, ident, recipient, from_state, to_state, party, reason, NOW]
 
 
-def _step_vectors() -> list[tuple[str, str, str, list[object]]]:
+def _wide_at(body: bytes) -> bytes:
+    """`body`, whose last item is `at` = NOW packed in 32 bits, with `at` in 64 bits: the same
+    value, not the shortest form (§1.1), so not canonical."""
+    tail = b"\xce" + NOW.to_bytes(4, "big")
+    assert body.endswith(tail)
+    return body[: -len(tail)] + b"\xcf" + NOW.to_bytes(8, "big")
+
+
+def _step_vectors() -> list[tuple[str, str, str, list[object] | bytes]]:
     return [
         ("ok-accepted", "the transferee accepts", "ok",
          _step("transfer", "delivered", "accepted", "transferee", None)),
@@ -3696,8 +3723,22 @@ def _step_vectors() -> list[tuple[str, str, str, list[object]]]:
          "malformed", _step("transfer", "delivered", "accepted", "transferee", "busy")),
         ("other-table-state", "a request's state in a transfer step", "malformed",
          _step("transfer", "granted", "completed", "owner", None)),
-        ("referral-kind", "a referral pair's step in version 2", "malformed",
-         [2, "referral", RID, "shelter", "acknowledged", "accepted", "recipient", None, NOW]),
+        ("referral-kind", "a referral pair's step as a transfer step", "malformed",
+         [1, "referral", RID, "shelter", "acknowledged", "accepted", "recipient", None, NOW]),
+        ("version-2", "version 2: the transition body this branch first drafted", "malformed",
+         [2, *_step("transfer", "delivered", "accepted", "transferee", None)[1:]]),
+        ("ok-at-max", "at is 2^63 - 1, the last second allowed", "ok",
+         [*_step("transfer", "delivered", "accepted", "transferee", None)[:8], 2**63 - 1]),
+        ("at-too-large", "at is 2^63, past the bound", "malformed",
+         [*_step("transfer", "delivered", "accepted", "transferee", None)[:8], 2**63]),
+        ("reason-wrong-type", "an integer reason on a step the table does not list: its type "
+         "first (malformed, not unexpected)", "malformed",
+         _step("transfer", "accepted", "revoked", "owner", 7)),  # type: ignore[arg-type]
+        ("not-canonical", "at as a 64-bit integer where 32 bits hold it", "malformed",
+         _wide_at(codec.pack(_step("transfer", "delivered", "accepted", "transferee", None)))),
+        ("too-many-items", "a reason that is an array of 17 items, over the item limit 16",
+         "malformed",
+         _step("transfer", "delivered", "rejected", "transferee", [0] * 17)),  # type: ignore[arg-type]
         ("with-outcome", "version 1's outcome slot kept: ten fields", "malformed",
          [*_step("transfer", "accepted", "completed", "owner", None)[:8], None, NOW]),
         ("at-bool", "at is a bool", "malformed",
@@ -3705,12 +3746,28 @@ def _step_vectors() -> list[tuple[str, str, str, list[object]]]:
     ]  # fmt: skip
 
 
+#: The fields of the two msgpack bodies after their version, in order.
+_TRANSFER_BODY_FIELDS = {
+    "transfer-request": ("request_id", "case_id", "owner", "referral_id", "reason", "at"),
+    "case-owner-changed": ("case_id", "new_owner", "transfer_id", "at"),
+}
+
+
+def _decoded_fields(kind: str, data: bytes) -> list[tuple[str, object]]:
+    """Every field an ok body decodes to, read from its bytes by the generic codecs (for
+    case-transfer: the transfer's members, `attachment_key`, and R's `referral_id`)."""
+    if kind == "case-transfer":
+        doc = json.loads(data)
+        return [
+            *sorted(doc["transfer"].items()),
+            ("attachment_key", doc.get("attachment_key")),
+            ("referral_id", doc["referral"]["referral_id"]),
+        ]
+    values = codec.unpack(data, max_bytes=len(data))
+    return list(zip(_TRANSFER_BODY_FIELDS[kind], values[1:], strict=True))
+
+
 def transfer_vectors() -> Iterator[tuple[str, str]]:
-    named = {
-        "case-transfer": ("transfer_id", TRANSFER_ID),
-        "transfer-request": ("request_id", TRANSFER_REQUEST_ID),
-        "case-owner-changed": ("case_id", TRANSFER_CASE_ID),
-    }
     for kind, name, comment, roles, expect, data in _transfer_body_vectors():
         header: list[tuple[str, object]] = [
             ("expect", expect),
@@ -3719,14 +3776,15 @@ def transfer_vectors() -> Iterator[tuple[str, str]]:
             ("roles", roles),
         ]
         if expect == "ok":
-            header.append(named[kind])
+            header += _decoded_fields(kind, data)
         yield f"body-{kind}-{name}", render(header, data)
     names = ("kind", "id", "recipient", "from_state", "to_state", "party", "reason", "at")
     for name, comment, expect, fields in _step_vectors():
         header = [("expect", expect), ("comment", comment)]
         if expect == "ok":
             header += list(zip(names, fields[1:], strict=True))
-        yield f"transfer-step-{name}", render(header, codec.pack(fields))
+        body = fields if isinstance(fields, bytes) else codec.pack(fields)
+        yield f"transfer-step-{name}", render(header, body)
 
 
 #: Every family: (file name prefix, generator of (name, text)).
