@@ -619,8 +619,10 @@ class Identification:
         ends_on: str | None,
     ) -> dict[str, Any]:
         """The authority's own step of a protection of a case (§5.1, party authority): 404
-        unknown case, 409 (`allowed`) a step the table refuses, 422 a wrong reason or date
-        (an extension must end later; only an extension takes `ends_on`)."""
+        unknown case, 409 naming `state` for a case that left the process or closed
+        (`cases.ENDED_STATES`: nothing is signed, sent or stored), 409 (`allowed`) a step
+        the table refuses, 422 a wrong reason or date (an extension must end later; only
+        an extension takes `ends_on`)."""
         if ends_on is not None and event != P.EXTENDED:
             raise E.Unprocessable("only an extension takes ends_on")
         if event == P.EXTENDED and ends_on is None:
@@ -631,6 +633,11 @@ class Identification:
             case = self.store.case(db, case_id)
             if case is None:
                 raise E.NotFound("no case with this id at this agency")
+            if case.state in cases.ENDED_STATES:
+                raise E.Conflict(
+                    f"the case is {case.state}: it takes no protection step; nothing was sent",
+                    state=case.state,
+                )
             starts_on = _date(now).isoformat() if event == P.NOT_GRANTED else None
             # not-granted opens a chain: a day's period, today (ends_on is a full date)
             notice = self._notify(

@@ -1007,7 +1007,8 @@ OPENAPI: dict[str, Any] = {
                 "summary": "The authority's own step of a protection of a case (decide scope): "
                 "reflection `extended` (with a later `ends_on`), `ended` or `not-granted`; "
                 "no-removal `ended` for `residence-permit-granted`. Signed and sealed to whom "
-                "receives the case's decisions; 409 lists the allowed events",
+                "receives the case's decisions; 409 lists the allowed events, or names the "
+                "`state` of a case that left the process or closed (no step: nothing is sent)",
                 "parameters": [
                     _PATH_CASE_ID,
                     {

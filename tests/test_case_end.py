@@ -3,7 +3,9 @@ closing"): the authority's case system says the person left the process, which e
 protection runs by its normal notice to the referrer, the co-ordinator and a linked
 provider; a step the case table refuses is 409 and changes nothing. The authority's timer
 closes a case whose negative decision's reconsideration window ran out, and a request for a
-case that left or closed is refused on the record."""
+case that left or closed is refused on the record. Each end is audited (`case.left` with its
+reason, kept on the case; `case.closed`), ends a pending request unanswered, and leaves the
+authority no protection step of the case."""
 
 from __future__ import annotations
 
@@ -126,6 +128,17 @@ async def test_leaving_ends_only_what_runs_and_a_refused_step_changes_nothing(
         status, left = await leave(m, waiting, {"reason": "lost-contact"})
         assert status == 202 and left["state"] == "left_process", left
         assert notified() == 0
+        # the table would let the authority refuse a reflection period never started: the
+        # case's end refuses it first, naming the state; nothing is signed, sent or stored
+        for protection, doc in (
+            ("reflection", {"event": "not-granted", "reason": "public-order"}),
+            ("no-removal", {"event": "ended", "reason": "residence-permit-granted"}),
+        ):
+            status, problem = await protect(m, waiting, protection, doc)
+            assert (status, problem.get("state")) == (409, "left_process"), problem
+            assert "allowed" not in problem, problem
+        status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{waiting}")
+        assert [v["notices"] for v in case["protections"].values()] == [[], []], case
         status, problem = await leave(m, waiting, {"reason": "deceased"})
         assert (status, problem["allowed"]) == (409, []), problem
         status, problem = await decide(m, waiting, {"stage": "first", "outcome": "positive"})
@@ -299,6 +312,12 @@ async def test_the_window_closes_a_negative_case(told_authority: tuple[Mechanism
     )
     assert {e.kind for e in events(m, AUTHORITY, "case.")} == {"case.closed"}
     assert second_case["left_reason"] is None
+    # a closed case's reflection period, never started, is no longer the authority's to refuse
+    status, problem = await protect(
+        m, first, "reflection", {"event": "not-granted", "reason": "improper-claim"}
+    )
+    assert (status, problem.get("state")) == (409, "closed"), problem
+    assert len(events(m, AUTHORITY, "protection.notified")) == sent
     hook = next(e for e in AUTHORITY_EVENTS if e["data"].get("case_id") == first)
     assert (hook["data"]["state"], hook["data"]["referral_id"]) == ("closed", refused_rid)
 
