@@ -30,7 +30,8 @@ listed MUST be refused (the agent answers 409 naming `allowed(state, party)`).
 - A decision out of a `reconsidering_*` state MUST supersede the stage's last decision; no
   other decision supersedes anything.
 - A refused reconsideration request leaves the state as it is: it is an answer, not a step.
-- Final states: second_positive, left_process, closed. The clock that runs in each state
+- Final states: second_positive, left_process, closed. In `ENDED_STATES` (left_process,
+  closed) the authority takes no protection step of the case. The clock that runs in each state
   is `RUNNING_CLOCK` (docs/proposals/nrm-process.md §5.4).
 """
 
@@ -64,6 +65,10 @@ STATES: Final[tuple[str, ...]] = (
     CLOSED,
 )
 FINAL_STATES: Final = frozenset({SECOND_POSITIVE, LEFT_PROCESS, CLOSED})
+#: The final states in which the case's process ended without identification: the
+#: authority takes no protection step of the case any more (PROTOCOL §8.9). Not
+#: `second_positive`: a reflection period the second stage did not end runs on after it.
+ENDED_STATES: Final = frozenset({LEFT_PROCESS, CLOSED})
 _STATE_SET: Final = frozenset(STATES)
 
 AUTHORITY: Final = "authority"

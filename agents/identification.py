@@ -320,8 +320,10 @@ class Identification:
 
     def leave(self, case_id: str, *, reason: str) -> dict[str, Any]:
         """The person left the process (§8.7 "Leaving the process and closing"): the case
-        moves to `left_process` and, in the same transaction, what protection runs ends by
-        its normal notice to the case's recipients (no-removal `left-process`, reflection
+        moves to `left_process` keeping the reason (audit `case.left`, the reason as its
+        reason), a reconsideration request pending ends unanswered (`ended_by`
+        `left_process`), and, in the same transaction, what protection runs ends by its
+        normal notice to the case's recipients (no-removal `left-process`, reflection
         `person-left`). 404 unknown case, 409 (`allowed`) a step the case table refuses,
         422 a reason it refuses (the API checks it first)."""
         now = clock.now()
@@ -331,7 +333,9 @@ class Identification:
             if case is None:
                 raise E.NotFound("no case with this id at this agency")
             _check_step(case.state, cases.LEFT_PROCESS, reason=reason, supersedes=False)
-            self.store.set_case_state(db, case_id, cases.LEFT_PROCESS, now)
+            self.store.leave_case(db, case_id, cases.LEFT_PROCESS, reason, now)
+            self.store.end_requests(db, case_id, cases.LEFT_PROCESS)
+            self._audit_end(db, case, "case.left", reason)
             self._end_running(
                 db,
                 case,
@@ -347,6 +351,13 @@ class Identification:
         assert left is not None
         self.log.info("case_left", case_id=case_id)
         return {**_case_doc(left), "protections": self._protections_doc(notices)}
+
+    def _audit_end(self, db: sqlite3.Connection, case: Case, kind: str, reason: str | None) -> None:
+        """Audit the case's end (`case.left`, `case.closed`): ids only, under its opening
+        referral and owner, as `identification.decided` (§9.0)."""
+        self.audit.record(
+            db, kind, referral_id=case.referral_id, counterpart=case.owner, reason=reason
+        )
 
     def _end_running(
         self,
@@ -461,8 +472,8 @@ class Identification:
         negative decision whose reconsideration window ran out for any request it may still
         take (`reconsideration_window_days` after its `decided_at`, then the longest a message
         travels and the clock skew, as `reconsideration.check_received` judges) moves to
-        `closed`, ending no-removal `window-closed` if it runs, and its case
-        system is told (webhook `case.closed`); one transaction per case, a step that fails
+        `closed` (audit `case.closed`), ending no-removal `window-closed` if it runs, and
+        its case system is told (webhook `case.closed`); one transaction per case, a step that fails
         logged and tried again next time. A pending request keeps the case out of those
         states, so it is never closed under one. Only cases whose state is older than that
         bound are read (the state changed with the decision it is at, so `updated` is its
@@ -491,6 +502,7 @@ class Identification:
                         case.state, cases.CLOSED, cases.SYSTEM, reason=None, supersedes=False
                     )
                     self.store.set_case_state(db, case_id, cases.CLOSED, now)
+                    self._audit_end(db, case, "case.closed", None)
                     if self._state(db, case_id, P.NO_REMOVAL) == PR.ON:
                         key, _ = valid_signing_key(self.store, self.keys(), self.agency, at=now)
                         self._notify(
@@ -607,8 +619,10 @@ class Identification:
         ends_on: str | None,
     ) -> dict[str, Any]:
         """The authority's own step of a protection of a case (§5.1, party authority): 404
-        unknown case, 409 (`allowed`) a step the table refuses, 422 a wrong reason or date
-        (an extension must end later; only an extension takes `ends_on`)."""
+        unknown case, 409 naming `state` for a case that left the process or closed
+        (`cases.ENDED_STATES`: nothing is signed, sent or stored), 409 (`allowed`) a step
+        the table refuses, 422 a wrong reason or date (an extension must end later; only
+        an extension takes `ends_on`)."""
         if ends_on is not None and event != P.EXTENDED:
             raise E.Unprocessable("only an extension takes ends_on")
         if event == P.EXTENDED and ends_on is None:
@@ -619,6 +633,11 @@ class Identification:
             case = self.store.case(db, case_id)
             if case is None:
                 raise E.NotFound("no case with this id at this agency")
+            if case.state in cases.ENDED_STATES:
+                raise E.Conflict(
+                    f"the case is {case.state}: it takes no protection step; nothing was sent",
+                    state=case.state,
+                )
             starts_on = _date(now).isoformat() if event == P.NOT_GRANTED else None
             # not-granted opens a chain: a day's period, today (ends_on is a full date)
             notice = self._notify(
@@ -1110,8 +1129,9 @@ def _request_doc(r: StoredRequest) -> dict[str, Any]:
         "received_at": r.received_at,
         "owner": r.owner,
         "referral_id": r.referral_id,
-        "pending": r.answered_by is None,
+        "pending": r.pending,
         "answered_by": r.answered_by,
+        "ended_by": r.ended_by,
     }
 
 
@@ -1129,4 +1149,5 @@ def _case_doc(c: Case) -> dict[str, Any]:
         "age_route": c.age_route,
         "opened_at": c.opened_at,
         "updated": c.updated,
+        "left_reason": c.left_reason,
     }

@@ -445,6 +445,7 @@ _CASE_FIELDS = {
     "age_route": {"enum": list(AGE_ROUTES)},
     "opened_at": _TIME,
     "updated": _TIME,
+    "left_reason": {"enum": [*LEAVE_REASONS, None]},
 }
 #: Protection notices (PROTOCOL.md §8.9).
 _DATE = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
@@ -493,6 +494,7 @@ _RECONSIDERATION = _closed(
         "referral_id": _ID,
         "pending": {"type": "boolean"},
         "answered_by": {"anyOf": [_ID, {"type": "null"}]},
+        "ended_by": {"enum": ["left_process", None]},
     }
 )
 _CASE = _closed(
@@ -1017,7 +1019,8 @@ OPENAPI: dict[str, Any] = {
                 "summary": "The authority's own step of a protection of a case (decide scope): "
                 "reflection `extended` (with a later `ends_on`), `ended` or `not-granted`; "
                 "no-removal `ended` for `residence-permit-granted`. Signed and sealed to whom "
-                "receives the case's decisions; 409 lists the allowed events",
+                "receives the case's decisions; 409 lists the allowed events, or names the "
+                "`state` of a case that left the process or closed (no step: nothing is sent)",
                 "parameters": [
                     _PATH_CASE_ID,
                     {
@@ -1047,7 +1050,9 @@ OPENAPI: dict[str, Any] = {
                 "summary": "The person left the process (decide scope): the case moves to "
                 "`left_process` and what protection runs ends (no-removal `left-process`, "
                 "reflection `person-left`), each notice signed and sealed to whom receives the "
-                "case's decisions; 400 names the reasons, 409 lists the allowed steps",
+                "case's decisions; the reason is kept (`left_reason`) and audited (`case.left`), "
+                "a pending reconsideration request ends unanswered (`ended_by`); 400 names the "
+                "reasons, 409 lists the allowed steps",
                 "parameters": [_PATH_CASE_ID, _IDEMPOTENCY],
                 "requestBody": json_object_body(
                     ["reason"], {"reason": {"enum": list(LEAVE_REASONS)}}

@@ -68,6 +68,8 @@ KINDS = frozenset(
         "protection.received",
         "reconsideration.requested",
         "reconsideration.received",
+        "case.left",
+        "case.closed",
     }
 )
 #: The events of a break-glass referral at its sender (§8.2 step 2): each names the API

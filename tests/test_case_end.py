@@ -3,7 +3,9 @@ closing"): the authority's case system says the person left the process, which e
 protection runs by its normal notice to the referrer, the co-ordinator and a linked
 provider; a step the case table refuses is 409 and changes nothing. The authority's timer
 closes a case whose negative decision's reconsideration window ran out, and a request for a
-case that left or closed is refused on the record."""
+case that left or closed is refused on the record. Each end is audited (`case.left` with its
+reason, kept on the case; `case.closed`), ends a pending request unanswered, and leaves the
+authority no protection step of the case."""
 
 from __future__ import annotations
 
@@ -86,7 +88,20 @@ async def test_leaving_ends_the_protections_for_every_recipient(tmp_path: Path) 
             for protection, _, reason in ended
         )
         status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
-        assert status == 200 and case["state"] == "left_process", case
+        assert status == 200, case
+        assert (case["state"], case["left_reason"], left["left_reason"]) == (
+            "left_process",
+            "deceased",
+            "deceased",
+        ), case
+        ended_kinds = [
+            (e.kind, e.referral_id, e.counterpart, e.reason)
+            for e in events(m, AUTHORITY, "")
+            if e.kind in ("case.left", "protection.notified")
+        ][before:]
+        # the case's end first, ids and the reason code only, then the notices it sent
+        assert ended_kinds[0] == ("case.left", rid, "coordinator", "deceased")
+        assert [k for k, *_ in ended_kinds[1:]] == ["protection.notified"] * 4
 
 
 async def test_leaving_ends_only_what_runs_and_a_refused_step_changes_nothing(
@@ -113,6 +128,17 @@ async def test_leaving_ends_only_what_runs_and_a_refused_step_changes_nothing(
         status, left = await leave(m, waiting, {"reason": "lost-contact"})
         assert status == 202 and left["state"] == "left_process", left
         assert notified() == 0
+        # the table would let the authority refuse a reflection period never started: the
+        # case's end refuses it first, naming the state; nothing is signed, sent or stored
+        for protection, doc in (
+            ("reflection", {"event": "not-granted", "reason": "public-order"}),
+            ("no-removal", {"event": "ended", "reason": "residence-permit-granted"}),
+        ):
+            status, problem = await protect(m, waiting, protection, doc)
+            assert (status, problem.get("state")) == (409, "left_process"), problem
+            assert "allowed" not in problem, problem
+        status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{waiting}")
+        assert [v["notices"] for v in case["protections"].values()] == [[], []], case
         status, problem = await leave(m, waiting, {"reason": "deceased"})
         assert (status, problem["allowed"]) == (409, []), problem
         status, problem = await decide(m, waiting, {"stage": "first", "outcome": "positive"})
@@ -165,6 +191,23 @@ async def test_leaving_ends_only_what_runs_and_a_refused_step_changes_nothing(
         assert (case["state"], case["reconsiderations"]) == ("left_process", []), case
 
 
+async def reconsidering(m: Mechanism, reason: str, ground: str) -> tuple[str, str, Any]:
+    """Police's case, negative at its first stage for `reason`, that police asked to
+    reconsider on `ground`, once it is `reconsidering_first`: (referral id, case, request)."""
+    rid, case_id = await opened_case(m)
+    status, decided = await decide(
+        m, case_id, {"stage": "first", "outcome": "negative", "reason": reason}
+    )
+    assert status == 202, decided
+    await held(m, "police", rid, 1)
+    status, asked = await ask(
+        m, "police", rid, {"decision_id": decided["decision_id"], "ground": ground}
+    )
+    assert status == 202, asked
+    await case_in(m, case_id, "reconsidering_first")
+    return rid, case_id, asked
+
+
 #: Any second stage at once, and one day to ask for reconsideration in.
 ONE_DAY = dataclasses.replace(TIED, reconsideration_window_days=1)
 
@@ -208,16 +251,7 @@ async def test_the_window_closes_a_negative_case(told_authority: tuple[Mechanism
     ):
         status, body = await decide(m, second, doc)
         assert status == 202, body
-    pending_rid, pending = await opened_case(m)
-    status, pending_decided = await decide(
-        m, pending, {"stage": "first", "outcome": "negative", "reason": "duplicate"}
-    )
-    assert status == 202, pending_decided
-    await held(m, "police", pending_rid, 1)
-    doc = {"decision_id": pending_decided["decision_id"], "ground": "procedural-error"}
-    status, body = await ask(m, "police", pending_rid, doc)
-    assert status == 202, body
-    await case_in(m, pending, "reconsidering_first")
+    _, pending, _ = await reconsidering(m, "duplicate", "procedural-error")
     _, damaged = await opened_case(m)
     status, body = await decide(
         m, damaged, {"stage": "first", "outcome": "negative", "reason": "duplicate"}
@@ -271,6 +305,19 @@ async def test_the_window_closes_a_negative_case(told_authority: tuple[Mechanism
         }
 
     await eventually(told, what="the authority's system to be told of both closings")
+    closings = [(e.referral_id, e.counterpart, e.reason) for e in events(m, AUTHORITY, "case.")]
+    _, second_case = await call(m, AUTHORITY, "GET", f"/v1/cases/{second}")
+    assert sorted(closings) == sorted(
+        [(refused_rid, "police", None), (second_case["referral_id"], "police", None)]
+    )
+    assert {e.kind for e in events(m, AUTHORITY, "case.")} == {"case.closed"}
+    assert second_case["left_reason"] is None
+    # a closed case's reflection period, never started, is no longer the authority's to refuse
+    status, problem = await protect(
+        m, first, "reflection", {"event": "not-granted", "reason": "improper-claim"}
+    )
+    assert (status, problem.get("state")) == (409, "closed"), problem
+    assert len(events(m, AUTHORITY, "protection.notified")) == sent
     hook = next(e for e in AUTHORITY_EVENTS if e["data"].get("case_id") == first)
     assert (hook["data"]["state"], hook["data"]["referral_id"]) == ("closed", refused_rid)
 
@@ -293,3 +340,30 @@ async def test_the_window_closes_a_negative_case(told_authority: tuple[Mechanism
     await rejected(m, AUTHORITY, data, "unexpected")
     _, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{first}")
     assert (case["state"], case["reconsiderations"]) == ("closed", []), case
+
+
+async def test_leaving_ends_a_pending_reconsideration_unanswered(tmp_path: Path) -> None:
+    """Police asks to reconsider a negative first stage; while the case is
+    `reconsidering_first` the person leaves: the case is `left_process` with its reason,
+    the request is no longer pending and says what ended it (`ended_by` `left_process`,
+    answered by no decision), and the stage can no longer be decided (409, nothing
+    allowed)."""
+    async with authority_mechanism(tmp_path, TIED) as m:
+        rid, case_id, asked = await reconsidering(m, "no-indicators", "new-information")
+
+        status, left = await leave(m, case_id, {"reason": "moved-abroad"})
+        assert status == 202, left
+        assert (left["state"], left["left_reason"]) == ("left_process", "moved-abroad"), left
+        status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+        assert status == 200, case
+        [request] = case["reconsiderations"]
+        assert request["request_id"] == asked["request_id"], request
+        assert (request["pending"], request["answered_by"], request["ended_by"]) == (
+            False,
+            None,
+            "left_process",
+        ), request
+        status, problem = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
+        assert (status, problem["allowed"]) == (409, []), problem
+        [ended] = events(m, AUTHORITY, "case.")
+        assert (ended.kind, ended.referral_id, ended.reason) == ("case.left", rid, "moved-abroad")

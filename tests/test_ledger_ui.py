@@ -285,6 +285,8 @@ KIND_WORDS = {
     "protection.received": "Protection notice received",
     "reconsideration.requested": "Reconsideration requested",
     "reconsideration.received": "Reconsideration request received",
+    "case.left": "Case ended: the person left the process",
+    "case.closed": "Case closed: reconsideration window ran out",
 }
 #: What each statistics label value reads as.
 LABEL_WORDS = {

@@ -182,6 +182,7 @@ async def test_the_referrer_asks_and_its_api_refuses_what_the_authority_would(
         "referral_id": rid,
         "pending": True,
         "answered_by": None,
+        "ended_by": None,
     }
     [received] = events(m, AUTHORITY, "reconsideration.")
     assert (received.kind, received.referral_id, received.counterpart, received.reason) == (

@@ -110,7 +110,7 @@ def test_a_database_from_before_per_agency_inbox_streams_names_the_shared_stream
     db.close()
     store = Store(path, agency="shelter")
     try:
-        assert store._db.execute("PRAGMA user_version").fetchone() == (VERSION,) == (4,)
+        assert store._db.execute("PRAGMA user_version").fetchone() == (VERSION,) == (5,)
         assert store.received_position("m1") == ("NRM_MSG", 7)
         assert store.received_position("m2") is None
     finally:
@@ -130,34 +130,85 @@ def test_sent_pairs_of_a_version_2_database_have_no_categories(tmp_path: Path) -
     db.close()
 
 
+def older_database(path: Path, agency: str, version: int, *statements: str) -> None:
+    """A database at `path` as of user_version `version`: today's schema, then
+    `statements` (which undo what later migrations added, and store the rows to keep)."""
+    Store(path, agency=agency).close()
+    db = sqlite3.connect(path)
+    for statement in statements:
+        db.execute(statement)
+    db.execute(f"PRAGMA user_version = {version}")
+    db.commit()
+    db.close()
+
+
 def test_a_database_from_before_the_respond_clock_gets_overdue_at(tmp_path: Path) -> None:
     """A database of user_version 3 (referral pairs without `overdue_at`): each pair kept
     gets the column, none of them overdue yet, and is a candidate for the respond clock."""
     path = tmp_path / "agent.db"
-    Store(path, agency="police").close()
-    db = sqlite3.connect(path)
-    db.execute("DROP INDEX referrals_overdue")
-    db.execute("ALTER TABLE referrals DROP COLUMN overdue_at")
-    db.execute(
+    older_database(
+        path,
+        "police",
+        3,
+        "DROP INDEX referrals_overdue",
+        "ALTER TABLE referrals DROP COLUMN overdue_at",
         "INSERT INTO outbox (message_id, referral_id, kind, created, envelope_hash, envelope)"
-        " VALUES ('m1', 'r1', 'referral', 5, 'h', x'00')"
-    )
-    db.execute(
+        " VALUES ('m1', 'r1', 'referral', 5, 'h', x'00')",
         "INSERT INTO referrals (owner, referral_id, counterpart, side, state, referral_type,"
         " urgency, legal_basis, message_id, created, updated) VALUES ('police', 'r1',"
-        " 'shelter', 'sender', 'acknowledged', 'nrm_full', 'routine', 'consent', 'm1', 5, 5)"
+        " 'shelter', 'sender', 'acknowledged', 'nrm_full', 'routine', 'consent', 'm1', 5, 5)",
     )
-    db.execute("PRAGMA user_version = 3")
-    db.commit()
-    db.close()
     store = Store(path, agency="police")
     try:
-        assert store._db.execute("PRAGMA user_version").fetchone() == (VERSION,) == (4,)
+        assert store._db.execute("PRAGMA user_version").fetchone() == (VERSION,) == (5,)
         candidates = store.overdue_candidates(["routine"])
         assert candidates == [("police", "r1", "shelter", "acknowledged", "routine", 5)]
         with store.transaction() as tx:
             store.mark_overdue(tx, "police", "r1", "shelter", 9)
         assert store.overdue_candidates(["routine"]) == []
+    finally:
+        store.close()
+
+
+def test_a_database_from_before_case_ends_were_kept_gets_their_columns(tmp_path: Path) -> None:
+    """A database of user_version 4 (cases without `left_reason`, requests without
+    `ended_by`): the case kept has no leaving reason, the request kept is still pending;
+    the case can then leave with its reason and the request be ended unanswered."""
+    path = tmp_path / "agent.db"
+    older_database(
+        path,
+        "authority",
+        4,
+        "ALTER TABLE cases DROP COLUMN left_reason",
+        "ALTER TABLE reconsideration_requests DROP COLUMN ended_by",
+        "INSERT INTO cases (case_id, owner, referral_id, state, age_route, opened_at, updated)"
+        " VALUES ('c1', 'police', 'r1', 'reconsidering_first', 'adult', 5, 6)",
+        "INSERT INTO reconsideration_requests (requester, request_id, case_id, decision_id,"
+        " stage, ground, owner, referral_id, at, received_at) VALUES ('police', 'q1', 'c1',"
+        " 'd1', 'first', 'new-information', 'police', 'r1', 6, 6)",
+    )
+    store = Store(path, agency="authority")
+    try:
+        assert store._db.execute("PRAGMA user_version").fetchone() == (VERSION,) == (5,)
+        with store.transaction() as tx:
+            case = store.case(tx, "c1")
+            assert case is not None and case.left_reason is None
+            [request] = store.requests_of_case(tx, "c1")
+            assert request.pending and request.ended_by is None
+            store.leave_case(tx, "c1", "left_process", "lost-contact", 9)
+            assert store.end_requests(tx, "c1", "left_process") == 1
+            store.answer_requests(tx, "c1", "d2")  # an ended request stays unanswered
+        with store.transaction() as tx:
+            case = store.case(tx, "c1")
+            assert case is not None
+            left = (case.state, case.left_reason, case.updated)
+            assert left == ("left_process", "lost-contact", 9)
+            [request] = store.requests_of_case(tx, "c1")
+            assert (request.pending, request.answered_by, request.ended_by) == (
+                False,
+                None,
+                "left_process",
+            )
     finally:
         store.close()
 

@@ -2,11 +2,13 @@
 
 `cases`: at a competent authority, one row per case it opened on accepting a referral of
 type `nrm_full`, keyed by its random `case_id` and naming the opening referral (owner,
-referral_id); its state is agents/cases.py's. `decisions`: every signed decision this agency
-holds, as signed (verified again whenever it is read), with the pair it came under (or, at
-the authority, the opening referral) and the reason and salt when this agency may know
-them. `case_referrals`: the referrals the authority sent for a case (to providers), whose
-accepted recipients get its decisions; a referral belongs to one case at most.
+referral_id); its state is agents/cases.py's, and `left_reason` the leaving reason code of a
+case in `left_process` (NULL otherwise; a column added by migration 5). `decisions`: every
+signed decision this agency holds, as signed (verified again whenever it is read), with the
+pair it came under (or, at the authority, the opening referral) and the reason and salt
+when this agency may know them. `case_referrals`: the referrals the authority sent for a
+case (to providers), whose accepted recipients get its decisions; a referral belongs to one
+case at most.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class Case:
     age_route: str
     opened_at: int
     updated: int
+    #: Why the person left (agents/cases.py LEAVE_REASONS), once the case is `left_process`.
+    left_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +52,10 @@ class StoredDecision:
     stored_at: int
 
 
-_SELECT_CASE = "SELECT case_id, owner, referral_id, state, age_route, opened_at, updated FROM cases"
+_SELECT_CASE = (
+    "SELECT case_id, owner, referral_id, state, age_route, opened_at, updated, left_reason"
+    " FROM cases"
+)
 _SELECT_DECISION = (
     "SELECT authority, decision_id, case_id, stage, outcome, owner, referral_id, signed,"
     " reason, salt, stored_at FROM decisions"
@@ -62,7 +69,7 @@ class Cases(Database):
     def open_case(db: sqlite3.Connection, case: Case) -> None:
         db.execute(
             "INSERT INTO cases (case_id, owner, referral_id, state, age_route, opened_at,"
-            " updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " updated, left_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             _case_row(case),
         )
 
@@ -70,6 +77,14 @@ class Cases(Database):
     def set_case_state(db: sqlite3.Connection, case_id: str, state: str, at: int) -> None:
         db.execute(
             "UPDATE cases SET state = ?, updated = ? WHERE case_id = ?", (state, at, case_id)
+        )
+
+    @staticmethod
+    def leave_case(db: sqlite3.Connection, case_id: str, state: str, reason: str, at: int) -> None:
+        """Move the case to `state` (the caller's `left_process`), keeping why it left."""
+        db.execute(
+            "UPDATE cases SET state = ?, left_reason = ?, updated = ? WHERE case_id = ?",
+            (state, reason, at, case_id),
         )
 
     @staticmethod
@@ -203,4 +218,13 @@ class Cases(Database):
 
 
 def _case_row(c: Case) -> tuple[object, ...]:
-    return (c.case_id, c.owner, c.referral_id, c.state, c.age_route, c.opened_at, c.updated)
+    return (
+        c.case_id,
+        c.owner,
+        c.referral_id,
+        c.state,
+        c.age_route,
+        c.opened_at,
+        c.updated,
+        c.left_reason,
+    )

@@ -295,6 +295,7 @@ CREATE TABLE IF NOT EXISTS cases (
     age_route   TEXT NOT NULL CHECK (age_route IN ('adult', 'child')),
     opened_at   INTEGER NOT NULL,
     updated     INTEGER NOT NULL,
+    left_reason TEXT,  -- why the person left: set with the state left_process only
     UNIQUE (owner, referral_id)
 ) STRICT;
 CREATE TABLE IF NOT EXISTS case_referrals (
@@ -372,6 +373,7 @@ CREATE TABLE IF NOT EXISTS reconsideration_requests (
     at           INTEGER NOT NULL,
     received_at  INTEGER NOT NULL,
     answered_by  TEXT,
+    ended_by     TEXT,  -- the case step that ended it unanswered (left_process), else NULL
     UNIQUE (requester, request_id)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS reconsideration_requests_by_case
@@ -508,6 +510,17 @@ def _migrate_overdue_at(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE referrals ADD COLUMN overdue_at INTEGER")
 
 
+def _migrate_case_ends(db: sqlite3.Connection) -> None:
+    """Databases made before a case's end was kept: `cases` gets `left_reason` and
+    `reconsideration_requests` `ended_by` (NULL for every row before: no case that left
+    kept its reason, no request was ended unanswered). A table not there yet is made whole
+    by the schema."""
+    for table, column in (("cases", "left_reason"), ("reconsideration_requests", "ended_by")):
+        columns = _columns(db, table)
+        if columns is not None and column not in columns:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+
+
 def _statement(table: str) -> str:
     for statement in SCHEMA.split(";"):
         if f"TABLE IF NOT EXISTS {table} " in statement:
@@ -549,6 +562,11 @@ def migrations(agency: str | None) -> tuple[Migration, ...]:
         ),
         Migration(
             4, "referral pairs record when their respond clock went overdue", _migrate_overdue_at
+        ),
+        Migration(
+            5,
+            "cases keep why the person left; reconsideration requests what ended them unanswered",
+            _migrate_case_ends,
         ),
     )
 

@@ -111,6 +111,8 @@
     "protection.received": "Protection notice received",
     "reconsideration.requested": "Reconsideration requested",
     "reconsideration.received": "Reconsideration request received",
+    "case.left": "Case ended: the person left the process",
+    "case.closed": "Case closed: reconsideration window ran out",
   };
   const LABEL_WORDS = {
     referral_type: {

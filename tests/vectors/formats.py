@@ -723,6 +723,15 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
         reason="no-indicators",
         labels=(("age_route", "adult"), ("outcome", "negative"), ("stage", "first")),
     )
+    left = AuditEvent(
+        event_id=fixed("audit event 8")[:16].hex(),
+        agency="police",
+        kind="case.left",
+        time=NOW,
+        referral_id=EVENT.referral_id,
+        counterpart="ngo",
+        reason="lost-contact",
+    )
     outcomeless = _event_fields(decided)
     outcomeless[3] = "identification.sent"
     outcomeless[9] = [["stage", "first"]]
@@ -795,6 +804,13 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
             "ok",
             {},
             sign_event(decided, POLICE_SIGN),
+        ),
+        (
+            "ok-case-left",
+            "case.left under the case's opening referral, the leaving reason as its reason",
+            "ok",
+            {},
+            sign_event(left, POLICE_SIGN),
         ),
         (
             "identification-sent-without-outcome",
