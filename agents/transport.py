@@ -593,8 +593,13 @@ class Transport:
     async def _fetch_forever(self, js: JetStreamContext, sub: Any) -> None:
         while self._running and (self.presence is None or self.presence.held):
             # Not while the agency has no usable key (standing.py), nor before the directory
-            # is read over this connection: what is received is judged, and answered, by it.
+            # is read over this connection: what is received is judged, and answered, by it;
+            # nor before the services bucket was read once since the start (a referral naming
+            # one of this agency's services is judged by its own catalogue, PROTOCOL §8.2
+            # step 5): however long the mail waited, none is judged before.
             gate = self.ready if not self.ready.is_set() else self.directory_read
+            if gate.is_set() and self.services is not None:
+                gate = self.services.bucket_read
             if not gate.is_set():
                 with contextlib.suppress(TimeoutError):
                     await unless_stopping(
