@@ -26,6 +26,11 @@ signs again, under the same lock, what is past half its life and not expired
 signed by a key other than this agency's signing key now (its keys rotated): a provider whose
 agent runs never shows as unknown, and one whose agent stops does once its last record
 expires.
+
+This agency's own catalogues, put or read back and accepted, are handed to `on_own` (the
+agent records their service ids: a referral naming one is judged by them, PROTOCOL §8.2
+step 5), and `bucket_read` is set once the whole bucket was read: the agent's inbox waits
+for it.
 """
 
 from __future__ import annotations
