@@ -27,6 +27,7 @@ from agents import planning as P
 from agents import referral as R
 from agents.inbound import ServiceView, check
 from agents.messages import REFERRAL
+from agents.storage import Store
 from keys import DEFAULT_LIMITS
 from keys.audit import decode_signed_event
 from keys.codec import canonical_json
@@ -205,6 +206,28 @@ def test_the_receiver_s_rule(
     with pytest.raises(refusal) as refused:
         check(REFERRAL, data, **kwargs)
     assert type(refused.value) is refusal
+
+
+def test_own_services_are_remembered_for_a_message_s_life(tmp_path: Path) -> None:
+    """The provider's record of its own service ids (SQLite, across a restart): a service
+    its newest catalogue left out stands for referrals created since it was left out, not
+    before; one left out before `forget` is dropped; one listed again stands again."""
+    path = tmp_path / "agent.db"
+    store = Store(path, agency="shelter")
+    store.list_own_services([OFFERED, UNLISTED], now=100, forget=0)
+    store.list_own_services([UNLISTED], now=200, forget=0)  # OFFERED left out at 200
+    store.close()
+    again = Store(path, agency="shelter")
+    assert again.own_service_listed(OFFERED, since=200)
+    assert not again.own_service_listed(OFFERED, since=201)
+    assert again.own_service_listed(UNLISTED, since=10**9)  # listed now
+    assert not again.own_service_listed("fedcba9876543210", since=0)  # never listed
+    again.list_own_services([], now=300, forget=250)  # OFFERED (left out at 200) dropped
+    assert not again.own_service_listed(OFFERED, since=0)
+    assert again.own_service_listed(UNLISTED, since=300)
+    again.list_own_services([OFFERED], now=400, forget=0)
+    assert again.own_service_listed(OFFERED, since=10**9)
+    again.close()
 
 
 # --- against real servers -------------------------------------------------------------------
