@@ -1132,6 +1132,12 @@ class Agent:
         tasks = self.supervisor.health()
         health["tasks"] = tasks["tasks"]
         ok = ok and tasks["status"] == "ok"
+        # The inbox is judged only once the services bucket was read since the start
+        # (transport.py): until then nothing received is taken in.
+        unread = not self.services.bucket_read.is_set()
+        ok = ok and not unread
         status = expiry.worst("ok" if ok else "degraded", trust["expiry"]["status"])
         reasons = [*tasks["reasons"], *trust["expiry"]["reasons"]]
+        if unread:
+            reasons.append("services-unread")
         return {"status": status, "reasons": reasons, "version": VERSION, **health}

@@ -670,6 +670,7 @@ _HEALTH: dict[str, Any] = {
                             "root-expired",
                             "directory-expires-soon",
                             "root-expires-soon",
+                            "services-unread",
                         ]
                     },
                     # A background loop died (runtime/supervisor.py): degraded.

@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from agents import Agent
 from agents import errors as E
 from agents import planning as P
 from agents import referral as R
@@ -471,11 +472,18 @@ async def test_a_referral_waits_for_the_provider_s_own_catalogue(
 
         await eventually(past_the_grace, what="the copy to wait longer than the grace")
         clock.set_offset(offset, later)
+        unstarted = Agent.from_config_file(m.setups["shelter"].config_path)
+        try:  # what an operator sees while the inbox waits for the services bucket
+            health = unstarted.health()
+            assert health["status"] == "degraded" and "services-unread" in health["reasons"]
+        finally:
+            await unstarted.stop()
         with capture_logs() as logs:
             await m.start("shelter")
             got = await _received(m, "shelter", rid)
             events = [e["event"] for e in logs if e.get("agency") == "shelter"]
         assert got["service"] == {"agency": "shelter", "service_id": OFFERED}
+        assert "services-unread" not in m.agents["shelter"].health()["reasons"]
         assert events.index("services_read") < events.index("referral_received"), events
         assert not m.agents["shelter"].services.offers("shelter", OFFERED)  # expired
         assert [r for r, _ in rejections(m.database("shelter")) if r == "unknown-service"] == []
