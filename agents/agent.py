@@ -30,10 +30,10 @@ from keys import (
     seal,
 )
 from keys.audit import labels_of
-from keys.catalogue import PROVIDER_ROLES
+from keys.catalogue import PROVIDER_ROLES, Catalogue
 from keys.codec import canonical_json
 from keys.directory import Directory
-from keys.errors import ChainGapError, UnknownServiceError, UnprocessableError
+from keys.errors import ChainGapError, UnprocessableError
 from keys.subjects import DIRECTORY_KEY, SHARED_INBOX_STREAM
 from runtime import clock, expiry
 from runtime.http import app_runner
@@ -231,7 +231,8 @@ class Agent:
             keys=lambda: self.keys,
             directory=lambda: self.trust.directory,
             limits=self.limits,
-            on_published=lambda catalogue: self.audit.record_alone("catalogue.published"),
+            on_published=self._catalogue_published,
+            on_own=self._own_catalogue,
             durable=self.store.durable,
         )
         self.transport.services = self.services
@@ -586,7 +587,9 @@ class Agent:
                 sender_roles=directory.agency(h.sender).roles,
                 services=inbound.ServiceView(
                     me=self.config.agency,
-                    own=self.services.own_service_ids(),
+                    own=lambda service_id: self.store.own_service_listed(
+                        service_id, since=now - self.limits.message_ttl_seconds
+                    ),
                     is_provider=lambda a: (
                         a in directory and bool(PROVIDER_ROLES & set(directory.agency(a).roles))
                     ),
@@ -609,14 +612,6 @@ class Agent:
                 self.log.info("message_deferred", stream_seq=stream_seq, reason=e.reason)
                 return Verdict.RETRY
             return self._reject(data, stream_seq, e, opened, notify=body_stage)
-        except inbound.ServicesUnread:
-            # A referral naming one of this agency's services before its own catalogue was
-            # read from the services bucket (a restart): held back within the same grace.
-            if now - stored_at < self.limits.unknown_key_grace_seconds:
-                self.log.info("message_deferred", stream_seq=stream_seq, reason="services-unread")
-                return Verdict.RETRY
-            unread = UnknownServiceError("this agency's own catalogue was never read")
-            return self._reject(data, stream_seq, unread, opened, notify=True)
         except ChainGapError as e:
             # A notice whose predecessor has not come yet (a restore, a key still loading):
             # held back within the same grace, then refused as any broken chain.
@@ -637,6 +632,32 @@ class Agent:
         """The transport's last word on a message whose handling failed every attempt (a
         local failure that did not pass): refused for good as `unprocessable`, audited."""
         return self._reject(data, stream_seq, UnprocessableError(type(error).__name__), None)
+
+    def _catalogue_published(self, catalogue: Catalogue) -> None:
+        """A catalogue of this agency's is about to be put: its event and its service ids,
+        in one transaction (a failure puts nothing)."""
+        with self.store.transaction() as tx:
+            self.audit.record(tx, "catalogue.published")
+            self._list_own_services(catalogue)
+
+    def _own_catalogue(self, catalogue: Catalogue) -> None:
+        """A catalogue of this agency's was taken as accepted (put, or read back from the
+        bucket: another instance's, or this one's before a restore). If its ids cannot be
+        recorded now, those of a catalogue this agent published are recorded already."""
+        try:
+            self._list_own_services(catalogue)
+        except LOCAL_FAILURES as e:
+            self.log.error("own_services_unrecorded", error=type(e).__name__)
+
+    def _list_own_services(self, catalogue: Catalogue) -> None:
+        """What a referral naming this agency's service is judged by (PROTOCOL §8.2 step 5):
+        every service a catalogue of its listed within a message's life."""
+        now = clock.now()
+        self.store.list_own_services(
+            [s.service_id for s in catalogue.services],
+            now=now,
+            forget=now - self.limits.message_ttl_seconds,
+        )
 
     def _own_roles(self, directory: Directory) -> frozenset[str]:
         if self.config.agency not in directory:
@@ -1111,6 +1132,12 @@ class Agent:
         tasks = self.supervisor.health()
         health["tasks"] = tasks["tasks"]
         ok = ok and tasks["status"] == "ok"
+        # The inbox is judged only once the services bucket was read since the start
+        # (transport.py): until then nothing received is taken in.
+        unread = not self.services.bucket_read.is_set()
+        ok = ok and not unread
         status = expiry.worst("ok" if ok else "degraded", trust["expiry"]["status"])
         reasons = [*tasks["reasons"], *trust["expiry"]["reasons"]]
+        if unread:
+            reasons.append("services-unread")
         return {"status": status, "reasons": reasons, "version": VERSION, **health}

@@ -191,7 +191,19 @@ class BreakGlass:
         if document is None:
             raise E.Conflict("the break-glass referral no longer waits", state=hold.state)
         document["break_glass"] = {**document["break_glass"], "confirmed": True}
-        _, plan = self.desk.prepare(recipients=hold.recipients, document=document)
+        try:
+            _, plan = self.desk.prepare(recipients=hold.recipients, document=document)
+        except E.ServiceNotOffered as e:
+            # Judged again now (PROTOCOL §8.2 step 5): the provider's catalogue may have
+            # changed while the hold waited. The held document cannot be changed: it stays
+            # unsendable until it is refused or lapses.
+            raise E.ServiceNotOffered(
+                f"{e.detail}; the held break-glass referral cannot be sent as it is: refuse it"
+                f" (POST /v1/referrals/{referral_id}/break-glass/refuse) or let it lapse, and"
+                " submit it"
+                " again",
+                member="service",
+            ) from e
         now = clock.now()
         with self.store.transaction() as db:
             if not self.store.decide_break_glass(db, referral_id, SUBMITTED, by=client, at=now):

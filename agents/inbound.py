@@ -71,7 +71,6 @@ __all__ = [
     "Escalation",
     "Overdue",
     "ServiceView",
-    "ServicesUnread",
     "check",
 ]
 
@@ -140,18 +139,15 @@ class Overdue:
 
 @dataclass(frozen=True, slots=True)
 class ServiceView:
-    """What a receiver knows to judge a referral's `service` (PROTOCOL §6.4): its own agency
-    id, the service ids of its own last accepted catalogue (None: the services bucket is not
-    read yet), and which agencies its trusted directory lists with a provider role."""
+    """What a receiver knows to judge a referral's `service` (PROTOCOL §6.4, §8.2 step 5):
+    its own agency id, whether a service id is one a catalogue of its own listed within a
+    message's life (agents/storage/own_services.py), and which agencies its trusted directory
+    lists with a provider role. Its agent judges nothing before it read the services bucket
+    once (agents/transport.py), so its own catalogue is never unread here."""
 
     me: str
-    own: frozenset[str] | None
+    own: Callable[[str], bool]
     is_provider: Callable[[str], bool]
-
-
-class ServicesUnread(Exception):  # not a refusal: the message waits
-    """A referral names one of the receiver's services before the receiver read its own
-    catalogue from the services bucket: it is held back, not judged (agents/agent.py)."""
 
 
 Checked = (
@@ -184,8 +180,7 @@ def check(
     the trusted directory), or raise the `UntrustedInputError` of its first failure.
     `policy` (the trusted directory's, None for spec_version 1) and `sender_roles` decide
     whether a referral's legal basis stands (`unlawful-basis`, PROTOCOL §7.11); `services`
-    whether the service it names stands (`unknown-service`; None: no service does).
-    `ServicesUnread` if that needs the receiver's own catalogue, not read yet."""
+    whether the service it names stands (`unknown-service`; None: no service does)."""
     if isinstance(roles, str) or isinstance(sender_roles, str):
         raise TypeError("roles must be a collection of role names")
     checker = _CHECKERS.get(kind)
@@ -228,18 +223,20 @@ def check(
 
 
 def _check_service(service: tuple[str, str], view: ServiceView | None) -> None:
-    """A referral's `service` (PROTOCOL §6.4, §8.2 step 5): naming the receiver, a service of
-    its own last catalogue; naming another agency, one its directory lists as a provider (a
-    receiver sees its own copy only: whether that agency is a recipient too, and what its
-    catalogue lists, are the sender's checks). Ids only in the refusal."""
+    """A referral's `service` (PROTOCOL §6.4, §8.2 step 5): naming the receiver, a service one
+    of its own catalogues listed within a message's life (expired, signed by a key since
+    rotated, or left out since: the sender checked the catalogue it saw); naming another
+    agency, one its directory lists as a provider (a receiver sees its own copy only: whether
+    that agency is a recipient too, and what its catalogue lists, are the sender's checks).
+    Ids only in the refusal."""
     agency, service_id = service
     if view is None:
         raise UnknownServiceError("a referral naming a service, with no services known")
     if agency == view.me:
-        if view.own is None:
-            raise ServicesUnread(service_id)
-        if service_id not in view.own:
-            raise UnknownServiceError(f"service {service_id} is not in this agency's catalogue")
+        if not view.own(service_id):
+            raise UnknownServiceError(
+                f"service {service_id} is in no catalogue of this agency's within a message's life"
+            )
     elif not view.is_provider(agency):
         raise UnknownServiceError(f"service of {agency}, which holds no provider role")
 

@@ -672,6 +672,7 @@ _HEALTH: dict[str, Any] = {
                             "root-expired",
                             "directory-expires-soon",
                             "root-expires-soon",
+                            "services-unread",
                         ]
                     },
                     # A background loop died (runtime/supervisor.py): degraded.
@@ -1091,7 +1092,10 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Confirm a held break-glass referral (confirm scope; PROTOCOL §8.2 "
                 "step 2): it is sealed and sent, marked confirmed. 403 for the client that "
                 "submitted it; 409 once it is no longer waiting (confirmed, refused, or lapsed "
-                "after the policy's confirm_seconds)",
+                "after the policy's confirm_seconds). It is planned again: 422 (member "
+                "`service`) if the service it names is no longer in its provider's current "
+                "catalogue (§8.2 step 5); the hold keeps waiting, unsendable as it is, until "
+                "it is refused or lapses",
                 "parameters": [_PATH_ID, _IDEMPOTENCY],
                 "responses": {
                     "202": _json(

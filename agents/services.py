@@ -26,6 +26,11 @@ signs again, under the same lock, what is past half its life and not expired
 signed by a key other than this agency's signing key now (its keys rotated): a provider whose
 agent runs never shows as unknown, and one whose agent stops does once its last record
 expires.
+
+This agency's own catalogues, put or read back and accepted, are handed to `on_own` (the
+agent records their service ids: a referral naming one is judged by them, PROTOCOL §8.2
+step 5), and `bucket_read` is set once the whole bucket was read: the agent's inbox waits
+for it.
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ class Services:
         directory: Callable[[], Directory | None],
         limits: Limits,
         on_published: Callable[[Catalogue], object],
+        on_own: Callable[[Catalogue], object] = lambda catalogue: None,
         durable: Callable[[], Awaitable[None]] | None = None,
         renewal_backoff: Backoff | None = None,
     ) -> None:
@@ -98,6 +104,9 @@ class Services:
         self.limits = limits
         #: Called once a catalogue this agency signed is in the bucket (its audit event).
         self.on_published = on_published
+        #: Called with each catalogue of this agency's taken as accepted (its own put, or
+        #: read back from the bucket): the agent records the service ids it lists.
+        self.on_own = on_own
         #: Awaited between that event and the put: nothing leaves that a power cut could
         #: leave unaudited (the store's group commit; None: nothing to wait for).
         self.durable = durable
@@ -116,9 +125,10 @@ class Services:
         #: The bytes last accepted (or put) under each key: the same read again is no news.
         self._accepted: dict[str, bytes] = {}
         self._js: Any = None
-        #: Whether the whole bucket was read once (before, this agency's own catalogue may
-        #: be unread yet: a received referral naming one of its services waits for it).
-        self.read_once = False
+        #: Set once the whole bucket was read once (before, this agency's own catalogue may
+        #: be unread yet): the transport judges no received message before (PROTOCOL §8.2
+        #: step 5), as it judges none before the directory is read.
+        self.bucket_read = asyncio.Event()
         self._wake = asyncio.Event()
         #: Held from taking a number to recording what was put under it (publish, renewal).
         self._lock = asyncio.Lock()
@@ -147,7 +157,9 @@ class Services:
                 first = first and more  # the newest of each key until the first read is done
                 self.offer(found)
                 read_once = read_once or not more
-                self.read_once = self.read_once or read_once
+                if read_once and not self.bucket_read.is_set():
+                    self.log.info("services_read")
+                    self.bucket_read.set()
             except TRANSIENT as e:  # the bus: next time
                 self._js = None
                 self.log.warning("services_follow_interrupted", error=type(e).__name__)
@@ -308,6 +320,8 @@ class Services:
         self._take_catalogue(key, data, catalogue)
 
     def _take_catalogue(self, key: str, data: bytes, catalogue: Catalogue) -> None:
+        if catalogue.agency == self.agency:
+            self.on_own(catalogue)
         self.catalogues[catalogue.agency] = catalogue
         self._accepted[key] = data
         for k in [
@@ -345,15 +359,6 @@ class Services:
             and catalogue.expires > clock.now()
             and catalogue.service(service_id) is not None
         )
-
-    def own_service_ids(self) -> frozenset[str] | None:
-        """The service ids of this agency's last accepted catalogue, expired or not (empty if
-        it has none), or None until the whole bucket was read once: what a receiver judges a
-        referral's `service` naming it against (PROTOCOL §6.4)."""
-        if not self.read_once:
-            return None
-        own = self.catalogues.get(self.agency)
-        return frozenset() if own is None else frozenset(s.service_id for s in own.services)
 
     # --- listing ----------------------------------------------------------------------------
 

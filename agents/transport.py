@@ -11,10 +11,13 @@ directory bucket to its end and the owner has applied what it found (`directory_
 agent back on the bus — a removed agency readmitted, typically with new keys — would
 otherwise sign, publish and judge by the directory it cached before, in which its old key is
 active: a copy signed with it is held back by its recipient as `unknown-key` and refused
-after the grace, without a word to the sender. And right before each publish the owner's
-`hold_reason` may hold a copy back (one signed by a key its directory no longer accepts). What
-is held is counted by reason (`held`; the metric `nrm_outbox_held`) and logged once as the
-hold begins (`outbox_held`) and ends (`outbox_released`).
+after the grace, without a word to the sender. Nor is the inbox judged before the services
+bucket was read once since the start (`services.bucket_read`): a referral naming one of this
+agency's services is judged by its own catalogues (PROTOCOL §8.2 step 5). And right before
+each publish the owner's `hold_reason` may hold a copy back (one signed by a key its
+directory no longer accepts). What is held is counted by reason (`held`; the metric
+`nrm_outbox_held`) and logged once as the hold begins (`outbox_held`) and ends
+(`outbox_released`).
 
 Consuming: a durable pull consumer on the agency's own inbox stream; each message is handed
 to a handler that commits it and says whether to ack or terminate; once one fsync covers all
@@ -593,8 +596,13 @@ class Transport:
     async def _fetch_forever(self, js: JetStreamContext, sub: Any) -> None:
         while self._running and (self.presence is None or self.presence.held):
             # Not while the agency has no usable key (standing.py), nor before the directory
-            # is read over this connection: what is received is judged, and answered, by it.
+            # is read over this connection: what is received is judged, and answered, by it;
+            # nor before the services bucket was read once since the start (a referral naming
+            # one of this agency's services is judged by its own catalogue, PROTOCOL §8.2
+            # step 5): however long the mail waited, none is judged before.
             gate = self.ready if not self.ready.is_set() else self.directory_read
+            if gate.is_set() and self.services is not None:
+                gate = self.services.bucket_read
             if not gate.is_set():
                 with contextlib.suppress(TimeoutError):
                     await unless_stopping(

@@ -36,6 +36,7 @@ from .support import Mechanism, eventually, query, running_mechanism, webhook_re
 from .test_agent_restore import cli
 from .test_identification import events
 from .test_sender_scope import publish, rejected
+from .test_services import SERVICE
 
 REASONS = ("imminent-danger", "unable-to-consent")
 CHILD = {**samples.BODY, "age_category": "child", "guardian": {"guardian_type": "local_authority"}}
@@ -411,6 +412,48 @@ async def test_a_break_glass_referral_the_policy_does_not_allow_is_refused(
         data = support.sealed(m, police, "shelter", "referral", _message(glass(), **member))
         await publish(m, "police", "shelter", data)
         await rejected(m, "shelter", data, "unlawful-basis")
+
+
+async def test_a_hold_whose_service_went_cannot_be_confirmed(
+    under_policy: tuple[Mechanism, dict[str, str]],
+) -> None:
+    """A held break-glass referral names the shelter's service; the shelter publishes its
+    catalogue again without it. Planned again at its confirmation, the referral is refused
+    422 (member `service`), the detail saying the hold cannot be sent as it is; it keeps
+    waiting, unsent, and may still be refused."""
+    m, tokens = under_policy
+    officer = tokens["duty-officer"]
+    service = {"agency": "shelter", "service_id": SERVICE["service_id"]}
+
+    async def catalogue(*services: dict[str, Any], offered: bool) -> None:
+        status, body, _ = await m.api("shelter").call(
+            "PUT", "/v1/catalogue", json={"services": list(services)}
+        )
+        assert status == 200, body
+
+        async def seen() -> bool:
+            return m.agents["police"].services.offers("shelter", service["service_id"]) is offered
+
+        await eventually(seen, what="police to see the shelter's catalogue")
+
+    await catalogue(SERVICE, offered=True)
+    status, held = await submit(m, glass(service=service))
+    assert (status, held["state"]) == (202, "awaiting_confirmation"), held
+    rid = held["id"]
+    await catalogue({**SERVICE, "service_id": "0123456789abcdef"}, offered=False)
+
+    status, problem = await call(m, "POST", f"/v1/referrals/{rid}/break-glass/confirm", officer)
+    assert (status, problem.get("member")) == (422, "service"), problem
+    assert "cannot be sent as it is" in problem["detail"], problem
+    assert m.agents["police"].break_glass.status(rid)["state"] == "awaiting_confirmation"
+    status, refused = await call(
+        m,
+        "POST",
+        f"/v1/referrals/{rid}/break-glass/refuse",
+        officer,
+        json={"reason": "consent-obtainable"},
+    )
+    assert (status, refused["state"]) == (200, "refused"), refused
 
 
 #: A second to confirm: the agent's own timers lapse the hold.

@@ -124,7 +124,7 @@ def test_what_an_honest_sender_sends_is_accepted(name: str, role: str) -> None:
     key = {"attachment_key": KEY} if "attachments" in sent["body"] else {}
     provider = doc.get("service", {}).get("agency")
     services = inbound.ServiceView(
-        me="receiver", own=frozenset(), is_provider={provider}.__contains__
+        me="receiver", own=frozenset[str]().__contains__, is_provider={provider}.__contains__
     )
     checked = inbound.check(
         REFERRAL,

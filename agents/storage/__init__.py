@@ -5,8 +5,9 @@ place (schema.py), and one module per aggregate: messages.py (outbox, deliveries
 resends), referrals.py (referrals, history, data keys), consents.py (consents, their uses,
 the signing key history), audit.py (audit outbox, ledger restores and alerts), webhooks.py,
 attachments.py, idempotency.py, erasure.py, retention.py, accesses.py, cases.py,
-break_glass.py, protections.py and reconsiderations.py. `Store` composes them; the rest of
-agents/ calls its named methods and never writes SQL (docs/DESIGN.md "Storage").
+break_glass.py, own_services.py, protections.py and reconsiderations.py. `Store` composes
+them; the rest of agents/ calls its named methods and never writes SQL (docs/DESIGN.md
+"Storage").
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .messages import (
     ResendCandidate,
     Undelivered,
 )
+from .own_services import OwnServices
 from .protections import ProtectionNotices, StoredNotice
 from .reconsiderations import Reconsiderations, StoredRequest
 from .referrals import NewReferral, Referrals, SentCopy, Step
@@ -52,6 +54,7 @@ class Store(
     AccessWindows,
     Cases,
     BreakGlassHolds,
+    OwnServices,
     ProtectionNotices,
     Reconsiderations,
 ):

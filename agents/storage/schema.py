@@ -37,6 +37,8 @@ column; in `inbox` the `sender` column is the owner of the referral a row carrie
 - `break_glass`: agents/storage/break_glass.py (referrals held for a second client's
   confirmation, PROTOCOL §8.2 step 2; only this agency's own, so keyed by referral id
   alone); a new table, added to older databases as above.
+- `own_services`: agents/storage/own_services.py (the service ids this agency's own
+  catalogues listed, and when each was left out: PROTOCOL §8.2 step 5); a new table too.
 - `erasure_confirmations`, `attachment_deletions`: agents/erasure.py; `legal_holds`:
   agents/retention.py (both keyed as above).
 """
@@ -344,6 +346,11 @@ CREATE TABLE IF NOT EXISTS break_glass (
 ) STRICT;
 CREATE INDEX IF NOT EXISTS break_glass_waiting ON break_glass(confirm_by)
     WHERE state = 'awaiting_confirmation';
+-- The service ids this agency's own catalogues listed (agents/storage/own_services.py)
+CREATE TABLE IF NOT EXISTS own_services (
+    service_id  TEXT PRIMARY KEY,
+    delisted_at INTEGER
+) STRICT;
 CREATE TABLE IF NOT EXISTS protection_notices (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     authority   TEXT NOT NULL,

@@ -1382,8 +1382,9 @@ SERVICE_ID = "5e1f0a2b3c4d5e6f"
 
 
 def _service_vectors() -> list[tuple[str, str, str, str, str, bytes]]:
-    """body-referral-service-*: received by the shelter (role ngo) whose own catalogue lists
-    `own_services` (comma-separated; `none`: it published none) and whose directory lists
+    """body-referral-service-*: received by the shelter (role ngo) whose own catalogues listed
+    `own_services` within a message's life (comma-separated; `none`: it published none) and
+    whose directory lists
     `providers` (comma-separated) with a provider role (§6.4).
     (name, comment, own services, providers, expect, body)."""
     return [
