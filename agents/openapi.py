@@ -545,7 +545,12 @@ _TRANSFER_REQUEST = _closed(
         "updated": _TIME,
     }
 )
-_PATH_REQUEST_ID = {"name": "id", "in": "path", "required": True, "schema": _PATH_SEGMENT}
+_PATH_REQUEST_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "maxLength": 32, "pattern": "^[0-9a-f]{32}$"},
+}
 #: Request ids are chosen by each requester: only (requester, id) names one for sure.
 _REQUESTER = {
     "name": "requester",
