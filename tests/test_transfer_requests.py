@@ -237,3 +237,63 @@ async def test_the_api_refuses_what_it_would_not_send(mechanism: Mechanism) -> N
     assert (await call(m, "shelter", "GET", "/v1/transfer-requests/nope"))[0] == 400
     assert transfer_rows(m, "shelter") == [] and transfer_rows(m, "police") == []
     assert audit_kinds(m, "shelter", "transfer-") == []
+
+
+async def test_a_revocation_before_the_receipt_is_taken_by_the_owner(
+    mechanism: Mechanism,
+) -> None:
+    """Police's agent is down: the shelter's request stays `requested` and it revokes it from
+    there. Police, back, holds the request `delivered` as it arrives and takes the
+    revocation from `requested` as from its `delivered` (PROTOCOL §8.10): `revoked` on both
+    sides, the late receipt changing nothing at the shelter."""
+    m = mechanism
+    rid = await referred(m)
+    await m.stop("police")
+    status, sent = await call(m, "shelter", "POST", "/v1/transfer-requests", json=asking(rid))
+    assert (status, sent["state"]) == (202, "requested"), sent
+    request_id = sent["request_id"]
+    status, revoked = await call(m, "shelter", "POST", f"/v1/transfer-requests/{request_id}/revoke")
+    assert (status, revoked["state"]) == (202, "revoked"), revoked
+    await m.start("police")
+    await state_of(m, "police", request_id, "revoked")
+
+    async def receipt_back() -> bool:
+        return ("receipt.received", None) in audit_kinds(m, "shelter", "receipt.")
+
+    await eventually(receipt_back, timeout=30, what="police's receipt back at the shelter")
+    assert (await call(m, "shelter", "GET", f"/v1/transfer-requests/{request_id}"))[1][
+        "state"
+    ] == "revoked"
+
+
+async def test_a_request_again_and_a_step_from_another_state_are_unexpected(
+    mechanism: Mechanism,
+) -> None:
+    """The shelter's agent signs its request's id again in a new envelope, and a revocation
+    of the request police already refused: police refuses both `unexpected` and its row is
+    as it was."""
+    m = mechanism
+    rid = await referred(m)
+    status, sent = await call(m, "shelter", "POST", "/v1/transfer-requests", json=asking(rid))
+    assert status == 202, sent
+    request_id = sent["request_id"]
+    await state_of(m, "police", request_id, "delivered")
+    path = f"/v1/transfer-requests/{request_id}/refuse"
+    assert (await call(m, "police", "POST", path, json={"reason": "other"}))[0] == 202
+    await state_of(m, "shelter", request_id, "refused")
+    before = transfer_rows(m, "police")
+    shelter = agency_keys(m, "shelter")
+    now = clock.now()
+    again = T.TransferRequest(request_id, None, "police", rid, "other", now)
+    revoke = T.TransferStep(
+        T.REQUEST, request_id, "police", "delivered", "revoked", "requester", None, now
+    )
+    forged = [
+        sealed(m, shelter, "police", T.TRANSFER_REQUEST, again.encode()),
+        sealed(m, shelter, "police", T.TRANSFER_STEP, revoke.encode()),
+    ]
+    for data in forged:
+        await publish(m, "shelter", "police", data)
+    for data in forged:
+        await rejected(m, "police", data, "unexpected")
+    assert transfer_rows(m, "police") == before
