@@ -998,8 +998,9 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "Ask the owner of a referral this agency received for the case "
                 "(act scope; PROTOCOL §8.10 `transfer-request`): stored `requested` and sealed "
-                "to the owner; 404 for a referral not received from that owner, 422 for a "
-                "case_id whose decisions or notices this agency does not hold under it",
+                "to the owner; 404 for a referral not received from that owner, 409 with "
+                "`reason` erased for one erased since, 422 for a case_id whose decisions or "
+                "notices this agency does not hold under it",
                 "parameters": [_IDEMPOTENCY],
                 "requestBody": json_object_body(
                     ["owner", "referral_id", "case_id", "reason"],
@@ -1012,7 +1013,7 @@ OPENAPI: dict[str, Any] = {
                 ),
                 "responses": {
                     "202": _json(_TRANSFER_REQUEST, "Sent to the owner"),
-                    **_errors(400, 401, 403, 404, 413, 415, 422, 503),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
                 },
             },
             "get": {

@@ -87,11 +87,15 @@ class TransferRequestDesk:
     ) -> dict[str, Any]:
         """Ask `owner` for the case this agency knows under the pair (`owner`,
         `referral_id`), which `owner` sent it: 404 for a pair it did not receive from
-        `owner`, 422 for a `case_id` it holds no decision or notice of under that pair.
+        `owner`, 409 for one erased since (consent withdrawn: the person is no longer known
+        here under it), 422 for a `case_id` it holds no decision or notice of under that
+        pair.
         Stored `requested` and sealed to the owner (audit `transfer-request.sent`), in
         `db`'s transaction."""
         if owner == self.agency or not self.store.holds_received(db, owner, referral_id):
             raise E.NotFound("no referral with this id received from this owner")
+        if self.store.erased_received(db, owner, referral_id):
+            raise E.Conflict("the referral received under that pair was erased", reason="erased")
         if case_id is not None and not self._holds_case(owner, referral_id, case_id):
             raise E.Unprocessable(
                 "case_id names no case whose decisions or notices this agency holds"

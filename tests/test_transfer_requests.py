@@ -25,6 +25,7 @@ from runtime import clock
 from . import samples
 from .support import Mechanism, agency_keys, eventually, running_mechanism, sealed, webhook_receiver
 from .test_agent import delivered
+from .test_erasure import _consent_of, _withdrawn
 from .test_sender_scope import publish, rejected
 
 #: The events police's agent sent its system (webhooks), in order of arrival.
@@ -297,3 +298,19 @@ async def test_a_request_again_and_a_step_from_another_state_are_unexpected(
     for data in forged:
         await rejected(m, "police", data, "unexpected")
     assert transfer_rows(m, "police") == before
+
+
+async def test_a_pair_erased_at_the_requester_asks_for_nothing(mechanism: Mechanism) -> None:
+    """Police refers to the shelter under a consent, then the person withdraws it: the
+    shelter erased what it received, and asking police for the case under that pair is
+    409 `erased`, nothing stored or sent."""
+    m = mechanism
+    receipt_id = await _consent_of(m, "police", "shelter")
+    rid = await m.api("police").refer(
+        ["shelter"], samples.referral(legal_basis="consent", consent_receipt_id=receipt_id)
+    )
+    await delivered(m, "police", rid)
+    await _withdrawn(m, "police", receipt_id)
+    status, problem = await call(m, "shelter", "POST", "/v1/transfer-requests", json=asking(rid))
+    assert (status, problem["reason"]) == (409, "erased"), problem
+    assert transfer_rows(m, "shelter") == [] and audit_kinds(m, "shelter", "transfer-") == []
