@@ -82,6 +82,8 @@ from .services import Services
 from .standing import StandingGuard
 from .store import OutgoingMessage, Received, Store
 from .subject_access import SubjectAccess
+from .transfer_requests import TransferRequestDesk
+from .transfers import TRANSFER_REQUEST, TRANSFER_STEP, TransferRequest, TransferStep
 from .transport import Position, Transport, Verdict
 from .trust import TrustState
 from .webhooks import WebhookSender
@@ -104,6 +106,8 @@ SENT_EVENTS = {
     IDENTIFICATION_DECISION: "identification.sent",
     PROTECTION_NOTICE: "protection.notified",
     RECONSIDERATION_REQUEST: "reconsideration.requested",
+    TRANSFER_REQUEST: "transfer-request.sent",
+    TRANSFER_STEP: "transfer-step.sent",
 }
 
 
@@ -215,6 +219,9 @@ class Agent:
             ttl=self.limits.message_ttl_seconds,
         )
         self.desk.accepted = self._open_case
+        self.transfer_requests = TransferRequestDesk(
+            agency=config.agency, store=self.store, audit=self.audit, send=self._send
+        )
         self.break_glass = BreakGlass(
             agency=config.agency,
             store=self.store,
@@ -824,6 +831,8 @@ class Agent:
             IDENTIFICATION_DECISION: self._on_decision,
             PROTECTION_NOTICE: self._on_notice,
             RECONSIDERATION_REQUEST: self._on_reconsideration,
+            TRANSFER_REQUEST: self._on_transfer_request,
+            TRANSFER_STEP: self._on_transfer_step,
         }
         if set(table) != inbound.KINDS:
             raise RuntimeError("every kind inbound checks needs a handler, and no other")
@@ -855,6 +864,25 @@ class Agent:
         if not isinstance(checked, ReconsiderationRequest):
             raise TypeError("a reconsideration handler takes a checked request")
         self.identification.on_reconsideration(tx, opened, checked)
+
+    def _on_transfer_request(
+        self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked
+    ) -> None:
+        if not isinstance(checked, TransferRequest):
+            raise TypeError("a transfer request handler takes a checked request")
+        self.transfer_requests.on_request(tx, opened, checked)
+        h = opened.header
+        receipt = DeliveryReceipt(h.message_id, opened.envelope_hash, clock.now())
+        self._send(
+            DELIVERY_RECEIPT, receipt.encode(), [h.sender], tx, referral_id=checked.referral_id
+        )
+
+    def _on_transfer_step(
+        self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked
+    ) -> None:
+        if not isinstance(checked, TransferStep):
+            raise TypeError("a transfer step handler takes a checked step")
+        self.transfer_requests.on_step(tx, opened, checked)
 
     def _open_case(self, tx: sqlite3.Connection, owner: str, referral_id: str) -> None:
         """A competent authority accepting a referral of type nrm_full opens its case, on the
@@ -905,6 +933,7 @@ class Agent:
         ):
             raise UnexpectedMessageError("receipt names no envelope sent to its sender")
         self.desk.on_delivered(tx, checked.message_id, h.sender)
+        self.transfer_requests.on_delivered(tx, checked.message_id, h.sender)
         self.audit.record(
             tx,
             "receipt.received",

@@ -52,6 +52,8 @@ from .retention import Retention
 from .services import Services
 from .store import STATUS_ORDER, Store
 from .subject_access import SubjectAccess
+from .transfer_requests import TransferRequestDesk, view
+from .transfers import REFUSE_REASONS, TRANSFER_REASONS
 
 #: A case system's own reference for a referral it submits (sender-local, never sent).
 CLIENT_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}")
@@ -103,6 +105,7 @@ class Backend(Protocol):
     identification: Identification
     services: Services
     break_glass: BreakGlass
+    transfer_requests: TransferRequestDesk
 
     def submit_referral(
         self,
@@ -181,6 +184,11 @@ def make_app(
     r.add_get("/v1/referrals/{id}/decisions", referral_decisions)
     r.add_get("/v1/referrals/{id}/protections", referral_protections)
     r.add_post("/v1/referrals/{id}/reconsiderations", request_reconsideration)
+    r.add_post("/v1/transfer-requests", request_transfer)
+    r.add_get("/v1/transfer-requests", list_transfer_requests)
+    r.add_get("/v1/transfer-requests/{id}", get_transfer_request)
+    r.add_post("/v1/transfer-requests/{id}/revoke", revoke_transfer_request)
+    r.add_post("/v1/transfer-requests/{id}/refuse", refuse_transfer_request)
     r.add_get("/v1/cases", list_cases)
     r.add_get("/v1/cases/{case_id}", get_case)
     r.add_post("/v1/cases/{case_id}/decisions", decide)
@@ -683,6 +691,120 @@ async def request_reconsideration(request: web.Request) -> web.Response:
     return await _idempotent(request, "act", act)
 
 
+# --- transfer requests (PROTOCOL §8.10) -------------------------------------------------------
+
+
+def _hex32_field(doc: dict[str, Any], name: str, *, nullable: bool = False) -> str | None:
+    value = doc.get(name)
+    if value is None and nullable and name in doc:
+        return None
+    if not (isinstance(value, str) and HEX32.fullmatch(value)):
+        tail = " or null" if nullable else ""
+        raise ProblemError(400, "Bad Request", f"{name} must be 32 lowercase hex digits{tail}")
+    return value
+
+
+def _code_field(doc: dict[str, Any], name: str, codes: Sequence[str]) -> str:
+    value = doc.get(name)
+    if not (isinstance(value, str) and value in codes):
+        raise ProblemError(  # never echoed
+            400, "Bad Request", f"{name} must be one of: " + ", ".join(codes)
+        )
+    return value
+
+
+async def request_transfer(request: web.Request) -> web.Response:
+    """Ask the owner of a referral this agency received for the case (act scope: it sends a
+    message, as a transition does): one `transfer-request` sealed to the owner (PROTOCOL
+    §8.10)."""
+
+    def act(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        _only(doc, {"owner", "referral_id", "case_id", "reason"})
+        owner = doc.get("owner")
+        try:
+            owner = check_agency_id(owner) if isinstance(owner, str) else None
+        except ValueError:
+            owner = None
+        if owner is None:
+            raise ProblemError(400, "Bad Request", "owner must be an agency id")
+        referral_id = _hex32_field(doc, "referral_id")
+        if "case_id" not in doc:
+            raise ProblemError(400, "Bad Request", "case_id is required (null for none)")
+        case_id = _hex32_field(doc, "case_id", nullable=True)
+        reason = _code_field(doc, "reason", TRANSFER_REASONS)
+        backend = request.app[BACKEND]
+        with backend.store.transaction() as db:
+            result = backend.transfer_requests.request(
+                db, owner=owner, referral_id=str(referral_id), case_id=case_id, reason=reason
+            )
+        return 202, result
+
+    return await _idempotent(request, "act", act)
+
+
+def _request_id(request: web.Request) -> str:
+    raw = request.match_info["id"]
+    if not HEX32.fullmatch(raw):
+        raise ProblemError(400, "Bad Request", "a request id is 32 lowercase hex digits")
+    return raw
+
+
+def _requester_param(request: web.Request) -> str | None:
+    """The `requester` query parameter: request ids are chosen by each requester, so only
+    (requester, id) names one for sure."""
+    return _agency_param(request, "requester")
+
+
+async def list_transfer_requests(request: web.Request) -> web.Response:
+    _need(request, "read")
+    settings = request.app[SETTINGS]
+    limit = _int_param(request, "limit", settings.default_page_size, 1, settings.max_page_size)
+    after = _int_param(request, "cursor", 0, 0, MAX_CURSOR)
+    items, cursor = request.app[BACKEND].transfer_requests.listing(after=after, limit=limit)
+    return web.json_response({"items": items, "next_cursor": cursor})
+
+
+async def get_transfer_request(request: web.Request) -> web.Response:
+    _need(request, "read")
+    request_id = _request_id(request)
+    requester = _requester_param(request)
+    backend = request.app[BACKEND]
+    desk = backend.transfer_requests
+    with backend.store.transaction() as db:
+        found = desk.held(db, request_id, requester)
+    return web.json_response(view(found, desk.agency))
+
+
+async def _transfer_step(request: web.Request, to_state: str, codes: Sequence[str]) -> web.Response:
+    """This agency's step on the request named in the path (and maybe `?requester=`): the
+    body is `{"reason"}` when the step takes one of `codes`, else empty."""
+    request_id = _request_id(request)
+    requester = _requester_param(request)
+
+    def act(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        _only(doc, {"reason"} if codes else set())
+        reason = _code_field(doc, "reason", codes) if codes else None
+        backend = request.app[BACKEND]
+        with backend.store.transaction() as db:
+            result = backend.transfer_requests.step(
+                db, request_id, requester, to_state=to_state, reason=reason
+            )
+        return 202, result
+
+    return await _idempotent(request, "act", act)
+
+
+async def revoke_transfer_request(request: web.Request) -> web.Response:
+    """The requester takes its request back (act scope): one `transfer-step` to the owner."""
+    return await _transfer_step(request, "revoked", ())
+
+
+async def refuse_transfer_request(request: web.Request) -> web.Response:
+    """The owner asked refuses the request with a refusal reason (act scope): one
+    `transfer-step` to the requester."""
+    return await _transfer_step(request, "refused", REFUSE_REASONS)
+
+
 async def list_cases(request: web.Request) -> web.Response:
     _need(request, "decide")
     settings = request.app[SETTINGS]
@@ -988,14 +1110,19 @@ def _named_referral(request: web.Request, scope: str) -> tuple[Backend, str, str
 def _sender_param(request: web.Request) -> str | None:
     """The `sender` query parameter: the agency that sent (owns) the referral named in the
     path. Referral ids are chosen by each sender, so only (sender, id) names one for sure."""
-    raw = request.query.get("sender")
+    return _agency_param(request, "sender")
+
+
+def _agency_param(request: web.Request, name: str) -> str | None:
+    """The query parameter `name`, an agency id if given (400 otherwise)."""
+    raw = request.query.get(name)
     if raw is None:
         return None
     try:
         return check_agency_id(raw)
     except ValueError:
         raise ProblemError(
-            400, "Bad Request", "query parameter sender must be an agency id"
+            400, "Bad Request", f"query parameter {name} must be an agency id"
         ) from None
 
 

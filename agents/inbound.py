@@ -59,6 +59,7 @@ from .messages import (
 from .protections import PROTECTION_NOTICE, NoticeMessage
 from .reconsideration import RECONSIDERATION_REQUEST, ReconsiderationRequest, decode_at
 from .resend import RESEND_REQUEST, ResendRequest
+from .transfers import TRANSFER_REQUEST, TRANSFER_STEP, TransferRequest, TransferStep
 
 __all__ = [
     "ANONYMOUS",
@@ -163,6 +164,8 @@ Checked = (
     | DecisionMessage
     | NoticeMessage
     | ReconsiderationRequest
+    | TransferRequest
+    | TransferStep
 )
 
 
@@ -472,6 +475,14 @@ def _reconsideration(body: bytes, roles: frozenset[str], limits: Limits) -> Reco
     return decode_at(body, roles)  # the rest needs the authority's state (reconsideration.py)
 
 
+def _transfer_request(body: bytes, roles: frozenset[str], limits: Limits) -> TransferRequest:
+    return TransferRequest.decode(body)  # the rest needs the owner's pairs (transfer_requests.py)
+
+
+def _transfer_step(body: bytes, roles: frozenset[str], limits: Limits) -> TransferStep:
+    return TransferStep.decode(body)  # the rest needs the state held (transfer_requests.py)
+
+
 _CHECKERS: Final[Mapping[str, Callable[[bytes, frozenset[str], Limits], Checked]]] = {
     REFERRAL: _referral,
     DELIVERY_RECEIPT: _receipt,
@@ -485,6 +496,8 @@ _CHECKERS: Final[Mapping[str, Callable[[bytes, frozenset[str], Limits], Checked]
     IDENTIFICATION_DECISION: _decision,
     PROTECTION_NOTICE: _notice,
     RECONSIDERATION_REQUEST: _reconsideration,
+    TRANSFER_REQUEST: _transfer_request,
+    TRANSFER_STEP: _transfer_step,
 }
 #: Every message kind an agent receives.
 KINDS: Final = frozenset(_CHECKERS)

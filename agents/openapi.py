@@ -30,6 +30,9 @@ from .cases import LEAVE_REASONS
 from .cases import STATES as CASE_STATES
 from .lifecycle import OUTCOMES, PARTIES, REASON_CODES, STATES
 from .reconsideration import GROUNDS as RECONSIDERATION_GROUNDS
+from .transfers import REFUSE_REASONS as TRANSFER_REFUSE_REASONS
+from .transfers import STATES as TRANSFER_STATES
+from .transfers import TRANSFER_REASONS
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 _UNVERIFIABLE = {"409": {"$ref": "#/components/responses/Unverifiable"}}
@@ -526,6 +529,37 @@ _REQUESTED = _closed(
         "at": _TIME,
     }
 )
+#: Transfer requests (PROTOCOL.md §8.10), as both parties hold them.
+_TRANSFER_REQUEST = _closed(
+    {
+        "request_id": _ID,
+        "requester": _AGENCY_ID,
+        "owner": _AGENCY_ID,
+        "referral_id": _ID,
+        "case_id": {"anyOf": [_ID, {"type": "null"}]},
+        "reason": {"enum": list(TRANSFER_REASONS)},
+        "at": _TIME,
+        "side": {"enum": ["requester", "owner"]},
+        "state": {"enum": list(TRANSFER_STATES["transfer-request"])},
+        "step_reason": {"enum": [*TRANSFER_REFUSE_REASONS, None]},
+        "updated": _TIME,
+    }
+)
+_PATH_REQUEST_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "maxLength": 32, "pattern": "^[0-9a-f]{32}$"},
+}
+#: Request ids are chosen by each requester: only (requester, id) names one for sure.
+_REQUESTER = {
+    "name": "requester",
+    "in": "query",
+    "required": False,
+    "description": "The agency that sent the request (this agency for its own). Needed "
+    "only when requests from several requesters have this id: the answer is then 409.",
+    "schema": _AGENCY_ID,
+}
 _PATH_CASE_ID = {"name": "case_id", "in": "path", "required": True, "schema": _CASE_ID}
 _TRANSITIONED = _closed(
     {"id": _ID, "sender": _AGENCY_ID, "counterpart": _AGENCY_ID, "state": _STATE}
@@ -711,7 +745,12 @@ _PROBLEM_SCHEMA: dict[str, Any] = {
         "status": {"type": "integer", "minimum": 400, "maximum": 599},
         "detail": {"type": "string"},
         "problems": {"type": "array", "items": {"type": "string"}},
-        "allowed": {"type": "array", "items": _STATE},
+        "allowed": {
+            "type": "array",
+            "items": {"anyOf": [_STATE, {"enum": list(TRANSFER_STATES["transfer-request"])}]},
+            "description": "On a 409 for a step not allowed: the states it may move to "
+            "(a referral's, or a transfer request's)",
+        },
         "referral_id": {
             **_ID,
             "description": "On a 409 for a client_reference already used: the referral it names",
@@ -952,6 +991,73 @@ OPENAPI: dict[str, Any] = {
                 ),
                 "responses": {
                     "202": _json(_REQUESTED, "Sent to the authority"),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                },
+            }
+        },
+        "/v1/transfer-requests": {
+            "post": {
+                "summary": "Ask the owner of a referral this agency received for the case "
+                "(act scope; PROTOCOL §8.10 `transfer-request`): stored `requested` and sealed "
+                "to the owner; 404 for a referral not received from that owner, 409 with "
+                "`reason` erased for one erased since, 422 for a case_id whose decisions or "
+                "notices this agency does not hold under it",
+                "parameters": [_IDEMPOTENCY],
+                "requestBody": json_object_body(
+                    ["owner", "referral_id", "case_id", "reason"],
+                    {
+                        "owner": _AGENCY_ID,
+                        "referral_id": _ID,
+                        "case_id": {"anyOf": [_ID, {"type": "null"}]},
+                        "reason": {"enum": list(TRANSFER_REASONS)},
+                    },
+                ),
+                "responses": {
+                    "202": _json(_TRANSFER_REQUEST, "Sent to the owner"),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                },
+            },
+            "get": {
+                "summary": "The transfer requests this agency sent or received, oldest first "
+                "(read scope)",
+                "parameters": _PAGING,
+                "responses": {
+                    "200": _json(_page(_TRANSFER_REQUEST)),
+                    **_errors(400, 401, 403),
+                },
+            },
+        },
+        "/v1/transfer-requests/{id}": {
+            "get": {
+                "summary": "One transfer request with its state (read scope)",
+                "parameters": [_PATH_REQUEST_ID, _REQUESTER],
+                "responses": {
+                    "200": _json(_TRANSFER_REQUEST),
+                    **_errors(400, 401, 403, 404, 409),
+                },
+            }
+        },
+        "/v1/transfer-requests/{id}/revoke": {
+            "post": {
+                "summary": "The requester takes its request back (act scope): one "
+                "`transfer-step` to the owner; 409 lists the allowed steps",
+                "parameters": [_PATH_REQUEST_ID, _REQUESTER, _IDEMPOTENCY],
+                "responses": {
+                    "202": _json(_TRANSFER_REQUEST, "Sent to the owner"),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                },
+            }
+        },
+        "/v1/transfer-requests/{id}/refuse": {
+            "post": {
+                "summary": "The owner asked refuses the request with a refusal reason (act "
+                "scope): one `transfer-step` to the requester; 409 lists the allowed steps",
+                "parameters": [_PATH_REQUEST_ID, _REQUESTER, _IDEMPOTENCY],
+                "requestBody": json_object_body(
+                    ["reason"], {"reason": {"enum": list(TRANSFER_REFUSE_REASONS)}}
+                ),
+                "responses": {
+                    "202": _json(_TRANSFER_REQUEST, "Sent to the requester"),
                     **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
                 },
             }
@@ -1373,7 +1479,7 @@ def document(
     `referral_ids` bounded by what that agent takes, never looser."""
     doc = copy.deepcopy(OPENAPI)
     paths = doc["paths"]
-    for path in ("/v1/referrals", "/v1/inbox"):
+    for path in ("/v1/referrals", "/v1/inbox", "/v1/transfer-requests"):
         for parameter in paths[path]["get"]["parameters"]:
             if parameter["name"] == "limit":
                 parameter["schema"]["maximum"] = max_page_size

@@ -63,6 +63,8 @@ EVENT_TYPES: Final = frozenset(
         "decision.received",
         "protection.received",
         "reconsideration.received",
+        "transfer_request.received",
+        "transfer_step.received",
         "case.closed",
         "delivery.failed",
         "break_glass.requested",

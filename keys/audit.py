@@ -70,6 +70,10 @@ KINDS = frozenset(
         "reconsideration.received",
         "case.left",
         "case.closed",
+        "transfer-request.sent",
+        "transfer-request.received",
+        "transfer-step.sent",
+        "transfer-step.received",
     }
 )
 #: The events of a break-glass referral at its sender (§8.2 step 2): each names the API
@@ -140,6 +144,28 @@ def _is_categories(value: object) -> bool:
 #: receiver's copy taken in (an auditor matches each with the sender's break-glass events).
 BREAK_GLASS_LABELLED: Final = frozenset({"referral.sent", "referral.received"})
 
+#: The labels of a transfer step's events (§8.10; agents/transfers.py's kinds and states):
+#: which lifecycle, and the state the step moved to.
+TRANSFER_STEP_LABELS: dict[str, frozenset[str]] = {
+    "transfer_kind": frozenset({"transfer", "transfer-request"}),
+    "to_state": frozenset(
+        {
+            "proposed",
+            "delivered",
+            "accepted",
+            "rejected",
+            "revoked",
+            "expired",
+            "completed",
+            "requested",
+            "granted",
+            "refused",
+            "fulfilled",
+            "lapsed",
+        }
+    ),
+}
+
 #: Labels an event may carry for the anonymous statistics, with their allowed values.
 LABELS: dict[str, frozenset[str]] = {
     "referral_type": frozenset(
@@ -198,6 +224,10 @@ KIND_LABELS: dict[str, dict[str, Callable[[object], bool]]] = {
         kind: {"stage": DECISION_LABELS["stage"].__contains__}
         for kind in ("reconsideration.requested", "reconsideration.received")
     },
+    **{
+        kind: {name: TRANSFER_STEP_LABELS[name].__contains__ for name in TRANSFER_STEP_LABELS}
+        for kind in ("transfer-step.sent", "transfer-step.received")
+    },
 }
 #: Kinds that carry every one of their own labels, always.
 _EXACT_LABELS = (
@@ -211,6 +241,8 @@ _EXACT_LABELS = (
             "protection.received",
             "reconsideration.requested",
             "reconsideration.received",
+            "transfer-step.sent",
+            "transfer-step.received",
         }
     )
     | BREAK_GLASS_KINDS

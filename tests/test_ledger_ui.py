@@ -287,6 +287,10 @@ KIND_WORDS = {
     "reconsideration.received": "Reconsideration request received",
     "case.left": "Case ended: the person left the process",
     "case.closed": "Case closed: reconsideration window ran out",
+    "transfer-request.sent": "Transfer of the case requested",
+    "transfer-request.received": "Transfer request received",
+    "transfer-step.sent": "Transfer step sent",
+    "transfer-step.received": "Transfer step received",
 }
 #: What each statistics label value reads as.
 LABEL_WORDS = {
@@ -326,6 +330,8 @@ INCOMING = {
     "identification.received",
     "protection.received",
     "reconsideration.received",
+    "transfer-request.received",
+    "transfer-step.received",
 }
 STATUS_SETTLED = (
     "() => ['verified', 'FAILED'].includes(document.getElementById('checkpoint-status')"

@@ -421,19 +421,33 @@ def test_a_case_transfer_with_a_null_attachment_key_is_schema_invalid() -> None:
     assert keyed.attachment_key == "a2V5"
 
 
-def test_agents_of_this_release_refuse_them_as_the_protocol_says() -> None:
-    """As built (PROTOCOL §8.10): the four kinds are unknown to the receiver's body checks
-    (`unexpected`), so nothing of them is kept until the messaging lands; a step's body
-    sent as a `transition` is no referral pair's step (`malformed`)."""
+def test_agents_of_this_release_take_requests_and_steps_only() -> None:
+    """As built (PROTOCOL §8.10): the receiver's body checks decode a `transfer-request` and
+    a `transfer-step` (their state checks are agents/transfer_requests.py's); the other two
+    kinds are unknown to them (`unexpected`), so nothing of them is kept until their
+    messaging lands; a step's body sent as a `transition` is no referral pair's step
+    (`malformed`)."""
     step = TransferStep("transfer", TID, "shelter", "delivered", "accepted", "transferee", None, 5)
     with pytest.raises(MalformedError):
         inbound.check(TRANSITION, step.encode(), roles={"ngo"}, limits=DEFAULT_LIMITS)
-    bodies = {
+    request = TransferRequest(REQ, None, "police", REF, "other", 7)
+    taken = {T.TRANSFER_REQUEST: request, T.TRANSFER_STEP: step}
+    for kind, value in taken.items():
+        checked = inbound.check(kind, value.encode(), roles={"ngo"}, limits=DEFAULT_LIMITS)
+        assert checked == value
+    refused = {
         T.CASE_TRANSFER: codec.canonical_json(_transfer_doc()),
-        T.TRANSFER_REQUEST: TransferRequest(REQ, None, "police", REF, "other", 7).encode(),
         T.CASE_OWNER_CHANGED: CaseOwnerChanged(CASE, "shelter", TID, 9).encode(),
-        T.TRANSFER_STEP: step.encode(),
     }
-    for kind, body in bodies.items():
+    for kind, body in refused.items():
         with pytest.raises(UnexpectedMessageError):
             inbound.check(kind, body, roles={"competent-authority"}, limits=DEFAULT_LIMITS)
+
+
+def test_the_audit_labels_of_steps_are_the_tables_names() -> None:
+    """keys/audit.py's labels of `transfer-step.*` events (which cannot import agents/) name
+    exactly the two lifecycles and their states."""
+    from keys.audit import TRANSFER_STEP_LABELS
+
+    assert TRANSFER_STEP_LABELS["transfer_kind"] == set(T.KINDS)
+    assert TRANSFER_STEP_LABELS["to_state"] == {s for kind in T.KINDS for s in T.STATES[kind]}

@@ -5,9 +5,9 @@ place (schema.py), and one module per aggregate: messages.py (outbox, deliveries
 resends), referrals.py (referrals, history, data keys), consents.py (consents, their uses,
 the signing key history), audit.py (audit outbox, ledger restores and alerts), webhooks.py,
 attachments.py, idempotency.py, erasure.py, retention.py, accesses.py, cases.py,
-break_glass.py, own_services.py, protections.py and reconsiderations.py. `Store` composes
-them; the rest of agents/ calls its named methods and never writes SQL (docs/DESIGN.md
-"Storage").
+break_glass.py, own_services.py, protections.py, reconsiderations.py and transfers.py.
+`Store` composes them; the rest of agents/ calls its named methods and never writes SQL
+(docs/DESIGN.md "Storage").
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from .reconsiderations import Reconsiderations, StoredRequest
 from .referrals import NewReferral, Referrals, SentCopy, Step
 from .retention import CLOSED_STATES, Retention
 from .schema import SCHEMA
+from .transfers import StoredTransferRequest, TransferRequests
 from .webhooks import WebhookOutbox
 
 
@@ -57,6 +58,7 @@ class Store(
     OwnServices,
     ProtectionNotices,
     Reconsiderations,
+    TransferRequests,
 ):
     """The agent database with every aggregate's operations."""
 
@@ -86,6 +88,7 @@ __all__ = [
     "StoredDecision",
     "StoredNotice",
     "StoredRequest",
+    "StoredTransferRequest",
     "Undelivered",
     "read_consent",
 ]

@@ -30,6 +30,8 @@ column; in `inbox` the `sender` column is the owner of the referral a row carrie
 - `protection_notices`: agents/storage/protections.py (PROTOCOL §8.9), a new table too.
 - `reconsideration_requests`: agents/storage/reconsiderations.py (PROTOCOL §8.7
   "Reconsideration requests"), a new table too.
+- `transfer_requests`: agents/storage/transfers.py (PROTOCOL §8.10 "`transfer-request`"),
+  a new table too.
 - `cases`, `case_referrals`, `decisions`: agents/storage/cases.py (identification
   decisions, PROTOCOL §8.7); new tables, so `CREATE TABLE IF NOT EXISTS` adds them to
   older databases (no release had them: `case_referrals`' UNIQUE referral_id was added to
@@ -385,6 +387,24 @@ CREATE TABLE IF NOT EXISTS reconsideration_requests (
 ) STRICT;
 CREATE INDEX IF NOT EXISTS reconsideration_requests_by_case
     ON reconsideration_requests(case_id);
+CREATE TABLE IF NOT EXISTS transfer_requests (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    requester    TEXT NOT NULL,
+    request_id   TEXT NOT NULL,
+    owner        TEXT NOT NULL,
+    referral_id  TEXT NOT NULL,
+    case_id      TEXT,
+    reason       TEXT NOT NULL,
+    at           INTEGER NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('requested', 'delivered', 'granted', 'refused',
+                                                'revoked', 'fulfilled', 'lapsed')),
+    step_reason  TEXT,
+    message_id   TEXT NOT NULL,
+    created      INTEGER NOT NULL,
+    updated      INTEGER NOT NULL,
+    UNIQUE (requester, request_id)
+) STRICT;
+CREATE INDEX IF NOT EXISTS transfer_requests_by_message ON transfer_requests(message_id);
 CREATE TABLE IF NOT EXISTS webhook_outbox (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id      TEXT NOT NULL UNIQUE,

@@ -113,6 +113,10 @@
     "reconsideration.received": "Reconsideration request received",
     "case.left": "Case ended: the person left the process",
     "case.closed": "Case closed: reconsideration window ran out",
+    "transfer-request.sent": "Transfer of the case requested",
+    "transfer-request.received": "Transfer request received",
+    "transfer-step.sent": "Transfer step sent",
+    "transfer-step.received": "Transfer step received",
   };
   const LABEL_WORDS = {
     referral_type: {
@@ -151,6 +155,22 @@
       ended: "Ended",
       "not-granted": "Not granted",
     },
+    // a transfer step's events (§8.10)
+    transfer_kind: { transfer: "Case transfer", "transfer-request": "Transfer request" },
+    to_state: {
+      proposed: "Proposed",
+      delivered: "Delivered",
+      accepted: "Accepted",
+      rejected: "Rejected",
+      revoked: "Revoked",
+      expired: "Expired",
+      completed: "Completed",
+      requested: "Requested",
+      granted: "Granted",
+      refused: "Refused",
+      fulfilled: "Fulfilled",
+      lapsed: "Lapsed",
+    },
   };
   const LABEL_ORDER = ["referral_type", "urgency", "state"];
   const COUNT_WORDS = {
@@ -166,7 +186,8 @@
   // the agency sent to, drawn "agency → counterpart".
   const INCOMING = new Set(["referral.received", "receipt.received", "transition.received",
     "message.rejected", "erasure.confirmed", "record.accessed", "identification.received",
-    "protection.received", "reconsideration.received"]);
+    "protection.received", "reconsideration.received", "transfer-request.received",
+    "transfer-step.received"]);
 
   // A code with no entry above (a newer ledger) still reads as words: "a.b_c" -> "A b c".
   function words(code) {

@@ -732,6 +732,20 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
         counterpart="ngo",
         reason="lost-contact",
     )
+    step_received = AuditEvent(
+        event_id=fixed("audit event 9")[:16].hex(),
+        agency="police",
+        kind="transfer-step.received",
+        time=NOW,
+        referral_id=EVENT.referral_id,
+        counterpart="ngo",
+        envelope_hash=fixed("envelope 3").hex(),
+        key_ids=EVENT.key_ids[:1],
+        reason="in-progress-here",
+        labels=(("to_state", "refused"), ("transfer_kind", "transfer-request")),
+    )
+    step_label = _event_fields(EVENT)
+    step_label[9] = [["to_state", "refused"]]
     outcomeless = _event_fields(decided)
     outcomeless[3] = "identification.sent"
     outcomeless[9] = [["stage", "first"]]
@@ -811,6 +825,21 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
             "ok",
             {},
             sign_event(left, POLICE_SIGN),
+        ),
+        (
+            "ok-transfer-step-received",
+            "transfer-step.received: a refused transfer request, the refusal reason as its"
+            " reason, its two labels",
+            "ok",
+            {},
+            sign_event(step_received, POLICE_SIGN),
+        ),
+        (
+            "transfer-step-label-on-other-kind",
+            "transfer-step's to_state label on referral.sent, correctly signed",
+            "malformed",
+            {},
+            _signed_raw(step_label),
         ),
         (
             "identification-sent-without-outcome",
