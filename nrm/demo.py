@@ -406,12 +406,17 @@ async def _story(
         )
         await call("authority", "POST", "/v1/consents", _shelter_consent())
         to_shelter = examples.referral(
-            urgency="urgent", legal_basis="consent", consent_receipt_id=SHELTER_CONSENT_ID
+            urgency="urgent",
+            legal_basis="consent",
+            consent_receipt_id=SHELTER_CONSENT_ID,
+            service={"agency": "shelter", "service_id": offer["service_id"]},  # the one it saw
         )
         onward = await refer("authority", "shelter", to_shelter)
         await call("authority", "PUT", f"/v1/cases/{case_id}/referrals/{onward}")
         await holds("shelter", onward, "authority", 1, 2)
         seen = await call("shelter", "GET", f"/v1/referrals/{onward}")
+        if seen.get("service") != to_shelter["service"]:
+            raise Step("the shelter's copy does not name the service the authority asked for")
         fields = sorted(seen["referral"]["body"])
         withheld = sorted(set(to_shelter["body"]) - set(fields))
 
@@ -453,7 +458,8 @@ async def _story(
             f"runs {reflection['starts_on']} to {reflection['ends_on']} and protection from "
             "removal from the decision on; police and the co-ordinator were notified",
             f"shelter with capacity: the authority saw {offer['capacity']['free']} free places "
-            "and referred her on with her consent; the shelter got the decision and both "
+            "and referred her on with her consent, naming that service; the shelter got the "
+            "decision and both "
             "notices (a provider is never told a negative decision's reason)",
             f"the shelter received: {', '.join(fields)}",
             f"withheld from the shelter (its role or the consent does not allow): "
