@@ -759,6 +759,12 @@ _PROBLEM_SCHEMA: dict[str, Any] = {
             "items": _AGENCY_ID,
             "description": "On a 409 for an id that referrals of several senders share: theirs",
         },
+        "requesters": {
+            "type": "array",
+            "items": _AGENCY_ID,
+            "description": "On a 409 for an id that transfer requests of several requesters "
+            "share: theirs",
+        },
         "member": {
             "type": "string",
             "description": "On a 422: the request member that is wrong",
@@ -1039,7 +1045,9 @@ OPENAPI: dict[str, Any] = {
         "/v1/transfer-requests/{id}/revoke": {
             "post": {
                 "summary": "The requester takes its request back (act scope): one "
-                "`transfer-step` to the owner; 409 lists the allowed steps",
+                "`transfer-step` to the owner; only this agency's own request (the id alone "
+                "names it; another agency's request of the same id is 404 here); 409 lists the "
+                "allowed steps",
                 "parameters": [_PATH_REQUEST_ID, _REQUESTER, _IDEMPOTENCY],
                 "responses": {
                     "202": _json(_TRANSFER_REQUEST, "Sent to the owner"),
@@ -1050,7 +1058,8 @@ OPENAPI: dict[str, Any] = {
         "/v1/transfer-requests/{id}/refuse": {
             "post": {
                 "summary": "The owner asked refuses the request with a refusal reason (act "
-                "scope): one `transfer-step` to the requester; 409 lists the allowed steps",
+                "scope): one `transfer-step` to the requester; only requests this agency was "
+                "asked (its own are 404 here); 409 lists the allowed steps",
                 "parameters": [_PATH_REQUEST_ID, _REQUESTER, _IDEMPOTENCY],
                 "requestBody": json_object_body(
                     ["reason"], {"reason": {"enum": list(TRANSFER_REFUSE_REASONS)}}

@@ -15,10 +15,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from aiohttp import web
 
 from agents import transfers as T
+from agents.openapi import OPENAPI
 from keys.audit import decode_signed_event
 from runtime import clock
 
@@ -131,8 +133,7 @@ async def test_a_request_reaches_the_owner_which_refuses_it(mechanism: Mechanism
     await state_of(m, "shelter", request_id, "delivered")
 
     path = f"/v1/transfer-requests/{request_id}"
-    status, problem = await call(m, "police", "POST", path + "/revoke")
-    assert (status, problem["allowed"]) == (409, ["granted", "refused"])
+    assert (await call(m, "police", "POST", path + "/revoke"))[0] == 404  # not its request
     status, problem = await call(m, "police", "POST", path + "/refuse", json={"reason": "nope"})
     assert status == 400 and "not-owner" in problem["detail"]
     status, refused = await call(
@@ -314,3 +315,65 @@ async def test_a_pair_erased_at_the_requester_asks_for_nothing(mechanism: Mechan
     status, problem = await call(m, "shelter", "POST", "/v1/transfer-requests", json=asking(rid))
     assert (status, problem["reason"]) == (409, "erased"), problem
     assert transfer_rows(m, "shelter") == [] and audit_kinds(m, "shelter", "transfer-") == []
+
+
+async def test_an_owners_step_to_granted_on_its_own_is_unexpected(mechanism: Mechanism) -> None:
+    """Police's agent signs a step of the shelter's request from `delivered` to `granted`,
+    which the table lists but this release never sends without its case transfer: the
+    shelter refuses it `unexpected`, its row is as it was, and it can still revoke."""
+    m = mechanism
+    rid = await referred(m)
+    status, sent = await call(m, "shelter", "POST", "/v1/transfer-requests", json=asking(rid))
+    assert status == 202, sent
+    request_id = sent["request_id"]
+    await state_of(m, "shelter", request_id, "delivered")
+    before = transfer_rows(m, "shelter")
+    grant = T.TransferStep(
+        T.REQUEST, request_id, "police", "delivered", "granted", "owner", None, clock.now()
+    )
+    data = sealed(m, agency_keys(m, "police"), "shelter", T.TRANSFER_STEP, grant.encode())
+    await publish(m, "police", "shelter", data)
+    await rejected(m, "shelter", data, "unexpected")
+    assert transfer_rows(m, "shelter") == before
+    assert audit_kinds(m, "shelter", "transfer-step.") == []
+    status, revoked = await call(m, "shelter", "POST", f"/v1/transfer-requests/{request_id}/revoke")
+    assert (status, revoked["state"]) == (202, "revoked"), revoked
+
+
+async def test_an_owner_reusing_the_requesters_id_leaves_its_request_its_own(
+    mechanism: Mechanism,
+) -> None:
+    """The shelter asks police for the case; police's agent, which learnt the request id,
+    sends the shelter a request of its own under that id, on a referral the shelter sent it.
+    The bare id is then 409 for GET, naming both requesters (as the API schema declares),
+    but the shelter's revoke names its own request alone, and its refuse the other's alone;
+    each side's steps are 404 on the other's request."""
+    m = mechanism
+    rid = await referred(m)
+    status, sent = await call(m, "shelter", "POST", "/v1/transfer-requests", json=asking(rid))
+    assert status == 202, sent
+    request_id = sent["request_id"]
+    await state_of(m, "police", request_id, "delivered")
+    theirs = await m.api("shelter").refer(["police"], samples.referral())
+    await delivered(m, "shelter", theirs)
+    hostile = T.TransferRequest(request_id, None, "shelter", theirs, "other", clock.now())
+    data = sealed(m, agency_keys(m, "police"), "shelter", T.TRANSFER_REQUEST, hostile.encode())
+    await publish(m, "police", "shelter", data)
+
+    async def both_held() -> bool:
+        return len(transfer_rows(m, "shelter")) == 2
+
+    await eventually(both_held, timeout=30, what="the shelter to hold police's request too")
+    path = f"/v1/transfer-requests/{request_id}"
+    status, problem = await call(m, "shelter", "GET", path)
+    assert (status, problem["requesters"]) == (409, ["police", "shelter"]), problem
+    schema = OPENAPI["components"]["responses"]["Problem"]["content"]
+    jsonschema.validate(problem, schema["application/problem+json"]["schema"])
+    own = f"{path}/refuse?requester=shelter"
+    assert (await call(m, "shelter", "POST", own, json={"reason": "other"}))[0] == 404
+    assert (await call(m, "shelter", "POST", f"{path}/revoke?requester=police"))[0] == 404
+    status, revoked = await call(m, "shelter", "POST", path + "/revoke")
+    assert (status, revoked["requester"], revoked["state"]) == (202, "shelter", "revoked")
+    await state_of(m, "police", request_id, "revoked")
+    status, refused = await call(m, "shelter", "POST", path + "/refuse", json={"reason": "other"})
+    assert (status, refused["requester"], refused["state"]) == (202, "police", "refused")
