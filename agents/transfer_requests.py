@@ -261,13 +261,16 @@ class TransferRequestDesk:
         self, db: sqlite3.Connection, opened: Opened, message: T.TransferRequest
     ) -> None:
         """A `transfer-request` received: PROTOCOL §8.10's receiver checks in order (this
-        agency is the `owner` named and sent the pair to the message's sender, else
-        `not-shared`; a `request_id` held from that sender already is `unexpected`); stored
+        agency is the `owner` named and sent the pair to the message's sender, and neither
+        withdrew it nor had the consent it cites withdrawn, else `not-shared`; a
+        `request_id` held from that sender already is `unexpected`); stored
         `delivered`, audited, told to the system, and the delivery receipt sent."""
         sender = opened.header.sender
         pair = self.store.pair(db, self.agency, message.referral_id, sender)
         if message.owner != self.agency or pair is None or pair[0] != "sender":
             raise NotSharedError("the request names no pair this agency sent its sender")
+        if self.store.referral_withdrawn(message.referral_id, sender):
+            raise NotSharedError("the request names a pair withdrawn or its consent withdrawn")
         now = clock.now()
         stored = StoredTransferRequest(
             requester=sender,

@@ -377,3 +377,24 @@ async def test_an_owner_reusing_the_requesters_id_leaves_its_request_its_own(
     await state_of(m, "police", request_id, "revoked")
     status, refused = await call(m, "shelter", "POST", path + "/refuse", json={"reason": "other"})
     assert (status, refused["requester"], refused["state"]) == (202, "police", "refused")
+
+
+async def test_a_request_on_a_pair_whose_consent_was_withdrawn_is_not_shared(
+    mechanism: Mechanism,
+) -> None:
+    """Police refers to the shelter under a consent the person then withdraws; the shelter's
+    agent signs a request on that pair anyway: police refuses it `not-shared` (the pair is
+    no longer shared) and stores nothing."""
+    m = mechanism
+    receipt_id = await _consent_of(m, "police", "shelter")
+    rid = await m.api("police").refer(
+        ["shelter"], samples.referral(legal_basis="consent", consent_receipt_id=receipt_id)
+    )
+    await delivered(m, "police", rid)
+    await _withdrawn(m, "police", receipt_id)
+    late = T.TransferRequest(secrets.token_hex(16), None, "police", rid, "other", clock.now())
+    data = sealed(m, agency_keys(m, "shelter"), "police", T.TRANSFER_REQUEST, late.encode())
+    await publish(m, "shelter", "police", data)
+    await rejected(m, "police", data, "not-shared")
+    assert transfer_rows(m, "police") == []
+    assert not any(e["type"] == "transfer_request.received" for e in POLICE_EVENTS)
