@@ -542,6 +542,13 @@ _TRANSFER_REQUEST = _closed(
         "side": {"enum": ["requester", "owner"]},
         "state": {"enum": list(TRANSFER_STATES["transfer-request"])},
         "step_reason": {"enum": [*TRANSFER_REFUSE_REASONS, None]},
+        "failure": {
+            **_REASON_CODE,
+            "type": ["string", "null"],
+            "description": "At the requester: why its `transfer-request` failed for good (the "
+            "owner's agent refused it, or it could not be delivered); the state then stays "
+            "`requested`. Null otherwise",
+        },
         "updated": _TIME,
     }
 )

@@ -51,7 +51,8 @@ SENT_STEPS = frozenset({T.REFUSED, T.REVOKED})
 
 def view(r: StoredTransferRequest, me: str) -> dict[str, Any]:
     """A request as the API and the webhook show it (PROTOCOL names, `side` this agency's
-    party: `requester` or `owner`)."""
+    party: `requester` or `owner`; `failure` the reason the requester's `transfer-request`
+    failed for good, its state then staying `requested`, else None)."""
     return {
         "request_id": r.request_id,
         "requester": r.requester,
@@ -63,6 +64,7 @@ def view(r: StoredTransferRequest, me: str) -> dict[str, Any]:
         "side": T.REQUESTER if r.requester == me else T.OWNER,
         "state": r.state,
         "step_reason": r.step_reason,
+        "failure": r.failure,
         "updated": r.updated,
     }
 

@@ -398,3 +398,36 @@ async def test_a_request_on_a_pair_whose_consent_was_withdrawn_is_not_shared(
     await rejected(m, "police", data, "not-shared")
     assert transfer_rows(m, "police") == []
     assert not any(e["type"] == "transfer_request.received" for e in POLICE_EVENTS)
+
+
+async def test_a_request_the_owner_refuses_shows_its_failure(mechanism: Mechanism) -> None:
+    """Police withdraws its referral; the shelter, which still holds it, asks police for the
+    case under it: police's agent refuses the request `not-shared` (the pair is withdrawn),
+    stores nothing and tells the shelter, whose request stays `requested` with that
+    `failure` shown."""
+    m = mechanism
+    rid = await referred(m)
+    status, body = await call(
+        m, "police", "POST", f"/v1/referrals/{rid}/transitions", json={"to": "withdrawn"}
+    )
+    assert status == 202, body
+
+    async def withdrawn_there() -> bool:
+        status, body = await call(m, "shelter", "GET", f"/v1/referrals/{rid}")
+        return status == 200 and body["state"] == "withdrawn"
+
+    await eventually(withdrawn_there, timeout=30, what="the withdrawal to reach the shelter")
+    status, sent = await call(m, "shelter", "POST", "/v1/transfer-requests", json=asking(rid))
+    assert (status, sent["failure"]) == (202, None), sent
+    path = f"/v1/transfer-requests/{sent['request_id']}"
+
+    async def failed() -> bool:
+        status, body = await call(m, "shelter", "GET", path)
+        return status == 200 and body["failure"] is not None
+
+    await eventually(failed, timeout=30, what="the shelter to hear its request was refused")
+    seen = (await call(m, "shelter", "GET", path))[1]
+    assert (seen["state"], seen["failure"]) == ("requested", "not-shared"), seen
+    page = (await call(m, "shelter", "GET", "/v1/transfer-requests"))[1]["items"]
+    assert [(r["request_id"], r["failure"]) for r in page] == [(sent["request_id"], "not-shared")]
+    assert transfer_rows(m, "police") == []
