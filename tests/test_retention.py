@@ -32,6 +32,17 @@ SHORT = RetentionSchedule(
 )
 
 
+def short_schedule(m: Mechanism, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Police and the shelter on the SHORT schedule, the clock at its offset file (returned)
+    set to now."""
+    offset = tmp_path / "clock-offset"
+    clock.set_offset(offset, 0)
+    monkeypatch.setenv(clock.ENV, str(offset))
+    for agency in ("police", "shelter"):
+        m.agents[agency].retention.schedule = SHORT
+    return offset
+
+
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
@@ -118,12 +129,8 @@ async def test_purge_after_the_period_not_before_and_not_under_legal_hold(
     history and finally the referral itself go, counted in `retention.purged`, while the held
     one keeps everything until its hold is lifted."""
     m = mechanism
-    offset = tmp_path / "clock-offset"
-    clock.set_offset(offset, 0)
-    monkeypatch.setenv(clock.ENV, str(offset))
+    offset = short_schedule(m, tmp_path, monkeypatch)
     police, shelter = m.agents["police"], m.agents["shelter"]
-    for agent in (police, shelter):
-        agent.retention.schedule = SHORT
     ids = []
     for n in range(2):
         status, body, _ = await m.api("police").call(
@@ -230,12 +237,8 @@ async def test_finished_transfer_requests_go_with_their_pair(
     pair goes at both agencies and the refused request with it, while the request still
     open stays (its pair gone, it is purged once it is final)."""
     m = mechanism
-    offset = tmp_path / "clock-offset"
-    clock.set_offset(offset, 0)
-    monkeypatch.setenv(clock.ENV, str(offset))
+    offset = short_schedule(m, tmp_path, monkeypatch)
     police, shelter = m.agents["police"], m.agents["shelter"]
-    for agent in (police, shelter):
-        agent.retention.schedule = SHORT
     assert set(CLOSED_REQUEST_STATES) == T.FINAL_STATES[T.REQUEST]
     rid = await m.api("police").refer(["shelter"], samples.referral())
     await delivered(m, "police", rid)

@@ -81,6 +81,14 @@ async def referred(m: Mechanism) -> str:
     return rid
 
 
+async def requested(m: Mechanism) -> tuple[str, str]:
+    """(referral id, request id) of a request the shelter sent police on its referral."""
+    rid = await referred(m)
+    status, sent = await call(m, "shelter", "POST", "/v1/transfer-requests", json=asking(rid))
+    assert status == 202, sent
+    return rid, sent["request_id"]
+
+
 async def state_of(m: Mechanism, agency: str, request_id: str, state: str) -> dict[str, Any]:
     async def check() -> bool:
         status, body = await call(m, agency, "GET", f"/v1/transfer-requests/{request_id}")
@@ -88,6 +96,18 @@ async def state_of(m: Mechanism, agency: str, request_id: str, state: str) -> di
 
     await eventually(check, timeout=30, what=f"{agency} to hold the request {state}")
     return (await call(m, agency, "GET", f"/v1/transfer-requests/{request_id}"))[1]
+
+
+async def referred_then_withdrawn(m: Mechanism) -> str:
+    """A referral police sent the shelter under a consent the person then withdrew: the
+    shelter erased it."""
+    receipt_id = await _consent_of(m, "police", "shelter")
+    rid = await m.api("police").refer(
+        ["shelter"], samples.referral(legal_basis="consent", consent_receipt_id=receipt_id)
+    )
+    await delivered(m, "police", rid)
+    await _withdrawn(m, "police", receipt_id)
+    return rid
 
 
 def asking(rid: str, **over: Any) -> dict[str, Any]:
@@ -275,10 +295,7 @@ async def test_a_request_again_and_a_step_from_another_state_are_unexpected(
     of the request police already refused: police refuses both `unexpected` and its row is
     as it was."""
     m = mechanism
-    rid = await referred(m)
-    status, sent = await call(m, "shelter", "POST", "/v1/transfer-requests", json=asking(rid))
-    assert status == 202, sent
-    request_id = sent["request_id"]
+    rid, request_id = await requested(m)
     await state_of(m, "police", request_id, "delivered")
     path = f"/v1/transfer-requests/{request_id}/refuse"
     assert (await call(m, "police", "POST", path, json={"reason": "other"}))[0] == 202
@@ -306,12 +323,7 @@ async def test_a_pair_erased_at_the_requester_asks_for_nothing(mechanism: Mechan
     shelter erased what it received, and asking police for the case under that pair is
     409 `erased`, nothing stored or sent."""
     m = mechanism
-    receipt_id = await _consent_of(m, "police", "shelter")
-    rid = await m.api("police").refer(
-        ["shelter"], samples.referral(legal_basis="consent", consent_receipt_id=receipt_id)
-    )
-    await delivered(m, "police", rid)
-    await _withdrawn(m, "police", receipt_id)
+    rid = await referred_then_withdrawn(m)
     status, problem = await call(m, "shelter", "POST", "/v1/transfer-requests", json=asking(rid))
     assert (status, problem["reason"]) == (409, "erased"), problem
     assert transfer_rows(m, "shelter") == [] and audit_kinds(m, "shelter", "transfer-") == []
@@ -322,10 +334,7 @@ async def test_an_owners_step_to_granted_on_its_own_is_unexpected(mechanism: Mec
     which the table lists but this release never sends without its case transfer: the
     shelter refuses it `unexpected`, its row is as it was, and it can still revoke."""
     m = mechanism
-    rid = await referred(m)
-    status, sent = await call(m, "shelter", "POST", "/v1/transfer-requests", json=asking(rid))
-    assert status == 202, sent
-    request_id = sent["request_id"]
+    _, request_id = await requested(m)
     await state_of(m, "shelter", request_id, "delivered")
     before = transfer_rows(m, "shelter")
     grant = T.TransferStep(
@@ -349,10 +358,7 @@ async def test_an_owner_reusing_the_requesters_id_leaves_its_request_its_own(
     but the shelter's revoke names its own request alone, and its refuse the other's alone;
     each side's steps are 404 on the other's request."""
     m = mechanism
-    rid = await referred(m)
-    status, sent = await call(m, "shelter", "POST", "/v1/transfer-requests", json=asking(rid))
-    assert status == 202, sent
-    request_id = sent["request_id"]
+    _, request_id = await requested(m)
     await state_of(m, "police", request_id, "delivered")
     theirs = await m.api("shelter").refer(["police"], samples.referral())
     await delivered(m, "shelter", theirs)
@@ -386,12 +392,7 @@ async def test_a_request_on_a_pair_whose_consent_was_withdrawn_is_not_shared(
     agent signs a request on that pair anyway: police refuses it `not-shared` (the pair is
     no longer shared) and stores nothing."""
     m = mechanism
-    receipt_id = await _consent_of(m, "police", "shelter")
-    rid = await m.api("police").refer(
-        ["shelter"], samples.referral(legal_basis="consent", consent_receipt_id=receipt_id)
-    )
-    await delivered(m, "police", rid)
-    await _withdrawn(m, "police", receipt_id)
+    rid = await referred_then_withdrawn(m)
     late = T.TransferRequest(secrets.token_hex(16), None, "police", rid, "other", clock.now())
     data = sealed(m, agency_keys(m, "shelter"), "police", T.TRANSFER_REQUEST, late.encode())
     await publish(m, "shelter", "police", data)
