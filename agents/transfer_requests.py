@@ -14,7 +14,8 @@ step travels as a `transfer-step` checked against the table "Transfer request"
 
 `granted` comes with the case transfer that answers a request (slice 8, later): a
 `transfer-step` to `granted` is never sent on its own, so the owner's API offers only
-`refuse` for now.
+`refuse` for now, and one received is `unexpected` (`SENT_STEPS`). A request the owner's
+agent refuses outright (a refusal notice) stays `requested`, its copy's `failure` shown.
 """
 
 from __future__ import annotations
