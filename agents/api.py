@@ -53,7 +53,7 @@ from .services import Services
 from .store import STATUS_ORDER, Store
 from .subject_access import SubjectAccess
 from .transfer_requests import TransferRequestDesk, view
-from .transfers import REFUSE_REASONS, TRANSFER_REASONS
+from .transfers import OWNER, REFUSE_REASONS, REQUESTER, TRANSFER_REASONS
 
 #: A case system's own reference for a referral it submits (sender-local, never sent).
 CLIENT_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}")
@@ -775,9 +775,12 @@ async def get_transfer_request(request: web.Request) -> web.Response:
     return web.json_response(view(found, desk.agency))
 
 
-async def _transfer_step(request: web.Request, to_state: str, codes: Sequence[str]) -> web.Response:
-    """This agency's step on the request named in the path (and maybe `?requester=`): the
-    body is `{"reason"}` when the step takes one of `codes`, else empty."""
+async def _transfer_step(
+    request: web.Request, party: str, to_state: str, codes: Sequence[str]
+) -> web.Response:
+    """This agency's step as `party` on the request named in the path (and maybe
+    `?requester=`) where it is that party: the body is `{"reason"}` when the step takes one
+    of `codes`, else empty."""
     request_id = _request_id(request)
     requester = _requester_param(request)
 
@@ -787,7 +790,7 @@ async def _transfer_step(request: web.Request, to_state: str, codes: Sequence[st
         backend = request.app[BACKEND]
         with backend.store.transaction() as db:
             result = backend.transfer_requests.step(
-                db, request_id, requester, to_state=to_state, reason=reason
+                db, request_id, requester, party=party, to_state=to_state, reason=reason
             )
         return 202, result
 
@@ -796,13 +799,13 @@ async def _transfer_step(request: web.Request, to_state: str, codes: Sequence[st
 
 async def revoke_transfer_request(request: web.Request) -> web.Response:
     """The requester takes its request back (act scope): one `transfer-step` to the owner."""
-    return await _transfer_step(request, "revoked", ())
+    return await _transfer_step(request, REQUESTER, "revoked", ())
 
 
 async def refuse_transfer_request(request: web.Request) -> web.Response:
     """The owner asked refuses the request with a refusal reason (act scope): one
     `transfer-step` to the requester."""
-    return await _transfer_step(request, "refused", REFUSE_REASONS)
+    return await _transfer_step(request, OWNER, "refused", REFUSE_REASONS)
 
 
 async def list_cases(request: web.Request) -> web.Response:

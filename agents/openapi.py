@@ -542,6 +542,13 @@ _TRANSFER_REQUEST = _closed(
         "side": {"enum": ["requester", "owner"]},
         "state": {"enum": list(TRANSFER_STATES["transfer-request"])},
         "step_reason": {"enum": [*TRANSFER_REFUSE_REASONS, None]},
+        "failure": {
+            **_REASON_CODE,
+            "type": ["string", "null"],
+            "description": "At the requester: why its `transfer-request` failed for good (the "
+            "owner's agent refused it, or it could not be delivered); the state then stays "
+            "`requested`. Null otherwise",
+        },
         "updated": _TIME,
     }
 )
@@ -759,6 +766,12 @@ _PROBLEM_SCHEMA: dict[str, Any] = {
             "type": "array",
             "items": _AGENCY_ID,
             "description": "On a 409 for an id that referrals of several senders share: theirs",
+        },
+        "requesters": {
+            "type": "array",
+            "items": _AGENCY_ID,
+            "description": "On a 409 for an id that transfer requests of several requesters "
+            "share: theirs",
         },
         "member": {
             "type": "string",
@@ -1040,7 +1053,9 @@ OPENAPI: dict[str, Any] = {
         "/v1/transfer-requests/{id}/revoke": {
             "post": {
                 "summary": "The requester takes its request back (act scope): one "
-                "`transfer-step` to the owner; 409 lists the allowed steps",
+                "`transfer-step` to the owner; only this agency's own request (the id alone "
+                "names it; another agency's request of the same id is 404 here); 409 lists the "
+                "allowed steps",
                 "parameters": [_PATH_REQUEST_ID, _REQUESTER, _IDEMPOTENCY],
                 "responses": {
                     "202": _json(_TRANSFER_REQUEST, "Sent to the owner"),
@@ -1051,7 +1066,8 @@ OPENAPI: dict[str, Any] = {
         "/v1/transfer-requests/{id}/refuse": {
             "post": {
                 "summary": "The owner asked refuses the request with a refusal reason (act "
-                "scope): one `transfer-step` to the requester; 409 lists the allowed steps",
+                "scope): one `transfer-step` to the requester; only requests this agency was "
+                "asked (its own are 404 here); 409 lists the allowed steps",
                 "parameters": [_PATH_REQUEST_ID, _REQUESTER, _IDEMPOTENCY],
                 "requestBody": json_object_body(
                     ["reason"], {"reason": {"enum": list(TRANSFER_REFUSE_REASONS)}}

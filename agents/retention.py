@@ -81,10 +81,13 @@ class RetentionSchedule:
 #: (store, transaction, cutoff, batch) -> how many.
 Purge = Callable[[Store, sqlite3.Connection, int, int], int]
 PURGES: dict[str, Purge] = {
-    # A decided break-glass hold is a closed record too (counted with them: the count
-    # labels are PROTOCOL §9.0's); a round of both ends once neither filled its batch.
+    # A decided break-glass hold and a finished transfer request whose pair went are closed
+    # records too (counted with them: the count labels are PROTOCOL §9.0's); a round of all
+    # three ends once none filled its batch.
     "closed_referrals": lambda s, db, c, b: (
-        s.purge_closed(db, cutoff=c, batch=b) + s.purge_break_glass(db, cutoff=c, batch=b)
+        s.purge_closed(db, cutoff=c, batch=b)
+        + s.purge_break_glass(db, cutoff=c, batch=b)
+        + s.purge_transfer_requests(db, cutoff=c, batch=b)
     ),
     "envelopes": lambda s, db, c, b: s.purge_envelopes(db, cutoff=c, batch=b),
     "idempotency_keys": lambda s, db, c, b: s.purge_idempotency(db, cutoff=c, batch=b),

@@ -14,7 +14,8 @@ step travels as a `transfer-step` checked against the table "Transfer request"
 
 `granted` comes with the case transfer that answers a request (slice 8, later): a
 `transfer-step` to `granted` is never sent on its own, so the owner's API offers only
-`refuse` for now.
+`refuse` for now, and one received is `unexpected` (`SENT_STEPS`). A request the owner's
+agent refuses outright (a refusal notice) stays `requested`, its copy's `failure` shown.
 """
 
 from __future__ import annotations
@@ -42,11 +43,17 @@ log = structlog.get_logger("nrm.transfer_requests")
 RECEIVED_EVENT = "transfer_request.received"
 #: The webhook event either party's system gets for each step the other took.
 STEP_EVENT = "transfer_step.received"
+#: The states a `transfer-step` of a request moves to as this release sends them: the
+#: owner's `refused`, the requester's `revoked`. `granted` comes with the case transfer that
+#: answers the request (slice 8), so a step to it on its own is `unexpected`: taken, it would
+#: hold the request in a state nothing here moves it out of.
+SENT_STEPS = frozenset({T.REFUSED, T.REVOKED})
 
 
 def view(r: StoredTransferRequest, me: str) -> dict[str, Any]:
     """A request as the API and the webhook show it (PROTOCOL names, `side` this agency's
-    party: `requester` or `owner`)."""
+    party: `requester` or `owner`; `failure` the reason the requester's `transfer-request`
+    failed for good, its state then staying `requested`, else None)."""
     return {
         "request_id": r.request_id,
         "requester": r.requester,
@@ -58,6 +65,7 @@ def view(r: StoredTransferRequest, me: str) -> dict[str, Any]:
         "side": T.REQUESTER if r.requester == me else T.OWNER,
         "state": r.state,
         "step_reason": r.step_reason,
+        "failure": r.failure,
         "updated": r.updated,
     }
 
@@ -153,15 +161,15 @@ class TransferRequestDesk:
         request_id: str,
         requester: str | None,
         *,
+        party: str,
         to_state: str,
         reason: str | None,
     ) -> dict[str, Any]:
-        """This agency's step on a request it holds (`revoke` as its requester, `refuse` as
-        the owner asked): 404 for none, 409 naming `allowed` for a step the table refuses
-        from its state. One `transfer-step` to the other party (audit `transfer-step.sent`,
-        the reason as its reason)."""
-        r = self.held(db, request_id, requester)
-        party = T.REQUESTER if r.requester == self.agency else T.OWNER
+        """This agency's step as `party` on a request it holds as that party (`revoke` as
+        its requester, `refuse` as the owner asked): 404 for none, 409 naming `allowed` for
+        a step the table refuses from its state. One `transfer-step` to the other party
+        (audit `transfer-step.sent`, the reason as its reason)."""
+        r = self.held(db, request_id, requester, side=party)
         try:
             T.check(T.REQUEST, r.state, to_state, party, reason=reason)
         except T.TransferStepRefused as e:
@@ -205,17 +213,34 @@ class TransferRequestDesk:
         return view(found, self.agency)
 
     def held(
-        self, db: sqlite3.Connection, request_id: str, requester: str | None
+        self,
+        db: sqlite3.Connection,
+        request_id: str,
+        requester: str | None,
+        *,
+        side: str | None = None,
     ) -> StoredTransferRequest:
-        """The request `request_id` held here (of `requester`, when named): 404 for none,
-        409 naming the requesters when the id alone names several (each requester chooses
-        its ids)."""
+        """The request `request_id` held here (of `requester`, when named; one where this
+        agency is the party `side`, when named): 404 for none, 409 naming the requesters
+        when the id alone names several (each requester chooses its ids). As its requester
+        this agency's own id names its own request alone, whatever another agency sent it
+        under the same id; as the owner its own requests are not looked at."""
+        if side == T.REQUESTER:
+            if requester not in (None, self.agency):
+                raise E.NotFound("no transfer request with this id from this requester")
+            requester = self.agency
+        elif side == T.OWNER and requester == self.agency:
+            raise E.NotFound("this agency is not the owner asked in its own requests")
         if requester is not None:
             found = self.store.transfer_request(db, requester, request_id)
             if found is None:
                 raise E.NotFound("no transfer request with this id from this requester")
             return found
-        named = self.store.transfer_requests_named(request_id)
+        named = [
+            r
+            for r in self.store.transfer_requests_named(request_id)
+            if side is None or r.requester != self.agency
+        ]
         if not named:
             raise E.NotFound("no transfer request with this id at this agency")
         if len(named) > 1:
@@ -239,13 +264,16 @@ class TransferRequestDesk:
         self, db: sqlite3.Connection, opened: Opened, message: T.TransferRequest
     ) -> None:
         """A `transfer-request` received: PROTOCOL §8.10's receiver checks in order (this
-        agency is the `owner` named and sent the pair to the message's sender, else
-        `not-shared`; a `request_id` held from that sender already is `unexpected`); stored
+        agency is the `owner` named and sent the pair to the message's sender, and neither
+        withdrew it nor had the consent it cites withdrawn, else `not-shared`; a
+        `request_id` held from that sender already is `unexpected`); stored
         `delivered`, audited, told to the system, and the delivery receipt sent."""
         sender = opened.header.sender
         pair = self.store.pair(db, self.agency, message.referral_id, sender)
         if message.owner != self.agency or pair is None or pair[0] != "sender":
             raise NotSharedError("the request names no pair this agency sent its sender")
+        if self.store.referral_withdrawn(message.referral_id, sender):
+            raise NotSharedError("the request names a pair withdrawn or its consent withdrawn")
         now = clock.now()
         stored = StoredTransferRequest(
             requester=sender,
@@ -288,7 +316,8 @@ class TransferRequestDesk:
         that sent the request is about one the message's sender sent this agency, a step by
         the owner about one this agency sent the sender: holding none (a transfer's step
         too: no transfer is held before the case-transfer messaging) is `not-shared`; a
-        `system` step, or a `from_state` that is not the state held, is `unexpected`. One
+        `system` step, a step to a state this release does not send (`SENT_STEPS`), or a
+        `from_state` that is not the state held, is `unexpected`. One
         lag is no conflict: the requester's copy is `requested` until the owner's receipt
         comes back, the owner's `delivered` from the start, so each side takes the other's
         `requested`/`delivered` as its own (the receipt's `system` step is only the
@@ -298,6 +327,8 @@ class TransferRequestDesk:
             raise NotSharedError("a step of a transfer this agency does not hold")
         if step.party == T.SYSTEM:
             raise UnexpectedMessageError("a system step is each side's own, never sent")
+        if step.to_state not in SENT_STEPS:
+            raise UnexpectedMessageError("a step this release never sends on its own")
         if step.party == T.REQUESTER:
             r = self.store.transfer_request(db, sender, step.id)
             held = r is not None and r.owner == self.agency == step.recipient
@@ -362,4 +393,4 @@ def _labels(to_state: str) -> tuple[tuple[str, str], ...]:
     return (("to_state", to_state), ("transfer_kind", T.REQUEST))
 
 
-__all__ = ["RECEIVED_EVENT", "STEP_EVENT", "TransferRequestDesk", "view"]
+__all__ = ["RECEIVED_EVENT", "SENT_STEPS", "STEP_EVENT", "TransferRequestDesk", "view"]

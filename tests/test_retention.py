@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from agents import transfers as T
 from agents.config import AgentConfig, ConfigError
 from agents.retention import DAY, RetentionSchedule
+from agents.storage import CLOSED_REQUEST_STATES
 from keys.audit import AuditEvent, decode_signed_event, new_event_id
 from runtime import clock
 
@@ -28,6 +30,17 @@ SHORT = RetentionSchedule(
     history_days=3,
     closed_referrals_days=2,
 )
+
+
+def short_schedule(m: Mechanism, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Police and the shelter on the SHORT schedule, the clock at its offset file (returned)
+    set to now."""
+    offset = tmp_path / "clock-offset"
+    clock.set_offset(offset, 0)
+    monkeypatch.setenv(clock.ENV, str(offset))
+    for agency in ("police", "shelter"):
+        m.agents[agency].retention.schedule = SHORT
+    return offset
 
 
 @pytest.mark.parametrize(
@@ -116,12 +129,8 @@ async def test_purge_after_the_period_not_before_and_not_under_legal_hold(
     history and finally the referral itself go, counted in `retention.purged`, while the held
     one keeps everything until its hold is lifted."""
     m = mechanism
-    offset = tmp_path / "clock-offset"
-    clock.set_offset(offset, 0)
-    monkeypatch.setenv(clock.ENV, str(offset))
+    offset = short_schedule(m, tmp_path, monkeypatch)
     police, shelter = m.agents["police"], m.agents["shelter"]
-    for agent in (police, shelter):
-        agent.retention.schedule = SHORT
     ids = []
     for n in range(2):
         status, body, _ = await m.api("police").call(
@@ -217,4 +226,62 @@ async def test_purge_after_the_period_not_before_and_not_under_legal_hold(
     counts = await shelter.retention.purge()
     assert counts["closed_referrals"] == 1, counts
     assert not query(shelter_db, "SELECT 1 FROM referrals WHERE referral_id = ?", held)
+    clock.set_offset(offset, 0)
+
+
+async def test_finished_transfer_requests_go_with_their_pair(
+    mechanism: Mechanism, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shelter asks police twice for the case of a referral it then declines; police
+    refuses one request. Just before the closed-referral period nothing goes; after it the
+    pair goes at both agencies and the refused request with it, while the request still
+    open stays (its pair gone, it is purged once it is final)."""
+    m = mechanism
+    offset = short_schedule(m, tmp_path, monkeypatch)
+    police, shelter = m.agents["police"], m.agents["shelter"]
+    assert set(CLOSED_REQUEST_STATES) == T.FINAL_STATES[T.REQUEST]
+    rid = await m.api("police").refer(["shelter"], samples.referral())
+    await delivered(m, "police", rid)
+    asked = {"owner": "police", "referral_id": rid, "case_id": None, "reason": "other"}
+    ids = []
+    for _ in range(2):
+        status, body, _ = await m.api("shelter").call("POST", "/v1/transfer-requests", json=asked)
+        assert status == 202, body
+        ids.append(body["request_id"])
+    refused, still_open = ids
+
+    async def at_police() -> bool:
+        return len(query(m.database("police"), "SELECT 1 FROM transfer_requests")) == 2
+
+    await eventually(at_police, what="police to hold both requests")
+    status, body, _ = await m.api("police").call(
+        "POST", f"/v1/transfer-requests/{refused}/refuse", json={"reason": "other"}
+    )
+    assert status == 202, body
+    for step in ({"to": "acknowledged"}, {"to": "declined", "reason": "no-capacity"}):
+        status, body, _ = await m.api("shelter").call(
+            "POST", f"/v1/referrals/{rid}/transitions", json=step
+        )
+        assert status == 202, body
+
+    def requests(agency: str) -> list[tuple[str, str]]:
+        return query(m.database(agency), "SELECT request_id, state FROM transfer_requests")
+
+    async def settled() -> bool:
+        _, body, _ = await m.api("police").call("GET", f"/v1/referrals/{rid}")
+        return body["recipients"][0]["state"] == "declined" and sorted(requests("shelter")) == (
+            sorted([(refused, "refused"), (still_open, "delivered")])
+        )
+
+    await eventually(settled, what="the refusal and the decline to reach the other side")
+    clock.set_offset(offset, 2 * DAY - 60)
+    for agent in (police, shelter):
+        assert (await agent.retention.purge())["closed_referrals"] == 0
+    assert len(requests("police")) == len(requests("shelter")) == 2
+    clock.set_offset(offset, 2 * DAY + 60)
+    for agent in (police, shelter):
+        assert (await agent.retention.purge())["closed_referrals"] == 2
+    for agency in ("police", "shelter"):
+        assert not query(m.database(agency), "SELECT 1 FROM referrals WHERE referral_id = ?", rid)
+        assert requests(agency) == [(still_open, "delivered")]
     clock.set_offset(offset, 0)

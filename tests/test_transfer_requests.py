@@ -15,10 +15,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from aiohttp import web
 
 from agents import transfers as T
+from agents.openapi import OPENAPI
 from keys.audit import decode_signed_event
 from runtime import clock
 
@@ -79,6 +81,14 @@ async def referred(m: Mechanism) -> str:
     return rid
 
 
+async def requested(m: Mechanism) -> tuple[str, str]:
+    """(referral id, request id) of a request the shelter sent police on its referral."""
+    rid = await referred(m)
+    status, sent = await call(m, "shelter", "POST", "/v1/transfer-requests", json=asking(rid))
+    assert status == 202, sent
+    return rid, sent["request_id"]
+
+
 async def state_of(m: Mechanism, agency: str, request_id: str, state: str) -> dict[str, Any]:
     async def check() -> bool:
         status, body = await call(m, agency, "GET", f"/v1/transfer-requests/{request_id}")
@@ -86,6 +96,18 @@ async def state_of(m: Mechanism, agency: str, request_id: str, state: str) -> di
 
     await eventually(check, timeout=30, what=f"{agency} to hold the request {state}")
     return (await call(m, agency, "GET", f"/v1/transfer-requests/{request_id}"))[1]
+
+
+async def referred_then_withdrawn(m: Mechanism) -> str:
+    """A referral police sent the shelter under a consent the person then withdrew: the
+    shelter erased it."""
+    receipt_id = await _consent_of(m, "police", "shelter")
+    rid = await m.api("police").refer(
+        ["shelter"], samples.referral(legal_basis="consent", consent_receipt_id=receipt_id)
+    )
+    await delivered(m, "police", rid)
+    await _withdrawn(m, "police", receipt_id)
+    return rid
 
 
 def asking(rid: str, **over: Any) -> dict[str, Any]:
@@ -131,8 +153,7 @@ async def test_a_request_reaches_the_owner_which_refuses_it(mechanism: Mechanism
     await state_of(m, "shelter", request_id, "delivered")
 
     path = f"/v1/transfer-requests/{request_id}"
-    status, problem = await call(m, "police", "POST", path + "/revoke")
-    assert (status, problem["allowed"]) == (409, ["granted", "refused"])
+    assert (await call(m, "police", "POST", path + "/revoke"))[0] == 404  # not its request
     status, problem = await call(m, "police", "POST", path + "/refuse", json={"reason": "nope"})
     assert status == 400 and "not-owner" in problem["detail"]
     status, refused = await call(
@@ -274,10 +295,7 @@ async def test_a_request_again_and_a_step_from_another_state_are_unexpected(
     of the request police already refused: police refuses both `unexpected` and its row is
     as it was."""
     m = mechanism
-    rid = await referred(m)
-    status, sent = await call(m, "shelter", "POST", "/v1/transfer-requests", json=asking(rid))
-    assert status == 202, sent
-    request_id = sent["request_id"]
+    rid, request_id = await requested(m)
     await state_of(m, "police", request_id, "delivered")
     path = f"/v1/transfer-requests/{request_id}/refuse"
     assert (await call(m, "police", "POST", path, json={"reason": "other"}))[0] == 202
@@ -305,12 +323,112 @@ async def test_a_pair_erased_at_the_requester_asks_for_nothing(mechanism: Mechan
     shelter erased what it received, and asking police for the case under that pair is
     409 `erased`, nothing stored or sent."""
     m = mechanism
-    receipt_id = await _consent_of(m, "police", "shelter")
-    rid = await m.api("police").refer(
-        ["shelter"], samples.referral(legal_basis="consent", consent_receipt_id=receipt_id)
-    )
-    await delivered(m, "police", rid)
-    await _withdrawn(m, "police", receipt_id)
+    rid = await referred_then_withdrawn(m)
     status, problem = await call(m, "shelter", "POST", "/v1/transfer-requests", json=asking(rid))
     assert (status, problem["reason"]) == (409, "erased"), problem
     assert transfer_rows(m, "shelter") == [] and audit_kinds(m, "shelter", "transfer-") == []
+
+
+async def test_an_owners_step_to_granted_on_its_own_is_unexpected(mechanism: Mechanism) -> None:
+    """Police's agent signs a step of the shelter's request from `delivered` to `granted`,
+    which the table lists but this release never sends without its case transfer: the
+    shelter refuses it `unexpected`, its row is as it was, and it can still revoke."""
+    m = mechanism
+    _, request_id = await requested(m)
+    await state_of(m, "shelter", request_id, "delivered")
+    before = transfer_rows(m, "shelter")
+    grant = T.TransferStep(
+        T.REQUEST, request_id, "police", "delivered", "granted", "owner", None, clock.now()
+    )
+    data = sealed(m, agency_keys(m, "police"), "shelter", T.TRANSFER_STEP, grant.encode())
+    await publish(m, "police", "shelter", data)
+    await rejected(m, "shelter", data, "unexpected")
+    assert transfer_rows(m, "shelter") == before
+    assert audit_kinds(m, "shelter", "transfer-step.") == []
+    status, revoked = await call(m, "shelter", "POST", f"/v1/transfer-requests/{request_id}/revoke")
+    assert (status, revoked["state"]) == (202, "revoked"), revoked
+
+
+async def test_an_owner_reusing_the_requesters_id_leaves_its_request_its_own(
+    mechanism: Mechanism,
+) -> None:
+    """The shelter asks police for the case; police's agent, which learnt the request id,
+    sends the shelter a request of its own under that id, on a referral the shelter sent it.
+    The bare id is then 409 for GET, naming both requesters (as the API schema declares),
+    but the shelter's revoke names its own request alone, and its refuse the other's alone;
+    each side's steps are 404 on the other's request."""
+    m = mechanism
+    _, request_id = await requested(m)
+    await state_of(m, "police", request_id, "delivered")
+    theirs = await m.api("shelter").refer(["police"], samples.referral())
+    await delivered(m, "shelter", theirs)
+    hostile = T.TransferRequest(request_id, None, "shelter", theirs, "other", clock.now())
+    data = sealed(m, agency_keys(m, "police"), "shelter", T.TRANSFER_REQUEST, hostile.encode())
+    await publish(m, "police", "shelter", data)
+
+    async def both_held() -> bool:
+        return len(transfer_rows(m, "shelter")) == 2
+
+    await eventually(both_held, timeout=30, what="the shelter to hold police's request too")
+    path = f"/v1/transfer-requests/{request_id}"
+    status, problem = await call(m, "shelter", "GET", path)
+    assert (status, problem["requesters"]) == (409, ["police", "shelter"]), problem
+    schema = OPENAPI["components"]["responses"]["Problem"]["content"]
+    jsonschema.validate(problem, schema["application/problem+json"]["schema"])
+    own = f"{path}/refuse?requester=shelter"
+    assert (await call(m, "shelter", "POST", own, json={"reason": "other"}))[0] == 404
+    assert (await call(m, "shelter", "POST", f"{path}/revoke?requester=police"))[0] == 404
+    status, revoked = await call(m, "shelter", "POST", path + "/revoke")
+    assert (status, revoked["requester"], revoked["state"]) == (202, "shelter", "revoked")
+    await state_of(m, "police", request_id, "revoked")
+    status, refused = await call(m, "shelter", "POST", path + "/refuse", json={"reason": "other"})
+    assert (status, refused["requester"], refused["state"]) == (202, "police", "refused")
+
+
+async def test_a_request_on_a_pair_whose_consent_was_withdrawn_is_not_shared(
+    mechanism: Mechanism,
+) -> None:
+    """Police refers to the shelter under a consent the person then withdraws; the shelter's
+    agent signs a request on that pair anyway: police refuses it `not-shared` (the pair is
+    no longer shared) and stores nothing."""
+    m = mechanism
+    rid = await referred_then_withdrawn(m)
+    late = T.TransferRequest(secrets.token_hex(16), None, "police", rid, "other", clock.now())
+    data = sealed(m, agency_keys(m, "shelter"), "police", T.TRANSFER_REQUEST, late.encode())
+    await publish(m, "shelter", "police", data)
+    await rejected(m, "police", data, "not-shared")
+    assert transfer_rows(m, "police") == []
+    assert not any(e["type"] == "transfer_request.received" for e in POLICE_EVENTS)
+
+
+async def test_a_request_the_owner_refuses_shows_its_failure(mechanism: Mechanism) -> None:
+    """Police withdraws its referral; the shelter, which still holds it, asks police for the
+    case under it: police's agent refuses the request `not-shared` (the pair is withdrawn),
+    stores nothing and tells the shelter, whose request stays `requested` with that
+    `failure` shown."""
+    m = mechanism
+    rid = await referred(m)
+    status, body = await call(
+        m, "police", "POST", f"/v1/referrals/{rid}/transitions", json={"to": "withdrawn"}
+    )
+    assert status == 202, body
+
+    async def withdrawn_there() -> bool:
+        status, body = await call(m, "shelter", "GET", f"/v1/referrals/{rid}")
+        return status == 200 and body["state"] == "withdrawn"
+
+    await eventually(withdrawn_there, timeout=30, what="the withdrawal to reach the shelter")
+    status, sent = await call(m, "shelter", "POST", "/v1/transfer-requests", json=asking(rid))
+    assert (status, sent["failure"]) == (202, None), sent
+    path = f"/v1/transfer-requests/{sent['request_id']}"
+
+    async def failed() -> bool:
+        status, body = await call(m, "shelter", "GET", path)
+        return status == 200 and body["failure"] is not None
+
+    await eventually(failed, timeout=30, what="the shelter to hear its request was refused")
+    seen = (await call(m, "shelter", "GET", path))[1]
+    assert (seen["state"], seen["failure"]) == ("requested", "not-shared"), seen
+    page = (await call(m, "shelter", "GET", "/v1/transfer-requests"))[1]["items"]
+    assert [(r["request_id"], r["failure"]) for r in page] == [(sent["request_id"], "not-shared")]
+    assert transfer_rows(m, "police") == []

@@ -16,6 +16,8 @@ from .webhooks import delete_webhook_events
 
 #: Referral states after which nothing more happens (agents.lifecycle.FINAL_STATES).
 CLOSED_STATES = ("declined", "closed", "withdrawn", "cancelled", "expired")
+#: Transfer request states after which nothing more happens (agents.transfers.FINAL_STATES).
+CLOSED_REQUEST_STATES = ("refused", "revoked", "fulfilled", "lapsed")
 
 _HELD = "SELECT 1 FROM legal_holds h WHERE h.owner = {o} AND h.referral_id = {r}"
 
@@ -166,6 +168,23 @@ class Retention(Database):
                     erase_held_under(db, owner, referral_id, agency=self.agency)
                     delete_webhooks_naming(db, owner, referral_id)
         return len(rows)
+
+    def purge_transfer_requests(self, db: sqlite3.Connection, *, cutoff: int, batch: int) -> int:
+        """Delete transfer requests in a final state since before `cutoff` whose pair is
+        purged already (purge_closed): the pair (owner, referral id) with the other party,
+        the owner at the requester and the requester at the owner. One still open stays,
+        as does one whose referral is under legal hold."""
+        marks = ",".join("?" * len(CLOSED_REQUEST_STATES))
+        held = _HELD.format(o="x.owner", r="x.referral_id")
+        return db.execute(
+            "DELETE FROM transfer_requests WHERE seq IN (SELECT x.seq"  # noqa: S608
+            f" FROM transfer_requests x WHERE x.state IN ({marks}) AND x.updated < ?"
+            f" AND NOT EXISTS ({held})"
+            " AND NOT EXISTS (SELECT 1 FROM referrals r WHERE r.owner = x.owner"
+            " AND r.referral_id = x.referral_id AND r.counterpart ="
+            " CASE WHEN x.requester = ? THEN x.owner ELSE x.requester END) LIMIT ?)",
+            (*CLOSED_REQUEST_STATES, cutoff, self.agency, batch),
+        ).rowcount
 
     def purge_break_glass(self, db: sqlite3.Connection, *, cutoff: int, batch: int) -> int:
         """Delete break-glass holds decided before `cutoff` (their document went at the

@@ -5,7 +5,9 @@ is the `owner` asked), keyed by its requester and `request_id` as the protocol n
 with the pair (owner, referral_id) it was asked under, the case and the HTCDS reason, its
 state in the table "Transfer request" and the reason of the step that reached it (a refusal
 reason, else NULL). `message_id` is the `transfer-request` envelope: at the requester its
-delivery receipt moves the request from `requested` to `delivered`. Coded fields and ids
+delivery receipt moves the request from `requested` to `delivered`, and a copy of it failed
+for good (the owner's agent refused it, §6.5, or it could not be delivered) is read as the
+request's `failure`, from `deliveries`, not stored twice. Coded fields and ids
 only. A new table: `CREATE TABLE IF NOT EXISTS` adds it.
 """
 
@@ -33,12 +35,17 @@ class StoredTransferRequest:
     message_id: str
     created: int
     updated: int
+    #: at the requester, the reason its `transfer-request` copy failed for good, else None
+    failure: str | None = None
 
 
-_SELECT = (
-    "SELECT requester, request_id, owner, referral_id, case_id, reason, at, state,"
-    " step_reason, message_id, created, updated FROM transfer_requests"
+_COLUMNS = (
+    "t.requester, t.request_id, t.owner, t.referral_id, t.case_id, t.reason, t.at, t.state,"
+    " t.step_reason, t.message_id, t.created, t.updated, d.failure FROM transfer_requests t"
+    " LEFT JOIN deliveries d ON d.message_id = t.message_id AND d.recipient = t.owner"
+    " AND d.state = 'failed'"
 )
+_SELECT = "SELECT " + _COLUMNS
 
 
 class TransferRequests(Database):
@@ -74,14 +81,14 @@ class TransferRequests(Database):
     ) -> StoredTransferRequest | None:
         """The request `request_id` of `requester`, if held."""
         row = db.execute(
-            _SELECT + " WHERE requester = ? AND request_id = ?", (requester, request_id)
+            _SELECT + " WHERE t.requester = ? AND t.request_id = ?", (requester, request_id)
         ).fetchone()
         return None if row is None else StoredTransferRequest(*row)
 
     def transfer_requests_named(self, request_id: str) -> list[StoredTransferRequest]:
         """Every request of that id, whoever asked (ids are each requester's), oldest first."""
         rows = self._db.execute(
-            _SELECT + " WHERE request_id = ? ORDER BY seq", (request_id,)
+            _SELECT + " WHERE t.request_id = ? ORDER BY t.seq", (request_id,)
         ).fetchall()
         return [StoredTransferRequest(*r) for r in rows]
 
@@ -90,9 +97,7 @@ class TransferRequests(Database):
     ) -> list[tuple[int, StoredTransferRequest]]:
         """(seq, request) of the requests stored after `after`, oldest first."""
         rows = self._db.execute(
-            "SELECT seq, requester, request_id, owner, referral_id, case_id, reason, at, state,"
-            " step_reason, message_id, created, updated FROM transfer_requests"
-            " WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT t.seq, " + _COLUMNS + " WHERE t.seq > ? ORDER BY t.seq LIMIT ?",
             (after, limit),
         ).fetchall()
         return [(int(r[0]), StoredTransferRequest(*r[1:])) for r in rows]
@@ -103,7 +108,7 @@ class TransferRequests(Database):
     ) -> StoredTransferRequest | None:
         """The request this agency sent to `owner` in the envelope `message_id`, if any."""
         row = db.execute(
-            _SELECT + " WHERE message_id = ? AND owner = ?", (message_id, owner)
+            _SELECT + " WHERE t.message_id = ? AND t.owner = ?", (message_id, owner)
         ).fetchone()
         return None if row is None else StoredTransferRequest(*row)
 
