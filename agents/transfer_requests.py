@@ -197,15 +197,7 @@ class TransferRequestDesk:
             labels=_labels(to_state),
             reason=reason,
         )
-        if not self.store.step_transfer_request(
-            db,
-            r.requester,
-            r.request_id,
-            from_state=r.state,
-            to_state=to_state,
-            reason=reason,
-            now=now,
-        ):
+        if not self._moved(db, r, r.state, to_state, reason, now):
             raise E.Conflict("the request moved meanwhile; try again")
         self.log.info("transfer_step_sent", request_id=r.request_id, to_state=to_state)
         found = self.store.transfer_request(db, r.requester, r.request_id)
@@ -377,16 +369,30 @@ class TransferRequestDesk:
         to_state: str,
         reason: str | None,
     ) -> None:
-        if not self.store.step_transfer_request(
+        """A received step (or the receipt's) applied, or refused if the request moved."""
+        if not self._moved(db, r, from_state, to_state, reason, clock.now()):
+            raise UnexpectedMessageError("the request moved meanwhile")
+
+    def _moved(
+        self,
+        db: sqlite3.Connection,
+        r: StoredTransferRequest,
+        from_state: str,
+        to_state: str,
+        reason: str | None,
+        now: int,
+    ) -> bool:
+        """Move `r` from `from_state` to `to_state` in `db` at `now`; False if it is in
+        `from_state` no more."""
+        return self.store.step_transfer_request(
             db,
             r.requester,
             r.request_id,
             from_state=from_state,
             to_state=to_state,
             reason=reason,
-            now=clock.now(),
-        ):
-            raise UnexpectedMessageError("the request moved meanwhile")
+            now=now,
+        )
 
 
 def _labels(to_state: str) -> tuple[tuple[str, str], ...]:
