@@ -351,12 +351,10 @@ class Services:
         """Whether `agency`'s unexpired accepted catalogue, its agency still listed by the
         trusted directory, lists `service_id` (what GET /v1/services would show): a sender's
         check of a referral's `service` (PROTOCOL §8.2 step 5)."""
-        directory, catalogue = self.directory(), self.catalogues.get(agency)
+        catalogue = self.catalogues.get(agency)
         return (
-            directory is not None
-            and agency in directory
-            and catalogue is not None
-            and catalogue.expires > clock.now()
+            catalogue is not None
+            and _current(agency, catalogue, self.directory(), clock.now())
             and catalogue.service(service_id) is not None
         )
 
@@ -377,7 +375,7 @@ class Services:
         directory, now = self.directory(), clock.now()
         out = []
         for agency, catalogue in sorted(self.catalogues.items()):
-            if catalogue.expires <= now or directory is None or agency not in directory:
+            if not _current(agency, catalogue, directory, now):
                 continue
             for s in catalogue.services:
                 record = self.capacity.get((agency, s.service_id))
@@ -646,6 +644,12 @@ def _agency_of(key: str) -> str:
 
 def _service_of(key: str) -> str | None:
     return key.rsplit(".", 1)[-1] if key.count(".") == 2 else None
+
+
+def _current(agency: str, catalogue: Catalogue, directory: Directory | None, now: int) -> bool:
+    """Whether `agency`'s accepted `catalogue` is listed: unexpired, its provider still in
+    the trusted directory (what GET /v1/services shows, and a sender's check judges by)."""
+    return directory is not None and agency in directory and catalogue.expires > now
 
 
 def _in_region(wanted: str, regions: Sequence[str]) -> bool:
