@@ -82,6 +82,7 @@ from typing import Any, TypeVar
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
+import nacl.bindings as sodium
 import nats
 from nacl.secret import SecretBox
 from nacl.signing import VerifyKey
@@ -93,7 +94,7 @@ from keys.audit import AuditEvent, new_event_id, sign_event
 from keys.codec import canonical_json
 from keys.envelope import Opened, Recipient, Sealed, open_envelope, seal
 from keys.identity import AgencyKeys, signing_kid
-from keys.subjects import inbox_stream, inbox_subject
+from keys.subjects import inbox_consumer, inbox_stream, inbox_subject
 from nrm import examples
 from nrm.logs import configure as configure_logs
 from nrm.sandbox import Sandbox, prepare_mechanism
@@ -268,6 +269,7 @@ def crypto_floor(iterations: int) -> dict[str, Any]:
         sizes["referral_envelope_bytes"] = len(sealed.data)
         sizes["receipt_envelope_bytes"] = len(receipt.data)
         sizes["referral_body_bytes"] = len(body)
+        sizes["receipt_body_bytes"] = len(receipt_body.encode())
 
     for _ in range(min(50, iterations)):  # warm-up
         one()
@@ -288,6 +290,55 @@ def crypto_floor(iterations: int) -> dict[str, Any]:
     }
 
 
+def libsodium_floor(iterations: int, *, body_bytes: int, receipt_bytes: int) -> dict[str, Any]:
+    """The libsodium calls part (c) makes per referral, called directly through
+    `nacl.bindings` with inputs prepared off the clock, no encoding: per message (the
+    referral, then its receipt) an ephemeral X25519 key, one agreement, a keyed BLAKE2b,
+    the ChaCha20-Poly1305 wrap of the content key, an inner and an outer Ed25519 signature,
+    XChaCha20-Poly1305 of the body; opening it: both verifications, the agreement, the
+    BLAKE2b, the unwrap, the decryption; the referral's two at-rest SecretBoxes (key, body)
+    at the recipient; four audit-event signatures (of about 300 bytes)."""
+    sign_sk = [sodium.crypto_sign_keypair() for _ in range(2)]
+    box = [sodium.crypto_box_keypair() for _ in range(2)]
+    header, event = secrets.token_bytes(200), secrets.token_bytes(300)
+    bodies = [secrets.token_bytes(body_bytes), secrets.token_bytes(receipt_bytes)]
+    storage_key = secrets.token_bytes(32)
+
+    def message(body: bytes, sender: int, recipient: int) -> None:
+        (spk, ssk), (rpk, rsk) = sign_sk[sender], box[recipient]
+        key, nonce = secrets.token_bytes(32), secrets.token_bytes(24)
+        epk, esk = sodium.crypto_box_keypair()
+        shared = sodium.crypto_scalarmult(esk, rpk)
+        stanza = sodium.crypto_generichash_blake2b_salt_personal(epk + rpk, key=shared)
+        wrapped = sodium.crypto_aead_chacha20poly1305_ietf_encrypt(key, header, bytes(12), stanza)
+        inner = sodium.crypto_sign(header + body, ssk)[:64]
+        ct = sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(inner + body, header, nonce, key)
+        outer = sodium.crypto_sign(header + ct, ssk)
+        sodium.crypto_sign_open(outer, spk)
+        shared = sodium.crypto_scalarmult(rsk, epk)
+        stanza = sodium.crypto_generichash_blake2b_salt_personal(epk + rpk, key=shared)
+        key = sodium.crypto_aead_chacha20poly1305_ietf_decrypt(wrapped, header, bytes(12), stanza)
+        plain = sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(ct, header, nonce, key)
+        sodium.crypto_sign_open(plain[:64] + header + plain[64:], spk)
+
+    def one() -> None:
+        message(bodies[0], 0, 1)
+        data_key = secrets.token_bytes(32)
+        sodium.crypto_secretbox(data_key, secrets.token_bytes(24), storage_key)
+        sodium.crypto_secretbox(bodies[0], secrets.token_bytes(24), data_key)
+        message(bodies[1], 1, 0)
+        for i in range(4):
+            sodium.crypto_sign(event, sign_sk[i % 2][1])
+
+    for _ in range(min(50, iterations)):
+        one()
+    cpu = time.process_time()
+    for _ in range(iterations):
+        one()
+    cpu = time.process_time() - cpu
+    return {"iterations": iterations, "cpu_ms_per_referral": cpu / iterations * 1000}
+
+
 # --------------------------------------------------------------------------- (b) raw JetStream
 
 
@@ -302,7 +353,10 @@ async def raw_jetstream(root: Path, size: int, rate: float, messages: int) -> di
         await provision_streams(js, agencies=["shelter"])
         subject = inbox_subject("shelter")
         payload = secrets.token_bytes(size)
-        sub = await js.pull_subscribe(subject, durable="raw-bench", stream=inbox_stream("shelter"))
+        # the inbox stream is a work queue with the agency's one consumer (provisioned): bind to it
+        sub = await js.pull_subscribe(
+            subject, durable=inbox_consumer("shelter"), stream=inbox_stream("shelter")
+        )
         received: dict[int, float] = {}
         stop = asyncio.Event()
 
@@ -439,6 +493,7 @@ class Proc:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    argv: list[str]
     peak_rss: float = 0.0
 
     @property
@@ -475,10 +530,10 @@ class Mechanism:
         finally:
             conn.close()
 
-    async def drain(self, expected_inbox: int) -> float:
+    async def drain(self, expected_inbox: int, within: float = DRAIN_TIMEOUT) -> float:
         """Wait until every referral is in the shelter's inbox, every receipt is back and no
         audit event is queued; returns the perf_counter time it was reached."""
-        deadline = time.monotonic() + DRAIN_TIMEOUT
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             inbox = self.count("shelter", "SELECT count(*) FROM inbox WHERE kind = 'referral'")
             undelivered = self.count(
@@ -491,7 +546,7 @@ class Mechanism:
             if inbox >= expected_inbox and undelivered == 0 and queued == 0:
                 return time.perf_counter()
             await asyncio.sleep(0.02)
-        raise RuntimeError(f"not drained after {DRAIN_TIMEOUT}s")
+        raise RuntimeError(f"not drained after {within}s")
 
 
 def spawn(name: str, args: list[str], log: Path) -> Proc:
@@ -499,7 +554,7 @@ def spawn(name: str, args: list[str], log: Path) -> Proc:
         popen = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [PYTHON, "-m", "nrm", *args], cwd=REPO, stdout=f, stderr=f
         )
-    return Proc(name, popen, log)
+    return Proc(name, popen, log, args)
 
 
 def set_bind(config: Path, section_hint: str, port: int) -> None:
@@ -692,6 +747,63 @@ async def phase_open_loop(
     }
 
 
+async def phase_backlog(
+    m: Mechanism, client: Client, watch: InboxWatch, clients: int, queued: int, root: Path
+) -> dict[str, Any]:
+    """The shelter's agent stopped while `queued` referrals are POSTed and published to
+    JetStream, then started: the time from its start until every one is in its inbox and
+    receipted back at the police, and the CPU of every process meanwhile."""
+    shelter = m.procs["shelter"]
+    shelter.popen.terminate()
+    shelter.popen.wait(30)
+    inbox_before = len(watch.seen)
+    accepted: list[str] = []
+    t_post = time.perf_counter()
+    left = [queued]
+
+    async def worker() -> None:
+        while left[0] > 0:
+            left[0] -= 1
+            rid = await client.post()
+            if rid is not None:
+                accepted.append(rid)
+            else:
+                left[0] += 1
+
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    posted = time.perf_counter() - t_post
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    sql = "SELECT count(*) FROM deliveries WHERE state = 'queued'"
+    while m.count("police", sql) > 0:  # every referral published to the shelter's inbox stream
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"police did not publish the backlog in {DRAIN_TIMEOUT}s")
+        await asyncio.sleep(0.05)
+    published = time.perf_counter() - t_post
+    await asyncio.sleep(SETTLE_SECONDS)
+    m.sampling = True
+    t0 = time.perf_counter()
+    m.procs["shelter"] = spawn("shelter", shelter.argv, root / "shelter.log")
+    before = m.cpu()  # the shelter's from its start
+    await wait_http(client.session, m.urls["shelter"] + "/healthz", m.procs["shelter"], ok=True)
+    ready = time.perf_counter()
+    done = await m.drain(inbox_before + len(accepted), max(DRAIN_TIMEOUT, queued / 20))
+    m.sampling = False
+    after = m.cpu()
+    first = min((watch.seen[r] for r in accepted if r in watch.seen), default=done)
+    seconds = done - t0
+    return {
+        "queued": len(accepted),
+        "post_seconds": posted,
+        "published_seconds": published,
+        "start_to_healthy_seconds": ready - t0,
+        "start_to_first_inbox_seconds": first - t0,
+        "drain_seconds": seconds,
+        "referrals_per_second": len(accepted) / seconds,
+        "referrals_per_second_after_first": len(accepted) / max(1e-9, done - first),
+        "cpu_seconds": {k: after[k] - before[k] for k in after},
+    }
+
+
 # --------------------------------------------------------------------------- profile
 
 
@@ -794,12 +906,18 @@ async def end_to_end(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             idle_cpu = {k: (after[k] - before[k]) / 5 for k in after}
             for p in m.procs.values():
                 p.peak_rss = 0.0
-            print("  end to end: open loop ...", file=sys.stderr)
-            latency = await phase_open_loop(m, client, watch, args.rate, args.latency_seconds)
             print("  end to end: saturation ...", file=sys.stderr)
             saturation = await phase_saturation(
                 m, client, watch, args.clients, args.saturation_seconds
             )
+            # half the saturation measured here, so the latency means the same on any machine
+            rate = args.rate or saturation["inbox_commits_per_second_in_window"] / 2
+            print(f"  end to end: open loop at {rate:.0f}/s ...", file=sys.stderr)
+            latency = await phase_open_loop(m, client, watch, rate, args.latency_seconds)
+            backlog: dict[str, Any] = {"skipped": "--backlog 0"}
+            if args.backlog:
+                print(f"  end to end: backlog of {args.backlog} ...", file=sys.stderr)
+                backlog = await phase_backlog(m, client, watch, args.clients, args.backlog, root)
             load_rss = {a: m.procs[a].peak_rss for a in ("police", "shelter", "ledger")}
             after_rss = {a: rss_mb(m.procs[a].pid) for a in ("police", "shelter", "ledger")}
             envelope = m.count(
@@ -818,6 +936,7 @@ async def end_to_end(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 "idle_cpu_seconds_per_second": idle_cpu,
                 "latency": latency,
                 "saturation": saturation,
+                "backlog": backlog,
                 "http_errors": dict(client.errors),
                 "profile": profile,
             }
@@ -832,17 +951,42 @@ async def end_to_end(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 async def run_all(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     print("  (c) cryptography floor ...", file=sys.stderr)
     crypto = crypto_floor(args.crypto_iterations)
+    sodium_floor = libsodium_floor(
+        args.crypto_iterations,
+        body_bytes=crypto["referral_body_bytes"],
+        receipt_bytes=crypto["receipt_body_bytes"],
+    )
     print("  (b) raw JetStream ...", file=sys.stderr)
-    raw = await raw_jetstream(root, crypto["referral_envelope_bytes"], args.rate, args.raw_messages)
+    raw = await raw_jetstream(
+        root, crypto["referral_envelope_bytes"], args.raw_rate, args.raw_messages
+    )
+    # The full floor: what one referral cannot cost less than in client CPU, the libsodium
+    # calls and four JetStream messages (referral, receipt, and each one's stream ack and
+    # consumer ack), at the cheaper of the two raw ways to move them.
+    jetstream_us = min(
+        raw[k]["client_cpu_us_per_message"] for k in ("sequential_publish", "pipelined_256")
+    )
+    floor = {
+        "libsodium_ms": sodium_floor["cpu_ms_per_referral"],
+        "jetstream_4_messages_ms": 4 * jetstream_us / 1000,
+        "ms_per_referral": sodium_floor["cpu_ms_per_referral"] + 4 * jetstream_us / 1000,
+    }
     print("  (a) end to end ...", file=sys.stderr)
     e2e = await end_to_end(args, root / "m")
-    return {"crypto": crypto, "raw_jetstream": raw, "end_to_end": e2e}
+    return {
+        "crypto": crypto,
+        "libsodium_floor": sodium_floor,
+        "full_floor": floor,
+        "raw_jetstream": raw,
+        "end_to_end": e2e,
+    }
 
 
 def report(r: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, str, str]]:
     c, b, e = r["crypto"], r["raw_jetstream"], r["end_to_end"]
-    sat, lat = e["saturation"], e["latency"]
+    sat, lat, backlog = e["saturation"], e["latency"], e["backlog"]
     floor = c["cpu_ms_per_referral"]
+    full = r["full_floor"]
     cpu_sat = sat["agents_cpu_ms_per_referral"]
     cpu_lat = lat["agents_cpu_ms_per_referral"]
     p99 = lat["post_to_inbox_ms"]["p99"]
@@ -853,7 +997,21 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, str, 
     def ok(cond: bool) -> str:
         return "met" if cond else "NOT met"
 
+    all_cpu = sum(per.values())
+    sat_rate = sat["inbox_commits_per_second_in_window"]
     rows = [
+        (
+            "full floor, CPU ms/referral",
+            f"{full['ms_per_referral']:.2f}",
+            f"libsodium {full['libsodium_ms']:.2f} + 4 raw JetStream msgs"
+            f" {full['jetstream_4_messages_ms']:.2f} (client CPU)",
+        ),
+        (
+            "(a) all four processes' CPU ms/referral, sat.",
+            f"{all_cpu:.2f}",
+            f"{all_cpu / full['ms_per_referral']:.1f}x full floor;"
+            f" target <= 3x: {ok(all_cpu <= 3 * full['ms_per_referral'])}",
+        ),
         (
             "(a) throughput at saturation, inbox commits/s",
             f"{sat['inbox_commits_per_second_in_window']:.0f}",
@@ -872,7 +1030,7 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, str, 
         (
             f"(a) POST -> inbox p99 at {lat['rate']:.0f}/s, ms",
             f"{p99:.1f}",
-            f"target < 20: {ok(p99 < 20)}",
+            f"half saturation; target <= 20: {ok(p99 <= 20)}",
         ),
         (
             "(a) POST response (202) p50 / p99, ms",
@@ -882,12 +1040,12 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, str, 
         (
             "(a) agents' CPU ms/referral, saturation",
             f"{cpu_sat:.2f}",
-            f"{cpu_sat / floor:.1f}x floor; target <= 2x: {ok(cpu_sat <= 2 * floor)}",
+            f"{cpu_sat / floor:.1f}x (c)",
         ),
         (
             f"(a) agents' CPU ms/referral, {lat['rate']:.0f}/s",
             f"{cpu_lat:.2f}",
-            f"{cpu_lat / floor:.1f}x floor",
+            f"{cpu_lat / floor:.1f}x (c)",
         ),
         (
             "(a) police / shelter CPU ms/referral, sat.",
@@ -915,7 +1073,7 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, str, 
             "",
         ),
         (
-            f"(b) raw publish -> consume p50 / p99 at {args.rate:.0f}/s, ms",
+            f"(b) raw publish -> consume p50 / p99 at {args.raw_rate:.0f}/s, ms",
             f"{b['open_loop']['p50_ms']:.1f} / {b['open_loop']['p99_ms']:.1f}",
             "",
         ),
@@ -925,6 +1083,22 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> list[tuple[str, str, 
             f"= {c['referrals_per_second_one_core']:.0f} referrals/s per core",
         ),
     ]
+    if "drain_seconds" in backlog:
+        drain = backlog["referrals_per_second"]
+        rows[6:6] = [
+            (
+                f"(a) backlog drain of {backlog['queued']}, referrals/s",
+                f"{drain:.0f}",
+                f"{drain / sat_rate:.2f}x saturation;"
+                f" target >= 1.5x: {ok(drain >= 1.5 * sat_rate)}",
+            ),
+            (
+                "(a) backlog: start -> healthy / first inbox, s",
+                f"{backlog['start_to_healthy_seconds']:.1f} / "
+                f"{backlog['start_to_first_inbox_seconds']:.1f}",
+                f"{backlog['referrals_per_second_after_first']:.0f}/s after the first",
+            ),
+        ]
     return rows
 
 
@@ -932,7 +1106,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--json", type=Path, help="write the figures here as JSON")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument(
+        "--rate", type=float, default=None, help="open-loop rate (default: half the saturation)"
+    )
+    parser.add_argument("--raw-rate", type=float, default=200.0, help="(b) open-loop rate")
+    parser.add_argument(
+        "--backlog", type=int, default=20_000, help="referrals queued while the shelter is down"
+    )
     parser.add_argument("--saturation-seconds", type=float, default=15.0)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--crypto-iterations", type=int, default=2000)
