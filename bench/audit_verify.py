@@ -5,7 +5,9 @@ What it measures
         verified per second, wall and CPU time of this process: `nrm.audit.from_database`
         (read every row), `checkpoint_of`, `trusted_directories` and
         `keys.ledger_verify.verify_rows` with a `rich` progress bar updated per row exactly
-        as the CLI does. The time to read the database is also shown on its own.
+        as the CLI does. The time to read the database is also shown on its own, and the
+        peak resident memory of the verification (VmHWM, reset before it starts: the whole
+        copy is held in memory, as the CLI holds it), per event.
         With `--cli` the real CLI is also run once in a subprocess and timed (wall).
     (b) the floor: a SHA-256-only RFC 6962 recomputation over the same leaves (leaves
         already in memory): `keys.merkle.leaf_hash` of every leaf, then `keys.merkle.root_of`,
@@ -36,7 +38,7 @@ How the ledger is generated (timed separately; not the figure asked for)
 
 Run
     .venv/bin/python bench/audit_verify.py [--events 1000000] [--json out.json] [--keep DIR]
-        [--cli] [--profile-rows 50000] [--ed25519-events N (default: all)]
+        [--cli] [--profile-rows 50000] [--ed25519-events N (default: all, at most 1M)]
     With --keep DIR the database, root.1.json and ledger identity.json stay in DIR, so
         nrm audit verify --db DIR/ledger.db --root DIR/root.1.json \
             --ledger-identity DIR/ledger-identity.json --name national
@@ -46,6 +48,7 @@ Run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import datetime
 import io
@@ -94,6 +97,8 @@ T0 = 1_767_225_600  # 2026-01-01T00:00:00Z, first event
 FAR = T0 + 20 * 365 * 86400
 CHUNK = 10_000
 COMMIT_EVERY = 50_000
+#: The Ed25519 floor's default sample: its prepared messages stay in memory beside the copy.
+ED25519_DEFAULT_EVENTS = 1_000_000
 AGENCIES = [
     ("police-north", "police"),
     ("police-south", "police"),
@@ -260,8 +265,20 @@ def generate(folder: Path, n: int, workers: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- measurements
 
 
+def _status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def measure_verify(folder: Path) -> dict[str, Any]:
-    """What `nrm audit verify --db` does, in this process, with its progress bar."""
+    """What `nrm audit verify --db` does, in this process, with its progress bar; its peak
+    resident memory (the peak is reset first, so generation does not count)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    rss_before = _status_mb("VmRSS")
     wall, cpu = time.perf_counter(), time.process_time()
     copy = from_database(folder / "ledger.db")
     load_wall, load_cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -269,8 +286,12 @@ def measure_verify(folder: Path) -> dict[str, Any]:
     directories = trusted_directories(copy, [folder / "root.1.json"])
     count = verify_with_progress(copy, directories=directories, checkpoint=checkpoint)
     total_wall, total_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    peak = _status_mb("VmHWM")
     return {
         "events": count,
+        "rss_before_mb": rss_before,
+        "peak_rss_mb": peak,
+        "bytes_per_event": (peak - rss_before) * 2**20 / max(1, count),
         "wall_s": total_wall,
         "cpu_s": total_cpu,
         "events_per_s_wall": count / total_wall,
@@ -337,7 +358,9 @@ def measure_sha_floor(leaves: list[bytes], expected_root: bytes) -> dict[str, An
     }
 
 
-def measure_ed25519_floor(copy: Any, directories: dict[int, Directory], limit: int) -> dict:
+def measure_ed25519_floor(
+    copy: Any, directories: dict[int, Directory], limit: int
+) -> dict[str, Any]:
     keys: dict[tuple[str, str], VerifyKey] = {}
     for d in directories.values():
         for a in d.agencies:
@@ -390,7 +413,12 @@ def main() -> None:
     p.add_argument("--keep", type=Path, default=None, help="keep the ledger files in DIR")
     p.add_argument("--cli", action="store_true", help="also time the real CLI (subprocess)")
     p.add_argument("--profile-rows", type=int, default=50_000, help="0 to skip the profile")
-    p.add_argument("--ed25519-events", type=int, default=None, help="default: all events")
+    p.add_argument(
+        "--ed25519-events",
+        type=int,
+        default=None,
+        help=f"default: all events, at most {ED25519_DEFAULT_EVENTS:,}",
+    )
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = p.parse_args()
 
@@ -418,7 +446,8 @@ def main() -> None:
         print("(b) SHA-256 floor ...", file=sys.stderr)
         sha = measure_sha_floor([r.leaf for r in copy.rows], checkpoint.root)
         print("(c) Ed25519 floor ...", file=sys.stderr)
-        ed = measure_ed25519_floor(copy, directories, args.ed25519_events or len(copy.rows))
+        ed_events = args.ed25519_events or min(len(copy.rows), ED25519_DEFAULT_EVENTS)
+        ed = measure_ed25519_floor(copy, directories, ed_events)
         profile = profile_verify(copy, directories, args.profile_rows) if args.profile_rows else ""
     finally:
         if args.keep is None:
@@ -489,6 +518,11 @@ def main() -> None:
     for name, rate, w, c in table:
         cs = "" if c is None else f"{c:8.2f}"
         print(f"{name:58} {rate:12,.0f} {w:8.2f} {cs:>8}")
+    print(
+        f"verify peak RSS {ver['peak_rss_mb']:,.0f} MB (from {ver['rss_before_mb']:,.0f} MB:"
+        f" {ver['bytes_per_event']:,.0f} B per event);"
+        f" generation {gen['wall_s']:,.0f} s, database {gen['db_bytes'] / 2**20:,.0f} MB"
+    )
     if profile:
         print(f"\ncProfile of verify_rows over the first {args.profile_rows:,} rows:")
         print(profile)

@@ -146,6 +146,15 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q / 100 * len(s) + 0.5) - 1))]
 
 
+def machine() -> dict[str, Any]:
+    """What a figure was measured on."""
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -1154,11 +1163,7 @@ def main() -> int:
             "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "table": [{"measure": a, "value": b, "notes": n} for a, b, n in rows],
             "results": results,
-            "machine": {
-                "nproc": len(os.sched_getaffinity(0)),
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-            },
+            "machine": machine(),
         }
         args.json.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     return 0
