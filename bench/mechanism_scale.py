@@ -25,6 +25,9 @@ How an agent's apply is seen
     also checks each admitted agency's stores first (300 stream look-ups), which is not timed.
 
 Caveats
+    The bench's nats-server is given `max_file_store` 4T (RoomyNatsServer): with the
+    default (75 % of the free disk) and each inbox stream reserving 1 GiB, a 300-agency bus
+    on a smaller disk refuses the streams past the free space.
     Agents and the authority read the bucket by polling (agents/transport.py
     DIRECTORY_POLL_SECONDS, broker/follower.py POLL_SECONDS, 0.5 s each), so up to half a
     second of every figure measured from the put is the wait for the next poll.
@@ -63,6 +66,7 @@ import nats
 from agents.trust import TrustState
 from bench.rotation_propagation import agency_list
 from bench.throughput import Proc, free_port, machine, rss_mb, set_bind, spawn, wait_http
+from broker import NatsServer
 from broker.authority import DirectoryAuthority
 from keys import PublicIdentity
 from keys.directory import Directory
@@ -70,11 +74,32 @@ from keys.identity import AgencyKeys
 from keys.keyfile import INTERACTIVE
 from keys.subjects import DIRECTORY_BUCKET, DIRECTORY_KEY
 from nrm import admin
+from nrm import sandbox as sandbox_module
 from nrm.logs import configure as configure_logs
 from nrm.sandbox import Sandbox, prepare_mechanism
+from runtime.files import replace_file
 from runtime.keydir import init_key_dir, load_key_dir, rotate_key_dir
 
 TIMEOUT_SECONDS = 60.0
+#: What the bench's nats-server may reserve for streams (`jetstream.max_file_store`).
+MAX_FILE_STORE = "4T"
+
+
+class RoomyNatsServer(NatsServer):
+    """nats-server with room reserved for every agency's streams. Each inbox stream reserves
+    its `max_bytes` (`Limits.inbox_max_bytes`, 1 GiB) when it is made, and nats-server's
+    default `max_file_store` is 75 % of the free disk: on a small disk a few dozen agencies
+    fill it ("insufficient storage resources available"). The bench writes only kilobytes."""
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        text = self.config_path.read_text()
+        store = "jetstream {\n"
+        assert store in text
+        replace_file(
+            self.config_path,
+            text.replace(store, f"{store}  max_file_store: {MAX_FILE_STORE}\n", 1).encode(),
+        )
 
 
 class CacheWatch(threading.Thread):
@@ -198,6 +223,7 @@ async def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     t_setup = time.perf_counter()
     print(f"  preparing {args.agencies} agencies ...", file=sys.stderr)
     sandbox = prepare_mechanism(root, agency_list(args.agencies), admins=3, threshold=2)
+    sandbox_module.NatsServer = RoomyNatsServer  # type: ignore[attr-defined]
     prepared = time.perf_counter() - t_setup
     live = list(sandbox.agencies)[: args.live]
     procs: dict[str, Proc] = {}
