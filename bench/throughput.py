@@ -1,4 +1,4 @@
-"""Benchmark: referral throughput, latency, CPU and memory against their floors (issue 6, item 4).
+"""Benchmark: referral throughput, latency, CPU and memory against their floors (issues 6, 16).
 
 What it measures, in one run
     (a) End to end: referrals POSTed to the police agent's HTTP API (`/v1/referrals`,
@@ -13,7 +13,9 @@ What it measures, in one run
         - saturation: `--clients` (16) closed-loop HTTP clients POST for `--saturation-seconds`
           (15 s). Reported: POSTs accepted (202) per second, and referrals committed to the
           shelter's inbox per second within the same window (the sustained end-to-end rate).
-        - latency: open loop at `--rate` (200/s) for `--latency-seconds` (20 s); each POST is
+        - latency, after saturation: open loop at half the saturation just measured (so
+          that the figure means the same on any machine; `--rate` fixes one instead) for
+          `--latency-seconds` (20 s); each POST is
           scheduled at t0 + i/rate and its latency is counted from that scheduled time (no
           coordinated omission; at most 512 requests in flight, any beyond are counted as
           dropped). The inbox commit time is observed by a thread of this process polling the
@@ -28,6 +30,11 @@ What it measures, in one run
           plus 2 s for the ledger inclusion checks, divided by the referrals of that phase.
           This includes the agents' idle background work (timers, ledger polling), which is
           also measured on its own while idle.
+        - backlog (`--backlog`, 20,000; 0 skips it): the shelter's agent stopped, that many
+          referrals POSTed (`--clients` closed-loop clients) and all published by the police
+          (no delivery left `queued`), then the shelter started: referrals per second from
+          its start until every one is in its inbox and every receipt is back at the
+          police, beside the time it took to become healthy and to commit the first.
         - RSS: VmRSS of each agent after start-up and warm-up while idle, and the maximum
           sampled every 0.25 s during the load phases.
     (b) Raw nats-py JetStream on a separate plain nats-server (no authorization) with the
@@ -36,21 +43,30 @@ What it measures, in one run
         by a pull consumer on its inbox stream (fetch 64, ack each; not erased as the agent
         does), in three ways: sequential publish awaiting each ack (as
         the agent's publisher does), publishes pipelined 256 deep, and an open loop at
-        `--rate` for 5 s reporting publish-to-consume latency.
+        `--raw-rate` (200/s) for 5 s reporting publish-to-consume latency.
     (c) The cryptography floor: per referral, exactly the seals, opens and signatures the
         agents perform (`keys.envelope.seal` of the referral and `open_envelope` of it,
         the at-rest SecretBox of the data key and body, `seal` + `open_envelope` of the
         delivery receipt, and `sign_event` for referral.sent, referral.received,
         receipt.sent, receipt.received), with the real referral body, in a loop on one core.
+        Beside it the libsodium minimum (`libsodium_floor`): the same libsodium calls through
+        `nacl.bindings`, inputs prepared off the clock, no encoding or checks.
+    The full floor, against which the CPU of all four processes (police, shelter, ledger,
+    nats-server, each read from /proc) per referral at saturation is given as a ratio: the
+    libsodium minimum plus four raw JetStream messages (the count issue 16 takes; each one
+    published, consumed and acked), at the client CPU per message of the cheaper of (b)'s
+    sequential and pipelined ways.
     Then, unless `--no-profile`, a short extra saturation phase with py-spy attached to both
     agents and the ledger (`py-spy record --nonblocking`; its figures are not reported) and
     the functions that dominate, by own time and by inclusive time.
 
 Run
-    .venv/bin/python bench/throughput.py [--json out.json] [--clients 16] [--rate 200]
+    .venv/bin/python bench/throughput.py [--json out.json] [--clients 16] [--rate R]
+        [--raw-rate 200] [--backlog 20000]
         [--saturation-seconds 15] [--latency-seconds 20] [--no-profile]
     Everything lives in a temporary directory removed at the end, and every process started
-    is stopped. A run takes about four minutes.
+    is stopped. A run takes about seven minutes (the backlog of 20,000 about three).
+    bench/run_all.py runs it with the other benchmarks and prints the issue's table.
 """
 
 from __future__ import annotations
@@ -969,9 +985,8 @@ async def run_all(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     raw = await raw_jetstream(
         root, crypto["referral_envelope_bytes"], args.raw_rate, args.raw_messages
     )
-    # The full floor: what one referral cannot cost less than in client CPU, the libsodium
-    # calls and four JetStream messages (referral, receipt, and each one's stream ack and
-    # consumer ack), at the cheaper of the two raw ways to move them.
+    # The full floor (issue 16): the libsodium calls of one referral and four raw JetStream
+    # messages (each published, consumed and acked), at the cheaper of the two raw ways.
     jetstream_us = min(
         raw[k]["client_cpu_us_per_message"] for k in ("sequential_publish", "pipelined_256")
     )
