@@ -746,6 +746,20 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
     )
     step_label = _event_fields(EVENT)
     step_label[9] = [["to_state", "refused"]]
+    contributed = AuditEvent(
+        event_id=fixed("audit event 10")[:16].hex(),
+        agency="police",
+        kind="statistics.contributed",
+        time=NOW,
+        counterpart="ngo",
+        envelope_hash=fixed("envelope 4").hex(),
+        key_ids=EVENT.key_ids,
+        labels=(("period", "2026-12"),),
+    )
+    period_label = _event_fields(EVENT)
+    period_label[9] = [["period", "2026-12"]]
+    period_13 = _event_fields(contributed)
+    period_13[9] = [["period", "2026-13"]]
     outcomeless = _event_fields(decided)
     outcomeless[3] = "identification.sent"
     outcomeless[9] = [["stage", "first"]]
@@ -833,6 +847,27 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
             "ok",
             {},
             sign_event(step_received, POLICE_SIGN),
+        ),
+        (
+            "ok-statistics-contributed",
+            "statistics.contributed: one copy to the rapporteur, its envelope hash and month",
+            "ok",
+            {},
+            sign_event(contributed, POLICE_SIGN),
+        ),
+        (
+            "period-label-on-other-kind",
+            "a statistics contribution's period label on referral.sent, correctly signed",
+            "malformed",
+            {},
+            _signed_raw(period_label),
+        ),
+        (
+            "statistics-contributed-month-13",
+            "statistics.contributed for a thirteenth month, correctly signed",
+            "malformed",
+            {},
+            _signed_raw(period_13),
         ),
         (
             "transfer-step-label-on-other-kind",
