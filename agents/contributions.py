@@ -41,11 +41,13 @@ __all__ = [
     "CaseFacts",
     "Cell",
     "Contribution",
+    "CrossChecked",
     "DecisionFact",
     "Duration",
     "Person",
     "check_sender",
     "compute",
+    "cross_check",
     "decode_at",
     "due_at",
     "period_of",
@@ -405,3 +407,76 @@ def compute(period: str, authority: str, cases: Iterable[CaseFacts]) -> Contribu
         cells=tuple(Cell(*key, count) for key, count in sorted(cells.items())),
         durations=tuple(Duration(*key, count) for key, count in sorted(durations.items())),
     )
+
+
+# --- the rapporteur's cross-check against the ledger -----------------------------------------
+
+#: The audit kind the ledger holds once per decision (PROTOCOL §9.0).
+DECIDED: Final = "identification.decided"
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """A stage and outcome whose decisions the contribution and the ledger count apart."""
+
+    stage: str
+    outcome: str
+    contributed: int
+    ledger: int
+
+
+@dataclass(frozen=True, slots=True)
+class CrossChecked:
+    """One contribution judged against the ledger: accepted when nothing is apart, else
+    refused `contribution-mismatch` (docs/proposals/nrm-process.md §12.3)."""
+
+    authority: str
+    period: str
+    mismatches: tuple[Mismatch, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+    @property
+    def reason(self) -> str | None:
+        return None if self.ok else "contribution-mismatch"
+
+
+def ledger_counts(entries: Iterable[Mapping[str, Any]]) -> Counter[tuple[str, str, str, str]]:
+    """The `identification.decided` entries of the ledger (its `/v1/events` items: `kind`,
+    `agency`, `time`, `labels` as an object) counted per (authority, period, stage,
+    outcome); other kinds are left out."""
+    out: Counter[tuple[str, str, str, str]] = Counter()
+    for e in entries:
+        if e["kind"] != DECIDED:
+            continue
+        labels = e["labels"]
+        stage, outcome = labels.get("stage", ""), labels.get("outcome", "")
+        out[(e["agency"], period_of(int(e["time"])), stage, outcome)] += 1
+    return out
+
+
+def cross_check(
+    contributions: Iterable[Contribution], entries: Iterable[Mapping[str, Any]]
+) -> tuple[list[CrossChecked], list[tuple[str, str]]]:
+    """Each contribution against the ledger, per stage and outcome (§12.3), and the
+    (authority, period) pairs the ledger holds decisions of with no contribution among
+    those given (missing), both sorted by period then authority."""
+    counts = ledger_counts(entries)
+    checked, given = [], set()
+    for c in contributions:
+        totals = c.totals()
+        given.add((c.authority, c.period))
+        apart = tuple(
+            Mismatch(stage, outcome, totals.get((stage, outcome), 0), held)
+            for stage in STAGES
+            for outcome in OUTCOMES
+            if totals.get((stage, outcome), 0)
+            != (held := counts.get((c.authority, c.period, stage, outcome), 0))
+        )
+        checked.append(CrossChecked(c.authority, c.period, apart))
+    missing = sorted(
+        {(a, p) for a, p, _, _ in counts if (a, p) not in given}, key=lambda ap: (ap[1], ap[0])
+    )
+    return sorted(checked, key=lambda c: (c.period, c.authority)), missing

@@ -258,3 +258,47 @@ def test_receiver_checks_in_order() -> None:
         with pytest.raises(error):
             S.check_sender(c, **{**ok, **changes})
     S.check_sender(c, **{**ok, "created": FEB - 300})
+
+
+# --- the cross-check against the ledger ----------------------------------------------------
+
+
+def _entry(agency: str, at: int, stage: str, outcome: str, kind: str = S.DECIDED) -> dict[str, Any]:
+    labels = {"age_route": "adult", "outcome": outcome, "stage": stage}
+    return {"kind": kind, "agency": agency, "time": at, "labels": labels}
+
+
+def test_cross_check_counts_the_ledgers_decisions() -> None:
+    """A contribution adds up when every stage and outcome counts what the ledger holds from
+    its authority in its month (other kinds, authorities and months apart); one decision
+    left out, or one invented, is `contribution-mismatch` naming the stage and outcome;
+    a month the ledger holds decisions of with no contribution is missing."""
+    entries = [
+        _entry("authority", JAN + 10, "first", "positive"),
+        _entry("authority", FEB - 1, "first", "positive"),
+        _entry("authority", JAN + 20, "second", "negative"),
+        _entry("authority", FEB, "first", "negative"),  # February
+        _entry("other", JAN + 30, "first", "positive"),  # another authority
+        _entry("authority", JAN + 40, "first", "positive", kind="identification.sent"),
+    ]
+
+    def contribution(first_positive: int, second_negative: int) -> S.Contribution:
+        cells = [
+            S.Cell("first", "positive", "female", "adult", "mixed", first_positive),
+            S.Cell("second", "negative", "unknown", "child", "other", second_negative),
+        ]
+        return S.Contribution("2027-01", "authority", tuple(c for c in cells if c.count), ())
+
+    [ok], missing = S.cross_check([contribution(2, 1)], entries)
+    assert (ok.ok, ok.reason) == (True, None)
+    assert missing == [("other", "2027-01"), ("authority", "2027-02")]
+    [short], _ = S.cross_check([contribution(1, 1)], entries)
+    assert short.reason == "contribution-mismatch"
+    assert short.mismatches == (S.Mismatch("first", "positive", 1, 2),)
+    [invented], _ = S.cross_check([contribution(2, 2)], entries)
+    assert invented.mismatches == (S.Mismatch("second", "negative", 2, 1),)
+    [empty], _ = S.cross_check([contribution(0, 0)], entries)
+    assert [(m.stage, m.outcome) for m in empty.mismatches] == [
+        ("first", "positive"),
+        ("second", "negative"),
+    ]

@@ -94,6 +94,31 @@ async def _held(m: Mechanism, period: str, n: int) -> list[dict[str, Any]]:
     return items
 
 
+def _cells(held: dict[str, Any]) -> tuple[S.Cell, ...]:
+    return tuple(
+        S.Cell(c["stage"], c["outcome"], c["sex"], c["age_group"], c["form"], c["count"])
+        for c in held["cells"]
+    )
+
+
+async def _decided_in_ledger(m: Mechanism, n: int) -> list[dict[str, Any]]:
+    """The ledger's `identification.decided` entries, once it holds `n` (auditor token)."""
+    assert m.sandbox.ledger is not None
+    url = m.sandbox.ledger.url.rstrip("/") + "/v1/events?q=identification.decided&limit=500"
+    headers = {"Authorization": f"Bearer {m.sandbox.auditor_token}"}
+    items: list[dict[str, Any]] = []
+
+    async def held() -> bool:
+        nonlocal items
+        async with m.http.get(url, headers=headers) as r:
+            assert r.status == 200, await r.text()
+            items = (await r.json())["items"]
+        return len([e for e in items if e["kind"] == S.DECIDED]) >= n
+
+    await eventually(held, timeout=30, what=f"{n} decisions in the ledger")
+    return items
+
+
 def _files_hold(root: Path, needles: tuple[bytes, ...]) -> list[str]:
     assert root.is_dir() and any(p.is_file() for p in root.rglob("*")), root
     found = []
@@ -165,6 +190,16 @@ async def test_the_contribution_arrives_adds_up_and_is_sent_once(
         (("period", period),),
         held["envelope_hash"],
     )
+
+    # The rapporteur's cross-check against the ledger's own events (an auditor's read).
+    entries = await _decided_in_ledger(m, 2)
+    served = S.Contribution(period, AUTHORITY, _cells(held), ())
+    [checked], missing = S.cross_check([served], entries)
+    assert (checked.ok, missing) == (True, [])
+    doctored = S.Contribution(period, AUTHORITY, _cells(held)[1:], ())  # one case left out
+    [refused], _ = S.cross_check([doctored], entries)
+    assert refused.reason == "contribution-mismatch"
+    assert refused.mismatches == (S.Mismatch("first", "negative", 0, 1),)
 
     for _ in range(2):
         desk.tick()
