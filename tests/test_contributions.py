@@ -7,6 +7,7 @@ from __future__ import annotations
 import calendar
 import json
 import random
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from keys.errors import (
     UnknownMemberError,
     UntrustedInputError,
 )
+from nrm import rapporteur as report
 
 JAN = calendar.timegm((2027, 1, 1, 0, 0, 0))
 FEB = calendar.timegm((2027, 2, 1, 0, 0, 0))
@@ -302,3 +304,53 @@ def test_cross_check_counts_the_ledgers_decisions() -> None:
         ("first", "positive"),
         ("second", "negative"),
     ]
+
+
+# --- the report (nrm rapporteur report) ----------------------------------------------------
+
+
+def test_the_report_sums_what_adds_up_under_disclosure_control() -> None:
+    """Two authorities' contributions that add up and a third's that does not: the report
+    sums the two (the third listed `contribution-mismatch`, its people nowhere), publishes
+    the ledger's own stage and outcome counts exactly, and no cell counting 1 to k - 1
+    anywhere; what is neither suppressed nor rounded is the exact sum."""
+    rng = random.Random(2027)  # noqa: S311 - a reproducible population, not a secret
+    combos = [
+        (st, o, sx, a, f)
+        for st in S.STAGES for o in S.OUTCOMES for sx in S.SEXES
+        for a in S.AGE_GROUPS for f in S.FORMS
+    ]  # fmt: skip
+    contributions, entries, truth = [], [], Counter()
+    for n, authority in enumerate(("a-1", "a-2", "a-3")):
+        cells = {c: rng.choice((0, 0, 0, 3, 12, 25)) for c in combos}
+        for key, count in cells.items():
+            entries += [_entry(authority, JAN + DAY + i, key[0], key[1]) for i in range(count)]
+            if n < 2:
+                truth[key] += count
+        if n == 2:  # one person left out of the contribution
+            first = next(k for k, v in cells.items() if v)
+            cells[first] -= 1
+        contributions.append(
+            S.Contribution("2027-01", authority,
+                           tuple(S.Cell(*k, v) for k, v in sorted(cells.items()) if v), ())
+        )  # fmt: skip
+    doc = report.build(contributions, entries, k=11, round_to=5)
+    assert [(c["authority"], c["reason"]) for c in doc["contributions"]] == [
+        ("a-1", None),
+        ("a-2", None),
+        ("a-3", "contribution-mismatch"),
+    ]
+    assert doc["released"] is True
+    dims = report.DIMS
+    for cell in doc["cells"]:
+        present = tuple(d for d in dims if cell[d] != "total")
+        true = sum(v for k, v in truth.items() if all(k[dims.index(d)] == cell[d] for d in present))
+        if present in report.PUBLIC_TABLES:
+            assert (cell["count"], cell["suppressed"], cell["rounded"]) == (true, False, False)
+        elif cell["suppressed"]:
+            assert cell["count"] is None
+        else:
+            assert not 0 < true < 11, cell
+            if not cell["rounded"]:
+                assert cell["count"] == true, cell
+    assert report.csv_text(doc).count("\n") == len(doc["cells"]) + 1

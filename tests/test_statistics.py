@@ -6,6 +6,7 @@ authority; no clear personal data reaches the bus or the ledger."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator
@@ -13,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from agents import contributions as S
 from keys.policy import Statistics
 from keys.roles import RAPPORTEUR
 from nrm import admin
+from nrm.cli import main
 from runtime import clock
 
 from .support import Mechanism, agency_keys, eventually, renew_directory, sealed
@@ -119,6 +122,26 @@ async def _decided_in_ledger(m: Mechanism, n: int) -> list[dict[str, Any]]:
     return items
 
 
+async def _report(m: Mechanism, period: str, *flags: str) -> dict[str, Any]:
+    """`nrm rapporteur report` for `period` against the rapporteur's agent and the ledger
+    (k 2, rounding 1), in a thread of its own: the servers answer on this loop."""
+    assert m.sandbox.ledger is not None
+    api = m.api(RAPPORTEUR_AGENCY)
+    args = ["rapporteur", "report", "--from", period, "--to", period, "--url", api.base,
+            "--ledger", m.sandbox.ledger.url, "--k", "2", "--round-to", "1", *flags]  # fmt: skip
+    env = {"NRM_API_TOKEN": api.token, "NRM_LEDGER_TOKEN": m.sandbox.auditor_token}
+    result = await asyncio.to_thread(CliRunner().invoke, main, args, env=env)
+    return {"exit": result.exit_code, "output": result.output}
+
+
+def _json_in(output: str) -> Any:
+    """The JSON document the command printed (the agents of this process log beside it)."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("{"))
+    doc, _ = json.JSONDecoder().raw_decode("\n".join(lines[start:]))
+    return doc
+
+
 def _files_hold(root: Path, needles: tuple[bytes, ...]) -> list[str]:
     assert root.is_dir() and any(p.is_file() for p in root.rglob("*")), root
     found = []
@@ -200,6 +223,15 @@ async def test_the_contribution_arrives_adds_up_and_is_sent_once(
     [refused], _ = S.cross_check([doctored], entries)
     assert refused.reason == "contribution-mismatch"
     assert refused.mismatches == (S.Mismatch("first", "negative", 0, 1),)
+
+    # The report: the contribution accepted against the ledger; with two people and the
+    # ledger's own counts public, no cell below k can be hidden, so none is released.
+    report = await _report(m, period, "--json")
+    assert report["exit"] == 1, report
+    doc = _json_in(report["output"])
+    assert [(c["authority"], c["accepted"]) for c in doc["contributions"]] == [(AUTHORITY, True)]
+    assert (doc["missing"], doc["released"], doc["cells"]) == ([], False, [])
+    assert "nothing released" in report["output"]
 
     for _ in range(2):
         desk.tick()
