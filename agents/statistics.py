@@ -33,12 +33,15 @@ from keys.roles import COMPETENT_AUTHORITY, RAPPORTEUR
 from runtime import clock
 
 from . import contributions as S
+from . import webhooks as W
 from .audit import AuditTrail
 from .desk import Sender
 from .store import Store, StoredContribution
 
 log = structlog.get_logger("nrm.statistics")
 
+#: The webhook event a rapporteur's system gets for each contribution accepted.
+RECEIVED_EVENT = "statistics.received"
 #: How the agent reads the opening referral (owner, referral_id) it holds: the referral
 #: document, or None once erased.
 ReferralReader = Callable[[str, str], Mapping[str, Any] | None]
@@ -137,16 +140,14 @@ class StatisticsDesk:
             if held.body == opened.body:
                 return
             raise UnexpectedMessageError("a second, different contribution of a month held")
-        self.store.insert_contribution(
-            db,
-            StoredContribution(
-                authority=contribution.authority,
-                period=contribution.period,
-                body=opened.body,
-                envelope_hash=opened.envelope_hash,
-                received_at=clock.now(),
-            ),
+        stored = StoredContribution(
+            authority=contribution.authority,
+            period=contribution.period,
+            body=opened.body,
+            envelope_hash=opened.envelope_hash,
+            received_at=clock.now(),
         )
+        self.store.insert_contribution(db, stored)
         self.audit.record(
             db,
             "statistics.received",
@@ -154,6 +155,20 @@ class StatisticsDesk:
             envelope_hash=opened.envelope_hash,
             key_ids=(h.sender_kid,),
             labels=(("period", contribution.period),),
+        )
+        W.enqueue(
+            db,
+            W.WebhookEvent(
+                id=W.new_event_id(),
+                type=RECEIVED_EVENT,
+                created=stored.received_at,
+                data={  # ids and the month only: the counts are read over the API
+                    "authority": stored.authority,
+                    "period": stored.period,
+                    "envelope_hash": stored.envelope_hash,
+                    "received_at": stored.received_at,
+                },
+            ),
         )
         self.log.info("statistics_received", authority=h.sender, period=contribution.period)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from click.testing import CliRunner
 
 from agents import contributions as S
@@ -23,7 +24,14 @@ from nrm import admin
 from nrm.cli import main
 from runtime import clock
 
-from .support import Mechanism, agency_keys, eventually, renew_directory, sealed
+from .support import (
+    Mechanism,
+    agency_keys,
+    eventually,
+    renew_directory,
+    sealed,
+    webhook_receiver,
+)
 from .test_identification import (
     AUTHORITY,
     POLICY,
@@ -48,16 +56,29 @@ MIXED = {
 }
 
 
+#: The events the rapporteur's agent sent its system (webhooks), in order of arrival.
+RAPPORTEUR_EVENTS: list[dict[str, Any]] = []
+
+
+async def _collect(request: web.Request) -> web.Response:
+    RAPPORTEUR_EVENTS.append(json.loads(await request.read()))
+    return web.Response(status=200)
+
+
 @pytest.fixture
 async def rapporteur(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[Mechanism, Path]]:
     """The authority mechanism under NO_GRACE, the co-ordinator turned into the rapporteur,
     the clock movable by its offset file."""
+    RAPPORTEUR_EVENTS.clear()
     offset = tmp_path / "clock-offset"
     clock.set_offset(offset, 0)
     monkeypatch.setenv(clock.ENV, str(offset))
-    async with authority_mechanism(tmp_path, NO_GRACE) as m:
+    async with (
+        webhook_receiver(_collect) as url,
+        authority_mechanism(tmp_path, NO_GRACE, webhooks={RAPPORTEUR_AGENCY: url}) as m,
+    ):
         setup = m.setups[RAPPORTEUR_AGENCY]
         identity = admin.PublicIdentity.from_json(setup.identity_path.read_bytes())
         admin.add_agency(m.sandbox.admin, identity, roles=[RAPPORTEUR])
@@ -213,6 +234,16 @@ async def test_the_contribution_arrives_adds_up_and_is_sent_once(
         (("period", period),),
         held["envelope_hash"],
     )
+
+    async def told() -> bool:  # at least once: deduplicated by event id
+        return any(e["type"] == "statistics.received" for e in RAPPORTEUR_EVENTS)
+
+    await eventually(told, what="the rapporteur's system told of the contribution")
+    told_of = {e["id"]: e["data"] for e in RAPPORTEUR_EVENTS if e["type"] == "statistics.received"}
+    assert list(told_of.values()) == [
+        {"authority": AUTHORITY, "period": period, "envelope_hash": held["envelope_hash"],
+         "received_at": held["received_at"]}
+    ]  # fmt: skip
 
     # The rapporteur's cross-check against the ledger's own events (an auditor's read).
     entries = await _decided_in_ledger(m, 2)
