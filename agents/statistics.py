@@ -35,7 +35,7 @@ from runtime import clock
 from . import contributions as S
 from . import webhooks as W
 from .audit import AuditTrail
-from .desk import Sender
+from .desk import Sender, sealable_with_role
 from .store import Store, StoredContribution
 
 log = structlog.get_logger("nrm.statistics")
@@ -69,29 +69,30 @@ class StatisticsDesk:
 
     def tick(self) -> None:
         """Seal every month's contribution that is due and not sent yet, oldest first, one
-        transaction each (the envelope queued, the month marked sent, the audit events)."""
+        transaction each (the envelope queued, the month marked sent, the audit events).
+        The cases are read once per tick, and only when a month is to be sent."""
         if COMPETENT_AUTHORITY not in self._roles(self.agency):
             return
         directory = self.directory()
-        rapporteurs = sorted(
-            a.agency
-            for a in directory.agencies
-            if RAPPORTEUR in a.roles and a.agency != self.agency
+        now = clock.now()
+        rapporteurs = sealable_with_role(
+            directory, RAPPORTEUR, me=self.agency, now=now, log=self.log
         )
         if not rapporteurs:
             return  # the months wait until a rapporteur is listed
         policy = directory.policy
         grace = (policy.statistics if policy else Statistics()).contribution_grace_days
-        now = clock.now()
         with self.store.transaction() as db:
             first = self.store.first_case_opened(db)
         if first is None:
             return
+        facts: list[S.CaseFacts] | None = None
         for period in S.periods_due(first, now, grace):
             with self.store.transaction() as db:
                 if self.store.contributed(db, period):
                     continue
-                contribution = S.compute(period, self.agency, self._facts(db))
+                facts = self._facts(db) if facts is None else facts
+                contribution = S.compute(period, self.agency, facts)
                 message_id = self.send(
                     S.STATISTICS_CONTRIBUTION,
                     contribution.encode(),
