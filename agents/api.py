@@ -767,8 +767,10 @@ async def list_contributions(request: web.Request) -> web.Response:
     period = request.query.get("period", "")
     if not _PERIOD.fullmatch(period):
         raise ProblemError(400, "Bad Request", "query parameter period must be YYYY-MM")
-    items = request.app[BACKEND].statistics.listing(period)
-    return web.json_response({"period": period, "items": items})
+    desk = request.app[BACKEND].statistics
+    return web.json_response(
+        {"period": period, "items": desk.listing(period), "statistics": desk.policy()}
+    )
 
 
 async def list_transfer_requests(request: web.Request) -> web.Response:

@@ -1105,6 +1105,24 @@ OPENAPI: dict[str, Any] = {
                             {
                                 "period": _PERIOD,
                                 "items": {"type": "array", "items": _CONTRIBUTION},
+                                "statistics": {
+                                    "description": "The trusted directory's policy "
+                                    "`statistics` (PROTOCOL §7.11), which the rapporteur's "
+                                    "report applies; null without a policy",
+                                    "anyOf": [
+                                        {"type": "null"},
+                                        _closed(
+                                            {
+                                                "k": {"type": "integer", "minimum": 2},
+                                                "round_to": {"type": "integer", "minimum": 1},
+                                                "contribution_grace_days": {
+                                                    "type": "integer",
+                                                    "minimum": 0,
+                                                },
+                                            }
+                                        ),
+                                    ],
+                                },
                             }
                         )
                     ),

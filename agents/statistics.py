@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from keys import Opened, UnexpectedMessageError
+from keys import Opened, UnexpectedMessageError, UntrustedInputError
 from keys import decision as D
 from keys.directory import Directory
 from keys.policy import Statistics
@@ -91,7 +91,12 @@ class StatisticsDesk:
             with self.store.transaction() as db:
                 if self.store.contributed(db, period):
                     continue
-                facts = self._facts(db) if facts is None else facts
+                try:
+                    facts = self._facts(db) if facts is None else facts
+                except (UntrustedInputError, ValueError) as e:  # a damaged row: send no count
+                    self.log.error("statistics_contribution_failed", period=period,
+                                   error=type(e).__name__)  # fmt: skip
+                    return  # tried again next time, the months in order
                 contribution = S.compute(period, self.agency, facts)
                 message_id = self.send(
                     S.STATISTICS_CONTRIBUTION,
@@ -172,6 +177,19 @@ class StatisticsDesk:
             ),
         )
         self.log.info("statistics_received", authority=h.sender, period=contribution.period)
+
+    def policy(self) -> dict[str, int] | None:
+        """The trusted directory's `statistics` (PROTOCOL §7.11), None without a policy: what
+        the rapporteur's report applies."""
+        policy = self.directory().policy
+        if policy is None:
+            return None
+        st = policy.statistics
+        return {
+            "k": st.k,
+            "round_to": st.round_to,
+            "contribution_grace_days": st.contribution_grace_days,
+        }
 
     def listing(self, period: str) -> list[dict[str, Any]]:
         """The contributions held for `period` (the API's `GET /v1/contributions`)."""

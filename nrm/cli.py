@@ -1981,10 +1981,10 @@ def rapporteur() -> None:
     default=None,
     help="A ledger token of scope auditor (else $NRM_LEDGER_TOKEN).",
 )
-@click.option("--k", "k", type=click.IntRange(2, 1000), default=11, show_default=True,
-              help="The policy's statistics.k: no published cell below it.")  # fmt: skip
-@click.option("--round-to", type=click.IntRange(1, 1000), default=5, show_default=True,
-              help="The policy's statistics.round_to.")  # fmt: skip
+@click.option("--k", "k", type=click.IntRange(2, 1000), default=None,
+              help="No published cell below it (else the policy's statistics.k).")  # fmt: skip
+@click.option("--round-to", type=click.IntRange(1, 1000), default=None,
+              help="Else the policy's statistics.round_to.")  # fmt: skip
 @click.option("--csv", "as_csv", is_flag=True, help="The released cells as CSV.")
 @json_option
 def rapporteur_report(
@@ -1995,8 +1995,8 @@ def rapporteur_report(
     ca_file: Path | None,
     token_file: Path | None,
     ledger_token_file: Path | None,
-    k: int,
-    round_to: int,
+    k: int | None,
+    round_to: int | None,
     allow_plain_http: bool,
     as_csv: bool,
     as_json: bool,
@@ -2004,7 +2004,8 @@ def rapporteur_report(
     """The contributions of the months FROM to TO, each cross-checked against the ledger's
     identification decisions (one that does not add up is left out and listed,
     contribution-mismatch), summed and released by stage, outcome, sex, age group and form
-    of exploitation with every marginal under disclosure control (k, round_to). Exits 1
+    of exploitation with every marginal under disclosure control (k and round_to: the
+    national policy's, as the rapporteur's agent trusts it, unless given). Exits 1
     after the report, with no cell, when a cell below k cannot be hidden."""
     import re
 
@@ -2019,7 +2020,7 @@ def rapporteur_report(
         raise click.UsageError("--to is before --from")
     _check_plain_http(url, what="--url", allowed=allow_plain_http)
     _check_plain_http(ledger_url, what="--ledger", allowed=allow_plain_http)
-    held, entries = asyncio.run(
+    held, entries, policy = asyncio.run(
         report.fetch(
             url=url,
             token=_bearer_token(token_file, env="NRM_API_TOKEN"),
@@ -2030,7 +2031,12 @@ def rapporteur_report(
         )
     )
     in_range = report.decided_in(entries, first, last)
-    answer = report.build(held, in_range, k=k, round_to=round_to)
+    answer = report.build(
+        held,
+        in_range,
+        k=policy.k if k is None else k,
+        round_to=policy.round_to if round_to is None else round_to,
+    )
     if as_json:
         emit(answer)
     elif as_csv:

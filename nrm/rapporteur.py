@@ -20,6 +20,7 @@ import aiohttp
 from agents import contributions as S
 from keys import DEFAULT_LIMITS
 from keys.codec import canonical_json
+from keys.policy import Statistics
 from runtime import disclosure
 from runtime.tls import client_context
 
@@ -165,15 +166,19 @@ async def fetch(
     ledger_token: str,
     periods: Sequence[str],
     ca_file: Path | None,
-) -> tuple[list[S.Contribution], list[dict[str, Any]]]:
-    """The contributions the agent at `url` holds for `periods`, and the ledger's
-    `identification.decided` entries (every page), or Failed."""
+) -> tuple[list[S.Contribution], list[dict[str, Any]], Statistics]:
+    """The contributions the agent at `url` holds for `periods`, the ledger's
+    `identification.decided` entries (every page), and the statistics policy of the agent's
+    trusted directory (the defaults without one), or Failed."""
     connector = aiohttp.TCPConnector(ssl=True if ca_file is None else client_context(ca_file))
     async with aiohttp.ClientSession(connector=connector) as http:
         held: list[S.Contribution] = []
+        policy = Statistics()
         for period in periods:
             body = await _get(http, f"{url.rstrip('/')}/v1/contributions?period={period}", token)
             held += [_contribution(item) for item in body["items"]]
+            if body["statistics"] is not None:
+                policy = Statistics(**body["statistics"])
         entries: list[dict[str, Any]] = []
         events = f"{ledger_url.rstrip('/')}/v1/events?q={S.DECIDED}&limit={_PAGE}"
         page = await _get(http, events, ledger_token)
@@ -182,7 +187,7 @@ async def fetch(
             if page["next_cursor"] is None:
                 break
             page = await _get(http, f"{events}&cursor={page['next_cursor']}", ledger_token)
-    return held, entries
+    return held, entries, policy
 
 
 async def _get(http: aiohttp.ClientSession, url: str, token: str) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -143,13 +144,15 @@ async def _decided_in_ledger(m: Mechanism, n: int) -> list[dict[str, Any]]:
     return items
 
 
-async def _report(m: Mechanism, period: str, *flags: str) -> dict[str, Any]:
+async def _report(m: Mechanism, period: str, *flags: str, policy: bool = False) -> dict[str, Any]:
     """`nrm rapporteur report` for `period` against the rapporteur's agent and the ledger
-    (k 2, rounding 1), in a thread of its own: the servers answer on this loop."""
+    (k 2, rounding 1; the policy's with `policy`), in a thread of its own: the servers
+    answer on this loop."""
     assert m.sandbox.ledger is not None
     api = m.api(RAPPORTEUR_AGENCY)
+    given = [] if policy else ["--k", "2", "--round-to", "1"]
     args = ["rapporteur", "report", "--from", period, "--to", period, "--url", api.base,
-            "--ledger", m.sandbox.ledger.url, "--k", "2", "--round-to", "1", *flags]  # fmt: skip
+            "--ledger", m.sandbox.ledger.url, *given, *flags]  # fmt: skip
     env = {"NRM_API_TOKEN": api.token, "NRM_LEDGER_TOKEN": m.sandbox.auditor_token}
     result = await asyncio.to_thread(CliRunner().invoke, main, args, env=env)
     return {"exit": result.exit_code, "output": result.output}
@@ -257,9 +260,15 @@ async def test_the_contribution_arrives_adds_up_and_is_sent_once(
 
     # The report: the contribution accepted against the ledger; with two people and the
     # ledger's own counts public, no cell below k can be hidden, so none is released.
+    status, body = await call(m, RAPPORTEUR_AGENCY, "GET", f"/v1/contributions?period={period}")
+    assert status == 200, body
+    assert body["statistics"] == {"k": 11, "round_to": 5, "contribution_grace_days": 0}
     report = await _report(m, period, "--json")
     assert report["exit"] == 1, report
     doc = _json_in(report["output"])
+    assert (doc["k"], doc["round_to"]) == (2, 1)  # as given; else the policy's
+    by_policy = _json_in((await _report(m, period, "--json", policy=True))["output"])
+    assert (by_policy["k"], by_policy["round_to"]) == (11, 5)
     assert [(c["authority"], c["accepted"]) for c in doc["contributions"]] == [(AUTHORITY, True)]
     assert (doc["missing"], doc["released"], doc["cells"]) == ([], False, [])
     assert "nothing released" in report["output"]
@@ -310,3 +319,31 @@ async def test_only_a_rapporteur_takes_it_and_only_from_an_authority(
     status, body = await call(m, RAPPORTEUR_AGENCY, "GET", "/v1/contributions?period=2027-13")
     assert status == 400, body
     assert json.dumps(body).count("YYYY-MM") == 1
+
+
+async def test_a_damaged_decision_holds_the_month_back(
+    rapporteur: tuple[Mechanism, Path],
+) -> None:
+    """A decision row damaged in the authority's database sends no contribution (no count
+    is better than a wrong one): logged, and the month goes once the row is whole again."""
+    m, offset = rapporteur
+    period = S.period_of(clock.now())
+    _, case_id = await opened_case(m)
+    status, body = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
+    assert status == 202, body
+    conn = sqlite3.connect(m.database(AUTHORITY))
+    try:
+        with conn:
+            [(signed,)] = conn.execute("SELECT signed FROM decisions WHERE case_id = ?", (case_id,))
+            conn.execute("UPDATE decisions SET signed = x'00' WHERE case_id = ?", (case_id,))
+        await _month_over(m, offset, period)
+        desk = m.agents[AUTHORITY].statistics
+        desk.tick()
+        assert events(m, AUTHORITY, "statistics.") == []
+        with conn:
+            conn.execute("UPDATE decisions SET signed = ? WHERE case_id = ?", (signed, case_id))
+    finally:
+        conn.close()
+    desk.tick()
+    [held] = await _held(m, period, 1)
+    assert sum(c["count"] for c in held["cells"]) == 1
