@@ -218,6 +218,12 @@ async def test_the_contribution_arrives_adds_up_and_is_sent_once(
         e for e in events(m, AUTHORITY, "identification.decided") if S.period_of(e.time) == period
     ]
     assert sum(c["count"] for c in held["cells"]) == len(decided) == 2
+    dated = set()
+    for case_id in (mixed, plain):
+        status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+        assert status == 200, case
+        dated |= {d["decided_at"] for d in case["decisions"]}
+    assert {e.time for e in decided} == dated  # the event dated as the decision (§9.0)
 
     [sent] = events(m, AUTHORITY, "statistics.contributed")
     assert (sent.counterpart, sent.labels, sent.referral_id) == (
