@@ -51,6 +51,7 @@ from .attachments import Attachments
 from .audit import AuditTrail
 from .break_glass import BreakGlass
 from .config import AgentConfig
+from .contributions import STATISTICS_CONTRIBUTION, Contribution
 from .decisions import IDENTIFICATION_DECISION, DecisionMessage
 from .desk import Desk
 from .erasure import Eraser
@@ -80,6 +81,7 @@ from .resend import RESEND_REQUEST, Resender
 from .retention import Retention
 from .services import Services
 from .standing import StandingGuard
+from .statistics import StatisticsDesk
 from .store import OutgoingMessage, Received, Store
 from .subject_access import SubjectAccess
 from .transfer_requests import TransferRequestDesk
@@ -108,6 +110,7 @@ SENT_EVENTS = {
     RECONSIDERATION_REQUEST: "reconsideration.requested",
     TRANSFER_REQUEST: "transfer-request.sent",
     TRANSFER_STEP: "transfer-step.sent",
+    STATISTICS_CONTRIBUTION: "statistics.contributed",
 }
 
 
@@ -221,6 +224,15 @@ class Agent:
         self.desk.accepted = self._open_case
         self.transfer_requests = TransferRequestDesk(
             agency=config.agency, store=self.store, audit=self.audit, send=self._send
+        )
+        self.statistics = StatisticsDesk(
+            agency=config.agency,
+            store=self.store,
+            audit=self.audit,
+            send=self._send,
+            directory=self._directory,
+            referral=self._held_referral,
+            skew=self.limits.clock_skew_seconds,
         )
         self.break_glass = BreakGlass(
             agency=config.agency,
@@ -780,7 +792,12 @@ class Agent:
         # Referral bodies are stored encrypted by the desk; a decision's or a notice's is kept
         # only in its own table (the signed document as received), so that erasing the pair
         # it names leaves no copy behind in the inbox (docs/DESIGN.md "Erasure").
-        keep_body = h.kind not in (REFERRAL, IDENTIFICATION_DECISION, PROTECTION_NOTICE)
+        keep_body = h.kind not in (
+            REFERRAL,
+            IDENTIFICATION_DECISION,
+            PROTECTION_NOTICE,
+            STATISTICS_CONTRIBUTION,  # kept in its own table only (agents/statistics.py)
+        )
         received = Received(
             seq=0,
             message_id=h.message_id,
@@ -833,6 +850,7 @@ class Agent:
             RECONSIDERATION_REQUEST: self._on_reconsideration,
             TRANSFER_REQUEST: self._on_transfer_request,
             TRANSFER_STEP: self._on_transfer_step,
+            STATISTICS_CONTRIBUTION: self._on_contribution,
         }
         if set(table) != inbound.KINDS:
             raise RuntimeError("every kind inbound checks needs a handler, and no other")
@@ -883,6 +901,19 @@ class Agent:
         if not isinstance(checked, TransferStep):
             raise TypeError("a transfer step handler takes a checked step")
         self.transfer_requests.on_step(tx, opened, checked)
+
+    def _on_contribution(
+        self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked
+    ) -> None:
+        if not isinstance(checked, Contribution):
+            raise TypeError("a contribution handler takes a checked contribution")
+        self.statistics.on_contribution(tx, opened, checked)
+
+    def _held_referral(self, owner: str, referral_id: str) -> dict[str, Any] | None:
+        """The referral document (owner, referral_id) received here, None once erased."""
+        doc = self.desk.open_body(owner, referral_id, self.store.received_body(owner, referral_id))
+        referral = (doc or {}).get("referral")
+        return referral if isinstance(referral, dict) else None
 
     def _open_case(self, tx: sqlite3.Connection, owner: str, referral_id: str) -> None:
         """A competent authority accepting a referral of type nrm_full opens its case, on the
@@ -1104,6 +1135,7 @@ class Agent:
                     self.resend.tick()
                     self.access.flush()
                     self.identification.tick()
+                    self.statistics.tick()
                     self.transport.wake()
             except (UntrustedInputError, sqlite3.Error, OSError, ValueError) as e:
                 self.log.error("timer_step_failed", error=type(e).__name__)

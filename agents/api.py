@@ -50,6 +50,7 @@ from .reconsideration import GROUNDS
 from .referral_versions import as_v2
 from .retention import Retention
 from .services import Services
+from .statistics import StatisticsDesk
 from .store import STATUS_ORDER, Store
 from .subject_access import SubjectAccess
 from .transfer_requests import TransferRequestDesk, view
@@ -106,6 +107,7 @@ class Backend(Protocol):
     services: Services
     break_glass: BreakGlass
     transfer_requests: TransferRequestDesk
+    statistics: StatisticsDesk
 
     def submit_referral(
         self,
@@ -186,6 +188,7 @@ def make_app(
     r.add_post("/v1/referrals/{id}/reconsiderations", request_reconsideration)
     r.add_post("/v1/transfer-requests", request_transfer)
     r.add_get("/v1/transfer-requests", list_transfer_requests)
+    r.add_get("/v1/contributions", list_contributions)
     r.add_get("/v1/transfer-requests/{id}", get_transfer_request)
     r.add_post("/v1/transfer-requests/{id}/revoke", revoke_transfer_request)
     r.add_post("/v1/transfer-requests/{id}/refuse", refuse_transfer_request)
@@ -753,6 +756,21 @@ def _requester_param(request: web.Request) -> str | None:
     """The `requester` query parameter: request ids are chosen by each requester, so only
     (requester, id) names one for sure."""
     return _agency_param(request, "requester")
+
+
+_PERIOD = re.compile(r"^[0-9]{4}-(?:0[1-9]|1[0-2])$")
+
+
+async def list_contributions(request: web.Request) -> web.Response:
+    """The statistics contributions a rapporteur holds for one month (PROTOCOL §8.11)."""
+    _need(request, "read")
+    period = request.query.get("period", "")
+    if not _PERIOD.fullmatch(period):
+        raise ProblemError(400, "Bad Request", "query parameter period must be YYYY-MM")
+    desk = request.app[BACKEND].statistics
+    return web.json_response(
+        {"period": period, "items": desk.listing(period), "statistics": desk.policy()}
+    )
 
 
 async def list_transfer_requests(request: web.Request) -> web.Response:

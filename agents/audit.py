@@ -34,14 +34,17 @@ class AuditTrail:
         key_ids: tuple[str, ...] = (),
         reason: str | None = None,
         labels: tuple[tuple[str, str], ...] = (),
+        at: int | None = None,
     ) -> str:
-        """Sign an event and queue it in the caller's transaction; returns its id."""
+        """Sign an event and queue it in the caller's transaction; returns its id. `at` is
+        its `time` when the action it records is dated already (a decision's `decided_at`,
+        read from the same clock a moment before): else now."""
         now = clock.now()
         event = AuditEvent(
             event_id=new_event_id(),
             agency=self.agency,
             kind=kind,
-            time=now,
+            time=now if at is None else at,
             referral_id=referral_id,
             counterpart=counterpart,
             envelope_hash=envelope_hash,

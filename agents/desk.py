@@ -649,18 +649,9 @@ class Desk:
         """The other co-ordinators a notice (an escalation, an overdue clock, a decision) can
         be sealed to now (one whose keys were all revoked is left out rather than stopping
         every notice)."""
-        directory = self.directory()
-        out = []
-        for a in directory.agencies:
-            if ESCALATION_ROLE not in a.roles or a.agency == self.agency:
-                continue
-            try:
-                directory.recipient(a.agency, at=now)
-            except UnknownKeyError:
-                self.log.warning("escalation_recipient_unusable", recipient=a.agency)
-                continue
-            out.append(a.agency)
-        return out
+        return sealable_with_role(
+            self.directory(), ESCALATION_ROLE, me=self.agency, now=now, log=self.log
+        )
 
     def on_escalation(self, db: sqlite3.Connection, opened: Opened) -> None:
         notice = parse_json_body(
@@ -851,3 +842,22 @@ class Desk:
         self.store.confirm_erasure(
             db, notice["receipt_id"], opened.header.sender, notice["erased_at"]
         )
+
+
+def sealable_with_role(
+    directory: Directory, role: str, *, me: str, now: int, log: Any
+) -> list[str]:
+    """The other agencies holding `role` that a message can be sealed to now, in directory
+    order: one whose keys were all revoked is left out (logged) rather than stopping the
+    message to every other."""
+    out = []
+    for a in directory.agencies:
+        if role not in a.roles or a.agency == me:
+            continue
+        try:
+            directory.recipient(a.agency, at=now)
+        except UnknownKeyError:
+            log.warning("recipient_unusable", recipient=a.agency, role=role)
+            continue
+        out.append(a.agency)
+    return out

@@ -304,6 +304,7 @@ class Identification:
                 key_ids=(kid,),
                 reason=reason,
                 labels=(("age_route", case.age_route), *labels),
+                at=now,  # its decided_at: both sides count it in the same month (§8.11)
             )
             for copy in self._copies(
                 db, case, now

@@ -42,6 +42,8 @@ from . import clocks
 from . import lifecycle as L
 from . import referral as R
 from .attachments import decode_key
+from .contributions import STATISTICS_CONTRIBUTION, Contribution
+from .contributions import decode_at as decode_contribution
 from .decisions import IDENTIFICATION_DECISION, DecisionMessage
 from .messages import (
     CONSENT_WITHDRAWAL,
@@ -166,6 +168,7 @@ Checked = (
     | ReconsiderationRequest
     | TransferRequest
     | TransferStep
+    | Contribution
 )
 
 
@@ -483,6 +486,10 @@ def _transfer_step(body: bytes, roles: frozenset[str], limits: Limits) -> Transf
     return TransferStep.decode(body)  # the rest needs the state held (transfer_requests.py)
 
 
+def _contribution(body: bytes, roles: frozenset[str], limits: Limits) -> Contribution:
+    return decode_contribution(body, roles, limits=limits)  # the sender's checks: statistics.py
+
+
 _CHECKERS: Final[Mapping[str, Callable[[bytes, frozenset[str], Limits], Checked]]] = {
     REFERRAL: _referral,
     DELIVERY_RECEIPT: _receipt,
@@ -498,6 +505,7 @@ _CHECKERS: Final[Mapping[str, Callable[[bytes, frozenset[str], Limits], Checked]
     RECONSIDERATION_REQUEST: _reconsideration,
     TRANSFER_REQUEST: _transfer_request,
     TRANSFER_STEP: _transfer_step,
+    STATISTICS_CONTRIBUTION: _contribution,
 }
 #: Every message kind an agent receives.
 KINDS: Final = frozenset(_CHECKERS)

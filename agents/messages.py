@@ -88,6 +88,7 @@ NOTIFIED_REASONS = frozenset(
         "already-decided",
         "erased",
         "out-of-time",
+        "not-an-authority",
     }
 )
 

@@ -25,6 +25,7 @@ from keys.protection import REASONS as PROTECTION_REASONS
 from runtime.http import json_object_body
 
 from . import consent, referral
+from . import contributions as SC
 from .break_glass import REFUSAL_REASONS
 from .cases import LEAVE_REASONS
 from .cases import STATES as CASE_STATES
@@ -552,6 +553,51 @@ _TRANSFER_REQUEST = _closed(
         "updated": _TIME,
     }
 )
+_PERIOD_PATTERN = "^[0-9]{4}-(?:0[1-9]|1[0-2])$"
+_PERIOD = {"type": "string", "pattern": _PERIOD_PATTERN}
+
+
+def _codes(codes: tuple[str, ...]) -> dict[str, Any]:
+    return {"enum": list(codes)}
+
+
+_COUNT = {"type": "integer", "minimum": 1, "maximum": SC.MAX_COUNT}
+_CONTRIBUTION = _closed(
+    {
+        "authority": _AGENCY_ID,
+        "period": _PERIOD,
+        "envelope_hash": _HASH,
+        "received_at": _TIME,
+        "cells": {
+            "type": "array",
+            "maxItems": SC.MAX_CELLS,
+            "items": _closed(
+                {
+                    "age_group": _codes(SC.AGE_GROUPS),
+                    "count": _COUNT,
+                    "form": _codes(SC.FORMS),
+                    "outcome": _codes(SC.OUTCOMES),
+                    "sex": _codes(SC.SEXES),
+                    "stage": _codes(SC.STAGES),
+                }
+            ),
+        },
+        "durations": {
+            "type": "array",
+            "maxItems": SC.MAX_DURATIONS,
+            "items": _closed(
+                {
+                    "age_group": _codes(SC.AGE_GROUPS),
+                    "count": _COUNT,
+                    "days": {"type": "integer", "minimum": 0, "maximum": SC.MAX_DAYS},
+                    "form": _codes(SC.FORMS),
+                    "interval": _codes(SC.INTERVALS),
+                    "sex": _codes(SC.SEXES),
+                }
+            ),
+        },
+    }
+)
 _PATH_REQUEST_ID = {
     "name": "id",
     "in": "path",
@@ -1039,6 +1085,50 @@ OPENAPI: dict[str, Any] = {
                     **_errors(400, 401, 403),
                 },
             },
+        },
+        "/v1/contributions": {
+            "get": {
+                "summary": "The statistics contributions this agency holds for one month, one "
+                "per competent authority, exactly as received (read scope; PROTOCOL §8.11: "
+                "only a rapporteur holds any)",
+                "parameters": [
+                    {
+                        "name": "period",
+                        "in": "query",
+                        "required": True,
+                        "schema": {**_PERIOD, "maxLength": 7},
+                    }
+                ],
+                "responses": {
+                    "200": _json(
+                        _closed(
+                            {
+                                "period": _PERIOD,
+                                "items": {"type": "array", "items": _CONTRIBUTION},
+                                "statistics": {
+                                    "description": "The trusted directory's policy "
+                                    "`statistics` (PROTOCOL §7.11), which the rapporteur's "
+                                    "report applies; null without a policy",
+                                    "anyOf": [
+                                        {"type": "null"},
+                                        _closed(
+                                            {
+                                                "k": {"type": "integer", "minimum": 2},
+                                                "round_to": {"type": "integer", "minimum": 1},
+                                                "contribution_grace_days": {
+                                                    "type": "integer",
+                                                    "minimum": 0,
+                                                },
+                                            }
+                                        ),
+                                    ],
+                                },
+                            }
+                        )
+                    ),
+                    **_errors(400, 401, 403),
+                },
+            }
         },
         "/v1/transfer-requests/{id}": {
             "get": {

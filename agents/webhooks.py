@@ -68,6 +68,7 @@ EVENT_TYPES: Final = frozenset(
         "case.closed",
         "delivery.failed",
         "break_glass.requested",
+        "statistics.received",
     }
 )
 #: Largest serialized event body accepted by `enqueue`.

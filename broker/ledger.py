@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import nats.errors
 import structlog
@@ -35,6 +35,7 @@ from keys.directory import Directory, Root
 from keys.errors import NotForThisRoleError
 from keys.ledger_entry import LedgerEntry
 from keys.merkle import MerkleTree, leaf_hash
+from keys.roles import COMPETENT_AUTHORITY, RAPPORTEUR
 from keys.subjects import AGENCY_ID_PATTERN, AUDIT_STREAM, AUDIT_SUBJECTS
 from runtime import clock
 from runtime.backoff import RETRY_CAP_SECONDS, Backoff, Retry
@@ -65,8 +66,19 @@ BUS_GRACE_SECONDS = 10.0
 DECIDER_KINDS = frozenset({"identification.decided", "identification.sent"})
 
 
+#: Kinds only an agency holding the role may sign (PROTOCOL §8.11: the statistics'
+#: contributions go from competent authorities to the rapporteur).
+ROLE_KINDS: Final[Mapping[str, str]] = {
+    "statistics.contributed": COMPETENT_AUTHORITY,
+    "statistics.received": RAPPORTEUR,
+}
+
+
 def check_signer_may(event: AuditEvent, directory: Directory) -> None:
     """Refuse (`not-for-this-role`) an event of a kind its agency may not sign."""
+    role = ROLE_KINDS.get(event.kind)
+    if role is not None and role not in directory.agency(event.agency).roles:
+        raise NotForThisRoleError(f"{event.kind} is signed only by an agency holding {role}")
     if event.kind in DECIDER_KINDS:
         stage = dict(event.labels).get("stage", "")
         if not directory.agency(event.agency).decides_stage(stage):

@@ -74,6 +74,8 @@ KINDS = frozenset(
         "transfer-request.received",
         "transfer-step.sent",
         "transfer-step.received",
+        "statistics.contributed",
+        "statistics.received",
     }
 )
 #: The events of a break-glass referral at its sender (§8.2 step 2): each names the API
@@ -192,6 +194,14 @@ LABELS: dict[str, frozenset[str]] = {
     ),
 }
 
+_PERIOD = re.compile(r"^[0-9]{4}-(?:0[1-9]|1[0-2])$")
+
+
+def _is_period(value: object) -> bool:
+    """A month, `YYYY-MM` (the `period` of a statistics contribution, PROTOCOL §8.11)."""
+    return isinstance(value, str) and _PERIOD.fullmatch(value) is not None
+
+
 #: Kinds with labels of their own: kind -> label name -> the check of its value. Such a kind
 #: carries only these labels, and no other kind carries them unless they are statistics
 #: `LABELS` (which go on every other kind). The one table both the encoder and every
@@ -228,6 +238,7 @@ KIND_LABELS: dict[str, dict[str, Callable[[object], bool]]] = {
         kind: {name: TRANSFER_STEP_LABELS[name].__contains__ for name in TRANSFER_STEP_LABELS}
         for kind in ("transfer-step.sent", "transfer-step.received")
     },
+    **{kind: {"period": _is_period} for kind in ("statistics.contributed", "statistics.received")},
 }
 #: Kinds that carry every one of their own labels, always.
 _EXACT_LABELS = (
@@ -243,6 +254,8 @@ _EXACT_LABELS = (
             "reconsideration.received",
             "transfer-step.sent",
             "transfer-step.received",
+            "statistics.contributed",
+            "statistics.received",
         }
     )
     | BREAK_GLASS_KINDS

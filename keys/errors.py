@@ -246,6 +246,13 @@ class NotForThisRoleError(UntrustedInputError):
     reason = "not-for-this-role"
 
 
+class NotAnAuthorityError(UntrustedInputError):
+    """A statistics contribution from an agency the receiver's directory does not list as a
+    competent authority (PROTOCOL.md §8.11)."""
+
+    reason = "not-an-authority"
+
+
 class UnknownReasonCodeError(UntrustedInputError):
     """A transition whose reason code is not in the closed vocabulary (PROTOCOL.md §8.4)."""
 

@@ -28,6 +28,8 @@ ROLES: Final = SPEC1_ROLES | SPEC2_ROLES
 
 #: The role that makes identification decisions (docs/PROTOCOL.md §8.7).
 COMPETENT_AUTHORITY: Final = "competent-authority"
+#: The national rapporteur, who receives the statistics contributions (PROTOCOL §8.11).
+RAPPORTEUR: Final = "rapporteur"
 #: The two identification stages a `competent-authority` decides (PROTOCOL §7.3, §8.7).
 DECISION_STAGES: Final[tuple[str, ...]] = ("first", "second")
 #: The values an agency's `decides` member may take: one stage. Absent, a competent

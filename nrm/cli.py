@@ -1867,6 +1867,34 @@ def audit_export(items: list[dict[str, Any]], fmt: str) -> None:
     click.echo(render(items, fmt), nl=False)
 
 
+def _read_client_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """`--ca-file`, `--token-file` (a token with the read scope) and `--allow-plain-http`:
+    what a command reading the agent API as a client needs."""
+    for option in reversed(
+        (
+            click.option(
+                "--ca-file",
+                type=PATH,
+                default=None,
+                help="The CA of https:// services (else the system's).",
+            ),
+            click.option(
+                "--token-file",
+                type=PATH,
+                default=None,
+                help="An API client token with the read scope (else $NRM_API_TOKEN).",
+            ),
+            click.option(
+                "--allow-plain-http",
+                is_flag=True,
+                help="Accept http:// beyond loopback (tokens in clear): private networks only.",
+            ),
+        )
+    ):
+        f = option(f)
+    return f
+
+
 # --- subject access (nrm/subject_access.py) -------------------------------------------------
 
 
@@ -1880,20 +1908,7 @@ def audit_export(items: list[dict[str, Any]], fmt: str) -> None:
 )
 @click.option("--config", "config_path", type=PATH, default=None, help="The agent's agent.toml.")
 @click.option("--url", default=None, help="The agent API's URL (instead of --config).")
-@click.option(
-    "--ca-file", type=PATH, default=None, help="The CA of an https:// API (else the system's)."
-)
-@click.option(
-    "--token-file",
-    type=PATH,
-    default=None,
-    help="An API client token with the read scope (else $NRM_API_TOKEN).",
-)
-@click.option(
-    "--allow-plain-http",
-    is_flag=True,
-    help="Accept an http:// API beyond loopback (the token in clear): private networks only.",
-)
+@_read_client_options
 @click.option("--csv", "as_csv", is_flag=True, help="One CSV row per read, for the person.")
 @json_option
 def subject_access(
@@ -1944,6 +1959,92 @@ def subject_access(
         click.echo(report.csv_text(answer), nl=False)
     else:
         click.echo(report.text(answer))
+
+
+# --- the rapporteur (nrm/rapporteur.py) ----------------------------------------------------
+
+
+@main.group()
+def rapporteur() -> None:
+    """The national rapporteur's statistics (PROTOCOL §8.11)."""
+
+
+@rapporteur.command("report")
+@click.option("--from", "first", required=True, help="The first month, YYYY-MM.")
+@click.option("--to", "last", required=True, help="The last month, YYYY-MM.")
+@click.option("--url", required=True, help="The rapporteur agent API's URL.")
+@click.option("--ledger", "ledger_url", required=True, help="The ledger's URL.")
+@_read_client_options
+@click.option(
+    "--ledger-token-file",
+    type=PATH,
+    default=None,
+    help="A ledger token of scope auditor (else $NRM_LEDGER_TOKEN).",
+)
+@click.option("--k", "k", type=click.IntRange(2, 1000), default=None,
+              help="No published cell below it (else the policy's statistics.k).")  # fmt: skip
+@click.option("--round-to", type=click.IntRange(1, 1000), default=None,
+              help="Else the policy's statistics.round_to.")  # fmt: skip
+@click.option("--csv", "as_csv", is_flag=True, help="The released cells as CSV.")
+@json_option
+def rapporteur_report(
+    first: str,
+    last: str,
+    url: str,
+    ledger_url: str,
+    ca_file: Path | None,
+    token_file: Path | None,
+    ledger_token_file: Path | None,
+    k: int | None,
+    round_to: int | None,
+    allow_plain_http: bool,
+    as_csv: bool,
+    as_json: bool,
+) -> None:
+    """The contributions of the months FROM to TO, each cross-checked against the ledger's
+    identification decisions (one that does not add up is left out and listed,
+    contribution-mismatch), summed and released by stage, outcome, sex, age group and form
+    of exploitation with every marginal under disclosure control (k and round_to: the
+    national policy's, as the rapporteur's agent trusts it, unless given). Exits 1
+    after the report, with no cell, when a cell below k cannot be hidden."""
+    import re
+
+    from . import rapporteur as report
+
+    if as_csv and as_json:
+        raise click.UsageError("give at most one of --csv and --json")
+    for value, hint in ((first, "--from"), (last, "--to")):
+        if not re.fullmatch(r"[0-9]{4}-(0[1-9]|1[0-2])", value):
+            raise click.BadParameter("a month is YYYY-MM", param_hint=hint)
+    if last < first:
+        raise click.UsageError("--to is before --from")
+    _check_plain_http(url, what="--url", allowed=allow_plain_http)
+    _check_plain_http(ledger_url, what="--ledger", allowed=allow_plain_http)
+    held, entries, policy = asyncio.run(
+        report.fetch(
+            url=url,
+            token=_bearer_token(token_file, env="NRM_API_TOKEN"),
+            ledger_url=ledger_url,
+            ledger_token=_bearer_token(ledger_token_file, env="NRM_LEDGER_TOKEN"),
+            periods=report.months(first, last),
+            ca_file=ca_file,
+        )
+    )
+    in_range = report.decided_in(entries, first, last)
+    answer = report.build(
+        held,
+        in_range,
+        k=policy.k if k is None else k,
+        round_to=policy.round_to if round_to is None else round_to,
+    )
+    if as_json:
+        emit(answer)
+    elif as_csv:
+        click.echo(report.csv_text(answer), nl=False)
+    else:
+        click.echo(report.text(answer))
+    if not answer["released"]:
+        raise click.ClickException("nothing released: a cell below k cannot be hidden")
 
 
 # --- demo ----------------------------------------------------------------------------------

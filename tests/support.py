@@ -403,6 +403,22 @@ def sealed(
     ).data
 
 
+async def renew_directory(m: Mechanism) -> None:
+    """Renew the directory now (on the moved clock, as an operator does before it lapses),
+    sign, publish, and wait until every running agent holds the renewal."""
+    version = admin.renew_directory(m.sandbox.admin).version
+    m.sandbox.sign_draft()
+    await m.sandbox.publish()
+
+    async def renewed() -> bool:
+        return all(
+            a.trust.directory is not None and a.trust.directory.version == version
+            for a in m.agents.values()
+        )
+
+    await eventually(renewed, what="every agent to hold the renewed directory")
+
+
 async def publish_policy(m: Mechanism, policy: Policy) -> None:
     """Sign and publish a directory carrying the national `policy`, and wait until every
     running agent trusts it."""

@@ -105,10 +105,12 @@ async def call(m: Mechanism, agency: str, method: str, path: str, **kw: Any) -> 
     return status, body
 
 
-async def opened_case(m: Mechanism, referrer: str = "police") -> tuple[str, str]:
-    """`referrer` refers to the authority, which acknowledges and accepts: (referral id,
-    case)."""
-    rid = await m.api(referrer).refer([AUTHORITY], samples.referral())
+async def opened_case(
+    m: Mechanism, referrer: str = "police", body: dict[str, Any] | None = None
+) -> tuple[str, str]:
+    """`referrer` refers to the authority (the sample's body, or `body`), which acknowledges
+    and accepts: (referral id, case)."""
+    rid = await m.api(referrer).refer([AUTHORITY], samples.referral(body))
 
     async def delivered() -> bool:
         return await m.api(referrer).status(rid) == "delivered"

@@ -627,10 +627,20 @@ async def test_ledger_refuses_and_counts_unverifiable_events(mechanism: Mechanis
         labels=(("age_route", "adult"), ("outcome", "positive"), ("stage", "first")),
     )
     decision = sign_event(decision_event, police.signing_key)
+    # Nor a statistics contribution, which only a competent authority sends (§8.11).
+    contributed_event = dataclasses.replace(
+        event(),
+        kind="statistics.contributed",
+        counterpart="coordinator",
+        envelope_hash="e" * 64,
+        labels=(("period", "2026-12"),),
+    )
+    contributed = sign_event(contributed_event, police.signing_key)
     before = ledger.store.refused()
     async with connect_as(m, "police") as nc:
         js = nc.jetstream()
-        for n, data in enumerate([bytes(corrupted), borrowed, foreign, b"\x93junk", decision]):
+        forged = [bytes(corrupted), borrowed, foreign, b"\x93junk", decision, contributed]
+        for n, data in enumerate(forged):
             await js.publish(audit_subject("police"), data, headers={"Nats-Msg-Id": f"forged-{n}"})
 
     async def counted() -> bool:
@@ -639,14 +649,14 @@ async def test_ledger_refuses_and_counts_unverifiable_events(mechanism: Mechanis
             refused.get("bad-signature", 0) - before.get("bad-signature", 0) == 2
             and refused.get("unknown-key", 0) - before.get("unknown-key", 0) == 1
             and refused.get("malformed", 0) - before.get("malformed", 0) == 1
-            and refused.get("not-for-this-role", 0) - before.get("not-for-this-role", 0) == 1
+            and refused.get("not-for-this-role", 0) - before.get("not-for-this-role", 0) == 2
         )
 
     await eventually(counted, what="the forged events to be refused and counted")
     # A legitimate exchange still goes through afterwards, and the ledger holds only it.
     await exchange(m)
-    for forged in (corrupted_event, borrowed_event, foreign_event, decision_event):
-        assert not ledger.store.has_event(forged.event_id)
+    for held in (corrupted_event, borrowed_event, foreign_event, decision_event, contributed_event):
+        assert not ledger.store.has_event(held.event_id)
     legitimate = {e for agency, _, _ in AGENCIES for e, _, _ in outbox(m, agency)}
     in_ledger = [r.event_id for r in ledger.store.iter_rows()]
     assert sorted(in_ledger) == sorted(legitimate)

@@ -291,6 +291,8 @@ KIND_WORDS = {
     "transfer-request.received": "Transfer request received",
     "transfer-step.sent": "Transfer step sent",
     "transfer-step.received": "Transfer step received",
+    "statistics.contributed": "Statistics sent to the rapporteur",
+    "statistics.received": "Statistics received from an authority",
 }
 #: What each statistics label value reads as.
 LABEL_WORDS = {
@@ -332,6 +334,7 @@ INCOMING = {
     "reconsideration.received",
     "transfer-request.received",
     "transfer-step.received",
+    "statistics.received",
 }
 STATUS_SETTLED = (
     "() => ['verified', 'FAILED'].includes(document.getElementById('checkpoint-status')"

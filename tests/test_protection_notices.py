@@ -21,11 +21,10 @@ import pytest
 
 from keys import codec
 from keys.protection import Notice, sign_notice
-from nrm import admin
 from runtime import clock
 
 from . import samples
-from .support import Mechanism, agency_keys, eventually, sealed
+from .support import Mechanism, agency_keys, eventually, renew_directory, sealed
 from .test_identification import (
     AUTHORITY,
     POLICE_EVENTS,
@@ -462,17 +461,7 @@ async def test_the_reflection_clock_warns_then_ends_the_period(
     )
 
     # The directory would lapse before the period ends: renewed, as an operator does.
-    version = admin.renew_directory(m.sandbox.admin).version
-    m.sandbox.sign_draft()
-    await m.sandbox.publish()
-
-    async def renewed() -> bool:
-        return all(
-            a.trust.directory is not None and a.trust.directory.version == version
-            for a in m.agents.values()
-        )
-
-    await eventually(renewed, what="every agent to hold the renewed directory")
+    await renew_directory(m)
     clock.set_offset(offset, at_day(ends))
     clocked.tick()
     assert len(held_at_the_authority()) == 3  # the period's last day is still in it

@@ -17,7 +17,7 @@ from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
 import keys.errors
-from agents import inbound
+from agents import contributions, inbound
 from agents.agent import Agent
 from agents.config import AgentConfig
 from agents.consent import decode_stored, verify_receipt
@@ -625,6 +625,9 @@ def test_body_vector(path: Path) -> None:
     if fields["kind"] in _TRANSFER_BODIES:
         _transfer_body(fields, body, roles)
         return
+    if fields["kind"] == contributions.STATISTICS_CONTRIBUTION:
+        _contribution(fields, body, roles)
+        return
     services = None
     if "receiver" in fields:  # body-referral-service-*
         own = fields["own_services"]
@@ -781,6 +784,34 @@ def _transfer_body(fields: dict[str, str], body: bytes, roles: set[str]) -> None
         assert decoded.referral["referral_id"] == fields["referral_id"]
 
 
+def _contribution(fields: dict[str, str], body: bytes, roles: set[str]) -> None:
+    """§8.11's decoding and receiver checks of a statistics contribution (skew 300 s): the
+    outcome and, when ok, the period, the authority and the decisions counted per stage and
+    outcome."""
+
+    def check() -> contributions.Contribution:
+        decoded = contributions.decode_at(body, roles, limits=DEFAULT_LIMITS)
+        contributions.check_sender(
+            decoded,
+            sender=fields["sender"],
+            sender_roles=set(fields["sender_roles"].split(",")),
+            created=int(fields["created"]),
+            skew=300,
+        )
+        return decoded
+
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], check)
+        return
+    decoded = check()
+    assert (decoded.period, decoded.authority) == (fields["period"], fields["authority"])
+    totals = decoded.totals()
+    for stage in ("first", "second"):
+        for outcome in ("positive", "negative"):
+            assert totals.get((stage, outcome), 0) == int(fields[f"{stage}_{outcome}"])
+    assert decoded.encode() == body
+
+
 @each_vector("transfer-step-")
 def test_transfer_step_vector(path: Path) -> None:
     """§8.10's decoding of a transfer-step body gives exactly the vector's outcome and, when
@@ -914,6 +945,7 @@ FAMILIES = {
     "body-case-transfer-": 6,
     "body-transfer-request-": 6,
     "body-case-owner-changed-": 4,
+    "body-statistics-contribution-": 10,
     "transfer-step-": 20,
     "catalogue-": 8,
     "capacity-": 6,

@@ -5,7 +5,8 @@ place (schema.py), and one module per aggregate: messages.py (outbox, deliveries
 resends), referrals.py (referrals, history, data keys), consents.py (consents, their uses,
 the signing key history), audit.py (audit outbox, ledger restores and alerts), webhooks.py,
 attachments.py, idempotency.py, erasure.py, retention.py, accesses.py, cases.py,
-break_glass.py, own_services.py, protections.py, reconsiderations.py and transfers.py.
+break_glass.py, own_services.py, protections.py, reconsiderations.py, transfers.py and
+contributions.py.
 `Store` composes them; the rest of agents/ calls its named methods and never writes SQL
 (docs/DESIGN.md "Storage").
 """
@@ -18,6 +19,7 @@ from .audit import AuditLog
 from .break_glass import BreakGlassHolds, Hold
 from .cases import Case, Cases, StoredDecision
 from .consents import Consents, StoredConsent, read_consent
+from .contributions import Contributions, StoredContribution
 from .db import Database
 from .erasure import DROPPED, WITHDRAWN_REASON, Erasure, PendingConfirmation
 from .idempotency import Idempotency
@@ -59,6 +61,7 @@ class Store(
     ProtectionNotices,
     Reconsiderations,
     TransferRequests,
+    Contributions,
 ):
     """The agent database with every aggregate's operations."""
 
@@ -86,6 +89,7 @@ __all__ = [
     "Step",
     "Store",
     "StoredConsent",
+    "StoredContribution",
     "StoredDecision",
     "StoredNotice",
     "StoredRequest",

@@ -36,6 +36,8 @@ column; in `inbox` the `sender` column is the owner of the referral a row carrie
   decisions, PROTOCOL §8.7); new tables, so `CREATE TABLE IF NOT EXISTS` adds them to
   older databases (no release had them: `case_referrals`' UNIQUE referral_id was added to
   the CREATE itself, before any release, so needs no migration).
+- `contributions_sent`, `contributions`: agents/storage/contributions.py (statistics
+  contributions, PROTOCOL §8.11); new tables too.
 - `break_glass`: agents/storage/break_glass.py (referrals held for a second client's
   confirmation, PROTOCOL §8.2 step 2; only this agency's own, so keyed by referral id
   alone); a new table, added to older databases as above.
@@ -405,6 +407,19 @@ CREATE TABLE IF NOT EXISTS transfer_requests (
     UNIQUE (requester, request_id)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS transfer_requests_by_message ON transfer_requests(message_id);
+CREATE TABLE IF NOT EXISTS contributions_sent (
+    period       TEXT PRIMARY KEY,
+    message_id   TEXT NOT NULL,
+    sent_at      INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS contributions (
+    authority     TEXT NOT NULL,
+    period        TEXT NOT NULL,
+    body          BLOB NOT NULL,
+    envelope_hash TEXT NOT NULL,
+    received_at   INTEGER NOT NULL,
+    PRIMARY KEY (authority, period)
+) STRICT;
 CREATE TABLE IF NOT EXISTS webhook_outbox (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id      TEXT NOT NULL UNIQUE,

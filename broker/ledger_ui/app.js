@@ -117,6 +117,8 @@
     "transfer-request.received": "Transfer request received",
     "transfer-step.sent": "Transfer step sent",
     "transfer-step.received": "Transfer step received",
+    "statistics.contributed": "Statistics sent to the rapporteur",
+    "statistics.received": "Statistics received from an authority",
   };
   const LABEL_WORDS = {
     referral_type: {
@@ -187,7 +189,7 @@
   const INCOMING = new Set(["referral.received", "receipt.received", "transition.received",
     "message.rejected", "erasure.confirmed", "record.accessed", "identification.received",
     "protection.received", "reconsideration.received", "transfer-request.received",
-    "transfer-step.received"]);
+    "transfer-step.received", "statistics.received"]);
 
   // A code with no entry above (a newer ledger) still reads as words: "a.b_c" -> "A b c".
   function words(code) {
@@ -201,6 +203,7 @@
 
   function labelWords(name, value) {
     if (name in COUNT_WORDS) return `${value} ${COUNT_WORDS[name]}`;
+    if (name === "period") return String(value); // a month, YYYY-MM (statistics.*)
     const table = LABEL_WORDS[name];
     const w = (table && table[value]) || words(value);
     return name === "state" ? `New state: ${w}` : w;

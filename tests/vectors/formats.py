@@ -746,6 +746,20 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
     )
     step_label = _event_fields(EVENT)
     step_label[9] = [["to_state", "refused"]]
+    contributed = AuditEvent(
+        event_id=fixed("audit event 10")[:16].hex(),
+        agency="police",
+        kind="statistics.contributed",
+        time=NOW,
+        counterpart="ngo",
+        envelope_hash=fixed("envelope 4").hex(),
+        key_ids=EVENT.key_ids,
+        labels=(("period", "2026-12"),),
+    )
+    period_label = _event_fields(EVENT)
+    period_label[9] = [["period", "2026-12"]]
+    period_13 = _event_fields(contributed)
+    period_13[9] = [["period", "2026-13"]]
     outcomeless = _event_fields(decided)
     outcomeless[3] = "identification.sent"
     outcomeless[9] = [["stage", "first"]]
@@ -833,6 +847,27 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
             "ok",
             {},
             sign_event(step_received, POLICE_SIGN),
+        ),
+        (
+            "ok-statistics-contributed",
+            "statistics.contributed: one copy to the rapporteur, its envelope hash and month",
+            "ok",
+            {},
+            sign_event(contributed, POLICE_SIGN),
+        ),
+        (
+            "period-label-on-other-kind",
+            "a statistics contribution's period label on referral.sent, correctly signed",
+            "malformed",
+            {},
+            _signed_raw(period_label),
+        ),
+        (
+            "statistics-contributed-month-13",
+            "statistics.contributed for a thirteenth month, correctly signed",
+            "malformed",
+            {},
+            _signed_raw(period_13),
         ),
         (
             "transfer-step-label-on-other-kind",
@@ -3833,6 +3868,97 @@ def transfer_vectors() -> Iterator[tuple[str, str]]:
         yield f"transfer-step-{name}", render(header, body)
 
 
+# --- statistics contributions (§8.11) ------------------------------------------------------
+#
+# body-statistics-contribution-*: `kind`, `roles` (the receiver's), `sender` and
+#     `sender_roles` (the envelope's sender and its roles in the receiver's directory),
+#     `created` (the envelope's); judged by §8.11's decoding and receiver checks in order,
+#     with the clock skew of 300 s; when ok `period`, `authority` and the decisions counted
+#     per stage and outcome (`first_positive` ...).
+
+_CONTRIBUTION_CREATED = 1_801_000_000  # 2027-01-26: January 2027 has not ended
+
+
+def _contribution(**changes: object) -> dict[str, Any]:
+    cell = {"age_group": "child", "count": 2, "form": "mixed", "outcome": "positive",
+            "sex": "female", "stage": "first"}  # fmt: skip
+    doc: dict[str, Any] = {
+        "authority": "authority",
+        "cells": [cell, {**cell, "age_group": "adult", "count": 1, "form": "forced_labour",
+                         "outcome": "negative", "sex": "male", "stage": "second"}],
+        "durations": [{"age_group": "child", "count": 2, "days": 4, "form": "mixed",
+                       "interval": "referral-to-first", "sex": "female"}],
+        "period": "2026-12",
+    }  # fmt: skip
+    doc.update(changes)
+    return doc
+
+
+def _contribution_vectors() -> list[tuple[str, str, str, str, str, str, bytes]]:
+    """(name, comment, roles, sender_roles, sender, expect, body)."""
+    ca, rap = "competent-authority", "rapporteur"
+    ok = canonical_json(_contribution())
+    one = _contribution()["cells"][0]
+    return [
+        ("ok", "two cells and one duration, December 2026", rap, ca, "authority", "ok", ok),
+        ("ok-empty", "a month without decisions: no cell, no duration", rap, ca, "authority",
+         "ok", canonical_json(_contribution(cells=[], durations=[]))),
+        ("not-a-rapporteur", "sent to an agency that is no rapporteur", "police", ca,
+         "authority", "not-for-this-role", ok),
+        ("not-an-authority", "sent by an agency that is no competent authority", rap, "ngo",
+         "ngo", "not-an-authority", canonical_json(_contribution(authority="ngo"))),
+        ("other-authority", "an authority sending another's contribution", rap, ca,
+         "authority-2", "unexpected", ok),
+        ("month-not-ended", "January 2027, sent in January", rap, ca, "authority",
+         "misdated", canonical_json(_contribution(period="2027-01"))),
+        ("unknown-member", "a fifth member", rap, ca, "authority", "unknown-member",
+         canonical_json(_contribution(total=3))),
+        ("cell-unknown-member", "a cell with a seventh member", rap, ca, "authority",
+         "unknown-member", canonical_json(_contribution(cells=[{**one, "case_id": RID}]))),
+        ("cell-free-text", "a sex outside the list", rap, ca, "authority", "schema-invalid",
+         canonical_json(_contribution(cells=[{**one, "sex": "Woman"}]))),
+        ("cell-zero", "a cell counting none (left out instead)", rap, ca, "authority",
+         "schema-invalid", canonical_json(_contribution(cells=[{**one, "count": 0}]))),
+        ("cells-repeated", "one combination twice", rap, ca, "authority", "schema-invalid",
+         canonical_json(_contribution(cells=[one, one]))),
+        ("cells-unsorted", "the second stage's cell first", rap, ca, "authority",
+         "schema-invalid", canonical_json(_contribution(cells=_contribution()["cells"][::-1]))),
+        ("period-month-13", "a thirteenth month", rap, ca, "authority", "schema-invalid",
+         canonical_json(_contribution(period="2026-13"))),
+        ("days-negative", "a duration of minus one day", rap, ca, "authority",
+         "schema-invalid", canonical_json(_contribution(durations=[
+             {**_contribution()["durations"][0], "days": -1}]))),
+        ("not-canonical", "a space after the first colon", rap, ca, "authority", "malformed",
+         ok.replace(b'"authority":', b'"authority": ', 1)),
+    ]  # fmt: skip
+
+
+def contribution_vectors() -> Iterator[tuple[str, str]]:
+    for name, comment, roles, sender_roles, sender, expect, data in _contribution_vectors():
+        header: list[tuple[str, object]] = [
+            ("expect", expect),
+            ("comment", comment),
+            ("kind", "statistics-contribution"),
+            ("roles", roles),
+            ("sender", sender),
+            ("sender_roles", sender_roles),
+            ("created", _CONTRIBUTION_CREATED),
+        ]
+        if expect == "ok":
+            doc = json.loads(data)
+            totals: dict[str, int] = {}
+            for cell in doc["cells"]:
+                key = f"{cell['stage']}_{cell['outcome']}"
+                totals[key] = totals.get(key, 0) + cell["count"]
+            header += [("period", doc["period"]), ("authority", doc["authority"])]
+            header += [
+                (f"{stage}_{outcome}", totals.get(f"{stage}_{outcome}", 0))
+                for stage in ("first", "second")
+                for outcome in ("positive", "negative")
+            ]
+        yield f"body-statistics-contribution-{name}", render(header, data)
+
+
 #: Every family: (file name prefix, generator of (name, text)).
 FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("canonical-json-", canonical_json_vectors),
@@ -3853,6 +3979,7 @@ FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("referral-v1-to-v2-", mapping_vectors),
     ("body-reconsideration-request-", request_vectors),
     ("transfer-step-", transfer_vectors),
+    ("body-statistics-contribution-", contribution_vectors),
 ]
 #: Every file name prefix written here (for removing stale files).
 PREFIXES = (

@@ -1,0 +1,214 @@
+"""Statistics contributions between agents (docs/PROTOCOL.md §8.11).
+
+At a competent authority, the agent's timers (`tick`) seal each month's contribution
+(agents/contributions.py, computed from its own cases and the opening referrals it holds)
+to every rapporteur of its directory once `contribution_grace_days` passed since the month
+ended, and record the month sent in the same transaction (`contributions_sent`), so that a
+restart never sends one twice. At a rapporteur, `on_contribution` runs the sender checks and
+keeps the body; `listing` serves them. The person data stays inside the sealed body: the
+ledger gets `statistics.contributed` / `.received` with the envelope's hash and the label
+`period`, the logs ids and months only.
+
+    authority                                   rapporteur
+    tick: month due, not sent  -- statistics-contribution -->  checks, stores,
+      contributions_sent                                         statistics.received
+      statistics.contributed (per copy)
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from keys import Opened, UnexpectedMessageError, UntrustedInputError
+from keys import decision as D
+from keys.directory import Directory
+from keys.policy import Statistics
+from keys.roles import COMPETENT_AUTHORITY, RAPPORTEUR
+from runtime import clock
+
+from . import contributions as S
+from . import webhooks as W
+from .audit import AuditTrail
+from .desk import Sender, sealable_with_role
+from .store import Store, StoredContribution
+
+log = structlog.get_logger("nrm.statistics")
+
+#: The webhook event a rapporteur's system gets for each contribution accepted.
+RECEIVED_EVENT = "statistics.received"
+#: How the agent reads the opening referral (owner, referral_id) it holds: the referral
+#: document, or None once erased.
+ReferralReader = Callable[[str, str], Mapping[str, Any] | None]
+
+
+@dataclass
+class StatisticsDesk:
+    agency: str
+    store: Store
+    audit: AuditTrail
+    send: Sender
+    directory: Callable[[], Directory]
+    referral: ReferralReader
+    #: Limits.clock_skew_seconds: how early a contribution's envelope may be dated (§8.11).
+    skew: int
+
+    def __post_init__(self) -> None:
+        self.log = log.bind(agency=self.agency)
+
+    def _roles(self, agency: str) -> frozenset[str]:
+        directory = self.directory()
+        return frozenset(directory.agency(agency).roles) if agency in directory else frozenset()
+
+    # --- the authority ------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Seal every month's contribution that is due and not sent yet, oldest first, one
+        transaction each (the envelope queued, the month marked sent, the audit events).
+        The cases are read once per tick, and only when a month is to be sent."""
+        if COMPETENT_AUTHORITY not in self._roles(self.agency):
+            return
+        directory = self.directory()
+        now = clock.now()
+        rapporteurs = sealable_with_role(
+            directory, RAPPORTEUR, me=self.agency, now=now, log=self.log
+        )
+        if not rapporteurs:
+            return  # the months wait until a rapporteur is listed
+        policy = directory.policy
+        grace = (policy.statistics if policy else Statistics()).contribution_grace_days
+        with self.store.transaction() as db:
+            first = self.store.first_case_opened(db)
+        if first is None:
+            return
+        facts: list[S.CaseFacts] | None = None
+        for period in S.periods_due(first, now, grace):
+            with self.store.transaction() as db:
+                if self.store.contributed(db, period):
+                    continue
+                try:
+                    facts = self._facts(db) if facts is None else facts
+                except (UntrustedInputError, ValueError) as e:  # a damaged row: send no count
+                    self.log.error("statistics_contribution_failed", period=period,
+                                   error=type(e).__name__)  # fmt: skip
+                    return  # tried again next time, the months in order
+                contribution = S.compute(period, self.agency, facts)
+                message_id = self.send(
+                    S.STATISTICS_CONTRIBUTION,
+                    contribution.encode(),
+                    rapporteurs,
+                    db,
+                    labels=(("period", period),),
+                )
+                self.store.mark_contributed(db, period, message_id, now)
+            self.log.info(
+                "statistics_contributed",
+                period=period,
+                message_id=message_id,
+                rapporteurs=rapporteurs,
+            )
+
+    def _facts(self, db: sqlite3.Connection) -> list[S.CaseFacts]:
+        out = []
+        for case in self.store.all_cases(db):
+            decisions = tuple(
+                S.DecisionFact(d.stage, d.outcome, _decided_at(d.signed))
+                for d in self.store.decisions_of_case(db, self.agency, case.case_id)
+            )
+            referral = self.referral(case.owner, case.referral_id)
+            person = S.person_of(referral, age_route=case.age_route)
+            out.append(S.CaseFacts(person, case.opened_at, decisions))
+        return out
+
+    # --- the rapporteur -----------------------------------------------------------------------
+
+    def on_contribution(
+        self, db: sqlite3.Connection, opened: Opened, contribution: S.Contribution
+    ) -> None:
+        """§8.11's receiver checks after decoding (inbound.py checked the role and the body),
+        then the contribution stored with `statistics.received`; the same bytes again change
+        nothing, other bytes for a month held are `unexpected`."""
+        h = opened.header
+        S.check_sender(
+            contribution,
+            sender=h.sender,
+            sender_roles=self._roles(h.sender),
+            created=h.created,
+            skew=self.skew,
+        )
+        held = self.store.held_contribution(db, contribution.authority, contribution.period)
+        if held is not None:
+            if held.body == opened.body:
+                return
+            raise UnexpectedMessageError("a second, different contribution of a month held")
+        stored = StoredContribution(
+            authority=contribution.authority,
+            period=contribution.period,
+            body=opened.body,
+            envelope_hash=opened.envelope_hash,
+            received_at=clock.now(),
+        )
+        self.store.insert_contribution(db, stored)
+        self.audit.record(
+            db,
+            "statistics.received",
+            counterpart=h.sender,
+            envelope_hash=opened.envelope_hash,
+            key_ids=(h.sender_kid,),
+            labels=(("period", contribution.period),),
+        )
+        W.enqueue(
+            db,
+            W.WebhookEvent(
+                id=W.new_event_id(),
+                type=RECEIVED_EVENT,
+                created=stored.received_at,
+                data={  # ids and the month only: the counts are read over the API
+                    "authority": stored.authority,
+                    "period": stored.period,
+                    "envelope_hash": stored.envelope_hash,
+                    "received_at": stored.received_at,
+                },
+            ),
+        )
+        self.log.info("statistics_received", authority=h.sender, period=contribution.period)
+
+    def policy(self) -> dict[str, int] | None:
+        """The trusted directory's `statistics` (PROTOCOL §7.11), None without a policy: what
+        the rapporteur's report applies."""
+        policy = self.directory().policy
+        if policy is None:
+            return None
+        st = policy.statistics
+        return {
+            "k": st.k,
+            "round_to": st.round_to,
+            "contribution_grace_days": st.contribution_grace_days,
+        }
+
+    def listing(self, period: str) -> list[dict[str, Any]]:
+        """The contributions held for `period` (the API's `GET /v1/contributions`)."""
+        out = []
+        for held in self.store.contributions_of(period):
+            doc = json.loads(held.body)
+            out.append(
+                {
+                    "authority": held.authority,
+                    "period": held.period,
+                    "envelope_hash": held.envelope_hash,
+                    "received_at": held.received_at,
+                    "cells": doc["cells"],
+                    "durations": doc["durations"],
+                }
+            )
+        return out
+
+
+def _decided_at(signed: bytes) -> int:
+    """The `decided_at` of this authority's own decision as it signed it."""
+    return D.claimed(signed).decided_at

@@ -1,0 +1,199 @@
+"""`nrm rapporteur report`: the national rapporteur's statistics from the contributions its
+agent holds (GET /v1/contributions, PROTOCOL §8.11), each cross-checked against the
+ledger's `identification.decided` entries (an auditor token), the ones that add up summed
+into one table and released under disclosure control (runtime/disclosure.py,
+docs/proposals/nrm-process.md §12.4). A contribution that does not add up is left out and
+listed (`contribution-mismatch`), as is a month of decisions without one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+
+from agents import contributions as S
+from keys import DEFAULT_LIMITS
+from keys.codec import canonical_json
+from keys.policy import Statistics
+from runtime import disclosure
+from runtime.tls import client_context
+
+from .exits import Failed
+
+#: The released table's dimensions, in order (the SDG 16.2.2 breakdown by stage and outcome).
+DIMS: Final = ("stage", "outcome", "sex", "age_group", "form")
+DOMAINS: Final[Mapping[str, Sequence[str]]] = {
+    "stage": S.STAGES,
+    "outcome": S.OUTCOMES,
+    "sex": S.SEXES,
+    "age_group": S.AGE_GROUPS,
+    "form": S.FORMS,
+}
+#: The tables the ledger's own `/v1/stats` already makes public (decisions per stage and
+#: outcome), with their marginals: never suppressed (hiding them protects nothing).
+PUBLIC_TABLES: Final = (("stage", "outcome"), ("stage",), ("outcome",), ())
+CSV_COLUMNS: Final = (*DIMS, "count", "suppressed", "rounded")
+_PAGE = 500
+
+
+def months(first: str, last: str) -> list[str]:
+    """Every month from `first` to `last`, both `YYYY-MM`, in order."""
+    out, period = [], first
+    while period <= last:
+        out.append(period)
+        period = S.period_of(S.period_end(period))
+    return out
+
+
+def decided_in(
+    entries: Iterable[Mapping[str, Any]], first: str, last: str
+) -> list[Mapping[str, Any]]:
+    """The ledger entries dated in the months `first` to `last`."""
+    return [e for e in entries if first <= S.period_of(int(e["time"])) <= last]
+
+
+def public_cells() -> list[disclosure.Cell]:
+    cells, _ = disclosure.cells_and_relations(DIMS, DOMAINS)
+    return [c for c in cells if c[0] in PUBLIC_TABLES]
+
+
+def build(
+    contributions: Iterable[S.Contribution],
+    entries: Iterable[Mapping[str, Any]],
+    *,
+    k: int,
+    round_to: int,
+) -> dict[str, Any]:
+    """The report (pure): every contribution cross-checked, the missing months, and the
+    table of the ones that add up with all its marginals under disclosure control; no cell
+    at all (`released` false) when some cell below `k` cannot be hidden."""
+    checked, missing = S.cross_check(contributions, entries)
+    accepted = {(c.authority, c.period) for c in checked if c.ok}
+    counts: Counter[tuple[str, ...]] = Counter()
+    for c in contributions:
+        if (c.authority, c.period) in accepted:
+            for cell in c.cells:
+                counts[cell.key()] += cell.count
+    try:
+        released = disclosure.protect(
+            counts, DIMS, DOMAINS, k=k, round_to=round_to, public=public_cells()
+        )
+    except disclosure.Unprotectable:
+        released = None  # publish nothing rather than something that leaks
+    return {
+        "k": k,
+        "round_to": round_to,
+        "released": released is not None,
+        "contributions": [
+            {
+                "authority": c.authority,
+                "period": c.period,
+                "accepted": c.ok,
+                "reason": c.reason,
+                "mismatches": [
+                    {
+                        "stage": m.stage,
+                        "outcome": m.outcome,
+                        "contributed": m.contributed,
+                        "ledger": m.ledger,
+                    }
+                    for m in c.mismatches
+                ],
+            }
+            for c in checked
+        ],
+        "missing": [{"authority": a, "period": p} for a, p in missing],
+        "cells": [
+            {
+                **{d: (values[table.index(d)] if d in table else "total") for d in DIMS},
+                "count": p.value,
+                "suppressed": p.suppressed,
+                "rounded": p.rounded,
+            }
+            for (table, values), p in sorted((released or {}).items())
+        ],
+    }
+
+
+def csv_text(report: Mapping[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for cell in report["cells"]:
+        count = "" if cell["count"] is None else str(cell["count"])
+        flags = ["yes" if cell[f] else "no" for f in ("suppressed", "rounded")]
+        writer.writerow([*(cell[d] for d in DIMS), count, *flags])
+    return out.getvalue()
+
+
+def text(report: Mapping[str, Any]) -> str:
+    lines = []
+    for c in report["contributions"]:
+        state = "accepted" if c["accepted"] else f"refused {c['reason']}"
+        lines.append(f"{c['period']} {c['authority']}: {state}")
+        lines += [
+            f"  {m['stage']} {m['outcome']}: contributed {m['contributed']}, ledger {m['ledger']}"
+            for m in c["mismatches"]
+        ]
+    lines += [f"{m['period']} {m['authority']}: missing" for m in report["missing"]]
+    if not report["released"]:
+        lines.append("nothing released: a cell below k cannot be hidden in this release")
+    totals = [c for c in report["cells"] if c["sex"] == c["age_group"] == c["form"] == "total"]
+    for c in totals:
+        shown = "suppressed" if c["suppressed"] else str(c["count"])
+        lines.append(f"{c['stage']} {c['outcome']}: {shown}")
+    return "\n".join(lines)
+
+
+def _contribution(item: Mapping[str, Any]) -> S.Contribution:
+    """One served contribution decoded again by §8.11's rules (the agent is trusted only so
+    far: what does not decode fails the report)."""
+    doc = {k: item[k] for k in ("authority", "cells", "durations", "period")}
+    return S.Contribution.decode(canonical_json(doc), limits=DEFAULT_LIMITS)
+
+
+async def fetch(
+    *,
+    url: str,
+    token: str,
+    ledger_url: str,
+    ledger_token: str,
+    periods: Sequence[str],
+    ca_file: Path | None,
+) -> tuple[list[S.Contribution], list[dict[str, Any]], Statistics]:
+    """The contributions the agent at `url` holds for `periods`, the ledger's
+    `identification.decided` entries (every page), and the statistics policy of the agent's
+    trusted directory (the defaults without one), or Failed."""
+    connector = aiohttp.TCPConnector(ssl=True if ca_file is None else client_context(ca_file))
+    async with aiohttp.ClientSession(connector=connector) as http:
+        held: list[S.Contribution] = []
+        policy = Statistics()
+        for period in periods:
+            body = await _get(http, f"{url.rstrip('/')}/v1/contributions?period={period}", token)
+            held += [_contribution(item) for item in body["items"]]
+            if body["statistics"] is not None:
+                policy = Statistics(**body["statistics"])
+        entries: list[dict[str, Any]] = []
+        events = f"{ledger_url.rstrip('/')}/v1/events?q={S.DECIDED}&limit={_PAGE}"
+        page = await _get(http, events, ledger_token)
+        while True:
+            entries += [e for e in page["items"] if e["kind"] == S.DECIDED]
+            if page["next_cursor"] is None:
+                break
+            page = await _get(http, f"{events}&cursor={page['next_cursor']}", ledger_token)
+    return held, entries, policy
+
+
+async def _get(http: aiohttp.ClientSession, url: str, token: str) -> Any:
+    async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as r:
+        body = await r.json(content_type=None)
+        if r.status != 200:
+            detail = body.get("detail", "") if isinstance(body, dict) else ""
+            raise Failed(f"{url.split('?')[0]} answered HTTP {r.status}: {detail}")
+        return body

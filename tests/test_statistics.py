@@ -1,0 +1,355 @@
+"""Statistics contributions between real agents (PROTOCOL §8.11): the competent authority's
+timers seal each month's contribution to the rapporteur once the grace has run (the clock
+moved, never slept), once, across restarts; the rapporteur keeps it and serves it; every
+other agency refuses the kind, and the rapporteur refuses one from an agency that is no
+authority; no clear personal data reaches the bus or the ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from click.testing import CliRunner
+
+from agents import contributions as S
+from keys.policy import Statistics
+from keys.roles import RAPPORTEUR
+from nrm import admin
+from nrm.cli import main
+from runtime import clock
+
+from .support import (
+    Mechanism,
+    agency_keys,
+    eventually,
+    renew_directory,
+    sealed,
+    webhook_receiver,
+)
+from .test_identification import (
+    AUTHORITY,
+    POLICY,
+    authority_mechanism,
+    call,
+    decide,
+    events,
+    opened_case,
+)
+from .test_sender_scope import publish, rejected
+
+RAPPORTEUR_AGENCY = "coordinator"  # made the rapporteur below
+#: Contributions due at once when the month ends.
+NO_GRACE = dataclasses.replace(POLICY, statistics=Statistics(contribution_grace_days=0))
+DAY = 86_400
+#: A body the sample's with a sex and two forms of exploitation (`mixed`).
+MIXED = {
+    "age_category": "adult",
+    "gender": "female",
+    "exploitation_types": ["sexual_exploitation", "forced_begging"],
+    "names": {"given_names": "Ana", "family_name": "Example"},
+}
+
+
+#: The events the rapporteur's agent sent its system (webhooks), in order of arrival.
+RAPPORTEUR_EVENTS: list[dict[str, Any]] = []
+
+
+async def _collect(request: web.Request) -> web.Response:
+    RAPPORTEUR_EVENTS.append(json.loads(await request.read()))
+    return web.Response(status=200)
+
+
+@pytest.fixture
+async def rapporteur(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Mechanism, Path]]:
+    """The authority mechanism under NO_GRACE, the co-ordinator turned into the rapporteur,
+    the clock movable by its offset file."""
+    RAPPORTEUR_EVENTS.clear()
+    offset = tmp_path / "clock-offset"
+    clock.set_offset(offset, 0)
+    monkeypatch.setenv(clock.ENV, str(offset))
+    async with (
+        webhook_receiver(_collect) as url,
+        authority_mechanism(tmp_path, NO_GRACE, webhooks={RAPPORTEUR_AGENCY: url}) as m,
+    ):
+        setup = m.setups[RAPPORTEUR_AGENCY]
+        identity = admin.PublicIdentity.from_json(setup.identity_path.read_bytes())
+        admin.add_agency(m.sandbox.admin, identity, roles=[RAPPORTEUR])
+        m.sandbox.sign_draft()
+        await m.sandbox.publish()
+
+        async def everyone_knows() -> bool:
+            return all(
+                (d := a.trust.directory) is not None
+                and d.agency(RAPPORTEUR_AGENCY).roles == (RAPPORTEUR,)
+                for a in m.agents.values()
+            )
+
+        await eventually(everyone_knows, what="every agent to know the rapporteur")
+        yield m, offset
+
+
+async def _month_over(m: Mechanism, offset: Path, period: str) -> None:
+    """The clock moved past the end of `period` (the directory renewed half-way)."""
+    due = S.due_at(period, 0) - clock.now()
+    clock.set_offset(offset, due // 2)
+    await renew_directory(m)
+    clock.set_offset(offset, due + 60)
+
+
+async def _held(m: Mechanism, period: str, n: int) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+
+    async def arrived() -> bool:
+        nonlocal items
+        status, body = await call(m, RAPPORTEUR_AGENCY, "GET", f"/v1/contributions?period={period}")
+        assert status == 200, body
+        items = body["items"]
+        return len(items) >= n
+
+    await eventually(arrived, timeout=30, what=f"{n} contribution(s) at the rapporteur")
+    return items
+
+
+def _cells(held: dict[str, Any]) -> tuple[S.Cell, ...]:
+    return tuple(
+        S.Cell(c["stage"], c["outcome"], c["sex"], c["age_group"], c["form"], c["count"])
+        for c in held["cells"]
+    )
+
+
+async def _decided_in_ledger(m: Mechanism, n: int) -> list[dict[str, Any]]:
+    """The ledger's `identification.decided` entries, once it holds `n` (auditor token)."""
+    assert m.sandbox.ledger is not None
+    url = m.sandbox.ledger.url.rstrip("/") + "/v1/events?q=identification.decided&limit=500"
+    headers = {"Authorization": f"Bearer {m.sandbox.auditor_token}"}
+    items: list[dict[str, Any]] = []
+
+    async def held() -> bool:
+        nonlocal items
+        async with m.http.get(url, headers=headers) as r:
+            assert r.status == 200, await r.text()
+            items = (await r.json())["items"]
+        return len([e for e in items if e["kind"] == S.DECIDED]) >= n
+
+    await eventually(held, timeout=30, what=f"{n} decisions in the ledger")
+    return items
+
+
+async def _report(m: Mechanism, period: str, *flags: str, policy: bool = False) -> dict[str, Any]:
+    """`nrm rapporteur report` for `period` against the rapporteur's agent and the ledger
+    (k 2, rounding 1; the policy's with `policy`), in a thread of its own: the servers
+    answer on this loop."""
+    assert m.sandbox.ledger is not None
+    api = m.api(RAPPORTEUR_AGENCY)
+    given = [] if policy else ["--k", "2", "--round-to", "1"]
+    args = ["rapporteur", "report", "--from", period, "--to", period, "--url", api.base,
+            "--ledger", m.sandbox.ledger.url, *given, *flags]  # fmt: skip
+    env = {"NRM_API_TOKEN": api.token, "NRM_LEDGER_TOKEN": m.sandbox.auditor_token}
+    result = await asyncio.to_thread(CliRunner().invoke, main, args, env=env)
+    return {"exit": result.exit_code, "output": result.output}
+
+
+def _json_in(output: str) -> Any:
+    """The JSON document the command printed (the agents of this process log beside it)."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("{"))
+    doc, _ = json.JSONDecoder().raw_decode("\n".join(lines[start:]))
+    return doc
+
+
+def _files_hold(root: Path, needles: tuple[bytes, ...]) -> list[str]:
+    assert root.is_dir() and any(p.is_file() for p in root.rglob("*")), root
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            found += [f"{path.name}: {n!r}" for n in needles if n in data]
+    return found
+
+
+async def test_the_contribution_arrives_adds_up_and_is_sent_once(
+    rapporteur: tuple[Mechanism, Path],
+) -> None:
+    """Two cases decided this month (a positive and a negative first stage, and the
+    negative one's second stage is not possible: one first stage each). Before the month
+    ends nothing is sent; once it ended the authority's timer seals one contribution to
+    the rapporteur, whose API shows exactly the cells and durations of the two cases, and
+    whose decisions add up to the authority's `identification.decided` events of the month.
+    Ticking again, and restarting the authority, sends nothing more. The ledger and the bus
+    hold no cell in clear: only the events with the envelope's hash and the month."""
+    m, offset = rapporteur
+    period = S.period_of(clock.now())
+    _, mixed = await opened_case(m, body=MIXED)
+    _, plain = await opened_case(m)
+    status, body = await decide(m, mixed, {"stage": "first", "outcome": "positive"})
+    assert status == 202, body
+    status, body = await decide(
+        m, plain, {"stage": "first", "outcome": "negative", "reason": "no-indicators"}
+    )
+    assert status == 202, body
+    desk = m.agents[AUTHORITY].statistics
+    desk.tick()
+    assert events(m, AUTHORITY, "statistics.") == []  # the month has not ended
+
+    await _month_over(m, offset, period)
+    desk.tick()
+    [held] = await _held(m, period, 1)
+    assert (held["authority"], held["period"]) == (AUTHORITY, period)
+    assert held["cells"] == [
+        {"age_group": "adult", "count": 1, "form": "forced_labour", "outcome": "negative",
+         "sex": "unknown", "stage": "first"},
+        {"age_group": "adult", "count": 1, "form": "mixed", "outcome": "positive",
+         "sex": "female", "stage": "first"},
+    ]  # fmt: skip
+    assert [(d["interval"], d["sex"], d["form"], d["count"]) for d in held["durations"]] == [
+        ("referral-to-first", "female", "mixed", 1),
+        ("referral-to-first", "unknown", "forced_labour", 1),
+    ]
+    decided = [
+        e for e in events(m, AUTHORITY, "identification.decided") if S.period_of(e.time) == period
+    ]
+    assert sum(c["count"] for c in held["cells"]) == len(decided) == 2
+    dated = set()
+    for case_id in (mixed, plain):
+        status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+        assert status == 200, case
+        dated |= {d["decided_at"] for d in case["decisions"]}
+    assert {e.time for e in decided} == dated  # the event dated as the decision (§9.0)
+
+    [sent] = events(m, AUTHORITY, "statistics.contributed")
+    assert (sent.counterpart, sent.labels, sent.referral_id) == (
+        RAPPORTEUR_AGENCY,
+        (("period", period),),
+        None,
+    )
+    assert sent.envelope_hash == held["envelope_hash"]
+
+    async def received() -> bool:
+        return len(events(m, RAPPORTEUR_AGENCY, "statistics.received")) == 1
+
+    await eventually(received, what="the rapporteur's statistics.received")
+    [got] = events(m, RAPPORTEUR_AGENCY, "statistics.received")
+    assert (got.counterpart, got.labels, got.envelope_hash) == (
+        AUTHORITY,
+        (("period", period),),
+        held["envelope_hash"],
+    )
+
+    async def told() -> bool:  # at least once: deduplicated by event id
+        return any(e["type"] == "statistics.received" for e in RAPPORTEUR_EVENTS)
+
+    await eventually(told, what="the rapporteur's system told of the contribution")
+    told_of = {e["id"]: e["data"] for e in RAPPORTEUR_EVENTS if e["type"] == "statistics.received"}
+    assert list(told_of.values()) == [
+        {"authority": AUTHORITY, "period": period, "envelope_hash": held["envelope_hash"],
+         "received_at": held["received_at"]}
+    ]  # fmt: skip
+
+    # The rapporteur's cross-check against the ledger's own events (an auditor's read).
+    entries = await _decided_in_ledger(m, 2)
+    served = S.Contribution(period, AUTHORITY, _cells(held), ())
+    [checked], missing = S.cross_check([served], entries)
+    assert (checked.ok, missing) == (True, [])
+    doctored = S.Contribution(period, AUTHORITY, _cells(held)[1:], ())  # one case left out
+    [refused], _ = S.cross_check([doctored], entries)
+    assert refused.reason == "contribution-mismatch"
+    assert refused.mismatches == (S.Mismatch("first", "negative", 0, 1),)
+
+    # The report: the contribution accepted against the ledger; with two people and the
+    # ledger's own counts public, no cell below k can be hidden, so none is released.
+    status, body = await call(m, RAPPORTEUR_AGENCY, "GET", f"/v1/contributions?period={period}")
+    assert status == 200, body
+    assert body["statistics"] == {"k": 11, "round_to": 5, "contribution_grace_days": 0}
+    report = await _report(m, period, "--json")
+    assert report["exit"] == 1, report
+    doc = _json_in(report["output"])
+    assert (doc["k"], doc["round_to"]) == (2, 1)  # as given; else the policy's
+    by_policy = _json_in((await _report(m, period, "--json", policy=True))["output"])
+    assert (by_policy["k"], by_policy["round_to"]) == (11, 5)
+    assert [(c["authority"], c["accepted"]) for c in doc["contributions"]] == [(AUTHORITY, True)]
+    assert (doc["missing"], doc["released"], doc["cells"]) == ([], False, [])
+    assert "nothing released" in report["output"]
+
+    for _ in range(2):
+        desk.tick()
+    await m.stop(AUTHORITY)
+    await m.start(AUTHORITY)
+    m.agents[AUTHORITY].statistics.tick()
+    assert len(events(m, AUTHORITY, "statistics.contributed")) == 1
+    assert len(await _held(m, period, 1)) == 1
+
+    # Nothing of the cells in clear: neither the bus's store nor the ledger's files.
+    needles = (b'"cells"', b'"age_group"', b"sexual_exploitation", b'"mixed"')
+    assert _files_hold(m.database(RAPPORTEUR_AGENCY).parent, needles)  # the search finds it
+    assert _files_hold(m.sandbox.root / "bus", needles) == []
+    assert _files_hold(m.sandbox.root / "ledger", needles) == []
+
+
+async def test_only_a_rapporteur_takes_it_and_only_from_an_authority(
+    rapporteur: tuple[Mechanism, Path],
+) -> None:
+    """A contribution sealed by the authority to police is refused `not-for-this-role`;
+    one sealed by police (no competent authority) to the rapporteur `not-an-authority`;
+    one of the authority naming another authority `unexpected`; a month that has not
+    ended `misdated`. The rapporteur holds none of them."""
+    m, _ = rapporteur
+    authority, police = agency_keys(m, AUTHORITY), agency_keys(m, "police")
+    ended = S.period_of(S.period_start(S.period_of(clock.now())) - 1)
+    own = S.Contribution(ended, AUTHORITY, (), ()).encode()
+
+    to_police = sealed(m, authority, "police", S.STATISTICS_CONTRIBUTION, own)
+    await publish(m, AUTHORITY, "police", to_police)
+    await rejected(m, "police", to_police, "not-for-this-role")
+
+    for sender, keys, body, reason in (
+        ("police", police, S.Contribution(ended, "police", (), ()).encode(), "not-an-authority"),
+        (AUTHORITY, authority, S.Contribution(ended, "police", (), ()).encode(), "unexpected"),
+        (AUTHORITY, authority, S.Contribution(S.period_of(clock.now()), AUTHORITY, (), ()).encode(),
+         "misdated"),
+    ):  # fmt: skip
+        data = sealed(m, keys, RAPPORTEUR_AGENCY, S.STATISTICS_CONTRIBUTION, body)
+        await publish(m, sender, RAPPORTEUR_AGENCY, data)
+        await rejected(m, RAPPORTEUR_AGENCY, data, reason)
+    for period in (ended, S.period_of(clock.now())):
+        status, body = await call(m, RAPPORTEUR_AGENCY, "GET", f"/v1/contributions?period={period}")
+        assert (status, body["items"]) == (200, []), body
+    status, body = await call(m, RAPPORTEUR_AGENCY, "GET", "/v1/contributions?period=2027-13")
+    assert status == 400, body
+    assert json.dumps(body).count("YYYY-MM") == 1
+
+
+async def test_a_damaged_decision_holds_the_month_back(
+    rapporteur: tuple[Mechanism, Path],
+) -> None:
+    """A decision row damaged in the authority's database sends no contribution (no count
+    is better than a wrong one): logged, and the month goes once the row is whole again."""
+    m, offset = rapporteur
+    period = S.period_of(clock.now())
+    _, case_id = await opened_case(m)
+    status, body = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
+    assert status == 202, body
+    conn = sqlite3.connect(m.database(AUTHORITY))
+    try:
+        with conn:
+            [(signed,)] = conn.execute("SELECT signed FROM decisions WHERE case_id = ?", (case_id,))
+            conn.execute("UPDATE decisions SET signed = x'00' WHERE case_id = ?", (case_id,))
+        await _month_over(m, offset, period)
+        desk = m.agents[AUTHORITY].statistics
+        desk.tick()
+        assert events(m, AUTHORITY, "statistics.") == []
+        with conn:
+            conn.execute("UPDATE decisions SET signed = ? WHERE case_id = ?", (signed, case_id))
+    finally:
+        conn.close()
+    desk.tick()
+    [held] = await _held(m, period, 1)
+    assert sum(c["count"] for c in held["cells"]) == 1
