@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Final
 from nacl.signing import SigningKey
 
 from . import codec
-from .codec import bounded_int, canonical_json, exact_b64, exact_members, load_canonical, to_b64
+from .codec import bounded_int, canonical_json, exact_members, load_canonical
 from .directory import Directory
 from .errors import (
     ExpiredError,
@@ -39,9 +39,8 @@ from .errors import (
     UnexpectedMessageError,
     UntrustedInputError,
 )
-from .identity import signing_kid
 from .limits import DEFAULT_LIMITS
-from .signed import check_signature, decode_frame, sign_frame
+from .signed import check_signature, decode_file, decode_frame, sign_file, sign_frame
 from .subjects import AGENCY_ID_PATTERN
 
 CATALOGUE_TYPE: Final = "nrm-service-catalogue"
@@ -213,14 +212,7 @@ def encode_catalogue(catalogue: Catalogue) -> bytes:
 
 def sign_catalogue(catalogue: Catalogue, key: SigningKey) -> bytes:
     """The signed catalogue file, with the provider's one signature."""
-    signed = encode_catalogue(catalogue)
-    sig = key.sign(LABEL + b"\x00" + signed).signature
-    return canonical_json(
-        {
-            "signatures": [{"keyid": signing_kid(key.verify_key), "sig": to_b64(sig)}],
-            "signed": load_canonical(signed, "catalogue"),
-        }
-    )
+    return sign_file(LABEL, encode_catalogue(catalogue), key)
 
 
 def verify_catalogue(
@@ -233,20 +225,9 @@ def verify_catalogue(
     RetiredKeyError, RevokedKeyError); the signature (BadSignatureError); not expired
     (ExpiredMetadataError); not older than `current`, the last one accepted from that
     agency, and at the same version the same content (RollbackError)."""
-    if len(data) > MAX_CATALOGUE_BYTES:
-        raise MalformedError(f"a signed catalogue is at most {MAX_CATALOGUE_BYTES} bytes")
-    doc = load_canonical(bytes(data), "catalogue")
+    doc, signed, kid, sig = decode_file(data, max_bytes=MAX_CATALOGUE_BYTES, what="catalogue")
     try:
-        outer = exact_members(doc, {"signatures", "signed"}, "signed catalogue")
-        signatures = outer["signatures"]
-        if not isinstance(signatures, list) or len(signatures) != 1:
-            raise ValueError("a catalogue carries exactly one signature")
-        signature = exact_members(signatures[0], {"keyid", "sig"}, "signature")
-        kid, sig = signature["keyid"], exact_b64(signature["sig"], 64, "sig")
-        if not isinstance(kid, str):
-            raise ValueError("keyid must be a string")
-        signed = canonical_json(outer["signed"])
-        catalogue = _catalogue_from_doc(outer["signed"])
+        catalogue = _catalogue_from_doc(doc)
     except (ValueError, TypeError) as e:
         raise MalformedError(str(e)) from e
     entry = directory.agency(catalogue.agency)

@@ -10,12 +10,13 @@ signed it, is the caller's. Pure.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nacl.exceptions
 from nacl.signing import SigningKey, VerifyKey
 
 from . import codec
+from .codec import canonical_json, exact_b64, exact_members, load_canonical, to_b64
 from .errors import BadSignatureError, MalformedError
 from .identity import signing_kid
 
@@ -87,3 +88,41 @@ def open_frame(
     key = signer(value, kid)
     check_signature(label, body, signature, key, failure=f"{what} signature does not verify")
     return value
+
+
+# A signed file with exactly one signature (the service catalogue §8.8, the rapporteur's
+# report §8.12, in the shape of the directory's §7.4):
+#     {"signatures": [{"keyid", "sig"}], "signed": {...}}, canonical JSON,
+#     sig = Ed25519(signing key, label || 0x00 || canonical JSON of signed)
+
+
+def sign_file(label: bytes, signed: bytes, key: SigningKey) -> bytes:
+    """The one-signature file of the canonical JSON `signed`, signed by `key` under `label`."""
+    sig = key.sign(label + b"\x00" + signed).signature
+    return canonical_json(
+        {
+            "signatures": [{"keyid": signing_kid(key.verify_key), "sig": to_b64(sig)}],
+            "signed": load_canonical(signed, what="signed part"),
+        }
+    )
+
+
+def decode_file(data: bytes, *, max_bytes: int, what: str) -> tuple[Any, bytes, str, bytes]:
+    """(the signed JSON value, its canonical bytes, keyid, signature) of a one-signature file,
+    strictly decoded (size first); nothing verified. MalformedError naming `what` otherwise;
+    the signed value's own members are the caller's to check."""
+    if len(data) > max_bytes:
+        raise MalformedError(f"a signed {what} is at most {max_bytes} bytes")
+    doc = load_canonical(bytes(data), what)
+    try:
+        outer = exact_members(doc, {"signatures", "signed"}, f"signed {what}")
+        signatures = outer["signatures"]
+        if not isinstance(signatures, list) or len(signatures) != 1:
+            raise ValueError(f"a {what} carries exactly one signature")
+        signature = exact_members(signatures[0], {"keyid", "sig"}, "signature")
+        kid, sig = signature["keyid"], exact_b64(signature["sig"], 64, "sig")
+        if not isinstance(kid, str):
+            raise ValueError("keyid must be a string")
+    except (ValueError, TypeError) as e:
+        raise MalformedError(str(e)) from e
+    return outer["signed"], canonical_json(outer["signed"]), kid, sig

@@ -354,3 +354,13 @@ def test_the_report_sums_what_adds_up_under_disclosure_control() -> None:
             if not cell["rounded"]:
                 assert cell["count"] == true, cell
     assert report.csv_text(doc).count("\n") == len(doc["cells"]) + 1
+
+
+def test_report_codes_are_the_contributions() -> None:
+    """The signed report (keys/report.py, PROTOCOL §8.12) names a cell by the same codes, in
+    the same dimensions, as the contributions it sums and the released table."""
+    from keys import report
+    from nrm import rapporteur
+
+    assert report.DIMS == rapporteur.DIMS
+    assert {d: tuple(v) for d, v in rapporteur.DOMAINS.items()} == dict(report.DOMAINS)

@@ -85,6 +85,7 @@ from keys.ledger_entry import LedgerEntry
 from keys.merkle import leaf_hash, root_of, verify_consistency, verify_inclusion
 from keys.policy import Policy, policy_from_doc
 from keys.protection import Notice, check_follows, verify_notice
+from keys.report import Report, report_id, verify_report
 from keys.restore import verify_restore
 from keys.subjects import DIRECTORY_KEY, inbox_stream
 from runtime import clock
@@ -109,10 +110,15 @@ _BOX = bytes(PrivateKey(bytes(range(1, 33))).public_key)
 
 
 def one_key_directory(
-    fields: dict[str, str], agency: str, public: str, roles: tuple[str, ...] = ("police",)
+    fields: dict[str, str],
+    agency: str,
+    public: str,
+    roles: tuple[str, ...] = ("police",),
+    policy: Policy | None = None,
 ) -> Directory:
     """A real directory (unsigned: the vector is about the key, not the directory) listing
-    exactly one signing key of `agency`, with `roles`, with the vector's validity fields."""
+    exactly one signing key of `agency`, with `roles`, with the vector's validity fields
+    (under `policy`, which the roles of spec_version 2 need)."""
     key = bytes.fromhex(public)
     status = fields["key_status"]
     entry = AgencyEntry(
@@ -133,7 +139,7 @@ def one_key_directory(
         encryption_keys=(KeyEntry(key_id(ENCRYPTION_KID_LABEL, _BOX), _BOX, 0, None, "active"),),
         nats_key="U" + "A" * 55,
     )
-    return Directory(version=1, expires=1 << 40, agencies=(entry,))
+    return Directory(version=1, expires=1 << 40, agencies=(entry,), policy=policy)
 
 
 def test_vectors_exist() -> None:
@@ -511,6 +517,43 @@ def test_catalogue_vector(path: Path) -> None:
     catalogue = verify()
     assert catalogue.version == int(fields["version"])
     assert ",".join(s.service_id for s in catalogue.services) == fields["services"]
+
+
+@each_vector("report-")
+def test_report_vector(path: Path) -> None:
+    """Verifying the signed rapporteur report (§8.12) against the vector's directory and
+    clock gives exactly its outcome and, when ok, its id and every signed member."""
+    fields, data = parse(path)
+    roles = tuple(fields["roles"].split(","))
+    directory = one_key_directory(
+        fields, fields["agency"], fields["signer_ed25519_public"], roles, Policy(country="LT")
+    )
+
+    def verify() -> Report:
+        return verify_report(
+            data,
+            directory=directory,
+            now=int(fields["now"]),
+            max_skew=int(fields["clock_skew_seconds"]),
+        )
+
+    if fields["expect"] != "ok":
+        _refused(fields["expect"], verify)
+        return
+    report = verify()
+    assert report_id(data) == fields["report_id"]
+    assert (report.rapporteur, report.kid) == (fields["rapporteur"], fields["kid"])
+    assert (report.first, report.last) == (fields["from"], fields["to"])
+    assert (report.k, report.round_to) == (int(fields["k"]), int(fields["round_to"]))
+    assert report.released == (fields["released"] == "true")
+    assert report.signed_at == int(fields["signed_at"])
+    assert ",".join(report.contributions) == _opt_text(fields["contributions"])
+    assert len(report.cells) == int(fields["cells"])
+    assert sum(c.suppressed for c in report.cells) == int(fields["suppressed"])
+
+
+def _opt_text(value: str) -> str:
+    return "" if value == "none" else value
 
 
 @each_vector("capacity-")
@@ -949,6 +992,7 @@ FAMILIES = {
     "transfer-step-": 20,
     "catalogue-": 8,
     "capacity-": 6,
+    "report-": 8,
     "protection-": 8,
     "state-": 20,
 }

@@ -75,6 +75,8 @@ from keys.merkle import leaf_hash
 from keys.policy import Policy, policy_doc
 from keys.protection import LABEL as PROTECTION_LABEL
 from keys.protection import Notice, sign_notice
+from keys.report import LABEL as REPORT_LABEL
+from keys.report import Report, ReportCell, encode_report, report_id, sign_report
 from nrm import examples
 
 CREATED = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -3959,6 +3961,191 @@ def contribution_vectors() -> Iterator[tuple[str, str]]:
         yield f"body-statistics-contribution-{name}", render(header, data)
 
 
+# --- the rapporteur's signed report (§8.12) ------------------------------------------------
+#
+# report-*: the bytes are a signed report file; the verifier's directory lists `agency` with
+#     `roles` and one signing key, `signer_ed25519_public`, with the `key_*` validity fields;
+#     `now`, `clock_skew_seconds`. When ok: `report_id`, `rapporteur`, `kid`, `from`, `to`,
+#     `k`, `round_to`, `released`, `signed_at`, `contributions` (comma-separated, or none),
+#     `cells` (how many) and `suppressed` (how many of them are).
+
+RAPPORTEUR_SIGN = SigningKey(fixed("rapporteur ed25519 1"))
+RAPPORTEUR_KID = signing_kid(RAPPORTEUR_SIGN.verify_key)
+
+
+def _report_cell(stage: str, outcome: str, count: int | None, **flags: bool) -> ReportCell:
+    return ReportCell(
+        stage=stage,
+        outcome=outcome,
+        sex="total",
+        age_group="total",
+        form="total",
+        count=count,
+        suppressed=flags.get("suppressed", False),
+        rounded=flags.get("rounded", False),
+    )
+
+
+RAPPORTEUR_REPORT = Report(
+    rapporteur="rapporteur",
+    kid=RAPPORTEUR_KID,
+    first="2025-10",
+    last="2025-12",
+    k=5,
+    round_to=5,
+    released=True,
+    cells=(
+        _report_cell("first", "negative", None, suppressed=True),
+        _report_cell("first", "positive", 15, rounded=True),
+        _report_cell("first", "total", 20, rounded=True),
+        _report_cell("total", "total", 20, rounded=True),
+    ),
+    contributions=tuple(sorted(fixed(f"contribution {i}").hex() for i in range(2))),
+    signed_at=NOW,
+)
+
+
+def _report_file(doc: Any, label: bytes = REPORT_LABEL, keyid: str = RAPPORTEUR_KID) -> bytes:
+    """`doc` as the signed part, signed by the rapporteur under `label` (no checks)."""
+    sig = RAPPORTEUR_SIGN.sign(label + b"\x00" + canonical_json(doc)).signature
+    return canonical_json({"signatures": [{"keyid": keyid, "sig": b64(sig)}], "signed": doc})
+
+
+def _report_doc(**changes: Any) -> Any:
+    doc = json.loads(encode_report(RAPPORTEUR_REPORT))
+    doc.update(changes)
+    return doc
+
+
+def _report_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
+    """(name, comment, expect, directory and clock changes, bytes)."""
+    tampered = json.loads(sign_report(RAPPORTEUR_REPORT, RAPPORTEUR_SIGN))
+    tampered["signed"]["cells"][1]["count"] = 10
+    suppressed_count = _report_doc()
+    suppressed_count["cells"][0]["count"] = 3
+    unsorted = _report_doc()
+    unsorted["cells"].reverse()
+    extra = _report_doc(comment="hand-made")
+    nothing = dataclasses.replace(RAPPORTEUR_REPORT, released=False, cells=())
+    police = {"roles": "police"}
+    return [
+        ("ok", "a released report", "ok", {}, sign_report(RAPPORTEUR_REPORT, RAPPORTEUR_SIGN)),
+        (
+            "ok-nothing-released",
+            "a report that released nothing (a cell below k could not be hidden)",
+            "ok",
+            {},
+            sign_report(nothing, RAPPORTEUR_SIGN),
+        ),
+        (
+            "bad-signature",
+            "a count changed after signing",
+            "bad-signature",
+            {},
+            canonical_json(tampered),
+        ),
+        (
+            "other-label",
+            "signed under the service catalogue's label",
+            "bad-signature",
+            {},
+            _report_file(_report_doc(), CATALOGUE_LABEL),
+        ),
+        (
+            "not-a-rapporteur",
+            "signed by an agency the directory lists as police",
+            "not-for-this-role",
+            police,
+            sign_report(RAPPORTEUR_REPORT, RAPPORTEUR_SIGN),
+        ),
+        (
+            "revoked-key",
+            "the key was revoked before signed_at",
+            "revoked-key",
+            {"key_status": "revoked", "key_revoked_at": NOW - 60},
+            sign_report(RAPPORTEUR_REPORT, RAPPORTEUR_SIGN),
+        ),
+        (
+            "retired-key",
+            "the key was valid only until before signed_at",
+            "retired-key",
+            {"key_valid_until": NOW - 60},
+            sign_report(RAPPORTEUR_REPORT, RAPPORTEUR_SIGN),
+        ),
+        (
+            "dated-ahead",
+            "signed_at more than the clock skew after now",
+            "misdated",
+            {},
+            _report_file(_report_doc(signed_at=NOW + 301)),
+        ),
+        (
+            "month-not-ended",
+            "to is the month in which it was signed",
+            "misdated",
+            {},
+            _report_file(_report_doc(to="2026-01")),
+        ),
+        (
+            "keyid-not-kid",
+            "the signature's keyid is not the signed kid",
+            "malformed",
+            {},
+            _report_file(_report_doc(), keyid="0" * 32),
+        ),
+        (
+            "suppressed-with-count",
+            "a suppressed cell carrying its count, correctly signed",
+            "malformed",
+            {},
+            _report_file(suppressed_count),
+        ),
+        (
+            "cells-unsorted",
+            "cells in reverse order, correctly signed",
+            "malformed",
+            {},
+            _report_file(unsorted),
+        ),
+        (
+            "unknown-member",
+            "a member the format does not have, correctly signed",
+            "malformed",
+            {},
+            _report_file(extra),
+        ),
+    ]
+
+
+def report_vectors() -> Iterator[tuple[str, str]]:
+    for name, comment, expect, changes, data in _report_vectors():
+        key: dict[str, object] = {
+            "agency": "rapporteur",
+            "roles": "rapporteur",
+            "signer_ed25519_public": bytes(RAPPORTEUR_SIGN.verify_key),
+            "key_valid_from": CREATED - 30 * DAY,
+            "key_valid_until": None,
+            "key_status": "active",
+            "key_revoked_at": None,
+            "now": NOW,
+            "clock_skew_seconds": 300,
+        }
+        key.update(changes)
+        header: list[tuple[str, object]] = [("expect", expect), ("comment", comment), *key.items()]
+        if expect == "ok":
+            signed = json.loads(data)["signed"]
+            header += [
+                ("report_id", report_id(data)),
+                *((n, signed[n]) for n in ("rapporteur", "kid", "from", "to", "k", "round_to")),
+                ("released", "true" if signed["released"] else "false"),
+                ("signed_at", signed["signed_at"]),
+                ("contributions", ",".join(signed["contributions"]) or None),
+                ("cells", len(signed["cells"])),
+                ("suppressed", sum(c["suppressed"] for c in signed["cells"])),
+            ]
+        yield f"report-{name}", render(header, data)
+
+
 #: Every family: (file name prefix, generator of (name, text)).
 FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("canonical-json-", canonical_json_vectors),
@@ -3980,6 +4167,7 @@ FAMILIES: list[tuple[str, Callable[[], Iterator[tuple[str, str]]]]] = [
     ("body-reconsideration-request-", request_vectors),
     ("transfer-step-", transfer_vectors),
     ("body-statistics-contribution-", contribution_vectors),
+    ("report-", report_vectors),
 ]
 #: Every file name prefix written here (for removing stale files).
 PREFIXES = (
@@ -4003,4 +4191,5 @@ PREFIXES = (
     "protection-",
     "referral-v1-to-v2-",
     "transfer-step-",
+    "report-",
 )
