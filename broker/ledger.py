@@ -119,6 +119,8 @@ class LedgerConfigError(ConfigError):
 
 AUDITOR_SCOPE = "auditor"
 METRICS_SCOPE = "metrics"
+#: Posts rapporteur reports (`POST /v1/reports`, PROTOCOL.md §8.12) and reads nothing.
+RAPPORTEUR_SCOPE = "rapporteur"
 AGENCY_SCOPE_PREFIX = "agency:"
 
 
@@ -126,7 +128,8 @@ AGENCY_SCOPE_PREFIX = "agency:"
 class LedgerToken:
     """A bearer token's SHA-256 digest and its scope: `auditor` reads every route,
     `agency:<id>` reads that agency's own events and what only reveals hashes (PROTOCOL.md
-    §9.0), `metrics` reads no /v1 route, only /metrics (/healthz needs no token)."""
+    §9.0), `metrics` reads no /v1 route, only /metrics (/healthz needs no token),
+    `rapporteur` only posts reports (§8.12)."""
 
     digest: bytes
     scope: str
@@ -147,13 +150,14 @@ def _token_digest(digest: str, key: str) -> bytes:
 
 def _scope(scope: str) -> str:
     """`scope` if it is one a token may have, else a LedgerConfigError naming it."""
-    if scope in (AUDITOR_SCOPE, METRICS_SCOPE):
+    if scope in (AUDITOR_SCOPE, METRICS_SCOPE, RAPPORTEUR_SCOPE):
         return scope
     agency = scope.removeprefix(AGENCY_SCOPE_PREFIX)
     if scope.startswith(AGENCY_SCOPE_PREFIX) and AGENCY_ID_PATTERN.fullmatch(agency):
         return scope
     raise LedgerConfigError(
-        f"tokens.scope must be 'auditor', 'metrics' or 'agency:<agency id>', not {scope!r}"
+        "tokens.scope must be 'auditor', 'metrics', 'rapporteur' or 'agency:<agency id>', "
+        f"not {scope!r}"
     )
 
 
@@ -185,7 +189,7 @@ class LedgerConfig:
     [[tokens]]                          # a bearer token with a scope (PROTOCOL.md §9.0)
     name = "police"
     token_sha256 = "<hex>"
-    scope = "agency:police"             # "auditor", "agency:<id>" or "metrics"
+    scope = "agency:police"             # "auditor", "agency:<id>", "metrics" or "rapporteur"
     """
 
     name: str

@@ -4,7 +4,8 @@ Every /v1 route needs a bearer token (compared by SHA-256 digest in constant tim
 scope reads it (PROTOCOL.md §9.0): `auditor` reads every route; `agency:<id>` reads only what
 an agent's ledger check needs (AGENCY_ROUTES: checkpoints, proofs, directories, roots,
 restores, its own events, and the `record.accessed` events of its referrals); `metrics`
-reads no /v1 route, only /metrics (which `auditor` reads too). Errors are problem+json (401
+reads no /v1 route, only /metrics (which `auditor` reads too); `rapporteur` only posts
+reports (`POST /v1/reports`, which no other scope may). Errors are problem+json (401
 no or a wrong token, 403 a token whose scope does not read it). Everything served is
 metadata: ids, kinds, hashes, times. /healthz (versions and expiry times only) needs no
 token.
@@ -25,6 +26,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from keys import DEFAULT_LIMITS
+from keys import report as signed_report
 from keys.audit import (
     ACCESS_RECORDS,
     CATEGORIES,
@@ -37,6 +39,7 @@ from keys.audit import (
     PROTECTION_LABELS,
 )
 from keys.checkpoint import MAX_CHECKPOINT_BYTES
+from keys.errors import UntrustedInputError
 from keys.merkle import MerkleTree, leaf_hash
 from keys.subjects import AGENCY_ID_PATTERN
 from runtime import clock
@@ -53,8 +56,8 @@ from runtime.http import (
 )
 
 from . import ledger_stats
-from .ledger import AUDITOR_SCOPE, METRICS_SCOPE, Ledger
-from .ledger_store import ArchivedNodes, EntryRow
+from .ledger import AUDITOR_SCOPE, METRICS_SCOPE, RAPPORTEUR_SCOPE, Ledger
+from .ledger_store import ArchivedNodes, EntryRow, ReportRow
 from .trust_status import StatusMetrics, add_status_routes
 
 LEDGER = web.AppKey("ledger", Ledger)
@@ -95,6 +98,8 @@ AGENCY_ROUTES = frozenset(
         "/v1/accesses",
     }
 )
+#: The one route a `rapporteur` token may use, and only to POST (PROTOCOL.md §8.12).
+REPORTS_ROUTE = "/v1/reports"
 #: The agency an `agency:<id>` token reads for (None: an auditor's token).
 READER = web.RequestKey[str | None]("reader")
 
@@ -120,6 +125,9 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         else:
             resource = request.match_info.route.resource
             route = None if resource is None else resource.canonical
+            posts_report = (route, request.method) == (REPORTS_ROUTE, "POST")
+            if posts_report != (token.scope == RAPPORTEUR_SCOPE):
+                return _forbidden(token.scope, "this route")
             if token.scope == METRICS_SCOPE or (
                 token.agency is not None and route is not None and route not in AGENCY_ROUTES
             ):
@@ -235,6 +243,10 @@ def make_app(ledger: Ledger) -> web.Application:
     r.add_get("/v1/restores/{seq}/proof", restore_proof)
     r.add_get("/v1/roots", roots)
     r.add_get("/v1/stats", stats)
+    r.add_post(REPORTS_ROUTE, post_report)
+    r.add_get(REPORTS_ROUTE, reports)
+    r.add_get("/v1/reports/{report_id:[0-9a-f]{64}}.csv", report_csv)
+    r.add_get("/v1/reports/{report_id:[0-9a-f]{64}}", report)
     add_status_routes(app, lambda request: request.app[LEDGER], part="ledger", metrics=metrics)
     r.add_get("/ui/{name}", ui_file)
     return app
@@ -626,6 +638,96 @@ async def stats(request: web.Request) -> web.Response:
     )
 
 
+# --- rapporteur reports (PROTOCOL.md §8.12) ------------------------------------------------
+
+MAX_REPORTS_LISTED = 100
+
+
+async def post_report(request: web.Request) -> web.Response:
+    """Take a signed rapporteur report: verified against the directory the ledger trusts now
+    and stored, or refused (400 naming the check, nothing stored)."""
+    ledger = _ledger(request)
+    if request.content_type != "application/json":
+        raise ProblemError(
+            415, "Unsupported Media Type", "the request body must be application/json"
+        )
+    data = await request.content.read(signed_report.MAX_REPORT_BYTES + 1)
+    if len(data) > signed_report.MAX_REPORT_BYTES:
+        raise ProblemError(
+            413,
+            "Payload Too Large",
+            f"a signed report is at most {signed_report.MAX_REPORT_BYTES} bytes",
+        )
+    directory = ledger.directory
+    if directory is None:
+        raise ProblemError(503, "Service Unavailable", "the ledger trusts no directory yet")
+    now = clock.now()
+    try:
+        verified = signed_report.verify_report(
+            data, directory=directory, now=now, max_skew=DEFAULT_LIMITS.clock_skew_seconds
+        )
+    except UntrustedInputError as e:
+        log.info("ledger_report_refused", reason=e.reason)
+        raise ProblemError(
+            400, "Bad Request", f"the report was refused: {e.reason}", reason=e.reason
+        ) from e
+    row = ReportRow(
+        report_id=signed_report.report_id(data),
+        rapporteur=verified.rapporteur,
+        first=verified.first,
+        last=verified.last,
+        signed_at=verified.signed_at,
+        received_at=now,
+        data=data,
+    )
+    added = ledger.store.add_report(row)
+    await ledger.store.durable()
+    log.info("ledger_report_stored", report_id=row.report_id, new=added)
+    return web.json_response({"report_id": row.report_id}, status=201 if added else 200)
+
+
+def _listed(row: ReportRow) -> dict[str, Any]:
+    return {
+        "report_id": row.report_id,
+        "rapporteur": row.rapporteur,
+        "from": row.first,
+        "to": row.last,
+        "signed_at": row.signed_at,
+        "received_at": row.received_at,
+    }
+
+
+async def reports(request: web.Request) -> web.Response:
+    rows = _ledger(request).store.reports(limit=MAX_REPORTS_LISTED)
+    return web.json_response({"items": [_listed(r) for r in rows]})
+
+
+def _stored_report(request: web.Request) -> tuple[ReportRow, signed_report.Report]:
+    row = _ledger(request).store.report(request.match_info["report_id"])
+    if row is None:
+        raise ProblemError(404, "Not Found", "no report has this id")
+    parsed, _, _ = signed_report.decode(row.data)  # verified when it was stored
+    return row, parsed
+
+
+async def report(request: web.Request) -> web.Response:
+    row, parsed = _stored_report(request)
+    return web.json_response(
+        {
+            "report_id": row.report_id,
+            "received_at": row.received_at,
+            "report": signed_report.as_json(parsed),
+            "signed": base64.b64encode(row.data).decode("ascii"),
+        }
+    )
+
+
+async def report_csv(request: web.Request) -> web.Response:
+    _, parsed = _stored_report(request)
+    text = signed_report.cells_csv(signed_report.as_json(parsed)["cells"])
+    return web.Response(text=text, content_type="text/csv", charset="utf-8")
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
@@ -758,6 +860,63 @@ SCHEMAS: dict[str, Any] = {
             "title": {"type": "string"},
             "status": {"type": "integer", "minimum": 400, "maximum": 599},
             "detail": {"type": "string"},
+            # a refused report's check (POST /v1/reports, PROTOCOL.md §8.12)
+            "reason": {"type": "string", "pattern": _REASON},
+        },
+        optional=("reason",),
+    ),
+    "ReportList": _closed(
+        {
+            "items": _list(
+                _closed(
+                    {
+                        "report_id": _HASH,
+                        "rapporteur": {"type": "string", "pattern": _AGENCY},
+                        "from": _MONTH,
+                        "to": _MONTH,
+                        "signed_at": _UINT,
+                        "received_at": _UINT,
+                    }
+                ),
+                maxItems=MAX_REPORTS_LISTED,
+            )
+        }
+    ),
+    "ReportId": _closed({"report_id": _HASH}),
+    "StoredReport": _closed(
+        {
+            "report_id": _HASH,
+            "received_at": _UINT,
+            "report": _closed(
+                {
+                    "type": {"const": "nrm-rapporteur-report"},
+                    "spec_version": {"const": 1},
+                    "rapporteur": {"type": "string", "pattern": _AGENCY},
+                    "kid": {"type": "string"},
+                    "from": _MONTH,
+                    "to": _MONTH,
+                    "k": {"type": "integer", "minimum": 2, "maximum": 1000},
+                    "round_to": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    "released": {"type": "boolean"},
+                    "cells": _list(
+                        _closed(
+                            {
+                                **{
+                                    d: {"enum": [*codes, signed_report.TOTAL]}
+                                    for d, codes in signed_report.DOMAINS.items()
+                                },
+                                "count": {"type": ["integer", "null"], "minimum": 0},
+                                "suppressed": {"type": "boolean"},
+                                "rounded": {"type": "boolean"},
+                            }
+                        ),
+                        maxItems=signed_report.MAX_CELLS,
+                    ),
+                    "contributions": _list(_HASH, maxItems=signed_report.MAX_CONTRIBUTIONS),
+                    "signed_at": _UINT,
+                }
+            ),
+            "signed": _BASE64,
         }
     ),
     "Entry": _closed(_ENTRY_PROPERTIES),
@@ -998,8 +1157,8 @@ OPENAPI: dict[str, Any] = {
                 + ", ".join(sorted(AGENCY_ROUTES))
                 + " (/v1/events/{event_id} and /v1/proofs only for events that agency "
                 "wrote, /v1/accesses only the reads of its referrals); `metrics` reads no /v1 "
-                "operation, only /metrics (which `auditor` reads too). Anything else answers "
-                "403.",
+                "operation, only /metrics (which `auditor` reads too); `rapporteur` only "
+                "posts to /v1/reports, which no other scope may. Anything else answers 403.",
             }
         },
         "schemas": SCHEMAS,
@@ -1156,5 +1315,62 @@ OPENAPI: dict[str, Any] = {
         "/v1/stats": _op(
             "Anonymous monitoring statistics, small cells suppressed", "Stats", errors=("401",)
         ),
+        REPORTS_ROUTE: {
+            **_op(
+                f"The newest {MAX_REPORTS_LISTED} rapporteur reports (PROTOCOL.md §8.12), "
+                "newest signed_at first",
+                "ReportList",
+                errors=("401",),
+            ),
+            "post": {
+                "summary": "A signed rapporteur report (§8.12), from a token of scope "
+                "`rapporteur` only: 201 stored, 200 the same bytes held already; 400 refused "
+                "(`reason` names the check, nothing stored), 503 no trusted directory yet",
+                "security": [{"bearer": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": _closed(
+                                {
+                                    "signatures": {"type": "array"},
+                                    "signed": {"type": "object"},
+                                }
+                            )
+                        }
+                    },
+                },
+                "responses": {
+                    **_responses("ReportId", "400", "401", "413", "415", "503"),
+                    "201": {
+                        "description": "Stored",
+                        "content": {"application/json": {"schema": _ref("ReportId")}},
+                    },
+                },
+            },
+        },
+        "/v1/reports/{report_id}": _op(
+            "One stored report: its signed members, and the signed file in base64 (404: none "
+            "has this id)",
+            "StoredReport",
+            path_params=["report_id"],
+            errors=("401", "404"),
+        ),
+        "/v1/reports/{report_id}.csv": {
+            "get": {
+                "summary": "A stored report's cells as CSV (404: none has this id)",
+                "security": [{"bearer": []}],
+                "parameters": [
+                    {"name": "report_id", "in": "path", "required": True, "schema": _PATH_SEGMENT}
+                ],
+                "responses": {
+                    **_responses("ReportId", "401", "404"),
+                    "200": {
+                        "description": "OK",
+                        "content": {"text/csv": {"schema": {"type": "string"}}},
+                    },
+                },
+            }
+        },
     },
 }

@@ -10,6 +10,8 @@ restores     every signed restore declaration (PROTOCOL.md §9.4), and whether t
              stream still has to be read again from its start after it
 restore_nodes  the Merkle nodes of the tree each restore replaced, kept so that agents can
              check their last checkpoint of it against the restored tree
+reports      every signed rapporteur report the ledger verified (PROTOCOL.md §8.12), by its
+             id (the SHA-256 of its bytes), with what the listing shows
 
 PRAGMA user_version counts the migrations a database has had (MIGRATIONS, runtime.migrate,
 applied when it is opened for writing); a database of a newer release is refused, read only
@@ -94,6 +96,15 @@ CREATE TABLE IF NOT EXISTS restore_nodes (
     hash  BLOB NOT NULL,
     PRIMARY KEY (seq, level, idx)
 ) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reports (
+    report_id   TEXT PRIMARY KEY,
+    rapporteur  TEXT NOT NULL,
+    first       TEXT NOT NULL,
+    last        TEXT NOT NULL,
+    signed_at   INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    data        BLOB NOT NULL
+) STRICT;
 """
 
 
@@ -139,6 +150,25 @@ class EntryRow:
             "directory_version": self.directory_version,
         }
 
+
+@dataclass(frozen=True, slots=True)
+class ReportRow:
+    """A stored rapporteur report: its signed bytes and what the listing shows of them."""
+
+    report_id: str
+    rapporteur: str
+    first: str
+    last: str
+    signed_at: int
+    received_at: int
+    data: bytes
+
+
+def _report_row(r: tuple[Any, ...]) -> ReportRow:
+    return ReportRow(r[0], r[1], r[2], r[3], int(r[4]), int(r[5]), bytes(r[6]))
+
+
+_REPORT_COLUMNS = "report_id, rapporteur, first, last, signed_at, received_at, data"
 
 _COLUMNS = (
     "idx, event_id, leaf, agency, kind, referral_id, counterpart, reason, labels, time,"
@@ -275,6 +305,47 @@ class LedgerStore:
             self._nodes.clear()
         self._nodes[(level, index)] = digest
         return digest
+
+    # --- rapporteur reports (PROTOCOL.md §8.12) ----------------------------------------------
+
+    def add_report(self, row: ReportRow) -> bool:
+        """Store a verified report; False (nothing changed) if its id is held already. The id
+        is the hash of the bytes, so a second row under it holds the same bytes."""
+        cursor = self._db.execute(
+            f"INSERT INTO reports ({_REPORT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (report_id) DO NOTHING",
+            (
+                row.report_id,
+                row.rapporteur,
+                row.first,
+                row.last,
+                row.signed_at,
+                row.received_at,
+                row.data,
+            ),
+        )
+        return cursor.rowcount == 1
+
+    def reports(self, *, limit: int) -> list[ReportRow]:
+        """The newest `limit` reports by `signed_at` (then id), newest first. A read-only copy
+        made before the table existed answers an empty list."""
+        try:
+            rows = self._db.execute(
+                f"SELECT {_REPORT_COLUMNS} FROM reports ORDER BY signed_at DESC, report_id LIMIT ?",
+                (limit,),
+            )
+        except sqlite3.OperationalError:
+            return []
+        return [_report_row(r) for r in rows]
+
+    def report(self, report_id: str) -> ReportRow | None:
+        try:
+            r = self._db.execute(
+                f"SELECT {_REPORT_COLUMNS} FROM reports WHERE report_id = ?", (report_id,)
+            ).fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return None if r is None else _report_row(r)
 
     # --- entries ----------------------------------------------------------------------------
 

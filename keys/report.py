@@ -17,9 +17,11 @@ report or raises. Pure.
 from __future__ import annotations
 
 import calendar
+import csv
 import hashlib
+import io
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -276,6 +278,22 @@ def _report_from_doc(doc: Any) -> Report:
     )
 
 
+#: The CSV form's columns (the ledger's `.csv`, `nrm rapporteur report --csv`).
+CSV_COLUMNS: Final = (*DIMS, "count", "suppressed", "rounded")
+
+
+def cells_csv(cells: Iterable[Mapping[str, Any]]) -> str:
+    """Cells (as JSON objects) as CSV: `yes`/`no` flags, an empty count when suppressed."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for cell in cells:
+        count = "" if cell["count"] is None else str(cell["count"])
+        flags = ["yes" if cell[f] else "no" for f in ("suppressed", "rounded")]
+        writer.writerow([*(cell[d] for d in DIMS), count, *flags])
+    return out.getvalue()
+
+
 def as_json(report: Report) -> dict[str, Any]:
     """The report's signed members as a JSON object (what the ledger serves)."""
     doc: dict[str, Any] = load_canonical(encode_report(report), "report")
@@ -289,6 +307,7 @@ __all__: Sequence[str] = [
     "Report",
     "ReportCell",
     "as_json",
+    "cells_csv",
     "decode",
     "encode_report",
     "report_id",

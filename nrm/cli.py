@@ -1986,6 +1986,21 @@ def rapporteur() -> None:
 @click.option("--round-to", type=click.IntRange(1, 1000), default=None,
               help="Else the policy's statistics.round_to.")  # fmt: skip
 @click.option("--csv", "as_csv", is_flag=True, help="The released cells as CSV.")
+@click.option(
+    "--publish",
+    "key_dir",
+    type=PATH,
+    default=None,
+    help="Sign the report with the rapporteur's keys in this folder and post it to the ledger "
+    "(PROTOCOL §8.12).",
+)
+@click.option("--passphrase-file", type=PATH, default=None, help="Else $NRM_PASSPHRASE.")
+@click.option(
+    "--rapporteur-token-file",
+    type=PATH,
+    default=None,
+    help="With --publish: a ledger token of scope rapporteur (else $NRM_RAPPORTEUR_TOKEN).",
+)
 @json_option
 def rapporteur_report(
     first: str,
@@ -1999,15 +2014,22 @@ def rapporteur_report(
     round_to: int | None,
     allow_plain_http: bool,
     as_csv: bool,
+    key_dir: Path | None,
+    passphrase_file: Path | None,
+    rapporteur_token_file: Path | None,
     as_json: bool,
 ) -> None:
     """The contributions of the months FROM to TO, each cross-checked against the ledger's
     identification decisions (one that does not add up is left out and listed,
     contribution-mismatch), summed and released by stage, outcome, sex, age group and form
     of exploitation with every marginal under disclosure control (k and round_to: the
-    national policy's, as the rapporteur's agent trusts it, unless given). Exits 1
-    after the report, with no cell, when a cell below k cannot be hidden."""
+    national policy's, as the rapporteur's agent trusts it, unless given). With --publish
+    the report is signed (also one releasing nothing) and posted to the ledger, which
+    verifies and serves it. Exits 1 after the report, with no cell, when a cell below k
+    cannot be hidden."""
     import re
+
+    from runtime.keydir import load_key_dir
 
     from . import rapporteur as report
 
@@ -2020,7 +2042,14 @@ def rapporteur_report(
         raise click.UsageError("--to is before --from")
     _check_plain_http(url, what="--url", allowed=allow_plain_http)
     _check_plain_http(ledger_url, what="--ledger", allowed=allow_plain_http)
-    held, entries, policy = asyncio.run(
+    signer = None
+    if key_dir is not None:
+        publish_token = _bearer_token(rapporteur_token_file, env="NRM_RAPPORTEUR_TOKEN")
+        try:
+            signer = load_key_dir(key_dir, passphrase=read_passphrase(file=passphrase_file))
+        except KeyFileError as e:
+            raise click.ClickException(str(e)) from e
+    held, entries, policy, hashes = asyncio.run(
         report.fetch(
             url=url,
             token=_bearer_token(token_file, env="NRM_API_TOKEN"),
@@ -2036,13 +2065,21 @@ def rapporteur_report(
         in_range,
         k=policy.k if k is None else k,
         round_to=policy.round_to if round_to is None else round_to,
+        hashes=hashes,
     )
+    if signer is not None:
+        data = report.signed(answer, first=first, last=last, keys=signer, at=clock.now())
+        answer["report_id"] = asyncio.run(
+            report.publish(ledger_url=ledger_url, token=publish_token, data=data, ca_file=ca_file)
+        )
     if as_json:
         emit(answer)
     elif as_csv:
         click.echo(report.csv_text(answer), nl=False)
     else:
         click.echo(report.text(answer))
+        if signer is not None:
+            click.echo(f"published to the ledger as report {answer['report_id']}")
     if not answer["released"]:
         raise click.ClickException("nothing released: a cell below k cannot be hidden")
 

@@ -8,8 +8,6 @@ listed (`contribution-mismatch`), as is a month of decisions without one.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -18,8 +16,10 @@ from typing import Any, Final
 import aiohttp
 
 from agents import contributions as S
-from keys import DEFAULT_LIMITS
+from keys import DEFAULT_LIMITS, AgencyKeys
+from keys import report as signed_report
 from keys.codec import canonical_json
+from keys.identity import signing_kid
 from keys.policy import Statistics
 from runtime import disclosure
 from runtime.tls import client_context
@@ -38,7 +38,7 @@ DOMAINS: Final[Mapping[str, Sequence[str]]] = {
 #: The tables the ledger's own `/v1/stats` already makes public (decisions per stage and
 #: outcome), with their marginals: never suppressed (hiding them protects nothing).
 PUBLIC_TABLES: Final = (("stage", "outcome"), ("stage",), ("outcome",), ())
-CSV_COLUMNS: Final = (*DIMS, "count", "suppressed", "rounded")
+CSV_COLUMNS: Final = signed_report.CSV_COLUMNS
 _PAGE = 500
 
 
@@ -69,10 +69,12 @@ def build(
     *,
     k: int,
     round_to: int,
+    hashes: Mapping[tuple[str, str], str] | None = None,
 ) -> dict[str, Any]:
-    """The report (pure): every contribution cross-checked, the missing months, and the
-    table of the ones that add up with all its marginals under disclosure control; no cell
-    at all (`released` false) when some cell below `k` cannot be hidden."""
+    """The report (pure): every contribution cross-checked (with its envelope's hash from
+    `hashes`, by authority and period, where given), the missing months, and the table of
+    the ones that add up with all its marginals under disclosure control; no cell at all
+    (`released` false) when some cell below `k` cannot be hidden."""
     checked, missing = S.cross_check(contributions, entries)
     accepted = {(c.authority, c.period) for c in checked if c.ok}
     counts: Counter[tuple[str, ...]] = Counter()
@@ -94,6 +96,7 @@ def build(
             {
                 "authority": c.authority,
                 "period": c.period,
+                "envelope_hash": (hashes or {}).get((c.authority, c.period)),
                 "accepted": c.ok,
                 "reason": c.reason,
                 "mismatches": [
@@ -121,15 +124,53 @@ def build(
     }
 
 
+def signed(report: Mapping[str, Any], *, first: str, last: str, keys: AgencyKeys, at: int) -> bytes:
+    """`report` (of `build`, for the months `first` to `last`) as the signed report of
+    PROTOCOL §8.12, signed at `at` by the rapporteur agency's `keys`: its released cells and
+    the envelope hashes of the contributions they sum. A ValueError if an accepted
+    contribution came without its hash (nothing to name it by)."""
+    accepted = [c["envelope_hash"] for c in report["contributions"] if c["accepted"]]
+    if None in accepted:
+        raise ValueError("an accepted contribution has no envelope hash")
+    cells = sorted(
+        (signed_report.ReportCell(**cell) for cell in report["cells"]), key=lambda c: c.key()
+    )
+    document = signed_report.Report(
+        rapporteur=keys.agency,
+        kid=signing_kid(keys.signing_key.verify_key),
+        first=first,
+        last=last,
+        k=report["k"],
+        round_to=report["round_to"],
+        released=report["released"],
+        cells=tuple(cells),
+        contributions=tuple(sorted(set(accepted))),
+        signed_at=at,
+    )
+    return signed_report.sign_report(document, keys.signing_key)
+
+
+async def publish(*, ledger_url: str, token: str, data: bytes, ca_file: Path | None) -> str:
+    """Post the signed report to the ledger (`POST /v1/reports`, a token of scope
+    `rapporteur`); its id, or Failed naming what the ledger refused."""
+    connector = aiohttp.TCPConnector(ssl=True if ca_file is None else client_context(ca_file))
+    async with (
+        aiohttp.ClientSession(connector=connector) as http,
+        http.post(
+            f"{ledger_url.rstrip('/')}/v1/reports",
+            data=data,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        ) as r,
+    ):
+        body = await r.json(content_type=None)
+        if r.status not in (200, 201):
+            detail = body.get("detail", "") if isinstance(body, dict) else ""
+            raise Failed(f"the ledger answered HTTP {r.status}: {detail}")
+        return str(body["report_id"])
+
+
 def csv_text(report: Mapping[str, Any]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for cell in report["cells"]:
-        count = "" if cell["count"] is None else str(cell["count"])
-        flags = ["yes" if cell[f] else "no" for f in ("suppressed", "rounded")]
-        writer.writerow([*(cell[d] for d in DIMS), count, *flags])
-    return out.getvalue()
+    return signed_report.cells_csv(report["cells"])
 
 
 def text(report: Mapping[str, Any]) -> str:
@@ -166,17 +207,20 @@ async def fetch(
     ledger_token: str,
     periods: Sequence[str],
     ca_file: Path | None,
-) -> tuple[list[S.Contribution], list[dict[str, Any]], Statistics]:
+) -> tuple[list[S.Contribution], list[dict[str, Any]], Statistics, dict[tuple[str, str], str]]:
     """The contributions the agent at `url` holds for `periods`, the ledger's
-    `identification.decided` entries (every page), and the statistics policy of the agent's
-    trusted directory (the defaults without one), or Failed."""
+    `identification.decided` entries (every page), the statistics policy of the agent's
+    trusted directory (the defaults without one), and each contribution's envelope hash by
+    authority and period, or Failed."""
     connector = aiohttp.TCPConnector(ssl=True if ca_file is None else client_context(ca_file))
     async with aiohttp.ClientSession(connector=connector) as http:
         held: list[S.Contribution] = []
+        hashes: dict[tuple[str, str], str] = {}
         policy = Statistics()
         for period in periods:
             body = await _get(http, f"{url.rstrip('/')}/v1/contributions?period={period}", token)
             held += [_contribution(item) for item in body["items"]]
+            hashes |= {(i["authority"], i["period"]): i["envelope_hash"] for i in body["items"]}
             if body["statistics"] is not None:
                 policy = Statistics(**body["statistics"])
         entries: list[dict[str, Any]] = []
@@ -187,7 +231,7 @@ async def fetch(
             if page["next_cursor"] is None:
                 break
             page = await _get(http, f"{events}&cursor={page['next_cursor']}", ledger_token)
-    return held, entries, policy
+    return held, entries, policy, hashes
 
 
 async def _get(http: aiohttp.ClientSession, url: str, token: str) -> Any:

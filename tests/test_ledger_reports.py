@@ -1,0 +1,219 @@
+"""The rapporteur's signed report at a real ledger (PROTOCOL §8.12): `nrm rapporteur report
+--publish` signs it with the rapporteur's key and posts it with a token of scope
+`rapporteur`; the ledger verifies it against the directory it trusts, stores and serves it
+(JSON and CSV) to an auditor, and refuses what does not verify with problem+json naming
+the check, storing nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from broker.ledger import RAPPORTEUR_SCOPE, Ledger, LedgerToken
+from keys import AgencyKeys
+from keys import report as R
+from keys.identity import signing_kid
+from keys.roles import RAPPORTEUR
+from nrm.cli import main
+from runtime import clock
+from runtime.http import token_digest
+
+from .support import Mechanism, agency_keys, eventually
+from .test_statistics import RAPPORTEUR_AGENCY, _json_in, rapporteur
+from .test_vectors import parse
+
+__all__ = ["rapporteur"]  # the fixture, used by the tests below
+
+VECTORS = Path(__file__).parent / "vectors"
+
+
+async def _rapporteur_token(ledger: Ledger) -> str:
+    """A new ledger token of scope `rapporteur`, as ledger.toml would list it, once the
+    ledger trusts the directory naming the rapporteur."""
+
+    async def trusted() -> bool:
+        d = ledger.directory
+        return d is not None and RAPPORTEUR in d.agency(RAPPORTEUR_AGENCY).roles
+
+    await eventually(trusted, what="the ledger to trust the directory naming the rapporteur")
+    token = secrets.token_urlsafe(16)
+    ledger.config = dataclasses.replace(
+        ledger.config,
+        tokens=(*ledger.config.tokens, LedgerToken(token_digest(token), RAPPORTEUR_SCOPE)),
+    )
+    ledger.tokens = (ledger.config.tokens, ledger.config.token_digests)
+    return token
+
+
+def _report(keys: AgencyKeys, **changes: Any) -> R.Report:
+    cell = R.ReportCell("first", "positive", "total", "total", "total", 15, False, True)
+    fields: dict[str, Any] = {
+        "rapporteur": keys.agency,
+        "kid": signing_kid(keys.signing_key.verify_key),
+        "first": "2025-05",
+        "last": "2025-06",
+        "k": 5,
+        "round_to": 5,
+        "released": True,
+        "cells": (
+            R.ReportCell("first", "negative", "total", "total", "total", None, True, False),
+            cell,
+        ),
+        "contributions": ("ab" * 32,),
+        "signed_at": clock.now(),
+    }
+    return R.Report(**{**fields, **changes})
+
+
+async def _post(m: Mechanism, token: str, data: bytes) -> tuple[int, Any]:
+    assert m.sandbox.ledger is not None
+    async with m.http.post(
+        m.sandbox.ledger.url + "/v1/reports",
+        data=data,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    ) as r:
+        return r.status, await r.json(content_type=None)
+
+
+async def _get(m: Mechanism, path: str, token: str) -> tuple[int, str, bytes]:
+    assert m.sandbox.ledger is not None
+    async with m.http.get(
+        m.sandbox.ledger.url + path, headers={"Authorization": f"Bearer {token}"}
+    ) as r:
+        return r.status, r.content_type, await r.read()
+
+
+async def _listed(m: Mechanism) -> list[dict[str, Any]]:
+    status, _, body = await _get(m, "/v1/reports", m.sandbox.auditor_token)
+    assert status == 200, body
+    items: list[dict[str, Any]] = json.loads(body)["items"]
+    return items
+
+
+async def test_a_signed_report_is_stored_once_and_served(
+    rapporteur: tuple[Mechanism, Path],
+) -> None:
+    """A report signed by the rapporteur is stored (201), the same bytes again change
+    nothing (200, the same id); an auditor lists it, reads its signed members and file, and
+    its cells as CSV with suppressed cells empty; the rapporteur's token reads nothing and an
+    auditor's may not post."""
+    m, _ = rapporteur
+    assert m.sandbox.ledger is not None
+    token = await _rapporteur_token(m.sandbox.ledger)
+    keys = agency_keys(m, RAPPORTEUR_AGENCY)
+    data = R.sign_report(_report(keys), keys.signing_key)
+    report_id = R.report_id(data)
+    assert await _post(m, token, data) == (201, {"report_id": report_id})
+    assert await _post(m, token, data) == (200, {"report_id": report_id})
+    [item] = await _listed(m)
+    assert item["report_id"] == report_id
+    assert (item["rapporteur"], item["from"], item["to"]) == (
+        RAPPORTEUR_AGENCY,
+        "2025-05",
+        "2025-06",
+    )
+
+    status, _, body = await _get(m, f"/v1/reports/{report_id}", m.sandbox.auditor_token)
+    assert status == 200, body
+    stored = json.loads(body)
+    assert base64.b64decode(stored["signed"]) == data
+    assert stored["report"] == json.loads(data)["signed"]
+    status, ctype, body = await _get(m, f"/v1/reports/{report_id}.csv", m.sandbox.auditor_token)
+    assert (status, ctype) == (200, "text/csv")
+    assert body.decode().splitlines() == [
+        "stage,outcome,sex,age_group,form,count,suppressed,rounded",
+        "first,negative,total,total,total,,yes,no",
+        "first,positive,total,total,total,15,no,yes",
+    ]
+    assert (await _get(m, f"/v1/reports/{'0' * 64}", m.sandbox.auditor_token))[0] == 404
+
+    # Least privilege: the rapporteur's token only posts; no other scope posts.
+    for path in ("/v1/reports", f"/v1/reports/{report_id}", "/v1/events"):
+        status, ctype, _ = await _get(m, path, token)
+        assert (status, ctype) == (403, "application/problem+json"), path
+    status, body = await _post(m, m.sandbox.auditor_token, data)
+    assert status == 403, body
+
+
+async def test_a_report_that_does_not_verify_is_refused_and_nothing_stored(
+    rapporteur: tuple[Mechanism, Path],
+) -> None:
+    """Each report the checks of §8.12 refuse answers 400 problem+json with its reason, and
+    the ledger lists nothing afterwards: one signed by an agency that is no rapporteur, one
+    changed after signing, one dated ahead, one of a month not over, and bytes that are no
+    report (the vector's, signed by a key the directory does not list)."""
+    m, _ = rapporteur
+    assert m.sandbox.ledger is not None
+    token = await _rapporteur_token(m.sandbox.ledger)
+    keys = agency_keys(m, RAPPORTEUR_AGENCY)
+    police = agency_keys(m, "police")
+    tampered = json.loads(R.sign_report(_report(keys), keys.signing_key))
+    tampered["signed"]["cells"][1]["count"] = 10
+    now = clock.now()
+    this_month = time.strftime("%Y-%m", time.gmtime(now))
+    _, vector = parse(VECTORS / "report-ok.txt")
+    cases = [
+        ("police", R.sign_report(_report(police), police.signing_key), "not-for-this-role"),
+        (
+            "tampered",
+            json.dumps(tampered, separators=(",", ":"), sort_keys=True).encode(),
+            "bad-signature",
+        ),
+        ("ahead", R.sign_report(_report(keys, signed_at=now + 3600), keys.signing_key), "misdated"),
+        ("this month", R.sign_report(_report(keys, last=this_month), keys.signing_key), "misdated"),
+        ("not json", b"{", "malformed"),
+        ("unknown signer", vector, "unknown-key"),
+    ]
+    for name, data, reason in cases:
+        status, body = await _post(m, token, data)
+        assert (status, body.get("reason")) == (400, reason), (name, body)
+        assert reason in body["detail"], name
+    assert await _listed(m) == []
+
+
+async def test_nrm_rapporteur_report_publishes_it(
+    rapporteur: tuple[Mechanism, Path], tmp_path: Path
+) -> None:
+    """`nrm rapporteur report --publish` over months with no decisions signs the released
+    (all-zero) table with the rapporteur's key, posts it, and prints the ledger's id, which
+    the ledger serves as that report; without a rapporteur token it posts nothing."""
+    m, _ = rapporteur
+    assert m.sandbox.ledger is not None
+    token = await _rapporteur_token(m.sandbox.ledger)
+    setup = m.setups[RAPPORTEUR_AGENCY]
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_bytes(setup.passphrase())
+    api = m.api(RAPPORTEUR_AGENCY)
+    args = ["rapporteur", "report", "--from", "2025-05", "--to", "2025-06", "--url", api.base,
+            "--ledger", m.sandbox.ledger.url, "--k", "2", "--round-to", "1",
+            "--publish", str(setup.key_dir), "--passphrase-file", str(passphrase),
+            "--json"]  # fmt: skip
+    env = {"NRM_API_TOKEN": api.token, "NRM_LEDGER_TOKEN": m.sandbox.auditor_token}
+    without = await asyncio.to_thread(CliRunner().invoke, main, args, env=env)
+    assert without.exit_code != 0 and "NRM_RAPPORTEUR_TOKEN" in without.output
+    assert await _listed(m) == []
+    result = await asyncio.to_thread(
+        CliRunner().invoke, main, args, env={**env, "NRM_RAPPORTEUR_TOKEN": token}
+    )
+    assert result.exit_code == 0, result.output
+    printed = _json_in(result.output)
+    [item] = await _listed(m)
+    assert printed["report_id"] == item["report_id"]
+    status, _, body = await _get(m, f"/v1/reports/{item['report_id']}", m.sandbox.auditor_token)
+    assert status == 200, body
+    served = json.loads(body)["report"]
+    assert (served["rapporteur"], served["released"], served["contributions"]) == (
+        RAPPORTEUR_AGENCY,
+        True,
+        [],
+    )
+    assert served["cells"] and all(c["count"] == 0 for c in served["cells"])
+    assert len(served["cells"]) == len(printed["cells"])
