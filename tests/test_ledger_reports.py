@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
+from playwright.async_api import async_playwright
 
 from broker.ledger import RAPPORTEUR_SCOPE, Ledger, LedgerToken
 from keys import AgencyKeys
@@ -26,7 +27,9 @@ from nrm.cli import main
 from runtime import clock
 from runtime.http import token_digest
 
-from .support import Mechanism, agency_keys, eventually
+from .conftest import LedgerAccess
+from .support import Mechanism, agency_keys, eventually, unavailable
+from .test_ledger_ui import CHROMIUM, CHROMIUM_ARGS, HAVE_CHROMIUM, no_csp_or_script_errors, open_ui
 from .test_statistics import RAPPORTEUR_AGENCY, _json_in, rapporteur
 from .test_vectors import parse
 
@@ -217,3 +220,50 @@ async def test_nrm_rapporteur_report_publishes_it(
     )
     assert served["cells"] and all(c["count"] == 0 for c in served["cells"])
     assert len(served["cells"]) == len(printed["cells"])
+
+
+async def test_the_auditor_ui_draws_the_newest_report(rapporteur: tuple[Mechanism, Path]) -> None:
+    """In a real Chromium, the ledger's UI shows "no report" before any is posted, then the
+    newest one posted as a table: each cell's codes in words, a suppressed cell with no
+    count but the charts' hatched marker, a rounded count marked "≈"; no CSP or script
+    errors."""
+    if not HAVE_CHROMIUM:
+        unavailable("Debian chromium is not installed: apt-get install -y chromium")
+    m, _ = rapporteur
+    assert m.sandbox.ledger is not None
+    token = await _rapporteur_token(m.sandbox.ledger)
+    access = LedgerAccess(m.sandbox.ledger.url, m.sandbox.auditor_token)
+    keys = agency_keys(m, RAPPORTEUR_AGENCY)
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = await chromium.new_context(viewport={"width": 1280, "height": 900})
+            page, errors = await open_ui(context, access)
+            await page.wait_for_selector("#report-none", state="visible")
+            older = _report(keys, released=False, cells=())
+            newer = _report(keys, signed_at=older.signed_at + 2)  # within the clock skew
+            for report in (older, newer):
+                status, body = await _post(m, token, R.sign_report(report, keys.signing_key))
+                assert status == 201, body
+            await page.reload()  # the token is still held for this tab
+            await page.wait_for_selector("#report-table tbody tr")
+            assert await page.is_hidden("#report-none")
+            assert await page.is_hidden("#report-unreleased")  # the newer one released
+            assert await page.text_content("#report-months") == "2025-05 to 2025-06"
+            shown = await page.eval_on_selector_all(
+                "#report-table tbody tr",
+                """trs => trs.map(tr => ({
+                    cells: [...tr.querySelectorAll('td')].map(td => td.textContent.trim()),
+                    hatched: !!tr.querySelector('td .swatch.hatched'),
+                    hatch: (s => s && getComputedStyle(s).backgroundImage)(
+                        tr.querySelector('td .swatch.hatched')) }))""",
+            )
+            assert [r["cells"] for r in shown] == [
+                ["First stage", "Negative", "all", "all", "all", "suppressed"],
+                ["First stage", "Positive", "all", "all", "all", "≈ 15"],
+            ], shown
+            assert [r["hatched"] for r in shown] == [True, False]
+            assert "repeating-linear-gradient" in shown[0]["hatch"]
+            no_csp_or_script_errors(errors)
+        finally:
+            await chromium.close()

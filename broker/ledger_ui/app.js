@@ -895,6 +895,37 @@
     });
   }
 
+  // ---- the rapporteur's report (PROTOCOL §8.12) ----------------------------------------
+
+  function reportCount(c) {
+    if (c.suppressed) {
+      return el("td", { class: "num suppressed-cell", title: "suppressed (no count released)" },
+        el("span", { class: "swatch hatched", "aria-hidden": "true" }), "suppressed");
+    }
+    const text = c.rounded ? `≈ ${countFmt(c.count)}` : countFmt(c.count);
+    return el("td", { class: "num", title: c.rounded ? "rounded" : null }, text);
+  }
+
+  async function loadReport() {
+    const [latest] = (await api("/v1/reports")).items;
+    $("report-none").hidden = !!latest;
+    $("report-body").hidden = !latest;
+    if (!latest) return;
+    const r = (await api(`/v1/reports/${encodeURIComponent(latest.report_id)}`)).report;
+    $("report-rapporteur").textContent = r.rapporteur;
+    $("report-months").textContent = r.from === r.to ? r.from : `${r.from} to ${r.to}`;
+    $("report-signed").textContent = iso(r.signed_at);
+    $("report-control").textContent = `k = ${r.k}, rounding to ${r.round_to}`;
+    $("report-contributions").textContent = `${r.contributions.length} contribution(s)`;
+    $("report-id").textContent = latest.report_id;
+    $("report-unreleased").hidden = r.released;
+    const body = $("report-table").querySelector("tbody");
+    body.replaceChildren(...r.cells.map((c) => el("tr", { class: c.suppressed ? "suppressed" : null },
+      ...["stage", "outcome", "sex", "age_group", "form"].map((d) =>
+        el("td", {}, c[d] === "total" ? "all" : labelWords(d, c[d]))),
+      reportCount(c))));
+  }
+
   // ---- session ------------------------------------------------------------------------
 
   let recheckTimer = null;
@@ -915,7 +946,7 @@
     renderFailures();
     try {
       await loadCheckpoint();
-      await Promise.all([loadEvents(), loadStats()]);
+      await Promise.all([loadEvents(), loadStats(), loadReport()]);
       clearInterval(recheckTimer);
       recheckTimer = setInterval(() => loadCheckpoint().catch(failed), RECHECK_MS);
     } catch (err) {
