@@ -5,7 +5,8 @@ Both write a new file (0600) and refuse to overwrite one (exit 1). Paths are wri
 given and, like every path in these files, a relative one is relative to the folder of the
 file written (`--out`); they need not exist where the command runs (a file made for a
 container names the container's paths). Tokens are the exception: `--client NAME:SCOPES`,
-`--auditor NAME`, `--agency-token AGENCY` and `--metrics-token NAME` keep each bearer token
+`--auditor NAME`, `--agency-token AGENCY`, `--metrics-token NAME` and `--rapporteur-token
+NAME` keep each bearer token
 in `NAME.token` beside `--out` (read if it is there, else made, 0600) and write only its
 SHA-256 into the configuration.
 A malformed option is a usage error (exit 2) naming it.
@@ -323,6 +324,14 @@ def agent_config_command(
     "NAME.token beside --out.",
 )
 @click.option(
+    "--rapporteur-token",
+    "rapporteur_tokens",
+    multiple=True,
+    metavar="NAME",
+    help="A rapporteur whose token only posts signed reports (scope rapporteur, POST "
+    "/v1/reports; repeat); kept in NAME.token beside --out.",
+)
+@click.option(
     "--checkpoint-interval",
     type=click.FloatRange(0, min_open=True),
     default=None,
@@ -355,6 +364,7 @@ def ledger_config_command(
     auditors: tuple[str, ...],
     agency_tokens: tuple[str, ...],
     metrics_tokens: tuple[str, ...],
+    rapporteur_tokens: tuple[str, ...],
     checkpoint_interval: float | None,
     suppress_below: int | None,
     expiry_warning_days: float | None,
@@ -369,11 +379,11 @@ def ledger_config_command(
     _check_bind(bind, "--bind")
     http_tls = _http_tls(http_tls_cert, http_tls_key)
     _check_plain_http(bind, None, tls=http_tls is not None, allowed=allow_plain_http)
-    names = [*auditors, *agency_tokens, *metrics_tokens]
+    names = [*auditors, *agency_tokens, *metrics_tokens, *rapporteur_tokens]
     if len(set(names)) != len(names):
         raise click.BadParameter(
             "each name once (each has its own NAME.token)",
-            param_hint="--auditor/--agency-token/--metrics-token",
+            param_hint="--auditor/--agency-token/--metrics-token/--rapporteur-token",
         )
     for agency in agency_tokens:
         if not AGENCY_ID_PATTERN.fullmatch(agency):
@@ -393,6 +403,7 @@ def ledger_config_command(
             *((a, _token(out, a, "--auditor"), "auditor") for a in auditors),
             *((a, _token(out, a, "--agency-token"), f"agency:{a}") for a in agency_tokens),
             *((m, _token(out, m, "--metrics-token"), "metrics") for m in metrics_tokens),
+            *((r, _token(out, r, "--rapporteur-token"), "rapporteur") for r in rapporteur_tokens),
         ],
         checkpoint_interval_seconds=checkpoint_interval,
         suppress_below=suppress_below,

@@ -227,6 +227,7 @@ def test_ledger_config_loads_with_the_ledgers_own_loader(tmp_path: Path) -> None
         "--trust-root", "root.1.json", "--database", "/var/lib/nrm-ledger/ledger.db",
         "--bind", "192.0.2.10:8090", "--auditor", "court-of-audit", "--auditor", "ombudsman",
         "--agency-token", "shelter", "--metrics-token", "prometheus",
+        "--rapporteur-token", "rapporteur",
         "--checkpoint-interval", "5", "--suppress-below", "10", "--expiry-warning-days", "14",
         "--allow-plain-http",
     )  # fmt: skip
@@ -246,7 +247,11 @@ def test_ledger_config_loads_with_the_ledgers_own_loader(tmp_path: Path) -> None
     text = out.read_text()  # the current form, not the older [[auditors]]
     assert "[[auditors]]" not in text and text.count('scope = "auditor"') == 2, text
     scopes = {t.digest: t.scope for t in config.tokens}
-    for name, scope in (("shelter", "agency:shelter"), ("prometheus", "metrics")):
+    for name, scope in (
+        ("shelter", "agency:shelter"),
+        ("prometheus", "metrics"),
+        ("rapporteur", "rapporteur"),
+    ):
         digest = bytes.fromhex(token_digest((tmp_path / f"{name}.token").read_text()))
         assert scopes[digest] == scope
     assert sorted(scopes.values()).count("auditor") == 2
