@@ -651,13 +651,20 @@ async def post_report(request: web.Request) -> web.Response:
         raise ProblemError(
             415, "Unsupported Media Type", "the request body must be application/json"
         )
-    data = await request.content.read(signed_report.MAX_REPORT_BYTES + 1)
-    if len(data) > signed_report.MAX_REPORT_BYTES:
-        raise ProblemError(
-            413,
-            "Payload Too Large",
-            f"a signed report is at most {signed_report.MAX_REPORT_BYTES} bytes",
-        )
+    # Read here, bounded by the report's own limit (the app's client_max_size is for the
+    # small bodies of every other route).
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(65_536):
+        size += len(chunk)
+        if size > signed_report.MAX_REPORT_BYTES:
+            raise ProblemError(
+                413,
+                "Payload Too Large",
+                f"a signed report is at most {signed_report.MAX_REPORT_BYTES} bytes",
+            )
+        chunks.append(chunk)
+    data = b"".join(chunks)
     directory = ledger.directory
     if directory is None:
         raise ProblemError(503, "Service Unavailable", "the ledger trusts no directory yet")

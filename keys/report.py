@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from nacl.signing import SigningKey
 
-from .codec import bounded_int, canonical_json, exact_members, load_canonical
+from .codec import HEX32, bounded_int, canonical_json, exact_members, load_canonical
 from .directory import Directory
 from .errors import MalformedError, MisdatedError, NotForThisRoleError
 from .identity import signing_kid
@@ -130,8 +130,8 @@ class Report:
     def __post_init__(self) -> None:
         if not (isinstance(self.rapporteur, str) and AGENCY_ID_PATTERN.fullmatch(self.rapporteur)):
             raise ValueError("rapporteur must be an agency id")
-        if not (isinstance(self.kid, str) and 0 < len(self.kid) <= 64):
-            raise ValueError("kid must be a key id")
+        if not (isinstance(self.kid, str) and HEX32.fullmatch(self.kid)):
+            raise ValueError("kid must be a key id (32 lowercase hex digits)")
         for name in ("first", "last"):
             value = getattr(self, name)
             if not (isinstance(value, str) and _PERIOD.fullmatch(value)):

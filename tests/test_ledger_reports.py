@@ -21,6 +21,7 @@ from playwright.async_api import async_playwright
 from broker.ledger import RAPPORTEUR_SCOPE, Ledger, LedgerToken
 from keys import AgencyKeys
 from keys import report as R
+from keys.codec import canonical_json
 from keys.identity import signing_kid
 from keys.roles import RAPPORTEUR
 from nrm.cli import main
@@ -167,18 +168,21 @@ async def test_a_report_that_does_not_verify_is_refused_and_nothing_stored(
         ("police", R.sign_report(_report(police), police.signing_key), "not-for-this-role"),
         (
             "tampered",
-            json.dumps(tampered, separators=(",", ":"), sort_keys=True).encode(),
+            canonical_json(tampered),
             "bad-signature",
         ),
         ("ahead", R.sign_report(_report(keys, signed_at=now + 3600), keys.signing_key), "misdated"),
         ("this month", R.sign_report(_report(keys, last=this_month), keys.signing_key), "misdated"),
         ("not json", b"{", "malformed"),
+        ("no signature", canonical_json({"signed": tampered["signed"]}), "malformed"),
         ("unknown signer", vector, "unknown-key"),
     ]
     for name, data, reason in cases:
         status, body = await _post(m, token, data)
         assert (status, body.get("reason")) == (400, reason), (name, body)
         assert reason in body["detail"], name
+    status, body = await _post(m, token, b" " * (R.MAX_REPORT_BYTES + 1))
+    assert status == 413, body
     assert await _listed(m) == []
 
 
