@@ -18,6 +18,7 @@ from typing import Any
 from click.testing import CliRunner
 from playwright.async_api import async_playwright
 
+from agents import contributions as S
 from broker.ledger import RAPPORTEUR_SCOPE, Ledger, LedgerToken
 from keys import AgencyKeys
 from keys import report as R
@@ -30,8 +31,16 @@ from runtime.http import token_digest
 
 from .conftest import LedgerAccess
 from .support import Mechanism, agency_keys, eventually, unavailable
+from .test_identification import AUTHORITY, decide, opened_case
 from .test_ledger_ui import CHROMIUM, CHROMIUM_ARGS, HAVE_CHROMIUM, no_csp_or_script_errors, open_ui
-from .test_statistics import RAPPORTEUR_AGENCY, _json_in, rapporteur
+from .test_statistics import (
+    RAPPORTEUR_AGENCY,
+    _decided_in_ledger,
+    _held,
+    _json_in,
+    _month_over,
+    rapporteur,
+)
 from .test_vectors import parse
 
 __all__ = ["rapporteur"]  # the fixture, used by the tests below
@@ -271,3 +280,57 @@ async def test_the_auditor_ui_draws_the_newest_report(rapporteur: tuple[Mechanis
             no_csp_or_script_errors(errors)
         finally:
             await chromium.close()
+
+
+async def test_a_published_report_names_the_contributions_it_was_built_from(
+    rapporteur: tuple[Mechanism, Path], tmp_path: Path
+) -> None:
+    """Two cases decided in a month, its contribution sent once the month ended: `nrm
+    rapporteur report --publish` over that month releases no cell (two people: a cell below
+    k cannot be hidden, exit 1) but still signs and posts the report, and the ledger's copy
+    names exactly that contribution's envelope hash, as the rapporteur's agent holds it."""
+    m, offset = rapporteur
+    assert m.sandbox.ledger is not None
+    period = S.period_of(clock.now())
+    for decision in (
+        {"stage": "first", "outcome": "positive"},
+        {"stage": "first", "outcome": "negative", "reason": "no-indicators"},
+    ):
+        _, case_id = await opened_case(m)
+        status, body = await decide(m, case_id, decision)
+        assert status == 202, body
+    await _month_over(m, offset, period)
+    m.agents[AUTHORITY].statistics.tick()
+    [held] = await _held(m, period, 1)
+    await _decided_in_ledger(m, 2)
+    token = await _rapporteur_token(m.sandbox.ledger)
+    setup = m.setups[RAPPORTEUR_AGENCY]
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_bytes(setup.passphrase())
+    api = m.api(RAPPORTEUR_AGENCY)
+    args = ["rapporteur", "report", "--from", period, "--to", period, "--url", api.base,
+            "--ledger", m.sandbox.ledger.url, "--k", "2", "--round-to", "1",
+            "--publish", str(setup.key_dir), "--passphrase-file", str(passphrase),
+            "--json"]  # fmt: skip
+    env = {
+        "NRM_API_TOKEN": api.token,
+        "NRM_LEDGER_TOKEN": m.sandbox.auditor_token,
+        "NRM_RAPPORTEUR_TOKEN": token,
+    }
+    result = await asyncio.to_thread(CliRunner().invoke, main, args, env=env)
+    assert result.exit_code == 1, result.output  # nothing released
+    printed = _json_in(result.output)
+    assert [c["envelope_hash"] for c in printed["contributions"]] == [held["envelope_hash"]]
+    [item] = await _listed(m)
+    assert item["report_id"] == printed["report_id"]
+    status, _, body = await _get(m, f"/v1/reports/{item['report_id']}", m.sandbox.auditor_token)
+    assert status == 200, body
+    served = json.loads(body)["report"]
+    assert (served["from"], served["to"], served["released"], served["cells"]) == (
+        period,
+        period,
+        False,
+        [],
+    )
+    assert served["contributions"] == [held["envelope_hash"]]
+    assert (served["k"], served["round_to"]) == (2, 1)
