@@ -50,6 +50,7 @@ from .api import CLIENTS, ApiSettings, ClientTable, make_app
 from .attachments import Attachments
 from .audit import AuditTrail
 from .break_glass import BreakGlass
+from .case_transfers import TransferDesk
 from .config import AgentConfig
 from .decisions import IDENTIFICATION_DECISION, DecisionMessage
 from .desk import Desk
@@ -83,7 +84,13 @@ from .standing import StandingGuard
 from .store import OutgoingMessage, Received, Store
 from .subject_access import SubjectAccess
 from .transfer_requests import TransferRequestDesk
-from .transfers import TRANSFER_REQUEST, TRANSFER_STEP, TransferRequest, TransferStep
+from .transfers import (
+    CASE_TRANSFER,
+    TRANSFER_REQUEST,
+    TRANSFER_STEP,
+    TransferRequest,
+    TransferStep,
+)
 from .transport import Position, Transport, Verdict
 from .trust import TrustState
 from .webhooks import WebhookSender
@@ -108,6 +115,7 @@ SENT_EVENTS = {
     RECONSIDERATION_REQUEST: "reconsideration.requested",
     TRANSFER_REQUEST: "transfer-request.sent",
     TRANSFER_STEP: "transfer-step.sent",
+    CASE_TRANSFER: "transfer.sent",
 }
 
 
@@ -221,6 +229,15 @@ class Agent:
         self.desk.accepted = self._open_case
         self.transfer_requests = TransferRequestDesk(
             agency=config.agency, store=self.store, audit=self.audit, send=self._send
+        )
+        self.transfers = TransferDesk(
+            agency=config.agency,
+            store=self.store,
+            audit=self.audit,
+            send=self._send,
+            desk=self.desk,
+            requests=self.transfer_requests,
+            max_body_bytes=self.limits.max_body_bytes,
         )
         self.break_glass = BreakGlass(
             agency=config.agency,
@@ -833,6 +850,7 @@ class Agent:
             RECONSIDERATION_REQUEST: self._on_reconsideration,
             TRANSFER_REQUEST: self._on_transfer_request,
             TRANSFER_STEP: self._on_transfer_step,
+            CASE_TRANSFER: self._on_case_transfer,
         }
         if set(table) != inbound.KINDS:
             raise RuntimeError("every kind inbound checks needs a handler, and no other")
@@ -875,6 +893,22 @@ class Agent:
         receipt = DeliveryReceipt(h.message_id, opened.envelope_hash, clock.now())
         self._send(
             DELIVERY_RECEIPT, receipt.encode(), [h.sender], tx, referral_id=checked.referral_id
+        )
+
+    def _on_case_transfer(
+        self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked
+    ) -> None:
+        if not isinstance(checked, inbound.CheckedTransfer):
+            raise TypeError("a case transfer handler takes a checked transfer")
+        self.transfers.on_transfer(tx, opened, checked)
+        h = opened.header
+        receipt = DeliveryReceipt(h.message_id, opened.envelope_hash, clock.now())
+        self._send(
+            DELIVERY_RECEIPT,
+            receipt.encode(),
+            [h.sender],
+            tx,
+            referral_id=checked.referral.referral_id,
         )
 
     def _on_transfer_step(
@@ -934,6 +968,7 @@ class Agent:
             raise UnexpectedMessageError("receipt names no envelope sent to its sender")
         self.desk.on_delivered(tx, checked.message_id, h.sender)
         self.transfer_requests.on_delivered(tx, checked.message_id, h.sender)
+        self.transfers.on_delivered(tx, checked.message_id, h.sender)
         self.audit.record(
             tx,
             "receipt.received",

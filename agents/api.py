@@ -39,6 +39,8 @@ from .access import AccessRecorder, body_categories
 from .attachments import ATTACHMENT_TYPES, Attachments
 from .break_glass import REFUSAL_REASONS, BreakGlass
 from .break_glass import view as glass_view
+from .case_transfers import TransferDesk
+from .case_transfers import view as transfer_view
 from .cases import LEAVE_REASONS
 from .config import ApiClient
 from .desk import Desk
@@ -106,6 +108,7 @@ class Backend(Protocol):
     services: Services
     break_glass: BreakGlass
     transfer_requests: TransferRequestDesk
+    transfers: TransferDesk
 
     def submit_referral(
         self,
@@ -189,6 +192,9 @@ def make_app(
     r.add_get("/v1/transfer-requests/{id}", get_transfer_request)
     r.add_post("/v1/transfer-requests/{id}/revoke", revoke_transfer_request)
     r.add_post("/v1/transfer-requests/{id}/refuse", refuse_transfer_request)
+    r.add_post("/v1/transfers", propose_transfer)
+    r.add_get("/v1/transfers", list_transfers)
+    r.add_get("/v1/transfers/{id}", get_transfer)
     r.add_get("/v1/cases", list_cases)
     r.add_get("/v1/cases/{case_id}", get_case)
     r.add_post("/v1/cases/{case_id}/decisions", decide)
@@ -742,10 +748,11 @@ async def request_transfer(request: web.Request) -> web.Response:
     return await _idempotent(request, "act", act)
 
 
-def _request_id(request: web.Request) -> str:
+def _request_id(request: web.Request, what: str = "request") -> str:
+    """The path's `id`: a transfer request's id (or `what` else's), 32 lowercase hex."""
     raw = request.match_info["id"]
     if not HEX32.fullmatch(raw):
-        raise ProblemError(400, "Bad Request", "a request id is 32 lowercase hex digits")
+        raise ProblemError(400, "Bad Request", f"a {what} id is 32 lowercase hex digits")
     return raw
 
 
@@ -755,13 +762,21 @@ def _requester_param(request: web.Request) -> str | None:
     return _agency_param(request, "requester")
 
 
-async def list_transfer_requests(request: web.Request) -> web.Response:
+def _page_of(
+    request: web.Request,
+    listing: Callable[..., tuple[list[dict[str, Any]], str | None]],
+) -> web.Response:
+    """A page of `listing` (read scope) by the `limit` and `cursor` parameters."""
     _need(request, "read")
     settings = request.app[SETTINGS]
     limit = _int_param(request, "limit", settings.default_page_size, 1, settings.max_page_size)
     after = _int_param(request, "cursor", 0, 0, MAX_CURSOR)
-    items, cursor = request.app[BACKEND].transfer_requests.listing(after=after, limit=limit)
+    items, cursor = listing(after=after, limit=limit)
     return web.json_response({"items": items, "next_cursor": cursor})
+
+
+async def list_transfer_requests(request: web.Request) -> web.Response:
+    return _page_of(request, request.app[BACKEND].transfer_requests.listing)
 
 
 async def get_transfer_request(request: web.Request) -> web.Response:
@@ -795,6 +810,64 @@ async def _transfer_step(
         return 202, result
 
     return await _idempotent(request, "act", act)
+
+
+# --- case transfers (PROTOCOL §8.10) ----------------------------------------------------------
+
+
+async def propose_transfer(request: web.Request) -> web.Response:
+    """Hand the case to a transferee with R, a schema-v2 referral minimised for it as a
+    referral is (act scope): one `case-transfer` sealed to the transferee (PROTOCOL
+    §8.10)."""
+
+    def act(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        _only(doc, {"transferee", "referral", "reason", "case_id", "request_id"})
+        transferee = doc.get("transferee")
+        try:
+            transferee = check_agency_id(transferee) if isinstance(transferee, str) else None
+        except ValueError:
+            transferee = None
+        if transferee is None:
+            raise ProblemError(400, "Bad Request", "transferee must be an agency id")
+        referral = doc.get("referral")
+        if not isinstance(referral, dict):
+            raise ProblemError(422, UNPROCESSABLE, "referral must be a JSON object")
+        reason = _code_field(doc, "reason", TRANSFER_REASONS)
+        case_id = _hex32_field(doc, "case_id", nullable=True) if "case_id" in doc else None
+        request_id = _hex32_field(doc, "request_id", nullable=True) if "request_id" in doc else None
+        result = request.app[BACKEND].transfers.propose(
+            transferee=transferee,
+            document=referral,
+            reason=reason,
+            case_id=case_id,
+            request_id=request_id,
+        )
+        return 202, result
+
+    return await _idempotent(request, "act", act)
+
+
+async def list_transfers(request: web.Request) -> web.Response:
+    return _page_of(request, request.app[BACKEND].transfers.listing)
+
+
+async def get_transfer(request: web.Request) -> web.Response:
+    """One transfer; at the transferee with R, its own record (`referral`), the read
+    counted as a received referral's is (`record.accessed`)."""
+    _need(request, "read")
+    transfer_id = _request_id(request, "transfer")
+    owner = _agency_param(request, "owner")
+    backend = request.app[BACKEND]
+    desk = backend.transfers
+    with backend.store.transaction() as db:
+        found = desk.held(db, transfer_id, owner)
+        shown = transfer_view(found, desk.agency)
+        if found.transferee == desk.agency:
+            referral = desk.referral(db, found)
+            shown["referral"] = referral
+            if referral is not None:
+                _record_read(request, db, found.owner, found.referral_id, referral)
+    return web.json_response(shown)
 
 
 async def revoke_transfer_request(request: web.Request) -> web.Response:

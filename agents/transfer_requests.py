@@ -12,10 +12,11 @@ step travels as a `transfer-step` checked against the table "Transfer request"
       `revoked`                 <-- transfer-step -----  POST .../{id}/refuse
       `refused`
 
-`granted` comes with the case transfer that answers a request (slice 8, later): a
-`transfer-step` to `granted` is never sent on its own, so the owner's API offers only
-`refuse` for now, and one received is `unexpected` (`SENT_STEPS`). A request the owner's
-agent refuses outright (a refusal notice) stays `requested`, its copy's `failure` shown.
+`granted` comes with the case transfer that answers a request (agents/case_transfers.py
+calls `grant` at both sides): a `transfer-step` to `granted` is never sent on its own, so
+the owner's API offers only `refuse`, and one received is `unexpected` (`SENT_STEPS`). A
+request the owner's agent refuses outright (a refusal notice) stays `requested`, its copy's
+`failure` shown.
 """
 
 from __future__ import annotations
@@ -153,6 +154,12 @@ class TransferRequestDesk:
         if r is not None and r.requester == self.agency and r.state == T.REQUESTED:
             self._apply(db, r, T.REQUESTED, T.DELIVERED, None)
 
+    def grant(self, db: sqlite3.Connection, r: StoredTransferRequest) -> bool:
+        """The case transfer answering `r` sent (this agency the owner) or received (the
+        requester): `r` is `granted` (PROTOCOL §8.10: the owner's step travels as that
+        `case-transfer`, never on its own). False, nothing written, if it moved meanwhile."""
+        return self._moved(db, r, r.state, T.GRANTED, None, clock.now())
+
     # --- either party's step --------------------------------------------------------------------
 
     def step(
@@ -247,8 +254,7 @@ class TransferRequestDesk:
         """A page of the requests held here, oldest first, and the cursor of the next (a
         decimal string; None on the last page)."""
         page = self.store.transfer_requests_page(after=after, limit=limit)
-        items = [view(r, self.agency) for _, r in page]
-        return items, (str(page[-1][0]) if len(page) == limit else None)
+        return paged([(seq, view(r, self.agency)) for seq, r in page], limit)
 
     # --- receiving ------------------------------------------------------------------------------
 
@@ -283,23 +289,15 @@ class TransferRequestDesk:
         )
         if not self.store.insert_transfer_request(db, stored):
             raise UnexpectedMessageError("a transfer request this agency holds already")
-        h = opened.header
-        self.audit.record(
+        received(
             db,
-            "transfer-request.received",
+            self.audit,
+            opened,
+            self.agency,
+            kind="transfer-request.received",
             referral_id=message.referral_id,
-            counterpart=sender,
-            envelope_hash=opened.envelope_hash,
-            key_ids=(h.sender_kid, h.recipient_kids[h.recipients.index(self.agency)]),
-        )
-        W.enqueue(
-            db,
-            W.WebhookEvent(
-                id=W.new_event_id(),
-                type=RECEIVED_EVENT,
-                created=now,
-                data=view(stored, self.agency),
-            ),
+            event=RECEIVED_EVENT,
+            data=view(stored, self.agency),
         )
         self.log.info("transfer_request_received", request_id=message.request_id, sender=sender)
 
@@ -395,8 +393,49 @@ class TransferRequestDesk:
         )
 
 
+def received(
+    db: sqlite3.Connection,
+    audit: AuditTrail,
+    opened: Opened,
+    me: str,
+    *,
+    kind: str,
+    referral_id: str,
+    event: str,
+    data: dict[str, Any],
+) -> None:
+    """A request or a transfer this agency (`me`) accepted from `opened`'s sender: audited
+    as `kind` under `referral_id` and told to the system as `event` with `data`, in `db`."""
+    h = opened.header
+    audit.record(
+        db,
+        kind,
+        referral_id=referral_id,
+        counterpart=h.sender,
+        envelope_hash=opened.envelope_hash,
+        key_ids=(h.sender_kid, h.recipient_kids[h.recipients.index(me)]),
+    )
+    W.enqueue(db, W.WebhookEvent(id=W.new_event_id(), type=event, created=clock.now(), data=data))
+
+
+def paged(
+    rows: list[tuple[int, dict[str, Any]]], limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The items of a page of (seq, item) and the cursor of the next (a decimal string;
+    None on the last page)."""
+    return [item for _, item in rows], (str(rows[-1][0]) if len(rows) == limit else None)
+
+
 def _labels(to_state: str) -> tuple[tuple[str, str], ...]:
     return (("to_state", to_state), ("transfer_kind", T.REQUEST))
 
 
-__all__ = ["RECEIVED_EVENT", "SENT_STEPS", "STEP_EVENT", "TransferRequestDesk", "view"]
+__all__ = [
+    "RECEIVED_EVENT",
+    "SENT_STEPS",
+    "STEP_EVENT",
+    "TransferRequestDesk",
+    "paged",
+    "received",
+    "view",
+]

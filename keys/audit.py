@@ -74,6 +74,8 @@ KINDS = frozenset(
         "transfer-request.received",
         "transfer-step.sent",
         "transfer-step.received",
+        "transfer.sent",
+        "transfer.received",
     }
 )
 #: The events of a break-glass referral at its sender (§8.2 step 2): each names the API

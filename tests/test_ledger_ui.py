@@ -291,6 +291,8 @@ KIND_WORDS = {
     "transfer-request.received": "Transfer request received",
     "transfer-step.sent": "Transfer step sent",
     "transfer-step.received": "Transfer step received",
+    "transfer.sent": "Case transfer proposed",
+    "transfer.received": "Case transfer received",
 }
 #: What each statistics label value reads as.
 LABEL_WORDS = {

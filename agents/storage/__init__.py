@@ -38,7 +38,7 @@ from .reconsiderations import Reconsiderations, StoredRequest
 from .referrals import NewReferral, Referrals, SentCopy, Step
 from .retention import CLOSED_REQUEST_STATES, CLOSED_STATES, Retention
 from .schema import SCHEMA
-from .transfers import StoredTransferRequest, TransferRequests
+from .transfers import CaseTransfers, StoredTransfer, StoredTransferRequest, TransferRequests
 from .webhooks import WebhookOutbox
 
 
@@ -59,6 +59,7 @@ class Store(
     ProtectionNotices,
     Reconsiderations,
     TransferRequests,
+    CaseTransfers,
 ):
     """The agent database with every aggregate's operations."""
 
@@ -89,6 +90,7 @@ __all__ = [
     "StoredDecision",
     "StoredNotice",
     "StoredRequest",
+    "StoredTransfer",
     "StoredTransferRequest",
     "Undelivered",
     "read_consent",

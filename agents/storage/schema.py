@@ -30,8 +30,8 @@ column; in `inbox` the `sender` column is the owner of the referral a row carrie
 - `protection_notices`: agents/storage/protections.py (PROTOCOL §8.9), a new table too.
 - `reconsideration_requests`: agents/storage/reconsiderations.py (PROTOCOL §8.7
   "Reconsideration requests"), a new table too.
-- `transfer_requests`: agents/storage/transfers.py (PROTOCOL §8.10 "`transfer-request`"),
-  a new table too.
+- `transfer_requests`, `case_transfers`: agents/storage/transfers.py (PROTOCOL §8.10
+  "`transfer-request`", "`case-transfer`"), new tables too.
 - `cases`, `case_referrals`, `decisions`: agents/storage/cases.py (identification
   decisions, PROTOCOL §8.7); new tables, so `CREATE TABLE IF NOT EXISTS` adds them to
   older databases (no release had them: `case_referrals`' UNIQUE referral_id was added to
@@ -405,6 +405,26 @@ CREATE TABLE IF NOT EXISTS transfer_requests (
     UNIQUE (requester, request_id)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS transfer_requests_by_message ON transfer_requests(message_id);
+CREATE TABLE IF NOT EXISTS case_transfers (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    owner        TEXT NOT NULL,
+    transfer_id  TEXT NOT NULL,
+    transferee   TEXT NOT NULL,
+    referral_id  TEXT NOT NULL,
+    case_id      TEXT,
+    reason       TEXT NOT NULL,
+    request_id   TEXT,
+    urgency      TEXT NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('proposed', 'delivered', 'accepted', 'rejected',
+                                                'revoked', 'expired', 'completed')),
+    step_reason  TEXT,
+    message_id   TEXT NOT NULL,
+    body         BLOB,  -- at the transferee: R sealed under its data key (data_keys), else NULL
+    created      INTEGER NOT NULL,
+    updated      INTEGER NOT NULL,
+    UNIQUE (owner, transfer_id)
+) STRICT;
+CREATE INDEX IF NOT EXISTS case_transfers_by_message ON case_transfers(message_id);
 CREATE TABLE IF NOT EXISTS webhook_outbox (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id      TEXT NOT NULL UNIQUE,

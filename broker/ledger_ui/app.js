@@ -117,6 +117,8 @@
     "transfer-request.received": "Transfer request received",
     "transfer-step.sent": "Transfer step sent",
     "transfer-step.received": "Transfer step received",
+    "transfer.sent": "Case transfer proposed",
+    "transfer.received": "Case transfer received",
   };
   const LABEL_WORDS = {
     referral_type: {
