@@ -86,6 +86,7 @@ from .subject_access import SubjectAccess
 from .transfer_requests import TransferRequestDesk
 from .transfers import (
     CASE_TRANSFER,
+    TRANSFER,
     TRANSFER_REQUEST,
     TRANSFER_STEP,
     TransferRequest,
@@ -916,7 +917,10 @@ class Agent:
     ) -> None:
         if not isinstance(checked, TransferStep):
             raise TypeError("a transfer step handler takes a checked step")
-        self.transfer_requests.on_step(tx, opened, checked)
+        if checked.kind == TRANSFER:
+            self.transfers.on_step(tx, opened, checked)
+        else:
+            self.transfer_requests.on_step(tx, opened, checked)
 
     def _open_case(self, tx: sqlite3.Connection, owner: str, referral_id: str) -> None:
         """A competent authority accepting a referral of type nrm_full opens its case, on the

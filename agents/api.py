@@ -55,7 +55,17 @@ from .services import Services
 from .store import STATUS_ORDER, Store
 from .subject_access import SubjectAccess
 from .transfer_requests import TransferRequestDesk, view
-from .transfers import OWNER, REFUSE_REASONS, REQUESTER, TRANSFER_REASONS
+from .transfers import (
+    OWNER,
+    REFUSE_REASONS,
+    REJECT_REASONS,
+    REQUEST,
+    REQUESTER,
+    REVOKE_REASONS,
+    TRANSFER,
+    TRANSFER_REASONS,
+    TRANSFEREE,
+)
 
 #: A case system's own reference for a referral it submits (sender-local, never sent).
 CLIENT_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}")
@@ -195,6 +205,10 @@ def make_app(
     r.add_post("/v1/transfers", propose_transfer)
     r.add_get("/v1/transfers", list_transfers)
     r.add_get("/v1/transfers/{id}", get_transfer)
+    r.add_post("/v1/transfers/{id}/accept", accept_transfer)
+    r.add_post("/v1/transfers/{id}/reject", reject_transfer)
+    r.add_post("/v1/transfers/{id}/revoke", revoke_transfer)
+    r.add_post("/v1/transfers/{id}/complete", complete_transfer)
     r.add_get("/v1/cases", list_cases)
     r.add_get("/v1/cases/{case_id}", get_case)
     r.add_post("/v1/cases/{case_id}/decisions", decide)
@@ -791,22 +805,27 @@ async def get_transfer_request(request: web.Request) -> web.Response:
 
 
 async def _transfer_step(
-    request: web.Request, party: str, to_state: str, codes: Sequence[str]
+    request: web.Request,
+    party: str,
+    to_state: str,
+    codes: Sequence[str],
+    *,
+    kind: str = REQUEST,
 ) -> web.Response:
-    """This agency's step as `party` on the request named in the path (and maybe
-    `?requester=`) where it is that party: the body is `{"reason"}` when the step takes one
-    of `codes`, else empty."""
-    request_id = _request_id(request)
-    requester = _requester_param(request)
+    """This agency's step as `party` on the request (or, `kind` transfer, the transfer)
+    named in the path (and maybe `?requester=`, `?owner=`) where it is that party: the body
+    is `{"reason"}` when the step takes one of `codes`, else empty."""
+    transfer = kind == TRANSFER
+    ident = _request_id(request, "transfer" if transfer else "request")
+    sender = _agency_param(request, "owner") if transfer else _requester_param(request)
 
     def act(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         _only(doc, {"reason"} if codes else set())
         reason = _code_field(doc, "reason", codes) if codes else None
         backend = request.app[BACKEND]
+        desk = backend.transfers if transfer else backend.transfer_requests
         with backend.store.transaction() as db:
-            result = backend.transfer_requests.step(
-                db, request_id, requester, party=party, to_state=to_state, reason=reason
-            )
+            result = desk.step(db, ident, sender, party=party, to_state=to_state, reason=reason)
         return 202, result
 
     return await _idempotent(request, "act", act)
@@ -868,6 +887,26 @@ async def get_transfer(request: web.Request) -> web.Response:
             if referral is not None:
                 _record_read(request, db, found.owner, found.referral_id, referral)
     return web.json_response(shown)
+
+
+async def accept_transfer(request: web.Request) -> web.Response:
+    """The transferee takes the case (act scope): one `transfer-step` to the owner."""
+    return await _transfer_step(request, TRANSFEREE, "accepted", (), kind=TRANSFER)
+
+
+async def reject_transfer(request: web.Request) -> web.Response:
+    """The transferee declines the case with a rejection reason (act scope)."""
+    return await _transfer_step(request, TRANSFEREE, "rejected", REJECT_REASONS, kind=TRANSFER)
+
+
+async def revoke_transfer(request: web.Request) -> web.Response:
+    """The owner takes its transfer back before it was accepted, with a revocation reason."""
+    return await _transfer_step(request, OWNER, "revoked", REVOKE_REASONS, kind=TRANSFER)
+
+
+async def complete_transfer(request: web.Request) -> web.Response:
+    """The owner completes an accepted transfer (act scope): the transferee owns the case."""
+    return await _transfer_step(request, OWNER, "completed", (), kind=TRANSFER)
 
 
 async def revoke_transfer_request(request: web.Request) -> web.Response:

@@ -10,8 +10,17 @@ record. A transfer request it answers is `granted` at both sides.
       stored `proposed`  <-- delivery-receipt --  webhook transfer.received
       `delivered` (system)
 
-The steps of a transfer (`transfer-step` of kind `transfer`), expiry and `case-owner-changed`
-come later in slice 8. Ids and codes only in rows (but R, sealed), logs and the ledger.
+    POST .../{id}/accept|reject  <-- transfer-step --  (the transferee's steps)
+    POST .../{id}/revoke|complete -- transfer-step -->  (the owner's steps)
+
+Each step is a `transfer-step` of kind `transfer`, checked by its receiver against the
+table "Case transfer" and the state it holds; the two sides' `proposed` and `delivered` are
+taken as one until the receipt arrives, as a request's `requested` and `delivered`. A
+transfer's end moves the request it answered on (`REQUEST_AFTER_TRANSFER`: `fulfilled` or
+`lapsed`, each side's own `system` step). As built, `complete` is taken only of a
+transfer naming no case (`case_id` null): with a case, `completed` waits for the authority
+to be told (`case-owner-changed`, later in slice 8). Expiry comes later too. Ids and codes
+only in rows (but R, sealed), logs and the ledger.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from .audit import AuditTrail
 from .desk import Desk, Sender
 from .inbound import CheckedTransfer
 from .store import Store, StoredTransfer, StoredTransferRequest
-from .transfer_requests import TransferRequestDesk, paged, received
+from .transfer_requests import TransferRequestDesk, paged, received, send_step, stepped
 
 log = structlog.get_logger("nrm.case_transfers")
 
@@ -183,28 +192,142 @@ class TransferDesk:
         t = self.store.transfer_of_message(db, message_id, transferee)
         if t is None or t.owner != self.agency or t.state != T.PROPOSED:
             return
+        if not self._moved(db, t, T.PROPOSED, T.DELIVERED, None):
+            raise UnexpectedMessageError("the transfer moved meanwhile")
+
+    # --- either party's step ------------------------------------------------------------------
+
+    def step(
+        self,
+        db: sqlite3.Connection,
+        transfer_id: str,
+        owner: str | None,
+        *,
+        party: str,
+        to_state: str,
+        reason: str | None,
+    ) -> dict[str, Any]:
+        """This agency's step as `party` on a transfer it holds as that party (`revoke` and
+        `complete` as its owner, `accept` and `reject` as its transferee): 404 for none, 409
+        naming `allowed` for a step the table refuses from its state, 409 for `complete` of a
+        transfer naming a case (the authority is not told yet). One `transfer-step` to the
+        other party (audit `transfer-step.sent`, the reason as its reason)."""
+        t = self.held(db, transfer_id, owner, side=party)
+        if to_state == T.COMPLETED and t.state == T.ACCEPTED and t.case_id is not None:
+            raise E.Conflict(
+                "a transfer naming a case completes once the authority is told"
+                " (case-owner-changed), which this release does not send yet"
+            )
+        send_step(
+            self.send,
+            db,
+            kind=T.TRANSFER,
+            ident=t.transfer_id,
+            recipient=t.transferee,
+            state=t.state,
+            to_state=to_state,
+            party=party,
+            reason=reason,
+            to=t.transferee if party == T.OWNER else t.owner,
+            referral_id=t.referral_id,
+        )
+        if not self._moved(db, t, t.state, to_state, reason):
+            raise E.Conflict("the transfer moved meanwhile; try again")
+        self.log.info("transfer_step_sent", transfer_id=t.transfer_id, to_state=to_state)
+        found = self.store.transfer(db, t.owner, t.transfer_id)
+        assert found is not None
+        return view(found, self.agency)
+
+    def on_step(self, db: sqlite3.Connection, opened: Opened, step: T.TransferStep) -> None:
+        """A `transfer-step` of kind `transfer` received: PROTOCOL §8.10's receiver checks.
+        A step by the owner is about a transfer the message's sender sent this agency, a
+        step by the transferee about one this agency sent the sender, naming it as
+        `recipient` either way: holding none is `not-shared`; a `system` step, or a
+        `from_state` that is not the state held (but for the `proposed`/`delivered` lag
+        before the receipt), is `unexpected`."""
+        sender = opened.header.sender
+        if step.party == T.SYSTEM:
+            raise UnexpectedMessageError("a system step is each side's own, never sent")
+        if step.party == T.OWNER:
+            t = self.store.transfer(db, sender, step.id)
+            held = t is not None and t.transferee == self.agency == step.recipient
+        else:
+            t = self.store.transfer(db, self.agency, step.id)
+            held = t is not None and t.transferee == sender == step.recipient
+        if t is None or not held:
+            raise NotSharedError("a step of a transfer its sender does not share")
+        lagging = {step.from_state, t.state} == {T.PROPOSED, T.DELIVERED}
+        if step.from_state != t.state and not lagging:
+            raise UnexpectedMessageError("the step starts from a state the transfer is not in")
+        if not self._moved(db, t, t.state, step.to_state, step.reason):
+            raise UnexpectedMessageError("the transfer moved meanwhile")
+        found = self.store.transfer(db, t.owner, t.transfer_id)
+        assert found is not None
+        stepped(
+            db,
+            self.audit,
+            opened,
+            referral_id=t.referral_id,
+            step=step,
+            data={"kind": T.TRANSFER, **view(found, self.agency)},
+        )
+        self.log.info("transfer_step_received", transfer_id=t.transfer_id, to_state=step.to_state)
+
+    def _moved(
+        self,
+        db: sqlite3.Connection,
+        t: StoredTransfer,
+        from_state: str,
+        to_state: str,
+        reason: str | None,
+    ) -> bool:
+        """Move `t` from `from_state` to `to_state`, and at its end the request it answered
+        on (its `system` step: `fulfilled` or `lapsed`); False if `t` moved meanwhile."""
         if not self.store.step_transfer(
             db,
             t.owner,
             t.transfer_id,
-            from_state=T.PROPOSED,
-            to_state=T.DELIVERED,
-            reason=None,
+            from_state=from_state,
+            to_state=to_state,
+            reason=reason,
             now=clock.now(),
         ):
-            raise UnexpectedMessageError("the transfer moved meanwhile")
+            return False
+        then = T.REQUEST_AFTER_TRANSFER.get(to_state)
+        if then is not None and t.request_id is not None:
+            self.requests.transfer_ended(db, t.transferee, t.request_id, then)
+        return True
 
     # --- reading ------------------------------------------------------------------------------
 
-    def held(self, db: sqlite3.Connection, transfer_id: str, owner: str | None) -> StoredTransfer:
-        """The transfer `transfer_id` held here (of `owner`, when named): 404 for none, 409
-        naming the owners when the id alone names several (each owner chooses its ids)."""
+    def held(
+        self,
+        db: sqlite3.Connection,
+        transfer_id: str,
+        owner: str | None,
+        *,
+        side: str | None = None,
+    ) -> StoredTransfer:
+        """The transfer `transfer_id` held here (of `owner`, when named; one where this
+        agency is the party `side`, when named): 404 for none, 409 naming the owners when
+        the id alone names several (each owner chooses its ids). As its owner this agency's
+        own id names its own transfer alone; as the transferee its own are not looked at."""
+        if side == T.OWNER:
+            if owner not in (None, self.agency):
+                raise E.NotFound("no transfer with this id from this owner")
+            owner = self.agency
+        elif side == T.TRANSFEREE and owner == self.agency:
+            raise E.NotFound("this agency is not the transferee of its own transfers")
         if owner is not None:
             found = self.store.transfer(db, owner, transfer_id)
             if found is None:
                 raise E.NotFound("no transfer with this id from this owner")
             return found
-        named = self.store.transfers_named(transfer_id)
+        named = [
+            t
+            for t in self.store.transfers_named(transfer_id)
+            if side is None or t.owner != self.agency
+        ]
         if not named:
             raise E.NotFound("no transfer with this id at this agency")
         if len(named) > 1:

@@ -1181,6 +1181,60 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/v1/transfers/{id}/accept": {
+            "post": {
+                "summary": "The transferee takes the case (act scope): one `transfer-step` to "
+                "the owner; only transfers to this agency (its own are 404 here); 409 lists "
+                "the allowed steps",
+                "parameters": [_PATH_REQUEST_ID, _OWNER, _IDEMPOTENCY],
+                "responses": {
+                    "202": _json(_TRANSFER, "Sent to the owner"),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                },
+            }
+        },
+        "/v1/transfers/{id}/reject": {
+            "post": {
+                "summary": "The transferee declines the case with a rejection reason (act "
+                "scope): one `transfer-step` to the owner; 409 lists the allowed steps",
+                "parameters": [_PATH_REQUEST_ID, _OWNER, _IDEMPOTENCY],
+                "requestBody": json_object_body(
+                    ["reason"], {"reason": {"enum": list(TRANSFER_REJECT_REASONS)}}
+                ),
+                "responses": {
+                    "202": _json(_TRANSFER, "Sent to the owner"),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                },
+            }
+        },
+        "/v1/transfers/{id}/revoke": {
+            "post": {
+                "summary": "The owner takes its transfer back before it was accepted, with a "
+                "revocation reason (act scope): one `transfer-step` to the transferee; only "
+                "this agency's own transfer; 409 lists the allowed steps",
+                "parameters": [_PATH_REQUEST_ID, _OWNER, _IDEMPOTENCY],
+                "requestBody": json_object_body(
+                    ["reason"], {"reason": {"enum": list(TRANSFER_REVOKE_REASONS)}}
+                ),
+                "responses": {
+                    "202": _json(_TRANSFER, "Sent to the transferee"),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                },
+            }
+        },
+        "/v1/transfers/{id}/complete": {
+            "post": {
+                "summary": "The owner completes an accepted transfer (act scope): one "
+                "`transfer-step` to the transferee, and the request it answered is "
+                "`fulfilled`; 409 for a transfer naming a case (the authority is not told "
+                "yet: `case-owner-changed` is not built) or lists the allowed steps",
+                "parameters": [_PATH_REQUEST_ID, _OWNER, _IDEMPOTENCY],
+                "responses": {
+                    "202": _json(_TRANSFER, "Sent to the transferee"),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                },
+            }
+        },
         "/v1/cases": {
             "get": {
                 "summary": "A competent authority's identification cases (decide scope)",

@@ -245,3 +245,157 @@ async def test_a_transfer_id_again_and_a_request_ended_are_unexpected(
     await publish(m, "police", "shelter", late)
     await rejected(m, "shelter", late, "unexpected")
     assert len(transfer_rows(m, "shelter")) == 1
+
+
+async def delivered_transfer(m: Mechanism, request_id: str | None = None) -> str:
+    """The id of a transfer police proposed to the shelter, `delivered` at both sides."""
+    status, sent = await call(m, "police", "POST", "/v1/transfers", json=proposing(request_id))
+    assert status == 202, sent
+    await transfer_state(m, "police", sent["transfer_id"], "delivered")
+    await transfer_state(m, "shelter", sent["transfer_id"], "delivered")
+    return str(sent["transfer_id"])
+
+
+async def test_an_accepted_transfer_completes_and_fulfils_its_request(
+    mechanism: Mechanism,
+) -> None:
+    """The shelter accepts: police holds it `accepted`, may no longer revoke (409, allowed
+    only `completed`), and completes it: the shelter holds it `completed`, its system hears
+    each step once with kind `transfer`, and the request it answered is `fulfilled` at both
+    sides; both ledgers hold the steps with their labels."""
+    m = mechanism
+    _, request_id = await requested(m)
+    await state_of(m, "police", request_id, "delivered")
+    transfer_id = await delivered_transfer(m, request_id)
+    path = f"/v1/transfers/{transfer_id}"
+    assert (await call(m, "police", "POST", path + "/accept"))[0] == 404  # not its transferee
+    assert (await call(m, "shelter", "POST", path + "/complete"))[0] == 404  # not its owner
+    status, accepted = await call(m, "shelter", "POST", path + "/accept")
+    assert (status, accepted["state"]) == (202, "accepted"), accepted
+    await transfer_state(m, "police", transfer_id, "accepted")
+    status, problem = await call(
+        m, "police", "POST", path + "/revoke", json={"reason": "sent-in-error"}
+    )
+    assert (status, problem["allowed"]) == (409, ["completed"])
+    status, done = await call(m, "police", "POST", path + "/complete")
+    assert (status, done["state"]) == (202, "completed"), done
+    await transfer_state(m, "shelter", transfer_id, "completed")
+    await state_of(m, "shelter", request_id, "fulfilled")
+    await state_of(m, "police", request_id, "fulfilled")
+
+    async def told() -> bool:
+        steps = [e for e in SHELTER_EVENTS if e["type"] == "transfer_step.received"]
+        return any(e["data"]["state"] == "completed" for e in steps)
+
+    await eventually(told, timeout=30, what="the shelter's system to hear of the completion")
+    steps = {e["id"]: e["data"] for e in SHELTER_EVENTS if e["type"] == "transfer_step.received"}
+    assert [(d["kind"], d["transfer_id"], d["state"]) for d in steps.values()] == [
+        ("transfer", transfer_id, "completed")
+    ]
+    assert audit_kinds(m, "shelter", "transfer-step.") == [
+        ("transfer-step.sent", None),
+        ("transfer-step.received", None),
+    ]
+    assert audit_kinds(m, "police", "transfer-step.") == [
+        ("transfer-step.received", None),
+        ("transfer-step.sent", None),
+    ]
+
+
+async def test_a_rejected_transfer_lapses_its_request(mechanism: Mechanism) -> None:
+    """The shelter rejects with a rejection reason (400 for another code): police holds it
+    `rejected` with the reason, the request `lapsed` at both sides; nothing more is allowed
+    (409, allowed none)."""
+    m = mechanism
+    _, request_id = await requested(m)
+    await state_of(m, "police", request_id, "delivered")
+    transfer_id = await delivered_transfer(m, request_id)
+    path = f"/v1/transfers/{transfer_id}"
+    status, problem = await call(
+        m, "shelter", "POST", path + "/reject", json={"reason": "lost-contact"}
+    )
+    assert status == 400 and "no-capacity" in problem["detail"]
+    assert (await call(m, "shelter", "POST", path + "/reject"))[0] == 400
+    status, rejected_ = await call(
+        m, "shelter", "POST", path + "/reject", json={"reason": "no-capacity"}
+    )
+    assert (status, rejected_["state"]) == (202, "rejected"), rejected_
+    seen = await transfer_state(m, "police", transfer_id, "rejected")
+    assert seen["step_reason"] == "no-capacity"
+    await state_of(m, "police", request_id, "lapsed")
+    await state_of(m, "shelter", request_id, "lapsed")
+    status, problem = await call(m, "police", "POST", path + "/complete")
+    assert (status, problem["allowed"]) == (409, [])
+    status, problem = await call(m, "shelter", "POST", path + "/accept")
+    assert (status, problem["allowed"]) == (409, [])
+
+
+async def test_a_revoked_transfer_is_revoked_at_the_transferee(mechanism: Mechanism) -> None:
+    """Police revokes before the shelter decided (a revocation reason): the shelter holds
+    it `revoked`, its accepting then 409 naming no allowed step; completing a `delivered`
+    transfer is 409 allowing only `revoked`."""
+    m = mechanism
+    transfer_id = await delivered_transfer(m)
+    path = f"/v1/transfers/{transfer_id}"
+    status, problem = await call(m, "police", "POST", path + "/complete")
+    assert (status, problem["allowed"]) == (409, ["revoked"])
+    status, revoked = await call(
+        m, "police", "POST", path + "/revoke", json={"reason": "sent-in-error"}
+    )
+    assert (status, revoked["state"], revoked["step_reason"]) == (202, "revoked", "sent-in-error")
+    await transfer_state(m, "shelter", transfer_id, "revoked")
+    status, problem = await call(m, "shelter", "POST", path + "/accept")
+    assert (status, problem["allowed"]) == (409, [])
+
+
+async def test_a_hostile_step_or_a_reused_transfer_id_touches_nothing(
+    mechanism: Mechanism,
+) -> None:
+    """The co-ordinator's agent steps police's transfer to the shelter: as its owner at the
+    shelter, and as its transferee at police (`not-shared`); it sends the shelter a transfer
+    of its own under police's transfer id, stored apart under (coordinator, id): police's
+    stays `delivered` at both sides, the bare id is 409 naming both owners, and the
+    shelter's step on police's (named by `?owner=`) reaches police. The shelter's agent
+    stepping from a state police does not hold is `unexpected`."""
+    m = mechanism
+    transfer_id = await delivered_transfer(m)
+    coordinator = agency_keys(m, "coordinator")
+    shelter = agency_keys(m, "shelter")
+    now = 1_700_000_000
+    as_owner = T.TransferStep(
+        T.TRANSFER, transfer_id, "shelter", "delivered", "revoked", "owner", "other", now
+    )
+    as_transferee = T.TransferStep(
+        T.TRANSFER, transfer_id, "coordinator", "delivered", "accepted", "transferee", None, now
+    )
+    forged = [
+        (sealed(m, coordinator, "shelter", T.TRANSFER_STEP, as_owner.encode()), "shelter"),
+        (sealed(m, coordinator, "police", T.TRANSFER_STEP, as_transferee.encode()), "police"),
+    ]
+    for data, to in forged:
+        await publish(m, "coordinator", to, data)
+    for data, to in forged:
+        await rejected(m, to, data, "not-shared")
+    reused = forged_transfer(m, coordinator, transfer_id=transfer_id)
+    await publish(m, "coordinator", "shelter", reused)
+
+    async def both() -> bool:
+        return len(transfer_rows(m, "shelter")) == 2
+
+    await eventually(both, timeout=30, what="the shelter to hold the reused id apart")
+    path = f"/v1/transfers/{transfer_id}"
+    status, problem = await call(m, "shelter", "GET", path)
+    assert (status, problem["owners"]) == (409, ["coordinator", "police"])
+    assert (await call(m, "police", "GET", path))[1]["state"] == "delivered"
+    status, _ = await call(m, "shelter", "POST", path + "/accept?owner=police")
+    assert status == 202
+    await transfer_state(m, "police", transfer_id, "accepted")
+    late = T.TransferStep(
+        T.TRANSFER, transfer_id, "shelter", "delivered", "rejected", "transferee", "other", now
+    )
+    data = sealed(m, shelter, "police", T.TRANSFER_STEP, late.encode())
+    await publish(m, "shelter", "police", data)
+    await rejected(m, "police", data, "unexpected")
+    assert (await call(m, "police", "GET", path))[1]["state"] == "accepted"
+    status, theirs = await call(m, "shelter", "GET", path + "?owner=coordinator")
+    assert (status, theirs["state"]) == (200, "delivered")
