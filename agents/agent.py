@@ -1143,6 +1143,7 @@ class Agent:
                     self.resend.tick()
                     self.access.flush()
                     self.identification.tick()
+                    self.transfers.tick(self.trust.directory.policy)
                     self.transport.wake()
             except (UntrustedInputError, sqlite3.Error, OSError, ValueError) as e:
                 self.log.error("timer_step_failed", error=type(e).__name__)

@@ -19,8 +19,10 @@ taken as one until the receipt arrives, as a request's `requested` and `delivere
 transfer's end moves the request it answered on (`REQUEST_AFTER_TRANSFER`: `fulfilled` or
 `lapsed`, each side's own `system` step). As built, `complete` is taken only of a
 transfer naming no case (`case_id` null): with a case, `completed` waits for the authority
-to be told (`case-owner-changed`, later in slice 8). Expiry comes later too. Ids and codes
-only in rows (but R, sealed), logs and the ledger.
+to be told (`case-owner-changed`, later in slice 8). Each side expires a transfer left
+`proposed` or `delivered` on its own timer (`tick`), from the envelope's `created` by the
+policy's `due_seconds` of R's urgency. Ids and codes only in rows (but R, sealed), logs and
+the ledger.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ import structlog
 
 from keys import NotSharedError, Opened, ReusedReferralIdError, UnexpectedMessageError
 from keys.codec import canonical_json
+from keys.policy import Policy
 from runtime import clock
 
+from . import clocks
 from . import errors as E
 from . import transfers as T
 from .attachments import encode_key
@@ -161,6 +165,7 @@ class TransferDesk:
                 state=T.INITIAL[T.TRANSFER][T.OWNER],
                 step_reason=None,
                 message_id=message_id,
+                sent_at=self.store.envelope_created(db, message_id),
                 created=now,
                 updated=now,
             )
@@ -298,6 +303,24 @@ class TransferDesk:
             self.requests.transfer_ended(db, t.transferee, t.request_id, then)
         return True
 
+    def tick(self, policy: Policy | None, now: int | None = None) -> int:
+        """Expire every transfer held `proposed` or `delivered` whose due time passed: the
+        envelope's `created` plus the policy's `due_seconds` of R's urgency (PROTOCOL §8.10
+        "Expiry"), each side's own `system` step, the request it answered `lapsed`; none
+        without a policy. How many, each in its own transaction."""
+        now = clock.now() if now is None else now
+        due = clocks.limits(clocks.RESPOND, policy=policy)
+        expired = 0
+        for t in self.store.open_transfers():
+            seconds = due.get(t.urgency)
+            if seconds is None or now < t.sent_at + seconds:
+                continue
+            with self.store.transaction() as db:
+                if self._moved(db, t, t.state, T.EXPIRED, None):
+                    expired += 1
+                    self.log.info("transfer_expired", transfer_id=t.transfer_id)
+        return expired
+
     # --- reading ------------------------------------------------------------------------------
 
     def held(
@@ -394,6 +417,7 @@ class TransferDesk:
             state=T.INITIAL[T.TRANSFER][T.TRANSFEREE],
             step_reason=None,
             message_id=opened.header.message_id,
+            sent_at=opened.header.created,
             created=now,
             updated=now,
         )

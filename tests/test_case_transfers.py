@@ -22,9 +22,18 @@ from aiohttp import web
 from agents import referral as R
 from agents import transfers as T
 from keys import AgencyKeys
+from keys.policy import Policy, Tier
 
 from . import samples
-from .support import Mechanism, agency_keys, eventually, running_mechanism, sealed, webhook_receiver
+from .support import (
+    Mechanism,
+    agency_keys,
+    eventually,
+    publish_policy,
+    running_mechanism,
+    sealed,
+    webhook_receiver,
+)
 from .test_sender_scope import publish, rejected
 from .test_transfer_requests import asking, audit_kinds, call, referred, requested, state_of
 
@@ -399,3 +408,35 @@ async def test_a_hostile_step_or_a_reused_transfer_id_touches_nothing(
     assert (await call(m, "police", "GET", path))[1]["state"] == "accepted"
     status, theirs = await call(m, "shelter", "GET", path + "?owner=coordinator")
     assert (status, theirs["state"]) == (200, "delivered")
+
+
+async def test_a_transfer_left_undecided_expires_at_both_sides(mechanism: Mechanism) -> None:
+    """Under a national policy whose `urgent` tier is due in 2 s, an urgent R's transfer
+    left `delivered` expires at both sides on their own timers and its request lapses; the
+    shelter's accepting it then is 409 naming no step. A routine one, due in two weeks,
+    stays `delivered`."""
+    m = mechanism
+    priority = {**Policy(country="LT").priority, "emergency": Tier(1, 1), "urgent": Tier(1, 2)}
+    await publish_policy(
+        m,
+        Policy(country="LT", without_consent={"police": ("public_task",)}, priority=priority),
+    )
+    _, request_id = await requested(m)
+    await state_of(m, "police", request_id, "delivered")
+    routine = await delivered_transfer(m)
+    status, sent = await call(
+        m,
+        "police",
+        "POST",
+        "/v1/transfers",
+        json=proposing(request_id, referral=v2(urgency="urgent")),
+    )
+    assert status == 202, sent
+    transfer_id = sent["transfer_id"]
+    await transfer_state(m, "shelter", transfer_id, "expired")
+    await transfer_state(m, "police", transfer_id, "expired")
+    await state_of(m, "police", request_id, "lapsed")
+    await state_of(m, "shelter", request_id, "lapsed")
+    status, problem = await call(m, "shelter", "POST", f"/v1/transfers/{transfer_id}/accept")
+    assert (status, problem["allowed"]) == (409, [])
+    assert (await call(m, "shelter", "GET", f"/v1/transfers/{routine}"))[1]["state"] == "delivered"

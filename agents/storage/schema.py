@@ -419,12 +419,14 @@ CREATE TABLE IF NOT EXISTS case_transfers (
                                                 'revoked', 'expired', 'completed')),
     step_reason  TEXT,
     message_id   TEXT NOT NULL,
+    sent_at      INTEGER NOT NULL,  -- the case-transfer envelope's `created`: expiry runs from it
     body         BLOB,  -- at the transferee: R sealed under its data key (data_keys), else NULL
     created      INTEGER NOT NULL,
     updated      INTEGER NOT NULL,
     UNIQUE (owner, transfer_id)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS case_transfers_by_message ON case_transfers(message_id);
+CREATE INDEX IF NOT EXISTS case_transfers_by_state ON case_transfers(state);
 CREATE TABLE IF NOT EXISTS webhook_outbox (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id      TEXT NOT NULL UNIQUE,

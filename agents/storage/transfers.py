@@ -18,7 +18,8 @@ transfer" and the reason of the step that reached it. At the transferee `body` i
 under its own data key in `data_keys` (owner: the transferee itself, for R is its own record,
 PROTOCOL §8.10 "Decisions"); the owner keeps no copy of R. `message_id` is the
 `case-transfer` envelope, whose delivery receipt moves the owner's copy to `delivered` and
-whose failed copy is read as the transfer's `failure`, as for requests.
+whose failed copy is read as the transfer's `failure`, as for requests; `sent_at` its
+`created`, from which each side's timer expires the transfer.
 """
 
 from __future__ import annotations
@@ -184,6 +185,8 @@ class StoredTransfer:
     state: str
     step_reason: str | None
     message_id: str
+    #: the `case-transfer` envelope's `created`, from which both sides run its expiry
+    sent_at: int
     created: int
     updated: int
     #: at the owner, the reason its `case-transfer` copy failed for good, else None
@@ -192,7 +195,8 @@ class StoredTransfer:
 
 _TRANSFER_COLUMNS = (
     "t.owner, t.transfer_id, t.transferee, t.referral_id, t.case_id, t.reason, t.request_id,"
-    " t.urgency, t.state, t.step_reason, t.message_id, t.created, t.updated, d.failure"
+    " t.urgency, t.state, t.step_reason, t.message_id, t.sent_at, t.created, t.updated,"
+    " d.failure"
     " FROM case_transfers t LEFT JOIN deliveries d ON d.message_id = t.message_id"
     " AND d.recipient = t.transferee AND d.state = 'failed'"
 )
@@ -208,8 +212,9 @@ class CaseTransfers(Database):
         sent that transfer_id before."""
         cursor = db.execute(
             "INSERT INTO case_transfers (owner, transfer_id, transferee, referral_id, case_id,"
-            " reason, request_id, urgency, state, step_reason, message_id, body, created,"
-            " updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            " reason, request_id, urgency, state, step_reason, message_id, sent_at, body,"
+            " created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
             (
                 t.owner,
                 t.transfer_id,
@@ -222,6 +227,7 @@ class CaseTransfers(Database):
                 t.state,
                 t.step_reason,
                 t.message_id,
+                t.sent_at,
                 body,
                 t.created,
                 t.updated,
@@ -272,6 +278,23 @@ class CaseTransfers(Database):
             (message_id, transferee),
         ).fetchone()
         return None if row is None else StoredTransfer(*row)
+
+    def open_transfers(self) -> list[StoredTransfer]:
+        """The transfers held `proposed` or `delivered` (those a timer may expire), oldest
+        first."""
+        rows = self._db.execute(
+            _SELECT_TRANSFER + " WHERE t.state IN ('proposed', 'delivered') ORDER BY t.seq"
+        ).fetchall()
+        return [StoredTransfer(*r) for r in rows]
+
+    @staticmethod
+    def envelope_created(db: sqlite3.Connection, message_id: str) -> int:
+        """The `created` of the envelope this agency sealed as `message_id`."""
+        row = db.execute("SELECT created FROM outbox WHERE message_id = ?", (message_id,))
+        found = row.fetchone()
+        if found is None:
+            raise LookupError("no envelope sealed under this message id")
+        return int(found[0])
 
     @staticmethod
     def holds_case(db: sqlite3.Connection, case_id: str) -> bool:
