@@ -440,3 +440,53 @@ async def test_a_transfer_left_undecided_expires_at_both_sides(mechanism: Mechan
     status, problem = await call(m, "shelter", "POST", f"/v1/transfers/{transfer_id}/accept")
     assert (status, problem["allowed"]) == (409, [])
     assert (await call(m, "shelter", "GET", f"/v1/transfers/{routine}"))[1]["state"] == "delivered"
+
+
+#: What each party may move a transfer to, written apart from agents/transfers.py (PROTOCOL
+#: §8.10 "Case transfer"): (state, party) -> allowed targets.
+EXPECTED: dict[tuple[str, str], list[str]] = {
+    ("delivered", "owner"): ["revoked"],
+    ("delivered", "transferee"): ["accepted", "rejected"],
+    ("accepted", "owner"): ["completed"],
+    ("accepted", "transferee"): [],
+    **{(s, p): [] for s in ("rejected", "revoked", "completed") for p in ("owner", "transferee")},
+}
+#: Each API step: (path, party, target, body).
+STEPS = [
+    ("accept", "transferee", "accepted", None),
+    ("reject", "transferee", "rejected", {"reason": "out-of-area"}),
+    ("revoke", "owner", "revoked", {"reason": "duplicate"}),
+    ("complete", "owner", "completed", None),
+]
+
+
+async def test_the_api_follows_the_transfer_table(mechanism: Mechanism) -> None:
+    """In each state a transfer reaches over the API, every step of either party that the
+    independent table does not allow is 409 naming exactly the allowed targets, and the
+    state held at both sides is unchanged by it."""
+    m = mechanism
+    agency = {"owner": "police", "transferee": "shelter"}
+    reached: dict[str, str] = {}
+    for route in (["accept"], ["accept", "complete"], ["reject"], ["revoke"], []):
+        transfer_id = await delivered_transfer(m)
+        state = "delivered"
+        for name in route:
+            _, party, state, body = next(s for s in STEPS if s[0] == name)
+            path = f"/v1/transfers/{transfer_id}/{name}"
+            status, moved = await call(m, agency[party], "POST", path, json=body)
+            assert (status, moved["state"]) == (202, state), moved
+            other = "police" if party == "transferee" else "shelter"
+            await transfer_state(m, other, transfer_id, state)
+        reached[state] = transfer_id
+    assert set(reached) == {s for s, _ in EXPECTED}
+    for state, transfer_id in reached.items():
+        for name, party, target, body in STEPS:
+            allowed = EXPECTED[(state, party)]
+            if target in allowed:
+                continue
+            path = f"/v1/transfers/{transfer_id}/{name}"
+            status, problem = await call(m, agency[party], "POST", path, json=body)
+            assert (status, problem["allowed"]) == (409, allowed), (state, name)
+        for side in agency.values():
+            held = (await call(m, side, "GET", f"/v1/transfers/{transfer_id}"))[1]
+            assert held["state"] == state, (side, state)
