@@ -85,10 +85,12 @@ from .store import OutgoingMessage, Received, Store
 from .subject_access import SubjectAccess
 from .transfer_requests import TransferRequestDesk
 from .transfers import (
+    CASE_OWNER_CHANGED,
     CASE_TRANSFER,
     TRANSFER,
     TRANSFER_REQUEST,
     TRANSFER_STEP,
+    CaseOwnerChanged,
     TransferRequest,
     TransferStep,
 )
@@ -852,6 +854,7 @@ class Agent:
             TRANSFER_REQUEST: self._on_transfer_request,
             TRANSFER_STEP: self._on_transfer_step,
             CASE_TRANSFER: self._on_case_transfer,
+            CASE_OWNER_CHANGED: self._on_owner_changed,
         }
         if set(table) != inbound.KINDS:
             raise RuntimeError("every kind inbound checks needs a handler, and no other")
@@ -890,11 +893,15 @@ class Agent:
         if not isinstance(checked, TransferRequest):
             raise TypeError("a transfer request handler takes a checked request")
         self.transfer_requests.on_request(tx, opened, checked)
-        h = opened.header
-        receipt = DeliveryReceipt(h.message_id, opened.envelope_hash, clock.now())
-        self._send(
-            DELIVERY_RECEIPT, receipt.encode(), [h.sender], tx, referral_id=checked.referral_id
-        )
+        self._receipt_of(tx, opened, checked.referral_id)
+
+    def _on_owner_changed(
+        self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked
+    ) -> None:
+        if not isinstance(checked, CaseOwnerChanged):
+            raise TypeError("a case-owner-changed handler takes a checked message")
+        self.transfers.on_owner_changed(tx, opened, checked)
+        self._receipt_of(tx, opened, None)
 
     def _on_case_transfer(
         self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked
@@ -902,15 +909,13 @@ class Agent:
         if not isinstance(checked, inbound.CheckedTransfer):
             raise TypeError("a case transfer handler takes a checked transfer")
         self.transfers.on_transfer(tx, opened, checked)
+        self._receipt_of(tx, opened, checked.referral.referral_id)
+
+    def _receipt_of(self, tx: sqlite3.Connection, opened: Opened, referral_id: str | None) -> None:
+        """The delivery receipt of `opened` to its sender (§6.2), in its transaction."""
         h = opened.header
         receipt = DeliveryReceipt(h.message_id, opened.envelope_hash, clock.now())
-        self._send(
-            DELIVERY_RECEIPT,
-            receipt.encode(),
-            [h.sender],
-            tx,
-            referral_id=checked.referral.referral_id,
-        )
+        self._send(DELIVERY_RECEIPT, receipt.encode(), [h.sender], tx, referral_id=referral_id)
 
     def _on_transfer_step(
         self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked
@@ -956,8 +961,7 @@ class Agent:
             key_ids=(h.sender_kid, my_kid),
             labels=labels_of(routing),
         )
-        receipt = DeliveryReceipt(h.message_id, opened.envelope_hash, clock.now())
-        self._send(DELIVERY_RECEIPT, receipt.encode(), [h.sender], tx, referral_id=referral_id)
+        self._receipt_of(tx, opened, referral_id)
 
     def _on_receipt(self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked) -> None:
         if not isinstance(checked, DeliveryReceipt):

@@ -17,9 +17,10 @@ Each step is a `transfer-step` of kind `transfer`, checked by its receiver again
 table "Case transfer" and the state it holds; the two sides' `proposed` and `delivered` are
 taken as one until the receipt arrives, as a request's `requested` and `delivered`. A
 transfer's end moves the request it answered on (`REQUEST_AFTER_TRANSFER`: `fulfilled` or
-`lapsed`, each side's own `system` step). As built, `complete` is taken only of a
-transfer naming no case (`case_id` null): with a case, `completed` waits for the authority
-to be told (`case-owner-changed`, later in slice 8). Each side expires a transfer left
+`lapsed`, each side's own `system` step). For a transfer naming a case, the owner tells
+the case's competent authority when the transferee accepts (`case-owner-changed`, which
+the authority takes only from the case's current owner) and completes only once the
+authority's delivery receipt came. Each side expires a transfer left
 `proposed` or `delivered` on its own timer (`tick`), from the envelope's `created` by the
 policy's `due_seconds` of R's urgency. Ids and codes only in rows (but R, sealed), logs and
 the ledger.
@@ -34,7 +35,13 @@ from typing import Any
 
 import structlog
 
-from keys import NotSharedError, Opened, ReusedReferralIdError, UnexpectedMessageError
+from keys import (
+    MalformedError,
+    NotSharedError,
+    Opened,
+    ReusedReferralIdError,
+    UnexpectedMessageError,
+)
 from keys.codec import canonical_json
 from keys.policy import Policy
 from runtime import clock
@@ -218,10 +225,15 @@ class TransferDesk:
         transfer naming a case (the authority is not told yet). One `transfer-step` to the
         other party (audit `transfer-step.sent`, the reason as its reason)."""
         t = self.held(db, transfer_id, owner, side=party)
-        if to_state == T.COMPLETED and t.state == T.ACCEPTED and t.case_id is not None:
+        if (
+            to_state == T.COMPLETED
+            and t.state == T.ACCEPTED
+            and t.case_id is not None
+            and not self.store.authority_told(db, t.owner, t.transfer_id)
+        ):
             raise E.Conflict(
-                "a transfer naming a case completes once the authority is told"
-                " (case-owner-changed), which this release does not send yet"
+                "a transfer naming a case completes once the authority's receipt of the"
+                " case-owner-changed has come; try again later"
             )
         send_step(
             self.send,
@@ -266,6 +278,8 @@ class TransferDesk:
             raise UnexpectedMessageError("the step starts from a state the transfer is not in")
         if not self._moved(db, t, t.state, step.to_state, step.reason):
             raise UnexpectedMessageError("the transfer moved meanwhile")
+        if step.to_state == T.ACCEPTED and t.case_id is not None:
+            self._tell_authority(db, t, t.case_id, step.at)
         found = self.store.transfer(db, t.owner, t.transfer_id)
         assert found is not None
         stepped(
@@ -277,6 +291,47 @@ class TransferDesk:
             data={"kind": T.TRANSFER, **view(found, self.agency)},
         )
         self.log.info("transfer_step_received", transfer_id=t.transfer_id, to_state=step.to_state)
+
+    def _tell_authority(
+        self, db: sqlite3.Connection, t: StoredTransfer, case_id: str, at: int
+    ) -> None:
+        """The transferee accepted a transfer naming a case: one `case-owner-changed` to
+        the case's competent authority (PROTOCOL §8.10 "Order at the authority"), whose
+        delivery receipt lets the owner complete the transfer."""
+        authority = self.store.authority_of_case(db, case_id)
+        if authority is None:  # checked when proposed; gone since (erased): nobody to tell
+            self.log.warning("transfer_authority_unknown", transfer_id=t.transfer_id)
+            return
+        body = T.CaseOwnerChanged(case_id, t.transferee, t.transfer_id, at).encode()
+        message_id = self.send(T.CASE_OWNER_CHANGED, body, [authority], db)
+        self.store.set_told(db, t.owner, t.transfer_id, message_id)
+
+    def on_owner_changed(
+        self, db: sqlite3.Connection, opened: Opened, changed: T.CaseOwnerChanged
+    ) -> None:
+        """A `case-owner-changed` at this competent authority (the role checked by the
+        decoder): PROTOCOL §8.10's receiver checks (`case_id` a case of this agency, else
+        `unexpected`; its current owner the message's sender, else `not-shared`;
+        `new_owner` another agency, else `malformed`); the case's owner is `new_owner`
+        from now on."""
+        sender = opened.header.sender
+        current = self.store.case_owner(db, changed.case_id)
+        if current is None:
+            raise UnexpectedMessageError("case-owner-changed names no case of this agency")
+        if current != sender:
+            raise NotSharedError("case-owner-changed from an agency that does not own the case")
+        if changed.new_owner == sender:
+            raise MalformedError("case-owner-changed naming its sender as the new owner")
+        self.store.change_case_owner(
+            db,
+            changed.case_id,
+            owner=changed.new_owner,
+            transfer_id=changed.transfer_id,
+            changed_by=sender,
+            at=changed.at,
+            now=clock.now(),
+        )
+        self.log.info("case_owner_changed", case_id=changed.case_id, owner=changed.new_owner)
 
     def _moved(
         self,

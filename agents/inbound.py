@@ -60,12 +60,15 @@ from .protections import PROTECTION_NOTICE, NoticeMessage
 from .reconsideration import RECONSIDERATION_REQUEST, ReconsiderationRequest, decode_at
 from .resend import RESEND_REQUEST, ResendRequest
 from .transfers import (
+    CASE_OWNER_CHANGED,
     CASE_TRANSFER,
     TRANSFER_REQUEST,
     TRANSFER_STEP,
+    CaseOwnerChanged,
     CaseTransfer,
     TransferRequest,
     TransferStep,
+    decode_owner_changed_at,
 )
 
 __all__ = [
@@ -185,6 +188,7 @@ Checked = (
     | ReconsiderationRequest
     | TransferRequest
     | TransferStep
+    | CaseOwnerChanged
 )
 
 
@@ -547,6 +551,7 @@ _CHECKERS: Final[Mapping[str, Callable[[bytes, frozenset[str], Limits], Checked]
     TRANSFER_REQUEST: _transfer_request,
     TRANSFER_STEP: _transfer_step,
     CASE_TRANSFER: _case_transfer,
+    CASE_OWNER_CHANGED: lambda body, roles, limits: decode_owner_changed_at(body, roles),
 }
 #: Every message kind an agent receives.
 KINDS: Final = frozenset(_CHECKERS)

@@ -423,11 +423,11 @@ def test_a_case_transfer_with_a_null_attachment_key_is_schema_invalid() -> None:
 
 def test_agents_of_this_release_take_requests_steps_and_transfers() -> None:
     """As built (PROTOCOL §8.10): the receiver's body checks decode a `transfer-request` and
-    a `transfer-step` (their state checks are agents/transfer_requests.py's) and judge a
+    a `transfer-step` (their state checks are agents/transfer_requests.py's), judge a
     `case-transfer`'s R as a referral (a bare fragment fails the referral schema:
-    `schema-invalid`); `case-owner-changed` is unknown to them (`unexpected`), so nothing
-    of it is kept until its messaging lands; a step's body sent as a `transition` is no
-    referral pair's step (`malformed`)."""
+    `schema-invalid`) and decode a `case-owner-changed` at a competent authority only
+    (`not-for-this-role`); a step's body sent as a `transition` is no referral pair's step
+    (`malformed`)."""
     step = TransferStep("transfer", TID, "shelter", "delivered", "accepted", "transferee", None, 5)
     with pytest.raises(MalformedError):
         inbound.check(TRANSITION, step.encode(), roles={"ngo"}, limits=DEFAULT_LIMITS)
@@ -443,13 +443,17 @@ def test_agents_of_this_release_take_requests_steps_and_transfers() -> None:
             roles={"ngo"},
             limits=DEFAULT_LIMITS,
         )
-    owner_changed = CaseOwnerChanged(CASE, "shelter", TID, 9).encode()
-    with pytest.raises(UnexpectedMessageError):
+    owner_changed = CaseOwnerChanged(CASE, "shelter", TID, 9)
+    checked = inbound.check(
+        T.CASE_OWNER_CHANGED,
+        owner_changed.encode(),
+        roles={"competent-authority"},
+        limits=DEFAULT_LIMITS,
+    )
+    assert checked == owner_changed
+    with pytest.raises(NotForThisRoleError):
         inbound.check(
-            T.CASE_OWNER_CHANGED,
-            owner_changed,
-            roles={"competent-authority"},
-            limits=DEFAULT_LIMITS,
+            T.CASE_OWNER_CHANGED, owner_changed.encode(), roles={"ngo"}, limits=DEFAULT_LIMITS
         )
 
 

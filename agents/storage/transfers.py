@@ -19,7 +19,13 @@ under its own data key in `data_keys` (owner: the transferee itself, for R is it
 PROTOCOL §8.10 "Decisions"); the owner keeps no copy of R. `message_id` is the
 `case-transfer` envelope, whose delivery receipt moves the owner's copy to `delivered` and
 whose failed copy is read as the transfer's `failure`, as for requests; `sent_at` its
-`created`, from which each side's timer expires the transfer.
+`created`, from which each side's timer expires the transfer; `told`, at the owner of a
+transfer naming a case, the `case-owner-changed` envelope it sent the authority, whose
+delivery receipt lets the transfer complete.
+
+`case_owners`: at a competent authority, the current owner of each case a
+`case-owner-changed` moved (the case's referrer owns it until then), with the transfer and
+the owner that told it.
 """
 
 from __future__ import annotations
@@ -295,6 +301,65 @@ class CaseTransfers(Database):
         if found is None:
             raise LookupError("no envelope sealed under this message id")
         return int(found[0])
+
+    @staticmethod
+    def set_told(db: sqlite3.Connection, owner: str, transfer_id: str, message_id: str) -> None:
+        """The `case-owner-changed` this agency sent the authority of the transfer's case."""
+        db.execute(
+            "UPDATE case_transfers SET told = ? WHERE owner = ? AND transfer_id = ?",
+            (message_id, owner, transfer_id),
+        )
+
+    @staticmethod
+    def authority_told(db: sqlite3.Connection, owner: str, transfer_id: str) -> bool:
+        """Whether the authority's delivery receipt of that `case-owner-changed` came."""
+        row = db.execute(
+            "SELECT 1 FROM case_transfers t JOIN deliveries d ON d.message_id = t.told"
+            " WHERE t.owner = ? AND t.transfer_id = ? AND d.state = 'delivered'",
+            (owner, transfer_id),
+        ).fetchone()
+        return row is not None
+
+    @staticmethod
+    def authority_of_case(db: sqlite3.Connection, case_id: str) -> str | None:
+        """The authority whose decisions or notices of `case_id` this agency holds."""
+        row = db.execute(
+            "SELECT authority FROM decisions WHERE case_id = ?"
+            " UNION ALL SELECT authority FROM protection_notices WHERE case_id = ? LIMIT 1",
+            (case_id, case_id),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    @staticmethod
+    def case_owner(db: sqlite3.Connection, case_id: str) -> str | None:
+        """At the authority: the current owner of its case `case_id` (a transferee, or the
+        referrer whose referral opened it), None for no such case."""
+        row = db.execute(
+            "SELECT coalesce(o.owner, c.owner) FROM cases c"
+            " LEFT JOIN case_owners o ON o.case_id = c.case_id WHERE c.case_id = ?",
+            (case_id,),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    @staticmethod
+    def change_case_owner(
+        db: sqlite3.Connection,
+        case_id: str,
+        *,
+        owner: str,
+        transfer_id: str,
+        changed_by: str,
+        at: int,
+        now: int,
+    ) -> None:
+        """At the authority: `owner` owns the case from now on (told by `changed_by`)."""
+        db.execute(
+            "INSERT INTO case_owners (case_id, owner, transfer_id, changed_by, at, received_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (case_id) DO UPDATE SET owner = excluded.owner,"
+            " transfer_id = excluded.transfer_id, changed_by = excluded.changed_by,"
+            " at = excluded.at, received_at = excluded.received_at",
+            (case_id, owner, transfer_id, changed_by, at, now),
+        )
 
     @staticmethod
     def holds_case(db: sqlite3.Connection, case_id: str) -> bool:
