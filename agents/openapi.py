@@ -1226,8 +1226,8 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "The owner completes an accepted transfer (act scope): one "
                 "`transfer-step` to the transferee, and the request it answered is "
-                "`fulfilled`; 409 for a transfer naming a case (the authority is not told "
-                "yet: `case-owner-changed` is not built) or lists the allowed steps",
+                "`fulfilled`; 409 for a transfer naming a case before the authority's receipt "
+                "of its `case-owner-changed`, else listing the allowed steps",
                 "parameters": [_PATH_REQUEST_ID, _OWNER, _IDEMPOTENCY],
                 "responses": {
                     "202": _json(_TRANSFER, "Sent to the transferee"),
