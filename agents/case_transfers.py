@@ -20,7 +20,8 @@ transfer's end moves the request it answered on (`REQUEST_AFTER_TRANSFER`: `fulf
 `lapsed`, each side's own `system` step). For a transfer naming a case, the owner tells
 the case's competent authority when the transferee accepts (`case-owner-changed`, which
 the authority takes only from the case's current owner) and completes only once the
-authority's delivery receipt came. Each side expires a transfer left
+authority's delivery receipt came. Completing first cancels the owner's open pairs of the
+case (`referred-elsewhere`). Each side expires a transfer left
 `proposed` or `delivered` on its own timer (`tick`), from the envelope's `created` by the
 policy's `due_seconds` of R's urgency. Ids and codes only in rows (but R, sealed), logs and
 the ledger.
@@ -48,6 +49,7 @@ from runtime import clock
 
 from . import clocks
 from . import errors as E
+from . import lifecycle as L
 from . import transfers as T
 from .attachments import encode_key
 from .audit import AuditTrail
@@ -235,6 +237,8 @@ class TransferDesk:
                 "a transfer naming a case completes once the authority's receipt of the"
                 " case-owner-changed has come; try again later"
             )
+        if to_state == T.COMPLETED and t.state == T.ACCEPTED:
+            self._cancel_pairs(db, t)
         send_step(
             self.send,
             db,
@@ -291,6 +295,29 @@ class TransferDesk:
             data={"kind": T.TRANSFER, **view(found, self.agency)},
         )
         self.log.info("transfer_step_received", transfer_id=t.transfer_id, to_state=step.to_state)
+
+    def _cancel_pairs(self, db: sqlite3.Connection, t: StoredTransfer) -> None:
+        """Before `completed`, end this agency's open pairs of the case (PROTOCOL §8.10:
+        `cancelled`, reason `referred-elsewhere`, one `transition` each): as built, the
+        pair the answered request was asked under, and the pairs under which this agency
+        holds the case's decisions or notices."""
+        referral_ids = set(self.store.case_pairs(db, t.case_id)) if t.case_id else set()
+        if t.request_id is not None:
+            r = self.store.transfer_request(db, t.transferee, t.request_id)
+            if r is not None and r.owner == self.agency:
+                referral_ids.add(r.referral_id)
+        for referral_id in sorted(referral_ids):
+            for counterpart, side, state in self.store.pairs(self.agency, referral_id):
+                if side != "sender" or state in L.FINAL_STATES:
+                    continue
+                self.desk.transition(
+                    referral_id,
+                    sender=self.agency,
+                    to=L.CANCELLED,
+                    counterpart=counterpart,
+                    reason="referred-elsewhere",
+                    outcome=None,
+                )
 
     def _tell_authority(
         self, db: sqlite3.Connection, t: StoredTransfer, case_id: str, at: int

@@ -54,13 +54,14 @@ async def test_the_authority_learns_the_new_owner_before_the_transfer_completes(
 ) -> None:
     """Police transfers its case to the co-ordinator; the co-ordinator accepts; police tells
     the authority (`case-owner-changed`), which holds the co-ordinator as the case's owner;
-    on the authority's receipt police completes the transfer (409 until then, never after)
-    and the co-ordinator holds it `completed`. Before, the co-ordinator telling the
+    on the authority's receipt police completes the transfer (409 until then, never after),
+    its opening pair with the authority cancelled first, and the co-ordinator holds it
+    `completed`. Before, the co-ordinator telling the
     authority it owns the case is `not-shared`, naming a case the authority does not hold
     `unexpected`, and telling police `not-for-this-role`; after, police telling it again is
     `not-shared`: nothing changes."""
     m = with_authority
-    _, case_id = await decided_first(m)
+    rid, case_id = await decided_first(m)
     coordinator = agency_keys(m, "coordinator")
     now = clock.now()
     early = T.CaseOwnerChanged(case_id, "coordinator", secrets.token_hex(16), now)
@@ -108,6 +109,8 @@ async def test_the_authority_learns_the_new_owner_before_the_transfer_completes(
 
     await eventually(completed, timeout=30, what="police to complete on the authority's receipt")
     await state_at(m, "coordinator", transfer_id, "completed")
+    status, opening = await call(m, "police", "GET", f"/v1/referrals/{rid}")
+    assert status == 200 and [p["state"] for p in opening["recipients"]] == ["cancelled"]
     again = T.CaseOwnerChanged(case_id, "police", transfer_id, now)
     data = sealed(m, agency_keys(m, "police"), AUTHORITY, T.CASE_OWNER_CHANGED, again.encode())
     await publish(m, "police", AUTHORITY, data)

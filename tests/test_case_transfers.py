@@ -256,6 +256,20 @@ async def test_a_transfer_id_again_and_a_request_ended_are_unexpected(
     assert len(transfer_rows(m, "shelter")) == 1
 
 
+async def pair_cancelled(m: Mechanism, rid: str) -> None:
+    """Police's pair `rid` with the shelter is `cancelled` `referred-elsewhere` at both."""
+    status, mine = await call(m, "police", "GET", f"/v1/referrals/{rid}")
+    assert status == 200 and [p["state"] for p in mine["recipients"]] == ["cancelled"], mine
+
+    async def at_shelter() -> bool:
+        status, theirs = await call(m, "shelter", "GET", f"/v1/referrals/{rid}")
+        return status == 200 and theirs["state"] == "cancelled"
+
+    await eventually(at_shelter, timeout=30, what="the shelter to hold the pair cancelled")
+    status, steps = await call(m, "shelter", "GET", f"/v1/referrals/{rid}/history")
+    assert status == 200 and steps["items"][-1]["reason"] == "referred-elsewhere", steps
+
+
 async def delivered_transfer(m: Mechanism, request_id: str | None = None) -> str:
     """The id of a transfer police proposed to the shelter, `delivered` at both sides."""
     status, sent = await call(m, "police", "POST", "/v1/transfers", json=proposing(request_id))
@@ -270,10 +284,11 @@ async def test_an_accepted_transfer_completes_and_fulfils_its_request(
 ) -> None:
     """The shelter accepts: police holds it `accepted`, may no longer revoke (409, allowed
     only `completed`), and completes it: the shelter holds it `completed`, its system hears
-    each step once with kind `transfer`, and the request it answered is `fulfilled` at both
-    sides; both ledgers hold the steps with their labels."""
+    each step once with kind `transfer`, the request it answered is `fulfilled` at both
+    sides and the pair it was asked under `cancelled` `referred-elsewhere`; both ledgers
+    hold the steps with their labels."""
     m = mechanism
-    _, request_id = await requested(m)
+    rid, request_id = await requested(m)
     await state_of(m, "police", request_id, "delivered")
     transfer_id = await delivered_transfer(m, request_id)
     path = f"/v1/transfers/{transfer_id}"
@@ -291,6 +306,7 @@ async def test_an_accepted_transfer_completes_and_fulfils_its_request(
     await transfer_state(m, "shelter", transfer_id, "completed")
     await state_of(m, "shelter", request_id, "fulfilled")
     await state_of(m, "police", request_id, "fulfilled")
+    await pair_cancelled(m, rid)  # the pair the request was asked under ended first
 
     async def told() -> bool:
         steps = [e for e in SHELTER_EVENTS if e["type"] == "transfer_step.received"]

@@ -361,6 +361,16 @@ class CaseTransfers(Database):
             (case_id, owner, transfer_id, changed_by, at, now),
         )
 
+    def case_pairs(self, db: sqlite3.Connection, case_id: str) -> list[str]:
+        """The referral ids of this agency's own pairs under which it holds decisions or
+        notices of `case_id` (the pairs of the case an owner ends on a transfer)."""
+        rows = db.execute(
+            "SELECT referral_id FROM decisions WHERE case_id = ? AND owner = ?"
+            " UNION SELECT referral_id FROM protection_notices WHERE case_id = ? AND owner = ?",
+            (case_id, self.agency, case_id, self.agency),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
     @staticmethod
     def holds_case(db: sqlite3.Connection, case_id: str) -> bool:
         """Whether this agency holds a decision or a protection notice of the case `case_id`
