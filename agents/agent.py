@@ -50,6 +50,7 @@ from .api import CLIENTS, ApiSettings, ClientTable, make_app
 from .attachments import Attachments
 from .audit import AuditTrail
 from .break_glass import BreakGlass
+from .case_transfers import TransferDesk
 from .config import AgentConfig
 from .contributions import STATISTICS_CONTRIBUTION, Contribution
 from .decisions import IDENTIFICATION_DECISION, DecisionMessage
@@ -85,7 +86,16 @@ from .statistics import StatisticsDesk
 from .store import OutgoingMessage, Received, Store
 from .subject_access import SubjectAccess
 from .transfer_requests import TransferRequestDesk
-from .transfers import TRANSFER_REQUEST, TRANSFER_STEP, TransferRequest, TransferStep
+from .transfers import (
+    CASE_OWNER_CHANGED,
+    CASE_TRANSFER,
+    TRANSFER,
+    TRANSFER_REQUEST,
+    TRANSFER_STEP,
+    CaseOwnerChanged,
+    TransferRequest,
+    TransferStep,
+)
 from .transport import Position, Transport, Verdict
 from .trust import TrustState
 from .webhooks import WebhookSender
@@ -111,6 +121,7 @@ SENT_EVENTS = {
     TRANSFER_REQUEST: "transfer-request.sent",
     TRANSFER_STEP: "transfer-step.sent",
     STATISTICS_CONTRIBUTION: "statistics.contributed",
+    CASE_TRANSFER: "transfer.sent",
 }
 
 
@@ -233,6 +244,15 @@ class Agent:
             directory=self._directory,
             referral=self._held_referral,
             skew=self.limits.clock_skew_seconds,
+        )
+        self.transfers = TransferDesk(
+            agency=config.agency,
+            store=self.store,
+            audit=self.audit,
+            send=self._send,
+            desk=self.desk,
+            requests=self.transfer_requests,
+            max_body_bytes=self.limits.max_body_bytes,
         )
         self.break_glass = BreakGlass(
             agency=config.agency,
@@ -851,6 +871,8 @@ class Agent:
             TRANSFER_REQUEST: self._on_transfer_request,
             TRANSFER_STEP: self._on_transfer_step,
             STATISTICS_CONTRIBUTION: self._on_contribution,
+            CASE_TRANSFER: self._on_case_transfer,
+            CASE_OWNER_CHANGED: self._on_owner_changed,
         }
         if set(table) != inbound.KINDS:
             raise RuntimeError("every kind inbound checks needs a handler, and no other")
@@ -889,18 +911,39 @@ class Agent:
         if not isinstance(checked, TransferRequest):
             raise TypeError("a transfer request handler takes a checked request")
         self.transfer_requests.on_request(tx, opened, checked)
+        self._receipt_of(tx, opened, checked.referral_id)
+
+    def _on_owner_changed(
+        self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked
+    ) -> None:
+        if not isinstance(checked, CaseOwnerChanged):
+            raise TypeError("a case-owner-changed handler takes a checked message")
+        self.transfers.on_owner_changed(tx, opened, checked)
+        self._receipt_of(tx, opened, None)
+
+    def _on_case_transfer(
+        self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked
+    ) -> None:
+        if not isinstance(checked, inbound.CheckedTransfer):
+            raise TypeError("a case transfer handler takes a checked transfer")
+        self.transfers.on_transfer(tx, opened, checked)
+        self._receipt_of(tx, opened, checked.referral.referral_id)
+
+    def _receipt_of(self, tx: sqlite3.Connection, opened: Opened, referral_id: str | None) -> None:
+        """The delivery receipt of `opened` to its sender (§6.2), in its transaction."""
         h = opened.header
         receipt = DeliveryReceipt(h.message_id, opened.envelope_hash, clock.now())
-        self._send(
-            DELIVERY_RECEIPT, receipt.encode(), [h.sender], tx, referral_id=checked.referral_id
-        )
+        self._send(DELIVERY_RECEIPT, receipt.encode(), [h.sender], tx, referral_id=referral_id)
 
     def _on_transfer_step(
         self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked
     ) -> None:
         if not isinstance(checked, TransferStep):
             raise TypeError("a transfer step handler takes a checked step")
-        self.transfer_requests.on_step(tx, opened, checked)
+        if checked.kind == TRANSFER:
+            self.transfers.on_step(tx, opened, checked)
+        else:
+            self.transfer_requests.on_step(tx, opened, checked)
 
     def _on_contribution(
         self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked
@@ -949,8 +992,7 @@ class Agent:
             key_ids=(h.sender_kid, my_kid),
             labels=labels_of(routing),
         )
-        receipt = DeliveryReceipt(h.message_id, opened.envelope_hash, clock.now())
-        self._send(DELIVERY_RECEIPT, receipt.encode(), [h.sender], tx, referral_id=referral_id)
+        self._receipt_of(tx, opened, referral_id)
 
     def _on_receipt(self, tx: sqlite3.Connection, opened: Opened, checked: inbound.Checked) -> None:
         if not isinstance(checked, DeliveryReceipt):
@@ -965,6 +1007,7 @@ class Agent:
             raise UnexpectedMessageError("receipt names no envelope sent to its sender")
         self.desk.on_delivered(tx, checked.message_id, h.sender)
         self.transfer_requests.on_delivered(tx, checked.message_id, h.sender)
+        self.transfers.on_delivered(tx, checked.message_id, h.sender)
         self.audit.record(
             tx,
             "receipt.received",
@@ -1136,6 +1179,7 @@ class Agent:
                     self.access.flush()
                     self.identification.tick()
                     self.statistics.tick()
+                    self.transfers.tick(self.trust.directory.policy)
                     self.transport.wake()
             except (UntrustedInputError, sqlite3.Error, OSError, ValueError) as e:
                 self.log.error("timer_step_failed", error=type(e).__name__)

@@ -39,6 +39,8 @@ from .access import AccessRecorder, body_categories
 from .attachments import ATTACHMENT_TYPES, Attachments
 from .break_glass import REFUSAL_REASONS, BreakGlass
 from .break_glass import view as glass_view
+from .case_transfers import TransferDesk
+from .case_transfers import view as transfer_view
 from .cases import LEAVE_REASONS
 from .config import ApiClient
 from .desk import Desk
@@ -54,7 +56,17 @@ from .statistics import StatisticsDesk
 from .store import STATUS_ORDER, Store
 from .subject_access import SubjectAccess
 from .transfer_requests import TransferRequestDesk, view
-from .transfers import OWNER, REFUSE_REASONS, REQUESTER, TRANSFER_REASONS
+from .transfers import (
+    OWNER,
+    REFUSE_REASONS,
+    REJECT_REASONS,
+    REQUEST,
+    REQUESTER,
+    REVOKE_REASONS,
+    TRANSFER,
+    TRANSFER_REASONS,
+    TRANSFEREE,
+)
 
 #: A case system's own reference for a referral it submits (sender-local, never sent).
 CLIENT_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}")
@@ -108,6 +120,7 @@ class Backend(Protocol):
     break_glass: BreakGlass
     transfer_requests: TransferRequestDesk
     statistics: StatisticsDesk
+    transfers: TransferDesk
 
     def submit_referral(
         self,
@@ -192,6 +205,13 @@ def make_app(
     r.add_get("/v1/transfer-requests/{id}", get_transfer_request)
     r.add_post("/v1/transfer-requests/{id}/revoke", revoke_transfer_request)
     r.add_post("/v1/transfer-requests/{id}/refuse", refuse_transfer_request)
+    r.add_post("/v1/transfers", propose_transfer)
+    r.add_get("/v1/transfers", list_transfers)
+    r.add_get("/v1/transfers/{id}", get_transfer)
+    r.add_post("/v1/transfers/{id}/accept", accept_transfer)
+    r.add_post("/v1/transfers/{id}/reject", reject_transfer)
+    r.add_post("/v1/transfers/{id}/revoke", revoke_transfer)
+    r.add_post("/v1/transfers/{id}/complete", complete_transfer)
     r.add_get("/v1/cases", list_cases)
     r.add_get("/v1/cases/{case_id}", get_case)
     r.add_post("/v1/cases/{case_id}/decisions", decide)
@@ -745,10 +765,11 @@ async def request_transfer(request: web.Request) -> web.Response:
     return await _idempotent(request, "act", act)
 
 
-def _request_id(request: web.Request) -> str:
+def _request_id(request: web.Request, what: str = "request") -> str:
+    """The path's `id`: a transfer request's id (or `what` else's), 32 lowercase hex."""
     raw = request.match_info["id"]
     if not HEX32.fullmatch(raw):
-        raise ProblemError(400, "Bad Request", "a request id is 32 lowercase hex digits")
+        raise ProblemError(400, "Bad Request", f"a {what} id is 32 lowercase hex digits")
     return raw
 
 
@@ -773,13 +794,21 @@ async def list_contributions(request: web.Request) -> web.Response:
     )
 
 
-async def list_transfer_requests(request: web.Request) -> web.Response:
+def _page_of(
+    request: web.Request,
+    listing: Callable[..., tuple[list[dict[str, Any]], str | None]],
+) -> web.Response:
+    """A page of `listing` (read scope) by the `limit` and `cursor` parameters."""
     _need(request, "read")
     settings = request.app[SETTINGS]
     limit = _int_param(request, "limit", settings.default_page_size, 1, settings.max_page_size)
     after = _int_param(request, "cursor", 0, 0, MAX_CURSOR)
-    items, cursor = request.app[BACKEND].transfer_requests.listing(after=after, limit=limit)
+    items, cursor = listing(after=after, limit=limit)
     return web.json_response({"items": items, "next_cursor": cursor})
+
+
+async def list_transfer_requests(request: web.Request) -> web.Response:
+    return _page_of(request, request.app[BACKEND].transfer_requests.listing)
 
 
 async def get_transfer_request(request: web.Request) -> web.Response:
@@ -794,25 +823,108 @@ async def get_transfer_request(request: web.Request) -> web.Response:
 
 
 async def _transfer_step(
-    request: web.Request, party: str, to_state: str, codes: Sequence[str]
+    request: web.Request,
+    party: str,
+    to_state: str,
+    codes: Sequence[str],
+    *,
+    kind: str = REQUEST,
 ) -> web.Response:
-    """This agency's step as `party` on the request named in the path (and maybe
-    `?requester=`) where it is that party: the body is `{"reason"}` when the step takes one
-    of `codes`, else empty."""
-    request_id = _request_id(request)
-    requester = _requester_param(request)
+    """This agency's step as `party` on the request (or, `kind` transfer, the transfer)
+    named in the path (and maybe `?requester=`, `?owner=`) where it is that party: the body
+    is `{"reason"}` when the step takes one of `codes`, else empty."""
+    transfer = kind == TRANSFER
+    ident = _request_id(request, "transfer" if transfer else "request")
+    sender = _agency_param(request, "owner") if transfer else _requester_param(request)
 
     def act(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         _only(doc, {"reason"} if codes else set())
         reason = _code_field(doc, "reason", codes) if codes else None
         backend = request.app[BACKEND]
+        desk = backend.transfers if transfer else backend.transfer_requests
         with backend.store.transaction() as db:
-            result = backend.transfer_requests.step(
-                db, request_id, requester, party=party, to_state=to_state, reason=reason
-            )
+            result = desk.step(db, ident, sender, party=party, to_state=to_state, reason=reason)
         return 202, result
 
     return await _idempotent(request, "act", act)
+
+
+# --- case transfers (PROTOCOL §8.10) ----------------------------------------------------------
+
+
+async def propose_transfer(request: web.Request) -> web.Response:
+    """Hand the case to a transferee with R, a schema-v2 referral minimised for it as a
+    referral is (act scope): one `case-transfer` sealed to the transferee (PROTOCOL
+    §8.10)."""
+
+    def act(doc: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        _only(doc, {"transferee", "referral", "reason", "case_id", "request_id"})
+        transferee = doc.get("transferee")
+        try:
+            transferee = check_agency_id(transferee) if isinstance(transferee, str) else None
+        except ValueError:
+            transferee = None
+        if transferee is None:
+            raise ProblemError(400, "Bad Request", "transferee must be an agency id")
+        referral = doc.get("referral")
+        if not isinstance(referral, dict):
+            raise ProblemError(422, UNPROCESSABLE, "referral must be a JSON object")
+        reason = _code_field(doc, "reason", TRANSFER_REASONS)
+        case_id = _hex32_field(doc, "case_id", nullable=True) if "case_id" in doc else None
+        request_id = _hex32_field(doc, "request_id", nullable=True) if "request_id" in doc else None
+        result = request.app[BACKEND].transfers.propose(
+            transferee=transferee,
+            document=referral,
+            reason=reason,
+            case_id=case_id,
+            request_id=request_id,
+        )
+        return 202, result
+
+    return await _idempotent(request, "act", act)
+
+
+async def list_transfers(request: web.Request) -> web.Response:
+    return _page_of(request, request.app[BACKEND].transfers.listing)
+
+
+async def get_transfer(request: web.Request) -> web.Response:
+    """One transfer; at the transferee with R, its own record (`referral`), the read
+    counted as a received referral's is (`record.accessed`)."""
+    _need(request, "read")
+    transfer_id = _request_id(request, "transfer")
+    owner = _agency_param(request, "owner")
+    backend = request.app[BACKEND]
+    desk = backend.transfers
+    with backend.store.transaction() as db:
+        found = desk.held(db, transfer_id, owner)
+        shown = transfer_view(found, desk.agency)
+        if found.transferee == desk.agency:
+            referral = desk.referral(db, found)
+            shown["referral"] = referral
+            if referral is not None:
+                _record_read(request, db, found.owner, found.referral_id, referral)
+    return web.json_response(shown)
+
+
+async def accept_transfer(request: web.Request) -> web.Response:
+    """The transferee takes the case (act scope): one `transfer-step` to the owner."""
+    return await _transfer_step(request, TRANSFEREE, "accepted", (), kind=TRANSFER)
+
+
+async def reject_transfer(request: web.Request) -> web.Response:
+    """The transferee declines the case with a rejection reason (act scope)."""
+    return await _transfer_step(request, TRANSFEREE, "rejected", REJECT_REASONS, kind=TRANSFER)
+
+
+async def revoke_transfer(request: web.Request) -> web.Response:
+    """The owner takes its transfer back before it was accepted, with a revocation reason."""
+    return await _transfer_step(request, OWNER, "revoked", REVOKE_REASONS, kind=TRANSFER)
+
+
+async def complete_transfer(request: web.Request) -> web.Response:
+    """The owner completes an accepted transfer (act scope): the transferee owns the case."""
+    return await _transfer_step(request, OWNER, "completed", (), kind=TRANSFER)
 
 
 async def revoke_transfer_request(request: web.Request) -> web.Response:

@@ -138,9 +138,7 @@ class Desk:
             raise RuntimeError("the key file has no storage key; re-create it with nrm keys init")
         return SecretBox(key)
 
-    def _seal_body(
-        self, db: sqlite3.Connection, owner: str, referral_id: str, body: bytes
-    ) -> bytes:
+    def seal_body(self, db: sqlite3.Connection, owner: str, referral_id: str, body: bytes) -> bytes:
         """Encrypt a received body under a fresh per-referral data key (crypto-shredding)."""
         data_key = secrets.token_bytes(SecretBox.KEY_SIZE)
         self.store.put_data_key(db, owner, referral_id, bytes(self._storage().encrypt(data_key)))
@@ -319,7 +317,7 @@ class Desk:
             # would let its sender erase them by withdrawing it (PROTOCOL §6.1).
             raise ReusedReferralIdError("decisions are held under this sender's referral id")
         now = clock.now()
-        sealed = self._seal_body(db, owner, referral_id, opened.body)
+        sealed = self.seal_body(db, owner, referral_id, opened.body)
         body = routing.get("body")
         cited = body.get("attachments") if isinstance(body, dict) else None
         if cited is not None:

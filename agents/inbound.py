@@ -61,7 +61,17 @@ from .messages import (
 from .protections import PROTECTION_NOTICE, NoticeMessage
 from .reconsideration import RECONSIDERATION_REQUEST, ReconsiderationRequest, decode_at
 from .resend import RESEND_REQUEST, ResendRequest
-from .transfers import TRANSFER_REQUEST, TRANSFER_STEP, TransferRequest, TransferStep
+from .transfers import (
+    CASE_OWNER_CHANGED,
+    CASE_TRANSFER,
+    TRANSFER_REQUEST,
+    TRANSFER_STEP,
+    CaseOwnerChanged,
+    CaseTransfer,
+    TransferRequest,
+    TransferStep,
+    decode_owner_changed_at,
+)
 
 __all__ = [
     "ANONYMOUS",
@@ -69,6 +79,7 @@ __all__ = [
     "KINDS",
     "Checked",
     "CheckedReferral",
+    "CheckedTransfer",
     "ConsentWithdrawal",
     "ErasureConfirmation",
     "Escalation",
@@ -99,6 +110,16 @@ class CheckedReferral:
     referral: R.Referral
     referral_id: str
     attachment_key: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedTransfer:
+    """A received `case-transfer` (PROTOCOL §8.10) that passed every check: its decoded
+    body (`transfer`) and R judged by every `referral` row of §6.4, as the referral of a
+    `referral` message is (`referral`)."""
+
+    transfer: CaseTransfer
+    referral: CheckedReferral
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +176,7 @@ class ServiceView:
 
 Checked = (
     CheckedReferral
+    | CheckedTransfer
     | DeliveryReceipt
     | L.Transition
     | ConsentWithdrawal
@@ -169,6 +191,7 @@ Checked = (
     | TransferRequest
     | TransferStep
     | Contribution
+    | CaseOwnerChanged
 )
 
 
@@ -207,25 +230,40 @@ def check(
             raise SchemaInvalidError(
                 "an overdue notice whose due_at is not the national policy's for its tier"
             )
-    if isinstance(checked, CheckedReferral):
-        problem = R.basis_problem(
-            checked.referral, policy=policy, sender_roles=sender_roles, received=True
-        )
-        if problem is not None:  # codes only: the basis and the sender's roles
-            raise UnlawfulBasisError(problem)
-        problem = R.child_route_problem(checked.referral, policy=policy)
-        if problem is not None:  # codes only: the basis and the policy's list
-            raise ChildRouteIncompleteError(problem)
-        known = sorted(r for r in roles if r in R.ROLE_CATEGORIES)
-        allowed = R.categories_for(known, child=checked.referral.is_child, policy=policy)
-        if set(R.categories_present(checked.referral.body)) - allowed:
-            raise CategoryNotAllowedError(
-                "a child's identity reaches only the roles of the national policy's "
-                "child_identity_roles"
-            )
-        if checked.referral.service is not None:
-            _check_service(checked.referral.service, services)
+    # R of a case transfer is judged as any received referral (PROTOCOL §8.10)
+    referral = checked.referral if isinstance(checked, CheckedTransfer) else checked
+    if isinstance(referral, CheckedReferral):
+        _judge(referral, roles=roles, policy=policy, sender_roles=sender_roles, services=services)
     return checked
+
+
+def _judge(
+    checked: CheckedReferral,
+    *,
+    roles: Collection[str],
+    policy: Policy | None,
+    sender_roles: Collection[str],
+    services: ServiceView | None,
+) -> None:
+    """§6.4's referral rows that need the directory: the legal basis, the child route, the
+    categories a child's referral may carry, the service it names."""
+    problem = R.basis_problem(
+        checked.referral, policy=policy, sender_roles=sender_roles, received=True
+    )
+    if problem is not None:  # codes only: the basis and the sender's roles
+        raise UnlawfulBasisError(problem)
+    problem = R.child_route_problem(checked.referral, policy=policy)
+    if problem is not None:  # codes only: the basis and the policy's list
+        raise ChildRouteIncompleteError(problem)
+    known = sorted(r for r in roles if r in R.ROLE_CATEGORIES)
+    allowed = R.categories_for(known, child=checked.referral.is_child, policy=policy)
+    if set(R.categories_present(checked.referral.body)) - allowed:
+        raise CategoryNotAllowedError(
+            "a child's identity reaches only the roles of the national policy's "
+            "child_identity_roles"
+        )
+    if checked.referral.service is not None:
+        _check_service(checked.referral.service, services)
 
 
 def _check_service(service: tuple[str, str], view: ServiceView | None) -> None:
@@ -393,7 +431,21 @@ def _anonymous(body: Mapping[str, Any]) -> None:
 
 
 def _referral(body: bytes, roles: frozenset[str], limits: Limits) -> CheckedReferral:
-    doc = _json(body, limits, "referral message")
+    return _referral_of(_json(body, limits, "referral message"), roles)
+
+
+def _case_transfer(body: bytes, roles: frozenset[str], limits: Limits) -> CheckedTransfer:
+    """§8.10's decoder, then R and `attachment_key` as the referral message they are."""
+    transfer = CaseTransfer.decode(body, limits=limits)
+    doc: dict[str, Any] = {"referral": dict(transfer.referral)}
+    if transfer.attachment_key is not None:
+        doc["attachment_key"] = transfer.attachment_key
+    return CheckedTransfer(transfer, _referral_of(doc, roles))
+
+
+def _referral_of(doc: Any, roles: frozenset[str]) -> CheckedReferral:
+    """§6.4's rows of a referral message parsed as JSON (`doc`), but those needing the
+    directory (`_judge`)."""
     if not isinstance(doc, dict):
         raise SchemaInvalidError("a referral message must be a JSON object")
     _members(doc, REFERRAL_MESSAGE_MEMBERS, "the referral message")
@@ -506,6 +558,8 @@ _CHECKERS: Final[Mapping[str, Callable[[bytes, frozenset[str], Limits], Checked]
     TRANSFER_REQUEST: _transfer_request,
     TRANSFER_STEP: _transfer_step,
     STATISTICS_CONTRIBUTION: _contribution,
+    CASE_TRANSFER: _case_transfer,
+    CASE_OWNER_CHANGED: lambda body, roles, limits: decode_owner_changed_at(body, roles),
 }
 #: Every message kind an agent receives.
 KINDS: Final = frozenset(_CHECKERS)

@@ -32,6 +32,8 @@ from .cases import STATES as CASE_STATES
 from .lifecycle import OUTCOMES, PARTIES, REASON_CODES, STATES
 from .reconsideration import GROUNDS as RECONSIDERATION_GROUNDS
 from .transfers import REFUSE_REASONS as TRANSFER_REFUSE_REASONS
+from .transfers import REJECT_REASONS as TRANSFER_REJECT_REASONS
+from .transfers import REVOKE_REASONS as TRANSFER_REVOKE_REASONS
 from .transfers import STATES as TRANSFER_STATES
 from .transfers import TRANSFER_REASONS
 
@@ -598,6 +600,43 @@ _CONTRIBUTION = _closed(
         },
     }
 )
+#: Case transfers (PROTOCOL.md §8.10), as both parties hold them; at the transferee one
+#: transfer read alone carries R, its own record (`referral`, null once erased).
+_TRANSFER = _closed(
+    {
+        "transfer_id": _ID,
+        "owner": _AGENCY_ID,
+        "transferee": _AGENCY_ID,
+        "referral_id": {**_ID, "description": "R's id: fresh, never one of the owner's pairs"},
+        "case_id": {"anyOf": [_ID, {"type": "null"}]},
+        "reason": {"enum": list(TRANSFER_REASONS)},
+        "request_id": {"anyOf": [_ID, {"type": "null"}]},
+        "urgency": {"type": "string"},
+        "side": {"enum": ["owner", "transferee"]},
+        "state": {"enum": list(TRANSFER_STATES["transfer"])},
+        "step_reason": {
+            "enum": [*sorted({*TRANSFER_REJECT_REASONS, *TRANSFER_REVOKE_REASONS}), None]
+        },
+        "failure": {
+            **_REASON_CODE,
+            "type": ["string", "null"],
+            "description": "At the owner: why its `case-transfer` failed for good (the "
+            "transferee's agent refused it, or it could not be delivered); the state then "
+            "stays `proposed`. Null otherwise",
+        },
+        "updated": _TIME,
+        "referral": _OPENED,
+    },
+    optional=("referral",),
+)
+_OWNER = {
+    "name": "owner",
+    "in": "query",
+    "required": False,
+    "description": "The agency that proposed the transfer (this agency for its own). Needed "
+    "only when transfers of several owners have this id: the answer is then 409.",
+    "schema": _AGENCY_ID,
+}
 _PATH_REQUEST_ID = {
     "name": "id",
     "in": "path",
@@ -800,9 +839,15 @@ _PROBLEM_SCHEMA: dict[str, Any] = {
         "problems": {"type": "array", "items": {"type": "string"}},
         "allowed": {
             "type": "array",
-            "items": {"anyOf": [_STATE, {"enum": list(TRANSFER_STATES["transfer-request"])}]},
+            "items": {
+                "anyOf": [
+                    _STATE,
+                    {"enum": list(TRANSFER_STATES["transfer-request"])},
+                    {"enum": list(TRANSFER_STATES["transfer"])},
+                ]
+            },
             "description": "On a 409 for a step not allowed: the states it may move to "
-            "(a referral's, or a transfer request's)",
+            "(a referral's, a transfer request's or a transfer's)",
         },
         "referral_id": {
             **_ID,
@@ -818,6 +863,11 @@ _PROBLEM_SCHEMA: dict[str, Any] = {
             "items": _AGENCY_ID,
             "description": "On a 409 for an id that transfer requests of several requesters "
             "share: theirs",
+        },
+        "owners": {
+            "type": "array",
+            "items": _AGENCY_ID,
+            "description": "On a 409 for an id that transfers of several owners share: theirs",
         },
         "member": {
             "type": "string",
@@ -1164,6 +1214,113 @@ OPENAPI: dict[str, Any] = {
                 ),
                 "responses": {
                     "202": _json(_TRANSFER_REQUEST, "Sent to the requester"),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                },
+            }
+        },
+        "/v1/transfers": {
+            "post": {
+                "summary": "Hand the case to a transferee (act scope; PROTOCOL §8.10 "
+                "`case-transfer`) with R, a schema-v2 referral planned for the transferee as a "
+                "referral to it is (422, nothing sent, for what a referral would be refused, a "
+                "v1 or break-glass R, or a case_id this agency holds no decision or notice "
+                "of); stored `proposed` and sealed to the transferee; a request_id names a "
+                "request of the transferee's to this agency (404 otherwise), `delivered` (409 "
+                "listing the allowed steps otherwise), which becomes `granted`",
+                "parameters": [_IDEMPOTENCY],
+                "requestBody": json_object_body(
+                    ["transferee", "referral", "reason"],
+                    {
+                        "transferee": _AGENCY_ID,
+                        "referral": {
+                            "description": "R, schema version 2; referral_id is assigned by "
+                            "this agent (400 if given)",
+                            "allOf": [
+                                {"$ref": "#/components/schemas/ReferralV2"},
+                                {"not": {"required": ["referral_id"]}},
+                            ],
+                        },
+                        "reason": {"enum": list(TRANSFER_REASONS)},
+                        "case_id": {"anyOf": [_ID, {"type": "null"}]},
+                        "request_id": {"anyOf": [_ID, {"type": "null"}]},
+                    },
+                ),
+                "responses": {
+                    "202": _json(_TRANSFER, "Sent to the transferee"),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                },
+            },
+            "get": {
+                "summary": "The case transfers this agency proposed or received, oldest first "
+                "(read scope)",
+                "parameters": _PAGING,
+                "responses": {
+                    "200": _json(_page(_TRANSFER)),
+                    **_errors(400, 401, 403),
+                },
+            },
+        },
+        "/v1/transfers/{id}": {
+            "get": {
+                "summary": "One case transfer with its state (read scope); at the transferee "
+                "with R, its own record (`referral`, the read counted as `record.accessed`)",
+                "parameters": [_PATH_REQUEST_ID, _OWNER],
+                "responses": {
+                    "200": _json(_TRANSFER),
+                    **_errors(400, 401, 403, 404, 409),
+                },
+            }
+        },
+        "/v1/transfers/{id}/accept": {
+            "post": {
+                "summary": "The transferee takes the case (act scope): one `transfer-step` to "
+                "the owner; only transfers to this agency (its own are 404 here); 409 lists "
+                "the allowed steps",
+                "parameters": [_PATH_REQUEST_ID, _OWNER, _IDEMPOTENCY],
+                "responses": {
+                    "202": _json(_TRANSFER, "Sent to the owner"),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                },
+            }
+        },
+        "/v1/transfers/{id}/reject": {
+            "post": {
+                "summary": "The transferee declines the case with a rejection reason (act "
+                "scope): one `transfer-step` to the owner; 409 lists the allowed steps",
+                "parameters": [_PATH_REQUEST_ID, _OWNER, _IDEMPOTENCY],
+                "requestBody": json_object_body(
+                    ["reason"], {"reason": {"enum": list(TRANSFER_REJECT_REASONS)}}
+                ),
+                "responses": {
+                    "202": _json(_TRANSFER, "Sent to the owner"),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                },
+            }
+        },
+        "/v1/transfers/{id}/revoke": {
+            "post": {
+                "summary": "The owner takes its transfer back before it was accepted, with a "
+                "revocation reason (act scope): one `transfer-step` to the transferee; only "
+                "this agency's own transfer; 409 lists the allowed steps",
+                "parameters": [_PATH_REQUEST_ID, _OWNER, _IDEMPOTENCY],
+                "requestBody": json_object_body(
+                    ["reason"], {"reason": {"enum": list(TRANSFER_REVOKE_REASONS)}}
+                ),
+                "responses": {
+                    "202": _json(_TRANSFER, "Sent to the transferee"),
+                    **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                },
+            }
+        },
+        "/v1/transfers/{id}/complete": {
+            "post": {
+                "summary": "The owner completes an accepted transfer (act scope): one "
+                "`transfer-step` to the transferee, and the request it answered is "
+                "`fulfilled`; 409 for a transfer naming a case before the authority's receipt "
+                "of its `case-owner-changed`, else listing the allowed steps",
+                "parameters": [_PATH_REQUEST_ID, _OWNER, _IDEMPOTENCY],
+                "responses": {
+                    "202": _json(_TRANSFER, "Sent to the transferee"),
                     **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503),
                 },
             }
@@ -1585,7 +1742,7 @@ def document(
     `referral_ids` bounded by what that agent takes, never looser."""
     doc = copy.deepcopy(OPENAPI)
     paths = doc["paths"]
-    for path in ("/v1/referrals", "/v1/inbox", "/v1/transfer-requests"):
+    for path in ("/v1/referrals", "/v1/inbox", "/v1/transfer-requests", "/v1/transfers"):
         for parameter in paths[path]["get"]["parameters"]:
             if parameter["name"] == "limit":
                 parameter["schema"]["maximum"] = max_page_size

@@ -12,10 +12,11 @@ step travels as a `transfer-step` checked against the table "Transfer request"
       `revoked`                 <-- transfer-step -----  POST .../{id}/refuse
       `refused`
 
-`granted` comes with the case transfer that answers a request (slice 8, later): a
-`transfer-step` to `granted` is never sent on its own, so the owner's API offers only
-`refuse` for now, and one received is `unexpected` (`SENT_STEPS`). A request the owner's
-agent refuses outright (a refusal notice) stays `requested`, its copy's `failure` shown.
+`granted` comes with the case transfer that answers a request (agents/case_transfers.py
+calls `grant` at both sides): a `transfer-step` to `granted` is never sent on its own, so
+the owner's API offers only `refuse`, and one received is `unexpected` (`SENT_STEPS`). A
+request the owner's agent refuses outright (a refusal notice) stays `requested`, its copy's
+`failure` shown.
 """
 
 from __future__ import annotations
@@ -153,6 +154,21 @@ class TransferRequestDesk:
         if r is not None and r.requester == self.agency and r.state == T.REQUESTED:
             self._apply(db, r, T.REQUESTED, T.DELIVERED, None)
 
+    def grant(self, db: sqlite3.Connection, r: StoredTransferRequest) -> bool:
+        """The case transfer answering `r` sent (this agency the owner) or received (the
+        requester): `r` is `granted` (PROTOCOL §8.10: the owner's step travels as that
+        `case-transfer`, never on its own). False, nothing written, if it moved meanwhile."""
+        return self._moved(db, r, r.state, T.GRANTED, None, clock.now())
+
+    def transfer_ended(
+        self, db: sqlite3.Connection, requester: str, request_id: str, then: str
+    ) -> None:
+        """The transfer answering the request (`requester`, `request_id`) ended: a granted
+        request moves on to `then` (`fulfilled` or `lapsed`, this side's `system` step)."""
+        r = self.store.transfer_request(db, requester, request_id)
+        if r is not None and r.state == T.GRANTED:
+            self._apply(db, r, T.GRANTED, then, None)
+
     # --- either party's step --------------------------------------------------------------------
 
     def step(
@@ -170,32 +186,19 @@ class TransferRequestDesk:
         a step the table refuses from its state. One `transfer-step` to the other party
         (audit `transfer-step.sent`, the reason as its reason)."""
         r = self.held(db, request_id, requester, side=party)
-        try:
-            T.check(T.REQUEST, r.state, to_state, party, reason=reason)
-        except T.TransferStepRefused as e:
-            raise E.TransitionNotAllowed(str(e), allowed=e.allowed) from e
-        except ValueError as e:  # the API checks reasons first; a bug if it comes here
-            raise E.BadRequest(str(e)) from e
         now = clock.now()
-        message = T.TransferStep(
+        send_step(
+            self.send,
+            db,
             kind=T.REQUEST,
-            id=r.request_id,
+            ident=r.request_id,
             recipient=r.owner,
-            from_state=r.state,
+            state=r.state,
             to_state=to_state,
             party=party,
             reason=reason,
-            at=now,
-        )
-        counterpart = r.owner if party == T.REQUESTER else r.requester
-        self.send(
-            T.TRANSFER_STEP,
-            message.encode(),
-            [counterpart],
-            db,
+            to=r.owner if party == T.REQUESTER else r.requester,
             referral_id=r.referral_id,
-            labels=_labels(to_state),
-            reason=reason,
         )
         if not self._moved(db, r, r.state, to_state, reason, now):
             raise E.Conflict("the request moved meanwhile; try again")
@@ -247,8 +250,7 @@ class TransferRequestDesk:
         """A page of the requests held here, oldest first, and the cursor of the next (a
         decimal string; None on the last page)."""
         page = self.store.transfer_requests_page(after=after, limit=limit)
-        items = [view(r, self.agency) for _, r in page]
-        return items, (str(page[-1][0]) if len(page) == limit else None)
+        return paged([(seq, view(r, self.agency)) for seq, r in page], limit)
 
     # --- receiving ------------------------------------------------------------------------------
 
@@ -283,31 +285,22 @@ class TransferRequestDesk:
         )
         if not self.store.insert_transfer_request(db, stored):
             raise UnexpectedMessageError("a transfer request this agency holds already")
-        h = opened.header
-        self.audit.record(
+        received(
             db,
-            "transfer-request.received",
+            self.audit,
+            opened,
+            self.agency,
+            kind="transfer-request.received",
             referral_id=message.referral_id,
-            counterpart=sender,
-            envelope_hash=opened.envelope_hash,
-            key_ids=(h.sender_kid, h.recipient_kids[h.recipients.index(self.agency)]),
-        )
-        W.enqueue(
-            db,
-            W.WebhookEvent(
-                id=W.new_event_id(),
-                type=RECEIVED_EVENT,
-                created=now,
-                data=view(stored, self.agency),
-            ),
+            event=RECEIVED_EVENT,
+            data=view(stored, self.agency),
         )
         self.log.info("transfer_request_received", request_id=message.request_id, sender=sender)
 
     def on_step(self, db: sqlite3.Connection, opened: Opened, step: T.TransferStep) -> None:
         """A `transfer-step` received: PROTOCOL §8.10's receiver checks. A step by the party
         that sent the request is about one the message's sender sent this agency, a step by
-        the owner about one this agency sent the sender: holding none (a transfer's step
-        too: no transfer is held before the case-transfer messaging) is `not-shared`; a
+        the owner about one this agency sent the sender: holding none is `not-shared`; a
         `system` step, a step to a state this release does not send (`SENT_STEPS`), or a
         `from_state` that is not the state held, is `unexpected`. One
         lag is no conflict: the requester's copy is `requested` until the owner's receipt
@@ -316,7 +309,7 @@ class TransferRequestDesk:
         requester's, PROTOCOL §8.10 "Initial states")."""
         sender = opened.header.sender
         if step.kind != T.REQUEST:
-            raise NotSharedError("a step of a transfer this agency does not hold")
+            raise TypeError("a step of a transfer is agents/case_transfers.py's")
         if step.party == T.SYSTEM:
             raise UnexpectedMessageError("a system step is each side's own, never sent")
         if step.to_state not in SENT_STEPS:
@@ -337,27 +330,15 @@ class TransferRequestDesk:
         except (T.TransferStepRefused, ValueError) as e:
             raise UnexpectedMessageError("the table refuses the step") from e
         self._apply(db, r, r.state, step.to_state, step.reason)
-        h = opened.header
-        self.audit.record(
-            db,
-            "transfer-step.received",
-            referral_id=r.referral_id,
-            counterpart=sender,
-            envelope_hash=opened.envelope_hash,
-            key_ids=(h.sender_kid,),
-            reason=step.reason,
-            labels=_labels(step.to_state),
-        )
         found = self.store.transfer_request(db, r.requester, r.request_id)
         assert found is not None
-        W.enqueue(
+        stepped(
             db,
-            W.WebhookEvent(
-                id=W.new_event_id(),
-                type=STEP_EVENT,
-                created=clock.now(),
-                data=view(found, self.agency),
-            ),
+            self.audit,
+            opened,
+            referral_id=r.referral_id,
+            step=step,
+            data={"kind": T.REQUEST, **view(found, self.agency)},
         )
         self.log.info("transfer_step_received", request_id=r.request_id, to_state=step.to_state)
 
@@ -395,8 +376,124 @@ class TransferRequestDesk:
         )
 
 
-def _labels(to_state: str) -> tuple[tuple[str, str], ...]:
-    return (("to_state", to_state), ("transfer_kind", T.REQUEST))
+def received(
+    db: sqlite3.Connection,
+    audit: AuditTrail,
+    opened: Opened,
+    me: str,
+    *,
+    kind: str,
+    referral_id: str,
+    event: str,
+    data: dict[str, Any],
+) -> None:
+    """A request or a transfer this agency (`me`) accepted from `opened`'s sender: audited
+    as `kind` under `referral_id` and told to the system as `event` with `data`, in `db`."""
+    h = opened.header
+    audit.record(
+        db,
+        kind,
+        referral_id=referral_id,
+        counterpart=h.sender,
+        envelope_hash=opened.envelope_hash,
+        key_ids=(h.sender_kid, h.recipient_kids[h.recipients.index(me)]),
+    )
+    W.enqueue(db, W.WebhookEvent(id=W.new_event_id(), type=event, created=clock.now(), data=data))
 
 
-__all__ = ["RECEIVED_EVENT", "SENT_STEPS", "STEP_EVENT", "TransferRequestDesk", "view"]
+def paged(
+    rows: list[tuple[int, dict[str, Any]]], limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The items of a page of (seq, item) and the cursor of the next (a decimal string;
+    None on the last page)."""
+    return [item for _, item in rows], (str(rows[-1][0]) if len(rows) == limit else None)
+
+
+def send_step(
+    send: Sender,
+    db: sqlite3.Connection,
+    *,
+    kind: str,
+    ident: str,
+    recipient: str,
+    state: str,
+    to_state: str,
+    party: str,
+    reason: str | None,
+    to: str,
+    referral_id: str,
+) -> None:
+    """This agency's step as `party` of the request or transfer `ident` (of `kind`, sent
+    to `recipient`) from `state`: checked against the kind's table (409 naming `allowed`)
+    and sealed to `to` as one `transfer-step` (audit `transfer-step.sent` under
+    `referral_id`, the reason as its reason), in `db`. The caller moves what it holds."""
+    try:
+        message = T.TransferStep(
+            kind=kind,
+            id=ident,
+            recipient=recipient,
+            from_state=state,
+            to_state=to_state,
+            party=party,
+            reason=reason,
+            at=clock.now(),
+        )
+    except T.TransferStepRefused as e:
+        raise E.TransitionNotAllowed(str(e), allowed=e.allowed) from e
+    except ValueError as e:  # the API checks reasons first; a bug if it comes here
+        raise E.BadRequest(str(e)) from e
+    send(
+        T.TRANSFER_STEP,
+        message.encode(),
+        [to],
+        db,
+        referral_id=referral_id,
+        labels=labels(kind, to_state),
+        reason=reason,
+    )
+
+
+def labels(kind: str, to_state: str) -> tuple[tuple[str, str], ...]:
+    """The audit labels of a `transfer-step.*` event (PROTOCOL §9.0)."""
+    return (("to_state", to_state), ("transfer_kind", kind))
+
+
+def stepped(
+    db: sqlite3.Connection,
+    audit: AuditTrail,
+    opened: Opened,
+    *,
+    referral_id: str,
+    step: T.TransferStep,
+    data: dict[str, Any],
+) -> None:
+    """A step of a request or a transfer applied from `opened`: audited as
+    `transfer-step.received` under `referral_id` and told to the system as
+    `transfer_step.received` with `data`, in `db`."""
+    audit.record(
+        db,
+        "transfer-step.received",
+        referral_id=referral_id,
+        counterpart=opened.header.sender,
+        envelope_hash=opened.envelope_hash,
+        key_ids=(opened.header.sender_kid,),
+        reason=step.reason,
+        labels=labels(step.kind, step.to_state),
+    )
+    W.enqueue(
+        db, W.WebhookEvent(id=W.new_event_id(), type=STEP_EVENT, created=clock.now(), data=data)
+    )
+
+
+__all__ = [
+    "RECEIVED_EVENT",
+    "SENT_STEPS",
+    "STEP_EVENT",
+    "TransferRequestDesk",
+    "labels",
+    "paged",
+    "received",
+    "send_step",
+    "stepped",
+    "view",
+]

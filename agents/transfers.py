@@ -1,8 +1,8 @@
 """Case transfers and transfer requests (docs/PROTOCOL.md §8.10): the three new bodies, the
 steps of both lifecycles as messages of their own kind `transfer-step`, and the two tables.
 Pure, like agents/lifecycle.py and agents/cases.py: what is here fixes their bytes. Agents
-send and accept `transfer-request` and `transfer-step` (agents/transfer_requests.py); the
-messaging of `case-transfer` and `case-owner-changed` comes later in slice 8.
+send and accept `transfer-request` and `transfer-step` (agents/transfer_requests.py) and
+`case-transfer` and `case-owner-changed` (agents/case_transfers.py).
 
     case-transfer       canonical JSON {"attachment_key"?, "referral": R,
                           "transfer": {"case_id", "reason", "request_id", "transfer_id"}}

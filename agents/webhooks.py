@@ -64,6 +64,7 @@ EVENT_TYPES: Final = frozenset(
         "protection.received",
         "reconsideration.received",
         "transfer_request.received",
+        "transfer.received",
         "transfer_step.received",
         "case.closed",
         "delivery.failed",

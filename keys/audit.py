@@ -76,6 +76,8 @@ KINDS = frozenset(
         "transfer-step.received",
         "statistics.contributed",
         "statistics.received",
+        "transfer.sent",
+        "transfer.received",
     }
 )
 #: The events of a break-glass referral at its sender (§8.2 step 2): each names the API

@@ -293,6 +293,8 @@ KIND_WORDS = {
     "transfer-step.received": "Transfer step received",
     "statistics.contributed": "Statistics sent to the rapporteur",
     "statistics.received": "Statistics received from an authority",
+    "transfer.sent": "Case transfer proposed",
+    "transfer.received": "Case transfer received",
 }
 #: What each statistics label value reads as.
 LABEL_WORDS = {

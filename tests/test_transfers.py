@@ -421,11 +421,12 @@ def test_a_case_transfer_with_a_null_attachment_key_is_schema_invalid() -> None:
     assert keyed.attachment_key == "a2V5"
 
 
-def test_agents_of_this_release_take_requests_and_steps_only() -> None:
+def test_agents_of_this_release_take_requests_steps_and_transfers() -> None:
     """As built (PROTOCOL §8.10): the receiver's body checks decode a `transfer-request` and
-    a `transfer-step` (their state checks are agents/transfer_requests.py's); the other two
-    kinds are unknown to them (`unexpected`), so nothing of them is kept until their
-    messaging lands; a step's body sent as a `transition` is no referral pair's step
+    a `transfer-step` (their state checks are agents/transfer_requests.py's), judge a
+    `case-transfer`'s R as a referral (a bare fragment fails the referral schema:
+    `schema-invalid`) and decode a `case-owner-changed` at a competent authority only
+    (`not-for-this-role`); a step's body sent as a `transition` is no referral pair's step
     (`malformed`)."""
     step = TransferStep("transfer", TID, "shelter", "delivered", "accepted", "transferee", None, 5)
     with pytest.raises(MalformedError):
@@ -435,13 +436,25 @@ def test_agents_of_this_release_take_requests_and_steps_only() -> None:
     for kind, value in taken.items():
         checked = inbound.check(kind, value.encode(), roles={"ngo"}, limits=DEFAULT_LIMITS)
         assert checked == value
-    refused = {
-        T.CASE_TRANSFER: codec.canonical_json(_transfer_doc()),
-        T.CASE_OWNER_CHANGED: CaseOwnerChanged(CASE, "shelter", TID, 9).encode(),
-    }
-    for kind, body in refused.items():
-        with pytest.raises(UnexpectedMessageError):
-            inbound.check(kind, body, roles={"competent-authority"}, limits=DEFAULT_LIMITS)
+    with pytest.raises(SchemaInvalidError):
+        inbound.check(
+            T.CASE_TRANSFER,
+            codec.canonical_json(_transfer_doc()),
+            roles={"ngo"},
+            limits=DEFAULT_LIMITS,
+        )
+    owner_changed = CaseOwnerChanged(CASE, "shelter", TID, 9)
+    checked = inbound.check(
+        T.CASE_OWNER_CHANGED,
+        owner_changed.encode(),
+        roles={"competent-authority"},
+        limits=DEFAULT_LIMITS,
+    )
+    assert checked == owner_changed
+    with pytest.raises(NotForThisRoleError):
+        inbound.check(
+            T.CASE_OWNER_CHANGED, owner_changed.encode(), roles={"ngo"}, limits=DEFAULT_LIMITS
+        )
 
 
 def test_the_audit_labels_of_steps_are_the_tables_names() -> None:

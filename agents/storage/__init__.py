@@ -40,7 +40,7 @@ from .reconsiderations import Reconsiderations, StoredRequest
 from .referrals import NewReferral, Referrals, SentCopy, Step
 from .retention import CLOSED_REQUEST_STATES, CLOSED_STATES, Retention
 from .schema import SCHEMA
-from .transfers import StoredTransferRequest, TransferRequests
+from .transfers import CaseTransfers, StoredTransfer, StoredTransferRequest, TransferRequests
 from .webhooks import WebhookOutbox
 
 
@@ -62,6 +62,7 @@ class Store(
     Reconsiderations,
     TransferRequests,
     Contributions,
+    CaseTransfers,
 ):
     """The agent database with every aggregate's operations."""
 
@@ -93,6 +94,7 @@ __all__ = [
     "StoredDecision",
     "StoredNotice",
     "StoredRequest",
+    "StoredTransfer",
     "StoredTransferRequest",
     "Undelivered",
     "read_consent",

@@ -30,8 +30,9 @@ column; in `inbox` the `sender` column is the owner of the referral a row carrie
 - `protection_notices`: agents/storage/protections.py (PROTOCOL §8.9), a new table too.
 - `reconsideration_requests`: agents/storage/reconsiderations.py (PROTOCOL §8.7
   "Reconsideration requests"), a new table too.
-- `transfer_requests`: agents/storage/transfers.py (PROTOCOL §8.10 "`transfer-request`"),
-  a new table too.
+- `transfer_requests`, `case_transfers`, `case_owners`: agents/storage/transfers.py
+  (PROTOCOL §8.10 "`transfer-request`", "`case-transfer`", "`case-owner-changed`"), new
+  tables too.
 - `cases`, `case_referrals`, `decisions`: agents/storage/cases.py (identification
   decisions, PROTOCOL §8.7); new tables, so `CREATE TABLE IF NOT EXISTS` adds them to
   older databases (no release had them: `case_referrals`' UNIQUE referral_id was added to
@@ -419,6 +420,37 @@ CREATE TABLE IF NOT EXISTS contributions (
     envelope_hash TEXT NOT NULL,
     received_at   INTEGER NOT NULL,
     PRIMARY KEY (authority, period)
+) STRICT;
+CREATE TABLE IF NOT EXISTS case_transfers (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    owner        TEXT NOT NULL,
+    transfer_id  TEXT NOT NULL,
+    transferee   TEXT NOT NULL,
+    referral_id  TEXT NOT NULL,
+    case_id      TEXT,
+    reason       TEXT NOT NULL,
+    request_id   TEXT,
+    urgency      TEXT NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('proposed', 'delivered', 'accepted', 'rejected',
+                                                'revoked', 'expired', 'completed')),
+    step_reason  TEXT,
+    message_id   TEXT NOT NULL,
+    sent_at      INTEGER NOT NULL,  -- the case-transfer envelope's `created`: expiry runs from it
+    told         TEXT,  -- at the owner: the case-owner-changed envelope's message id, once sent
+    body         BLOB,  -- at the transferee: R sealed under its data key (data_keys), else NULL
+    created      INTEGER NOT NULL,
+    updated      INTEGER NOT NULL,
+    UNIQUE (owner, transfer_id)
+) STRICT;
+CREATE INDEX IF NOT EXISTS case_transfers_by_message ON case_transfers(message_id);
+CREATE INDEX IF NOT EXISTS case_transfers_by_state ON case_transfers(state);
+CREATE TABLE IF NOT EXISTS case_owners (
+    case_id      TEXT PRIMARY KEY,
+    owner        TEXT NOT NULL,
+    transfer_id  TEXT NOT NULL,
+    changed_by   TEXT NOT NULL,
+    at           INTEGER NOT NULL,
+    received_at  INTEGER NOT NULL
 ) STRICT;
 CREATE TABLE IF NOT EXISTS webhook_outbox (
     seq           INTEGER PRIMARY KEY AUTOINCREMENT,

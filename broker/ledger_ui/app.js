@@ -119,6 +119,8 @@
     "transfer-step.received": "Transfer step received",
     "statistics.contributed": "Statistics sent to the rapporteur",
     "statistics.received": "Statistics received from an authority",
+    "transfer.sent": "Case transfer proposed",
+    "transfer.received": "Case transfer received",
   };
   const LABEL_WORDS = {
     referral_type: {

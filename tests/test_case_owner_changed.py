@@ -1,0 +1,118 @@
+"""A case transfer naming an identification case (PROTOCOL §8.10 "`case-owner-changed`",
+"Order at the authority"): police's referral opened a case at the competent authority (the
+shelter here) and police holds its first decision; police hands the case to the
+co-ordinator. Once the co-ordinator accepts, police tells the authority, which records the
+new owner; police can complete the transfer only after the authority's receipt. An agency
+that does not own the case telling the authority otherwise is refused `not-shared`,
+touching nothing; a case the authority does not hold is `unexpected`."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents import transfers as T
+from runtime import clock
+
+from . import samples
+from .support import Mechanism, agency_keys, eventually, sealed
+from .test_identification import AUTHORITY, POLICY, authority_mechanism, call, decided_first
+from .test_sender_scope import publish, rejected
+
+
+@pytest.fixture
+async def with_authority(tmp_path: Path) -> AsyncIterator[Mechanism]:
+    async with authority_mechanism(tmp_path, POLICY) as m:
+        yield m
+
+
+def case_owners(m: Mechanism) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(m.database(AUTHORITY))
+    try:
+        return conn.execute(
+            "SELECT case_id, owner, transfer_id, changed_by FROM case_owners"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+async def state_at(m: Mechanism, agency: str, transfer_id: str, state: str) -> None:
+    async def check() -> bool:
+        status, body = await call(m, agency, "GET", f"/v1/transfers/{transfer_id}")
+        return status == 200 and body["state"] == state
+
+    await eventually(check, timeout=30, what=f"{agency} to hold the transfer {state}")
+
+
+async def test_the_authority_learns_the_new_owner_before_the_transfer_completes(
+    with_authority: Mechanism,
+) -> None:
+    """Police transfers its case to the co-ordinator; the co-ordinator accepts; police tells
+    the authority (`case-owner-changed`), which holds the co-ordinator as the case's owner;
+    on the authority's receipt police completes the transfer (409 until then, never after),
+    its opening pair with the authority cancelled first, and the co-ordinator holds it
+    `completed`. Before, the co-ordinator telling the
+    authority it owns the case is `not-shared`, naming a case the authority does not hold
+    `unexpected`, and telling police `not-for-this-role`; after, police telling it again is
+    `not-shared`: nothing changes."""
+    m = with_authority
+    rid, case_id = await decided_first(m)
+    coordinator = agency_keys(m, "coordinator")
+    now = clock.now()
+    early = T.CaseOwnerChanged(case_id, "coordinator", secrets.token_hex(16), now)
+    unknown = T.CaseOwnerChanged(secrets.token_hex(16), "coordinator", secrets.token_hex(16), now)
+    forged = [
+        (sealed(m, coordinator, AUTHORITY, T.CASE_OWNER_CHANGED, early.encode()), "not-shared"),
+        (sealed(m, coordinator, AUTHORITY, T.CASE_OWNER_CHANGED, unknown.encode()), "unexpected"),
+        (
+            sealed(m, coordinator, "police", T.CASE_OWNER_CHANGED, early.encode()),
+            "not-for-this-role",
+        ),
+    ]
+    for data, _ in forged[:2]:
+        await publish(m, "coordinator", AUTHORITY, data)
+    await publish(m, "coordinator", "police", forged[2][0])
+    for data, reason in forged[:2]:
+        await rejected(m, AUTHORITY, data, reason)
+    await rejected(m, "police", forged[2][0], forged[2][1])
+    assert case_owners(m) == []
+
+    proposal = {
+        "transferee": "coordinator",
+        "referral": samples.referral(schema_version="2"),
+        "reason": "other",
+        "case_id": case_id,
+    }
+    status, sent = await call(m, "police", "POST", "/v1/transfers", json=proposal)
+    assert status == 202, sent
+    transfer_id = sent["transfer_id"]
+    await state_at(m, "coordinator", transfer_id, "delivered")
+    path = f"/v1/transfers/{transfer_id}"
+    status, accepted = await call(m, "coordinator", "POST", path + "/accept")
+    assert status == 202, accepted
+    await state_at(m, "police", transfer_id, "accepted")
+
+    async def owned() -> bool:
+        return case_owners(m) == [(case_id, "coordinator", transfer_id, "police")]
+
+    await eventually(owned, timeout=30, what="the authority to hold the new owner")
+
+    async def completed() -> bool:
+        status, body = await call(m, "police", "POST", path + "/complete")
+        assert status in (202, 409), body
+        return status == 202
+
+    await eventually(completed, timeout=30, what="police to complete on the authority's receipt")
+    await state_at(m, "coordinator", transfer_id, "completed")
+    status, opening = await call(m, "police", "GET", f"/v1/referrals/{rid}")
+    assert status == 200 and [p["state"] for p in opening["recipients"]] == ["cancelled"]
+    again = T.CaseOwnerChanged(case_id, "police", transfer_id, now)
+    data = sealed(m, agency_keys(m, "police"), AUTHORITY, T.CASE_OWNER_CHANGED, again.encode())
+    await publish(m, "police", AUTHORITY, data)
+    await rejected(m, AUTHORITY, data, "not-shared")  # police owns the case no more
+    assert case_owners(m) == [(case_id, "coordinator", transfer_id, "police")]

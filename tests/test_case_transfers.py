@@ -1,0 +1,508 @@
+"""Case transfers between real agents (PROTOCOL §8.10 "`case-transfer`"): police referred
+to the shelter, the shelter asked police for the case, and police hands it over with R, a
+schema-v2 referral minimised for the shelter. Police holds the transfer `proposed`, then
+`delivered` on the shelter's receipt, the request `granted`; the shelter holds it
+`delivered` with R as its own record, the request `granted` too, and its system hears
+once. The API refuses what it would not send; a hostile agency's transfer naming a request
+it was never sent, reusing a transfer id, or carrying an R a referral could not carry, is
+refused with nothing stored."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from agents import referral as R
+from agents import transfers as T
+from keys import AgencyKeys
+from keys.policy import Policy, Tier
+
+from . import samples
+from .support import (
+    Mechanism,
+    agency_keys,
+    eventually,
+    publish_policy,
+    running_mechanism,
+    sealed,
+    webhook_receiver,
+)
+from .test_sender_scope import publish, rejected
+from .test_transfer_requests import asking, audit_kinds, call, referred, requested, state_of
+
+#: The events the shelter's agent sent its system (webhooks), in order of arrival.
+SHELTER_EVENTS: list[dict[str, Any]] = []
+
+
+async def _collect(request: web.Request) -> web.Response:
+    SHELTER_EVENTS.append(json.loads(await request.read()))
+    return web.Response(status=200)
+
+
+@pytest.fixture
+async def mechanism(tmp_path: Path) -> AsyncIterator[Mechanism]:
+    SHELTER_EVENTS.clear()
+    async with (
+        webhook_receiver(_collect) as url,
+        running_mechanism(tmp_path, webhooks={"shelter": url}) as m,
+    ):
+        yield m
+
+
+def v2(**over: Any) -> dict[str, Any]:
+    """R as police's case system gives it: a schema-v2 adult referral under public task."""
+    return samples.referral(schema_version="2", **over)
+
+
+#: R as police's agent minimises it for the shelter (role `ngo`).
+FOR_SHELTER = R.minimise(samples.BODY, R.categories_for_roles(["ngo"]))
+
+
+def proposing(request_id: str | None = None, **over: Any) -> dict[str, Any]:
+    return {
+        "transferee": "shelter",
+        "referral": v2(),
+        "reason": "migration_or_change_of_location",
+        "request_id": request_id,
+        **over,
+    }
+
+
+def transfer_rows(m: Mechanism, agency: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(m.database(agency))
+    try:
+        return conn.execute("SELECT * FROM case_transfers ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+
+
+async def transfer_state(m: Mechanism, agency: str, transfer_id: str, state: str) -> dict[str, Any]:
+    async def check() -> bool:
+        status, body = await call(m, agency, "GET", f"/v1/transfers/{transfer_id}")
+        return status == 200 and body["state"] == state
+
+    await eventually(check, timeout=30, what=f"{agency} to hold the transfer {state}")
+    return (await call(m, agency, "GET", f"/v1/transfers/{transfer_id}"))[1]
+
+
+def forged_transfer(
+    m: Mechanism,
+    sender: AgencyKeys,
+    *,
+    transfer_id: str | None = None,
+    request_id: str | None = None,
+    referral: dict[str, Any] | None = None,
+) -> bytes:
+    """A `case-transfer` `sender`'s agent (or one acting as it) signs to the shelter."""
+    r = v2(body=FOR_SHELTER) if referral is None else referral
+    message = T.CaseTransfer(
+        transfer_id=transfer_id or secrets.token_hex(16),
+        case_id=None,
+        reason="other",
+        request_id=request_id,
+        referral={**r, "referral_id": secrets.token_hex(16)},
+        attachment_key=None,
+    )
+    return sealed(m, sender, "shelter", T.CASE_TRANSFER, message.encode())
+
+
+async def test_a_transfer_answering_a_request_reaches_the_transferee(mechanism: Mechanism) -> None:
+    """Police answers the shelter's request with a transfer: `proposed` at police, then
+    `delivered` on the receipt, the request `granted` at both sides; the shelter holds it
+    `delivered` with R, its own record (a fresh id, none of police's pairs), and its system
+    hears once; the ledgers hold `transfer.sent` and `transfer.received`."""
+    m = mechanism
+    rid, request_id = await requested(m)
+    await state_of(m, "police", request_id, "delivered")
+    status, sent = await call(m, "police", "POST", "/v1/transfers", json=proposing(request_id))
+    assert status == 202, sent
+    transfer_id = sent["transfer_id"]
+    assert (sent["state"], sent["side"], sent["request_id"]) == ("proposed", "owner", request_id)
+    assert sent["referral_id"] != rid and "referral" not in sent
+    assert (await call(m, "police", "GET", f"/v1/transfer-requests/{request_id}"))[1][
+        "state"
+    ] == "granted"
+    await transfer_state(m, "police", transfer_id, "delivered")
+    held = await transfer_state(m, "shelter", transfer_id, "delivered")
+    assert (held["side"], held["owner"], held["referral_id"]) == (
+        "transferee",
+        "police",
+        sent["referral_id"],
+    )
+    assert held["referral"]["referral_id"] == sent["referral_id"]
+    assert held["referral"]["schema_version"] == "2"
+    assert held["referral"]["body"] == FOR_SHELTER  # minimised as a referral to it is
+    assert "narrative" not in FOR_SHELTER
+    await state_of(m, "shelter", request_id, "granted")
+
+    async def told() -> bool:
+        return any(e["type"] == "transfer.received" for e in SHELTER_EVENTS)
+
+    await eventually(told, timeout=30, what="the shelter's system to hear of the transfer")
+    received = {e["id"]: e["data"] for e in SHELTER_EVENTS if e["type"] == "transfer.received"}
+    assert [(d["transfer_id"], d["state"]) for d in received.values()] == [
+        (transfer_id, "delivered")
+    ]
+    assert "referral" not in next(iter(received.values()))  # ids and codes only
+    assert audit_kinds(m, "police", "transfer.") == [("transfer.sent", None)]
+    assert audit_kinds(m, "shelter", "transfer.") == [("transfer.received", None)]
+    status, page = await call(m, "shelter", "GET", "/v1/transfers")
+    assert status == 200 and [t["transfer_id"] for t in page["items"]] == [transfer_id]
+    status, page = await call(m, "police", "GET", "/v1/transfers")
+    assert status == 200 and [t["state"] for t in page["items"]] == ["delivered"]
+
+
+async def test_a_transfer_without_a_request(mechanism: Mechanism) -> None:
+    """A transfer need answer no request: the shelter holds it `delivered`, no request is
+    touched."""
+    m = mechanism
+    status, sent = await call(m, "police", "POST", "/v1/transfers", json=proposing())
+    assert status == 202, sent
+    held = await transfer_state(m, "shelter", sent["transfer_id"], "delivered")
+    assert held["request_id"] is None
+
+
+async def test_the_api_refuses_what_it_would_not_send(mechanism: Mechanism) -> None:
+    """400 for a bad transferee, reason, case or request id, or an R carrying its id; 422
+    for a v1 R, an R a referral to the shelter could not be (no consent for a category),
+    itself as transferee, an unknown member or a case_id police holds nothing of; 404 for a
+    request_id no request of the shelter's names, 409 naming `allowed` for one refused
+    already; 404 and 400 for unknown and malformed transfer ids; nothing stored or sent."""
+    m = mechanism
+    _, request_id = await requested(m)
+    await state_of(m, "police", request_id, "delivered")
+    for over, status in [
+        ({"transferee": "Not An Id"}, 400),
+        ({"reason": "because"}, 400),
+        ({"case_id": "00"}, 400),
+        ({"request_id": "zz"}, 400),
+        ({"referral": {**v2(), "referral_id": secrets.token_hex(16)}}, 400),
+        ({"referral": samples.referral()}, 422),
+        ({"referral": v2(legal_basis="consent")}, 422),
+        ({"transferee": "police"}, 422),
+        ({"transferee": "nobody"}, 422),
+        ({"case_id": secrets.token_hex(16)}, 422),
+        ({"extra": 1}, 422),
+        ({"request_id": secrets.token_hex(16)}, 404),
+    ]:
+        got, problem = await call(m, "police", "POST", "/v1/transfers", json=proposing(**over))
+        assert got == status, (over, problem)
+    path = f"/v1/transfer-requests/{request_id}"
+    assert (await call(m, "police", "POST", path + "/refuse", json={"reason": "other"}))[0] == 202
+    got, problem = await call(m, "police", "POST", "/v1/transfers", json=proposing(request_id))
+    assert (got, problem["allowed"]) == (409, [])
+    assert transfer_rows(m, "police") == []
+    assert (await call(m, "police", "GET", f"/v1/transfers/{secrets.token_hex(16)}"))[0] == 404
+    assert (await call(m, "police", "GET", "/v1/transfers/nope"))[0] == 400
+    assert audit_kinds(m, "police", "transfer.") == []
+
+
+async def test_a_hostile_transfer_is_refused_and_stores_nothing(mechanism: Mechanism) -> None:
+    """The co-ordinator's agent signs transfers to the shelter: one answering the shelter's
+    request to police (`not-shared`), one naming no request of the shelter's (`not-shared`),
+    one with a v1 R (`schema-invalid`) and one whose R carries a category the shelter's role
+    never receives (`category-not-allowed`): nothing stored, nothing granted, the system
+    told of none."""
+    m = mechanism
+    _, request_id = await requested(m)
+    coordinator = agency_keys(m, "coordinator")
+    forged = [
+        (forged_transfer(m, coordinator, request_id=request_id), "not-shared"),
+        (forged_transfer(m, coordinator, request_id=secrets.token_hex(16)), "not-shared"),
+        (forged_transfer(m, coordinator, referral=samples.referral()), "schema-invalid"),
+        (forged_transfer(m, coordinator, referral=v2()), "category-not-allowed"),
+    ]
+    for data, _ in forged:
+        await publish(m, "coordinator", "shelter", data)
+    for data, reason in forged:
+        await rejected(m, "shelter", data, reason)
+    assert transfer_rows(m, "shelter") == []
+    assert (await call(m, "shelter", "GET", f"/v1/transfer-requests/{request_id}"))[1]["state"] in (
+        "requested",
+        "delivered",
+    )
+    assert not any(e["type"] == "transfer.received" for e in SHELTER_EVENTS)
+
+
+async def test_a_transfer_id_again_and_a_request_ended_are_unexpected(
+    mechanism: Mechanism,
+) -> None:
+    """Police's agent sending a transfer id again is `unexpected`, the first transfer kept as
+    it was; a transfer answering a request the shelter revoked is `unexpected` too."""
+    m = mechanism
+    rid = await referred(m)
+    police = agency_keys(m, "police")
+    transfer_id = secrets.token_hex(16)
+    first = forged_transfer(m, police, transfer_id=transfer_id)
+    await publish(m, "police", "shelter", first)
+    await transfer_state(m, "shelter", transfer_id, "delivered")
+    again = forged_transfer(m, police, transfer_id=transfer_id)
+    await publish(m, "police", "shelter", again)
+    await rejected(m, "shelter", again, "unexpected")
+    status, sent = await call(m, "shelter", "POST", "/v1/transfer-requests", json=asking(rid))
+    assert status == 202, sent
+    path = f"/v1/transfer-requests/{sent['request_id']}"
+    assert (await call(m, "shelter", "POST", path + "/revoke"))[0] == 202
+    late = forged_transfer(m, police, request_id=sent["request_id"])
+    await publish(m, "police", "shelter", late)
+    await rejected(m, "shelter", late, "unexpected")
+    assert len(transfer_rows(m, "shelter")) == 1
+
+
+async def pair_cancelled(m: Mechanism, rid: str) -> None:
+    """Police's pair `rid` with the shelter is `cancelled` `referred-elsewhere` at both."""
+    status, mine = await call(m, "police", "GET", f"/v1/referrals/{rid}")
+    assert status == 200 and [p["state"] for p in mine["recipients"]] == ["cancelled"], mine
+
+    async def at_shelter() -> bool:
+        status, theirs = await call(m, "shelter", "GET", f"/v1/referrals/{rid}")
+        return status == 200 and theirs["state"] == "cancelled"
+
+    await eventually(at_shelter, timeout=30, what="the shelter to hold the pair cancelled")
+    status, steps = await call(m, "shelter", "GET", f"/v1/referrals/{rid}/history")
+    assert status == 200 and steps["items"][-1]["reason"] == "referred-elsewhere", steps
+
+
+async def delivered_transfer(m: Mechanism, request_id: str | None = None) -> str:
+    """The id of a transfer police proposed to the shelter, `delivered` at both sides."""
+    status, sent = await call(m, "police", "POST", "/v1/transfers", json=proposing(request_id))
+    assert status == 202, sent
+    await transfer_state(m, "police", sent["transfer_id"], "delivered")
+    await transfer_state(m, "shelter", sent["transfer_id"], "delivered")
+    return str(sent["transfer_id"])
+
+
+async def test_an_accepted_transfer_completes_and_fulfils_its_request(
+    mechanism: Mechanism,
+) -> None:
+    """The shelter accepts: police holds it `accepted`, may no longer revoke (409, allowed
+    only `completed`), and completes it: the shelter holds it `completed`, its system hears
+    each step once with kind `transfer`, the request it answered is `fulfilled` at both
+    sides and the pair it was asked under `cancelled` `referred-elsewhere`; both ledgers
+    hold the steps with their labels."""
+    m = mechanism
+    rid, request_id = await requested(m)
+    await state_of(m, "police", request_id, "delivered")
+    transfer_id = await delivered_transfer(m, request_id)
+    path = f"/v1/transfers/{transfer_id}"
+    assert (await call(m, "police", "POST", path + "/accept"))[0] == 404  # not its transferee
+    assert (await call(m, "shelter", "POST", path + "/complete"))[0] == 404  # not its owner
+    status, accepted = await call(m, "shelter", "POST", path + "/accept")
+    assert (status, accepted["state"]) == (202, "accepted"), accepted
+    await transfer_state(m, "police", transfer_id, "accepted")
+    status, problem = await call(
+        m, "police", "POST", path + "/revoke", json={"reason": "sent-in-error"}
+    )
+    assert (status, problem["allowed"]) == (409, ["completed"])
+    status, done = await call(m, "police", "POST", path + "/complete")
+    assert (status, done["state"]) == (202, "completed"), done
+    await transfer_state(m, "shelter", transfer_id, "completed")
+    await state_of(m, "shelter", request_id, "fulfilled")
+    await state_of(m, "police", request_id, "fulfilled")
+    await pair_cancelled(m, rid)  # the pair the request was asked under ended first
+
+    async def told() -> bool:
+        steps = [e for e in SHELTER_EVENTS if e["type"] == "transfer_step.received"]
+        return any(e["data"]["state"] == "completed" for e in steps)
+
+    await eventually(told, timeout=30, what="the shelter's system to hear of the completion")
+    steps = {e["id"]: e["data"] for e in SHELTER_EVENTS if e["type"] == "transfer_step.received"}
+    assert [(d["kind"], d["transfer_id"], d["state"]) for d in steps.values()] == [
+        ("transfer", transfer_id, "completed")
+    ]
+    assert audit_kinds(m, "shelter", "transfer-step.") == [
+        ("transfer-step.sent", None),
+        ("transfer-step.received", None),
+    ]
+    assert audit_kinds(m, "police", "transfer-step.") == [
+        ("transfer-step.received", None),
+        ("transfer-step.sent", None),
+    ]
+
+
+async def test_a_rejected_transfer_lapses_its_request(mechanism: Mechanism) -> None:
+    """The shelter rejects with a rejection reason (400 for another code): police holds it
+    `rejected` with the reason, the request `lapsed` at both sides; nothing more is allowed
+    (409, allowed none)."""
+    m = mechanism
+    _, request_id = await requested(m)
+    await state_of(m, "police", request_id, "delivered")
+    transfer_id = await delivered_transfer(m, request_id)
+    path = f"/v1/transfers/{transfer_id}"
+    status, problem = await call(
+        m, "shelter", "POST", path + "/reject", json={"reason": "lost-contact"}
+    )
+    assert status == 400 and "no-capacity" in problem["detail"]
+    assert (await call(m, "shelter", "POST", path + "/reject"))[0] == 400
+    status, rejected_ = await call(
+        m, "shelter", "POST", path + "/reject", json={"reason": "no-capacity"}
+    )
+    assert (status, rejected_["state"]) == (202, "rejected"), rejected_
+    seen = await transfer_state(m, "police", transfer_id, "rejected")
+    assert seen["step_reason"] == "no-capacity"
+    await state_of(m, "police", request_id, "lapsed")
+    await state_of(m, "shelter", request_id, "lapsed")
+    status, problem = await call(m, "police", "POST", path + "/complete")
+    assert (status, problem["allowed"]) == (409, [])
+    status, problem = await call(m, "shelter", "POST", path + "/accept")
+    assert (status, problem["allowed"]) == (409, [])
+
+
+async def test_a_revoked_transfer_is_revoked_at_the_transferee(mechanism: Mechanism) -> None:
+    """Police revokes before the shelter decided (a revocation reason): the shelter holds
+    it `revoked`, its accepting then 409 naming no allowed step; completing a `delivered`
+    transfer is 409 allowing only `revoked`."""
+    m = mechanism
+    transfer_id = await delivered_transfer(m)
+    path = f"/v1/transfers/{transfer_id}"
+    status, problem = await call(m, "police", "POST", path + "/complete")
+    assert (status, problem["allowed"]) == (409, ["revoked"])
+    status, revoked = await call(
+        m, "police", "POST", path + "/revoke", json={"reason": "sent-in-error"}
+    )
+    assert (status, revoked["state"], revoked["step_reason"]) == (202, "revoked", "sent-in-error")
+    await transfer_state(m, "shelter", transfer_id, "revoked")
+    status, problem = await call(m, "shelter", "POST", path + "/accept")
+    assert (status, problem["allowed"]) == (409, [])
+
+
+async def test_a_hostile_step_or_a_reused_transfer_id_touches_nothing(
+    mechanism: Mechanism,
+) -> None:
+    """The co-ordinator's agent steps police's transfer to the shelter: as its owner at the
+    shelter, and as its transferee at police (`not-shared`); it sends the shelter a transfer
+    of its own under police's transfer id, stored apart under (coordinator, id): police's
+    stays `delivered` at both sides, the bare id is 409 naming both owners, and the
+    shelter's step on police's (named by `?owner=`) reaches police. The shelter's agent
+    stepping from a state police does not hold is `unexpected`."""
+    m = mechanism
+    transfer_id = await delivered_transfer(m)
+    coordinator = agency_keys(m, "coordinator")
+    shelter = agency_keys(m, "shelter")
+    now = 1_700_000_000
+    as_owner = T.TransferStep(
+        T.TRANSFER, transfer_id, "shelter", "delivered", "revoked", "owner", "other", now
+    )
+    as_transferee = T.TransferStep(
+        T.TRANSFER, transfer_id, "coordinator", "delivered", "accepted", "transferee", None, now
+    )
+    forged = [
+        (sealed(m, coordinator, "shelter", T.TRANSFER_STEP, as_owner.encode()), "shelter"),
+        (sealed(m, coordinator, "police", T.TRANSFER_STEP, as_transferee.encode()), "police"),
+    ]
+    for data, to in forged:
+        await publish(m, "coordinator", to, data)
+    for data, to in forged:
+        await rejected(m, to, data, "not-shared")
+    reused = forged_transfer(m, coordinator, transfer_id=transfer_id)
+    await publish(m, "coordinator", "shelter", reused)
+
+    async def both() -> bool:
+        return len(transfer_rows(m, "shelter")) == 2
+
+    await eventually(both, timeout=30, what="the shelter to hold the reused id apart")
+    path = f"/v1/transfers/{transfer_id}"
+    status, problem = await call(m, "shelter", "GET", path)
+    assert (status, problem["owners"]) == (409, ["coordinator", "police"])
+    assert (await call(m, "police", "GET", path))[1]["state"] == "delivered"
+    status, _ = await call(m, "shelter", "POST", path + "/accept?owner=police")
+    assert status == 202
+    await transfer_state(m, "police", transfer_id, "accepted")
+    late = T.TransferStep(
+        T.TRANSFER, transfer_id, "shelter", "delivered", "rejected", "transferee", "other", now
+    )
+    data = sealed(m, shelter, "police", T.TRANSFER_STEP, late.encode())
+    await publish(m, "shelter", "police", data)
+    await rejected(m, "police", data, "unexpected")
+    assert (await call(m, "police", "GET", path))[1]["state"] == "accepted"
+    status, theirs = await call(m, "shelter", "GET", path + "?owner=coordinator")
+    assert (status, theirs["state"]) == (200, "delivered")
+
+
+async def test_a_transfer_left_undecided_expires_at_both_sides(mechanism: Mechanism) -> None:
+    """Under a national policy whose `urgent` tier is due in 2 s, an urgent R's transfer
+    left `delivered` expires at both sides on their own timers and its request lapses; the
+    shelter's accepting it then is 409 naming no step. A routine one, due in two weeks,
+    stays `delivered`."""
+    m = mechanism
+    priority = {**Policy(country="LT").priority, "emergency": Tier(1, 1), "urgent": Tier(1, 2)}
+    await publish_policy(
+        m,
+        Policy(country="LT", without_consent={"police": ("public_task",)}, priority=priority),
+    )
+    _, request_id = await requested(m)
+    await state_of(m, "police", request_id, "delivered")
+    routine = await delivered_transfer(m)
+    status, sent = await call(
+        m,
+        "police",
+        "POST",
+        "/v1/transfers",
+        json=proposing(request_id, referral=v2(urgency="urgent")),
+    )
+    assert status == 202, sent
+    transfer_id = sent["transfer_id"]
+    await transfer_state(m, "shelter", transfer_id, "expired")
+    await transfer_state(m, "police", transfer_id, "expired")
+    await state_of(m, "police", request_id, "lapsed")
+    await state_of(m, "shelter", request_id, "lapsed")
+    status, problem = await call(m, "shelter", "POST", f"/v1/transfers/{transfer_id}/accept")
+    assert (status, problem["allowed"]) == (409, [])
+    assert (await call(m, "shelter", "GET", f"/v1/transfers/{routine}"))[1]["state"] == "delivered"
+
+
+#: What each party may move a transfer to, written apart from agents/transfers.py (PROTOCOL
+#: §8.10 "Case transfer"): (state, party) -> allowed targets.
+EXPECTED: dict[tuple[str, str], list[str]] = {
+    ("delivered", "owner"): ["revoked"],
+    ("delivered", "transferee"): ["accepted", "rejected"],
+    ("accepted", "owner"): ["completed"],
+    ("accepted", "transferee"): [],
+    **{(s, p): [] for s in ("rejected", "revoked", "completed") for p in ("owner", "transferee")},
+}
+#: Each API step: (path, party, target, body).
+STEPS = [
+    ("accept", "transferee", "accepted", None),
+    ("reject", "transferee", "rejected", {"reason": "out-of-area"}),
+    ("revoke", "owner", "revoked", {"reason": "duplicate"}),
+    ("complete", "owner", "completed", None),
+]
+
+
+async def test_the_api_follows_the_transfer_table(mechanism: Mechanism) -> None:
+    """In each state a transfer reaches over the API, every step of either party that the
+    independent table does not allow is 409 naming exactly the allowed targets, and the
+    state held at both sides is unchanged by it."""
+    m = mechanism
+    agency = {"owner": "police", "transferee": "shelter"}
+    reached: dict[str, str] = {}
+    for route in (["accept"], ["accept", "complete"], ["reject"], ["revoke"], []):
+        transfer_id = await delivered_transfer(m)
+        state = "delivered"
+        for name in route:
+            _, party, state, body = next(s for s in STEPS if s[0] == name)
+            path = f"/v1/transfers/{transfer_id}/{name}"
+            status, moved = await call(m, agency[party], "POST", path, json=body)
+            assert (status, moved["state"]) == (202, state), moved
+            other = "police" if party == "transferee" else "shelter"
+            await transfer_state(m, other, transfer_id, state)
+        reached[state] = transfer_id
+    assert set(reached) == {s for s, _ in EXPECTED}
+    for state, transfer_id in reached.items():
+        for name, party, target, body in STEPS:
+            allowed = EXPECTED[(state, party)]
+            if target in allowed:
+                continue
+            path = f"/v1/transfers/{transfer_id}/{name}"
+            status, problem = await call(m, agency[party], "POST", path, json=body)
+            assert (status, problem["allowed"]) == (409, allowed), (state, name)
+        for side in agency.values():
+            held = (await call(m, side, "GET", f"/v1/transfers/{transfer_id}"))[1]
+            assert held["state"] == state, (side, state)
