@@ -179,6 +179,8 @@ class TransferDesk:
                 updated=now,
             )
             self.store.insert_transfer(db, stored, None)  # a fresh random id: never taken
+            if plan.receipt is not None:  # R goes under the person's consent: so may erasure
+                self.store.record_consent_use(db, plan.receipt.receipt_id, transferee, referral_id)
             if answered is not None and not self.requests.grant(db, answered):
                 raise E.Conflict("the transfer request moved meanwhile; try again")
         self.log.info("transfer_sent", transfer_id=transfer_id, transferee=transferee)

@@ -274,6 +274,16 @@ class CaseTransfers(Database):
         ).fetchone()
         return None if row is None or row[0] is None else bytes(row[0])
 
+    def received_transfer_of(
+        self, db: sqlite3.Connection, owner: str, referral_id: str
+    ) -> StoredTransfer | None:
+        """The transfer `owner` sent this agency (its transferee) with R of `referral_id`."""
+        row = db.execute(
+            _SELECT_TRANSFER + " WHERE t.owner = ? AND t.referral_id = ? AND t.transferee = ?",
+            (owner, referral_id, self.agency),
+        ).fetchone()
+        return None if row is None else StoredTransfer(*row)
+
     @staticmethod
     def transfer_of_message(
         db: sqlite3.Connection, message_id: str, transferee: str
