@@ -23,8 +23,9 @@ the authority takes only from the case's current owner) and completes only once 
 authority's delivery receipt came. Completing first cancels the owner's open pairs of the
 case (`referred-elsewhere`). Each side expires a transfer left
 `proposed` or `delivered` on its own timer (`tick`), from the envelope's `created` by the
-policy's `due_seconds` of R's urgency. Ids and codes only in rows (but R, sealed), logs and
-the ledger.
+policy's `due_seconds` of R's urgency. R sent under a consent is recorded as a use of it,
+so that the person's withdrawal reaches the transferee (agents/desk.py `on_withdrawal`).
+Ids and codes only in rows (but R, sealed), logs and the ledger.
 """
 
 from __future__ import annotations
