@@ -51,6 +51,7 @@ from runtime import clock
 from . import clocks
 from . import errors as E
 from . import lifecycle as L
+from . import referral as R
 from . import transfers as T
 from .attachments import encode_key
 from .audit import AuditTrail
@@ -180,6 +181,15 @@ class TransferDesk:
                 updated=now,
             )
             self.store.insert_transfer(db, stored, None)  # a fresh random id: never taken
+            self.store.record_sent_r(
+                db,
+                transfer_id,
+                owner=self.agency,
+                categories=frozenset(R.categories_present(body)),
+                referral_type=referral.referral_type,
+                legal_basis=referral.legal_basis,
+                consent_receipt_id=referral.consent_receipt_id,
+            )
             if plan.receipt is not None:  # R goes under the person's consent: so may erasure
                 self.store.record_consent_use(db, plan.receipt.receipt_id, transferee, referral_id)
             if answered is not None and not self.requests.grant(db, answered):

@@ -41,9 +41,11 @@ from .support import (
     sealed,
     webhook_receiver,
 )
+from .test_access import move_clock
 from .test_erasure import _consent_of, _probes, _withdrawn, held_in_a_file
 from .test_retention import short_schedule
 from .test_sender_scope import publish, rejected
+from .test_subject_access import read_in_a_checkpoint
 from .test_transfer_requests import asking, audit_kinds, call, referred, requested, state_of
 
 #: The events the shelter's agent sent its system (webhooks), in order of arrival.
@@ -578,6 +580,16 @@ async def no_file_holds(m: Mechanism, forbidden: dict[str, list[bytes]]) -> None
         raise AssertionError(found[0])
 
 
+async def transferred_under_consent(m: Mechanism) -> tuple[str, str, str, str]:
+    """(receipt id, canary, transfer id, R's id) of a transfer police proposed to the
+    shelter with R under the person's consent to assistance by the shelter."""
+    receipt_id = await _consent_of(m, "police", "shelter")
+    canary, r = canary_r(legal_basis="consent", consent_receipt_id=receipt_id)
+    status, sent = await call(m, "police", "POST", "/v1/transfers", json=proposing(referral=r))
+    assert status == 202, sent
+    return receipt_id, canary, sent["transfer_id"], sent["referral_id"]
+
+
 async def test_a_consent_withdrawal_erases_r_at_the_transferee(mechanism: Mechanism) -> None:
     """Police hands the case over with R under the person's consent, and another with R
     under public task. The person withdraws: police records R as a use of the consent, sends
@@ -586,11 +598,7 @@ async def test_a_consent_withdrawal_erases_r_at_the_transferee(mechanism: Mechan
     holds a byte that reveals or opens R. The public-task R stays, and a withdrawal naming
     it is refused (`not-shared`) with nothing erased."""
     m = mechanism
-    receipt_id = await _consent_of(m, "police", "shelter")
-    canary, r = canary_r(legal_basis="consent", consent_receipt_id=receipt_id)
-    status, sent = await call(m, "police", "POST", "/v1/transfers", json=proposing(referral=r))
-    assert status == 202, sent
-    transfer_id, referral_id = sent["transfer_id"], sent["referral_id"]
+    receipt_id, canary, transfer_id, referral_id = await transferred_under_consent(m)
     status, other = await call(m, "police", "POST", "/v1/transfers", json=proposing())
     assert status == 202, other
     held = await transfer_state(m, "shelter", transfer_id, "delivered")
@@ -684,3 +692,47 @@ async def test_a_finished_transfer_goes_with_r_after_the_period(
 
     await no_file_holds(m, forbidden)
     clock.set_offset(offset, 0)
+
+
+async def test_the_subject_access_report_names_the_transferee(
+    mechanism: Mechanism, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Police hands the case over with R under the person's consent, and the shelter reads
+    R. Police's report on R's id names the shelter as the one agency that received
+    it, as a referral's recipient: the categories R carried, when the `case-transfer` was
+    sent and delivered, the transfer's state, the consent's withdrawal and the shelter's
+    erasure once they come, and its read of R; the shelter, which sent nothing, knows none."""
+    m = mechanism
+    receipt_id, _, transfer_id, referral_id = await transferred_under_consent(m)
+    held = await transfer_state(m, "shelter", transfer_id, "delivered")
+    read = sorted({R.FIELD_CATEGORY[f] for f in held["referral"]["body"]})
+    move_clock(monkeypatch, tmp_path, m.agents["shelter"].limits.access_coalesce_seconds)
+    assert m.agents["shelter"].access.flush() in (0, 1)  # or the timers loop signed it
+    await read_in_a_checkpoint(m)
+    status, answer = await call(
+        m, "police", "POST", "/v1/subject-access", json={"referral_ids": [referral_id]}
+    )
+    assert status == 200, answer
+    [entry] = answer["referrals"]
+    assert (entry["known"], entry["legal_basis"], entry["other_accesses"]) == (
+        True,
+        "consent",
+        [],
+    )
+    [copy] = entry["recipients"]
+    assert (copy["agency"], copy["state"], copy["categories"]) == ("shelter", "delivered", read)
+    assert copy["sent_at"] is not None and copy["delivered_at"] >= copy["sent_at"]
+    assert copy["consent_withdrawn_at"] is None and copy["erasure_confirmed_at"] is None
+    [access] = copy["accesses"]
+    assert (access["record"], access["categories"]) == ("body", read)
+    assert access["reads"] >= 1  # each GET while waiting for `delivered` is a read
+    await _withdrawn(m, "police", receipt_id)
+    status, answer = await call(
+        m, "police", "POST", "/v1/subject-access", json={"referral_ids": [referral_id]}
+    )
+    [copy] = answer["referrals"][0]["recipients"]
+    assert copy["consent_withdrawn_at"] is not None and copy["erasure_confirmed_at"] is not None
+    status, theirs = await call(
+        m, "shelter", "POST", "/v1/subject-access", json={"referral_ids": [referral_id]}
+    )
+    assert (status, theirs["referrals"]) == (200, [{"id": referral_id, "known": False}])
