@@ -26,6 +26,7 @@ from agents.messages import CONSENT_WITHDRAWAL
 from agents.retention import DAY
 from keys import AgencyKeys
 from keys.audit import AuditEvent, decode_signed_event
+from keys.codec import canonical_json
 from keys.policy import Policy, Tier
 from runtime import clock
 
@@ -596,7 +597,7 @@ async def test_a_consent_withdrawal_erases_r_at_the_transferee(mechanism: Mechan
     the shelter its withdrawal and drops the `case-transfer` envelope; the shelter erases R
     (the transfer stays, R read as erased), confirms, and no file of any agency or the bus
     holds a byte that reveals or opens R. The public-task R stays, and a withdrawal naming
-    it is refused (`not-shared`) with nothing erased."""
+    it, by police or by the co-ordinator, is refused (`not-shared`) with nothing erased."""
     m = mechanism
     receipt_id, canary, transfer_id, referral_id = await transferred_under_consent(m)
     status, other = await call(m, "police", "POST", "/v1/transfers", json=proposing())
@@ -637,14 +638,14 @@ async def test_a_consent_withdrawal_erases_r_at_the_transferee(mechanism: Mechan
     await no_file_holds(m, forbidden)
     # The public-task R is no consent's to withdraw: kept, and a withdrawal naming it refused.
     assert (await transfer_state(m, "shelter", other["transfer_id"], "delivered"))["referral"]
-    body = json.dumps(
-        {"receipt_id": receipt_id, "referral_ids": [other["referral_id"]]},
-        separators=(",", ":"),
-        sort_keys=True,
-    ).encode()
-    data = sealed(m, agency_keys(m, "police"), "shelter", CONSENT_WITHDRAWAL, body)
-    await publish(m, "police", "shelter", data)
-    await rejected(m, "shelter", data, "not-shared")
+    body = canonical_json({"receipt_id": receipt_id, "referral_ids": [other["referral_id"]]})
+    by_police = sealed(m, agency_keys(m, "police"), "shelter", CONSENT_WITHDRAWAL, body)
+    # Nor may another agency withdraw an R it never sent.
+    by_coordinator = sealed(m, agency_keys(m, "coordinator"), "shelter", CONSENT_WITHDRAWAL, body)
+    await publish(m, "police", "shelter", by_police)
+    await publish(m, "coordinator", "shelter", by_coordinator)
+    await rejected(m, "shelter", by_police, "not-shared")
+    await rejected(m, "shelter", by_coordinator, "not-shared")
     assert (await transfer_state(m, "shelter", other["transfer_id"], "delivered"))["referral"]
 
 
