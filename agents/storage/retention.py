@@ -212,6 +212,10 @@ class Retention(Database):
         for owner, transfer_id, transferee, referral_id, message_id in rows:
             if transferee == self.agency:
                 erase_transferred_referral(db, owner, referral_id, agency=self.agency)
+                db.execute(  # erased, the rows would outlive the transfer they belong to
+                    "DELETE FROM received_attachments WHERE owner = ? AND referral_id = ?",
+                    (owner, referral_id),
+                )
             else:
                 db.execute(
                     "UPDATE outbox SET envelope = ? WHERE message_id = ?", (DROPPED, message_id)
