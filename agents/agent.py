@@ -809,11 +809,13 @@ class Agent:
         the inbox row, then the handler of its kind (`self.handlers`)."""
         h = opened.header
         now = clock.now()
-        # Referral bodies are stored encrypted by the desk; a decision's or a notice's is kept
-        # only in its own table (the signed document as received), so that erasing the pair
-        # it names leaves no copy behind in the inbox (docs/DESIGN.md "Erasure").
+        # Referral bodies are stored encrypted by the desk, R of a case transfer too (in
+        # `case_transfers`); a decision's or a notice's is kept only in its own table (the
+        # signed document as received), so that erasing the pair it names, or R, leaves no
+        # copy behind in the inbox (docs/DESIGN.md "Erasure").
         keep_body = h.kind not in (
             REFERRAL,
+            CASE_TRANSFER,
             IDENTIFICATION_DECISION,
             PROTECTION_NOTICE,
             STATISTICS_CONTRIBUTION,  # kept in its own table only (agents/statistics.py)

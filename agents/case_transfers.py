@@ -23,8 +23,9 @@ the authority takes only from the case's current owner) and completes only once 
 authority's delivery receipt came. Completing first cancels the owner's open pairs of the
 case (`referred-elsewhere`). Each side expires a transfer left
 `proposed` or `delivered` on its own timer (`tick`), from the envelope's `created` by the
-policy's `due_seconds` of R's urgency. Ids and codes only in rows (but R, sealed), logs and
-the ledger.
+policy's `due_seconds` of R's urgency. R sent under a consent is recorded as a use of it,
+so that the person's withdrawal reaches the transferee (agents/desk.py `on_withdrawal`).
+Ids and codes only in rows (but R, sealed), logs and the ledger.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from runtime import clock
 from . import clocks
 from . import errors as E
 from . import lifecycle as L
+from . import referral as R
 from . import transfers as T
 from .attachments import encode_key
 from .audit import AuditTrail
@@ -179,6 +181,17 @@ class TransferDesk:
                 updated=now,
             )
             self.store.insert_transfer(db, stored, None)  # a fresh random id: never taken
+            self.store.record_sent_r(
+                db,
+                transfer_id,
+                owner=self.agency,
+                categories=frozenset(R.categories_present(body)),
+                referral_type=referral.referral_type,
+                legal_basis=referral.legal_basis,
+                consent_receipt_id=referral.consent_receipt_id,
+            )
+            if plan.receipt is not None:  # R goes under the person's consent: so may erasure
+                self.store.record_consent_use(db, plan.receipt.receipt_id, transferee, referral_id)
             if answered is not None and not self.requests.grant(db, answered):
                 raise E.Conflict("the transfer request moved meanwhile; try again")
         self.log.info("transfer_sent", transfer_id=transfer_id, transferee=transferee)

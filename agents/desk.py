@@ -55,7 +55,7 @@ from .messages import (
     TRANSITION,
     parse_json_body,
 )
-from .store import NewReferral, PendingConfirmation, Step, Store
+from .store import NewReferral, PendingConfirmation, Step, Store, StoredTransfer
 
 log = structlog.get_logger("nrm.desk")
 
@@ -787,8 +787,15 @@ class Desk:
         sender = opened.header.sender
         erased = []
         for referral_id in notice["referral_ids"]:
+            transferred = self.store.received_transfer_of(db, sender, referral_id)
+            if transferred is not None:
+                self._erase_transferred(db, transferred, notice["receipt_id"])
+                erased.append(referral_id)
+                continue
             if not self.store.holds_received(db, sender, referral_id):
-                if self.store.owners_of(referral_id):
+                if self.store.owners_of(referral_id) or self.store.transfer_referral_held(
+                    db, referral_id
+                ):
                     # Held here only as another agency's referral (or one this agency sent):
                     # the sender cannot withdraw what it did not send (PROTOCOL §8.5).
                     raise NotSharedError("a withdrawal names a referral its sender did not send")
@@ -826,6 +833,27 @@ class Desk:
             },
             at=now,
         )
+
+    def _erase_transferred(
+        self, db: sqlite3.Connection, t: StoredTransfer, receipt_id: str
+    ) -> None:
+        """A withdrawal by `t`'s owner naming R, the referral of its transfer to this agency
+        (PROTOCOL §8.10 "R is the transferee's own", §8.5): R sent under another receipt,
+        or none (a legal basis), is not the person's withdrawal to act on (`not-shared`);
+        else R is erased (`erase_transferred`, audited `erasure.confirmed`), its reads
+        counted so far signed first. One erased already is confirmed again."""
+        sealed = self.store.transfer_body(db, t.owner, t.transfer_id)
+        if sealed is None:
+            return
+        doc = self.open_body(self.agency, t.referral_id, sealed) or {}
+        referral = doc.get("referral")
+        cited = referral.get("consent_receipt_id") if isinstance(referral, dict) else None
+        if cited != receipt_id:
+            raise NotSharedError("a withdrawal names a transferred R not sent under its receipt")
+        for window in self.store.take_accesses_of(db, owner=t.owner, referral_id=t.referral_id):
+            access.sign(self.audit, db, window)
+        self.store.erase_transferred(db, t.owner, t.referral_id)
+        self.audit.record(db, "erasure.confirmed", referral_id=t.referral_id, counterpart=t.owner)
 
     def on_erasure_confirmation(self, db: sqlite3.Connection, opened: Opened) -> None:
         notice = parse_json_body(

@@ -754,7 +754,13 @@ _SUBJECT_ACCESS = _closed(
                                             "type": ["array", "null"],
                                             "items": {"enum": list(referral.CATEGORIES)},
                                         },
-                                        "state": _STATE,
+                                        "state": {
+                                            "description": "the pair's state; of R of a "
+                                            "case transfer, the transfer's",
+                                            "enum": sorted(
+                                                set(STATES) | set(TRANSFER_STATES["transfer"])
+                                            ),
+                                        },
                                         "sent_at": _NULLABLE_TIME,
                                         "delivered_at": _NULLABLE_TIME,
                                         "consent_withdrawn_at": _NULLABLE_TIME,

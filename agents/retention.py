@@ -48,7 +48,8 @@ class RetentionSchedule:
     #: A lifecycle history entry (the referral's current state stays).
     history_days: int = 2190
     #: A referral closed, declined, withdrawn, cancelled or expired, with all it holds; a
-    #: break-glass hold refused or lapsed (a confirmed one goes with its referral).
+    #: break-glass hold refused or lapsed (a confirmed one goes with its referral); a case
+    #: transfer rejected, revoked, expired or completed, at its transferee with R.
     closed_referrals_days: int = 2190
     purge_interval_seconds: int = 3600
     purge_batch: int = 500
@@ -81,13 +82,14 @@ class RetentionSchedule:
 #: (store, transaction, cutoff, batch) -> how many.
 Purge = Callable[[Store, sqlite3.Connection, int, int], int]
 PURGES: dict[str, Purge] = {
-    # A decided break-glass hold and a finished transfer request whose pair went are closed
-    # records too (counted with them: the count labels are PROTOCOL §9.0's); a round of all
-    # three ends once none filled its batch.
+    # A decided break-glass hold, a finished transfer request whose pair went and a
+    # finished case transfer with its R are closed records too (counted with them: the
+    # count labels are PROTOCOL §9.0's); a round of all four ends once none filled its batch.
     "closed_referrals": lambda s, db, c, b: (
         s.purge_closed(db, cutoff=c, batch=b)
         + s.purge_break_glass(db, cutoff=c, batch=b)
         + s.purge_transfer_requests(db, cutoff=c, batch=b)
+        + s.purge_transfers(db, cutoff=c, batch=b)
     ),
     "envelopes": lambda s, db, c, b: s.purge_envelopes(db, cutoff=c, batch=b),
     "idempotency_keys": lambda s, db, c, b: s.purge_idempotency(db, cutoff=c, batch=b),

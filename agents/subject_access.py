@@ -12,6 +12,11 @@ this agency's referrals since the start of the month (UTC) the oldest named one 
 in (`GET /v1/accesses`), so it never learns which referral, nor which person, the report is
 about: not even, from the exact `since`, when the referral was made.
 
+R of a case transfer this agency sent (PROTOCOL §8.10) is reported as a referral by R's id,
+its transferee the one recipient: the categories R carried, when the `case-transfer` was
+sent and delivered, the transfer's state, the consent R cited and the transferee's
+erasure, and its reads of R (the transferee records them as a received referral's).
+
 An id this agency holds no sent referral by is reported `known: false`: it never sent one,
 or retention purged it (the recipients' copies and the ledger's records may outlive it); the
 answer is the same whether or not it holds a referral of another agency by that id. Without
@@ -68,7 +73,11 @@ class SubjectAccess:
     async def report(self, referral_ids: Sequence[str]) -> dict[str, Any]:
         """The report on `referral_ids` (distinct, validated by the caller), in their order;
         LedgerUnavailable if the ledger's accesses cannot be had verified."""
-        copies = {rid: self.store.sent_copies(self.agency, rid) for rid in referral_ids}
+        copies = {
+            rid: self.store.sent_copies(self.agency, rid)
+            or self.store.transferred_copies(self.agency, rid)
+            for rid in referral_ids
+        }
         sent = {rid: c for rid, c in copies.items() if c}
         checkpoint, reads = await self._accesses(sent)
         referrals = []

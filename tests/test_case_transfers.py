@@ -18,23 +18,35 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from nacl.secret import SecretBox
 
 from agents import referral as R
 from agents import transfers as T
+from agents.messages import CONSENT_WITHDRAWAL
+from agents.retention import DAY
 from keys import AgencyKeys
+from keys.audit import AuditEvent, decode_signed_event
+from keys.codec import canonical_json
 from keys.policy import Policy, Tier
+from runtime import clock
 
 from . import samples
 from .support import (
     Mechanism,
     agency_keys,
     eventually,
+    poll,
     publish_policy,
+    query,
     running_mechanism,
     sealed,
     webhook_receiver,
 )
+from .test_access import move_clock
+from .test_erasure import _consent_of, _probes, _withdrawn, held_in_a_file
+from .test_retention import short_schedule
 from .test_sender_scope import publish, rejected
+from .test_subject_access import read_in_a_checkpoint
 from .test_transfer_requests import asking, audit_kinds, call, referred, requested, state_of
 
 #: The events the shelter's agent sent its system (webhooks), in order of arrival.
@@ -73,6 +85,12 @@ def proposing(request_id: str | None = None, **over: Any) -> dict[str, Any]:
         "request_id": request_id,
         **over,
     }
+
+
+def audit_events(m: Mechanism, agency: str) -> list[AuditEvent]:
+    """The agency's audit events, oldest first."""
+    rows = query(m.database(agency), "SELECT event FROM audit_outbox ORDER BY seq")
+    return [decode_signed_event(bytes(r[0]))[0] for r in rows]
 
 
 def transfer_rows(m: Mechanism, agency: str) -> list[tuple[Any, ...]]:
@@ -506,3 +524,216 @@ async def test_the_api_follows_the_transfer_table(mechanism: Mechanism) -> None:
         for side in agency.values():
             held = (await call(m, side, "GET", f"/v1/transfers/{transfer_id}"))[1]
             assert held["state"] == state, (side, state)
+
+
+# --- R erased: the person's consent withdrawn, or the retention period over -----------------
+
+
+def canary_r(**over: Any) -> tuple[str, dict[str, Any]]:
+    """(the canary, R) whose person's given names are the canary."""
+    canary = f"Canary{secrets.token_hex(8)}"
+    body = {**samples.BODY, "names": {"given_names": canary, "family_name": "Example"}}
+    return canary, v2(body=body, **over)
+
+
+def what_opens_r(m: Mechanism, transfer_id: str, canary: str) -> dict[str, list[bytes]]:
+    """Every byte that reveals or opens R at either side: the canary, the shelter's data key
+    (sealed and plain) and sealed R, police's `case-transfer` envelope."""
+    shelter_db, police_db = m.database("shelter"), m.database("police")
+    [(referral_id, sealed_body)] = query(
+        shelter_db,
+        "SELECT referral_id, body FROM case_transfers WHERE transfer_id = ?",
+        transfer_id,
+    )
+    [(sealed_key,)] = query(
+        shelter_db,
+        "SELECT sealed_key FROM data_keys WHERE owner = 'shelter' AND referral_id = ?",
+        referral_id,
+    )
+    data_key = SecretBox(m.agents["shelter"].keys.storage_key).decrypt(bytes(sealed_key))
+    opened = json.loads(SecretBox(data_key).decrypt(bytes(sealed_body)))
+    assert opened["referral"]["body"]["names"]["given_names"] == canary
+    [(envelope,)] = query(
+        police_db,
+        "SELECT o.envelope FROM outbox o JOIN case_transfers t ON t.message_id = o.message_id"
+        " WHERE t.transfer_id = ?",
+        transfer_id,
+    )
+    return {
+        "the canary": [canary.encode()],
+        "the sealed data key": _probes(bytes(sealed_key)),
+        "the data key": [data_key],
+        "the sealed R": _probes(bytes(sealed_body)),
+        "the case-transfer envelope": _probes(bytes(envelope)),
+    }
+
+
+async def no_file_holds(m: Mechanism, forbidden: dict[str, list[bytes]]) -> None:
+    """Wait until no file holds any of `forbidden`: each agent truncates its WAL after
+    the commit that erased them (agents/erasure.py), on its own loop."""
+    found: list[str | None] = [None]
+
+    async def gone() -> bool:
+        found[0] = held_in_a_file(m, forbidden)
+        return found[0] is None
+
+    if not await poll(gone, timeout=30):
+        raise AssertionError(found[0])
+
+
+async def transferred_under_consent(m: Mechanism) -> tuple[str, str, str, str]:
+    """(receipt id, canary, transfer id, R's id) of a transfer police proposed to the
+    shelter with R under the person's consent to assistance by the shelter."""
+    receipt_id = await _consent_of(m, "police", "shelter")
+    canary, r = canary_r(legal_basis="consent", consent_receipt_id=receipt_id)
+    status, sent = await call(m, "police", "POST", "/v1/transfers", json=proposing(referral=r))
+    assert status == 202, sent
+    return receipt_id, canary, sent["transfer_id"], sent["referral_id"]
+
+
+async def test_a_consent_withdrawal_erases_r_at_the_transferee(mechanism: Mechanism) -> None:
+    """Police hands the case over with R under the person's consent, and another with R
+    under public task. The person withdraws: police records R as a use of the consent, sends
+    the shelter its withdrawal and drops the `case-transfer` envelope; the shelter erases R
+    (the transfer stays, R read as erased), confirms, and no file of any agency or the bus
+    holds a byte that reveals or opens R. The public-task R stays, and a withdrawal naming
+    it, by police or by the co-ordinator, is refused (`not-shared`) with nothing erased."""
+    m = mechanism
+    receipt_id, canary, transfer_id, referral_id = await transferred_under_consent(m)
+    status, other = await call(m, "police", "POST", "/v1/transfers", json=proposing())
+    assert status == 202, other
+    held = await transfer_state(m, "shelter", transfer_id, "delivered")
+    assert held["referral"]["body"]["names"]["given_names"] == canary
+    await transfer_state(m, "shelter", other["transfer_id"], "delivered")
+    shelter_db, police_db = m.database("shelter"), m.database("police")
+    # The inbox keeps no copy of R: it is sealed in `case_transfers` alone.
+    assert query(shelter_db, "SELECT body FROM inbox WHERE kind = 'case-transfer'") == [
+        (None,),
+        (None,),
+    ]
+    forbidden = what_opens_r(m, transfer_id, canary)
+    status, uses = await call(m, "police", "GET", f"/v1/consents/{receipt_id}")
+    assert [(u["agency"], u["referral_id"]) for u in uses["recipients"]] == [
+        ("shelter", referral_id)
+    ]
+
+    await _withdrawn(m, "police", receipt_id)
+    erased = await transfer_state(m, "shelter", transfer_id, "delivered")
+    assert erased["referral"] is None
+    assert query(
+        shelter_db, "SELECT body FROM case_transfers WHERE transfer_id = ?", transfer_id
+    ) == [(None,)]
+    assert not query(shelter_db, "SELECT 1 FROM data_keys WHERE referral_id = ?", referral_id)
+    confirmed = [e for e in audit_events(m, "shelter") if e.kind == "erasure.confirmed"]
+    assert [(e.referral_id, e.counterpart) for e in confirmed] == [(referral_id, "police")]
+    envelopes = dict(
+        query(
+            police_db,
+            "SELECT t.transfer_id, length(o.envelope) FROM outbox o"
+            " JOIN case_transfers t ON t.message_id = o.message_id",
+        )
+    )
+    assert envelopes[transfer_id] == 0 and envelopes[other["transfer_id"]] > 0
+
+    await no_file_holds(m, forbidden)
+    # The public-task R is no consent's to withdraw: kept, and a withdrawal naming it refused.
+    assert (await transfer_state(m, "shelter", other["transfer_id"], "delivered"))["referral"]
+    body = canonical_json({"receipt_id": receipt_id, "referral_ids": [other["referral_id"]]})
+    by_police = sealed(m, agency_keys(m, "police"), "shelter", CONSENT_WITHDRAWAL, body)
+    # Nor may another agency withdraw an R it never sent.
+    by_coordinator = sealed(m, agency_keys(m, "coordinator"), "shelter", CONSENT_WITHDRAWAL, body)
+    await publish(m, "police", "shelter", by_police)
+    await publish(m, "coordinator", "shelter", by_coordinator)
+    await rejected(m, "shelter", by_police, "not-shared")
+    await rejected(m, "shelter", by_coordinator, "not-shared")
+    assert (await transfer_state(m, "shelter", other["transfer_id"], "delivered"))["referral"]
+
+
+async def test_a_finished_transfer_goes_with_r_after_the_period(
+    mechanism: Mechanism, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shelter rejects one transfer and accepts another. Just before the closed-referral
+    period nothing goes; after it the rejected one goes at both sides, counted in
+    `retention.purged`: at the shelter with R's data key and sealed R, at police with the
+    `case-transfer` envelope dropped, and once the WAL is truncated no file holds a byte
+    that reveals or opens R. The accepted one, not final, stays."""
+    m = mechanism
+    offset = short_schedule(m, tmp_path, monkeypatch)
+    canary, r = canary_r()
+    status, sent = await call(m, "police", "POST", "/v1/transfers", json=proposing(referral=r))
+    assert status == 202, sent
+    transfer_id = sent["transfer_id"]
+    kept = await delivered_transfer(m)
+    await transfer_state(m, "shelter", transfer_id, "delivered")
+    forbidden = what_opens_r(m, transfer_id, canary)
+    status, body = await call(
+        m, "shelter", "POST", f"/v1/transfers/{transfer_id}/reject", json={"reason": "other"}
+    )
+    assert status == 202, body
+    assert (await call(m, "shelter", "POST", f"/v1/transfers/{kept}/accept"))[0] == 202
+    await transfer_state(m, "police", transfer_id, "rejected")
+    await transfer_state(m, "police", kept, "accepted")
+
+    def transfers(agency: str) -> list[str]:
+        return [r[0] for r in query(m.database(agency), "SELECT transfer_id FROM case_transfers")]
+
+    clock.set_offset(offset, 2 * DAY - 60)
+    for agency in ("police", "shelter"):
+        assert (await m.agents[agency].retention.purge())["closed_referrals"] == 0
+        assert sorted(transfers(agency)) == sorted([transfer_id, kept])
+    clock.set_offset(offset, 2 * DAY + 60)
+    for agency in ("police", "shelter"):
+        assert (await m.agents[agency].retention.purge())["closed_referrals"] == 1
+        assert transfers(agency) == [kept]
+        purged = [e for e in audit_events(m, agency) if e.kind == "retention.purged"]
+        assert dict(purged[-1].labels)["closed_referrals"] == "1"
+    assert (await call(m, "shelter", "GET", f"/v1/transfers/{transfer_id}"))[0] == 404
+    assert len(query(m.database("shelter"), "SELECT 1 FROM data_keys WHERE owner = 'shelter'")) == 1
+    assert (await transfer_state(m, "shelter", kept, "accepted"))["referral"] is not None
+
+    await no_file_holds(m, forbidden)
+    clock.set_offset(offset, 0)
+
+
+async def test_the_subject_access_report_names_the_transferee(
+    mechanism: Mechanism, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Police hands the case over with R under the person's consent, and the shelter reads
+    R. Police's report on R's id names the shelter as the one agency that received
+    it, as a referral's recipient: the categories R carried, when the `case-transfer` was
+    sent and delivered, the transfer's state, the consent's withdrawal and the shelter's
+    erasure once they come, and its read of R; the shelter, which sent nothing, knows none."""
+    m = mechanism
+    receipt_id, _, transfer_id, referral_id = await transferred_under_consent(m)
+    held = await transfer_state(m, "shelter", transfer_id, "delivered")
+    read = sorted({R.FIELD_CATEGORY[f] for f in held["referral"]["body"]})
+    move_clock(monkeypatch, tmp_path, m.agents["shelter"].limits.access_coalesce_seconds)
+    assert m.agents["shelter"].access.flush() in (0, 1)  # or the timers loop signed it
+    await read_in_a_checkpoint(m)
+    status, answer = await call(
+        m, "police", "POST", "/v1/subject-access", json={"referral_ids": [referral_id]}
+    )
+    assert status == 200, answer
+    [entry] = answer["referrals"]
+    assert (entry["known"], entry["legal_basis"], entry["other_accesses"]) == (
+        True,
+        "consent",
+        [],
+    )
+    [copy] = entry["recipients"]
+    assert (copy["agency"], copy["state"], copy["categories"]) == ("shelter", "delivered", read)
+    assert copy["sent_at"] is not None and copy["delivered_at"] >= copy["sent_at"]
+    assert copy["consent_withdrawn_at"] is None and copy["erasure_confirmed_at"] is None
+    [access] = copy["accesses"]
+    assert (access["record"], access["categories"]) == ("body", read)
+    assert access["reads"] >= 1  # each GET while waiting for `delivered` is a read
+    await _withdrawn(m, "police", receipt_id)
+    status, answer = await call(
+        m, "police", "POST", "/v1/subject-access", json={"referral_ids": [referral_id]}
+    )
+    [copy] = answer["referrals"][0]["recipients"]
+    assert copy["consent_withdrawn_at"] is not None and copy["erasure_confirmed_at"] is not None
+    status, theirs = await call(
+        m, "shelter", "POST", "/v1/subject-access", json={"referral_ids": [referral_id]}
+    )
+    assert (status, theirs["referrals"]) == (200, [{"id": referral_id, "known": False}])

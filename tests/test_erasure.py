@@ -56,6 +56,24 @@ def _probes(data: bytes) -> list[bytes]:
     return [data, data[middle : middle + 48], data[-48:]]
 
 
+def held_in_a_file(m: Mechanism, forbidden: dict[str, list[bytes]]) -> str | None:
+    """What of `forbidden` a file of any agency's folder (database, `-wal`, `-shm`, key
+    files, backups) or of the bus store holds, and where; None for nothing."""
+    files = [
+        p
+        for folder in [*(s.home for s in m.setups.values()), m.root / "bus"]
+        for p in folder.rglob("*")
+        if p.is_file()
+    ]
+    assert any(p.name == "agent.db-wal" for p in files)  # the agents are running
+    for p in files:
+        data = p.read_bytes()
+        for what, probes in forbidden.items():
+            if any(probe in data for probe in probes):
+                return f"{what} is still in {p.relative_to(m.root)}"
+    return None
+
+
 async def _call(m: Mechanism, agency: str, method: str, path: str, **kw: Any) -> Any:
     status, body, _ = await m.api(agency).call(method, path, **kw)
     assert status in (200, 201, 202), (status, body)
@@ -224,18 +242,8 @@ async def test_no_file_of_any_agent_or_the_bus_keeps_an_erased_referral(
     # A backup each agent's operator makes now (`nrm agent backup`) holds none of it either.
     for agency in m.agents:
         backup(m.database(agency), m.setups[agency].home / "after-erasure.backup")
-    files = [
-        p
-        for folder in [*(s.home for s in m.setups.values()), m.root / "bus"]
-        for p in folder.rglob("*")
-        if p.is_file()
-    ]
-    assert any(p.name == "agent.db-wal" for p in files)  # the agents are running
-    for p in files:
-        data = p.read_bytes()
-        for what, probes in forbidden.items():
-            for probe in probes:
-                assert probe not in data, f"{what} is still in {p.relative_to(m.root)}"
+    found = held_in_a_file(m, forbidden)
+    assert found is None, found
 
 
 # --- what is held about the person under an erased pair (decisions, notices) -------------------

@@ -32,6 +32,20 @@ async def report(m: Mechanism, agency: str, ids: list[str]) -> tuple[int, Any, s
     return await m.api(agency).call("POST", "/v1/subject-access", json={"referral_ids": ids})
 
 
+async def read_in_a_checkpoint(m: Mechanism) -> None:
+    """Wait until the ledger holds one read of a police record and the police's agent has
+    checked a checkpoint holding it."""
+    ledger, watch = m.sandbox.ledger, m.agents["police"].ledger_watch
+    assert ledger is not None and watch is not None
+
+    async def checked() -> bool:
+        rows = ledger.store.accesses(owner="police", since=0, after=-1, limit=10)
+        cp = watch.checkpoint
+        return len(rows) == 1 and cp is not None and cp.size > rows[0].index
+
+    await eventually(checked, what="the shelter's read in a checkpoint the police checked")
+
+
 @dataclass(frozen=True)
 class Run:
     exit_code: int
@@ -78,16 +92,9 @@ async def test_the_report_shows_each_recipient_and_the_reads_of_each(
     read = sorted({R.FIELD_CATEGORY[f] for f in body["referral"]["body"]})
     move_clock(monkeypatch, tmp_path, m.agents["shelter"].limits.access_coalesce_seconds)
     assert m.agents["shelter"].access.flush() in (0, 1)  # or the timers loop signed it
+    await read_in_a_checkpoint(m)
     ledger = m.sandbox.ledger
-    watch = m.agents["police"].ledger_watch
-    assert ledger is not None and watch is not None
-
-    async def checked() -> bool:  # the police's agent has checked a checkpoint holding it
-        rows = ledger.store.accesses(owner="police", since=0, after=-1, limit=10)
-        cp = watch.checkpoint
-        return len(rows) == 1 and cp is not None and cp.size > rows[0].index
-
-    await eventually(checked, what="the shelter's read in a checkpoint the police checked")
+    assert ledger is not None
     unknown = secrets.token_hex(16)
     status, answer, ctype = await report(m, "police", [rid, unknown])
     assert (status, ctype) == (200, "application/json"), answer

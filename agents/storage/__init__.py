@@ -38,7 +38,7 @@ from .own_services import OwnServices
 from .protections import ProtectionNotices, StoredNotice
 from .reconsiderations import Reconsiderations, StoredRequest
 from .referrals import NewReferral, Referrals, SentCopy, Step
-from .retention import CLOSED_REQUEST_STATES, CLOSED_STATES, Retention
+from .retention import CLOSED_REQUEST_STATES, CLOSED_STATES, CLOSED_TRANSFER_STATES, Retention
 from .schema import SCHEMA
 from .transfers import CaseTransfers, StoredTransfer, StoredTransferRequest, TransferRequests
 from .webhooks import WebhookOutbox
@@ -70,6 +70,7 @@ class Store(
 __all__ = [
     "CLOSED_REQUEST_STATES",
     "CLOSED_STATES",
+    "CLOSED_TRANSFER_STATES",
     "DROPPED",
     "SCHEMA",
     "STATUS_ORDER",

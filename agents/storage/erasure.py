@@ -62,6 +62,13 @@ class Erasure(Database):
         erase_held_under(db, owner, referral_id, agency=self._own_agency())
         delete_webhooks_naming(db, owner, referral_id)
 
+    def erase_transferred(self, db: sqlite3.Connection, owner: str, referral_id: str) -> None:
+        """Delete what opens or reveals R, the referral of a transfer `owner` sent here
+        under `referral_id` (PROTOCOL §8.10 "R is the transferee's own"): as
+        `erase_transferred_referral`. The transfer row (ids, codes, its state) stays, R
+        read as erased from then on."""
+        erase_transferred_referral(db, owner, referral_id, agency=self._own_agency())
+
     def _own_agency(self) -> str:
         if self.agency is None:  # which decisions are its own is not known: refuse to guess
             raise RuntimeError("erasing a received referral needs the database's agency")
@@ -136,7 +143,8 @@ class Erasure(Database):
     @staticmethod
     def drop_sent(db: sqlite3.Connection, referral_ids: Sequence[str], *, now: int) -> int:
         """At withdrawal: drop the envelope of every referral message of this agency's own
-        `referral_ids` (they hold the body and the attachment key, sealed to the recipient),
+        `referral_ids`, and of every `case-transfer` whose R has one of those ids (they
+        hold the body and the attachment key, sealed to the recipient),
         fail the copies not yet published, delete the attachment uploads and queue their
         objects for erasure from the bus. How many envelopes were dropped."""
         dropped = 0
@@ -144,7 +152,8 @@ class Erasure(Database):
             messages = [
                 str(r[0])
                 for r in db.execute(
-                    "SELECT message_id FROM outbox WHERE referral_id = ? AND kind = 'referral'",
+                    "SELECT message_id FROM outbox WHERE referral_id = ?"
+                    " AND kind IN ('referral', 'case-transfer')",
                     (referral_id,),
                 )
             ]
@@ -203,6 +212,33 @@ def erase_held_under(db: sqlite3.Connection, owner: str, referral_id: str, *, ag
         "DELETE FROM protection_notices WHERE owner = ? AND referral_id = ? AND authority != ?",
         (owner, referral_id, agency),
     )
+
+
+def erase_transferred_referral(
+    db: sqlite3.Connection, owner: str, referral_id: str, *, agency: str
+) -> None:
+    """At the transferee `agency`: delete R of the transfer `owner` sent it under
+    `referral_id` — its data key (owned by `agency`: R is its own record), its sealed body,
+    its attachments' keys and content and the webhook events naming it. The inbox row of
+    the `case-transfer` keeps no body (agents/agent.py `_commit`); one stored by an agent
+    before that is cleared too."""
+    db.execute("DELETE FROM data_keys WHERE owner = ? AND referral_id = ?", (agency, referral_id))
+    db.execute(
+        "UPDATE inbox SET body = NULL WHERE sender = ? AND kind = 'case-transfer'"
+        " AND message_id IN (SELECT message_id FROM case_transfers"
+        " WHERE owner = ? AND referral_id = ?)",
+        (owner, owner, referral_id),
+    )
+    db.execute(
+        "UPDATE case_transfers SET body = NULL WHERE owner = ? AND referral_id = ?",
+        (owner, referral_id),
+    )
+    db.execute(
+        "UPDATE received_attachments SET sealed_key = NULL, data = NULL, state = 'erased'"
+        " WHERE owner = ? AND referral_id = ?",
+        (owner, referral_id),
+    )
+    delete_webhooks_naming(db, owner, referral_id)
 
 
 def delete_webhooks_naming(db: sqlite3.Connection, owner: str, referral_id: str) -> int:

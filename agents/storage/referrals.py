@@ -8,7 +8,7 @@ that created and sent the referral. Nothing here looks a referral up by its id a
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -65,6 +65,25 @@ class SentCopy:
     delivered_at: int | None
     consent_withdrawn_at: int | None
     erasure_confirmed_at: int | None
+
+
+def sent_copy(r: Sequence[Any]) -> SentCopy:
+    """A SentCopy from the row (recipient, state, categories comma-joined, referral_type,
+    urgency, legal_basis, created, sent_at, delivered_at, consent withdrawn_at, erasure
+    confirmed_at)."""
+    return SentCopy(
+        recipient=str(r[0]),
+        state=str(r[1]),
+        categories=None if r[2] is None else frozenset(str(r[2]).split(",")) - {""},
+        referral_type=str(r[3]),
+        urgency=str(r[4]),
+        legal_basis=str(r[5]),
+        created=int(r[6]),
+        sent_at=r[7],
+        delivered_at=r[8],
+        consent_withdrawn_at=r[9],
+        erasure_confirmed_at=r[10],
+    )
 
 
 #: The states `overdue_candidates` looks in, written into its SQL and the partial index
@@ -277,22 +296,7 @@ class Referrals(Database):
             " WHERE r.owner = ? AND r.referral_id = ? AND r.side = 'sender' ORDER BY r.counterpart",
             (owner, referral_id),
         ).fetchall()
-        return [
-            SentCopy(
-                recipient=str(r[0]),
-                state=str(r[1]),
-                categories=None if r[2] is None else frozenset(str(r[2]).split(",")) - {""},
-                referral_type=str(r[3]),
-                urgency=str(r[4]),
-                legal_basis=str(r[5]),
-                created=int(r[6]),
-                sent_at=r[7],
-                delivered_at=r[8],
-                consent_withdrawn_at=r[9],
-                erasure_confirmed_at=r[10],
-            )
-            for r in rows
-        ]
+        return [sent_copy(r) for r in rows]
 
     def history_rows(self, owner: str, referral_id: str) -> list[tuple[Any, ...]]:
         """(counterpart, from, to, party, reason, outcome, at) of a referral, in order."""

@@ -11,13 +11,20 @@ from __future__ import annotations
 import sqlite3
 
 from .db import Database
-from .erasure import DROPPED, delete_webhooks_naming, erase_held_under
+from .erasure import (
+    DROPPED,
+    delete_webhooks_naming,
+    erase_held_under,
+    erase_transferred_referral,
+)
 from .webhooks import delete_webhook_events
 
 #: Referral states after which nothing more happens (agents.lifecycle.FINAL_STATES).
 CLOSED_STATES = ("declined", "closed", "withdrawn", "cancelled", "expired")
 #: Transfer request states after which nothing more happens (agents.transfers.FINAL_STATES).
 CLOSED_REQUEST_STATES = ("refused", "revoked", "fulfilled", "lapsed")
+#: Case transfer states after which nothing more happens (agents.transfers.FINAL_STATES).
+CLOSED_TRANSFER_STATES = ("rejected", "revoked", "expired", "completed")
 
 _HELD = "SELECT 1 FROM legal_holds h WHERE h.owner = {o} AND h.referral_id = {r}"
 
@@ -185,6 +192,39 @@ class Retention(Database):
             " CASE WHEN x.requester = ? THEN x.owner ELSE x.requester END) LIMIT ?)",
             (*CLOSED_REQUEST_STATES, cutoff, self.agency, batch),
         ).rowcount
+
+    def purge_transfers(self, db: sqlite3.Connection, *, cutoff: int, batch: int) -> int:
+        """Delete case transfers in a final state since before `cutoff` (docs/DESIGN.md
+        "Retention": R is kept as a received referral is, for the closed-referral period
+        after its record's last step): at the transferee R with them, crypto-shredded as an
+        erasure does (`erase_transferred_referral`: its data key, its sealed body, its
+        attachments, the webhook events naming it), at the owner the `case-transfer`
+        envelope, which holds R sealed to the transferee, dropped. One still open, or
+        `accepted`, stays."""
+        if self.agency is None:
+            raise RuntimeError("purging received transfers needs the database's agency")
+        marks = ",".join("?" * len(CLOSED_TRANSFER_STATES))
+        rows = db.execute(
+            "SELECT owner, transfer_id, transferee, referral_id, message_id"  # noqa: S608
+            f" FROM case_transfers WHERE state IN ({marks}) AND updated < ? LIMIT ?",
+            (*CLOSED_TRANSFER_STATES, cutoff, batch),
+        ).fetchall()
+        for owner, transfer_id, transferee, referral_id, message_id in rows:
+            if transferee == self.agency:
+                erase_transferred_referral(db, owner, referral_id, agency=self.agency)
+                db.execute(  # erased, the rows would outlive the transfer they belong to
+                    "DELETE FROM received_attachments WHERE owner = ? AND referral_id = ?",
+                    (owner, referral_id),
+                )
+            else:
+                db.execute(
+                    "UPDATE outbox SET envelope = ? WHERE message_id = ?", (DROPPED, message_id)
+                )
+            db.execute(
+                "DELETE FROM case_transfers WHERE owner = ? AND transfer_id = ?",
+                (owner, transfer_id),
+            )
+        return len(rows)
 
     def purge_break_glass(self, db: sqlite3.Connection, *, cutoff: int, batch: int) -> int:
         """Delete break-glass holds decided before `cutoff` (their document went at the

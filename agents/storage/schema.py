@@ -438,6 +438,12 @@ CREATE TABLE IF NOT EXISTS case_transfers (
     sent_at      INTEGER NOT NULL,  -- the case-transfer envelope's `created`: expiry runs from it
     told         TEXT,  -- at the owner: the case-owner-changed envelope's message id, once sent
     body         BLOB,  -- at the transferee: R sealed under its data key (data_keys), else NULL
+    -- at the owner, for subject access: what R carried (§8.1 categories, comma-joined) and
+    -- under which basis; NULL at the transferee
+    categories   TEXT,
+    referral_type TEXT,
+    legal_basis  TEXT,
+    consent_receipt_id TEXT,
     created      INTEGER NOT NULL,
     updated      INTEGER NOT NULL,
     UNIQUE (owner, transfer_id)

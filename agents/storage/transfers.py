@@ -16,7 +16,11 @@ the `transferee`), keyed by its owner and `transfer_id`, with R's `referral_id` 
 `urgency`, the case, the HTCDS reason, the request it answers, its state in the table "Case
 transfer" and the reason of the step that reached it. At the transferee `body` is R, sealed
 under its own data key in `data_keys` (owner: the transferee itself, for R is its own record,
-PROTOCOL §8.10 "Decisions"); the owner keeps no copy of R. `message_id` is the
+PROTOCOL §8.10 "Decisions"), and nowhere else (the inbox keeps no `case-transfer` body);
+erasure and retention delete the key and set `body` to NULL (agents/storage/erasure.py
+`erase_transferred_referral`). The owner keeps no copy of R, only what a subject access
+report names of it (`categories`, `referral_type`, `legal_basis`, `consent_receipt_id`;
+NULL at the transferee). `message_id` is the
 `case-transfer` envelope, whose delivery receipt moves the owner's copy to `delivered` and
 whose failed copy is read as the transfer's `failure`, as for requests; `sent_at` its
 `created`, from which each side's timer expires the transfer; `told`, at the owner of a
@@ -34,6 +38,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from .db import Database
+from .referrals import SentCopy, sent_copy
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +271,49 @@ class CaseTransfers(Database):
         return [(int(r[0]), StoredTransfer(*r[1:])) for r in rows]
 
     @staticmethod
+    def record_sent_r(
+        db: sqlite3.Connection,
+        transfer_id: str,
+        *,
+        owner: str,
+        categories: frozenset[str],
+        referral_type: str,
+        legal_basis: str,
+        consent_receipt_id: str | None,
+    ) -> None:
+        """At the owner: what R carried to the transferee, for subject access."""
+        db.execute(
+            "UPDATE case_transfers SET categories = ?, referral_type = ?, legal_basis = ?,"
+            " consent_receipt_id = ? WHERE owner = ? AND transfer_id = ?",
+            (
+                ",".join(sorted(categories)),
+                referral_type,
+                legal_basis,
+                consent_receipt_id,
+                owner,
+                transfer_id,
+            ),
+        )
+
+    def transferred_copies(self, owner: str, referral_id: str) -> list[SentCopy]:
+        """The copy of R `referral_id` this agency (`owner`) sent its transferee, as a
+        subject access report shows a referral's copy: the transfer's state, the
+        `case-transfer` envelope's times, the consent R cited and its use by the transferee."""
+        rows = self._db.execute(
+            "SELECT t.transferee, t.state, t.categories, t.referral_type, t.urgency,"
+            " t.legal_basis, t.created, d.sent_at, d.delivered_at, c.withdrawn_at,"
+            " u.confirmed_at FROM case_transfers t"
+            " LEFT JOIN deliveries d ON d.message_id = t.message_id AND d.recipient = t.transferee"
+            " LEFT JOIN consents c ON c.receipt_id = t.consent_receipt_id"
+            " LEFT JOIN consent_uses u ON u.receipt_id = t.consent_receipt_id"
+            " AND u.agency = t.transferee AND u.referral_id = t.referral_id"
+            " WHERE t.owner = ? AND t.referral_id = ? AND t.referral_type IS NOT NULL"
+            " ORDER BY t.transferee",
+            (owner, referral_id),
+        ).fetchall()
+        return [sent_copy(r) for r in rows]
+
+    @staticmethod
     def transfer_body(db: sqlite3.Connection, owner: str, transfer_id: str) -> bytes | None:
         """R as the transferee holds it, sealed (None at the owner)."""
         row = db.execute(
@@ -273,6 +321,16 @@ class CaseTransfers(Database):
             (owner, transfer_id),
         ).fetchone()
         return None if row is None or row[0] is None else bytes(row[0])
+
+    def received_transfer_of(
+        self, db: sqlite3.Connection, owner: str, referral_id: str
+    ) -> StoredTransfer | None:
+        """The transfer `owner` sent this agency (its transferee) with R of `referral_id`."""
+        row = db.execute(
+            _SELECT_TRANSFER + " WHERE t.owner = ? AND t.referral_id = ? AND t.transferee = ?",
+            (owner, referral_id, self.agency),
+        ).fetchone()
+        return None if row is None else StoredTransfer(*row)
 
     @staticmethod
     def transfer_of_message(
