@@ -1,4 +1,4 @@
-"""`nrm demo`: a bus and four agencies on this machine, and one person's way through the
+"""`nrm demo`: a bus and five agencies on this machine, and one person's way through the
 National Referral Mechanism between them, told in the terms of CETS 197 and the UK NRM.
 
 Police refers a presumed victim to the competent authority; its reasonable-grounds (first
