@@ -2091,7 +2091,7 @@ def rapporteur_report(
 @click.option("--keep", is_flag=True, help="Leave everything running; print URLs and tokens.")
 @click.option("--dir", "workdir", type=PATH, default=None, help="Work in this new directory.")
 def demo(keep: bool, workdir: Path | None) -> None:
-    """A bus and four agencies on this machine; one person's way through the NRM."""
+    """A bus and five agencies on this machine; one person's way through the NRM."""
     from .demo import run
 
     sys.exit(run(keep=keep, workdir=workdir))

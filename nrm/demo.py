@@ -1,13 +1,16 @@
-"""`nrm demo`: a bus and four agencies on this machine, and one person's way through the
+"""`nrm demo`: a bus and five agencies on this machine, and one person's way through the
 National Referral Mechanism between them, told in the terms of CETS 197 and the UK NRM.
 
 Police refers a presumed victim to the competent authority; its reasonable-grounds (first
 stage) decision starts the recovery and reflection period, of which police and the
 co-ordinator are notified; the authority refers her on to a shelter it sees has a free
 place, and the shelter gets the case so far; the conclusive-grounds (second stage) decision
-reaches all three; she withdraws her consent and every copy made under it is erased. A
-transfer of the case between agencies is not built yet (docs/proposals/nrm-process.md §15,
-slice 8), so the story has none.
+reaches all three. She then moves to another region: police refers her, with her consent,
+to social services there, which asks police, the case's owner, for the case (a transfer
+request, PROTOCOL §8.10); police grants it by handing the case over (a case transfer),
+social services accepts, the authority is told who owns the case now, and police completes
+the transfer. Last, she withdraws the consents she gave for identification and the shelter,
+and every copy made under them is erased.
 
 Everything is real: the nats-server from the wheel, fresh keys, agents started from their
 configuration files, every step an HTTP call to an agent's API, each waited for until the
@@ -48,6 +51,7 @@ AGENCIES = [
     ("shelter", "Safe House NGO shelter", "ngo"),
     ("coordinator", "National Referral Mechanism co-ordinator", "coordinator"),
     ("authority", "Single Competent Authority", COMPETENT_AUTHORITY),
+    ("social-mcr", "Manchester social services (North West region)", "social-services"),
 ]
 #: The national policy: the defaults (a recovery and reflection period of at least 30 days,
 #: CETS 197 Art 13), but no interval between the two stages, so that the demo need not wait
@@ -58,6 +62,8 @@ POLICY = Policy(country="GB", second_stage_min_days=0)
 #: and the one the authority takes when it offers the shelter (assistance by the shelter).
 CONSENT_ID = "5f0c8a2e-6b1d-4c3e-9a7f-1e2d3c4b5a69"
 SHELTER_CONSENT_ID = "0d3b7c1e-2a4f-4e6b-8c9d-7a6b5c4d3e2f"
+#: The consent police takes when she moves region: assistance by social services there.
+MOVE_CONSENT_ID = "8a6e4c2b-1f3d-4b5a-9c7e-2d4f6a8b0c1e"
 DELIVERY_TIMEOUT_SECONDS = 30.0
 #: What each stage is called in the UK NRM, the example docs/proposals/nrm-process.md §1 takes.
 STAGE_WORDS = {"first": "reasonable grounds", "second": "conclusive grounds"}
@@ -145,6 +151,31 @@ class Timeline:
                 return (
                     f"{who}: referral {e['referral_id'][:12]} linked to case "
                     f"{e['case_id'][:8]}; its decisions and notices so far sent on"
+                )
+            case "transfer_request_sent":
+                return (
+                    f"{who}: transfer request {e['request_id'][:8]} to {e['owner']}, the case's "
+                    "owner: ids and a reason code only, signed and sent"
+                )
+            case "transfer_request_received":
+                return f"{who}: transfer request {e['request_id'][:8]} from {e['sender']} held"
+            case "transfer_sent":
+                return (
+                    f"{who}: case transfer {e['transfer_id'][:8]} to {e['transferee']}: R "
+                    "minimised for it, sealed, signed; the request granted"
+                )
+            case "transfer_received":
+                return (
+                    f"{who}: case transfer {e['transfer_id'][:8]} from {e['sender']}: R judged "
+                    "as a referral is, kept as its own record"
+                )
+            case "transfer_step_sent" | "transfer_step_received" if "transfer_id" in e:
+                verb = "sent" if e["event"] == "transfer_step_sent" else "received"
+                return f"{who}: transfer {e['transfer_id'][:8]} {e['to_state']} ({verb})"
+            case "case_owner_changed":
+                return (
+                    f"{who}: case {e['case_id'][:8]} is owned by {e['owner']} now "
+                    "(case-owner-changed from its owner)"
                 )
             case "directory_accepted":
                 return f"{who}: trust directory version {e['directory_version']} verified"
@@ -308,15 +339,21 @@ async def _story(
     Returns what the story saw, for printing."""
     async with aiohttp.ClientSession() as http:
 
-        async def call(agency: str, method: str, path: str, body: Any = None) -> Any:
+        async def attempt(
+            agency: str, method: str, path: str, body: Any = None, *, may: tuple[int, ...] = ()
+        ) -> tuple[int, Any]:
+            """The HTTP status and answer; a Step for an error status not in `may`."""
             headers = {"Authorization": f"Bearer {setups[agency].token}"}
             async with http.request(
                 method, agents[agency].api_url + path, json=body, headers=headers
             ) as r:
                 doc = await r.json()
-                if r.status >= 400:
+                if r.status >= 400 and r.status not in may:
                     raise Step(f"{method} {path} at {agency}: HTTP {r.status} {doc.get('detail')}")
-                return doc
+                return r.status, doc
+
+        async def call(agency: str, method: str, path: str, body: Any = None) -> Any:
+            return (await attempt(agency, method, path, body))[1]
 
         async def until(check: Any, what: str) -> None:
             if not await poll(check, timeout=DELIVERY_TIMEOUT_SECONDS):
@@ -431,7 +468,73 @@ async def _story(
             await holds(agency, pair, sender, 2, 3)
         case = await call("authority", "GET", f"/v1/cases/{case_id}")
 
-        # She withdraws her consent, at police and at the authority, each of which took one.
+        # She moves to another region. Police refers her, with her consent, to social
+        # services there, which asks police, the case's owner, for the case.
+        await call("police", "POST", "/v1/consents", _move_consent())
+        to_region = examples.referral(
+            {k: v for k, v in examples.BODY.items() if k != "narrative"},
+            legal_basis="consent",
+            consent_receipt_id=MOVE_CONSENT_ID,
+        )
+        moved = await refer("police", REGION, to_region)
+        asked = {
+            "owner": "police",
+            "referral_id": moved,
+            "case_id": None,  # it holds no decision of the case: only police and the rest do
+            "reason": TRANSFER_REASON,
+        }
+        request = await call(REGION, "POST", "/v1/transfer-requests", asked)
+        request_id = request["request_id"]
+
+        async def request_in(agency: str, state: str) -> bool:
+            path = f"/v1/transfer-requests/{request_id}"
+            status, doc = await attempt(agency, "GET", path, may=(404,))  # 404: not there yet
+            return bool(status == 200 and doc["state"] == state)
+
+        await until(lambda: request_in("police", "delivered"), "police to hold the request")
+
+        # Police grants it by handing the case over: R, a schema-v2 referral minimised for
+        # social services as a referral to it would be, under the same consent.
+        proposal = {
+            "transferee": REGION,
+            "referral": {**to_region, "schema_version": "2"},
+            "reason": TRANSFER_REASON,
+            "request_id": request_id,
+            "case_id": case_id,
+        }
+        transfer = await call("police", "POST", "/v1/transfers", proposal)
+        transfer_path = f"/v1/transfers/{transfer['transfer_id']}"
+
+        async def transfer_in(agency: str, state: str) -> bool:
+            status, doc = await attempt(agency, "GET", transfer_path, may=(404,))
+            return bool(status == 200 and doc["state"] == state)
+
+        await until(lambda: transfer_in(REGION, "delivered"), f"{REGION} to hold the transfer")
+        await call(REGION, "POST", transfer_path + "/accept")
+        await until(lambda: transfer_in("police", "accepted"), "police to see it accepted")
+
+        # Police told the authority (case-owner-changed) when the acceptance came; it
+        # completes once the authority's receipt is in (409 before, the API's own check).
+        async def completed() -> bool:
+            path = transfer_path + "/complete"
+            return (await attempt("police", "POST", path, may=(409,)))[0] == 202
+
+        await until(completed, "the authority's receipt of case-owner-changed")
+        await until(lambda: transfer_in(REGION, "completed"), f"{REGION} to see it completed")
+        for agency in ("police", REGION):
+            await until(
+                lambda agency=agency: request_in(agency, "fulfilled"),
+                f"{agency} to hold the request fulfilled",
+            )
+        held_r = await call(REGION, "GET", transfer_path)
+        r_fields = sorted(held_r["referral"]["body"])
+        opening = await call("police", "GET", f"/v1/referrals/{rid}")
+        [opening_pair] = opening["recipients"]
+        if opening_pair["state"] != "cancelled":
+            raise Step(f"police's referral to the authority is {opening_pair['state']}")
+
+        # She withdraws the consents for identification and the shelter, at police and at
+        # the authority, each of which took one (the one for the move stands).
         for agency, receipt_id in (("police", CONSENT_ID), ("authority", SHELTER_CONSENT_ID)):
             await call(agency, "POST", f"/v1/consents/{receipt_id}/withdraw")
 
@@ -467,13 +570,24 @@ async def _story(
             f"conclusive grounds (second stage): positive; case {case['state']}; protections "
             + ", ".join(f"{p} {v['state']}" for p, v in sorted(case["protections"].items()))
             + "; police, the co-ordinator and the shelter were notified",
-            "transfer of the case to another agency: not built yet (slice 8), so not shown",
+            f"she moved to another region: police referred her to {REGION} (social services "
+            f"there) with her consent; {REGION} asked police, the case's owner, for the case "
+            f"(transfer request, {TRANSFER_REASON}); police granted it with case transfer "
+            f"{transfer['transfer_id'][:8]}, {REGION} accepted, the authority was told the "
+            "case's new owner, and police completed it, cancelling its own referrals of the "
+            "case first (referred-elsewhere); the request is fulfilled",
+            f"{REGION} keeps R as its own record: {', '.join(r_fields)}",
             "consent withdrawn: the authority's copy of police's referral and the shelter's "
             "copy of the authority's are erased (their data keys destroyed), each confirmed; "
             f"the authority keeps its own case ({case_after['state']}) and decisions, a record "
-            "it must keep (GDPR Art 17(3)(b))",
+            "it must keep (GDPR Art 17(3)(b)); the consent for the move stands, so social "
+            "services, now the case's owner, keeps what it holds",
         ]
 
+
+#: The agency of the region she moves to, and why it asks for her case (an HTCDS code).
+REGION = "social-mcr"
+TRANSFER_REASON = "migration_or_change_of_location"
 
 #: What the shelter offers (PROTOCOL §8.8): a coarse region, never an address.
 SHELTER_SERVICE: dict[str, Any] = {
@@ -524,6 +638,26 @@ def _shelter_consent() -> dict[str, Any]:
         data_categories=["contact", "demographic", "health", "identity", "language", "needs"],
     )
     return {**police, "controllers": [authority], "purposes": [assistance]}
+
+
+def _move_consent() -> dict[str, Any]:
+    """Her consent to police when she moves: assistance by social services in the new
+    region (everything of the referral but the narrative, which stays with police and the
+    authority, and what a social-services role never receives)."""
+    assistance = dict(
+        examples.ASSISTANCE,
+        data_categories=[
+            "contact",
+            "demographic",
+            "exploitation",
+            "health",
+            "identity",
+            "language",
+            "needs",
+        ],
+        recipients=[REGION],
+    )
+    return examples.consent(MOVE_CONSENT_ID, purposes=[assistance])
 
 
 async def _keep_running(agents: dict[str, Agent], sandbox: Sandbox, log_path: Path) -> None:

@@ -36,9 +36,14 @@ def test_the_demo_tells_one_person_s_way_through_the_mechanism(tmp_path: Path) -
     once at the authority on police's referral, the first stage then the second decided
     positive, the first starting no-removal and the reflection period and the second ending
     no-removal only (the reflection period runs its course), the shelter's referral linked
-    to the case, then both consents withdrawn and each erasure confirmed, in that order; in
-    the audit outboxes: the shelter published its catalogue, and police, the co-ordinator
-    and the shelter each received both decisions and the three notices."""
+    to the case, then the transfer to social services in another region (its request to
+    police, police's transfer answering it, its acceptance, the authority told the new
+    owner, police's own referrals of the case cancelled, then completion), then both
+    consents withdrawn and each erasure confirmed, in that order; in the audit outboxes:
+    the shelter published its catalogue, police, the co-ordinator and the shelter each
+    received both decisions and the three notices, and police and social services each
+    sent and received one request, one transfer and its two steps; at the authority, social
+    services owns the case by police's transfer."""
     root = tmp_path / "demo"
     demo = subprocess.run(
         [sys.executable, "-m", "nrm", "demo", "--dir", str(root)],
@@ -79,7 +84,18 @@ def test_the_demo_tells_one_person_s_way_through_the_mechanism(tmp_path: Path) -
         "erasure_confirmed", agency="authority", counterpart="shelter"
     )
     assert len(withdrawn) == len(confirmed) == 2
-    assert opened < first < linked < second < min(withdrawn)
+    [asked] = at("transfer_request_sent", agency="social-mcr", owner="police")
+    [granted] = at("transfer_sent", agency="police", transferee="social-mcr")
+    transfer_id = events[granted]["transfer_id"]
+    [accepted] = at("transfer_step_sent", agency="social-mcr", to_state="accepted")
+    [owner_changed] = at("case_owner_changed", agency="authority", owner="social-mcr")
+    cancelled = at("transition_sent", agency="police", to_state="cancelled")
+    [completed] = at("transfer_step_sent", agency="police", to_state="completed")
+    assert {events[i]["counterpart"] for i in cancelled} == {"authority", "social-mcr"}
+    assert {events[i].get("transfer_id") for i in (accepted, completed)} == {transfer_id}
+    assert events[owner_changed]["case_id"] == events[opened]["case_id"]
+    assert opened < first < linked < second < asked < granted < accepted < owner_changed
+    assert owner_changed < min(cancelled) and max(cancelled) < completed < min(withdrawn)
     assert all(w < c for w, c in zip(withdrawn, confirmed, strict=True))
     assert events[opened]["case_id"] == events[first]["case_id"] == events[second]["case_id"]
 
@@ -87,3 +103,26 @@ def test_the_demo_tells_one_person_s_way_through_the_mechanism(tmp_path: Path) -
     for agency in ("police", "coordinator", "shelter"):
         kinds = audited(root, agency)
         assert (kinds["identification.received"], kinds["protection.received"]) == (2, 3), agency
+    police, region = audited(root, "police"), audited(root, "social-mcr")
+    assert [police[k] for k in TRANSFER_KINDS_OWNER] == [1, 1, 1, 1]
+    assert [region[k] for k in TRANSFER_KINDS_TRANSFEREE] == [1, 1, 1, 1]
+    owners = query(
+        root / "authority" / "agent.db", "SELECT case_id, owner, transfer_id FROM case_owners"
+    )
+    assert [tuple(r) for r in owners] == [(events[opened]["case_id"], "social-mcr", transfer_id)]
+
+
+#: What the owner (police) and the transferee (social services) audit of the transfer: the
+#: request, the transfer, and one step each way (accepted, completed).
+TRANSFER_KINDS_OWNER = (
+    "transfer-request.received",
+    "transfer.sent",
+    "transfer-step.received",
+    "transfer-step.sent",
+)
+TRANSFER_KINDS_TRANSFEREE = (
+    "transfer-request.sent",
+    "transfer.received",
+    "transfer-step.sent",
+    "transfer-step.received",
+)
