@@ -86,7 +86,7 @@ def test_ledger_api_table_is_the_openapi_document() -> None:
 def test_ledger_token_scopes_are_the_code() -> None:
     """§9.0's scope table names exactly the routes an agency's token reads."""
     scopes = {scope: reads for scope, reads in _table_after("| token scope | reads |")}
-    assert set(scopes) == {"`auditor`", "`agency:<id>`", "`metrics`"}
+    assert set(scopes) == {"`auditor`", "`agency:<id>`", "`metrics`", "`rapporteur`"}
     named = set(re.findall(r"`(?:GET|POST) (/v1/[^` ]+)`", scopes["`agency:<id>`"]))
     reads, refused = named & AGENCY_ROUTES, named - AGENCY_ROUTES
     assert reads == AGENCY_ROUTES
