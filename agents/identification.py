@@ -244,9 +244,19 @@ class Identification:
         table refuses, 409 `already-decided` for a stage it holds a decision of (but in a
         `reconsidering_*` state, where the decision supersedes the stage's last one and
         answers the pending requests), 409 `too-early` before the interval, 422 a wrong
-        reason."""
+        reason; 409 `not-for-this-role` (with `decides`, the stages it does decide) for a
+        stage its directory entry's `decides` leaves out (§7.3): every receiver and the
+        ledger would refuse the decision, so nothing is stored or sent."""
         if (stage, outcome) not in cases.DECIDED:
             raise E.Unprocessable("stage must be first or second, outcome positive or negative")
+        directory = self.directory()
+        entry = directory.agency(self.agency) if self.agency in directory else None
+        if entry is None or not entry.decides_stage(stage):
+            raise E.Conflict(
+                f"this agency's directory entry does not decide the {stage} stage (decides)",
+                reason="not-for-this-role",
+                decides=[s for s in D.STAGES if entry is not None and entry.decides_stage(s)],
+            )
         now = clock.now()
         signing_key, kid = valid_signing_key(self.store, self.keys(), self.agency, at=now)
         with self.store.transaction() as db:

@@ -887,6 +887,12 @@ _PROBLEM_SCHEMA: dict[str, Any] = {
             **_CASE_ID,
             "description": "On a 409 for a referral linked to another case: that case",
         },
+        "decides": {
+            "type": "array",
+            "items": {"enum": list(DECISION_STAGES)},
+            "description": "On a 409 not-for-this-role for a decision: the identification "
+            "stages this authority's directory entry lets it decide",
+        },
         "not_before": {
             "type": "integer",
             "minimum": 0,
@@ -1374,7 +1380,8 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Decide a stage of a case (decide scope): signed and sealed to the "
                 "referrer and every coordinator; in a reconsidering state the decision "
                 "supersedes the stage's last one and answers the pending requests; 409 lists "
-                "the allowed steps, or says already-decided or too-early",
+                "the allowed steps, or says already-decided, too-early or not-for-this-role "
+                "(a stage the directory's `decides` leaves out: nothing stored or sent)",
                 "parameters": [_PATH_CASE_ID, _IDEMPOTENCY],
                 "requestBody": json_object_body(
                     ["stage", "outcome"],

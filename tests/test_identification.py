@@ -296,6 +296,35 @@ async def sent_past_the_agent(
     await rejected(m, to, data, reason)
 
 
+async def test_a_stage_the_directory_does_not_let_it_decide_is_refused(
+    with_authority: Mechanism,
+) -> None:
+    """An authority whose directory entry decides the second stage only (§7.3) is refused
+    the first stage with 409 `not-for-this-role` naming its `decides`, and nothing is
+    stored: the ledger and every receiver would refuse that decision, leaving the case's
+    state and the rapporteur's counts apart from the ledger for good."""
+    m = with_authority
+    identity = admin.PublicIdentity.from_json(m.setups[AUTHORITY].identity_path.read_bytes())
+    admin.add_agency(m.sandbox.admin, identity, roles=[COMPETENT_AUTHORITY], decides="second")
+    m.sandbox.sign_draft()
+    await m.sandbox.publish()
+
+    async def second_only() -> bool:
+        d = m.agents[AUTHORITY].trust.directory
+        return d is not None and d.agency(AUTHORITY).decides == ("second",)
+
+    await eventually(second_only, what="the authority to know it decides the second stage")
+    _, case_id = await opened_case(m)
+    status, problem = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
+    assert (status, problem["reason"], problem["decides"]) == (
+        409,
+        "not-for-this-role",
+        ["second"],
+    ), problem
+    status, case = await call(m, AUTHORITY, "GET", f"/v1/cases/{case_id}")
+    assert (status, case["state"], case["decisions"]) == (200, "awaiting_first", []), case
+
+
 async def decided_first(m: Mechanism) -> tuple[str, str]:
     """A case whose positive first stage police and the co-ordinator hold: (rid, case)."""
     rid, case_id = await opened_case(m)
