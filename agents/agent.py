@@ -244,6 +244,7 @@ class Agent:
             directory=self._directory,
             referral=self._held_referral,
             skew=self.limits.clock_skew_seconds,
+            storage=self._storage_box,
         )
         self.transfers = TransferDesk(
             agency=config.agency,

@@ -5,9 +5,9 @@ At a competent authority, the agent's timers (`tick`) seal each month's contribu
 to every rapporteur of its directory once `contribution_grace_days` passed since the month
 ended, and record the month sent in the same transaction (`contributions_sent`), so that a
 restart never sends one twice. At a rapporteur, `on_contribution` runs the sender checks and
-keeps the body; `listing` serves them. The person data stays inside the sealed body: the
-ledger gets `statistics.contributed` / `.received` with the envelope's hash and the label
-`period`, the logs ids and months only.
+keeps the body, sealed under the storage key; `listing` serves them. The person data stays
+inside the sealed body: the ledger gets `statistics.contributed` / `.received` with the
+envelope's hash and the label `period`, the logs ids and months only.
 
     authority                                   rapporteur
     tick: month due, not sent  -- statistics-contribution -->  checks, stores,
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from nacl.secret import SecretBox
 
 from keys import Opened, UnexpectedMessageError, UntrustedInputError
 from keys import decision as D
@@ -57,6 +58,9 @@ class StatisticsDesk:
     referral: ReferralReader
     #: Limits.clock_skew_seconds: how early a contribution's envelope may be dated (§8.11).
     skew: int
+    #: The storage key's box: a held contribution's body is kept sealed under it, as the
+    #: desk keeps a received referral's (docs/DESIGN.md "At rest").
+    storage: Callable[[], SecretBox]
 
     def __post_init__(self) -> None:
         self.log = log.bind(agency=self.agency)
@@ -143,13 +147,13 @@ class StatisticsDesk:
         )
         held = self.store.held_contribution(db, contribution.authority, contribution.period)
         if held is not None:
-            if held.body == opened.body:
+            if self._body(held) == opened.body:
                 return
             raise UnexpectedMessageError("a second, different contribution of a month held")
         stored = StoredContribution(
             authority=contribution.authority,
             period=contribution.period,
-            body=opened.body,
+            sealed_body=bytes(self.storage().encrypt(opened.body)),
             envelope_hash=opened.envelope_hash,
             received_at=clock.now(),
         )
@@ -195,7 +199,7 @@ class StatisticsDesk:
         """The contributions held for `period` (the API's `GET /v1/contributions`)."""
         out = []
         for held in self.store.contributions_of(period):
-            doc = json.loads(held.body)
+            doc = json.loads(self._body(held))
             out.append(
                 {
                     "authority": held.authority,
@@ -207,6 +211,11 @@ class StatisticsDesk:
                 }
             )
         return out
+
+    def _body(self, held: StoredContribution) -> bytes:
+        """The body of a held contribution, opened with the storage key; a row that does not
+        open (damaged, or sealed under another key) raises CryptoError."""
+        return bytes(self.storage().decrypt(held.sealed_body))
 
 
 def _decided_at(signed: bytes) -> int:

@@ -184,8 +184,9 @@ async def test_the_contribution_arrives_adds_up_and_is_sent_once(
     ends nothing is sent; once it ended the authority's timer seals one contribution to
     the rapporteur, whose API shows exactly the cells and durations of the two cases, and
     whose decisions add up to the authority's `identification.decided` events of the month.
-    Ticking again, and restarting the authority, sends nothing more. The ledger and the bus
-    hold no cell in clear: only the events with the envelope's hash and the month."""
+    Ticking again, and restarting the authority, sends nothing more. The ledger, the bus and
+    the rapporteur's database hold no cell in clear: the ledger only the events with the
+    envelope's hash and the month."""
     m, offset = rapporteur
     period = S.period_of(clock.now())
     _, mixed = await opened_case(m, body=MIXED)
@@ -287,9 +288,14 @@ async def test_the_contribution_arrives_adds_up_and_is_sent_once(
     assert len(events(m, AUTHORITY, "statistics.contributed")) == 1
     assert len(await _held(m, period, 1)) == 1
 
-    # Nothing of the cells in clear: neither the bus's store nor the ledger's files.
+    # Nothing of the cells in clear: neither the bus's store, the ledger's files nor the
+    # rapporteur's database (the body sealed under its storage key, as a referral's).
     needles = (b'"cells"', b'"age_group"', b"sexual_exploitation", b'"mixed"')
-    assert _files_hold(m.database(RAPPORTEUR_AGENCY).parent, needles)  # the search finds it
+    control = m.sandbox.root / "needle-control"
+    control.mkdir()
+    (control / "body").write_bytes(served.encode())
+    assert _files_hold(control, needles)  # the search finds the body in clear
+    assert _files_hold(m.database(RAPPORTEUR_AGENCY).parent, needles) == []
     assert _files_hold(m.sandbox.root / "bus", needles) == []
     assert _files_hold(m.sandbox.root / "ledger", needles) == []
 

@@ -4,7 +4,8 @@
 sealed to the rapporteurs, written in the transaction that queued the envelope, so that a
 restart never sends a month twice. `contributions`: at a rapporteur, every contribution it
 accepted, keyed by authority and period, the body as received (exact counts of coded
-values, no person's record), with the envelope's hash and when it arrived.
+values, no person's record) sealed under the storage key by agents/statistics.py, with the
+envelope's hash and when it arrived.
 New tables: `CREATE TABLE IF NOT EXISTS` adds them; no migration.
 """
 
@@ -23,7 +24,8 @@ class StoredContribution:
 
     authority: str
     period: str
-    body: bytes
+    #: The body as received, sealed under the storage key (SecretBox).
+    sealed_body: bytes
     envelope_hash: str
     received_at: int
 
@@ -67,7 +69,7 @@ class Contributions(Database):
         db.execute(
             "INSERT INTO contributions (authority, period, body, envelope_hash, received_at)"
             " VALUES (?, ?, ?, ?, ?)",
-            (c.authority, c.period, c.body, c.envelope_hash, c.received_at),
+            (c.authority, c.period, c.sealed_body, c.envelope_hash, c.received_at),
         )
 
     def contributions_of(self, period: str) -> list[StoredContribution]:

@@ -416,7 +416,7 @@ CREATE TABLE IF NOT EXISTS contributions_sent (
 CREATE TABLE IF NOT EXISTS contributions (
     authority     TEXT NOT NULL,
     period        TEXT NOT NULL,
-    body          BLOB NOT NULL,
+    body          BLOB NOT NULL,  -- sealed under the storage key, as a received referral's
     envelope_hash TEXT NOT NULL,
     received_at   INTEGER NOT NULL,
     PRIMARY KEY (authority, period)
