@@ -243,7 +243,7 @@ class Agent:
             send=self._send,
             directory=self._directory,
             referral=self._held_referral,
-            skew=self.limits.clock_skew_seconds,
+            limits=self.limits,
             storage=self._storage_box,
         )
         self.transfers = TransferDesk(

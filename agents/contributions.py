@@ -382,7 +382,9 @@ class CaseFacts:
 
 
 def compute(period: str, authority: str, cases: Iterable[CaseFacts]) -> Contribution:
-    """`authority`'s contribution for `period` (§8.11) from its cases."""
+    """`authority`'s contribution for `period` (§8.11) from its cases, within the format's
+    bounds: durations that would pass MAX_DURATIONS entries have their days rounded down to
+    a multiple of the smallest power of two that brings them within it."""
     start, end = period_start(period), period_end(period)
     cells: Counter[tuple[str, str, str, str, str]] = Counter()
     durations: Counter[tuple[str, str, str, str, int]] = Counter()
@@ -401,12 +403,27 @@ def compute(period: str, authority: str, cases: Iterable[CaseFacts]) -> Contribu
                 continue
             days = min((ended - began) // _DAY, MAX_DAYS)
             durations[(interval, p.sex, p.age_group, p.form, days)] += 1
+    width = 1
+    while len(durations) > MAX_DURATIONS:  # within the bound at width 2048 whatever the cases
+        width *= 2
+        durations = _coarsened(durations, width)
     return Contribution(
         period=period,
         authority=authority,
         cells=tuple(Cell(*key, count) for key, count in sorted(cells.items())),
         durations=tuple(Duration(*key, count) for key, count in sorted(durations.items())),
     )
+
+
+def _coarsened(
+    durations: Counter[tuple[str, str, str, str, int]], width: int
+) -> Counter[tuple[str, str, str, str, int]]:
+    """The histogram with each `days` rounded down to a multiple of `width` (§8.11: a month
+    whose durations would pass MAX_DURATIONS entries)."""
+    out: Counter[tuple[str, str, str, str, int]] = Counter()
+    for (interval, sex, age_group, form, days), count in durations.items():
+        out[(interval, sex, age_group, form, days - days % width)] += count
+    return out
 
 
 # --- the rapporteur's cross-check against the ledger -----------------------------------------

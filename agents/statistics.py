@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 from nacl.secret import SecretBox
 
-from keys import Opened, UnexpectedMessageError, UntrustedInputError
+from keys import Limits, Opened, UnexpectedMessageError, UntrustedInputError
 from keys import decision as D
 from keys.directory import Directory
 from keys.policy import Statistics
@@ -37,10 +37,13 @@ from . import contributions as S
 from . import webhooks as W
 from .audit import AuditTrail
 from .desk import Sender, sealable_with_role
-from .store import Store, StoredContribution
+from .store import ContributionCopy, Store, StoredContribution
 
 log = structlog.get_logger("nrm.statistics")
 
+#: How many times a month is sealed to one rapporteur whose copies fail for good (refused,
+#: expired): past them the month is given up for that rapporteur, logged once.
+MAX_ATTEMPTS = 5
 #: The webhook event a rapporteur's system gets for each contribution accepted.
 RECEIVED_EVENT = "statistics.received"
 #: How the agent reads the opening referral (owner, referral_id) it holds: the referral
@@ -56,8 +59,9 @@ class StatisticsDesk:
     send: Sender
     directory: Callable[[], Directory]
     referral: ReferralReader
-    #: Limits.clock_skew_seconds: how early a contribution's envelope may be dated (§8.11).
-    skew: int
+    #: The agent's limits: its own body is decoded by them before it is sent, and
+    #: `clock_skew_seconds` is how early a contribution's envelope may be dated (§8.11).
+    limits: Limits
     #: The storage key's box: a held contribution's body is kept sealed under it, as the
     #: desk keeps a received referral's (docs/DESIGN.md "At rest").
     storage: Callable[[], SecretBox]
@@ -72,9 +76,12 @@ class StatisticsDesk:
     # --- the authority ------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Seal every month's contribution that is due and not sent yet, oldest first, one
-        transaction each (the envelope queued, the month marked sent, the audit events).
-        The cases are read once per tick, and only when a month is to be sent."""
+        """Seal every month's contribution that is due to a rapporteur and not sent to it
+        yet, or whose copy to it failed for good (refused, expired, its keys revoked; at
+        most MAX_ATTEMPTS sends), oldest first, one envelope to those rapporteurs in one
+        transaction (the envelope queued, the month marked sent to each, the audit events).
+        A rapporteur that cannot be sealed to now is left out and gets the month once it
+        can. The cases are read once per tick, and only when a month is to be sent."""
         if COMPETENT_AUTHORITY not in self._roles(self.agency):
             return
         directory = self.directory()
@@ -93,28 +100,31 @@ class StatisticsDesk:
         facts: list[S.CaseFacts] | None = None
         for period in S.periods_due(first, now, grace):
             with self.store.transaction() as db:
-                if self.store.contributed(db, period):
+                copies = self.store.copies_sent(db, period)
+                for rapporteur, copy in copies.items():
+                    if copy.failed and copy.attempts == MAX_ATTEMPTS:  # logged once
+                        self.store.give_up_contribution(db, period, rapporteur)
+                        self.log.error("statistics_contribution_given_up", period=period,
+                                       rapporteur=rapporteur, attempts=copy.attempts)  # fmt: skip
+                due = [r for r in rapporteurs if _due(copies.get(r))]
+                if not due:
                     continue
                 try:
                     facts = self._facts(db) if facts is None else facts
+                    contribution = S.compute(period, self.agency, facts)
+                    body = contribution.encode()
+                    S.Contribution.decode(body, limits=self.limits)  # never what must be refused
                 except (UntrustedInputError, ValueError) as e:  # a damaged row: send no count
                     self.log.error("statistics_contribution_failed", period=period,
                                    error=type(e).__name__)  # fmt: skip
                     return  # tried again next time, the months in order
-                contribution = S.compute(period, self.agency, facts)
                 message_id = self.send(
-                    S.STATISTICS_CONTRIBUTION,
-                    contribution.encode(),
-                    rapporteurs,
-                    db,
-                    labels=(("period", period),),
+                    S.STATISTICS_CONTRIBUTION, body, due, db, labels=(("period", period),)
                 )
-                self.store.mark_contributed(db, period, message_id, now)
+                for rapporteur in due:
+                    self.store.mark_contributed(db, period, rapporteur, message_id, now)
             self.log.info(
-                "statistics_contributed",
-                period=period,
-                message_id=message_id,
-                rapporteurs=rapporteurs,
+                "statistics_contributed", period=period, message_id=message_id, rapporteurs=due
             )
 
     def _facts(self, db: sqlite3.Connection) -> list[S.CaseFacts]:
@@ -143,7 +153,7 @@ class StatisticsDesk:
             sender=h.sender,
             sender_roles=self._roles(h.sender),
             created=h.created,
-            skew=self.skew,
+            skew=self.limits.clock_skew_seconds,
         )
         held = self.store.held_contribution(db, contribution.authority, contribution.period)
         if held is not None:
@@ -216,6 +226,12 @@ class StatisticsDesk:
         """The body of a held contribution, opened with the storage key; a row that does not
         open (damaged, or sealed under another key) raises CryptoError."""
         return bytes(self.storage().decrypt(held.sealed_body))
+
+
+def _due(copy: ContributionCopy | None) -> bool:
+    """Whether a month is to be sealed to a rapporteur: never sent to it, or its copy failed
+    for good and fewer than MAX_ATTEMPTS were sent."""
+    return copy is None or (copy.failed and copy.attempts < MAX_ATTEMPTS)
 
 
 def _decided_at(signed: bytes) -> int:

@@ -182,6 +182,28 @@ def test_compute_matches_an_independent_computation(seed: int) -> None:
     assert sum(contribution.totals().values()) == len(in_jan)
 
 
+def test_durations_past_the_bound_are_coarsened_to_fit() -> None:
+    """A month whose durations would pass MAX_DURATIONS entries (a large authority) still
+    gives a body the rapporteur must take: every `days` rounded down to a multiple of the
+    smallest power of two that fits, each case counted once, the cells untouched."""
+    cases = [  # 5 000 distinct lengths of one combination, each ending in January
+        S.CaseFacts(
+            S.Person("female", "adult", "other"),
+            JAN - days * DAY,
+            (S.DecisionFact("first", "positive", JAN + i % 20),),
+        )
+        for i, days in enumerate(range(5_000))
+    ]
+    contribution = S.compute("2027-01", "authority", cases)
+    assert S.Contribution.decode(contribution.encode(), limits=DEFAULT_LIMITS) == contribution
+    assert len(contribution.durations) == 2_500  # width 2: 5 000 lengths in 2 500 buckets
+    assert {d.days % 2 for d in contribution.durations} == {0}
+    assert {d.count for d in contribution.durations} == {2}
+    assert contribution.totals() == {("first", "positive"): 5_000}
+    few = S.compute("2027-01", "authority", cases[:4_096])  # at the bound: exact
+    assert [d.days for d in few.durations] == list(range(4_096))
+
+
 def test_periods() -> None:
     assert S.period_of(FEB - 1) == "2027-01" and S.period_of(FEB) == "2027-02"
     assert S.period_end("2027-12") == calendar.timegm((2028, 1, 1, 0, 0, 0))

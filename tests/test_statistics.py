@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
+from structlog.testing import capture_logs
 
 from agents import contributions as S
+from agents.statistics import MAX_ATTEMPTS
 from keys.policy import Statistics
 from keys.roles import RAPPORTEUR
 from nrm import admin
@@ -359,3 +361,53 @@ async def test_a_damaged_decision_holds_the_month_back(
     desk.tick()
     [held] = await _held(m, period, 1)
     assert sum(c["count"] for c in held["cells"]) == 1
+
+
+async def test_a_copy_that_failed_for_good_is_sent_again_a_bounded_number_of_times(
+    rapporteur: tuple[Mechanism, Path],
+) -> None:
+    """A month's copy to the rapporteur recorded failed for good (as a refusal notice or an
+    expiry records it, `deliveries`) is sealed again on the next tick, in a new envelope of
+    the same body, until MAX_ATTEMPTS copies failed: then the month is given up for that
+    rapporteur, logged once, and nothing more is sent; a copy not failed is never sent again."""
+    m, offset = rapporteur
+    period = S.period_of(clock.now())
+    _, case_id = await opened_case(m)
+    status, body = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
+    assert status == 202, body
+    await _month_over(m, offset, period)
+    desk = m.agents[AUTHORITY].statistics
+
+    def fail_last_copy() -> None:
+        conn = sqlite3.connect(m.database(AUTHORITY))
+        try:
+            with conn:
+                changed = conn.execute(
+                    "UPDATE deliveries SET state = 'failed', failure = 'expired'"
+                    " WHERE recipient = ? AND message_id = (SELECT message_id FROM"
+                    " contributions_sent WHERE period = ? AND rapporteur = ?)",
+                    (RAPPORTEUR_AGENCY, period, RAPPORTEUR_AGENCY),
+                ).rowcount
+        finally:
+            conn.close()
+        assert changed == 1
+
+    desk.tick()
+    desk.tick()  # not failed: not sent again
+    assert len(events(m, AUTHORITY, "statistics.contributed")) == 1
+    for sends in range(2, MAX_ATTEMPTS + 1):
+        fail_last_copy()
+        desk.tick()
+        assert len(events(m, AUTHORITY, "statistics.contributed")) == sends
+    sent = events(m, AUTHORITY, "statistics.contributed")
+    assert len({e.envelope_hash for e in sent}) == MAX_ATTEMPTS  # a new envelope each time
+    [held] = await _held(m, period, 1)  # the same body again changes nothing there
+    assert held["envelope_hash"] in {e.envelope_hash for e in sent}
+
+    fail_last_copy()
+    with capture_logs() as logs:
+        for _ in range(3):
+            desk.tick()
+    assert len(events(m, AUTHORITY, "statistics.contributed")) == MAX_ATTEMPTS
+    given_up = [e for e in logs if e["event"] == "statistics_contribution_given_up"]
+    assert [(e["period"], e["rapporteur"]) for e in given_up] == [(period, RAPPORTEUR_AGENCY)]

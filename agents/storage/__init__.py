@@ -19,7 +19,7 @@ from .audit import AuditLog
 from .break_glass import BreakGlassHolds, Hold
 from .cases import Case, Cases, StoredDecision
 from .consents import Consents, StoredConsent, read_consent
-from .contributions import Contributions, StoredContribution
+from .contributions import ContributionCopy, Contributions, StoredContribution
 from .db import Database
 from .erasure import DROPPED, WITHDRAWN_REASON, Erasure, PendingConfirmation
 from .idempotency import Idempotency
@@ -77,6 +77,7 @@ __all__ = [
     "WITHDRAWN_REASON",
     "AccessWindow",
     "Case",
+    "ContributionCopy",
     "Database",
     "DeliveryState",
     "Hold",

@@ -1,8 +1,11 @@
 """Statistics contributions (docs/PROTOCOL.md §8.11).
 
-`contributions_sent`: at a competent authority, one row per month whose contribution it
-sealed to the rapporteurs, written in the transaction that queued the envelope, so that a
-restart never sends a month twice. `contributions`: at a rapporteur, every contribution it
+`contributions_sent`: at a competent authority, one row per month and rapporteur it sealed
+that month's contribution to, written in the transaction that queued the envelope, so that
+a restart never sends a month twice; the row names the envelope's message id, so that a
+copy that failed for good (its `deliveries` row `failed`: refused, expired, its recipient's
+keys revoked) is found and the month sent again, `attempts` counting the sends.
+`contributions`: at a rapporteur, every contribution it
 accepted, keyed by authority and period, the body as received (exact counts of coded
 values, no person's record) sealed under the storage key by agents/statistics.py, with the
 envelope's hash and when it arrived.
@@ -30,6 +33,16 @@ class StoredContribution:
     received_at: int
 
 
+@dataclass(frozen=True, slots=True)
+class ContributionCopy:
+    """A month's copy sealed to one rapporteur: its envelope, how many times it was sent,
+    whether that copy failed for good."""
+
+    message_id: str
+    attempts: int
+    failed: bool
+
+
 _SELECT = "SELECT authority, period, body, envelope_hash, received_at FROM contributions"
 
 
@@ -37,16 +50,38 @@ class Contributions(Database):
     """`contributions_sent` and `contributions`."""
 
     @staticmethod
-    def contributed(db: sqlite3.Connection, period: str) -> bool:
-        """Whether this authority sent its contribution of `period`."""
-        row = db.execute("SELECT 1 FROM contributions_sent WHERE period = ?", (period,)).fetchone()
-        return row is not None
+    def copies_sent(db: sqlite3.Connection, period: str) -> dict[str, ContributionCopy]:
+        """The copies of `period`'s contribution this authority sealed, by rapporteur."""
+        rows = db.execute(
+            "SELECT c.rapporteur, c.message_id, c.attempts, d.state = 'failed'"
+            " FROM contributions_sent c LEFT JOIN deliveries d"
+            " ON d.message_id = c.message_id AND d.recipient = c.rapporteur"
+            " WHERE c.period = ?",
+            (period,),
+        ).fetchall()
+        return {r[0]: ContributionCopy(r[1], int(r[2]), bool(r[3])) for r in rows}
 
     @staticmethod
-    def mark_contributed(db: sqlite3.Connection, period: str, message_id: str, at: int) -> None:
+    def mark_contributed(
+        db: sqlite3.Connection, period: str, rapporteur: str, message_id: str, at: int
+    ) -> None:
+        """Record `period` sealed to `rapporteur` (a rapporteur of the trusted directory, not
+        a name a sender chose) in `message_id`; a send again replaces the failed copy's."""
         db.execute(
-            "INSERT INTO contributions_sent (period, message_id, sent_at) VALUES (?, ?, ?)",
-            (period, message_id, at),
+            "INSERT INTO contributions_sent (period, rapporteur, message_id, sent_at, attempts)"
+            " VALUES (?, ?, ?, ?, 1) ON CONFLICT (period, rapporteur) DO UPDATE SET"
+            " message_id = excluded.message_id, sent_at = excluded.sent_at,"
+            " attempts = contributions_sent.attempts + 1",
+            (period, rapporteur, message_id, at),
+        )
+
+    @staticmethod
+    def give_up_contribution(db: sqlite3.Connection, period: str, rapporteur: str) -> None:
+        """Count one attempt more on a failed copy that is not sent again (logged once)."""
+        db.execute(
+            "UPDATE contributions_sent SET attempts = attempts + 1"
+            " WHERE period = ? AND rapporteur = ?",
+            (period, rapporteur),
         )
 
     @staticmethod

@@ -409,9 +409,12 @@ CREATE TABLE IF NOT EXISTS transfer_requests (
 ) STRICT;
 CREATE INDEX IF NOT EXISTS transfer_requests_by_message ON transfer_requests(message_id);
 CREATE TABLE IF NOT EXISTS contributions_sent (
-    period       TEXT PRIMARY KEY,
-    message_id   TEXT NOT NULL,
-    sent_at      INTEGER NOT NULL
+    period       TEXT NOT NULL,
+    rapporteur   TEXT NOT NULL,
+    message_id   TEXT NOT NULL,  -- the last copy's: deliveries(message_id, rapporteur)
+    sent_at      INTEGER NOT NULL,
+    attempts     INTEGER NOT NULL,
+    PRIMARY KEY (period, rapporteur)
 ) STRICT;
 CREATE TABLE IF NOT EXISTS contributions (
     authority     TEXT NOT NULL,
