@@ -245,6 +245,7 @@ class Agent:
             referral=self._held_referral,
             limits=self.limits,
             storage=self._storage_box,
+            reopen=self._reopen,
         )
         self.transfers = TransferDesk(
             agency=config.agency,
@@ -594,14 +595,7 @@ class Agent:
         opened: Opened | None = None
         body_stage = False
         try:
-            opened = open_envelope(
-                data,
-                me=self.config.agency,
-                decryption_keys=self._decryption_keys(directory, now),
-                signers=directory,
-                now=now,
-                limits=self.limits,
-            )
+            opened = self._open(data, directory, now)
             h = opened.header
             first = self.store.received_position(h.message_id)
             # A move vouches only for mail of the shared stream of an earlier release: the
@@ -954,6 +948,25 @@ class Agent:
         if not isinstance(checked, Contribution):
             raise TypeError("a contribution handler takes a checked contribution")
         self.statistics.on_contribution(tx, opened, checked)
+
+    def _reopen(self, envelope: bytes, at: int) -> bytes:
+        """The body of an envelope this agency received at `at`, verified and decrypted again
+        with the keys and directory of now as they stood then (statistics.verify_held)."""
+        directory = self.trust.directory
+        if directory is None:
+            raise RuntimeError("no trusted directory to verify the envelope against")
+        return self._open(envelope, directory, at).body
+
+    def _open(self, data: bytes, directory: Directory, now: int) -> Opened:
+        """§4.7 for an envelope to this agency, with its keys usable at `now`."""
+        return open_envelope(
+            data,
+            me=self.config.agency,
+            decryption_keys=self._decryption_keys(directory, now),
+            signers=directory,
+            now=now,
+            limits=self.limits,
+        )
 
     def _held_referral(self, owner: str, referral_id: str) -> dict[str, Any] | None:
         """The referral document (owner, referral_id) received here, None once erased."""

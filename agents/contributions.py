@@ -9,16 +9,19 @@ the rapporteur. Nothing here puts a received value into an error message.
 
 from __future__ import annotations
 
+import base64
 import calendar
 import datetime
 import itertools
 import re
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from keys import Limits, codec
+from keys.audit import decode_signed_event
+from keys.envelope import envelope_hash
 from keys.errors import (
     MisdatedError,
     NotAnAuthorityError,
@@ -26,7 +29,9 @@ from keys.errors import (
     SchemaInvalidError,
     UnexpectedMessageError,
     UnknownMemberError,
+    UntrustedInputError,
 )
+from keys.ledger_entry import LedgerEntry
 from keys.roles import COMPETENT_AUTHORITY, RAPPORTEUR
 from keys.subjects import AGENCY_ID_PATTERN
 
@@ -44,6 +49,9 @@ __all__ = [
     "CrossChecked",
     "DecisionFact",
     "Duration",
+    "EnvelopeMismatchError",
+    "NotInLedgerError",
+    "OpensToOtherBodyError",
     "Person",
     "check_sender",
     "compute",
@@ -53,6 +61,7 @@ __all__ = [
     "period_of",
     "periods_due",
     "person_of",
+    "verify_held",
 ]
 
 #: The message kind.
@@ -497,3 +506,87 @@ def cross_check(
         {(a, p) for a, p, _, _ in counts if (a, p) not in given}, key=lambda ap: (ap[1], ap[0])
     )
     return sorted(checked, key=lambda c: (c.period, c.authority)), missing
+
+
+# --- the rapporteur's proof that what it holds is what the ledger names ---------------------
+
+#: The audit kind the authority signs once per copy it seals (PROTOCOL §8.11 "Audit").
+CONTRIBUTED: Final = "statistics.contributed"
+
+
+class EnvelopeMismatchError(UntrustedInputError):
+    """The envelope held is not the one the stored `envelope_hash` names."""
+
+    reason = "envelope-mismatch"
+
+
+class NotInLedgerError(UntrustedInputError):
+    """No `statistics.contributed` of the authority, to this rapporteur, for the period,
+    carries the held envelope's hash."""
+
+    reason = "not-in-ledger"
+
+
+class OpensToOtherBodyError(UntrustedInputError):
+    """The held envelope does not open to the stored body, or that body is of another
+    authority or period."""
+
+    reason = "opens-to-other-body"
+
+
+def contributed_hashes(
+    entries: Iterable[Mapping[str, Any]], *, authority: str, period: str, rapporteur: str
+) -> frozenset[str]:
+    """The envelope hashes of the `statistics.contributed` entries of `authority` to
+    `rapporteur` for `period`, read from each entry's signed event (in its `leaf`, the §9.1
+    ledger entry in base64, as the
+    ledger's `/v1/entries` and `/v1/events/{id}` serve it: `/v1/events` items carry no hash)."""
+    out = set()
+    for entry in entries:
+        if entry["kind"] != CONTRIBUTED or entry["agency"] != authority:
+            continue
+        leaf = LedgerEntry.decode(base64.b64decode(entry["leaf"], validate=True))
+        event, _, _, _ = decode_signed_event(leaf.signed_event)
+        if (
+            event.kind == CONTRIBUTED
+            and event.agency == authority
+            and event.counterpart == rapporteur
+            and dict(event.labels).get("period") == period
+            and event.envelope_hash is not None
+        ):
+            out.add(event.envelope_hash)
+    return frozenset(out)
+
+
+def verify_held(
+    *,
+    authority: str,
+    period: str,
+    body: bytes,
+    envelope: bytes,
+    held_hash: str,
+    rapporteur: str,
+    entries: Iterable[Mapping[str, Any]],
+    reopen: Callable[[bytes], bytes],
+    limits: Limits,
+) -> Contribution:
+    """A contribution the rapporteur holds, shown to be the one its authority sealed
+    (docs/proposals/nrm-process.md §12.3): the envelope is the one its stored hash names
+    (EnvelopeMismatchError), that hash is one of the authority's `statistics.contributed`
+    to this rapporteur for the period in the ledger's `entries` (NotInLedgerError), and the
+    envelope, opened again (`reopen`: verified and decrypted with the rapporteur's keys),
+    holds exactly the stored body, of that authority and period (OpensToOtherBodyError).
+    Returns the decoded contribution or raises; a row changed in the rapporteur's database
+    is found by one of the three."""
+    digest = envelope_hash(envelope)
+    if digest != held_hash:
+        raise EnvelopeMismatchError("the envelope held is not the one its hash names")
+    hashes = contributed_hashes(entries, authority=authority, period=period, rapporteur=rapporteur)
+    if digest not in hashes:
+        raise NotInLedgerError("no statistics.contributed in the ledger names this envelope")
+    if reopen(envelope) != body:
+        raise OpensToOtherBodyError("the envelope held does not open to the body held")
+    contribution = Contribution.decode(body, limits=limits)
+    if (contribution.authority, contribution.period) != (authority, period):
+        raise OpensToOtherBodyError("the body held is of another authority or period")
+    return contribution

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +65,9 @@ class StatisticsDesk:
     #: The storage key's box: a held contribution's body is kept sealed under it, as the
     #: desk keeps a received referral's (docs/DESIGN.md "At rest").
     storage: Callable[[], SecretBox]
+    #: The agent's open_envelope at a past time: a held envelope (verified and decrypted
+    #: with this agency's keys as they stood when it arrived) to its body.
+    reopen: Callable[[bytes, int], bytes]
 
     def __post_init__(self) -> None:
         self.log = log.bind(agency=self.agency)
@@ -166,6 +169,7 @@ class StatisticsDesk:
             sealed_body=bytes(self.storage().encrypt(opened.body)),
             envelope_hash=opened.envelope_hash,
             received_at=clock.now(),
+            envelope=opened.envelope,
         )
         self.store.insert_contribution(db, stored)
         self.audit.record(
@@ -221,6 +225,28 @@ class StatisticsDesk:
                 }
             )
         return out
+
+    def verify_held(
+        self, authority: str, period: str, entries: Iterable[Mapping[str, Any]]
+    ) -> S.Contribution:
+        """The contribution held of `authority` for `period`, shown against the ledger's
+        `entries` (with their `leaf`) to be what the authority sealed (S.verify_held); a
+        KeyError when none is held."""
+        with self.store.transaction() as db:
+            held = self.store.held_contribution(db, authority, period)
+        if held is None:
+            raise KeyError("no contribution of this authority and period is held")
+        return S.verify_held(
+            authority=authority,
+            period=period,
+            body=self._body(held),
+            envelope=held.envelope,
+            held_hash=held.envelope_hash,
+            rapporteur=self.agency,
+            entries=entries,
+            reopen=lambda envelope: self.reopen(envelope, held.received_at),
+            limits=self.limits,
+        )
 
     def _body(self, held: StoredContribution) -> bytes:
         """The body of a held contribution, opened with the storage key; a row that does not

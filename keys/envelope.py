@@ -117,6 +117,9 @@ class Opened:
     header: Header
     body: bytes
     envelope_hash: str
+    #: The envelope as received (what `envelope_hash` is over): kept by a receiver that
+    #: must show later that what it holds is what the ledger names (PROTOCOL §8.11 "Audit").
+    envelope: bytes = field(repr=False)
 
 
 class SignerKeys(Protocol):
@@ -276,7 +279,7 @@ def open_envelope(
     key = signers.signing_key(header.sender, header.sender_kid, at=header.created)
     inner = _inner_message(parsed.header_bytes, body)
     verify_message(key, inner, inner_sig, failure="inner signature does not verify")
-    return Opened(header=header, body=body, envelope_hash=envelope_hash(data))
+    return Opened(header=header, body=body, envelope_hash=envelope_hash(data), envelope=data)
 
 
 def _verify_outer(data: bytes, signers: SignerKeys, limits: Limits) -> _Parsed:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import sqlite3
 from collections.abc import AsyncIterator
@@ -128,10 +129,10 @@ def _cells(held: dict[str, Any]) -> tuple[S.Cell, ...]:
     )
 
 
-async def _decided_in_ledger(m: Mechanism, n: int) -> list[dict[str, Any]]:
-    """The ledger's `identification.decided` entries, once it holds `n` (auditor token)."""
+async def _ledger_items(m: Mechanism, path: str, kind: str, n: int) -> list[dict[str, Any]]:
+    """The items of the ledger's `path` (auditor token), once `n` of them are of `kind`."""
     assert m.sandbox.ledger is not None
-    url = m.sandbox.ledger.url.rstrip("/") + "/v1/events?q=identification.decided&limit=500"
+    url = m.sandbox.ledger.url.rstrip("/") + path
     headers = {"Authorization": f"Bearer {m.sandbox.auditor_token}"}
     items: list[dict[str, Any]] = []
 
@@ -140,10 +141,15 @@ async def _decided_in_ledger(m: Mechanism, n: int) -> list[dict[str, Any]]:
         async with m.http.get(url, headers=headers) as r:
             assert r.status == 200, await r.text()
             items = (await r.json())["items"]
-        return len([e for e in items if e["kind"] == S.DECIDED]) >= n
+        return len([e for e in items if e["kind"] == kind]) >= n
 
-    await eventually(held, timeout=30, what=f"{n} decisions in the ledger")
+    await eventually(held, timeout=30, what=f"{n} {kind} in the ledger")
     return items
+
+
+async def _decided_in_ledger(m: Mechanism, n: int) -> list[dict[str, Any]]:
+    """The ledger's `identification.decided` entries, once it holds `n`."""
+    return await _ledger_items(m, "/v1/events?q=identification.decided&limit=500", S.DECIDED, n)
 
 
 async def _report(m: Mechanism, period: str, *flags: str, policy: bool = False) -> dict[str, Any]:
@@ -363,6 +369,16 @@ async def test_a_damaged_decision_holds_the_month_back(
     assert sum(c["count"] for c in held["cells"]) == 1
 
 
+async def _one_decision_month_over(m: Mechanism, offset: Path) -> str:
+    """A case decided (a positive first stage) this month, then the month over: the month."""
+    period = S.period_of(clock.now())
+    _, case_id = await opened_case(m)
+    status, body = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
+    assert status == 202, body
+    await _month_over(m, offset, period)
+    return period
+
+
 async def test_a_copy_that_failed_for_good_is_sent_again_a_bounded_number_of_times(
     rapporteur: tuple[Mechanism, Path],
 ) -> None:
@@ -371,11 +387,7 @@ async def test_a_copy_that_failed_for_good_is_sent_again_a_bounded_number_of_tim
     the same body, until MAX_ATTEMPTS copies failed: then the month is given up for that
     rapporteur, logged once, and nothing more is sent; a copy not failed is never sent again."""
     m, offset = rapporteur
-    period = S.period_of(clock.now())
-    _, case_id = await opened_case(m)
-    status, body = await decide(m, case_id, {"stage": "first", "outcome": "positive"})
-    assert status == 202, body
-    await _month_over(m, offset, period)
+    period = await _one_decision_month_over(m, offset)
     desk = m.agents[AUTHORITY].statistics
 
     def fail_last_copy() -> None:
@@ -411,3 +423,50 @@ async def test_a_copy_that_failed_for_good_is_sent_again_a_bounded_number_of_tim
     assert len(events(m, AUTHORITY, "statistics.contributed")) == MAX_ATTEMPTS
     given_up = [e for e in logs if e["event"] == "statistics_contribution_given_up"]
     assert [(e["period"], e["rapporteur"]) for e in given_up] == [(period, RAPPORTEUR_AGENCY)]
+
+
+async def test_what_the_rapporteur_holds_is_shown_to_be_what_the_ledger_names(
+    rapporteur: tuple[Mechanism, Path],
+) -> None:
+    """The rapporteur keeps the sealed envelope: its contribution verifies against the
+    ledger's `statistics.contributed` (the hash) and opens again to the body held; a body
+    changed in its database is `opens-to-other-body`, an envelope swapped with its hash
+    `not-in-ledger`, an envelope swapped alone `envelope-mismatch`."""
+    m, offset = rapporteur
+    period = await _one_decision_month_over(m, offset)
+    m.agents[AUTHORITY].statistics.tick()
+    [held] = await _held(m, period, 1)
+    entries = await _ledger_items(m, "/v1/entries?start=0", "statistics.contributed", 1)
+    desk = m.agents[RAPPORTEUR_AGENCY].statistics
+    verified = desk.verify_held(AUTHORITY, period, entries)
+    assert verified.cells == _cells(held)
+
+    doctored = dataclasses.replace(
+        verified, cells=(dataclasses.replace(verified.cells[0], count=2),)
+    )
+    other = b"not the envelope"
+    conn = sqlite3.connect(m.database(RAPPORTEUR_AGENCY))
+    try:
+        [(body_row, envelope, digest)] = conn.execute(
+            "SELECT body, envelope, envelope_hash FROM contributions"
+        )
+        for change, error in (
+            (("body", bytes(desk.storage().encrypt(doctored.encode()))), S.OpensToOtherBodyError),
+            (("envelope", other, "envelope_hash", hashlib.sha256(other).hexdigest()),
+             S.NotInLedgerError),
+            (("envelope", other), S.EnvelopeMismatchError),
+        ):  # fmt: skip
+            names, values = change[0::2], change[1::2]
+            with conn:
+                sets = ", ".join(f"{n} = ?" for n in names)
+                conn.execute(f"UPDATE contributions SET {sets}", values)  # noqa: S608 - names above
+            with pytest.raises(error):
+                desk.verify_held(AUTHORITY, period, entries)
+            with conn:
+                conn.execute(
+                    "UPDATE contributions SET body = ?, envelope = ?, envelope_hash = ?",
+                    (body_row, envelope, digest),
+                )
+    finally:
+        conn.close()
+    assert desk.verify_held(AUTHORITY, period, entries) == verified

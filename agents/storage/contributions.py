@@ -8,7 +8,8 @@ keys revoked) is found and the month sent again, `attempts` counting the sends.
 `contributions`: at a rapporteur, every contribution it
 accepted, keyed by authority and period, the body as received (exact counts of coded
 values, no person's record) sealed under the storage key by agents/statistics.py, with the
-envelope's hash and when it arrived.
+envelope's hash, the envelope itself (sealed to the rapporteur, so that what it holds can
+be shown to be what the ledger's hash names) and when it arrived.
 New tables: `CREATE TABLE IF NOT EXISTS` adds them; no migration.
 """
 
@@ -31,6 +32,8 @@ class StoredContribution:
     sealed_body: bytes
     envelope_hash: str
     received_at: int
+    #: The envelope as received (sealed to the rapporteur): `envelope_hash` is over it.
+    envelope: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +46,7 @@ class ContributionCopy:
     failed: bool
 
 
-_SELECT = "SELECT authority, period, body, envelope_hash, received_at FROM contributions"
+_SELECT = "SELECT authority, period, body, envelope_hash, received_at, envelope FROM contributions"
 
 
 class Contributions(Database):
@@ -102,9 +105,10 @@ class Contributions(Database):
     @staticmethod
     def insert_contribution(db: sqlite3.Connection, c: StoredContribution) -> None:
         db.execute(
-            "INSERT INTO contributions (authority, period, body, envelope_hash, received_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (c.authority, c.period, c.sealed_body, c.envelope_hash, c.received_at),
+            "INSERT INTO contributions"
+            " (authority, period, body, envelope_hash, received_at, envelope)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (c.authority, c.period, c.sealed_body, c.envelope_hash, c.received_at, c.envelope),
         )
 
     def contributions_of(self, period: str) -> list[StoredContribution]:

@@ -422,6 +422,7 @@ CREATE TABLE IF NOT EXISTS contributions (
     body          BLOB NOT NULL,  -- sealed under the storage key, as a received referral's
     envelope_hash TEXT NOT NULL,
     received_at   INTEGER NOT NULL,
+    envelope      BLOB NOT NULL,  -- as received, sealed to this agency: what the hash is over
     PRIMARY KEY (authority, period)
 ) STRICT;
 CREATE TABLE IF NOT EXISTS case_transfers (
