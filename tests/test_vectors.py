@@ -40,8 +40,9 @@ from agents.transfers import (
 )
 from agents.transport import Position, Verdict
 from agents.trust import TrustState
+from broker.ledger import check_signer_may
 from keys import DEFAULT_LIMITS, AgencyKeys, UntrustedInputError, open_envelope, seal
-from keys.audit import AuditEvent, decode_signed_event, verify_event
+from keys.audit import AuditEvent, SignedEvent, decode_signed_event, verify_event
 from keys.catalogue import Capacity, Catalogue, verify_capacity, verify_catalogue
 from keys.checkpoint import Checkpoint, verify_checkpoint
 from keys.checkpoint import key_id as note_key_id
@@ -350,14 +351,30 @@ def _event_fields(event: AuditEvent) -> dict[str, str]:
 
 @each_vector("audit-event-")
 def test_audit_event_vector(path: Path) -> None:
-    """Verifying the signed event (§9.0) under the one trusted key, as listed, gives exactly
-    the vector's outcome and, when ok, every field of the event."""
+    """Verifying the signed event (§9.0) under the one trusted key, as listed, and with
+    `signer_roles` the ledger's check of who signs the kind, gives exactly the vector's
+    outcome and, when ok, every field of the event."""
     fields, data = parse(path)
-    signers = one_key_directory(fields, fields["agency"], fields["signer_ed25519_public"])
+    roles = tuple(fields["signer_roles"].split(",")) if "signer_roles" in fields else None
+    signers = one_key_directory(
+        fields,
+        fields["agency"],
+        fields["signer_ed25519_public"],
+        roles or ("police",),
+        # the roles of §7.3 only a policy's directory lists (spec_version 2)
+        policy=None if roles is None else Policy(country="XX"),
+    )
+
+    def verify() -> SignedEvent:
+        verified = verify_event(data, signers=signers)
+        if roles is not None:
+            check_signer_may(verified.event, signers)
+        return verified
+
     if fields["expect"] != "ok":
-        _refused(fields["expect"], lambda: verify_event(data, signers=signers))
+        _refused(fields["expect"], verify)
         return
-    verified = verify_event(data, signers=signers)
+    verified = verify()
     assert verified.signer_kid == fields["signer_kid"]
     assert _event_fields(verified.event) == {k: fields[k] for k in _event_fields(verified.event)}
 

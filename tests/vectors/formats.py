@@ -643,6 +643,9 @@ def trust_vectors() -> Iterator[tuple[str, str]]:
 #     the event: `event_id`, `agency`, `kind`, `referral_id`, `counterpart`, `envelope_hash`,
 #     `key_ids` (comma-separated), `reason`, `labels` (name=value, comma-separated, in order),
 #     `time`, and `signer_kid`.
+#     With `signer_roles` (comma-separated), `agency` holds those roles and the ledger's
+#     check of the kinds one role signs (§9.0: `statistics.*`, `identification.decided`)
+#     runs after the signature (`not-for-this-role`).
 # ledger-entry-*: the bytes are a ledger entry; when ok `index`, `appended_at`, `leaf_hash`
 #     (hex SHA-256(0x00 || entry)) and `event_id` of the signed event in it (verified as above
 #     under the police key of audit-event-ok).
@@ -758,6 +761,12 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
         key_ids=EVENT.key_ids,
         labels=(("period", "2026-12"),),
     )
+    received = dataclasses.replace(  # the rapporteur's of the same envelope, its sender_kid
+        contributed,
+        event_id=fixed("audit event 11")[:16].hex(),
+        kind="statistics.received",
+        key_ids=EVENT.key_ids[:1],
+    )
     period_label = _event_fields(EVENT)
     period_label[9] = [["period", "2026-12"]]
     period_13 = _event_fields(contributed)
@@ -854,8 +863,31 @@ def _audit_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
             "ok-statistics-contributed",
             "statistics.contributed: one copy to the rapporteur, its envelope hash and month",
             "ok",
-            {},
+            {"signer_roles": "competent-authority"},
             sign_event(contributed, POLICE_SIGN),
+        ),
+        (
+            "ok-statistics-received",
+            "statistics.received: the rapporteur took the authority's contribution of a month",
+            "ok",
+            {"signer_roles": "rapporteur"},
+            sign_event(received, POLICE_SIGN),
+        ),
+        (
+            "statistics-contributed-not-an-authority",
+            "statistics.contributed signed by an agency that is no competent authority: the "
+            "ledger refuses it",
+            "not-for-this-role",
+            {"signer_roles": "police"},
+            sign_event(contributed, POLICE_SIGN),
+        ),
+        (
+            "statistics-received-not-a-rapporteur",
+            "statistics.received signed by a competent authority, no rapporteur: the ledger "
+            "refuses it",
+            "not-for-this-role",
+            {"signer_roles": "competent-authority"},
+            sign_event(received, POLICE_SIGN),
         ),
         (
             "period-label-on-other-kind",
@@ -1029,6 +1061,8 @@ def audit_vectors() -> Iterator[tuple[str, str]]:
             ("key_status", key.get("key_status", "active")),
             ("key_revoked_at", key.get("key_revoked_at")),
         ]
+        if "signer_roles" in key:
+            header.append(("signer_roles", key["signer_roles"]))
         if expect == "ok":
             event = decode_signed_event(data)[0]
             header += event_header(event)
@@ -3901,6 +3935,7 @@ def _contribution_vectors() -> list[tuple[str, str, str, str, str, str, bytes]]:
     ca, rap = "competent-authority", "rapporteur"
     ok = canonical_json(_contribution())
     one = _contribution()["cells"][0]
+    day = _contribution()["durations"][0]
     return [
         ("ok", "two cells and one duration, December 2026", rap, ca, "authority", "ok", ok),
         ("ok-empty", "a month without decisions: no cell, no duration", rap, ca, "authority",
@@ -3932,6 +3967,34 @@ def _contribution_vectors() -> list[tuple[str, str, str, str, str, str, bytes]]:
              {**_contribution()["durations"][0], "days": -1}]))),
         ("not-canonical", "a space after the first colon", rap, ca, "authority", "malformed",
          ok.replace(b'"authority":', b'"authority": ', 1)),
+        ("ok-days-as-integers", "days 9 before days 10: sorted as integers, not as strings",
+         rap, ca, "authority", "ok", canonical_json(_contribution(durations=[
+             {**day, "days": 9}, {**day, "days": 10}]))),
+        ("durations-days-as-strings", "days 10 before days 9 (the byte order of their text)",
+         rap, ca, "authority", "schema-invalid", canonical_json(_contribution(durations=[
+             {**day, "days": 10}, {**day, "days": 9}]))),
+        ("durations-repeated", "one duration combination and length twice", rap, ca,
+         "authority", "schema-invalid", canonical_json(_contribution(durations=[day, day]))),
+        ("durations-unsorted", "first-to-second before referral-to-first", rap, ca,
+         "authority", "schema-invalid", canonical_json(_contribution(durations=[
+             {**day, "interval": "referral-to-first"},
+             {**day, "interval": "first-to-second"}]))),
+        ("count-too-large", "a cell counting 1 000 000 001", rap, ca, "authority",
+         "schema-invalid", canonical_json(_contribution(cells=[{**one, "count": 10**9 + 1}]))),
+        ("count-boolean", "a cell counting true", rap, ca, "authority", "schema-invalid",
+         canonical_json(_contribution(cells=[{**one, "count": True}]))),
+        ("period-before-2000", "December 1999", rap, ca, "authority", "schema-invalid",
+         canonical_json(_contribution(period="1999-12"))),
+        ("authority-not-an-agency-id", "an authority with a capital letter and a space", rap,
+         ca, "authority", "schema-invalid", canonical_json(_contribution(authority="An ca"))),
+        ("too-many-cells", "241 cells, one more than the combinations", rap, ca, "authority",
+         "schema-invalid", canonical_json(_contribution(cells=[one] * 241))),
+        ("member-missing", "no durations member", rap, ca, "authority", "schema-invalid",
+         canonical_json({k: v for k, v in _contribution().items() if k != "durations"})),
+        ("member-missing-and-unknown", "no durations but a fifth member: the member too many "
+         "is judged first", rap, ca, "authority", "unknown-member",
+         canonical_json({**{k: v for k, v in _contribution().items() if k != "durations"},
+                         "total": 3})),
     ]  # fmt: skip
 
 
