@@ -647,8 +647,12 @@ class Desk:
         """The other co-ordinators a notice (an escalation, an overdue clock, a decision) can
         be sealed to now (one whose keys were all revoked is left out rather than stopping
         every notice)."""
+
+        def unusable(agency: str) -> None:  # the event name alerts key on
+            self.log.warning("escalation_recipient_unusable", recipient=agency)
+
         return sealable_with_role(
-            self.directory(), ESCALATION_ROLE, me=self.agency, now=now, log=self.log
+            self.directory(), ESCALATION_ROLE, me=self.agency, now=now, unusable=unusable
         )
 
     def on_escalation(self, db: sqlite3.Connection, opened: Opened) -> None:
@@ -871,11 +875,11 @@ class Desk:
 
 
 def sealable_with_role(
-    directory: Directory, role: str, *, me: str, now: int, log: Any
+    directory: Directory, role: str, *, me: str, now: int, unusable: Callable[[str], None]
 ) -> list[str]:
     """The other agencies holding `role` that a message can be sealed to now, in directory
-    order: one whose keys were all revoked is left out (logged) rather than stopping the
-    message to every other."""
+    order: one whose keys were all revoked is left out (and given to `unusable`, the
+    caller's to log) rather than stopping the message to every other."""
     out = []
     for a in directory.agencies:
         if role not in a.roles or a.agency == me:
@@ -883,7 +887,7 @@ def sealable_with_role(
         try:
             directory.recipient(a.agency, at=now)
         except UnknownKeyError:
-            log.warning("recipient_unusable", recipient=a.agency, role=role)
+            unusable(a.agency)
             continue
         out.append(a.agency)
     return out

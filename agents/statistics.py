@@ -71,6 +71,8 @@ class StatisticsDesk:
 
     def __post_init__(self) -> None:
         self.log = log.bind(agency=self.agency)
+        #: (period, rapporteur) pairs logged `statistics_recipient_unusable` by this process.
+        self._told: set[tuple[str, str]] = set()
 
     def _roles(self, agency: str) -> frozenset[str]:
         directory = self.directory()
@@ -89,10 +91,11 @@ class StatisticsDesk:
             return
         directory = self.directory()
         now = clock.now()
+        unusable: list[str] = []
         rapporteurs = sealable_with_role(
-            directory, RAPPORTEUR, me=self.agency, now=now, log=self.log
+            directory, RAPPORTEUR, me=self.agency, now=now, unusable=unusable.append
         )
-        if not rapporteurs:
+        if not rapporteurs and not unusable:
             return  # the months wait until a rapporteur is listed
         policy = directory.policy
         grace = (policy.statistics if policy else Statistics()).contribution_grace_days
@@ -109,6 +112,11 @@ class StatisticsDesk:
                         self.store.give_up_contribution(db, period, rapporteur)
                         self.log.error("statistics_contribution_given_up", period=period,
                                        rapporteur=rapporteur, attempts=copy.attempts)  # fmt: skip
+                for rapporteur in unusable:
+                    if _due(copies.get(rapporteur)) and (period, rapporteur) not in self._told:
+                        self._told.add((period, rapporteur))  # once a month, not every tick
+                        self.log.warning("statistics_recipient_unusable", period=period,
+                                         rapporteur=rapporteur)  # fmt: skip
                 due = [r for r in rapporteurs if _due(copies.get(r))]
                 if not due:
                     continue

@@ -470,3 +470,33 @@ async def test_what_the_rapporteur_holds_is_shown_to_be_what_the_ledger_names(
     finally:
         conn.close()
     assert desk.verify_held(AUTHORITY, period, entries) == verified
+
+
+async def test_a_rapporteur_that_cannot_be_sealed_to_is_logged_once_a_month(
+    rapporteur: tuple[Mechanism, Path],
+) -> None:
+    """With the rapporteur's encryption key revoked, its months are not sent (nothing can
+    be sealed to it) and not marked sent either; each is logged
+    `statistics_recipient_unusable` once, not on every timer step."""
+    m, offset = rapporteur
+    kid = m.agents[RAPPORTEUR_AGENCY].keys.public.encryption_kid
+    admin.revoke_key(m.sandbox.admin, RAPPORTEUR_AGENCY, kid, reason="key lost", at=clock.now())
+    m.sandbox.sign_draft()
+    await m.sandbox.publish()
+
+    async def unusable() -> bool:
+        d = m.agents[AUTHORITY].trust.directory
+        return d is not None and all(
+            k.status == "revoked" for k in d.agency(RAPPORTEUR_AGENCY).encryption_keys
+        )
+
+    await eventually(unusable, what="the authority to know the rapporteur's key revoked")
+    period = await _one_decision_month_over(m, offset)
+    desk = m.agents[AUTHORITY].statistics
+    with capture_logs() as logs:
+        for _ in range(3):
+            desk.tick()
+    told = [e for e in logs if e["event"] == "statistics_recipient_unusable"]
+    assert [(e["period"], e["rapporteur"]) for e in told] == [(period, RAPPORTEUR_AGENCY)]
+    assert [e for e in logs if e["event"] == "recipient_unusable"] == []
+    assert events(m, AUTHORITY, "statistics.contributed") == []
