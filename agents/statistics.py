@@ -3,15 +3,18 @@
 At a competent authority, the agent's timers (`tick`) seal each month's contribution
 (agents/contributions.py, computed from its own cases and the opening referrals it holds)
 to every rapporteur of its directory once `contribution_grace_days` passed since the month
-ended, and record the month sent in the same transaction (`contributions_sent`), so that a
-restart never sends one twice. At a rapporteur, `on_contribution` runs the sender checks and
-keeps the body, sealed under the storage key; `listing` serves them. The person data stays
+ended, and record the month sent to each in the same transaction (`contributions_sent`),
+so that a restart never sends one twice; a copy that failed for good is sealed again
+(MAX_ATTEMPTS), and a rapporteur that cannot be sealed to now gets the month once it can.
+At a rapporteur, `on_contribution` runs the sender checks and keeps the body, sealed under
+the storage key, with the envelope; `listing` serves them, and `verify_held` shows one is
+what the ledger's `statistics.contributed` names (PROTOCOL §8.11). The person data stays
 inside the sealed body: the ledger gets `statistics.contributed` / `.received` with the
 envelope's hash and the label `period`, the logs ids and months only.
 
     authority                                   rapporteur
-    tick: month due, not sent  -- statistics-contribution -->  checks, stores,
-      contributions_sent                                         statistics.received
+    tick: month due, not sent  -- statistics-contribution -->  checks, stores (sealed),
+      contributions_sent (per rapporteur)                        statistics.received
       statistics.contributed (per copy)
 """
 
