@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -169,12 +170,20 @@ def verify_source(
     if workers <= 1:
         results: Iterable[_Chunk] = (context.verify(s, e) for s, e in jobs)
         return _fold(results, tree, chunk_level, checkpoint, restores, progress)
-    pool = multiprocessing.get_context("spawn").Pool(
-        workers, initializer=_start_worker, initargs=(context,)
+    # Spawned, not forked (the caller may run threads: a progress bar's, say), so a script
+    # that calls this needs the `if __name__ == "__main__":` guard. A worker that dies
+    # raises BrokenProcessPool here rather than leaving the verification waiting.
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(context,),
     )
-    with pool:
-        results = pool.imap(_verify_in_worker, jobs)
+    try:
+        results = pool.map(_verify_in_worker, jobs)
         return _fold(results, tree, chunk_level, checkpoint, restores, progress)
+    finally:  # after a failure, the chunks not yet started are dropped
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _fold(
