@@ -80,13 +80,16 @@ class Record:
         size = len(self.fields) + 1
         items = size if max_items is None else max_items
         raw = unpack(data, max_bytes=max_bytes, max_items=items, what=self.what)
-        types = self.types or (object,) * len(self.fields)
+        types = self.types
         if not (
             isinstance(raw, list)
             and len(raw) == size
             and type(raw[0]) is int
             and raw[0] == self.version
-            and all(_is(value, kind) for value, kind in zip(raw[1:], types, strict=True))
+            and (
+                types is None  # every member is the caller's to check
+                or all(_is(value, kind) for value, kind in zip(raw[1:], types, strict=True))
+            )
         ):
             shape = ", ".join([str(self.version), *self.fields])
             raise MalformedError(f"{self.what} must be [{shape}]")
