@@ -4,15 +4,18 @@ What it measures
     (a) the full offline verification path of `nrm audit verify --db FILE`, as events
         verified per second, wall and CPU time of this process: `nrm.audit.from_database`
         (read every row), `checkpoint_of`, `trusted_directories` and
-        `keys.ledger_verify.verify_rows` with a `rich` progress bar updated per row exactly
-        as the CLI does. The time to read the database is also shown on its own, and the
-        peak resident memory of the verification (VmHWM, reset before it starts: the whole
-        copy is held in memory, as the CLI holds it), per event.
+        `nrm.audit.verify_with_progress` (as the CLI: `keys.ledger_verify.verify_source`,
+        chunks of rows read and verified by one worker process per core, with a `rich`
+        progress bar). The time of `from_database` (which now reads the checkpoint and
+        counts the rows; the rows are read by the workers) is also shown on its own, and
+        the peak resident memory of the verification (VmHWM of this process, reset before it
+        starts, and the largest VmHWM of a worker, sampled from /proc while it runs).
         With `--cli` the real CLI is also run once in a subprocess and timed (wall).
     (b) the floor: a SHA-256-only RFC 6962 recomputation over the same leaves (leaves
         already in memory): `keys.merkle.leaf_hash` of every leaf, then `keys.merkle.root_of`,
         as leaves per second; also the incremental `MerkleTree(MemoryNodeStore())` that
-        `verify_rows` uses, over the same leaf hashes.
+        the former `verify_rows` used, over the same leaf hashes (the `Frontier` it uses
+        now keeps O(log n) of them).
     (c) a second floor: Ed25519 verification alone (`VerifyKey.verify` of
         "nrm/v1/audit-event" || 0x00 || event, messages and keys prepared off the clock).
     Both floors must reproduce the checkpoint's root / every signature, or the run aborts.
@@ -32,8 +35,9 @@ How the ledger is generated (timed separately; not the figure asked for)
     every 50,000 events. Finally a checkpoint is signed with the ledger's key
     (`sign_checkpoint`, origin `national/nrm-ledger`) and stored.
 
-    It also profiles `verify_rows` with cProfile over the first `--profile-rows` rows
-    (default 50,000; a checkpoint for that prefix is computed, unsigned) and prints the top
+    It also profiles `verify_source` in this one process (workers=1, what each worker
+    runs) with cProfile over the first `--profile-rows` rows, rounded up to whole chunks
+    (default 49,152; a checkpoint for that prefix is computed, unsigned) and prints the top
     functions by own time and cumulative time.
 
 Run
@@ -52,16 +56,19 @@ import contextlib
 import cProfile
 import datetime
 import io
+import itertools
 import json
 import multiprocessing
 import os
 import platform
 import pstats
 import random
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -83,7 +90,7 @@ from keys.directory import (
 )
 from keys.identity import AgencyKeys
 from keys.ledger_entry import LedgerEntry
-from keys.ledger_verify import verify_rows
+from keys.ledger_verify import verify_source
 from keys.merkle import MemoryNodeStore, MerkleTree, leaf_hash, root_of
 from nrm.audit import (
     checkpoint_of,
@@ -273,19 +280,64 @@ def _status_mb(field: str) -> float:
     return float("nan")
 
 
+def _children() -> list[int]:
+    """The pids of this process's children (the verification's workers)."""
+    found: list[int] = []
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+class _WorkerPeak:
+    """The largest VmHWM of any child process, sampled every 0.2 s while it runs."""
+
+    def __init__(self) -> None:
+        self.mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _WorkerPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            for pid in _children():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            self.mb = max(self.mb, int(line.split()[1]) / 1024)
+
+
 def measure_verify(folder: Path) -> dict[str, Any]:
     """What `nrm audit verify --db` does, in this process, with its progress bar; its peak
-    resident memory (the peak is reset first, so generation does not count)."""
+    resident memory (the peak is reset first, so generation does not count) and its
+    workers'."""
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     rss_before = _status_mb("VmRSS")
+    with _WorkerPeak() as workers:
+        result = _verify(folder, rss_before)
+    result["worker_peak_rss_mb"] = workers.mb
+    return result
+
+
+def _verify(folder: Path, rss_before: float) -> dict[str, Any]:
     wall, cpu = time.perf_counter(), time.process_time()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     copy = from_database(folder / "ledger.db")
     load_wall, load_cpu = time.perf_counter() - wall, time.process_time() - cpu
     checkpoint = checkpoint_of(copy, identity=folder / "ledger-identity.json", name=LEDGER_NAME)
     directories = trusted_directories(copy, [folder / "root.1.json"])
     count = verify_with_progress(copy, directories=directories, checkpoint=checkpoint)
     total_wall, total_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    done = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers, reaped by now
+    workers_cpu = (done.ru_utime + done.ru_stime) - (children.ru_utime + children.ru_stime)
     peak = _status_mb("VmHWM")
     return {
         "events": count,
@@ -296,6 +348,8 @@ def measure_verify(folder: Path) -> dict[str, Any]:
         "cpu_s": total_cpu,
         "events_per_s_wall": count / total_wall,
         "events_per_s_cpu": count / total_cpu,
+        "workers_cpu_s": workers_cpu,
+        "events_per_cpu_s_all": count / (total_cpu + workers_cpu),
         "load_wall_s": load_wall,
         "load_cpu_s": load_cpu,
         "verify_only_events_per_s_wall": count / (total_wall - load_wall),
@@ -367,7 +421,7 @@ def measure_ed25519_floor(
             for k in a.signing_keys:
                 keys[(a.agency, k.kid)] = VerifyKey(k.public)
     work = []
-    for row in copy.rows[:limit]:
+    for row in itertools.islice(copy.rows, limit):
         signed = LedgerEntry.decode(row.leaf).signed_event
         event, kid, body, sig = decode_signed_event(signed)
         work.append((keys[(event.agency, kid)], LABEL + b"\x00" + body, sig))
@@ -385,16 +439,17 @@ def measure_ed25519_floor(
 
 
 def profile_verify(copy: Any, directories: dict[int, Directory], rows: int) -> str:
-    prefix = copy.rows[:rows]
+    prefix = list(itertools.islice(copy.rows, rows))
     cp = Checkpoint(
         origin=ledger_origin(LEDGER_NAME),
         size=len(prefix),
         root=root_of([leaf_hash(r.leaf) for r in prefix]),
         timestamp=T0,
     )
+    del prefix
     prof = cProfile.Profile()
     prof.enable()
-    verify_rows(prefix, directories=directories, checkpoint=cp, progress=lambda n: None)
+    verify_source(copy.rows, count=rows, directories=directories, checkpoint=cp, workers=1)
     prof.disable()
     out = io.StringIO()
     stats = pstats.Stats(prof, stream=out).strip_dirs()
@@ -412,7 +467,7 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     p.add_argument("--keep", type=Path, default=None, help="keep the ledger files in DIR")
     p.add_argument("--cli", action="store_true", help="also time the real CLI (subprocess)")
-    p.add_argument("--profile-rows", type=int, default=50_000, help="0 to skip the profile")
+    p.add_argument("--profile-rows", type=int, default=49_152, help="0 to skip the profile")
     p.add_argument(
         "--ed25519-events",
         type=int,
@@ -474,7 +529,13 @@ def main() -> None:
             ver["cpu_s"],
         ),
         (
-            "    of which from_database (read rows)",
+            "    per CPU-second of all processes (workers' CPU in cpu s)",
+            ver["events_per_cpu_s_all"],
+            ver["wall_s"],
+            ver["workers_cpu_s"],
+        ),
+        (
+            "    of which from_database (checkpoint, count rows)",
             n / ver["load_wall_s"],
             ver["load_wall_s"],
             ver["load_cpu_s"],
@@ -520,11 +581,12 @@ def main() -> None:
         print(f"{name:58} {rate:12,.0f} {w:8.2f} {cs:>8}")
     print(
         f"verify peak RSS {ver['peak_rss_mb']:,.0f} MB (from {ver['rss_before_mb']:,.0f} MB:"
-        f" {ver['bytes_per_event']:,.0f} B per event);"
+        f" {ver['bytes_per_event']:,.0f} B per event); largest worker peak RSS"
+        f" {ver['worker_peak_rss_mb']:,.0f} MB;"
         f" generation {gen['wall_s']:,.0f} s, database {gen['db_bytes'] / 2**20:,.0f} MB"
     )
     if profile:
-        print(f"\ncProfile of verify_rows over the first {args.profile_rows:,} rows:")
+        print(f"\ncProfile of verify_source (workers=1) over {args.profile_rows:,} rows:")
         print(profile)
 
     if args.json is not None:

@@ -363,17 +363,31 @@ class LedgerStore:
         self._db.execute(INSERT_ENTRY, entry_values(index, leaf, event, directory_version))
 
     def entries(self, start: int, end: int) -> list[EntryRow]:
-        rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
-            (start, end),
-        )
-        return [_row(r) for r in rows]
+        return list(self.rows_between(start, end))
 
     def iter_rows(self) -> Iterator[EntryRow]:
         """Every row in index order, as stored (for offline verification)."""
         cursor = self._db.execute(f"SELECT {_COLUMNS} FROM entries ORDER BY idx")
         for r in cursor:
             yield _row(r)
+
+    def rows_between(self, start: int | None, end: int) -> Iterator[EntryRow]:
+        """The rows with `start <= index < end` (no lower bound if None), in index order,
+        read as they are yielded (for offline verification by chunks)."""
+        low = -(1 << 63) if start is None else start
+        cursor = self._db.execute(
+            f"SELECT {_COLUMNS} FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
+            (low, end),
+        )
+        for r in cursor:
+            yield _row(r)
+
+    def first_index_from(self, index: int) -> int | None:
+        """The least row index at or after `index`, if any."""
+        (found,) = self._db.execute(
+            "SELECT min(idx) FROM entries WHERE idx >= ?", (index,)
+        ).fetchone()
+        return None if found is None else int(found)
 
     def entry_by_event(self, event_id: str) -> EntryRow | None:
         row = self._db.execute(

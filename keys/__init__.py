@@ -64,6 +64,7 @@ from .errors import (
 from .identity import AgencyKeys, PublicIdentity, check_agency_id, check_encryption_key
 from .limits import DEFAULT_LIMITS, Limits
 from .merkle import (
+    Frontier,
     MemoryNodeStore,
     MerkleTree,
     NodeStore,
@@ -91,6 +92,7 @@ __all__ = [
     "ExpiredError",
     "ExpiredMetadataError",
     "ExpiredRootError",
+    "Frontier",
     "Header",
     "InclusionProofError",
     "KeyEntry",

@@ -25,6 +25,7 @@ from .errors import ConsistencyProofError, InclusionProofError
 __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
+    "Frontier",
     "MemoryNodeStore",
     "MerkleTree",
     "NodeStore",
@@ -183,6 +184,54 @@ class MerkleTree:
             return self._store.get(level, start >> level)
         k = _split(n)
         return node_hash(self._range(start, start + k), self._range(start + k, end))
+
+
+class Frontier:
+    """The right frontier of an append-only tree: the roots of its perfect subtrees, largest
+    (leftmost) first, O(log n) hashes in all. Enough to append and to take the root of the
+    tree as it stands, never of a past size: a verifier that must know the root at some
+    size takes it when the tree reaches that size. The roots equal `MerkleTree`'s."""
+
+    __slots__ = ("_hashes", "_levels", "_size")
+
+    def __init__(self) -> None:
+        self._levels: list[int] = []
+        self._hashes: list[bytes] = []
+        self._size = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def append(self, leaf_hash: bytes) -> None:
+        """Append one leaf hash."""
+        self.append_subtree(leaf_hash, 0)
+
+    def append_subtree(self, digest: bytes, level: int) -> None:
+        """Append the root `digest` of a perfect subtree of 2**level leaves; the tree's size
+        must be a multiple of 2**level (the subtree sits on its own boundary)."""
+        if len(digest) != HASH_SIZE:
+            raise ValueError(f"a subtree hash is {HASH_SIZE} bytes")
+        if level < 0 or self._size & ((1 << level) - 1):
+            raise ValueError(f"a subtree of level {level} cannot follow {self._size} leaves")
+        self._size += 1 << level
+        levels, hashes = self._levels, self._hashes
+        while levels and levels[-1] == level:  # two equal neighbours make their parent
+            levels.pop()
+            digest = node_hash(hashes.pop(), digest)
+            level += 1
+        levels.append(level)
+        hashes.append(digest)
+
+    def root(self) -> bytes:
+        """MTH of the tree as it stands (RFC 6962 §2.1: the perfect subtrees folded from the
+        right)."""
+        if not self._hashes:
+            return EMPTY_ROOT
+        digest = self._hashes[-1]
+        for left in reversed(self._hashes[:-1]):
+            digest = node_hash(left, digest)
+        return digest
 
 
 def _check_hash(value: bytes, error: type[Exception], what: str) -> None:

@@ -7,16 +7,17 @@ import base64
 import csv
 import io
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
-from broker.ledger_store import LedgerStore
+from broker.ledger_store import EntryRow, LedgerStore
 from keys import PublicIdentity, UntrustedInputError
 from keys.checkpoint import Checkpoint, ledger_origin, verify_checkpoint
 from keys.directory import Directory
@@ -25,11 +26,23 @@ from keys.ledger_verify import (
     Row,
     verify_directory_history,
     verify_rows,
+    verify_source,
 )
 from keys.restore import RestoreDeclaration, verify_restore
 from runtime.tls import client_context
 
 PAGE = 1000
+#: From this many rows a database is verified by one worker process per core (below it,
+#: starting them costs more than they save).
+PARALLEL_FROM = 1 << 15
+
+
+class Rows(Protocol):
+    """Rows in index order, counted: a list, or `DatabaseRows` read as they are iterated."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Row]: ...
 
 
 @dataclass
@@ -37,11 +50,50 @@ class LedgerCopy:
     """Everything an auditor downloads: rows, directory history, the latest checkpoint and
     the root chain the ledger verified (signed root files; verified again by the auditor)."""
 
-    rows: list[Row]
+    rows: Rows
     directories: list[tuple[int, bytes, int]]
     checkpoint_note: str
     roots: list[bytes]
     restores: list[bytes] = field(default_factory=list)  # signed declarations, oldest first
+
+
+class DatabaseRows:
+    """The rows of a ledger database, read from it (read-only) as they are iterated, never
+    all held; by index range from any process (a `keys.ledger_verify.RowSource`: it pickles
+    as its path, and each process opens its own connection)."""
+
+    def __init__(self, path: Path, count: int) -> None:
+        self.path = path
+        self._count = count
+        self._store: LedgerStore | None = None
+
+    def __getstate__(self) -> tuple[Path, int]:
+        return self.path, self._count
+
+    def __setstate__(self, state: tuple[Path, int]) -> None:
+        self.path, self._count = state
+        self._store = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Row]:
+        return map(_as_row, self._open().iter_rows())
+
+    def between(self, start: int | None, end: int) -> Iterator[Row]:
+        return map(_as_row, self._open().rows_between(start, end))
+
+    def first_from(self, index: int) -> int | None:
+        return self._open().first_index_from(index)
+
+    def _open(self) -> LedgerStore:
+        if self._store is None:
+            self._store = LedgerStore(self.path, readonly=True)
+        return self._store
+
+
+def _as_row(r: EntryRow) -> Row:
+    return Row(r.index, r.leaf, r.directory_version, r.to_json())
 
 
 def from_database(path: Path) -> LedgerCopy:
@@ -50,7 +102,7 @@ def from_database(path: Path) -> LedgerCopy:
         latest = store.latest_checkpoint()
         if latest is None:
             raise LedgerVerificationError(None, "the database holds no checkpoint")
-        rows = [Row(r.index, r.leaf, r.directory_version, r.to_json()) for r in store.iter_rows()]
+        rows = DatabaseRows(path, store.size())
         roots = [data for _, data, _ in store.roots()]
         try:
             restores = [data for _, data in store.restores()]
@@ -135,21 +187,37 @@ def verify_with_progress(
     checkpoint: Checkpoint,
     restores: Sequence[RestoreDeclaration] = (),
 ) -> int:
-    """`verify_rows` over every row of `copy` with a transient progress bar updated per row
-    (on stderr, and only when it is a terminal: stdout carries the result alone, `--json`
-    included); returns the number of entries verified or raises LedgerVerificationError."""
+    """`verify_rows` over every row of `copy` with a transient progress bar (on stderr, and
+    only when it is a terminal: stdout carries the result alone, `--json` included); returns
+    the number of entries verified or raises LedgerVerificationError. A database's rows are
+    verified by chunks, in one worker process per core once there are `PARALLEL_FROM`."""
     from rich.console import Console
     from rich.progress import Progress
 
+    rows = copy.rows
     console = Console(stderr=True)
     with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
-        task = progress.add_task("verifying events", total=len(copy.rows))
-        return verify_rows(
-            copy.rows,
+        task = progress.add_task("verifying events", total=len(rows))
+
+        def advance(n: int) -> None:
+            progress.update(task, completed=n)
+
+        if not isinstance(rows, DatabaseRows):
+            return verify_rows(
+                rows,
+                directories=directories,
+                checkpoint=checkpoint,
+                restores=restores,
+                progress=advance,
+            )
+        return verify_source(
+            rows,
+            count=len(rows),
             directories=directories,
             checkpoint=checkpoint,
             restores=restores,
-            progress=lambda n: progress.update(task, completed=n),
+            progress=advance,
+            workers=(os.cpu_count() or 1) if len(rows) >= PARALLEL_FROM else 1,
         )
 
 
@@ -160,7 +228,7 @@ def describe_restore(d: RestoreDeclaration) -> str:
 
 
 def select(
-    rows: Sequence[Row],
+    rows: Iterable[Row],
     *,
     referral: str | None,
     agency: str | None,

@@ -1731,6 +1731,8 @@ def audit_verify(
 ) -> None:
     """Recompute the tree, check every event's signature and the checkpoint; exit 3 naming
     the first bad index (--json: README "Scripting")."""
+    import sqlite3
+
     from keys.ledger_verify import LedgerVerificationError
 
     from .audit import (
@@ -1756,6 +1758,8 @@ def audit_verify(
         sys.exit(EXIT_VERIFICATION_FAILED)
     except UntrustedInputError as e:  # a directory or root the ledger used does not verify
         raise VerificationFailed(f"FAILED: refused ({e.reason}): {e}") from e
+    except sqlite3.Error as e:  # the database's rows are read while they are verified
+        raise click.ClickException(f"could not read the ledger: {e}") from e
     except (OSError, ValueError, aiohttp.ClientError) as e:
         raise click.ClickException(str(e)) from e
     if as_json:

@@ -14,6 +14,7 @@ import pytest
 
 from keys import (
     ConsistencyProofError,
+    Frontier,
     InclusionProofError,
     MemoryNodeStore,
     MerkleTree,
@@ -147,6 +148,29 @@ def test_root_of_every_size_including_past_sizes() -> None:
         assert grown.append(leaf) == n
         assert grown.size == n + 1
         assert grown.root() == root_of(LEAVES[: n + 1])
+
+
+def test_frontier_root_at_every_size_and_with_subtrees() -> None:
+    """A `Frontier` appended leaf by leaf has `root_of`'s root at every size 0..300; one fed
+    perfect subtrees of 8 leaves (leaves for the rest) reaches the same roots at their
+    boundaries; a subtree off its boundary or a hash of the wrong size is refused."""
+    frontier = Frontier()
+    assert frontier.root() == root_of([])
+    for n, leaf in enumerate(LEAVES):
+        frontier.append(leaf)
+        assert frontier.size == n + 1
+        assert frontier.root() == root_of(LEAVES[: n + 1])
+    chunked = Frontier()
+    for start in range(0, MAX - MAX % 8, 8):
+        chunked.append_subtree(root_of(LEAVES[start : start + 8]), 3)
+        assert chunked.root() == root_of(LEAVES[: start + 8])
+    for leaf in LEAVES[MAX - MAX % 8 :]:
+        chunked.append(leaf)
+    assert chunked.size == MAX and chunked.root() == root_of(LEAVES)
+    with pytest.raises(ValueError, match="cannot follow"):
+        chunked.append_subtree(LEAVES[0], 3)  # 300 leaves: not on a boundary of 8
+    with pytest.raises(ValueError, match="32 bytes"):
+        Frontier().append(b"short")
 
 
 def test_reopened_tree_continues_from_the_store() -> None:
