@@ -809,14 +809,15 @@ class Agent:
         the inbox row, then the handler of its kind (`self.handlers`)."""
         h = opened.header
         now = clock.now()
-        # Referral bodies are stored encrypted by the desk; a decision's or a notice's is kept
-        # only in its own table (the signed document as received), so that erasing the pair
-        # it names leaves no copy behind in the inbox (docs/DESIGN.md "Erasure").
+        # Referral bodies (and a case transfer's R) are stored encrypted; a decision's or a
+        # notice's is kept only in its own table (the signed document as received), so that
+        # erasing the pair it names leaves no copy behind in the inbox (DESIGN "Erasure").
         keep_body = h.kind not in (
             REFERRAL,
             IDENTIFICATION_DECISION,
             PROTECTION_NOTICE,
             STATISTICS_CONTRIBUTION,  # kept in its own table only (agents/statistics.py)
+            CASE_TRANSFER,  # R is kept sealed in its transfer row (agents/case_transfers.py)
         )
         received = Received(
             seq=0,

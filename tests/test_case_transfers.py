@@ -34,6 +34,7 @@ from .support import (
     sealed,
     webhook_receiver,
 )
+from .test_erasure import _files
 from .test_sender_scope import publish, rejected
 from .test_transfer_requests import asking, audit_kinds, call, referred, requested, state_of
 
@@ -167,6 +168,25 @@ async def test_a_transfer_without_a_request(mechanism: Mechanism) -> None:
     assert status == 202, sent
     held = await transfer_state(m, "shelter", sent["transfer_id"], "delivered")
     assert held["request_id"] is None
+
+
+async def test_the_transferee_keeps_r_sealed_only(mechanism: Mechanism) -> None:
+    """R reaches the shelter as its own record, sealed in its transfer row: no file of the
+    shelter's database (the database, -wal, -shm) holds a value of R's body in clear, the
+    inbox row of the `case-transfer` keeping no body."""
+    m = mechanism
+    marker = "Transferee" + secrets.token_hex(8)
+    body = {**samples.BODY, "names": {"given_names": "Mira", "family_name": marker}}
+    status, sent = await call(
+        m, "police", "POST", "/v1/transfers", json=proposing(referral=v2(body=body))
+    )
+    assert status == 202, sent
+    held = await transfer_state(m, "shelter", sent["transfer_id"], "delivered")
+    assert held["referral"]["body"]["names"]["family_name"] == marker
+    files = _files(m.database("shelter"))
+    assert any(p.name == "agent.db-wal" for p in files)  # the agent is running
+    for p in files:
+        assert marker.encode() not in p.read_bytes(), f"R is in clear in {p.name}"
 
 
 async def test_the_api_refuses_what_it_would_not_send(mechanism: Mechanism) -> None:
