@@ -119,7 +119,8 @@ class TransferDesk:
         referral to it would be; 422 as well for a v1 document, a break-glass one, itself
         as transferee or a `case_id` this agency holds no decision or notice of; 404 for a
         `request_id` naming no request of `transferee` to this agency, 409 for one not
-        `delivered`. Stored `proposed`, sealed as one `case-transfer` (audit
+        `delivered`; 409 naming `authorities` for a `case_id` held of several authorities'
+        cases. Stored `proposed` with the case's authority, sealed as one `case-transfer` (audit
         `transfer.sent`); the request it answers moves to `granted`, in one transaction."""
         if transferee == self.agency or transferee not in self.desk.directory():
             raise E.Unprocessable(
@@ -140,11 +141,7 @@ class TransferDesk:
         referral_id = secrets.token_hex(16)  # fresh: never one of this agency's pairs' ids
         transfer_id = secrets.token_hex(16)
         with self.store.transaction() as db:
-            if case_id is not None and not self.store.holds_case(db, case_id):
-                raise E.Unprocessable(
-                    "case_id names no case whose decisions or notices this agency holds",
-                    member="case_id",
-                )
+            authority = None if case_id is None else self._authority_of(db, case_id)
             answered = self._answered(db, transferee, request_id)
             key = None
             if "attachments" in body:
@@ -168,6 +165,7 @@ class TransferDesk:
                 transferee=transferee,
                 referral_id=referral_id,
                 case_id=case_id,
+                authority=authority,
                 reason=reason,
                 request_id=request_id,
                 urgency=referral.urgency,
@@ -183,6 +181,23 @@ class TransferDesk:
                 raise E.Conflict("the transfer request moved meanwhile; try again")
         self.log.info("transfer_sent", transfer_id=transfer_id, transferee=transferee)
         return view(stored, self.agency)
+
+    def _authority_of(self, db: sqlite3.Connection, case_id: str) -> str:
+        """The competent authority of the case `case_id` this agency holds decisions or
+        notices of: 422 for none, 409 naming them when several authorities' cases have that
+        id (a case is named by (authority, case_id); a hostile authority may reuse another's
+        id, and the transfer must not tell it of another authority's case)."""
+        authorities = self.store.case_authorities(db, case_id)
+        if not authorities:
+            raise E.Unprocessable(
+                "case_id names no case whose decisions or notices this agency holds",
+                member="case_id",
+            )
+        if len(authorities) > 1:
+            raise E.Conflict(
+                "cases of several authorities have this case_id", authorities=authorities
+            )
+        return authorities[0]
 
     def _answered(
         self, db: sqlite3.Connection, transferee: str, request_id: str | None
@@ -282,7 +297,7 @@ class TransferDesk:
             raise UnexpectedMessageError("the step starts from a state the transfer is not in")
         if not self._moved(db, t, t.state, step.to_state, step.reason):
             raise UnexpectedMessageError("the transfer moved meanwhile")
-        if step.to_state == T.ACCEPTED and t.case_id is not None:
+        if step.to_state == T.ACCEPTED and t.owner == self.agency and t.case_id is not None:
             self._tell_authority(db, t, t.case_id, step.at)
         found = self.store.transfer(db, t.owner, t.transfer_id)
         assert found is not None
@@ -301,7 +316,9 @@ class TransferDesk:
         `cancelled`, reason `referred-elsewhere`, one `transition` each): as built, the
         pair the answered request was asked under, and the pairs under which this agency
         holds the case's decisions or notices."""
-        referral_ids = set(self.store.case_pairs(db, t.case_id)) if t.case_id else set()
+        referral_ids = set()
+        if t.case_id is not None and t.authority is not None:
+            referral_ids.update(self.store.case_pairs(db, t.authority, t.case_id))
         if t.request_id is not None:
             r = self.store.transfer_request(db, t.transferee, t.request_id)
             if r is not None and r.owner == self.agency:
@@ -325,12 +342,10 @@ class TransferDesk:
         """The transferee accepted a transfer naming a case: one `case-owner-changed` to
         the case's competent authority (PROTOCOL §8.10 "Order at the authority"), whose
         delivery receipt lets the owner complete the transfer."""
-        authority = self.store.authority_of_case(db, case_id)
-        if authority is None:  # checked when proposed; gone since (erased): nobody to tell
-            self.log.warning("transfer_authority_unknown", transfer_id=t.transfer_id)
-            return
+        if t.authority is None:
+            raise RuntimeError("a transfer naming a case is stored with its authority")
         body = T.CaseOwnerChanged(case_id, t.transferee, t.transfer_id, at).encode()
-        message_id = self.send(T.CASE_OWNER_CHANGED, body, [authority], db)
+        message_id = self.send(T.CASE_OWNER_CHANGED, body, [t.authority], db)
         self.store.set_told(db, t.owner, t.transfer_id, message_id)
 
     def on_owner_changed(
@@ -493,6 +508,7 @@ class TransferDesk:
             transferee=self.agency,
             referral_id=referral_id,
             case_id=transfer.case_id,
+            authority=None,  # the owner's to know: the message names the case alone
             reason=transfer.reason,
             request_id=transfer.request_id,
             urgency=checked.referral.referral.urgency,

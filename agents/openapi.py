@@ -1224,7 +1224,8 @@ OPENAPI: dict[str, Any] = {
                 "`case-transfer`) with R, a schema-v2 referral planned for the transferee as a "
                 "referral to it is (422, nothing sent, for what a referral would be refused, a "
                 "v1 or break-glass R, or a case_id this agency holds no decision or notice "
-                "of); stored `proposed` and sealed to the transferee; a request_id names a "
+                "of; 409 naming `authorities` for one it holds of several authorities' "
+                "cases); stored `proposed` and sealed to the transferee; a request_id names a "
                 "request of the transferee's to this agency (404 otherwise), `delivered` (409 "
                 "listing the allowed steps otherwise), which becomes `granted`",
                 "parameters": [_IDEMPOTENCY],

@@ -17,11 +17,21 @@ from typing import Any
 import pytest
 
 from agents import transfers as T
+from keys import codec
 from runtime import clock
 
 from . import samples
 from .support import Mechanism, agency_keys, eventually, sealed
-from .test_identification import AUTHORITY, POLICY, authority_mechanism, call, decided_first
+from .test_identification import (
+    AUTHORITY,
+    POLICY,
+    also_authority,
+    authority_mechanism,
+    call,
+    decided_first,
+    held,
+    signed_by,
+)
 from .test_sender_scope import publish, rejected
 
 
@@ -39,6 +49,16 @@ def case_owners(m: Mechanism) -> list[tuple[Any, ...]]:
         ).fetchall()
     finally:
         conn.close()
+
+
+def proposal(case_id: str, transferee: str = "coordinator") -> dict[str, Any]:
+    """Police's transfer of the authority's case `case_id` to `transferee`."""
+    return {
+        "transferee": transferee,
+        "referral": samples.referral(schema_version="2"),
+        "reason": "other",
+        "case_id": case_id,
+    }
 
 
 async def state_at(m: Mechanism, agency: str, transfer_id: str, state: str) -> None:
@@ -82,13 +102,7 @@ async def test_the_authority_learns_the_new_owner_before_the_transfer_completes(
     await rejected(m, "police", forged[2][0], forged[2][1])
     assert case_owners(m) == []
 
-    proposal = {
-        "transferee": "coordinator",
-        "referral": samples.referral(schema_version="2"),
-        "reason": "other",
-        "case_id": case_id,
-    }
-    status, sent = await call(m, "police", "POST", "/v1/transfers", json=proposal)
+    status, sent = await call(m, "police", "POST", "/v1/transfers", json=proposal(case_id))
     assert status == 202, sent
     transfer_id = sent["transfer_id"]
     await state_at(m, "coordinator", transfer_id, "delivered")
@@ -116,3 +130,22 @@ async def test_the_authority_learns_the_new_owner_before_the_transfer_completes(
     await publish(m, "police", AUTHORITY, data)
     await rejected(m, AUTHORITY, data, "not-shared")  # police owns the case no more
     assert case_owners(m) == [(case_id, "coordinator", transfer_id, "police")]
+
+
+async def test_a_case_id_of_two_authorities_names_no_transfer(with_authority: Mechanism) -> None:
+    """A case is named by (authority, case_id): the co-ordinator, made a competent
+    authority, reuses the authority's case id in a decision under police's pair with it.
+    Police then holds that id of two authorities' cases, and proposing a transfer of it is
+    409 naming both, nothing stored or sent: telling the wrong authority would move a case
+    of another person's."""
+    m = with_authority
+    _, case_id = await decided_first(m)
+    await also_authority(m, "coordinator", "coordinator", seen_by="police")
+    other = await m.api("police").refer(["coordinator"], samples.referral())
+    body = codec.pack([1, signed_by(m, "coordinator", case_id), "police", other, None, None])
+    data = sealed(m, agency_keys(m, "coordinator"), "police", "identification-decision", body)
+    await publish(m, "coordinator", "police", data)
+    await held(m, "police", other, 1)
+    status, problem = await call(m, "police", "POST", "/v1/transfers", json=proposal(case_id))
+    assert (status, problem.get("authorities")) == (409, sorted([AUTHORITY, "coordinator"]))
+    assert (await call(m, "police", "GET", "/v1/transfers"))[1]["items"] == []

@@ -428,6 +428,7 @@ CREATE TABLE IF NOT EXISTS case_transfers (
     transferee   TEXT NOT NULL,
     referral_id  TEXT NOT NULL,
     case_id      TEXT,
+    authority    TEXT,  -- at the owner: the competent authority of case_id, else NULL
     reason       TEXT NOT NULL,
     request_id   TEXT,
     urgency      TEXT NOT NULL,

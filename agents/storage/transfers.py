@@ -13,7 +13,8 @@ only. A new table: `CREATE TABLE IF NOT EXISTS` adds it.
 
 `case_transfers`: every transfer this agency proposed (it is the `owner`) or received (it is
 the `transferee`), keyed by its owner and `transfer_id`, with R's `referral_id` and
-`urgency`, the case, the HTCDS reason, the request it answers, its state in the table "Case
+`urgency`, the case (at the owner with its `authority`: a case is named by both), the HTCDS
+reason, the request it answers, its state in the table "Case
 transfer" and the reason of the step that reached it. At the transferee `body` is R, sealed
 under its own data key in `data_keys` (owner: the transferee itself, for R is its own record,
 PROTOCOL §8.10 "Decisions"); the owner keeps no copy of R. `message_id` is the
@@ -185,6 +186,9 @@ class StoredTransfer:
     transferee: str
     referral_id: str
     case_id: str | None
+    #: at the owner of a transfer naming a case, the case's competent authority (a case is
+    #: named by (authority, case_id): each authority chooses its ids), else None
+    authority: str | None
     reason: str
     request_id: str | None
     urgency: str
@@ -200,7 +204,8 @@ class StoredTransfer:
 
 
 _TRANSFER_COLUMNS = (
-    "t.owner, t.transfer_id, t.transferee, t.referral_id, t.case_id, t.reason, t.request_id,"
+    "t.owner, t.transfer_id, t.transferee, t.referral_id, t.case_id, t.authority, t.reason,"
+    " t.request_id,"
     " t.urgency, t.state, t.step_reason, t.message_id, t.sent_at, t.created, t.updated,"
     " d.failure"
     " FROM case_transfers t LEFT JOIN deliveries d ON d.message_id = t.message_id"
@@ -218,8 +223,8 @@ class CaseTransfers(Database):
         sent that transfer_id before."""
         cursor = db.execute(
             "INSERT INTO case_transfers (owner, transfer_id, transferee, referral_id, case_id,"
-            " reason, request_id, urgency, state, step_reason, message_id, sent_at, body,"
-            " created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " authority, reason, request_id, urgency, state, step_reason, message_id, sent_at,"
+            " body, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT DO NOTHING",
             (
                 t.owner,
@@ -227,6 +232,7 @@ class CaseTransfers(Database):
                 t.transferee,
                 t.referral_id,
                 t.case_id,
+                t.authority,
                 t.reason,
                 t.request_id,
                 t.urgency,
@@ -321,16 +327,6 @@ class CaseTransfers(Database):
         return row is not None
 
     @staticmethod
-    def authority_of_case(db: sqlite3.Connection, case_id: str) -> str | None:
-        """The authority whose decisions or notices of `case_id` this agency holds."""
-        row = db.execute(
-            "SELECT authority FROM decisions WHERE case_id = ?"
-            " UNION ALL SELECT authority FROM protection_notices WHERE case_id = ? LIMIT 1",
-            (case_id, case_id),
-        ).fetchone()
-        return None if row is None else str(row[0])
-
-    @staticmethod
     def case_owner(db: sqlite3.Connection, case_id: str) -> str | None:
         """At the authority: the current owner of its case `case_id` (a transferee, or the
         referrer whose referral opened it), None for no such case."""
@@ -361,26 +357,29 @@ class CaseTransfers(Database):
             (case_id, owner, transfer_id, changed_by, at, now),
         )
 
-    def case_pairs(self, db: sqlite3.Connection, case_id: str) -> list[str]:
+    def case_pairs(self, db: sqlite3.Connection, authority: str, case_id: str) -> list[str]:
         """The referral ids of this agency's own pairs under which it holds decisions or
-        notices of `case_id` (the pairs of the case an owner ends on a transfer)."""
+        notices of `authority`'s case `case_id` (the pairs of the case an owner ends on a
+        transfer)."""
         rows = db.execute(
-            "SELECT referral_id FROM decisions WHERE case_id = ? AND owner = ?"
-            " UNION SELECT referral_id FROM protection_notices WHERE case_id = ? AND owner = ?",
-            (case_id, self.agency, case_id, self.agency),
+            "SELECT referral_id FROM decisions WHERE authority = ? AND case_id = ? AND owner = ?"
+            " UNION SELECT referral_id FROM protection_notices"
+            " WHERE authority = ? AND case_id = ? AND owner = ?",
+            (authority, case_id, self.agency, authority, case_id, self.agency),
         ).fetchall()
         return [str(r[0]) for r in rows]
 
     @staticmethod
-    def holds_case(db: sqlite3.Connection, case_id: str) -> bool:
-        """Whether this agency holds a decision or a protection notice of the case `case_id`
-        (the only case a transfer may name, PROTOCOL §8.10)."""
-        row = db.execute(
-            "SELECT 1 FROM decisions WHERE case_id = ?"
-            " UNION ALL SELECT 1 FROM protection_notices WHERE case_id = ? LIMIT 1",
+    def case_authorities(db: sqlite3.Connection, case_id: str) -> list[str]:
+        """The authorities of which this agency holds a decision or a protection notice of a
+        case `case_id` (a transfer names only such a case, PROTOCOL §8.10), sorted: several
+        when authorities chose the same id (a hostile one may)."""
+        rows = db.execute(
+            "SELECT authority FROM decisions WHERE case_id = ?"
+            " UNION SELECT authority FROM protection_notices WHERE case_id = ? ORDER BY 1",
             (case_id, case_id),
-        ).fetchone()
-        return row is not None
+        ).fetchall()
+        return [str(r[0]) for r in rows]
 
     @staticmethod
     def transfer_referral_held(db: sqlite3.Connection, referral_id: str) -> bool:
