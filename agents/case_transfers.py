@@ -42,6 +42,7 @@ from keys import (
     Opened,
     ReusedReferralIdError,
     UnexpectedMessageError,
+    UntrustedInputError,
 )
 from keys.codec import canonical_json
 from keys.policy import Policy
@@ -70,7 +71,8 @@ ANSWERABLE = frozenset({T.REQUESTED, T.DELIVERED, T.GRANTED})
 def view(t: StoredTransfer, me: str) -> dict[str, Any]:
     """A transfer as the API and the webhook show it (PROTOCOL names; `side` this agency's
     party, `owner` or `transferee`; `failure` the reason the owner's `case-transfer` failed
-    for good, its state then staying `proposed`, else None)."""
+    for good, its state then staying `proposed`, else None; `authority_failure` the reason
+    its `case-owner-changed` could not be sealed or failed for good, else None)."""
     return {
         "transfer_id": t.transfer_id,
         "owner": t.owner,
@@ -84,6 +86,7 @@ def view(t: StoredTransfer, me: str) -> dict[str, Any]:
         "state": t.state,
         "step_reason": t.step_reason,
         "failure": t.failure,
+        "authority_failure": t.authority_failure,
         "updated": t.updated,
     }
 
@@ -183,10 +186,14 @@ class TransferDesk:
         return view(stored, self.agency)
 
     def _authority_of(self, db: sqlite3.Connection, case_id: str) -> str:
-        """The competent authority of the case `case_id` this agency holds decisions or
-        notices of: 422 for none, 409 naming them when several authorities' cases have that
-        id (a case is named by (authority, case_id); a hostile authority may reuse another's
-        id, and the transfer must not tell it of another authority's case)."""
+        """The competent authority of the case `case_id` this agency owns (PROTOCOL §8.10
+        "Who owns the case": as built, it holds the case's decisions or notices under a pair
+        of its own, the opening referral's, and completed no transfer of it since): 422 for
+        none; 409 naming them when several authorities' cases have that id (a case is named
+        by (authority, case_id); a hostile authority may reuse another's id, and the
+        transfer must not tell it of another authority's case), 409 while another transfer
+        of the case is open. Only the owner is heard by the authority: another's transfer
+        could never complete."""
         authorities = self.store.case_authorities(db, case_id)
         if not authorities:
             raise E.Unprocessable(
@@ -197,7 +204,16 @@ class TransferDesk:
             raise E.Conflict(
                 "cases of several authorities have this case_id", authorities=authorities
             )
-        return authorities[0]
+        [authority] = authorities
+        held = self.store.case_transfer_held(db, authority, case_id)
+        if held == T.COMPLETED:
+            raise E.Unprocessable(
+                "this agency owns the case no more: it completed a transfer of it",
+                member="case_id",
+            )
+        if held is not None:
+            raise E.Conflict("a transfer of this case is under way", state=held)
+        return authority
 
     def _answered(
         self, db: sqlite3.Connection, transferee: str, request_id: str | None
@@ -239,13 +255,16 @@ class TransferDesk:
         """This agency's step as `party` on a transfer it holds as that party (`revoke` and
         `complete` as its owner, `accept` and `reject` as its transferee): 404 for none, 409
         naming `allowed` for a step the table refuses from its state, 409 for `complete` of a
-        transfer naming a case (the authority is not told yet). One `transfer-step` to the
+        transfer naming a case before the authority's receipt of its `case-owner-changed`
+        (taken once that copy failed for good: the authority keeps the old owner, PROTOCOL
+        §8.10 "Order at the authority"). One `transfer-step` to the
         other party (audit `transfer-step.sent`, the reason as its reason)."""
         t = self.held(db, transfer_id, owner, side=party)
         if (
             to_state == T.COMPLETED
             and t.state == T.ACCEPTED
             and t.case_id is not None
+            and t.authority_failure is None
             and not self.store.authority_told(db, t.owner, t.transfer_id)
         ):
             raise E.Conflict(
@@ -341,11 +360,20 @@ class TransferDesk:
     ) -> None:
         """The transferee accepted a transfer naming a case: one `case-owner-changed` to
         the case's competent authority (PROTOCOL §8.10 "Order at the authority"), whose
-        delivery receipt lets the owner complete the transfer."""
+        delivery receipt lets the owner complete the transfer. One that cannot be sealed (no
+        usable key of the authority's) is recorded as the transfer's `authority_failure`,
+        the step taken all the same: the authority's keys are not the transferee's doing."""
         if t.authority is None:
             raise RuntimeError("a transfer naming a case is stored with its authority")
         body = T.CaseOwnerChanged(case_id, t.transferee, t.transfer_id, at).encode()
-        message_id = self.send(T.CASE_OWNER_CHANGED, body, [t.authority], db)
+        try:
+            message_id = self.send(T.CASE_OWNER_CHANGED, body, [t.authority], db)
+        except UntrustedInputError as e:  # the authority's keys: not the step's fault
+            self.store.set_told_failure(db, t.owner, t.transfer_id, e.reason)
+            self.log.warning(
+                "authority_untold", transfer_id=t.transfer_id, authority=t.authority, why=e.reason
+            )
+            return
         self.store.set_told(db, t.owner, t.transfer_id, message_id)
 
     def on_owner_changed(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,11 @@ import pytest
 
 from agents import transfers as T
 from keys import codec
+from nrm import admin
 from runtime import clock
 
 from . import samples
-from .support import Mechanism, agency_keys, eventually, sealed
+from .support import Mechanism, agency_keys, eventually, publish_policy, sealed
 from .test_identification import (
     AUTHORITY,
     POLICY,
@@ -106,6 +108,8 @@ async def test_the_authority_learns_the_new_owner_before_the_transfer_completes(
     assert status == 202, sent
     transfer_id = sent["transfer_id"]
     await state_at(m, "coordinator", transfer_id, "delivered")
+    again = await call(m, "police", "POST", "/v1/transfers", json=proposal(case_id))
+    assert (again[0], again[1].get("state")) == (409, "delivered")  # one under way
     path = f"/v1/transfers/{transfer_id}"
     status, accepted = await call(m, "coordinator", "POST", path + "/accept")
     assert status == 202, accepted
@@ -130,6 +134,60 @@ async def test_the_authority_learns_the_new_owner_before_the_transfer_completes(
     await publish(m, "police", AUTHORITY, data)
     await rejected(m, AUTHORITY, data, "not-shared")  # police owns the case no more
     assert case_owners(m) == [(case_id, "coordinator", transfer_id, "police")]
+    status, problem = await call(m, "police", "POST", "/v1/transfers", json=proposal(case_id))
+    assert (status, problem.get("member")) == (422, "case_id"), problem
+
+
+async def test_only_the_case_owner_proposes_a_transfer_of_it(with_authority: Mechanism) -> None:
+    """The co-ordinator holds the case's decisions under police's pair, not as the case's
+    owner: its transfer of the case is 422, nothing stored (the authority would refuse
+    its `case-owner-changed`, and the transfer could never complete)."""
+    m = with_authority
+    _, case_id = await decided_first(m)
+    without_consent = {**POLICY.without_consent, "coordinator": ("public_task",)}
+    await publish_policy(m, replace(POLICY, without_consent=without_consent))
+    status, problem = await call(
+        m, "coordinator", "POST", "/v1/transfers", json=proposal(case_id, "police")
+    )
+    assert (status, problem.get("member")) == (422, "case_id"), problem
+    assert (await call(m, "coordinator", "GET", "/v1/transfers"))[1]["items"] == []
+
+
+async def test_an_authority_refusing_the_change_lets_the_transfer_complete(
+    with_authority: Mechanism,
+) -> None:
+    """The authority's agent refuses police's `case-owner-changed` (here it no longer holds
+    the role, `not-for-this-role`): police's transfer shows it as `authority_failure` and
+    completes all the same (the co-ordinator holds the case from `accepted` on), the
+    authority keeping police as the case's owner."""
+    m = with_authority
+    _, case_id = await decided_first(m)
+    status, sent = await call(m, "police", "POST", "/v1/transfers", json=proposal(case_id))
+    assert status == 202, sent
+    transfer_id = sent["transfer_id"]
+    await state_at(m, "coordinator", transfer_id, "delivered")
+    identity = admin.PublicIdentity.from_json(m.setups[AUTHORITY].identity_path.read_bytes())
+    admin.add_agency(m.sandbox.admin, identity, roles=["ngo"])
+    m.sandbox.sign_draft()
+    await m.sandbox.publish()
+
+    async def demoted() -> bool:
+        d = m.agents[AUTHORITY].trust.directory
+        return d is not None and d.agency(AUTHORITY).roles == ("ngo",)
+
+    await eventually(demoted, what="the authority to read its role gone")
+    path = f"/v1/transfers/{transfer_id}"
+    assert (await call(m, "coordinator", "POST", path + "/accept"))[0] == 202
+
+    async def failed() -> bool:
+        status, body = await call(m, "police", "GET", path)
+        return status == 200 and body["authority_failure"] == "not-for-this-role"
+
+    await eventually(failed, timeout=30, what="police to hold the authority's refusal")
+    status, done = await call(m, "police", "POST", path + "/complete")
+    assert (status, done["state"]) == (202, "completed"), done
+    await state_at(m, "coordinator", transfer_id, "completed")
+    assert case_owners(m) == []
 
 
 async def test_a_case_id_of_two_authorities_names_no_transfer(with_authority: Mechanism) -> None:

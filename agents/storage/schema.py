@@ -438,6 +438,7 @@ CREATE TABLE IF NOT EXISTS case_transfers (
     message_id   TEXT NOT NULL,
     sent_at      INTEGER NOT NULL,  -- the case-transfer envelope's `created`: expiry runs from it
     told         TEXT,  -- at the owner: the case-owner-changed envelope's message id, once sent
+    told_failure TEXT,  -- at the owner: why that envelope could not be sealed (no usable key)
     body         BLOB,  -- at the transferee: R sealed under its data key (data_keys), else NULL
     created      INTEGER NOT NULL,
     updated      INTEGER NOT NULL,

@@ -201,15 +201,20 @@ class StoredTransfer:
     updated: int
     #: at the owner, the reason its `case-transfer` copy failed for good, else None
     failure: str | None = None
+    #: at the owner of a transfer naming a case, the reason its `case-owner-changed` could
+    #: not be sealed or failed for good (the authority's agent refused it), else None
+    authority_failure: str | None = None
 
 
 _TRANSFER_COLUMNS = (
     "t.owner, t.transfer_id, t.transferee, t.referral_id, t.case_id, t.authority, t.reason,"
     " t.request_id,"
     " t.urgency, t.state, t.step_reason, t.message_id, t.sent_at, t.created, t.updated,"
-    " d.failure"
+    " d.failure, coalesce(t.told_failure, a.failure)"
     " FROM case_transfers t LEFT JOIN deliveries d ON d.message_id = t.message_id"
     " AND d.recipient = t.transferee AND d.state = 'failed'"
+    " LEFT JOIN deliveries a ON a.message_id = t.told AND a.recipient = t.authority"
+    " AND a.state = 'failed'"
 )
 _SELECT_TRANSFER = "SELECT " + _TRANSFER_COLUMNS
 
@@ -317,6 +322,14 @@ class CaseTransfers(Database):
         )
 
     @staticmethod
+    def set_told_failure(db: sqlite3.Connection, owner: str, transfer_id: str, reason: str) -> None:
+        """The `case-owner-changed` to the authority could not be sealed, for `reason`."""
+        db.execute(
+            "UPDATE case_transfers SET told_failure = ? WHERE owner = ? AND transfer_id = ?",
+            (reason, owner, transfer_id),
+        )
+
+    @staticmethod
     def authority_told(db: sqlite3.Connection, owner: str, transfer_id: str) -> bool:
         """Whether the authority's delivery receipt of that `case-owner-changed` came."""
         row = db.execute(
@@ -325,6 +338,20 @@ class CaseTransfers(Database):
             (owner, transfer_id),
         ).fetchone()
         return row is not None
+
+    def case_transfer_held(
+        self, db: sqlite3.Connection, authority: str, case_id: str
+    ) -> str | None:
+        """The state of a transfer of `authority`'s case `case_id` this agency proposed that
+        is open (`proposed`, `delivered`, `accepted`) or `completed`, if any: it may propose
+        none other of the case (it owns the case no more, or one is under way)."""
+        row = db.execute(
+            "SELECT state FROM case_transfers WHERE owner = ? AND authority = ? AND case_id = ?"
+            " AND state IN ('proposed', 'delivered', 'accepted', 'completed')"
+            " ORDER BY state = 'completed' DESC LIMIT 1",
+            (self.agency, authority, case_id),
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     @staticmethod
     def case_owner(db: sqlite3.Connection, case_id: str) -> str | None:
@@ -369,15 +396,17 @@ class CaseTransfers(Database):
         ).fetchall()
         return [str(r[0]) for r in rows]
 
-    @staticmethod
-    def case_authorities(db: sqlite3.Connection, case_id: str) -> list[str]:
+    def case_authorities(self, db: sqlite3.Connection, case_id: str) -> list[str]:
         """The authorities of which this agency holds a decision or a protection notice of a
-        case `case_id` (a transfer names only such a case, PROTOCOL §8.10), sorted: several
-        when authorities chose the same id (a hostile one may)."""
+        case `case_id` under a pair of its own (so as the case's referrer, its owner: a
+        coordinator or a provider holds them under another's pair; a transfer names only
+        such a case, PROTOCOL §8.10), sorted: several when authorities chose the same id (a
+        hostile one may)."""
         rows = db.execute(
-            "SELECT authority FROM decisions WHERE case_id = ?"
-            " UNION SELECT authority FROM protection_notices WHERE case_id = ? ORDER BY 1",
-            (case_id, case_id),
+            "SELECT authority FROM decisions WHERE case_id = ? AND owner = ?"
+            " UNION SELECT authority FROM protection_notices WHERE case_id = ? AND owner = ?"
+            " ORDER BY 1",
+            (case_id, self.agency, case_id, self.agency),
         ).fetchall()
         return [str(r[0]) for r in rows]
 
