@@ -503,7 +503,8 @@ class TransferDesk:
     def on_transfer(self, db: sqlite3.Connection, opened: Opened, checked: CheckedTransfer) -> None:
         """A `case-transfer` received, R judged already (`inbound.check`): §8.10's receiver
         checks (a `transfer_id` held from that sender already, or an R whose id names a
-        record held here, `unexpected` / `reused-referral-id`; a `request_id` naming no
+        record held here or a referral of the sender's, or decisions or notices under it,
+        `unexpected` / `reused-referral-id`; a `request_id` naming no
         request this agency sent the sender `not-shared`, one in a final state
         `unexpected`); stored `delivered` with R sealed as this agency's own record, the
         request it answers `granted`, audited and told to the system."""
@@ -523,6 +524,10 @@ class TransferDesk:
             db, referral_id
         ):
             raise ReusedReferralIdError("R's id names a record this agency holds already")
+        if self.store.pairs(sender, referral_id) or self.store.held_under(db, sender, referral_id):
+            # R's attachments are held under (sender, id): never a pair of the sender's too,
+            # whose withdrawal would erase them (PROTOCOL §8.10).
+            raise ReusedReferralIdError("R's id names a referral of its sender held here")
         now = clock.now()
         sealed = self.desk.seal_body(db, self.agency, referral_id, opened.body)
         body = checked.referral.referral.body

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from agents import referral as R
 from agents import transfers as T
+from agents.messages import REFERRAL
 from keys import AgencyKeys
 from keys.policy import Policy, Tier
 
@@ -35,7 +36,7 @@ from .support import (
     webhook_receiver,
 )
 from .test_erasure import _files
-from .test_sender_scope import publish, rejected
+from .test_sender_scope import publish, referral_body, rejected
 from .test_transfer_requests import asking, audit_kinds, call, referred, requested, state_of
 
 #: The events the shelter's agent sent its system (webhooks), in order of arrival.
@@ -100,6 +101,7 @@ def forged_transfer(
     transfer_id: str | None = None,
     request_id: str | None = None,
     referral: dict[str, Any] | None = None,
+    referral_id: str | None = None,
 ) -> bytes:
     """A `case-transfer` `sender`'s agent (or one acting as it) signs to the shelter."""
     r = v2(body=FOR_SHELTER) if referral is None else referral
@@ -108,7 +110,7 @@ def forged_transfer(
         case_id=None,
         reason="other",
         request_id=request_id,
-        referral={**r, "referral_id": secrets.token_hex(16)},
+        referral={**r, "referral_id": referral_id or secrets.token_hex(16)},
         attachment_key=None,
     )
     return sealed(m, sender, "shelter", T.CASE_TRANSFER, message.encode())
@@ -274,6 +276,29 @@ async def test_a_transfer_id_again_and_a_request_ended_are_unexpected(
     await publish(m, "police", "shelter", late)
     await rejected(m, "shelter", late, "unexpected")
     assert len(transfer_rows(m, "shelter")) == 1
+
+
+async def test_r_and_the_senders_referrals_never_share_an_id(mechanism: Mechanism) -> None:
+    """R's attachments are held under (sender, R's id): police's agent sending a transfer
+    whose R reuses the id of its referral to the shelter is `reused-referral-id`, and so is
+    its referral reusing the id of an R it sent the shelter; nothing of either is stored,
+    so withdrawing the one never erases the other."""
+    m = mechanism
+    rid = await referred(m)
+    police = agency_keys(m, "police")
+    reusing = forged_transfer(m, police, referral_id=rid)
+    await publish(m, "police", "shelter", reusing)
+    await rejected(m, "shelter", reusing, "reused-referral-id")
+    assert transfer_rows(m, "shelter") == []
+    r_id = secrets.token_hex(16)
+    transfer_id = secrets.token_hex(16)
+    first = forged_transfer(m, police, transfer_id=transfer_id, referral_id=r_id)
+    await publish(m, "police", "shelter", first)
+    await transfer_state(m, "shelter", transfer_id, "delivered")
+    referral = sealed(m, police, "shelter", REFERRAL, referral_body(m, r_id, to="shelter"))
+    await publish(m, "police", "shelter", referral)
+    await rejected(m, "shelter", referral, "reused-referral-id")
+    assert (await call(m, "shelter", "GET", f"/v1/referrals/{r_id}"))[0] == 404
 
 
 async def pair_cancelled(m: Mechanism, rid: str) -> None:

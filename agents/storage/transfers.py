@@ -421,6 +421,16 @@ class CaseTransfers(Database):
         return row is not None
 
     @staticmethod
+    def transfer_referral_from(db: sqlite3.Connection, owner: str, referral_id: str) -> bool:
+        """Whether `owner` sent this agency a transfer whose R has that id (its attachments
+        are held under (owner, referral_id), which no referral of `owner`'s may share)."""
+        row = db.execute(
+            "SELECT 1 FROM case_transfers WHERE owner = ? AND referral_id = ? AND body IS NOT NULL",
+            (owner, referral_id),
+        ).fetchone()
+        return row is not None
+
+    @staticmethod
     def step_transfer(
         db: sqlite3.Connection,
         owner: str,
