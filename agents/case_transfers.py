@@ -71,8 +71,9 @@ ANSWERABLE = frozenset({T.REQUESTED, T.DELIVERED, T.GRANTED})
 def view(t: StoredTransfer, me: str) -> dict[str, Any]:
     """A transfer as the API and the webhook show it (PROTOCOL names; `side` this agency's
     party, `owner` or `transferee`; `failure` the reason the owner's `case-transfer` failed
-    for good, its state then staying `proposed`, else None; `authority_failure` the reason
-    its `case-owner-changed` could not be sealed or failed for good, else None)."""
+    for good, its state then `expired` (`TransferDesk.on_failed`), else None;
+    `authority_failure` the reason its `case-owner-changed` could not be sealed or failed
+    for good, else None)."""
     return {
         "transfer_id": t.transfer_id,
         "owner": t.owner,
@@ -239,6 +240,30 @@ class TransferDesk:
             return
         if not self._moved(db, t, T.PROPOSED, T.DELIVERED, None):
             raise UnexpectedMessageError("the transfer moved meanwhile")
+
+    def on_failed(self, db: sqlite3.Connection, message_id: str, transferee: str) -> None:
+        """The `case-transfer` copy to `transferee` failed for good (its agent refused it,
+        or it could not be delivered) while `proposed`: the owner's `system` step to
+        `expired` (the only final state the table gives that party from there), and the
+        grant of the request it answered undone, `granted` -> `delivered` (PROTOCOL §8.10:
+        the grant travels as the transfer, which never arrived; the requester holds the
+        request `requested` or `delivered` still), so that it may be answered again."""
+        t = self.store.transfer_of_message(db, message_id, transferee)
+        if t is None or t.owner != self.agency or t.state != T.PROPOSED:
+            return
+        if not self.store.step_transfer(
+            db,
+            t.owner,
+            t.transfer_id,
+            from_state=T.PROPOSED,
+            to_state=T.EXPIRED,
+            reason=None,
+            now=clock.now(),
+        ):
+            return
+        if t.request_id is not None:
+            self.requests.ungrant(db, t.transferee, t.request_id)
+        self.log.warning("transfer_failed", transfer_id=t.transfer_id)
 
     # --- either party's step ------------------------------------------------------------------
 

@@ -621,8 +621,8 @@ _TRANSFER = _closed(
             **_REASON_CODE,
             "type": ["string", "null"],
             "description": "At the owner: why its `case-transfer` failed for good (the "
-            "transferee's agent refused it, or it could not be delivered); the state then "
-            "stays `proposed`. Null otherwise",
+            "transferee's agent refused it, or it could not be delivered); the transfer is "
+            "then `expired` and the request it answered `delivered` again. Null otherwise",
         },
         "authority_failure": {
             **_REASON_CODE,

@@ -21,9 +21,10 @@ from aiohttp import web
 
 from agents import referral as R
 from agents import transfers as T
-from agents.messages import REFERRAL
+from agents.messages import REFERRAL, REFUSAL, Refusal
 from keys import AgencyKeys
 from keys.policy import Policy, Tier
+from runtime import clock
 
 from . import samples
 from .support import (
@@ -299,6 +300,38 @@ async def test_r_and_the_senders_referrals_never_share_an_id(mechanism: Mechanis
     await publish(m, "police", "shelter", referral)
     await rejected(m, "shelter", referral, "reused-referral-id")
     assert (await call(m, "shelter", "GET", f"/v1/referrals/{r_id}"))[0] == 404
+
+
+async def test_a_transfer_its_transferee_refused_ends_and_ungrants(mechanism: Mechanism) -> None:
+    """The shelter's agent refuses police's `case-transfer` (its refusal notice, §6.5, while
+    the shelter's agent is down and the transfer still `proposed`): police holds the
+    transfer `expired` with the refusal as `failure`, and the request it answered, whose
+    grant never reached the shelter, `delivered` again, as the shelter holds it: police may
+    answer it with another transfer."""
+    m = mechanism
+    _, request_id = await requested(m)
+    await state_of(m, "police", request_id, "delivered")
+    await state_of(m, "shelter", request_id, "delivered")
+    await m.stop("shelter")
+    status, sent = await call(m, "police", "POST", "/v1/transfers", json=proposing(request_id))
+    assert status == 202, sent
+    conn = sqlite3.connect(m.database("police"))
+    try:
+        [(message_id, digest)] = conn.execute(
+            "SELECT o.message_id, o.envelope_hash FROM outbox o JOIN case_transfers t"
+            " ON t.message_id = o.message_id WHERE t.transfer_id = ?",
+            (sent["transfer_id"],),
+        ).fetchall()
+    finally:
+        conn.close()
+    notice = Refusal(message_id, digest, "category-not-allowed", clock.now())
+    data = sealed(m, agency_keys(m, "shelter"), "police", REFUSAL, notice.encode())
+    await publish(m, "shelter", "police", data)
+    ended = await transfer_state(m, "police", sent["transfer_id"], "expired")
+    assert ended["failure"] == "category-not-allowed"
+    await state_of(m, "police", request_id, "delivered")
+    status, again = await call(m, "police", "POST", "/v1/transfers", json=proposing(request_id))
+    assert status == 202, again
 
 
 async def pair_cancelled(m: Mechanism, rid: str) -> None:
