@@ -285,6 +285,8 @@ class TransferDesk:
         §8.10 "Order at the authority"). One `transfer-step` to the
         other party (audit `transfer-step.sent`, the reason as its reason)."""
         t = self.held(db, transfer_id, owner, side=party)
+        if t.state in T.EXPIRABLE and self._past_due(t, clock.now(), self._policy()):
+            raise E.TransitionNotAllowed("the transfer's due time passed: it expires", allowed=[])
         if (
             to_state == T.COMPLETED
             and t.state == T.ACCEPTED
@@ -336,6 +338,9 @@ class TransferDesk:
             held = t is not None and t.transferee == sender == step.recipient
         if t is None or not held:
             raise NotSharedError("a step of a transfer its sender does not share")
+        made = max(step.at, opened.header.created)
+        if t.state in T.EXPIRABLE and self._past_due(t, made, self._policy()):
+            raise UnexpectedMessageError("a step made past the transfer's due time")
         lagging = {step.from_state, t.state} == {T.PROPOSED, T.DELIVERED}
         if step.from_state != t.state and not lagging:
             raise UnexpectedMessageError("the step starts from a state the transfer is not in")
@@ -459,17 +464,26 @@ class TransferDesk:
         "Expiry"), each side's own `system` step, the request it answered `lapsed`; none
         without a policy. How many, each in its own transaction."""
         now = clock.now() if now is None else now
-        due = clocks.limits(clocks.RESPOND, policy=policy)
         expired = 0
         for t in self.store.open_transfers():
-            seconds = due.get(t.urgency)
-            if seconds is None or now < t.sent_at + seconds:
+            if not self._past_due(t, now, policy):
                 continue
             with self.store.transaction() as db:
                 if self._moved(db, t, t.state, T.EXPIRED, None):
                     expired += 1
                     self.log.info("transfer_expired", transfer_id=t.transfer_id)
         return expired
+
+    def _policy(self) -> Policy | None:
+        """The trusted directory's national policy (None: transfers do not expire)."""
+        return self.desk.directory().policy
+
+    @staticmethod
+    def _past_due(t: StoredTransfer, at: int, policy: Policy | None) -> bool:
+        """Whether `at` is past `t`'s due time (PROTOCOL §8.10 "Expiry") under the national
+        `policy`; never without one."""
+        seconds = clocks.limits(clocks.RESPOND, policy=policy).get(t.urgency)
+        return seconds is not None and at >= t.sent_at + seconds
 
     # --- reading ------------------------------------------------------------------------------
 

@@ -536,6 +536,34 @@ async def test_a_transfer_left_undecided_expires_at_both_sides(mechanism: Mechan
     assert (await call(m, "shelter", "GET", f"/v1/transfers/{routine}"))[1]["state"] == "delivered"
 
 
+async def test_a_step_made_past_the_due_time_is_unexpected(mechanism: Mechanism) -> None:
+    """Under a national policy (a routine R due in two weeks), the shelter's agent sending
+    police an `accepted` step made past the transfer's due time is `unexpected`: police,
+    whose timer has not run out yet, holds it `delivered` still, as the shelter's own timer
+    would find it expired; a step made in time is taken."""
+    m = mechanism
+    await publish_policy(m, Policy(country="LT", without_consent={"police": ("public_task",)}))
+    transfer_id = await delivered_transfer(m)
+    late = T.TransferStep(
+        T.TRANSFER,
+        transfer_id,
+        "shelter",
+        "delivered",
+        "accepted",
+        "transferee",
+        None,
+        clock.now() + 15 * 86_400,
+    )
+    data = sealed(m, agency_keys(m, "shelter"), "police", T.TRANSFER_STEP, late.encode())
+    await publish(m, "shelter", "police", data)
+    await rejected(m, "police", data, "unexpected")
+    assert (await call(m, "police", "GET", f"/v1/transfers/{transfer_id}"))[1]["state"] == (
+        "delivered"
+    )
+    assert (await call(m, "shelter", "POST", f"/v1/transfers/{transfer_id}/accept"))[0] == 202
+    await transfer_state(m, "police", transfer_id, "accepted")
+
+
 #: What each party may move a transfer to, written apart from agents/transfers.py (PROTOCOL
 #: §8.10 "Case transfer"): (state, party) -> allowed targets.
 EXPECTED: dict[tuple[str, str], list[str]] = {
