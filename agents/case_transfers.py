@@ -64,7 +64,8 @@ log = structlog.get_logger("nrm.case_transfers")
 #: The webhook event the transferee's system gets for each transfer it accepted.
 RECEIVED_EVENT = "transfer.received"
 #: The request states in which a transfer answering it is taken (PROTOCOL §8.10: the
-#: receipt of the request may come after the transfer).
+#: receipt of the request may come after the transfer); `granted` only while no other
+#: transfer from its owner answers it (one request, one transfer).
 ANSWERABLE = frozenset({T.REQUESTED, T.DELIVERED, T.GRANTED})
 
 
@@ -543,10 +544,11 @@ class TransferDesk:
         """A `case-transfer` received, R judged already (`inbound.check`): §8.10's receiver
         checks (a `transfer_id` held from that sender already, or an R whose id names a
         record held here or a referral of the sender's, or decisions or notices under it,
-        `unexpected` / `reused-referral-id`; a `request_id` naming no
-        request this agency sent the sender `not-shared`, one in a final state
-        `unexpected`); stored `delivered` with R sealed as this agency's own record, the
-        request it answers `granted`, audited and told to the system."""
+        `unexpected` / `reused-referral-id`; a `request_id` naming no request this agency
+        sent the sender `not-shared`, one in a final state, or `granted` with another
+        transfer from the sender answering it, `unexpected`); stored `delivered` with R
+        sealed as this agency's own record, the request it answers `granted`, audited and
+        told to the system."""
         sender = opened.header.sender
         transfer = checked.transfer
         referral_id = checked.referral.referral_id
@@ -559,6 +561,10 @@ class TransferDesk:
                 raise NotSharedError("the transfer answers no request sent to its sender")
             if answered.state not in ANSWERABLE:
                 raise UnexpectedMessageError("the transfer answers a request that ended")
+            if answered.state == T.GRANTED and self.store.request_answered(
+                db, sender, transfer.request_id
+            ):
+                raise UnexpectedMessageError("another transfer answers the request already")
         if self.store.pairs(self.agency, referral_id) or self.store.transfer_referral_held(
             db, referral_id
         ):

@@ -279,6 +279,23 @@ async def test_a_transfer_id_again_and_a_request_ended_are_unexpected(
     assert len(transfer_rows(m, "shelter")) == 1
 
 
+async def test_a_request_is_answered_by_one_transfer(mechanism: Mechanism) -> None:
+    """Police's agent answering the shelter's request a second time, once the first
+    transfer made it `granted`, is `unexpected`: the first transfer alone answers it."""
+    m = mechanism
+    _, request_id = await requested(m)
+    police = agency_keys(m, "police")
+    first_id = secrets.token_hex(16)
+    first = forged_transfer(m, police, transfer_id=first_id, request_id=request_id)
+    await publish(m, "police", "shelter", first)
+    await transfer_state(m, "shelter", first_id, "delivered")
+    await state_of(m, "shelter", request_id, "granted")
+    second = forged_transfer(m, police, request_id=request_id)
+    await publish(m, "police", "shelter", second)
+    await rejected(m, "shelter", second, "unexpected")
+    assert len(transfer_rows(m, "shelter")) == 1
+
+
 async def test_r_and_the_senders_referrals_never_share_an_id(mechanism: Mechanism) -> None:
     """R's attachments are held under (sender, R's id): police's agent sending a transfer
     whose R reuses the id of its referral to the shelter is `reused-referral-id`, and so is

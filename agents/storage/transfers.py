@@ -421,6 +421,16 @@ class CaseTransfers(Database):
         return row is not None
 
     @staticmethod
+    def request_answered(db: sqlite3.Connection, owner: str, request_id: str) -> bool:
+        """Whether a transfer from `owner` held here answers this agency's request
+        `request_id` (one transfer per request)."""
+        row = db.execute(
+            "SELECT 1 FROM case_transfers WHERE owner = ? AND request_id = ?",
+            (owner, request_id),
+        ).fetchone()
+        return row is not None
+
+    @staticmethod
     def transfer_referral_from(db: sqlite3.Connection, owner: str, referral_id: str) -> bool:
         """Whether `owner` sent this agency a transfer whose R has that id (its attachments
         are held under (owner, referral_id), which no referral of `owner`'s may share)."""
