@@ -348,7 +348,8 @@ class TransferDesk:
         if not self._moved(db, t, t.state, step.to_state, step.reason):
             raise UnexpectedMessageError("the transfer moved meanwhile")
         if step.to_state == T.ACCEPTED and t.owner == self.agency and t.case_id is not None:
-            self._tell_authority(db, t, t.case_id, step.at)
+            # `at` as this agency recorded the acceptance (PROTOCOL §8.10), not as claimed
+            self._tell_authority(db, t, t.case_id, clock.now())
         found = self.store.transfer(db, t.owner, t.transfer_id)
         assert found is not None
         stepped(

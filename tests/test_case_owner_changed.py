@@ -207,3 +207,34 @@ async def test_a_case_id_of_two_authorities_names_no_transfer(with_authority: Me
     status, problem = await call(m, "police", "POST", "/v1/transfers", json=proposal(case_id))
     assert (status, problem.get("authorities")) == (409, sorted([AUTHORITY, "coordinator"]))
     assert (await call(m, "police", "GET", "/v1/transfers"))[1]["items"] == []
+
+
+async def test_the_authority_hears_when_the_owner_took_the_acceptance(
+    with_authority: Mechanism,
+) -> None:
+    """`case-owner-changed`'s `at` is when police recorded the acceptance, not the time
+    the co-ordinator's step claims (here one long past)."""
+    m = with_authority
+    _, case_id = await decided_first(m)
+    before = clock.now()
+    status, sent = await call(m, "police", "POST", "/v1/transfers", json=proposal(case_id))
+    assert status == 202, sent
+    transfer_id = sent["transfer_id"]
+    await state_at(m, "coordinator", transfer_id, "delivered")
+    claimed = T.TransferStep(
+        T.TRANSFER, transfer_id, "coordinator", "delivered", "accepted", "transferee", None, 1_000
+    )
+    data = sealed(m, agency_keys(m, "coordinator"), "police", T.TRANSFER_STEP, claimed.encode())
+    await publish(m, "coordinator", "police", data)
+    await state_at(m, "police", transfer_id, "accepted")
+
+    async def owned() -> bool:
+        return bool(case_owners(m))
+
+    await eventually(owned, timeout=30, what="the authority to hold the new owner")
+    conn = sqlite3.connect(m.database(AUTHORITY))
+    try:
+        [(at,)] = conn.execute("SELECT at FROM case_owners").fetchall()
+    finally:
+        conn.close()
+    assert at >= before

@@ -17,7 +17,8 @@ the `transferee`), keyed by its owner and `transfer_id`, with R's `referral_id` 
 reason, the request it answers, its state in the table "Case
 transfer" and the reason of the step that reached it. At the transferee `body` is R, sealed
 under its own data key in `data_keys` (owner: the transferee itself, for R is its own record,
-PROTOCOL §8.10 "Decisions"); the owner keeps no copy of R. `message_id` is the
+PROTOCOL §8.10 "Decisions"); the owner keeps no copy of R. Ids and codes only in every
+other column. `message_id` is the
 `case-transfer` envelope, whose delivery receipt moves the owner's copy to `delivered` and
 whose failed copy is read as the transfer's `failure`, as for requests; `sent_at` its
 `created`, from which each side's timer expires the transfer; `told`, at the owner of a
