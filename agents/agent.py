@@ -122,6 +122,7 @@ SENT_EVENTS = {
     TRANSFER_STEP: "transfer-step.sent",
     STATISTICS_CONTRIBUTION: "statistics.contributed",
     CASE_TRANSFER: "transfer.sent",
+    CASE_OWNER_CHANGED: "case-owner-changed.sent",
 }
 
 

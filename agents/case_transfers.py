@@ -399,7 +399,9 @@ class TransferDesk:
             raise RuntimeError("a transfer naming a case is stored with its authority")
         body = T.CaseOwnerChanged(case_id, t.transferee, t.transfer_id, at).encode()
         try:
-            message_id = self.send(T.CASE_OWNER_CHANGED, body, [t.authority], db)
+            message_id = self.send(
+                T.CASE_OWNER_CHANGED, body, [t.authority], db, referral_id=t.referral_id
+            )
         except UntrustedInputError as e:  # the authority's keys: not the step's fault
             self.store.set_told_failure(db, t.owner, t.transfer_id, e.reason)
             self.log.warning(

@@ -35,6 +35,7 @@ from .test_identification import (
     signed_by,
 )
 from .test_sender_scope import publish, rejected
+from .test_transfer_requests import audit_kinds
 
 
 @pytest.fixture
@@ -119,6 +120,7 @@ async def test_the_authority_learns_the_new_owner_before_the_transfer_completes(
         return case_owners(m) == [(case_id, "coordinator", transfer_id, "police")]
 
     await eventually(owned, timeout=30, what="the authority to hold the new owner")
+    assert audit_kinds(m, "police", "case-owner-changed.") == [("case-owner-changed.sent", None)]
 
     async def completed() -> bool:
         status, body = await call(m, "police", "POST", path + "/complete")
