@@ -300,7 +300,14 @@ class TransferDesk:
                 " case-owner-changed has come; try again later"
             )
         if to_state == T.COMPLETED and t.state == T.ACCEPTED:
-            self._cancel_pairs(db, t)
+            try:
+                self._cancel_pairs(db, t)
+            except UntrustedInputError as e:  # a counterpart with no usable key: nothing sent
+                raise E.Unavailable(
+                    "a pair of the case cannot be cancelled now: its counterpart has no usable"
+                    " key; try again later",
+                    reason=e.reason,
+                ) from e
         send_step(
             self.send,
             db,

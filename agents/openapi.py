@@ -1329,7 +1329,8 @@ OPENAPI: dict[str, Any] = {
                 "`transfer-step` to the transferee, and the request it answered is "
                 "`fulfilled`; 409 for a transfer naming a case before the authority's receipt "
                 "of its `case-owner-changed` (taken once that copy failed: "
-                "`authority_failure`), else listing the allowed steps",
+                "`authority_failure`), else listing the allowed steps; 503 while a pair of "
+                "the case to cancel first has no usable key to seal to",
                 "parameters": [_PATH_REQUEST_ID, _OWNER, _IDEMPOTENCY],
                 "responses": {
                     "202": _json(_TRANSFER, "Sent to the transferee"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -155,39 +155,69 @@ async def test_only_the_case_owner_proposes_a_transfer_of_it(with_authority: Mec
     assert (await call(m, "coordinator", "GET", "/v1/transfers"))[1]["items"] == []
 
 
-async def test_an_authority_refusing_the_change_lets_the_transfer_complete(
-    with_authority: Mechanism,
+def _demote(m: Mechanism) -> None:
+    """The authority holds the role `ngo` only from the next directory on."""
+    identity = admin.PublicIdentity.from_json(m.setups[AUTHORITY].identity_path.read_bytes())
+    admin.add_agency(m.sandbox.admin, identity, roles=["ngo"])
+
+
+def _revoke_encryption_key(m: Mechanism) -> None:
+    """The authority's encryption key is revoked from the next directory on."""
+    d = m.agents["police"].trust.directory
+    assert d is not None
+    [key] = d.agency(AUTHORITY).encryption_keys
+    admin.revoke_key(m.sandbox.admin, AUTHORITY, key.kid, reason="compromised", at=clock.now())
+
+
+@pytest.mark.parametrize(
+    ("change", "failure"),
+    [(_demote, "not-for-this-role"), (_revoke_encryption_key, "unknown-key")],
+    ids=["authority-refuses", "no-key-to-seal-to"],
+)
+async def test_an_authority_not_told_lets_the_transfer_complete(
+    with_authority: Mechanism, change: Callable[[Mechanism], None], failure: str
 ) -> None:
-    """The authority's agent refuses police's `case-owner-changed` (here it no longer holds
-    the role, `not-for-this-role`): police's transfer shows it as `authority_failure` and
-    completes all the same (the co-ordinator holds the case from `accepted` on), the
-    authority keeping police as the case's owner."""
+    """Police's `case-owner-changed` cannot reach the authority: its agent refuses it (it
+    no longer holds the role, `not-for-this-role`), or police has no key to seal it to
+    (`unknown-key`: the co-ordinator's `accepted` step is taken all the same). Police's
+    transfer shows it as `authority_failure` and completes all the same (the co-ordinator
+    holds the case from `accepted` on), the authority keeping police as the case's owner;
+    with no key to seal the opening pair's cancellation to, `/complete` is 503 naming
+    `unknown-key`, nothing sent, until the authority has a key again."""
     m = with_authority
     _, case_id = await decided_first(m)
     status, sent = await call(m, "police", "POST", "/v1/transfers", json=proposal(case_id))
     assert status == 202, sent
     transfer_id = sent["transfer_id"]
     await state_at(m, "coordinator", transfer_id, "delivered")
-    identity = admin.PublicIdentity.from_json(m.setups[AUTHORITY].identity_path.read_bytes())
-    admin.add_agency(m.sandbox.admin, identity, roles=["ngo"])
+    before = m.agents["police"].trust.directory
+    assert before is not None
+    change(m)
     m.sandbox.sign_draft()
     await m.sandbox.publish()
 
-    async def demoted() -> bool:
-        d = m.agents[AUTHORITY].trust.directory
-        return d is not None and d.agency(AUTHORITY).roles == ("ngo",)
+    async def changed() -> bool:
+        return all(
+            (d := m.agents[a].trust.directory) is not None and d.version > before.version
+            for a in ("police", AUTHORITY)
+        )
 
-    await eventually(demoted, what="the authority to read its role gone")
+    await eventually(changed, what="police and the authority to read the change")
     path = f"/v1/transfers/{transfer_id}"
     assert (await call(m, "coordinator", "POST", path + "/accept"))[0] == 202
+    await state_at(m, "police", transfer_id, "accepted")
 
     async def failed() -> bool:
         status, body = await call(m, "police", "GET", path)
-        return status == 200 and body["authority_failure"] == "not-for-this-role"
+        return status == 200 and body["authority_failure"] == failure
 
-    await eventually(failed, timeout=30, what="police to hold the authority's refusal")
+    await eventually(failed, timeout=30, what="police to hold the authority untold")
     status, done = await call(m, "police", "POST", path + "/complete")
-    assert (status, done["state"]) == (202, "completed"), done
+    if failure == "unknown-key":
+        assert (status, done.get("reason")) == (503, "unknown-key"), done
+        assert (await call(m, "police", "GET", path))[1]["state"] == "accepted"
+        return
+    assert (status, done.get("state")) == (202, "completed"), done
     await state_at(m, "coordinator", transfer_id, "completed")
     assert case_owners(m) == []
 
