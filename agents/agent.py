@@ -122,6 +122,7 @@ SENT_EVENTS = {
     TRANSFER_STEP: "transfer-step.sent",
     STATISTICS_CONTRIBUTION: "statistics.contributed",
     CASE_TRANSFER: "transfer.sent",
+    CASE_OWNER_CHANGED: "case-owner-changed.sent",
 }
 
 
@@ -325,6 +326,9 @@ class Agent:
             audit=self.audit,
             limits=self.limits,
             on_failed=lambda reason, n: self.metrics.outbox_failed.labels(reason).inc(n),
+            on_copy_failed=lambda tx, copy: self._copy_failed(
+                tx, copy.message_id, copy.kind, copy.recipient
+            ),
         )
         #: message kind -> how it is committed (every kind `inbound.check` accepts).
         self.handlers = self._handler_table()
@@ -768,6 +772,7 @@ class Agent:
         ):
             raise UnexpectedMessageError("a refusal of no undelivered envelope sent to its sender")
         kind, referral_id = copy
+        self._copy_failed(tx, checked.message_id, kind, recipient)
         self.audit.record(
             tx,
             "delivery.failed",
@@ -799,6 +804,14 @@ class Agent:
             reason=checked.reason,
         )
 
+    def _copy_failed(
+        self, tx: sqlite3.Connection, message_id: str, kind: str, recipient: str
+    ) -> None:
+        """A copy sent to `recipient` failed for good, in `tx`: what it carried may end
+        (a `case-transfer`: PROTOCOL §8.10, the owner's transfer)."""
+        if kind == CASE_TRANSFER:
+            self.transfers.on_failed(tx, message_id, recipient)
+
     def _commit(self, opened: Opened, checked: inbound.Checked, position: Position) -> None:
         """Store one verified, checked message and everything it causes, in one transaction:
         the inbox row, then the handler of its kind (`self.handlers`)."""
@@ -810,10 +823,10 @@ class Agent:
         # copy behind in the inbox (docs/DESIGN.md "Erasure").
         keep_body = h.kind not in (
             REFERRAL,
-            CASE_TRANSFER,
             IDENTIFICATION_DECISION,
             PROTECTION_NOTICE,
             STATISTICS_CONTRIBUTION,  # kept in its own table only (agents/statistics.py)
+            CASE_TRANSFER,  # R is kept sealed in its transfer row (agents/case_transfers.py)
         )
         received = Received(
             seq=0,

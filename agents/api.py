@@ -903,6 +903,9 @@ async def get_transfer(request: web.Request) -> web.Response:
             referral = desk.referral(db, found)
             shown["referral"] = referral
             if referral is not None:
+                # Counted as a read of what the old owner sent (PROTOCOL §9.0: the event's
+                # counterpart is that owner, never this agency), though R is stored under
+                # (this agency, referral_id): the window holds ids and counts only, till signed.
                 _record_read(request, db, found.owner, found.referral_id, referral)
     return web.json_response(shown)
 

@@ -43,6 +43,7 @@ from keys import (
     Opened,
     ReusedReferralIdError,
     UnexpectedMessageError,
+    UntrustedInputError,
 )
 from keys.codec import canonical_json
 from keys.policy import Policy
@@ -65,14 +66,17 @@ log = structlog.get_logger("nrm.case_transfers")
 #: The webhook event the transferee's system gets for each transfer it accepted.
 RECEIVED_EVENT = "transfer.received"
 #: The request states in which a transfer answering it is taken (PROTOCOL §8.10: the
-#: receipt of the request may come after the transfer).
+#: receipt of the request may come after the transfer); `granted` only while no other
+#: transfer from its owner answers it (one request, one transfer).
 ANSWERABLE = frozenset({T.REQUESTED, T.DELIVERED, T.GRANTED})
 
 
 def view(t: StoredTransfer, me: str) -> dict[str, Any]:
     """A transfer as the API and the webhook show it (PROTOCOL names; `side` this agency's
     party, `owner` or `transferee`; `failure` the reason the owner's `case-transfer` failed
-    for good, its state then staying `proposed`, else None)."""
+    for good, its state then `expired` (`TransferDesk.on_failed`), else None;
+    `authority_failure` the reason its `case-owner-changed` could not be sealed or failed
+    for good, else None)."""
     return {
         "transfer_id": t.transfer_id,
         "owner": t.owner,
@@ -86,6 +90,7 @@ def view(t: StoredTransfer, me: str) -> dict[str, Any]:
         "state": t.state,
         "step_reason": t.step_reason,
         "failure": t.failure,
+        "authority_failure": t.authority_failure,
         "updated": t.updated,
     }
 
@@ -121,7 +126,8 @@ class TransferDesk:
         referral to it would be; 422 as well for a v1 document, a break-glass one, itself
         as transferee or a `case_id` this agency holds no decision or notice of; 404 for a
         `request_id` naming no request of `transferee` to this agency, 409 for one not
-        `delivered`. Stored `proposed`, sealed as one `case-transfer` (audit
+        `delivered`; 409 naming `authorities` for a `case_id` held of several authorities'
+        cases. Stored `proposed` with the case's authority, sealed as one `case-transfer` (audit
         `transfer.sent`); the request it answers moves to `granted`, in one transaction."""
         if transferee == self.agency or transferee not in self.desk.directory():
             raise E.Unprocessable(
@@ -142,11 +148,7 @@ class TransferDesk:
         referral_id = secrets.token_hex(16)  # fresh: never one of this agency's pairs' ids
         transfer_id = secrets.token_hex(16)
         with self.store.transaction() as db:
-            if case_id is not None and not self.store.holds_case(db, case_id):
-                raise E.Unprocessable(
-                    "case_id names no case whose decisions or notices this agency holds",
-                    member="case_id",
-                )
+            authority = None if case_id is None else self._authority_of(db, case_id)
             answered = self._answered(db, transferee, request_id)
             key = None
             if "attachments" in body:
@@ -170,6 +172,7 @@ class TransferDesk:
                 transferee=transferee,
                 referral_id=referral_id,
                 case_id=case_id,
+                authority=authority,
                 reason=reason,
                 request_id=request_id,
                 urgency=referral.urgency,
@@ -197,6 +200,36 @@ class TransferDesk:
         self.log.info("transfer_sent", transfer_id=transfer_id, transferee=transferee)
         return view(stored, self.agency)
 
+    def _authority_of(self, db: sqlite3.Connection, case_id: str) -> str:
+        """The competent authority of the case `case_id` this agency owns (PROTOCOL §8.10
+        "Who owns the case": as built, it holds the case's decisions or notices under a pair
+        of its own, the opening referral's, and completed no transfer of it since): 422 for
+        none; 409 naming them when several authorities' cases have that id (a case is named
+        by (authority, case_id); a hostile authority may reuse another's id, and the
+        transfer must not tell it of another authority's case), 409 while another transfer
+        of the case is open. Only the owner is heard by the authority: another's transfer
+        could never complete."""
+        authorities = self.store.case_authorities(db, case_id)
+        if not authorities:
+            raise E.Unprocessable(
+                "case_id names no case whose decisions or notices this agency holds",
+                member="case_id",
+            )
+        if len(authorities) > 1:
+            raise E.Conflict(
+                "cases of several authorities have this case_id", authorities=authorities
+            )
+        [authority] = authorities
+        held = self.store.case_transfer_held(db, authority, case_id)
+        if held == T.COMPLETED:
+            raise E.Unprocessable(
+                "this agency owns the case no more: it completed a transfer of it",
+                member="case_id",
+            )
+        if held is not None:
+            raise E.Conflict("a transfer of this case is under way", state=held)
+        return authority
+
     def _answered(
         self, db: sqlite3.Connection, transferee: str, request_id: str | None
     ) -> StoredTransferRequest | None:
@@ -222,6 +255,30 @@ class TransferDesk:
         if not self._moved(db, t, T.PROPOSED, T.DELIVERED, None):
             raise UnexpectedMessageError("the transfer moved meanwhile")
 
+    def on_failed(self, db: sqlite3.Connection, message_id: str, transferee: str) -> None:
+        """The `case-transfer` copy to `transferee` failed for good (its agent refused it,
+        or it could not be delivered) while `proposed`: the owner's `system` step to
+        `expired` (the only final state the table gives that party from there), and the
+        grant of the request it answered undone, `granted` -> `delivered` (PROTOCOL §8.10:
+        the grant travels as the transfer, which never arrived; the requester holds the
+        request `requested` or `delivered` still), so that it may be answered again."""
+        t = self.store.transfer_of_message(db, message_id, transferee)
+        if t is None or t.owner != self.agency or t.state != T.PROPOSED:
+            return
+        if not self.store.step_transfer(
+            db,
+            t.owner,
+            t.transfer_id,
+            from_state=T.PROPOSED,
+            to_state=T.EXPIRED,
+            reason=None,
+            now=clock.now(),
+        ):
+            return
+        if t.request_id is not None:
+            self.requests.ungrant(db, t.transferee, t.request_id)
+        self.log.warning("transfer_failed", transfer_id=t.transfer_id)
+
     # --- either party's step ------------------------------------------------------------------
 
     def step(
@@ -237,13 +294,18 @@ class TransferDesk:
         """This agency's step as `party` on a transfer it holds as that party (`revoke` and
         `complete` as its owner, `accept` and `reject` as its transferee): 404 for none, 409
         naming `allowed` for a step the table refuses from its state, 409 for `complete` of a
-        transfer naming a case (the authority is not told yet). One `transfer-step` to the
+        transfer naming a case before the authority's receipt of its `case-owner-changed`
+        (taken once that copy failed for good: the authority keeps the old owner, PROTOCOL
+        §8.10 "Order at the authority"). One `transfer-step` to the
         other party (audit `transfer-step.sent`, the reason as its reason)."""
         t = self.held(db, transfer_id, owner, side=party)
+        if t.state in T.EXPIRABLE and self._past_due(t, clock.now(), self._policy()):
+            raise E.TransitionNotAllowed("the transfer's due time passed: it expires", allowed=[])
         if (
             to_state == T.COMPLETED
             and t.state == T.ACCEPTED
             and t.case_id is not None
+            and t.authority_failure is None
             and not self.store.authority_told(db, t.owner, t.transfer_id)
         ):
             raise E.Conflict(
@@ -251,7 +313,14 @@ class TransferDesk:
                 " case-owner-changed has come; try again later"
             )
         if to_state == T.COMPLETED and t.state == T.ACCEPTED:
-            self._cancel_pairs(db, t)
+            try:
+                self._cancel_pairs(db, t)
+            except UntrustedInputError as e:  # a counterpart with no usable key: nothing sent
+                raise E.Unavailable(
+                    "a pair of the case cannot be cancelled now: its counterpart has no usable"
+                    " key; try again later",
+                    reason=e.reason,
+                ) from e
         send_step(
             self.send,
             db,
@@ -290,13 +359,17 @@ class TransferDesk:
             held = t is not None and t.transferee == sender == step.recipient
         if t is None or not held:
             raise NotSharedError("a step of a transfer its sender does not share")
+        made = max(step.at, opened.header.created)
+        if t.state in T.EXPIRABLE and self._past_due(t, made, self._policy()):
+            raise UnexpectedMessageError("a step made past the transfer's due time")
         lagging = {step.from_state, t.state} == {T.PROPOSED, T.DELIVERED}
         if step.from_state != t.state and not lagging:
             raise UnexpectedMessageError("the step starts from a state the transfer is not in")
         if not self._moved(db, t, t.state, step.to_state, step.reason):
             raise UnexpectedMessageError("the transfer moved meanwhile")
-        if step.to_state == T.ACCEPTED and t.case_id is not None:
-            self._tell_authority(db, t, t.case_id, step.at)
+        if step.to_state == T.ACCEPTED and t.owner == self.agency and t.case_id is not None:
+            # `at` as this agency recorded the acceptance (PROTOCOL §8.10), not as claimed
+            self._tell_authority(db, t, t.case_id, clock.now())
         found = self.store.transfer(db, t.owner, t.transfer_id)
         assert found is not None
         stepped(
@@ -314,7 +387,9 @@ class TransferDesk:
         `cancelled`, reason `referred-elsewhere`, one `transition` each): as built, the
         pair the answered request was asked under, and the pairs under which this agency
         holds the case's decisions or notices."""
-        referral_ids = set(self.store.case_pairs(db, t.case_id)) if t.case_id else set()
+        referral_ids = set()
+        if t.case_id is not None and t.authority is not None:
+            referral_ids.update(self.store.case_pairs(db, t.authority, t.case_id))
         if t.request_id is not None:
             r = self.store.transfer_request(db, t.transferee, t.request_id)
             if r is not None and r.owner == self.agency:
@@ -337,13 +412,22 @@ class TransferDesk:
     ) -> None:
         """The transferee accepted a transfer naming a case: one `case-owner-changed` to
         the case's competent authority (PROTOCOL §8.10 "Order at the authority"), whose
-        delivery receipt lets the owner complete the transfer."""
-        authority = self.store.authority_of_case(db, case_id)
-        if authority is None:  # checked when proposed; gone since (erased): nobody to tell
-            self.log.warning("transfer_authority_unknown", transfer_id=t.transfer_id)
-            return
+        delivery receipt lets the owner complete the transfer. One that cannot be sealed (no
+        usable key of the authority's) is recorded as the transfer's `authority_failure`,
+        the step taken all the same: the authority's keys are not the transferee's doing."""
+        if t.authority is None:
+            raise RuntimeError("a transfer naming a case is stored with its authority")
         body = T.CaseOwnerChanged(case_id, t.transferee, t.transfer_id, at).encode()
-        message_id = self.send(T.CASE_OWNER_CHANGED, body, [authority], db)
+        try:
+            message_id = self.send(
+                T.CASE_OWNER_CHANGED, body, [t.authority], db, referral_id=t.referral_id
+            )
+        except UntrustedInputError as e:  # the authority's keys: not the step's fault
+            self.store.set_told_failure(db, t.owner, t.transfer_id, e.reason)
+            self.log.warning(
+                "authority_untold", transfer_id=t.transfer_id, authority=t.authority, why=e.reason
+            )
+            return
         self.store.set_told(db, t.owner, t.transfer_id, message_id)
 
     def on_owner_changed(
@@ -404,17 +488,26 @@ class TransferDesk:
         "Expiry"), each side's own `system` step, the request it answered `lapsed`; none
         without a policy. How many, each in its own transaction."""
         now = clock.now() if now is None else now
-        due = clocks.limits(clocks.RESPOND, policy=policy)
         expired = 0
         for t in self.store.open_transfers():
-            seconds = due.get(t.urgency)
-            if seconds is None or now < t.sent_at + seconds:
+            if not self._past_due(t, now, policy):
                 continue
             with self.store.transaction() as db:
                 if self._moved(db, t, t.state, T.EXPIRED, None):
                     expired += 1
                     self.log.info("transfer_expired", transfer_id=t.transfer_id)
         return expired
+
+    def _policy(self) -> Policy | None:
+        """The trusted directory's national policy (None: transfers do not expire)."""
+        return self.desk.directory().policy
+
+    @staticmethod
+    def _past_due(t: StoredTransfer, at: int, policy: Policy | None) -> bool:
+        """Whether `at` is past `t`'s due time (PROTOCOL §8.10 "Expiry") under the national
+        `policy`; never without one."""
+        seconds = clocks.limits(clocks.RESPOND, policy=policy).get(t.urgency)
+        return seconds is not None and at >= t.sent_at + seconds
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -473,10 +566,12 @@ class TransferDesk:
     def on_transfer(self, db: sqlite3.Connection, opened: Opened, checked: CheckedTransfer) -> None:
         """A `case-transfer` received, R judged already (`inbound.check`): §8.10's receiver
         checks (a `transfer_id` held from that sender already, or an R whose id names a
-        record held here, `unexpected` / `reused-referral-id`; a `request_id` naming no
-        request this agency sent the sender `not-shared`, one in a final state
-        `unexpected`); stored `delivered` with R sealed as this agency's own record, the
-        request it answers `granted`, audited and told to the system."""
+        record held here or a referral of the sender's, or decisions or notices under it,
+        `unexpected` / `reused-referral-id`; a `request_id` naming no request this agency
+        sent the sender `not-shared`, one in a final state, or `granted` with another
+        transfer from the sender answering it, `unexpected`); stored `delivered` with R
+        sealed as this agency's own record, the request it answers `granted`, audited and
+        told to the system."""
         sender = opened.header.sender
         transfer = checked.transfer
         referral_id = checked.referral.referral_id
@@ -489,10 +584,18 @@ class TransferDesk:
                 raise NotSharedError("the transfer answers no request sent to its sender")
             if answered.state not in ANSWERABLE:
                 raise UnexpectedMessageError("the transfer answers a request that ended")
+            if answered.state == T.GRANTED and self.store.request_answered(
+                db, sender, transfer.request_id
+            ):
+                raise UnexpectedMessageError("another transfer answers the request already")
         if self.store.pairs(self.agency, referral_id) or self.store.transfer_referral_held(
             db, referral_id
         ):
             raise ReusedReferralIdError("R's id names a record this agency holds already")
+        if self.store.pairs(sender, referral_id) or self.store.held_under(db, sender, referral_id):
+            # R's attachments are held under (sender, id): never a pair of the sender's too,
+            # whose withdrawal would erase them (PROTOCOL §8.10).
+            raise ReusedReferralIdError("R's id names a referral of its sender held here")
         now = clock.now()
         sealed = self.desk.seal_body(db, self.agency, referral_id, opened.body)
         body = checked.referral.referral.body
@@ -506,6 +609,7 @@ class TransferDesk:
             transferee=self.agency,
             referral_id=referral_id,
             case_id=transfer.case_id,
+            authority=None,  # the owner's to know: the message names the case alone
             reason=transfer.reason,
             request_id=transfer.request_id,
             urgency=checked.referral.referral.urgency,

@@ -316,6 +316,10 @@ class Desk:
             # its referral (§8.7): a referral arriving under that id now is a reuse, which
             # would let its sender erase them by withdrawing it (PROTOCOL §6.1).
             raise ReusedReferralIdError("decisions are held under this sender's referral id")
+        if self.store.transfer_referral_from(db, owner, referral_id):
+            # R of a case transfer from the sender: its attachments are held under this
+            # sender's id (PROTOCOL §8.10), which a referral must not share.
+            raise ReusedReferralIdError("the sender already sent a case transfer with this id")
         now = clock.now()
         sealed = self.seal_body(db, owner, referral_id, opened.body)
         body = routing.get("body")

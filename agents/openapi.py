@@ -621,8 +621,16 @@ _TRANSFER = _closed(
             **_REASON_CODE,
             "type": ["string", "null"],
             "description": "At the owner: why its `case-transfer` failed for good (the "
-            "transferee's agent refused it, or it could not be delivered); the state then "
-            "stays `proposed`. Null otherwise",
+            "transferee's agent refused it, or it could not be delivered); the transfer is "
+            "then `expired` and the request it answered `delivered` again. Null otherwise",
+        },
+        "authority_failure": {
+            **_REASON_CODE,
+            "type": ["string", "null"],
+            "description": "At the owner of a transfer naming a case: why its "
+            "`case-owner-changed` to the case's authority could not be sealed or failed for "
+            "good (the authority's agent refused it); `/complete` is then taken, the "
+            "authority keeping the old owner. Null otherwise",
         },
         "updated": _TIME,
         "referral": _OPENED,
@@ -1235,8 +1243,11 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Hand the case to a transferee (act scope; PROTOCOL §8.10 "
                 "`case-transfer`) with R, a schema-v2 referral planned for the transferee as a "
                 "referral to it is (422, nothing sent, for what a referral would be refused, a "
-                "v1 or break-glass R, or a case_id this agency holds no decision or notice "
-                "of); stored `proposed` and sealed to the transferee; a request_id names a "
+                "v1 or break-glass R, or a case_id of no case this agency owns: none it holds "
+                "decisions or notices of under its own pair, or one it completed a transfer "
+                "of; 409 naming `authorities` for one it holds of several authorities' "
+                "cases, 409 while a transfer of the case is open); stored `proposed` and "
+                "sealed to the transferee; a request_id names a "
                 "request of the transferee's to this agency (404 otherwise), `delivered` (409 "
                 "listing the allowed steps otherwise), which becomes `granted`",
                 "parameters": [_IDEMPOTENCY],
@@ -1329,7 +1340,9 @@ OPENAPI: dict[str, Any] = {
                 "summary": "The owner completes an accepted transfer (act scope): one "
                 "`transfer-step` to the transferee, and the request it answered is "
                 "`fulfilled`; 409 for a transfer naming a case before the authority's receipt "
-                "of its `case-owner-changed`, else listing the allowed steps",
+                "of its `case-owner-changed` (taken once that copy failed: "
+                "`authority_failure`), else listing the allowed steps; 503 while a pair of "
+                "the case to cancel first has no usable key to seal to",
                 "parameters": [_PATH_REQUEST_ID, _OWNER, _IDEMPOTENCY],
                 "responses": {
                     "202": _json(_TRANSFER, "Sent to the transferee"),

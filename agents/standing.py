@@ -55,6 +55,8 @@ class StandingGuard:
     limits: Limits
     #: Called with (reason, count) when copies are marked failed (for the metric).
     on_failed: Callable[[str, int], None] = lambda reason, count: None
+    #: Called in the transaction with each copy marked failed (what it was about may end).
+    on_copy_failed: Callable[[sqlite3.Connection, Undelivered], None] = lambda tx, copy: None
     standing: Standing = UNKNOWN
     since: int = field(default_factory=clock.now)
     _entry_seen: Any = None
@@ -172,6 +174,7 @@ class StandingGuard:
             if self.store.fail_deliveries(tx, [(message_id, copy.recipient, reason)]):
                 failed.append((copy, reason))
                 counts[reason] = counts.get(reason, 0) + 1
+                self.on_copy_failed(tx, copy)
                 self.audit.record(
                     tx,
                     "delivery.failed",

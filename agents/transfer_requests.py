@@ -169,6 +169,14 @@ class TransferRequestDesk:
         if r is not None and r.state == T.GRANTED:
             self._apply(db, r, T.GRANTED, then, None)
 
+    def ungrant(self, db: sqlite3.Connection, requester: str, request_id: str) -> None:
+        """At the owner: the `case-transfer` answering the request failed for good, so its
+        grant never travelled: a `granted` request is `delivered` again, as the requester
+        holds it (PROTOCOL §8.10; no step of the table, none is sent)."""
+        r = self.store.transfer_request(db, requester, request_id)
+        if r is not None and r.owner == self.agency and r.state == T.GRANTED:
+            self._moved(db, r, T.GRANTED, T.DELIVERED, None, clock.now())
+
     # --- either party's step --------------------------------------------------------------------
 
     def step(

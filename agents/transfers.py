@@ -136,6 +136,9 @@ FINAL_STATES: Final[Mapping[str, frozenset[str]]] = {
     TRANSFER: frozenset({REJECTED, REVOKED, EXPIRED, COMPLETED}),
     REQUEST: frozenset({REFUSED, REVOKED, FULFILLED, LAPSED}),
 }
+#: The transfer states a timer expires (PROTOCOL §8.10 "Expiry"): no step is taken in them
+#: past the due time.
+EXPIRABLE: Final = frozenset({PROPOSED, DELIVERED})
 #: The state a transfer or a request starts in at each side (PROTOCOL §8.10 "Initial
 #: states"): kind -> party -> state. The sender's `system` step to delivered is its own.
 INITIAL: Final[Mapping[str, Mapping[str, str]]] = {
@@ -468,6 +471,7 @@ class TransferStep(codec.Encoded):
 __all__: Sequence[str] = [
     "CASE_OWNER_CHANGED",
     "CASE_TRANSFER",
+    "EXPIRABLE",
     "KINDS",
     "REFUSE_REASONS",
     "REJECT_REASONS",

@@ -78,6 +78,7 @@ KINDS = frozenset(
         "statistics.received",
         "transfer.sent",
         "transfer.received",
+        "case-owner-changed.sent",
     }
 )
 #: The events of a break-glass referral at its sender (§8.2 step 2): each names the API

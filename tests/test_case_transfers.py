@@ -24,6 +24,7 @@ from agents import referral as R
 from agents import transfers as T
 from agents.messages import CONSENT_WITHDRAWAL
 from agents.retention import DAY
+from agents.messages import REFERRAL, REFUSAL, Refusal
 from keys import AgencyKeys
 from keys.audit import AuditEvent, decode_signed_event
 from keys.codec import canonical_json
@@ -47,6 +48,8 @@ from .test_erasure import _consent_of, _probes, _withdrawn, held_in_a_file
 from .test_retention import short_schedule
 from .test_sender_scope import publish, rejected
 from .test_subject_access import read_in_a_checkpoint
+from .test_erasure import _files
+from .test_sender_scope import publish, referral_body, rejected
 from .test_transfer_requests import asking, audit_kinds, call, referred, requested, state_of
 
 #: The events the shelter's agent sent its system (webhooks), in order of arrival.
@@ -117,6 +120,7 @@ def forged_transfer(
     transfer_id: str | None = None,
     request_id: str | None = None,
     referral: dict[str, Any] | None = None,
+    referral_id: str | None = None,
 ) -> bytes:
     """A `case-transfer` `sender`'s agent (or one acting as it) signs to the shelter."""
     r = v2(body=FOR_SHELTER) if referral is None else referral
@@ -125,7 +129,7 @@ def forged_transfer(
         case_id=None,
         reason="other",
         request_id=request_id,
-        referral={**r, "referral_id": secrets.token_hex(16)},
+        referral={**r, "referral_id": referral_id or secrets.token_hex(16)},
         attachment_key=None,
     )
     return sealed(m, sender, "shelter", T.CASE_TRANSFER, message.encode())
@@ -185,6 +189,25 @@ async def test_a_transfer_without_a_request(mechanism: Mechanism) -> None:
     assert status == 202, sent
     held = await transfer_state(m, "shelter", sent["transfer_id"], "delivered")
     assert held["request_id"] is None
+
+
+async def test_the_transferee_keeps_r_sealed_only(mechanism: Mechanism) -> None:
+    """R reaches the shelter as its own record, sealed in its transfer row: no file of the
+    shelter's database (the database, -wal, -shm) holds a value of R's body in clear, the
+    inbox row of the `case-transfer` keeping no body."""
+    m = mechanism
+    marker = "Transferee" + secrets.token_hex(8)
+    body = {**samples.BODY, "names": {"given_names": "Mira", "family_name": marker}}
+    status, sent = await call(
+        m, "police", "POST", "/v1/transfers", json=proposing(referral=v2(body=body))
+    )
+    assert status == 202, sent
+    held = await transfer_state(m, "shelter", sent["transfer_id"], "delivered")
+    assert held["referral"]["body"]["names"]["family_name"] == marker
+    files = _files(m.database("shelter"))
+    assert any(p.name == "agent.db-wal" for p in files)  # the agent is running
+    for p in files:
+        assert marker.encode() not in p.read_bytes(), f"R is in clear in {p.name}"
 
 
 async def test_the_api_refuses_what_it_would_not_send(mechanism: Mechanism) -> None:
@@ -272,6 +295,78 @@ async def test_a_transfer_id_again_and_a_request_ended_are_unexpected(
     await publish(m, "police", "shelter", late)
     await rejected(m, "shelter", late, "unexpected")
     assert len(transfer_rows(m, "shelter")) == 1
+
+
+async def test_a_request_is_answered_by_one_transfer(mechanism: Mechanism) -> None:
+    """Police's agent answering the shelter's request a second time, once the first
+    transfer made it `granted`, is `unexpected`: the first transfer alone answers it."""
+    m = mechanism
+    _, request_id = await requested(m)
+    police = agency_keys(m, "police")
+    first_id = secrets.token_hex(16)
+    first = forged_transfer(m, police, transfer_id=first_id, request_id=request_id)
+    await publish(m, "police", "shelter", first)
+    await transfer_state(m, "shelter", first_id, "delivered")
+    await state_of(m, "shelter", request_id, "granted")
+    second = forged_transfer(m, police, request_id=request_id)
+    await publish(m, "police", "shelter", second)
+    await rejected(m, "shelter", second, "unexpected")
+    assert len(transfer_rows(m, "shelter")) == 1
+
+
+async def test_r_and_the_senders_referrals_never_share_an_id(mechanism: Mechanism) -> None:
+    """R's attachments are held under (sender, R's id): police's agent sending a transfer
+    whose R reuses the id of its referral to the shelter is `reused-referral-id`, and so is
+    its referral reusing the id of an R it sent the shelter; nothing of either is stored,
+    so withdrawing the one never erases the other."""
+    m = mechanism
+    rid = await referred(m)
+    police = agency_keys(m, "police")
+    reusing = forged_transfer(m, police, referral_id=rid)
+    await publish(m, "police", "shelter", reusing)
+    await rejected(m, "shelter", reusing, "reused-referral-id")
+    assert transfer_rows(m, "shelter") == []
+    r_id = secrets.token_hex(16)
+    transfer_id = secrets.token_hex(16)
+    first = forged_transfer(m, police, transfer_id=transfer_id, referral_id=r_id)
+    await publish(m, "police", "shelter", first)
+    await transfer_state(m, "shelter", transfer_id, "delivered")
+    referral = sealed(m, police, "shelter", REFERRAL, referral_body(m, r_id, to="shelter"))
+    await publish(m, "police", "shelter", referral)
+    await rejected(m, "shelter", referral, "reused-referral-id")
+    assert (await call(m, "shelter", "GET", f"/v1/referrals/{r_id}"))[0] == 404
+
+
+async def test_a_transfer_its_transferee_refused_ends_and_ungrants(mechanism: Mechanism) -> None:
+    """The shelter's agent refuses police's `case-transfer` (its refusal notice, §6.5, while
+    the shelter's agent is down and the transfer still `proposed`): police holds the
+    transfer `expired` with the refusal as `failure`, and the request it answered, whose
+    grant never reached the shelter, `delivered` again, as the shelter holds it: police may
+    answer it with another transfer."""
+    m = mechanism
+    _, request_id = await requested(m)
+    await state_of(m, "police", request_id, "delivered")
+    await state_of(m, "shelter", request_id, "delivered")
+    await m.stop("shelter")
+    status, sent = await call(m, "police", "POST", "/v1/transfers", json=proposing(request_id))
+    assert status == 202, sent
+    conn = sqlite3.connect(m.database("police"))
+    try:
+        [(message_id, digest)] = conn.execute(
+            "SELECT o.message_id, o.envelope_hash FROM outbox o JOIN case_transfers t"
+            " ON t.message_id = o.message_id WHERE t.transfer_id = ?",
+            (sent["transfer_id"],),
+        ).fetchall()
+    finally:
+        conn.close()
+    notice = Refusal(message_id, digest, "category-not-allowed", clock.now())
+    data = sealed(m, agency_keys(m, "shelter"), "police", REFUSAL, notice.encode())
+    await publish(m, "shelter", "police", data)
+    ended = await transfer_state(m, "police", sent["transfer_id"], "expired")
+    assert ended["failure"] == "category-not-allowed"
+    await state_of(m, "police", request_id, "delivered")
+    status, again = await call(m, "police", "POST", "/v1/transfers", json=proposing(request_id))
+    assert status == 202, again
 
 
 async def pair_cancelled(m: Mechanism, rid: str) -> None:
@@ -474,6 +569,34 @@ async def test_a_transfer_left_undecided_expires_at_both_sides(mechanism: Mechan
     status, problem = await call(m, "shelter", "POST", f"/v1/transfers/{transfer_id}/accept")
     assert (status, problem["allowed"]) == (409, [])
     assert (await call(m, "shelter", "GET", f"/v1/transfers/{routine}"))[1]["state"] == "delivered"
+
+
+async def test_a_step_made_past_the_due_time_is_unexpected(mechanism: Mechanism) -> None:
+    """Under a national policy (a routine R due in two weeks), the shelter's agent sending
+    police an `accepted` step made past the transfer's due time is `unexpected`: police,
+    whose timer has not run out yet, holds it `delivered` still, as the shelter's own timer
+    would find it expired; a step made in time is taken."""
+    m = mechanism
+    await publish_policy(m, Policy(country="LT", without_consent={"police": ("public_task",)}))
+    transfer_id = await delivered_transfer(m)
+    late = T.TransferStep(
+        T.TRANSFER,
+        transfer_id,
+        "shelter",
+        "delivered",
+        "accepted",
+        "transferee",
+        None,
+        clock.now() + 15 * 86_400,
+    )
+    data = sealed(m, agency_keys(m, "shelter"), "police", T.TRANSFER_STEP, late.encode())
+    await publish(m, "shelter", "police", data)
+    await rejected(m, "police", data, "unexpected")
+    assert (await call(m, "police", "GET", f"/v1/transfers/{transfer_id}"))[1]["state"] == (
+        "delivered"
+    )
+    assert (await call(m, "shelter", "POST", f"/v1/transfers/{transfer_id}/accept"))[0] == 202
+    await transfer_state(m, "police", transfer_id, "accepted")
 
 
 #: What each party may move a transfer to, written apart from agents/transfers.py (PROTOCOL

@@ -325,6 +325,20 @@ async def test_a_stage_the_directory_does_not_let_it_decide_is_refused(
     assert (status, case["state"], case["decisions"]) == (200, "awaiting_first", []), case
 
 
+async def also_authority(m: Mechanism, agency: str, role: str, *, seen_by: str) -> None:
+    """`agency` (of `role`) is made a competent authority too, once `seen_by` knows it."""
+    identity = admin.PublicIdentity.from_json(m.setups[agency].identity_path.read_bytes())
+    admin.add_agency(m.sandbox.admin, identity, roles=[role, COMPETENT_AUTHORITY])
+    m.sandbox.sign_draft()
+    await m.sandbox.publish()
+
+    async def decides() -> bool:
+        d = m.agents[seen_by].trust.directory
+        return d is not None and COMPETENT_AUTHORITY in d.agency(agency).roles
+
+    await eventually(decides, what=f"{seen_by} to know {agency} as an authority")
+
+
 async def decided_first(m: Mechanism) -> tuple[str, str]:
     """A case whose positive first stage police and the co-ordinator hold: (rid, case)."""
     rid, case_id = await opened_case(m)
@@ -355,16 +369,7 @@ async def test_a_pair_belongs_to_the_first_case_each_authority_decided_under_it(
         reason="other-case",
     )
 
-    identity = admin.PublicIdentity.from_json(m.setups["police"].identity_path.read_bytes())
-    admin.add_agency(m.sandbox.admin, identity, roles=["police", COMPETENT_AUTHORITY])
-    m.sandbox.sign_draft()
-    await m.sandbox.publish()
-
-    async def police_decides() -> bool:
-        d = m.agents["coordinator"].trust.directory
-        return d is not None and COMPETENT_AUTHORITY in d.agency("police").roles
-
-    await eventually(police_decides, what="the co-ordinator to know police as an authority")
+    await also_authority(m, "police", "police", seen_by="coordinator")
     assert await held(m, "coordinator", rid, 1) == before
     body = codec.pack([1, signed_by(m, "police", case_id), "police", rid, None, None])
     data = sealed(m, agency_keys(m, "police"), "coordinator", "identification-decision", body)

@@ -295,6 +295,7 @@ KIND_WORDS = {
     "statistics.received": "Statistics received from an authority",
     "transfer.sent": "Case transfer proposed",
     "transfer.received": "Case transfer received",
+    "case-owner-changed.sent": "Authority told of the new case owner",
 }
 #: What each statistics label value reads as.
 LABEL_WORDS = {

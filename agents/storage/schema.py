@@ -432,6 +432,7 @@ CREATE TABLE IF NOT EXISTS case_transfers (
     transferee   TEXT NOT NULL,
     referral_id  TEXT NOT NULL,
     case_id      TEXT,
+    authority    TEXT,  -- at the owner: the competent authority of case_id, else NULL
     reason       TEXT NOT NULL,
     request_id   TEXT,
     urgency      TEXT NOT NULL,
@@ -441,6 +442,7 @@ CREATE TABLE IF NOT EXISTS case_transfers (
     message_id   TEXT NOT NULL,
     sent_at      INTEGER NOT NULL,  -- the case-transfer envelope's `created`: expiry runs from it
     told         TEXT,  -- at the owner: the case-owner-changed envelope's message id, once sent
+    told_failure TEXT,  -- at the owner: why that envelope could not be sealed (no usable key)
     body         BLOB,  -- at the transferee: R sealed under its data key (data_keys), else NULL
     -- at the owner, for subject access: what R carried (§8.1 categories, comma-joined) and
     -- under which basis; NULL at the transferee

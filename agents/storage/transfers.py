@@ -13,14 +13,15 @@ only. A new table: `CREATE TABLE IF NOT EXISTS` adds it.
 
 `case_transfers`: every transfer this agency proposed (it is the `owner`) or received (it is
 the `transferee`), keyed by its owner and `transfer_id`, with R's `referral_id` and
-`urgency`, the case, the HTCDS reason, the request it answers, its state in the table "Case
+`urgency`, the case (at the owner with its `authority`: a case is named by both), the HTCDS
+reason, the request it answers, its state in the table "Case
 transfer" and the reason of the step that reached it. At the transferee `body` is R, sealed
 under its own data key in `data_keys` (owner: the transferee itself, for R is its own record,
 PROTOCOL §8.10 "Decisions"), and nowhere else (the inbox keeps no `case-transfer` body);
 erasure and retention delete the key and set `body` to NULL (agents/storage/erasure.py
 `erase_transferred_referral`). The owner keeps no copy of R, only what a subject access
 report names of it (`categories`, `referral_type`, `legal_basis`, `consent_receipt_id`;
-NULL at the transferee). `message_id` is the
+NULL at the transferee). Ids and codes only in every other column. `message_id` is the
 `case-transfer` envelope, whose delivery receipt moves the owner's copy to `delivered` and
 whose failed copy is read as the transfer's `failure`, as for requests; `sent_at` its
 `created`, from which each side's timer expires the transfer; `told`, at the owner of a
@@ -190,6 +191,9 @@ class StoredTransfer:
     transferee: str
     referral_id: str
     case_id: str | None
+    #: at the owner of a transfer naming a case, the case's competent authority (a case is
+    #: named by (authority, case_id): each authority chooses its ids), else None
+    authority: str | None
     reason: str
     request_id: str | None
     urgency: str
@@ -202,14 +206,20 @@ class StoredTransfer:
     updated: int
     #: at the owner, the reason its `case-transfer` copy failed for good, else None
     failure: str | None = None
+    #: at the owner of a transfer naming a case, the reason its `case-owner-changed` could
+    #: not be sealed or failed for good (the authority's agent refused it), else None
+    authority_failure: str | None = None
 
 
 _TRANSFER_COLUMNS = (
-    "t.owner, t.transfer_id, t.transferee, t.referral_id, t.case_id, t.reason, t.request_id,"
+    "t.owner, t.transfer_id, t.transferee, t.referral_id, t.case_id, t.authority, t.reason,"
+    " t.request_id,"
     " t.urgency, t.state, t.step_reason, t.message_id, t.sent_at, t.created, t.updated,"
-    " d.failure"
+    " d.failure, coalesce(t.told_failure, a.failure)"
     " FROM case_transfers t LEFT JOIN deliveries d ON d.message_id = t.message_id"
     " AND d.recipient = t.transferee AND d.state = 'failed'"
+    " LEFT JOIN deliveries a ON a.message_id = t.told AND a.recipient = t.authority"
+    " AND a.state = 'failed'"
 )
 _SELECT_TRANSFER = "SELECT " + _TRANSFER_COLUMNS
 
@@ -223,8 +233,8 @@ class CaseTransfers(Database):
         sent that transfer_id before."""
         cursor = db.execute(
             "INSERT INTO case_transfers (owner, transfer_id, transferee, referral_id, case_id,"
-            " reason, request_id, urgency, state, step_reason, message_id, sent_at, body,"
-            " created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " authority, reason, request_id, urgency, state, step_reason, message_id, sent_at,"
+            " body, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT DO NOTHING",
             (
                 t.owner,
@@ -232,6 +242,7 @@ class CaseTransfers(Database):
                 t.transferee,
                 t.referral_id,
                 t.case_id,
+                t.authority,
                 t.reason,
                 t.request_id,
                 t.urgency,
@@ -369,6 +380,14 @@ class CaseTransfers(Database):
         )
 
     @staticmethod
+    def set_told_failure(db: sqlite3.Connection, owner: str, transfer_id: str, reason: str) -> None:
+        """The `case-owner-changed` to the authority could not be sealed, for `reason`."""
+        db.execute(
+            "UPDATE case_transfers SET told_failure = ? WHERE owner = ? AND transfer_id = ?",
+            (reason, owner, transfer_id),
+        )
+
+    @staticmethod
     def authority_told(db: sqlite3.Connection, owner: str, transfer_id: str) -> bool:
         """Whether the authority's delivery receipt of that `case-owner-changed` came."""
         row = db.execute(
@@ -378,13 +397,17 @@ class CaseTransfers(Database):
         ).fetchone()
         return row is not None
 
-    @staticmethod
-    def authority_of_case(db: sqlite3.Connection, case_id: str) -> str | None:
-        """The authority whose decisions or notices of `case_id` this agency holds."""
+    def case_transfer_held(
+        self, db: sqlite3.Connection, authority: str, case_id: str
+    ) -> str | None:
+        """The state of a transfer of `authority`'s case `case_id` this agency proposed that
+        is open (`proposed`, `delivered`, `accepted`) or `completed`, if any: it may propose
+        none other of the case (it owns the case no more, or one is under way)."""
         row = db.execute(
-            "SELECT authority FROM decisions WHERE case_id = ?"
-            " UNION ALL SELECT authority FROM protection_notices WHERE case_id = ? LIMIT 1",
-            (case_id, case_id),
+            "SELECT state FROM case_transfers WHERE owner = ? AND authority = ? AND case_id = ?"
+            " AND state IN ('proposed', 'delivered', 'accepted', 'completed')"
+            " ORDER BY state = 'completed' DESC LIMIT 1",
+            (self.agency, authority, case_id),
         ).fetchone()
         return None if row is None else str(row[0])
 
@@ -419,26 +442,31 @@ class CaseTransfers(Database):
             (case_id, owner, transfer_id, changed_by, at, now),
         )
 
-    def case_pairs(self, db: sqlite3.Connection, case_id: str) -> list[str]:
+    def case_pairs(self, db: sqlite3.Connection, authority: str, case_id: str) -> list[str]:
         """The referral ids of this agency's own pairs under which it holds decisions or
-        notices of `case_id` (the pairs of the case an owner ends on a transfer)."""
+        notices of `authority`'s case `case_id` (the pairs of the case an owner ends on a
+        transfer)."""
         rows = db.execute(
-            "SELECT referral_id FROM decisions WHERE case_id = ? AND owner = ?"
-            " UNION SELECT referral_id FROM protection_notices WHERE case_id = ? AND owner = ?",
-            (case_id, self.agency, case_id, self.agency),
+            "SELECT referral_id FROM decisions WHERE authority = ? AND case_id = ? AND owner = ?"
+            " UNION SELECT referral_id FROM protection_notices"
+            " WHERE authority = ? AND case_id = ? AND owner = ?",
+            (authority, case_id, self.agency, authority, case_id, self.agency),
         ).fetchall()
         return [str(r[0]) for r in rows]
 
-    @staticmethod
-    def holds_case(db: sqlite3.Connection, case_id: str) -> bool:
-        """Whether this agency holds a decision or a protection notice of the case `case_id`
-        (the only case a transfer may name, PROTOCOL §8.10)."""
-        row = db.execute(
-            "SELECT 1 FROM decisions WHERE case_id = ?"
-            " UNION ALL SELECT 1 FROM protection_notices WHERE case_id = ? LIMIT 1",
-            (case_id, case_id),
-        ).fetchone()
-        return row is not None
+    def case_authorities(self, db: sqlite3.Connection, case_id: str) -> list[str]:
+        """The authorities of which this agency holds a decision or a protection notice of a
+        case `case_id` under a pair of its own (so as the case's referrer, its owner: a
+        coordinator or a provider holds them under another's pair; a transfer names only
+        such a case, PROTOCOL §8.10), sorted: several when authorities chose the same id (a
+        hostile one may)."""
+        rows = db.execute(
+            "SELECT authority FROM decisions WHERE case_id = ? AND owner = ?"
+            " UNION SELECT authority FROM protection_notices WHERE case_id = ? AND owner = ?"
+            " ORDER BY 1",
+            (case_id, self.agency, case_id, self.agency),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
 
     @staticmethod
     def transfer_referral_held(db: sqlite3.Connection, referral_id: str) -> bool:
@@ -447,6 +475,26 @@ class CaseTransfers(Database):
         row = db.execute(
             "SELECT 1 FROM case_transfers WHERE referral_id = ? AND body IS NOT NULL",
             (referral_id,),
+        ).fetchone()
+        return row is not None
+
+    @staticmethod
+    def request_answered(db: sqlite3.Connection, owner: str, request_id: str) -> bool:
+        """Whether a transfer from `owner` held here answers this agency's request
+        `request_id` (one transfer per request)."""
+        row = db.execute(
+            "SELECT 1 FROM case_transfers WHERE owner = ? AND request_id = ?",
+            (owner, request_id),
+        ).fetchone()
+        return row is not None
+
+    @staticmethod
+    def transfer_referral_from(db: sqlite3.Connection, owner: str, referral_id: str) -> bool:
+        """Whether `owner` sent this agency a transfer whose R has that id (its attachments
+        are held under (owner, referral_id), which no referral of `owner`'s may share)."""
+        row = db.execute(
+            "SELECT 1 FROM case_transfers WHERE owner = ? AND referral_id = ? AND body IS NOT NULL",
+            (owner, referral_id),
         ).fetchone()
         return row is not None
 

@@ -121,6 +121,7 @@
     "statistics.received": "Statistics received from an authority",
     "transfer.sent": "Case transfer proposed",
     "transfer.received": "Case transfer received",
+    "case-owner-changed.sent": "Authority told of the new case owner",
   };
   const LABEL_WORDS = {
     referral_type: {
