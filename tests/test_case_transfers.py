@@ -22,9 +22,8 @@ from nacl.secret import SecretBox
 
 from agents import referral as R
 from agents import transfers as T
-from agents.messages import CONSENT_WITHDRAWAL
+from agents.messages import CONSENT_WITHDRAWAL, REFERRAL, REFUSAL, Refusal
 from agents.retention import DAY
-from agents.messages import REFERRAL, REFUSAL, Refusal
 from keys import AgencyKeys
 from keys.audit import AuditEvent, decode_signed_event
 from keys.codec import canonical_json
@@ -44,12 +43,10 @@ from .support import (
     webhook_receiver,
 )
 from .test_access import move_clock
-from .test_erasure import _consent_of, _probes, _withdrawn, held_in_a_file
+from .test_erasure import _consent_of, _files, _probes, _withdrawn, held_in_a_file
 from .test_retention import short_schedule
-from .test_sender_scope import publish, rejected
-from .test_subject_access import read_in_a_checkpoint
-from .test_erasure import _files
 from .test_sender_scope import publish, referral_body, rejected
+from .test_subject_access import read_in_a_checkpoint
 from .test_transfer_requests import asking, audit_kinds, call, referred, requested, state_of
 
 #: The events the shelter's agent sent its system (webhooks), in order of arrival.
