@@ -27,6 +27,7 @@ from keys.errors import (
     UntrustedInputError,
 )
 from nrm import rapporteur as report
+from runtime import disclosure
 
 JAN = calendar.timegm((2027, 1, 1, 0, 0, 0))
 FEB = calendar.timegm((2027, 2, 1, 0, 0, 0))
@@ -311,9 +312,9 @@ def test_cross_check_counts_the_ledgers_decisions() -> None:
 
 def test_the_report_sums_what_adds_up_under_disclosure_control() -> None:
     """Two authorities' contributions that add up and a third's that does not: the report
-    sums the two (the third listed `contribution-mismatch`, its people nowhere), publishes
-    the ledger's own stage and outcome counts exactly, and no cell counting 1 to k - 1
-    anywhere; what is neither suppressed nor rounded is the exact sum."""
+    sums the two (the third listed `contribution-mismatch`, its people nowhere) and
+    publishes no cell counting 1 to k - 1 anywhere; what is neither suppressed nor rounded
+    is the exact sum."""
     rng = random.Random(2027)  # noqa: S311 - a reproducible population, not a secret
     combos = [
         (st, o, sx, a, f)
@@ -345,15 +346,55 @@ def test_the_report_sums_what_adds_up_under_disclosure_control() -> None:
     for cell in doc["cells"]:
         present = tuple(d for d in dims if cell[d] != "total")
         true = sum(v for k, v in truth.items() if all(k[dims.index(d)] == cell[d] for d in present))
-        if present in report.PUBLIC_TABLES:
-            assert (cell["count"], cell["suppressed"], cell["rounded"]) == (true, False, False)
-        elif cell["suppressed"]:
+        if cell["suppressed"]:
             assert cell["count"] is None
         else:
             assert not 0 < true < 11, cell
             if not cell["rounded"]:
                 assert cell["count"] == true, cell
     assert report.csv_text(doc).count("\n") == len(doc["cells"]) + 1
+
+
+def test_the_report_hides_a_small_stage_and_outcome_total() -> None:
+    """Three second-stage positives in two cells beside 60 first-stage ones: the stage x
+    outcome total of 3 is below k like any other cell (the ledger's own counts are
+    suppressed below its threshold and are not these sums, so no cell is public), and no
+    cell of the release pins it (its bounds over the released cells are wide)."""
+    combos = [(sx, a, f) for sx in S.SEXES for a in S.AGE_GROUPS for f in S.FORMS]
+    cells = [
+        S.Cell("first", "positive", *combos[0], 60),
+        S.Cell("second", "positive", *combos[0], 1),
+        S.Cell("second", "positive", *combos[-1], 2),
+    ]
+    entries = [
+        _entry("a-1", JAN + DAY + i, c.stage, c.outcome) for c in cells for i in range(c.count)
+    ]
+    doc = report.build(
+        [S.Contribution("2027-01", "a-1", tuple(sorted(cells, key=S.Cell.key)), ())],
+        entries,
+        k=11,
+        round_to=5,
+    )
+    assert doc["released"] is True
+    total = ("second", "positive", "total", "total", "total")
+    [second] = [c for c in doc["cells"] if tuple(c[d] for d in report.DIMS) == total]
+    assert (second["count"], second["suppressed"]) == (None, True)
+    assert [c for c in doc["cells"] if c["count"] is not None and 0 < c["count"] < 11] == []
+    released = {
+        (tuple(d for d in report.DIMS if c[d] != "total"),
+         tuple(c[d] for d in report.DIMS if c[d] != "total")): c
+        for c in doc["cells"]
+    }  # fmt: skip
+    known = disclosure.bounds(
+        {
+            key: disclosure.Published(c["count"], c["suppressed"], c["rounded"])
+            for key, c in released.items()
+        },
+        disclosure.cells_and_relations(report.DIMS, report.DOMAINS)[1],
+        5,
+    )
+    low, high = known[(("stage", "outcome"), ("second", "positive"))]
+    assert low < high
 
 
 def test_report_codes_are_the_contributions() -> None:

@@ -264,20 +264,29 @@ async def test_the_contribution_arrives_adds_up_and_is_sent_once(
     assert refused.reason == "contribution-mismatch"
     assert refused.mismatches == (S.Mismatch("first", "negative", 0, 1),)
 
-    # The report: the contribution accepted against the ledger; with two people and the
-    # ledger's own counts public, no cell below k can be hidden, so none is released.
+    # The report: the contribution accepted against the ledger; two people, so every cell
+    # of one is suppressed (the stage and outcome totals too: none is public) and only
+    # counts of at least k are released.
     status, body = await call(m, RAPPORTEUR_AGENCY, "GET", f"/v1/contributions?period={period}")
     assert status == 200, body
     assert body["statistics"] == {"k": 11, "round_to": 5, "contribution_grace_days": 0}
     report = await _report(m, period, "--json")
-    assert report["exit"] == 1, report
+    assert report["exit"] == 0, report
     doc = _json_in(report["output"])
     assert (doc["k"], doc["round_to"]) == (2, 1)  # as given; else the policy's
     by_policy = _json_in((await _report(m, period, "--json", policy=True))["output"])
     assert (by_policy["k"], by_policy["round_to"]) == (11, 5)
     assert [(c["authority"], c["accepted"]) for c in doc["contributions"]] == [(AUTHORITY, True)]
-    assert (doc["missing"], doc["released"], doc["cells"]) == ([], False, [])
-    assert "nothing released" in report["output"]
+    assert (doc["missing"], doc["released"]) == ([], True)
+    for released in (doc, by_policy):
+        counts = [c["count"] for c in released["cells"] if not c["suppressed"]]
+        assert all(n == 0 or n >= released["k"] for n in counts), released["cells"]
+    grand = {d: "total" for d in ("stage", "outcome", "sex", "age_group", "form")}
+    [total] = [c for c in doc["cells"] if all(c[d] == v for d, v in grand.items())]
+    assert (total["count"], total["suppressed"]) == (2, False)
+    first = {**grand, "stage": "first", "outcome": "negative"}
+    [one] = [c for c in doc["cells"] if all(c[d] == v for d, v in first.items())]
+    assert (one["count"], one["suppressed"]) == (None, True)
 
     for _ in range(2):
         desk.tick()
