@@ -1987,6 +1987,15 @@ def rapporteur() -> None:
               help="Else the policy's statistics.round_to.")  # fmt: skip
 @click.option("--csv", "as_csv", is_flag=True, help="The released cells as CSV.")
 @click.option(
+    "--diagnostics",
+    "diagnostics_file",
+    type=PATH,
+    default=None,
+    help="Write the cross-check (each contribution, its counts where they differ from the "
+    "ledger's, the missing months) to this new file, JSON, mode 0600: internal, exact small "
+    "counts, never to publish.",
+)
+@click.option(
     "--publish",
     "key_dir",
     type=PATH,
@@ -2014,6 +2023,7 @@ def rapporteur_report(
     round_to: int | None,
     allow_plain_http: bool,
     as_csv: bool,
+    diagnostics_file: Path | None,
     key_dir: Path | None,
     passphrase_file: Path | None,
     rapporteur_token_file: Path | None,
@@ -2025,8 +2035,10 @@ def rapporteur_report(
     of exploitation with every marginal under disclosure control (k and round_to: the
     national policy's, as the rapporteur's agent trusts it, unless given). With --publish
     the report is signed (also one releasing nothing) and posted to the ledger, which
-    verifies and serves it. Exits 1 after the report, with no cell, when a cell below k
-    cannot be hidden."""
+    verifies and serves it. The output (text, --json, --csv) and the signed report carry
+    only the released cells; the cross-check's verdicts go to stderr, its counts only to
+    --diagnostics FILE. Exits 1 after the report, with no cell, when a cell below k cannot
+    be hidden."""
     import re
 
     from runtime.keydir import load_key_dir
@@ -2067,19 +2079,26 @@ def rapporteur_report(
         round_to=policy.round_to if round_to is None else round_to,
         hashes=hashes,
     )
+    if diagnostics_file is not None:
+        with expected_errors():
+            doc = json.dumps(report.diagnostics(answer), sort_keys=True, indent=2)
+            write_new_file(diagnostics_file, doc.encode("utf-8"))
+    if verdicts := report.diagnostics_text(answer):
+        click.echo(f"cross-check (internal, not for publication):\n{verdicts}", err=True)
+    published = report.publication(answer, first=first, last=last)
     if signer is not None:
         data = report.signed(answer, first=first, last=last, keys=signer, at=clock.now())
-        answer["report_id"] = asyncio.run(
+        published["report_id"] = asyncio.run(
             report.publish(ledger_url=ledger_url, token=publish_token, data=data, ca_file=ca_file)
         )
     if as_json:
-        emit(answer)
+        emit(published)
     elif as_csv:
-        click.echo(report.csv_text(answer), nl=False)
+        click.echo(report.csv_text(published), nl=False)
     else:
-        click.echo(report.text(answer))
+        click.echo(report.text(published))
         if signer is not None:
-            click.echo(f"published to the ledger as report {answer['report_id']}")
+            click.echo(f"published to the ledger as report {published['report_id']}")
     if not answer["released"]:
         raise click.ClickException("nothing released: a cell below k cannot be hidden")
 

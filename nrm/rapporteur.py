@@ -4,6 +4,11 @@ ledger's `identification.decided` entries (an auditor token), the ones that add 
 into one table and released under disclosure control (runtime/disclosure.py,
 docs/proposals/nrm-process.md §12.4). A contribution that does not add up is left out and
 listed (`contribution-mismatch`), as is a month of decisions without one.
+
+The report has two parts: the publication (`publication`, `text`, `csv_text`, and the
+signed report of `signed`), which carries only the protected cells; and the diagnostics
+(`diagnostics`, `diagnostics_text`), the cross-check per authority and month with exact
+counts, which are for the rapporteur alone and never published or signed.
 """
 
 from __future__ import annotations
@@ -162,20 +167,41 @@ async def publish(*, ledger_url: str, token: str, data: bytes, ca_file: Path | N
         return str(body["report_id"])
 
 
+def publication(report: Mapping[str, Any], *, first: str, last: str) -> dict[str, Any]:
+    """What `report` (of `build`, for the months `first` to `last`) publishes: the
+    disclosure control and the protected cells, nothing per authority or month."""
+    return {
+        "from": first,
+        "to": last,
+        **{name: report[name] for name in ("k", "round_to", "released", "cells")},
+    }
+
+
+def diagnostics(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The cross-check of `report` (of `build`): every contribution with its exact counts
+    where they differ from the ledger's, and the missing months. Internal to the rapporteur
+    (small counts in clear): never published."""
+    return {name: report[name] for name in ("contributions", "missing")}
+
+
+def diagnostics_text(report: Mapping[str, Any]) -> str:
+    """The cross-check's verdicts, one line per contribution or missing month, without
+    counts (those are in `diagnostics`)."""
+    lines = []
+    for c in report["contributions"]:
+        state = "accepted" if c["accepted"] else f"refused {c['reason']}"
+        lines.append(f"{c['period']} {c['authority']}: {state}")
+    lines += [f"{m['period']} {m['authority']}: missing" for m in report["missing"]]
+    return "\n".join(lines)
+
+
 def csv_text(report: Mapping[str, Any]) -> str:
     return signed_report.cells_csv(report["cells"])
 
 
 def text(report: Mapping[str, Any]) -> str:
+    """The publication of `report` as text: the stage and outcome totals as released."""
     lines = []
-    for c in report["contributions"]:
-        state = "accepted" if c["accepted"] else f"refused {c['reason']}"
-        lines.append(f"{c['period']} {c['authority']}: {state}")
-        lines += [
-            f"  {m['stage']} {m['outcome']}: contributed {m['contributed']}, ledger {m['ledger']}"
-            for m in c["mismatches"]
-        ]
-    lines += [f"{m['period']} {m['authority']}: missing" for m in report["missing"]]
     if not report["released"]:
         lines.append("nothing released: a cell below k cannot be hidden in this release")
     totals = [c for c in report["cells"] if c["sex"] == c["age_group"] == c["form"] == "total"]

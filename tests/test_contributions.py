@@ -354,6 +354,19 @@ def test_the_report_sums_what_adds_up_under_disclosure_control() -> None:
                 assert cell["count"] == true, cell
     assert report.csv_text(doc).count("\n") == len(doc["cells"]) + 1
 
+    # What is published carries only the protected cells: no authority, no mismatch count
+    # (a-3's differ by 1); those are the rapporteur's diagnostics alone.
+    published = report.publication(doc, first="2027-01", last="2027-01")
+    assert set(published) == {"from", "to", "k", "round_to", "released", "cells"}
+    assert "a-3" not in json.dumps(published) and "a-3" not in report.text(published)
+    [(refused, mismatch)] = [
+        (c, m) for c in report.diagnostics(doc)["contributions"] for m in c["mismatches"]
+    ]
+    assert (refused["authority"], mismatch["contributed"] - mismatch["ledger"]) == ("a-3", -1)
+    verdicts = report.diagnostics_text(doc)
+    assert "2027-01 a-3: refused contribution-mismatch" in verdicts
+    assert "contributed" not in verdicts and "ledger" not in verdicts
+
 
 def test_the_report_hides_a_small_stage_and_outcome_total() -> None:
     """Three second-stage positives in two cells beside 60 first-stage ones: the stage x

@@ -312,7 +312,7 @@ async def test_a_published_report_names_the_contributions_it_was_built_from(
     args = ["rapporteur", "report", "--from", period, "--to", period, "--url", api.base,
             "--ledger", m.sandbox.ledger.url, "--k", "2", "--round-to", "1",
             "--publish", str(setup.key_dir), "--passphrase-file", str(passphrase),
-            "--json"]  # fmt: skip
+            "--diagnostics", str(tmp_path / "checked"), "--json"]  # fmt: skip
     env = {
         "NRM_API_TOKEN": api.token,
         "NRM_LEDGER_TOKEN": m.sandbox.auditor_token,
@@ -321,7 +321,9 @@ async def test_a_published_report_names_the_contributions_it_was_built_from(
     result = await asyncio.to_thread(CliRunner().invoke, main, args, env=env)
     assert result.exit_code == 0, result.output
     printed = _json_in(result.output)
-    assert [c["envelope_hash"] for c in printed["contributions"]] == [held["envelope_hash"]]
+    checked = json.loads((tmp_path / "checked").read_text())
+    assert [c["envelope_hash"] for c in checked["contributions"]] == [held["envelope_hash"]]
+    assert "contributions" not in printed  # the publication carries no diagnostics
     [item] = await _listed(m)
     assert item["report_id"] == printed["report_id"]
     status, _, body = await _get(m, f"/v1/reports/{item['report_id']}", m.sandbox.auditor_token)

@@ -177,7 +177,7 @@ def _files_hold(root: Path, needles: tuple[bytes, ...]) -> list[str]:
 
 
 async def test_the_contribution_arrives_adds_up_and_is_sent_once(
-    rapporteur: tuple[Mechanism, Path],
+    rapporteur: tuple[Mechanism, Path], tmp_path: Path
 ) -> None:
     """Two cases decided this month (a positive and a negative first stage, and the
     negative one's second stage is not possible: one first stage each). Before the month
@@ -270,14 +270,22 @@ async def test_the_contribution_arrives_adds_up_and_is_sent_once(
     status, body = await call(m, RAPPORTEUR_AGENCY, "GET", f"/v1/contributions?period={period}")
     assert status == 200, body
     assert body["statistics"] == {"k": 11, "round_to": 5, "contribution_grace_days": 0}
-    report = await _report(m, period, "--json")
+    report = await _report(m, period, "--json", "--diagnostics", str(tmp_path / "checked"))
     assert report["exit"] == 0, report
     doc = _json_in(report["output"])
+    # The output is the publication: the disclosure control and the cells, nothing per
+    # authority; the cross-check in the internal file only (and its verdicts on stderr).
+    assert set(doc) == {"from", "to", "k", "round_to", "released", "cells"}
+    checked = json.loads((tmp_path / "checked").read_text())
+    assert (tmp_path / "checked").stat().st_mode & 0o777 == 0o600
+    assert f"{period} {AUTHORITY}: accepted" in report["output"]
     assert (doc["k"], doc["round_to"]) == (2, 1)  # as given; else the policy's
     by_policy = _json_in((await _report(m, period, "--json", policy=True))["output"])
     assert (by_policy["k"], by_policy["round_to"]) == (11, 5)
-    assert [(c["authority"], c["accepted"]) for c in doc["contributions"]] == [(AUTHORITY, True)]
-    assert (doc["missing"], doc["released"]) == ([], True)
+    assert [(c["authority"], c["accepted"]) for c in checked["contributions"]] == [
+        (AUTHORITY, True)
+    ]
+    assert (checked["missing"], doc["released"]) == ([], True)
     for released in (doc, by_policy):
         counts = [c["count"] for c in released["cells"] if not c["suppressed"]]
         assert all(n == 0 or n >= released["k"] for n in counts), released["cells"]
