@@ -1982,9 +1982,9 @@ def rapporteur() -> None:
     help="A ledger token of scope auditor (else $NRM_LEDGER_TOKEN).",
 )
 @click.option("--k", "k", type=click.IntRange(2, 1000), default=None,
-              help="No published cell below it (else the policy's statistics.k).")  # fmt: skip
+              help="No published cell below it: statistics.k or more (else it).")  # fmt: skip
 @click.option("--round-to", type=click.IntRange(1, 1000), default=None,
-              help="Else the policy's statistics.round_to.")  # fmt: skip
+              help="The policy's statistics.round_to or more (else it).")  # fmt: skip
 @click.option("--csv", "as_csv", is_flag=True, help="The released cells as CSV.")
 @click.option(
     "--diagnostics",
@@ -2033,7 +2033,7 @@ def rapporteur_report(
     identification decisions (one that does not add up is left out and listed,
     contribution-mismatch), summed and released by stage, outcome, sex, age group and form
     of exploitation with every marginal under disclosure control (k and round_to: the
-    national policy's, as the rapporteur's agent trusts it, unless given). With --publish
+    national policy's, as the rapporteur's agent trusts it, or stricter ones given). With --publish
     the report is signed (also one releasing nothing) and posted to the ledger, which
     verifies and serves it. The output (text, --json, --csv) and the signed report carry
     only the released cells; the cross-check's verdicts go to stderr, its counts only to
@@ -2071,6 +2071,12 @@ def rapporteur_report(
             ca_file=ca_file,
         )
     )
+    for given, floor, hint in ((k, policy.k, "--k"), (round_to, policy.round_to, "--round-to")):
+        if given is not None and given < floor:
+            raise click.BadParameter(
+                f"below the national policy's {floor}: a release may be stricter, never laxer",
+                param_hint=hint,
+            )
     in_range = report.decided_in(entries, first, last)
     answer = report.build(
         held,

@@ -209,7 +209,7 @@ async def test_nrm_rapporteur_report_publishes_it(
     passphrase.write_bytes(setup.passphrase())
     api = m.api(RAPPORTEUR_AGENCY)
     args = ["rapporteur", "report", "--from", "2025-05", "--to", "2025-06", "--url", api.base,
-            "--ledger", m.sandbox.ledger.url, "--k", "2", "--round-to", "1",
+            "--ledger", m.sandbox.ledger.url,
             "--publish", str(setup.key_dir), "--passphrase-file", str(passphrase),
             "--json"]  # fmt: skip
     env = {"NRM_API_TOKEN": api.token, "NRM_LEDGER_TOKEN": m.sandbox.auditor_token}
@@ -286,8 +286,8 @@ async def test_a_published_report_names_the_contributions_it_was_built_from(
     rapporteur: tuple[Mechanism, Path], tmp_path: Path
 ) -> None:
     """Two cases decided in a month, its contribution sent once the month ended: `nrm
-    rapporteur report --publish` over that month releases the table with each person's cells
-    suppressed (two people, k 2: the grand total only) and signs and posts it, and the
+    rapporteur report --publish` over that month releases the table with every count but 0
+    suppressed (two people, the policy's k 11) and signs and posts it, and the
     ledger's copy names exactly that contribution's envelope hash, as the rapporteur's agent
     holds it."""
     m, offset = rapporteur
@@ -310,7 +310,7 @@ async def test_a_published_report_names_the_contributions_it_was_built_from(
     passphrase.write_bytes(setup.passphrase())
     api = m.api(RAPPORTEUR_AGENCY)
     args = ["rapporteur", "report", "--from", period, "--to", period, "--url", api.base,
-            "--ledger", m.sandbox.ledger.url, "--k", "2", "--round-to", "1",
+            "--ledger", m.sandbox.ledger.url,
             "--publish", str(setup.key_dir), "--passphrase-file", str(passphrase),
             "--diagnostics", str(tmp_path / "checked"), "--json"]  # fmt: skip
     env = {
@@ -331,6 +331,6 @@ async def test_a_published_report_names_the_contributions_it_was_built_from(
     served = json.loads(body)["report"]
     assert (served["from"], served["to"], served["released"]) == (period, period, True)
     assert served["cells"] == sorted(printed["cells"], key=lambda c: [c[d] for d in R.DIMS])
-    assert {c["count"] for c in served["cells"]} == {None, 0, 2}
+    assert {c["count"] for c in served["cells"]} == {None, 0}
     assert served["contributions"] == [held["envelope_hash"]]
-    assert (served["k"], served["round_to"]) == (2, 1)
+    assert (served["k"], served["round_to"]) == (11, 5)
