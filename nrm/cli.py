@@ -2083,6 +2083,8 @@ def rapporteur_report(
         in_range,
         k=policy.k if k is None else k,
         round_to=policy.round_to if round_to is None else round_to,
+        now=clock.now(),
+        grace_days=policy.contribution_grace_days,
         hashes=hashes,
     )
     if diagnostics_file is not None:

@@ -61,18 +61,22 @@ def decided_in(
 
 
 def build(
-    contributions: Iterable[S.Contribution],
+    contributions: Sequence[S.Contribution],
     entries: Iterable[Mapping[str, Any]],
     *,
     k: int,
     round_to: int,
+    now: int,
+    grace_days: int,
     hashes: Mapping[tuple[str, str], str] | None = None,
 ) -> dict[str, Any]:
     """The report (pure): every contribution cross-checked (with its envelope's hash from
-    `hashes`, by authority and period, where given), the missing months, and the table of
-    the ones that add up with all its marginals under disclosure control; no cell at all
-    (`released` false) when some cell below `k` cannot be hidden."""
-    checked, missing = S.cross_check(contributions, entries)
+    `hashes`, by authority and period, where given), the months missing whose contribution
+    was due at `now` (`grace_days` after the month), and the table of the ones that add up
+    with all its marginals under disclosure control; no cell at all (`released` false) when
+    some cell below `k` cannot be hidden. `contributions` is read twice (a Sequence)."""
+    checked, unsent = S.cross_check(contributions, entries)
+    missing = [(a, p) for a, p in unsent if S.due_at(p, grace_days) <= now]
     accepted = {(c.authority, c.period) for c in checked if c.ok}
     counts: Counter[tuple[str, ...]] = Counter()
     for c in contributions:

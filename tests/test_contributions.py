@@ -335,7 +335,7 @@ def test_the_report_sums_what_adds_up_under_disclosure_control() -> None:
             S.Contribution("2027-01", authority,
                            tuple(S.Cell(*k, v) for k, v in sorted(cells.items()) if v), ())
         )  # fmt: skip
-    doc = report.build(contributions, entries, k=11, round_to=5)
+    doc = report.build(contributions, entries, k=11, round_to=5, now=FEB, grace_days=0)
     assert [(c["authority"], c["reason"]) for c in doc["contributions"]] == [
         ("a-1", None),
         ("a-2", None),
@@ -387,6 +387,8 @@ def test_the_report_hides_a_small_stage_and_outcome_total() -> None:
         entries,
         k=11,
         round_to=5,
+        now=FEB,
+        grace_days=0,
     )
     assert doc["released"] is True
     total = ("second", "positive", "total", "total", "total")
@@ -408,6 +410,21 @@ def test_the_report_hides_a_small_stage_and_outcome_total() -> None:
     )
     low, high = known[(("stage", "outcome"), ("second", "positive"))]
     assert low < high
+
+
+def test_the_report_lists_missing_only_the_months_due() -> None:
+    """Decisions of January and February by an authority that sent January's contribution
+    only: with a grace of 10 days February is missing once its grace ran, not before (its
+    contribution is not due yet)."""
+    entries = [_entry("a-1", at + DAY, "first", "positive") for at in (JAN, FEB)]
+    january = S.Contribution(
+        "2027-01", "a-1", (S.Cell("first", "positive", "female", "adult", "mixed", 1),), ()
+    )
+    end = S.period_end("2027-02")
+    for now, missing in ((end + 9 * DAY, []), (end + 10 * DAY, [("a-1", "2027-02")])):
+        doc = report.build([january], entries, k=11, round_to=5, now=now, grace_days=10)
+        assert [(m["authority"], m["period"]) for m in doc["missing"]] == missing, now
+        assert [c["accepted"] for c in doc["contributions"]] == [True]
 
 
 def test_report_codes_are_the_contributions() -> None:
