@@ -2029,7 +2029,8 @@ def rapporteur_report(
     rapporteur_token_file: Path | None,
     as_json: bool,
 ) -> None:
-    """The contributions of the months FROM to TO, each cross-checked against the ledger's
+    """The contributions of the months FROM to TO (one calendar month, quarter or year),
+    each cross-checked against the ledger's
     identification decisions (one that does not add up is left out and listed,
     contribution-mismatch), summed and released by stage, outcome, sex, age group and form
     of exploitation with every marginal under disclosure control (k and round_to: the
@@ -2052,6 +2053,11 @@ def rapporteur_report(
             raise click.BadParameter("a month is YYYY-MM", param_hint=hint)
     if last < first:
         raise click.UsageError("--to is before --from")
+    if report.release_period(first, last) is None:
+        raise click.UsageError(
+            "--from and --to must be one calendar month, quarter or year (releases over "
+            "overlapping months would give their difference by subtraction)"
+        )
     _check_plain_http(url, what="--url", allowed=allow_plain_http)
     _check_plain_http(ledger_url, what="--ledger", allowed=allow_plain_http)
     signer = None

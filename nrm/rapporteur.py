@@ -53,6 +53,21 @@ def months(first: str, last: str) -> list[str]:
     return out
 
 
+def release_period(first: str, last: str) -> str | None:
+    """What the months `first` to `last` (`YYYY-MM`) are as a release: one calendar
+    `month`, `quarter` or `year`; None for any other range. Releases over fixed periods
+    only: two overlapping ranges (January to November, then to December) would give the
+    difference's cells exactly by subtraction."""
+    year, month = first[:4], int(first[5:])
+    if first == last:
+        return "month"
+    if month % 3 == 1 and last == f"{year}-{month + 2:02d}":
+        return "quarter"
+    if month == 1 and last == f"{year}-12":
+        return "year"
+    return None
+
+
 def decided_in(
     entries: Iterable[Mapping[str, Any]], first: str, last: str
 ) -> list[Mapping[str, Any]]:

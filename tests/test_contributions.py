@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from agents import contributions as S
 from agents import referral as R
@@ -27,6 +28,7 @@ from keys.errors import (
     UntrustedInputError,
 )
 from nrm import rapporteur as report
+from nrm.cli import main
 from runtime import disclosure
 
 JAN = calendar.timegm((2027, 1, 1, 0, 0, 0))
@@ -425,6 +427,29 @@ def test_the_report_lists_missing_only_the_months_due() -> None:
         doc = report.build([january], entries, k=11, round_to=5, now=now, grace_days=10)
         assert [(m["authority"], m["period"]) for m in doc["missing"]] == missing, now
         assert [c["accepted"] for c in doc["contributions"]] == [True]
+
+
+def test_a_report_covers_one_calendar_month_quarter_or_year() -> None:
+    """Releases over fixed periods only (overlapping ones give their difference exactly):
+    one month, a calendar quarter, a calendar year; `nrm rapporteur report` refuses any
+    other range before it reads anything."""
+    for first, last, kind in (
+        ("2027-03", "2027-03", "month"),
+        ("2027-01", "2027-03", "quarter"),
+        ("2027-10", "2027-12", "quarter"),
+        ("2027-01", "2027-12", "year"),
+        ("2027-01", "2027-11", None),
+        ("2027-02", "2027-04", None),
+        ("2027-01", "2027-02", None),
+        ("2027-01", "2028-12", None),
+        ("2026-11", "2027-01", None),
+    ):
+        assert report.release_period(first, last) == kind, (first, last)
+    nowhere = "http://127.0.0.1:9"  # never reached: the range is refused first
+    args = ["rapporteur", "report", "--from", "2027-01", "--to", "2027-11", "--url", nowhere,
+            "--ledger", nowhere, "--allow-plain-http"]  # fmt: skip
+    result = CliRunner().invoke(main, args, env={"NRM_API_TOKEN": "t", "NRM_LEDGER_TOKEN": "t"})
+    assert result.exit_code == 2 and "calendar month, quarter or year" in result.output
 
 
 def test_report_codes_are_the_contributions() -> None:

@@ -208,7 +208,7 @@ async def test_nrm_rapporteur_report_publishes_it(
     passphrase = tmp_path / "passphrase"
     passphrase.write_bytes(setup.passphrase())
     api = m.api(RAPPORTEUR_AGENCY)
-    args = ["rapporteur", "report", "--from", "2025-05", "--to", "2025-06", "--url", api.base,
+    args = ["rapporteur", "report", "--from", "2025-04", "--to", "2025-06", "--url", api.base,
             "--ledger", m.sandbox.ledger.url,
             "--publish", str(setup.key_dir), "--passphrase-file", str(passphrase),
             "--json"]  # fmt: skip
