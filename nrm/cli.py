@@ -1986,10 +1986,19 @@ def rapporteur() -> None:
     help="A ledger token of scope auditor (else $NRM_LEDGER_TOKEN).",
 )
 @click.option("--k", "k", type=click.IntRange(2, 1000), default=None,
-              help="No published cell below it (else the policy's statistics.k).")  # fmt: skip
+              help="No published cell below it: statistics.k or more (else it).")  # fmt: skip
 @click.option("--round-to", type=click.IntRange(1, 1000), default=None,
-              help="Else the policy's statistics.round_to.")  # fmt: skip
+              help="The policy's statistics.round_to or more (else it).")  # fmt: skip
 @click.option("--csv", "as_csv", is_flag=True, help="The released cells as CSV.")
+@click.option(
+    "--diagnostics",
+    "diagnostics_file",
+    type=PATH,
+    default=None,
+    help="Write the cross-check (each contribution, its counts where they differ from the "
+    "ledger's, the missing months) to this new file, JSON, mode 0600: internal, exact small "
+    "counts, never to publish.",
+)
 @click.option(
     "--publish",
     "key_dir",
@@ -2018,19 +2027,23 @@ def rapporteur_report(
     round_to: int | None,
     allow_plain_http: bool,
     as_csv: bool,
+    diagnostics_file: Path | None,
     key_dir: Path | None,
     passphrase_file: Path | None,
     rapporteur_token_file: Path | None,
     as_json: bool,
 ) -> None:
-    """The contributions of the months FROM to TO, each cross-checked against the ledger's
+    """The contributions of the months FROM to TO (one calendar month, quarter or year),
+    each cross-checked against the ledger's
     identification decisions (one that does not add up is left out and listed,
     contribution-mismatch), summed and released by stage, outcome, sex, age group and form
     of exploitation with every marginal under disclosure control (k and round_to: the
-    national policy's, as the rapporteur's agent trusts it, unless given). With --publish
+    national policy's, as the rapporteur's agent trusts it, or stricter ones given). With --publish
     the report is signed (also one releasing nothing) and posted to the ledger, which
-    verifies and serves it. Exits 1 after the report, with no cell, when a cell below k
-    cannot be hidden."""
+    verifies and serves it. The output (text, --json, --csv) and the signed report carry
+    only the released cells; the cross-check's verdicts go to stderr, its counts only to
+    --diagnostics FILE. Exits 1 after the report, with no cell, when a cell below k cannot
+    be hidden."""
     import re
 
     from runtime.keydir import load_key_dir
@@ -2044,6 +2057,11 @@ def rapporteur_report(
             raise click.BadParameter("a month is YYYY-MM", param_hint=hint)
     if last < first:
         raise click.UsageError("--to is before --from")
+    if report.release_period(first, last) is None:
+        raise click.UsageError(
+            "--from and --to must be one calendar month, quarter or year (releases over "
+            "overlapping months would give their difference by subtraction)"
+        )
     _check_plain_http(url, what="--url", allowed=allow_plain_http)
     _check_plain_http(ledger_url, what="--ledger", allowed=allow_plain_http)
     signer = None
@@ -2063,27 +2081,42 @@ def rapporteur_report(
             ca_file=ca_file,
         )
     )
+    for given, floor, hint in ((k, policy.k, "--k"), (round_to, policy.round_to, "--round-to")):
+        if given is not None and given < floor:
+            raise click.BadParameter(
+                f"below the national policy's {floor}: a release may be stricter, never laxer",
+                param_hint=hint,
+            )
     in_range = report.decided_in(entries, first, last)
     answer = report.build(
         held,
         in_range,
         k=policy.k if k is None else k,
         round_to=policy.round_to if round_to is None else round_to,
+        now=clock.now(),
+        grace_days=policy.contribution_grace_days,
         hashes=hashes,
     )
+    if diagnostics_file is not None:
+        with expected_errors():
+            doc = json.dumps(report.diagnostics(answer), sort_keys=True, indent=2)
+            write_new_file(diagnostics_file, doc.encode("utf-8"))
+    if verdicts := report.diagnostics_text(answer):
+        click.echo(f"cross-check (internal, not for publication):\n{verdicts}", err=True)
+    published = report.publication(answer, first=first, last=last)
     if signer is not None:
         data = report.signed(answer, first=first, last=last, keys=signer, at=clock.now())
-        answer["report_id"] = asyncio.run(
+        published["report_id"] = asyncio.run(
             report.publish(ledger_url=ledger_url, token=publish_token, data=data, ca_file=ca_file)
         )
     if as_json:
-        emit(answer)
+        emit(published)
     elif as_csv:
-        click.echo(report.csv_text(answer), nl=False)
+        click.echo(report.csv_text(published), nl=False)
     else:
-        click.echo(report.text(answer))
+        click.echo(report.text(published))
         if signer is not None:
-            click.echo(f"published to the ledger as report {answer['report_id']}")
+            click.echo(f"published to the ledger as report {published['report_id']}")
     if not answer["released"]:
         raise click.ClickException("nothing released: a cell below k cannot be hidden")
 

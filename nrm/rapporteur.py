@@ -4,6 +4,11 @@ ledger's `identification.decided` entries (an auditor token), the ones that add 
 into one table and released under disclosure control (runtime/disclosure.py,
 docs/proposals/nrm-process.md §12.4). A contribution that does not add up is left out and
 listed (`contribution-mismatch`), as is a month of decisions without one.
+
+The report has two parts: the publication (`publication`, `text`, `csv_text`, and the
+signed report of `signed`), which carries only the protected cells; and the diagnostics
+(`diagnostics`, `diagnostics_text`), the cross-check per authority and month with exact
+counts, which are for the rapporteur alone and never published or signed.
 """
 
 from __future__ import annotations
@@ -35,9 +40,6 @@ DOMAINS: Final[Mapping[str, Sequence[str]]] = {
     "age_group": S.AGE_GROUPS,
     "form": S.FORMS,
 }
-#: The tables the ledger's own `/v1/stats` already makes public (decisions per stage and
-#: outcome), with their marginals: never suppressed (hiding them protects nothing).
-PUBLIC_TABLES: Final = (("stage", "outcome"), ("stage",), ("outcome",), ())
 CSV_COLUMNS: Final = signed_report.CSV_COLUMNS
 _PAGE = 500
 
@@ -51,6 +53,21 @@ def months(first: str, last: str) -> list[str]:
     return out
 
 
+def release_period(first: str, last: str) -> str | None:
+    """What the months `first` to `last` (`YYYY-MM`) are as a release: one calendar
+    `month`, `quarter` or `year`; None for any other range. Releases over fixed periods
+    only: two overlapping ranges (January to November, then to December) would give the
+    difference's cells exactly by subtraction."""
+    year, month = first[:4], int(first[5:])
+    if first == last:
+        return "month"
+    if month % 3 == 1 and last == f"{year}-{month + 2:02d}":
+        return "quarter"
+    if month == 1 and last == f"{year}-12":
+        return "year"
+    return None
+
+
 def decided_in(
     entries: Iterable[Mapping[str, Any]], first: str, last: str
 ) -> list[Mapping[str, Any]]:
@@ -58,24 +75,23 @@ def decided_in(
     return [e for e in entries if first <= S.period_of(int(e["time"])) <= last]
 
 
-def public_cells() -> list[disclosure.Cell]:
-    cells, _ = disclosure.cells_and_relations(DIMS, DOMAINS)
-    return [c for c in cells if c[0] in PUBLIC_TABLES]
-
-
 def build(
-    contributions: Iterable[S.Contribution],
+    contributions: Sequence[S.Contribution],
     entries: Iterable[Mapping[str, Any]],
     *,
     k: int,
     round_to: int,
+    now: int,
+    grace_days: int,
     hashes: Mapping[tuple[str, str], str] | None = None,
 ) -> dict[str, Any]:
     """The report (pure): every contribution cross-checked (with its envelope's hash from
-    `hashes`, by authority and period, where given), the missing months, and the table of
-    the ones that add up with all its marginals under disclosure control; no cell at all
-    (`released` false) when some cell below `k` cannot be hidden."""
-    checked, missing = S.cross_check(contributions, entries)
+    `hashes`, by authority and period, where given), the months missing whose contribution
+    was due at `now` (`grace_days` after the month), and the table of the ones that add up
+    with all its marginals under disclosure control; no cell at all (`released` false) when
+    some cell below `k` cannot be hidden. `contributions` is read twice (a Sequence)."""
+    checked, unsent = S.cross_check(contributions, entries)
+    missing = [(a, p) for a, p in unsent if S.due_at(p, grace_days) <= now]
     accepted = {(c.authority, c.period) for c in checked if c.ok}
     counts: Counter[tuple[str, ...]] = Counter()
     for c in contributions:
@@ -83,9 +99,10 @@ def build(
             for cell in c.cells:
                 counts[cell.key()] += cell.count
     try:
-        released = disclosure.protect(
-            counts, DIMS, DOMAINS, k=k, round_to=round_to, public=public_cells()
-        )
+        # No cell is taken as public: the ledger's `/v1/stats` suppresses its small counts,
+        # is for auditors, and counts every decision by month, not the accepted
+        # contributions of these months, so none of its figures is one of these cells.
+        released = disclosure.protect(counts, DIMS, DOMAINS, k=k, round_to=round_to)
     except disclosure.Unprotectable:
         released = None  # publish nothing rather than something that leaks
     return {
@@ -169,20 +186,41 @@ async def publish(*, ledger_url: str, token: str, data: bytes, ca_file: Path | N
         return str(body["report_id"])
 
 
+def publication(report: Mapping[str, Any], *, first: str, last: str) -> dict[str, Any]:
+    """What `report` (of `build`, for the months `first` to `last`) publishes: the
+    disclosure control and the protected cells, nothing per authority or month."""
+    return {
+        "from": first,
+        "to": last,
+        **{name: report[name] for name in ("k", "round_to", "released", "cells")},
+    }
+
+
+def diagnostics(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The cross-check of `report` (of `build`): every contribution with its exact counts
+    where they differ from the ledger's, and the missing months. Internal to the rapporteur
+    (small counts in clear): never published."""
+    return {name: report[name] for name in ("contributions", "missing")}
+
+
+def diagnostics_text(report: Mapping[str, Any]) -> str:
+    """The cross-check's verdicts, one line per contribution or missing month, without
+    counts (those are in `diagnostics`)."""
+    lines = []
+    for c in report["contributions"]:
+        state = "accepted" if c["accepted"] else f"refused {c['reason']}"
+        lines.append(f"{c['period']} {c['authority']}: {state}")
+    lines += [f"{m['period']} {m['authority']}: missing" for m in report["missing"]]
+    return "\n".join(lines)
+
+
 def csv_text(report: Mapping[str, Any]) -> str:
     return signed_report.cells_csv(report["cells"])
 
 
 def text(report: Mapping[str, Any]) -> str:
+    """The publication of `report` as text: the stage and outcome totals as released."""
     lines = []
-    for c in report["contributions"]:
-        state = "accepted" if c["accepted"] else f"refused {c['reason']}"
-        lines.append(f"{c['period']} {c['authority']}: {state}")
-        lines += [
-            f"  {m['stage']} {m['outcome']}: contributed {m['contributed']}, ledger {m['ledger']}"
-            for m in c["mismatches"]
-        ]
-    lines += [f"{m['period']} {m['authority']}: missing" for m in report["missing"]]
     if not report["released"]:
         lines.append("nothing released: a cell below k cannot be hidden in this release")
     totals = [c for c in report["cells"] if c["sex"] == c["age_group"] == c["form"] == "total"]

@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from agents import contributions as S
 from agents import referral as R
@@ -27,6 +28,8 @@ from keys.errors import (
     UntrustedInputError,
 )
 from nrm import rapporteur as report
+from nrm.cli import main
+from runtime import disclosure
 
 JAN = calendar.timegm((2027, 1, 1, 0, 0, 0))
 FEB = calendar.timegm((2027, 2, 1, 0, 0, 0))
@@ -333,9 +336,9 @@ def test_cross_check_counts_the_ledgers_decisions() -> None:
 
 def test_the_report_sums_what_adds_up_under_disclosure_control() -> None:
     """Two authorities' contributions that add up and a third's that does not: the report
-    sums the two (the third listed `contribution-mismatch`, its people nowhere), publishes
-    the ledger's own stage and outcome counts exactly, and no cell counting 1 to k - 1
-    anywhere; what is neither suppressed nor rounded is the exact sum."""
+    sums the two (the third listed `contribution-mismatch`, its people nowhere) and
+    publishes no cell counting 1 to k - 1 anywhere; what is neither suppressed nor rounded
+    is the exact sum."""
     rng = random.Random(2027)  # noqa: S311 - a reproducible population, not a secret
     combos = [
         (st, o, sx, a, f)
@@ -356,7 +359,7 @@ def test_the_report_sums_what_adds_up_under_disclosure_control() -> None:
             S.Contribution("2027-01", authority,
                            tuple(S.Cell(*k, v) for k, v in sorted(cells.items()) if v), ())
         )  # fmt: skip
-    doc = report.build(contributions, entries, k=11, round_to=5)
+    doc = report.build(contributions, entries, k=11, round_to=5, now=FEB, grace_days=0)
     assert [(c["authority"], c["reason"]) for c in doc["contributions"]] == [
         ("a-1", None),
         ("a-2", None),
@@ -367,15 +370,108 @@ def test_the_report_sums_what_adds_up_under_disclosure_control() -> None:
     for cell in doc["cells"]:
         present = tuple(d for d in dims if cell[d] != "total")
         true = sum(v for k, v in truth.items() if all(k[dims.index(d)] == cell[d] for d in present))
-        if present in report.PUBLIC_TABLES:
-            assert (cell["count"], cell["suppressed"], cell["rounded"]) == (true, False, False)
-        elif cell["suppressed"]:
+        if cell["suppressed"]:
             assert cell["count"] is None
         else:
             assert not 0 < true < 11, cell
             if not cell["rounded"]:
                 assert cell["count"] == true, cell
     assert report.csv_text(doc).count("\n") == len(doc["cells"]) + 1
+
+    # What is published carries only the protected cells: no authority, no mismatch count
+    # (a-3's differ by 1); those are the rapporteur's diagnostics alone.
+    published = report.publication(doc, first="2027-01", last="2027-01")
+    assert set(published) == {"from", "to", "k", "round_to", "released", "cells"}
+    assert "a-3" not in json.dumps(published) and "a-3" not in report.text(published)
+    [(refused, mismatch)] = [
+        (c, m) for c in report.diagnostics(doc)["contributions"] for m in c["mismatches"]
+    ]
+    assert (refused["authority"], mismatch["contributed"] - mismatch["ledger"]) == ("a-3", -1)
+    verdicts = report.diagnostics_text(doc)
+    assert "2027-01 a-3: refused contribution-mismatch" in verdicts
+    assert "contributed" not in verdicts and "ledger" not in verdicts
+
+
+def test_the_report_hides_a_small_stage_and_outcome_total() -> None:
+    """Three second-stage positives in two cells beside 60 first-stage ones: the stage x
+    outcome total of 3 is below k like any other cell (the ledger's own counts are
+    suppressed below its threshold and are not these sums, so no cell is public), and no
+    cell of the release pins it (its bounds over the released cells are wide)."""
+    combos = [(sx, a, f) for sx in S.SEXES for a in S.AGE_GROUPS for f in S.FORMS]
+    cells = [
+        S.Cell("first", "positive", *combos[0], 60),
+        S.Cell("second", "positive", *combos[0], 1),
+        S.Cell("second", "positive", *combos[-1], 2),
+    ]
+    entries = [
+        _entry("a-1", JAN + DAY + i, c.stage, c.outcome) for c in cells for i in range(c.count)
+    ]
+    doc = report.build(
+        [S.Contribution("2027-01", "a-1", tuple(sorted(cells, key=S.Cell.key)), ())],
+        entries,
+        k=11,
+        round_to=5,
+        now=FEB,
+        grace_days=0,
+    )
+    assert doc["released"] is True
+    total = ("second", "positive", "total", "total", "total")
+    [second] = [c for c in doc["cells"] if tuple(c[d] for d in report.DIMS) == total]
+    assert (second["count"], second["suppressed"]) == (None, True)
+    assert [c for c in doc["cells"] if c["count"] is not None and 0 < c["count"] < 11] == []
+    released = {
+        (tuple(d for d in report.DIMS if c[d] != "total"),
+         tuple(c[d] for d in report.DIMS if c[d] != "total")): c
+        for c in doc["cells"]
+    }  # fmt: skip
+    known = disclosure.bounds(
+        {
+            key: disclosure.Published(c["count"], c["suppressed"], c["rounded"])
+            for key, c in released.items()
+        },
+        disclosure.cells_and_relations(report.DIMS, report.DOMAINS)[1],
+        5,
+    )
+    low, high = known[(("stage", "outcome"), ("second", "positive"))]
+    assert low < high
+
+
+def test_the_report_lists_missing_only_the_months_due() -> None:
+    """Decisions of January and February by an authority that sent January's contribution
+    only: with a grace of 10 days February is missing once its grace ran, not before (its
+    contribution is not due yet)."""
+    entries = [_entry("a-1", at + DAY, "first", "positive") for at in (JAN, FEB)]
+    january = S.Contribution(
+        "2027-01", "a-1", (S.Cell("first", "positive", "female", "adult", "mixed", 1),), ()
+    )
+    end = S.period_end("2027-02")
+    for now, missing in ((end + 9 * DAY, []), (end + 10 * DAY, [("a-1", "2027-02")])):
+        doc = report.build([january], entries, k=11, round_to=5, now=now, grace_days=10)
+        assert [(m["authority"], m["period"]) for m in doc["missing"]] == missing, now
+        assert [c["accepted"] for c in doc["contributions"]] == [True]
+
+
+def test_a_report_covers_one_calendar_month_quarter_or_year() -> None:
+    """Releases over fixed periods only (overlapping ones give their difference exactly):
+    one month, a calendar quarter, a calendar year; `nrm rapporteur report` refuses any
+    other range before it reads anything."""
+    for first, last, kind in (
+        ("2027-03", "2027-03", "month"),
+        ("2027-01", "2027-03", "quarter"),
+        ("2027-10", "2027-12", "quarter"),
+        ("2027-01", "2027-12", "year"),
+        ("2027-01", "2027-11", None),
+        ("2027-02", "2027-04", None),
+        ("2027-01", "2027-02", None),
+        ("2027-01", "2028-12", None),
+        ("2026-11", "2027-01", None),
+    ):
+        assert report.release_period(first, last) == kind, (first, last)
+    nowhere = "http://127.0.0.1:9"  # never reached: the range is refused first
+    args = ["rapporteur", "report", "--from", "2027-01", "--to", "2027-11", "--url", nowhere,
+            "--ledger", nowhere, "--allow-plain-http"]  # fmt: skip
+    result = CliRunner().invoke(main, args, env={"NRM_API_TOKEN": "t", "NRM_LEDGER_TOKEN": "t"})
+    assert result.exit_code == 2 and "calendar month, quarter or year" in result.output
 
 
 def test_report_codes_are_the_contributions() -> None:

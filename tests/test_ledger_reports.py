@@ -208,8 +208,8 @@ async def test_nrm_rapporteur_report_publishes_it(
     passphrase = tmp_path / "passphrase"
     passphrase.write_bytes(setup.passphrase())
     api = m.api(RAPPORTEUR_AGENCY)
-    args = ["rapporteur", "report", "--from", "2025-05", "--to", "2025-06", "--url", api.base,
-            "--ledger", m.sandbox.ledger.url, "--k", "2", "--round-to", "1",
+    args = ["rapporteur", "report", "--from", "2025-04", "--to", "2025-06", "--url", api.base,
+            "--ledger", m.sandbox.ledger.url,
             "--publish", str(setup.key_dir), "--passphrase-file", str(passphrase),
             "--json"]  # fmt: skip
     env = {"NRM_API_TOKEN": api.token, "NRM_LEDGER_TOKEN": m.sandbox.auditor_token}
@@ -286,9 +286,10 @@ async def test_a_published_report_names_the_contributions_it_was_built_from(
     rapporteur: tuple[Mechanism, Path], tmp_path: Path
 ) -> None:
     """Two cases decided in a month, its contribution sent once the month ended: `nrm
-    rapporteur report --publish` over that month releases no cell (two people: a cell below
-    k cannot be hidden, exit 1) but still signs and posts the report, and the ledger's copy
-    names exactly that contribution's envelope hash, as the rapporteur's agent holds it."""
+    rapporteur report --publish` over that month releases the table with every count but 0
+    suppressed (two people, the policy's k 11) and signs and posts it, and the
+    ledger's copy names exactly that contribution's envelope hash, as the rapporteur's agent
+    holds it."""
     m, offset = rapporteur
     assert m.sandbox.ledger is not None
     period = S.period_of(clock.now())
@@ -309,28 +310,27 @@ async def test_a_published_report_names_the_contributions_it_was_built_from(
     passphrase.write_bytes(setup.passphrase())
     api = m.api(RAPPORTEUR_AGENCY)
     args = ["rapporteur", "report", "--from", period, "--to", period, "--url", api.base,
-            "--ledger", m.sandbox.ledger.url, "--k", "2", "--round-to", "1",
+            "--ledger", m.sandbox.ledger.url,
             "--publish", str(setup.key_dir), "--passphrase-file", str(passphrase),
-            "--json"]  # fmt: skip
+            "--diagnostics", str(tmp_path / "checked"), "--json"]  # fmt: skip
     env = {
         "NRM_API_TOKEN": api.token,
         "NRM_LEDGER_TOKEN": m.sandbox.auditor_token,
         "NRM_RAPPORTEUR_TOKEN": token,
     }
     result = await asyncio.to_thread(CliRunner().invoke, main, args, env=env)
-    assert result.exit_code == 1, result.output  # nothing released
+    assert result.exit_code == 0, result.output
     printed = _json_in(result.output)
-    assert [c["envelope_hash"] for c in printed["contributions"]] == [held["envelope_hash"]]
+    checked = json.loads((tmp_path / "checked").read_text())
+    assert [c["envelope_hash"] for c in checked["contributions"]] == [held["envelope_hash"]]
+    assert "contributions" not in printed  # the publication carries no diagnostics
     [item] = await _listed(m)
     assert item["report_id"] == printed["report_id"]
     status, _, body = await _get(m, f"/v1/reports/{item['report_id']}", m.sandbox.auditor_token)
     assert status == 200, body
     served = json.loads(body)["report"]
-    assert (served["from"], served["to"], served["released"], served["cells"]) == (
-        period,
-        period,
-        False,
-        [],
-    )
+    assert (served["from"], served["to"], served["released"]) == (period, period, True)
+    assert served["cells"] == sorted(printed["cells"], key=lambda c: [c[d] for d in R.DIMS])
+    assert {c["count"] for c in served["cells"]} == {None, 0}
     assert served["contributions"] == [held["envelope_hash"]]
-    assert (served["k"], served["round_to"]) == (2, 1)
+    assert (served["k"], served["round_to"]) == (11, 5)

@@ -152,15 +152,13 @@ async def _decided_in_ledger(m: Mechanism, n: int) -> list[dict[str, Any]]:
     return await _ledger_items(m, "/v1/events?q=identification.decided&limit=500", S.DECIDED, n)
 
 
-async def _report(m: Mechanism, period: str, *flags: str, policy: bool = False) -> dict[str, Any]:
-    """`nrm rapporteur report` for `period` against the rapporteur's agent and the ledger
-    (k 2, rounding 1; the policy's with `policy`), in a thread of its own: the servers
-    answer on this loop."""
+async def _report(m: Mechanism, period: str, *flags: str) -> dict[str, Any]:
+    """`nrm rapporteur report` for `period` against the rapporteur's agent and the ledger,
+    in a thread of its own: the servers answer on this loop."""
     assert m.sandbox.ledger is not None
     api = m.api(RAPPORTEUR_AGENCY)
-    given = [] if policy else ["--k", "2", "--round-to", "1"]
     args = ["rapporteur", "report", "--from", period, "--to", period, "--url", api.base,
-            "--ledger", m.sandbox.ledger.url, *given, *flags]  # fmt: skip
+            "--ledger", m.sandbox.ledger.url, *flags]  # fmt: skip
     env = {"NRM_API_TOKEN": api.token, "NRM_LEDGER_TOKEN": m.sandbox.auditor_token}
     result = await asyncio.to_thread(CliRunner().invoke, main, args, env=env)
     return {"exit": result.exit_code, "output": result.output}
@@ -185,7 +183,7 @@ def _files_hold(root: Path, needles: tuple[bytes, ...]) -> list[str]:
 
 
 async def test_the_contribution_arrives_adds_up_and_is_sent_once(
-    rapporteur: tuple[Mechanism, Path],
+    rapporteur: tuple[Mechanism, Path], tmp_path: Path
 ) -> None:
     """Two cases decided this month (a positive and a negative first stage, and the
     negative one's second stage is not possible: one first stage each). Before the month
@@ -273,20 +271,40 @@ async def test_the_contribution_arrives_adds_up_and_is_sent_once(
     assert refused.reason == "contribution-mismatch"
     assert refused.mismatches == (S.Mismatch("first", "negative", 0, 1),)
 
-    # The report: the contribution accepted against the ledger; with two people and the
-    # ledger's own counts public, no cell below k can be hidden, so none is released.
+    # The report: the contribution accepted against the ledger; two people, so every count
+    # but 0 is suppressed (the stage and outcome totals too: none is public). The policy's
+    # k and round_to, or stricter ones, never laxer.
     status, body = await call(m, RAPPORTEUR_AGENCY, "GET", f"/v1/contributions?period={period}")
     assert status == 200, body
     assert body["statistics"] == {"k": 11, "round_to": 5, "contribution_grace_days": 0}
-    report = await _report(m, period, "--json")
-    assert report["exit"] == 1, report
+    report = await _report(m, period, "--json", "--diagnostics", str(tmp_path / "checked"))
+    assert report["exit"] == 0, report
     doc = _json_in(report["output"])
-    assert (doc["k"], doc["round_to"]) == (2, 1)  # as given; else the policy's
-    by_policy = _json_in((await _report(m, period, "--json", policy=True))["output"])
-    assert (by_policy["k"], by_policy["round_to"]) == (11, 5)
-    assert [(c["authority"], c["accepted"]) for c in doc["contributions"]] == [(AUTHORITY, True)]
-    assert (doc["missing"], doc["released"], doc["cells"]) == ([], False, [])
-    assert "nothing released" in report["output"]
+    # The output is the publication: the disclosure control and the cells, nothing per
+    # authority; the cross-check in the internal file only (and its verdicts on stderr).
+    assert set(doc) == {"from", "to", "k", "round_to", "released", "cells"}
+    checked = json.loads((tmp_path / "checked").read_text())
+    assert (tmp_path / "checked").stat().st_mode & 0o777 == 0o600
+    assert f"{period} {AUTHORITY}: accepted" in report["output"]
+    assert (doc["k"], doc["round_to"]) == (11, 5)  # the policy's
+    stricter = _json_in((await _report(m, period, "--json", "--k", "12"))["output"])
+    assert (stricter["k"], stricter["round_to"]) == (12, 5)
+    for lax in (("--k", "10"), ("--round-to", "4")):
+        refused = await _report(m, period, "--json", *lax)
+        assert refused["exit"] == 2 and "below the national policy's" in refused["output"]
+    assert [(c["authority"], c["accepted"]) for c in checked["contributions"]] == [
+        (AUTHORITY, True)
+    ]
+    assert (checked["missing"], doc["released"]) == ([], True)
+    for released in (doc, stricter):
+        counts = [c["count"] for c in released["cells"] if not c["suppressed"]]
+        assert all(n == 0 or n >= released["k"] for n in counts), released["cells"]
+    grand = {d: "total" for d in ("stage", "outcome", "sex", "age_group", "form")}
+    [total] = [c for c in doc["cells"] if all(c[d] == v for d, v in grand.items())]
+    assert (total["count"], total["suppressed"]) == (None, True)
+    first = {**grand, "stage": "first", "outcome": "negative"}
+    [one] = [c for c in doc["cells"] if all(c[d] == v for d, v in first.items())]
+    assert (one["count"], one["suppressed"]) == (None, True)
 
     for _ in range(2):
         desk.tick()
