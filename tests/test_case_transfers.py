@@ -332,6 +332,15 @@ async def test_r_and_the_senders_referrals_never_share_an_id(mechanism: Mechanis
     await publish(m, "police", "shelter", referral)
     await rejected(m, "shelter", referral, "reused-referral-id")
     assert (await call(m, "shelter", "GET", f"/v1/referrals/{r_id}"))[0] == 404
+    # R erased (as a withdrawal or retention does) keeps its row, and so its id: a referral
+    # reusing it now is refused all the same.
+    store = m.agents["shelter"].store
+    with store.transaction() as db:
+        store.erase_transferred(db, "police", r_id)
+    again = sealed(m, police, "shelter", REFERRAL, referral_body(m, r_id, to="shelter"))
+    await publish(m, "police", "shelter", again)
+    await rejected(m, "shelter", again, "reused-referral-id")
+    assert (await call(m, "shelter", "GET", f"/v1/referrals/{r_id}"))[0] == 404
 
 
 async def test_a_transfer_its_transferee_refused_ends_and_ungrants(mechanism: Mechanism) -> None:

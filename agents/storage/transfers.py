@@ -468,13 +468,13 @@ class CaseTransfers(Database):
         ).fetchall()
         return [str(r[0]) for r in rows]
 
-    @staticmethod
-    def transfer_referral_held(db: sqlite3.Connection, referral_id: str) -> bool:
+    def transfer_referral_held(self, db: sqlite3.Connection, referral_id: str) -> bool:
         """Whether a transfer received here already carried an R of that id (R is the
-        transferee's own record: its id names one record only)."""
+        transferee's own record: its id names one record only), erased since or not: the
+        row outlives R's body, and so does the id."""
         row = db.execute(
-            "SELECT 1 FROM case_transfers WHERE referral_id = ? AND body IS NOT NULL",
-            (referral_id,),
+            "SELECT 1 FROM case_transfers WHERE referral_id = ? AND transferee = ?",
+            (referral_id, self.agency),
         ).fetchone()
         return row is not None
 
@@ -488,13 +488,13 @@ class CaseTransfers(Database):
         ).fetchone()
         return row is not None
 
-    @staticmethod
-    def transfer_referral_from(db: sqlite3.Connection, owner: str, referral_id: str) -> bool:
+    def transfer_referral_from(self, db: sqlite3.Connection, owner: str, referral_id: str) -> bool:
         """Whether `owner` sent this agency a transfer whose R has that id (its attachments
-        are held under (owner, referral_id), which no referral of `owner`'s may share)."""
+        are held under (owner, referral_id), which no referral of `owner`'s may share), R
+        erased since or not."""
         row = db.execute(
-            "SELECT 1 FROM case_transfers WHERE owner = ? AND referral_id = ? AND body IS NOT NULL",
-            (owner, referral_id),
+            "SELECT 1 FROM case_transfers WHERE owner = ? AND referral_id = ? AND transferee = ?",
+            (owner, referral_id, self.agency),
         ).fetchone()
         return row is not None
 
