@@ -32,7 +32,7 @@ from typing import Any
 
 from keys.audit import AuditEvent
 from keys.errors import NrmError
-from keys.merkle import EMPTY_ROOT, MerkleTree, leaf_hash, node_hash
+from keys.merkle import EMPTY_ROOT, Frontier, MerkleTree, leaf_hash
 from runtime.durability import BACKSTOP_PAGES, GroupCommit
 from runtime.migrate import Migration, check_not_newer, latest, migrate
 
@@ -591,7 +591,7 @@ def recompute(path: Path, *, prefix: int | None = None) -> tuple[TreeState, byte
     Raises `ValueError` naming what is wrong with the database."""
     store = LedgerStore(path, readonly=True)
     try:
-        frontier = _Frontier()
+        frontier = Frontier()
         at: bytes | None = EMPTY_ROOT if prefix == 0 else None
         for expected, row in enumerate(store.iter_rows()):
             if row.index != expected:
@@ -610,31 +610,6 @@ def recompute(path: Path, *, prefix: int | None = None) -> tuple[TreeState, byte
         raise ValueError(f"{path}: a tree node is missing") from e
     finally:
         store.close()
-
-
-class _Frontier:
-    """The RFC 6962 root of leaves appended in order, in O(log n) memory: the roots of the
-    perfect subtrees the size decomposes into, largest first."""
-
-    def __init__(self) -> None:
-        self.size = 0
-        self._stack: list[tuple[int, bytes]] = []
-
-    def append(self, digest: bytes) -> None:
-        level = 0
-        while self._stack and self._stack[-1][0] == level:
-            _, left = self._stack.pop()
-            digest, level = node_hash(left, digest), level + 1
-        self._stack.append((level, digest))
-        self.size += 1
-
-    def root(self) -> bytes:
-        if not self._stack:
-            return EMPTY_ROOT
-        digest = self._stack[-1][1]
-        for _, left in reversed(self._stack[:-1]):
-            digest = node_hash(left, digest)
-        return digest
 
 
 def _has_table(db: sqlite3.Connection, name: str) -> bool:

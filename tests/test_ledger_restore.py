@@ -15,8 +15,7 @@ from click.testing import CliRunner
 from structlog.testing import capture_logs
 
 from broker.ledger import Ledger
-from broker.ledger_store import _Frontier
-from keys.merkle import root_of
+from keys.merkle import Frontier, root_of
 from keys.subjects import AUDIT_STREAM
 from nrm.cli import main
 
@@ -270,7 +269,7 @@ def test_the_restore_check_computes_rfc_6962_roots_in_bounded_memory() -> None:
     the same leaves, for every size from 0 to 70."""
     for n in range(71):
         hashes = [hashlib.sha256(bytes([i])).digest() for i in range(n)]
-        frontier = _Frontier()
+        frontier = Frontier()
         for h in hashes:
             frontier.append(h)
         assert frontier.size == n and frontier.root() == root_of(hashes), n
