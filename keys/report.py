@@ -230,7 +230,8 @@ def verify_report(data: bytes, *, directory: Directory, now: int, max_skew: int)
 
     In order: shape (MalformedError); the rapporteur in `directory` (UnknownKeyError)
     holding the role `rapporteur` (NotForThisRoleError); `kid` a signing key of it valid at
-    `signed_at` (UnknownKeyError, RetiredKeyError, RevokedKeyError); the signature
+    `signed_at` and not revoked by `now` (UnknownKeyError, RetiredKeyError,
+    RevokedKeyError); the signature
     (BadSignatureError); `signed_at` at most `max_skew` after `now`, and `to` ended by
     `signed_at` (MisdatedError: a report of a month not over, or dated ahead to outlive its
     key)."""
@@ -239,6 +240,9 @@ def verify_report(data: bytes, *, directory: Directory, now: int, max_skew: int)
     if RAPPORTEUR not in entry.roles:
         raise NotForThisRoleError(f"{report.rapporteur} is not a rapporteur")
     key = directory.signing_key(report.rapporteur, report.kid, at=report.signed_at)
+    # `signed_at` is the signer's word: a key revoked since must not date a report before
+    # its revocation (as the ledger judges audit events by when the bus stored them).
+    directory.check_not_revoked(report.rapporteur, report.kid, at=now)
     check_signature(LABEL, signed, sig, key, failure="report signature does not verify")
     if report.signed_at > now + max_skew:
         raise MisdatedError("the report is dated ahead")

@@ -4129,6 +4129,16 @@ def _report_vectors() -> list[tuple[str, str, str, dict[str, object], bytes]]:
             sign_report(RAPPORTEUR_REPORT, RAPPORTEUR_SIGN),
         ),
         (
+            "revoked-since",
+            "signed_at before the key's revocation, but the key is revoked by now (signed_at is"
+            " the signer's word: a revoked key must not date a report back)",
+            "revoked-key",
+            {"key_status": "revoked", "key_revoked_at": NOW - 60},
+            sign_report(
+                dataclasses.replace(RAPPORTEUR_REPORT, signed_at=NOW - 3600), RAPPORTEUR_SIGN
+            ),
+        ),
+        (
             "retired-key",
             "the key was valid only until before signed_at",
             "retired-key",
