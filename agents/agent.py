@@ -1207,11 +1207,15 @@ class Agent:
                     self.resend.tick()
                     self.access.flush()
                     self.identification.tick()
-                    self.statistics.tick()
                     self.transfers.tick(self.trust.directory.policy)
                     self.transport.wake()
             except (UntrustedInputError, sqlite3.Error, OSError, ValueError) as e:
                 self.log.error("timer_step_failed", error=type(e).__name__)
+            try:  # on its own: a month that fails to send holds back no other timer
+                if self.trust.directory is not None and self.standing.standing.ok:
+                    self.statistics.tick()
+            except (UntrustedInputError, sqlite3.Error, OSError, ValueError) as e:
+                self.log.error("statistics_step_failed", error=type(e).__name__)
 
     def _storage_box(self) -> SecretBox:
         if self.keys.storage_key is None:
