@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -182,6 +183,8 @@ def verify_source(
     try:
         results = pool.map(_verify_in_worker, jobs)
         return _fold(results, tree, chunk_level, checkpoint, restores, progress)
+    except BrokenProcessPool as e:  # out of memory, killed: an error the CLI names
+        raise OSError("a verification worker died before it finished its rows") from e
     finally:  # after a failure, the chunks not yet started are dropped
         pool.shutdown(wait=True, cancel_futures=True)
 

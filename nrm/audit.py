@@ -217,7 +217,7 @@ def verify_with_progress(
             checkpoint=checkpoint,
             restores=restores,
             progress=advance,
-            workers=(os.cpu_count() or 1) if len(rows) >= PARALLEL_FROM else 1,
+            workers=_usable_cpus() if len(rows) >= PARALLEL_FROM else 1,
         )
 
 
@@ -275,3 +275,11 @@ def render(items: Iterable[dict[str, Any]], fmt: str) -> str:
     for item in items:
         writer.writerow({**item, "labels": json.dumps(item.get("labels", {}), sort_keys=True)})
     return out.getvalue()
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity and cgroup cpuset, not the host's
+    count: a container limited to two cores on a large host starts two workers)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
