@@ -19,7 +19,7 @@ test: $(BIN)/.installed
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-# Every figure of the README's Performance table, in one run (about 30 minutes, 12 GB).
+# Every figure of the README's Performance table, in one run (about 25 minutes on 2 cores).
 bench: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/run_all.py --json bench-results.json
